@@ -1,0 +1,1 @@
+//! # mgmt — the sgswitch control plane (being written)

@@ -1,0 +1,2 @@
+//! (being written) all unsafe / ioctl code of sgswitch.
+#![allow(unsafe_code)]
