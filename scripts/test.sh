@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole sgswitch test suite: unit, property, in-memory simulation, and the
+# root-only namespace/TAP/nmap tests. Installs what the tests need first.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh -p filter  # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS="nmap iperf3 hping3 tcpdump nftables busybox-static iproute2 procps"
+if [ "$(id -u)" = 0 ]; then
+    missing=""
+    for p in $PKGS; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        echo "== installing:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+else
+    echo "== not root: the namespace/TAP/nmap tests will skip themselves"
+fi
+
+echo "== building the sgswitch binary (the end-to-end tests run it)"
+cargo build --locked -p mgmt --bin sgswitch
+
+echo "== cargo test"
+cargo test --locked --workspace --no-fail-fast "$@"
