@@ -1,7 +1,878 @@
-//! (being written) model → Snapshot compiler and classifier.
-/// Placeholder until the compiler lands.
-pub struct Snapshot;
-/// Placeholder.
-pub fn compile(_model: &crate::Model, _generation: u64) -> Snapshot {
-    Snapshot
+//! The compiler: [`Model`] → immutable [`Snapshot`], and the classifier
+//! [`Snapshot::allows`].
+//!
+//! # Contract
+//!
+//! A [`Snapshot`] is an immutable, `Send + Sync` picture of the model at one
+//! `generation`. The control plane compiles a new one after every edit and publishes
+//! it with one atomic pointer swap (`arc-swap`); datapath cores load it once per burst.
+//! [`Snapshot::allows`] answers "do the ingress rules of the destination instance
+//! (`pkt.key.dst`) allow this packet from `pkt.key.src`?" — it knows nothing about
+//! connection state (that is [`crate::conntrack`]). It takes no lock and allocates
+//! nothing.
+//!
+//! Matching semantics (the same as [`crate::reference`], which states them
+//! naively):
+//! * `Proto::All` rules match every IP protocol (and every port / ICMP type);
+//! * `tcp`/`udp` rules match `key.proto` 6/17 with `key.dport` in the range;
+//! * `icmp` rules match `key.proto == 1` packets whose [`L4::Icmp`] type/code match,
+//!   `None` being a wildcard (errors and other kinds match on their own type/code);
+//! * non-first fragments ([`Frag::Later`]) never match a rule (conntrack handles
+//!   them by fragment train);
+//! * a CIDR source matches `key.src` in the prefix; a group source matches when
+//!   `key.src` is the address of an instance that is a member of that group (the
+//!   switch has verified instance sources and never lets the uplink claim an
+//!   instance address, so address → instance is trustworthy).
+//!
+//! # Structure
+//!
+//! * **Policies.** Instances with the same owner and the same group set share one
+//!   compiled policy: the union of their groups' rules.
+//! * **Port tables.** A policy has one table per protocol (TCP, UDP, ICMP): the
+//!   sorted starts of the *elementary intervals* of the 16-bit key space (the port;
+//!   for ICMP `type << 8 | code`, so a type-only rule is the range
+//!   `[t<<8, t<<8|255]`). Every elementary interval points to one source set;
+//!   adjacent intervals with the same set are coalesced. `Proto::All` rules are
+//!   folded into all three tables as the range `0..=65535`, and form the policy's
+//!   `other` set for other IP protocols. Lookup: one binary search.
+//! * **Source sets**, deduplicated across the whole snapshot: the CIDR sources merged
+//!   into disjoint sorted address ranges (binary search), plus a bitset over the
+//!   *referenced groups* (groups named as a source by some rule).
+//! * **Membership bits.** Every instance carries the bitset of referenced groups it
+//!   belongs to, so a group-source match is a bitset AND (one word up to 64
+//!   referenced groups).
+//! * **Address index.** Open addressing, power-of-two, ≤ 50% load: IP → instance.
+//!
+//! Never the cross product of rules: a rule contributes its source to the intervals
+//! its port range covers.
+//!
+//! # Complexity and memory
+//!
+//! Let `R` be the number of rules in a policy (the union of its groups), `W` the
+//! number of 64-bit words of a group bitset (`ceil(referenced groups / 64)`),
+//! `P` the number of distinct policies and `N` the number of instances.
+//!
+//! * `allows`: two address-index probes (expected O(1)), one binary search over at
+//!   most `2R + 1` interval starts, one binary search over at most `R` ranges, and
+//!   at most `W` word ANDs: `O(log R + W)`, independent of the rule count in
+//!   practice (the bench measures 10 → 1000 rules per group).
+//! * Memory: each port table has at most `2R + 1` intervals (4 + 2 bytes each).
+//!   Source sets are deduplicated; in the worst case (nested port ranges each with
+//!   a different source) each interval has its own set of up to `R` ranges, so a
+//!   policy costs `O(R · (R + W))` words: with the default limit of 100 rules per
+//!   group and 5 groups, `R = 500`, at most about `3 · 1001 · 500 · 8` bytes ≈ 12 MB
+//!   for a deliberately pathological policy; typical rule sets (distinct port
+//!   ranges, shared sources) cost `O(R + W)`. Plus `N · (W·8 + ~64)` bytes for
+//!   instances and the address index. Compile time is
+//!   `O(P · R · (log R + active))` where `active` is the number of rules covering an
+//!   interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use crate::model::{Model, Owner, Ports, Proto, Source};
+use crate::{Frag, L4, Mac, Packet, proto};
+
+/// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstIdx(pub u32);
+
+impl InstIdx {
+    /// As a slice index.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// An instance as the datapath sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapInstance {
+    pub id: Box<str>,
+    pub owner: Box<str>,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    /// Index into the snapshot's policies.
+    policy: u32,
+}
+
+/// One protocol's table: sorted interval starts (the first is 0) and the source
+/// set of each interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortTable {
+    starts: Box<[u16]>,
+    sets: Box<[u32]>,
+}
+
+impl PortTable {
+    #[inline]
+    fn lookup(&self, key: u16) -> u32 {
+        // starts[0] == 0, so the partition point is >= 1.
+        let i = self.starts.partition_point(|&s| s <= key);
+        self.sets[i - 1]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Policy {
+    tcp: PortTable,
+    udp: PortTable,
+    icmp: PortTable,
+    /// Source set for other IP protocols (`Proto::All` rules only).
+    other: u32,
+}
+
+/// A deduplicated source set: `ranges[r_off..r_off + r_len]` and, if `g_off` is not
+/// `NO_GROUPS`, `W` words of group bits at `group_bits[g_off..]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SrcSet {
+    r_off: u32,
+    r_len: u32,
+    g_off: u32,
+}
+
+const NO_GROUPS: u32 = u32::MAX;
+/// Set 0 is the empty set: matches nothing.
+const EMPTY_SET: u32 = 0;
+const NO_INST: u32 = u32::MAX;
+
+/// Open-addressing IP → instance index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IpIndex {
+    ips: Box<[u32]>,
+    idx: Box<[u32]>,
+    mask: usize,
+}
+
+impl IpIndex {
+    fn build(ips: &[Ipv4Addr]) -> IpIndex {
+        let size = (ips.len() * 2).next_power_of_two().max(8);
+        let mut t_ips = vec![0u32; size].into_boxed_slice();
+        let mut t_idx = vec![NO_INST; size].into_boxed_slice();
+        let mask = size - 1;
+        for (i, ip) in ips.iter().enumerate() {
+            let ip = u32::from(*ip);
+            let mut h = Self::hash(ip) & mask;
+            while t_idx[h] != NO_INST {
+                h = (h + 1) & mask;
+            }
+            t_ips[h] = ip;
+            t_idx[h] = i as u32;
+        }
+        IpIndex { ips: t_ips, idx: t_idx, mask }
+    }
+
+    #[inline]
+    fn hash(ip: u32) -> usize {
+        (u64::from(ip).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+    }
+
+    #[inline]
+    fn get(&self, ip: u32) -> Option<InstIdx> {
+        let mut h = Self::hash(ip) & self.mask;
+        loop {
+            let i = self.idx[h];
+            if i == NO_INST {
+                return None;
+            }
+            if self.ips[h] == ip {
+                return Some(InstIdx(i));
+            }
+            h = (h + 1) & self.mask;
+        }
+    }
+}
+
+/// The compiled, immutable security-group state at one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    generation: u64,
+    instances: Box<[SnapInstance]>,
+    ip_index: IpIndex,
+    /// Words per group bitset.
+    words: usize,
+    /// `instances.len() * words` membership bits.
+    member_bits: Box<[u64]>,
+    policies: Box<[Policy]>,
+    sets: Box<[SrcSet]>,
+    range_lo: Box<[u32]>,
+    range_hi: Box<[u32]>,
+    group_bits: Box<[u64]>,
+}
+
+impl Snapshot {
+    /// No instances, no rules: every `allows` is false. Generation 0.
+    pub fn empty() -> Snapshot {
+        compile(&Model::default(), 0)
+    }
+
+    /// The generation this snapshot was compiled for.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The instance with this private address.
+    #[inline]
+    pub fn instance_by_ip(&self, ip: Ipv4Addr) -> Option<InstIdx> {
+        self.ip_index.get(u32::from(ip))
+    }
+
+    /// An instance by index. Panics if `idx` is not from this snapshot.
+    #[inline]
+    pub fn instance(&self, idx: InstIdx) -> &SnapInstance {
+        &self.instances[idx.index()]
+    }
+
+    /// All instances, sorted by id.
+    pub fn instances(&self) -> &[SnapInstance] {
+        &self.instances
+    }
+
+    /// Number of distinct compiled policies.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Approximate heap bytes held by this snapshot.
+    pub fn memory_bytes(&self) -> usize {
+        let tables: usize = self
+            .policies
+            .iter()
+            .map(|p| {
+                [&p.tcp, &p.udp, &p.icmp]
+                    .iter()
+                    .map(|t| t.starts.len() * 2 + t.sets.len() * 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        let inst: usize = self
+            .instances
+            .iter()
+            .map(|i| std::mem::size_of::<SnapInstance>() + i.id.len() + i.owner.len())
+            .sum();
+        std::mem::size_of::<Snapshot>()
+            + inst
+            + self.ip_index.ips.len() * 8
+            + self.member_bits.len() * 8
+            + self.policies.len() * std::mem::size_of::<Policy>()
+            + tables
+            + self.sets.len() * std::mem::size_of::<SrcSet>()
+            + self.range_lo.len() * 8
+            + self.group_bits.len() * 8
+    }
+
+    /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this
+    /// packet from `pkt.key.src`? False if the destination is not an instance, and
+    /// for non-first fragments. No lock, no allocation.
+    #[inline]
+    pub fn allows(&self, pkt: &Packet) -> bool {
+        if let Frag::Later { .. } = pkt.frag {
+            return false;
+        }
+        let Some(dst) = self.instance_by_ip(pkt.key.dst) else {
+            return false;
+        };
+        let policy = &self.policies[self.instances[dst.index()].policy as usize];
+        let set = match (pkt.key.proto, pkt.l4) {
+            (proto::TCP, _) => policy.tcp.lookup(pkt.key.dport),
+            (proto::UDP, _) => policy.udp.lookup(pkt.key.dport),
+            (proto::ICMP, L4::Icmp { ty, code, .. }) => {
+                policy.icmp.lookup(u16::from(ty) << 8 | u16::from(code))
+            }
+            _ => policy.other,
+        };
+        self.set_matches(set, pkt.key.src)
+    }
+
+    #[inline]
+    fn set_matches(&self, set: u32, src: Ipv4Addr) -> bool {
+        if set == EMPTY_SET {
+            return false;
+        }
+        let s = self.sets[set as usize];
+        let src_u = u32::from(src);
+        let lo = &self.range_lo[s.r_off as usize..(s.r_off + s.r_len) as usize];
+        let i = lo.partition_point(|&l| l <= src_u);
+        if i > 0 && src_u <= self.range_hi[s.r_off as usize + i - 1] {
+            return true;
+        }
+        if s.g_off == NO_GROUPS {
+            return false;
+        }
+        let Some(inst) = self.instance_by_ip(src) else {
+            return false;
+        };
+        let w = self.words;
+        let g = &self.group_bits[s.g_off as usize..s.g_off as usize + w];
+        let m = &self.member_bits[inst.index() * w..inst.index() * w + w];
+        g.iter().zip(m).any(|(a, b)| a & b != 0)
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::empty()
+    }
+}
+
+/// One rule's contribution while compiling: a key range and a source.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    lo: u16,
+    hi: u16,
+    src: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Src {
+    /// Inclusive address range of a CIDR.
+    Range(u32, u32),
+    /// Referenced-group bit.
+    Group(u32),
+}
+
+/// Builds deduplicated source sets.
+struct SetArena {
+    words: usize,
+    sets: Vec<SrcSet>,
+    range_lo: Vec<u32>,
+    range_hi: Vec<u32>,
+    group_bits: Vec<u64>,
+    dedup: HashMap<(Vec<(u32, u32)>, Vec<u64>), u32>,
+}
+
+impl SetArena {
+    fn new(words: usize) -> SetArena {
+        SetArena {
+            words,
+            // Set 0: the empty set.
+            sets: vec![SrcSet { r_off: 0, r_len: 0, g_off: NO_GROUPS }],
+            range_lo: Vec::new(),
+            range_hi: Vec::new(),
+            group_bits: Vec::new(),
+            dedup: HashMap::new(),
+        }
+    }
+
+    /// The set id of these sources (any order, duplicates allowed).
+    fn intern(&mut self, srcs: &[Src]) -> u32 {
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        let mut bits = vec![0u64; self.words];
+        let mut any_group = false;
+        for s in srcs {
+            match *s {
+                Src::Range(lo, hi) => ranges.push((lo, hi)),
+                Src::Group(b) => {
+                    bits[b as usize / 64] |= 1 << (b % 64);
+                    any_group = true;
+                }
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if u64::from(lo) <= u64::from(last.1) + 1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        if merged.is_empty() && !any_group {
+            return EMPTY_SET;
+        }
+        if !any_group {
+            bits.clear();
+        }
+        let key = (merged, bits);
+        if let Some(&id) = self.dedup.get(&key) {
+            return id;
+        }
+        let (merged, bits) = &key;
+        let r_off = self.range_lo.len() as u32;
+        for &(lo, hi) in merged {
+            self.range_lo.push(lo);
+            self.range_hi.push(hi);
+        }
+        let g_off = if bits.is_empty() {
+            NO_GROUPS
+        } else {
+            let off = self.group_bits.len() as u32;
+            self.group_bits.extend_from_slice(bits);
+            off
+        };
+        let id = self.sets.len() as u32;
+        self.sets.push(SrcSet { r_off, r_len: merged.len() as u32, g_off });
+        self.dedup.insert(key, id);
+        id
+    }
+
+    /// Elementary-interval table over `0..=65535` for these entries.
+    fn table(&mut self, entries: &[Entry]) -> PortTable {
+        // Boundary events: at `lo` a source starts, after `hi` it ends.
+        let mut events: Vec<(u32, bool, Src)> = Vec::with_capacity(entries.len() * 2);
+        for e in entries {
+            events.push((u32::from(e.lo), true, e.src));
+            if e.hi < u16::MAX {
+                events.push((u32::from(e.hi) + 1, false, e.src));
+            }
+        }
+        events.sort_unstable_by_key(|&(pos, start, _)| (pos, start));
+        let mut active: BTreeMap<Src, u32> = BTreeMap::new();
+        let mut starts: Vec<u16> = Vec::new();
+        let mut sets: Vec<u32> = Vec::new();
+        let mut scratch: Vec<Src> = Vec::new();
+        let mut i = 0;
+        let mut pos = 0u32;
+        loop {
+            while i < events.len() && events[i].0 == pos {
+                let (_, start, src) = events[i];
+                if start {
+                    *active.entry(src).or_insert(0) += 1;
+                } else if let Some(c) = active.get_mut(&src) {
+                    *c -= 1;
+                    if *c == 0 {
+                        active.remove(&src);
+                    }
+                }
+                i += 1;
+            }
+            scratch.clear();
+            scratch.extend(active.keys().copied());
+            let set = self.intern(&scratch);
+            if sets.last() != Some(&set) {
+                starts.push(pos as u16);
+                sets.push(set);
+            }
+            if i >= events.len() {
+                break;
+            }
+            pos = events[i].0;
+        }
+        if starts.first() != Some(&0) {
+            // No event at 0: the interval [0, first event) is empty.
+            starts.insert(0, 0);
+            sets.insert(0, EMPTY_SET);
+        }
+        PortTable { starts: starts.into_boxed_slice(), sets: sets.into_boxed_slice() }
+    }
+}
+
+/// Compile `model` into a snapshot tagged `generation`.
+pub fn compile(model: &Model, generation: u64) -> Snapshot {
+    // Referenced groups → bit numbers.
+    let mut referenced: BTreeMap<(&Owner, &str), u32> = BTreeMap::new();
+    for g in model.groups.values() {
+        for r in &g.rules {
+            if let Source::Group { owner, group } = &r.source {
+                let next = referenced.len() as u32;
+                referenced.entry((owner, group.as_str())).or_insert(next);
+            }
+        }
+    }
+    let words = referenced.len().div_ceil(64).max(1);
+    let mut arena = SetArena::new(words);
+
+    let mut instances = Vec::with_capacity(model.instances.len());
+    let mut member_bits = vec![0u64; model.instances.len() * words];
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut policy_ids: HashMap<(&Owner, &[String]), u32> = HashMap::new();
+
+    for (n, inst) in model.instances.values().enumerate() {
+        for g in &inst.groups {
+            if let Some(&b) = referenced.get(&(&inst.owner, g.as_str())) {
+                member_bits[n * words + b as usize / 64] |= 1 << (b % 64);
+            }
+        }
+        let key = (&inst.owner, inst.groups.as_slice());
+        let policy = match policy_ids.get(&key) {
+            Some(&p) => p,
+            None => {
+                let p = policies.len() as u32;
+                policies.push(compile_policy(model, &inst.owner, &inst.groups, &referenced, &mut arena));
+                policy_ids.insert(key, p);
+                p
+            }
+        };
+        instances.push(SnapInstance {
+            id: inst.id.as_str().into(),
+            owner: inst.owner.0.as_str().into(),
+            mac: inst.mac,
+            ip: inst.ip,
+            policy,
+        });
+    }
+
+    let ips: Vec<Ipv4Addr> = instances.iter().map(|i| i.ip).collect();
+    Snapshot {
+        generation,
+        instances: instances.into_boxed_slice(),
+        ip_index: IpIndex::build(&ips),
+        words,
+        member_bits: member_bits.into_boxed_slice(),
+        policies: policies.into_boxed_slice(),
+        sets: arena.sets.into_boxed_slice(),
+        range_lo: arena.range_lo.into_boxed_slice(),
+        range_hi: arena.range_hi.into_boxed_slice(),
+        group_bits: arena.group_bits.into_boxed_slice(),
+    }
+}
+
+fn compile_policy(
+    model: &Model,
+    owner: &Owner,
+    groups: &[String],
+    referenced: &BTreeMap<(&Owner, &str), u32>,
+    arena: &mut SetArena,
+) -> Policy {
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    let mut icmp = Vec::new();
+    let mut other = Vec::new();
+    for name in groups {
+        let Some(group) = model.groups.get(&(owner.clone(), name.clone())) else {
+            continue;
+        };
+        for r in &group.rules {
+            let src = match &r.source {
+                Source::Cidr(net) => Src::Range(u32::from(net.network()), u32::from(net.broadcast())),
+                Source::Group { owner, group } => Src::Group(referenced[&(owner, group.as_str())]),
+            };
+            let all = Entry { lo: 0, hi: u16::MAX, src };
+            match (r.proto, r.ports) {
+                (Proto::All, _) => {
+                    tcp.push(all);
+                    udp.push(all);
+                    icmp.push(all);
+                    other.push(src);
+                }
+                (Proto::Tcp, Ports::Range(lo, hi)) => tcp.push(Entry { lo, hi, src }),
+                (Proto::Udp, Ports::Range(lo, hi)) => udp.push(Entry { lo, hi, src }),
+                (Proto::Icmp, Ports::Icmp { ty, code }) => {
+                    let (lo, hi) = icmp_range(ty, code);
+                    icmp.push(Entry { lo, hi, src });
+                }
+                // A non-normalised port spec means "all ports" of that protocol.
+                (Proto::Tcp, _) => tcp.push(all),
+                (Proto::Udp, _) => udp.push(all),
+                (Proto::Icmp, _) => icmp.push(all),
+            }
+        }
+    }
+    Policy {
+        tcp: arena.table(&tcp),
+        udp: arena.table(&udp),
+        icmp: arena.table(&icmp),
+        other: arena.intern(&other),
+    }
+}
+
+/// The ICMP key range `type << 8 | code` a rule covers.
+fn icmp_range(ty: Option<u8>, code: Option<u8>) -> (u16, u16) {
+    match (ty, code) {
+        (None, _) => (0, u16::MAX),
+        (Some(t), None) => (u16::from(t) << 8, u16::from(t) << 8 | 0xff),
+        (Some(t), Some(c)) => {
+            let k = u16::from(t) << 8 | u16::from(c);
+            (k, k)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Group, Instance, Rule};
+    use crate::{FlowKey, IcmpKind};
+    use ipnet::Ipv4Net;
+
+    fn owner() -> Owner {
+        Owner("111122223333".into())
+    }
+
+    fn rule(proto: Proto, ports: Ports, cidr: &str) -> Rule {
+        Rule { proto, ports, source: Source::Cidr(cidr.parse::<Ipv4Net>().unwrap()) }
+    }
+
+    fn grule(proto: Proto, ports: Ports, group: &str) -> Rule {
+        Rule { proto, ports, source: Source::Group { owner: owner(), group: group.into() } }
+    }
+
+    fn model(groups: &[(&str, Vec<Rule>)], insts: &[(&str, [u8; 4], &[&str])]) -> Model {
+        let mut m = Model::default();
+        for (name, rules) in groups {
+            m.groups.insert(
+                (owner(), name.to_string()),
+                Group {
+                    owner: owner(),
+                    name: name.to_string(),
+                    id: format!("sg-{name}"),
+                    description: String::new(),
+                    rules: rules.clone(),
+                },
+            );
+        }
+        for (n, (id, ip, gs)) in insts.iter().enumerate() {
+            m.instances.insert(
+                id.to_string(),
+                Instance {
+                    id: id.to_string(),
+                    owner: owner(),
+                    mac: [2, 0, 0, 0, 0, n as u8 + 1],
+                    ip: Ipv4Addr::from(*ip),
+                    groups: gs.iter().map(|s| s.to_string()).collect(),
+                },
+            );
+        }
+        m
+    }
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Packet {
+        Packet {
+            key: FlowKey { src: src.into(), dst: dst.into(), proto: proto::TCP, sport: 40000, dport },
+            l4: L4::Tcp { flags: crate::tcp_flags::SYN },
+            frag: Frag::None,
+        }
+    }
+
+    fn icmp(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8) -> Packet {
+        Packet {
+            key: FlowKey { src: src.into(), dst: dst.into(), proto: proto::ICMP, sport: 0, dport: 0 },
+            l4: L4::Icmp { ty, code, kind: IcmpKind::Other },
+            frag: Frag::None,
+        }
+    }
+
+    const A: [u8; 4] = [172, 31, 0, 10];
+    const B: [u8; 4] = [172, 31, 0, 11];
+    const C: [u8; 4] = [172, 31, 0, 12];
+    const OUT: [u8; 4] = [203, 0, 113, 7];
+
+    #[test]
+    fn empty_snapshot_allows_nothing() {
+        let s = Snapshot::empty();
+        assert_eq!(s.generation(), 0);
+        assert!(s.instances().is_empty());
+        assert!(!s.allows(&tcp(OUT, A, 22)));
+        assert_eq!(s.instance_by_ip(A.into()), None);
+    }
+
+    #[test]
+    fn cidr_port_ranges() {
+        let m = model(
+            &[(
+                "web",
+                vec![
+                    rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
+                    rule(Proto::Tcp, Ports::Range(22, 22), "203.0.113.0/24"),
+                    rule(Proto::Tcp, Ports::Range(8000, 8100), "10.0.0.0/8"),
+                ],
+            )],
+            &[("i-a", A, &["web"])],
+        );
+        let s = compile(&m, 7);
+        assert_eq!(s.generation(), 7);
+        assert!(s.allows(&tcp(OUT, A, 80)));
+        assert!(s.allows(&tcp([1, 2, 3, 4], A, 80)));
+        assert!(!s.allows(&tcp(OUT, A, 81)));
+        assert!(!s.allows(&tcp(OUT, A, 79)));
+        assert!(s.allows(&tcp(OUT, A, 22)));
+        assert!(!s.allows(&tcp([203, 0, 114, 1], A, 22)));
+        assert!(s.allows(&tcp([10, 9, 9, 9], A, 8000)));
+        assert!(s.allows(&tcp([10, 9, 9, 9], A, 8100)));
+        assert!(!s.allows(&tcp([10, 9, 9, 9], A, 8101)));
+        assert!(!s.allows(&tcp([11, 0, 0, 0], A, 8050)));
+        // UDP to port 80 is not TCP.
+        let mut u = tcp(OUT, A, 80);
+        u.key.proto = proto::UDP;
+        u.l4 = L4::Udp;
+        assert!(!s.allows(&u));
+        // Not an instance.
+        assert!(!s.allows(&tcp(OUT, B, 80)));
+    }
+
+    #[test]
+    fn overlapping_ranges_union_sources() {
+        let m = model(
+            &[(
+                "g",
+                vec![
+                    rule(Proto::Udp, Ports::Range(1000, 2000), "10.0.0.0/24"),
+                    rule(Proto::Udp, Ports::Range(1500, 2500), "10.0.1.0/24"),
+                    rule(Proto::Udp, Ports::Range(0, 65535), "10.0.2.5/32"),
+                ],
+            )],
+            &[("i-a", A, &["g"])],
+        );
+        let s = compile(&m, 1);
+        let u = |src: [u8; 4], p: u16| {
+            let mut x = tcp(src, A, p);
+            x.key.proto = proto::UDP;
+            x.l4 = L4::Udp;
+            s.allows(&x)
+        };
+        assert!(u([10, 0, 0, 1], 1000));
+        assert!(u([10, 0, 0, 1], 2000));
+        assert!(!u([10, 0, 0, 1], 2001));
+        assert!(!u([10, 0, 1, 1], 1499));
+        assert!(u([10, 0, 1, 1], 1500));
+        assert!(u([10, 0, 1, 1], 2500));
+        assert!(u([10, 0, 2, 5], 0));
+        assert!(u([10, 0, 2, 5], 65535));
+        assert!(!u([10, 0, 2, 6], 65535));
+    }
+
+    #[test]
+    fn group_sources_and_all_protocol() {
+        let m = model(
+            &[
+                ("default", vec![grule(Proto::All, Ports::None, "default")]),
+                ("db", vec![grule(Proto::Tcp, Ports::Range(5432, 5432), "app")]),
+                ("app", vec![]),
+            ],
+            &[("i-a", A, &["default"]), ("i-b", B, &["app"]), ("i-c", C, &["db"])],
+        );
+        let s = compile(&m, 1);
+        // app member B reaches db member C on 5432 only.
+        assert!(s.allows(&tcp(B, C, 5432)));
+        assert!(!s.allows(&tcp(B, C, 5433)));
+        // A is not in app.
+        assert!(!s.allows(&tcp(A, C, 5432)));
+        // An outside address is never a group member.
+        assert!(!s.allows(&tcp(OUT, C, 5432)));
+        // default allows all from default members only: A → A only (A is the only member).
+        assert!(s.allows(&tcp(A, A, 1)));
+        assert!(s.allows(&icmp(A, A, 8, 0)));
+        assert!(!s.allows(&tcp(B, A, 1)));
+        // Other protocols through Proto::All.
+        let mut gre = tcp(A, A, 0);
+        gre.key.proto = 47;
+        gre.l4 = L4::Other;
+        assert!(s.allows(&gre));
+        gre.key.src = B.into();
+        assert!(!s.allows(&gre));
+    }
+
+    #[test]
+    fn icmp_type_code_wildcards() {
+        let m = model(
+            &[(
+                "g",
+                vec![
+                    rule(Proto::Icmp, Ports::Icmp { ty: Some(8), code: Some(0) }, "10.0.0.0/8"),
+                    rule(Proto::Icmp, Ports::Icmp { ty: Some(3), code: None }, "10.0.0.0/8"),
+                    rule(Proto::Icmp, Ports::Icmp { ty: None, code: None }, "192.168.0.0/16"),
+                ],
+            )],
+            &[("i-a", A, &["g"])],
+        );
+        let s = compile(&m, 1);
+        let t = [10, 1, 1, 1];
+        assert!(s.allows(&icmp(t, A, 8, 0)));
+        assert!(!s.allows(&icmp(t, A, 8, 1)));
+        assert!(s.allows(&icmp(t, A, 3, 0)));
+        assert!(s.allows(&icmp(t, A, 3, 255)));
+        assert!(!s.allows(&icmp(t, A, 4, 0)));
+        assert!(!s.allows(&icmp(t, A, 2, 255)));
+        assert!(s.allows(&icmp([192, 168, 3, 3], A, 200, 17)));
+        // ICMP rules don't open TCP.
+        assert!(!s.allows(&tcp([192, 168, 3, 3], A, 8)));
+    }
+
+    #[test]
+    fn later_fragments_never_match() {
+        let m = model(&[("g", vec![rule(Proto::All, Ports::None, "0.0.0.0/0")])], &[("i-a", A, &["g"])]);
+        let s = compile(&m, 1);
+        let mut p = tcp(OUT, A, 80);
+        assert!(s.allows(&p));
+        p.frag = Frag::First { id: 9 };
+        assert!(s.allows(&p));
+        p.frag = Frag::Later { id: 9 };
+        p.l4 = L4::Other;
+        assert!(!s.allows(&p));
+    }
+
+    #[test]
+    fn policies_are_shared_and_sets_deduplicated() {
+        let rules = vec![
+            rule(Proto::Tcp, Ports::Range(22, 22), "10.0.0.0/8"),
+            rule(Proto::Tcp, Ports::Range(80, 80), "10.0.0.0/8"),
+            rule(Proto::Udp, Ports::Range(53, 53), "10.0.0.0/8"),
+        ];
+        let m = model(
+            &[("g", rules), ("h", vec![])],
+            &[("i-a", A, &["g"]), ("i-b", B, &["g"]), ("i-c", C, &["g", "h"])],
+        );
+        let s = compile(&m, 1);
+        assert_eq!(s.policy_count(), 2);
+        // Empty set + the one "10.0.0.0/8" set.
+        assert_eq!(s.sets.len(), 2);
+        for ip in [A, B, C] {
+            assert!(s.allows(&tcp([10, 0, 0, 1], ip, 22)));
+            assert!(!s.allows(&tcp([10, 0, 0, 1], ip, 23)));
+        }
+    }
+
+    #[test]
+    fn adjacent_cidrs_merge_and_many_groups_bitset() {
+        // 100 referenced groups → 2 words of bits.
+        let mut groups: Vec<(String, Vec<Rule>)> = Vec::new();
+        for i in 0..100 {
+            groups.push((format!("g{i}"), vec![]));
+        }
+        groups.push((
+            "dst".into(),
+            vec![
+                rule(Proto::Tcp, Ports::Range(1, 1), "10.0.0.0/25"),
+                rule(Proto::Tcp, Ports::Range(1, 1), "10.0.0.128/25"),
+            ]
+            .into_iter()
+            .chain((0..100).map(|i| grule(Proto::Tcp, Ports::Range(2, 2), &format!("g{i}"))))
+            .collect(),
+        ));
+        let gref: Vec<(&str, Vec<Rule>)> = groups.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
+        let m = model(&gref, &[("i-a", A, &["dst"]), ("i-b", B, &["g99"]), ("i-c", C, &["g3"])]);
+        let s = compile(&m, 1);
+        assert_eq!(s.words, 2);
+        assert!(s.allows(&tcp([10, 0, 0, 200], A, 1)));
+        assert!(s.allows(&tcp([10, 0, 0, 0], A, 1)));
+        assert!(!s.allows(&tcp([10, 0, 1, 0], A, 1)));
+        assert!(s.allows(&tcp(B, A, 2)));
+        assert!(s.allows(&tcp(C, A, 2)));
+        assert!(!s.allows(&tcp(A, A, 2)));
+        // The two /25 merged into one range.
+        let set = s.policies[s.instance(s.instance_by_ip(A.into()).unwrap()).policy as usize].tcp.lookup(1);
+        assert_eq!(s.sets[set as usize].r_len, 1);
+    }
+
+    #[test]
+    fn instance_index_finds_every_instance() {
+        let insts: Vec<(String, [u8; 4])> =
+            (0..500u32).map(|i| (format!("i-{i:08x}"), (0xac1f_0000u32 + i * 7).to_be_bytes())).collect();
+        let mut m = model(&[("default", vec![])], &[]);
+        for (n, (id, ip)) in insts.iter().enumerate() {
+            m.instances.insert(
+                id.clone(),
+                Instance {
+                    id: id.clone(),
+                    owner: owner(),
+                    mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
+                    ip: Ipv4Addr::from(*ip),
+                    groups: vec!["default".into()],
+                },
+            );
+        }
+        let s = compile(&m, 3);
+        for (id, ip) in &insts {
+            let i = s.instance_by_ip(Ipv4Addr::from(*ip)).expect("present");
+            assert_eq!(&*s.instance(i).id, id.as_str());
+        }
+        assert_eq!(s.instance_by_ip(Ipv4Addr::new(172, 31, 0, 1)), None);
+        assert_eq!(s.instances().len(), 500);
+    }
+
+    #[test]
+    fn snapshot_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Snapshot>();
+    }
 }

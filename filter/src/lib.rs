@@ -28,6 +28,7 @@ pub mod conntrack;
 pub mod model;
 pub mod parse;
 pub mod reference;
+pub mod wire;
 
 use std::net::Ipv4Addr;
 

@@ -11,14 +11,47 @@
 //! * a group has at most `Limits::rules_per_group` rules, no two equal;
 //! * rules are kept normalised (CIDR host bits cleared, `-1` port = all ports) so
 //!   equality is semantic equality;
-//! * a group is not deleted while an instance is in it or a rule (of any group of
-//!   any owner) names it as source; `default` is never deleted;
+//! * a group is not deleted while an instance is in it or a rule of any *other*
+//!   group (of any owner) names it as source — its own self-referencing rules go
+//!   with it; `default` is never deleted; so group sources never dangle;
 //! * instance ids, MACs and IPs are unique; instances are only in their owner's
 //!   groups, and their membership never changes.
+//!
+//! Choices where DESIGN §2 and the 2006 tools are silent:
+//! * **Protocol default** of [`RuleSpec::expand`]: `-P` wins; otherwise `-p` means
+//!   `tcp` and `-t` means `icmp`; with neither the rule is `all` (the 2006 group
+//!   grant, and "everything from this CIDR"). `-p` with `icmp`/`all`, `-t` with
+//!   anything but `icmp`, and `-p` together with `-t` are `InvalidParameterValue`.
+//!   `tcp`/`udp` without `-p` mean all ports, `icmp` without `-t` all types.
+//! * `-t -1:CODE` is normalised to `-1:-1` (type `-1` means every type, so a code
+//!   is meaningless); `-p -1` is normalised to `0-65535`.
+//! * The same rule twice in one authorize **or revoke** request is
+//!   `InvalidPermission.Duplicate`.
+//! * Every owner implicitly has a `default` group: [`Model::ensure_owner`] creates
+//!   it, [`Model::add_group`] and [`Model::add_instance`] call it after validating,
+//!   and a rule naming `-o default -u OTHER` creates OTHER's `default` if OTHER has
+//!   never been seen (EC2 accounts always have one). Other methods do not create
+//!   anything: the control plane calls `ensure_owner(caller)` once per request.
+//! * Group ids (`sg-` + 8 hex) come from [`Model::next_group_seq`] through a
+//!   bijective 32-bit mixer: deterministic, unique for 2^32 groups, random-looking;
+//!   an id already taken is skipped, and [`Model::insert_group_raw`] advances the
+//!   sequence past every reloaded id (the mixer is inverted), so a store need not
+//!   persist the counter.
+//! * Group-source rules may carry a protocol and ports (later EC2) or none (the
+//!   2006 all-protocol grant): both are accepted.
+//! * [`Model::verify`] re-checks every invariant for state assembled from outside
+//!   (a reload, a deserialized model).
+//! * Instance ids, MACs and IPs must be unique; a clash is
+//!   `InvalidParameterValue` naming the value (EC2 has no closer code).
+//! * Serialization: `groups` is written as a list of [`Group`]s (JSON maps need
+//!   string keys); the key is rebuilt from each group's owner and name.
+//!
+//! Nothing here does I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -91,7 +124,10 @@ pub struct Ec2Error {
 
 impl Ec2Error {
     pub fn new(code: Ec2Code, message: impl Into<String>) -> Self {
-        Ec2Error { code, message: message.into() }
+        Ec2Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -174,7 +210,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { rules_per_group: 100 }
+        Limits {
+            rules_per_group: 100,
+        }
     }
 }
 
@@ -183,8 +221,9 @@ impl Default for Limits {
 /// groups); with no source at all it means `0.0.0.0/0`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSpec {
-    /// `-P`: `tcp`, `udp`, `icmp`, `all`, `-1`, or the numbers 6, 17, 1. Default:
-    /// `all` when only group sources are given, else `tcp`... see [`RuleSpec::expand`].
+    /// `-P`: `tcp`, `udp`, `icmp`, `all`, `-1`, or the numbers 6, 17, 1 (any
+    /// case). Default: `tcp` with `-p`, `icmp` with `-t`, else `all` (see
+    /// [`RuleSpec::expand`]).
     pub proto: Option<String>,
     /// `-p`: `N`, `N-M`, or `-1`.
     pub ports: Option<String>,
@@ -201,7 +240,2204 @@ pub struct RuleSpec {
 pub struct Model {
     pub limits: Limits,
     /// Keyed by (owner, group name).
+    #[serde(with = "groups_as_list")]
     pub groups: BTreeMap<(Owner, String), Group>,
     /// Keyed by instance id.
     pub instances: BTreeMap<String, Instance>,
+    /// Sequence number of the next group id (see [`Model::add_group`]).
+    #[serde(default)]
+    pub next_group_seq: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+fn invalid(message: impl Into<String>) -> Ec2Error {
+    Ec2Error::new(Ec2Code::InvalidParameterValue, message)
+}
+
+fn group_not_found(owner: &Owner, name: &str) -> Ec2Error {
+    Ec2Error::new(
+        Ec2Code::InvalidGroupNotFound,
+        format!("the security group '{name}' of owner {owner} does not exist"),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Owner, names, ids
+// ---------------------------------------------------------------------------
+
+impl Owner {
+    /// Parse an account id: exactly 12 ASCII digits.
+    pub fn parse(s: &str) -> Result<Owner, Ec2Error> {
+        if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Owner(s.to_owned()))
+        } else {
+            Err(invalid(format!(
+                "invalid owner id '{s}': expected 12 digits"
+            )))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Check an `Owner` built directly (the field is public).
+    fn validate(&self) -> Result<(), Ec2Error> {
+        Owner::parse(&self.0).map(|_| ())
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Owner {
+    type Err = Ec2Error;
+    fn from_str(s: &str) -> Result<Owner, Ec2Error> {
+        Owner::parse(s)
+    }
+}
+
+/// The name of the group every owner has.
+pub const DEFAULT_GROUP: &str = "default";
+/// Description of the `default` group.
+pub const DEFAULT_GROUP_DESCRIPTION: &str = "default group";
+/// Longest group name or description.
+pub const MAX_NAME_LEN: usize = 255;
+
+fn printable(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// A group name: 1-255 printable ASCII characters (0x20..=0x7e).
+pub fn validate_group_name(name: &str) -> Result<(), Ec2Error> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !printable(name) {
+        return Err(invalid(format!(
+            "invalid group name '{}': expected 1-255 printable ASCII characters",
+            name.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+/// A group description: 0-255 printable ASCII characters.
+pub fn validate_description(description: &str) -> Result<(), Ec2Error> {
+    if description.len() > MAX_NAME_LEN || !printable(description) {
+        return Err(invalid(format!(
+            "invalid group description '{}': expected at most 255 printable ASCII characters",
+            description.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+/// A bijection on `u32` (Wellons' "lowbias32"): distinct inputs give distinct,
+/// random-looking outputs.
+fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+/// The inverse of [`mix32`].
+fn unmix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x4302_1123); // inverse of 0x846ca68b mod 2^32
+    x ^= (x >> 15) ^ (x >> 30);
+    x = x.wrapping_mul(0x1d69_e2a5); // inverse of 0x7feb352d mod 2^32
+    x ^= x >> 16;
+    x
+}
+
+// Per-kind salts, so that group, instance and reservation number n do not share
+// their hex digits.
+const SALT_GROUP: u32 = 0x5ec0_0000;
+const SALT_INSTANCE: u32 = 0x1275_7a11;
+const SALT_RESERVATION: u32 = 0x7e5e_7e00;
+
+fn seq_id(prefix: &str, salt: u32, seq: u64) -> String {
+    // Folding the high half in keeps the id a function of the whole sequence.
+    let folded = (seq as u32) ^ ((seq >> 32) as u32).rotate_left(7);
+    format!("{prefix}{:08x}", mix32(folded ^ salt))
+}
+
+/// The `seq`-th group id: `sg-` + 8 lowercase hex digits, unique for 2^32 numbers.
+pub fn new_group_id(seq: u64) -> String {
+    seq_id("sg-", SALT_GROUP, seq)
+}
+
+/// The sequence number (below 2^32) that [`new_group_id`] turned into `id`, if
+/// `id` is a well-formed group id.
+pub fn group_id_seq(id: &str) -> Option<u64> {
+    if !is_id("sg-", id) {
+        return None;
+    }
+    let v = u32::from_str_radix(&id[3..], 16).ok()?;
+    Some(u64::from(unmix32(v) ^ SALT_GROUP))
+}
+
+/// The `seq`-th instance id: `i-` + 8 lowercase hex digits, unique for 2^32 numbers.
+pub fn new_instance_id(seq: u64) -> String {
+    seq_id("i-", SALT_INSTANCE, seq)
+}
+
+/// The `seq`-th reservation id: `r-` + 8 lowercase hex digits.
+pub fn new_reservation_id(seq: u64) -> String {
+    seq_id("r-", SALT_RESERVATION, seq)
+}
+
+/// Whether `id` is `prefix` followed by exactly 8 lowercase hex digits.
+pub fn is_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|h| {
+        h.len() == 8
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The MAC of an instance: locally administered unicast `02:` followed by the
+/// last 10 hex digits of the id (`i-0123abcd` → `02:00:01:23:ab:cd`). An id that
+/// is not `i-` + hex (e.g. one chosen for an attached interface) is hashed instead
+/// (FNV-1a), so every id gets a stable MAC.
+pub fn instance_mac(id: &str) -> Mac {
+    let hex = id.strip_prefix("i-").unwrap_or("");
+    let mut v: u64 = 0;
+    if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for b in hex.bytes() {
+            let d = (b as char).to_digit(16).unwrap_or(0);
+            v = (v << 4) | u64::from(d);
+        }
+    } else {
+        v = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes() {
+            v ^= u64::from(b);
+            v = v.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    let b = v.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
+}
+
+// ---------------------------------------------------------------------------
+// Rules
+// ---------------------------------------------------------------------------
+
+impl Proto {
+    /// Lowercase name as the EC2 tools print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::All => "all",
+        }
+    }
+
+    /// IP protocol number; `None` for `All`.
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Proto::Tcp => Some(crate::proto::TCP),
+            Proto::Udp => Some(crate::proto::UDP),
+            Proto::Icmp => Some(crate::proto::ICMP),
+            Proto::All => None,
+        }
+    }
+
+    /// Parse `-P`: `tcp|udp|icmp|all|-1` (any case) or `6|17|1`.
+    pub fn parse(s: &str) -> Result<Proto, Ec2Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" | "6" => Ok(Proto::Tcp),
+            "udp" | "17" => Ok(Proto::Udp),
+            "icmp" | "1" => Ok(Proto::Icmp),
+            "all" | "-1" => Ok(Proto::All),
+            _ => Err(invalid(format!(
+                "invalid protocol '{s}': expected tcp, udp, icmp or all"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Ports {
+    /// `22-22`, `0-65535`, `8:0`, `-1:-1`; empty for `None`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |x: Option<u8>| x.map_or(-1, i16::from);
+        match self {
+            Ports::None => Ok(()),
+            Ports::Range(lo, hi) => write!(f, "{lo}-{hi}"),
+            Ports::Icmp { ty, code } => write!(f, "{}:{}", n(*ty), n(*code)),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    /// A CIDR, or `OWNER/GROUP`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Cidr(net) => write!(f, "{net}"),
+            Source::Group { owner, group } => write!(f, "{owner}/{group}"),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    /// `tcp 22-22 from 10.0.0.0/8`, `all from group 111122223333/default`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.proto.as_str())?;
+        if self.ports != Ports::None {
+            write!(f, " {}", self.ports)?;
+        }
+        match &self.source {
+            Source::Cidr(net) => write!(f, " from {net}"),
+            Source::Group { .. } => write!(f, " from group {}", self.source),
+        }
+    }
+}
+
+impl Rule {
+    /// Check a rule built elsewhere (an API body, the store) and return it in
+    /// normal form: CIDR host bits cleared, ports consistent with the protocol.
+    pub fn normalized(&self) -> Result<Rule, Ec2Error> {
+        let ports = match (self.proto, self.ports) {
+            (Proto::All, Ports::None) => Ports::None,
+            (Proto::Tcp | Proto::Udp, Ports::Range(lo, hi)) if lo <= hi => Ports::Range(lo, hi),
+            (Proto::Icmp, Ports::Icmp { ty: None, .. }) => Ports::Icmp {
+                ty: None,
+                code: None,
+            },
+            (Proto::Icmp, p @ Ports::Icmp { .. }) => p,
+            (proto, ports) => {
+                return Err(invalid(format!(
+                    "invalid port specification '{ports}' for protocol {proto}"
+                )));
+            }
+        };
+        let source = match &self.source {
+            Source::Cidr(net) => Source::Cidr(net.trunc()),
+            Source::Group { owner, group } => {
+                owner.validate()?;
+                validate_group_name(group)?;
+                self.source.clone()
+            }
+        };
+        Ok(Rule {
+            proto: self.proto,
+            ports,
+            source,
+        })
+    }
+}
+
+/// Parse a port `0..=65535`.
+fn parse_port(s: &str, whole: &str) -> Result<u16, Ec2Error> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(format!(
+            "invalid port range '{whole}': expected N, N-M or -1 with 0 <= N <= M <= 65535"
+        )));
+    }
+    s.parse::<u16>().map_err(|_| {
+        invalid(format!(
+            "invalid port range '{whole}': port out of range 0-65535"
+        ))
+    })
+}
+
+/// Parse `-p`: `N`, `N-M` (N <= M) or `-1` (all ports).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), Ec2Error> {
+    let t = s.trim();
+    if t == "-1" {
+        return Ok((0, u16::MAX));
+    }
+    let (lo, hi) = match t.split_once('-') {
+        Some((a, b)) => (parse_port(a, s)?, parse_port(b, s)?),
+        None => {
+            let p = parse_port(t, s)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(invalid(format!(
+            "invalid port range '{s}': the first port is above the last"
+        )));
+    }
+    Ok((lo, hi))
+}
+
+/// Parse `-t TYPE:CODE`, each `0..=255` or `-1`. Type `-1` makes the code `-1`.
+pub fn parse_icmp_type_code(s: &str) -> Result<Ports, Ec2Error> {
+    let bad = || {
+        invalid(format!(
+            "invalid ICMP type:code '{s}': expected TYPE:CODE, each 0-255 or -1"
+        ))
+    };
+    let one = |x: &str| -> Result<Option<u8>, Ec2Error> {
+        match x.trim() {
+            "-1" => Ok(None),
+            d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
+                d.parse::<u8>().map(Some).map_err(|_| bad())
+            }
+            _ => Err(bad()),
+        }
+    };
+    let (ty, code) = s.split_once(':').ok_or_else(bad)?;
+    let ty = one(ty)?;
+    let code = one(code)?;
+    Ok(Ports::Icmp {
+        ty,
+        code: if ty.is_none() { None } else { code },
+    })
+}
+
+/// Parse a `-s` CIDR: `a.b.c.d/n` (host bits are cleared) or a bare address (/32).
+pub fn parse_cidr(s: &str) -> Result<Ipv4Net, Ec2Error> {
+    let t = s.trim();
+    let bad = || {
+        invalid(format!(
+            "invalid CIDR '{s}': expected a.b.c.d/n with n <= 32"
+        ))
+    };
+    if t.contains('/') {
+        // Only decimal prefix lengths: ipnet would accept nothing else anyway, but
+        // say so with the value.
+        Ipv4Net::from_str(t).map(|n| n.trunc()).map_err(|_| bad())
+    } else {
+        Ipv4Addr::from_str(t).map(Ipv4Net::from).map_err(|_| bad())
+    }
+}
+
+impl RuleSpec {
+    /// Validate the options and expand them into rules, one per source (each `-s`
+    /// CIDR, then each `-o/-u` group, in the order given; no source means
+    /// `0.0.0.0/0`). See the module docs for the protocol defaults. Group
+    /// existence is checked by [`Model::authorize`], not here.
+    pub fn expand(&self, caller: &Owner) -> Result<Vec<Rule>, Ec2Error> {
+        if self.ports.is_some() && self.icmp.is_some() {
+            return Err(invalid(format!(
+                "invalid permission: port range '{}' and ICMP type:code '{}' cannot both be given",
+                self.ports.as_deref().unwrap_or_default(),
+                self.icmp.as_deref().unwrap_or_default()
+            )));
+        }
+        let proto = match (&self.proto, &self.ports, &self.icmp) {
+            (Some(p), _, _) => Proto::parse(p)?,
+            (None, Some(_), None) => Proto::Tcp,
+            (None, None, Some(_)) => Proto::Icmp,
+            _ => Proto::All,
+        };
+        let ports = match proto {
+            Proto::Tcp | Proto::Udp => {
+                if let Some(t) = &self.icmp {
+                    return Err(invalid(format!(
+                        "invalid ICMP type:code '{t}' for protocol {proto}"
+                    )));
+                }
+                let (lo, hi) = match &self.ports {
+                    Some(p) => parse_port_range(p)?,
+                    None => (0, u16::MAX),
+                };
+                Ports::Range(lo, hi)
+            }
+            Proto::Icmp => {
+                if let Some(p) = &self.ports {
+                    return Err(invalid(format!(
+                        "invalid port range '{p}' for protocol icmp: use -t TYPE:CODE"
+                    )));
+                }
+                match &self.icmp {
+                    Some(t) => parse_icmp_type_code(t)?,
+                    None => Ports::Icmp {
+                        ty: None,
+                        code: None,
+                    },
+                }
+            }
+            Proto::All => {
+                if let Some(p) = &self.ports {
+                    return Err(invalid(format!(
+                        "invalid port range '{p}' for protocol all"
+                    )));
+                }
+                if let Some(t) = &self.icmp {
+                    return Err(invalid(format!(
+                        "invalid ICMP type:code '{t}' for protocol all"
+                    )));
+                }
+                Ports::None
+            }
+        };
+        let mut sources = Vec::with_capacity(self.cidrs.len() + self.groups.len());
+        for c in &self.cidrs {
+            sources.push(Source::Cidr(parse_cidr(c)?));
+        }
+        for (group, owner) in &self.groups {
+            validate_group_name(group)?;
+            let owner = match owner {
+                Some(o) => Owner::parse(o)?,
+                None => caller.clone(),
+            };
+            sources.push(Source::Group {
+                owner,
+                group: group.clone(),
+            });
+        }
+        if sources.is_empty() {
+            sources.push(Source::Cidr(Ipv4Net::default()));
+        }
+        Ok(sources
+            .into_iter()
+            .map(|source| Rule {
+                proto,
+                ports,
+                source,
+            })
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------
+
+impl Model {
+    /// An empty model.
+    pub fn new(limits: Limits) -> Model {
+        Model {
+            limits,
+            ..Model::default()
+        }
+    }
+
+    /// Create `owner`'s `default` group (one rule: all traffic from members of
+    /// `default` of the same owner) if it does not exist. Idempotent; the caller
+    /// passes a validated owner.
+    pub fn ensure_owner(&mut self, owner: &Owner) {
+        let key = (owner.clone(), DEFAULT_GROUP.to_owned());
+        if self.groups.contains_key(&key) {
+            return;
+        }
+        let id = self.take_group_id();
+        let rule = Rule {
+            proto: Proto::All,
+            ports: Ports::None,
+            source: Source::Group {
+                owner: owner.clone(),
+                group: DEFAULT_GROUP.to_owned(),
+            },
+        };
+        let group = Group {
+            owner: owner.clone(),
+            name: DEFAULT_GROUP.to_owned(),
+            id,
+            description: DEFAULT_GROUP_DESCRIPTION.to_owned(),
+            rules: vec![rule],
+        };
+        self.groups.insert(key, group);
+    }
+
+    /// The next unused group id; advances [`Model::next_group_seq`].
+    fn take_group_id(&mut self) -> String {
+        let taken: BTreeSet<&str> = self.groups.values().map(|g| g.id.as_str()).collect();
+        loop {
+            let id = new_group_id(self.next_group_seq);
+            self.next_group_seq = self.next_group_seq.wrapping_add(1);
+            if !taken.contains(id.as_str()) {
+                return id;
+            }
+        }
+    }
+
+    /// Whether the group exists, counting an owner's not yet created `default`
+    /// (which [`Model::ensure_owner`] makes on first use).
+    fn group_exists_or_implicit(&self, owner: &Owner, name: &str) -> bool {
+        name == DEFAULT_GROUP || self.groups.contains_key(&(owner.clone(), name.to_owned()))
+    }
+
+    /// Create a group with no rules.
+    pub fn add_group(
+        &mut self,
+        owner: &Owner,
+        name: &str,
+        description: &str,
+    ) -> Result<Group, Ec2Error> {
+        owner.validate()?;
+        validate_group_name(name)?;
+        validate_description(description)?;
+        if self.group_exists_or_implicit(owner, name) {
+            return Err(Ec2Error::new(
+                Ec2Code::InvalidGroupDuplicate,
+                format!("the security group '{name}' already exists for owner {owner}"),
+            ));
+        }
+        self.ensure_owner(owner);
+        let group = Group {
+            owner: owner.clone(),
+            name: name.to_owned(),
+            id: self.take_group_id(),
+            description: description.to_owned(),
+            rules: Vec::new(),
+        };
+        self.groups
+            .insert((owner.clone(), name.to_owned()), group.clone());
+        Ok(group)
+    }
+
+    /// Delete a group that no instance uses and no other group's rule names.
+    pub fn delete_group(&mut self, owner: &Owner, name: &str) -> Result<Group, Ec2Error> {
+        if name == DEFAULT_GROUP {
+            return Err(Ec2Error::new(
+                Ec2Code::InvalidGroupReserved,
+                format!("the security group '{name}' is reserved and cannot be deleted"),
+            ));
+        }
+        let key = (owner.clone(), name.to_owned());
+        if !self.groups.contains_key(&key) {
+            return Err(group_not_found(owner, name));
+        }
+        if let Some(inst) = self
+            .instances
+            .values()
+            .find(|i| &i.owner == owner && i.groups.iter().any(|g| g == name))
+        {
+            return Err(Ec2Error::new(
+                Ec2Code::InvalidGroupInUse,
+                format!(
+                    "the security group '{name}' is in use by instance {}",
+                    inst.id
+                ),
+            ));
+        }
+        for (k, g) in &self.groups {
+            if *k == key {
+                continue; // a group's references to itself go away with it
+            }
+            if g.rules.iter().any(|r| matches!(&r.source, Source::Group { owner: o, group } if o == owner && group == name)) {
+                return Err(Ec2Error::new(
+                    Ec2Code::InvalidGroupInUse,
+                    format!(
+                        "the security group '{name}' is referenced by a rule of group '{}' of owner {}",
+                        g.name, g.owner
+                    ),
+                ));
+            }
+        }
+        Ok(self.groups.remove(&key).expect("checked above"))
+    }
+
+    /// One of `owner`'s groups.
+    pub fn group(&self, owner: &Owner, name: &str) -> Result<&Group, Ec2Error> {
+        self.groups
+            .get(&(owner.clone(), name.to_owned()))
+            .ok_or_else(|| group_not_found(owner, name))
+    }
+
+    /// A group by its `sg-` id (any owner).
+    pub fn group_by_id(&self, id: &str) -> Option<&Group> {
+        self.groups.values().find(|g| g.id == id)
+    }
+
+    /// All groups of `owner`, sorted by name.
+    pub fn groups_of<'a>(&'a self, owner: &Owner) -> impl Iterator<Item = &'a Group> + use<'a> {
+        let owner = owner.clone();
+        self.groups.values().filter(move |g| g.owner == owner)
+    }
+
+    /// `owner`'s groups named in `names` (in that order, each once), or all of them
+    /// sorted by name when `names` is empty. An unknown name is
+    /// `InvalidGroup.NotFound`.
+    pub fn describe_groups(
+        &self,
+        owner: &Owner,
+        names: &[String],
+    ) -> Result<Vec<&Group>, Ec2Error> {
+        if names.is_empty() {
+            return Ok(self.groups_of(owner).collect());
+        }
+        let mut out: Vec<&Group> = Vec::with_capacity(names.len());
+        for n in names {
+            let g = self.group(owner, n)?;
+            if !out.iter().any(|o| o.name == g.name) {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expand `spec` and add its rules to `owner`'s `group`. Returns the rules added.
+    pub fn authorize(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        spec: &RuleSpec,
+    ) -> Result<Vec<Rule>, Ec2Error> {
+        let rules = spec.expand(owner)?;
+        self.authorize_rules(owner, group, &rules)?;
+        Ok(rules)
+    }
+
+    /// Expand `spec` and remove its rules from `owner`'s `group`. Returns the rules
+    /// removed.
+    pub fn revoke(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        spec: &RuleSpec,
+    ) -> Result<Vec<Rule>, Ec2Error> {
+        let rules = spec.expand(owner)?;
+        self.revoke_rules(owner, group, &rules)?;
+        Ok(rules)
+    }
+
+    /// Normalise `rules` and reject the same rule twice in one request.
+    fn normalize_request(rules: &[Rule], group: &str) -> Result<Vec<Rule>, Ec2Error> {
+        let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
+        for r in rules {
+            let n = r.normalized()?;
+            if out.contains(&n) {
+                return Err(Ec2Error::new(
+                    Ec2Code::InvalidPermissionDuplicate,
+                    format!("the permission '{n}' is given twice for group '{group}'"),
+                ));
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// Add already expanded rules (normalised here) to `owner`'s `group`: all or
+    /// nothing.
+    pub fn authorize_rules(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        rules: &[Rule],
+    ) -> Result<(), Ec2Error> {
+        let rules = Self::normalize_request(rules, group)?;
+        let g = self.group(owner, group)?;
+        for r in &rules {
+            if g.rules.contains(r) {
+                return Err(Ec2Error::new(
+                    Ec2Code::InvalidPermissionDuplicate,
+                    format!("the permission '{r}' already exists in group '{group}'"),
+                ));
+            }
+            if let Source::Group {
+                owner: o,
+                group: sg,
+            } = &r.source
+                && !self.group_exists_or_implicit(o, sg)
+            {
+                return Err(group_not_found(o, sg));
+            }
+        }
+        let total = g.rules.len() + rules.len();
+        if total > self.limits.rules_per_group {
+            return Err(Ec2Error::new(
+                Ec2Code::RulesPerSecurityGroupLimitExceeded,
+                format!(
+                    "group '{group}' would have {total} rules; the limit is {} per group",
+                    self.limits.rules_per_group
+                ),
+            ));
+        }
+        // Apply: create implicit `default` groups named as sources, then append.
+        for r in &rules {
+            if let Source::Group {
+                owner: o,
+                group: sg,
+            } = &r.source
+                && sg == DEFAULT_GROUP
+            {
+                self.ensure_owner(o);
+            }
+        }
+        let g = self
+            .groups
+            .get_mut(&(owner.clone(), group.to_owned()))
+            .expect("checked above");
+        g.rules.extend(rules);
+        Ok(())
+    }
+
+    /// Remove rules (normalised here) from `owner`'s `group`; each must be present
+    /// exactly: all or nothing.
+    pub fn revoke_rules(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        rules: &[Rule],
+    ) -> Result<(), Ec2Error> {
+        let rules = Self::normalize_request(rules, group)?;
+        let g = self.group(owner, group)?;
+        if let Some(r) = rules.iter().find(|r| !g.rules.contains(r)) {
+            return Err(Ec2Error::new(
+                Ec2Code::InvalidPermissionNotFound,
+                format!("the permission '{r}' does not exist in group '{group}'"),
+            ));
+        }
+        let g = self
+            .groups
+            .get_mut(&(owner.clone(), group.to_owned()))
+            .expect("checked above");
+        g.rules.retain(|r| !rules.contains(r));
+        Ok(())
+    }
+
+    /// Launch (or reload) an instance. Empty `groups` means `["default"]`; groups
+    /// are sorted and deduplicated and must all be the owner's own. Id, MAC and IP
+    /// must be unused.
+    pub fn add_instance(&mut self, mut inst: Instance) -> Result<(), Ec2Error> {
+        inst.owner.validate()?;
+        if inst.id.is_empty()
+            || inst.id.len() > MAX_NAME_LEN
+            || !printable(&inst.id)
+            || inst.id.contains(' ')
+        {
+            return Err(invalid(format!(
+                "invalid instance id '{}'",
+                inst.id.escape_default()
+            )));
+        }
+        if inst.groups.is_empty() {
+            inst.groups.push(DEFAULT_GROUP.to_owned());
+        }
+        inst.groups.sort();
+        inst.groups.dedup();
+        for g in &inst.groups {
+            if !self.group_exists_or_implicit(&inst.owner, g) {
+                return Err(group_not_found(&inst.owner, g));
+            }
+        }
+        if self.instances.contains_key(&inst.id) {
+            return Err(invalid(format!(
+                "instance id '{}' is already in use",
+                inst.id
+            )));
+        }
+        if inst.mac[0] & 1 == 1 || inst.mac == [0; 6] {
+            return Err(invalid(format!(
+                "invalid instance MAC '{}': not a unicast address",
+                fmt_mac(&inst.mac)
+            )));
+        }
+        for other in self.instances.values() {
+            if other.ip == inst.ip {
+                return Err(invalid(format!(
+                    "address '{}' is already used by instance {}",
+                    inst.ip, other.id
+                )));
+            }
+            if other.mac == inst.mac {
+                return Err(invalid(format!(
+                    "MAC address '{}' is already used by instance {}",
+                    fmt_mac(&inst.mac),
+                    other.id
+                )));
+            }
+        }
+        self.ensure_owner(&inst.owner);
+        self.instances.insert(inst.id.clone(), inst);
+        Ok(())
+    }
+
+    /// Remove an instance.
+    pub fn remove_instance(&mut self, id: &str) -> Result<Instance, Ec2Error> {
+        self.instances.remove(id).ok_or_else(|| {
+            Ec2Error::new(
+                Ec2Code::InvalidInstanceIdNotFound,
+                format!("the instance ID '{id}' does not exist"),
+            )
+        })
+    }
+
+    /// The instances that are members of `owner`'s group `group`, by id (the
+    /// sources a group rule `-o group -u owner` matches).
+    pub fn members<'a>(
+        &'a self,
+        owner: &Owner,
+        group: &str,
+    ) -> impl Iterator<Item = &'a Instance> + use<'a> {
+        let (owner, group) = (owner.clone(), group.to_owned());
+        self.instances
+            .values()
+            .filter(move |i| i.owner == owner && i.groups.contains(&group))
+    }
+
+    /// An instance by id.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.get(id)
+    }
+
+    /// The instances of `owner`, by id.
+    pub fn instances_of<'a>(
+        &'a self,
+        owner: &Owner,
+    ) -> impl Iterator<Item = &'a Instance> + use<'a> {
+        let owner = owner.clone();
+        self.instances.values().filter(move |i| i.owner == owner)
+    }
+
+    /// The lowest address of `subnet` that is not its network or broadcast
+    /// address, not its first host (kept for a gateway), not in `reserved` and not
+    /// used by an instance. `None` when the subnet is full.
+    pub fn free_ip(&self, subnet: Ipv4Net, reserved: Ipv4Net) -> Option<Ipv4Addr> {
+        let used: BTreeSet<u32> = self.instances.values().map(|i| u32::from(i.ip)).collect();
+        let net = u32::from(subnet.network());
+        let bcast = u32::from(subnet.broadcast());
+        let first = net.checked_add(2)?;
+        let last = bcast.checked_sub(1)?;
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|a| !reserved.contains(a) && !used.contains(&u32::from(*a)))
+    }
+
+    /// Check every invariant of the module docs over the whole model: keys match
+    /// groups, ids unique and well-formed, rules normalised, unique and within the
+    /// limit, group sources existing, every owner with a `default` group,
+    /// instances in existing groups of their owner with unique ids, IPs and MACs.
+    /// The methods keep these; this is for state assembled from outside (a reload
+    /// through [`Model::insert_group_raw`], a deserialized model). The first
+    /// violation is an `InternalError` naming it.
+    pub fn verify(&self) -> Result<(), Ec2Error> {
+        let broken = |what: String| Err(Ec2Error::new(Ec2Code::InternalError, what));
+        let mut ids = BTreeSet::new();
+        for ((owner, name), g) in &self.groups {
+            if (&g.owner, &g.name) != (owner, name) {
+                return broken(format!(
+                    "group '{}' of owner {} is stored under '{name}' of {owner}",
+                    g.name, g.owner
+                ));
+            }
+            if !is_id("sg-", &g.id) || !ids.insert(g.id.as_str()) {
+                return broken(format!(
+                    "group '{name}' of owner {owner} has a bad or repeated id '{}'",
+                    g.id
+                ));
+            }
+            if g.rules.len() > self.limits.rules_per_group {
+                return broken(format!(
+                    "group '{name}' of owner {owner} has {} rules",
+                    g.rules.len()
+                ));
+            }
+            for (i, r) in g.rules.iter().enumerate() {
+                if r.normalized().as_ref() != Ok(r) || g.rules[..i].contains(r) {
+                    return broken(format!(
+                        "group '{name}' of owner {owner} has a bad or repeated rule '{r}'"
+                    ));
+                }
+                if let Source::Group { owner: o, group } = &r.source
+                    && !self.groups.contains_key(&(o.clone(), group.clone()))
+                {
+                    return broken(format!(
+                        "rule '{r}' of group '{name}' names a missing group"
+                    ));
+                }
+            }
+            if !self
+                .groups
+                .contains_key(&(owner.clone(), DEFAULT_GROUP.to_owned()))
+            {
+                return broken(format!("owner {owner} has no '{DEFAULT_GROUP}' group"));
+            }
+        }
+        let (mut ips, mut macs) = (BTreeSet::new(), BTreeSet::new());
+        for (id, inst) in &self.instances {
+            if *id != inst.id || !ips.insert(inst.ip) || !macs.insert(inst.mac) {
+                return broken(format!(
+                    "instance '{id}' has a mismatched id or a repeated address"
+                ));
+            }
+            if inst.groups.is_empty() || !inst.groups.windows(2).all(|w| w[0] < w[1]) {
+                return broken(format!(
+                    "instance '{id}' has an empty or unsorted group list"
+                ));
+            }
+            if let Some(g) = inst.groups.iter().find(|g| {
+                !self
+                    .groups
+                    .contains_key(&(inst.owner.clone(), (*g).clone()))
+            }) {
+                return broken(format!("instance '{id}' is in missing group '{g}'"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Insert a group as stored (reload): its id, rules and description are kept.
+    /// Checks names, id format and uniqueness and rule form, not references (the
+    /// store loads groups in any order).
+    pub fn insert_group_raw(&mut self, g: Group) -> Result<(), Ec2Error> {
+        g.owner.validate()?;
+        validate_group_name(&g.name)?;
+        validate_description(&g.description)?;
+        if !is_id("sg-", &g.id) {
+            return Err(invalid(format!(
+                "invalid group id '{}': expected sg- and 8 hex digits",
+                g.id
+            )));
+        }
+        let key = (g.owner.clone(), g.name.clone());
+        if self.groups.contains_key(&key) {
+            return Err(Ec2Error::new(
+                Ec2Code::InvalidGroupDuplicate,
+                format!(
+                    "the security group '{}' already exists for owner {}",
+                    g.name, g.owner
+                ),
+            ));
+        }
+        if let Some(other) = self.group_by_id(&g.id) {
+            return Err(invalid(format!(
+                "group id '{}' is already used by group '{}'",
+                g.id, other.name
+            )));
+        }
+        let rules = Self::normalize_request(&g.rules, &g.name)?;
+        if rules.len() > self.limits.rules_per_group {
+            return Err(Ec2Error::new(
+                Ec2Code::RulesPerSecurityGroupLimitExceeded,
+                format!(
+                    "group '{}' has {} rules; the limit is {} per group",
+                    g.name,
+                    rules.len(),
+                    self.limits.rules_per_group
+                ),
+            ));
+        }
+        // Continue the id sequence after the reloaded group, so that ids of groups
+        // created since the last restart are not handed out again.
+        if let Some(seq) = group_id_seq(&g.id) {
+            self.next_group_seq = self.next_group_seq.max(seq + 1);
+        }
+        self.groups.insert(key, Group { rules, ..g });
+        Ok(())
+    }
+}
+
+fn fmt_mac(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// Serde for `Model::groups`: a list of groups (JSON map keys must be strings).
+mod groups_as_list {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<(Owner, String), Group>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(Owner, String), Group>, D::Error> {
+        let list = Vec::<Group>::deserialize(d)?;
+        Ok(list
+            .into_iter()
+            .map(|g| ((g.owner.clone(), g.name.clone()), g))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Owner {
+        Owner::parse("111122223333").expect("valid owner")
+    }
+    fn bob() -> Owner {
+        Owner::parse("444455556666").expect("valid owner")
+    }
+
+    fn model() -> Model {
+        let mut m = Model::new(Limits::default());
+        m.ensure_owner(&alice());
+        m.ensure_owner(&bob());
+        m
+    }
+
+    fn cidr(s: &str) -> Source {
+        Source::Cidr(s.parse().expect("cidr"))
+    }
+
+    fn tcp(lo: u16, hi: u16, src: &str) -> Rule {
+        Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(lo, hi),
+            source: cidr(src),
+        }
+    }
+
+    fn spec_tcp(ports: &str, cidrs: &[&str]) -> RuleSpec {
+        RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some(ports.into()),
+            cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            ..RuleSpec::default()
+        }
+    }
+
+    fn instance(id: &str, ip: [u8; 4], groups: &[&str]) -> Instance {
+        Instance {
+            id: id.into(),
+            owner: alice(),
+            mac: instance_mac(id),
+            ip: Ipv4Addr::from(ip),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Run a failing edit and check: the code, that the message names `value`, and
+    /// that the model is exactly as before.
+    #[track_caller]
+    fn fails<T: fmt::Debug>(
+        m: &mut Model,
+        code: Ec2Code,
+        value: &str,
+        edit: impl FnOnce(&mut Model) -> Result<T, Ec2Error>,
+    ) {
+        let before = m.clone();
+        let err = edit(m).expect_err("edit must fail");
+        assert_eq!(err.code, code, "{err}");
+        assert!(
+            err.message.contains(value),
+            "message {:?} must name {value:?}",
+            err.message
+        );
+        assert_eq!(*m, before, "a failed edit must leave the model unchanged");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: {}", code.as_str(), err.message)
+        );
+    }
+
+    // ---- owners, ids, names ----
+
+    #[test]
+    fn owner_ids_are_12_digits() {
+        assert_eq!(alice().to_string(), "111122223333");
+        assert_eq!(
+            "598916040194".parse::<Owner>().map(|o| o.0),
+            Ok("598916040194".to_string())
+        );
+        for bad in [
+            "",
+            "12345678901",
+            "1234567890123",
+            "12345678901a",
+            " 11112222333",
+            "１11122223333",
+        ] {
+            let e = Owner::parse(bad).expect_err(bad);
+            assert_eq!(e.code, Ec2Code::InvalidParameterValue);
+            assert!(e.message.contains(&format!("'{bad}'")), "{e}");
+        }
+    }
+
+    #[test]
+    fn ids_are_prefixed_hex_unique_and_deterministic() {
+        let mut seen = BTreeSet::new();
+        for seq in 0..50_000u64 {
+            let id = new_group_id(seq);
+            assert!(is_id("sg-", &id), "{id}");
+            assert!(seen.insert(id), "duplicate id at {seq}");
+        }
+        assert_eq!(new_group_id(7), new_group_id(7));
+        assert!(is_id("i-", &new_instance_id(3)));
+        assert!(is_id("r-", &new_reservation_id(3)));
+        assert_ne!(new_instance_id(1)[2..], new_reservation_id(1)[2..]);
+        assert_ne!(new_instance_id(1), new_instance_id(2));
+        for seq in [0, 1, 99, 123_456, u64::from(u32::MAX)] {
+            assert_eq!(group_id_seq(&new_group_id(seq)), Some(seq), "mixer inverts");
+        }
+        assert_eq!(group_id_seq("sg-nothex!"), None);
+        assert!(!is_id("sg-", "sg-1234567"));
+        assert!(!is_id("sg-", "sg-1234567G"));
+        assert!(!is_id("sg-", "sg-ABCDEF12"));
+    }
+
+    #[test]
+    fn instance_macs_are_local_unicast_and_stable() {
+        assert_eq!(
+            instance_mac("i-0123abcd"),
+            [0x02, 0x00, 0x01, 0x23, 0xab, 0xcd]
+        );
+        assert_eq!(
+            instance_mac("i-ffffffff"),
+            [0x02, 0x00, 0xff, 0xff, 0xff, 0xff]
+        );
+        let odd = instance_mac("eth-guest-7");
+        assert_eq!(odd, instance_mac("eth-guest-7"));
+        assert_ne!(odd, instance_mac("eth-guest-8"));
+        for id in ["i-0123abcd", "eth-guest-7", "", "i-"] {
+            let m = instance_mac(id);
+            assert_eq!(m[0], 0x02, "{id}: locally administered, unicast");
+        }
+        let macs: BTreeSet<Mac> = (0..10_000)
+            .map(|s| instance_mac(&new_instance_id(s)))
+            .collect();
+        assert_eq!(macs.len(), 10_000);
+    }
+
+    #[test]
+    fn name_and_description_rules() {
+        assert!(validate_group_name("a").is_ok());
+        assert!(validate_group_name(&"x".repeat(255)).is_ok());
+        assert!(validate_group_name("web tier ~!").is_ok());
+        for bad in [
+            String::new(),
+            "x".repeat(256),
+            "tab\there".into(),
+            "caf\u{e9}".into(),
+            "del\x7f".into(),
+        ] {
+            let e = validate_group_name(&bad).expect_err("bad name");
+            assert_eq!(e.code, Ec2Code::InvalidParameterValue);
+            assert!(e.message.contains(&bad.escape_default().to_string()), "{e}");
+        }
+        assert!(validate_description("").is_ok());
+        assert!(validate_description(&"d".repeat(255)).is_ok());
+        assert!(validate_description(&"d".repeat(256)).is_err());
+        assert!(validate_description("new\nline").is_err());
+    }
+
+    // ---- groups ----
+
+    #[test]
+    fn default_group_is_created_once_with_its_self_rule() {
+        let mut m = Model::new(Limits::default());
+        m.ensure_owner(&alice());
+        let g = m
+            .group(&alice(), "default")
+            .expect("default exists")
+            .clone();
+        assert_eq!(g.description, "default group");
+        assert!(is_id("sg-", &g.id));
+        assert_eq!(
+            g.rules,
+            vec![Rule {
+                proto: Proto::All,
+                ports: Ports::None,
+                source: Source::Group {
+                    owner: alice(),
+                    group: "default".into()
+                }
+            }]
+        );
+        let snapshot = m.clone();
+        m.ensure_owner(&alice());
+        assert_eq!(m, snapshot, "ensure_owner is idempotent");
+    }
+
+    #[test]
+    fn add_group_gives_distinct_ids_and_is_per_owner() {
+        let mut m = model();
+        let web = m.add_group(&alice(), "web", "Web servers").expect("add");
+        assert_eq!(
+            (web.name.as_str(), web.description.as_str()),
+            ("web", "Web servers")
+        );
+        assert!(web.rules.is_empty());
+        let bweb = m
+            .add_group(&bob(), "web", "")
+            .expect("same name, other owner");
+        assert_ne!(web.id, bweb.id);
+        assert_eq!(m.group_by_id(&web.id).map(|g| &g.owner), Some(&alice()));
+        assert_eq!(m.group_by_id(&bweb.id).map(|g| &g.owner), Some(&bob()));
+        assert_eq!(m.group_by_id("sg-00000000"), None);
+        // A new owner gets its default group on first add.
+        let carol = Owner::parse("777788889999").expect("owner");
+        m.add_group(&carol, "db", "d").expect("add");
+        assert!(m.group(&carol, "default").is_ok());
+    }
+
+    #[test]
+    fn err_group_duplicate() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "w").expect("add");
+        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'web'", |m| {
+            m.add_group(&alice(), "web", "again")
+        });
+        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'default'", |m| {
+            m.add_group(&alice(), "default", "x")
+        });
+        // Even for an owner never seen: every owner has a default group.
+        let carol = Owner::parse("777788889999").expect("owner");
+        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'default'", |m| {
+            m.add_group(&carol, "default", "x")
+        });
+    }
+
+    #[test]
+    fn err_invalid_parameter_on_group_fields() {
+        let mut m = model();
+        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+            m.add_group(&alice(), "", "d")
+        });
+        let long = "n".repeat(256);
+        fails(&mut m, Ec2Code::InvalidParameterValue, &long, |m| {
+            m.add_group(&alice(), &long, "d")
+        });
+        fails(&mut m, Ec2Code::InvalidParameterValue, "bad\\u{1b}", |m| {
+            m.add_group(&alice(), "bad\x1b", "d")
+        });
+        let desc = "d".repeat(256);
+        fails(&mut m, Ec2Code::InvalidParameterValue, &desc, |m| {
+            m.add_group(&alice(), "ok", &desc)
+        });
+        let bad_owner = Owner("12".into());
+        fails(&mut m, Ec2Code::InvalidParameterValue, "'12'", |m| {
+            m.add_group(&bad_owner, "ok", "d")
+        });
+    }
+
+    #[test]
+    fn err_group_not_found() {
+        let mut m = model();
+        m.add_group(&bob(), "bobs", "b").expect("add");
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+            m.delete_group(&alice(), "nope")
+        });
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+            m.authorize(&alice(), "nope", &spec_tcp("22", &[]))
+        });
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+            m.revoke(&alice(), "nope", &spec_tcp("22", &[]))
+        });
+        // Another owner's group is not the caller's to edit or describe.
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'bobs'", |m| {
+            m.authorize(&alice(), "bobs", &spec_tcp("22", &[]))
+        });
+        assert_eq!(
+            m.describe_groups(&alice(), &["bobs".into()])
+                .map_err(|e| e.code),
+            Err(Ec2Code::InvalidGroupNotFound)
+        );
+        assert_eq!(
+            m.group(&alice(), "bobs").map_err(|e| e.code),
+            Err(Ec2Code::InvalidGroupNotFound)
+        );
+        // A group source that does not exist.
+        let spec = RuleSpec {
+            groups: vec![("ghost".into(), None)],
+            ..RuleSpec::default()
+        };
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'ghost'", |m| {
+            m.authorize(&alice(), "default", &spec)
+        });
+        let spec = RuleSpec {
+            groups: vec![("web".into(), Some(bob().0))],
+            ..RuleSpec::default()
+        };
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'web'", |m| {
+            m.authorize(&alice(), "default", &spec)
+        });
+        // Launching into another owner's or an unknown group.
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'bobs'", |m| {
+            m.add_instance(instance("i-00000001", [10, 0, 0, 2], &["bobs"]))
+        });
+        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+            m.add_instance(instance("i-00000001", [10, 0, 0, 2], &["default", "nope"]))
+        });
+    }
+
+    #[test]
+    fn err_group_reserved() {
+        let mut m = model();
+        fails(&mut m, Ec2Code::InvalidGroupReserved, "'default'", |m| {
+            m.delete_group(&alice(), "default")
+        });
+    }
+
+    #[test]
+    fn err_group_in_use_by_instance() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "w").expect("add");
+        m.add_instance(instance("i-0000abcd", [172, 31, 0, 2], &["web"]))
+            .expect("launch");
+        fails(&mut m, Ec2Code::InvalidGroupInUse, "i-0000abcd", |m| {
+            m.delete_group(&alice(), "web")
+        });
+        m.remove_instance("i-0000abcd").expect("terminate");
+        assert_eq!(
+            m.delete_group(&alice(), "web").map(|g| g.name),
+            Ok("web".to_string())
+        );
+        assert!(m.group(&alice(), "web").is_err());
+    }
+
+    #[test]
+    fn err_group_in_use_by_rule_but_self_reference_is_fine() {
+        let mut m = model();
+        m.add_group(&alice(), "db", "d").expect("add");
+        m.add_group(&alice(), "web", "w").expect("add");
+        // db allows web; web allows itself.
+        let from_web = RuleSpec {
+            groups: vec![("web".into(), None)],
+            ..RuleSpec::default()
+        };
+        m.authorize(&alice(), "db", &from_web).expect("db from web");
+        m.authorize(&alice(), "web", &from_web)
+            .expect("web from web");
+        fails(&mut m, Ec2Code::InvalidGroupInUse, "'db'", |m| {
+            m.delete_group(&alice(), "web")
+        });
+        // Referenced from another owner's group.
+        m.add_group(&alice(), "shared", "s").expect("add");
+        let from_shared = RuleSpec {
+            groups: vec![("shared".into(), Some(alice().0))],
+            ..RuleSpec::default()
+        };
+        m.authorize(&bob(), "default", &from_shared)
+            .expect("bob trusts alice/shared");
+        fails(&mut m, Ec2Code::InvalidGroupInUse, "'shared'", |m| {
+            m.delete_group(&alice(), "shared")
+        });
+        // Once db stops naming web, web (only self-referenced) may go.
+        m.revoke(&alice(), "db", &from_web).expect("revoke");
+        m.delete_group(&alice(), "web")
+            .expect("only self references left");
+    }
+
+    #[test]
+    fn describe_groups_lists_own_groups() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "w").expect("add");
+        m.add_group(&alice(), "app", "a").expect("add");
+        m.add_group(&bob(), "bobs", "b").expect("add");
+        let names = |v: Vec<&Group>| v.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(m.describe_groups(&alice(), &[]).expect("all")),
+            ["app", "default", "web"]
+        );
+        let asked = ["web".to_string(), "default".to_string(), "web".to_string()];
+        assert_eq!(
+            names(m.describe_groups(&alice(), &asked).expect("some")),
+            ["web", "default"]
+        );
+        let e = m
+            .describe_groups(&alice(), &["web".into(), "zzz".into()])
+            .expect_err("unknown");
+        assert_eq!(e.code, Ec2Code::InvalidGroupNotFound);
+        assert!(e.message.contains("'zzz'"));
+    }
+
+    // ---- rule specs ----
+
+    #[test]
+    fn expand_protocol_defaults_and_spellings() {
+        let me = alice();
+        let proto = |s: RuleSpec| s.expand(&me).expect("valid")[0].proto;
+        assert_eq!(proto(RuleSpec::default()), Proto::All);
+        assert_eq!(
+            proto(RuleSpec {
+                ports: Some("22".into()),
+                ..RuleSpec::default()
+            }),
+            Proto::Tcp
+        );
+        assert_eq!(
+            proto(RuleSpec {
+                icmp: Some("8:0".into()),
+                ..RuleSpec::default()
+            }),
+            Proto::Icmp
+        );
+        assert_eq!(
+            proto(RuleSpec {
+                cidrs: vec!["10.0.0.0/8".into()],
+                ..RuleSpec::default()
+            }),
+            Proto::All
+        );
+        assert_eq!(
+            proto(RuleSpec {
+                groups: vec![("default".into(), None)],
+                ..RuleSpec::default()
+            }),
+            Proto::All
+        );
+        for (s, p) in [
+            ("tcp", Proto::Tcp),
+            ("TCP", Proto::Tcp),
+            ("6", Proto::Tcp),
+            ("udp", Proto::Udp),
+            ("17", Proto::Udp),
+            ("Icmp", Proto::Icmp),
+            ("1", Proto::Icmp),
+            ("all", Proto::All),
+            ("-1", Proto::All),
+        ] {
+            assert_eq!(
+                proto(RuleSpec {
+                    proto: Some(s.into()),
+                    ..RuleSpec::default()
+                }),
+                p,
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn expand_ports_and_icmp() {
+        let me = alice();
+        let ports = |s: RuleSpec| s.expand(&me).expect("valid")[0].ports;
+        let p = |proto: &str, ports: Option<&str>, icmp: Option<&str>| RuleSpec {
+            proto: Some(proto.into()),
+            ports: ports.map(Into::into),
+            icmp: icmp.map(Into::into),
+            ..RuleSpec::default()
+        };
+        assert_eq!(ports(p("tcp", Some("22"), None)), Ports::Range(22, 22));
+        assert_eq!(
+            ports(p("udp", Some("1000-2000"), None)),
+            Ports::Range(1000, 2000)
+        );
+        assert_eq!(
+            ports(p("tcp", Some("0-65535"), None)),
+            Ports::Range(0, 65535)
+        );
+        assert_eq!(ports(p("tcp", Some("-1"), None)), Ports::Range(0, 65535));
+        assert_eq!(ports(p("udp", None, None)), Ports::Range(0, 65535));
+        assert_eq!(
+            ports(p("icmp", None, Some("8:0"))),
+            Ports::Icmp {
+                ty: Some(8),
+                code: Some(0)
+            }
+        );
+        assert_eq!(
+            ports(p("icmp", None, Some("3:-1"))),
+            Ports::Icmp {
+                ty: Some(3),
+                code: None
+            }
+        );
+        assert_eq!(
+            ports(p("icmp", None, Some("-1:-1"))),
+            Ports::Icmp {
+                ty: None,
+                code: None
+            }
+        );
+        assert_eq!(
+            ports(p("icmp", None, Some("-1:4"))),
+            Ports::Icmp {
+                ty: None,
+                code: None
+            }
+        );
+        assert_eq!(
+            ports(p("icmp", None, None)),
+            Ports::Icmp {
+                ty: None,
+                code: None
+            }
+        );
+        assert_eq!(ports(p("all", None, None)), Ports::None);
+    }
+
+    #[test]
+    fn err_invalid_parameter_in_rule_specs() {
+        let mut m = model();
+        let p = |proto: Option<&str>, ports: Option<&str>, icmp: Option<&str>| RuleSpec {
+            proto: proto.map(Into::into),
+            ports: ports.map(Into::into),
+            icmp: icmp.map(Into::into),
+            ..RuleSpec::default()
+        };
+        let cases: Vec<(RuleSpec, &str)> = vec![
+            (p(Some("sctp"), None, None), "'sctp'"),
+            (p(Some("tcp"), Some("65536"), None), "'65536'"),
+            (p(Some("tcp"), Some("100-10"), None), "'100-10'"),
+            (p(Some("tcp"), Some("-2"), None), "'-2'"),
+            (p(Some("tcp"), Some("ssh"), None), "'ssh'"),
+            (p(Some("tcp"), Some("1-"), None), "'1-'"),
+            (p(Some("tcp"), Some(""), None), "''"),
+            (p(Some("icmp"), Some("22"), None), "'22'"),
+            (p(Some("all"), Some("22"), None), "'22'"),
+            (p(Some("tcp"), None, Some("8:0")), "'8:0'"),
+            (p(Some("all"), None, Some("8:0")), "'8:0'"),
+            (p(Some("icmp"), None, Some("256:0")), "'256:0'"),
+            (p(Some("icmp"), None, Some("8")), "'8'"),
+            (p(Some("icmp"), None, Some("8:x")), "'8:x'"),
+            (p(None, Some("22"), Some("8:0")), "'22'"),
+        ];
+        for (spec, value) in cases {
+            fails(&mut m, Ec2Code::InvalidParameterValue, value, |m| {
+                m.authorize(&alice(), "default", &spec)
+            });
+        }
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0",
+            "256.1.1.1",
+            "10.0.0.0/",
+            "host",
+            "010.0.0.1",
+            "::1/128",
+        ] {
+            let spec = RuleSpec {
+                cidrs: vec![bad.into()],
+                ..RuleSpec::default()
+            };
+            fails(
+                &mut m,
+                Ec2Code::InvalidParameterValue,
+                &format!("'{bad}'"),
+                |m| m.authorize(&alice(), "default", &spec),
+            );
+        }
+        let spec = RuleSpec {
+            groups: vec![("default".into(), Some("12345".into()))],
+            ..RuleSpec::default()
+        };
+        fails(&mut m, Ec2Code::InvalidParameterValue, "'12345'", |m| {
+            m.authorize(&alice(), "default", &spec)
+        });
+        let spec = RuleSpec {
+            groups: vec![(String::new(), None)],
+            ..RuleSpec::default()
+        };
+        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+            m.authorize(&alice(), "default", &spec)
+        });
+    }
+
+    #[test]
+    fn expand_sources_normalises_cidrs_and_defaults_owner() {
+        let spec = RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some("80".into()),
+            cidrs: vec!["205.192.8.45/24".into(), "10.1.2.3".into()],
+            groups: vec![("web".into(), None), ("default".into(), Some(bob().0))],
+            ..RuleSpec::default()
+        };
+        let rules = spec.expand(&alice()).expect("valid");
+        let sources: Vec<Source> = rules.iter().map(|r| r.source.clone()).collect();
+        assert_eq!(
+            sources,
+            vec![
+                cidr("205.192.8.0/24"),
+                cidr("10.1.2.3/32"),
+                Source::Group {
+                    owner: alice(),
+                    group: "web".into()
+                },
+                Source::Group {
+                    owner: bob(),
+                    group: "default".into()
+                },
+            ]
+        );
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.proto == Proto::Tcp && r.ports == Ports::Range(80, 80))
+        );
+        assert_eq!(rules[0].to_string(), "tcp 80-80 from 205.192.8.0/24");
+        assert_eq!(
+            rules[3].to_string(),
+            "tcp 80-80 from group 444455556666/default"
+        );
+        let none = RuleSpec::default().expand(&alice()).expect("valid");
+        assert_eq!(
+            none,
+            vec![Rule {
+                proto: Proto::All,
+                ports: Ports::None,
+                source: cidr("0.0.0.0/0")
+            }]
+        );
+        assert_eq!(none[0].to_string(), "all from 0.0.0.0/0");
+    }
+
+    // ---- authorize / revoke ----
+
+    #[test]
+    fn authorize_then_revoke() {
+        let mut m = model();
+        let added = m
+            .authorize(&alice(), "default", &spec_tcp("22", &["205.192.8.45/24"]))
+            .expect("authorize");
+        assert_eq!(added, vec![tcp(22, 22, "205.192.8.0/24")]);
+        assert_eq!(m.group(&alice(), "default").expect("g").rules.len(), 2);
+        // Revoke with another spelling of the same CIDR.
+        let removed = m
+            .revoke(&alice(), "default", &spec_tcp("22-22", &["205.192.8.1/24"]))
+            .expect("revoke");
+        assert_eq!(removed, added);
+        assert_eq!(m.group(&alice(), "default").expect("g").rules.len(), 1);
+        // Rules keep insertion order.
+        m.authorize_rules(
+            &alice(),
+            "default",
+            &[tcp(80, 80, "0.0.0.0/0"), tcp(443, 443, "0.0.0.0/0")],
+        )
+        .expect("add");
+        let rules = &m.group(&alice(), "default").expect("g").rules;
+        assert_eq!(
+            rules[1..],
+            [tcp(80, 80, "0.0.0.0/0"), tcp(443, 443, "0.0.0.0/0")]
+        );
+    }
+
+    #[test]
+    fn authorize_naming_another_owners_default_creates_it() {
+        let mut m = Model::new(Limits::default());
+        m.ensure_owner(&alice());
+        let spec = RuleSpec {
+            groups: vec![("default".into(), Some(bob().0))],
+            ..RuleSpec::default()
+        };
+        m.authorize(&alice(), "default", &spec)
+            .expect("bob's default always exists");
+        assert!(m.group(&bob(), "default").is_ok());
+    }
+
+    #[test]
+    fn authorize_rules_normalises_rules_from_apis() {
+        let mut m = model();
+        let raw = Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(22, 22),
+            source: cidr("10.9.8.7/8"),
+        };
+        m.authorize_rules(&alice(), "default", &[raw])
+            .expect("authorize");
+        assert!(
+            m.group(&alice(), "default")
+                .expect("g")
+                .rules
+                .contains(&tcp(22, 22, "10.0.0.0/8"))
+        );
+        let bad = Rule {
+            proto: Proto::Tcp,
+            ports: Ports::None,
+            source: cidr("10.0.0.0/8"),
+        };
+        fails(&mut m, Ec2Code::InvalidParameterValue, "tcp", |m| {
+            m.authorize_rules(&alice(), "default", &[bad])
+        });
+        let bad = Rule {
+            proto: Proto::Udp,
+            ports: Ports::Range(9, 3),
+            source: cidr("10.0.0.0/8"),
+        };
+        fails(&mut m, Ec2Code::InvalidParameterValue, "9-3", |m| {
+            m.authorize_rules(&alice(), "default", &[bad])
+        });
+        let bad = Rule {
+            proto: Proto::All,
+            ports: Ports::Icmp {
+                ty: None,
+                code: None,
+            },
+            source: cidr("10.0.0.0/8"),
+        };
+        fails(&mut m, Ec2Code::InvalidParameterValue, "-1:-1", |m| {
+            m.authorize_rules(&alice(), "default", &[bad])
+        });
+    }
+
+    #[test]
+    fn err_permission_duplicate() {
+        let mut m = model();
+        m.authorize(&alice(), "default", &spec_tcp("22", &["10.0.0.0/8"]))
+            .expect("first");
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionDuplicate,
+            "tcp 22-22 from 10.0.0.0/8",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec_tcp("22", &["192.168.0.0/16", "10.1.1.1/8"]),
+                )
+            },
+        );
+        // The same rule twice in one request, after normalisation.
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionDuplicate,
+            "tcp 80-80 from 172.16.0.0/12",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec_tcp("80", &["172.16.0.1/12", "172.16.0.0/12"]),
+                )
+            },
+        );
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionDuplicate,
+            "tcp 22-22 from 10.0.0.0/8",
+            |m| {
+                m.revoke(
+                    &alice(),
+                    "default",
+                    &spec_tcp("22", &["10.0.0.0/8", "10.0.0.0/8"]),
+                )
+            },
+        );
+        // The default group's own rule.
+        let spec = RuleSpec {
+            groups: vec![("default".into(), None)],
+            ..RuleSpec::default()
+        };
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionDuplicate,
+            "all from group 111122223333/default",
+            |m| m.authorize(&alice(), "default", &spec),
+        );
+    }
+
+    #[test]
+    fn err_permission_not_found() {
+        let mut m = model();
+        m.authorize(&alice(), "default", &spec_tcp("22", &["10.0.0.0/8"]))
+            .expect("first");
+        // One present, one absent: nothing is removed.
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionNotFound,
+            "tcp 22-22 from 11.0.0.0/8",
+            |m| {
+                m.revoke(
+                    &alice(),
+                    "default",
+                    &spec_tcp("22", &["10.0.0.0/8", "11.0.0.0/8"]),
+                )
+            },
+        );
+        // Same source, other ports: not the same rule.
+        fails(
+            &mut m,
+            Ec2Code::InvalidPermissionNotFound,
+            "tcp 22-23 from 10.0.0.0/8",
+            |m| m.revoke(&alice(), "default", &spec_tcp("22-23", &["10.0.0.0/8"])),
+        );
+    }
+
+    #[test]
+    fn err_rules_per_group_limit() {
+        let mut m = Model::new(Limits { rules_per_group: 3 });
+        m.ensure_owner(&alice());
+        // default has 1 rule; 2 more reach the limit exactly.
+        m.authorize(
+            &alice(),
+            "default",
+            &spec_tcp("22", &["10.0.0.1", "10.0.0.2"]),
+        )
+        .expect("up to the limit");
+        fails(
+            &mut m,
+            Ec2Code::RulesPerSecurityGroupLimitExceeded,
+            "'default'",
+            |m| m.authorize(&alice(), "default", &spec_tcp("22", &["10.0.0.3"])),
+        );
+        m.add_group(&alice(), "web", "w").expect("add");
+        let e = m.authorize(
+            &alice(),
+            "web",
+            &spec_tcp("1", &["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]),
+        );
+        let e = e.expect_err("4 > 3");
+        assert_eq!(e.code, Ec2Code::RulesPerSecurityGroupLimitExceeded);
+        assert!(
+            e.message.contains("4 rules") && e.message.contains("limit is 3"),
+            "{e}"
+        );
+        assert!(m.group(&alice(), "web").expect("g").rules.is_empty());
+    }
+
+    // ---- instances ----
+
+    #[test]
+    fn instances_default_group_sorted_membership_and_removal() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "w").expect("add");
+        m.add_instance(instance("i-00000001", [172, 31, 0, 2], &[]))
+            .expect("launch");
+        m.add_instance(instance(
+            "i-00000002",
+            [172, 31, 0, 3],
+            &["web", "default", "web"],
+        ))
+        .expect("launch");
+        assert_eq!(
+            m.instance("i-00000001").map(|i| i.groups.clone()),
+            Some(vec!["default".to_string()])
+        );
+        assert_eq!(
+            m.instance("i-00000002").map(|i| i.groups.clone()),
+            Some(vec!["default".into(), "web".into()])
+        );
+        assert_eq!(m.instances_of(&alice()).count(), 2);
+        assert_eq!(m.instances_of(&bob()).count(), 0);
+        let ids = |it: Box<dyn Iterator<Item = &Instance> + '_>| {
+            it.map(|i| i.id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(Box::new(m.members(&alice(), "default"))),
+            ["i-00000001", "i-00000002"]
+        );
+        assert_eq!(ids(Box::new(m.members(&alice(), "web"))), ["i-00000002"]);
+        assert!(ids(Box::new(m.members(&bob(), "default"))).is_empty());
+        let gone = m.remove_instance("i-00000001").expect("terminate");
+        assert_eq!(gone.ip, Ipv4Addr::new(172, 31, 0, 2));
+        assert_eq!(m.instances_of(&alice()).count(), 1);
+    }
+
+    #[test]
+    fn err_instance_clashes_are_invalid_parameter() {
+        let mut m = model();
+        m.add_instance(instance("i-00000001", [172, 31, 0, 2], &[]))
+            .expect("launch");
+        fails(
+            &mut m,
+            Ec2Code::InvalidParameterValue,
+            "'i-00000001'",
+            |m| m.add_instance(instance("i-00000001", [172, 31, 0, 9], &[])),
+        );
+        fails(
+            &mut m,
+            Ec2Code::InvalidParameterValue,
+            "'172.31.0.2'",
+            |m| m.add_instance(instance("i-00000002", [172, 31, 0, 2], &[])),
+        );
+        let mut same_mac = instance("i-00000003", [172, 31, 0, 4], &[]);
+        same_mac.mac = instance_mac("i-00000001");
+        fails(
+            &mut m,
+            Ec2Code::InvalidParameterValue,
+            "'02:00:00:00:00:01'",
+            |m| m.add_instance(same_mac),
+        );
+        let mut multicast = instance("i-00000004", [172, 31, 0, 5], &[]);
+        multicast.mac = [0x01, 0, 0x5e, 0, 0, 1];
+        fails(
+            &mut m,
+            Ec2Code::InvalidParameterValue,
+            "'01:00:5e:00:00:01'",
+            |m| m.add_instance(multicast),
+        );
+        let mut bad_owner = instance("i-00000005", [172, 31, 0, 6], &[]);
+        bad_owner.owner = Owner("x".into());
+        fails(&mut m, Ec2Code::InvalidParameterValue, "'x'", |m| {
+            m.add_instance(bad_owner)
+        });
+        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+            m.add_instance(instance("", [172, 31, 0, 7], &[]))
+        });
+    }
+
+    #[test]
+    fn err_instance_not_found() {
+        let mut m = model();
+        fails(
+            &mut m,
+            Ec2Code::InvalidInstanceIdNotFound,
+            "'i-deadbeef'",
+            |m| m.remove_instance("i-deadbeef"),
+        );
+    }
+
+    #[test]
+    fn free_ip_skips_network_gateway_reserved_used_and_broadcast() {
+        let mut m = model();
+        let subnet: Ipv4Net = "172.31.0.0/16".parse().expect("net");
+        let uplink: Ipv4Net = "172.31.255.0/24".parse().expect("net");
+        assert_eq!(
+            m.free_ip(subnet, uplink),
+            Some(Ipv4Addr::new(172, 31, 0, 2))
+        );
+        m.add_instance(instance("i-00000001", [172, 31, 0, 2], &[]))
+            .expect("launch");
+        m.add_instance(instance("i-00000002", [172, 31, 0, 4], &[]))
+            .expect("launch");
+        assert_eq!(
+            m.free_ip(subnet, uplink),
+            Some(Ipv4Addr::new(172, 31, 0, 3)),
+            "lowest gap"
+        );
+        // A /29: hosts .1-.6; .1 gateway; .2 and .4 used; .5-.6 reserved.
+        let small: Ipv4Net = "172.31.0.0/29".parse().expect("net");
+        let res: Ipv4Net = "172.31.0.4/30".parse().expect("net");
+        assert_eq!(m.free_ip(small, res), Some(Ipv4Addr::new(172, 31, 0, 3)));
+        m.add_instance(instance("i-00000003", [172, 31, 0, 3], &[]))
+            .expect("launch");
+        assert_eq!(m.free_ip(small, res), None, "full");
+        let none: Ipv4Net = "10.0.0.0/32".parse().expect("net");
+        assert_eq!(m.free_ip("10.0.0.0/31".parse().expect("net"), none), None);
+        assert_eq!(m.free_ip(none, none), None);
+        assert_eq!(
+            m.free_ip("10.0.0.0/30".parse().expect("net"), none),
+            Some(Ipv4Addr::new(10, 0, 0, 2))
+        );
+    }
+
+    // ---- reload and serialization ----
+
+    #[test]
+    fn insert_group_raw_reloads_and_new_ids_avoid_reloaded_ones() {
+        let mut a = model();
+        a.add_group(&alice(), "web", "w").expect("add");
+        a.authorize(&alice(), "web", &spec_tcp("80", &["0.0.0.0/0"]))
+            .expect("auth");
+        // Reload into a fresh model that lost its sequence counter.
+        let mut b = Model::new(Limits::default());
+        for g in a.groups.values() {
+            b.insert_group_raw(g.clone()).expect("reload");
+        }
+        assert_eq!(b.groups, a.groups);
+        let fresh = b.add_group(&alice(), "app", "a").expect("add");
+        assert!(
+            b.groups.values().filter(|g| g.id == fresh.id).count() == 1,
+            "id {} must be unique",
+            fresh.id
+        );
+        assert_eq!(
+            b.next_group_seq,
+            a.next_group_seq + 1,
+            "sequence continues after the reloaded ids"
+        );
+        let web = a.group(&alice(), "web").expect("g").clone();
+        fails(&mut b, Ec2Code::InvalidGroupDuplicate, "'web'", |m| {
+            m.insert_group_raw(web.clone())
+        });
+        let clash = Group {
+            name: "other".into(),
+            ..web.clone()
+        };
+        fails(
+            &mut b,
+            Ec2Code::InvalidParameterValue,
+            &format!("'{}'", web.id),
+            |m| m.insert_group_raw(clash),
+        );
+        let bad_id = Group {
+            name: "other".into(),
+            id: "sg-XYZ".into(),
+            ..web
+        };
+        fails(&mut b, Ec2Code::InvalidParameterValue, "'sg-XYZ'", |m| {
+            m.insert_group_raw(bad_id)
+        });
+    }
+
+    #[test]
+    fn verify_finds_state_the_methods_would_refuse() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "w").expect("add");
+        let from_web = RuleSpec {
+            groups: vec![("web".into(), None)],
+            ..RuleSpec::default()
+        };
+        m.authorize(&alice(), "default", &from_web).expect("auth");
+        m.add_instance(instance("i-00000001", [172, 31, 0, 2], &["web"]))
+            .expect("launch");
+        assert_eq!(m.verify(), Ok(()));
+
+        let mut dangling = m.clone();
+        dangling.groups.remove(&(alice(), "web".to_string()));
+        let e = dangling
+            .verify()
+            .expect_err("dangling source and membership");
+        assert_eq!(e.code, Ec2Code::InternalError);
+        assert!(e.message.contains("111122223333/web"), "{e}");
+
+        let mut dup = m.clone();
+        let g = dup
+            .groups
+            .get_mut(&(alice(), "web".to_string()))
+            .expect("web");
+        g.rules = vec![tcp(1, 1, "10.0.0.0/8"), tcp(1, 1, "10.0.0.0/8")];
+        assert!(
+            dup.verify()
+                .expect_err("duplicate rule")
+                .message
+                .contains("tcp 1-1 from 10.0.0.0/8")
+        );
+
+        let mut unnormal = m.clone();
+        let g = unnormal
+            .groups
+            .get_mut(&(alice(), "web".to_string()))
+            .expect("web");
+        g.rules = vec![Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(1, 1),
+            source: cidr("10.1.0.0/8"),
+        }];
+        assert!(unnormal.verify().is_err(), "host bits set");
+
+        let mut same_ip = m.clone();
+        let mut second = instance("i-00000002", [172, 31, 0, 2], &["web"]);
+        second.mac = instance_mac("i-00000002");
+        same_ip.instances.insert(second.id.clone(), second);
+        assert!(
+            same_ip
+                .verify()
+                .expect_err("same IP")
+                .message
+                .contains("i-00000002")
+        );
+    }
+
+    #[test]
+    fn model_round_trips_through_json() {
+        let mut m = model();
+        m.add_group(&alice(), "web", "Web \"tier\"").expect("add");
+        m.authorize(&alice(), "web", &spec_tcp("80", &["0.0.0.0/0"]))
+            .expect("auth");
+        let icmp = RuleSpec {
+            proto: Some("icmp".into()),
+            icmp: Some("8:-1".into()),
+            ..RuleSpec::default()
+        };
+        m.authorize(&alice(), "web", &icmp).expect("auth");
+        m.add_instance(instance("i-00000001", [172, 31, 0, 2], &["web"]))
+            .expect("launch");
+        let json = serde_json::to_string(&m).expect("serialize");
+        let back: Model = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, m);
+    }
+
+    // ---- randomized: failed edits change nothing, invariants always hold ----
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+            &xs[(self.next() % xs.len() as u64) as usize]
+        }
+    }
+
+    fn check_invariants(m: &Model) {
+        assert_eq!(m.verify(), Ok(()));
+        let mut ids = BTreeSet::new();
+        for ((owner, name), g) in &m.groups {
+            assert_eq!((&g.owner, &g.name), (owner, name));
+            assert!(ids.insert(g.id.clone()), "group ids unique");
+            assert!(g.rules.len() <= m.limits.rules_per_group);
+            for (i, r) in g.rules.iter().enumerate() {
+                assert!(!g.rules[..i].contains(r), "no duplicate rules");
+                assert_eq!(r.normalized().as_ref(), Ok(r), "rules are normalised");
+                if let Source::Group { owner, group } = &r.source {
+                    assert!(
+                        m.groups.contains_key(&(owner.clone(), group.clone())),
+                        "no dangling source {r}"
+                    );
+                }
+            }
+        }
+        let owners: BTreeSet<&Owner> = m.groups.keys().map(|(o, _)| o).collect();
+        for o in owners {
+            assert!(m.group(o, DEFAULT_GROUP).is_ok(), "every owner has default");
+        }
+        let (mut ips, mut macs) = (BTreeSet::new(), BTreeSet::new());
+        for i in m.instances.values() {
+            assert!(ips.insert(i.ip) && macs.insert(i.mac));
+            assert!(!i.groups.is_empty() && i.groups.windows(2).all(|w| w[0] < w[1]));
+            for g in &i.groups {
+                assert!(m.group(&i.owner, g).is_ok(), "instance group exists");
+            }
+        }
+    }
+
+    #[test]
+    fn random_edit_sequences_keep_invariants_and_fail_atomically() {
+        let mut rng = Rng(0x0dd_ba11_5eed);
+        let owners = [alice(), bob()];
+        let names = ["default", "web", "app", "db", "x y"];
+        let cidrs = [
+            "10.0.0.0/8",
+            "10.1.2.3/8",
+            "0.0.0.0/0",
+            "192.168.1.7",
+            "bad/99",
+        ];
+        let ports = ["22", "80-90", "-1", "70000"];
+        let mut m = Model::new(Limits { rules_per_group: 6 });
+        let (mut oks, mut errs) = (0, 0);
+        for step in 0..20_000u32 {
+            let owner = rng.pick(&owners).clone();
+            m.ensure_owner(&owner);
+            let before = m.clone();
+            let name = *rng.pick(&names);
+            let mut spec = RuleSpec::default();
+            match rng.next() % 3 {
+                0 => spec.cidrs.push(rng.pick(&cidrs).to_string()),
+                1 => spec.groups.push((
+                    rng.pick(&names).to_string(),
+                    Some(rng.pick(&owners).0.clone()),
+                )),
+                _ => {}
+            }
+            if rng.next().is_multiple_of(2) {
+                spec.proto = Some(rng.pick(&["tcp", "udp", "all"]).to_string());
+                if spec.proto.as_deref() != Some("all") {
+                    spec.ports = Some(rng.pick(&ports).to_string());
+                }
+            }
+            let ip = [172, 31, 0, (rng.next() % 8) as u8 + 2];
+            let id = format!("i-{:08x}", rng.next() % 8);
+            let result = match rng.next() % 6 {
+                0 => m.add_group(&owner, name, "d").map(|_| ()),
+                1 => m.delete_group(&owner, name).map(|_| ()),
+                2 => m.authorize(&owner, name, &spec).map(|_| ()),
+                3 => m.revoke(&owner, name, &spec).map(|_| ()),
+                4 => m.add_instance(Instance {
+                    id: id.clone(),
+                    owner: owner.clone(),
+                    mac: instance_mac(&id),
+                    ip: ip.into(),
+                    groups: vec![name.into()],
+                }),
+                _ => m.remove_instance(&id).map(|_| ()),
+            };
+            match result {
+                Ok(()) => oks += 1,
+                Err(e) => {
+                    errs += 1;
+                    assert_eq!(m, before, "step {step}: failed edit {e} changed the model");
+                }
+            }
+            check_invariants(&m);
+        }
+        assert!(
+            oks > 2_000 && errs > 2_000,
+            "both paths exercised: {oks} ok, {errs} errors"
+        );
+    }
 }

@@ -1,1 +1,23 @@
-//! # mgmt — the sgswitch control plane (being written)
+//! # mgmt — the sgswitch control plane
+//!
+//! * [`store`]: the durable SQLite state (one transaction per edit).
+//! * [`api`]: the one [`api::Command`] enum, its responses and errors, and the
+//!   JSON-lines wire protocol of the Unix socket.
+//! * [`core`]: the management core that owns the model, applies commands, writes
+//!   the store and publishes snapshots to a dataplane.
+//! * [`daemon`]: `sgswitch up`: switch, uplink, socket server, signals.
+//! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.
+//! * [`metrics`]: Prometheus text of the switch statistics.
+//! * [`instances`]: namespace instances and the uplink TAP.
+
+#![forbid(unsafe_code)]
+
+pub mod store;
+pub mod instances;
+pub mod api;
+pub mod core;
+pub mod cli;
+pub mod daemon;
+pub mod metrics;
+#[cfg(test)]
+pub(crate) mod testutil;

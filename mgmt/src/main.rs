@@ -1,3 +1,62 @@
-fn main() {
-    println!("sgswitch: being written");
+//! The `sgswitch` binary: `sgswitch up` runs the daemon; every other command is a
+//! client of its socket. Also answers to the multi-call names `ec2-add-group`,
+//! `ec2-authorize`, ... (see [`mgmt::cli::MULTI_CALL`]; `sgswitch install-links DIR`
+//! makes them). Exit status: 0 ok, 1 API or connection error, 2 usage error.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use mgmt::cli::{self, Cmd};
+
+fn main() -> ExitCode {
+    let (cli, matches) = match cli::parse(std::env::args()) {
+        Ok(v) => v,
+        Err(e) => e.exit(),
+    };
+    match &cli.cmd {
+        Cmd::Up(args) => match mgmt::daemon::run(&cli, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sgswitch up: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::InstallLinks { dir } => {
+            let target = match std::env::current_exe() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sgswitch install-links: cannot locate this binary: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match cli::install_links(dir, &target) {
+                Ok(links) => {
+                    for l in links {
+                        println!("{} -> {}", l.display(), target.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sgswitch install-links: {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        _ => {
+            let req = match cli::request_of(&cli, &matches) {
+                Ok(Some(r)) => r,
+                Ok(None) => return ExitCode::SUCCESS,
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (out, err, code) = cli::run_client(&cli.socket, &req, cli.json);
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            let _ = std::io::stderr().write_all(err.as_bytes());
+            ExitCode::from(code as u8)
+        }
+    }
 }

@@ -6,3 +6,10 @@
 
 pub mod port;
 pub mod sys;
+pub mod offload;
+pub mod arp;
+pub mod dhcp;
+pub mod mem;
+pub mod tap;
+pub mod netns;
+pub mod afpacket;

@@ -1,1 +1,31 @@
-//! End-to-end tests live in tests/tests/*.rs.
+//! # e2e — the end-to-end test lab of sgswitch
+//!
+//! The tests in `tests/tests/*.rs` run the real `sgswitch` binary with its uplink
+//! in a namespace of their own, launch namespace instances through the CLI and
+//! check what the outside and other instances can reach with real TCP connects
+//! and nmap scans. They need root (namespaces, TAPs); without it every test
+//! prints `SKIP` and passes.
+//!
+//! * [`lab`]: [`Lab`], one daemon + uplink namespace + instances, cleaned up on
+//!   drop even when the test panics.
+//! * [`ec2out`]: parsing `describe-group`/`authorize` output lines.
+//! * [`nmap`]: the parser of nmap's grepable output.
+//! * [`run`]: running programs with a deadline.
+//! * `src/bin/labhelper.rs`: TCP echo listener, connect prober and stream tool the
+//!   lab runs inside namespaces.
+//!
+//! Lab-safety rules kept here: every address lives in a namespace the test made;
+//! nothing is configured in the root namespace; traffic goes only between the
+//! lab's namespaces; every program runs under a deadline; processes are killed by
+//! PID.
+
+pub mod ec2out;
+pub mod lab;
+pub mod nmap;
+pub mod run;
+
+pub use ec2out::{GroupLine, PermSource, Permission};
+pub use lab::{
+    AMI, Lab, LabConfig, LabInstance, OUTSIDE, OUTSIDE2, Reach, SUBNET, Stream, is_root,
+};
+pub use nmap::{PortState, Scan};

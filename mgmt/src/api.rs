@@ -1,0 +1,482 @@
+//! The management API: one [`Command`] enum, its [`Response`]s and [`ApiError`],
+//! and the wire protocol of the Unix socket.
+//!
+//! Every front door (the `sgswitch` CLI through the socket, tests in-process)
+//! turns its input into a [`Request`] and gets back `Result<Response, ApiError>`
+//! from the management core; nothing else touches the model or the data plane.
+//!
+//! ## Wire protocol (Unix stream socket, JSON lines)
+//!
+//! * The client writes one request per line: a JSON object
+//!   `{"owner": "111122223333" | null, "command": {"op": "add-group", ...}}`
+//!   followed by `\n`. `owner` null means the daemon's default owner.
+//! * The daemon answers each request with exactly one line, in order:
+//!   `{"ok": RESPONSE}` or `{"error": {"code": "InvalidGroup.NotFound", "message": "..."}}`.
+//!   Error codes are EC2's (see [`filter::Ec2Code`]) plus the protocol's own
+//!   [`MALFORMED_REQUEST`], [`REQUEST_TOO_LARGE`] and [`INTERNAL_ERROR`].
+//! * A connection may carry any number of requests; the client closes it.
+//! * Hostile input never takes the daemon down: a line that is not UTF-8 or not a
+//!   valid request gets a `MalformedRequest` error and the connection stays usable;
+//!   a line longer than [`MAX_LINE`] bytes gets `RequestTooLarge` and the
+//!   connection is closed (the rest of that line is never buffered); a connection
+//!   idle for [`IDLE_TIMEOUT`] is closed; at most [`MAX_CONNECTIONS`] are served at
+//!   once (more are answered with an error and closed). Each connection is served
+//!   by its own thread, which hands commands to the management thread over a channel.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use filter::model::{Group, Rule, RuleSpec};
+use filter::{Ec2Code, Ec2Error};
+use serde::{Deserialize, Serialize};
+
+/// Longest request line accepted, in bytes (without the newline).
+pub const MAX_LINE: usize = 1 << 20;
+/// Connections idle this long are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Error code: the request line is not a valid request.
+pub const MALFORMED_REQUEST: &str = "MalformedRequest";
+/// Error code: the request line is longer than [`MAX_LINE`].
+pub const REQUEST_TOO_LARGE: &str = "RequestTooLarge";
+/// Error code: the daemon failed (store write, data plane); nothing was changed.
+pub const INTERNAL_ERROR: &str = "InternalError";
+/// Error code: too many connections.
+pub const BUSY: &str = "ServiceUnavailable";
+
+/// One request: who asks, and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// 12-digit account id; `None` = the daemon's default owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub command: Command,
+}
+
+/// Every management operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Command {
+    AddGroup {
+        name: String,
+        #[serde(default)]
+        description: String,
+    },
+    DeleteGroup {
+        name: String,
+    },
+    /// All of the owner's groups when `names` is empty.
+    DescribeGroups {
+        #[serde(default)]
+        names: Vec<String>,
+    },
+    Authorize {
+        group: String,
+        spec: RuleSpec,
+    },
+    Revoke {
+        group: String,
+        spec: RuleSpec,
+    },
+    RunInstances {
+        ami: String,
+        #[serde(default = "one")]
+        count: u32,
+        /// Empty = `default`.
+        #[serde(default)]
+        groups: Vec<String>,
+    },
+    /// All of the owner's instances when `ids` is empty.
+    DescribeInstances {
+        #[serde(default)]
+        ids: Vec<String>,
+    },
+    TerminateInstances {
+        ids: Vec<String>,
+    },
+    Stats,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Command {
+    /// Whether the command changes state (and so is committed and published).
+    pub fn is_edit(&self) -> bool {
+        !matches!(
+            self,
+            Command::DescribeGroups { .. } | Command::DescribeInstances { .. } | Command::Stats
+        )
+    }
+}
+
+/// An instance as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub ami: String,
+    pub ip: Ipv4Addr,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// `running`, or `pending` while being set up.
+    pub state: String,
+    pub launch_index: u32,
+    /// `netns:NAME`, `qemu:PID` or `port:IFNAME`.
+    pub place: String,
+}
+
+/// A reservation: the instances of one `run-instances`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: String,
+    pub owner: String,
+    pub groups: Vec<String>,
+    pub instances: Vec<InstanceView>,
+}
+
+/// An instance state transition (terminate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub id: String,
+    pub previous: String,
+    pub current: String,
+}
+
+/// Per-port counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+/// Daemon statistics: control plane and (when a switch runs) data plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Generation of the last published snapshot.
+    pub generation: u64,
+    pub groups: u64,
+    pub rules: u64,
+    pub instances: u64,
+    /// Committed edits since start.
+    pub edits: u64,
+    /// Edit received → snapshot published, over the last edits (microseconds).
+    pub edit_latency_p50_us: u64,
+    pub edit_latency_p99_us: u64,
+    pub ports: Vec<PortStats>,
+    /// (reason, count) for every drop reason, in counter order.
+    pub drops: Vec<(String, u64)>,
+    pub conntrack_entries: u64,
+    /// Ports removed because their netdev went away.
+    pub ports_gone: u64,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Response {
+    /// add-group.
+    GroupAdded {
+        name: String,
+        description: String,
+        id: String,
+    },
+    /// delete-group.
+    GroupDeleted {
+        name: String,
+    },
+    /// describe-group.
+    Groups {
+        groups: Vec<Group>,
+    },
+    /// authorize / revoke: the rules added or removed.
+    Permissions {
+        group: String,
+        rules: Vec<Rule>,
+    },
+    /// run-instances / describe-instances.
+    Reservations {
+        reservations: Vec<Reservation>,
+    },
+    /// terminate-instances.
+    StateChanges {
+        changes: Vec<StateChange>,
+    },
+    Stats {
+        stats: StatsReport,
+    },
+}
+
+/// A failed answer: an EC2 error code (or a protocol code) and a message naming
+/// the bad value. The state is unchanged after any error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn ec2(code: Ec2Code, message: impl Into<String>) -> ApiError {
+        ApiError::new(code.as_str(), message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(INTERNAL_ERROR, message)
+    }
+}
+
+impl From<Ec2Error> for ApiError {
+    fn from(e: Ec2Error) -> ApiError {
+        ApiError {
+            code: e.code.as_str().to_owned(),
+            message: e.message,
+        }
+    }
+}
+
+/// The answer to one request.
+pub type Reply = Result<Response, ApiError>;
+
+/// The wire form of a [`Reply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireReply {
+    Ok(Response),
+    Error(ApiError),
+}
+
+impl From<Reply> for WireReply {
+    fn from(r: Reply) -> WireReply {
+        match r {
+            Ok(v) => WireReply::Ok(v),
+            Err(e) => WireReply::Error(e),
+        }
+    }
+}
+
+impl From<WireReply> for Reply {
+    fn from(w: WireReply) -> Reply {
+        match w {
+            WireReply::Ok(v) => Ok(v),
+            WireReply::Error(e) => Err(e),
+        }
+    }
+}
+
+/// One line read from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, without its `\n`.
+    Line(Vec<u8>),
+    /// The line exceeded the cap; the connection must be closed.
+    TooLong,
+    /// End of stream (a partial last line without `\n` is discarded).
+    Eof,
+}
+
+/// Read one `\n`-terminated line of at most `cap` bytes, never buffering more
+/// than `cap` bytes of it.
+pub fn read_line_capped<R: BufRead>(r: &mut R, cap: usize) -> io::Result<Line> {
+    let mut out = Vec::new();
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(Line::Eof);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                if out.len() + i > cap {
+                    return Ok(Line::TooLong);
+                }
+                out.extend_from_slice(&buf[..i]);
+                r.consume(i + 1);
+                return Ok(Line::Line(out));
+            }
+            None => {
+                let n = buf.len();
+                if out.len() + n > cap {
+                    return Ok(Line::TooLong);
+                }
+                out.extend_from_slice(buf);
+                r.consume(n);
+            }
+        }
+    }
+}
+
+/// Decode a request line.
+pub fn decode_request(line: &[u8]) -> Result<Request, ApiError> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        ApiError::new(
+            MALFORMED_REQUEST,
+            format!(
+                "request is not UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::new(MALFORMED_REQUEST, format!("invalid request: {e}")))
+}
+
+/// Encode a reply as one line (with `\n`).
+pub fn encode_reply(reply: Reply) -> Vec<u8> {
+    let wire = WireReply::from(reply);
+    let mut v = serde_json::to_vec(&wire).unwrap_or_else(|e| {
+        // Serialising our own types cannot fail; keep the protocol even if it did.
+        format!("{{\"error\":{{\"code\":\"{INTERNAL_ERROR}\",\"message\":\"cannot encode reply: {e}\"}}}}")
+            .into_bytes()
+    });
+    v.push(b'\n');
+    v
+}
+
+/// Something that answers requests (the management core's handle).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Reply;
+}
+
+impl<F: Fn(Request) -> Reply + Send + Sync + 'static> Handler for F {
+    fn handle(&self, req: Request) -> Reply {
+        self(req)
+    }
+}
+
+/// Serve one connection until EOF, error, idle timeout or an oversized line.
+pub fn serve_connection<S: Read + Write>(stream: S, handler: &dyn Handler) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let line = read_line_capped(&mut reader, MAX_LINE)?;
+        let reply = match line {
+            Line::Eof => return Ok(()),
+            Line::TooLong => {
+                let e = ApiError::new(
+                    REQUEST_TOO_LARGE,
+                    format!("request line longer than {MAX_LINE} bytes"),
+                );
+                reader.get_mut().write_all(&encode_reply(Err(e)))?;
+                return Ok(());
+            }
+            Line::Line(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Line(l) => match decode_request(&l) {
+                Ok(req) => handler.handle(req),
+                Err(e) => Err(e),
+            },
+        };
+        let out = reader.get_mut();
+        out.write_all(&encode_reply(reply))?;
+        out.flush()?;
+    }
+}
+
+/// Accept connections on `listener` until `stop` is set, each served on its own
+/// thread. Returns when stopped (poke the listener with a connection to wake it).
+pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(mut stream) = conn else { continue };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.write_all(&encode_reply(Err(ApiError::new(
+                BUSY,
+                "too many connections",
+            ))));
+            continue;
+        }
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+        let handler = handler.clone();
+        let active2 = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sgswitch-conn".into())
+            .spawn(move || {
+                let _ = serve_connection(stream, &*handler);
+                active2.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Errors of the client side of the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to the sgswitch daemon at {path}: {source} (is `sgswitch up` running?)"
+    )]
+    Connect {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the sgswitch daemon at {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sgswitch daemon at {path} closed the connection without answering")]
+    NoAnswer { path: String },
+    #[error("the sgswitch daemon at {path} sent an invalid answer: {source}")]
+    BadAnswer {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Send one request to the daemon at `socket` and wait for its reply.
+pub fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
+    let path = socket.display().to_string();
+    let io_err = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let mut line = serde_json::to_vec(req).map_err(|e| io_err(io::Error::other(e)))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err)?;
+    let mut reader = BufReader::new(stream);
+    match read_line_capped(&mut reader, 64 << 20).map_err(io_err)? {
+        Line::Line(l) => {
+            let wire: WireReply =
+                serde_json::from_slice(&l).map_err(|source| ClientError::BadAnswer {
+                    path: path.clone(),
+                    source,
+                })?;
+            Ok(wire.into())
+        }
+        Line::Eof | Line::TooLong => Err(ClientError::NoAnswer { path }),
+    }
+}

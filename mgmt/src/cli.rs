@@ -1,0 +1,797 @@
+//! The `sgswitch` command line: argument parsing (clap), the multi-call names
+//! (`ec2-add-group`, ...), and the output format of the EC2 command-line tools.
+//!
+//! Contract (DESIGN §5):
+//! * Every command except `up` and `install-links` is one [`Request`] to the
+//!   daemon's socket (`--socket`, env `SGSWITCH_SOCKET`) on behalf of `--owner`
+//!   (env `SGSWITCH_OWNER`; none = the daemon's default owner).
+//! * Output: tab-separated lines as the EC2 tools printed them ([`format_reply`]),
+//!   or the response as JSON with `--json`.
+//! * Exit status: 0 on success; 1 on an API error, printed `Code: message` on
+//!   stderr, or when the daemon cannot be reached; 2 on a usage error.
+//! * PERMISSION lines always have both port fields: the range for TCP/UDP, type
+//!   and code (`-1` = any) for ICMP, both empty for protocol `all`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use filter::model::{Ports, Rule, RuleSpec, Source};
+
+use crate::api::{self, Command, Reply, Request, Response};
+
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/sgswitch/sgswitch.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sgswitch";
+/// Default owner of the daemon (AWS documentation's example account).
+pub const DEFAULT_OWNER: &str = "111122223333";
+
+const EXAMPLES: &str = "\
+Examples (the EC2 Developer Guide's walkthrough):
+  sgswitch up --uplink-netns outside &           # run the switch (as root)
+  sgswitch run-instances ami-eca54085            # RESERVATION r-..  INSTANCE i-.. ami-eca54085 172.31.0.2 running ..
+  sgswitch describe-group default                # GROUP 111122223333 default default group
+  sgswitch authorize default -P tcp -p 22 -s 192.168.1.10/32
+  sgswitch add-group web -d 'Web Servers'
+  sgswitch authorize web -P tcp -p 80 -s 0.0.0.0/0
+  sgswitch add-group app -d 'Application Servers'
+  sgswitch authorize app -o web -u 111122223333
+  sgswitch run-instances ami-fba54092 -n 7 -g web
+  sgswitch revoke default -P tcp -p 22 -s 192.168.1.10/32
+  sgswitch terminate-instances i-0123abcd
+  sgswitch install-links /usr/local/bin          # then: ec2-describe-group, ec2-authorize, ...
+
+Errors print `Code: message` on stderr (exit 1); usage errors exit 2.";
+
+/// Multi-call names and the subcommand each stands for.
+pub const MULTI_CALL: &[(&str, &str)] = &[
+    ("ec2-add-group", "add-group"),
+    ("ec2-delete-group", "delete-group"),
+    ("ec2-describe-group", "describe-group"),
+    ("ec2-authorize", "authorize"),
+    ("ec2-revoke", "revoke"),
+    ("ec2-run-instances", "run-instances"),
+    ("ec2-describe-instances", "describe-instances"),
+    ("ec2-terminate-instances", "terminate-instances"),
+];
+
+/// `sgswitch` — a userspace virtual switch with EC2-style security groups.
+#[derive(Debug, Parser)]
+#[command(name = "sgswitch", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// API socket of the daemon.
+    #[arg(long, global = true, env = "SGSWITCH_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Act as this 12-digit account (default: the daemon's owner).
+    #[arg(long, global = true, env = "SGSWITCH_OWNER")]
+    pub owner: Option<String>,
+    /// Print responses as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the switch and its management daemon in the foreground.
+    Up(UpArgs),
+    /// Create a security group.  Prints: GROUP NAME DESC
+    AddGroup {
+        name: String,
+        /// Description (printable ASCII, up to 255 characters).
+        #[arg(short = 'd', long = "description")]
+        description: String,
+    },
+    /// Delete a security group.  Prints: GROUP NAME
+    DeleteGroup { name: String },
+    /// Show groups and their rules.  Prints GROUP and PERMISSION lines.
+    #[command(alias = "describe-groups")]
+    DescribeGroup { names: Vec<String> },
+    /// Add ingress rules to a group.  Prints GROUP NAME, then one PERMISSION per rule.
+    Authorize(RuleArgs),
+    /// Remove ingress rules from a group (same options as authorize).
+    Revoke(RuleArgs),
+    /// Launch namespace instances.  Prints RESERVATION and INSTANCE lines.
+    RunInstances {
+        /// Image id (`ami-...`): recorded and shown, not interpreted.
+        ami: String,
+        /// How many instances.
+        #[arg(short = 'n', long = "instance-count", default_value_t = 1)]
+        count: u32,
+        /// Security group (repeatable); none = default.
+        #[arg(short = 'g', long = "group")]
+        groups: Vec<String>,
+    },
+    /// Show instances.  Prints RESERVATION and INSTANCE lines.
+    DescribeInstances { ids: Vec<String> },
+    /// Terminate instances.  Prints: INSTANCE ID running shutting-down
+    TerminateInstances {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Per-port and per-drop-reason counters of the switch.
+    Stats,
+    /// Make the ec2-* multi-call symlinks to this binary in DIR.
+    InstallLinks { dir: PathBuf },
+}
+
+/// Options of `authorize` and `revoke`.
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// The group to edit.
+    pub group: String,
+    /// Protocol: tcp, udp, icmp, all (or 6, 17, 1, -1).
+    #[arg(short = 'P', long = "protocol")]
+    pub proto: Option<String>,
+    /// Port or range: N, N-M, -1 (all).
+    #[arg(
+        short = 'p',
+        long = "port-range",
+        allow_hyphen_values = true,
+        conflicts_with = "icmp"
+    )]
+    pub ports: Option<String>,
+    /// ICMP TYPE:CODE (-1 = any).
+    #[arg(short = 't', long = "icmp-type-code", allow_hyphen_values = true)]
+    pub icmp: Option<String>,
+    /// Source CIDR (repeatable); default 0.0.0.0/0 when no source is given.
+    #[arg(short = 's', long = "source-subnet")]
+    pub cidrs: Vec<String>,
+    /// Source group (repeatable), members of which may connect.
+    #[arg(short = 'o', long = "source-group")]
+    pub src_groups: Vec<String>,
+    /// Owner of the preceding -o group (default: the caller).
+    #[arg(short = 'u', long = "source-group-user")]
+    pub src_users: Vec<String>,
+}
+
+/// How workers wait for frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PollArg {
+    Busy,
+    Adaptive,
+}
+
+/// What a revoke does to live tracked flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RevokeArg {
+    /// Cut flows whose permission is gone on their next packet (default).
+    Revalidate,
+    /// Keep tracked flows until they time out (modern AWS).
+    Keep,
+}
+
+/// Options of `sgswitch up`.
+#[derive(Clone, Debug, Args)]
+pub struct UpArgs {
+    /// State directory (SQLite database).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Instances' subnet.
+    #[arg(long, default_value = "172.31.0.0/16")]
+    pub subnet: ipnet::Ipv4Net,
+    /// Name of the uplink TAP.
+    #[arg(long, default_value = "sgsw-uplink")]
+    pub uplink: String,
+    /// Move the uplink into this existing namespace (addresses left to its owner).
+    #[arg(long)]
+    pub uplink_netns: Option<String>,
+    /// Addresses of the outside world, never given to instances
+    /// (default: the subnet's last /24).
+    #[arg(long)]
+    pub uplink_range: Option<ipnet::Ipv4Net>,
+    /// Poll threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
+    pub poll: PollArg,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9184).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    #[arg(long, value_enum, default_value_t = RevokeArg::Revalidate)]
+    pub conntrack_on_revoke: RevokeArg,
+    /// Rule limit per group.
+    #[arg(long, default_value_t = 100)]
+    pub rules_per_group: usize,
+    /// Pin workers to cores.
+    #[arg(long)]
+    pub pin_cores: bool,
+    /// Serve the API without a switch (groups and rules only; no instances).
+    #[arg(long, hide = true)]
+    pub no_switch: bool,
+}
+
+/// Parse `args` (argv, program name first), honouring multi-call names.
+/// Returns the parsed CLI, or clap's error (usage: exit 2, help/version: exit 0).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<(Cli, ArgMatches), clap::Error> {
+    let args = multi_call_args(args.into_iter().collect());
+    let matches = Cli::command().try_get_matches_from(&args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches))
+}
+
+/// Rewrite `ec2-add-group ARGS` into `sgswitch add-group ARGS`.
+pub fn multi_call_args(mut args: Vec<String>) -> Vec<String> {
+    let Some(argv0) = args.first() else {
+        return vec!["sgswitch".into()];
+    };
+    let base = Path::new(argv0)
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_owned();
+    if let Some((_, sub)) = MULTI_CALL.iter().find(|(name, _)| *name == base) {
+        args[0] = "sgswitch".into();
+        args.insert(1, (*sub).into());
+    }
+    args
+}
+
+/// Build the rule spec of `authorize`/`revoke`, pairing each `-u` with the `-o`
+/// before it (by position on the command line).
+pub fn rule_spec(args: &RuleArgs, sub: &ArgMatches) -> Result<RuleSpec, String> {
+    let o_idx: Vec<usize> = sub
+        .indices_of("src_groups")
+        .map(|i| i.collect())
+        .unwrap_or_default();
+    let u_idx: Vec<usize> = sub
+        .indices_of("src_users")
+        .map(|i| i.collect())
+        .unwrap_or_default();
+    let mut groups: Vec<(String, Option<String>)> =
+        args.src_groups.iter().map(|g| (g.clone(), None)).collect();
+    for (ui, &u_pos) in u_idx.iter().enumerate() {
+        // The last -o before this -u.
+        let Some(oi) = o_idx.iter().rposition(|&o| o < u_pos) else {
+            return Err(format!(
+                "-u {} must follow the -o GROUP it belongs to",
+                args.src_users[ui]
+            ));
+        };
+        if groups[oi].1.is_some() {
+            return Err(format!("-o {} has more than one -u", groups[oi].0));
+        }
+        groups[oi].1 = Some(args.src_users[ui].clone());
+    }
+    Ok(RuleSpec {
+        proto: args.proto.clone(),
+        ports: args.ports.clone(),
+        icmp: args.icmp.clone(),
+        cidrs: args.cidrs.clone(),
+        groups,
+    })
+}
+
+/// The request a client command sends, or `None` for local commands.
+pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, String> {
+    let command = match &cli.cmd {
+        Cmd::Up(_) | Cmd::InstallLinks { .. } => return Ok(None),
+        Cmd::AddGroup { name, description } => Command::AddGroup {
+            name: name.clone(),
+            description: description.clone(),
+        },
+        Cmd::DeleteGroup { name } => Command::DeleteGroup { name: name.clone() },
+        Cmd::DescribeGroup { names } => Command::DescribeGroups {
+            names: names.clone(),
+        },
+        Cmd::Authorize(a) => {
+            let sub = matches
+                .subcommand_matches("authorize")
+                .ok_or("authorize: no arguments")?;
+            Command::Authorize {
+                group: a.group.clone(),
+                spec: rule_spec(a, sub)?,
+            }
+        }
+        Cmd::Revoke(a) => {
+            let sub = matches
+                .subcommand_matches("revoke")
+                .ok_or("revoke: no arguments")?;
+            Command::Revoke {
+                group: a.group.clone(),
+                spec: rule_spec(a, sub)?,
+            }
+        }
+        Cmd::RunInstances { ami, count, groups } => Command::RunInstances {
+            ami: ami.clone(),
+            count: *count,
+            groups: groups.clone(),
+        },
+        Cmd::DescribeInstances { ids } => Command::DescribeInstances { ids: ids.clone() },
+        Cmd::TerminateInstances { ids } => Command::TerminateInstances { ids: ids.clone() },
+        Cmd::Stats => Command::Stats,
+    };
+    Ok(Some(Request {
+        owner: cli.owner.clone(),
+        command,
+    }))
+}
+
+/// One PERMISSION line of `group`'s `rule`.
+pub fn permission_line(group: &str, rule: &Rule) -> String {
+    let (from, to) = match rule.ports {
+        Ports::None => (String::new(), String::new()),
+        Ports::Range(lo, hi) => (lo.to_string(), hi.to_string()),
+        Ports::Icmp { ty, code } => {
+            let s = |v: Option<u8>| v.map_or("-1".to_owned(), |v| v.to_string());
+            (s(ty), s(code))
+        }
+    };
+    let source = match &rule.source {
+        Source::Cidr(net) => format!("FROM\tCIDR\t{net}"),
+        Source::Group { owner, group } => format!("FROM\tUSER\t{}\tGRPNAME\t{group}", owner.0),
+    };
+    format!(
+        "PERMISSION\t{group}\tALLOWS\t{}\t{from}\t{to}\t{source}",
+        rule.proto.as_str()
+    )
+}
+
+/// The EC2-tool lines of a successful response (each ends with `\n`).
+pub fn format_response(resp: &Response) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    match resp {
+        Response::GroupAdded {
+            name, description, ..
+        } => line(format!("GROUP\t{name}\t{description}")),
+        Response::GroupDeleted { name } => line(format!("GROUP\t{name}")),
+        Response::Groups { groups } => {
+            for g in groups {
+                line(format!(
+                    "GROUP\t{}\t{}\t{}",
+                    g.owner.0, g.name, g.description
+                ));
+                for r in &g.rules {
+                    line(permission_line(&g.name, r));
+                }
+            }
+        }
+        Response::Permissions { group, rules } => {
+            line(format!("GROUP\t{group}"));
+            for r in rules {
+                line(permission_line(group, r));
+            }
+        }
+        Response::Reservations { reservations } => {
+            for res in reservations {
+                line(format!(
+                    "RESERVATION\t{}\t{}\t{}",
+                    res.id,
+                    res.owner,
+                    res.groups.join(",")
+                ));
+                for i in &res.instances {
+                    line(format!(
+                        "INSTANCE\t{}\t{}\t{}\t{}\t{}\t{}",
+                        i.id, i.ami, i.ip, i.state, i.launch_index, i.place
+                    ));
+                }
+            }
+        }
+        Response::StateChanges { changes } => {
+            for c in changes {
+                line(format!("INSTANCE\t{}\t{}\t{}", c.id, c.previous, c.current));
+            }
+        }
+        Response::Stats { stats } => {
+            line(format!("GENERATION\t{}", stats.generation));
+            line(format!(
+                "MODEL\tgroups\t{}\trules\t{}\tinstances\t{}",
+                stats.groups, stats.rules, stats.instances
+            ));
+            line(format!(
+                "EDITS\t{}\tp50_us\t{}\tp99_us\t{}",
+                stats.edits, stats.edit_latency_p50_us, stats.edit_latency_p99_us
+            ));
+            for p in &stats.ports {
+                line(format!(
+                    "PORT\t{}\trx_packets\t{}\trx_bytes\t{}\ttx_packets\t{}\ttx_bytes\t{}\tdrops\t{}",
+                    p.name, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops
+                ));
+            }
+            for (reason, n) in &stats.drops {
+                line(format!("DROP\t{reason}\t{n}"));
+            }
+            line(format!("CONNTRACK\tentries\t{}", stats.conntrack_entries));
+            line(format!("PORTS-GONE\t{}", stats.ports_gone));
+        }
+    }
+    out
+}
+
+/// What to print for a reply: (stdout, stderr, exit code).
+pub fn format_reply(reply: &Reply, json: bool) -> (String, String, i32) {
+    match reply {
+        Ok(resp) if json => {
+            let mut s = serde_json::to_string_pretty(resp).unwrap_or_default();
+            s.push('\n');
+            (s, String::new(), 0)
+        }
+        Ok(resp) => (format_response(resp), String::new(), 0),
+        Err(e) if json => {
+            let mut s = serde_json::to_string_pretty(e).unwrap_or_default();
+            s.push('\n');
+            (String::new(), s, 1)
+        }
+        Err(e) => (String::new(), format!("{}: {}\n", e.code, e.message), 1),
+    }
+}
+
+/// Make the multi-call symlinks in `dir` pointing at `target`; replaces links of
+/// the same names. Returns the links made.
+pub fn install_links(dir: &Path, target: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut made = Vec::new();
+    for (name, _) in MULTI_CALL {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(target, &link)?;
+        made.push(link);
+    }
+    Ok(made)
+}
+
+/// Run a client command against the daemon: returns (stdout, stderr, exit code).
+pub fn run_client(socket: &Path, req: &Request, json: bool) -> (String, String, i32) {
+    match api::call(socket, req) {
+        Ok(reply) => format_reply(&reply, json),
+        Err(e) => (String::new(), format!("sgswitch: {e}\n"), 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use filter::model::{Group, Owner, Proto};
+
+    use super::*;
+    use crate::api::{ApiError, InstanceView, Reservation, StateChange};
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn group_rule(owner: &str, group: &str) -> Rule {
+        Rule {
+            proto: Proto::All,
+            ports: Ports::None,
+            source: Source::Group {
+                owner: Owner(owner.into()),
+                group: group.into(),
+            },
+        }
+    }
+
+    fn cidr_rule(proto: Proto, ports: Ports, cidr: &str) -> Rule {
+        Rule {
+            proto,
+            ports,
+            source: Source::Cidr(cidr.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn describe_group_prints_group_and_permission_lines_like_the_ec2_tools() {
+        let g = Group {
+            owner: Owner("598916040194".into()),
+            name: "default".into(),
+            id: "sg-1a2b3c4d".into(),
+            description: "default group".into(),
+            rules: vec![
+                group_rule("598916040194", "default"),
+                cidr_rule(Proto::Tcp, Ports::Range(22, 22), "192.168.1.10/32"),
+                cidr_rule(Proto::Udp, Ports::Range(0, 65535), "10.0.0.0/8"),
+                cidr_rule(
+                    Proto::Icmp,
+                    Ports::Icmp {
+                        ty: Some(8),
+                        code: None,
+                    },
+                    "0.0.0.0/0",
+                ),
+                cidr_rule(
+                    Proto::Icmp,
+                    Ports::Icmp {
+                        ty: None,
+                        code: None,
+                    },
+                    "0.0.0.0/0",
+                ),
+                Rule {
+                    proto: Proto::Tcp,
+                    ports: Ports::Range(8080, 8090),
+                    source: Source::Group {
+                        owner: Owner("444455556666".into()),
+                        group: "web".into(),
+                    },
+                },
+            ],
+        };
+        let out = format_response(&Response::Groups { groups: vec![g] });
+        assert_eq!(
+            out,
+            "GROUP\t598916040194\tdefault\tdefault group\n\
+             PERMISSION\tdefault\tALLOWS\tall\t\t\tFROM\tUSER\t598916040194\tGRPNAME\tdefault\n\
+             PERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t192.168.1.10/32\n\
+             PERMISSION\tdefault\tALLOWS\tudp\t0\t65535\tFROM\tCIDR\t10.0.0.0/8\n\
+             PERMISSION\tdefault\tALLOWS\ticmp\t8\t-1\tFROM\tCIDR\t0.0.0.0/0\n\
+             PERMISSION\tdefault\tALLOWS\ticmp\t-1\t-1\tFROM\tCIDR\t0.0.0.0/0\n\
+             PERMISSION\tdefault\tALLOWS\ttcp\t8080\t8090\tFROM\tUSER\t444455556666\tGRPNAME\tweb\n"
+        );
+    }
+
+    #[test]
+    fn group_edit_lines() {
+        let added = Response::GroupAdded {
+            name: "web".into(),
+            description: "Web Servers".into(),
+            id: "sg-1".into(),
+        };
+        assert_eq!(format_response(&added), "GROUP\tweb\tWeb Servers\n");
+        assert_eq!(
+            format_response(&Response::GroupDeleted { name: "web".into() }),
+            "GROUP\tweb\n"
+        );
+        let auth = Response::Permissions {
+            group: "default".into(),
+            rules: vec![cidr_rule(
+                Proto::Tcp,
+                Ports::Range(22, 22),
+                "192.168.1.10/32",
+            )],
+        };
+        assert_eq!(
+            format_response(&auth),
+            "GROUP\tdefault\nPERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t192.168.1.10/32\n"
+        );
+    }
+
+    #[test]
+    fn reservation_instance_and_terminate_lines() {
+        let inst = |id: &str, ip: &str, k: u32| InstanceView {
+            id: id.into(),
+            ami: "ami-fba54092".into(),
+            ip: ip.parse().unwrap(),
+            mac: "02:00:01:23:ab:cd".into(),
+            state: "running".into(),
+            launch_index: k,
+            place: format!("netns:{id}"),
+        };
+        let r = Response::Reservations {
+            reservations: vec![Reservation {
+                id: "r-0192776a".into(),
+                owner: "598916040194".into(),
+                groups: vec!["default".into(), "web".into()],
+                instances: vec![
+                    inst("i-0123abcd", "172.31.0.2", 0),
+                    inst("i-4567ef01", "172.31.0.3", 1),
+                ],
+            }],
+        };
+        assert_eq!(
+            format_response(&r),
+            "RESERVATION\tr-0192776a\t598916040194\tdefault,web\n\
+             INSTANCE\ti-0123abcd\tami-fba54092\t172.31.0.2\trunning\t0\tnetns:i-0123abcd\n\
+             INSTANCE\ti-4567ef01\tami-fba54092\t172.31.0.3\trunning\t1\tnetns:i-4567ef01\n"
+        );
+        let t = Response::StateChanges {
+            changes: vec![StateChange {
+                id: "i-0123abcd".into(),
+                previous: "running".into(),
+                current: "shutting-down".into(),
+            }],
+        };
+        assert_eq!(
+            format_response(&t),
+            "INSTANCE\ti-0123abcd\trunning\tshutting-down\n"
+        );
+    }
+
+    #[test]
+    fn errors_print_code_colon_message_and_exit_1() {
+        let e: Reply = Err(ApiError::new(
+            "InvalidGroup.NotFound",
+            "the security group 'x' does not exist",
+        ));
+        let (out, err, code) = format_reply(&e, false);
+        assert_eq!(
+            (out.as_str(), err.as_str(), code),
+            (
+                "",
+                "InvalidGroup.NotFound: the security group 'x' does not exist\n",
+                1
+            )
+        );
+        let (out, _, code) = format_reply(&Ok(Response::GroupDeleted { name: "web".into() }), true);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["kind"], "group-deleted");
+        assert_eq!(v["name"], "web");
+    }
+
+    #[test]
+    fn authorize_pairs_each_u_with_the_o_before_it() {
+        let (cli, m) = parse(argv(&[
+            "sgswitch",
+            "authorize",
+            "web",
+            "-P",
+            "tcp",
+            "-p",
+            "-1",
+            "-o",
+            "a",
+            "-u",
+            "444455556666",
+            "-o",
+            "b",
+            "-s",
+            "1.2.3.4/32",
+        ]))
+        .unwrap();
+        let req = request_of(&cli, &m).unwrap().unwrap();
+        let Command::Authorize { group, spec } = req.command else {
+            panic!("{req:?}")
+        };
+        assert_eq!(group, "web");
+        assert_eq!(spec.proto.as_deref(), Some("tcp"));
+        assert_eq!(spec.ports.as_deref(), Some("-1"));
+        assert_eq!(spec.cidrs, ["1.2.3.4/32"]);
+        assert_eq!(
+            spec.groups,
+            vec![
+                ("a".into(), Some("444455556666".into())),
+                ("b".into(), None)
+            ]
+        );
+
+        let (cli, m) = parse(argv(&[
+            "sgswitch",
+            "revoke",
+            "web",
+            "-u",
+            "444455556666",
+            "-o",
+            "a",
+        ]))
+        .unwrap();
+        assert!(
+            request_of(&cli, &m)
+                .unwrap_err()
+                .contains("-u 444455556666")
+        );
+        let (cli, m) = parse(argv(&[
+            "sgswitch", "revoke", "web", "-o", "a", "-u", "1", "-u", "2",
+        ]))
+        .unwrap();
+        assert!(
+            request_of(&cli, &m)
+                .unwrap_err()
+                .contains("more than one -u")
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for args in [
+            &["sgswitch", "authorize", "web", "-p", "22", "-t", "8:0"][..],
+            &["sgswitch", "add-group", "web"],
+            &["sgswitch", "terminate-instances"],
+            &["sgswitch", "no-such-command"],
+            &["sgswitch", "run-instances", "ami-1", "-n", "many"],
+            &["sgswitch", "up", "--subnet", "not-a-cidr"],
+        ] {
+            let e = parse(argv(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn global_options_and_multi_call_names() {
+        let (cli, m) = parse(argv(&[
+            "/usr/local/bin/ec2-describe-group",
+            "default",
+            "web",
+            "--socket",
+            "/tmp/s.sock",
+            "--owner",
+            "444455556666",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/s.sock"));
+        assert!(cli.json);
+        let req = request_of(&cli, &m).unwrap().unwrap();
+        assert_eq!(req.owner.as_deref(), Some("444455556666"));
+        assert_eq!(
+            req.command,
+            Command::DescribeGroups {
+                names: vec!["default".into(), "web".into()]
+            }
+        );
+        for (name, sub) in MULTI_CALL {
+            assert_eq!(multi_call_args(argv(&[name, "x"]))[1], *sub);
+        }
+        assert_eq!(
+            multi_call_args(argv(&["sgswitch", "stats"])),
+            argv(&["sgswitch", "stats"])
+        );
+        let (cli, m) = parse(argv(&[
+            "ec2-run-instances",
+            "ami-eca54085",
+            "-n",
+            "3",
+            "-g",
+            "web",
+            "-g",
+            "db",
+        ]))
+        .unwrap();
+        assert_eq!(
+            request_of(&cli, &m).unwrap().unwrap().command,
+            Command::RunInstances {
+                ami: "ami-eca54085".into(),
+                count: 3,
+                groups: vec!["web".into(), "db".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn up_options_parse() {
+        let (cli, _) = parse(argv(&[
+            "sgswitch",
+            "up",
+            "--state-dir",
+            "/tmp/st",
+            "--socket",
+            "/tmp/s",
+            "--subnet",
+            "10.9.0.0/16",
+            "--uplink",
+            "up0",
+            "--uplink-netns",
+            "outside",
+            "--uplink-range",
+            "10.9.255.0/24",
+            "--workers",
+            "2",
+            "--poll",
+            "busy",
+            "--metrics-listen",
+            "127.0.0.1:9184",
+            "--owner",
+            "444455556666",
+            "--conntrack-on-revoke",
+            "keep",
+        ]))
+        .unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        assert_eq!(a.state_dir, PathBuf::from("/tmp/st"));
+        assert_eq!(a.uplink_netns.as_deref(), Some("outside"));
+        assert_eq!(a.workers, 2);
+        assert_eq!(a.poll, PollArg::Busy);
+        assert_eq!(a.conntrack_on_revoke, RevokeArg::Keep);
+        assert_eq!(a.uplink_range.unwrap().to_string(), "10.9.255.0/24");
+        assert_eq!(cli.owner.as_deref(), Some("444455556666"));
+    }
+
+    #[test]
+    fn install_links_makes_every_multi_call_link() {
+        let dir = crate::testutil::TempDir::new("links");
+        let target = Path::new("/usr/bin/true");
+        let links = install_links(&dir.0, target).unwrap();
+        assert_eq!(links.len(), MULTI_CALL.len());
+        // Twice is fine (links replaced).
+        install_links(&dir.0, target).unwrap();
+        for (name, _) in MULTI_CALL {
+            assert_eq!(std::fs::read_link(dir.0.join(name)).unwrap(), target);
+        }
+    }
+}

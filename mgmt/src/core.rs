@@ -1,0 +1,777 @@
+//! The management core: owns the [`Model`], the [`Store`] and a [`Dataplane`], and
+//! turns each [`Request`] into a [`Reply`].
+//!
+//! Contract:
+//! * One thread owns a `Core` (the daemon's management thread; tests call it
+//!   directly). Nothing else touches the model or the data plane.
+//! * Validation is [`filter::Model`]'s: an edit is applied to a **clone** of the
+//!   model; the difference between the old and the new model becomes one store
+//!   transaction ([`store::Edit`]s, computed by [`diff`]); only after that
+//!   transaction committed is the clone swapped in, compiled and published with
+//!   generation + 1, and the client answered. Any error (EC2 validation, store
+//!   write, data-plane launch) leaves model, store and data plane as they were.
+//! * `run-instances` validates everything on the clone first (groups, addresses),
+//!   then creates the instances in the data plane (namespaces + ports), then
+//!   commits; a failure at any step destroys what was created. Instance ids are
+//!   random (`i-` + 8 hex from `/dev/urandom`), MACs derived from the id
+//!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
+//!   subnet outside the uplink range ([`Model::free_ip`]).
+//! * Every owner has a `default` group: the first request of an unseen owner
+//!   creates it (a committed edit of its own).
+//! * Edit latency (request received → new snapshot published) is kept for the last
+//!   [`LATENCY_WINDOW`] edits; [`StatsReport`] shows p50/p99.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::Read;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use filter::model::{Instance, Limits, Owner, instance_mac};
+use filter::{Ec2Code, Model, Snapshot};
+use ipnet::Ipv4Net;
+
+use crate::api::{
+    ApiError, Command, InstanceView, Reply, Request, Reservation, Response, StateChange,
+    StatsReport,
+};
+use crate::store::{self, Edit, InstanceRecord, Store, StoreError};
+
+/// Edits whose latency is kept for the percentiles.
+pub const LATENCY_WINDOW: usize = 1024;
+/// Counter names in the store.
+pub const COUNTER_GROUP_SEQ: &str = "next_group_seq";
+pub const COUNTER_GENERATION: &str = "generation";
+
+/// What the core needs from the data plane. The daemon's implementation drives
+/// the real switch and namespaces; tests use an in-memory one.
+pub trait Dataplane: Send {
+    /// Make `snap` (compiled at `generation`) the rules every worker uses from
+    /// its next burst on.
+    fn publish(&mut self, snap: Snapshot, generation: u64);
+    /// Create the instance's attachment (namespace + TAP + switch port) and
+    /// return its place (`netns:NAME`). On error nothing may be left behind.
+    fn launch(&mut self, inst: &Instance, prefix_len: u8) -> Result<String, ApiError>;
+    /// After a restart: attach the existing instance again (or recreate it).
+    fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
+    /// Remove the instance's port and destroy its namespace.
+    fn terminate(&mut self, id: &str) -> Result<(), ApiError>;
+    /// Add data-plane counters to `report`.
+    fn stats(&self, report: &mut StatsReport);
+    /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
+    fn shutdown(&mut self) {}
+}
+
+/// What a [`RecordingDataplane`] saw; shared with the test that made it.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Generations of the snapshots published, in order.
+    pub published: Vec<u64>,
+    /// Instances currently attached.
+    pub attached: BTreeSet<String>,
+    /// Instance ids whose launch must fail (tests of the rollback).
+    pub fail_launch: BTreeSet<String>,
+    /// Fail every launch once this many have succeeded.
+    pub fail_after: Option<usize>,
+    /// Successful launches so far.
+    pub launches: usize,
+    /// Re-attached instances (restart).
+    pub reattached: Vec<String>,
+    pub shut_down: bool,
+}
+
+/// A data plane that only records what it was asked: for tests of the core
+/// without root or a switch.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingDataplane {
+    pub state: std::sync::Arc<std::sync::Mutex<Recorded>>,
+}
+
+impl RecordingDataplane {
+    fn with<T>(&self, f: impl FnOnce(&mut Recorded) -> T) -> T {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+}
+
+impl Dataplane for RecordingDataplane {
+    fn publish(&mut self, _snap: Snapshot, generation: u64) {
+        self.with(|r| r.published.push(generation));
+    }
+    fn launch(&mut self, inst: &Instance, _prefix_len: u8) -> Result<String, ApiError> {
+        self.with(|r| {
+            if r.fail_launch.contains(&inst.id) || r.fail_after.is_some_and(|n| r.launches >= n) {
+                return Err(ApiError::internal(format!(
+                    "launch of {} failed (test)",
+                    inst.id
+                )));
+            }
+            r.launches += 1;
+            r.attached.insert(inst.id.clone());
+            Ok(format!("netns:{}", inst.id))
+        })
+    }
+    fn reattach(&mut self, rec: &InstanceRecord, _prefix_len: u8) -> Result<(), ApiError> {
+        self.with(|r| {
+            r.attached.insert(rec.instance.id.clone());
+            r.reattached.push(rec.instance.id.clone());
+        });
+        Ok(())
+    }
+    fn terminate(&mut self, id: &str) -> Result<(), ApiError> {
+        self.with(|r| r.attached.remove(id));
+        Ok(())
+    }
+    fn stats(&self, _report: &mut StatsReport) {}
+    fn shutdown(&mut self) {
+        self.with(|r| r.shut_down = true);
+    }
+}
+
+/// Settings of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Owner of requests that name none.
+    pub default_owner: Owner,
+    /// Instances' subnet.
+    pub subnet: Ipv4Net,
+    /// Addresses never given to instances (the uplink side).
+    pub uplink_range: Ipv4Net,
+    pub limits: Limits,
+    /// Most instances per `run-instances`.
+    pub max_launch: u32,
+}
+
+impl CoreConfig {
+    /// Defaults of DESIGN §5: 172.31.0.0/16, uplink range its last /24.
+    pub fn new(default_owner: Owner, subnet: Ipv4Net) -> CoreConfig {
+        CoreConfig {
+            default_owner,
+            subnet,
+            uplink_range: default_uplink_range(subnet),
+            limits: Limits::default(),
+            max_launch: 256,
+        }
+    }
+}
+
+/// The last /24 of `subnet` (the subnet itself when it is a /24 or smaller...
+/// then its upper half, so that instances keep the lower one).
+pub fn default_uplink_range(subnet: Ipv4Net) -> Ipv4Net {
+    let p = subnet.prefix_len();
+    let len = if p < 24 { 24 } else { (p + 1).min(32) };
+    let last = u32::from(subnet.broadcast());
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ipv4Net::new(std::net::Ipv4Addr::from(last & mask), len).unwrap_or(subnet)
+}
+
+/// Errors of opening the core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reloading {what} from the state database: {source}")]
+    Reload {
+        what: String,
+        #[source]
+        source: filter::Ec2Error,
+    },
+}
+
+/// The management core.
+pub struct Core {
+    cfg: CoreConfig,
+    model: Model,
+    records: BTreeMap<String, InstanceRecord>,
+    /// Instances whose data-plane attachment exists.
+    attached: BTreeSet<String>,
+    store: Store,
+    dp: Box<dyn Dataplane>,
+    generation: u64,
+    /// Generation of the last snapshot handed to the data plane.
+    published: Option<u64>,
+    edits: u64,
+    latencies: VecDeque<u64>,
+}
+
+impl Core {
+    /// Load the state from `store`, make sure the default owner exists, re-attach
+    /// the instances and publish the first snapshot.
+    pub fn open(store: Store, cfg: CoreConfig, dp: Box<dyn Dataplane>) -> Result<Core, CoreError> {
+        let loaded = store.load()?;
+        let mut model = Model::new(cfg.limits);
+        for g in loaded.groups {
+            let what = format!("group {}/{}", g.owner, g.name);
+            model
+                .insert_group_raw(g)
+                .map_err(|source| CoreError::Reload { what, source })?;
+        }
+        let mut records = BTreeMap::new();
+        for r in loaded.instances {
+            let what = format!("instance {}", r.instance.id);
+            model
+                .add_instance(r.instance.clone())
+                .map_err(|source| CoreError::Reload { what, source })?;
+            records.insert(r.instance.id.clone(), r);
+        }
+        model.next_group_seq = loaded
+            .counters
+            .get(COUNTER_GROUP_SEQ)
+            .map_or(0, |&v| v as u64);
+        let generation = loaded
+            .counters
+            .get(COUNTER_GENERATION)
+            .map_or(0, |&v| v as u64);
+        let mut core = Core {
+            cfg,
+            model,
+            records,
+            attached: BTreeSet::new(),
+            store,
+            dp,
+            generation,
+            published: None,
+            edits: 0,
+            latencies: VecDeque::new(),
+        };
+        let owner = core.cfg.default_owner.clone();
+        if let Err(e) = core.ensure_owner(&owner) {
+            return Err(CoreError::Store(StoreError::Corrupt {
+                what: "default owner",
+                value: e.to_string(),
+            }));
+        }
+        let prefix = core.cfg.subnet.prefix_len();
+        for rec in core.records.values() {
+            match core.dp.reattach(rec, prefix) {
+                Ok(()) => {
+                    core.attached.insert(rec.instance.id.clone());
+                }
+                Err(e) => eprintln!(
+                    "sgswitch: cannot re-attach instance {}: {e}",
+                    rec.instance.id
+                ),
+            }
+        }
+        if core.published != Some(core.generation) {
+            core.publish();
+        }
+        Ok(core)
+    }
+
+    /// Answer one request.
+    pub fn handle(&mut self, req: Request) -> Reply {
+        let t0 = Instant::now();
+        let owner_text = req
+            .owner
+            .as_deref()
+            .unwrap_or(&self.cfg.default_owner.0)
+            .to_owned();
+        let owner = Owner::parse(&owner_text)?;
+        self.ensure_owner(&owner)?;
+        let is_edit = req.command.is_edit();
+        let reply = match req.command {
+            Command::AddGroup { name, description } => {
+                let g = self.edit(|m| Ok(m.add_group(&owner, &name, &description)?))?;
+                Ok(Response::GroupAdded {
+                    name: g.name,
+                    description: g.description,
+                    id: g.id,
+                })
+            }
+            Command::DeleteGroup { name } => {
+                let g = self.edit(|m| Ok(m.delete_group(&owner, &name)?))?;
+                Ok(Response::GroupDeleted { name: g.name })
+            }
+            Command::DescribeGroups { names } => {
+                let groups = self
+                    .model
+                    .describe_groups(&owner, &names)?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                Ok(Response::Groups { groups })
+            }
+            Command::Authorize { group, spec } => {
+                let rules = self.edit(|m| Ok(m.authorize(&owner, &group, &spec)?))?;
+                Ok(Response::Permissions { group, rules })
+            }
+            Command::Revoke { group, spec } => {
+                let rules = self.edit(|m| Ok(m.revoke(&owner, &group, &spec)?))?;
+                Ok(Response::Permissions { group, rules })
+            }
+            Command::RunInstances { ami, count, groups } => {
+                self.run_instances(&owner, &ami, count, groups)
+            }
+            Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
+            Command::TerminateInstances { ids } => self.terminate_instances(&owner, &ids),
+            Command::Stats => Ok(Response::Stats {
+                stats: self.stats(),
+            }),
+        };
+        if is_edit && reply.is_ok() {
+            if self.latencies.len() == LATENCY_WINDOW {
+                self.latencies.pop_front();
+            }
+            self.latencies.push_back(t0.elapsed().as_micros() as u64);
+        }
+        reply
+    }
+
+    /// The current model (read-only).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current generation (of the last published snapshot).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A canonical dump of the whole state (model, instance records, store rows):
+    /// byte-identical before and after any failed request.
+    pub fn dump(&self) -> String {
+        let model =
+            serde_json::to_string_pretty(&self.model).unwrap_or_else(|e| format!("<model: {e}>"));
+        let records = serde_json::to_string_pretty(&self.records)
+            .unwrap_or_else(|e| format!("<records: {e}>"));
+        let store = self
+            .store
+            .dump()
+            .unwrap_or_else(|e| format!("<store: {e}>"));
+        format!("{model}\n{records}\n{store}")
+    }
+
+    /// Take the data plane back (shutdown).
+    pub fn into_dataplane(self) -> Box<dyn Dataplane> {
+        self.dp
+    }
+
+    /// The data plane (tests).
+    pub fn dataplane(&self) -> &dyn Dataplane {
+        &*self.dp
+    }
+
+    fn ensure_owner(&mut self, owner: &Owner) -> Result<(), ApiError> {
+        if self
+            .model
+            .groups
+            .contains_key(&(owner.clone(), "default".to_owned()))
+        {
+            return Ok(());
+        }
+        self.edit(|m| {
+            m.ensure_owner(owner);
+            Ok(())
+        })
+    }
+
+    /// Apply `f` to a clone of the model; commit the difference; swap; publish.
+    fn edit<T>(
+        &mut self,
+        f: impl FnOnce(&mut Model) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut next = self.model.clone();
+        let out = f(&mut next)?;
+        self.commit(next, BTreeMap::new())?;
+        Ok(out)
+    }
+
+    /// Commit `next` (with the records of its new instances), swap it in, publish.
+    fn commit(
+        &mut self,
+        next: Model,
+        new_records: BTreeMap<String, InstanceRecord>,
+    ) -> Result<(), ApiError> {
+        let mut edits = diff(&self.model, &next, &new_records)?;
+        edits.push(Edit::SetCounter {
+            name: COUNTER_GROUP_SEQ.into(),
+            value: next.next_group_seq as i64,
+        });
+        edits.push(Edit::SetCounter {
+            name: COUNTER_GENERATION.into(),
+            value: (self.generation + 1) as i64,
+        });
+        self.store
+            .commit(&edits)
+            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+        for id in self.model.instances.keys() {
+            if !next.instances.contains_key(id) {
+                self.records.remove(id);
+            }
+        }
+        self.records.extend(new_records);
+        self.model = next;
+        self.generation += 1;
+        self.edits += 1;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let snap = filter::compile(&self.model, self.generation);
+        self.dp.publish(snap, self.generation);
+        self.published = Some(self.generation);
+    }
+
+    fn run_instances(
+        &mut self,
+        owner: &Owner,
+        ami: &str,
+        count: u32,
+        groups: Vec<String>,
+    ) -> Reply {
+        validate_ami(ami)?;
+        if count == 0 || count > self.cfg.max_launch {
+            return Err(ApiError::ec2(
+                Ec2Code::InvalidParameterValue,
+                format!(
+                    "invalid instance count '{count}': must be 1 to {}",
+                    self.cfg.max_launch
+                ),
+            ));
+        }
+        let mut next = self.model.clone();
+        let reservation = random_id("r-");
+        let launched_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut new_records = BTreeMap::new();
+        let mut order = Vec::new();
+        for index in 0..count {
+            let id = loop {
+                let id = random_id("i-");
+                if !next.instances.contains_key(&id) {
+                    break id;
+                }
+            };
+            let ip = next
+                .free_ip(self.cfg.subnet, self.cfg.uplink_range)
+                .ok_or_else(|| {
+                    ApiError::ec2(
+                        Ec2Code::InsufficientInstanceCapacity,
+                        format!(
+                            "no free address left in subnet {} for {count} instance(s)",
+                            self.cfg.subnet
+                        ),
+                    )
+                })?;
+            let inst = Instance {
+                id: id.clone(),
+                owner: owner.clone(),
+                mac: instance_mac(&id),
+                ip,
+                groups: groups.clone(),
+            };
+            next.add_instance(inst)?;
+            let stored = next.instances[&id].clone();
+            new_records.insert(
+                id.clone(),
+                InstanceRecord {
+                    instance: stored,
+                    ami: ami.to_owned(),
+                    reservation: reservation.clone(),
+                    launch_index: index,
+                    place: String::new(),
+                    launched_at,
+                },
+            );
+            order.push(id);
+        }
+        // Validated: create them for real.
+        let prefix = self.cfg.subnet.prefix_len();
+        let mut launched: Vec<String> = Vec::new();
+        for id in &order {
+            let rec = new_records
+                .get_mut(id)
+                .ok_or_else(|| ApiError::internal("launch record lost"))?;
+            match self.dp.launch(&rec.instance, prefix) {
+                Ok(place) => {
+                    rec.place = place;
+                    launched.push(id.clone());
+                }
+                Err(e) => {
+                    self.undo_launch(&launched);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.commit(next, new_records) {
+            self.undo_launch(&launched);
+            return Err(e);
+        }
+        self.attached.extend(launched);
+        let views = order
+            .iter()
+            .filter_map(|id| self.records.get(id))
+            .map(|r| self.view(r))
+            .collect();
+        let groups = self
+            .records
+            .get(&order[0])
+            .map(|r| r.instance.groups.clone())
+            .unwrap_or_default();
+        Ok(Response::Reservations {
+            reservations: vec![Reservation {
+                id: reservation,
+                owner: owner.0.clone(),
+                groups,
+                instances: views,
+            }],
+        })
+    }
+
+    fn undo_launch(&mut self, launched: &[String]) {
+        for id in launched {
+            if let Err(e) = self.dp.terminate(id) {
+                eprintln!("sgswitch: cleaning up instance {id} after a failed launch: {e}");
+            }
+        }
+    }
+
+    fn view(&self, r: &InstanceRecord) -> InstanceView {
+        let state = if self.attached.contains(&r.instance.id) {
+            "running"
+        } else {
+            "stopped"
+        };
+        InstanceView {
+            id: r.instance.id.clone(),
+            ami: r.ami.clone(),
+            ip: r.instance.ip,
+            mac: store::format_mac(&r.instance.mac),
+            state: state.into(),
+            launch_index: r.launch_index,
+            place: r.place.clone(),
+        }
+    }
+
+    fn owned_ids(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for id in ids {
+            match self.records.get(id) {
+                Some(r) if r.instance.owner == *owner => {
+                    if !out.contains(id) {
+                        out.push(id.clone());
+                    }
+                }
+                _ => {
+                    return Err(ApiError::ec2(
+                        Ec2Code::InvalidInstanceIdNotFound,
+                        format!("the instance ID '{}' does not exist", id.escape_default()),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe_instances(&self, owner: &Owner, ids: &[String]) -> Reply {
+        let wanted: Vec<String> = if ids.is_empty() {
+            self.records
+                .values()
+                .filter(|r| r.instance.owner == *owner)
+                .map(|r| r.instance.id.clone())
+                .collect()
+        } else {
+            self.owned_ids(owner, ids)?
+        };
+        let mut by_res: BTreeMap<(i64, String), Vec<&InstanceRecord>> = BTreeMap::new();
+        for id in &wanted {
+            if let Some(r) = self.records.get(id) {
+                by_res
+                    .entry((r.launched_at, r.reservation.clone()))
+                    .or_default()
+                    .push(r);
+            }
+        }
+        let reservations = by_res
+            .into_iter()
+            .map(|((_, res), mut recs)| {
+                recs.sort_by_key(|r| r.launch_index);
+                Reservation {
+                    id: res,
+                    owner: owner.0.clone(),
+                    groups: recs[0].instance.groups.clone(),
+                    instances: recs.iter().map(|r| self.view(r)).collect(),
+                }
+            })
+            .collect();
+        Ok(Response::Reservations { reservations })
+    }
+
+    fn terminate_instances(&mut self, owner: &Owner, ids: &[String]) -> Reply {
+        if ids.is_empty() {
+            return Err(ApiError::ec2(
+                Ec2Code::MissingParameter,
+                "no instance ID given",
+            ));
+        }
+        let ids = self.owned_ids(owner, ids)?;
+        let previous: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                if self.attached.contains(id) {
+                    "running".into()
+                } else {
+                    "stopped".into()
+                }
+            })
+            .collect();
+        self.edit(|m| {
+            for id in &ids {
+                m.remove_instance(id)?;
+            }
+            Ok(())
+        })?;
+        let mut changes = Vec::new();
+        for (id, previous) in ids.into_iter().zip(previous) {
+            if let Err(e) = self.dp.terminate(&id) {
+                eprintln!("sgswitch: terminating instance {id}: {e}");
+            }
+            self.attached.remove(&id);
+            changes.push(StateChange {
+                id,
+                previous,
+                current: "shutting-down".into(),
+            });
+        }
+        Ok(Response::StateChanges { changes })
+    }
+
+    fn stats(&self) -> StatsReport {
+        let mut sorted: Vec<u64> = self.latencies.iter().copied().collect();
+        sorted.sort_unstable();
+        let pct = |p: usize| {
+            if sorted.is_empty() {
+                0
+            } else {
+                sorted[(sorted.len() - 1) * p / 100]
+            }
+        };
+        let mut report = StatsReport {
+            generation: self.generation,
+            groups: self.model.groups.len() as u64,
+            rules: self
+                .model
+                .groups
+                .values()
+                .map(|g| g.rules.len() as u64)
+                .sum(),
+            instances: self.model.instances.len() as u64,
+            edits: self.edits,
+            edit_latency_p50_us: pct(50),
+            edit_latency_p99_us: pct(99),
+            ..StatsReport::default()
+        };
+        self.dp.stats(&mut report);
+        report
+    }
+}
+
+/// The store edits that turn `old` into `new`. New instances take their launch
+/// facts from `records`.
+pub fn diff(
+    old: &Model,
+    new: &Model,
+    records: &BTreeMap<String, InstanceRecord>,
+) -> Result<Vec<Edit>, ApiError> {
+    let mut edits = Vec::new();
+    for (key, og) in &old.groups {
+        match new.groups.get(key) {
+            None => edits.push(Edit::DeleteGroup { id: og.id.clone() }),
+            Some(ng) if ng.id != og.id => {
+                edits.push(Edit::DeleteGroup { id: og.id.clone() });
+                edits.push(Edit::PutGroup(ng.clone()));
+            }
+            Some(ng) if ng.rules != og.rules => {
+                let removed: Vec<_> = og
+                    .rules
+                    .iter()
+                    .filter(|r| !ng.rules.contains(r))
+                    .cloned()
+                    .collect();
+                let added: Vec<_> = ng
+                    .rules
+                    .iter()
+                    .filter(|r| !og.rules.contains(r))
+                    .cloned()
+                    .collect();
+                if !removed.is_empty() {
+                    edits.push(Edit::RemoveRules {
+                        group_id: og.id.clone(),
+                        rules: removed,
+                    });
+                }
+                if !added.is_empty() {
+                    edits.push(Edit::AddRules {
+                        group_id: og.id.clone(),
+                        rules: added,
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, ng) in &new.groups {
+        if !old.groups.contains_key(key) {
+            edits.push(Edit::PutGroup(ng.clone()));
+        }
+    }
+    for id in old.instances.keys() {
+        if !new.instances.contains_key(id) {
+            edits.push(Edit::RemoveInstance { id: id.clone() });
+        }
+    }
+    for (id, inst) in &new.instances {
+        if !old.instances.contains_key(id) {
+            let rec = records.get(id).ok_or_else(|| {
+                ApiError::internal(format!("no launch record for new instance {id}"))
+            })?;
+            edits.push(Edit::AddInstance(InstanceRecord {
+                instance: inst.clone(),
+                ..rec.clone()
+            }));
+        }
+    }
+    Ok(edits)
+}
+
+/// `ami-` followed by 1 to 17 ASCII letters/digits.
+fn validate_ami(ami: &str) -> Result<(), ApiError> {
+    let ok = ami.strip_prefix("ami-").is_some_and(|r| {
+        !r.is_empty() && r.len() <= 17 && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::ec2(
+            Ec2Code::InvalidParameterValue,
+            format!(
+                "invalid AMI id '{}': expected ami- and up to 17 letters or digits",
+                ami.escape_default()
+            ),
+        ))
+    }
+}
+
+/// `prefix` + 8 lowercase hex digits from `/dev/urandom` (time-and-pid mixed as a
+/// fallback if it cannot be read).
+pub fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    let v = if ok {
+        u32::from_le_bytes(b)
+    } else {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let x = t ^ (u64::from(std::process::id()) << 32);
+        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) as u32
+    };
+    format!("{prefix}{v:08x}")
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,666 @@
+//! Tests of the management core: every command in-process, every EC2 error code
+//! with the state byte-identical before and after, rollback of failed launches,
+//! and reload after a restart.
+
+use filter::model::{Ports, Proto, RuleSpec, Source};
+
+use super::*;
+use crate::api::Command;
+use crate::testutil::*;
+
+fn spec(proto: &str, ports: &str, cidr: &str) -> RuleSpec {
+    RuleSpec {
+        proto: Some(proto.into()),
+        ports: Some(ports.into()),
+        cidrs: vec![cidr.into()],
+        ..RuleSpec::default()
+    }
+}
+
+fn group_spec(group: &str, owner: Option<&str>) -> RuleSpec {
+    RuleSpec {
+        groups: vec![(group.into(), owner.map(Into::into))],
+        ..RuleSpec::default()
+    }
+}
+
+fn add_group(name: &str) -> Command {
+    Command::AddGroup {
+        name: name.into(),
+        description: format!("{name} servers"),
+    }
+}
+
+fn run(count: u32, groups: &[&str]) -> Command {
+    Command::RunInstances {
+        ami: "ami-eca54085".into(),
+        count,
+        groups: groups.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn launched_ids(r: &Reply) -> Vec<String> {
+    match r {
+        Ok(Response::Reservations { reservations }) => reservations
+            .iter()
+            .flat_map(|res| res.instances.iter().map(|i| i.id.clone()))
+            .collect(),
+        other => panic!("expected reservations, got {other:?}"),
+    }
+}
+
+#[test]
+fn default_group_exists_for_the_default_owner_at_start() {
+    let dir = TempDir::new("core-default");
+    let mut core = core_in(&dir, config());
+    let r = core
+        .handle(req(Command::DescribeGroups { names: vec![] }))
+        .unwrap();
+    let Response::Groups { groups } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].name, "default");
+    assert_eq!(groups[0].owner.0, OWNER);
+    assert_eq!(
+        groups[0].rules[0].source,
+        Source::Group {
+            owner: Owner(OWNER.into()),
+            group: "default".into()
+        }
+    );
+}
+
+#[test]
+fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
+    let dir = TempDir::new("core-rt");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let g0 = core.generation();
+    let r = core.handle(req(add_group("web"))).unwrap();
+    assert!(
+        matches!(&r, Response::GroupAdded { name, .. } if name == "web"),
+        "{r:?}"
+    );
+    let r = core
+        .handle(req(Command::Authorize {
+            group: "web".into(),
+            spec: spec("tcp", "80", "205.192.8.45/24"),
+        }))
+        .unwrap();
+    let Response::Permissions { group, rules } = r else {
+        panic!()
+    };
+    assert_eq!(group, "web");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].ports, Ports::Range(80, 80));
+    assert_eq!(
+        rules[0].source,
+        Source::Cidr("205.192.8.0/24".parse().unwrap()),
+        "CIDR normalised"
+    );
+    assert_eq!(core.generation(), g0 + 2);
+    let published = dp.state.lock().unwrap().published.clone();
+    assert_eq!(published.last(), Some(&(g0 + 2)));
+    assert!(
+        published.windows(2).all(|w| w[1] == w[0] + 1),
+        "{published:?}"
+    );
+
+    // Reads do not publish.
+    core.handle(req(Command::DescribeGroups {
+        names: vec!["web".into()],
+    }))
+    .unwrap();
+    assert_eq!(core.generation(), g0 + 2);
+
+    let r = core
+        .handle(req(Command::Revoke {
+            group: "web".into(),
+            spec: spec("tcp", "80", "205.192.8.0/24"),
+        }))
+        .unwrap();
+    assert!(matches!(&r, Response::Permissions { rules, .. } if rules.len() == 1));
+    let r = core
+        .handle(req(Command::DeleteGroup { name: "web".into() }))
+        .unwrap();
+    assert_eq!(r, Response::GroupDeleted { name: "web".into() });
+    let Response::Stats { stats } = core.handle(req(Command::Stats)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        stats.edits, 5,
+        "four commands plus the default group made at open"
+    );
+    assert_eq!(stats.groups, 1);
+    assert!(stats.edit_latency_p99_us >= stats.edit_latency_p50_us);
+    assert!(stats.edit_latency_p50_us > 0);
+}
+
+#[test]
+fn instances_launch_describe_terminate() {
+    let dir = TempDir::new("core-inst");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    core.handle(req(add_group("web"))).unwrap();
+    let r = core.handle(req(run(3, &["web", "default"])));
+    let ids = launched_ids(&r);
+    assert_eq!(ids.len(), 3);
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!()
+    };
+    let res = &reservations[0];
+    assert!(filter::model::is_id("r-", &res.id), "{}", res.id);
+    assert_eq!(res.groups, ["default", "web"]);
+    for (k, i) in res.instances.iter().enumerate() {
+        assert!(filter::model::is_id("i-", &i.id), "{}", i.id);
+        assert_eq!(i.launch_index, k as u32);
+        assert_eq!(i.state, "running");
+        assert_eq!(i.place, format!("netns:{}", i.id));
+        assert_eq!(
+            i.ip,
+            std::net::Ipv4Addr::new(172, 31, 0, 2 + k as u8),
+            "lowest free addresses, .1 is the gateway"
+        );
+        assert_eq!(i.mac, crate::store::format_mac(&instance_mac(&i.id)));
+    }
+    assert_eq!(dp.state.lock().unwrap().attached.len(), 3);
+
+    let r = core.handle(req(Command::DescribeInstances { ids: vec![] }));
+    assert_eq!(launched_ids(&r), ids);
+    let r = core.handle(req(Command::DescribeInstances {
+        ids: vec![ids[1].clone()],
+    }));
+    assert_eq!(launched_ids(&r), vec![ids[1].clone()]);
+
+    let r = core
+        .handle(req(Command::TerminateInstances {
+            ids: vec![ids[0].clone(), ids[2].clone()],
+        }))
+        .unwrap();
+    let Response::StateChanges { changes } = r else {
+        panic!()
+    };
+    assert_eq!(changes.len(), 2);
+    assert_eq!(
+        (changes[0].previous.as_str(), changes[0].current.as_str()),
+        ("running", "shutting-down")
+    );
+    assert_eq!(
+        dp.state.lock().unwrap().attached,
+        [ids[1].clone()].into_iter().collect()
+    );
+    assert_eq!(core.model().instances.len(), 1);
+    // The freed address is handed out again.
+    let r = core.handle(req(run(1, &[])));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!()
+    };
+    assert_eq!(
+        reservations[0].instances[0].ip,
+        std::net::Ipv4Addr::new(172, 31, 0, 2)
+    );
+    assert_eq!(reservations[0].groups, ["default"]);
+}
+
+#[test]
+fn uplink_range_is_never_given_to_instances() {
+    let dir = TempDir::new("core-uplink");
+    let mut cfg = config();
+    cfg.subnet = "10.9.0.0/29".parse().unwrap();
+    cfg.uplink_range = "10.9.0.4/30".parse().unwrap();
+    let mut core = core_in(&dir, cfg);
+    // .0 network, .1 gateway, .2 and .3 free, .4-.7 uplink.
+    let r = core.handle(req(run(2, &[])));
+    assert_eq!(launched_ids(&r).len(), 2);
+    let before = core.dump();
+    let r = core.handle(req(run(1, &[])));
+    assert_eq!(code(&r), "InsufficientInstanceCapacity");
+    assert_eq!(core.dump(), before);
+}
+
+/// Every EC2 error code through the API; the state is byte-identical after each.
+#[test]
+fn every_error_code_leaves_the_state_byte_identical() {
+    let dir = TempDir::new("core-errors");
+    let dp = RecordingDataplane::default();
+    let mut cfg = config();
+    cfg.limits.rules_per_group = 3;
+    let mut core = core_with(&dir, cfg, dp.clone());
+    core.handle(req(add_group("web"))).unwrap();
+    core.handle(req(add_group("app"))).unwrap();
+    core.handle(req(add_group("db"))).unwrap();
+    core.handle(req(Command::Authorize {
+        group: "app".into(),
+        spec: group_spec("web", None),
+    }))
+    .unwrap();
+    core.handle(req(Command::Authorize {
+        group: "web".into(),
+        spec: spec("tcp", "80", "0.0.0.0/0"),
+    }))
+    .unwrap();
+    core.handle(req(Command::Authorize {
+        group: "web".into(),
+        spec: spec("tcp", "443", "0.0.0.0/0"),
+    }))
+    .unwrap();
+    core.handle(req(Command::Authorize {
+        group: "web".into(),
+        spec: spec("udp", "53", "10.0.0.0/8"),
+    }))
+    .unwrap();
+    let ids = launched_ids(&core.handle(req(run(1, &["db"]))));
+    // Another owner exists too.
+    core.handle(req_as(OTHER, add_group("theirs"))).unwrap();
+    let other_ids = launched_ids(&core.handle(req_as(OTHER, run(1, &[]))));
+
+    let cases: Vec<(Request, &str, &str)> = vec![
+        (req(add_group("web")), "InvalidGroup.Duplicate", "web"),
+        (
+            req(add_group("default")),
+            "InvalidGroup.Duplicate",
+            "default",
+        ),
+        (
+            req(Command::AddGroup {
+                name: "".into(),
+                description: "x".into(),
+            }),
+            "InvalidParameterValue",
+            "",
+        ),
+        (
+            req(Command::AddGroup {
+                name: "bad\u{7}".into(),
+                description: "x".into(),
+            }),
+            "InvalidParameterValue",
+            "bad",
+        ),
+        (
+            req(Command::AddGroup {
+                name: "x".repeat(256),
+                description: "x".into(),
+            }),
+            "InvalidParameterValue",
+            "xxxx",
+        ),
+        (
+            req(Command::DeleteGroup {
+                name: "nosuch".into(),
+            }),
+            "InvalidGroup.NotFound",
+            "nosuch",
+        ),
+        (
+            req(Command::DeleteGroup { name: "web".into() }),
+            "InvalidGroup.InUse",
+            "web",
+        ),
+        (
+            req(Command::DeleteGroup { name: "db".into() }),
+            "InvalidGroup.InUse",
+            "db",
+        ),
+        (
+            req(Command::DeleteGroup {
+                name: "default".into(),
+            }),
+            "InvalidGroup.Reserved",
+            "default",
+        ),
+        (
+            req(Command::DeleteGroup {
+                name: "theirs".into(),
+            }),
+            "InvalidGroup.NotFound",
+            "theirs",
+        ),
+        (
+            req(Command::DescribeGroups {
+                names: vec!["web".into(), "nosuch".into()],
+            }),
+            "InvalidGroup.NotFound",
+            "nosuch",
+        ),
+        (
+            req(Command::Authorize {
+                group: "nosuch".into(),
+                spec: spec("tcp", "80", "0.0.0.0/0"),
+            }),
+            "InvalidGroup.NotFound",
+            "nosuch",
+        ),
+        (
+            req(Command::Authorize {
+                group: "app".into(),
+                spec: group_spec("nosuch", None),
+            }),
+            "InvalidGroup.NotFound",
+            "nosuch",
+        ),
+        (
+            req(Command::Authorize {
+                group: "web".into(),
+                spec: spec("tcp", "80", "0.0.0.0/0"),
+            }),
+            "InvalidPermission.Duplicate",
+            "80",
+        ),
+        (
+            req(Command::Authorize {
+                group: "web".into(),
+                spec: spec("tcp", "8080", "0.0.0.0/0"),
+            }),
+            "RulesPerSecurityGroupLimitExceeded",
+            "web",
+        ),
+        (
+            req(Command::Authorize {
+                group: "db".into(),
+                spec: spec("tcp", "70000", "0.0.0.0/0"),
+            }),
+            "InvalidParameterValue",
+            "70000",
+        ),
+        (
+            req(Command::Authorize {
+                group: "db".into(),
+                spec: spec("tcp", "80", "300.1.2.3/8"),
+            }),
+            "InvalidParameterValue",
+            "300.1.2.3/8",
+        ),
+        (
+            req(Command::Authorize {
+                group: "db".into(),
+                spec: spec("gre", "80", "0.0.0.0/0"),
+            }),
+            "InvalidParameterValue",
+            "gre",
+        ),
+        (
+            req(Command::Authorize {
+                group: "db".into(),
+                spec: RuleSpec {
+                    proto: Some("icmp".into()),
+                    icmp: Some("300:0".into()),
+                    ..RuleSpec::default()
+                },
+            }),
+            "InvalidParameterValue",
+            "300",
+        ),
+        (
+            req(Command::Authorize {
+                group: "app".into(),
+                spec: group_spec("web", Some("12345")),
+            }),
+            "InvalidParameterValue",
+            "12345",
+        ),
+        (
+            req(Command::Revoke {
+                group: "web".into(),
+                spec: spec("tcp", "22", "0.0.0.0/0"),
+            }),
+            "InvalidPermission.NotFound",
+            "22",
+        ),
+        (
+            req(Command::Revoke {
+                group: "nosuch".into(),
+                spec: spec("tcp", "22", "0.0.0.0/0"),
+            }),
+            "InvalidGroup.NotFound",
+            "nosuch",
+        ),
+        (req(run(1, &["nosuch"])), "InvalidGroup.NotFound", "nosuch"),
+        (
+            req(run(2, &["db", "theirs"])),
+            "InvalidGroup.NotFound",
+            "theirs",
+        ),
+        (
+            req(Command::RunInstances {
+                ami: "emi-1".into(),
+                count: 1,
+                groups: vec![],
+            }),
+            "InvalidParameterValue",
+            "emi-1",
+        ),
+        (
+            req(Command::RunInstances {
+                ami: "ami-1".into(),
+                count: 0,
+                groups: vec![],
+            }),
+            "InvalidParameterValue",
+            "0",
+        ),
+        (
+            req(Command::RunInstances {
+                ami: "ami-1".into(),
+                count: 100_000,
+                groups: vec![],
+            }),
+            "InvalidParameterValue",
+            "100000",
+        ),
+        (
+            req(Command::DescribeInstances {
+                ids: vec!["i-00000000".into()],
+            }),
+            "InvalidInstanceID.NotFound",
+            "i-00000000",
+        ),
+        (
+            req(Command::DescribeInstances {
+                ids: vec![other_ids[0].clone()],
+            }),
+            "InvalidInstanceID.NotFound",
+            &other_ids[0],
+        ),
+        (
+            req(Command::TerminateInstances {
+                ids: vec![ids[0].clone(), "i-00000000".into()],
+            }),
+            "InvalidInstanceID.NotFound",
+            "i-00000000",
+        ),
+        (
+            req(Command::TerminateInstances { ids: vec![] }),
+            "MissingParameter",
+            "instance",
+        ),
+        (
+            req_as("12345", Command::DescribeGroups { names: vec![] }),
+            "InvalidParameterValue",
+            "12345",
+        ),
+    ];
+    for (i, (request, want, names)) in cases.into_iter().enumerate() {
+        let before = core.dump();
+        let launches = dp.state.lock().unwrap().launches;
+        let generation = core.generation();
+        let r = core.handle(request.clone());
+        let err = r
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("case {i} {request:?}: expected {want}, got {r:?}"));
+        assert_eq!(err.code, want, "case {i} {request:?}: {err}");
+        assert!(
+            err.message.contains(names),
+            "case {i}: message {:?} should name {names:?}",
+            err.message
+        );
+        assert_eq!(
+            core.dump(),
+            before,
+            "case {i} {request:?} changed the state"
+        );
+        assert_eq!(core.generation(), generation, "case {i} published");
+        assert_eq!(
+            dp.state.lock().unwrap().launches,
+            launches,
+            "case {i} launched something"
+        );
+    }
+    // The first instance is still running, the other owner's too.
+    assert_eq!(dp.state.lock().unwrap().attached.len(), 2);
+}
+
+#[test]
+fn failed_launch_rolls_back_everything_created() {
+    let dir = TempDir::new("core-rollback");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    dp.state.lock().unwrap().fail_after = Some(2);
+    let before = core.dump();
+    let r = core.handle(req(run(4, &[])));
+    assert_eq!(code(&r), "InternalError");
+    assert_eq!(core.dump(), before);
+    let st = dp.state.lock().unwrap();
+    assert_eq!(st.launches, 2, "two were created");
+    assert!(
+        st.attached.is_empty(),
+        "and both destroyed again: {:?}",
+        st.attached
+    );
+}
+
+#[test]
+fn state_and_instances_come_back_after_a_restart() {
+    let dir = TempDir::new("core-restart");
+    let (dump, ids, generation, seq) = {
+        let mut core = core_in(&dir, config());
+        core.handle(req(add_group("web"))).unwrap();
+        core.handle(req(add_group("db"))).unwrap();
+        core.handle(req(Command::Authorize {
+            group: "web".into(),
+            spec: spec("tcp", "80-90", "10.1.2.3/16"),
+        }))
+        .unwrap();
+        core.handle(req(Command::Authorize {
+            group: "db".into(),
+            spec: group_spec("web", Some(OWNER)),
+        }))
+        .unwrap();
+        core.handle(req(Command::Authorize {
+            group: "db".into(),
+            spec: RuleSpec {
+                proto: Some("icmp".into()),
+                icmp: Some("8:-1".into()),
+                ..RuleSpec::default()
+            },
+        }))
+        .unwrap();
+        core.handle(req(Command::Revoke {
+            group: "default".into(),
+            spec: group_spec("default", None),
+        }))
+        .unwrap();
+        let ids = launched_ids(&core.handle(req(run(2, &["web", "db"]))));
+        core.handle(req_as(OTHER, add_group("theirs"))).unwrap();
+        (
+            core.dump(),
+            ids,
+            core.generation(),
+            core.model().next_group_seq,
+        )
+    };
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    assert_eq!(
+        core.dump(),
+        dump,
+        "model, records and store identical after reload"
+    );
+    assert_eq!(core.generation(), generation, "generation continues");
+    assert_eq!(core.model().next_group_seq, seq);
+    let mut re = dp.state.lock().unwrap().reattached.clone();
+    re.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(re, want);
+    let r = core.handle(req(Command::DescribeInstances { ids: vec![] }));
+    let mut got = launched_ids(&r);
+    got.sort();
+    assert_eq!(got, want);
+    // New ids do not collide with reloaded ones, and edits go on.
+    let r = core.handle(req(add_group("app"))).unwrap();
+    let Response::GroupAdded { id, .. } = r else {
+        panic!()
+    };
+    assert!(core.model().groups.values().filter(|g| g.id == id).count() == 1);
+    assert_eq!(
+        core.model().groups[&(Owner(OWNER.into()), "db".into())]
+            .rules
+            .len(),
+        2
+    );
+    assert_eq!(
+        core.model().groups[&(Owner(OWNER.into()), "db".into())].rules[1].proto,
+        Proto::Icmp
+    );
+}
+
+#[test]
+fn diff_produces_minimal_store_edits() {
+    let owner = Owner(OWNER.into());
+    let mut a = Model::new(Limits::default());
+    a.ensure_owner(&owner);
+    a.add_group(&owner, "web", "w").unwrap();
+    a.authorize(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+        .unwrap();
+    let mut b = a.clone();
+    b.authorize(&owner, "web", &spec("tcp", "443", "0.0.0.0/0"))
+        .unwrap();
+    b.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+        .unwrap();
+    let web_id = a.groups[&(owner.clone(), "web".into())].id.clone();
+    let edits = diff(&a, &b, &BTreeMap::new()).unwrap();
+    assert_eq!(edits.len(), 2, "{edits:?}");
+    assert!(
+        matches!(&edits[0], Edit::RemoveRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(80, 80))
+    );
+    assert!(
+        matches!(&edits[1], Edit::AddRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(443, 443))
+    );
+    assert!(diff(&a, &a, &BTreeMap::new()).unwrap().is_empty());
+    // A new instance without a launch record is refused.
+    let mut c = a.clone();
+    c.add_instance(Instance {
+        id: "i-0000abcd".into(),
+        owner: owner.clone(),
+        mac: instance_mac("i-0000abcd"),
+        ip: "172.31.0.2".parse().unwrap(),
+        groups: vec![],
+    })
+    .unwrap();
+    assert_eq!(
+        diff(&a, &c, &BTreeMap::new()).unwrap_err().code,
+        "InternalError"
+    );
+}
+
+#[test]
+fn default_uplink_range_is_the_last_slash_24() {
+    let r = |s: &str| default_uplink_range(s.parse().unwrap()).to_string();
+    assert_eq!(r("172.31.0.0/16"), "172.31.255.0/24");
+    assert_eq!(r("10.0.0.0/8"), "10.255.255.0/24");
+    assert_eq!(r("192.168.7.0/24"), "192.168.7.128/25");
+}
+
+#[test]
+fn random_ids_are_prefixed_hex_and_vary() {
+    let a = random_id("i-");
+    let b = random_id("i-");
+    assert!(
+        filter::model::is_id("i-", &a) && filter::model::is_id("i-", &b),
+        "{a} {b}"
+    );
+    assert_ne!(a, b);
+}

@@ -1,0 +1,202 @@
+//! The daemon's real data plane: a [`switch::Switch`], its uplink, and namespace
+//! instances ([`crate::instances`]) behind the [`Dataplane`] trait.
+//!
+//! Contract:
+//! * [`start`] starts the switch with `--workers` poll threads, creates the uplink
+//!   TAP (moved into `--uplink-netns`, or left in the host namespace with the
+//!   first address of the uplink range and the subnet's prefix) and attaches it.
+//! * `launch` creates the instance's namespace + TAP and adds its port; if adding
+//!   the port fails the namespace is destroyed again (nothing left behind).
+//! * `reattach` (restart) opens the persistent TAP in the existing namespace again,
+//!   or recreates the namespace if it is gone (a host reboot).
+//! * `terminate` removes the port first (so no worker writes to it any more), then
+//!   deletes the namespace (idempotent).
+//! * `shutdown` stops and joins the workers and removes the uplink; instance
+//!   namespaces are kept for the next start.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use filter::Snapshot;
+use filter::model::Instance;
+use ipnet::Ipv4Net;
+use switch::{PollMode, PortId, PortRole, PortSpec, Switch, SwitchConfig};
+
+use crate::api::{ApiError, PortStats, StatsReport};
+use crate::cli::{PollArg, RevokeArg, UpArgs};
+use crate::core::{CoreConfig, Dataplane};
+use crate::daemon::error_chain;
+use crate::instances;
+use crate::store::InstanceRecord;
+
+/// Errors of starting the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("start the switch")]
+    Switch(#[source] switch::SwitchError),
+    #[error("create uplink {name}")]
+    Uplink {
+        name: String,
+        #[source]
+        source: instances::InstanceError,
+    },
+    #[error("attach uplink {name}")]
+    AttachUplink {
+        name: String,
+        #[source]
+        source: switch::SwitchError,
+    },
+}
+
+/// The switch-backed data plane.
+pub struct SwitchDataplane {
+    switch: Option<Switch>,
+    workers: usize,
+    /// Instance id → its port.
+    ports: BTreeMap<String, PortId>,
+    uplink: String,
+    uplink_netns: Option<String>,
+}
+
+/// The host-side address of the uplink: first host of the uplink range, with the
+/// subnet's prefix length (e.g. 172.31.255.1/16).
+pub fn uplink_host_addr(subnet: Ipv4Net, uplink_range: Ipv4Net) -> Ipv4Net {
+    let first = Ipv4Addr::from(u32::from(uplink_range.network()).saturating_add(1));
+    Ipv4Net::new(first, subnet.prefix_len()).unwrap_or(subnet)
+}
+
+/// Start the switch and attach the uplink.
+pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
+    let mut ct = filter::CtConfig::default();
+    ct.revoke = match args.conntrack_on_revoke {
+        RevokeArg::Revalidate => filter::RevokeMode::Revalidate,
+        RevokeArg::Keep => filter::RevokeMode::Keep,
+    };
+    let scfg = SwitchConfig {
+        workers: args.workers,
+        poll: match args.poll {
+            PollArg::Busy => PollMode::Busy,
+            PollArg::Adaptive => PollMode::Adaptive,
+        },
+        pin_cores: args.pin_cores,
+        ct,
+        subnet: cfg.subnet,
+        ..SwitchConfig::default()
+    };
+    let switch = Switch::start(scfg).map_err(DataplaneError::Switch)?;
+    let host_addr = match args.uplink_netns {
+        Some(_) => None,
+        None => Some(uplink_host_addr(cfg.subnet, cfg.uplink_range)),
+    };
+    let name = args.uplink.clone();
+    let netns = args.uplink_netns.clone();
+    let queues = match instances::create_uplink(&name, netns.as_deref(), host_addr, args.workers) {
+        Ok(q) => q,
+        Err(source) => {
+            switch.shutdown();
+            return Err(DataplaneError::Uplink { name, source });
+        }
+    };
+    if let Err(source) = switch.add_port(PortSpec { name: name.clone(), role: PortRole::Uplink, queues }) {
+        switch.shutdown();
+        let _ = instances::destroy_uplink(&name, netns.as_deref());
+        return Err(DataplaneError::AttachUplink { name, source });
+    }
+    Ok(Box::new(SwitchDataplane {
+        switch: Some(switch),
+        workers: args.workers,
+        ports: BTreeMap::new(),
+        uplink: name,
+        uplink_netns: netns,
+    }))
+}
+
+impl SwitchDataplane {
+    fn switch(&self) -> Result<&Switch, ApiError> {
+        self.switch.as_ref().ok_or_else(|| ApiError::internal("the switch has been shut down"))
+    }
+
+    fn attach(&mut self, inst: &Instance, queues: Vec<Box<dyn switch::port::PortQueue>>) -> Result<(), ApiError> {
+        let spec = PortSpec {
+            name: inst.id.clone(),
+            role: PortRole::Instance { id: inst.id.clone(), mac: inst.mac, ip: inst.ip },
+            queues,
+        };
+        let port = self
+            .switch()?
+            .add_port(spec)
+            .map_err(|e| ApiError::internal(format!("attach instance {}: {}", inst.id, error_chain(&e))))?;
+        self.ports.insert(inst.id.clone(), port);
+        Ok(())
+    }
+}
+
+impl Dataplane for SwitchDataplane {
+    fn publish(&mut self, snap: Snapshot, _generation: u64) {
+        if let Some(s) = &self.switch {
+            s.publish_rules(snap);
+        }
+    }
+
+    fn launch(&mut self, inst: &Instance, prefix_len: u8) -> Result<String, ApiError> {
+        let queues = instances::create_netns_instance(&inst.id, inst.mac, inst.ip, prefix_len, self.workers)
+            .map_err(|e| ApiError::internal(format!("launch instance {}: {}", inst.id, error_chain(&e))))?;
+        if let Err(e) = self.attach(inst, queues) {
+            let _ = instances::destroy_netns_instance(&inst.id);
+            return Err(e);
+        }
+        Ok(format!("netns:{}", inst.id))
+    }
+
+    fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError> {
+        let inst = &rec.instance;
+        let queues = if instances::netns_exists(&inst.id) {
+            instances::reattach_netns_instance(&inst.id, self.workers)
+        } else {
+            instances::create_netns_instance(&inst.id, inst.mac, inst.ip, prefix_len, self.workers)
+        }
+        .map_err(|e| ApiError::internal(format!("re-attach instance {}: {}", inst.id, error_chain(&e))))?;
+        self.attach(inst, queues)
+    }
+
+    fn terminate(&mut self, id: &str) -> Result<(), ApiError> {
+        if let Some(port) = self.ports.remove(id) {
+            if let Ok(s) = self.switch() {
+                if let Err(e) = s.remove_port(port) {
+                    eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
+                }
+            }
+        }
+        instances::destroy_netns_instance(id)
+            .map_err(|e| ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e))))
+    }
+
+    fn stats(&self, report: &mut StatsReport) {
+        let Some(s) = &self.switch else { return };
+        let st = s.stats();
+        report.ports = st
+            .ports
+            .iter()
+            .map(|p| PortStats {
+                name: p.name.clone(),
+                rx_packets: p.counters.rx_packets,
+                rx_bytes: p.counters.rx_bytes,
+                tx_packets: p.counters.tx_packets,
+                tx_bytes: p.counters.tx_bytes,
+                drops: p.counters.rx_dropped + p.counters.tx_dropped,
+            })
+            .collect();
+        report.drops = filter::DropReason::ALL.iter().map(|r| (r.name().to_owned(), st.drops[r.index()])).collect();
+        report.conntrack_entries = st.conntrack_entries as u64;
+        report.ports_gone = st.ports_gone;
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.switch.take() {
+            s.shutdown();
+        }
+        if let Err(e) = instances::destroy_uplink(&self.uplink, self.uplink_netns.as_deref()) {
+            eprintln!("sgswitch: remove uplink {}: {}", self.uplink, error_chain(&e));
+        }
+    }
+}

@@ -1,0 +1,1108 @@
+//! The durable state store: groups, rules, instances and counters in SQLite.
+//!
+//! Contract:
+//! * [`Store::commit`] applies a batch of [`Edit`]s in **one** transaction and
+//!   returns only after SQLite has committed it. The database runs in WAL mode with
+//!   `synchronous=FULL`, so a committed transaction survives `kill -9` and a power
+//!   cut; the daemon answers a client only after `commit` returned `Ok`.
+//! * A failed `commit` rolls back completely: the database is unchanged.
+//! * The schema enforces what it can on its own: group `(owner, name)` unique,
+//!   rule `(group, protocol, ports, source)` unique, instance MAC and IP unique,
+//!   and foreign keys (`PRAGMA foreign_keys=ON`): a rule's group, a group-source
+//!   rule's source group, an instance's groups. Deleting a group that an instance
+//!   is in, or that another group's rule names as source, fails in SQLite too (a
+//!   second line of defence behind [`filter::Model`]'s validation).
+//! * The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] are applied
+//!   in order, each in its own transaction, when the store is opened. A database
+//!   newer than this binary is refused rather than misread.
+//!
+//! Foreign keys are `DEFERRABLE INITIALLY DEFERRED`: they are checked when the
+//! transaction commits, so the edits of one batch may come in any order (a new
+//! group and a rule of another new group naming it).
+//!
+//! Encoding of a rule's ports (columns `from_port`, `to_port`): TCP/UDP the
+//! inclusive range; ICMP the type and code, `-1` for the wildcard; protocol `all`
+//! stores `-1, -1`. Rules are loaded in insertion order (`seq`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use filter::Mac;
+use filter::model::{Group, Instance, Owner, Ports, Proto, Rule, Source};
+use ipnet::Ipv4Net;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+/// Schema migrations; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: the initial schema.
+    r#"
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE groups (
+        id          TEXT PRIMARY KEY CHECK (id GLOB 'sg-*'),
+        owner       TEXT NOT NULL CHECK (length(owner) = 12),
+        name        TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 255),
+        description TEXT NOT NULL,
+        UNIQUE (owner, name)
+    ) STRICT;
+    CREATE TABLE rules (
+        seq       INTEGER PRIMARY KEY,
+        group_id  TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+        proto     TEXT NOT NULL CHECK (proto IN ('tcp', 'udp', 'icmp', 'all')),
+        from_port INTEGER NOT NULL CHECK (from_port BETWEEN -1 AND 65535),
+        to_port   INTEGER NOT NULL CHECK (to_port BETWEEN -1 AND 65535),
+        src_cidr  TEXT,
+        src_owner TEXT,
+        src_group TEXT,
+        CHECK ((src_cidr IS NULL) = (src_group IS NOT NULL)),
+        CHECK ((src_owner IS NULL) = (src_group IS NULL)),
+        FOREIGN KEY (src_owner, src_group) REFERENCES groups(owner, name) DEFERRABLE INITIALLY DEFERRED
+    ) STRICT;
+    CREATE UNIQUE INDEX rules_unique ON rules (
+        group_id, proto, from_port, to_port,
+        coalesce(src_cidr, ''), coalesce(src_owner, ''), coalesce(src_group, '')
+    );
+    CREATE INDEX rules_by_source ON rules (src_owner, src_group);
+    CREATE TABLE instances (
+        id           TEXT PRIMARY KEY CHECK (id GLOB 'i-*'),
+        owner        TEXT NOT NULL CHECK (length(owner) = 12),
+        mac          TEXT NOT NULL UNIQUE,
+        ip           TEXT NOT NULL UNIQUE,
+        ami          TEXT NOT NULL,
+        reservation  TEXT NOT NULL,
+        launch_index INTEGER NOT NULL,
+        place        TEXT NOT NULL,
+        launched_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE instance_groups (
+        instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+        group_id    TEXT NOT NULL REFERENCES groups(id) DEFERRABLE INITIALLY DEFERRED,
+        PRIMARY KEY (instance_id, group_id)
+    ) STRICT;
+    CREATE INDEX instance_groups_by_group ON instance_groups (group_id);
+    "#,
+];
+
+/// Errors of the store. Each names the operation and the value involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} has schema version {found}, newer than this binary's {known}")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("migrating state database to schema version {version}: {source}")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("committing {edit}: {source}")]
+    Commit {
+        edit: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("loading {what} from the state database: {source}")]
+    Load {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database holds an invalid {what}: {value:?}")]
+    Corrupt { what: &'static str, value: String },
+}
+
+/// An instance as the control plane records it: the model's view plus launch facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance: Instance,
+    /// The image id the user gave (`ami-...`); recorded, not interpreted.
+    pub ami: String,
+    /// `r-` + 8 hex digits, shared by the instances of one `run-instances`.
+    pub reservation: String,
+    pub launch_index: u32,
+    /// Where it lives: `netns:NAME`, `qemu:PID`, `port:IFNAME`.
+    pub place: String,
+    /// Seconds since the Unix epoch.
+    pub launched_at: i64,
+}
+
+/// One change to the stored state. Applied in batches by [`Store::commit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Insert a group and its rules (the group must not exist).
+    PutGroup(Group),
+    /// Delete a group (its rules go with it) by id.
+    DeleteGroup { id: String },
+    /// Append rules to a group.
+    AddRules { group_id: String, rules: Vec<Rule> },
+    /// Remove rules (each must exist) from a group.
+    RemoveRules { group_id: String, rules: Vec<Rule> },
+    /// Insert an instance with its group memberships.
+    AddInstance(InstanceRecord),
+    /// Delete an instance (must exist) by id.
+    RemoveInstance { id: String },
+    /// Set a named counter.
+    SetCounter { name: String, value: i64 },
+}
+
+impl Edit {
+    fn describe(&self) -> String {
+        match self {
+            Edit::PutGroup(g) => format!("new group {}/{} ({})", g.owner.0, g.name, g.id),
+            Edit::DeleteGroup { id } => format!("deletion of group {id}"),
+            Edit::AddRules { group_id, rules } => {
+                format!("{} new rule(s) of group {group_id}", rules.len())
+            }
+            Edit::RemoveRules { group_id, rules } => {
+                format!("removal of {} rule(s) of group {group_id}", rules.len())
+            }
+            Edit::AddInstance(r) => format!("new instance {}", r.instance.id),
+            Edit::RemoveInstance { id } => format!("removal of instance {id}"),
+            Edit::SetCounter { name, value } => format!("counter {name}={value}"),
+        }
+    }
+}
+
+/// Everything the store holds, as loaded at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Groups with their rules in insertion order, sorted by (owner, name).
+    pub groups: Vec<Group>,
+    /// Instances sorted by id, each with its group names sorted.
+    pub instances: Vec<InstanceRecord>,
+    pub counters: BTreeMap<String, i64>,
+}
+
+/// The SQLite state store. One connection, owned by the management thread.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "sgswitch.db";
+
+impl Store {
+    /// Open (creating if needed) `state_dir/sgswitch.db` and migrate it.
+    pub fn open_dir(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        Store::open(&state_dir.join(DB_FILE))
+    }
+
+    /// Open (creating if needed) the database file at `path` and migrate it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // WAL + synchronous=FULL: every commit is fsynced before it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|source| StoreError::Load {
+                what: "schema version",
+                source,
+            })
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i + 1;
+            let err = |source| StoreError::Migrate { version, source };
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", version as i64)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `edits` in one transaction; on error nothing is applied.
+    pub fn commit(&mut self, edits: &[Edit]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Commit {
+                edit: "begin".into(),
+                source,
+            })?;
+        for edit in edits {
+            apply(&tx, edit).map_err(|source| StoreError::Commit {
+                edit: edit.describe(),
+                source,
+            })?;
+        }
+        let what = match edits {
+            [one] => one.describe(),
+            _ => format!("{} edits", edits.len()),
+        };
+        tx.commit()
+            .map_err(|source| StoreError::Commit { edit: what, source })
+    }
+
+    /// Load the whole state.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let load = |what| move |source| StoreError::Load { what, source };
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, owner, name, description FROM groups ORDER BY owner, name")
+                .map_err(load("groups"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(load("groups"))?;
+            for row in rows {
+                let (id, owner, name, description) = row.map_err(load("groups"))?;
+                index.insert(id.clone(), groups.len());
+                groups.push(Group {
+                    owner: Owner(owner),
+                    name,
+                    id,
+                    description,
+                    rules: Vec::new(),
+                });
+            }
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT group_id, proto, from_port, to_port, src_cidr, src_owner, src_group \
+                     FROM rules ORDER BY seq",
+                )
+                .map_err(load("rules"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(RuleRow {
+                        group_id: r.get(0)?,
+                        proto: r.get(1)?,
+                        from: r.get(2)?,
+                        to: r.get(3)?,
+                        cidr: r.get(4)?,
+                        src_owner: r.get(5)?,
+                        src_group: r.get(6)?,
+                    })
+                })
+                .map_err(load("rules"))?;
+            for row in rows {
+                let row = row.map_err(load("rules"))?;
+                let Some(&gi) = index.get(&row.group_id) else {
+                    return Err(StoreError::Corrupt {
+                        what: "rule group",
+                        value: row.group_id,
+                    });
+                };
+                groups[gi].rules.push(row.into_rule()?);
+            }
+        }
+        let mut memberships: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT ig.instance_id, g.name FROM instance_groups ig \
+                     JOIN groups g ON g.id = ig.group_id ORDER BY ig.instance_id, g.name",
+                )
+                .map_err(load("instance groups"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(load("instance groups"))?;
+            for row in rows {
+                let (id, name) = row.map_err(load("instance groups"))?;
+                memberships.entry(id).or_default().push(name);
+            }
+        }
+        let mut instances = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT id, owner, mac, ip, ami, reservation, launch_index, place, launched_at \
+                     FROM instances ORDER BY id",
+                )
+                .map_err(load("instances"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, i64>(8)?,
+                    ))
+                })
+                .map_err(load("instances"))?;
+            for row in rows {
+                let (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) =
+                    row.map_err(load("instances"))?;
+                let mac = parse_mac(&mac).ok_or(StoreError::Corrupt {
+                    what: "instance MAC",
+                    value: mac,
+                })?;
+                let ip: Ipv4Addr = ip.parse().map_err(|_| StoreError::Corrupt {
+                    what: "instance IP",
+                    value: ip,
+                })?;
+                let launch_index =
+                    u32::try_from(launch_index).map_err(|_| StoreError::Corrupt {
+                        what: "launch index",
+                        value: launch_index.to_string(),
+                    })?;
+                let groups = memberships.remove(&id).unwrap_or_default();
+                instances.push(InstanceRecord {
+                    instance: Instance {
+                        id,
+                        owner: Owner(owner),
+                        mac,
+                        ip,
+                        groups,
+                    },
+                    ami,
+                    reservation,
+                    launch_index,
+                    place,
+                    launched_at,
+                });
+            }
+        }
+        let mut counters = BTreeMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT name, value FROM counters")
+                .map_err(load("counters"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(load("counters"))?;
+            for row in rows {
+                let (k, v) = row.map_err(load("counters"))?;
+                counters.insert(k, v);
+            }
+        }
+        Ok(Loaded {
+            groups,
+            instances,
+            counters,
+        })
+    }
+
+    /// A canonical text dump of every row of every table (sorted), for tests that
+    /// check that a failed operation left the store byte-identical.
+    pub fn dump(&self) -> Result<String, StoreError> {
+        let mut out = String::new();
+        for (table, order) in [
+            ("counters", "name"),
+            ("groups", "id"),
+            ("rules", "seq"),
+            ("instances", "id"),
+            ("instance_groups", "instance_id, group_id"),
+        ] {
+            let what = "dump";
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))
+                .map_err(|source| StoreError::Load { what, source })?;
+            let cols = st.column_count();
+            let mut rows = st
+                .query([])
+                .map_err(|source| StoreError::Load { what, source })?;
+            while let Some(row) = rows
+                .next()
+                .map_err(|source| StoreError::Load { what, source })?
+            {
+                let _ = write!(out, "{table}");
+                for c in 0..cols {
+                    let v: rusqlite::types::Value = row
+                        .get(c)
+                        .map_err(|source| StoreError::Load { what, source })?;
+                    let _ = write!(out, "|{v:?}");
+                }
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    /// The database file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+struct RuleRow {
+    group_id: String,
+    proto: String,
+    from: i64,
+    to: i64,
+    cidr: Option<String>,
+    src_owner: Option<String>,
+    src_group: Option<String>,
+}
+
+impl RuleRow {
+    fn into_rule(self) -> Result<Rule, StoreError> {
+        let corrupt = |what, value: String| StoreError::Corrupt { what, value };
+        let proto = match self.proto.as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "icmp" => Proto::Icmp,
+            "all" => Proto::All,
+            _ => return Err(corrupt("rule protocol", self.proto)),
+        };
+        let port = |v: i64| u16::try_from(v).map_err(|_| corrupt("rule port", v.to_string()));
+        let icmp = |v: i64| match v {
+            -1 => Ok(None),
+            0..=255 => Ok(Some(v as u8)),
+            _ => Err(corrupt("rule ICMP type/code", v.to_string())),
+        };
+        let ports = match proto {
+            Proto::Tcp | Proto::Udp => Ports::Range(port(self.from)?, port(self.to)?),
+            Proto::Icmp => Ports::Icmp {
+                ty: icmp(self.from)?,
+                code: icmp(self.to)?,
+            },
+            Proto::All => Ports::None,
+        };
+        let source = match (self.cidr, self.src_owner, self.src_group) {
+            (Some(c), None, None) => Source::Cidr(
+                c.parse::<Ipv4Net>()
+                    .map_err(|_| corrupt("rule CIDR", c.clone()))?,
+            ),
+            (None, Some(owner), Some(group)) => Source::Group {
+                owner: Owner(owner),
+                group,
+            },
+            (c, o, g) => return Err(corrupt("rule source", format!("{c:?}/{o:?}/{g:?}"))),
+        };
+        Ok(Rule {
+            proto,
+            ports,
+            source,
+        })
+    }
+}
+
+/// Column values of a rule: (proto, from, to, cidr, src_owner, src_group).
+fn rule_columns(
+    rule: &Rule,
+) -> (
+    &'static str,
+    i64,
+    i64,
+    Option<String>,
+    Option<&str>,
+    Option<&str>,
+) {
+    let proto = match rule.proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+        Proto::Icmp => "icmp",
+        Proto::All => "all",
+    };
+    let opt = |v: Option<u8>| v.map_or(-1, i64::from);
+    let (from, to) = match rule.ports {
+        Ports::None => (-1, -1),
+        Ports::Range(lo, hi) => (i64::from(lo), i64::from(hi)),
+        Ports::Icmp { ty, code } => (opt(ty), opt(code)),
+    };
+    match &rule.source {
+        Source::Cidr(net) => (proto, from, to, Some(net.to_string()), None, None),
+        Source::Group { owner, group } => (
+            proto,
+            from,
+            to,
+            None,
+            Some(owner.0.as_str()),
+            Some(group.as_str()),
+        ),
+    }
+}
+
+fn insert_rules(tx: &Transaction<'_>, group_id: &str, rules: &[Rule]) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, src_owner, src_group) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for rule in rules {
+        let (proto, from, to, cidr, o, g) = rule_columns(rule);
+        st.execute(params![group_id, proto, from, to, cidr, o, g])?;
+    }
+    Ok(())
+}
+
+fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
+    match edit {
+        Edit::PutGroup(g) => {
+            tx.execute(
+                "INSERT INTO groups (id, owner, name, description) VALUES (?1, ?2, ?3, ?4)",
+                params![g.id, g.owner.0, g.name, g.description],
+            )?;
+            insert_rules(tx, &g.id, &g.rules)
+        }
+        Edit::DeleteGroup { id } => {
+            expect_one(tx.execute("DELETE FROM groups WHERE id = ?1", [id])?)
+        }
+        Edit::AddRules { group_id, rules } => insert_rules(tx, group_id, rules),
+        Edit::RemoveRules { group_id, rules } => {
+            let mut st = tx.prepare_cached(
+                "DELETE FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 AND to_port = ?4 \
+                 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7",
+            )?;
+            for rule in rules {
+                let (proto, from, to, cidr, o, g) = rule_columns(rule);
+                expect_one(st.execute(params![group_id, proto, from, to, cidr, o, g])?)?;
+            }
+            Ok(())
+        }
+        Edit::AddInstance(r) => {
+            let i = &r.instance;
+            tx.execute(
+                "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    i.id,
+                    i.owner.0,
+                    format_mac(&i.mac),
+                    i.ip.to_string(),
+                    r.ami,
+                    r.reservation,
+                    r.launch_index,
+                    r.place,
+                    r.launched_at
+                ],
+            )?;
+            let mut st = tx.prepare_cached(
+                "INSERT INTO instance_groups (instance_id, group_id) \
+                 VALUES (?1, (SELECT id FROM groups WHERE owner = ?2 AND name = ?3))",
+            )?;
+            for g in &i.groups {
+                st.execute(params![i.id, i.owner.0, g])?;
+            }
+            Ok(())
+        }
+        Edit::RemoveInstance { id } => {
+            expect_one(tx.execute("DELETE FROM instances WHERE id = ?1", [id])?)
+        }
+        Edit::SetCounter { name, value } => {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// A delete that must hit exactly one row (else the caller's view and the store
+/// disagree, and the whole batch is rolled back).
+fn expect_one(changed: usize) -> rusqlite::Result<()> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::QueryReturnedNoRows)
+    }
+}
+
+/// `02:00:5e:10:00:01` form.
+pub fn format_mac(mac: &Mac) -> String {
+    let mut s = String::with_capacity(17);
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Parse the `format_mac` form.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Read one counter, if set (for tools and tests).
+pub fn counter(store: &Store, name: &str) -> Result<Option<i64>, StoreError> {
+    store
+        .conn
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|source| StoreError::Load {
+            what: "counter",
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner("111122223333".into())
+    }
+
+    fn group(id: &str, name: &str, rules: Vec<Rule>) -> Group {
+        Group {
+            owner: owner(),
+            name: name.into(),
+            id: id.into(),
+            description: format!("{name} group"),
+            rules,
+        }
+    }
+
+    fn cidr_rule(proto: Proto, ports: Ports, cidr: &str) -> Rule {
+        Rule {
+            proto,
+            ports,
+            source: Source::Cidr(cidr.parse().unwrap()),
+        }
+    }
+
+    fn group_rule(name: &str) -> Rule {
+        Rule {
+            proto: Proto::All,
+            ports: Ports::None,
+            source: Source::Group {
+                owner: owner(),
+                group: name.into(),
+            },
+        }
+    }
+
+    fn instance(id: &str, ip: [u8; 4], mac_last: u8, groups: &[&str]) -> InstanceRecord {
+        InstanceRecord {
+            instance: Instance {
+                id: id.into(),
+                owner: owner(),
+                mac: [2, 0, 0, 0, 0, mac_last],
+                ip: Ipv4Addr::from(ip),
+                groups: groups.iter().map(|s| s.to_string()).collect(),
+            },
+            ami: "ami-eca54085".into(),
+            reservation: "r-0000abcd".into(),
+            launch_index: 0,
+            place: format!("netns:{id}"),
+            launched_at: 1_700_000_000,
+        }
+    }
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("sgswitch-store-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn writes_survive_reopen_with_rule_order_and_all_kinds_of_ports() {
+        let dir = TempDir::new("reopen");
+        let rules = vec![
+            cidr_rule(Proto::Tcp, Ports::Range(22, 22), "10.0.0.0/8"),
+            cidr_rule(
+                Proto::Icmp,
+                Ports::Icmp {
+                    ty: Some(8),
+                    code: None,
+                },
+                "0.0.0.0/0",
+            ),
+            group_rule("default"),
+            cidr_rule(
+                Proto::Icmp,
+                Ports::Icmp {
+                    ty: None,
+                    code: None,
+                },
+                "1.2.3.4/32",
+            ),
+            cidr_rule(Proto::Udp, Ports::Range(0, 65535), "192.168.0.0/16"),
+        ];
+        {
+            let mut s = Store::open_dir(&dir.0).unwrap();
+            s.commit(&[Edit::PutGroup(group(
+                "sg-00000001",
+                "default",
+                vec![group_rule("default")],
+            ))])
+            .unwrap();
+            s.commit(&[
+                Edit::PutGroup(group("sg-00000002", "web", vec![])),
+                Edit::AddRules {
+                    group_id: "sg-00000002".into(),
+                    rules: rules.clone(),
+                },
+                Edit::SetCounter {
+                    name: "generation".into(),
+                    value: 7,
+                },
+            ])
+            .unwrap();
+            s.commit(&[Edit::AddInstance(instance(
+                "i-0000beef",
+                [172, 31, 0, 2],
+                1,
+                &["default", "web"],
+            ))])
+            .unwrap();
+        }
+        let s = Store::open_dir(&dir.0).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let l = s.load().unwrap();
+        assert_eq!(l.groups.len(), 2);
+        assert_eq!(l.groups[1].name, "web");
+        assert_eq!(
+            l.groups[1].rules, rules,
+            "rules come back equal and in insertion order"
+        );
+        assert_eq!(
+            l.instances,
+            vec![instance(
+                "i-0000beef",
+                [172, 31, 0, 2],
+                1,
+                &["default", "web"]
+            )]
+        );
+        assert_eq!(l.counters.get("generation"), Some(&7));
+        assert_eq!(counter(&s, "generation").unwrap(), Some(7));
+        assert_eq!(counter(&s, "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn failed_batch_leaves_the_store_byte_identical() {
+        let dir = TempDir::new("atomic");
+        let mut s = Store::open_dir(&dir.0).unwrap();
+        s.commit(&[Edit::PutGroup(group(
+            "sg-00000001",
+            "default",
+            vec![group_rule("default")],
+        ))])
+        .unwrap();
+        let before = s.dump().unwrap();
+        // The first edit is fine, the second violates uniqueness: nothing may stay.
+        let err = s
+            .commit(&[
+                Edit::SetCounter {
+                    name: "generation".into(),
+                    value: 9,
+                },
+                Edit::PutGroup(group("sg-00000002", "web", vec![])),
+                Edit::AddRules {
+                    group_id: "sg-00000001".into(),
+                    rules: vec![group_rule("default")],
+                },
+            ])
+            .unwrap_err();
+        assert!(err.to_string().contains("sg-00000001"), "{err}");
+        assert_eq!(s.dump().unwrap(), before);
+    }
+
+    #[test]
+    fn schema_enforces_uniqueness() {
+        let dir = TempDir::new("unique");
+        let mut s = Store::open_dir(&dir.0).unwrap();
+        s.commit(&[Edit::PutGroup(group(
+            "sg-00000001",
+            "default",
+            vec![group_rule("default")],
+        ))])
+        .unwrap();
+        // Same (owner, name), other id.
+        assert!(
+            s.commit(&[Edit::PutGroup(group("sg-00000002", "default", vec![]))])
+                .is_err()
+        );
+        // Same rule twice.
+        let r = cidr_rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0");
+        assert!(
+            s.commit(&[Edit::AddRules {
+                group_id: "sg-00000001".into(),
+                rules: vec![r.clone(), r.clone()]
+            }])
+            .is_err()
+        );
+        // Same ports under another protocol is another rule.
+        s.commit(&[Edit::AddRules {
+            group_id: "sg-00000001".into(),
+            rules: vec![
+                r.clone(),
+                cidr_rule(Proto::Udp, Ports::Range(80, 80), "0.0.0.0/0"),
+            ],
+        }])
+        .unwrap();
+        // Duplicate IP / MAC of instances.
+        s.commit(&[Edit::AddInstance(instance(
+            "i-00000001",
+            [172, 31, 0, 2],
+            1,
+            &["default"],
+        ))])
+        .unwrap();
+        assert!(
+            s.commit(&[Edit::AddInstance(instance(
+                "i-00000002",
+                [172, 31, 0, 2],
+                2,
+                &["default"]
+            ))])
+            .is_err()
+        );
+        assert!(
+            s.commit(&[Edit::AddInstance(instance(
+                "i-00000003",
+                [172, 31, 0, 3],
+                1,
+                &["default"]
+            ))])
+            .is_err()
+        );
+        // Revoking a rule that is not there fails.
+        assert!(
+            s.commit(&[Edit::RemoveRules {
+                group_id: "sg-00000001".into(),
+                rules: vec![cidr_rule(Proto::Tcp, Ports::Range(81, 81), "0.0.0.0/0")],
+            }])
+            .is_err()
+        );
+        s.commit(&[Edit::RemoveRules {
+            group_id: "sg-00000001".into(),
+            rules: vec![r],
+        }])
+        .unwrap();
+        assert_eq!(s.load().unwrap().groups[0].rules.len(), 2);
+    }
+
+    #[test]
+    fn schema_enforces_foreign_keys() {
+        let dir = TempDir::new("fk");
+        let mut s = Store::open_dir(&dir.0).unwrap();
+        s.commit(&[
+            Edit::PutGroup(group("sg-00000001", "default", vec![group_rule("default")])),
+            Edit::PutGroup(group("sg-00000002", "web", vec![])),
+            Edit::PutGroup(group("sg-00000003", "db", vec![group_rule("web")])),
+        ])
+        .unwrap();
+        // A rule naming a group that does not exist.
+        assert!(
+            s.commit(&[Edit::AddRules {
+                group_id: "sg-00000002".into(),
+                rules: vec![group_rule("nosuch")]
+            }])
+            .is_err()
+        );
+        // Rules of a group that does not exist.
+        assert!(
+            s.commit(&[Edit::AddRules {
+                group_id: "sg-0000ffff".into(),
+                rules: vec![group_rule("web")]
+            }])
+            .is_err()
+        );
+        // Deleting a group another group's rule names.
+        assert!(
+            s.commit(&[Edit::DeleteGroup {
+                id: "sg-00000002".into()
+            }])
+            .is_err()
+        );
+        // An instance in an unknown group.
+        assert!(
+            s.commit(&[Edit::AddInstance(instance(
+                "i-00000001",
+                [172, 31, 0, 2],
+                1,
+                &["nosuch"]
+            ))])
+            .is_err()
+        );
+        // Deleting a group an instance is in.
+        s.commit(&[Edit::AddInstance(instance(
+            "i-00000001",
+            [172, 31, 0, 2],
+            1,
+            &["db"],
+        ))])
+        .unwrap();
+        assert!(
+            s.commit(&[Edit::DeleteGroup {
+                id: "sg-00000003".into()
+            }])
+            .is_err()
+        );
+        // A group referenced only by its own rules may go; its rules go with it.
+        s.commit(&[Edit::PutGroup(group(
+            "sg-00000004",
+            "self",
+            vec![group_rule("self")],
+        ))])
+        .unwrap();
+        s.commit(&[Edit::DeleteGroup {
+            id: "sg-00000004".into(),
+        }])
+        .unwrap();
+        // Once the instance is gone, db can go, and then web.
+        s.commit(&[Edit::RemoveInstance {
+            id: "i-00000001".into(),
+        }])
+        .unwrap();
+        s.commit(&[
+            Edit::DeleteGroup {
+                id: "sg-00000003".into(),
+            },
+            Edit::DeleteGroup {
+                id: "sg-00000002".into(),
+            },
+        ])
+        .unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(
+            l.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+            ["default"]
+        );
+        assert!(l.instances.is_empty());
+        assert!(
+            !s.dump().unwrap().contains("instance_groups|"),
+            "memberships cascade with the instance"
+        );
+    }
+
+    #[test]
+    fn migrations_run_once_and_newer_schema_is_refused() {
+        let dir = TempDir::new("migrate");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.schema_version().unwrap(), 1);
+        }
+        // Reopening does not re-run v1 (it would fail: tables exist).
+        Store::open(&path).unwrap();
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        match Store::open(&path) {
+            Err(StoreError::TooNew { found: 99, .. }) => {}
+            other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn store_runs_wal_with_full_sync_and_foreign_keys() {
+        let dir = TempDir::new("pragmas");
+        let s = Store::open_dir(&dir.0).unwrap();
+        let mode: String = s
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = s
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let fk: i64 = s
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+    }
+
+    #[test]
+    fn mac_text_round_trips_and_rejects_junk() {
+        let mac = [0x02, 0xab, 0x00, 0x10, 0xff, 0x01];
+        assert_eq!(format_mac(&mac), "02:ab:00:10:ff:01");
+        assert_eq!(parse_mac("02:ab:00:10:ff:01"), Some(mac));
+        for bad in [
+            "",
+            "02:ab:00:10:ff",
+            "02:ab:00:10:ff:01:02",
+            "2:ab:00:10:ff:01",
+            "zz:ab:00:10:ff:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+}

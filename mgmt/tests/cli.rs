@@ -1,0 +1,244 @@
+//! The real `sgswitch` binary without root: `sgswitch up --no-switch` serves the
+//! API (groups and rules) and the CLI drives it. Checks the exact output lines,
+//! exit codes, multi-call links, `--json`, clean shutdown on SIGTERM, and that
+//! every acknowledged edit survives `kill -9`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sgswitch");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sgswitch-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon process, killed (by PID) when dropped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("run/sgswitch.sock");
+        let mut child = Command::new(BIN)
+            .args(["up", "--no-switch", "--state-dir"])
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("SGSWITCH_OWNER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sgswitch up");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let want = format!("sgswitch: ready on {}", socket.display());
+        loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line == want => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("daemon never became ready: {e}");
+                }
+            }
+        }
+        Daemon { child, socket }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let ok = Command::new("kill").args(["-s", sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        for _ in 0..200 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not exit");
+    }
+
+    /// Run the CLI: (stdout, stderr, exit code).
+    fn cli(&self, args: &[&str]) -> (String, String, i32) {
+        run(Command::new(BIN).args(args).env("SGSWITCH_SOCKET", &self.socket).env_remove("SGSWITCH_OWNER"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> (String, String, i32) {
+    let out = cmd.output().expect("run sgswitch");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn cli_output_errors_and_exit_codes() {
+    let dir = TempDir::new("out");
+    let d = Daemon::start(&dir.0);
+    assert_eq!(d.cli(&["add-group", "web", "-d", "Web Servers"]), ("GROUP\tweb\tWeb Servers\n".into(), "".into(), 0));
+    assert_eq!(
+        d.cli(&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "205.192.8.45/24"]),
+        ("GROUP\tweb\nPERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t205.192.8.0/24\n".into(), "".into(), 0)
+    );
+    assert_eq!(d.cli(&["authorize", "web", "-P", "icmp", "-t", "8:-1"]).2, 0);
+    assert_eq!(d.cli(&["add-group", "app", "-d", "Application Servers"]).2, 0);
+    assert_eq!(
+        d.cli(&["authorize", "app", "-o", "web", "-u", "111122223333"]).0,
+        "GROUP\tapp\nPERMISSION\tapp\tALLOWS\tall\t\t\tFROM\tUSER\t111122223333\tGRPNAME\tweb\n"
+    );
+    let (out, err, code) = d.cli(&["describe-group", "web", "app"]);
+    assert_eq!((err.as_str(), code), ("", 0));
+    assert_eq!(
+        out,
+        "GROUP\t111122223333\tweb\tWeb Servers\n\
+         PERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t205.192.8.0/24\n\
+         PERMISSION\tweb\tALLOWS\ticmp\t8\t-1\tFROM\tCIDR\t0.0.0.0/0\n\
+         GROUP\t111122223333\tapp\tApplication Servers\n\
+         PERMISSION\tapp\tALLOWS\tall\t\t\tFROM\tUSER\t111122223333\tGRPNAME\tweb\n"
+    );
+    let before = d.cli(&["describe-group"]).0;
+    // API errors: `Code: message` on stderr, exit 1, nothing changed.
+    for (args, code) in [
+        (&["add-group", "web", "-d", "again"][..], "InvalidGroup.Duplicate"),
+        (&["delete-group", "web"], "InvalidGroup.InUse"),
+        (&["delete-group", "default"], "InvalidGroup.Reserved"),
+        (&["authorize", "nosuch", "-P", "tcp", "-p", "1"], "InvalidGroup.NotFound"),
+        (&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "205.192.8.0/24"], "InvalidPermission.Duplicate"),
+        (&["revoke", "web", "-P", "tcp", "-p", "81"], "InvalidPermission.NotFound"),
+        (&["authorize", "web", "-P", "tcp", "-p", "99999"], "InvalidParameterValue"),
+        (&["terminate-instances", "i-00000000"], "InvalidInstanceID.NotFound"),
+        (&["run-instances", "ami-eca54085", "-g", "nosuch"], "InvalidGroup.NotFound"),
+    ] {
+        let (out, err, c) = d.cli(args);
+        assert_eq!((out.as_str(), c), ("", 1), "{args:?}: {err}");
+        assert!(err.starts_with(&format!("{code}: ")) && err.ends_with('\n'), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(d.cli(&["describe-group"]).0, before, "state unchanged by errors");
+    // Usage errors exit 2.
+    assert_eq!(d.cli(&["authorize"]).2, 2);
+    assert_eq!(d.cli(&["authorize", "web", "-p", "22", "-t", "8:0"]).2, 2);
+    assert_eq!(d.cli(&["revoke", "web", "-u", "111122223333"]).2, 2);
+    assert_eq!(d.cli(&["frobnicate"]).2, 2);
+    // --json.
+    let (out, _, code) = d.cli(&["--json", "describe-group", "app"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "groups");
+    assert_eq!(v["groups"][0]["name"], "app");
+    // Another owner sees only its own default group.
+    let (out, _, _) = d.cli(&["--owner", "444455556666", "describe-group"]);
+    assert_eq!(out, "GROUP\t444455556666\tdefault\tdefault group\nPERMISSION\tdefault\tALLOWS\tall\t\t\tFROM\tUSER\t444455556666\tGRPNAME\tdefault\n");
+    // Stats.
+    let (out, _, code) = d.cli(&["stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("MODEL\tgroups\t4\trules\t6\tinstances\t0\n"), "{out}");
+    // --help has the seed's examples.
+    let (out, _, code) = d.cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("sgswitch authorize default -P tcp -p 22"), "{out}");
+}
+
+#[test]
+fn multi_call_links_work() {
+    let dir = TempDir::new("links");
+    let d = Daemon::start(&dir.0);
+    let bin = dir.0.join("bin");
+    let (out, _, code) = run(Command::new(BIN).arg("install-links").arg(&bin));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), 8);
+    let ec2 = |name: &str, args: &[&str]| {
+        run(Command::new(bin.join(name)).args(args).arg("--socket").arg(&d.socket).env_remove("SGSWITCH_OWNER"))
+    };
+    assert_eq!(ec2("ec2-add-group", &["db", "-d", "Databases"]).0, "GROUP\tdb\tDatabases\n");
+    assert_eq!(
+        ec2("ec2-authorize", &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]).0,
+        "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t5432\t5432\tFROM\tCIDR\t10.0.0.0/8\n"
+    );
+    assert!(ec2("ec2-describe-group", &["db"]).0.starts_with("GROUP\t111122223333\tdb\tDatabases\n"));
+    assert_eq!(
+        ec2("ec2-revoke", &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]).0,
+        "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t5432\t5432\tFROM\tCIDR\t10.0.0.0/8\n"
+    );
+    assert_eq!(ec2("ec2-delete-group", &["db"]).0, "GROUP\tdb\n");
+    assert_eq!(ec2("ec2-describe-instances", &[]), ("".into(), "".into(), 0));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_acknowledged_edits_survive_kill_9() {
+    let dir = TempDir::new("crash");
+    let mut d = Daemon::start(&dir.0);
+    for i in 0..20 {
+        let (_, err, code) = d.cli(&["authorize", "default", "-P", "tcp", "-p", &format!("{}", 1000 + i)]);
+        assert_eq!(code, 0, "{err}");
+    }
+    d.signal("TERM");
+    assert!(d.wait().success());
+    assert!(!d.socket.exists(), "socket removed on shutdown");
+    drop(d);
+
+    let mut d = Daemon::start(&dir.0);
+    let out = d.cli(&["describe-group", "default"]).0;
+    assert_eq!(out.lines().count(), 1 + 1 + 20, "{out}");
+    for i in 20..50 {
+        assert_eq!(d.cli(&["authorize", "default", "-P", "udp", "-p", &format!("{}", 2000 + i)]).2, 0);
+    }
+    d.signal("KILL");
+    d.wait();
+    drop(d);
+
+    // The stale socket file is replaced; everything acknowledged is there.
+    let d = Daemon::start(&dir.0);
+    let out = d.cli(&["describe-group", "default"]).0;
+    assert_eq!(out.lines().count(), 1 + 1 + 50, "{out}");
+    for i in 20..50 {
+        let want = format!("PERMISSION\tdefault\tALLOWS\tudp\t{0}\t{0}\tFROM\tCIDR\t0.0.0.0/0\n", 2000 + i);
+        assert!(out.contains(&want), "missing {want}");
+    }
+}
+
+#[test]
+fn client_without_daemon_fails_with_exit_1() {
+    let dir = TempDir::new("nodaemon");
+    let (out, err, code) =
+        run(Command::new(BIN).args(["describe-group"]).env("SGSWITCH_SOCKET", dir.0.join("none.sock")));
+    assert_eq!((out.as_str(), code), ("", 1));
+    assert!(err.contains("cannot connect"), "{err}");
+}

@@ -1,0 +1,142 @@
+//! The switch's configuration and the public types of its control interface
+//! (ports, roles, ids, errors).
+//!
+//! Contract: these are plain values the control plane builds and hands to
+//! [`crate::Switch`]; validation happens in `Switch::start` / `Switch::add_port`,
+//! which name the bad value in their [`SwitchError`].
+
+use std::net::Ipv4Addr;
+
+use filter::Mac;
+use ipnet::Ipv4Net;
+
+use crate::port::PortQueue;
+
+/// How a worker waits for work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PollMode {
+    /// Spin forever (DPDK-style): lowest latency, one core per worker at 100%.
+    Busy,
+    /// Spin while there is work and for a short while after, then park until a
+    /// queue polls readable (or a timeout): an idle switch uses ~0% CPU.
+    #[default]
+    Adaptive,
+}
+
+/// Configuration of a [`crate::Switch`].
+#[derive(Clone, Debug)]
+pub struct SwitchConfig {
+    /// Worker (poll) threads; every port has exactly this many queues.
+    pub workers: usize,
+    pub poll: PollMode,
+    /// Pin worker `w` to core `w % cores` with `core_affinity`.
+    pub pin_cores: bool,
+    /// Connection tracking: capacity, quotas, timeouts, revoke mode.
+    pub ct: filter::CtConfig,
+    /// The instances' subnet. Its first host is the virtual gateway / DHCP server.
+    pub subnet: Ipv4Net,
+    /// Lease time handed out by the DHCP server.
+    pub dhcp_lease_secs: u32,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            workers: 1,
+            poll: PollMode::Adaptive,
+            pin_cores: false,
+            ct: filter::CtConfig::default(),
+            subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
+            dhcp_lease_secs: 3600,
+        }
+    }
+}
+
+impl SwitchConfig {
+    /// The virtual gateway / DHCP server address: the subnet's first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1))
+    }
+}
+
+/// What is attached behind a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRole {
+    /// An instance: its frames must carry `mac` and `ip` (source check), and
+    /// frames for `ip` are delivered here.
+    Instance { id: String, mac: Mac, ip: Ipv4Addr },
+    /// The outside world: never a group member, may not claim instance addresses;
+    /// receives what is not for an instance. At most one per switch.
+    Uplink,
+}
+
+/// A port to attach.
+pub struct PortSpec {
+    /// For stats: the interface name or the instance id.
+    pub name: String,
+    pub role: PortRole,
+    /// Exactly `workers` queues; queue `w` is used only by worker `w`.
+    pub queues: Vec<Box<dyn PortQueue>>,
+}
+
+/// A port's handle, unique for the switch's life (never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u32);
+
+impl std::fmt::Display for PortId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "port#{}", self.0)
+    }
+}
+
+/// Errors of the switch's control operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("start switch: workers must be at least 1, got {0}")]
+    NoWorkers(usize),
+    #[error("start switch: subnet {0} has no room for a gateway and instances")]
+    SubnetTooSmall(Ipv4Net),
+    #[error("spawn worker {worker}: {source}")]
+    Spawn {
+        worker: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("add port {name}: {got} queues given, the switch has {workers} workers")]
+    QueueCount {
+        name: String,
+        got: usize,
+        workers: usize,
+    },
+    #[error("add port {name}: address {ip} is already used by port {other}")]
+    DuplicateIp {
+        name: String,
+        ip: Ipv4Addr,
+        other: String,
+    },
+    #[error("add port {name}: address {ip} is the gateway's or not a host address")]
+    ReservedIp { name: String, ip: Ipv4Addr },
+    #[error("add port {name}: MAC {mac:02x?} is not a unicast address")]
+    BadMac { name: String, mac: Mac },
+    #[error("add port {name}: the switch already has an uplink ({other})")]
+    SecondUplink { name: String, other: String },
+    #[error("remove port {0}: no such port")]
+    NoSuchPort(PortId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_gateway_is_first_host() {
+        let c = SwitchConfig::default();
+        assert_eq!(c.gateway(), Ipv4Addr::new(172, 31, 0, 1));
+        assert_eq!(c.poll, PollMode::Adaptive);
+        let c = SwitchConfig {
+            subnet: "10.9.8.0/24".parse().unwrap(),
+            ..c
+        };
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 9, 8, 1));
+    }
+}

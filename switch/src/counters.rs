@@ -1,0 +1,233 @@
+//! Datapath counters: local to each worker, aggregated on demand.
+//!
+//! Contract:
+//! * Every counter has exactly one writer, the worker that owns it (per-port
+//!   counters are one cache-padded block per worker; per-reason drop counters are
+//!   one block per worker). A write is a `Relaxed` load + store — no atomic
+//!   read-modify-write, no lock, no shared cache line between workers — so counting
+//!   costs a few cycles on the hot path.
+//! * Readers ([`crate::Switch::stats`]) sum the blocks with `Relaxed` loads at any
+//!   time; a sum can lag a frame or two behind, never tear (64-bit atomics).
+//! * No `metrics` calls here: the control plane exports [`Stats`] periodically.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+use filter::DropReason;
+
+use crate::PortId;
+
+/// Add `n` to a single-writer counter.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// One worker's counters of one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames received on this port and dropped (any reason).
+    pub rx_dropped: AtomicU64,
+    /// Frames for this port that could not be sent (`TxFailed`, `PortGone`).
+    pub tx_dropped: AtomicU64,
+}
+
+/// A port's counters, one padded block per worker.
+#[derive(Debug)]
+pub struct PortCounterSet {
+    per_worker: Box<[CachePadded<PortCounters>]>,
+}
+
+impl PortCounterSet {
+    pub fn new(workers: usize) -> Self {
+        PortCounterSet {
+            per_worker: (0..workers)
+                .map(|_| CachePadded::new(PortCounters::default()))
+                .collect(),
+        }
+    }
+
+    /// Worker `w`'s block (written only by worker `w`).
+    #[inline(always)]
+    pub fn worker(&self, w: usize) -> &PortCounters {
+        &self.per_worker[w]
+    }
+
+    /// Sum over all workers.
+    pub fn total(&self) -> PortTotals {
+        let mut t = PortTotals::default();
+        for c in self.per_worker.iter() {
+            t.rx_packets += c.rx_packets.load(Relaxed);
+            t.rx_bytes += c.rx_bytes.load(Relaxed);
+            t.tx_packets += c.tx_packets.load(Relaxed);
+            t.tx_bytes += c.tx_bytes.load(Relaxed);
+            t.rx_dropped += c.rx_dropped.load(Relaxed);
+            t.tx_dropped += c.tx_dropped.load(Relaxed);
+        }
+        t
+    }
+}
+
+/// Summed counters of one port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// Counters of one worker that are not per port.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub drops: [AtomicU64; DropReason::COUNT],
+    /// ARP requests the switch answered itself.
+    pub arp_replies: AtomicU64,
+    /// DHCP replies (OFFER/ACK/NAK) sent.
+    pub dhcp_replies: AtomicU64,
+    /// DHCP messages consumed without an answer (RELEASE, DECLINE, REQUEST
+    /// for another server).
+    pub dhcp_silent: AtomicU64,
+    /// TSO super-frames segmented in software.
+    pub tso_segmented: AtomicU64,
+    /// Partial checksums completed in software.
+    pub csum_completed: AtomicU64,
+    /// Times the worker parked (adaptive polling).
+    pub parks: AtomicU64,
+    /// Receive errors other than "gone" (the port stays).
+    pub rx_errors: AtomicU64,
+}
+
+impl WorkerCounters {
+    #[inline(always)]
+    pub fn drop(&self, r: DropReason) {
+        bump(&self.drops[r.index()], 1);
+    }
+}
+
+/// Per-port view in [`Stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStats {
+    pub id: PortId,
+    pub name: String,
+    /// `None` for the uplink.
+    pub ip: Option<Ipv4Addr>,
+    pub counters: PortTotals,
+}
+
+/// Everything the datapath counts, aggregated over workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Live ports, by id.
+    pub ports: Vec<PortStats>,
+    /// Drops per reason, indexed by [`DropReason::index`].
+    pub drops: [u64; DropReason::COUNT],
+    pub arp_replies: u64,
+    pub dhcp_replies: u64,
+    pub dhcp_silent: u64,
+    pub tso_segmented: u64,
+    pub csum_completed: u64,
+    pub parks: u64,
+    pub rx_errors: u64,
+    /// Entries in the connection table.
+    pub conntrack_entries: usize,
+    /// Ports removed because their queue reported them gone.
+    pub ports_gone: u64,
+}
+
+impl Stats {
+    /// Drops counted for `r`.
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r.index()]
+    }
+
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Non-zero drop counters with their reasons, in counter order.
+    pub fn nonzero_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[r.index()]))
+            .filter(|(_, n)| *n != 0)
+    }
+
+    /// The port named `name`.
+    pub fn port(&self, name: &str) -> Option<&PortStats> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+
+    pub(crate) fn add_worker(&mut self, w: &WorkerCounters) {
+        for (d, c) in self.drops.iter_mut().zip(w.drops.iter()) {
+            *d += c.load(Relaxed);
+        }
+        self.arp_replies += w.arp_replies.load(Relaxed);
+        self.dhcp_replies += w.dhcp_replies.load(Relaxed);
+        self.dhcp_silent += w.dhcp_silent.load(Relaxed);
+        self.tso_segmented += w.tso_segmented.load(Relaxed);
+        self.csum_completed += w.csum_completed.load(Relaxed);
+        self.parks += w.parks.load(Relaxed);
+        self.rx_errors += w.rx_errors.load(Relaxed);
+    }
+
+    pub(crate) fn empty() -> Stats {
+        Stats {
+            ports: Vec::new(),
+            drops: [0; DropReason::COUNT],
+            arp_replies: 0,
+            dhcp_replies: 0,
+            dhcp_silent: 0,
+            tso_segmented: 0,
+            csum_completed: 0,
+            parks: 0,
+            rx_errors: 0,
+            conntrack_entries: 0,
+            ports_gone: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_blocks_sum_and_are_padded_apart() {
+        let s = PortCounterSet::new(3);
+        bump(&s.worker(0).rx_packets, 2);
+        bump(&s.worker(2).rx_packets, 5);
+        bump(&s.worker(1).tx_bytes, 1500);
+        let t = s.total();
+        assert_eq!((t.rx_packets, t.tx_bytes, t.rx_dropped), (7, 1500, 0));
+        let a = s.worker(0) as *const _ as usize;
+        let b = s.worker(1) as *const _ as usize;
+        assert!(b - a >= 64, "blocks share a cache line");
+    }
+
+    #[test]
+    fn stats_aggregate_worker_drops() {
+        let w0 = WorkerCounters::default();
+        let w1 = WorkerCounters::default();
+        w0.drop(DropReason::NoRule);
+        w1.drop(DropReason::NoRule);
+        w1.drop(DropReason::SpoofedIp);
+        let mut st = Stats::empty();
+        st.add_worker(&w0);
+        st.add_worker(&w1);
+        assert_eq!(st.drop_count(DropReason::NoRule), 2);
+        assert_eq!(st.total_drops(), 3);
+        assert_eq!(
+            st.nonzero_drops().collect::<Vec<_>>(),
+            vec![(DropReason::NoRule, 2), (DropReason::SpoofedIp, 1)]
+        );
+    }
+}

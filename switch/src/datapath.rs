@@ -1,0 +1,381 @@
+//! The switch: shared datapath state ([`Datapath`]), its control operations, and
+//! the threads that run it ([`Switch`]).
+//!
+//! Contract:
+//! * Workers read two published values, the rule [`Snapshot`] and the
+//!   [`PortTable`], each an `ArcSwap` loaded once per burst: no lock on the fast
+//!   path, and the control plane never waits for a worker.
+//! * Control operations (`add_port`, `remove_port`, gone-port reaping) serialise
+//!   on one mutex that only the control plane and the housekeeper take. Each one
+//!   builds a new table, publishes it, and signals every worker's eventfd so that
+//!   parked workers resynchronise their epoll sets.
+//! * The housekeeper thread sweeps expired connections once a second and removes
+//!   ports whose queues reported them gone (woken at once by the worker that saw
+//!   it). Such ports are counted in [`Stats::ports_gone`]; a later `remove_port`
+//!   of one succeeds (it is already gone).
+//! * [`Datapath`] can also be driven without threads — [`Datapath::worker`] gives
+//!   a [`Worker`] whose `poll_once`/`process_burst` a test or benchmark calls.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
+use filter::{Conntrack, Snapshot};
+
+use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
+use crate::counters::{PortStats, Stats, WorkerCounters};
+use crate::pipeline::NetParams;
+use crate::sys::EventFd;
+use crate::table::{Port, PortTable};
+use crate::worker::Worker;
+
+/// How often the housekeeper sweeps conntrack when nothing wakes it.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
+
+/// State of the control plane side (behind the control mutex).
+#[derive(Default)]
+struct Control {
+    ports: BTreeMap<PortId, Arc<Port>>,
+    next_id: u32,
+    version: u64,
+    /// Ports removed because they were gone (so that `remove_port` of one is Ok).
+    reaped: HashSet<PortId>,
+    ports_gone: u64,
+}
+
+/// Everything the workers share. See the module docs.
+pub struct Datapath {
+    pub(crate) workers: usize,
+    pub(crate) poll: PollMode,
+    pub(crate) net: NetParams,
+    pub(crate) rules: ArcSwap<Snapshot>,
+    pub(crate) ports: ArcSwap<PortTable>,
+    pub(crate) ct: Conntrack,
+    pub(crate) wcounters: Box<[CachePadded<WorkerCounters>]>,
+    /// One eventfd per worker (None if the kernel refused one: that worker then
+    /// parks with short timeouts).
+    pub(crate) wakers: Vec<Option<EventFd>>,
+    pub(crate) stop: AtomicBool,
+    start: Instant,
+    control: Mutex<Control>,
+    housekeeper: OnceLock<Thread>,
+}
+
+impl Datapath {
+    /// A datapath with no ports, the empty rule snapshot and no threads.
+    pub fn new(cfg: SwitchConfig) -> Result<Arc<Datapath>, SwitchError> {
+        if cfg.workers == 0 {
+            return Err(SwitchError::NoWorkers(0));
+        }
+        if cfg.subnet.prefix_len() > 29 {
+            return Err(SwitchError::SubnetTooSmall(cfg.subnet));
+        }
+        Ok(Arc::new(Datapath {
+            workers: cfg.workers,
+            poll: cfg.poll,
+            net: NetParams::new(cfg.subnet, cfg.dhcp_lease_secs),
+            rules: ArcSwap::from_pointee(Snapshot::empty()),
+            ports: ArcSwap::from_pointee(PortTable::default()),
+            ct: Conntrack::new(cfg.ct),
+            wcounters: (0..cfg.workers)
+                .map(|_| CachePadded::new(WorkerCounters::default()))
+                .collect(),
+            wakers: (0..cfg.workers).map(|_| EventFd::new().ok()).collect(),
+            stop: AtomicBool::new(false),
+            start: Instant::now(),
+            control: Mutex::new(Control::default()),
+            housekeeper: OnceLock::new(),
+        }))
+    }
+
+    /// Worker `w`'s loop state (for running it on the caller's thread).
+    pub fn worker(self: &Arc<Self>, w: usize) -> Worker {
+        Worker::new(self.clone(), w.min(self.workers - 1))
+    }
+
+    /// Seconds since the datapath started: the coarse clock of conntrack.
+    #[inline]
+    pub fn now_secs(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
+    }
+
+    /// The virtual gateway / DHCP server address.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.net.gateway
+    }
+
+    /// Publish a new rule snapshot; workers use it from their next burst.
+    pub fn publish_rules(&self, snap: Snapshot) {
+        self.rules.store(Arc::new(snap));
+    }
+
+    /// The rule snapshot currently published.
+    pub fn rules(&self) -> Arc<Snapshot> {
+        self.rules.load_full()
+    }
+
+    /// The connection table shared by all workers.
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.ct
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        // A panic while holding the lock leaves `Control` consistent (every edit
+        // is applied by one publish at the end), so poisoning is ignored.
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attach a port. Validates queue count, addresses and the single uplink.
+    pub fn add_port(&self, spec: PortSpec) -> Result<PortId, SwitchError> {
+        let PortSpec { name, role, queues } = spec;
+        if queues.len() != self.workers {
+            return Err(SwitchError::QueueCount {
+                name,
+                got: queues.len(),
+                workers: self.workers,
+            });
+        }
+        let mut c = self.control();
+        match &role {
+            PortRole::Instance { mac, ip, .. } => {
+                if mac[0] & 1 == 1 || *mac == [0; 6] {
+                    return Err(SwitchError::BadMac { name, mac: *mac });
+                }
+                if *ip == self.net.gateway
+                    || ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || ip.is_multicast()
+                {
+                    return Err(SwitchError::ReservedIp { name, ip: *ip });
+                }
+                if let Some(other) = c.ports.values().find(|p| p.ip() == Some(*ip)) {
+                    return Err(SwitchError::DuplicateIp {
+                        name,
+                        ip: *ip,
+                        other: other.name.clone(),
+                    });
+                }
+            }
+            PortRole::Uplink => {
+                if let Some(other) = c.ports.values().find(|p| p.role == PortRole::Uplink) {
+                    return Err(SwitchError::SecondUplink {
+                        name,
+                        other: other.name.clone(),
+                    });
+                }
+            }
+        }
+        let id = PortId(c.next_id);
+        c.next_id += 1;
+        c.ports
+            .insert(id, Arc::new(Port::new(id, name, role, queues)));
+        self.publish_ports(&mut c);
+        Ok(id)
+    }
+
+    /// Detach a port. Its queues are dropped once no worker uses them any more.
+    pub fn remove_port(&self, id: PortId) -> Result<(), SwitchError> {
+        let mut c = self.control();
+        if c.ports.remove(&id).is_none() {
+            return if c.reaped.contains(&id) {
+                Ok(())
+            } else {
+                Err(SwitchError::NoSuchPort(id))
+            };
+        }
+        self.publish_ports(&mut c);
+        Ok(())
+    }
+
+    /// Remove every port whose tombstone is set. Returns how many.
+    pub fn reap_gone(&self) -> usize {
+        let mut c = self.control();
+        let gone: Vec<PortId> = c
+            .ports
+            .values()
+            .filter(|p| p.is_gone())
+            .map(|p| p.id)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        for id in &gone {
+            c.ports.remove(id);
+            c.reaped.insert(*id);
+        }
+        c.ports_gone += gone.len() as u64;
+        self.publish_ports(&mut c);
+        gone.len()
+    }
+
+    fn publish_ports(&self, c: &mut Control) {
+        c.version += 1;
+        let table = PortTable::build(c.ports.values().cloned().collect(), c.version);
+        self.ports.store(Arc::new(table));
+        self.wake_workers();
+    }
+
+    /// Signal every worker's eventfd (parked workers wake and resync).
+    pub(crate) fn wake_workers(&self) {
+        for w in self.wakers.iter().flatten() {
+            let _ = w.notify();
+        }
+    }
+
+    pub(crate) fn wake_housekeeper(&self) {
+        match self.housekeeper.get() {
+            Some(t) => t.unpark(),
+            // No housekeeper thread (datapath driven directly): reap inline.
+            None => {
+                self.reap_gone();
+            }
+        }
+    }
+
+    /// One round of housekeeping: expire connections, remove gone ports.
+    pub fn housekeep(&self) {
+        self.ct.sweep(self.now_secs());
+        self.reap_gone();
+    }
+
+    /// Aggregate the counters of all workers and ports.
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats::empty();
+        for w in self.wcounters.iter() {
+            st.add_worker(w);
+        }
+        let c = self.control();
+        st.ports = c
+            .ports
+            .values()
+            .map(|p| PortStats {
+                id: p.id,
+                name: p.name.clone(),
+                ip: p.ip(),
+                counters: p.counters.total(),
+            })
+            .collect();
+        st.ports_gone = c.ports_gone;
+        drop(c);
+        st.conntrack_entries = self.ct.len();
+        st
+    }
+}
+
+/// A running switch: the datapath plus its worker and housekeeper threads.
+pub struct Switch {
+    dp: Arc<Datapath>,
+    threads: Vec<JoinHandle<()>>,
+    housekeeper: Option<JoinHandle<()>>,
+}
+
+impl Switch {
+    /// Start the workers (pinned if `cfg.pin_cores`) and the housekeeper.
+    pub fn start(cfg: SwitchConfig) -> Result<Switch, SwitchError> {
+        let pin = cfg.pin_cores;
+        let dp = Datapath::new(cfg)?;
+        let cores = if pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut sw = Switch {
+            dp: dp.clone(),
+            threads: Vec::new(),
+            housekeeper: None,
+        };
+        let hk = {
+            let dp = dp.clone();
+            std::thread::Builder::new()
+                .name("sgsw-housekeeper".into())
+                .spawn(move || {
+                    while !dp.stop.load(Ordering::Acquire) {
+                        dp.housekeep();
+                        std::thread::park_timeout(HOUSEKEEPING_PERIOD);
+                    }
+                })
+                .map_err(|source| SwitchError::Spawn {
+                    worker: usize::MAX,
+                    source,
+                })?
+        };
+        let _ = dp.housekeeper.set(hk.thread().clone());
+        sw.housekeeper = Some(hk);
+        for w in 0..dp.workers {
+            let worker = dp.worker(w);
+            let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
+            let mode = dp.poll;
+            let t = std::thread::Builder::new()
+                .name(format!("sgsw-worker-{w}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker.run(mode);
+                })
+                .map_err(|source| SwitchError::Spawn { worker: w, source });
+            match t {
+                Ok(t) => sw.threads.push(t),
+                Err(e) => {
+                    sw.stop_and_join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sw)
+    }
+
+    /// The shared datapath (counters, conntrack, direct control).
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.dp
+    }
+
+    /// Publish a new rule snapshot (one atomic pointer swap).
+    pub fn publish_rules(&self, snap: Snapshot) {
+        self.dp.publish_rules(snap);
+    }
+
+    pub fn add_port(&self, spec: PortSpec) -> Result<PortId, SwitchError> {
+        self.dp.add_port(spec)
+    }
+
+    pub fn remove_port(&self, id: PortId) -> Result<(), SwitchError> {
+        self.dp.remove_port(id)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.dp.stats()
+    }
+
+    /// The virtual gateway / DHCP server address.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.dp.gateway()
+    }
+
+    /// Stop and join the workers and the housekeeper.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.dp.stop.store(true, Ordering::Release);
+        self.dp.wake_workers();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(h) = self.housekeeper.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

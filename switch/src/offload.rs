@@ -1,0 +1,487 @@
+//! Offload completion: checksums and software TCP segmentation (TSO) for frames
+//! that carry pending virtio-net offload work ([`VnetHdr`]) on their way to a
+//! queue that cannot take it.
+//!
+//! Contract:
+//! * Between two queues that both have offloads the datapath passes the frame and
+//!   its header through unchanged; this module is only used towards a queue whose
+//!   [`crate::port::PortQueue::offloads`] is false.
+//! * [`complete_csum`] finishes a `NEEDS_CSUM` frame in place, exactly as the
+//!   virtio spec says: the 16-bit field at `csum_start + csum_offset` already holds
+//!   the pseudo-header sum, the ones' complement sum from `csum_start` to the end
+//!   of the frame is folded into it.
+//! * [`segment_tcpv4`] cuts a `GSO_TCPV4` super-frame into frames of at most
+//!   `gso_size` payload bytes, each with its own IPv4 total length, id (the super-
+//!   frame's id + segment index, as Linux does), IPv4 header checksum, TCP sequence
+//!   number, flags (CWR only on the first, FIN/PSH only on the last) and a full TCP
+//!   checksum. Headers are taken from the frame (IPv4 IHL, TCP data offset), never
+//!   from the untrusted `hdr_len`. Each segment is built in the caller's buffer and
+//!   handed to a callback: no allocation.
+//! * Every malformed input is an [`OffloadError`], never a panic.
+
+use crate::port::VnetHdr;
+
+/// Why pending offload work could not be completed. Tiny and `Copy`: it is
+/// reported on the hot path (counted as [`filter::DropReason::TxFailed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    /// `csum_start + csum_offset + 2` lies beyond the frame.
+    #[error("checksum offsets {start}+{offset} beyond frame of {len} bytes")]
+    CsumOutOfRange { start: u16, offset: u16, len: usize },
+    /// The frame is not Ethernet/IPv4/TCP with complete headers.
+    #[error("GSO frame is not a well-formed untagged or tagged IPv4/TCP frame")]
+    NotTcpV4,
+    /// `gso_size` is 0.
+    #[error("GSO frame with gso_size 0")]
+    ZeroMss,
+    /// A GSO type this module does not segment (UDP, TCPv6).
+    #[error("GSO type {0:#x} is not supported for software segmentation")]
+    UnsupportedGso(u8),
+    /// The output buffer cannot hold one segment.
+    #[error("segment of {need} bytes does not fit the {have}-byte buffer")]
+    BufferTooSmall { need: usize, have: usize },
+}
+
+/// Ones' complement sum of `data` (as big-endian 16-bit words, odd byte padded)
+/// added to `initial`, not folded.
+#[inline]
+pub fn sum(data: &[u8], initial: u64) -> u64 {
+    let mut acc = initial;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        acc += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
+        i += 2;
+    }
+    if i < rest.len() {
+        acc += u64::from(rest[i]) << 8;
+    }
+    acc
+}
+
+/// Fold a 64-bit accumulator into a 16-bit ones' complement sum (not inverted).
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The Internet checksum (RFC 1071) of `data`: the inverted folded sum.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data, 0))
+}
+
+/// Complete a `NEEDS_CSUM` partial checksum in place (see the module docs).
+pub fn complete_csum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), OffloadError> {
+    let start = usize::from(vnet.csum_start);
+    let field = start + usize::from(vnet.csum_offset);
+    if field + 2 > frame.len() || start > frame.len() {
+        return Err(OffloadError::CsumOutOfRange {
+            start: vnet.csum_start,
+            offset: vnet.csum_offset,
+            len: frame.len(),
+        });
+    }
+    // The field holds the pseudo-header sum; it is part of the summed range.
+    let c = !fold(sum(&frame[start..], 0));
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Header layout of a TCP/IPv4 frame, found by reading the frame itself.
+#[derive(Clone, Copy, Debug)]
+struct TcpV4Layout {
+    l3: usize,
+    l4: usize,
+    payload: usize,
+    /// End of the IPv4 packet (`l3` + total length, or the frame end when the
+    /// total length is 0 or too large, as some stacks send for super-frames).
+    end: usize,
+}
+
+fn tcpv4_layout(frame: &[u8]) -> Result<TcpV4Layout, OffloadError> {
+    let bad = OffloadError::NotTcpV4;
+    let ethertype = u16::from_be_bytes([*frame.get(12).ok_or(bad)?, *frame.get(13).ok_or(bad)?]);
+    let l3 = match ethertype {
+        0x0800 => 14,
+        0x8100 if frame.get(16..18) == Some(&[0x08, 0x00]) => 18,
+        _ => return Err(bad),
+    };
+    let ip = frame.get(l3..l3 + 20).ok_or(bad)?;
+    if ip[0] >> 4 != 4 || ip[9] != filter::proto::TCP {
+        return Err(bad);
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(bad);
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = l3 + ihl;
+    let doff = usize::from(*frame.get(l4 + 12).ok_or(bad)? >> 4) * 4;
+    if doff < 20 {
+        return Err(bad);
+    }
+    let payload = l4 + doff;
+    if payload > frame.len() {
+        return Err(bad);
+    }
+    let end = if total >= ihl + doff && l3 + total <= frame.len() {
+        l3 + total
+    } else {
+        frame.len()
+    };
+    Ok(TcpV4Layout {
+        l3,
+        l4,
+        payload,
+        end,
+    })
+}
+
+/// Sum of the TCP/IPv4 pseudo header for a TCP segment of `tcp_len` bytes.
+#[inline]
+fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
+    let mut acc = sum(&ip[12..20], 0);
+    acc += u64::from(filter::proto::TCP);
+    acc += tcp_len as u64;
+    acc
+}
+
+/// Segment a `GSO_TCPV4` super-frame (see the module docs). `out` is a scratch
+/// buffer at least one segment long; `emit` is called once per segment with the
+/// finished frame and stops the segmentation when it returns an error.
+pub fn segment_tcpv4<E>(
+    frame: &[u8],
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
+    if gso != VnetHdr::GSO_TCPV4 {
+        return Err(OffloadError::UnsupportedGso(vnet.gso_type));
+    }
+    let mss = usize::from(vnet.gso_size);
+    if mss == 0 {
+        return Err(OffloadError::ZeroMss);
+    }
+    let lay = tcpv4_layout(frame)?;
+    let hdr_len = lay.payload;
+    let payload = &frame[lay.payload..lay.end];
+    if payload.is_empty() {
+        // Nothing to cut: one frame, with its checksums completed.
+        let need = lay.end;
+        if out.len() < need {
+            return Err(OffloadError::BufferTooSmall {
+                need,
+                have: out.len(),
+            });
+        }
+        out[..need].copy_from_slice(&frame[..need]);
+        finish_segment(&mut out[..need], &lay, None);
+        return Ok(emit(&out[..need]).map(|()| 1));
+    }
+    let need = hdr_len + mss.min(payload.len());
+    if out.len() < need {
+        return Err(OffloadError::BufferTooSmall {
+            need,
+            have: out.len(),
+        });
+    }
+    out[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+    let ip = &frame[lay.l3..lay.l3 + 20];
+    let base_id = u16::from_be_bytes([ip[4], ip[5]]);
+    let tcp = &frame[lay.l4..lay.l4 + 20];
+    let base_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    const FIN: u8 = filter::tcp_flags::FIN;
+    const PSH: u8 = filter::tcp_flags::PSH;
+    const CWR: u8 = 0x80;
+
+    let n = payload.len().div_ceil(mss);
+    for (i, chunk) in payload.chunks(mss).enumerate() {
+        let len = hdr_len + chunk.len();
+        out[hdr_len..len].copy_from_slice(chunk);
+        let seg = &mut out[..len];
+        // IPv4: id, total length.
+        let id = base_id.wrapping_add(i as u16);
+        seg[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&id.to_be_bytes());
+        let total = (len - lay.l3) as u16;
+        seg[lay.l3 + 2..lay.l3 + 4].copy_from_slice(&total.to_be_bytes());
+        // TCP: sequence number and flags.
+        let seq = base_seq.wrapping_add((i * mss) as u32);
+        seg[lay.l4 + 4..lay.l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut f = flags;
+        if i != 0 {
+            f &= !CWR;
+        }
+        if i + 1 != n {
+            f &= !(FIN | PSH);
+        }
+        seg[lay.l4 + 13] = f;
+        finish_segment(seg, &lay, Some(len));
+        if let Err(e) = emit(seg) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(n))
+}
+
+/// Recompute the IPv4 header checksum and the full TCP checksum of one segment
+/// whose packet ends at `end` (default: the layout's end).
+fn finish_segment(seg: &mut [u8], lay: &TcpV4Layout, end: Option<usize>) {
+    let end = end.unwrap_or(lay.end);
+    let ihl = lay.l4 - lay.l3;
+    seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&[0, 0]);
+    let ipc = checksum(&seg[lay.l3..lay.l3 + ihl]);
+    seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+    seg[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&[0, 0]);
+    let acc = pseudo_sum(&seg[lay.l3..lay.l3 + 20], end - lay.l4);
+    let c = !fold(sum(&seg[lay.l4..end], acc));
+    seg[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    const SRC: [u8; 4] = [172, 31, 0, 10];
+    const DST: [u8; 4] = [172, 31, 0, 11];
+
+    fn tcp_frame(payload: &[u8], seq: u32, fin: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(SRC, DST, 64)
+            .tcp(40000, 80, seq, 65000)
+            .ack(7)
+            .psh();
+        if fin {
+            b = b.fin();
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        // Set an IP id to check the increments.
+        v[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+        let c = {
+            v[24..26].copy_from_slice(&[0, 0]);
+            checksum(&v[14..34])
+        };
+        v[24..26].copy_from_slice(&c.to_be_bytes());
+        v
+    }
+
+    /// Verify IPv4 and TCP checksums of a frame independently of this module's
+    /// helpers' use in segmentation (sum over the whole header must fold to 0).
+    fn checksums_ok(f: &[u8]) -> bool {
+        let ihl = usize::from(f[14] & 0xf) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let ip_ok = checksum(&f[14..14 + ihl]) == 0;
+        let l4 = 14 + ihl;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((total - ihl) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&f[l4..14 + total]);
+        ip_ok && checksum(&pseudo) == 0
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&d, 0)), 0xddf2);
+        assert_eq!(checksum(&d), !0xddf2);
+        // Odd length pads with a zero byte.
+        assert_eq!(fold(sum(&[0xab], 0)), 0xab00);
+    }
+
+    #[test]
+    fn complete_csum_produces_valid_tcp_checksum() {
+        let mut f = tcp_frame(b"hello, partial checksum!", 1000, false);
+        assert!(checksums_ok(&f));
+        let good = f.clone();
+        // Replace the TCP checksum by the pseudo-header sum, as a sender with
+        // checksum offload leaves it.
+        let l4 = 34;
+        let tcp_len = f.len() - l4;
+        // Linux leaves the folded, non-inverted pseudo-header sum in the field.
+        let pseudo = fold(sum(
+            &[
+                &f[26..34],
+                &[0u8, 6][..],
+                &(tcp_len as u16).to_be_bytes()[..],
+            ]
+            .concat(),
+            0,
+        ));
+        f[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        assert_ne!(f, good);
+        let v = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        complete_csum(&mut f, &v).unwrap();
+        assert_eq!(f, good);
+    }
+
+    #[test]
+    fn complete_csum_rejects_offsets_beyond_frame() {
+        let mut f = vec![0u8; 40];
+        let v = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            ..Default::default()
+        };
+        assert!(matches!(
+            complete_csum(&mut f, &v),
+            Err(OffloadError::CsumOutOfRange { .. })
+        ));
+    }
+
+    fn segment_all(frame: &[u8], mss: u16) -> Vec<Vec<u8>> {
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4,
+            gso_size: mss,
+            hdr_len: 54,
+            ..Default::default()
+        };
+        let mut out = vec![0u8; 65550];
+        let mut segs = Vec::new();
+        let n = segment_tcpv4(frame, &v, &mut out, |s| {
+            segs.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(n, segs.len());
+        segs
+    }
+
+    #[test]
+    fn segmentation_reassembles_to_the_original_payload() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let seq = 0xffff_f000; // wraps during the train
+        let frame = tcp_frame(&payload, seq, true);
+        let segs = segment_all(&frame, 1448);
+        assert_eq!(segs.len(), 10_000usize.div_ceil(1448));
+        let mut re = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(checksums_ok(s), "segment {i} checksum");
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+                panic!("not ipv4")
+            };
+            assert_eq!(
+                ip.header().identification(),
+                0x1234u16.wrapping_add(i as u16)
+            );
+            assert_eq!(usize::from(ip.header().total_len()), s.len() - 14);
+            let Some(TransportSlice::Tcp(t)) = p.transport else {
+                panic!("not tcp")
+            };
+            assert_eq!(t.sequence_number(), seq.wrapping_add((i * 1448) as u32));
+            assert_eq!(t.acknowledgment_number(), 7);
+            let last = i + 1 == segs.len();
+            assert_eq!(t.fin(), last);
+            assert_eq!(t.psh(), last);
+            assert!(t.ack());
+            if !last {
+                assert_eq!(t.payload().len(), 1448);
+            }
+            re.extend_from_slice(t.payload());
+        }
+        assert_eq!(re, payload);
+    }
+
+    #[test]
+    fn segmentation_of_exact_multiple_and_single_segment() {
+        let payload = vec![0x5a; 3000];
+        let frame = tcp_frame(&payload, 1, false);
+        let segs = segment_all(&frame, 1000);
+        assert_eq!(segs.len(), 3);
+        assert!(segs.iter().all(|s| s.len() == 54 + 1000 && checksums_ok(s)));
+        let segs = segment_all(&frame, 5000);
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0].len(), frame.len());
+        assert!(checksums_ok(&segs[0]));
+    }
+
+    #[test]
+    fn segmentation_rejects_bad_input() {
+        let mut out = vec![0u8; 2000];
+        let ok = |_: &[u8]| Ok::<(), ()>(());
+        let frame = tcp_frame(&[1; 100], 0, false);
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4,
+            gso_size: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            segment_tcpv4(&frame, &v, &mut out, ok).unwrap_err(),
+            OffloadError::ZeroMss
+        );
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV6,
+            gso_size: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            segment_tcpv4(&frame, &v, &mut out, ok).unwrap_err(),
+            OffloadError::UnsupportedGso(4)
+        );
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4,
+            gso_size: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            segment_tcpv4(&frame[..40], &v, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV4
+        );
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(SRC, DST, 9)
+            .udp(1, 2)
+            .write(&mut udp, &[0; 50])
+            .unwrap();
+        assert_eq!(
+            segment_tcpv4(&udp, &v, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV4
+        );
+        let mut tiny = vec![0u8; 30];
+        assert_eq!(
+            segment_tcpv4(&frame, &VnetHdr { gso_size: 100, ..v }, &mut tiny, ok).unwrap_err(),
+            OffloadError::BufferTooSmall {
+                need: 154,
+                have: 30
+            }
+        );
+    }
+
+    #[test]
+    fn emit_error_stops_segmentation() {
+        let frame = tcp_frame(&[9; 5000], 0, false);
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut out = vec![0u8; 2000];
+        let mut calls = 0;
+        let r = segment_tcpv4(&frame, &v, &mut out, |_| {
+            calls += 1;
+            if calls == 2 { Err("full") } else { Ok(()) }
+        });
+        assert_eq!(r, Ok(Err("full")));
+        assert_eq!(calls, 2);
+    }
+}

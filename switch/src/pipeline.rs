@@ -1,0 +1,510 @@
+//! The per-frame pipeline: parse → source check → ARP/DHCP → destination →
+//! connection state + rules → transmit, or drop with a named reason.
+//!
+//! Contract:
+//! * [`process`] handles one frame that worker `env.w` read from `inp`. It takes no
+//!   lock, allocates nothing and makes no syscall besides the destination queue's
+//!   `send`; the rule snapshot, the port table and the clock come in [`Env`],
+//!   loaded once per burst by the caller.
+//! * Every frame ends in exactly one [`Outcome`], and every drop is counted once,
+//!   by its [`DropReason`], in the worker's counters and the receiving port's
+//!   `rx_dropped`.
+//! * Semantics (DESIGN §3):
+//!   - 802.1Q-tagged frames are dropped (`VlanTagged`): the segment is untagged.
+//!   - Source check on instance ports: Ethernet source = the instance's MAC
+//!     (`SpoofedMac`); ARP sender = its MAC and IP, or 0.0.0.0 for an RFC 5227
+//!     probe (`SpoofedArp`); IPv4 source = its IP (`SpoofedIp`), except a DHCP
+//!     client message from 0.0.0.0. Frames from the uplink may not claim an
+//!     instance's address or the gateway's (`UplinkSpoof`).
+//!   - ARP requests for an instance address or the gateway are answered by the
+//!     switch to whoever asks (gratuitous ARP and probes for one's own address are
+//!     not answered: `Broadcast`). Other requests from instances go to the uplink;
+//!     from the uplink they are dropped (`Broadcast`). ARP replies go to the port
+//!     owning the target address (the uplink for non-instance targets from
+//!     instances).
+//!   - DHCP: UDP to port 67 from an instance is answered by [`crate::dhcp`] with
+//!     the instance's own lease; a message the server cannot read counts as
+//!     `Broadcast` (not answered). DHCP server messages (UDP from port 67 or to
+//!     port 68, or a BOOTREPLY) from an instance are `RogueDhcp`.
+//!   - IPv4 destination: broadcast/multicast → `Broadcast`; an instance's address
+//!     → that port; anything else from an instance → the uplink; else (or no
+//!     uplink, or the gateway address, where nothing listens) →
+//!     `UnknownDestination`. Never flooded.
+//!   - Then `Conntrack::judge` against the snapshot; a TSO super-frame is judged
+//!     once by its headers.
+//!   - Transmit: the destination MAC is set to the destination instance's MAC (we
+//!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
+//!     last seen from the uplink. Offload work is passed through to queues with
+//!     offloads, completed/segmented in software for others ([`crate::offload`]).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
+use filter::{Conntrack, DropReason, L4, Mac, Snapshot, parse_frame, proto};
+use ipnet::Ipv4Net;
+
+use crate::arp::{self, GATEWAY_MAC};
+use crate::counters::{WorkerCounters, bump};
+use crate::dhcp::{self, DhcpRequest, Lease};
+use crate::offload::{complete_csum, segment_tcpv4};
+use crate::port::{PortError, VnetHdr};
+use crate::table::{Kind, Port, PortTable, mac_to_u64, u64_to_mac};
+
+/// Frames read from one port per wake-up.
+pub const BURST: usize = 32;
+/// Size of a worker's receive and scratch buffers: a 64 KiB IPv4 super-frame
+/// plus a tagged Ethernet header, with room to spare.
+pub const BUF_LEN: usize = 65_536 + 64;
+
+/// Network parameters of the segment, fixed for the switch's life.
+#[derive(Clone, Copy, Debug)]
+pub struct NetParams {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub lease_secs: u32,
+}
+
+impl NetParams {
+    pub fn new(subnet: Ipv4Net, lease_secs: u32) -> NetParams {
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
+        NetParams {
+            subnet,
+            gateway,
+            lease_secs,
+        }
+    }
+
+    #[inline]
+    fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        ip.is_broadcast()
+            || ip.is_multicast()
+            || (ip == self.subnet.broadcast() && self.subnet.prefix_len() < 31)
+    }
+}
+
+/// What one burst of one worker works with: loaded once per burst.
+pub struct Env<'a> {
+    pub snap: &'a Snapshot,
+    pub table: &'a PortTable,
+    pub ct: &'a Conntrack,
+    pub net: &'a NetParams,
+    pub now: u32,
+    pub w: usize,
+    pub wc: &'a WorkerCounters,
+}
+
+/// A worker's scratch space: replies and software segments are built here.
+pub struct Scratch {
+    pub out: Box<[u8]>,
+    /// Set when a port was found gone during the burst (the worker then wakes
+    /// the housekeeper to remove it).
+    pub saw_gone: bool,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            out: vec![0u8; BUF_LEN].into_boxed_slice(),
+            saw_gone: false,
+        }
+    }
+}
+
+/// How a frame ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to another port (possibly as several software segments).
+    Forwarded,
+    /// Answered by the switch itself (ARP or DHCP reply sent back).
+    Answered,
+    /// Consumed without an answer (DHCP RELEASE and the like).
+    Consumed,
+    Dropped(DropReason),
+}
+
+/// What to do with a frame once it has been judged.
+enum Action<'t> {
+    Forward {
+        to: &'t Arc<Port>,
+        dst_mac: Option<Mac>,
+    },
+    ArpReply {
+        req: Arp,
+        mac: Mac,
+    },
+    DhcpReply {
+        req: DhcpRequest,
+        ty: u8,
+        lease: Lease,
+    },
+    Consume,
+}
+
+/// Handle one frame (see the module docs). `frame` is the worker's receive buffer
+/// cut to the frame; it may be modified in place (MAC rewrite, checksum).
+pub fn process(
+    env: &Env<'_>,
+    inp: &Port,
+    frame: &mut [u8],
+    vnet: &VnetHdr,
+    scratch: &mut Scratch,
+) -> Outcome {
+    let pc = inp.counters.worker(env.w);
+    bump(&pc.rx_packets, 1);
+    bump(&pc.rx_bytes, frame.len() as u64);
+    let result = match decide(env, inp, frame) {
+        Ok(Action::Forward { to, dst_mac }) => {
+            if let Some(m) = dst_mac {
+                frame[0..6].copy_from_slice(&m);
+            }
+            transmit(env, to, frame, vnet, scratch).map(|()| Outcome::Forwarded)
+        }
+        Ok(Action::ArpReply { req, mac }) => {
+            let n = arp::write_reply(&mut scratch.out, &req, mac);
+            bump(&env.wc.arp_replies, 1);
+            reply(env, inp, n, scratch)
+        }
+        Ok(Action::DhcpReply { req, ty, lease }) => {
+            let n = dhcp::write_reply(&mut scratch.out, &req, ty, &lease);
+            bump(&env.wc.dhcp_replies, 1);
+            reply(env, inp, n, scratch)
+        }
+        Ok(Action::Consume) => {
+            bump(&env.wc.dhcp_silent, 1);
+            Ok(Outcome::Consumed)
+        }
+        Err(r) => Err(r),
+    };
+    match result {
+        Ok(o) => o,
+        Err(r) => {
+            env.wc.drop(r);
+            bump(&pc.rx_dropped, 1);
+            Outcome::Dropped(r)
+        }
+    }
+}
+
+/// Send the first `n` bytes of the scratch buffer back out of `inp`.
+fn reply(
+    env: &Env<'_>,
+    inp: &Port,
+    n: usize,
+    scratch: &mut Scratch,
+) -> Result<Outcome, DropReason> {
+    let q = &inp.queues[env.w];
+    let pc = inp.counters.worker(env.w);
+    match q.send(&scratch.out[..n], &VnetHdr::default()) {
+        Ok(()) => {
+            bump(&pc.tx_packets, 1);
+            bump(&pc.tx_bytes, n as u64);
+            Ok(Outcome::Answered)
+        }
+        Err(e) => {
+            bump(&pc.tx_dropped, 1);
+            Err(port_error(inp, e, scratch))
+        }
+    }
+}
+
+fn port_error(port: &Port, e: PortError, scratch: &mut Scratch) -> DropReason {
+    match e {
+        PortError::Gone { .. } => {
+            port.gone.store(true, Ordering::Relaxed);
+            scratch.saw_gone = true;
+            DropReason::PortGone
+        }
+        PortError::Io { .. } => DropReason::TxFailed,
+    }
+}
+
+/// Send a forwarded frame to `dst`, completing offload work `dst` cannot take.
+fn transmit(
+    env: &Env<'_>,
+    dst: &Port,
+    frame: &mut [u8],
+    vnet: &VnetHdr,
+    scratch: &mut Scratch,
+) -> Result<(), DropReason> {
+    let dc = dst.counters.worker(env.w);
+    let r = transmit_inner(env, dst, frame, vnet, scratch);
+    if r.is_err() {
+        bump(&dc.tx_dropped, 1);
+    }
+    r
+}
+
+fn transmit_inner(
+    env: &Env<'_>,
+    dst: &Port,
+    frame: &mut [u8],
+    vnet: &VnetHdr,
+    scratch: &mut Scratch,
+) -> Result<(), DropReason> {
+    if dst.is_gone() {
+        return Err(DropReason::PortGone);
+    }
+    let q = &dst.queues[env.w];
+    let dc = dst.counters.worker(env.w);
+    if vnet.is_plain() || q.offloads() {
+        return match q.send(frame, vnet) {
+            Ok(()) => {
+                bump(&dc.tx_packets, 1);
+                bump(&dc.tx_bytes, frame.len() as u64);
+                Ok(())
+            }
+            Err(e) => Err(port_error(dst, e, scratch)),
+        };
+    }
+    if vnet.gso_type != VnetHdr::GSO_NONE {
+        let plain = VnetHdr::default();
+        let Scratch { out, saw_gone: _ } = scratch;
+        let r = segment_tcpv4(frame, vnet, out, |seg| {
+            q.send(seg, &plain)?;
+            bump(&dc.tx_packets, 1);
+            bump(&dc.tx_bytes, seg.len() as u64);
+            Ok::<(), PortError>(())
+        });
+        return match r {
+            Ok(Ok(_)) => {
+                bump(&env.wc.tso_segmented, 1);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(port_error(dst, e, scratch)),
+            Err(_) => Err(DropReason::TxFailed),
+        };
+    }
+    complete_csum(frame, vnet).map_err(|_| DropReason::TxFailed)?;
+    bump(&env.wc.csum_completed, 1);
+    match q.send(frame, &VnetHdr::default()) {
+        Ok(()) => {
+            bump(&dc.tx_packets, 1);
+            bump(&dc.tx_bytes, frame.len() as u64);
+            Ok(())
+        }
+        Err(e) => Err(port_error(dst, e, scratch)),
+    }
+}
+
+/// Parse, check and judge a frame; say what to do with it.
+#[inline]
+fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, DropReason> {
+    let parsed = parse_frame(frame)?;
+    let eth = parsed.eth();
+    if eth.vlan.is_some() {
+        return Err(DropReason::VlanTagged);
+    }
+    match inp.kind {
+        Kind::Instance { mac, ip } => {
+            if eth.src != mac {
+                return Err(DropReason::SpoofedMac);
+            }
+            match parsed {
+                Parsed::Arp { arp, .. } => {
+                    if arp.sha != mac
+                        || (arp.spa != ip && !(arp.spa.is_unspecified() && arp.op == ARP_REQUEST))
+                    {
+                        return Err(DropReason::SpoofedArp);
+                    }
+                    arp_action(env, inp, &arp)
+                }
+                Parsed::Ipv4 {
+                    pkt,
+                    l3_offset,
+                    payload_offset,
+                    ip_len,
+                    ..
+                } => {
+                    // Non-first fragments carry `L4::Other`, so this is a whole datagram or a first fragment.
+                    let udp = pkt.key.proto == proto::UDP && matches!(pkt.l4, L4::Udp);
+                    let dhcp_client = udp && pkt.key.dport == dhcp::SERVER_PORT;
+                    if pkt.key.src != ip && !(dhcp_client && pkt.key.src.is_unspecified()) {
+                        return Err(DropReason::SpoofedIp);
+                    }
+                    if udp
+                        && (pkt.key.sport == dhcp::SERVER_PORT
+                            || pkt.key.dport == dhcp::CLIENT_PORT)
+                    {
+                        return Err(DropReason::RogueDhcp);
+                    }
+                    if dhcp_client {
+                        let end = usize::from(l3_offset) + usize::from(ip_len);
+                        let payload = frame.get(usize::from(payload_offset)..end).unwrap_or(&[]);
+                        return dhcp_action(env, mac, ip, payload);
+                    }
+                    let dst = pkt.key.dst;
+                    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                        return Err(DropReason::Broadcast);
+                    }
+                    let (to, dst_mac) = match env.table.by_ip(dst) {
+                        Some(p) => (p, instance_mac(p)),
+                        None if dst == env.net.gateway => {
+                            return Err(DropReason::UnknownDestination);
+                        }
+                        None => {
+                            let up = env
+                                .table
+                                .uplink
+                                .as_ref()
+                                .ok_or(DropReason::UnknownDestination)?;
+                            let m = if eth.dst == GATEWAY_MAC {
+                                u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
+                            } else {
+                                None
+                            };
+                            (up, m)
+                        }
+                    };
+                    env.ct.judge(env.snap, &pkt, env.now)?;
+                    Ok(Action::Forward { to, dst_mac })
+                }
+            }
+        }
+        Kind::Uplink => {
+            learn(inp, eth);
+            match parsed {
+                Parsed::Arp { arp, .. } => {
+                    if arp.spa == env.net.gateway || env.table.by_ip(arp.spa).is_some() {
+                        return Err(DropReason::UplinkSpoof);
+                    }
+                    arp_action(env, inp, &arp)
+                }
+                Parsed::Ipv4 { pkt, .. } => {
+                    let src = pkt.key.src;
+                    if src == env.net.gateway || env.table.by_ip(src).is_some() {
+                        return Err(DropReason::UplinkSpoof);
+                    }
+                    let dst = pkt.key.dst;
+                    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                        return Err(DropReason::Broadcast);
+                    }
+                    let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
+                    env.ct.judge(env.snap, &pkt, env.now)?;
+                    Ok(Action::Forward {
+                        to,
+                        dst_mac: instance_mac(to),
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn instance_mac(p: &Port) -> Option<Mac> {
+    match p.kind {
+        Kind::Instance { mac, .. } => Some(mac),
+        Kind::Uplink => None,
+    }
+}
+
+/// Remember the uplink's MAC (only written when it changes).
+#[inline]
+fn learn(inp: &Port, eth: &Eth) {
+    if eth.src[0] & 1 == 0 {
+        let m = mac_to_u64(eth.src);
+        if inp.learned_mac.load(Ordering::Relaxed) != m {
+            inp.learned_mac.store(m, Ordering::Relaxed);
+        }
+    }
+}
+
+fn arp_action<'t>(env: &Env<'t>, inp: &Port, arp: &Arp) -> Result<Action<'t>, DropReason> {
+    if arp.tpa == arp.spa {
+        // Gratuitous ARP / announcement: nobody to answer, nothing to forward.
+        return Err(DropReason::Broadcast);
+    }
+    let from_instance = matches!(inp.kind, Kind::Instance { .. });
+    match arp.op {
+        ARP_REQUEST => {
+            if arp.tpa == env.net.gateway {
+                return Ok(Action::ArpReply {
+                    req: *arp,
+                    mac: GATEWAY_MAC,
+                });
+            }
+            match env.table.by_ip(arp.tpa) {
+                // A probe for one's own address must stay unanswered (RFC 5227).
+                Some(p) if p.id == inp.id => Err(DropReason::Broadcast),
+                Some(p) => match p.kind {
+                    Kind::Instance { mac, .. } => Ok(Action::ArpReply { req: *arp, mac }),
+                    Kind::Uplink => Err(DropReason::UnknownDestination),
+                },
+                None if from_instance => {
+                    let up = env
+                        .table
+                        .uplink
+                        .as_ref()
+                        .ok_or(DropReason::UnknownDestination)?;
+                    Ok(Action::Forward {
+                        to: up,
+                        dst_mac: None,
+                    })
+                }
+                None => Err(DropReason::Broadcast),
+            }
+        }
+        ARP_REPLY => match env.table.by_ip(arp.tpa) {
+            Some(p) if p.id != inp.id => Ok(Action::Forward {
+                to: p,
+                dst_mac: instance_mac(p),
+            }),
+            Some(_) => Err(DropReason::UnknownDestination),
+            None if from_instance => {
+                let up = env
+                    .table
+                    .uplink
+                    .as_ref()
+                    .ok_or(DropReason::UnknownDestination)?;
+                Ok(Action::Forward {
+                    to: up,
+                    dst_mac: None,
+                })
+            }
+            None => Err(DropReason::UnknownDestination),
+        },
+        _ => Err(DropReason::MalformedArp),
+    }
+}
+
+fn dhcp_action<'t>(
+    env: &Env<'t>,
+    mac: Mac,
+    ip: Ipv4Addr,
+    payload: &[u8],
+) -> Result<Action<'t>, DropReason> {
+    if dhcp::bootp_op(payload) == Some(2) {
+        return Err(DropReason::RogueDhcp);
+    }
+    let req = dhcp::parse_request(payload).map_err(|_| DropReason::Broadcast)?;
+    let lease = Lease {
+        ip,
+        prefix_len: env.net.subnet.prefix_len(),
+        gateway: env.net.gateway,
+        server_mac: GATEWAY_MAC,
+        lease_secs: env.net.lease_secs,
+    };
+    // The reply goes to the port's verified MAC whatever chaddr says.
+    let req = DhcpRequest { chaddr: mac, ..req };
+    match dhcp::decide(&req, &lease) {
+        Some(ty) => Ok(Action::DhcpReply { req, ty, lease }),
+        None => Ok(Action::Consume),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_addresses() {
+        let n = NetParams::new("172.31.0.0/16".parse().unwrap(), 60);
+        assert_eq!(n.gateway, Ipv4Addr::new(172, 31, 0, 1));
+        assert!(n.is_broadcast(Ipv4Addr::BROADCAST));
+        assert!(n.is_broadcast(Ipv4Addr::new(172, 31, 255, 255)));
+        assert!(n.is_broadcast(Ipv4Addr::new(224, 0, 0, 251)));
+        assert!(!n.is_broadcast(Ipv4Addr::new(172, 31, 255, 254)));
+    }
+}
