@@ -159,7 +159,11 @@ impl IpIndex {
             t_ips[h] = ip;
             t_idx[h] = i as u32;
         }
-        IpIndex { ips: t_ips, idx: t_idx, mask }
+        IpIndex {
+            ips: t_ips,
+            idx: t_idx,
+            mask,
+        }
     }
 
     #[inline]
@@ -332,6 +336,10 @@ enum Src {
     Group(u32),
 }
 
+/// A source set's canonical form: merged address ranges and group bits (empty if
+/// no group).
+type SetKey = (Vec<(u32, u32)>, Vec<u64>);
+
 /// Builds deduplicated source sets.
 struct SetArena {
     words: usize,
@@ -339,7 +347,7 @@ struct SetArena {
     range_lo: Vec<u32>,
     range_hi: Vec<u32>,
     group_bits: Vec<u64>,
-    dedup: HashMap<(Vec<(u32, u32)>, Vec<u64>), u32>,
+    dedup: HashMap<SetKey, u32>,
 }
 
 impl SetArena {
@@ -347,7 +355,11 @@ impl SetArena {
         SetArena {
             words,
             // Set 0: the empty set.
-            sets: vec![SrcSet { r_off: 0, r_len: 0, g_off: NO_GROUPS }],
+            sets: vec![SrcSet {
+                r_off: 0,
+                r_len: 0,
+                g_off: NO_GROUPS,
+            }],
             range_lo: Vec::new(),
             range_hi: Vec::new(),
             group_bits: Vec::new(),
@@ -401,7 +413,11 @@ impl SetArena {
             off
         };
         let id = self.sets.len() as u32;
-        self.sets.push(SrcSet { r_off, r_len: merged.len() as u32, g_off });
+        self.sets.push(SrcSet {
+            r_off,
+            r_len: merged.len() as u32,
+            g_off,
+        });
         self.dedup.insert(key, id);
         id
     }
@@ -453,7 +469,10 @@ impl SetArena {
             starts.insert(0, 0);
             sets.insert(0, EMPTY_SET);
         }
-        PortTable { starts: starts.into_boxed_slice(), sets: sets.into_boxed_slice() }
+        PortTable {
+            starts: starts.into_boxed_slice(),
+            sets: sets.into_boxed_slice(),
+        }
     }
 }
 
@@ -488,7 +507,13 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
             Some(&p) => p,
             None => {
                 let p = policies.len() as u32;
-                policies.push(compile_policy(model, &inst.owner, &inst.groups, &referenced, &mut arena));
+                policies.push(compile_policy(
+                    model,
+                    &inst.owner,
+                    &inst.groups,
+                    &referenced,
+                    &mut arena,
+                ));
                 policy_ids.insert(key, p);
                 p
             }
@@ -534,10 +559,16 @@ fn compile_policy(
         };
         for r in &group.rules {
             let src = match &r.source {
-                Source::Cidr(net) => Src::Range(u32::from(net.network()), u32::from(net.broadcast())),
+                Source::Cidr(net) => {
+                    Src::Range(u32::from(net.network()), u32::from(net.broadcast()))
+                }
                 Source::Group { owner, group } => Src::Group(referenced[&(owner, group.as_str())]),
             };
-            let all = Entry { lo: 0, hi: u16::MAX, src };
+            let all = Entry {
+                lo: 0,
+                hi: u16::MAX,
+                src,
+            };
             match (r.proto, r.ports) {
                 (Proto::All, _) => {
                     tcp.push(all);
@@ -590,11 +621,22 @@ mod tests {
     }
 
     fn rule(proto: Proto, ports: Ports, cidr: &str) -> Rule {
-        Rule { proto, ports, source: Source::Cidr(cidr.parse::<Ipv4Net>().unwrap()) }
+        Rule {
+            proto,
+            ports,
+            source: Source::Cidr(cidr.parse::<Ipv4Net>().unwrap()),
+        }
     }
 
     fn grule(proto: Proto, ports: Ports, group: &str) -> Rule {
-        Rule { proto, ports, source: Source::Group { owner: owner(), group: group.into() } }
+        Rule {
+            proto,
+            ports,
+            source: Source::Group {
+                owner: owner(),
+                group: group.into(),
+            },
+        }
     }
 
     fn model(groups: &[(&str, Vec<Rule>)], insts: &[(&str, [u8; 4], &[&str])]) -> Model {
@@ -628,16 +670,34 @@ mod tests {
 
     fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Packet {
         Packet {
-            key: FlowKey { src: src.into(), dst: dst.into(), proto: proto::TCP, sport: 40000, dport },
-            l4: L4::Tcp { flags: crate::tcp_flags::SYN },
+            key: FlowKey {
+                src: src.into(),
+                dst: dst.into(),
+                proto: proto::TCP,
+                sport: 40000,
+                dport,
+            },
+            l4: L4::Tcp {
+                flags: crate::tcp_flags::SYN,
+            },
             frag: Frag::None,
         }
     }
 
     fn icmp(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8) -> Packet {
         Packet {
-            key: FlowKey { src: src.into(), dst: dst.into(), proto: proto::ICMP, sport: 0, dport: 0 },
-            l4: L4::Icmp { ty, code, kind: IcmpKind::Other },
+            key: FlowKey {
+                src: src.into(),
+                dst: dst.into(),
+                proto: proto::ICMP,
+                sport: 0,
+                dport: 0,
+            },
+            l4: L4::Icmp {
+                ty,
+                code,
+                kind: IcmpKind::Other,
+            },
             frag: Frag::None,
         }
     }
@@ -726,10 +786,17 @@ mod tests {
         let m = model(
             &[
                 ("default", vec![grule(Proto::All, Ports::None, "default")]),
-                ("db", vec![grule(Proto::Tcp, Ports::Range(5432, 5432), "app")]),
+                (
+                    "db",
+                    vec![grule(Proto::Tcp, Ports::Range(5432, 5432), "app")],
+                ),
                 ("app", vec![]),
             ],
-            &[("i-a", A, &["default"]), ("i-b", B, &["app"]), ("i-c", C, &["db"])],
+            &[
+                ("i-a", A, &["default"]),
+                ("i-b", B, &["app"]),
+                ("i-c", C, &["db"]),
+            ],
         );
         let s = compile(&m, 1);
         // app member B reaches db member C on 5432 only.
@@ -758,9 +825,30 @@ mod tests {
             &[(
                 "g",
                 vec![
-                    rule(Proto::Icmp, Ports::Icmp { ty: Some(8), code: Some(0) }, "10.0.0.0/8"),
-                    rule(Proto::Icmp, Ports::Icmp { ty: Some(3), code: None }, "10.0.0.0/8"),
-                    rule(Proto::Icmp, Ports::Icmp { ty: None, code: None }, "192.168.0.0/16"),
+                    rule(
+                        Proto::Icmp,
+                        Ports::Icmp {
+                            ty: Some(8),
+                            code: Some(0),
+                        },
+                        "10.0.0.0/8",
+                    ),
+                    rule(
+                        Proto::Icmp,
+                        Ports::Icmp {
+                            ty: Some(3),
+                            code: None,
+                        },
+                        "10.0.0.0/8",
+                    ),
+                    rule(
+                        Proto::Icmp,
+                        Ports::Icmp {
+                            ty: None,
+                            code: None,
+                        },
+                        "192.168.0.0/16",
+                    ),
                 ],
             )],
             &[("i-a", A, &["g"])],
@@ -780,7 +868,10 @@ mod tests {
 
     #[test]
     fn later_fragments_never_match() {
-        let m = model(&[("g", vec![rule(Proto::All, Ports::None, "0.0.0.0/0")])], &[("i-a", A, &["g"])]);
+        let m = model(
+            &[("g", vec![rule(Proto::All, Ports::None, "0.0.0.0/0")])],
+            &[("i-a", A, &["g"])],
+        );
         let s = compile(&m, 1);
         let mut p = tcp(OUT, A, 80);
         assert!(s.allows(&p));
@@ -800,7 +891,11 @@ mod tests {
         ];
         let m = model(
             &[("g", rules), ("h", vec![])],
-            &[("i-a", A, &["g"]), ("i-b", B, &["g"]), ("i-c", C, &["g", "h"])],
+            &[
+                ("i-a", A, &["g"]),
+                ("i-b", B, &["g"]),
+                ("i-c", C, &["g", "h"]),
+            ],
         );
         let s = compile(&m, 1);
         assert_eq!(s.policy_count(), 2);
@@ -829,8 +924,18 @@ mod tests {
             .chain((0..100).map(|i| grule(Proto::Tcp, Ports::Range(2, 2), &format!("g{i}"))))
             .collect(),
         ));
-        let gref: Vec<(&str, Vec<Rule>)> = groups.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
-        let m = model(&gref, &[("i-a", A, &["dst"]), ("i-b", B, &["g99"]), ("i-c", C, &["g3"])]);
+        let gref: Vec<(&str, Vec<Rule>)> = groups
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect();
+        let m = model(
+            &gref,
+            &[
+                ("i-a", A, &["dst"]),
+                ("i-b", B, &["g99"]),
+                ("i-c", C, &["g3"]),
+            ],
+        );
         let s = compile(&m, 1);
         assert_eq!(s.words, 2);
         assert!(s.allows(&tcp([10, 0, 0, 200], A, 1)));
@@ -840,14 +945,17 @@ mod tests {
         assert!(s.allows(&tcp(C, A, 2)));
         assert!(!s.allows(&tcp(A, A, 2)));
         // The two /25 merged into one range.
-        let set = s.policies[s.instance(s.instance_by_ip(A.into()).unwrap()).policy as usize].tcp.lookup(1);
+        let set = s.policies[s.instance(s.instance_by_ip(A.into()).unwrap()).policy as usize]
+            .tcp
+            .lookup(1);
         assert_eq!(s.sets[set as usize].r_len, 1);
     }
 
     #[test]
     fn instance_index_finds_every_instance() {
-        let insts: Vec<(String, [u8; 4])> =
-            (0..500u32).map(|i| (format!("i-{i:08x}"), (0xac1f_0000u32 + i * 7).to_be_bytes())).collect();
+        let insts: Vec<(String, [u8; 4])> = (0..500u32)
+            .map(|i| (format!("i-{i:08x}"), (0xac1f_0000u32 + i * 7).to_be_bytes()))
+            .collect();
         let mut m = model(&[("default", vec![])], &[]);
         for (n, (id, ip)) in insts.iter().enumerate() {
             m.instances.insert(

@@ -1,1 +1,405 @@
-//! (being written)
+//! The reference evaluator: security-group semantics written straight from the rule
+//! text, slow and obviously right.
+//!
+//! It states the same semantics as [`crate::compile`] + [`crate::conntrack`] (see
+//! their module docs) without any cleverness: rules are scanned linearly in the
+//! [`Model`], group membership is looked up by scanning instances, flows live in a
+//! plain `HashMap` keyed by their original direction. It has no capacity or quota
+//! limits. The property tests (`filter/tests/prop.rs`) check that the compiled
+//! snapshot and the lock-free table agree with it on random models, edits and
+//! packet sequences. Never used on the datapath.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use crate::conntrack::{RevokeMode, Timeouts};
+use crate::model::{Model, Ports, Proto, Rule, Source};
+use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
+
+/// Does `rule` (of a group of the destination) allow `pkt`?
+pub fn rule_matches(model: &Model, rule: &Rule, pkt: &Packet) -> bool {
+    let proto_ok = match (rule.proto, rule.ports) {
+        (Proto::All, _) => true,
+        (Proto::Tcp, Ports::Range(lo, hi)) => {
+            pkt.key.proto == proto::TCP && lo <= pkt.key.dport && pkt.key.dport <= hi
+        }
+        (Proto::Udp, Ports::Range(lo, hi)) => {
+            pkt.key.proto == proto::UDP && lo <= pkt.key.dport && pkt.key.dport <= hi
+        }
+        (Proto::Icmp, Ports::Icmp { ty, code }) => match pkt.l4 {
+            L4::Icmp { ty: t, code: c, .. } if pkt.key.proto == proto::ICMP => {
+                ty.is_none_or(|x| x == t) && code.is_none_or(|x| x == c)
+            }
+            _ => false,
+        },
+        (Proto::Tcp, _) => pkt.key.proto == proto::TCP,
+        (Proto::Udp, _) => pkt.key.proto == proto::UDP,
+        (Proto::Icmp, _) => pkt.key.proto == proto::ICMP && matches!(pkt.l4, L4::Icmp { .. }),
+    };
+    if !proto_ok {
+        return false;
+    }
+    match &rule.source {
+        Source::Cidr(net) => net.contains(&pkt.key.src),
+        Source::Group { owner, group } => model.instances.values().any(|i| {
+            i.ip == pkt.key.src && &i.owner == owner && i.groups.iter().any(|g| g == group)
+        }),
+    }
+}
+
+/// Do the ingress rules of the destination instance allow `pkt`? (The reference
+/// statement of [`crate::compile::Snapshot::allows`].)
+pub fn allows(model: &Model, pkt: &Packet) -> bool {
+    if matches!(pkt.frag, Frag::Later { .. }) {
+        return false;
+    }
+    let Some(dst) = model.instances.values().find(|i| i.ip == pkt.key.dst) else {
+        return false;
+    };
+    dst.groups.iter().any(|name| {
+        model
+            .groups
+            .get(&(dst.owner.clone(), name.clone()))
+            .is_some_and(|g| g.rules.iter().any(|r| rule_matches(model, r, pkt)))
+    })
+}
+
+fn is_instance(model: &Model, ip: Ipv4Addr) -> bool {
+    model.instances.values().any(|i| i.ip == ip)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tcp {
+    SynSent,
+    Established,
+    Fin,
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+struct Flow {
+    tcp: Tcp,
+    seen_reply: bool,
+    /// Alive while `now < expires`.
+    expires: u32,
+    generation: u64,
+    /// L4 of the packet that opened the flow (for revalidation).
+    l4: L4,
+}
+
+/// A naive stateful evaluator with the conntrack judge's shape.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    pub timeouts: Timeouts,
+    pub mode: RevokeMode,
+    /// Keyed by the flow's original direction.
+    flows: HashMap<FlowKey, Flow>,
+    /// `(src, dst, proto, id)` → expiry.
+    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), u32>,
+}
+
+impl Reference {
+    pub fn new(timeouts: Timeouts, mode: RevokeMode) -> Reference {
+        Reference {
+            timeouts,
+            mode,
+            flows: HashMap::new(),
+            trains: HashMap::new(),
+        }
+    }
+
+    /// Number of live-or-unreclaimed flows (no trains).
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn timeout(&self, proto_: u8, f: &Flow) -> u32 {
+        let t = &self.timeouts;
+        match proto_ {
+            proto::TCP => match f.tcp {
+                Tcp::SynSent => t.tcp_syn_sent,
+                Tcp::Established => t.tcp_established,
+                Tcp::Fin => t.tcp_fin,
+                Tcp::Closed => t.tcp_closed,
+            },
+            proto::UDP => {
+                if f.seen_reply {
+                    t.udp_stream
+                } else {
+                    t.udp
+                }
+            }
+            proto::ICMP => t.icmp,
+            _ => t.other,
+        }
+    }
+
+    /// The original key of the live flow `key` belongs to, in either orientation.
+    /// Expired flows are forgotten.
+    fn live_flow(&mut self, key: FlowKey, now: u32) -> Option<FlowKey> {
+        for k in [key, key.reversed()] {
+            if let Some(f) = self.flows.get(&k) {
+                if now < f.expires {
+                    return Some(k);
+                }
+                self.flows.remove(&k);
+            }
+        }
+        None
+    }
+
+    /// Look up and revalidate. `Ok(Some(orig))` tracked, `Ok(None)` untracked,
+    /// `Err(())` revoked (and forgotten).
+    fn tracked(
+        &mut self,
+        model: &Model,
+        generation: u64,
+        key: FlowKey,
+        now: u32,
+    ) -> Result<Option<FlowKey>, ()> {
+        let Some(orig) = self.live_flow(key, now) else {
+            return Ok(None);
+        };
+        if self.mode == RevokeMode::Revalidate {
+            let f = self.flows.get_mut(&orig).expect("live");
+            if f.generation != generation {
+                let opkt = Packet {
+                    key: orig,
+                    l4: f.l4,
+                    frag: Frag::None,
+                };
+                if is_instance(model, orig.dst) && !allows(model, &opkt) {
+                    self.flows.remove(&orig);
+                    return Err(());
+                }
+                f.generation = generation;
+            }
+        }
+        Ok(Some(orig))
+    }
+
+    /// Judge a packet against `model` (at `generation`) at time `now`.
+    pub fn judge(
+        &mut self,
+        model: &Model,
+        generation: u64,
+        pkt: &Packet,
+        now: u32,
+    ) -> Result<(), DropReason> {
+        let dst_is_inst = is_instance(model, pkt.key.dst);
+        if let Frag::Later { id } = pkt.frag {
+            if !dst_is_inst {
+                return Ok(());
+            }
+            let k = (pkt.key.src, pkt.key.dst, pkt.key.proto, id);
+            return match self.trains.get(&k) {
+                Some(&exp) if now < exp => Ok(()),
+                _ => Err(DropReason::UnmatchedFragment),
+            };
+        }
+        if let L4::Icmp {
+            kind: IcmpKind::Error { inner },
+            ..
+        } = pkt.l4
+        {
+            match self.tracked(model, generation, inner, now) {
+                Ok(Some(_)) => {}
+                r => {
+                    if dst_is_inst && !allows(model, pkt) {
+                        return Err(if r.is_err() {
+                            DropReason::Revoked
+                        } else {
+                            DropReason::UnrelatedIcmpError
+                        });
+                    }
+                }
+            }
+        } else {
+            match self.tracked(model, generation, pkt.key, now) {
+                Err(()) => return Err(DropReason::Revoked),
+                Ok(Some(orig)) => {
+                    let from_orig = orig == pkt.key;
+                    let mut f = self.flows[&orig].clone();
+                    if !from_orig {
+                        f.seen_reply = true;
+                    }
+                    if let L4::Tcp { flags } = pkt.l4 {
+                        f.tcp = tcp_next(f.tcp, flags, from_orig);
+                    }
+                    f.expires = now.saturating_add(self.timeout(pkt.key.proto, &f));
+                    self.flows.insert(orig, f);
+                }
+                Ok(None) => {
+                    if dst_is_inst && !allows(model, pkt) {
+                        return Err(DropReason::NoRule);
+                    }
+                    let creates = !matches!(
+                        pkt.l4,
+                        L4::Icmp {
+                            kind: IcmpKind::Reply | IcmpKind::Other,
+                            ..
+                        }
+                    );
+                    if creates {
+                        let tcp = match pkt.l4 {
+                            L4::Tcp { flags } => {
+                                let start =
+                                    if flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0 {
+                                        Tcp::SynSent
+                                    } else {
+                                        Tcp::Established
+                                    };
+                                tcp_next(start, flags, true)
+                            }
+                            _ => Tcp::Established,
+                        };
+                        let mut f = Flow {
+                            tcp,
+                            seen_reply: false,
+                            expires: 0,
+                            generation,
+                            l4: pkt.l4,
+                        };
+                        f.expires = now.saturating_add(self.timeout(pkt.key.proto, &f));
+                        self.flows.insert(pkt.key, f);
+                    }
+                }
+            }
+        }
+        if let Frag::First { id } = pkt.frag {
+            self.trains.insert(
+                (pkt.key.src, pkt.key.dst, pkt.key.proto, id),
+                now.saturating_add(self.timeouts.frag),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// TCP transitions, as in the conntrack module docs.
+fn tcp_next(s: Tcp, flags: u8, from_orig: bool) -> Tcp {
+    let syn_only = flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0;
+    if flags & tcp_flags::RST != 0 {
+        Tcp::Closed
+    } else if flags & tcp_flags::FIN != 0 {
+        Tcp::Fin
+    } else if syn_only && from_orig && (s == Tcp::Fin || s == Tcp::Closed) {
+        Tcp::SynSent
+    } else if s == Tcp::SynSent && !from_orig {
+        Tcp::Established
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Group, Instance, Owner};
+
+    fn owner() -> Owner {
+        Owner("111122223333".into())
+    }
+
+    fn model() -> Model {
+        let mut m = Model::default();
+        let rules = vec![
+            Rule {
+                proto: Proto::Tcp,
+                ports: Ports::Range(22, 22),
+                source: Source::Cidr("10.0.0.0/8".parse().unwrap()),
+            },
+            Rule {
+                proto: Proto::All,
+                ports: Ports::None,
+                source: Source::Group {
+                    owner: owner(),
+                    group: "web".into(),
+                },
+            },
+        ];
+        for (name, rules) in [("db", rules), ("web", vec![])] {
+            m.groups.insert(
+                (owner(), name.into()),
+                Group {
+                    owner: owner(),
+                    name: name.into(),
+                    id: format!("sg-{name}"),
+                    description: String::new(),
+                    rules,
+                },
+            );
+        }
+        for (id, ip, g, n) in [
+            ("i-d", [172, 31, 0, 1], "db", 1u8),
+            ("i-w", [172, 31, 0, 2], "web", 2),
+        ] {
+            m.instances.insert(
+                id.into(),
+                Instance {
+                    id: id.into(),
+                    owner: owner(),
+                    mac: [2, 0, 0, 0, 0, n],
+                    ip: ip.into(),
+                    groups: vec![g.into()],
+                },
+            );
+        }
+        m
+    }
+
+    fn pkt(src: [u8; 4], dst: [u8; 4], proto_: u8, dport: u16) -> Packet {
+        Packet {
+            key: FlowKey {
+                src: src.into(),
+                dst: dst.into(),
+                proto: proto_,
+                sport: 999,
+                dport,
+            },
+            l4: match proto_ {
+                proto::TCP => L4::Tcp {
+                    flags: tcp_flags::SYN,
+                },
+                proto::UDP => L4::Udp,
+                _ => L4::Other,
+            },
+            frag: Frag::None,
+        }
+    }
+
+    #[test]
+    fn reference_rules() {
+        let m = model();
+        let db = [172, 31, 0, 1];
+        let web = [172, 31, 0, 2];
+        assert!(allows(&m, &pkt([10, 1, 2, 3], db, proto::TCP, 22)));
+        assert!(!allows(&m, &pkt([10, 1, 2, 3], db, proto::TCP, 23)));
+        assert!(allows(&m, &pkt(web, db, 47, 0)));
+        assert!(!allows(&m, &pkt(db, web, proto::TCP, 22)));
+        assert!(!allows(&m, &pkt([11, 0, 0, 1], db, proto::UDP, 22)));
+    }
+
+    #[test]
+    fn reference_state_and_revalidation() {
+        let mut m = model();
+        let db = [172, 31, 0, 1];
+        let out = [10, 9, 9, 9];
+        let mut r = Reference::new(Timeouts::default(), RevokeMode::Revalidate);
+        assert_eq!(r.judge(&m, 1, &pkt(out, db, proto::TCP, 22), 0), Ok(()));
+        let mut reply = pkt(db, out, proto::TCP, 999);
+        reply.key.sport = 22;
+        reply.l4 = L4::Tcp {
+            flags: tcp_flags::SYN | tcp_flags::ACK,
+        };
+        assert_eq!(r.judge(&m, 1, &reply, 0), Ok(()));
+        // Revoke the ssh rule.
+        m.groups
+            .get_mut(&(owner(), "db".into()))
+            .unwrap()
+            .rules
+            .remove(0);
+        assert_eq!(r.judge(&m, 2, &reply, 1), Err(DropReason::Revoked));
+        assert_eq!(r.flows(), 0);
+    }
+}

@@ -93,6 +93,22 @@ pub enum Command {
         #[serde(default)]
         groups: Vec<String>,
     },
+    /// Attach an interface someone else made (a QEMU guest's TAP, a veth end)
+    /// as an instance, with AF_PACKET; optionally inside namespace `netns`.
+    AttachInstance {
+        ifname: String,
+        #[serde(default)]
+        netns: Option<String>,
+        /// Empty = `default`.
+        #[serde(default)]
+        groups: Vec<String>,
+        /// Default: the lowest free address.
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+        /// `aa:bb:cc:dd:ee:ff`, the guest's MAC; default: derived from the id.
+        #[serde(default)]
+        mac: Option<String>,
+    },
     /// All of the owner's instances when `ids` is empty.
     DescribeInstances {
         #[serde(default)]
@@ -174,6 +190,9 @@ pub struct StatsReport {
     /// Edit received → snapshot published, over the last edits (microseconds).
     pub edit_latency_p50_us: u64,
     pub edit_latency_p99_us: u64,
+    /// Store committed → snapshot published (compile + swap), microseconds.
+    pub publish_latency_p50_us: u64,
+    pub publish_latency_p99_us: u64,
     pub ports: Vec<PortStats>,
     /// (reason, count) for every drop reason, in counter order.
     pub drops: Vec<(String, u64)>,
@@ -400,29 +419,52 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(mut stream) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(_) => {
+                // EMFILE and friends: do not spin; try again shortly.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let slot = Slot::take(&active);
+        if slot.is_none() {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = stream.write_all(&encode_reply(Err(ApiError::new(
-                BUSY,
-                "too many connections",
-            ))));
+            let busy = ApiError::new(BUSY, format!("more than {MAX_CONNECTIONS} connections"));
+            let _ = stream.write_all(&encode_reply(Err(busy)));
             continue;
         }
         let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
         let handler = handler.clone();
-        let active2 = active.clone();
-        let spawned = std::thread::Builder::new()
+        // The slot is released when the thread ends, however it ends (or when
+        // the closure is dropped because the thread could not be spawned).
+        let _ = std::thread::Builder::new()
             .name("sgswitch-conn".into())
             .spawn(move || {
+                let _slot = slot;
                 let _ = serve_connection(stream, &*handler);
-                active2.fetch_sub(1, Ordering::SeqCst);
             });
-        if spawned.is_err() {
+    }
+}
+
+/// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
+            None
+        } else {
+            Some(Slot(active.clone()))
         }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -39,6 +39,7 @@ Examples (the EC2 Developer Guide's walkthrough):
   sgswitch run-instances ami-fba54092 -n 7 -g web
   sgswitch revoke default -P tcp -p 22 -s 192.168.1.10/32
   sgswitch terminate-instances i-0123abcd
+  sgswitch attach-instance tap-guest1 -g web --mac 52:54:00:12:34:56   # a QEMU guest's TAP
   sgswitch install-links /usr/local/bin          # then: ec2-describe-group, ec2-authorize, ...
 
 Errors print `Code: message` on stderr (exit 1); usage errors exit 2.";
@@ -102,6 +103,24 @@ pub enum Cmd {
         /// Security group (repeatable); none = default.
         #[arg(short = 'g', long = "group")]
         groups: Vec<String>,
+    },
+    /// Attach an interface someone else made (a QEMU guest's TAP, a veth end) as
+    /// an instance.  Prints RESERVATION and INSTANCE lines (PLACE port:IFNAME).
+    AttachInstance {
+        /// The interface (its kernel side: the switch reads and writes it with AF_PACKET).
+        ifname: String,
+        /// Security group (repeatable); none = default.
+        #[arg(short = 'g', long = "group")]
+        groups: Vec<String>,
+        /// The instance's address (default: the next free one).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// The guest's MAC (default: derived from the instance id; configure the guest with it).
+        #[arg(long)]
+        mac: Option<String>,
+        /// The network namespace the interface is in (default: the daemon's).
+        #[arg(long)]
+        netns: Option<String>,
     },
     /// Show instances.  Prints RESERVATION and INSTANCE lines.
     DescribeInstances { ids: Vec<String> },
@@ -298,6 +317,19 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             count: *count,
             groups: groups.clone(),
         },
+        Cmd::AttachInstance {
+            ifname,
+            groups,
+            ip,
+            mac,
+            netns,
+        } => Command::AttachInstance {
+            ifname: ifname.clone(),
+            netns: netns.clone(),
+            groups: groups.clone(),
+            ip: *ip,
+            mac: mac.clone(),
+        },
         Cmd::DescribeInstances { ids } => Command::DescribeInstances { ids: ids.clone() },
         Cmd::TerminateInstances { ids } => Command::TerminateInstances { ids: ids.clone() },
         Cmd::Stats => Command::Stats,
@@ -387,6 +419,10 @@ pub fn format_response(resp: &Response) -> String {
             line(format!(
                 "EDITS\t{}\tp50_us\t{}\tp99_us\t{}",
                 stats.edits, stats.edit_latency_p50_us, stats.edit_latency_p99_us
+            ));
+            line(format!(
+                "PUBLISH\tp50_us\t{}\tp99_us\t{}",
+                stats.publish_latency_p50_us, stats.publish_latency_p99_us
             ));
             for p in &stats.ports {
                 line(format!(

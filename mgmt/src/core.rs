@@ -18,15 +18,18 @@
 //!   subnet outside the uplink range ([`Model::free_ip`]).
 //! * Every owner has a `default` group: the first request of an unseen owner
 //!   creates it (a committed edit of its own).
-//! * Edit latency (request received → new snapshot published) is kept for the last
-//!   [`LATENCY_WINDOW`] edits; [`StatsReport`] shows p50/p99.
+//! * Edit latency (request received → new snapshot published, including the
+//!   store's fsync) and publish latency (store committed → snapshot published:
+//!   compile + pointer swap) are kept for the last [`LATENCY_WINDOW`] edits;
+//!   [`StatsReport`] shows p50/p99 of both.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use filter::model::{Instance, Limits, Owner, instance_mac};
-use filter::{Ec2Code, Model, Snapshot};
+use filter::{Ec2Code, Mac, Model, Snapshot};
 use ipnet::Ipv4Net;
 
 use crate::api::{
@@ -41,19 +44,68 @@ pub const LATENCY_WINDOW: usize = 1024;
 pub const COUNTER_GROUP_SEQ: &str = "next_group_seq";
 pub const COUNTER_GENERATION: &str = "generation";
 
+/// How an instance is attached to the switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A namespace instance: namespace `ID` with a TAP `eth0` the daemon owns.
+    Netns,
+    /// An interface someone else made (a QEMU guest's TAP, one end of a veth),
+    /// attached with AF_PACKET, optionally inside namespace `netns`.
+    Iface {
+        ifname: String,
+        netns: Option<String>,
+    },
+}
+
+impl Attachment {
+    /// The PLACE column: `netns:ID`, `port:IFNAME` or `port:IFNAME@NETNS`.
+    pub fn place(&self, id: &str) -> String {
+        match self {
+            Attachment::Netns => format!("netns:{id}"),
+            Attachment::Iface {
+                ifname,
+                netns: None,
+            } => format!("port:{ifname}"),
+            Attachment::Iface {
+                ifname,
+                netns: Some(ns),
+            } => format!("port:{ifname}@{ns}"),
+        }
+    }
+
+    /// Back from a PLACE (anything that is not `port:` is a namespace instance).
+    pub fn from_place(place: &str) -> Attachment {
+        match place.strip_prefix("port:") {
+            Some(rest) => match rest.split_once('@') {
+                Some((ifname, ns)) => Attachment::Iface {
+                    ifname: ifname.into(),
+                    netns: Some(ns.into()),
+                },
+                None => Attachment::Iface {
+                    ifname: rest.into(),
+                    netns: None,
+                },
+            },
+            None => Attachment::Netns,
+        }
+    }
+}
+
 /// What the core needs from the data plane. The daemon's implementation drives
 /// the real switch and namespaces; tests use an in-memory one.
 pub trait Dataplane: Send {
     /// Make `snap` (compiled at `generation`) the rules every worker uses from
     /// its next burst on.
     fn publish(&mut self, snap: Snapshot, generation: u64);
-    /// Create the instance's attachment (namespace + TAP + switch port) and
-    /// return its place (`netns:NAME`). On error nothing may be left behind.
-    fn launch(&mut self, inst: &Instance, prefix_len: u8) -> Result<String, ApiError>;
+    /// Create the instance's attachment (namespace + TAP, or AF_PACKET on an
+    /// existing interface) and its switch port. On error nothing may be left behind.
+    fn launch(&mut self, inst: &Instance, prefix_len: u8, how: &Attachment)
+    -> Result<(), ApiError>;
     /// After a restart: attach the existing instance again (or recreate it).
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
-    /// Remove the instance's port and destroy its namespace.
-    fn terminate(&mut self, id: &str) -> Result<(), ApiError>;
+    /// Remove the instance's port and destroy its namespace (an attached
+    /// interface is only detached: it belongs to someone else).
+    fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError>;
     /// Add data-plane counters to `report`.
     fn stats(&self, report: &mut StatsReport);
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
@@ -76,6 +128,10 @@ pub struct Recorded {
     /// Re-attached instances (restart).
     pub reattached: Vec<String>,
     pub shut_down: bool,
+    /// Terminated (or rolled back) instances and how they were attached.
+    pub terminated: Vec<(String, Attachment)>,
+    /// Panic in `launch` (tests that a bug does not take the daemon down).
+    pub panic_on_launch: bool,
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -96,7 +152,14 @@ impl Dataplane for RecordingDataplane {
     fn publish(&mut self, _snap: Snapshot, generation: u64) {
         self.with(|r| r.published.push(generation));
     }
-    fn launch(&mut self, inst: &Instance, _prefix_len: u8) -> Result<String, ApiError> {
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        _prefix_len: u8,
+        _how: &Attachment,
+    ) -> Result<(), ApiError> {
+        let panic = self.with(|r| r.panic_on_launch);
+        assert!(!panic, "launch of {} panicked (test)", inst.id);
         self.with(|r| {
             if r.fail_launch.contains(&inst.id) || r.fail_after.is_some_and(|n| r.launches >= n) {
                 return Err(ApiError::internal(format!(
@@ -106,7 +169,7 @@ impl Dataplane for RecordingDataplane {
             }
             r.launches += 1;
             r.attached.insert(inst.id.clone());
-            Ok(format!("netns:{}", inst.id))
+            Ok(())
         })
     }
     fn reattach(&mut self, rec: &InstanceRecord, _prefix_len: u8) -> Result<(), ApiError> {
@@ -116,8 +179,11 @@ impl Dataplane for RecordingDataplane {
         });
         Ok(())
     }
-    fn terminate(&mut self, id: &str) -> Result<(), ApiError> {
-        self.with(|r| r.attached.remove(id));
+    fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
+        self.with(|r| {
+            r.attached.remove(id);
+            r.terminated.push((id.to_owned(), how.clone()));
+        });
         Ok(())
     }
     fn stats(&self, _report: &mut StatsReport) {}
@@ -163,11 +229,45 @@ pub fn default_uplink_range(subnet: Ipv4Net) -> Ipv4Net {
     Ipv4Net::new(std::net::Ipv4Addr::from(last & mask), len).unwrap_or(subnet)
 }
 
+/// Rebuild the model and instance records from the store.
+fn load_model(
+    store: &Store,
+    cfg: &CoreConfig,
+) -> Result<(Model, BTreeMap<String, InstanceRecord>, u64), CoreError> {
+    let loaded = store.load()?;
+    let mut model = Model::new(cfg.limits);
+    for g in loaded.groups {
+        let what = format!("group {}/{}", g.owner, g.name);
+        model
+            .insert_group_raw(g)
+            .map_err(|source| CoreError::Reload { what, source })?;
+    }
+    let mut records = BTreeMap::new();
+    for r in loaded.instances {
+        let what = format!("instance {}", r.instance.id);
+        model
+            .add_instance(r.instance.clone())
+            .map_err(|source| CoreError::Reload { what, source })?;
+        records.insert(r.instance.id.clone(), r);
+    }
+    model.next_group_seq = loaded
+        .counters
+        .get(COUNTER_GROUP_SEQ)
+        .map_or(0, |&v| v as u64);
+    let generation = loaded
+        .counters
+        .get(COUNTER_GENERATION)
+        .map_or(0, |&v| v as u64);
+    Ok((model, records, generation))
+}
+
 /// Errors of opening the core.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("creating the default owner's default group: {0}")]
+    DefaultOwner(#[source] ApiError),
     #[error("reloading {what} from the state database: {source}")]
     Reload {
         what: String,
@@ -190,36 +290,27 @@ pub struct Core {
     published: Option<u64>,
     edits: u64,
     latencies: VecDeque<u64>,
+    /// Store committed → snapshot published, per edit (microseconds).
+    publish_latencies: VecDeque<u64>,
 }
 
 impl Core {
     /// Load the state from `store`, make sure the default owner exists, re-attach
     /// the instances and publish the first snapshot.
-    pub fn open(store: Store, cfg: CoreConfig, dp: Box<dyn Dataplane>) -> Result<Core, CoreError> {
-        let loaded = store.load()?;
-        let mut model = Model::new(cfg.limits);
-        for g in loaded.groups {
-            let what = format!("group {}/{}", g.owner, g.name);
-            model
-                .insert_group_raw(g)
-                .map_err(|source| CoreError::Reload { what, source })?;
-        }
-        let mut records = BTreeMap::new();
-        for r in loaded.instances {
-            let what = format!("instance {}", r.instance.id);
-            model
-                .add_instance(r.instance.clone())
-                .map_err(|source| CoreError::Reload { what, source })?;
-            records.insert(r.instance.id.clone(), r);
-        }
-        model.next_group_seq = loaded
-            .counters
-            .get(COUNTER_GROUP_SEQ)
-            .map_or(0, |&v| v as u64);
-        let generation = loaded
-            .counters
-            .get(COUNTER_GENERATION)
-            .map_or(0, |&v| v as u64);
+    ///
+    /// On error the data plane is shut down (nothing is left running).
+    pub fn open(
+        store: Store,
+        cfg: CoreConfig,
+        mut dp: Box<dyn Dataplane>,
+    ) -> Result<Core, CoreError> {
+        let (model, records, generation) = match load_model(&store, &cfg) {
+            Ok(v) => v,
+            Err(e) => {
+                dp.shutdown();
+                return Err(e);
+            }
+        };
         let mut core = Core {
             cfg,
             model,
@@ -231,13 +322,12 @@ impl Core {
             published: None,
             edits: 0,
             latencies: VecDeque::new(),
+            publish_latencies: VecDeque::new(),
         };
         let owner = core.cfg.default_owner.clone();
         if let Err(e) = core.ensure_owner(&owner) {
-            return Err(CoreError::Store(StoreError::Corrupt {
-                what: "default owner",
-                value: e.to_string(),
-            }));
+            core.dp.shutdown();
+            return Err(CoreError::DefaultOwner(e));
         }
         let prefix = core.cfg.subnet.prefix_len();
         for rec in core.records.values() {
@@ -298,6 +388,13 @@ impl Core {
                 let rules = self.edit(|m| Ok(m.revoke(&owner, &group, &spec)?))?;
                 Ok(Response::Permissions { group, rules })
             }
+            Command::AttachInstance {
+                ifname,
+                netns,
+                groups,
+                ip,
+                mac,
+            } => self.attach_instance(&owner, &ifname, netns, groups, ip, mac.as_deref()),
             Command::RunInstances { ami, count, groups } => {
                 self.run_instances(&owner, &ami, count, groups)
             }
@@ -308,10 +405,7 @@ impl Core {
             }),
         };
         if is_edit && reply.is_ok() {
-            if self.latencies.len() == LATENCY_WINDOW {
-                self.latencies.pop_front();
-            }
-            self.latencies.push_back(t0.elapsed().as_micros() as u64);
+            push_window(&mut self.latencies, t0.elapsed().as_micros() as u64);
         }
         reply
     }
@@ -393,6 +487,7 @@ impl Core {
         self.store
             .commit(&edits)
             .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+        let committed = Instant::now();
         for id in self.model.instances.keys() {
             if !next.instances.contains_key(id) {
                 self.records.remove(id);
@@ -403,6 +498,10 @@ impl Core {
         self.generation += 1;
         self.edits += 1;
         self.publish();
+        push_window(
+            &mut self.publish_latencies,
+            committed.elapsed().as_micros() as u64,
+        );
         Ok(())
     }
 
@@ -429,6 +528,94 @@ impl Core {
                 ),
             ));
         }
+        let items = (0..count)
+            .map(|_| (None, None, Attachment::Netns))
+            .collect();
+        self.launch(owner, ami, groups, items)
+    }
+
+    fn attach_instance(
+        &mut self,
+        owner: &Owner,
+        ifname: &str,
+        netns: Option<String>,
+        groups: Vec<String>,
+        ip: Option<Ipv4Addr>,
+        mac: Option<&str>,
+    ) -> Reply {
+        validate_ifname("interface", ifname, 15)?;
+        if let Some(ns) = &netns {
+            validate_ifname("namespace", ns, 255)?;
+        }
+        let mac = match mac {
+            None => None,
+            Some(m) => Some(store::parse_mac(&m.to_ascii_lowercase()).ok_or_else(|| {
+                ApiError::ec2(
+                    Ec2Code::InvalidParameterValue,
+                    format!(
+                        "invalid MAC address '{}': expected aa:bb:cc:dd:ee:ff",
+                        m.escape_default()
+                    ),
+                )
+            })?),
+        };
+        if let Some(ip) = ip {
+            self.validate_instance_ip(ip)?;
+        }
+        let how = Attachment::Iface {
+            ifname: ifname.to_owned(),
+            netns,
+        };
+        let place = how.place("");
+        if let Some(r) = self.records.values().find(|r| r.place == place) {
+            return Err(ApiError::ec2(
+                Ec2Code::InvalidParameterValue,
+                format!(
+                    "interface '{}' is already attached as instance {}",
+                    &place[5..],
+                    r.instance.id
+                ),
+            ));
+        }
+        self.launch(owner, ATTACHED_AMI, groups, vec![(ip, mac, how)])
+    }
+
+    /// An address the caller chose: inside the subnet, a host address, not the
+    /// gateway, not in the uplink range. (Uniqueness is the model's check.)
+    fn validate_instance_ip(&self, ip: Ipv4Addr) -> Result<(), ApiError> {
+        let subnet = self.cfg.subnet;
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
+        let why = if !subnet.contains(&ip) {
+            Some(format!("not in subnet {subnet}"))
+        } else if ip == subnet.network() || ip == subnet.broadcast() {
+            Some("not a host address".to_owned())
+        } else if ip == gateway {
+            Some("the gateway's address".to_owned())
+        } else if self.cfg.uplink_range.contains(&ip) {
+            Some(format!("in the uplink range {}", self.cfg.uplink_range))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(ApiError::ec2(
+                Ec2Code::InvalidParameterValue,
+                format!("invalid instance address '{ip}': {why}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Launch one reservation: every item is (address or next free, MAC or the
+    /// id's, attachment). Validates all on a clone of the model, creates them in
+    /// the data plane, commits; any failure undoes what was created.
+    fn launch(
+        &mut self,
+        owner: &Owner,
+        ami: &str,
+        groups: Vec<String>,
+        items: Vec<(Option<Ipv4Addr>, Option<Mac>, Attachment)>,
+    ) -> Reply {
+        let count = items.len();
         let mut next = self.model.clone();
         let reservation = random_id("r-");
         let launched_at = SystemTime::now()
@@ -436,28 +623,31 @@ impl Core {
             .map_or(0, |d| d.as_secs() as i64);
         let mut new_records = BTreeMap::new();
         let mut order = Vec::new();
-        for index in 0..count {
+        for (index, (ip, mac, how)) in items.into_iter().enumerate() {
             let id = loop {
                 let id = random_id("i-");
                 if !next.instances.contains_key(&id) {
                     break id;
                 }
             };
-            let ip = next
-                .free_ip(self.cfg.subnet, self.cfg.uplink_range)
-                .ok_or_else(|| {
-                    ApiError::ec2(
-                        Ec2Code::InsufficientInstanceCapacity,
-                        format!(
-                            "no free address left in subnet {} for {count} instance(s)",
-                            self.cfg.subnet
-                        ),
-                    )
-                })?;
+            let ip = match ip {
+                Some(ip) => ip,
+                None => next
+                    .free_ip(self.cfg.subnet, self.cfg.uplink_range)
+                    .ok_or_else(|| {
+                        ApiError::ec2(
+                            Ec2Code::InsufficientInstanceCapacity,
+                            format!(
+                                "no free address left in subnet {} for {count} instance(s)",
+                                self.cfg.subnet
+                            ),
+                        )
+                    })?,
+            };
             let inst = Instance {
                 id: id.clone(),
                 owner: owner.clone(),
-                mac: instance_mac(&id),
+                mac: mac.unwrap_or_else(|| instance_mac(&id)),
                 ip,
                 groups: groups.clone(),
             };
@@ -469,8 +659,8 @@ impl Core {
                     instance: stored,
                     ami: ami.to_owned(),
                     reservation: reservation.clone(),
-                    launch_index: index,
-                    place: String::new(),
+                    launch_index: index as u32,
+                    place: how.place(&id),
                     launched_at,
                 },
             );
@@ -478,16 +668,14 @@ impl Core {
         }
         // Validated: create them for real.
         let prefix = self.cfg.subnet.prefix_len();
-        let mut launched: Vec<String> = Vec::new();
+        let mut launched: Vec<(String, Attachment)> = Vec::new();
         for id in &order {
             let rec = new_records
-                .get_mut(id)
+                .get(id)
                 .ok_or_else(|| ApiError::internal("launch record lost"))?;
-            match self.dp.launch(&rec.instance, prefix) {
-                Ok(place) => {
-                    rec.place = place;
-                    launched.push(id.clone());
-                }
+            let how = Attachment::from_place(&rec.place);
+            match self.dp.launch(&rec.instance, prefix, &how) {
+                Ok(()) => launched.push((id.clone(), how)),
                 Err(e) => {
                     self.undo_launch(&launched);
                     return Err(e);
@@ -498,7 +686,7 @@ impl Core {
             self.undo_launch(&launched);
             return Err(e);
         }
-        self.attached.extend(launched);
+        self.attached.extend(launched.into_iter().map(|(id, _)| id));
         let views = order
             .iter()
             .filter_map(|id| self.records.get(id))
@@ -519,9 +707,9 @@ impl Core {
         })
     }
 
-    fn undo_launch(&mut self, launched: &[String]) {
-        for id in launched {
-            if let Err(e) = self.dp.terminate(id) {
+    fn undo_launch(&mut self, launched: &[(String, Attachment)]) {
+        for (id, how) in launched {
+            if let Err(e) = self.dp.terminate(id, how) {
                 eprintln!("sgswitch: cleaning up instance {id} after a failed launch: {e}");
             }
         }
@@ -606,14 +794,16 @@ impl Core {
             ));
         }
         let ids = self.owned_ids(owner, ids)?;
-        let previous: Vec<String> = ids
+        let previous: Vec<(String, Attachment)> = ids
             .iter()
             .map(|id| {
-                if self.attached.contains(id) {
-                    "running".into()
+                let state = if self.attached.contains(id) {
+                    "running"
                 } else {
-                    "stopped".into()
-                }
+                    "stopped"
+                };
+                let place = self.records.get(id).map_or("", |r| r.place.as_str());
+                (state.to_owned(), Attachment::from_place(place))
             })
             .collect();
         self.edit(|m| {
@@ -623,8 +813,8 @@ impl Core {
             Ok(())
         })?;
         let mut changes = Vec::new();
-        for (id, previous) in ids.into_iter().zip(previous) {
-            if let Err(e) = self.dp.terminate(&id) {
+        for (id, (previous, how)) in ids.into_iter().zip(previous) {
+            if let Err(e) = self.dp.terminate(&id, &how) {
                 eprintln!("sgswitch: terminating instance {id}: {e}");
             }
             self.attached.remove(&id);
@@ -638,15 +828,8 @@ impl Core {
     }
 
     fn stats(&self) -> StatsReport {
-        let mut sorted: Vec<u64> = self.latencies.iter().copied().collect();
-        sorted.sort_unstable();
-        let pct = |p: usize| {
-            if sorted.is_empty() {
-                0
-            } else {
-                sorted[(sorted.len() - 1) * p / 100]
-            }
-        };
+        let (p50, p99) = percentiles(&self.latencies);
+        let (pub50, pub99) = percentiles(&self.publish_latencies);
         let mut report = StatsReport {
             generation: self.generation,
             groups: self.model.groups.len() as u64,
@@ -658,13 +841,36 @@ impl Core {
                 .sum(),
             instances: self.model.instances.len() as u64,
             edits: self.edits,
-            edit_latency_p50_us: pct(50),
-            edit_latency_p99_us: pct(99),
+            edit_latency_p50_us: p50,
+            edit_latency_p99_us: p99,
+            publish_latency_p50_us: pub50,
+            publish_latency_p99_us: pub99,
             ..StatsReport::default()
         };
         self.dp.stats(&mut report);
         report
     }
+}
+
+fn push_window(w: &mut VecDeque<u64>, v: u64) {
+    if w.len() == LATENCY_WINDOW {
+        w.pop_front();
+    }
+    w.push_back(v);
+}
+
+/// (p50, p99) of a window; zeros when empty.
+fn percentiles(w: &VecDeque<u64>) -> (u64, u64) {
+    let mut sorted: Vec<u64> = w.iter().copied().collect();
+    sorted.sort_unstable();
+    let pct = |p: usize| {
+        if sorted.is_empty() {
+            0
+        } else {
+            sorted[(sorted.len() - 1) * p / 100]
+        }
+    };
+    (pct(50), pct(99))
 }
 
 /// The store edits that turn `old` into `new`. New instances take their launch
@@ -733,6 +939,30 @@ pub fn diff(
         }
     }
     Ok(edits)
+}
+
+/// The AMI column of attached interfaces (no image involved).
+pub const ATTACHED_AMI: &str = "-";
+
+/// An interface or namespace name: 1 to `max` printable ASCII characters without
+/// space, `/`, `@` or `:`.
+fn validate_ifname(what: &str, name: &str, max: usize) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'@' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::ec2(
+            Ec2Code::InvalidParameterValue,
+            format!(
+                "invalid {what} name '{}': 1 to {max} printable characters, no '/', '@' or ':'",
+                name.escape_default()
+            ),
+        ))
+    }
 }
 
 /// `ami-` followed by 1 to 17 ASCII letters/digits.

@@ -664,3 +664,233 @@ fn random_ids_are_prefixed_hex_and_vary() {
     );
     assert_ne!(a, b);
 }
+
+/// Not a timed test: prints where an edit's time goes with 10k rules in total.
+#[test]
+#[ignore]
+fn measure_edit_latency_with_10k_rules() {
+    let dir = TempDir::new("core-10k");
+    let mut core = core_in(&dir, config());
+    for g in 0..100 {
+        let name = format!("g{g}");
+        core.handle(req(add_group(&name))).unwrap();
+        let spec = RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some(format!("{}", 1000 + g)),
+            cidrs: (0..99).map(|i| format!("10.{g}.{i}.0/24")).collect(),
+            ..RuleSpec::default()
+        };
+        core.handle(req(Command::Authorize { group: name, spec }))
+            .unwrap();
+    }
+    let t = Instant::now();
+    let m = core.model().clone();
+    println!("clone: {:?}", t.elapsed());
+    let t = Instant::now();
+    let _ = diff(core.model(), &m, &BTreeMap::new());
+    println!("diff (no change): {:?}", t.elapsed());
+    let t = Instant::now();
+    let _ = filter::compile(core.model(), 1);
+    println!("compile: {:?}", t.elapsed());
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let s = spec("udp", &format!("{}", 5000 + i), "0.0.0.0/0");
+        let t = Instant::now();
+        core.handle(req(Command::Authorize {
+            group: "g5".into(),
+            spec: s.clone(),
+        }))
+        .unwrap();
+        lat.push(t.elapsed());
+        let t = Instant::now();
+        core.handle(req(Command::Revoke {
+            group: "g5".into(),
+            spec: s,
+        }))
+        .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "edit p50 {:?} p99 {:?} (rules {})",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        core.model()
+            .groups
+            .values()
+            .map(|g| g.rules.len())
+            .sum::<usize>()
+    );
+    let Response::Stats { stats } = core.handle(req(Command::Stats)).unwrap() else {
+        panic!()
+    };
+    println!(
+        "stats: edit p50 {} us p99 {} us; publish p50 {} us p99 {} us",
+        stats.edit_latency_p50_us,
+        stats.edit_latency_p99_us,
+        stats.publish_latency_p50_us,
+        stats.publish_latency_p99_us
+    );
+}
+
+#[test]
+fn a_corrupt_store_is_refused_and_the_dataplane_shut_down() {
+    let dir = TempDir::new("core-corrupt");
+    drop(Store::open_dir(&dir.0).unwrap());
+    let conn = rusqlite::Connection::open(dir.0.join(crate::store::DB_FILE)).unwrap();
+    conn.execute(
+        "INSERT INTO groups (id, owner, name, description) VALUES ('sg-nothex!', '111122223333', 'web', '')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let dp = RecordingDataplane::default();
+    let err = match Core::open(
+        Store::open_dir(&dir.0).unwrap(),
+        config(),
+        Box::new(dp.clone()),
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("a store with an invalid group id must be refused"),
+    };
+    assert!(err.to_string().contains("web"), "{err}");
+    assert!(
+        dp.state.lock().unwrap().shut_down,
+        "data plane shut down on failure"
+    );
+}
+
+fn attach(ifname: &str, ip: Option<&str>, mac: Option<&str>) -> Command {
+    Command::AttachInstance {
+        ifname: ifname.into(),
+        netns: Some("guests".into()),
+        groups: vec!["web".into()],
+        ip: ip.map(|s| s.parse().unwrap()),
+        mac: mac.map(Into::into),
+    }
+}
+
+#[test]
+fn attached_interfaces_are_instances_with_a_port_place() {
+    let dir = TempDir::new("core-attach");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    core.handle(req(add_group("web"))).unwrap();
+    let r = core.handle(req(attach(
+        "vs0",
+        Some("172.31.7.9"),
+        Some("52:54:00:AB:CD:EF"),
+    )));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!("{r:?}")
+    };
+    let i = &reservations[0].instances[0];
+    assert_eq!(i.place, "port:vs0@guests");
+    assert_eq!(i.ami, ATTACHED_AMI);
+    assert_eq!(i.ip.to_string(), "172.31.7.9");
+    assert_eq!(i.mac, "52:54:00:ab:cd:ef");
+    assert_eq!(i.state, "running");
+    assert_eq!(reservations[0].groups, ["web"]);
+    let id = i.id.clone();
+    // Without --ip / --mac: the next free address and the id's MAC.
+    let r = core.handle(req(Command::AttachInstance {
+        ifname: "tap-guest2".into(),
+        netns: None,
+        groups: vec![],
+        ip: None,
+        mac: None,
+    }));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!("{r:?}")
+    };
+    let j = &reservations[0].instances[0];
+    assert_eq!(
+        (j.place.as_str(), j.ip.to_string().as_str()),
+        ("port:tap-guest2", "172.31.0.2")
+    );
+    assert_eq!(j.mac, crate::store::format_mac(&instance_mac(&j.id)));
+
+    let before = core.dump();
+    for (cmd, want) in [
+        (attach("vs0", None, None), "already attached"),
+        (attach("", None, None), "interface name"),
+        (
+            attach("a-name-longer-than-15", None, None),
+            "a-name-longer-than-15",
+        ),
+        (attach("bad/name", None, None), "bad/name"),
+        (attach("vs1", Some("10.0.0.5"), None), "not in subnet"),
+        (attach("vs1", Some("172.31.0.1"), None), "gateway"),
+        (
+            attach("vs1", Some("172.31.0.0"), None),
+            "not a host address",
+        ),
+        (attach("vs1", Some("172.31.255.7"), None), "uplink range"),
+        (attach("vs1", Some("172.31.7.9"), None), "172.31.7.9"),
+        (
+            attach("vs1", None, Some("52:54:00:ab:cd")),
+            "52:54:00:ab:cd",
+        ),
+        (
+            attach("vs1", None, Some("01:00:5e:00:00:01")),
+            "01:00:5e:00:00:01",
+        ),
+        (
+            attach("vs1", None, Some("52:54:00:ab:cd:ef")),
+            "52:54:00:ab:cd:ef",
+        ),
+    ] {
+        let r = core.handle(req(cmd.clone()));
+        let e = r
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("{cmd:?} should fail: {r:?}"));
+        assert_eq!(e.code, "InvalidParameterValue", "{cmd:?}: {e}");
+        assert!(e.message.contains(want), "{cmd:?}: {e}");
+        assert_eq!(core.dump(), before, "{cmd:?} changed the state");
+    }
+    let r = core.handle(req(Command::AttachInstance {
+        ifname: "vs9".into(),
+        netns: None,
+        groups: vec!["nosuch".into()],
+        ip: None,
+        mac: None,
+    }));
+    assert_eq!(code(&r), "InvalidGroup.NotFound");
+    assert_eq!(core.dump(), before);
+
+    // Terminating detaches (the data plane is told it is an interface).
+    core.handle(req(Command::TerminateInstances {
+        ids: vec![id.clone()],
+    }))
+    .unwrap();
+    let terminated = dp.state.lock().unwrap().terminated.clone();
+    assert_eq!(
+        terminated,
+        vec![(
+            id,
+            Attachment::Iface {
+                ifname: "vs0".into(),
+                netns: Some("guests".into())
+            }
+        )]
+    );
+}
+
+#[test]
+fn attachment_place_round_trips() {
+    for how in [
+        Attachment::Netns,
+        Attachment::Iface {
+            ifname: "tap0".into(),
+            netns: None,
+        },
+        Attachment::Iface {
+            ifname: "vs0".into(),
+            netns: Some("lab-1".into()),
+        },
+    ] {
+        assert_eq!(Attachment::from_place(&how.place("i-0000abcd")), how);
+    }
+    assert_eq!(Attachment::Netns.place("i-0000abcd"), "netns:i-0000abcd");
+}

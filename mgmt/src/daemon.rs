@@ -24,6 +24,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -35,7 +36,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::api::{self, ApiError, Handler, Reply, Request, StatsReport};
 use crate::cli::{Cli, DEFAULT_OWNER, UpArgs};
-use crate::core::{Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
+use crate::core::{Attachment, Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
 use crate::store::{InstanceRecord, Store, StoreError};
 
 /// Errors of starting or running the daemon.
@@ -123,7 +124,17 @@ pub fn spawn_management(mut core: Core) -> Result<(MgmtHandle, JoinHandle<Core>)
             while let Ok(msg) = rx.recv() {
                 match msg {
                     Msg::Request(req, reply) => {
-                        let _ = reply.send(core.handle(req));
+                        // A bug in one command must not take the daemon down: the
+                        // edit was being applied to a clone, so the live state is
+                        // intact; answer InternalError and go on.
+                        let answer =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
+                                .unwrap_or_else(|_| {
+                                    Err(ApiError::internal(
+                                        "the command failed unexpectedly; nothing was changed",
+                                    ))
+                                });
+                        let _ = reply.send(answer);
                     }
                     Msg::Stop => break,
                 }
@@ -242,7 +253,12 @@ pub struct NoSwitch;
 
 impl Dataplane for NoSwitch {
     fn publish(&mut self, _snap: Snapshot, _generation: u64) {}
-    fn launch(&mut self, inst: &Instance, _prefix_len: u8) -> Result<String, ApiError> {
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        _prefix_len: u8,
+        _how: &Attachment,
+    ) -> Result<(), ApiError> {
         Err(ApiError::ec2(
             filter::Ec2Code::InsufficientInstanceCapacity,
             format!(
@@ -257,7 +273,7 @@ impl Dataplane for NoSwitch {
             rec.instance.id
         )))
     }
-    fn terminate(&mut self, _id: &str) -> Result<(), ApiError> {
+    fn terminate(&mut self, _id: &str, _how: &Attachment) -> Result<(), ApiError> {
         Ok(())
     }
     fn stats(&self, _report: &mut StatsReport) {}
@@ -300,16 +316,16 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     signals.thread_block().map_err(DaemonError::Signals)?;
 
     let cfg = core_config(cli, args)?;
+    // Bind first: a second daemon on the same socket must fail before it touches
+    // the uplink or the instances' TAPs of the running one.
+    let socket = bind_socket(&cli.socket)?;
     let store = Store::open_dir(&args.state_dir)?;
     let dp: Box<dyn Dataplane> = if args.no_switch {
         Box::new(NoSwitch)
     } else {
-        return Err(DaemonError::Dataplane(
-            "the switch crate's Switch has not landed yet; use --no-switch".into(),
-        ));
+        crate::dataplane::start(args, &cfg).map_err(|e| DaemonError::Dataplane(error_chain(&e)))?
     };
     let core = Core::open(store, cfg, dp)?;
-    let socket = bind_socket(&cli.socket)?;
     let (handle, mgmt) = spawn_management(core)?;
     let server = Server::start(socket, Arc::new(handle.clone()))?;
     let metrics = match args.metrics_listen {
@@ -563,6 +579,26 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_panicking_command_is_answered_and_the_daemon_goes_on() {
+        let dir = TempDir::new("mgmt-panic");
+        let dp = crate::core::RecordingDataplane::default();
+        let core = core_with(&dir, config(), dp.clone());
+        let before = core.dump();
+        let (handle, join) = spawn_management(core).unwrap();
+        dp.state.lock().unwrap().panic_on_launch = true;
+        let r = handle.call(req(Command::RunInstances {
+            ami: "ami-1".into(),
+            count: 1,
+            groups: vec![],
+        }));
+        assert_eq!(r.unwrap_err().code, api::INTERNAL_ERROR);
+        assert!(handle.call(req(Command::Stats)).is_ok(), "still answering");
+        handle.stop();
+        let core = join.join().unwrap();
+        assert_eq!(core.dump(), before, "nothing changed");
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //!   the port fails the namespace is destroyed again (nothing left behind).
 //! * `reattach` (restart) opens the persistent TAP in the existing namespace again,
 //!   or recreates the namespace if it is gone (a host reboot).
+//! * `launch`/`reattach` of an [`Attachment::Iface`] (`attach-instance`) opens
+//!   AF_PACKET queues on an interface someone else made (inside its namespace if
+//!   one is given) — a QEMU guest's TAP, one end of a veth.
 //! * `terminate` removes the port first (so no worker writes to it any more), then
-//!   deletes the namespace (idempotent).
+//!   deletes the namespace (idempotent); an attached interface is only detached.
 //! * `shutdown` stops and joins the workers and removes the uplink; instance
 //!   namespaces are kept for the next start.
 
@@ -24,7 +27,7 @@ use switch::{PollMode, PortId, PortRole, PortSpec, Switch, SwitchConfig};
 
 use crate::api::{ApiError, PortStats, StatsReport};
 use crate::cli::{PollArg, RevokeArg, UpArgs};
-use crate::core::{CoreConfig, Dataplane};
+use crate::core::{Attachment, CoreConfig, Dataplane};
 use crate::daemon::error_chain;
 use crate::instances;
 use crate::store::InstanceRecord;
@@ -38,7 +41,7 @@ pub enum DataplaneError {
     Uplink {
         name: String,
         #[source]
-        source: instances::InstanceError,
+        source: Box<instances::InstanceError>,
     },
     #[error("attach uplink {name}")]
     AttachUplink {
@@ -67,10 +70,12 @@ pub fn uplink_host_addr(subnet: Ipv4Net, uplink_range: Ipv4Net) -> Ipv4Net {
 
 /// Start the switch and attach the uplink.
 pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
-    let mut ct = filter::CtConfig::default();
-    ct.revoke = match args.conntrack_on_revoke {
-        RevokeArg::Revalidate => filter::RevokeMode::Revalidate,
-        RevokeArg::Keep => filter::RevokeMode::Keep,
+    let ct = filter::CtConfig {
+        on_revoke: match args.conntrack_on_revoke {
+            RevokeArg::Revalidate => filter::RevokeMode::Revalidate,
+            RevokeArg::Keep => filter::RevokeMode::Keep,
+        },
+        ..filter::CtConfig::default()
     };
     let scfg = SwitchConfig {
         workers: args.workers,
@@ -94,10 +99,17 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         Ok(q) => q,
         Err(source) => {
             switch.shutdown();
-            return Err(DataplaneError::Uplink { name, source });
+            return Err(DataplaneError::Uplink {
+                name,
+                source: Box::new(source),
+            });
         }
     };
-    if let Err(source) = switch.add_port(PortSpec { name: name.clone(), role: PortRole::Uplink, queues }) {
+    if let Err(source) = switch.add_port(PortSpec {
+        name: name.clone(),
+        role: PortRole::Uplink,
+        queues,
+    }) {
         switch.shutdown();
         let _ = instances::destroy_uplink(&name, netns.as_deref());
         return Err(DataplaneError::AttachUplink { name, source });
@@ -113,19 +125,55 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
 
 impl SwitchDataplane {
     fn switch(&self) -> Result<&Switch, ApiError> {
-        self.switch.as_ref().ok_or_else(|| ApiError::internal("the switch has been shut down"))
+        self.switch
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the switch has been shut down"))
     }
 
-    fn attach(&mut self, inst: &Instance, queues: Vec<Box<dyn switch::port::PortQueue>>) -> Result<(), ApiError> {
+    /// AF_PACKET queues on `ifname` (inside `netns` if given).
+    fn open_iface(
+        &self,
+        id: &str,
+        ifname: &str,
+        netns: Option<&str>,
+    ) -> Result<Vec<Box<dyn switch::port::PortQueue>>, ApiError> {
+        let workers = self.workers;
+        let open = move || switch::afpacket::open_afpacket(ifname, workers);
+        let opened = match netns {
+            None => open(),
+            Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| {
+                ApiError::internal(format!(
+                    "attach {ifname} in namespace {ns} as {id}: {}",
+                    error_chain(&e)
+                ))
+            })?,
+        };
+        let queues = opened.map_err(|e| {
+            ApiError::internal(format!("attach {ifname} as {id}: {}", error_chain(&e)))
+        })?;
+        Ok(queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn switch::port::PortQueue>)
+            .collect())
+    }
+
+    fn attach(
+        &mut self,
+        inst: &Instance,
+        queues: Vec<Box<dyn switch::port::PortQueue>>,
+    ) -> Result<(), ApiError> {
         let spec = PortSpec {
             name: inst.id.clone(),
-            role: PortRole::Instance { id: inst.id.clone(), mac: inst.mac, ip: inst.ip },
+            role: PortRole::Instance {
+                id: inst.id.clone(),
+                mac: inst.mac,
+                ip: inst.ip,
+            },
             queues,
         };
-        let port = self
-            .switch()?
-            .add_port(spec)
-            .map_err(|e| ApiError::internal(format!("attach instance {}: {}", inst.id, error_chain(&e))))?;
+        let port = self.switch()?.add_port(spec).map_err(|e| {
+            ApiError::internal(format!("attach instance {}: {}", inst.id, error_chain(&e)))
+        })?;
         self.ports.insert(inst.id.clone(), port);
         Ok(())
     }
@@ -138,37 +186,78 @@ impl Dataplane for SwitchDataplane {
         }
     }
 
-    fn launch(&mut self, inst: &Instance, prefix_len: u8) -> Result<String, ApiError> {
-        let queues = instances::create_netns_instance(&inst.id, inst.mac, inst.ip, prefix_len, self.workers)
-            .map_err(|e| ApiError::internal(format!("launch instance {}: {}", inst.id, error_chain(&e))))?;
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+    ) -> Result<(), ApiError> {
+        let queues = match how {
+            Attachment::Netns => instances::create_netns_instance(
+                &inst.id,
+                inst.mac,
+                inst.ip,
+                prefix_len,
+                self.workers,
+            )
+            .map_err(|e| {
+                ApiError::internal(format!("launch instance {}: {}", inst.id, error_chain(&e)))
+            })?,
+            Attachment::Iface { ifname, netns } => {
+                self.open_iface(&inst.id, ifname, netns.as_deref())?
+            }
+        };
         if let Err(e) = self.attach(inst, queues) {
-            let _ = instances::destroy_netns_instance(&inst.id);
+            if *how == Attachment::Netns {
+                let _ = instances::destroy_netns_instance(&inst.id);
+            }
             return Err(e);
         }
-        Ok(format!("netns:{}", inst.id))
+        Ok(())
     }
 
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError> {
         let inst = &rec.instance;
-        let queues = if instances::netns_exists(&inst.id) {
-            instances::reattach_netns_instance(&inst.id, self.workers)
-        } else {
-            instances::create_netns_instance(&inst.id, inst.mac, inst.ip, prefix_len, self.workers)
-        }
-        .map_err(|e| ApiError::internal(format!("re-attach instance {}: {}", inst.id, error_chain(&e))))?;
+        let queues = match Attachment::from_place(&rec.place) {
+            Attachment::Netns => if instances::netns_exists(&inst.id) {
+                instances::reattach_netns_instance(&inst.id, self.workers)
+            } else {
+                instances::create_netns_instance(
+                    &inst.id,
+                    inst.mac,
+                    inst.ip,
+                    prefix_len,
+                    self.workers,
+                )
+            }
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "re-attach instance {}: {}",
+                    inst.id,
+                    error_chain(&e)
+                ))
+            })?,
+            Attachment::Iface { ifname, netns } => {
+                self.open_iface(&inst.id, &ifname, netns.as_deref())?
+            }
+        };
         self.attach(inst, queues)
     }
 
-    fn terminate(&mut self, id: &str) -> Result<(), ApiError> {
-        if let Some(port) = self.ports.remove(id) {
-            if let Ok(s) = self.switch() {
-                if let Err(e) = s.remove_port(port) {
-                    eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
-                }
-            }
+    fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
+        if let Some(port) = self.ports.remove(id)
+            && let Ok(s) = self.switch()
+            && let Err(e) = s.remove_port(port)
+        {
+            eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
         }
-        instances::destroy_netns_instance(id)
-            .map_err(|e| ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e))))
+        match how {
+            Attachment::Netns => instances::destroy_netns_instance(id).map_err(|e| {
+                ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
+            }),
+            // Someone else's interface: only detached.
+            Attachment::Iface { .. } => Ok(()),
+        }
     }
 
     fn stats(&self, report: &mut StatsReport) {
@@ -186,7 +275,10 @@ impl Dataplane for SwitchDataplane {
                 drops: p.counters.rx_dropped + p.counters.tx_dropped,
             })
             .collect();
-        report.drops = filter::DropReason::ALL.iter().map(|r| (r.name().to_owned(), st.drops[r.index()])).collect();
+        report.drops = filter::DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), st.drops[r.index()]))
+            .collect();
         report.conntrack_entries = st.conntrack_entries as u64;
         report.ports_gone = st.ports_gone;
     }
@@ -196,7 +288,11 @@ impl Dataplane for SwitchDataplane {
             s.shutdown();
         }
         if let Err(e) = instances::destroy_uplink(&self.uplink, self.uplink_netns.as_deref()) {
-            eprintln!("sgswitch: remove uplink {}: {}", self.uplink, error_chain(&e));
+            eprintln!(
+                "sgswitch: remove uplink {}: {}",
+                self.uplink,
+                error_chain(&e)
+            );
         }
     }
 }

@@ -69,7 +69,7 @@ pub enum InstanceError {
         id: String,
         workers: usize,
         #[source]
-        source: TapError,
+        source: Box<TapError>,
     },
     #[error("instance {id}: configure {INSTANCE_IFNAME} (MAC {mac}, address {ip}/{prefix})")]
     Configure {
@@ -108,7 +108,7 @@ pub enum InstanceError {
         netns: Option<String>,
         workers: usize,
         #[source]
-        source: TapError,
+        source: Box<TapError>,
     },
     #[error("uplink {name} (namespace {ns}): configure (address {addr})", ns = netns.as_deref().unwrap_or("host"),
         addr = host_addr.map_or("none".to_string(), |a| a.to_string()))]
@@ -124,7 +124,7 @@ pub enum InstanceError {
         name: String,
         netns: Option<String>,
         #[source]
-        source: TapError,
+        source: Box<TapError>,
     },
 }
 
@@ -182,7 +182,7 @@ pub fn create_netns_instance(
             InstanceError::Tap {
                 id: id.to_owned(),
                 workers,
-                source,
+                source: Box::new(source),
             }
         })?;
         // `None`: the helper thread's namespace, i.e. the instance's.
@@ -235,7 +235,7 @@ pub fn reattach_netns_instance(
             InstanceError::Tap {
                 id: id.to_owned(),
                 workers,
-                source,
+                source: Box::new(source),
             }
         })?;
         netns::configure_iface(None, INSTANCE_IFNAME, None, None, true).map_err(|source| {
@@ -321,7 +321,7 @@ pub fn create_uplink(
                 name: name.to_owned(),
                 netns: owned_ns.clone(),
                 workers,
-                source,
+                source: Box::new(source),
             }
         })?;
         let configured = netns::configure_iface(
@@ -367,14 +367,14 @@ pub fn destroy_uplink(name: &str, netns: Option<&str>) -> Result<(), InstanceErr
                 name: name.to_owned(),
                 netns: owned_ns.clone(),
                 workers: 1,
-                source,
+                source: Box::new(source),
             })?;
         queues[0]
             .set_persist(false)
             .map_err(|source| InstanceError::UplinkPersist {
                 name: name.to_owned(),
                 netns: owned_ns.clone(),
-                source,
+                source: Box::new(source),
             })
     })
 }

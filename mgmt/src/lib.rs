@@ -5,7 +5,9 @@
 //!   JSON-lines wire protocol of the Unix socket.
 //! * [`core`]: the management core that owns the model, applies commands, writes
 //!   the store and publishes snapshots to a dataplane.
-//! * [`daemon`]: `sgswitch up`: switch, uplink, socket server, signals.
+//! * [`daemon`]: `sgswitch up`: management thread, socket server, signals.
+//! * [`dataplane`]: the real data plane behind the core: the switch, its uplink
+//!   and namespace instances.
 //! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.
 //! * [`metrics`]: Prometheus text of the switch statistics.
 //! * [`instances`]: namespace instances and the uplink TAP.
@@ -18,6 +20,7 @@ pub mod api;
 pub mod core;
 pub mod cli;
 pub mod daemon;
+pub mod dataplane;
 pub mod metrics;
 #[cfg(test)]
 pub(crate) mod testutil;

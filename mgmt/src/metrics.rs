@@ -13,6 +13,7 @@
 //!
 //! Metric names: `sgswitch_generation`, `sgswitch_groups`, `sgswitch_rules`,
 //! `sgswitch_instances`, `sgswitch_edits_total`, `sgswitch_edit_latency_seconds{quantile}`,
+//! `sgswitch_publish_latency_seconds{quantile}`,
 //! `sgswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `sgswitch_port_drops_total{port}`,
 //! `sgswitch_drops_total{reason}`, `sgswitch_conntrack_entries`, `sgswitch_ports_gone_total`.
 
@@ -52,6 +53,10 @@ pub fn record(s: &StatsReport) {
         .set(s.edit_latency_p50_us as f64 / 1e6);
     metrics::gauge!("sgswitch_edit_latency_seconds", "quantile" => "0.99")
         .set(s.edit_latency_p99_us as f64 / 1e6);
+    metrics::gauge!("sgswitch_publish_latency_seconds", "quantile" => "0.5")
+        .set(s.publish_latency_p50_us as f64 / 1e6);
+    metrics::gauge!("sgswitch_publish_latency_seconds", "quantile" => "0.99")
+        .set(s.publish_latency_p99_us as f64 / 1e6);
     for p in &s.ports {
         let port = p.name.clone();
         metrics::counter!("sgswitch_port_rx_packets_total", "port" => port.clone())

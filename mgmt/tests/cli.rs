@@ -70,7 +70,10 @@ impl Daemon {
     }
 
     fn signal(&mut self, sig: &str) {
-        let ok = Command::new("kill").args(["-s", sig, &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -86,7 +89,10 @@ impl Daemon {
 
     /// Run the CLI: (stdout, stderr, exit code).
     fn cli(&self, args: &[&str]) -> (String, String, i32) {
-        run(Command::new(BIN).args(args).env("SGSWITCH_SOCKET", &self.socket).env_remove("SGSWITCH_OWNER"))
+        run(Command::new(BIN)
+            .args(args)
+            .env("SGSWITCH_SOCKET", &self.socket)
+            .env_remove("SGSWITCH_OWNER"))
     }
 }
 
@@ -112,15 +118,38 @@ fn run(cmd: &mut Command) -> (String, String, i32) {
 fn cli_output_errors_and_exit_codes() {
     let dir = TempDir::new("out");
     let d = Daemon::start(&dir.0);
-    assert_eq!(d.cli(&["add-group", "web", "-d", "Web Servers"]), ("GROUP\tweb\tWeb Servers\n".into(), "".into(), 0));
     assert_eq!(
-        d.cli(&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "205.192.8.45/24"]),
-        ("GROUP\tweb\nPERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t205.192.8.0/24\n".into(), "".into(), 0)
+        d.cli(&["add-group", "web", "-d", "Web Servers"]),
+        ("GROUP\tweb\tWeb Servers\n".into(), "".into(), 0)
     );
-    assert_eq!(d.cli(&["authorize", "web", "-P", "icmp", "-t", "8:-1"]).2, 0);
-    assert_eq!(d.cli(&["add-group", "app", "-d", "Application Servers"]).2, 0);
     assert_eq!(
-        d.cli(&["authorize", "app", "-o", "web", "-u", "111122223333"]).0,
+        d.cli(&[
+            "authorize",
+            "web",
+            "-P",
+            "tcp",
+            "-p",
+            "80",
+            "-s",
+            "205.192.8.45/24"
+        ]),
+        (
+            "GROUP\tweb\nPERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t205.192.8.0/24\n".into(),
+            "".into(),
+            0
+        )
+    );
+    assert_eq!(
+        d.cli(&["authorize", "web", "-P", "icmp", "-t", "8:-1"]).2,
+        0
+    );
+    assert_eq!(
+        d.cli(&["add-group", "app", "-d", "Application Servers"]).2,
+        0
+    );
+    assert_eq!(
+        d.cli(&["authorize", "app", "-o", "web", "-u", "111122223333"])
+            .0,
         "GROUP\tapp\nPERMISSION\tapp\tALLOWS\tall\t\t\tFROM\tUSER\t111122223333\tGRPNAME\tweb\n"
     );
     let (out, err, code) = d.cli(&["describe-group", "web", "app"]);
@@ -136,22 +165,59 @@ fn cli_output_errors_and_exit_codes() {
     let before = d.cli(&["describe-group"]).0;
     // API errors: `Code: message` on stderr, exit 1, nothing changed.
     for (args, code) in [
-        (&["add-group", "web", "-d", "again"][..], "InvalidGroup.Duplicate"),
+        (
+            &["add-group", "web", "-d", "again"][..],
+            "InvalidGroup.Duplicate",
+        ),
         (&["delete-group", "web"], "InvalidGroup.InUse"),
         (&["delete-group", "default"], "InvalidGroup.Reserved"),
-        (&["authorize", "nosuch", "-P", "tcp", "-p", "1"], "InvalidGroup.NotFound"),
-        (&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "205.192.8.0/24"], "InvalidPermission.Duplicate"),
-        (&["revoke", "web", "-P", "tcp", "-p", "81"], "InvalidPermission.NotFound"),
-        (&["authorize", "web", "-P", "tcp", "-p", "99999"], "InvalidParameterValue"),
-        (&["terminate-instances", "i-00000000"], "InvalidInstanceID.NotFound"),
-        (&["run-instances", "ami-eca54085", "-g", "nosuch"], "InvalidGroup.NotFound"),
+        (
+            &["authorize", "nosuch", "-P", "tcp", "-p", "1"],
+            "InvalidGroup.NotFound",
+        ),
+        (
+            &[
+                "authorize",
+                "web",
+                "-P",
+                "tcp",
+                "-p",
+                "80",
+                "-s",
+                "205.192.8.0/24",
+            ],
+            "InvalidPermission.Duplicate",
+        ),
+        (
+            &["revoke", "web", "-P", "tcp", "-p", "81"],
+            "InvalidPermission.NotFound",
+        ),
+        (
+            &["authorize", "web", "-P", "tcp", "-p", "99999"],
+            "InvalidParameterValue",
+        ),
+        (
+            &["terminate-instances", "i-00000000"],
+            "InvalidInstanceID.NotFound",
+        ),
+        (
+            &["run-instances", "ami-eca54085", "-g", "nosuch"],
+            "InvalidGroup.NotFound",
+        ),
     ] {
         let (out, err, c) = d.cli(args);
         assert_eq!((out.as_str(), c), ("", 1), "{args:?}: {err}");
-        assert!(err.starts_with(&format!("{code}: ")) && err.ends_with('\n'), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("{code}: ")) && err.ends_with('\n'),
+            "{args:?}: {err}"
+        );
         assert_eq!(err.lines().count(), 1, "{err}");
     }
-    assert_eq!(d.cli(&["describe-group"]).0, before, "state unchanged by errors");
+    assert_eq!(
+        d.cli(&["describe-group"]).0,
+        before,
+        "state unchanged by errors"
+    );
     // Usage errors exit 2.
     assert_eq!(d.cli(&["authorize"]).2, 2);
     assert_eq!(d.cli(&["authorize", "web", "-p", "22", "-t", "8:0"]).2, 2);
@@ -165,15 +231,24 @@ fn cli_output_errors_and_exit_codes() {
     assert_eq!(v["groups"][0]["name"], "app");
     // Another owner sees only its own default group.
     let (out, _, _) = d.cli(&["--owner", "444455556666", "describe-group"]);
-    assert_eq!(out, "GROUP\t444455556666\tdefault\tdefault group\nPERMISSION\tdefault\tALLOWS\tall\t\t\tFROM\tUSER\t444455556666\tGRPNAME\tdefault\n");
+    assert_eq!(
+        out,
+        "GROUP\t444455556666\tdefault\tdefault group\nPERMISSION\tdefault\tALLOWS\tall\t\t\tFROM\tUSER\t444455556666\tGRPNAME\tdefault\n"
+    );
     // Stats.
     let (out, _, code) = d.cli(&["stats"]);
     assert_eq!(code, 0);
-    assert!(out.contains("MODEL\tgroups\t4\trules\t6\tinstances\t0\n"), "{out}");
+    assert!(
+        out.contains("MODEL\tgroups\t4\trules\t5\tinstances\t0\n"),
+        "{out}"
+    );
     // --help has the seed's examples.
     let (out, _, code) = d.cli(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("sgswitch authorize default -P tcp -p 22"), "{out}");
+    assert!(
+        out.contains("sgswitch authorize default -P tcp -p 22"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -185,20 +260,42 @@ fn multi_call_links_work() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().count(), 8);
     let ec2 = |name: &str, args: &[&str]| {
-        run(Command::new(bin.join(name)).args(args).arg("--socket").arg(&d.socket).env_remove("SGSWITCH_OWNER"))
+        run(Command::new(bin.join(name))
+            .args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .env_remove("SGSWITCH_OWNER"))
     };
-    assert_eq!(ec2("ec2-add-group", &["db", "-d", "Databases"]).0, "GROUP\tdb\tDatabases\n");
     assert_eq!(
-        ec2("ec2-authorize", &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]).0,
+        ec2("ec2-add-group", &["db", "-d", "Databases"]).0,
+        "GROUP\tdb\tDatabases\n"
+    );
+    assert_eq!(
+        ec2(
+            "ec2-authorize",
+            &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]
+        )
+        .0,
         "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t5432\t5432\tFROM\tCIDR\t10.0.0.0/8\n"
     );
-    assert!(ec2("ec2-describe-group", &["db"]).0.starts_with("GROUP\t111122223333\tdb\tDatabases\n"));
+    assert!(
+        ec2("ec2-describe-group", &["db"])
+            .0
+            .starts_with("GROUP\t111122223333\tdb\tDatabases\n")
+    );
     assert_eq!(
-        ec2("ec2-revoke", &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]).0,
+        ec2(
+            "ec2-revoke",
+            &["db", "-P", "tcp", "-p", "5432", "-s", "10.0.0.0/8"]
+        )
+        .0,
         "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t5432\t5432\tFROM\tCIDR\t10.0.0.0/8\n"
     );
     assert_eq!(ec2("ec2-delete-group", &["db"]).0, "GROUP\tdb\n");
-    assert_eq!(ec2("ec2-describe-instances", &[]), ("".into(), "".into(), 0));
+    assert_eq!(
+        ec2("ec2-describe-instances", &[]),
+        ("".into(), "".into(), 0)
+    );
 }
 
 #[test]
@@ -206,7 +303,14 @@ fn sigterm_shuts_down_cleanly_and_acknowledged_edits_survive_kill_9() {
     let dir = TempDir::new("crash");
     let mut d = Daemon::start(&dir.0);
     for i in 0..20 {
-        let (_, err, code) = d.cli(&["authorize", "default", "-P", "tcp", "-p", &format!("{}", 1000 + i)]);
+        let (_, err, code) = d.cli(&[
+            "authorize",
+            "default",
+            "-P",
+            "tcp",
+            "-p",
+            &format!("{}", 1000 + i),
+        ]);
         assert_eq!(code, 0, "{err}");
     }
     d.signal("TERM");
@@ -218,7 +322,18 @@ fn sigterm_shuts_down_cleanly_and_acknowledged_edits_survive_kill_9() {
     let out = d.cli(&["describe-group", "default"]).0;
     assert_eq!(out.lines().count(), 1 + 1 + 20, "{out}");
     for i in 20..50 {
-        assert_eq!(d.cli(&["authorize", "default", "-P", "udp", "-p", &format!("{}", 2000 + i)]).2, 0);
+        assert_eq!(
+            d.cli(&[
+                "authorize",
+                "default",
+                "-P",
+                "udp",
+                "-p",
+                &format!("{}", 2000 + i)
+            ])
+            .2,
+            0
+        );
     }
     d.signal("KILL");
     d.wait();
@@ -229,7 +344,10 @@ fn sigterm_shuts_down_cleanly_and_acknowledged_edits_survive_kill_9() {
     let out = d.cli(&["describe-group", "default"]).0;
     assert_eq!(out.lines().count(), 1 + 1 + 50, "{out}");
     for i in 20..50 {
-        let want = format!("PERMISSION\tdefault\tALLOWS\tudp\t{0}\t{0}\tFROM\tCIDR\t0.0.0.0/0\n", 2000 + i);
+        let want = format!(
+            "PERMISSION\tdefault\tALLOWS\tudp\t{0}\t{0}\tFROM\tCIDR\t0.0.0.0/0\n",
+            2000 + i
+        );
         assert!(out.contains(&want), "missing {want}");
     }
 }
@@ -237,8 +355,24 @@ fn sigterm_shuts_down_cleanly_and_acknowledged_edits_survive_kill_9() {
 #[test]
 fn client_without_daemon_fails_with_exit_1() {
     let dir = TempDir::new("nodaemon");
-    let (out, err, code) =
-        run(Command::new(BIN).args(["describe-group"]).env("SGSWITCH_SOCKET", dir.0.join("none.sock")));
+    let (out, err, code) = run(Command::new(BIN)
+        .args(["describe-group"])
+        .env("SGSWITCH_SOCKET", dir.0.join("none.sock")));
     assert_eq!((out.as_str(), code), ("", 1));
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let dir = TempDir::new("second");
+    let d = Daemon::start(&dir.0);
+    let (_, err, code) = run(Command::new(BIN)
+        .args(["up", "--no-switch", "--state-dir"])
+        .arg(dir.0.join("state2"))
+        .arg("--socket")
+        .arg(&d.socket));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already serving"), "{err}");
+    // The first one is unaffected.
+    assert_eq!(d.cli(&["describe-group", "default"]).2, 0);
 }

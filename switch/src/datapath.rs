@@ -9,9 +9,9 @@
 //!   on one mutex that only the control plane and the housekeeper take. Each one
 //!   builds a new table, publishes it, and signals every worker's eventfd so that
 //!   parked workers resynchronise their epoll sets.
-//! * The housekeeper thread sweeps expired connections once a second and removes
-//!   ports whose queues reported them gone (woken at once by the worker that saw
-//!   it). Such ports are counted in [`Stats::ports_gone`]; a later `remove_port`
+//! * The housekeeper thread sweeps expired connections every [`SWEEP_PERIOD`]
+//!   and removes ports whose queues reported them gone (woken at once by the
+//!   worker that saw it). Such ports are counted in [`Stats::ports_gone`]; a later `remove_port`
 //!   of one succeeds (it is already gone).
 //! * [`Datapath`] can also be driven without threads — [`Datapath::worker`] gives
 //!   a [`Worker`] whose `poll_once`/`process_burst` a test or benchmark calls.
@@ -33,8 +33,11 @@ use crate::sys::EventFd;
 use crate::table::{Port, PortTable};
 use crate::worker::Worker;
 
-/// How often the housekeeper sweeps conntrack when nothing wakes it.
-const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
+/// How often the housekeeper sweeps expired connections. A sweep scans the whole
+/// preallocated table (64 MiB for 1M flows), so it is rare: expired entries are
+/// also reclaimed on sight by the datapath, the sweep only returns their quota
+/// and keeps `len()` honest. The timeouts are >= 10 s anyway.
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// State of the control plane side (behind the control mutex).
 #[derive(Default)]
@@ -92,7 +95,9 @@ impl Datapath {
         }))
     }
 
-    /// Worker `w`'s loop state (for running it on the caller's thread).
+    /// Worker `w`'s loop state (for running it on the caller's thread). At most
+    /// one `Worker` per index may run at a time (it is the single writer of that
+    /// index's queues and counters); a [`Switch`] already runs all of them.
     pub fn worker(self: &Arc<Self>, w: usize) -> Worker {
         Worker::new(self.clone(), w.min(self.workers - 1))
     }
@@ -236,10 +241,13 @@ impl Datapath {
         }
     }
 
-    /// One round of housekeeping: expire connections, remove gone ports.
-    pub fn housekeep(&self) {
-        self.ct.sweep(self.now_secs());
+    /// One round of housekeeping: remove gone ports, and expire connections
+    /// (skipped when the table is empty).
+    pub fn housekeep(&self, sweep: bool) {
         self.reap_gone();
+        if sweep && !self.ct.is_empty() {
+            self.ct.sweep(self.now_secs());
+        }
     }
 
     /// Aggregate the counters of all workers and ports.
@@ -293,9 +301,15 @@ impl Switch {
             std::thread::Builder::new()
                 .name("sgsw-housekeeper".into())
                 .spawn(move || {
+                    let mut last_sweep = Instant::now();
                     while !dp.stop.load(Ordering::Acquire) {
-                        dp.housekeep();
-                        std::thread::park_timeout(HOUSEKEEPING_PERIOD);
+                        let due = last_sweep.elapsed() >= SWEEP_PERIOD;
+                        if due {
+                            last_sweep = Instant::now();
+                        }
+                        dp.housekeep(due);
+                        // Woken early by a worker that found a port gone.
+                        std::thread::park_timeout(SWEEP_PERIOD);
                     }
                 })
                 .map_err(|source| SwitchError::Spawn {

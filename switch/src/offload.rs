@@ -17,6 +17,10 @@
 //!   checksum. Headers are taken from the frame (IPv4 IHL, TCP data offset), never
 //!   from the untrusted `hdr_len`. Each segment is built in the caller's buffer and
 //!   handed to a callback: no allocation.
+//! * [`segment_udp4`] does the same for `GSO_UDP_L4` (USO) super-frames: one UDP
+//!   datagram per `gso_size` bytes of payload, each with its own UDP length and
+//!   checksum and IPv4 length, id and checksum. [`segment`] dispatches on the type;
+//!   IPv6 types are not segmented (IPv6 is not switched yet).
 //! * Every malformed input is an [`OffloadError`], never a panic.
 
 use crate::port::VnetHdr;
@@ -31,10 +35,13 @@ pub enum OffloadError {
     /// The frame is not Ethernet/IPv4/TCP with complete headers.
     #[error("GSO frame is not a well-formed untagged or tagged IPv4/TCP frame")]
     NotTcpV4,
+    /// The frame is not Ethernet/IPv4/UDP with complete headers.
+    #[error("GSO frame is not a well-formed untagged or tagged IPv4/UDP frame")]
+    NotUdpV4,
     /// `gso_size` is 0.
     #[error("GSO frame with gso_size 0")]
     ZeroMss,
-    /// A GSO type this module does not segment (UDP, TCPv6).
+    /// A GSO type this module does not segment (UFO, TCPv6).
     #[error("GSO type {0:#x} is not supported for software segmentation")]
     UnsupportedGso(u8),
     /// The output buffer cannot hold one segment.
@@ -226,6 +233,108 @@ pub fn segment_tcpv4<E>(
         }
         seg[lay.l4 + 13] = f;
         finish_segment(seg, &lay, Some(len));
+        if let Err(e) = emit(seg) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(n))
+}
+
+/// Segment a super-frame of either supported GSO type: `GSO_TCPV4` with
+/// [`segment_tcpv4`], `GSO_UDP_L4` (USO) with [`segment_udp4`]. The ECN bit is
+/// ignored (the CWR handling of TCP covers it).
+pub fn segment<E>(
+    frame: &[u8],
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    match vnet.gso_type & !VnetHdr::GSO_ECN {
+        VnetHdr::GSO_TCPV4 => segment_tcpv4(frame, vnet, out, emit),
+        VnetHdr::GSO_UDP_L4 => segment_udp4(frame, vnet, out, emit),
+        _ => Err(OffloadError::UnsupportedGso(vnet.gso_type)),
+    }
+}
+
+/// Segment a `GSO_UDP_L4` (UDP segmentation offload) super-frame: the UDP payload
+/// is cut into datagrams of `gso_size` bytes (the last may be shorter), each with
+/// the UDP header copied, its own UDP length and full checksum, and an IPv4 header
+/// with its own total length, id (+ index) and checksum.
+pub fn segment_udp4<E>(
+    frame: &[u8],
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    if vnet.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_UDP_L4 {
+        return Err(OffloadError::UnsupportedGso(vnet.gso_type));
+    }
+    let seg_size = usize::from(vnet.gso_size);
+    if seg_size == 0 {
+        return Err(OffloadError::ZeroMss);
+    }
+    let bad = OffloadError::NotUdpV4;
+    let ethertype = u16::from_be_bytes([*frame.get(12).ok_or(bad)?, *frame.get(13).ok_or(bad)?]);
+    let l3 = match ethertype {
+        0x0800 => 14,
+        0x8100 if frame.get(16..18) == Some(&[0x08, 0x00]) => 18,
+        _ => return Err(bad),
+    };
+    let ip = frame.get(l3..l3 + 20).ok_or(bad)?;
+    if ip[0] >> 4 != 4 || ip[9] != filter::proto::UDP {
+        return Err(bad);
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl < 20 {
+        return Err(bad);
+    }
+    let l4 = l3 + ihl;
+    let hdr_len = l4 + 8;
+    if hdr_len > frame.len() {
+        return Err(bad);
+    }
+    let end = if total >= ihl + 8 && l3 + total <= frame.len() {
+        l3 + total
+    } else {
+        frame.len()
+    };
+    let payload = &frame[hdr_len..end];
+    let need = hdr_len + seg_size.min(payload.len());
+    if out.len() < need {
+        return Err(OffloadError::BufferTooSmall {
+            need,
+            have: out.len(),
+        });
+    }
+    out[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+    let base_id = u16::from_be_bytes([ip[4], ip[5]]);
+    let mut n = 0;
+    // An empty payload still makes one (empty) datagram.
+    let chunks = payload
+        .chunks(seg_size)
+        .chain(payload.is_empty().then_some(&payload[..0]));
+    for (i, chunk) in chunks.enumerate() {
+        let len = hdr_len + chunk.len();
+        out[hdr_len..len].copy_from_slice(chunk);
+        let seg = &mut out[..len];
+        let id = base_id.wrapping_add(i as u16);
+        seg[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+        seg[l3 + 2..l3 + 4].copy_from_slice(&((len - l3) as u16).to_be_bytes());
+        seg[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let ipc = checksum(&seg[l3..l4]);
+        seg[l3 + 10..l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+        let udp_len = len - l4;
+        seg[l4 + 4..l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        seg[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+        let mut acc = sum(&seg[l3 + 12..l3 + 20], 0);
+        acc += u64::from(filter::proto::UDP) + udp_len as u64;
+        let mut c = !fold(sum(&seg[l4..len], acc));
+        if c == 0 {
+            c = 0xffff;
+        }
+        seg[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        n += 1;
         if let Err(e) = emit(seg) {
             return Ok(Err(e));
         }
@@ -464,6 +573,66 @@ mod tests {
                 need: 154,
                 have: 30
             }
+        );
+    }
+
+    #[test]
+    fn uso_segments_are_valid_datagrams_that_reassemble() {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 31) as u8).collect();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(SRC, DST, 64)
+            .udp(5000, 6000)
+            .write(&mut f, &payload)
+            .unwrap();
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_UDP_L4,
+            gso_size: 1400,
+            ..Default::default()
+        };
+        let mut out = vec![0u8; 2000];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let n = segment(&f, &v, &mut out, |s| {
+            segs.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!((n, segs.len()), (3, 3));
+        let mut re = Vec::new();
+        for s in &segs {
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("ipv4")
+            };
+            let iph = ip.header().to_header();
+            assert_eq!(iph.header_checksum, iph.calc_header_checksum());
+            assert_eq!(usize::from(iph.total_len), s.len() - 14);
+            let Some(TransportSlice::Udp(u)) = &p.transport else {
+                panic!("udp")
+            };
+            assert_eq!((u.source_port(), u.destination_port()), (5000, 6000));
+            assert_eq!(usize::from(u.length()), s.len() - 34);
+            let want = u.to_header().calc_checksum_ipv4(&iph, u.payload()).unwrap();
+            assert_eq!(u.checksum(), want);
+            re.extend_from_slice(u.payload());
+        }
+        assert_eq!(re, payload);
+        assert_eq!(segs[2].len(), 42 + 4000 - 2800);
+        // TCP frames are refused as USO, and unknown types by the dispatcher.
+        let tcp = tcp_frame(&[1; 10], 0, false);
+        assert_eq!(
+            segment(&tcp, &v, &mut out, |_| Ok::<(), ()>(())).unwrap_err(),
+            OffloadError::NotUdpV4
+        );
+        let ufo = VnetHdr {
+            gso_type: VnetHdr::GSO_UDP,
+            gso_size: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            segment(&f, &ufo, &mut out, |_| Ok::<(), ()>(())).unwrap_err(),
+            OffloadError::UnsupportedGso(VnetHdr::GSO_UDP)
         );
     }
 

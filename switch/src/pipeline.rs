@@ -28,8 +28,10 @@
 //!     port 68, or a BOOTREPLY) from an instance are `RogueDhcp`.
 //!   - IPv4 destination: broadcast/multicast → `Broadcast`; an instance's address
 //!     → that port; anything else from an instance → the uplink; else (or no
-//!     uplink, or the gateway address, where nothing listens) →
-//!     `UnknownDestination`. Never flooded.
+//!     uplink, or the gateway address, where nothing listens, or an instance of
+//!     the snapshot that has no port) → `UnknownDestination`. Never flooded.
+//!   - Fail closed: an instance port whose address the published snapshot does
+//!     not know yet (port added before its snapshot) receives no IPv4 (`NoRule`).
 //!   - Then `Conntrack::judge` against the snapshot; a TSO super-frame is judged
 //!     once by its headers.
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
@@ -48,7 +50,7 @@ use ipnet::Ipv4Net;
 use crate::arp::{self, GATEWAY_MAC};
 use crate::counters::{WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
-use crate::offload::{complete_csum, segment_tcpv4};
+use crate::offload::{complete_csum, segment};
 use crate::port::{PortError, VnetHdr};
 use crate::table::{Kind, Port, PortTable, mac_to_u64, u64_to_mac};
 
@@ -261,7 +263,7 @@ fn transmit_inner(
     if vnet.gso_type != VnetHdr::GSO_NONE {
         let plain = VnetHdr::default();
         let Scratch { out, saw_gone: _ } = scratch;
-        let r = segment_tcpv4(frame, vnet, out, |seg| {
+        let r = segment(frame, vnet, out, |seg| {
             q.send(seg, &plain)?;
             bump(&dc.tx_packets, 1);
             bump(&dc.tx_bytes, seg.len() as u64);
@@ -339,8 +341,12 @@ fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dro
                         return Err(DropReason::Broadcast);
                     }
                     let (to, dst_mac) = match env.table.by_ip(dst) {
-                        Some(p) => (p, instance_mac(p)),
-                        None if dst == env.net.gateway => {
+                        Some(p) => (known_instance(env, p, dst)?, instance_mac(p)),
+                        // Nothing listens on the gateway; an instance of the
+                        // snapshot without a port is not reachable either.
+                        None if dst == env.net.gateway
+                            || env.snap.instance_by_ip(dst).is_some() =>
+                        {
                             return Err(DropReason::UnknownDestination);
                         }
                         None => {
@@ -381,6 +387,7 @@ fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dro
                         return Err(DropReason::Broadcast);
                     }
                     let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
+                    let to = known_instance(env, to, dst)?;
                     env.ct.judge(env.snap, &pkt, env.now)?;
                     Ok(Action::Forward {
                         to,
@@ -390,6 +397,22 @@ fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dro
             }
         }
     }
+}
+
+/// Fail closed while the port table and the snapshot disagree: an instance port
+/// whose address the published snapshot does not know as an instance (port added
+/// before its snapshot) gets nothing, since conntrack would otherwise judge the
+/// packet as egress to the outside world.
+#[inline]
+fn known_instance<'t>(
+    env: &Env<'t>,
+    p: &'t Arc<Port>,
+    dst: Ipv4Addr,
+) -> Result<&'t Arc<Port>, DropReason> {
+    if env.snap.instance_by_ip(dst).is_none() {
+        return Err(DropReason::NoRule);
+    }
+    Ok(p)
 }
 
 #[inline]

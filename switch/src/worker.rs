@@ -40,6 +40,15 @@ pub const LONG_PARK_MS: i32 = 500;
 /// Epoll token of the worker's eventfd.
 const WAKE_TOKEN: u64 = u64::MAX;
 
+/// How the frames of one [`Worker::process_burst`] ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BurstResult {
+    pub forwarded: usize,
+    pub answered: usize,
+    pub consumed: usize,
+    pub dropped: usize,
+}
+
 /// One worker's state. Built by [`Datapath::worker`].
 pub struct Worker {
     dp: Arc<Datapath>,
@@ -129,11 +138,12 @@ impl Worker {
 
     /// Process a burst of frames given directly (benchmarks, tests): each frame is
     /// copied into the receive buffer as `recv` would, then processed as if read
-    /// from port `from`. The snapshot, table and clock are loaded once.
+    /// from port `from`. The snapshot, table and clock are loaded once. A frame
+    /// naming an unknown port counts as dropped (not in the datapath counters).
     pub fn process_burst<'f>(
         &mut self,
         frames: impl IntoIterator<Item = (PortId, &'f [u8], VnetHdr)>,
-    ) -> [usize; 4] {
+    ) -> BurstResult {
         let dp = &*self.dp;
         let snap = dp.rules.load();
         let table = dp.ports.load();
@@ -147,24 +157,26 @@ impl Worker {
             w: self.w,
             wc,
         };
-        // Forwarded, answered, consumed, dropped.
-        let mut out = [0usize; 4];
+        let mut r = BurstResult::default();
         for (id, frame, vnet) in frames {
             let Some(port) = table.by_id(id) else {
-                out[3] += 1;
+                r.dropped += 1;
                 continue;
             };
             let len = frame.len().min(self.rx.len());
             self.rx[..len].copy_from_slice(&frame[..len]);
-            let i = match process(&env, port, &mut self.rx[..len], &vnet, &mut self.scratch) {
-                Outcome::Forwarded => 0,
-                Outcome::Answered => 1,
-                Outcome::Consumed => 2,
-                Outcome::Dropped(_) => 3,
-            };
-            out[i] += 1;
+            match process(&env, port, &mut self.rx[..len], &vnet, &mut self.scratch) {
+                Outcome::Forwarded => r.forwarded += 1,
+                Outcome::Answered => r.answered += 1,
+                Outcome::Consumed => r.consumed += 1,
+                Outcome::Dropped(_) => r.dropped += 1,
+            }
         }
-        out
+        if self.scratch.saw_gone {
+            self.scratch.saw_gone = false;
+            dp.wake_housekeeper();
+        }
+        r
     }
 
     /// The poll loop: runs until the datapath is stopped.

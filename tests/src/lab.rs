@@ -4,7 +4,8 @@
 //! [`Lab::start`] creates a uniquely named uplink namespace (`sgt-<pid>-<n>-up`),
 //! starts the real binary as
 //! `sgswitch up --state-dir DIR/state --socket DIR/sock --uplink sgu<pid>x<n>
-//! --uplink-netns NS --subnet 172.31.0.0/16 --workers 2 [extra...]`, waits for
+//! --uplink-netns NS --subnet 172.31.0.0/16 --workers 2 [extra...]` (subnet,
+//! workers and extra arguments set by [`LabConfig`]), waits for
 //! `sgswitch: ready on` on its stderr and the socket, and gives the uplink TAP the
 //! outside addresses [`OUTSIDE`] (primary) and [`OUTSIDE2`] inside the uplink
 //! namespace. Nothing is ever configured in the root namespace.
@@ -75,6 +76,8 @@ pub struct LabConfig {
     /// Short test name, used in the temp dir name and messages.
     pub name: String,
     pub workers: usize,
+    /// `--subnet` ([`SUBNET`] unless a test needs a tiny one).
+    pub subnet: String,
     /// More `sgswitch up` arguments (e.g. `--conntrack-on-revoke keep`).
     pub extra_args: Vec<String>,
 }
@@ -84,8 +87,14 @@ impl LabConfig {
         LabConfig {
             name: name.to_string(),
             workers: 2,
+            subnet: SUBNET.to_string(),
             extra_args: Vec::new(),
         }
+    }
+
+    pub fn subnet(mut self, cidr: &str) -> LabConfig {
+        self.subnet = cidr.to_string();
+        self
     }
 
     pub fn arg(mut self, a: &str) -> LabConfig {
@@ -253,7 +262,7 @@ impl Lab {
             .arg(&self.socket)
             .args(["--uplink", &self.uplink_if])
             .args(["--uplink-netns", &self.uplink_ns])
-            .args(["--subnet", SUBNET])
+            .args(["--subnet", &self.cfg.subnet])
             .args(["--workers", &workers])
             .args(&self.cfg.extra_args)
             .args(env_up_args())
@@ -510,6 +519,15 @@ impl Lab {
     pub fn connect(&self, ns: &str, ip: Ipv4Addr, port: u16) -> Reach {
         self.probe(ns, None, &[(ip, port)], Duration::from_millis(1000))
             .remove(0)
+    }
+
+    /// One ICMP echo from `ns` with source address `from` (`busybox ping`); whether
+    /// the reply came back within a second.
+    pub fn ping(&self, ns: &str, from: Ipv4Addr, target: Ipv4Addr) -> bool {
+        let (src, dst) = (from.to_string(), target.to_string());
+        let args = ["ping", "-c", "1", "-W", "1", "-I", &src, &dst];
+        self.exec(ns, "busybox", &args, Duration::from_secs(10))
+            .success()
     }
 
     /// Start a `labhelper stream` from `ns` to `ip:port` for `secs` seconds; returns

@@ -386,3 +386,54 @@ fn every_error_code_through_the_cli_leaves_the_state_unchanged() {
     assert_eq!(lab.cli_ok(&["describe-instances"]), instances_before);
     assert!(e2e::lab::netns_present(&inst.netns));
 }
+
+/// Launch errors: a full subnet is `InsufficientInstanceCapacity` and launches
+/// nothing (not even part of the request); bad counts and AMI ids are
+/// `InvalidParameterValue`. A /28 with a /30 uplink range leaves 10 addresses.
+#[test]
+fn launch_errors_launch_nothing() {
+    let cfg = LabConfig::new("capacity")
+        .subnet("172.31.0.0/28")
+        .arg("--uplink-range")
+        .arg("172.31.0.12/30");
+    let Some(lab) = Lab::start(cfg) else {
+        return;
+    };
+    expect_error(
+        &lab,
+        &["run-instances", e2e::AMI, "-n", "11"],
+        "InsufficientInstanceCapacity",
+        "172.31.0.0/28",
+    );
+    assert_eq!(
+        lab.cli_ok(&["describe-instances"]),
+        "",
+        "a failed launch left instances"
+    );
+    expect_error(
+        &lab,
+        &["run-instances", e2e::AMI, "-n", "0"],
+        "InvalidParameterValue",
+        "0",
+    );
+    expect_error(
+        &lab,
+        &["run-instances", "bogus"],
+        "InvalidParameterValue",
+        "bogus",
+    );
+    let got = lab.run_instances(10, &[]);
+    assert!(got.iter().all(|i| e2e::lab::netns_present(&i.netns)));
+    let before = lab.cli_ok(&["describe-instances"]);
+    expect_error(
+        &lab,
+        &["run-instances", e2e::AMI],
+        "InsufficientInstanceCapacity",
+        "172.31.0.0/28",
+    );
+    assert_eq!(lab.cli_ok(&["describe-instances"]), before);
+    // Terminating one frees its address for the next launch.
+    lab.terminate(&[&got[0].id]);
+    let again = lab.run_instances(1, &[]);
+    assert_eq!(again[0].ip, got[0].ip);
+}

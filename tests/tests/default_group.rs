@@ -134,6 +134,41 @@ fn default_group_walkthrough() {
     assert_eq!(scan.count(PortState::Filtered), 100, "{scan:?}");
     assert_eq!(lab.cli_ok(&["describe-group", "default"]), before);
 
+    // ICMP rules carry type and code in the port fields: echo requests from
+    // Albert's address only.
+    assert!(
+        !lab.ping(&lab.uplink_ns, OUTSIDE, a.ip),
+        "ping passed without a rule"
+    );
+    let out = lab.cli_ok(&[
+        "authorize",
+        "default",
+        "-P",
+        "icmp",
+        "-t",
+        "8:-1",
+        "-s",
+        &cidr,
+    ]);
+    assert_eq!(
+        parse_edit_output(&out, "default").unwrap(),
+        vec![Permission::cidr("default", "icmp", "8", "-1", &cidr)],
+        "{out}"
+    );
+    assert!(
+        lab.ping(&lab.uplink_ns, OUTSIDE, a.ip),
+        "ping from {OUTSIDE}"
+    );
+    assert!(
+        !lab.ping(&lab.uplink_ns, OUTSIDE2, a.ip),
+        "ping from {OUTSIDE2}"
+    );
+    // Instances may always send: a ping from the instance out gets its reply.
+    assert!(
+        lab.ping(&a.netns, a.ip, OUTSIDE2),
+        "ping out of the instance"
+    );
+
     // A CIDR with host bits set is accepted and printed normalised.
     let out = lab.cli_ok(&[
         "authorize",

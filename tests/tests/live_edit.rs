@@ -74,7 +74,12 @@ fn revoke_cuts_a_live_flow_with_revalidate() {
         "revalidate: revoke took {:?}; last echo {cut_ms:.1} ms after the revoke was sent; {late} echoes later than {CUT_WITHIN:?} after it returned",
         done - asked
     );
-    assert_eq!(late, 0, "the flow was not cut within {CUT_WITHIN:?}");
+    assert_eq!(
+        late,
+        0,
+        "the flow was not cut within {CUT_WITHIN:?}; switch stats:\n{}",
+        lab.cli_ok(&["stats"])
+    );
     // New connections are refused too.
     assert_eq!(lab.connect(&lab.uplink_ns, inst.ip, PORT), Reach::Timeout);
 }
