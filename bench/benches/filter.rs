@@ -10,8 +10,10 @@
 //!   half the traffic is allowed by a CIDR rule, half by a group-source rule.
 //! * `first_packet/{10,100,1000}` — `Conntrack::judge` on new flows: rule
 //!   evaluation plus the conntrack insert (fresh table, never full).
-//! * `established/{10,100,1000}` — `Conntrack::judge` on packets of 64k tracked
-//!   flows, both directions.
+//! * `established/{10,100,1000}` — `Conntrack::judge` on packets of 4k tracked
+//!   flows, both directions (table and snapshot hot in cache: the compute cost).
+//! * `established_64k/{10,100,1000}` — the same with 64k tracked flows (the
+//!   table no longer fits in L2: adds the memory latency of a random lookup).
 //! * `compile/{10k,100k}` — `compile()` of 100 / 1000 groups × 100 rules,
 //!   1k instances in 5 groups each.
 //! * `conntrack_1m/insert`, `conntrack_1m/lookup` — raw table with 1M flows
@@ -36,7 +38,8 @@ use filter::conntrack::{Conntrack, CtConfig};
 use filter::{Packet, parse_frame};
 
 const RULE_COUNTS: [usize; 3] = [10, 100, 1000];
-const ESTABLISHED_FLOWS: usize = 1 << 16;
+const HOT_FLOWS: usize = 1 << 12;
+const WARM_FLOWS: usize = 1 << 16;
 const MILLION: usize = 1 << 20;
 
 fn syn_frame() -> Vec<u8> {
@@ -61,7 +64,7 @@ fn time_first_packets(snap: &Snapshot, pkts: &[Packet], iters: u64) -> Duration 
     let mut left = iters as usize;
     while left > 0 {
         let n = left.min(pkts.len());
-        let ct = Conntrack::new(CtConfig::with_capacity(pkts.len()));
+        let ct = Conntrack::new(CtConfig::with_capacity(pkts.len() * 2));
         let start = Instant::now();
         for p in &pkts[..n] {
             let _ = black_box(ct.judge(snap, black_box(p), 0));
@@ -77,7 +80,9 @@ fn bench_parse(c: &mut Criterion) {
     assert!(parse_frame(&frame).expect("parses").packet().is_some());
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("tcp_syn", |b| b.iter(|| black_box(parse_frame(black_box(&frame)))));
+    g.bench_function("tcp_syn", |b| {
+        b.iter(|| black_box(parse_frame(black_box(&frame))))
+    });
     g.finish();
 }
 
@@ -115,32 +120,48 @@ fn bench_classify(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("established");
-    g.throughput(Throughput::Elements(1));
-    for (r, model, snap) in &labs {
-        let first = first_packets(model, ESTABLISHED_FLOWS, 3);
-        let ct = Conntrack::new(CtConfig::with_capacity(ESTABLISHED_FLOWS * 2));
-        for p in &first {
-            ct.judge(snap, p, 0).expect("allowed first packet");
+    for (group, flows) in [("established", HOT_FLOWS), ("established_64k", WARM_FLOWS)] {
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(1));
+        for (r, model, snap) in &labs {
+            let (ct, pkts) = established_setup(model, snap, flows);
+            let mask = pkts.len() - 1;
+            let mut i = 0;
+            g.bench_with_input(BenchmarkId::from_parameter(r), snap, |b, snap| {
+                b.iter(|| {
+                    i = (i + 1) & mask;
+                    black_box(ct.judge(snap, black_box(&pkts[i]), 1))
+                })
+            });
         }
-        let pkts = established_packets(&first);
-        let mask = pkts.len() - 1;
-        let mut i = 0;
-        g.bench_with_input(BenchmarkId::from_parameter(r), snap, |b, snap| {
-            b.iter(|| {
-                i = (i + 1) & mask;
-                black_box(ct.judge(snap, black_box(&pkts[i]), 1))
-            })
-        });
+        g.finish();
     }
-    g.finish();
+}
+
+/// A table holding `flows` allowed flows of the lab, and their packets both ways.
+fn established_setup(
+    model: &filter::Model,
+    snap: &Snapshot,
+    flows: usize,
+) -> (Conntrack, Vec<Packet>) {
+    let first = first_packets(model, flows, 3);
+    let ct = Conntrack::new(CtConfig::with_capacity(flows * 2));
+    for p in &first {
+        ct.judge(snap, p, 0).expect("allowed first packet");
+    }
+    (ct, established_packets(&first))
 }
 
 fn bench_compile(c: &mut Criterion) {
     let mut g = c.benchmark_group("compile");
     g.sample_size(10);
     for (name, groups) in [("10k", 100), ("100k", 1000)] {
-        let spec = LabSpec { instances: 1000, groups, groups_per_instance: 5, rules_per_group: 100 };
+        let spec = LabSpec {
+            instances: 1000,
+            groups,
+            groups_per_instance: 5,
+            rules_per_group: 100,
+        };
         let model = lab_model(&spec);
         assert_eq!(spec.total_rules(), groups * 100);
         g.bench_function(name, |b| b.iter(|| black_box(compile(&model, 2))));
@@ -178,7 +199,12 @@ fn bench_conntrack(c: &mut Criterion) {
         ct.judge(&snap, p, 0).expect("insert");
     }
     assert_eq!(ct.len(), MILLION);
-    println!("conntrack_1m: {} flows, memory_bytes = {} ({:.1} MiB)", ct.len(), ct.memory_bytes(), mib(ct.memory_bytes()));
+    println!(
+        "conntrack_1m: {} flows, memory_bytes = {} ({:.1} MiB)",
+        ct.len(),
+        ct.memory_bytes(),
+        mib(ct.memory_bytes())
+    );
     // Random order: reply direction of random flows.
     let mut rng = bench::Rng::new(9);
     let order: Vec<Packet> = (0..MILLION)
@@ -238,33 +264,40 @@ fn ns_per(budget: Duration, mut f: impl FnMut(usize)) -> f64 {
 fn summary() {
     let budget = Duration::from_millis(500);
     let mut est = Vec::new();
+    let mut est64 = Vec::new();
     let mut first = Vec::new();
     for r in RULE_COUNTS {
         let (model, snap) = lab(r);
-        let f = first_packets(&model, ESTABLISHED_FLOWS, 3);
-        let ct = Conntrack::new(CtConfig::with_capacity(ESTABLISHED_FLOWS * 2));
-        for p in &f {
-            ct.judge(&snap, p, 0).expect("allowed");
+        println!(
+            "summary: lab with {r} rules/group: {} policies, snapshot {:.1} MiB",
+            snap.policy_count(),
+            mib(snap.memory_bytes())
+        );
+        for (flows, out) in [(HOT_FLOWS, &mut est), (WARM_FLOWS, &mut est64)] {
+            let (ct, pkts) = established_setup(&model, &snap, flows);
+            let mask = pkts.len() - 1;
+            out.push(ns_per(budget, |i| {
+                let _ = black_box(ct.judge(&snap, &pkts[i & mask], 1));
+            }));
         }
-        let pkts = established_packets(&f);
-        let mask = pkts.len() - 1;
-        est.push(ns_per(budget, |i| {
-            let _ = black_box(ct.judge(&snap, &pkts[i & mask], 1));
-        }));
         let fresh = first_packets(&model, 1 << 18, 5);
         let iters = 1u64 << 18;
         first.push(time_first_packets(&snap, &fresh, iters).as_nanos() as f64 / iters as f64);
     }
     let line = |name: &str, v: &[f64], target_mpps: f64| {
-        let parts: Vec<String> =
-            RULE_COUNTS.iter().zip(v).map(|(r, ns)| format!("{r} rules/group {ns:.1} ns ({:.1} Mpps)", 1000.0 / ns)).collect();
+        let parts: Vec<String> = RULE_COUNTS
+            .iter()
+            .zip(v)
+            .map(|(r, ns)| format!("{r} rules/group {ns:.1} ns ({:.1} Mpps)", 1000.0 / ns))
+            .collect();
         let slowdown = (v[2] / v[0] - 1.0) * 100.0;
         println!(
             "summary: {name}: {} | 10→1000 rules {slowdown:+.0}% (target < +20%) | target >= {target_mpps} Mpps",
             parts.join(", ")
         );
     };
-    line("established", &est, 25.0);
+    line("established (4k flows)", &est, 25.0);
+    line("established (64k flows)", &est64, 25.0);
     line("first packet", &first, 5.0);
     let ct = Conntrack::new(CtConfig::default());
     println!(

@@ -37,7 +37,12 @@ pub struct LabSpec {
 impl LabSpec {
     /// The classifier benchmark lab: 1k instances, 5 groups each out of 50.
     pub fn classifier(rules_per_group: usize) -> LabSpec {
-        LabSpec { instances: 1000, groups: 50, groups_per_instance: 5, rules_per_group }
+        LabSpec {
+            instances: 1000,
+            groups: 50,
+            groups_per_instance: 5,
+            rules_per_group,
+        }
     }
 
     /// Total rules in the model.
@@ -95,14 +100,32 @@ pub fn group_rules(spec: &LabSpec, g: usize) -> Vec<Rule> {
         let cidr = Source::Cidr(format!("{net}/24").parse().expect("valid cidr"));
         let port = 10_000 + (j % 50_000) as u16;
         let rule = match j % 4 {
-            0 => Rule { proto: Proto::Tcp, ports: Ports::Range(port, port.saturating_add(3)), source: cidr },
-            1 => Rule { proto: Proto::Udp, ports: Ports::Range(port, port), source: cidr },
+            0 => Rule {
+                proto: Proto::Tcp,
+                ports: Ports::Range(port, port.saturating_add(3)),
+                source: cidr,
+            },
+            1 => Rule {
+                proto: Proto::Udp,
+                ports: Ports::Range(port, port),
+                source: cidr,
+            },
             2 => Rule {
                 proto: Proto::Tcp,
                 ports: Ports::Range(port, port),
-                source: Source::Group { owner: owner.clone(), group: group_name((g + j) % spec.groups) },
+                source: Source::Group {
+                    owner: owner.clone(),
+                    group: group_name((g + j) % spec.groups),
+                },
             },
-            _ => Rule { proto: Proto::Icmp, ports: Ports::Icmp { ty: Some(13), code: None }, source: cidr },
+            _ => Rule {
+                proto: Proto::Icmp,
+                ports: Ports::Icmp {
+                    ty: Some(13),
+                    code: None,
+                },
+                source: cidr,
+            },
         };
         rules.push(rule);
     }
@@ -115,7 +138,10 @@ pub fn group_rules(spec: &LabSpec, g: usize) -> Vec<Rule> {
     rules.push(Rule {
         proto: Proto::Tcp,
         ports: Ports::Range(PEER_PORT, PEER_PORT),
-        source: Source::Group { owner, group: group_name(g) },
+        source: Source::Group {
+            owner,
+            group: group_name(g),
+        },
     });
     rules
 }
@@ -123,15 +149,23 @@ pub fn group_rules(spec: &LabSpec, g: usize) -> Vec<Rule> {
 /// Build the model of a lab.
 pub fn lab_model(spec: &LabSpec) -> Model {
     let owner = Owner(OWNER.to_owned());
-    let mut model = Model::new(Limits { rules_per_group: spec.rules_per_group.max(100) });
+    let mut model = Model::new(Limits {
+        rules_per_group: spec.rules_per_group.max(100),
+    });
     for g in 0..spec.groups {
         let name = group_name(g);
-        model.add_group(&owner, &name, "bench").expect("fresh group");
+        model
+            .add_group(&owner, &name, "bench")
+            .expect("fresh group");
     }
     // Rules after all groups exist (group-source rules name other groups).
     for g in 0..spec.groups {
         let rules = group_rules(spec, g);
-        model.groups.get_mut(&(owner.clone(), group_name(g))).expect("just added").rules = rules;
+        model
+            .groups
+            .get_mut(&(owner.clone(), group_name(g)))
+            .expect("just added")
+            .rules = rules;
     }
     let mut rng = Rng::new(42);
     for i in 0..spec.instances {
@@ -161,7 +195,13 @@ pub fn lab_model(spec: &LabSpec) -> Model {
 /// A TCP packet.
 pub fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Packet {
     Packet {
-        key: FlowKey { src, dst, proto: proto::TCP, sport, dport },
+        key: FlowKey {
+            src,
+            dst,
+            proto: proto::TCP,
+            sport,
+            dport,
+        },
         l4: L4::Tcp { flags },
         frag: Frag::None,
     }
@@ -179,8 +219,13 @@ pub fn first_packets(model: &Model, n: usize, seed: u64) -> Vec<Packet> {
     while out.len() < n {
         let dst = insts[rng.below(insts.len())];
         let sport = 1024 + (k % 60_000) as u16;
-        if k % 2 == 0 {
-            let client = Ipv4Addr::new(CLIENT_NET[0], CLIENT_NET[1], CLIENT_NET[2], (k / 60_000 % 254 + 1) as u8);
+        if k.is_multiple_of(2) {
+            let client = Ipv4Addr::new(
+                CLIENT_NET[0],
+                CLIENT_NET[1],
+                CLIENT_NET[2],
+                (k / 60_000 % 254 + 1) as u8,
+            );
             out.push(tcp_packet(client, sport, dst.ip, WEB_PORT, tcp_flags::SYN));
         } else {
             // A peer sharing a group (probe a few random instances, else itself).
@@ -205,7 +250,9 @@ pub fn established_packets(first: &[Packet]) -> Vec<Packet> {
     let mut out = Vec::with_capacity(first.len() * 2);
     for p in first {
         let mut fwd = *p;
-        fwd.l4 = L4::Tcp { flags: tcp_flags::ACK | tcp_flags::PSH };
+        fwd.l4 = L4::Tcp {
+            flags: tcp_flags::ACK | tcp_flags::PSH,
+        };
         let mut back = fwd;
         back.key = fwd.key.reversed();
         out.push(fwd);
@@ -239,7 +286,12 @@ mod tests {
 
     #[test]
     fn generated_traffic_is_allowed_only_by_the_last_rules() {
-        let spec = LabSpec { instances: 50, groups: 10, groups_per_instance: 3, rules_per_group: 20 };
+        let spec = LabSpec {
+            instances: 50,
+            groups: 10,
+            groups_per_instance: 3,
+            rules_per_group: 20,
+        };
         let model = lab_model(&spec);
         model.verify().expect("valid model");
         let snap = compile(&model, 1);

@@ -29,7 +29,7 @@
 //!    SYN: mid-stream pickup after a restart) creates an entry, charged to the
 //!    initiating instance if the source is an instance, else to the destination. If
 //!    the table is full ([`DropReason::ConntrackFull`], after trying to reclaim
-//!    expired entries in the probe window) or the instance's quota is used
+//!    expired entries in the key's buckets) or the instance's quota is used
 //!    ([`DropReason::ConntrackQuota`]) the packet is **dropped**: untracked traffic
 //!    is never let through, since its replies could not be recognised.
 //! 5. A passing first fragment ([`Frag::First`]) creates or refreshes its fragment
@@ -56,9 +56,15 @@
 //! * Fixed capacity, preallocated: `slots = next_pow2(2 × capacity)` slots of 32
 //!   bytes (half a cache line): 1M flows take 64 MiB plus 256 KiB of quota
 //!   counters. No allocation after [`Conntrack::new`].
-//! * Open addressing with a bounded probe window of [`PROBE`] slots; an entry lives
-//!   anywhere in its window, a lookup scans the window (no tombstones: deleting
-//!   empties the slot).
+//! * Two-choice bucketised hashing: a key has two candidate buckets of [`BUCKET`]
+//!   adjacent slots (256 bytes each), both in the same page-aligned 4 KiB page (so
+//!   a cold lookup costs one TLB miss, not two); a new entry goes to the less
+//!   loaded one, a
+//!   lookup scans the first, then the second (at most [`PROBE`] slots; no
+//!   tombstones: deleting empties the slot). With two choices, bucket overflow at the
+//!   default 50% load is vanishingly rare (balls-into-bins with two choices: the
+//!   fullest bucket exceeds the mean by about `ln ln n / ln 2` ≈ 4), unlike a single
+//!   bounded linear-probe window, which overflows for some keys of a million.
 //! * The key is canonicalised (smaller `(ip, port)` endpoint first), so both
 //!   directions hit the same slot; a flag remembers which side initiated.
 //! * Every slot has a control word `version:16 | flags:16 | generation:32`. A writer
@@ -71,16 +77,19 @@
 //!   word, so a change can never land in a slot that was meanwhile reused (the
 //!   version differs); the expiry is a separate word whose stale store into a reused
 //!   slot would only shift that flow's timer.
-//! * Two cores inserting the same new flow at once: after publishing, the inserter
-//!   rescans the window; of two equal keys the one earlier in the window wins and
-//!   the other is removed, so no flow is duplicated.
+//! * Two cores inserting the same new flow at once: after publishing (and a SeqCst
+//!   fence), the inserter rescans the key's buckets; of equal keys the one at the
+//!   lowest probe position wins and the others are removed by whichever inserter
+//!   sees them, so no flow stays duplicated.
 //! * The generation is stored modulo 2^32: a flow idle across exactly a multiple of
 //!   2^32 snapshot generations would skip one revalidation.
 //! * Per-instance quotas: a fixed array of [`QUOTA_SLOTS`] `AtomicU32` counters
 //!   indexed by a hash of the charged instance's address; instances whose addresses
-//!   collide share a quota (documented, harmless for a lab with ≤ thousands of
-//!   instances). The hash is seeded per table so that flow keys cannot be chosen to
-//!   overflow one probe window.
+//!   collide share a quota (harmless for a lab with ≤ thousands of instances).
+//!   Entries with no instance at either end are charged to nobody (they still count
+//!   against the capacity).
+//! * The flow-key hash is seeded per table (from std's `RandomState`) so that an
+//!   outsider cannot choose flow keys that overflow one bucket pair.
 //!
 //! No `Mutex`/`RwLock` anywhere in this module.
 
@@ -91,8 +100,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use crate::compile::Snapshot;
 use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
 
-/// Length of the probe window of a key.
-pub const PROBE: usize = 16;
+/// Slots per bucket.
+pub const BUCKET: usize = 8;
+/// Slots a key may occupy: its two buckets.
+pub const PROBE: usize = 2 * BUCKET;
 /// Number of per-instance quota counters.
 pub const QUOTA_SLOTS: usize = 1 << 16;
 
@@ -276,6 +287,48 @@ impl Slot {
     }
 }
 
+/// Slots per 4 KiB page.
+const PAGE_SLOTS: usize = 4096 / std::mem::size_of::<Slot>();
+/// Buckets per 4 KiB page: a key's two buckets are in the same page.
+const PAGE_BUCKETS: usize = PAGE_SLOTS / BUCKET;
+
+/// One page-aligned page of slots.
+#[repr(C, align(4096))]
+struct Page([Slot; PAGE_SLOTS]);
+
+/// The slot array, page-aligned so that a key's two buckets share one page (one
+/// TLB entry, one DRAM page).
+struct Slots(Box<[Page]>);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        let pages = n.div_ceil(PAGE_SLOTS);
+        Slots(
+            (0..pages)
+                .map(|_| Page(std::array::from_fn(|_| Slot::empty())))
+                .collect(),
+        )
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.0.len() * PAGE_SLOTS
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.0.iter().flat_map(|p| p.0.iter())
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+
+    #[inline]
+    fn index(&self, idx: usize) -> &Slot {
+        &self.0[idx / PAGE_SLOTS].0[idx % PAGE_SLOTS]
+    }
+}
+
 /// A canonical table key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key {
@@ -339,7 +392,7 @@ enum Track {
 /// The shared connection table. `Sync`: share `&Conntrack` between worker threads.
 pub struct Conntrack {
     cfg: CtConfig,
-    slots: Box<[Slot]>,
+    slots: Slots,
     mask: usize,
     quota: Box<[AtomicU32]>,
     count: AtomicUsize,
@@ -357,15 +410,21 @@ impl std::fmt::Debug for Conntrack {
 }
 
 impl Conntrack {
-    /// A table for `cfg.capacity` entries (preallocated: `next_pow2(2 × capacity)`
-    /// slots of 32 bytes).
+    /// A table for `cfg.capacity` entries (preallocated and prefaulted:
+    /// `next_pow2(2 × capacity)` slots of 32 bytes).
     pub fn new(cfg: CtConfig) -> Self {
         let n = cfg
             .capacity
             .saturating_mul(2)
             .next_power_of_two()
-            .max(PROBE * 2);
-        let slots: Box<[Slot]> = (0..n).map(|_| Slot::empty()).collect();
+            .max(PAGE_SLOTS);
+        let slots = Slots::new(n);
+        // The allocator may hand out lazily mapped zero pages: touch every page now
+        // so that the datapath never takes a page fault on a first insert (and the
+        // resident size is what `memory_bytes` says from the start).
+        for page in slots.0.iter() {
+            page.0[0].ctl.store(0, Ordering::Relaxed);
+        }
         let quota: Box<[AtomicU32]> = (0..QUOTA_SLOTS).map(|_| AtomicU32::new(0)).collect();
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1;
         Conntrack {
@@ -419,9 +478,10 @@ impl Conntrack {
 
     /// Decide one packet. See the module docs for the semantics.
     pub fn judge(&self, snap: &Snapshot, pkt: &Packet, now: u32) -> Result<(), DropReason> {
-        let dst_is_inst = snap.instance_by_ip(pkt.key.dst).is_some();
+        // Looked up only where needed: tracked flows never ask.
+        let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some();
         if let Frag::Later { id } = pkt.frag {
-            if !dst_is_inst {
+            if !dst_is_inst() {
                 return Ok(());
             }
             return match self.find_alive(frag_key(&pkt.key, id), now) {
@@ -441,8 +501,8 @@ impl Conntrack {
                 Track::Miss => Some(DropReason::UnrelatedIcmpError),
             };
             if let Some(reason) = unrelated
-                && dst_is_inst
                 && !snap.allows(pkt)
+                && dst_is_inst()
             {
                 return Err(reason);
             }
@@ -452,7 +512,8 @@ impl Conntrack {
                 Track::Hit { idx, ctl } => self.refresh(idx, ctl, pkt, src_is_a, now),
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
-                    if dst_is_inst && !snap.allows(pkt) {
+                    // `allows` is false for non-instances: egress is allowed.
+                    if !snap.allows(pkt) && dst_is_inst() {
                         return Err(DropReason::NoRule);
                     }
                     let creates = !matches!(
@@ -475,6 +536,27 @@ impl Conntrack {
     }
 
     // --- internals ---------------------------------------------------------
+
+    /// First slot of the two candidate buckets of `k`: two different buckets of
+    /// the same page (a random access costs one TLB entry and one DRAM page; the
+    /// two choices balance load within the page, and pages themselves are loaded
+    /// evenly by the hash: a page of 128 slots holds 64 entries on average at 50%
+    /// load).
+    #[inline]
+    fn buckets(&self, k: Key) -> [usize; 2] {
+        let h = self.hash(k);
+        let nb = (self.mask + 1) / BUCKET;
+        let b1 = h & (nb - 1);
+        let off = 1 + (h >> 32) % (PAGE_BUCKETS - 1);
+        let b2 = (b1 & !(PAGE_BUCKETS - 1)) | ((b1 + off) & (PAGE_BUCKETS - 1));
+        [b1 * BUCKET, b2 * BUCKET]
+    }
+
+    /// Slot index of probe position `p` (0..PROBE) of a key with buckets `b`.
+    #[inline]
+    fn slot_at(b: [usize; 2], p: usize) -> usize {
+        b[p / BUCKET] + p % BUCKET
+    }
 
     #[inline]
     fn hash(&self, k: Key) -> usize {
@@ -524,9 +606,9 @@ impl Conntrack {
     /// Find `k` in its window: `(slot index, probe position, control word)`.
     #[inline]
     fn find(&self, k: Key) -> Option<(usize, usize, u64)> {
-        let h = self.hash(k);
+        let b = self.buckets(k);
         for i in 0..PROBE {
-            let idx = (h + i) & self.mask;
+            let idx = Self::slot_at(b, i);
             let slot = &self.slots[idx];
             // Cheap pre-check before the seqlock read.
             if slot.k0.load(Ordering::Relaxed) != k.k0 {
@@ -734,11 +816,11 @@ impl Conntrack {
         now: u32,
         timeout: u32,
     ) -> Result<usize, DropReason> {
-        let h = self.hash(k);
+        let b = self.buckets(k);
         // Capacity.
         if self.count.fetch_add(1, Ordering::Relaxed) >= self.cfg.capacity {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            self.reclaim_window(h, now);
+            self.reclaim_window(b, now);
             if self.count.fetch_add(1, Ordering::Relaxed) >= self.cfg.capacity {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 return Err(DropReason::ConntrackFull);
@@ -754,9 +836,20 @@ impl Conntrack {
         }
         let aux = (quota.unwrap_or(0) as u32) << 16 | icmp;
         let flags = flags | if quota.is_some() { CHARGED } else { 0 };
+        // The less loaded bucket first.
+        let load = |base: usize| {
+            (0..BUCKET)
+                .filter(|j| self.slots[base + j].ctl.load(Ordering::Relaxed) & (OCC | BUSY) != 0)
+                .count()
+        };
+        let order: [usize; PROBE] = if load(b[1]) < load(b[0]) {
+            std::array::from_fn(|p| (p + BUCKET) % PROBE)
+        } else {
+            std::array::from_fn(|p| p)
+        };
         for attempt in 0..2 {
-            for i in 0..PROBE {
-                let idx = (h + i) & self.mask;
+            for &i in &order {
+                let idx = Self::slot_at(b, i);
                 let slot = &self.slots[idx];
                 let c = slot.ctl.load(Ordering::Relaxed);
                 if c & (OCC | BUSY) != 0 {
@@ -778,10 +871,10 @@ impl Conntrack {
                 let v = (version(c) + 1) & 0xffff;
                 let published = v << VERSION_SHIFT | flags | OCC | (generation & GEN_MASK);
                 slot.ctl.store(published, Ordering::Release);
-                return Ok(self.dedupe(k, h, i, idx, published));
+                return Ok(self.dedupe(k, b, i, idx, published));
             }
             if attempt == 0 {
-                self.reclaim_window(h, now);
+                self.reclaim_window(b, now);
             }
         }
         if let Some(q) = quota {
@@ -791,25 +884,36 @@ impl Conntrack {
         Err(DropReason::ConntrackFull)
     }
 
-    /// After publishing `k` at probe position `mine`: if an equal key sits earlier
-    /// in the window (a concurrent insert), remove ours and use that one.
-    fn dedupe(&self, k: Key, h: usize, mine: usize, my_idx: usize, my_ctl: u64) -> usize {
-        for j in 0..mine {
-            let idx = (h + j) & self.mask;
-            if let Some((sk, _)) = Self::read_key(&self.slots[idx], u32::MAX)
+    /// After publishing `k` at probe position `mine`, make sure it is the only
+    /// entry for `k`: two threads may insert the same new flow at once (in
+    /// different slots). Of equal keys the one at the lowest probe position wins;
+    /// every inserter removes the losers it sees. The SeqCst fence (paired with the
+    /// other inserter's) guarantees that of two concurrent inserters at least the
+    /// later one sees the other's published key.
+    fn dedupe(&self, k: Key, b: [usize; 2], mine: usize, my_idx: usize, my_ctl: u64) -> usize {
+        fence(Ordering::SeqCst);
+        for j in 0..PROBE {
+            if j == mine {
+                continue;
+            }
+            let idx = Self::slot_at(b, j);
+            if let Some((sk, c)) = Self::read_key(&self.slots[idx], u32::MAX)
                 && sk == k
             {
-                self.remove(my_idx, my_ctl, None);
-                return idx;
+                if j < mine {
+                    self.remove(my_idx, my_ctl, None);
+                    return idx;
+                }
+                self.remove(idx, c, None);
             }
         }
         my_idx
     }
 
-    /// Remove expired entries in a window.
-    fn reclaim_window(&self, h: usize, now: u32) {
+    /// Remove expired entries in a key's two buckets.
+    fn reclaim_window(&self, b: [usize; 2], now: u32) {
         for i in 0..PROBE {
-            let idx = (h + i) & self.mask;
+            let idx = Self::slot_at(b, i);
             let c = self.slots[idx].ctl.load(Ordering::Acquire);
             if c & (OCC | BUSY) == OCC && now >= self.slots[idx].expires.load(Ordering::Relaxed) {
                 self.remove(idx, c, Some(now));
@@ -1273,13 +1377,12 @@ mod tests {
             per_instance_quota: 100,
             ..CtConfig::with_capacity(4)
         });
-        // Fill with flows that all expire at 30; the table has 32 slots and a
-        // 16-slot window, so many windows overlap the entries.
+        // Fill with flows that all expire at 30; the table has one page of 128
+        // slots in 16 buckets.
         for p in 0..4 {
             assert_eq!(ct.judge(&snap, &udp(B, 1000 + p, OUT, 53), 0), Ok(()));
         }
-        // Later, inserting reclaims expired entries in its window; some key's window
-        // must reach one of them.
+        // Later, inserting reclaims expired entries in its buckets.
         let mut ok = 0;
         for p in 0..64 {
             if ct.judge(&snap, &udp(B, 3000 + p, OUT, 53), 100).is_ok() {
@@ -1288,6 +1391,31 @@ mod tests {
         }
         assert!(ok >= 1, "no insert reclaimed an expired entry");
         assert!(ct.len() <= 4);
+    }
+
+    #[test]
+    fn fills_to_capacity_without_bucket_overflow() {
+        let snap = compile(&model(vec![]), 1);
+        let cap = 1 << 18;
+        let ct = Conntrack::new(CtConfig {
+            capacity: cap,
+            per_instance_quota: cap as u32,
+            ..CtConfig::with_capacity(cap)
+        });
+        for i in 0..cap {
+            let p = udp(B, (i & 0xffff) as u16, [10, 0, (i >> 16) as u8, 1], 53);
+            assert_eq!(ct.judge(&snap, &p, 0), Ok(()), "flow {i}");
+        }
+        assert_eq!(ct.len(), cap);
+        assert_eq!(
+            ct.judge(&snap, &udp(B, 1, [10, 1, 0, 1], 53), 0),
+            Err(DropReason::ConntrackFull)
+        );
+        // All still found.
+        for i in (0..cap).step_by(97) {
+            let p = udp([10, 0, (i >> 16) as u8, 1], 53, B, (i & 0xffff) as u16);
+            assert_eq!(ct.judge(&snap, &p, 1), Ok(()), "reply {i}");
+        }
     }
 
     #[test]
@@ -1329,6 +1457,41 @@ mod tests {
         check::<Conntrack>();
     }
 
+    /// Publish `k` in slot `idx` as an insert would (test helper).
+    fn force_publish(ct: &Conntrack, idx: usize, k: Key) -> u64 {
+        let slot = &ct.slots[idx];
+        slot.k0.store(k.k0, Ordering::Relaxed);
+        slot.k1.store(k.k1, Ordering::Relaxed);
+        slot.expires.store(100, Ordering::Relaxed);
+        let c = (version(slot.ctl.load(Ordering::Relaxed)) + 1) << VERSION_SHIFT | OCC | ORIG_A;
+        slot.ctl.store(c, Ordering::Release);
+        ct.count.fetch_add(1, Ordering::Relaxed);
+        c
+    }
+
+    /// Two inserters of the same key in different slots: whichever runs the
+    /// dedupe, only the entry at the lower probe position survives.
+    #[test]
+    fn dedupe_keeps_the_lowest_position_from_either_side() {
+        let ct = Conntrack::new(CtConfig::with_capacity(64));
+        let (k, _) = flow_key(&udp(B, 1, OUT, 53).key);
+        let b = ct.buckets(k);
+        let (lo, hi) = (Conntrack::slot_at(b, 3), Conntrack::slot_at(b, 9));
+        // The lower one dedupes: it removes the higher one.
+        let _ = force_publish(&ct, hi, k);
+        let c_lo = force_publish(&ct, lo, k);
+        assert_eq!(ct.dedupe(k, b, 3, lo, c_lo), lo);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.find(k).map(|(idx, _, _)| idx), Some(lo));
+        assert_eq!(ct.count_by_scan(), 1);
+        // The higher one dedupes: it removes itself.
+        let c_hi = force_publish(&ct, hi, k);
+        assert_eq!(ct.dedupe(k, b, 9, hi, c_hi), lo);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.count_by_scan(), 1);
+        assert_eq!(ct.find(k).map(|(idx, _, _)| idx), Some(lo));
+    }
+
     /// Several threads insert, look up and delete (by expiry) overlapping flows,
     /// both directions on different threads; afterwards every flow is present
     /// exactly once and the counters agree with a scan.
@@ -1341,11 +1504,19 @@ mod tests {
             ..CtConfig::with_capacity(1 << 15)
         }));
         const FLOWS: u16 = 4000;
+        let barrier = Arc::new(std::sync::Barrier::new(4));
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let (snap, ct) = (snap.clone(), ct.clone());
+                let (snap, ct, barrier) = (snap.clone(), ct.clone(), barrier.clone());
                 std::thread::spawn(move || {
-                    for round in 0..3u16 {
+                    for round in 0..24u16 {
+                        // Start every round together so that threads race on the
+                        // same flows.
+                        barrier.wait();
+                        // Every round, all flows of the previous one have expired
+                        // (UDP 30 s): they are removed on sight and re-created
+                        // concurrently.
+                        let now = u32::from(round) * 40;
                         for f in 0..FLOWS {
                             // Threads 0/1 send B → OUT, threads 2/3 the replies; every
                             // flow is created by whichever thread gets there first.
@@ -1354,13 +1525,13 @@ mod tests {
                             } else {
                                 udp(OUT, 53, B, f)
                             };
-                            let r = ct.judge(&snap, &p, u32::from(round));
+                            let r = ct.judge(&snap, &p, now);
                             if t < 2 {
                                 assert_eq!(r, Ok(()), "egress always passes");
                             }
                             // Short-lived flows on another range, to churn slots.
                             let churn = udp(A, 10_000 + f, OUT, 1000 + t);
-                            assert_eq!(ct.judge(&snap, &churn, u32::from(round) * 100), Ok(()));
+                            assert_eq!(ct.judge(&snap, &churn, now), Ok(()));
                         }
                     }
                 })
@@ -1372,10 +1543,10 @@ mod tests {
         // Each B flow exists exactly once.
         for f in 0..FLOWS {
             let (k, _) = flow_key(&udp(B, f, OUT, 53).key);
-            let h = ct.hash(k);
+            let b = ct.buckets(k);
             let n = (0..PROBE)
-                .filter(|i| {
-                    Conntrack::read_key(&ct.slots[(h + i) & ct.mask], 0)
+                .filter(|&i| {
+                    Conntrack::read_key(&ct.slots[Conntrack::slot_at(b, i)], 0)
                         .is_some_and(|(sk, _)| sk == k)
                 })
                 .count();
@@ -1386,8 +1557,8 @@ mod tests {
             ct.charged_to(B.into()) as usize + ct.charged_to(A.into()) as usize,
             ct.len()
         );
-        // Churn flows of rounds 0 and 1 have expired (UDP 30 s, last at 200): sweep.
-        ct.sweep(1000);
+        // Everything expires.
+        ct.sweep(10_000);
         assert_eq!(ct.len(), 0);
         assert_eq!(ct.count_by_scan(), 0);
         assert_eq!(ct.charged_to(B.into()), 0);

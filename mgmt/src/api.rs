@@ -92,6 +92,9 @@ pub enum Command {
         /// Empty = `default`.
         #[serde(default)]
         groups: Vec<String>,
+        /// QEMU guests (the daemon's guest image) instead of namespaces.
+        #[serde(default)]
+        qemu: bool,
     },
     /// Attach an interface someone else made (a QEMU guest's TAP, a veth end)
     /// as an instance, with AF_PACKET; optionally inside namespace `netns`.
@@ -197,6 +200,10 @@ pub struct StatsReport {
     /// (reason, count) for every drop reason, in counter order.
     pub drops: Vec<(String, u64)>,
     pub conntrack_entries: u64,
+    /// Other data-plane events: (name, count) — ARP and DHCP answers, software
+    /// TSO segmentation and checksum completion, parks of adaptive polling.
+    #[serde(default)]
+    pub events: Vec<(String, u64)>,
     /// Ports removed because their netdev went away.
     pub ports_gone: u64,
 }

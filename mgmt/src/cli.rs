@@ -56,7 +56,7 @@ pub const MULTI_CALL: &[(&str, &str)] = &[
     ("ec2-terminate-instances", "terminate-instances"),
 ];
 
-/// `sgswitch` — a userspace virtual switch with EC2-style security groups.
+/// sgswitch — a userspace virtual switch with EC2-style security groups.
 #[derive(Debug, Parser)]
 #[command(name = "sgswitch", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -103,6 +103,10 @@ pub enum Cmd {
         /// Security group (repeatable); none = default.
         #[arg(short = 'g', long = "group")]
         groups: Vec<String>,
+        /// Boot QEMU guests from the daemon's guest image instead of namespaces
+        /// (PLACE qemu:PID; the serial log is STATE_DIR/qemu/ID.log).
+        #[arg(long)]
+        qemu: bool,
     },
     /// Attach an interface someone else made (a QEMU guest's TAP, a veth end) as
     /// an instance.  Prints RESERVATION and INSTANCE lines (PLACE port:IFNAME).
@@ -216,6 +220,22 @@ pub struct UpArgs {
     /// Pin workers to cores.
     #[arg(long)]
     pub pin_cores: bool,
+    /// Kernel of the QEMU guest image (`run-instances --qemu`).
+    #[arg(long, env = "SG_GUEST_KERNEL")]
+    pub qemu_kernel: Option<PathBuf>,
+    /// Initramfs of the QEMU guest image.
+    #[arg(long, env = "SG_GUEST_INITRD")]
+    pub qemu_initrd: Option<PathBuf>,
+    /// Kernel command line of the guests.
+    #[arg(
+        long,
+        env = "SG_GUEST_APPEND",
+        default_value = "console=ttyS0 quiet panic=-1"
+    )]
+    pub qemu_append: String,
+    /// Memory per guest, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub qemu_mem: u32,
     /// Serve the API without a switch (groups and rules only; no instances).
     #[arg(long, hide = true)]
     pub no_switch: bool,
@@ -312,10 +332,16 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
                 spec: rule_spec(a, sub)?,
             }
         }
-        Cmd::RunInstances { ami, count, groups } => Command::RunInstances {
+        Cmd::RunInstances {
+            ami,
+            count,
+            groups,
+            qemu,
+        } => Command::RunInstances {
             ami: ami.clone(),
             count: *count,
             groups: groups.clone(),
+            qemu: *qemu,
         },
         Cmd::AttachInstance {
             ifname,
@@ -434,6 +460,9 @@ pub fn format_response(resp: &Response) -> String {
                 line(format!("DROP\t{reason}\t{n}"));
             }
             line(format!("CONNTRACK\tentries\t{}", stats.conntrack_entries));
+            for (event, n) in &stats.events {
+                line(format!("EVENT\t{event}\t{n}"));
+            }
             line(format!("PORTS-GONE\t{}", stats.ports_gone));
         }
     }
@@ -774,7 +803,8 @@ mod tests {
             Command::RunInstances {
                 ami: "ami-eca54085".into(),
                 count: 3,
-                groups: vec!["web".into(), "db".into()]
+                groups: vec!["web".into(), "db".into()],
+                qemu: false
             }
         );
     }

@@ -55,10 +55,14 @@ pub enum Attachment {
         ifname: String,
         netns: Option<String>,
     },
+    /// A QEMU guest the daemon boots (`run-instances --qemu`); `pid` is 0 until
+    /// it runs.
+    Qemu { pid: u32 },
 }
 
 impl Attachment {
-    /// The PLACE column: `netns:ID`, `port:IFNAME` or `port:IFNAME@NETNS`.
+    /// The PLACE column: `netns:ID`, `port:IFNAME`, `port:IFNAME@NETNS` or
+    /// `qemu:PID`.
     pub fn place(&self, id: &str) -> String {
         match self {
             Attachment::Netns => format!("netns:{id}"),
@@ -70,11 +74,16 @@ impl Attachment {
                 ifname,
                 netns: Some(ns),
             } => format!("port:{ifname}@{ns}"),
+            Attachment::Qemu { pid } => format!("qemu:{pid}"),
         }
     }
 
-    /// Back from a PLACE (anything that is not `port:` is a namespace instance).
+    /// Back from a PLACE (anything that is not `port:` or `qemu:PID` is a
+    /// namespace instance).
     pub fn from_place(place: &str) -> Attachment {
+        if let Some(pid) = place.strip_prefix("qemu:").and_then(|p| p.parse().ok()) {
+            return Attachment::Qemu { pid };
+        }
         match place.strip_prefix("port:") {
             Some(rest) => match rest.split_once('@') {
                 Some((ifname, ns)) => Attachment::Iface {
@@ -97,10 +106,16 @@ pub trait Dataplane: Send {
     /// Make `snap` (compiled at `generation`) the rules every worker uses from
     /// its next burst on.
     fn publish(&mut self, snap: Snapshot, generation: u64);
-    /// Create the instance's attachment (namespace + TAP, or AF_PACKET on an
-    /// existing interface) and its switch port. On error nothing may be left behind.
-    fn launch(&mut self, inst: &Instance, prefix_len: u8, how: &Attachment)
-    -> Result<(), ApiError>;
+    /// Create the instance's attachment (namespace + TAP, AF_PACKET on an
+    /// existing interface, or a QEMU guest) and its switch port; returns the
+    /// attachment as made (a guest's PID filled in). On error nothing may be left
+    /// behind.
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+    ) -> Result<Attachment, ApiError>;
     /// After a restart: attach the existing instance again (or recreate it).
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
     /// Remove the instance's port and destroy its namespace (an attached
@@ -156,8 +171,8 @@ impl Dataplane for RecordingDataplane {
         &mut self,
         inst: &Instance,
         _prefix_len: u8,
-        _how: &Attachment,
-    ) -> Result<(), ApiError> {
+        how: &Attachment,
+    ) -> Result<Attachment, ApiError> {
         let panic = self.with(|r| r.panic_on_launch);
         assert!(!panic, "launch of {} panicked (test)", inst.id);
         self.with(|r| {
@@ -169,7 +184,13 @@ impl Dataplane for RecordingDataplane {
             }
             r.launches += 1;
             r.attached.insert(inst.id.clone());
-            Ok(())
+            Ok(match how {
+                // A made-up PID, as a real launch would report.
+                Attachment::Qemu { .. } => Attachment::Qemu {
+                    pid: 40_000 + r.launches as u32,
+                },
+                other => other.clone(),
+            })
         })
     }
     fn reattach(&mut self, rec: &InstanceRecord, _prefix_len: u8) -> Result<(), ApiError> {
@@ -395,9 +416,12 @@ impl Core {
                 ip,
                 mac,
             } => self.attach_instance(&owner, &ifname, netns, groups, ip, mac.as_deref()),
-            Command::RunInstances { ami, count, groups } => {
-                self.run_instances(&owner, &ami, count, groups)
-            }
+            Command::RunInstances {
+                ami,
+                count,
+                groups,
+                qemu,
+            } => self.run_instances(&owner, &ami, count, groups, qemu),
             Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
             Command::TerminateInstances { ids } => self.terminate_instances(&owner, &ids),
             Command::Stats => Ok(Response::Stats {
@@ -517,6 +541,7 @@ impl Core {
         ami: &str,
         count: u32,
         groups: Vec<String>,
+        qemu: bool,
     ) -> Reply {
         validate_ami(ami)?;
         if count == 0 || count > self.cfg.max_launch {
@@ -528,9 +553,12 @@ impl Core {
                 ),
             ));
         }
-        let items = (0..count)
-            .map(|_| (None, None, Attachment::Netns))
-            .collect();
+        let how = if qemu {
+            Attachment::Qemu { pid: 0 }
+        } else {
+            Attachment::Netns
+        };
+        let items = (0..count).map(|_| (None, None, how.clone())).collect();
         self.launch(owner, ami, groups, items)
     }
 
@@ -671,11 +699,14 @@ impl Core {
         let mut launched: Vec<(String, Attachment)> = Vec::new();
         for id in &order {
             let rec = new_records
-                .get(id)
+                .get_mut(id)
                 .ok_or_else(|| ApiError::internal("launch record lost"))?;
             let how = Attachment::from_place(&rec.place);
             match self.dp.launch(&rec.instance, prefix, &how) {
-                Ok(()) => launched.push((id.clone(), how)),
+                Ok(made) => {
+                    rec.place = made.place(id);
+                    launched.push((id.clone(), made));
+                }
                 Err(e) => {
                     self.undo_launch(&launched);
                     return Err(e);

@@ -18,9 +18,9 @@
 //! prints `sgswitch: ready on SOCKET` to stderr.
 //!
 //! Shutdown: stop accepting, remove the socket, stop the management thread, shut
-//! the switch down (workers joined) and remove the uplink. Namespaces of running
-//! instances are **kept** (their TAPs are persistent), so a restart re-attaches
-//! them and the instances keep their network.
+//! the switch down (workers joined). The uplink TAP, the namespaces of running
+//! instances and QEMU guests are **kept** (the TAPs are persistent), so a restart
+//! re-attaches them and neither the instances nor the outside notice.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -258,7 +258,7 @@ impl Dataplane for NoSwitch {
         inst: &Instance,
         _prefix_len: u8,
         _how: &Attachment,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Attachment, ApiError> {
         Err(ApiError::ec2(
             filter::Ec2Code::InsufficientInstanceCapacity,
             format!(
@@ -335,6 +335,9 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    if let Some(m) = &metrics {
+        eprintln!("sgswitch: metrics on http://{}/metrics", m.local_addr());
+    }
     eprintln!("sgswitch: ready on {}", server.path().display());
 
     let sig = signals.wait().map_err(DaemonError::Signals)?;
@@ -593,12 +596,61 @@ mod tests {
             ami: "ami-1".into(),
             count: 1,
             groups: vec![],
+            qemu: false,
         }));
         assert_eq!(r.unwrap_err().code, api::INTERNAL_ERROR);
         assert!(handle.call(req(Command::Stats)).is_ok(), "still answering");
         handle.stop();
         let core = join.join().unwrap();
         assert_eq!(core.dump(), before, "nothing changed");
+    }
+
+    #[test]
+    fn concurrent_clients_edits_are_all_applied_once() {
+        let f = Fixture::new("sock-concurrent");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let sock = f.sock.clone();
+                std::thread::spawn(move || {
+                    let group = format!("g{t}");
+                    let add = Command::AddGroup {
+                        name: group.clone(),
+                        description: String::new(),
+                    };
+                    assert!(api::call(&sock, &req(add)).unwrap().is_ok());
+                    for p in 0..25 {
+                        let spec = filter::model::RuleSpec {
+                            proto: Some("tcp".into()),
+                            ports: Some(format!("{}", 1000 + p)),
+                            ..Default::default()
+                        };
+                        let r = api::call(
+                            &sock,
+                            &req(Command::Authorize {
+                                group: group.clone(),
+                                spec,
+                            }),
+                        );
+                        assert!(r.unwrap().is_ok());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let Ok(Response::Stats { stats }) = api::call(&f.sock, &req(Command::Stats)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(stats.groups, 9);
+        assert_eq!(stats.rules, 1 + 8 * 25);
+        assert_eq!(
+            stats.edits,
+            1 + 8 * 26,
+            "the default group at open plus every command"
+        );
+        assert_eq!(stats.generation, stats.edits, "one generation per edit");
     }
 
     #[test]

@@ -12,10 +12,15 @@
 //! * `launch`/`reattach` of an [`Attachment::Iface`] (`attach-instance`) opens
 //!   AF_PACKET queues on an interface someone else made (inside its namespace if
 //!   one is given) — a QEMU guest's TAP, one end of a veth.
+//! * `launch` of an [`Attachment::Qemu`] (`run-instances --qemu`) boots a guest
+//!   from the daemon's image ([`crate::qemu`]); without `--qemu-kernel` and
+//!   `--qemu-initrd` it is refused with `InvalidParameterValue`.
 //! * `terminate` removes the port first (so no worker writes to it any more), then
-//!   deletes the namespace (idempotent); an attached interface is only detached.
-//! * `shutdown` stops and joins the workers and removes the uplink; instance
-//!   namespaces are kept for the next start.
+//!   deletes the namespace (idempotent); an attached interface is only detached;
+//!   a guest is stopped and its namespace deleted.
+//! * `shutdown` stops and joins the workers; the uplink TAP (persistent), the
+//!   instance namespaces and QEMU guests are kept for the next start, which finds
+//!   them unchanged (same MACs and addresses).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -30,6 +35,7 @@ use crate::cli::{PollArg, RevokeArg, UpArgs};
 use crate::core::{Attachment, CoreConfig, Dataplane};
 use crate::daemon::error_chain;
 use crate::instances;
+use crate::qemu::{self, QemuConfig};
 use crate::store::InstanceRecord;
 
 /// Errors of starting the data plane.
@@ -57,8 +63,10 @@ pub struct SwitchDataplane {
     workers: usize,
     /// Instance id → its port.
     ports: BTreeMap<String, PortId>,
-    uplink: String,
-    uplink_netns: Option<String>,
+    /// How to boot QEMU guests, if the daemon has a guest image.
+    qemu: Option<QemuConfig>,
+    /// Guests this daemon started (reaped when terminated).
+    guests: BTreeMap<String, qemu::Guest>,
 }
 
 /// The host-side address of the uplink: first host of the uplink range, with the
@@ -66,6 +74,18 @@ pub struct SwitchDataplane {
 pub fn uplink_host_addr(subnet: Ipv4Net, uplink_range: Ipv4Net) -> Ipv4Net {
     let first = Ipv4Addr::from(u32::from(uplink_range.network()).saturating_add(1));
     Ipv4Net::new(first, subnet.prefix_len()).unwrap_or(subnet)
+}
+
+/// The guest image settings of `up`, when both kernel and initrd are given.
+pub fn qemu_config(args: &UpArgs) -> Option<QemuConfig> {
+    Some(QemuConfig {
+        kernel: args.qemu_kernel.clone()?,
+        initrd: args.qemu_initrd.clone()?,
+        append: args.qemu_append.clone(),
+        mem_mb: args.qemu_mem,
+        log_dir: args.state_dir.join("qemu"),
+        binary: "qemu-system-x86_64".to_owned(),
+    })
 }
 
 /// Start the switch and attach the uplink.
@@ -118,8 +138,8 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         switch: Some(switch),
         workers: args.workers,
         ports: BTreeMap::new(),
-        uplink: name,
-        uplink_netns: netns,
+        qemu: qemu_config(args),
+        guests: BTreeMap::new(),
     }))
 }
 
@@ -128,6 +148,19 @@ impl SwitchDataplane {
         self.switch
             .as_ref()
             .ok_or_else(|| ApiError::internal("the switch has been shut down"))
+    }
+
+    /// Undo what `launch` made (the port is already gone or never added).
+    fn destroy(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
+        match how {
+            Attachment::Netns => instances::destroy_netns_instance(id).map_err(|e| {
+                ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
+            }),
+            // Someone else's interface: only detached.
+            Attachment::Iface { .. } => Ok(()),
+            Attachment::Qemu { pid } => qemu::stop(id, *pid, self.guests.remove(id))
+                .map_err(|e| ApiError::internal(format!("stop guest {id}: {}", error_chain(&e)))),
+        }
     }
 
     /// AF_PACKET queues on `ifname` (inside `netns` if given).
@@ -141,15 +174,29 @@ impl SwitchDataplane {
         let open = move || switch::afpacket::open_afpacket(ifname, workers);
         let opened = match netns {
             None => open(),
-            Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| {
-                ApiError::internal(format!(
+            Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| match e {
+                switch::netns::NetnsError::NotFound { .. }
+                | switch::netns::NetnsError::InvalidName { .. } => ApiError::ec2(
+                    filter::Ec2Code::InvalidParameterValue,
+                    format!("cannot attach '{ifname}': {e}"),
+                ),
+                e => ApiError::internal(format!(
                     "attach {ifname} in namespace {ns} as {id}: {}",
                     error_chain(&e)
-                ))
+                )),
             })?,
         };
-        let queues = opened.map_err(|e| {
-            ApiError::internal(format!("attach {ifname} as {id}: {}", error_chain(&e)))
+        let queues = opened.map_err(|e| match e {
+            switch::afpacket::AfPacketError::NoSuchInterface { .. } => ApiError::ec2(
+                filter::Ec2Code::InvalidParameterValue,
+                format!(
+                    "interface '{ifname}' does not exist{}",
+                    netns
+                        .map(|ns| format!(" in namespace {ns}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            e => ApiError::internal(format!("attach {ifname} as {id}: {}", error_chain(&e))),
         })?;
         Ok(queues
             .into_iter()
@@ -191,7 +238,8 @@ impl Dataplane for SwitchDataplane {
         inst: &Instance,
         prefix_len: u8,
         how: &Attachment,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Attachment, ApiError> {
+        let mut made = how.clone();
         let queues = match how {
             Attachment::Netns => instances::create_netns_instance(
                 &inst.id,
@@ -206,14 +254,27 @@ impl Dataplane for SwitchDataplane {
             Attachment::Iface { ifname, netns } => {
                 self.open_iface(&inst.id, ifname, netns.as_deref())?
             }
+            Attachment::Qemu { .. } => {
+                let cfg = self.qemu.as_ref().ok_or_else(|| {
+                    ApiError::ec2(
+                        filter::Ec2Code::InvalidParameterValue,
+                        "this daemon has no guest image: start it with --qemu-kernel and --qemu-initrd",
+                    )
+                })?;
+                let (guest, queues) =
+                    qemu::start(cfg, &inst.id, inst.mac, self.workers).map_err(|e| {
+                        ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
+                    })?;
+                made = Attachment::Qemu { pid: guest.pid };
+                self.guests.insert(inst.id.clone(), guest);
+                queues
+            }
         };
         if let Err(e) = self.attach(inst, queues) {
-            if *how == Attachment::Netns {
-                let _ = instances::destroy_netns_instance(&inst.id);
-            }
+            let _ = self.destroy(&inst.id, &made);
             return Err(e);
         }
-        Ok(())
+        Ok(made)
     }
 
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError> {
@@ -240,6 +301,13 @@ impl Dataplane for SwitchDataplane {
             Attachment::Iface { ifname, netns } => {
                 self.open_iface(&inst.id, &ifname, netns.as_deref())?
             }
+            // A guest keeps running while the daemon restarts; if it is gone the
+            // instance shows as stopped (its namespace stays until terminated).
+            Attachment::Qemu { pid } => {
+                qemu::reattach(&inst.id, pid, self.workers).map_err(|e| {
+                    ApiError::internal(format!("re-attach guest {}: {}", inst.id, error_chain(&e)))
+                })?
+            }
         };
         self.attach(inst, queues)
     }
@@ -251,13 +319,7 @@ impl Dataplane for SwitchDataplane {
         {
             eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
         }
-        match how {
-            Attachment::Netns => instances::destroy_netns_instance(id).map_err(|e| {
-                ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
-            }),
-            // Someone else's interface: only detached.
-            Attachment::Iface { .. } => Ok(()),
-        }
+        self.destroy(id, how)
     }
 
     fn stats(&self, report: &mut StatsReport) {
@@ -280,19 +342,23 @@ impl Dataplane for SwitchDataplane {
             .map(|r| (r.name().to_owned(), st.drops[r.index()]))
             .collect();
         report.conntrack_entries = st.conntrack_entries as u64;
+        report.events = vec![
+            ("arp_replies".to_owned(), st.arp_replies),
+            ("dhcp_replies".to_owned(), st.dhcp_replies),
+            ("dhcp_silent".to_owned(), st.dhcp_silent),
+            ("tso_segmented".to_owned(), st.tso_segmented),
+            ("csum_completed".to_owned(), st.csum_completed),
+            ("parks".to_owned(), st.parks),
+        ];
         report.ports_gone = st.ports_gone;
     }
 
     fn shutdown(&mut self) {
+        // The uplink TAP is persistent and kept, like the instances' TAPs: a
+        // restarted daemon finds it with the same MAC and addresses, so neither
+        // the outside nor the instances' ARP caches notice the restart.
         if let Some(s) = self.switch.take() {
             s.shutdown();
-        }
-        if let Err(e) = instances::destroy_uplink(&self.uplink, self.uplink_netns.as_deref()) {
-            eprintln!(
-                "sgswitch: remove uplink {}: {}",
-                self.uplink,
-                error_chain(&e)
-            );
         }
     }
 }

@@ -11,16 +11,18 @@
 //! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.
 //! * [`metrics`]: Prometheus text of the switch statistics.
 //! * [`instances`]: namespace instances and the uplink TAP.
+//! * [`qemu`]: QEMU guest instances (`run-instances --qemu`).
 
 #![forbid(unsafe_code)]
 
-pub mod store;
-pub mod instances;
 pub mod api;
-pub mod core;
 pub mod cli;
+pub mod core;
 pub mod daemon;
 pub mod dataplane;
+pub mod instances;
 pub mod metrics;
+pub mod qemu;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod testutil;

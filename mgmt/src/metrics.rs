@@ -15,7 +15,8 @@
 //! `sgswitch_instances`, `sgswitch_edits_total`, `sgswitch_edit_latency_seconds{quantile}`,
 //! `sgswitch_publish_latency_seconds{quantile}`,
 //! `sgswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `sgswitch_port_drops_total{port}`,
-//! `sgswitch_drops_total{reason}`, `sgswitch_conntrack_entries`, `sgswitch_ports_gone_total`.
+//! `sgswitch_drops_total{reason}`, `sgswitch_conntrack_entries`,
+//! `sgswitch_events_total{event}`, `sgswitch_ports_gone_total`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -73,6 +74,9 @@ pub fn record(s: &StatsReport) {
         metrics::counter!("sgswitch_drops_total", "reason" => reason.clone()).absolute(*n);
     }
     metrics::gauge!("sgswitch_conntrack_entries").set(s.conntrack_entries as f64);
+    for (event, n) in &s.events {
+        metrics::counter!("sgswitch_events_total", "event" => event.clone()).absolute(*n);
+    }
     metrics::counter!("sgswitch_ports_gone_total").absolute(s.ports_gone);
 }
 

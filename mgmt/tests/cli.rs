@@ -36,9 +36,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[]).0
+    }
+
+    /// Start with extra `up` arguments; also returns the stderr lines before ready.
+    fn start_with(dir: &Path, extra: &[&str]) -> (Daemon, Vec<String>) {
         let socket = dir.join("run/sgswitch.sock");
         let mut child = Command::new(BIN)
-            .args(["up", "--no-switch", "--state-dir"])
+            .args(["up", "--no-switch"])
+            .args(extra)
+            .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--socket")
             .arg(&socket)
@@ -56,17 +63,18 @@ impl Daemon {
             }
         });
         let want = format!("sgswitch: ready on {}", socket.display());
+        let mut before = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(line) if line == want => break,
-                Ok(_) => continue,
+                Ok(line) => before.push(line),
                 Err(e) => {
                     let _ = child.kill();
                     panic!("daemon never became ready: {e}");
                 }
             }
         }
-        Daemon { child, socket }
+        (Daemon { child, socket }, before)
     }
 
     fn signal(&mut self, sig: &str) {
@@ -375,4 +383,30 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     assert!(err.contains("already serving"), "{err}");
     // The first one is unaffected.
     assert_eq!(d.cli(&["describe-group", "default"]).2, 0);
+}
+
+#[test]
+fn metrics_listen_serves_prometheus_text() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("metrics");
+    let (d, lines) = Daemon::start_with(&dir.0, &["--metrics-listen", "127.0.0.1:0"]);
+    let url = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("sgswitch: metrics on http://"))
+        .unwrap_or_else(|| panic!("no metrics line in {lines:?}"));
+    let addr = url.trim_end_matches("/metrics").to_owned();
+    assert_eq!(d.cli(&["add-group", "web", "-d", "w"]).2, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        if body.contains("sgswitch_groups 2") {
+            assert!(body.contains("sgswitch_edit_latency_seconds"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

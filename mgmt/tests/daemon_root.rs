@@ -8,164 +8,12 @@
 //! those namespaces. Everything is removed by name/PID in Drop guards, even when
 //! the test fails. Pings are single packets with a 1-2 s timeout.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sgswitch");
+use common::{Lab, instance_lines, is_root, netns_exists, sh};
+
 const SUBNET: &str = "10.77.0.0/16";
 const OUTSIDE_ADDR: &str = "10.77.255.10";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-/// Everything the test made; removed on drop.
-struct Lab {
-    dir: PathBuf,
-    uplink_ns: String,
-    uplink: String,
-    instances: Vec<String>,
-    daemon: Option<Child>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("sgswitch-root-{pid}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab {
-            dir,
-            uplink_ns: format!("sgsw-out-{pid}"),
-            uplink: format!("sgu{}", pid % 1_000_000),
-            instances: Vec::new(),
-            daemon: None,
-        };
-        let (ok, out) = sh(&["ip", "netns", "add", &lab.uplink_ns]);
-        assert!(ok, "ip netns add: {out}");
-        lab
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("sgswitch.sock")
-    }
-
-    fn start(&mut self) {
-        let mut child = Command::new(BIN)
-            .args(["up", "--state-dir"])
-            .arg(self.dir.join("state"))
-            .arg("--socket")
-            .arg(self.socket())
-            .args([
-                "--subnet",
-                SUBNET,
-                "--uplink",
-                &self.uplink,
-                "--uplink-netns",
-                &self.uplink_ns,
-            ])
-            .args(["--workers", "2"])
-            .env_remove("SGSWITCH_OWNER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sgswitch up");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        self.daemon = Some(child);
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.starts_with("sgswitch: ready on") => break,
-                Ok(_) => continue,
-                Err(e) => panic!("daemon never became ready: {e}"),
-            }
-        }
-    }
-
-    fn stop(&mut self, signal: &str) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = sh(&["kill", "-s", signal, &child.id().to_string()]);
-            for _ in 0..200 {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("daemon did not stop on {signal}");
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("SGSWITCH_SOCKET", self.socket())
-            .env_remove("SGSWITCH_OWNER")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "sgswitch {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn ping(&self, from_ns: &str, to: &str) -> bool {
-        sh(&[
-            "ip", "netns", "exec", from_ns, "busybox", "ping", "-c", "1", "-W", "2", to,
-        ])
-        .0
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for id in &self.instances {
-            let _ = sh(&["ip", "netns", "del", id]);
-        }
-        let _ = sh(&["ip", "netns", "del", &self.uplink_ns]);
-        let _ = sh(&["ip", "link", "del", &self.uplink]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn instance_lines(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .filter(|l| l.starts_with("INSTANCE\t"))
-        .map(|l| l.split('\t').map(str::to_owned).collect())
-        .collect()
-}
-
-fn netns_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists()
-}
 
 #[test]
 fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
@@ -173,7 +21,7 @@ fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
         eprintln!("skipped: needs root (network namespaces and TAPs)");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("a", SUBNET);
     lab.start();
 
     let out = lab.cli(&["run-instances", "ami-eca54085", "-n", "2"]);
@@ -233,6 +81,14 @@ fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
 
     let stats = lab.cli(&["stats"]);
     assert!(stats.contains(&format!("PORT\t{a}\t")), "{stats}");
+    let arp = stats
+        .lines()
+        .find(|l| l.starts_with("EVENT\tarp_replies\t"))
+        .unwrap_or("");
+    assert!(
+        arp.split('\t').nth(2).is_some_and(|n| n != "0"),
+        "the switch answered ARP: {stats}"
+    );
 
     // Restart: instances keep their namespaces, come back running and reachable.
     lab.stop("TERM");
@@ -263,6 +119,73 @@ fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
         "rules and ports back after restart"
     );
     assert!(lab.ping(&b, &ip_a));
+
+    // attach-instance: a veth pair stands in for a QEMU guest's TAP. The switch
+    // side (vs0) lives in namespace S, the "guest" side (vg0) in namespace G with
+    // the MAC and address we attach it with.
+    let pid = std::process::id();
+    let (ns_s, ns_g) = (format!("sgsw-s-{pid}"), format!("sgsw-g-{pid}"));
+    for ns in [&ns_s, &ns_g] {
+        let (ok, out) = sh(&["ip", "netns", "add", ns]);
+        assert!(ok, "{out}");
+        lab.extra_ns.push(ns.clone());
+    }
+    for cmd in [
+        &[
+            "ip", "-n", &ns_s, "link", "add", "vs0", "type", "veth", "peer", "name", "vg0",
+            "netns", &ns_g,
+        ][..],
+        &["ip", "-n", &ns_s, "link", "set", "vs0", "up"],
+        &[
+            "ip",
+            "-n",
+            &ns_g,
+            "link",
+            "set",
+            "vg0",
+            "address",
+            "02:77:00:00:00:50",
+        ],
+        &[
+            "ip",
+            "-n",
+            &ns_g,
+            "addr",
+            "add",
+            "10.77.0.50/16",
+            "dev",
+            "vg0",
+        ],
+        &["ip", "-n", &ns_g, "link", "set", "vg0", "up"],
+    ] {
+        let (ok, out) = sh(cmd);
+        assert!(ok, "{cmd:?}: {out}");
+    }
+    let out = lab.cli(&[
+        "attach-instance",
+        "vs0",
+        "--netns",
+        &ns_s,
+        "--ip",
+        "10.77.0.50",
+        "--mac",
+        "02:77:00:00:00:50",
+    ]);
+    let attached = instance_lines(&out);
+    assert_eq!(attached.len(), 1, "{out}");
+    assert_eq!(attached[0][6], format!("port:vs0@{ns_s}"));
+    let g_id = attached[0][1].clone();
+    let (_, err, code) = lab.cli_raw(&["attach-instance", "nosuch0", "--netns", &ns_s]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("InvalidParameterValue: interface 'nosuch0' does not exist"),
+        "{err}"
+    );
+    assert!(
+        lab.ping(&ns_g, &ip_a),
+        "attached guest in default reaches a namespace instance"
+    );
+    assert!(lab.ping(&b, "10.77.0.50"), "and is reached by one");
 
     // A crash (kill -9) loses nothing: the persistent uplink and instance TAPs are
     // found again, the acknowledged rule is enforced.
@@ -300,6 +223,18 @@ fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
         "enforced after kill -9 and restart"
     );
     assert!(lab.ping(&a, &ip_b));
+    assert!(
+        lab.ping(&ns_g, &ip_b),
+        "attached interface re-attached after kill -9"
+    );
+
+    // Terminating an attached instance detaches it; the interface stays.
+    lab.cli(&["terminate-instances", &g_id]);
+    assert!(!lab.ping(&ns_g, &ip_a), "detached: no longer switched");
+    assert!(
+        sh(&["ip", "-n", &ns_s, "link", "show", "vs0"]).0,
+        "someone else's interface is kept"
+    );
 
     // Terminate removes the namespaces.
     let out = lab.cli(&["terminate-instances", &a, &b]);

@@ -96,12 +96,14 @@ pub enum SwitchError {
     NoWorkers(usize),
     #[error("start switch: subnet {0} has no room for a gateway and instances")]
     SubnetTooSmall(Ipv4Net),
-    #[error("spawn worker {worker}: {source}")]
+    #[error("spawn worker {worker}")]
     Spawn {
         worker: usize,
         #[source]
         source: std::io::Error,
     },
+    #[error("spawn the housekeeper thread")]
+    SpawnHousekeeper(#[source] std::io::Error),
     #[error("add port {name}: {got} queues given, the switch has {workers} workers")]
     QueueCount {
         name: String,

@@ -312,10 +312,7 @@ impl Switch {
                         std::thread::park_timeout(SWEEP_PERIOD);
                     }
                 })
-                .map_err(|source| SwitchError::Spawn {
-                    worker: usize::MAX,
-                    source,
-                })?
+                .map_err(SwitchError::SpawnHousekeeper)?
         };
         let _ = dp.housekeeper.set(hk.thread().clone());
         sw.housekeeper = Some(hk);

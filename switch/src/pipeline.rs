@@ -15,7 +15,8 @@
 //!     (`SpoofedMac`); ARP sender = its MAC and IP, or 0.0.0.0 for an RFC 5227
 //!     probe (`SpoofedArp`); IPv4 source = its IP (`SpoofedIp`), except a DHCP
 //!     client message from 0.0.0.0. Frames from the uplink may not claim an
-//!     instance's address or the gateway's (`UplinkSpoof`).
+//!     instance's address (attached, or known to the snapshot) or the gateway's
+//!     (`UplinkSpoof`).
 //!   - ARP requests for an instance address or the gateway are answered by the
 //!     switch to whoever asks (gratuitous ARP and probes for one's own address are
 //!     not answered: `Broadcast`). Other requests from instances go to the uplink;
@@ -165,13 +166,19 @@ pub fn process(
         }
         Ok(Action::ArpReply { req, mac }) => {
             let n = arp::write_reply(&mut scratch.out, &req, mac);
-            bump(&env.wc.arp_replies, 1);
-            reply(env, inp, n, scratch)
+            let r = reply(env, inp, n, scratch);
+            if r.is_ok() {
+                bump(&env.wc.arp_replies, 1);
+            }
+            r
         }
         Ok(Action::DhcpReply { req, ty, lease }) => {
             let n = dhcp::write_reply(&mut scratch.out, &req, ty, &lease);
-            bump(&env.wc.dhcp_replies, 1);
-            reply(env, inp, n, scratch)
+            let r = reply(env, inp, n, scratch);
+            if r.is_ok() {
+                bump(&env.wc.dhcp_replies, 1);
+            }
+            r
         }
         Ok(Action::Consume) => {
             bump(&env.wc.dhcp_silent, 1);
@@ -372,14 +379,14 @@ fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dro
             learn(inp, eth);
             match parsed {
                 Parsed::Arp { arp, .. } => {
-                    if arp.spa == env.net.gateway || env.table.by_ip(arp.spa).is_some() {
+                    if claims_instance(env, arp.spa) {
                         return Err(DropReason::UplinkSpoof);
                     }
                     arp_action(env, inp, &arp)
                 }
                 Parsed::Ipv4 { pkt, .. } => {
                     let src = pkt.key.src;
-                    if src == env.net.gateway || env.table.by_ip(src).is_some() {
+                    if claims_instance(env, src) {
                         return Err(DropReason::UplinkSpoof);
                     }
                     let dst = pkt.key.dst;
@@ -397,6 +404,14 @@ fn decide<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dro
             }
         }
     }
+}
+
+/// Whether an address the uplink uses as its own belongs to the switch's side:
+/// the gateway, an attached instance, or an instance of the snapshot (which group
+/// rules would treat as a verified member even before its port is attached).
+#[inline]
+fn claims_instance(env: &Env<'_>, ip: Ipv4Addr) -> bool {
+    ip == env.net.gateway || env.table.by_ip(ip).is_some() || env.snap.instance_by_ip(ip).is_some()
 }
 
 /// Fail closed while the port table and the snapshot disagree: an instance port

@@ -930,31 +930,16 @@ impl RxRing {
                 ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED | libc::MAP_POPULATE,
+                // The ring's pages are kernel memory (never swapped): no
+                // MAP_LOCKED; MAP_POPULATE maps them all now, not on first touch.
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd.as_raw_fd(),
                 0,
             )
         };
-        let base = if base == libc::MAP_FAILED {
-            // MAP_LOCKED may exceed RLIMIT_MEMLOCK: retry without it.
-            // SAFETY: as above.
-            let b = unsafe {
-                libc::mmap(
-                    ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_POPULATE,
-                    fd.as_raw_fd(),
-                    0,
-                )
-            };
-            if b == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            b
-        } else {
-            base
-        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
         Ok(RxRing {
             base: base.cast::<u8>(),
             map_len,

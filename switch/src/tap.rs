@@ -57,8 +57,14 @@ const OFFLOAD_SETS: [std::ffi::c_uint; 2] = [
 /// Errors of opening or configuring a TAP.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("open TAP {name:?}: zero queues requested")]
-    NoQueues { name: String },
+    #[error(
+        "open TAP {name:?}: {queues} queues (multi-queue {multi_queue}): need 1, or more with multi-queue"
+    )]
+    QueueCount {
+        name: String,
+        queues: usize,
+        multi_queue: bool,
+    },
     #[error("open {path} for TAP {name:?}", path = sys::TUN_PATH.to_string_lossy())]
     OpenTun {
         name: String,
@@ -135,16 +141,54 @@ impl std::fmt::Debug for TapQueue {
 }
 
 /// Opens (creating if needed) TAP `name` with `queues` fds in the calling
-/// thread's network namespace. See the module docs.
+/// thread's network namespace, multi-queue. See the module docs.
 pub fn open_tap(
     name: &str,
     queues: usize,
     vnet_hdr: bool,
     persist: bool,
 ) -> Result<Vec<TapQueue>, TapError> {
-    if queues == 0 {
-        return Err(TapError::NoQueues {
+    open_tap_with(
+        name,
+        TapOptions {
+            queues,
+            vnet_hdr,
+            persist,
+            multi_queue: true,
+        },
+    )
+}
+
+/// How to open a TAP with [`open_tap_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TapOptions {
+    /// Fds to attach (one per worker).
+    pub queues: usize,
+    /// Frames carry a virtio-net header; offloads are accepted.
+    pub vnet_hdr: bool,
+    /// The device outlives its fds.
+    pub persist: bool,
+    /// Create/attach with `IFF_MULTI_QUEUE` (when the kernel has it). The kernel
+    /// only lets an fd attach with the flag the device was made with, so a TAP
+    /// meant for a single-queue opener (QEMU's `-netdev tap,ifname=..` without
+    /// `queues=`) must be made with `false` (and then `queues == 1`).
+    pub multi_queue: bool,
+}
+
+/// Opens (creating if needed) TAP `name` with `opts` in the calling thread's
+/// network namespace.
+pub fn open_tap_with(name: &str, opts: TapOptions) -> Result<Vec<TapQueue>, TapError> {
+    let TapOptions {
+        queues,
+        vnet_hdr,
+        persist,
+        multi_queue,
+    } = opts;
+    if queues == 0 || (!multi_queue && queues > 1) {
+        return Err(TapError::QueueCount {
             name: name.to_owned(),
+            queues,
+            multi_queue,
         });
     }
     let first = sys::tun_open().map_err(|source| TapError::OpenTun {
@@ -169,9 +213,14 @@ pub fn open_tap(
             features,
         });
     }
-    // Always multi-queue when available, so re-attaching with another queue count
-    // (or by another process) matches the device's flags.
-    let flags = required | (features & sys::IFF_MULTI_QUEUE);
+    // Multi-queue whenever available (unless asked not to), so re-attaching with
+    // another queue count matches the device's flags.
+    let mq = if multi_queue {
+        features & sys::IFF_MULTI_QUEUE
+    } else {
+        0
+    };
+    let flags = required | mq;
 
     let mut out = Vec::with_capacity(queues);
     let mut offload_flags = 0;
@@ -417,7 +466,25 @@ mod tests {
     #[test]
     fn zero_queues_is_an_error_naming_the_tap() {
         let e = open_tap("sgtest0", 0, false, false).unwrap_err();
-        assert!(matches!(e, TapError::NoQueues { .. }));
+        assert!(matches!(e, TapError::QueueCount { queues: 0, .. }));
+        let two = TapOptions {
+            queues: 2,
+            vnet_hdr: false,
+            persist: false,
+            multi_queue: false,
+        };
+        let e = open_tap_with("sgtest0", two).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TapError::QueueCount {
+                    queues: 2,
+                    multi_queue: false,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("sgtest0"));
     }
 }

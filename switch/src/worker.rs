@@ -195,8 +195,12 @@ impl Worker {
                         std::hint::spin_loop();
                         continue;
                     }
-                    self.park();
-                    idle_since = None;
+                    // After a timeout with no event, the next empty poll parks
+                    // again at once (no new spin): an idle worker with fd-less
+                    // queues polls once per park, not for IDLE_SPIN each time.
+                    if self.park() {
+                        idle_since = None;
+                    }
                 }
             }
         }
@@ -241,7 +245,8 @@ impl Worker {
     }
 
     /// Wait for work (adaptive mode).
-    fn park(&mut self) {
+    /// Returns whether an fd became ready (rather than the timeout expiring).
+    fn park(&mut self) -> bool {
         self.sync_epoll();
         bump(&self.dp.wcounters[self.w].parks, 1);
         let timeout = if self.fdless_queues {
@@ -251,13 +256,17 @@ impl Worker {
         };
         match &mut self.epoll {
             Some((epoll, events)) => {
-                let woken = epoll.wait(events, timeout).is_ok()
-                    && events.iter().any(|(t, _)| t == WAKE_TOKEN);
+                let ready = epoll.wait(events, timeout).unwrap_or(0) > 0;
+                let woken = ready && events.iter().any(|(t, _)| t == WAKE_TOKEN);
                 if let (true, Some(Some(waker))) = (woken, self.dp.wakers.get(self.w)) {
                     let _ = waker.drain();
                 }
+                ready
             }
-            None => std::thread::sleep(Duration::from_millis(SHORT_PARK_MS as u64)),
+            None => {
+                std::thread::sleep(Duration::from_millis(SHORT_PARK_MS as u64));
+                false
+            }
         }
     }
 }

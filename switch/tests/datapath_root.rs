@@ -454,7 +454,10 @@ fn nmap(ns: &str, target: Ipv4Addr) -> Scan {
             &target.to_string(),
         ],
     );
-    assert!(out.status.success(), "nmap ran");
+    assert!(
+        out.status.success(),
+        "nmap ran (scripts/test.sh installs the lab tools)"
+    );
     parse_grepable(&String::from_utf8_lossy(&out.stdout))
 }
 

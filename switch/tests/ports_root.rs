@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use switch::afpacket::{AfPacketQueue, open_afpacket};
 use switch::netns::{self, NetnsGuard};
 use switch::port::{PortError, PortQueue, VnetHdr};
-use switch::tap::{TapQueue, open_tap_in_netns};
+use switch::tap::{TapQueue, open_tap, open_tap_in_netns};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -720,4 +720,32 @@ fn poll_fds_wake_epoll_when_a_frame_arrives() {
         }
         assert!(seen, "{ns}: the frame that woke epoll is received");
     }
+}
+
+#[test]
+fn single_queue_tap_for_qemu_style_openers() {
+    use switch::tap::{TapOptions, open_tap_with};
+    require_root!();
+    let a = ns("sq");
+    let single = TapOptions {
+        queues: 1,
+        vnet_hdr: true,
+        persist: true,
+        multi_queue: false,
+    };
+    // Made single-queue and persistent, then closed: the way a TAP is prepared
+    // for QEMU's `-netdev tap,ifname=..`, which attaches without IFF_MULTI_QUEUE.
+    let q = netns::in_netns(a.name(), || open_tap_with("tapq0", single))
+        .unwrap()
+        .unwrap();
+    drop(q);
+    let again = netns::in_netns(a.name(), || open_tap_with("tapq0", single)).unwrap();
+    let q = again.expect("a single-queue opener re-attaches");
+    // The kernel refuses a multi-queue attach to a single-queue device.
+    let mq = netns::in_netns(a.name(), || open_tap("tapq0", 1, true, true)).unwrap();
+    assert!(
+        matches!(&mq, Err(switch::tap::TapError::SetIff { source, .. }) if source.raw_os_error() == Some(libc::EINVAL)),
+        "{mq:?}"
+    );
+    q[0].set_persist(false).unwrap();
 }

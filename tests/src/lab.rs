@@ -457,10 +457,20 @@ impl Lab {
 
     /// Start TCP echo listeners on `ports` inside `ns` (killed at drop).
     pub fn listen(&self, ns: &str, ports: &[u16]) {
+        self.spawn_listener(ns, ports, false);
+    }
+
+    /// Start TCP and UDP echo listeners on `ports` inside `ns` (killed at drop).
+    pub fn listen_tcp_udp(&self, ns: &str, ports: &[u16]) {
+        self.spawn_listener(ns, ports, true);
+    }
+
+    fn spawn_listener(&self, ns: &str, ports: &[u16], udp: bool) {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .arg(&self.helper)
             .args(["listen", "--max-secs", "600"])
+            .args(udp.then_some("--udp"))
             .args(ports.iter().map(u16::to_string))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -490,13 +500,37 @@ impl Lab {
         targets: &[(Ipv4Addr, u16)],
         timeout: Duration,
     ) -> Vec<Reach> {
+        self.probe_with(ns, from, targets, timeout, false)
+    }
+
+    /// Like [`Lab::probe`] with one UDP datagram per target: `Open` when the echo
+    /// came back, `Refused` on ICMP port unreachable, else `Timeout`.
+    pub fn probe_udp(
+        &self,
+        ns: &str,
+        from: Option<Ipv4Addr>,
+        targets: &[(Ipv4Addr, u16)],
+        timeout: Duration,
+    ) -> Vec<Reach> {
+        self.probe_with(ns, from, targets, timeout, true)
+    }
+
+    fn probe_with(
+        &self,
+        ns: &str,
+        from: Option<Ipv4Addr>,
+        targets: &[(Ipv4Addr, u16)],
+        timeout: Duration,
+        udp: bool,
+    ) -> Vec<Reach> {
         if targets.is_empty() {
             return Vec::new();
         }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .arg(&self.helper)
-            .arg("probe");
+            .arg("probe")
+            .args(udp.then_some("--udp"));
         if let Some(f) = from {
             cmd.args(["--from", &f.to_string()]);
         }

@@ -169,6 +169,31 @@ fn default_group_walkthrough() {
         "ping out of the instance"
     );
 
+    // UDP, statefully: a datagram from Albert's address to an authorized port
+    // is answered; other ports and other addresses get nothing back (not even
+    // the ICMP port unreachable); the instance's own UDP to the outside gets its
+    // answer back.
+    lab.listen_tcp_udp(&a.netns, &[53]);
+    lab.listen_tcp_udp(&lab.uplink_ns, &[5353]);
+    let t = Duration::from_millis(800);
+    assert_eq!(
+        lab.probe_udp(&lab.uplink_ns, None, &[(a.ip, 53), (a.ip, 54)], t),
+        [Reach::Timeout, Reach::Timeout]
+    );
+    lab.cli_ok(&["authorize", "default", "-P", "udp", "-p", "53", "-s", &cidr]);
+    assert_eq!(
+        lab.probe_udp(&lab.uplink_ns, None, &[(a.ip, 53), (a.ip, 54)], t),
+        [Reach::Open, Reach::Timeout]
+    );
+    assert_eq!(
+        lab.probe_udp(&lab.uplink_ns, Some(OUTSIDE2), &[(a.ip, 53)], t),
+        [Reach::Timeout]
+    );
+    assert_eq!(
+        lab.probe_udp(&a.netns, None, &[(OUTSIDE, 5353), (OUTSIDE, 5354)], t),
+        [Reach::Open, Reach::Refused]
+    );
+
     // A CIDR with host bits set is accepted and printed normalised.
     let out = lab.cli_ok(&[
         "authorize",

@@ -3,14 +3,16 @@
 //!
 //! Modes (every one bounded in time, so a forgotten process cannot linger):
 //!
-//! * `listen [--max-secs S] PORT...` — TCP echo servers on `0.0.0.0:PORT`; prints
-//!   `listening` once every port is bound, then echoes every connection until
-//!   killed or `S` seconds (default 600) pass.
-//! * `probe [--from IP] [--timeout-ms N] IP:PORT...` — connects to every target
+//! * `listen [--udp] [--max-secs S] PORT...` — TCP echo servers on `0.0.0.0:PORT`
+//!   (with `--udp` UDP echo on the same ports too); prints `listening` once every
+//!   port is bound, then echoes until killed or `S` seconds (default 600) pass.
+//! * `probe [--udp] [--from IP] [--timeout-ms N] IP:PORT...` — connects to every target
 //!   concurrently and prints one line per target, in argument order:
 //!   `IP:PORT STATE` with `STATE` one of `open` (connected and a probe line came
 //!   back: the path works both ways), `noecho` (connected, nothing came back),
-//!   `refused`, `timeout`, `unreachable`, `error:ERRNO`.
+//!   `refused`, `timeout`, `unreachable`, `error:ERRNO`. With `--udp` one datagram
+//!   per target on a connected UDP socket: `open` (echoed), `refused` (ICMP port
+//!   unreachable), `timeout`.
 //! * `stream [--from IP] [--interval-ms N] [--secs S] IP:PORT` — one TCP
 //!   connection; writes a 16-byte record every `N` ms (default 20) and prints
 //!   `ok SEQ` for every record echoed back, `connected` first, `end` after `S`
@@ -20,7 +22,7 @@
 //! Exit status: 0 on success, 2 on a usage error, 1 when `stream` cannot connect.
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::thread;
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
 fn usage(why: &str) -> ExitCode {
     eprintln!("labhelper: {why}");
     eprintln!(
-        "usage: labhelper listen [--max-secs S] PORT... | probe [--from IP] [--timeout-ms N] IP:PORT... | stream [--from IP] [--interval-ms N] [--secs S] IP:PORT"
+        "usage: labhelper listen [--udp] [--max-secs S] PORT... | probe [--udp] [--from IP] [--timeout-ms N] IP:PORT... | stream [--from IP] [--interval-ms N] [--secs S] IP:PORT"
     );
     ExitCode::from(2)
 }
@@ -64,6 +66,7 @@ struct Opts {
     interval_ms: u64,
     secs: u64,
     max_secs: u64,
+    udp: bool,
     args: Vec<String>,
 }
 
@@ -75,6 +78,7 @@ impl Opts {
             interval_ms: 20,
             secs: 10,
             max_secs: 600,
+            udp: false,
             args: Vec::new(),
         };
         let mut it = raw.iter();
@@ -100,6 +104,7 @@ impl Opts {
                 "--interval-ms" => o.interval_ms = num(a, value(a)?)?.max(1),
                 "--secs" => o.secs = num(a, value(a)?)?,
                 "--max-secs" => o.max_secs = num(a, value(a)?)?,
+                "--udp" => o.udp = true,
                 _ => o.args.push(a.clone()),
             }
         }
@@ -124,10 +129,31 @@ fn listen(o: &Opts) -> ExitCode {
             }
         }
     }
+    let mut udp = Vec::new();
+    if o.udp {
+        for l in &listeners {
+            let port = l.local_addr().map_or(0, |a| a.port());
+            match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)) {
+                Ok(u) => udp.push(u),
+                Err(e) => {
+                    eprintln!("labhelper: bind udp port {port}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    }
     for l in listeners {
         thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 thread::spawn(move || echo(conn));
+            }
+        });
+    }
+    for u in udp {
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
             }
         });
     }
@@ -198,6 +224,39 @@ fn probe_one(from: Option<Ipv4Addr>, to: SocketAddrV4, timeout: Duration) -> Str
     }
 }
 
+/// One UDP round trip on a connected socket: `open` (echoed), `refused` (ICMP
+/// port unreachable came back), `timeout`.
+fn probe_udp_one(from: Option<Ipv4Addr>, to: SocketAddrV4, timeout: Duration) -> String {
+    let src = SocketAddrV4::new(from.unwrap_or(Ipv4Addr::UNSPECIFIED), 0);
+    let sock = match UdpSocket::bind(src) {
+        Ok(s) => s,
+        Err(e) => return format!("error:{}", e.raw_os_error().unwrap_or(0)),
+    };
+    if let Err(e) = sock.connect(to) {
+        return format!("error:{}", e.raw_os_error().unwrap_or(0));
+    }
+    let _ = sock.set_read_timeout(Some(timeout));
+    let line = b"labhelper probe\n";
+    if sock.send(line).is_err() {
+        return "unreachable".into();
+    }
+    let mut back = [0u8; 64];
+    match sock.recv(&mut back) {
+        Ok(n) if &back[..n] == line => "open".into(),
+        Ok(_) => "noecho".into(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => "refused".into(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            "timeout".into()
+        }
+        Err(e) => format!("error:{}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
 fn probe(o: &Opts) -> ExitCode {
     let mut targets = Vec::new();
     for a in &o.args {
@@ -214,7 +273,14 @@ fn probe(o: &Opts) -> ExitCode {
             .iter()
             .map(|&t| {
                 let from = o.from;
-                thread::spawn(move || probe_one(from, t, timeout))
+                let udp = o.udp;
+                thread::spawn(move || {
+                    if udp {
+                        probe_udp_one(from, t, timeout)
+                    } else {
+                        probe_one(from, t, timeout)
+                    }
+                })
             })
             .collect();
         for (t, h) in chunk.iter().zip(handles) {
