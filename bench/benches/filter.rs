@@ -9,7 +9,10 @@
 //!   which N-2 never match (a quarter group-source), the allowing rules last;
 //!   half the traffic is allowed by a CIDR rule, half by a group-source rule.
 //! * `first_packet/{10,100,1000}` — `Conntrack::judge` on new flows: rule
-//!   evaluation plus the conntrack insert (fresh table, never full).
+//!   evaluation plus the conntrack insert into a default-sized table (1M flows,
+//!   64 MiB, prefaulted; never full): cache-cold by nature.
+//! * `first_packet_burst32/{10,100,1000}` — the same through
+//!   `Conntrack::judge_burst` (bursts of 32: bucket prefetch first).
 //! * `established/{10,100,1000}` — `Conntrack::judge` on packets of 4k tracked
 //!   flows, both directions (table and snapshot hot in cache: the compute cost).
 //! * `established_64k/{10,100,1000}` — the same with 64k tracked flows (the
@@ -18,7 +21,8 @@
 //!   1k instances in 5 groups each.
 //! * `conntrack_1m/insert`, `conntrack_1m/lookup` — raw table with 1M flows
 //!   (default config: capacity 1M): insert 1M distinct flows; judge random
-//!   packets of 1M tracked flows (cache-cold). Prints `memory_bytes`.
+//!   packets of 1M tracked flows (cache-cold); `conntrack_1m/lookup_burst32` the
+//!   same in bursts of 32 through `judge_burst`. Prints `memory_bytes`.
 //! * `conntrack_1m/shared_2threads` — two threads judging the two directions of
 //!   the same 1M flows concurrently on the shared table (the alternative, steering
 //!   flows to one core, would add a cross-core hand-off per packet); packets/s in
@@ -38,6 +42,7 @@ use filter::conntrack::{Conntrack, CtConfig};
 use filter::{Packet, parse_frame};
 
 const RULE_COUNTS: [usize; 3] = [10, 100, 1000];
+const BURST: usize = 32;
 const HOT_FLOWS: usize = 1 << 12;
 const WARM_FLOWS: usize = 1 << 16;
 const MILLION: usize = 1 << 20;
@@ -58,16 +63,26 @@ fn lab(rules: usize) -> (filter::Model, Snapshot) {
     (model, snap)
 }
 
-/// Judge fresh first packets: `iters` new flows into tables sized for them.
-fn time_first_packets(snap: &Snapshot, pkts: &[Packet], iters: u64) -> Duration {
+/// Judge fresh first packets: `iters` new flows into default-sized tables (1M
+/// flows, 64 MiB: the switch's default), one by one or in bursts of [`BURST`]
+/// with [`Conntrack::judge_burst`].
+fn time_first_packets(snap: &Snapshot, pkts: &[Packet], iters: u64, burst: bool) -> Duration {
     let mut total = Duration::ZERO;
     let mut left = iters as usize;
+    let mut out = [Ok(()); BURST];
     while left > 0 {
         let n = left.min(pkts.len());
-        let ct = Conntrack::new(CtConfig::with_capacity(pkts.len() * 2));
+        let ct = Conntrack::new(CtConfig::default());
         let start = Instant::now();
-        for p in &pkts[..n] {
-            let _ = black_box(ct.judge(snap, black_box(p), 0));
+        if burst {
+            for chunk in pkts[..n].chunks(BURST) {
+                ct.judge_burst(snap, chunk, 0, &mut out);
+                black_box(&out);
+            }
+        } else {
+            for p in &pkts[..n] {
+                let _ = black_box(ct.judge(snap, black_box(p), 0));
+            }
         }
         total += start.elapsed();
         left -= n;
@@ -110,15 +125,17 @@ fn bench_classify(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("first_packet");
-    g.throughput(Throughput::Elements(1));
-    for (r, model, snap) in &labs {
-        let pkts = first_packets(model, 1 << 18, 2);
-        g.bench_with_input(BenchmarkId::from_parameter(r), snap, |b, snap| {
-            b.iter_custom(|iters| time_first_packets(snap, &pkts, iters))
-        });
+    for (group, burst) in [("first_packet", false), ("first_packet_burst32", true)] {
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(1));
+        for (r, model, snap) in &labs {
+            let pkts = first_packets(model, 1 << 18, 2);
+            g.bench_with_input(BenchmarkId::from_parameter(r), snap, |b, snap| {
+                b.iter_custom(|iters| time_first_packets(snap, &pkts, iters, burst))
+            });
+        }
+        g.finish();
     }
-    g.finish();
 
     for (group, flows) in [("established", HOT_FLOWS), ("established_64k", WARM_FLOWS)] {
         let mut g = c.benchmark_group(group);
@@ -221,6 +238,20 @@ fn bench_conntrack(c: &mut Criterion) {
             black_box(ct.judge(&snap, black_box(&order[i]), 1))
         })
     });
+    g.bench_function("lookup_burst32", |b| {
+        let mut out = [Ok(()); BURST];
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut k = 0usize;
+            for _ in 0..iters.div_ceil(BURST as u64) {
+                let at = k & (MILLION - 1);
+                ct.judge_burst(&snap, &order[at..at + BURST], 1, &mut out);
+                black_box(&out);
+                k += BURST;
+            }
+            start.elapsed()
+        })
+    });
     g.bench_function("shared_2threads", |b| {
         b.iter_custom(|iters| {
             let n = iters as usize;
@@ -266,6 +297,7 @@ fn summary() {
     let mut est = Vec::new();
     let mut est64 = Vec::new();
     let mut first = Vec::new();
+    let mut first_b = Vec::new();
     for r in RULE_COUNTS {
         let (model, snap) = lab(r);
         println!(
@@ -282,7 +314,10 @@ fn summary() {
         }
         let fresh = first_packets(&model, 1 << 18, 5);
         let iters = 1u64 << 18;
-        first.push(time_first_packets(&snap, &fresh, iters).as_nanos() as f64 / iters as f64);
+        first
+            .push(time_first_packets(&snap, &fresh, iters, false).as_nanos() as f64 / iters as f64);
+        first_b
+            .push(time_first_packets(&snap, &fresh, iters, true).as_nanos() as f64 / iters as f64);
     }
     let line = |name: &str, v: &[f64], target_mpps: f64| {
         let parts: Vec<String> = RULE_COUNTS
@@ -299,6 +334,7 @@ fn summary() {
     line("established (4k flows)", &est, 25.0);
     line("established (64k flows)", &est64, 25.0);
     line("first packet", &first, 5.0);
+    line("first packet, bursts of 32", &first_b, 5.0);
     let ct = Conntrack::new(CtConfig::default());
     println!(
         "summary: conntrack capacity {} flows: {:.1} MiB (target <= 256 MiB)",

@@ -29,19 +29,26 @@
 //! * **Policies.** Instances with the same owner and the same group set share one
 //!   compiled policy: the union of their groups' rules.
 //! * **Port tables.** A policy has one table per protocol (TCP, UDP, ICMP): the
-//!   sorted starts of the *elementary intervals* of the 16-bit key space (the port;
-//!   for ICMP `type << 8 | code`, so a type-only rule is the range
-//!   `[t<<8, t<<8|255]`). Every elementary interval points to one source set;
-//!   adjacent intervals with the same set are coalesced. `Proto::All` rules are
-//!   folded into all three tables as the range `0..=65535`, and form the policy's
-//!   `other` set for other IP protocols. Lookup: one binary search.
+//!   *elementary intervals* of the 16-bit key space (the port; for ICMP
+//!   `type << 8 | code`, so a type-only rule is the range `[t<<8, t<<8|255]`),
+//!   sorted, each `(start, source set)` side by side; adjacent intervals with the
+//!   same set are coalesced. `Proto::All` rules are folded into all three tables as
+//!   the range `0..=65535`, and form the policy's `other` set for other IP
+//!   protocols. Lookup: one binary search; tables of more than 32 intervals add a
+//!   257-entry index on the key's high byte so the search stays within one
+//!   256-key block (a cache line or two, whatever the rule count).
 //! * **Source sets**, deduplicated across the whole snapshot: the CIDR sources merged
 //!   into disjoint sorted address ranges (binary search), plus a bitset over the
 //!   *referenced groups* (groups named as a source by some rule).
 //! * **Membership bits.** Every instance carries the bitset of referenced groups it
 //!   belongs to, so a group-source match is a bitset AND (one word up to 64
 //!   referenced groups).
-//! * **Address index.** Open addressing, power-of-two, ≤ 50% load: IP → instance.
+//! * **Address index.** Open addressing, power-of-two, ≤ 50% load: IP →
+//!   (instance, policy) in one 16-byte entry.
+//!
+//! The layout is chosen for cache lines: a first-packet verdict for a cold
+//! destination touches about six lines (address entry, policy, block index,
+//! intervals, source set, ranges; two more for group sources).
 //!
 //! Never the cross product of rules: a rule contributes its source to the intervals
 //! its port range covers.
@@ -52,11 +59,13 @@
 //! number of 64-bit words of a group bitset (`ceil(referenced groups / 64)`),
 //! `P` the number of distinct policies and `N` the number of instances.
 //!
-//! * `allows`: two address-index probes (expected O(1)), one binary search over at
-//!   most `2R + 1` interval starts, one binary search over at most `R` ranges, and
+//! * `allows`: one or two address-index probes (expected O(1)), one binary search
+//!   over the intervals of one 256-key block (at most `2R + 1`), one binary search
+//!   over at most `R` ranges, and
 //!   at most `W` word ANDs: `O(log R + W)`, independent of the rule count in
 //!   practice (the bench measures 10 → 1000 rules per group).
-//! * Memory: each port table has at most `2R + 1` intervals (4 + 2 bytes each).
+//! * Memory: each port table has at most `2R + 1` intervals (8 bytes each) plus
+//!   1 KiB of block index when it has more than 32.
 //!   Source sets are deduplicated; in the worst case (nested port ranges each with
 //!   a different source) each interval has its own set of up to `R` ranges, so a
 //!   policy costs `O(R · (R + W))` words: with the default limit of 100 rules per
@@ -96,15 +105,23 @@ pub struct SnapInstance {
     policy: u32,
 }
 
-/// One protocol's table: sorted interval starts (the first is 0) and the source
-/// set of each interval. Tables with more than [`DIRECT_MAX`] intervals also have
-/// a 257-entry index over the key's high byte (`top[b]` = number of starts below
-/// `b << 8`), so a lookup searches only the intervals starting in one 256-key
-/// block: a cache line or two instead of a binary search over the whole table.
+/// One elementary interval: its first key and its source set (start and set side
+/// by side, so a lookup touches one array).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+struct Iv {
+    start: u16,
+    set: u32,
+}
+
+/// One protocol's table: intervals sorted by start (the first starts at 0).
+/// Tables with more than [`DIRECT_MAX`] intervals also have a 257-entry index
+/// over the key's high byte (`top[b]` = number of starts below `b << 8`), so a
+/// lookup searches only the intervals starting in one 256-key block: a cache line
+/// or two instead of a binary search over the whole table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PortTable {
-    starts: Box<[u16]>,
-    sets: Box<[u32]>,
+    ivs: Box<[Iv]>,
     top: Box<[u32]>,
 }
 
@@ -112,17 +129,16 @@ struct PortTable {
 const DIRECT_MAX: usize = 32;
 
 impl PortTable {
-    fn new(starts: Vec<u16>, sets: Vec<u32>) -> PortTable {
-        let top: Box<[u32]> = if starts.len() > DIRECT_MAX {
+    fn new(ivs: Vec<Iv>) -> PortTable {
+        let top: Box<[u32]> = if ivs.len() > DIRECT_MAX {
             (0..=256u32)
-                .map(|b| starts.partition_point(|&s| u32::from(s) < b << 8) as u32)
+                .map(|b| ivs.partition_point(|iv| u32::from(iv.start) < b << 8) as u32)
                 .collect()
         } else {
             Box::new([])
         };
         PortTable {
-            starts: starts.into_boxed_slice(),
-            sets: sets.into_boxed_slice(),
+            ivs: ivs.into_boxed_slice(),
             top,
         }
     }
@@ -130,17 +146,17 @@ impl PortTable {
     #[inline]
     fn lookup(&self, key: u16) -> u32 {
         if self.top.is_empty() {
-            // starts[0] == 0, so the partition point is >= 1.
-            let i = self.starts.partition_point(|&s| s <= key);
-            return self.sets[i - 1];
+            // ivs[0].start == 0, so the partition point is >= 1.
+            let i = self.ivs.partition_point(|iv| iv.start <= key);
+            return self.ivs[i - 1].set;
         }
         let b = usize::from(key >> 8);
         let (lo, hi) = (self.top[b] as usize, self.top[b + 1] as usize);
         // The last start <= key: in this block, or else the last start before it
-        // (lo >= 1 for b > 0 because starts[0] == 0; for b == 0, starts[0] == 0 is
-        // in the block and <= key).
-        let i = lo + self.starts[lo..hi].partition_point(|&s| s <= key);
-        self.sets[i - 1]
+        // (lo >= 1 for b > 0 because ivs[0].start == 0; for b == 0, that interval
+        // is in the block and starts <= key).
+        let i = lo + self.ivs[lo..hi].partition_point(|iv| iv.start <= key);
+        self.ivs[i - 1].set
     }
 }
 
@@ -167,34 +183,46 @@ const NO_GROUPS: u32 = u32::MAX;
 const EMPTY_SET: u32 = 0;
 const NO_INST: u32 = u32::MAX;
 
-/// Open-addressing IP → instance index.
+/// One address-index entry: address, instance and its policy in 16 bytes (one
+/// cache line answers "which instance, which policy").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(16))]
+struct IpSlot {
+    ip: u32,
+    inst: u32,
+    policy: u32,
+}
+
+/// Open-addressing IP → (instance, policy) index, ≤ 50% load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct IpIndex {
-    ips: Box<[u32]>,
-    idx: Box<[u32]>,
+    slots: Box<[IpSlot]>,
     mask: usize,
 }
 
 impl IpIndex {
-    fn build(ips: &[Ipv4Addr]) -> IpIndex {
-        let size = (ips.len() * 2).next_power_of_two().max(8);
-        let mut t_ips = vec![0u32; size].into_boxed_slice();
-        let mut t_idx = vec![NO_INST; size].into_boxed_slice();
+    fn build(entries: &[(Ipv4Addr, u32)]) -> IpIndex {
+        let size = (entries.len() * 2).next_power_of_two().max(8);
+        let empty = IpSlot {
+            ip: 0,
+            inst: NO_INST,
+            policy: 0,
+        };
+        let mut slots = vec![empty; size].into_boxed_slice();
         let mask = size - 1;
-        for (i, ip) in ips.iter().enumerate() {
-            let ip = u32::from(*ip);
+        for (i, &(ip, policy)) in entries.iter().enumerate() {
+            let ip = u32::from(ip);
             let mut h = Self::hash(ip) & mask;
-            while t_idx[h] != NO_INST {
+            while slots[h].inst != NO_INST {
                 h = (h + 1) & mask;
             }
-            t_ips[h] = ip;
-            t_idx[h] = i as u32;
+            slots[h] = IpSlot {
+                ip,
+                inst: i as u32,
+                policy,
+            };
         }
-        IpIndex {
-            ips: t_ips,
-            idx: t_idx,
-            mask,
-        }
+        IpIndex { slots, mask }
     }
 
     #[inline]
@@ -203,15 +231,15 @@ impl IpIndex {
     }
 
     #[inline]
-    fn get(&self, ip: u32) -> Option<InstIdx> {
+    fn get(&self, ip: u32) -> Option<&IpSlot> {
         let mut h = Self::hash(ip) & self.mask;
         loop {
-            let i = self.idx[h];
-            if i == NO_INST {
+            let e = &self.slots[h];
+            if e.inst == NO_INST {
                 return None;
             }
-            if self.ips[h] == ip {
-                return Some(InstIdx(i));
+            if e.ip == ip {
+                return Some(e);
             }
             h = (h + 1) & self.mask;
         }
@@ -230,8 +258,8 @@ pub struct Snapshot {
     member_bits: Box<[u64]>,
     policies: Box<[Policy]>,
     sets: Box<[SrcSet]>,
-    range_lo: Box<[u32]>,
-    range_hi: Box<[u32]>,
+    /// Inclusive address ranges `(lo, hi)` of all source sets.
+    ranges: Box<[(u32, u32)]>,
     group_bits: Box<[u64]>,
 }
 
@@ -250,7 +278,7 @@ impl Snapshot {
     /// The instance with this private address.
     #[inline]
     pub fn instance_by_ip(&self, ip: Ipv4Addr) -> Option<InstIdx> {
-        self.ip_index.get(u32::from(ip))
+        self.ip_index.get(u32::from(ip)).map(|e| InstIdx(e.inst))
     }
 
     /// An instance by index. Panics if `idx` is not from this snapshot.
@@ -277,7 +305,7 @@ impl Snapshot {
             .map(|p| {
                 [&p.tcp, &p.udp, &p.icmp]
                     .iter()
-                    .map(|t| t.starts.len() * 2 + t.sets.len() * 4 + t.top.len() * 4)
+                    .map(|t| t.ivs.len() * 8 + t.top.len() * 4)
                     .sum::<usize>()
             })
             .sum();
@@ -288,12 +316,12 @@ impl Snapshot {
             .sum();
         std::mem::size_of::<Snapshot>()
             + inst
-            + self.ip_index.ips.len() * 8
+            + self.ip_index.slots.len() * std::mem::size_of::<IpSlot>()
             + self.member_bits.len() * 8
             + self.policies.len() * std::mem::size_of::<Policy>()
             + tables
             + self.sets.len() * std::mem::size_of::<SrcSet>()
-            + self.range_lo.len() * 8
+            + self.ranges.len() * 8
             + self.group_bits.len() * 8
     }
 
@@ -305,10 +333,10 @@ impl Snapshot {
         if let Frag::Later { .. } = pkt.frag {
             return false;
         }
-        let Some(dst) = self.instance_by_ip(pkt.key.dst) else {
+        let Some(dst) = self.ip_index.get(u32::from(pkt.key.dst)) else {
             return false;
         };
-        let policy = &self.policies[self.instances[dst.index()].policy as usize];
+        let policy = &self.policies[dst.policy as usize];
         let set = match (pkt.key.proto, pkt.l4) {
             (proto::TCP, _) => policy.tcp.lookup(pkt.key.dport),
             (proto::UDP, _) => policy.udp.lookup(pkt.key.dport),
@@ -327,9 +355,9 @@ impl Snapshot {
         }
         let s = self.sets[set as usize];
         let src_u = u32::from(src);
-        let lo = &self.range_lo[s.r_off as usize..(s.r_off + s.r_len) as usize];
-        let i = lo.partition_point(|&l| l <= src_u);
-        if i > 0 && src_u <= self.range_hi[s.r_off as usize + i - 1] {
+        let ranges = &self.ranges[s.r_off as usize..(s.r_off + s.r_len) as usize];
+        let i = ranges.partition_point(|&(lo, _)| lo <= src_u);
+        if i > 0 && src_u <= ranges[i - 1].1 {
             return true;
         }
         if s.g_off == NO_GROUPS {
@@ -375,8 +403,7 @@ type SetKey = (Vec<(u32, u32)>, Vec<u64>);
 struct SetArena {
     words: usize,
     sets: Vec<SrcSet>,
-    range_lo: Vec<u32>,
-    range_hi: Vec<u32>,
+    ranges: Vec<(u32, u32)>,
     group_bits: Vec<u64>,
     dedup: HashMap<SetKey, u32>,
 }
@@ -391,8 +418,7 @@ impl SetArena {
                 r_len: 0,
                 g_off: NO_GROUPS,
             }],
-            range_lo: Vec::new(),
-            range_hi: Vec::new(),
+            ranges: Vec::new(),
             group_bits: Vec::new(),
             dedup: HashMap::new(),
         }
@@ -431,10 +457,9 @@ impl SetArena {
             return id;
         }
         let (merged, bits) = &key;
-        let r_off = self.range_lo.len() as u32;
+        let r_off = self.ranges.len() as u32;
         for &(lo, hi) in merged {
-            self.range_lo.push(lo);
-            self.range_hi.push(hi);
+            self.ranges.push((lo, hi));
         }
         let g_off = if bits.is_empty() {
             NO_GROUPS
@@ -465,8 +490,7 @@ impl SetArena {
         }
         events.sort_unstable_by_key(|&(pos, start, _)| (pos, start));
         let mut active: BTreeMap<Src, u32> = BTreeMap::new();
-        let mut starts: Vec<u16> = Vec::new();
-        let mut sets: Vec<u32> = Vec::new();
+        let mut ivs: Vec<Iv> = Vec::new();
         let mut scratch: Vec<Src> = Vec::new();
         let mut i = 0;
         let mut pos = 0u32;
@@ -486,21 +510,19 @@ impl SetArena {
             scratch.clear();
             scratch.extend(active.keys().copied());
             let set = self.intern(&scratch);
-            if sets.last() != Some(&set) {
-                starts.push(pos as u16);
-                sets.push(set);
+            // Always pushed at pos 0 (ivs is empty), so ivs[0].start == 0.
+            if ivs.last().map(|iv| iv.set) != Some(set) {
+                ivs.push(Iv {
+                    start: pos as u16,
+                    set,
+                });
             }
             if i >= events.len() {
                 break;
             }
             pos = events[i].0;
         }
-        if starts.first() != Some(&0) {
-            // No event at 0: the interval [0, first event) is empty.
-            starts.insert(0, 0);
-            sets.insert(0, EMPTY_SET);
-        }
-        PortTable::new(starts, sets)
+        PortTable::new(ivs)
     }
 }
 
@@ -555,7 +577,7 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
         });
     }
 
-    let ips: Vec<Ipv4Addr> = instances.iter().map(|i| i.ip).collect();
+    let ips: Vec<(Ipv4Addr, u32)> = instances.iter().map(|i| (i.ip, i.policy)).collect();
     Snapshot {
         generation,
         instances: instances.into_boxed_slice(),
@@ -564,8 +586,7 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
         member_bits: member_bits.into_boxed_slice(),
         policies: policies.into_boxed_slice(),
         sets: arena.sets.into_boxed_slice(),
-        range_lo: arena.range_lo.into_boxed_slice(),
-        range_hi: arena.range_hi.into_boxed_slice(),
+        ranges: arena.ranges.into_boxed_slice(),
         group_bits: arena.group_bits.into_boxed_slice(),
     }
 }
@@ -917,8 +938,8 @@ mod tests {
         }
         // Every key agrees with a direct search.
         for key in 0..=u16::MAX {
-            let i = t.starts.partition_point(|&x| x <= key);
-            assert_eq!(t.lookup(key), t.sets[i - 1], "key {key}");
+            let i = t.ivs.partition_point(|iv| iv.start <= key);
+            assert_eq!(t.lookup(key), t.ivs[i - 1].set, "key {key}");
         }
     }
 

@@ -535,6 +535,47 @@ impl Conntrack {
         Ok(())
     }
 
+    /// Touch the two buckets `pkt` will look up, without waiting for them: the
+    /// loads of several packets overlap, so a burst pays about one memory latency
+    /// instead of one per packet. A hint only: no effect on any verdict.
+    #[inline]
+    pub fn prefetch(&self, pkt: &Packet) {
+        let key = match pkt.l4 {
+            L4::Icmp {
+                kind: IcmpKind::Error { inner },
+                ..
+            } => inner,
+            _ => pkt.key,
+        };
+        let b = self.buckets(flow_key(&key).0);
+        let mut sink = 0u64;
+        for base in b {
+            // One load per cache line of the bucket (two 32-byte slots a line).
+            for j in (0..BUCKET).step_by(2) {
+                sink ^= self.slots[base + j].k0.load(Ordering::Relaxed);
+            }
+        }
+        std::hint::black_box(sink);
+    }
+
+    /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
+    /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
+    /// shorter than `pkts`.
+    pub fn judge_burst(
+        &self,
+        snap: &Snapshot,
+        pkts: &[Packet],
+        now: u32,
+        out: &mut [Result<(), DropReason>],
+    ) {
+        for p in pkts {
+            self.prefetch(p);
+        }
+        for (p, o) in pkts.iter().zip(&mut out[..pkts.len()]) {
+            *o = self.judge(snap, p, now);
+        }
+    }
+
     // --- internals ---------------------------------------------------------
 
     /// First slot of the two candidate buckets of `k`: two different buckets of
@@ -1416,6 +1457,27 @@ mod tests {
             let p = udp([10, 0, (i >> 16) as u8, 1], 53, B, (i & 0xffff) as u16);
             assert_eq!(ct.judge(&snap, &p, 1), Ok(()), "reply {i}");
         }
+    }
+
+    #[test]
+    fn judge_burst_equals_judging_one_by_one() {
+        let snap = compile(&ssh_model(), 1);
+        let a = Conntrack::new(CtConfig::with_capacity(1024));
+        let b = Conntrack::new(CtConfig::with_capacity(1024));
+        let pkts: Vec<Packet> = (0..40u16)
+            .map(|i| match i % 4 {
+                0 => tcp(OUT, 5000 + i, B, 22, SYN),
+                1 => tcp(B, 22, OUT, 5000 + i - 1, SYN | ACK),
+                2 => tcp(OUT, 5000 + i, B, 23, SYN),
+                _ => udp(B, 4000 + i, OUT, 53),
+            })
+            .collect();
+        let mut out = vec![Ok(()); pkts.len()];
+        a.judge_burst(&snap, &pkts, 0, &mut out);
+        let one: Vec<_> = pkts.iter().map(|p| b.judge(&snap, p, 0)).collect();
+        assert_eq!(out, one);
+        assert_eq!(a.len(), b.len());
+        assert!(out.contains(&Err(DropReason::NoRule)));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! The model ([`model::Model`]) holds owners, groups, rules and instances and
 //! validates every edit with EC2's error codes ([`model::Ec2Error`]). The compiler
 //! ([`compile::compile`]) turns a model into a [`compile::Snapshot`]; the reference
-//! evaluator ([`reference`]) is the slow, obviously right statement of the same
+//! evaluator ([`mod@reference`]) is the slow, obviously right statement of the same
 //! semantics that the property tests compare against.
 
 #![forbid(unsafe_code)]
@@ -69,7 +69,13 @@ impl FlowKey {
     /// The key of the opposite direction.
     #[inline]
     pub fn reversed(&self) -> FlowKey {
-        FlowKey { src: self.dst, dst: self.src, proto: self.proto, sport: self.dport, dport: self.sport }
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            proto: self.proto,
+            sport: self.dport,
+            dport: self.sport,
+        }
     }
 }
 
@@ -109,9 +115,15 @@ pub enum IcmpKind {
 /// The L4 facts of a packet that filtering needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum L4 {
-    Tcp { flags: u8 },
+    Tcp {
+        flags: u8,
+    },
     Udp,
-    Icmp { ty: u8, code: u8, kind: IcmpKind },
+    Icmp {
+        ty: u8,
+        code: u8,
+        kind: IcmpKind,
+    },
     /// Other IP protocol, or a non-first fragment of any protocol.
     Other,
 }

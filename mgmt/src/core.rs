@@ -271,10 +271,12 @@ fn load_model(
             .map_err(|source| CoreError::Reload { what, source })?;
         records.insert(r.instance.id.clone(), r);
     }
+    // insert_group_raw already moved the counter past every reloaded id; the stored
+    // counter may be further on (ids of deleted groups are never handed out again).
     model.next_group_seq = loaded
         .counters
         .get(COUNTER_GROUP_SEQ)
-        .map_or(0, |&v| v as u64);
+        .map_or(model.next_group_seq, |&v| model.next_group_seq.max(v as u64));
     let generation = loaded
         .counters
         .get(COUNTER_GENERATION)
