@@ -19,9 +19,22 @@
 //!    [`RevokeMode::Revalidate`], when the entry was last checked under another
 //!    snapshot generation, its *original* direction is re-checked: if the original
 //!    destination is an instance, `snap.allows(original)`; egress flows stay
-//!    allowed. If no longer allowed the entry is removed and the packet dropped with
-//!    [`DropReason::Revoked`]. In [`RevokeMode::Keep`] tracked flows pass until they
-//!    time out. Then the TCP state / UDP "seen both ways" flag and the expiry are
+//!    allowed. If no longer allowed the entry is **kept, marked revoked**, its
+//!    expiry set to [`Timeouts::revoked`], and the packet dropped with
+//!    [`DropReason::Revoked`]. A live revoked entry drops the packets of its flow in
+//!    *both* directions as [`DropReason::Revoked`] (re-arming the revoked timeout
+//!    on each, except ICMP errors): the flow is cut, not half-open, so the
+//!    instance's own retransmissions cannot re-open it as an instance-initiated
+//!    flow (nor as a mid-stream TCP pickup) through which the outside's packets
+//!    would pass as replies. Exceptions: (a) a TCP SYN (without ACK) from the
+//!    original initiator is judged like a new flow: if the rules allow it now the
+//!    entry restarts as a fresh SYN-sent flow (reply flag cleared), else
+//!    [`DropReason::Revoked`]; (b) when a later generation allows the original
+//!    direction again, revalidation clears the mark and the flow resumes in its old
+//!    state. Revoked entries keep counting against the capacity and the quota
+//!    until reclaimed like any expired entry. In [`RevokeMode::Keep`] tracked
+//!    flows pass until they time out and nothing is ever marked. Then (passing
+//!    packets) the TCP state / UDP "seen both ways" flag and the expiry are
 //!    updated.
 //! 4. **New flow**: to a non-instance → allowed; to an instance →
 //!    `snap.allows(pkt)` or [`DropReason::NoRule`]. ICMP replies and "other" ICMP
@@ -83,6 +96,10 @@
 //!   sees them, so no flow stays duplicated.
 //! * The generation is stored modulo 2^32: a flow idle across exactly a multiple of
 //!   2^32 snapshot generations would skip one revalidation.
+//! * Revalidation writes the generation (and the revoked mark) by CAS; if another
+//!   core revalidated the entry first (e.g. under the next snapshot, published
+//!   mid-burst) its write stands and this packet keeps the verdict it was judged
+//!   with; the next packet re-checks against whatever generation is stored.
 //! * Per-instance quotas: a fixed array of [`QUOTA_SLOTS`] `AtomicU32` counters
 //!   indexed by a hash of the charged instance's address; instances whose addresses
 //!   collide share a quota (harmless for a lab with ≤ thousands of instances).
@@ -128,6 +145,15 @@ pub struct Timeouts {
     pub other: u32,
     /// Fragment trains. Default 30 (Linux `ipfrag_time`).
     pub frag: u32,
+    /// A flow cut by revalidation ([`RevokeMode::Revalidate`]), counted from its
+    /// last (dropped) packet. While it lasts, both directions of the flow are
+    /// dropped as [`DropReason::Revoked`], so that neither side's retransmissions
+    /// re-open it (as an instance-initiated flow or a mid-stream pickup). Default
+    /// 30: the flow stays cut while either side keeps sending with gaps under
+    /// 30 s (Linux TCP retransmission backoff: roughly its first 50 s). After a
+    /// longer silence the entry is reclaimed; a packet from the instance then opens
+    /// a new instance-initiated flow, as any egress packet does.
+    pub revoked: u32,
 }
 
 impl Default for Timeouts {
@@ -142,6 +168,7 @@ impl Default for Timeouts {
             icmp: 30,
             other: 600,
             frag: 30,
+            revoked: 30,
         }
     }
 }
@@ -194,6 +221,8 @@ const SEEN_REPLY: u64 = 1 << 35;
 const CHARGED: u64 = 1 << 36;
 const TCP_SHIFT: u32 = 37;
 const TCP_MASK: u64 = 0b11 << TCP_SHIFT;
+/// Revalidation found the flow no longer allowed: its packets are dropped.
+const REVOKED: u64 = 1 << 39;
 const VERSION_SHIFT: u32 = 48;
 const GEN_MASK: u64 = 0xffff_ffff;
 
@@ -495,7 +524,7 @@ impl Conntrack {
         } = pkt.l4
         {
             let (k, _) = flow_key(&inner);
-            let unrelated = match self.track(snap, k, now) {
+            let unrelated = match self.track(snap, k, None, now) {
                 Track::Hit { .. } => None,
                 Track::Revoked => Some(DropReason::Revoked),
                 Track::Miss => Some(DropReason::UnrelatedIcmpError),
@@ -508,7 +537,7 @@ impl Conntrack {
             }
         } else {
             let (k, src_is_a) = flow_key(&pkt.key);
-            match self.track(snap, k, now) {
+            match self.track(snap, k, Some((pkt, src_is_a)), now) {
                 Track::Hit { idx, ctl } => self.refresh(idx, ctl, pkt, src_is_a, now),
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
@@ -675,63 +704,145 @@ impl Conntrack {
         Some((idx, c))
     }
 
-    /// Look up a flow and apply revalidation.
+    /// Look up a flow and apply revalidation. `own` is the packet and whether its
+    /// source is endpoint `a` when the packet belongs to the flow itself (`None`
+    /// for an ICMP error about the flow).
     #[inline]
-    fn track(&self, snap: &Snapshot, k: Key, now: u32) -> Track {
-        let Some((idx, mut c)) = self.find_alive(k, now) else {
+    fn track(&self, snap: &Snapshot, k: Key, own: Option<(&Packet, bool)>, now: u32) -> Track {
+        let Some((idx, c)) = self.find_alive(k, now) else {
             return Track::Miss;
         };
         if self.cfg.on_revoke == RevokeMode::Keep {
             return Track::Hit { idx, ctl: c };
         }
-        let generation = snap.generation() & GEN_MASK;
-        if c & GEN_MASK == generation {
+        // Fast path: checked under this generation and not revoked.
+        if c & (GEN_MASK | REVOKED) == snap.generation() & GEN_MASK {
             return Track::Hit { idx, ctl: c };
         }
-        let orig = original(k, c & ORIG_A != 0);
-        if snap.instance_by_ip(orig.dst).is_some() {
-            let aux = self.slots[idx].aux.load(Ordering::Relaxed);
-            let l4 = match orig.proto {
-                proto::TCP => L4::Tcp {
-                    flags: tcp_flags::SYN,
-                },
-                proto::UDP => L4::Udp,
-                proto::ICMP => L4::Icmp {
-                    ty: (aux >> 8) as u8,
-                    code: aux as u8,
-                    kind: IcmpKind::Request,
-                },
-                _ => L4::Other,
-            };
-            let opkt = Packet {
-                key: orig,
-                l4,
-                frag: Frag::None,
-            };
-            if !snap.allows(&opkt) {
-                self.remove(idx, c, None);
-                return Track::Revoked;
+        self.revalidate(snap, k, idx, c, own, now)
+    }
+
+    /// Revalidation of an entry that is revoked or was last checked under another
+    /// generation (see the module docs, rule 3).
+    #[cold]
+    fn revalidate(
+        &self,
+        snap: &Snapshot,
+        k: Key,
+        idx: usize,
+        c: u64,
+        own: Option<(&Packet, bool)>,
+        now: u32,
+    ) -> Track {
+        let generation = snap.generation() & GEN_MASK;
+        let orig_a = c & ORIG_A != 0;
+        let orig = original(k, orig_a);
+        // Egress flows (original destination not an instance) stay allowed.
+        let inbound = snap.instance_by_ip(orig.dst).is_some();
+        if c & REVOKED != 0 {
+            // A new SYN from the initiator is judged like a new flow: if the rules
+            // allow it now, the entry starts afresh.
+            if let Some((pkt, src_is_a)) = own
+                && let L4::Tcp { flags } = pkt.l4
+                && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+                && src_is_a == orig_a
+                && (!inbound || snap.allows(pkt))
+            {
+                let fresh = |c: u64| {
+                    (c & !(REVOKED | SEEN_REPLY | TCP_MASK | GEN_MASK))
+                        | TcpState::SynSent.bits()
+                        | generation
+                };
+                let ctl = self.update_ctl(idx, c, fresh).unwrap_or(c);
+                return Track::Hit { idx, ctl };
             }
+            if c & GEN_MASK != generation {
+                if !inbound || self.allows_original(snap, idx, orig) {
+                    // Re-authorized: the flow resumes in its old state.
+                    let revive = |c: u64| (c & !(REVOKED | GEN_MASK)) | generation;
+                    let ctl = self.update_ctl(idx, c, revive).unwrap_or(c);
+                    return Track::Hit { idx, ctl };
+                }
+                let _ = self.update_ctl(idx, c, |c| (c & !GEN_MASK) | generation);
+            }
+            if own.is_some() {
+                // Each dropped packet of the flow re-arms the revoked timeout.
+                self.rearm(idx, now.saturating_add(self.cfg.timeouts.revoked));
+            }
+            return Track::Revoked;
         }
-        // Still allowed: remember that this generation was checked.
+        if !inbound || self.allows_original(snap, idx, orig) {
+            // Still allowed: remember that this generation was checked.
+            let ctl = self
+                .update_ctl(idx, c, |c| (c & !GEN_MASK) | generation)
+                .unwrap_or(c);
+            return Track::Hit { idx, ctl };
+        }
+        // Cut: keep the entry, marked, so that neither side re-opens the flow.
+        if self
+            .update_ctl(idx, c, |c| (c & !GEN_MASK) | generation | REVOKED)
+            .is_some()
+        {
+            self.rearm(idx, now.saturating_add(self.cfg.timeouts.revoked));
+        }
+        Track::Revoked
+    }
+
+    /// Does `snap` allow the original direction `orig` of the flow in `idx`?
+    fn allows_original(&self, snap: &Snapshot, idx: usize, orig: FlowKey) -> bool {
+        let aux = self.slots[idx].aux.load(Ordering::Relaxed);
+        let l4 = match orig.proto {
+            proto::TCP => L4::Tcp {
+                flags: tcp_flags::SYN,
+            },
+            proto::UDP => L4::Udp,
+            proto::ICMP => L4::Icmp {
+                ty: (aux >> 8) as u8,
+                code: aux as u8,
+                kind: IcmpKind::Request,
+            },
+            _ => L4::Other,
+        };
+        snap.allows(&Packet {
+            key: orig,
+            l4,
+            frag: Frag::None,
+        })
+    }
+
+    /// Change the control word of `idx` from `c` to `f(c)` by CAS, retrying while
+    /// only other state (TCP state, reply flag) changes concurrently. `None` if the
+    /// entry was removed or reused meanwhile, or another thread revalidated it
+    /// first (its decision stands; this packet was judged against the entry seen).
+    fn update_ctl(&self, idx: usize, mut c: u64, f: impl Fn(u64) -> u64) -> Option<u64> {
         loop {
-            let new = (c & !GEN_MASK) | generation;
+            let new = f(c);
             match self.slots[idx].ctl.compare_exchange_weak(
                 c,
                 new,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Track::Hit { idx, ctl: new },
+                Ok(_) => return Some(new),
                 Err(cur) => {
-                    if version(cur) != version(c) || cur & (OCC | BUSY) != OCC {
-                        // Removed or being removed meanwhile; this packet was judged
-                        // against the entry we saw.
-                        return Track::Hit { idx, ctl: cur };
+                    if version(cur) != version(c)
+                        || cur & (OCC | BUSY) != OCC
+                        || (cur ^ c) & (REVOKED | GEN_MASK) != 0
+                    {
+                        return None;
                     }
                     c = cur;
                 }
             }
+        }
+    }
+
+    /// Set the expiry of the entry in `idx` (stored only when it changes).
+    #[inline]
+    fn rearm(&self, idx: usize, exp: u32) {
+        let slot = &self.slots[idx];
+        if slot.expires.load(Ordering::Relaxed) != exp {
+            slot.expires.store(exp, Ordering::Relaxed);
         }
     }
 
@@ -1121,7 +1232,7 @@ mod tests {
         )])
     }
 
-    use tcp_flags::{ACK, FIN, RST, SYN};
+    use tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
     #[test]
     fn ingress_by_rule_and_replies_by_state() {
@@ -1274,11 +1385,17 @@ mod tests {
             match mode {
                 RevokeMode::Revalidate => {
                     assert_eq!(r, Err(DropReason::Revoked));
-                    assert_eq!(ct.len(), 1);
+                    // The cut flow stays (marked) until the revoked timeout.
+                    assert_eq!(ct.len(), 2);
                     assert_eq!(
                         ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK), 3),
+                        Err(DropReason::Revoked)
+                    );
+                    assert_eq!(
+                        ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK), 3 + 30),
                         Err(DropReason::NoRule)
                     );
+                    assert_eq!(ct.len(), 1);
                 }
                 RevokeMode::Keep => {
                     assert_eq!(r, Ok(()));
@@ -1287,6 +1404,167 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Control word of the entry of `pkt`'s flow, if tracked (test helper).
+    fn entry(ct: &Conntrack, pkt: &Packet) -> Option<u64> {
+        ct.find(flow_key(&pkt.key).0).map(|(_, _, c)| c)
+    }
+
+    /// The bug found by the e2e test: after a revoke cut an inbound TCP flow, the
+    /// instance's next packet (egress, always allowed) must not re-open it as an
+    /// instance-initiated flow through which the outside's packets pass as replies.
+    #[test]
+    fn revoked_flow_stays_cut_in_both_directions() {
+        let ct = Conntrack::new(CtConfig::with_capacity(1024));
+        let s1 = compile(&ssh_model(), 1);
+        assert_eq!(ct.judge(&s1, &tcp(OUT, 5000, B, 22, SYN), 0), Ok(()));
+        assert_eq!(ct.judge(&s1, &tcp(B, 22, OUT, 5000, SYN | ACK), 0), Ok(()));
+        assert_eq!(ct.judge(&s1, &tcp(OUT, 5000, B, 22, ACK), 0), Ok(()));
+        // Revoke ssh: generation 2.
+        let s2 = compile(&model(vec![]), 2);
+        assert_eq!(
+            ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK | PSH), 1),
+            Err(DropReason::Revoked)
+        );
+        // The instance's ACK/retransmit is dropped too, and opens nothing.
+        assert_eq!(
+            ct.judge(&s2, &tcp(B, 22, OUT, 5000, ACK), 1),
+            Err(DropReason::Revoked)
+        );
+        assert_eq!(ct.len(), 1, "the revoked entry stays, no second entry");
+        for t in [2, 10, 25] {
+            assert_eq!(
+                ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK | PSH), t),
+                Err(DropReason::Revoked),
+                "outside at {t}"
+            );
+            assert_eq!(
+                ct.judge(&s2, &tcp(B, 22, OUT, 5000, ACK | PSH), t),
+                Err(DropReason::Revoked),
+                "instance at {t}"
+            );
+        }
+        // Still cut under a later generation that does not allow it either.
+        let s3 = compile(&model(vec![]), 3);
+        assert_eq!(
+            ct.judge(&s3, &tcp(B, 22, OUT, 5000, ACK), 26),
+            Err(DropReason::Revoked)
+        );
+        // Related ICMP errors are revoked too (and refresh nothing).
+        let err = Packet {
+            key: FlowKey {
+                src: OUT.into(),
+                dst: B.into(),
+                proto: proto::ICMP,
+                sport: 0,
+                dport: 0,
+            },
+            l4: L4::Icmp {
+                ty: 3,
+                code: 3,
+                kind: IcmpKind::Error {
+                    inner: tcp(B, 22, OUT, 5000, ACK).key,
+                },
+            },
+            frag: Frag::None,
+        };
+        assert_eq!(ct.judge(&s3, &err, 27), Err(DropReason::Revoked));
+        // Silent for the revoked timeout (30 s after the last dropped packet):
+        // reclaimed like any expired entry, quota returned.
+        assert_eq!(ct.charged_to(B.into()), 1);
+        assert_eq!(ct.sweep(26 + 29), 0);
+        assert_eq!(ct.sweep(26 + 30), 1);
+        assert_eq!(ct.len(), 0);
+        assert_eq!(ct.charged_to(B.into()), 0);
+    }
+
+    #[test]
+    fn revoked_flow_revives_when_reauthorized() {
+        let ct = Conntrack::new(CtConfig::with_capacity(1024));
+        let s1 = compile(&ssh_model(), 1);
+        assert_eq!(ct.judge(&s1, &tcp(OUT, 5000, B, 22, SYN), 0), Ok(()));
+        assert_eq!(ct.judge(&s1, &tcp(B, 22, OUT, 5000, SYN | ACK), 0), Ok(()));
+        let s2 = compile(&model(vec![]), 2);
+        assert_eq!(
+            ct.judge(&s2, &tcp(B, 22, OUT, 5000, ACK), 1),
+            Err(DropReason::Revoked)
+        );
+        // Re-authorize: the first packet under the new generation revives the flow,
+        // whichever side sends it, with its TCP state intact (established: 5 days).
+        let s3 = compile(&ssh_model(), 3);
+        assert_eq!(ct.judge(&s3, &tcp(B, 22, OUT, 5000, ACK), 2), Ok(()));
+        assert_eq!(ct.judge(&s3, &tcp(OUT, 5000, B, 22, ACK), 2), Ok(()));
+        let c = entry(&ct, &tcp(B, 22, OUT, 5000, ACK)).expect("tracked");
+        assert_eq!(c & REVOKED, 0);
+        assert_eq!(TcpState::from_bits(c), TcpState::Established);
+        assert_eq!(ct.judge(&s3, &tcp(OUT, 5000, B, 22, ACK), 100_000), Ok(()));
+        assert_eq!(ct.len(), 1);
+        // An edit that re-authorizes something else does not revive it.
+        assert_eq!(
+            ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK), 100_001),
+            Err(DropReason::Revoked)
+        );
+        let s4 = compile(
+            &model(vec![cidr_rule(
+                Proto::Tcp,
+                Ports::Range(23, 23),
+                "0.0.0.0/0",
+            )]),
+            4,
+        );
+        assert_eq!(
+            ct.judge(&s4, &tcp(OUT, 5000, B, 22, ACK), 100_002),
+            Err(DropReason::Revoked)
+        );
+    }
+
+    #[test]
+    fn syn_from_initiator_reopens_a_revoked_flow_only_if_allowed() {
+        let ct = Conntrack::new(CtConfig::with_capacity(1024));
+        let s1 = compile(&ssh_model(), 1);
+        assert_eq!(ct.judge(&s1, &tcp(OUT, 5000, B, 22, SYN), 0), Ok(()));
+        assert_eq!(ct.judge(&s1, &tcp(B, 22, OUT, 5000, SYN | ACK), 0), Ok(()));
+        let s2 = compile(&model(vec![]), 2);
+        assert_eq!(
+            ct.judge(&s2, &tcp(OUT, 5000, B, 22, ACK), 1),
+            Err(DropReason::Revoked)
+        );
+        // Not allowed: a new SYN from the initiator is still revoked, and a SYN
+        // from the responder (the instance) is not a new flow of its own.
+        assert_eq!(
+            ct.judge(&s2, &tcp(OUT, 5000, B, 22, SYN), 2),
+            Err(DropReason::Revoked)
+        );
+        assert_eq!(
+            ct.judge(&s2, &tcp(B, 22, OUT, 5000, SYN), 2),
+            Err(DropReason::Revoked)
+        );
+        // Allowed again: the initiator's SYN reopens the entry as a fresh flow
+        // (SYN sent, 120 s), not as the old established one.
+        let s3 = compile(&ssh_model(), 3);
+        assert_eq!(ct.judge(&s3, &tcp(OUT, 5000, B, 22, SYN), 3), Ok(()));
+        let c = entry(&ct, &tcp(OUT, 5000, B, 22, SYN)).expect("tracked");
+        assert_eq!(c & (REVOKED | SEEN_REPLY), 0);
+        assert_eq!(TcpState::from_bits(c), TcpState::SynSent);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.charged_to(B.into()), 1);
+        // Unanswered, it expires after 120 s.
+        assert_eq!(ct.sweep(3 + 119), 0);
+        assert_eq!(ct.sweep(3 + 120), 1);
+        // Keep mode never marks anything.
+        let keep = Conntrack::new(CtConfig {
+            on_revoke: RevokeMode::Keep,
+            ..CtConfig::with_capacity(1024)
+        });
+        assert_eq!(keep.judge(&s1, &tcp(OUT, 5000, B, 22, SYN), 0), Ok(()));
+        assert_eq!(
+            keep.judge(&s2, &tcp(B, 22, OUT, 5000, SYN | ACK), 1),
+            Ok(())
+        );
+        assert_eq!(keep.judge(&s2, &tcp(OUT, 5000, B, 22, ACK), 1), Ok(()));
+        let c = entry(&keep, &tcp(OUT, 5000, B, 22, ACK)).expect("tracked");
+        assert_eq!(c & REVOKED, 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The reference evaluator: security-group semantics written straight from the rule
 //! text, slow and obviously right.
 //!
-//! It states the same semantics as [`crate::compile`] + [`crate::conntrack`] (see
-//! their module docs) without any cleverness: rules are scanned linearly in the
+//! It states the same semantics as [`crate::compile`](mod@crate::compile) +
+//! [`crate::conntrack`] (see their module docs, including the revoked mark of
+//! revalidation) without any cleverness: rules are scanned linearly in the
 //! [`Model`], group membership is looked up by scanning instances, flows live in a
 //! plain `HashMap` keyed by their original direction. It has no capacity or quota
 //! limits. The property tests (`filter/tests/prop.rs`) check that the compiled
@@ -85,6 +86,9 @@ struct Flow {
     generation: u64,
     /// L4 of the packet that opened the flow (for revalidation).
     l4: L4,
+    /// Cut by revalidation: both directions are dropped until it expires, is
+    /// re-authorized, or the initiator's new SYN is allowed.
+    revoked: bool,
 }
 
 /// A naive stateful evaluator with the conntrack judge's shape.
@@ -148,34 +152,77 @@ impl Reference {
         None
     }
 
-    /// Look up and revalidate. `Ok(Some(orig))` tracked, `Ok(None)` untracked,
-    /// `Err(())` revoked (and forgotten).
+    /// Look up and revalidate. `own` is the packet when it belongs to the flow
+    /// (not an ICMP error about it). `Ok(Some(orig))` tracked, `Ok(None)`
+    /// untracked, `Err(())` revoked (the flow stays, marked, until it expires).
     fn tracked(
         &mut self,
         model: &Model,
         generation: u64,
         key: FlowKey,
+        own: Option<&Packet>,
         now: u32,
     ) -> Result<Option<FlowKey>, ()> {
         let Some(orig) = self.live_flow(key, now) else {
             return Ok(None);
         };
-        if self.mode == RevokeMode::Revalidate {
-            let f = self.flows.get_mut(&orig).expect("live");
-            if f.generation != generation {
-                let opkt = Packet {
-                    key: orig,
-                    l4: f.l4,
-                    frag: Frag::None,
-                };
-                if is_instance(model, orig.dst) && !allows(model, &opkt) {
-                    self.flows.remove(&orig);
-                    return Err(());
-                }
+        if self.mode == RevokeMode::Keep {
+            return Ok(Some(orig));
+        }
+        let revoked_timeout = self.timeouts.revoked;
+        let f = self.flows.get_mut(&orig).expect("live");
+        // The original direction, as it was first allowed.
+        let opkt = Packet {
+            key: orig,
+            l4: f.l4,
+            frag: Frag::None,
+        };
+        let inbound = is_instance(model, orig.dst);
+        if f.revoked {
+            if let Some(p) = own
+                && p.key == orig
+                && matches!(p.l4, L4::Tcp { flags }
+                    if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
+                && (!inbound || allows(model, p))
+            {
+                // The initiator's new SYN, allowed now: a fresh flow.
+                f.revoked = false;
+                f.tcp = Tcp::SynSent;
+                f.seen_reply = false;
                 f.generation = generation;
+                return Ok(Some(orig));
+            }
+            if f.generation != generation {
+                f.generation = generation;
+                if !inbound || allows(model, &opkt) {
+                    f.revoked = false;
+                    return Ok(Some(orig));
+                }
+            }
+            if own.is_some() {
+                f.expires = now.saturating_add(revoked_timeout);
+            }
+            return Err(());
+        }
+        if f.generation != generation {
+            f.generation = generation;
+            if inbound && !allows(model, &opkt) {
+                f.revoked = true;
+                f.expires = now.saturating_add(revoked_timeout);
+                return Err(());
             }
         }
         Ok(Some(orig))
+    }
+
+    /// The original direction of `key`'s flow if it is tracked, alive at `now`
+    /// and revoked (for tests of the generators).
+    pub fn revoked_flow(&self, key: FlowKey, now: u32) -> Option<FlowKey> {
+        [key, key.reversed()].into_iter().find(|k| {
+            self.flows
+                .get(k)
+                .is_some_and(|f| f.revoked && now < f.expires)
+        })
     }
 
     /// Judge a packet against `model` (at `generation`) at time `now`.
@@ -202,7 +249,7 @@ impl Reference {
             ..
         } = pkt.l4
         {
-            match self.tracked(model, generation, inner, now) {
+            match self.tracked(model, generation, inner, None, now) {
                 Ok(Some(_)) => {}
                 r => {
                     if dst_is_inst && !allows(model, pkt) {
@@ -215,7 +262,7 @@ impl Reference {
                 }
             }
         } else {
-            match self.tracked(model, generation, pkt.key, now) {
+            match self.tracked(model, generation, pkt.key, Some(pkt), now) {
                 Err(()) => return Err(DropReason::Revoked),
                 Ok(Some(orig)) => {
                     let from_orig = orig == pkt.key;
@@ -259,6 +306,7 @@ impl Reference {
                             expires: 0,
                             generation,
                             l4: pkt.l4,
+                            revoked: false,
                         };
                         f.expires = now.saturating_add(self.timeout(pkt.key.proto, &f));
                         self.flows.insert(pkt.key, f);
@@ -400,6 +448,17 @@ mod tests {
             .rules
             .remove(0);
         assert_eq!(r.judge(&m, 2, &reply, 1), Err(DropReason::Revoked));
+        // Cut in both directions; kept (marked) for the revoked timeout.
+        let mut ack = pkt(out, db, proto::TCP, 22);
+        ack.l4 = L4::Tcp {
+            flags: tcp_flags::ACK,
+        };
+        assert_eq!(r.judge(&m, 2, &ack, 2), Err(DropReason::Revoked));
+        assert_eq!(r.judge(&m, 2, &reply, 31), Err(DropReason::Revoked));
+        assert_eq!(r.flows(), 1);
+        assert!(r.revoked_flow(reply.key, 31).is_some());
+        // 30 s of silence: gone, and the outside's packets are unmatched.
+        assert_eq!(r.judge(&m, 2, &ack, 61), Err(DropReason::NoRule));
         assert_eq!(r.flows(), 0);
     }
 }

@@ -5,9 +5,11 @@
 //! group-source rules of every protocol, instances in random group sets) are driven
 //! through random operation sequences: packets (TCP with assorted flags, UDP,
 //! ICMP requests/replies/errors related to earlier packets or not, other
-//! protocols, first and later fragments, from instances and outside addresses),
-//! edits (authorize, revoke, launch, terminate) each followed by a recompile with a
-//! new generation, and clock jumps across every timeout. After every packet the
+//! protocols, first and later fragments, from instances and outside addresses;
+//! replays of earlier packets as replies, retransmissions or same-port TCP
+//! reconnects), edits (authorize, revoke, re-authorize a revoked rule, launch,
+//! terminate) each followed by a recompile with a new generation, and clock jumps
+//! across every timeout. After every packet the
 //! verdicts of both implementations, and of `Snapshot::allows` vs the reference
 //! rule scan, must be equal — in both [`RevokeMode`]s. Capacity limits are out of
 //! scope here (big table); they have unit tests in `conntrack`.
@@ -141,6 +143,18 @@ enum PktGen {
     Other,
 }
 
+/// How an earlier packet is replayed.
+#[derive(Clone, Copy, Debug)]
+enum Replay {
+    /// Reversed: a reply.
+    Reply,
+    /// As it was: a retransmission by the same side.
+    Retransmit,
+    /// As it was, but a TCP packet becomes a bare SYN: the same side connects
+    /// again on the same ports.
+    Reconnect,
+}
+
 #[derive(Clone, Debug)]
 struct PacketOp {
     src: usize,
@@ -151,8 +165,8 @@ struct PacketOp {
     /// 0: whole; 1: first fragment; 2: later fragment.
     frag: u8,
     frag_id: u16,
-    /// Replay an earlier packet reversed (a reply) instead of the fields above.
-    reply_to: Option<usize>,
+    /// Replay an earlier packet instead of the fields above, as a [`Replay`].
+    reply_to: Option<(usize, Replay)>,
 }
 
 fn packet_op() -> impl Strategy<Value = PacketOp> {
@@ -174,7 +188,17 @@ fn packet_op() -> impl Strategy<Value = PacketOp> {
         kind,
         prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
         0u16..3,
-        prop::option::weighted(0.35, 0usize..64),
+        prop::option::weighted(
+            0.45,
+            (
+                0usize..64,
+                prop_oneof![
+                    6 => Just(Replay::Reply),
+                    2 => Just(Replay::Retransmit),
+                    2 => Just(Replay::Reconnect),
+                ],
+            ),
+        ),
     )
         .prop_map(
             |(src, dst, sport, dport, kind, frag, frag_id, reply_to)| PacketOp {
@@ -210,6 +234,10 @@ enum Op {
         addr: usize,
         groups: Vec<usize>,
     },
+    /// Re-authorize the n-th (mod count) rule revoked so far.
+    Reauthorize {
+        nth: usize,
+    },
     /// Terminate the n-th instance (mod count).
     Terminate {
         nth: usize,
@@ -222,7 +250,8 @@ fn op() -> impl Strategy<Value = Op> {
         12 => packet_op().prop_map(Op::Packet),
         2 => (0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen())
             .prop_map(|(owner, group, rule, src)| Op::Authorize { owner, group, rule, src }),
-        1 => (0..OWNERS.len(), 0..GROUPS.len(), 0usize..16).prop_map(|(owner, group, nth)| Op::Revoke { owner, group, nth }),
+        2 => (0..OWNERS.len(), 0..GROUPS.len(), 0usize..16).prop_map(|(owner, group, nth)| Op::Revoke { owner, group, nth }),
+        2 => (0usize..4).prop_map(|nth| Op::Reauthorize { nth }),
         1 => (0..OWNERS.len(), 0usize..8, prop::collection::vec(0..GROUPS.len(), 0..3))
             .prop_map(|(owner, addr, groups)| Op::Launch { owner, addr, groups }),
         1 => (0usize..8).prop_map(|nth| Op::Terminate { nth }),
@@ -257,6 +286,8 @@ fn setup() -> impl Strategy<Value = Setup> {
 struct World {
     model: Model,
     next_id: u32,
+    /// Rules revoked so far, most recent first: `(owner, group, rule)`.
+    revoked: Vec<(usize, usize, Rule)>,
 }
 
 impl World {
@@ -271,7 +302,11 @@ impl World {
                 model.add_group(&ow, g, "test group").expect("fresh group");
             }
         }
-        let mut w = World { model, next_id: 1 };
+        let mut w = World {
+            model,
+            next_id: 1,
+            revoked: Vec::new(),
+        };
         for (o, g, r, src) in &s.rules {
             w.authorize(*o, *g, r, src);
         }
@@ -304,8 +339,9 @@ impl World {
                 if !rules.is_empty() {
                     let r = rules[nth % rules.len()].clone();
                     self.model
-                        .revoke_rules(&ow, GROUPS[*group], &[r])
+                        .revoke_rules(&ow, GROUPS[*group], std::slice::from_ref(&r))
                         .expect("present rule");
+                    self.revoked.insert(0, (*o, *group, r));
                 }
             }
             Op::Launch {
@@ -313,6 +349,13 @@ impl World {
                 addr,
                 groups,
             } => self.launch(*o, *addr, groups),
+            Op::Reauthorize { nth } => {
+                if !self.revoked.is_empty() {
+                    let (o, g, r) = self.revoked[nth % self.revoked.len()].clone();
+                    // Already re-added → duplicate error, unchanged.
+                    let _ = self.model.authorize_rules(&owner(o), GROUPS[g], &[r]);
+                }
+            }
             Op::Terminate { nth } => {
                 let ids: Vec<String> = self.model.instances.keys().cloned().collect();
                 if !ids.is_empty() {
@@ -350,10 +393,23 @@ impl World {
 }
 
 fn build_packet(p: &PacketOp, hist: &[Packet]) -> Packet {
-    if let Some(i) = p.reply_to
+    if let Some((i, replay)) = p.reply_to
         && !hist.is_empty()
     {
         let orig = hist[i % hist.len()];
+        match replay {
+            Replay::Reply => {}
+            Replay::Retransmit => return orig,
+            Replay::Reconnect => {
+                let mut again = orig;
+                if let L4::Tcp { .. } = again.l4 {
+                    again.l4 = L4::Tcp {
+                        flags: tcp_flags::SYN,
+                    };
+                }
+                return again;
+            }
+        }
         let l4 = match orig.l4 {
             L4::Tcp { flags } => L4::Tcp {
                 flags: if flags == tcp_flags::SYN {
@@ -573,7 +629,9 @@ proptest! {
 }
 
 /// The generators do reach the interesting verdicts (otherwise agreement would be
-/// vacuous): run a fixed sample and count each outcome.
+/// vacuous): run a fixed sample and count each outcome, and each case of a packet
+/// meeting a revoked (cut) flow: from the responder (the instance's retransmits),
+/// from the initiator, revival by re-authorization, re-open by a new SYN.
 #[test]
 fn generators_cover_every_verdict() {
     use proptest::strategy::ValueTree;
@@ -582,7 +640,9 @@ fn generators_cover_every_verdict() {
 
     let mut runner = TestRunner::deterministic();
     let mut seen: HashMap<Result<(), filter::DropReason>, usize> = HashMap::new();
-    for _ in 0..400 {
+    // Packets of flows that were revoked (live, marked) before they were judged.
+    let mut cases: HashMap<&str, usize> = HashMap::new();
+    for _ in 0..4000 {
         let s = setup().new_tree(&mut runner).unwrap().current();
         let ops = prop::collection::vec(op(), 40..60)
             .new_tree(&mut runner)
@@ -598,9 +658,36 @@ fn generators_cover_every_verdict() {
             match op {
                 Op::Packet(p) => {
                     let pkt = build_packet(p, &hist);
-                    *seen
-                        .entry(r.judge(&w.model, generation, &pkt, now))
-                        .or_default() += 1;
+                    let revoked = match (pkt.l4, pkt.frag) {
+                        (
+                            L4::Icmp {
+                                kind: IcmpKind::Error { .. },
+                                ..
+                            },
+                            _,
+                        )
+                        | (_, Frag::Later { .. }) => None,
+                        _ => r.revoked_flow(pkt.key, now),
+                    };
+                    let verdict = r.judge(&w.model, generation, &pkt, now);
+                    if let Some(orig) = revoked {
+                        let syn = matches!(pkt.l4, L4::Tcp { flags } if flags == tcp_flags::SYN);
+                        let case = match (pkt.key == orig, verdict) {
+                            (false, Err(filter::DropReason::Revoked)) => "responder cut",
+                            (false, Ok(())) => "revived by responder",
+                            (true, Ok(())) if syn => "reopened by SYN",
+                            (true, Ok(())) => "revived by initiator",
+                            (true, Err(_)) => "initiator cut",
+                            (false, Err(_)) => "other",
+                        };
+                        *cases.entry(case).or_default() += 1;
+                        if pkt.key != orig
+                            && w.model.instances.values().any(|i| i.ip == pkt.key.src)
+                        {
+                            *cases.entry("from an instance address").or_default() += 1;
+                        }
+                    }
+                    *seen.entry(verdict).or_default() += 1;
                     let _ = snap.allows(&pkt);
                     hist.push(pkt);
                 }
@@ -625,6 +712,23 @@ fn generators_cover_every_verdict() {
         assert!(
             seen.get(&v).copied().unwrap_or(0) > 0,
             "never saw {v:?}: {seen:?}"
+        );
+    }
+    // The cases of the revalidate fix: the responder's packets after a revoke
+    // (the instance's retransmits that used to re-open the flow), revival by
+    // re-authorization, and the initiator's SYN re-opening it.
+    eprintln!("revoked-flow cases: {cases:?}");
+    for c in [
+        "responder cut",
+        "from an instance address",
+        "initiator cut",
+        "revived by responder",
+        "revived by initiator",
+        "reopened by SYN",
+    ] {
+        assert!(
+            cases.get(c).copied().unwrap_or(0) > 0,
+            "never saw {c}: {cases:?}"
         );
     }
 }
