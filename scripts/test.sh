@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS="nmap iperf3 hping3 tcpdump nftables busybox-static iproute2 procps"
+PKGS="nmap iperf3 hping3 tcpdump nftables busybox-static iproute2 procps qemu-system-x86 curl"
 if [ "$(id -u)" = 0 ]; then
     missing=""
     for p in $PKGS; do
@@ -18,6 +18,13 @@ if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    # The QEMU guest image of mgmt/tests/qemu_guest.rs (idempotent: 0.05 s when
+    # up to date; a build downloads two Debian packages, about 15 s).
+    if ! out=$(scripts/build-guest-image.sh 2>&1); then
+        echo "$out" >&2
+        echo "== building the QEMU guest image failed" >&2
+        exit 1
     fi
 else
     echo "== not root: the namespace/TAP/nmap tests will skip themselves"

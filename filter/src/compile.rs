@@ -26,14 +26,21 @@
 //!
 //! # Structure
 //!
-//! * **Policies.** Instances with the same owner and the same group set share one
-//!   compiled policy: the union of their groups' rules.
-//! * **Port tables.** A policy has one table per protocol (TCP, UDP, ICMP): the
-//!   *elementary intervals* of the 16-bit key space (the port; for ICMP
+//! * **Group tables.** Every security group with at least one rule and at least
+//!   one member is compiled once, on its own, and shared by all its members: the
+//!   snapshot's size follows the number of rules, not the number of distinct group
+//!   sets × their rules. A destination is allowed when *any* of its groups allows
+//!   (the union of its groups' rules, as EC2 states it).
+//! * **Group lists.** Every instance has the short list of its groups' table
+//!   indices (groups without rules are left out; group sets resolving to the same
+//!   tables share one list), stored in the address-index entry as an
+//!   `(offset, length)` into one flat array.
+//! * **Port tables.** A group table has one table per protocol (TCP, UDP, ICMP):
+//!   the *elementary intervals* of the 16-bit key space (the port; for ICMP
 //!   `type << 8 | code`, so a type-only rule is the range `[t<<8, t<<8|255]`),
 //!   sorted, each `(start, source set)` side by side; adjacent intervals with the
 //!   same set are coalesced. `Proto::All` rules are folded into all three tables as
-//!   the range `0..=65535`, and form the policy's `other` set for other IP
+//!   the range `0..=65535`, and form the table's `other` set for other IP
 //!   protocols. Lookup: one binary search; tables of more than 32 intervals add a
 //!   257-entry index on the key's high byte so the search stays within one
 //!   256-key block (a cache line or two, whatever the rule count).
@@ -42,44 +49,51 @@
 //!   *referenced groups* (groups named as a source by some rule).
 //! * **Membership bits.** Every instance carries the bitset of referenced groups it
 //!   belongs to, so a group-source match is a bitset AND (one word up to 64
-//!   referenced groups).
+//!   referenced groups). The source's instance is looked up at most once per
+//!   packet, whatever the number of destination groups.
 //! * **Address index.** Open addressing, power-of-two, ≤ 50% load: IP →
-//!   (instance, policy) in one 16-byte entry.
+//!   (instance, group list) in one 16-byte entry.
 //!
-//! The layout is chosen for cache lines: a first-packet verdict for a cold
-//! destination touches about six lines (address entry, policy, block index,
-//! intervals, source set, ranges; two more for group sources).
+//! The layout is chosen for cache lines: per destination group a verdict touches
+//! about five lines (group table, block index, intervals, source set, ranges; two
+//! more for group sources), after the address entry and the list; the lookup
+//! stops at the first group that allows. Because the tables of all groups
+//! together stay small (1.2 MiB for the bench lab of 50 groups × 1000 rules, where
+//! merged per-group-set tables took 55 MiB), they stay in cache.
 //!
 //! Never the cross product of rules: a rule contributes its source to the intervals
 //! its port range covers.
 //!
 //! # Complexity and memory
 //!
-//! Let `R` be the number of rules in a policy (the union of its groups), `W` the
-//! number of 64-bit words of a group bitset (`ceil(referenced groups / 64)`),
-//! `P` the number of distinct policies and `N` the number of instances.
+//! Let `R` be the number of rules of one group, `G` the number of groups of the
+//! destination instance, `W` the number of 64-bit words of a group bitset
+//! (`ceil(referenced groups / 64)`), `T` the total number of rules in the model
+//! and `N` the number of instances.
 //!
-//! * `allows`: one or two address-index probes (expected O(1)), one binary search
-//!   over the intervals of one 256-key block (at most `2R + 1`), one binary search
-//!   over at most `R` ranges, and
-//!   at most `W` word ANDs: `O(log R + W)`, independent of the rule count in
-//!   practice (the bench measures 10 → 1000 rules per group).
+//! * `allows`: one or two address-index probes (expected O(1)), then for each of
+//!   at most `G` groups one binary search over the intervals of one 256-key block
+//!   (at most `2R + 1`), one binary search over at most `R` ranges, and at most `W`
+//!   word ANDs: `O(G · (log R + W))`, independent of the rule count in practice
+//!   (the bench measures 10 → 1000 rules per group with `G` = 5; an instance is
+//!   in a handful of groups).
 //! * Memory: each port table has at most `2R + 1` intervals (8 bytes each) plus
-//!   1 KiB of block index when it has more than 32.
-//!   Source sets are deduplicated; in the worst case (nested port ranges each with
-//!   a different source) each interval has its own set of up to `R` ranges, so a
-//!   policy costs `O(R · (R + W))` words: with the default limit of 100 rules per
-//!   group and 5 groups, `R = 500`, at most about `3 · 1001 · 500 · 8` bytes ≈ 12 MB
-//!   for a deliberately pathological policy; typical rule sets (distinct port
-//!   ranges, shared sources) cost `O(R + W)`. Plus `N · (W·8 + ~64)` bytes for
-//!   instances and the address index. Compile time is
-//!   `O(P · R · (log R + active))` where `active` is the number of rules covering an
-//!   interval.
+//!   1 KiB of block index when it has more than 32; each group table is stored
+//!   once, so the tables total `O(T)` entries (plus at most `3 KiB` per group of
+//!   block index). Source sets are deduplicated; in the worst case (nested port
+//!   ranges each with a different source) each interval has its own set of up to
+//!   `R` ranges, so a group costs `O(R · (R + W))` words: with the default limit of
+//!   100 rules per group, at most about `3 · 201 · 100 · 8` bytes ≈ 480 KB for a
+//!   deliberately pathological group; typical rule sets (distinct port ranges,
+//!   shared sources) cost `O(R + W)`. Plus `N · (W·8 + ~64)` bytes for instances
+//!   and the address index, and 4 bytes per (distinct group list, group). Compile
+//!   time is `O(T · (log R + active))` where `active` is the number of rules
+//!   covering an interval.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use crate::model::{Model, Owner, Ports, Proto, Source};
+use crate::model::{Model, Owner, Ports, Proto, Rule, Source};
 use crate::{Frag, L4, Mac, Packet, proto};
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
@@ -101,8 +115,8 @@ pub struct SnapInstance {
     pub owner: Box<str>,
     pub mac: Mac,
     pub ip: Ipv4Addr,
-    /// Index into the snapshot's policies.
-    policy: u32,
+    /// This instance's group-table list: `lists[list.0..list.0 + list.1]`.
+    list: (u32, u32),
 }
 
 /// One elementary interval: its first key and its source set (start and set side
@@ -160,11 +174,18 @@ impl PortTable {
     }
 }
 
+/// Port-table index of TCP in [`GroupTable::ports`].
+const TCP_T: usize = 0;
+/// Port-table index of UDP.
+const UDP_T: usize = 1;
+/// Port-table index of ICMP (key `type << 8 | code`).
+const ICMP_T: usize = 2;
+
+/// One security group's compiled ingress rules, shared by all its members.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Policy {
-    tcp: PortTable,
-    udp: PortTable,
-    icmp: PortTable,
+struct GroupTable {
+    /// Indexed by [`TCP_T`], [`UDP_T`], [`ICMP_T`].
+    ports: [PortTable; 3],
     /// Source set for other IP protocols (`Proto::All` rules only).
     other: u32,
 }
@@ -183,17 +204,19 @@ const NO_GROUPS: u32 = u32::MAX;
 const EMPTY_SET: u32 = 0;
 const NO_INST: u32 = u32::MAX;
 
-/// One address-index entry: address, instance and its policy in 16 bytes (one
-/// cache line answers "which instance, which policy").
+/// One address-index entry: address, instance and its group-table list in 16
+/// bytes (one cache line answers "which instance, which groups").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, align(16))]
 struct IpSlot {
     ip: u32,
     inst: u32,
-    policy: u32,
+    /// `lists[list_off..list_off + list_len]`: the instance's group tables.
+    list_off: u32,
+    list_len: u32,
 }
 
-/// Open-addressing IP → (instance, policy) index, ≤ 50% load.
+/// Open-addressing IP → (instance, group-table list) index, ≤ 50% load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct IpIndex {
     slots: Box<[IpSlot]>,
@@ -201,16 +224,17 @@ struct IpIndex {
 }
 
 impl IpIndex {
-    fn build(entries: &[(Ipv4Addr, u32)]) -> IpIndex {
+    fn build(entries: &[(Ipv4Addr, (u32, u32))]) -> IpIndex {
         let size = (entries.len() * 2).next_power_of_two().max(8);
         let empty = IpSlot {
             ip: 0,
             inst: NO_INST,
-            policy: 0,
+            list_off: 0,
+            list_len: 0,
         };
         let mut slots = vec![empty; size].into_boxed_slice();
         let mask = size - 1;
-        for (i, &(ip, policy)) in entries.iter().enumerate() {
+        for (i, &(ip, (list_off, list_len))) in entries.iter().enumerate() {
             let ip = u32::from(ip);
             let mut h = Self::hash(ip) & mask;
             while slots[h].inst != NO_INST {
@@ -219,7 +243,8 @@ impl IpIndex {
             slots[h] = IpSlot {
                 ip,
                 inst: i as u32,
-                policy,
+                list_off,
+                list_len,
             };
         }
         IpIndex { slots, mask }
@@ -256,7 +281,11 @@ pub struct Snapshot {
     words: usize,
     /// `instances.len() * words` membership bits.
     member_bits: Box<[u64]>,
-    policies: Box<[Policy]>,
+    /// One compiled table per group that has rules and members.
+    tables: Box<[GroupTable]>,
+    /// Concatenated group-table lists (indices into `tables`), one per distinct
+    /// (owner, group set) of the instances.
+    lists: Box<[u32]>,
     sets: Box<[SrcSet]>,
     /// Inclusive address ranges `(lo, hi)` of all source sets.
     ranges: Box<[(u32, u32)]>,
@@ -292,18 +321,20 @@ impl Snapshot {
         &self.instances
     }
 
-    /// Number of distinct compiled policies.
+    /// Number of compiled group tables: one per security group that has at least
+    /// one rule and at least one member instance (groups are compiled once and
+    /// shared by all their members; there is no per-group-set policy any more).
     pub fn policy_count(&self) -> usize {
-        self.policies.len()
+        self.tables.len()
     }
 
     /// Approximate heap bytes held by this snapshot.
     pub fn memory_bytes(&self) -> usize {
         let tables: usize = self
-            .policies
+            .tables
             .iter()
             .map(|p| {
-                [&p.tcp, &p.udp, &p.icmp]
+                p.ports
                     .iter()
                     .map(|t| t.ivs.len() * 8 + t.top.len() * 4)
                     .sum::<usize>()
@@ -318,7 +349,8 @@ impl Snapshot {
             + inst
             + self.ip_index.slots.len() * std::mem::size_of::<IpSlot>()
             + self.member_bits.len() * 8
-            + self.policies.len() * std::mem::size_of::<Policy>()
+            + self.tables.len() * std::mem::size_of::<GroupTable>()
+            + self.lists.len() * 4
             + tables
             + self.sets.len() * std::mem::size_of::<SrcSet>()
             + self.ranges.len() * 8
@@ -326,8 +358,10 @@ impl Snapshot {
     }
 
     /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this
-    /// packet from `pkt.key.src`? False if the destination is not an instance, and
-    /// for non-first fragments. No lock, no allocation.
+    /// packet from `pkt.key.src`? True when any of the destination's groups
+    /// allows it (at most one table lookup per group, stopping at the first that
+    /// allows). False if the destination is not an instance, and for non-first
+    /// fragments. No lock, no allocation.
     #[inline]
     pub fn allows(&self, pkt: &Packet) -> bool {
         if let Frag::Later { .. } = pkt.frag {
@@ -336,20 +370,34 @@ impl Snapshot {
         let Some(dst) = self.ip_index.get(u32::from(pkt.key.dst)) else {
             return false;
         };
-        let policy = &self.policies[dst.policy as usize];
-        let set = match (pkt.key.proto, pkt.l4) {
-            (proto::TCP, _) => policy.tcp.lookup(pkt.key.dport),
-            (proto::UDP, _) => policy.udp.lookup(pkt.key.dport),
+        let off = dst.list_off as usize;
+        let list = &self.lists[off..off + dst.list_len as usize];
+        let (p, key) = match (pkt.key.proto, pkt.l4) {
+            (proto::TCP, _) => (TCP_T, pkt.key.dport),
+            (proto::UDP, _) => (UDP_T, pkt.key.dport),
             (proto::ICMP, L4::Icmp { ty, code, .. }) => {
-                policy.icmp.lookup(u16::from(ty) << 8 | u16::from(code))
+                (ICMP_T, u16::from(ty) << 8 | u16::from(code))
             }
-            _ => policy.other,
+            _ => {
+                let mut src_inst = None;
+                return list.iter().any(|&t| {
+                    let set = self.tables[t as usize].other;
+                    self.set_matches(set, pkt.key.src, &mut src_inst)
+                });
+            }
         };
-        self.set_matches(set, pkt.key.src)
+        // The source's instance, looked up at most once (only for group sources).
+        let mut src_inst = None;
+        list.iter().any(|&t| {
+            let set = self.tables[t as usize].ports[p].lookup(key);
+            self.set_matches(set, pkt.key.src, &mut src_inst)
+        })
     }
 
+    /// Does source set `set` contain `src`? `src_inst` caches the source's
+    /// instance lookup across calls for one packet (`None`: not looked up yet).
     #[inline]
-    fn set_matches(&self, set: u32, src: Ipv4Addr) -> bool {
+    fn set_matches(&self, set: u32, src: Ipv4Addr, src_inst: &mut Option<Option<InstIdx>>) -> bool {
         if set == EMPTY_SET {
             return false;
         }
@@ -363,7 +411,7 @@ impl Snapshot {
         if s.g_off == NO_GROUPS {
             return false;
         }
-        let Some(inst) = self.instance_by_ip(src) else {
+        let Some(inst) = *src_inst.get_or_insert_with(|| self.instance_by_ip(src)) else {
             return false;
         };
         let w = self.words;
@@ -543,8 +591,13 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
 
     let mut instances = Vec::with_capacity(model.instances.len());
     let mut member_bits = vec![0u64; model.instances.len() * words];
-    let mut policies: Vec<Policy> = Vec::new();
-    let mut policy_ids: HashMap<(&Owner, &[String]), u32> = HashMap::new();
+    let mut tables: Vec<GroupTable> = Vec::new();
+    // (owner, group) → its table, `None` for a group without rules (or unknown).
+    let mut table_ids: HashMap<(&Owner, &str), Option<u32>> = HashMap::new();
+    let mut lists: Vec<u32> = Vec::new();
+    let mut list_ids: HashMap<(&Owner, &[String]), (u32, u32)> = HashMap::new();
+    // Group sets that resolve to the same tables share one list.
+    let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
 
     for (n, inst) in model.instances.values().enumerate() {
         for g in &inst.groups {
@@ -553,19 +606,38 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
             }
         }
         let key = (&inst.owner, inst.groups.as_slice());
-        let policy = match policy_ids.get(&key) {
-            Some(&p) => p,
+        let list = match list_ids.get(&key) {
+            Some(&l) => l,
             None => {
-                let p = policies.len() as u32;
-                policies.push(compile_policy(
-                    model,
-                    &inst.owner,
-                    &inst.groups,
-                    &referenced,
-                    &mut arena,
-                ));
-                policy_ids.insert(key, p);
-                p
+                let off = lists.len();
+                for g in &inst.groups {
+                    let id = *table_ids
+                        .entry((&inst.owner, g.as_str()))
+                        .or_insert_with(|| {
+                            let group = model.groups.get(&(inst.owner.clone(), g.clone()))?;
+                            let table = compile_group(&group.rules, &referenced, &mut arena)?;
+                            tables.push(table);
+                            Some(tables.len() as u32 - 1)
+                        });
+                    if let Some(id) = id
+                        && !lists[off..].contains(&id)
+                    {
+                        lists.push(id);
+                    }
+                }
+                let l = match list_dedup.get(&lists[off..]) {
+                    Some(&l) => {
+                        lists.truncate(off);
+                        l
+                    }
+                    None => {
+                        let l = (off as u32, (lists.len() - off) as u32);
+                        list_dedup.insert(lists[off..].to_vec(), l);
+                        l
+                    }
+                };
+                list_ids.insert(key, l);
+                l
             }
         };
         instances.push(SnapInstance {
@@ -573,77 +645,71 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
             owner: inst.owner.0.as_str().into(),
             mac: inst.mac,
             ip: inst.ip,
-            policy,
+            list,
         });
     }
 
-    let ips: Vec<(Ipv4Addr, u32)> = instances.iter().map(|i| (i.ip, i.policy)).collect();
+    let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
     Snapshot {
         generation,
         instances: instances.into_boxed_slice(),
         ip_index: IpIndex::build(&ips),
         words,
         member_bits: member_bits.into_boxed_slice(),
-        policies: policies.into_boxed_slice(),
+        tables: tables.into_boxed_slice(),
+        lists: lists.into_boxed_slice(),
         sets: arena.sets.into_boxed_slice(),
         ranges: arena.ranges.into_boxed_slice(),
         group_bits: arena.group_bits.into_boxed_slice(),
     }
 }
 
-fn compile_policy(
-    model: &Model,
-    owner: &Owner,
-    groups: &[String],
+/// One group's table; `None` if the group has no rules (it allows nothing).
+fn compile_group(
+    rules: &[Rule],
     referenced: &BTreeMap<(&Owner, &str), u32>,
     arena: &mut SetArena,
-) -> Policy {
+) -> Option<GroupTable> {
+    if rules.is_empty() {
+        return None;
+    }
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
     let mut icmp = Vec::new();
     let mut other = Vec::new();
-    for name in groups {
-        let Some(group) = model.groups.get(&(owner.clone(), name.clone())) else {
-            continue;
+    for r in rules {
+        let src = match &r.source {
+            Source::Cidr(net) => Src::Range(u32::from(net.network()), u32::from(net.broadcast())),
+            Source::Group { owner, group } => Src::Group(referenced[&(owner, group.as_str())]),
         };
-        for r in &group.rules {
-            let src = match &r.source {
-                Source::Cidr(net) => {
-                    Src::Range(u32::from(net.network()), u32::from(net.broadcast()))
-                }
-                Source::Group { owner, group } => Src::Group(referenced[&(owner, group.as_str())]),
-            };
-            let all = Entry {
-                lo: 0,
-                hi: u16::MAX,
-                src,
-            };
-            match (r.proto, r.ports) {
-                (Proto::All, _) => {
-                    tcp.push(all);
-                    udp.push(all);
-                    icmp.push(all);
-                    other.push(src);
-                }
-                (Proto::Tcp, Ports::Range(lo, hi)) => tcp.push(Entry { lo, hi, src }),
-                (Proto::Udp, Ports::Range(lo, hi)) => udp.push(Entry { lo, hi, src }),
-                (Proto::Icmp, Ports::Icmp { ty, code }) => {
-                    let (lo, hi) = icmp_range(ty, code);
-                    icmp.push(Entry { lo, hi, src });
-                }
-                // A non-normalised port spec means "all ports" of that protocol.
-                (Proto::Tcp, _) => tcp.push(all),
-                (Proto::Udp, _) => udp.push(all),
-                (Proto::Icmp, _) => icmp.push(all),
+        let all = Entry {
+            lo: 0,
+            hi: u16::MAX,
+            src,
+        };
+        match (r.proto, r.ports) {
+            (Proto::All, _) => {
+                tcp.push(all);
+                udp.push(all);
+                icmp.push(all);
+                other.push(src);
             }
+            (Proto::Tcp, Ports::Range(lo, hi)) => tcp.push(Entry { lo, hi, src }),
+            (Proto::Udp, Ports::Range(lo, hi)) => udp.push(Entry { lo, hi, src }),
+            (Proto::Icmp, Ports::Icmp { ty, code }) => {
+                let (lo, hi) = icmp_range(ty, code);
+                icmp.push(Entry { lo, hi, src });
+            }
+            // A non-normalised port spec means "all ports" of that protocol.
+            (Proto::Tcp, _) => tcp.push(all),
+            (Proto::Udp, _) => udp.push(all),
+            (Proto::Icmp, _) => icmp.push(all),
         }
     }
-    Policy {
-        tcp: arena.table(&tcp),
-        udp: arena.table(&udp),
-        icmp: arena.table(&icmp),
+    Some(GroupTable {
+        ports: [arena.table(&tcp), arena.table(&udp), arena.table(&icmp)],
         other: arena.intern(&other),
-    }
+    })
 }
 
 /// The ICMP key range `type << 8 | code` a rule covers.
@@ -661,7 +727,7 @@ fn icmp_range(ty: Option<u8>, code: Option<u8>) -> (u16, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Group, Instance, Rule};
+    use crate::model::{Group, Instance};
     use crate::{FlowKey, IcmpKind};
     use ipnet::Ipv4Net;
 
@@ -927,7 +993,7 @@ mod tests {
             .collect();
         let m = model(&[("g", rules)], &[("i-a", A, &["g"])]);
         let s = compile(&m, 1);
-        let t = &s.policies[0].tcp;
+        let t = &s.tables[0].ports[TCP_T];
         assert!(!t.top.is_empty());
         for i in 0..300u32 {
             let port = (i * 217 + 5) as u16;
@@ -960,7 +1026,7 @@ mod tests {
     }
 
     #[test]
-    fn policies_are_shared_and_sets_deduplicated() {
+    fn group_tables_are_shared_and_sets_deduplicated() {
         let rules = vec![
             rule(Proto::Tcp, Ports::Range(22, 22), "10.0.0.0/8"),
             rule(Proto::Tcp, Ports::Range(80, 80), "10.0.0.0/8"),
@@ -975,7 +1041,13 @@ mod tests {
             ],
         );
         let s = compile(&m, 1);
-        assert_eq!(s.policy_count(), 2);
+        // One table for g; h has no rules, so no table and no list entry.
+        assert_eq!(s.policy_count(), 1);
+        assert_eq!(&*s.lists, &[0]);
+        // All three instances share the one table.
+        for i in s.instances() {
+            assert_eq!(s.lists[i.list.0 as usize..][..i.list.1 as usize], [0]);
+        }
         // Empty set + the one "10.0.0.0/8" set.
         assert_eq!(s.sets.len(), 2);
         for ip in [A, B, C] {
@@ -1022,9 +1094,9 @@ mod tests {
         assert!(s.allows(&tcp(C, A, 2)));
         assert!(!s.allows(&tcp(A, A, 2)));
         // The two /25 merged into one range.
-        let set = s.policies[s.instance(s.instance_by_ip(A.into()).unwrap()).policy as usize]
-            .tcp
-            .lookup(1);
+        let list = s.instance(s.instance_by_ip(A.into()).unwrap()).list;
+        assert_eq!(list.1, 1);
+        let set = s.tables[s.lists[list.0 as usize] as usize].ports[TCP_T].lookup(1);
         assert_eq!(s.sets[set as usize].r_len, 1);
     }
 
@@ -1053,6 +1125,109 @@ mod tests {
         }
         assert_eq!(s.instance_by_ip(Ipv4Addr::new(172, 31, 0, 1)), None);
         assert_eq!(s.instances().len(), 500);
+    }
+
+    #[test]
+    fn any_group_of_the_destination_allows() {
+        let m = model(
+            &[
+                (
+                    "web",
+                    vec![rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0")],
+                ),
+                (
+                    "ssh",
+                    vec![rule(Proto::Tcp, Ports::Range(22, 22), "10.0.0.0/8")],
+                ),
+                ("peers", vec![grule(Proto::All, Ports::None, "peers")]),
+                ("none", vec![]),
+            ],
+            &[
+                ("i-a", A, &["none", "peers", "ssh", "web"]),
+                ("i-b", B, &["peers"]),
+                ("i-c", C, &["ghost", "web"]),
+            ],
+        );
+        let s = compile(&m, 1);
+        // web, ssh, peers: three tables; "none" and the unknown "ghost" have none.
+        assert_eq!(s.policy_count(), 3);
+        let a = s.instance(s.instance_by_ip(A.into()).unwrap());
+        assert_eq!(a.list.1, 3);
+        // Each group opens its own part; the destination allows the union.
+        assert!(s.allows(&tcp(OUT, A, 80)));
+        assert!(s.allows(&tcp([10, 1, 2, 3], A, 22)));
+        assert!(!s.allows(&tcp(OUT, A, 22)));
+        assert!(s.allows(&tcp(B, A, 9999)));
+        assert!(s.allows(&icmp(B, A, 8, 0)));
+        assert!(!s.allows(&tcp(C, A, 9999)));
+        assert!(!s.allows(&icmp(OUT, A, 8, 0)));
+        // The union is per destination: B only has peers, C only web.
+        assert!(s.allows(&tcp(A, B, 9999)));
+        assert!(!s.allows(&tcp(OUT, B, 80)));
+        assert!(s.allows(&tcp(OUT, C, 80)));
+        assert!(!s.allows(&tcp(A, C, 9999)));
+    }
+
+    #[test]
+    fn memory_grows_with_rules_not_group_combinations() {
+        // 20 groups of 200 rules; instances in every 3-group combination (1140
+        // distinct group sets). Merged per-set tables would hold 1140 × 600 rules.
+        let groups: Vec<(String, Vec<Rule>)> = (0..20u32)
+            .map(|g| {
+                let rules = (0..200u32)
+                    .map(|j| {
+                        let net = Ipv4Addr::from(0x0a00_0000 | (g * 256 + j) << 8);
+                        let port = (1000 + j * 7) as u16;
+                        rule(
+                            Proto::Tcp,
+                            Ports::Range(port, port + 2),
+                            &format!("{net}/24"),
+                        )
+                    })
+                    .collect();
+                (format!("g{g}"), rules)
+            })
+            .collect();
+        let gref: Vec<(&str, Vec<Rule>)> = groups
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect();
+        let mut m = model(&gref, &[]);
+        let mut n = 0u32;
+        for x in 0..20 {
+            for y in x + 1..20 {
+                for z in y + 1..20 {
+                    let id = format!("i-{n:08x}");
+                    let mut gs = vec![format!("g{x}"), format!("g{y}"), format!("g{z}")];
+                    gs.sort();
+                    m.instances.insert(
+                        id.clone(),
+                        Instance {
+                            id,
+                            owner: owner(),
+                            mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
+                            ip: Ipv4Addr::from(0xac1f_0100 + n),
+                            groups: gs,
+                        },
+                    );
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, 1140);
+        let s = compile(&m, 1);
+        assert_eq!(s.policy_count(), 20);
+        assert_eq!(s.lists.len(), 1140 * 3);
+        // 20 × 200 rules: a few hundred KiB at most, not 1140 merged policies.
+        assert!(s.memory_bytes() < 1 << 20, "{}", s.memory_bytes());
+        // Spot-check: instance 0 is in g0, g1, g2.
+        let dst = [172, 31, 1, 0];
+        assert!(s.allows(&tcp([10, 0, 5, 9], dst, 1000 + 5 * 7 + 2)));
+        assert!(s.allows(&tcp([10, 1, 1, 9], dst, 1007)));
+        assert!(!s.allows(&tcp([10, 0, 5, 9], dst, 1000 + 5 * 7 + 3)));
+        // g3's sources don't reach instance 0.
+        let g3_src = Ipv4Addr::from(0x0a00_0000u32 | (3 * 256 + 5) << 8).octets();
+        assert!(!s.allows(&tcp(g3_src, dst, 1000 + 5 * 7)));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,6 +34,8 @@ use std::time::Duration;
 use filter::model::{Group, Rule, RuleSpec};
 use filter::{Ec2Code, Ec2Error};
 use serde::{Deserialize, Serialize};
+
+pub use crate::store::ImageRecord;
 
 /// Longest request line accepted, in bytes (without the newline).
 pub const MAX_LINE: usize = 1 << 20;
@@ -120,8 +122,36 @@ pub enum Command {
     TerminateInstances {
         ids: Vec<String>,
     },
+    /// Register a guest image under `ami` (`ami-` + 8 hex digits) for
+    /// `run-instances AMI --qemu`. Paths must be absolute (the CLI makes them so).
+    RegisterImage {
+        ami: String,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        #[serde(default)]
+        disk: Option<PathBuf>,
+        /// MiB; default [`DEFAULT_IMAGE_MEMORY_MB`].
+        #[serde(default)]
+        memory_mb: Option<u32>,
+        /// Kernel command line; default [`DEFAULT_IMAGE_APPEND`].
+        #[serde(default)]
+        append: Option<String>,
+    },
+    /// All registered images when `amis` is empty.
+    DescribeImages {
+        #[serde(default)]
+        amis: Vec<String>,
+    },
+    DeregisterImage {
+        ami: String,
+    },
     Stats,
 }
+
+/// Memory of a registered image's guests when `register-image` names none.
+pub const DEFAULT_IMAGE_MEMORY_MB: u32 = 256;
+/// Kernel command line of a registered image when `register-image` names none.
+pub const DEFAULT_IMAGE_APPEND: &str = "console=ttyS0 quiet panic=-1";
 
 fn one() -> u32 {
     1
@@ -132,7 +162,10 @@ impl Command {
     pub fn is_edit(&self) -> bool {
         !matches!(
             self,
-            Command::DescribeGroups { .. } | Command::DescribeInstances { .. } | Command::Stats
+            Command::DescribeGroups { .. }
+                | Command::DescribeInstances { .. }
+                | Command::DescribeImages { .. }
+                | Command::Stats
         )
     }
 }
@@ -241,6 +274,11 @@ pub enum Response {
     },
     Stats {
         stats: StatsReport,
+    },
+    /// register-image (the new image), describe-images, deregister-image (the
+    /// removed image).
+    Images {
+        images: Vec<ImageRecord>,
     },
 }
 

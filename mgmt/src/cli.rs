@@ -40,6 +40,8 @@ Examples (the EC2 Developer Guide's walkthrough):
   sgswitch revoke default -P tcp -p 22 -s 192.168.1.10/32
   sgswitch terminate-instances i-0123abcd
   sgswitch attach-instance tap-guest1 -g web --mac 52:54:00:12:34:56   # a QEMU guest's TAP
+  sgswitch register-image ami-5e1f0001 --kernel guest/build/vmlinuz --initrd guest/build/initrd.img
+  sgswitch run-instances ami-5e1f0001 --qemu -g web   # a QEMU guest booted from that image
   sgswitch install-links /usr/local/bin          # then: ec2-describe-group, ec2-authorize, ...
 
 Errors print `Code: message` on stderr (exit 1); usage errors exit 2.";
@@ -93,9 +95,12 @@ pub enum Cmd {
     Authorize(RuleArgs),
     /// Remove ingress rules from a group (same options as authorize).
     Revoke(RuleArgs),
-    /// Launch namespace instances.  Prints RESERVATION and INSTANCE lines.
+    /// Launch namespace instances (or QEMU guests with --qemu).  Prints
+    /// RESERVATION and INSTANCE lines.
     RunInstances {
-        /// Image id (`ami-...`): recorded and shown, not interpreted.
+        /// Image id (`ami-...`). With --qemu: the registered image to boot (an
+        /// unregistered one boots `up --qemu-kernel`'s default image, if any);
+        /// without: recorded and shown.
         ami: String,
         /// How many instances.
         #[arg(short = 'n', long = "instance-count", default_value_t = 1)]
@@ -103,7 +108,7 @@ pub enum Cmd {
         /// Security group (repeatable); none = default.
         #[arg(short = 'g', long = "group")]
         groups: Vec<String>,
-        /// Boot QEMU guests from the daemon's guest image instead of namespaces
+        /// Boot QEMU guests from the AMI's image instead of namespaces
         /// (PLACE qemu:PID; the serial log is STATE_DIR/qemu/ID.log).
         #[arg(long)]
         qemu: bool,
@@ -135,6 +140,36 @@ pub enum Cmd {
     },
     /// Per-port and per-drop-reason counters of the switch.
     Stats,
+    /// Register a guest image for `run-instances AMI --qemu`.  Prints:
+    /// IMAGE AMI KERNEL INITRD MEMORY_MB DISK APPEND (DISK empty when none).
+    /// A registered AMI again fails with InvalidAMIID.Duplicate.
+    RegisterImage {
+        /// The image id: ami- and 8 lowercase hex digits.
+        ami: String,
+        /// The guest kernel (bzImage).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The guest initramfs.
+        #[arg(long)]
+        initrd: PathBuf,
+        /// A disk image, attached as a virtio disk in snapshot mode (writes are
+        /// discarded).
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// Memory per guest, MiB (32 to 65536).
+        #[arg(long, default_value_t = api::DEFAULT_IMAGE_MEMORY_MB)]
+        memory: u32,
+        /// Kernel command line.
+        #[arg(long, allow_hyphen_values = true, default_value = api::DEFAULT_IMAGE_APPEND)]
+        append: String,
+    },
+    /// Show registered images (all when no AMI is given).  Prints: IMAGE AMI
+    /// KERNEL INITRD MEMORY_MB DISK APPEND.
+    #[command(alias = "describe-image")]
+    DescribeImages { amis: Vec<String> },
+    /// Deregister an image (guests already booted from it keep running).
+    /// Prints the IMAGE line of the removed image.
+    DeregisterImage { ami: String },
     /// Make the ec2-* multi-call symlinks to this binary in DIR.
     InstallLinks { dir: PathBuf },
 }
@@ -236,6 +271,10 @@ pub struct UpArgs {
     /// Memory per guest, MiB.
     #[arg(long, default_value_t = 256)]
     pub qemu_mem: u32,
+    /// Guests' accelerator: auto = KVM (-cpu host) if a probe guest runs on it,
+    /// else TCG.
+    #[arg(long, value_enum, default_value_t = crate::qemu::Accel::Auto)]
+    pub qemu_accel: crate::qemu::Accel,
     /// Serve the API without a switch (groups and rules only; no instances).
     #[arg(long, hide = true)]
     pub no_switch: bool,
@@ -359,6 +398,29 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         Cmd::DescribeInstances { ids } => Command::DescribeInstances { ids: ids.clone() },
         Cmd::TerminateInstances { ids } => Command::TerminateInstances { ids: ids.clone() },
         Cmd::Stats => Command::Stats,
+        Cmd::RegisterImage {
+            ami,
+            kernel,
+            initrd,
+            disk,
+            memory,
+            append,
+        } => {
+            // The daemon runs elsewhere: paths are sent absolute, resolved here.
+            let abs = |what: &str, p: &Path| {
+                std::path::absolute(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+            };
+            Command::RegisterImage {
+                ami: ami.clone(),
+                kernel: abs("kernel", kernel)?,
+                initrd: abs("initrd", initrd)?,
+                disk: disk.as_deref().map(|d| abs("disk", d)).transpose()?,
+                memory_mb: Some(*memory),
+                append: Some(append.clone()),
+            }
+        }
+        Cmd::DescribeImages { amis } => Command::DescribeImages { amis: amis.clone() },
+        Cmd::DeregisterImage { ami } => Command::DeregisterImage { ami: ami.clone() },
     };
     Ok(Some(Request {
         owner: cli.owner.clone(),
@@ -465,8 +527,30 @@ pub fn format_response(resp: &Response) -> String {
             }
             line(format!("PORTS-GONE\t{}", stats.ports_gone));
         }
+        Response::Images { images } => {
+            for i in images {
+                line(image_line(i));
+            }
+        }
     }
     out
+}
+
+/// The IMAGE line of a registered image:
+/// `IMAGE AMI KERNEL INITRD MEMORY_MB DISK APPEND` (DISK empty when none).
+pub fn image_line(i: &api::ImageRecord) -> String {
+    format!(
+        "IMAGE\t{}\t{}\t{}\t{}\t{}\t{}",
+        i.ami,
+        i.kernel.display(),
+        i.initrd.display(),
+        i.memory_mb,
+        i.disk
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        i.append
+    )
 }
 
 /// What to print for a reply: (stdout, stderr, exit code).

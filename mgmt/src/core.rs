@@ -22,6 +22,18 @@
 //!   store's fsync) and publish latency (store committed → snapshot published:
 //!   compile + pointer swap) are kept for the last [`LATENCY_WINDOW`] edits;
 //!   [`StatsReport`] shows p50/p99 of both.
+//! * Guest images (`register-image`, `describe-images`, `deregister-image`) are
+//!   the daemon's, shared by all owners (like public AMIs). Registering checks
+//!   the AMI id (`ami-` + 8 lowercase hex digits), that the kernel, initrd and
+//!   disk are existing regular files given by absolute path, the memory (32 to
+//!   65536 MiB) and the command line; a registered AMI again is
+//!   `InvalidAMIID.Duplicate`, an unknown one `InvalidAMIID.NotFound`. Images
+//!   are one store transaction each and do not change the rules (no new
+//!   generation). Deregistering does not touch guests already booted from it.
+//! * `run-instances AMI --qemu` boots the AMI's registered image; an AMI that is
+//!   not registered boots the daemon's default image (`up --qemu-kernel ...`)
+//!   if it has one, and is `InvalidAMIID.NotFound` otherwise. Namespace
+//!   instances (no `--qemu`) only record the AMI.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -36,7 +48,8 @@ use crate::api::{
     ApiError, Command, InstanceView, Reply, Request, Reservation, Response, StateChange,
     StatsReport,
 };
-use crate::store::{self, Edit, InstanceRecord, Store, StoreError};
+use crate::qemu::GuestImage;
+use crate::store::{self, Edit, ImageRecord, InstanceRecord, Store, StoreError};
 
 /// Edits whose latency is kept for the percentiles.
 pub const LATENCY_WINDOW: usize = 1024;
@@ -110,11 +123,14 @@ pub trait Dataplane: Send {
     /// existing interface, or a QEMU guest) and its switch port; returns the
     /// attachment as made (a guest's PID filled in). On error nothing may be left
     /// behind.
+    /// `image` is what an [`Attachment::Qemu`] boots (the core always gives one
+    /// for those; `None` for the other attachments).
     fn launch(
         &mut self,
         inst: &Instance,
         prefix_len: u8,
         how: &Attachment,
+        image: Option<&GuestImage>,
     ) -> Result<Attachment, ApiError>;
     /// After a restart: attach the existing instance again (or recreate it).
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
@@ -147,6 +163,8 @@ pub struct Recorded {
     pub terminated: Vec<(String, Attachment)>,
     /// Panic in `launch` (tests that a bug does not take the daemon down).
     pub panic_on_launch: bool,
+    /// (instance id, image) of every QEMU launch.
+    pub booted: Vec<(String, GuestImage)>,
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -172,7 +190,14 @@ impl Dataplane for RecordingDataplane {
         inst: &Instance,
         _prefix_len: u8,
         how: &Attachment,
+        image: Option<&GuestImage>,
     ) -> Result<Attachment, ApiError> {
+        if matches!(how, Attachment::Qemu { .. }) != image.is_some() {
+            return Err(ApiError::internal(format!(
+                "launch of {}: an image for QEMU guests only (test)",
+                inst.id
+            )));
+        }
         let panic = self.with(|r| r.panic_on_launch);
         assert!(!panic, "launch of {} panicked (test)", inst.id);
         self.with(|r| {
@@ -184,6 +209,9 @@ impl Dataplane for RecordingDataplane {
             }
             r.launches += 1;
             r.attached.insert(inst.id.clone());
+            if let Some(img) = image {
+                r.booted.push((inst.id.clone(), img.clone()));
+            }
             Ok(match how {
                 // A made-up PID, as a real launch would report.
                 Attachment::Qemu { .. } => Attachment::Qemu {
@@ -225,6 +253,9 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Most instances per `run-instances`.
     pub max_launch: u32,
+    /// What `run-instances AMI --qemu` boots for an AMI that is not registered
+    /// (`up --qemu-kernel ... --qemu-initrd ...`).
+    pub default_image: Option<GuestImage>,
 }
 
 impl CoreConfig {
@@ -236,6 +267,7 @@ impl CoreConfig {
             uplink_range: default_uplink_range(subnet),
             limits: Limits::default(),
             max_launch: 256,
+            default_image: None,
         }
     }
 }
@@ -251,10 +283,15 @@ pub fn default_uplink_range(subnet: Ipv4Net) -> Ipv4Net {
 }
 
 /// Rebuild the model and instance records from the store.
-fn load_model(
-    store: &Store,
-    cfg: &CoreConfig,
-) -> Result<(Model, BTreeMap<String, InstanceRecord>, u64), CoreError> {
+/// What [`load_model`] rebuilds.
+type Reloaded = (
+    Model,
+    BTreeMap<String, InstanceRecord>,
+    u64,
+    BTreeMap<String, ImageRecord>,
+);
+
+fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
     let loaded = store.load()?;
     let mut model = Model::new(cfg.limits);
     for g in loaded.groups {
@@ -276,12 +313,19 @@ fn load_model(
     model.next_group_seq = loaded
         .counters
         .get(COUNTER_GROUP_SEQ)
-        .map_or(model.next_group_seq, |&v| model.next_group_seq.max(v as u64));
+        .map_or(model.next_group_seq, |&v| {
+            model.next_group_seq.max(v as u64)
+        });
     let generation = loaded
         .counters
         .get(COUNTER_GENERATION)
         .map_or(0, |&v| v as u64);
-    Ok((model, records, generation))
+    let images = loaded
+        .images
+        .into_iter()
+        .map(|i| (i.ami.clone(), i))
+        .collect();
+    Ok((model, records, generation, images))
 }
 
 /// Errors of opening the core.
@@ -304,6 +348,8 @@ pub struct Core {
     cfg: CoreConfig,
     model: Model,
     records: BTreeMap<String, InstanceRecord>,
+    /// Registered guest images by AMI.
+    images: BTreeMap<String, ImageRecord>,
     /// Instances whose data-plane attachment exists.
     attached: BTreeSet<String>,
     store: Store,
@@ -327,7 +373,7 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
-        let (model, records, generation) = match load_model(&store, &cfg) {
+        let (model, records, generation, images) = match load_model(&store, &cfg) {
             Ok(v) => v,
             Err(e) => {
                 dp.shutdown();
@@ -338,6 +384,7 @@ impl Core {
             cfg,
             model,
             records,
+            images,
             attached: BTreeSet::new(),
             store,
             dp,
@@ -426,6 +473,26 @@ impl Core {
             } => self.run_instances(&owner, &ami, count, groups, qemu),
             Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
             Command::TerminateInstances { ids } => self.terminate_instances(&owner, &ids),
+            Command::RegisterImage {
+                ami,
+                kernel,
+                initrd,
+                disk,
+                memory_mb,
+                append,
+            } => self.register_image(ImageRecord {
+                ami,
+                kernel,
+                initrd,
+                disk,
+                memory_mb: memory_mb.unwrap_or(crate::api::DEFAULT_IMAGE_MEMORY_MB),
+                append: append.unwrap_or_else(|| crate::api::DEFAULT_IMAGE_APPEND.to_owned()),
+                registered_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            }),
+            Command::DescribeImages { amis } => self.describe_images(&amis),
+            Command::DeregisterImage { ami } => self.deregister_image(&ami),
             Command::Stats => Ok(Response::Stats {
                 stats: self.stats(),
             }),
@@ -555,13 +622,78 @@ impl Core {
                 ),
             ));
         }
-        let how = if qemu {
-            Attachment::Qemu { pid: 0 }
+        let (how, image) = if qemu {
+            let image = match self.images.get(ami) {
+                Some(rec) => GuestImage::from(rec),
+                None => self.cfg.default_image.clone().ok_or_else(|| {
+                    ApiError::ec2(
+                        Ec2Code::InvalidAmiIdNotFound,
+                        format!(
+                            "the image id '{}' does not exist (register it with register-image)",
+                            ami.escape_default()
+                        ),
+                    )
+                })?,
+            };
+            (Attachment::Qemu { pid: 0 }, Some(image))
         } else {
-            Attachment::Netns
+            (Attachment::Netns, None)
         };
         let items = (0..count).map(|_| (None, None, how.clone())).collect();
-        self.launch(owner, ami, groups, items)
+        self.launch(owner, ami, groups, items, image.as_ref())
+    }
+
+    fn register_image(&mut self, rec: ImageRecord) -> Reply {
+        validate_image(&rec)?;
+        if self.images.contains_key(&rec.ami) {
+            return Err(ApiError::new(
+                IMAGE_DUPLICATE,
+                format!("the image id '{}' is already registered", rec.ami),
+            ));
+        }
+        self.store
+            .commit(&[Edit::PutImage(rec.clone())])
+            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+        self.edits += 1;
+        self.images.insert(rec.ami.clone(), rec.clone());
+        Ok(Response::Images { images: vec![rec] })
+    }
+
+    fn image(&self, ami: &str) -> Result<&ImageRecord, ApiError> {
+        self.images.get(ami).ok_or_else(|| {
+            ApiError::ec2(
+                Ec2Code::InvalidAmiIdNotFound,
+                format!("the image id '{}' does not exist", ami.escape_default()),
+            )
+        })
+    }
+
+    fn describe_images(&self, amis: &[String]) -> Reply {
+        let images = if amis.is_empty() {
+            self.images.values().cloned().collect()
+        } else {
+            let mut out: Vec<ImageRecord> = Vec::new();
+            for ami in amis {
+                let rec = self.image(ami)?;
+                if !out.contains(rec) {
+                    out.push(rec.clone());
+                }
+            }
+            out
+        };
+        Ok(Response::Images { images })
+    }
+
+    fn deregister_image(&mut self, ami: &str) -> Reply {
+        let rec = self.image(ami)?.clone();
+        self.store
+            .commit(&[Edit::DeleteImage {
+                ami: rec.ami.clone(),
+            }])
+            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+        self.edits += 1;
+        self.images.remove(ami);
+        Ok(Response::Images { images: vec![rec] })
     }
 
     fn attach_instance(
@@ -607,7 +739,7 @@ impl Core {
                 ),
             ));
         }
-        self.launch(owner, ATTACHED_AMI, groups, vec![(ip, mac, how)])
+        self.launch(owner, ATTACHED_AMI, groups, vec![(ip, mac, how)], None)
     }
 
     /// An address the caller chose: inside the subnet, a host address, not the
@@ -644,6 +776,7 @@ impl Core {
         ami: &str,
         groups: Vec<String>,
         items: Vec<(Option<Ipv4Addr>, Option<Mac>, Attachment)>,
+        image: Option<&GuestImage>,
     ) -> Reply {
         let count = items.len();
         let mut next = self.model.clone();
@@ -704,7 +837,8 @@ impl Core {
                 .get_mut(id)
                 .ok_or_else(|| ApiError::internal("launch record lost"))?;
             let how = Attachment::from_place(&rec.place);
-            match self.dp.launch(&rec.instance, prefix, &how) {
+            let boots = image.filter(|_| matches!(how, Attachment::Qemu { .. }));
+            match self.dp.launch(&rec.instance, prefix, &how, boots) {
                 Ok(made) => {
                     rec.place = made.place(id);
                     launched.push((id.clone(), made));
@@ -1014,6 +1148,57 @@ fn validate_ami(ami: &str) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// Error code of registering an AMI that is already registered.
+pub const IMAGE_DUPLICATE: &str = "InvalidAMIID.Duplicate";
+
+/// A registered image: `ami-` + 8 lowercase hex digits, existing regular files
+/// by absolute path, 32 to 65536 MiB, a printable command line of at most 1024
+/// characters.
+fn validate_image(rec: &ImageRecord) -> Result<(), ApiError> {
+    let bad = |msg: String| Err(ApiError::ec2(Ec2Code::InvalidParameterValue, msg));
+    let ami_ok = rec.ami.strip_prefix("ami-").is_some_and(|h| {
+        h.len() == 8
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if !ami_ok {
+        return bad(format!(
+            "invalid image id '{}': expected ami- and 8 lowercase hex digits",
+            rec.ami.escape_default()
+        ));
+    }
+    let files = [
+        ("kernel", Some(&rec.kernel)),
+        ("initrd", Some(&rec.initrd)),
+        ("disk", rec.disk.as_ref()),
+    ];
+    for (what, path) in files {
+        let Some(path) = path else { continue };
+        let shown = path.display().to_string().escape_default().to_string();
+        if !path.is_absolute() {
+            return bad(format!("invalid {what} '{shown}': not an absolute path"));
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return bad(format!("invalid {what} '{shown}': not a regular file")),
+            Err(e) => return bad(format!("invalid {what} '{shown}': {e}")),
+        }
+    }
+    if !(32..=65536).contains(&rec.memory_mb) {
+        return bad(format!(
+            "invalid memory size '{}' MiB: must be 32 to 65536",
+            rec.memory_mb
+        ));
+    }
+    if rec.append.len() > 1024 || !rec.append.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return bad(format!(
+            "invalid kernel command line '{}': up to 1024 printable ASCII characters",
+            rec.append.escape_default()
+        ));
+    }
+    Ok(())
 }
 
 /// `prefix` + 8 lowercase hex digits from `/dev/urandom` (time-and-pid mixed as a

@@ -1019,7 +1019,15 @@ fn random_command_sequences_reload_to_the_same_state() {
 fn qemu_launches_record_the_guest_pid_as_place() {
     let dir = TempDir::new("core-qemu");
     let dp = RecordingDataplane::default();
-    let mut core = core_with(&dir, config(), dp.clone());
+    let mut cfg = config();
+    cfg.default_image = Some(GuestImage {
+        kernel: "/boot/default-vmlinuz".into(),
+        initrd: "/boot/default-initrd".into(),
+        disk: None,
+        append: "console=ttyS0".into(),
+        mem_mb: 128,
+    });
+    let mut core = core_with(&dir, cfg, dp.clone());
     let r = core.handle(req(Command::RunInstances {
         ami: "ami-eca54085".into(),
         count: 2,
@@ -1041,4 +1049,250 @@ fn qemu_launches_record_the_guest_pid_as_place() {
     let r = core.model().instances.len();
     assert_eq!(r, 2);
     assert!(core.dump().contains("qemu:40002"));
+}
+
+/// Image files that exist, in `dir`.
+fn image_files(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let k = dir.0.join("vmlinuz");
+    let i = dir.0.join("initrd.img");
+    let d = dir.0.join("disk.raw");
+    for f in [&k, &i, &d] {
+        std::fs::write(f, b"x").unwrap();
+    }
+    (k, i, d)
+}
+
+fn register(ami: &str, kernel: &std::path::Path, initrd: &std::path::Path) -> Command {
+    Command::RegisterImage {
+        ami: ami.into(),
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        disk: None,
+        memory_mb: None,
+        append: None,
+    }
+}
+
+fn qemu_run(ami: &str, count: u32) -> Command {
+    Command::RunInstances {
+        ami: ami.into(),
+        count,
+        groups: vec![],
+        qemu: true,
+    }
+}
+
+#[test]
+fn registered_images_are_validated_listed_persisted_and_deregistered() {
+    let dir = TempDir::new("core-images");
+    let files = TempDir::new("core-image-files");
+    let (k, i, d) = image_files(&files);
+    let mut core = core_in(&dir, config());
+    let r = core.handle(req(register("ami-5e1f0001", &k, &i))).unwrap();
+    let Response::Images { images } = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].memory_mb, crate::api::DEFAULT_IMAGE_MEMORY_MB);
+    assert_eq!(images[0].append, crate::api::DEFAULT_IMAGE_APPEND);
+    core.handle(req(Command::RegisterImage {
+        ami: "ami-0000beef".into(),
+        kernel: k.clone(),
+        initrd: i.clone(),
+        disk: Some(d.clone()),
+        memory_mb: Some(512),
+        append: Some("console=ttyS0 sg.bigmb=1".into()),
+    }))
+    .unwrap();
+
+    // Every bad value: its code, the value named, the state unchanged.
+    let before = core.dump();
+    let missing = files.0.join("nope");
+    let bad: Vec<(Command, &str, String)> = vec![
+        (
+            register("ami-5e1f0001", &k, &i),
+            IMAGE_DUPLICATE,
+            "ami-5e1f0001".into(),
+        ),
+        (
+            register("ami-5E1F0002", &k, &i),
+            "InvalidParameterValue",
+            "ami-5E1F0002".into(),
+        ),
+        (
+            register("ami-123", &k, &i),
+            "InvalidParameterValue",
+            "ami-123".into(),
+        ),
+        (
+            register("ami-00000002", &missing, &i),
+            "InvalidParameterValue",
+            missing.display().to_string(),
+        ),
+        (
+            register("ami-00000002", &k, &files.0),
+            "InvalidParameterValue",
+            "not a regular file".into(),
+        ),
+        (
+            register("ami-00000002", std::path::Path::new("vmlinuz"), &i),
+            "InvalidParameterValue",
+            "not an absolute path".into(),
+        ),
+        (
+            Command::RegisterImage {
+                ami: "ami-00000002".into(),
+                kernel: k.clone(),
+                initrd: i.clone(),
+                disk: Some(missing.clone()),
+                memory_mb: None,
+                append: None,
+            },
+            "InvalidParameterValue",
+            "invalid disk".into(),
+        ),
+        (
+            Command::RegisterImage {
+                ami: "ami-00000002".into(),
+                kernel: k.clone(),
+                initrd: i.clone(),
+                disk: None,
+                memory_mb: Some(8),
+                append: None,
+            },
+            "InvalidParameterValue",
+            "'8'".into(),
+        ),
+        (
+            Command::RegisterImage {
+                ami: "ami-00000002".into(),
+                kernel: k.clone(),
+                initrd: i.clone(),
+                disk: None,
+                memory_mb: None,
+                append: Some("console=ttyS0\ninit=/x".into()),
+            },
+            "InvalidParameterValue",
+            "command line".into(),
+        ),
+        (
+            Command::DeregisterImage {
+                ami: "ami-99999999".into(),
+            },
+            "InvalidAMIID.NotFound",
+            "ami-99999999".into(),
+        ),
+        (
+            Command::DescribeImages {
+                amis: vec!["ami-5e1f0001".into(), "ami-99999999".into()],
+            },
+            "InvalidAMIID.NotFound",
+            "ami-99999999".into(),
+        ),
+        (
+            qemu_run("ami-99999999", 1),
+            "InvalidAMIID.NotFound",
+            "ami-99999999".into(),
+        ),
+    ];
+    for (cmd, want, named) in bad {
+        let r = core.handle(req(cmd.clone()));
+        assert_eq!(code(&r), want, "{cmd:?}");
+        let msg = &r.as_ref().unwrap_err().message;
+        assert!(msg.contains(&named), "{cmd:?}: {msg} names {named}");
+        assert_eq!(core.dump(), before, "{cmd:?} changed the state");
+    }
+
+    // Listed sorted by AMI; one by name; kept across a restart.
+    let list = |core: &mut Core, amis: Vec<String>| match core
+        .handle(req(Command::DescribeImages { amis }))
+        .unwrap()
+    {
+        Response::Images { images } => images,
+        other => panic!("{other:?}"),
+    };
+    let all = list(&mut core, vec![]);
+    let amis: Vec<&str> = all.iter().map(|i| i.ami.as_str()).collect();
+    assert_eq!(amis, ["ami-0000beef", "ami-5e1f0001"]);
+    assert_eq!(all[0].disk.as_deref(), Some(d.as_path()));
+    assert_eq!(all[0].memory_mb, 512);
+    drop(core);
+    let mut core = core_in(&dir, config());
+    assert_eq!(list(&mut core, vec![]), all, "images survive a restart");
+    let one = list(&mut core, vec!["ami-0000beef".into()]);
+    assert_eq!(one, all[..1]);
+
+    let r = core
+        .handle(req(Command::DeregisterImage {
+            ami: "ami-0000beef".into(),
+        }))
+        .unwrap();
+    assert_eq!(
+        r,
+        Response::Images {
+            images: all[..1].to_vec()
+        }
+    );
+    assert_eq!(list(&mut core, vec![]), all[1..]);
+    drop(core);
+    let mut core = core_in(&dir, config());
+    assert_eq!(
+        list(&mut core, vec![]),
+        all[1..],
+        "deregistration is durable"
+    );
+}
+
+#[test]
+fn run_instances_qemu_boots_the_amis_image_else_the_default_else_fails() {
+    let dir = TempDir::new("core-boot");
+    let files = TempDir::new("core-boot-files");
+    let (k, i, d) = image_files(&files);
+    let dp = RecordingDataplane::default();
+    let mut cfg = config();
+    let default = GuestImage {
+        kernel: "/boot/default-vmlinuz".into(),
+        initrd: "/boot/default-initrd".into(),
+        disk: None,
+        append: "console=ttyS0".into(),
+        mem_mb: 128,
+    };
+    cfg.default_image = Some(default.clone());
+    let mut core = core_with(&dir, cfg, dp.clone());
+    core.handle(req(Command::RegisterImage {
+        ami: "ami-5e1f0001".into(),
+        kernel: k.clone(),
+        initrd: i.clone(),
+        disk: Some(d.clone()),
+        memory_mb: Some(384),
+        append: Some("console=ttyS0 sg.bigmb=2".into()),
+    }))
+    .unwrap();
+    let a = launched_ids(&core.handle(req(qemu_run("ami-5e1f0001", 1))));
+    let b = launched_ids(&core.handle(req(qemu_run("ami-0000aaaa", 1))));
+    // A namespace instance boots nothing, whatever its AMI.
+    let c = launched_ids(&core.handle(req(run(1, &[]))));
+    let booted = dp.state.lock().unwrap().booted.clone();
+    assert_eq!(
+        booted,
+        vec![
+            (
+                a[0].clone(),
+                GuestImage {
+                    kernel: k,
+                    initrd: i,
+                    disk: Some(d),
+                    append: "console=ttyS0 sg.bigmb=2".into(),
+                    mem_mb: 384,
+                }
+            ),
+            (b[0].clone(), default),
+        ]
+    );
+    assert_eq!(c.len(), 1);
+    // Without a default image an unregistered AMI is not found.
+    drop(core);
+    let mut core = core_in(&dir, config());
+    let r = core.handle(req(qemu_run("ami-0000aaaa", 1)));
+    assert_eq!(code(&r), "InvalidAMIID.NotFound");
 }

@@ -258,6 +258,7 @@ impl Dataplane for NoSwitch {
         inst: &Instance,
         _prefix_len: u8,
         _how: &Attachment,
+        _image: Option<&crate::qemu::GuestImage>,
     ) -> Result<Attachment, ApiError> {
         Err(ApiError::ec2(
             filter::Ec2Code::InsufficientInstanceCapacity,
@@ -305,6 +306,7 @@ pub fn core_config(cli: &Cli, args: &UpArgs) -> Result<CoreConfig, DaemonError> 
     cfg.limits = Limits {
         rules_per_group: args.rules_per_group,
     };
+    cfg.default_image = crate::dataplane::default_image(args);
     Ok(cfg)
 }
 

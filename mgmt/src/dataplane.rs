@@ -12,9 +12,9 @@
 //! * `launch`/`reattach` of an [`Attachment::Iface`] (`attach-instance`) opens
 //!   AF_PACKET queues on an interface someone else made (inside its namespace if
 //!   one is given) — a QEMU guest's TAP, one end of a veth.
-//! * `launch` of an [`Attachment::Qemu`] (`run-instances --qemu`) boots a guest
-//!   from the daemon's image ([`crate::qemu`]); without `--qemu-kernel` and
-//!   `--qemu-initrd` it is refused with `InvalidParameterValue`.
+//! * `launch` of an [`Attachment::Qemu`] (`run-instances AMI --qemu`) boots a
+//!   guest from the image the core resolved for the AMI ([`crate::qemu`]), its
+//!   serial log in `STATE_DIR/qemu/ID.log`.
 //! * `terminate` removes the port first (so no worker writes to it any more), then
 //!   deletes the namespace (idempotent); an attached interface is only detached;
 //!   a guest is stopped and its namespace deleted.
@@ -63,8 +63,8 @@ pub struct SwitchDataplane {
     workers: usize,
     /// Instance id → its port.
     ports: BTreeMap<String, PortId>,
-    /// How to boot QEMU guests, if the daemon has a guest image.
-    qemu: Option<QemuConfig>,
+    /// How to run QEMU guests.
+    qemu: QemuConfig,
     /// Guests this daemon started (reaped when terminated).
     guests: BTreeMap<String, qemu::Guest>,
 }
@@ -76,15 +76,25 @@ pub fn uplink_host_addr(subnet: Ipv4Net, uplink_range: Ipv4Net) -> Ipv4Net {
     Ipv4Net::new(first, subnet.prefix_len()).unwrap_or(subnet)
 }
 
-/// The guest image settings of `up`, when both kernel and initrd are given.
-pub fn qemu_config(args: &UpArgs) -> Option<QemuConfig> {
-    Some(QemuConfig {
-        kernel: args.qemu_kernel.clone()?,
-        initrd: args.qemu_initrd.clone()?,
-        append: args.qemu_append.clone(),
-        mem_mb: args.qemu_mem,
+/// How the daemon runs guests: logs in `STATE_DIR/qemu`.
+pub fn qemu_config(args: &UpArgs) -> QemuConfig {
+    QemuConfig {
         log_dir: args.state_dir.join("qemu"),
         binary: "qemu-system-x86_64".to_owned(),
+        accel: args.qemu_accel,
+    }
+}
+
+/// The default guest image of `up`, when both kernel and initrd are given
+/// (made absolute: the daemon may change directory later).
+pub fn default_image(args: &UpArgs) -> Option<qemu::GuestImage> {
+    let abs = |p: &std::path::PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    Some(qemu::GuestImage {
+        kernel: abs(args.qemu_kernel.as_ref()?),
+        initrd: abs(args.qemu_initrd.as_ref()?),
+        disk: None,
+        append: args.qemu_append.clone(),
+        mem_mb: args.qemu_mem,
     })
 }
 
@@ -238,6 +248,7 @@ impl Dataplane for SwitchDataplane {
         inst: &Instance,
         prefix_len: u8,
         how: &Attachment,
+        image: Option<&qemu::GuestImage>,
     ) -> Result<Attachment, ApiError> {
         let mut made = how.clone();
         let queues = match how {
@@ -255,16 +266,19 @@ impl Dataplane for SwitchDataplane {
                 self.open_iface(&inst.id, ifname, netns.as_deref())?
             }
             Attachment::Qemu { .. } => {
-                let cfg = self.qemu.as_ref().ok_or_else(|| {
-                    ApiError::ec2(
-                        filter::Ec2Code::InvalidParameterValue,
-                        "this daemon has no guest image: start it with --qemu-kernel and --qemu-initrd",
-                    )
+                let image = image.ok_or_else(|| {
+                    ApiError::internal(format!("launch guest {}: no image to boot", inst.id))
                 })?;
-                let (guest, queues) =
-                    qemu::start(cfg, &inst.id, inst.mac, self.workers).map_err(|e| {
-                        ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
-                    })?;
+                let (guest, queues) = qemu::start(
+                    &self.qemu,
+                    image,
+                    &inst.id,
+                    inst.mac,
+                    self.workers,
+                )
+                .map_err(|e| {
+                    ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
+                })?;
                 made = Attachment::Qemu { pid: guest.pid };
                 self.guests.insert(inst.id.clone(), guest);
                 queues

@@ -1,15 +1,26 @@
-//! QEMU instances (`run-instances --qemu`): a guest booted from the daemon's guest
-//! image, its TAP in a network namespace named after the instance, attached to
-//! the switch with AF_PACKET.
+//! QEMU instances (`run-instances AMI --qemu`): a guest booted from a
+//! [`GuestImage`] (the AMI's registered image, or the daemon's default one), its
+//! TAP in a network namespace named after the instance, attached to the switch
+//! with AF_PACKET.
 //!
 //! Contract:
 //! * [`start`] creates namespace `ID`, a persistent single-queue `vnet_hdr` TAP
 //!   [`GUEST_TAP`] inside it (up, no address: it is the guest's wire, not a host
-//!   interface), starts `qemu-system-x86_64 -accel tcg` inside the namespace on
-//!   that TAP with the instance's MAC (the guest asks the switch's DHCP server for
-//!   its address), and opens one AF_PACKET queue per worker on the TAP's kernel
-//!   side. The serial console goes to `LOG_DIR/ID.log`. On any failure the QEMU
-//!   process is killed and the namespace deleted: nothing is left behind.
+//!   interface), starts `qemu-system-x86_64` inside the namespace on that TAP
+//!   with the instance's MAC (the guest asks the switch's DHCP server for its
+//!   address), and opens one AF_PACKET queue per worker on the TAP's kernel
+//!   side. The accelerator ([`Accel`], `up --qemu-accel`, default `auto`) is KVM
+//!   (`-accel kvm -cpu host`) where KVM works and TCG (`-accel tcg`) otherwise.
+//!   `auto` decides once per daemon with [`probe_kvm`]: `/dev/kvm` must open
+//!   read-write **and** a one-sector probe guest run under `-accel kvm -cpu host`
+//!   must reach its exit port within [`KVM_PROBE_TIMEOUT`] (a nested or
+//!   half-working KVM, such as one that opens but cannot set the host CPU's
+//!   MSRs, fails it and gets TCG).
+//!   The image's disk, if any, is a virtio disk with `snapshot=on`: the guest's
+//!   writes go to a temporary overlay, so any number of instances share one image
+//!   file and it never changes. The serial console goes to `LOG_DIR/ID.log`. On
+//!   any failure the QEMU process is killed and the namespace deleted: nothing is
+//!   left behind.
 //! * The guest is a child of the daemon; [`Guest`] keeps the handle so that it is
 //!   reaped. A daemon restart does not stop guests: [`reattach`] opens the
 //!   AF_PACKET queues again if the process recorded in the instance's place
@@ -43,18 +54,189 @@ use switch::tap::{self, TapError, TapOptions};
 /// The guest's TAP inside the instance's namespace.
 pub const GUEST_TAP: &str = "qtap0";
 
-/// How guests are booted (`sgswitch up --qemu-kernel ... --qemu-initrd ...`).
+/// What a guest boots: a registered image (`register-image`) or the daemon's
+/// default one (`up --qemu-kernel ... --qemu-initrd ...`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QemuConfig {
+pub struct GuestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// A disk image (virtio, `snapshot=on`).
+    pub disk: Option<PathBuf>,
     /// Kernel command line.
     pub append: String,
     pub mem_mb: u32,
+}
+
+impl From<&crate::store::ImageRecord> for GuestImage {
+    fn from(r: &crate::store::ImageRecord) -> GuestImage {
+        GuestImage {
+            kernel: r.kernel.clone(),
+            initrd: r.initrd.clone(),
+            disk: r.disk.clone(),
+            append: r.append.clone(),
+            mem_mb: r.memory_mb,
+        }
+    }
+}
+
+/// How the daemon runs guests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuConfig {
     /// Where the guests' serial logs go (`ID.log`).
     pub log_dir: PathBuf,
     /// The QEMU binary.
     pub binary: String,
+    pub accel: Accel,
+}
+
+/// The accelerator of guests (`up --qemu-accel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM if [`probe_kvm`] says it works, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// How long the KVM probe guest may take to reach its exit port.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The exit status of the probe guest: it writes 0x21 to `isa-debug-exit`,
+/// which makes QEMU exit with `(0x21 << 1) | 1`.
+const KVM_PROBE_EXIT: i32 = 0x43;
+
+/// A boot sector: `mov al, 0x21; out 0xf4, al; cli; hlt; jmp $`.
+fn probe_sector() -> [u8; 512] {
+    let mut s = [0u8; 512];
+    s[..8].copy_from_slice(&[0xB0, 0x21, 0xE6, 0xF4, 0xFA, 0xF4, 0xEB, 0xFE]);
+    s[510] = 0x55;
+    s[511] = 0xAA;
+    s
+}
+
+/// Whether KVM works for guests here: `/dev/kvm` opens read-write and a probe
+/// guest (one boot sector, written to `dir`) run with `-accel kvm -cpu host`
+/// exits through its debug port within [`KVM_PROBE_TIMEOUT`].
+pub fn probe_kvm(binary: &str, dir: &Path) -> bool {
+    let opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !opens || std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let img = dir.join("kvm-probe.img");
+    if std::fs::write(&img, probe_sector()).is_err() {
+        return false;
+    }
+    let drive = format!("file={},format=raw,if=ide,snapshot=on", img.display());
+    let child = std::process::Command::new(binary)
+        .args([
+            "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "16",
+        ])
+        .args(["-nodefaults", "-display", "none", "-monitor", "none"])
+        .args(["-serial", "none", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-drive", &drive])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let deadline = Instant::now() + KVM_PROBE_TIMEOUT;
+    let works = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code() == Some(KVM_PROBE_EXIT),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&img);
+    works
+}
+
+/// Whether guests of `cfg` run on KVM (`auto`: probed once per process).
+pub fn use_kvm(cfg: &QemuConfig) -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match cfg.accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => *PROBED.get_or_init(|| probe_kvm(&cfg.binary, &cfg.log_dir)),
+    }
+}
+
+/// The accelerator arguments: `-accel kvm -cpu host` or `-accel tcg`.
+pub fn accel_args(kvm: bool) -> &'static [&'static str] {
+    if kvm {
+        &["-accel", "kvm", "-cpu", "host"]
+    } else {
+        &["-accel", "tcg"]
+    }
+}
+
+/// The QEMU command line (after `ip netns exec ID`) of guest `id`.
+pub fn qemu_argv(
+    cfg: &QemuConfig,
+    image: &GuestImage,
+    id: &str,
+    mac: Mac,
+    log: &Path,
+    kvm: bool,
+) -> Vec<Vec<u8>> {
+    let mut argv: Vec<Vec<u8>> = Vec::new();
+    let mut push = |a: &[u8]| argv.push(a.to_vec());
+    push(cfg.binary.as_bytes());
+    for a in accel_args(kvm) {
+        push(a.as_bytes());
+    }
+    let mem = image.mem_mb.to_string();
+    for a in [
+        "-m",
+        &mem,
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+    ] {
+        push(a.as_bytes());
+    }
+    push(image.kernel.as_os_str().as_bytes());
+    push(b"-initrd");
+    push(image.initrd.as_os_str().as_bytes());
+    push(b"-append");
+    push(image.append.as_bytes());
+    if let Some(disk) = &image.disk {
+        // QEMU's option syntax doubles commas inside a value.
+        let mut d = b"file=".to_vec();
+        for &b in disk.as_os_str().as_bytes() {
+            d.push(b);
+            if b == b',' {
+                d.push(b',');
+            }
+        }
+        d.extend_from_slice(b",if=virtio,snapshot=on");
+        push(b"-drive");
+        push(&d);
+    }
+    let mac_text = crate::store::format_mac(&mac);
+    let netdev = format!("tap,id=n0,ifname={GUEST_TAP},script=no,downscript=no,vhost=off");
+    let device = format!("virtio-net-pci,netdev=n0,mac={mac_text},romfile=");
+    let serial = format!("file:{}", log.display());
+    for a in [
+        "-netdev", &netdev, "-device", &device, "-serial", &serial, "-display", "none", "-monitor",
+        "none", "-name", id,
+    ] {
+        push(a.as_bytes());
+    }
+    argv
 }
 
 /// Errors of the guest lifecycle; each names the instance and the step.
@@ -163,9 +345,11 @@ pub fn log_path(cfg: &QemuConfig, id: &str) -> PathBuf {
     cfg.log_dir.join(format!("{id}.log"))
 }
 
-/// Boot guest `id` with `mac`; returns it and one AF_PACKET queue per worker.
+/// Boot guest `id` from `image` with `mac`; returns it and one AF_PACKET queue
+/// per worker.
 pub fn start(
     cfg: &QemuConfig,
+    image: &GuestImage,
     id: &str,
     mac: Mac,
     workers: usize,
@@ -180,7 +364,7 @@ pub fn start(
         id: id.to_owned(),
         source,
     })?;
-    match start_in_netns(cfg, id, mac, workers, &log) {
+    match start_in_netns(cfg, image, id, mac, workers, &log) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = netns::delete(id);
@@ -191,6 +375,7 @@ pub fn start(
 
 fn start_in_netns(
     cfg: &QemuConfig,
+    image: &GuestImage,
     id: &str,
     mac: Mac,
     workers: usize,
@@ -220,48 +405,11 @@ fn start_in_netns(
             source,
         }
     })?;
-    let mac_text = crate::store::format_mac(&mac);
-    let mem = cfg.mem_mb.to_string();
-    let netdev = format!("tap,id=n0,ifname={GUEST_TAP},script=no,downscript=no,vhost=off");
-    let device = format!("virtio-net-pci,netdev=n0,mac={mac_text}");
-    let serial = format!("file:{}", log.display());
-    let mut argv: Vec<Vec<u8>> = [
-        "ip",
-        "netns",
-        "exec",
-        id,
-        &cfg.binary,
-        "-accel",
-        "tcg",
-        "-m",
-        &mem,
-    ]
-    .iter()
-    .map(|a| a.as_bytes().to_vec())
-    .collect();
-    argv.extend([
-        b"-nographic".to_vec(),
-        b"-no-reboot".to_vec(),
-        b"-kernel".to_vec(),
-    ]);
-    argv.push(cfg.kernel.as_os_str().as_bytes().to_vec());
-    argv.push(b"-initrd".to_vec());
-    argv.push(cfg.initrd.as_os_str().as_bytes().to_vec());
-    for a in [
-        "-append",
-        &cfg.append,
-        "-netdev",
-        &netdev,
-        "-device",
-        &device,
-        "-serial",
-        &serial,
-    ] {
-        argv.push(a.as_bytes().to_vec());
-    }
-    for a in ["-display", "none", "-monitor", "none", "-name", id] {
-        argv.push(a.as_bytes().to_vec());
-    }
+    let mut argv: Vec<Vec<u8>> = ["ip", "netns", "exec", id]
+        .iter()
+        .map(|a| a.as_bytes().to_vec())
+        .collect();
+    argv.extend(qemu_argv(cfg, image, id, mac, log, use_kvm(cfg)));
     let spawn_err = |source| QemuError::Spawn {
         id: id.to_owned(),
         binary: cfg.binary.clone(),
@@ -364,5 +512,118 @@ fn stop_process(id: &str, pid: u32, guest: Option<&Guest>) {
         while !g.reap() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[Vec<u8>]) -> Vec<String> {
+        v.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    fn after<'a>(argv: &'a [String], opt: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == opt)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn command_line_boots_the_image_on_the_guest_tap_with_the_right_accelerator() {
+        let cfg = QemuConfig {
+            log_dir: "/var/lib/sgswitch/qemu".into(),
+            binary: "qemu-system-x86_64".into(),
+            accel: Accel::Auto,
+        };
+        let mut image = GuestImage {
+            kernel: "/img/vmlinuz".into(),
+            initrd: "/img/initrd.img".into(),
+            disk: None,
+            append: "console=ttyS0 quiet".into(),
+            mem_mb: 384,
+        };
+        let mac = [0x02, 0, 0x5e, 0x10, 0, 0x01];
+        let log = Path::new("/var/lib/sgswitch/qemu/i-0000abcd.log");
+        let tcg = args(&qemu_argv(&cfg, &image, "i-0000abcd", mac, log, false));
+        assert_eq!(tcg[0], "qemu-system-x86_64");
+        assert_eq!(after(&tcg, "-accel"), ["tcg"]);
+        assert_eq!(after(&tcg, "-m"), ["384"]);
+        assert_eq!(after(&tcg, "-kernel"), ["/img/vmlinuz"]);
+        assert_eq!(after(&tcg, "-initrd"), ["/img/initrd.img"]);
+        assert_eq!(after(&tcg, "-append"), ["console=ttyS0 quiet"]);
+        assert!(after(&tcg, "-drive").is_empty());
+        assert_eq!(
+            after(&tcg, "-netdev"),
+            ["tap,id=n0,ifname=qtap0,script=no,downscript=no,vhost=off"]
+        );
+        assert_eq!(
+            after(&tcg, "-device"),
+            ["virtio-net-pci,netdev=n0,mac=02:00:5e:10:00:01,romfile="]
+        );
+        assert_eq!(
+            after(&tcg, "-serial"),
+            ["file:/var/lib/sgswitch/qemu/i-0000abcd.log"]
+        );
+        assert_eq!(after(&tcg, "-name"), ["i-0000abcd"]);
+
+        image.disk = Some("/img/a,b.raw".into());
+        let kvm = args(&qemu_argv(&cfg, &image, "i-0000abcd", mac, log, true));
+        assert_eq!(after(&kvm, "-accel"), ["kvm"]);
+        assert_eq!(after(&kvm, "-cpu"), ["host"]);
+        assert_eq!(
+            after(&kvm, "-drive"),
+            ["file=/img/a,,b.raw,if=virtio,snapshot=on"]
+        );
+    }
+
+    #[test]
+    fn probe_sector_is_a_bootable_sector_writing_the_exit_port() {
+        let s = probe_sector();
+        assert_eq!(&s[510..], &[0x55, 0xAA]);
+        // out imm8, al to port 0xf4 with al = 0x21 → exit status 0x43.
+        assert_eq!(&s[..4], &[0xB0, 0x21, 0xE6, 0xF4]);
+        assert_eq!((0x21 << 1) | 1, KVM_PROBE_EXIT);
+    }
+
+    #[test]
+    fn forced_accelerators_need_no_probe() {
+        let cfg = |accel| QemuConfig {
+            log_dir: "/nonexistent".into(),
+            binary: "/nonexistent/qemu".into(),
+            accel,
+        };
+        assert!(use_kvm(&cfg(Accel::Kvm)));
+        assert!(!use_kvm(&cfg(Accel::Tcg)));
+        // A QEMU that does not exist cannot show that KVM works.
+        let dir = std::env::temp_dir().join(format!("sgswitch-probe-{}", std::process::id()));
+        assert!(!probe_kvm("/nonexistent/qemu", &dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_registered_image_maps_field_by_field() {
+        let rec = crate::store::ImageRecord {
+            ami: "ami-5e1f0001".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            disk: Some("/d".into()),
+            memory_mb: 512,
+            append: "console=ttyS0".into(),
+            registered_at: 0,
+        };
+        assert_eq!(
+            GuestImage::from(&rec),
+            GuestImage {
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                disk: Some("/d".into()),
+                append: "console=ttyS0".into(),
+                mem_mb: 512,
+            }
+        );
     }
 }

@@ -86,6 +86,19 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX instance_groups_by_group ON instance_groups (group_id);
     "#,
+    // v2: registered guest images (`register-image`), the AMI → boot files map
+    // of `run-instances AMI --qemu`.
+    r#"
+    CREATE TABLE images (
+        ami           TEXT PRIMARY KEY CHECK (ami GLOB 'ami-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'),
+        kernel        TEXT NOT NULL CHECK (kernel GLOB '/*'),
+        initrd        TEXT NOT NULL CHECK (initrd GLOB '/*'),
+        disk          TEXT CHECK (disk IS NULL OR disk GLOB '/*'),
+        memory_mb     INTEGER NOT NULL CHECK (memory_mb BETWEEN 32 AND 65536),
+        append        TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -146,6 +159,25 @@ pub struct InstanceRecord {
     pub launched_at: i64,
 }
 
+/// A registered guest image (`register-image`): what `run-instances AMI --qemu`
+/// boots. Paths are absolute (the CLI resolves them against its own directory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// `ami-` + 8 lowercase hex digits.
+    pub ami: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// A disk image, attached as a virtio disk with `snapshot=on` (the guest's
+    /// writes are discarded: many instances can share one image).
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    pub memory_mb: u32,
+    /// Kernel command line.
+    pub append: String,
+    /// Seconds since the Unix epoch.
+    pub registered_at: i64,
+}
+
 /// One change to the stored state. Applied in batches by [`Store::commit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Edit {
@@ -163,6 +195,10 @@ pub enum Edit {
     RemoveInstance { id: String },
     /// Set a named counter.
     SetCounter { name: String, value: i64 },
+    /// Register a guest image (its AMI must be new).
+    PutImage(ImageRecord),
+    /// Deregister a guest image (must exist).
+    DeleteImage { ami: String },
 }
 
 impl Edit {
@@ -179,6 +215,8 @@ impl Edit {
             Edit::AddInstance(r) => format!("new instance {}", r.instance.id),
             Edit::RemoveInstance { id } => format!("removal of instance {id}"),
             Edit::SetCounter { name, value } => format!("counter {name}={value}"),
+            Edit::PutImage(i) => format!("new image {}", i.ami),
+            Edit::DeleteImage { ami } => format!("deregistration of image {ami}"),
         }
     }
 }
@@ -191,6 +229,8 @@ pub struct Loaded {
     /// Instances sorted by id, each with its group names sorted.
     pub instances: Vec<InstanceRecord>,
     pub counters: BTreeMap<String, i64>,
+    /// Registered guest images, sorted by AMI.
+    pub images: Vec<ImageRecord>,
 }
 
 /// The SQLite state store. One connection, owned by the management thread.
@@ -443,11 +483,59 @@ impl Store {
                 counters.insert(k, v);
             }
         }
+        let images = self.load_images()?;
         Ok(Loaded {
             groups,
             instances,
             counters,
+            images,
         })
+    }
+
+    fn load_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "images",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT ami, kernel, initrd, disk, memory_mb, append, registered_at \
+                 FROM images ORDER BY ami",
+            )
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })
+            .map_err(load)?;
+        let mut images = Vec::new();
+        for row in rows {
+            let (ami, kernel, initrd, disk, memory_mb, append, registered_at) =
+                row.map_err(load)?;
+            let memory_mb = u32::try_from(memory_mb).map_err(|_| StoreError::Corrupt {
+                what: "image memory size",
+                value: memory_mb.to_string(),
+            })?;
+            images.push(ImageRecord {
+                ami,
+                kernel: kernel.into(),
+                initrd: initrd.into(),
+                disk: disk.map(PathBuf::from),
+                memory_mb,
+                append,
+                registered_at,
+            });
+        }
+        Ok(images)
     }
 
     /// A canonical text dump of every row of every table (sorted), for tests that
@@ -460,6 +548,7 @@ impl Store {
             ("rules", "seq"),
             ("instances", "id"),
             ("instance_groups", "instance_id, group_id"),
+            ("images", "ami"),
         ] {
             let what = "dump";
             let mut st = self
@@ -646,6 +735,26 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
         }
         Edit::RemoveInstance { id } => {
             expect_one(tx.execute("DELETE FROM instances WHERE id = ?1", [id])?)
+        }
+        Edit::PutImage(i) => {
+            let text = |p: &Path| p.to_string_lossy().into_owned();
+            tx.execute(
+                "INSERT INTO images (ami, kernel, initrd, disk, memory_mb, append, registered_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    i.ami,
+                    text(&i.kernel),
+                    text(&i.initrd),
+                    i.disk.as_deref().map(text),
+                    i.memory_mb,
+                    i.append,
+                    i.registered_at
+                ],
+            )?;
+            Ok(())
+        }
+        Edit::DeleteImage { ami } => {
+            expect_one(tx.execute("DELETE FROM images WHERE ami = ?1", [ami])?)
         }
         Edit::SetCounter { name, value } => {
             tx.execute(
@@ -1057,7 +1166,7 @@ mod tests {
         let path = dir.0.join(DB_FILE);
         {
             let s = Store::open(&path).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 1);
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         }
         // Reopening does not re-run v1 (it would fail: tables exist).
         Store::open(&path).unwrap();
@@ -1069,6 +1178,93 @@ mod tests {
             Err(StoreError::TooNew { found: 99, .. }) => {}
             other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
         }
+    }
+
+    fn image(ami: &str) -> ImageRecord {
+        ImageRecord {
+            ami: ami.into(),
+            kernel: "/srv/img/vmlinuz".into(),
+            initrd: "/srv/img/initrd.img".into(),
+            disk: None,
+            memory_mb: 256,
+            append: "console=ttyS0 quiet".into(),
+            registered_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn a_v1_store_upgrades_to_v2_keeping_its_rows_and_gains_images() {
+        let dir = TempDir::new("upgrade");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            // A store as the v1 binary left it, with a group and an instance.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', ?1, 'web', 'Web')",
+                [&owner().0],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) \
+                 VALUES ('i-0000abcd', ?1, '02:00:00:00:00:01', '10.0.0.2', 'ami-eca54085', 'r-00000001', 0, 'qemu:42', 7)",
+                [&owner().0],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let l = s.load().unwrap();
+        assert_eq!(l.groups.len(), 1);
+        assert_eq!(l.instances[0].place, "qemu:42");
+        assert!(l.images.is_empty());
+        let mut with_disk = image("ami-0000beef");
+        with_disk.disk = Some("/srv/img/disk.raw".into());
+        s.commit(&[
+            Edit::PutImage(image("ami-1234abcd")),
+            Edit::PutImage(with_disk.clone()),
+        ])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.load().unwrap().images,
+            vec![with_disk, image("ami-1234abcd")],
+            "sorted by AMI, every field kept"
+        );
+    }
+
+    #[test]
+    fn images_are_unique_checked_and_deleted_exactly_once() {
+        let dir = TempDir::new("images");
+        let mut s = Store::open_dir(&dir.0).unwrap();
+        s.commit(&[Edit::PutImage(image("ami-1234abcd"))]).unwrap();
+        let before = s.dump().unwrap();
+        assert!(before.contains("ami-1234abcd"), "{before}");
+        // Duplicate AMI, bad AMI, relative path, absurd memory: refused by SQLite.
+        let mut relative = image("ami-0000beef");
+        relative.kernel = "vmlinuz".into();
+        let mut tiny = image("ami-0000beef");
+        tiny.memory_mb = 1;
+        for bad in [image("ami-1234abcd"), image("ami-XYZ"), relative, tiny] {
+            let ami = bad.ami.clone();
+            assert!(s.commit(&[Edit::PutImage(bad)]).is_err(), "{ami}");
+            assert_eq!(s.dump().unwrap(), before);
+        }
+        s.commit(&[Edit::DeleteImage {
+            ami: "ami-1234abcd".into(),
+        }])
+        .unwrap();
+        assert!(s.load().unwrap().images.is_empty());
+        assert!(
+            s.commit(&[Edit::DeleteImage {
+                ami: "ami-1234abcd".into()
+            }])
+            .is_err(),
+            "deleting a missing image fails"
+        );
     }
 
     #[test]
