@@ -17,9 +17,12 @@
 //!
 //! i1 is in `default` + `web`, i2 in `default`, i3 in `pingable`.
 
+#[macro_use]
+mod common;
+use common::{is_root, pat, ping, run_in};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,26 +34,6 @@ use switch::port::PortQueue;
 use switch::tap::open_tap_in_netns;
 use switch::{PortId, PortRole, PortSpec, Switch, SwitchConfig};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (CAP_NET_ADMIN) to create namespaces and TAPs");
-            return;
-        }
-    };
-}
-
 fn have(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -60,41 +43,6 @@ fn have(tool: &str) -> bool {
 const OWNER: &str = "123456789012";
 const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 1);
 const PREFIX: u8 = 16;
-
-/// Runs a command inside namespace `ns`, bounded by `timeout 30`.
-fn run_in(ns: &str, args: &[&str]) -> Output {
-    let out = Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", ns])
-        .args(args)
-        .output()
-        .expect("spawn timeout/ip");
-    eprintln!(
-        "[{ns}] {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> bool {
-    let deadline = (count + 2).to_string();
-    let args = [
-        "busybox",
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-W",
-        "1",
-        "-w",
-        &deadline,
-        "-i",
-        "0.2",
-        &ip.to_string(),
-    ];
-    run_in(ns, &args).status.success()
-}
 
 /// A child process killed (by PID) and reaped when dropped.
 struct Proc(Child);
@@ -459,11 +407,6 @@ fn nmap(ns: &str, target: Ipv4Addr) -> Scan {
         "nmap ran (scripts/test.sh installs the lab tools)"
     );
     parse_grepable(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// A byte pattern without short periods.
-fn pat(i: u64) -> u8 {
-    ((i ^ (i >> 11) ^ (i >> 19)).wrapping_mul(31) >> 3) as u8
 }
 
 /// Sends `bytes` of the pattern from namespace `cli` to `srv_ip:port`, where a

@@ -9,9 +9,11 @@
 //! Namespaces are deleted by `NetnsGuard`s, bridge threads stopped by their own
 //! guard, even when an assertion fails. Without root the tests print why and pass.
 
+#[macro_use]
+mod common;
+use common::{is_root, pat, ping, run_in};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -21,26 +23,6 @@ use switch::afpacket::{AfPacketQueue, open_afpacket};
 use switch::netns::{self, NetnsGuard};
 use switch::port::{PortError, PortQueue, VnetHdr};
 use switch::tap::{TapQueue, open_tap, open_tap_in_netns};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (CAP_NET_ADMIN) to create namespaces and TAPs");
-            return;
-        }
-    };
-}
 
 /// A namespace name unique to this test process.
 fn ns_name(tag: &str) -> String {
@@ -52,43 +34,6 @@ fn ns(tag: &str) -> NetnsGuard {
     let g = NetnsGuard::create(&name).unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
     netns::lo_up(Some(&name)).unwrap();
     g
-}
-
-/// Runs a command inside namespace `ns`, bounded by `timeout`.
-fn run_in(ns: &str, args: &[&str]) -> Output {
-    let out = Command::new("timeout")
-        .args(["20", "ip", "netns", "exec", ns])
-        .args(args)
-        .output()
-        .expect("spawn timeout/ip");
-    eprintln!(
-        "[{ns}] {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> bool {
-    // busybox-static is one of the lab's tools (iputils ping may be missing);
-    // -w bounds the run even when nothing answers.
-    let deadline = (count + 2).to_string();
-    let args = [
-        "busybox",
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-W",
-        "1",
-        "-w",
-        &deadline,
-        "-i",
-        "0.2",
-        &ip.to_string(),
-    ];
-    run_in(ns, &args).status.success()
 }
 
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
@@ -195,12 +140,6 @@ fn boxed<Q: PortQueue + 'static>(qs: Vec<Q>) -> Vec<Box<dyn PortQueue>> {
     qs.into_iter()
         .map(|q| Box::new(q) as Box<dyn PortQueue>)
         .collect()
-}
-
-/// A byte pattern without short periods, so lost, duplicated or reordered
-/// segments show as a mismatch.
-fn pat(i: u64) -> u8 {
-    ((i ^ (i >> 11) ^ (i >> 19)).wrapping_mul(31) >> 3) as u8
 }
 
 /// Sends `bytes` of the pattern over TCP from namespace `cli` to `srv_ip:port`
