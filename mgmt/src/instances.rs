@@ -148,6 +148,25 @@ struct NetnsUndo<'a> {
     armed: bool,
 }
 
+/// Opens (creating if needed) the persistent multi-queue `vnet_hdr` TAP `eth0` of
+/// instance `id`, from a thread that is already inside its namespace.
+fn open_eth0(id: &str, workers: usize) -> Result<Vec<TapQueue>, InstanceError> {
+    tap::open_tap(INSTANCE_IFNAME, workers, true, true).map_err(|source| InstanceError::Tap {
+        id: id.to_owned(),
+        workers,
+        source: Box::new(source),
+    })
+}
+
+/// Brings `lo` up in the current thread's namespace (instance `id`'s).
+fn lo_up_here(id: &str) -> Result<(), InstanceError> {
+    netns::lo_up(None).map_err(|source| InstanceError::Up {
+        id: id.to_owned(),
+        what: "lo",
+        source,
+    })
+}
+
 impl Drop for NetnsUndo<'_> {
     fn drop(&mut self) {
         if self.armed && netns::exists(self.id) {
@@ -178,13 +197,7 @@ pub fn create_netns_instance(
     })?;
     let mut undo = NetnsUndo { id, armed: true };
     let queues = netns::in_netns(id, || -> Result<Vec<TapQueue>, InstanceError> {
-        let queues = tap::open_tap(INSTANCE_IFNAME, workers, true, true).map_err(|source| {
-            InstanceError::Tap {
-                id: id.to_owned(),
-                workers,
-                source: Box::new(source),
-            }
-        })?;
+        let queues = open_eth0(id, workers)?;
         // `None`: the helper thread's namespace, i.e. the instance's.
         netns::configure_iface(
             None,
@@ -200,11 +213,7 @@ pub fn create_netns_instance(
             prefix: prefix_len,
             source,
         })?;
-        netns::lo_up(None).map_err(|source| InstanceError::Up {
-            id: id.to_owned(),
-            what: "lo",
-            source,
-        })?;
+        lo_up_here(id)?;
         Ok(queues)
     })
     .map_err(|source| InstanceError::EnterNetns {
@@ -231,13 +240,7 @@ pub fn reattach_netns_instance(
             id: id.to_owned(),
             source,
         })?;
-        let queues = tap::open_tap(INSTANCE_IFNAME, workers, true, true).map_err(|source| {
-            InstanceError::Tap {
-                id: id.to_owned(),
-                workers,
-                source: Box::new(source),
-            }
-        })?;
+        let queues = open_eth0(id, workers)?;
         netns::configure_iface(None, INSTANCE_IFNAME, None, None, true).map_err(|source| {
             InstanceError::Up {
                 id: id.to_owned(),
@@ -245,11 +248,7 @@ pub fn reattach_netns_instance(
                 source,
             }
         })?;
-        netns::lo_up(None).map_err(|source| InstanceError::Up {
-            id: id.to_owned(),
-            what: "lo",
-            source,
-        })?;
+        lo_up_here(id)?;
         Ok(queues)
     })
     .map_err(|source| InstanceError::EnterNetns {
