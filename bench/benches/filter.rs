@@ -13,6 +13,9 @@
 //!   64 MiB, prefaulted; never full): cache-cold by nature.
 //! * `first_packet_burst32/{10,100,1000}` — the same through
 //!   `Conntrack::judge_burst` (bursts of 32: bucket prefetch first).
+//! * `first_packet_huge/..`, `first_packet_burst32_huge/..` — the same two with
+//!   the table on 2 MiB pages, as the switch backs it
+//!   (`switch::sys::advise_hugepages`): no page walk per cold access.
 //! * `established/{10,100,1000}` — `Conntrack::judge` on packets of 4k tracked
 //!   flows, both directions (table and snapshot hot in cache: the compute cost).
 //! * `established_64k/{10,100,1000}` — the same with 64k tracked flows (the
@@ -65,14 +68,21 @@ fn lab(rules: usize) -> (filter::Model, Snapshot) {
 
 /// Judge fresh first packets: `iters` new flows into default-sized tables (1M
 /// flows, 64 MiB: the switch's default), one by one or in bursts of [`BURST`]
-/// with [`Conntrack::judge_burst`].
-fn time_first_packets(snap: &Snapshot, pkts: &[Packet], iters: u64, burst: bool) -> Duration {
+/// with [`Conntrack::judge_burst`]; with `huge`, the table is backed by 2 MiB
+/// pages as the switch does (`switch::sys::advise_hugepages`).
+fn time_first_packets(
+    snap: &Snapshot,
+    pkts: &[Packet],
+    iters: u64,
+    burst: bool,
+    huge: bool,
+) -> Duration {
     let mut total = Duration::ZERO;
     let mut left = iters as usize;
     let mut out = [Ok(()); BURST];
     while left > 0 {
         let n = left.min(pkts.len());
-        let ct = Conntrack::new(CtConfig::default());
+        let ct = new_table(huge);
         let start = Instant::now();
         if burst {
             for chunk in pkts[..n].chunks(BURST) {
@@ -88,6 +98,21 @@ fn time_first_packets(snap: &Snapshot, pkts: &[Packet], iters: u64, burst: bool)
         left -= n;
     }
     total
+}
+
+/// A default-sized table (1M flows), on huge pages if `huge` (panics if the
+/// kernel refuses them: the comparison would be meaningless).
+fn new_table(huge: bool) -> Conntrack {
+    let ct = Conntrack::new(CtConfig::default());
+    if huge {
+        let (addr, len) = ct.table_region();
+        let advised = switch::sys::advise_hugepages(addr, len).expect("huge pages");
+        assert!(
+            advised >= len / 2,
+            "only {advised} of {len} bytes on huge pages"
+        );
+    }
+    ct
 }
 
 fn bench_parse(c: &mut Criterion) {
@@ -125,13 +150,18 @@ fn bench_classify(c: &mut Criterion) {
     }
     g.finish();
 
-    for (group, burst) in [("first_packet", false), ("first_packet_burst32", true)] {
+    for (group, burst, huge) in [
+        ("first_packet", false, false),
+        ("first_packet_burst32", true, false),
+        ("first_packet_huge", false, true),
+        ("first_packet_burst32_huge", true, true),
+    ] {
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(1));
         for (r, model, snap) in &labs {
             let pkts = first_packets(model, 1 << 18, 2);
             g.bench_with_input(BenchmarkId::from_parameter(r), snap, |b, snap| {
-                b.iter_custom(|iters| time_first_packets(snap, &pkts, iters, burst))
+                b.iter_custom(|iters| time_first_packets(snap, &pkts, iters, burst, huge))
             });
         }
         g.finish();
@@ -298,6 +328,8 @@ fn summary() {
     let mut est64 = Vec::new();
     let mut first = Vec::new();
     let mut first_b = Vec::new();
+    let mut first_h = Vec::new();
+    let mut first_bh = Vec::new();
     for r in RULE_COUNTS {
         let (model, snap) = lab(r);
         println!(
@@ -314,10 +346,15 @@ fn summary() {
         }
         let fresh = first_packets(&model, 1 << 18, 5);
         let iters = 1u64 << 18;
-        first
-            .push(time_first_packets(&snap, &fresh, iters, false).as_nanos() as f64 / iters as f64);
-        first_b
-            .push(time_first_packets(&snap, &fresh, iters, true).as_nanos() as f64 / iters as f64);
+        for (out, burst, huge) in [
+            (&mut first, false, false),
+            (&mut first_b, true, false),
+            (&mut first_h, false, true),
+            (&mut first_bh, true, true),
+        ] {
+            let t = time_first_packets(&snap, &fresh, iters, burst, huge);
+            out.push(t.as_nanos() as f64 / iters as f64);
+        }
     }
     let line = |name: &str, v: &[f64], target_mpps: f64| {
         let parts: Vec<String> = RULE_COUNTS
@@ -335,6 +372,8 @@ fn summary() {
     line("established (64k flows)", &est64, 25.0);
     line("first packet", &first, 5.0);
     line("first packet, bursts of 32", &first_b, 5.0);
+    line("first packet, huge pages", &first_h, 5.0);
+    line("first packet, bursts of 32, huge pages", &first_bh, 5.0);
     let ct = Conntrack::new(CtConfig::default());
     println!(
         "summary: conntrack capacity {} flows: {:.1} MiB (target <= 256 MiB)",

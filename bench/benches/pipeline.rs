@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use etherparse::PacketBuilder;
 use filter::model::{Instance, Limits, Owner, RuleSpec};
 use filter::{CtConfig, Mac, Model, compile};
@@ -336,4 +336,89 @@ fn arp_answer(c: &mut Criterion) {
 }
 
 criterion_group!(benches, established, first_packet, arp_answer);
-criterion_main!(benches);
+
+/// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
+/// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|arp
+/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R]` runs N bursts of 32 frames through
+/// [`ir_run`] once and exits; divide the `ir_run` inclusive cost by 32 N:
+///
+/// ```sh
+/// SGSW_IR_CASE=first_packet SGSW_IR_BURSTS=200 valgrind --tool=callgrind \
+///     --toggle-collect='*ir_run*' target/release/deps/pipeline-HASH
+/// ```
+fn ir_mode(case: &str, bursts: usize) {
+    let rules: usize = std::env::var("SGSW_IR_RULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let m = model(rules);
+    let mut b = setup(&m);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let frames: Vec<(usize, Vec<u8>)> = match case {
+        "established" => (0..4096)
+            .map(|k| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                let sport = 10_000 + k as u16;
+                let syn = tcp(s, d, sport, true);
+                let r =
+                    b.w.process_burst([(b.ids[s], syn.as_slice(), VnetHdr::default())]);
+                assert_eq!(r.forwarded, 1, "SYN of flow {k} not forwarded");
+                (s, tcp(s, d, sport, false))
+            })
+            .collect(),
+        "first_packet" => (0..bursts * BURST)
+            .map(|k| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                (s, udp(s, d, 1024 + (k % 60_000) as u16))
+            })
+            .collect(),
+        "arp" => {
+            let mut buf = [0u8; 64];
+            (0..BURST)
+                .map(|k| {
+                    let n = switch::arp::write_request(&mut buf, mac(k), ip(k), ip(k + 100));
+                    (k, buf[..n].to_vec())
+                })
+                .collect()
+        }
+        other => panic!("SGSW_IR_CASE: unknown case {other:?}"),
+    };
+    let ids = b.ids.clone();
+    let all: Vec<(PortId, &[u8], VnetHdr)> = frames
+        .iter()
+        .map(|(s, f)| (ids[*s], f.as_slice(), VnetHdr::default()))
+        .collect();
+    let done = ir_run(&mut b.w, &all, bursts);
+    let st = b.dp.stats();
+    assert_eq!(
+        st.total_drops(),
+        0,
+        "drops in {case}: {:?}",
+        st.nonzero_drops().collect::<Vec<_>>()
+    );
+    println!("{case} rules={rules}: {done} frames through ir_run");
+}
+
+/// The measured part of [`ir_mode`]: `bursts` bursts of 32, cycling over `all`.
+#[inline(never)]
+fn ir_run(w: &mut Worker, all: &[(PortId, &[u8], VnetHdr)], bursts: usize) -> usize {
+    let chunks: Vec<_> = all.chunks(BURST).collect();
+    let mut n = 0;
+    for i in 0..bursts {
+        let r = w.process_burst(chunks[i % chunks.len()].iter().copied());
+        n += r.forwarded + r.answered;
+    }
+    n
+}
+
+fn main() {
+    if let (Ok(case), Ok(n)) = (
+        std::env::var("SGSW_IR_CASE"),
+        std::env::var("SGSW_IR_BURSTS"),
+    ) {
+        ir_mode(&case, n.parse().expect("SGSW_IR_BURSTS: a number"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

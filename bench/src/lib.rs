@@ -7,6 +7,8 @@
 //! group); they satisfy the model's invariants (unique ids/MACs/IPs, no duplicate
 //! rules, sorted group lists).
 
+pub mod harness;
+
 use std::net::Ipv4Addr;
 
 use filter::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};

@@ -11,7 +11,10 @@
 //!    non-instance (egress) it passes.
 //! 2. **ICMP error** ([`IcmpKind::Error`]): passes iff the flow of the embedded
 //!    datagram is tracked (either orientation; revalidated like any tracked flow,
-//!    timers not refreshed). Otherwise it passes if it goes to a non-instance, or a
+//!    timers not refreshed) and the error fits that flow ([`error_fits_flow`]: it
+//!    goes to the quoted datagram's sender, and when an instance sends it, that
+//!    instance is the datagram's destination — a third party cannot forge errors
+//!    about someone else's conversation). Otherwise it passes if it goes to a non-instance, or a
 //!    rule explicitly allows that ICMP type from that source (no entry is created);
 //!    else [`DropReason::UnrelatedIcmpError`] (or [`DropReason::Revoked`] if the
 //!    related flow was just cut by revalidation).
@@ -78,6 +81,13 @@
 //!   default 50% load is vanishingly rare (balls-into-bins with two choices: the
 //!   fullest bucket exceeds the mean by about `ln ln n / ln 2` ≈ 4), unlike a single
 //!   bounded linear-probe window, which overflows for some keys of a million.
+//! * The only table-wide word that cores write, the entry count (every insert and
+//!   removal), sits alone on its cache lines, apart from the read-mostly fields
+//!   every lookup reads (no false sharing between cores creating flows and cores
+//!   looking them up). The bucket addresses of a packet are exposed
+//!   ([`Conntrack::bucket_addrs`]) so that the datapath can prefetch them for a
+//!   whole burst before judging it, and the slot array's region
+//!   ([`Conntrack::table_region`]) so that it can be put on huge pages.
 //! * The key is canonicalised (smaller `(ip, port)` endpoint first), so both
 //!   directions hit the same slot; a flag remembers which side initiated.
 //! * Every slot has a control word `version:16 | flags:16 | generation:32`. A writer
@@ -119,6 +129,8 @@ use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
 
 /// Slots per bucket.
 pub const BUCKET: usize = 8;
+/// Bytes of one bucket (four cache lines).
+pub const BUCKET_BYTES: usize = BUCKET * std::mem::size_of::<Slot>();
 /// Slots a key may occupy: its two buckets.
 pub const PROBE: usize = 2 * BUCKET;
 /// Number of per-instance quota counters.
@@ -367,6 +379,16 @@ struct Key {
 
 /// Canonical key of a flow and whether `key.src` is endpoint `a`.
 #[inline]
+/// Whether an ICMP error `pkt` quoting the datagram `inner` can belong to that
+/// datagram's flow: it must go back to the datagram's sender, and an error sent by
+/// an instance must come from the datagram's destination (instances cannot route,
+/// and the source check guarantees their addresses). Errors from elsewhere (a
+/// router on the uplink side) only need the first condition.
+pub fn error_fits_flow(snap: &Snapshot, pkt: &Packet, inner: &FlowKey) -> bool {
+    inner.src == pkt.key.dst
+        && (inner.dst == pkt.key.src || snap.instance_by_ip(pkt.key.src).is_none())
+}
+
 fn flow_key(key: &FlowKey) -> (Key, bool) {
     let s = u64::from(u32::from(key.src)) << 16 | u64::from(key.sport);
     let d = u64::from(u32::from(key.dst)) << 16 | u64::from(key.dport);
@@ -424,8 +446,26 @@ pub struct Conntrack {
     slots: Slots,
     mask: usize,
     quota: Box<[AtomicU32]>,
-    count: AtomicUsize,
+    /// Written by every insert and removal, from every core: on its own cache
+    /// lines, so that it does not invalidate the read-mostly fields above (read
+    /// by every lookup on every core).
+    count: LinePadded<AtomicUsize>,
     seed: u64,
+}
+
+/// A value alone on its cache lines (128 bytes: the adjacent-line prefetcher of
+/// x86 pulls lines in pairs), against false sharing.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct LinePadded<T>(T);
+
+impl<T> std::ops::Deref for LinePadded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -461,7 +501,7 @@ impl Conntrack {
             slots,
             mask: n - 1,
             quota,
-            count: AtomicUsize::new(0),
+            count: LinePadded(AtomicUsize::new(0)),
             seed,
         }
     }
@@ -487,6 +527,18 @@ impl Conntrack {
         std::mem::size_of::<Self>()
             + self.slots.len() * std::mem::size_of::<Slot>()
             + self.quota.len() * std::mem::size_of::<AtomicU32>()
+    }
+
+    /// Address and length in bytes of the slot array (page-aligned, allocated
+    /// and prefaulted by [`Conntrack::new`]), for a caller that may advise the
+    /// kernel about it: backing it with huge pages removes the TLB miss of a
+    /// random lookup (see `switch::sys::advise_hugepages`). Reading these numbers
+    /// changes nothing.
+    pub fn table_region(&self) -> (usize, usize) {
+        (
+            self.slots.0.as_ptr() as usize,
+            self.slots.len() * std::mem::size_of::<Slot>(),
+        )
     }
 
     /// Remove every expired entry; returns how many were removed. Meant for the
@@ -523,11 +575,15 @@ impl Conntrack {
             ..
         } = pkt.l4
         {
-            let (k, _) = flow_key(&inner);
-            let unrelated = match self.track(snap, k, None, now) {
-                Track::Hit { .. } => None,
-                Track::Revoked => Some(DropReason::Revoked),
-                Track::Miss => Some(DropReason::UnrelatedIcmpError),
+            let unrelated = if error_fits_flow(snap, pkt, &inner) {
+                let (k, _) = flow_key(&inner);
+                match self.track(snap, k, None, now) {
+                    Track::Hit { .. } => None,
+                    Track::Revoked => Some(DropReason::Revoked),
+                    Track::Miss => Some(DropReason::UnrelatedIcmpError),
+                }
+            } else {
+                Some(DropReason::UnrelatedIcmpError)
             };
             if let Some(reason) = unrelated
                 && !snap.allows(pkt)
@@ -585,6 +641,29 @@ impl Conntrack {
             }
         }
         std::hint::black_box(sink);
+    }
+
+    /// Addresses of the two buckets (each [`BUCKET_BYTES`] long, cache-line
+    /// aligned) that judging `pkt` will look up (for an ICMP error, those of the
+    /// flow it is about). For a caller that issues real prefetch instructions
+    /// (the switch's staged burst: `switch::sys::prefetch`); this crate has no
+    /// `unsafe`, so [`Conntrack::prefetch`] can only touch the lines with loads.
+    /// Computing them reads nothing from the table.
+    #[inline]
+    pub fn bucket_addrs(&self, pkt: &Packet) -> [usize; 2] {
+        let key = match pkt.l4 {
+            L4::Icmp {
+                kind: IcmpKind::Error { inner },
+                ..
+            } => inner,
+            _ => pkt.key,
+        };
+        let key = match pkt.frag {
+            Frag::Later { id } => frag_key(&key, id),
+            _ => flow_key(&key).0,
+        };
+        self.buckets(key)
+            .map(|base| &self.slots[base] as *const Slot as usize)
     }
 
     /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
@@ -1598,6 +1677,30 @@ mod tests {
         };
         // Port unreachable about B's flow: related.
         assert_eq!(ct.judge(&snap, &err(3, flow.key), 1), Ok(()));
+        // The same error forged by instance A (not the flow's peer): unrelated.
+        let forged = Packet {
+            key: FlowKey {
+                src: A.into(),
+                ..err(3, flow.key).key
+            },
+            ..err(3, flow.key)
+        };
+        assert_eq!(
+            ct.judge(&snap, &forged, 1),
+            Err(DropReason::UnrelatedIcmpError)
+        );
+        // An error quoting the flow backwards (a datagram B never sent): unrelated.
+        let backwards = FlowKey {
+            src: flow.key.dst,
+            dst: flow.key.src,
+            sport: flow.key.dport,
+            dport: flow.key.sport,
+            ..flow.key
+        };
+        assert_eq!(
+            ct.judge(&snap, &err(3, backwards), 1),
+            Err(DropReason::UnrelatedIcmpError)
+        );
         // About some other flow: unrelated.
         let other = udp(B, 4001, OUT, 53).key;
         assert_eq!(
@@ -1734,6 +1837,34 @@ mod tests {
         for i in (0..cap).step_by(97) {
             let p = udp([10, 0, (i >> 16) as u8, 1], 53, B, (i & 0xffff) as u16);
             assert_eq!(ct.judge(&snap, &p, 1), Ok(()), "reply {i}");
+        }
+    }
+
+    #[test]
+    fn bucket_addrs_cover_the_slot_of_the_entry_both_ways() {
+        let snap = compile(&ssh_model(), 1);
+        let ct = Conntrack::new(CtConfig::with_capacity(1 << 12));
+        let (base, len) = ct.table_region();
+        for i in 0..500u16 {
+            let p = udp(B, 4000 + i, OUT, 53);
+            ct.judge(&snap, &p, 0).expect("egress");
+            let (k, _) = flow_key(&p.key);
+            let (idx, _, _) = ct.find(k).expect("inserted");
+            let at = &ct.slots[idx] as *const Slot as usize;
+            let mut reply = p;
+            reply.key = p.key.reversed();
+            for q in [p, reply] {
+                let b = ct.bucket_addrs(&q);
+                assert!(
+                    b.iter()
+                        .all(|a| *a >= base && a + BUCKET_BYTES <= base + len)
+                );
+                assert!(b.iter().all(|a| a % 64 == 0), "bucket not line-aligned");
+                assert!(
+                    b.iter().any(|a| (*a..a + BUCKET_BYTES).contains(&at)),
+                    "flow {i}: slot {at:#x} outside buckets {b:x?}"
+                );
+            }
         }
     }
 

@@ -249,7 +249,16 @@ impl Reference {
             ..
         } = pkt.l4
         {
-            match self.tracked(model, generation, inner, None, now) {
+            // The error must go back to the quoted datagram's sender, and an
+            // instance may only send errors about datagrams addressed to it.
+            let fits = inner.src == pkt.key.dst
+                && (inner.dst == pkt.key.src || !is_instance(model, pkt.key.src));
+            let tracked = if fits {
+                self.tracked(model, generation, inner, None, now)
+            } else {
+                Ok(None)
+            };
+            match tracked {
                 Ok(Some(_)) => {}
                 r => {
                     if dst_is_inst && !allows(model, pkt) {

@@ -1,9 +1,13 @@
 //! The management API: one [`Command`] enum, its [`Response`]s and [`ApiError`],
 //! and the wire protocol of the Unix socket.
 //!
-//! Every front door (the `sgswitch` CLI through the socket, tests in-process)
-//! turns its input into a [`Request`] and gets back `Result<Response, ApiError>`
-//! from the management core; nothing else touches the model or the data plane.
+//! Every front door (the `sgswitch` CLI through the socket, the EC2 Query API
+//! of [`crate::ec2`], tests in-process) turns its input into a [`Request`] and
+//! gets back `Result<Response, ApiError>` from the management core; nothing else
+//! touches the model or the data plane. The commands the EC2 API needs beyond
+//! the CLI's (groups by [`GroupRef`], [`Permission`]s with source groups by id,
+//! `RunInstancesEc2`, `CreateAccessKey`) are ordinary commands on the socket
+//! too, except [`Command::LookupAccessKey`], which cannot be deserialised.
 //!
 //! ## Wire protocol (Unix stream socket, JSON lines)
 //!
@@ -146,7 +150,100 @@ pub enum Command {
         ami: String,
     },
     Stats,
+    /// Delete a group named by name or `sg-` id (EC2 Query API).
+    DeleteGroupRef {
+        group: GroupRef,
+    },
+    /// The owner's groups named by name or id, in that order (all when `groups`
+    /// is empty).
+    DescribeGroupRefs {
+        #[serde(default)]
+        groups: Vec<GroupRef>,
+    },
+    /// Add the rules of several EC2 `IpPermissions` to one group: all or nothing.
+    AuthorizePermissions {
+        group: GroupRef,
+        permissions: Vec<Permission>,
+    },
+    /// Remove the rules of several EC2 `IpPermissions`: all or nothing.
+    RevokePermissions {
+        group: GroupRef,
+        permissions: Vec<Permission>,
+    },
+    /// EC2 `RunInstances`: `max_count` instances (at least `min_count`) in groups
+    /// by name or id. An AMI registered with `register-image` boots QEMU guests;
+    /// any other AMI launches namespace instances. A `client_token` seen before
+    /// from the same owner with the same parameters returns that reservation
+    /// and launches nothing (`IdempotentParameterMismatch` with others).
+    RunInstancesEc2 {
+        ami: String,
+        #[serde(default = "one")]
+        min_count: u32,
+        #[serde(default = "one")]
+        max_count: u32,
+        #[serde(default)]
+        groups: Vec<GroupRef>,
+        #[serde(default)]
+        client_token: Option<String>,
+    },
+    /// Make an access key for the EC2 Query API acting as the request's owner.
+    CreateAccessKey,
+    /// The owner and secret of an access key: only for the daemon's own EC2
+    /// front door, never accepted from the socket (not deserialisable).
+    #[serde(skip)]
+    LookupAccessKey {
+        key_id: String,
+    },
 }
+
+/// A security group named by name or by `sg-` id (the EC2 Query API takes both;
+/// the socket CLI only names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupRef {
+    Name(String),
+    Id(String),
+}
+
+impl std::fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupRef::Name(n) | GroupRef::Id(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A source group of a [`Permission`]: by name or id, of `owner` (`None`: the
+/// caller).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceGroup {
+    pub group: GroupRef,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// One EC2 `IpPermission`: a [`RuleSpec`] whose source groups may be named by
+/// id. Expands into one rule per CIDR and per group; no source at all means
+/// `0.0.0.0/0`, as for the CLI.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    /// `tcp`, `udp`, `icmp`, `-1`/`all` or a protocol number.
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// `N`, `N-M` or `-1` (TCP/UDP).
+    #[serde(default)]
+    pub ports: Option<String>,
+    /// `TYPE:CODE` (ICMP).
+    #[serde(default)]
+    pub icmp: Option<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<SourceGroup>,
+}
+
+/// Error code: a `ClientToken` reused with other parameters.
+pub const IDEMPOTENT_MISMATCH: &str = "IdempotentParameterMismatch";
 
 /// Memory of a registered image's guests when `register-image` names none.
 pub const DEFAULT_IMAGE_MEMORY_MB: u32 = 256;
@@ -166,6 +263,8 @@ impl Command {
                 | Command::DescribeInstances { .. }
                 | Command::DescribeImages { .. }
                 | Command::Stats
+                | Command::DescribeGroupRefs { .. }
+                | Command::LookupAccessKey { .. }
         )
     }
 }
@@ -279,6 +378,18 @@ pub enum Response {
     /// removed image).
     Images {
         images: Vec<ImageRecord>,
+    },
+    /// create-access-key: shown once, never again.
+    AccessKey {
+        key_id: String,
+        secret: String,
+        owner: String,
+    },
+    /// The answer to [`Command::LookupAccessKey`]; never sent on the socket.
+    #[serde(skip)]
+    AccessKeySecret {
+        owner: String,
+        secret: String,
     },
 }
 

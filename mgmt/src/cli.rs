@@ -43,6 +43,8 @@ Examples (the EC2 Developer Guide's walkthrough):
   sgswitch register-image ami-5e1f0001 --kernel guest/build/vmlinuz --initrd guest/build/initrd.img
   sgswitch run-instances ami-5e1f0001 --qemu -g web   # a QEMU guest booted from that image
   sgswitch install-links /usr/local/bin          # then: ec2-describe-group, ec2-authorize, ...
+  sgswitch create-access-key                     # ACCESSKEY AKIA.. SECRET OWNER, for awscli/boto:
+  aws --endpoint-url http://127.0.0.1:8773 ec2 describe-security-groups
 
 Errors print `Code: message` on stderr (exit 1); usage errors exit 2.";
 
@@ -172,6 +174,30 @@ pub enum Cmd {
     DeregisterImage { ami: String },
     /// Make the ec2-* multi-call symlinks to this binary in DIR.
     InstallLinks { dir: PathBuf },
+    /// Make an access key for the EC2 Query API acting as --owner (default: the
+    /// daemon's owner).  Prints once: ACCESSKEY KEY-ID SECRET OWNER.
+    CreateAccessKey,
+}
+
+/// Where `up` serves the EC2 Query API (`--ec2-listen ADDR|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ec2Listen {
+    Off,
+    On(std::net::SocketAddr),
+}
+
+/// Default address of the EC2 Query API.
+pub const DEFAULT_EC2_LISTEN: &str = "127.0.0.1:8773";
+
+/// Parse `--ec2-listen`: `off`, or an address with port (`127.0.0.1:0` picks a
+/// free port).
+pub fn parse_ec2_listen(s: &str) -> Result<Ec2Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Ec2Listen::Off);
+    }
+    s.parse()
+        .map(Ec2Listen::On)
+        .map_err(|e| format!("invalid --ec2-listen '{s}': {e} (expected ADDR:PORT or off)"))
 }
 
 /// Options of `authorize` and `revoke`.
@@ -278,6 +304,10 @@ pub struct UpArgs {
     /// Serve the API without a switch (groups and rules only; no instances).
     #[arg(long, hide = true)]
     pub no_switch: bool,
+    /// Serve the EC2 Query API (SigV4-signed, for awscli/boto) on ADDR:PORT, or
+    /// `off`. The bound address is printed as `sgswitch: ec2 api on http://ADDR`.
+    #[arg(long, default_value = DEFAULT_EC2_LISTEN, value_parser = parse_ec2_listen)]
+    pub ec2_listen: Ec2Listen,
 }
 
 /// Parse `args` (argv, program name first), honouring multi-call names.
@@ -421,6 +451,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         }
         Cmd::DescribeImages { amis } => Command::DescribeImages { amis: amis.clone() },
         Cmd::DeregisterImage { ami } => Command::DeregisterImage { ami: ami.clone() },
+        Cmd::CreateAccessKey => Command::CreateAccessKey,
     };
     Ok(Some(Request {
         owner: cli.owner.clone(),
@@ -532,6 +563,13 @@ pub fn format_response(resp: &Response) -> String {
                 line(image_line(i));
             }
         }
+        Response::AccessKey {
+            key_id,
+            secret,
+            owner,
+        } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
+        // Never sent to clients (the daemon's own EC2 front door asks for it).
+        Response::AccessKeySecret { owner, .. } => line(format!("ACCESSKEY-OWNER\t{owner}")),
     }
     out
 }
@@ -890,6 +928,46 @@ mod tests {
                 groups: vec!["web".into(), "db".into()],
                 qemu: false
             }
+        );
+    }
+
+    #[test]
+    fn ec2_listen_takes_an_address_or_off_and_defaults_to_8773() {
+        assert_eq!(parse_ec2_listen("off"), Ok(Ec2Listen::Off));
+        assert_eq!(parse_ec2_listen("OFF"), Ok(Ec2Listen::Off));
+        assert_eq!(
+            parse_ec2_listen("127.0.0.1:0"),
+            Ok(Ec2Listen::On("127.0.0.1:0".parse().unwrap()))
+        );
+        let e = parse_ec2_listen("127.0.0.1").unwrap_err();
+        assert!(e.contains("'127.0.0.1'"), "{e}");
+        let (cli, _) = parse(argv(&["sgswitch", "up"])).unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        assert_eq!(
+            a.ec2_listen,
+            Ec2Listen::On(DEFAULT_EC2_LISTEN.parse().unwrap())
+        );
+        let (cli, m) = parse(argv(&[
+            "sgswitch",
+            "--owner",
+            "444455556666",
+            "create-access-key",
+        ]))
+        .unwrap();
+        let req = request_of(&cli, &m).unwrap().unwrap();
+        assert_eq!(req.command, Command::CreateAccessKey);
+        assert_eq!(req.owner.as_deref(), Some("444455556666"));
+        let shown = format_response(&Response::AccessKey {
+            key_id: "AKIAAAAAAAAAAAAAAAAA".into(),
+            secret: "s".repeat(40),
+            owner: "444455556666".into(),
+        });
+        assert_eq!(
+            shown,
+            format!(
+                "ACCESSKEY\tAKIAAAAAAAAAAAAAAAAA\t{}\t444455556666\n",
+                "s".repeat(40)
+            )
         );
     }
 

@@ -34,6 +34,18 @@
 //!   not registered boots the daemon's default image (`up --qemu-kernel ...`)
 //!   if it has one, and is `InvalidAMIID.NotFound` otherwise. Namespace
 //!   instances (no `--qemu`) only record the AMI.
+//! * The EC2 Query API's commands ([`crate::ec2`]) go through the same
+//!   validation and edits: groups by `sg-` id are resolved among the caller's
+//!   own groups (a source group by id among its `UserId`'s), so another
+//!   owner's group is `InvalidGroup.NotFound`; the permissions of one request
+//!   are applied all or none. `RunInstancesEc2` boots QEMU guests for an AMI
+//!   registered with `register-image` and namespace instances otherwise; its
+//!   `ClientToken` is stored in the launch's own transaction and a repeat with
+//!   the same parameters returns that reservation (other parameters:
+//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`: `AKIA` +
+//!   16 characters, a 40-character secret, both from `/dev/urandom`) are stored
+//!   and looked up by the EC2 front door only ([`Command::LookupAccessKey`]
+//!   cannot arrive on the socket).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -45,11 +57,13 @@ use filter::{Ec2Code, Mac, Model, Snapshot};
 use ipnet::Ipv4Net;
 
 use crate::api::{
-    ApiError, Command, InstanceView, Reply, Request, Reservation, Response, StateChange,
-    StatsReport,
+    ApiError, Command, GroupRef, InstanceView, Permission, Reply, Request, Reservation, Response,
+    StateChange, StatsReport,
 };
 use crate::qemu::GuestImage;
-use crate::store::{self, Edit, ImageRecord, InstanceRecord, Store, StoreError};
+use crate::store::{
+    self, AccessKeyRecord, ClientTokenRecord, Edit, ImageRecord, InstanceRecord, Store, StoreError,
+};
 
 /// Edits whose latency is kept for the percentiles.
 pub const LATENCY_WINDOW: usize = 1024;
@@ -289,7 +303,16 @@ type Reloaded = (
     BTreeMap<String, InstanceRecord>,
     u64,
     BTreeMap<String, ImageRecord>,
+    Ec2State,
 );
+
+/// What the EC2 Query API keeps besides the model: access keys by id and
+/// `RunInstances` ClientTokens by (owner, token).
+#[derive(Clone, Debug, Default)]
+struct Ec2State {
+    keys: BTreeMap<String, AccessKeyRecord>,
+    tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
+}
 
 fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
     let loaded = store.load()?;
@@ -325,7 +348,19 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
         .into_iter()
         .map(|i| (i.ami.clone(), i))
         .collect();
-    Ok((model, records, generation, images))
+    let ec2 = Ec2State {
+        keys: loaded
+            .access_keys
+            .into_iter()
+            .map(|k| (k.key_id.clone(), k))
+            .collect(),
+        tokens: loaded
+            .client_tokens
+            .into_iter()
+            .map(|t| ((t.owner.clone(), t.token.clone()), t))
+            .collect(),
+    };
+    Ok((model, records, generation, images, ec2))
 }
 
 /// Errors of opening the core.
@@ -361,6 +396,8 @@ pub struct Core {
     latencies: VecDeque<u64>,
     /// Store committed → snapshot published, per edit (microseconds).
     publish_latencies: VecDeque<u64>,
+    /// Access keys and ClientTokens of the EC2 Query API.
+    ec2: Ec2State,
 }
 
 impl Core {
@@ -373,7 +410,7 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
-        let (model, records, generation, images) = match load_model(&store, &cfg) {
+        let (model, records, generation, images, ec2) = match load_model(&store, &cfg) {
             Ok(v) => v,
             Err(e) => {
                 dp.shutdown();
@@ -393,6 +430,7 @@ impl Core {
             edits: 0,
             latencies: VecDeque::new(),
             publish_latencies: VecDeque::new(),
+            ec2,
         };
         let owner = core.cfg.default_owner.clone();
         if let Err(e) = core.ensure_owner(&owner) {
@@ -470,7 +508,7 @@ impl Core {
                 count,
                 groups,
                 qemu,
-            } => self.run_instances(&owner, &ami, count, groups, qemu),
+            } => self.run_instances(&owner, &ami, count, groups, qemu, None),
             Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
             Command::TerminateInstances { ids } => self.terminate_instances(&owner, &ids),
             Command::RegisterImage {
@@ -496,6 +534,54 @@ impl Core {
             Command::Stats => Ok(Response::Stats {
                 stats: self.stats(),
             }),
+            Command::DeleteGroupRef { group } => {
+                let name = self.group_name(&owner, &group)?;
+                let g = self.edit(|m| Ok(m.delete_group(&owner, &name)?))?;
+                Ok(Response::GroupDeleted { name: g.name })
+            }
+            Command::DescribeGroupRefs { groups } => {
+                let names = groups
+                    .iter()
+                    .map(|g| self.group_name(&owner, g))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let groups = self
+                    .model
+                    .describe_groups(&owner, &names)?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                Ok(Response::Groups { groups })
+            }
+            Command::AuthorizePermissions { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
+            }
+            Command::RevokePermissions { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
+            }
+            Command::RunInstancesEc2 {
+                ami,
+                min_count,
+                max_count,
+                groups,
+                client_token,
+            } => {
+                self.run_instances_ec2(&owner, &ami, (min_count, max_count), &groups, client_token)
+            }
+            Command::CreateAccessKey => self.create_access_key(&owner),
+            Command::LookupAccessKey { key_id } => match self.ec2.keys.get(&key_id) {
+                Some(k) => Ok(Response::AccessKeySecret {
+                    owner: k.owner.0.clone(),
+                    secret: k.secret.clone(),
+                }),
+                None => Err(ApiError::ec2(
+                    Ec2Code::AuthFailure,
+                    "AWS was not able to validate the provided access credentials",
+                )),
+            },
         };
         if is_edit && reply.is_ok() {
             push_window(&mut self.latencies, t0.elapsed().as_micros() as u64);
@@ -568,7 +654,18 @@ impl Core {
         next: Model,
         new_records: BTreeMap<String, InstanceRecord>,
     ) -> Result<(), ApiError> {
+        self.commit_with(next, new_records, Vec::new())
+    }
+
+    /// [`Core::commit`] with `extra` store edits in the same transaction.
+    fn commit_with(
+        &mut self,
+        next: Model,
+        new_records: BTreeMap<String, InstanceRecord>,
+        extra: Vec<Edit>,
+    ) -> Result<(), ApiError> {
         let mut edits = diff(&self.model, &next, &new_records)?;
+        edits.extend(extra);
         edits.push(Edit::SetCounter {
             name: COUNTER_GROUP_SEQ.into(),
             value: next.next_group_seq as i64,
@@ -611,6 +708,7 @@ impl Core {
         count: u32,
         groups: Vec<String>,
         qemu: bool,
+        token: Option<ClientTokenRecord>,
     ) -> Reply {
         validate_ami(ami)?;
         if count == 0 || count > self.cfg.max_launch {
@@ -640,7 +738,7 @@ impl Core {
             (Attachment::Netns, None)
         };
         let items = (0..count).map(|_| (None, None, how.clone())).collect();
-        self.launch(owner, ami, groups, items, image.as_ref())
+        self.launch(owner, ami, groups, items, image.as_ref(), token)
     }
 
     fn register_image(&mut self, rec: ImageRecord) -> Reply {
@@ -739,7 +837,14 @@ impl Core {
                 ),
             ));
         }
-        self.launch(owner, ATTACHED_AMI, groups, vec![(ip, mac, how)], None)
+        self.launch(
+            owner,
+            ATTACHED_AMI,
+            groups,
+            vec![(ip, mac, how)],
+            None,
+            None,
+        )
     }
 
     /// An address the caller chose: inside the subnet, a host address, not the
@@ -777,6 +882,7 @@ impl Core {
         groups: Vec<String>,
         items: Vec<(Option<Ipv4Addr>, Option<Mac>, Attachment)>,
         image: Option<&GuestImage>,
+        token: Option<ClientTokenRecord>,
     ) -> Reply {
         let count = items.len();
         let mut next = self.model.clone();
@@ -849,9 +955,21 @@ impl Core {
                 }
             }
         }
-        if let Err(e) = self.commit(next, new_records) {
+        // A ClientToken is recorded in the launch's own transaction: either
+        // both are stored or neither.
+        let token = token.map(|t| ClientTokenRecord {
+            reservation: reservation.clone(),
+            ..t
+        });
+        let extra = token.iter().cloned().map(Edit::PutClientToken).collect();
+        if let Err(e) = self.commit_with(next, new_records, extra) {
             self.undo_launch(&launched);
             return Err(e);
+        }
+        if let Some(t) = token {
+            self.ec2
+                .tokens
+                .insert((t.owner.clone(), t.token.clone()), t);
         }
         self.attached.extend(launched.into_iter().map(|(id, _)| id));
         let views = order
@@ -871,6 +989,200 @@ impl Core {
                 groups,
                 instances: views,
             }],
+        })
+    }
+
+    /// The name of `owner`'s group `g` (by name: as given, existence checked by
+    /// the model; by id: that owner's group with the id, else NotFound).
+    fn group_name(&self, owner: &Owner, g: &GroupRef) -> Result<String, ApiError> {
+        match g {
+            GroupRef::Name(n) => Ok(n.clone()),
+            GroupRef::Id(id) => self
+                .model
+                .groups_of(owner)
+                .find(|grp| grp.id == *id)
+                .map(|grp| grp.name.clone())
+                .ok_or_else(|| {
+                    ApiError::ec2(
+                        Ec2Code::InvalidGroupNotFound,
+                        format!(
+                            "the security group ID '{}' does not exist",
+                            id.escape_default()
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// The target group's name and the rules of `permissions` (source groups by
+    /// id resolved against their owner: the caller unless one is given).
+    fn permission_rules(
+        &self,
+        owner: &Owner,
+        group: &GroupRef,
+        permissions: &[Permission],
+    ) -> Result<(String, Vec<filter::model::Rule>), ApiError> {
+        let name = self.group_name(owner, group)?;
+        if permissions.is_empty() {
+            return Err(ApiError::ec2(
+                Ec2Code::MissingParameter,
+                "the request must contain the parameter IpPermissions",
+            ));
+        }
+        let mut rules = Vec::new();
+        for p in permissions {
+            let mut groups = Vec::with_capacity(p.groups.len());
+            for sg in &p.groups {
+                let src_owner = match &sg.owner {
+                    Some(o) => Owner::parse(o)?,
+                    None => owner.clone(),
+                };
+                let src_name = self.group_name(&src_owner, &sg.group)?;
+                groups.push((src_name, Some(src_owner.0)));
+            }
+            let spec = filter::model::RuleSpec {
+                proto: p.proto.clone(),
+                ports: p.ports.clone(),
+                icmp: p.icmp.clone(),
+                cidrs: p.cidrs.clone(),
+                groups,
+            };
+            rules.extend(spec.expand(owner)?);
+        }
+        Ok((name, rules))
+    }
+
+    /// EC2 `RunInstances`: see [`Command::RunInstancesEc2`].
+    fn run_instances_ec2(
+        &mut self,
+        owner: &Owner,
+        ami: &str,
+        (min, max): (u32, u32),
+        groups: &[GroupRef],
+        client_token: Option<String>,
+    ) -> Reply {
+        if min == 0 || max < min {
+            return Err(ApiError::ec2(
+                Ec2Code::InvalidParameterValue,
+                format!(
+                    "invalid MinCount/MaxCount '{min}'/'{max}': need 1 <= MinCount <= MaxCount"
+                ),
+            ));
+        }
+        if min > self.cfg.max_launch {
+            return Err(ApiError::ec2(
+                Ec2Code::InsufficientInstanceCapacity,
+                format!(
+                    "MinCount {min} is above the {} instances one request may launch",
+                    self.cfg.max_launch
+                ),
+            ));
+        }
+        let count = max.min(self.cfg.max_launch);
+        let mut names = groups
+            .iter()
+            .map(|g| self.group_name(owner, g))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        names.dedup();
+        let qemu = self.images.contains_key(ami);
+        let token = match client_token {
+            None => None,
+            Some(t) => {
+                if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ApiError::ec2(
+                        Ec2Code::InvalidParameterValue,
+                        format!(
+                            "invalid ClientToken '{}': 1 to 64 printable ASCII characters",
+                            t.escape_default()
+                        ),
+                    ));
+                }
+                let fingerprint = format!("{ami}|{min}|{max}|{}", names.join(","));
+                if let Some(seen) = self.ec2.tokens.get(&(owner.clone(), t.clone())) {
+                    if seen.fingerprint != fingerprint {
+                        return Err(ApiError::new(
+                            crate::api::IDEMPOTENT_MISMATCH,
+                            format!(
+                                "the client token '{}' was used with other parameters",
+                                t.escape_default()
+                            ),
+                        ));
+                    }
+                    return Ok(self.reservation_view(owner, &seen.reservation));
+                }
+                Some(ClientTokenRecord {
+                    owner: owner.clone(),
+                    token: t,
+                    reservation: String::new(),
+                    fingerprint,
+                    created_at: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                })
+            }
+        };
+        self.run_instances(owner, ami, count, names, qemu, token)
+    }
+
+    /// A reservation's instances that still exist (a repeated ClientToken).
+    fn reservation_view(&self, owner: &Owner, reservation: &str) -> Response {
+        let mut recs: Vec<&InstanceRecord> = self
+            .records
+            .values()
+            .filter(|r| r.reservation == reservation && r.instance.owner == *owner)
+            .collect();
+        recs.sort_by_key(|r| r.launch_index);
+        Response::Reservations {
+            reservations: vec![Reservation {
+                id: reservation.to_owned(),
+                owner: owner.0.clone(),
+                groups: recs
+                    .first()
+                    .map(|r| r.instance.groups.clone())
+                    .unwrap_or_default(),
+                instances: recs.iter().map(|r| self.view(r)).collect(),
+            }],
+        }
+    }
+
+    /// A new access key acting as `owner`: `AKIA` + 16 of `[A-Z2-7]`, and a
+    /// 40-character secret, both from `/dev/urandom` (no fallback: a guessable
+    /// secret is worse than an error).
+    fn create_access_key(&mut self, owner: &Owner) -> Reply {
+        const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        const SECRET_CHARS: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bytes = [0u8; 56];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| ApiError::internal(format!("reading /dev/urandom for a new key: {e}")))?;
+        let pick = |set: &[u8], b: &[u8]| -> String {
+            b.iter()
+                .map(|&x| set[x as usize % set.len()] as char)
+                .collect()
+        };
+        let key_id = format!("AKIA{}", pick(ID_CHARS, &bytes[..16]));
+        if self.ec2.keys.contains_key(&key_id) {
+            return Err(ApiError::internal("access key id collision; try again"));
+        }
+        let rec = AccessKeyRecord {
+            key_id: key_id.clone(),
+            owner: owner.clone(),
+            secret: pick(SECRET_CHARS, &bytes[16..]),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        };
+        self.store
+            .commit(&[Edit::PutAccessKey(rec.clone())])
+            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+        self.edits += 1;
+        self.ec2.keys.insert(key_id, rec.clone());
+        Ok(Response::AccessKey {
+            key_id: rec.key_id,
+            secret: rec.secret,
+            owner: owner.0.clone(),
         })
     }
 

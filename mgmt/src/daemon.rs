@@ -15,7 +15,11 @@
 //!   thread inherits the mask) and waits for them with `sigwait`.
 //!
 //! Readiness: once the socket is bound and the accept thread runs, the daemon
-//! prints `sgswitch: ready on SOCKET` to stderr.
+//! prints `sgswitch: ready on SOCKET` to stderr. Before that, the EC2 Query API
+//! listener ([`crate::ec2`], `--ec2-listen`, default `127.0.0.1:8773`, `off`
+//! disables) prints `sgswitch: ec2 api on http://ADDR` with the bound address
+//! (port 0 picks a free one); a bind failure stops the start with an error
+//! naming the address.
 //!
 //! Shutdown: stop accepting, remove the socket, stop the management thread, shut
 //! the switch down (workers joined). The uplink TAP, the namespaces of running
@@ -72,6 +76,8 @@ pub enum DaemonError {
     Signals(#[source] nix::Error),
     #[error("start data plane: {0}")]
     Dataplane(String),
+    #[error("cannot serve the EC2 API (--ec2-listen): {0}")]
+    Ec2(#[source] crate::ec2::Ec2Error),
     #[error("metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -321,6 +327,10 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     // Bind first: a second daemon on the same socket must fail before it touches
     // the uplink or the instances' TAPs of the running one.
     let socket = bind_socket(&cli.socket)?;
+    let ec2_listener = match args.ec2_listen {
+        crate::cli::Ec2Listen::On(addr) => Some(crate::ec2::bind(addr).map_err(DaemonError::Ec2)?),
+        crate::cli::Ec2Listen::Off => None,
+    };
     let store = Store::open_dir(&args.state_dir)?;
     let dp: Box<dyn Dataplane> = if args.no_switch {
         Box::new(NoSwitch)
@@ -330,6 +340,15 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     let core = Core::open(store, cfg, dp)?;
     let (handle, mgmt) = spawn_management(core)?;
     let server = Server::start(socket, Arc::new(handle.clone()))?;
+    let ec2 = match ec2_listener {
+        Some(l) => Some(
+            crate::ec2::Ec2Server::serve(l, Arc::new(handle.clone())).map_err(DaemonError::Ec2)?,
+        ),
+        None => None,
+    };
+    if let Some(e) = &ec2 {
+        eprintln!("sgswitch: ec2 api on http://{}", e.local_addr());
+    }
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
             crate::metrics::start(addr, handle.clone())
@@ -345,6 +364,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     let sig = signals.wait().map_err(DaemonError::Signals)?;
     eprintln!("sgswitch: {sig:?}: shutting down");
     drop(metrics);
+    drop(ec2);
     server.stop();
     handle.stop();
     match mgmt.join() {

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod core;
 pub mod daemon;
 pub mod dataplane;
+pub mod ec2;
 pub mod instances;
 pub mod metrics;
 pub mod qemu;

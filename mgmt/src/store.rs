@@ -12,6 +12,9 @@
 //!   rule's source group, an instance's groups. Deleting a group that an instance
 //!   is in, or that another group's rule names as source, fails in SQLite too (a
 //!   second line of defence behind [`filter::Model`]'s validation).
+//! * The database file (and its `-wal`/`-shm`) is mode 0600: it holds the
+//!   secrets of the EC2 API's access keys (schema v3, with the ClientTokens of
+//!   `RunInstances`).
 //! * The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] are applied
 //!   in order, each in its own transaction, when the store is opened. A database
 //!   newer than this binary is refused rather than misread.
@@ -99,6 +102,24 @@ pub const MIGRATIONS: &[&str] = &[
         registered_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // v3: the EC2 Query API: access keys (key id → owner and secret) and the
+    // ClientTokens of RunInstances (idempotent launches).
+    r#"
+    CREATE TABLE access_keys (
+        key_id     TEXT PRIMARY KEY CHECK (length(key_id) BETWEEN 16 AND 128),
+        owner      TEXT NOT NULL CHECK (length(owner) = 12),
+        secret     TEXT NOT NULL CHECK (length(secret) >= 16),
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE client_tokens (
+        owner       TEXT NOT NULL CHECK (length(owner) = 12),
+        token       TEXT NOT NULL CHECK (length(token) BETWEEN 1 AND 64),
+        reservation TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (owner, token)
+    ) STRICT;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -140,6 +161,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot make state database {path} private (mode 0600): {source}")]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database holds an invalid {what}: {value:?}")]
     Corrupt { what: &'static str, value: String },
 }
@@ -178,6 +205,32 @@ pub struct ImageRecord {
     pub registered_at: i64,
 }
 
+/// An access key of the EC2 Query API: the key id clients send, the secret
+/// they sign with, and the account it acts as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyRecord {
+    /// `AKIA` + 16 upper-case letters and digits.
+    pub key_id: String,
+    pub owner: Owner,
+    /// 40 characters of `[A-Za-z0-9+/]`.
+    pub secret: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// A `ClientToken` of `RunInstances`: the reservation it launched, and a
+/// fingerprint of the request's parameters (the same token with other
+/// parameters is an error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTokenRecord {
+    pub owner: Owner,
+    pub token: String,
+    pub reservation: String,
+    pub fingerprint: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
 /// One change to the stored state. Applied in batches by [`Store::commit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Edit {
@@ -199,6 +252,10 @@ pub enum Edit {
     PutImage(ImageRecord),
     /// Deregister a guest image (must exist).
     DeleteImage { ami: String },
+    /// Store a new access key (its id must be new).
+    PutAccessKey(AccessKeyRecord),
+    /// Record a `ClientToken` (new for its owner).
+    PutClientToken(ClientTokenRecord),
 }
 
 impl Edit {
@@ -217,6 +274,10 @@ impl Edit {
             Edit::SetCounter { name, value } => format!("counter {name}={value}"),
             Edit::PutImage(i) => format!("new image {}", i.ami),
             Edit::DeleteImage { ami } => format!("deregistration of image {ami}"),
+            Edit::PutAccessKey(k) => format!("new access key {} of {}", k.key_id, k.owner.0),
+            Edit::PutClientToken(t) => {
+                format!("client token {:?} of {}", t.token, t.owner.0)
+            }
         }
     }
 }
@@ -231,6 +292,10 @@ pub struct Loaded {
     pub counters: BTreeMap<String, i64>,
     /// Registered guest images, sorted by AMI.
     pub images: Vec<ImageRecord>,
+    /// Access keys of the EC2 Query API, sorted by key id.
+    pub access_keys: Vec<AccessKeyRecord>,
+    /// ClientTokens of `RunInstances`, sorted by (owner, token).
+    pub client_tokens: Vec<ClientTokenRecord>,
 }
 
 /// The SQLite state store. One connection, owned by the management thread.
@@ -258,6 +323,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        restrict_mode(path).map_err(|source| StoreError::Mode {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(open_err)?;
         // WAL + synchronous=FULL: every commit is fsynced before it returns.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -484,12 +553,64 @@ impl Store {
             }
         }
         let images = self.load_images()?;
+        let access_keys = self.load_access_keys()?;
+        let client_tokens = self.load_client_tokens()?;
         Ok(Loaded {
             groups,
             instances,
             counters,
             images,
+            access_keys,
+            client_tokens,
         })
+    }
+
+    fn load_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "access keys",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare("SELECT key_id, owner, secret, created_at FROM access_keys ORDER BY key_id")
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(AccessKeyRecord {
+                    key_id: r.get(0)?,
+                    owner: Owner(r.get(1)?),
+                    secret: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })
+            .map_err(load)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(load)
+    }
+
+    fn load_client_tokens(&self) -> Result<Vec<ClientTokenRecord>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "client tokens",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT owner, token, reservation, fingerprint, created_at \
+                 FROM client_tokens ORDER BY owner, token",
+            )
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ClientTokenRecord {
+                    owner: Owner(r.get(0)?),
+                    token: r.get(1)?,
+                    reservation: r.get(2)?,
+                    fingerprint: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })
+            .map_err(load)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(load)
     }
 
     fn load_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
@@ -549,6 +670,8 @@ impl Store {
             ("instances", "id"),
             ("instance_groups", "instance_id, group_id"),
             ("images", "ami"),
+            ("access_keys", "key_id"),
+            ("client_tokens", "owner, token"),
         ] {
             let what = "dump";
             let mut st = self
@@ -756,6 +879,27 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
         Edit::DeleteImage { ami } => {
             expect_one(tx.execute("DELETE FROM images WHERE ami = ?1", [ami])?)
         }
+        Edit::PutAccessKey(k) => {
+            tx.execute(
+                "INSERT INTO access_keys (key_id, owner, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![k.key_id, k.owner.0, k.secret, k.created_at],
+            )?;
+            Ok(())
+        }
+        Edit::PutClientToken(t) => {
+            tx.execute(
+                "INSERT INTO client_tokens (owner, token, reservation, fingerprint, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    t.owner.0,
+                    t.token,
+                    t.reservation,
+                    t.fingerprint,
+                    t.created_at
+                ],
+            )?;
+            Ok(())
+        }
         Edit::SetCounter { name, value } => {
             tx.execute(
                 "INSERT INTO counters (name, value) VALUES (?1, ?2) \
@@ -765,6 +909,29 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Create the database file if needed and make it and its WAL companions mode
+/// 0600 (it holds the access keys' secrets). SQLite creates `-wal` and `-shm`
+/// with the database file's mode, so they are private from the start too.
+fn restrict_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(path, private.clone())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(PathBuf::from(p), private.clone()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A delete that must hit exactly one row (else the caller's view and the store
@@ -1215,7 +1382,7 @@ mod tests {
             .unwrap();
         }
         let mut s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let l = s.load().unwrap();
         assert_eq!(l.groups.len(), 1);
         assert_eq!(l.instances[0].place, "qemu:42");
@@ -1234,6 +1401,76 @@ mod tests {
             vec![with_disk, image("ami-1234abcd")],
             "sorted by AMI, every field kept"
         );
+    }
+
+    fn access_key(id: &str, owner: &str) -> AccessKeyRecord {
+        AccessKeyRecord {
+            key_id: id.into(),
+            owner: Owner(owner.into()),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            created_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn a_v2_store_gains_access_keys_and_client_tokens_and_the_file_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("v3");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+        }
+        // An old store with a world-readable mode is made private on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 3);
+        let tok = ClientTokenRecord {
+            owner: owner(),
+            token: "tok-1".into(),
+            reservation: "r-0000abcd".into(),
+            fingerprint: "ami-1|1|1|default".into(),
+            created_at: 5,
+        };
+        s.commit(&[
+            Edit::PutAccessKey(access_key("AKIAZZZZZZZZZZZZZZZZ", "111122223333")),
+            Edit::PutAccessKey(access_key("AKIAAAAAAAAAAAAAAAAA", "444455556666")),
+            Edit::PutClientToken(tok.clone()),
+        ])
+        .unwrap();
+        // A duplicate key id or token is refused and the batch rolled back.
+        let before = s.dump().unwrap();
+        assert!(
+            s.commit(&[Edit::PutAccessKey(access_key(
+                "AKIAAAAAAAAAAAAAAAAA",
+                "111122223333"
+            ))])
+            .is_err()
+        );
+        assert!(s.commit(&[Edit::PutClientToken(tok.clone())]).is_err());
+        // A key shorter than 16 characters violates the schema.
+        assert!(
+            s.commit(&[Edit::PutAccessKey(access_key("AKIA", "111122223333"))])
+                .is_err()
+        );
+        assert_eq!(s.dump().unwrap(), before);
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        let l = s.load().unwrap();
+        let ids: Vec<&str> = l.access_keys.iter().map(|k| k.key_id.as_str()).collect();
+        assert_eq!(ids, ["AKIAAAAAAAAAAAAAAAAA", "AKIAZZZZZZZZZZZZZZZZ"]);
+        assert_eq!(l.access_keys[0].owner.0, "444455556666");
+        assert_eq!(l.client_tokens, vec![tok]);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            if let Ok(m) = std::fs::metadata(&p) {
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{p:?}");
+            }
+        }
     }
 
     #[test]

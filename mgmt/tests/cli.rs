@@ -43,7 +43,7 @@ impl Daemon {
     fn start_with(dir: &Path, extra: &[&str]) -> (Daemon, Vec<String>) {
         let socket = dir.join("run/sgswitch.sock");
         let mut child = Command::new(BIN)
-            .args(["up", "--no-switch"])
+            .args(["up", "--no-switch", "--ec2-listen", "off"])
             .args(extra)
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -375,7 +375,7 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     let dir = TempDir::new("second");
     let d = Daemon::start(&dir.0);
     let (_, err, code) = run(Command::new(BIN)
-        .args(["up", "--no-switch", "--state-dir"])
+        .args(["up", "--no-switch", "--ec2-listen", "off", "--state-dir"])
         .arg(dir.0.join("state2"))
         .arg("--socket")
         .arg(&d.socket));

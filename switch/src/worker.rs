@@ -2,12 +2,23 @@
 //! queue of every port and running the [`crate::pipeline`] on every frame.
 //!
 //! Contract:
-//! * Worker `w` only touches queue `w` of each port, its own buffers (a receive
-//!   buffer of [`BUF_LEN`] bytes and a scratch buffer of the same size, allocated
-//!   once) and its own counters: nothing mutable is shared between workers.
+//! * Worker `w` only touches queue `w` of each port, its own buffers ([`BURST`]
+//!   receive buffers of [`BUF_LEN`] bytes and a scratch buffer of the same size,
+//!   allocated once) and its own counters: nothing mutable is shared between
+//!   workers.
+//! * Staged bursts (VPP-style): from each port it reads up to [`BURST`] frames,
+//!   then prepares them all (parse + prefetch of their connection-table buckets,
+//!   [`crate::pipeline::prepare`]), then processes them in order; the memory
+//!   latency of a burst's new flows overlaps instead of adding up.
 //! * Per wake-up ([`Worker::poll_once`]) it loads the rule snapshot and the port
 //!   table once (arc-swap, no lock) and reads the coarse clock once, then reads up
-//!   to [`BURST`] frames from each port.
+//!   to [`BURST`] frames from each port that has frames waiting: with more than
+//!   [`SWEEP_MAX_PORTS`] ports, all with fds, the ports come from one
+//!   non-blocking `epoll_wait` (level-triggered, so a port with more than a burst
+//!   waiting is reported again), saving a failing `read` per idle port; every
+//!   [`FULL_SWEEP_EVERY`]th wake-up, and always with fd-less (in-memory) queues,
+//!   it reads every port. The epoll set follows the port table's version at
+//!   every wake-up.
 //! * [`PollMode::Busy`] spins forever. [`PollMode::Adaptive`] spins while there is
 //!   work and for [`IDLE_SPIN`] after the last frame, then parks in `epoll_wait`
 //!   over the poll fds of its queues plus its eventfd (signalled on port-table
@@ -24,9 +35,13 @@ use std::time::{Duration, Instant};
 
 use crate::config::PollMode;
 use crate::counters::bump;
-use crate::pipeline::{BUF_LEN, BURST, Env, Outcome, Scratch, process};
+use filter::DropReason;
+use filter::parse::Parsed;
+
+use crate::pipeline::{BUF_LEN, BURST, Env, Outcome, Scratch, prepare, process_prepared};
 use crate::port::{PortError, VnetHdr};
 use crate::sys::{EPOLLIN, Epoll, EpollEvents};
+use crate::table::{Port, PortTable};
 use crate::{Datapath, PortId};
 
 /// How long an adaptive worker keeps spinning after its last frame.
@@ -36,6 +51,13 @@ pub const SHORT_PARK_MS: i32 = 1;
 /// Park timeout when every queue has an fd: the eventfd wakes the worker for
 /// everything else, this only bounds the staleness of housekeeping.
 pub const LONG_PARK_MS: i32 = 500;
+
+/// With at most this many ports a wake-up reads every port (a failing read on
+/// an idle port costs no more than the `epoll_wait` that would skip it).
+pub const SWEEP_MAX_PORTS: usize = 2;
+/// Every this many wake-ups a worker reads every port even if epoll did not
+/// report it readable (a safety net: no frame can wait on a missed readiness).
+pub const FULL_SWEEP_EVERY: u64 = 64;
 
 /// Epoll token of the worker's eventfd.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -49,11 +71,56 @@ pub struct BurstResult {
     pub dropped: usize,
 }
 
+/// A worker's staged burst: up to [`BURST`] frames read before any is processed.
+struct Burst {
+    /// One receive buffer of [`BUF_LEN`] bytes per frame (allocated once,
+    /// zero-filled lazily by the kernel: only pages a frame used are resident).
+    bufs: Box<[Box<[u8]>]>,
+    /// Length and virtio-net header of each frame read.
+    meta: [(usize, VnetHdr); BURST],
+    parsed: [Result<Parsed, DropReason>; BURST],
+}
+
+impl Burst {
+    fn new() -> Burst {
+        Burst {
+            bufs: (0..BURST)
+                .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
+                .collect(),
+            meta: [(0, VnetHdr::default()); BURST],
+            parsed: [Err(DropReason::TruncatedEthernet); BURST],
+        }
+    }
+
+    /// Process the first `n` frames, frame `i` as received from `port(i)`:
+    /// prepare all (parse + conntrack prefetch), then process each in order.
+    fn run<'p>(
+        &mut self,
+        env: &Env<'_>,
+        n: usize,
+        port: impl Fn(usize) -> &'p Port,
+        scratch: &mut Scratch,
+    ) -> [Outcome; BURST] {
+        let mut out = [Outcome::Consumed; BURST];
+        let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
+        for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
+            *parsed = prepare(env, &buf[..*len]);
+        }
+        let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
+        for (i, (((buf, (len, vnet)), parsed), o)) in frames.zip(out.iter_mut()).take(n).enumerate()
+        {
+            *o = process_prepared(env, port(i), &mut buf[..*len], *parsed, vnet, scratch);
+        }
+        out
+    }
+}
+
 /// One worker's state. Built by [`Datapath::worker`].
 pub struct Worker {
     dp: Arc<Datapath>,
     w: usize,
-    rx: Box<[u8]>,
+    /// The staged burst: one receive buffer per frame of a burst.
+    burst: Burst,
     scratch: Scratch,
     /// Port-table version the epoll set was last synchronised with.
     synced_version: u64,
@@ -61,6 +128,8 @@ pub struct Worker {
     registered: HashMap<RawFd, PortId>,
     fdless_queues: bool,
     epoll: Option<(Epoll, EpollEvents)>,
+    /// Wake-ups so far (every [`FULL_SWEEP_EVERY`]th reads every port).
+    rounds: u64,
 }
 
 impl Worker {
@@ -73,12 +142,13 @@ impl Worker {
         Worker {
             dp,
             w,
-            rx: vec![0u8; BUF_LEN].into_boxed_slice(),
+            burst: Burst::new(),
             scratch: Scratch::default(),
             synced_version: u64::MAX,
             registered: HashMap::new(),
             fdless_queues: true,
             epoll,
+            rounds: 0,
         }
     }
 
@@ -87,12 +157,22 @@ impl Worker {
         self.w
     }
 
-    /// One wake-up: read a burst from every port and process it. Returns the
-    /// number of frames read.
+    /// One wake-up: read a burst from every port that has frames waiting and
+    /// process it. Returns the number of frames read.
     pub fn poll_once(&mut self) -> usize {
         let dp = &*self.dp;
         let snap = dp.rules.load();
         let table = dp.ports.load();
+        if table.version != self.synced_version {
+            Self::sync_epoll(
+                self.w,
+                &table,
+                &self.epoll,
+                &mut self.registered,
+                &mut self.fdless_queues,
+            );
+            self.synced_version = table.version;
+        }
         let wc = &dp.wcounters[self.w];
         let env = Env {
             snap: &snap,
@@ -104,28 +184,33 @@ impl Worker {
             wc,
         };
         let mut n = 0;
-        for port in table.ports.iter() {
-            if port.is_gone() {
-                continue;
+        self.rounds = self.rounds.wrapping_add(1);
+        let sweep = self.fdless_queues
+            || table.ports.len() <= SWEEP_MAX_PORTS
+            || self.rounds.is_multiple_of(FULL_SWEEP_EVERY);
+        match &mut self.epoll {
+            Some((epoll, events)) if !sweep => {
+                // Only the ports whose fd polls readable: one epoll_wait instead
+                // of one failing read per idle port.
+                if epoll.wait(events, 0).unwrap_or(0) > 0 {
+                    for (token, _) in events.iter() {
+                        if token == WAKE_TOKEN {
+                            // A port-table change: seen by the version check.
+                            if let Some(Some(waker)) = dp.wakers.get(self.w) {
+                                let _ = waker.drain();
+                            }
+                            continue;
+                        }
+                        let Some(port) = table.by_id(PortId(token as u32)) else {
+                            continue;
+                        };
+                        n += Self::poll_port(dp, &env, port, &mut self.burst, &mut self.scratch);
+                    }
+                }
             }
-            let q = &port.queues[self.w];
-            for _ in 0..BURST {
-                match q.recv(&mut self.rx) {
-                    Ok(Some((len, vnet))) => {
-                        let len = len.min(self.rx.len());
-                        process(&env, port, &mut self.rx[..len], &vnet, &mut self.scratch);
-                        n += 1;
-                    }
-                    Ok(None) => break,
-                    Err(PortError::Gone { .. }) => {
-                        port.gone.store(true, Ordering::Relaxed);
-                        self.scratch.saw_gone = true;
-                        break;
-                    }
-                    Err(PortError::Io { .. }) => {
-                        bump(&wc.rx_errors, 1);
-                        break;
-                    }
+            _ => {
+                for port in table.ports.iter() {
+                    n += Self::poll_port(dp, &env, port, &mut self.burst, &mut self.scratch);
                 }
             }
         }
@@ -134,6 +219,50 @@ impl Worker {
             dp.wake_housekeeper();
         }
         n
+    }
+
+    /// Read up to [`BURST`] frames from `port`'s queue of this worker and
+    /// process them (staged). Returns the number read.
+    fn poll_port(
+        dp: &Datapath,
+        env: &Env<'_>,
+        port: &Port,
+        burst: &mut Burst,
+        scratch: &mut Scratch,
+    ) -> usize {
+        if port.is_gone() {
+            return 0;
+        }
+        let q = &port.queues[env.w];
+        let mut got = 0;
+        while got < BURST {
+            match q.recv(&mut burst.bufs[got]) {
+                Ok(Some((len, vnet))) => {
+                    burst.meta[got] = (len.min(BUF_LEN), vnet);
+                    got += 1;
+                }
+                Ok(None) => break,
+                Err(PortError::Gone { .. }) => {
+                    port.gone.store(true, Ordering::Relaxed);
+                    scratch.saw_gone = true;
+                    break;
+                }
+                Err(PortError::Io { .. }) => {
+                    bump(&env.wc.rx_errors, 1);
+                    break;
+                }
+            }
+        }
+        if got > 0 {
+            // The snapshot is loaded after the burst was read, not once per
+            // wake-up: a frame sent after an edit was acknowledged (published)
+            // is judged by that edit's rules or newer, even when this worker was
+            // descheduled between the wake-up and the read.
+            let snap = dp.rules.load();
+            let env = Env { snap: &snap, ..*env };
+            burst.run(&env, got, |_| port, scratch);
+        }
+        got
     }
 
     /// Process a burst of frames given directly (benchmarks, tests): each frame is
@@ -158,18 +287,37 @@ impl Worker {
             wc,
         };
         let mut r = BurstResult::default();
-        for (id, frame, vnet) in frames {
-            let Some(port) = table.by_id(id) else {
-                r.dropped += 1;
-                continue;
-            };
-            let len = frame.len().min(self.rx.len());
-            self.rx[..len].copy_from_slice(&frame[..len]);
-            match process(&env, port, &mut self.rx[..len], &vnet, &mut self.scratch) {
-                Outcome::Forwarded => r.forwarded += 1,
-                Outcome::Answered => r.answered += 1,
-                Outcome::Consumed => r.consumed += 1,
-                Outcome::Dropped(_) => r.dropped += 1,
+        let mut ports: [Option<&Port>; BURST] = [None; BURST];
+        let mut frames = frames.into_iter().peekable();
+        while frames.peek().is_some() {
+            let mut got = 0;
+            for (id, frame, vnet) in frames.by_ref() {
+                let Some(port) = table.by_id(id) else {
+                    r.dropped += 1;
+                    continue;
+                };
+                let len = frame.len().min(BUF_LEN);
+                self.burst.bufs[got][..len].copy_from_slice(&frame[..len]);
+                self.burst.meta[got] = (len, vnet);
+                ports[got] = Some(&**port);
+                got += 1;
+                if got == BURST {
+                    break;
+                }
+            }
+            let outcomes = self.burst.run(
+                &env,
+                got,
+                |i| ports[i].expect("set for every frame"),
+                &mut self.scratch,
+            );
+            for o in &outcomes[..got] {
+                match o {
+                    Outcome::Forwarded => r.forwarded += 1,
+                    Outcome::Answered => r.answered += 1,
+                    Outcome::Consumed => r.consumed += 1,
+                    Outcome::Dropped(_) => r.dropped += 1,
+                }
             }
         }
         if self.scratch.saw_gone {
@@ -182,6 +330,11 @@ impl Worker {
     /// The poll loop: runs until the datapath is stopped.
     pub(crate) fn run(mut self, mode: PollMode) {
         let mut idle_since: Option<Instant> = None;
+        // EXPERIMENT (perf-g, to be removed): idle spin override.
+        let idle_spin = std::env::var("SGSW_IDLE_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(IDLE_SPIN, Duration::from_micros);
         while !self.dp.stop.load(Ordering::Acquire) {
             if self.poll_once() > 0 {
                 idle_since = None;
@@ -191,7 +344,7 @@ impl Worker {
                 PollMode::Busy => std::hint::spin_loop(),
                 PollMode::Adaptive => {
                     let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < IDLE_SPIN {
+                    if since.elapsed() < idle_spin {
                         std::hint::spin_loop();
                         continue;
                     }
@@ -206,20 +359,21 @@ impl Worker {
         }
     }
 
-    /// Bring the epoll set in line with the current port table.
-    fn sync_epoll(&mut self) {
-        let version = self.dp.ports.load().version;
-        if version == self.synced_version {
-            return;
-        }
-        let Some((epoll, _)) = &self.epoll else {
+    /// Bring the epoll set of worker `w` in line with port table `table`.
+    fn sync_epoll(
+        w: usize,
+        table: &PortTable,
+        epoll: &Option<(Epoll, EpollEvents)>,
+        registered: &mut HashMap<RawFd, PortId>,
+        fdless_queues: &mut bool,
+    ) {
+        let Some((epoll, _)) = epoll else {
             return;
         };
-        let table = self.dp.ports.load_full();
         let mut want: HashMap<RawFd, PortId> = HashMap::with_capacity(table.ports.len());
         let mut fdless = false;
         for p in table.ports.iter().filter(|p| !p.is_gone()) {
-            match p.queues[self.w].poll_fd() {
+            match p.queues[w].poll_fd() {
                 Some(fd) => {
                     want.insert(fd, p.id);
                 }
@@ -229,25 +383,34 @@ impl Worker {
         // Drop registrations of ports that left (their fd may already be closed,
         // which removed it from the set: errors are expected and ignored), and
         // re-register fd numbers now used by another port.
-        for (fd, id) in &self.registered {
+        for (fd, id) in registered.iter() {
             if want.get(fd) != Some(id) {
                 let _ = epoll.del(*fd);
             }
         }
         for (fd, id) in &want {
-            if self.registered.get(fd) != Some(id) {
+            if registered.get(fd) != Some(id) {
                 let _ = epoll.add(*fd, EPOLLIN, u64::from(id.0));
             }
         }
-        self.registered = want;
-        self.fdless_queues = fdless;
-        self.synced_version = version;
+        *registered = want;
+        *fdless_queues = fdless;
     }
 
     /// Wait for work (adaptive mode).
     /// Returns whether an fd became ready (rather than the timeout expiring).
     fn park(&mut self) -> bool {
-        self.sync_epoll();
+        let table = self.dp.ports.load_full();
+        if table.version != self.synced_version {
+            Self::sync_epoll(
+                self.w,
+                &table,
+                &self.epoll,
+                &mut self.registered,
+                &mut self.fdless_queues,
+            );
+            self.synced_version = table.version;
+        }
         bump(&self.dp.wcounters[self.w].parks, 1);
         let timeout = if self.fdless_queues {
             SHORT_PARK_MS
@@ -268,5 +431,239 @@ impl Worker {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::os::unix::net::UnixDatagram;
+
+    use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
+    use filter::{Mac, compile};
+
+    use super::*;
+    use crate::port::PortQueue;
+    use crate::{MemOptions, MemPeer, PortRole, PortSpec, SwitchConfig, mem_port_with};
+
+    const OWNER: &str = "111122223333";
+
+    /// A port queue on one end of a datagram socket pair: it has an fd that
+    /// polls readable like a TAP's (so the worker takes the epoll path), and
+    /// needs no root. The test holds the other end.
+    struct SockQueue(UnixDatagram);
+
+    impl PortQueue for SockQueue {
+        fn recv(&self, buf: &mut [u8]) -> Result<Option<(usize, VnetHdr)>, PortError> {
+            match self.0.recv(buf) {
+                Ok(n) => Ok(Some((n, VnetHdr::default()))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(source) => Err(PortError::Io {
+                    port: "sock".into(),
+                    source,
+                }),
+            }
+        }
+
+        fn send(&self, frame: &[u8], _vnet: &VnetHdr) -> Result<(), PortError> {
+            self.0.send(frame).map(drop).map_err(|source| PortError::Io {
+                port: "sock".into(),
+                source,
+            })
+        }
+
+        fn offloads(&self) -> bool {
+            false
+        }
+
+        fn poll_fd(&self) -> Option<RawFd> {
+            Some(self.0.as_raw_fd())
+        }
+    }
+
+    fn mac(n: u8) -> Mac {
+        [0x02, 0, 0, 0, 0, n]
+    }
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(172, 31, 0, n)
+    }
+
+    /// Instances 10..10+n in group `g`, which allows UDP 53 from the subnet.
+    fn model(n: u8) -> Model {
+        let owner = Owner(OWNER.into());
+        let mut m = Model::new(Limits::default());
+        m.add_group(&owner, "g", "test").expect("group");
+        let spec = RuleSpec {
+            proto: Some("udp".into()),
+            ports: Some("53".into()),
+            cidrs: vec!["172.31.0.0/16".into()],
+            ..RuleSpec::default()
+        };
+        m.authorize(&owner, "g", &spec).expect("rule");
+        for k in 10..10 + n {
+            m.add_instance(Instance {
+                id: format!("i-{k:08x}"),
+                owner: owner.clone(),
+                mac: mac(k),
+                ip: ip(k),
+                groups: vec!["g".into()],
+            })
+            .expect("instance");
+        }
+        m
+    }
+
+    fn udp(src: u8, dst: u8, sport: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(src), mac(dst))
+            .ipv4(ip(src).octets(), ip(dst).octets(), 64)
+            .udp(sport, 53)
+            .write(&mut v, &[7u8; 18])
+            .expect("udp");
+        v
+    }
+
+    fn role(k: u8) -> PortRole {
+        PortRole::Instance {
+            id: format!("i-{k:08x}"),
+            mac: mac(k),
+            ip: ip(k),
+        }
+    }
+
+    fn datapath(n: u8) -> Arc<Datapath> {
+        let dp = Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1 << 12),
+            ..SwitchConfig::default()
+        })
+        .expect("datapath");
+        dp.publish_rules(compile(&model(n), 1));
+        dp
+    }
+
+    /// Adds instance `k` on a socket-pair port; returns its id and our end.
+    fn sock_port(dp: &Datapath, k: u8) -> (PortId, UnixDatagram) {
+        let (ours, theirs) = UnixDatagram::pair().expect("socketpair");
+        theirs.set_nonblocking(true).expect("nonblocking");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let id = dp
+            .add_port(PortSpec {
+                name: format!("sock{k}"),
+                role: role(k),
+                queues: vec![Box::new(SockQueue(theirs))],
+            })
+            .expect("port");
+        (id, ours)
+    }
+
+    fn received(sock: &UnixDatagram) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = sock.recv(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn epoll_readiness_finds_ready_ports_and_follows_table_changes() {
+        let dp = datapath(8);
+        let mut ends: Vec<(PortId, UnixDatagram)> = (10..15).map(|k| sock_port(&dp, k)).collect();
+        let mut w = dp.worker(0);
+        assert_eq!(w.poll_once(), 0, "nothing sent yet");
+        // Five fd-backed ports: the worker reads the ones epoll reports.
+        assert!(!w.fdless_queues);
+        assert_eq!(w.registered.len(), 5);
+        let frame = udp(13, 11, 4000);
+        ends[3].1.send(&frame).expect("send");
+        // Not a full-sweep round: the frame is found through epoll alone.
+        assert!(!(w.rounds + 1).is_multiple_of(FULL_SWEEP_EVERY));
+        assert_eq!(w.poll_once(), 1);
+        let got = received(&ends[1].1);
+        assert_eq!(got.len(), 1, "forwarded to instance 11");
+        assert_eq!(got[0][12..], frame[12..], "only the MACs may be rewritten");
+        // A port added later is registered at the next wake-up and read at once.
+        let (id15, s15) = sock_port(&dp, 15);
+        ends.push((id15, s15));
+        for sport in [5000, 5001, 5002] {
+            ends[5].1.send(&udp(15, 10, sport)).expect("send");
+        }
+        assert_eq!(w.poll_once(), 3);
+        assert_eq!(w.registered.len(), 6);
+        let got = received(&ends[0].1);
+        let sports: Vec<u16> = got
+            .iter()
+            .map(|f| u16::from_be_bytes([f[34], f[35]]))
+            .collect();
+        assert_eq!(sports, [5000, 5001, 5002], "in order");
+        // A removed port leaves the epoll set.
+        dp.remove_port(ends[2].0).expect("remove");
+        w.poll_once();
+        assert_eq!(w.registered.len(), 5);
+        assert!(!w.registered.values().any(|id| *id == ends[2].0));
+        let st = dp.stats();
+        assert_eq!(st.total_drops(), 0, "{:?}", st.nonzero_drops().collect::<Vec<_>>());
+    }
+
+    fn mem_instance(dp: &Datapath, k: u8) -> (PortId, MemPeer) {
+        let (queues, peer) = mem_port_with(1, MemOptions::default());
+        let id = dp
+            .add_port(PortSpec {
+                name: format!("mem{k}"),
+                role: role(k),
+                queues,
+            })
+            .expect("port");
+        (id, peer)
+    }
+
+    #[test]
+    fn staged_bursts_keep_order_and_count_every_frame() {
+        let dp = datapath(3);
+        let (_, a) = mem_instance(&dp, 10);
+        let (b_id, b) = mem_instance(&dp, 11);
+        let mut w = dp.worker(0);
+        for sport in 0..40u16 {
+            a.inject(0, &udp(10, 11, 1000 + sport), VnetHdr::default())
+                .expect("inject");
+        }
+        // One burst per port per wake-up.
+        assert_eq!(w.poll_once(), BURST);
+        assert_eq!(w.poll_once(), 40 - BURST);
+        assert_eq!(w.poll_once(), 0);
+        let sports: Vec<u16> = b
+            .take()
+            .iter()
+            .map(|f| u16::from_be_bytes([f.data[34], f.data[35]]))
+            .collect();
+        assert_eq!(sports, (1000..1040).collect::<Vec<_>>());
+
+        // process_burst: more than a burst, mixed sources, an unknown port and
+        // a spoofed frame.
+        let frames: Vec<(PortId, Vec<u8>)> = (0..70u16)
+            .map(|i| match i {
+                5 => (PortId(9999), udp(10, 11, 1)),
+                40 => (b_id, udp(12, 10, 2)),
+                _ => (b_id, udp(11, 10, 3000 + i)),
+            })
+            .collect();
+        let r = w.process_burst(
+            frames
+                .iter()
+                .map(|(id, f)| (*id, f.as_slice(), VnetHdr::default())),
+        );
+        assert_eq!(
+            r,
+            BurstResult {
+                forwarded: 68,
+                answered: 0,
+                consumed: 0,
+                dropped: 2
+            }
+        );
+        assert_eq!(a.take().len(), 68);
+        assert_eq!(dp.stats().drop_count(DropReason::SpoofedMac), 1);
     }
 }

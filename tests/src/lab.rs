@@ -4,8 +4,11 @@
 //! [`Lab::start`] creates a uniquely named uplink namespace (`sgt-<pid>-<n>-up`),
 //! starts the real binary as
 //! `sgswitch up --state-dir DIR/state --socket DIR/sock --uplink sgu<pid>x<n>
-//! --uplink-netns NS --subnet 172.31.0.0/16 --workers 2 [extra...]` (subnet,
-//! workers and extra arguments set by [`LabConfig`]), waits for
+//! --uplink-netns NS --subnet 172.31.0.0/16 --workers 2 --ec2-listen off
+//! [extra...]` (subnet, workers and extra arguments set by [`LabConfig`];
+//! [`LabConfig::ec2`] serves the EC2 Query API on `127.0.0.1:0` instead, the
+//! bound address parsed from the daemon's `sgswitch: ec2 api on http://ADDR`
+//! line: [`Lab::ec2_endpoint`]), waits for
 //! `sgswitch: ready on` on its stderr and the socket, and gives the uplink TAP the
 //! outside addresses [`OUTSIDE`] (primary) and [`OUTSIDE2`] inside the uplink
 //! namespace. Nothing is ever configured in the root namespace.
@@ -80,6 +83,10 @@ pub struct LabConfig {
     pub subnet: String,
     /// More `sgswitch up` arguments (e.g. `--conntrack-on-revoke keep`).
     pub extra_args: Vec<String>,
+    /// Serve the EC2 Query API on a free loopback port ([`LabConfig::ec2`]);
+    /// off by default (`--ec2-listen off`), so parallel labs never race for
+    /// the default port 8773.
+    pub ec2: bool,
 }
 
 impl LabConfig {
@@ -89,7 +96,15 @@ impl LabConfig {
             workers: 2,
             subnet: SUBNET.to_string(),
             extra_args: Vec::new(),
+            ec2: false,
         }
+    }
+
+    /// Serve the EC2 Query API on `127.0.0.1:0`; [`Lab::ec2_endpoint`] is the
+    /// address the daemon printed.
+    pub fn ec2(mut self) -> LabConfig {
+        self.ec2 = true;
+        self
     }
 
     pub fn subnet(mut self, cidr: &str) -> LabConfig {
@@ -191,6 +206,8 @@ pub struct Lab {
     netns: Mutex<BTreeSet<String>>,
     /// Helper processes (listeners), killed at drop.
     children: Mutex<Vec<Child>>,
+    /// The EC2 API's address of the running daemon (with [`LabConfig::ec2`]).
+    ec2_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// How long the daemon may take to become ready.
@@ -227,6 +244,7 @@ impl Lab {
             daemon: Mutex::new(None),
             netns: Mutex::new(BTreeSet::new()),
             children: Mutex::new(Vec::new()),
+            ec2_addr: Mutex::new(None),
         };
         assert!(lab.uplink_if.len() <= 15, "{}", lab.uplink_if);
         assert!(
@@ -254,6 +272,7 @@ impl Lab {
             .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("dup log fd");
         let workers = self.cfg.workers.to_string();
+        let ec2_listen = if self.cfg.ec2 { "127.0.0.1:0" } else { "off" };
         let mut cmd = Command::new(&self.bin);
         cmd.arg("up")
             .arg("--state-dir")
@@ -264,6 +283,7 @@ impl Lab {
             .args(["--uplink-netns", &self.uplink_ns])
             .args(["--subnet", &self.cfg.subnet])
             .args(["--workers", &workers])
+            .args(["--ec2-listen", ec2_listen])
             .args(&self.cfg.extra_args)
             .args(env_up_args())
             .env_remove("SGSWITCH_SOCKET")
@@ -300,6 +320,17 @@ impl Lab {
             let new =
                 String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
             if new.contains("sgswitch: ready on") && self.socket.exists() {
+                let addr = new
+                    .lines()
+                    .rev()
+                    .filter_map(|l| l.strip_prefix("sgswitch: ec2 api on http://"))
+                    .find_map(|a| a.trim().parse().ok());
+                assert!(
+                    addr.is_some() || !self.cfg.ec2,
+                    "daemon printed no EC2 API address:\n{}",
+                    self.log_tail(40)
+                );
+                *self.ec2_addr.lock().unwrap_or_else(PoisonError::into_inner) = addr;
                 break;
             }
             assert!(
@@ -350,6 +381,17 @@ impl Lab {
             &self.uplink_if,
             "up",
         ]));
+    }
+
+    /// `http://127.0.0.1:PORT` of the running daemon's EC2 API (the lab must
+    /// have been started with [`LabConfig::ec2`]).
+    pub fn ec2_endpoint(&self) -> String {
+        let addr = self
+            .ec2_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("the lab serves no EC2 API: start it with LabConfig::ec2()");
+        format!("http://{addr}")
     }
 
     /// The daemon's PID, if it runs.

@@ -19,8 +19,10 @@
 //! lab's namespaces; every program runs under a deadline; processes are killed by
 //! PID.
 
+pub mod attack;
 pub mod ec2out;
 pub mod lab;
+pub mod load;
 pub mod nmap;
 pub mod run;
 

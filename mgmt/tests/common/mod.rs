@@ -84,6 +84,8 @@ impl Lab {
                 &self.uplink_ns,
             ])
             .args(["--workers", "2"])
+            // Tests run in parallel: never the default EC2 API port.
+            .args(["--ec2-listen", "off"])
             .args(&self.up_args)
             .env_remove("SGSWITCH_OWNER")
             .stdin(Stdio::null())

@@ -1,0 +1,541 @@
+//! `e2ebench`: the end-to-end benchmark — sgswitch side by side with the bare
+//! wire, a veth pair, the Linux bridge + nftables and Open vSwitch userspace,
+//! under the same loads, in one run (root; see `scripts/bench.sh`).
+//!
+//! ```text
+//! e2ebench [--only sgswitch,wire,...] [--metrics tcp,tcp4,flows,udp,nmap,edit,cli]
+//!          [--quick] [--reps 3] [--tcp-secs 5] [--udp-secs 3] [--flows 60000]
+//!          [--rules 10,100,1000] [--report docs/benchmarks.md] ...
+//! ```
+//!
+//! Contract: one path family at a time is set up, measured and torn down (see
+//! [`bench::harness`]); progress goes to stderr; the markdown report goes to
+//! `--report` (with the SVG chart beside it, same name `.svg`) or, without it,
+//! to stdout. A path that cannot be set up is reported with its reason and the
+//! run goes on. Ctrl-C stops between steps and tears everything down.
+//! `barewire` and `flowgen` are taken from the directory of this executable.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bench::harness::edit;
+use bench::harness::exec::{CpuSample, HarnessError, Interrupt, Result, have};
+use bench::harness::load::{self, UdpLoad};
+use bench::harness::paths::{
+    BridgePath, Endpoints, Family, OvsPath, SgOptions, SgPath, VethPath, WirePath, panic_text,
+};
+use bench::harness::report::{Machine, PathResult, Report, loadavg, median};
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "End-to-end benchmark: sgswitch vs bare wire, veth, bridge+nftables, OVS")]
+struct Opts {
+    /// Paths to run: families (veth, wire, wire-plain, sgswitch, nft, nftset,
+    /// ovs, ovs-tso) or labels (sgswitch-100, nft-1000). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Metrics: tcp (1 stream), tcp4, flows, udp, nmap, edit, cli. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+    /// One repetition, shorter runs, fewer edits.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each TCP / flows / UDP run (median reported).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds per iperf3 TCP run.
+    #[arg(long)]
+    tcp_secs: Option<u64>,
+    /// Seconds per small-UDP run.
+    #[arg(long)]
+    udp_secs: Option<f64>,
+    /// New flows per flows run (sgswitch charges them to one client instance,
+    /// whose conntrack quota is 65536).
+    #[arg(long, default_value_t = 60_000)]
+    flows: u64,
+    /// Sender threads of flowgen.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Rules per group / chain.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100, 1000])]
+    rules: Vec<usize>,
+    /// Rule counts of the nft-set variant.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000])]
+    nftset_rules: Vec<usize>,
+    /// Rule edits (authorize + revoke pairs = edits / 2).
+    #[arg(long)]
+    edits: Option<usize>,
+    /// CLI round trips.
+    #[arg(long)]
+    cli_runs: Option<usize>,
+    /// sgswitch `--workers`.
+    #[arg(long, default_value_t = 1)]
+    sg_workers: usize,
+    /// More `sgswitch up` arguments (repeat; e.g. --sg-arg=--poll --sg-arg=busy).
+    #[arg(long, allow_hyphen_values = true)]
+    sg_arg: Vec<String>,
+    /// Write the markdown report here (and FILE.svg's chart beside it).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// Resolved settings.
+#[derive(Clone, Debug)]
+struct Plan {
+    reps: usize,
+    tcp_secs: u64,
+    udp_secs: f64,
+    edits: usize,
+    cli_runs: usize,
+}
+
+impl Opts {
+    fn plan(&self) -> Plan {
+        Plan {
+            reps: self.reps.unwrap_or(if self.quick { 1 } else { 3 }).max(1),
+            tcp_secs: self.tcp_secs.unwrap_or(if self.quick { 3 } else { 5 }),
+            udp_secs: self.udp_secs.unwrap_or(if self.quick { 2.0 } else { 3.0 }),
+            edits: self.edits.unwrap_or(if self.quick { 60 } else { 200 }),
+            cli_runs: self.cli_runs.unwrap_or(if self.quick { 30 } else { 100 }),
+        }
+    }
+
+    fn metric(&self, m: &str) -> bool {
+        self.metrics.is_empty() || self.metrics.iter().any(|x| x == m)
+    }
+
+    fn family(&self, f: Family) -> bool {
+        self.only.is_empty()
+            || self.only.iter().any(|o| {
+                o == f.name()
+                    || o.strip_prefix(f.name())
+                        .is_some_and(|r| r.starts_with('-') && r[1..].parse::<usize>().is_ok())
+            })
+    }
+
+    fn label(&self, f: Family, label: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == f.name() || o == label)
+    }
+}
+
+/// Run state shared by all measurements.
+struct Run {
+    opts: Opts,
+    plan: Plan,
+    flowgen: PathBuf,
+    started: Instant,
+    /// Next free flowgen source port (no two runs share a 5-tuple).
+    next_sport: u32,
+}
+
+impl Run {
+    fn progress(&self, msg: &str) {
+        eprintln!("[{:7.1}s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn sports(&mut self, n: u32) -> u16 {
+        if self.next_sport + n > 65_000 {
+            self.next_sport = 20_000;
+        }
+        let p = self.next_sport;
+        self.next_sport += n;
+        p as u16
+    }
+
+    /// Every metric on one path.
+    fn measure(&mut self, ep: &Endpoints) -> PathResult {
+        let mut r = PathResult {
+            label: ep.label.clone(),
+            family: Some(ep.family),
+            rules: ep.rules,
+            ..PathResult::default()
+        };
+        if let Err(e) = self.measure_into(ep, &mut r) {
+            self.progress(&format!("{}: FAILED: {e}", ep.label));
+            r.errors.push(error_chain(&e));
+        }
+        r
+    }
+
+    fn measure_into(&mut self, ep: &Endpoints, r: &mut PathResult) -> Result<()> {
+        let label = ep.label.clone();
+        load::ping(&ep.clients[0], ep.server_ip)
+            .map_err(|e| HarnessError::Setup(format!("no connectivity client -> server: {e}")))?;
+        let (reps, secs) = (self.plan.reps, self.plan.tcp_secs);
+        for (metric, streams) in [("tcp", 1usize), ("tcp4", 4)] {
+            if !self.opts.metric(metric) {
+                continue;
+            }
+            for i in 0..reps {
+                Interrupt::check()?;
+                let t = load::tcp(ep, streams, secs, 5201)?;
+                self.progress(&format!(
+                    "{label}: TCP {streams} stream(s) run {}/{reps}: {:.2} Gbit/s, forwarder CPU {}, machine {:.0} %",
+                    i + 1,
+                    t.gbps,
+                    t.cpu.proc_pct.map_or("kernel".into(), |p| format!("{p:.0} %")),
+                    t.cpu.machine_pct
+                ));
+                if streams == 1 {
+                    r.tcp1.push(t);
+                } else {
+                    r.tcp4.push(t);
+                }
+            }
+        }
+        if self.opts.metric("flows") {
+            let per_thread = self.opts.flows.div_ceil(self.opts.threads as u64);
+            for i in 0..reps {
+                Interrupt::check()?;
+                // A fresh client per run where the path has several (sgswitch:
+                // conntrack quota and state are per client instance).
+                let client = if ep.clients.len() > 1 {
+                    ep.clients[1 + i % (ep.clients.len() - 1)].clone()
+                } else {
+                    ep.clients[0].clone()
+                };
+                load::ping(&client, ep.server_ip)?;
+                let ports = self.opts.threads as u32 * per_thread.div_ceil(60_000) as u32;
+                let l = UdpLoad {
+                    fixed: false,
+                    count: self.opts.flows,
+                    secs: 10.0,
+                    threads: self.opts.threads,
+                    sport_base: self.sports(ports),
+                };
+                let u = load::udp(ep, &client, &self.flowgen, l)?;
+                self.progress(&format!(
+                    "{label}: new flows run {}/{reps}: {:.0}/s received ({} of {} sent at {:.0}/s, loss {:.1} %)",
+                    i + 1,
+                    u.rx_pps,
+                    u.received,
+                    u.sent,
+                    u.tx_pps,
+                    u.loss() * 100.0
+                ));
+                r.flows.push(u);
+            }
+        }
+        if self.opts.metric("udp") {
+            for i in 0..reps {
+                Interrupt::check()?;
+                let l = UdpLoad {
+                    fixed: true,
+                    count: 50_000_000,
+                    secs: self.plan.udp_secs,
+                    threads: self.opts.threads,
+                    sport_base: self.sports(self.opts.threads as u32),
+                };
+                let u = load::udp(ep, &ep.clients[0], &self.flowgen, l)?;
+                self.progress(&format!(
+                    "{label}: small UDP run {}/{reps}: {:.0}/s received ({:.0}/s offered, loss {:.1} %)",
+                    i + 1,
+                    u.rx_pps,
+                    u.tx_pps,
+                    u.loss() * 100.0
+                ));
+                r.udp.push(u);
+            }
+        }
+        if let (true, Some(scanner)) = (self.opts.metric("nmap"), &ep.scanner) {
+            Interrupt::check()?;
+            let n = load::nmap(scanner, ep.server_ip)?;
+            self.progress(&format!(
+                "{label}: nmap -p1-1000: {:.2} s, {} of {} filtered",
+                n.secs, n.filtered, n.total
+            ));
+            r.nmap = Some(n);
+        }
+        Ok(())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Runs `f`, turning an error or a panic into `Err(text)`.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(p) => Err(format!("panic: {}", panic_text(&p))),
+    }
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join(name)
+}
+
+fn main() {
+    let opts = Opts::parse();
+    if let Err(e) = Interrupt::install() {
+        eprintln!("e2ebench: {e}");
+        std::process::exit(1);
+    }
+    if !e2e::is_root() {
+        eprintln!("e2ebench: must run as root (namespaces, TAPs, nftables)");
+        std::process::exit(2);
+    }
+    let missing: Vec<&str> = ["iperf3", "nmap", "busybox", "nft", "ip", "sysctl"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("e2ebench: missing tools {missing:?} (scripts/bench.sh installs them)");
+        std::process::exit(2);
+    }
+    let flowgen = sibling("flowgen");
+    let barewire = sibling("barewire");
+    for b in [&flowgen, &barewire, &sibling("labhelper")] {
+        if !b.exists() {
+            eprintln!(
+                "e2ebench: {} not built (cargo build --release -p bench --bins -p e2e --bin labhelper -p mgmt --bin sgswitch)",
+                b.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    let plan = opts.plan();
+    let scratch = std::env::temp_dir().join(format!("sgbench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    let mut report = Report {
+        date: utc_now(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::probe(),
+        settings: format!(
+            "{} repetition(s); iperf3 TCP {} s per run; {} new flows per run from {} sender threads; \
+             small UDP {} s per run; {} rule edits; {} CLI runs; sgswitch --workers {} {}",
+            plan.reps,
+            plan.tcp_secs,
+            opts.flows,
+            opts.threads,
+            plan.udp_secs,
+            plan.edits,
+            plan.cli_runs,
+            opts.sg_workers,
+            opts.sg_arg.join(" ")
+        ),
+        ..Report::default()
+    };
+    let mut run = Run {
+        opts: opts.clone(),
+        plan: plan.clone(),
+        flowgen,
+        started: Instant::now(),
+        next_sport: 20_000,
+    };
+    run.progress(&format!(
+        "e2ebench: {} ({}); load {}",
+        report.settings, report.machine.cpu_model, report.machine.load_start
+    ));
+
+    for fam in Family::ALL {
+        if Interrupt::raised() {
+            break;
+        }
+        if !opts.family(fam) {
+            continue;
+        }
+        run.progress(&format!("== {}: {}", fam.name(), fam.describe()));
+        match fam {
+            Family::Veth => match guarded(VethPath::setup) {
+                Ok(p) => {
+                    let r = run.measure(&p.endpoints());
+                    report.paths.push(r);
+                }
+                Err(e) => report.skipped.push((fam.name().into(), e)),
+            },
+            Family::Wire | Family::WirePlain => {
+                match guarded(|| WirePath::setup(&barewire, fam == Family::Wire)) {
+                    Ok(p) => {
+                        let r = run.measure(&p.endpoints());
+                        report.paths.push(r);
+                    }
+                    Err(e) => report.skipped.push((fam.name().into(), e)),
+                }
+            }
+            Family::Sgswitch => {
+                let rules: Vec<usize> = opts
+                    .rules
+                    .iter()
+                    .copied()
+                    .filter(|n| opts.label(fam, &format!("sgswitch-{n}")))
+                    .collect();
+                let want_edit = opts.metric("edit") || opts.metric("cli");
+                let so = SgOptions {
+                    rules: rules.clone(),
+                    flow_runs: plan.reps,
+                    workers: opts.sg_workers,
+                    extra: opts.sg_arg.clone(),
+                    edit_setup: opts.metric("edit"),
+                };
+                let t = Instant::now();
+                match guarded(|| SgPath::setup(&so)) {
+                    Ok(sg) => {
+                        run.progress(&format!(
+                            "sgswitch lab ready in {:.1} s ({} rules in the model)",
+                            t.elapsed().as_secs_f64(),
+                            sg.total_rules().map_or("?".into(), |n| n.to_string())
+                        ));
+                        if let Some(pid) = sg.lab.daemon_pid() {
+                            let a = CpuSample::take(Some(pid));
+                            let _ = Interrupt::sleep(Duration::from_secs(3));
+                            let c = CpuSample::take(Some(pid)).since(&a).proc_pct;
+                            run.progress(&format!(
+                                "sgswitch idle: daemon CPU {} % of a core",
+                                c.map_or("?".into(), |c| format!("{c:.1}"))
+                            ));
+                            report.idle_cpu_pct = c;
+                        }
+                        for &n in &rules {
+                            if Interrupt::raised() {
+                                break;
+                            }
+                            if let Some(ep) = sg.endpoints(n) {
+                                let r = run.measure(&ep);
+                                report.paths.push(r);
+                            }
+                        }
+                        let load_ep = rules
+                            .iter()
+                            .find(|&&n| n == 100)
+                            .or(rules.first())
+                            .and_then(|&n| sg.endpoints(n));
+                        if want_edit && opts.metric("edit") && !Interrupt::raised() {
+                            run.progress(&format!(
+                                "sgswitch: rule edit latency, {} edits under load",
+                                plan.edits
+                            ));
+                            match guarded(|| {
+                                edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref())
+                            }) {
+                                Ok(e) => {
+                                    run.progress(&format!(
+                                        "sgswitch: edit → enforced p50 {:.0} µs p99 {:.0} µs ({} misses); ack p50 {:.0} µs",
+                                        median(&e.enforce_us).unwrap_or(f64::NAN),
+                                        bench::harness::report::percentile(&e.enforce_us, 99.0).unwrap_or(f64::NAN),
+                                        e.misses,
+                                        median(&e.ack_us).unwrap_or(f64::NAN)
+                                    ));
+                                    report.edit = Some(e);
+                                }
+                                Err(e) => report.skipped.push(("sgswitch rule edits".into(), e)),
+                            }
+                        }
+                        if opts.metric("cli") && !Interrupt::raised() {
+                            let g = format!("g{}", rules.first().copied().unwrap_or(10));
+                            match guarded(|| edit::cli_rtt(&sg, &g, plan.cli_runs)) {
+                                Ok(v) => {
+                                    run.progress(&format!(
+                                        "sgswitch: CLI round trip p50 {:.2} ms",
+                                        median(&v).unwrap_or(0.0) / 1e3
+                                    ));
+                                    report.cli_us = v;
+                                }
+                                Err(e) => report.skipped.push(("sgswitch CLI".into(), e)),
+                            }
+                        }
+                    }
+                    Err(e) => report.skipped.push((fam.name().into(), e)),
+                }
+            }
+            Family::Nft | Family::NftSet => {
+                let set = fam == Family::NftSet;
+                let counts = if set { &opts.nftset_rules } else { &opts.rules };
+                for &n in counts {
+                    if Interrupt::raised() {
+                        break;
+                    }
+                    let label = format!("{}-{n}", fam.name());
+                    if !opts.label(fam, &label) {
+                        continue;
+                    }
+                    match guarded(|| BridgePath::setup(n, set, &scratch)) {
+                        Ok(p) => {
+                            let r = run.measure(&p.endpoints());
+                            report.paths.push(r);
+                        }
+                        Err(e) => report.skipped.push((label, e)),
+                    }
+                }
+            }
+            Family::Ovs | Family::OvsTso => {
+                if !have("ovs-vswitchd") || !have("ovsdb-server") {
+                    report.skipped.push((
+                        fam.name().into(),
+                        "Open vSwitch is not installed (Debian openvswitch-switch; scripts/bench.sh installs it)".into(),
+                    ));
+                    continue;
+                }
+                match guarded(|| OvsPath::setup(fam == Family::OvsTso, &scratch)) {
+                    Ok(p) => {
+                        let r = run.measure(&p.endpoints());
+                        if !r.errors.is_empty() {
+                            eprintln!("ovs-vswitchd log tail:\n{}", p.log_tail(20));
+                        }
+                        report.paths.push(r);
+                    }
+                    Err(e) => report.skipped.push((fam.name().into(), e)),
+                }
+            }
+        }
+    }
+    report.machine.load_end = loadavg();
+    report.wall_secs = run.started.elapsed().as_secs_f64();
+    if Interrupt::raised() {
+        report.skipped.push((
+            "(run)".into(),
+            "interrupted by a signal: partial results".into(),
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    match &opts.report {
+        Some(md_path) => {
+            let svg_path = md_path.with_extension("svg");
+            let svg_name = svg_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let md = report.markdown(svg_name.as_deref());
+            let write = |p: &Path, text: &str| {
+                if let Err(e) = std::fs::write(p, text) {
+                    eprintln!("e2ebench: write {}: {e}", p.display());
+                    std::process::exit(1);
+                }
+            };
+            write(md_path, &md);
+            write(&svg_path, &report.svg());
+            println!("{md}");
+            run.progress(&format!(
+                "report written to {} and {}",
+                md_path.display(),
+                svg_path.display()
+            ));
+        }
+        None => println!("{}", report.markdown(None)),
+    }
+    if Interrupt::raised() {
+        std::process::exit(130);
+    }
+}

@@ -1,0 +1,373 @@
+//! Rule-edit latency under load and the CLI round trip, on the sgswitch path.
+//!
+//! Contract:
+//! * The edit target is an instance in [`paths::PAD_GROUPS`] groups of
+//!   [`paths::PAD_RULES`] rules plus [`paths::EDIT_GROUP`], so the model holds
+//!   10k rules or more (the exact total is reported from `stats`).
+//! * A probe sender in the uplink namespace (the outside address
+//!   [`e2e::OUTSIDE`], 16 source ports in turn) sends a UDP datagram to the
+//!   target's port [`PROBE_PORT`] every ~[`PROBE_INTERVAL`]; a socket in the
+//!   target's namespace records when each arrives. Both sockets live in this
+//!   process, so send, edit and arrival times come from one clock.
+//! * One *pair* of edits: `authorize EDIT_GROUP -P udp -p PROBE_PORT -s
+//!   OUTSIDE/32` written straight to the daemon's socket (one JSON line, on one
+//!   connection kept open) at t0; enforce latency = first arrival after t0 − t0
+//!   (its resolution is the probe interval); ack latency = the reply line − t0.
+//!   Then `revoke` of the same rule at t2: revoke latency = last arrival after
+//!   t2 − t2 (0 when none came), once the probe has been silent for
+//!   [`QUIET`]. An authorize with no arrival within 1 s is counted as a miss.
+//! * Under load: an `iperf3` TCP stream (bounded, killed when the edits are
+//!   done) runs client → server through the same switch meanwhile.
+//! * The daemon's own view comes from `stats` (`EDITS` commit latency and
+//!   `PUBLISH` snapshot latency, p50/p99 in µs).
+//! * CLI round trip: `sgswitch describe-group g10` as a new process, timed from
+//!   spawn to exit, `runs` times.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::exec::{HarnessError, Interrupt, Proc, Result, in_ns};
+use super::paths::{self, Endpoints, SgPath};
+
+/// The probe's destination port.
+pub const PROBE_PORT: u16 = 9999;
+/// Time between probe datagrams (the enforce latency's resolution).
+pub const PROBE_INTERVAL: Duration = Duration::from_micros(100);
+/// Silence that ends a revoke measurement.
+pub const QUIET: Duration = Duration::from_millis(20);
+
+/// Results of the edit test.
+#[derive(Clone, Debug, Default)]
+pub struct EditResult {
+    /// authorize sent → first probe seen (µs).
+    pub enforce_us: Vec<f64>,
+    /// authorize sent → daemon's reply (µs).
+    pub ack_us: Vec<f64>,
+    /// revoke sent → last probe seen (µs).
+    pub revoke_us: Vec<f64>,
+    pub misses: usize,
+    /// Probe datagrams actually sent per second.
+    pub probe_pps: f64,
+    pub total_rules: Option<usize>,
+    /// The daemon's `EDITS`/`PUBLISH` lines (p50, p99 in µs).
+    pub daemon_commit_us: Option<(f64, f64)>,
+    pub daemon_publish_us: Option<(f64, f64)>,
+    /// The background load's Gbit/s (None without load).
+    pub load_note: Option<String>,
+}
+
+/// A connection to the daemon's socket speaking the JSON-lines protocol
+/// (mgmt/README.md): one request line, one reply line.
+pub struct Api {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Api {
+    pub fn connect(path: &std::path::Path) -> Result<Api> {
+        let w = UnixStream::connect(path).map_err(|source| HarnessError::Io {
+            what: format!("connect {}", path.display()),
+            source,
+        })?;
+        w.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|source| HarnessError::Io {
+                what: "socket timeout".into(),
+                source,
+            })?;
+        let r = BufReader::new(w.try_clone().map_err(|source| HarnessError::Io {
+            what: "dup socket".into(),
+            source,
+        })?);
+        Ok(Api { w, r })
+    }
+
+    /// Runs `command` (an object with `op`) as the daemon's default owner;
+    /// returns the reply line.
+    pub fn command(&mut self, command: serde_json::Value) -> Result<String> {
+        let req = serde_json::json!({ "owner": null, "command": command }).to_string();
+        self.call(&req)
+    }
+
+    /// Sends one request line; returns the reply line (an error unless `ok`).
+    pub fn call(&mut self, req: &str) -> Result<String> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| HarnessError::Io { what, source }
+        };
+        self.w
+            .write_all(req.as_bytes())
+            .and_then(|()| self.w.write_all(b"\n"))
+            .map_err(io("write request"))?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).map_err(io("read reply"))?;
+        if !line.starts_with("{\"ok\"") {
+            return Err(HarnessError::Setup(format!(
+                "daemon refused {req}: {}",
+                line.trim()
+            )));
+        }
+        Ok(line)
+    }
+}
+
+/// The request line of `op` (`authorize`/`revoke`) for the probe's rule.
+pub fn edit_request(op: &str, group: &str, from: Ipv4Addr, port: u16) -> String {
+    serde_json::json!({
+        "owner": null,
+        "command": {
+            "op": op,
+            "group": group,
+            "spec": {
+                "proto": "udp",
+                "ports": port.to_string(),
+                "icmp": null,
+                "cidrs": [format!("{from}/32")],
+                "groups": []
+            }
+        }
+    })
+    .to_string()
+}
+
+/// Opens a UDP socket in namespace `ns` bound to `addr`.
+fn socket_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+    switch::netns::in_netns(ns, || UdpSocket::bind(addr))
+        .map_err(|source| HarnessError::Netns {
+            name: ns.to_owned(),
+            source,
+        })?
+        .map_err(|source| HarnessError::Io {
+            what: format!("bind UDP {addr} in {ns}"),
+            source,
+        })
+}
+
+/// Arrivals not yet taken, dropped.
+fn drain(rx: &Receiver<Instant>) {
+    while rx.try_recv().is_ok() {}
+}
+
+/// The rule-edit test; `pairs` authorize+revoke pairs. `load` runs an iperf3
+/// stream through the switch meanwhile.
+pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Result<EditResult> {
+    let target = sg
+        .edit_target
+        .as_ref()
+        .ok_or_else(|| HarnessError::Setup("the lab has no edit target".into()))?;
+    let mut res = EditResult {
+        total_rules: sg.total_rules(),
+        ..EditResult::default()
+    };
+    let rx_sock = socket_in(
+        &target.netns,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PROBE_PORT),
+    )?;
+    rx_sock
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|source| HarnessError::Io {
+            what: "probe receive timeout".into(),
+            source,
+        })?;
+    let mut tx_socks = Vec::new();
+    for _ in 0..16 {
+        tx_socks.push(socket_in(
+            &sg.lab.uplink_ns,
+            SocketAddrV4::new(e2e::OUTSIDE, 0),
+        )?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (arr_tx, arrivals) = mpsc::channel::<Instant>();
+    let rstop = Arc::clone(&stop);
+    let receiver = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !rstop.load(Ordering::Relaxed) {
+            if rx_sock.recv_from(&mut buf).is_ok() && arr_tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let sstop = Arc::clone(&stop);
+    let dst = SocketAddrV4::new(target.ip, PROBE_PORT);
+    let sender = thread::spawn(move || -> (u64, Duration) {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        // Bounded: at most 10 minutes whatever happens.
+        while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
+            let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
+            let _ = s.send_to(&n.to_be_bytes(), dst);
+            n += 1;
+            thread::sleep(PROBE_INTERVAL);
+        }
+        (n, t0.elapsed())
+    });
+    let mut background = None;
+    if let Some(ep) = load {
+        let secs = (pairs as u64 / 4 + 20).min(300).to_string();
+        let mut srv = Proc::spawn(&mut in_ns(
+            &ep.server_ns,
+            "iperf3",
+            &["-s", "-1", "--forceflush", "-p", "5211"],
+        ))?;
+        srv.wait_line("Server listening", Duration::from_secs(10))?;
+        let ip = ep.server_ip.to_string();
+        let cli = Proc::spawn(&mut in_ns(
+            &ep.clients[0],
+            "iperf3",
+            &["-c", &ip, "-p", "5211", "-t", &secs],
+        ))?;
+        thread::sleep(Duration::from_millis(500));
+        background = Some((srv, cli));
+        res.load_note = Some(format!(
+            "iperf3 TCP {} -> {} meanwhile",
+            ep.clients[0], ep.label
+        ));
+    }
+    let run = (|| -> Result<()> {
+        let mut api = Api::connect(&sg.lab.socket)?;
+        let auth = edit_request("authorize", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT);
+        let revoke = edit_request("revoke", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT);
+        // Warm up ARP and the connection, then start from a revoked rule.
+        api.call(&auth)?;
+        thread::sleep(Duration::from_millis(50));
+        api.call(&revoke)?;
+        for i in 0..pairs {
+            Interrupt::check()?;
+            // Quiet first: nothing allowed is in flight.
+            let quiet_end = Instant::now() + Duration::from_secs(2);
+            loop {
+                match arrivals.recv_timeout(QUIET) {
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(HarnessError::Setup("probe receiver stopped".into()));
+                    }
+                    Ok(_) if Instant::now() > quiet_end => {
+                        return Err(HarnessError::Setup(
+                            "probes still arrive 2 s after a revoke".into(),
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            drain(&arrivals);
+            let t0 = Instant::now();
+            api.call(&auth)?;
+            let t_ack = Instant::now();
+            res.ack_us.push(micros(t_ack - t0));
+            let deadline = t0 + Duration::from_secs(1);
+            let first = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match arrivals.recv_timeout(left) {
+                    Ok(t) if t >= t0 => break Some(t),
+                    Ok(_) => {}
+                    Err(_) => break None,
+                }
+            };
+            match first {
+                Some(t) => res.enforce_us.push(micros(t - t0)),
+                None => res.misses += 1,
+            }
+            thread::sleep(Duration::from_millis(2));
+            let t2 = Instant::now();
+            api.call(&revoke)?;
+            let mut last = None;
+            while let Ok(t) = arrivals.recv_timeout(QUIET) {
+                if t >= t2 {
+                    last = Some(t);
+                }
+            }
+            res.revoke_us.push(last.map_or(0.0, |t| micros(t - t2)));
+            if (i + 1) % 25 == 0 {
+                eprintln!("  edit pairs {}/{pairs}", i + 1);
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let (sent, took) = sender.join().unwrap_or((0, Duration::from_secs(1)));
+    res.probe_pps = sent as f64 / took.as_secs_f64().max(1e-3);
+    let _ = receiver.join();
+    drop(background);
+    run?;
+    let stats = sg.lab.cli(&["stats"]).stdout;
+    res.daemon_commit_us = stats_p50_p99(&stats, "EDITS");
+    res.daemon_publish_us = stats_p50_p99(&stats, "PUBLISH");
+    Ok(res)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// `(p50, p99)` of a `stats` line `NAME ... p50_us X p99_us Y`.
+pub fn stats_p50_p99(stats: &str, name: &str) -> Option<(f64, f64)> {
+    let line = stats.lines().find(|l| l.split('\t').next() == Some(name))?;
+    let f: Vec<&str> = line.split('\t').collect();
+    let at = |k: &str| -> Option<f64> {
+        let i = f.iter().position(|x| *x == k)?;
+        f.get(i + 1)?.parse().ok()
+    };
+    Some((at("p50_us")?, at("p99_us")?))
+}
+
+/// CLI round trips: `sgswitch --socket S describe-group GROUP`, `runs` times
+/// (µs each, spawn to exit).
+pub fn cli_rtt(sg: &SgPath, group: &str, runs: usize) -> Result<Vec<f64>> {
+    let bin = e2e::lab::sgswitch_bin();
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        Interrupt::check()?;
+        let t = Instant::now();
+        let st = Command::new(&bin)
+            .arg("--socket")
+            .arg(&sg.lab.socket)
+            .args(["describe-group", group])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| HarnessError::Spawn {
+                cmd: bin.display().to_string(),
+                source,
+            })?;
+        let us = micros(t.elapsed());
+        if !st.success() {
+            return Err(HarnessError::Setup(format!(
+                "sgswitch describe-group {group} failed: {st}"
+            )));
+        }
+        out.push(us);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_request_is_the_daemon_wire_format() {
+        let r = edit_request("authorize", "gedit", Ipv4Addr::new(172, 31, 255, 10), 9999);
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(v["command"]["op"], "authorize");
+        assert_eq!(v["command"]["group"], "gedit");
+        assert_eq!(v["command"]["spec"]["ports"], "9999");
+        assert_eq!(v["command"]["spec"]["cidrs"][0], "172.31.255.10/32");
+        assert!(v["owner"].is_null());
+    }
+
+    #[test]
+    fn stats_percentiles_parse() {
+        let s =
+            "GENERATION\t7\nEDITS\t12\tp50_us\t41\tp99_us\t88\nPUBLISH\tp50_us\t30\tp99_us\t70\n";
+        assert_eq!(stats_p50_p99(s, "EDITS"), Some((41.0, 88.0)));
+        assert_eq!(stats_p50_p99(s, "PUBLISH"), Some((30.0, 70.0)));
+        assert_eq!(stats_p50_p99(s, "NOPE"), None);
+    }
+}

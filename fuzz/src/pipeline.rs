@@ -1,0 +1,1048 @@
+//! Target `pipeline`: any frames, from any port, through the whole in-memory
+//! datapath, checked frame by frame against [`filter::reference`].
+//!
+//! The lab (fixed, small): owner 111122223333, groups `default` (all from
+//! `default`), `web` (tcp 80 and ICMP echo from anywhere), `app` (tcp 8080 from
+//! group `web`, udp 5000-5100 from 172.31.255.0/24), `db` (all from group `app`,
+//! tcp 5432 from group `db`); instances A 172.31.0.2 (web), B .3 (app), C .4
+//! (db), D .5 (default+web, its port takes offloads) on in-memory ports, E .6
+//! (db) in the model without a port, and an uplink port for 172.31.255.0/24 and
+//! the rest of the world. One synchronously driven worker, connection tracking
+//! with room for every flow an input can open (no capacity or quota drops).
+//!
+//! The input is a sequence of operations ([`Op`], decoded by [`Reader`]): raw
+//! bytes on a port (optionally with a fuzzed virtio-net header), frames built
+//! with `filter::wire` (TCP, UDP, ICMP echo, ICMP errors quoting a built packet,
+//! fragment trains in any order and subset, ARP, TSO super-frames) from any port
+//! with any addresses, the same with bytes overwritten, and rule edits
+//! (authorize/revoke of one of six rules, a new snapshot each time).
+//!
+//! Checked on every frame (a violation panics):
+//! * exactly one outcome, and a dropped frame is counted under exactly one
+//!   reason; nothing dropped or consumed is transmitted anywhere;
+//! * a frame that reached connection tracking (IPv4 forwarded, or dropped for a
+//!   policy reason) gets the verdict — pass, or the same drop reason — that the
+//!   reference evaluator gives, fed the same packets in the same order with the
+//!   same model, generation and clock;
+//! * source check: what an instance port sends on carries its MAC and address
+//!   (ARP included); what the uplink sends on claims no instance or gateway
+//!   address;
+//! * delivery: an IPv4 frame reaches an instance only with that instance's
+//!   address and MAC as destination and the judged flow key (every software
+//!   segment of a super-frame too); the uplink gets only instances' egress to
+//!   non-instance addresses; answers (ARP, DHCP) go back to the asking port only.
+//!
+//! Not covered: timeouts (inputs run in well under a second; every timeout is
+//! >= 10 s), more than one worker, ports coming and going.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use filter::model::{Instance, Limits, Owner, RuleSpec};
+use filter::parse::Parsed;
+use filter::reference::Reference;
+use filter::wire::{self, Endpoint, IpOpts};
+use filter::{CtConfig, DropReason, Mac, Model, RevokeMode, compile, parse_frame, proto};
+use switch::arp::GATEWAY_MAC;
+use switch::port::VnetHdr;
+use switch::worker::Worker;
+use switch::{Datapath, MemOptions, MemPeer, PortId, PortRole, PortSpec, SwitchConfig};
+
+use crate::input::{Reader, Writer};
+
+pub const OWNER: &str = "111122223333";
+pub const UPLINK_MAC: Mac = [0x02, 0xaa, 0, 0, 0, 1];
+/// Most operations decoded from one input.
+pub const MAX_OPS: usize = 64;
+
+/// Addresses frames are built with, by index (`addr % ADDRS.len()`).
+pub const ADDRS: [(Mac, Ipv4Addr); 13] = [
+    ([2, 0, 0, 0, 0, 2], Ipv4Addr::new(172, 31, 0, 2)), // 0 A
+    ([2, 0, 0, 0, 0, 3], Ipv4Addr::new(172, 31, 0, 3)), // 1 B
+    ([2, 0, 0, 0, 0, 4], Ipv4Addr::new(172, 31, 0, 4)), // 2 C
+    ([2, 0, 0, 0, 0, 5], Ipv4Addr::new(172, 31, 0, 5)), // 3 D
+    ([2, 0, 0, 0, 0, 6], Ipv4Addr::new(172, 31, 0, 6)), // 4 E (no port)
+    (GATEWAY_MAC, Ipv4Addr::new(172, 31, 0, 1)),        // 5 gateway
+    (UPLINK_MAC, Ipv4Addr::new(172, 31, 255, 10)),      // 6 outside, trusted for ssh
+    (UPLINK_MAC, Ipv4Addr::new(172, 31, 255, 11)),      // 7 outside
+    (UPLINK_MAC, Ipv4Addr::new(10, 1, 2, 3)),           // 8 far outside
+    ([0xff; 6], Ipv4Addr::BROADCAST),                   // 9
+    ([0xff; 6], Ipv4Addr::new(172, 31, 255, 255)),      // 10 subnet broadcast
+    ([2, 0, 0, 0, 0, 2], Ipv4Addr::UNSPECIFIED),        // 11 (DHCP client)
+    ([2, 0, 0, 0, 0, 9], Ipv4Addr::new(172, 31, 0, 9)), // 12 free address
+];
+/// Ports, by index (`port % PORTS`): instances A-D, then the uplink.
+pub const PORTS: usize = 5;
+pub const UPLINK_PORT: u8 = 4;
+
+/// (group, protocol, ports, ICMP, CIDR, source group) of the rules an edit toggles.
+type Toggle = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+const TOGGLES: [Toggle; 6] = [
+    (
+        "web",
+        "tcp",
+        Some("22"),
+        None,
+        Some("172.31.255.10/32"),
+        None,
+    ),
+    ("web", "tcp", Some("80"), None, Some("0.0.0.0/0"), None),
+    ("app", "all", None, None, None, Some("web")),
+    ("db", "udp", Some("-1"), None, Some("172.31.255.0/24"), None),
+    (
+        "default",
+        "icmp",
+        None,
+        Some("-1:-1"),
+        Some("0.0.0.0/0"),
+        None,
+    ),
+    ("db", "tcp", Some("5432"), None, None, Some("db")),
+];
+
+fn spec(t: &Toggle) -> RuleSpec {
+    RuleSpec {
+        proto: Some(t.1.into()),
+        ports: t.2.map(Into::into),
+        icmp: t.3.map(Into::into),
+        cidrs: t.4.into_iter().map(Into::into).collect(),
+        groups: t.5.into_iter().map(|g| (g.to_owned(), None)).collect(),
+    }
+}
+
+/// The model the lab starts with.
+pub fn initial_model() -> Model {
+    let owner = Owner(OWNER.into());
+    let mut m = Model::new(Limits::default());
+    m.ensure_owner(&owner);
+    for g in ["web", "app", "db"] {
+        m.add_group(&owner, g, "fuzz lab").expect("add group");
+    }
+    let rules: [(&str, Toggle); 6] = [
+        ("web", ("", "tcp", Some("80"), None, None, None)),
+        ("web", ("", "icmp", None, Some("8:-1"), None, None)),
+        ("app", ("", "tcp", Some("8080"), None, None, Some("web"))),
+        (
+            "app",
+            (
+                "",
+                "udp",
+                Some("5000-5100"),
+                None,
+                Some("172.31.255.0/24"),
+                None,
+            ),
+        ),
+        ("db", ("", "all", None, None, None, Some("app"))),
+        ("db", ("", "tcp", Some("5432"), None, None, Some("db"))),
+    ];
+    for (g, t) in &rules {
+        m.authorize(&owner, g, &spec(t)).expect("authorize");
+    }
+    let groups: [&[&str]; 5] = [&["web"], &["app"], &["db"], &["default", "web"], &["db"]];
+    for (i, gs) in groups.iter().enumerate() {
+        let (mac, ip) = ADDRS[i];
+        m.add_instance(Instance {
+            id: format!("i-0000000{i}"),
+            owner: owner.clone(),
+            mac,
+            ip,
+            groups: gs.iter().map(|g| g.to_string()).collect(),
+        })
+        .expect("add instance");
+    }
+    m
+}
+
+/// One decoded operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Send `frame` on `port` with `vnet`.
+    Frames {
+        port: u8,
+        frames: Vec<Vec<u8>>,
+        vnet: VnetHdr,
+    },
+    /// Toggle rule `TOGGLES[i % 6]`.
+    Edit(u8),
+}
+
+/// What a built frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    Udp { sport: u16, dport: u16 },
+    Echo { request: bool, id: u16 },
+}
+
+fn ep(i: u8) -> Endpoint {
+    let (mac, ip) = ADDRS[usize::from(i) % ADDRS.len()];
+    Endpoint::new(mac, ip)
+}
+
+fn l4_bytes(src: Ipv4Addr, dst: Ipv4Addr, kind: Kind, payload: &[u8]) -> (u8, Vec<u8>) {
+    match kind {
+        Kind::Tcp {
+            sport,
+            dport,
+            flags,
+        } => (
+            proto::TCP,
+            wire::tcp_segment(src, dst, sport, dport, 1, 1, flags, payload),
+        ),
+        Kind::Udp { sport, dport } => (
+            proto::UDP,
+            wire::udp_datagram(src, dst, sport, dport, payload),
+        ),
+        Kind::Echo { request, id } => {
+            let [a, b] = id.to_be_bytes();
+            let ty = if request { 8 } else { 0 };
+            (
+                proto::ICMP,
+                wire::icmp_message(ty, 0, [a, b, 0, 1], payload),
+            )
+        }
+    }
+}
+
+fn read_kind(r: &mut Reader<'_>) -> Kind {
+    match r.u8() % 3 {
+        0 => Kind::Tcp {
+            sport: r.u16(),
+            dport: r.u16(),
+            flags: r.u8(),
+        },
+        1 => Kind::Udp {
+            sport: r.u16(),
+            dport: r.u16(),
+        },
+        _ => Kind::Echo {
+            request: r.bool(),
+            id: r.u16(),
+        },
+    }
+}
+
+fn write_kind(w: &mut Writer, k: Kind) {
+    match k {
+        Kind::Tcp {
+            sport,
+            dport,
+            flags,
+        } => {
+            w.u8(0).u16(sport).u16(dport).u8(flags);
+        }
+        Kind::Udp { sport, dport } => {
+            w.u8(1).u16(sport).u16(dport);
+        }
+        Kind::Echo { request, id } => {
+            w.u8(2).u8(u8::from(request)).u16(id);
+        }
+    }
+}
+
+/// A built frame: what the seed generator writes and the decoder reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// `from` → `to` with `kind`, `payload_len` zero bytes.
+    Packet {
+        from: u8,
+        to: u8,
+        kind: Kind,
+        payload_len: u8,
+    },
+    /// An ICMP error `from` → `to` quoting the packet `qfrom` → `qto`.
+    IcmpError {
+        from: u8,
+        to: u8,
+        ty: u8,
+        code: u8,
+        qfrom: u8,
+        qto: u8,
+        kind: Kind,
+    },
+    /// The packet cut in fragments of `max_data` (8-byte units, at least 1);
+    /// `mask` bit i keeps fragment i, `reverse` sends them last first.
+    Fragments {
+        from: u8,
+        to: u8,
+        kind: Kind,
+        payload_len: u8,
+        max_units: u8,
+        mask: u8,
+        reverse: bool,
+    },
+    Arp {
+        from: u8,
+        op: u8,
+        spa: u8,
+        tpa: u8,
+    },
+}
+
+impl Build {
+    fn read(r: &mut Reader<'_>) -> Build {
+        match r.u8() % 4 {
+            0 => Build::Packet {
+                from: r.u8(),
+                to: r.u8(),
+                kind: read_kind(r),
+                payload_len: r.u8(),
+            },
+            1 => Build::IcmpError {
+                from: r.u8(),
+                to: r.u8(),
+                ty: r.u8(),
+                code: r.u8(),
+                qfrom: r.u8(),
+                qto: r.u8(),
+                kind: read_kind(r),
+            },
+            2 => Build::Fragments {
+                from: r.u8(),
+                to: r.u8(),
+                kind: read_kind(r),
+                payload_len: r.u8(),
+                max_units: r.u8(),
+                mask: r.u8(),
+                reverse: r.bool(),
+            },
+            _ => Build::Arp {
+                from: r.u8(),
+                op: r.u8(),
+                spa: r.u8(),
+                tpa: r.u8(),
+            },
+        }
+    }
+
+    fn write(&self, w: &mut Writer) {
+        match *self {
+            Build::Packet {
+                from,
+                to,
+                kind,
+                payload_len,
+            } => {
+                w.u8(0).u8(from).u8(to);
+                write_kind(w, kind);
+                w.u8(payload_len);
+            }
+            Build::IcmpError {
+                from,
+                to,
+                ty,
+                code,
+                qfrom,
+                qto,
+                kind,
+            } => {
+                w.u8(1).u8(from).u8(to).u8(ty).u8(code).u8(qfrom).u8(qto);
+                write_kind(w, kind);
+            }
+            Build::Fragments {
+                from,
+                to,
+                kind,
+                payload_len,
+                max_units,
+                mask,
+                reverse,
+            } => {
+                w.u8(2).u8(from).u8(to);
+                write_kind(w, kind);
+                w.u8(payload_len)
+                    .u8(max_units)
+                    .u8(mask)
+                    .u8(u8::from(reverse));
+            }
+            Build::Arp { from, op, spa, tpa } => {
+                w.u8(3).u8(from).u8(op).u8(spa).u8(tpa);
+            }
+        }
+    }
+
+    /// The frames, in sending order.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        match *self {
+            Build::Packet {
+                from,
+                to,
+                kind,
+                payload_len,
+            } => vec![packet(ep(from), ep(to), kind, payload_len, false)],
+            Build::IcmpError {
+                from,
+                to,
+                ty,
+                code,
+                qfrom,
+                qto,
+                kind,
+            } => {
+                let quoted = packet(ep(qfrom), ep(qto), kind, 0, false);
+                // Mostly real error types, sometimes any type.
+                let ty = match ty % 8 {
+                    0 => 3,
+                    1 => 11,
+                    2 => 12,
+                    3 => 4,
+                    4 => 5,
+                    _ => ty,
+                };
+                vec![wire::icmp_error(ep(from), ep(to), ty, code, &quoted)]
+            }
+            Build::Fragments {
+                from,
+                to,
+                kind,
+                payload_len,
+                max_units,
+                mask,
+                reverse,
+            } => {
+                let whole = packet(ep(from), ep(to), kind, payload_len, true);
+                let units = usize::from(max_units % 16).max(1);
+                let mut frags: Vec<Vec<u8>> = wire::fragment(&whole, units * 8)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i >= 8 || mask & (1 << i) != 0)
+                    .map(|(_, f)| f)
+                    .collect();
+                if reverse {
+                    frags.reverse();
+                }
+                frags
+            }
+            Build::Arp { from, op, spa, tpa } => {
+                let f = ep(from);
+                let op = if op & 1 == 0 { 1 } else { 2 };
+                vec![wire::arp(
+                    op,
+                    if op == 1 {
+                        wire::BROADCAST
+                    } else {
+                        ep(tpa).mac
+                    },
+                    f.mac,
+                    ep(spa).ip,
+                    if op == 1 { [0; 6] } else { ep(tpa).mac },
+                    ep(tpa).ip,
+                )]
+            }
+        }
+    }
+}
+
+/// An IPv4 frame `from` → `to` (DF unless `fragmentable`).
+fn packet(
+    from: Endpoint,
+    to: Endpoint,
+    kind: Kind,
+    payload_len: u8,
+    fragmentable: bool,
+) -> Vec<u8> {
+    let payload = vec![0x5a; usize::from(payload_len)];
+    let (p, l4) = l4_bytes(from.ip, to.ip, kind, &payload);
+    let opts = IpOpts {
+        dont_fragment: !fragmentable,
+        ..IpOpts::default()
+    };
+    wire::ipv4_frame(from, to, p, &opts, &l4)
+}
+
+/// A TCP super-frame with a virtio-net header asking for TSO (or only a partial
+/// checksum), the way a guest with offloads sends it.
+fn offload_frame(
+    from: u8,
+    to: u8,
+    sport: u16,
+    dport: u16,
+    len: u16,
+    tso: bool,
+) -> (Vec<u8>, VnetHdr) {
+    let (f, t) = (ep(from), ep(to));
+    let payload = vec![0x33; usize::from(len % 9000)];
+    let seg = wire::tcp_segment(f.ip, t.ip, sport, dport, 1, 1, 0x18, &payload);
+    let frame = wire::ipv4_frame(f, t, proto::TCP, &IpOpts::default(), &seg);
+    let vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: if tso {
+            VnetHdr::GSO_TCPV4
+        } else {
+            VnetHdr::GSO_NONE
+        },
+        hdr_len: if tso { 54 } else { 0 },
+        gso_size: if tso { 1448 } else { 0 },
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    (frame, vnet)
+}
+
+/// Decode an input into operations (at most [`MAX_OPS`]).
+pub fn decode(data: &[u8]) -> (RevokeMode, Vec<Op>) {
+    let mut r = Reader::new(data);
+    let mode = if r.bool() {
+        RevokeMode::Keep
+    } else {
+        RevokeMode::Revalidate
+    };
+    let mut ops = Vec::new();
+    while !r.is_empty() && ops.len() < MAX_OPS {
+        let op = match r.u8() % 6 {
+            0 => {
+                let port = r.u8();
+                let vnet = if r.bool() {
+                    let b: [u8; VnetHdr::LEN] = std::array::from_fn(|_| r.u8());
+                    VnetHdr::decode(&b)
+                } else {
+                    VnetHdr::default()
+                };
+                let len = usize::from(r.u16() % 2048);
+                Op::Frames {
+                    port,
+                    frames: vec![r.take(len).to_vec()],
+                    vnet,
+                }
+            }
+            1 => {
+                let port = r.u8();
+                let frames = Build::read(&mut r).frames();
+                Op::Frames {
+                    port,
+                    frames,
+                    vnet: VnetHdr::default(),
+                }
+            }
+            2 => {
+                // A built frame with up to 8 bytes overwritten.
+                let port = r.u8();
+                let mut frames = Build::read(&mut r).frames();
+                let n = r.u8() % 9;
+                for _ in 0..n {
+                    let (at, v) = (usize::from(r.u16()), r.u8());
+                    for f in &mut frames {
+                        if !f.is_empty() {
+                            let i = at % f.len();
+                            f[i] = v;
+                        }
+                    }
+                }
+                Op::Frames {
+                    port,
+                    frames,
+                    vnet: VnetHdr::default(),
+                }
+            }
+            3 => Op::Edit(r.u8()),
+            4 => {
+                let port = r.u8();
+                let (from, to, sport, dport, len, tso) =
+                    (r.u8(), r.u8(), r.u16(), r.u16(), r.u16(), r.bool());
+                let (mut frame, mut vnet) = offload_frame(from, to, sport, dport, len, tso);
+                // Optionally fuzz the header fields.
+                let m = r.u8();
+                if m & 1 != 0 {
+                    vnet.hdr_len = r.u16();
+                }
+                if m & 2 != 0 {
+                    vnet.gso_size = r.u16();
+                }
+                if m & 4 != 0 {
+                    vnet.csum_start = r.u16();
+                }
+                if m & 8 != 0 {
+                    vnet.csum_offset = r.u16();
+                }
+                if m & 16 != 0 {
+                    vnet.gso_type = r.u8();
+                    vnet.flags = r.u8();
+                }
+                if m & 32 != 0 {
+                    let cut = usize::from(r.u16());
+                    frame.truncate(cut);
+                }
+                Op::Frames {
+                    port,
+                    frames: vec![frame],
+                    vnet,
+                }
+            }
+            _ => {
+                // The same built frame twice, from the uplink then from an instance
+                // (replies, retransmissions).
+                let build = Build::read(&mut r);
+                let port = r.u8();
+                let frames = build.frames();
+                ops.push(Op::Frames {
+                    port: UPLINK_PORT,
+                    frames: frames.clone(),
+                    vnet: VnetHdr::default(),
+                });
+                Op::Frames {
+                    port,
+                    frames,
+                    vnet: VnetHdr::default(),
+                }
+            }
+        };
+        ops.push(op);
+    }
+    (mode, ops)
+}
+
+/// Encoders of the operations [`decode`] reads (seed corpus).
+pub mod encode {
+    use super::*;
+
+    pub fn start(keep: bool) -> Writer {
+        let mut w = Writer::default();
+        w.u8(u8::from(keep));
+        w
+    }
+
+    pub fn raw(w: &mut Writer, port: u8, frame: &[u8]) {
+        let n = frame.len().min(2047);
+        w.u8(0).u8(port).u8(0).u16(n as u16).bytes(&frame[..n]);
+    }
+
+    pub fn build(w: &mut Writer, port: u8, b: &Build) {
+        w.u8(1).u8(port);
+        b.write(w);
+    }
+
+    pub fn mutated(w: &mut Writer, port: u8, b: &Build, flips: &[(u16, u8)]) {
+        w.u8(2).u8(port);
+        b.write(w);
+        w.u8(flips.len() as u8);
+        for &(at, v) in flips {
+            w.u16(at).u8(v);
+        }
+    }
+
+    pub fn edit(w: &mut Writer, i: u8) {
+        w.u8(3).u8(i);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn offload(
+        w: &mut Writer,
+        port: u8,
+        from: u8,
+        to: u8,
+        sport: u16,
+        dport: u16,
+        len: u16,
+        tso: bool,
+    ) {
+        w.u8(4)
+            .u8(port)
+            .u8(from)
+            .u8(to)
+            .u16(sport)
+            .u16(dport)
+            .u16(len)
+            .u8(u8::from(tso))
+            .u8(0);
+    }
+}
+
+/// The lab: a datapath with one synchronously driven worker, its ports, and the
+/// reference evaluator fed alongside.
+pub struct Lab {
+    dp: Arc<Datapath>,
+    w: Worker,
+    ports: Vec<(PortId, MemPeer)>,
+    model: Model,
+    generation: u64,
+    reference: Reference,
+    /// Frames forwarded, and frames judged by connection tracking, so far.
+    pub forwarded: usize,
+    pub judged: usize,
+}
+
+/// The facts of a port, for the checks.
+fn port_instance(port: usize) -> Option<(Mac, Ipv4Addr)> {
+    (port < PORTS - 1).then(|| ADDRS[port])
+}
+
+const POLICY: [DropReason; 6] = [
+    DropReason::NoRule,
+    DropReason::Revoked,
+    DropReason::UnrelatedIcmpError,
+    DropReason::UnmatchedFragment,
+    DropReason::ConntrackFull,
+    DropReason::ConntrackQuota,
+];
+
+impl Lab {
+    pub fn new(mode: RevokeMode) -> Lab {
+        // Room for every flow an input can open (at most MAX_OPS ops of at most
+        // 16 frames each), so that capacity and quota never decide; small enough
+        // to set up in microseconds.
+        let mut ct = CtConfig::with_capacity(1 << 12);
+        ct.per_instance_quota = 1 << 12;
+        ct.on_revoke = mode;
+        let cfg = SwitchConfig {
+            workers: 1,
+            ct,
+            ..SwitchConfig::default()
+        };
+        let dp = Datapath::new(cfg).expect("datapath");
+        let model = initial_model();
+        let generation = 1;
+        dp.publish_rules(compile(&model, generation));
+        let mut ports = Vec::new();
+        for i in 0..PORTS {
+            // Every frame's output is collected before the next one: a few
+            // slots suffice (a 64 KiB super-frame segments into at most 46).
+            let opts = MemOptions {
+                capacity: 64,
+                offloads: i == 3,
+                ..MemOptions::default()
+            };
+            let (queues, peer) = switch::mem_port_with(1, opts);
+            let role = match port_instance(i) {
+                Some((mac, ip)) => PortRole::Instance {
+                    id: format!("i-0000000{i}"),
+                    mac,
+                    ip,
+                },
+                None => PortRole::Uplink,
+            };
+            let id = dp
+                .add_port(PortSpec {
+                    name: format!("p{i}"),
+                    role,
+                    queues,
+                })
+                .expect("add port");
+            ports.push((id, peer));
+        }
+        let w = dp.worker(0);
+        Lab {
+            dp,
+            w,
+            ports,
+            model,
+            generation,
+            reference: Reference::new(ct.timeouts, mode),
+            forwarded: 0,
+            judged: 0,
+        }
+    }
+
+    /// Authorize rule `TOGGLES[i]` if absent, else revoke it; publish.
+    pub fn edit(&mut self, i: u8) {
+        let t = &TOGGLES[usize::from(i) % TOGGLES.len()];
+        let owner = Owner(OWNER.into());
+        let s = spec(t);
+        if self.model.authorize(&owner, t.0, &s).is_err() {
+            self.model
+                .revoke(&owner, t.0, &s)
+                .expect("revoke a present rule");
+        }
+        self.generation += 1;
+        self.dp.publish_rules(compile(&self.model, self.generation));
+    }
+
+    fn is_instance_ip(&self, ip: Ipv4Addr) -> bool {
+        self.model.instances.values().any(|i| i.ip == ip)
+    }
+
+    /// Send one frame on `port` and check everything the module docs promise.
+    pub fn step(&mut self, port: usize, frame: &[u8], vnet: VnetHdr) {
+        let (id, _) = self.ports[port];
+        let before = self.dp.stats().drops;
+        let now = self.dp.now_secs();
+        let res = self.w.process_burst([(id, frame, vnet)]);
+        let after = self.dp.stats().drops;
+        assert_eq!(
+            res.forwarded + res.answered + res.consumed + res.dropped,
+            1,
+            "one outcome per frame: {res:?}"
+        );
+        let counted: Vec<(DropReason, u64)> = DropReason::ALL
+            .iter()
+            .map(|&r| (r, after[r.index()] - before[r.index()]))
+            .filter(|&(_, d)| d != 0)
+            .collect();
+        let reason = match (res.dropped, counted.as_slice()) {
+            (1, &[(r, 1)]) => Some(r),
+            (0, []) => None,
+            _ => panic!("drop counters {counted:?} for outcome {res:?}"),
+        };
+        let outs: Vec<(usize, switch::MemFrame)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, peer))| peer.take().into_iter().map(move |f| (i, f)))
+            .collect();
+        if res.forwarded == 0 && res.answered == 0 {
+            assert!(
+                outs.is_empty(),
+                "dropped/consumed ({reason:?}) yet sent: {outs:?}"
+            );
+        }
+        if res.answered == 1 {
+            assert!(
+                !outs.is_empty() && outs.iter().all(|(p, _)| *p == port),
+                "answers go back to the asking port only"
+            );
+            let req = parse_frame(frame).expect("an answered frame parses");
+            for (_, f) in &outs {
+                match parse_frame(&f.data).expect("answer parses") {
+                    Parsed::Arp { eth, arp } => {
+                        let Parsed::Arp { arp: q, .. } = req else {
+                            panic!("ARP answer to {req:?}");
+                        };
+                        assert_eq!(
+                            (arp.op, eth.src),
+                            (2, arp.sha),
+                            "an ARP reply from its sender"
+                        );
+                        assert_eq!(arp.spa, q.tpa, "about the address asked for");
+                        let owner = (0..PORTS - 1)
+                            .filter_map(port_instance)
+                            .find(|i| i.1 == arp.spa);
+                        let gw = (GATEWAY_MAC, self.dp.gateway());
+                        assert!(
+                            owner == Some((arp.sha, arp.spa)) || (arp.sha, arp.spa) == gw,
+                            "ARP answer {arp:?} names no attached instance nor the gateway"
+                        );
+                        assert_ne!(
+                            Some(arp.spa),
+                            port_instance(port).map(|i| i.1),
+                            "own address"
+                        );
+                    }
+                    Parsed::Ipv4 { eth, pkt, .. } => {
+                        assert!(port_instance(port).is_some(), "DHCP answered to the uplink");
+                        assert_eq!(
+                            eth.src, GATEWAY_MAC,
+                            "DHCP answers come from the gateway MAC"
+                        );
+                        assert_eq!((pkt.key.proto, pkt.key.sport), (proto::UDP, 67));
+                    }
+                }
+            }
+        }
+        let parsed = parse_frame(frame);
+        // Source check of what passed.
+        if res.forwarded == 1 {
+            let p = parsed.expect("a forwarded frame parses");
+            assert_eq!(p.eth().vlan, None, "tagged frames are not forwarded");
+            match port_instance(port) {
+                Some((mac, ip)) => {
+                    assert_eq!(p.eth().src, mac, "forwarded from an instance with its MAC");
+                    match p {
+                        Parsed::Ipv4 { pkt, .. } => assert_eq!(pkt.key.src, ip, "its address"),
+                        Parsed::Arp { arp, .. } => {
+                            assert_eq!(arp.sha, mac, "ARP sender MAC");
+                            assert!(
+                                arp.spa == ip || (arp.spa.is_unspecified() && arp.op == 1),
+                                "ARP sender address {}",
+                                arp.spa
+                            );
+                        }
+                    }
+                }
+                None => {
+                    let src = match p {
+                        Parsed::Ipv4 { pkt, .. } => pkt.key.src,
+                        Parsed::Arp { arp, .. } => arp.spa,
+                    };
+                    assert!(
+                        !self.is_instance_ip(src) && src != self.dp.gateway(),
+                        "the uplink claimed {src}"
+                    );
+                }
+            }
+        }
+        // The verdict of what reached connection tracking.
+        if let Ok(Parsed::Ipv4 { pkt, .. }) = parsed {
+            let post_judge = matches!(reason, Some(DropReason::TxFailed | DropReason::PortGone));
+            let judged =
+                res.forwarded == 1 || post_judge || reason.is_some_and(|r| POLICY.contains(&r));
+            if judged {
+                self.judged += 1;
+                let want = self
+                    .reference
+                    .judge(&self.model, self.generation, &pkt, now);
+                let got = match reason {
+                    Some(r) if !post_judge => Err(r),
+                    _ => Ok(()),
+                };
+                assert_eq!(
+                    got, want,
+                    "verdict on {pkt:?} from port {port} (generation {})",
+                    self.generation
+                );
+            }
+        }
+        // Delivery.
+        if res.forwarded == 1 {
+            self.forwarded += 1;
+            let p = parsed.expect("parsed above");
+            let to = outs[0].0;
+            assert!(outs.iter().all(|(q, _)| *q == to), "forwarded to one port");
+            for (q, f) in &outs {
+                let o = parse_frame(&f.data).unwrap_or_else(|e| {
+                    panic!("sent a frame that does not parse ({e:?}): {:02x?}", f.data)
+                });
+                match (p, o) {
+                    (
+                        Parsed::Ipv4 { pkt, .. },
+                        Parsed::Ipv4 {
+                            pkt: opkt,
+                            eth: oeth,
+                            ..
+                        },
+                    ) => {
+                        assert_eq!(opkt.key, pkt.key, "segments keep the judged flow key");
+                        match port_instance(*q) {
+                            Some((mac, ip)) => {
+                                assert_eq!(opkt.key.dst, ip, "delivered to its address");
+                                assert_eq!(oeth.dst, mac, "with its MAC");
+                            }
+                            None => {
+                                assert!(port_instance(port).is_some(), "uplink to uplink");
+                                assert!(
+                                    !self.is_instance_ip(opkt.key.dst)
+                                        && opkt.key.dst != self.dp.gateway(),
+                                    "egress to {} sent to the uplink",
+                                    opkt.key.dst
+                                );
+                            }
+                        }
+                    }
+                    (Parsed::Arp { arp, .. }, Parsed::Arp { arp: oarp, .. }) => {
+                        assert_eq!((oarp.spa, oarp.sha, oarp.tpa), (arp.spa, arp.sha, arp.tpa));
+                        match port_instance(*q) {
+                            Some((_, ip)) => {
+                                assert_eq!(arp.op, 2, "only replies are forwarded to instances");
+                                assert_eq!(arp.tpa, ip, "to the owner of the target address");
+                            }
+                            None => assert!(port_instance(port).is_some(), "uplink to uplink"),
+                        }
+                    }
+                    (i, o) => panic!("forwarded {i:?} came out as {o:?}"),
+                }
+            }
+        }
+    }
+
+    pub fn run(&mut self, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::Edit(i) => self.edit(*i),
+                Op::Frames { port, frames, vnet } => {
+                    let p = usize::from(*port) % PORTS;
+                    for f in frames {
+                        self.step(p, f, *vnet);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Lab {
+    /// The switch's counters.
+    pub fn stats(&self) -> switch::Stats {
+        self.dp.stats()
+    }
+}
+
+/// Run the `pipeline` target on one input.
+pub fn run(data: &[u8]) {
+    let (mode, ops) = decode(data);
+    Lab::new(mode).run(&ops);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_after(seed: &str) -> Lab {
+        let (_, bytes) = crate::seeds::pipeline_seeds()
+            .into_iter()
+            .find(|(n, _)| n == seed)
+            .expect("seed");
+        let (mode, ops) = decode(&bytes);
+        let mut lab = Lab::new(mode);
+        lab.run(&ops);
+        lab
+    }
+
+    #[test]
+    fn seeds_reach_allow_and_drop_paths() {
+        let lab = lab_after("web_and_ssh_revoked");
+        assert!(
+            lab.forwarded >= 5 && lab.judged >= 8,
+            "{} {}",
+            lab.forwarded,
+            lab.judged
+        );
+        let s = lab.stats();
+        assert!(s.drop_count(DropReason::NoRule) >= 1);
+        assert!(s.drop_count(DropReason::Revoked) >= 1, "{:?}", s.drops);
+        let lab = lab_after("spoofing");
+        let s = lab.stats();
+        for r in [
+            DropReason::SpoofedIp,
+            DropReason::UplinkSpoof,
+            DropReason::SpoofedArp,
+            DropReason::RogueDhcp,
+        ] {
+            assert!(s.drop_count(r) >= 1, "{r:?}: {:?}", s.drops);
+        }
+        let lab = lab_after("fragments");
+        let s = lab.stats();
+        assert!(
+            s.drop_count(DropReason::UnmatchedFragment) >= 1,
+            "{:?} {}",
+            s.nonzero_drops().collect::<Vec<_>>(),
+            lab.forwarded
+        );
+        let lab = lab_after("offloads");
+        assert!(lab.stats().tso_segmented >= 1, "software TSO reached");
+    }
+
+    /// The check is not vacuous: a reference that knows a rule the switch was
+    /// never given disagrees on the first SSH SYN, and the step panics.
+    #[test]
+    fn a_wrong_verdict_is_caught() {
+        let mut lab = Lab::new(RevokeMode::Revalidate);
+        let t = &TOGGLES[0];
+        lab.model
+            .authorize(&Owner(OWNER.into()), t.0, &spec(t))
+            .expect("authorize in the reference's model only");
+        let syn = packet(
+            ep(6),
+            ep(0),
+            Kind::Tcp {
+                sport: 1,
+                dport: 22,
+                flags: 2,
+            },
+            0,
+            false,
+        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lab.step(usize::from(UPLINK_PORT), &syn, VnetHdr::default())
+        }));
+        assert!(
+            r.is_err(),
+            "switch NoRule vs reference pass must be reported"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Target `rules`: the CLI's `authorize`/`revoke` arguments, the rule spec
+//! expansion and the CIDR / port range / ICMP / protocol parsers.
+//!
+//! Input: a verb, a group name, up to 12 argument tokens (flags and values from
+//! a dictionary, or any string the fuzzer makes), then one string for each of
+//! the four value parsers.
+//!
+//! Checked (nothing may panic):
+//! * `sgswitch authorize|revoke GROUP ARGS...` through [`cli::parse`] and
+//!   [`cli::request_of`]: a parsed command is that verb on that group; its
+//!   `RuleSpec` expands ([`RuleSpec::expand`]) to normalised rules.
+//! * Round trips of every accepted rule: the PERMISSION line describe prints
+//!   ([`cli::permission_line`]) parses back ([`parse_permission_line`]) to a spec
+//!   that expands to exactly that rule; so does the argument vector that states
+//!   the rule (`-P .. -p/-t .. -s/-o -u ..`) given to the CLI again; and the
+//!   lines of `describe-group` after authorizing the whole spec in a model
+//!   re-authorize, in a fresh model, to the same rule list.
+//! * Value parsers: an accepted port range, CIDR, ICMP type:code or protocol
+//!   prints (as describe shows it) to text that parses to the same value; a
+//!   range has `lo <= hi`; a CIDR has no host bits.
+
+use filter::Model;
+use filter::model::{
+    Limits, Owner, Ports, Proto, Rule, RuleSpec, Source, parse_cidr, parse_icmp_type_code,
+    parse_port_range,
+};
+use mgmt::api::{Command, Response};
+use mgmt::cli;
+
+use crate::input::{Reader, Writer};
+
+pub const OWNER: &str = "111122223333";
+pub const GROUPS: &[&str] = &["web", "default", "app db", "-x", "", "web\tx"];
+pub const TOKENS: &[&str] = &[
+    "-P",
+    "-p",
+    "-t",
+    "-s",
+    "-o",
+    "-u",
+    "--protocol",
+    "--port-range",
+    "--icmp-type-code",
+    "--source-subnet",
+    "--source-group",
+    "--source-group-user",
+    "--",
+    "--json",
+    "--owner",
+    "tcp",
+    "udp",
+    "icmp",
+    "all",
+    "-1",
+    "6",
+    "22",
+    "80-81",
+    "0-65535",
+    "70000",
+    "8:0",
+    "-1:-1",
+    "3:4",
+    "0.0.0.0/0",
+    "10.0.0.0/8",
+    "1.2.3.4",
+    "205.192.8.45/24",
+    "web",
+    "default",
+    "111122223333",
+    "444455556666",
+    "=",
+    "-s=1.2.3.4/32",
+];
+
+/// A PERMISSION line of describe back into the spec that states its rule.
+pub fn parse_permission_line(line: &str) -> Option<(String, RuleSpec)> {
+    let f: Vec<&str> = line.split('\t').collect();
+    let (group, proto, from, to, src) = match f.as_slice() {
+        ["PERMISSION", group, "ALLOWS", proto, from, to, src @ ..] => {
+            (*group, *proto, *from, *to, src)
+        }
+        _ => return None,
+    };
+    let mut spec = RuleSpec {
+        proto: Some(proto.to_owned()),
+        ..RuleSpec::default()
+    };
+    match proto {
+        "tcp" | "udp" => spec.ports = Some(format!("{from}-{to}")),
+        "icmp" => spec.icmp = Some(format!("{from}:{to}")),
+        _ => {}
+    }
+    match src {
+        ["FROM", "CIDR", net] => spec.cidrs.push((*net).to_owned()),
+        ["FROM", "USER", owner, "GRPNAME", g] => spec
+            .groups
+            .push(((*g).to_owned(), Some((*owner).to_owned()))),
+        _ => return None,
+    }
+    Some((group.to_owned(), spec))
+}
+
+/// The `sgswitch authorize` arguments that state exactly `rule`.
+pub fn rule_argv(verb: &str, group: &str, rule: &Rule) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "sgswitch".into(),
+        verb.into(),
+        "-P".into(),
+        rule.proto.as_str().into(),
+    ];
+    match rule.ports {
+        Ports::None => {}
+        Ports::Range(lo, hi) => a.extend(["-p".into(), format!("{lo}-{hi}")]),
+        p @ Ports::Icmp { .. } => a.extend(["-t".into(), p.to_string()]),
+    }
+    match &rule.source {
+        Source::Cidr(net) => a.extend(["-s".into(), net.to_string()]),
+        Source::Group { owner, group } => {
+            a.extend(["-o".into(), group.clone(), "-u".into(), owner.0.clone()])
+        }
+    }
+    a.extend(["--".into(), group.into()]);
+    a
+}
+
+/// The spec of a parsed `authorize`/`revoke`, if the CLI accepted `argv`.
+fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
+    let (parsed, matches) = cli::parse(argv.iter().cloned()).ok()?;
+    let req = cli::request_of(&parsed, &matches).ok()??;
+    let (g, spec) = match (verb, req.command) {
+        ("authorize", Command::Authorize { group, spec }) => (group, spec),
+        ("revoke", Command::Revoke { group, spec }) => (group, spec),
+        (_, c) => panic!("{argv:?} parsed as {c:?}"),
+    };
+    // With `--` the group is exactly the positional argument.
+    if argv.iter().any(|a| a == "--") && argv.last().map(String::as_str) == Some(group) {
+        assert_eq!(g, group, "{argv:?}");
+    }
+    Some(spec)
+}
+
+fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner) {
+    assert_eq!(
+        rule.normalized().as_ref(),
+        Ok(rule),
+        "expand gives normalised rules"
+    );
+    let line = cli::permission_line(group, rule);
+    let (g, spec) =
+        parse_permission_line(&line).unwrap_or_else(|| panic!("unparsable line {line:?}"));
+    assert_eq!(g, group);
+    let again = spec
+        .expand(caller)
+        .unwrap_or_else(|e| panic!("{line:?} does not re-parse: {e}"));
+    assert_eq!(again, vec![rule.clone()], "{line:?}");
+    let argv = rule_argv(verb, group, rule);
+    let spec = cli_spec(&argv, verb, group).unwrap_or_else(|| panic!("CLI rejects {argv:?}"));
+    assert_eq!(
+        spec.expand(caller).as_ref(),
+        Ok(&vec![rule.clone()]),
+        "{argv:?}"
+    );
+}
+
+/// Authorize `spec` in a model, describe it, and rebuild the group from the
+/// printed lines alone.
+fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
+    let mut m = Model::new(Limits::default());
+    m.ensure_owner(caller);
+    for g in ["web", "app db", group] {
+        if g != "default" {
+            let _ = m.add_group(caller, g, "fuzz");
+        }
+    }
+    let Ok(added) = m.authorize(caller, group, spec) else {
+        return;
+    };
+    let printed = cli::format_response(&Response::Permissions {
+        group: group.to_owned(),
+        rules: added.clone(),
+    });
+    let from_lines: Vec<Rule> = printed
+        .lines()
+        .filter_map(parse_permission_line)
+        .flat_map(|(_, s)| s.expand(caller).expect("printed rule re-parses"))
+        .collect();
+    assert_eq!(from_lines, added, "authorize output re-parses:\n{printed}");
+    let g = m.group(caller, group).expect("group").clone();
+    let described = cli::format_response(&Response::Groups {
+        groups: vec![g.clone()],
+    });
+    // The same model with the group emptied (the source groups still exist).
+    let mut fresh = m.clone();
+    fresh
+        .revoke_rules(caller, group, &g.rules)
+        .expect("empty the group");
+    for line in described.lines().filter(|l| l.starts_with("PERMISSION")) {
+        let (gname, s) = parse_permission_line(line).unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert_eq!(gname, group);
+        fresh
+            .authorize(caller, group, &s)
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    assert_eq!(
+        fresh.group(caller, group).expect("group").rules,
+        g.rules,
+        "describe re-parses:\n{described}"
+    );
+}
+
+fn check_value_parsers(port: &str, icmp: &str, cidr: &str, proto: &str) {
+    if let Ok((lo, hi)) = parse_port_range(port) {
+        assert!(lo <= hi, "{port:?} gave {lo}-{hi}");
+        assert_eq!(parse_port_range(&format!("{lo}-{hi}")), Ok((lo, hi)));
+        if lo == hi {
+            assert_eq!(parse_port_range(&lo.to_string()), Ok((lo, hi)));
+        }
+    }
+    if let Ok(p) = parse_icmp_type_code(icmp) {
+        assert!(matches!(p, Ports::Icmp { .. }));
+        if let Ports::Icmp { ty: None, code } = p {
+            assert_eq!(code, None, "any type means any code");
+        }
+        assert_eq!(parse_icmp_type_code(&p.to_string()), Ok(p), "{icmp:?}");
+    }
+    if let Ok(net) = parse_cidr(cidr) {
+        assert_eq!(net, net.trunc(), "{cidr:?}: host bits");
+        assert_eq!(parse_cidr(&net.to_string()), Ok(net), "{cidr:?}");
+    }
+    if let Ok(p) = Proto::parse(proto) {
+        assert_eq!(Proto::parse(p.as_str()), Ok(p));
+        if let Some(n) = p.number() {
+            assert_eq!(Proto::parse(&n.to_string()), Ok(p));
+        }
+    }
+}
+
+/// Run the `rules` target on one input.
+pub fn run(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let verb = if r.bool() { "revoke" } else { "authorize" };
+    let group = r.pick_or_string(GROUPS);
+    let n = r.u8() % 13;
+    let mut argv: Vec<String> = vec!["sgswitch".into(), verb.into(), group.clone()];
+    for _ in 0..n {
+        argv.push(r.pick_or_string(TOKENS));
+    }
+    let caller = Owner(OWNER.into());
+    if let Some(spec) = cli_spec(&argv, verb, &group) {
+        if let Ok(rules) = spec.expand(&caller) {
+            assert!(!rules.is_empty(), "a spec expands to at least one rule");
+            // Lines are printed for existing groups only, whose names are valid
+            // (printable ASCII: no tab to break the line's fields).
+            if filter::model::validate_group_name(&group).is_ok() {
+                for rule in &rules {
+                    check_rule_round_trips(verb, &group, rule, &caller);
+                }
+                check_describe_round_trip(&group, &spec, &caller);
+            }
+        }
+    }
+    let (port, icmp, cidr, proto) = (r.string(), r.string(), r.string(), r.string());
+    check_value_parsers(&port, &icmp, &cidr, &proto);
+}
+
+/// Encode an input for [`run`].
+pub fn encode(revoke: bool, group: &str, args: &[&str], values: [&str; 4]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(u8::from(revoke))
+        .pick_or_string(GROUPS, group)
+        .u8(args.len() as u8);
+    for a in args {
+        w.pick_or_string(TOKENS, a);
+    }
+    for v in values {
+        w.string(v);
+    }
+    w.bytes
+}
+
+/// Seeds: the README's authorize commands and edge values.
+pub fn seeds() -> Vec<(String, Vec<u8>)> {
+    let v = [
+        (
+            "ssh_from_host",
+            false,
+            "default",
+            &["-P", "tcp", "-p", "22", "-s", "172.31.255.10/32"][..],
+            ["22", "8:0", "172.31.255.10/32", "tcp"],
+        ),
+        (
+            "group_source",
+            false,
+            "app",
+            &["-o", "web", "-u", "111122223333"][..],
+            ["80-81", "-1:-1", "10.0.0.0/8", "all"],
+        ),
+        (
+            "icmp",
+            false,
+            "web",
+            &[
+                "-P",
+                "icmp",
+                "-t",
+                "8:-1",
+                "-s",
+                "0.0.0.0/0",
+                "-s",
+                "10.1.2.3/8",
+            ][..],
+            ["-1", "3:4", "205.192.8.45/24", "1"],
+        ),
+        (
+            "revoke_udp_range",
+            true,
+            "db",
+            &[
+                "-P",
+                "udp",
+                "-p",
+                "5000-5100",
+                "-o",
+                "db",
+                "-o",
+                "web",
+                "-u",
+                "444455556666",
+            ][..],
+            ["0-65535", "-1:4", "1.2.3.4", "UDP"],
+        ),
+        (
+            "bad_values",
+            false,
+            "web",
+            &["-P", "tcp", "-p", "70000"][..],
+            ["70000", "256:0", "1.2.3.4/33", "gre"],
+        ),
+        (
+            "long_flags",
+            false,
+            "web",
+            &[
+                "--protocol",
+                "all",
+                "--source-group",
+                "default",
+                "--source-group-user",
+                "444455556666",
+            ][..],
+            ["9-8", "8", "::/0", "-1"],
+        ),
+    ];
+    v.iter()
+        .map(|(n, rev, g, a, vals)| ((*n).to_owned(), encode(*rev, g, a, *vals)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_lines_and_argv_state_the_rule() {
+        let caller = Owner(OWNER.into());
+        let spec = RuleSpec {
+            proto: Some("icmp".into()),
+            icmp: Some("8:-1".into()),
+            cidrs: vec!["10.1.2.3/8".into()],
+            groups: vec![("app db".into(), Some("444455556666".into()))],
+            ..RuleSpec::default()
+        };
+        let rules = spec.expand(&caller).expect("valid");
+        assert_eq!(rules.len(), 2);
+        for rule in &rules {
+            check_rule_round_trips("authorize", "web", rule, &caller);
+        }
+        let line = cli::permission_line("web", &rules[0]);
+        assert_eq!(
+            line,
+            "PERMISSION\tweb\tALLOWS\ticmp\t8\t-1\tFROM\tCIDR\t10.0.0.0/8"
+        );
+        let (g, s) = parse_permission_line(&line).expect("parses");
+        assert_eq!((g.as_str(), s.icmp.as_deref()), ("web", Some("8:-1")));
+        check_describe_round_trip("web", &spec, &caller);
+        assert!(parse_permission_line("GROUP\tweb").is_none());
+    }
+}

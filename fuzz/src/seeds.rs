@@ -1,0 +1,428 @@
+//! The seed corpus: real frames, and structured inputs that reach the allow
+//! paths, one file per seed under `corpus/<target>/`.
+//!
+//! Frames come from two sources: `filter::wire` builders (valid checksums,
+//! every protocol the parser knows, ICMP errors, fragments, IP options, VLAN
+//! tags) and `captures/lab.pcap`, real traffic captured with tcpdump between two
+//! namespaces that use the `pipeline` lab's addresses (`captures/capture.sh`).
+//! `examples/gen_corpus.rs` writes them; `cargo test` replays them.
+
+use filter::wire::{self, Endpoint, IpOpts};
+use filter::{proto, tcp_flags};
+
+use crate::pipeline::{self, Build, Kind, encode};
+
+/// The committed capture.
+pub const LAB_PCAP: &[u8] = include_bytes!("../captures/lab.pcap");
+
+/// Ethernet frames of a classic pcap file (link type 1), in order. Stops at the
+/// first truncated record.
+pub fn pcap_frames(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(magic) = pcap.get(0..4) else {
+        return out;
+    };
+    let le = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => return out,
+    };
+    let u32_at = |b: &[u8], at: usize| -> Option<usize> {
+        let x: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(x)
+        } else {
+            u32::from_be_bytes(x)
+        } as usize)
+    };
+    let mut at = 24;
+    while let Some(incl) = u32_at(pcap, at + 8) {
+        let Some(data) = pcap.get(at + 16..at + 16 + incl) else {
+            break;
+        };
+        out.push(data.to_vec());
+        at += 16 + incl;
+    }
+    out
+}
+
+/// IPv4 frames and ARP of the capture (its IPv6 chatter is left out).
+pub fn captured() -> Vec<Vec<u8>> {
+    pcap_frames(LAB_PCAP)
+        .into_iter()
+        .filter(|f| f.len() >= 14 && matches!([f[12], f[13]], [0x08, 0x00] | [0x08, 0x06]))
+        .collect()
+}
+
+fn ep(i: usize) -> Endpoint {
+    let (mac, ip) = pipeline::ADDRS[i];
+    Endpoint::new(mac, ip)
+}
+
+/// Frames built with `filter::wire`: one of each kind the parser tells apart.
+pub fn built_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let (a, b, out) = (ep(0), ep(1), ep(6));
+    let syn = wire::tcp(out, a, 40000, 80, tcp_flags::SYN, &[]);
+    let udp = wire::udp(out, b, 5353, 5000, b"hello");
+    let mut v = vec![
+        ("tcp_syn", syn.clone()),
+        (
+            "tcp_synack",
+            wire::tcp(a, out, 80, 40000, tcp_flags::SYN | tcp_flags::ACK, &[]),
+        ),
+        (
+            "tcp_data",
+            wire::tcp(
+                a,
+                b,
+                33000,
+                8080,
+                tcp_flags::ACK | tcp_flags::PSH,
+                b"GET / HTTP/1.0\r\n\r\n",
+            ),
+        ),
+        ("udp", udp.clone()),
+        ("icmp_echo", wire::icmp_echo(out, a, true, 7, 1, b"ping")),
+        (
+            "icmp_echo_reply",
+            wire::icmp_echo(a, out, false, 7, 1, b"ping"),
+        ),
+        ("icmp_port_unreach", wire::icmp_error(b, out, 3, 3, &udp)),
+        ("icmp_time_exceeded", wire::icmp_error(out, a, 11, 0, &syn)),
+        ("arp_request", wire::arp_request(a, b.ip)),
+        ("arp_reply", wire::arp_reply(b, a)),
+        ("vlan_udp", wire::vlan_tag(&udp, 42)),
+        (
+            "padded_syn",
+            wire::pad_to_min(wire::tcp(a, b, 1, 2, tcp_flags::SYN, &[])),
+        ),
+        (
+            "ip_options",
+            wire::ipv4_frame(
+                out,
+                a,
+                proto::TCP,
+                &IpOpts {
+                    options: vec![7, 7, 4, 0, 0, 0, 0],
+                    ..IpOpts::default()
+                },
+                &wire::tcp_segment(out.ip, a.ip, 1234, 80, 1, 0, tcp_flags::SYN, &[]),
+            ),
+        ),
+        (
+            "gre",
+            wire::ipv4_frame(a, out, 47, &IpOpts::default(), &[0, 0, 0x08, 0]),
+        ),
+    ];
+    let big = wire::udp(out, b, 5353, 5000, &[0x42; 64]);
+    for (i, f) in wire::fragment(&big, 24).into_iter().enumerate().take(3) {
+        v.push((["frag_first", "frag_second", "frag_third"][i], f));
+    }
+    v
+}
+
+/// Seeds of the `parse` target: raw frames.
+pub fn parse_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = built_frames()
+        .into_iter()
+        .map(|(n, f)| (format!("wire_{n}"), f))
+        .collect();
+    for (i, f) in captured().into_iter().enumerate() {
+        v.push((format!("pcap_{i:02}"), f));
+    }
+    v
+}
+
+/// Seeds of the `pipeline` target: conversations that pass and that are dropped.
+pub fn pipeline_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    let tcp = |sport, dport, flags| Kind::Tcp {
+        sport,
+        dport,
+        flags,
+    };
+    let pkt = |from, to, kind| Build::Packet {
+        from,
+        to,
+        kind,
+        payload_len: 8,
+    };
+    // The capture, replayed from the ports it was taken on: outside (uplink) and A.
+    {
+        let mut w = encode::start(false);
+        for f in captured() {
+            let port = if f[6..12] == pipeline::ADDRS[0].0 {
+                0
+            } else {
+                pipeline::UPLINK_PORT
+            };
+            encode::raw(&mut w, port, &f);
+        }
+        v.push(("pcap_replay".to_owned(), w.bytes));
+    }
+    // Web from outside: SYN, SYN-ACK, ACK, FIN; ssh filtered until edit 0.
+    {
+        let mut w = encode::start(false);
+        let s = tcp_flags::SYN;
+        let sa = tcp_flags::SYN | tcp_flags::ACK;
+        let a = tcp_flags::ACK;
+        encode::build(&mut w, 4, &pkt(6, 0, tcp(40000, 80, s)));
+        encode::build(&mut w, 0, &pkt(0, 6, tcp(80, 40000, sa)));
+        encode::build(&mut w, 4, &pkt(6, 0, tcp(40000, 80, a)));
+        encode::build(&mut w, 4, &pkt(6, 0, tcp(40001, 22, s)));
+        encode::edit(&mut w, 0);
+        encode::build(&mut w, 4, &pkt(6, 0, tcp(40001, 22, s)));
+        encode::build(&mut w, 0, &pkt(0, 6, tcp(22, 40001, sa)));
+        encode::edit(&mut w, 0);
+        encode::build(&mut w, 0, &pkt(0, 6, tcp(22, 40001, a)));
+        encode::build(&mut w, 4, &pkt(6, 0, tcp(40000, 80, tcp_flags::FIN | a)));
+        v.push(("web_and_ssh_revoked".to_owned(), w.bytes));
+    }
+    // Tiers: web → app 8080, app → db, db → db 5432, web → db refused; keep mode.
+    {
+        let mut w = encode::start(true);
+        let s = tcp_flags::SYN;
+        encode::build(&mut w, 0, &pkt(0, 1, tcp(33000, 8080, s)));
+        encode::build(&mut w, 1, &pkt(1, 0, tcp(8080, 33000, s | tcp_flags::ACK)));
+        encode::build(&mut w, 1, &pkt(1, 2, Kind::Udp { sport: 9, dport: 9 }));
+        encode::build(&mut w, 0, &pkt(0, 2, tcp(33001, 5432, s)));
+        encode::build(
+            &mut w,
+            3,
+            &pkt(
+                3,
+                0,
+                Kind::Echo {
+                    request: true,
+                    id: 5,
+                },
+            ),
+        );
+        encode::build(
+            &mut w,
+            0,
+            &pkt(
+                0,
+                3,
+                Kind::Echo {
+                    request: false,
+                    id: 5,
+                },
+            ),
+        );
+        encode::edit(&mut w, 2);
+        encode::build(&mut w, 0, &pkt(0, 1, tcp(33002, 22, s)));
+        v.push(("tiers".to_owned(), w.bytes));
+    }
+    // Related and unrelated ICMP errors, UDP from outside to app.
+    {
+        let mut w = encode::start(false);
+        let udp = Kind::Udp {
+            sport: 5353,
+            dport: 5000,
+        };
+        encode::build(&mut w, 4, &pkt(7, 1, udp));
+        encode::build(
+            &mut w,
+            1,
+            &Build::IcmpError {
+                from: 1,
+                to: 7,
+                ty: 0,
+                code: 3,
+                qfrom: 7,
+                qto: 1,
+                kind: udp,
+            },
+        );
+        encode::build(
+            &mut w,
+            4,
+            &Build::IcmpError {
+                from: 8,
+                to: 2,
+                ty: 0,
+                code: 3,
+                qfrom: 2,
+                qto: 8,
+                kind: udp,
+            },
+        );
+        v.push(("icmp_errors".to_owned(), w.bytes));
+    }
+    // Fragments: in order to app, reversed and partial to db, tiny mutated.
+    {
+        let mut w = encode::start(false);
+        let udp = Kind::Udp {
+            sport: 5353,
+            dport: 5001,
+        };
+        let frags = |to, mask, reverse| Build::Fragments {
+            from: 7,
+            to,
+            kind: udp,
+            payload_len: 100,
+            max_units: 4,
+            mask,
+            reverse,
+        };
+        encode::build(&mut w, 4, &frags(2, 0xfe, true));
+        encode::build(&mut w, 4, &frags(1, 0xff, false));
+        encode::edit(&mut w, 3);
+        encode::build(&mut w, 4, &frags(2, 0xff, true));
+        encode::mutated(&mut w, 4, &frags(1, 0x01, false), &[(20, 0x20), (21, 0x01)]);
+        v.push(("fragments".to_owned(), w.bytes));
+    }
+    // Spoofing: A claims B's address, the uplink claims A's, ARP lies, DHCP server.
+    {
+        let mut w = encode::start(false);
+        encode::build(&mut w, 0, &pkt(1, 2, tcp(1, 5432, tcp_flags::SYN)));
+        // A's MAC with B's address (byte 29: last byte of the IPv4 source).
+        encode::mutated(
+            &mut w,
+            0,
+            &pkt(0, 2, tcp(1, 5432, tcp_flags::SYN)),
+            &[(29, 3)],
+        );
+        encode::build(&mut w, 4, &pkt(0, 1, tcp(1, 8080, tcp_flags::SYN)));
+        encode::build(
+            &mut w,
+            0,
+            &Build::Arp {
+                from: 0,
+                op: 1,
+                spa: 0,
+                tpa: 1,
+            },
+        );
+        encode::build(
+            &mut w,
+            0,
+            &Build::Arp {
+                from: 0,
+                op: 1,
+                spa: 1,
+                tpa: 5,
+            },
+        );
+        encode::build(
+            &mut w,
+            4,
+            &Build::Arp {
+                from: 6,
+                op: 0,
+                spa: 6,
+                tpa: 0,
+            },
+        );
+        encode::build(
+            &mut w,
+            4,
+            &Build::Arp {
+                from: 6,
+                op: 1,
+                spa: 6,
+                tpa: 0,
+            },
+        );
+        encode::build(
+            &mut w,
+            0,
+            &pkt(
+                0,
+                9,
+                Kind::Udp {
+                    sport: 67,
+                    dport: 68,
+                },
+            ),
+        );
+        encode::build(
+            &mut w,
+            0,
+            &pkt(
+                11,
+                9,
+                Kind::Udp {
+                    sport: 68,
+                    dport: 67,
+                },
+            ),
+        );
+        v.push(("spoofing".to_owned(), w.bytes));
+    }
+    // Offloads: TSO super-frame to D (offloads) and to A (segmented in software).
+    {
+        let mut w = encode::start(false);
+        encode::offload(&mut w, 4, 6, 3, 40000, 80, 5000, true);
+        encode::offload(&mut w, 4, 6, 0, 40001, 80, 5000, true);
+        encode::offload(&mut w, 0, 0, 6, 80, 40001, 700, false);
+        v.push(("offloads".to_owned(), w.bytes));
+    }
+    // Every built frame raw from every port.
+    {
+        let mut w = encode::start(false);
+        for (i, (_, f)) in built_frames().iter().enumerate() {
+            encode::raw(&mut w, (i % pipeline::PORTS) as u8, f);
+        }
+        v.push(("built_raw".to_owned(), w.bytes));
+    }
+    v
+}
+
+/// Every target's seeds: (target, file name, bytes).
+pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for (n, b) in parse_seeds() {
+        v.push(("parse", n, b));
+    }
+    for (n, b) in pipeline_seeds() {
+        v.push(("pipeline", n, b));
+    }
+    for (n, b) in crate::api::seeds() {
+        v.push(("api", n, b));
+    }
+    for (n, b) in crate::rules::seeds() {
+        v.push(("rules", n, b));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_has_real_ipv4_and_arp() {
+        let frames = captured();
+        assert!(frames.len() >= 20, "{} frames", frames.len());
+        assert!(frames.iter().all(|f| filter::parse_frame(f).is_ok()));
+    }
+
+    /// Replay every seed through its target (what `cargo fuzz run` starts with).
+    #[test]
+    fn seeds_pass_their_targets() {
+        for (target, name, bytes) in all() {
+            let run = match target {
+                "parse" => crate::parse::run,
+                "pipeline" => crate::pipeline::run,
+                "api" => crate::api::run,
+                _ => crate::rules::run,
+            };
+            let r = std::panic::catch_unwind(|| run(&bytes));
+            assert!(r.is_ok(), "seed {target}/{name} fails its target");
+        }
+    }
+
+    /// The committed corpus holds the generated seeds (re-run
+    /// `cargo run --example gen_corpus` after changing them).
+    #[test]
+    fn committed_corpus_is_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        for (target, name, bytes) in all() {
+            let p = dir.join(target).join(&name);
+            let got = std::fs::read(&p).unwrap_or_default();
+            assert!(got == bytes, "{} is missing or stale", p.display());
+        }
+    }
+}

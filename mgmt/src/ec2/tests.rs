@@ -1,0 +1,872 @@
+//! The EC2 front door in process: signed requests against a real core (temp
+//! store, recording data plane), answers checked as XML text.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::core::Core;
+use crate::testutil::*;
+
+const NOW: i64 = 1_764_150_000;
+
+struct Api {
+    _dir: TempDir,
+    core: Mutex<Core>,
+}
+
+impl Handler for Api {
+    fn handle(&self, req: Request) -> Reply {
+        self.core.lock().unwrap().handle(req)
+    }
+}
+
+fn api(tag: &str) -> Api {
+    let dir = TempDir::new(tag);
+    let core = core_in(&dir, config());
+    Api {
+        _dir: dir,
+        core: Mutex::new(core),
+    }
+}
+
+/// (key id, secret) of a new key of `owner`.
+fn key(api: &Api, owner: &str) -> (String, String) {
+    match api.handle(req_as(owner, Command::CreateAccessKey)).unwrap() {
+        Response::AccessKey {
+            key_id,
+            secret,
+            owner: o,
+        } => {
+            assert_eq!(o, owner);
+            (key_id, secret)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A POST signed like botocore does, at time `t`.
+fn signed(key: &(String, String), body: &str, t: i64, region: &str, service: &str) -> HttpRequest {
+    let amz = sigv4::format_amz_date(t);
+    let headers = vec![
+        ("Host".to_owned(), "127.0.0.1:8773".to_owned()),
+        (
+            "Content-Type".to_owned(),
+            "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
+        ),
+        ("X-Amz-Date".to_owned(), amz.clone()),
+    ];
+    let mut auth = sigv4::Authorization {
+        key_id: key.0.clone(),
+        date: amz[..8].to_owned(),
+        region: region.into(),
+        service: service.into(),
+        signed_headers: vec!["content-type".into(), "host".into(), "x-amz-date".into()],
+        signature: String::new(),
+    };
+    let sreq = sigv4::SignedRequest {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    auth.signature = sigv4::signature(&sreq, &auth, &amz, &key.1);
+    let mut headers = headers;
+    headers.push((
+        "Authorization".into(),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{}, SignedHeaders={}, Signature={}",
+            auth.key_id,
+            auth.scope(),
+            auth.signed_headers.join(";"),
+            auth.signature
+        ),
+    ));
+    HttpRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers,
+        body: body.as_bytes().to_vec(),
+        close: false,
+    }
+}
+
+fn call(api: &Api, key: &(String, String), body: &str) -> (u16, String) {
+    let r = handle(&signed(key, body, NOW, "us-east-1", "ec2"), api, NOW);
+    (r.status, String::from_utf8(r.body).unwrap())
+}
+
+fn ok(api: &Api, key: &(String, String), body: &str) -> String {
+    let (status, text) = call(api, key, body);
+    assert_eq!(status, 200, "{body}\n{text}");
+    text
+}
+
+fn err(api: &Api, key: &(String, String), body: &str) -> (u16, String) {
+    let (status, text) = call(api, key, body);
+    assert_ne!(status, 200, "{body}\n{text}");
+    assert!(text.contains("<Response><Errors><Error><Code>"), "{text}");
+    assert!(
+        text.contains("</Message></Error></Errors><RequestID>"),
+        "{text}"
+    );
+    let code = text
+        .split("<Code>")
+        .nth(1)
+        .unwrap()
+        .split("</Code>")
+        .next()
+        .unwrap()
+        .to_owned();
+    (status, code)
+}
+
+/// The text of the first `<tag>` in `doc`.
+fn first<'a>(doc: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    doc.split(&open)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no <{tag}> in {doc}"))
+        .split(&format!("</{tag}>"))
+        .next()
+        .unwrap()
+}
+
+#[test]
+fn group_lifecycle_in_both_shapes_with_ids_and_filters() {
+    let api = api("ec2-groups");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=Web+Servers"),
+    );
+    assert!(doc.contains("<CreateSecurityGroupResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>"), "{doc}");
+    assert_eq!(first(&doc, "return"), "true");
+    let web_id = first(&doc, "groupId").to_owned();
+    assert!(filter::model::is_id("sg-", &web_id), "{web_id}");
+    let doc = ok(
+        &api,
+        &k,
+        "Action=CreateSecurityGroup&Version=2014-10-01&GroupName=app&GroupDescription=App",
+    );
+    assert!(
+        doc.contains("xmlns=\"http://ec2.amazonaws.com/doc/2014-10-01/\""),
+        "boto 2's version echoed: {doc}"
+    );
+    let app_id = first(&doc, "groupId").to_owned();
+
+    // Indexed shape (awscli, boto 2): two permissions, two CIDRs, by group id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupId={web_id}\
+         &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=80&IpPermissions.1.ToPort=80\
+         &IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0&IpPermissions.1.IpRanges.2.CidrIp=10.1.2.3%2F8\
+         &IpPermissions.2.IpProtocol=icmp&IpPermissions.2.FromPort=-1&IpPermissions.2.ToPort=-1\
+         &IpPermissions.2.IpRanges.1.CidrIp=172.16.0.0%2F12"
+        ),
+    );
+    // Flat shape (boto3 keywords): a source group by name and owner.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=app&SourceSecurityGroupName=web&SourceSecurityGroupOwnerId={OWNER}"
+        ),
+    );
+    // Indexed source group by id, protocol -1 (no ports).
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.Groups.1.GroupId={app_id}"
+        ),
+    );
+    let model_rules = {
+        let core = api.core.lock().unwrap();
+        core.model()
+            .group(&filter::model::Owner(OWNER.into()), "web")
+            .unwrap()
+            .rules
+            .len()
+    };
+    assert_eq!(model_rules, 4, "three CIDR rules and one group rule");
+
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupName.1=web"),
+    );
+    let item = first(&doc, "securityGroupInfo");
+    assert_eq!(first(item, "groupId"), web_id);
+    assert_eq!(first(item, "groupDescription"), "Web Servers");
+    assert_eq!(first(item, "ownerId"), OWNER);
+    assert!(item.contains("<item><ipProtocol>tcp</ipProtocol><fromPort>80</fromPort><toPort>80</toPort><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item><item><cidrIp>10.0.0.0/8</cidrIp></item></ipRanges>"), "{item}");
+    assert!(
+        item.contains("<ipProtocol>icmp</ipProtocol><fromPort>-1</fromPort><toPort>-1</toPort>"),
+        "{item}"
+    );
+    assert!(
+        item.contains(&format!("<item><ipProtocol>-1</ipProtocol><groups><item><userId>{OWNER}</userId><groupId>{app_id}</groupId><groupName>app</groupName></item></groups>")),
+        "protocol -1 without ports, source group with its id: {item}"
+    );
+    assert!(
+        item.contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol>"),
+        "{item}"
+    );
+
+    // By id; by filters with wildcards; filters on rules.
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={app_id}"),
+    );
+    assert_eq!(
+        doc.matches("<groupName>app</groupName>").count(),
+        1,
+        "{doc}"
+    );
+    let names = |doc: &str| -> Vec<String> {
+        first(doc, "securityGroupInfo")
+            .split("<ownerId>")
+            .skip(1)
+            .map(|s| first(s, "groupName").to_owned())
+            .collect()
+    };
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroups&{v}&Filter.1.Name=group-name&Filter.1.Value.1=w*&Filter.1.Value.2=ap%3F"
+        ),
+    );
+    assert_eq!(names(&doc), ["app", "web"]);
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroups&{v}&Filter.1.Name=ip-permission.from-port&Filter.1.Value.1=80"
+        ),
+    );
+    assert_eq!(names(&doc), ["web"]);
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroups&{v}&Filter.1.Name=ip-permission.group-name&Filter.1.Value.1=web&Filter.2.Name=owner-id&Filter.2.Value.1={OWNER}"
+        ),
+    );
+    assert_eq!(names(&doc), ["app"]);
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroups&{v}&Filter.1.Name=description&Filter.1.Value.1=default*"
+        ),
+    );
+    assert_eq!(names(&doc), ["default"]);
+    assert_eq!(
+        err(
+            &api,
+            &k,
+            &format!("Action=DescribeSecurityGroups&{v}&Filter.1.Name=vpc-idx&Filter.1.Value.1=x")
+        )
+        .1,
+        "InvalidParameterValue"
+    );
+
+    // Revoke in the other shape than the authorize; all or nothing.
+    let before = api.core.lock().unwrap().dump();
+    let (status, code) = err(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=80&IpPermissions.1.ToPort=80\
+         &IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0&IpPermissions.1.IpRanges.2.CidrIp=9.9.9.9%2F32"
+        ),
+    );
+    assert_eq!((status, code.as_str()), (400, "InvalidPermission.NotFound"));
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing revoked");
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupId={web_id}&IpProtocol=tcp&FromPort=80&ToPort=80&CidrIp=0.0.0.0%2F0"
+        ),
+    );
+
+    // Errors with the CLI's codes.
+    let e = |body: String| err(&api, &k, &body).1;
+    assert_eq!(
+        e(format!(
+            "Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=x"
+        )),
+        "InvalidGroup.Duplicate"
+    );
+    assert_eq!(
+        e(format!("Action=CreateSecurityGroup&{v}&GroupName=x")),
+        "MissingParameter"
+    );
+    assert_eq!(
+        e(format!("Action=DeleteSecurityGroup&{v}&GroupName=nope")),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=DeleteSecurityGroup&{v}&GroupId=sg-00000000"
+        )),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        e(format!("Action=DeleteSecurityGroup&{v}&GroupName=default")),
+        "InvalidGroup.Reserved"
+    );
+    assert_eq!(
+        e(format!("Action=DeleteSecurityGroup&{v}&GroupName=web")),
+        "InvalidGroup.InUse"
+    );
+    assert_eq!(
+        e(format!("Action=DeleteSecurityGroup&{v}")),
+        "MissingParameter"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=tcp&FromPort=1&ToPort=70000&CidrIp=1.2.3.4%2F32"
+        )),
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=80&IpPermissions.1.ToPort=80&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0%2F8"
+        )),
+        "InvalidPermission.Duplicate"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web"
+        )),
+        "MissingParameter"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=1&IpPermissions.1.ToPort=2&IpPermissions.1.Groups.1.GroupName=ghost"
+        )),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=gre&CidrIp=1.2.3.4%2F32"
+        )),
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=udp&FromPort=1&ToPort=1&CidrIp=1.2.3.4%2F32"
+        )),
+        "InvalidPermission.NotFound"
+    );
+    assert_eq!(e(format!("Action=CreateVpc&{v}")), "InvalidAction");
+    assert_eq!(e(v.to_owned()), "MissingParameter");
+
+    // Delete by id once nothing refers to it.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupName=app&SourceSecurityGroupName=web&SourceSecurityGroupOwnerId={OWNER}"
+        ),
+    );
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.Groups.1.GroupName=app"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DeleteSecurityGroup&{v}&GroupId={app_id}"),
+    );
+    assert_eq!(first(&doc, "return"), "true");
+    assert_eq!(
+        e(format!("Action=DescribeSecurityGroups&{v}&GroupName.1=app")),
+        "InvalidGroup.NotFound"
+    );
+}
+
+#[test]
+fn authentication_failures() {
+    let api = api("ec2-auth");
+    let k = key(&api, OWNER);
+    let body = "Action=DescribeSecurityGroups&Version=2016-11-15";
+    let code_of = |r: HttpResponse| {
+        let t = String::from_utf8(r.body).unwrap();
+        (r.status, first(&t, "Code").to_owned())
+    };
+    // Valid, in any declared scope (boto 2 at 127.0.0.1: region 0, service 127).
+    assert_eq!(
+        handle(&signed(&k, body, NOW, "0", "127"), &api, NOW).status,
+        200
+    );
+    let unknown = ("AKIAUNKNOWNUNKNOWN00".to_owned(), k.1.clone());
+    assert_eq!(
+        code_of(handle(
+            &signed(&unknown, body, NOW, "us-east-1", "ec2"),
+            &api,
+            NOW
+        )),
+        (401, "AuthFailure".into())
+    );
+    let bad_secret = (k.0.clone(), "x".repeat(40));
+    assert_eq!(
+        code_of(handle(
+            &signed(&bad_secret, body, NOW, "us-east-1", "ec2"),
+            &api,
+            NOW
+        )),
+        (400, "SignatureDoesNotMatch".into())
+    );
+    assert_eq!(
+        code_of(handle(
+            &signed(&k, body, NOW - 16 * 60, "us-east-1", "ec2"),
+            &api,
+            NOW
+        )),
+        (400, "RequestExpired".into())
+    );
+    assert_eq!(
+        handle(
+            &signed(&k, body, NOW - 14 * 60, "us-east-1", "ec2"),
+            &api,
+            NOW
+        )
+        .status,
+        200
+    );
+    // A body changed after signing.
+    let mut tampered = signed(&k, body, NOW, "us-east-1", "ec2");
+    tampered.body = b"Action=DeleteSecurityGroup&GroupName=default".to_vec();
+    assert_eq!(
+        code_of(handle(&tampered, &api, NOW)),
+        (400, "SignatureDoesNotMatch".into())
+    );
+    let mut none = signed(&k, body, NOW, "us-east-1", "ec2");
+    none.headers.retain(|(n, _)| n != "Authorization");
+    assert_eq!(
+        code_of(handle(&none, &api, NOW)),
+        (401, "MissingAuthenticationToken".into())
+    );
+    let mut junk = signed(&k, body, NOW, "us-east-1", "ec2");
+    junk.headers.last_mut().unwrap().1 = "AWS4-HMAC-SHA256 garbage".into();
+    assert_eq!(
+        code_of(handle(&junk, &api, NOW)),
+        (400, "IncompleteSignature".into())
+    );
+    // The secret never crosses the socket: the lookup cannot be deserialised.
+    let line = format!(
+        "{{\"command\":{{\"op\":\"lookup-access-key\",\"key_id\":\"{}\"}}}}",
+        k.0
+    );
+    assert!(crate::api::decode_request(line.as_bytes()).is_err());
+}
+
+#[test]
+fn get_with_query_parameters_is_served() {
+    let api = api("ec2-get");
+    let k = key(&api, OWNER);
+    let query = "Action=DescribeSecurityGroups&Version=2016-11-15&GroupName.1=default";
+    let amz = sigv4::format_amz_date(NOW);
+    let headers = vec![
+        ("host".to_owned(), "localhost".to_owned()),
+        ("x-amz-date".to_owned(), amz.clone()),
+    ];
+    let mut auth = sigv4::Authorization {
+        key_id: k.0.clone(),
+        date: amz[..8].into(),
+        region: "us-east-1".into(),
+        service: "ec2".into(),
+        signed_headers: vec!["host".into(), "x-amz-date".into()],
+        signature: String::new(),
+    };
+    auth.signature = sigv4::signature(
+        &sigv4::SignedRequest {
+            method: "GET",
+            path: "/",
+            query,
+            headers: &headers,
+            body: b"",
+        },
+        &auth,
+        &amz,
+        &k.1,
+    );
+    let mut headers = headers;
+    headers.push((
+        "authorization".into(),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{},SignedHeaders=host;x-amz-date,Signature={}",
+            k.0,
+            auth.scope(),
+            auth.signature
+        ),
+    ));
+    let r = handle(
+        &HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.into(),
+            headers,
+            body: vec![],
+            close: true,
+        },
+        &api,
+        NOW,
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(r.status, 200, "{text}");
+    assert_eq!(first(&text, "groupName"), "default");
+}
+
+#[test]
+fn owners_are_kept_apart() {
+    let api = api("ec2-owners");
+    let a = key(&api, OWNER);
+    let b = key(&api, OTHER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &a,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=secret&GroupDescription=A"),
+    );
+    let id = first(&doc, "groupId").to_owned();
+    // B sees only its own default group, and A's group neither by name nor id.
+    let doc = ok(&api, &b, &format!("Action=DescribeSecurityGroups&{v}"));
+    assert_eq!(doc.matches("<ownerId>").count(), 1, "{doc}");
+    assert!(
+        doc.contains(&format!("<ownerId>{OTHER}</ownerId>")) && !doc.contains("secret"),
+        "{doc}"
+    );
+    assert_eq!(
+        err(
+            &api,
+            &b,
+            &format!("Action=DescribeSecurityGroups&{v}&GroupName.1=secret")
+        )
+        .1,
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        err(
+            &api,
+            &b,
+            &format!("Action=DeleteSecurityGroup&{v}&GroupId={id}")
+        )
+        .1,
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(err(&api, &b, &format!("Action=AuthorizeSecurityGroupIngress&{v}&GroupId={id}&IpProtocol=tcp&FromPort=1&ToPort=1&CidrIp=0.0.0.0%2F0")).1, "InvalidGroup.NotFound");
+    // Naming A's group as a source by id without A's UserId: not B's group.
+    assert_eq!(err(&api, &b, &format!("Action=AuthorizeSecurityGroupIngress&{v}&GroupName=default&IpPermissions.1.IpProtocol=-1&IpPermissions.1.Groups.1.GroupId={id}")).1, "InvalidGroup.NotFound");
+    // With it (EC2's cross-account source group), the rule shows A's group id.
+    ok(
+        &api,
+        &b,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=default&IpPermissions.1.IpProtocol=-1&IpPermissions.1.Groups.1.GroupId={id}&IpPermissions.1.Groups.1.UserId={OWNER}"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &b,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupName.1=default"),
+    );
+    assert!(
+        doc.contains(&format!(
+            "<userId>{OWNER}</userId><groupId>{id}</groupId><groupName>secret</groupName>"
+        )),
+        "{doc}"
+    );
+    // A's instances are not B's.
+    let doc = ok(
+        &api,
+        &a,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
+    );
+    let iid = first(&doc, "instanceId").to_owned();
+    assert_eq!(
+        err(
+            &api,
+            &b,
+            &format!("Action=TerminateInstances&{v}&InstanceId.1={iid}")
+        )
+        .1,
+        "InvalidInstanceID.NotFound"
+    );
+    let doc = ok(&api, &b, &format!("Action=DescribeInstances&{v}"));
+    assert!(!doc.contains(&iid), "{doc}");
+}
+
+#[test]
+fn run_describe_terminate_with_client_token() {
+    let api = api("ec2-run");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W"),
+    );
+    let web_id = first(&doc, "groupId").to_owned();
+    let run = format!(
+        "Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=2&MaxCount=2&SecurityGroupId.1={web_id}&SecurityGroup.1=default&ClientToken=tok-1&InstanceType=t2.micro"
+    );
+    let doc = ok(&api, &k, &run);
+    assert!(
+        doc.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RunInstancesResponse xmlns="),
+        "{doc}"
+    );
+    let res = first(&doc, "reservationId").to_owned();
+    assert_eq!(first(&doc, "ownerId"), OWNER);
+    assert_eq!(doc.matches("<instanceId>").count(), 2, "{doc}");
+    assert!(
+        doc.contains("<instanceState><code>16</code><name>running</name></instanceState>"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains(&format!(
+            "<item><groupId>{web_id}</groupId><groupName>web</groupName></item>"
+        )),
+        "{doc}"
+    );
+    assert!(doc.contains("<privateIpAddress>172.31.0."), "{doc}");
+    // The same token again: the same reservation, nothing new launched.
+    let again = ok(&api, &k, &run);
+    assert_eq!(first(&again, "reservationId"), res);
+    assert_eq!(api.core.lock().unwrap().model().instances.len(), 2);
+    // The same token with other parameters.
+    let (_, code) = err(&api, &k, &run.replace("MaxCount=2", "MaxCount=3"));
+    assert_eq!(code, "IdempotentParameterMismatch");
+    let ids: Vec<String> = doc
+        .split("<instanceId>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_owned())
+        .collect();
+
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeInstances&{v}&InstanceId.1={}", ids[1]),
+    );
+    assert_eq!(doc.matches("<instanceId>").count(), 1, "{doc}");
+    assert!(
+        doc.contains(&format!(
+            "<reservationSet><item><reservationId>{res}</reservationId>"
+        )),
+        "{doc}"
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeInstances&{v}&Filter.1.Name=group-id&Filter.1.Value.1={web_id}"),
+    );
+    assert_eq!(doc.matches("<instanceId>").count(), 2, "{doc}");
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeInstances&{v}&Filter.1.Name=instance-state-name&Filter.1.Value.1=stopped"
+        ),
+    );
+    assert_eq!(doc.matches("<instanceId>").count(), 0, "{doc}");
+
+    let e = |body: String| err(&api, &k, &body).1;
+    assert_eq!(
+        e(format!("Action=RunInstances&{v}&MinCount=1&MaxCount=1")),
+        "MissingParameter"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=RunInstances&{v}&ImageId=ami-eca54085&MaxCount=1"
+        )),
+        "MissingParameter"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=2&MaxCount=1"
+        )),
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1&SecurityGroup.1=ghost"
+        )),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=RunInstances&{v}&ImageId=bogus&MinCount=1&MaxCount=1"
+        )),
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        e(format!(
+            "Action=DescribeInstances&{v}&InstanceId.1=i-00000000"
+        )),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        e(format!("Action=TerminateInstances&{v}")),
+        "MissingParameter"
+    );
+
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=TerminateInstances&{v}&InstanceId.1={}&InstanceId.2={}",
+            ids[0], ids[1]
+        ),
+    );
+    assert!(doc.contains(&format!("<item><instanceId>{}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>16</code><name>running</name></previousState></item>", ids[0])), "{doc}");
+    assert!(api.core.lock().unwrap().model().instances.is_empty());
+    assert_eq!(
+        e(format!(
+            "Action=TerminateInstances&{v}&InstanceId.1={}",
+            ids[0]
+        )),
+        "InvalidInstanceID.NotFound"
+    );
+}
+
+#[test]
+fn keys_and_tokens_survive_a_restart() {
+    let dir = TempDir::new("ec2-restart");
+    let k;
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-restart-unused"),
+        };
+        k = key(&api, OTHER);
+        ok(
+            &api,
+            &k,
+            "Action=RunInstances&Version=2016-11-15&ImageId=ami-eca54085&MinCount=1&MaxCount=1&ClientToken=t1",
+        );
+    }
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-restart-unused2"),
+    };
+    let doc = ok(
+        &api,
+        &k,
+        "Action=RunInstances&Version=2016-11-15&ImageId=ami-eca54085&MinCount=1&MaxCount=1&ClientToken=t1",
+    );
+    assert_eq!(doc.matches("<instanceId>").count(), 1, "{doc}");
+    assert_eq!(
+        api.core.lock().unwrap().model().instances.len(),
+        1,
+        "not launched again"
+    );
+    assert!(
+        doc.contains(&format!("<ownerId>{OTHER}</ownerId>")),
+        "{doc}"
+    );
+}
+
+#[test]
+fn server_over_tcp_answers_and_survives_garbage() {
+    use std::io::Write as _;
+    let api: Arc<dyn Handler> = Arc::new(api("ec2-tcp"));
+    let srv = Ec2Server::start("127.0.0.1:0".parse().unwrap(), api).unwrap();
+    let addr = srv.local_addr();
+    assert_ne!(addr.port(), 0);
+    let exchange = |raw: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let r = exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\nAction=CreateVpc&a=1");
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    assert!(r.contains("<Code>MissingAuthenticationToken</Code>"), "{r}");
+    let r = exchange(b"\x00\x01\x02 nonsense\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    // A second bind of the same address is a clear error naming it.
+    let e = Ec2Server::start(addr, Arc::new(|_r: Request| -> Reply { unreachable!() }))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    srv.stop();
+}
+
+#[test]
+fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
+    let dir = TempDir::new("ec2-qemu");
+    let dp = crate::core::RecordingDataplane::default();
+    let api = Api {
+        core: Mutex::new(core_with(&dir, config(), dp.clone())),
+        _dir: TempDir::new("ec2-qemu-unused"),
+    };
+    let kernel = dir.0.join("vmlinuz");
+    let initrd = dir.0.join("initrd.img");
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    api.handle(req(Command::RegisterImage {
+        ami: "ami-5e1f0001".into(),
+        kernel,
+        initrd,
+        disk: None,
+        memory_mb: None,
+        append: None,
+    }))
+    .unwrap();
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-5e1f0001&MinCount=1&MaxCount=1"),
+    );
+    let guest = first(&doc, "instanceId").to_owned();
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
+    );
+    let netns = first(&doc, "instanceId").to_owned();
+    let booted: Vec<String> = dp
+        .state
+        .lock()
+        .unwrap()
+        .booted
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(booted.len(), 1, "only the registered AMI boots a guest");
+    assert_eq!(booted[0], guest);
+    let Ok(Response::Reservations { reservations }) = api.handle(req(Command::DescribeInstances {
+        ids: vec![guest.clone(), netns.clone()],
+    })) else {
+        panic!()
+    };
+    let place = |id: &str| {
+        reservations
+            .iter()
+            .flat_map(|r| &r.instances)
+            .find(|i| i.id == id)
+            .map(|i| i.place.clone())
+            .unwrap()
+    };
+    assert!(place(&guest).starts_with("qemu:"), "{reservations:?}");
+    assert!(place(&netns).starts_with("netns:"), "{reservations:?}");
+}

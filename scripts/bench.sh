@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark (issue 6): sgswitch side by side with the bare wire,
+# a veth pair, the Linux bridge + nftables and Open vSwitch userspace, in one run.
+#
+#   sudo scripts/bench.sh                 # full run (~15 min), writes docs/benchmarks.md + .svg
+#   sudo scripts/bench.sh --quick         # one repetition, shorter runs
+#   sudo scripts/bench.sh --only sgswitch,wire --metrics tcp,flows --quick
+#
+# As root: installs the Debian packages the harness needs (without starting the
+# Open vSwitch service: the harness starts its own ovsdb-server/ovs-vswitchd
+# inside a namespace), builds the release binaries, runs
+# target/release/e2ebench --report docs/benchmarks.md "$@".
+# Every test host is a network namespace the harness makes and deletes; nothing
+# is configured in the root namespace. Run it on a quiet machine: the loads,
+# the forwarders and anything else share the same CPUs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/bench.sh: run as root (namespaces, TAPs, nftables)" >&2
+    exit 1
+fi
+
+# Tools of the harness; linux-perf for profiling what it measures.
+pkgs=(iperf3 nmap nftables busybox-static iproute2 procps openvswitch-switch linux-perf)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "scripts/bench.sh: installing ${missing[*]}"
+    # Keep package scripts from starting services (Open vSwitch would start its
+    # daemons in the root namespace); only when no policy is in place already.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ "$made_policy" = 1 ] && rm -f "$policy"
+    trap - EXIT
+fi
+
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release -p mgmt --bin sgswitch -p e2e --bin labhelper -p bench --bins
+
+echo "scripts/bench.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (numbers are noisy unless the machine is quiet)"
+export SGSWITCH_BIN="$target/release/sgswitch"
+exec "$target/release/e2ebench" --report docs/benchmarks.md "$@"

@@ -1,0 +1,164 @@
+"""boto3 (botocore) against sgswitch's EC2 Query API: groups in both request
+shapes (keyword arguments = the flat shape, IpPermissions = the indexed one),
+source groups by name and id, filters, instances with ClientToken, every error
+code as a ClientError, authentication failures, two owners kept apart.
+Run by tests/tests/ec2_api.rs; see common.py for the environment."""
+
+import botocore.auth
+import botocore.config
+import boto3
+from botocore.exceptions import ClientError
+
+from common import (AMI, ENDPOINT, KEY_A, KEY_B, OWNER_A, OWNER_B, SECRET_A,
+                    SECRET_B, SkewedClock, check, done, log)
+
+# botocore signs with the CRT signer (botocore.crt.auth) when awscrt is
+# installed (Debian's awscli pulls it in), else with botocore.auth: skew both.
+SIGNERS = [botocore.auth]
+try:
+    import botocore.crt.auth
+    SIGNERS.append(botocore.crt.auth)
+except ImportError:
+    pass
+
+CFG = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"})
+
+
+def client(key, secret):
+    return boto3.client("ec2", endpoint_url=ENDPOINT, region_name="us-east-1",
+                        aws_access_key_id=key, aws_secret_access_key=secret, config=CFG)
+
+
+def fails(code, status, fn, **kw):
+    """`fn(**kw)` must raise ClientError `code` with HTTP `status`."""
+    try:
+        fn(**kw)
+    except ClientError as e:
+        got = e.response["Error"]["Code"]
+        st = e.response["ResponseMetadata"]["HTTPStatusCode"]
+        check((got, st) == (code, status), f"{fn.__name__} {kw}: expected {code}/{status}, got {got}/{st}: {e}")
+        check(e.response["ResponseMetadata"].get("RequestId"), f"{code}: no RequestId parsed")
+        log(f"ERROR boto3 {code} HTTP {st}: {e.response['Error']['Message']}")
+        return
+    raise AssertionError(f"{fn.__name__} {kw}: expected {code}, it succeeded")
+
+
+a = client(KEY_A, SECRET_A)
+b = client(KEY_B, SECRET_B)
+
+web = a.create_security_group(GroupName="web", Description="Web Servers")["GroupId"]
+app = a.create_security_group(GroupName="app", Description="App")["GroupId"]
+check(web.startswith("sg-") and app.startswith("sg-") and web != app, f"group ids {web} {app}")
+
+# Flat shape (keyword arguments).
+a.authorize_security_group_ingress(GroupName="web", IpProtocol="tcp", FromPort=80, ToPort=80, CidrIp="0.0.0.0/0")
+a.authorize_security_group_ingress(GroupName="app", SourceSecurityGroupName="web", SourceSecurityGroupOwnerId=OWNER_A)
+# Indexed shape, by group id; source group by id.
+a.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+    {"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "10.0.0.0/8"}, {"CidrIp": "10.9.9.9/32"}]},
+    {"IpProtocol": "icmp", "FromPort": 8, "ToPort": -1, "IpRanges": [{"CidrIp": "192.168.0.0/16"}]},
+])
+a.authorize_security_group_ingress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8081, "UserIdGroupPairs": [{"GroupId": web}]}])
+
+sgs = {g["GroupName"]: g for g in a.describe_security_groups()["SecurityGroups"]}
+check(set(sgs) == {"default", "web", "app"}, f"groups {sorted(sgs)}")
+w = sgs["web"]
+check((w["GroupId"], w["OwnerId"], w["Description"]) == (web, OWNER_A, "Web Servers"), f"web {w}")
+perms = {(p["IpProtocol"], p.get("FromPort"), p.get("ToPort")): p for p in w["IpPermissions"]}
+check(set(perms) == {("tcp", 80, 80), ("udp", 53, 53), ("icmp", 8, -1)}, f"web perms {perms}")
+check([r["CidrIp"] for r in perms[("udp", 53, 53)]["IpRanges"]] == ["10.0.0.0/8", "10.9.9.9/32"], "two ranges, one permission")
+ap = {(p["IpProtocol"], p.get("FromPort")): p for p in sgs["app"]["IpPermissions"]}
+check(set(ap) == {("-1", None), ("tcp", 8080)}, f"app perms {ap}")
+pair = ap[("-1", None)]["UserIdGroupPairs"][0]
+check((pair["GroupName"], pair["GroupId"], pair["UserId"]) == ("web", web, OWNER_A), f"source group {pair}")
+check("FromPort" not in ap[("-1", None)], "no ports on protocol -1")
+check(ap[("tcp", 8080)]["ToPort"] == 8081, "port range")
+
+# Describe by name, by id, by filters.
+check([g["GroupName"] for g in a.describe_security_groups(GroupNames=["app"])["SecurityGroups"]] == ["app"], "by name")
+check([g["GroupId"] for g in a.describe_security_groups(GroupIds=[web])["SecurityGroups"]] == [web], "by id")
+by = lambda f: sorted(g["GroupName"] for g in a.describe_security_groups(Filters=f)["SecurityGroups"])
+check(by([{"Name": "group-name", "Values": ["w*", "ap?"]}]) == ["app", "web"], "group-name wildcards")
+check(by([{"Name": "ip-permission.group-id", "Values": [web]}]) == ["app"], "ip-permission.group-id")
+check(by([{"Name": "ip-permission.cidr", "Values": ["10.*"]}, {"Name": "owner-id", "Values": [OWNER_A]}]) == ["web"], "cidr + owner")
+check(by([{"Name": "description", "Values": ["default group"]}]) == ["default"], "description")
+
+# Revoke in the other shape than the authorize.
+a.revoke_security_group_ingress(GroupId=web, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+a.revoke_security_group_ingress(GroupName="web", IpProtocol="icmp", FromPort=8, ToPort=-1, CidrIp="192.168.0.0/16")
+left = a.describe_security_groups(GroupIds=[web])["SecurityGroups"][0]["IpPermissions"]
+check([(p["IpProtocol"], p["FromPort"]) for p in left] == [("udp", 53)], f"after revoke {left}")
+
+# Instances: run (by group id and name, ClientToken), describe, terminate.
+r = a.run_instances(ImageId=AMI, MinCount=2, MaxCount=2, SecurityGroupIds=[web], SecurityGroups=["default"],
+                    ClientToken="boto3-token-1", InstanceType="t2.micro")
+ids = [i["InstanceId"] for i in r["Instances"]]
+check(len(ids) == 2 and all(i.startswith("i-") for i in ids), f"run {r}")
+check(all(i["State"] == {"Code": 16, "Name": "running"} for i in r["Instances"]), "running")
+check(all(i["PrivateIpAddress"].startswith("172.31.") for i in r["Instances"]), "addresses")
+check(sorted(g["GroupName"] for g in r["Groups"]) == ["default", "web"], f"groups {r['Groups']}")
+check(r["OwnerId"] == OWNER_A, "owner")
+again = a.run_instances(ImageId=AMI, MinCount=2, MaxCount=2, SecurityGroupIds=[web], SecurityGroups=["default"],
+                        ClientToken="boto3-token-1", InstanceType="t2.micro")
+check(again["ReservationId"] == r["ReservationId"] and [i["InstanceId"] for i in again["Instances"]] == ids,
+      "same ClientToken: same reservation")
+fails("IdempotentParameterMismatch", 400, a.run_instances, ImageId=AMI, MinCount=1, MaxCount=1, ClientToken="boto3-token-1")
+d = a.describe_instances(InstanceIds=[ids[1]])["Reservations"]
+check(len(d) == 1 and [i["InstanceId"] for i in d[0]["Instances"]] == [ids[1]], f"describe one {d}")
+d = a.describe_instances(Filters=[{"Name": "group-id", "Values": [web]}])["Reservations"]
+check(sorted(i["InstanceId"] for res in d for i in res["Instances"]) == sorted(ids), "filter group-id")
+log("INSTANCES " + " ".join(ids))
+
+# Every error code of the API as a ClientError.
+fails("InvalidGroup.Duplicate", 400, a.create_security_group, GroupName="web", Description="again")
+fails("InvalidGroup.NotFound", 400, a.delete_security_group, GroupName="nope")
+fails("InvalidGroup.NotFound", 400, a.describe_security_groups, GroupIds=["sg-00000000"])
+fails("InvalidGroup.Reserved", 400, a.delete_security_group, GroupName="default")
+fails("InvalidGroup.InUse", 400, a.delete_security_group, GroupId=web)
+fails("InvalidPermission.Duplicate", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.0/8")
+fails("InvalidPermission.NotFound", 400, a.revoke_security_group_ingress, GroupName="web",
+      IpProtocol="tcp", FromPort=1, ToPort=1, CidrIp="1.1.1.1/32")
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpProtocol="tcp", FromPort=1, ToPort=70000, CidrIp="1.1.1.1/32")
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpProtocol="tcp", FromPort=1, ToPort=2, CidrIp="300.1.1.1/32")
+fails("MissingParameter", 400, a.authorize_security_group_ingress, GroupName="web")
+fails("RulesPerSecurityGroupLimitExceeded", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpPermissions=[{"IpProtocol": "tcp", "FromPort": p, "ToPort": p, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]} for p in range(1000, 1010)])
+fails("InvalidInstanceID.NotFound", 400, a.terminate_instances, InstanceIds=["i-00000000"])
+fails("InvalidParameterValue", 400, a.run_instances, ImageId="not-an-ami", MinCount=1, MaxCount=1)
+fails("InsufficientInstanceCapacity", 400, a.run_instances, ImageId=AMI, MinCount=300, MaxCount=300)
+fails("InvalidAction", 400, a.create_vpc, CidrBlock="10.0.0.0/16")
+
+# Two owners: B sees and touches nothing of A's.
+bg = b.describe_security_groups()["SecurityGroups"]
+check([(g["GroupName"], g["OwnerId"]) for g in bg] == [("default", OWNER_B)], f"B's groups {bg}")
+fails("InvalidGroup.NotFound", 400, b.describe_security_groups, GroupNames=["web"])
+fails("InvalidGroup.NotFound", 400, b.delete_security_group, GroupId=web)
+fails("InvalidGroup.NotFound", 400, b.authorize_security_group_ingress, GroupId=web, IpProtocol="tcp",
+      FromPort=1, ToPort=1, CidrIp="0.0.0.0/0")
+fails("InvalidInstanceID.NotFound", 400, b.terminate_instances, InstanceIds=[ids[0]])
+check(b.describe_instances()["Reservations"] == [], "B has no instances")
+
+# Authentication failures.
+fails("AuthFailure", 401, client("AKIAUNKNOWNKEY000000", SECRET_A).describe_security_groups)
+fails("SignatureDoesNotMatch", 400, client(KEY_A, SECRET_B).describe_security_groups)
+with SkewedClock(SIGNERS, 20):
+    fails("RequestExpired", 400, a.describe_security_groups)
+with SkewedClock(SIGNERS, 10):
+    check(len(a.describe_security_groups()["SecurityGroups"]) == 3, "10 minutes of skew are accepted")
+
+# Clean up: terminate, revoke the group rules, delete by id and by name.
+t = a.terminate_instances(InstanceIds=ids)["TerminatingInstances"]
+check(sorted(x["InstanceId"] for x in t) == sorted(ids), f"terminate {t}")
+check(all(x["CurrentState"]["Name"] == "shutting-down" and x["PreviousState"]["Code"] == 16 for x in t), "states")
+a.revoke_security_group_ingress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupName": "web", "UserId": OWNER_A}]},
+    {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8081, "UserIdGroupPairs": [{"GroupId": web}]}])
+a.delete_security_group(GroupId=web)
+a.delete_security_group(GroupName="app")
+check([g["GroupName"] for g in a.describe_security_groups()["SecurityGroups"]] == ["default"], "only default left")
+done("boto3")
