@@ -2,8 +2,10 @@
 # The whole sgswitch test suite: unit, property, in-memory simulation, and the
 # root-only namespace/TAP/nmap tests. Installs what the tests need first.
 #
-#   ./scripts/test.sh            # everything
-#   ./scripts/test.sh -p filter  # extra arguments go to `cargo test`
+#   ./scripts/test.sh            # everything, then each fuzz target for 30 s
+#   ./scripts/test.sh -p filter  # extra arguments go to `cargo test` (no fuzzing)
+#
+# SGSWITCH_FUZZ_SECS sets the fuzzing time per target (0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,12 +28,24 @@ if [ "$(id -u)" = 0 ]; then
         echo "== building the QEMU guest image failed" >&2
         exit 1
     fi
+    # The real AWS clients of tests/tests/ec2_api.rs (awscli v1 and v2, boto3, boto).
+    scripts/install-ec2-clients.sh
 else
-    echo "== not root: the namespace/TAP/nmap tests will skip themselves"
+    echo "== not root: the namespace/TAP/nmap/QEMU/EC2-client tests will skip themselves"
 fi
 
 echo "== building the sgswitch binary (the end-to-end tests run it)"
 cargo build --locked -p mgmt --bin sgswitch
 
 echo "== cargo test"
-cargo test --locked --workspace --no-fail-fast "$@"
+status=0
+cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+
+# Fuzzing (fuzz/, cargo-fuzz on stable): a bounded run of every target; longer by
+# hand with `scripts/fuzz.sh SECONDS`.
+fuzz_secs=${SGSWITCH_FUZZ_SECS:-30}
+if [ $# -eq 0 ] && [ "$fuzz_secs" != 0 ]; then
+    echo "== fuzzing, ${fuzz_secs} s per target"
+    scripts/fuzz.sh "$fuzz_secs" || status=$?
+fi
+exit $status

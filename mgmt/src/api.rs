@@ -627,9 +627,7 @@ impl Drop for Slot {
 /// Errors of the client side of the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot connect to the sgswitch daemon at {path}: {source} (is `sgswitch up` running?)"
-    )]
+    #[error("cannot connect to the sgswitch daemon at {path}: {source}{}", connect_hint(source))]
     Connect {
         path: String,
         #[source]
@@ -649,6 +647,16 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// What to tell the user after a failed connect: the socket is root's by
+/// default, otherwise the daemon is probably not running.
+fn connect_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        " (the socket is only for root by default, mode 0600: run as root)"
+    } else {
+        " (is `sgswitch up` running?)"
+    }
 }
 
 /// Send one request to the daemon at `socket` and wait for its reply.

@@ -6,6 +6,8 @@
 //! * [`core`]: the management core that owns the model, applies commands, writes
 //!   the store and publishes snapshots to a dataplane.
 //! * [`daemon`]: `sgswitch up`: management thread, socket server, signals.
+//! * [`ec2`]: the EC2 Query API (`--ec2-listen`): HTTP, SigV4 per-owner access
+//!   keys, EC2 actions turned into [`api::Command`]s for the same core.
 //! * [`dataplane`]: the real data plane behind the core: the switch, its uplink
 //!   and namespace instances.
 //! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.

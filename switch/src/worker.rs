@@ -330,11 +330,6 @@ impl Worker {
     /// The poll loop: runs until the datapath is stopped.
     pub(crate) fn run(mut self, mode: PollMode) {
         let mut idle_since: Option<Instant> = None;
-        // EXPERIMENT (perf-g, to be removed): idle spin override.
-        let idle_spin = std::env::var("SGSW_IDLE_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(IDLE_SPIN, Duration::from_micros);
         while !self.dp.stop.load(Ordering::Acquire) {
             if self.poll_once() > 0 {
                 idle_since = None;
@@ -344,7 +339,7 @@ impl Worker {
                 PollMode::Busy => std::hint::spin_loop(),
                 PollMode::Adaptive => {
                     let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < idle_spin {
+                    if since.elapsed() < IDLE_SPIN {
                         std::hint::spin_loop();
                         continue;
                     }

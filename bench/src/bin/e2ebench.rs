@@ -32,7 +32,8 @@ use clap::Parser;
 #[command(about = "End-to-end benchmark: sgswitch vs bare wire, veth, bridge+nftables, OVS")]
 struct Opts {
     /// Paths to run: families (veth, wire, wire-plain, sgswitch, nft, nftset,
-    /// ovs, ovs-tso) or labels (sgswitch-100, nft-1000). Default: all.
+    /// ovs, ovs-tso) or labels (sgswitch-100, nft-1000, nft-edit: the kernel's
+    /// edit test alone). Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Metrics: tcp (1 stream), tcp4, flows, udp, nmap, edit, cli. Default: all.
@@ -80,6 +81,9 @@ struct Opts {
     report: Option<PathBuf>,
 }
 
+/// Rules in the chain of the kernel's edit test (as many as sgswitch's).
+const NFT_EDIT_RULES: usize = 10_000;
+
 /// Resolved settings.
 #[derive(Clone, Debug)]
 struct Plan {
@@ -110,7 +114,8 @@ impl Opts {
             || self.only.iter().any(|o| {
                 o == f.name()
                     || o.strip_prefix(f.name())
-                        .is_some_and(|r| r.starts_with('-') && r[1..].parse::<usize>().is_ok())
+                        .and_then(|r| r.strip_prefix('-'))
+                        .is_some_and(|r| r == "edit" || r.parse::<usize>().is_ok())
             })
     }
 
@@ -478,6 +483,43 @@ fn main() {
                             report.paths.push(r);
                         }
                         Err(e) => report.skipped.push((label, e)),
+                    }
+                }
+                if !set
+                    && opts.metric("edit")
+                    && opts.label(fam, "nft-edit")
+                    && !Interrupt::raised()
+                {
+                    run.progress(&format!(
+                        "nft: rule edit latency on a 10k-rule chain, {} edits under load",
+                        plan.edits
+                    ));
+                    let res = guarded(|| {
+                        let b = BridgePath::setup(NFT_EDIT_RULES, false, &scratch)?;
+                        let ep = b.endpoints();
+                        let probe = edit::Probe {
+                            rx_ns: ep.server_ns.clone(),
+                            tx_ns: ep.scanner.clone().unwrap_or_default(),
+                            src: bench::harness::paths::BRIDGE_SCANNER,
+                            dst: ep.server_ip,
+                        };
+                        let mut ed = edit::NftEditor::new(b.bridge_ns(), probe.src);
+                        let mut r = edit::probe_edits(&probe, plan.edits / 2, Some(&ep), &mut ed)?;
+                        r.total_rules = Some(NFT_EDIT_RULES);
+                        Ok(r)
+                    });
+                    match res {
+                        Ok(e) => {
+                            run.progress(&format!(
+                                "nft: edit → enforced p50 {:.0} µs p99 {:.0} µs ({} misses)",
+                                median(&e.enforce_us).unwrap_or(f64::NAN),
+                                bench::harness::report::percentile(&e.enforce_us, 99.0)
+                                    .unwrap_or(f64::NAN),
+                                e.misses
+                            ));
+                            report.edit_nft = Some(e);
+                        }
+                        Err(e) => report.skipped.push(("nft rule edits".into(), e)),
                     }
                 }
             }

@@ -179,7 +179,7 @@ fn send_batch(
         hdrs,
         &slices,
         &addrs,
-        &cmsgs,
+        cmsgs,
         MsgFlags::empty(),
     )
     .map_err(std::io::Error::from)?;

@@ -1,4 +1,5 @@
-//! Rule-edit latency under load and the CLI round trip, on the sgswitch path.
+//! Rule-edit latency under load and the CLI round trip, on the sgswitch path,
+//! and the same edit test on the kernel's bridge + nftables for comparison.
 //!
 //! Contract:
 //! * The edit target is an instance in [`paths::PAD_GROUPS`] groups of
@@ -18,6 +19,11 @@
 //!   [`QUIET`]. An authorize with no arrival within 1 s is counted as a miss.
 //! * Under load: an `iperf3` TCP stream (bounded, killed when the edits are
 //!   done) runs client → server through the same switch meanwhile.
+//! * The kernel's version ([`NftEditor`], via [`probe_edits`]): the same probe
+//!   from the bridge path's scanner namespace to its server, the rule appended to
+//!   a forward chain of 10k rules with `nft add rule` and removed with `nft
+//!   delete rule ... handle H` (a process each: its start is part of the time,
+//!   as a CLI's is; the handle is looked up between, untimed).
 //! * The daemon's own view comes from `stats` (`EDITS` commit latency and
 //!   `PUBLISH` snapshot latency, p50/p99 in µs).
 //! * CLI round trip: `sgswitch describe-group g10` as a new process, timed from
@@ -154,19 +160,169 @@ fn drain(rx: &Receiver<Instant>) {
     while rx.try_recv().is_ok() {}
 }
 
-/// The rule-edit test; `pairs` authorize+revoke pairs. `load` runs an iperf3
-/// stream through the switch meanwhile.
+/// How the edit test adds and removes the rule that lets the probe through.
+pub trait Editor {
+    /// Adds the rule; returns once the control plane acknowledged it.
+    fn allow(&mut self) -> Result<()>;
+    /// Removes it again.
+    fn deny(&mut self) -> Result<()>;
+    /// Untimed work after the enforce measurement (e.g. learning the rule's
+    /// handle for the removal).
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// sgswitch: `authorize`/`revoke` of `-P udp -p PROBE_PORT -s SRC/32` on
+/// [`paths::EDIT_GROUP`], one JSON line each on one socket connection.
+struct SgEditor {
+    api: Api,
+    auth: String,
+    revoke: String,
+}
+
+impl Editor for SgEditor {
+    fn allow(&mut self) -> Result<()> {
+        self.api.call(&self.auth).map(drop)
+    }
+    fn deny(&mut self) -> Result<()> {
+        self.api.call(&self.revoke).map(drop)
+    }
+}
+
+/// The kernel: `nft add rule inet sgbench fwdchain ip saddr SRC udp dport
+/// PROBE_PORT accept` (appended to the chain) and `nft delete rule ... handle
+/// H`, each one `nft` process in the bridge's namespace.
+pub struct NftEditor {
+    pub ns: String,
+    pub src: Ipv4Addr,
+    handle: Option<u64>,
+}
+
+impl NftEditor {
+    pub fn new(ns: &str, src: Ipv4Addr) -> NftEditor {
+        NftEditor {
+            ns: ns.to_owned(),
+            src,
+            handle: None,
+        }
+    }
+}
+
+/// The handle `nft --echo --handle add rule ...` printed (`... # handle N`).
+pub fn parse_nft_handle(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.rsplit_once("# handle ")?.1.trim().parse().ok())
+}
+
+impl Editor for NftEditor {
+    fn allow(&mut self) -> Result<()> {
+        let src = self.src.to_string();
+        let port = PROBE_PORT.to_string();
+        // Plain `add`: with `--echo` nft reads the whole ruleset first (~10x
+        // slower on a 10k-rule chain); the handle is looked up untimed.
+        super::exec::run_ok(
+            &mut in_ns(
+                &self.ns,
+                "nft",
+                &[
+                    "add", "rule", "inet", "sgbench", "fwdchain", "ip", "saddr", &src, "udp",
+                    "dport", &port, "accept",
+                ],
+            ),
+            Duration::from_secs(30),
+        )
+        .map(drop)
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        let out = super::exec::run_ok(
+            &mut in_ns(
+                &self.ns,
+                "nft",
+                &["-a", "list", "chain", "inet", "sgbench", "fwdchain"],
+            ),
+            Duration::from_secs(30),
+        )?;
+        let want = format!("ip saddr {} udp dport {PROBE_PORT} accept", self.src);
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap_or_default();
+        self.handle = Some(parse_nft_handle(line).ok_or_else(|| HarnessError::Parse {
+            what: "nft rule handle",
+            text: line.to_owned(),
+        })?);
+        Ok(())
+    }
+
+    fn deny(&mut self) -> Result<()> {
+        let h = self
+            .handle
+            .take()
+            .ok_or_else(|| HarnessError::Setup("nft: no rule to delete".into()))?
+            .to_string();
+        super::exec::run_ok(
+            &mut in_ns(
+                &self.ns,
+                "nft",
+                &[
+                    "delete", "rule", "inet", "sgbench", "fwdchain", "handle", &h,
+                ],
+            ),
+            Duration::from_secs(30),
+        )
+        .map(drop)
+    }
+}
+
+/// Where the probe runs: a receiving socket in `rx_ns` on [`PROBE_PORT`], 16
+/// sending sockets in `tx_ns` bound to `src`, sending to `dst`.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub rx_ns: String,
+    pub tx_ns: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+}
+
+/// The sgswitch rule-edit test; `pairs` authorize+revoke pairs. `load` runs an
+/// iperf3 stream through the switch meanwhile.
 pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Result<EditResult> {
     let target = sg
         .edit_target
         .as_ref()
         .ok_or_else(|| HarnessError::Setup("the lab has no edit target".into()))?;
-    let mut res = EditResult {
-        total_rules: sg.total_rules(),
-        ..EditResult::default()
+    let probe = Probe {
+        rx_ns: target.netns.clone(),
+        tx_ns: sg.lab.uplink_ns.clone(),
+        src: e2e::OUTSIDE,
+        dst: target.ip,
     };
+    let mut ed = SgEditor {
+        api: Api::connect(&sg.lab.socket)?,
+        auth: edit_request("authorize", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
+        revoke: edit_request("revoke", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
+    };
+    let mut res = probe_edits(&probe, pairs, load, &mut ed)?;
+    res.total_rules = sg.total_rules();
+    let stats = sg.lab.cli(&["stats"]).stdout;
+    res.daemon_commit_us = stats_p50_p99(&stats, "EDITS");
+    res.daemon_publish_us = stats_p50_p99(&stats, "PUBLISH");
+    Ok(res)
+}
+
+/// The edit test on any path: see the module docs.
+pub fn probe_edits(
+    probe: &Probe,
+    pairs: usize,
+    load: Option<&Endpoints>,
+    editor: &mut dyn Editor,
+) -> Result<EditResult> {
+    let mut res = EditResult::default();
     let rx_sock = socket_in(
-        &target.netns,
+        &probe.rx_ns,
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PROBE_PORT),
     )?;
     rx_sock
@@ -177,10 +333,7 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
         })?;
     let mut tx_socks = Vec::new();
     for _ in 0..16 {
-        tx_socks.push(socket_in(
-            &sg.lab.uplink_ns,
-            SocketAddrV4::new(e2e::OUTSIDE, 0),
-        )?);
+        tx_socks.push(socket_in(&probe.tx_ns, SocketAddrV4::new(probe.src, 0))?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (arr_tx, arrivals) = mpsc::channel::<Instant>();
@@ -194,7 +347,7 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
         }
     });
     let sstop = Arc::clone(&stop);
-    let dst = SocketAddrV4::new(target.ip, PROBE_PORT);
+    let dst = SocketAddrV4::new(probe.dst, PROBE_PORT);
     let sender = thread::spawn(move || -> (u64, Duration) {
         let t0 = Instant::now();
         let mut n = 0u64;
@@ -230,13 +383,11 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
         ));
     }
     let run = (|| -> Result<()> {
-        let mut api = Api::connect(&sg.lab.socket)?;
-        let auth = edit_request("authorize", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT);
-        let revoke = edit_request("revoke", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT);
-        // Warm up ARP and the connection, then start from a revoked rule.
-        api.call(&auth)?;
+        // Warm up ARP and the connection, then start from a removed rule.
+        editor.allow()?;
         thread::sleep(Duration::from_millis(50));
-        api.call(&revoke)?;
+        editor.settle()?;
+        editor.deny()?;
         for i in 0..pairs {
             Interrupt::check()?;
             // Quiet first: nothing allowed is in flight.
@@ -257,7 +408,7 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
             }
             drain(&arrivals);
             let t0 = Instant::now();
-            api.call(&auth)?;
+            editor.allow()?;
             let t_ack = Instant::now();
             res.ack_us.push(micros(t_ack - t0));
             let deadline = t0 + Duration::from_secs(1);
@@ -273,9 +424,10 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
                 Some(t) => res.enforce_us.push(micros(t - t0)),
                 None => res.misses += 1,
             }
+            editor.settle()?;
             thread::sleep(Duration::from_millis(2));
             let t2 = Instant::now();
-            api.call(&revoke)?;
+            editor.deny()?;
             let mut last = None;
             while let Ok(t) = arrivals.recv_timeout(QUIET) {
                 if t >= t2 {
@@ -295,9 +447,6 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
     let _ = receiver.join();
     drop(background);
     run?;
-    let stats = sg.lab.cli(&["stats"]).stdout;
-    res.daemon_commit_us = stats_p50_p99(&stats, "EDITS");
-    res.daemon_publish_us = stats_p50_p99(&stats, "PUBLISH");
     Ok(res)
 }
 
@@ -360,6 +509,13 @@ mod tests {
         assert_eq!(v["command"]["spec"]["ports"], "9999");
         assert_eq!(v["command"]["spec"]["cidrs"][0], "172.31.255.10/32");
         assert!(v["owner"].is_null());
+    }
+
+    #[test]
+    fn nft_echo_handle_parses() {
+        let out = "add rule inet sgbench fwdchain ip saddr 10.200.200.10 udp dport 9999 accept # handle 1234\n";
+        assert_eq!(parse_nft_handle(out), Some(1234));
+        assert_eq!(parse_nft_handle("nothing"), None);
     }
 
     #[test]

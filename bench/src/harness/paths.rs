@@ -211,6 +211,8 @@ impl WirePath {
 
 /// The clients' network of the bridge path, allowed by the last rule.
 pub const BRIDGE_ALLOW: &str = "10.200.0.0/17";
+/// The bridge path's scanner address (outside [`BRIDGE_ALLOW`]).
+pub const BRIDGE_SCANNER: Ipv4Addr = Ipv4Addr::new(10, 200, 200, 10);
 
 /// A Linux bridge in its own namespace with br_netfilter and an nftables
 /// forward chain; client, server and scanner namespaces on veths into it.
@@ -244,7 +246,7 @@ impl BridgePath {
         for (ns, port, ip) in [
             (&c, "pc", Ipv4Addr::new(10, 200, 0, 2)),
             (&s, "ps", Ipv4Addr::new(10, 200, 0, 3)),
-            (&scan, "pn", Ipv4Addr::new(10, 200, 200, 10)),
+            (&scan, "pn", BRIDGE_SCANNER),
         ] {
             ns.ip(&[
                 "link",

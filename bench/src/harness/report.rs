@@ -14,6 +14,26 @@ use super::edit::EditResult;
 use super::load::{NmapRun, TcpRun, UdpRun};
 use super::paths::Family;
 
+/// How to read the numbers: the method's known limits, stated in the report.
+const NOTES: &str = "## Notes on the method\n\n\
+* New-flow runs send 60000 flows each (`--flows`): sgswitch charges tracked flows to \
+the initiating instance with a quota of 1/16 of the table (65536), so a bigger run \
+would measure the quota; each sgswitch run uses a client instance of its own. A run \
+is therefore a burst of well under a second to a few seconds.\n\
+* Loss on the userspace paths (wire, sgswitch, OVS) is the sending namespace's TAP \
+queue overflowing while the forwarder is busy: the generator outruns it. The kernel \
+paths forward in the sender's own context (veth transmit → bridge → nftables in \
+softirq), so they slow the sender down instead of losing packets: offered = received.\n\
+* The small-UDP runs are one-way: Linux conntrack keeps such a flow `new` (no reply \
+is ever seen), so every datagram walks the nftables chain, while sgswitch passes any \
+packet of a tracked flow from its table.\n\
+* Rule-edit latency is measured from writing the request to the daemon's socket; it \
+includes the durable commit (SQLite, fsync) that the daemon does before it \
+publishes. The `PUBLISH` line is the datapath's part (commit → snapshot live).\n\
+* CPU: the forwarder's share comes from `/proc/PID/stat` (all its threads), the \
+machine's from `/proc/stat`, both over the client's run; the machine figure includes \
+the endpoints and anything else running.\n\n";
+
 /// The machine the run was on.
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
@@ -82,6 +102,8 @@ pub struct Report {
     /// Paths not measured: (label, why).
     pub skipped: Vec<(String, String)>,
     pub edit: Option<EditResult>,
+    /// The same edit test on bridge + nftables (10k-rule chain).
+    pub edit_nft: Option<EditResult>,
     pub cli_us: Vec<f64>,
     /// The idle sgswitch daemon's CPU (% of one core over a few seconds).
     pub idle_cpu_pct: Option<f64>,
@@ -488,9 +510,11 @@ impl Report {
             s.push('\n');
         }
 
-        if self.edit.is_some() || !self.cli_us.is_empty() {
-            s.push_str("## Rule edits and the CLI (sgswitch)\n\n");
-            if let Some(e) = &self.edit {
+        let no_edit = EditResult::default();
+        if self.edit.is_some() || self.edit_nft.is_some() || !self.cli_us.is_empty() {
+            s.push_str("## Rule edits and the CLI\n\n");
+            if self.edit.is_some() || self.edit_nft.is_some() {
+                let e = self.edit.as_ref().unwrap_or(&no_edit);
                 let _ = writeln!(
                     s,
                     "{} authorize/revoke pairs on a group of an instance whose groups hold {} rules \
@@ -506,38 +530,64 @@ impl Report {
                         .as_ref()
                         .map_or(String::new(), |n| format!("; under load: {n}"))
                 );
-                s.push_str("| latency | p50 | p99 | max | n |\n|---|---|---|---|---|\n");
-                let row = |s: &mut String, name: &str, v: &[f64]| {
+                let k = self.edit_nft.as_ref();
+                if let Some(k) = k {
                     let _ = writeln!(
                         s,
-                        "| {name} | {} µs | {} µs | {} µs | {} |",
+                        "Kernel for comparison: the same probe from the bridge path's scanner \
+                         namespace to its server, the rule appended to a forward chain of 10k \
+                         rules by an `nft add rule` process and removed by `nft delete rule`{}.\n",
+                        k.load_note
+                            .as_ref()
+                            .map_or(String::new(), |n| format!("; under load: {n}"))
+                    );
+                }
+                s.push_str(
+                    "| latency | sgswitch p50 | p99 | max | n | bridge+nft (10k-rule chain) p50 | p99 | n |\n\
+                     |---|---|---|---|---|---|---|---|\n",
+                );
+                let row = |s: &mut String, name: &str, v: &[f64], kv: Option<&Vec<f64>>| {
+                    let kv: &[f64] = kv.map_or(&[], |x| x.as_slice());
+                    let _ = writeln!(
+                        s,
+                        "| {name} | {} µs | {} µs | {} µs | {} | {} | {} | {} |",
                         opt(percentile(v, 50.0), 0),
                         opt(percentile(v, 99.0), 0),
                         opt(percentile(v, 100.0), 0),
-                        v.len()
+                        v.len(),
+                        percentile(kv, 50.0).map_or("—".into(), |x| format!("{x:.0} µs")),
+                        percentile(kv, 99.0).map_or("—".into(), |x| format!("{x:.0} µs")),
+                        kv.len()
                     );
                 };
                 row(
                     &mut s,
-                    "authorize sent → first probe passes (enforced)",
+                    "edit sent → first probe passes (enforced)",
                     &e.enforce_us,
+                    k.map(|k| &k.enforce_us),
                 );
                 row(
                     &mut s,
-                    "authorize sent → daemon's reply (committed)",
+                    "edit sent → acknowledged (daemon's reply / `nft` exit)",
                     &e.ack_us,
+                    k.map(|k| &k.ack_us),
                 );
-                row(&mut s, "revoke sent → last probe passes", &e.revoke_us);
+                row(
+                    &mut s,
+                    "removal sent → last probe passes",
+                    &e.revoke_us,
+                    k.map(|k| &k.revoke_us),
+                );
                 if let Some((a, b)) = e.daemon_commit_us {
                     let _ = writeln!(
                         s,
-                        "| daemon's own: edit request → committed (`stats` EDITS) | {a:.0} µs | {b:.0} µs | | |"
+                        "| daemon's own: edit request → committed (`stats` EDITS) | {a:.0} µs | {b:.0} µs | | | | | |"
                     );
                 }
                 if let Some((a, b)) = e.daemon_publish_us {
                     let _ = writeln!(
                         s,
-                        "| daemon's own: commit → snapshot published (`stats` PUBLISH) | {a:.0} µs | {b:.0} µs | | |"
+                        "| daemon's own: commit → snapshot published (`stats` PUBLISH) | {a:.0} µs | {b:.0} µs | | | | | |"
                     );
                 }
                 if e.misses > 0 {
@@ -575,6 +625,7 @@ impl Report {
             s.push('\n');
         }
 
+        s.push_str(NOTES);
         s.push_str("## The paths\n\n");
         for f in Family::ALL {
             let _ = writeln!(s, "* `{}`: {}", f.name(), f.describe());
