@@ -255,16 +255,7 @@ pub fn icmp_error_marked(
 
 /// The `attacker` binary next to the test executable's profile dir.
 pub fn attacker_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("exe dir");
-    let profile = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("profile dir")
-    } else {
-        dir
-    };
-    let bin = profile.join("attacker");
-    assert!(bin.exists(), "attacker not built at {}", bin.display());
-    bin
+    crate::lab::sibling_bin("attacker")
 }
 
 /// Write `frames` in order from `eth0` inside `ns`, the whole list `repeat`

@@ -247,11 +247,6 @@ impl Lab {
             ec2_addr: Mutex::new(None),
         };
         assert!(lab.uplink_if.len() <= 15, "{}", lab.uplink_if);
-        assert!(
-            lab.helper.exists(),
-            "labhelper not built at {}",
-            lab.helper.display()
-        );
         lab.must(Command::new("ip").args(["netns", "add", &lab.uplink_ns]));
         lab.must(Command::new("ip").args(["-n", &lab.uplink_ns, "link", "set", "lo", "up"]));
         lab.start_daemon();
@@ -796,9 +791,13 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// A binary of this workspace next to the test's profile dir.
-fn sibling_bin(name: &str) -> PathBuf {
-    profile_dir().join(name)
+/// A binary of this crate (`labhelper`, `attacker`, `loadgen`: built by cargo
+/// before any integration test of this crate) in the test's profile dir;
+/// panics if it is not there.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let bin = profile_dir().join(name);
+    assert!(bin.exists(), "{name} not built at {}", bin.display());
+    bin
 }
 
 /// The `sgswitch` binary: `SGSWITCH_BIN`, or built fresh (see module docs).

@@ -515,16 +515,7 @@ pub fn parse_received(out: &str) -> Result<(Vec<Received>, usize), LoadOutputErr
 /// The `loadgen` binary, next to the test's profile dir (built by cargo before
 /// any integration test of this crate, like `labhelper`).
 pub fn loadgen_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("exe dir");
-    let profile = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("profile dir")
-    } else {
-        dir
-    };
-    let bin = profile.join("loadgen");
-    assert!(bin.exists(), "loadgen not built at {}", bin.display());
-    bin
+    crate::lab::sibling_bin("loadgen")
 }
 
 /// A running `loadgen recv` in a namespace; killed by PID on drop.
