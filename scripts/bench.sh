@@ -50,4 +50,4 @@ cargo build --release -p mgmt --bin sgswitch -p e2e --bin labhelper -p bench --b
 
 echo "scripts/bench.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (numbers are noisy unless the machine is quiet)"
 export SGSWITCH_BIN="$target/release/sgswitch"
-exec "$target/release/e2ebench" --report docs/benchmarks.md "$@"
+exec "$target/release/e2ebench" --invoked-as "scripts/bench.sh $*" --report docs/benchmarks.md "$@"

@@ -16,7 +16,8 @@
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer address TARGET
 # from fuzz/. Release build with debug assertions (overflow checks on).
 #
-# Seeds: fuzz/corpus/TARGET (committed, read-only here); new inputs go to a
+# Seeds: fuzz/corpus/TARGET and fuzz/regressions/TARGET (committed, read-only
+# here: the latter holds inputs that once failed); new inputs go to a
 # temporary directory so the committed corpus stays small. Crashers are kept in
 # fuzz/artifacts/TARGET/ (not committed): turn each fixed one into a test in
 # filter|switch|mgmt/tests/fuzz_regressions.rs.
@@ -59,7 +60,9 @@ for t in $targets; do
     mkdir -p "$work/$t" "$fuzz/artifacts/$t"
     log="$work/$t.log"
     set +e
-    cargo fuzz run "${build_opts[@]}" "$t" "$work/$t" "$fuzz/corpus/$t" -- \
+    seeds=("$fuzz/corpus/$t")
+    if [ -d "$fuzz/regressions/$t" ]; then seeds+=("$fuzz/regressions/$t"); fi
+    cargo fuzz run "${build_opts[@]}" "$t" "$work/$t" "${seeds[@]}" -- \
         -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$fuzz/artifacts/$t/" >"$log" 2>&1
     rc=$?

@@ -340,7 +340,8 @@ criterion_group!(benches, established, first_packet, arp_answer);
 /// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
 /// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|arp
 /// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R]` runs N bursts of 32 frames through
-/// [`ir_run`] once and exits; divide the `ir_run` inclusive cost by 32 N:
+/// [`ir_run`] once, prints the on-CPU and wall ns per frame, and exits; under
+/// callgrind, divide the `ir_run` inclusive cost by 32 N:
 ///
 /// ```sh
 /// SGSW_IR_CASE=first_packet SGSW_IR_BURSTS=200 valgrind --tool=callgrind \
@@ -388,7 +389,17 @@ fn ir_mode(case: &str, bursts: usize) {
         .iter()
         .map(|(s, f)| (ids[*s], f.as_slice(), VnetHdr::default()))
         .collect();
+    let (cpu0, wall) = (cpu_ns(), Instant::now());
     let done = ir_run(&mut b.w, &all, bursts);
+    let (cpu, wall) = (cpu_ns().saturating_sub(cpu0), wall.elapsed());
+    // On-CPU time of this thread: unlike wall time it does not grow while the
+    // thread waits for a core (the lab machine is shared), so before/after
+    // comparisons stay meaningful under load.
+    println!(
+        "{case} rules={rules}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
+        cpu as f64 / done.max(1) as f64,
+        wall.as_nanos() as f64 / done.max(1) as f64
+    );
     let st = b.dp.stats();
     assert_eq!(
         st.total_drops(),
@@ -397,6 +408,14 @@ fn ir_mode(case: &str, bursts: usize) {
         st.nonzero_drops().collect::<Vec<_>>()
     );
     println!("{case} rules={rules}: {done} frames through ir_run");
+}
+
+/// This thread's on-CPU time in ns (`/proc/thread-self/schedstat`), 0 if unknown.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The measured part of [`ir_mode`]: `bursts` bursts of 32, cycling over `all`.

@@ -81,10 +81,7 @@
 //!   default 50% load is vanishingly rare (balls-into-bins with two choices: the
 //!   fullest bucket exceeds the mean by about `ln ln n / ln 2` ≈ 4), unlike a single
 //!   bounded linear-probe window, which overflows for some keys of a million.
-//! * The only table-wide word that cores write, the entry count (every insert and
-//!   removal), sits alone on its cache lines, apart from the read-mostly fields
-//!   every lookup reads (no false sharing between cores creating flows and cores
-//!   looking them up). The bucket addresses of a packet are exposed
+//! * The bucket addresses of a packet are exposed
 //!   ([`Conntrack::bucket_addrs`]) so that the datapath can prefetch them for a
 //!   whole burst before judging it, and the slot array's region
 //!   ([`Conntrack::table_region`]) so that it can be put on huge pages.
@@ -446,26 +443,8 @@ pub struct Conntrack {
     slots: Slots,
     mask: usize,
     quota: Box<[AtomicU32]>,
-    /// Written by every insert and removal, from every core: on its own cache
-    /// lines, so that it does not invalidate the read-mostly fields above (read
-    /// by every lookup on every core).
-    count: LinePadded<AtomicUsize>,
+    count: AtomicUsize,
     seed: u64,
-}
-
-/// A value alone on its cache lines (128 bytes: the adjacent-line prefetcher of
-/// x86 pulls lines in pairs), against false sharing.
-#[repr(align(128))]
-#[derive(Debug, Default)]
-struct LinePadded<T>(T);
-
-impl<T> std::ops::Deref for LinePadded<T> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -501,7 +480,7 @@ impl Conntrack {
             slots,
             mask: n - 1,
             quota,
-            count: LinePadded(AtomicUsize::new(0)),
+            count: AtomicUsize::new(0),
             seed,
         }
     }

@@ -169,7 +169,7 @@ pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
             ami: r.pick_or_string(AMIS),
             count: u32::from(r.u8() % 8),
             groups: strings(r, NAMES, 2),
-            qemu: r.u8() % 8 == 0,
+            qemu: r.u8().is_multiple_of(8),
         },
         7 => Command::DescribeInstances {
             ids: strings(r, &["i-00000000"], 2),

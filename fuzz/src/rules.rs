@@ -246,17 +246,17 @@ pub fn run(data: &[u8]) {
         argv.push(r.pick_or_string(TOKENS));
     }
     let caller = Owner(OWNER.into());
-    if let Some(spec) = cli_spec(&argv, verb, &group) {
-        if let Ok(rules) = spec.expand(&caller) {
-            assert!(!rules.is_empty(), "a spec expands to at least one rule");
-            // Lines are printed for existing groups only, whose names are valid
-            // (printable ASCII: no tab to break the line's fields).
-            if filter::model::validate_group_name(&group).is_ok() {
-                for rule in &rules {
-                    check_rule_round_trips(verb, &group, rule, &caller);
-                }
-                check_describe_round_trip(&group, &spec, &caller);
+    if let Some(spec) = cli_spec(&argv, verb, &group)
+        && let Ok(rules) = spec.expand(&caller)
+    {
+        assert!(!rules.is_empty(), "a spec expands to at least one rule");
+        // Lines are printed for existing groups only, whose names are valid
+        // (printable ASCII: no tab to break the line's fields).
+        if filter::model::validate_group_name(&group).is_ok() {
+            for rule in &rules {
+                check_rule_round_trips(verb, &group, rule, &caller);
             }
+            check_describe_round_trip(&group, &spec, &caller);
         }
     }
     let (port, icmp, cidr, proto) = (r.string(), r.string(), r.string(), r.string());

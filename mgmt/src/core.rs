@@ -6,10 +6,14 @@
 //!   directly). Nothing else touches the model or the data plane.
 //! * Validation is [`filter::Model`]'s: an edit is applied to a **clone** of the
 //!   model; the difference between the old and the new model becomes one store
-//!   transaction ([`store::Edit`]s, computed by [`diff`]); only after that
-//!   transaction committed is the clone swapped in, compiled and published with
-//!   generation + 1, and the client answered. Any error (EC2 validation, store
-//!   write, data-plane launch) leaves model, store and data plane as they were.
+//!   transaction ([`store::Edit`]s, computed by [`diff`]). The clone is
+//!   compiled and published with generation + 1 *before* that transaction
+//!   commits (so enforcement does not wait for the fsync), and only after the
+//!   commit is it swapped in and the client answered: nothing acknowledged is
+//!   lost, and an edit lost to a crash before its commit was never
+//!   acknowledged. Any error (EC2 validation, store write, data-plane launch)
+//!   leaves model, store and data plane as they were (a store error publishes
+//!   the old model again, under generation + 2).
 //! * `run-instances` validates everything on the clone first (groups, addresses),
 //!   then creates the instances in the data plane (namespaces + ports), then
 //!   commits; a failure at any step destroys what was created. Instance ids are
@@ -18,9 +22,9 @@
 //!   subnet outside the uplink range ([`Model::free_ip`]).
 //! * Every owner has a `default` group: the first request of an unseen owner
 //!   creates it (a committed edit of its own).
-//! * Edit latency (request received → new snapshot published, including the
-//!   store's fsync) and publish latency (store committed → snapshot published:
-//!   compile + pointer swap) are kept for the last [`LATENCY_WINDOW`] edits;
+//! * Edit latency (request received → committed and answered, including the
+//!   store's fsync) and publish latency (validated → snapshot published:
+//!   compile + pointer swap, the edit's enforcement delay) are kept for the last [`LATENCY_WINDOW`] edits;
 //!   [`StatsReport`] shows p50/p99 of both.
 //! * Guest images (`register-image`, `describe-images`, `deregister-image`) are
 //!   the daemon's, shared by all owners (like public AMIs). Registering checks
@@ -162,6 +166,8 @@ pub trait Dataplane: Send {
 pub struct Recorded {
     /// Generations of the snapshots published, in order.
     pub published: Vec<u64>,
+    /// The snapshots published, in the same order.
+    pub snapshots: Vec<Snapshot>,
     /// Instances currently attached.
     pub attached: BTreeSet<String>,
     /// Instance ids whose launch must fail (tests of the rollback).
@@ -196,8 +202,11 @@ impl RecordingDataplane {
 }
 
 impl Dataplane for RecordingDataplane {
-    fn publish(&mut self, _snap: Snapshot, generation: u64) {
-        self.with(|r| r.published.push(generation));
+    fn publish(&mut self, snap: Snapshot, generation: u64) {
+        self.with(|r| {
+            r.published.push(generation);
+            r.snapshots.push(snap);
+        });
     }
     fn launch(
         &mut self,
@@ -674,10 +683,20 @@ impl Core {
             name: COUNTER_GENERATION.into(),
             value: (self.generation + 1) as i64,
         });
-        self.store
-            .commit(&edits)
-            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
-        let committed = Instant::now();
+        // Enforce first, then make durable, then answer: the new rules reach
+        // the datapath without waiting for the fsync, and the client still
+        // hears of the edit only once it is committed. An edit that never
+        // commits (store error, crash) was never acknowledged; on a store error
+        // the old rules are published again under a newer generation.
+        let started = Instant::now();
+        self.dp
+            .publish(filter::compile(&next, self.generation + 1), self.generation + 1);
+        let published = started.elapsed();
+        if let Err(e) = self.store.commit(&edits) {
+            self.generation += 2;
+            self.publish();
+            return Err(ApiError::internal(format!("state not changed: {e}")));
+        }
         for id in self.model.instances.keys() {
             if !next.instances.contains_key(id) {
                 self.records.remove(id);
@@ -686,12 +705,9 @@ impl Core {
         self.records.extend(new_records);
         self.model = next;
         self.generation += 1;
+        self.published = Some(self.generation);
         self.edits += 1;
-        self.publish();
-        push_window(
-            &mut self.publish_latencies,
-            committed.elapsed().as_micros() as u64,
-        );
+        push_window(&mut self.publish_latencies, published.as_micros() as u64);
         Ok(())
     }
 

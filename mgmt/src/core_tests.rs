@@ -1298,3 +1298,63 @@ fn run_instances_qemu_boots_the_amis_image_else_the_default_else_fails() {
     let r = core.handle(req(qemu_run("ami-0000aaaa", 1)));
     assert_eq!(code(&r), "InvalidAMIID.NotFound");
 }
+
+#[test]
+fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
+    let dir = TempDir::new("core-commit-fails");
+    let dp = RecordingDataplane::default();
+    let state = dp.state.clone();
+    let mut core = core_with(&dir, config(), dp);
+    core.handle(req(add_group("web"))).unwrap();
+    let ids = launched_ids(&core.handle(req(run(1, &["web"]))));
+    let ip = core.model.instances[&ids[0]].ip;
+    let syn = filter::Packet {
+        key: filter::FlowKey {
+            src: "203.0.113.7".parse().unwrap(),
+            dst: ip,
+            proto: filter::proto::TCP,
+            sport: 40000,
+            dport: 80,
+        },
+        l4: filter::L4::Tcp {
+            flags: filter::tcp_flags::SYN,
+        },
+        frag: filter::Frag::None,
+    };
+    let allowed_now = |state: &std::sync::Arc<std::sync::Mutex<crate::core::Recorded>>| {
+        state.lock().unwrap().snapshots.last().unwrap().allows(&syn)
+    };
+    assert!(!allowed_now(&state));
+    let before = core.dump();
+    let g = core.generation();
+
+    // Another connection holds the database's write lock: the commit fails
+    // once the store's busy timeout runs out.
+    let lock = rusqlite::Connection::open(dir.0.join(crate::store::DB_FILE)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = core.handle(req(Command::Authorize {
+        group: "web".into(),
+        spec: spec("tcp", "80", "0.0.0.0/0"),
+    }));
+    assert_eq!(code(&r), crate::api::INTERNAL_ERROR, "{r:?}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    assert_eq!(core.dump(), before, "a failed commit changed the state");
+    {
+        let st = state.lock().unwrap();
+        let n = st.snapshots.len();
+        assert_eq!(&st.published[n - 2..], &[g + 1, g + 2]);
+        assert!(st.snapshots[n - 2].allows(&syn), "enforced before the commit");
+        assert!(!st.snapshots[n - 1].allows(&syn), "withdrawn after it failed");
+    }
+    assert_eq!(core.generation(), g + 2);
+
+    // With the lock gone the same edit commits, and the rules it publishes stay.
+    core.handle(req(Command::Authorize {
+        group: "web".into(),
+        spec: spec("tcp", "80", "0.0.0.0/0"),
+    }))
+    .unwrap();
+    assert!(allowed_now(&state));
+    assert_eq!(core.generation(), g + 3);
+}

@@ -1265,4 +1265,28 @@ mod tests {
         assert_eq!(SLL_PKTTYPE_OFFSET, 10);
         assert_eq!(ETH_P_ALL_BE.to_ne_bytes(), [0x00, 0x03]);
     }
+
+    #[test]
+    fn huge_page_advice_covers_the_aligned_interior_and_keeps_contents() {
+        let len = 9 * HUGE_PAGE;
+        let mut v: Vec<u64> = (0..(len / 8) as u64).map(|i| i * 7 + 1).collect();
+        let addr = v.as_ptr() as usize;
+        match advise_hugepages(addr, len) {
+            Ok(n) => {
+                // The whole 2 MiB pages inside the buffer: at least 8 of them.
+                assert!(n >= 8 * HUGE_PAGE && n <= len, "advised {n} of {len}");
+                assert_eq!(n % HUGE_PAGE, 0);
+            }
+            // THP disabled or no free huge page here: the memory stays as it was.
+            Err(e) => eprintln!("no huge pages on this machine: {e}"),
+        }
+        assert!(v.iter().enumerate().all(|(i, x)| *x == i as u64 * 7 + 1));
+        v[12345] = 0;
+        assert_eq!(v[12345], 0);
+        // Ranges too small for one aligned huge page are left alone.
+        assert_eq!(advise_hugepages(addr, 4096).expect("empty range"), 0);
+        // A prefetch is a hint, whatever the address.
+        prefetch(addr, 4 * CACHE_LINE);
+        prefetch(0, CACHE_LINE);
+    }
 }

@@ -55,9 +55,12 @@ struct Opts {
     /// whose conntrack quota is 65536).
     #[arg(long, default_value_t = 60_000)]
     flows: u64,
-    /// Sender threads of flowgen.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Sender threads of flowgen. Default: one where a forwarding process
+    /// needs the other core (wire, sgswitch, OVS: more senders only take its
+    /// CPU), one per CPU on the kernel paths (they forward in the sender's
+    /// context).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Rules per group / chain.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100, 1000])]
     rules: Vec<usize>,
@@ -79,6 +82,9 @@ struct Opts {
     /// Write the markdown report here (and FILE.svg's chart beside it).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The command that ran this one, for the report (scripts/bench.sh sets it).
+    #[arg(long, hide = true)]
+    invoked_as: Option<String>,
 }
 
 /// Rules in the chain of the kernel's edit test (as many as sgswitch's).
@@ -163,8 +169,18 @@ impl Run {
         r
     }
 
+    /// flowgen's sender threads on `ep` (see `--threads`).
+    fn threads(&self, ep: &Endpoints) -> usize {
+        self.opts.threads.unwrap_or(if ep.forwarder.is_some() {
+            1
+        } else {
+            bench::harness::exec::ncpus().max(1)
+        })
+    }
+
     fn measure_into(&mut self, ep: &Endpoints, r: &mut PathResult) -> Result<()> {
         let label = ep.label.clone();
+        let threads = self.threads(ep);
         load::ping(&ep.clients[0], ep.server_ip)
             .map_err(|e| HarnessError::Setup(format!("no connectivity client -> server: {e}")))?;
         let (reps, secs) = (self.plan.reps, self.plan.tcp_secs);
@@ -190,7 +206,7 @@ impl Run {
             }
         }
         if self.opts.metric("flows") {
-            let per_thread = self.opts.flows.div_ceil(self.opts.threads as u64);
+            let per_thread = self.opts.flows.div_ceil(threads as u64);
             for i in 0..reps {
                 Interrupt::check()?;
                 // A fresh client per run where the path has several (sgswitch:
@@ -201,12 +217,12 @@ impl Run {
                     ep.clients[0].clone()
                 };
                 load::ping(&client, ep.server_ip)?;
-                let ports = self.opts.threads as u32 * per_thread.div_ceil(60_000) as u32;
+                let ports = threads as u32 * per_thread.div_ceil(60_000) as u32;
                 let l = UdpLoad {
                     fixed: false,
                     count: self.opts.flows,
                     secs: 10.0,
-                    threads: self.opts.threads,
+                    threads,
                     sport_base: self.sports(ports),
                 };
                 let u = load::udp(ep, &client, &self.flowgen, l)?;
@@ -229,8 +245,8 @@ impl Run {
                     fixed: true,
                     count: 50_000_000,
                     secs: self.plan.udp_secs,
-                    threads: self.opts.threads,
-                    sport_base: self.sports(self.opts.threads as u32),
+                    threads,
+                    sport_base: self.sports(threads as u32),
                 };
                 let u = load::udp(ep, &ep.clients[0], &self.flowgen, l)?;
                 self.progress(&format!(
@@ -273,6 +289,24 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error_chain(&e)),
         Err(p) => Err(format!("panic: {}", panic_text(&p))),
+    }
+}
+
+/// The command for the report (markdown): this program's arguments (without
+/// `--invoked-as`), after the script that ran it if any.
+fn command_line(invoked_as: Option<&str>) -> String {
+    let mut args = Vec::new();
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == "--invoked-as" {
+            it.next();
+        } else if !a.starts_with("--invoked-as=") {
+            args.push(a);
+        }
+    }
+    match invoked_as {
+        Some(cmd) => format!("`{}` (runs `{}`)", cmd.trim(), args.join(" ")),
+        None => format!("`{}`", args.join(" ")),
     }
 }
 
@@ -327,15 +361,18 @@ fn main() {
     let _ = std::fs::create_dir_all(&scratch);
     let mut report = Report {
         date: utc_now(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line(opts.invoked_as.as_deref()),
         machine: Machine::probe(),
         settings: format!(
-            "{} repetition(s); iperf3 TCP {} s per run; {} new flows per run from {} sender threads; \
+            "{} repetition(s); iperf3 TCP {} s per run; {} new flows per run from {} sender thread(s); \
              small UDP {} s per run; {} rule edits; {} CLI runs; sgswitch --workers {} {}",
             plan.reps,
             plan.tcp_secs,
             opts.flows,
-            opts.threads,
+            opts.threads.map_or_else(
+                || "1 (forwarder paths) or one per CPU (kernel paths)".to_owned(),
+                |t| t.to_string()
+            ),
             plan.udp_secs,
             plan.edits,
             plan.cli_runs,

@@ -92,6 +92,8 @@ pub struct UdpRun {
     pub rx_pps: f64,
     /// Sent per second by the generator.
     pub tx_pps: f64,
+    /// Sender threads.
+    pub threads: usize,
     pub cpu: CpuUse,
 }
 
@@ -237,6 +239,7 @@ pub fn udp(ep: &Endpoints, client: &str, flowgen: &Path, load: UdpLoad) -> Resul
         received,
         rx_pps,
         tx_pps,
+        threads: load.threads,
         cpu,
     })
 }

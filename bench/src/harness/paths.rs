@@ -658,7 +658,16 @@ mod tests {
         if !lab_ok("bridge_path_allows_the_clients_and_drops_the_scanner") {
             return;
         }
-        let dir = std::env::temp_dir().join(format!("sgbench-test-{}", std::process::id()));
+        /// Removes the scratch directory also when the test fails.
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch =
+            Scratch(std::env::temp_dir().join(format!("sgbench-test-{}", std::process::id())));
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         for set in [false, true] {
             let b = BridgePath::setup(100, set, &dir).unwrap();
@@ -671,7 +680,6 @@ mod tests {
                 "scanner -> server must be dropped (set {set})"
             );
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Root only: the veth path connects and its namespaces go with the guard.

@@ -21,7 +21,9 @@ the initiating instance with a quota of 1/16 of the table (65536), so a bigger r
 would measure the quota; each sgswitch run uses a client instance of its own. A run \
 is therefore a burst of well under a second to a few seconds.\n\
 * Loss on the userspace paths (wire, sgswitch, OVS) is the sending namespace's TAP \
-queue overflowing while the forwarder is busy: the generator outruns it. The kernel \
+queue overflowing while the forwarder is busy: the generator outruns it. There one \
+sender thread runs (it offers more than any of them forwards, and a second one would \
+only take the forwarder's core); the kernel paths get one sender per CPU. The kernel \
 paths forward in the sender's own context (veth transmit → bridge → nftables in \
 softirq), so they slow the sender down instead of losing packets: offered = received.\n\
 * The small-UDP runs are one-way: Linux conntrack keeps such a flow `new` (no reply \
@@ -94,6 +96,7 @@ pub struct PathResult {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub date: String,
+    /// The command line, as markdown (in backticks).
     pub command: String,
     pub machine: Machine,
     /// Settings line (durations, counts, repetitions).
@@ -356,7 +359,7 @@ impl Report {
             "Written by `e2ebench` (bench/src/bin/e2ebench.rs) on {}; the run took {:.0} s.\n",
             self.date, self.wall_secs
         );
-        let _ = writeln!(s, "Command: `{}`\n", self.command);
+        let _ = writeln!(s, "Command: {}\n", self.command);
         let m = &self.machine;
         let _ = writeln!(
             s,
@@ -436,10 +439,10 @@ impl Report {
         if self.paths.iter().any(|p| !p.flows.is_empty()) {
             s.push_str(
                 "## New flows per second (flowgen)\n\n18-byte UDP datagrams, a new 5-tuple each, \
-                 from several sender threads; counted by the receiving interface's rx counter, \
+                 from the sender threads shown beside the offered rate; counted by the receiving interface's rx counter, \
                  per second over the longer of the receiver's window and the sender's run. Each run starts from fresh connection state \
                  (new source ports; on sgswitch a new client instance).\n\n\
-                 | path | received/s | offered/s | loss | / wire | / bridge+nft same rules | forwarder CPU % | machine CPU % |\n\
+                 | path | received/s | offered/s (senders) | loss | / wire | / bridge+nft same rules | forwarder CPU % | machine CPU % |\n\
                  |---|---|---|---|---|---|---|---|\n",
             );
             for p in self.paths.iter().filter(|p| !p.flows.is_empty()) {
@@ -455,10 +458,11 @@ impl Report {
                 let (fc, mc) = udp_cpu_cols(&p.flows);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} % | {} | {vs_kernel} | {fc} | {mc} |",
+                    "| {} | {} | {} ({}) | {} % | {} | {vs_kernel} | {fc} | {mc} |",
                     p.label,
                     spread(&p.flows_pps(), 0),
                     spread(&tx, 0),
+                    p.flows.first().map_or(0, |r| r.threads),
                     spread(&loss, 1),
                     ratio_s(v, wire_fl),
                 );
@@ -471,7 +475,7 @@ impl Report {
         if self.paths.iter().any(|p| !p.udp.is_empty()) {
             s.push_str(
                 "## Small-UDP packets per second (flowgen, one flow per sender thread)\n\n\
-                 | path | received/s | offered/s | loss | / wire | forwarder CPU % | machine CPU % |\n\
+                 | path | received/s | offered/s (senders) | loss | / wire | forwarder CPU % | machine CPU % |\n\
                  |---|---|---|---|---|---|---|\n",
             );
             for p in self.paths.iter().filter(|p| !p.udp.is_empty()) {
@@ -481,10 +485,11 @@ impl Report {
                 let (fc, mc) = udp_cpu_cols(&p.udp);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} % | {} | {fc} | {mc} |",
+                    "| {} | {} | {} ({}) | {} % | {} | {fc} | {mc} |",
                     p.label,
                     spread(&p.udp_pps(), 0),
                     spread(&tx, 0),
+                    p.udp.first().map_or(0, |r| r.threads),
                     spread(&loss, 1),
                     ratio_s(v, wire_udp),
                 );
