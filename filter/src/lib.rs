@@ -208,11 +208,16 @@ pub enum DropReason {
     TxFailed,
     /// The destination port has gone (namespace deleted, interface removed).
     PortGone,
+    /// The sender's virtio-net header asks for offload work that does not fit
+    /// the frame the verdict was given for (a partial checksum anywhere but the
+    /// TCP/UDP checksum field, segmentation of another protocol, a tiny segment
+    /// size): completing it would rewrite judged header bytes.
+    BadOffload,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::UnsupportedEthertype,
@@ -238,6 +243,7 @@ impl DropReason {
         DropReason::Broadcast,
         DropReason::TxFailed,
         DropReason::PortGone,
+        DropReason::BadOffload,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -275,6 +281,7 @@ impl DropReason {
             DropReason::Broadcast => "broadcast",
             DropReason::TxFailed => "tx_failed",
             DropReason::PortGone => "port_gone",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 }

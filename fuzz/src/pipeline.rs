@@ -655,15 +655,14 @@ pub mod encode {
     }
 }
 
-/// Known, unfixed (switch/src/offload.rs `complete_csum`, reported to the lead):
-/// a partial checksum is written at the guest's `csum_start + csum_offset`
-/// wherever that points, after the verdict, so a guest can rewrite two bytes of
-/// any header (the TCP destination port, the IPv4 destination) of a frame that
-/// was judged with the original bytes. Regression test (ignored until fixed):
-/// `switch/tests/fuzz_regressions.rs`. While true, the delivery checks skip the
-/// headers of frames whose checksum offsets are not the L4 checksum field; set
-/// it to false once the switch drops such frames.
-pub const KNOWN_CSUM_OFFSET_BUG: bool = true;
+/// Found by this target and fixed (`switch::pipeline`, `DropReason::BadOffload`):
+/// a partial checksum was written at the guest's `csum_start + csum_offset`
+/// wherever that pointed, after the verdict, so a guest could rewrite two bytes
+/// of any header (the TCP destination port) of a frame judged with the original
+/// bytes. Regression test: `switch/tests/fuzz_regressions.rs`. Set this to true
+/// only to look past a reintroduced bug: the delivery checks then skip the
+/// headers of frames whose checksum offsets are not the L4 checksum field.
+pub const KNOWN_CSUM_OFFSET_BUG: bool = false;
 
 /// A `NEEDS_CSUM` header whose checksum field is not the parsed packet's TCP
 /// or UDP checksum.

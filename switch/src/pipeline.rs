@@ -49,7 +49,7 @@ use std::sync::atomic::Ordering;
 
 use filter::conntrack::BUCKET_BYTES;
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
-use filter::{Conntrack, DropReason, L4, Mac, Snapshot, parse_frame, proto};
+use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto};
 use ipnet::Ipv4Net;
 
 use crate::arp::{self, GATEWAY_MAC};
@@ -193,7 +193,11 @@ pub fn process_prepared(
     let pc = inp.counters.worker(env.w);
     bump(&pc.rx_packets, 1);
     bump(&pc.rx_bytes, frame.len() as u64);
-    let result = match parsed.and_then(|p| decide(env, inp, frame, p)) {
+    let decided = parsed.and_then(|p| {
+        check_offload(&p, vnet)?;
+        decide(env, inp, frame, p)
+    });
+    let result = match decided {
         Ok(Action::Forward { to, dst_mac }) => {
             if let Some(m) = dst_mac {
                 frame[0..6].copy_from_slice(&m);
@@ -230,6 +234,48 @@ pub fn process_prepared(
             Outcome::Dropped(r)
         }
     }
+}
+
+/// Smallest segment size accepted for segmentation offload (Linux's
+/// `TCP_MIN_SND_MSS`): one super-frame cannot fan out into tens of thousands of
+/// one-byte segments.
+pub const MIN_GSO_SIZE: u16 = 48;
+
+/// The offload work a sender's virtio-net header asks for must describe the very
+/// frame the verdict is given for, because it is carried out after the verdict
+/// (by [`complete_csum`]/[`segment`] here, or by the receiving kernel when the
+/// header is passed through): a partial checksum only at the L4 checksum field of
+/// a whole TCP or UDP datagram (`csum_start` = its L4 header, `csum_offset` 16 or
+/// 6), segmentation only of such a datagram of the matching protocol, with
+/// `NEEDS_CSUM` and a segment size of at least [`MIN_GSO_SIZE`]. Anything else is
+/// [`DropReason::BadOffload`]: a checksum "completed" elsewhere could rewrite the
+/// judged destination port.
+#[inline]
+fn check_offload(parsed: &Parsed, vnet: &VnetHdr) -> Result<(), DropReason> {
+    if vnet.is_plain() {
+        return Ok(());
+    }
+    let bad = Err(DropReason::BadOffload);
+    let Parsed::Ipv4 { pkt, l4_offset, .. } = parsed else {
+        return bad;
+    };
+    if pkt.frag != Frag::None {
+        return bad;
+    }
+    let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
+    let (csum_field, gso_fits) = match pkt.l4 {
+        L4::Tcp { .. } => (16, gso == VnetHdr::GSO_TCPV4),
+        L4::Udp => (6, gso == VnetHdr::GSO_UDP_L4 || gso == VnetHdr::GSO_UDP),
+        _ => return bad,
+    };
+    let needs_csum = vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
+    if needs_csum && (vnet.csum_start != *l4_offset || vnet.csum_offset != csum_field) {
+        return bad;
+    }
+    if gso != VnetHdr::GSO_NONE && (!gso_fits || !needs_csum || vnet.gso_size < MIN_GSO_SIZE) {
+        return bad;
+    }
+    Ok(())
 }
 
 /// Send the first `n` bytes of the scratch buffer back out of `inp`.

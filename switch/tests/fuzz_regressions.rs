@@ -82,14 +82,13 @@ fn fold(mut s: u64) -> u16 {
 /// `web`. Replies can come back too when A uses source port 80 (A's own group
 /// allows tcp 80 from anywhere in EC2's walkthrough).
 ///
-/// Proposed fix (switch/src/pipeline.rs or offload.rs): accept `NEEDS_CSUM`
-/// only when `csum_start` is the parsed L4 offset and `csum_offset` is the
-/// TCP (16) or UDP (6) checksum field of a whole packet or first fragment, and
-/// drop the frame otherwise (counted, e.g. as `TxFailed` or a new reason) —
-/// also before passing the header through to a queue with offloads, whose
-/// kernel would write it in the same place.
+/// Fixed in `switch::pipeline` (`check_offload`): `NEEDS_CSUM` is accepted only
+/// when `csum_start` is the parsed L4 offset and `csum_offset` the TCP (16) or
+/// UDP (6) checksum field of a whole datagram, before the verdict and whether
+/// the header is completed here or passed through to a queue with offloads
+/// (whose kernel would write it in the same place); anything else is dropped
+/// as `bad_offload`.
 #[test]
-#[ignore = "fuzz crasher, fix pending: switch/src/offload.rs complete_csum writes at guest-chosen csum_start+csum_offset after the verdict (see the test's docs)"]
 fn partial_checksum_cannot_rewrite_the_judged_port() {
     let lab = lab();
     let (a_id, _, a) = &lab.ports[0];
@@ -111,7 +110,7 @@ fn partial_checksum_cannot_rewrite_the_judged_port() {
         ..VnetHdr::default()
     };
     let mut w = lab.dp.worker(0);
-    w.process_burst([(*a_id, &frame[..], vnet)]);
+    let r = w.process_burst([(*a_id, &frame[..], vnet)]);
     for f in b_peer.take() {
         let p = parse_frame(&f.data).expect("delivered frame parses");
         let key = p.packet().expect("IPv4").key;
@@ -121,6 +120,20 @@ fn partial_checksum_cannot_rewrite_the_judged_port() {
             key.dport
         );
     }
+    assert_eq!((r.forwarded, r.dropped), (0, 1), "{r:?}");
+    assert_eq!(
+        lab.dp.stats().drop_count(filter::DropReason::BadOffload),
+        1,
+        "counted as bad_offload"
+    );
+    // The same frame with its checksum field where it belongs is judged by the
+    // rules (port 8080 from `web`: allowed) and delivered.
+    let vnet = VnetHdr {
+        csum_offset: 16,
+        ..vnet
+    };
+    let r = w.process_burst([(*a_id, &frame[..], vnet)]);
+    assert_eq!(r.forwarded, 1, "{r:?}");
 }
 
 /// The well-formed partial checksum (the TCP checksum field) still passes and
@@ -155,4 +168,56 @@ fn partial_checksum_at_the_tcp_checksum_field_is_completed() {
         want[34..],
         "TCP header and checksum as the builder made them"
     );
+}
+
+/// Also found by `pipeline`: a super-frame with `gso_size` 1 was cut into one
+/// segment per payload byte (tens of thousands of frames from one). Segmentation
+/// must fit the frame: the protocol of the GSO type, `NEEDS_CSUM` at the L4
+/// checksum field, a segment size of at least `MIN_GSO_SIZE`.
+#[test]
+fn segmentation_offload_must_fit_the_frame() {
+    let lab = lab();
+    let (a_id, _, a) = &lab.ports[0];
+    let (_, b_peer, b) = &lab.ports[1];
+    let frame = wire::tcp(*a, *b, 40000, 8080, tcp_flags::ACK, &[7u8; 3000]);
+    let good = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let bad = [
+        VnetHdr {
+            gso_size: 1,
+            ..good
+        },
+        VnetHdr {
+            gso_type: VnetHdr::GSO_UDP_L4,
+            ..good
+        },
+        VnetHdr {
+            flags: 0,
+            ..good
+        },
+        VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV6,
+            ..good
+        },
+    ];
+    let mut w = lab.dp.worker(0);
+    for (i, v) in bad.iter().enumerate() {
+        let r = w.process_burst([(*a_id, &frame[..], *v)]);
+        assert_eq!((r.forwarded, r.dropped), (0, 1), "case {i} {v:?}: {r:?}");
+        assert!(b_peer.take().is_empty(), "case {i}: something was delivered");
+    }
+    assert_eq!(
+        lab.dp.stats().drop_count(filter::DropReason::BadOffload),
+        bad.len() as u64
+    );
+    // The well-formed super-frame is segmented (B's port takes no offloads).
+    let r = w.process_burst([(*a_id, &frame[..], good)]);
+    assert_eq!(r.forwarded, 1, "{r:?}");
+    assert_eq!(b_peer.take().len(), 3, "3000 bytes in segments of 1448");
 }
