@@ -627,7 +627,10 @@ impl Drop for Slot {
 /// Errors of the client side of the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the sgswitch daemon at {path}: {source}{}", connect_hint(source))]
+    #[error(
+        "cannot connect to the sgswitch daemon at {path}: {source}{}",
+        connect_hint(source)
+    )]
     Connect {
         path: String,
         #[source]

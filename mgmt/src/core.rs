@@ -689,8 +689,10 @@ impl Core {
         // commits (store error, crash) was never acknowledged; on a store error
         // the old rules are published again under a newer generation.
         let started = Instant::now();
-        self.dp
-            .publish(filter::compile(&next, self.generation + 1), self.generation + 1);
+        self.dp.publish(
+            filter::compile(&next, self.generation + 1),
+            self.generation + 1,
+        );
         let published = started.elapsed();
         if let Err(e) = self.store.commit(&edits) {
             self.generation += 2;

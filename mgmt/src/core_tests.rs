@@ -1344,8 +1344,14 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
         let st = state.lock().unwrap();
         let n = st.snapshots.len();
         assert_eq!(&st.published[n - 2..], &[g + 1, g + 2]);
-        assert!(st.snapshots[n - 2].allows(&syn), "enforced before the commit");
-        assert!(!st.snapshots[n - 1].allows(&syn), "withdrawn after it failed");
+        assert!(
+            st.snapshots[n - 2].allows(&syn),
+            "enforced before the commit"
+        );
+        assert!(
+            !st.snapshots[n - 1].allows(&syn),
+            "withdrawn after it failed"
+        );
     }
     assert_eq!(core.generation(), g + 2);
 

@@ -197,10 +197,7 @@ fn segmentation_offload_must_fit_the_frame() {
             gso_type: VnetHdr::GSO_UDP_L4,
             ..good
         },
-        VnetHdr {
-            flags: 0,
-            ..good
-        },
+        VnetHdr { flags: 0, ..good },
         VnetHdr {
             gso_type: VnetHdr::GSO_TCPV6,
             ..good
@@ -210,7 +207,10 @@ fn segmentation_offload_must_fit_the_frame() {
     for (i, v) in bad.iter().enumerate() {
         let r = w.process_burst([(*a_id, &frame[..], *v)]);
         assert_eq!((r.forwarded, r.dropped), (0, 1), "case {i} {v:?}: {r:?}");
-        assert!(b_peer.take().is_empty(), "case {i}: something was delivered");
+        assert!(
+            b_peer.take().is_empty(),
+            "case {i}: something was delivered"
+        );
     }
     assert_eq!(
         lab.dp.stats().drop_count(filter::DropReason::BadOffload),
