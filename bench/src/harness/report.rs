@@ -29,9 +29,11 @@ softirq), so they slow the sender down instead of losing packets: offered = rece
 * The small-UDP runs are one-way: Linux conntrack keeps such a flow `new` (no reply \
 is ever seen), so every datagram walks the nftables chain, while sgswitch passes any \
 packet of a tracked flow from its table.\n\
-* Rule-edit latency is measured from writing the request to the daemon's socket; it \
-includes the durable commit (SQLite, fsync) that the daemon does before it \
-publishes. The `PUBLISH` line is the datapath's part (commit → snapshot live).\n\
+* Rule-edit latency is measured from writing the request to the daemon's socket. \
+The daemon validates the edit on a copy of the model, compiles and publishes the \
+new snapshot, then makes it durable (SQLite, fsync) and answers: enforcement does \
+not wait for the fsync, the acknowledgement does. The `PUBLISH` line is the \
+datapath's part (validated → snapshot live: the compile of the whole model).\n\
 * CPU: the forwarder's share comes from `/proc/PID/stat` (all its threads), the \
 machine's from `/proc/stat`, both over the client's run; the machine figure includes \
 the endpoints and anything else running.\n\n";
@@ -592,7 +594,7 @@ impl Report {
                 if let Some((a, b)) = e.daemon_publish_us {
                     let _ = writeln!(
                         s,
-                        "| daemon's own: commit → snapshot published (`stats` PUBLISH) | {a:.0} µs | {b:.0} µs | | | | | |"
+                        "| daemon's own: validated → snapshot published (`stats` PUBLISH) | {a:.0} µs | {b:.0} µs | | | | | |"
                     );
                 }
                 if e.misses > 0 {
