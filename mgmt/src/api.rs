@@ -583,7 +583,7 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
                 continue;
             }
         };
-        let slot = Slot::take(&active);
+        let slot = Slot::take(&active, MAX_CONNECTIONS);
         if slot.is_none() {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let busy = ApiError::new(BUSY, format!("more than {MAX_CONNECTIONS} connections"));
@@ -604,12 +604,14 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
     }
 }
 
-/// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
-struct Slot(Arc<AtomicUsize>);
+/// One of at most `max` connection slots counted in `active`, released on drop
+/// (also when the thread that holds it never started). Both front doors (this
+/// socket and the EC2 API's HTTP server) use it.
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+    pub(crate) fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if active.fetch_add(1, Ordering::SeqCst) >= max {
             active.fetch_sub(1, Ordering::SeqCst);
             None
         } else {

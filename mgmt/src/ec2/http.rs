@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::api::Slot;
+
 /// Request line plus headers, bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Headers per request.
@@ -388,13 +390,11 @@ pub fn serve(
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = Slot::take(&active, MAX_CONNECTIONS) else {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write_response(&mut stream, &text(503, "too many connections"), true);
             continue;
-        }
-        let slot = Slot(active.clone());
+        };
         let handler = handler.clone();
         let _ = std::thread::Builder::new()
             .name("sgswitch-ec2".into())
@@ -402,15 +402,6 @@ pub fn serve(
                 let _slot = slot;
                 let _ = serve_connection(stream, &*handler);
             });
-    }
-}
-
-/// A connection slot, released on drop (also if the thread never started).
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
