@@ -449,6 +449,8 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    /// The Authorization header of AWS's `get-vanilla` example.
+    const GET_VANILLA_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
     /// 2015-08-30T12:36:00Z, the suite's signing time.
     const T: i64 = 1_440_938_160;
 
@@ -472,10 +474,7 @@ mod tests {
             headers: &h,
             body: b"",
         };
-        let auth = parse_authorization(
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
-        )
-        .unwrap();
+        let auth = parse_authorization(GET_VANILLA_AUTH).unwrap();
         assert_eq!(auth.key_id, "AKIDEXAMPLE");
         assert_eq!(auth.scope(), "20150830/us-east-1/service/aws4_request");
         assert_eq!(
@@ -543,10 +542,7 @@ mod tests {
             headers: &h,
             body: b"",
         };
-        let auth = parse_authorization(
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
-        )
-        .unwrap();
+        let auth = parse_authorization(GET_VANILLA_AUTH).unwrap();
         assert!(verify(&req, &auth, SECRET, T + 900).is_ok());
         assert!(verify(&req, &auth, SECRET, T - 900).is_ok());
         let e = verify(&req, &auth, SECRET, T + 901).unwrap_err();
