@@ -328,6 +328,16 @@ pub struct StatsReport {
     /// Store committed → snapshot published (compile + swap), microseconds.
     pub publish_latency_p50_us: u64,
     pub publish_latency_p99_us: u64,
+    /// Sum (microseconds) and number of all edit latencies since start.
+    #[serde(default)]
+    pub edit_latency_sum_us: u64,
+    #[serde(default)]
+    pub edit_latency_count: u64,
+    /// Sum (microseconds) and number of all publish latencies since start.
+    #[serde(default)]
+    pub publish_latency_sum_us: u64,
+    #[serde(default)]
+    pub publish_latency_count: u64,
     pub ports: Vec<PortStats>,
     /// (reason, count) for every drop reason, in counter order.
     pub drops: Vec<(String, u64)>,

@@ -405,6 +405,9 @@ pub struct Core {
     latencies: VecDeque<u64>,
     /// Store committed → snapshot published, per edit (microseconds).
     publish_latencies: VecDeque<u64>,
+    /// (sum µs, count) of every edit latency and publish latency since start.
+    latency_totals: (u64, u64),
+    publish_latency_totals: (u64, u64),
     /// Access keys and ClientTokens of the EC2 Query API.
     ec2: Ec2State,
 }
@@ -439,6 +442,8 @@ impl Core {
             edits: 0,
             latencies: VecDeque::new(),
             publish_latencies: VecDeque::new(),
+            latency_totals: (0, 0),
+            publish_latency_totals: (0, 0),
             ec2,
         };
         let owner = core.cfg.default_owner.clone();
@@ -593,7 +598,8 @@ impl Core {
             },
         };
         if is_edit && reply.is_ok() {
-            push_window(&mut self.latencies, t0.elapsed().as_micros() as u64);
+            let us = t0.elapsed().as_micros() as u64;
+            push_window(&mut self.latencies, &mut self.latency_totals, us);
         }
         reply
     }
@@ -709,7 +715,11 @@ impl Core {
         self.generation += 1;
         self.published = Some(self.generation);
         self.edits += 1;
-        push_window(&mut self.publish_latencies, published.as_micros() as u64);
+        push_window(
+            &mut self.publish_latencies,
+            &mut self.publish_latency_totals,
+            published.as_micros() as u64,
+        );
         Ok(())
     }
 
@@ -1342,6 +1352,10 @@ impl Core {
             edit_latency_p99_us: p99,
             publish_latency_p50_us: pub50,
             publish_latency_p99_us: pub99,
+            edit_latency_sum_us: self.latency_totals.0,
+            edit_latency_count: self.latency_totals.1,
+            publish_latency_sum_us: self.publish_latency_totals.0,
+            publish_latency_count: self.publish_latency_totals.1,
             ..StatsReport::default()
         };
         self.dp.stats(&mut report);
@@ -1349,7 +1363,9 @@ impl Core {
     }
 }
 
-fn push_window(w: &mut VecDeque<u64>, v: u64) {
+fn push_window(w: &mut VecDeque<u64>, totals: &mut (u64, u64), v: u64) {
+    totals.0 = totals.0.saturating_add(v);
+    totals.1 += 1;
     if w.len() == LATENCY_WINDOW {
         w.pop_front();
     }

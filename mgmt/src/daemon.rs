@@ -351,7 +351,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     }
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
-            crate::metrics::start(addr, handle.clone())
+            crate::metrics::start(addr, Arc::new(handle.clone()))
                 .map_err(|source| DaemonError::Metrics { addr, source })?,
         ),
         None => None,

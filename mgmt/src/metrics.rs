@@ -1,86 +1,216 @@
-//! `--metrics-listen ADDR`: the daemon's statistics as Prometheus text.
+//! `--metrics-listen ADDR`: the daemon's statistics as Prometheus text
+//! (exposition format 0.0.4).
 //!
 //! Contract:
-//! * A [`metrics_exporter_prometheus::PrometheusRecorder`] is installed as the
-//!   process's global `metrics` recorder (once per process).
-//! * An updater thread asks the management thread for [`StatsReport`] once per
-//!   [`UPDATE_INTERVAL`] (the same aggregated numbers `sgswitch stats` shows; the
-//!   datapath itself never calls `metrics`) and sets gauges and absolute counters.
-//! * A tiny HTTP/1.0 responder on a std `TcpListener` serves `render()` for
-//!   `GET /metrics` (and `/`), 404 for other paths, 405 for other methods. One
-//!   request per connection, head capped at 8 KiB, 2 s I/O timeouts; requests are
-//!   served one after another (a scrape is cheap; a stuck client times out).
+//! * An updater thread asks the management core for a [`StatsReport`] once per
+//!   [`UPDATE_INTERVAL`] through the [`Handler`] it is given (the same aggregated
+//!   numbers `sgswitch stats` shows; the datapath itself never calls into this
+//!   module) and keeps the latest one. Every scrape renders that report, so the
+//!   series of a port that is gone (a terminated instance) disappear with the
+//!   next update.
+//! * Every family has `# HELP` and `# TYPE` lines; edit and publish latencies are
+//!   summaries (`{quantile="0.5"}`, `{quantile="0.99"}` over the last
+//!   [`crate::core::LATENCY_WINDOW`] edits, `_sum` and `_count` since start).
+//! * A small HTTP/1.0 responder on a std `TcpListener`: `GET /metrics` only (404
+//!   for other paths, 405 for other methods), one request per connection, head
+//!   capped at 8 KiB. Each connection is served on its own thread, at most
+//!   [`MAX_CONNECTIONS`] at once (more get `503` at once), and each has
+//!   [`REQUEST_DEADLINE`] in all to send its request and as much again to read
+//!   the answer: a slow or stalled client holds one thread for at most that long
+//!   and never delays another client.
 //!
 //! Metric names: `sgswitch_generation`, `sgswitch_groups`, `sgswitch_rules`,
-//! `sgswitch_instances`, `sgswitch_edits_total`, `sgswitch_edit_latency_seconds{quantile}`,
-//! `sgswitch_publish_latency_seconds{quantile}`,
+//! `sgswitch_instances`, `sgswitch_edits_total`, `sgswitch_edit_latency_seconds`
+//! (summary), `sgswitch_publish_latency_seconds` (summary),
 //! `sgswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `sgswitch_port_drops_total{port}`,
 //! `sgswitch_drops_total{reason}`, `sgswitch_conntrack_entries`,
 //! `sgswitch_events_total{event}`, `sgswitch_ports_gone_total`.
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use crate::api::{Command, Handler, Request, Response, StatsReport};
 
-use crate::api::{Command, Request, Response, StatsReport};
-use crate::daemon::MgmtHandle;
-
-/// How often the gauges are refreshed.
+/// How often the statistics are refreshed.
 pub const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
+/// Time a client has to send its whole request (and, separately, to read the answer).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are answered `503` and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Longest request head accepted.
+const MAX_HEAD: usize = 8192;
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// The process's Prometheus handle (installs the recorder on first use). `None`
-/// if another recorder was installed first.
-pub fn prometheus() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
-        .as_ref()
-}
-
-/// Set the metrics from a statistics report.
-pub fn record(s: &StatsReport) {
-    metrics::gauge!("sgswitch_generation").set(s.generation as f64);
-    metrics::gauge!("sgswitch_groups").set(s.groups as f64);
-    metrics::gauge!("sgswitch_rules").set(s.rules as f64);
-    metrics::gauge!("sgswitch_instances").set(s.instances as f64);
-    metrics::counter!("sgswitch_edits_total").absolute(s.edits);
-    metrics::gauge!("sgswitch_edit_latency_seconds", "quantile" => "0.5")
-        .set(s.edit_latency_p50_us as f64 / 1e6);
-    metrics::gauge!("sgswitch_edit_latency_seconds", "quantile" => "0.99")
-        .set(s.edit_latency_p99_us as f64 / 1e6);
-    metrics::gauge!("sgswitch_publish_latency_seconds", "quantile" => "0.5")
-        .set(s.publish_latency_p50_us as f64 / 1e6);
-    metrics::gauge!("sgswitch_publish_latency_seconds", "quantile" => "0.99")
-        .set(s.publish_latency_p99_us as f64 / 1e6);
-    for p in &s.ports {
-        let port = p.name.clone();
-        metrics::counter!("sgswitch_port_rx_packets_total", "port" => port.clone())
-            .absolute(p.rx_packets);
-        metrics::counter!("sgswitch_port_rx_bytes_total", "port" => port.clone())
-            .absolute(p.rx_bytes);
-        metrics::counter!("sgswitch_port_tx_packets_total", "port" => port.clone())
-            .absolute(p.tx_packets);
-        metrics::counter!("sgswitch_port_tx_bytes_total", "port" => port.clone())
-            .absolute(p.tx_bytes);
-        metrics::counter!("sgswitch_port_drops_total", "port" => port).absolute(p.drops);
+/// The Prometheus text of a statistics report.
+pub fn render(s: &StatsReport) -> String {
+    let mut out = String::with_capacity(4096 + s.ports.len() * 600);
+    let o = &mut out;
+    gauge(
+        o,
+        "sgswitch_generation",
+        "Generation of the last published rule snapshot.",
+        s.generation,
+    );
+    gauge(o, "sgswitch_groups", "Security groups.", s.groups);
+    gauge(
+        o,
+        "sgswitch_rules",
+        "Permissions in all security groups.",
+        s.rules,
+    );
+    gauge(o, "sgswitch_instances", "Instances.", s.instances);
+    head(
+        o,
+        "sgswitch_edits_total",
+        "counter",
+        "Committed edits since start.",
+    );
+    sample(o, "sgswitch_edits_total", &[], s.edits as f64);
+    summary(
+        o,
+        "sgswitch_edit_latency_seconds",
+        "Edit received to snapshot published.",
+        &[(0.5, s.edit_latency_p50_us), (0.99, s.edit_latency_p99_us)],
+        s.edit_latency_sum_us,
+        s.edit_latency_count,
+    );
+    summary(
+        o,
+        "sgswitch_publish_latency_seconds",
+        "Store committed to snapshot published (compile and swap).",
+        &[
+            (0.5, s.publish_latency_p50_us),
+            (0.99, s.publish_latency_p99_us),
+        ],
+        s.publish_latency_sum_us,
+        s.publish_latency_count,
+    );
+    type PortField = fn(&crate::api::PortStats) -> u64;
+    let port_families: [(&str, &str, PortField); 5] = [
+        (
+            "sgswitch_port_rx_packets_total",
+            "Frames received from the port.",
+            |p| p.rx_packets,
+        ),
+        (
+            "sgswitch_port_rx_bytes_total",
+            "Bytes received from the port.",
+            |p| p.rx_bytes,
+        ),
+        (
+            "sgswitch_port_tx_packets_total",
+            "Frames sent to the port.",
+            |p| p.tx_packets,
+        ),
+        (
+            "sgswitch_port_tx_bytes_total",
+            "Bytes sent to the port.",
+            |p| p.tx_bytes,
+        ),
+        (
+            "sgswitch_port_drops_total",
+            "Frames dropped at the port (receive and transmit).",
+            |p| p.drops,
+        ),
+    ];
+    for (name, help, field) in port_families {
+        head(o, name, "counter", help);
+        for p in &s.ports {
+            sample(o, name, &[("port", &p.name)], field(p) as f64);
+        }
     }
+    head(
+        o,
+        "sgswitch_drops_total",
+        "counter",
+        "Frames dropped, by reason.",
+    );
     for (reason, n) in &s.drops {
-        metrics::counter!("sgswitch_drops_total", "reason" => reason.clone()).absolute(*n);
+        sample(o, "sgswitch_drops_total", &[("reason", reason)], *n as f64);
     }
-    metrics::gauge!("sgswitch_conntrack_entries").set(s.conntrack_entries as f64);
+    gauge(
+        o,
+        "sgswitch_conntrack_entries",
+        "Tracked connections.",
+        s.conntrack_entries,
+    );
+    head(
+        o,
+        "sgswitch_events_total",
+        "counter",
+        "Other data-plane events (ARP and DHCP answers, segmentation, checksums, parks).",
+    );
     for (event, n) in &s.events {
-        metrics::counter!("sgswitch_events_total", "event" => event.clone()).absolute(*n);
+        sample(o, "sgswitch_events_total", &[("event", event)], *n as f64);
     }
-    metrics::counter!("sgswitch_ports_gone_total").absolute(s.ports_gone);
+    head(
+        o,
+        "sgswitch_ports_gone_total",
+        "counter",
+        "Ports removed because their network device went away.",
+    );
+    sample(o, "sgswitch_ports_gone_total", &[], s.ports_gone as f64);
+    out
 }
 
-/// The running exporter; dropping it stops both threads.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    head(out, name, "gauge", help);
+    sample(out, name, &[], v as f64);
+}
+
+fn summary(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    quantiles: &[(f64, u64)],
+    sum_us: u64,
+    count: u64,
+) {
+    head(out, name, "summary", help);
+    for (q, us) in quantiles {
+        let q = q.to_string();
+        sample(out, name, &[("quantile", &q)], *us as f64 / 1e6);
+    }
+    sample(out, &format!("{name}_sum"), &[], sum_us as f64 / 1e6);
+    sample(out, &format!("{name}_count"), &[], count as f64);
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, val)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in val.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {v}");
+}
+
+/// The running exporter; dropping it stops the updater and the listener (a
+/// connection being served finishes within its deadline on its own).
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -104,26 +234,27 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Bind `addr`, install the recorder, start the updater and the HTTP responder.
-pub fn start(addr: SocketAddr, mgmt: MgmtHandle) -> io::Result<MetricsServer> {
+/// Bind `addr`, start the updater (asking `mgmt` for [`Command::Stats`]) and the
+/// HTTP responder.
+pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServer> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
-    let handle = prometheus()
-        .ok_or_else(|| io::Error::other("another metrics recorder is already installed"))?;
     let stop = Arc::new(AtomicBool::new(false));
+    let latest: Arc<Mutex<Option<StatsReport>>> = Arc::default();
 
-    let stop_u = stop.clone();
+    let (stop_u, latest_u) = (stop.clone(), latest.clone());
     let updater = std::thread::Builder::new()
         .name("sgswitch-metrics".into())
         .spawn(move || {
             while !stop_u.load(Ordering::SeqCst) {
-                if let Ok(Response::Stats { stats }) = mgmt.call(Request {
+                let fresh = match mgmt.handle(Request {
                     owner: None,
                     command: Command::Stats,
                 }) {
-                    record(&stats);
-                }
-                handle.run_upkeep();
+                    Ok(Response::Stats { stats }) => Some(stats),
+                    _ => None,
+                };
+                *latest_u.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
                 // Sleep in small steps so that shutdown is quick.
                 for _ in 0..10 {
                     if stop_u.load(Ordering::SeqCst) {
@@ -135,6 +266,7 @@ pub fn start(addr: SocketAddr, mgmt: MgmtHandle) -> io::Result<MetricsServer> {
         })?;
 
     let stop_h = stop.clone();
+    let active = Arc::new(AtomicUsize::new(0));
     let http = std::thread::Builder::new()
         .name("sgswitch-metrics-http".into())
         .spawn(move || {
@@ -142,9 +274,28 @@ pub fn start(addr: SocketAddr, mgmt: MgmtHandle) -> io::Result<MetricsServer> {
                 if stop_h.load(Ordering::SeqCst) {
                     return;
                 }
-                if let Ok(stream) = conn {
-                    let _ = serve_http(stream, handle);
+                let Ok(mut stream) = conn else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = respond(
+                        &mut stream,
+                        "503 Service Unavailable",
+                        "too many connections\n",
+                        Instant::now() + Duration::from_millis(100),
+                    );
+                    continue;
                 }
+                let latest = latest.clone();
+                let slot = Slot(active.clone());
+                // A client's failure (stall, reset) only ends its own connection;
+                // if no thread can be made the connection is closed at once.
+                let _ = std::thread::Builder::new()
+                    .name("sgswitch-metrics-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        let _ = serve_http(stream, &latest);
+                    });
             }
         })?;
     Ok(MetricsServer {
@@ -154,59 +305,304 @@ pub fn start(addr: SocketAddr, mgmt: MgmtHandle) -> io::Result<MetricsServer> {
     })
 }
 
-/// Answer one HTTP request.
-fn serve_http(mut stream: TcpStream, handle: &PrometheusHandle) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+/// One of the [`MAX_CONNECTIONS`] places; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answer one HTTP request: the head must arrive within [`REQUEST_DEADLINE`]
+/// (in all, not per read), the answer is written within as much again.
+fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete within the deadline",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
-        if head.len() > 8192 {
+        if head.len() > MAX_HEAD {
             return respond(
                 &mut stream,
                 "431 Request Header Fields Too Large",
                 "request head too large\n",
+                Instant::now() + REQUEST_DEADLINE,
             );
         }
     }
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
-        return respond(&mut stream, "405 Method Not Allowed", "only GET\n");
+        return respond(&mut stream, "405 Method Not Allowed", "only GET\n", deadline);
     }
-    match path {
-        "/metrics" | "/" => respond(&mut stream, "200 OK", &handle.render()),
-        _ => respond(&mut stream, "404 Not Found", "try /metrics\n"),
+    if path != "/metrics" {
+        return respond(&mut stream, "404 Not Found", "try /metrics\n", deadline);
+    }
+    let body = latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(render);
+    match body {
+        Some(body) => respond(&mut stream, "200 OK", &body, deadline),
+        None => respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "no statistics yet\n",
+            deadline,
+        ),
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+/// Write the answer in pieces, each bounded by what is left of `deadline`.
+fn respond(stream: &mut TcpStream, status: &str, body: &str, deadline: Instant) -> io::Result<()> {
+    let mut msg = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    )
+    .into_bytes();
+    msg.extend_from_slice(body.as_bytes());
+    for chunk in msg.chunks(16 * 1024) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "answer not read within the deadline",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        stream.write_all(chunk)?;
+    }
     stream.flush()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::api::Command;
-    use crate::daemon::spawn_management;
-    use crate::testutil::*;
+    use crate::api::{ApiError, PortStats, Reply};
+
+    /// A strict parser of the text format 0.0.4: every sample belongs to a family
+    /// announced by `# HELP` and `# TYPE` before it, names and labels are well
+    /// formed, values are numbers, no series twice; a summary has quantiles
+    /// (0 ≤ q ≤ 1), `_sum` and `_count`. Returns family → (type, samples).
+    pub(crate) fn parse_strict(
+        text: &str,
+    ) -> Result<BTreeMap<String, (String, Vec<(String, f64)>)>, String> {
+        let mut fams: BTreeMap<String, (String, Vec<(String, f64)>)> = BTreeMap::new();
+        let mut helped = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.chars().enumerate().all(|(i, c)| {
+                    c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+                })
+        };
+        if !text.ends_with('\n') {
+            return Err("text does not end with a newline".into());
+        }
+        for (no, line) in text.lines().enumerate() {
+            let err = |m: &str| format!("line {}: {m}: {line:?}", no + 1);
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').ok_or_else(|| err("HELP without text"))?;
+                if !valid_name(name) || help.is_empty() || !helped.insert(name.to_owned()) {
+                    return Err(err("bad or repeated HELP"));
+                }
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or_else(|| err("TYPE without type"))?;
+                if !helped.contains(name) {
+                    return Err(err("TYPE before HELP"));
+                }
+                if !["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind) {
+                    return Err(err("unknown type"));
+                }
+                if fams
+                    .insert(name.to_owned(), (kind.to_owned(), Vec::new()))
+                    .is_some()
+                {
+                    return Err(err("TYPE repeated"));
+                }
+            } else if line.starts_with('#') || line.is_empty() {
+                return Err(err("unexpected comment or empty line"));
+            } else {
+                let (series, value) = line.rsplit_once(' ').ok_or_else(|| err("no value"))?;
+                let value: f64 = value.parse().map_err(|_| err("value not a number"))?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, l)) => (
+                        n,
+                        l.strip_suffix('}').ok_or_else(|| err("labels not closed"))?,
+                    ),
+                    None => (series, ""),
+                };
+                if !valid_name(name) {
+                    return Err(err("bad metric name"));
+                }
+                // Labels: name="value" separated by commas, value escapes \\ \" \n.
+                let mut rest = labels;
+                while !rest.is_empty() {
+                    let (k, v) = rest.split_once("=\"").ok_or_else(|| err("bad label"))?;
+                    if !valid_name(k) {
+                        return Err(err("bad label name"));
+                    }
+                    let mut chars = v.char_indices();
+                    let mut end = None;
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => match chars.next() {
+                                Some((_, '\\' | '"' | 'n')) => {}
+                                _ => return Err(err("bad escape")),
+                            },
+                            '"' => {
+                                end = Some(i);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let end = end.ok_or_else(|| err("label value not closed"))?;
+                    rest = &v[end + 1..];
+                    if let Some(r) = rest.strip_prefix(',') {
+                        rest = r;
+                    } else if !rest.is_empty() {
+                        return Err(err("junk after label"));
+                    }
+                }
+                let family = fams
+                    .iter_mut()
+                    .filter(|(f, (kind, _))| {
+                        name == f.as_str()
+                            || (kind == "summary"
+                                && (name == format!("{f}_sum") || name == format!("{f}_count")))
+                    })
+                    .map(|(_, v)| v)
+                    .next()
+                    .ok_or_else(|| err("sample without HELP and TYPE"))?;
+                if !seen.insert(series.to_owned()) {
+                    return Err(err("series repeated"));
+                }
+                family.1.push((series.to_owned(), value));
+            }
+        }
+        for (name, (kind, samples)) in &fams {
+            if kind != "summary" {
+                continue;
+            }
+            let has = |s: &str| samples.iter().any(|(n, _)| n == s);
+            if !has(&format!("{name}_sum")) || !has(&format!("{name}_count")) {
+                return Err(format!("summary {name} without _sum and _count"));
+            }
+            let quantiles: Vec<f64> = samples
+                .iter()
+                .filter_map(|(n, _)| {
+                    n.strip_prefix(&format!("{name}{{quantile=\""))?
+                        .strip_suffix("\"}")?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            if quantiles.is_empty() || quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
+                return Err(format!("summary {name} without valid quantiles"));
+            }
+        }
+        Ok(fams)
+    }
+
+    fn report(ports: &[&str]) -> StatsReport {
+        StatsReport {
+            generation: 7,
+            groups: 2,
+            rules: 3,
+            instances: ports.len() as u64,
+            edits: 5,
+            edit_latency_p50_us: 150,
+            edit_latency_p99_us: 900,
+            edit_latency_sum_us: 2_000,
+            edit_latency_count: 5,
+            publish_latency_p50_us: 100,
+            publish_latency_p99_us: 400,
+            publish_latency_sum_us: 1_000,
+            publish_latency_count: 5,
+            ports: ports
+                .iter()
+                .map(|p| PortStats {
+                    name: (*p).to_owned(),
+                    rx_packets: 1,
+                    rx_bytes: 60,
+                    tx_packets: 2,
+                    tx_bytes: 120,
+                    drops: 0,
+                })
+                .collect(),
+            drops: vec![("no_rule".into(), 4), ("spoof".into(), 0)],
+            conntrack_entries: 9,
+            events: vec![("arp_replies".into(), 3)],
+            ports_gone: 1,
+        }
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_latencies_are_summaries() {
+        let text = render(&report(&["i-0123abcd", "weird\"po\\rt\n"]));
+        let fams = parse_strict(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let (kind, samples) = &fams["sgswitch_edit_latency_seconds"];
+        assert_eq!(kind, "summary");
+        let got: Vec<(&str, f64)> = samples.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("sgswitch_edit_latency_seconds{quantile=\"0.5\"}", 0.00015),
+                ("sgswitch_edit_latency_seconds{quantile=\"0.99\"}", 0.0009),
+                ("sgswitch_edit_latency_seconds_sum", 0.002),
+                ("sgswitch_edit_latency_seconds_count", 5.0),
+            ]
+        );
+        assert_eq!(fams["sgswitch_publish_latency_seconds"].0, "summary");
+        assert_eq!(fams["sgswitch_edits_total"].0, "counter");
+        assert_eq!(fams["sgswitch_groups"].0, "gauge");
+        assert!(text.contains("sgswitch_port_rx_packets_total{port=\"i-0123abcd\"} 1\n"));
+        assert!(text.contains("{port=\"weird\\\"po\\\\rt\\n\"}"), "{text}");
+        assert!(text.contains("sgswitch_drops_total{reason=\"no_rule\"} 4\n"));
+        // The parser itself rejects what it must.
+        for bad in [
+            "sgswitch_x 1\n",
+            "# TYPE a gauge\na 1\n",
+            "# HELP a h\n# TYPE a gauge\na{b=\"c} 1\n",
+            "# HELP a h\n# TYPE a summary\na{quantile=\"0.5\"} 1\n",
+            "# HELP a h\n# TYPE a gauge\na 1\na 2\n",
+            "# HELP a h\n# TYPE a gauge\na one\n",
+        ] {
+            assert!(parse_strict(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn series_of_removed_ports_are_not_rendered() {
+        let before = render(&report(&["i-0000000a", "i-0000000b"]));
+        let after = render(&report(&["i-0000000a"]));
+        assert!(before.contains("port=\"i-0000000b\""));
+        assert!(after.contains("port=\"i-0000000a\""));
+        assert!(!after.contains("i-0000000b"), "{after}");
+    }
 
     fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -217,37 +613,41 @@ mod tests {
         out
     }
 
-    #[test]
-    fn serves_prometheus_text_of_the_daemon_stats() {
-        let dir = TempDir::new("metrics");
-        let core = core_in(&dir, config());
-        let (handle, mgmt) = spawn_management(core).unwrap();
-        handle
-            .call(req(Command::AddGroup {
-                name: "web".into(),
-                description: "w".into(),
-            }))
-            .unwrap();
-        let server = start("127.0.0.1:0".parse().unwrap(), handle.clone()).unwrap();
-        let addr = server.local_addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let body = loop {
-            let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-            if r.contains("sgswitch_groups 2") {
-                break r;
+    /// A stats source whose port list the test changes.
+    fn source(ports: Arc<Mutex<Vec<&'static str>>>) -> Arc<dyn Handler> {
+        Arc::new(move |req: Request| -> Reply {
+            match req.command {
+                Command::Stats => Ok(Response::Stats {
+                    stats: report(&ports.lock().unwrap()),
+                }),
+                _ => Err(ApiError::internal("not a stats request")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "metrics never showed the groups: {r}"
-            );
+        })
+    }
+
+    fn wait_for(addr: SocketAddr, what: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            if what(&r) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "metrics never matched: {r}");
             std::thread::sleep(Duration::from_millis(100));
-        };
+        }
+    }
+
+    #[test]
+    fn serves_only_metrics_concurrently_and_forgets_removed_ports() {
+        let ports = Arc::new(Mutex::new(vec!["i-0000000a", "i-0000000b"]));
+        let server = start("127.0.0.1:0".parse().unwrap(), source(ports.clone())).unwrap();
+        let addr = server.local_addr();
+        let body = wait_for(addr, |r| r.contains("port=\"i-0000000b\""));
         assert!(body.starts_with("HTTP/1.0 200 OK\r\n"), "{body}");
-        assert!(body.contains("sgswitch_edits_total"), "{body}");
-        assert!(
-            body.contains("sgswitch_edit_latency_seconds{quantile=\"0.99\"}"),
-            "{body}"
-        );
+        let text = body.split_once("\r\n\r\n").unwrap().1;
+        parse_strict(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+        assert!(get(addr, "GET / HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
         assert!(get(addr, "GET /nope HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
         assert!(get(addr, "POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 405"));
         let huge = format!("GET /metrics HTTP/1.0\r\nX: {}\r\n\r\n", "a".repeat(8_900));
@@ -256,8 +656,35 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.0 431"), "{out}");
+
+        // Clients that send half a request and stall do not delay another one.
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metr").unwrap();
+            stalled.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let r = get(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "a stalled client delayed another by {:?}",
+            t0.elapsed()
+        );
+        // And each stalled one is cut at the deadline (not held open per read).
+        let mut s = stalled.pop().unwrap();
+        let t0 = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        let held = t0.elapsed();
+        assert!(held < REQUEST_DEADLINE + Duration::from_secs(1), "{held:?}");
+
+        ports.lock().unwrap().retain(|p| *p != "i-0000000b");
+        let body = wait_for(addr, |r| !r.contains("i-0000000b"));
+        assert!(body.contains("port=\"i-0000000a\""), "{body}");
         drop(server);
-        handle.stop();
-        mgmt.join().unwrap();
     }
 }
