@@ -349,7 +349,12 @@ fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io:
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
-        return respond(&mut stream, "405 Method Not Allowed", "only GET\n", deadline);
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "only GET\n",
+            deadline,
+        );
     }
     if path != "/metrics" {
         return respond(&mut stream, "404 Not Found", "try /metrics\n", deadline);
@@ -424,12 +429,16 @@ mod tests {
         for (no, line) in text.lines().enumerate() {
             let err = |m: &str| format!("line {}: {m}: {line:?}", no + 1);
             if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, help) = rest.split_once(' ').ok_or_else(|| err("HELP without text"))?;
+                let (name, help) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| err("HELP without text"))?;
                 if !valid_name(name) || help.is_empty() || !helped.insert(name.to_owned()) {
                     return Err(err("bad or repeated HELP"));
                 }
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').ok_or_else(|| err("TYPE without type"))?;
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| err("TYPE without type"))?;
                 if !helped.contains(name) {
                     return Err(err("TYPE before HELP"));
                 }
@@ -450,7 +459,8 @@ mod tests {
                 let (name, labels) = match series.split_once('{') {
                     Some((n, l)) => (
                         n,
-                        l.strip_suffix('}').ok_or_else(|| err("labels not closed"))?,
+                        l.strip_suffix('}')
+                            .ok_or_else(|| err("labels not closed"))?,
                     ),
                     None => (series, ""),
                 };

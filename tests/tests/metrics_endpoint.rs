@@ -1,0 +1,147 @@
+//! The metrics endpoint of a real daemon (`up --metrics-listen 127.0.0.1:0`):
+//! only `/metrics` serves (404 on `/`, 405 for POST), a client that sends half
+//! a request and stalls does not block a second client, the port series of a
+//! terminated instance disappear, and the text passes `promtool check metrics`
+//! (Debian package `prometheus`, installed by scripts/test.sh) when promtool is
+//! there. Needs root (skips without).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{Lab, LabConfig};
+
+fn get(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metrics_addr(lab: &Lab) -> SocketAddr {
+    let log = std::fs::read_to_string(lab.dir.join("daemon.log")).unwrap();
+    log.lines()
+        .filter_map(|l| l.strip_prefix("sgswitch: metrics on http://"))
+        .filter_map(|a| a.trim().trim_end_matches("/metrics").parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no metrics line in the daemon log:\n{log}"))
+}
+
+fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        if r.starts_with("HTTP/1.0 200") && ok(&r) {
+            return r.split_once("\r\n\r\n").unwrap().1.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}:\n{r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `promtool check metrics` on `text`, if promtool is installed; `None` if not.
+fn promtool(text: &str) -> Option<(bool, String)> {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return None,
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), msg))
+}
+
+#[test]
+fn metrics_endpoint_serves_only_metrics_resists_slow_clients_and_forgets_terminated_ports() {
+    let Some(lab) = Lab::start(
+        LabConfig::new("metrics")
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0"),
+    ) else {
+        return;
+    };
+    let addr = metrics_addr(&lab);
+    let a = lab.run_instances(1, &[]).remove(0);
+    let b = lab.run_instances(1, &[]).remove(0);
+    let text = scrape_until(addr, "both instances' ports", |r| {
+        r.contains(&format!("port=\"{}\"", a.id)) && r.contains(&format!("port=\"{}\"", b.id))
+    });
+    for family in [
+        "sgswitch_groups",
+        "sgswitch_edits_total",
+        "sgswitch_port_rx_packets_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {family} ")), "{text}");
+        assert!(text.contains(&format!("# TYPE {family} ")), "{text}");
+    }
+    assert!(
+        text.contains("# TYPE sgswitch_edit_latency_seconds summary\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nsgswitch_edit_latency_seconds_count "),
+        "{text}"
+    );
+    match promtool(&text) {
+        Some((ok, msg)) => assert!(ok, "promtool check metrics failed:\n{msg}\n{text}"),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("promtool missing (Debian package prometheus, see scripts/test.sh)")
+        }
+        None => eprintln!("promtool not installed: text format checked by the unit tests only"),
+    }
+
+    assert!(get(addr, "GET / HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
+    assert!(get(addr, "POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 405"));
+
+    // Half a request, then silence: a second client is served at once, and the
+    // stalled one is cut within the request deadline (2 s), not held.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(b"GET /metrics HT").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let r = get(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+    let second = t0.elapsed();
+    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+    assert!(
+        second < Duration::from_secs(1),
+        "the second client waited {second:?} behind a stalled one"
+    );
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut sink = Vec::new();
+    let _ = stalled.read_to_end(&mut sink);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "a stalled client held its connection for {:?}",
+        t0.elapsed()
+    );
+
+    lab.terminate(&[&b.id]);
+    let text = scrape_until(addr, "the terminated instance's series gone", |r| {
+        !r.contains(&b.id)
+    });
+    assert!(text.contains(&format!("port=\"{}\"", a.id)), "{text}");
+}
