@@ -11,6 +11,8 @@
 //! * [`ec2out`]: parsing `describe-group`/`authorize` output lines.
 //! * [`nmap`]: the parser of nmap's grepable output.
 //! * [`run`]: running programs with a deadline.
+//! * [`transcript`]: the README's marked shell blocks and how their output is
+//!   compared (`tests/tests/readme.rs` runs them).
 //! * `src/bin/labhelper.rs`: TCP echo listener, connect prober and stream tool the
 //!   lab runs inside namespaces.
 //!
@@ -25,6 +27,7 @@ pub mod lab;
 pub mod load;
 pub mod nmap;
 pub mod run;
+pub mod transcript;
 
 pub use ec2out::{GroupLine, PermSource, Permission};
 pub use lab::{
