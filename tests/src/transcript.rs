@@ -30,6 +30,8 @@
 //!   launched);
 //! * MAC addresses, nmap's latency, start line and scan time are compared as
 //!   wildcards ([`normalize`]);
+//! * `i-xxxxxxxx` (`r-`, `sg-`) in an output line stands for any such id (where
+//!   the run picks one of several instances);
 //! * a line `...` stands for any number of lines (one per output).
 
 use std::collections::BTreeMap;
@@ -189,7 +191,10 @@ impl Ids {
     pub fn apply(&self, s: &str) -> String {
         id_re()
             .replace_all(s, |c: &regex::Captures| {
-                self.map.get(&c[0]).cloned().unwrap_or_else(|| c[0].to_owned())
+                self.map
+                    .get(&c[0])
+                    .cloned()
+                    .unwrap_or_else(|| c[0].to_owned())
             })
             .into_owned()
     }
@@ -203,13 +208,24 @@ impl Ids {
         }
         for (x, y) in e.into_iter().zip(a) {
             let kind = |s: &str| s.split('-').next().unwrap_or_default().to_owned();
-            if kind(x) != kind(y) || self.map.contains_key(x) || self.map.values().any(|v| v == y)
-            {
+            if kind(x) != kind(y) || self.map.contains_key(x) || self.map.values().any(|v| v == y) {
                 continue;
             }
             self.map.insert(x.to_owned(), y.to_owned());
         }
     }
+}
+
+/// Whether a README line (ids applied) shows a run's line: equal after
+/// [`normalize`], where `i-xxxxxxxx` (also `r-`, `sg-`) in the README stands for
+/// any id (an instance the run picks among several).
+pub fn line_eq(expected: &str, actual: &str) -> bool {
+    let (e, a) = (normalize(expected), normalize(actual));
+    if !e.contains("-xxxxxxxx") {
+        return e == a;
+    }
+    let pat = regex::escape(&e).replace("xxxxxxxx", "[0-9a-f]{8}");
+    Regex::new(&format!("^{pat}$")).is_ok_and(|re| re.is_match(&a))
 }
 
 /// A line with the figures that change from run to run replaced by `<…>`
@@ -220,7 +236,10 @@ pub fn normalize(line: &str) -> String {
         [
             (r"\b(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\b", "<mac>"),
             (r"\(\d+(?:\.\d+)?s latency\)", "(<t>s latency)"),
-            (r"scanned in \d+(?:\.\d+)? seconds", "scanned in <t> seconds"),
+            (
+                r"scanned in \d+(?:\.\d+)? seconds",
+                "scanned in <t> seconds",
+            ),
             (r"^Starting Nmap .*", "Starting Nmap <version and date>"),
             (r"\bqemu:\d+\b", "qemu:<pid>"),
         ]
@@ -269,7 +288,7 @@ pub fn matches(expected: &[String], actual: &[String], ids: &mut Ids) -> bool {
     let mut ok = true;
     for (e, a) in pairs {
         ids.learn(e, a);
-        ok &= normalize(&ids.apply(e)) == normalize(a);
+        ok &= line_eq(&ids.apply(e), a);
     }
     ok
 }
@@ -280,7 +299,7 @@ pub fn contains_in_order(expected: &[String], actual: &[String], ids: &Ids) -> b
     let mut it = actual.iter();
     trim_blank_tail(expected)
         .iter()
-        .all(|e| it.any(|a| normalize(&ids.apply(e)) == normalize(a)))
+        .all(|e| it.any(|a| line_eq(&ids.apply(e), a)))
 }
 
 /// The output to write back for `README_BLESS=1`: the run's lines, keeping an
@@ -314,9 +333,7 @@ pub fn report(readme: &str, step: &Step, cmd_run: &str, actual: &[String], ids: 
     let e = trim_blank_tail(&step.expected);
     let a = trim_blank_tail(actual);
     for (i, l) in e.iter().enumerate() {
-        let differs = a
-            .get(i)
-            .is_none_or(|x| normalize(x) != normalize(&ids.apply(l)));
+        let differs = a.get(i).is_none_or(|x| !line_eq(&ids.apply(l), x));
         s.push_str(if differs { "  ≠ " } else { "    " });
         s.push_str(&ids.apply(l));
         s.push('\n');
@@ -371,10 +388,18 @@ INSTANCE\ti-81afa65f\t172.31.0.2\n$ ip netns exec i-81afa65f true\n$ long \\\n  
             "ip netns exec i-12345678 nc"
         );
         // Another instance at the same id place later is a mismatch.
-        assert!(!matches(&v("INSTANCE\ti-81afa65f"), &v("INSTANCE\ti-99999999"), &mut ids));
+        assert!(!matches(
+            &v("INSTANCE\ti-81afa65f"),
+            &v("INSTANCE\ti-99999999"),
+            &mut ids
+        ));
         // Changed text, missing or extra lines are mismatches.
         let mut fresh = Ids::default();
-        assert!(!matches(&exp, &v("RESERVATION\tr-0000aaaa\nINSTANCE\ti-12345678\t172.31.0.3"), &mut fresh));
+        assert!(!matches(
+            &exp,
+            &v("RESERVATION\tr-0000aaaa\nINSTANCE\ti-12345678\t172.31.0.3"),
+            &mut fresh
+        ));
         assert!(!matches(&exp, &act[..1], &mut Ids::default()));
         assert!(!matches(&exp[..1], &act, &mut Ids::default()));
         // Wildcards for figures that change.
@@ -383,7 +408,20 @@ INSTANCE\ti-81afa65f\t172.31.0.2\n$ ip netns exec i-81afa65f true\n$ long \\\n  
             &v("Host is up (0.0021s latency).\nMAC Address: 02:00:12:34:56:78 (Unknown)"),
             &mut Ids::default()
         ));
-        assert!(!matches(&v("22/tcp open  ssh"), &v("22/tcp filtered ssh"), &mut Ids::default()));
+        assert!(!matches(
+            &v("22/tcp open  ssh"),
+            &v("22/tcp filtered ssh"),
+            &mut Ids::default()
+        ));
+        // `i-xxxxxxxx`: any instance.
+        assert!(line_eq(
+            "in use by instance i-xxxxxxxx",
+            "in use by instance i-0badcafe"
+        ));
+        assert!(!line_eq(
+            "in use by instance i-xxxxxxxx",
+            "in use by instance r-0badcafe"
+        ));
     }
 
     #[test]
@@ -396,7 +434,10 @@ INSTANCE\ti-81afa65f\t172.31.0.2\n$ ip netns exec i-81afa65f true\n$ long \\\n  
         assert_eq!(bless(&v("x\n"), &v("y\nw")), v("y\nw\n"));
         let mut with_blank = v("x");
         with_blank.push(String::new());
-        assert_eq!(bless(&with_blank, &v("y")), vec!["y".to_owned(), String::new()]);
+        assert_eq!(
+            bless(&with_blank, &v("y")),
+            vec!["y".to_owned(), String::new()]
+        );
         assert!(contains_in_order(
             &v("sgswitch: ready on /run/x"),
             &v("INFO starting\nsgswitch: ready on /run/x"),
