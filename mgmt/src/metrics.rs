@@ -411,10 +411,11 @@ mod tests {
     /// announced by `# HELP` and `# TYPE` before it, names and labels are well
     /// formed, values are numbers, no series twice; a summary has quantiles
     /// (0 ≤ q ≤ 1), `_sum` and `_count`. Returns family → (type, samples).
-    pub(crate) fn parse_strict(
-        text: &str,
-    ) -> Result<BTreeMap<String, (String, Vec<(String, f64)>)>, String> {
-        let mut fams: BTreeMap<String, (String, Vec<(String, f64)>)> = BTreeMap::new();
+    /// Family name → (type, samples as (series, value)).
+    type Families = BTreeMap<String, (String, Vec<(String, f64)>)>;
+
+    pub(crate) fn parse_strict(text: &str) -> Result<Families, String> {
+        let mut fams = Families::new();
         let mut helped = std::collections::BTreeSet::new();
         let mut seen = std::collections::BTreeSet::new();
         let valid_name = |n: &str| {

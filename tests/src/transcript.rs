@@ -7,7 +7,7 @@
 //! <!-- readme-test: run -->
 //! ```console
 //! $ sgswitch add-group web -d "Web Servers"
-//! GROUP	web	Web Servers
+//! GROUP  web  Web Servers
 //! ```
 //!
 //! <!-- readme-test: not run (needs a release build) -->
