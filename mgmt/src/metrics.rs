@@ -277,13 +277,13 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                 let Ok(mut stream) = conn else { continue };
                 if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::SeqCst);
-                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
                     let _ = respond(
                         &mut stream,
                         "503 Service Unavailable",
                         "too many connections\n",
                         Instant::now() + Duration::from_millis(100),
                     );
+                    finish(&mut stream, Duration::from_millis(50));
                     continue;
                 }
                 let latest = latest.clone();
@@ -294,7 +294,10 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                     .name("sgswitch-metrics-conn".into())
                     .spawn(move || {
                         let _slot = slot;
-                        let _ = serve_http(stream, &latest);
+                        let mut stream = stream;
+                        if serve_http(&mut stream, &latest).is_ok() {
+                            finish(&mut stream, Duration::from_millis(200));
+                        }
                     });
             }
         })?;
@@ -316,7 +319,7 @@ impl Drop for Slot {
 
 /// Answer one HTTP request: the head must arrive within [`REQUEST_DEADLINE`]
 /// (in all, not per read), the answer is written within as much again.
-fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io::Result<()> {
+fn serve_http(stream: &mut TcpStream, latest: &Mutex<Option<StatsReport>>) -> io::Result<()> {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -336,7 +339,7 @@ fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io:
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
             return respond(
-                &mut stream,
+                stream,
                 "431 Request Header Fields Too Large",
                 "request head too large\n",
                 Instant::now() + REQUEST_DEADLINE,
@@ -349,15 +352,10 @@ fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io:
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "only GET\n",
-            deadline,
-        );
+        return respond(stream, "405 Method Not Allowed", "only GET\n", deadline);
     }
     if path != "/metrics" {
-        return respond(&mut stream, "404 Not Found", "try /metrics\n", deadline);
+        return respond(stream, "404 Not Found", "try /metrics\n", deadline);
     }
     let body = latest
         .lock()
@@ -365,13 +363,32 @@ fn serve_http(mut stream: TcpStream, latest: &Mutex<Option<StatsReport>>) -> io:
         .as_ref()
         .map(render);
     match body {
-        Some(body) => respond(&mut stream, "200 OK", &body, deadline),
+        Some(body) => respond(stream, "200 OK", &body, deadline),
         None => respond(
-            &mut stream,
+            stream,
             "503 Service Unavailable",
             "no statistics yet\n",
             deadline,
         ),
+    }
+}
+
+/// Close after an answer without a reset: end our side, then read (and drop)
+/// what the client still sends (the rest of a request we did not read) for at
+/// most `linger`.
+fn finish(stream: &mut TcpStream, linger: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + linger;
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -696,6 +713,35 @@ mod tests {
         ports.lock().unwrap().retain(|p| *p != "i-0000000b");
         let body = wait_for(addr, |r| !r.contains("i-0000000b"));
         assert!(body.contains("port=\"i-0000000a\""), "{body}");
+        drop(server);
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_refused_at_once_and_slots_come_back() {
+        let ports = Arc::new(Mutex::new(vec!["i-0000000a"]));
+        let server = start("127.0.0.1:0".parse().unwrap(), source(ports)).unwrap();
+        let addr = server.local_addr();
+        wait_for(addr, |r| r.starts_with("HTTP/1.0 200"));
+        let stalled: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /").unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        let r = get(addr, "GET /metrics HTTP/1.0\r\n\n");
+        assert!(r.starts_with("HTTP/1.0 503"), "{r}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // The stalled ones are cut at their deadline; then all is served again.
+        let body = wait_for(addr, |r| r.starts_with("HTTP/1.0 200"));
+        assert!(body.contains("sgswitch_groups"), "{body}");
+        drop(stalled);
         drop(server);
     }
 }
