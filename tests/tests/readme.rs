@@ -17,13 +17,15 @@
 //! their own and their PIDs are kept. At the end, also when the test fails: the
 //! daemon gets SIGTERM (then SIGKILL) by PID, the other background commands
 //! SIGKILL by PID, every namespace in the private `/run/netns` is deleted, the
-//! shell exits (or is killed by PID), then `readme-host-PID` is deleted.
+//! shell exits (or, if it does not within 15 s, its process group, which it
+//! leads, is killed by the shell's PID), then `readme-host-PID` is deleted.
 //!
 //! Needs root, nmap, busybox and iproute2 (skips without, fails under CI=true).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -86,8 +88,11 @@ impl Session {
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
+        // Its own process group, so a forced cleanup reaches a command still
+        // running in it (killpg by the shell's PID).
         let spawned = Command::new("ip")
             .args(["netns", "exec", &netns, "bash", "--noprofile", "--norc"])
+            .process_group(0)
             .env_clear()
             .env("PATH", path)
             .env("HOME", dir.join("work"))
@@ -240,6 +245,7 @@ impl Drop for Session {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if matches!(shell.try_wait(), Ok(None)) {
+                let _ = kill(Pid::from_raw(-(shell.id() as i32)), Signal::SIGKILL);
                 let _ = shell.kill();
             }
             let _ = shell.wait();
