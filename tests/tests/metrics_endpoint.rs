@@ -99,10 +99,18 @@ fn metrics_endpoint_serves_only_metrics_resists_slow_clients_and_forgets_termina
         text.contains("# TYPE sgswitch_edit_latency_seconds summary\n"),
         "{text}"
     );
+    // The summary's count and sum are real: the two launches were edits.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
     assert!(
-        text.contains("\nsgswitch_edit_latency_seconds_count "),
+        value("sgswitch_edit_latency_seconds_count") >= 2.0,
         "{text}"
     );
+    assert!(value("sgswitch_edit_latency_seconds_sum") > 0.0, "{text}");
     match promtool(&text) {
         Some((ok, msg)) => assert!(ok, "promtool check metrics failed:\n{msg}\n{text}"),
         None if std::env::var("CI").as_deref() == Ok("true") => {
@@ -133,6 +141,10 @@ fn metrics_endpoint_serves_only_metrics_resists_slow_clients_and_forgets_termina
     let t0 = Instant::now();
     let mut sink = Vec::new();
     let _ = stalled.read_to_end(&mut sink);
+    eprintln!(
+        "second client served in {second:?}; stalled client cut after {:?}",
+        t0.elapsed()
+    );
     assert!(
         t0.elapsed() < Duration::from_secs(3),
         "a stalled client held its connection for {:?}",
