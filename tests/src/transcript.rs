@@ -199,6 +199,19 @@ impl Ids {
             .into_owned()
     }
 
+    /// `s` with every id of this run that stands for a README id replaced by
+    /// the README's (what `README_BLESS` writes back: the README keeps its ids).
+    pub fn unapply(&self, s: &str) -> String {
+        id_re()
+            .replace_all(s, |c: &regex::Captures| {
+                self.map
+                    .iter()
+                    .find(|(_, v)| **v == c[0])
+                    .map_or_else(|| c[0].to_owned(), |(k, _)| k.clone())
+            })
+            .into_owned()
+    }
+
     /// Pair the ids of a README line with those at the same places of a run's line.
     pub fn learn(&mut self, expected: &str, actual: &str) {
         let e: Vec<&str> = id_re().find_iter(expected).map(|m| m.as_str()).collect();
@@ -386,6 +399,10 @@ INSTANCE\ti-81afa65f\t172.31.0.2\n$ ip netns exec i-81afa65f true\n$ long \\\n  
         assert_eq!(
             ids.apply("ip netns exec i-81afa65f nc"),
             "ip netns exec i-12345678 nc"
+        );
+        assert_eq!(
+            ids.unapply("i-12345678 i-0000ffff"),
+            "i-81afa65f i-0000ffff"
         );
         // Another instance at the same id place later is a mismatch.
         assert!(!matches(

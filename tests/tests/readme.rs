@@ -1,9 +1,9 @@
 //! README.md runs as written: every shell block marked `<!-- readme-test: run -->`
 //! is run command by command, and what each command prints must be what the
 //! README shows after it (see `e2e::transcript` for the marks, the learned ids
-//! and the wildcards). `README_BLESS=1` rewrites the shown output (and the ids in
-//! later commands) with this run's instead of failing: after a change to what
-//! sgswitch prints, bless, then read the diff.
+//! and the wildcards). `README_BLESS=1` rewrites the output of each command
+//! that differs with this run's (ids the README already had are kept) instead
+//! of failing: after a change to what sgswitch prints, bless, then read the diff.
 //!
 //! Where it runs (strict lab safety): the README speaks of "the host", where a
 //! plain `sgswitch up` puts its uplink, its socket (`/run/sgswitch`) and state
@@ -316,7 +316,7 @@ fn readme_runs_as_written() {
     let mut session = Session::start();
     let mut ids = Ids::default();
     let mut failures = Vec::new();
-    // Line index → new lines (bless).
+    // Output start line → (output end line, the run's lines) (bless).
     let mut rewrites: BTreeMap<usize, (usize, Vec<String>)> = BTreeMap::new();
     for step in &steps {
         let cmd = ids.apply(&step.command());
@@ -347,22 +347,14 @@ fn readme_runs_as_written() {
         } else {
             transcript::matches(&step.expected, &actual, &mut ids)
         };
-        if bless {
-            let mut new: Vec<String> = step
-                .cmd_lines
+        if bless && !ok {
+            // The run's output, with the README's ids where they stand for the
+            // run's (the commands keep theirs).
+            let new: Vec<String> = transcript::bless(&step.expected, &actual)
                 .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let l = ids.apply(l);
-                    if i == 0 { format!("$ {l}") } else { l }
-                })
+                .map(|l| ids.unapply(l))
                 .collect();
-            if ok {
-                new.extend(step.expected.iter().map(|l| ids.apply(l)));
-            } else {
-                new.extend(transcript::bless(&step.expected, &actual));
-            }
-            rewrites.insert(step.line, (step.out_end, new));
+            rewrites.insert(step.out_start, (step.out_end, new));
         } else if !ok {
             failures.push(transcript::report("README.md", step, &cmd, &actual, &ids));
         }
@@ -371,14 +363,16 @@ fn readme_runs_as_written() {
     if bless {
         let lines: Vec<&str> = text.lines().collect();
         let mut out: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < lines.len() {
+        let mut skip_until = 0;
+        for (i, line) in lines.iter().enumerate() {
+            // A rewrite replaces lines start..end (none when the README showed
+            // no output) with the run's.
             if let Some((end, new)) = rewrites.get(&i) {
                 out.extend(new.iter().cloned());
-                i = *end;
-            } else {
-                out.push(lines[i].to_owned());
-                i += 1;
+                skip_until = *end;
+            }
+            if i >= skip_until {
+                out.push((*line).to_owned());
             }
         }
         let mut new_text = out.join("\n");
