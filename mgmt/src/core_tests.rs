@@ -177,6 +177,7 @@ fn instances_launch_describe_terminate() {
     let r = core
         .handle(req(Command::TerminateInstances {
             ids: vec![ids[0].clone(), ids[2].clone()],
+            all: false,
         }))
         .unwrap();
     let Response::StateChanges { changes } = r else {
@@ -470,14 +471,26 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::TerminateInstances {
                 ids: vec![ids[0].clone(), "i-00000000".into()],
+                all: false,
             }),
             "InvalidInstanceID.NotFound",
             "i-00000000",
         ),
         (
-            req(Command::TerminateInstances { ids: vec![] }),
+            req(Command::TerminateInstances {
+                ids: vec![],
+                all: false,
+            }),
             "MissingParameter",
             "instance",
+        ),
+        (
+            req(Command::TerminateInstances {
+                ids: vec![ids[0].clone()],
+                all: true,
+            }),
+            "InvalidParameterCombination",
+            "--all",
         ),
         (
             req_as("12345", Command::DescribeGroups { names: vec![] }),
@@ -798,6 +811,7 @@ fn attached_interfaces_are_instances_with_a_port_place() {
     // Terminating detaches (the data plane is told it is an interface).
     core.handle(req(Command::TerminateInstances {
         ids: vec![id.clone()],
+        all: false,
     }))
     .unwrap();
     let terminated = dp.state.lock().unwrap().terminated.clone();
@@ -905,6 +919,7 @@ fn random_command_sequences_reload_to_the_same_state() {
                 },
                 6 if !ids.is_empty() => Command::TerminateInstances {
                     ids: vec![ids[(rng.next() as usize) % ids.len()].clone()],
+                    all: false,
                 },
                 _ => Command::DescribeGroups { names: vec![] },
             };
@@ -988,9 +1003,9 @@ fn image_files(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, std::p
     let k = dir.0.join("vmlinuz");
     let i = dir.0.join("initrd.img");
     let d = dir.0.join("disk.raw");
-    for f in [&k, &i, &d] {
-        std::fs::write(f, b"x").unwrap();
-    }
+    write_fake_kernel(&k);
+    write_fake_initrd(&i);
+    std::fs::write(&d, b"x").unwrap();
     (k, i, d)
 }
 

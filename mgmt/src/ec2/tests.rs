@@ -819,8 +819,8 @@ fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
     };
     let kernel = dir.0.join("vmlinuz");
     let initrd = dir.0.join("initrd.img");
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&initrd, b"i").unwrap();
+    crate::testutil::write_fake_kernel(&kernel);
+    crate::testutil::write_fake_initrd(&initrd);
     api.handle(req(Command::RegisterImage {
         ami: "ami-5e1f0001".into(),
         kernel,
