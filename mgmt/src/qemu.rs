@@ -528,7 +528,8 @@ pub fn exit_reason(binary: &str, status: &str, log: &Path) -> String {
     if lines.is_empty() {
         format!("{binary} {status} (nothing in {})", log.display())
     } else {
-        format!("{binary} {status}: {}", lines.join(" | "))
+        // One line, no tabs: it is a field of the CLI's INSTANCE line.
+        format!("{binary} {status}: {}", lines.join(" | ")).replace('\t', " ")
     }
 }
 
@@ -852,6 +853,61 @@ mod tests {
         assert!(
             why.contains("/dev/kvm") || why.contains("/nonexistent/qemu"),
             "{why}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kernels_and_initrds_are_recognised_by_their_magic() {
+        let dir = std::env::temp_dir().join(format!("sgswitch-magic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(check_kernel(&file("bz", &bz)), Ok(()));
+        let e = check_kernel(Path::new("/etc/passwd")).unwrap_err();
+        assert!(e.contains("not a Linux kernel image (bzImage)"), "{e}");
+        // Too short to hold the header.
+        assert!(check_kernel(&file("short", b"HdrS")).is_err());
+        assert!(check_kernel(&dir.join("missing")).is_err());
+        for (name, magic) in [
+            ("gz", &b"\x1f\x8b\x08\x00"[..]),
+            ("zst", b"\x28\xb5\x2f\xfd\x00"),
+            ("xz", b"\xfd7zXZ\x00\x00"),
+            ("lz4", b"\x02\x21\x4c\x18"),
+            ("cpio", b"070701000000"),
+        ] {
+            assert_eq!(check_initrd(&file(name, magic)), Ok(()), "{name}");
+        }
+        let e = check_initrd(Path::new("/etc/passwd")).unwrap_err();
+        assert!(e.contains("not an initramfs"), "{e}");
+        assert!(check_initrd(&file("empty", b"")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn exit_reasons_quote_the_last_lines_of_the_log_not_the_daemons_own() {
+        let dir = std::env::temp_dir().join(format!("sgswitch-reason-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("i-1.log");
+        std::fs::write(
+            &log,
+            "sgswitch: guest i-1: accel tcg: test\n\nl1\nl2\nl3\nl4\nl5\tx\r\nl6\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            exit_reason("qemu-system-x86_64", "exited with status 1", &log),
+            "qemu-system-x86_64 exited with status 1: l2 | l3 | l4 | l5 x | l6"
+        );
+        std::fs::write(&log, "sgswitch: guest i-1: accel tcg: test\n").unwrap();
+        let r = exit_reason("qemu", "was killed by signal SIGKILL", &log);
+        assert!(
+            r.starts_with("qemu was killed by signal SIGKILL (nothing in "),
+            "{r}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -607,7 +607,10 @@ fn wait_state_change(lab: &Lab, id: &str, from: &str, limit: Duration) -> Vec<St
         if l[4] != from {
             return l;
         }
-        assert!(t0.elapsed() < limit, "{id} still {from} after {limit:?}: {l:?}");
+        assert!(
+            t0.elapsed() < limit,
+            "{id} still {from} after {limit:?}: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -645,8 +648,14 @@ fn a_qemu_failing_at_start_says_why_and_bad_images_are_refused() {
         ("/etc/passwd", i.as_str(), "kernel"),
         (k.as_str(), "/etc/passwd", "initrd"),
     ] {
-        let (_, err, code) =
-            lab.cli_raw(&["register-image", "ami-5e1f00bd", "--kernel", kk, "--initrd", ii]);
+        let (_, err, code) = lab.cli_raw(&[
+            "register-image",
+            "ami-5e1f00bd",
+            "--kernel",
+            kk,
+            "--initrd",
+            ii,
+        ]);
         assert_eq!(code, 1, "{err}");
         assert!(
             err.starts_with("InvalidParameterValue: ")
@@ -656,7 +665,14 @@ fn a_qemu_failing_at_start_says_why_and_bad_images_are_refused() {
     }
     assert_eq!(lab.cli(&["describe-images"]), "", "nothing registered");
 
-    lab.cli(&["register-image", "ami-5e1f00bd", "--kernel", &k, "--initrd", &i]);
+    lab.cli(&[
+        "register-image",
+        "ami-5e1f00bd",
+        "--kernel",
+        &k,
+        "--initrd",
+        &i,
+    ]);
     let out = lab.cli(&["run-instances", "ami-5e1f00bd", "--qemu"]);
     let inst = instance_lines(&out);
     let id = inst[0][1].clone();
@@ -664,7 +680,10 @@ fn a_qemu_failing_at_start_says_why_and_bad_images_are_refused() {
     if let Some(pid) = inst[0][6].strip_prefix("qemu:") {
         lab.pids.push(pid.parse().unwrap());
     }
-    assert!(["pending", "stopped"].contains(&inst[0][4].as_str()), "{out}");
+    assert!(
+        ["pending", "stopped"].contains(&inst[0][4].as_str()),
+        "{out}"
+    );
     let l = wait_state_change(&lab, &id, "pending", Duration::from_secs(20));
     assert_eq!(l[4], "stopped", "{l:?}");
     let reason = &l[7];
@@ -724,7 +743,16 @@ fn guests_are_pending_until_their_lease_edits_do_not_wait_and_terminate_all_ends
     }
     // A rule edit while they boot is answered at once...
     let t1 = Instant::now();
-    lab.cli(&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "0.0.0.0/0"]);
+    lab.cli(&[
+        "authorize",
+        "web",
+        "-P",
+        "tcp",
+        "-p",
+        "80",
+        "-s",
+        "0.0.0.0/0",
+    ]);
     let edit = t1.elapsed();
     // ...before any of them is up.
     for g in &guests {
@@ -741,7 +769,11 @@ fn guests_are_pending_until_their_lease_edits_do_not_wait_and_terminate_all_ends
         let l = wait_state_change(&lab, &g[1], "pending", BOOT_LIMIT);
         assert_eq!(l[4], "running", "{l:?}");
         assert_eq!(l.len(), 7, "no reason once running: {l:?}");
-        let log = lab.dir.join("state").join("qemu").join(format!("{}.log", g[1]));
+        let log = lab
+            .dir
+            .join("state")
+            .join("qemu")
+            .join(format!("{}.log", g[1]));
         let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
         let ready = wait_line(read_log, "GUEST-READY", t0, BOOT_LIMIT);
         assert_eq!(ready, format!("GUEST-READY {}", g[3]));
