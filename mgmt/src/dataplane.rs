@@ -15,7 +15,11 @@
 //! * `launch` of an [`Attachment::Qemu`] (`run-instances AMI --qemu`) boots a
 //!   guest from the image the core resolved for the AMI ([`crate::qemu`]), its
 //!   serial log in `STATE_DIR/qemu/ID.log`.
-//! * `launch` of a guest returns once QEMU is spawned; `check` then reports it
+//! * `launch` of a guest returns once QEMU is spawned; its switch port is
+//!   attached by a helper thread (opening AF_PACKET rings waits for an RCU grace
+//!   period: tens of ms that the management thread must not spend). `terminate`
+//!   before that thread finished cancels it (under the same lock, so the port is
+//!   either never added or removed). `check` reports the guest
 //!   `pending` until the switch saw its first DHCP lease on its port (a guest
 //!   re-attached after a restart was up before: `running`), and `stopped` once
 //!   QEMU exited (the reason quotes the last lines of its log). `check` also
@@ -36,6 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use filter::Snapshot;
 use filter::model::Instance;
@@ -84,6 +89,21 @@ pub struct SwitchDataplane {
     /// The network namespace of each namespace instance and guest, as made:
     /// what `terminate` kills processes in, even if its name is gone.
     namespaces: BTreeMap<String, instances::NetnsInode>,
+    /// Guests whose port a helper thread is attaching.
+    attaching: BTreeMap<String, Arc<Mutex<Attaching>>>,
+}
+
+/// A guest's port being attached by a helper thread.
+#[derive(Default)]
+struct Attaching {
+    /// The port, or why it could not be attached.
+    done: Option<Result<PortId, String>>,
+    /// Terminated meanwhile: the thread must not add the port.
+    cancelled: bool,
+}
+
+fn lock(m: &Mutex<Attaching>) -> std::sync::MutexGuard<'_, Attaching> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The host-side address of the uplink: first host of the uplink range, with the
@@ -171,6 +191,7 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         guests: BTreeMap::new(),
         booted: BTreeSet::new(),
         namespaces: BTreeMap::new(),
+        attaching: BTreeMap::new(),
     }))
 }
 
@@ -254,6 +275,13 @@ impl SwitchDataplane {
 
     /// Take instance `id`'s port off the switch (it stopped).
     fn detach(&mut self, id: &str) {
+        if let Some(slot) = self.attaching.remove(id) {
+            let mut a = lock(&slot);
+            a.cancelled = true;
+            if let Some(Ok(port)) = a.done.take() {
+                self.ports.insert(id.to_owned(), port);
+            }
+        }
         if let Some(port) = self.ports.remove(id)
             && let Ok(s) = self.switch()
             && let Err(e) = s.remove_port(port)
@@ -269,25 +297,59 @@ impl SwitchDataplane {
         }
     }
 
+    /// Attach guest `inst`'s port on a helper thread (see the module docs).
+    fn attach_later(&mut self, inst: &Instance) -> Result<(), ApiError> {
+        let dp = self.switch()?.datapath().clone();
+        let slot = Arc::new(Mutex::new(Attaching::default()));
+        let theirs = slot.clone();
+        let inst2 = inst.clone();
+        let workers = self.workers;
+        std::thread::Builder::new()
+            .name("sgswitch-attach".into())
+            .spawn(move || {
+                let queues = qemu::open_queues(&inst2.id, workers);
+                let mut a = lock(&theirs);
+                if a.cancelled {
+                    return; // the queues close here
+                }
+                a.done = Some(match queues {
+                    Ok(queues) => dp
+                        .add_port(port_spec(&inst2, queues))
+                        .map_err(|e| error_chain(&e)),
+                    Err(e) => Err(error_chain(&e)),
+                });
+            })
+            .map_err(|e| {
+                ApiError::internal(format!("launch guest {}: attach thread: {e}", inst.id))
+            })?;
+        self.attaching.insert(inst.id.clone(), slot);
+        Ok(())
+    }
+
     fn attach(
         &mut self,
         inst: &Instance,
         queues: Vec<Box<dyn switch::port::PortQueue>>,
     ) -> Result<(), ApiError> {
-        let spec = PortSpec {
-            name: inst.id.clone(),
-            role: PortRole::Instance {
-                id: inst.id.clone(),
-                mac: inst.mac,
-                ip: inst.ip,
-            },
-            queues,
-        };
+        let spec = port_spec(inst, queues);
         let port = self.switch()?.add_port(spec).map_err(|e| {
             ApiError::internal(format!("attach instance {}: {}", inst.id, error_chain(&e)))
         })?;
         self.ports.insert(inst.id.clone(), port);
         Ok(())
+    }
+}
+
+/// The switch port of instance `inst`.
+fn port_spec(inst: &Instance, queues: Vec<Box<dyn switch::port::PortQueue>>) -> PortSpec {
+    PortSpec {
+        name: inst.id.clone(),
+        role: PortRole::Instance {
+            id: inst.id.clone(),
+            mac: inst.mac,
+            ip: inst.ip,
+        },
+        queues,
     }
 }
 
@@ -324,22 +386,20 @@ impl Dataplane for SwitchDataplane {
                 let image = image.ok_or_else(|| {
                     ApiError::internal(format!("launch guest {}: no image to boot", inst.id))
                 })?;
-                let (guest, queues) = qemu::start(
-                    &self.qemu,
-                    image,
-                    &inst.id,
-                    inst.mac,
-                    self.workers,
-                )
-                .map_err(|e| {
+                let guest = qemu::start(&self.qemu, image, &inst.id, inst.mac).map_err(|e| {
                     ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
                 })?;
                 made = Attachment::Qemu { pid: guest.pid };
                 self.guests.insert(inst.id.clone(), guest);
-                queues
+                self.note_namespace(&inst.id);
+                if let Err(e) = self.attach_later(inst) {
+                    let _ = self.destroy(&inst.id, &made);
+                    return Err(e);
+                }
+                return Ok(made);
             }
         };
-        if !matches!(made, Attachment::Iface { .. }) {
+        if made == Attachment::Netns {
             self.note_namespace(&inst.id);
         }
         if let Err(e) = self.attach(inst, queues) {
@@ -413,6 +473,29 @@ impl Dataplane for SwitchDataplane {
             };
             if let Some(why) = exited {
                 return stopped(self, why);
+            }
+        }
+        let attached = self.attaching.get(id).map(|slot| lock(slot).done.take());
+        match attached {
+            None => {}
+            Some(None) => {
+                let accel = self
+                    .guests
+                    .get(id)
+                    .map(|g| format!(" on {}", g.accel))
+                    .unwrap_or_default();
+                return Liveness::Pending(format!("booting{accel}; attaching it to the switch"));
+            }
+            Some(Some(Ok(port))) => {
+                self.attaching.remove(id);
+                self.ports.insert(id.to_owned(), port);
+            }
+            Some(Some(Err(e))) => {
+                self.attaching.remove(id);
+                if let Attachment::Qemu { pid } = how {
+                    let _ = qemu::stop(id, *pid, self.guests.remove(id));
+                }
+                return stopped(self, format!("could not attach it to the switch: {e}"));
             }
         }
         if !matches!(how, Attachment::Iface { .. }) && !instances::netns_exists(id) {

@@ -8,9 +8,10 @@
 //!   [`GUEST_TAP`] inside it (up, no address: it is the guest's wire, not a host
 //!   interface), starts `qemu-system-x86_64` inside the namespace on that TAP
 //!   with the instance's MAC (the guest asks the switch's DHCP server for its
-//!   address), and opens one AF_PACKET queue per worker on the TAP's kernel
-//!   side. It does **not** wait for QEMU: it returns as soon as the process is
-//!   spawned, and the caller learns later ([`Guest::exit`]) whether it died.
+//!   address). It does **not** wait for QEMU: it returns as soon as the process
+//!   is spawned, and the caller learns later ([`Guest::exit`]) whether it died.
+//!   [`open_queues`] opens one AF_PACKET queue per worker on the TAP's kernel
+//!   side (the daemon does it on a helper thread: it takes tens of ms).
 //!   The daemon reports such a guest `pending` until the switch saw its first
 //!   DHCP lease, then `running`.
 //! * The instance log `LOG_DIR/ID.log` (made afresh by [`start`]) holds, in
@@ -573,15 +574,11 @@ pub fn log_path(cfg: &QemuConfig, id: &str) -> PathBuf {
     cfg.log_dir.join(format!("{id}.log"))
 }
 
-/// Boot guest `id` from `image` with `mac`; returns it and one AF_PACKET queue
-/// per worker, as soon as QEMU is spawned (it may still fail: [`Guest::exit`]).
-pub fn start(
-    cfg: &QemuConfig,
-    image: &GuestImage,
-    id: &str,
-    mac: Mac,
-    workers: usize,
-) -> Result<(Guest, Vec<Box<dyn PortQueue>>), QemuError> {
+/// Boot guest `id` from `image` with `mac`; returns as soon as QEMU is spawned
+/// (it may still fail: [`Guest::exit`]). The switch's side of its TAP is
+/// opened with [`open_queues`] (slow: AF_PACKET rings wait for an RCU grace
+/// period, tens of milliseconds on a busy host).
+pub fn start(cfg: &QemuConfig, image: &GuestImage, id: &str, mac: Mac) -> Result<Guest, QemuError> {
     let log = log_path(cfg, id);
     std::fs::create_dir_all(&cfg.log_dir).map_err(|source| QemuError::LogDir {
         id: id.to_owned(),
@@ -612,7 +609,7 @@ pub fn start(
         id: id.to_owned(),
         source,
     })?;
-    match start_in_netns(cfg, image, id, mac, workers, &log, &out, accel) {
+    match start_in_netns(cfg, image, id, mac, &log, &out, accel) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = netns::delete(id);
@@ -621,17 +618,15 @@ pub fn start(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start_in_netns(
     cfg: &QemuConfig,
     image: &GuestImage,
     id: &str,
     mac: Mac,
-    workers: usize,
     log: &Path,
     out: &std::fs::File,
     accel: AccelChoice,
-) -> Result<(Guest, Vec<Box<dyn PortQueue>>), QemuError> {
+) -> Result<Guest, QemuError> {
     // A persistent single-queue TAP for QEMU to open by name; our fd is only
     // needed to make it.
     let opts = TapOptions {
@@ -671,7 +666,7 @@ fn start_in_netns(
         .map(|a| CString::new(a).map_err(|_| spawn_err(nix::Error::EINVAL)))
         .collect::<Result<_, _>>()?;
     let pid = spawn_clean(&args, out).map_err(spawn_err)?;
-    let mut guest = Guest {
+    let guest = Guest {
         pid: pid.as_raw() as u32,
         binary: cfg.binary.clone(),
         log: log.to_path_buf(),
@@ -680,16 +675,11 @@ fn start_in_netns(
     };
     // No waiting for QEMU here: whether it comes up is seen later (its first
     // DHCP lease, or its exit through `Guest::exit`).
-    match open_queues(id, workers) {
-        Ok(q) => Ok((guest, q)),
-        Err(e) => {
-            stop_process(id, guest.pid, Some(&mut guest));
-            Err(e)
-        }
-    }
+    Ok(guest)
 }
 
-fn open_queues(id: &str, workers: usize) -> Result<Vec<Box<dyn PortQueue>>, QemuError> {
+/// One AF_PACKET queue per worker on guest `id`'s TAP (the switch's side).
+pub fn open_queues(id: &str, workers: usize) -> Result<Vec<Box<dyn PortQueue>>, QemuError> {
     let attach = |source: Box<dyn std::error::Error + Send + Sync>| QemuError::Attach {
         id: id.to_owned(),
         source,

@@ -758,10 +758,8 @@ fn guests_are_pending_until_their_lease_edits_do_not_wait_and_terminate_all_ends
     for g in &guests {
         let l = instance_state(&lab, &g[1]);
         assert_eq!(l[4], "pending", "{l:?}");
-        assert!(
-            l[7].contains("accel ") && l[7].contains("first DHCP lease"),
-            "{l:?}"
-        );
+        // Being attached to the switch, or waiting for the guest's DHCP.
+        assert!(l[7].starts_with("booting on accel "), "{l:?}");
     }
     println!("run-instances --qemu -n 3: {launch:.1?}; authorize right after: {edit:.1?}");
 
