@@ -179,6 +179,7 @@ pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
             let n = usize::from(r.u8());
             Command::TerminateInstances {
                 ids: vec![format!("#{n}")],
+                all: r.u8().is_multiple_of(16),
             }
         }
         9 => Command::AttachInstance {
@@ -278,7 +279,7 @@ impl Harness {
 
     fn apply(&mut self, mut req: Request) {
         // `#N` stands for the N-th instance that exists (ids are random).
-        if let Command::TerminateInstances { ids } = &mut req.command {
+        if let Command::TerminateInstances { ids, .. } = &mut req.command {
             let known: Vec<String> = self.core().model().instances.keys().cloned().collect();
             for id in ids.iter_mut() {
                 if let Some(n) = id.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {

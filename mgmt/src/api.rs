@@ -123,8 +123,12 @@ pub enum Command {
         #[serde(default)]
         ids: Vec<String>,
     },
+    /// `ids`, or every instance of the owner with `all` (not both).
     TerminateInstances {
+        #[serde(default)]
         ids: Vec<String>,
+        #[serde(default)]
+        all: bool,
     },
     /// Register a guest image under `ami` (`ami-` + 8 hex digits) for
     /// `run-instances AMI --qemu`. Paths must be absolute (the CLI makes them so).
@@ -277,11 +281,17 @@ pub struct InstanceView {
     pub ip: Ipv4Addr,
     /// `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
-    /// `running`, or `pending` while being set up.
+    /// `pending` while being set up (a QEMU guest until its first DHCP lease),
+    /// `running`, or `stopped` (its process ended, its namespace or port is
+    /// gone: see `reason`).
     pub state: String,
     pub launch_index: u32,
     /// `netns:NAME`, `qemu:PID` or `port:IFNAME`.
     pub place: String,
+    /// Why the instance is `pending` or `stopped` (EC2's state reason), e.g.
+    /// `qemu-system-x86_64 exited with status 1: LAST LOG LINES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A reservation: the instances of one `run-instances`.

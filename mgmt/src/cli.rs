@@ -137,8 +137,12 @@ pub enum Cmd {
     DescribeInstances { ids: Vec<String> },
     /// Terminate instances.  Prints: INSTANCE ID running shutting-down
     TerminateInstances {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all")]
         ids: Vec<String>,
+        /// Terminate every instance of the owner (a whole lab): guests are
+        /// stopped, processes left in namespace instances killed.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
     /// Per-port and per-drop-reason counters of the switch.
     Stats,
@@ -426,7 +430,10 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             mac: mac.clone(),
         },
         Cmd::DescribeInstances { ids } => Command::DescribeInstances { ids: ids.clone() },
-        Cmd::TerminateInstances { ids } => Command::TerminateInstances { ids: ids.clone() },
+        Cmd::TerminateInstances { ids, all } => Command::TerminateInstances {
+            ids: ids.clone(),
+            all: *all,
+        },
         Cmd::Stats => Command::Stats,
         Cmd::RegisterImage {
             ami,
@@ -517,9 +524,17 @@ pub fn format_response(resp: &Response) -> String {
                     res.groups.join(",")
                 ));
                 for i in &res.instances {
+                    // A pending or stopped instance's reason is an 8th field.
+                    let reason = i.reason.as_ref().map(|r| format!("\t{r}"));
                     line(format!(
-                        "INSTANCE\t{}\t{}\t{}\t{}\t{}\t{}",
-                        i.id, i.ami, i.ip, i.state, i.launch_index, i.place
+                        "INSTANCE\t{}\t{}\t{}\t{}\t{}\t{}{}",
+                        i.id,
+                        i.ami,
+                        i.ip,
+                        i.state,
+                        i.launch_index,
+                        i.place,
+                        reason.unwrap_or_default()
                     ));
                 }
             }
@@ -749,6 +764,7 @@ mod tests {
             state: "running".into(),
             launch_index: k,
             place: format!("netns:{id}"),
+            reason: None,
         };
         let r = Response::Reservations {
             reservations: vec![Reservation {

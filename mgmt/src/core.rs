@@ -29,7 +29,9 @@
 //! * Guest images (`register-image`, `describe-images`, `deregister-image`) are
 //!   the daemon's, shared by all owners (like public AMIs). Registering checks
 //!   the AMI id (`ami-` + 8 lowercase hex digits), that the kernel, initrd and
-//!   disk are existing regular files given by absolute path, the memory (32 to
+//!   disk are existing regular files given by absolute path, that the kernel is
+//!   a Linux bzImage and the initrd an initramfs ([`crate::qemu::check_kernel`],
+//!   [`crate::qemu::check_initrd`]), the memory (32 to
 //!   65536 MiB) and the command line; a registered AMI again is
 //!   `InvalidAMIID.Duplicate`, an unknown one `InvalidAMIID.NotFound`. Images
 //!   are one store transaction each and do not change the rules (no new
@@ -38,6 +40,22 @@
 //!   not registered boots the daemon's default image (`up --qemu-kernel ...`)
 //!   if it has one, and is `InvalidAMIID.NotFound` otherwise. Namespace
 //!   instances (no `--qemu`) only record the AMI.
+//! * Instance states ([`Liveness`]): a namespace instance (its address set
+//!   directly) and an attached interface are `running` as soon as they are
+//!   made. A QEMU guest is `pending` from its launch (which only spawns QEMU:
+//!   nothing on this thread waits for the guest) until the switch's DHCP server
+//!   acknowledged its first lease on its port, then `running`. An instance
+//!   whose guest process ended, whose namespace was deleted by hand, whose port
+//!   the switch found gone, or that could not be re-attached after a restart
+//!   is `stopped`, with the reason kept and shown by `describe-instances`; it
+//!   stays so (its record, address and namespace remain) until it is
+//!   terminated. States are refreshed from the data plane
+//!   ([`Dataplane::check`]) before `describe-instances` and
+//!   `terminate-instances` answer, and for QEMU guests on every [`Core::tick`]
+//!   (the daemon's management thread ticks when idle).
+//! * `terminate-instances --all` terminates every instance of the caller's
+//!   owner (none is not an error); giving ids as well is
+//!   `InvalidParameterCombination`.
 //! * The EC2 Query API's commands ([`crate::ec2`]) go through the same
 //!   validation and edits: groups by `sg-` id are resolved among the caller's
 //!   own groups (a source group by id among its `UserId`'s), so another
@@ -131,6 +149,36 @@ impl Attachment {
     }
 }
 
+/// Where an instance stands (its EC2 state, and why when that is not obvious).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Liveness {
+    /// Being set up: a QEMU guest before its first DHCP lease. Why (e.g. the
+    /// accelerator it boots on).
+    Pending(String),
+    Running,
+    /// Not running, and not coming back by itself (until terminated); why.
+    Stopped(String),
+}
+
+impl Liveness {
+    /// The EC2 state name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Liveness::Pending(_) => "pending",
+            Liveness::Running => "running",
+            Liveness::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The state reason, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Liveness::Pending(r) | Liveness::Stopped(r) => Some(r),
+            Liveness::Running => None,
+        }
+    }
+}
+
 /// What the core needs from the data plane. The daemon's implementation drives
 /// the real switch and namespaces; tests use an in-memory one.
 pub trait Dataplane: Send {
@@ -155,6 +203,12 @@ pub trait Dataplane: Send {
     /// Remove the instance's port and destroy its namespace (an attached
     /// interface is only detached: it belongs to someone else).
     fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError>;
+    /// Where instance `id` (attached `how`, launched or re-attached by this data
+    /// plane) stands now. Must be quick (no waiting): the management thread
+    /// calls it. Once it said `Stopped` it is not asked again.
+    fn check(&mut self, _id: &str, _how: &Attachment) -> Liveness {
+        Liveness::Running
+    }
     /// Add data-plane counters to `report`.
     fn stats(&self, report: &mut StatsReport);
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
@@ -185,6 +239,12 @@ pub struct Recorded {
     pub panic_on_launch: bool,
     /// (instance id, image) of every QEMU launch.
     pub booted: Vec<(String, GuestImage)>,
+    /// What `check` says of an instance (default: running, or
+    /// `qemu_liveness` for QEMU guests when set).
+    pub liveness: BTreeMap<String, Liveness>,
+    pub qemu_liveness: Option<Liveness>,
+    /// How often `check` was called.
+    pub checks: usize,
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -261,6 +321,16 @@ impl Dataplane for RecordingDataplane {
     fn stats(&self, _report: &mut StatsReport) {}
     fn shutdown(&mut self) {
         self.with(|r| r.shut_down = true);
+    }
+    fn check(&mut self, id: &str, how: &Attachment) -> Liveness {
+        self.with(|r| {
+            r.checks += 1;
+            match (r.liveness.get(id), how, &r.qemu_liveness) {
+                (Some(l), _, _) => l.clone(),
+                (None, Attachment::Qemu { .. }, Some(l)) => l.clone(),
+                _ => Liveness::Running,
+            }
+        })
     }
 }
 
@@ -394,8 +464,9 @@ pub struct Core {
     records: BTreeMap<String, InstanceRecord>,
     /// Registered guest images by AMI.
     images: BTreeMap<String, ImageRecord>,
-    /// Instances whose data-plane attachment exists.
-    attached: BTreeSet<String>,
+    /// The state of every instance with a record (absent: not attached, e.g.
+    /// never re-attached after a restart; shown as stopped).
+    states: BTreeMap<String, Liveness>,
     store: Store,
     dp: Box<dyn Dataplane>,
     generation: u64,
@@ -434,7 +505,7 @@ impl Core {
             model,
             records,
             images,
-            attached: BTreeSet::new(),
+            states: BTreeMap::new(),
             store,
             dp,
             generation,
@@ -453,15 +524,15 @@ impl Core {
         }
         let prefix = core.cfg.subnet.prefix_len();
         for rec in core.records.values() {
-            match core.dp.reattach(rec, prefix) {
-                Ok(()) => {
-                    core.attached.insert(rec.instance.id.clone());
+            let id = rec.instance.id.clone();
+            let state = match core.dp.reattach(rec, prefix) {
+                Ok(()) => core.dp.check(&id, &Attachment::from_place(&rec.place)),
+                Err(e) => {
+                    tracing::warn!(instance = %id, "cannot re-attach instance {id}: {e}");
+                    Liveness::Stopped(format!("not re-attached after a daemon restart: {e}"))
                 }
-                Err(e) => eprintln!(
-                    "sgswitch: cannot re-attach instance {}: {e}",
-                    rec.instance.id
-                ),
-            }
+            };
+            core.states.insert(id, state);
         }
         if core.published != Some(core.generation) {
             core.publish();
@@ -524,7 +595,7 @@ impl Core {
                 qemu,
             } => self.run_instances(&owner, &ami, count, groups, qemu, None),
             Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
-            Command::TerminateInstances { ids } => self.terminate_instances(&owner, &ids),
+            Command::TerminateInstances { ids, all } => self.terminate_instances(&owner, &ids, all),
             Command::RegisterImage {
                 ami,
                 kernel,
@@ -999,7 +1070,10 @@ impl Core {
                 .tokens
                 .insert((t.owner.clone(), t.token.clone()), t);
         }
-        self.attached.extend(launched.into_iter().map(|(id, _)| id));
+        for (id, made) in launched {
+            let state = self.dp.check(&id, &made);
+            self.states.insert(id, state);
+        }
         let views = order
             .iter()
             .filter_map(|id| self.records.get(id))
@@ -1217,26 +1291,79 @@ impl Core {
     fn undo_launch(&mut self, launched: &[(String, Attachment)]) {
         for (id, how) in launched {
             if let Err(e) = self.dp.terminate(id, how) {
-                eprintln!("sgswitch: cleaning up instance {id} after a failed launch: {e}");
+                tracing::warn!(instance = %id, "cleaning up instance {id} after a failed launch: {e}");
             }
         }
     }
 
+    /// The state of instance `id` (stopped when it is not attached).
+    fn state(&self, id: &str) -> Liveness {
+        self.states
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Liveness::Stopped("not attached".to_owned()))
+    }
+
     fn view(&self, r: &InstanceRecord) -> InstanceView {
-        let state = if self.attached.contains(&r.instance.id) {
-            "running"
-        } else {
-            "stopped"
-        };
+        let state = self.state(&r.instance.id);
         InstanceView {
             id: r.instance.id.clone(),
             ami: r.ami.clone(),
             ip: r.instance.ip,
             mac: store::format_mac(&r.instance.mac),
-            state: state.into(),
+            state: state.name().into(),
             launch_index: r.launch_index,
             place: r.place.clone(),
+            reason: state.reason().map(str::to_owned),
         }
+    }
+
+    /// Ask the data plane where instances `ids` stand now (those not stopped
+    /// already); log each change.
+    fn refresh(&mut self, ids: &[String]) {
+        for id in ids {
+            let Some(cur) = self.states.get(id) else {
+                continue;
+            };
+            if matches!(cur, Liveness::Stopped(_)) {
+                continue;
+            }
+            let Some(rec) = self.records.get(id) else {
+                continue;
+            };
+            let how = Attachment::from_place(&rec.place);
+            let now = self.dp.check(id, &how);
+            if now != *cur {
+                match &now {
+                    Liveness::Stopped(why) => {
+                        tracing::warn!(instance = %id, "instance {id} stopped: {why}");
+                    }
+                    other => tracing::info!(instance = %id, "instance {id} is {}", other.name()),
+                }
+                self.states.insert(id.clone(), now);
+            }
+        }
+    }
+
+    /// Periodic work of the management thread: move QEMU guests on (pending →
+    /// running at their first DHCP lease, → stopped when QEMU exits). Cheap: one
+    /// non-blocking check per guest; namespace instances are checked when
+    /// described or terminated.
+    pub fn tick(&mut self) {
+        let guests: Vec<String> = self
+            .states
+            .iter()
+            .filter(|(id, l)| {
+                matches!(l, Liveness::Pending(_))
+                    || (matches!(l, Liveness::Running)
+                        && self
+                            .records
+                            .get(*id)
+                            .is_some_and(|r| r.place.starts_with("qemu:")))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.refresh(&guests);
     }
 
     fn owned_ids(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ApiError> {
@@ -1259,16 +1386,22 @@ impl Core {
         Ok(out)
     }
 
-    fn describe_instances(&self, owner: &Owner, ids: &[String]) -> Reply {
+    /// Every instance of `owner`.
+    fn all_ids(&self, owner: &Owner) -> Vec<String> {
+        self.records
+            .values()
+            .filter(|r| r.instance.owner == *owner)
+            .map(|r| r.instance.id.clone())
+            .collect()
+    }
+
+    fn describe_instances(&mut self, owner: &Owner, ids: &[String]) -> Reply {
         let wanted: Vec<String> = if ids.is_empty() {
-            self.records
-                .values()
-                .filter(|r| r.instance.owner == *owner)
-                .map(|r| r.instance.id.clone())
-                .collect()
+            self.all_ids(owner)
         } else {
             self.owned_ids(owner, ids)?
         };
+        self.refresh(&wanted);
         let mut by_res: BTreeMap<(i64, String), Vec<&InstanceRecord>> = BTreeMap::new();
         for id in &wanted {
             if let Some(r) = self.records.get(id) {
@@ -1293,24 +1426,40 @@ impl Core {
         Ok(Response::Reservations { reservations })
     }
 
-    fn terminate_instances(&mut self, owner: &Owner, ids: &[String]) -> Reply {
-        if ids.is_empty() {
-            return Err(ApiError::ec2(
-                Ec2Code::MissingParameter,
-                "no instance ID given",
+    /// `ids`, or with `all` every instance of `owner` (ids and `all` together
+    /// are refused).
+    fn terminate_instances(&mut self, owner: &Owner, ids: &[String], all: bool) -> Reply {
+        if all && !ids.is_empty() {
+            return Err(ApiError::new(
+                PARAMETER_COMBINATION,
+                "give instance IDs or --all, not both",
             ));
         }
-        let ids = self.owned_ids(owner, ids)?;
+        if ids.is_empty() && !all {
+            return Err(ApiError::ec2(
+                Ec2Code::MissingParameter,
+                "no instance ID given (or --all for every instance)",
+            ));
+        }
+        let ids = if all {
+            self.all_ids(owner)
+        } else {
+            self.owned_ids(owner, ids)?
+        };
+        if ids.is_empty() {
+            return Ok(Response::StateChanges {
+                changes: Vec::new(),
+            });
+        }
+        self.refresh(&ids);
         let previous: Vec<(String, Attachment)> = ids
             .iter()
             .map(|id| {
-                let state = if self.attached.contains(id) {
-                    "running"
-                } else {
-                    "stopped"
-                };
                 let place = self.records.get(id).map_or("", |r| r.place.as_str());
-                (state.to_owned(), Attachment::from_place(place))
+                (
+                    self.state(id).name().to_owned(),
+                    Attachment::from_place(place),
+                )
             })
             .collect();
         self.edit(|m| {
@@ -1322,9 +1471,9 @@ impl Core {
         let mut changes = Vec::new();
         for (id, (previous, how)) in ids.into_iter().zip(previous) {
             if let Err(e) = self.dp.terminate(&id, &how) {
-                eprintln!("sgswitch: terminating instance {id}: {e}");
+                tracing::warn!(instance = %id, "terminating instance {id}: {e}");
             }
-            self.attached.remove(&id);
+            self.states.remove(&id);
             changes.push(StateChange {
                 id,
                 previous,
@@ -1496,11 +1645,14 @@ fn validate_ami(ami: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Error code of options that exclude each other (instance ids with `--all`).
+pub const PARAMETER_COMBINATION: &str = "InvalidParameterCombination";
+
 /// Error code of registering an AMI that is already registered.
 pub const IMAGE_DUPLICATE: &str = "InvalidAMIID.Duplicate";
 
 /// A registered image: `ami-` + 8 lowercase hex digits, existing regular files
-/// by absolute path, 32 to 65536 MiB, a printable command line of at most 1024
+/// by absolute path (a bzImage kernel, an initramfs initrd), 32 to 65536 MiB, a printable command line of at most 1024
 /// characters.
 fn validate_image(rec: &ImageRecord) -> Result<(), ApiError> {
     let bad = |msg: String| Err(ApiError::ec2(Ec2Code::InvalidParameterValue, msg));
@@ -1530,6 +1682,14 @@ fn validate_image(rec: &ImageRecord) -> Result<(), ApiError> {
             Ok(m) if m.is_file() => {}
             Ok(_) => return bad(format!("invalid {what} '{shown}': not a regular file")),
             Err(e) => return bad(format!("invalid {what} '{shown}': {e}")),
+        }
+        let content = match what {
+            "kernel" => crate::qemu::check_kernel(path),
+            "initrd" => crate::qemu::check_initrd(path),
+            _ => Ok(()),
+        };
+        if let Err(why) = content {
+            return bad(format!("invalid {what} '{shown}': {why}"));
         }
     }
     if !(32..=65536).contains(&rec.memory_mb) {

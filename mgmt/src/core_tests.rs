@@ -177,6 +177,7 @@ fn instances_launch_describe_terminate() {
     let r = core
         .handle(req(Command::TerminateInstances {
             ids: vec![ids[0].clone(), ids[2].clone()],
+            all: false,
         }))
         .unwrap();
     let Response::StateChanges { changes } = r else {
@@ -470,14 +471,26 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::TerminateInstances {
                 ids: vec![ids[0].clone(), "i-00000000".into()],
+                all: false,
             }),
             "InvalidInstanceID.NotFound",
             "i-00000000",
         ),
         (
-            req(Command::TerminateInstances { ids: vec![] }),
+            req(Command::TerminateInstances {
+                ids: vec![],
+                all: false,
+            }),
             "MissingParameter",
             "instance",
+        ),
+        (
+            req(Command::TerminateInstances {
+                ids: vec![ids[0].clone()],
+                all: true,
+            }),
+            "InvalidParameterCombination",
+            "--all",
         ),
         (
             req_as("12345", Command::DescribeGroups { names: vec![] }),
@@ -798,6 +811,7 @@ fn attached_interfaces_are_instances_with_a_port_place() {
     // Terminating detaches (the data plane is told it is an interface).
     core.handle(req(Command::TerminateInstances {
         ids: vec![id.clone()],
+        all: false,
     }))
     .unwrap();
     let terminated = dp.state.lock().unwrap().terminated.clone();
@@ -905,6 +919,7 @@ fn random_command_sequences_reload_to_the_same_state() {
                 },
                 6 if !ids.is_empty() => Command::TerminateInstances {
                     ids: vec![ids[(rng.next() as usize) % ids.len()].clone()],
+                    all: false,
                 },
                 _ => Command::DescribeGroups { names: vec![] },
             };
@@ -988,9 +1003,9 @@ fn image_files(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, std::p
     let k = dir.0.join("vmlinuz");
     let i = dir.0.join("initrd.img");
     let d = dir.0.join("disk.raw");
-    for f in [&k, &i, &d] {
-        std::fs::write(f, b"x").unwrap();
-    }
+    write_fake_kernel(&k);
+    write_fake_initrd(&i);
+    std::fs::write(&d, b"x").unwrap();
     (k, i, d)
 }
 
@@ -1070,6 +1085,22 @@ fn registered_images_are_validated_listed_persisted_and_deregistered() {
             register("ami-00000002", std::path::Path::new("vmlinuz"), &i),
             "InvalidParameterValue",
             "not an absolute path".into(),
+        ),
+        // Files that exist but are not a kernel / an initramfs.
+        (
+            register("ami-00000002", std::path::Path::new("/etc/passwd"), &i),
+            "InvalidParameterValue",
+            "invalid kernel '/etc/passwd': not a Linux kernel image (bzImage)".into(),
+        ),
+        (
+            register("ami-00000002", &k, std::path::Path::new("/etc/passwd")),
+            "InvalidParameterValue",
+            "invalid initrd '/etc/passwd': not an initramfs".into(),
+        ),
+        (
+            register("ami-00000002", &i, &k),
+            "InvalidParameterValue",
+            format!("invalid kernel '{}'", i.display()),
         ),
         (
             Command::RegisterImage {
@@ -1293,4 +1324,165 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
     .unwrap();
     assert!(allowed_now(&state));
     assert_eq!(core.generation(), g + 3);
+}
+
+/// A QEMU launch as the daemon's data plane reports it: `pending` (with why)
+/// until the guest is up, then `running`; a guest that died is `stopped` with
+/// the reason, for good. Namespace instances are `running` at once.
+#[test]
+fn guests_are_pending_until_up_and_stopped_with_a_reason() {
+    let dir = TempDir::new("core-liveness");
+    let dp = RecordingDataplane::default();
+    let mut cfg = config();
+    cfg.default_image = Some(GuestImage {
+        kernel: "/boot/k".into(),
+        initrd: "/boot/i".into(),
+        disk: None,
+        append: "console=ttyS0".into(),
+        mem_mb: 128,
+    });
+    let mut core = core_with(&dir, cfg, dp.clone());
+    dp.state.lock().unwrap().qemu_liveness = Some(Liveness::Pending(
+        "booting on accel tcg: test; waiting for its first DHCP lease".into(),
+    ));
+    let views = |core: &mut Core| -> Vec<(String, String, Option<String>)> {
+        match core.handle(req(Command::DescribeInstances { ids: vec![] })) {
+            Ok(Response::Reservations { reservations }) => reservations
+                .iter()
+                .flat_map(|r| r.instances.iter())
+                .map(|i| (i.id.clone(), i.state.clone(), i.reason.clone()))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let r = core.handle(req(qemu_run("ami-0000aaaa", 2)));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!("{r:?}")
+    };
+    let guests: Vec<String> = reservations[0]
+        .instances
+        .iter()
+        .map(|i| {
+            assert_eq!(i.state, "pending", "{i:?}");
+            assert!(i.reason.as_deref().unwrap().contains("DHCP lease"), "{i:?}");
+            i.id.clone()
+        })
+        .collect();
+    let ns = launched_ids(&core.handle(req(Command::RunInstances {
+        ami: "ami-1".into(),
+        count: 1,
+        groups: vec![],
+        qemu: false,
+    })));
+    let find = |v: &[(String, String, Option<String>)], id: &str| {
+        v.iter().find(|x| x.0 == id).cloned().unwrap()
+    };
+    let v = views(&mut core);
+    assert_eq!(find(&v, &ns[0]), (ns[0].clone(), "running".into(), None));
+    assert_eq!(find(&v, &guests[0]).1, "pending");
+    // The first guest gets its lease (seen on a tick), the second dies.
+    {
+        let mut st = dp.state.lock().unwrap();
+        st.liveness.insert(guests[0].clone(), Liveness::Running);
+        st.liveness.insert(
+            guests[1].clone(),
+            Liveness::Stopped("qemu-system-x86_64 exited with status 1: qemu: bad".into()),
+        );
+    }
+    core.tick();
+    let v = views(&mut core);
+    assert_eq!(
+        find(&v, &guests[0]),
+        (guests[0].clone(), "running".into(), None)
+    );
+    assert_eq!(
+        find(&v, &guests[1]),
+        (
+            guests[1].clone(),
+            "stopped".into(),
+            Some("qemu-system-x86_64 exited with status 1: qemu: bad".into())
+        )
+    );
+    // Stopped is for good: the data plane is not asked again.
+    dp.state
+        .lock()
+        .unwrap()
+        .liveness
+        .insert(guests[1].clone(), Liveness::Running);
+    let checks = dp.state.lock().unwrap().checks;
+    core.tick();
+    assert_eq!(find(&views(&mut core), &guests[1]).1, "stopped");
+    assert_eq!(
+        dp.state.lock().unwrap().checks,
+        checks + 1 + 2,
+        "a tick checks the running guest, a describe the two running instances"
+    );
+    // A namespace deleted by hand: stopped, and terminate reports it so.
+    dp.state.lock().unwrap().liveness.insert(
+        ns[0].clone(),
+        Liveness::Stopped(format!(
+            "its network namespace {} was deleted outside sgswitch",
+            ns[0]
+        )),
+    );
+    let v = views(&mut core);
+    assert_eq!(find(&v, &ns[0]).1, "stopped");
+    let r = core.handle(req(Command::TerminateInstances {
+        ids: vec![ns[0].clone(), guests[1].clone()],
+        all: false,
+    }));
+    let Ok(Response::StateChanges { changes }) = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        changes.iter().all(|c| c.previous == "stopped"),
+        "{changes:?}"
+    );
+}
+
+/// `terminate-instances --all` ends every instance of the caller's owner, and
+/// only those; with none left it answers an empty list.
+#[test]
+fn terminate_all_ends_the_owners_instances_only() {
+    let dir = TempDir::new("core-term-all");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let run = |core: &mut Core, owner: Option<&str>, n: u32| {
+        let mut r = req(Command::RunInstances {
+            ami: "ami-1".into(),
+            count: n,
+            groups: vec![],
+            qemu: false,
+        });
+        r.owner = owner.map(Into::into);
+        launched_ids(&core.handle(r))
+    };
+    let mine = run(&mut core, None, 3);
+    let theirs = run(&mut core, Some("222233334444"), 2);
+    let all = Command::TerminateInstances {
+        ids: vec![],
+        all: true,
+    };
+    let r = core.handle(req(all.clone()));
+    let Ok(Response::StateChanges { changes }) = r else {
+        panic!("{r:?}")
+    };
+    let mut ended: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+    ended.sort();
+    let mut want = mine.clone();
+    want.sort();
+    assert_eq!(ended, want);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.previous == "running" && c.current == "shutting-down")
+    );
+    let attached = dp.state.lock().unwrap().attached.clone();
+    assert_eq!(attached, theirs.iter().cloned().collect());
+    assert_eq!(core.model().instances.len(), 2);
+    let r = core.handle(req(all));
+    assert!(
+        matches!(&r, Ok(Response::StateChanges { changes }) if changes.is_empty()),
+        "{r:?}"
+    );
 }

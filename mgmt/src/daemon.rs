@@ -121,13 +121,29 @@ impl Handler for MgmtHandle {
     }
 }
 
+/// How long the management thread waits for a request before it ticks the
+/// core ([`Core::tick`]).
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Start the management thread around `core`.
 pub fn spawn_management(mut core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), DaemonError> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
-            while let Ok(msg) = rx.recv() {
+            let mut last_tick = std::time::Instant::now();
+            loop {
+                // Every TICK, between requests: move QEMU guests on (pending →
+                // running, or stopped when QEMU died).
+                if last_tick.elapsed() >= TICK {
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.tick()));
+                    last_tick = std::time::Instant::now();
+                }
+                let msg = match rx.recv_timeout(TICK) {
+                    Ok(msg) => msg,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 match msg {
                     Msg::Request(req, reply) => {
                         // A bug in one command must not take the daemon down: the

@@ -15,15 +15,32 @@
 //! * `launch` of an [`Attachment::Qemu`] (`run-instances AMI --qemu`) boots a
 //!   guest from the image the core resolved for the AMI ([`crate::qemu`]), its
 //!   serial log in `STATE_DIR/qemu/ID.log`.
-//! * `terminate` removes the port first (so no worker writes to it any more), then
-//!   deletes the namespace (idempotent); an attached interface is only detached;
-//!   a guest is stopped and its namespace deleted.
+//! * `launch` of a guest returns once QEMU is spawned; its switch port is
+//!   attached by a helper thread (opening AF_PACKET rings waits for an RCU grace
+//!   period: tens of ms that the management thread must not spend). `terminate`
+//!   before that thread finished cancels it (under the same lock, so the port is
+//!   either never added or removed). `check` reports the guest
+//!   `pending` until the switch saw its first DHCP lease on its port (a guest
+//!   re-attached after a restart was up before: `running`), and `stopped` once
+//!   QEMU exited (the reason quotes the last lines of its log). `check` also
+//!   reports `stopped` for an instance whose namespace was deleted by hand or
+//!   whose port the switch found gone; such an instance's port is removed at
+//!   once (its namespace and record stay until `terminate`).
+//! * `terminate` removes the port first (so no worker writes to it any more),
+//!   kills what still runs in a namespace instance (processes whose network
+//!   namespace is the instance's, by inode recorded when it was made: SIGTERM,
+//!   then SIGKILL after [`instances::KILL_GRACE`]), then deletes the namespace
+//!   (idempotent); an attached interface is only detached; a guest is stopped
+//!   and its namespace deleted.
+//! * The KVM probe of `--qemu-accel auto` runs on its own thread from `start`
+//!   on ([`qemu::start_probe`]).
 //! * `shutdown` stops and joins the workers; the uplink TAP (persistent), the
 //!   instance namespaces and QEMU guests are kept for the next start, which finds
 //!   them unchanged (same MACs and addresses).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use filter::Snapshot;
 use filter::model::Instance;
@@ -32,7 +49,7 @@ use switch::{PollMode, PortId, PortRole, PortSpec, Switch, SwitchConfig};
 
 use crate::api::{ApiError, PortStats, StatsReport};
 use crate::cli::{PollArg, RevokeArg, UpArgs};
-use crate::core::{Attachment, CoreConfig, Dataplane};
+use crate::core::{Attachment, CoreConfig, Dataplane, Liveness};
 use crate::daemon::error_chain;
 use crate::instances;
 use crate::qemu::{self, QemuConfig};
@@ -67,6 +84,26 @@ pub struct SwitchDataplane {
     qemu: QemuConfig,
     /// Guests this daemon started (reaped when terminated).
     guests: BTreeMap<String, qemu::Guest>,
+    /// Guests known to be up: leased once, or re-attached after a restart.
+    booted: BTreeSet<String>,
+    /// The network namespace of each namespace instance and guest, as made:
+    /// what `terminate` kills processes in, even if its name is gone.
+    namespaces: BTreeMap<String, instances::NetnsInode>,
+    /// Guests whose port a helper thread is attaching.
+    attaching: BTreeMap<String, Arc<Mutex<Attaching>>>,
+}
+
+/// A guest's port being attached by a helper thread.
+#[derive(Default)]
+struct Attaching {
+    /// The port, or why it could not be attached.
+    done: Option<Result<PortId, String>>,
+    /// Terminated meanwhile: the thread must not add the port.
+    cancelled: bool,
+}
+
+fn lock(m: &Mutex<Attaching>) -> std::sync::MutexGuard<'_, Attaching> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The host-side address of the uplink: first host of the uplink range, with the
@@ -144,12 +181,17 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         let _ = instances::destroy_uplink(&name, netns.as_deref());
         return Err(DataplaneError::AttachUplink { name, source });
     }
+    let qemu = qemu_config(args);
+    qemu::start_probe(&qemu);
     Ok(Box::new(SwitchDataplane {
         switch: Some(switch),
         workers: args.workers,
         ports: BTreeMap::new(),
-        qemu: qemu_config(args),
+        qemu,
         guests: BTreeMap::new(),
+        booted: BTreeSet::new(),
+        namespaces: BTreeMap::new(),
+        attaching: BTreeMap::new(),
     }))
 }
 
@@ -162,10 +204,27 @@ impl SwitchDataplane {
 
     /// Undo what `launch` made (the port is already gone or never added).
     fn destroy(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
+        self.booted.remove(id);
+        let ns = self
+            .namespaces
+            .remove(id)
+            .or_else(|| instances::netns_inode(id));
         match how {
-            Attachment::Netns => instances::destroy_netns_instance(id).map_err(|e| {
-                ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
-            }),
+            Attachment::Netns => {
+                if let Some(ns) = ns {
+                    let killed = instances::kill_netns_processes(ns, instances::KILL_GRACE);
+                    if !killed.is_empty() {
+                        tracing::info!(
+                            instance = id,
+                            "ended {} process(es) left in instance {id}: {killed:?}",
+                            killed.len()
+                        );
+                    }
+                }
+                instances::destroy_netns_instance(id).map_err(|e| {
+                    ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
+                })
+            }
             // Someone else's interface: only detached.
             Attachment::Iface { .. } => Ok(()),
             Attachment::Qemu { pid } => qemu::stop(id, *pid, self.guests.remove(id))
@@ -214,25 +273,83 @@ impl SwitchDataplane {
             .collect())
     }
 
+    /// Take instance `id`'s port off the switch (it stopped).
+    fn detach(&mut self, id: &str) {
+        if let Some(slot) = self.attaching.remove(id) {
+            let mut a = lock(&slot);
+            a.cancelled = true;
+            if let Some(Ok(port)) = a.done.take() {
+                self.ports.insert(id.to_owned(), port);
+            }
+        }
+        if let Some(port) = self.ports.remove(id)
+            && let Ok(s) = self.switch()
+            && let Err(e) = s.remove_port(port)
+        {
+            tracing::warn!(instance = id, "remove port of {id}: {}", error_chain(&e));
+        }
+    }
+
+    /// Remember the namespace instance `id` lives in (for `terminate`).
+    fn note_namespace(&mut self, id: &str) {
+        if let Some(ns) = instances::netns_inode(id) {
+            self.namespaces.insert(id.to_owned(), ns);
+        }
+    }
+
+    /// Attach guest `inst`'s port on a helper thread (see the module docs).
+    fn attach_later(&mut self, inst: &Instance) -> Result<(), ApiError> {
+        let dp = self.switch()?.datapath().clone();
+        let slot = Arc::new(Mutex::new(Attaching::default()));
+        let theirs = slot.clone();
+        let inst2 = inst.clone();
+        let workers = self.workers;
+        std::thread::Builder::new()
+            .name("sgswitch-attach".into())
+            .spawn(move || {
+                let queues = qemu::open_queues(&inst2.id, workers);
+                let mut a = lock(&theirs);
+                if a.cancelled {
+                    return; // the queues close here
+                }
+                a.done = Some(match queues {
+                    Ok(queues) => dp
+                        .add_port(port_spec(&inst2, queues))
+                        .map_err(|e| error_chain(&e)),
+                    Err(e) => Err(error_chain(&e)),
+                });
+            })
+            .map_err(|e| {
+                ApiError::internal(format!("launch guest {}: attach thread: {e}", inst.id))
+            })?;
+        self.attaching.insert(inst.id.clone(), slot);
+        Ok(())
+    }
+
     fn attach(
         &mut self,
         inst: &Instance,
         queues: Vec<Box<dyn switch::port::PortQueue>>,
     ) -> Result<(), ApiError> {
-        let spec = PortSpec {
-            name: inst.id.clone(),
-            role: PortRole::Instance {
-                id: inst.id.clone(),
-                mac: inst.mac,
-                ip: inst.ip,
-            },
-            queues,
-        };
+        let spec = port_spec(inst, queues);
         let port = self.switch()?.add_port(spec).map_err(|e| {
             ApiError::internal(format!("attach instance {}: {}", inst.id, error_chain(&e)))
         })?;
         self.ports.insert(inst.id.clone(), port);
         Ok(())
+    }
+}
+
+/// The switch port of instance `inst`.
+fn port_spec(inst: &Instance, queues: Vec<Box<dyn switch::port::PortQueue>>) -> PortSpec {
+    PortSpec {
+        name: inst.id.clone(),
+        role: PortRole::Instance {
+            id: inst.id.clone(),
+            mac: inst.mac,
+            ip: inst.ip,
+        },
+        queues,
     }
 }
 
@@ -269,21 +386,22 @@ impl Dataplane for SwitchDataplane {
                 let image = image.ok_or_else(|| {
                     ApiError::internal(format!("launch guest {}: no image to boot", inst.id))
                 })?;
-                let (guest, queues) = qemu::start(
-                    &self.qemu,
-                    image,
-                    &inst.id,
-                    inst.mac,
-                    self.workers,
-                )
-                .map_err(|e| {
+                let guest = qemu::start(&self.qemu, image, &inst.id, inst.mac).map_err(|e| {
                     ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
                 })?;
                 made = Attachment::Qemu { pid: guest.pid };
                 self.guests.insert(inst.id.clone(), guest);
-                queues
+                self.note_namespace(&inst.id);
+                if let Err(e) = self.attach_later(inst) {
+                    let _ = self.destroy(&inst.id, &made);
+                    return Err(e);
+                }
+                return Ok(made);
             }
         };
+        if made == Attachment::Netns {
+            self.note_namespace(&inst.id);
+        }
         if let Err(e) = self.attach(inst, queues) {
             let _ = self.destroy(&inst.id, &made);
             return Err(e);
@@ -318,22 +436,106 @@ impl Dataplane for SwitchDataplane {
             // A guest keeps running while the daemon restarts; if it is gone the
             // instance shows as stopped (its namespace stays until terminated).
             Attachment::Qemu { pid } => {
-                qemu::reattach(&inst.id, pid, self.workers).map_err(|e| {
+                let q = qemu::reattach(&inst.id, pid, self.workers).map_err(|e| {
                     ApiError::internal(format!("re-attach guest {}: {}", inst.id, error_chain(&e)))
-                })?
+                })?;
+                // It ran before the restart: its lease is not news.
+                self.booted.insert(inst.id.clone());
+                q
             }
         };
+        if !matches!(Attachment::from_place(&rec.place), Attachment::Iface { .. }) {
+            self.note_namespace(&inst.id);
+        }
         self.attach(inst, queues)
     }
 
     fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
-        if let Some(port) = self.ports.remove(id)
-            && let Ok(s) = self.switch()
-            && let Err(e) = s.remove_port(port)
-        {
-            eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
-        }
+        self.detach(id);
         self.destroy(id, how)
+    }
+
+    fn check(&mut self, id: &str, how: &Attachment) -> Liveness {
+        let stopped = |me: &mut Self, why: String| {
+            me.detach(id);
+            me.booted.remove(id);
+            Liveness::Stopped(why)
+        };
+        if let Attachment::Qemu { pid } = how {
+            let exited = match self.guests.get_mut(id) {
+                Some(g) => g.exit().map(str::to_owned),
+                None if !qemu::is_guest(*pid, id) => Some(qemu::exit_reason(
+                    &self.qemu.binary,
+                    &format!("(PID {pid}) is not running any more"),
+                    &qemu::log_path(&self.qemu, id),
+                )),
+                None => None,
+            };
+            if let Some(why) = exited {
+                return stopped(self, why);
+            }
+        }
+        let attached = self.attaching.get(id).map(|slot| lock(slot).done.take());
+        match attached {
+            None => {}
+            Some(None) => {
+                let accel = self
+                    .guests
+                    .get(id)
+                    .map(|g| format!(" on {}", g.accel))
+                    .unwrap_or_default();
+                return Liveness::Pending(format!("booting{accel}; attaching it to the switch"));
+            }
+            Some(Some(Ok(port))) => {
+                self.attaching.remove(id);
+                self.ports.insert(id.to_owned(), port);
+            }
+            Some(Some(Err(e))) => {
+                self.attaching.remove(id);
+                if let Attachment::Qemu { pid } = how {
+                    let _ = qemu::stop(id, *pid, self.guests.remove(id));
+                }
+                return stopped(self, format!("could not attach it to the switch: {e}"));
+            }
+        }
+        if !matches!(how, Attachment::Iface { .. }) && !instances::netns_exists(id) {
+            return stopped(
+                self,
+                format!("its network namespace {id} was deleted outside sgswitch"),
+            );
+        }
+        let status = match (self.ports.get(id), self.switch.as_ref()) {
+            (Some(port), Some(s)) => s.port_status(*port),
+            _ => switch::PortStatus::Unknown,
+        };
+        match status {
+            switch::PortStatus::Gone => {
+                let what = match how {
+                    Attachment::Iface { ifname, .. } => format!("interface {ifname}"),
+                    _ => "its interface".to_owned(),
+                };
+                stopped(
+                    self,
+                    format!("{what} disappeared (the switch found its port gone)"),
+                )
+            }
+            switch::PortStatus::Unknown => stopped(self, "not attached to the switch".to_owned()),
+            switch::PortStatus::Attached { leased } => match how {
+                Attachment::Qemu { .. } if !leased && !self.booted.contains(id) => {
+                    let accel = self
+                        .guests
+                        .get(id)
+                        .map(|g| format!(" on {}", g.accel))
+                        .unwrap_or_default();
+                    Liveness::Pending(format!("booting{accel}; waiting for its first DHCP lease"))
+                }
+                Attachment::Qemu { .. } => {
+                    self.booted.insert(id.to_owned());
+                    Liveness::Running
+                }
+                _ => Liveness::Running,
+            },
+        }
     }
 
     fn stats(&self, report: &mut StatsReport) {

@@ -18,6 +18,11 @@
 //! * Because the TAP is persistent, a restarted daemon gets the same instance's
 //!   network back with [`reattach_netns_instance`]; the MAC and address stay on
 //!   the device, and programs inside the namespace never notice.
+//! * [`kill_netns_processes`] ends what still runs inside an instance's
+//!   namespace before it is deleted: the processes whose `/proc/PID/ns/net` is
+//!   the namespace's inode ([`netns_inode`], recorded when the instance is made,
+//!   so this works even after someone deleted `/run/netns/ID` by hand) get
+//!   SIGTERM, then SIGKILL after [`KILL_GRACE`].
 //! * [`destroy_netns_instance`] deletes the namespace; the kernel destroys the
 //!   namespace, and the TAP in it, once the last fd or process holding it is
 //!   gone (the daemon drops the port's queues). Deleting a namespace that is
@@ -273,6 +278,69 @@ pub fn destroy_netns_instance(id: &str) -> Result<(), InstanceError> {
 /// Whether the namespace of instance `id` exists.
 pub fn netns_exists(id: &str) -> bool {
     netns::exists(id)
+}
+
+/// A network namespace's identity: device and inode of its nsfs file (what
+/// `/run/netns/NAME` and `/proc/PID/ns/net` both resolve to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsInode {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The identity of the namespace named `id`, if it exists.
+pub fn netns_inode(id: &str) -> Option<NetnsInode> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(netns::path(id)).ok()?;
+    Some(NetnsInode {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// How long processes in a namespace get between SIGTERM and SIGKILL.
+pub const KILL_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// The processes (other than this one) whose network namespace is `ns`.
+/// Zombies have no namespace any more and are not listed.
+pub fn netns_processes(ns: NetnsInode) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.dev() == ns.dev && m.ino() == ns.ino)
+        })
+        .collect()
+}
+
+/// Ends every process still running in namespace `ns` (found by comparing
+/// `/proc/PID/ns/net` with it, never by name): SIGTERM, up to `grace` for them
+/// to exit, then SIGKILL. Returns the PIDs it signalled.
+pub fn kill_netns_processes(ns: NetnsInode, grace: std::time::Duration) -> Vec<u32> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pids = netns_processes(ns);
+    if pids.is_empty() {
+        return pids;
+    }
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    let mut left = netns_processes(ns);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = netns_processes(ns);
+    }
+    for &pid in &left {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    pids
 }
 
 /// Runs `f` in namespace `ns`, or on the calling thread for `None`.

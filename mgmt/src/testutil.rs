@@ -73,3 +73,16 @@ pub fn code(r: &Reply) -> &str {
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
+
+/// The smallest file `register-image` takes as a kernel: `HdrS` at 0x202 (not
+/// bootable).
+pub fn write_fake_kernel(path: &std::path::Path) {
+    let mut b = vec![0u8; 0x400];
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(path, b).unwrap();
+}
+
+/// The smallest file `register-image` takes as an initrd: a cpio newc magic.
+pub fn write_fake_initrd(path: &std::path::Path) {
+    std::fs::write(path, b"070701").unwrap();
+}

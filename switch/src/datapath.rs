@@ -265,6 +265,21 @@ impl Datapath {
         }
     }
 
+    /// Where port `id` stands: attached (and whether the DHCP server leased its
+    /// instance an address), removed because its queues reported it gone, or
+    /// unknown (removed by `remove_port`, or never added).
+    pub fn port_status(&self, id: PortId) -> PortStatus {
+        let c = self.control();
+        match c.ports.get(&id) {
+            Some(p) if p.is_gone() => PortStatus::Gone,
+            Some(p) => PortStatus::Attached {
+                leased: p.is_leased(),
+            },
+            None if c.reaped.contains(&id) => PortStatus::Gone,
+            None => PortStatus::Unknown,
+        }
+    }
+
     /// Aggregate the counters of all workers and ports.
     pub fn stats(&self) -> Stats {
         let mut st = Stats::empty();
@@ -287,6 +302,17 @@ impl Datapath {
         st.conntrack_entries = self.ct.len();
         st
     }
+}
+
+/// See [`Datapath::port_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortStatus {
+    Attached {
+        leased: bool,
+    },
+    /// Its netdev disappeared (namespace or interface removed).
+    Gone,
+    Unknown,
 }
 
 /// A running switch: the datapath plus its worker and housekeeper threads.
@@ -375,6 +401,11 @@ impl Switch {
 
     pub fn stats(&self) -> Stats {
         self.dp.stats()
+    }
+
+    /// See [`Datapath::port_status`].
+    pub fn port_status(&self, id: PortId) -> PortStatus {
+        self.dp.port_status(id)
     }
 
     /// The virtual gateway / DHCP server address.

@@ -39,5 +39,5 @@ pub mod worker;
 
 pub use config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
 pub use counters::{PortStats, PortTotals, Stats};
-pub use datapath::{Datapath, Switch};
+pub use datapath::{Datapath, PortStatus, Switch};
 pub use mem::{MemFrame, MemOptions, MemPeer, mem_port, mem_port_with};

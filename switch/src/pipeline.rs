@@ -217,6 +217,9 @@ pub fn process_prepared(
             let r = reply(env, inp, n, scratch);
             if r.is_ok() {
                 bump(&env.wc.dhcp_replies, 1);
+                if ty == dhcp::msg::ACK {
+                    inp.mark_leased();
+                }
             }
             r
         }

@@ -12,6 +12,11 @@
 //!   that sees `PortError::Gone` sets it, from then on every worker skips the port
 //!   and drops frames for it (`PortGone`), and the housekeeper removes it from the
 //!   table off the hot path.
+//! * A [`Port`] also carries a `leased` flag: set (once, by whichever worker sent
+//!   it) when the switch's DHCP server acknowledged a lease on the port. The
+//!   control plane reads it ([`crate::Datapath::port_status`]) to tell a booted
+//!   guest from one still starting; the worker only loads it (no store, so no
+//!   cache-line ping-pong) after the first ACK.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -69,6 +74,9 @@ pub struct Port {
     /// For the uplink: the last source MAC seen from it (0 = none yet), used to
     /// address frames that instances sent to the gateway's MAC.
     pub learned_mac: AtomicU64,
+    /// Set once the switch's DHCP server sent a DHCPACK on this port (the
+    /// instance behind it configured its address: it is up).
+    pub leased: AtomicBool,
 }
 
 impl Port {
@@ -87,7 +95,23 @@ impl Port {
             counters: PortCounterSet::new(workers),
             gone: AtomicBool::new(false),
             learned_mac: AtomicU64::new(0),
+            leased: AtomicBool::new(false),
         }
+    }
+
+    /// Record that a DHCPACK went out on this port (a load, and a store only
+    /// the first time).
+    #[inline]
+    pub fn mark_leased(&self) {
+        if !self.leased.load(Ordering::Relaxed) {
+            self.leased.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a DHCPACK went out on this port.
+    #[inline]
+    pub fn is_leased(&self) -> bool {
+        self.leased.load(Ordering::Relaxed)
     }
 
     #[inline]

@@ -25,8 +25,8 @@ use switch::dhcp::{self, msg};
 use switch::port::VnetHdr;
 use switch::worker::Worker;
 use switch::{
-    Datapath, MemFrame, MemOptions, MemPeer, PollMode, PortId, PortRole, PortSpec, Switch,
-    SwitchConfig, mem_port_with,
+    Datapath, MemFrame, MemOptions, MemPeer, PollMode, PortId, PortRole, PortSpec, PortStatus,
+    Switch, SwitchConfig, mem_port_with,
 };
 
 const OWNER: &str = "111122223333";
@@ -701,8 +701,18 @@ fn dhcp_discover_offer_request_ack() {
     assert_eq!(offer.lease_secs, Some(LEASE));
     assert_eq!(offer.server_id, Some(gw));
     assert_eq!(offer.router, Some(gw));
+    // An offer is not a lease: the port's instance is not up yet.
+    assert_eq!(
+        lab.dp.port_status(a.id),
+        PortStatus::Attached { leased: false }
+    );
     let req = dhcp::client_message(msg::REQUEST, 0x1235, a.mac, Some(a.ip), Some(gw));
     let out = lab.send("a", &dhcp_frame(a.mac, &req));
+    assert_eq!(
+        lab.dp.port_status(a.id),
+        PortStatus::Attached { leased: true },
+        "the ACK marks the port leased"
+    );
     let ack = dhcp::parse_reply(&udp_payload(&out[0].1.data)).expect("ack");
     assert_eq!(
         (ack.msg_type, ack.xid, ack.yiaddr, ack.lease_secs),
@@ -1052,6 +1062,11 @@ fn gone_port_is_removed_and_counted() {
     let st = lab.dp.stats();
     assert_eq!(st.ports_gone, 1);
     assert!(st.port("b").is_none());
+    assert_eq!(lab.dp.port_status(b.id), PortStatus::Gone);
+    assert_eq!(
+        lab.dp.port_status(a.id),
+        PortStatus::Attached { leased: false }
+    );
     assert!(
         lab.dp.remove_port(b.id).is_ok(),
         "removing a reaped port is not an error"
@@ -1059,6 +1074,7 @@ fn gone_port_is_removed_and_counted() {
     // The address is now unknown.
     lab.expect_drop("a", &udp(&a, &b, 1, 2), DropReason::UnknownDestination);
     assert!(lab.dp.remove_port(PortId(999)).is_err());
+    assert_eq!(lab.dp.port_status(PortId(999)), PortStatus::Unknown);
 }
 
 #[test]

@@ -556,7 +556,7 @@ impl Ctx<'_> {
         if ids.is_empty() {
             return Err(missing("InstanceId.1"));
         }
-        let changes = match self.call(Command::TerminateInstances { ids })? {
+        let changes = match self.call(Command::TerminateInstances { ids, all: false })? {
             Response::StateChanges { changes } => changes,
             other => return Err(unexpected(&other)),
         };
@@ -746,6 +746,17 @@ fn write_reservation_fields(x: &mut Xml, r: &Reservation, ids: &BTreeMap<String,
             .elem("dnsName", "")
             .elem("amiLaunchIndex", &i.launch_index.to_string())
             .elem("privateIpAddress", &i.ip.to_string());
+        if let Some(reason) = &i.reason {
+            let code = if i.state == "pending" {
+                "Server.Pending"
+            } else {
+                "Server.InternalError"
+            };
+            x.open("stateReason")
+                .elem("code", code)
+                .elem("message", reason)
+                .close("stateReason");
+        }
         write_group_set(x, &r.groups, ids);
         x.open("networkInterfaceSet")
             .open("item")

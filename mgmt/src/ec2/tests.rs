@@ -819,8 +819,8 @@ fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
     };
     let kernel = dir.0.join("vmlinuz");
     let initrd = dir.0.join("initrd.img");
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&initrd, b"i").unwrap();
+    crate::testutil::write_fake_kernel(&kernel);
+    crate::testutil::write_fake_initrd(&initrd);
     api.handle(req(Command::RegisterImage {
         ami: "ami-5e1f0001".into(),
         kernel,
@@ -838,11 +838,27 @@ fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
         &format!("Action=RunInstances&{v}&ImageId=ami-5e1f0001&MinCount=1&MaxCount=1"),
     );
     let guest = first(&doc, "instanceId").to_owned();
+    // A guest before its first lease: pending, and EC2's stateReason says why.
+    dp.state.lock().unwrap().qemu_liveness = Some(crate::core::Liveness::Pending(
+        "booting on accel tcg: test; waiting for its first DHCP lease".into(),
+    ));
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeInstances&{v}&InstanceId.1={guest}"),
+    );
+    assert!(
+        doc.contains("<instanceState><code>0</code><name>pending</name></instanceState>")
+            && doc.contains("<stateReason><code>Server.Pending</code><message>booting on accel tcg: test; waiting for its first DHCP lease</message></stateReason>"),
+        "{doc}"
+    );
+    dp.state.lock().unwrap().qemu_liveness = None;
     let doc = ok(
         &api,
         &k,
         &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
     );
+    assert!(!doc.contains("stateReason"), "{doc}");
     let netns = first(&doc, "instanceId").to_owned();
     let booted: Vec<String> = dp
         .state
