@@ -1,0 +1,1535 @@
+//! A blocking etcd v3 client over etcd's JSON gateway (grpc-gateway, HTTP/1.1).
+//!
+//! Contract:
+//! * Endpoints are `http://HOST:PORT` (or `HOST:PORT`), given as one
+//!   comma-separated list (`--etcd URL[,URL...]`). A call tries the endpoint
+//!   that answered last, then the others in order. It moves on to the next
+//!   endpoint when it cannot connect (the request was never sent, so this is
+//!   safe for every call) and, for reads only, also when the connection fails
+//!   after sending or the member answers `Unavailable` (no leader). A write
+//!   whose connection fails after the request went out is not re-sent: its
+//!   outcome is unknown and the caller is told so ([`EtcdError::Unreachable`]
+//!   with "outcome unknown"); sgswitch's writes are transactions comparing
+//!   revisions, so the caller re-reads and decides.
+//! * Every call has a deadline: [`Config::connect_timeout`] per endpoint for
+//!   the TCP connect, [`Config::request_timeout`] for the whole exchange.
+//!   When no endpoint answers, the error is [`EtcdError::Unreachable`], whose
+//!   message reads `etcd at URL unreachable: ...` and whose EC2-style code is
+//!   `ServiceUnavailable`.
+//! * One TCP connection per call (`Connection: close`): no pool whose stale
+//!   connections could make a write ambiguous; a loopback or LAN connect costs
+//!   tens of microseconds, far below an etcd commit (an fsync).
+//! * A [`Watch`] holds one long-lived streaming connection. It yields whole
+//!   watch responses ([`WatchBatch`]): etcd never splits one revision (one
+//!   transaction) over two responses, so applying batch by batch applies each
+//!   transaction atomically. It remembers the next revision it needs; when the
+//!   connection is lost it reconnects (to any endpoint, with backoff) and
+//!   resumes from that revision, so no event is lost or repeated. If that
+//!   revision has been compacted it fails with [`EtcdError::Compacted`] for
+//!   good: the caller must re-read everything and start a new watch.
+//!   Progress notifications advance the resume point without events. TCP
+//!   keepalive (about 11 s) detects a member that vanished without a reset.
+//! * No TLS, no authentication: etcd is reached on a trusted underlay.
+//!
+//! JSON mapping (grpc-gateway with proto field names): keys and values are
+//! base64; 64-bit integers are JSON strings (we accept numbers too); fields at
+//! their default (0, false, empty, enum value 0 such as `PUT`) are omitted.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use crate::api::{ApiError, BUSY, INTERNAL_ERROR};
+
+/// Default TCP connect timeout per endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Default deadline of one request/response exchange.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response body accepted from etcd (a range of the whole lab fits).
+pub const MAX_BODY: usize = 256 << 20;
+/// Longest status line plus headers accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Errors of the etcd client. Messages name the endpoint and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("bad etcd endpoint {value:?}: {reason}")]
+    BadEndpoint { value: String, reason: &'static str },
+    /// No endpoint answered in time (or the answer was cut off).
+    #[error("etcd at {url} unreachable: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// etcd answered with an error.
+    #[error("etcd at {url}: {op} failed: {message} (gRPC code {code}, HTTP {http})")]
+    Status {
+        url: String,
+        op: &'static str,
+        http: u16,
+        code: i64,
+        message: String,
+    },
+    /// The revision asked for is older than the last compaction.
+    #[error("etcd revision {requested} has been compacted{}", compacted_at(*compact_revision))]
+    Compacted {
+        requested: i64,
+        /// The compaction revision, 0 when etcd did not say.
+        compact_revision: i64,
+    },
+    #[error("etcd lease {id:x} not found (expired or revoked)")]
+    LeaseNotFound { id: i64 },
+    /// etcd's answer is not what the gateway documents.
+    #[error("etcd at {url}: bad answer to {op}: {detail}")]
+    Protocol {
+        url: String,
+        op: &'static str,
+        detail: String,
+    },
+}
+
+fn compacted_at(rev: i64) -> String {
+    if rev > 0 {
+        format!(" (compacted up to {rev}); re-read everything")
+    } else {
+        "; re-read everything".to_owned()
+    }
+}
+
+impl EtcdError {
+    /// The EC2-style error code a front door reports for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EtcdError::Unreachable { .. } => BUSY,
+            EtcdError::Status { code: 14, .. } => BUSY,
+            _ => INTERNAL_ERROR,
+        }
+    }
+
+    /// etcd could not be reached or had no leader: retrying later may work.
+    pub fn is_unavailable(&self) -> bool {
+        self.code() == BUSY
+    }
+}
+
+impl From<EtcdError> for ApiError {
+    fn from(e: EtcdError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EtcdError>;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Endpoint {
+    /// As given, normalised to `http://host:port`.
+    url: String,
+    /// `host:port` for connecting and the Host header.
+    authority: String,
+}
+
+struct Inner {
+    endpoints: Vec<Endpoint>,
+    /// Index of the endpoint that answered last.
+    preferred: AtomicUsize,
+    cfg: Config,
+}
+
+/// An etcd client; cheap to clone (clones share the endpoint preference).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.endpoints())
+            .finish()
+    }
+}
+
+/// A key as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// Writes since creation (1 after the first put); 0 for a deleted key.
+    pub version: i64,
+    /// Lease id, 0 for none.
+    pub lease: i64,
+}
+
+/// Which keys: one key, or `[key, range_end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub key: Vec<u8>,
+    /// Empty: just `key`.
+    pub range_end: Vec<u8>,
+}
+
+impl KeyRange {
+    pub fn key(key: impl AsRef<[u8]>) -> KeyRange {
+        KeyRange {
+            key: key.as_ref().to_vec(),
+            range_end: Vec::new(),
+        }
+    }
+
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: impl AsRef<[u8]>) -> KeyRange {
+        KeyRange {
+            key: prefix.as_ref().to_vec(),
+            range_end: prefix_end(prefix.as_ref()),
+        }
+    }
+
+    fn to_json(&self, obj: &mut serde_json::Map<String, Value>) {
+        obj.insert("key".into(), b64(&self.key));
+        if !self.range_end.is_empty() {
+            obj.insert("range_end".into(), b64(&self.range_end));
+        }
+    }
+}
+
+/// The end of the range of keys starting with `prefix`: `prefix` with its last
+/// byte below 0xff incremented (trailing 0xff bytes dropped); `\0` (every key)
+/// when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub keys: KeyRange,
+    /// Read at this revision; 0 = latest.
+    pub revision: i64,
+    /// At most this many keys; 0 = all.
+    pub limit: i64,
+}
+
+impl Range {
+    pub fn key(key: impl AsRef<[u8]>) -> Range {
+        Range {
+            keys: KeyRange::key(key),
+            revision: 0,
+            limit: 0,
+        }
+    }
+
+    pub fn prefix(prefix: impl AsRef<[u8]>) -> Range {
+        Range {
+            keys: KeyRange::prefix(prefix),
+            revision: 0,
+            limit: 0,
+        }
+    }
+
+    /// Read as of `revision`.
+    pub fn at(mut self, revision: i64) -> Range {
+        self.revision = revision;
+        self
+    }
+
+    pub fn limit(mut self, limit: i64) -> Range {
+        self.limit = limit;
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut o = serde_json::Map::new();
+        self.keys.to_json(&mut o);
+        if self.revision != 0 {
+            o.insert("revision".into(), int(self.revision));
+        }
+        if self.limit != 0 {
+            o.insert("limit".into(), int(self.limit));
+        }
+        Value::Object(o)
+    }
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResponse {
+    /// The store revision the read saw.
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range (beyond `limit` too).
+    pub count: i64,
+    /// More keys than `limit` returned.
+    pub more: bool,
+}
+
+/// The comparison of a [`Compare`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+impl CompareOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Equal => "EQUAL",
+            CompareOp::NotEqual => "NOT_EQUAL",
+            CompareOp::Greater => "GREATER",
+            CompareOp::Less => "LESS",
+        }
+    }
+}
+
+/// What a [`Compare`] looks at, with the operand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    /// Writes since creation; 0 = the key does not exist.
+    Version(i64),
+    /// Revision of the key's creation; 0 = the key does not exist.
+    CreateRevision(i64),
+    /// Revision of the key's last write; 0 = the key does not exist.
+    ModRevision(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+/// One condition of a [`Txn`]: `key`'s target `op` operand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    /// `key` was last written at `rev` (0: `key` does not exist).
+    pub fn mod_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Compare {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::ModRevision(rev),
+        }
+    }
+
+    pub fn create_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Compare {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::CreateRevision(rev),
+        }
+    }
+
+    pub fn version(key: impl AsRef<[u8]>, op: CompareOp, version: i64) -> Compare {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Version(version),
+        }
+    }
+
+    pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Compare {
+        Compare {
+            key: key.as_ref().to_vec(),
+            op,
+            target: CompareTarget::Value(value.as_ref().to_vec()),
+        }
+    }
+
+    /// `key` does not exist.
+    pub fn absent(key: impl AsRef<[u8]>) -> Compare {
+        Compare::create_revision(key, CompareOp::Equal, 0)
+    }
+
+    fn to_json(&self) -> Value {
+        let (target, field, operand) = match &self.target {
+            CompareTarget::Version(v) => ("VERSION", "version", int(*v)),
+            CompareTarget::CreateRevision(v) => ("CREATE", "create_revision", int(*v)),
+            CompareTarget::ModRevision(v) => ("MOD", "mod_revision", int(*v)),
+            CompareTarget::Value(v) => ("VALUE", "value", b64(v)),
+            CompareTarget::Lease(v) => ("LEASE", "lease", int(*v)),
+        };
+        json!({
+            "key": b64(&self.key),
+            "result": self.op.as_str(),
+            "target": target,
+            field: operand,
+        })
+    }
+}
+
+/// One operation inside a [`Txn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        /// 0: no lease.
+        lease: i64,
+    },
+    Delete(KeyRange),
+    Range(Range),
+}
+
+impl Op {
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Op {
+        Op::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            lease: 0,
+        }
+    }
+
+    pub fn put_with_lease(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, lease: i64) -> Op {
+        Op::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            lease,
+        }
+    }
+
+    pub fn delete(key: impl AsRef<[u8]>) -> Op {
+        Op::Delete(KeyRange::key(key))
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Op::Put { key, value, lease } => json!({ "request_put": put_json(key, value, *lease) }),
+            Op::Delete(r) => {
+                let mut o = serde_json::Map::new();
+                r.to_json(&mut o);
+                json!({ "request_delete_range": Value::Object(o) })
+            }
+            Op::Range(r) => json!({ "request_range": r.to_json() }),
+        }
+    }
+}
+
+fn put_json(key: &[u8], value: &[u8], lease: i64) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("key".into(), b64(key));
+    o.insert("value".into(), b64(value));
+    if lease != 0 {
+        o.insert("lease".into(), int(lease));
+    }
+    Value::Object(o)
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`;
+/// atomically, as one revision (when it writes anything).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Txn {
+        Txn::default()
+    }
+
+    pub fn when(mut self, compare: impl IntoIterator<Item = Compare>) -> Txn {
+        self.compare.extend(compare);
+        self
+    }
+
+    pub fn and_then(mut self, ops: impl IntoIterator<Item = Op>) -> Txn {
+        self.success.extend(ops);
+        self
+    }
+
+    pub fn or_else(mut self, ops: impl IntoIterator<Item = Op>) -> Txn {
+        self.failure.extend(ops);
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "compare": self.compare.iter().map(Compare::to_json).collect::<Vec<_>>(),
+            "success": self.success.iter().map(Op::to_json).collect::<Vec<_>>(),
+            "failure": self.failure.iter().map(Op::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The answer to one [`Op`] of a transaction, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResponse {
+    Put,
+    Delete { deleted: i64 },
+    Range(RangeResponse),
+}
+
+/// The answer to a [`Txn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// Every compare held (the `success` branch ran).
+    pub succeeded: bool,
+    /// The store revision after the transaction.
+    pub revision: i64,
+    pub responses: Vec<OpResponse>,
+}
+
+/// A granted lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    /// Seconds.
+    pub ttl: i64,
+}
+
+/// PUT or DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change seen by a watch. For a delete, `kv` holds the key and
+/// `mod_revision` = the revision of the delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+/// The events of one watch response: whole revisions, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// The revision of the last event.
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+impl Client {
+    /// A client of the comma-separated endpoint list `endpoints`.
+    pub fn new(endpoints: &str, cfg: Config) -> Result<Client> {
+        let mut list = Vec::new();
+        for raw in endpoints.split(',').map(str::trim) {
+            list.push(parse_endpoint(raw)?);
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints: list,
+                preferred: AtomicUsize::new(0),
+                cfg,
+            }),
+        })
+    }
+
+    /// The endpoint URLs, normalised.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoints.iter().map(|e| e.url.clone()).collect()
+    }
+
+    /// Read keys.
+    pub fn range(&self, range: &Range) -> Result<RangeResponse> {
+        let (url, v) = self.call("range", "/v3/kv/range", &range.to_json(), true)?;
+        parse_range(&url, "range", &v)
+    }
+
+    /// The value of one key (None if absent) and the revision read at.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<(i64, Option<KeyValue>)> {
+        let r = self.range(&Range::key(key))?;
+        Ok((r.revision, r.kvs.into_iter().next()))
+    }
+
+    /// Write one key (`lease` 0: none); the new store revision.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, lease: i64) -> Result<i64> {
+        let body = put_json(key.as_ref(), value.as_ref(), lease);
+        let (url, v) = self.call("put", "/v3/kv/put", &body, false)?;
+        header_revision(&url, "put", &v)
+    }
+
+    /// Delete keys; the new store revision and how many were deleted.
+    pub fn delete(&self, keys: &KeyRange) -> Result<(i64, i64)> {
+        let mut o = serde_json::Map::new();
+        keys.to_json(&mut o);
+        let (url, v) = self.call("delete", "/v3/kv/deleterange", &Value::Object(o), false)?;
+        Ok((header_revision(&url, "delete", &v)?, num(&v["deleted"])))
+    }
+
+    /// Run a transaction.
+    pub fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
+        let (url, v) = self.call("txn", "/v3/kv/txn", &txn.to_json(), false)?;
+        let revision = header_revision(&url, "txn", &v)?;
+        let mut responses = Vec::new();
+        if let Some(list) = v["responses"].as_array() {
+            for r in list {
+                if let Some(p) = r.get("response_range") {
+                    responses.push(OpResponse::Range(parse_range(&url, "txn", p)?));
+                } else if let Some(d) = r.get("response_delete_range") {
+                    responses.push(OpResponse::Delete {
+                        deleted: num(&d["deleted"]),
+                    });
+                } else if r.get("response_put").is_some() {
+                    responses.push(OpResponse::Put);
+                } else {
+                    return Err(protocol(&url, "txn", format!("unknown response {r}")));
+                }
+            }
+        }
+        Ok(TxnResponse {
+            succeeded: v["succeeded"].as_bool().unwrap_or(false),
+            revision,
+            responses,
+        })
+    }
+
+    /// Compact the history up to `revision` (watches and reads below it then
+    /// fail with [`EtcdError::Compacted`]). `physical`: return only when the
+    /// space has been reclaimed.
+    pub fn compact(&self, revision: i64, physical: bool) -> Result<()> {
+        let body = json!({ "revision": int(revision), "physical": physical });
+        self.call("compact", "/v3/kv/compaction", &body, false)?;
+        Ok(())
+    }
+
+    /// A lease of `ttl` seconds.
+    pub fn lease_grant(&self, ttl: i64) -> Result<Lease> {
+        let (url, v) = self.call("lease grant", "/v3/lease/grant", &json!({ "TTL": int(ttl) }), false)?;
+        if let Some(e) = v["error"].as_str().filter(|e| !e.is_empty()) {
+            return Err(protocol(&url, "lease grant", e.to_owned()));
+        }
+        let id = num(&v["ID"]);
+        if id == 0 {
+            return Err(protocol(&url, "lease grant", format!("no lease id in {v}")));
+        }
+        Ok(Lease {
+            id,
+            ttl: num(&v["TTL"]),
+        })
+    }
+
+    /// Renew lease `id` once; its TTL in seconds. A lease that has expired or
+    /// was revoked is [`EtcdError::LeaseNotFound`].
+    pub fn lease_keepalive(&self, id: i64) -> Result<i64> {
+        // A bidirectional stream on the gateway: one request in the body, one
+        // `{"result": ...}` back, then the stream ends with the request body.
+        let (url, v) = self.call("lease keepalive", "/v3/lease/keepalive", &json!({ "ID": int(id) }), true)?;
+        let r = match v.get("result") {
+            Some(r) => r,
+            None => return Err(stream_error(&url, "lease keepalive", &v)),
+        };
+        let ttl = num(&r["TTL"]);
+        if ttl <= 0 {
+            return Err(EtcdError::LeaseNotFound { id });
+        }
+        Ok(ttl)
+    }
+
+    /// Seconds lease `id` has left; [`EtcdError::LeaseNotFound`] if none.
+    pub fn lease_ttl(&self, id: i64) -> Result<i64> {
+        let (_, v) = self.call("lease ttl", "/v3/lease/timetolive", &json!({ "ID": int(id) }), true)?;
+        let ttl = num(&v["TTL"]);
+        if ttl < 0 {
+            return Err(EtcdError::LeaseNotFound { id });
+        }
+        Ok(ttl)
+    }
+
+    /// Revoke lease `id`: every key attached to it is deleted.
+    pub fn lease_revoke(&self, id: i64) -> Result<()> {
+        self.call("lease revoke", "/v3/lease/revoke", &json!({ "ID": int(id) }), false)?;
+        Ok(())
+    }
+
+    /// Watch `keys` from `start_revision` (every change with a revision
+    /// `>= start_revision`, in order). Returns once etcd has confirmed the
+    /// watch. Fails at once with [`EtcdError::Compacted`] if `start_revision`
+    /// is below the last compaction.
+    pub fn watch(&self, keys: KeyRange, start_revision: i64) -> Result<Watch> {
+        let mut w = Watch {
+            client: self.clone(),
+            keys,
+            next_revision: start_revision.max(1),
+            conn: None,
+            pending: VecDeque::new(),
+            compacted: None,
+            retry_at: Instant::now(),
+            backoff: WATCH_BACKOFF_MIN,
+        };
+        w.connect()?;
+        Ok(w)
+    }
+
+    /// POST `body` to `path` on the first endpoint that answers; the endpoint
+    /// URL and the JSON answer. `idempotent`: the request may be re-sent to
+    /// the next endpoint after it went out.
+    fn call(&self, op: &'static str, path: &str, body: &Value, idempotent: bool) -> Result<(String, Value)> {
+        let body = body.to_string();
+        let n = self.inner.endpoints.len();
+        let start = self.inner.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let ep = &self.inner.endpoints[idx];
+            let mut stream = match connect(ep, &self.inner.cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    failures.push(format!("{}: connect: {e}", ep.url));
+                    continue;
+                }
+            };
+            let deadline = Instant::now() + self.inner.cfg.request_timeout;
+            let answer = send_request(&mut stream, ep, path, &body, deadline)
+                .and_then(|()| read_unary(&mut stream, deadline));
+            match answer {
+                Ok((200, v)) => {
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return Ok((ep.url.clone(), v));
+                }
+                Ok((status, v)) => {
+                    let err = status_error(&ep.url, op, status, &v);
+                    if matches!(err, EtcdError::Status { code: 14, .. }) && idempotent {
+                        failures.push(format!("{}: {}", ep.url, err));
+                        continue;
+                    }
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return Err(err);
+                }
+                Err(e) if idempotent => failures.push(format!("{}: {op}: {e}", ep.url)),
+                Err(e) => {
+                    return Err(EtcdError::Unreachable {
+                        url: ep.url.clone(),
+                        detail: format!(
+                            "{op}: {e} after the request was sent: its outcome is unknown"
+                        ),
+                    });
+                }
+            }
+        }
+        Err(unreachable(&self.endpoints(), failures))
+    }
+}
+
+fn unreachable(urls: &[String], failures: Vec<String>) -> EtcdError {
+    EtcdError::Unreachable {
+        url: urls.join(","),
+        detail: failures.join("; "),
+    }
+}
+
+fn parse_endpoint(raw: &str) -> Result<Endpoint> {
+    let bad = |reason| EtcdError::BadEndpoint {
+        value: raw.to_owned(),
+        reason,
+    };
+    if raw.is_empty() {
+        return Err(bad("empty endpoint"));
+    }
+    if raw.starts_with("https://") {
+        return Err(bad("https is not supported (plain http on a trusted underlay)"));
+    }
+    let rest = raw.strip_prefix("http://").unwrap_or(raw);
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('@') || authority.contains("://") {
+        return Err(bad("expected http://HOST:PORT"));
+    }
+    let port_ok = authority
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    if !port_ok {
+        return Err(bad("expected http://HOST:PORT with a port"));
+    }
+    Ok(Endpoint {
+        url: format!("http://{authority}"),
+        authority: authority.to_owned(),
+    })
+}
+
+fn connect(ep: &Endpoint, cfg: &Config) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = ep.authority.to_socket_addrs()?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, cfg.connect_timeout) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn send_request(stream: &mut TcpStream, ep: &Endpoint, path: &str, body: &str, deadline: Instant) -> io::Result<()> {
+    stream.set_write_timeout(Some(remaining(deadline)?))?;
+    let mut req = String::with_capacity(body.len() + 160);
+    let _ = write!(
+        req,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        ep.authority,
+        body.len()
+    );
+    stream.write_all(req.as_bytes())
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+    } else {
+        Ok(left)
+    }
+}
+
+/// Read a whole response: status and JSON body.
+fn read_unary(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u16, Value)> {
+    let mut r = HttpReader::new();
+    let status = loop {
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
+        if let Some(status) = r.read_head(stream)? {
+            break status;
+        }
+    };
+    let mut body = Vec::new();
+    loop {
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
+        if r.read_body(stream, &mut body)? {
+            break;
+        }
+    }
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("body is not JSON: {e}")))?
+    };
+    Ok((status, v))
+}
+
+/// How the body is delimited.
+#[derive(Debug)]
+enum Framing {
+    Length(usize),
+    /// In a chunk header (`size\r\n`).
+    ChunkSize,
+    /// Inside a chunk, this many bytes left.
+    ChunkData(usize),
+    /// After a chunk's data: expecting `\r\n`.
+    ChunkEnd,
+    /// After the last chunk: trailers until an empty line.
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+/// An incremental HTTP/1.1 response reader: every read may time out and be
+/// called again without losing state (the watch polls with short timeouts).
+struct HttpReader {
+    /// Raw bytes read and not yet consumed.
+    buf: Vec<u8>,
+    framing: Option<Framing>,
+    body_len: usize,
+    eof: bool,
+}
+
+impl HttpReader {
+    fn new() -> HttpReader {
+        HttpReader {
+            buf: Vec::new(),
+            framing: None,
+            body_len: 0,
+            eof: false,
+        }
+    }
+
+    /// Read once from `stream` into `buf`.
+    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = stream.read(&mut tmp)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    /// Parse the status line and headers, reading if needed. `None`: not yet
+    /// complete (call again).
+    fn read_head(&mut self, stream: &mut TcpStream) -> io::Result<Option<u16>> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let header = |name: &str| {
+                        resp.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+                    };
+                    let framing = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+                        Framing::ChunkSize
+                    } else if let Some(n) = header("content-length") {
+                        let n: usize = n.parse().map_err(|_| invalid(format!("bad Content-Length {n:?}")))?;
+                        if n > MAX_BODY {
+                            return Err(invalid(format!("body of {n} bytes is too large")));
+                        }
+                        Framing::Length(n)
+                    } else {
+                        Framing::UntilClose
+                    };
+                    self.framing = Some(framing);
+                    self.buf.drain(..len);
+                    return Ok(Some(status));
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.buf.len() > MAX_HEAD {
+                        return Err(invalid("response head too large".to_owned()));
+                    }
+                    if self.eof {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                    }
+                    self.fill(stream)?;
+                    if self.eof && self.buf.is_empty() {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                    }
+                }
+                Err(e) => return Err(invalid(format!("bad response head: {e}"))),
+            }
+        }
+    }
+
+    /// Decode the body bytes buffered so far into `out`; when nothing could be
+    /// decoded, read once from `stream` first. True when the body is complete.
+    fn read_body(&mut self, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
+        let before = out.len();
+        if self.decode(out)? {
+            return Ok(true);
+        }
+        if out.len() > before {
+            return Ok(false);
+        }
+        if self.eof {
+            return match self.framing {
+                Some(Framing::UntilClose) => Ok(true),
+                _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside the body")),
+            };
+        }
+        self.fill(stream)?;
+        self.decode(out)
+    }
+
+    /// Move decodable body bytes from `buf` to `out`. True when complete.
+    fn decode(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        let start = out.len();
+        loop {
+            let framing = self.framing.take().unwrap_or(Framing::Done);
+            let (next, progressed) = match framing {
+                Framing::Done => {
+                    self.framing = Some(Framing::Done);
+                    return Ok(true);
+                }
+                Framing::Length(n) => {
+                    let take = n.min(self.buf.len());
+                    out.extend(self.buf.drain(..take));
+                    let left = n - take;
+                    (if left == 0 { Framing::Done } else { Framing::Length(left) }, take > 0 || left == 0)
+                }
+                Framing::UntilClose => {
+                    out.append(&mut self.buf);
+                    (Framing::UntilClose, false)
+                }
+                Framing::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((len, size))) => {
+                        self.buf.drain(..len);
+                        let size = usize::try_from(size).map_err(|_| invalid("chunk too large".to_owned()))?;
+                        (if size == 0 { Framing::Trailers } else { Framing::ChunkData(size) }, true)
+                    }
+                    Ok(httparse::Status::Partial) => (Framing::ChunkSize, false),
+                    Err(_) => return Err(invalid("bad chunk size".to_owned())),
+                },
+                Framing::ChunkData(n) => {
+                    let take = n.min(self.buf.len());
+                    out.extend(self.buf.drain(..take));
+                    let left = n - take;
+                    (if left == 0 { Framing::ChunkEnd } else { Framing::ChunkData(left) }, take > 0)
+                }
+                Framing::ChunkEnd => {
+                    if self.buf.len() < 2 {
+                        (Framing::ChunkEnd, false)
+                    } else if &self.buf[..2] == b"\r\n" {
+                        self.buf.drain(..2);
+                        (Framing::ChunkSize, true)
+                    } else {
+                        return Err(invalid("chunk not followed by CRLF".to_owned()));
+                    }
+                }
+                Framing::Trailers => match self.buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        self.buf.drain(..2);
+                        (Framing::Done, true)
+                    }
+                    Some(p) => {
+                        self.buf.drain(..p + 2);
+                        (Framing::Trailers, true)
+                    }
+                    None => (Framing::Trailers, false),
+                },
+            };
+            self.framing = Some(next);
+            self.body_len += out.len() - start;
+            if self.body_len > MAX_BODY {
+                return Err(invalid("response body too large".to_owned()));
+            }
+            if !progressed {
+                return Ok(matches!(self.framing, Some(Framing::Done)));
+            }
+        }
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn b64(bytes: &[u8]) -> Value {
+    Value::String(B64.encode(bytes))
+}
+
+fn unb64(v: &Value) -> std::result::Result<Vec<u8>, String> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => B64.decode(s).map_err(|e| format!("bad base64 {s:?}: {e}")),
+        other => Err(format!("expected base64, got {other}")),
+    }
+}
+
+/// int64 as grpc-gateway writes it: a JSON string.
+fn int(n: i64) -> Value {
+    Value::String(n.to_string())
+}
+
+/// An int64 field: a string, a number, or absent (0).
+fn num(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn protocol(url: &str, op: &'static str, detail: String) -> EtcdError {
+    EtcdError::Protocol {
+        url: url.to_owned(),
+        op,
+        detail,
+    }
+}
+
+fn header_revision(url: &str, op: &'static str, v: &Value) -> Result<i64> {
+    let rev = num(&v["header"]["revision"]);
+    if rev <= 0 {
+        return Err(protocol(url, op, format!("no header.revision in {v}")));
+    }
+    Ok(rev)
+}
+
+fn parse_kv(url: &str, op: &'static str, v: &Value) -> Result<KeyValue> {
+    Ok(KeyValue {
+        key: unb64(&v["key"]).map_err(|e| protocol(url, op, e))?,
+        value: unb64(&v["value"]).map_err(|e| protocol(url, op, e))?,
+        create_revision: num(&v["create_revision"]),
+        mod_revision: num(&v["mod_revision"]),
+        version: num(&v["version"]),
+        lease: num(&v["lease"]),
+    })
+}
+
+fn parse_range(url: &str, op: &'static str, v: &Value) -> Result<RangeResponse> {
+    let mut kvs = Vec::new();
+    if let Some(list) = v["kvs"].as_array() {
+        for kv in list {
+            kvs.push(parse_kv(url, op, kv)?);
+        }
+    }
+    Ok(RangeResponse {
+        revision: header_revision(url, op, v)?,
+        kvs,
+        count: num(&v["count"]),
+        more: v["more"].as_bool().unwrap_or(false),
+    })
+}
+
+/// The gRPC code and message of a gateway error body: unary errors are
+/// `{"error": "...", "code": N, "message": "..."}`, stream errors
+/// `{"error": {"grpc_code": N, "message": "..."}}`.
+fn grpc_error(v: &Value) -> (i64, String) {
+    let e = if v["error"].is_object() { &v["error"] } else { v };
+    let code = if e.get("grpc_code").is_some() { num(&e["grpc_code"]) } else { num(&e["code"]) };
+    let message = e["message"]
+        .as_str()
+        .or_else(|| e["error"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| v.to_string());
+    (code, message)
+}
+
+fn status_error(url: &str, op: &'static str, http: u16, v: &Value) -> EtcdError {
+    let (code, message) = grpc_error(v);
+    if message.contains("required revision has been compacted") {
+        return EtcdError::Compacted {
+            requested: 0,
+            compact_revision: 0,
+        };
+    }
+    if message.contains("requested lease not found") {
+        return EtcdError::LeaseNotFound { id: 0 };
+    }
+    EtcdError::Status {
+        url: url.to_owned(),
+        op,
+        http,
+        code,
+        message,
+    }
+}
+
+fn stream_error(url: &str, op: &'static str, v: &Value) -> EtcdError {
+    let (code, message) = grpc_error(v);
+    EtcdError::Status {
+        url: url.to_owned(),
+        op,
+        http: 200,
+        code,
+        message,
+    }
+}
+
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long one read of a watch stream blocks before the poll deadline is checked.
+const WATCH_READ_SLICE: Duration = Duration::from_millis(200);
+
+struct WatchConn {
+    url: String,
+    stream: TcpStream,
+    reader: HttpReader,
+    /// Decoded body bytes not yet parsed as JSON.
+    body: Vec<u8>,
+}
+
+/// A watch over a key range from a revision: see the module docs.
+pub struct Watch {
+    client: Client,
+    keys: KeyRange,
+    /// Every change below this revision has been delivered.
+    next_revision: i64,
+    conn: Option<WatchConn>,
+    pending: VecDeque<Event>,
+    /// Set once the resume revision was found compacted: the watch is over.
+    compacted: Option<i64>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("next_revision", &self.next_revision)
+            .field("connected", &self.conn.as_ref().map(|c| c.url.as_str()))
+            .finish()
+    }
+}
+
+impl Watch {
+    /// The revision the watch resumes from: every change below it has been
+    /// returned.
+    pub fn next_revision(&self) -> i64 {
+        self.next_revision
+    }
+
+    /// The endpoint the watch is connected to, if it is.
+    pub fn connected_to(&self) -> Option<&str> {
+        self.conn.as_ref().map(|c| c.url.as_str())
+    }
+
+    /// Wait up to `timeout` for the next batch of changes. `Ok(None)`: none
+    /// in time. `Err(Unreachable)` is transient (the next poll reconnects from
+    /// [`Watch::next_revision`] after a backoff); `Err(Compacted)` is final.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<WatchBatch>> {
+        if let Some(compact_revision) = self.compacted {
+            return Err(EtcdError::Compacted {
+                requested: self.next_revision,
+                compact_revision,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.conn.is_none() {
+                let now = Instant::now();
+                if now < self.retry_at {
+                    if self.retry_at >= deadline {
+                        std::thread::sleep(deadline.saturating_duration_since(now));
+                        return Ok(None);
+                    }
+                    std::thread::sleep(self.retry_at - now);
+                }
+                if let Err(e) = self.connect() {
+                    if !matches!(e, EtcdError::Compacted { .. }) {
+                        self.retry_at = Instant::now() + self.backoff;
+                        self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
+                    }
+                    return Err(e);
+                }
+            }
+            if let Some(batch) = self.next_message(deadline)? {
+                return Ok(Some(batch));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Block until the next batch; transient errors are returned like
+    /// [`Watch::poll`]'s.
+    pub fn next_batch(&mut self) -> Result<WatchBatch> {
+        loop {
+            if let Some(b) = self.poll(Duration::from_secs(3600))? {
+                return Ok(b);
+            }
+        }
+    }
+
+    /// Open the stream at `next_revision` and wait for etcd's confirmation.
+    fn connect(&mut self) -> Result<()> {
+        self.conn = None;
+        let inner = &self.client.inner;
+        let mut create = serde_json::Map::new();
+        self.keys.to_json(&mut create);
+        create.insert("start_revision".into(), int(self.next_revision));
+        create.insert("progress_notify".into(), Value::Bool(true));
+        let body = json!({ "create_request": Value::Object(create) }).to_string();
+        let n = inner.endpoints.len();
+        let start = inner.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let ep = &inner.endpoints[idx];
+            match self.open(ep, &body) {
+                Ok(conn) => {
+                    inner.preferred.store(idx, Ordering::Relaxed);
+                    self.conn = Some(conn);
+                    self.backoff = WATCH_BACKOFF_MIN;
+                    return Ok(());
+                }
+                Err(e @ EtcdError::Compacted { .. }) => {
+                    if let EtcdError::Compacted { compact_revision, .. } = e {
+                        self.compacted = Some(compact_revision);
+                    }
+                    return Err(e);
+                }
+                Err(e) => failures.push(format!("{}: {e}", ep.url)),
+            }
+        }
+        Err(unreachable(&self.client.endpoints(), failures))
+    }
+
+    fn open(&self, ep: &Endpoint, body: &str) -> Result<WatchConn> {
+        let cfg = &self.client.inner.cfg;
+        let io_err = |what: &str, e: io::Error| EtcdError::Unreachable {
+            url: ep.url.clone(),
+            detail: format!("watch {what}: {e}"),
+        };
+        let mut stream = connect(ep, cfg).map_err(|e| io_err("connect", e))?;
+        set_keepalive(&stream);
+        let deadline = Instant::now() + cfg.request_timeout;
+        send_request(&mut stream, ep, "/v3/watch", body, deadline).map_err(|e| io_err("send", e))?;
+        let mut conn = WatchConn {
+            url: ep.url.clone(),
+            stream,
+            reader: HttpReader::new(),
+            body: Vec::new(),
+        };
+        let status = loop {
+            remaining(deadline)
+                .and_then(|t| conn.stream.set_read_timeout(Some(t)))
+                .map_err(|e| io_err("answer", e))?;
+            if let Some(s) = conn.reader.read_head(&mut conn.stream).map_err(|e| io_err("answer", e))? {
+                break s;
+            }
+        };
+        if status != 200 {
+            let mut body = Vec::new();
+            let _ = conn.reader.read_body(&mut conn.stream, &mut body);
+            let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(status_error(&ep.url, "watch", status, &v));
+        }
+        // The first message confirms the watch (`created`), or reports the
+        // start revision compacted.
+        loop {
+            if let Some(msg) = conn.next_json().map_err(|e| io_err("answer", e))? {
+                let r = match msg.get("result") {
+                    Some(r) => r,
+                    None => return Err(stream_error(&ep.url, "watch", &msg)),
+                };
+                let compact = num(&r["compact_revision"]);
+                if compact != 0 {
+                    return Err(EtcdError::Compacted {
+                        requested: self.next_revision,
+                        compact_revision: compact,
+                    });
+                }
+                if r["created"].as_bool() == Some(true) {
+                    return Ok(conn);
+                }
+                return Err(protocol(&ep.url, "watch", format!("expected created, got {msg}")));
+            }
+            remaining(deadline)
+                .and_then(|t| conn.stream.set_read_timeout(Some(t)))
+                .map_err(|e| io_err("answer", e))?;
+            conn.read_more().map_err(|e| io_err("answer", e))?;
+        }
+    }
+
+    /// Read messages until one carries events (→ the batch) or `deadline`.
+    /// A lost connection drops `conn` (the caller reconnects).
+    fn next_message(&mut self, deadline: Instant) -> Result<Option<WatchBatch>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(None);
+            };
+            let msg = match conn.next_json() {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    let _ = conn.stream.set_read_timeout(Some(left.min(WATCH_READ_SLICE)));
+                    match conn.read_more() {
+                        Ok(()) => continue,
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+                        Err(_) => {
+                            // Lost: the caller reconnects from next_revision.
+                            self.conn = None;
+                            return Ok(None);
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.conn = None;
+                    return Ok(None);
+                }
+            };
+            let url = conn.url.clone();
+            let Some(r) = msg.get("result") else {
+                // A stream error (e.g. the member lost its leader): reconnect.
+                self.conn = None;
+                return Ok(None);
+            };
+            let compact = num(&r["compact_revision"]);
+            if compact != 0 {
+                self.conn = None;
+                self.compacted = Some(compact);
+                return Err(EtcdError::Compacted {
+                    requested: self.next_revision,
+                    compact_revision: compact,
+                });
+            }
+            if r["canceled"].as_bool() == Some(true) {
+                self.conn = None;
+                let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
+                return Err(protocol(&url, "watch", format!("etcd cancelled the watch: {reason}")));
+            }
+            let mut events = Vec::new();
+            if let Some(list) = r["events"].as_array() {
+                for e in list {
+                    let kind = match e["type"].as_str() {
+                        None | Some("PUT") => EventKind::Put,
+                        Some("DELETE") => EventKind::Delete,
+                        Some(other) => {
+                            return Err(protocol(&url, "watch", format!("unknown event type {other}")));
+                        }
+                    };
+                    events.push(Event {
+                        kind,
+                        kv: parse_kv(&url, "watch", &e["kv"])?,
+                    });
+                }
+            }
+            if let Some(last) = events.last() {
+                let revision = last.kv.mod_revision;
+                self.next_revision = revision + 1;
+                return Ok(Some(WatchBatch { revision, events }));
+            }
+            if r["created"].as_bool() != Some(true) {
+                // A progress notification: every change up to the header
+                // revision has been sent.
+                let rev = num(&r["header"]["revision"]);
+                if rev >= self.next_revision {
+                    self.next_revision = rev + 1;
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Watch {
+    type Item = Result<Event>;
+
+    /// Events one by one; transient errors are yielded (the next call
+    /// reconnects); ends after [`EtcdError::Compacted`].
+    fn next(&mut self) -> Option<Result<Event>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(Ok(e));
+        }
+        if self.compacted.is_some() {
+            return None;
+        }
+        match self.next_batch() {
+            Ok(b) => {
+                self.pending.extend(b.events);
+                self.pending.pop_front().map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl WatchConn {
+    fn read_more(&mut self) -> io::Result<()> {
+        let done = self.reader.read_body(&mut self.stream, &mut self.body)?;
+        if done {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "watch stream ended"));
+        }
+        Ok(())
+    }
+
+    /// The next complete JSON message of the stream, if buffered.
+    fn next_json(&mut self) -> io::Result<Option<Value>> {
+        let start = self.body.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(start) = start else {
+            self.body.clear();
+            return Ok(None);
+        };
+        let mut it = serde_json::Deserializer::from_slice(&self.body[start..]).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                let used = start + it.byte_offset();
+                self.body.drain(..used);
+                Ok(Some(v))
+            }
+            Some(Err(e)) if e.is_eof() => Ok(None),
+            Some(Err(e)) => Err(invalid(format!("bad watch message: {e}"))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// TCP keepalive on a long-lived stream: a member that vanished without a
+/// reset is noticed in about 5 + 3 × 2 s. Failure to set it is not fatal.
+fn set_keepalive(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &5);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &2);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_ff() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_parse_and_reject_with_the_bad_value() {
+        let c = Client::new("http://127.0.0.1:2379, 10.0.0.1:2379/", Config::default()).unwrap();
+        assert_eq!(c.endpoints(), vec!["http://127.0.0.1:2379", "http://10.0.0.1:2379"]);
+        for bad in ["", "https://h:1", "http://h", "h:0", "http://h:1/v3", "h:x"] {
+            let e = Client::new(bad, Config::default()).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn compare_and_ops_map_to_gateway_json() {
+        let t = Txn::new()
+            .when([Compare::mod_revision("k", CompareOp::Equal, 7), Compare::absent("n")])
+            .and_then([Op::put_with_lease("k", "v", 9), Op::delete("d")])
+            .or_else([Op::Range(Range::prefix("p/"))]);
+        let j = t.to_json();
+        assert_eq!(
+            j["compare"][0],
+            json!({"key": "aw==", "result": "EQUAL", "target": "MOD", "mod_revision": "7"})
+        );
+        assert_eq!(j["compare"][1]["target"], "CREATE");
+        assert_eq!(j["compare"][1]["create_revision"], "0");
+        assert_eq!(j["success"][0], json!({"request_put": {"key": "aw==", "value": "dg==", "lease": "9"}}));
+        assert_eq!(j["success"][1], json!({"request_delete_range": {"key": "ZA=="}}));
+        assert_eq!(j["failure"][0], json!({"request_range": {"key": "cC8=", "range_end": "cDA="}}));
+    }
+
+    #[test]
+    fn range_answers_parse_with_omitted_defaults() {
+        let v = json!({"header": {"revision": "12"}, "kvs": [
+            {"key": "Zm9v", "create_revision": "2", "mod_revision": "12", "version": "3", "value": "YmFy"},
+            {"key": "ZQ==", "create_revision": 5, "mod_revision": 6, "version": 1}
+        ], "count": "2"});
+        let r = parse_range("u", "range", &v).unwrap();
+        assert_eq!(r.revision, 12);
+        assert_eq!(r.count, 2);
+        assert!(!r.more);
+        assert_eq!(r.kvs[0].key, b"foo");
+        assert_eq!(r.kvs[0].value, b"bar");
+        assert_eq!((r.kvs[0].mod_revision, r.kvs[0].version, r.kvs[0].lease), (12, 3, 0));
+        assert_eq!(r.kvs[1].value, b"");
+        let e = parse_range("u", "range", &json!({"header": {}})).unwrap_err();
+        assert!(e.to_string().contains("no header.revision"), "{e}");
+    }
+
+    #[test]
+    fn gateway_errors_map_to_compacted_and_status() {
+        let v = json!({"error": "etcdserver: mvcc: required revision has been compacted", "code": 11,
+            "message": "etcdserver: mvcc: required revision has been compacted"});
+        assert!(matches!(status_error("u", "range", 400, &v), EtcdError::Compacted { .. }));
+        let v = json!({"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}});
+        let e = status_error("u", "txn", 503, &v);
+        assert!(matches!(e, EtcdError::Status { code: 14, .. }), "{e:?}");
+        assert_eq!(e.code(), "ServiceUnavailable");
+        assert!(e.to_string().contains("no leader"), "{e}");
+    }
+}
