@@ -502,6 +502,20 @@ pub struct TxnResponse {
     pub responses: Vec<OpResponse>,
 }
 
+/// What [`Client::status`] reports about one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The endpoint that answered.
+    pub url: String,
+    /// etcd's version, e.g. `3.4.23`.
+    pub version: String,
+    pub member_id: u64,
+    /// The member id of the leader this member follows (its own if leader).
+    pub leader: u64,
+    pub revision: i64,
+    pub raft_term: u64,
+}
+
 /// A granted lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -556,7 +570,17 @@ impl Client {
 
     /// Read keys.
     pub fn range(&self, range: &Range) -> Result<RangeResponse> {
-        let (url, v) = self.call("range", "/v3/kv/range", &range.to_json(), true)?;
+        let (url, v) = self
+            .call("range", "/v3/kv/range", &range.to_json(), true)
+            .map_err(|e| match e {
+                EtcdError::Compacted {
+                    compact_revision, ..
+                } => EtcdError::Compacted {
+                    requested: range.revision,
+                    compact_revision,
+                },
+                e => e,
+            })?;
         parse_range(&url, "range", &v)
     }
 
@@ -619,7 +643,12 @@ impl Client {
 
     /// A lease of `ttl` seconds.
     pub fn lease_grant(&self, ttl: i64) -> Result<Lease> {
-        let (url, v) = self.call("lease grant", "/v3/lease/grant", &json!({ "TTL": int(ttl) }), false)?;
+        let (url, v) = self.call(
+            "lease grant",
+            "/v3/lease/grant",
+            &json!({ "TTL": int(ttl) }),
+            false,
+        )?;
         if let Some(e) = v["error"].as_str().filter(|e| !e.is_empty()) {
             return Err(protocol(&url, "lease grant", e.to_owned()));
         }
@@ -638,7 +667,12 @@ impl Client {
     pub fn lease_keepalive(&self, id: i64) -> Result<i64> {
         // A bidirectional stream on the gateway: one request in the body, one
         // `{"result": ...}` back, then the stream ends with the request body.
-        let (url, v) = self.call("lease keepalive", "/v3/lease/keepalive", &json!({ "ID": int(id) }), true)?;
+        let (url, v) = self.call(
+            "lease keepalive",
+            "/v3/lease/keepalive",
+            &json!({ "ID": int(id) }),
+            true,
+        )?;
         let r = match v.get("result") {
             Some(r) => r,
             None => return Err(stream_error(&url, "lease keepalive", &v)),
@@ -652,7 +686,12 @@ impl Client {
 
     /// Seconds lease `id` has left; [`EtcdError::LeaseNotFound`] if none.
     pub fn lease_ttl(&self, id: i64) -> Result<i64> {
-        let (_, v) = self.call("lease ttl", "/v3/lease/timetolive", &json!({ "ID": int(id) }), true)?;
+        let (_, v) = self.call(
+            "lease ttl",
+            "/v3/lease/timetolive",
+            &json!({ "ID": int(id) }),
+            true,
+        )?;
         let ttl = num(&v["TTL"]);
         if ttl < 0 {
             return Err(EtcdError::LeaseNotFound { id });
@@ -662,8 +701,30 @@ impl Client {
 
     /// Revoke lease `id`: every key attached to it is deleted.
     pub fn lease_revoke(&self, id: i64) -> Result<()> {
-        self.call("lease revoke", "/v3/lease/revoke", &json!({ "ID": int(id) }), false)?;
-        Ok(())
+        match self.call(
+            "lease revoke",
+            "/v3/lease/revoke",
+            &json!({ "ID": int(id) }),
+            false,
+        ) {
+            Ok(_) => Ok(()),
+            Err(EtcdError::LeaseNotFound { .. }) => Err(EtcdError::LeaseNotFound { id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The status of the first member that answers (its URL too): version,
+    /// ids, the leader it follows, the store revision.
+    pub fn status(&self) -> Result<MemberStatus> {
+        let (url, v) = self.call("status", "/v3/maintenance/status", &json!({}), true)?;
+        Ok(MemberStatus {
+            revision: header_revision(&url, "status", &v)?,
+            url,
+            version: v["version"].as_str().unwrap_or("").to_owned(),
+            member_id: unum(&v["header"]["member_id"]),
+            leader: unum(&v["leader"]),
+            raft_term: unum(&v["raftTerm"]).max(unum(&v["header"]["raft_term"])),
+        })
     }
 
     /// Watch `keys` from `start_revision` (every change with a revision
@@ -688,7 +749,13 @@ impl Client {
     /// POST `body` to `path` on the first endpoint that answers; the endpoint
     /// URL and the JSON answer. `idempotent`: the request may be re-sent to
     /// the next endpoint after it went out.
-    fn call(&self, op: &'static str, path: &str, body: &Value, idempotent: bool) -> Result<(String, Value)> {
+    fn call(
+        &self,
+        op: &'static str,
+        path: &str,
+        body: &Value,
+        idempotent: bool,
+    ) -> Result<(String, Value)> {
         let body = body.to_string();
         let n = self.inner.endpoints.len();
         let start = self.inner.preferred.load(Ordering::Relaxed) % n;
@@ -720,18 +787,33 @@ impl Client {
                     self.inner.preferred.store(idx, Ordering::Relaxed);
                     return Err(err);
                 }
-                Err(e) if idempotent => failures.push(format!("{}: {op}: {e}", ep.url)),
+                Err(e) if idempotent => failures.push(format!(
+                    "{}: {op}: {}",
+                    ep.url,
+                    io_text(&e, &self.inner.cfg)
+                )),
                 Err(e) => {
                     return Err(EtcdError::Unreachable {
                         url: ep.url.clone(),
                         detail: format!(
-                            "{op}: {e} after the request was sent: its outcome is unknown"
+                            "{op}: {} after the request was sent: its outcome is unknown",
+                            io_text(&e, &self.inner.cfg)
                         ),
                     });
                 }
             }
         }
         Err(unreachable(&self.endpoints(), failures))
+    }
+}
+
+/// An I/O error as a reader wants it: a timeout says how long we waited.
+fn io_text(e: &io::Error, cfg: &Config) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("no answer within {:?}", cfg.request_timeout)
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -751,7 +833,9 @@ fn parse_endpoint(raw: &str) -> Result<Endpoint> {
         return Err(bad("empty endpoint"));
     }
     if raw.starts_with("https://") {
-        return Err(bad("https is not supported (plain http on a trusted underlay)"));
+        return Err(bad(
+            "https is not supported (plain http on a trusted underlay)",
+        ));
     }
     let rest = raw.strip_prefix("http://").unwrap_or(raw);
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -786,7 +870,13 @@ fn connect(ep: &Endpoint, cfg: &Config) -> io::Result<TcpStream> {
     Err(last)
 }
 
-fn send_request(stream: &mut TcpStream, ep: &Endpoint, path: &str, body: &str, deadline: Instant) -> io::Result<()> {
+fn send_request(
+    stream: &mut TcpStream,
+    ep: &Endpoint,
+    path: &str,
+    body: &str,
+    deadline: Instant,
+) -> io::Result<()> {
     stream.set_write_timeout(Some(remaining(deadline)?))?;
     let mut req = String::with_capacity(body.len() + 160);
     let _ = write!(
@@ -826,7 +916,9 @@ fn read_unary(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u16, Val
     let v = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("body is not JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("body is not JSON: {e}"))
+        })?
     };
     Ok((status, v))
 }
@@ -893,17 +985,20 @@ impl HttpReader {
                             .find(|h| h.name.eq_ignore_ascii_case(name))
                             .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
                     };
-                    let framing = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-                        Framing::ChunkSize
-                    } else if let Some(n) = header("content-length") {
-                        let n: usize = n.parse().map_err(|_| invalid(format!("bad Content-Length {n:?}")))?;
-                        if n > MAX_BODY {
-                            return Err(invalid(format!("body of {n} bytes is too large")));
-                        }
-                        Framing::Length(n)
-                    } else {
-                        Framing::UntilClose
-                    };
+                    let framing =
+                        if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+                            Framing::ChunkSize
+                        } else if let Some(n) = header("content-length") {
+                            let n: usize = n
+                                .parse()
+                                .map_err(|_| invalid(format!("bad Content-Length {n:?}")))?;
+                            if n > MAX_BODY {
+                                return Err(invalid(format!("body of {n} bytes is too large")));
+                            }
+                            Framing::Length(n)
+                        } else {
+                            Framing::UntilClose
+                        };
                     self.framing = Some(framing);
                     self.buf.drain(..len);
                     return Ok(Some(status));
@@ -913,11 +1008,17 @@ impl HttpReader {
                         return Err(invalid("response head too large".to_owned()));
                     }
                     if self.eof {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before a response",
+                        ));
                     }
                     self.fill(stream)?;
                     if self.eof && self.buf.is_empty() {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before a response",
+                        ));
                     }
                 }
                 Err(e) => return Err(invalid(format!("bad response head: {e}"))),
@@ -938,7 +1039,10 @@ impl HttpReader {
         if self.eof {
             return match self.framing {
                 Some(Framing::UntilClose) => Ok(true),
-                _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside the body")),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside the body",
+                )),
             };
         }
         self.fill(stream)?;
@@ -959,7 +1063,14 @@ impl HttpReader {
                     let take = n.min(self.buf.len());
                     out.extend(self.buf.drain(..take));
                     let left = n - take;
-                    (if left == 0 { Framing::Done } else { Framing::Length(left) }, take > 0 || left == 0)
+                    (
+                        if left == 0 {
+                            Framing::Done
+                        } else {
+                            Framing::Length(left)
+                        },
+                        take > 0 || left == 0,
+                    )
                 }
                 Framing::UntilClose => {
                     out.append(&mut self.buf);
@@ -968,8 +1079,16 @@ impl HttpReader {
                 Framing::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete((len, size))) => {
                         self.buf.drain(..len);
-                        let size = usize::try_from(size).map_err(|_| invalid("chunk too large".to_owned()))?;
-                        (if size == 0 { Framing::Trailers } else { Framing::ChunkData(size) }, true)
+                        let size = usize::try_from(size)
+                            .map_err(|_| invalid("chunk too large".to_owned()))?;
+                        (
+                            if size == 0 {
+                                Framing::Trailers
+                            } else {
+                                Framing::ChunkData(size)
+                            },
+                            true,
+                        )
                     }
                     Ok(httparse::Status::Partial) => (Framing::ChunkSize, false),
                     Err(_) => return Err(invalid("bad chunk size".to_owned())),
@@ -978,7 +1097,14 @@ impl HttpReader {
                     let take = n.min(self.buf.len());
                     out.extend(self.buf.drain(..take));
                     let left = n - take;
-                    (if left == 0 { Framing::ChunkEnd } else { Framing::ChunkData(left) }, take > 0)
+                    (
+                        if left == 0 {
+                            Framing::ChunkEnd
+                        } else {
+                            Framing::ChunkData(left)
+                        },
+                        take > 0,
+                    )
                 }
                 Framing::ChunkEnd => {
                     if self.buf.len() < 2 {
@@ -1044,6 +1170,15 @@ fn num(v: &Value) -> i64 {
     }
 }
 
+/// A uint64 field (member ids use the full range).
+fn unum(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn protocol(url: &str, op: &'static str, detail: String) -> EtcdError {
     EtcdError::Protocol {
         url: url.to_owned(),
@@ -1090,8 +1225,16 @@ fn parse_range(url: &str, op: &'static str, v: &Value) -> Result<RangeResponse> 
 /// `{"error": "...", "code": N, "message": "..."}`, stream errors
 /// `{"error": {"grpc_code": N, "message": "..."}}`.
 fn grpc_error(v: &Value) -> (i64, String) {
-    let e = if v["error"].is_object() { &v["error"] } else { v };
-    let code = if e.get("grpc_code").is_some() { num(&e["grpc_code"]) } else { num(&e["code"]) };
+    let e = if v["error"].is_object() {
+        &v["error"]
+    } else {
+        v
+    };
+    let code = if e.get("grpc_code").is_some() {
+        num(&e["grpc_code"])
+    } else {
+        num(&e["code"])
+    };
     let message = e["message"]
         .as_str()
         .or_else(|| e["error"].as_str())
@@ -1250,7 +1393,10 @@ impl Watch {
                     return Ok(());
                 }
                 Err(e @ EtcdError::Compacted { .. }) => {
-                    if let EtcdError::Compacted { compact_revision, .. } = e {
+                    if let EtcdError::Compacted {
+                        compact_revision, ..
+                    } = e
+                    {
                         self.compacted = Some(compact_revision);
                     }
                     return Err(e);
@@ -1265,12 +1411,13 @@ impl Watch {
         let cfg = &self.client.inner.cfg;
         let io_err = |what: &str, e: io::Error| EtcdError::Unreachable {
             url: ep.url.clone(),
-            detail: format!("watch {what}: {e}"),
+            detail: format!("watch {what}: {}", io_text(&e, cfg)),
         };
         let mut stream = connect(ep, cfg).map_err(|e| io_err("connect", e))?;
         set_keepalive(&stream);
         let deadline = Instant::now() + cfg.request_timeout;
-        send_request(&mut stream, ep, "/v3/watch", body, deadline).map_err(|e| io_err("send", e))?;
+        send_request(&mut stream, ep, "/v3/watch", body, deadline)
+            .map_err(|e| io_err("send", e))?;
         let mut conn = WatchConn {
             url: ep.url.clone(),
             stream,
@@ -1281,7 +1428,11 @@ impl Watch {
             remaining(deadline)
                 .and_then(|t| conn.stream.set_read_timeout(Some(t)))
                 .map_err(|e| io_err("answer", e))?;
-            if let Some(s) = conn.reader.read_head(&mut conn.stream).map_err(|e| io_err("answer", e))? {
+            if let Some(s) = conn
+                .reader
+                .read_head(&mut conn.stream)
+                .map_err(|e| io_err("answer", e))?
+            {
                 break s;
             }
         };
@@ -1309,7 +1460,11 @@ impl Watch {
                 if r["created"].as_bool() == Some(true) {
                     return Ok(conn);
                 }
-                return Err(protocol(&ep.url, "watch", format!("expected created, got {msg}")));
+                return Err(protocol(
+                    &ep.url,
+                    "watch",
+                    format!("expected created, got {msg}"),
+                ));
             }
             remaining(deadline)
                 .and_then(|t| conn.stream.set_read_timeout(Some(t)))
@@ -1332,10 +1487,19 @@ impl Watch {
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    let _ = conn.stream.set_read_timeout(Some(left.min(WATCH_READ_SLICE)));
+                    let _ = conn
+                        .stream
+                        .set_read_timeout(Some(left.min(WATCH_READ_SLICE)));
                     match conn.read_more() {
                         Ok(()) => continue,
-                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            continue;
+                        }
                         Err(_) => {
                             // Lost: the caller reconnects from next_revision.
                             self.conn = None;
@@ -1366,7 +1530,11 @@ impl Watch {
             if r["canceled"].as_bool() == Some(true) {
                 self.conn = None;
                 let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
-                return Err(protocol(&url, "watch", format!("etcd cancelled the watch: {reason}")));
+                return Err(protocol(
+                    &url,
+                    "watch",
+                    format!("etcd cancelled the watch: {reason}"),
+                ));
             }
             let mut events = Vec::new();
             if let Some(list) = r["events"].as_array() {
@@ -1375,7 +1543,11 @@ impl Watch {
                         None | Some("PUT") => EventKind::Put,
                         Some("DELETE") => EventKind::Delete,
                         Some(other) => {
-                            return Err(protocol(&url, "watch", format!("unknown event type {other}")));
+                            return Err(protocol(
+                                &url,
+                                "watch",
+                                format!("unknown event type {other}"),
+                            ));
                         }
                     };
                     events.push(Event {
@@ -1427,7 +1599,10 @@ impl WatchConn {
     fn read_more(&mut self) -> io::Result<()> {
         let done = self.reader.read_body(&mut self.stream, &mut self.body)?;
         if done {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "watch stream ended"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "watch stream ended",
+            ));
         }
         Ok(())
     }
@@ -1478,7 +1653,10 @@ mod tests {
     #[test]
     fn endpoints_parse_and_reject_with_the_bad_value() {
         let c = Client::new("http://127.0.0.1:2379, 10.0.0.1:2379/", Config::default()).unwrap();
-        assert_eq!(c.endpoints(), vec!["http://127.0.0.1:2379", "http://10.0.0.1:2379"]);
+        assert_eq!(
+            c.endpoints(),
+            vec!["http://127.0.0.1:2379", "http://10.0.0.1:2379"]
+        );
         for bad in ["", "https://h:1", "http://h", "h:0", "http://h:1/v3", "h:x"] {
             let e = Client::new(bad, Config::default()).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
@@ -1488,7 +1666,10 @@ mod tests {
     #[test]
     fn compare_and_ops_map_to_gateway_json() {
         let t = Txn::new()
-            .when([Compare::mod_revision("k", CompareOp::Equal, 7), Compare::absent("n")])
+            .when([
+                Compare::mod_revision("k", CompareOp::Equal, 7),
+                Compare::absent("n"),
+            ])
             .and_then([Op::put_with_lease("k", "v", 9), Op::delete("d")])
             .or_else([Op::Range(Range::prefix("p/"))]);
         let j = t.to_json();
@@ -1498,9 +1679,18 @@ mod tests {
         );
         assert_eq!(j["compare"][1]["target"], "CREATE");
         assert_eq!(j["compare"][1]["create_revision"], "0");
-        assert_eq!(j["success"][0], json!({"request_put": {"key": "aw==", "value": "dg==", "lease": "9"}}));
-        assert_eq!(j["success"][1], json!({"request_delete_range": {"key": "ZA=="}}));
-        assert_eq!(j["failure"][0], json!({"request_range": {"key": "cC8=", "range_end": "cDA="}}));
+        assert_eq!(
+            j["success"][0],
+            json!({"request_put": {"key": "aw==", "value": "dg==", "lease": "9"}})
+        );
+        assert_eq!(
+            j["success"][1],
+            json!({"request_delete_range": {"key": "ZA=="}})
+        );
+        assert_eq!(
+            j["failure"][0],
+            json!({"request_range": {"key": "cC8=", "range_end": "cDA="}})
+        );
     }
 
     #[test]
@@ -1515,7 +1705,10 @@ mod tests {
         assert!(!r.more);
         assert_eq!(r.kvs[0].key, b"foo");
         assert_eq!(r.kvs[0].value, b"bar");
-        assert_eq!((r.kvs[0].mod_revision, r.kvs[0].version, r.kvs[0].lease), (12, 3, 0));
+        assert_eq!(
+            (r.kvs[0].mod_revision, r.kvs[0].version, r.kvs[0].lease),
+            (12, 3, 0)
+        );
         assert_eq!(r.kvs[1].value, b"");
         let e = parse_range("u", "range", &json!({"header": {}})).unwrap_err();
         assert!(e.to_string().contains("no header.revision"), "{e}");
@@ -1525,7 +1718,10 @@ mod tests {
     fn gateway_errors_map_to_compacted_and_status() {
         let v = json!({"error": "etcdserver: mvcc: required revision has been compacted", "code": 11,
             "message": "etcdserver: mvcc: required revision has been compacted"});
-        assert!(matches!(status_error("u", "range", 400, &v), EtcdError::Compacted { .. }));
+        assert!(matches!(
+            status_error("u", "range", 400, &v),
+            EtcdError::Compacted { .. }
+        ));
         let v = json!({"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}});
         let e = status_error("u", "txn", 503, &v);
         assert!(matches!(e, EtcdError::Status { code: 14, .. }), "{e:?}");
