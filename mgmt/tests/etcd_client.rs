@@ -319,6 +319,23 @@ fn txn_compare_revision_one_writer_wins_the_other_retries() {
     assert!(!c.txn(&create("y")).unwrap().succeeded);
     assert_eq!(s(&c.get("/t/name").unwrap().1.unwrap().value), "x");
 
+    // A range compare: "no key under the prefix" (InUse checks).
+    let del_if_unused = Txn::new()
+        .when([Compare::prefix_empty("/t/refs/sg-1/")])
+        .and_then([Op::delete("/t/name")]);
+    c.put("/t/refs/sg-1/i-1", "", 0).unwrap();
+    assert!(
+        !c.txn(&del_if_unused).unwrap().succeeded,
+        "a reference remains"
+    );
+    c.put("/t/refs/sg-10", "", 0).unwrap(); // not under "/t/refs/sg-1/"
+    c.delete(&KeyRange::key("/t/refs/sg-1/i-1")).unwrap();
+    assert!(
+        c.txn(&del_if_unused).unwrap().succeeded,
+        "no reference left"
+    );
+    assert_eq!(c.get("/t/name").unwrap().1, None);
+
     // Two threads appending at once: nothing lost.
     let n = 15;
     let barrier = Arc::new(Barrier::new(2));

@@ -325,10 +325,15 @@ pub enum CompareTarget {
     Lease(i64),
 }
 
-/// One condition of a [`Txn`]: `key`'s target `op` operand.
+/// One condition of a [`Txn`]: `key`'s target `op` operand. With a
+/// `range_end`, every key of `[key, range_end)` must satisfy it, and an empty
+/// range compares as one absent key (version, revisions 0): so
+/// [`Compare::prefix_empty`] holds exactly when no key has the prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
     pub key: Vec<u8>,
+    /// Empty: just `key`.
+    pub range_end: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
 }
@@ -338,6 +343,7 @@ impl Compare {
     pub fn mod_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Compare {
         Compare {
             key: key.as_ref().to_vec(),
+            range_end: Vec::new(),
             op,
             target: CompareTarget::ModRevision(rev),
         }
@@ -346,6 +352,7 @@ impl Compare {
     pub fn create_revision(key: impl AsRef<[u8]>, op: CompareOp, rev: i64) -> Compare {
         Compare {
             key: key.as_ref().to_vec(),
+            range_end: Vec::new(),
             op,
             target: CompareTarget::CreateRevision(rev),
         }
@@ -354,6 +361,7 @@ impl Compare {
     pub fn version(key: impl AsRef<[u8]>, op: CompareOp, version: i64) -> Compare {
         Compare {
             key: key.as_ref().to_vec(),
+            range_end: Vec::new(),
             op,
             target: CompareTarget::Version(version),
         }
@@ -362,6 +370,7 @@ impl Compare {
     pub fn value(key: impl AsRef<[u8]>, op: CompareOp, value: impl AsRef<[u8]>) -> Compare {
         Compare {
             key: key.as_ref().to_vec(),
+            range_end: Vec::new(),
             op,
             target: CompareTarget::Value(value.as_ref().to_vec()),
         }
@@ -372,6 +381,16 @@ impl Compare {
         Compare::create_revision(key, CompareOp::Equal, 0)
     }
 
+    /// No key starts with `prefix` (e.g. no reference to a group remains).
+    pub fn prefix_empty(prefix: impl AsRef<[u8]>) -> Compare {
+        Compare {
+            key: prefix.as_ref().to_vec(),
+            range_end: prefix_end(prefix.as_ref()),
+            op: CompareOp::Equal,
+            target: CompareTarget::Version(0),
+        }
+    }
+
     fn to_json(&self) -> Value {
         let (target, field, operand) = match &self.target {
             CompareTarget::Version(v) => ("VERSION", "version", int(*v)),
@@ -380,12 +399,16 @@ impl Compare {
             CompareTarget::Value(v) => ("VALUE", "value", b64(v)),
             CompareTarget::Lease(v) => ("LEASE", "lease", int(*v)),
         };
-        json!({
+        let mut v = json!({
             "key": b64(&self.key),
             "result": self.op.as_str(),
             "target": target,
             field: operand,
-        })
+        });
+        if !self.range_end.is_empty() {
+            v["range_end"] = b64(&self.range_end);
+        }
+        v
     }
 }
 
