@@ -750,6 +750,48 @@ impl Client {
         })
     }
 
+    /// Every key under `prefix` as of one revision, read in pages of `page`
+    /// keys (later pages pinned to the first page's revision, so the result
+    /// is one consistent state even while others write). `revision` 0 =
+    /// latest. The answer's `revision` is the one to watch from, plus one.
+    pub fn range_all(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        revision: i64,
+        page: i64,
+    ) -> Result<RangeResponse> {
+        let end = prefix_end(prefix.as_ref());
+        let mut from = prefix.as_ref().to_vec();
+        let mut at = revision;
+        let mut all = RangeResponse::default();
+        loop {
+            let r = self.range(&Range {
+                keys: KeyRange {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                },
+                revision: at,
+                limit: page.max(1),
+            })?;
+            if at == 0 {
+                at = r.revision;
+            }
+            let more = r.more;
+            if let Some(last) = r.kvs.last() {
+                // The next page starts just after the last key.
+                from = last.key.clone();
+                from.push(0);
+            }
+            all.kvs.extend(r.kvs);
+            if !more {
+                break;
+            }
+        }
+        all.revision = at;
+        all.count = all.kvs.len() as i64;
+        Ok(all)
+    }
+
     /// Watch `keys` from `start_revision` (every change with a revision
     /// `>= start_revision`, in order). Returns once etcd has confirmed the
     /// watch. Fails at once with [`EtcdError::Compacted`] if `start_revision`
@@ -1294,6 +1336,94 @@ fn stream_error(url: &str, op: &'static str, v: &Value) -> EtcdError {
         http: 200,
         code,
         message,
+    }
+}
+
+/// A lease kept alive by a background thread (a host's registration):
+/// renewed every third of its TTL; revoked when dropped, so a clean shutdown
+/// removes the host's keys at once while a crash lets them expire.
+pub struct LeaseKeeper {
+    lease: Lease,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    client: Client,
+}
+
+impl std::fmt::Debug for LeaseKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseKeeper")
+            .field("lease", &self.lease)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl LeaseKeeper {
+    /// Grant a lease of `ttl` seconds and keep it alive.
+    pub fn start(client: &Client, ttl: i64) -> Result<LeaseKeeper> {
+        use std::sync::atomic::AtomicBool;
+        let lease = client.lease_grant(ttl)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_millis((lease.ttl.max(1) as u64 * 1000) / 3);
+        let thread = {
+            let (thread_client, stop, lost) = (client.clone(), stop.clone(), lost.clone());
+            std::thread::Builder::new()
+                .name("etcd-lease".into())
+                .spawn(move || {
+                    let mut next = Instant::now() + period;
+                    while !stop.load(Ordering::Relaxed) {
+                        if Instant::now() < next {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                        match thread_client.lease_keepalive(lease.id) {
+                            Ok(_) => next = Instant::now() + period,
+                            Err(EtcdError::LeaseNotFound { .. }) => {
+                                lost.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                            // Unreachable: try again soon; etcd expires the
+                            // lease if this lasts longer than the TTL.
+                            Err(_) => next = Instant::now() + Duration::from_millis(500),
+                        }
+                    }
+                })
+                .map_err(|e| EtcdError::Unreachable {
+                    url: client.endpoints().join(","),
+                    detail: format!("cannot start the lease thread: {e}"),
+                })?
+        };
+        Ok(LeaseKeeper {
+            lease,
+            stop,
+            lost,
+            thread: Some(thread),
+            client: client.clone(),
+        })
+    }
+
+    pub fn id(&self) -> i64 {
+        self.lease.id
+    }
+
+    /// The lease expired (etcd unreachable for longer than its TTL, or
+    /// revoked by someone else): its keys are gone; register again.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if !self.is_lost() {
+            let _ = self.client.lease_revoke(self.lease.id);
+        }
     }
 }
 
