@@ -13,10 +13,13 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use filter::model::Owner;
 use mgmt::cluster::etcd::{
     Client, Compare, CompareOp, Config, EtcdError, EventKind, KeyRange, LeaseKeeper, Op,
     OpResponse, Range, Txn,
 };
+use mgmt::cluster::keys::{self, Entry, GroupRecord, MODEL};
+use mgmt::cluster::mirror::{Mirror, Stored};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -824,4 +827,93 @@ fn range_all_pages_at_one_revision_and_watch_latency() {
         "etcd put: p50 {:?} p99 {:?}; put -> watch event: p50 {:?} p99 {:?} (200 edits, loopback)",
         puts[100], puts[198], seen[100], seen[198]
     );
+}
+
+/// The create-group txn of docs/cluster.md §4.3: name absent, counter at the
+/// revision read; puts group, name, counter. `Ok(false)`: lost the race.
+fn create_group(c: &Client, m: &Mirror, name: &str) -> bool {
+    let owner = Owner("111122223333".into());
+    let counter_key = format!("{MODEL}counters/next_group_seq");
+    let (seq, counter_rev) = match m.get(&counter_key) {
+        Some(Stored {
+            entry: Entry::Counter { value, .. },
+            mod_revision,
+            ..
+        }) => (*value, *mod_revision),
+        _ => (1, 0),
+    };
+    let id = format!("sg-{seq:08x}");
+    let entries = [
+        Entry::Group {
+            id: id.clone(),
+            record: GroupRecord {
+                owner: owner.clone(),
+                name: name.into(),
+                description: String::new(),
+                rules: Vec::new(),
+            },
+        },
+        Entry::Name {
+            owner: owner.clone(),
+            name: name.into(),
+            group_id: id,
+        },
+        Entry::Counter {
+            name: "next_group_seq".into(),
+            value: seq + 1,
+        },
+    ];
+    let txn = Txn::new()
+        .when([
+            Compare::absent(keys::name_key(&owner, name)),
+            Compare::mod_revision(&counter_key, CompareOp::Equal, counter_rev),
+        ])
+        .and_then(entries.iter().map(|e| {
+            let (k, v) = e.encode();
+            Op::put(k, v)
+        }));
+    c.txn(&txn).unwrap().succeeded
+}
+
+#[test]
+fn mirror_reads_at_r_then_follows_the_watch() {
+    let Some(bin) = require_etcd("mirror") else {
+        return;
+    };
+    let etcd = Cluster::start(&bin, "mirror", 1);
+    let c = etcd.client();
+    // Two daemons' views at the same revision; both try to create "web".
+    let read = c.range_all(MODEL, 0, 100).unwrap();
+    let mut a = Mirror::from_range(&read).unwrap();
+    let b = Mirror::from_range(&read).unwrap();
+    let mut w = c.watch(KeyRange::prefix(MODEL), a.revision() + 1).unwrap();
+    assert!(create_group(&c, &a, "web"));
+    assert!(
+        !create_group(&c, &b, "web"),
+        "stale view: the txn must fail"
+    );
+    // A follows its watch and sees its own edit.
+    let batch = w.poll(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(batch.events.len(), 3, "one txn, one batch");
+    a.apply(&batch).unwrap();
+    assert!(create_group(&c, &a, "db"), "up to date: succeeds");
+    a.apply(&w.poll(Duration::from_secs(5)).unwrap().unwrap())
+        .unwrap();
+    // The mirror equals a fresh read.
+    let fresh = Mirror::from_range(&c.range_all(MODEL, 0, 2).unwrap()).unwrap();
+    assert_eq!(a.loaded(), fresh.loaded());
+    assert_eq!(a.revision(), fresh.revision());
+    let names: Vec<String> = a
+        .loaded()
+        .groups
+        .into_iter()
+        .map(|g| g.id + ":" + &g.name)
+        .collect();
+    assert_eq!(names, ["sg-00000002:db", "sg-00000001:web"]);
+    // A foreign key under the model prefix is refused, naming it.
+    c.put(format!("{MODEL}bogus/x"), "1", 0).unwrap();
+    let e = a
+        .apply(&w.poll(Duration::from_secs(5)).unwrap().unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("bogus/x"), "{e}");
 }

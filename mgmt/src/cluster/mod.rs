@@ -5,6 +5,8 @@
 //!   several endpoints and a deadline on every call.
 //! * [`keys`]: the versioned key layout under [`keys::PREFIX`] and the serde
 //!   records stored at those keys.
+//! * [`mirror`]: a daemon's copy of the model (read at R, then watch batches),
+//!   with each key's revisions, as the single-host store's [`crate::store::Loaded`].
 //!
 //! The design these pieces serve (key layout, one transaction per edit, watch
 //! and compaction handling, host leases, acknowledgements, the VXLAN-GBP
@@ -19,3 +21,4 @@
 
 pub mod etcd;
 pub mod keys;
+pub mod mirror;
