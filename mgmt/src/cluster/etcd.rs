@@ -35,10 +35,7 @@
 //! base64; 64-bit integers are JSON strings (we accept numbers too); fields at
 //! their default (0, false, empty, enum value 0 such as `PUT`) are omitted.
 
-use std::collections::VecDeque;
-use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -47,16 +44,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
+pub use super::http::MAX_BODY;
+use super::http::{Endpoint, connect, parse_endpoint, read_unary, send_request};
+pub use super::watch::{Event, EventKind, Watch, WatchBatch};
 use crate::api::{ApiError, BUSY, INTERNAL_ERROR};
 
 /// Default TCP connect timeout per endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Default deadline of one request/response exchange.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response body accepted from etcd (a range of the whole lab fits).
-pub const MAX_BODY: usize = 256 << 20;
-/// Longest status line plus headers accepted.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// Errors of the etcd client. Messages name the endpoint and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -141,25 +137,17 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Endpoint {
-    /// As given, normalised to `http://host:port`.
-    url: String,
-    /// `host:port` for connecting and the Host header.
-    authority: String,
-}
-
-struct Inner {
-    endpoints: Vec<Endpoint>,
+pub(super) struct Inner {
+    pub(super) endpoints: Vec<Endpoint>,
     /// Index of the endpoint that answered last.
-    preferred: AtomicUsize,
-    cfg: Config,
+    pub(super) preferred: AtomicUsize,
+    pub(super) cfg: Config,
 }
 
 /// An etcd client; cheap to clone (clones share the endpoint preference).
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Client {
@@ -207,7 +195,7 @@ impl KeyRange {
         }
     }
 
-    fn to_json(&self, obj: &mut serde_json::Map<String, Value>) {
+    pub(super) fn to_json(&self, obj: &mut serde_json::Map<String, Value>) {
         obj.insert("key".into(), b64(&self.key));
         if !self.range_end.is_empty() {
             obj.insert("range_end".into(), b64(&self.range_end));
@@ -547,29 +535,6 @@ pub struct Lease {
     pub ttl: i64,
 }
 
-/// PUT or DELETE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    Put,
-    Delete,
-}
-
-/// One change seen by a watch. For a delete, `kv` holds the key and
-/// `mod_revision` = the revision of the delete.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub kind: EventKind,
-    pub kv: KeyValue,
-}
-
-/// The events of one watch response: whole revisions, in revision order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WatchBatch {
-    /// The revision of the last event.
-    pub revision: i64,
-    pub events: Vec<Event>,
-}
-
 impl Client {
     /// A client of the comma-separated endpoint list `endpoints`.
     pub fn new(endpoints: &str, cfg: Config) -> Result<Client> {
@@ -797,18 +762,7 @@ impl Client {
     /// watch. Fails at once with [`EtcdError::Compacted`] if `start_revision`
     /// is below the last compaction.
     pub fn watch(&self, keys: KeyRange, start_revision: i64) -> Result<Watch> {
-        let mut w = Watch {
-            client: self.clone(),
-            keys,
-            next_revision: start_revision.max(1),
-            conn: None,
-            pending: VecDeque::new(),
-            compacted: None,
-            retry_at: Instant::now(),
-            backoff: WATCH_BACKOFF_MIN,
-        };
-        w.connect()?;
-        Ok(w)
+        Watch::start(self, keys, start_revision)
     }
 
     /// POST `body` to `path` on the first endpoint that answers; the endpoint
@@ -873,7 +827,7 @@ impl Client {
 }
 
 /// An I/O error as a reader wants it: a timeout says how long we waited.
-fn io_text(e: &io::Error, cfg: &Config) -> String {
+pub(super) fn io_text(e: &io::Error, cfg: &Config) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             format!("no answer within {:?}", cfg.request_timeout)
@@ -882,331 +836,11 @@ fn io_text(e: &io::Error, cfg: &Config) -> String {
     }
 }
 
-fn unreachable(urls: &[String], failures: Vec<String>) -> EtcdError {
+pub(super) fn unreachable(urls: &[String], failures: Vec<String>) -> EtcdError {
     EtcdError::Unreachable {
         url: urls.join(","),
         detail: failures.join("; "),
     }
-}
-
-fn parse_endpoint(raw: &str) -> Result<Endpoint> {
-    let bad = |reason| EtcdError::BadEndpoint {
-        value: raw.to_owned(),
-        reason,
-    };
-    if raw.is_empty() {
-        return Err(bad("empty endpoint"));
-    }
-    if raw.starts_with("https://") {
-        return Err(bad(
-            "https is not supported (plain http on a trusted underlay)",
-        ));
-    }
-    let rest = raw.strip_prefix("http://").unwrap_or(raw);
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains('/') || authority.contains('@') || authority.contains("://") {
-        return Err(bad("expected http://HOST:PORT"));
-    }
-    let port_ok = authority
-        .rsplit_once(':')
-        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
-        .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
-    if !port_ok {
-        return Err(bad("expected http://HOST:PORT with a port"));
-    }
-    Ok(Endpoint {
-        url: format!("http://{authority}"),
-        authority: authority.to_owned(),
-    })
-}
-
-fn connect(ep: &Endpoint, cfg: &Config) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = ep.authority.to_socket_addrs()?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, cfg.connect_timeout) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-fn send_request(
-    stream: &mut TcpStream,
-    ep: &Endpoint,
-    path: &str,
-    body: &str,
-    deadline: Instant,
-) -> io::Result<()> {
-    stream.set_write_timeout(Some(remaining(deadline)?))?;
-    let mut req = String::with_capacity(body.len() + 160);
-    let _ = write!(
-        req,
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        ep.authority,
-        body.len()
-    );
-    stream.write_all(req.as_bytes())
-}
-
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
-    } else {
-        Ok(left)
-    }
-}
-
-/// Read a whole response: status and JSON body.
-fn read_unary(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u16, Value)> {
-    let mut r = HttpReader::new();
-    let status = loop {
-        stream.set_read_timeout(Some(remaining(deadline)?))?;
-        if let Some(status) = r.read_head(stream)? {
-            break status;
-        }
-    };
-    let mut body = Vec::new();
-    loop {
-        stream.set_read_timeout(Some(remaining(deadline)?))?;
-        if r.read_body(stream, &mut body)? {
-            break;
-        }
-    }
-    let v = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("body is not JSON: {e}"))
-        })?
-    };
-    Ok((status, v))
-}
-
-/// How the body is delimited.
-#[derive(Debug)]
-enum Framing {
-    Length(usize),
-    /// In a chunk header (`size\r\n`).
-    ChunkSize,
-    /// Inside a chunk, this many bytes left.
-    ChunkData(usize),
-    /// After a chunk's data: expecting `\r\n`.
-    ChunkEnd,
-    /// After the last chunk: trailers until an empty line.
-    Trailers,
-    UntilClose,
-    Done,
-}
-
-/// An incremental HTTP/1.1 response reader: every read may time out and be
-/// called again without losing state (the watch polls with short timeouts).
-struct HttpReader {
-    /// Raw bytes read and not yet consumed.
-    buf: Vec<u8>,
-    framing: Option<Framing>,
-    body_len: usize,
-    eof: bool,
-}
-
-impl HttpReader {
-    fn new() -> HttpReader {
-        HttpReader {
-            buf: Vec::new(),
-            framing: None,
-            body_len: 0,
-            eof: false,
-        }
-    }
-
-    /// Read once from `stream` into `buf`.
-    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = stream.read(&mut tmp)?;
-        if n == 0 {
-            self.eof = true;
-        }
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(())
-    }
-
-    /// Parse the status line and headers, reading if needed. `None`: not yet
-    /// complete (call again).
-    fn read_head(&mut self, stream: &mut TcpStream) -> io::Result<Option<u16>> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let status = resp.code.unwrap_or(0);
-                    let header = |name: &str| {
-                        resp.headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case(name))
-                            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-                    };
-                    let framing =
-                        if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-                            Framing::ChunkSize
-                        } else if let Some(n) = header("content-length") {
-                            let n: usize = n
-                                .parse()
-                                .map_err(|_| invalid(format!("bad Content-Length {n:?}")))?;
-                            if n > MAX_BODY {
-                                return Err(invalid(format!("body of {n} bytes is too large")));
-                            }
-                            Framing::Length(n)
-                        } else {
-                            Framing::UntilClose
-                        };
-                    self.framing = Some(framing);
-                    self.buf.drain(..len);
-                    return Ok(Some(status));
-                }
-                Ok(httparse::Status::Partial) => {
-                    if self.buf.len() > MAX_HEAD {
-                        return Err(invalid("response head too large".to_owned()));
-                    }
-                    if self.eof {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed before a response",
-                        ));
-                    }
-                    self.fill(stream)?;
-                    if self.eof && self.buf.is_empty() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed before a response",
-                        ));
-                    }
-                }
-                Err(e) => return Err(invalid(format!("bad response head: {e}"))),
-            }
-        }
-    }
-
-    /// Decode the body bytes buffered so far into `out`; when nothing could be
-    /// decoded, read once from `stream` first. True when the body is complete.
-    fn read_body(&mut self, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<bool> {
-        let before = out.len();
-        if self.decode(out)? {
-            return Ok(true);
-        }
-        if out.len() > before {
-            return Ok(false);
-        }
-        if self.eof {
-            return match self.framing {
-                Some(Framing::UntilClose) => Ok(true),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside the body",
-                )),
-            };
-        }
-        self.fill(stream)?;
-        self.decode(out)
-    }
-
-    /// Move decodable body bytes from `buf` to `out`. True when complete.
-    fn decode(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
-        let start = out.len();
-        loop {
-            let framing = self.framing.take().unwrap_or(Framing::Done);
-            let (next, progressed) = match framing {
-                Framing::Done => {
-                    self.framing = Some(Framing::Done);
-                    return Ok(true);
-                }
-                Framing::Length(n) => {
-                    let take = n.min(self.buf.len());
-                    out.extend(self.buf.drain(..take));
-                    let left = n - take;
-                    (
-                        if left == 0 {
-                            Framing::Done
-                        } else {
-                            Framing::Length(left)
-                        },
-                        take > 0 || left == 0,
-                    )
-                }
-                Framing::UntilClose => {
-                    out.append(&mut self.buf);
-                    (Framing::UntilClose, false)
-                }
-                Framing::ChunkSize => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((len, size))) => {
-                        self.buf.drain(..len);
-                        let size = usize::try_from(size)
-                            .map_err(|_| invalid("chunk too large".to_owned()))?;
-                        (
-                            if size == 0 {
-                                Framing::Trailers
-                            } else {
-                                Framing::ChunkData(size)
-                            },
-                            true,
-                        )
-                    }
-                    Ok(httparse::Status::Partial) => (Framing::ChunkSize, false),
-                    Err(_) => return Err(invalid("bad chunk size".to_owned())),
-                },
-                Framing::ChunkData(n) => {
-                    let take = n.min(self.buf.len());
-                    out.extend(self.buf.drain(..take));
-                    let left = n - take;
-                    (
-                        if left == 0 {
-                            Framing::ChunkEnd
-                        } else {
-                            Framing::ChunkData(left)
-                        },
-                        take > 0,
-                    )
-                }
-                Framing::ChunkEnd => {
-                    if self.buf.len() < 2 {
-                        (Framing::ChunkEnd, false)
-                    } else if &self.buf[..2] == b"\r\n" {
-                        self.buf.drain(..2);
-                        (Framing::ChunkSize, true)
-                    } else {
-                        return Err(invalid("chunk not followed by CRLF".to_owned()));
-                    }
-                }
-                Framing::Trailers => match self.buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        self.buf.drain(..2);
-                        (Framing::Done, true)
-                    }
-                    Some(p) => {
-                        self.buf.drain(..p + 2);
-                        (Framing::Trailers, true)
-                    }
-                    None => (Framing::Trailers, false),
-                },
-            };
-            self.framing = Some(next);
-            self.body_len += out.len() - start;
-            if self.body_len > MAX_BODY {
-                return Err(invalid("response body too large".to_owned()));
-            }
-            if !progressed {
-                return Ok(matches!(self.framing, Some(Framing::Done)));
-            }
-        }
-    }
-}
-
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 fn b64(bytes: &[u8]) -> Value {
@@ -1222,12 +856,12 @@ fn unb64(v: &Value) -> std::result::Result<Vec<u8>, String> {
 }
 
 /// int64 as grpc-gateway writes it: a JSON string.
-fn int(n: i64) -> Value {
+pub(super) fn int(n: i64) -> Value {
     Value::String(n.to_string())
 }
 
 /// An int64 field: a string, a number, or absent (0).
-fn num(v: &Value) -> i64 {
+pub(super) fn num(v: &Value) -> i64 {
     match v {
         Value::String(s) => s.parse().unwrap_or(0),
         Value::Number(n) => n.as_i64().unwrap_or(0),
@@ -1244,7 +878,7 @@ fn unum(v: &Value) -> u64 {
     }
 }
 
-fn protocol(url: &str, op: &'static str, detail: String) -> EtcdError {
+pub(super) fn protocol(url: &str, op: &'static str, detail: String) -> EtcdError {
     EtcdError::Protocol {
         url: url.to_owned(),
         op,
@@ -1260,7 +894,7 @@ fn header_revision(url: &str, op: &'static str, v: &Value) -> Result<i64> {
     Ok(rev)
 }
 
-fn parse_kv(url: &str, op: &'static str, v: &Value) -> Result<KeyValue> {
+pub(super) fn parse_kv(url: &str, op: &'static str, v: &Value) -> Result<KeyValue> {
     Ok(KeyValue {
         key: unb64(&v["key"]).map_err(|e| protocol(url, op, e))?,
         value: unb64(&v["value"]).map_err(|e| protocol(url, op, e))?,
@@ -1308,7 +942,7 @@ fn grpc_error(v: &Value) -> (i64, String) {
     (code, message)
 }
 
-fn status_error(url: &str, op: &'static str, http: u16, v: &Value) -> EtcdError {
+pub(super) fn status_error(url: &str, op: &'static str, http: u16, v: &Value) -> EtcdError {
     let (code, message) = grpc_error(v);
     if message.contains("required revision has been compacted") {
         return EtcdError::Compacted {
@@ -1328,7 +962,7 @@ fn status_error(url: &str, op: &'static str, http: u16, v: &Value) -> EtcdError 
     }
 }
 
-fn stream_error(url: &str, op: &'static str, v: &Value) -> EtcdError {
+pub(super) fn stream_error(url: &str, op: &'static str, v: &Value) -> EtcdError {
     let (code, message) = grpc_error(v);
     EtcdError::Status {
         url: url.to_owned(),
@@ -1425,370 +1059,6 @@ impl Drop for LeaseKeeper {
             let _ = self.client.lease_revoke(self.lease.id);
         }
     }
-}
-
-const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// How long one read of a watch stream blocks before the poll deadline is checked.
-const WATCH_READ_SLICE: Duration = Duration::from_millis(200);
-
-struct WatchConn {
-    url: String,
-    stream: TcpStream,
-    reader: HttpReader,
-    /// Decoded body bytes not yet parsed as JSON.
-    body: Vec<u8>,
-}
-
-/// A watch over a key range from a revision: see the module docs.
-pub struct Watch {
-    client: Client,
-    keys: KeyRange,
-    /// Every change below this revision has been delivered.
-    next_revision: i64,
-    conn: Option<WatchConn>,
-    pending: VecDeque<Event>,
-    /// Set once the resume revision was found compacted: the watch is over.
-    compacted: Option<i64>,
-    retry_at: Instant,
-    backoff: Duration,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("next_revision", &self.next_revision)
-            .field("connected", &self.conn.as_ref().map(|c| c.url.as_str()))
-            .finish()
-    }
-}
-
-impl Watch {
-    /// The revision the watch resumes from: every change below it has been
-    /// returned.
-    pub fn next_revision(&self) -> i64 {
-        self.next_revision
-    }
-
-    /// The endpoint the watch is connected to, if it is.
-    pub fn connected_to(&self) -> Option<&str> {
-        self.conn.as_ref().map(|c| c.url.as_str())
-    }
-
-    /// Wait up to `timeout` for the next batch of changes. `Ok(None)`: none
-    /// in time. `Err(Unreachable)` is transient (the next poll reconnects from
-    /// [`Watch::next_revision`] after a backoff); `Err(Compacted)` is final.
-    pub fn poll(&mut self, timeout: Duration) -> Result<Option<WatchBatch>> {
-        if let Some(compact_revision) = self.compacted {
-            return Err(EtcdError::Compacted {
-                requested: self.next_revision,
-                compact_revision,
-            });
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.conn.is_none() {
-                let now = Instant::now();
-                if now < self.retry_at {
-                    if self.retry_at >= deadline {
-                        std::thread::sleep(deadline.saturating_duration_since(now));
-                        return Ok(None);
-                    }
-                    std::thread::sleep(self.retry_at - now);
-                }
-                if let Err(e) = self.connect() {
-                    if !matches!(e, EtcdError::Compacted { .. }) {
-                        self.retry_at = Instant::now() + self.backoff;
-                        self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
-                    }
-                    return Err(e);
-                }
-            }
-            if let Some(batch) = self.next_message(deadline)? {
-                return Ok(Some(batch));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// Block until the next batch; transient errors are returned like
-    /// [`Watch::poll`]'s.
-    pub fn next_batch(&mut self) -> Result<WatchBatch> {
-        loop {
-            if let Some(b) = self.poll(Duration::from_secs(3600))? {
-                return Ok(b);
-            }
-        }
-    }
-
-    /// Open the stream at `next_revision` and wait for etcd's confirmation.
-    fn connect(&mut self) -> Result<()> {
-        self.conn = None;
-        let inner = &self.client.inner;
-        let mut create = serde_json::Map::new();
-        self.keys.to_json(&mut create);
-        create.insert("start_revision".into(), int(self.next_revision));
-        create.insert("progress_notify".into(), Value::Bool(true));
-        let body = json!({ "create_request": Value::Object(create) }).to_string();
-        let n = inner.endpoints.len();
-        let start = inner.preferred.load(Ordering::Relaxed) % n;
-        let mut failures = Vec::new();
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let ep = &inner.endpoints[idx];
-            match self.open(ep, &body) {
-                Ok(conn) => {
-                    inner.preferred.store(idx, Ordering::Relaxed);
-                    self.conn = Some(conn);
-                    self.backoff = WATCH_BACKOFF_MIN;
-                    return Ok(());
-                }
-                Err(e @ EtcdError::Compacted { .. }) => {
-                    if let EtcdError::Compacted {
-                        compact_revision, ..
-                    } = e
-                    {
-                        self.compacted = Some(compact_revision);
-                    }
-                    return Err(e);
-                }
-                Err(e) => failures.push(format!("{}: {e}", ep.url)),
-            }
-        }
-        Err(unreachable(&self.client.endpoints(), failures))
-    }
-
-    fn open(&self, ep: &Endpoint, body: &str) -> Result<WatchConn> {
-        let cfg = &self.client.inner.cfg;
-        let io_err = |what: &str, e: io::Error| EtcdError::Unreachable {
-            url: ep.url.clone(),
-            detail: format!("watch {what}: {}", io_text(&e, cfg)),
-        };
-        let mut stream = connect(ep, cfg).map_err(|e| io_err("connect", e))?;
-        set_keepalive(&stream);
-        let deadline = Instant::now() + cfg.request_timeout;
-        send_request(&mut stream, ep, "/v3/watch", body, deadline)
-            .map_err(|e| io_err("send", e))?;
-        let mut conn = WatchConn {
-            url: ep.url.clone(),
-            stream,
-            reader: HttpReader::new(),
-            body: Vec::new(),
-        };
-        let status = loop {
-            remaining(deadline)
-                .and_then(|t| conn.stream.set_read_timeout(Some(t)))
-                .map_err(|e| io_err("answer", e))?;
-            if let Some(s) = conn
-                .reader
-                .read_head(&mut conn.stream)
-                .map_err(|e| io_err("answer", e))?
-            {
-                break s;
-            }
-        };
-        if status != 200 {
-            let mut body = Vec::new();
-            let _ = conn.reader.read_body(&mut conn.stream, &mut body);
-            let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            return Err(status_error(&ep.url, "watch", status, &v));
-        }
-        // The first message confirms the watch (`created`), or reports the
-        // start revision compacted.
-        loop {
-            if let Some(msg) = conn.next_json().map_err(|e| io_err("answer", e))? {
-                let r = match msg.get("result") {
-                    Some(r) => r,
-                    None => return Err(stream_error(&ep.url, "watch", &msg)),
-                };
-                let compact = num(&r["compact_revision"]);
-                if compact != 0 {
-                    return Err(EtcdError::Compacted {
-                        requested: self.next_revision,
-                        compact_revision: compact,
-                    });
-                }
-                if r["created"].as_bool() == Some(true) {
-                    return Ok(conn);
-                }
-                return Err(protocol(
-                    &ep.url,
-                    "watch",
-                    format!("expected created, got {msg}"),
-                ));
-            }
-            remaining(deadline)
-                .and_then(|t| conn.stream.set_read_timeout(Some(t)))
-                .map_err(|e| io_err("answer", e))?;
-            conn.read_more().map_err(|e| io_err("answer", e))?;
-        }
-    }
-
-    /// Read messages until one carries events (→ the batch) or `deadline`.
-    /// A lost connection drops `conn` (the caller reconnects).
-    fn next_message(&mut self, deadline: Instant) -> Result<Option<WatchBatch>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Ok(None);
-            };
-            let msg = match conn.next_json() {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    let _ = conn
-                        .stream
-                        .set_read_timeout(Some(left.min(WATCH_READ_SLICE)));
-                    match conn.read_more() {
-                        Ok(()) => continue,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            continue;
-                        }
-                        Err(_) => {
-                            // Lost: the caller reconnects from next_revision.
-                            self.conn = None;
-                            return Ok(None);
-                        }
-                    }
-                }
-                Err(_) => {
-                    self.conn = None;
-                    return Ok(None);
-                }
-            };
-            let url = conn.url.clone();
-            let Some(r) = msg.get("result") else {
-                // A stream error (e.g. the member lost its leader): reconnect.
-                self.conn = None;
-                return Ok(None);
-            };
-            let compact = num(&r["compact_revision"]);
-            if compact != 0 {
-                self.conn = None;
-                self.compacted = Some(compact);
-                return Err(EtcdError::Compacted {
-                    requested: self.next_revision,
-                    compact_revision: compact,
-                });
-            }
-            if r["canceled"].as_bool() == Some(true) {
-                self.conn = None;
-                let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
-                return Err(protocol(
-                    &url,
-                    "watch",
-                    format!("etcd cancelled the watch: {reason}"),
-                ));
-            }
-            let mut events = Vec::new();
-            if let Some(list) = r["events"].as_array() {
-                for e in list {
-                    let kind = match e["type"].as_str() {
-                        None | Some("PUT") => EventKind::Put,
-                        Some("DELETE") => EventKind::Delete,
-                        Some(other) => {
-                            return Err(protocol(
-                                &url,
-                                "watch",
-                                format!("unknown event type {other}"),
-                            ));
-                        }
-                    };
-                    events.push(Event {
-                        kind,
-                        kv: parse_kv(&url, "watch", &e["kv"])?,
-                    });
-                }
-            }
-            if let Some(last) = events.last() {
-                let revision = last.kv.mod_revision;
-                self.next_revision = revision + 1;
-                return Ok(Some(WatchBatch { revision, events }));
-            }
-            if r["created"].as_bool() != Some(true) {
-                // A progress notification: every change up to the header
-                // revision has been sent.
-                let rev = num(&r["header"]["revision"]);
-                if rev >= self.next_revision {
-                    self.next_revision = rev + 1;
-                }
-            }
-        }
-    }
-}
-
-impl Iterator for Watch {
-    type Item = Result<Event>;
-
-    /// Events one by one; transient errors are yielded (the next call
-    /// reconnects); ends after [`EtcdError::Compacted`].
-    fn next(&mut self) -> Option<Result<Event>> {
-        if let Some(e) = self.pending.pop_front() {
-            return Some(Ok(e));
-        }
-        if self.compacted.is_some() {
-            return None;
-        }
-        match self.next_batch() {
-            Ok(b) => {
-                self.pending.extend(b.events);
-                self.pending.pop_front().map(Ok)
-            }
-            Err(e) => Some(Err(e)),
-        }
-    }
-}
-
-impl WatchConn {
-    fn read_more(&mut self) -> io::Result<()> {
-        let done = self.reader.read_body(&mut self.stream, &mut self.body)?;
-        if done {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "watch stream ended",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The next complete JSON message of the stream, if buffered.
-    fn next_json(&mut self) -> io::Result<Option<Value>> {
-        let start = self.body.iter().position(|b| !b.is_ascii_whitespace());
-        let Some(start) = start else {
-            self.body.clear();
-            return Ok(None);
-        };
-        let mut it = serde_json::Deserializer::from_slice(&self.body[start..]).into_iter::<Value>();
-        match it.next() {
-            Some(Ok(v)) => {
-                let used = start + it.byte_offset();
-                self.body.drain(..used);
-                Ok(Some(v))
-            }
-            Some(Err(e)) if e.is_eof() => Ok(None),
-            Some(Err(e)) => Err(invalid(format!("bad watch message: {e}"))),
-            None => Ok(None),
-        }
-    }
-}
-
-/// TCP keepalive on a long-lived stream: a member that vanished without a
-/// reset is noticed in about 5 + 3 × 2 s. Failure to set it is not fatal.
-fn set_keepalive(stream: &TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
-    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &5);
-    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &2);
-    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! * [`etcd`]: a blocking etcd v3 client over etcd's JSON gateway (HTTP/1.1 on
 //!   `std::net`): range, put, delete, txn, compaction, watch, leases, with
 //!   several endpoints and a deadline on every call.
+//! * [`watch`]: the resumable watch stream of that client.
 //! * [`keys`]: the versioned key layout under [`keys::PREFIX`] and the serde
 //!   records stored at those keys.
 //! * [`mirror`]: a daemon's copy of the model (read at R, then watch batches),
@@ -20,5 +21,7 @@
 //! blocking client reads without an async runtime.
 
 pub mod etcd;
+mod http;
 pub mod keys;
 pub mod mirror;
+pub mod watch;
