@@ -366,3 +366,85 @@ pub(super) fn set_keepalive(stream: &TcpStream) {
     let _ = setsockopt(stream, sockopt::TcpKeepInterval, &2);
     let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Feed `raw` to a reader one byte at a time (as short reads deliver it).
+    fn decode_bytewise(framing: Framing, raw: &[u8]) -> io::Result<(Vec<u8>, Vec<usize>)> {
+        let mut r = HttpReader::new();
+        r.framing = Some(framing);
+        let mut out = Vec::new();
+        let mut done_at = Vec::new();
+        for (i, b) in raw.iter().enumerate() {
+            r.buf.push(*b);
+            if r.decode(&mut out)? {
+                done_at.push(i);
+            }
+        }
+        Ok((out, done_at))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split_with_trailers() {
+        let raw = b"5\r\nhello\r\n3;ext=1\r\n, w\r\n0\r\nGrpc-Trailer-Content-Type: application/grpc\r\n\r\n";
+        let (out, done_at) = decode_bytewise(Framing::ChunkSize, raw).unwrap();
+        assert_eq!(out, b"hello, w");
+        assert_eq!(
+            done_at.first(),
+            Some(&(raw.len() - 1)),
+            "complete only at the very end"
+        );
+        let (out, done_at) = decode_bytewise(Framing::ChunkSize, b"0\r\n\r\n").unwrap();
+        assert!(out.is_empty() && done_at == [4]);
+    }
+
+    #[test]
+    fn content_length_bodies_stop_at_the_length() {
+        let (out, done_at) = decode_bytewise(Framing::Length(3), b"abc").unwrap();
+        assert_eq!((out.as_slice(), done_at.first()), (&b"abc"[..], Some(&2)));
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for raw in [&b"zz\r\nab"[..], b"2\r\nabXY"] {
+            let e = decode_bytewise(Framing::ChunkSize, raw).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_response_split_over_slow_writes_is_read_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let parts: [&[u8]; 4] = [
+                b"HTTP/1.1 200 OK\r\nContent-Ty",
+                b"pe: application/json\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":",
+                b"1}\r\n",
+                b"0\r\n\r\n",
+            ];
+            for p in parts {
+                s.write_all(p).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (status, v) = read_unary(&mut stream, deadline).unwrap();
+        assert_eq!((status, v), (200, serde_json::json!({"a": 1})));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn endpoints_normalise() {
+        let e = parse_endpoint("127.0.0.1:2379/").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.authority.as_str()),
+            ("http://127.0.0.1:2379", "127.0.0.1:2379")
+        );
+    }
+}
