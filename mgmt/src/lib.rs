@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod dataplane;
