@@ -452,9 +452,9 @@ impl Core {
                 Ok(()) => {
                     core.attached.insert(rec.instance.id.clone());
                 }
-                Err(e) => eprintln!(
-                    "sgswitch: cannot re-attach instance {}: {e}",
-                    rec.instance.id
+                Err(e) => tracing::warn!(
+                    instance = %rec.instance.id,
+                    "cannot re-attach instance: {e}"
                 ),
             }
         }
@@ -1207,7 +1207,7 @@ impl Core {
     fn undo_launch(&mut self, launched: &[(String, Attachment)]) {
         for (id, how) in launched {
             if let Err(e) = self.dp.terminate(id, how) {
-                eprintln!("sgswitch: cleaning up instance {id} after a failed launch: {e}");
+                tracing::warn!(instance = %id, "cleaning up after a failed launch: {e}");
             }
         }
     }
@@ -1312,7 +1312,7 @@ impl Core {
         let mut changes = Vec::new();
         for (id, (previous, how)) in ids.into_iter().zip(previous) {
             if let Err(e) = self.dp.terminate(&id, &how) {
-                eprintln!("sgswitch: terminating instance {id}: {e}");
+                tracing::warn!(instance = %id, "terminating instance: {e}");
             }
             self.attached.remove(&id);
             changes.push(StateChange {

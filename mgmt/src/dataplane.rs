@@ -55,6 +55,73 @@ pub enum DataplaneError {
         #[source]
         source: switch::SwitchError,
     },
+    #[error(
+        "uplink {name} (namespace {ns}) is in use: the interface exists and has carrier \
+         (another process holds its TAP queues, or it is not a TAP); choose another --uplink",
+        ns = netns.as_deref().unwrap_or("of the daemon")
+    )]
+    UplinkInUse { name: String, netns: Option<String> },
+    #[error("uplink {name}: list the interfaces of namespace {ns}", ns = netns.as_deref().unwrap_or("of the daemon"))]
+    UplinkInspect {
+        name: String,
+        netns: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the uplink TAP a failed start created, when dropped armed; an uplink
+/// that existed before the start (a restart re-attaching it) is never removed.
+#[derive(Debug)]
+pub struct UplinkUndo {
+    name: String,
+    netns: Option<String>,
+    armed: bool,
+}
+
+impl UplinkUndo {
+    /// The start went through: keep the uplink.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UplinkUndo {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = instances::destroy_uplink(&self.name, self.netns.as_deref())
+        {
+            tracing::warn!(uplink = %self.name, "remove the uplink after a failed start: {}", error_chain(&e));
+        }
+    }
+}
+
+/// Whether uplink `name` exists in `netns` (the caller's namespace for `None`),
+/// refusing one that another process holds (it has carrier: see
+/// [`crate::hostnet`]). A persistent TAP left behind by a killed daemon has no
+/// carrier and is re-attached.
+fn check_uplink_free(name: &str, netns: Option<&str>) -> Result<bool, DataplaneError> {
+    let inspect = |source| DataplaneError::UplinkInspect {
+        name: name.to_owned(),
+        netns: netns.map(str::to_owned),
+        source,
+    };
+    let links = match netns {
+        None => crate::hostnet::links(),
+        // A missing namespace is reported by create_uplink with its own error.
+        Some(ns) if !switch::netns::exists(ns) => return Ok(false),
+        Some(ns) => switch::netns::in_netns(ns, crate::hostnet::links)
+            .map_err(|e| inspect(std::io::Error::other(error_chain(&e))))?,
+    }
+    .map_err(inspect)?;
+    match links.iter().find(|l| l.name == name) {
+        None => Ok(false),
+        Some(l) if l.carrier == Some(true) => Err(DataplaneError::UplinkInUse {
+            name: name.to_owned(),
+            netns: netns.map(str::to_owned),
+        }),
+        Some(_) => Ok(true),
+    }
 }
 
 /// The switch-backed data plane.
@@ -98,8 +165,15 @@ pub fn default_image(args: &UpArgs) -> Option<qemu::GuestImage> {
     })
 }
 
-/// Start the switch and attach the uplink.
-pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
+/// Start the switch and attach the uplink. An uplink another process holds is
+/// refused before anything is made. The returned [`UplinkUndo`] removes an uplink
+/// this call created unless the caller disarms it once the whole start went
+/// through; on an error here nothing is left behind.
+pub fn start(
+    args: &UpArgs,
+    cfg: &CoreConfig,
+) -> Result<(Box<dyn Dataplane>, UplinkUndo), DataplaneError> {
+    let existed = check_uplink_free(&args.uplink, args.uplink_netns.as_deref())?;
     let ct = filter::CtConfig {
         on_revoke: match args.conntrack_on_revoke {
             RevokeArg::Revalidate => filter::RevokeMode::Revalidate,
@@ -141,16 +215,25 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         queues,
     }) {
         switch.shutdown();
-        let _ = instances::destroy_uplink(&name, netns.as_deref());
+        if !existed {
+            let _ = instances::destroy_uplink(&name, netns.as_deref());
+        }
         return Err(DataplaneError::AttachUplink { name, source });
     }
-    Ok(Box::new(SwitchDataplane {
+    tracing::info!(uplink = %name, netns = netns.as_deref().unwrap_or("-"), reattached = existed, workers = args.workers, "switch started");
+    let undo = UplinkUndo {
+        name,
+        netns,
+        armed: !existed,
+    };
+    let dp = Box::new(SwitchDataplane {
         switch: Some(switch),
         workers: args.workers,
         ports: BTreeMap::new(),
         qemu: qemu_config(args),
         guests: BTreeMap::new(),
-    }))
+    });
+    Ok((dp, undo))
 }
 
 impl SwitchDataplane {
@@ -288,6 +371,7 @@ impl Dataplane for SwitchDataplane {
             let _ = self.destroy(&inst.id, &made);
             return Err(e);
         }
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "instance launched");
         Ok(made)
     }
 
@@ -323,7 +407,9 @@ impl Dataplane for SwitchDataplane {
                 })?
             }
         };
-        self.attach(inst, queues)
+        self.attach(inst, queues)?;
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "instance re-attached");
+        Ok(())
     }
 
     fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
@@ -331,9 +417,11 @@ impl Dataplane for SwitchDataplane {
             && let Ok(s) = self.switch()
             && let Err(e) = s.remove_port(port)
         {
-            eprintln!("sgswitch: remove port of {id}: {}", error_chain(&e));
+            tracing::warn!(instance = %id, "remove port: {}", error_chain(&e));
         }
-        self.destroy(id, how)
+        self.destroy(id, how)?;
+        tracing::info!(instance = %id, "instance terminated");
+        Ok(())
     }
 
     fn stats(&self, report: &mut StatsReport) {
