@@ -85,7 +85,7 @@ pub enum DaemonError {
     },
     #[error("another daemon is already serving {0} (--socket)")]
     SocketBusy(PathBuf),
-    #[error("sgswitch up needs root (missing {0}): it creates TAP devices and network namespaces")]
+    #[error("needs root (missing {0}): it creates TAP devices and network namespaces")]
     NotRoot(String),
     #[error("read the capabilities of this process: {0}")]
     Caps(#[source] std::io::Error),
