@@ -276,17 +276,17 @@ pub fn nets_overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
 pub fn overlaps(range: Ipv4Net, skip_dev: Option<&str>) -> io::Result<Vec<String>> {
     let mine = |dev: Option<&str>| skip_dev.is_some() && dev == skip_dev;
     let mut found = Vec::new();
-    for a in addrs()? {
-        if !mine(Some(&a.ifname)) && range.contains(&a.net.addr()) {
-            found.push(format!("address {} on {}", a.net, a.ifname));
-        }
-    }
     for r in routes()? {
         if r.table == RT_TABLE_LOCAL || r.dst.prefix_len() == 0 || mine(r.dev.as_deref()) {
             continue;
         }
         if nets_overlap(r.dst, range) {
             found.push(format!("route {r}"));
+        }
+    }
+    for a in addrs()? {
+        if !mine(Some(&a.ifname)) && range.contains(&a.net.addr()) {
+            found.push(format!("address {} on {}", a.net, a.ifname));
         }
     }
     Ok(found)

@@ -25,16 +25,18 @@ fn init_logging(level: tracing::Level) {
         .try_init();
 }
 
+fn run_daemon(cli: &cli::Cli, args: &cli::UpArgs) -> Result<(), mgmt::daemon::DaemonError> {
+    init_logging(args.log_level);
+    mgmt::daemon::run(cli, args)
+}
+
 fn main() -> ExitCode {
     let (cli, matches) = match cli::parse(std::env::args()) {
         Ok(v) => v,
         Err(e) => e.exit(),
     };
     match &cli.cmd {
-        Cmd::Up(args) => match {
-            init_logging(args.log_level);
-            mgmt::daemon::run(&cli, args)
-        } {
+        Cmd::Up(args) => match run_daemon(&cli, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sgswitch up: {e}");
