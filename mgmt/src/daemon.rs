@@ -209,10 +209,18 @@ pub fn spawn_management_on(
                         let answer =
                             std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
                                 .unwrap_or_else(|_| {
+                                    tracing::error!("a command panicked; nothing was changed");
                                     Err(ApiError::internal(
                                         "the command failed unexpectedly; nothing was changed",
                                     ))
                                 });
+                        // Refused input is the client's business; a failure of
+                        // the daemon's own is worth a line in the log.
+                        if let Err(e) = &answer
+                            && e.code == crate::api::INTERNAL_ERROR
+                        {
+                            tracing::warn!("command failed: {}", e.message);
+                        }
                         let _ = reply.send(answer);
                     }
                     Msg::Stop => break,

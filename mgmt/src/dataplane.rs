@@ -5,6 +5,12 @@
 //! * [`start`] starts the switch with `--workers` poll threads, creates the uplink
 //!   TAP (moved into `--uplink-netns`, or left in the host namespace with the
 //!   first address of the uplink range and the subnet's prefix) and attaches it.
+//!   An uplink some process holds (it has carrier, see [`crate::hostnet`]) is
+//!   refused naming `--uplink`; a persistent one nobody holds (left by a killed
+//!   daemon) is re-attached. (Two daemons started at the same instant on one
+//!   uplink can both pass this check; the state-dir lock covers the usual case.)
+//!   The returned [`UplinkUndo`] removes an uplink this start created if the
+//!   rest of the start fails.
 //! * `launch` creates the instance's namespace + TAP and adds its port; if adding
 //!   the port fails the namespace is destroyed again (nothing left behind).
 //! * `reattach` (restart) opens the persistent TAP in the existing namespace again,
