@@ -312,6 +312,10 @@ pub struct UpArgs {
     /// `off`. The bound address is printed as `sgswitch: ec2 api on http://ADDR`.
     #[arg(long, default_value = DEFAULT_EC2_LISTEN, value_parser = parse_ec2_listen)]
     pub ec2_listen: Ec2Listen,
+    /// Level of the daemon's event log on stderr: error, warn, info, debug or
+    /// trace (`RUST_LOG`, if set, takes precedence).
+    #[arg(long, default_value = "info")]
+    pub log_level: tracing::Level,
 }
 
 /// Parse `args` (argv, program name first), honouring multi-call names.

@@ -14,15 +14,40 @@
 //! * The main thread blocks SIGINT/SIGTERM before any thread is spawned (so every
 //!   thread inherits the mask) and waits for them with `sigwait`.
 //!
-//! Readiness: once the socket is bound and the accept thread runs, the daemon
-//! prints `sgswitch: ready on SOCKET` to stderr. Before that, the EC2 Query API
-//! listener ([`crate::ec2`], `--ec2-listen`, default `127.0.0.1:8773`, `off`
-//! disables) prints `sgswitch: ec2 api on http://ADDR` with the bound address
-//! (port 0 picks a free one); a bind failure stops the start with an error
-//! naming the address.
+//! Start, in this order, so that a start that fails leaves nothing behind and
+//! one that succeeds is fully up when anyone can see it:
+//! 1. Checks that make nothing: the capabilities (`CAP_NET_ADMIN` and
+//!    `CAP_SYS_ADMIN`, i.e. root, unless `--no-switch`), that `--subnet` and
+//!    `--uplink-range` overlap no address or route of the daemon's network
+//!    namespace when the uplink lives there ([`crate::hostnet`]; routes and
+//!    addresses on the daemon's own uplink are its own), and that no live daemon
+//!    answers on `--socket`.
+//! 2. The state directory lock ([`StateLock`]: `STATE_DIR/sgswitch.lock`, flock,
+//!    holding the PID): a second daemon on the same state is refused with "state
+//!    dir DIR in use by PID N".
+//! 3. The listeners: EC2 API (`--ec2-listen`), metrics (`--metrics-listen`) and
+//!    the API socket, bound under a temporary name in the socket's directory.
+//!    A busy address fails the start with an error naming the option.
+//! 4. The data plane ([`crate::dataplane::start`]: switch and uplink; an uplink
+//!    another process holds is refused naming `--uplink`), the store, the core
+//!    (instances re-attached), the management thread.
+//! 5. Ready: the socket is `rename`d to `--socket` (so the path appears only
+//!    now, atomically), the lines `sgswitch: ec2 api on http://ADDR`,
+//!    `sgswitch: metrics on http://ADDR/metrics` and `sgswitch: ready on SOCKET`
+//!    are printed to stderr, and `READY=1` is sent to `$NOTIFY_SOCKET` if set
+//!    (systemd `Type=notify`; `@name` is an abstract address).
 //!
-//! Shutdown: stop accepting, remove the socket, stop the management thread, shut
-//! the switch down (workers joined). The uplink TAP, the namespaces of running
+//! If any step fails, everything made by the earlier ones is undone as the
+//! guards drop: the temporary socket, the listeners, an uplink TAP this start
+//! created (an existing one, kept from a previous run, stays), the lock file,
+//! and the state directory if this start created it.
+//!
+//! Events (start, stop, instances launched or lost) are logged with `tracing`
+//! to stderr (`--log-level`, or `RUST_LOG`).
+//!
+//! Shutdown: `STOPPING=1` to `$NOTIFY_SOCKET`, stop accepting, remove the
+//! socket, stop the management thread, shut the switch down (workers joined),
+//! release the lock. The uplink TAP, the namespaces of running
 //! instances and QEMU guests are **kept** (the TAPs are persistent), so a restart
 //! re-attaches them and neither the instances nor the outside notice.
 
@@ -58,8 +83,40 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another daemon is already serving {0}")]
+    #[error("another daemon is already serving {0} (--socket)")]
     SocketBusy(PathBuf),
+    #[error("needs root (missing {0}): it creates TAP devices and network namespaces")]
+    NotRoot(String),
+    #[error("read the capabilities of this process: {0}")]
+    Caps(#[source] std::io::Error),
+    #[error(
+        "--{option} {range} overlaps {what} in the daemon's network namespace: \
+         choose a free range with --{option}{hint}"
+    )]
+    Overlap {
+        option: &'static str,
+        range: ipnet::Ipv4Net,
+        what: String,
+        hint: &'static str,
+    },
+    #[error("read the addresses and routes of the daemon's network namespace: {0}")]
+    HostNet(#[source] std::io::Error),
+    #[error("state dir {dir} (--state-dir): {source}")]
+    StateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state dir {dir} in use by PID {pid} (another sgswitch up); stop it or choose another --state-dir"
+    )]
+    StateBusy { dir: PathBuf, pid: String },
+    #[error("publish API socket {path}: {source}")]
+    Publish {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bind API socket {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -76,9 +133,9 @@ pub enum DaemonError {
     Signals(#[source] nix::Error),
     #[error("start data plane: {0}")]
     Dataplane(String),
-    #[error("cannot serve the EC2 API (--ec2-listen): {0}")]
+    #[error("--ec2-listen: {0}")]
     Ec2(#[source] crate::ec2::Ec2Error),
-    #[error("metrics on {addr}: {source}")]
+    #[error("--metrics-listen {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
@@ -126,8 +183,24 @@ impl Handler for MgmtHandle {
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Start the management thread around `core`.
-pub fn spawn_management(mut core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), DaemonError> {
+pub fn spawn_management(core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), DaemonError> {
+    let (handle, rx) = management_channel();
+    Ok((handle, spawn_management_on(core, rx)?))
+}
+
+/// A handle and the receiving end of its channel: requests sent before
+/// [`spawn_management_on`] runs wait in the channel (the listeners start before
+/// the core exists).
+pub fn management_channel() -> (MgmtHandle, mpsc::Receiver<Msg>) {
     let (tx, rx) = mpsc::channel::<Msg>();
+    (MgmtHandle { tx }, rx)
+}
+
+/// Start the management thread around `core`, answering the messages of `rx`.
+pub fn spawn_management_on(
+    mut core: Core,
+    rx: mpsc::Receiver<Msg>,
+) -> Result<JoinHandle<Core>, DaemonError> {
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
@@ -152,10 +225,18 @@ pub fn spawn_management(mut core: Core) -> Result<(MgmtHandle, JoinHandle<Core>)
                         let answer =
                             std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
                                 .unwrap_or_else(|_| {
+                                    tracing::error!("a command panicked; nothing was changed");
                                     Err(ApiError::internal(
                                         "the command failed unexpectedly; nothing was changed",
                                     ))
                                 });
+                        // Refused input is the client's business; a failure of
+                        // the daemon's own is worth a line in the log.
+                        if let Err(e) = &answer
+                            && e.code == crate::api::INTERNAL_ERROR
+                        {
+                            tracing::warn!("command failed: {}", e.message);
+                        }
                         let _ = reply.send(answer);
                     }
                     Msg::Stop => break,
@@ -167,7 +248,7 @@ pub fn spawn_management(mut core: Core) -> Result<(MgmtHandle, JoinHandle<Core>)
             what: "management thread",
             source,
         })?;
-    Ok((MgmtHandle { tx }, join))
+    Ok(join)
 }
 
 /// A bound API socket that removes its file when dropped.
@@ -180,6 +261,37 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Refuse `path` if a live daemon answers on it.
+pub fn check_socket_free(path: &Path) -> Result<(), DaemonError> {
+    if std::fs::symlink_metadata(path).is_ok() && UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::SocketBusy(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// The temporary name the daemon binds its socket under until it is ready: in
+/// the same directory (so `rename` is atomic), short enough for `sun_path`.
+pub fn staging_path(path: &Path) -> PathBuf {
+    let pid = std::process::id();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let long = path.with_file_name(format!(".{}.{pid}.tmp", name.unwrap_or_default()));
+    if long.as_os_str().len() < 100 {
+        long
+    } else {
+        path.with_file_name(format!(".sgsw{pid}"))
+    }
+}
+
+/// Bind the API socket for `path` under its [`staging_path`] (mode 0600),
+/// creating the directory (0755); [`Server::publish`] moves it into place.
+/// A live daemon on `path` is an error.
+pub fn bind_socket_staged(path: &Path) -> Result<SocketFile, DaemonError> {
+    check_socket_free(path)?;
+    let staged = staging_path(path);
+    let _ = std::fs::remove_file(&staged);
+    bind_socket(&staged)
 }
 
 /// Bind the API socket at `path` (mode 0600), creating its directory (0755).
@@ -245,6 +357,17 @@ impl Server {
 
     pub fn path(&self) -> &Path {
         &self.socket.path
+    }
+
+    /// Move the socket file to `to` (atomically replacing a stale one): from
+    /// now on clients find the daemon there.
+    pub fn publish(&mut self, to: &Path) -> Result<(), DaemonError> {
+        std::fs::rename(&self.socket.path, to).map_err(|source| DaemonError::Publish {
+            path: to.to_path_buf(),
+            source,
+        })?;
+        self.socket.path = to.to_path_buf();
+        Ok(())
     }
 
     /// Stop accepting (connections already open finish their current request).
@@ -332,6 +455,180 @@ pub fn core_config(cli: &Cli, args: &UpArgs) -> Result<CoreConfig, DaemonError> 
     Ok(cfg)
 }
 
+/// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`, the bits of `CapEff` the data plane
+/// needs (TAPs and interfaces; namespaces and their mounts).
+const NEEDED_CAPS: [(u32, &str); 2] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// The names of the [`NEEDED_CAPS`] this process lacks (from `CapEff` in
+/// `/proc/self/status`).
+pub fn missing_caps() -> Result<Vec<&'static str>, DaemonError> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(DaemonError::Caps)?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| {
+            DaemonError::Caps(std::io::Error::other("no CapEff in /proc/self/status"))
+        })?;
+    Ok(NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect())
+}
+
+/// Refuse `--subnet` or `--uplink-range` if they overlap an address or route of
+/// the daemon's network namespace (those on the interface `own_uplink` are the
+/// daemon's own, from a previous run).
+pub fn check_ranges(cfg: &CoreConfig, own_uplink: Option<&str>) -> Result<(), DaemonError> {
+    let checks = [
+        ("subnet", cfg.subnet, " (and --uplink-range)"),
+        ("uplink-range", cfg.uplink_range, ""),
+    ];
+    for (option, range, hint) in checks {
+        let found = crate::hostnet::overlaps(range, own_uplink).map_err(DaemonError::HostNet)?;
+        if let Some(what) = found.into_iter().next() {
+            return Err(DaemonError::Overlap {
+                option,
+                range,
+                what,
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The lock on a state directory: `STATE_DIR/sgswitch.lock`, flock-ed and
+/// holding the PID. Dropping it removes the lock file (and, for a start that
+/// failed before [`StateLock::keep`], the state directory if the start made it).
+pub struct StateLock {
+    dir: PathBuf,
+    file: Option<nix::fcntl::Flock<std::fs::File>>,
+    created_dir: bool,
+    started: bool,
+}
+
+/// The lock file's name in the state directory.
+pub const LOCK_FILE: &str = "sgswitch.lock";
+
+impl StateLock {
+    /// Lock `dir` (creating it, 0700, if missing); refuse if another process
+    /// holds it, naming its PID.
+    pub fn acquire(dir: &Path) -> Result<StateLock, DaemonError> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::{Read, Write};
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+        let io_err = |source| DaemonError::StateDir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let created_dir = !dir.exists();
+        if created_dir {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+        let mut lock = StateLock {
+            dir: dir.to_path_buf(),
+            file: None,
+            created_dir,
+            started: false,
+        };
+        let path = dir.join(LOCK_FILE);
+        // Retry when the file was replaced between open and flock (its holder
+        // removed it on exit and another start made a new one).
+        for _ in 0..10 {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err)?;
+            let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    let pid = pid.trim();
+                    return Err(DaemonError::StateBusy {
+                        dir: dir.to_path_buf(),
+                        pid: if pid.is_empty() {
+                            "?".into()
+                        } else {
+                            pid.into()
+                        },
+                    });
+                }
+                Err((_, e)) => return Err(io_err(e.into())),
+            };
+            let same = match (locked.metadata(), std::fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            locked.set_len(0).map_err(io_err)?;
+            writeln!(&*locked, "{}", std::process::id()).map_err(io_err)?;
+            lock.file = Some(locked);
+            return Ok(lock);
+        }
+        Err(io_err(std::io::Error::other(
+            "the lock file keeps being replaced",
+        )))
+    }
+
+    /// The start went through: on drop, only the lock file is removed.
+    pub fn keep(&mut self) {
+        self.started = true;
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        if self.file.is_none() {
+            return;
+        }
+        if self.created_dir && !self.started {
+            // Made by this failed start, under its lock: nothing in it is anyone
+            // else's.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            // Removed while still locked, so a start waiting on it retries.
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        }
+        self.file = None;
+    }
+}
+
+/// Send `msg` to systemd's `$NOTIFY_SOCKET` (a path, or `@name` for an abstract
+/// address); nothing without it. Failures are logged, never fatal.
+pub fn sd_notify(msg: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = target.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => sock.send_to_addr(msg.as_bytes(), &SocketAddr::from_abstract_name(name)?),
+            None => sock.send_to(msg.as_bytes(), &target),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!("notify {}: {msg}: {e}", target.to_string_lossy());
+    }
+}
+
 /// Run the daemon until SIGINT/SIGTERM.
 pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     let mut signals = SigSet::empty();
@@ -339,32 +636,28 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().map_err(DaemonError::Signals)?;
 
+    // 1. Checks that make nothing.
     let cfg = core_config(cli, args)?;
-    // Bind first: a second daemon on the same socket must fail before it touches
-    // the uplink or the instances' TAPs of the running one.
-    let socket = bind_socket(&cli.socket)?;
+    if !args.no_switch {
+        let missing = missing_caps()?;
+        if !missing.is_empty() {
+            return Err(DaemonError::NotRoot(missing.join(", ")));
+        }
+        if args.uplink_netns.is_none() {
+            check_ranges(&cfg, Some(&args.uplink))?;
+        }
+    }
+    check_socket_free(&cli.socket)?;
+
+    // 2. The state lock (a second daemon on the same state stops here).
+    let mut lock = StateLock::acquire(&args.state_dir)?;
+
+    // 3. The listeners, before anything is made that would need undoing.
+    let (handle, mgmt_rx) = management_channel();
     let ec2_listener = match args.ec2_listen {
         crate::cli::Ec2Listen::On(addr) => Some(crate::ec2::bind(addr).map_err(DaemonError::Ec2)?),
         crate::cli::Ec2Listen::Off => None,
     };
-    let store = Store::open_dir(&args.state_dir)?;
-    let dp: Box<dyn Dataplane> = if args.no_switch {
-        Box::new(NoSwitch)
-    } else {
-        crate::dataplane::start(args, &cfg).map_err(|e| DaemonError::Dataplane(error_chain(&e)))?
-    };
-    let core = Core::open(store, cfg, dp)?;
-    let (handle, mgmt) = spawn_management(core)?;
-    let server = Server::start(socket, Arc::new(handle.clone()))?;
-    let ec2 = match ec2_listener {
-        Some(l) => Some(
-            crate::ec2::Ec2Server::serve(l, Arc::new(handle.clone())).map_err(DaemonError::Ec2)?,
-        ),
-        None => None,
-    };
-    if let Some(e) = &ec2 {
-        eprintln!("sgswitch: ec2 api on http://{}", e.local_addr());
-    }
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
             crate::metrics::start(addr, Arc::new(handle.clone()))
@@ -372,26 +665,82 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    // Dropped before `metrics` on a failed start: its updater may be waiting
+    // for an answer through this channel.
+    let mgmt_rx = mgmt_rx;
+    let mut server = Server::start(bind_socket_staged(&cli.socket)?, Arc::new(handle.clone()))?;
+
+    // 4. Data plane, store, core, management thread.
+    let (dp, mut uplink_undo) = if args.no_switch {
+        (Box::new(NoSwitch) as Box<dyn Dataplane>, None)
+    } else {
+        let (dp, undo) = crate::dataplane::start(args, &cfg)
+            .map_err(|e| DaemonError::Dataplane(error_chain(&e)))?;
+        (dp, Some(undo))
+    };
+    let store = Store::open_dir(&args.state_dir)?;
+    let core = Core::open(store, cfg, dp)?;
+    let mgmt = spawn_management_on(core, mgmt_rx)?;
+    let started = (|| -> Result<_, DaemonError> {
+        let ec2 = match ec2_listener {
+            Some(l) => Some(
+                crate::ec2::Ec2Server::serve(l, Arc::new(handle.clone()))
+                    .map_err(DaemonError::Ec2)?,
+            ),
+            None => None,
+        };
+        // 5. Ready.
+        server.publish(&cli.socket)?;
+        Ok(ec2)
+    })();
+    let ec2 = match started {
+        Ok(ec2) => ec2,
+        Err(e) => {
+            stop_core(&handle, mgmt);
+            return Err(e);
+        }
+    };
+    if let Some(u) = uplink_undo.as_mut() {
+        u.disarm();
+    }
+    lock.keep();
+    if let Some(e) = &ec2 {
+        eprintln!("sgswitch: ec2 api on http://{}", e.local_addr());
+    }
     if let Some(m) = &metrics {
         eprintln!("sgswitch: metrics on http://{}/metrics", m.local_addr());
     }
     eprintln!("sgswitch: ready on {}", server.path().display());
+    tracing::info!(
+        pid = std::process::id(),
+        state_dir = %args.state_dir.display(),
+        subnet = %args.subnet,
+        "daemon started"
+    );
+    sd_notify("READY=1");
 
     let sig = signals.wait().map_err(DaemonError::Signals)?;
-    eprintln!("sgswitch: {sig:?}: shutting down");
+    tracing::info!("{sig:?}: shutting down");
+    sd_notify("STOPPING=1");
     drop(metrics);
     drop(ec2);
     server.stop();
+    stop_core(&handle, mgmt);
+    tracing::info!("stopped");
+    drop(lock);
+    Ok(())
+}
+
+/// Stop the management thread and shut the data plane down.
+fn stop_core(handle: &MgmtHandle, mgmt: JoinHandle<Core>) {
     handle.stop();
     match mgmt.join() {
         Ok(core) => {
             let mut dp = core.into_dataplane();
             dp.shutdown();
         }
-        Err(_) => eprintln!("sgswitch: the management thread panicked"),
+        Err(_) => tracing::error!("the management thread panicked"),
     }
-    eprintln!("sgswitch: stopped");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,12 @@
 //! * [`start`] starts the switch with `--workers` poll threads, creates the uplink
 //!   TAP (moved into `--uplink-netns`, or left in the host namespace with the
 //!   first address of the uplink range and the subnet's prefix) and attaches it.
+//!   An uplink some process holds (it has carrier, see [`crate::hostnet`]) is
+//!   refused naming `--uplink`; a persistent one nobody holds (left by a killed
+//!   daemon) is re-attached. (Two daemons started at the same instant on one
+//!   uplink can both pass this check; the state-dir lock covers the usual case.)
+//!   The returned [`UplinkUndo`] removes an uplink this start created if the
+//!   rest of the start fails.
 //! * `launch` creates the instance's namespace + TAP and adds its port; if adding
 //!   the port fails the namespace is destroyed again (nothing left behind).
 //! * `reattach` (restart) opens the persistent TAP in the existing namespace again,
@@ -72,6 +78,73 @@ pub enum DataplaneError {
         #[source]
         source: switch::SwitchError,
     },
+    #[error(
+        "uplink {name} (namespace {ns}) is in use: the interface exists and has carrier \
+         (another process holds its TAP queues, or it is not a TAP); choose another --uplink",
+        ns = netns.as_deref().unwrap_or("of the daemon")
+    )]
+    UplinkInUse { name: String, netns: Option<String> },
+    #[error("uplink {name}: list the interfaces of namespace {ns}", ns = netns.as_deref().unwrap_or("of the daemon"))]
+    UplinkInspect {
+        name: String,
+        netns: Option<String>,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the uplink TAP a failed start created, when dropped armed; an uplink
+/// that existed before the start (a restart re-attaching it) is never removed.
+#[derive(Debug)]
+pub struct UplinkUndo {
+    name: String,
+    netns: Option<String>,
+    armed: bool,
+}
+
+impl UplinkUndo {
+    /// The start went through: keep the uplink.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UplinkUndo {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = instances::destroy_uplink(&self.name, self.netns.as_deref())
+        {
+            tracing::warn!(uplink = %self.name, "remove the uplink after a failed start: {}", error_chain(&e));
+        }
+    }
+}
+
+/// Whether uplink `name` exists in `netns` (the caller's namespace for `None`),
+/// refusing one that another process holds (it has carrier: see
+/// [`crate::hostnet`]). A persistent TAP left behind by a killed daemon has no
+/// carrier and is re-attached.
+fn check_uplink_free(name: &str, netns: Option<&str>) -> Result<bool, DataplaneError> {
+    let inspect = |source| DataplaneError::UplinkInspect {
+        name: name.to_owned(),
+        netns: netns.map(str::to_owned),
+        source,
+    };
+    let links = match netns {
+        None => crate::hostnet::links(),
+        // A missing namespace is reported by create_uplink with its own error.
+        Some(ns) if !switch::netns::exists(ns) => return Ok(false),
+        Some(ns) => switch::netns::in_netns(ns, crate::hostnet::links)
+            .map_err(|e| inspect(std::io::Error::other(error_chain(&e))))?,
+    }
+    .map_err(inspect)?;
+    match links.iter().find(|l| l.name == name) {
+        None => Ok(false),
+        Some(l) if l.carrier == Some(true) => Err(DataplaneError::UplinkInUse {
+            name: name.to_owned(),
+            netns: netns.map(str::to_owned),
+        }),
+        Some(_) => Ok(true),
+    }
 }
 
 /// The switch-backed data plane.
@@ -135,8 +208,15 @@ pub fn default_image(args: &UpArgs) -> Option<qemu::GuestImage> {
     })
 }
 
-/// Start the switch and attach the uplink.
-pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
+/// Start the switch and attach the uplink. An uplink another process holds is
+/// refused before anything is made. The returned [`UplinkUndo`] removes an uplink
+/// this call created unless the caller disarms it once the whole start went
+/// through; on an error here nothing is left behind.
+pub fn start(
+    args: &UpArgs,
+    cfg: &CoreConfig,
+) -> Result<(Box<dyn Dataplane>, UplinkUndo), DataplaneError> {
+    let existed = check_uplink_free(&args.uplink, args.uplink_netns.as_deref())?;
     let ct = filter::CtConfig {
         on_revoke: match args.conntrack_on_revoke {
             RevokeArg::Revalidate => filter::RevokeMode::Revalidate,
@@ -178,12 +258,20 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         queues,
     }) {
         switch.shutdown();
-        let _ = instances::destroy_uplink(&name, netns.as_deref());
+        if !existed {
+            let _ = instances::destroy_uplink(&name, netns.as_deref());
+        }
         return Err(DataplaneError::AttachUplink { name, source });
     }
     let qemu = qemu_config(args);
     qemu::start_probe(&qemu);
-    Ok(Box::new(SwitchDataplane {
+    tracing::info!(uplink = %name, netns = netns.as_deref().unwrap_or("-"), reattached = existed, workers = args.workers, "switch started");
+    let undo = UplinkUndo {
+        name,
+        netns,
+        armed: !existed,
+    };
+    let dp = Box::new(SwitchDataplane {
         switch: Some(switch),
         workers: args.workers,
         ports: BTreeMap::new(),
@@ -192,7 +280,8 @@ pub fn start(args: &UpArgs, cfg: &CoreConfig) -> Result<Box<dyn Dataplane>, Data
         booted: BTreeSet::new(),
         namespaces: BTreeMap::new(),
         attaching: BTreeMap::new(),
-    }))
+    });
+    Ok((dp, undo))
 }
 
 impl SwitchDataplane {
@@ -406,6 +495,7 @@ impl Dataplane for SwitchDataplane {
             let _ = self.destroy(&inst.id, &made);
             return Err(e);
         }
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "instance launched");
         Ok(made)
     }
 
@@ -447,12 +537,16 @@ impl Dataplane for SwitchDataplane {
         if !matches!(Attachment::from_place(&rec.place), Attachment::Iface { .. }) {
             self.note_namespace(&inst.id);
         }
-        self.attach(inst, queues)
+        self.attach(inst, queues)?;
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "instance re-attached");
+        Ok(())
     }
 
     fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
         self.detach(id);
-        self.destroy(id, how)
+        self.destroy(id, how)?;
+        tracing::info!(instance = %id, "instance terminated");
+        Ok(())
     }
 
     fn check(&mut self, id: &str, how: &Attachment) -> Liveness {

@@ -14,6 +14,8 @@
 //! * [`metrics`]: Prometheus text of the switch statistics.
 //! * [`instances`]: namespace instances and the uplink TAP.
 //! * [`qemu`]: QEMU guest instances (`run-instances --qemu`).
+//! * [`hostnet`]: rtnetlink reads of a namespace's links, addresses and routes
+//!   (the daemon's start checks).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod ec2;
+pub mod hostnet;
 pub mod instances;
 pub mod metrics;
 pub mod qemu;

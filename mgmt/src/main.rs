@@ -10,13 +10,33 @@ use std::process::ExitCode;
 
 use mgmt::cli::{self, Cmd};
 
+/// The daemon's event log: `tracing` to stderr at `level`, or as `RUST_LOG`
+/// says when it is set. (The lines `sgswitch: ready on ...` and friends, which
+/// scripts read, are printed as they are, not through the log.)
+fn init_logging(level: tracing::Level) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+fn run_daemon(cli: &cli::Cli, args: &cli::UpArgs) -> Result<(), mgmt::daemon::DaemonError> {
+    init_logging(args.log_level);
+    mgmt::daemon::run(cli, args)
+}
+
 fn main() -> ExitCode {
     let (cli, matches) = match cli::parse(std::env::args()) {
         Ok(v) => v,
         Err(e) => e.exit(),
     };
     match &cli.cmd {
-        Cmd::Up(args) => match mgmt::daemon::run(&cli, args) {
+        Cmd::Up(args) => match run_daemon(&cli, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sgswitch up: {e}");
