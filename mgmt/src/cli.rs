@@ -15,9 +15,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use filter::model::{Ports, Rule, RuleSpec, Source};
+use filter::model::{Ports, Rule, Source};
 
-use crate::api::{self, Command, Reply, Request, Response};
+use crate::api::{self, Command, GroupRef, Permission, Reply, Request, Response, SourceGroup};
 
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/sgswitch/sgswitch.sock";
@@ -336,9 +336,9 @@ pub fn multi_call_args(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
-/// Build the rule spec of `authorize`/`revoke`, pairing each `-u` with the `-o`
-/// before it (by position on the command line).
-pub fn rule_spec(args: &RuleArgs, sub: &ArgMatches) -> Result<RuleSpec, String> {
+/// Build the permission of `authorize`/`revoke`, pairing each `-u` with the
+/// `-o` before it (by position on the command line).
+pub fn permission(args: &RuleArgs, sub: &ArgMatches) -> Result<Permission, String> {
     let o_idx: Vec<usize> = sub
         .indices_of("src_groups")
         .map(|i| i.collect())
@@ -362,13 +362,24 @@ pub fn rule_spec(args: &RuleArgs, sub: &ArgMatches) -> Result<RuleSpec, String> 
         }
         groups[oi].1 = Some(args.src_users[ui].clone());
     }
-    Ok(RuleSpec {
+    Ok(Permission {
         proto: args.proto.clone(),
         ports: args.ports.clone(),
         icmp: args.icmp.clone(),
         cidrs: args.cidrs.clone(),
-        groups,
+        groups: groups
+            .into_iter()
+            .map(|(name, owner)| SourceGroup {
+                group: GroupRef::Name(name),
+                owner,
+            })
+            .collect(),
     })
+}
+
+/// Groups named on the command line (always by name).
+fn group_refs(names: &[String]) -> Vec<GroupRef> {
+    names.iter().map(GroupRef::name).collect()
 }
 
 /// The request a client command sends, or `None` for local commands.
@@ -379,17 +390,19 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             name: name.clone(),
             description: description.clone(),
         },
-        Cmd::DeleteGroup { name } => Command::DeleteGroup { name: name.clone() },
+        Cmd::DeleteGroup { name } => Command::DeleteGroup {
+            group: GroupRef::name(name),
+        },
         Cmd::DescribeGroup { names } => Command::DescribeGroups {
-            names: names.clone(),
+            groups: group_refs(names),
         },
         Cmd::Authorize(a) => {
             let sub = matches
                 .subcommand_matches("authorize")
                 .ok_or("authorize: no arguments")?;
             Command::Authorize {
-                group: a.group.clone(),
-                spec: rule_spec(a, sub)?,
+                group: GroupRef::name(&a.group),
+                permissions: vec![permission(a, sub)?],
             }
         }
         Cmd::Revoke(a) => {
@@ -397,8 +410,8 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
                 .subcommand_matches("revoke")
                 .ok_or("revoke: no arguments")?;
             Command::Revoke {
-                group: a.group.clone(),
-                spec: rule_spec(a, sub)?,
+                group: GroupRef::name(&a.group),
+                permissions: vec![permission(a, sub)?],
             }
         }
         Cmd::RunInstances {
@@ -409,8 +422,10 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         } => Command::RunInstances {
             ami: ami.clone(),
             count: *count,
-            groups: groups.clone(),
-            qemu: *qemu,
+            min_count: None,
+            groups: group_refs(groups),
+            qemu: Some(*qemu),
+            client_token: None,
         },
         Cmd::AttachInstance {
             ifname,
@@ -421,7 +436,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         } => Command::AttachInstance {
             ifname: ifname.clone(),
             netns: netns.clone(),
-            groups: groups.clone(),
+            groups: group_refs(groups),
             ip: *ip,
             mac: mac.clone(),
         },
@@ -568,8 +583,6 @@ pub fn format_response(resp: &Response) -> String {
             secret,
             owner,
         } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
-        // Never sent to clients (the daemon's own EC2 front door asks for it).
-        Response::AccessKeySecret { owner, .. } => line(format!("ACCESSKEY-OWNER\t{owner}")),
     }
     out
 }
@@ -629,7 +642,11 @@ pub fn install_links(dir: &Path, target: &Path) -> std::io::Result<Vec<PathBuf>>
 pub fn run_client(socket: &Path, req: &Request, json: bool) -> (String, String, i32) {
     match api::call(socket, req) {
         Ok(reply) => format_reply(&reply, json),
-        Err(e) => (String::new(), format!("sgswitch: {e}\n"), 1),
+        Err(e) => (
+            String::new(),
+            format!("sgswitch: {}\n", api::error_chain(&e)),
+            1,
+        ),
     }
 }
 
@@ -783,7 +800,7 @@ mod tests {
     #[test]
     fn errors_print_code_colon_message_and_exit_1() {
         let e: Reply = Err(ApiError::new(
-            "InvalidGroup.NotFound",
+            api::ErrorCode::InvalidGroupNotFound,
             "the security group 'x' does not exist",
         ));
         let (out, err, code) = format_reply(&e, false);
@@ -823,18 +840,27 @@ mod tests {
         ]))
         .unwrap();
         let req = request_of(&cli, &m).unwrap().unwrap();
-        let Command::Authorize { group, spec } = req.command else {
+        let Command::Authorize { group, permissions } = req.command else {
             panic!("{req:?}")
         };
-        assert_eq!(group, "web");
+        assert_eq!(group, GroupRef::name("web"));
+        let [spec] = &permissions[..] else {
+            panic!("{permissions:?}")
+        };
         assert_eq!(spec.proto.as_deref(), Some("tcp"));
         assert_eq!(spec.ports.as_deref(), Some("-1"));
         assert_eq!(spec.cidrs, ["1.2.3.4/32"]);
         assert_eq!(
             spec.groups,
             vec![
-                ("a".into(), Some("444455556666".into())),
-                ("b".into(), None)
+                SourceGroup {
+                    group: "a".into(),
+                    owner: Some("444455556666".into())
+                },
+                SourceGroup {
+                    group: "b".into(),
+                    owner: None
+                }
             ]
         );
 
@@ -899,7 +925,7 @@ mod tests {
         assert_eq!(
             req.command,
             Command::DescribeGroups {
-                names: vec!["default".into(), "web".into()]
+                groups: vec!["default".into(), "web".into()]
             }
         );
         for (name, sub) in MULTI_CALL {
@@ -925,8 +951,10 @@ mod tests {
             Command::RunInstances {
                 ami: "ami-eca54085".into(),
                 count: 3,
+                min_count: None,
                 groups: vec!["web".into(), "db".into()],
-                qemu: false
+                qemu: Some(false),
+                client_token: None,
             }
         );
     }

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Cmd::Up(args) => match mgmt::daemon::run(&cli, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sgswitch up: {e}");
+                eprintln!("sgswitch up: {}", mgmt::api::error_chain(&e));
                 ExitCode::from(1)
             }
         },
