@@ -6,7 +6,8 @@
 //!   daemon's socket (`--socket`, env `SGSWITCH_SOCKET`) on behalf of `--owner`
 //!   (env `SGSWITCH_OWNER`; none = the daemon's default owner).
 //! * Output: tab-separated lines as the EC2 tools printed them ([`format_reply`]),
-//!   or the response as JSON with `--json`.
+//!   or with `--json` the documented, versioned shapes of [`crate::json`]
+//!   (`docs/json.md`; errors as `{"version":1,"error":{...}}` on stderr).
 //! * Exit status: 0 on success; 1 on an API error, printed `Code: message` on
 //!   stderr, or when the daemon cannot be reached; 2 on a usage error.
 //! * PERMISSION lines always have both port fields: the range for TCP/UDP, type
@@ -607,17 +608,17 @@ pub fn image_line(i: &api::ImageRecord) -> String {
 /// What to print for a reply: (stdout, stderr, exit code).
 pub fn format_reply(reply: &Reply, json: bool) -> (String, String, i32) {
     match reply {
-        Ok(resp) if json => {
-            let mut s = serde_json::to_string_pretty(resp).unwrap_or_default();
-            s.push('\n');
-            (s, String::new(), 0)
-        }
+        Ok(resp) if json => (
+            crate::json::to_text(&crate::json::response(resp)),
+            String::new(),
+            0,
+        ),
         Ok(resp) => (format_response(resp), String::new(), 0),
-        Err(e) if json => {
-            let mut s = serde_json::to_string_pretty(e).unwrap_or_default();
-            s.push('\n');
-            (String::new(), s, 1)
-        }
+        Err(e) if json => (
+            String::new(),
+            crate::json::to_text(&crate::json::error(e)),
+            1,
+        ),
         Err(e) => (String::new(), format!("{}: {}\n", e.code, e.message), 1),
     }
 }
@@ -815,8 +816,8 @@ mod tests {
         let (out, _, code) = format_reply(&Ok(Response::GroupDeleted { name: "web".into() }), true);
         assert_eq!(code, 0);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["kind"], "group-deleted");
-        assert_eq!(v["name"], "web");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["group"]["name"], "web");
     }
 
     #[test]
