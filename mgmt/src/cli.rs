@@ -15,7 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{
+    Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 use filter::model::{Ports, Rule, Source};
 
 use crate::api::{self, Command, GroupRef, Permission, Reply, Request, Response, SourceGroup};
@@ -61,21 +63,87 @@ pub const MULTI_CALL: &[(&str, &str)] = &[
     ("ec2-terminate-instances", "terminate-instances"),
 ];
 
+// `--socket`, `--owner` and `--json` are not clap fields: `command()` adds
+// them to the commands that use them (and, for earlier scripts, before the
+// subcommand), and `parse()` fills these fields from them and from the
+// environment.
 /// sgswitch — a userspace virtual switch with EC2-style security groups.
 #[derive(Debug, Parser)]
 #[command(name = "sgswitch", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// API socket of the daemon.
-    #[arg(long, global = true, env = "SGSWITCH_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// The API socket: `--socket`, else `SGSWITCH_SOCKET` when set and not
+    /// empty, else [`DEFAULT_SOCKET`].
+    #[arg(skip)]
     pub socket: PathBuf,
-    /// Act as this 12-digit account (default: the daemon's owner).
-    #[arg(long, global = true, env = "SGSWITCH_OWNER")]
+    /// `--owner`, else `SGSWITCH_OWNER` when set and not empty.
+    #[arg(skip)]
     pub owner: Option<String>,
-    /// Print responses as JSON.
-    #[arg(long, global = true)]
+    /// `--json`: print the documented shapes of [`crate::json`].
+    #[arg(skip)]
     pub json: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// Ids of the options [`command`] adds.
+const SOCKET: &str = "socket";
+const OWNER: &str = "owner";
+const JSON: &str = "json";
+
+/// Commands that run here, without the daemon (no client options).
+const LOCAL: &[&str] = &["up", "install-links", "completions", "man"];
+
+fn socket_arg() -> Arg {
+    Arg::new(SOCKET)
+        .long("socket")
+        .value_name("PATH")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(format!(
+            "API socket of the daemon [env: SGSWITCH_SOCKET] [default: {DEFAULT_SOCKET}]"
+        ))
+}
+
+fn owner_arg(help: &'static str) -> Arg {
+    Arg::new(OWNER)
+        .long("owner")
+        .value_name("ACCOUNT")
+        .help(help)
+}
+
+fn json_arg() -> Arg {
+    Arg::new(JSON)
+        .long("json")
+        .action(ArgAction::SetTrue)
+        .help("Print the response as versioned JSON (see docs/json.md)")
+}
+
+const CLIENT_OWNER_HELP: &str =
+    "Act as this 12-digit account [env: SGSWITCH_OWNER] [default: the daemon's owner]";
+
+/// The whole command line: the derived commands, the client options on the
+/// commands that talk to the daemon (and `--socket`/`--owner` on `up`).
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command()
+        .arg(socket_arg())
+        .arg(owner_arg(CLIENT_OWNER_HELP))
+        .arg(json_arg());
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |sub| match name.as_str() {
+            "up" => sub.arg(socket_arg()).arg(owner_arg(
+                "The daemon's default owner, a 12-digit account [env: SGSWITCH_OWNER] [default: 111122223333]",
+            )),
+            n if LOCAL.contains(&n) => sub,
+            _ => sub
+                .arg(socket_arg())
+                .arg(owner_arg(CLIENT_OWNER_HELP))
+                .arg(json_arg()),
+        });
+    }
+    cmd
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,16 +152,23 @@ pub enum Cmd {
     Up(UpArgs),
     /// Create a security group.  Prints: GROUP NAME DESC
     AddGroup {
+        /// The new group's name (printable ASCII, up to 255 characters).
         name: String,
         /// Description (printable ASCII, up to 255 characters).
         #[arg(short = 'd', long = "description")]
         description: String,
     },
     /// Delete a security group.  Prints: GROUP NAME
-    DeleteGroup { name: String },
+    DeleteGroup {
+        /// The group to delete (no instance may use it, no rule name it).
+        name: String,
+    },
     /// Show groups and their rules.  Prints GROUP and PERMISSION lines.
     #[command(alias = "describe-groups")]
-    DescribeGroup { names: Vec<String> },
+    DescribeGroup {
+        /// Groups to show, in this order (default: all of the owner's).
+        names: Vec<String>,
+    },
     /// Add ingress rules to a group.  Prints GROUP NAME, then one PERMISSION per rule.
     Authorize(RuleArgs),
     /// Remove ingress rules from a group (same options as authorize).
@@ -135,9 +210,13 @@ pub enum Cmd {
         netns: Option<String>,
     },
     /// Show instances.  Prints RESERVATION and INSTANCE lines.
-    DescribeInstances { ids: Vec<String> },
+    DescribeInstances {
+        /// Instance ids (`i-...`; default: all of the owner's).
+        ids: Vec<String>,
+    },
     /// Terminate instances.  Prints: INSTANCE ID running shutting-down
     TerminateInstances {
+        /// Instance ids (`i-...`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -169,15 +248,37 @@ pub enum Cmd {
     /// Show registered images (all when no AMI is given).  Prints: IMAGE AMI
     /// KERNEL INITRD MEMORY_MB DISK APPEND.
     #[command(alias = "describe-image")]
-    DescribeImages { amis: Vec<String> },
+    DescribeImages {
+        /// Image ids (`ami-...`; default: all registered images).
+        amis: Vec<String>,
+    },
     /// Deregister an image (guests already booted from it keep running).
     /// Prints the IMAGE line of the removed image.
-    DeregisterImage { ami: String },
+    DeregisterImage {
+        /// The image id (`ami-...`).
+        ami: String,
+    },
     /// Make the ec2-* multi-call symlinks to this binary in DIR.
-    InstallLinks { dir: PathBuf },
+    InstallLinks {
+        /// Where to make the links (e.g. /usr/local/bin).
+        dir: PathBuf,
+    },
     /// Make an access key for the EC2 Query API acting as --owner (default: the
     /// daemon's owner).  Prints once: ACCESSKEY KEY-ID SECRET OWNER.
     CreateAccessKey,
+    /// Print a shell completion script (e.g. `sgswitch completions bash >
+    /// /etc/bash_completion.d/sgswitch`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: sgswitch.1 and one sgswitch-COMMAND.1 per command into
+    /// DIR, or sgswitch.1 to stdout without DIR.
+    Man {
+        /// Directory for the pages (created if missing).
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Where `up` serves the EC2 Query API (`--ec2-listen ADDR|off`).
@@ -234,7 +335,9 @@ pub struct RuleArgs {
 /// How workers wait for frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PollArg {
+    /// Spin on the ports without sleeping (lowest latency, a full core each).
     Busy,
+    /// Spin while frames come, sleep in poll(2) when idle.
     Adaptive,
 }
 
@@ -269,11 +372,13 @@ pub struct UpArgs {
     /// Poll threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// How workers wait for frames.
     #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
     pub poll: PollArg,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9184).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What a revoke does to tracked flows it no longer allows.
     #[arg(long, value_enum, default_value_t = RevokeArg::Revalidate)]
     pub conntrack_on_revoke: RevokeArg,
     /// Rule limit per group.
@@ -314,10 +419,75 @@ pub struct UpArgs {
 /// Parse `args` (argv, program name first), honouring multi-call names.
 /// Returns the parsed CLI, or clap's error (usage: exit 2, help/version: exit 0).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<(Cli, ArgMatches), clap::Error> {
-    let args = multi_call_args(args.into_iter().collect());
-    let matches = Cli::command().try_get_matches_from(&args)?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    parse_with_env(args, |name| std::env::var_os(name))
+}
+
+/// [`parse`] with the environment given (tests).
+pub fn parse_with_env<I: IntoIterator<Item = String>>(
+    args: I,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(Cli, ArgMatches), clap::Error> {
+    let args: Vec<String> = args.into_iter().collect();
+    let mut cmd = command();
+    // A multi-call name shows itself in usage and help (`ec2-authorize ...`).
+    if let Some((name, sub)) = multi_call_name(&args)
+        && let Some(sc) = cmd.find_subcommand(sub)
+    {
+        let usage = sc.clone().bin_name(name).render_usage().to_string();
+        let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_owned();
+        cmd = cmd.mut_subcommand(sub, |s| s.bin_name(name).override_usage(usage));
+    }
+    let args = multi_call_args(args);
+    let matches = cmd.try_get_matches_from_mut(&args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let local = matches
+        .subcommand_name()
+        .is_some_and(|n| LOCAL.contains(&n));
+    // The subcommand's option wins over the same option before it.
+    let get = |id: &str| -> Option<String> {
+        let on = |m: &ArgMatches| {
+            m.try_get_one::<String>(id)
+                .ok()
+                .flatten()
+                .cloned()
+                .or_else(|| {
+                    m.try_get_one::<PathBuf>(id)
+                        .ok()
+                        .flatten()
+                        .map(|p| p.display().to_string())
+                })
+        };
+        sub.and_then(on).or_else(|| on(&matches))
+    };
+    let from_env = |name: &str| {
+        env(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string_lossy().into_owned())
+    };
+    cli.socket = get(SOCKET)
+        .or_else(|| from_env("SGSWITCH_SOCKET"))
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
+        .into();
+    cli.owner = get(OWNER).or_else(|| from_env("SGSWITCH_OWNER"));
+    let flag = |m: &ArgMatches| m.try_get_one::<bool>(JSON).ok().flatten() == Some(&true);
+    cli.json = flag(&matches) || sub.is_some_and(flag);
+    if cli.json && local {
+        return Err(cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--json is for commands that talk to the daemon, not for '{}'",
+                matches.subcommand_name().unwrap_or_default()
+            ),
+        ));
+    }
     Ok((cli, matches))
+}
+
+/// The multi-call name `args[0]` stands for, and its subcommand.
+fn multi_call_name(args: &[String]) -> Option<(&'static str, &'static str)> {
+    let base = Path::new(args.first()?).file_name()?.to_str()?;
+    MULTI_CALL.iter().find(|(name, _)| *name == base).copied()
 }
 
 /// Rewrite `ec2-add-group ARGS` into `sgswitch add-group ARGS`.
@@ -386,7 +556,9 @@ fn group_refs(names: &[String]) -> Vec<GroupRef> {
 /// The request a client command sends, or `None` for local commands.
 pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, String> {
     let command = match &cli.cmd {
-        Cmd::Up(_) | Cmd::InstallLinks { .. } => return Ok(None),
+        Cmd::Up(_) | Cmd::InstallLinks { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            return Ok(None);
+        }
         Cmd::AddGroup { name, description } => Command::AddGroup {
             name: name.clone(),
             description: description.clone(),
@@ -621,6 +793,41 @@ pub fn format_reply(reply: &Reply, json: bool) -> (String, String, i32) {
         ),
         Err(e) => (String::new(), format!("{}: {}\n", e.code, e.message), 1),
     }
+}
+
+/// Write the completion script of `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut command(), "sgswitch", out);
+}
+
+/// Man pages from the clap definitions: `sgswitch.1` and one
+/// `sgswitch-COMMAND.1` per command into `dir` (made if missing; returns the
+/// files written), or `sgswitch.1` to `out` without a directory.
+pub fn man_pages(
+    dir: Option<&Path>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut cmd = command();
+    cmd.build();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(out)?;
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut page = |c: clap::Command, name: String| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).title(name).render(&mut buf)?;
+        std::fs::write(&path, buf)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        page(sub.clone(), format!("sgswitch-{}", sub.get_name()))?;
+    }
+    page(cmd, "sgswitch".into())?;
+    Ok(written)
 }
 
 /// Make the multi-call symlinks in `dir` pointing at `target`; replaces links of
