@@ -823,7 +823,10 @@ pub fn man_pages(
         written.push(path);
         Ok(())
     };
-    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+    {
         page(sub.clone(), format!("sgswitch-{}", sub.get_name()))?;
     }
     page(cmd, "sgswitch".into())?;
