@@ -49,9 +49,9 @@
 //!   AMI registered with `register-image` and namespace instances otherwise;
 //!   its `ClientToken` is stored in the launch's own transaction and a repeat
 //!   with the same parameters returns that reservation (other parameters:
-//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`: `AKIA`
-//!   + 16 characters, a 40-character secret, both from `/dev/urandom`) are
-//!   stored and looked up by the EC2 front door only
+//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`:
+//!   `AKIA` and 16 characters, a 40-character secret, both from
+//!   `/dev/urandom`) are stored and looked up by the EC2 front door only
 //!   ([`Core::lookup_access_key`] is no command: the socket cannot ask it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
