@@ -807,3 +807,112 @@ pub fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
         Line::Eof | Line::TooLong => Err(ClientError::NoAnswer { path }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(line: &str) -> Command {
+        decode_request(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn one_command_per_verb_on_the_wire_and_earlier_spellings_still_decode() {
+        let cmd = Command::Authorize {
+            group: GroupRef::Id("sg-0000abcd".into()),
+            permissions: vec![Permission {
+                proto: Some("tcp".into()),
+                ports: Some("80".into()),
+                groups: vec![SourceGroup {
+                    group: "app".into(),
+                    owner: Some("444455556666".into()),
+                }],
+                ..Permission::default()
+            }],
+        };
+        let line = serde_json::to_string(&Request {
+            owner: None,
+            command: cmd.clone(),
+        })
+        .unwrap();
+        assert!(line.contains(r#""group":{"id":"sg-0000abcd"}"#), "{line}");
+        assert!(
+            line.contains(r#"{"group":"app","owner":"444455556666"}"#),
+            "{line}"
+        );
+        assert_eq!(decode(&line), cmd);
+        // What clients before the one-command API sent.
+        assert_eq!(
+            decode(
+                r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"tcp","ports":"80","icmp":null,"cidrs":[],"groups":[["app","444455556666"]]}}}"#
+            ),
+            Command::Authorize {
+                group: "web".into(),
+                permissions: vec![Permission {
+                    proto: Some("tcp".into()),
+                    ports: Some("80".into()),
+                    groups: vec![SourceGroup {
+                        group: "app".into(),
+                        owner: Some("444455556666".into()),
+                    }],
+                    ..Permission::default()
+                }],
+            }
+        );
+        assert_eq!(
+            decode(r#"{"command":{"op":"delete-group","name":"web"}}"#),
+            Command::DeleteGroup {
+                group: "web".into()
+            }
+        );
+        assert_eq!(
+            decode(r#"{"command":{"op":"describe-groups","names":["web",{"id":"sg-1"}]}}"#),
+            Command::DescribeGroups {
+                groups: vec!["web".into(), GroupRef::Id("sg-1".into())]
+            }
+        );
+        assert_eq!(
+            decode(
+                r#"{"command":{"op":"run-instances","ami":"ami-1","count":2,"groups":["web"]}}"#
+            ),
+            Command::RunInstances {
+                ami: "ami-1".into(),
+                count: 2,
+                min_count: None,
+                groups: vec!["web".into()],
+                qemu: None,
+                client_token: None,
+            }
+        );
+    }
+
+    #[test]
+    fn the_twins_and_the_internal_lookup_are_not_commands() {
+        for op in [
+            "lookup-access-key",
+            "delete-group-ref",
+            "describe-group-refs",
+            "authorize-permissions",
+            "revoke-permissions",
+            "run-instances-ec2",
+        ] {
+            let line = format!(r#"{{"command":{{"op":"{op}","key_id":"AKIA0000000000000000"}}}}"#);
+            let e = decode_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::MalformedRequest, "{op}");
+        }
+    }
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let e = ClientError::Io {
+            path: "/run/s.sock".into(),
+            source: io::Error::other("broken pipe"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "talking to the sgswitch daemon at /run/s.sock: broken pipe"
+        );
+    }
+}

@@ -385,7 +385,10 @@ pub fn error(e: &ApiError) -> Document {
 pub fn to_text(doc: &Document) -> String {
     let mut s = serde_json::to_string_pretty(doc).unwrap_or_else(|e| {
         // Our own plain structs always serialise; keep the output JSON anyway.
-        format!("{{\"version\":{VERSION},\"error\":{{\"code\":\"InternalError\",\"message\":\"cannot encode output: {e}\"}}}}")
+        format!(
+            "{{\"version\":{VERSION},\"error\":{{\"code\":\"{}\",\"message\":\"cannot encode output: {e}\"}}}}",
+            crate::api::ErrorCode::InternalError
+        )
     });
     s.push('\n');
     s

@@ -179,7 +179,7 @@ fn error_response(e: &ApiError, rid: &str) -> HttpResponse {
     HttpResponse {
         status: e.code.http_status(),
         content_type: "text/xml;charset=UTF-8",
-        body: xml::error(e.code.as_str(), &e.message, rid).into_bytes(),
+        body: xml::error(e.code, &e.message, rid).into_bytes(),
     }
 }
 
