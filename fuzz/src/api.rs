@@ -237,18 +237,7 @@ fn by_name(g: &GroupRef) -> Option<&str> {
 /// name (what the model alone can decide).
 fn single_spec(permissions: &[Permission]) -> Option<RuleSpec> {
     let [p] = permissions else { return None };
-    let groups = p
-        .groups
-        .iter()
-        .map(|g| Some((by_name(&g.group)?.to_owned(), g.owner.clone())))
-        .collect::<Option<Vec<_>>>()?;
-    Some(RuleSpec {
-        proto: p.proto.clone(),
-        ports: p.ports.clone(),
-        icmp: p.icmp.clone(),
-        cidrs: p.cidrs.clone(),
-        groups,
-    })
+    p.rule_spec()
 }
 
 /// The model's answer to a group command, applied to `m`: `None` for commands

@@ -140,21 +140,10 @@ fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
     let [p] = &permissions[..] else {
         panic!("{argv:?} gave {permissions:?}")
     };
-    let groups = p
-        .groups
-        .iter()
-        .map(|s| match &s.group {
-            GroupRef::Name(n) => (n.clone(), s.owner.clone()),
-            GroupRef::Id(id) => panic!("{argv:?}: the CLI named a group by id {id}"),
-        })
-        .collect();
-    Some(RuleSpec {
-        proto: p.proto.clone(),
-        ports: p.ports.clone(),
-        icmp: p.icmp.clone(),
-        cidrs: p.cidrs.clone(),
-        groups,
-    })
+    Some(
+        p.rule_spec()
+            .unwrap_or_else(|| panic!("{argv:?}: the CLI named a group by id")),
+    )
 }
 
 fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner) {

@@ -285,6 +285,29 @@ pub struct Permission {
     pub groups: Vec<SourceGroup>,
 }
 
+impl Permission {
+    /// The model's rule spec of this permission, when every source group is
+    /// named by name (`None` when one is named by id: only the core can
+    /// resolve that).
+    pub fn rule_spec(&self) -> Option<RuleSpec> {
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| match &g.group {
+                GroupRef::Name(n) => Some((n.clone(), g.owner.clone())),
+                GroupRef::Id(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RuleSpec {
+            proto: self.proto.clone(),
+            ports: self.ports.clone(),
+            icmp: self.icmp.clone(),
+            cidrs: self.cidrs.clone(),
+            groups,
+        })
+    }
+}
+
 /// A rule spec with groups by name (tests, fuzzing, earlier clients).
 impl From<RuleSpec> for Permission {
     fn from(s: RuleSpec) -> Permission {
@@ -843,6 +866,13 @@ mod tests {
             "{line}"
         );
         assert_eq!(decode(&line), cmd);
+        let Command::Authorize {
+            permissions: cmd_permissions,
+            ..
+        } = cmd
+        else {
+            unreachable!()
+        };
         // What clients before the one-command API sent.
         assert_eq!(
             decode(
@@ -850,15 +880,7 @@ mod tests {
             ),
             Command::Authorize {
                 group: "web".into(),
-                permissions: vec![Permission {
-                    proto: Some("tcp".into()),
-                    ports: Some("80".into()),
-                    groups: vec![SourceGroup {
-                        group: "app".into(),
-                        owner: Some("444455556666".into()),
-                    }],
-                    ..Permission::default()
-                }],
+                permissions: cmd_permissions,
             }
         );
         assert_eq!(
