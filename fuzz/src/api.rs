@@ -336,10 +336,7 @@ impl Harness {
         }
         match &reply {
             Err(e) => {
-                assert!(
-                    !e.code.is_empty() && !e.message.is_empty(),
-                    "bare error {e:?}"
-                );
+                assert!(!e.message.is_empty(), "bare error {e:?}");
                 assert_eq!(
                     self.core().dump(),
                     before,
@@ -405,9 +402,6 @@ impl Harness {
 
 /// The reply survives the wire.
 fn check_wire(reply: &Reply) {
-    if matches!(reply, Ok(Response::AccessKeySecret { .. })) {
-        return; // in-process only, never sent on the socket
-    }
     let line = encode_reply(reply.clone());
     assert_eq!(line.last(), Some(&b'\n'), "reply is one line");
     assert!(
