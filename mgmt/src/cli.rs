@@ -103,11 +103,17 @@ fn socket_arg() -> Arg {
         ))
 }
 
-fn owner_arg(help: &'static str) -> Arg {
+fn owner_arg(help: String) -> Arg {
     Arg::new(OWNER)
         .long("owner")
         .value_name("ACCOUNT")
         .help(help)
+}
+
+fn client_owner_arg() -> Arg {
+    owner_arg(
+        "Act as this 12-digit account [env: SGSWITCH_OWNER] [default: the daemon's owner]".into(),
+    )
 }
 
 fn json_arg() -> Arg {
@@ -117,15 +123,12 @@ fn json_arg() -> Arg {
         .help("Print the response as versioned JSON (see docs/json.md)")
 }
 
-const CLIENT_OWNER_HELP: &str =
-    "Act as this 12-digit account [env: SGSWITCH_OWNER] [default: the daemon's owner]";
-
 /// The whole command line: the derived commands, the client options on the
 /// commands that talk to the daemon (and `--socket`/`--owner` on `up`).
 pub fn command() -> clap::Command {
     let mut cmd = Cli::command()
         .arg(socket_arg())
-        .arg(owner_arg(CLIENT_OWNER_HELP))
+        .arg(client_owner_arg())
         .arg(json_arg());
     let names: Vec<String> = cmd
         .get_subcommands()
@@ -133,13 +136,13 @@ pub fn command() -> clap::Command {
         .collect();
     for name in names {
         cmd = cmd.mut_subcommand(&name, |sub| match name.as_str() {
-            "up" => sub.arg(socket_arg()).arg(owner_arg(
-                "The daemon's default owner, a 12-digit account [env: SGSWITCH_OWNER] [default: 111122223333]",
-            )),
+            "up" => sub.arg(socket_arg()).arg(owner_arg(format!(
+                "The daemon's default owner, a 12-digit account [env: SGSWITCH_OWNER] [default: {DEFAULT_OWNER}]"
+            ))),
             n if LOCAL.contains(&n) => sub,
             _ => sub
                 .arg(socket_arg())
-                .arg(owner_arg(CLIENT_OWNER_HELP))
+                .arg(client_owner_arg())
                 .arg(json_arg()),
         });
     }
