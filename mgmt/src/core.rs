@@ -682,10 +682,7 @@ impl Core {
         if let Err(e) = self.store.commit(&edits) {
             self.generation += 2;
             self.publish();
-            return Err(ApiError::internal(format!(
-                "state not changed: {}",
-                crate::api::error_chain(&e)
-            )));
+            return Err(store_failed(e));
         }
         for id in self.model.instances.keys() {
             if !next.instances.contains_key(id) {
@@ -757,12 +754,7 @@ impl Core {
         }
         self.store
             .commit(&[Edit::PutImage(rec.clone())])
-            .map_err(|e| {
-                ApiError::internal(format!(
-                    "state not changed: {}",
-                    crate::api::error_chain(&e)
-                ))
-            })?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.images.insert(rec.ami.clone(), rec.clone());
         Ok(Response::Images { images: vec![rec] })
@@ -799,12 +791,7 @@ impl Core {
             .commit(&[Edit::DeleteImage {
                 ami: rec.ami.clone(),
             }])
-            .map_err(|e| {
-                ApiError::internal(format!(
-                    "state not changed: {}",
-                    crate::api::error_chain(&e)
-                ))
-            })?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.images.remove(ami);
         Ok(Response::Images { images: vec![rec] })
@@ -1208,12 +1195,7 @@ impl Core {
         };
         self.store
             .commit(&[Edit::PutAccessKey(rec.clone())])
-            .map_err(|e| {
-                ApiError::internal(format!(
-                    "state not changed: {}",
-                    crate::api::error_chain(&e)
-                ))
-            })?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.ec2.keys.insert(key_id, rec.clone());
         Ok(Response::AccessKey {
@@ -1366,6 +1348,14 @@ impl Core {
         self.dp.stats(&mut report);
         report
     }
+}
+
+/// The `InternalError` of a failed store transaction (nothing was changed).
+fn store_failed(e: StoreError) -> ApiError {
+    ApiError::internal(format!(
+        "state not changed: {}",
+        crate::api::error_chain(&e)
+    ))
 }
 
 fn push_window(w: &mut VecDeque<u64>, v: u64) {
