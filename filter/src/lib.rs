@@ -25,6 +25,7 @@
 
 pub mod compile;
 pub mod conntrack;
+pub mod error;
 pub mod model;
 pub mod parse;
 pub mod reference;
@@ -34,7 +35,8 @@ use std::net::Ipv4Addr;
 
 pub use compile::{Snapshot, compile};
 pub use conntrack::{Conntrack, CtConfig, RevokeMode, Timeouts};
-pub use model::{Ec2Code, Ec2Error, Model};
+pub use error::ErrorCode;
+pub use model::{Ec2Error, Model};
 pub use parse::{Parsed, parse_frame};
 
 /// An Ethernet MAC address.

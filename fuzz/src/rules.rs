@@ -24,7 +24,7 @@ use filter::model::{
     Limits, Owner, Ports, Proto, Rule, RuleSpec, Source, parse_cidr, parse_icmp_type_code,
     parse_port_range,
 };
-use mgmt::api::{Command, Response};
+use mgmt::api::{Command, GroupRef, Response};
 use mgmt::cli;
 
 use crate::input::{Reader, Writer};
@@ -127,16 +127,23 @@ pub fn rule_argv(verb: &str, group: &str, rule: &Rule) -> Vec<String> {
 fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
     let (parsed, matches) = cli::parse(argv.iter().cloned()).ok()?;
     let req = cli::request_of(&parsed, &matches).ok()??;
-    let (g, spec) = match (verb, req.command) {
-        ("authorize", Command::Authorize { group, spec }) => (group, spec),
-        ("revoke", Command::Revoke { group, spec }) => (group, spec),
+    let (g, permissions) = match (verb, req.command) {
+        ("authorize", Command::Authorize { group, permissions }) => (group, permissions),
+        ("revoke", Command::Revoke { group, permissions }) => (group, permissions),
         (_, c) => panic!("{argv:?} parsed as {c:?}"),
     };
     // With `--` the group is exactly the positional argument.
     if argv.iter().any(|a| a == "--") && argv.last().map(String::as_str) == Some(group) {
-        assert_eq!(g, group, "{argv:?}");
+        assert_eq!(g, GroupRef::name(group), "{argv:?}");
     }
-    Some(spec)
+    // The CLI makes exactly one permission, its source groups by name.
+    let [p] = &permissions[..] else {
+        panic!("{argv:?} gave {permissions:?}")
+    };
+    Some(
+        p.rule_spec()
+            .unwrap_or_else(|| panic!("{argv:?}: the CLI named a group by id")),
+    )
 }
 
 fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner) {

@@ -4,10 +4,12 @@
 //! Every front door (the `sgswitch` CLI through the socket, the EC2 Query API
 //! of [`crate::ec2`], tests in-process) turns its input into a [`Request`] and
 //! gets back `Result<Response, ApiError>` from the management core; nothing else
-//! touches the model or the data plane. The commands the EC2 API needs beyond
-//! the CLI's (groups by [`GroupRef`], [`Permission`]s with source groups by id,
-//! `RunInstancesEc2`, `CreateAccessKey`) are ordinary commands on the socket
-//! too, except [`Command::LookupAccessKey`], which cannot be deserialised.
+//! touches the model or the data plane. There is one command per verb: both
+//! front doors build the same [`Command`] (groups by [`GroupRef`], name or
+//! `sg-` id; rules as [`Permission`]s), and the core resolves group
+//! references in one place. The EC2 front door's one internal question (the
+//! secret of an access key) is [`Handler::lookup_access_key`], not a command:
+//! nothing on the socket can ask it.
 //!
 //! ## Wire protocol (Unix stream socket, JSON lines)
 //!
@@ -16,8 +18,9 @@
 //!   followed by `\n`. `owner` null means the daemon's default owner.
 //! * The daemon answers each request with exactly one line, in order:
 //!   `{"ok": RESPONSE}` or `{"error": {"code": "InvalidGroup.NotFound", "message": "..."}}`.
-//!   Error codes are EC2's (see [`filter::Ec2Code`]) plus the protocol's own
-//!   [`MALFORMED_REQUEST`], [`REQUEST_TOO_LARGE`] and [`INTERNAL_ERROR`].
+//!   Error codes are [`ErrorCode`]s: EC2's, plus the protocol's own
+//!   `MalformedRequest`, `RequestTooLarge`, `ServiceUnavailable` and
+//!   `InternalError`.
 //! * A connection may carry any number of requests; the client closes it.
 //! * Hostile input never takes the daemon down: a line that is not UTF-8 or not a
 //!   valid request gets a `MalformedRequest` error and the connection stays usable;
@@ -35,8 +38,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use filter::Ec2Error;
+pub use filter::ErrorCode;
 use filter::model::{Group, Rule, RuleSpec};
-use filter::{Ec2Code, Ec2Error};
 use serde::{Deserialize, Serialize};
 
 pub use crate::store::ImageRecord;
@@ -48,15 +52,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Error code: the request line is not a valid request.
-pub const MALFORMED_REQUEST: &str = "MalformedRequest";
-/// Error code: the request line is longer than [`MAX_LINE`].
-pub const REQUEST_TOO_LARGE: &str = "RequestTooLarge";
-/// Error code: the daemon failed (store write, data plane); nothing was changed.
-pub const INTERNAL_ERROR: &str = "InternalError";
-/// Error code: too many connections.
-pub const BUSY: &str = "ServiceUnavailable";
-
 /// One request: who asks, and what.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -66,7 +61,8 @@ pub struct Request {
     pub command: Command,
 }
 
-/// Every management operation.
+/// Every management operation: one command per verb, whichever front door
+/// builds it (the CLI, the EC2 Query API, tests).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Command {
@@ -75,32 +71,50 @@ pub enum Command {
         #[serde(default)]
         description: String,
     },
+    /// Delete a group named by name or `sg-` id.
     DeleteGroup {
-        name: String,
+        #[serde(alias = "name")]
+        group: GroupRef,
     },
-    /// All of the owner's groups when `names` is empty.
+    /// The owner's groups named by name or id, in that order, each once (all
+    /// of them, sorted by name, when `groups` is empty).
     DescribeGroups {
-        #[serde(default)]
-        names: Vec<String>,
+        #[serde(default, alias = "names")]
+        groups: Vec<GroupRef>,
     },
+    /// Add the rules of `permissions` to one group: all or nothing.
     Authorize {
-        group: String,
-        spec: RuleSpec,
+        group: GroupRef,
+        #[serde(alias = "spec", deserialize_with = "one_or_many")]
+        permissions: Vec<Permission>,
     },
+    /// Remove the rules of `permissions` from one group: all or nothing.
     Revoke {
-        group: String,
-        spec: RuleSpec,
+        group: GroupRef,
+        #[serde(alias = "spec", deserialize_with = "one_or_many")]
+        permissions: Vec<Permission>,
     },
+    /// Launch `count` instances (at least `min_count`, default `count`; EC2's
+    /// MaxCount and MinCount) in groups by name or id (none = `default`).
+    /// `qemu`: `true` boots QEMU guests (the AMI's registered image, else the
+    /// daemon's default image), `false` makes namespace instances, absent
+    /// (EC2's RunInstances) boots QEMU guests for an AMI registered with
+    /// `register-image` and namespace instances otherwise. A `client_token`
+    /// seen before from the same owner with the same parameters returns that
+    /// reservation and launches nothing (`IdempotentParameterMismatch` with
+    /// others).
     RunInstances {
         ami: String,
         #[serde(default = "one")]
         count: u32,
-        /// Empty = `default`.
         #[serde(default)]
-        groups: Vec<String>,
-        /// QEMU guests (the daemon's guest image) instead of namespaces.
+        min_count: Option<u32>,
         #[serde(default)]
-        qemu: bool,
+        groups: Vec<GroupRef>,
+        #[serde(default)]
+        qemu: Option<bool>,
+        #[serde(default)]
+        client_token: Option<String>,
     },
     /// Attach an interface someone else made (a QEMU guest's TAP, a veth end)
     /// as an instance, with AF_PACKET; optionally inside namespace `netns`.
@@ -110,7 +124,7 @@ pub enum Command {
         netns: Option<String>,
         /// Empty = `default`.
         #[serde(default)]
-        groups: Vec<String>,
+        groups: Vec<GroupRef>,
         /// Default: the lowest free address.
         #[serde(default)]
         ip: Option<Ipv4Addr>,
@@ -154,59 +168,35 @@ pub enum Command {
         ami: String,
     },
     Stats,
-    /// Delete a group named by name or `sg-` id (EC2 Query API).
-    DeleteGroupRef {
-        group: GroupRef,
-    },
-    /// The owner's groups named by name or id, in that order (all when `groups`
-    /// is empty).
-    DescribeGroupRefs {
-        #[serde(default)]
-        groups: Vec<GroupRef>,
-    },
-    /// Add the rules of several EC2 `IpPermissions` to one group: all or nothing.
-    AuthorizePermissions {
-        group: GroupRef,
-        permissions: Vec<Permission>,
-    },
-    /// Remove the rules of several EC2 `IpPermissions`: all or nothing.
-    RevokePermissions {
-        group: GroupRef,
-        permissions: Vec<Permission>,
-    },
-    /// EC2 `RunInstances`: `max_count` instances (at least `min_count`) in groups
-    /// by name or id. An AMI registered with `register-image` boots QEMU guests;
-    /// any other AMI launches namespace instances. A `client_token` seen before
-    /// from the same owner with the same parameters returns that reservation
-    /// and launches nothing (`IdempotentParameterMismatch` with others).
-    RunInstancesEc2 {
-        ami: String,
-        #[serde(default = "one")]
-        min_count: u32,
-        #[serde(default = "one")]
-        max_count: u32,
-        #[serde(default)]
-        groups: Vec<GroupRef>,
-        #[serde(default)]
-        client_token: Option<String>,
-    },
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
-    /// The owner and secret of an access key: only for the daemon's own EC2
-    /// front door, never accepted from the socket (not deserialisable).
-    #[serde(skip)]
-    LookupAccessKey {
-        key_id: String,
-    },
 }
 
-/// A security group named by name or by `sg-` id (the EC2 Query API takes both;
-/// the socket CLI only names).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// A security group named by name or by `sg-` id. On the wire a plain string
+/// is a name; `{"id": "sg-..."}` an id (`{"name": "..."}` is a name too).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GroupRef {
     Name(String),
     Id(String),
+}
+
+impl GroupRef {
+    /// Group `name`.
+    pub fn name(name: impl Into<String>) -> GroupRef {
+        GroupRef::Name(name.into())
+    }
+}
+
+impl From<&str> for GroupRef {
+    fn from(name: &str) -> GroupRef {
+        GroupRef::Name(name.to_owned())
+    }
+}
+
+impl From<String> for GroupRef {
+    fn from(name: String) -> GroupRef {
+        GroupRef::Name(name)
+    }
 }
 
 impl std::fmt::Display for GroupRef {
@@ -217,18 +207,71 @@ impl std::fmt::Display for GroupRef {
     }
 }
 
+/// The wire forms of a [`GroupRef`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum GroupRefWire {
+    Name(String),
+    ByName { name: String },
+    ById { id: String },
+}
+
+impl Serialize for GroupRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GroupRef::Name(n) => GroupRefWire::Name(n.clone()),
+            GroupRef::Id(id) => GroupRefWire::ById { id: id.clone() },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<GroupRef, D::Error> {
+        Ok(match GroupRefWire::deserialize(d)? {
+            GroupRefWire::Name(name) | GroupRefWire::ByName { name } => GroupRef::Name(name),
+            GroupRefWire::ById { id } => GroupRef::Id(id),
+        })
+    }
+}
+
 /// A source group of a [`Permission`]: by name or id, of `owner` (`None`: the
-/// caller).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// caller). On the wire `{"group": ..., "owner": ...}`, or the pair
+/// `["NAME", "OWNER"|null]` of earlier clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SourceGroup {
     pub group: GroupRef,
     #[serde(default)]
     pub owner: Option<String>,
 }
 
-/// One EC2 `IpPermission`: a [`RuleSpec`] whose source groups may be named by
-/// id. Expands into one rule per CIDR and per group; no source at all means
-/// `0.0.0.0/0`, as for the CLI.
+impl<'de> Deserialize<'de> for SourceGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SourceGroup, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Object {
+                group: GroupRef,
+                #[serde(default)]
+                owner: Option<String>,
+            },
+            Pair(String, Option<String>),
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Object { group, owner } => SourceGroup { group, owner },
+            Wire::Pair(name, owner) => SourceGroup {
+                group: GroupRef::Name(name),
+                owner,
+            },
+        })
+    }
+}
+
+/// One permission (EC2's `IpPermission`, the CLI's `-P/-p/-t/-s/-o/-u`): a
+/// protocol and ports, from CIDRs and source groups. Expands into one rule
+/// per CIDR and per group ([`RuleSpec::expand`], so the values are checked
+/// and reported alike from every front door); no source at all means
+/// `0.0.0.0/0`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permission {
     /// `tcp`, `udp`, `icmp`, `-1`/`all` or a protocol number.
@@ -246,8 +289,74 @@ pub struct Permission {
     pub groups: Vec<SourceGroup>,
 }
 
-/// Error code: a `ClientToken` reused with other parameters.
-pub const IDEMPOTENT_MISMATCH: &str = "IdempotentParameterMismatch";
+impl Permission {
+    /// The model's rule spec of this permission, when every source group is
+    /// named by name (`None` when one is named by id: only the core can
+    /// resolve that).
+    pub fn rule_spec(&self) -> Option<RuleSpec> {
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| match &g.group {
+                GroupRef::Name(n) => Some((n.clone(), g.owner.clone())),
+                GroupRef::Id(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RuleSpec {
+            proto: self.proto.clone(),
+            ports: self.ports.clone(),
+            icmp: self.icmp.clone(),
+            cidrs: self.cidrs.clone(),
+            groups,
+        })
+    }
+}
+
+/// A rule spec with groups by name (tests, fuzzing, earlier clients).
+impl From<RuleSpec> for Permission {
+    fn from(s: RuleSpec) -> Permission {
+        Permission {
+            proto: s.proto,
+            ports: s.ports,
+            icmp: s.icmp,
+            cidrs: s.cidrs,
+            groups: s
+                .groups
+                .into_iter()
+                .map(|(name, owner)| SourceGroup {
+                    group: GroupRef::Name(name),
+                    owner,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A list, or (as earlier clients sent `spec`) a single value.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(t) => vec![t],
+    })
+}
+
+/// An access key's owner and secret, as the EC2 front door needs them to
+/// check a signature ([`Handler::lookup_access_key`]; never on the socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySecret {
+    pub owner: String,
+    pub secret: String,
+}
 
 /// Memory of a registered image's guests when `register-image` names none.
 pub const DEFAULT_IMAGE_MEMORY_MB: u32 = 256;
@@ -267,8 +376,6 @@ impl Command {
                 | Command::DescribeInstances { .. }
                 | Command::DescribeImages { .. }
                 | Command::Stats
-                | Command::DescribeGroupRefs { .. }
-                | Command::LookupAccessKey { .. }
         )
     }
 }
@@ -405,44 +512,35 @@ pub enum Response {
         secret: String,
         owner: String,
     },
-    /// The answer to [`Command::LookupAccessKey`]; never sent on the socket.
-    #[serde(skip)]
-    AccessKeySecret {
-        owner: String,
-        secret: String,
-    },
 }
 
-/// A failed answer: an EC2 error code (or a protocol code) and a message naming
-/// the bad value. The state is unchanged after any error.
+/// A failed answer: an error code and a message naming the bad value. The
+/// state is unchanged after any error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
 
-    pub fn ec2(code: Ec2Code, message: impl Into<String>) -> ApiError {
-        ApiError::new(code.as_str(), message)
-    }
-
+    /// `InternalError`: the daemon failed; nothing was changed.
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(INTERNAL_ERROR, message)
+        ApiError::new(ErrorCode::InternalError, message)
     }
 }
 
 impl From<Ec2Error> for ApiError {
     fn from(e: Ec2Error) -> ApiError {
         ApiError {
-            code: e.code.as_str().to_owned(),
+            code: e.code,
             message: e.message,
         }
     }
@@ -526,7 +624,7 @@ pub fn read_line_capped<R: BufRead>(r: &mut R, cap: usize) -> io::Result<Line> {
 pub fn decode_request(line: &[u8]) -> Result<Request, ApiError> {
     let text = std::str::from_utf8(line).map_err(|e| {
         ApiError::new(
-            MALFORMED_REQUEST,
+            ErrorCode::MalformedRequest,
             format!(
                 "request is not UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
@@ -534,7 +632,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ApiError> {
         )
     })?;
     serde_json::from_str(text)
-        .map_err(|e| ApiError::new(MALFORMED_REQUEST, format!("invalid request: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, format!("invalid request: {e}")))
 }
 
 /// Encode a reply as one line (with `\n`).
@@ -542,8 +640,11 @@ pub fn encode_reply(reply: Reply) -> Vec<u8> {
     let wire = WireReply::from(reply);
     let mut v = serde_json::to_vec(&wire).unwrap_or_else(|e| {
         // Serialising our own types cannot fail; keep the protocol even if it did.
-        format!("{{\"error\":{{\"code\":\"{INTERNAL_ERROR}\",\"message\":\"cannot encode reply: {e}\"}}}}")
-            .into_bytes()
+        format!(
+            "{{\"error\":{{\"code\":\"{}\",\"message\":\"cannot encode reply: {e}\"}}}}",
+            ErrorCode::InternalError
+        )
+        .into_bytes()
     });
     v.push(b'\n');
     v
@@ -552,12 +653,33 @@ pub fn encode_reply(reply: Reply) -> Vec<u8> {
 /// Something that answers requests (the management core's handle).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Reply;
+
+    /// The owner and secret of an EC2 access key (`AuthFailure` when unknown).
+    /// Only the daemon's own EC2 front door asks this; it is no [`Command`], so
+    /// nothing on the socket can.
+    fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError>;
 }
 
+/// A plain function answers requests and knows no access keys.
 impl<F: Fn(Request) -> Reply + Send + Sync + 'static> Handler for F {
     fn handle(&self, req: Request) -> Reply {
         self(req)
     }
+
+    fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        Err(unknown_access_key(key_id))
+    }
+}
+
+/// The `AuthFailure` of an access key nobody knows.
+pub fn unknown_access_key(key_id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::AuthFailure,
+        format!(
+            "AWS was not able to validate the provided access credentials: unknown access key '{}'",
+            key_id.escape_default()
+        ),
+    )
 }
 
 /// Serve one connection until EOF, error, idle timeout or an oversized line.
@@ -569,7 +691,7 @@ pub fn serve_connection<S: Read + Write>(stream: S, handler: &dyn Handler) -> io
             Line::Eof => return Ok(()),
             Line::TooLong => {
                 let e = ApiError::new(
-                    REQUEST_TOO_LARGE,
+                    ErrorCode::RequestTooLarge,
                     format!("request line longer than {MAX_LINE} bytes"),
                 );
                 reader.get_mut().write_all(&encode_reply(Err(e)))?;
@@ -606,7 +728,10 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
         let slot = Slot::take(&active, MAX_CONNECTIONS);
         if slot.is_none() {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let busy = ApiError::new(BUSY, format!("more than {MAX_CONNECTIONS} connections"));
+            let busy = ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("more than {MAX_CONNECTIONS} connections"),
+            );
             let _ = stream.write_all(&encode_reply(Err(busy)));
             continue;
         }
@@ -646,11 +771,25 @@ impl Drop for Slot {
     }
 }
 
+/// The text of an error and all its causes, `: `-separated: the one way to
+/// print an error. Every error type's own message leaves its cause out (the
+/// cause is its `source()`), so nothing is printed twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Errors of the client side of the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to the sgswitch daemon at {path}: {source}{}",
+        "cannot connect to the sgswitch daemon at {path}{}",
         connect_hint(source)
     )]
     Connect {
@@ -658,7 +797,7 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    #[error("talking to the sgswitch daemon at {path}: {source}")]
+    #[error("talking to the sgswitch daemon at {path}")]
     Io {
         path: String,
         #[source]
@@ -666,7 +805,7 @@ pub enum ClientError {
     },
     #[error("the sgswitch daemon at {path} closed the connection without answering")]
     NoAnswer { path: String },
-    #[error("the sgswitch daemon at {path} sent an invalid answer: {source}")]
+    #[error("the sgswitch daemon at {path} sent an invalid answer")]
     BadAnswer {
         path: String,
         #[source]
@@ -709,5 +848,113 @@ pub fn call(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
             Ok(wire.into())
         }
         Line::Eof | Line::TooLong => Err(ClientError::NoAnswer { path }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(line: &str) -> Command {
+        decode_request(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn one_command_per_verb_on_the_wire_and_earlier_spellings_still_decode() {
+        let cmd = Command::Authorize {
+            group: GroupRef::Id("sg-0000abcd".into()),
+            permissions: vec![Permission {
+                proto: Some("tcp".into()),
+                ports: Some("80".into()),
+                groups: vec![SourceGroup {
+                    group: "app".into(),
+                    owner: Some("444455556666".into()),
+                }],
+                ..Permission::default()
+            }],
+        };
+        let line = serde_json::to_string(&Request {
+            owner: None,
+            command: cmd.clone(),
+        })
+        .unwrap();
+        assert!(line.contains(r#""group":{"id":"sg-0000abcd"}"#), "{line}");
+        assert!(
+            line.contains(r#"{"group":"app","owner":"444455556666"}"#),
+            "{line}"
+        );
+        assert_eq!(decode(&line), cmd);
+        let Command::Authorize {
+            permissions: cmd_permissions,
+            ..
+        } = cmd
+        else {
+            unreachable!()
+        };
+        // What clients before the one-command API sent.
+        assert_eq!(
+            decode(
+                r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"tcp","ports":"80","icmp":null,"cidrs":[],"groups":[["app","444455556666"]]}}}"#
+            ),
+            Command::Authorize {
+                group: "web".into(),
+                permissions: cmd_permissions,
+            }
+        );
+        assert_eq!(
+            decode(r#"{"command":{"op":"delete-group","name":"web"}}"#),
+            Command::DeleteGroup {
+                group: "web".into()
+            }
+        );
+        assert_eq!(
+            decode(r#"{"command":{"op":"describe-groups","names":["web",{"id":"sg-1"}]}}"#),
+            Command::DescribeGroups {
+                groups: vec!["web".into(), GroupRef::Id("sg-1".into())]
+            }
+        );
+        assert_eq!(
+            decode(
+                r#"{"command":{"op":"run-instances","ami":"ami-1","count":2,"groups":["web"]}}"#
+            ),
+            Command::RunInstances {
+                ami: "ami-1".into(),
+                count: 2,
+                min_count: None,
+                groups: vec!["web".into()],
+                qemu: None,
+                client_token: None,
+            }
+        );
+    }
+
+    #[test]
+    fn the_twins_and_the_internal_lookup_are_not_commands() {
+        for op in [
+            "lookup-access-key",
+            "delete-group-ref",
+            "describe-group-refs",
+            "authorize-permissions",
+            "revoke-permissions",
+            "run-instances-ec2",
+        ] {
+            let line = format!(r#"{{"command":{{"op":"{op}","key_id":"AKIA0000000000000000"}}}}"#);
+            let e = decode_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::MalformedRequest, "{op}");
+        }
+    }
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let e = ClientError::Io {
+            path: "/run/s.sock".into(),
+            source: io::Error::other("broken pipe"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "talking to the sgswitch daemon at /run/s.sock: broken pipe"
+        );
     }
 }

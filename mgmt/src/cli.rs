@@ -6,7 +6,8 @@
 //!   daemon's socket (`--socket`, env `SGSWITCH_SOCKET`) on behalf of `--owner`
 //!   (env `SGSWITCH_OWNER`; none = the daemon's default owner).
 //! * Output: tab-separated lines as the EC2 tools printed them ([`format_reply`]),
-//!   or the response as JSON with `--json`.
+//!   or with `--json` the documented, versioned shapes of [`crate::json`]
+//!   (`docs/json.md`; errors as `{"version":1,"error":{...}}` on stderr).
 //! * Exit status: 0 on success; 1 on an API error, printed `Code: message` on
 //!   stderr, or when the daemon cannot be reached; 2 on a usage error.
 //! * PERMISSION lines always have both port fields: the range for TCP/UDP, type
@@ -14,10 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use filter::model::{Ports, Rule, RuleSpec, Source};
+use clap::{
+    Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
+use filter::model::{Ports, Rule, Source};
 
-use crate::api::{self, Command, Reply, Request, Response};
+use crate::api::{self, Command, GroupRef, Permission, Reply, Request, Response, SourceGroup};
 
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/sgswitch/sgswitch.sock";
@@ -60,21 +63,90 @@ pub const MULTI_CALL: &[(&str, &str)] = &[
     ("ec2-terminate-instances", "terminate-instances"),
 ];
 
+// `--socket`, `--owner` and `--json` are not clap fields: `command()` adds
+// them to the commands that use them (and, for earlier scripts, before the
+// subcommand), and `parse()` fills these fields from them and from the
+// environment.
 /// sgswitch — a userspace virtual switch with EC2-style security groups.
 #[derive(Debug, Parser)]
 #[command(name = "sgswitch", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// API socket of the daemon.
-    #[arg(long, global = true, env = "SGSWITCH_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// The API socket: `--socket`, else `SGSWITCH_SOCKET` when set and not
+    /// empty, else [`DEFAULT_SOCKET`].
+    #[arg(skip)]
     pub socket: PathBuf,
-    /// Act as this 12-digit account (default: the daemon's owner).
-    #[arg(long, global = true, env = "SGSWITCH_OWNER")]
+    /// `--owner`, else `SGSWITCH_OWNER` when set and not empty.
+    #[arg(skip)]
     pub owner: Option<String>,
-    /// Print responses as JSON.
-    #[arg(long, global = true)]
+    /// `--json`: print the documented shapes of [`crate::json`].
+    #[arg(skip)]
     pub json: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// Ids of the options [`command`] adds.
+const SOCKET: &str = "socket";
+const OWNER: &str = "owner";
+const JSON: &str = "json";
+
+/// Commands that run here, without the daemon (no client options).
+const LOCAL: &[&str] = &["up", "install-links", "completions", "man"];
+
+fn socket_arg() -> Arg {
+    Arg::new(SOCKET)
+        .long("socket")
+        .value_name("PATH")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(format!(
+            "API socket of the daemon [env: SGSWITCH_SOCKET] [default: {DEFAULT_SOCKET}]"
+        ))
+}
+
+fn owner_arg(help: String) -> Arg {
+    Arg::new(OWNER)
+        .long("owner")
+        .value_name("ACCOUNT")
+        .help(help)
+}
+
+fn client_owner_arg() -> Arg {
+    owner_arg(
+        "Act as this 12-digit account [env: SGSWITCH_OWNER] [default: the daemon's owner]".into(),
+    )
+}
+
+fn json_arg() -> Arg {
+    Arg::new(JSON)
+        .long("json")
+        .action(ArgAction::SetTrue)
+        .help("Print the response as versioned JSON (see docs/json.md)")
+}
+
+/// The whole command line: the derived commands, the client options on the
+/// commands that talk to the daemon (and `--socket`/`--owner` on `up`).
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command()
+        .arg(socket_arg())
+        .arg(client_owner_arg())
+        .arg(json_arg());
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |sub| match name.as_str() {
+            "up" => sub.arg(socket_arg()).arg(owner_arg(format!(
+                "The daemon's default owner, a 12-digit account [env: SGSWITCH_OWNER] [default: {DEFAULT_OWNER}]"
+            ))),
+            n if LOCAL.contains(&n) => sub,
+            _ => sub
+                .arg(socket_arg())
+                .arg(client_owner_arg())
+                .arg(json_arg()),
+        });
+    }
+    cmd
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,16 +155,23 @@ pub enum Cmd {
     Up(UpArgs),
     /// Create a security group.  Prints: GROUP NAME DESC
     AddGroup {
+        /// The new group's name (printable ASCII, up to 255 characters).
         name: String,
         /// Description (printable ASCII, up to 255 characters).
         #[arg(short = 'd', long = "description")]
         description: String,
     },
     /// Delete a security group.  Prints: GROUP NAME
-    DeleteGroup { name: String },
+    DeleteGroup {
+        /// The group to delete (no instance may use it, no rule name it).
+        name: String,
+    },
     /// Show groups and their rules.  Prints GROUP and PERMISSION lines.
     #[command(alias = "describe-groups")]
-    DescribeGroup { names: Vec<String> },
+    DescribeGroup {
+        /// Groups to show, in this order (default: all of the owner's).
+        names: Vec<String>,
+    },
     /// Add ingress rules to a group.  Prints GROUP NAME, then one PERMISSION per rule.
     Authorize(RuleArgs),
     /// Remove ingress rules from a group (same options as authorize).
@@ -134,9 +213,13 @@ pub enum Cmd {
         netns: Option<String>,
     },
     /// Show instances.  Prints RESERVATION and INSTANCE lines.
-    DescribeInstances { ids: Vec<String> },
+    DescribeInstances {
+        /// Instance ids (`i-...`; default: all of the owner's).
+        ids: Vec<String>,
+    },
     /// Terminate instances.  Prints: INSTANCE ID running shutting-down
     TerminateInstances {
+        /// Instance ids (`i-...`).
         #[arg(required_unless_present = "all")]
         ids: Vec<String>,
         /// Terminate every instance of the owner (a whole lab): guests are
@@ -172,15 +255,37 @@ pub enum Cmd {
     /// Show registered images (all when no AMI is given).  Prints: IMAGE AMI
     /// KERNEL INITRD MEMORY_MB DISK APPEND.
     #[command(alias = "describe-image")]
-    DescribeImages { amis: Vec<String> },
+    DescribeImages {
+        /// Image ids (`ami-...`; default: all registered images).
+        amis: Vec<String>,
+    },
     /// Deregister an image (guests already booted from it keep running).
     /// Prints the IMAGE line of the removed image.
-    DeregisterImage { ami: String },
+    DeregisterImage {
+        /// The image id (`ami-...`).
+        ami: String,
+    },
     /// Make the ec2-* multi-call symlinks to this binary in DIR.
-    InstallLinks { dir: PathBuf },
+    InstallLinks {
+        /// Where to make the links (e.g. /usr/local/bin).
+        dir: PathBuf,
+    },
     /// Make an access key for the EC2 Query API acting as --owner (default: the
     /// daemon's owner).  Prints once: ACCESSKEY KEY-ID SECRET OWNER.
     CreateAccessKey,
+    /// Print a shell completion script (e.g. `sgswitch completions bash >
+    /// /etc/bash_completion.d/sgswitch`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: sgswitch.1 and one sgswitch-COMMAND.1 per command into
+    /// DIR, or sgswitch.1 to stdout without DIR.
+    Man {
+        /// Directory for the pages (created if missing).
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Where `up` serves the EC2 Query API (`--ec2-listen ADDR|off`).
@@ -237,7 +342,9 @@ pub struct RuleArgs {
 /// How workers wait for frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PollArg {
+    /// Spin on the ports without sleeping (lowest latency, a full core each).
     Busy,
+    /// Spin while frames come, sleep in poll(2) when idle.
     Adaptive,
 }
 
@@ -272,11 +379,13 @@ pub struct UpArgs {
     /// Poll threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// How workers wait for frames.
     #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
     pub poll: PollArg,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9184).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What a revoke does to tracked flows it no longer allows.
     #[arg(long, value_enum, default_value_t = RevokeArg::Revalidate)]
     pub conntrack_on_revoke: RevokeArg,
     /// Rule limit per group.
@@ -321,10 +430,75 @@ pub struct UpArgs {
 /// Parse `args` (argv, program name first), honouring multi-call names.
 /// Returns the parsed CLI, or clap's error (usage: exit 2, help/version: exit 0).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<(Cli, ArgMatches), clap::Error> {
-    let args = multi_call_args(args.into_iter().collect());
-    let matches = Cli::command().try_get_matches_from(&args)?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    parse_with_env(args, |name| std::env::var_os(name))
+}
+
+/// [`parse`] with the environment given (tests).
+pub fn parse_with_env<I: IntoIterator<Item = String>>(
+    args: I,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(Cli, ArgMatches), clap::Error> {
+    let args: Vec<String> = args.into_iter().collect();
+    let mut cmd = command();
+    // A multi-call name shows itself in usage and help (`ec2-authorize ...`).
+    if let Some((name, sub)) = multi_call_name(&args)
+        && let Some(sc) = cmd.find_subcommand(sub)
+    {
+        let usage = sc.clone().bin_name(name).render_usage().to_string();
+        let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_owned();
+        cmd = cmd.mut_subcommand(sub, |s| s.bin_name(name).override_usage(usage));
+    }
+    let args = multi_call_args(args);
+    let matches = cmd.try_get_matches_from_mut(&args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let local = matches
+        .subcommand_name()
+        .is_some_and(|n| LOCAL.contains(&n));
+    // The subcommand's option wins over the same option before it.
+    let get = |id: &str| -> Option<String> {
+        let on = |m: &ArgMatches| {
+            m.try_get_one::<String>(id)
+                .ok()
+                .flatten()
+                .cloned()
+                .or_else(|| {
+                    m.try_get_one::<PathBuf>(id)
+                        .ok()
+                        .flatten()
+                        .map(|p| p.display().to_string())
+                })
+        };
+        sub.and_then(on).or_else(|| on(&matches))
+    };
+    let from_env = |name: &str| {
+        env(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string_lossy().into_owned())
+    };
+    cli.socket = get(SOCKET)
+        .or_else(|| from_env("SGSWITCH_SOCKET"))
+        .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
+        .into();
+    cli.owner = get(OWNER).or_else(|| from_env("SGSWITCH_OWNER"));
+    let flag = |m: &ArgMatches| m.try_get_one::<bool>(JSON).ok().flatten() == Some(&true);
+    cli.json = flag(&matches) || sub.is_some_and(flag);
+    if cli.json && local {
+        return Err(cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--json is for commands that talk to the daemon, not for '{}'",
+                matches.subcommand_name().unwrap_or_default()
+            ),
+        ));
+    }
     Ok((cli, matches))
+}
+
+/// The multi-call name `args[0]` stands for, and its subcommand.
+fn multi_call_name(args: &[String]) -> Option<(&'static str, &'static str)> {
+    let base = Path::new(args.first()?).file_name()?.to_str()?;
+    MULTI_CALL.iter().find(|(name, _)| *name == base).copied()
 }
 
 /// Rewrite `ec2-add-group ARGS` into `sgswitch add-group ARGS`.
@@ -344,9 +518,9 @@ pub fn multi_call_args(mut args: Vec<String>) -> Vec<String> {
     args
 }
 
-/// Build the rule spec of `authorize`/`revoke`, pairing each `-u` with the `-o`
-/// before it (by position on the command line).
-pub fn rule_spec(args: &RuleArgs, sub: &ArgMatches) -> Result<RuleSpec, String> {
+/// Build the permission of `authorize`/`revoke`, pairing each `-u` with the
+/// `-o` before it (by position on the command line).
+pub fn permission(args: &RuleArgs, sub: &ArgMatches) -> Result<Permission, String> {
     let o_idx: Vec<usize> = sub
         .indices_of("src_groups")
         .map(|i| i.collect())
@@ -370,34 +544,49 @@ pub fn rule_spec(args: &RuleArgs, sub: &ArgMatches) -> Result<RuleSpec, String> 
         }
         groups[oi].1 = Some(args.src_users[ui].clone());
     }
-    Ok(RuleSpec {
+    Ok(Permission {
         proto: args.proto.clone(),
         ports: args.ports.clone(),
         icmp: args.icmp.clone(),
         cidrs: args.cidrs.clone(),
-        groups,
+        groups: groups
+            .into_iter()
+            .map(|(name, owner)| SourceGroup {
+                group: GroupRef::Name(name),
+                owner,
+            })
+            .collect(),
     })
+}
+
+/// Groups named on the command line (always by name).
+fn group_refs(names: &[String]) -> Vec<GroupRef> {
+    names.iter().map(GroupRef::name).collect()
 }
 
 /// The request a client command sends, or `None` for local commands.
 pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, String> {
     let command = match &cli.cmd {
-        Cmd::Up(_) | Cmd::InstallLinks { .. } => return Ok(None),
+        Cmd::Up(_) | Cmd::InstallLinks { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            return Ok(None);
+        }
         Cmd::AddGroup { name, description } => Command::AddGroup {
             name: name.clone(),
             description: description.clone(),
         },
-        Cmd::DeleteGroup { name } => Command::DeleteGroup { name: name.clone() },
+        Cmd::DeleteGroup { name } => Command::DeleteGroup {
+            group: GroupRef::name(name),
+        },
         Cmd::DescribeGroup { names } => Command::DescribeGroups {
-            names: names.clone(),
+            groups: group_refs(names),
         },
         Cmd::Authorize(a) => {
             let sub = matches
                 .subcommand_matches("authorize")
                 .ok_or("authorize: no arguments")?;
             Command::Authorize {
-                group: a.group.clone(),
-                spec: rule_spec(a, sub)?,
+                group: GroupRef::name(&a.group),
+                permissions: vec![permission(a, sub)?],
             }
         }
         Cmd::Revoke(a) => {
@@ -405,8 +594,8 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
                 .subcommand_matches("revoke")
                 .ok_or("revoke: no arguments")?;
             Command::Revoke {
-                group: a.group.clone(),
-                spec: rule_spec(a, sub)?,
+                group: GroupRef::name(&a.group),
+                permissions: vec![permission(a, sub)?],
             }
         }
         Cmd::RunInstances {
@@ -417,8 +606,10 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         } => Command::RunInstances {
             ami: ami.clone(),
             count: *count,
-            groups: groups.clone(),
-            qemu: *qemu,
+            min_count: None,
+            groups: group_refs(groups),
+            qemu: Some(*qemu),
+            client_token: None,
         },
         Cmd::AttachInstance {
             ifname,
@@ -429,7 +620,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         } => Command::AttachInstance {
             ifname: ifname.clone(),
             netns: netns.clone(),
-            groups: groups.clone(),
+            groups: group_refs(groups),
             ip: *ip,
             mac: mac.clone(),
         },
@@ -587,8 +778,6 @@ pub fn format_response(resp: &Response) -> String {
             secret,
             owner,
         } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
-        // Never sent to clients (the daemon's own EC2 front door asks for it).
-        Response::AccessKeySecret { owner, .. } => line(format!("ACCESSKEY-OWNER\t{owner}")),
     }
     out
 }
@@ -613,19 +802,57 @@ pub fn image_line(i: &api::ImageRecord) -> String {
 /// What to print for a reply: (stdout, stderr, exit code).
 pub fn format_reply(reply: &Reply, json: bool) -> (String, String, i32) {
     match reply {
-        Ok(resp) if json => {
-            let mut s = serde_json::to_string_pretty(resp).unwrap_or_default();
-            s.push('\n');
-            (s, String::new(), 0)
-        }
+        Ok(resp) if json => (
+            crate::json::to_text(&crate::json::response(resp)),
+            String::new(),
+            0,
+        ),
         Ok(resp) => (format_response(resp), String::new(), 0),
-        Err(e) if json => {
-            let mut s = serde_json::to_string_pretty(e).unwrap_or_default();
-            s.push('\n');
-            (String::new(), s, 1)
-        }
+        Err(e) if json => (
+            String::new(),
+            crate::json::to_text(&crate::json::error(e)),
+            1,
+        ),
         Err(e) => (String::new(), format!("{}: {}\n", e.code, e.message), 1),
     }
+}
+
+/// Write the completion script of `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut command(), "sgswitch", out);
+}
+
+/// Man pages from the clap definitions: `sgswitch.1` and one
+/// `sgswitch-COMMAND.1` per command into `dir` (made if missing; returns the
+/// files written), or `sgswitch.1` to `out` without a directory.
+pub fn man_pages(
+    dir: Option<&Path>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut cmd = command();
+    cmd.build();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(out)?;
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut page = |c: clap::Command, name: String| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).title(name).render(&mut buf)?;
+        std::fs::write(&path, buf)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+    {
+        page(sub.clone(), format!("sgswitch-{}", sub.get_name()))?;
+    }
+    page(cmd, "sgswitch".into())?;
+    Ok(written)
 }
 
 /// Make the multi-call symlinks in `dir` pointing at `target`; replaces links of
@@ -648,7 +875,11 @@ pub fn install_links(dir: &Path, target: &Path) -> std::io::Result<Vec<PathBuf>>
 pub fn run_client(socket: &Path, req: &Request, json: bool) -> (String, String, i32) {
     match api::call(socket, req) {
         Ok(reply) => format_reply(&reply, json),
-        Err(e) => (String::new(), format!("sgswitch: {e}\n"), 1),
+        Err(e) => (
+            String::new(),
+            format!("sgswitch: {}\n", api::error_chain(&e)),
+            1,
+        ),
     }
 }
 
@@ -803,7 +1034,7 @@ mod tests {
     #[test]
     fn errors_print_code_colon_message_and_exit_1() {
         let e: Reply = Err(ApiError::new(
-            "InvalidGroup.NotFound",
+            api::ErrorCode::InvalidGroupNotFound,
             "the security group 'x' does not exist",
         ));
         let (out, err, code) = format_reply(&e, false);
@@ -818,8 +1049,8 @@ mod tests {
         let (out, _, code) = format_reply(&Ok(Response::GroupDeleted { name: "web".into() }), true);
         assert_eq!(code, 0);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["kind"], "group-deleted");
-        assert_eq!(v["name"], "web");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["group"]["name"], "web");
     }
 
     #[test]
@@ -843,18 +1074,27 @@ mod tests {
         ]))
         .unwrap();
         let req = request_of(&cli, &m).unwrap().unwrap();
-        let Command::Authorize { group, spec } = req.command else {
+        let Command::Authorize { group, permissions } = req.command else {
             panic!("{req:?}")
         };
-        assert_eq!(group, "web");
+        assert_eq!(group, GroupRef::name("web"));
+        let [spec] = &permissions[..] else {
+            panic!("{permissions:?}")
+        };
         assert_eq!(spec.proto.as_deref(), Some("tcp"));
         assert_eq!(spec.ports.as_deref(), Some("-1"));
         assert_eq!(spec.cidrs, ["1.2.3.4/32"]);
         assert_eq!(
             spec.groups,
             vec![
-                ("a".into(), Some("444455556666".into())),
-                ("b".into(), None)
+                SourceGroup {
+                    group: "a".into(),
+                    owner: Some("444455556666".into())
+                },
+                SourceGroup {
+                    group: "b".into(),
+                    owner: None
+                }
             ]
         );
 
@@ -919,7 +1159,7 @@ mod tests {
         assert_eq!(
             req.command,
             Command::DescribeGroups {
-                names: vec!["default".into(), "web".into()]
+                groups: vec!["default".into(), "web".into()]
             }
         );
         for (name, sub) in MULTI_CALL {
@@ -945,8 +1185,10 @@ mod tests {
             Command::RunInstances {
                 ami: "ami-eca54085".into(),
                 count: 3,
+                min_count: None,
                 groups: vec!["web".into(), "db".into()],
-                qemu: false
+                qemu: Some(false),
+                client_token: None,
             }
         );
     }

@@ -56,18 +56,21 @@
 //! * `terminate-instances --all` terminates every instance of the caller's
 //!   owner (none is not an error); giving ids as well is
 //!   `InvalidParameterCombination`.
-//! * The EC2 Query API's commands ([`crate::ec2`]) go through the same
-//!   validation and edits: groups by `sg-` id are resolved among the caller's
-//!   own groups (a source group by id among its `UserId`'s), so another
-//!   owner's group is `InvalidGroup.NotFound`; the permissions of one request
-//!   are applied all or none. `RunInstancesEc2` boots QEMU guests for an AMI
-//!   registered with `register-image` and namespace instances otherwise; its
-//!   `ClientToken` is stored in the launch's own transaction and a repeat with
-//!   the same parameters returns that reservation (other parameters:
-//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`: `AKIA` +
-//!   16 characters, a 40-character secret, both from `/dev/urandom`) are stored
-//!   and looked up by the EC2 front door only ([`Command::LookupAccessKey`]
-//!   cannot arrive on the socket).
+//! * Both front doors (the socket CLI and the EC2 Query API, [`crate::ec2`])
+//!   send the same commands through the same validation and edits. Groups
+//!   are named by name or `sg-` id ([`GroupRef`]), resolved in one place
+//!   ([`Core::group_name`]) among the caller's own groups (a source group by
+//!   id among its owner's), so another owner's group is
+//!   `InvalidGroup.NotFound`; the permissions of one request are applied all
+//!   or none. `RunInstances` takes EC2's MinCount/MaxCount (the CLI's `-n N`
+//!   is both) and, when the request does not say, boots QEMU guests for an
+//!   AMI registered with `register-image` and namespace instances otherwise;
+//!   its `ClientToken` is stored in the launch's own transaction and a repeat
+//!   with the same parameters returns that reservation (other parameters:
+//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`:
+//!   `AKIA` and 16 characters, a 40-character secret, both from
+//!   `/dev/urandom`) are stored and looked up by the EC2 front door only
+//!   ([`Core::lookup_access_key`] is no command: the socket cannot ask it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -75,12 +78,12 @@ use std::net::Ipv4Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use filter::model::{Instance, Limits, Owner, instance_mac};
-use filter::{Ec2Code, Mac, Model, Snapshot};
+use filter::{ErrorCode, Mac, Model, Snapshot};
 use ipnet::Ipv4Net;
 
 use crate::api::{
-    ApiError, Command, GroupRef, InstanceView, Permission, Reply, Request, Reservation, Response,
-    StateChange, StatsReport,
+    ApiError, Command, GroupRef, InstanceView, KeySecret, Permission, Reply, Request, Reservation,
+    Response, StateChange, StatsReport,
 };
 use crate::qemu::GuestImage;
 use crate::store::{
@@ -447,9 +450,9 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
 pub enum CoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("creating the default owner's default group: {0}")]
+    #[error("creating the default owner's default group")]
     DefaultOwner(#[source] ApiError),
-    #[error("reloading {what} from the state database: {source}")]
+    #[error("reloading {what} from the state database")]
     Reload {
         what: String,
         #[source]
@@ -560,11 +563,13 @@ impl Core {
                     id: g.id,
                 })
             }
-            Command::DeleteGroup { name } => {
+            Command::DeleteGroup { group } => {
+                let name = self.group_name(&owner, &group)?;
                 let g = self.edit(|m| Ok(m.delete_group(&owner, &name)?))?;
                 Ok(Response::GroupDeleted { name: g.name })
             }
-            Command::DescribeGroups { names } => {
+            Command::DescribeGroups { groups } => {
+                let names = self.group_names(&owner, &groups)?;
                 let groups = self
                     .model
                     .describe_groups(&owner, &names)?
@@ -573,13 +578,15 @@ impl Core {
                     .collect();
                 Ok(Response::Groups { groups })
             }
-            Command::Authorize { group, spec } => {
-                let rules = self.edit(|m| Ok(m.authorize(&owner, &group, &spec)?))?;
-                Ok(Response::Permissions { group, rules })
+            Command::Authorize { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
             }
-            Command::Revoke { group, spec } => {
-                let rules = self.edit(|m| Ok(m.revoke(&owner, &group, &spec)?))?;
-                Ok(Response::Permissions { group, rules })
+            Command::Revoke { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
             }
             Command::AttachInstance {
                 ifname,
@@ -587,13 +594,25 @@ impl Core {
                 groups,
                 ip,
                 mac,
-            } => self.attach_instance(&owner, &ifname, netns, groups, ip, mac.as_deref()),
+            } => {
+                let groups = self.group_names(&owner, &groups)?;
+                self.attach_instance(&owner, &ifname, netns, groups, ip, mac.as_deref())
+            }
             Command::RunInstances {
                 ami,
                 count,
+                min_count,
                 groups,
                 qemu,
-            } => self.run_instances(&owner, &ami, count, groups, qemu, None),
+                client_token,
+            } => self.run_instances_command(
+                &owner,
+                &ami,
+                (min_count, count),
+                &groups,
+                qemu,
+                client_token,
+            ),
             Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
             Command::TerminateInstances { ids, all } => self.terminate_instances(&owner, &ids, all),
             Command::RegisterImage {
@@ -619,60 +638,26 @@ impl Core {
             Command::Stats => Ok(Response::Stats {
                 stats: self.stats(),
             }),
-            Command::DeleteGroupRef { group } => {
-                let name = self.group_name(&owner, &group)?;
-                let g = self.edit(|m| Ok(m.delete_group(&owner, &name)?))?;
-                Ok(Response::GroupDeleted { name: g.name })
-            }
-            Command::DescribeGroupRefs { groups } => {
-                let names = groups
-                    .iter()
-                    .map(|g| self.group_name(&owner, g))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let groups = self
-                    .model
-                    .describe_groups(&owner, &names)?
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                Ok(Response::Groups { groups })
-            }
-            Command::AuthorizePermissions { group, permissions } => {
-                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
-                Ok(Response::Permissions { group: name, rules })
-            }
-            Command::RevokePermissions { group, permissions } => {
-                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
-                Ok(Response::Permissions { group: name, rules })
-            }
-            Command::RunInstancesEc2 {
-                ami,
-                min_count,
-                max_count,
-                groups,
-                client_token,
-            } => {
-                self.run_instances_ec2(&owner, &ami, (min_count, max_count), &groups, client_token)
-            }
             Command::CreateAccessKey => self.create_access_key(&owner),
-            Command::LookupAccessKey { key_id } => match self.ec2.keys.get(&key_id) {
-                Some(k) => Ok(Response::AccessKeySecret {
-                    owner: k.owner.0.clone(),
-                    secret: k.secret.clone(),
-                }),
-                None => Err(ApiError::ec2(
-                    Ec2Code::AuthFailure,
-                    "AWS was not able to validate the provided access credentials",
-                )),
-            },
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;
             push_window(&mut self.latencies, &mut self.latency_totals, us);
         }
         reply
+    }
+
+    /// The owner and secret of access key `key_id` (the EC2 front door's
+    /// signature check); `AuthFailure` when unknown.
+    pub fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        self.ec2
+            .keys
+            .get(key_id)
+            .map(|k| KeySecret {
+                owner: k.owner.0.clone(),
+                secret: k.secret.clone(),
+            })
+            .ok_or_else(|| crate::api::unknown_access_key(key_id))
     }
 
     /// The current model (read-only).
@@ -774,7 +759,7 @@ impl Core {
         if let Err(e) = self.store.commit(&edits) {
             self.generation += 2;
             self.publish();
-            return Err(ApiError::internal(format!("state not changed: {e}")));
+            return Err(store_failed(e));
         }
         for id in self.model.instances.keys() {
             if !next.instances.contains_key(id) {
@@ -811,8 +796,8 @@ impl Core {
     ) -> Reply {
         validate_ami(ami)?;
         if count == 0 || count > self.cfg.max_launch {
-            return Err(ApiError::ec2(
-                Ec2Code::InvalidParameterValue,
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
                 format!(
                     "invalid instance count '{count}': must be 1 to {}",
                     self.cfg.max_launch
@@ -823,8 +808,8 @@ impl Core {
             let image = match self.images.get(ami) {
                 Some(rec) => GuestImage::from(rec),
                 None => self.cfg.default_image.clone().ok_or_else(|| {
-                    ApiError::ec2(
-                        Ec2Code::InvalidAmiIdNotFound,
+                    ApiError::new(
+                        ErrorCode::InvalidAmiIdNotFound,
                         format!(
                             "the image id '{}' does not exist (register it with register-image)",
                             ami.escape_default()
@@ -844,13 +829,13 @@ impl Core {
         validate_image(&rec)?;
         if self.images.contains_key(&rec.ami) {
             return Err(ApiError::new(
-                IMAGE_DUPLICATE,
+                ErrorCode::InvalidAmiIdDuplicate,
                 format!("the image id '{}' is already registered", rec.ami),
             ));
         }
         self.store
             .commit(&[Edit::PutImage(rec.clone())])
-            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.images.insert(rec.ami.clone(), rec.clone());
         Ok(Response::Images { images: vec![rec] })
@@ -858,8 +843,8 @@ impl Core {
 
     fn image(&self, ami: &str) -> Result<&ImageRecord, ApiError> {
         self.images.get(ami).ok_or_else(|| {
-            ApiError::ec2(
-                Ec2Code::InvalidAmiIdNotFound,
+            ApiError::new(
+                ErrorCode::InvalidAmiIdNotFound,
                 format!("the image id '{}' does not exist", ami.escape_default()),
             )
         })
@@ -887,7 +872,7 @@ impl Core {
             .commit(&[Edit::DeleteImage {
                 ami: rec.ami.clone(),
             }])
-            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.images.remove(ami);
         Ok(Response::Images { images: vec![rec] })
@@ -909,8 +894,8 @@ impl Core {
         let mac = match mac {
             None => None,
             Some(m) => Some(store::parse_mac(&m.to_ascii_lowercase()).ok_or_else(|| {
-                ApiError::ec2(
-                    Ec2Code::InvalidParameterValue,
+                ApiError::new(
+                    ErrorCode::InvalidParameterValue,
                     format!(
                         "invalid MAC address '{}': expected aa:bb:cc:dd:ee:ff",
                         m.escape_default()
@@ -927,8 +912,8 @@ impl Core {
         };
         let place = how.place("");
         if let Some(r) = self.records.values().find(|r| r.place == place) {
-            return Err(ApiError::ec2(
-                Ec2Code::InvalidParameterValue,
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
                 format!(
                     "interface '{}' is already attached as instance {}",
                     &place[5..],
@@ -963,8 +948,8 @@ impl Core {
             None
         };
         match why {
-            Some(why) => Err(ApiError::ec2(
-                Ec2Code::InvalidParameterValue,
+            Some(why) => Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
                 format!("invalid instance address '{ip}': {why}"),
             )),
             None => Ok(()),
@@ -1003,8 +988,8 @@ impl Core {
                 None => next
                     .free_ip(self.cfg.subnet, self.cfg.uplink_range)
                     .ok_or_else(|| {
-                        ApiError::ec2(
-                            Ec2Code::InsufficientInstanceCapacity,
+                        ApiError::new(
+                            ErrorCode::InsufficientInstanceCapacity,
                             format!(
                                 "no free address left in subnet {} for {count} instance(s)",
                                 self.cfg.subnet
@@ -1095,7 +1080,8 @@ impl Core {
     }
 
     /// The name of `owner`'s group `g` (by name: as given, existence checked by
-    /// the model; by id: that owner's group with the id, else NotFound).
+    /// the model; by id: that owner's group with the id, else NotFound). The
+    /// one place where group references are resolved.
     fn group_name(&self, owner: &Owner, g: &GroupRef) -> Result<String, ApiError> {
         match g {
             GroupRef::Name(n) => Ok(n.clone()),
@@ -1105,8 +1091,8 @@ impl Core {
                 .find(|grp| grp.id == *id)
                 .map(|grp| grp.name.clone())
                 .ok_or_else(|| {
-                    ApiError::ec2(
-                        Ec2Code::InvalidGroupNotFound,
+                    ApiError::new(
+                        ErrorCode::InvalidGroupNotFound,
                         format!(
                             "the security group ID '{}' does not exist",
                             id.escape_default()
@@ -1114,6 +1100,11 @@ impl Core {
                     )
                 }),
         }
+    }
+
+    /// The names of `owner`'s groups `refs`, in order.
+    fn group_names(&self, owner: &Owner, refs: &[GroupRef]) -> Result<Vec<String>, ApiError> {
+        refs.iter().map(|g| self.group_name(owner, g)).collect()
     }
 
     /// The target group's name and the rules of `permissions` (source groups by
@@ -1126,8 +1117,8 @@ impl Core {
     ) -> Result<(String, Vec<filter::model::Rule>), ApiError> {
         let name = self.group_name(owner, group)?;
         if permissions.is_empty() {
-            return Err(ApiError::ec2(
-                Ec2Code::MissingParameter,
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
                 "the request must contain the parameter IpPermissions",
             ));
         }
@@ -1154,46 +1145,56 @@ impl Core {
         Ok((name, rules))
     }
 
-    /// EC2 `RunInstances`: see [`Command::RunInstancesEc2`].
-    fn run_instances_ec2(
+    /// [`Command::RunInstances`]: counts, groups by reference, the kind of
+    /// instance and the ClientToken; then [`Core::run_instances`].
+    fn run_instances_command(
         &mut self,
         owner: &Owner,
         ami: &str,
-        (min, max): (u32, u32),
+        (min, max): (Option<u32>, u32),
         groups: &[GroupRef],
+        qemu: Option<bool>,
         client_token: Option<String>,
     ) -> Reply {
+        let exact = min.is_none();
+        let min = min.unwrap_or(max);
         if min == 0 || max < min {
-            return Err(ApiError::ec2(
-                Ec2Code::InvalidParameterValue,
-                format!(
-                    "invalid MinCount/MaxCount '{min}'/'{max}': need 1 <= MinCount <= MaxCount"
-                ),
+            let shown = if min == max {
+                format!("'{max}'")
+            } else {
+                format!("'{min}' to '{max}' (MinCount to MaxCount)")
+            };
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
+                format!("invalid instance count {shown}: need 1 <= MinCount <= MaxCount"),
             ));
         }
         if min > self.cfg.max_launch {
-            return Err(ApiError::ec2(
-                Ec2Code::InsufficientInstanceCapacity,
+            // An exact count (the CLI's -n) above the limit is a bad value; a
+            // MinCount above it is capacity the daemon does not have (EC2).
+            let (code, what) = match exact {
+                true => (ErrorCode::InvalidParameterValue, "instance count"),
+                false => (ErrorCode::InsufficientInstanceCapacity, "MinCount"),
+            };
+            return Err(ApiError::new(
+                code,
                 format!(
-                    "MinCount {min} is above the {} instances one request may launch",
+                    "invalid {what} '{min}': at most {} instances per request",
                     self.cfg.max_launch
                 ),
             ));
         }
         let count = max.min(self.cfg.max_launch);
-        let mut names = groups
-            .iter()
-            .map(|g| self.group_name(owner, g))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = self.group_names(owner, groups)?;
         names.sort();
         names.dedup();
-        let qemu = self.images.contains_key(ami);
+        let qemu = qemu.unwrap_or_else(|| self.images.contains_key(ami));
         let token = match client_token {
             None => None,
             Some(t) => {
                 if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(ApiError::ec2(
-                        Ec2Code::InvalidParameterValue,
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidParameterValue,
                         format!(
                             "invalid ClientToken '{}': 1 to 64 printable ASCII characters",
                             t.escape_default()
@@ -1204,7 +1205,7 @@ impl Core {
                 if let Some(seen) = self.ec2.tokens.get(&(owner.clone(), t.clone())) {
                     if seen.fingerprint != fingerprint {
                         return Err(ApiError::new(
-                            crate::api::IDEMPOTENT_MISMATCH,
+                            ErrorCode::IdempotentParameterMismatch,
                             format!(
                                 "the client token '{}' was used with other parameters",
                                 t.escape_default()
@@ -1278,7 +1279,7 @@ impl Core {
         };
         self.store
             .commit(&[Edit::PutAccessKey(rec.clone())])
-            .map_err(|e| ApiError::internal(format!("state not changed: {e}")))?;
+            .map_err(store_failed)?;
         self.edits += 1;
         self.ec2.keys.insert(key_id, rec.clone());
         Ok(Response::AccessKey {
@@ -1376,8 +1377,8 @@ impl Core {
                     }
                 }
                 _ => {
-                    return Err(ApiError::ec2(
-                        Ec2Code::InvalidInstanceIdNotFound,
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidInstanceIdNotFound,
                         format!("the instance ID '{}' does not exist", id.escape_default()),
                     ));
                 }
@@ -1431,13 +1432,13 @@ impl Core {
     fn terminate_instances(&mut self, owner: &Owner, ids: &[String], all: bool) -> Reply {
         if all && !ids.is_empty() {
             return Err(ApiError::new(
-                PARAMETER_COMBINATION,
+                ErrorCode::InvalidParameterCombination,
                 "give instance IDs or --all, not both",
             ));
         }
         if ids.is_empty() && !all {
-            return Err(ApiError::ec2(
-                Ec2Code::MissingParameter,
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
                 "no instance ID given (or --all for every instance)",
             ));
         }
@@ -1510,6 +1511,14 @@ impl Core {
         self.dp.stats(&mut report);
         report
     }
+}
+
+/// The `InternalError` of a failed store transaction (nothing was changed).
+fn store_failed(e: StoreError) -> ApiError {
+    ApiError::internal(format!(
+        "state not changed: {}",
+        crate::api::error_chain(&e)
+    ))
 }
 
 fn push_window(w: &mut VecDeque<u64>, totals: &mut (u64, u64), v: u64) {
@@ -1617,8 +1626,8 @@ fn validate_ifname(what: &str, name: &str, max: usize) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::ec2(
-            Ec2Code::InvalidParameterValue,
+        Err(ApiError::new(
+            ErrorCode::InvalidParameterValue,
             format!(
                 "invalid {what} name '{}': 1 to {max} printable characters, no '/', '@' or ':'",
                 name.escape_default()
@@ -1635,8 +1644,8 @@ fn validate_ami(ami: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::ec2(
-            Ec2Code::InvalidParameterValue,
+        Err(ApiError::new(
+            ErrorCode::InvalidParameterValue,
             format!(
                 "invalid AMI id '{}': expected ami- and up to 17 letters or digits",
                 ami.escape_default()
@@ -1645,17 +1654,11 @@ fn validate_ami(ami: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Error code of options that exclude each other (instance ids with `--all`).
-pub const PARAMETER_COMBINATION: &str = "InvalidParameterCombination";
-
-/// Error code of registering an AMI that is already registered.
-pub const IMAGE_DUPLICATE: &str = "InvalidAMIID.Duplicate";
-
 /// A registered image: `ami-` + 8 lowercase hex digits, existing regular files
 /// by absolute path (a bzImage kernel, an initramfs initrd), 32 to 65536 MiB, a printable command line of at most 1024
 /// characters.
 fn validate_image(rec: &ImageRecord) -> Result<(), ApiError> {
-    let bad = |msg: String| Err(ApiError::ec2(Ec2Code::InvalidParameterValue, msg));
+    let bad = |msg: String| Err(ApiError::new(ErrorCode::InvalidParameterValue, msg));
     let ami_ok = rec.ami.strip_prefix("ami-").is_some_and(|h| {
         h.len() == 8
             && h.bytes()

@@ -35,8 +35,10 @@ fn run(count: u32, groups: &[&str]) -> Command {
     Command::RunInstances {
         ami: "ami-eca54085".into(),
         count,
-        groups: groups.iter().map(|s| s.to_string()).collect(),
-        qemu: false,
+        groups: groups.iter().map(|&s| s.into()).collect(),
+        min_count: None,
+        qemu: Some(false),
+        client_token: None,
     }
 }
 
@@ -55,7 +57,7 @@ fn default_group_exists_for_the_default_owner_at_start() {
     let dir = TempDir::new("core-default");
     let mut core = core_in(&dir, config());
     let r = core
-        .handle(req(Command::DescribeGroups { names: vec![] }))
+        .handle(req(Command::DescribeGroups { groups: vec![] }))
         .unwrap();
     let Response::Groups { groups } = r else {
         panic!("{r:?}")
@@ -86,7 +88,7 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
     let r = core
         .handle(req(Command::Authorize {
             group: "web".into(),
-            spec: spec("tcp", "80", "205.192.8.45/24"),
+            permissions: vec![spec("tcp", "80", "205.192.8.45/24").into()],
         }))
         .unwrap();
     let Response::Permissions { group, rules } = r else {
@@ -110,7 +112,7 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
 
     // Reads do not publish.
     core.handle(req(Command::DescribeGroups {
-        names: vec!["web".into()],
+        groups: vec!["web".into()],
     }))
     .unwrap();
     assert_eq!(core.generation(), g0 + 2);
@@ -118,12 +120,14 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
     let r = core
         .handle(req(Command::Revoke {
             group: "web".into(),
-            spec: spec("tcp", "80", "205.192.8.0/24"),
+            permissions: vec![spec("tcp", "80", "205.192.8.0/24").into()],
         }))
         .unwrap();
     assert!(matches!(&r, Response::Permissions { rules, .. } if rules.len() == 1));
     let r = core
-        .handle(req(Command::DeleteGroup { name: "web".into() }))
+        .handle(req(Command::DeleteGroup {
+            group: "web".into(),
+        }))
         .unwrap();
     assert_eq!(r, Response::GroupDeleted { name: "web".into() });
     let Response::Stats { stats } = core.handle(req(Command::Stats)).unwrap() else {
@@ -234,22 +238,22 @@ fn every_error_code_leaves_the_state_byte_identical() {
     core.handle(req(add_group("db"))).unwrap();
     core.handle(req(Command::Authorize {
         group: "app".into(),
-        spec: group_spec("web", None),
+        permissions: vec![group_spec("web", None).into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
         group: "web".into(),
-        spec: spec("tcp", "80", "0.0.0.0/0"),
+        permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
         group: "web".into(),
-        spec: spec("tcp", "443", "0.0.0.0/0"),
+        permissions: vec![spec("tcp", "443", "0.0.0.0/0").into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
         group: "web".into(),
-        spec: spec("udp", "53", "10.0.0.0/8"),
+        permissions: vec![spec("udp", "53", "10.0.0.0/8").into()],
     }))
     .unwrap();
     let ids = launched_ids(&core.handle(req(run(1, &["db"]))));
@@ -290,38 +294,40 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::DeleteGroup {
-                name: "nosuch".into(),
+                group: "nosuch".into(),
             }),
             "InvalidGroup.NotFound",
             "nosuch",
         ),
         (
-            req(Command::DeleteGroup { name: "web".into() }),
+            req(Command::DeleteGroup {
+                group: "web".into(),
+            }),
             "InvalidGroup.InUse",
             "web",
         ),
         (
-            req(Command::DeleteGroup { name: "db".into() }),
+            req(Command::DeleteGroup { group: "db".into() }),
             "InvalidGroup.InUse",
             "db",
         ),
         (
             req(Command::DeleteGroup {
-                name: "default".into(),
+                group: "default".into(),
             }),
             "InvalidGroup.Reserved",
             "default",
         ),
         (
             req(Command::DeleteGroup {
-                name: "theirs".into(),
+                group: "theirs".into(),
             }),
             "InvalidGroup.NotFound",
             "theirs",
         ),
         (
             req(Command::DescribeGroups {
-                names: vec!["web".into(), "nosuch".into()],
+                groups: vec!["web".into(), "nosuch".into()],
             }),
             "InvalidGroup.NotFound",
             "nosuch",
@@ -329,7 +335,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "nosuch".into(),
-                spec: spec("tcp", "80", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
             }),
             "InvalidGroup.NotFound",
             "nosuch",
@@ -337,7 +343,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "app".into(),
-                spec: group_spec("nosuch", None),
+                permissions: vec![group_spec("nosuch", None).into()],
             }),
             "InvalidGroup.NotFound",
             "nosuch",
@@ -345,7 +351,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "web".into(),
-                spec: spec("tcp", "80", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
             }),
             "InvalidPermission.Duplicate",
             "80",
@@ -353,7 +359,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "web".into(),
-                spec: spec("tcp", "8080", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "8080", "0.0.0.0/0").into()],
             }),
             "RulesPerSecurityGroupLimitExceeded",
             "web",
@@ -361,7 +367,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "db".into(),
-                spec: spec("tcp", "70000", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "70000", "0.0.0.0/0").into()],
             }),
             "InvalidParameterValue",
             "70000",
@@ -369,7 +375,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "db".into(),
-                spec: spec("tcp", "80", "300.1.2.3/8"),
+                permissions: vec![spec("tcp", "80", "300.1.2.3/8").into()],
             }),
             "InvalidParameterValue",
             "300.1.2.3/8",
@@ -377,7 +383,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "db".into(),
-                spec: spec("gre", "80", "0.0.0.0/0"),
+                permissions: vec![spec("gre", "80", "0.0.0.0/0").into()],
             }),
             "InvalidParameterValue",
             "gre",
@@ -385,11 +391,14 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "db".into(),
-                spec: RuleSpec {
-                    proto: Some("icmp".into()),
-                    icmp: Some("300:0".into()),
-                    ..RuleSpec::default()
-                },
+                permissions: vec![
+                    RuleSpec {
+                        proto: Some("icmp".into()),
+                        icmp: Some("300:0".into()),
+                        ..RuleSpec::default()
+                    }
+                    .into(),
+                ],
             }),
             "InvalidParameterValue",
             "300",
@@ -397,7 +406,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Authorize {
                 group: "app".into(),
-                spec: group_spec("web", Some("12345")),
+                permissions: vec![group_spec("web", Some("12345")).into()],
             }),
             "InvalidParameterValue",
             "12345",
@@ -405,7 +414,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Revoke {
                 group: "web".into(),
-                spec: spec("tcp", "22", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "22", "0.0.0.0/0").into()],
             }),
             "InvalidPermission.NotFound",
             "22",
@@ -413,7 +422,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         (
             req(Command::Revoke {
                 group: "nosuch".into(),
-                spec: spec("tcp", "22", "0.0.0.0/0"),
+                permissions: vec![spec("tcp", "22", "0.0.0.0/0").into()],
             }),
             "InvalidGroup.NotFound",
             "nosuch",
@@ -429,7 +438,9 @@ fn every_error_code_leaves_the_state_byte_identical() {
                 ami: "emi-1".into(),
                 count: 1,
                 groups: vec![],
-                qemu: false,
+                min_count: None,
+                qemu: Some(false),
+                client_token: None,
             }),
             "InvalidParameterValue",
             "emi-1",
@@ -439,7 +450,9 @@ fn every_error_code_leaves_the_state_byte_identical() {
                 ami: "ami-1".into(),
                 count: 0,
                 groups: vec![],
-                qemu: false,
+                min_count: None,
+                qemu: Some(false),
+                client_token: None,
             }),
             "InvalidParameterValue",
             "0",
@@ -449,7 +462,9 @@ fn every_error_code_leaves_the_state_byte_identical() {
                 ami: "ami-1".into(),
                 count: 100_000,
                 groups: vec![],
-                qemu: false,
+                min_count: None,
+                qemu: Some(false),
+                client_token: None,
             }),
             "InvalidParameterValue",
             "100000",
@@ -493,7 +508,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
             "--all",
         ),
         (
-            req_as("12345", Command::DescribeGroups { names: vec![] }),
+            req_as("12345", Command::DescribeGroups { groups: vec![] }),
             "InvalidParameterValue",
             "12345",
         ),
@@ -557,26 +572,29 @@ fn state_and_instances_come_back_after_a_restart() {
         core.handle(req(add_group("db"))).unwrap();
         core.handle(req(Command::Authorize {
             group: "web".into(),
-            spec: spec("tcp", "80-90", "10.1.2.3/16"),
+            permissions: vec![spec("tcp", "80-90", "10.1.2.3/16").into()],
         }))
         .unwrap();
         core.handle(req(Command::Authorize {
             group: "db".into(),
-            spec: group_spec("web", Some(OWNER)),
+            permissions: vec![group_spec("web", Some(OWNER)).into()],
         }))
         .unwrap();
         core.handle(req(Command::Authorize {
             group: "db".into(),
-            spec: RuleSpec {
-                proto: Some("icmp".into()),
-                icmp: Some("8:-1".into()),
-                ..RuleSpec::default()
-            },
+            permissions: vec![
+                RuleSpec {
+                    proto: Some("icmp".into()),
+                    icmp: Some("8:-1".into()),
+                    ..RuleSpec::default()
+                }
+                .into(),
+            ],
         }))
         .unwrap();
         core.handle(req(Command::Revoke {
             group: "default".into(),
-            spec: group_spec("default", None),
+            permissions: vec![group_spec("default", None).into()],
         }))
         .unwrap();
         let ids = launched_ids(&core.handle(req(run(2, &["web", "db"]))));
@@ -908,20 +926,30 @@ fn random_command_sequences_reload_to_the_same_state() {
                     name: group,
                     description: format!("step {step}"),
                 },
-                1 => Command::DeleteGroup { name: group },
-                2 | 3 => Command::Authorize { group, spec },
-                4 => Command::Revoke { group, spec },
+                1 => Command::DeleteGroup {
+                    group: group.into(),
+                },
+                2 | 3 => Command::Authorize {
+                    group: group.into(),
+                    permissions: vec![spec.into()],
+                },
+                4 => Command::Revoke {
+                    group: group.into(),
+                    permissions: vec![spec.into()],
+                },
                 5 => Command::RunInstances {
                     ami: "ami-1".into(),
                     count: 1 + (rng.next() % 2) as u32,
-                    groups: vec![group],
-                    qemu: false,
+                    groups: vec![group.into()],
+                    min_count: None,
+                    qemu: Some(false),
+                    client_token: None,
                 },
                 6 if !ids.is_empty() => Command::TerminateInstances {
                     ids: vec![ids[(rng.next() as usize) % ids.len()].clone()],
                     all: false,
                 },
-                _ => Command::DescribeGroups { names: vec![] },
+                _ => Command::DescribeGroups { groups: vec![] },
             };
             let before = core.dump();
             let existed = core.model().groups.keys().any(|(o, _)| o.0 == owner);
@@ -979,7 +1007,9 @@ fn qemu_launches_record_the_guest_pid_as_place() {
         ami: "ami-eca54085".into(),
         count: 2,
         groups: vec![],
-        qemu: true,
+        min_count: None,
+        qemu: Some(true),
+        client_token: None,
     }));
     let Ok(Response::Reservations { reservations }) = &r else {
         panic!("{r:?}")
@@ -1025,7 +1055,9 @@ fn qemu_run(ami: &str, count: u32) -> Command {
         ami: ami.into(),
         count,
         groups: vec![],
-        qemu: true,
+        min_count: None,
+        qemu: Some(true),
+        client_token: None,
     }
 }
 
@@ -1058,7 +1090,7 @@ fn registered_images_are_validated_listed_persisted_and_deregistered() {
     let bad: Vec<(Command, &str, String)> = vec![
         (
             register("ami-5e1f0001", &k, &i),
-            IMAGE_DUPLICATE,
+            ErrorCode::InvalidAmiIdDuplicate.as_str(),
             "ami-5e1f0001".into(),
         ),
         (
@@ -1295,9 +1327,13 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let r = core.handle(req(Command::Authorize {
         group: "web".into(),
-        spec: spec("tcp", "80", "0.0.0.0/0"),
+        permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }));
-    assert_eq!(code(&r), crate::api::INTERNAL_ERROR, "{r:?}");
+    assert_eq!(
+        code(&r),
+        crate::api::ErrorCode::InternalError.as_str(),
+        "{r:?}"
+    );
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
     assert_eq!(core.dump(), before, "a failed commit changed the state");
@@ -1319,7 +1355,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
     // With the lock gone the same edit commits, and the rules it publishes stay.
     core.handle(req(Command::Authorize {
         group: "web".into(),
-        spec: spec("tcp", "80", "0.0.0.0/0"),
+        permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }))
     .unwrap();
     assert!(allowed_now(&state));
@@ -1372,7 +1408,9 @@ fn guests_are_pending_until_up_and_stopped_with_a_reason() {
         ami: "ami-1".into(),
         count: 1,
         groups: vec![],
-        qemu: false,
+        min_count: None,
+        qemu: Some(false),
+        client_token: None,
     })));
     let find = |v: &[(String, String, Option<String>)], id: &str| {
         v.iter().find(|x| x.0 == id).cloned().unwrap()
@@ -1452,7 +1490,9 @@ fn terminate_all_ends_the_owners_instances_only() {
             ami: "ami-1".into(),
             count: n,
             groups: vec![],
-            qemu: false,
+            min_count: None,
+            qemu: Some(false),
+            client_token: None,
         });
         r.owner = owner.map(Into::into);
         launched_ids(&core.handle(r))

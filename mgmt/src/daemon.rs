@@ -63,7 +63,7 @@ use filter::Snapshot;
 use filter::model::{Instance, Limits, Owner};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::api::{self, ApiError, Handler, Reply, Request, StatsReport};
+use crate::api::{self, ApiError, ErrorCode, Handler, KeySecret, Reply, Request, StatsReport};
 use crate::cli::{Cli, DEFAULT_OWNER, UpArgs};
 use crate::core::{Attachment, Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
 use crate::store::{InstanceRecord, Store, StoreError};
@@ -71,13 +71,13 @@ use crate::store::{InstanceRecord, Store, StoreError};
 /// Errors of starting or running the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("invalid --owner: {0}")]
+    #[error("invalid --owner")]
     Owner(#[source] filter::Ec2Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Core(#[from] CoreError),
-    #[error("create socket directory {path}: {source}")]
+    #[error("create socket directory {path}")]
     SocketDir {
         path: PathBuf,
         #[source]
@@ -87,7 +87,7 @@ pub enum DaemonError {
     SocketBusy(PathBuf),
     #[error("needs root (missing {0}): it creates TAP devices and network namespaces")]
     NotRoot(String),
-    #[error("read the capabilities of this process: {0}")]
+    #[error("read the capabilities of this process")]
     Caps(#[source] std::io::Error),
     #[error(
         "--{option} {range} overlaps {what} in the daemon's network namespace: \
@@ -99,9 +99,9 @@ pub enum DaemonError {
         what: String,
         hint: &'static str,
     },
-    #[error("read the addresses and routes of the daemon's network namespace: {0}")]
+    #[error("read the addresses and routes of the daemon's network namespace")]
     HostNet(#[source] std::io::Error),
-    #[error("state dir {dir} (--state-dir): {source}")]
+    #[error("state dir {dir} (--state-dir)")]
     StateDir {
         dir: PathBuf,
         #[source]
@@ -111,31 +111,31 @@ pub enum DaemonError {
         "state dir {dir} in use by PID {pid} (another sgswitch up); stop it or choose another --state-dir"
     )]
     StateBusy { dir: PathBuf, pid: String },
-    #[error("publish API socket {path}: {source}")]
+    #[error("publish API socket {path}")]
     Publish {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("bind API socket {path}: {source}")]
+    #[error("bind API socket {path}")]
     Bind {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("start {what}: {source}")]
+    #[error("start {what}")]
     Spawn {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("block signals: {0}")]
+    #[error("block signals")]
     Signals(#[source] nix::Error),
     #[error("start data plane: {0}")]
     Dataplane(String),
-    #[error("--ec2-listen: {0}")]
-    Ec2(#[source] crate::ec2::Ec2Error),
-    #[error("--metrics-listen {addr}: {source}")]
+    #[error("--ec2-listen")]
+    Ec2(#[source] crate::ec2::Ec2StartError),
+    #[error("--metrics-listen {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
@@ -147,6 +147,9 @@ pub enum DaemonError {
 pub enum Msg {
     /// Answer a request on the given channel.
     Request(Request, mpsc::SyncSender<Reply>),
+    /// Look up an access key for the EC2 front door (no [`api::Command`]:
+    /// the socket cannot ask it).
+    LookupAccessKey(String, mpsc::SyncSender<Result<KeySecret, ApiError>>),
     /// Stop and hand the core back.
     Stop,
 }
@@ -161,8 +164,16 @@ impl MgmtHandle {
     /// Send `req` and wait for its answer.
     pub fn call(&self, req: Request) -> Reply {
         let (rtx, rrx) = mpsc::sync_channel(1);
-        let gone = || ApiError::new("ServiceUnavailable", "the daemon is shutting down");
         self.tx.send(Msg::Request(req, rtx)).map_err(|_| gone())?;
+        rrx.recv().map_err(|_| gone())?
+    }
+
+    /// [`Handler::lookup_access_key`] on the management thread.
+    pub fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::LookupAccessKey(key_id.to_owned(), rtx))
+            .map_err(|_| gone())?;
         rrx.recv().map_err(|_| gone())?
     }
 
@@ -172,9 +183,18 @@ impl MgmtHandle {
     }
 }
 
+/// The answer when the management thread is gone.
+fn gone() -> ApiError {
+    ApiError::new(ErrorCode::ServiceUnavailable, "the daemon is shutting down")
+}
+
 impl Handler for MgmtHandle {
     fn handle(&self, req: Request) -> Reply {
         self.call(req)
+    }
+
+    fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        MgmtHandle::lookup_access_key(self, key_id)
     }
 }
 
@@ -233,11 +253,14 @@ pub fn spawn_management_on(
                         // Refused input is the client's business; a failure of
                         // the daemon's own is worth a line in the log.
                         if let Err(e) = &answer
-                            && e.code == crate::api::INTERNAL_ERROR
+                            && e.code == ErrorCode::InternalError
                         {
                             tracing::warn!("command failed: {}", e.message);
                         }
                         let _ = reply.send(answer);
+                    }
+                    Msg::LookupAccessKey(key_id, reply) => {
+                        let _ = reply.send(core.lookup_access_key(&key_id));
                     }
                     Msg::Stop => break,
                 }
@@ -405,8 +428,8 @@ impl Dataplane for NoSwitch {
         _how: &Attachment,
         _image: Option<&crate::qemu::GuestImage>,
     ) -> Result<Attachment, ApiError> {
-        Err(ApiError::ec2(
-            filter::Ec2Code::InsufficientInstanceCapacity,
+        Err(ApiError::new(
+            filter::ErrorCode::InsufficientInstanceCapacity,
             format!(
                 "cannot launch {}: this daemon runs without a switch (--no-switch)",
                 inst.id
@@ -423,21 +446,6 @@ impl Dataplane for NoSwitch {
         Ok(())
     }
     fn stats(&self, _report: &mut StatsReport) {}
-}
-
-/// The text of an error and all its causes, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// The core's settings from the command line.
@@ -675,7 +683,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
         (Box::new(NoSwitch) as Box<dyn Dataplane>, None)
     } else {
         let (dp, undo) = crate::dataplane::start(args, &cfg)
-            .map_err(|e| DaemonError::Dataplane(error_chain(&e)))?;
+            .map_err(|e| DaemonError::Dataplane(crate::api::error_chain(&e)))?;
         (dp, Some(undo))
     };
     let store = Store::open_dir(&args.state_dir)?;
@@ -780,7 +788,7 @@ mod tests {
         }
 
         fn groups(&self) -> usize {
-            match api::call(&self.sock, &req(Command::DescribeGroups { names: vec![] })).unwrap() {
+            match api::call(&self.sock, &req(Command::DescribeGroups { groups: vec![] })).unwrap() {
                 Ok(Response::Groups { groups }) => groups.len(),
                 other => panic!("daemon not answering: {other:?}"),
             }
@@ -812,7 +820,7 @@ mod tests {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply line {line:?}: {e}"))
     }
 
-    fn error_code(w: WireReply) -> String {
+    fn error_code(w: WireReply) -> api::ErrorCode {
         match w {
             WireReply::Error(e) => e.code,
             WireReply::Ok(v) => panic!("expected an error, got {v:?}"),
@@ -885,20 +893,32 @@ mod tests {
         let (mut s, mut r) = f.connect();
         // Garbage, then a valid request on the same connection.
         s.write_all(b"hello there\n").unwrap();
-        assert_eq!(error_code(read_reply(&mut r)), api::MALFORMED_REQUEST);
+        assert_eq!(
+            error_code(read_reply(&mut r)),
+            api::ErrorCode::MalformedRequest
+        );
         // Invalid UTF-8.
         s.write_all(b"\xff\xfe\x00{\"owner\"\n").unwrap();
-        assert_eq!(error_code(read_reply(&mut r)), api::MALFORMED_REQUEST);
+        assert_eq!(
+            error_code(read_reply(&mut r)),
+            api::ErrorCode::MalformedRequest
+        );
         // Valid JSON of the wrong shape, unknown op, wrong types.
         s.write_all(b"{\"command\":{\"op\":\"format-disk\"}}\n[1,2,3]\n{\"command\":{\"op\":\"delete-group\",\"name\":7}}\n")
             .unwrap();
         for _ in 0..3 {
-            assert_eq!(error_code(read_reply(&mut r)), api::MALFORMED_REQUEST);
+            assert_eq!(
+                error_code(read_reply(&mut r)),
+                api::ErrorCode::MalformedRequest
+            );
         }
         // Deeply nested JSON (stack exhaustion attempt).
         let deep = format!("{}{}\n", "[".repeat(100_000), "]".repeat(100_000));
         s.write_all(deep.as_bytes()).unwrap();
-        assert_eq!(error_code(read_reply(&mut r)), api::MALFORMED_REQUEST);
+        assert_eq!(
+            error_code(read_reply(&mut r)),
+            api::ErrorCode::MalformedRequest
+        );
         // Still a working connection.
         let line = serde_json::to_string(&req(Command::Stats)).unwrap();
         writeln!(s, "{line}").unwrap();
@@ -921,7 +941,10 @@ mod tests {
                 sent += chunk.len();
             }
         });
-        assert_eq!(error_code(read_reply(&mut r)), api::REQUEST_TOO_LARGE);
+        assert_eq!(
+            error_code(read_reply(&mut r)),
+            api::ErrorCode::RequestTooLarge
+        );
         let mut rest = String::new();
         assert_eq!(
             r.read_line(&mut rest).unwrap_or(0),
@@ -949,7 +972,7 @@ mod tests {
         // Each held connection is being served: prove it with a request.
         let (mut s0, mut r0) = f.connect();
         let refused = read_reply(&mut r0);
-        assert_eq!(error_code(refused), api::BUSY);
+        assert_eq!(error_code(refused), api::ErrorCode::ServiceUnavailable);
         let _ = s0.write_all(b"\n");
         drop(held);
         // The served threads notice EOF and free their slots.
@@ -983,9 +1006,11 @@ mod tests {
             ami: "ami-1".into(),
             count: 1,
             groups: vec![],
-            qemu: false,
+            min_count: None,
+            qemu: Some(false),
+            client_token: None,
         }));
-        assert_eq!(r.unwrap_err().code, api::INTERNAL_ERROR);
+        assert_eq!(r.unwrap_err().code, api::ErrorCode::InternalError);
         assert!(handle.call(req(Command::Stats)).is_ok(), "still answering");
         handle.stop();
         let core = join.join().unwrap();
@@ -1014,8 +1039,8 @@ mod tests {
                         let r = api::call(
                             &sock,
                             &req(Command::Authorize {
-                                group: group.clone(),
-                                spec,
+                                group: group.as_str().into(),
+                                permissions: vec![spec.into()],
                             }),
                         );
                         assert!(r.unwrap().is_ok());

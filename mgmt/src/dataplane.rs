@@ -53,10 +53,10 @@ use filter::model::Instance;
 use ipnet::Ipv4Net;
 use switch::{PollMode, PortId, PortRole, PortSpec, Switch, SwitchConfig};
 
+use crate::api::error_chain;
 use crate::api::{ApiError, PortStats, StatsReport};
 use crate::cli::{PollArg, RevokeArg, UpArgs};
 use crate::core::{Attachment, CoreConfig, Dataplane, Liveness};
-use crate::daemon::error_chain;
 use crate::instances;
 use crate::qemu::{self, QemuConfig};
 use crate::store::InstanceRecord;
@@ -334,8 +334,8 @@ impl SwitchDataplane {
             None => open(),
             Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| match e {
                 switch::netns::NetnsError::NotFound { .. }
-                | switch::netns::NetnsError::InvalidName { .. } => ApiError::ec2(
-                    filter::Ec2Code::InvalidParameterValue,
+                | switch::netns::NetnsError::InvalidName { .. } => ApiError::new(
+                    filter::ErrorCode::InvalidParameterValue,
                     format!("cannot attach '{ifname}': {e}"),
                 ),
                 e => ApiError::internal(format!(
@@ -345,8 +345,8 @@ impl SwitchDataplane {
             })?,
         };
         let queues = opened.map_err(|e| match e {
-            switch::afpacket::AfPacketError::NoSuchInterface { .. } => ApiError::ec2(
-                filter::Ec2Code::InvalidParameterValue,
+            switch::afpacket::AfPacketError::NoSuchInterface { .. } => ApiError::new(
+                filter::ErrorCode::InvalidParameterValue,
                 format!(
                     "interface '{ifname}' does not exist{}",
                     netns

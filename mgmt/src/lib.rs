@@ -11,6 +11,7 @@
 //! * [`dataplane`]: the real data plane behind the core: the switch, its uplink
 //!   and namespace instances.
 //! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.
+//! * [`json`]: the documented, versioned shapes of `--json` output.
 //! * [`metrics`]: Prometheus text of the switch statistics.
 //! * [`instances`]: namespace instances and the uplink TAP.
 //! * [`qemu`]: QEMU guest instances (`run-instances --qemu`).
@@ -28,6 +29,7 @@ pub mod dataplane;
 pub mod ec2;
 pub mod hostnet;
 pub mod instances;
+pub mod json;
 pub mod metrics;
 pub mod qemu;
 pub mod store;

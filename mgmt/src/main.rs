@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Cmd::Up(args) => match run_daemon(&cli, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sgswitch up: {e}");
+                eprintln!("sgswitch up: {}", mgmt::api::error_chain(&e));
                 ExitCode::from(1)
             }
         },
@@ -64,6 +64,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Completions { shell } => {
+            cli::completions(*shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir } => match cli::man_pages(dir.as_deref(), &mut std::io::stdout()) {
+            Ok(pages) => {
+                for p in pages {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sgswitch man: {e}");
+                ExitCode::from(1)
+            }
+        },
         _ => {
             let req = match cli::request_of(&cli, &matches) {
                 Ok(Some(r)) => r,

@@ -109,9 +109,11 @@ pub struct QemuConfig {
 /// The accelerator of guests (`up --qemu-accel`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
-    /// KVM if [`probe_kvm`] says it works, else TCG.
+    /// KVM if a probe guest runs on it, else TCG.
     Auto,
+    /// KVM (-accel kvm -cpu host); fails where /dev/kvm does not work.
     Kvm,
+    /// TCG, QEMU's emulator (slow, works everywhere).
     Tcg,
 }
 

@@ -125,13 +125,13 @@ pub const MIGRATIONS: &[&str] = &[
 /// Errors of the store. Each names the operation and the value involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("cannot create state directory {path}")]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open state database {path}: {source}")]
+    #[error("cannot open state database {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -143,25 +143,25 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("migrating state database to schema version {version}: {source}")]
+    #[error("migrating state database to schema version {version}")]
     Migrate {
         version: usize,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("committing {edit}: {source}")]
+    #[error("committing {edit}")]
     Commit {
         edit: String,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("loading {what} from the state database: {source}")]
+    #[error("loading {what} from the state database")]
     Load {
         what: &'static str,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot make state database {path} private (mode 0600): {source}")]
+    #[error("cannot make state database {path} private (mode 0600)")]
     Mode {
         path: PathBuf,
         #[source]

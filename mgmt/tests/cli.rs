@@ -235,7 +235,7 @@ fn cli_output_errors_and_exit_codes() {
     let (out, _, code) = d.cli(&["--json", "describe-group", "app"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["kind"], "groups");
+    assert_eq!(v["version"], 1);
     assert_eq!(v["groups"][0]["name"], "app");
     // Another owner sees only its own default group.
     let (out, _, _) = d.cli(&["--owner", "444455556666", "describe-group"]);
@@ -409,4 +409,337 @@ fn metrics_listen_serves_prometheus_text() {
         assert!(std::time::Instant::now() < deadline, "{body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The JSON of one `--json` command: (document, exit code). Asserts that no
+/// Rust enum spelling of the socket protocol leaks into it.
+fn json_of(d: &Daemon, args: &[&str]) -> (serde_json::Value, i32) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (out, err, code) = d.cli(&all);
+    let text = if code == 0 { &out } else { &err };
+    for leak in [
+        "\"Range\"",
+        "\"None\"",
+        "\"Cidr\"",
+        "\"Icmp\"",
+        "\"kind\"",
+        "\"Group\"",
+    ] {
+        assert!(!text.contains(leak), "{args:?} printed {leak}: {text}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"));
+    assert_eq!(v["version"], 1, "{args:?}: {v}");
+    (v, code)
+}
+
+/// `--json` prints the documented, versioned shapes of docs/json.md for every
+/// kind of answer (and errors on stderr), never the socket protocol's serde
+/// spellings (`"ports": "None"`, `{"Range":[22,22]}`, `{"Cidr": ...}`).
+#[test]
+fn json_output_uses_the_documented_versioned_shapes() {
+    let dir = TempDir::new("json");
+    let d = Daemon::start(&dir.0);
+    let (v, _) = json_of(&d, &["add-group", "web", "-d", "Web Servers"]);
+    assert_eq!(v["group"]["name"], "web");
+    assert_eq!(v["group"]["description"], "Web Servers");
+    assert!(v["group"]["id"].as_str().unwrap().starts_with("sg-"), "{v}");
+    json_of(&d, &["add-group", "app", "-d", "App"]);
+
+    let (v, _) = json_of(&d, &["authorize", "web", "-P", "tcp", "-p", "22"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"version": 1, "group": {"name": "web", "permissions": [
+            {"protocol": "tcp", "from_port": 22, "to_port": 22, "source": {"cidr": "0.0.0.0/0"}}
+        ]}})
+    );
+    json_of(
+        &d,
+        &[
+            "authorize",
+            "web",
+            "-P",
+            "icmp",
+            "-t",
+            "8:-1",
+            "-s",
+            "10.1.2.3/8",
+        ],
+    );
+    json_of(&d, &["authorize", "web", "-o", "app"]);
+    let (v, _) = json_of(&d, &["describe-group", "web"]);
+    let g = &v["groups"][0];
+    assert_eq!(g["owner"], "111122223333");
+    assert_eq!(g["name"], "web");
+    assert_eq!(g["description"], "Web Servers");
+    assert_eq!(
+        g["permissions"],
+        serde_json::json!([
+            {"protocol": "tcp", "from_port": 22, "to_port": 22, "source": {"cidr": "0.0.0.0/0"}},
+            {"protocol": "icmp", "icmp_type": 8, "icmp_code": null, "source": {"cidr": "10.0.0.0/8"}},
+            {"protocol": "all", "source": {"group": "app", "owner": "111122223333"}}
+        ])
+    );
+    let (v, _) = json_of(&d, &["revoke", "web", "-P", "tcp", "-p", "22"]);
+    assert_eq!(v["group"]["permissions"][0]["from_port"], 22);
+    let (v, _) = json_of(&d, &["add-group", "tmp", "-d", ""]);
+    assert_eq!(v["group"]["name"], "tmp");
+    let (v, _) = json_of(&d, &["delete-group", "tmp"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"version": 1, "group": {"name": "tmp"}})
+    );
+    let (v, _) = json_of(&d, &["describe-instances"]);
+    assert_eq!(v, serde_json::json!({"version": 1, "reservations": []}));
+    let (v, _) = json_of(&d, &["describe-images"]);
+    assert_eq!(v, serde_json::json!({"version": 1, "images": []}));
+    let (v, _) = json_of(&d, &["stats"]);
+    let st = &v["stats"];
+    assert_eq!(st["groups"], 3, "{v}");
+    assert_eq!(st["rules"], 3, "{v}");
+    assert!(st["edit_latency_us"]["p99"].is_u64(), "{v}");
+    assert!(st["drops"].is_array() && st["events"].is_array(), "{v}");
+    let (v, _) = json_of(&d, &["create-access-key"]);
+    assert!(
+        v["access_key"]["key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("AKIA")
+    );
+    assert_eq!(v["access_key"]["owner"], "111122223333");
+    // Errors: on stderr, exit 1, the same envelope.
+    let (v, code) = json_of(&d, &["delete-group", "nosuch"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["error"]["code"], "InvalidGroup.NotFound");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nosuch"));
+
+    // Every payload key is documented.
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/json.md"))
+            .expect("docs/json.md");
+    for key in [
+        "groups",
+        "group",
+        "reservations",
+        "instances",
+        "images",
+        "stats",
+        "access_key",
+        "error",
+        "from_port",
+        "icmp_type",
+        "\"cidr\"",
+        "previous_state",
+    ] {
+        assert!(doc.contains(key), "docs/json.md does not document {key}");
+    }
+}
+
+/// Every clap command, in the order of a depth-first walk.
+fn all_commands(c: &clap::Command) -> Vec<clap::Command> {
+    let mut out = vec![c.clone()];
+    for sub in c.get_subcommands() {
+        out.extend(all_commands(sub));
+    }
+    out
+}
+
+/// Text that looks like a rustdoc link: `` [`x`] `` or `[snake_case]`.
+fn rustdoc_link(text: &str) -> Option<&str> {
+    if let Some(i) = text.find("[`") {
+        return Some(&text[i..]);
+    }
+    let mut rest = text;
+    while let Some(i) = rest.find('[') {
+        let tail = &rest[i + 1..];
+        let end = tail.find(']').unwrap_or(tail.len());
+        let inner = &tail[..end];
+        if !inner.is_empty()
+            && inner
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == ':')
+            && end < tail.len()
+        {
+            return Some(&rest[i..]);
+        }
+        rest = tail;
+    }
+    None
+}
+
+/// Every option and argument of every command says what it is; no help text
+/// carries code-doc links.
+#[test]
+fn every_option_has_help_and_no_help_has_rustdoc_links() {
+    let root = mgmt::cli::command();
+    let mut checked = 0;
+    for cmd in all_commands(&root) {
+        for text in [cmd.get_about(), cmd.get_long_about()]
+            .into_iter()
+            .flatten()
+        {
+            let t = text.to_string();
+            assert!(
+                rustdoc_link(&t).is_none(),
+                "{}: about has a link: {t}",
+                cmd.get_name()
+            );
+        }
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                !help.trim().is_empty(),
+                "{} {}: no help text",
+                cmd.get_name(),
+                arg.get_id()
+            );
+            let long = arg
+                .get_long_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            for t in [&help, &long] {
+                assert!(
+                    rustdoc_link(t).is_none(),
+                    "{} {}: {t}",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+            }
+            for v in arg.get_possible_values() {
+                let h = v.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(rustdoc_link(&h).is_none(), "{}: {h}", arg.get_id());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} arguments walked");
+    // The rendered help too (what users see).
+    let (out, _, code) = run(Command::new(BIN).args(["up", "--help"]));
+    assert_eq!(code, 0);
+    assert!(rustdoc_link(&out).is_none(), "{out}");
+    assert!(
+        out.contains("--poll <POLL>\n          How workers wait for frames"),
+        "{out}"
+    );
+}
+
+/// `up` has no client-only options (`--json`), client commands do; the
+/// socket's environment variable set (even empty) never makes `--socket`
+/// required; multi-call names show themselves in usage.
+#[test]
+fn up_help_has_no_client_options_and_usage_names_are_right() {
+    let (out, _, code) = run(Command::new(BIN).args(["up", "--help"]));
+    assert_eq!(code, 0);
+    assert!(!out.contains("--json"), "{out}");
+    assert!(
+        out.contains("--socket") && out.contains("--state-dir"),
+        "{out}"
+    );
+    let (out, _, _) = run(Command::new(BIN).args(["describe-group", "--help"]));
+    assert!(out.contains("--json") && out.contains("--owner"), "{out}");
+    // `up --json` is a usage error, not silently ignored.
+    let (_, err, code) = run(Command::new(BIN).args(["--json", "up", "--no-switch"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--json"), "{err}");
+
+    // SGSWITCH_SOCKET set: usage shows --socket as an option, never required.
+    let dir = TempDir::new("usage");
+    let (out, _, code) = run(Command::new(BIN)
+        .args(["describe-group", "--help"])
+        .env("SGSWITCH_SOCKET", dir.0.join("s.sock")));
+    assert_eq!(code, 0);
+    let usage = out.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert!(!usage.contains("--socket"), "{usage}");
+    // Set but empty: the default socket, not "a value is required".
+    let (cli, _) =
+        mgmt::cli::parse_with_env(["sgswitch", "describe-group"].map(String::from), |name| {
+            (name == "SGSWITCH_SOCKET" || name == "SGSWITCH_OWNER").then(Default::default)
+        })
+        .unwrap();
+    assert_eq!(cli.socket, Path::new(mgmt::cli::DEFAULT_SOCKET));
+    assert_eq!(cli.owner, None);
+    let (_, err, code) = run(Command::new(BIN)
+        .args(["describe-group", "--socket"])
+        .arg(dir.0.join("none.sock"))
+        .env("SGSWITCH_SOCKET", "")
+        .env("SGSWITCH_OWNER", ""));
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("required"), "{err}");
+    // The option after the subcommand and before it, and the environment.
+    let (cli, _) = mgmt::cli::parse_with_env(
+        [
+            "sgswitch",
+            "--owner",
+            "444455556666",
+            "describe-group",
+            "--socket",
+            "/a",
+        ]
+        .map(String::from),
+        |name| (name == "SGSWITCH_SOCKET").then(|| "/env".into()),
+    )
+    .unwrap();
+    assert_eq!(
+        (cli.socket.as_path(), cli.owner.as_deref()),
+        (Path::new("/a"), Some("444455556666"))
+    );
+    let (cli, _) = mgmt::cli::parse_with_env(["sgswitch", "stats"].map(String::from), |name| {
+        (name == "SGSWITCH_SOCKET").then(|| "/env".into())
+    })
+    .unwrap();
+    assert_eq!(cli.socket, Path::new("/env"));
+
+    // Multi-call names.
+    let bin = dir.0.join("bin");
+    run(Command::new(BIN).arg("install-links").arg(&bin));
+    for (name, _) in mgmt::cli::MULTI_CALL {
+        let (out, _, code) = run(Command::new(bin.join(name)).arg("--help"));
+        assert_eq!(code, 0, "{name}");
+        assert!(out.contains(&format!("Usage: {name} ")), "{name}: {out}");
+        let (_, err, _) = run(Command::new(bin.join(name)).arg("--no-such-option"));
+        assert!(err.contains(&format!("Usage: {name} ")), "{name}: {err}");
+    }
+}
+
+/// Completions for bash, zsh and fish and man pages, generated from the same
+/// clap definitions, name the subcommands and their options.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (out, err, code) = run(Command::new(BIN).args(["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {err}");
+        for word in [
+            "authorize",
+            "describe-group",
+            "run-instances",
+            "port-range",
+            "completions",
+        ] {
+            assert!(out.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let (_, _, code) = run(Command::new(BIN).args(["completions", "tcsh-9"]));
+    assert_eq!(code, 2);
+    // To stdout without a directory.
+    let (out, _, code) = run(Command::new(BIN).arg("man"));
+    assert_eq!(code, 0);
+    assert!(out.contains(".TH sgswitch"), "{out}");
+    assert!(
+        out.contains("authorize") && out.contains("run\\-instances"),
+        "{out}"
+    );
+    // One page per command into a directory.
+    let dir = TempDir::new("man");
+    let (out, err, code) = run(Command::new(BIN).arg("man").arg(dir.0.join("man1")));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        all_commands(&mgmt::cli::command()).len(),
+        "{out}"
+    );
+    let page = std::fs::read_to_string(dir.0.join("man1/sgswitch-authorize.1")).unwrap();
+    assert!(page.contains(".TH sgswitch-authorize"), "{page}");
+    assert!(page.contains("port\\-range"), "{page}");
+    assert!(dir.0.join("man1/sgswitch.1").is_file());
 }

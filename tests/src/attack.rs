@@ -546,7 +546,8 @@ pub fn stats_json(lab: &Lab) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no \"stats\" in {out}"))
 }
 
-/// Parse the `drops` list (`[[name, n], ...]`) of a stats report.
+/// Parse the `drops` list (`[{"name": NAME, "count": N}, ...]`, docs/json.md)
+/// of a stats report.
 pub fn parse_drops(stats: &serde_json::Value) -> Drops {
     let list = stats
         .get("drops")
@@ -554,7 +555,12 @@ pub fn parse_drops(stats: &serde_json::Value) -> Drops {
         .unwrap_or_else(|| panic!("no drops list in {stats}"));
     Drops(
         list.iter()
-            .filter_map(|p| Some((p.get(0)?.as_str()?.to_owned(), p.get(1)?.as_u64()?)))
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_owned(),
+                    p.get("count")?.as_u64()?,
+                ))
+            })
             .collect(),
     )
 }
@@ -724,7 +730,7 @@ mod tests {
     #[test]
     fn drops_and_status_parse() {
         let v: serde_json::Value = serde_json::from_str(
-            r#"{"drops": [["spoofed_ip", 3], ["no_rule", 0]], "conntrack_entries": 5}"#,
+            r#"{"drops": [{"name": "spoofed_ip", "count": 3}, {"name": "no_rule", "count": 0}], "conntrack_entries": 5}"#,
         )
         .unwrap();
         let d = parse_drops(&v);

@@ -47,7 +47,8 @@ use serde_json::{Value, json};
 pub use super::http::MAX_BODY;
 use super::http::{Endpoint, connect, parse_endpoint, read_unary, send_request};
 pub use super::watch::{Event, EventKind, Watch, WatchBatch};
-use crate::api::{ApiError, BUSY, INTERNAL_ERROR};
+use crate::api::ApiError;
+use filter::error::ErrorCode;
 
 /// Default TCP connect timeout per endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -99,17 +100,17 @@ fn compacted_at(rev: i64) -> String {
 
 impl EtcdError {
     /// The EC2-style error code a front door reports for this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            EtcdError::Unreachable { .. } => BUSY,
-            EtcdError::Status { code: 14, .. } => BUSY,
-            _ => INTERNAL_ERROR,
+            EtcdError::Unreachable { .. } => ErrorCode::ServiceUnavailable,
+            EtcdError::Status { code: 14, .. } => ErrorCode::ServiceUnavailable,
+            _ => ErrorCode::InternalError,
         }
     }
 
     /// etcd could not be reached or had no leader: retrying later may work.
     pub fn is_unavailable(&self) -> bool {
-        self.code() == BUSY
+        self.code() == ErrorCode::ServiceUnavailable
     }
 }
 

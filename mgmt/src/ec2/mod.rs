@@ -8,8 +8,9 @@
 //!   behalf of the owner of the request's access key. Another owner's groups
 //!   and instances are simply not found.
 //! * Every request must carry a valid AWS Signature V4 ([`sigv4`]); the key's
-//!   secret comes from the core ([`Command::LookupAccessKey`], which the socket
-//!   does not accept). Unknown key → `AuthFailure` (HTTP 401), bad signature →
+//!   secret comes from the core ([`Handler::lookup_access_key`], which is no
+//!   command: the socket cannot ask it).
+//!   Unknown key → `AuthFailure` (HTTP 401), bad signature →
 //!   `SignatureDoesNotMatch`, time off by more than 15 minutes →
 //!   `RequestExpired`; no Authorization → `MissingAuthenticationToken` (401).
 //! * `POST /` with a form body, or `GET /?…`; `Action` and `Version` (any
@@ -47,10 +48,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use filter::Ec2Code;
 use filter::model::{Group, Ports, Proto, Rule, Source};
 
-use crate::api::{ApiError, Command, GroupRef, Handler, Reply, Request, Reservation, Response};
+use crate::api::{
+    ApiError, Command, ErrorCode, GroupRef, Handler, KeySecret, Reply, Request, Reservation,
+    Response,
+};
 use http::{HttpRequest, HttpResponse};
 use params::{Params, glob_match, invalid, missing};
 use xml::Xml;
@@ -62,28 +65,31 @@ pub struct Ec2Server {
     accept: Option<JoinHandle<()>>,
 }
 
-/// Errors of starting the listener.
+/// Errors of starting the listener (the API's own errors are [`ApiError`]s).
 #[derive(Debug, thiserror::Error)]
-pub enum Ec2Error {
-    #[error("bind the EC2 API on {addr}: {source}")]
+pub enum Ec2StartError {
+    #[error("bind the EC2 API on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("start the EC2 API listener: {0}")]
+    #[error("start the EC2 API listener")]
     Spawn(#[source] std::io::Error),
 }
 
 impl Ec2Server {
     /// Bind `addr` (port 0 picks a free one) and serve with `handler`.
-    pub fn start(addr: SocketAddr, handler: Arc<dyn Handler>) -> Result<Ec2Server, Ec2Error> {
+    pub fn start(addr: SocketAddr, handler: Arc<dyn Handler>) -> Result<Ec2Server, Ec2StartError> {
         Ec2Server::serve(bind(addr)?, handler)
     }
 
     /// Serve a listener from [`bind`] with `handler`.
-    pub fn serve(listener: TcpListener, handler: Arc<dyn Handler>) -> Result<Ec2Server, Ec2Error> {
-        let local = listener.local_addr().map_err(Ec2Error::Spawn)?;
+    pub fn serve(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Ec2Server, Ec2StartError> {
+        let local = listener.local_addr().map_err(Ec2StartError::Spawn)?;
         let stop = Arc::new(AtomicBool::new(false));
         let serve_fn: Arc<dyn Fn(HttpRequest) -> HttpResponse + Send + Sync> =
             Arc::new(move |req: HttpRequest| {
@@ -100,7 +106,7 @@ impl Ec2Server {
         let accept = std::thread::Builder::new()
             .name("sgswitch-ec2-accept".into())
             .spawn(move || http::serve(listener, serve_fn, stop2))
-            .map_err(Ec2Error::Spawn)?;
+            .map_err(Ec2StartError::Spawn)?;
         Ok(Ec2Server {
             addr: local,
             stop,
@@ -129,8 +135,8 @@ impl Ec2Server {
 
 /// Bind the API's address (the daemon does so before it touches the data
 /// plane, so a busy address fails the start early).
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, Ec2Error> {
-    TcpListener::bind(addr).map_err(|source| Ec2Error::Bind { addr, source })
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, Ec2StartError> {
+    TcpListener::bind(addr).map_err(|source| Ec2StartError::Bind { addr, source })
 }
 
 impl Drop for Ec2Server {
@@ -169,21 +175,11 @@ pub fn request_id() -> String {
     )
 }
 
-/// HTTP status of an error code.
-fn status_of(code: &str) -> u16 {
-    match code {
-        "AuthFailure" | "MissingAuthenticationToken" => 401,
-        crate::api::INTERNAL_ERROR => 500,
-        crate::api::BUSY => 503,
-        _ => 400,
-    }
-}
-
 fn error_response(e: &ApiError, rid: &str) -> HttpResponse {
     HttpResponse {
-        status: status_of(&e.code),
+        status: e.code.http_status(),
         content_type: "text/xml;charset=UTF-8",
-        body: xml::error(&e.code, &e.message, rid).into_bytes(),
+        body: xml::error(e.code, &e.message, rid).into_bytes(),
     }
 }
 
@@ -207,29 +203,7 @@ fn authenticate(req: &HttpRequest, h: &dyn Handler, now: i64) -> Result<String, 
         .header("authorization")
         .ok_or_else(|| auth_err(sigv4::AuthError::Missing))?;
     let auth = sigv4::parse_authorization(value).map_err(auth_err)?;
-    let (owner, secret) = match h.handle(Request {
-        owner: None,
-        command: Command::LookupAccessKey {
-            key_id: auth.key_id.clone(),
-        },
-    }) {
-        Ok(Response::AccessKeySecret { owner, secret }) => (owner, secret),
-        Ok(other) => {
-            return Err(ApiError::internal(format!(
-                "unexpected answer to a key lookup: {other:?}"
-            )));
-        }
-        Err(e) if e.code == Ec2Code::AuthFailure.as_str() => {
-            return Err(ApiError::ec2(
-                Ec2Code::AuthFailure,
-                format!(
-                    "AWS was not able to validate the provided access credentials: unknown access key '{}'",
-                    auth.key_id.escape_default()
-                ),
-            ));
-        }
-        Err(e) => return Err(e),
-    };
+    let KeySecret { owner, secret } = h.lookup_access_key(&auth.key_id)?;
     let signed = sigv4::SignedRequest {
         method: &req.method,
         path: &req.path,
@@ -267,7 +241,7 @@ fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<Str
         "DescribeInstances" => ctx.describe_instances(&p),
         "TerminateInstances" => ctx.terminate_instances(&p),
         other => Err(ApiError::new(
-            "InvalidAction",
+            ErrorCode::InvalidAction,
             format!(
                 "the action {} is not valid for this web service (sgswitch serves security groups and instances)",
                 other.escape_default()
@@ -339,7 +313,7 @@ impl Ctx<'_> {
     }
 
     fn groups(&self, refs: Vec<GroupRef>) -> Result<Vec<Group>, ApiError> {
-        match self.call(Command::DescribeGroupRefs { groups: refs })? {
+        match self.call(Command::DescribeGroups { groups: refs })? {
             Response::Groups { groups } => Ok(groups),
             other => Err(unexpected(&other)),
         }
@@ -358,7 +332,7 @@ impl Ctx<'_> {
 
     fn delete_security_group(&self, p: &Params) -> Result<String, ApiError> {
         let group = p.target_group()?;
-        self.call(Command::DeleteGroupRef { group })?;
+        self.call(Command::DeleteGroup { group })?;
         Ok(self.doc("DeleteSecurityGroup", |x| {
             x.elem("return", "true");
         }))
@@ -371,9 +345,9 @@ impl Ctx<'_> {
             return Err(missing("IpPermissions"));
         }
         let cmd = if add {
-            Command::AuthorizePermissions { group, permissions }
+            Command::Authorize { group, permissions }
         } else {
-            Command::RevokePermissions { group, permissions }
+            Command::Revoke { group, permissions }
         };
         self.call(cmd)?;
         Ok(self.doc(action, |x| {
@@ -405,7 +379,7 @@ impl Ctx<'_> {
             names.dedup();
             let refs = names.into_iter().map(GroupRef::Name).collect();
             if let Ok(Response::Groups { groups }) =
-                self.call_as(&owner, Command::DescribeGroupRefs { groups: refs })
+                self.call_as(&owner, Command::DescribeGroups { groups: refs })
             {
                 for g in groups {
                     ids.insert((g.owner.0.clone(), g.name.clone()), g.id.clone());
@@ -453,7 +427,7 @@ impl Ctx<'_> {
 
     /// Name → id of the caller's groups.
     fn group_ids(&self) -> BTreeMap<String, String> {
-        match self.call(Command::DescribeGroupRefs { groups: vec![] }) {
+        match self.call(Command::DescribeGroups { groups: vec![] }) {
             Ok(Response::Groups { groups }) => groups.into_iter().map(|g| (g.name, g.id)).collect(),
             _ => BTreeMap::new(),
         }
@@ -475,11 +449,14 @@ impl Ctx<'_> {
             .map(GroupRef::Name)
             .collect();
         groups.extend(p.list("SecurityGroupId").into_iter().map(GroupRef::Id));
-        let cmd = Command::RunInstancesEc2 {
+        let cmd = Command::RunInstances {
             ami,
-            min_count,
-            max_count,
+            count: max_count,
+            min_count: Some(min_count),
             groups,
+            // EC2 does not say: QEMU guests for a registered image, else
+            // namespace instances.
+            qemu: None,
             client_token: p.get("ClientToken").map(str::to_owned),
         };
         let reservations = match self.call(cmd)? {

@@ -22,10 +22,8 @@
 
 use std::collections::BTreeMap;
 
-use filter::Ec2Code;
-
 use super::sigv4::percent_decode;
-use crate::api::{ApiError, GroupRef, Permission, SourceGroup};
+use crate::api::{ApiError, ErrorCode, GroupRef, Permission, SourceGroup};
 
 /// Most parameters in one request.
 pub const MAX_PARAMS: usize = 4096;
@@ -37,14 +35,14 @@ pub struct Params {
 }
 
 pub fn missing(name: &str) -> ApiError {
-    ApiError::ec2(
-        Ec2Code::MissingParameter,
+    ApiError::new(
+        ErrorCode::MissingParameter,
         format!("the request must contain the parameter {name}"),
     )
 }
 
 pub fn invalid(msg: String) -> ApiError {
-    ApiError::ec2(Ec2Code::InvalidParameterValue, msg)
+    ApiError::new(ErrorCode::InvalidParameterValue, msg)
 }
 
 fn decode(s: &str) -> Result<String, ApiError> {

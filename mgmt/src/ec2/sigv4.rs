@@ -18,6 +18,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::api::ErrorCode;
+
 /// Largest accepted difference between the request's time and ours.
 pub const MAX_SKEW_SECS: i64 = 15 * 60;
 
@@ -48,13 +50,13 @@ pub enum AuthError {
 
 impl AuthError {
     /// The EC2 error code of this failure.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Missing => "MissingAuthenticationToken",
-            AuthError::Malformed(_) | AuthError::HostNotSigned(_) => "IncompleteSignature",
-            AuthError::BadDate(_) | AuthError::ScopeDate { .. } => "IncompleteSignature",
-            AuthError::Skewed { .. } => "RequestExpired",
-            AuthError::Mismatch => "SignatureDoesNotMatch",
+            AuthError::Missing => ErrorCode::MissingAuthenticationToken,
+            AuthError::Malformed(_) | AuthError::HostNotSigned(_) => ErrorCode::IncompleteSignature,
+            AuthError::BadDate(_) | AuthError::ScopeDate { .. } => ErrorCode::IncompleteSignature,
+            AuthError::Skewed { .. } => ErrorCode::RequestExpired,
+            AuthError::Mismatch => ErrorCode::SignatureDoesNotMatch,
         }
     }
 }

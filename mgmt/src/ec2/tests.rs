@@ -18,6 +18,10 @@ impl Handler for Api {
     fn handle(&self, req: Request) -> Reply {
         self.core.lock().unwrap().handle(req)
     }
+
+    fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        self.core.lock().unwrap().lookup_access_key(key_id)
+    }
 }
 
 fn api(tag: &str) -> Api {

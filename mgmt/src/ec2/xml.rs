@@ -9,6 +9,8 @@
 //!   `<Response><Errors><Error><Code/><Message/></Error></Errors><RequestID/></Response>`
 //!   (`RequestID` spelled so: botocore and boto read it).
 
+use crate::api::ErrorCode;
+
 /// The API version whose namespace answers carry when the client sent none we
 /// recognise.
 pub const DEFAULT_VERSION: &str = "2016-11-15";
@@ -100,12 +102,12 @@ pub fn namespace(version: Option<&str>) -> String {
 }
 
 /// An error document.
-pub fn error(code: &str, message: &str, request_id: &str) -> String {
+pub fn error(code: ErrorCode, message: &str, request_id: &str) -> String {
     let mut x = Xml::new();
     x.open("Response")
         .open("Errors")
         .open("Error")
-        .elem("Code", code)
+        .elem("Code", code.as_str())
         .elem("Message", message)
         .close("Error")
         .close("Errors")
@@ -159,7 +161,7 @@ mod tests {
     #[test]
     fn error_document_shape() {
         assert_eq!(
-            error("InvalidGroup.NotFound", "no <group>", "id-1"),
+            error(ErrorCode::InvalidGroupNotFound, "no <group>", "id-1"),
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>InvalidGroup.NotFound</Code><Message>no &lt;group&gt;</Message></Error></Errors><RequestID>id-1</RequestID></Response>"
         );
     }
