@@ -276,10 +276,11 @@ pub fn flow_src_port(inner: &[u8]) -> u16 {
             mix(u64::from(proto));
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !frag {
-                if let Some(p) = inner.get(ETH_LEN + ihl..ETH_LEN + ihl + 4) {
-                    mix(u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
-                }
+            if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+                && !frag
+                && let Some(p) = inner.get(ETH_LEN + ihl..ETH_LEN + ihl + 4)
+            {
+                mix(u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
             }
         }
         _ => {
