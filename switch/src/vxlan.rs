@@ -28,9 +28,14 @@
 //! `VxlanDrop::ALL` to it (the names are already the snake_case counter names).
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::Ipv4Addr;
 
 use crate::offload::checksum;
+use crate::table::U32Hasher;
+
+/// Keyed by IPv4 address as `u32`, hashed like the forwarding table.
+type AddrMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
 
 /// The IANA VXLAN port (RFC 7348), the default of `--vxlan-port`.
 pub const VXLAN_PORT: u16 = 4789;
@@ -546,12 +551,13 @@ pub fn check_sender<D: Directory + ?Sized>(
     })
 }
 
-/// A plain [`Directory`] in hash maps (built by the control plane, published by
-/// pointer swap like the rule snapshot; lookups don't allocate).
+/// A plain [`Directory`] in hash maps keyed by address (built by the control
+/// plane, published by pointer swap like the rule snapshot; lookups don't
+/// allocate). Keys are lab data, not packet data, so the cheap hash is safe.
 #[derive(Clone, Debug, Default)]
 pub struct DirectoryTable {
-    hosts: HashMap<Ipv4Addr, HostId>,
-    instances: HashMap<Ipv4Addr, InstanceInfo>,
+    hosts: AddrMap<HostId>,
+    instances: AddrMap<InstanceInfo>,
 }
 
 impl DirectoryTable {
@@ -561,26 +567,26 @@ impl DirectoryTable {
 
     /// Marks `underlay` as the address of live host `id`.
     pub fn add_host(&mut self, id: HostId, underlay: Ipv4Addr) {
-        self.hosts.insert(underlay, id);
+        self.hosts.insert(u32::from(underlay), id);
     }
 
     /// Forgets a host whose lease expired.
     pub fn remove_host(&mut self, underlay: Ipv4Addr) {
-        self.hosts.remove(&underlay);
+        self.hosts.remove(&u32::from(underlay));
     }
 
     pub fn add_instance(&mut self, ip: Ipv4Addr, info: InstanceInfo) {
-        self.instances.insert(ip, info);
+        self.instances.insert(u32::from(ip), info);
     }
 }
 
 impl Directory for DirectoryTable {
     fn live_host(&self, underlay: Ipv4Addr) -> Option<HostId> {
-        self.hosts.get(&underlay).copied()
+        self.hosts.get(&u32::from(underlay)).copied()
     }
 
     fn instance(&self, ip: Ipv4Addr) -> Option<InstanceInfo> {
-        self.instances.get(&ip).copied()
+        self.instances.get(&u32::from(ip)).copied()
     }
 }
 
