@@ -35,6 +35,7 @@ pub mod port;
 pub mod sys;
 pub mod table;
 pub mod tap;
+pub mod vxlan;
 pub mod worker;
 
 pub use config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
