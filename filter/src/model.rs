@@ -235,8 +235,37 @@ pub struct RuleSpec {
     pub groups: Vec<(String, Option<String>)>,
 }
 
+/// One applied change of the model, as recorded by [`Model::record_changes`]:
+/// enough to write it to a store, to recompile only what it touches
+/// ([`crate::compile::Compiler::apply`]) and to undo it ([`Model::undo`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A group was created (as it was then); `prev_seq` is the group id
+    /// sequence before its id was taken.
+    GroupAdded { group: Group, prev_seq: u64 },
+    /// A group was deleted (with the rules it had).
+    GroupDeleted(Group),
+    /// `rules` were appended to the group `key` (id `group_id`).
+    RulesAdded {
+        key: (Owner, String),
+        group_id: String,
+        rules: Vec<Rule>,
+    },
+    /// `rules` were removed from the group `key`, whose rules were `before`.
+    RulesRemoved {
+        key: (Owner, String),
+        group_id: String,
+        rules: Vec<Rule>,
+        before: Vec<Rule>,
+    },
+    /// An instance was added (as stored).
+    InstanceAdded(Instance),
+    /// An instance was removed.
+    InstanceRemoved(Instance),
+}
+
 /// The whole model.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Model {
     pub limits: Limits,
     /// Keyed by (owner, group name).
@@ -247,7 +276,23 @@ pub struct Model {
     /// Sequence number of the next group id (see [`Model::add_group`]).
     #[serde(default)]
     pub next_group_seq: u64,
+    /// The changes applied since recording began ([`Model::record_changes`]);
+    /// `None`: not recording (the default: no cost for models nobody commits).
+    #[serde(skip)]
+    journal: Option<Vec<Change>>,
 }
+
+/// Equality of the state; the change journal is not part of it.
+impl PartialEq for Model {
+    fn eq(&self, other: &Model) -> bool {
+        self.limits == other.limits
+            && self.groups == other.groups
+            && self.instances == other.instances
+            && self.next_group_seq == other.next_group_seq
+    }
+}
+
+impl Eq for Model {}
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -721,6 +766,57 @@ impl Model {
         }
     }
 
+    /// Start recording every applied change (idempotent). The control plane
+    /// takes them after each request ([`Model::take_changes`]) to store,
+    /// compile and, on failure, undo exactly that edit.
+    pub fn record_changes(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (empty when not recording).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn log(&mut self, c: impl FnOnce() -> Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(c());
+        }
+    }
+
+    /// Undo `changes` (as returned by [`Model::take_changes`], newest last):
+    /// the model is as it was before them. Not recorded.
+    pub fn undo(&mut self, changes: Vec<Change>) {
+        for c in changes.into_iter().rev() {
+            match c {
+                Change::GroupAdded { group, prev_seq } => {
+                    self.groups.remove(&(group.owner, group.name));
+                    self.next_group_seq = prev_seq;
+                }
+                Change::GroupDeleted(g) => {
+                    self.groups.insert((g.owner.clone(), g.name.clone()), g);
+                }
+                Change::RulesAdded { key, rules, .. } => {
+                    if let Some(g) = self.groups.get_mut(&key) {
+                        let n = g.rules.len().saturating_sub(rules.len());
+                        g.rules.truncate(n);
+                    }
+                }
+                Change::RulesRemoved { key, before, .. } => {
+                    if let Some(g) = self.groups.get_mut(&key) {
+                        g.rules = before;
+                    }
+                }
+                Change::InstanceAdded(i) => {
+                    self.instances.remove(&i.id);
+                }
+                Change::InstanceRemoved(i) => {
+                    self.instances.insert(i.id.clone(), i);
+                }
+            }
+        }
+    }
+
     /// Create `owner`'s `default` group (one rule: all traffic from members of
     /// `default` of the same owner) if it does not exist. Idempotent; the caller
     /// passes a validated owner.
@@ -729,6 +825,7 @@ impl Model {
         if self.groups.contains_key(&key) {
             return;
         }
+        let prev_seq = self.next_group_seq;
         let id = self.take_group_id();
         let rule = Rule {
             proto: Proto::All,
@@ -745,6 +842,10 @@ impl Model {
             description: DEFAULT_GROUP_DESCRIPTION.to_owned(),
             rules: vec![rule],
         };
+        self.log(|| Change::GroupAdded {
+            group: group.clone(),
+            prev_seq,
+        });
         self.groups.insert(key, group);
     }
 
@@ -783,6 +884,7 @@ impl Model {
             ));
         }
         self.ensure_owner(owner);
+        let prev_seq = self.next_group_seq;
         let group = Group {
             owner: owner.clone(),
             name: name.to_owned(),
@@ -790,6 +892,10 @@ impl Model {
             description: description.to_owned(),
             rules: Vec::new(),
         };
+        self.log(|| Change::GroupAdded {
+            group: group.clone(),
+            prev_seq,
+        });
         self.groups
             .insert((owner.clone(), name.to_owned()), group.clone());
         Ok(group)
@@ -834,7 +940,9 @@ impl Model {
                 ));
             }
         }
-        Ok(self.groups.remove(&key).expect("checked above"))
+        let g = self.groups.remove(&key).expect("checked above");
+        self.log(|| Change::GroupDeleted(g.clone()));
+        Ok(g)
     }
 
     /// One of `owner`'s groups.
@@ -968,7 +1076,13 @@ impl Model {
             .groups
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
-        g.rules.extend(rules);
+        let group_id = g.id.clone();
+        g.rules.extend_from_slice(&rules);
+        self.log(|| Change::RulesAdded {
+            key: (owner.clone(), group.to_owned()),
+            group_id,
+            rules,
+        });
         Ok(())
     }
 
@@ -992,7 +1106,17 @@ impl Model {
             .groups
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
+        let before = self.journal.is_some().then(|| g.rules.clone());
+        let group_id = g.id.clone();
         g.rules.retain(|r| !rules.contains(r));
+        if let Some(before) = before {
+            self.log(|| Change::RulesRemoved {
+                key: (owner.clone(), group.to_owned()),
+                group_id,
+                rules,
+                before,
+            });
+        }
         Ok(())
     }
 
@@ -1049,18 +1173,21 @@ impl Model {
             }
         }
         self.ensure_owner(&inst.owner);
+        self.log(|| Change::InstanceAdded(inst.clone()));
         self.instances.insert(inst.id.clone(), inst);
         Ok(())
     }
 
     /// Remove an instance.
     pub fn remove_instance(&mut self, id: &str) -> Result<Instance, Ec2Error> {
-        self.instances.remove(id).ok_or_else(|| {
+        let inst = self.instances.remove(id).ok_or_else(|| {
             Ec2Error::new(
                 Ec2Code::InvalidInstanceIdNotFound,
                 format!("the instance ID '{id}' does not exist"),
             )
-        })
+        })?;
+        self.log(|| Change::InstanceRemoved(inst.clone()));
+        Ok(inst)
     }
 
     /// The instances that are members of `owner`'s group `group`, by id (the
