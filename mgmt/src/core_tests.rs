@@ -612,31 +612,40 @@ fn state_and_instances_come_back_after_a_restart() {
 }
 
 #[test]
-fn diff_produces_minimal_store_edits() {
+fn store_edits_are_exactly_the_recorded_changes() {
     let owner = Owner(OWNER.into());
     let mut a = Model::new(Limits::default());
     a.ensure_owner(&owner);
     a.add_group(&owner, "web", "w").unwrap();
     a.authorize(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
         .unwrap();
-    let mut b = a.clone();
-    b.authorize(&owner, "web", &spec("tcp", "443", "0.0.0.0/0"))
+    let before = a.clone();
+    a.record_changes();
+    a.authorize(&owner, "web", &spec("tcp", "443", "0.0.0.0/0"))
         .unwrap();
-    b.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+    a.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
         .unwrap();
+    // A refused edit records nothing.
+    assert!(
+        a.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+            .is_err()
+    );
     let web_id = a.groups[&(owner.clone(), "web".into())].id.clone();
-    let edits = diff(&a, &b, &BTreeMap::new()).unwrap();
+    let changes = a.take_changes();
+    let edits = store_edits(&changes, &BTreeMap::new()).unwrap();
     assert_eq!(edits.len(), 2, "{edits:?}");
     assert!(
-        matches!(&edits[0], Edit::RemoveRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(80, 80))
+        matches!(&edits[0], Edit::AddRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(443, 443))
     );
     assert!(
-        matches!(&edits[1], Edit::AddRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(443, 443))
+        matches!(&edits[1], Edit::RemoveRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(80, 80))
     );
-    assert!(diff(&a, &a, &BTreeMap::new()).unwrap().is_empty());
+    assert!(a.take_changes().is_empty());
+    // Undone, the model is as before.
+    a.undo(changes);
+    assert_eq!(a, before);
     // A new instance without a launch record is refused.
-    let mut c = a.clone();
-    c.add_instance(Instance {
+    a.add_instance(Instance {
         id: "i-0000abcd".into(),
         owner: owner.clone(),
         mac: instance_mac("i-0000abcd"),
@@ -645,7 +654,9 @@ fn diff_produces_minimal_store_edits() {
     })
     .unwrap();
     assert_eq!(
-        diff(&a, &c, &BTreeMap::new()).unwrap_err().code,
+        store_edits(&a.take_changes(), &BTreeMap::new())
+            .unwrap_err()
+            .code,
         "InternalError"
     );
 }
@@ -834,7 +845,7 @@ fn attachment_place_round_trips() {
 
 /// Random command sequences (fixed seeds): after every command the store, reloaded
 /// into a fresh core, must give exactly the in-memory state, and a failed command
-/// must leave the state byte-identical. This checks `diff` + store against the
+/// must leave the state byte-identical. This checks `store_edits` + store against the
 /// model for edits of every kind, including implicit ones (a new owner's default).
 #[test]
 fn random_command_sequences_reload_to_the_same_state() {
