@@ -775,7 +775,10 @@ impl Model {
 
     /// The changes recorded since the last call (empty when not recording).
     pub fn take_changes(&mut self) -> Vec<Change> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn log(&mut self, c: impl FnOnce() -> Change) {

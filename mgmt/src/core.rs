@@ -612,6 +612,10 @@ impl Core {
         if is_edit && reply.is_ok() {
             push_window(&mut self.latencies, t0.elapsed().as_micros() as u64);
         }
+        if reply.is_err() {
+            // Whatever the request staged and did not commit is undone.
+            self.rollback();
+        }
         reply
     }
 
@@ -946,9 +950,10 @@ impl Core {
             .map_or(0, |d| d.as_secs() as i64);
         let mut new_records = BTreeMap::new();
         let mut order = Vec::new();
-        // Stage the instances in the model (undone on any failure below).
+        // Stage the instances in the model: an error return from here on
+        // leaves uncommitted changes that `handle` undoes.
         let next = &mut self.model;
-        let staged = items.into_iter().enumerate().try_for_each(|(index, (ip, mac, how))| {
+        for (index, (ip, mac, how)) in items.into_iter().enumerate() {
             let id = loop {
                 let id = random_id("i-");
                 if !next.instances.contains_key(&id) {
@@ -990,11 +995,6 @@ impl Core {
                 },
             );
             order.push(id);
-            Ok::<(), ApiError>(())
-        });
-        if let Err(e) = staged {
-            self.rollback();
-            return Err(e);
         }
         // Validated: create them for real.
         let prefix = self.cfg.subnet.prefix_len();
@@ -1012,7 +1012,6 @@ impl Core {
                 }
                 Err(e) => {
                     self.undo_launch(&launched);
-                    self.rollback();
                     return Err(e);
                 }
             }
