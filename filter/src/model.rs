@@ -22,7 +22,9 @@
 //!   `tcp` and `-t` means `icmp`; with neither the rule is `all` (the 2006 group
 //!   grant, and "everything from this CIDR"). `-p` with `icmp`/`all`, `-t` with
 //!   anything but `icmp`, and `-p` together with `-t` are `InvalidParameterValue`.
-//!   `tcp`/`udp` without `-p` mean all ports, `icmp` without `-t` all types.
+//!   `tcp`/`udp` without `-p` are `InvalidParameterValue`, as in EC2 ("must
+//!   specify both from and to ports with TCP/UDP"; `-p -1` is all ports);
+//!   `icmp` without `-t` means all types.
 //! * `-t -1:CODE` is normalised to `-1:-1` (type `-1` means every type, so a code
 //!   is meaningless); `-p -1` is normalised to `0-65535`.
 //! * The same rule twice in one authorize **or revoke** request is
@@ -690,10 +692,15 @@ impl RuleSpec {
                         "invalid ICMP type:code '{t}' for protocol {proto}"
                     )));
                 }
-                let (lo, hi) = match &self.ports {
-                    Some(p) => parse_port_range(p)?,
-                    None => (0, u16::MAX),
+                // AWS refuses TCP/UDP without ports rather than opening all
+                // 65,536 of them; `-p -1` (FromPort=ToPort=-1) says "all".
+                let Some(p) = &self.ports else {
+                    return Err(invalid(format!(
+                        "invalid permission for protocol {proto}: must specify both from and to \
+                         ports with TCP/UDP (a port N, a range N-M, or -1 for all ports)"
+                    )));
                 };
+                let (lo, hi) = parse_port_range(p)?;
                 Ports::Range(lo, hi)
             }
             Proto::Icmp => {
@@ -1818,9 +1825,12 @@ mod tests {
             ("all", Proto::All),
             ("-1", Proto::All),
         ] {
+            // TCP/UDP need ports.
+            let ports = matches!(p, Proto::Tcp | Proto::Udp).then(|| "-1".to_owned());
             assert_eq!(
                 proto(RuleSpec {
                     proto: Some(s.into()),
+                    ports,
                     ..RuleSpec::default()
                 }),
                 p,
@@ -1849,7 +1859,30 @@ mod tests {
             Ports::Range(0, 65535)
         );
         assert_eq!(ports(p("tcp", Some("-1"), None)), Ports::Range(0, 65535));
-        assert_eq!(ports(p("udp", None, None)), Ports::Range(0, 65535));
+        // TCP/UDP without ports is refused (AWS: "Must specify both from and to
+        // ports with TCP/UDP"), naming the protocol; the model is untouched.
+        for proto in ["tcp", "udp", "6", "17"] {
+            let e = p(proto, None, None).expand(&me).expect_err(proto);
+            assert_eq!(e.code, Ec2Code::InvalidParameterValue, "{proto}");
+            assert!(
+                e.message.contains("must specify both from and to ports"),
+                "{e}"
+            );
+            let named = if proto == "6" || proto == "tcp" {
+                "tcp"
+            } else {
+                "udp"
+            };
+            assert!(
+                e.message.contains(&format!("protocol {named}")),
+                "{e}"
+            );
+        }
+        let mut m = Model::new(Limits::default());
+        m.add_group(&me, "web", "w").expect("new");
+        let before = m.clone();
+        assert!(m.authorize(&me, "web", &p("tcp", None, None)).is_err());
+        assert_eq!(m, before);
         assert_eq!(
             ports(p("icmp", None, Some("8:0"))),
             Ports::Icmp {

@@ -325,6 +325,34 @@ fn every_error_code_leaves_the_state_byte_identical() {
             "InvalidGroup.NotFound",
             "nosuch",
         ),
+        // TCP/UDP without ports (issue 12 item 7), from the CLI and the EC2
+        // front door alike.
+        (
+            req(Command::Authorize {
+                group: "web".into(),
+                spec: RuleSpec {
+                    proto: Some("tcp".into()),
+                    cidrs: vec!["0.0.0.0/0".into()],
+                    ..RuleSpec::default()
+                },
+            }),
+            "InvalidParameterValue",
+            "must specify both from and to ports with TCP/UDP",
+        ),
+        (
+            req(Command::AuthorizePermissions {
+                group: crate::api::GroupRef::Name("web".into()),
+                permissions: vec![crate::api::Permission {
+                    proto: Some("udp".into()),
+                    ports: None,
+                    icmp: None,
+                    cidrs: vec!["10.0.0.0/8".into()],
+                    groups: vec![],
+                }],
+            }),
+            "InvalidParameterValue",
+            "protocol udp",
+        ),
         (
             req(Command::Authorize {
                 group: "nosuch".into(),
