@@ -874,7 +874,9 @@ fn attachment_place_round_trips() {
 /// Random command sequences (fixed seeds): after every command the store, reloaded
 /// into a fresh core, must give exactly the in-memory state, and a failed command
 /// must leave the state byte-identical. This checks `store_edits` + store against the
-/// model for edits of every kind, including implicit ones (a new owner's default).
+/// model for edits of every kind, including implicit ones (a new owner's default),
+/// and that the snapshot published after each command (compiled incrementally)
+/// allows what a full compile of the model allows.
 #[test]
 fn random_command_sequences_reload_to_the_same_state() {
     struct Lcg(u64);
@@ -898,7 +900,8 @@ fn random_command_sequences_reload_to_the_same_state() {
         let dir = TempDir::new(&format!("core-random-{seed}"));
         let mut cfg = config();
         cfg.limits.rules_per_group = 6;
-        let mut core = core_in(&dir, cfg.clone());
+        let dp = RecordingDataplane::default();
+        let mut core = core_with(&dir, cfg.clone(), dp.clone());
         let mut rng = Lcg(seed);
         let (mut ok, mut failed) = (0, 0);
         for step in 0..120 {
@@ -960,6 +963,52 @@ fn random_command_sequences_reload_to_the_same_state() {
                             core.dump(),
                             before,
                             "seed {seed} step {step}: {command:?} failed ({e}) but changed the state"
+                        );
+                    }
+                }
+            }
+            // The published snapshot (compiled incrementally, edit by edit)
+            // allows what a full compile of the model allows.
+            let published = dp.state.lock().unwrap().snapshots.last().cloned();
+            let published = published.expect("a snapshot was published");
+            let full = filter::compile(core.model(), core.generation());
+            assert_eq!(published.generation(), core.generation());
+            assert_eq!(published.instances(), full.instances());
+            assert_eq!(published.policy_count(), full.policy_count());
+            let addrs: Vec<Ipv4Addr> = core
+                .model()
+                .instances
+                .values()
+                .map(|i| i.ip)
+                .chain(["10.1.2.3".parse().unwrap(), "192.168.1.9".parse().unwrap()])
+                .collect();
+            for &src in &addrs {
+                for &dst in &addrs {
+                    for (proto, dport) in [(6u8, 80u16), (6, 22), (17, 53), (1, 0), (47, 0)] {
+                        let pkt = filter::Packet {
+                            key: filter::FlowKey {
+                                src,
+                                dst,
+                                proto,
+                                sport: 40000,
+                                dport,
+                            },
+                            l4: match proto {
+                                6 => filter::L4::Tcp { flags: 2 },
+                                17 => filter::L4::Udp,
+                                1 => filter::L4::Icmp {
+                                    ty: 8,
+                                    code: 0,
+                                    kind: filter::IcmpKind::Request,
+                                },
+                                _ => filter::L4::Other,
+                            },
+                            frag: filter::Frag::None,
+                        };
+                        assert_eq!(
+                            published.allows(&pkt),
+                            full.allows(&pkt),
+                            "seed {seed} step {step}: {pkt:?}"
                         );
                     }
                 }
