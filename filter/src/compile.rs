@@ -136,8 +136,8 @@ struct Iv {
 /// or two instead of a binary search over the whole table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PortTable {
-    ivs: Box<[Iv]>,
-    top: Box<[u32]>,
+    ivs: Arc<[Iv]>,
+    top: Arc<[u32]>,
 }
 
 /// Tables up to this many intervals are searched directly.
@@ -145,15 +145,15 @@ const DIRECT_MAX: usize = 32;
 
 impl PortTable {
     fn new(ivs: Vec<Iv>) -> PortTable {
-        let top: Box<[u32]> = if ivs.len() > DIRECT_MAX {
+        let top: Arc<[u32]> = if ivs.len() > DIRECT_MAX {
             (0..=256u32)
                 .map(|b| ivs.partition_point(|iv| u32::from(iv.start) < b << 8) as u32)
                 .collect()
         } else {
-            Box::new([])
+            Arc::new([])
         };
         PortTable {
-            ivs: ivs.into_boxed_slice(),
+            ivs: ivs.into(),
             top,
         }
     }
@@ -182,20 +182,22 @@ const UDP_T: usize = 1;
 /// Port-table index of ICMP (key `type << 8 | code`).
 const ICMP_T: usize = 2;
 
-/// One security group's compiled ingress rules, shared by all its members and,
-/// behind an `Arc`, by every snapshot until the group's rules change. Its source
-/// sets are its own (set ids index `sets`).
+/// One security group's compiled ingress rules, shared by all its members and
+/// by every snapshot until the group's rules change (its arrays are `Arc`s: a
+/// copy of the table is a handful of reference counts, and a lookup reads it
+/// inline from the snapshot's table array, no extra pointer). Its source sets
+/// are its own (set ids index `sets`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct GroupTable {
     /// Indexed by [`TCP_T`], [`UDP_T`], [`ICMP_T`].
     ports: [PortTable; 3],
     /// Source set for other IP protocols (`Proto::All` rules only).
     other: u32,
-    sets: Box<[SrcSet]>,
+    sets: Arc<[SrcSet]>,
     /// Inclusive address ranges `(lo, hi)` of the source sets.
-    ranges: Box<[(u32, u32)]>,
+    ranges: Arc<[(u32, u32)]>,
     /// `words` words of referenced-group bits per set that has groups.
-    group_bits: Box<[u64]>,
+    group_bits: Arc<[u64]>,
     words: usize,
 }
 
@@ -291,8 +293,8 @@ impl IpIndex {
 /// Every part is behind an `Arc`: a snapshot made after an edit shares all it
 /// did not change with the one before (see [`Compiler`]). The per-packet path
 /// reads the same arrays as a plain boxed layout would (an `Arc<[T]>` is one
-/// pointer to its elements, like a `Box<[T]>`), plus one pointer per destination
-/// group table.
+/// pointer to its elements, like a `Box<[T]>`; group tables sit inline in
+/// their array).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     generation: u64,
@@ -304,7 +306,7 @@ pub struct Snapshot {
     member_bits: Arc<[u64]>,
     /// Group tables by slot (a slot of a deleted or rule-less group holds the
     /// empty table; no list names it).
-    tables: Arc<[Arc<GroupTable>]>,
+    tables: Arc<[GroupTable]>,
     /// Concatenated group-table lists (slots in `tables`), one per distinct
     /// (owner, group set) of the instances.
     lists: Arc<[u32]>,
@@ -374,7 +376,6 @@ impl Snapshot {
             + inst
             + self.ip_index.slots.len() * std::mem::size_of::<IpSlot>()
             + self.member_bits.len() * 8
-            + self.tables.len() * std::mem::size_of::<usize>()
             + self.lists.len() * 4
             + tables
     }
@@ -403,7 +404,7 @@ impl Snapshot {
             _ => {
                 let mut src_inst = None;
                 return list.iter().any(|&t| {
-                    let table = &*self.tables[t as usize];
+                    let table = &self.tables[t as usize];
                     self.set_matches(table, table.other, pkt.key.src, &mut src_inst)
                 });
             }
@@ -411,7 +412,7 @@ impl Snapshot {
         // The source's instance, looked up at most once (only for group sources).
         let mut src_inst = None;
         list.iter().any(|&t| {
-            let table = &*self.tables[t as usize];
+            let table = &self.tables[t as usize];
             let set = table.ports[p].lookup(key);
             self.set_matches(table, set, pkt.key.src, &mut src_inst)
         })
@@ -635,8 +636,9 @@ struct Members {
 ///
 /// * Every group with at least one rule has a table *slot*; an edit of a
 ///   group's rules recompiles that group's table alone (`O(R log R)` for its
-///   `R` rules) and replaces one `Arc` in the slot array (`O(groups)` pointer
-///   copies); all other tables are shared with the previous snapshot.
+///   `R` rules) and replaces one table in the slot array (republished as
+///   `O(groups)` reference-count copies); all other tables' arrays are shared
+///   with the previous snapshot.
 /// * Groups named as a source get a bit number for as long as some rule names
 ///   them (freed numbers are reused, lowest first); every instance carries the
 ///   bits of its groups. Bits are numbered model-wide, so a table compiled
@@ -660,18 +662,18 @@ pub struct Compiler {
     /// Group with at least one rule → its slot in `tables`.
     slots: HashMap<GroupKey, u32>,
     free_slots: Vec<u32>,
-    tables: Vec<Arc<GroupTable>>,
+    tables: Vec<GroupTable>,
     /// The shared empty table of free slots.
-    empty: Arc<GroupTable>,
+    empty: GroupTable,
     members: Members,
     /// `tables` as published (rebuilt lazily after a change).
-    published: Option<Arc<[Arc<GroupTable>]>>,
+    published: Option<Arc<[GroupTable]>>,
 }
 
 impl Compiler {
     /// Compile all of `model`.
     pub fn new(model: &Model) -> Compiler {
-        let empty = Arc::new(GroupTable::empty());
+        let empty = GroupTable::empty();
         let mut c = Compiler {
             refs: HashMap::new(),
             free_bits: BTreeSet::new(),
@@ -815,7 +817,7 @@ impl Compiler {
 
     /// Compile `rules` into `key`'s slot; true if the slot is new.
     fn set_table(&mut self, key: &GroupKey, rules: &[Rule]) -> bool {
-        let table = Arc::new(compile_group(rules, &self.refs));
+        let table = compile_group(rules, &self.refs);
         self.published = None;
         if let Some(&s) = self.slots.get(key) {
             self.tables[s as usize] = table;
@@ -977,9 +979,9 @@ fn compile_group(rules: &[Rule], refs: &HashMap<GroupKey, (u32, u32)>) -> GroupT
         ports,
         other,
         words: arena.words,
-        sets: arena.sets.into_boxed_slice(),
-        ranges: arena.ranges.into_boxed_slice(),
-        group_bits: arena.group_bits.into_boxed_slice(),
+        sets: arena.sets.into(),
+        ranges: arena.ranges.into(),
+        group_bits: arena.group_bits.into(),
     }
 }
 
