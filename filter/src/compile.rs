@@ -187,18 +187,22 @@ const ICMP_T: usize = 2;
 /// copy of the table is a handful of reference counts, and a lookup reads it
 /// inline from the snapshot's table array, no extra pointer). Its source sets
 /// are its own (set ids index `sets`).
+///
+/// Layout: the source-set arrays first, then the TCP port table, so a TCP
+/// verdict reads one cache line of the table (UDP and ICMP two).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
 struct GroupTable {
-    /// Indexed by [`TCP_T`], [`UDP_T`], [`ICMP_T`].
-    ports: [PortTable; 3],
-    /// Source set for other IP protocols (`Proto::All` rules only).
-    other: u32,
     sets: Arc<[SrcSet]>,
     /// Inclusive address ranges `(lo, hi)` of the source sets.
     ranges: Arc<[(u32, u32)]>,
+    /// Indexed by [`TCP_T`], [`UDP_T`], [`ICMP_T`].
+    ports: [PortTable; 3],
     /// `words` words of referenced-group bits per set that has groups.
     group_bits: Arc<[u64]>,
     words: usize,
+    /// Source set for other IP protocols (`Proto::All` rules only).
+    other: u32,
 }
 
 /// A deduplicated source set of one group table: `ranges[r_off..r_off + r_len]`
