@@ -22,7 +22,9 @@
 //!   `tcp` and `-t` means `icmp`; with neither the rule is `all` (the 2006 group
 //!   grant, and "everything from this CIDR"). `-p` with `icmp`/`all`, `-t` with
 //!   anything but `icmp`, and `-p` together with `-t` are `InvalidParameterValue`.
-//!   `tcp`/`udp` without `-p` mean all ports, `icmp` without `-t` all types.
+//!   `tcp`/`udp` without `-p` are `InvalidParameterValue`, as in EC2 ("must
+//!   specify both from and to ports with TCP/UDP"; `-p -1` is all ports);
+//!   `icmp` without `-t` means all types.
 //! * `-t -1:CODE` is normalised to `-1:-1` (type `-1` means every type, so a code
 //!   is meaningless); `-p -1` is normalised to `0-65535`.
 //! * The same rule twice in one authorize **or revoke** request is
@@ -46,7 +48,9 @@
 //! * Serialization: `groups` is written as a list of [`Group`]s (JSON maps need
 //!   string keys); the key is rebuilt from each group's owner and name.
 //!
-//! Nothing here does I/O.
+//! Rooms: rule text (parsing, normal form, printing) is in `spec`, ids and MACs
+//! in `ids` (both re-exported here); this file keeps the types and the
+//! model's invariants. Nothing here does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -58,21 +62,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::Mac;
 
-// The model's errors carry the one list of codes (`crate::ErrorCode`); spelled
-// `Ec2Code` inside this file until the model's split renames it here too.
-use crate::error::ErrorCode as Ec2Code;
+mod ids;
+mod spec;
+
+pub use ids::{
+    group_id_seq, instance_mac, is_id, new_group_id, new_instance_id, new_reservation_id,
+};
+pub use spec::{parse_cidr, parse_icmp_type_code, parse_port_range};
+
+use crate::error::ErrorCode;
 
 /// An error of a model operation: an EC2 code and a message naming the bad value.
 /// Printed by the CLI as `Code: message`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{code}: {message}")]
 pub struct Ec2Error {
-    pub code: Ec2Code,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl Ec2Error {
-    pub fn new(code: Ec2Code, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Ec2Error {
             code,
             message: message.into(),
@@ -184,8 +194,37 @@ pub struct RuleSpec {
     pub groups: Vec<(String, Option<String>)>,
 }
 
+/// One applied change of the model, as recorded by [`Model::record_changes`]:
+/// enough to write it to a store, to recompile only what it touches
+/// ([`crate::compile::Compiler::apply`]) and to undo it ([`Model::undo`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A group was created (as it was then); `prev_seq` is the group id
+    /// sequence before its id was taken.
+    GroupAdded { group: Group, prev_seq: u64 },
+    /// A group was deleted (with the rules it had).
+    GroupDeleted(Group),
+    /// `rules` were appended to the group `key` (id `group_id`).
+    RulesAdded {
+        key: (Owner, String),
+        group_id: String,
+        rules: Vec<Rule>,
+    },
+    /// `rules` were removed from the group `key`, whose rules were `before`.
+    RulesRemoved {
+        key: (Owner, String),
+        group_id: String,
+        rules: Vec<Rule>,
+        before: Vec<Rule>,
+    },
+    /// An instance was added (as stored).
+    InstanceAdded(Instance),
+    /// An instance was removed.
+    InstanceRemoved(Instance),
+}
+
 /// The whole model.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Model {
     pub limits: Limits,
     /// Keyed by (owner, group name).
@@ -196,19 +235,35 @@ pub struct Model {
     /// Sequence number of the next group id (see [`Model::add_group`]).
     #[serde(default)]
     pub next_group_seq: u64,
+    /// The changes applied since recording began ([`Model::record_changes`]);
+    /// `None`: not recording (the default: no cost for models nobody commits).
+    #[serde(skip)]
+    journal: Option<Vec<Change>>,
 }
+
+/// Equality of the state; the change journal is not part of it.
+impl PartialEq for Model {
+    fn eq(&self, other: &Model) -> bool {
+        self.limits == other.limits
+            && self.groups == other.groups
+            && self.instances == other.instances
+            && self.next_group_seq == other.next_group_seq
+    }
+}
+
+impl Eq for Model {}
 
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
 
 fn invalid(message: impl Into<String>) -> Ec2Error {
-    Ec2Error::new(Ec2Code::InvalidParameterValue, message)
+    Ec2Error::new(ErrorCode::InvalidParameterValue, message)
 }
 
 fn group_not_found(owner: &Owner, name: &str) -> Ec2Error {
     Ec2Error::new(
-        Ec2Code::InvalidGroupNotFound,
+        ErrorCode::InvalidGroupNotFound,
         format!("the security group '{name}' of owner {owner} does not exist"),
     )
 }
@@ -286,377 +341,6 @@ pub fn validate_description(description: &str) -> Result<(), Ec2Error> {
     Ok(())
 }
 
-/// A bijection on `u32` (Wellons' "lowbias32"): distinct inputs give distinct,
-/// random-looking outputs.
-fn mix32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^= x >> 16;
-    x
-}
-
-/// The inverse of [`mix32`].
-fn unmix32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x4302_1123); // inverse of 0x846ca68b mod 2^32
-    x ^= (x >> 15) ^ (x >> 30);
-    x = x.wrapping_mul(0x1d69_e2a5); // inverse of 0x7feb352d mod 2^32
-    x ^= x >> 16;
-    x
-}
-
-// Per-kind salts, so that group, instance and reservation number n do not share
-// their hex digits.
-const SALT_GROUP: u32 = 0x5ec0_0000;
-const SALT_INSTANCE: u32 = 0x1275_7a11;
-const SALT_RESERVATION: u32 = 0x7e5e_7e00;
-
-fn seq_id(prefix: &str, salt: u32, seq: u64) -> String {
-    // Folding the high half in keeps the id a function of the whole sequence.
-    let folded = (seq as u32) ^ ((seq >> 32) as u32).rotate_left(7);
-    format!("{prefix}{:08x}", mix32(folded ^ salt))
-}
-
-/// The `seq`-th group id: `sg-` + 8 lowercase hex digits, unique for 2^32 numbers.
-pub fn new_group_id(seq: u64) -> String {
-    seq_id("sg-", SALT_GROUP, seq)
-}
-
-/// The sequence number (below 2^32) that [`new_group_id`] turned into `id`, if
-/// `id` is a well-formed group id.
-pub fn group_id_seq(id: &str) -> Option<u64> {
-    if !is_id("sg-", id) {
-        return None;
-    }
-    let v = u32::from_str_radix(&id[3..], 16).ok()?;
-    Some(u64::from(unmix32(v) ^ SALT_GROUP))
-}
-
-/// The `seq`-th instance id: `i-` + 8 lowercase hex digits, unique for 2^32 numbers.
-pub fn new_instance_id(seq: u64) -> String {
-    seq_id("i-", SALT_INSTANCE, seq)
-}
-
-/// The `seq`-th reservation id: `r-` + 8 lowercase hex digits.
-pub fn new_reservation_id(seq: u64) -> String {
-    seq_id("r-", SALT_RESERVATION, seq)
-}
-
-/// Whether `id` is `prefix` followed by exactly 8 lowercase hex digits.
-pub fn is_id(prefix: &str, id: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|h| {
-        h.len() == 8
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// The MAC of an instance: locally administered unicast `02:` followed by the
-/// last 10 hex digits of the id (`i-0123abcd` → `02:00:01:23:ab:cd`). An id that
-/// is not `i-` + hex (e.g. one chosen for an attached interface) is hashed instead
-/// (FNV-1a), so every id gets a stable MAC.
-pub fn instance_mac(id: &str) -> Mac {
-    let hex = id.strip_prefix("i-").unwrap_or("");
-    let mut v: u64 = 0;
-    if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        for b in hex.bytes() {
-            let d = (b as char).to_digit(16).unwrap_or(0);
-            v = (v << 4) | u64::from(d);
-        }
-    } else {
-        v = 0xcbf2_9ce4_8422_2325;
-        for b in id.bytes() {
-            v ^= u64::from(b);
-            v = v.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    let b = v.to_be_bytes();
-    [0x02, b[3], b[4], b[5], b[6], b[7]]
-}
-
-// ---------------------------------------------------------------------------
-// Rules
-// ---------------------------------------------------------------------------
-
-impl Proto {
-    /// Lowercase name as the EC2 tools print it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-            Proto::All => "all",
-        }
-    }
-
-    /// IP protocol number; `None` for `All`.
-    pub fn number(self) -> Option<u8> {
-        match self {
-            Proto::Tcp => Some(crate::proto::TCP),
-            Proto::Udp => Some(crate::proto::UDP),
-            Proto::Icmp => Some(crate::proto::ICMP),
-            Proto::All => None,
-        }
-    }
-
-    /// Parse `-P`: `tcp|udp|icmp|all|-1` (any case) or `6|17|1`.
-    pub fn parse(s: &str) -> Result<Proto, Ec2Error> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" | "6" => Ok(Proto::Tcp),
-            "udp" | "17" => Ok(Proto::Udp),
-            "icmp" | "1" => Ok(Proto::Icmp),
-            "all" | "-1" => Ok(Proto::All),
-            _ => Err(invalid(format!(
-                "invalid protocol '{s}': expected tcp, udp, icmp or all"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Ports {
-    /// `22-22`, `0-65535`, `8:0`, `-1:-1`; empty for `None`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = |x: Option<u8>| x.map_or(-1, i16::from);
-        match self {
-            Ports::None => Ok(()),
-            Ports::Range(lo, hi) => write!(f, "{lo}-{hi}"),
-            Ports::Icmp { ty, code } => write!(f, "{}:{}", n(*ty), n(*code)),
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    /// A CIDR, or `OWNER/GROUP`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Cidr(net) => write!(f, "{net}"),
-            Source::Group { owner, group } => write!(f, "{owner}/{group}"),
-        }
-    }
-}
-
-impl fmt::Display for Rule {
-    /// `tcp 22-22 from 10.0.0.0/8`, `all from group 111122223333/default`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.proto.as_str())?;
-        if self.ports != Ports::None {
-            write!(f, " {}", self.ports)?;
-        }
-        match &self.source {
-            Source::Cidr(net) => write!(f, " from {net}"),
-            Source::Group { .. } => write!(f, " from group {}", self.source),
-        }
-    }
-}
-
-impl Rule {
-    /// Check a rule built elsewhere (an API body, the store) and return it in
-    /// normal form: CIDR host bits cleared, ports consistent with the protocol.
-    pub fn normalized(&self) -> Result<Rule, Ec2Error> {
-        let ports = match (self.proto, self.ports) {
-            (Proto::All, Ports::None) => Ports::None,
-            (Proto::Tcp | Proto::Udp, Ports::Range(lo, hi)) if lo <= hi => Ports::Range(lo, hi),
-            (Proto::Icmp, Ports::Icmp { ty: None, .. }) => Ports::Icmp {
-                ty: None,
-                code: None,
-            },
-            (Proto::Icmp, p @ Ports::Icmp { .. }) => p,
-            (proto, ports) => {
-                return Err(invalid(format!(
-                    "invalid port specification '{ports}' for protocol {proto}"
-                )));
-            }
-        };
-        let source = match &self.source {
-            Source::Cidr(net) => Source::Cidr(net.trunc()),
-            Source::Group { owner, group } => {
-                owner.validate()?;
-                validate_group_name(group)?;
-                self.source.clone()
-            }
-        };
-        Ok(Rule {
-            proto: self.proto,
-            ports,
-            source,
-        })
-    }
-}
-
-/// Parse a port `0..=65535`.
-fn parse_port(s: &str, whole: &str) -> Result<u16, Ec2Error> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(format!(
-            "invalid port range '{whole}': expected N, N-M or -1 with 0 <= N <= M <= 65535"
-        )));
-    }
-    s.parse::<u16>().map_err(|_| {
-        invalid(format!(
-            "invalid port range '{whole}': port out of range 0-65535"
-        ))
-    })
-}
-
-/// Parse `-p`: `N`, `N-M` (N <= M) or `-1` (all ports).
-pub fn parse_port_range(s: &str) -> Result<(u16, u16), Ec2Error> {
-    let t = s.trim();
-    if t == "-1" {
-        return Ok((0, u16::MAX));
-    }
-    let (lo, hi) = match t.split_once('-') {
-        Some((a, b)) => (parse_port(a, s)?, parse_port(b, s)?),
-        None => {
-            let p = parse_port(t, s)?;
-            (p, p)
-        }
-    };
-    if lo > hi {
-        return Err(invalid(format!(
-            "invalid port range '{s}': the first port is above the last"
-        )));
-    }
-    Ok((lo, hi))
-}
-
-/// Parse `-t TYPE:CODE`, each `0..=255` or `-1`. Type `-1` makes the code `-1`.
-pub fn parse_icmp_type_code(s: &str) -> Result<Ports, Ec2Error> {
-    let bad = || {
-        invalid(format!(
-            "invalid ICMP type:code '{s}': expected TYPE:CODE, each 0-255 or -1"
-        ))
-    };
-    let one = |x: &str| -> Result<Option<u8>, Ec2Error> {
-        match x.trim() {
-            "-1" => Ok(None),
-            d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
-                d.parse::<u8>().map(Some).map_err(|_| bad())
-            }
-            _ => Err(bad()),
-        }
-    };
-    let (ty, code) = s.split_once(':').ok_or_else(bad)?;
-    let ty = one(ty)?;
-    let code = one(code)?;
-    Ok(Ports::Icmp {
-        ty,
-        code: if ty.is_none() { None } else { code },
-    })
-}
-
-/// Parse a `-s` CIDR: `a.b.c.d/n` (host bits are cleared) or a bare address (/32).
-pub fn parse_cidr(s: &str) -> Result<Ipv4Net, Ec2Error> {
-    let t = s.trim();
-    let bad = || {
-        invalid(format!(
-            "invalid CIDR '{s}': expected a.b.c.d/n with n <= 32"
-        ))
-    };
-    if t.contains('/') {
-        // Only decimal prefix lengths: ipnet would accept nothing else anyway, but
-        // say so with the value.
-        Ipv4Net::from_str(t).map(|n| n.trunc()).map_err(|_| bad())
-    } else {
-        Ipv4Addr::from_str(t).map(Ipv4Net::from).map_err(|_| bad())
-    }
-}
-
-impl RuleSpec {
-    /// Validate the options and expand them into rules, one per source (each `-s`
-    /// CIDR, then each `-o/-u` group, in the order given; no source means
-    /// `0.0.0.0/0`). See the module docs for the protocol defaults. Group
-    /// existence is checked by [`Model::authorize`], not here.
-    pub fn expand(&self, caller: &Owner) -> Result<Vec<Rule>, Ec2Error> {
-        if self.ports.is_some() && self.icmp.is_some() {
-            return Err(invalid(format!(
-                "invalid permission: port range '{}' and ICMP type:code '{}' cannot both be given",
-                self.ports.as_deref().unwrap_or_default(),
-                self.icmp.as_deref().unwrap_or_default()
-            )));
-        }
-        let proto = match (&self.proto, &self.ports, &self.icmp) {
-            (Some(p), _, _) => Proto::parse(p)?,
-            (None, Some(_), None) => Proto::Tcp,
-            (None, None, Some(_)) => Proto::Icmp,
-            _ => Proto::All,
-        };
-        let ports = match proto {
-            Proto::Tcp | Proto::Udp => {
-                if let Some(t) = &self.icmp {
-                    return Err(invalid(format!(
-                        "invalid ICMP type:code '{t}' for protocol {proto}"
-                    )));
-                }
-                let (lo, hi) = match &self.ports {
-                    Some(p) => parse_port_range(p)?,
-                    None => (0, u16::MAX),
-                };
-                Ports::Range(lo, hi)
-            }
-            Proto::Icmp => {
-                if let Some(p) = &self.ports {
-                    return Err(invalid(format!(
-                        "invalid port range '{p}' for protocol icmp: use -t TYPE:CODE"
-                    )));
-                }
-                match &self.icmp {
-                    Some(t) => parse_icmp_type_code(t)?,
-                    None => Ports::Icmp {
-                        ty: None,
-                        code: None,
-                    },
-                }
-            }
-            Proto::All => {
-                if let Some(p) = &self.ports {
-                    return Err(invalid(format!(
-                        "invalid port range '{p}' for protocol all"
-                    )));
-                }
-                if let Some(t) = &self.icmp {
-                    return Err(invalid(format!(
-                        "invalid ICMP type:code '{t}' for protocol all"
-                    )));
-                }
-                Ports::None
-            }
-        };
-        let mut sources = Vec::with_capacity(self.cidrs.len() + self.groups.len());
-        for c in &self.cidrs {
-            sources.push(Source::Cidr(parse_cidr(c)?));
-        }
-        for (group, owner) in &self.groups {
-            validate_group_name(group)?;
-            let owner = match owner {
-                Some(o) => Owner::parse(o)?,
-                None => caller.clone(),
-            };
-            sources.push(Source::Group {
-                owner,
-                group: group.clone(),
-            });
-        }
-        if sources.is_empty() {
-            sources.push(Source::Cidr(Ipv4Net::default()));
-        }
-        Ok(sources
-            .into_iter()
-            .map(|source| Rule {
-                proto,
-                ports,
-                source,
-            })
-            .collect())
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The model
 // ---------------------------------------------------------------------------
@@ -670,6 +354,60 @@ impl Model {
         }
     }
 
+    /// Start recording every applied change (idempotent). The control plane
+    /// takes them after each request ([`Model::take_changes`]) to store,
+    /// compile and, on failure, undo exactly that edit.
+    pub fn record_changes(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (empty when not recording).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn log(&mut self, c: impl FnOnce() -> Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(c());
+        }
+    }
+
+    /// Undo `changes` (as returned by [`Model::take_changes`], newest last):
+    /// the model is as it was before them. Not recorded.
+    pub fn undo(&mut self, changes: Vec<Change>) {
+        for c in changes.into_iter().rev() {
+            match c {
+                Change::GroupAdded { group, prev_seq } => {
+                    self.groups.remove(&(group.owner, group.name));
+                    self.next_group_seq = prev_seq;
+                }
+                Change::GroupDeleted(g) => {
+                    self.groups.insert((g.owner.clone(), g.name.clone()), g);
+                }
+                Change::RulesAdded { key, rules, .. } => {
+                    if let Some(g) = self.groups.get_mut(&key) {
+                        let n = g.rules.len().saturating_sub(rules.len());
+                        g.rules.truncate(n);
+                    }
+                }
+                Change::RulesRemoved { key, before, .. } => {
+                    if let Some(g) = self.groups.get_mut(&key) {
+                        g.rules = before;
+                    }
+                }
+                Change::InstanceAdded(i) => {
+                    self.instances.remove(&i.id);
+                }
+                Change::InstanceRemoved(i) => {
+                    self.instances.insert(i.id.clone(), i);
+                }
+            }
+        }
+    }
+
     /// Create `owner`'s `default` group (one rule: all traffic from members of
     /// `default` of the same owner) if it does not exist. Idempotent; the caller
     /// passes a validated owner.
@@ -678,6 +416,7 @@ impl Model {
         if self.groups.contains_key(&key) {
             return;
         }
+        let prev_seq = self.next_group_seq;
         let id = self.take_group_id();
         let rule = Rule {
             proto: Proto::All,
@@ -694,6 +433,10 @@ impl Model {
             description: DEFAULT_GROUP_DESCRIPTION.to_owned(),
             rules: vec![rule],
         };
+        self.log(|| Change::GroupAdded {
+            group: group.clone(),
+            prev_seq,
+        });
         self.groups.insert(key, group);
     }
 
@@ -727,11 +470,12 @@ impl Model {
         validate_description(description)?;
         if self.group_exists_or_implicit(owner, name) {
             return Err(Ec2Error::new(
-                Ec2Code::InvalidGroupDuplicate,
+                ErrorCode::InvalidGroupDuplicate,
                 format!("the security group '{name}' already exists for owner {owner}"),
             ));
         }
         self.ensure_owner(owner);
+        let prev_seq = self.next_group_seq;
         let group = Group {
             owner: owner.clone(),
             name: name.to_owned(),
@@ -739,6 +483,10 @@ impl Model {
             description: description.to_owned(),
             rules: Vec::new(),
         };
+        self.log(|| Change::GroupAdded {
+            group: group.clone(),
+            prev_seq,
+        });
         self.groups
             .insert((owner.clone(), name.to_owned()), group.clone());
         Ok(group)
@@ -748,7 +496,7 @@ impl Model {
     pub fn delete_group(&mut self, owner: &Owner, name: &str) -> Result<Group, Ec2Error> {
         if name == DEFAULT_GROUP {
             return Err(Ec2Error::new(
-                Ec2Code::InvalidGroupReserved,
+                ErrorCode::InvalidGroupReserved,
                 format!("the security group '{name}' is reserved and cannot be deleted"),
             ));
         }
@@ -762,7 +510,7 @@ impl Model {
             .find(|i| &i.owner == owner && i.groups.iter().any(|g| g == name))
         {
             return Err(Ec2Error::new(
-                Ec2Code::InvalidGroupInUse,
+                ErrorCode::InvalidGroupInUse,
                 format!(
                     "the security group '{name}' is in use by instance {}",
                     inst.id
@@ -775,7 +523,7 @@ impl Model {
             }
             if g.rules.iter().any(|r| matches!(&r.source, Source::Group { owner: o, group } if o == owner && group == name)) {
                 return Err(Ec2Error::new(
-                    Ec2Code::InvalidGroupInUse,
+                    ErrorCode::InvalidGroupInUse,
                     format!(
                         "the security group '{name}' is referenced by a rule of group '{}' of owner {}",
                         g.name, g.owner
@@ -783,7 +531,9 @@ impl Model {
                 ));
             }
         }
-        Ok(self.groups.remove(&key).expect("checked above"))
+        let g = self.groups.remove(&key).expect("checked above");
+        self.log(|| Change::GroupDeleted(g.clone()));
+        Ok(g)
     }
 
     /// One of `owner`'s groups.
@@ -857,7 +607,7 @@ impl Model {
             let n = r.normalized()?;
             if out.contains(&n) {
                 return Err(Ec2Error::new(
-                    Ec2Code::InvalidPermissionDuplicate,
+                    ErrorCode::InvalidPermissionDuplicate,
                     format!("the permission '{n}' is given twice for group '{group}'"),
                 ));
             }
@@ -879,7 +629,7 @@ impl Model {
         for r in &rules {
             if g.rules.contains(r) {
                 return Err(Ec2Error::new(
-                    Ec2Code::InvalidPermissionDuplicate,
+                    ErrorCode::InvalidPermissionDuplicate,
                     format!("the permission '{r}' already exists in group '{group}'"),
                 ));
             }
@@ -895,7 +645,7 @@ impl Model {
         let total = g.rules.len() + rules.len();
         if total > self.limits.rules_per_group {
             return Err(Ec2Error::new(
-                Ec2Code::RulesPerSecurityGroupLimitExceeded,
+                ErrorCode::RulesPerSecurityGroupLimitExceeded,
                 format!(
                     "group '{group}' would have {total} rules; the limit is {} per group",
                     self.limits.rules_per_group
@@ -917,7 +667,13 @@ impl Model {
             .groups
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
-        g.rules.extend(rules);
+        let group_id = g.id.clone();
+        g.rules.extend_from_slice(&rules);
+        self.log(|| Change::RulesAdded {
+            key: (owner.clone(), group.to_owned()),
+            group_id,
+            rules,
+        });
         Ok(())
     }
 
@@ -933,7 +689,7 @@ impl Model {
         let g = self.group(owner, group)?;
         if let Some(r) = rules.iter().find(|r| !g.rules.contains(r)) {
             return Err(Ec2Error::new(
-                Ec2Code::InvalidPermissionNotFound,
+                ErrorCode::InvalidPermissionNotFound,
                 format!("the permission '{r}' does not exist in group '{group}'"),
             ));
         }
@@ -941,7 +697,17 @@ impl Model {
             .groups
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
+        let before = self.journal.is_some().then(|| g.rules.clone());
+        let group_id = g.id.clone();
         g.rules.retain(|r| !rules.contains(r));
+        if let Some(before) = before {
+            self.log(|| Change::RulesRemoved {
+                key: (owner.clone(), group.to_owned()),
+                group_id,
+                rules,
+                before,
+            });
+        }
         Ok(())
     }
 
@@ -998,18 +764,21 @@ impl Model {
             }
         }
         self.ensure_owner(&inst.owner);
+        self.log(|| Change::InstanceAdded(inst.clone()));
         self.instances.insert(inst.id.clone(), inst);
         Ok(())
     }
 
     /// Remove an instance.
     pub fn remove_instance(&mut self, id: &str) -> Result<Instance, Ec2Error> {
-        self.instances.remove(id).ok_or_else(|| {
+        let inst = self.instances.remove(id).ok_or_else(|| {
             Ec2Error::new(
-                Ec2Code::InvalidInstanceIdNotFound,
+                ErrorCode::InvalidInstanceIdNotFound,
                 format!("the instance ID '{id}' does not exist"),
             )
-        })
+        })?;
+        self.log(|| Change::InstanceRemoved(inst.clone()));
+        Ok(inst)
     }
 
     /// The instances that are members of `owner`'s group `group`, by id (the
@@ -1061,7 +830,7 @@ impl Model {
     /// through [`Model::insert_group_raw`], a deserialized model). The first
     /// violation is an `InternalError` naming it.
     pub fn verify(&self) -> Result<(), Ec2Error> {
-        let broken = |what: String| Err(Ec2Error::new(Ec2Code::InternalError, what));
+        let broken = |what: String| Err(Ec2Error::new(ErrorCode::InternalError, what));
         let mut ids = BTreeSet::new();
         for ((owner, name), g) in &self.groups {
             if (&g.owner, &g.name) != (owner, name) {
@@ -1142,7 +911,7 @@ impl Model {
         let key = (g.owner.clone(), g.name.clone());
         if self.groups.contains_key(&key) {
             return Err(Ec2Error::new(
-                Ec2Code::InvalidGroupDuplicate,
+                ErrorCode::InvalidGroupDuplicate,
                 format!(
                     "the security group '{}' already exists for owner {}",
                     g.name, g.owner
@@ -1158,7 +927,7 @@ impl Model {
         let rules = Self::normalize_request(&g.rules, &g.name)?;
         if rules.len() > self.limits.rules_per_group {
             return Err(Ec2Error::new(
-                Ec2Code::RulesPerSecurityGroupLimitExceeded,
+                ErrorCode::RulesPerSecurityGroupLimitExceeded,
                 format!(
                     "group '{}' has {} rules; the limit is {} per group",
                     g.name,
@@ -1261,7 +1030,7 @@ mod tests {
     #[track_caller]
     fn fails<T: fmt::Debug>(
         m: &mut Model,
-        code: Ec2Code,
+        code: ErrorCode,
         value: &str,
         edit: impl FnOnce(&mut Model) -> Result<T, Ec2Error>,
     ) {
@@ -1298,7 +1067,7 @@ mod tests {
             "１11122223333",
         ] {
             let e = Owner::parse(bad).expect_err(bad);
-            assert_eq!(e.code, Ec2Code::InvalidParameterValue);
+            assert_eq!(e.code, ErrorCode::InvalidParameterValue);
             assert!(e.message.contains(&format!("'{bad}'")), "{e}");
         }
     }
@@ -1361,7 +1130,7 @@ mod tests {
             "del\x7f".into(),
         ] {
             let e = validate_group_name(&bad).expect_err("bad name");
-            assert_eq!(e.code, Ec2Code::InvalidParameterValue);
+            assert_eq!(e.code, ErrorCode::InvalidParameterValue);
             assert!(e.message.contains(&bad.escape_default().to_string()), "{e}");
         }
         assert!(validate_description("").is_ok());
@@ -1424,15 +1193,15 @@ mod tests {
     fn err_group_duplicate() {
         let mut m = model();
         m.add_group(&alice(), "web", "w").expect("add");
-        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'web'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupDuplicate, "'web'", |m| {
             m.add_group(&alice(), "web", "again")
         });
-        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'default'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupDuplicate, "'default'", |m| {
             m.add_group(&alice(), "default", "x")
         });
         // Even for an owner never seen: every owner has a default group.
         let carol = Owner::parse("777788889999").expect("owner");
-        fails(&mut m, Ec2Code::InvalidGroupDuplicate, "'default'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupDuplicate, "'default'", |m| {
             m.add_group(&carol, "default", "x")
         });
     }
@@ -1440,22 +1209,25 @@ mod tests {
     #[test]
     fn err_invalid_parameter_on_group_fields() {
         let mut m = model();
-        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "''", |m| {
             m.add_group(&alice(), "", "d")
         });
         let long = "n".repeat(256);
-        fails(&mut m, Ec2Code::InvalidParameterValue, &long, |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, &long, |m| {
             m.add_group(&alice(), &long, "d")
         });
-        fails(&mut m, Ec2Code::InvalidParameterValue, "bad\\u{1b}", |m| {
-            m.add_group(&alice(), "bad\x1b", "d")
-        });
+        fails(
+            &mut m,
+            ErrorCode::InvalidParameterValue,
+            "bad\\u{1b}",
+            |m| m.add_group(&alice(), "bad\x1b", "d"),
+        );
         let desc = "d".repeat(256);
-        fails(&mut m, Ec2Code::InvalidParameterValue, &desc, |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, &desc, |m| {
             m.add_group(&alice(), "ok", &desc)
         });
         let bad_owner = Owner("12".into());
-        fails(&mut m, Ec2Code::InvalidParameterValue, "'12'", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "'12'", |m| {
             m.add_group(&bad_owner, "ok", "d")
         });
     }
@@ -1464,48 +1236,48 @@ mod tests {
     fn err_group_not_found() {
         let mut m = model();
         m.add_group(&bob(), "bobs", "b").expect("add");
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'nope'", |m| {
             m.delete_group(&alice(), "nope")
         });
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'nope'", |m| {
             m.authorize(&alice(), "nope", &spec_tcp("22", &[]))
         });
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'nope'", |m| {
             m.revoke(&alice(), "nope", &spec_tcp("22", &[]))
         });
         // Another owner's group is not the caller's to edit or describe.
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'bobs'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'bobs'", |m| {
             m.authorize(&alice(), "bobs", &spec_tcp("22", &[]))
         });
         assert_eq!(
             m.describe_groups(&alice(), &["bobs".into()])
                 .map_err(|e| e.code),
-            Err(Ec2Code::InvalidGroupNotFound)
+            Err(ErrorCode::InvalidGroupNotFound)
         );
         assert_eq!(
             m.group(&alice(), "bobs").map_err(|e| e.code),
-            Err(Ec2Code::InvalidGroupNotFound)
+            Err(ErrorCode::InvalidGroupNotFound)
         );
         // A group source that does not exist.
         let spec = RuleSpec {
             groups: vec![("ghost".into(), None)],
             ..RuleSpec::default()
         };
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'ghost'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'ghost'", |m| {
             m.authorize(&alice(), "default", &spec)
         });
         let spec = RuleSpec {
             groups: vec![("web".into(), Some(bob().0))],
             ..RuleSpec::default()
         };
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'web'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'web'", |m| {
             m.authorize(&alice(), "default", &spec)
         });
         // Launching into another owner's or an unknown group.
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'bobs'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'bobs'", |m| {
             m.add_instance(instance("i-00000001", [10, 0, 0, 2], &["bobs"]))
         });
-        fails(&mut m, Ec2Code::InvalidGroupNotFound, "'nope'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupNotFound, "'nope'", |m| {
             m.add_instance(instance("i-00000001", [10, 0, 0, 2], &["default", "nope"]))
         });
     }
@@ -1513,7 +1285,7 @@ mod tests {
     #[test]
     fn err_group_reserved() {
         let mut m = model();
-        fails(&mut m, Ec2Code::InvalidGroupReserved, "'default'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupReserved, "'default'", |m| {
             m.delete_group(&alice(), "default")
         });
     }
@@ -1524,7 +1296,7 @@ mod tests {
         m.add_group(&alice(), "web", "w").expect("add");
         m.add_instance(instance("i-0000abcd", [172, 31, 0, 2], &["web"]))
             .expect("launch");
-        fails(&mut m, Ec2Code::InvalidGroupInUse, "i-0000abcd", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupInUse, "i-0000abcd", |m| {
             m.delete_group(&alice(), "web")
         });
         m.remove_instance("i-0000abcd").expect("terminate");
@@ -1548,7 +1320,7 @@ mod tests {
         m.authorize(&alice(), "db", &from_web).expect("db from web");
         m.authorize(&alice(), "web", &from_web)
             .expect("web from web");
-        fails(&mut m, Ec2Code::InvalidGroupInUse, "'db'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupInUse, "'db'", |m| {
             m.delete_group(&alice(), "web")
         });
         // Referenced from another owner's group.
@@ -1559,7 +1331,7 @@ mod tests {
         };
         m.authorize(&bob(), "default", &from_shared)
             .expect("bob trusts alice/shared");
-        fails(&mut m, Ec2Code::InvalidGroupInUse, "'shared'", |m| {
+        fails(&mut m, ErrorCode::InvalidGroupInUse, "'shared'", |m| {
             m.delete_group(&alice(), "shared")
         });
         // Once db stops naming web, web (only self-referenced) may go.
@@ -1587,7 +1359,7 @@ mod tests {
         let e = m
             .describe_groups(&alice(), &["web".into(), "zzz".into()])
             .expect_err("unknown");
-        assert_eq!(e.code, Ec2Code::InvalidGroupNotFound);
+        assert_eq!(e.code, ErrorCode::InvalidGroupNotFound);
         assert!(e.message.contains("'zzz'"));
     }
 
@@ -1637,9 +1409,12 @@ mod tests {
             ("all", Proto::All),
             ("-1", Proto::All),
         ] {
+            // TCP/UDP need ports.
+            let ports = matches!(p, Proto::Tcp | Proto::Udp).then(|| "-1".to_owned());
             assert_eq!(
                 proto(RuleSpec {
                     proto: Some(s.into()),
+                    ports,
                     ..RuleSpec::default()
                 }),
                 p,
@@ -1668,7 +1443,27 @@ mod tests {
             Ports::Range(0, 65535)
         );
         assert_eq!(ports(p("tcp", Some("-1"), None)), Ports::Range(0, 65535));
-        assert_eq!(ports(p("udp", None, None)), Ports::Range(0, 65535));
+        // TCP/UDP without ports is refused (AWS: "Must specify both from and to
+        // ports with TCP/UDP"), naming the protocol; the model is untouched.
+        for proto in ["tcp", "udp", "6", "17"] {
+            let e = p(proto, None, None).expand(&me).expect_err(proto);
+            assert_eq!(e.code, ErrorCode::InvalidParameterValue, "{proto}");
+            assert!(
+                e.message.contains("must specify both from and to ports"),
+                "{e}"
+            );
+            let named = if proto == "6" || proto == "tcp" {
+                "tcp"
+            } else {
+                "udp"
+            };
+            assert!(e.message.contains(&format!("protocol {named}")), "{e}");
+        }
+        let mut m = Model::new(Limits::default());
+        m.add_group(&me, "web", "w").expect("new");
+        let before = m.clone();
+        assert!(m.authorize(&me, "web", &p("tcp", None, None)).is_err());
+        assert_eq!(m, before);
         assert_eq!(
             ports(p("icmp", None, Some("8:0"))),
             Ports::Icmp {
@@ -1734,7 +1529,7 @@ mod tests {
             (p(None, Some("22"), Some("8:0")), "'22'"),
         ];
         for (spec, value) in cases {
-            fails(&mut m, Ec2Code::InvalidParameterValue, value, |m| {
+            fails(&mut m, ErrorCode::InvalidParameterValue, value, |m| {
                 m.authorize(&alice(), "default", &spec)
             });
         }
@@ -1753,7 +1548,7 @@ mod tests {
             };
             fails(
                 &mut m,
-                Ec2Code::InvalidParameterValue,
+                ErrorCode::InvalidParameterValue,
                 &format!("'{bad}'"),
                 |m| m.authorize(&alice(), "default", &spec),
             );
@@ -1762,14 +1557,14 @@ mod tests {
             groups: vec![("default".into(), Some("12345".into()))],
             ..RuleSpec::default()
         };
-        fails(&mut m, Ec2Code::InvalidParameterValue, "'12345'", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "'12345'", |m| {
             m.authorize(&alice(), "default", &spec)
         });
         let spec = RuleSpec {
             groups: vec![(String::new(), None)],
             ..RuleSpec::default()
         };
-        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "''", |m| {
             m.authorize(&alice(), "default", &spec)
         });
     }
@@ -1886,7 +1681,7 @@ mod tests {
             ports: Ports::None,
             source: cidr("10.0.0.0/8"),
         };
-        fails(&mut m, Ec2Code::InvalidParameterValue, "tcp", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "tcp", |m| {
             m.authorize_rules(&alice(), "default", &[bad])
         });
         let bad = Rule {
@@ -1894,7 +1689,7 @@ mod tests {
             ports: Ports::Range(9, 3),
             source: cidr("10.0.0.0/8"),
         };
-        fails(&mut m, Ec2Code::InvalidParameterValue, "9-3", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "9-3", |m| {
             m.authorize_rules(&alice(), "default", &[bad])
         });
         let bad = Rule {
@@ -1905,7 +1700,7 @@ mod tests {
             },
             source: cidr("10.0.0.0/8"),
         };
-        fails(&mut m, Ec2Code::InvalidParameterValue, "-1:-1", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "-1:-1", |m| {
             m.authorize_rules(&alice(), "default", &[bad])
         });
     }
@@ -1917,7 +1712,7 @@ mod tests {
             .expect("first");
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionDuplicate,
+            ErrorCode::InvalidPermissionDuplicate,
             "tcp 22-22 from 10.0.0.0/8",
             |m| {
                 m.authorize(
@@ -1930,7 +1725,7 @@ mod tests {
         // The same rule twice in one request, after normalisation.
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionDuplicate,
+            ErrorCode::InvalidPermissionDuplicate,
             "tcp 80-80 from 172.16.0.0/12",
             |m| {
                 m.authorize(
@@ -1942,7 +1737,7 @@ mod tests {
         );
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionDuplicate,
+            ErrorCode::InvalidPermissionDuplicate,
             "tcp 22-22 from 10.0.0.0/8",
             |m| {
                 m.revoke(
@@ -1959,7 +1754,7 @@ mod tests {
         };
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionDuplicate,
+            ErrorCode::InvalidPermissionDuplicate,
             "all from group 111122223333/default",
             |m| m.authorize(&alice(), "default", &spec),
         );
@@ -1973,7 +1768,7 @@ mod tests {
         // One present, one absent: nothing is removed.
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionNotFound,
+            ErrorCode::InvalidPermissionNotFound,
             "tcp 22-22 from 11.0.0.0/8",
             |m| {
                 m.revoke(
@@ -1986,7 +1781,7 @@ mod tests {
         // Same source, other ports: not the same rule.
         fails(
             &mut m,
-            Ec2Code::InvalidPermissionNotFound,
+            ErrorCode::InvalidPermissionNotFound,
             "tcp 22-23 from 10.0.0.0/8",
             |m| m.revoke(&alice(), "default", &spec_tcp("22-23", &["10.0.0.0/8"])),
         );
@@ -2005,7 +1800,7 @@ mod tests {
         .expect("up to the limit");
         fails(
             &mut m,
-            Ec2Code::RulesPerSecurityGroupLimitExceeded,
+            ErrorCode::RulesPerSecurityGroupLimitExceeded,
             "'default'",
             |m| m.authorize(&alice(), "default", &spec_tcp("22", &["10.0.0.3"])),
         );
@@ -2016,7 +1811,7 @@ mod tests {
             &spec_tcp("1", &["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]),
         );
         let e = e.expect_err("4 > 3");
-        assert_eq!(e.code, Ec2Code::RulesPerSecurityGroupLimitExceeded);
+        assert_eq!(e.code, ErrorCode::RulesPerSecurityGroupLimitExceeded);
         assert!(
             e.message.contains("4 rules") && e.message.contains("limit is 3"),
             "{e}"
@@ -2069,13 +1864,13 @@ mod tests {
             .expect("launch");
         fails(
             &mut m,
-            Ec2Code::InvalidParameterValue,
+            ErrorCode::InvalidParameterValue,
             "'i-00000001'",
             |m| m.add_instance(instance("i-00000001", [172, 31, 0, 9], &[])),
         );
         fails(
             &mut m,
-            Ec2Code::InvalidParameterValue,
+            ErrorCode::InvalidParameterValue,
             "'172.31.0.2'",
             |m| m.add_instance(instance("i-00000002", [172, 31, 0, 2], &[])),
         );
@@ -2083,7 +1878,7 @@ mod tests {
         same_mac.mac = instance_mac("i-00000001");
         fails(
             &mut m,
-            Ec2Code::InvalidParameterValue,
+            ErrorCode::InvalidParameterValue,
             "'02:00:00:00:00:01'",
             |m| m.add_instance(same_mac),
         );
@@ -2091,16 +1886,16 @@ mod tests {
         multicast.mac = [0x01, 0, 0x5e, 0, 0, 1];
         fails(
             &mut m,
-            Ec2Code::InvalidParameterValue,
+            ErrorCode::InvalidParameterValue,
             "'01:00:5e:00:00:01'",
             |m| m.add_instance(multicast),
         );
         let mut bad_owner = instance("i-00000005", [172, 31, 0, 6], &[]);
         bad_owner.owner = Owner("x".into());
-        fails(&mut m, Ec2Code::InvalidParameterValue, "'x'", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "'x'", |m| {
             m.add_instance(bad_owner)
         });
-        fails(&mut m, Ec2Code::InvalidParameterValue, "''", |m| {
+        fails(&mut m, ErrorCode::InvalidParameterValue, "''", |m| {
             m.add_instance(instance("", [172, 31, 0, 7], &[]))
         });
     }
@@ -2110,7 +1905,7 @@ mod tests {
         let mut m = model();
         fails(
             &mut m,
-            Ec2Code::InvalidInstanceIdNotFound,
+            ErrorCode::InvalidInstanceIdNotFound,
             "'i-deadbeef'",
             |m| m.remove_instance("i-deadbeef"),
         );
@@ -2176,7 +1971,7 @@ mod tests {
             "sequence continues after the reloaded ids"
         );
         let web = a.group(&alice(), "web").expect("g").clone();
-        fails(&mut b, Ec2Code::InvalidGroupDuplicate, "'web'", |m| {
+        fails(&mut b, ErrorCode::InvalidGroupDuplicate, "'web'", |m| {
             m.insert_group_raw(web.clone())
         });
         let clash = Group {
@@ -2185,7 +1980,7 @@ mod tests {
         };
         fails(
             &mut b,
-            Ec2Code::InvalidParameterValue,
+            ErrorCode::InvalidParameterValue,
             &format!("'{}'", web.id),
             |m| m.insert_group_raw(clash),
         );
@@ -2194,7 +1989,7 @@ mod tests {
             id: "sg-XYZ".into(),
             ..web
         };
-        fails(&mut b, Ec2Code::InvalidParameterValue, "'sg-XYZ'", |m| {
+        fails(&mut b, ErrorCode::InvalidParameterValue, "'sg-XYZ'", |m| {
             m.insert_group_raw(bad_id)
         });
     }
@@ -2217,7 +2012,7 @@ mod tests {
         let e = dangling
             .verify()
             .expect_err("dangling source and membership");
-        assert_eq!(e.code, Ec2Code::InternalError);
+        assert_eq!(e.code, ErrorCode::InternalError);
         assert!(e.message.contains("111122223333/web"), "{e}");
 
         let mut dup = m.clone();

@@ -439,10 +439,12 @@ pub struct StatsReport {
     pub instances: u64,
     /// Committed edits since start.
     pub edits: u64,
-    /// Edit received → snapshot published, over the last edits (microseconds).
+    /// Edit received → committed and answered (the store's fsync included),
+    /// over the last edits (microseconds).
     pub edit_latency_p50_us: u64,
     pub edit_latency_p99_us: u64,
-    /// Store committed → snapshot published (compile + swap), microseconds.
+    /// Validated → snapshot published (incremental compile + swap, before the
+    /// store commit), microseconds.
     pub publish_latency_p50_us: u64,
     pub publish_latency_p99_us: u64,
     /// Sum (microseconds) and number of all edit latencies since start.

@@ -317,7 +317,7 @@ pub struct RuleArgs {
     /// Protocol: tcp, udp, icmp, all (or 6, 17, 1, -1).
     #[arg(short = 'P', long = "protocol")]
     pub proto: Option<String>,
-    /// Port or range: N, N-M, -1 (all).
+    /// Port or range: N, N-M, -1 (all); required with tcp and udp.
     #[arg(
         short = 'p',
         long = "port-range",

@@ -4,19 +4,25 @@
 //! Contract:
 //! * One thread owns a `Core` (the daemon's management thread; tests call it
 //!   directly). Nothing else touches the model or the data plane.
-//! * Validation is [`filter::Model`]'s: an edit is applied to a **clone** of the
-//!   model; the difference between the old and the new model becomes one store
-//!   transaction ([`store::Edit`]s, computed by [`diff`]). The clone is
-//!   compiled and published with generation + 1 *before* that transaction
-//!   commits (so enforcement does not wait for the fsync), and only after the
-//!   commit is it swapped in and the client answered: nothing acknowledged is
-//!   lost, and an edit lost to a crash before its commit was never
-//!   acknowledged. Any error (EC2 validation, store write, data-plane launch)
-//!   leaves model, store and data plane as they were (a store error publishes
-//!   the old model again, under generation + 2).
-//! * `run-instances` validates everything on the clone first (groups, addresses),
-//!   then creates the instances in the data plane (namespaces + ports), then
-//!   commits; a failure at any step destroys what was created. Instance ids are
+//! * Validation is [`filter::Model`]'s: each model method checks its edit
+//!   against the current model and only then applies it, recording what it
+//!   changed ([`filter::model::Change`]); no copy of the model is made. The
+//!   recorded changes become exactly one store transaction ([`store_edits`]:
+//!   one [`store::Edit`] per change) and are compiled incrementally
+//!   ([`filter::compile::Compiler`]: the edited groups' tables and, when
+//!   needed, the instances' membership parts; everything else is shared with
+//!   the previous snapshot). The snapshot is published with generation + 1
+//!   *before* that transaction commits (so enforcement does not wait for the
+//!   fsync), and the client is answered only after the commit: nothing
+//!   acknowledged is lost, and an edit lost to a crash before its commit was
+//!   never acknowledged. Any error (EC2 validation, store write, data-plane
+//!   launch) undoes the recorded changes and leaves model, store and data plane
+//!   as they were (a store error publishes the old model again, under
+//!   generation + 2).
+//! * `run-instances` validates and stages every instance in the model first
+//!   (groups, addresses), then creates them in the data plane (namespaces +
+//!   ports), then commits; a failure at any step undoes the staged changes and
+//!   destroys what was created. Instance ids are
 //!   random (`i-` + 8 hex from `/dev/urandom`), MACs derived from the id
 //!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
 //!   subnet outside the uplink range ([`Model::free_ip`]).
@@ -24,7 +30,8 @@
 //!   creates it (a committed edit of its own).
 //! * Edit latency (request received → committed and answered, including the
 //!   store's fsync) and publish latency (validated → snapshot published:
-//!   compile + pointer swap, the edit's enforcement delay) are kept for the last [`LATENCY_WINDOW`] edits;
+//!   store edits, incremental compile and pointer swap, the edit's
+//!   enforcement delay) are kept for the last [`LATENCY_WINDOW`] edits;
 //!   [`StatsReport`] shows p50/p99 of both.
 //! * Guest images (`register-image`, `describe-images`, `deregister-image`) are
 //!   the daemon's, shared by all owners (like public AMIs). Registering checks
@@ -77,7 +84,8 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use filter::model::{Instance, Limits, Owner, instance_mac};
+use filter::compile::Compiler;
+use filter::model::{Change, Instance, Limits, Owner, instance_mac};
 use filter::{ErrorCode, Mac, Model, Snapshot};
 use ipnet::Ipv4Net;
 
@@ -472,12 +480,14 @@ pub struct Core {
     states: BTreeMap<String, Liveness>,
     store: Store,
     dp: Box<dyn Dataplane>,
+    /// The compiled state of `model` (updated per edit).
+    compiler: Compiler,
     generation: u64,
     /// Generation of the last snapshot handed to the data plane.
     published: Option<u64>,
     edits: u64,
     latencies: VecDeque<u64>,
-    /// Store committed → snapshot published, per edit (microseconds).
+    /// Validated → snapshot published (compile + swap), per edit (microseconds).
     publish_latencies: VecDeque<u64>,
     /// (sum µs, count) of every edit latency and publish latency since start.
     latency_totals: (u64, u64),
@@ -496,13 +506,16 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
-        let (model, records, generation, images, ec2) = match load_model(&store, &cfg) {
+        let (mut model, records, generation, images, ec2) = match load_model(&store, &cfg) {
             Ok(v) => v,
             Err(e) => {
                 dp.shutdown();
                 return Err(e);
             }
         };
+        model.take_changes();
+        model.record_changes();
+        let compiler = Compiler::new(&model);
         let mut core = Core {
             cfg,
             model,
@@ -511,6 +524,7 @@ impl Core {
             states: BTreeMap::new(),
             store,
             dp,
+            compiler,
             generation,
             published: None,
             edits: 0,
@@ -546,6 +560,9 @@ impl Core {
     /// Answer one request.
     pub fn handle(&mut self, req: Request) -> Reply {
         let t0 = Instant::now();
+        // A request that panicked (the daemon catches it) may have left staged,
+        // uncommitted model changes: undo them before anything else.
+        self.rollback();
         let owner_text = req
             .owner
             .as_deref()
@@ -644,6 +661,10 @@ impl Core {
             let us = t0.elapsed().as_micros() as u64;
             push_window(&mut self.latencies, &mut self.latency_totals, us);
         }
+        if reply.is_err() {
+            // Whatever the request staged and did not commit is undone.
+            self.rollback();
+        }
         reply
     }
 
@@ -708,38 +729,56 @@ impl Core {
         })
     }
 
-    /// Apply `f` to a clone of the model; commit the difference; swap; publish.
+    /// Apply `f` to the model (its methods validate before they change
+    /// anything), then commit exactly the changes it made; on any error they
+    /// are undone.
     fn edit<T>(
         &mut self,
         f: impl FnOnce(&mut Model) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut next = self.model.clone();
-        let out = f(&mut next)?;
-        self.commit(next, BTreeMap::new())?;
-        Ok(out)
+        match f(&mut self.model) {
+            Ok(out) => {
+                self.commit(BTreeMap::new())?;
+                Ok(out)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
     }
 
-    /// Commit `next` (with the records of its new instances), swap it in, publish.
-    fn commit(
-        &mut self,
-        next: Model,
-        new_records: BTreeMap<String, InstanceRecord>,
-    ) -> Result<(), ApiError> {
-        self.commit_with(next, new_records, Vec::new())
+    /// Undo the model changes not committed yet.
+    fn rollback(&mut self) {
+        let changes = self.model.take_changes();
+        self.model.undo(changes);
+    }
+
+    /// Commit the model's recorded changes (with the records of its new
+    /// instances): compile what they touch, publish, store.
+    fn commit(&mut self, new_records: BTreeMap<String, InstanceRecord>) -> Result<(), ApiError> {
+        self.commit_with(new_records, Vec::new())
     }
 
     /// [`Core::commit`] with `extra` store edits in the same transaction.
     fn commit_with(
         &mut self,
-        next: Model,
         new_records: BTreeMap<String, InstanceRecord>,
         extra: Vec<Edit>,
     ) -> Result<(), ApiError> {
-        let mut edits = diff(&self.model, &next, &new_records)?;
+        let started = Instant::now();
+        let changes = self.model.take_changes();
+        let mut edits = match store_edits(&changes, &new_records) {
+            Ok(e) => e,
+            Err(e) => {
+                self.model.undo(changes);
+                return Err(e);
+            }
+        };
         edits.extend(extra);
         edits.push(Edit::SetCounter {
             name: COUNTER_GROUP_SEQ.into(),
-            value: next.next_group_seq as i64,
+            value: self.model.next_group_seq as i64,
         });
         edits.push(Edit::SetCounter {
             name: COUNTER_GENERATION.into(),
@@ -750,24 +789,26 @@ impl Core {
         // hears of the edit only once it is committed. An edit that never
         // commits (store error, crash) was never acknowledged; on a store error
         // the old rules are published again under a newer generation.
-        let started = Instant::now();
+        self.compiler.apply(&self.model, &changes);
         self.dp.publish(
-            filter::compile(&next, self.generation + 1),
+            self.compiler.snapshot(self.generation + 1),
             self.generation + 1,
         );
         let published = started.elapsed();
         if let Err(e) = self.store.commit(&edits) {
+            self.model.undo(changes);
+            // Rare: recompile the restored model whole.
+            self.compiler = Compiler::new(&self.model);
             self.generation += 2;
             self.publish();
             return Err(store_failed(e));
         }
-        for id in self.model.instances.keys() {
-            if !next.instances.contains_key(id) {
-                self.records.remove(id);
+        for c in &changes {
+            if let Change::InstanceRemoved(i) = c {
+                self.records.remove(&i.id);
             }
         }
         self.records.extend(new_records);
-        self.model = next;
         self.generation += 1;
         self.published = Some(self.generation);
         self.edits += 1;
@@ -780,7 +821,7 @@ impl Core {
     }
 
     fn publish(&mut self) {
-        let snap = filter::compile(&self.model, self.generation);
+        let snap = self.compiler.snapshot(self.generation);
         self.dp.publish(snap, self.generation);
         self.published = Some(self.generation);
     }
@@ -969,13 +1010,15 @@ impl Core {
         token: Option<ClientTokenRecord>,
     ) -> Reply {
         let count = items.len();
-        let mut next = self.model.clone();
         let reservation = random_id("r-");
         let launched_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let mut new_records = BTreeMap::new();
         let mut order = Vec::new();
+        // Stage the instances in the model: an error return from here on
+        // leaves uncommitted changes that `handle` undoes.
+        let next = &mut self.model;
         for (index, (ip, mac, how)) in items.into_iter().enumerate() {
             let id = loop {
                 let id = random_id("i-");
@@ -1046,7 +1089,7 @@ impl Core {
             ..t
         });
         let extra = token.iter().cloned().map(Edit::PutClientToken).collect();
-        if let Err(e) = self.commit_with(next, new_records, extra) {
+        if let Err(e) = self.commit_with(new_records, extra) {
             self.undo_launch(&launched);
             return Err(e);
         }
@@ -1544,70 +1587,43 @@ fn percentiles(w: &VecDeque<u64>) -> (u64, u64) {
     (pct(50), pct(99))
 }
 
-/// The store edits that turn `old` into `new`. New instances take their launch
-/// facts from `records`.
-pub fn diff(
-    old: &Model,
-    new: &Model,
+/// The store edits of recorded model `changes`, one for one and in order (no
+/// comparison of whole models). New instances take their launch facts from
+/// `records`.
+pub fn store_edits(
+    changes: &[Change],
     records: &BTreeMap<String, InstanceRecord>,
 ) -> Result<Vec<Edit>, ApiError> {
-    let mut edits = Vec::new();
-    for (key, og) in &old.groups {
-        match new.groups.get(key) {
-            None => edits.push(Edit::DeleteGroup { id: og.id.clone() }),
-            Some(ng) if ng.id != og.id => {
-                edits.push(Edit::DeleteGroup { id: og.id.clone() });
-                edits.push(Edit::PutGroup(ng.clone()));
+    let mut edits = Vec::with_capacity(changes.len());
+    for c in changes {
+        edits.push(match c {
+            Change::GroupAdded { group, .. } => Edit::PutGroup(group.clone()),
+            Change::GroupDeleted(g) => Edit::DeleteGroup { id: g.id.clone() },
+            Change::RulesAdded {
+                group_id, rules, ..
+            } => Edit::AddRules {
+                group_id: group_id.clone(),
+                rules: rules.clone(),
+            },
+            Change::RulesRemoved {
+                group_id, rules, ..
+            } => Edit::RemoveRules {
+                group_id: group_id.clone(),
+                rules: rules.clone(),
+            },
+            Change::InstanceAdded(inst) => {
+                let rec = records.get(&inst.id).ok_or_else(|| {
+                    ApiError::internal(format!("no launch record for new instance {}", inst.id))
+                })?;
+                Edit::AddInstance(InstanceRecord {
+                    instance: inst.clone(),
+                    ..rec.clone()
+                })
             }
-            Some(ng) if ng.rules != og.rules => {
-                let removed: Vec<_> = og
-                    .rules
-                    .iter()
-                    .filter(|r| !ng.rules.contains(r))
-                    .cloned()
-                    .collect();
-                let added: Vec<_> = ng
-                    .rules
-                    .iter()
-                    .filter(|r| !og.rules.contains(r))
-                    .cloned()
-                    .collect();
-                if !removed.is_empty() {
-                    edits.push(Edit::RemoveRules {
-                        group_id: og.id.clone(),
-                        rules: removed,
-                    });
-                }
-                if !added.is_empty() {
-                    edits.push(Edit::AddRules {
-                        group_id: og.id.clone(),
-                        rules: added,
-                    });
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    for (key, ng) in &new.groups {
-        if !old.groups.contains_key(key) {
-            edits.push(Edit::PutGroup(ng.clone()));
-        }
-    }
-    for id in old.instances.keys() {
-        if !new.instances.contains_key(id) {
-            edits.push(Edit::RemoveInstance { id: id.clone() });
-        }
-    }
-    for (id, inst) in &new.instances {
-        if !old.instances.contains_key(id) {
-            let rec = records.get(id).ok_or_else(|| {
-                ApiError::internal(format!("no launch record for new instance {id}"))
-            })?;
-            edits.push(Edit::AddInstance(InstanceRecord {
-                instance: inst.clone(),
-                ..rec.clone()
-            }));
-        }
+            Change::InstanceRemoved(inst) => Edit::RemoveInstance {
+                id: inst.id.clone(),
+            },
+        });
     }
     Ok(edits)
 }

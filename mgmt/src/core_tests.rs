@@ -332,6 +332,37 @@ fn every_error_code_leaves_the_state_byte_identical() {
             "InvalidGroup.NotFound",
             "nosuch",
         ),
+        // TCP/UDP without ports (issue 12 item 7), from the CLI and the EC2
+        // front door alike.
+        (
+            req(Command::Authorize {
+                group: "web".into(),
+                permissions: vec![
+                    RuleSpec {
+                        proto: Some("tcp".into()),
+                        cidrs: vec!["0.0.0.0/0".into()],
+                        ..RuleSpec::default()
+                    }
+                    .into(),
+                ],
+            }),
+            "InvalidParameterValue",
+            "must specify both from and to ports with TCP/UDP",
+        ),
+        (
+            req(Command::Authorize {
+                group: crate::api::GroupRef::Name("web".into()),
+                permissions: vec![crate::api::Permission {
+                    proto: Some("udp".into()),
+                    ports: None,
+                    icmp: None,
+                    cidrs: vec!["10.0.0.0/8".into()],
+                    groups: vec![],
+                }],
+            }),
+            "InvalidParameterValue",
+            "protocol udp",
+        ),
         (
             req(Command::Authorize {
                 group: "nosuch".into(),
@@ -643,31 +674,40 @@ fn state_and_instances_come_back_after_a_restart() {
 }
 
 #[test]
-fn diff_produces_minimal_store_edits() {
+fn store_edits_are_exactly_the_recorded_changes() {
     let owner = Owner(OWNER.into());
     let mut a = Model::new(Limits::default());
     a.ensure_owner(&owner);
     a.add_group(&owner, "web", "w").unwrap();
     a.authorize(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
         .unwrap();
-    let mut b = a.clone();
-    b.authorize(&owner, "web", &spec("tcp", "443", "0.0.0.0/0"))
+    let before = a.clone();
+    a.record_changes();
+    a.authorize(&owner, "web", &spec("tcp", "443", "0.0.0.0/0"))
         .unwrap();
-    b.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+    a.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
         .unwrap();
+    // A refused edit records nothing.
+    assert!(
+        a.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
+            .is_err()
+    );
     let web_id = a.groups[&(owner.clone(), "web".into())].id.clone();
-    let edits = diff(&a, &b, &BTreeMap::new()).unwrap();
+    let changes = a.take_changes();
+    let edits = store_edits(&changes, &BTreeMap::new()).unwrap();
     assert_eq!(edits.len(), 2, "{edits:?}");
     assert!(
-        matches!(&edits[0], Edit::RemoveRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(80, 80))
+        matches!(&edits[0], Edit::AddRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(443, 443))
     );
     assert!(
-        matches!(&edits[1], Edit::AddRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(443, 443))
+        matches!(&edits[1], Edit::RemoveRules { group_id, rules } if *group_id == web_id && rules[0].ports == Ports::Range(80, 80))
     );
-    assert!(diff(&a, &a, &BTreeMap::new()).unwrap().is_empty());
+    assert!(a.take_changes().is_empty());
+    // Undone, the model is as before.
+    a.undo(changes);
+    assert_eq!(a, before);
     // A new instance without a launch record is refused.
-    let mut c = a.clone();
-    c.add_instance(Instance {
+    a.add_instance(Instance {
         id: "i-0000abcd".into(),
         owner: owner.clone(),
         mac: instance_mac("i-0000abcd"),
@@ -676,7 +716,9 @@ fn diff_produces_minimal_store_edits() {
     })
     .unwrap();
     assert_eq!(
-        diff(&a, &c, &BTreeMap::new()).unwrap_err().code,
+        store_edits(&a.take_changes(), &BTreeMap::new())
+            .unwrap_err()
+            .code,
         "InternalError"
     );
 }
@@ -866,8 +908,10 @@ fn attachment_place_round_trips() {
 
 /// Random command sequences (fixed seeds): after every command the store, reloaded
 /// into a fresh core, must give exactly the in-memory state, and a failed command
-/// must leave the state byte-identical. This checks `diff` + store against the
-/// model for edits of every kind, including implicit ones (a new owner's default).
+/// must leave the state byte-identical. This checks `store_edits` + store against the
+/// model for edits of every kind, including implicit ones (a new owner's default),
+/// and that the snapshot published after each command (compiled incrementally)
+/// allows what a full compile of the model allows.
 #[test]
 fn random_command_sequences_reload_to_the_same_state() {
     struct Lcg(u64);
@@ -891,7 +935,8 @@ fn random_command_sequences_reload_to_the_same_state() {
         let dir = TempDir::new(&format!("core-random-{seed}"));
         let mut cfg = config();
         cfg.limits.rules_per_group = 6;
-        let mut core = core_in(&dir, cfg.clone());
+        let dp = RecordingDataplane::default();
+        let mut core = core_with(&dir, cfg.clone(), dp.clone());
         let mut rng = Lcg(seed);
         let (mut ok, mut failed) = (0, 0);
         for step in 0..120 {
@@ -964,6 +1009,52 @@ fn random_command_sequences_reload_to_the_same_state() {
                             core.dump(),
                             before,
                             "seed {seed} step {step}: {command:?} failed ({e}) but changed the state"
+                        );
+                    }
+                }
+            }
+            // The published snapshot (compiled incrementally, edit by edit)
+            // allows what a full compile of the model allows.
+            let published = dp.state.lock().unwrap().snapshots.last().cloned();
+            let published = published.expect("a snapshot was published");
+            let full = filter::compile(core.model(), core.generation());
+            assert_eq!(published.generation(), core.generation());
+            assert_eq!(published.instances(), full.instances());
+            assert_eq!(published.policy_count(), full.policy_count());
+            let addrs: Vec<Ipv4Addr> = core
+                .model()
+                .instances
+                .values()
+                .map(|i| i.ip)
+                .chain(["10.1.2.3".parse().unwrap(), "192.168.1.9".parse().unwrap()])
+                .collect();
+            for &src in &addrs {
+                for &dst in &addrs {
+                    for (proto, dport) in [(6u8, 80u16), (6, 22), (17, 53), (1, 0), (47, 0)] {
+                        let pkt = filter::Packet {
+                            key: filter::FlowKey {
+                                src,
+                                dst,
+                                proto,
+                                sport: 40000,
+                                dport,
+                            },
+                            l4: match proto {
+                                6 => filter::L4::Tcp { flags: 2 },
+                                17 => filter::L4::Udp,
+                                1 => filter::L4::Icmp {
+                                    ty: 8,
+                                    code: 0,
+                                    kind: filter::IcmpKind::Request,
+                                },
+                                _ => filter::L4::Other,
+                            },
+                            frag: filter::Frag::None,
+                        };
+                        assert_eq!(
+                            published.allows(&pkt),
+                            full.allows(&pkt),
+                            "seed {seed} step {step}: {pkt:?}"
                         );
                     }
                 }

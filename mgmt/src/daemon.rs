@@ -239,9 +239,9 @@ pub fn spawn_management_on(
                 };
                 match msg {
                     Msg::Request(req, reply) => {
-                        // A bug in one command must not take the daemon down: the
-                        // edit was being applied to a clone, so the live state is
-                        // intact; answer InternalError and go on.
+                        // A bug in one command must not take the daemon down:
+                        // answer InternalError and go on (the core undoes what the
+                        // command staged and did not commit at its next request).
                         let answer =
                             std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
                                 .unwrap_or_else(|_| {

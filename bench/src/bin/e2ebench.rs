@@ -70,6 +70,12 @@ struct Opts {
     /// Rule edits (authorize + revoke pairs = edits / 2).
     #[arg(long)]
     edits: Option<usize>,
+    /// The sgswitch edit test alone at these model sizes (rules in the
+    /// padding groups, e.g. 1000,10000,100000): one lab per size, under the
+    /// same TCP load, no throughput runs; prints one `EDIT-LATENCY` line per
+    /// size. Needs `--only sgswitch --metrics edit`.
+    #[arg(long, value_delimiter = ',')]
+    edit_rules: Vec<usize>,
     /// CLI round trips.
     #[arg(long)]
     cli_runs: Option<usize>,
@@ -327,6 +333,75 @@ fn sibling(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `--edit-rules`: the sgswitch edit test alone, one lab per model size, under
+/// an iperf3 TCP stream to the first `rules` server (as in the full run).
+/// Prints an `EDIT-LATENCY` line per size; the last size's result goes into the
+/// report.
+fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
+    let opts = run.opts.clone();
+    let plan = run.plan.clone();
+    for &total in &opts.edit_rules {
+        if Interrupt::raised() {
+            break;
+        }
+        let so = SgOptions {
+            rules: rules.to_vec(),
+            flow_runs: 1,
+            workers: opts.sg_workers,
+            extra: opts.sg_arg.clone(),
+            edit_setup: true,
+            pad_rules: total,
+        };
+        let t = Instant::now();
+        let sg = match guarded(|| SgPath::setup(&so)) {
+            Ok(sg) => sg,
+            Err(e) => {
+                report
+                    .skipped
+                    .push((format!("sgswitch edit test, {total} rules"), e));
+                continue;
+            }
+        };
+        run.progress(&format!(
+            "sgswitch lab ready in {:.1} s ({} rules in the model)",
+            t.elapsed().as_secs_f64(),
+            sg.total_rules().map_or("?".into(), |n| n.to_string())
+        ));
+        let load_ep = rules.first().and_then(|&n| sg.endpoints(n));
+        match guarded(|| edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref())) {
+            Ok(e) => {
+                let pct = |v: &[f64], p: f64| {
+                    bench::harness::report::percentile(v, p).unwrap_or(f64::NAN)
+                };
+                let pair = |x: Option<(f64, f64)>| {
+                    x.map_or("? ?".into(), |(a, b)| format!("{a:.0} {b:.0}"))
+                };
+                println!(
+                    "EDIT-LATENCY rules={} edits={} misses={} enforce_us_p50_p99 {:.0} {:.0} \
+                     ack_us_p50_p99 {:.0} {:.0} revoke_us_p50_p99 {:.0} {:.0} \
+                     daemon_publish_us_p50_p99 {} daemon_commit_us_p50_p99 {} load {}",
+                    e.total_rules.map_or("?".into(), |n| n.to_string()),
+                    e.enforce_us.len() + e.misses,
+                    e.misses,
+                    pct(&e.enforce_us, 50.0),
+                    pct(&e.enforce_us, 99.0),
+                    pct(&e.ack_us, 50.0),
+                    pct(&e.ack_us, 99.0),
+                    pct(&e.revoke_us, 50.0),
+                    pct(&e.revoke_us, 99.0),
+                    pair(e.daemon_publish_us),
+                    pair(e.daemon_commit_us),
+                    e.load_note.as_deref().unwrap_or("none"),
+                );
+                report.edit = Some(e);
+            }
+            Err(e) => report
+                .skipped
+                .push((format!("sgswitch edit test, {total} rules"), e)),
+        }
+    }
+}
+
 fn main() {
     let opts = Opts::parse();
     if let Err(e) = Interrupt::install() {
@@ -425,6 +500,10 @@ fn main() {
                     .copied()
                     .filter(|n| opts.label(fam, &format!("sgswitch-{n}")))
                     .collect();
+                if !opts.edit_rules.is_empty() {
+                    edit_sweep(&mut run, &rules, &mut report);
+                    continue;
+                }
                 let want_edit = opts.metric("edit") || opts.metric("cli");
                 let so = SgOptions {
                     rules: rules.clone(),
@@ -432,6 +511,7 @@ fn main() {
                     workers: opts.sg_workers,
                     extra: opts.sg_arg.clone(),
                     edit_setup: opts.metric("edit"),
+                    pad_rules: 0,
                 };
                 let t = Instant::now();
                 match guarded(|| SgPath::setup(&so)) {

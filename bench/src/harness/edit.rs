@@ -2,17 +2,19 @@
 //! and the same edit test on the kernel's bridge + nftables for comparison.
 //!
 //! Contract:
-//! * The edit target is an instance in [`paths::PAD_GROUPS`] groups of
-//!   [`paths::PAD_RULES`] rules plus [`paths::EDIT_GROUP`], so the model holds
-//!   10k rules or more (the exact total is reported from `stats`).
+//! * The edit target is an instance in padding groups of up to
+//!   [`paths::PAD_RULES`] rules ([`paths::PAD_GROUPS`] of them, 10k rules, by
+//!   default; `e2ebench --edit-rules N,...` sets the total) plus
+//!   [`paths::EDIT_GROUP`] (the exact model total is reported from `stats`).
 //! * A probe sender in the uplink namespace (the outside address
 //!   [`e2e::OUTSIDE`], 16 source ports in turn) sends a UDP datagram to the
 //!   target's port [`PROBE_PORT`] every ~[`PROBE_INTERVAL`]; a socket in the
 //!   target's namespace records when each arrives. Both sockets live in this
 //!   process, so send, edit and arrival times come from one clock.
 //! * One *pair* of edits: `authorize EDIT_GROUP -P udp -p PROBE_PORT -s
-//!   OUTSIDE/32` written straight to the daemon's socket (one JSON line, on one
-//!   connection kept open) at t0; enforce latency = first arrival after t0 − t0
+//!   OUTSIDE/32` written straight to the daemon's socket (one request line of
+//!   mgmt's own `Request` type, encoded ahead, on one connection kept open —
+//!   [`super::api`]) at t0; enforce latency = first arrival after t0 − t0
 //!   (its resolution is the probe interval); ack latency = the reply line − t0.
 //!   Then `revoke` of the same rule at t2: revoke latency = last arrival after
 //!   t2 − t2 (0 when none came), once the probe has been silent for
@@ -29,9 +31,7 @@
 //! * CLI round trip: `sgswitch describe-group g10` as a new process, timed from
 //!   spawn to exit, `runs` times.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +39,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use filter::model::RuleSpec;
+use mgmt::api::{Command as ApiCommand, GroupRef};
+
+use super::api::{Api, request_line};
 use super::exec::{HarnessError, Interrupt, Proc, Result, in_ns};
 use super::paths::{self, Endpoints, SgPath};
 
@@ -62,6 +66,8 @@ pub struct EditResult {
     /// Probe datagrams actually sent per second.
     pub probe_pps: f64,
     pub total_rules: Option<usize>,
+    /// Rules of the edit target's groups (padding + the edit group).
+    pub target_rules: Option<usize>,
     /// The daemon's `EDITS`/`PUBLISH` lines (p50, p99 in µs).
     pub daemon_commit_us: Option<(f64, f64)>,
     pub daemon_publish_us: Option<(f64, f64)>,
@@ -69,77 +75,28 @@ pub struct EditResult {
     pub load_note: Option<String>,
 }
 
-/// A connection to the daemon's socket speaking the JSON-lines protocol
-/// (mgmt/README.md): one request line, one reply line.
-pub struct Api {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl Api {
-    pub fn connect(path: &std::path::Path) -> Result<Api> {
-        let w = UnixStream::connect(path).map_err(|source| HarnessError::Io {
-            what: format!("connect {}", path.display()),
-            source,
-        })?;
-        w.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|source| HarnessError::Io {
-                what: "socket timeout".into(),
-                source,
-            })?;
-        let r = BufReader::new(w.try_clone().map_err(|source| HarnessError::Io {
-            what: "dup socket".into(),
-            source,
-        })?);
-        Ok(Api { w, r })
-    }
-
-    /// Runs `command` (an object with `op`) as the daemon's default owner;
-    /// returns the reply line.
-    pub fn command(&mut self, command: serde_json::Value) -> Result<String> {
-        let req = serde_json::json!({ "owner": null, "command": command }).to_string();
-        self.call(&req)
-    }
-
-    /// Sends one request line; returns the reply line (an error unless `ok`).
-    pub fn call(&mut self, req: &str) -> Result<String> {
-        let io = |what: &str| {
-            let what = what.to_owned();
-            move |source| HarnessError::Io { what, source }
-        };
-        self.w
-            .write_all(req.as_bytes())
-            .and_then(|()| self.w.write_all(b"\n"))
-            .map_err(io("write request"))?;
-        let mut line = String::new();
-        self.r.read_line(&mut line).map_err(io("read reply"))?;
-        if !line.starts_with("{\"ok\"") {
-            return Err(HarnessError::Setup(format!(
-                "daemon refused {req}: {}",
-                line.trim()
-            )));
-        }
-        Ok(line)
-    }
-}
-
-/// The request line of `op` (`authorize`/`revoke`) for the probe's rule.
-pub fn edit_request(op: &str, group: &str, from: Ipv4Addr, port: u16) -> String {
-    serde_json::json!({
-        "owner": null,
-        "command": {
-            "op": op,
-            "group": group,
-            "spec": {
-                "proto": "udp",
-                "ports": port.to_string(),
-                "icmp": null,
-                "cidrs": [format!("{from}/32")],
-                "groups": []
-            }
-        }
+/// The request line of `op` (`authorize`/`revoke`) for the probe's rule,
+/// encoded once, ahead of the timed call.
+pub fn edit_request(op: EditOp, group: &str, from: Ipv4Addr, port: u16) -> String {
+    let spec = RuleSpec {
+        proto: Some("udp".into()),
+        ports: Some(port.to_string()),
+        cidrs: vec![format!("{from}/32")],
+        ..RuleSpec::default()
+    };
+    let group = GroupRef::Name(group.to_owned());
+    let permissions = vec![spec.into()];
+    request_line(match op {
+        EditOp::Authorize => ApiCommand::Authorize { group, permissions },
+        EditOp::Revoke => ApiCommand::Revoke { group, permissions },
     })
-    .to_string()
+}
+
+/// Which edit [`edit_request`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EditOp {
+    Authorize,
+    Revoke,
 }
 
 /// Opens a UDP socket in namespace `ns` bound to `addr`.
@@ -174,7 +131,8 @@ pub trait Editor {
 }
 
 /// sgswitch: `authorize`/`revoke` of `-P udp -p PROBE_PORT -s SRC/32` on
-/// [`paths::EDIT_GROUP`], one JSON line each on one socket connection.
+/// [`paths::EDIT_GROUP`], one request line each (mgmt's own `Request`,
+/// encoded ahead) on one socket connection.
 struct SgEditor {
     api: Api,
     auth: String,
@@ -302,11 +260,17 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
     };
     let mut ed = SgEditor {
         api: Api::connect(&sg.lab.socket)?,
-        auth: edit_request("authorize", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
-        revoke: edit_request("revoke", paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
+        auth: edit_request(
+            EditOp::Authorize,
+            paths::EDIT_GROUP,
+            e2e::OUTSIDE,
+            PROBE_PORT,
+        ),
+        revoke: edit_request(EditOp::Revoke, paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
     };
     let mut res = probe_edits(&probe, pairs, load, &mut ed)?;
     res.total_rules = sg.total_rules();
+    res.target_rules = Some(sg.pad_rules + 1);
     let stats = sg.lab.cli(&["stats"]).stdout;
     res.daemon_commit_us = stats_p50_p99(&stats, "EDITS");
     res.daemon_publish_us = stats_p50_p99(&stats, "PUBLISH");
@@ -502,7 +466,12 @@ mod tests {
 
     #[test]
     fn edit_request_is_the_daemon_wire_format() {
-        let r = edit_request("authorize", "gedit", Ipv4Addr::new(172, 31, 255, 10), 9999);
+        let r = edit_request(
+            EditOp::Authorize,
+            "gedit",
+            Ipv4Addr::new(172, 31, 255, 10),
+            9999,
+        );
         let v: serde_json::Value = serde_json::from_str(&r).unwrap();
         assert_eq!(v["command"]["op"], "authorize");
         assert_eq!(v["command"]["group"], "gedit");

@@ -2,6 +2,7 @@
 //! every path between two namespaces measured under the same loads in one run,
 //! and the report written from the results.
 //!
+//! * [`api`]: the management-socket client (mgmt's own request types).
 //! * [`exec`]: processes under deadlines, namespace guards, Ctrl-C, CPU samples.
 //! * [`paths`]: the paths (sgswitch, bare wire, veth, bridge + nftables, Open
 //!   vSwitch userspace), each set up in namespaces and torn down by its guard.
@@ -14,6 +15,7 @@
 //! Lab safety: namespaces only (never the root namespace), every load bounded
 //! in time and count, every process killed by PID on teardown.
 
+pub mod api;
 pub mod edit;
 pub mod exec;
 pub mod load;

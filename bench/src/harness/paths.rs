@@ -21,8 +21,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{Lab, LabConfig, LabInstance};
+use mgmt::api::{Command as ApiCommand, GroupRef};
 
-use super::edit::Api;
+use super::api::Api;
 use super::exec::{HarnessError, Interrupt, Ns, Proc, Result, in_ns, run_ok};
 use super::rules;
 
@@ -506,8 +507,25 @@ pub struct SgOptions {
     pub workers: usize,
     /// More `sgswitch up` arguments.
     pub extra: Vec<String>,
-    /// Also make the padding groups and the edit target (10k rules in all).
+    /// Also make the padding groups and the edit target.
     pub edit_setup: bool,
+    /// Rules in the padding groups (in groups of [`PAD_RULES`]); 0 means the
+    /// default [`PAD_GROUPS`] × [`PAD_RULES`] (10k).
+    pub pad_rules: usize,
+}
+
+impl SgOptions {
+    /// The padding groups' sizes: `PAD_RULES` each, the last one smaller.
+    pub fn pad_groups(&self) -> Vec<usize> {
+        let total = if self.pad_rules == 0 {
+            PAD_GROUPS * PAD_RULES
+        } else {
+            self.pad_rules
+        };
+        (0..total.div_ceil(PAD_RULES))
+            .map(|p| PAD_RULES.min(total - p * PAD_RULES))
+            .collect()
+    }
 }
 
 /// The real daemon with its uplink namespace, client instances, one server
@@ -519,6 +537,8 @@ pub struct SgPath {
     pub servers: Vec<(usize, LabInstance)>,
     /// The edit test's target: in every padding group and [`EDIT_GROUP`].
     pub edit_target: Option<LabInstance>,
+    /// Rules in the padding groups.
+    pub pad_rules: usize,
 }
 
 impl SgPath {
@@ -539,12 +559,16 @@ impl SgPath {
         // process per call).
         let mut api = Api::connect(&lab.socket)?;
         let mut group = |name: &str, desc: &str, reqs: &[rules::Authorize]| -> Result<()> {
-            api.command(serde_json::json!({"op": "add-group", "name": name, "description": desc}))?;
+            api.command(ApiCommand::AddGroup {
+                name: name.to_owned(),
+                description: desc.to_owned(),
+            })?;
             for r in reqs {
                 Interrupt::check()?;
-                api.command(
-                    serde_json::json!({"op": "authorize", "group": name, "spec": r.spec_json()}),
-                )?;
+                api.command(ApiCommand::Authorize {
+                    group: GroupRef::Name(name.to_owned()),
+                    permissions: vec![r.spec().into()],
+                })?;
             }
             Ok(())
         };
@@ -554,9 +578,9 @@ impl SgPath {
             group(&format!("g{n}"), &format!("{n} rules"), &reqs)?;
         }
         if o.edit_setup {
-            for p in 0..PAD_GROUPS {
-                // PAD_RULES fillers, no allowing rule: they only add weight.
-                let fills = rules::fillers_chunked(PAD_RULES + 1, 100 + p, 250);
+            for (p, &n) in o.pad_groups().iter().enumerate() {
+                // n fillers, no allowing rule: they only add weight.
+                let fills = rules::fillers_chunked(n + 1, 100 + p, 250);
                 let mut reqs = rules::sg_authorize(&fills, SG_ALLOW);
                 reqs.pop();
                 group(&format!("gpad{p}"), "padding", &reqs)?;
@@ -571,7 +595,7 @@ impl SgPath {
             servers.push((n, i.remove(0)));
         }
         let edit_target = if o.edit_setup {
-            let names: Vec<String> = (0..PAD_GROUPS)
+            let names: Vec<String> = (0..o.pad_groups().len())
                 .map(|p| format!("gpad{p}"))
                 .chain([EDIT_GROUP.to_owned()])
                 .collect();
@@ -586,6 +610,7 @@ impl SgPath {
             flow_runs: o.flow_runs,
             servers,
             edit_target,
+            pad_rules: o.pad_groups().iter().sum(),
         })
     }
 

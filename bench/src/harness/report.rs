@@ -30,10 +30,11 @@ softirq), so they slow the sender down instead of losing packets: offered = rece
 is ever seen), so every datagram walks the nftables chain, while sgswitch passes any \
 packet of a tracked flow from its table.\n\
 * Rule-edit latency is measured from writing the request to the daemon's socket. \
-The daemon validates the edit on a copy of the model, compiles and publishes the \
+The daemon checks the edit against the model and applies it in place, recompiles \
+only the edited group's table (the rest of the snapshot is shared), publishes the \
 new snapshot, then makes it durable (SQLite, fsync) and answers: enforcement does \
 not wait for the fsync, the acknowledgement does. The `PUBLISH` line is the \
-datapath's part (validated → snapshot live: the compile of the whole model).\n\
+datapath's part (validated → snapshot live).\n\
 * CPU: the forwarder's share comes from `/proc/PID/stat` (all its threads), the \
 machine's from `/proc/stat`, both over the client's run; the machine figure includes \
 the endpoints and anything else running.\n\n";
@@ -527,9 +528,9 @@ impl Report {
                     "{} authorize/revoke pairs on a group of an instance whose groups hold {} rules \
                      in a model of {} rules; probe: one UDP datagram every ~{:.0} µs from the uplink \
                      namespace ({:.0}/s measured){}. The edit goes straight to the daemon's socket \
-                     (one JSON line); times are from writing it.\n",
+                     (one request line, mgmt's own request type); times are from writing it.\n",
                     e.enforce_us.len() + e.misses,
-                    super::paths::PAD_GROUPS * super::paths::PAD_RULES + 1,
+                    e.target_rules.map_or("?".into(), |n| n.to_string()),
                     e.total_rules.map_or("?".into(), |n| n.to_string()),
                     super::edit::PROBE_INTERVAL.as_secs_f64() * 1e6,
                     e.probe_pps,

@@ -14,6 +14,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use filter::model::RuleSpec;
+
 /// Fillers per `authorize` call (one protocol/port, many source CIDRs).
 pub const CHUNK: usize = 25;
 
@@ -72,15 +74,15 @@ pub struct Authorize {
 }
 
 impl Authorize {
-    /// The `spec` object of the daemon's JSON `authorize` command.
-    pub fn spec_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "proto": self.proto,
-            "ports": self.ports,
-            "icmp": self.icmp,
-            "cidrs": self.cidrs,
-            "groups": [],
-        })
+    /// The rule spec of the daemon's `authorize` command (mgmt's own type).
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            proto: Some(self.proto.to_owned()),
+            ports: self.ports.clone(),
+            icmp: self.icmp.clone(),
+            cidrs: self.cidrs.clone(),
+            groups: Vec::new(),
+        }
     }
 
     /// The same as `sgswitch authorize GROUP ...` arguments.
@@ -251,11 +253,11 @@ mod tests {
         assert_eq!(calls[0][2..6], ["-P", "tcp", "-p", "10000-10003"]);
         assert_eq!(calls[1][2..6], ["-P", "udp", "-p", "10001"]);
         assert_eq!(calls[2][2..6], ["-P", "icmp", "-t", "13:-1"]);
-        let j = sg_authorize(&f, "10.0.0.0/17")[1].spec_json();
-        assert_eq!(j["proto"], "udp");
-        assert_eq!(j["ports"], "10001");
-        assert!(j["icmp"].is_null());
-        assert_eq!(j["cidrs"].as_array().unwrap().len(), CHUNK);
+        let j = sg_authorize(&f, "10.0.0.0/17")[1].spec();
+        assert_eq!(j.proto.as_deref(), Some("udp"));
+        assert_eq!(j.ports.as_deref(), Some("10001"));
+        assert!(j.icmp.is_none());
+        assert_eq!(j.cidrs.len(), CHUNK);
         // Big chunks: one request per 250 rules.
         let big = sg_authorize(&fillers_chunked(1001, 3, 250), "10.0.0.0/17");
         assert_eq!(big.len(), 4 + 1);
