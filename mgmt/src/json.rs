@@ -16,7 +16,9 @@
 use filter::model::{Group, Ports, Rule, Source};
 use serde::Serialize;
 
-use crate::api::{ApiError, ImageRecord, InstanceView, Reservation, Response, StateChange};
+use crate::api::{
+    ApiError, ImageRecord, InstanceView, PortStats, Reservation, Response, StateChange,
+};
 
 /// Version of the shapes below (the `version` field of every document).
 pub const VERSION: u32 = 1;
@@ -208,16 +210,6 @@ pub struct Percentiles {
     pub p99: u64,
 }
 
-#[derive(Debug, Serialize)]
-pub struct PortJson {
-    pub name: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub drops: u64,
-}
-
 /// A named counter.
 #[derive(Debug, Serialize)]
 pub struct CounterJson {
@@ -234,7 +226,9 @@ pub struct StatsJson {
     pub edits: u64,
     pub edit_latency_us: Percentiles,
     pub publish_latency_us: Percentiles,
-    pub ports: Vec<PortJson>,
+    /// Per-port counters: `name`, `rx_packets`, `rx_bytes`, `tx_packets`,
+    /// `tx_bytes`, `drops` (the socket API's own shape, plain already).
+    pub ports: Vec<PortStats>,
     /// One per drop reason, in counter order.
     pub drops: Vec<CounterJson>,
     pub conntrack_entries: u64,
@@ -334,18 +328,7 @@ pub fn response(resp: &Response) -> Document {
                 p50: s.publish_latency_p50_us,
                 p99: s.publish_latency_p99_us,
             },
-            ports: s
-                .ports
-                .iter()
-                .map(|p| PortJson {
-                    name: p.name.clone(),
-                    rx_packets: p.rx_packets,
-                    rx_bytes: p.rx_bytes,
-                    tx_packets: p.tx_packets,
-                    tx_bytes: p.tx_bytes,
-                    drops: p.drops,
-                })
-                .collect(),
+            ports: s.ports.clone(),
             drops: counters(&s.drops),
             conntrack_entries: s.conntrack_entries,
             events: counters(&s.events),

@@ -27,6 +27,7 @@ use bench::harness::paths::{
 };
 use bench::harness::report::{Machine, PathResult, Report, loadavg, median};
 use clap::Parser;
+use mgmt::api::error_chain;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "End-to-end benchmark: sgswitch vs bare wire, veth, bridge+nftables, OVS")]
@@ -276,17 +277,6 @@ impl Run {
         }
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// Runs `f`, turning an error or a panic into `Err(text)`.
