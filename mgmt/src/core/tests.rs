@@ -1405,7 +1405,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
         },
         frag: filter::Frag::None,
     };
-    let allowed_now = |state: &std::sync::Arc<std::sync::Mutex<crate::core::Recorded>>| {
+    let allowed_now = |state: &std::sync::Arc<std::sync::Mutex<crate::testutil::Recorded>>| {
         state.lock().unwrap().snapshots.last().unwrap().allows(&syn)
     };
     assert!(!allowed_now(&state));
