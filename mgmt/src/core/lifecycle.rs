@@ -75,8 +75,8 @@ impl Core {
             ifname: ifname.to_owned(),
             netns,
         };
-        let place = how.place("");
-        if let Some(r) = self.records.values().find(|r| r.place == place) {
+        if let Some(r) = self.records.values().find(|r| r.attachment == how) {
+            let place = how.place("");
             return Err(ApiError::new(
                 ErrorCode::InvalidParameterValue,
                 format!(
@@ -180,7 +180,7 @@ impl Core {
                     ami: ami.to_owned(),
                     reservation: reservation.clone(),
                     launch_index: index as u32,
-                    place: how.place(&id),
+                    attachment: how,
                     launched_at,
                 },
             );
@@ -193,11 +193,11 @@ impl Core {
             let rec = new_records
                 .get_mut(id)
                 .ok_or_else(|| ApiError::internal("launch record lost"))?;
-            let how = Attachment::from_place(&rec.place);
+            let how = rec.attachment.clone();
             let boots = image.filter(|_| matches!(how, Attachment::Qemu { .. }));
             match self.dp.launch(&rec.instance, prefix, &how, boots) {
                 Ok(made) => {
-                    rec.place = made.place(id);
+                    rec.attachment = made.clone();
                     launched.push((id.clone(), made));
                 }
                 Err(e) => {
@@ -271,7 +271,7 @@ impl Core {
             mac: store::format_mac(&r.instance.mac),
             state: state.name().into(),
             launch_index: r.launch_index,
-            place: r.place.clone(),
+            place: r.attachment.place(&r.instance.id),
             reason: state.reason().map(str::to_owned),
         }
     }
@@ -289,8 +289,7 @@ impl Core {
             let Some(rec) = self.records.get(id) else {
                 continue;
             };
-            let how = Attachment::from_place(&rec.place);
-            let now = self.dp.check(id, &how);
+            let now = self.dp.check(id, &rec.attachment);
             if now != *cur {
                 match &now {
                     Liveness::Stopped(why) => {
@@ -317,7 +316,7 @@ impl Core {
                         && self
                             .records
                             .get(*id)
-                            .is_some_and(|r| r.place.starts_with("qemu:")))
+                            .is_some_and(|r| matches!(r.attachment, Attachment::Qemu { .. })))
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -418,11 +417,11 @@ impl Core {
         let previous: Vec<(String, Attachment)> = ids
             .iter()
             .map(|id| {
-                let place = self.records.get(id).map_or("", |r| r.place.as_str());
-                (
-                    self.state(id).name().to_owned(),
-                    Attachment::from_place(place),
-                )
+                let how = self
+                    .records
+                    .get(id)
+                    .map_or(Attachment::Netns, |r| r.attachment.clone());
+                (self.state(id).name().to_owned(), how)
             })
             .collect();
         self.edit(|m| {

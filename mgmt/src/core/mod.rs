@@ -94,6 +94,7 @@ use crate::api::{
     Response, StateChange, StatsReport,
 };
 use crate::qemu::GuestImage;
+pub use crate::store::Attachment;
 use crate::store::{
     self, AccessKeyRecord, ClientTokenRecord, Edit, ImageRecord, InstanceRecord, Store, StoreError,
 };
@@ -109,62 +110,6 @@ pub const LATENCY_WINDOW: usize = 1024;
 /// Counter names in the store.
 pub const COUNTER_GROUP_SEQ: &str = "next_group_seq";
 pub const COUNTER_GENERATION: &str = "generation";
-
-/// How an instance is attached to the switch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attachment {
-    /// A namespace instance: namespace `ID` with a TAP `eth0` the daemon owns.
-    Netns,
-    /// An interface someone else made (a QEMU guest's TAP, one end of a veth),
-    /// attached with AF_PACKET, optionally inside namespace `netns`.
-    Iface {
-        ifname: String,
-        netns: Option<String>,
-    },
-    /// A QEMU guest the daemon boots (`run-instances --qemu`); `pid` is 0 until
-    /// it runs.
-    Qemu { pid: u32 },
-}
-
-impl Attachment {
-    /// The PLACE column: `netns:ID`, `port:IFNAME`, `port:IFNAME@NETNS` or
-    /// `qemu:PID`.
-    pub fn place(&self, id: &str) -> String {
-        match self {
-            Attachment::Netns => format!("netns:{id}"),
-            Attachment::Iface {
-                ifname,
-                netns: None,
-            } => format!("port:{ifname}"),
-            Attachment::Iface {
-                ifname,
-                netns: Some(ns),
-            } => format!("port:{ifname}@{ns}"),
-            Attachment::Qemu { pid } => format!("qemu:{pid}"),
-        }
-    }
-
-    /// Back from a PLACE (anything that is not `port:` or `qemu:PID` is a
-    /// namespace instance).
-    pub fn from_place(place: &str) -> Attachment {
-        if let Some(pid) = place.strip_prefix("qemu:").and_then(|p| p.parse().ok()) {
-            return Attachment::Qemu { pid };
-        }
-        match place.strip_prefix("port:") {
-            Some(rest) => match rest.split_once('@') {
-                Some((ifname, ns)) => Attachment::Iface {
-                    ifname: ifname.into(),
-                    netns: Some(ns.into()),
-                },
-                None => Attachment::Iface {
-                    ifname: rest.into(),
-                    netns: None,
-                },
-            },
-            None => Attachment::Netns,
-        }
-    }
-}
 
 /// Where an instance stands (its EC2 state, and why when that is not obvious).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -422,7 +367,7 @@ impl Core {
         for rec in core.records.values() {
             let id = rec.instance.id.clone();
             let state = match core.dp.reattach(rec, prefix) {
-                Ok(()) => core.dp.check(&id, &Attachment::from_place(&rec.place)),
+                Ok(()) => core.dp.check(&id, &rec.attachment),
                 Err(e) => {
                     tracing::warn!(instance = %id, "cannot re-attach instance {id}: {e}");
                     Liveness::Stopped(format!("not re-attached after a daemon restart: {e}"))
