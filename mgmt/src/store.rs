@@ -18,6 +18,9 @@
 //! * The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] are applied
 //!   in order, each in its own transaction, when the store is opened. A database
 //!   newer than this binary is refused rather than misread.
+//! * An instance's [`Attachment`] is stored as data (columns `attach`, `ifname`,
+//!   `netns`, `pid`; schema v4); the PLACE text shown to users is computed from
+//!   it ([`Attachment::place`]). Opening a v3 store converts its place texts.
 //!
 //! Foreign keys are `DEFERRABLE INITIALLY DEFERRED`: they are checked when the
 //! transaction commits, so the edits of one batch may come in any order (a new
