@@ -34,7 +34,8 @@ use mgmt::api::{
     Command, GroupRef, Permission, Reply, Request, Response, WireReply, decode_request,
     encode_reply,
 };
-use mgmt::core::{Core, CoreConfig, RecordingDataplane};
+use mgmt::core::{Core, CoreConfig};
+use mgmt::testutil::RecordingDataplane;
 use mgmt::store::Store;
 
 use crate::input::{Reader, Writer};

@@ -997,7 +997,7 @@ mod tests {
     #[test]
     fn a_panicking_command_is_answered_and_the_daemon_goes_on() {
         let dir = TempDir::new("mgmt-panic");
-        let dp = crate::core::RecordingDataplane::default();
+        let dp = crate::testutil::RecordingDataplane::default();
         let core = core_with(&dir, config(), dp.clone());
         let before = core.dump();
         let (handle, join) = spawn_management(core).unwrap();

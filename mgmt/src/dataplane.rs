@@ -501,7 +501,7 @@ impl Dataplane for SwitchDataplane {
 
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError> {
         let inst = &rec.instance;
-        let queues = match Attachment::from_place(&rec.place) {
+        let queues = match &rec.attachment {
             Attachment::Netns => if instances::netns_exists(&inst.id) {
                 instances::reattach_netns_instance(&inst.id, self.workers)
             } else {
@@ -521,12 +521,12 @@ impl Dataplane for SwitchDataplane {
                 ))
             })?,
             Attachment::Iface { ifname, netns } => {
-                self.open_iface(&inst.id, &ifname, netns.as_deref())?
+                self.open_iface(&inst.id, ifname, netns.as_deref())?
             }
             // A guest keeps running while the daemon restarts; if it is gone the
             // instance shows as stopped (its namespace stays until terminated).
             Attachment::Qemu { pid } => {
-                let q = qemu::reattach(&inst.id, pid, self.workers).map_err(|e| {
+                let q = qemu::reattach(&inst.id, *pid, self.workers).map_err(|e| {
                     ApiError::internal(format!("re-attach guest {}: {}", inst.id, error_chain(&e)))
                 })?;
                 // It ran before the restart: its lease is not news.
@@ -534,7 +534,7 @@ impl Dataplane for SwitchDataplane {
                 q
             }
         };
-        if !matches!(Attachment::from_place(&rec.place), Attachment::Iface { .. }) {
+        if !matches!(rec.attachment, Attachment::Iface { .. }) {
             self.note_namespace(&inst.id);
         }
         self.attach(inst, queues)?;

@@ -33,5 +33,4 @@ pub mod json;
 pub mod metrics;
 pub mod qemu;
 pub mod store;
-#[cfg(test)]
-pub(crate) mod testutil;
+pub mod testutil;

@@ -18,6 +18,9 @@
 //! * The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] are applied
 //!   in order, each in its own transaction, when the store is opened. A database
 //!   newer than this binary is refused rather than misread.
+//! * An instance's [`Attachment`] is stored as data (columns `attach`, `ifname`,
+//!   `netns`, `pid`; schema v4); the PLACE text shown to users is computed from
+//!   it ([`Attachment::place`]). Opening a v3 store converts its place texts.
 //!
 //! Foreign keys are `DEFERRABLE INITIALLY DEFERRED`: they are checked when the
 //! transaction commits, so the edits of one batch may come in any order (a new
@@ -120,6 +123,31 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (owner, token)
     ) STRICT;
     "#,
+    // v4: an instance's attachment as columns (`attach`: netns / iface / qemu,
+    // with `ifname` and `netns` of an interface, `pid` of a QEMU guest) instead
+    // of the PLACE text. Existing rows are converted from their place text:
+    // `qemu:PID` (PID a u32) is a QEMU guest, `port:IFNAME[@NETNS]` an
+    // interface (split at the first `@`), anything else a namespace instance.
+    r#"
+    ALTER TABLE instances ADD COLUMN attach TEXT NOT NULL DEFAULT 'netns'
+        CHECK (attach IN ('netns', 'iface', 'qemu'));
+    ALTER TABLE instances ADD COLUMN ifname TEXT;
+    ALTER TABLE instances ADD COLUMN netns TEXT;
+    ALTER TABLE instances ADD COLUMN pid INTEGER CHECK (pid IS NULL OR pid BETWEEN 0 AND 4294967295);
+    UPDATE instances SET attach = 'qemu', pid = CAST(substr(place, 6) AS INTEGER)
+        WHERE place GLOB 'qemu:[0-9]*' AND substr(place, 6) NOT GLOB '*[^0-9]*'
+          AND length(ltrim(substr(place, 6), '0')) <= 10
+          AND CAST(substr(place, 6) AS INTEGER) <= 4294967295;
+    UPDATE instances SET attach = 'iface',
+        ifname = CASE WHEN instr(substr(place, 6), '@') > 0
+                      THEN substr(place, 6, instr(substr(place, 6), '@') - 1)
+                      ELSE substr(place, 6) END,
+        netns = CASE WHEN instr(substr(place, 6), '@') > 0
+                     THEN substr(place, 6 + instr(substr(place, 6), '@'))
+                     ELSE NULL END
+        WHERE place GLOB 'port:*';
+    ALTER TABLE instances DROP COLUMN place;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -180,10 +208,82 @@ pub struct InstanceRecord {
     /// `r-` + 8 hex digits, shared by the instances of one `run-instances`.
     pub reservation: String,
     pub launch_index: u32,
-    /// Where it lives: `netns:NAME`, `qemu:PID`, `port:IFNAME`.
-    pub place: String,
+    /// How it is attached (its PLACE is [`Attachment::place`]).
+    pub attachment: Attachment,
     /// Seconds since the Unix epoch.
     pub launched_at: i64,
+}
+
+/// How an instance is attached to the switch (stored as the `attach`,
+/// `ifname`, `netns` and `pid` columns of `instances`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Attachment {
+    /// A namespace instance: namespace `ID` with a TAP `eth0` the daemon owns.
+    Netns,
+    /// An interface someone else made (a QEMU guest's TAP, one end of a veth),
+    /// attached with AF_PACKET, optionally inside namespace `netns`.
+    Iface {
+        ifname: String,
+        netns: Option<String>,
+    },
+    /// A QEMU guest the daemon boots (`run-instances --qemu`); `pid` is 0 until
+    /// it runs.
+    Qemu { pid: u32 },
+}
+
+impl Attachment {
+    /// The PLACE column shown for instance `id`: `netns:ID`, `port:IFNAME`,
+    /// `port:IFNAME@NETNS` or `qemu:PID`.
+    pub fn place(&self, id: &str) -> String {
+        match self {
+            Attachment::Netns => format!("netns:{id}"),
+            Attachment::Iface {
+                ifname,
+                netns: None,
+            } => format!("port:{ifname}"),
+            Attachment::Iface {
+                ifname,
+                netns: Some(ns),
+            } => format!("port:{ifname}@{ns}"),
+            Attachment::Qemu { pid } => format!("qemu:{pid}"),
+        }
+    }
+
+    /// The `(attach, ifname, netns, pid)` columns.
+    fn columns(&self) -> (&'static str, Option<&str>, Option<&str>, Option<i64>) {
+        match self {
+            Attachment::Netns => ("netns", None, None, None),
+            Attachment::Iface { ifname, netns } => {
+                ("iface", Some(ifname.as_str()), netns.as_deref(), None)
+            }
+            Attachment::Qemu { pid } => ("qemu", None, None, Some(i64::from(*pid))),
+        }
+    }
+
+    /// Back from the columns (a row that breaks their rules is corrupt).
+    fn from_columns(
+        attach: String,
+        ifname: Option<String>,
+        netns: Option<String>,
+        pid: Option<i64>,
+    ) -> Result<Attachment, StoreError> {
+        let bad = |attach: String| StoreError::Corrupt {
+            what: "instance attachment",
+            value: attach,
+        };
+        match (attach.as_str(), ifname, netns, pid) {
+            ("netns", None, None, None) => Ok(Attachment::Netns),
+            ("iface", Some(ifname), netns, None) => Ok(Attachment::Iface { ifname, netns }),
+            ("qemu", None, None, Some(pid)) => match u32::try_from(pid) {
+                Ok(pid) => Ok(Attachment::Qemu { pid }),
+                Err(_) => Err(bad(format!("qemu pid {pid}"))),
+            },
+            (_, ifname, netns, pid) => Err(bad(format!(
+                "{attach} (ifname {ifname:?}, netns {netns:?}, pid {pid:?})"
+            ))),
+        }
+    }
 }
 
 /// A registered guest image (`register-image`): what `run-instances AMI --qemu`
@@ -486,7 +586,8 @@ impl Store {
             let mut st = self
                 .conn
                 .prepare(
-                    "SELECT id, owner, mac, ip, ami, reservation, launch_index, place, launched_at \
+                    "SELECT id, owner, mac, ip, ami, reservation, launch_index, launched_at, \
+                     attach, ifname, netns, pid \
                      FROM instances ORDER BY id",
                 )
                 .map_err(load("instances"))?;
@@ -500,14 +601,20 @@ impl Store {
                         r.get::<_, String>(4)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, i64>(6)?,
-                        r.get::<_, String>(7)?,
-                        r.get::<_, i64>(8)?,
+                        r.get::<_, i64>(7)?,
+                        (
+                            r.get::<_, String>(8)?,
+                            r.get::<_, Option<String>>(9)?,
+                            r.get::<_, Option<String>>(10)?,
+                            r.get::<_, Option<i64>>(11)?,
+                        ),
                     ))
                 })
                 .map_err(load("instances"))?;
             for row in rows {
-                let (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) =
+                let (id, owner, mac, ip, ami, reservation, launch_index, launched_at, attach) =
                     row.map_err(load("instances"))?;
+                let attachment = Attachment::from_columns(attach.0, attach.1, attach.2, attach.3)?;
                 let mac = parse_mac(&mac).ok_or(StoreError::Corrupt {
                     what: "instance MAC",
                     value: mac,
@@ -533,7 +640,7 @@ impl Store {
                     ami,
                     reservation,
                     launch_index,
-                    place,
+                    attachment,
                     launched_at,
                 });
             }
@@ -832,9 +939,11 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
         }
         Edit::AddInstance(r) => {
             let i = &r.instance;
+            let (attach, ifname, netns, pid) = r.attachment.columns();
             tx.execute(
-                "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, launched_at, \
+                 attach, ifname, netns, pid) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     i.id,
                     i.owner.0,
@@ -843,8 +952,11 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
                     r.ami,
                     r.reservation,
                     r.launch_index,
-                    r.place,
-                    r.launched_at
+                    r.launched_at,
+                    attach,
+                    ifname,
+                    netns,
+                    pid
                 ],
             )?;
             let mut st = tx.prepare_cached(
@@ -1033,7 +1145,7 @@ mod tests {
             ami: "ami-eca54085".into(),
             reservation: "r-0000abcd".into(),
             launch_index: 0,
-            place: format!("netns:{id}"),
+            attachment: Attachment::Netns,
             launched_at: 1_700_000_000,
         }
     }
@@ -1359,6 +1471,91 @@ mod tests {
         }
     }
 
+    /// A v3 store (PLACE text) upgrades to attachment columns: each place text
+    /// becomes the attachment it named, and the upgraded rows keep their PLACE.
+    #[test]
+    fn a_v3_store_upgrades_its_place_texts_to_attachments() {
+        let dir = TempDir::new("upgrade-v3");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        let cases = [
+            ("i-0000000a", "netns:i-0000000a", Attachment::Netns),
+            (
+                "i-0000000b",
+                "port:tap0",
+                Attachment::Iface {
+                    ifname: "tap0".into(),
+                    netns: None,
+                },
+            ),
+            (
+                "i-0000000c",
+                "port:vs0@lab-1",
+                Attachment::Iface {
+                    ifname: "vs0".into(),
+                    netns: Some("lab-1".into()),
+                },
+            ),
+            ("i-0000000d", "qemu:4242", Attachment::Qemu { pid: 4242 }),
+            ("i-0000000e", "qemu:0", Attachment::Qemu { pid: 0 }),
+            (
+                "i-0000000f",
+                "qemu:4294967295",
+                Attachment::Qemu { pid: u32::MAX },
+            ),
+            // Not a u32 PID: the old reader took these for namespace instances.
+            ("i-00000010", "qemu:4294967296", Attachment::Netns),
+            ("i-00000011", "qemu:12x", Attachment::Netns),
+            ("i-00000012", "qemu:", Attachment::Netns),
+        ];
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            for (k, (id, place, _)) in cases.iter().enumerate() {
+                c.execute(
+                    "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) \
+                     VALUES (?1, ?2, ?3, ?4, 'ami-eca54085', 'r-00000001', ?5, ?6, 7)",
+                    params![
+                        id,
+                        owner().0,
+                        format!("02:00:00:00:00:{k:02x}"),
+                        format!("10.0.0.{}", 10 + k),
+                        k as i64,
+                        place
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let l = s.load().unwrap();
+        let got: Vec<(&str, &Attachment)> = l
+            .instances
+            .iter()
+            .map(|r| (r.instance.id.as_str(), &r.attachment))
+            .collect();
+        let want: Vec<(&str, &Attachment)> = cases.iter().map(|(id, _, a)| (*id, a)).collect();
+        assert_eq!(got, want);
+        for (r, (_, place, _)) in l.instances.iter().zip(&cases).take(6) {
+            assert_eq!(r.attachment.place(&r.instance.id), *place);
+        }
+        // The upgraded rows are written and read back like new ones.
+        let mut moved = l.instances[1].clone();
+        s.commit(&[Edit::RemoveInstance {
+            id: moved.instance.id.clone(),
+        }])
+        .unwrap();
+        moved.attachment = Attachment::Qemu { pid: 77 };
+        s.commit(&[Edit::AddInstance(moved.clone())]).unwrap();
+        drop(s);
+        let l = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(l.instances[1], moved);
+    }
+
     #[test]
     fn a_v1_store_upgrades_to_v2_keeping_its_rows_and_gains_images() {
         let dir = TempDir::new("upgrade");
@@ -1385,7 +1582,7 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let l = s.load().unwrap();
         assert_eq!(l.groups.len(), 1);
-        assert_eq!(l.instances[0].place, "qemu:42");
+        assert_eq!(l.instances[0].attachment, Attachment::Qemu { pid: 42 });
         assert!(l.images.is_empty());
         let mut with_disk = image("ami-0000beef");
         with_disk.disk = Some("/srv/img/disk.raw".into());
@@ -1427,7 +1624,7 @@ mod tests {
         // An old store with a world-readable mode is made private on open.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let tok = ClientTokenRecord {
             owner: owner(),
             token: "tok-1".into(),

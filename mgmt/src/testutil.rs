@@ -1,14 +1,19 @@
-//! Test helpers shared by the unit tests of this crate: temporary directories and
-//! a management core on a temporary store with an in-memory data plane.
+//! Test utilities: the in-memory data plane [`RecordingDataplane`] (public:
+//! the fuzz targets drive a core with it) and helpers shared by the unit tests
+//! of this crate: temporary directories and a management core on a temporary
+//! store with an in-memory data plane.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use filter::model::Owner;
+use filter::Snapshot;
+use filter::model::{Instance, Owner};
 
-use crate::api::{Command, Reply, Request};
-use crate::core::{Core, CoreConfig, RecordingDataplane};
-use crate::store::Store;
+use crate::api::{ApiError, Command, Reply, Request, StatsReport};
+use crate::core::{Attachment, Core, CoreConfig, Dataplane, Liveness};
+use crate::qemu::GuestImage;
+use crate::store::{InstanceRecord, Store};
 
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -85,4 +90,123 @@ pub fn write_fake_kernel(path: &std::path::Path) {
 /// The smallest file `register-image` takes as an initrd: a cpio newc magic.
 pub fn write_fake_initrd(path: &std::path::Path) {
     std::fs::write(path, b"070701").unwrap();
+}
+
+/// What a [`RecordingDataplane`] saw; shared with the test that made it.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Generations of the snapshots published, in order.
+    pub published: Vec<u64>,
+    /// The snapshots published, in the same order.
+    pub snapshots: Vec<Snapshot>,
+    /// Instances currently attached.
+    pub attached: BTreeSet<String>,
+    /// Instance ids whose launch must fail (tests of the rollback).
+    pub fail_launch: BTreeSet<String>,
+    /// Fail every launch once this many have succeeded.
+    pub fail_after: Option<usize>,
+    /// Successful launches so far.
+    pub launches: usize,
+    /// Re-attached instances (restart).
+    pub reattached: Vec<String>,
+    pub shut_down: bool,
+    /// Terminated (or rolled back) instances and how they were attached.
+    pub terminated: Vec<(String, Attachment)>,
+    /// Panic in `launch` (tests that a bug does not take the daemon down).
+    pub panic_on_launch: bool,
+    /// (instance id, image) of every QEMU launch.
+    pub booted: Vec<(String, GuestImage)>,
+    /// What `check` says of an instance (default: running, or
+    /// `qemu_liveness` for QEMU guests when set).
+    pub liveness: BTreeMap<String, Liveness>,
+    pub qemu_liveness: Option<Liveness>,
+    /// How often `check` was called.
+    pub checks: usize,
+}
+
+/// A data plane that only records what it was asked: for tests of the core
+/// without root or a switch.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingDataplane {
+    pub state: std::sync::Arc<std::sync::Mutex<Recorded>>,
+}
+
+impl RecordingDataplane {
+    fn with<T>(&self, f: impl FnOnce(&mut Recorded) -> T) -> T {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+}
+
+impl Dataplane for RecordingDataplane {
+    fn publish(&mut self, snap: Snapshot, generation: u64) {
+        self.with(|r| {
+            r.published.push(generation);
+            r.snapshots.push(snap);
+        });
+    }
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        _prefix_len: u8,
+        how: &Attachment,
+        image: Option<&GuestImage>,
+    ) -> Result<Attachment, ApiError> {
+        if matches!(how, Attachment::Qemu { .. }) != image.is_some() {
+            return Err(ApiError::internal(format!(
+                "launch of {}: an image for QEMU guests only (test)",
+                inst.id
+            )));
+        }
+        let panic = self.with(|r| r.panic_on_launch);
+        assert!(!panic, "launch of {} panicked (test)", inst.id);
+        self.with(|r| {
+            if r.fail_launch.contains(&inst.id) || r.fail_after.is_some_and(|n| r.launches >= n) {
+                return Err(ApiError::internal(format!(
+                    "launch of {} failed (test)",
+                    inst.id
+                )));
+            }
+            r.launches += 1;
+            r.attached.insert(inst.id.clone());
+            if let Some(img) = image {
+                r.booted.push((inst.id.clone(), img.clone()));
+            }
+            Ok(match how {
+                // A made-up PID, as a real launch would report.
+                Attachment::Qemu { .. } => Attachment::Qemu {
+                    pid: 40_000 + r.launches as u32,
+                },
+                other => other.clone(),
+            })
+        })
+    }
+    fn reattach(&mut self, rec: &InstanceRecord, _prefix_len: u8) -> Result<(), ApiError> {
+        self.with(|r| {
+            r.attached.insert(rec.instance.id.clone());
+            r.reattached.push(rec.instance.id.clone());
+        });
+        Ok(())
+    }
+    fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
+        self.with(|r| {
+            r.attached.remove(id);
+            r.terminated.push((id.to_owned(), how.clone()));
+        });
+        Ok(())
+    }
+    fn stats(&self, _report: &mut StatsReport) {}
+    fn shutdown(&mut self) {
+        self.with(|r| r.shut_down = true);
+    }
+    fn check(&mut self, id: &str, how: &Attachment) -> Liveness {
+        self.with(|r| {
+            r.checks += 1;
+            match (r.liveness.get(id), how, &r.qemu_liveness) {
+                (Some(l), _, _) => l.clone(),
+                (None, Attachment::Qemu { .. }, Some(l)) => l.clone(),
+                _ => Liveness::Running,
+            }
+        })
+    }
 }

@@ -23,7 +23,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    AccessKeyRecord, ClientTokenRecord, ImageRecord, InstanceRecord, format_mac, parse_mac,
+    AccessKeyRecord, Attachment, ClientTokenRecord, ImageRecord, InstanceRecord, format_mac,
+    parse_mac,
 };
 
 /// Every sgswitch key starts with this; an incompatible layout is `v2`.
@@ -104,8 +105,8 @@ pub struct InstanceValue {
     pub ami: String,
     pub reservation: String,
     pub launch_index: u32,
-    /// Local to `host`: `netns:NAME`, `qemu:PID`, `port:IFNAME`.
-    pub place: String,
+    /// How it is attached, local to `host`.
+    pub attachment: Attachment,
     pub launched_at: i64,
 }
 
@@ -121,7 +122,7 @@ impl InstanceValue {
             ami: r.ami.clone(),
             reservation: r.reservation.clone(),
             launch_index: r.launch_index,
-            place: r.place.clone(),
+            attachment: r.attachment.clone(),
             launched_at: r.launched_at,
         }
     }
@@ -139,7 +140,7 @@ impl InstanceValue {
             ami: self.ami.clone(),
             reservation: self.reservation.clone(),
             launch_index: self.launch_index,
-            place: self.place.clone(),
+            attachment: self.attachment.clone(),
             launched_at: self.launched_at,
         }
     }
@@ -554,7 +555,7 @@ mod tests {
                     ami: "ami-00000001".into(),
                     reservation: "r-00000001".into(),
                     launch_index: 2,
-                    place: "netns:sgsw-i-1a2b3c4d".into(),
+                    attachment: Attachment::Netns,
                     launched_at: 1_780_000_000,
                 },
             },

@@ -816,7 +816,7 @@ fn server_over_tcp_answers_and_survives_garbage() {
 #[test]
 fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
     let dir = TempDir::new("ec2-qemu");
-    let dp = crate::core::RecordingDataplane::default();
+    let dp = crate::testutil::RecordingDataplane::default();
     let api = Api {
         core: Mutex::new(core_with(&dir, config(), dp.clone())),
         _dir: TempDir::new("ec2-qemu-unused"),

@@ -888,22 +888,119 @@ fn attached_interfaces_are_instances_with_a_port_place() {
 }
 
 #[test]
-fn attachment_place_round_trips() {
-    for how in [
-        Attachment::Netns,
-        Attachment::Iface {
-            ifname: "tap0".into(),
-            netns: None,
-        },
-        Attachment::Iface {
-            ifname: "vs0".into(),
-            netns: Some("lab-1".into()),
-        },
-        Attachment::Qemu { pid: 4242 },
+fn attachment_place_texts() {
+    for (how, place) in [
+        (Attachment::Netns, "netns:i-0000abcd"),
+        (
+            Attachment::Iface {
+                ifname: "tap0".into(),
+                netns: None,
+            },
+            "port:tap0",
+        ),
+        (
+            Attachment::Iface {
+                ifname: "vs0".into(),
+                netns: Some("lab-1".into()),
+            },
+            "port:vs0@lab-1",
+        ),
+        (Attachment::Qemu { pid: 4242 }, "qemu:4242"),
     ] {
-        assert_eq!(Attachment::from_place(&how.place("i-0000abcd")), how);
+        assert_eq!(how.place("i-0000abcd"), place);
     }
-    assert_eq!(Attachment::Netns.place("i-0000abcd"), "netns:i-0000abcd");
+}
+
+/// A state directory written by a binary that stored the PLACE text (schema
+/// v3) opens with each instance attached as its place said, and shows the
+/// same PLACE texts.
+#[test]
+fn an_old_state_dir_with_place_texts_reopens_with_the_same_attachments() {
+    let dir = TempDir::new("core-v3");
+    {
+        let c = rusqlite::Connection::open(dir.0.join(crate::store::DB_FILE)).unwrap();
+        for m in &crate::store::MIGRATIONS[..3] {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "user_version", 3).unwrap();
+        c.execute(
+            "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', ?1, 'default', 'default group')",
+            [OWNER],
+        )
+        .unwrap();
+        for (k, (id, place)) in [
+            ("i-0000000a", "netns:i-0000000a"),
+            ("i-0000000b", "port:vs0@lab-1"),
+            ("i-0000000c", "port:tap7"),
+            ("i-0000000d", "qemu:4242"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.execute(
+                "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, place, launched_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'ami-eca54085', 'r-00000001', ?5, ?6, 7)",
+                rusqlite::params![
+                    id,
+                    OWNER,
+                    format!("02:00:00:00:00:0{k}"),
+                    format!("172.31.0.{}", 10 + k),
+                    k as i64,
+                    place
+                ],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO instance_groups (instance_id, group_id) VALUES (?1, 'sg-00000001')",
+                [id],
+            )
+            .unwrap();
+        }
+    }
+    let dp = RecordingDataplane::default();
+    let state = dp.state.clone();
+    let mut core = core_with(&dir, config(), dp);
+    assert_eq!(
+        state.lock().unwrap().reattached,
+        ["i-0000000a", "i-0000000b", "i-0000000c", "i-0000000d"]
+    );
+    let how: Vec<Attachment> = core
+        .records
+        .values()
+        .map(|r| r.attachment.clone())
+        .collect();
+    assert_eq!(
+        how,
+        [
+            Attachment::Netns,
+            Attachment::Iface {
+                ifname: "vs0".into(),
+                netns: Some("lab-1".into()),
+            },
+            Attachment::Iface {
+                ifname: "tap7".into(),
+                netns: None,
+            },
+            Attachment::Qemu { pid: 4242 },
+        ]
+    );
+    let r = core.handle(req(Command::DescribeInstances { ids: vec![] }));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!("{r:?}")
+    };
+    let places: Vec<&str> = reservations
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.place.as_str()))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "netns:i-0000000a",
+            "port:vs0@lab-1",
+            "port:tap7",
+            "qemu:4242"
+        ]
+    );
 }
 
 /// Random command sequences (fixed seeds): after every command the store, reloaded
@@ -1116,7 +1213,14 @@ fn qemu_launches_record_the_guest_pid_as_place() {
     let core = core_in(&dir, config());
     let r = core.model().instances.len();
     assert_eq!(r, 2);
-    assert!(core.dump().contains("qemu:40002"));
+    let how: Vec<&Attachment> = core.records.values().map(|r| &r.attachment).collect();
+    assert_eq!(
+        how,
+        [
+            &Attachment::Qemu { pid: 40001 },
+            &Attachment::Qemu { pid: 40002 }
+        ]
+    );
 }
 
 /// Image files that exist, in `dir`.
@@ -1405,7 +1509,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
         },
         frag: filter::Frag::None,
     };
-    let allowed_now = |state: &std::sync::Arc<std::sync::Mutex<crate::core::Recorded>>| {
+    let allowed_now = |state: &std::sync::Arc<std::sync::Mutex<crate::testutil::Recorded>>| {
         state.lock().unwrap().snapshots.last().unwrap().allows(&syn)
     };
     assert!(!allowed_now(&state));

@@ -1,0 +1,170 @@
+//! What only the EC2 Query API needs: access keys, ClientTokens, reservation views.
+
+use super::*;
+
+/// What the EC2 Query API keeps besides the model: access keys by id and
+/// `RunInstances` ClientTokens by (owner, token).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Ec2State {
+    pub(super) keys: BTreeMap<String, AccessKeyRecord>,
+    pub(super) tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
+}
+
+impl Core {
+    /// The owner and secret of access key `key_id` (the EC2 front door's
+    /// signature check); `AuthFailure` when unknown.
+    pub fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
+        self.ec2
+            .keys
+            .get(key_id)
+            .map(|k| KeySecret {
+                owner: k.owner.0.clone(),
+                secret: k.secret.clone(),
+            })
+            .ok_or_else(|| crate::api::unknown_access_key(key_id))
+    }
+
+    /// [`Command::RunInstances`]: counts, groups by reference, the kind of
+    /// instance and the ClientToken; then [`Core::run_instances`].
+    pub(super) fn run_instances_command(
+        &mut self,
+        owner: &Owner,
+        ami: &str,
+        (min, max): (Option<u32>, u32),
+        groups: &[GroupRef],
+        qemu: Option<bool>,
+        client_token: Option<String>,
+    ) -> Reply {
+        let exact = min.is_none();
+        let min = min.unwrap_or(max);
+        if min == 0 || max < min {
+            let shown = if min == max {
+                format!("'{max}'")
+            } else {
+                format!("'{min}' to '{max}' (MinCount to MaxCount)")
+            };
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
+                format!("invalid instance count {shown}: need 1 <= MinCount <= MaxCount"),
+            ));
+        }
+        if min > self.cfg.max_launch {
+            // An exact count (the CLI's -n) above the limit is a bad value; a
+            // MinCount above it is capacity the daemon does not have (EC2).
+            let (code, what) = match exact {
+                true => (ErrorCode::InvalidParameterValue, "instance count"),
+                false => (ErrorCode::InsufficientInstanceCapacity, "MinCount"),
+            };
+            return Err(ApiError::new(
+                code,
+                format!(
+                    "invalid {what} '{min}': at most {} instances per request",
+                    self.cfg.max_launch
+                ),
+            ));
+        }
+        let count = max.min(self.cfg.max_launch);
+        let mut names = self.group_names(owner, groups)?;
+        names.sort();
+        names.dedup();
+        let qemu = qemu.unwrap_or_else(|| self.images.contains_key(ami));
+        let token = match client_token {
+            None => None,
+            Some(t) => {
+                if t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidParameterValue,
+                        format!(
+                            "invalid ClientToken '{}': 1 to 64 printable ASCII characters",
+                            t.escape_default()
+                        ),
+                    ));
+                }
+                let fingerprint = format!("{ami}|{min}|{max}|{}", names.join(","));
+                if let Some(seen) = self.ec2.tokens.get(&(owner.clone(), t.clone())) {
+                    if seen.fingerprint != fingerprint {
+                        return Err(ApiError::new(
+                            ErrorCode::IdempotentParameterMismatch,
+                            format!(
+                                "the client token '{}' was used with other parameters",
+                                t.escape_default()
+                            ),
+                        ));
+                    }
+                    return Ok(self.reservation_view(owner, &seen.reservation));
+                }
+                Some(ClientTokenRecord {
+                    owner: owner.clone(),
+                    token: t,
+                    reservation: String::new(),
+                    fingerprint,
+                    created_at: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                })
+            }
+        };
+        self.run_instances(owner, ami, count, names, qemu, token)
+    }
+
+    /// A reservation's instances that still exist (a repeated ClientToken).
+    pub(super) fn reservation_view(&self, owner: &Owner, reservation: &str) -> Response {
+        let mut recs: Vec<&InstanceRecord> = self
+            .records
+            .values()
+            .filter(|r| r.reservation == reservation && r.instance.owner == *owner)
+            .collect();
+        recs.sort_by_key(|r| r.launch_index);
+        Response::Reservations {
+            reservations: vec![Reservation {
+                id: reservation.to_owned(),
+                owner: owner.0.clone(),
+                groups: recs
+                    .first()
+                    .map(|r| r.instance.groups.clone())
+                    .unwrap_or_default(),
+                instances: recs.iter().map(|r| self.view(r)).collect(),
+            }],
+        }
+    }
+
+    /// A new access key acting as `owner`: `AKIA` + 16 of `[A-Z2-7]`, and a
+    /// 40-character secret, both from `/dev/urandom` (no fallback: a guessable
+    /// secret is worse than an error).
+    pub(super) fn create_access_key(&mut self, owner: &Owner) -> Reply {
+        const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        const SECRET_CHARS: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bytes = [0u8; 56];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| ApiError::internal(format!("reading /dev/urandom for a new key: {e}")))?;
+        let pick = |set: &[u8], b: &[u8]| -> String {
+            b.iter()
+                .map(|&x| set[x as usize % set.len()] as char)
+                .collect()
+        };
+        let key_id = format!("AKIA{}", pick(ID_CHARS, &bytes[..16]));
+        if self.ec2.keys.contains_key(&key_id) {
+            return Err(ApiError::internal("access key id collision; try again"));
+        }
+        let rec = AccessKeyRecord {
+            key_id: key_id.clone(),
+            owner: owner.clone(),
+            secret: pick(SECRET_CHARS, &bytes[16..]),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        };
+        self.store
+            .commit(&[Edit::PutAccessKey(rec.clone())])
+            .map_err(store_failed)?;
+        self.edits += 1;
+        self.ec2.keys.insert(key_id, rec.clone());
+        Ok(Response::AccessKey {
+            key_id: rec.key_id,
+            secret: rec.secret,
+            owner: owner.0.clone(),
+        })
+    }
+}

@@ -1,0 +1,830 @@
+//! The management core: owns the [`Model`], the [`Store`] and a [`Dataplane`], and
+//! turns each [`Request`] into a [`Reply`].
+//!
+//! Contract:
+//! * One thread owns a `Core` (the daemon's management thread; tests call it
+//!   directly). Nothing else touches the model or the data plane.
+//! * Validation is [`filter::Model`]'s: each model method checks its edit
+//!   against the current model and only then applies it, recording what it
+//!   changed ([`filter::model::Change`]); no copy of the model is made. The
+//!   recorded changes become exactly one store transaction ([`store_edits`]:
+//!   one [`store::Edit`] per change) and are compiled incrementally
+//!   ([`filter::compile::Compiler`]: the edited groups' tables and, when
+//!   needed, the instances' membership parts; everything else is shared with
+//!   the previous snapshot). The snapshot is published with generation + 1
+//!   *before* that transaction commits (so enforcement does not wait for the
+//!   fsync), and the client is answered only after the commit: nothing
+//!   acknowledged is lost, and an edit lost to a crash before its commit was
+//!   never acknowledged. Any error (EC2 validation, store write, data-plane
+//!   launch) undoes the recorded changes and leaves model, store and data plane
+//!   as they were (a store error publishes the old model again, under
+//!   generation + 2).
+//! * `run-instances` validates and stages every instance in the model first
+//!   (groups, addresses), then creates them in the data plane (namespaces +
+//!   ports), then commits; a failure at any step undoes the staged changes and
+//!   destroys what was created. Instance ids are
+//!   random (`i-` + 8 hex from `/dev/urandom`), MACs derived from the id
+//!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
+//!   subnet outside the uplink range ([`Model::free_ip`]).
+//! * Every owner has a `default` group: the first request of an unseen owner
+//!   creates it (a committed edit of its own).
+//! * Edit latency (request received → committed and answered, including the
+//!   store's fsync) and publish latency (validated → snapshot published:
+//!   store edits, incremental compile and pointer swap, the edit's
+//!   enforcement delay) are kept for the last [`LATENCY_WINDOW`] edits;
+//!   [`StatsReport`] shows p50/p99 of both.
+//! * Guest images (`register-image`, `describe-images`, `deregister-image`) are
+//!   the daemon's, shared by all owners (like public AMIs). Registering checks
+//!   the AMI id (`ami-` + 8 lowercase hex digits), that the kernel, initrd and
+//!   disk are existing regular files given by absolute path, that the kernel is
+//!   a Linux bzImage and the initrd an initramfs ([`crate::qemu::check_kernel`],
+//!   [`crate::qemu::check_initrd`]), the memory (32 to
+//!   65536 MiB) and the command line; a registered AMI again is
+//!   `InvalidAMIID.Duplicate`, an unknown one `InvalidAMIID.NotFound`. Images
+//!   are one store transaction each and do not change the rules (no new
+//!   generation). Deregistering does not touch guests already booted from it.
+//! * `run-instances AMI --qemu` boots the AMI's registered image; an AMI that is
+//!   not registered boots the daemon's default image (`up --qemu-kernel ...`)
+//!   if it has one, and is `InvalidAMIID.NotFound` otherwise. Namespace
+//!   instances (no `--qemu`) only record the AMI.
+//! * Instance states ([`Liveness`]): a namespace instance (its address set
+//!   directly) and an attached interface are `running` as soon as they are
+//!   made. A QEMU guest is `pending` from its launch (which only spawns QEMU:
+//!   nothing on this thread waits for the guest) until the switch's DHCP server
+//!   acknowledged its first lease on its port, then `running`. An instance
+//!   whose guest process ended, whose namespace was deleted by hand, whose port
+//!   the switch found gone, or that could not be re-attached after a restart
+//!   is `stopped`, with the reason kept and shown by `describe-instances`; it
+//!   stays so (its record, address and namespace remain) until it is
+//!   terminated. States are refreshed from the data plane
+//!   ([`Dataplane::check`]) before `describe-instances` and
+//!   `terminate-instances` answer, and for QEMU guests on every [`Core::tick`]
+//!   (the daemon's management thread ticks when idle).
+//! * `terminate-instances --all` terminates every instance of the caller's
+//!   owner (none is not an error); giving ids as well is
+//!   `InvalidParameterCombination`.
+//! * Both front doors (the socket CLI and the EC2 Query API, [`crate::ec2`])
+//!   send the same commands through the same validation and edits. Groups
+//!   are named by name or `sg-` id ([`GroupRef`]), resolved in one place
+//!   ([`Core::group_name`]) among the caller's own groups (a source group by
+//!   id among its owner's), so another owner's group is
+//!   `InvalidGroup.NotFound`; the permissions of one request are applied all
+//!   or none. `RunInstances` takes EC2's MinCount/MaxCount (the CLI's `-n N`
+//!   is both) and, when the request does not say, boots QEMU guests for an
+//!   AMI registered with `register-image` and namespace instances otherwise;
+//!   its `ClientToken` is stored in the launch's own transaction and a repeat
+//!   with the same parameters returns that reservation (other parameters:
+//!   `IdempotentParameterMismatch`). Access keys (`create-access-key`:
+//!   `AKIA` and 16 characters, a 40-character secret, both from
+//!   `/dev/urandom`) are stored and looked up by the EC2 front door only
+//!   ([`Core::lookup_access_key`] is no command: the socket cannot ask it).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use filter::compile::Compiler;
+use filter::model::{Change, Instance, Limits, Owner, instance_mac};
+use filter::{ErrorCode, Mac, Model, Snapshot};
+use ipnet::Ipv4Net;
+
+use crate::api::{
+    ApiError, Command, GroupRef, InstanceView, KeySecret, Permission, Reply, Request, Reservation,
+    Response, StateChange, StatsReport,
+};
+use crate::qemu::GuestImage;
+pub use crate::store::Attachment;
+use crate::store::{
+    self, AccessKeyRecord, ClientTokenRecord, Edit, ImageRecord, InstanceRecord, Store, StoreError,
+};
+
+mod ec2;
+mod images;
+mod lifecycle;
+
+use ec2::Ec2State;
+
+/// Edits whose latency is kept for the percentiles.
+pub const LATENCY_WINDOW: usize = 1024;
+/// Counter names in the store.
+pub const COUNTER_GROUP_SEQ: &str = "next_group_seq";
+pub const COUNTER_GENERATION: &str = "generation";
+
+/// Where an instance stands (its EC2 state, and why when that is not obvious).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Liveness {
+    /// Being set up: a QEMU guest before its first DHCP lease. Why (e.g. the
+    /// accelerator it boots on).
+    Pending(String),
+    Running,
+    /// Not running, and not coming back by itself (until terminated); why.
+    Stopped(String),
+}
+
+impl Liveness {
+    /// The EC2 state name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Liveness::Pending(_) => "pending",
+            Liveness::Running => "running",
+            Liveness::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The state reason, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Liveness::Pending(r) | Liveness::Stopped(r) => Some(r),
+            Liveness::Running => None,
+        }
+    }
+}
+
+/// What the core needs from the data plane. The daemon's implementation drives
+/// the real switch and namespaces; tests use an in-memory one.
+pub trait Dataplane: Send {
+    /// Make `snap` (compiled at `generation`) the rules every worker uses from
+    /// its next burst on.
+    fn publish(&mut self, snap: Snapshot, generation: u64);
+    /// Create the instance's attachment (namespace + TAP, AF_PACKET on an
+    /// existing interface, or a QEMU guest) and its switch port; returns the
+    /// attachment as made (a guest's PID filled in). On error nothing may be left
+    /// behind.
+    /// `image` is what an [`Attachment::Qemu`] boots (the core always gives one
+    /// for those; `None` for the other attachments).
+    fn launch(
+        &mut self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+        image: Option<&GuestImage>,
+    ) -> Result<Attachment, ApiError>;
+    /// After a restart: attach the existing instance again (or recreate it).
+    fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
+    /// Remove the instance's port and destroy its namespace (an attached
+    /// interface is only detached: it belongs to someone else).
+    fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError>;
+    /// Where instance `id` (attached `how`, launched or re-attached by this data
+    /// plane) stands now. Must be quick (no waiting): the management thread
+    /// calls it. Once it said `Stopped` it is not asked again.
+    fn check(&mut self, _id: &str, _how: &Attachment) -> Liveness {
+        Liveness::Running
+    }
+    /// Add data-plane counters to `report`.
+    fn stats(&self, report: &mut StatsReport);
+    /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
+    fn shutdown(&mut self) {}
+}
+
+/// Settings of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Owner of requests that name none.
+    pub default_owner: Owner,
+    /// Instances' subnet.
+    pub subnet: Ipv4Net,
+    /// Addresses never given to instances (the uplink side).
+    pub uplink_range: Ipv4Net,
+    pub limits: Limits,
+    /// Most instances per `run-instances`.
+    pub max_launch: u32,
+    /// What `run-instances AMI --qemu` boots for an AMI that is not registered
+    /// (`up --qemu-kernel ... --qemu-initrd ...`).
+    pub default_image: Option<GuestImage>,
+}
+
+impl CoreConfig {
+    /// Defaults of DESIGN §5: 172.31.0.0/16, uplink range its last /24.
+    pub fn new(default_owner: Owner, subnet: Ipv4Net) -> CoreConfig {
+        CoreConfig {
+            default_owner,
+            subnet,
+            uplink_range: default_uplink_range(subnet),
+            limits: Limits::default(),
+            max_launch: 256,
+            default_image: None,
+        }
+    }
+}
+
+/// The last /24 of `subnet` (the subnet itself when it is a /24 or smaller...
+/// then its upper half, so that instances keep the lower one).
+pub fn default_uplink_range(subnet: Ipv4Net) -> Ipv4Net {
+    let p = subnet.prefix_len();
+    let len = if p < 24 { 24 } else { (p + 1).min(32) };
+    let last = u32::from(subnet.broadcast());
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ipv4Net::new(std::net::Ipv4Addr::from(last & mask), len).unwrap_or(subnet)
+}
+
+/// Rebuild the model and instance records from the store.
+/// What [`load_model`] rebuilds.
+type Reloaded = (
+    Model,
+    BTreeMap<String, InstanceRecord>,
+    u64,
+    BTreeMap<String, ImageRecord>,
+    Ec2State,
+);
+
+fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
+    let loaded = store.load()?;
+    let mut model = Model::new(cfg.limits);
+    for g in loaded.groups {
+        let what = format!("group {}/{}", g.owner, g.name);
+        model
+            .insert_group_raw(g)
+            .map_err(|source| CoreError::Reload { what, source })?;
+    }
+    let mut records = BTreeMap::new();
+    for r in loaded.instances {
+        let what = format!("instance {}", r.instance.id);
+        model
+            .add_instance(r.instance.clone())
+            .map_err(|source| CoreError::Reload { what, source })?;
+        records.insert(r.instance.id.clone(), r);
+    }
+    // insert_group_raw already moved the counter past every reloaded id; the stored
+    // counter may be further on (ids of deleted groups are never handed out again).
+    model.next_group_seq = loaded
+        .counters
+        .get(COUNTER_GROUP_SEQ)
+        .map_or(model.next_group_seq, |&v| {
+            model.next_group_seq.max(v as u64)
+        });
+    let generation = loaded
+        .counters
+        .get(COUNTER_GENERATION)
+        .map_or(0, |&v| v as u64);
+    let images = loaded
+        .images
+        .into_iter()
+        .map(|i| (i.ami.clone(), i))
+        .collect();
+    let ec2 = Ec2State {
+        keys: loaded
+            .access_keys
+            .into_iter()
+            .map(|k| (k.key_id.clone(), k))
+            .collect(),
+        tokens: loaded
+            .client_tokens
+            .into_iter()
+            .map(|t| ((t.owner.clone(), t.token.clone()), t))
+            .collect(),
+    };
+    Ok((model, records, generation, images, ec2))
+}
+
+/// Errors of opening the core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("creating the default owner's default group")]
+    DefaultOwner(#[source] ApiError),
+    #[error("reloading {what} from the state database")]
+    Reload {
+        what: String,
+        #[source]
+        source: filter::Ec2Error,
+    },
+}
+
+/// The management core.
+pub struct Core {
+    cfg: CoreConfig,
+    model: Model,
+    records: BTreeMap<String, InstanceRecord>,
+    /// Registered guest images by AMI.
+    images: BTreeMap<String, ImageRecord>,
+    /// The state of every instance with a record (absent: not attached, e.g.
+    /// never re-attached after a restart; shown as stopped).
+    states: BTreeMap<String, Liveness>,
+    store: Store,
+    dp: Box<dyn Dataplane>,
+    /// The compiled state of `model` (updated per edit).
+    compiler: Compiler,
+    generation: u64,
+    /// Generation of the last snapshot handed to the data plane.
+    published: Option<u64>,
+    edits: u64,
+    latencies: VecDeque<u64>,
+    /// Validated → snapshot published (compile + swap), per edit (microseconds).
+    publish_latencies: VecDeque<u64>,
+    /// (sum µs, count) of every edit latency and publish latency since start.
+    latency_totals: (u64, u64),
+    publish_latency_totals: (u64, u64),
+    /// Access keys and ClientTokens of the EC2 Query API.
+    ec2: Ec2State,
+}
+
+impl Core {
+    /// Load the state from `store`, make sure the default owner exists, re-attach
+    /// the instances and publish the first snapshot.
+    ///
+    /// On error the data plane is shut down (nothing is left running).
+    pub fn open(
+        store: Store,
+        cfg: CoreConfig,
+        mut dp: Box<dyn Dataplane>,
+    ) -> Result<Core, CoreError> {
+        let (mut model, records, generation, images, ec2) = match load_model(&store, &cfg) {
+            Ok(v) => v,
+            Err(e) => {
+                dp.shutdown();
+                return Err(e);
+            }
+        };
+        model.take_changes();
+        model.record_changes();
+        let compiler = Compiler::new(&model);
+        let mut core = Core {
+            cfg,
+            model,
+            records,
+            images,
+            states: BTreeMap::new(),
+            store,
+            dp,
+            compiler,
+            generation,
+            published: None,
+            edits: 0,
+            latencies: VecDeque::new(),
+            publish_latencies: VecDeque::new(),
+            latency_totals: (0, 0),
+            publish_latency_totals: (0, 0),
+            ec2,
+        };
+        let owner = core.cfg.default_owner.clone();
+        if let Err(e) = core.ensure_owner(&owner) {
+            core.dp.shutdown();
+            return Err(CoreError::DefaultOwner(e));
+        }
+        let prefix = core.cfg.subnet.prefix_len();
+        for rec in core.records.values() {
+            let id = rec.instance.id.clone();
+            let state = match core.dp.reattach(rec, prefix) {
+                Ok(()) => core.dp.check(&id, &rec.attachment),
+                Err(e) => {
+                    tracing::warn!(instance = %id, "cannot re-attach instance {id}: {e}");
+                    Liveness::Stopped(format!("not re-attached after a daemon restart: {e}"))
+                }
+            };
+            core.states.insert(id, state);
+        }
+        if core.published != Some(core.generation) {
+            core.publish();
+        }
+        Ok(core)
+    }
+
+    /// Answer one request.
+    pub fn handle(&mut self, req: Request) -> Reply {
+        let t0 = Instant::now();
+        // A request that panicked (the daemon catches it) may have left staged,
+        // uncommitted model changes: undo them before anything else.
+        self.rollback();
+        let owner_text = req
+            .owner
+            .as_deref()
+            .unwrap_or(&self.cfg.default_owner.0)
+            .to_owned();
+        let owner = Owner::parse(&owner_text)?;
+        self.ensure_owner(&owner)?;
+        let is_edit = req.command.is_edit();
+        let reply = match req.command {
+            Command::AddGroup { name, description } => {
+                let g = self.edit(|m| Ok(m.add_group(&owner, &name, &description)?))?;
+                Ok(Response::GroupAdded {
+                    name: g.name,
+                    description: g.description,
+                    id: g.id,
+                })
+            }
+            Command::DeleteGroup { group } => {
+                let name = self.group_name(&owner, &group)?;
+                let g = self.edit(|m| Ok(m.delete_group(&owner, &name)?))?;
+                Ok(Response::GroupDeleted { name: g.name })
+            }
+            Command::DescribeGroups { groups } => {
+                let names = self.group_names(&owner, &groups)?;
+                let groups = self
+                    .model
+                    .describe_groups(&owner, &names)?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                Ok(Response::Groups { groups })
+            }
+            Command::Authorize { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
+            }
+            Command::Revoke { group, permissions } => {
+                let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
+                Ok(Response::Permissions { group: name, rules })
+            }
+            Command::AttachInstance {
+                ifname,
+                netns,
+                groups,
+                ip,
+                mac,
+            } => {
+                let groups = self.group_names(&owner, &groups)?;
+                self.attach_instance(&owner, &ifname, netns, groups, ip, mac.as_deref())
+            }
+            Command::RunInstances {
+                ami,
+                count,
+                min_count,
+                groups,
+                qemu,
+                client_token,
+            } => self.run_instances_command(
+                &owner,
+                &ami,
+                (min_count, count),
+                &groups,
+                qemu,
+                client_token,
+            ),
+            Command::DescribeInstances { ids } => self.describe_instances(&owner, &ids),
+            Command::TerminateInstances { ids, all } => self.terminate_instances(&owner, &ids, all),
+            Command::RegisterImage {
+                ami,
+                kernel,
+                initrd,
+                disk,
+                memory_mb,
+                append,
+            } => self.register_image(ImageRecord {
+                ami,
+                kernel,
+                initrd,
+                disk,
+                memory_mb: memory_mb.unwrap_or(crate::api::DEFAULT_IMAGE_MEMORY_MB),
+                append: append.unwrap_or_else(|| crate::api::DEFAULT_IMAGE_APPEND.to_owned()),
+                registered_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            }),
+            Command::DescribeImages { amis } => self.describe_images(&amis),
+            Command::DeregisterImage { ami } => self.deregister_image(&ami),
+            Command::Stats => Ok(Response::Stats {
+                stats: self.stats(),
+            }),
+            Command::CreateAccessKey => self.create_access_key(&owner),
+        };
+        if is_edit && reply.is_ok() {
+            let us = t0.elapsed().as_micros() as u64;
+            push_window(&mut self.latencies, &mut self.latency_totals, us);
+        }
+        if reply.is_err() {
+            // Whatever the request staged and did not commit is undone.
+            self.rollback();
+        }
+        reply
+    }
+
+    /// The current model (read-only).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current generation (of the last published snapshot).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A canonical dump of the whole state (model, instance records, store rows):
+    /// byte-identical before and after any failed request.
+    pub fn dump(&self) -> String {
+        let model =
+            serde_json::to_string_pretty(&self.model).unwrap_or_else(|e| format!("<model: {e}>"));
+        let records = serde_json::to_string_pretty(&self.records)
+            .unwrap_or_else(|e| format!("<records: {e}>"));
+        let store = self
+            .store
+            .dump()
+            .unwrap_or_else(|e| format!("<store: {e}>"));
+        format!("{model}\n{records}\n{store}")
+    }
+
+    /// Take the data plane back (shutdown).
+    pub fn into_dataplane(self) -> Box<dyn Dataplane> {
+        self.dp
+    }
+
+    /// The data plane (tests).
+    pub fn dataplane(&self) -> &dyn Dataplane {
+        &*self.dp
+    }
+
+    fn ensure_owner(&mut self, owner: &Owner) -> Result<(), ApiError> {
+        if self
+            .model
+            .groups
+            .contains_key(&(owner.clone(), "default".to_owned()))
+        {
+            return Ok(());
+        }
+        self.edit(|m| {
+            m.ensure_owner(owner);
+            Ok(())
+        })
+    }
+
+    /// Apply `f` to the model (its methods validate before they change
+    /// anything), then commit exactly the changes it made; on any error they
+    /// are undone.
+    fn edit<T>(
+        &mut self,
+        f: impl FnOnce(&mut Model) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match f(&mut self.model) {
+            Ok(out) => {
+                self.commit(BTreeMap::new())?;
+                Ok(out)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Undo the model changes not committed yet.
+    fn rollback(&mut self) {
+        let changes = self.model.take_changes();
+        self.model.undo(changes);
+    }
+
+    /// Commit the model's recorded changes (with the records of its new
+    /// instances): compile what they touch, publish, store.
+    fn commit(&mut self, new_records: BTreeMap<String, InstanceRecord>) -> Result<(), ApiError> {
+        self.commit_with(new_records, Vec::new())
+    }
+
+    /// [`Core::commit`] with `extra` store edits in the same transaction.
+    fn commit_with(
+        &mut self,
+        new_records: BTreeMap<String, InstanceRecord>,
+        extra: Vec<Edit>,
+    ) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let changes = self.model.take_changes();
+        let mut edits = match store_edits(&changes, &new_records) {
+            Ok(e) => e,
+            Err(e) => {
+                self.model.undo(changes);
+                return Err(e);
+            }
+        };
+        edits.extend(extra);
+        edits.push(Edit::SetCounter {
+            name: COUNTER_GROUP_SEQ.into(),
+            value: self.model.next_group_seq as i64,
+        });
+        edits.push(Edit::SetCounter {
+            name: COUNTER_GENERATION.into(),
+            value: (self.generation + 1) as i64,
+        });
+        // Enforce first, then make durable, then answer: the new rules reach
+        // the datapath without waiting for the fsync, and the client still
+        // hears of the edit only once it is committed. An edit that never
+        // commits (store error, crash) was never acknowledged; on a store error
+        // the old rules are published again under a newer generation.
+        self.compiler.apply(&self.model, &changes);
+        self.dp.publish(
+            self.compiler.snapshot(self.generation + 1),
+            self.generation + 1,
+        );
+        let published = started.elapsed();
+        if let Err(e) = self.store.commit(&edits) {
+            self.model.undo(changes);
+            // Rare: recompile the restored model whole.
+            self.compiler = Compiler::new(&self.model);
+            self.generation += 2;
+            self.publish();
+            return Err(store_failed(e));
+        }
+        for c in &changes {
+            if let Change::InstanceRemoved(i) = c {
+                self.records.remove(&i.id);
+            }
+        }
+        self.records.extend(new_records);
+        self.generation += 1;
+        self.published = Some(self.generation);
+        self.edits += 1;
+        push_window(
+            &mut self.publish_latencies,
+            &mut self.publish_latency_totals,
+            published.as_micros() as u64,
+        );
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let snap = self.compiler.snapshot(self.generation);
+        self.dp.publish(snap, self.generation);
+        self.published = Some(self.generation);
+    }
+
+    /// The name of `owner`'s group `g` (by name: as given, existence checked by
+    /// the model; by id: that owner's group with the id, else NotFound). The
+    /// one place where group references are resolved.
+    fn group_name(&self, owner: &Owner, g: &GroupRef) -> Result<String, ApiError> {
+        match g {
+            GroupRef::Name(n) => Ok(n.clone()),
+            GroupRef::Id(id) => self
+                .model
+                .groups_of(owner)
+                .find(|grp| grp.id == *id)
+                .map(|grp| grp.name.clone())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidGroupNotFound,
+                        format!(
+                            "the security group ID '{}' does not exist",
+                            id.escape_default()
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// The names of `owner`'s groups `refs`, in order.
+    fn group_names(&self, owner: &Owner, refs: &[GroupRef]) -> Result<Vec<String>, ApiError> {
+        refs.iter().map(|g| self.group_name(owner, g)).collect()
+    }
+
+    /// The target group's name and the rules of `permissions` (source groups by
+    /// id resolved against their owner: the caller unless one is given).
+    fn permission_rules(
+        &self,
+        owner: &Owner,
+        group: &GroupRef,
+        permissions: &[Permission],
+    ) -> Result<(String, Vec<filter::model::Rule>), ApiError> {
+        let name = self.group_name(owner, group)?;
+        if permissions.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter IpPermissions",
+            ));
+        }
+        let mut rules = Vec::new();
+        for p in permissions {
+            let mut groups = Vec::with_capacity(p.groups.len());
+            for sg in &p.groups {
+                let src_owner = match &sg.owner {
+                    Some(o) => Owner::parse(o)?,
+                    None => owner.clone(),
+                };
+                let src_name = self.group_name(&src_owner, &sg.group)?;
+                groups.push((src_name, Some(src_owner.0)));
+            }
+            let spec = filter::model::RuleSpec {
+                proto: p.proto.clone(),
+                ports: p.ports.clone(),
+                icmp: p.icmp.clone(),
+                cidrs: p.cidrs.clone(),
+                groups,
+            };
+            rules.extend(spec.expand(owner)?);
+        }
+        Ok((name, rules))
+    }
+
+    fn stats(&self) -> StatsReport {
+        let (p50, p99) = percentiles(&self.latencies);
+        let (pub50, pub99) = percentiles(&self.publish_latencies);
+        let mut report = StatsReport {
+            generation: self.generation,
+            groups: self.model.groups.len() as u64,
+            rules: self
+                .model
+                .groups
+                .values()
+                .map(|g| g.rules.len() as u64)
+                .sum(),
+            instances: self.model.instances.len() as u64,
+            edits: self.edits,
+            edit_latency_p50_us: p50,
+            edit_latency_p99_us: p99,
+            publish_latency_p50_us: pub50,
+            publish_latency_p99_us: pub99,
+            edit_latency_sum_us: self.latency_totals.0,
+            edit_latency_count: self.latency_totals.1,
+            publish_latency_sum_us: self.publish_latency_totals.0,
+            publish_latency_count: self.publish_latency_totals.1,
+            ..StatsReport::default()
+        };
+        self.dp.stats(&mut report);
+        report
+    }
+}
+
+/// The `InternalError` of a failed store transaction (nothing was changed).
+fn store_failed(e: StoreError) -> ApiError {
+    ApiError::internal(format!(
+        "state not changed: {}",
+        crate::api::error_chain(&e)
+    ))
+}
+
+fn push_window(w: &mut VecDeque<u64>, totals: &mut (u64, u64), v: u64) {
+    totals.0 = totals.0.saturating_add(v);
+    totals.1 += 1;
+    if w.len() == LATENCY_WINDOW {
+        w.pop_front();
+    }
+    w.push_back(v);
+}
+
+/// (p50, p99) of a window; zeros when empty.
+fn percentiles(w: &VecDeque<u64>) -> (u64, u64) {
+    let mut sorted: Vec<u64> = w.iter().copied().collect();
+    sorted.sort_unstable();
+    let pct = |p: usize| {
+        if sorted.is_empty() {
+            0
+        } else {
+            sorted[(sorted.len() - 1) * p / 100]
+        }
+    };
+    (pct(50), pct(99))
+}
+
+/// The store edits of recorded model `changes`, one for one and in order (no
+/// comparison of whole models). New instances take their launch facts from
+/// `records`.
+pub fn store_edits(
+    changes: &[Change],
+    records: &BTreeMap<String, InstanceRecord>,
+) -> Result<Vec<Edit>, ApiError> {
+    let mut edits = Vec::with_capacity(changes.len());
+    for c in changes {
+        edits.push(match c {
+            Change::GroupAdded { group, .. } => Edit::PutGroup(group.clone()),
+            Change::GroupDeleted(g) => Edit::DeleteGroup { id: g.id.clone() },
+            Change::RulesAdded {
+                group_id, rules, ..
+            } => Edit::AddRules {
+                group_id: group_id.clone(),
+                rules: rules.clone(),
+            },
+            Change::RulesRemoved {
+                group_id, rules, ..
+            } => Edit::RemoveRules {
+                group_id: group_id.clone(),
+                rules: rules.clone(),
+            },
+            Change::InstanceAdded(inst) => {
+                let rec = records.get(&inst.id).ok_or_else(|| {
+                    ApiError::internal(format!("no launch record for new instance {}", inst.id))
+                })?;
+                Edit::AddInstance(InstanceRecord {
+                    instance: inst.clone(),
+                    ..rec.clone()
+                })
+            }
+            Change::InstanceRemoved(inst) => Edit::RemoveInstance {
+                id: inst.id.clone(),
+            },
+        });
+    }
+    Ok(edits)
+}
+
+/// The AMI column of attached interfaces (no image involved).
+pub const ATTACHED_AMI: &str = "-";
+
+/// `prefix` + 8 lowercase hex digits from `/dev/urandom` (time-and-pid mixed as a
+/// fallback if it cannot be read).
+pub fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    let v = if ok {
+        u32::from_le_bytes(b)
+    } else {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let x = t ^ (u64::from(std::process::id()) << 32);
+        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) as u32
+    };
+    format!("{prefix}{v:08x}")
+}
+
+#[cfg(test)]
+mod tests;
