@@ -1213,7 +1213,12 @@ fn qemu_launches_record_the_guest_pid_as_place() {
     let core = core_in(&dir, config());
     let r = core.model().instances.len();
     assert_eq!(r, 2);
-    let how: Vec<&Attachment> = core.records.values().map(|r| &r.attachment).collect();
+    // Records are keyed by the (random) instance id: compare in pid order.
+    let mut how: Vec<&Attachment> = core.records.values().map(|r| &r.attachment).collect();
+    how.sort_by_key(|a| match a {
+        Attachment::Qemu { pid } => *pid,
+        _ => 0,
+    });
     assert_eq!(
         how,
         [
