@@ -117,6 +117,12 @@
 //!
 //! No `Mutex`/`RwLock` anywhere in this module.
 
+// Targets of the intra-doc links above.
+#[cfg(doc)]
+use crate::compile::Snapshot;
+#[cfg(doc)]
+use crate::{DropReason, Frag, IcmpKind};
+
 mod policy;
 mod table;
 
