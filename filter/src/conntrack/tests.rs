@@ -1,7 +1,7 @@
 use super::policy::*;
 use super::table::*;
 use crate::compile::compile;
-use crate::model::{Group, Instance, Model, Owner, Ports, Proto, Rule, Source};
+use crate::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
 use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,32 +16,20 @@ fn owner() -> Owner {
 
 /// A in group "a" (no rules), B in group "b" with `b_rules`.
 fn model(b_rules: Vec<Rule>) -> Model {
-    let mut m = Model::default();
-    for (name, rules) in [("a", vec![]), ("b", b_rules)] {
-        m.groups.insert(
-            (owner(), name.into()),
-            Group {
-                owner: owner(),
-                name: name.into(),
-                id: format!("sg-{name}"),
-                description: String::new(),
-                rules,
-            },
-        );
-    }
-    for (id, ip, g, n) in [("i-a", A, "a", 1u8), ("i-b", B, "b", 2)] {
-        m.instances.insert(
-            id.into(),
-            Instance {
-                id: id.into(),
-                owner: owner(),
-                mac: [2, 0, 0, 0, 0, n],
-                ip: ip.into(),
-                groups: vec![g.into()],
-            },
-        );
-    }
-    m
+    let insts = [("i-a", A, "a", 1u8), ("i-b", B, "b", 2)].map(|(id, ip, g, n)| Instance {
+        id: id.into(),
+        owner: owner(),
+        mac: [2, 0, 0, 0, 0, n],
+        ip: ip.into(),
+        groups: vec![g.into()],
+    });
+    Model::build(
+        Limits::default(),
+        &owner(),
+        &[("a", vec![]), ("b", b_rules)],
+        insts,
+    )
+    .expect("valid test model")
 }
 
 fn cidr_rule(proto: Proto, ports: Ports, cidr: &str) -> Rule {
