@@ -164,10 +164,8 @@ pub fn lab_model(spec: &LabSpec) -> Model {
     for g in 0..spec.groups {
         let rules = group_rules(spec, g);
         model
-            .groups
-            .get_mut(&(owner.clone(), group_name(g)))
-            .expect("just added")
-            .rules = rules;
+            .authorize_rules(&owner, &group_name(g), &rules)
+            .expect("valid bench rules");
     }
     let mut rng = Rng::new(42);
     for i in 0..spec.instances {
@@ -180,16 +178,15 @@ pub fn lab_model(spec: &LabSpec) -> Model {
         }
         groups.sort();
         let id = format!("i-{i:08x}");
-        model.instances.insert(
-            id.clone(),
-            Instance {
+        model
+            .add_instance(Instance {
                 id,
                 owner: owner.clone(),
                 mac: [0x02, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8],
                 ip: instance_ip(i),
                 groups,
-            },
-        );
+            })
+            .expect("valid bench instance");
     }
     model
 }
@@ -214,7 +211,7 @@ pub fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u
 /// instance to [`PEER_PORT`] of a random instance sharing a group with it (allowed
 /// by the group-source rule). Both allowing rules are the last of their group.
 pub fn first_packets(model: &Model, n: usize, seed: u64) -> Vec<Packet> {
-    let insts: Vec<&Instance> = model.instances.values().collect();
+    let insts: Vec<&Instance> = model.instances().values().collect();
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(n);
     let mut k = 0usize;
@@ -304,8 +301,12 @@ mod tests {
         }
         // Without the last two rules nothing of it is allowed.
         let mut stripped = model.clone();
-        for g in stripped.groups.values_mut().filter(|g| g.name != "default") {
-            g.rules.truncate(g.rules.len() - 2);
+        let groups: Vec<_> = stripped.groups().values().cloned().collect();
+        for g in groups.iter().filter(|g| g.name != "default") {
+            let last_two = &g.rules[g.rules.len() - 2..];
+            stripped
+                .revoke_rules(&g.owner, &g.name, last_two)
+                .expect("present rules");
         }
         let snap = compile(&stripped, 2);
         for p in &first {

@@ -703,12 +703,12 @@ impl Compiler {
             published: None,
         };
         // All bits first, then the tables that use them.
-        for g in model.groups.values() {
+        for g in model.groups().values() {
             for r in &g.rules {
                 c.add_ref(r);
             }
         }
-        for (key, g) in &model.groups {
+        for (key, g) in model.groups() {
             if !g.rules.is_empty() {
                 c.set_table(key, &g.rules);
             }
@@ -755,7 +755,7 @@ impl Compiler {
         }
         dirty.extend(keys.iter());
         for key in dirty {
-            match model.groups.get(key) {
+            match model.groups().get(key) {
                 Some(g) if !g.rules.is_empty() => members |= self.set_table(key, &g.rules),
                 _ => members |= self.clear_table(key),
             }
@@ -860,14 +860,14 @@ impl Compiler {
 
     fn rebuild_members(&mut self, model: &Model) {
         let words = (self.next_bit as usize).div_ceil(64).max(1);
-        let mut instances = Vec::with_capacity(model.instances.len());
-        let mut member_bits = vec![0u64; model.instances.len() * words];
+        let mut instances = Vec::with_capacity(model.instances().len());
+        let mut member_bits = vec![0u64; model.instances().len() * words];
         let mut lists: Vec<u32> = Vec::new();
         let mut list_ids: HashMap<(&Owner, &[String]), (u32, u32)> = HashMap::new();
         // Group sets that resolve to the same tables share one list.
         let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
         let mut key = (Owner(String::new()), String::new());
-        for (n, inst) in model.instances.values().enumerate() {
+        for (n, inst) in model.instances().values().enumerate() {
             key.0.clone_from(&inst.owner);
             for g in &inst.groups {
                 key.1.clone_from(g);
@@ -1010,7 +1010,7 @@ fn icmp_range(ty: Option<u8>, code: Option<u8>) -> (u16, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Group, Instance};
+    use crate::model::{Instance, Limits};
     use crate::{FlowKey, IcmpKind};
     use ipnet::Ipv4Net;
 
@@ -1038,32 +1038,22 @@ mod tests {
     }
 
     fn model(groups: &[(&str, Vec<Rule>)], insts: &[(&str, [u8; 4], &[&str])]) -> Model {
-        let mut m = Model::default();
-        for (name, rules) in groups {
-            m.groups.insert(
-                (owner(), name.to_string()),
-                Group {
-                    owner: owner(),
-                    name: name.to_string(),
-                    id: format!("sg-{name}"),
-                    description: String::new(),
-                    rules: rules.clone(),
-                },
-            );
+        let insts = insts.iter().enumerate().map(|(n, (id, ip, gs))| Instance {
+            id: id.to_string(),
+            owner: owner(),
+            mac: [2, 0, 0, 0, 0, n as u8 + 1],
+            ip: Ipv4Addr::from(*ip),
+            groups: gs.iter().map(|s| s.to_string()).collect(),
+        });
+        let limits = Limits {
+            rules_per_group: 100_000,
+        };
+        // `default` without rules unless listed: no table of its own.
+        let mut groups = groups.to_vec();
+        if !groups.iter().any(|(n, _)| *n == "default") {
+            groups.insert(0, ("default", vec![]));
         }
-        for (n, (id, ip, gs)) in insts.iter().enumerate() {
-            m.instances.insert(
-                id.to_string(),
-                Instance {
-                    id: id.to_string(),
-                    owner: owner(),
-                    mac: [2, 0, 0, 0, 0, n as u8 + 1],
-                    ip: Ipv4Addr::from(*ip),
-                    groups: gs.iter().map(|s| s.to_string()).collect(),
-                },
-            );
-        }
-        m
+        Model::build(limits, &owner(), &groups, insts).expect("valid test model")
     }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], dport: u16) -> Packet {
@@ -1391,16 +1381,14 @@ mod tests {
             .collect();
         let mut m = model(&[("default", vec![])], &[]);
         for (n, (id, ip)) in insts.iter().enumerate() {
-            m.instances.insert(
-                id.clone(),
-                Instance {
-                    id: id.clone(),
-                    owner: owner(),
-                    mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
-                    ip: Ipv4Addr::from(*ip),
-                    groups: vec!["default".into()],
-                },
-            );
+            m.add_instance(Instance {
+                id: id.clone(),
+                owner: owner(),
+                mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
+                ip: Ipv4Addr::from(*ip),
+                groups: vec!["default".into()],
+            })
+            .expect("valid instance");
         }
         let s = compile(&m, 3);
         for (id, ip) in &insts {
@@ -1429,9 +1417,15 @@ mod tests {
             &[
                 ("i-a", A, &["none", "peers", "ssh", "web"]),
                 ("i-b", B, &["peers"]),
-                ("i-c", C, &["ghost", "web"]),
+                ("i-c", C, &["web"]),
             ],
         );
+        // A state naming a group that does not exist: the model's methods refuse
+        // it, a hand-edited state file could hold it.
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["instances"]["i-c"]["groups"] = serde_json::json!(["ghost", "web"]);
+        let m: Model = serde_json::from_value(v).unwrap();
+        assert_eq!(m.instance("i-c").unwrap().groups, ["ghost", "web"]);
         let s = compile(&m, 1);
         // web, ssh, peers: three tables; "none" and the unknown "ghost" have none.
         assert_eq!(s.policy_count(), 3);
@@ -1484,16 +1478,14 @@ mod tests {
                     let id = format!("i-{n:08x}");
                     let mut gs = vec![format!("g{x}"), format!("g{y}"), format!("g{z}")];
                     gs.sort();
-                    m.instances.insert(
-                        id.clone(),
-                        Instance {
-                            id,
-                            owner: owner(),
-                            mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
-                            ip: Ipv4Addr::from(0xac1f_0100 + n),
-                            groups: gs,
-                        },
-                    );
+                    m.add_instance(Instance {
+                        id,
+                        owner: owner(),
+                        mac: [2, 0, 0, 0, (n >> 8) as u8, n as u8],
+                        ip: Ipv4Addr::from(0xac1f_0100 + n),
+                        groups: gs,
+                    })
+                    .expect("valid instance");
                     n += 1;
                 }
             }

@@ -226,15 +226,15 @@ pub enum Change {
 /// The whole model.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Model {
-    pub limits: Limits,
+    limits: Limits,
     /// Keyed by (owner, group name).
     #[serde(with = "groups_as_list")]
-    pub groups: BTreeMap<(Owner, String), Group>,
+    groups: BTreeMap<(Owner, String), Group>,
     /// Keyed by instance id.
-    pub instances: BTreeMap<String, Instance>,
+    instances: BTreeMap<String, Instance>,
     /// Sequence number of the next group id (see [`Model::add_group`]).
     #[serde(default)]
-    pub next_group_seq: u64,
+    next_group_seq: u64,
     /// The changes applied since recording began ([`Model::record_changes`]);
     /// `None`: not recording (the default: no cost for models nobody commits).
     #[serde(skip)]
@@ -352,6 +352,65 @@ impl Model {
             limits,
             ..Model::default()
         }
+    }
+
+    /// The limits the model enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Every group, keyed by (owner, group name).
+    pub fn groups(&self) -> &BTreeMap<(Owner, String), Group> {
+        &self.groups
+    }
+
+    /// Every instance, keyed by instance id.
+    pub fn instances(&self) -> &BTreeMap<String, Instance> {
+        &self.instances
+    }
+
+    /// Sequence number of the next group id (see [`Model::add_group`]).
+    pub fn next_group_seq(&self) -> u64 {
+        self.next_group_seq
+    }
+
+    /// A model of `owner`'s `groups` (name and exact rules; `default` may be
+    /// listed to replace its usual rule, else it has that rule) and `instances`,
+    /// built through the validating methods (for tests, benchmarks and fixtures):
+    /// the first invalid group, rule or instance is the error. Group ids are
+    /// handed out in list order.
+    pub fn build(
+        limits: Limits,
+        owner: &Owner,
+        groups: &[(&str, Vec<Rule>)],
+        instances: impl IntoIterator<Item = Instance>,
+    ) -> Result<Model, Ec2Error> {
+        owner.validate()?;
+        let mut m = Model::new(limits);
+        m.ensure_owner(owner);
+        for (name, _) in groups {
+            if *name != DEFAULT_GROUP {
+                m.add_group(owner, name, "")?;
+            }
+        }
+        for (name, rules) in groups {
+            if *name == DEFAULT_GROUP {
+                let usual = m.group(owner, name)?.rules.clone();
+                m.revoke_rules(owner, name, &usual)?;
+            }
+            m.authorize_rules(owner, name, rules)?;
+        }
+        for inst in instances {
+            m.add_instance(inst)?;
+        }
+        Ok(m)
+    }
+
+    /// Move the group id sequence on to at least `seq` (a reload continues the
+    /// stored counter: ids of deleted groups are never handed out again). Never
+    /// moves it back; not recorded.
+    pub fn advance_group_seq(&mut self, seq: u64) {
+        self.next_group_seq = self.next_group_seq.max(seq);
     }
 
     /// Start recording every applied change (idempotent). The control plane

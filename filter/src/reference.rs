@@ -42,7 +42,7 @@ pub fn rule_matches(model: &Model, rule: &Rule, pkt: &Packet) -> bool {
     }
     match &rule.source {
         Source::Cidr(net) => net.contains(&pkt.key.src),
-        Source::Group { owner, group } => model.instances.values().any(|i| {
+        Source::Group { owner, group } => model.instances().values().any(|i| {
             i.ip == pkt.key.src && &i.owner == owner && i.groups.iter().any(|g| g == group)
         }),
     }
@@ -54,19 +54,19 @@ pub fn allows(model: &Model, pkt: &Packet) -> bool {
     if matches!(pkt.frag, Frag::Later { .. }) {
         return false;
     }
-    let Some(dst) = model.instances.values().find(|i| i.ip == pkt.key.dst) else {
+    let Some(dst) = model.instances().values().find(|i| i.ip == pkt.key.dst) else {
         return false;
     };
     dst.groups.iter().any(|name| {
         model
-            .groups
+            .groups()
             .get(&(dst.owner.clone(), name.clone()))
             .is_some_and(|g| g.rules.iter().any(|r| rule_matches(model, r, pkt)))
     })
 }
 
 fn is_instance(model: &Model, ip: Ipv4Addr) -> bool {
-    model.instances.values().any(|i| i.ip == ip)
+    model.instances().values().any(|i| i.ip == ip)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,14 +352,13 @@ fn tcp_next(s: Tcp, flags: u8, from_orig: bool) -> Tcp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Group, Instance, Owner};
+    use crate::model::{Instance, Limits, Owner};
 
     fn owner() -> Owner {
         Owner("111122223333".into())
     }
 
     fn model() -> Model {
-        let mut m = Model::default();
         let rules = vec![
             Rule {
                 proto: Proto::Tcp,
@@ -375,34 +374,24 @@ mod tests {
                 },
             },
         ];
-        for (name, rules) in [("db", rules), ("web", vec![])] {
-            m.groups.insert(
-                (owner(), name.into()),
-                Group {
-                    owner: owner(),
-                    name: name.into(),
-                    id: format!("sg-{name}"),
-                    description: String::new(),
-                    rules,
-                },
-            );
-        }
-        for (id, ip, g, n) in [
+        let insts = [
             ("i-d", [172, 31, 0, 1], "db", 1u8),
             ("i-w", [172, 31, 0, 2], "web", 2),
-        ] {
-            m.instances.insert(
-                id.into(),
-                Instance {
-                    id: id.into(),
-                    owner: owner(),
-                    mac: [2, 0, 0, 0, 0, n],
-                    ip: ip.into(),
-                    groups: vec![g.into()],
-                },
-            );
-        }
-        m
+        ]
+        .map(|(id, ip, g, n)| Instance {
+            id: id.into(),
+            owner: owner(),
+            mac: [2, 0, 0, 0, 0, n],
+            ip: ip.into(),
+            groups: vec![g.into()],
+        });
+        Model::build(
+            Limits::default(),
+            &owner(),
+            &[("db", rules), ("web", vec![])],
+            insts,
+        )
+        .expect("valid test model")
     }
 
     fn pkt(src: [u8; 4], dst: [u8; 4], proto_: u8, dport: u16) -> Packet {
@@ -451,11 +440,8 @@ mod tests {
         };
         assert_eq!(r.judge(&m, 1, &reply, 0), Ok(()));
         // Revoke the ssh rule.
-        m.groups
-            .get_mut(&(owner(), "db".into()))
-            .unwrap()
-            .rules
-            .remove(0);
+        let ssh = m.group(&owner(), "db").unwrap().rules[0].clone();
+        m.revoke_rules(&owner(), "db", &[ssh]).unwrap();
         assert_eq!(r.judge(&m, 2, &reply, 1), Err(DropReason::Revoked));
         // Cut in both directions; kept (marked) for the revoked timeout.
         let mut ack = pkt(out, db, proto::TCP, 22);

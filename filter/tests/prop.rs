@@ -361,7 +361,7 @@ impl World {
                 }
             }
             Op::Terminate { nth } => {
-                let ids: Vec<String> = self.model.instances.keys().cloned().collect();
+                let ids: Vec<String> = self.model.instances().keys().cloned().collect();
                 if !ids.is_empty() {
                     self.model
                         .remove_instance(&ids[nth % ids.len()])
@@ -799,7 +799,7 @@ fn generators_cover_every_verdict() {
                         };
                         *cases.entry(case).or_default() += 1;
                         if pkt.key != orig
-                            && w.model.instances.values().any(|i| i.ip == pkt.key.src)
+                            && w.model.instances().values().any(|i| i.ip == pkt.key.src)
                         {
                             *cases.entry("from an instance address").or_default() += 1;
                         }

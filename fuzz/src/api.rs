@@ -311,7 +311,7 @@ impl Harness {
     fn apply(&mut self, mut req: Request) {
         // `#N` stands for the N-th instance that exists (ids are random).
         if let Command::TerminateInstances { ids, .. } = &mut req.command {
-            let known: Vec<String> = self.core().model().instances.keys().cloned().collect();
+            let known: Vec<String> = self.core().model().instances().keys().cloned().collect();
             for id in ids.iter_mut() {
                 if let Some(n) = id.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {
                     *id = known.get(n).cloned().unwrap_or_else(|| "i-0badf00d".into());
@@ -370,7 +370,7 @@ impl Harness {
         let m = self.core().model();
         m.verify()
             .expect("model invariants after a successful request");
-        let mut ips: Vec<_> = m.instances.values().map(|i| i.ip).collect();
+        let mut ips: Vec<_> = m.instances().values().map(|i| i.ip).collect();
         for ip in &ips {
             assert!(
                 cfg.subnet.contains(ip),

@@ -781,7 +781,7 @@ impl Lab {
     }
 
     fn is_instance_ip(&self, ip: Ipv4Addr) -> bool {
-        self.model.instances.values().any(|i| i.ip == ip)
+        self.model.instances().values().any(|i| i.ip == ip)
     }
 
     /// Send one frame on `port` and check everything the module docs promise.

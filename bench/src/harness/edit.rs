@@ -472,12 +472,17 @@ mod tests {
             Ipv4Addr::new(172, 31, 255, 10),
             9999,
         );
-        let v: serde_json::Value = serde_json::from_str(&r).unwrap();
-        assert_eq!(v["command"]["op"], "authorize");
-        assert_eq!(v["command"]["group"], "gedit");
-        assert_eq!(v["command"]["spec"]["ports"], "9999");
-        assert_eq!(v["command"]["spec"]["cidrs"][0], "172.31.255.10/32");
-        assert!(v["owner"].is_null());
+        // The daemon's own decoder reads it back as the intended command.
+        let req = mgmt::api::decode_request(r.trim_end().as_bytes()).unwrap();
+        let ApiCommand::Authorize { group, permissions } = req.command else {
+            panic!("not an authorize: {r}")
+        };
+        assert_eq!(group, GroupRef::Name("gedit".into()));
+        assert_eq!(permissions.len(), 1);
+        assert_eq!(permissions[0].proto.as_deref(), Some("udp"));
+        assert_eq!(permissions[0].ports.as_deref(), Some("9999"));
+        assert_eq!(permissions[0].cidrs, ["172.31.255.10/32"]);
+        assert_eq!(req.owner, None);
     }
 
     #[test]

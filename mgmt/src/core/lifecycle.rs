@@ -146,7 +146,7 @@ impl Core {
         for (index, (ip, mac, how)) in items.into_iter().enumerate() {
             let id = loop {
                 let id = random_id("i-");
-                if !next.instances.contains_key(&id) {
+                if !next.instances().contains_key(&id) {
                     break id;
                 }
             };
@@ -172,7 +172,7 @@ impl Core {
                 groups: groups.clone(),
             };
             next.add_instance(inst)?;
-            let stored = next.instances[&id].clone();
+            let stored = next.instances()[&id].clone();
             new_records.insert(
                 id.clone(),
                 InstanceRecord {

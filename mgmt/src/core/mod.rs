@@ -247,12 +247,13 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
     }
     // insert_group_raw already moved the counter past every reloaded id; the stored
     // counter may be further on (ids of deleted groups are never handed out again).
-    model.next_group_seq = loaded
+    let group_seq = loaded
         .counters
         .get(COUNTER_GROUP_SEQ)
-        .map_or(model.next_group_seq, |&v| {
-            model.next_group_seq.max(v as u64)
+        .map_or(model.next_group_seq(), |&v| {
+            model.next_group_seq().max(v as u64)
         });
+    model.advance_group_seq(group_seq);
     let generation = loaded
         .counters
         .get(COUNTER_GENERATION)
@@ -529,7 +530,7 @@ impl Core {
     fn ensure_owner(&mut self, owner: &Owner) -> Result<(), ApiError> {
         if self
             .model
-            .groups
+            .groups()
             .contains_key(&(owner.clone(), "default".to_owned()))
         {
             return Ok(());
@@ -589,7 +590,7 @@ impl Core {
         edits.extend(extra);
         edits.push(Edit::SetCounter {
             name: COUNTER_GROUP_SEQ.into(),
-            value: self.model.next_group_seq as i64,
+            value: self.model.next_group_seq() as i64,
         });
         edits.push(Edit::SetCounter {
             name: COUNTER_GENERATION.into(),
@@ -708,14 +709,14 @@ impl Core {
         let (pub50, pub99) = percentiles(&self.publish_latencies);
         let mut report = StatsReport {
             generation: self.generation,
-            groups: self.model.groups.len() as u64,
+            groups: self.model.groups().len() as u64,
             rules: self
                 .model
-                .groups
+                .groups()
                 .values()
                 .map(|g| g.rules.len() as u64)
                 .sum(),
-            instances: self.model.instances.len() as u64,
+            instances: self.model.instances().len() as u64,
             edits: self.edits,
             edit_latency_p50_us: p50,
             edit_latency_p99_us: p99,

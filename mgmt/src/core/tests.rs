@@ -196,7 +196,7 @@ fn instances_launch_describe_terminate() {
         dp.state.lock().unwrap().attached,
         [ids[1].clone()].into_iter().collect()
     );
-    assert_eq!(core.model().instances.len(), 1);
+    assert_eq!(core.model().instances().len(), 1);
     // The freed address is handed out again.
     let r = core.handle(req(run(1, &[])));
     let Ok(Response::Reservations { reservations }) = &r else {
@@ -634,7 +634,7 @@ fn state_and_instances_come_back_after_a_restart() {
             core.dump(),
             ids,
             core.generation(),
-            core.model().next_group_seq,
+            core.model().next_group_seq(),
         )
     };
     let dp = RecordingDataplane::default();
@@ -645,7 +645,7 @@ fn state_and_instances_come_back_after_a_restart() {
         "model, records and store identical after reload"
     );
     assert_eq!(core.generation(), generation, "generation continues");
-    assert_eq!(core.model().next_group_seq, seq);
+    assert_eq!(core.model().next_group_seq(), seq);
     let mut re = dp.state.lock().unwrap().reattached.clone();
     re.sort();
     let mut want = ids.clone();
@@ -660,15 +660,22 @@ fn state_and_instances_come_back_after_a_restart() {
     let Response::GroupAdded { id, .. } = r else {
         panic!()
     };
-    assert!(core.model().groups.values().filter(|g| g.id == id).count() == 1);
+    assert!(
+        core.model()
+            .groups()
+            .values()
+            .filter(|g| g.id == id)
+            .count()
+            == 1
+    );
     assert_eq!(
-        core.model().groups[&(Owner(OWNER.into()), "db".into())]
+        core.model().groups()[&(Owner(OWNER.into()), "db".into())]
             .rules
             .len(),
         2
     );
     assert_eq!(
-        core.model().groups[&(Owner(OWNER.into()), "db".into())].rules[1].proto,
+        core.model().groups()[&(Owner(OWNER.into()), "db".into())].rules[1].proto,
         Proto::Icmp
     );
 }
@@ -692,7 +699,7 @@ fn store_edits_are_exactly_the_recorded_changes() {
         a.revoke(&owner, "web", &spec("tcp", "80", "0.0.0.0/0"))
             .is_err()
     );
-    let web_id = a.groups[&(owner.clone(), "web".into())].id.clone();
+    let web_id = a.groups()[&(owner.clone(), "web".into())].id.clone();
     let changes = a.take_changes();
     let edits = store_edits(&changes, &BTreeMap::new()).unwrap();
     assert_eq!(edits.len(), 2, "{edits:?}");
@@ -1062,7 +1069,7 @@ fn random_command_sequences_reload_to_the_same_state() {
                     }
                 }
             };
-            let ids: Vec<String> = core.model().instances.keys().cloned().collect();
+            let ids: Vec<String> = core.model().instances().keys().cloned().collect();
             let command = match rng.next() % 8 {
                 0 => Command::AddGroup {
                     name: group,
@@ -1094,7 +1101,7 @@ fn random_command_sequences_reload_to_the_same_state() {
                 _ => Command::DescribeGroups { groups: vec![] },
             };
             let before = core.dump();
-            let existed = core.model().groups.keys().any(|(o, _)| o.0 == owner);
+            let existed = core.model().groups().keys().any(|(o, _)| o.0 == owner);
             match core.handle(req_as(owner, command.clone())) {
                 Ok(_) => ok += 1,
                 Err(e) => {
@@ -1120,7 +1127,7 @@ fn random_command_sequences_reload_to_the_same_state() {
             assert_eq!(published.policy_count(), full.policy_count());
             let addrs: Vec<Ipv4Addr> = core
                 .model()
-                .instances
+                .instances()
                 .values()
                 .map(|i| i.ip)
                 .chain(["10.1.2.3".parse().unwrap(), "192.168.1.9".parse().unwrap()])
@@ -1211,7 +1218,7 @@ fn qemu_launches_record_the_guest_pid_as_place() {
     // The place is stored: a restart knows which process to re-attach.
     drop(core);
     let core = core_in(&dir, config());
-    let r = core.model().instances.len();
+    let r = core.model().instances().len();
     assert_eq!(r, 2);
     // Records are keyed by the (random) instance id: compare in pid order.
     let mut how: Vec<&Attachment> = core.records.values().map(|r| &r.attachment).collect();
@@ -1500,7 +1507,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
     let mut core = core_with(&dir, config(), dp);
     core.handle(req(add_group("web"))).unwrap();
     let ids = launched_ids(&core.handle(req(run(1, &["web"]))));
-    let ip = core.model.instances[&ids[0]].ip;
+    let ip = core.model.instances()[&ids[0]].ip;
     let syn = filter::Packet {
         key: filter::FlowKey {
             src: "203.0.113.7".parse().unwrap(),
@@ -1719,7 +1726,7 @@ fn terminate_all_ends_the_owners_instances_only() {
     );
     let attached = dp.state.lock().unwrap().attached.clone();
     assert_eq!(attached, theirs.iter().cloned().collect());
-    assert_eq!(core.model().instances.len(), 2);
+    assert_eq!(core.model().instances().len(), 2);
     let r = core.handle(req(all));
     assert!(
         matches!(&r, Ok(Response::StateChanges { changes }) if changes.is_empty()),

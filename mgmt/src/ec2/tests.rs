@@ -651,7 +651,7 @@ fn run_describe_terminate_with_client_token() {
     // The same token again: the same reservation, nothing new launched.
     let again = ok(&api, &k, &run);
     assert_eq!(first(&again, "reservationId"), res);
-    assert_eq!(api.core.lock().unwrap().model().instances.len(), 2);
+    assert_eq!(api.core.lock().unwrap().model().instances().len(), 2);
     // The same token with other parameters.
     let (_, code) = err(&api, &k, &run.replace("MaxCount=2", "MaxCount=3"));
     assert_eq!(code, "IdempotentParameterMismatch");
@@ -737,7 +737,7 @@ fn run_describe_terminate_with_client_token() {
         ),
     );
     assert!(doc.contains(&format!("<item><instanceId>{}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>16</code><name>running</name></previousState></item>", ids[0])), "{doc}");
-    assert!(api.core.lock().unwrap().model().instances.is_empty());
+    assert!(api.core.lock().unwrap().model().instances().is_empty());
     assert_eq!(
         e(format!(
             "Action=TerminateInstances&{v}&InstanceId.1={}",
@@ -774,7 +774,7 @@ fn keys_and_tokens_survive_a_restart() {
     );
     assert_eq!(doc.matches("<instanceId>").count(), 1, "{doc}");
     assert_eq!(
-        api.core.lock().unwrap().model().instances.len(),
+        api.core.lock().unwrap().model().instances().len(),
         1,
         "not launched again"
     );
