@@ -18,18 +18,10 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 
 use ipnet::Ipv4Net;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, sendto,
-    socket,
-};
+use switch::netns::{rtnl_attrs as attrs, rtnl_dump as dump};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
@@ -89,75 +81,6 @@ impl std::fmt::Display for Route {
         }
         Ok(())
     }
-}
-
-/// One rtnetlink dump of message type `get` with `header` (the family header);
-/// returns the payloads of the `want`-typed answers.
-fn dump(get: u16, want: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    let kernel = NetlinkAddr::new(0, 0);
-    bind(fd.as_raw_fd(), &kernel)?;
-    let len = 16 + header.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&get.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(header);
-    sendto(fd.as_raw_fd(), &req, &kernel, MsgFlags::empty())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-        let mut msgs = &buf[..n];
-        while msgs.len() >= 16 {
-            let mlen = u32::from_ne_bytes(msgs[0..4].try_into().unwrap_or_default()) as usize;
-            let mtype = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            if mlen < 16 || mlen > msgs.len() {
-                return Err(io::Error::other("malformed rtnetlink answer"));
-            }
-            match mtype {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = msgs
-                        .get(16..20)
-                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
-                t if t == want => out.push(msgs[16..mlen].to_vec()),
-                _ => {}
-            }
-            msgs = &msgs[align(mlen).min(msgs.len())..];
-        }
-    }
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The `(type, value)` attributes after a family header of `skip` bytes.
-fn attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut rest = payload.get(skip..).unwrap_or_default();
-    while rest.len() >= 4 {
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let typ = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        out.push((typ, &rest[4..len]));
-        rest = &rest[align(len).min(rest.len())..];
-    }
-    out
 }
 
 fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {

@@ -39,7 +39,8 @@ fn main() -> ExitCode {
         Cmd::Up(args) => match run_daemon(&cli, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sgswitch up: {}", mgmt::api::error_chain(&e));
+                // The subscriber is installed before anything can fail.
+                tracing::error!("sgswitch up: {}", mgmt::api::error_chain(&e));
                 ExitCode::from(1)
             }
         },

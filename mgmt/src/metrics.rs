@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::{Command, Handler, Request, Response, StatsReport};
+use crate::api::{Command, Handler, Request, Response, Slot, StatsReport};
 
 /// How often the statistics are refreshed.
 pub const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -275,8 +275,7 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                     return;
                 }
                 let Ok(mut stream) = conn else { continue };
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::SeqCst);
+                let Some(slot) = Slot::take(&active, MAX_CONNECTIONS) else {
                     let _ = respond(
                         &mut stream,
                         "503 Service Unavailable",
@@ -285,9 +284,8 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                     );
                     finish(&mut stream, Duration::from_millis(50));
                     continue;
-                }
+                };
                 let latest = latest.clone();
-                let slot = Slot(active.clone());
                 // A client's failure (stall, reset) only ends its own connection;
                 // if no thread can be made the connection is closed at once.
                 let _ = std::thread::Builder::new()
@@ -306,15 +304,6 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
         stop,
         threads: vec![updater, http],
     })
-}
-
-/// One of the [`MAX_CONNECTIONS`] places; given back when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Answer one HTTP request: the head must arrive within [`REQUEST_DEADLINE`]

@@ -87,6 +87,17 @@ fn netns_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Launch `n` namespace instances: their ids (also kept for the lab's
+/// cleanup) and INSTANCE lines.
+fn launch(lab: &mut Lab, n: usize) -> (Vec<String>, Vec<Vec<String>>) {
+    let out = lab.cli(&["run-instances", "ami-eca54085", "-n", &n.to_string()]);
+    let lines = instance_lines(&out);
+    assert_eq!(lines.len(), n, "{out}");
+    let ids: Vec<String> = lines.iter().map(|l| l[1].clone()).collect();
+    lab.instances.extend(ids.iter().cloned());
+    (ids, lines)
+}
+
 #[test]
 fn terminate_all_ends_a_lab_and_what_runs_inside_it() {
     if !can_run() {
@@ -94,11 +105,7 @@ fn terminate_all_ends_a_lab_and_what_runs_inside_it() {
     }
     let mut lab = Lab::new("t", SUBNET);
     lab.start();
-    let out = lab.cli(&["run-instances", "ami-eca54085", "-n", "3"]);
-    let lines = instance_lines(&out);
-    assert_eq!(lines.len(), 3, "{out}");
-    let ids: Vec<String> = lines.iter().map(|l| l[1].clone()).collect();
-    lab.instances.extend(ids.iter().cloned());
+    let (ids, _) = launch(&mut lab, 3);
     // A sleep and a listener inside, as a user would start them.
     let mut procs = Procs(vec![
         spawn_in(&ids[0], &["sleep", "300"]),
@@ -152,11 +159,7 @@ fn instances_whose_namespace_or_interface_vanished_are_not_running() {
     }
     let mut lab = Lab::new("v", SUBNET);
     lab.start();
-    let out = lab.cli(&["run-instances", "ami-eca54085", "-n", "3"]);
-    let lines = instance_lines(&out);
-    assert_eq!(lines.len(), 3, "{out}");
-    let ids: Vec<String> = lines.iter().map(|l| l[1].clone()).collect();
-    lab.instances.extend(ids.iter().cloned());
+    let (ids, lines) = launch(&mut lab, 3);
     let state = |lab: &Lab, id: &str| -> Vec<String> {
         let out = lab.cli(&["describe-instances", id]);
         instance_lines(&out).remove(0)

@@ -373,6 +373,72 @@ fn newlink(seq: u32, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     m
 }
 
+/// `nlmsg_flags` of a dump request.
+const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
+/// `nlmsg_type` that ends a dump.
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+
+/// One rtnetlink dump, in the calling thread's network namespace: request type
+/// `get` with the family header `header` (e.g. `RTM_GETROUTE` with an
+/// `rtmsg`); returns the payloads (family header and attributes) of the
+/// answers of type `want`.
+pub fn rtnl_dump(get: u16, want: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    let nl = sys::NetlinkRoute::new()?;
+    let len = NLMSG_HDRLEN + header.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&get.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
+    req.extend_from_slice(header);
+    nl.send(&req)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = nl.recv(&mut buf)?;
+        let mut msgs = &buf[..n];
+        while msgs.len() >= NLMSG_HDRLEN {
+            let mlen = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+            let mtype = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            if mlen < NLMSG_HDRLEN || mlen > msgs.len() {
+                return Err(io::Error::other("malformed rtnetlink answer"));
+            }
+            match mtype {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let code = msgs
+                        .get(16..20)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                t if t == want => out.push(msgs[NLMSG_HDRLEN..mlen].to_vec()),
+                _ => {}
+            }
+            msgs = &msgs[((mlen + 3) & !3).min(msgs.len())..];
+        }
+    }
+}
+
+/// The `(type, value)` route attributes of a dump payload after its family
+/// header of `skip` bytes.
+pub fn rtnl_attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut rest = payload.get(skip..).unwrap_or_default();
+    while rest.len() >= RTA_HDRLEN {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let typ = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < RTA_HDRLEN || len > rest.len() {
+            break;
+        }
+        out.push((typ, &rest[RTA_HDRLEN..len]));
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+    }
+    out
+}
+
 /// Reads the answer to request `seq`: `Ok` for an ack, the kernel's errno else.
 fn read_ack(nl: &sys::NetlinkRoute, seq: u32) -> io::Result<()> {
     let mut buf = [0u8; 4096];
