@@ -1003,6 +1003,95 @@ impl Model {
         self.groups.insert(key, Group { rules, ..g });
         Ok(())
     }
+
+    /// Make the group with `g.id` exactly `g` (cluster mode: a state read from
+    /// etcd, validated by the host that wrote it): inserted if new, else its
+    /// rules become `g.rules` (the ones gone removed, then the new ones
+    /// appended, so a sequence of authorizes and revokes gives the same order
+    /// on every host). Recorded like the edit methods' changes. Checks the
+    /// form of `g` as [`Model::insert_group_raw`] does, not its references:
+    /// the caller verifies the whole model after a batch. Whether anything
+    /// changed.
+    pub fn put_group_raw(&mut self, g: Group) -> Result<bool, Ec2Error> {
+        let key = (g.owner.clone(), g.name.clone());
+        let Some(old) = self.groups.get(&key) else {
+            let prev_seq = self.next_group_seq;
+            self.insert_group_raw(g)?;
+            let group = self.groups[&key].clone();
+            self.log(|| Change::GroupAdded { group, prev_seq });
+            return Ok(true);
+        };
+        if old.id != g.id {
+            return Err(invalid(format!(
+                "group '{}' of owner {} has id {}, not {}",
+                g.name, g.owner, old.id, g.id
+            )));
+        }
+        let new_rules = Self::normalize_request(&g.rules, &g.name)?;
+        if new_rules.len() > self.limits.rules_per_group {
+            return Err(Ec2Error::new(
+                ErrorCode::RulesPerSecurityGroupLimitExceeded,
+                format!(
+                    "group '{}' has {} rules; the limit is {} per group",
+                    g.name,
+                    new_rules.len(),
+                    self.limits.rules_per_group
+                ),
+            ));
+        }
+        if old.rules == new_rules {
+            return Ok(false);
+        }
+        let group_id = old.id.clone();
+        let before = old.rules.clone();
+        let removed: Vec<Rule> = before
+            .iter()
+            .filter(|r| !new_rules.contains(r))
+            .cloned()
+            .collect();
+        let mut rules = before.clone();
+        if !removed.is_empty() {
+            rules.retain(|r| !removed.contains(r));
+            let (k, id) = (key.clone(), group_id.clone());
+            self.log(|| Change::RulesRemoved {
+                key: k,
+                group_id: id,
+                rules: removed,
+                before,
+            });
+        }
+        let added: Vec<Rule> = new_rules
+            .iter()
+            .filter(|r| !rules.contains(r))
+            .cloned()
+            .collect();
+        rules.extend(added.iter().cloned());
+        if !added.is_empty() {
+            let k = key.clone();
+            self.log(|| Change::RulesAdded {
+                key: k,
+                group_id,
+                rules: added,
+            });
+        }
+        if let Some(g) = self.groups.get_mut(&key) {
+            g.rules = rules;
+        }
+        Ok(true)
+    }
+
+    /// Remove the group with id `id` whatever refers to it (cluster mode; see
+    /// [`Model::put_group_raw`]). Recorded; `None` if there is no such group.
+    pub fn remove_group_raw(&mut self, id: &str) -> Option<Group> {
+        let key = self
+            .groups
+            .iter()
+            .find(|(_, g)| g.id == id)
+            .map(|(k, _)| k.clone())?;
+        let g = self.groups.remove(&key)?;
+        self.log(|| Change::GroupDeleted(g.clone()));
+        Some(g)
+    }
 }
 
 fn fmt_mac(m: &Mac) -> String {

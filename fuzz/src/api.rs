@@ -220,7 +220,11 @@ pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
             amis: strings(r, AMIS, 2),
         },
     };
-    Some(Request { owner, command })
+    Some(Request {
+        owner,
+        command,
+        wait: false,
+    })
 }
 
 fn group_refs(names: Vec<String>) -> Vec<GroupRef> {
@@ -324,6 +328,7 @@ impl Harness {
             let r = self.core().handle(Request {
                 owner: req.owner.clone(),
                 command: Command::DescribeGroups { groups: vec![] },
+                wait: false,
             });
             assert!(r.is_ok(), "describe as a valid owner failed: {r:?}");
         }

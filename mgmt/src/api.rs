@@ -59,6 +59,11 @@ pub struct Request {
     #[serde(default)]
     pub owner: Option<String>,
     pub command: Command,
+    /// Cluster mode: answer an edit only once every live host enforces it
+    /// (`--wait`). Ignored on a single host, where the answer always comes
+    /// after enforcement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
 }
 
 /// Every management operation: one command per verb, whichever front door
@@ -168,6 +173,8 @@ pub enum Command {
         ami: String,
     },
     Stats,
+    /// Cluster mode: the lab's hosts.
+    Hosts,
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
 }
@@ -376,8 +383,23 @@ impl Command {
                 | Command::DescribeInstances { .. }
                 | Command::DescribeImages { .. }
                 | Command::Stats
+                | Command::Hosts
         )
     }
+}
+
+/// A host of the lab as `hosts` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    /// `ADDR:PORT` of its overlay endpoint (`-` when lost and unknown).
+    pub underlay: String,
+    /// `live` (registered, lease alive) or `lost` (its lease expired; its
+    /// instances are unreachable).
+    pub state: String,
+    /// The newest model revision it acknowledged enforcing (0: none).
+    pub revision: i64,
+    pub instances: u64,
 }
 
 /// An instance as the API shows it.
@@ -502,6 +524,10 @@ pub enum Response {
     },
     Stats {
         stats: StatsReport,
+    },
+    /// hosts (cluster mode).
+    Hosts {
+        hosts: Vec<HostView>,
     },
     /// register-image (the new image), describe-images, deregister-image (the
     /// removed image).
@@ -880,6 +906,7 @@ mod tests {
         let line = serde_json::to_string(&Request {
             owner: None,
             command: cmd.clone(),
+            wait: false,
         })
         .unwrap();
         assert!(line.contains(r#""group":{"id":"sg-0000abcd"}"#), "{line}");

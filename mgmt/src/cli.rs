@@ -81,6 +81,9 @@ pub struct Cli {
     /// `--json`: print the documented shapes of [`crate::json`].
     #[arg(skip)]
     pub json: bool,
+    /// `--wait`: cluster mode, answer an edit once every live host enforces it.
+    #[arg(skip)]
+    pub wait: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -89,6 +92,7 @@ pub struct Cli {
 const SOCKET: &str = "socket";
 const OWNER: &str = "owner";
 const JSON: &str = "json";
+const WAIT: &str = "wait";
 
 /// Commands that run here, without the daemon (no client options).
 const LOCAL: &[&str] = &["up", "install-links", "completions", "man"];
@@ -123,6 +127,13 @@ fn json_arg() -> Arg {
         .help("Print the response as versioned JSON (see docs/json.md)")
 }
 
+fn wait_arg() -> Arg {
+    Arg::new(WAIT).long("wait").action(ArgAction::SetTrue).help(
+        "Cluster mode: answer only once every live host enforces the edit \
+             (a single host always answers after enforcing)",
+    )
+}
+
 /// The whole command line: the derived commands, the client options on the
 /// commands that talk to the daemon (and `--socket`/`--owner` on `up`).
 pub fn command() -> clap::Command {
@@ -143,7 +154,8 @@ pub fn command() -> clap::Command {
             _ => sub
                 .arg(socket_arg())
                 .arg(client_owner_arg())
-                .arg(json_arg()),
+                .arg(json_arg())
+                .arg(wait_arg()),
         });
     }
     cmd
@@ -229,6 +241,10 @@ pub enum Cmd {
     },
     /// Per-port and per-drop-reason counters of the switch.
     Stats,
+    /// Cluster mode: the lab's hosts.  Prints: HOST NAME UNDERLAY STATE
+    /// REVISION INSTANCES (STATE live or lost; REVISION the newest model
+    /// revision the host acknowledged enforcing).
+    Hosts,
     /// Register a guest image for `run-instances AMI --qemu`.  Prints:
     /// IMAGE AMI KERNEL INITRD MEMORY_MB DISK APPEND (DISK empty when none).
     /// A registered AMI again fails with InvalidAMIID.Duplicate.
@@ -421,6 +437,21 @@ pub struct UpArgs {
     /// `off`. The bound address is printed as `sgswitch: ec2 api on http://ADDR`.
     #[arg(long, default_value = DEFAULT_EC2_LISTEN, value_parser = parse_ec2_listen)]
     pub ec2_listen: Ec2Listen,
+    /// Cluster mode: join the lab whose state is in this etcd (v3 API,
+    /// comma-separated URLs, e.g. http://192.0.2.1:2379). Without it the
+    /// daemon is one host on its own SQLite state.
+    #[arg(long, env = "SGSWITCH_ETCD", value_name = "URL[,URL...]")]
+    pub etcd: Option<String>,
+    /// Cluster mode: this host's name in the lab (default: the hostname).
+    #[arg(long, requires = "etcd")]
+    pub host: Option<String>,
+    /// Cluster mode: this host's address on the underlay, where the other
+    /// hosts send its instances' traffic (VXLAN-GBP over UDP).
+    #[arg(long, requires = "etcd")]
+    pub underlay: Option<std::net::Ipv4Addr>,
+    /// Cluster mode: UDP port of the overlay.
+    #[arg(long, default_value_t = 4789, requires = "etcd")]
+    pub vxlan_port: u16,
     /// Level of the daemon's event log on stderr: error, warn, info, debug or
     /// trace (`RUST_LOG`, if set, takes precedence).
     #[arg(long, default_value = "info")]
@@ -483,6 +514,7 @@ pub fn parse_with_env<I: IntoIterator<Item = String>>(
     cli.owner = get(OWNER).or_else(|| from_env("SGSWITCH_OWNER"));
     let flag = |m: &ArgMatches| m.try_get_one::<bool>(JSON).ok().flatten() == Some(&true);
     cli.json = flag(&matches) || sub.is_some_and(flag);
+    cli.wait = sub.is_some_and(|m| m.try_get_one::<bool>(WAIT).ok().flatten() == Some(&true));
     if cli.json && local {
         return Err(cmd.error(
             clap::error::ErrorKind::ArgumentConflict,
@@ -630,6 +662,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             all: *all,
         },
         Cmd::Stats => Command::Stats,
+        Cmd::Hosts => Command::Hosts,
         Cmd::RegisterImage {
             ami,
             kernel,
@@ -658,6 +691,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
     Ok(Some(Request {
         owner: cli.owner.clone(),
         command,
+        wait: cli.wait,
     }))
 }
 
@@ -732,6 +766,14 @@ pub fn format_response(resp: &Response) -> String {
                         reason.unwrap_or_default()
                     ));
                 }
+            }
+        }
+        Response::Hosts { hosts } => {
+            for h in hosts {
+                line(format!(
+                    "HOST\t{}\t{}\t{}\t{}\t{}",
+                    h.name, h.underlay, h.state, h.revision, h.instances
+                ));
             }
         }
         Response::StateChanges { changes } => {

@@ -65,6 +65,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::api::{self, ApiError, ErrorCode, Handler, KeySecret, Reply, Request, StatsReport};
 use crate::cli::{Cli, DEFAULT_OWNER, UpArgs};
+use crate::cluster::node::{Node, NodeConfig};
 use crate::core::{Attachment, Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
 use crate::store::{InstanceRecord, Store, StoreError};
 
@@ -133,6 +134,8 @@ pub enum DaemonError {
     Signals(#[source] nix::Error),
     #[error("start data plane: {0}")]
     Dataplane(String),
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     #[error("--ec2-listen")]
     Ec2(#[source] crate::ec2::Ec2StartError),
     #[error("--metrics-listen {addr}")]
@@ -150,6 +153,8 @@ pub enum Msg {
     /// Look up an access key for the EC2 front door (no [`api::Command`]:
     /// the socket cannot ask it).
     LookupAccessKey(String, mpsc::SyncSender<Result<KeySecret, ApiError>>),
+    /// Cluster mode: the etcd follower has news for the core.
+    Wake,
     /// Stop and hand the core back.
     Stop,
 }
@@ -177,6 +182,11 @@ impl MgmtHandle {
         rrx.recv().map_err(|_| gone())?
     }
 
+    /// Wake the management thread for cluster news.
+    pub fn wake(&self) {
+        let _ = self.tx.send(Msg::Wake);
+    }
+
     /// Ask the management thread to stop (it returns the core from its join handle).
     pub fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
@@ -197,6 +207,10 @@ impl Handler for MgmtHandle {
         MgmtHandle::lookup_access_key(self, key_id)
     }
 }
+
+/// How long `up --etcd` waits for the lab's model before it starts on its
+/// cache (or fails without one).
+pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the management thread waits for a request before it ticks the
 /// core ([`Core::tick`]).
@@ -229,7 +243,10 @@ pub fn spawn_management_on(
                 // Every TICK, between requests: move QEMU guests on (pending →
                 // running, or stopped when QEMU died).
                 if last_tick.elapsed() >= TICK {
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.tick()));
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        core.poll_cluster();
+                        core.tick()
+                    }));
                     last_tick = std::time::Instant::now();
                 }
                 let msg = match rx.recv_timeout(TICK) {
@@ -261,6 +278,9 @@ pub fn spawn_management_on(
                     }
                     Msg::LookupAccessKey(key_id, reply) => {
                         let _ = reply.send(core.lookup_access_key(&key_id));
+                    }
+                    Msg::Wake => {
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.poll_cluster()));
                     }
                     Msg::Stop => break,
                 }
@@ -460,7 +480,54 @@ pub fn core_config(cli: &Cli, args: &UpArgs) -> Result<CoreConfig, DaemonError> 
         rules_per_group: args.rules_per_group,
     };
     cfg.default_image = crate::dataplane::default_image(args);
+    if args.etcd.is_some() {
+        cfg.cluster_host = Some(host_name(args)?);
+    }
     Ok(cfg)
+}
+
+/// `--host`, else the hostname; 1 to 63 of `[A-Za-z0-9._-]`.
+pub fn host_name(args: &UpArgs) -> Result<String, DaemonError> {
+    let name = match &args.host {
+        Some(h) => h.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(name)
+    } else {
+        Err(DaemonError::Cluster(format!(
+            "invalid --host '{}': 1 to 63 letters, digits, '.', '_' or '-'",
+            name.escape_default()
+        )))
+    }
+}
+
+/// The cluster link's settings from `up`'s options.
+pub fn node_config(args: &UpArgs, cfg: &CoreConfig) -> Result<Option<NodeConfig>, DaemonError> {
+    let Some(endpoints) = &args.etcd else {
+        return Ok(None);
+    };
+    let Some(underlay) = args.underlay else {
+        return Err(DaemonError::Cluster(
+            "--etcd needs --underlay ADDR: this host's address on the network between the hosts"
+                .into(),
+        ));
+    };
+    Ok(Some(NodeConfig {
+        endpoints: endpoints.clone(),
+        host: host_name(args)?,
+        underlay: std::net::SocketAddr::from((underlay, args.vxlan_port)),
+        subnet: cfg.subnet,
+        uplink_range: cfg.uplink_range,
+        vni: 1,
+    }))
 }
 
 /// `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`, the bits of `CapEff` the data plane
@@ -686,8 +753,22 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Dataplane(crate::api::error_chain(&e)))?;
         (dp, Some(undo))
     };
+    let node_cfg = node_config(args, &cfg)?;
     let store = Store::open_dir(&args.state_dir)?;
-    let core = Core::open(store, cfg, dp)?;
+    let mut core = Core::open(store, cfg, dp)?;
+    if let Some(ncfg) = node_cfg {
+        let wake = handle.clone();
+        let node = Node::start(ncfg, Arc::new(move || wake.wake()))
+            .map_err(|e| DaemonError::Cluster(e.to_string()));
+        let joined = node.and_then(|n| {
+            core.join_cluster(n, JOIN_WAIT)
+                .map_err(|e| DaemonError::Cluster(e.message))
+        });
+        if let Err(e) = joined {
+            core.into_dataplane().shutdown();
+            return Err(e);
+        }
+    }
     let mgmt = spawn_management_on(core, mgmt_rx)?;
     let started = (|| -> Result<_, DaemonError> {
         let ec2 = match ec2_listener {

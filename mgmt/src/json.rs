@@ -260,6 +260,8 @@ pub enum Payload {
     Images(Vec<ImageJson>),
     Stats(StatsJson),
     AccessKey(AccessKeyJson),
+    /// `hosts`: the lab's hosts (cluster mode), as [`crate::api::HostView`].
+    Hosts(Vec<crate::api::HostView>),
     Error(ErrorJson),
 }
 
@@ -337,6 +339,7 @@ pub fn response(resp: &Response) -> Document {
         Response::Images { images } => {
             Payload::Images(images.iter().map(ImageJson::from).collect())
         }
+        Response::Hosts { hosts } => Payload::Hosts(hosts.clone()),
         Response::AccessKey {
             key_id,
             secret,

@@ -250,6 +250,7 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                 let fresh = match mgmt.handle(Request {
                     owner: None,
                     command: Command::Stats,
+                    wait: false,
                 }) {
                     Ok(Response::Stats { stats }) => Some(stats),
                     _ => None,

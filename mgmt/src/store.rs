@@ -148,6 +148,13 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE place GLOB 'port:*';
     ALTER TABLE instances DROP COLUMN place;
     "#,
+    // v5: cluster mode (docs/cluster.md): the host that runs an instance
+    // (empty on a single host) and its group-set identity (0 = none).
+    r#"
+    ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN identity INTEGER NOT NULL DEFAULT 0
+        CHECK (identity BETWEEN 0 AND 65535);
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -212,6 +219,13 @@ pub struct InstanceRecord {
     pub attachment: Attachment,
     /// Seconds since the Unix epoch.
     pub launched_at: i64,
+    /// Cluster mode: the host whose daemon runs it (empty on a single host).
+    #[serde(default)]
+    pub host: String,
+    /// Cluster mode: its group-set identity, the VXLAN-GBP policy id it
+    /// sends with (0 on a single host).
+    #[serde(default)]
+    pub identity: u16,
 }
 
 /// How an instance is attached to the switch (stored as the `attach`,
@@ -587,7 +601,7 @@ impl Store {
                 .conn
                 .prepare(
                     "SELECT id, owner, mac, ip, ami, reservation, launch_index, launched_at, \
-                     attach, ifname, netns, pid \
+                     attach, ifname, netns, pid, host, identity \
                      FROM instances ORDER BY id",
                 )
                 .map_err(load("instances"))?;
@@ -608,12 +622,18 @@ impl Store {
                             r.get::<_, Option<String>>(10)?,
                             r.get::<_, Option<i64>>(11)?,
                         ),
+                        (r.get::<_, String>(12)?, r.get::<_, i64>(13)?),
                     ))
                 })
                 .map_err(load("instances"))?;
             for row in rows {
-                let (id, owner, mac, ip, ami, reservation, launch_index, launched_at, attach) =
+                let (id, owner, mac, ip, ami, reservation, launch_index, launched_at, attach, cl) =
                     row.map_err(load("instances"))?;
+                let (host, identity) = cl;
+                let identity = u16::try_from(identity).map_err(|_| StoreError::Corrupt {
+                    what: "instance identity",
+                    value: identity.to_string(),
+                })?;
                 let attachment = Attachment::from_columns(attach.0, attach.1, attach.2, attach.3)?;
                 let mac = parse_mac(&mac).ok_or(StoreError::Corrupt {
                     what: "instance MAC",
@@ -642,6 +662,8 @@ impl Store {
                     launch_index,
                     attachment,
                     launched_at,
+                    host,
+                    identity,
                 });
             }
         }
@@ -942,8 +964,8 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
             let (attach, ifname, netns, pid) = r.attachment.columns();
             tx.execute(
                 "INSERT INTO instances (id, owner, mac, ip, ami, reservation, launch_index, launched_at, \
-                 attach, ifname, netns, pid) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 attach, ifname, netns, pid, host, identity) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     i.id,
                     i.owner.0,
@@ -956,7 +978,9 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
                     attach,
                     ifname,
                     netns,
-                    pid
+                    pid,
+                    r.host,
+                    r.identity
                 ],
             )?;
             let mut st = tx.prepare_cached(
@@ -1147,6 +1171,8 @@ mod tests {
             launch_index: 0,
             attachment: Attachment::Netns,
             launched_at: 1_700_000_000,
+            host: String::new(),
+            identity: 0,
         }
     }
 

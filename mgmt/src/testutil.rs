@@ -60,6 +60,7 @@ pub fn req(command: Command) -> Request {
     Request {
         owner: None,
         command,
+        wait: false,
     }
 }
 
@@ -68,6 +69,7 @@ pub fn req_as(owner: &str, command: Command) -> Request {
     Request {
         owner: Some(owner.into()),
         command,
+        wait: false,
     }
 }
 

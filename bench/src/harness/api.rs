@@ -30,6 +30,7 @@ pub fn request_line(command: Command) -> String {
     let req = Request {
         owner: None,
         command,
+        wait: false,
     };
     // Serialising mgmt's own request type cannot fail (string keys, no maps
     // with non-string keys).

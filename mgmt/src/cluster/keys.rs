@@ -111,14 +111,14 @@ pub struct InstanceValue {
 }
 
 impl InstanceValue {
-    pub fn from_record(r: &InstanceRecord, host: &str, identity: u16) -> InstanceValue {
+    pub fn from_record(r: &InstanceRecord) -> InstanceValue {
         InstanceValue {
             owner: r.instance.owner.clone(),
-            host: host.to_owned(),
+            host: r.host.clone(),
             mac: r.instance.mac,
             ip: r.instance.ip,
             groups: r.instance.groups.clone(),
-            identity,
+            identity: r.identity,
             ami: r.ami.clone(),
             reservation: r.reservation.clone(),
             launch_index: r.launch_index,
@@ -127,7 +127,7 @@ impl InstanceValue {
         }
     }
 
-    /// The store record (the host and identity stay in `self`).
+    /// The store record.
     pub fn to_record(&self, id: &str) -> InstanceRecord {
         InstanceRecord {
             instance: Instance {
@@ -142,6 +142,8 @@ impl InstanceValue {
             launch_index: self.launch_index,
             attachment: self.attachment.clone(),
             launched_at: self.launched_at,
+            host: self.host.clone(),
+            identity: self.identity,
         }
     }
 }
@@ -362,6 +364,13 @@ impl Entry {
         }
         Ok(entry)
     }
+}
+
+/// The counter every edit transaction advances (see `node::edit_guard`).
+pub const EDIT_COUNTER: &str = "edits";
+
+pub fn counter_key(name: &str) -> String {
+    format!("{MODEL}counters/{}", esc(name))
 }
 
 pub fn group_key(id: &str) -> String {
@@ -713,6 +722,7 @@ mod tests {
         };
         let r = value.to_record(&id);
         assert_eq!(r.instance.mac, instance_mac("i-1a2b3c4d"));
-        assert_eq!(InstanceValue::from_record(&r, "h2", 300), value);
+        assert_eq!((r.host.as_str(), r.identity), ("h2", 300));
+        assert_eq!(InstanceValue::from_record(&r), value);
     }
 }

@@ -24,4 +24,5 @@ pub mod etcd;
 mod http;
 pub mod keys;
 pub mod mirror;
+pub mod node;
 pub mod watch;

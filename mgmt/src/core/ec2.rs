@@ -156,10 +156,7 @@ impl Core {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         };
-        self.store
-            .commit(&[Edit::PutAccessKey(rec.clone())])
-            .map_err(store_failed)?;
-        self.edits += 1;
+        self.commit_records(vec![Edit::PutAccessKey(rec.clone())])?;
         self.ec2.keys.insert(key_id, rec.clone());
         Ok(Response::AccessKey {
             key_id: rec.key_id,

@@ -11,10 +11,7 @@ impl Core {
                 format!("the image id '{}' is already registered", rec.ami),
             ));
         }
-        self.store
-            .commit(&[Edit::PutImage(rec.clone())])
-            .map_err(store_failed)?;
-        self.edits += 1;
+        self.commit_records(vec![Edit::PutImage(rec.clone())])?;
         self.images.insert(rec.ami.clone(), rec.clone());
         Ok(Response::Images { images: vec![rec] })
     }
@@ -46,12 +43,9 @@ impl Core {
 
     pub(super) fn deregister_image(&mut self, ami: &str) -> Reply {
         let rec = self.image(ami)?.clone();
-        self.store
-            .commit(&[Edit::DeleteImage {
-                ami: rec.ami.clone(),
-            }])
-            .map_err(store_failed)?;
-        self.edits += 1;
+        self.commit_records(vec![Edit::DeleteImage {
+            ami: rec.ami.clone(),
+        }])?;
         self.images.remove(ami);
         Ok(Response::Images { images: vec![rec] })
     }

@@ -182,6 +182,8 @@ impl Core {
                     launch_index: index as u32,
                     attachment: how,
                     launched_at,
+                    host: String::new(),
+                    identity: 0,
                 },
             );
             order.push(id);
@@ -254,8 +256,19 @@ impl Core {
         }
     }
 
-    /// The state of instance `id` (stopped when it is not attached).
+    /// The state of instance `id` (stopped when it is not attached; in
+    /// cluster mode an instance of another host is running while that host
+    /// is live, else unreachable).
     pub(super) fn state(&self, id: &str) -> Liveness {
+        if let Some(r) = self.records.get(id)
+            && let Some(host) = self.remote_host(r)
+        {
+            return if self.host_live(host) {
+                Liveness::Running
+            } else {
+                Liveness::Unreachable(format!("host {host} is lost (its lease expired)"))
+            };
+        }
         self.states
             .get(id)
             .cloned()
@@ -271,7 +284,11 @@ impl Core {
             mac: store::format_mac(&r.instance.mac),
             state: state.name().into(),
             launch_index: r.launch_index,
-            place: r.attachment.place(&r.instance.id),
+            place: if r.host.is_empty() {
+                r.attachment.place(&r.instance.id)
+            } else {
+                format!("{}@{}", r.attachment.place(&r.instance.id), r.host)
+            },
             reason: state.reason().map(str::to_owned),
         }
     }
@@ -431,11 +448,16 @@ impl Core {
             Ok(())
         })?;
         let mut changes = Vec::new();
+        let clustered = self.is_clustered();
         for (id, (previous, how)) in ids.into_iter().zip(previous) {
-            if let Err(e) = self.dp.terminate(&id, &how) {
-                tracing::warn!(instance = %id, "terminating instance {id}: {e}");
+            // In cluster mode the owning host tears the instance down when
+            // its watch delivers the deletion (this one included).
+            if !clustered {
+                if let Err(e) = self.dp.terminate(&id, &how) {
+                    tracing::warn!(instance = %id, "terminating instance {id}: {e}");
+                }
+                self.states.remove(&id);
             }
-            self.states.remove(&id);
             changes.push(StateChange {
                 id,
                 previous,

@@ -99,9 +99,12 @@ use crate::store::{
     self, AccessKeyRecord, ClientTokenRecord, Edit, ImageRecord, InstanceRecord, Store, StoreError,
 };
 
+mod cluster;
 mod ec2;
 mod images;
 mod lifecycle;
+
+pub use cluster::{Directory, DirectoryInstance, Link};
 
 use ec2::Ec2State;
 
@@ -120,6 +123,8 @@ pub enum Liveness {
     Running,
     /// Not running, and not coming back by itself (until terminated); why.
     Stopped(String),
+    /// Cluster mode: on a host whose lease expired (killed, cut off); why.
+    Unreachable(String),
 }
 
 impl Liveness {
@@ -129,13 +134,14 @@ impl Liveness {
             Liveness::Pending(_) => "pending",
             Liveness::Running => "running",
             Liveness::Stopped(_) => "stopped",
+            Liveness::Unreachable(_) => "unreachable",
         }
     }
 
     /// The state reason, if any.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Liveness::Pending(r) | Liveness::Stopped(r) => Some(r),
+            Liveness::Pending(r) | Liveness::Stopped(r) | Liveness::Unreachable(r) => Some(r),
             Liveness::Running => None,
         }
     }
@@ -173,6 +179,9 @@ pub trait Dataplane: Send {
     }
     /// Add data-plane counters to `report`.
     fn stats(&self, report: &mut StatsReport);
+    /// Cluster mode: the overlay's view of the lab (live hosts, every
+    /// instance with its host and identity), after every applied change.
+    fn publish_directory(&mut self, _dir: &Directory) {}
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
     fn shutdown(&mut self) {}
 }
@@ -192,6 +201,10 @@ pub struct CoreConfig {
     /// What `run-instances AMI --qemu` boots for an AMI that is not registered
     /// (`up --qemu-kernel ... --qemu-initrd ...`).
     pub default_image: Option<GuestImage>,
+    /// Cluster mode: this host's name (`up --etcd ... --host NAME`). The
+    /// core then re-attaches only this host's instances at open and makes
+    /// no edit before it joined the lab ([`Core::join_cluster`]).
+    pub cluster_host: Option<String>,
 }
 
 impl CoreConfig {
@@ -204,6 +217,7 @@ impl CoreConfig {
             limits: Limits::default(),
             max_launch: 256,
             default_image: None,
+            cluster_host: None,
         }
     }
 }
@@ -319,6 +333,10 @@ pub struct Core {
     publish_latency_totals: (u64, u64),
     /// Access keys and ClientTokens of the EC2 Query API.
     ec2: Ec2State,
+    /// Cluster mode ([`Core::join_cluster`]).
+    cluster: Option<Link>,
+    /// The etcd revision the SQLite cache holds (0: none).
+    cache_revision: i64,
 }
 
 impl Core {
@@ -331,6 +349,11 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
+        let cache_revision = store
+            .load()
+            .ok()
+            .and_then(|l| l.counters.get(cluster::COUNTER_ETCD_REVISION).copied())
+            .unwrap_or(0);
         let (mut model, records, generation, images, ec2) = match load_model(&store, &cfg) {
             Ok(v) => v,
             Err(e) => {
@@ -358,14 +381,22 @@ impl Core {
             latency_totals: (0, 0),
             publish_latency_totals: (0, 0),
             ec2,
+            cluster: None,
+            cache_revision,
         };
         let owner = core.cfg.default_owner.clone();
-        if let Err(e) = core.ensure_owner(&owner) {
+        if core.cfg.cluster_host.is_none()
+            && let Err(e) = core.ensure_owner(&owner)
+        {
             core.dp.shutdown();
             return Err(CoreError::DefaultOwner(e));
         }
         let prefix = core.cfg.subnet.prefix_len();
+        let host = core.cfg.cluster_host.clone();
         for rec in core.records.values() {
+            if host.as_ref().is_some_and(|h| *h != rec.host) {
+                continue;
+            }
             let id = rec.instance.id.clone();
             let state = match core.dp.reattach(rec, prefix) {
                 Ok(()) => core.dp.check(&id, &rec.attachment),
@@ -384,6 +415,14 @@ impl Core {
 
     /// Answer one request.
     pub fn handle(&mut self, req: Request) -> Reply {
+        if self.cluster.is_some() {
+            self.handle_clustered(req)
+        } else {
+            self.handle_once(req)
+        }
+    }
+
+    fn handle_once(&mut self, req: Request) -> Reply {
         let t0 = Instant::now();
         // A request that panicked (the daemon catches it) may have left staged,
         // uncommitted model changes: undo them before anything else.
@@ -481,6 +520,7 @@ impl Core {
                 stats: self.stats(),
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
+            Command::Hosts => self.hosts(),
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;
@@ -580,6 +620,9 @@ impl Core {
     ) -> Result<(), ApiError> {
         let started = Instant::now();
         let changes = self.model.take_changes();
+        if self.cluster.is_some() {
+            return self.commit_cluster(changes, new_records, extra);
+        }
         let mut edits = match store_edits(&changes, &new_records) {
             Ok(e) => e,
             Err(e) => {
@@ -629,6 +672,17 @@ impl Core {
             &mut self.publish_latency_totals,
             published.as_micros() as u64,
         );
+        Ok(())
+    }
+
+    /// Commit store edits that do not touch the model (images, access
+    /// keys): one SQLite transaction, or in cluster mode one etcd one.
+    fn commit_records(&mut self, edits: Vec<Edit>) -> Result<(), ApiError> {
+        if self.cluster.is_some() {
+            return self.commit_cluster(Vec::new(), BTreeMap::new(), edits);
+        }
+        self.store.commit(&edits).map_err(store_failed)?;
+        self.edits += 1;
         Ok(())
     }
 

@@ -296,6 +296,7 @@ impl Ctx<'_> {
         self.h.handle(Request {
             owner: Some(owner.to_owned()),
             command,
+            wait: false,
         })
     }
 
