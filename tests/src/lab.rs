@@ -142,7 +142,7 @@ pub enum Reach {
 }
 
 impl Reach {
-    fn parse(s: &str) -> Reach {
+    pub(crate) fn parse(s: &str) -> Reach {
         match s {
             "open" => Reach::Open,
             "noecho" => Reach::NoEcho,
@@ -766,7 +766,9 @@ pub fn parse_instances(out: &str) -> Vec<LabInstance> {
 }
 
 /// Lines of a child's stdout, each stamped when read, on a channel.
-fn line_channel<R: std::io::Read + Send + 'static>(pipe: R) -> Receiver<(Instant, String)> {
+pub(crate) fn line_channel<R: std::io::Read + Send + 'static>(
+    pipe: R,
+) -> Receiver<(Instant, String)> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         use std::io::BufRead;

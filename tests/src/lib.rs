@@ -22,6 +22,7 @@
 //! PID.
 
 pub mod attack;
+pub mod cluster;
 pub mod ec2out;
 pub mod lab;
 pub mod load;

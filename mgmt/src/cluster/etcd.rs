@@ -8,7 +8,7 @@
 //!   safe for every call) and, for reads only, also when the connection fails
 //!   after sending or the member answers `Unavailable` (no leader). A write
 //!   whose connection fails after the request went out is not re-sent: its
-//!   outcome is unknown and the caller is told so ([`EtcdError::Unreachable`]
+//!   outcome is unknown and the caller is told so ([`EtcdError::OutcomeUnknown`]
 //!   with "outcome unknown"); sgswitch's writes are transactions comparing
 //!   revisions, so the caller re-reads and decides.
 //! * Every call has a deadline: [`Config::connect_timeout`] per endpoint for
@@ -79,6 +79,16 @@ pub enum EtcdError {
         /// The compaction revision, 0 when etcd did not say.
         compact_revision: i64,
     },
+    /// A write went out but no answer came: it may or may not have been
+    /// applied (the caller finds out by reading what it wrote).
+    #[error(
+        "etcd at {url} unreachable: {op}: {detail} after the request was sent: its outcome is unknown"
+    )]
+    OutcomeUnknown {
+        url: String,
+        op: &'static str,
+        detail: String,
+    },
     #[error("etcd lease {id:x} not found (expired or revoked)")]
     LeaseNotFound { id: i64 },
     /// etcd's answer is not what the gateway documents.
@@ -102,7 +112,9 @@ impl EtcdError {
     /// The EC2-style error code a front door reports for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            EtcdError::Unreachable { .. } => ErrorCode::ServiceUnavailable,
+            EtcdError::Unreachable { .. } | EtcdError::OutcomeUnknown { .. } => {
+                ErrorCode::ServiceUnavailable
+            }
             EtcdError::Status { code: 14, .. } => ErrorCode::ServiceUnavailable,
             _ => ErrorCode::InternalError,
         }
@@ -813,12 +825,12 @@ impl Client {
                     io_text(&e, &self.inner.cfg)
                 )),
                 Err(e) => {
-                    return Err(EtcdError::Unreachable {
+                    // The next call starts at the next member.
+                    self.inner.preferred.store((idx + 1) % n, Ordering::Relaxed);
+                    return Err(EtcdError::OutcomeUnknown {
                         url: ep.url.clone(),
-                        detail: format!(
-                            "{op}: {} after the request was sent: its outcome is unknown",
-                            io_text(&e, &self.inner.cfg)
-                        ),
+                        op,
+                        detail: io_text(&e, &self.inner.cfg),
                     });
                 }
             }

@@ -42,7 +42,7 @@ use filter::model::{Change, Group};
 
 use super::*;
 use crate::api::HostView;
-use crate::cluster::etcd::{Op, Range, Txn};
+use crate::cluster::etcd::{EtcdError, Op, Range, Txn};
 use crate::cluster::keys::{self, AckRecord, Entry, GroupRecord, HostRecord, InstanceValue};
 use crate::cluster::mirror::Mirror;
 use crate::cluster::node::{self, Event, Node};
@@ -55,6 +55,12 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
 /// Counter of the SQLite cache: the etcd revision it holds.
 pub const COUNTER_ETCD_REVISION: &str = "etcd_revision";
+
+/// What became of an edit's transaction.
+struct TxnOutcome {
+    succeeded: bool,
+    revision: i64,
+}
 
 /// The core's side of cluster mode.
 pub struct Link {
@@ -250,24 +256,46 @@ impl Core {
             )));
         };
         let (guard, bump) = node::edit_guard(mirror);
-        let txn = Txn::new()
-            .when([guard])
-            .and_then(ops.into_iter().chain([bump]));
-        let resp = link
-            .node
-            .client()
-            .txn(&txn)
-            .map_err(|e| unavailable(format!("{e}; nothing was changed")))?;
+        // Proof of this very transaction, for an answer that gets lost.
+        let proof_key = keys::edit_key(link.host());
+        let proof = random_id("edit-");
+        let txn = Txn::new().when([guard]).and_then(
+            ops.into_iter()
+                .chain([bump, Op::put(&proof_key, proof.as_bytes())]),
+        );
         for id in new_records.keys() {
             link.launching.insert(id.clone());
         }
+        let client = link.node.client().clone();
+        let (succeeded, revision) = match client.txn(&txn) {
+            Ok(r) => (r.succeeded, r.revision),
+            Err(EtcdError::OutcomeUnknown { .. }) => {
+                // Did it commit? Our proof is there exactly when it did.
+                match client.get(&proof_key) {
+                    Ok((_, Some(kv))) if kv.value == proof.as_bytes() => (true, kv.mod_revision),
+                    Ok((rev, _)) => (false, rev),
+                    Err(e) => {
+                        self.forget_launching(&new_records);
+                        return Err(unavailable(format!(
+                            "{e}; the outcome of the edit is unknown (etcd lost its answer)"
+                        )));
+                    }
+                }
+            }
+            Err(e) => {
+                self.forget_launching(&new_records);
+                return Err(unavailable(format!("{e}; nothing was changed")));
+            }
+        };
+        let resp = TxnOutcome {
+            succeeded,
+            revision,
+        };
         self.catch_up(resp.revision);
+        self.forget_launching(&new_records);
         let Some(link) = self.cluster.as_mut() else {
             return Err(ApiError::internal("not in cluster mode"));
         };
-        for id in new_records.keys() {
-            link.launching.remove(id);
-        }
         if !resp.succeeded {
             link.conflict = true;
             return Err(unavailable("lost to a concurrent edit"));
@@ -275,6 +303,14 @@ impl Core {
         link.committed = resp.revision;
         self.edits += 1;
         Ok(())
+    }
+
+    fn forget_launching(&mut self, new_records: &BTreeMap<String, InstanceRecord>) {
+        if let Some(link) = self.cluster.as_mut() {
+            for id in new_records.keys() {
+                link.launching.remove(id);
+            }
+        }
     }
 
     /// The transaction's operations for `changes` (the model still holds
