@@ -410,3 +410,363 @@ fn receive_inner(
     transmit(env, port, frame, &VnetHdr::default(), scratch)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The overlay datapath without root: host 1 is a real [`Datapath`] whose
+    //! underlay socket is bound to 127.0.0.1, host 2 is a plain UDP socket of
+    //! the test on 127.0.0.2 that reads what host 1 sends and forges what host
+    //! 2 would send. Instances are in-memory ports.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use filter::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
+    use filter::parse::ARP_REPLY;
+    use filter::{Mac, compile};
+
+    use super::*;
+    use crate::arp;
+    use crate::vxlan::{HostId, InstanceInfo};
+    use crate::{Datapath, MemOptions, MemPeer, PortRole, PortSpec, SwitchConfig, mem_port_with};
+
+    const VNI: u32 = 77;
+    const OWNER: &str = "111122223333";
+    const H1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+    const H2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+    const H3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+    /// A on host 1 (group a), B and C on host 2 (group b).
+    const A: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 10), [2, 0, 0, 0, 0, 0xa], 0x100);
+    const B: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 11), [2, 0, 0, 0, 0, 0xb], 0x101);
+    const C: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 12), [2, 0, 0, 0, 0, 0xc], 0x101);
+
+    /// Group a allows TCP 22 from members of b; b allows nothing.
+    fn snapshot() -> filter::Snapshot {
+        let owner = Owner(OWNER.into());
+        let from_b = Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(22, 22),
+            source: Source::Group {
+                owner: owner.clone(),
+                group: "b".into(),
+            },
+        };
+        let insts =
+            [("i-a", A, "a"), ("i-b", B, "b"), ("i-c", C, "b")].map(|(id, i, g)| Instance {
+                id: id.into(),
+                owner: owner.clone(),
+                mac: i.1,
+                ip: i.0,
+                groups: vec![g.into()],
+            });
+        let m = Model::build(
+            Limits::default(),
+            &owner,
+            &[("a", vec![from_b]), ("b", vec![])],
+            insts,
+        )
+        .expect("model");
+        compile(&m, 1)
+    }
+
+    fn directory(h1: SocketAddrV4, h2: SocketAddrV4, with_a: bool) -> DirectoryTable {
+        let mut d = DirectoryTable::new(HostId(1));
+        d.add_host(HostId(1), h1);
+        d.add_host(HostId(2), h2);
+        let info = |host, i: (Ipv4Addr, Mac, u16)| InstanceInfo {
+            host: HostId(host),
+            mac: i.1,
+            identity: i.2,
+        };
+        if with_a {
+            d.add_instance(A.0, info(1, A));
+        }
+        d.add_instance(B.0, info(2, B));
+        d.add_instance(C.0, info(2, C));
+        d
+    }
+
+    struct Lab {
+        dp: Arc<Datapath>,
+        a: MemPeer,
+        h2: UdpSocket,
+        h1: SocketAddrV4,
+    }
+
+    fn lab() -> Lab {
+        let dp = Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1 << 12),
+            subnet: "10.8.0.0/16".parse().unwrap(),
+            overlay: Some(OverlayConfig::new(SocketAddrV4::new(H1, 0), VNI)),
+            ..SwitchConfig::default()
+        })
+        .expect("datapath with overlay");
+        let h1 = dp.overlay().unwrap().local_addr();
+        let h2 = UdpSocket::bind((H2, 0)).expect("bind 127.0.0.2");
+        h2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let SocketAddr::V4(h2a) = h2.local_addr().unwrap() else {
+            unreachable!()
+        };
+        dp.publish_rules(snapshot());
+        dp.publish_directory(Arc::new(directory(h1, h2a, true)));
+        let (queues, a) = mem_port_with(1, MemOptions::default());
+        dp.add_port(PortSpec {
+            name: "a".into(),
+            role: PortRole::Instance {
+                id: "i-a".into(),
+                mac: A.1,
+                ip: A.0,
+            },
+            queues,
+        })
+        .expect("port");
+        Lab { dp, a, h2, h1 }
+    }
+
+    fn tcp(
+        src: (Ipv4Addr, Mac, u16),
+        dst: (Ipv4Addr, Mac, u16),
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
+            .ipv4(src.0.octets(), dst.0.octets(), 64)
+            .tcp(sport, dport, 1000, 64000);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    fn vxlan_payload(policy_id: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; VXLAN_HDR_LEN];
+        GbpHeader {
+            vni,
+            policy_id,
+            ..GbpHeader::default()
+        }
+        .write(&mut h)
+        .unwrap();
+        [&h[..], inner].concat()
+    }
+
+    /// Everything host 2 received, decapsulated: (policy id, inner frame).
+    fn h2_received(s: &UdpSocket) -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            let (h, inner) = vxlan::decap_udp_payload(&buf[..n], VNI).expect("our own datagram");
+            assert!(
+                n <= 1500 - 28,
+                "datagram of {n} bytes exceeds the underlay MTU"
+            );
+            out.push((h.policy_id, inner.to_vec()));
+        }
+        out
+    }
+
+    /// Runs host 1's worker until the datagrams sent to it are processed.
+    fn settle(dp: &Arc<Datapath>) {
+        let mut w = dp.worker(0);
+        for _ in 0..20 {
+            w.poll_once();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn arp_for_a_remote_instance_is_answered_locally() {
+        let l = lab();
+        let mut req = [0u8; 64];
+        let n = arp::write_request(&mut req, A.1, A.0, B.0);
+        l.a.inject(0, &req[..n], VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one ARP reply");
+        let Ok(Parsed::Arp { arp, .. }) = parse_frame(&got[0].data) else {
+            panic!("not ARP")
+        };
+        assert_eq!((arp.op, arp.sha, arp.spa), (ARP_REPLY, B.1, B.0));
+        assert!(h2_received(&l.h2).is_empty(), "no broadcast crosses hosts");
+    }
+
+    #[test]
+    fn tcp_out_and_back_is_stateful_and_rules_apply_at_the_destination() {
+        let l = lab();
+        // A → B:80. No rule of B allows it: host 1 does not care (host 2 enforces).
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        assert_eq!(got.len(), 1);
+        let (policy, inner) = &got[0];
+        assert_eq!(*policy, A.2, "the sender's identity");
+        assert_eq!(&inner[0..6], &B.1, "to B's MAC");
+        assert_eq!(&inner[6..12], &A.1);
+        // B's reply (SYN-ACK) from host 2 passes by state, though no rule of a
+        // allows TCP 80 → 40000 from b.
+        let reply = tcp(B, A, 80, 40000, false, b"reply");
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(&got[0].data[12..], &reply[12..]);
+        // A new flow from C to A: port 23 is refused by A's rules, port 22 is
+        // allowed by the group rule (C is a verified member of b).
+        let c23 = tcp(C, A, 5000, 23, true, b"");
+        let c22 = tcp(C, A, 5001, 22, true, b"");
+        l.h2.send_to(&vxlan_payload(C.2, VNI, &c23), l.h1).unwrap();
+        l.h2.send_to(&vxlan_payload(C.2, VNI, &c22), l.h1).unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].data[12..], &c22[12..]);
+        let st = l.dp.stats();
+        assert_eq!(st.drop_count(DropReason::NoRule), 1);
+        assert_eq!(st.underlay.tx_packets, 1);
+        assert_eq!(st.underlay.rx_packets, 3);
+        assert_eq!(st.nonzero_vxlan_drops().count(), 0);
+    }
+
+    #[test]
+    fn forged_datagrams_are_dropped_by_name() {
+        let l = lab();
+        let h3 = UdpSocket::bind((H3, 0)).expect("bind 127.0.0.3");
+        let to_a = |src| tcp(src, A, 5001, 22, true, b"forged");
+        let sends: [(&UdpSocket, Vec<u8>, VxlanDrop); 6] = [
+            // B sending with A's identity (another group set).
+            (
+                &l.h2,
+                vxlan_payload(A.2, VNI, &to_a(B)),
+                VxlanDrop::WrongIdentity,
+            ),
+            (
+                &h3,
+                vxlan_payload(B.2, VNI, &to_a(B)),
+                VxlanDrop::UnknownHost,
+            ),
+            // Host 2 claiming host 1's instance A (to itself: still refused).
+            (
+                &l.h2,
+                vxlan_payload(A.2, VNI, &to_a(A)),
+                VxlanDrop::ForeignInstance,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI + 1, &to_a(B)),
+                VxlanDrop::BadVni,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &to_a((B.0, C.1, B.2))),
+                VxlanDrop::SpoofedMac,
+            ),
+            // Verified, but for an address that is not an instance here.
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &tcp(B, C, 1, 22, true, b"")),
+                VxlanDrop::NotLocal,
+            ),
+        ];
+        for (s, d, _) in &sends {
+            s.send_to(d, l.h1).unwrap();
+        }
+        // Host 1's own address is no trusted sender either.
+        let me = UdpSocket::bind((H1, 0)).unwrap();
+        me.send_to(&vxlan_payload(B.2, VNI, &to_a(B)), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty(), "a forged frame was delivered");
+        let st = l.dp.stats();
+        for (_, _, why) in &sends {
+            let extra = u64::from(*why == VxlanDrop::UnknownHost);
+            assert_eq!(st.vxlan_drop_count(*why), 1 + extra, "{why}");
+        }
+        assert_eq!(st.total_drops(), 0);
+    }
+
+    #[test]
+    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
+        let l = lab();
+        let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // A plain 6054-byte frame (the instance's MTU is larger than the path's).
+        let big = tcp(A, B, 40000, 80, false, &payload);
+        l.a.inject(0, &big, VnetHdr::default()).unwrap();
+        // The same as a TSO super-frame with MSS 1448 (inner MTU 1450 allows 1410).
+        let tso = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        l.a.inject(0, &tcp(A, B, 40001, 80, false, &payload), tso)
+            .unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        let mut per_flow = [Vec::new(), Vec::new()];
+        for (policy, inner) in &got {
+            assert_eq!(*policy, A.2);
+            assert!(inner.len() <= 1464, "inner frame of {}", inner.len());
+            let p = etherparse::SlicedPacket::from_ethernet(inner).unwrap();
+            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                panic!("not TCP")
+            };
+            // Full, valid checksums on every segment.
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("not IPv4")
+            };
+            let want = t
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                .unwrap();
+            assert_eq!(t.checksum(), want);
+            per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
+        }
+        assert_eq!(per_flow[0], payload);
+        assert_eq!(per_flow[1], payload);
+        assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
+        let st = l.dp.stats();
+        assert_eq!(st.underlay.tx_packets, 10);
+        assert_eq!(st.tso_segmented, 2);
+        assert_eq!(st.underlay.gso_batches, 2, "one UDP GSO send per frame");
+        // Without A in the directory, A has no identity to send with.
+        l.dp.publish_directory(Arc::new(directory(l.h1, l.h1, false)));
+        l.a.inject(0, &tcp(A, B, 40002, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        settle(&l.dp);
+        // A big UDP datagram cannot be cut.
+        l.dp.publish_directory(Arc::new({
+            let SocketAddr::V4(h2) = l.h2.local_addr().unwrap() else {
+                unreachable!()
+            };
+            directory(l.h1, h2, true)
+        }));
+        settle(&l.dp);
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2(A.1, B.1)
+            .ipv4(A.0.octets(), B.0.octets(), 64)
+            .udp(1, 2)
+            .write(&mut udp, &[0u8; 1500])
+            .unwrap();
+        l.a.inject(0, &udp, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let st = l.dp.stats();
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::NoIdentity), 1);
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
+        assert!(h2_received(&l.h2).is_empty());
+    }
+}
