@@ -14,7 +14,7 @@
 //!   verify (a sender with `udpcsum`): the only per-byte work on receive.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switch::vxlan::{
@@ -56,9 +56,11 @@ fn inner(len: usize) -> Vec<u8> {
 }
 
 fn directory() -> DirectoryTable {
-    let mut t = DirectoryTable::new();
+    // This host is none of the 100 senders.
+    let mut t = DirectoryTable::new(HostId(u32::MAX));
     for h in 0..100u32 {
-        t.add_host(HostId(h), Ipv4Addr::new(198, 18, 0, 1 + h as u8));
+        let addr = Ipv4Addr::new(198, 18, 0, 1 + h as u8);
+        t.add_host(HostId(h), SocketAddrV4::new(addr, VXLAN_PORT));
         for i in 0..100u32 {
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + h * 100 + i + 10);
             let info = InstanceInfo {

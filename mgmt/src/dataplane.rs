@@ -651,6 +651,16 @@ impl Dataplane for SwitchDataplane {
             .iter()
             .map(|r| (r.name().to_owned(), st.drops[r.index()]))
             .collect();
+        // Cluster mode: the overlay's refusals (`vxlan_*`) in the same list, so
+        // `sgswitch stats` prints them and /metrics exports them by reason.
+        let overlay = s.datapath().overlay().is_some();
+        if overlay {
+            report.drops.extend(
+                switch::vxlan::VxlanDrop::ALL
+                    .iter()
+                    .map(|r| (r.name().to_owned(), st.vxlan_drop_count(*r))),
+            );
+        }
         report.conntrack_entries = st.conntrack_entries as u64;
         report.events = vec![
             ("arp_replies".to_owned(), st.arp_replies),
@@ -660,6 +670,16 @@ impl Dataplane for SwitchDataplane {
             ("csum_completed".to_owned(), st.csum_completed),
             ("parks".to_owned(), st.parks),
         ];
+        if overlay {
+            let u = st.underlay;
+            report.events.extend([
+                ("underlay_tx_packets".to_owned(), u.tx_packets),
+                ("underlay_tx_bytes".to_owned(), u.tx_bytes),
+                ("underlay_gso_batches".to_owned(), u.gso_batches),
+                ("underlay_rx_packets".to_owned(), u.rx_packets),
+                ("underlay_rx_bytes".to_owned(), u.rx_bytes),
+            ]);
+        }
         report.ports_gone = st.ports_gone;
     }
 

@@ -142,7 +142,7 @@ pub fn render(s: &StatsReport) -> String {
         o,
         "sgswitch_events_total",
         "counter",
-        "Other data-plane events (ARP and DHCP answers, segmentation, checksums, parks).",
+        "Other data-plane events (ARP and DHCP answers, segmentation, checksums, parks; underlay datagrams and bytes in cluster mode).",
     );
     for (event, n) in &s.events {
         sample(o, "sgswitch_events_total", &[("event", event)], *n as f64);

@@ -5,7 +5,7 @@
 //! [`crate::Switch`]; validation happens in `Switch::start` / `Switch::add_port`,
 //! which name the bad value in their [`SwitchError`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use filter::Mac;
 use ipnet::Ipv4Net;
@@ -37,6 +37,35 @@ pub struct SwitchConfig {
     pub subnet: Ipv4Net,
     /// Lease time handed out by the DHCP server.
     pub dhcp_lease_secs: u32,
+    /// Cluster mode: carry frames to instances of other hosts in VXLAN-GBP
+    /// ([`crate::overlay`]). `None` (the default) is the single-host switch,
+    /// with no underlay socket and no per-frame cost.
+    pub overlay: Option<OverlayConfig>,
+}
+
+/// The underlay side of cluster mode (docs/cluster.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayConfig {
+    /// Local address and UDP port to bind (`--underlay`, port `--vxlan-port`,
+    /// default [`crate::vxlan::VXLAN_PORT`]), in the network namespace of the
+    /// thread that starts the switch. Other hosts send here.
+    pub underlay: SocketAddrV4,
+    /// The lab's VNI (24 bits).
+    pub vni: u32,
+    /// MTU of the underlay path (IPv4 packet size). Inner frames carry at most
+    /// `underlay_mtu - 50` bytes of IPv4; TCP beyond that is cut to fit.
+    pub underlay_mtu: u32,
+}
+
+impl OverlayConfig {
+    /// `underlay` and `vni` with a 1500-byte underlay MTU.
+    pub fn new(underlay: SocketAddrV4, vni: u32) -> OverlayConfig {
+        OverlayConfig {
+            underlay,
+            vni,
+            underlay_mtu: 1500,
+        }
+    }
 }
 
 impl Default for SwitchConfig {
@@ -48,6 +77,7 @@ impl Default for SwitchConfig {
             ct: filter::CtConfig::default(),
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
             dhcp_lease_secs: 3600,
+            overlay: None,
         }
     }
 }
@@ -124,6 +154,16 @@ pub enum SwitchError {
     SecondUplink { name: String, other: String },
     #[error("remove port {0}: no such port")]
     NoSuchPort(PortId),
+    #[error("overlay: bind the underlay UDP socket to {addr}")]
+    OverlayBind {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("overlay: VNI {0} does not fit in 24 bits")]
+    OverlayVni(u32),
+    #[error("overlay: underlay MTU {0} leaves no room for an inner frame (minimum 576)")]
+    OverlayMtu(u32),
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crossbeam_utils::CachePadded;
 use filter::DropReason;
 
 use crate::PortId;
+use crate::vxlan::VxlanDrop;
 
 /// Add `n` to a single-writer counter.
 #[inline(always)]
@@ -103,6 +104,17 @@ pub struct WorkerCounters {
     pub parks: AtomicU64,
     /// Receive errors other than "gone" (the port stays).
     pub rx_errors: AtomicU64,
+    /// Overlay refusals per reason, indexed by [`VxlanDrop::index`].
+    pub vxlan_drops: [AtomicU64; VxlanDrop::COUNT],
+    /// VXLAN datagrams sent on the underlay (each segment of a UDP GSO batch
+    /// counts) and their UDP payload bytes.
+    pub underlay_tx_packets: AtomicU64,
+    pub underlay_tx_bytes: AtomicU64,
+    /// UDP GSO sends (one `sendmsg` carrying several datagrams).
+    pub underlay_gso_batches: AtomicU64,
+    /// Datagrams read from the underlay socket (before any check) and bytes.
+    pub underlay_rx_packets: AtomicU64,
+    pub underlay_rx_bytes: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -110,6 +122,21 @@ impl WorkerCounters {
     pub fn drop(&self, r: DropReason) {
         bump(&self.drops[r.index()], 1);
     }
+
+    #[inline(always)]
+    pub fn vxlan_drop(&self, r: VxlanDrop) {
+        bump(&self.vxlan_drops[r.index()], 1);
+    }
+}
+
+/// The overlay's counters in [`Stats`] (all zero without an overlay).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayStats {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub gso_batches: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
 }
 
 /// Per-port view in [`Stats`].
@@ -140,6 +167,11 @@ pub struct Stats {
     pub conntrack_entries: usize,
     /// Ports removed because their queue reported them gone.
     pub ports_gone: u64,
+    /// Overlay refusals per reason, indexed by [`VxlanDrop::index`] (names:
+    /// [`VxlanDrop::name`]).
+    pub vxlan_drops: [u64; VxlanDrop::COUNT],
+    /// Underlay datagrams and bytes sent and received.
+    pub underlay: UnderlayStats,
 }
 
 impl Stats {
@@ -161,6 +193,19 @@ impl Stats {
             .filter(|(_, n)| *n != 0)
     }
 
+    /// Overlay refusals counted for `r`.
+    pub fn vxlan_drop_count(&self, r: VxlanDrop) -> u64 {
+        self.vxlan_drops[r.index()]
+    }
+
+    /// Non-zero overlay refusal counters with their reasons, in counter order.
+    pub fn nonzero_vxlan_drops(&self) -> impl Iterator<Item = (VxlanDrop, u64)> + '_ {
+        VxlanDrop::ALL
+            .iter()
+            .map(|r| (*r, self.vxlan_drops[r.index()]))
+            .filter(|(_, n)| *n != 0)
+    }
+
     /// The port named `name`.
     pub fn port(&self, name: &str) -> Option<&PortStats> {
         self.ports.iter().find(|p| p.name == name)
@@ -177,6 +222,15 @@ impl Stats {
         self.csum_completed += w.csum_completed.load(Relaxed);
         self.parks += w.parks.load(Relaxed);
         self.rx_errors += w.rx_errors.load(Relaxed);
+        for (d, c) in self.vxlan_drops.iter_mut().zip(w.vxlan_drops.iter()) {
+            *d += c.load(Relaxed);
+        }
+        let u = &mut self.underlay;
+        u.tx_packets += w.underlay_tx_packets.load(Relaxed);
+        u.tx_bytes += w.underlay_tx_bytes.load(Relaxed);
+        u.gso_batches += w.underlay_gso_batches.load(Relaxed);
+        u.rx_packets += w.underlay_rx_packets.load(Relaxed);
+        u.rx_bytes += w.underlay_rx_bytes.load(Relaxed);
     }
 
     pub(crate) fn empty() -> Stats {
@@ -192,6 +246,8 @@ impl Stats {
             rx_errors: 0,
             conntrack_entries: 0,
             ports_gone: 0,
+            vxlan_drops: [0; VxlanDrop::COUNT],
+            underlay: UnderlayStats::default(),
         }
     }
 }

@@ -31,9 +31,11 @@ use filter::{Conntrack, Snapshot};
 
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
 use crate::counters::{PortStats, Stats, WorkerCounters};
+use crate::overlay::Overlay;
 use crate::pipeline::NetParams;
 use crate::sys::{self, EventFd};
 use crate::table::{Port, PortTable};
+use crate::vxlan::{DirectoryTable, HostId};
 use crate::worker::Worker;
 
 /// How often the housekeeper sweeps expired connections. A sweep scans the whole
@@ -61,6 +63,10 @@ pub struct Datapath {
     pub(crate) rules: ArcSwap<Snapshot>,
     pub(crate) ports: ArcSwap<PortTable>,
     pub(crate) ct: Conntrack,
+    /// Cluster mode: the underlay sockets (`None`: single host).
+    pub(crate) overlay: Option<Overlay>,
+    /// Cluster mode: hosts and instances of the lab, published like the rules.
+    pub(crate) dir: ArcSwap<DirectoryTable>,
     /// Bytes of the connection table on huge pages (0 if the kernel refused).
     ct_huge_bytes: usize,
     pub(crate) wcounters: Box<[CachePadded<WorkerCounters>]>,
@@ -82,6 +88,10 @@ impl Datapath {
         if cfg.subnet.prefix_len() > 29 {
             return Err(SwitchError::SubnetTooSmall(cfg.subnet));
         }
+        let overlay = cfg
+            .overlay
+            .map(|o| Overlay::bind(o, cfg.workers))
+            .transpose()?;
         let ct = Conntrack::new(cfg.ct);
         let (addr, len) = ct.table_region();
         let ct_huge_bytes = sys::advise_hugepages(addr, len).unwrap_or(0);
@@ -92,6 +102,8 @@ impl Datapath {
             rules: ArcSwap::from_pointee(Snapshot::empty()),
             ports: ArcSwap::from_pointee(PortTable::default()),
             ct,
+            overlay,
+            dir: ArcSwap::from_pointee(DirectoryTable::new(HostId(u32::MAX))),
             ct_huge_bytes,
             wcounters: (0..cfg.workers)
                 .map(|_| CachePadded::new(WorkerCounters::default()))
@@ -131,6 +143,22 @@ impl Datapath {
     /// Publish a new rule snapshot; workers use it from their next burst.
     pub fn publish_rules(&self, snap: Snapshot) {
         self.rules.store(Arc::new(snap));
+    }
+
+    /// Publish a new directory of hosts and instances (cluster mode); workers
+    /// use it from their next burst. Harmless without an overlay.
+    pub fn publish_directory(&self, dir: Arc<DirectoryTable>) {
+        self.dir.store(dir);
+    }
+
+    /// The directory currently published.
+    pub fn directory(&self) -> Arc<DirectoryTable> {
+        self.dir.load_full()
+    }
+
+    /// The overlay (cluster mode), if configured.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_ref()
     }
 
     /// The rule snapshot currently published.
@@ -389,6 +417,16 @@ impl Switch {
     /// Publish a new rule snapshot (one atomic pointer swap).
     pub fn publish_rules(&self, snap: Snapshot) {
         self.dp.publish_rules(snap);
+    }
+
+    /// Publish a new directory of hosts and instances (one atomic pointer swap).
+    pub fn publish_directory(&self, dir: Arc<DirectoryTable>) {
+        self.dp.publish_directory(dir);
+    }
+
+    /// The underlay address the overlay's sockets are bound to (cluster mode).
+    pub fn underlay_addr(&self) -> Option<std::net::SocketAddrV4> {
+        self.dp.overlay().map(Overlay::local_addr)
     }
 
     pub fn add_port(&self, spec: PortSpec) -> Result<PortId, SwitchError> {

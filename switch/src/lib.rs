@@ -20,6 +20,11 @@
 //! * Counters ([`counters`]) are per worker and cache-padded, aggregated by
 //!   [`Switch::stats`].
 //! * [`mem`] ports let tests and benchmarks run the datapath without root.
+//! * Cluster mode ([`SwitchConfig::overlay`]): instances of other hosts are
+//!   reached through VXLAN-GBP on per-worker UDP sockets ([`overlay`], wire
+//!   format and trust checks in [`vxlan`]), their addresses and identities from a
+//!   [`vxlan::DirectoryTable`] published like the rules
+//!   ([`Switch::publish_directory`]).
 
 pub mod afpacket;
 pub mod arp;
@@ -30,6 +35,7 @@ pub mod dhcp;
 pub mod mem;
 pub mod netns;
 pub mod offload;
+pub mod overlay;
 pub mod pipeline;
 pub mod port;
 pub mod sys;
@@ -38,7 +44,7 @@ pub mod tap;
 pub mod vxlan;
 pub mod worker;
 
-pub use config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
-pub use counters::{PortStats, PortTotals, Stats};
+pub use config::{OverlayConfig, PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
+pub use counters::{PortStats, PortTotals, Stats, UnderlayStats};
 pub use datapath::{Datapath, PortStatus, Switch};
 pub use mem::{MemFrame, MemOptions, MemPeer, mem_port, mem_port_with};

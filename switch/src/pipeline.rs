@@ -43,7 +43,7 @@
 //!     last seen from the uplink. Offload work is passed through to queues with
 //!     offloads, completed/segmented in software for others ([`crate::offload`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -53,12 +53,14 @@ use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto}
 use ipnet::Ipv4Net;
 
 use crate::arp::{self, GATEWAY_MAC};
-use crate::counters::{WorkerCounters, bump};
+use crate::counters::{PortCounters, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
 use crate::offload::{complete_csum, segment};
+use crate::overlay::{self, OverlayEnv};
 use crate::port::{PortError, VnetHdr};
 use crate::sys;
 use crate::table::{Kind, Port, PortTable, mac_to_u64, u64_to_mac};
+use crate::vxlan::VxlanDrop;
 
 /// Frames read from one port per wake-up.
 pub const BURST: usize = 32;
@@ -85,7 +87,7 @@ impl NetParams {
     }
 
     #[inline]
-    fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
         ip.is_broadcast()
             || ip.is_multicast()
             || (ip == self.subnet.broadcast() && self.subnet.prefix_len() < 31)
@@ -101,6 +103,8 @@ pub struct Env<'a> {
     pub now: u32,
     pub w: usize,
     pub wc: &'a WorkerCounters,
+    /// Cluster mode: the underlay sockets and the directory of this burst.
+    pub overlay: Option<OverlayEnv<'a>>,
 }
 
 /// A worker's scratch space: replies and software segments are built here.
@@ -109,6 +113,9 @@ pub struct Scratch {
     /// Set when a port was found gone during the burst (the worker then wakes
     /// the housekeeper to remove it).
     pub saw_gone: bool,
+    /// Cluster mode: where segments of a super-frame are batched for one UDP
+    /// GSO send (empty without an overlay).
+    pub gso: Box<[u8]>,
 }
 
 impl Default for Scratch {
@@ -116,6 +123,7 @@ impl Default for Scratch {
         Scratch {
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             saw_gone: false,
+            gso: Box::default(),
         }
     }
 }
@@ -130,6 +138,8 @@ pub enum Outcome {
     /// Consumed without an answer (DHCP RELEASE and the like).
     Consumed,
     Dropped(DropReason),
+    /// Refused by the overlay (send or receive side), counted by its reason.
+    VxlanDropped(VxlanDrop),
 }
 
 /// What to do with a frame once it has been judged.
@@ -148,6 +158,15 @@ enum Action<'t> {
         lease: Lease,
     },
     Consume,
+    /// To an instance of another host: encapsulate with the sender's identity
+    /// and send to that host's underlay address.
+    Overlay {
+        to: SocketAddrV4,
+        dst_mac: Mac,
+        identity: u16,
+    },
+    /// Refused for an overlay reason.
+    VxlanDrop(VxlanDrop),
 }
 
 /// Handle one frame (see the module docs). `frame` is the worker's receive buffer
@@ -227,6 +246,22 @@ pub fn process_prepared(
             bump(&env.wc.dhcp_silent, 1);
             Ok(Outcome::Consumed)
         }
+        Ok(Action::Overlay {
+            to,
+            dst_mac,
+            identity,
+        }) => {
+            frame[0..6].copy_from_slice(&dst_mac);
+            let sent = match &env.overlay {
+                Some(o) => overlay::send(env, o, frame, vnet, to, identity, scratch),
+                None => Err(VxlanDrop::TxFailed),
+            };
+            match sent {
+                Ok(()) => Ok(Outcome::Forwarded),
+                Err(v) => return vxlan_dropped(env, pc, v),
+            }
+        }
+        Ok(Action::VxlanDrop(v)) => return vxlan_dropped(env, pc, v),
         Err(r) => Err(r),
     };
     match result {
@@ -237,6 +272,13 @@ pub fn process_prepared(
             Outcome::Dropped(r)
         }
     }
+}
+
+#[cold]
+fn vxlan_dropped(env: &Env<'_>, pc: &PortCounters, v: VxlanDrop) -> Outcome {
+    env.wc.vxlan_drop(v);
+    bump(&pc.rx_dropped, 1);
+    Outcome::VxlanDropped(v)
 }
 
 /// Smallest segment size accepted for segmentation offload (Linux's
@@ -315,7 +357,7 @@ fn port_error(port: &Port, e: PortError, scratch: &mut Scratch) -> DropReason {
 }
 
 /// Send a forwarded frame to `dst`, completing offload work `dst` cannot take.
-fn transmit(
+pub(crate) fn transmit(
     env: &Env<'_>,
     dst: &Port,
     frame: &mut [u8],
@@ -354,7 +396,7 @@ fn transmit_inner(
     }
     if vnet.gso_type != VnetHdr::GSO_NONE {
         let plain = VnetHdr::default();
-        let Scratch { out, saw_gone: _ } = scratch;
+        let Scratch { out, .. } = scratch;
         let r = segment(frame, vnet, out, |seg| {
             q.send(seg, &plain)?;
             bump(&dc.tx_packets, 1);
@@ -438,11 +480,30 @@ fn decide<'t>(
                     }
                     let (to, dst_mac) = match env.table.by_ip(dst) {
                         Some(p) => (known_instance(env, p, dst)?, instance_mac(p)),
-                        // Nothing listens on the gateway; an instance of the
-                        // snapshot without a port is not reachable either.
-                        None if dst == env.net.gateway
-                            || env.snap.instance_by_ip(dst).is_some() =>
+                        None if dst == env.net.gateway => {
+                            return Err(DropReason::UnknownDestination);
+                        }
+                        // An instance of another host: no ingress rules here
+                        // (its host enforces them), the flow is tracked for
+                        // the reply, the frame goes into the overlay.
+                        None if let Some(o) = &env.overlay
+                            && let Some((info, to)) = o.dir.remote_instance(dst) =>
                         {
+                            let Some(identity) = o.dir.local_identity(ip) else {
+                                return Ok(Action::VxlanDrop(VxlanDrop::NoIdentity));
+                            };
+                            let dir = o.dir;
+                            env.ct
+                                .judge_scoped(env.snap, &pkt, env.now, |a| dir.is_remote(a))?;
+                            return Ok(Action::Overlay {
+                                to,
+                                dst_mac: info.mac,
+                                identity,
+                            });
+                        }
+                        // An instance of the snapshot without a port (nor a
+                        // live host) is not reachable.
+                        None if env.snap.instance_by_ip(dst).is_some() => {
                             return Err(DropReason::UnknownDestination);
                         }
                         None => {
@@ -508,7 +569,7 @@ fn claims_instance(env: &Env<'_>, ip: Ipv4Addr) -> bool {
 /// before its snapshot) gets nothing, since conntrack would otherwise judge the
 /// packet as egress to the outside world.
 #[inline]
-fn known_instance<'t>(
+pub(crate) fn known_instance<'t>(
     env: &Env<'t>,
     p: &'t Arc<Port>,
     dst: Ipv4Addr,
@@ -559,6 +620,17 @@ fn arp_action<'t>(env: &Env<'t>, inp: &Port, arp: &Arp) -> Result<Action<'t>, Dr
                     Kind::Instance { mac, .. } => Ok(Action::ArpReply { req: *arp, mac }),
                     Kind::Uplink => Err(DropReason::UnknownDestination),
                 },
+                // An instance of another live host: answered here, so no
+                // broadcast crosses hosts.
+                None if from_instance
+                    && let Some(o) = &env.overlay
+                    && let Some((info, _)) = o.dir.remote_instance(arp.tpa) =>
+                {
+                    Ok(Action::ArpReply {
+                        req: *arp,
+                        mac: info.mac,
+                    })
+                }
                 None if from_instance => {
                     let up = env
                         .table

@@ -26,7 +26,7 @@
 use std::ffi::{CStr, CString, c_int, c_short, c_uint, c_ulong, c_void};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
@@ -1172,6 +1172,110 @@ pub fn prefetch(addr: usize, len: usize) {
 pub fn gettid() -> i32 {
     // SAFETY: gettid(2) has no arguments and cannot fail.
     unsafe { libc::gettid() }
+}
+
+// ---------------------------------------------------------------------------
+// UDP sockets of the overlay
+// ---------------------------------------------------------------------------
+
+/// `UDP_SEGMENT` (`<linux/udp.h>`, Linux 4.18): UDP GSO, as a socket option or
+/// a per-`sendmsg` control message carrying the segment size (`u16`).
+pub const UDP_SEGMENT: c_int = 103;
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A non-blocking, close-on-exec UDP socket bound to `addr` in the calling
+/// thread's network namespace, with `SO_REUSEPORT` (every worker binds its own
+/// socket to the same address; the kernel spreads datagrams over them by a hash
+/// of the 4-tuple, so one flow stays on one worker), `IP_MTU_DISCOVER` =
+/// `IP_PMTUDISC_DO` (DF on every datagram, never fragmented: RFC 7348 §4.3), and
+/// send/receive buffers of `buf_bytes` (best effort).
+pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<UdpSocket> {
+    // SAFETY: plain socket(2); the result is owned at once.
+    let fd = owned_fd(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    setsockopt(
+        fd.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEPORT,
+        &1 as &c_int,
+    )?;
+    setsockopt(
+        fd.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        &libc::IP_PMTUDISC_DO,
+    )?;
+    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &buf_bytes);
+    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &buf_bytes);
+    let sin = sockaddr_in(addr);
+    // SAFETY: `sin` is a live `sockaddr_in` and the length passed is its size.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast::<libc::sockaddr>(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    cvt(ret)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// `sendmsg(2)` of one UDP datagram to `to`, gathered from `bufs` (no copy).
+/// With `gso = Some(n)` it carries a `UDP_SEGMENT` control message: the kernel
+/// cuts the payload into datagrams of `n` bytes each (the last may be shorter),
+/// all with the same headers, in one system call.
+pub fn udp_sendmsg(
+    fd: BorrowedFd<'_>,
+    to: SocketAddrV4,
+    bufs: &[IoSlice<'_>],
+    gso: Option<u16>,
+) -> io::Result<usize> {
+    let mut sin = sockaddr_in(to);
+    // Room for one cmsghdr with a u16, 8-byte aligned (CMSG_SPACE(2) = 24).
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero `msghdr` is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut sin as *mut libc::sockaddr_in).cast::<c_void>();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // `IoSlice` is ABI-compatible with `struct iovec`; the kernel only reads them.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len();
+    if let Some(size) = gso {
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+        debug_assert!(space <= mem::size_of_val(&cbuf));
+        msg.msg_control = cbuf.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = space;
+        // SAFETY: `msg.msg_control` points to `cbuf`, zeroed, 8-byte aligned and
+        // at least `space` bytes long, so CMSG_FIRSTHDR returns a valid pointer
+        // into it, and CMSG_DATA of that header has room for the u16 (CMSG_LEN(2)
+        // <= space); the writes stay inside `cbuf`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+            ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+        }
+    }
+    // SAFETY: `msg` points to live locals (`sin`, `cbuf`) and to `bufs`, all of
+    // which outlive the call; the kernel only reads them.
+    cvt_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) })
 }
 
 #[cfg(test)]

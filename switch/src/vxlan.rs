@@ -23,13 +23,15 @@
 //! with a stable counter name.
 //!
 //! The drop reasons are a local enum rather than new variants of
-//! `filter::DropReason`: that enum sizes the per-worker counter arrays and is
-//! being reworked in parallel; wiring the overlay into the datapath should append
-//! `VxlanDrop::ALL` to it (the names are already the snake_case counter names).
+//! `filter::DropReason` (which belongs to the single-host pipeline): the
+//! datapath counts them in their own per-worker array
+//! ([`crate::Stats::vxlan_drops`]), under these names. The datapath side (the
+//! underlay socket, ARP for remote instances, send and receive) is
+//! [`crate::overlay`].
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::offload::checksum;
 use crate::table::U32Hasher;
@@ -111,11 +113,24 @@ pub enum VxlanDrop {
     SpoofedMac,
     /// The Group Policy ID is not that instance's group-set identity.
     WrongIdentity,
+    // --- the datapath around it ---
+    /// A verified inner frame whose destination is not an instance attached to
+    /// this host (broadcast is never carried).
+    NotLocal,
+    /// Send side: the local sender has no identity in the published directory
+    /// (its instance is not there yet), so there is nothing to put in the
+    /// Group Policy ID.
+    NoIdentity,
+    /// Send side: a frame (not TCP, so it cannot be cut) larger than the inner
+    /// MTU the underlay allows (the outer packet is never fragmented).
+    TooBig,
+    /// Send side: the underlay socket refused the datagram.
+    TxFailed,
 }
 
 impl VxlanDrop {
     /// Every reason, in counter order.
-    pub const ALL: [VxlanDrop; 16] = [
+    pub const ALL: [VxlanDrop; 20] = [
         VxlanDrop::Malformed,
         VxlanDrop::BadIpChecksum,
         VxlanDrop::BadUdpChecksum,
@@ -132,6 +147,10 @@ impl VxlanDrop {
         VxlanDrop::ForeignInstance,
         VxlanDrop::SpoofedMac,
         VxlanDrop::WrongIdentity,
+        VxlanDrop::NotLocal,
+        VxlanDrop::NoIdentity,
+        VxlanDrop::TooBig,
+        VxlanDrop::TxFailed,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -160,6 +179,10 @@ impl VxlanDrop {
             VxlanDrop::ForeignInstance => "vxlan_foreign_instance",
             VxlanDrop::SpoofedMac => "vxlan_spoofed_mac",
             VxlanDrop::WrongIdentity => "vxlan_wrong_identity",
+            VxlanDrop::NotLocal => "vxlan_not_local",
+            VxlanDrop::NoIdentity => "vxlan_no_identity",
+            VxlanDrop::TooBig => "vxlan_too_big",
+            VxlanDrop::TxFailed => "vxlan_tx_failed",
         }
     }
 }
@@ -552,37 +575,115 @@ pub fn check_sender<D: Directory + ?Sized>(
 }
 
 /// A plain [`Directory`] in hash maps keyed by address (built by the control
-/// plane, published by pointer swap like the rule snapshot; lookups don't
-/// allocate). Keys are lab data, not packet data, so the cheap hash is safe.
-#[derive(Clone, Debug, Default)]
+/// plane, published by pointer swap like the rule snapshot with
+/// [`crate::Switch::publish_directory`]; lookups don't allocate). Keys are lab
+/// data, not packet data, so the cheap hash is safe.
+///
+/// It holds every live host (this one included) with its underlay address and
+/// port, and every instance of the lab (this host's too: their identities are
+/// what they send with). A *remote* instance is one whose `host` is not
+/// [`DirectoryTable::local`]. This host's own underlay address is never a
+/// trusted sender ([`Directory::live_host`] skips it).
+#[derive(Clone, Debug)]
 pub struct DirectoryTable {
+    local: HostId,
+    /// Underlay IPv4 address → host (the receive check: the outer source).
     hosts: AddrMap<HostId>,
+    /// Host → underlay address and port (the send destination).
+    addrs: AddrMap<SocketAddrV4>,
     instances: AddrMap<InstanceInfo>,
 }
 
 impl DirectoryTable {
-    pub fn new() -> DirectoryTable {
-        DirectoryTable::default()
+    /// An empty directory of host `local` (this host).
+    pub fn new(local: HostId) -> DirectoryTable {
+        DirectoryTable {
+            local,
+            hosts: AddrMap::default(),
+            addrs: AddrMap::default(),
+            instances: AddrMap::default(),
+        }
     }
 
-    /// Marks `underlay` as the address of live host `id`.
-    pub fn add_host(&mut self, id: HostId, underlay: Ipv4Addr) {
-        self.hosts.insert(u32::from(underlay), id);
+    /// This host.
+    pub fn local(&self) -> HostId {
+        self.local
     }
 
-    /// Forgets a host whose lease expired.
+    /// Marks `underlay` (address and UDP port) as the address of live host
+    /// `id`. A host has one address: adding it again moves it.
+    pub fn add_host(&mut self, id: HostId, underlay: SocketAddrV4) {
+        if let Some(old) = self.addrs.insert(id.0, underlay) {
+            self.hosts.remove(&u32::from(*old.ip()));
+        }
+        self.hosts.insert(u32::from(*underlay.ip()), id);
+    }
+
+    /// Forgets a host whose lease expired (by its underlay address): its
+    /// frames are refused and its instances become unreachable.
     pub fn remove_host(&mut self, underlay: Ipv4Addr) {
-        self.hosts.remove(&u32::from(underlay));
+        if let Some(id) = self.hosts.remove(&u32::from(underlay)) {
+            self.addrs.remove(&id.0);
+        }
     }
 
+    /// Adds (or replaces) the instance owning `ip`.
     pub fn add_instance(&mut self, ip: Ipv4Addr, info: InstanceInfo) {
         self.instances.insert(u32::from(ip), info);
+    }
+
+    /// Forgets the instance owning `ip`.
+    pub fn remove_instance(&mut self, ip: Ipv4Addr) {
+        self.instances.remove(&u32::from(ip));
+    }
+
+    /// The underlay address (and port) of live host `id`.
+    #[inline]
+    pub fn host_addr(&self, id: HostId) -> Option<SocketAddrV4> {
+        self.addrs.get(&id.0).copied()
+    }
+
+    /// Whether `ip` is an instance of another host (live or not): ingress
+    /// rules for it are enforced there, not here.
+    #[inline]
+    pub fn is_remote(&self, ip: Ipv4Addr) -> bool {
+        self.instances
+            .get(&u32::from(ip))
+            .is_some_and(|i| i.host != self.local)
+    }
+
+    /// An instance of another, live host: its record and where to send its frames.
+    #[inline]
+    pub fn remote_instance(&self, ip: Ipv4Addr) -> Option<(InstanceInfo, SocketAddrV4)> {
+        let info = self.instances.get(&u32::from(ip))?;
+        if info.host == self.local {
+            return None;
+        }
+        Some((*info, self.host_addr(info.host)?))
+    }
+
+    /// The identity a local instance sends with (`None` if `ip` is not an
+    /// instance of this host).
+    #[inline]
+    pub fn local_identity(&self, ip: Ipv4Addr) -> Option<u16> {
+        self.instances
+            .get(&u32::from(ip))
+            .filter(|i| i.host == self.local)
+            .map(|i| i.identity)
+    }
+
+    /// Number of live hosts and of instances.
+    pub fn len(&self) -> (usize, usize) {
+        (self.addrs.len(), self.instances.len())
     }
 }
 
 impl Directory for DirectoryTable {
     fn live_host(&self, underlay: Ipv4Addr) -> Option<HostId> {
-        self.hosts.get(&u32::from(underlay)).copied()
+        self.hosts
+            .get(&u32::from(underlay))
+            .copied()
+            .filter(|h| *h != self.local)
     }
 
     fn instance(&self, ip: Ipv4Addr) -> Option<InstanceInfo> {
@@ -900,9 +1001,9 @@ mod tests {
     /// h1 (198.18.0.1) owns A with identity 0x1234; h2 (198.18.0.2) owns B
     /// with identity 0x99; 198.18.0.3 is no live host.
     fn directory() -> DirectoryTable {
-        let mut t = DirectoryTable::new();
-        t.add_host(HostId(1), H1);
-        t.add_host(HostId(2), H2);
+        let mut t = DirectoryTable::new(HostId(2));
+        t.add_host(HostId(1), SocketAddrV4::new(H1, VXLAN_PORT));
+        t.add_host(HostId(2), SocketAddrV4::new(H2, VXLAN_PORT));
         t.add_instance(
             IP_A,
             InstanceInfo {
@@ -996,6 +1097,38 @@ mod tests {
             check_sender(&directory(), &decap(&f, &cfg()).unwrap()),
             Err(Malformed)
         );
+    }
+
+    #[test]
+    fn directory_tells_local_from_remote() {
+        let mut t = directory();
+        // This host (2) is never a trusted sender, even with its own address.
+        assert_eq!(t.live_host(H2), None);
+        assert_eq!(t.live_host(H1), Some(HostId(1)));
+        assert_eq!(t.local(), HostId(2));
+        // A is on host 1: remote, reachable at h1's address; B is ours.
+        let h1 = SocketAddrV4::new(H1, VXLAN_PORT);
+        assert_eq!(
+            t.remote_instance(IP_A).map(|(i, a)| (i.mac, a)),
+            Some((MAC_A, h1))
+        );
+        assert!(t.is_remote(IP_A) && !t.is_remote(IP_B));
+        assert_eq!(t.remote_instance(IP_B), None);
+        assert_eq!(t.local_identity(IP_B), Some(0x99));
+        assert_eq!(t.local_identity(IP_A), None, "not ours to send with");
+        // A host moving to another address: the old one is no longer trusted.
+        let moved = SocketAddrV4::new(H3, 4790);
+        t.add_host(HostId(1), moved);
+        assert_eq!(t.live_host(H1), None);
+        assert_eq!(t.live_host(H3), Some(HostId(1)));
+        assert_eq!(t.remote_instance(IP_A).map(|(_, a)| a), Some(moved));
+        // Its lease expires: its instances are still remote, but unreachable.
+        t.remove_host(H3);
+        assert_eq!(t.remote_instance(IP_A), None);
+        assert!(t.is_remote(IP_A));
+        assert_eq!(t.len(), (1, 2));
+        t.remove_instance(IP_A);
+        assert!(!t.is_remote(IP_A));
     }
 
     fn arb_header() -> impl Strategy<Value = GbpHeader> {

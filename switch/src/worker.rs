@@ -33,6 +33,7 @@
 //!   skips it from then on and wakes the housekeeper, which removes the port.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,10 +44,12 @@ use crate::counters::bump;
 use filter::DropReason;
 use filter::parse::Parsed;
 
+use crate::overlay::{self, GSO_BUF_LEN, OverlayEnv};
 use crate::pipeline::{BUF_LEN, BURST, Env, Outcome, Scratch, prepare, process, process_prepared};
 use crate::port::{PortError, VnetHdr};
 use crate::sys::{EPOLLIN, Epoll, EpollEvents};
 use crate::table::{Port, PortTable};
+use crate::vxlan::DirectoryTable;
 use crate::{Datapath, PortId};
 
 /// How long an adaptive worker keeps spinning after its last frame.
@@ -66,6 +69,8 @@ pub const FULL_SWEEP_EVERY: u64 = 64;
 
 /// Epoll token of the worker's eventfd.
 const WAKE_TOKEN: u64 = u64::MAX;
+/// Epoll token of the worker's underlay socket (cluster mode).
+const OVERLAY_TOKEN: u64 = u64::MAX - 1;
 
 /// How the frames of one [`Worker::process_burst`] ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +89,8 @@ struct Burst {
     /// Length and virtio-net header of each frame read.
     meta: [(usize, VnetHdr); BURST],
     parsed: [Result<Parsed, DropReason>; BURST],
+    /// Sender of each datagram of an underlay burst.
+    from: [SocketAddrV4; BURST],
 }
 
 impl Burst {
@@ -94,6 +101,7 @@ impl Burst {
                 .collect(),
             meta: [(0, VnetHdr::default()); BURST],
             parsed: [Err(DropReason::TruncatedEthernet); BURST],
+            from: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); BURST],
         }
     }
 
@@ -128,6 +136,15 @@ impl Burst {
     }
 }
 
+/// The overlay view of a burst: the sockets and the directory loaded for it.
+#[inline]
+fn overlay_env<'a>(dp: &'a Datapath, dir: Option<&'a DirectoryTable>) -> Option<OverlayEnv<'a>> {
+    match (&dp.overlay, dir) {
+        (Some(ov), Some(dir)) => Some(OverlayEnv { ov, dir }),
+        _ => None,
+    }
+}
+
 /// One worker's state. Built by [`Datapath::worker`].
 pub struct Worker {
     dp: Arc<Datapath>,
@@ -150,13 +167,21 @@ impl Worker {
         let epoll = Epoll::new().ok().and_then(|e| {
             let waker = dp.wakers.get(w)?.as_ref()?;
             e.add(waker.as_raw_fd(), EPOLLIN, WAKE_TOKEN).ok()?;
+            if let Some(ov) = &dp.overlay {
+                e.add(ov.socks[w].as_raw_fd(), EPOLLIN, OVERLAY_TOKEN)
+                    .ok()?;
+            }
             Some((e, EpollEvents::with_capacity(64)))
         });
+        let mut scratch = Scratch::default();
+        if dp.overlay.is_some() {
+            scratch.gso = vec![0u8; GSO_BUF_LEN].into_boxed_slice();
+        }
         Worker {
             dp,
             w,
             burst: Burst::new(),
-            scratch: Scratch::default(),
+            scratch,
             synced_version: u64::MAX,
             registered: HashMap::new(),
             fdless_queues: true,
@@ -195,6 +220,7 @@ impl Worker {
             now: dp.now_secs(),
             w: self.w,
             wc,
+            overlay: None,
         };
         let mut n = 0;
         self.rounds = self.rounds.wrapping_add(1);
@@ -214,6 +240,10 @@ impl Worker {
                             }
                             continue;
                         }
+                        if token == OVERLAY_TOKEN {
+                            n += Self::poll_underlay(dp, &env, &mut self.burst, &mut self.scratch);
+                            continue;
+                        }
                         let Some(port) = table.by_id(PortId(token as u32)) else {
                             continue;
                         };
@@ -225,6 +255,7 @@ impl Worker {
                 for port in table.ports.iter() {
                     n += Self::poll_port(dp, &env, port, &mut self.burst, &mut self.scratch);
                 }
+                n += Self::poll_underlay(dp, &env, &mut self.burst, &mut self.scratch);
             }
         }
         if self.scratch.saw_gone {
@@ -272,11 +303,60 @@ impl Worker {
             // is judged by that edit's rules or newer, even when this worker was
             // descheduled between the wake-up and the read.
             let snap = dp.rules.load();
+            let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
             let env = Env {
                 snap: &snap,
+                overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
                 ..*env
             };
             burst.run(&env, got, |_| port, scratch);
+        }
+        got
+    }
+
+    /// Cluster mode: read up to [`BURST`] datagrams from this worker's underlay
+    /// socket and process each ([`overlay::receive`]). Returns the number read.
+    fn poll_underlay(
+        dp: &Datapath,
+        env: &Env<'_>,
+        burst: &mut Burst,
+        scratch: &mut Scratch,
+    ) -> usize {
+        let Some(ov) = &dp.overlay else {
+            return 0;
+        };
+        let sock = &ov.socks[env.w];
+        let mut got = 0;
+        while got < BURST {
+            match sock.recv_from(&mut burst.bufs[got]) {
+                Ok((len, SocketAddr::V4(from))) => {
+                    burst.meta[got].0 = len.min(BUF_LEN);
+                    burst.from[got] = from;
+                    got += 1;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // ICMP errors reported on the socket and the like.
+                    bump(&env.wc.rx_errors, 1);
+                    break;
+                }
+            }
+        }
+        if got > 0 {
+            // Rules and directory as of after the read (see `poll_port`).
+            let snap = dp.rules.load();
+            let dir = dp.dir.load();
+            let o = OverlayEnv { ov, dir: &dir };
+            let env = Env {
+                snap: &snap,
+                overlay: Some(o),
+                ..*env
+            };
+            for i in 0..got {
+                let len = burst.meta[i].0;
+                overlay::receive(&env, &o, burst.from[i], &mut burst.bufs[i][..len], scratch);
+            }
         }
         got
     }
@@ -292,6 +372,7 @@ impl Worker {
         let dp = &*self.dp;
         let snap = dp.rules.load();
         let table = dp.ports.load();
+        let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
         let wc = &dp.wcounters[self.w];
         let env = Env {
             snap: &snap,
@@ -301,6 +382,7 @@ impl Worker {
             now: dp.now_secs(),
             w: self.w,
             wc,
+            overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
         };
         let mut r = BurstResult::default();
         let mut ports: [Option<&Port>; BURST] = [None; BURST];
@@ -332,7 +414,7 @@ impl Worker {
                     Outcome::Forwarded => r.forwarded += 1,
                     Outcome::Answered => r.answered += 1,
                     Outcome::Consumed => r.consumed += 1,
-                    Outcome::Dropped(_) => r.dropped += 1,
+                    Outcome::Dropped(_) | Outcome::VxlanDropped(_) => r.dropped += 1,
                 }
             }
         }

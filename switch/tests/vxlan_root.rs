@@ -19,7 +19,7 @@
 #[allow(dead_code, unused_macros)]
 mod common;
 use common::{is_root, run_in};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use switch::afpacket::open_afpacket;
@@ -193,8 +193,8 @@ fn kernel_gbp_mark_reaches_our_decap() {
 
     // The receive-side trust check accepts it when 198.18.0.1 is a live host
     // owning 192.0.2.1 with identity 0x1234, and refuses another identity.
-    let mut dir = DirectoryTable::new();
-    dir.add_host(HostId(1), UNDER_A);
+    let mut dir = DirectoryTable::new(HostId(2));
+    dir.add_host(HostId(1), SocketAddrV4::new(UNDER_A, VXLAN_PORT));
     let me = InstanceInfo {
         host: HostId(1),
         mac: VX_A_MAC,

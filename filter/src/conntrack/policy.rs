@@ -3,6 +3,7 @@
 //! generations and the revoke modes; the semantics are the contract in the
 //! [module docs](super). The storage is [`super::table`].
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use super::table::*;
@@ -172,9 +173,27 @@ pub(super) enum Track {
 
 impl Conntrack {
     /// Decide one packet. See the module docs for the semantics.
+    #[inline]
     pub fn judge(&self, snap: &Snapshot, pkt: &Packet, now: u32) -> Result<(), DropReason> {
+        self.judge_scoped(snap, pkt, now, |_| false)
+    }
+
+    /// [`Conntrack::judge`] on one host of a cluster (the overlay, docs/cluster.md
+    /// §6.4): `remote(ip)` says whether instance `ip` of the snapshot lives on
+    /// another host. Ingress rules are enforced where the destination lives, so a
+    /// packet to a remote instance is judged like egress (allowed, tracked for
+    /// its reply), and a flow whose original destination is remote is never cut
+    /// by revalidation here (its host cuts it). With `|_| false` this is `judge`.
+    #[inline]
+    pub fn judge_scoped(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet,
+        now: u32,
+        remote: impl Fn(Ipv4Addr) -> bool + Copy,
+    ) -> Result<(), DropReason> {
         // Looked up only where needed: tracked flows never ask.
-        let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some();
+        let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some() && !remote(pkt.key.dst);
         if let Frag::Later { id } = pkt.frag {
             if !dst_is_inst() {
                 return Ok(());
@@ -191,7 +210,7 @@ impl Conntrack {
         {
             let unrelated = if error_fits_flow(snap, pkt, &inner) {
                 let (k, _) = flow_key(&inner);
-                match self.track(snap, k, None, now) {
+                match self.track(snap, k, None, now, remote) {
                     Track::Hit { .. } => None,
                     Track::Revoked => Some(DropReason::Revoked),
                     Track::Miss => Some(DropReason::UnrelatedIcmpError),
@@ -207,7 +226,7 @@ impl Conntrack {
             }
         } else {
             let (k, src_is_a) = flow_key(&pkt.key);
-            match self.track(snap, k, Some((pkt, src_is_a)), now) {
+            match self.track(snap, k, Some((pkt, src_is_a)), now, remote) {
                 Track::Hit { idx, ctl } => self.refresh(idx, ctl, pkt, src_is_a, now),
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
@@ -261,6 +280,7 @@ impl Conntrack {
         k: Key,
         own: Option<(&Packet, bool)>,
         now: u32,
+        remote: impl Fn(Ipv4Addr) -> bool,
     ) -> Track {
         let Some((idx, c)) = self.find_alive(k, now) else {
             return Track::Miss;
@@ -272,12 +292,13 @@ impl Conntrack {
         if c & (GEN_MASK | REVOKED) == snap.generation() & GEN_MASK {
             return Track::Hit { idx, ctl: c };
         }
-        self.revalidate(snap, k, idx, c, own, now)
+        self.revalidate(snap, k, idx, c, own, now, &remote)
     }
 
     /// Revalidation of an entry that is revoked or was last checked under another
     /// generation (see the module docs, rule 3).
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn revalidate(
         &self,
         snap: &Snapshot,
@@ -286,12 +307,14 @@ impl Conntrack {
         c: u64,
         own: Option<(&Packet, bool)>,
         now: u32,
+        remote: &dyn Fn(Ipv4Addr) -> bool,
     ) -> Track {
         let generation = snap.generation() & GEN_MASK;
         let orig_a = c & ORIG_A != 0;
         let orig = original(k, orig_a);
-        // Egress flows (original destination not an instance) stay allowed.
-        let inbound = snap.instance_by_ip(orig.dst).is_some();
+        // Egress flows (original destination not an instance, or an instance
+        // of another host, which enforces its own ingress) stay allowed.
+        let inbound = snap.instance_by_ip(orig.dst).is_some() && !remote(orig.dst);
         if c & REVOKED != 0 {
             // A new SYN from the initiator is judged like a new flow: if the rules
             // allow it now, the entry starts afresh.

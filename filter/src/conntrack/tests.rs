@@ -814,3 +814,52 @@ fn concurrent_stress_keeps_counts_consistent() {
     assert_eq!(ct.charged_to(B.into()), 0);
     assert_eq!(ct.charged_to(A.into()), 0);
 }
+
+/// Cluster mode: B lives on another host. A's host judges A → B like egress
+/// (B's host enforces B's ingress), tracks it so B's reply passes, and never
+/// cuts it on revalidation; B's own host still enforces B's rules on A → B.
+#[test]
+fn remote_destination_is_judged_at_its_own_host() {
+    let snap = compile(&model(vec![]), 1);
+    let b_remote = |ip: std::net::Ipv4Addr| ip == std::net::Ipv4Addr::from(B);
+    let here = Conntrack::new(CtConfig::with_capacity(1024));
+    // No rule of B allows A, yet A's host lets it out and tracks it.
+    assert_eq!(
+        here.judge_scoped(&snap, &tcp(A, 5000, B, 22, SYN), 0, b_remote),
+        Ok(())
+    );
+    assert_eq!(here.len(), 1);
+    assert_eq!(here.charged_to(A.into()), 1);
+    // B's reply (arriving over the overlay) passes by state; an unrelated
+    // packet from B to A does not (A's own ingress rules: none).
+    assert_eq!(
+        here.judge_scoped(&snap, &tcp(B, 22, A, 5000, SYN | ACK), 0, b_remote),
+        Ok(())
+    );
+    assert_eq!(
+        here.judge_scoped(&snap, &tcp(B, 23, A, 6000, SYN), 0, b_remote),
+        Err(DropReason::NoRule)
+    );
+    // A new generation does not cut the flow here: its original destination is remote.
+    let snap2 = compile(&model(vec![]), 2);
+    assert_eq!(
+        here.judge_scoped(&snap2, &tcp(A, 5000, B, 22, ACK), 1, b_remote),
+        Ok(())
+    );
+    // On B's host (nothing remote there that matters), the same SYN meets B's rules.
+    let there = Conntrack::new(CtConfig::with_capacity(1024));
+    let a_remote = |ip: std::net::Ipv4Addr| ip == std::net::Ipv4Addr::from(A);
+    assert_eq!(
+        there.judge_scoped(&snap, &tcp(A, 5000, B, 22, SYN), 0, a_remote),
+        Err(DropReason::NoRule)
+    );
+    // Non-first fragments to a remote instance pass like egress.
+    let mut frag = udp(A, 1, B, 2);
+    frag.frag = Frag::Later { id: 9 };
+    frag.l4 = L4::Other;
+    assert_eq!(here.judge_scoped(&snap, &frag, 2, b_remote), Ok(()));
+    assert_eq!(
+        there.judge(&snap, &frag, 2),
+        Err(DropReason::UnmatchedFragment)
+    );
+}

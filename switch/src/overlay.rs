@@ -1,0 +1,772 @@
+//! The overlay in the datapath: frames between instances on different hosts,
+//! carried in VXLAN-GBP over UDP (docs/cluster.md §6, docs/overlay.md).
+//!
+//! Contract:
+//! * [`Overlay::bind`] (at `Switch::start`, when `SwitchConfig::overlay` is set)
+//!   binds one UDP socket per worker to the underlay address, in the calling
+//!   thread's network namespace, all with `SO_REUSEPORT`: worker `w` reads and
+//!   sends only on socket `w` (no shared socket, no lock), and the kernel spreads
+//!   arriving datagrams over the sockets by a hash of their 4-tuple (our senders
+//!   put a hash of the inner flow in the UDP source port, so a flow stays on one
+//!   worker and is never reordered).
+//! * The [`DirectoryTable`] (live hosts, every instance of the lab with its host,
+//!   MAC and identity) is published by pointer swap
+//!   ([`crate::Datapath::publish_directory`]) and loaded once per burst with the
+//!   rule snapshot: no lock, no allocation per frame.
+//! * Send ([`send`]): the pipeline has already source-checked the frame, found
+//!   that its destination is an instance of another live host, and recorded the
+//!   flow in this host's conntrack without the destination's ingress rules
+//!   (`Conntrack::judge_scoped`: the destination's host enforces them). Here
+//!   the frame gets a VXLAN-GBP header (G|I, D, policy id = the sender's
+//!   identity, the lab's VNI) and goes to the owning host's underlay address.
+//!   Partial checksums are completed; a TSO super-frame, or a plain TCP frame
+//!   larger than the inner MTU, is cut into segments that fit (`offload::segment`
+//!   with the inner MSS) and the segments leave in one `sendmsg` with
+//!   `UDP_SEGMENT` (UDP GSO: all datagrams but the last of a batch have the same
+//!   size), falling back to one `sendmsg` per segment if the kernel refuses.
+//!   Other frames that do not fit are dropped (`vxlan_too_big`): the outer packet
+//!   has DF set and is never fragmented.
+//! * Receive ([`receive`]): a datagram read from the socket is decapsulated
+//!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
+//!   with the datagram's source address: a live host other than this one, whose
+//!   instance the inner source MAC/IP/identity is); each refusal counts under its
+//!   `VxlanDrop` name. The inner frame then goes through the single-host rules
+//!   as a frame from that verified remote instance: its destination must be an
+//!   instance attached here (`vxlan_not_local`; broadcast is never carried),
+//!   then conntrack (a reply to a flow our instance opened passes) or the
+//!   destination's ingress rules (group-source rules match the remote member by
+//!   its address, which the verification tied to its identity), then the port.
+//! * Counters: per worker (`WorkerCounters::vxlan_drops`, `underlay_*`), summed in
+//!   [`crate::Stats`].
+
+use std::io::IoSlice;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+
+use filter::parse::Parsed;
+use filter::{DropReason, parse_frame};
+
+use crate::config::{OverlayConfig, SwitchError};
+use crate::counters::bump;
+use crate::offload::{complete_csum, segment};
+use crate::pipeline::{Env, Outcome, Scratch, known_instance, transmit};
+use crate::port::VnetHdr;
+use crate::sys;
+use crate::table::Kind;
+use crate::vxlan::{self, Decapped, DirectoryTable, GbpHeader, MAX_VNI, VXLAN_HDR_LEN, VxlanDrop};
+
+/// IPv4 + UDP + VXLAN in front of the inner frame, counted in the underlay MTU.
+const OUTER_IP_UDP_VXLAN: usize = 20 + 8 + VXLAN_HDR_LEN;
+/// Socket buffers asked for (the kernel caps them at `net.core.*mem_max`).
+const SOCK_BUF_BYTES: i32 = 4 << 20;
+/// Largest UDP GSO batch: the kernel's `UDP_MAX_SEGMENTS` (64 on older kernels).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest UDP payload of one GSO batch (the UDP length field is 16 bits).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Size of a worker's UDP GSO batch buffer.
+pub const GSO_BUF_LEN: usize = 65_536;
+
+/// The underlay side of the switch: its sockets and what they carry.
+pub struct Overlay {
+    pub(crate) cfg: OverlayConfig,
+    /// One socket per worker, all bound to `cfg.underlay` with `SO_REUSEPORT`.
+    pub(crate) socks: Box<[UdpSocket]>,
+    /// Largest inner Ethernet frame carried: the underlay MTU minus outer IPv4,
+    /// UDP and VXLAN (1464 for 1500: 1450 bytes of inner IPv4).
+    pub(crate) max_inner: usize,
+}
+
+impl Overlay {
+    /// Validates `cfg` and binds one socket per worker (see the module docs).
+    pub fn bind(cfg: OverlayConfig, workers: usize) -> Result<Overlay, SwitchError> {
+        if cfg.vni > MAX_VNI {
+            return Err(SwitchError::OverlayVni(cfg.vni));
+        }
+        if cfg.underlay_mtu < 576 || cfg.underlay_mtu > 65_535 {
+            return Err(SwitchError::OverlayMtu(cfg.underlay_mtu));
+        }
+        let bind = |addr: SocketAddrV4| {
+            sys::udp_socket_reuseport(addr, SOCK_BUF_BYTES)
+                .map_err(|source| SwitchError::OverlayBind { addr, source })
+        };
+        // Port 0 (tests): the kernel picks one for the first socket, the
+        // others join it there.
+        let first = bind(cfg.underlay)?;
+        let addr = match first.local_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => a,
+            _ => cfg.underlay,
+        };
+        let mut socks = vec![first];
+        for _ in 1..workers {
+            socks.push(bind(addr)?);
+        }
+        let socks = socks.into_boxed_slice();
+        Ok(Overlay {
+            cfg,
+            socks,
+            max_inner: cfg.underlay_mtu as usize - OUTER_IP_UDP_VXLAN,
+        })
+    }
+
+    /// The address the sockets are bound to (with the port the kernel chose if
+    /// the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        match self.socks.first().and_then(|s| s.local_addr().ok()) {
+            Some(std::net::SocketAddr::V4(a)) => a,
+            _ => self.cfg.underlay,
+        }
+    }
+
+    /// The configuration the overlay was started with.
+    pub fn config(&self) -> &OverlayConfig {
+        &self.cfg
+    }
+}
+
+/// What one burst sees of the overlay: the sockets and the directory loaded for
+/// this burst.
+#[derive(Clone, Copy)]
+pub struct OverlayEnv<'a> {
+    pub ov: &'a Overlay,
+    pub dir: &'a DirectoryTable,
+}
+
+/// Encapsulate and send a frame of a local instance to `to` (see the module
+/// docs). `frame` is source-checked, its destination MAC already rewritten.
+pub(crate) fn send(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    frame: &mut [u8],
+    vnet: &VnetHdr,
+    to: SocketAddrV4,
+    identity: u16,
+    scratch: &mut Scratch,
+) -> Result<(), VxlanDrop> {
+    let mut hdr = [0u8; VXLAN_HDR_LEN];
+    GbpHeader {
+        vni: o.ov.cfg.vni,
+        policy_id: identity,
+        dont_learn: true,
+        policy_applied: false,
+    }
+    .write(&mut hdr)
+    .map_err(|_| VxlanDrop::TxFailed)?;
+    let sock = &o.ov.socks[env.w];
+    let max = o.ov.max_inner;
+    let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
+    if gso == VnetHdr::GSO_NONE && frame.len() <= max {
+        if vnet.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+            complete_csum(frame, vnet).map_err(|_| VxlanDrop::TxFailed)?;
+            bump(&env.wc.csum_completed, 1);
+        }
+        return send_one(env, sock, to, &hdr, frame);
+    }
+    // A super-frame, or a frame too big for the underlay: cut TCP (and USO)
+    // into segments that fit; anything else cannot be cut.
+    let cut = segment_hdr(frame, vnet, max).ok_or(VxlanDrop::TooBig)?;
+    let Scratch {
+        out, gso: batch, ..
+    } = scratch;
+    let mut b = Batch {
+        buf: batch,
+        len: 0,
+        seg: 0,
+        n: 0,
+    };
+    let r = segment(frame, &cut, out, |seg| b.push(env, sock, to, &hdr, seg));
+    match r {
+        Ok(Ok(_)) => {
+            b.flush(env, sock, to)?;
+            bump(&env.wc.tso_segmented, 1);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(VxlanDrop::TooBig),
+    }
+}
+
+/// The virtio-net header that cuts `frame` into segments of at most `max`
+/// bytes: TCP (a TSO super-frame, or a plain frame too big) by the MSS that
+/// fits, USO by its own segment size if that fits. `None`: cannot be cut.
+fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
+    let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
+    // Untagged IPv4 (the pipeline dropped tagged frames).
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    match (*frame.get(23)?, gso) {
+        (filter::proto::TCP, VnetHdr::GSO_NONE | VnetHdr::GSO_TCPV4) => {
+            let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
+            let fit = max.checked_sub(hdr_len).filter(|&f| f > 0)?;
+            let mss = if gso == VnetHdr::GSO_NONE {
+                fit
+            } else {
+                fit.min(usize::from(vnet.gso_size))
+            };
+            Some(VnetHdr {
+                flags: VnetHdr::F_NEEDS_CSUM,
+                gso_type: VnetHdr::GSO_TCPV4,
+                gso_size: u16::try_from(mss).ok()?,
+                ..*vnet
+            })
+        }
+        (filter::proto::UDP, VnetHdr::GSO_UDP_L4) if l4 + 8 + usize::from(vnet.gso_size) <= max => {
+            Some(*vnet)
+        }
+        _ => None,
+    }
+}
+
+/// One `sendmsg`: VXLAN header + frame, gathered.
+fn send_one(
+    env: &Env<'_>,
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+) -> Result<(), VxlanDrop> {
+    let iov = [IoSlice::new(hdr), IoSlice::new(frame)];
+    match sys::udp_sendmsg(sock.as_fd(), to, &iov, None) {
+        Ok(n) => {
+            bump(&env.wc.underlay_tx_packets, 1);
+            bump(&env.wc.underlay_tx_bytes, n as u64);
+            Ok(())
+        }
+        Err(_) => Err(VxlanDrop::TxFailed),
+    }
+}
+
+/// Segments of one super-frame collected as VXLAN datagrams back to back, sent
+/// with UDP GSO: every datagram of a batch but the last has size `seg`.
+struct Batch<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    /// Size of the batch's datagrams (the first one's).
+    seg: usize,
+    n: usize,
+}
+
+impl Batch<'_> {
+    fn push(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+        hdr: &[u8; VXLAN_HDR_LEN],
+        seg: &[u8],
+    ) -> Result<(), VxlanDrop> {
+        let size = VXLAN_HDR_LEN + seg.len();
+        if self.buf.len() < size {
+            // No batch buffer (or a segment larger than it): one at a time.
+            return send_one(env, sock, to, hdr, seg);
+        }
+        if self.n > 0
+            && (size > self.seg
+                || self.len + size > GSO_MAX_BYTES.min(self.buf.len())
+                || self.n == GSO_MAX_SEGMENTS)
+        {
+            self.flush(env, sock, to)?;
+        }
+        if self.n == 0 {
+            self.seg = size;
+        }
+        self.buf[self.len..self.len + VXLAN_HDR_LEN].copy_from_slice(hdr);
+        self.buf[self.len + VXLAN_HDR_LEN..self.len + size].copy_from_slice(seg);
+        self.len += size;
+        self.n += 1;
+        if size < self.seg {
+            // A shorter datagram can only end a batch.
+            self.flush(env, sock, to)?;
+        }
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+    ) -> Result<(), VxlanDrop> {
+        if self.n == 0 {
+            return Ok(());
+        }
+        let data = &self.buf[..self.len];
+        let gso = (self.n > 1).then_some(self.seg as u16);
+        let r = sys::udp_sendmsg(sock.as_fd(), to, &[IoSlice::new(data)], gso);
+        let (n, len) = (self.n, self.len);
+        self.n = 0;
+        self.len = 0;
+        match r {
+            Ok(_) => {
+                bump(&env.wc.underlay_tx_packets, n as u64);
+                bump(&env.wc.underlay_tx_bytes, len as u64);
+                if gso.is_some() {
+                    bump(&env.wc.underlay_gso_batches, 1);
+                }
+                Ok(())
+            }
+            // The kernel refused UDP GSO (no checksum offload on the route,
+            // old kernel): the datagrams one by one.
+            Err(_) if gso.is_some() => {
+                for d in data.chunks(self.seg) {
+                    match sys::udp_sendmsg(sock.as_fd(), to, &[IoSlice::new(d)], None) {
+                        Ok(m) => {
+                            bump(&env.wc.underlay_tx_packets, 1);
+                            bump(&env.wc.underlay_tx_bytes, m as u64);
+                        }
+                        Err(_) => return Err(VxlanDrop::TxFailed),
+                    }
+                }
+                Ok(())
+            }
+            Err(_) => Err(VxlanDrop::TxFailed),
+        }
+    }
+}
+
+/// Handle one datagram read from the underlay socket of worker `env.w`, sent
+/// from `from` (see the module docs). `buf` is the worker's receive buffer cut
+/// to the datagram; the inner frame is rewritten in place (destination MAC).
+pub(crate) fn receive(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    from: SocketAddrV4,
+    buf: &mut [u8],
+    scratch: &mut Scratch,
+) -> Outcome {
+    bump(&env.wc.underlay_rx_packets, 1);
+    bump(&env.wc.underlay_rx_bytes, buf.len() as u64);
+    match receive_inner(env, o, from, buf, scratch) {
+        Ok(()) => Outcome::Forwarded,
+        Err(Refused::Vxlan(v)) => {
+            env.wc.vxlan_drop(v);
+            Outcome::VxlanDropped(v)
+        }
+        Err(Refused::Filter(r)) => {
+            env.wc.drop(r);
+            Outcome::Dropped(r)
+        }
+    }
+}
+
+/// Why a received datagram went no further.
+enum Refused {
+    Vxlan(VxlanDrop),
+    Filter(DropReason),
+}
+
+impl From<VxlanDrop> for Refused {
+    fn from(v: VxlanDrop) -> Refused {
+        Refused::Vxlan(v)
+    }
+}
+
+impl From<DropReason> for Refused {
+    fn from(r: DropReason) -> Refused {
+        Refused::Filter(r)
+    }
+}
+
+fn receive_inner(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    from: SocketAddrV4,
+    buf: &mut [u8],
+    scratch: &mut Scratch,
+) -> Result<(), Refused> {
+    let (header, inner) = vxlan::decap_udp_payload(buf, o.ov.cfg.vni)?;
+    let d = Decapped {
+        outer_src: *from.ip(),
+        outer_dst: *o.ov.cfg.underlay.ip(),
+        src_port: from.port(),
+        header,
+        inner,
+    };
+    vxlan::check_sender(o.dir, &d)?;
+    let frame = &mut buf[VXLAN_HDR_LEN..];
+    let Parsed::Ipv4 { pkt, eth, .. } = parse_frame(frame)? else {
+        // check_sender admits untagged IPv4 only.
+        return Err(VxlanDrop::InnerNotIpv4.into());
+    };
+    let dst = pkt.key.dst;
+    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+        return Err(VxlanDrop::NotLocal.into());
+    }
+    let port = env.table.by_ip(dst).ok_or(VxlanDrop::NotLocal)?;
+    let Kind::Instance { mac, .. } = port.kind else {
+        return Err(VxlanDrop::NotLocal.into());
+    };
+    if o.dir.is_remote(dst) {
+        // The directory says another host owns it (a stale port here): not ours.
+        return Err(VxlanDrop::NotLocal.into());
+    }
+    let port = known_instance(env, port, dst)?;
+    let dir = o.dir;
+    env.ct
+        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
+    frame[0..6].copy_from_slice(&mac);
+    transmit(env, port, frame, &VnetHdr::default(), scratch)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The overlay datapath without root: host 1 is a real [`Datapath`] whose
+    //! underlay socket is bound to 127.0.0.1, host 2 is a plain UDP socket of
+    //! the test on 127.0.0.2 that reads what host 1 sends and forges what host
+    //! 2 would send. Instances are in-memory ports.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use filter::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
+    use filter::parse::ARP_REPLY;
+    use filter::{Mac, compile};
+
+    use super::*;
+    use crate::arp;
+    use crate::vxlan::{HostId, InstanceInfo};
+    use crate::{Datapath, MemOptions, MemPeer, PortRole, PortSpec, SwitchConfig, mem_port_with};
+
+    const VNI: u32 = 77;
+    const OWNER: &str = "111122223333";
+    const H1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+    const H2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+    const H3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+    /// A on host 1 (group a), B and C on host 2 (group b).
+    const A: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 10), [2, 0, 0, 0, 0, 0xa], 0x100);
+    const B: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 11), [2, 0, 0, 0, 0, 0xb], 0x101);
+    const C: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 12), [2, 0, 0, 0, 0, 0xc], 0x101);
+
+    /// Group a allows TCP 22 from members of b; b allows nothing.
+    fn snapshot() -> filter::Snapshot {
+        let owner = Owner(OWNER.into());
+        let from_b = Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(22, 22),
+            source: Source::Group {
+                owner: owner.clone(),
+                group: "b".into(),
+            },
+        };
+        let insts =
+            [("i-a", A, "a"), ("i-b", B, "b"), ("i-c", C, "b")].map(|(id, i, g)| Instance {
+                id: id.into(),
+                owner: owner.clone(),
+                mac: i.1,
+                ip: i.0,
+                groups: vec![g.into()],
+            });
+        let m = Model::build(
+            Limits::default(),
+            &owner,
+            &[("a", vec![from_b]), ("b", vec![])],
+            insts,
+        )
+        .expect("model");
+        compile(&m, 1)
+    }
+
+    fn directory(h1: SocketAddrV4, h2: SocketAddrV4, with_a: bool) -> DirectoryTable {
+        let mut d = DirectoryTable::new(HostId(1));
+        d.add_host(HostId(1), h1);
+        d.add_host(HostId(2), h2);
+        let info = |host, i: (Ipv4Addr, Mac, u16)| InstanceInfo {
+            host: HostId(host),
+            mac: i.1,
+            identity: i.2,
+        };
+        if with_a {
+            d.add_instance(A.0, info(1, A));
+        }
+        d.add_instance(B.0, info(2, B));
+        d.add_instance(C.0, info(2, C));
+        d
+    }
+
+    struct Lab {
+        dp: Arc<Datapath>,
+        a: MemPeer,
+        h2: UdpSocket,
+        h1: SocketAddrV4,
+    }
+
+    fn lab() -> Lab {
+        let dp = Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1 << 12),
+            subnet: "10.8.0.0/16".parse().unwrap(),
+            overlay: Some(OverlayConfig::new(SocketAddrV4::new(H1, 0), VNI)),
+            ..SwitchConfig::default()
+        })
+        .expect("datapath with overlay");
+        let h1 = dp.overlay().unwrap().local_addr();
+        let h2 = UdpSocket::bind((H2, 0)).expect("bind 127.0.0.2");
+        h2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let SocketAddr::V4(h2a) = h2.local_addr().unwrap() else {
+            unreachable!()
+        };
+        dp.publish_rules(snapshot());
+        dp.publish_directory(Arc::new(directory(h1, h2a, true)));
+        let (queues, a) = mem_port_with(1, MemOptions::default());
+        dp.add_port(PortSpec {
+            name: "a".into(),
+            role: PortRole::Instance {
+                id: "i-a".into(),
+                mac: A.1,
+                ip: A.0,
+            },
+            queues,
+        })
+        .expect("port");
+        Lab { dp, a, h2, h1 }
+    }
+
+    fn tcp(
+        src: (Ipv4Addr, Mac, u16),
+        dst: (Ipv4Addr, Mac, u16),
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
+            .ipv4(src.0.octets(), dst.0.octets(), 64)
+            .tcp(sport, dport, 1000, 64000);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    fn vxlan_payload(policy_id: u16, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; VXLAN_HDR_LEN];
+        GbpHeader {
+            vni,
+            policy_id,
+            ..GbpHeader::default()
+        }
+        .write(&mut h)
+        .unwrap();
+        [&h[..], inner].concat()
+    }
+
+    /// Everything host 2 received, decapsulated: (policy id, inner frame).
+    fn h2_received(s: &UdpSocket) -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            let (h, inner) = vxlan::decap_udp_payload(&buf[..n], VNI).expect("our own datagram");
+            assert!(
+                n <= 1500 - 28,
+                "datagram of {n} bytes exceeds the underlay MTU"
+            );
+            out.push((h.policy_id, inner.to_vec()));
+        }
+        out
+    }
+
+    /// Runs host 1's worker until the datagrams sent to it are processed.
+    fn settle(dp: &Arc<Datapath>) {
+        let mut w = dp.worker(0);
+        for _ in 0..20 {
+            w.poll_once();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn arp_for_a_remote_instance_is_answered_locally() {
+        let l = lab();
+        let mut req = [0u8; 64];
+        let n = arp::write_request(&mut req, A.1, A.0, B.0);
+        l.a.inject(0, &req[..n], VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one ARP reply");
+        let Ok(Parsed::Arp { arp, .. }) = parse_frame(&got[0].data) else {
+            panic!("not ARP")
+        };
+        assert_eq!((arp.op, arp.sha, arp.spa), (ARP_REPLY, B.1, B.0));
+        assert!(h2_received(&l.h2).is_empty(), "no broadcast crosses hosts");
+    }
+
+    #[test]
+    fn tcp_out_and_back_is_stateful_and_rules_apply_at_the_destination() {
+        let l = lab();
+        // A → B:80. No rule of B allows it: host 1 does not care (host 2 enforces).
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        assert_eq!(got.len(), 1);
+        let (policy, inner) = &got[0];
+        assert_eq!(*policy, A.2, "the sender's identity");
+        assert_eq!(&inner[0..6], &B.1, "to B's MAC");
+        assert_eq!(&inner[6..12], &A.1);
+        // B's reply (SYN-ACK) from host 2 passes by state, though no rule of a
+        // allows TCP 80 → 40000 from b.
+        let reply = tcp(B, A, 80, 40000, false, b"reply");
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(&got[0].data[12..], &reply[12..]);
+        // A new flow from C to A: port 23 is refused by A's rules, port 22 is
+        // allowed by the group rule (C is a verified member of b).
+        let c23 = tcp(C, A, 5000, 23, true, b"");
+        let c22 = tcp(C, A, 5001, 22, true, b"");
+        l.h2.send_to(&vxlan_payload(C.2, VNI, &c23), l.h1).unwrap();
+        l.h2.send_to(&vxlan_payload(C.2, VNI, &c22), l.h1).unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].data[12..], &c22[12..]);
+        let st = l.dp.stats();
+        assert_eq!(st.drop_count(DropReason::NoRule), 1);
+        assert_eq!(st.underlay.tx_packets, 1);
+        assert_eq!(st.underlay.rx_packets, 3);
+        assert_eq!(st.nonzero_vxlan_drops().count(), 0);
+    }
+
+    #[test]
+    fn forged_datagrams_are_dropped_by_name() {
+        let l = lab();
+        let h3 = UdpSocket::bind((H3, 0)).expect("bind 127.0.0.3");
+        let to_a = |src| tcp(src, A, 5001, 22, true, b"forged");
+        let sends: [(&UdpSocket, Vec<u8>, VxlanDrop); 6] = [
+            // B sending with A's identity (another group set).
+            (
+                &l.h2,
+                vxlan_payload(A.2, VNI, &to_a(B)),
+                VxlanDrop::WrongIdentity,
+            ),
+            (
+                &h3,
+                vxlan_payload(B.2, VNI, &to_a(B)),
+                VxlanDrop::UnknownHost,
+            ),
+            // Host 2 claiming host 1's instance A (to itself: still refused).
+            (
+                &l.h2,
+                vxlan_payload(A.2, VNI, &to_a(A)),
+                VxlanDrop::ForeignInstance,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI + 1, &to_a(B)),
+                VxlanDrop::BadVni,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &to_a((B.0, C.1, B.2))),
+                VxlanDrop::SpoofedMac,
+            ),
+            // Verified, but for an address that is not an instance here.
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &tcp(B, C, 1, 22, true, b"")),
+                VxlanDrop::NotLocal,
+            ),
+        ];
+        for (s, d, _) in &sends {
+            s.send_to(d, l.h1).unwrap();
+        }
+        // Host 1's own address is no trusted sender either.
+        let me = UdpSocket::bind((H1, 0)).unwrap();
+        me.send_to(&vxlan_payload(B.2, VNI, &to_a(B)), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty(), "a forged frame was delivered");
+        let st = l.dp.stats();
+        for (_, _, why) in &sends {
+            let extra = u64::from(*why == VxlanDrop::UnknownHost);
+            assert_eq!(st.vxlan_drop_count(*why), 1 + extra, "{why}");
+        }
+        assert_eq!(st.total_drops(), 0);
+    }
+
+    #[test]
+    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
+        let l = lab();
+        let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // A plain 6054-byte frame (the instance's MTU is larger than the path's).
+        let big = tcp(A, B, 40000, 80, false, &payload);
+        l.a.inject(0, &big, VnetHdr::default()).unwrap();
+        // The same as a TSO super-frame with MSS 1448 (inner MTU 1450 allows 1410).
+        let tso = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        l.a.inject(0, &tcp(A, B, 40001, 80, false, &payload), tso)
+            .unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        let mut per_flow = [Vec::new(), Vec::new()];
+        for (policy, inner) in &got {
+            assert_eq!(*policy, A.2);
+            assert!(inner.len() <= 1464, "inner frame of {}", inner.len());
+            let p = etherparse::SlicedPacket::from_ethernet(inner).unwrap();
+            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                panic!("not TCP")
+            };
+            // Full, valid checksums on every segment.
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("not IPv4")
+            };
+            let want = t
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                .unwrap();
+            assert_eq!(t.checksum(), want);
+            per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
+        }
+        assert_eq!(per_flow[0], payload);
+        assert_eq!(per_flow[1], payload);
+        assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
+        let st = l.dp.stats();
+        assert_eq!(st.underlay.tx_packets, 10);
+        assert_eq!(st.tso_segmented, 2);
+        assert_eq!(st.underlay.gso_batches, 2, "one UDP GSO send per frame");
+        // Without A in the directory, A has no identity to send with.
+        l.dp.publish_directory(Arc::new(directory(l.h1, l.h1, false)));
+        l.a.inject(0, &tcp(A, B, 40002, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        settle(&l.dp);
+        // A big UDP datagram cannot be cut.
+        l.dp.publish_directory(Arc::new({
+            let SocketAddr::V4(h2) = l.h2.local_addr().unwrap() else {
+                unreachable!()
+            };
+            directory(l.h1, h2, true)
+        }));
+        settle(&l.dp);
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2(A.1, B.1)
+            .ipv4(A.0.octets(), B.0.octets(), 64)
+            .udp(1, 2)
+            .write(&mut udp, &[0u8; 1500])
+            .unwrap();
+        l.a.inject(0, &udp, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let st = l.dp.stats();
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::NoIdentity), 1);
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
+        assert!(h2_received(&l.h2).is_empty());
+    }
+}
