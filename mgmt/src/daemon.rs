@@ -526,7 +526,7 @@ pub fn node_config(args: &UpArgs, cfg: &CoreConfig) -> Result<Option<NodeConfig>
         underlay: std::net::SocketAddr::from((underlay, args.vxlan_port)),
         subnet: cfg.subnet,
         uplink_range: cfg.uplink_range,
-        vni: 1,
+        vni: crate::cluster::node::VNI,
     }))
 }
 

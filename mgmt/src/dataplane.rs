@@ -233,6 +233,14 @@ pub fn start(
         pin_cores: args.pin_cores,
         ct,
         subnet: cfg.subnet,
+        // Cluster mode: the overlay's UDP sockets on --underlay.
+        overlay: match (&args.etcd, args.underlay) {
+            (Some(_), Some(ip)) => Some(switch::OverlayConfig::new(
+                std::net::SocketAddrV4::new(ip, args.vxlan_port),
+                crate::cluster::node::VNI,
+            )),
+            _ => None,
+        },
         ..SwitchConfig::default()
     };
     let switch = Switch::start(scfg).map_err(DataplaneError::Switch)?;
@@ -443,6 +451,37 @@ fn port_spec(inst: &Instance, queues: Vec<Box<dyn switch::port::PortQueue>>) -> 
 }
 
 impl Dataplane for SwitchDataplane {
+    fn publish_directory(&mut self, dir: &crate::core::Directory) {
+        use switch::vxlan::{DirectoryTable, HostId, InstanceInfo};
+        let Some(sw) = self.switch.as_ref() else {
+            return;
+        };
+        // Host ids: positions among every host name the lab mentions.
+        let mut names: Vec<&str> = dir.hosts.iter().map(|(n, _)| n.as_str()).collect();
+        names.extend(dir.instances.iter().map(|i| i.host.as_str()));
+        names.push(dir.local.as_str());
+        names.sort_unstable();
+        names.dedup();
+        let id = |n: &str| HostId(names.binary_search(&n).unwrap_or(0) as u32);
+        let mut table = DirectoryTable::new(id(&dir.local));
+        for (name, addr) in &dir.hosts {
+            if let (std::net::SocketAddr::V4(a), false) = (addr, *name == dir.local) {
+                table.add_host(id(name), *a);
+            }
+        }
+        for i in &dir.instances {
+            table.add_instance(
+                i.ip,
+                InstanceInfo {
+                    host: id(&i.host),
+                    mac: i.mac,
+                    identity: i.identity,
+                },
+            );
+        }
+        sw.publish_directory(Arc::new(table));
+    }
+
     fn publish(&mut self, snap: Snapshot, _generation: u64) {
         if let Some(s) = &self.switch {
             s.publish_rules(snap);

@@ -39,6 +39,9 @@ use super::keys::{self, AckRecord, Entry, HostRecord, MetaRecord};
 use super::mirror::Mirror;
 use crate::cluster::etcd::WatchBatch;
 
+/// The lab's VXLAN network identifier (one overlay per lab).
+pub const VNI: u32 = 1;
+
 /// Seconds a host's registration outlives its daemon.
 pub const LEASE_TTL: i64 = 10;
 /// Keys per page of a full read.
@@ -268,6 +271,15 @@ fn follow(
         ok
     };
     let mut meta_ok = false;
+    // Say it once when etcd goes away, not every retry.
+    let failing = std::cell::Cell::new(false);
+    let trouble = |what: String| {
+        if failing.replace(true) {
+            tracing::debug!("{what}");
+        } else {
+            tracing::warn!("{what}");
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         if !meta_ok {
             match check_meta(client, cfg) {
@@ -277,7 +289,7 @@ fn follow(
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!("etcd: {e}; retrying");
+                    trouble(format!("etcd: {e}; retrying every {RETRY:?}"));
                     if !pause(stop, RETRY) {
                         return;
                     }
@@ -288,7 +300,10 @@ fn follow(
         let read = match client.range_all(keys::MODEL, 0, PAGE) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("etcd: full read of {}: {e}; retrying", keys::MODEL);
+                trouble(format!(
+                    "etcd: full read of {}: {e}; retrying every {RETRY:?}",
+                    keys::MODEL
+                ));
                 if !pause(stop, RETRY) {
                     return;
                 }
@@ -313,13 +328,16 @@ fn follow(
             revision = mirror.revision(),
             "read the lab's model from etcd"
         );
+        failing.set(false);
         if !send(Event::Full(mirror)) {
             return;
         }
         let mut watch = match client.watch(KeyRange::prefix(keys::MODEL), from) {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!("etcd: watch from revision {from}: {e}; reading everything again");
+                trouble(format!(
+                    "etcd: watch from revision {from}: {e}; reading everything again"
+                ));
                 if !pause(stop, RETRY) {
                     return;
                 }
@@ -338,7 +356,7 @@ fn follow(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!("etcd watch: {e}; reading everything again");
+                    trouble(format!("etcd watch: {e}; reading everything again"));
                     break;
                 }
             }
