@@ -5,6 +5,9 @@
 #   sudo scripts/bench.sh                 # full run (~15 min), writes docs/benchmarks.md + .svg
 #   sudo scripts/bench.sh --quick         # one repetition, shorter runs
 #   sudo scripts/bench.sh --only sgswitch,wire --metrics tcp,flows --quick
+#   sudo scripts/bench.sh cluster         # cluster mode (issue 14): edit -> enforced
+#                                         # on 2/10/100 hosts, a new host joining;
+#                                         # writes docs/cluster-benchmarks.md
 #
 # As root: installs the Debian packages the harness needs (without starting the
 # Open vSwitch service: the harness starts its own ovsdb-server/ovs-vswitchd
@@ -22,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Tools of the harness; linux-perf for profiling what it measures.
-pkgs=(iperf3 nmap nftables busybox-static iproute2 procps openvswitch-switch linux-perf)
+pkgs=(iperf3 nmap nftables busybox-static iproute2 procps openvswitch-switch linux-perf etcd-server etcd-client)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,4 +53,8 @@ cargo build --release -p mgmt --bin sgswitch -p e2e --bin labhelper -p bench --b
 
 echo "scripts/bench.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (numbers are noisy unless the machine is quiet)"
 export SGSWITCH_BIN="$target/release/sgswitch"
+if [ "${1:-}" = cluster ]; then
+    shift
+    exec "$target/release/clusterbench" --report docs/cluster-benchmarks.md "$@"
+fi
 exec "$target/release/e2ebench" --invoked-as "scripts/bench.sh $*" --report docs/benchmarks.md "$@"

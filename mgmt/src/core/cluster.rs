@@ -169,6 +169,20 @@ impl Core {
         }
     }
 
+    /// The etcd revision this host has applied and published (0 before
+    /// the first read; always 0 on a single host).
+    pub fn cluster_revision(&self) -> i64 {
+        self.cluster
+            .as_ref()
+            .and_then(|l| l.mirror.as_ref())
+            .map_or(0, Mirror::revision)
+    }
+
+    /// The revision of the last edit this host committed (0: none yet).
+    pub fn last_commit_revision(&self) -> i64 {
+        self.cluster.as_ref().map_or(0, |l| l.committed)
+    }
+
     /// Whether this core is a host of a cluster.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()
