@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::cluster::{ClusterLab, can_run};
 use e2e::lab::Reach;
+use filter::model::instance_mac;
 
 const WEB: u16 = 80;
 const APP: u16 = 8080;
@@ -20,6 +21,66 @@ fn permissions(out: &str, group: &str) -> usize {
     out.lines()
         .filter(|l| l.starts_with(&format!("PERMISSION\t{group}\t")))
         .count()
+}
+
+/// The count of drop reason `reason` in host `host`'s `stats`.
+fn drop_count(lab: &ClusterLab, host: usize, reason: &str) -> u64 {
+    lab.cli(host, &["stats"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 3 && f[0] == "DROP" && f[1] == reason).then(|| f[2].parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Send `count` VXLAN-GBP datagrams from namespace `ns` to `dst`:4789: VNI 1,
+/// policy id `identity`, an inner IPv4/UDP frame from `src_mac`/`src_ip` to
+/// `dst_ip` (port 9).
+fn forge(
+    ns: &str,
+    dst: Ipv4Addr,
+    identity: u16,
+    src_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+) {
+    let mut inner = vec![0xff; 6];
+    inner.extend_from_slice(&src_mac);
+    inner.extend_from_slice(&[0x08, 0x00]);
+    let payload = b"forged";
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src_ip.octets());
+    ip.extend_from_slice(&dst_ip.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    inner.extend_from_slice(&ip);
+    inner.extend_from_slice(&[0x30, 0x39, 0, 9]);
+    inner.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    inner.extend_from_slice(&[0, 0]);
+    inner.extend_from_slice(payload);
+    let mut vx = vec![0x88, 0x40];
+    vx.extend_from_slice(&identity.to_be_bytes());
+    vx.extend_from_slice(&[0, 0, 1, 0]);
+    vx.extend_from_slice(&inner);
+    let hex: String = vx.iter().map(|b| format!("{b:02x}")).collect();
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         [s.sendto(bytes.fromhex('{hex}'),('{dst}',4789)) for _ in range(5)]"
+    );
+    let st = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", &script])
+        .status()
+        .expect("python3");
+    assert!(st.success(), "forging from {ns} failed");
 }
 
 fn expect(lab: &ClusterLab, from: &str, to: Ipv4Addr, port: u16, open: bool) {
@@ -123,6 +184,38 @@ fn three_hosts_one_lab() {
     expect(&lab, &web, db_ip, DB, false);
     expect(&lab, &web, app_ip, DB, false);
     expect(&lab, &app, web_ip, DB, false);
+
+    // --- Test 6: forged VXLAN-GBP frames are dropped and counted by reason:
+    // from an address that is no host, claiming another host's instance (sent
+    // from h1's underlay address, claiming db on h3), with a wrong identity
+    // (h1 claiming its own web instance with a policy id it does not have).
+    let probe = lab.probe_ns("forger", "198.18.0.50/24");
+    let (h1_ns, app_ns_host) = (lab.hosts[0].ns.clone(), lab.hosts[1].ip);
+    let before = |r: &str| drop_count(&lab, 1, r);
+    let (unknown, foreign, wrong) = (
+        before("vxlan_unknown_host"),
+        before("vxlan_foreign_instance"),
+        before("vxlan_wrong_identity"),
+    );
+    forge(&probe, app_ns_host, 300, instance_mac(&web), web_ip, app_ip);
+    forge(&h1_ns, app_ns_host, 300, instance_mac(&db), db_ip, app_ip);
+    forge(
+        &h1_ns,
+        app_ns_host,
+        65_000,
+        instance_mac(&web),
+        web_ip,
+        app_ip,
+    );
+    lab.eventually(
+        Duration::from_secs(5),
+        "forged frames counted on h2",
+        || {
+            drop_count(&lab, 1, "vxlan_unknown_host") >= unknown + 5
+                && drop_count(&lab, 1, "vxlan_foreign_instance") >= foreign + 5
+                && drop_count(&lab, 1, "vxlan_wrong_identity") >= wrong + 5
+        },
+    );
 
     // --- Test 2: an authorize on h1 opens a port of the instance on h3;
     // --wait returns only once h3 enforces it; revoke closes it.

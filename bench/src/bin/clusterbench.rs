@@ -93,9 +93,19 @@ fn start_etcd(base: &Path) -> Etcd {
     let child = Command::new("etcd")
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-        .args(["--max-txn-ops", "1024", "--quota-backend-bytes", "4294967296"])
+        .args([
+            "--max-txn-ops",
+            "1024",
+            "--quota-backend-bytes",
+            "4294967296",
+        ])
         .args(["--max-request-bytes", "10485760"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -250,7 +260,8 @@ fn edits(base: &Path, hosts: usize, n: usize) -> (f64, f64, f64, f64) {
         let store = Store::open_dir(&dir).expect("store");
         let mut core = Core::open(store, config("h0"), Box::new(Watcher::default())).expect("core");
         let node = Node::start(node_config(&etcd.url, "h0", 0), Arc::new(|| {})).expect("node");
-        core.join_cluster(node, Duration::from_secs(30)).expect("join");
+        core.join_cluster(node, Duration::from_secs(30))
+            .expect("join");
         core
     };
     let agents: Vec<Agent> = (1..hosts)
@@ -280,7 +291,10 @@ fn edits(base: &Path, hosts: usize, n: usize) -> (f64, f64, f64, f64) {
             .iter()
             .any(|a| a.revision.load(Ordering::Relaxed) < rev)
         {
-            assert!(Instant::now() < deadline, "hosts did not apply revision {rev}");
+            assert!(
+                Instant::now() < deadline,
+                "hosts did not apply revision {rev}"
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
         let times: Vec<f64> = agents
@@ -296,7 +310,12 @@ fn edits(base: &Path, hosts: usize, n: usize) -> (f64, f64, f64, f64) {
     drop(editor);
     drop(etcd);
     let max = last.iter().copied().fold(0.0, f64::max);
-    (pct(&mut last, 50), pct(&mut last, 99), max, pct(&mut one, 50))
+    (
+        pct(&mut last, 50),
+        pct(&mut last, 99),
+        max,
+        pct(&mut one, 50),
+    )
 }
 
 /// A new host joining a lab of `rules` rules and `instances` instances:
@@ -308,7 +327,8 @@ fn join(base: &Path, rules: usize, instances: usize) -> f64 {
     let store = Store::open_dir(&dir).expect("store");
     let mut core = Core::open(store, config("j0"), Box::new(Watcher::default())).expect("core");
     let node = Node::start(node_config(&etcd.url, "j0", 0), Arc::new(|| {})).expect("node");
-    core.join_cluster(node, Duration::from_secs(30)).expect("join");
+    core.join_cluster(node, Duration::from_secs(30))
+        .expect("join");
     let groups = rules.div_ceil(100);
     for g in 0..groups {
         let name = format!("g{g}");
