@@ -40,7 +40,8 @@ up() {
     mkdir -p "$run"
     ip netns add "$u"
     ip -n "$u" link set lo up
-    ip -n "$u" link add br0 type bridge
+    # A fixed MAC: a bridge otherwise takes its lowest port's, changing it as ports join.
+    ip -n "$u" link add br0 address 02:00:c6:12:00:fe type bridge
     ip -n "$u" link set br0 up
     ip -n "$u" addr add 198.18.0.200/24 dev br0
     ip netns exec "$u" etcd --name e1 --data-dir "$run/etcd" \

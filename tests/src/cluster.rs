@@ -135,7 +135,20 @@ impl ClusterLab {
         let u = lab.underlay_ns.clone();
         ip(&["netns", "add", &u]);
         ip(&["-n", &u, "link", "set", "lo", "up"]);
-        ip(&["-n", &u, "link", "add", "br0", "type", "bridge"]);
+        // A fixed address: a bridge otherwise takes the lowest of its ports'
+        // addresses and changes it when a port joins (a probe namespace
+        // plugged in later), which strands every neighbour entry for etcd.
+        ip(&[
+            "-n",
+            &u,
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:c6:12:00:fe",
+            "type",
+            "bridge",
+        ]);
         ip(&["-n", &u, "link", "set", "br0", "up"]);
         for i in 1..=hosts {
             let ns = format!("{tag}h{i}");
