@@ -641,3 +641,120 @@ fn kernel_gbp_mark_is_read_as_the_identity() {
         st.nonzero_vxlan_drops().collect::<Vec<_>>()
     );
 }
+
+/// iperf3 from `cli` to `srv_ip`:`port` (server in `srv`) for `secs` seconds
+/// with `streams` parallel streams; returns the received Gbit/s.
+fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: u32) -> f64 {
+    let port_s = port.to_string();
+    let mut server = std::process::Command::new("timeout")
+        .args([&(secs + 20).to_string(), "ip", "netns", "exec", srv])
+        .args(["iperf3", "-s", "-1", "-p", &port_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 server");
+    thread::sleep(Duration::from_millis(500));
+    let out = run_in(
+        cli,
+        &[
+            "iperf3",
+            "-c",
+            &srv_ip.to_string(),
+            "-p",
+            &port_s,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = String::from_utf8_lossy(&out.stdout);
+    // "sum_received": { ... "bits_per_second": N ... }
+    let at = json
+        .find("\"sum_received\"")
+        .expect("iperf3 JSON has sum_received");
+    let rest = &json[at..];
+    let b = rest.find("\"bits_per_second\"").unwrap();
+    let num: String = rest[b + "\"bits_per_second\"".len()..]
+        .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    num.parse::<f64>().expect("bits_per_second") / 1e9
+}
+
+/// Not run by default (a measurement, not a check): cross-host TCP through
+/// the two switches' overlay, against the kernel's own VXLAN devices (plain
+/// `vxlan` on a bridge, no filtering) between the same host namespaces, in the
+/// same run. `cargo test -p switch --test overlay_root -- --ignored --nocapture`
+/// (env `OVERLAY_BENCH_SECS`, default 5).
+#[test]
+#[ignore]
+fn bench_overlay_vs_kernel_vxlan() {
+    if !root_or_skip() {
+        return;
+    }
+    let secs: u32 = std::env::var("OVERLAY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let lab = Lab::start("b");
+    // The kernel path: kernel instance kn<n> — veth — bridge kbr with vxlan kvx
+    // in host namespace h<n> — the same underlay.
+    let mut kns = Vec::new();
+    for (n, (local, remote)) in [(H1, H2), (H2, H1)].into_iter().enumerate() {
+        let h = lab.host_ns[n].name();
+        let g = NetnsGuard::create(&ns_name("b", &format!("kn{n}"))).unwrap();
+        netns::lo_up(Some(g.name())).unwrap();
+        sh(
+            h,
+            &format!(
+                "ip link add kvx type vxlan id {} dstport 4790 local {local} remote {remote} dev ul",
+                VNI + 1
+            ),
+        );
+        sh(h, "ip link add kbr type bridge");
+        sh(h, "ip link set kvx master kbr up");
+        sh(
+            h,
+            &format!("ip link add kv type veth peer name eth0 netns {}", g.name()),
+        );
+        sh(h, "ip link set kv master kbr up");
+        sh(h, "ip link set kbr up");
+        sh(g.name(), "ip link set eth0 mtu 1450");
+        sh(
+            g.name(),
+            &format!("ip addr add 10.99.0.{}/24 dev eth0", n + 1),
+        );
+        sh(g.name(), "ip link set eth0 up");
+        kns.push(g);
+    }
+    let k2 = Ipv4Addr::new(10, 99, 0, 2);
+    // Warm-up / reachability of both paths.
+    assert!(common::ping(kns[0].name(), k2, 2), "kernel vxlan path");
+    let mut rows = Vec::new();
+    for streams in [1, 4] {
+        let ours = iperf(lab.ns(I2), lab.ns(I1), I2.ip, 8080, streams, secs);
+        let kernel = iperf(kns[1].name(), kns[0].name(), k2, 5201, streams, secs);
+        rows.push((streams, ours, kernel));
+    }
+    let st = lab.sw(1).stats();
+    eprintln!("overlay bench ({secs} s per run):");
+    eprintln!("| streams | sgswitch overlay (Gbit/s) | kernel vxlan (Gbit/s) | ratio |");
+    eprintln!("|---|---|---|---|");
+    for (s, o, k) in &rows {
+        eprintln!("| {s} | {o:.2} | {k:.2} | {:.2} |", o / k);
+    }
+    eprintln!(
+        "switch 1: underlay tx {} datagrams in {} GSO batches, rx {}, tso_segmented {}",
+        st.underlay.tx_packets, st.underlay.gso_batches, st.underlay.rx_packets, st.tso_segmented
+    );
+    assert!(
+        rows.iter().all(|(_, o, _)| *o > 0.0),
+        "the overlay carried traffic"
+    );
+    drop(kns);
+}
