@@ -42,17 +42,18 @@
 use std::io::IoSlice;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use filter::parse::Parsed;
 use filter::{DropReason, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
-use crate::offload::{complete_csum, segment};
-use crate::pipeline::{Env, Outcome, Scratch, known_instance, transmit};
+use crate::offload::{self, complete_csum, segment};
+use crate::pipeline::{Env, Scratch, known_instance, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
-use crate::table::Kind;
+use crate::table::{Kind, Port};
 use crate::vxlan::{self, Decapped, DirectoryTable, GbpHeader, MAX_VNI, VXLAN_HDR_LEN, VxlanDrop};
 
 /// IPv4 + UDP + VXLAN in front of the inner frame, counted in the underlay MTU.
@@ -71,6 +72,8 @@ pub struct Overlay {
     pub(crate) cfg: OverlayConfig,
     /// One socket per worker, all bound to `cfg.underlay` with `SO_REUSEPORT`.
     pub(crate) socks: Box<[UdpSocket]>,
+    /// Whether the sockets take coalesced datagrams (`UDP_GRO`).
+    pub(crate) gro: bool,
     /// Largest inner Ethernet frame carried: the underlay MTU minus outer IPv4,
     /// UDP and VXLAN (1464 for 1500: 1450 bytes of inner IPv4).
     pub(crate) max_inner: usize,
@@ -100,10 +103,13 @@ impl Overlay {
         for _ in 1..workers {
             socks.push(bind(addr)?);
         }
+        // Best effort: without UDP GRO every datagram is one read.
+        let gro = socks.iter().all(|s| sys::udp_set_gro(s.as_fd()).is_ok());
         let socks = socks.into_boxed_slice();
         Ok(Overlay {
             cfg,
             socks,
+            gro,
             max_inner: cfg.underlay_mtu as usize - OUTER_IP_UDP_VXLAN,
         })
     }
@@ -115,6 +121,11 @@ impl Overlay {
             Some(std::net::SocketAddr::V4(a)) => a,
             _ => self.cfg.underlay,
         }
+    }
+
+    /// Whether the kernel coalesces arriving datagrams for us (`UDP_GRO`).
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// The configuration the overlay was started with.
@@ -326,28 +337,54 @@ impl Batch<'_> {
     }
 }
 
-/// Handle one datagram read from the underlay socket of worker `env.w`, sent
-/// from `from` (see the module docs). `buf` is the worker's receive buffer cut
-/// to the datagram; the inner frame is rewritten in place (destination MAC).
+/// Handle one read of the underlay socket of worker `env.w`, sent from `from`
+/// (see the module docs): `buf` holds one datagram, or with UDP GRO several of
+/// `seg` bytes each (the last may be shorter). Each datagram is checked and
+/// judged on its own; consecutive TCP segments of one flow for a port that takes
+/// offloads are then merged back into one super-frame ([`Gro`]). Returns the
+/// number of datagrams.
 pub(crate) fn receive(
     env: &Env<'_>,
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
+    seg: Option<usize>,
     scratch: &mut Scratch,
-) -> Outcome {
-    bump(&env.wc.underlay_rx_packets, 1);
-    bump(&env.wc.underlay_rx_bytes, buf.len() as u64);
-    match receive_inner(env, o, from, buf, scratch) {
-        Ok(()) => Outcome::Forwarded,
-        Err(Refused::Vxlan(v)) => {
-            env.wc.vxlan_drop(v);
-            Outcome::VxlanDropped(v)
+) -> usize {
+    let mut gro_buf = std::mem::take(&mut scratch.gso);
+    let mut gro = Gro::new(&mut gro_buf);
+    let step = seg.unwrap_or(buf.len()).max(1);
+    let mut count = 0;
+    for d in buf.chunks_mut(step) {
+        count += 1;
+        bump(&env.wc.underlay_rx_packets, 1);
+        bump(&env.wc.underlay_rx_bytes, d.len() as u64);
+        let r = check_inner(env, o, from, d).and_then(|port| {
+            let frame = &mut d[VXLAN_HDR_LEN..];
+            if port.queues[env.w].offloads()
+                && let Some(t) = TcpSeg::of(frame)
+            {
+                gro.push(env, port, frame, t, scratch)
+            } else {
+                gro.flush(env, scratch)?;
+                transmit(env, port, frame, &VnetHdr::default(), scratch).map_err(Refused::from)
+            }
+        });
+        if let Err(e) = r {
+            refused(env, e);
         }
-        Err(Refused::Filter(r)) => {
-            env.wc.drop(r);
-            Outcome::Dropped(r)
-        }
+    }
+    if let Err(e) = gro.flush(env, scratch) {
+        refused(env, e);
+    }
+    scratch.gso = gro_buf;
+    count
+}
+
+fn refused(env: &Env<'_>, e: Refused) {
+    match e {
+        Refused::Vxlan(v) => env.wc.vxlan_drop(v),
+        Refused::Filter(r) => env.wc.drop(r),
     }
 }
 
@@ -369,13 +406,15 @@ impl From<DropReason> for Refused {
     }
 }
 
-fn receive_inner(
-    env: &Env<'_>,
+/// Every check of one datagram: decap, sender, local destination, conntrack or
+/// the destination's rules. On success the inner frame (at `VXLAN_HDR_LEN`) has
+/// the destination's MAC and may be delivered to the returned port.
+fn check_inner<'t>(
+    env: &Env<'t>,
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
-    scratch: &mut Scratch,
-) -> Result<(), Refused> {
+) -> Result<&'t Arc<Port>, Refused> {
     let (header, inner) = vxlan::decap_udp_payload(buf, o.ov.cfg.vni)?;
     let d = Decapped {
         outer_src: *from.ip(),
@@ -407,8 +446,196 @@ fn receive_inner(
     env.ct
         .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
     frame[0..6].copy_from_slice(&mac);
-    transmit(env, port, frame, &VnetHdr::default(), scratch)?;
-    Ok(())
+    Ok(port)
+}
+
+/// A TCP segment that may be merged: untagged IPv4, not a fragment, no padding,
+/// ACK set, no SYN/RST/URG, some payload, and a TCP checksum that verifies (a
+/// merged super-frame gets a partial checksum the receiver completes, so a bad
+/// one must not be laundered).
+#[derive(Clone, Copy, Debug)]
+struct TcpSeg {
+    l4: usize,
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+impl TcpSeg {
+    fn of(f: &[u8]) -> Option<TcpSeg> {
+        use filter::tcp_flags::{ACK, RST, SYN};
+        const URG: u8 = 0x20;
+        if f.get(12..14)? != [0x08, 0x00] || f.len() < 54 {
+            return None;
+        }
+        let ip = &f[14..34];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if ip[0] >> 4 != 4
+            || ihl < 20
+            || ip[9] != filter::proto::TCP
+            || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+            || 14 + total != f.len()
+        {
+            return None;
+        }
+        let l4 = 14 + ihl;
+        let t = f.get(l4..l4 + 20)?;
+        let hdr_len = l4 + usize::from(t[12] >> 4) * 4;
+        let flags = t[13];
+        if hdr_len < l4 + 20
+            || hdr_len >= f.len()
+            || flags & ACK == 0
+            || flags & (SYN | RST | URG) != 0
+        {
+            return None;
+        }
+        let pseudo = offload::sum(
+            &f[26..34],
+            u64::from(filter::proto::TCP) + (f.len() - l4) as u64,
+        );
+        if offload::fold(offload::sum(&f[l4..], pseudo)) != 0xffff {
+            return None;
+        }
+        Some(TcpSeg {
+            l4,
+            hdr_len,
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            flags,
+            payload: f.len() - hdr_len,
+        })
+    }
+}
+
+/// Whether two segments' headers are the same but for what segmentation
+/// changes: IPv4 total length, id and checksum, TCP sequence number, flags and
+/// checksum.
+fn same_headers(a: &[u8], b: &[u8], l4: usize, hdr_len: usize) -> bool {
+    let (a, b) = (&a[..hdr_len], &b[..hdr_len]);
+    a[..16] == b[..16]
+        && a[20..24] == b[20..24]
+        && a[26..l4 + 4] == b[26..l4 + 4]
+        && a[l4 + 8..l4 + 13] == b[l4 + 8..l4 + 13]
+        && a[l4 + 14..l4 + 16] == b[l4 + 14..l4 + 16]
+        && a[l4 + 18..] == b[l4 + 18..]
+}
+
+/// Receive-side GRO in user space: consecutive segments of one TCP flow for one
+/// port (that takes offloads) become one super-frame with a GSO virtio-net
+/// header, written to the TAP once: the instance's kernel then takes one large
+/// segment (and acknowledges it once) instead of tens of small ones.
+struct Gro<'b, 't> {
+    buf: &'b mut [u8],
+    len: usize,
+    port: Option<&'t Arc<Port>>,
+    first: Option<TcpSeg>,
+    /// Flags of the last segment merged (PSH/FIN go to the super-frame).
+    last_flags: u8,
+    next_seq: u32,
+    segs: usize,
+    /// The last segment was short or had PSH/FIN: nothing may follow.
+    closed: bool,
+}
+
+impl<'b, 't> Gro<'b, 't> {
+    fn new(buf: &'b mut [u8]) -> Self {
+        Gro {
+            buf,
+            len: 0,
+            port: None,
+            first: None,
+            last_flags: 0,
+            next_seq: 0,
+            segs: 0,
+            closed: false,
+        }
+    }
+
+    fn push(
+        &mut self,
+        env: &Env<'t>,
+        port: &'t Arc<Port>,
+        frame: &mut [u8],
+        t: TcpSeg,
+        scratch: &mut Scratch,
+    ) -> Result<(), Refused> {
+        use filter::tcp_flags::{FIN, PSH};
+        let fits = |g: &Self| {
+            g.len + t.payload <= g.buf.len() && g.len + t.payload - 14 <= usize::from(u16::MAX)
+        };
+        let joins = match (self.first, self.port) {
+            (Some(f), Some(p)) => {
+                Arc::ptr_eq(p, port)
+                    && !self.closed
+                    && t.l4 == f.l4
+                    && t.hdr_len == f.hdr_len
+                    && t.seq == self.next_seq
+                    && t.payload <= f.payload
+                    && fits(self)
+                    && same_headers(&self.buf[..f.hdr_len], frame, f.l4, f.hdr_len)
+            }
+            _ => false,
+        };
+        if joins {
+            let f = self.first.unwrap_or(t);
+            self.buf[self.len..self.len + t.payload].copy_from_slice(&frame[t.hdr_len..]);
+            self.len += t.payload;
+            self.closed = t.payload < f.payload || t.flags & (PSH | FIN) != 0;
+        } else {
+            self.flush(env, scratch)?;
+            if frame.len() > self.buf.len() {
+                // No room to hold it (no buffer): as it came.
+                return transmit(env, port, frame, &VnetHdr::default(), scratch)
+                    .map_err(Refused::from);
+            }
+            self.buf[..frame.len()].copy_from_slice(frame);
+            self.len = frame.len();
+            self.port = Some(port);
+            self.first = Some(t);
+            self.closed = t.flags & (PSH | FIN) != 0;
+        }
+        self.segs += 1;
+        self.last_flags = t.flags;
+        self.next_seq = t.seq.wrapping_add(t.payload as u32);
+        Ok(())
+    }
+
+    /// Deliver what is held: one segment as it came, several as a super-frame.
+    fn flush(&mut self, env: &Env<'t>, scratch: &mut Scratch) -> Result<(), Refused> {
+        use filter::tcp_flags::{FIN, PSH};
+        let (Some(port), Some(f)) = (self.port.take(), self.first.take()) else {
+            return Ok(());
+        };
+        let segs = std::mem::take(&mut self.segs);
+        let len = std::mem::take(&mut self.len);
+        let frame = &mut self.buf[..len];
+        if segs == 1 {
+            return transmit(env, port, frame, &VnetHdr::default(), scratch).map_err(Refused::from);
+        }
+        let l4 = f.l4;
+        frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&frame[14..l4]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        frame[l4 + 13] = f.flags | (self.last_flags & (PSH | FIN));
+        // The partial checksum: the pseudo-header sum, completed by the receiver.
+        let pseudo = offload::sum(
+            &frame[26..34],
+            u64::from(filter::proto::TCP) + (len - l4) as u64,
+        );
+        frame[l4 + 16..l4 + 18].copy_from_slice(&offload::fold(pseudo).to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: f.hdr_len as u16,
+            gso_size: f.payload as u16,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        bump(&env.wc.underlay_gro_frames, 1);
+        transmit(env, port, frame, &vnet, scratch).map_err(Refused::from)
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +722,10 @@ mod tests {
     }
 
     fn lab() -> Lab {
+        lab_with(false)
+    }
+
+    fn lab_with(offloads: bool) -> Lab {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1 << 12),
@@ -511,7 +742,13 @@ mod tests {
         };
         dp.publish_rules(snapshot());
         dp.publish_directory(Arc::new(directory(h1, h2a, true)));
-        let (queues, a) = mem_port_with(1, MemOptions::default());
+        let (queues, a) = mem_port_with(
+            1,
+            MemOptions {
+                offloads,
+                ..MemOptions::default()
+            },
+        );
         dp.add_port(PortSpec {
             name: "a".into(),
             role: PortRole::Instance {
@@ -768,5 +1005,79 @@ mod tests {
         assert_eq!(st.vxlan_drop_count(VxlanDrop::NoIdentity), 1);
         assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
         assert!(h2_received(&l.h2).is_empty());
+    }
+
+    /// A TCP segment B → A:22 (allowed: a takes TCP 22 from group b).
+    fn seg_b_to_a(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(B.1, A.1)
+            .ipv4(B.0.octets(), A.0.octets(), 64)
+            .tcp(6000, 22, seq, 64000)
+            .ack(1);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    /// Host 2 sends `datagrams` as one UDP GSO batch (the kernel delivers them
+    /// to host 1's GRO socket as one read).
+    fn send_batch(l: &Lab, datagrams: &[Vec<u8>]) {
+        let size = datagrams[0].len() as u16;
+        let all = datagrams.concat();
+        sys::udp_sendmsg(l.h2.as_fd(), l.h1, &[IoSlice::new(&all)], Some(size)).unwrap();
+    }
+
+    #[test]
+    fn segments_of_a_flow_are_merged_for_an_offloading_port() {
+        let l = lab_with(true);
+        assert!(l.dp.overlay().unwrap().gro(), "UDP_GRO on the socket");
+        let data: Vec<u8> = (0..3500u32).map(|i| (i % 253) as u8).collect();
+        let segs: Vec<Vec<u8>> = data
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, c)| seg_b_to_a(1000 + 1000 * i as u32, c, i == 3))
+            .collect();
+        let dgrams: Vec<Vec<u8>> = segs.iter().map(|f| vxlan_payload(B.2, VNI, f)).collect();
+        send_batch(&l, &dgrams);
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one super-frame");
+        let sf = &got[0];
+        assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV4);
+        assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 54));
+        assert_eq!(sf.vnet.flags, VnetHdr::F_NEEDS_CSUM);
+        assert_eq!(&sf.data[54..], &data[..]);
+        // Cut again, it gives back the very segments that were sent.
+        let mut out = vec![0u8; 4096];
+        let mut back = Vec::new();
+        segment(&sf.data, &sf.vnet, &mut out, |s| {
+            back.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(back.len(), 4);
+        for (b, s) in back.iter().zip(&segs) {
+            // All the same but the IPv4 id (and so the IPv4 checksum).
+            assert_eq!(b.len(), s.len());
+            assert!(b[..18] == s[..18] && b[20..24] == s[20..24] && b[26..] == s[26..]);
+        }
+        let st = l.dp.stats();
+        assert_eq!((st.underlay.rx_packets, st.underlay.gro_frames), (4, 1));
+        // A corrupt checksum in the middle is never merged (nor repaired).
+        let mut bad = seg_b_to_a(4500, &[1; 1000], false);
+        bad[60] ^= 0xff;
+        let batch = [
+            vxlan_payload(B.2, VNI, &seg_b_to_a(3500, &[2; 1000], false)),
+            vxlan_payload(B.2, VNI, &bad),
+            vxlan_payload(B.2, VNI, &seg_b_to_a(5500, &[3; 1000], false)),
+        ];
+        send_batch(&l, &batch);
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|f| f.vnet.is_plain()));
+        assert_eq!(got[1].data[60], bad[60]);
+        assert_eq!(l.dp.stats().underlay.gro_frames, 1);
     }
 }

@@ -407,6 +407,10 @@ fn tcp_across_hosts_follows_group_rules() {
         "super-frames were cut for the underlay"
     );
     assert!(s1.underlay.gso_batches > 0, "and sent with UDP GSO");
+    assert!(
+        s1.underlay.gro_frames > 0 && s2.underlay.gro_frames > 0,
+        "received segments merged back into super-frames for the TAPs"
+    );
     assert_eq!(s1.nonzero_vxlan_drops().count(), 0, "{:?}", s1.vxlan_drops);
     assert_eq!(s2.nonzero_vxlan_drops().count(), 0, "{:?}", s2.vxlan_drops);
 
@@ -748,9 +752,16 @@ fn bench_overlay_vs_kernel_vxlan() {
     for (s, o, k) in &rows {
         eprintln!("| {s} | {o:.2} | {k:.2} | {:.2} |", o / k);
     }
+    let st2 = lab.sw(2).stats();
     eprintln!(
-        "switch 1: underlay tx {} datagrams in {} GSO batches, rx {}, tso_segmented {}",
-        st.underlay.tx_packets, st.underlay.gso_batches, st.underlay.rx_packets, st.tso_segmented
+        "switch 1: underlay tx {} datagrams in {} GSO batches, rx {}, tso_segmented {}; \
+         switch 2: rx {} datagrams, {} GRO super-frames",
+        st.underlay.tx_packets,
+        st.underlay.gso_batches,
+        st.underlay.rx_packets,
+        st.tso_segmented,
+        st2.underlay.rx_packets,
+        st2.underlay.gro_frames
     );
     assert!(
         rows.iter().all(|(_, o, _)| *o > 0.0),
