@@ -13,7 +13,7 @@
 //!   MAC and identity) is published by pointer swap
 //!   ([`crate::Datapath::publish_directory`]) and loaded once per burst with the
 //!   rule snapshot: no lock, no allocation per frame.
-//! * Send ([`send`]): the pipeline has already source-checked the frame, found
+//! * Send (`send`): the pipeline has already source-checked the frame, found
 //!   that its destination is an instance of another live host, and recorded the
 //!   flow in this host's conntrack without the destination's ingress rules
 //!   (`Conntrack::judge_scoped`: the destination's host enforces them). Here
@@ -26,7 +26,7 @@
 //!   size), falling back to one `sendmsg` per segment if the kernel refuses.
 //!   Other frames that do not fit are dropped (`vxlan_too_big`): the outer packet
 //!   has DF set and is never fragmented.
-//! * Receive ([`receive`]): a datagram read from the socket is decapsulated
+//! * Receive (`receive`): a datagram read from the socket is decapsulated
 //!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
 //!   with the datagram's source address: a live host other than this one, whose
 //!   instance the inner source MAC/IP/identity is); each refusal counts under its

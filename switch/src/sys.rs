@@ -18,8 +18,10 @@
 //! (interface ioctls on an `AF_INET` datagram socket, built with [`IfReq`]),
 //! namespaces and mounts ([`unshare_netns`], [`setns_net`], [`bind_mount`], ...),
 //! [`NetlinkRoute`] (raw rtnetlink socket), and `AF_PACKET` sockets with a
-//! `TPACKET_V3` receive ring ([`packet_socket`], [`RxRing`]), and memory hints
-//! ([`advise_hugepages`], [`prefetch`]).
+//! `TPACKET_V3` receive ring ([`packet_socket`], [`RxRing`]), the overlay's UDP
+//! sockets ([`udp_socket_reuseport`], [`udp_sendmsg`] with `UDP_SEGMENT`,
+//! [`udp_recvmsg`] with `UDP_GRO`), and memory hints ([`advise_hugepages`],
+//! [`prefetch`]).
 
 #![allow(unsafe_code)]
 

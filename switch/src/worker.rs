@@ -31,6 +31,10 @@
 //!   with a [`SHORT_PARK_MS`] timeout instead of a long one.
 //! * A queue that reports `PortError::Gone` sets the port's tombstone; the worker
 //!   skips it from then on and wakes the housekeeper, which removes the port.
+//! * Cluster mode: worker `w` also reads underlay socket `w` (in every sweep, and
+//!   when epoll reports it; it is in the park set too), up to [`BURST`] reads,
+//!   with the rule snapshot and the directory loaded after the read
+//!   (`overlay::receive`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
