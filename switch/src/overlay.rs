@@ -40,7 +40,7 @@
 //!   [`crate::Stats`].
 
 use std::io::IoSlice;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -123,6 +123,11 @@ impl Overlay {
         }
     }
 
+    /// The largest inner IPv4 packet carried (underlay MTU - 50).
+    pub fn inner_ip_mtu(&self) -> u16 {
+        (self.max_inner - 14) as u16
+    }
+
     /// Whether the kernel coalesces arriving datagrams for us (`UDP_GRO`).
     pub fn gro(&self) -> bool {
         self.gro
@@ -173,8 +178,18 @@ pub(crate) fn send(
         return send_one(env, sock, to, &hdr, frame);
     }
     // A super-frame, or a frame too big for the underlay: cut TCP (and USO)
-    // into segments that fit; anything else cannot be cut.
-    let cut = segment_hdr(frame, vnet, max).ok_or(VxlanDrop::TooBig)?;
+    // into segments that fit; other IPv4 without DF is fragmented, as a router
+    // would; with DF it is refused (and the pipeline tells the sender).
+    let Some(cut) = segment_hdr(frame, vnet, max) else {
+        if gso == VnetHdr::GSO_NONE && frame.get(12..14) == Some(&[0x08, 0x00]) {
+            if vnet.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+                complete_csum(frame, vnet).map_err(|_| VxlanDrop::TxFailed)?;
+                bump(&env.wc.csum_completed, 1);
+            }
+            return fragment(env, sock, to, &hdr, frame, max, scratch);
+        }
+        return Err(VxlanDrop::TooBig);
+    };
     let Scratch {
         out, gso: batch, ..
     } = scratch;
@@ -194,6 +209,58 @@ pub(crate) fn send(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(VxlanDrop::TooBig),
     }
+}
+
+/// IPv4 fragmentation (RFC 791) of a plain frame without DF into frames of at
+/// most `max` bytes, sent like segments (one UDP GSO batch). A frame with DF,
+/// with IPv4 options, or inconsistent lengths is `vxlan_too_big`.
+fn fragment(
+    env: &Env<'_>,
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+    max: usize,
+    scratch: &mut Scratch,
+) -> Result<(), VxlanDrop> {
+    let too_big = VxlanDrop::TooBig;
+    let ip = frame.get(14..34).ok_or(too_big)?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if ip[0] != 0x45 || frag & 0x4000 != 0 || total < 20 || 14 + total > frame.len() {
+        return Err(too_big);
+    }
+    let (base_mf, base_off) = (frag & 0x2000 != 0, usize::from(frag & 0x1fff) * 8);
+    let payload = &frame[34..14 + total];
+    let per = (max - 34) / 8 * 8;
+    let Scratch {
+        out, gso: batch, ..
+    } = scratch;
+    let mut b = Batch {
+        buf: batch,
+        len: 0,
+        seg: 0,
+        n: 0,
+    };
+    let n = payload.len().div_ceil(per);
+    for (i, chunk) in payload.chunks(per).enumerate() {
+        let len = 34 + chunk.len();
+        let f = out.get_mut(..len).ok_or(too_big)?;
+        f[..34].copy_from_slice(&frame[..34]);
+        f[34..].copy_from_slice(chunk);
+        let off = (base_off + i * per) / 8;
+        let mf = i + 1 < n || base_mf;
+        let field = (off as u16 & 0x1fff) | if mf { 0x2000 } else { 0 };
+        f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&field.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        b.push(env, sock, to, hdr, f)?;
+    }
+    b.flush(env, sock, to)?;
+    bump(&env.wc.underlay_fragmented, 1);
+    Ok(())
 }
 
 /// The virtio-net header that cuts `frame` into segments of at most `max`
@@ -228,6 +295,53 @@ fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
         }
         _ => None,
     }
+}
+
+/// For a frame that does not fit the underlay and may not be fragmented (IPv4
+/// with DF): writes into `out` the ICMP "fragmentation needed" (type 3 code 4,
+/// RFC 1191) that the gateway `gw` sends back to the sender, with the next-hop
+/// MTU `mtu` and the original IPv4 header plus 8 bytes. Returns its length, or
+/// `None` when no such answer is due (no DF, not IPv4, an ICMP error itself).
+pub fn write_frag_needed(out: &mut [u8], frame: &[u8], gw: Ipv4Addr, mtu: u16) -> Option<usize> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..34)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let df = ip[6] & 0x40 != 0;
+    let is_icmp_error =
+        ip[9] == filter::proto::ICMP && matches!(frame.get(14 + ihl), Some(3 | 4 | 5 | 11 | 12));
+    if ip[0] >> 4 != 4 || ihl < 20 || !df || is_icmp_error {
+        return None;
+    }
+    let quoted = frame.get(14..14 + ihl + 8)?;
+    let len = 14 + 20 + 8 + quoted.len();
+    let f = out.get_mut(..len)?;
+    f[0..6].copy_from_slice(&frame[6..12]);
+    f[6..12].copy_from_slice(&crate::arp::GATEWAY_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = (len - 14) as u16;
+    let h = &mut f[14..34];
+    h[0] = 0x45;
+    h[1] = 0xc0; // internetwork control, as routers send ICMP errors
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+    h[8] = 64;
+    h[9] = filter::proto::ICMP;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..16].copy_from_slice(&gw.octets());
+    h[16..20].copy_from_slice(&ip[12..16]);
+    let c = offload::checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut f[34..];
+    icmp[0] = 3;
+    icmp[1] = 4;
+    icmp[2..6].copy_from_slice(&[0, 0, 0, 0]);
+    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(quoted);
+    let c = offload::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(len)
 }
 
 /// One `sendmsg`: VXLAN header + frame, gathered.
@@ -1005,6 +1119,52 @@ mod tests {
         assert_eq!(st.vxlan_drop_count(VxlanDrop::NoIdentity), 1);
         assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
         assert!(h2_received(&l.h2).is_empty());
+        // With DF set, A hears why: ICMP "fragmentation needed", next-hop MTU
+        // 1450, from the gateway, quoting its datagram.
+        assert_eq!(udp[20] & 0x40, 0x40, "etherparse sets DF");
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one ICMP error back to A");
+        let icmp = &got[0].data;
+        let p = etherparse::SlicedPacket::from_ethernet(icmp).expect("ICMP error parses");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), l.dp.gateway());
+        assert_eq!(ip.header().destination_addr(), A.0);
+        assert_eq!(&icmp[0..6], &A.1);
+        assert_eq!((icmp[34], icmp[35]), (3, 4));
+        assert_eq!(u16::from_be_bytes([icmp[40], icmp[41]]), 1450);
+        assert_eq!(&icmp[42..], &udp[14..14 + 28]);
+        assert_eq!(offload::checksum(&icmp[34..]), 0);
+        // Without DF it is fragmented, as a router would: 1508 bytes of IPv4
+        // payload in fragments of 1424 + 84, the second at offset 1424.
+        let mut no_df = udp.clone();
+        no_df[20] &= !0x40;
+        no_df[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&no_df[14..34]);
+        no_df[24..26].copy_from_slice(&c.to_be_bytes());
+        l.a.inject(0, &no_df, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty(), "no ICMP error without DF");
+        let frags = h2_received(&l.h2);
+        assert_eq!(frags.len(), 2);
+        let mut joined = Vec::new();
+        for (i, (policy, f)) in frags.iter().enumerate() {
+            assert_eq!(*policy, A.2);
+            assert_eq!(offload::checksum(&f[14..34]), 0, "IPv4 header checksum");
+            let field = u16::from_be_bytes([f[20], f[21]]);
+            let want = if i == 0 { 0x2000 } else { 1424 / 8 };
+            assert_eq!(field, want, "MF and offset of fragment {i}");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[16], f[17]])),
+                f.len() - 14
+            );
+            joined.extend_from_slice(&f[34..]);
+        }
+        assert_eq!(joined, no_df[34..]);
+        let st = l.dp.stats();
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
+        assert_eq!(st.underlay.fragmented, 1);
     }
 
     /// A TCP segment B → A:22 (allowed: a takes TCP 22 from group b).

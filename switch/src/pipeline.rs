@@ -265,7 +265,21 @@ pub fn process_prepared(
             };
             match sent {
                 Ok(()) => Ok(Outcome::Forwarded),
-                Err(v) => return vxlan_dropped(env, pc, v),
+                Err(v) => {
+                    if v == VxlanDrop::TooBig
+                        && let Some(o) = &env.overlay
+                        && let Some(n) = overlay::write_frag_needed(
+                            &mut scratch.out,
+                            frame,
+                            env.net.gateway,
+                            o.ov.inner_ip_mtu(),
+                        )
+                    {
+                        // Path MTU discovery: the sender learns the inner MTU.
+                        let _ = reply(env, inp, n, scratch);
+                    }
+                    return vxlan_dropped(env, pc, v);
+                }
             }
         }
         Ok(Action::VxlanDrop(v)) => return vxlan_dropped(env, pc, v),

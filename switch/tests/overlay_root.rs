@@ -16,8 +16,8 @@
 //!
 //! Groups (owner 123456789012) and identities:
 //! * `client` (0x100): i1. No rules.
-//! * `web` (0x101): i2. TCP 8080 from group `client`; ICMP and UDP 7777 from
-//!   group `probe`.
+//! * `web` (0x101): i2. TCP 8080 and ICMP from group `client`; ICMP and UDP
+//!   7777 from group `probe`.
 //! * `other` (0x102): i3. No rules.
 //! * `probe` (0x1234): the kernel device's address.
 //!
@@ -130,6 +130,14 @@ fn snapshot() -> filter::Snapshot {
                 code: None,
             },
             source: group("probe"),
+        },
+        Rule {
+            proto: Proto::Icmp,
+            ports: Ports::Icmp {
+                ty: None,
+                code: None,
+            },
+            source: group("client"),
         },
         Rule {
             proto: Proto::Udp,
@@ -434,6 +442,37 @@ fn tcp_across_hosts_follows_group_rules() {
     // Dropped at the destination host, by its rules (SYN retransmissions too).
     let after = lab.sw(2).stats().drop_count(DropReason::NoRule);
     assert!(after >= before + 2, "no_rule on host 2: {before} → {after}");
+    // Path MTU: a 1468-byte echo request (DF) does not fit the 1450-byte inner
+    // MTU: switch 1 answers "fragmentation needed", i1's kernel then fragments
+    // to 1450, and the fragments cross (the first judged by web's ICMP rule,
+    // the rest by its fragment train); i2's replies (no DF) are fragmented by
+    // switch 2.
+    let big_ping = run_in(
+        lab.ns(I1),
+        &[
+            "busybox",
+            "ping",
+            "-c",
+            "6",
+            "-s",
+            "1440",
+            "-W",
+            "1",
+            "-w",
+            "8",
+            "-i",
+            "0.3",
+            &I2.ip.to_string(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&big_ping.stdout);
+    assert!(
+        out.contains("bytes from"),
+        "large pings get through after PMTU: {out}"
+    );
+    assert!(lab.sw(1).stats().vxlan_drop_count(VxlanDrop::TooBig) >= 1);
+    // i2's kernel sends its echo replies without DF: switch 2 fragments them.
+    assert!(lab.sw(2).stats().underlay.fragmented >= 1);
     // The other way round: i2 (web) → i1 (client, no rules) is refused at host 1.
     let _l1 = netns::in_netns(lab.ns(I1), || {
         TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080))
