@@ -24,8 +24,12 @@
 //!   with the inner MSS) and the segments leave in one `sendmsg` with
 //!   `UDP_SEGMENT` (UDP GSO: all datagrams but the last of a batch have the same
 //!   size), falling back to one `sendmsg` per segment if the kernel refuses.
-//!   Other frames that do not fit are dropped (`vxlan_too_big`): the outer packet
-//!   has DF set and is never fragmented.
+//!   Other IPv4 that does not fit is fragmented (RFC 791) if DF is clear; with
+//!   DF it is dropped (`vxlan_too_big`) and the pipeline answers ICMP
+//!   "fragmentation needed" with the inner MTU from the gateway
+//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. The
+//!   outer packet has DF set and is never fragmented.
+//! * Receive GRO: see `receive` and `Gro` (docs/overlay.md).
 //! * Receive (`receive`): a datagram read from the socket is decapsulated
 //!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
 //!   with the datagram's source address: a live host other than this one, whose
