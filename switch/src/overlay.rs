@@ -1244,4 +1244,35 @@ mod tests {
         assert_eq!(got[1].data[60], bad[60]);
         assert_eq!(l.dp.stats().underlay.gro_frames, 1);
     }
+
+    #[test]
+    fn a_lost_host_is_neither_reached_nor_trusted() {
+        let l = lab();
+        let SocketAddr::V4(h2) = l.h2.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut d = directory(l.h1, h2, true);
+        d.remove_host(H2);
+        l.dp.publish_directory(Arc::new(d));
+        // ARP for B is not answered (no uplink: nowhere to forward it), A's
+        // frames to B go nowhere.
+        let mut req = [0u8; 64];
+        let n = arp::write_request(&mut req, A.1, A.0, B.0);
+        l.a.inject(0, &req[..n], VnetHdr::default()).unwrap();
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        // B's host, no longer live, is not believed.
+        l.h2.send_to(
+            &vxlan_payload(B.2, VNI, &tcp(B, A, 5000, 22, true, b"")),
+            l.h1,
+        )
+        .unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty());
+        assert!(h2_received(&l.h2).is_empty());
+        let st = l.dp.stats();
+        assert_eq!(st.drop_count(DropReason::UnknownDestination), 2);
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::UnknownHost), 1);
+        assert_eq!(st.arp_replies, 0);
+    }
 }

@@ -9,7 +9,8 @@
 //!   addresses exist in those namespaces only; the root namespace gets nothing.
 //! * Switch 1 runs in `h1` (its UDP sockets on 198.18.0.1:4789), switch 2 in
 //!   `h2`. Instance i1 (namespace `i1`, TAP `eth0`, 172.31.0.11/16) is on host 1,
-//!   i2 (.12) and i3 (.13) on host 2. The probe host (host 3, 198.18.0.3) owns
+//!   i2 (.12), i3 (.13) and i4 (.14) on host 2 (three ports: switch 2's workers
+//!   find ready queues and the underlay socket by epoll). The probe host (host 3, 198.18.0.3) owns
 //!   "instance" 172.31.0.50, which is the kernel vxlan device `vx0` in `p`.
 //! * Both switches get the same compiled snapshot (every instance of the lab)
 //!   and a directory naming hosts 1-3 and every instance with its identity.
@@ -87,6 +88,16 @@ const I3: Inst = Inst {
     identity: 0x102,
     host: 2,
 };
+/// A third instance on host 2, so that switch 2 has more ports than a worker
+/// sweeps and finds its ready queues (the underlay socket included) by epoll.
+const I4: Inst = Inst {
+    id: "i-00000004",
+    ip: Ipv4Addr::new(172, 31, 0, 14),
+    mac: [2, 0x5e, 0, 0, 0, 4],
+    group: "other",
+    identity: 0x102,
+    host: 2,
+};
 /// The kernel vxlan device of the probe host.
 const PROBE: Inst = Inst {
     id: "i-00000050",
@@ -96,7 +107,7 @@ const PROBE: Inst = Inst {
     identity: 0x1234,
     host: 3,
 };
-const ALL: [Inst; 4] = [I1, I2, I3, PROBE];
+const ALL: [Inst; 5] = [I1, I2, I3, I4, PROBE];
 
 /// True when the test can run; false (skip, test passes) when not root; panics
 /// when not root under `CI=true`, where a test that cannot run must fail.
