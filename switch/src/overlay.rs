@@ -203,6 +203,22 @@ pub(crate) fn send(
         seg: 0,
         n: 0,
     };
+    if cut.gso_type == VnetHdr::GSO_TCPV4
+        && let Some(n) = cut_tcp(
+            env,
+            sock,
+            to,
+            &hdr,
+            frame,
+            usize::from(cut.gso_size),
+            &mut b,
+        )?
+    {
+        b.flush(env, sock, to)?;
+        bump(&env.wc.tso_segmented, 1);
+        debug_assert!(n > 0);
+        return Ok(());
+    }
     let r = segment(frame, &cut, out, |seg| b.push(env, sock, to, &hdr, seg));
     match r {
         Ok(Ok(_)) => {
@@ -213,6 +229,80 @@ pub(crate) fn send(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(VxlanDrop::TooBig),
     }
+}
+
+/// TCP segmentation straight into the UDP GSO batch: each segment of at most
+/// `mss` payload bytes is written once, behind its VXLAN header, with its own
+/// IPv4 total length, id (+ index), checksum, TCP sequence number, flags (CWR
+/// on the first only, FIN/PSH on the last only) and full TCP checksum: what
+/// `offload::segment_tcpv4` does, without building each segment elsewhere
+/// first. Headers come from the frame (the pipeline parsed it: untagged IPv4,
+/// TCP). `None` (nothing sent) for what it does not handle: no payload, no
+/// batch buffer, inconsistent lengths; the caller then uses `offload::segment`.
+fn cut_tcp(
+    env: &Env<'_>,
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+    mss: usize,
+    b: &mut Batch<'_>,
+) -> Result<Option<usize>, VxlanDrop> {
+    use filter::tcp_flags::{FIN, PSH};
+    const CWR: u8 = 0x80;
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    let Some(&doff) = frame.get(l4 + 12) else {
+        return Ok(None);
+    };
+    let hdr_len = l4 + usize::from(doff >> 4) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    // Some stacks leave the total length of a super-frame 0: the frame's end.
+    let end = if total >= hdr_len - 14 && 14 + total <= frame.len() {
+        14 + total
+    } else {
+        frame.len()
+    };
+    if mss == 0 || hdr_len >= end || b.buf.len() < VXLAN_HDR_LEN + hdr_len + mss {
+        return Ok(None);
+    }
+    let payload = &frame[hdr_len..end];
+    let base_id = u16::from_be_bytes([frame[18], frame[19]]);
+    let base_seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+    let flags = frame[l4 + 13];
+    let pseudo_addrs = offload::sum(&frame[26..34], u64::from(filter::proto::TCP));
+    let n = payload.len().div_ceil(mss);
+    for (i, chunk) in payload.chunks(mss).enumerate() {
+        let size = VXLAN_HDR_LEN + hdr_len + chunk.len();
+        let Some(slot) = b.reserve(env, sock, to, size)? else {
+            return Err(VxlanDrop::TxFailed);
+        };
+        slot[..VXLAN_HDR_LEN].copy_from_slice(hdr);
+        let seg = &mut slot[VXLAN_HDR_LEN..];
+        seg[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+        seg[hdr_len..].copy_from_slice(chunk);
+        let len = seg.len();
+        seg[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        seg[18..20].copy_from_slice(&base_id.wrapping_add(i as u16).to_be_bytes());
+        seg[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&seg[14..l4]);
+        seg[24..26].copy_from_slice(&c.to_be_bytes());
+        let seq = base_seq.wrapping_add((i * mss) as u32);
+        seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut f = flags;
+        if i != 0 {
+            f &= !CWR;
+        }
+        if i + 1 != n {
+            f &= !(FIN | PSH);
+        }
+        seg[l4 + 13] = f;
+        seg[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let c = !offload::fold(offload::sum(&seg[l4..], pseudo_addrs + (len - l4) as u64));
+        seg[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        b.commit(env, sock, to, size)?;
+    }
+    Ok(Some(n))
 }
 
 /// IPv4 fragmentation (RFC 791) of a plain frame without DF into frames of at
@@ -387,9 +477,29 @@ impl Batch<'_> {
         seg: &[u8],
     ) -> Result<(), VxlanDrop> {
         let size = VXLAN_HDR_LEN + seg.len();
-        if self.buf.len() < size {
+        match self.reserve(env, sock, to, size)? {
+            Some(slot) => {
+                slot[..VXLAN_HDR_LEN].copy_from_slice(hdr);
+                slot[VXLAN_HDR_LEN..].copy_from_slice(seg);
+                self.commit(env, sock, to, size)
+            }
             // No batch buffer (or a segment larger than it): one at a time.
-            return send_one(env, sock, to, hdr, seg);
+            None => send_one(env, sock, to, hdr, seg),
+        }
+    }
+
+    /// Room for the next datagram of `size` bytes at the end of the batch
+    /// (flushing first what it cannot join), to be filled and then
+    /// [`Batch::commit`]ted; `None` if the buffer cannot hold it at all.
+    fn reserve(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, VxlanDrop> {
+        if self.buf.len() < size {
+            return Ok(None);
         }
         if self.n > 0
             && (size > self.seg
@@ -398,11 +508,20 @@ impl Batch<'_> {
         {
             self.flush(env, sock, to)?;
         }
+        Ok(Some(&mut self.buf[self.len..self.len + size]))
+    }
+
+    /// Adds the datagram written into the slot [`Batch::reserve`] gave.
+    fn commit(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+        size: usize,
+    ) -> Result<(), VxlanDrop> {
         if self.n == 0 {
             self.seg = size;
         }
-        self.buf[self.len..self.len + VXLAN_HDR_LEN].copy_from_slice(hdr);
-        self.buf[self.len + VXLAN_HDR_LEN..self.len + size].copy_from_slice(seg);
         self.len += size;
         self.n += 1;
         if size < self.seg {
@@ -1092,6 +1211,32 @@ mod tests {
             per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
         }
         assert_eq!(per_flow[0], payload);
+        // Byte for byte what offload::segment makes of the frame with that MSS.
+        let fit = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1410,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut out = vec![0u8; 2048];
+        let mut want = Vec::new();
+        segment(&big, &fit, &mut out, |s| {
+            want.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        let flow0: Vec<&Vec<u8>> = got
+            .iter()
+            .map(|(_, f)| f)
+            .filter(|f| f[34..36] == 40000u16.to_be_bytes())
+            .collect();
+        assert_eq!(flow0.len(), want.len());
+        for (g, w) in flow0.iter().zip(&want) {
+            assert!(*g == w, "segment differs from offload::segment's");
+        }
         assert_eq!(per_flow[1], payload);
         assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
         let st = l.dp.stats();
