@@ -1200,7 +1200,8 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 /// socket to the same address; the kernel spreads datagrams over them by a hash
 /// of the 4-tuple, so one flow stays on one worker), `IP_MTU_DISCOVER` =
 /// `IP_PMTUDISC_DO` (DF on every datagram, never fragmented: RFC 7348 §4.3), and
-/// send/receive buffers of `buf_bytes` (best effort).
+/// send/receive buffers of `buf_bytes` (forced past the sysctl limits when the
+/// process may, else as large as they allow).
 pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<UdpSocket> {
     // SAFETY: plain socket(2); the result is owned at once.
     let fd = owned_fd(unsafe {
@@ -1222,8 +1223,16 @@ pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<
         libc::IP_MTU_DISCOVER,
         &libc::IP_PMTUDISC_DO,
     )?;
-    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &buf_bytes);
-    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &buf_bytes);
+    // Past `net.core.{r,w}mem_max` with CAP_NET_ADMIN (the daemon has it: a
+    // 64 KiB GSO batch per skb fills a default 208 KiB buffer in three).
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, force, &buf_bytes).is_err() {
+            let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, plain, &buf_bytes);
+        }
+    }
     let sin = sockaddr_in(addr);
     // SAFETY: `sin` is a live `sockaddr_in` and the length passed is its size.
     let ret = unsafe {

@@ -232,6 +232,10 @@ fn ns_name(tag: &str, what: &str) -> String {
 
 impl Lab {
     fn start(tag: &str) -> Lab {
+        Lab::start_with(tag, 2)
+    }
+
+    fn start_with(tag: &str, workers: usize) -> Lab {
         let mk = |what: &str| {
             let name = ns_name(tag, what);
             let g = NetnsGuard::create(&name)
@@ -274,7 +278,7 @@ impl Lab {
             // The switch's underlay sockets are made in the host namespace.
             let sw = netns::in_netns(&h, || {
                 Switch::start(SwitchConfig {
-                    workers: 2,
+                    workers,
                     ct: filter::CtConfig::with_capacity(1 << 14),
                     overlay: Some(OverlayConfig::new(
                         SocketAddrV4::new(under, VXLAN_PORT),
@@ -293,7 +297,7 @@ impl Lab {
             sw.publish_directory(Arc::new(directory(n)));
             for i in ALL.iter().filter(|i| i.host == n) {
                 let g = mk(&format!("i{}", i.ip.octets()[3]));
-                let q = open_tap_in_netns(g.name(), "eth0", 2, true, false).unwrap();
+                let q = open_tap_in_netns(g.name(), "eth0", workers, true, false).unwrap();
                 netns::configure_iface(
                     Some(g.name()),
                     "eth0",
@@ -744,7 +748,7 @@ fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: 
 /// the two switches' overlay, against the kernel's own VXLAN devices (plain
 /// `vxlan` on a bridge, no filtering) between the same host namespaces, in the
 /// same run. `cargo test -p switch --test overlay_root -- --ignored --nocapture`
-/// (env `OVERLAY_BENCH_SECS`, default 5).
+/// (env `OVERLAY_BENCH_SECS`, default 5; `OVERLAY_BENCH_WORKERS`, default 2).
 #[test]
 #[ignore]
 fn bench_overlay_vs_kernel_vxlan() {
@@ -755,7 +759,11 @@ fn bench_overlay_vs_kernel_vxlan() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let lab = Lab::start("b");
+    let workers: usize = std::env::var("OVERLAY_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let lab = Lab::start_with("b", workers);
     // The kernel path: kernel instance kn<n> — veth — bridge kbr with vxlan kvx
     // in host namespace h<n> — the same underlay.
     let mut kns = Vec::new();
@@ -796,7 +804,7 @@ fn bench_overlay_vs_kernel_vxlan() {
         rows.push((streams, ours, kernel));
     }
     let st = lab.sw(1).stats();
-    eprintln!("overlay bench ({secs} s per run):");
+    eprintln!("overlay bench ({secs} s per run, {workers} workers per switch):");
     eprintln!("| streams | sgswitch overlay (Gbit/s) | kernel vxlan (Gbit/s) | ratio |");
     eprintln!("|---|---|---|---|");
     for (s, o, k) in &rows {
