@@ -717,6 +717,8 @@ impl Dataplane for SwitchDataplane {
                 ("underlay_gso_batches".to_owned(), u.gso_batches),
                 ("underlay_rx_packets".to_owned(), u.rx_packets),
                 ("underlay_rx_bytes".to_owned(), u.rx_bytes),
+                ("underlay_gro_frames".to_owned(), u.gro_frames),
+                ("underlay_fragmented".to_owned(), u.fragmented),
             ]);
         }
         report.ports_gone = st.ports_gone;

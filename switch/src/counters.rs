@@ -115,6 +115,10 @@ pub struct WorkerCounters {
     /// Datagrams read from the underlay socket (before any check) and bytes.
     pub underlay_rx_packets: AtomicU64,
     pub underlay_rx_bytes: AtomicU64,
+    /// Super-frames merged from received segments (user-space GRO).
+    pub underlay_gro_frames: AtomicU64,
+    /// Frames (IPv4 without DF) fragmented to fit the underlay.
+    pub underlay_fragmented: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -137,6 +141,8 @@ pub struct UnderlayStats {
     pub gso_batches: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    pub gro_frames: u64,
+    pub fragmented: u64,
 }
 
 /// Per-port view in [`Stats`].
@@ -231,6 +237,8 @@ impl Stats {
         u.gso_batches += w.underlay_gso_batches.load(Relaxed);
         u.rx_packets += w.underlay_rx_packets.load(Relaxed);
         u.rx_bytes += w.underlay_rx_bytes.load(Relaxed);
+        u.gro_frames += w.underlay_gro_frames.load(Relaxed);
+        u.fragmented += w.underlay_fragmented.load(Relaxed);
     }
 
     pub(crate) fn empty() -> Stats {

@@ -13,7 +13,7 @@
 //!   MAC and identity) is published by pointer swap
 //!   ([`crate::Datapath::publish_directory`]) and loaded once per burst with the
 //!   rule snapshot: no lock, no allocation per frame.
-//! * Send ([`send`]): the pipeline has already source-checked the frame, found
+//! * Send (`send`): the pipeline has already source-checked the frame, found
 //!   that its destination is an instance of another live host, and recorded the
 //!   flow in this host's conntrack without the destination's ingress rules
 //!   (`Conntrack::judge_scoped`: the destination's host enforces them). Here
@@ -24,9 +24,13 @@
 //!   with the inner MSS) and the segments leave in one `sendmsg` with
 //!   `UDP_SEGMENT` (UDP GSO: all datagrams but the last of a batch have the same
 //!   size), falling back to one `sendmsg` per segment if the kernel refuses.
-//!   Other frames that do not fit are dropped (`vxlan_too_big`): the outer packet
-//!   has DF set and is never fragmented.
-//! * Receive ([`receive`]): a datagram read from the socket is decapsulated
+//!   Other IPv4 that does not fit is fragmented (RFC 791) if DF is clear; with
+//!   DF it is dropped (`vxlan_too_big`) and the pipeline answers ICMP
+//!   "fragmentation needed" with the inner MTU from the gateway
+//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. The
+//!   outer packet has DF set and is never fragmented.
+//! * Receive GRO: see `receive` and `Gro` (docs/overlay.md).
+//! * Receive (`receive`): a datagram read from the socket is decapsulated
 //!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
 //!   with the datagram's source address: a live host other than this one, whose
 //!   instance the inner source MAC/IP/identity is); each refusal counts under its
@@ -40,19 +44,20 @@
 //!   [`crate::Stats`].
 
 use std::io::IoSlice;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use filter::parse::Parsed;
 use filter::{DropReason, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
-use crate::offload::{complete_csum, segment};
-use crate::pipeline::{Env, Outcome, Scratch, known_instance, transmit};
+use crate::offload::{self, complete_csum, segment};
+use crate::pipeline::{Env, Scratch, known_instance, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
-use crate::table::Kind;
+use crate::table::{Kind, Port};
 use crate::vxlan::{self, Decapped, DirectoryTable, GbpHeader, MAX_VNI, VXLAN_HDR_LEN, VxlanDrop};
 
 /// IPv4 + UDP + VXLAN in front of the inner frame, counted in the underlay MTU.
@@ -71,6 +76,8 @@ pub struct Overlay {
     pub(crate) cfg: OverlayConfig,
     /// One socket per worker, all bound to `cfg.underlay` with `SO_REUSEPORT`.
     pub(crate) socks: Box<[UdpSocket]>,
+    /// Whether the sockets take coalesced datagrams (`UDP_GRO`).
+    pub(crate) gro: bool,
     /// Largest inner Ethernet frame carried: the underlay MTU minus outer IPv4,
     /// UDP and VXLAN (1464 for 1500: 1450 bytes of inner IPv4).
     pub(crate) max_inner: usize,
@@ -100,10 +107,13 @@ impl Overlay {
         for _ in 1..workers {
             socks.push(bind(addr)?);
         }
+        // Best effort: without UDP GRO every datagram is one read.
+        let gro = socks.iter().all(|s| sys::udp_set_gro(s.as_fd()).is_ok());
         let socks = socks.into_boxed_slice();
         Ok(Overlay {
             cfg,
             socks,
+            gro,
             max_inner: cfg.underlay_mtu as usize - OUTER_IP_UDP_VXLAN,
         })
     }
@@ -115,6 +125,16 @@ impl Overlay {
             Some(std::net::SocketAddr::V4(a)) => a,
             _ => self.cfg.underlay,
         }
+    }
+
+    /// The largest inner IPv4 packet carried (underlay MTU - 50).
+    pub fn inner_ip_mtu(&self) -> u16 {
+        (self.max_inner - 14) as u16
+    }
+
+    /// Whether the kernel coalesces arriving datagrams for us (`UDP_GRO`).
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// The configuration the overlay was started with.
@@ -162,8 +182,18 @@ pub(crate) fn send(
         return send_one(env, sock, to, &hdr, frame);
     }
     // A super-frame, or a frame too big for the underlay: cut TCP (and USO)
-    // into segments that fit; anything else cannot be cut.
-    let cut = segment_hdr(frame, vnet, max).ok_or(VxlanDrop::TooBig)?;
+    // into segments that fit; other IPv4 without DF is fragmented, as a router
+    // would; with DF it is refused (and the pipeline tells the sender).
+    let Some(cut) = segment_hdr(frame, vnet, max) else {
+        if gso == VnetHdr::GSO_NONE && frame.get(12..14) == Some(&[0x08, 0x00]) {
+            if vnet.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+                complete_csum(frame, vnet).map_err(|_| VxlanDrop::TxFailed)?;
+                bump(&env.wc.csum_completed, 1);
+            }
+            return fragment(env, sock, to, &hdr, frame, max, scratch);
+        }
+        return Err(VxlanDrop::TooBig);
+    };
     let Scratch {
         out, gso: batch, ..
     } = scratch;
@@ -173,6 +203,22 @@ pub(crate) fn send(
         seg: 0,
         n: 0,
     };
+    if cut.gso_type == VnetHdr::GSO_TCPV4
+        && let Some(n) = cut_tcp(
+            env,
+            sock,
+            to,
+            &hdr,
+            frame,
+            usize::from(cut.gso_size),
+            &mut b,
+        )?
+    {
+        b.flush(env, sock, to)?;
+        bump(&env.wc.tso_segmented, 1);
+        debug_assert!(n > 0);
+        return Ok(());
+    }
     let r = segment(frame, &cut, out, |seg| b.push(env, sock, to, &hdr, seg));
     match r {
         Ok(Ok(_)) => {
@@ -183,6 +229,132 @@ pub(crate) fn send(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(VxlanDrop::TooBig),
     }
+}
+
+/// TCP segmentation straight into the UDP GSO batch: each segment of at most
+/// `mss` payload bytes is written once, behind its VXLAN header, with its own
+/// IPv4 total length, id (+ index), checksum, TCP sequence number, flags (CWR
+/// on the first only, FIN/PSH on the last only) and full TCP checksum: what
+/// `offload::segment_tcpv4` does, without building each segment elsewhere
+/// first. Headers come from the frame (the pipeline parsed it: untagged IPv4,
+/// TCP). `None` (nothing sent) for what it does not handle: no payload, no
+/// batch buffer, inconsistent lengths; the caller then uses `offload::segment`.
+fn cut_tcp(
+    env: &Env<'_>,
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+    mss: usize,
+    b: &mut Batch<'_>,
+) -> Result<Option<usize>, VxlanDrop> {
+    use filter::tcp_flags::{FIN, PSH};
+    const CWR: u8 = 0x80;
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    let Some(&doff) = frame.get(l4 + 12) else {
+        return Ok(None);
+    };
+    let hdr_len = l4 + usize::from(doff >> 4) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    // Some stacks leave the total length of a super-frame 0: the frame's end.
+    let end = if total >= hdr_len - 14 && 14 + total <= frame.len() {
+        14 + total
+    } else {
+        frame.len()
+    };
+    if mss == 0 || hdr_len >= end || b.buf.len() < VXLAN_HDR_LEN + hdr_len + mss {
+        return Ok(None);
+    }
+    let payload = &frame[hdr_len..end];
+    let base_id = u16::from_be_bytes([frame[18], frame[19]]);
+    let base_seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+    let flags = frame[l4 + 13];
+    let pseudo_addrs = offload::sum(&frame[26..34], u64::from(filter::proto::TCP));
+    let n = payload.len().div_ceil(mss);
+    for (i, chunk) in payload.chunks(mss).enumerate() {
+        let size = VXLAN_HDR_LEN + hdr_len + chunk.len();
+        let Some(slot) = b.reserve(env, sock, to, size)? else {
+            return Err(VxlanDrop::TxFailed);
+        };
+        slot[..VXLAN_HDR_LEN].copy_from_slice(hdr);
+        let seg = &mut slot[VXLAN_HDR_LEN..];
+        seg[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+        seg[hdr_len..].copy_from_slice(chunk);
+        let len = seg.len();
+        seg[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        seg[18..20].copy_from_slice(&base_id.wrapping_add(i as u16).to_be_bytes());
+        seg[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&seg[14..l4]);
+        seg[24..26].copy_from_slice(&c.to_be_bytes());
+        let seq = base_seq.wrapping_add((i * mss) as u32);
+        seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut f = flags;
+        if i != 0 {
+            f &= !CWR;
+        }
+        if i + 1 != n {
+            f &= !(FIN | PSH);
+        }
+        seg[l4 + 13] = f;
+        seg[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let c = !offload::fold(offload::sum(&seg[l4..], pseudo_addrs + (len - l4) as u64));
+        seg[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        b.commit(env, sock, to, size)?;
+    }
+    Ok(Some(n))
+}
+
+/// IPv4 fragmentation (RFC 791) of a plain frame without DF into frames of at
+/// most `max` bytes, sent like segments (one UDP GSO batch). A frame with DF,
+/// with IPv4 options, or inconsistent lengths is `vxlan_too_big`.
+fn fragment(
+    env: &Env<'_>,
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+    max: usize,
+    scratch: &mut Scratch,
+) -> Result<(), VxlanDrop> {
+    let too_big = VxlanDrop::TooBig;
+    let ip = frame.get(14..34).ok_or(too_big)?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if ip[0] != 0x45 || frag & 0x4000 != 0 || total < 20 || 14 + total > frame.len() {
+        return Err(too_big);
+    }
+    let (base_mf, base_off) = (frag & 0x2000 != 0, usize::from(frag & 0x1fff) * 8);
+    let payload = &frame[34..14 + total];
+    let per = (max - 34) / 8 * 8;
+    let Scratch {
+        out, gso: batch, ..
+    } = scratch;
+    let mut b = Batch {
+        buf: batch,
+        len: 0,
+        seg: 0,
+        n: 0,
+    };
+    let n = payload.len().div_ceil(per);
+    for (i, chunk) in payload.chunks(per).enumerate() {
+        let len = 34 + chunk.len();
+        let f = out.get_mut(..len).ok_or(too_big)?;
+        f[..34].copy_from_slice(&frame[..34]);
+        f[34..].copy_from_slice(chunk);
+        let off = (base_off + i * per) / 8;
+        let mf = i + 1 < n || base_mf;
+        let field = (off as u16 & 0x1fff) | if mf { 0x2000 } else { 0 };
+        f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&field.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        b.push(env, sock, to, hdr, f)?;
+    }
+    b.flush(env, sock, to)?;
+    bump(&env.wc.underlay_fragmented, 1);
+    Ok(())
 }
 
 /// The virtio-net header that cuts `frame` into segments of at most `max`
@@ -217,6 +389,53 @@ fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
         }
         _ => None,
     }
+}
+
+/// For a frame that does not fit the underlay and may not be fragmented (IPv4
+/// with DF): writes into `out` the ICMP "fragmentation needed" (type 3 code 4,
+/// RFC 1191) that the gateway `gw` sends back to the sender, with the next-hop
+/// MTU `mtu` and the original IPv4 header plus 8 bytes. Returns its length, or
+/// `None` when no such answer is due (no DF, not IPv4, an ICMP error itself).
+pub fn write_frag_needed(out: &mut [u8], frame: &[u8], gw: Ipv4Addr, mtu: u16) -> Option<usize> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..34)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let df = ip[6] & 0x40 != 0;
+    let is_icmp_error =
+        ip[9] == filter::proto::ICMP && matches!(frame.get(14 + ihl), Some(3 | 4 | 5 | 11 | 12));
+    if ip[0] >> 4 != 4 || ihl < 20 || !df || is_icmp_error {
+        return None;
+    }
+    let quoted = frame.get(14..14 + ihl + 8)?;
+    let len = 14 + 20 + 8 + quoted.len();
+    let f = out.get_mut(..len)?;
+    f[0..6].copy_from_slice(&frame[6..12]);
+    f[6..12].copy_from_slice(&crate::arp::GATEWAY_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = (len - 14) as u16;
+    let h = &mut f[14..34];
+    h[0] = 0x45;
+    h[1] = 0xc0; // internetwork control, as routers send ICMP errors
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+    h[8] = 64;
+    h[9] = filter::proto::ICMP;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..16].copy_from_slice(&gw.octets());
+    h[16..20].copy_from_slice(&ip[12..16]);
+    let c = offload::checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut f[34..];
+    icmp[0] = 3;
+    icmp[1] = 4;
+    icmp[2..6].copy_from_slice(&[0, 0, 0, 0]);
+    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(quoted);
+    let c = offload::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(len)
 }
 
 /// One `sendmsg`: VXLAN header + frame, gathered.
@@ -258,9 +477,29 @@ impl Batch<'_> {
         seg: &[u8],
     ) -> Result<(), VxlanDrop> {
         let size = VXLAN_HDR_LEN + seg.len();
-        if self.buf.len() < size {
+        match self.reserve(env, sock, to, size)? {
+            Some(slot) => {
+                slot[..VXLAN_HDR_LEN].copy_from_slice(hdr);
+                slot[VXLAN_HDR_LEN..].copy_from_slice(seg);
+                self.commit(env, sock, to, size)
+            }
             // No batch buffer (or a segment larger than it): one at a time.
-            return send_one(env, sock, to, hdr, seg);
+            None => send_one(env, sock, to, hdr, seg),
+        }
+    }
+
+    /// Room for the next datagram of `size` bytes at the end of the batch
+    /// (flushing first what it cannot join), to be filled and then
+    /// [`Batch::commit`]ted; `None` if the buffer cannot hold it at all.
+    fn reserve(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, VxlanDrop> {
+        if self.buf.len() < size {
+            return Ok(None);
         }
         if self.n > 0
             && (size > self.seg
@@ -269,11 +508,20 @@ impl Batch<'_> {
         {
             self.flush(env, sock, to)?;
         }
+        Ok(Some(&mut self.buf[self.len..self.len + size]))
+    }
+
+    /// Adds the datagram written into the slot [`Batch::reserve`] gave.
+    fn commit(
+        &mut self,
+        env: &Env<'_>,
+        sock: &UdpSocket,
+        to: SocketAddrV4,
+        size: usize,
+    ) -> Result<(), VxlanDrop> {
         if self.n == 0 {
             self.seg = size;
         }
-        self.buf[self.len..self.len + VXLAN_HDR_LEN].copy_from_slice(hdr);
-        self.buf[self.len + VXLAN_HDR_LEN..self.len + size].copy_from_slice(seg);
         self.len += size;
         self.n += 1;
         if size < self.seg {
@@ -326,28 +574,54 @@ impl Batch<'_> {
     }
 }
 
-/// Handle one datagram read from the underlay socket of worker `env.w`, sent
-/// from `from` (see the module docs). `buf` is the worker's receive buffer cut
-/// to the datagram; the inner frame is rewritten in place (destination MAC).
+/// Handle one read of the underlay socket of worker `env.w`, sent from `from`
+/// (see the module docs): `buf` holds one datagram, or with UDP GRO several of
+/// `seg` bytes each (the last may be shorter). Each datagram is checked and
+/// judged on its own; consecutive TCP segments of one flow for a port that takes
+/// offloads are then merged back into one super-frame ([`Gro`]). Returns the
+/// number of datagrams.
 pub(crate) fn receive(
     env: &Env<'_>,
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
+    seg: Option<usize>,
     scratch: &mut Scratch,
-) -> Outcome {
-    bump(&env.wc.underlay_rx_packets, 1);
-    bump(&env.wc.underlay_rx_bytes, buf.len() as u64);
-    match receive_inner(env, o, from, buf, scratch) {
-        Ok(()) => Outcome::Forwarded,
-        Err(Refused::Vxlan(v)) => {
-            env.wc.vxlan_drop(v);
-            Outcome::VxlanDropped(v)
+) -> usize {
+    let mut gro_buf = std::mem::take(&mut scratch.gso);
+    let mut gro = Gro::new(&mut gro_buf);
+    let step = seg.unwrap_or(buf.len()).max(1);
+    let mut count = 0;
+    for d in buf.chunks_mut(step) {
+        count += 1;
+        bump(&env.wc.underlay_rx_packets, 1);
+        bump(&env.wc.underlay_rx_bytes, d.len() as u64);
+        let r = check_inner(env, o, from, d).and_then(|port| {
+            let frame = &mut d[VXLAN_HDR_LEN..];
+            if port.queues[env.w].offloads()
+                && let Some(t) = TcpSeg::of(frame)
+            {
+                gro.push(env, port, frame, t, scratch)
+            } else {
+                gro.flush(env, scratch)?;
+                transmit(env, port, frame, &VnetHdr::default(), scratch).map_err(Refused::from)
+            }
+        });
+        if let Err(e) = r {
+            refused(env, e);
         }
-        Err(Refused::Filter(r)) => {
-            env.wc.drop(r);
-            Outcome::Dropped(r)
-        }
+    }
+    if let Err(e) = gro.flush(env, scratch) {
+        refused(env, e);
+    }
+    scratch.gso = gro_buf;
+    count
+}
+
+fn refused(env: &Env<'_>, e: Refused) {
+    match e {
+        Refused::Vxlan(v) => env.wc.vxlan_drop(v),
+        Refused::Filter(r) => env.wc.drop(r),
     }
 }
 
@@ -369,13 +643,15 @@ impl From<DropReason> for Refused {
     }
 }
 
-fn receive_inner(
-    env: &Env<'_>,
+/// Every check of one datagram: decap, sender, local destination, conntrack or
+/// the destination's rules. On success the inner frame (at `VXLAN_HDR_LEN`) has
+/// the destination's MAC and may be delivered to the returned port.
+fn check_inner<'t>(
+    env: &Env<'t>,
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
-    scratch: &mut Scratch,
-) -> Result<(), Refused> {
+) -> Result<&'t Arc<Port>, Refused> {
     let (header, inner) = vxlan::decap_udp_payload(buf, o.ov.cfg.vni)?;
     let d = Decapped {
         outer_src: *from.ip(),
@@ -407,8 +683,196 @@ fn receive_inner(
     env.ct
         .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
     frame[0..6].copy_from_slice(&mac);
-    transmit(env, port, frame, &VnetHdr::default(), scratch)?;
-    Ok(())
+    Ok(port)
+}
+
+/// A TCP segment that may be merged: untagged IPv4, not a fragment, no padding,
+/// ACK set, no SYN/RST/URG, some payload, and a TCP checksum that verifies (a
+/// merged super-frame gets a partial checksum the receiver completes, so a bad
+/// one must not be laundered).
+#[derive(Clone, Copy, Debug)]
+struct TcpSeg {
+    l4: usize,
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+impl TcpSeg {
+    fn of(f: &[u8]) -> Option<TcpSeg> {
+        use filter::tcp_flags::{ACK, RST, SYN};
+        const URG: u8 = 0x20;
+        if f.get(12..14)? != [0x08, 0x00] || f.len() < 54 {
+            return None;
+        }
+        let ip = &f[14..34];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if ip[0] >> 4 != 4
+            || ihl < 20
+            || ip[9] != filter::proto::TCP
+            || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+            || 14 + total != f.len()
+        {
+            return None;
+        }
+        let l4 = 14 + ihl;
+        let t = f.get(l4..l4 + 20)?;
+        let hdr_len = l4 + usize::from(t[12] >> 4) * 4;
+        let flags = t[13];
+        if hdr_len < l4 + 20
+            || hdr_len >= f.len()
+            || flags & ACK == 0
+            || flags & (SYN | RST | URG) != 0
+        {
+            return None;
+        }
+        let pseudo = offload::sum(
+            &f[26..34],
+            u64::from(filter::proto::TCP) + (f.len() - l4) as u64,
+        );
+        if offload::fold(offload::sum(&f[l4..], pseudo)) != 0xffff {
+            return None;
+        }
+        Some(TcpSeg {
+            l4,
+            hdr_len,
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            flags,
+            payload: f.len() - hdr_len,
+        })
+    }
+}
+
+/// Whether two segments' headers are the same but for what segmentation
+/// changes: IPv4 total length, id and checksum, TCP sequence number, flags and
+/// checksum.
+fn same_headers(a: &[u8], b: &[u8], l4: usize, hdr_len: usize) -> bool {
+    let (a, b) = (&a[..hdr_len], &b[..hdr_len]);
+    a[..16] == b[..16]
+        && a[20..24] == b[20..24]
+        && a[26..l4 + 4] == b[26..l4 + 4]
+        && a[l4 + 8..l4 + 13] == b[l4 + 8..l4 + 13]
+        && a[l4 + 14..l4 + 16] == b[l4 + 14..l4 + 16]
+        && a[l4 + 18..] == b[l4 + 18..]
+}
+
+/// Receive-side GRO in user space: consecutive segments of one TCP flow for one
+/// port (that takes offloads) become one super-frame with a GSO virtio-net
+/// header, written to the TAP once: the instance's kernel then takes one large
+/// segment (and acknowledges it once) instead of tens of small ones.
+struct Gro<'b, 't> {
+    buf: &'b mut [u8],
+    len: usize,
+    port: Option<&'t Arc<Port>>,
+    first: Option<TcpSeg>,
+    /// Flags of the last segment merged (PSH/FIN go to the super-frame).
+    last_flags: u8,
+    next_seq: u32,
+    segs: usize,
+    /// The last segment was short or had PSH/FIN: nothing may follow.
+    closed: bool,
+}
+
+impl<'b, 't> Gro<'b, 't> {
+    fn new(buf: &'b mut [u8]) -> Self {
+        Gro {
+            buf,
+            len: 0,
+            port: None,
+            first: None,
+            last_flags: 0,
+            next_seq: 0,
+            segs: 0,
+            closed: false,
+        }
+    }
+
+    fn push(
+        &mut self,
+        env: &Env<'t>,
+        port: &'t Arc<Port>,
+        frame: &mut [u8],
+        t: TcpSeg,
+        scratch: &mut Scratch,
+    ) -> Result<(), Refused> {
+        use filter::tcp_flags::{FIN, PSH};
+        let fits = |g: &Self| {
+            g.len + t.payload <= g.buf.len() && g.len + t.payload - 14 <= usize::from(u16::MAX)
+        };
+        let joins = match (self.first, self.port) {
+            (Some(f), Some(p)) => {
+                Arc::ptr_eq(p, port)
+                    && !self.closed
+                    && t.l4 == f.l4
+                    && t.hdr_len == f.hdr_len
+                    && t.seq == self.next_seq
+                    && t.payload <= f.payload
+                    && fits(self)
+                    && same_headers(&self.buf[..f.hdr_len], frame, f.l4, f.hdr_len)
+            }
+            _ => false,
+        };
+        if joins {
+            let f = self.first.unwrap_or(t);
+            self.buf[self.len..self.len + t.payload].copy_from_slice(&frame[t.hdr_len..]);
+            self.len += t.payload;
+            self.closed = t.payload < f.payload || t.flags & (PSH | FIN) != 0;
+        } else {
+            self.flush(env, scratch)?;
+            if frame.len() > self.buf.len() {
+                // No room to hold it (no buffer): as it came.
+                return transmit(env, port, frame, &VnetHdr::default(), scratch)
+                    .map_err(Refused::from);
+            }
+            self.buf[..frame.len()].copy_from_slice(frame);
+            self.len = frame.len();
+            self.port = Some(port);
+            self.first = Some(t);
+            self.closed = t.flags & (PSH | FIN) != 0;
+        }
+        self.segs += 1;
+        self.last_flags = t.flags;
+        self.next_seq = t.seq.wrapping_add(t.payload as u32);
+        Ok(())
+    }
+
+    /// Deliver what is held: one segment as it came, several as a super-frame.
+    fn flush(&mut self, env: &Env<'t>, scratch: &mut Scratch) -> Result<(), Refused> {
+        use filter::tcp_flags::{FIN, PSH};
+        let (Some(port), Some(f)) = (self.port.take(), self.first.take()) else {
+            return Ok(());
+        };
+        let segs = std::mem::take(&mut self.segs);
+        let len = std::mem::take(&mut self.len);
+        let frame = &mut self.buf[..len];
+        if segs == 1 {
+            return transmit(env, port, frame, &VnetHdr::default(), scratch).map_err(Refused::from);
+        }
+        let l4 = f.l4;
+        frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&frame[14..l4]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        frame[l4 + 13] = f.flags | (self.last_flags & (PSH | FIN));
+        // The partial checksum: the pseudo-header sum, completed by the receiver.
+        let pseudo = offload::sum(
+            &frame[26..34],
+            u64::from(filter::proto::TCP) + (len - l4) as u64,
+        );
+        frame[l4 + 16..l4 + 18].copy_from_slice(&offload::fold(pseudo).to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: f.hdr_len as u16,
+            gso_size: f.payload as u16,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        bump(&env.wc.underlay_gro_frames, 1);
+        transmit(env, port, frame, &vnet, scratch).map_err(Refused::from)
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +959,10 @@ mod tests {
     }
 
     fn lab() -> Lab {
+        lab_with(false)
+    }
+
+    fn lab_with(offloads: bool) -> Lab {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1 << 12),
@@ -511,7 +979,13 @@ mod tests {
         };
         dp.publish_rules(snapshot());
         dp.publish_directory(Arc::new(directory(h1, h2a, true)));
-        let (queues, a) = mem_port_with(1, MemOptions::default());
+        let (queues, a) = mem_port_with(
+            1,
+            MemOptions {
+                offloads,
+                ..MemOptions::default()
+            },
+        );
         dp.add_port(PortSpec {
             name: "a".into(),
             role: PortRole::Instance {
@@ -737,6 +1211,32 @@ mod tests {
             per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
         }
         assert_eq!(per_flow[0], payload);
+        // Byte for byte what offload::segment makes of the frame with that MSS.
+        let fit = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1410,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut out = vec![0u8; 2048];
+        let mut want = Vec::new();
+        segment(&big, &fit, &mut out, |s| {
+            want.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        let flow0: Vec<&Vec<u8>> = got
+            .iter()
+            .map(|(_, f)| f)
+            .filter(|f| f[34..36] == 40000u16.to_be_bytes())
+            .collect();
+        assert_eq!(flow0.len(), want.len());
+        for (g, w) in flow0.iter().zip(&want) {
+            assert!(*g == w, "segment differs from offload::segment's");
+        }
         assert_eq!(per_flow[1], payload);
         assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
         let st = l.dp.stats();
@@ -768,5 +1268,156 @@ mod tests {
         assert_eq!(st.vxlan_drop_count(VxlanDrop::NoIdentity), 1);
         assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
         assert!(h2_received(&l.h2).is_empty());
+        // With DF set, A hears why: ICMP "fragmentation needed", next-hop MTU
+        // 1450, from the gateway, quoting its datagram.
+        assert_eq!(udp[20] & 0x40, 0x40, "etherparse sets DF");
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one ICMP error back to A");
+        let icmp = &got[0].data;
+        let p = etherparse::SlicedPacket::from_ethernet(icmp).expect("ICMP error parses");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), l.dp.gateway());
+        assert_eq!(ip.header().destination_addr(), A.0);
+        assert_eq!(&icmp[0..6], &A.1);
+        assert_eq!((icmp[34], icmp[35]), (3, 4));
+        assert_eq!(u16::from_be_bytes([icmp[40], icmp[41]]), 1450);
+        assert_eq!(&icmp[42..], &udp[14..14 + 28]);
+        assert_eq!(offload::checksum(&icmp[34..]), 0);
+        // Without DF it is fragmented, as a router would: 1508 bytes of IPv4
+        // payload in fragments of 1424 + 84, the second at offset 1424.
+        let mut no_df = udp.clone();
+        no_df[20] &= !0x40;
+        no_df[24..26].copy_from_slice(&[0, 0]);
+        let c = offload::checksum(&no_df[14..34]);
+        no_df[24..26].copy_from_slice(&c.to_be_bytes());
+        l.a.inject(0, &no_df, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty(), "no ICMP error without DF");
+        let frags = h2_received(&l.h2);
+        assert_eq!(frags.len(), 2);
+        let mut joined = Vec::new();
+        for (i, (policy, f)) in frags.iter().enumerate() {
+            assert_eq!(*policy, A.2);
+            assert_eq!(offload::checksum(&f[14..34]), 0, "IPv4 header checksum");
+            let field = u16::from_be_bytes([f[20], f[21]]);
+            let want = if i == 0 { 0x2000 } else { 1424 / 8 };
+            assert_eq!(field, want, "MF and offset of fragment {i}");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[16], f[17]])),
+                f.len() - 14
+            );
+            joined.extend_from_slice(&f[34..]);
+        }
+        assert_eq!(joined, no_df[34..]);
+        let st = l.dp.stats();
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
+        assert_eq!(st.underlay.fragmented, 1);
+    }
+
+    /// A TCP segment B → A:22 (allowed: a takes TCP 22 from group b).
+    fn seg_b_to_a(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(B.1, A.1)
+            .ipv4(B.0.octets(), A.0.octets(), 64)
+            .tcp(6000, 22, seq, 64000)
+            .ack(1);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    /// Host 2 sends `datagrams` as one UDP GSO batch (the kernel delivers them
+    /// to host 1's GRO socket as one read).
+    fn send_batch(l: &Lab, datagrams: &[Vec<u8>]) {
+        let size = datagrams[0].len() as u16;
+        let all = datagrams.concat();
+        sys::udp_sendmsg(l.h2.as_fd(), l.h1, &[IoSlice::new(&all)], Some(size)).unwrap();
+    }
+
+    #[test]
+    fn segments_of_a_flow_are_merged_for_an_offloading_port() {
+        let l = lab_with(true);
+        assert!(l.dp.overlay().unwrap().gro(), "UDP_GRO on the socket");
+        let data: Vec<u8> = (0..3500u32).map(|i| (i % 253) as u8).collect();
+        let segs: Vec<Vec<u8>> = data
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, c)| seg_b_to_a(1000 + 1000 * i as u32, c, i == 3))
+            .collect();
+        let dgrams: Vec<Vec<u8>> = segs.iter().map(|f| vxlan_payload(B.2, VNI, f)).collect();
+        send_batch(&l, &dgrams);
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one super-frame");
+        let sf = &got[0];
+        assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV4);
+        assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 54));
+        assert_eq!(sf.vnet.flags, VnetHdr::F_NEEDS_CSUM);
+        assert_eq!(&sf.data[54..], &data[..]);
+        // Cut again, it gives back the very segments that were sent.
+        let mut out = vec![0u8; 4096];
+        let mut back = Vec::new();
+        segment(&sf.data, &sf.vnet, &mut out, |s| {
+            back.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(back.len(), 4);
+        for (b, s) in back.iter().zip(&segs) {
+            // All the same but the IPv4 id (and so the IPv4 checksum).
+            assert_eq!(b.len(), s.len());
+            assert!(b[..18] == s[..18] && b[20..24] == s[20..24] && b[26..] == s[26..]);
+        }
+        let st = l.dp.stats();
+        assert_eq!((st.underlay.rx_packets, st.underlay.gro_frames), (4, 1));
+        // A corrupt checksum in the middle is never merged (nor repaired).
+        let mut bad = seg_b_to_a(4500, &[1; 1000], false);
+        bad[60] ^= 0xff;
+        let batch = [
+            vxlan_payload(B.2, VNI, &seg_b_to_a(3500, &[2; 1000], false)),
+            vxlan_payload(B.2, VNI, &bad),
+            vxlan_payload(B.2, VNI, &seg_b_to_a(5500, &[3; 1000], false)),
+        ];
+        send_batch(&l, &batch);
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|f| f.vnet.is_plain()));
+        assert_eq!(got[1].data[60], bad[60]);
+        assert_eq!(l.dp.stats().underlay.gro_frames, 1);
+    }
+
+    #[test]
+    fn a_lost_host_is_neither_reached_nor_trusted() {
+        let l = lab();
+        let SocketAddr::V4(h2) = l.h2.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut d = directory(l.h1, h2, true);
+        d.remove_host(H2);
+        l.dp.publish_directory(Arc::new(d));
+        // ARP for B is not answered (no uplink: nowhere to forward it), A's
+        // frames to B go nowhere.
+        let mut req = [0u8; 64];
+        let n = arp::write_request(&mut req, A.1, A.0, B.0);
+        l.a.inject(0, &req[..n], VnetHdr::default()).unwrap();
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        // B's host, no longer live, is not believed.
+        l.h2.send_to(
+            &vxlan_payload(B.2, VNI, &tcp(B, A, 5000, 22, true, b"")),
+            l.h1,
+        )
+        .unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty());
+        assert!(h2_received(&l.h2).is_empty());
+        let st = l.dp.stats();
+        assert_eq!(st.drop_count(DropReason::UnknownDestination), 2);
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::UnknownHost), 1);
+        assert_eq!(st.arp_replies, 0);
     }
 }

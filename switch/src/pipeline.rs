@@ -38,6 +38,13 @@
 //!     not know yet (port added before its snapshot) receives no IPv4 (`NoRule`).
 //!   - Then `Conntrack::judge` against the snapshot; a TSO super-frame is judged
 //!     once by its headers.
+//!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 destination that
+//!     is no attached port but an instance of another live host in the
+//!     directory is judged with `Conntrack::judge_scoped` (no ingress rules here:
+//!     its host enforces them; the flow is tracked for the reply) and sent into
+//!     the overlay with the sender's identity (`vxlan_no_identity` if it has
+//!     none); ARP requests from instances for such addresses are answered with
+//!     the remote instance's MAC. Overlay refusals are `Outcome::VxlanDropped`.
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
@@ -258,7 +265,21 @@ pub fn process_prepared(
             };
             match sent {
                 Ok(()) => Ok(Outcome::Forwarded),
-                Err(v) => return vxlan_dropped(env, pc, v),
+                Err(v) => {
+                    if v == VxlanDrop::TooBig
+                        && let Some(o) = &env.overlay
+                        && let Some(n) = overlay::write_frag_needed(
+                            &mut scratch.out,
+                            frame,
+                            env.net.gateway,
+                            o.ov.inner_ip_mtu(),
+                        )
+                    {
+                        // Path MTU discovery: the sender learns the inner MTU.
+                        let _ = reply(env, inp, n, scratch);
+                    }
+                    return vxlan_dropped(env, pc, v);
+                }
             }
         }
         Ok(Action::VxlanDrop(v)) => return vxlan_dropped(env, pc, v),

@@ -18,8 +18,10 @@
 //! (interface ioctls on an `AF_INET` datagram socket, built with [`IfReq`]),
 //! namespaces and mounts ([`unshare_netns`], [`setns_net`], [`bind_mount`], ...),
 //! [`NetlinkRoute`] (raw rtnetlink socket), and `AF_PACKET` sockets with a
-//! `TPACKET_V3` receive ring ([`packet_socket`], [`RxRing`]), and memory hints
-//! ([`advise_hugepages`], [`prefetch`]).
+//! `TPACKET_V3` receive ring ([`packet_socket`], [`RxRing`]), the overlay's UDP
+//! sockets ([`udp_socket_reuseport`], [`udp_sendmsg`] with `UDP_SEGMENT`,
+//! [`udp_recvmsg`] with `UDP_GRO`), and memory hints ([`advise_hugepages`],
+//! [`prefetch`]).
 
 #![allow(unsafe_code)]
 
@@ -1198,7 +1200,8 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 /// socket to the same address; the kernel spreads datagrams over them by a hash
 /// of the 4-tuple, so one flow stays on one worker), `IP_MTU_DISCOVER` =
 /// `IP_PMTUDISC_DO` (DF on every datagram, never fragmented: RFC 7348 §4.3), and
-/// send/receive buffers of `buf_bytes` (best effort).
+/// send/receive buffers of `buf_bytes` (forced past the sysctl limits when the
+/// process may, else as large as they allow).
 pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<UdpSocket> {
     // SAFETY: plain socket(2); the result is owned at once.
     let fd = owned_fd(unsafe {
@@ -1220,8 +1223,16 @@ pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<
         libc::IP_MTU_DISCOVER,
         &libc::IP_PMTUDISC_DO,
     )?;
-    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &buf_bytes);
-    let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &buf_bytes);
+    // Past `net.core.{r,w}mem_max` with CAP_NET_ADMIN (the daemon has it: a
+    // 64 KiB GSO batch per skb fills a default 208 KiB buffer in three).
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, force, &buf_bytes).is_err() {
+            let _ = setsockopt(fd.as_fd(), libc::SOL_SOCKET, plain, &buf_bytes);
+        }
+    }
     let sin = sockaddr_in(addr);
     // SAFETY: `sin` is a live `sockaddr_in` and the length passed is its size.
     let ret = unsafe {
@@ -1233,6 +1244,59 @@ pub fn udp_socket_reuseport(addr: SocketAddrV4, buf_bytes: c_int) -> io::Result<
     };
     cvt(ret)?;
     Ok(UdpSocket::from(fd))
+}
+
+/// `UDP_GRO` (`<linux/udp.h>`, Linux 5.0): the socket accepts coalesced
+/// datagrams; `recvmsg` says the segment size in a control message.
+pub const UDP_GRO: c_int = 104;
+
+/// Turns on `UDP_GRO` for `sock` (see [`udp_recvmsg`]).
+pub fn udp_set_gro(sock: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt(sock, libc::SOL_UDP, UDP_GRO, &1 as &c_int)
+}
+
+/// `recvmsg(2)` of one (possibly GRO-coalesced) UDP read into `buf`: its length,
+/// the sender, and with `UDP_GRO` on, the size of the datagrams it holds (all
+/// but the last have that size) when the kernel coalesced several.
+pub fn udp_recvmsg(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddrV4, Option<u16>)> {
+    // SAFETY: an all-zero `sockaddr_in` is valid.
+    let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let mut cbuf = [0u64; 8];
+    let mut iov = [IoSliceMut::new(buf)];
+    // SAFETY: an all-zero `msghdr` is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut sin as *mut libc::sockaddr_in).cast::<c_void>();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // `IoSliceMut` is ABI-compatible with `struct iovec`.
+    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast::<c_void>();
+    msg.msg_controllen = mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points to live locals (`sin`, `cbuf`, `iov` over `buf`) that
+    // outlive the call; the kernel writes at most their stated lengths.
+    let n = cvt_size(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) })?;
+    let from = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+        u16::from_be(sin.sin_port),
+    );
+    let mut gro = None;
+    // SAFETY: the kernel filled `msg_control` (within `cbuf`) and set
+    // `msg_controllen`; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it and return null
+    // at its end; a UDP_GRO message carries one int, read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let size = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+                gro = u16::try_from(size).ok().filter(|&s| s > 0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, from, gro))
 }
 
 /// `sendmsg(2)` of one UDP datagram to `to`, gathered from `bufs` (no copy).

@@ -121,8 +121,10 @@ pub enum VxlanDrop {
     /// (its instance is not there yet), so there is nothing to put in the
     /// Group Policy ID.
     NoIdentity,
-    /// Send side: a frame (not TCP, so it cannot be cut) larger than the inner
-    /// MTU the underlay allows (the outer packet is never fragmented).
+    /// Send side: a frame larger than the inner MTU the underlay allows that
+    /// can be neither cut (TCP) nor fragmented (IPv4 with DF, or with options);
+    /// the sender gets ICMP "fragmentation needed" (the outer packet is never
+    /// fragmented).
     TooBig,
     /// Send side: the underlay socket refused the datagram.
     TxFailed,

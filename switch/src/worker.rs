@@ -31,10 +31,14 @@
 //!   with a [`SHORT_PARK_MS`] timeout instead of a long one.
 //! * A queue that reports `PortError::Gone` sets the port's tombstone; the worker
 //!   skips it from then on and wakes the housekeeper, which removes the port.
+//! * Cluster mode: worker `w` also reads underlay socket `w` (in every sweep, and
+//!   when epoll reports it; it is in the park set too), up to [`BURST`] reads,
+//!   with the rule snapshot and the directory loaded after the read
+//!   (`overlay::receive`).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -47,7 +51,7 @@ use filter::parse::Parsed;
 use crate::overlay::{self, GSO_BUF_LEN, OverlayEnv};
 use crate::pipeline::{BUF_LEN, BURST, Env, Outcome, Scratch, prepare, process, process_prepared};
 use crate::port::{PortError, VnetHdr};
-use crate::sys::{EPOLLIN, Epoll, EpollEvents};
+use crate::sys::{self, EPOLLIN, Epoll, EpollEvents};
 use crate::table::{Port, PortTable};
 use crate::vxlan::DirectoryTable;
 use crate::{Datapath, PortId};
@@ -89,8 +93,8 @@ struct Burst {
     /// Length and virtio-net header of each frame read.
     meta: [(usize, VnetHdr); BURST],
     parsed: [Result<Parsed, DropReason>; BURST],
-    /// Sender of each datagram of an underlay burst.
-    from: [SocketAddrV4; BURST],
+    /// Sender and GRO segment size of each read of an underlay burst.
+    from: [(SocketAddrV4, Option<u16>); BURST],
 }
 
 impl Burst {
@@ -101,7 +105,7 @@ impl Burst {
                 .collect(),
             meta: [(0, VnetHdr::default()); BURST],
             parsed: [Err(DropReason::TruncatedEthernet); BURST],
-            from: [SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); BURST],
+            from: [(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), None); BURST],
         }
     }
 
@@ -325,16 +329,15 @@ impl Worker {
         let Some(ov) = &dp.overlay else {
             return 0;
         };
-        let sock = &ov.socks[env.w];
+        let sock = ov.socks[env.w].as_fd();
         let mut got = 0;
         while got < BURST {
-            match sock.recv_from(&mut burst.bufs[got]) {
-                Ok((len, SocketAddr::V4(from))) => {
+            match sys::udp_recvmsg(sock, &mut burst.bufs[got]) {
+                Ok((len, from, seg)) => {
                     burst.meta[got].0 = len.min(BUF_LEN);
-                    burst.from[got] = from;
+                    burst.from[got] = (from, seg);
                     got += 1;
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     // ICMP errors reported on the socket and the like.
@@ -353,10 +356,14 @@ impl Worker {
                 overlay: Some(o),
                 ..*env
             };
+            let mut n = 0;
             for i in 0..got {
                 let len = burst.meta[i].0;
-                overlay::receive(&env, &o, burst.from[i], &mut burst.bufs[i][..len], scratch);
+                let (from, seg) = burst.from[i];
+                let buf = &mut burst.bufs[i][..len];
+                n += overlay::receive(&env, &o, from, buf, seg.map(usize::from), scratch);
             }
+            return n;
         }
         got
     }
