@@ -464,8 +464,10 @@ impl Dataplane for SwitchDataplane {
         names.dedup();
         let id = |n: &str| HostId(names.binary_search(&n).unwrap_or(0) as u32);
         let mut table = DirectoryTable::new(id(&dir.local));
+        // Every live host, this one too (its own address is never accepted
+        // as a sender).
         for (name, addr) in &dir.hosts {
-            if let (std::net::SocketAddr::V4(a), false) = (addr, *name == dir.local) {
+            if let std::net::SocketAddr::V4(a) = addr {
                 table.add_host(id(name), *a);
             }
         }
