@@ -55,6 +55,24 @@ echo "scripts/bench.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc
 export SGSWITCH_BIN="$target/release/sgswitch"
 if [ "${1:-}" = cluster ]; then
     shift
-    exec "$target/release/clusterbench" --report docs/cluster-benchmarks.md "$@"
+    "$target/release/clusterbench" --report docs/cluster-benchmarks.md "$@"
+    # Cross-host TCP: the overlay vs the kernel's own vxlan devices between the
+    # same host namespaces, in one run (switch/tests/overlay_root.rs).
+    out=$(OVERLAY_BENCH_SECS="${OVERLAY_BENCH_SECS:-5}" cargo test --release -q -p switch \
+        --test overlay_root bench_overlay_vs_kernel_vxlan -- --ignored --nocapture 2>&1)
+    echo "$out" | grep -E '^\||overlay bench'
+    {
+        echo
+        echo "## Cross-host TCP"
+        echo
+        echo "iperf3 between two instance namespaces on two hosts (host namespaces on a"
+        echo "bridged underlay): through sgswitch's overlay (two switches, VXLAN-GBP, UDP"
+        echo "GSO/GRO) and through the kernel's own \`vxlan\` devices on bridges between the"
+        echo "same host namespaces, without filtering, in the same run"
+        echo "(\`cargo test --release -p switch --test overlay_root bench_overlay_vs_kernel_vxlan -- --ignored\`)."
+        echo
+        echo "$out" | grep -E '^\|'
+    } >>docs/cluster-benchmarks.md
+    exit 0
 fi
 exec "$target/release/e2ebench" --invoked-as "scripts/bench.sh $*" --report docs/benchmarks.md "$@"
