@@ -154,6 +154,10 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
     ALTER TABLE instances ADD COLUMN identity INTEGER NOT NULL DEFAULT 0
         CHECK (identity BETWEEN 0 AND 65535);
+    CREATE TABLE cluster_hosts (
+        name     TEXT PRIMARY KEY,
+        underlay TEXT NOT NULL
+    ) STRICT;
     "#,
 ];
 
@@ -370,6 +374,9 @@ pub enum Edit {
     PutAccessKey(AccessKeyRecord),
     /// Record a `ClientToken` (new for its owner).
     PutClientToken(ClientTokenRecord),
+    /// Cluster mode: the live hosts and their overlay endpoints as last seen
+    /// (replaces the previous list; what a restart without etcd sends to).
+    SetClusterHosts(Vec<(String, std::net::SocketAddr)>),
 }
 
 impl Edit {
@@ -392,6 +399,7 @@ impl Edit {
             Edit::PutClientToken(t) => {
                 format!("client token {:?} of {}", t.token, t.owner.0)
             }
+            Edit::SetClusterHosts(h) => format!("{} cluster host(s)", h.len()),
         }
     }
 }
@@ -410,6 +418,8 @@ pub struct Loaded {
     pub access_keys: Vec<AccessKeyRecord>,
     /// ClientTokens of `RunInstances`, sorted by (owner, token).
     pub client_tokens: Vec<ClientTokenRecord>,
+    /// Cluster mode: the hosts last seen live, sorted by name.
+    pub cluster_hosts: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// The SQLite state store. One connection, owned by the management thread.
@@ -684,6 +694,7 @@ impl Store {
         let images = self.load_images()?;
         let access_keys = self.load_access_keys()?;
         let client_tokens = self.load_client_tokens()?;
+        let cluster_hosts = self.load_cluster_hosts()?;
         Ok(Loaded {
             groups,
             instances,
@@ -691,6 +702,7 @@ impl Store {
             images,
             access_keys,
             client_tokens,
+            cluster_hosts,
         })
     }
 
@@ -714,6 +726,30 @@ impl Store {
             })
             .map_err(load)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(load)
+    }
+
+    fn load_cluster_hosts(&self) -> Result<Vec<(String, std::net::SocketAddr)>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "cluster hosts",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare("SELECT name, underlay FROM cluster_hosts ORDER BY name")
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(load)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, addr) = row.map_err(load)?;
+            let addr = addr.parse().map_err(|_| StoreError::Corrupt {
+                what: "cluster host underlay",
+                value: addr,
+            })?;
+            out.push((name, addr));
+        }
+        Ok(out)
     }
 
     fn load_client_tokens(&self) -> Result<Vec<ClientTokenRecord>, StoreError> {
@@ -1034,6 +1070,16 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
                     t.created_at
                 ],
             )?;
+            Ok(())
+        }
+        Edit::SetClusterHosts(hosts) => {
+            tx.execute("DELETE FROM cluster_hosts", [])?;
+            for (name, addr) in hosts {
+                tx.execute(
+                    "INSERT INTO cluster_hosts (name, underlay) VALUES (?1, ?2)",
+                    params![name, addr.to_string()],
+                )?;
+            }
             Ok(())
         }
         Edit::SetCounter { name, value } => {

@@ -374,6 +374,19 @@ fn three_hosts_one_lab() {
         ],
     );
     expect(&lab, &web, db_ip, WEB, true);
+
+    // --- A host restarted while etcd is down enforces what it last knew
+    // (its SQLite cache), cross-host traffic included.
+    lab.kill_member(0);
+    lab.signal_host(2, "KILL");
+    lab.start_host(2);
+    let (state, _) = instance_state(&lab, 2, &db);
+    assert_eq!(state, "running", "db re-attached from the cache");
+    expect(&lab, &app, db_ip, DB, true);
+    expect(&lab, &web, db_ip, WEB, true);
+    expect(&lab, &web, db_ip, DB, false);
+    let (_, err, ok) = lab.cli_raw(2, &["add-group", "offline", "-d", "no etcd"]);
+    assert!(!ok && err.contains("ServiceUnavailable"), "{err}");
 }
 
 /// Three etcd members, one killed: edits and reads go on unnoticed.

@@ -154,6 +154,8 @@ impl Core {
             }
         }
         if self.cached_revision() > 0 {
+            // Enforce what was last known, cross-host traffic included.
+            self.publish_directory();
             tracing::warn!(
                 "etcd at {endpoints} does not answer; enforcing the cached state of revision {} \
                  until it does",
@@ -672,6 +674,12 @@ impl Core {
             self.publish();
         }
         self.publish_directory();
+        if let Some(hosts) = self.live_hosts()
+            && hosts != self.cached_hosts
+        {
+            record_edits.push(Edit::SetClusterHosts(hosts.clone()));
+            self.cached_hosts = hosts;
+        }
         // The SQLite cache: exactly what changed, with the revision.
         let mut edits = match store_edits(&changes, &self.records) {
             Ok(e) => e,
@@ -730,12 +738,10 @@ impl Core {
     /// every instance with its host and identity.
     fn publish_directory(&mut self) {
         let Some(link) = &self.cluster else { return };
-        let Some(mirror) = &link.mirror else { return };
-        let hosts: Vec<(String, SocketAddr)> = mirror
-            .hosts()
-            .into_iter()
-            .map(|(n, r)| (n.to_owned(), r.underlay))
-            .collect();
+        // Before the first read (etcd down at start): the hosts as cached.
+        let hosts = self
+            .live_hosts()
+            .unwrap_or_else(|| self.cached_hosts.clone());
         let dir = Directory {
             local: link.host().to_owned(),
             hosts,
@@ -751,6 +757,18 @@ impl Core {
                 .collect(),
         };
         self.dp.publish_directory(&dir);
+    }
+
+    /// The live hosts as the mirror has them (None before the first read).
+    fn live_hosts(&self) -> Option<Vec<(String, SocketAddr)>> {
+        let mirror = self.cluster.as_ref()?.mirror.as_ref()?;
+        Some(
+            mirror
+                .hosts()
+                .into_iter()
+                .map(|(n, r)| (n.to_owned(), r.underlay))
+                .collect(),
+        )
     }
 
     /// `--wait`: until every live host acknowledged `revision`.

@@ -337,6 +337,8 @@ pub struct Core {
     cluster: Option<Link>,
     /// The etcd revision the SQLite cache holds (0: none).
     cache_revision: i64,
+    /// Cluster mode: the live hosts as last cached.
+    cached_hosts: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Core {
@@ -349,11 +351,18 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
-        let cache_revision = store
+        let (cache_revision, cached_hosts) = store
             .load()
-            .ok()
-            .and_then(|l| l.counters.get(cluster::COUNTER_ETCD_REVISION).copied())
-            .unwrap_or(0);
+            .map(|l| {
+                (
+                    l.counters
+                        .get(cluster::COUNTER_ETCD_REVISION)
+                        .copied()
+                        .unwrap_or(0),
+                    l.cluster_hosts,
+                )
+            })
+            .unwrap_or_default();
         let (mut model, records, generation, images, ec2) = match load_model(&store, &cfg) {
             Ok(v) => v,
             Err(e) => {
@@ -383,6 +392,7 @@ impl Core {
             ec2,
             cluster: None,
             cache_revision,
+            cached_hosts,
         };
         let owner = core.cfg.default_owner.clone();
         if core.cfg.cluster_host.is_none()
