@@ -984,17 +984,7 @@ impl Model {
             )));
         }
         let rules = Self::normalize_request(&g.rules, &g.name)?;
-        if rules.len() > self.limits.rules_per_group {
-            return Err(Ec2Error::new(
-                ErrorCode::RulesPerSecurityGroupLimitExceeded,
-                format!(
-                    "group '{}' has {} rules; the limit is {} per group",
-                    g.name,
-                    rules.len(),
-                    self.limits.rules_per_group
-                ),
-            ));
-        }
+        self.check_stored_rule_count(&g.name, rules.len())?;
         // Continue the id sequence after the reloaded group, so that ids of groups
         // created since the last restart are not handed out again.
         if let Some(seq) = group_id_seq(&g.id) {
@@ -1028,17 +1018,7 @@ impl Model {
             )));
         }
         let new_rules = Self::normalize_request(&g.rules, &g.name)?;
-        if new_rules.len() > self.limits.rules_per_group {
-            return Err(Ec2Error::new(
-                ErrorCode::RulesPerSecurityGroupLimitExceeded,
-                format!(
-                    "group '{}' has {} rules; the limit is {} per group",
-                    g.name,
-                    new_rules.len(),
-                    self.limits.rules_per_group
-                ),
-            ));
-        }
+        self.check_stored_rule_count(&g.name, new_rules.len())?;
         if old.rules == new_rules {
             return Ok(false);
         }
@@ -1078,6 +1058,20 @@ impl Model {
             g.rules = rules;
         }
         Ok(true)
+    }
+
+    /// A stored group (reload, cluster apply) of `n` rules within the limit.
+    fn check_stored_rule_count(&self, group: &str, n: usize) -> Result<(), Ec2Error> {
+        if n > self.limits.rules_per_group {
+            return Err(Ec2Error::new(
+                ErrorCode::RulesPerSecurityGroupLimitExceeded,
+                format!(
+                    "group '{group}' has {n} rules; the limit is {} per group",
+                    self.limits.rules_per_group
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Remove the group with id `id` whatever refers to it (cluster mode; see

@@ -641,6 +641,21 @@ enum EditOp {
     DeleteGroup { owner: usize, group: usize },
 }
 
+/// Apply one random edit (refused ones change nothing).
+fn apply_edit(w: &mut World, e: &EditOp) {
+    match e {
+        EditOp::Op(op) => {
+            w.apply(op);
+        }
+        EditOp::AddGroup { owner: o, group } => {
+            let _ = w.model.add_group(&owner(*o), MORE_GROUPS[*group], "more");
+        }
+        EditOp::DeleteGroup { owner: o, group } => {
+            let _ = w.model.delete_group(&owner(*o), MORE_GROUPS[*group]);
+        }
+    }
+}
+
 /// Groups that may be created and deleted (`g4` does not exist at first).
 const MORE_GROUPS: [&str; 4] = ["g1", "g2", "g3", "g4"];
 
@@ -671,17 +686,7 @@ proptest! {
         let mut compiler = Compiler::new(&w.model);
         let mut generation = 1;
         for (step, (e, batch)) in edits.iter().enumerate() {
-            match e {
-                EditOp::Op(op) => {
-                    w.apply(op);
-                }
-                EditOp::AddGroup { owner: o, group } => {
-                    let _ = w.model.add_group(&owner(*o), MORE_GROUPS[*group], "more");
-                }
-                EditOp::DeleteGroup { owner: o, group } => {
-                    let _ = w.model.delete_group(&owner(*o), MORE_GROUPS[*group]);
-                }
-            }
+            apply_edit(&mut w, e);
             // `batch`: let the next edit's changes join this one's.
             if *batch && step + 1 < edits.len() {
                 continue;
@@ -757,17 +762,7 @@ proptest! {
         follower.record_changes();
         let mut compiler = Compiler::new(&follower);
         for (step, e) in edits.iter().enumerate() {
-            match e {
-                EditOp::Op(op) => {
-                    w.apply(op);
-                }
-                EditOp::AddGroup { owner: o, group } => {
-                    let _ = w.model.add_group(&owner(*o), MORE_GROUPS[*group], "more");
-                }
-                EditOp::DeleteGroup { owner: o, group } => {
-                    let _ = w.model.delete_group(&owner(*o), MORE_GROUPS[*group]);
-                }
-            }
+            apply_edit(&mut w, e);
             reconcile(&mut follower, &w.model);
             prop_assert_eq!(follower.groups(), w.model.groups(), "step {}", step);
             prop_assert_eq!(follower.instances(), w.model.instances(), "step {}", step);
@@ -804,17 +799,7 @@ fn undo_restores_the_model() {
         w.model.record_changes();
         let before = w.model.clone();
         for e in &edits {
-            match e {
-                EditOp::Op(op) => {
-                    w.apply(op);
-                }
-                EditOp::AddGroup { owner: o, group } => {
-                    let _ = w.model.add_group(&owner(*o), MORE_GROUPS[*group], "more");
-                }
-                EditOp::DeleteGroup { owner: o, group } => {
-                    let _ = w.model.delete_group(&owner(*o), MORE_GROUPS[*group]);
-                }
-            }
+            apply_edit(&mut w, e);
         }
         let changes = w.model.take_changes();
         w.model.undo(changes);

@@ -23,7 +23,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::lab::{Reach, is_root, line_channel, sgswitch_bin, sibling_bin};
+use crate::lab::{
+    Reach, is_root, line_channel, probe_from, sgswitch_bin, sibling_bin, start_listener,
+};
 use crate::run::{self, describe, kill_wait};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -448,23 +450,7 @@ impl ClusterLab {
 
     /// TCP echo listeners in namespace `ns` (killed at drop).
     pub fn listen(&self, ns: &str, ports: &[u16]) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(&self.helper)
-            .args(["listen", "--max-secs", "900"])
-            .args(ports.iter().map(u16::to_string))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", describe(&cmd)));
-        let lines = line_channel(child.stdout.take().expect("piped stdout"));
-        let first = lines.recv_timeout(Duration::from_secs(10));
-        if !matches!(&first, Ok((_, l)) if l == "listening") {
-            kill_wait(&mut child, Duration::ZERO);
-            panic!("{} did not start listening: {first:?}", describe(&cmd));
-        }
+        let child = start_listener(&self.helper, ns, ports, false, 900);
         self.children
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -474,22 +460,7 @@ impl ClusterLab {
     /// TCP connects from `ns` to every target at once (each bounded by
     /// `timeout`); results in target order.
     pub fn probe(&self, ns: &str, targets: &[(Ipv4Addr, u16)], timeout: Duration) -> Vec<Reach> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(&self.helper)
-            .arg("probe")
-            .args(["--timeout-ms", &timeout.as_millis().to_string()])
-            .args(targets.iter().map(|(ip, p)| format!("{ip}:{p}")));
-        let o =
-            run::run(&mut cmd, timeout + Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(o.success(), "{}: {o:?}", describe(&cmd));
-        let res: Vec<Reach> = o
-            .stdout
-            .lines()
-            .map(|l| Reach::parse(l.rsplit(' ').next().unwrap_or_default()))
-            .collect();
-        assert_eq!(res.len(), targets.len(), "probe printed: {}", o.stdout);
-        res
+        probe_from(&self.helper, ns, None, targets, timeout, false)
     }
 
     /// One TCP connect.

@@ -503,25 +503,7 @@ impl Lab {
     }
 
     fn spawn_listener(&self, ns: &str, ports: &[u16], udp: bool) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(&self.helper)
-            .args(["listen", "--max-secs", "600"])
-            .args(udp.then_some("--udp"))
-            .args(ports.iter().map(u16::to_string))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", describe(&cmd)));
-        let lines = line_channel(child.stdout.take().expect("piped stdout"));
-        let first = lines.recv_timeout(Duration::from_secs(10));
-        let ok = matches!(&first, Ok((_, l)) if l == "listening");
-        if !ok {
-            kill_wait(&mut child, Duration::ZERO);
-            panic!("{} did not start listening: {first:?}", describe(&cmd));
-        }
+        let child = start_listener(&self.helper, ns, ports, udp, 600);
         self.children
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -560,30 +542,7 @@ impl Lab {
         timeout: Duration,
         udp: bool,
     ) -> Vec<Reach> {
-        if targets.is_empty() {
-            return Vec::new();
-        }
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(&self.helper)
-            .arg("probe")
-            .args(udp.then_some("--udp"));
-        if let Some(f) = from {
-            cmd.args(["--from", &f.to_string()]);
-        }
-        cmd.args(["--timeout-ms", &timeout.as_millis().to_string()]);
-        cmd.args(targets.iter().map(|(ip, p)| format!("{ip}:{p}")));
-        let batches = targets.len().div_ceil(64) as u32;
-        let o = run::run(&mut cmd, timeout * batches + Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(o.success(), "{}: {o:?}", describe(&cmd));
-        let res: Vec<Reach> = o
-            .stdout
-            .lines()
-            .map(|l| Reach::parse(l.rsplit(' ').next().unwrap_or_default()))
-            .collect();
-        assert_eq!(res.len(), targets.len(), "probe printed: {}", o.stdout);
-        res
+        probe_from(&self.helper, ns, from, targets, timeout, udp)
     }
 
     /// One TCP connect from `ns`.
@@ -766,6 +725,68 @@ pub fn parse_instances(out: &str) -> Vec<LabInstance> {
 }
 
 /// Lines of a child's stdout, each stamped when read, on a channel.
+/// Start `labhelper listen` (TCP, and UDP with `udp`, echo) on `ports` inside
+/// `ns` for at most `max_secs`; returns once it listens.
+pub fn start_listener(helper: &Path, ns: &str, ports: &[u16], udp: bool, max_secs: u64) -> Child {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(helper)
+        .args(["listen", "--max-secs", &max_secs.to_string()])
+        .args(udp.then_some("--udp"))
+        .args(ports.iter().map(u16::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", describe(&cmd)));
+    let lines = line_channel(child.stdout.take().expect("piped stdout"));
+    let first = lines.recv_timeout(Duration::from_secs(10));
+    let ok = matches!(&first, Ok((_, l)) if l == "listening");
+    if !ok {
+        kill_wait(&mut child, Duration::ZERO);
+        panic!("{} did not start listening: {first:?}", describe(&cmd));
+    }
+    child
+}
+
+/// `labhelper probe` from `ns` (optionally from source address `from`): a TCP
+/// connect (or with `udp` one echoed datagram) to every target at once, each
+/// bounded by `timeout`; results in target order.
+pub fn probe_from(
+    helper: &Path,
+    ns: &str,
+    from: Option<Ipv4Addr>,
+    targets: &[(Ipv4Addr, u16)],
+    timeout: Duration,
+    udp: bool,
+) -> Vec<Reach> {
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(helper)
+        .arg("probe")
+        .args(udp.then_some("--udp"));
+    if let Some(f) = from {
+        cmd.args(["--from", &f.to_string()]);
+    }
+    cmd.args(["--timeout-ms", &timeout.as_millis().to_string()]);
+    cmd.args(targets.iter().map(|(ip, p)| format!("{ip}:{p}")));
+    let batches = targets.len().div_ceil(64) as u32;
+    let o = run::run(&mut cmd, timeout * batches + Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.success(), "{}: {o:?}", describe(&cmd));
+    let res: Vec<Reach> = o
+        .stdout
+        .lines()
+        .map(|l| Reach::parse(l.rsplit(' ').next().unwrap_or_default()))
+        .collect();
+    assert_eq!(res.len(), targets.len(), "probe printed: {}", o.stdout);
+    res
+}
+
 pub(crate) fn line_channel<R: std::io::Read + Send + 'static>(
     pipe: R,
 ) -> Receiver<(Instant, String)> {

@@ -16,6 +16,18 @@ use filter::model::instance_mac;
 const WEB: u16 = 80;
 const APP: u16 = 8080;
 const DB: u16 = 5432;
+/// Opens db's port 80 to web, answering once every host enforces it.
+const OPEN_DB_80_TO_WEB: &[&str] = &[
+    "authorize",
+    "db",
+    "-P",
+    "tcp",
+    "-p",
+    "80",
+    "-o",
+    "web",
+    "--wait",
+];
 
 fn permissions(out: &str, group: &str) -> usize {
     out.lines()
@@ -220,20 +232,7 @@ fn three_hosts_one_lab() {
     // --- Test 2: an authorize on h1 opens a port of the instance on h3;
     // --wait returns only once h3 enforces it; revoke closes it.
     for round in 0..3 {
-        lab.cli(
-            0,
-            &[
-                "authorize",
-                "db",
-                "-P",
-                "tcp",
-                "-p",
-                "80",
-                "-o",
-                "web",
-                "--wait",
-            ],
-        );
+        lab.cli(0, OPEN_DB_80_TO_WEB);
         expect(&lab, &web, db_ip, WEB, true);
         lab.cli(
             0,
@@ -359,20 +358,7 @@ fn three_hosts_one_lab() {
         || permissions(&lab.cli(2, &["describe-group", "web"]), "web") == 11,
     );
     // And it still enforces the newest rules.
-    lab.cli(
-        1,
-        &[
-            "authorize",
-            "db",
-            "-P",
-            "tcp",
-            "-p",
-            "80",
-            "-o",
-            "web",
-            "--wait",
-        ],
-    );
+    lab.cli(1, OPEN_DB_80_TO_WEB);
     expect(&lab, &web, db_ip, WEB, true);
 
     // --- A host restarted while etcd is down enforces what it last knew

@@ -689,14 +689,7 @@ impl Core {
             }
         };
         edits.extend(record_edits);
-        edits.push(Edit::SetCounter {
-            name: COUNTER_GROUP_SEQ.into(),
-            value: self.model.next_group_seq() as i64,
-        });
-        edits.push(Edit::SetCounter {
-            name: COUNTER_GENERATION.into(),
-            value: self.generation as i64,
-        });
+        edits.extend(self.counter_edits(self.generation));
         edits.push(Edit::SetCounter {
             name: COUNTER_ETCD_REVISION.into(),
             value: revision,

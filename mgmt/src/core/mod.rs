@@ -641,14 +641,7 @@ impl Core {
             }
         };
         edits.extend(extra);
-        edits.push(Edit::SetCounter {
-            name: COUNTER_GROUP_SEQ.into(),
-            value: self.model.next_group_seq() as i64,
-        });
-        edits.push(Edit::SetCounter {
-            name: COUNTER_GENERATION.into(),
-            value: (self.generation + 1) as i64,
-        });
+        edits.extend(self.counter_edits(self.generation + 1));
         // Enforce first, then make durable, then answer: the new rules reach
         // the datapath without waiting for the fsync, and the client still
         // hears of the edit only once it is committed. An edit that never
@@ -694,6 +687,21 @@ impl Core {
         self.store.commit(&edits).map_err(store_failed)?;
         self.edits += 1;
         Ok(())
+    }
+
+    /// The counters every committed change stores: the group id sequence
+    /// and `generation`.
+    fn counter_edits(&self, generation: u64) -> [Edit; 2] {
+        [
+            Edit::SetCounter {
+                name: COUNTER_GROUP_SEQ.into(),
+                value: self.model.next_group_seq() as i64,
+            },
+            Edit::SetCounter {
+                name: COUNTER_GENERATION.into(),
+                value: generation as i64,
+            },
+        ]
     }
 
     fn publish(&mut self) {
