@@ -129,16 +129,16 @@ impl Core {
     }
 
     /// A new access key acting as `owner`: `AKIA` + 16 of `[A-Z2-7]`, and a
-    /// 40-character secret, both from `/dev/urandom` (no fallback: a guessable
-    /// secret is worse than an error).
+    /// 40-character secret, both from the kernel's random source
+    /// (`getrandom`; no fallback: a guessable secret is worse than an error).
     pub(super) fn create_access_key(&mut self, owner: &Owner) -> Reply {
         const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
         const SECRET_CHARS: &[u8] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut bytes = [0u8; 56];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| ApiError::internal(format!("reading /dev/urandom for a new key: {e}")))?;
+        getrandom::fill(&mut bytes).map_err(|e| {
+            ApiError::internal(format!("no random bytes for a new key (getrandom): {e}"))
+        })?;
         let pick = |set: &[u8], b: &[u8]| -> String {
             b.iter()
                 .map(|&x| set[x as usize % set.len()] as char)

@@ -23,7 +23,7 @@
 //!   (groups, addresses), then creates them in the data plane (namespaces +
 //!   ports), then commits; a failure at any step undoes the staged changes and
 //!   destroys what was created. Instance ids are
-//!   random (`i-` + 8 hex from `/dev/urandom`), MACs derived from the id
+//!   random (`i-` + 8 hex from `getrandom`), MACs derived from the id
 //!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
 //!   subnet outside the uplink range ([`Model::free_ip`]).
 //! * Every owner has a `default` group: the first request of an unseen owner
@@ -76,11 +76,10 @@
 //!   with the same parameters returns that reservation (other parameters:
 //!   `IdempotentParameterMismatch`). Access keys (`create-access-key`:
 //!   `AKIA` and 16 characters, a 40-character secret, both from
-//!   `/dev/urandom`) are stored and looked up by the EC2 front door only
+//!   `getrandom`) are stored and looked up by the EC2 front door only
 //!   ([`Core::lookup_access_key`] is no command: the socket cannot ask it).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -808,22 +807,10 @@ pub fn store_edits(
 /// The AMI column of attached interfaces (no image involved).
 pub const ATTACHED_AMI: &str = "-";
 
-/// `prefix` + 8 lowercase hex digits from `/dev/urandom` (time-and-pid mixed as a
-/// fallback if it cannot be read).
+/// `prefix` + 8 lowercase hex digits from the kernel's random source
+/// (`getrandom`, which does not fail on any kernel sgswitch runs on).
 pub fn random_id(prefix: &str) -> String {
-    let mut b = [0u8; 4];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    let v = if ok {
-        u32::from_le_bytes(b)
-    } else {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let x = t ^ (u64::from(std::process::id()) << 32);
-        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) as u32
-    };
+    let v = getrandom::u32().expect("the kernel's random source (getrandom) failed");
     format!("{prefix}{v:08x}")
 }
 

@@ -40,7 +40,6 @@ pub mod sigv4;
 pub mod xml;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -151,18 +150,15 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A request id in UUID form, from `/dev/urandom` (time-based if unreadable:
-/// ids only correlate logs).
+/// A request id in UUID form, from the kernel's random source
+/// (`getrandom`); should that ever fail, the time (ids only correlate logs).
 pub fn request_id() -> String {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        let t = SystemTime::now()
+    if getrandom::fill(&mut b).is_err() {
+        b = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b = t.to_le_bytes();
+            .map_or(0, |d| d.as_nanos())
+            .to_le_bytes();
     }
     let h = sigv4::hex(&b);
     format!(

@@ -304,12 +304,10 @@ pub fn signature(
     hex(&hmac(&key, sts.as_bytes()))
 }
 
-/// Equal in constant time (for equal lengths; lengths are public).
+/// Equal in constant time (`subtle`; lengths are public).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The request time: `X-Amz-Date`, else `Date` (RFC 1123), as

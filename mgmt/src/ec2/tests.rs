@@ -1,6 +1,7 @@
 //! The EC2 front door in process: signed requests against a real core (temp
 //! store, recording data plane), answers checked as XML text.
 
+use std::io::Read;
 use std::sync::Mutex;
 
 use super::*;
