@@ -145,7 +145,7 @@ check(b.describe_instances()["Reservations"] == [], "B has no instances")
 
 # Authentication failures.
 fails("AuthFailure", 401, client("AKIAUNKNOWNKEY000000", SECRET_A).describe_security_groups)
-fails("SignatureDoesNotMatch", 400, client(KEY_A, SECRET_B).describe_security_groups)
+fails("SignatureDoesNotMatch", 403, client(KEY_A, SECRET_B).describe_security_groups)
 with SkewedClock(SIGNERS, 20):
     fails("RequestExpired", 400, a.describe_security_groups)
 with SkewedClock(SIGNERS, 10):

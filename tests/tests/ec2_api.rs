@@ -607,7 +607,7 @@ fn python_suite(name: &str, suite: &str, cfg: LabConfig) {
     // which the socket front door sees.
     assert!(o.stdout.contains(" AuthFailure HTTP 401"), "{}", o.stdout);
     assert!(
-        o.stdout.contains(" SignatureDoesNotMatch HTTP 400"),
+        o.stdout.contains(" SignatureDoesNotMatch HTTP 403"),
         "{}",
         o.stdout
     );

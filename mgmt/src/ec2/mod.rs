@@ -316,8 +316,13 @@ impl Ctx<'_> {
     }
 
     fn create_security_group(&self, p: &Params) -> Result<String, ApiError> {
-        let name = p.required("GroupName")?.to_owned();
-        let description = p.required("GroupDescription")?.to_owned();
+        // An empty value is a missing one (as EC2 answers).
+        let nonempty = |n: &str| match p.get(n) {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err(missing(n)),
+        };
+        let name = nonempty("GroupName")?;
+        let description = nonempty("GroupDescription")?;
         match self.call(Command::AddGroup { name, description })? {
             Response::GroupAdded { id, .. } => Ok(self.doc("CreateSecurityGroup", |x| {
                 x.elem("return", "true").elem("groupId", &id);
@@ -336,10 +341,15 @@ impl Ctx<'_> {
 
     fn edit_permissions(&self, p: &Params, action: &str, add: bool) -> Result<String, ApiError> {
         let group = p.target_group()?;
-        let permissions = params::permissions(p)?;
-        if permissions.is_empty() {
-            return Err(missing("IpPermissions"));
-        }
+        // EC2 reports an unknown group before anything wrong with the
+        // permissions (the core checks the group, then that there are any).
+        let permissions = match params::permissions(p) {
+            Ok(perms) => perms,
+            Err(e) => {
+                self.groups(vec![group])?;
+                return Err(e);
+            }
+        };
         let cmd = if add {
             Command::Authorize { group, permissions }
         } else {

@@ -196,17 +196,33 @@ fn ports_of(
             let v = |x: Option<i64>| x.unwrap_or(-1).to_string();
             Ok((None, Some(format!("{}:{}", v(from), v(to)))))
         }
-        _ => match (from, to) {
-            (None, None) => Ok((None, None)),
+        p => match (from, to) {
             (Some(-1), Some(-1)) => Ok((Some("-1".into()), None)),
             (Some(f), Some(t)) if f >= 0 && t >= 0 => Ok((Some(format!("{f}-{t}")), None)),
             (Some(f), Some(t)) => Err(invalid(format!(
                 "invalid port range {f}..{t}: ports are 0 to 65535"
             ))),
+            // EC2's answer, word for word, for TCP/UDP without both ports.
+            _ if matches!(p, "tcp" | "udp" | "6" | "17") => Err(invalid(format!(
+                "Invalid value for portRange. Must specify both from and to ports with TCP/UDP. ({what}FromPort and {what}ToPort)"
+            ))),
+            (None, None) => Ok((None, None)),
             (Some(_), None) => Err(missing(&format!("{what}ToPort"))),
             (None, Some(_)) => Err(missing(&format!("{what}FromPort"))),
         },
     }
+}
+
+/// A `CidrIp` must carry its prefix length: EC2 refuses `1.2.3.4` (the
+/// CLI's `-s 1.2.3.4` is a /32, but not here).
+fn cidr(name: &str, v: &str) -> Result<String, ApiError> {
+    if !v.contains('/') {
+        return Err(invalid(format!(
+            "CIDR block {} is malformed ({name}: a prefix length such as /32 is required)",
+            v.escape_default()
+        )));
+    }
+    Ok(v.to_owned())
 }
 
 /// The permissions of an Authorize/Revoke request, in either shape (indexed
@@ -232,10 +248,8 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         )?;
         let mut cidrs = Vec::new();
         for m in p.indices(&format!("{base}IpRanges")) {
-            cidrs.push(
-                p.required(&format!("{base}IpRanges.{m}.CidrIp"))?
-                    .to_owned(),
-            );
+            let name = format!("{base}IpRanges.{m}.CidrIp");
+            cidrs.push(cidr(&name, p.required(&name)?)?);
         }
         let mut groups = Vec::new();
         for m in p.indices(&format!("{base}Groups")) {
@@ -296,7 +310,12 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         proto: Some(proto.to_owned()),
         ports,
         icmp,
-        cidrs: p.get("CidrIp").map(str::to_owned).into_iter().collect(),
+        cidrs: p
+            .get("CidrIp")
+            .map(|v| cidr("CidrIp", v))
+            .transpose()?
+            .into_iter()
+            .collect(),
         groups,
     });
     Ok(out)
@@ -500,9 +519,32 @@ mod tests {
         let err = e(&[("IpProtocol", "tcp"), ("FromPort", "x")]);
         assert_eq!(err.code, "InvalidParameterValue");
         assert!(err.message.contains("'x'"), "{}", err.message);
+        for ports in [&[("FromPort", "1")][..], &[("ToPort", "1")], &[]] {
+            let mut pairs = vec![("IpProtocol", "tcp"), ("CidrIp", "1.2.3.4/32")];
+            pairs.extend_from_slice(ports);
+            let err = e(&pairs);
+            assert_eq!(err.code, "InvalidParameterValue", "{ports:?}");
+            assert!(
+                err.message
+                    .starts_with("Invalid value for portRange. Must specify both from and to ports with TCP/UDP."),
+                "{}",
+                err.message
+            );
+        }
+        let err = e(&[("IpProtocol", "-1"), ("CidrIp", "123.123.123.123")]);
+        assert_eq!(err.code, "InvalidParameterValue");
+        assert!(
+            err.message.starts_with("CIDR block 123.123.123.123 is malformed"),
+            "{}",
+            err.message
+        );
         assert_eq!(
-            e(&[("IpProtocol", "tcp"), ("FromPort", "1")]).code,
-            "MissingParameter"
+            e(&[
+                ("IpPermissions.1.IpProtocol", "-1"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.1")
+            ])
+            .code,
+            "InvalidParameterValue"
         );
         assert_eq!(
             e(&[("IpProtocol", "-1"), ("FromPort", "1"), ("ToPort", "2")]).code,
@@ -522,7 +564,7 @@ mod tests {
         );
         assert_eq!(
             e(&[
-                ("IpPermissions.1.IpProtocol", "tcp"),
+                ("IpPermissions.1.IpProtocol", "-1"),
                 ("IpPermissions.1.IpRanges.1.Description", "d")
             ])
             .code,

@@ -434,7 +434,7 @@ fn authentication_failures() {
             &api,
             NOW
         )),
-        (400, "SignatureDoesNotMatch".into())
+        (403, "SignatureDoesNotMatch".into())
     );
     assert_eq!(
         code_of(handle(
@@ -458,13 +458,13 @@ fn authentication_failures() {
     tampered.body = b"Action=DeleteSecurityGroup&GroupName=default".to_vec();
     assert_eq!(
         code_of(handle(&tampered, &api, NOW)),
-        (400, "SignatureDoesNotMatch".into())
+        (403, "SignatureDoesNotMatch".into())
     );
     let mut none = signed(&k, body, NOW, "us-east-1", "ec2");
     none.headers.retain(|(n, _)| n != "Authorization");
     assert_eq!(
         code_of(handle(&none, &api, NOW)),
-        (401, "MissingAuthenticationToken".into())
+        (403, "MissingAuthenticationToken".into())
     );
     let mut junk = signed(&k, body, NOW, "us-east-1", "ec2");
     junk.headers.last_mut().unwrap().1 = "AWS4-HMAC-SHA256 garbage".into();
@@ -802,7 +802,7 @@ fn server_over_tcp_answers_and_survives_garbage() {
         out
     };
     let r = exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\nAction=CreateVpc&a=1");
-    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    assert!(r.starts_with("HTTP/1.1 403 "), "{r}");
     assert!(r.contains("<Code>MissingAuthenticationToken</Code>"), "{r}");
     let r = exchange(b"\x00\x01\x02 nonsense\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
@@ -890,4 +890,74 @@ fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
     };
     assert!(place(&guest).starts_with("qemu:"), "{reservations:?}");
     assert!(place(&netns).starts_with("netns:"), "{reservations:?}");
+}
+
+/// Issue 16 item 6: errors as AWS gives them, in AWS's order.
+#[test]
+fn errors_exactly_as_aws_gives_them() {
+    let api = api("ec2-aws-errors");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=Web"),
+    );
+    let before = api.core.lock().unwrap().dump();
+    let cases = [
+        // No prefix length: not taken as /32.
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=123.123.123.123",
+            (400, "InvalidParameterValue"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.1",
+            (400, "InvalidParameterValue"),
+        ),
+        // An empty description is a missing one.
+        (
+            "Action=CreateSecurityGroup&GroupName=db&GroupDescription=",
+            (400, "MissingParameter"),
+        ),
+        (
+            "Action=CreateSecurityGroup&GroupName=db",
+            (400, "MissingParameter"),
+        ),
+        // The unknown group first, then the missing permissions.
+        (
+            "Action=RevokeSecurityGroupIngress&GroupId=badcompany",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=nope&IpPermissions.1.FromPort=1",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=RevokeSecurityGroupIngress&GroupName=web",
+            (400, "MissingParameter"),
+        ),
+        // TCP/UDP without ports: not "all ports".
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8",
+            (400, "InvalidParameterValue"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort=53&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8",
+            (400, "InvalidParameterValue"),
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, code) = err(&api, &k, &format!("{body}&{v}"));
+        assert_eq!((status, code.as_str()), want, "{body}");
+    }
+    let (_, text) = call(
+        &api,
+        &k,
+        &format!("Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8"),
+    );
+    assert!(
+        text.contains("Invalid value for portRange. Must specify both from and to ports with TCP/UDP."),
+        "{text}"
+    );
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
 }
