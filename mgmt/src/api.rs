@@ -170,6 +170,13 @@ pub enum Command {
     Stats,
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
+    /// Check `command` as the caller would run it, changing nothing (EC2's
+    /// `DryRun`): `DryRunOperation` when it would have succeeded,
+    /// `UnauthorizedOperation` (naming the error it would have had) when
+    /// not. For the group, rule, instance and tag commands.
+    DryRun {
+        command: Box<Command>,
+    },
 }
 
 /// A security group named by name or by `sg-` id. On the wire a plain string
@@ -376,6 +383,7 @@ impl Command {
                 | Command::DescribeInstances { .. }
                 | Command::DescribeImages { .. }
                 | Command::Stats
+                | Command::DryRun { .. }
         )
     }
 }

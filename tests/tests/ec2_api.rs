@@ -156,16 +156,41 @@ impl ClientEnv {
 
     /// `aws --endpoint-url E --profile P ec2 ARGS...`.
     fn aws(&self, bin: &Path, profile: &str, args: &[&str]) -> Outcome {
+        self.aws_service(bin, profile, "ec2", args)
+    }
+
+    /// `aws --endpoint-url E --profile P SERVICE ARGS...`.
+    fn aws_service(&self, bin: &Path, profile: &str, service: &str, args: &[&str]) -> Outcome {
         let mut cmd = self.command(bin);
         cmd.args([
             "--endpoint-url",
             &self.endpoint,
             "--profile",
             profile,
-            "ec2",
+            service,
         ])
         .args(args);
         run::run(&mut cmd, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ClientEnv::aws_service`] that must succeed; its JSON output.
+    fn aws_service_ok(&self, bin: &Path, profile: &str, service: &str, args: &[&str]) -> Value {
+        let o = self.aws_service(bin, profile, service, args);
+        assert!(
+            o.success(),
+            "aws {service} {} failed ({:?}):\n{}{}",
+            args.join(" "),
+            o.code,
+            o.stdout,
+            o.stderr
+        );
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "aws {service} {}: not JSON ({e}):\n{}",
+                args.join(" "),
+                o.stdout
+            )
+        })
     }
 
     /// [`ClientEnv::aws`] that must succeed; its JSON output.
@@ -256,6 +281,29 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
     let (a, b) = (create_key(&lab, OWNER_A), create_key(&lab, OWNER_B));
     let env = ClientEnv::new(&lab, name, &a, &b);
     let aws = |args: &[&str]| env.aws_ok(bin, "a", args);
+
+    // "Who am I" on the same endpoint (issue 16 item 1): each key's account.
+    std::thread::scope(|s| {
+        let who = |profile: &'static str, owner: &'static str| {
+            let env = &env;
+            s.spawn(move || {
+                let w = env.aws_service_ok(bin, profile, "sts", &["get-caller-identity"]);
+                assert_eq!(w["Account"], owner, "{w}");
+                assert_eq!(w["UserId"], owner, "{w}");
+                assert_eq!(w["Arn"], format!("arn:aws:iam::{owner}:root"), "{w}");
+            })
+        };
+        let unknown = s.spawn(|| {
+            let o = env.aws_service(bin, "unknown", "sts", &["get-caller-identity"]);
+            assert_eq!(o.code, Some(status), "{}{}", o.stdout, o.stderr);
+            assert!(o.stderr.contains("(AuthFailure)"), "{}", o.stderr);
+        });
+        for t in [who("a", OWNER_A), who("b", OWNER_B), unknown] {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
 
     let made = aws_par(
         &env,

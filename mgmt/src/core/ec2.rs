@@ -168,3 +168,54 @@ impl Core {
         })
     }
 }
+
+/// The answer of a dry run that would have succeeded (EC2's words).
+pub(super) fn dry_run_ok() -> ApiError {
+    ApiError::new(
+        ErrorCode::DryRunOperation,
+        "Request would have succeeded, but DryRun flag is set.",
+    )
+}
+
+impl Core {
+    /// [`Command::DryRun`]: run `command` as `owner` with every commit and
+    /// launch stopped after validation and staging (the staged changes are
+    /// undone); a command that changes nothing (a describe) runs as is.
+    pub(super) fn dry_run(&mut self, owner: &Owner, command: Command) -> Reply {
+        match command {
+            Command::AddGroup { .. }
+            | Command::DeleteGroup { .. }
+            | Command::DescribeGroups { .. }
+            | Command::Authorize { .. }
+            | Command::Revoke { .. }
+            | Command::RunInstances { .. }
+            | Command::DescribeInstances { .. }
+            | Command::TerminateInstances { .. } => {}
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!("a dry run of {other:?} is not supported"),
+                ));
+            }
+        }
+        self.arm_dry_run = true;
+        let reply = self.handle(Request {
+            owner: Some(owner.0.clone()),
+            command,
+        });
+        self.dry_run = false;
+        // Whatever was staged is undone (handle did, on the error).
+        self.rollback();
+        match reply {
+            Ok(_) => Err(dry_run_ok()),
+            Err(e) if e.code == ErrorCode::DryRunOperation => Err(e),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::UnauthorizedOperation,
+                format!(
+                    "You are not authorized to perform this operation: the request would have failed with {}: {}",
+                    e.code, e.message
+                ),
+            )),
+        }
+    }
+}

@@ -186,7 +186,11 @@ impl Core {
             );
             order.push(id);
         }
-        // Validated: create them for real.
+        // Validated: a dry run stops here (`handle` undoes the staging)...
+        if self.dry_run {
+            return Err(super::ec2::dry_run_ok());
+        }
+        // ...any other run creates them for real.
         let prefix = self.cfg.subnet.prefix_len();
         let mut launched: Vec<(String, Attachment)> = Vec::new();
         for id in &order {

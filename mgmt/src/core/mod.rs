@@ -318,6 +318,11 @@ pub struct Core {
     publish_latency_totals: (u64, u64),
     /// Access keys and ClientTokens of the EC2 Query API.
     ec2: Ec2State,
+    /// Inside [`Command::DryRun`]: validate and stage, never commit or launch.
+    /// Set for one [`Core::handle`] call only (from `arm_dry_run`, which
+    /// that call takes), so a panic inside cannot leave it set.
+    dry_run: bool,
+    arm_dry_run: bool,
 }
 
 impl Core {
@@ -357,6 +362,8 @@ impl Core {
             latency_totals: (0, 0),
             publish_latency_totals: (0, 0),
             ec2,
+            dry_run: false,
+            arm_dry_run: false,
         };
         let owner = core.cfg.default_owner.clone();
         if let Err(e) = core.ensure_owner(&owner) {
@@ -384,6 +391,7 @@ impl Core {
     /// Answer one request.
     pub fn handle(&mut self, req: Request) -> Reply {
         let t0 = Instant::now();
+        self.dry_run = std::mem::take(&mut self.arm_dry_run);
         // A request that panicked (the daemon catches it) may have left staged,
         // uncommitted model changes: undo them before anything else.
         self.rollback();
@@ -480,6 +488,7 @@ impl Core {
                 stats: self.stats(),
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
+            Command::DryRun { command } => self.dry_run(&owner, *command),
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;
@@ -577,6 +586,11 @@ impl Core {
         new_records: BTreeMap<String, InstanceRecord>,
         extra: Vec<Edit>,
     ) -> Result<(), ApiError> {
+        if self.dry_run {
+            // Validated and staged: a dry run stops here, changing nothing.
+            self.rollback();
+            return Err(ec2::dry_run_ok());
+        }
         let started = Instant::now();
         let changes = self.model.take_changes();
         let mut edits = match store_edits(&changes, &new_records) {

@@ -192,8 +192,12 @@ pub fn handle(req: &HttpRequest, h: &dyn Handler, now: i64) -> HttpResponse {
     }
 }
 
-/// Authenticate; returns the key's owner.
-fn authenticate(req: &HttpRequest, h: &dyn Handler, now: i64) -> Result<String, ApiError> {
+/// Authenticate; returns the key's owner and id.
+fn authenticate(
+    req: &HttpRequest,
+    h: &dyn Handler,
+    now: i64,
+) -> Result<(String, String), ApiError> {
     let auth_err = |e: sigv4::AuthError| ApiError::new(e.code(), e.to_string());
     let value = req
         .header("authorization")
@@ -208,7 +212,7 @@ fn authenticate(req: &HttpRequest, h: &dyn Handler, now: i64) -> Result<String, 
         body: &req.body,
     };
     sigv4::verify(&signed, &auth, &secret, now).map_err(auth_err)?;
-    Ok(owner)
+    Ok((owner, auth.key_id))
 }
 
 fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<String, ApiError> {
@@ -218,14 +222,32 @@ fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<Str
             req.method
         )));
     }
-    let owner = authenticate(req, h, now)?;
+    let (owner, key_id) = authenticate(req, h, now)?;
     let p = Params::parse(&req.query, &req.body, req.header("content-type"))?;
     let action = p.required("Action")?.to_owned();
+    // "Who am I", asked on the same endpoint (signed for sts, or iam).
+    match action.as_str() {
+        "GetCallerIdentity" => return Ok(caller_identity(&owner, &key_id, rid)),
+        "GetUser" => return get_user(&p, &owner, rid),
+        _ => {}
+    }
+    let dry_run = match p.get("DryRun") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(invalid(format!(
+                "invalid value '{}' for DryRun: true or false",
+                v.escape_default()
+            )));
+        }
+    };
     let ctx = Ctx {
         h,
         owner,
         ns: xml::namespace(p.get("Version")),
         rid: rid.to_owned(),
+        dry_run,
     };
     match action.as_str() {
         "CreateSecurityGroup" => ctx.create_security_group(&p),
@@ -246,12 +268,67 @@ fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<Str
     }
 }
 
+/// The ARN a key acts as: its owner's account (sgswitch keys are an
+/// account's own keys, as AWS's root keys are).
+fn caller_arn(owner: &str) -> String {
+    format!("arn:aws:iam::{owner}:root")
+}
+
+/// STS `GetCallerIdentity` (version 2011-06-15): the key's account, ARN and
+/// user id (an account's own keys: the account id, as AWS answers for root).
+fn caller_identity(owner: &str, key_id: &str, rid: &str) -> String {
+    let tag = "GetCallerIdentityResponse";
+    let mut x = Xml::new();
+    x.open_ns(tag, "https://sts.amazonaws.com/doc/2011-06-15/")
+        .open("GetCallerIdentityResult")
+        .elem("Arn", &caller_arn(owner))
+        .elem("UserId", owner)
+        .elem("Account", owner)
+        .close("GetCallerIdentityResult")
+        .open("ResponseMetadata")
+        .elem("RequestId", rid)
+        .close("ResponseMetadata")
+        .close(tag);
+    tracing::debug!(key = %key_id, owner, "GetCallerIdentity");
+    x.finish()
+}
+
+/// IAM `GetUser` without `UserName` (the older "who am I"): the key's
+/// account as its root user.
+fn get_user(p: &Params, owner: &str, rid: &str) -> Result<String, ApiError> {
+    if let Some(name) = p.get("UserName") {
+        return Err(invalid(format!(
+            "GetUser of user '{}': sgswitch has no IAM users (its keys act as their account); ask without UserName",
+            name.escape_default()
+        )));
+    }
+    let tag = "GetUserResponse";
+    let mut x = Xml::new();
+    x.open_ns(tag, "https://iam.amazonaws.com/doc/2010-05-08/")
+        .open("GetUserResult")
+        .open("User")
+        .elem("Path", "/")
+        .elem("UserId", owner)
+        .elem("Arn", &caller_arn(owner))
+        .close("User")
+        .close("GetUserResult")
+        .open("ResponseMetadata")
+        .elem("RequestId", rid)
+        .close("ResponseMetadata")
+        .close(tag);
+    Ok(x.finish())
+}
+
 /// One authenticated request's context.
 struct Ctx<'a> {
     h: &'a dyn Handler,
     owner: String,
     ns: String,
     rid: String,
+    /// `DryRun=true`: the action's command goes to the core as
+    /// [`Command::DryRun`] (parameter errors found here come first, as EC2
+    /// checks them before the dry run).
+    dry_run: bool,
 }
 
 /// EC2 instance state codes.
@@ -295,7 +372,17 @@ impl Ctx<'_> {
         })
     }
 
+    /// The action's command, as a dry run when asked for.
     fn call(&self, command: Command) -> Reply {
+        if self.dry_run {
+            let command = Box::new(command);
+            return self.call_as(&self.owner, Command::DryRun { command });
+        }
+        self.call_as(&self.owner, command)
+    }
+
+    /// A lookup besides the action's command (never a dry run).
+    fn lookup(&self, command: Command) -> Reply {
         self.call_as(&self.owner, command)
     }
 
@@ -346,7 +433,9 @@ impl Ctx<'_> {
         let permissions = match params::permissions(p) {
             Ok(perms) => perms,
             Err(e) => {
-                self.groups(vec![group])?;
+                self.lookup(Command::DescribeGroups {
+                    groups: vec![group],
+                })?;
                 return Err(e);
             }
         };
@@ -433,7 +522,7 @@ impl Ctx<'_> {
 
     /// Name → id of the caller's groups.
     fn group_ids(&self) -> BTreeMap<String, String> {
-        match self.call(Command::DescribeGroups { groups: vec![] }) {
+        match self.lookup(Command::DescribeGroups { groups: vec![] }) {
             Ok(Response::Groups { groups }) => groups.into_iter().map(|g| (g.name, g.id)).collect(),
             _ => BTreeMap::new(),
         }

@@ -525,8 +525,9 @@ mod tests {
             let err = e(&pairs);
             assert_eq!(err.code, "InvalidParameterValue", "{ports:?}");
             assert!(
-                err.message
-                    .starts_with("Invalid value for portRange. Must specify both from and to ports with TCP/UDP."),
+                err.message.starts_with(
+                    "Invalid value for portRange. Must specify both from and to ports with TCP/UDP."
+                ),
                 "{}",
                 err.message
             );
@@ -534,7 +535,8 @@ mod tests {
         let err = e(&[("IpProtocol", "-1"), ("CidrIp", "123.123.123.123")]);
         assert_eq!(err.code, "InvalidParameterValue");
         assert!(
-            err.message.starts_with("CIDR block 123.123.123.123 is malformed"),
+            err.message
+                .starts_with("CIDR block 123.123.123.123 is malformed"),
             "{}",
             err.message
         );

@@ -953,11 +953,154 @@ fn errors_exactly_as_aws_gives_them() {
     let (_, text) = call(
         &api,
         &k,
-        &format!("Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8"),
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8"
+        ),
     );
     assert!(
-        text.contains("Invalid value for portRange. Must specify both from and to ports with TCP/UDP."),
+        text.contains(
+            "Invalid value for portRange. Must specify both from and to ports with TCP/UDP."
+        ),
         "{text}"
     );
     assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+}
+
+/// Issue 16 item 1: "who am I" on the same endpoint, signed for sts or iam.
+#[test]
+fn caller_identity_and_iam_get_user() {
+    let api = api("ec2-whoami");
+    let k = key(&api, OWNER);
+    let sts = |body: &str, service: &str| {
+        let r = handle(&signed(&k, body, NOW, "us-east-1", service), &api, NOW);
+        (r.status, String::from_utf8(r.body).unwrap())
+    };
+    let (status, doc) = sts("Action=GetCallerIdentity&Version=2011-06-15", "sts");
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        doc.contains("<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult>"),
+        "{doc}"
+    );
+    assert_eq!(first(&doc, "Account"), OWNER);
+    assert_eq!(first(&doc, "UserId"), OWNER);
+    assert_eq!(first(&doc, "Arn"), format!("arn:aws:iam::{OWNER}:root"));
+    assert!(!first(&doc, "RequestId").is_empty());
+    let (status, doc) = sts("Action=GetUser&Version=2010-05-08", "iam");
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc.contains("<GetUserResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\">"));
+    assert_eq!(first(&doc, "Arn"), format!("arn:aws:iam::{OWNER}:root"));
+    // Another owner's key is another account; an unknown key is refused.
+    let kb = key(&api, OTHER);
+    let r = handle(
+        &signed(
+            &kb,
+            "Action=GetCallerIdentity&Version=2011-06-15",
+            NOW,
+            "us-east-1",
+            "sts",
+        ),
+        &api,
+        NOW,
+    );
+    assert_eq!(first(&String::from_utf8(r.body).unwrap(), "Account"), OTHER);
+    let unknown = ("AKIAUNKNOWNUNKNOWN00".to_owned(), k.1.clone());
+    let r = handle(
+        &signed(
+            &unknown,
+            "Action=GetCallerIdentity&Version=2011-06-15",
+            NOW,
+            "us-east-1",
+            "sts",
+        ),
+        &api,
+        NOW,
+    );
+    assert_eq!(r.status, 401);
+}
+
+/// Issue 16 item 2: DryRun on every action: 412 DryRunOperation when the call
+/// would have succeeded, 403 UnauthorizedOperation when not; parameter errors
+/// first; nothing changes (model, records, store, data plane).
+#[test]
+fn dry_run_on_every_action_changes_nothing() {
+    let dir = TempDir::new("ec2-dryrun");
+    let dp = RecordingDataplane::default();
+    let seen = dp.state.clone();
+    let api = Api {
+        core: Mutex::new(core_with(&dir, config(), dp)),
+        _dir: dir,
+    };
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W"),
+    );
+    let web_id = first(&doc, "groupId").to_owned();
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
+    );
+    let iid = first(&doc, "instanceId").to_owned();
+    let before = api.core.lock().unwrap().dump();
+    let launches = seen.lock().unwrap().launches;
+    let published = seen.lock().unwrap().published.len();
+    let would_succeed = [
+        "Action=CreateSecurityGroup&GroupName=db&GroupDescription=D".to_owned(),
+        format!("Action=DeleteSecurityGroup&GroupId={web_id}"),
+        "Action=DescribeSecurityGroups&GroupName.1=web".to_owned(),
+        "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=10.0.0.0/8".to_owned(),
+        "Action=RunInstances&ImageId=ami-eca54085&MinCount=2&MaxCount=2&SecurityGroup.1=web".to_owned(),
+        format!("Action=DescribeInstances&InstanceId.1={iid}"),
+        format!("Action=TerminateInstances&InstanceId.1={iid}"),
+    ];
+    for body in &would_succeed {
+        let (status, code) = err(&api, &k, &format!("{body}&{v}&DryRun=true"));
+        assert_eq!((status, code.as_str()), (412, "DryRunOperation"), "{body}");
+    }
+    let would_fail = [
+        "Action=CreateSecurityGroup&GroupName=web&GroupDescription=dup",
+        "Action=DeleteSecurityGroup&GroupName=default",
+        "Action=DescribeSecurityGroups&GroupName.1=nope",
+        "Action=RevokeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=10.0.0.0/8",
+        "Action=RunInstances&ImageId=ami-eca54085&MinCount=1&MaxCount=1&SecurityGroup.1=nope",
+        "Action=TerminateInstances&InstanceId.1=i-00000000",
+    ];
+    for body in would_fail {
+        let (status, text) = call(&api, &k, &format!("{body}&{v}&DryRun=true"));
+        assert_eq!(status, 403, "{body}: {text}");
+        assert_eq!(first(&text, "Code"), "UnauthorizedOperation", "{body}");
+        assert!(
+            first(&text, "Message").contains("would have failed with Invalid"),
+            "{text}"
+        );
+    }
+    // Parameter errors come before the dry run, as EC2 checks them first.
+    let (status, code) = err(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=db&DryRun=true"),
+    );
+    assert_eq!((status, code.as_str()), (400, "MissingParameter"));
+    let (_, code) = err(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&DryRun=maybe"),
+    );
+    assert_eq!(code, "InvalidParameterValue");
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+    assert_eq!(seen.lock().unwrap().launches, launches, "nothing launched");
+    assert_eq!(
+        seen.lock().unwrap().published.len(),
+        published,
+        "nothing published"
+    );
+    // DryRun=false is an ordinary call.
+    ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=db&GroupDescription=D&DryRun=false"),
+    );
 }
