@@ -133,6 +133,32 @@ fails("InvalidParameterValue", 400, a.run_instances, ImageId="not-an-ami", MinCo
 fails("InsufficientInstanceCapacity", 400, a.run_instances, ImageId=AMI, MinCount=300, MaxCount=300)
 fails("InvalidAction", 400, a.create_vpc, CidrBlock="10.0.0.0/16")
 
+# Errors exactly as AWS gives them (issue 16 item 6).
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="123.123.123.123")
+fails("MissingParameter", 400, a.create_security_group, GroupName="nodesc", Description="")
+fails("InvalidGroup.NotFound", 400, a.revoke_security_group_ingress, GroupId="badcompany")
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpPermissions=[{"IpProtocol": "tcp", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}])
+
+# DryRun on every action (issue 16 item 2): nothing changes either way.
+before = (a.describe_security_groups()["SecurityGroups"], a.describe_instances()["Reservations"])
+fails("DryRunOperation", 412, a.create_security_group, GroupName="dry", Description="d", DryRun=True)
+fails("DryRunOperation", 412, a.describe_security_groups, DryRun=True)
+fails("DryRunOperation", 412, a.authorize_security_group_ingress, GroupName="web", DryRun=True,
+      IpProtocol="tcp", FromPort=7, ToPort=7, CidrIp="10.7.7.7/32")
+fails("DryRunOperation", 412, a.revoke_security_group_ingress, GroupName="web", DryRun=True,
+      IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.0/8")
+fails("DryRunOperation", 412, a.run_instances, ImageId=AMI, MinCount=1, MaxCount=1, DryRun=True)
+fails("DryRunOperation", 412, a.describe_instances, InstanceIds=[ids[0]], DryRun=True)
+fails("DryRunOperation", 412, a.terminate_instances, InstanceIds=[ids[0]], DryRun=True)
+fails("DryRunOperation", 412, a.delete_security_group, GroupName="app", DryRun=True)
+fails("UnauthorizedOperation", 403, a.delete_security_group, GroupName="nope", DryRun=True)
+fails("UnauthorizedOperation", 403, a.create_security_group, GroupName="web", Description="dup", DryRun=True)
+fails("UnauthorizedOperation", 403, a.terminate_instances, InstanceIds=["i-00000000"], DryRun=True)
+after = (a.describe_security_groups()["SecurityGroups"], a.describe_instances()["Reservations"])
+check(after == before, "dry runs changed nothing")
+
 # Two owners: B sees and touches nothing of A's.
 bg = b.describe_security_groups()["SecurityGroups"]
 check([(g["GroupName"], g["OwnerId"]) for g in bg] == [("default", OWNER_B)], f"B's groups {bg}")
