@@ -170,6 +170,13 @@ pub enum Command {
     Stats,
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
+    /// The access keys of the request's owner (never their secrets).
+    DescribeAccessKeys,
+    /// Delete one of the request's owner's access keys: requests signed with
+    /// it fail (`AuthFailure`) from then on.
+    DeleteAccessKey {
+        key_id: String,
+    },
     /// Check `command` as the caller would run it, changing nothing (EC2's
     /// `DryRun`): `DryRunOperation` when it would have succeeded,
     /// `UnauthorizedOperation` (naming the error it would have had) when
@@ -383,6 +390,7 @@ impl Command {
                 | Command::DescribeInstances { .. }
                 | Command::DescribeImages { .. }
                 | Command::Stats
+                | Command::DescribeAccessKeys
                 | Command::DryRun { .. }
         )
     }
@@ -522,6 +530,20 @@ pub enum Response {
         secret: String,
         owner: String,
     },
+    /// describe-access-keys (the owner's keys, by id), delete-access-key
+    /// (the deleted key): no secrets.
+    AccessKeys {
+        keys: Vec<AccessKeyInfo>,
+    },
+}
+
+/// An access key as listed: its id, owner and creation time, not its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyInfo {
+    pub key_id: String,
+    pub owner: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
 }
 
 /// A failed answer: an error code and a message naming the bad value. The

@@ -243,6 +243,14 @@ pub struct AccessKeyJson {
     pub owner: String,
 }
 
+/// A listed access key (no secret); `created` in ISO 8601 UTC.
+#[derive(Debug, Serialize)]
+pub struct AccessKeyInfoJson {
+    pub key_id: String,
+    pub owner: String,
+    pub created: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ErrorJson {
     pub code: String,
@@ -260,6 +268,7 @@ pub enum Payload {
     Images(Vec<ImageJson>),
     Stats(StatsJson),
     AccessKey(AccessKeyJson),
+    AccessKeys(Vec<AccessKeyInfoJson>),
     Error(ErrorJson),
 }
 
@@ -346,6 +355,15 @@ pub fn response(resp: &Response) -> Document {
             secret: secret.clone(),
             owner: owner.clone(),
         }),
+        Response::AccessKeys { keys } => Payload::AccessKeys(
+            keys.iter()
+                .map(|k| AccessKeyInfoJson {
+                    key_id: k.key_id.clone(),
+                    owner: k.owner.clone(),
+                    created: crate::ec2::sigv4::format_iso8601(k.created_at),
+                })
+                .collect(),
+        ),
     };
     Document {
         version: VERSION,

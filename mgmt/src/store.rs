@@ -354,6 +354,8 @@ pub enum Edit {
     DeleteImage { ami: String },
     /// Store a new access key (its id must be new).
     PutAccessKey(AccessKeyRecord),
+    /// Delete an access key (must exist).
+    DeleteAccessKey { key_id: String },
     /// Record a `ClientToken` (new for its owner).
     PutClientToken(ClientTokenRecord),
 }
@@ -375,6 +377,7 @@ impl Edit {
             Edit::PutImage(i) => format!("new image {}", i.ami),
             Edit::DeleteImage { ami } => format!("deregistration of image {ami}"),
             Edit::PutAccessKey(k) => format!("new access key {} of {}", k.key_id, k.owner.0),
+            Edit::DeleteAccessKey { key_id } => format!("deletion of access key {key_id}"),
             Edit::PutClientToken(t) => {
                 format!("client token {:?} of {}", t.token, t.owner.0)
             }
@@ -997,6 +1000,9 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
                 params![k.key_id, k.owner.0, k.secret, k.created_at],
             )?;
             Ok(())
+        }
+        Edit::DeleteAccessKey { key_id } => {
+            expect_one(tx.execute("DELETE FROM access_keys WHERE key_id = ?1", [key_id])?)
         }
         Edit::PutClientToken(t) => {
             tx.execute(

@@ -169,6 +169,55 @@ impl Core {
     }
 }
 
+impl Core {
+    /// [`Command::DescribeAccessKeys`]: `owner`'s keys by id, no secrets.
+    pub(super) fn describe_access_keys(&self, owner: &Owner) -> Response {
+        Response::AccessKeys {
+            keys: self
+                .ec2
+                .keys
+                .values()
+                .filter(|k| k.owner == *owner)
+                .map(key_info)
+                .collect(),
+        }
+    }
+
+    /// [`Command::DeleteAccessKey`]: one of `owner`'s keys (another owner's
+    /// is not found, as an unknown one).
+    pub(super) fn delete_access_key(&mut self, owner: &Owner, key_id: &str) -> Reply {
+        let info = match self.ec2.keys.get(key_id) {
+            Some(k) if k.owner == *owner => key_info(k),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!(
+                        "the access key '{}' does not exist for owner {}",
+                        key_id.escape_default(),
+                        owner.0
+                    ),
+                ));
+            }
+        };
+        self.store
+            .commit(&[Edit::DeleteAccessKey {
+                key_id: key_id.to_owned(),
+            }])
+            .map_err(store_failed)?;
+        self.edits += 1;
+        self.ec2.keys.remove(key_id);
+        Ok(Response::AccessKeys { keys: vec![info] })
+    }
+}
+
+fn key_info(k: &AccessKeyRecord) -> crate::api::AccessKeyInfo {
+    crate::api::AccessKeyInfo {
+        key_id: k.key_id.clone(),
+        owner: k.owner.0.clone(),
+        created_at: k.created_at,
+    }
+}
+
 /// The answer of a dry run that would have succeeded (EC2's words).
 pub(super) fn dry_run_ok() -> ApiError {
     ApiError::new(

@@ -488,6 +488,8 @@ impl Core {
                 stats: self.stats(),
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
+            Command::DescribeAccessKeys => Ok(self.describe_access_keys(&owner)),
+            Command::DeleteAccessKey { key_id } => self.delete_access_key(&owner, &key_id),
             Command::DryRun { command } => self.dry_run(&owner, *command),
         };
         if is_edit && reply.is_ok() {

@@ -412,6 +412,20 @@ pub fn format_amz_date(secs: i64) -> String {
     )
 }
 
+/// Unix seconds → `YYYY-MM-DDTHH:MM:SSZ` (ISO 8601, UTC).
+pub fn format_iso8601(secs: i64) -> String {
+    let a = format_amz_date(secs);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &a[0..4],
+        &a[4..6],
+        &a[6..8],
+        &a[9..11],
+        &a[11..13],
+        &a[13..15]
+    )
+}
+
 /// Check time, scope date and signature of `req` signed as `auth` with
 /// `secret`, at server time `now` (Unix seconds).
 pub fn verify(

@@ -1104,3 +1104,85 @@ fn dry_run_on_every_action_changes_nothing() {
         &format!("Action=CreateSecurityGroup&{v}&GroupName=db&GroupDescription=D&DryRun=false"),
     );
 }
+
+/// Issue 16 item 8: access keys are listed (never their secrets) and deleted;
+/// a deleted key is refused at once and after a restart; another owner's
+/// key cannot be deleted.
+#[test]
+fn access_keys_are_listed_and_deleted() {
+    let dir = TempDir::new("ec2-keys");
+    let body = "Action=DescribeSecurityGroups&Version=2016-11-15";
+    let (k1, k2, kb);
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-keys-unused"),
+        };
+        k1 = key(&api, OWNER);
+        k2 = key(&api, OWNER);
+        kb = key(&api, OTHER);
+        let listed = match api
+            .handle(req_as(OWNER, Command::DescribeAccessKeys))
+            .unwrap()
+        {
+            Response::AccessKeys { keys } => keys,
+            other => panic!("{other:?}"),
+        };
+        let mut want = vec![k1.0.clone(), k2.0.clone()];
+        want.sort();
+        assert_eq!(
+            listed.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
+            want
+        );
+        assert!(listed.iter().all(|k| k.owner == OWNER && k.created_at > 0));
+        let json = serde_json::to_string(&listed).unwrap();
+        assert!(!json.contains(&k1.1) && !json.contains(&k2.1), "{json}");
+        // Not another owner's key.
+        let e = api
+            .handle(req_as(
+                OTHER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue");
+        assert!(e.message.contains(&k1.0), "{}", e.message);
+        assert_eq!(call(&api, &k1, body).0, 200);
+        let deleted = api
+            .handle(req_as(
+                OWNER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap();
+        assert!(
+            matches!(&deleted, Response::AccessKeys { keys } if keys.len() == 1 && keys[0].key_id == k1.0),
+            "{deleted:?}"
+        );
+        let (status, code) = err(&api, &k1, body);
+        assert_eq!((status, code.as_str()), (401, "AuthFailure"));
+        assert_eq!(call(&api, &k2, body).0, 200);
+        let e = api
+            .handle(req_as(
+                OWNER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue", "deleted twice");
+    }
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-keys-unused2"),
+    };
+    assert_eq!(
+        err(&api, &k1, body).1,
+        "AuthFailure",
+        "still gone after a restart"
+    );
+    assert_eq!(call(&api, &k2, body).0, 200);
+    assert_eq!(call(&api, &kb, body).0, 200);
+}
