@@ -566,6 +566,7 @@ pub fn permission(args: &RuleArgs, sub: &ArgMatches) -> Result<Permission, Strin
                 owner,
             })
             .collect(),
+        description: None,
     })
 }
 
@@ -792,6 +793,23 @@ pub fn format_response(resp: &Response) -> String {
             secret,
             owner,
         } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
+        Response::Rules { rules } => {
+            for r in rules {
+                line(format!(
+                    "RULE\t{}\t{}\t{}\t{}",
+                    r.rule_id,
+                    r.group_id,
+                    permission_line(&r.group_name, &r.rule),
+                    r.description
+                ));
+            }
+        }
+        Response::Tags { tags } => {
+            for t in tags {
+                line(format!("TAG\t{}\t{}\t{}", t.resource_id, t.key, t.value));
+            }
+        }
+        Response::Done => {}
         Response::AccessKeys { keys } => {
             for k in keys {
                 line(format!(

@@ -269,6 +269,9 @@ pub enum Payload {
     Stats(StatsJson),
     AccessKey(AccessKeyJson),
     AccessKeys(Vec<AccessKeyInfoJson>),
+    Rules(Vec<crate::api::RuleInfo>),
+    Tags(Vec<crate::store::TagRecord>),
+    Done(bool),
     Error(ErrorJson),
 }
 
@@ -355,6 +358,9 @@ pub fn response(resp: &Response) -> Document {
             secret: secret.clone(),
             owner: owner.clone(),
         }),
+        Response::Rules { rules } => Payload::Rules(rules.clone()),
+        Response::Tags { tags } => Payload::Tags(tags.clone()),
+        Response::Done => Payload::Done(true),
         Response::AccessKeys { keys } => Payload::AccessKeys(
             keys.iter()
                 .map(|k| AccessKeyInfoJson {

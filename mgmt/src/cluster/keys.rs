@@ -608,6 +608,7 @@ mod tests {
                 reservation: "r-00000002".into(),
                 fingerprint: "f".into(),
                 created_at: 7,
+                instances: Vec::new(),
             }),
         ]
     }

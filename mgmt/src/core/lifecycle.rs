@@ -214,6 +214,21 @@ impl Core {
         // both are stored or neither.
         let token = token.map(|t| ClientTokenRecord {
             reservation: reservation.clone(),
+            // As launched, for a repeat after they are gone.
+            instances: order
+                .iter()
+                .filter_map(|id| new_records.get(id))
+                .map(|r| InstanceView {
+                    id: r.instance.id.clone(),
+                    ami: r.ami.clone(),
+                    ip: r.instance.ip,
+                    mac: store::format_mac(&r.instance.mac),
+                    state: "pending".into(),
+                    launch_index: r.launch_index,
+                    place: r.attachment.place(&r.instance.id),
+                    reason: None,
+                })
+                .collect(),
             ..t
         });
         let extra = token.iter().cloned().map(Edit::PutClientToken).collect();

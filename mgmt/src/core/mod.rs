@@ -262,18 +262,12 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
         .into_iter()
         .map(|i| (i.ami.clone(), i))
         .collect();
-    let ec2 = Ec2State {
-        keys: loaded
-            .access_keys
-            .into_iter()
-            .map(|k| (k.key_id.clone(), k))
-            .collect(),
-        tokens: loaded
-            .client_tokens
-            .into_iter()
-            .map(|t| ((t.owner.clone(), t.token.clone()), t))
-            .collect(),
-    };
+    let ec2 = Ec2State::load(
+        loaded.access_keys,
+        loaded.client_tokens,
+        loaded.rule_meta,
+        loaded.tags,
+    );
     Ok((model, records, generation, images, ec2))
 }
 
@@ -392,6 +386,8 @@ impl Core {
     pub fn handle(&mut self, req: Request) -> Reply {
         let t0 = Instant::now();
         self.dry_run = std::mem::take(&mut self.arm_dry_run);
+        self.ec2.pending_tags = std::mem::take(&mut self.ec2.arm_tags);
+        self.ec2.pending_rules.clear();
         // A request that panicked (the daemon catches it) may have left staged,
         // uncommitted model changes: undo them before anything else.
         self.rollback();
@@ -428,6 +424,7 @@ impl Core {
                 Ok(Response::Groups { groups })
             }
             Command::Authorize { group, permissions } => {
+                self.stage_descriptions(&owner, &group, &permissions)?;
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
                 self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
                 Ok(Response::Permissions { group: name, rules })
@@ -490,6 +487,20 @@ impl Core {
             Command::CreateAccessKey => self.create_access_key(&owner),
             Command::DescribeAccessKeys => Ok(self.describe_access_keys(&owner)),
             Command::DeleteAccessKey { key_id } => self.delete_access_key(&owner, &key_id),
+            Command::DescribeRules { groups, rule_ids } => {
+                self.describe_rules(&owner, &groups, &rule_ids)
+            }
+            Command::UpdateRuleDescriptions { group, permissions } => {
+                self.update_rule_descriptions(&owner, &group, &permissions)
+            }
+            Command::RevokeRuleIds { group, rule_ids } => {
+                self.revoke_rule_ids(&owner, &group, &rule_ids)
+            }
+            Command::ModifyRules { group, rules } => self.modify_rules(&owner, &group, &rules),
+            Command::CreateTags { resources, tags } => self.create_tags(&owner, &resources, &tags),
+            Command::DeleteTags { resources, tags } => self.delete_tags(&owner, &resources, &tags),
+            Command::DescribeTags => Ok(self.describe_tags(&owner)),
+            Command::Tagged { command, tags } => self.tagged(&owner, *command, tags),
             Command::DryRun { command } => self.dry_run(&owner, *command),
         };
         if is_edit && reply.is_ok() {
@@ -603,6 +614,8 @@ impl Core {
             }
         };
         edits.extend(extra);
+        let (meta, meta_after) = self.meta_edits(&changes);
+        edits.extend(meta);
         edits.push(Edit::SetCounter {
             name: COUNTER_GROUP_SEQ.into(),
             value: self.model.next_group_seq() as i64,
@@ -636,6 +649,7 @@ impl Core {
             }
         }
         self.records.extend(new_records);
+        self.apply_meta(meta_after);
         self.generation += 1;
         self.published = Some(self.generation);
         self.edits += 1;

@@ -273,6 +273,7 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
             icmp,
             cidrs,
             groups,
+            description: None,
         });
     }
     if !out.is_empty() {
@@ -317,6 +318,7 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
             .into_iter()
             .collect(),
         groups,
+        description: None,
     });
     Ok(out)
 }
