@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use super::sigv4::percent_decode;
-use crate::api::{ApiError, ErrorCode, GroupRef, Permission, SourceGroup};
+use crate::api::{ApiError, ErrorCode, GroupRef, Permission, SourceGroup, Tag};
 
 /// Most parameters in one request.
 pub const MAX_PARAMS: usize = 4096;
@@ -162,6 +162,37 @@ impl Params {
     }
 }
 
+/// `TagSpecification.N` of resource type `kind`: its tags (other resource
+/// types, e.g. RunInstances' `volume`, are sgswitch's to ignore).
+pub fn tag_specs(p: &Params, kind: &str) -> Result<Vec<Tag>, ApiError> {
+    let mut out = Vec::new();
+    for n in p.indices("TagSpecification") {
+        let base = format!("TagSpecification.{n}");
+        let ty = p.required(&format!("{base}.ResourceType"))?;
+        if ty != kind {
+            continue;
+        }
+        out.extend(tags(p, &format!("{base}.Tag"))?);
+    }
+    Ok(out)
+}
+
+/// `PREFIX.N.Key` / `PREFIX.N.Value` pairs (a missing value is empty).
+pub fn tags(p: &Params, prefix: &str) -> Result<Vec<Tag>, ApiError> {
+    p.indices(prefix)
+        .into_iter()
+        .map(|m| {
+            Ok(Tag {
+                key: p.required(&format!("{prefix}.{m}.Key"))?.to_owned(),
+                value: p
+                    .get(&format!("{prefix}.{m}.Value"))
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// An integer parameter.
 pub fn int(name: &str, v: &str) -> Result<i64, ApiError> {
     v.trim().parse().map_err(|_| {
@@ -246,10 +277,24 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
             p.get(&format!("{base}FromPort")),
             p.get(&format!("{base}ToPort")),
         )?;
+        // Each source with its description: one permission per described
+        // source (the core stores a description per rule).
+        let mut described: Vec<(Option<String>, SourceGroup, String)> = Vec::new();
         let mut cidrs = Vec::new();
         for m in p.indices(&format!("{base}IpRanges")) {
             let name = format!("{base}IpRanges.{m}.CidrIp");
-            cidrs.push(cidr(&name, p.required(&name)?)?);
+            let c = cidr(&name, p.required(&name)?)?;
+            match p.get(&format!("{base}IpRanges.{m}.Description")) {
+                Some(d) => described.push((
+                    Some(c),
+                    SourceGroup {
+                        group: GroupRef::Name(String::new()),
+                        owner: None,
+                    },
+                    d.to_owned(),
+                )),
+                None => cidrs.push(c),
+            }
         }
         let mut groups = Vec::new();
         for m in p.indices(&format!("{base}Groups")) {
@@ -262,19 +307,40 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
                 (None, Some(name)) => GroupRef::Name(name.to_owned()),
                 (None, None) => return Err(missing(&format!("{g}GroupName or {g}GroupId"))),
             };
-            groups.push(SourceGroup {
+            let sg = SourceGroup {
                 group,
                 owner: p.get(&format!("{g}UserId")).map(str::to_owned),
+            };
+            match p.get(&format!("{g}Description")) {
+                Some(d) => described.push((None, sg, d.to_owned())),
+                None => groups.push(sg),
+            }
+        }
+        let plain = !cidrs.is_empty() || !groups.is_empty() || described.is_empty();
+        if plain {
+            out.push(Permission {
+                proto: Some(proto.to_owned()),
+                ports: ports.clone(),
+                icmp: icmp.clone(),
+                cidrs,
+                groups,
+                description: None,
             });
         }
-        out.push(Permission {
-            proto: Some(proto.to_owned()),
-            ports,
-            icmp,
-            cidrs,
-            groups,
-            description: None,
-        });
+        for (c, sg, d) in described {
+            out.push(Permission {
+                proto: Some(proto.to_owned()),
+                ports: ports.clone(),
+                icmp: icmp.clone(),
+                cidrs: c.into_iter().collect(),
+                groups: if matches!(&sg.group, GroupRef::Name(n) if n.is_empty()) {
+                    Vec::new()
+                } else {
+                    vec![sg]
+                },
+                description: Some(d),
+            });
+        }
     }
     if !out.is_empty() {
         return Ok(out);
