@@ -1778,6 +1778,76 @@ mod tests {
         }
     }
 
+    /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
+    /// rule facts are stored, and a rule's facts go with the rule.
+    #[test]
+    fn a_v4_store_gains_rule_ids_tags_and_token_instances() {
+        let dir = TempDir::new("v5");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..4] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute(
+                "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', ?1, 'web', 'Web')",
+                [&owner().0],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000001', 'tcp', 22, 22, '10.0.0.0/8')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.rule_meta.len(), 1);
+        let m = &l.rule_meta[0];
+        assert!(
+            m.rule_id.starts_with("sgr-") && m.rule_id.len() == 21,
+            "{m:?}"
+        );
+        assert_eq!(
+            (m.group_id.as_str(), m.description.as_str()),
+            ("sg-00000001", "")
+        );
+        assert_eq!(m.rule, l.groups[0].rules[0]);
+        let described = RuleMetaRecord {
+            description: "ssh".into(),
+            ..m.clone()
+        };
+        s.commit(&[
+            Edit::PutRuleMeta(described.clone()),
+            Edit::PutTag(TagRecord {
+                resource_id: "sg-00000001".into(),
+                key: "env".into(),
+                value: "prod".into(),
+            }),
+        ])
+        .unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.rule_meta, vec![described]);
+        assert_eq!(l.tags.len(), 1);
+        // A tag of no kind sgswitch knows is refused, the batch rolled back.
+        assert!(
+            s.commit(&[Edit::PutTag(TagRecord {
+                resource_id: "vol-1".into(),
+                key: "k".into(),
+                value: String::new(),
+            })])
+            .is_err()
+        );
+        s.commit(&[Edit::RemoveRules {
+            group_id: "sg-00000001".into(),
+            rules: l.groups[0].rules.clone(),
+        }])
+        .unwrap();
+        assert!(s.load().unwrap().rule_meta.is_empty(), "gone with its rule");
+    }
+
     #[test]
     fn a_v2_store_gains_access_keys_and_client_tokens_and_the_file_is_0600() {
         use std::os::unix::fs::PermissionsExt;
