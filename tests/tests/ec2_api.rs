@@ -333,6 +333,67 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
     );
     let web_id = made[0]["GroupId"].as_str().unwrap().to_owned();
     let app_id = made[1]["GroupId"].as_str().unwrap().to_owned();
+
+    // Tags (issue 16 item 3), as awscli sends them.
+    aws(&[
+        "create-tags",
+        "--resources",
+        &web_id,
+        "--tags",
+        "Key=env,Value=prod",
+        "Key=team,Value=a",
+    ]);
+    let resource = format!("Name=resource-id,Values={web_id}");
+    let tagged = aws_par(
+        &env,
+        bin,
+        &[
+            ("a", vec!["describe-tags", "--filters", &resource]),
+            (
+                "a",
+                vec![
+                    "describe-security-groups",
+                    "--filters",
+                    "Name=tag:env,Values=prod",
+                ],
+            ),
+            (
+                "a",
+                vec!["delete-tags", "--resources", &web_id, "--tags", "Key=team"],
+            ),
+        ],
+    );
+    let keys: Vec<(&str, &str)> = tagged[0]["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap(),
+                t["ResourceType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(keys.contains(&("env", "security-group")), "{}", tagged[0]);
+    let g = &tagged[1]["SecurityGroups"];
+    assert_eq!(g.as_array().unwrap().len(), 1, "{g}");
+    assert_eq!(g[0]["GroupName"], "web", "{g}");
+    assert!(
+        g[0]["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "env" && t["Value"] == "prod"),
+        "{g}"
+    );
+    let left = aws(&["describe-tags", "--filters", &resource]);
+    let left: Vec<&str> = left["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["env"], "delete-tags removed team");
     // awscli's simplified options with a source group by name, and the
     // indexed shape with a source group by id and two CIDRs.
     let perms = format!(
