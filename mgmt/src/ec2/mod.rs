@@ -11,28 +11,45 @@
 //!   secret comes from the core ([`Handler::lookup_access_key`], which is no
 //!   command: the socket cannot ask it).
 //!   Unknown key → `AuthFailure` (HTTP 401), bad signature →
-//!   `SignatureDoesNotMatch`, time off by more than 15 minutes →
-//!   `RequestExpired`; no Authorization → `MissingAuthenticationToken` (401).
+//!   `SignatureDoesNotMatch` (403), time off by more than 15 minutes →
+//!   `RequestExpired` (400); no Authorization → `MissingAuthenticationToken`
+//!   (403): the statuses AWS sends.
 //! * `POST /` with a form body, or `GET /?…`; `Action` and `Version` (any
 //!   `YYYY-MM-DD`, e.g. botocore's 2016-11-15 and boto 2.49's 2014-10-01; the
 //!   answer's namespace carries the version asked for).
-//! * Served: CreateSecurityGroup, DeleteSecurityGroup, DescribeSecurityGroups
-//!   (GroupName.N, GroupId.N, Filter.N for group-name, group-id, description,
-//!   owner-id, ip-permission.{protocol,from-port,to-port,cidr,group-name,
-//!   group-id,user-id}), AuthorizeSecurityGroupIngress,
-//!   RevokeSecurityGroupIngress (flat and indexed shapes, see [`params`]),
-//!   RunInstances, DescribeInstances (InstanceId.N, Filter.N for instance-id,
-//!   image-id, instance-state-name, private-ip-address, group-name, group-id,
-//!   reservation-id), TerminateInstances. Any other action is `InvalidAction`.
+//! * Served: CreateSecurityGroup (`TagSpecification`, answers the ARN),
+//!   DeleteSecurityGroup, DescribeSecurityGroups (GroupName.N, GroupId.N,
+//!   Filter.N for group-name, group-id, description, owner-id,
+//!   ip-permission.{protocol,from-port,to-port,cidr,group-name,group-id,
+//!   user-id}, tag:KEY, tag-key, tag-value; MaxResults/NextToken),
+//!   AuthorizeSecurityGroupIngress, RevokeSecurityGroupIngress (flat and
+//!   indexed shapes with descriptions, see [`params`]; revoke also by
+//!   SecurityGroupRuleId.N), DescribeSecurityGroupRules,
+//!   ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptionsIngress
+//!   (…Egress answers `InvalidPermission.NotFound`: no egress rules are
+//!   stored), CreateTags, DeleteTags, DescribeTags, RunInstances
+//!   (`TagSpecification`), DescribeInstances (InstanceId.N, Filter.N for
+//!   instance-id, image-id, instance-state-name, private-ip-address,
+//!   group-name, group-id, reservation-id, tags; MaxResults/NextToken),
+//!   TerminateInstances; STS GetCallerIdentity and IAM GetUser (the key's
+//!   account). Any other action is `InvalidAction`.
+//! * `DryRun=true` on every action: the command goes to the core as
+//!   [`Command::DryRun`] (validated and staged, then undone):
+//!   `DryRunOperation` (412) or `UnauthorizedOperation` (403); parameter
+//!   errors found here come first.
+//! * Errors in AWS's order: an unknown target group before a bad or missing
+//!   permission; a `CidrIp` must have a prefix length; TCP/UDP need both
+//!   ports; an empty group description is missing.
 //! * RunInstances: an `ImageId` registered with `register-image` boots QEMU
 //!   guests; any other launches namespace instances (as `run-instances`
 //!   without `--qemu`). `MaxCount` instances are launched (at most the
 //!   daemon's per-request limit, and never fewer than `MinCount`).
-//!   `ClientToken` makes it idempotent. Other parameters (InstanceType,
+//!   `ClientToken` makes it idempotent (a repeat answers the first launch's
+//!   instances, `terminated` once gone). Other parameters (InstanceType,
 //!   KeyName, UserData, …) are accepted and ignored.
 //! * Errors: `<Response><Errors><Error><Code/><Message/></Error></Errors>
-//!   <RequestID/></Response>`, HTTP 400 (401 for authentication, 500/503 for
-//!   the daemon's own failures), the same EC2 codes as the CLI.
+//!   <RequestID/></Response>`, HTTP status from [`ErrorCode::http_status`],
+//!   the same EC2 codes as the CLI.
 
 pub mod http;
 pub mod params;
