@@ -1011,6 +1011,28 @@ impl Ctx<'_> {
 
     fn modify_security_group_rules(&self, p: &Params) -> Result<String, ApiError> {
         let group = GroupRef::Id(p.required("GroupId")?.to_owned());
+        // An unknown group first, as EC2 reports it.
+        let rules = match self.modify_rule_params(p) {
+            Ok(rules) => rules,
+            Err(e) => {
+                self.lookup(Command::DescribeGroups {
+                    groups: vec![group],
+                })?;
+                return Err(e);
+            }
+        };
+        self.call(Command::ModifyRules { group, rules })?;
+        Ok(self.doc("ModifySecurityGroupRules", |x| {
+            x.elem("return", "true");
+        }))
+    }
+
+    /// `SecurityGroupRule.N` of ModifySecurityGroupRules: (rule id, the
+    /// new rule as a permission with its description).
+    fn modify_rule_params(
+        &self,
+        p: &Params,
+    ) -> Result<Vec<(String, crate::api::Permission)>, ApiError> {
         let mut rules = Vec::new();
         for n in p.indices("SecurityGroupRule") {
             let base = format!("SecurityGroupRule.{n}");
@@ -1047,10 +1069,7 @@ impl Ctx<'_> {
             perm.description = Some(get("Description").unwrap_or_default().to_owned());
             rules.push((id, perm));
         }
-        self.call(Command::ModifyRules { group, rules })?;
-        Ok(self.doc("ModifySecurityGroupRules", |x| {
-            x.elem("return", "true");
-        }))
+        Ok(rules)
     }
 
     fn update_rule_descriptions(&self, p: &Params, action: &str) -> Result<String, ApiError> {

@@ -936,6 +936,14 @@ fn errors_exactly_as_aws_gives_them() {
             "Action=RevokeSecurityGroupIngress&GroupName=web",
             (400, "MissingParameter"),
         ),
+        (
+            "Action=ModifySecurityGroupRules&GroupId=badcompany&SecurityGroupRule.1.SecurityGroupRuleId=sgr-1",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=UpdateSecurityGroupRuleDescriptionsIngress&GroupId=badcompany&IpPermissions.1.FromPort=1",
+            (400, "InvalidGroup.NotFound"),
+        ),
         // TCP/UDP without ports: not "all ports".
         (
             "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8",
