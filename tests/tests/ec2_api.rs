@@ -298,7 +298,16 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
             assert_eq!(o.code, Some(status), "{}{}", o.stdout, o.stderr);
             assert!(o.stderr.contains("(AuthFailure)"), "{}", o.stderr);
         });
-        for t in [who("a", OWNER_A), who("b", OWNER_B), unknown] {
+        // The older "who am I": IAM GetUser without a user name.
+        let iam = s.spawn(|| {
+            let u = env.aws_service_ok(bin, "a", "iam", &["get-user"]);
+            assert_eq!(
+                u["User"]["Arn"],
+                format!("arn:aws:iam::{OWNER_A}:root"),
+                "{u}"
+            );
+        });
+        for t in [who("a", OWNER_A), who("b", OWNER_B), unknown, iam] {
             if let Err(p) = t.join() {
                 std::panic::resume_unwind(p);
             }
