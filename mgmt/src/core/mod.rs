@@ -398,7 +398,8 @@ impl Core {
             .to_owned();
         let owner = Owner::parse(&owner_text)?;
         self.ensure_owner(&owner)?;
-        let is_edit = req.command.is_edit();
+        // A wrapped command's edit is counted by the inner `handle`.
+        let is_edit = req.command.is_edit() && !matches!(req.command, Command::Tagged { .. });
         let reply = match req.command {
             Command::AddGroup { name, description } => {
                 let g = self.edit(|m| Ok(m.add_group(&owner, &name, &description)?))?;
