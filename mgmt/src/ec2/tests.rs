@@ -1719,3 +1719,52 @@ fn client_token_after_termination_and_pagination() {
         assert_eq!(err(&api, &k, &format!("{body}&{v}")).1, code, "{body}");
     }
 }
+
+/// Rules the socket front door adds get `sgr-` ids too, and every id and
+/// description is the same after a restart.
+#[test]
+fn rule_ids_of_both_front_doors_survive_a_restart() {
+    let dir = TempDir::new("ec2-rule-ids");
+    let v = "Version=2016-11-15";
+    let (k, before);
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-rule-ids-unused"),
+        };
+        k = key(&api, OWNER);
+        api.handle(req_as(
+            OWNER,
+            Command::Authorize {
+                group: GroupRef::Name("default".into()),
+                permissions: vec![crate::api::Permission {
+                    proto: Some("tcp".into()),
+                    ports: Some("22".into()),
+                    cidrs: vec!["192.168.1.10/32".into()],
+                    ..crate::api::Permission::default()
+                }],
+            },
+        ))
+        .unwrap();
+        ok(
+            &api,
+            &k,
+            &format!(
+                "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=default\
+                 &IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort=53&IpPermissions.1.ToPort=53\
+                 &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=dns"
+            ),
+        );
+        before = ok(&api, &k, &format!("Action=DescribeSecurityGroupRules&{v}"));
+        // default's own rule, the CLI's and the API's: three ids.
+        assert_eq!(all(&before, "securityGroupRuleId").len(), 3, "{before}");
+    }
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-rule-ids-unused2"),
+    };
+    let after = ok(&api, &k, &format!("Action=DescribeSecurityGroupRules&{v}"));
+    let body = |d: &str| d.split("<securityGroupRuleSet>").nth(1).unwrap().to_owned();
+    assert_eq!(body(&after), body(&before));
+    assert_eq!(all(&after, "description"), ["dns"]);
+}
