@@ -53,6 +53,18 @@ pub enum ErrorCode {
     /// The request's time is more than 15 minutes off.
     RequestExpired,
     SignatureDoesNotMatch,
+    /// A `DryRun` request that would have succeeded (HTTP 412).
+    DryRunOperation,
+    /// A `DryRun` request that would not have succeeded (HTTP 403).
+    UnauthorizedOperation,
+    /// A security group rule id (`sgr-`) the group does not have.
+    #[serde(rename = "InvalidSecurityGroupRuleId.NotFound")]
+    InvalidSecurityGroupRuleIdNotFound,
+    /// A resource id of no known kind or resource (tags).
+    #[serde(rename = "InvalidID")]
+    InvalidId,
+    /// A `NextToken` this daemon did not hand out.
+    InvalidPaginationToken,
     /// Management protocol: the request line is not a valid request.
     MalformedRequest,
     /// Management protocol: the request line is too long.
@@ -65,7 +77,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::RulesPerSecurityGroupLimitExceeded,
         ErrorCode::InvalidPermissionDuplicate,
         ErrorCode::InvalidPermissionNotFound,
@@ -87,6 +99,11 @@ impl ErrorCode {
         ErrorCode::IncompleteSignature,
         ErrorCode::RequestExpired,
         ErrorCode::SignatureDoesNotMatch,
+        ErrorCode::DryRunOperation,
+        ErrorCode::UnauthorizedOperation,
+        ErrorCode::InvalidSecurityGroupRuleIdNotFound,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidPaginationToken,
         ErrorCode::MalformedRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::ServiceUnavailable,
@@ -117,6 +134,11 @@ impl ErrorCode {
             ErrorCode::IncompleteSignature => "IncompleteSignature",
             ErrorCode::RequestExpired => "RequestExpired",
             ErrorCode::SignatureDoesNotMatch => "SignatureDoesNotMatch",
+            ErrorCode::DryRunOperation => "DryRunOperation",
+            ErrorCode::UnauthorizedOperation => "UnauthorizedOperation",
+            ErrorCode::InvalidSecurityGroupRuleIdNotFound => "InvalidSecurityGroupRuleId.NotFound",
+            ErrorCode::InvalidId => "InvalidID",
+            ErrorCode::InvalidPaginationToken => "InvalidPaginationToken",
             ErrorCode::MalformedRequest => "MalformedRequest",
             ErrorCode::RequestTooLarge => "RequestTooLarge",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
@@ -124,12 +146,19 @@ impl ErrorCode {
         }
     }
 
-    /// The HTTP status of the EC2 Query API for this code: 401 for
-    /// authentication, 500 for the daemon's own failures, 503 when busy, else
-    /// 400.
+    /// The HTTP status of the EC2 Query API for this code, as AWS sends it:
+    /// 401 for an unknown key (EC2's `AuthFailure`), 403 for a signature that
+    /// does not match, a missing signature (AWS's common errors) and an
+    /// unauthorized dry run, 412 for a dry run that would have succeeded, 500
+    /// for the daemon's own failures, 503 when busy, else 400 (a malformed
+    /// signature, an expired request and every parameter error among them).
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::AuthFailure | ErrorCode::MissingAuthenticationToken => 401,
+            ErrorCode::AuthFailure => 401,
+            ErrorCode::SignatureDoesNotMatch
+            | ErrorCode::MissingAuthenticationToken
+            | ErrorCode::UnauthorizedOperation => 403,
+            ErrorCode::DryRunOperation => 412,
             ErrorCode::InternalError => 500,
             ErrorCode::ServiceUnavailable => 503,
             _ => 400,

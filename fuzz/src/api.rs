@@ -35,8 +35,8 @@ use mgmt::api::{
     encode_reply,
 };
 use mgmt::core::{Core, CoreConfig};
-use mgmt::testutil::RecordingDataplane;
 use mgmt::store::Store;
+use mgmt::testutil::RecordingDataplane;
 
 use crate::input::{Reader, Writer};
 

@@ -14,6 +14,9 @@
 //! * [`api`]: any bytes as a socket request line, then structured commands
 //!   against the management core: an error changes nothing, successes agree
 //!   with `filter::model` and survive a reload of the store.
+//! * [`ec2`]: any bytes as HTTP requests to the EC2 Query API: the HTTP
+//!   reader, parameter decoder, SigV4 parser/verifier and wildcard matcher
+//!   never panic, keep their limits, and nothing unsigned gets through.
 //! * [`rules`]: `authorize`/`revoke` argument vectors through the CLI parser,
 //!   `RuleSpec::expand`, and the CIDR/port/ICMP parsers: accepted input
 //!   round-trips through what describe prints.
@@ -22,6 +25,7 @@
 //! every byte string is a valid input.
 
 pub mod api;
+pub mod ec2;
 pub mod input;
 pub mod parse;
 pub mod pipeline;

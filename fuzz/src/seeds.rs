@@ -385,6 +385,9 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     for (n, b) in crate::rules::seeds() {
         v.push(("rules", n, b));
     }
+    for (n, b) in crate::ec2::seeds() {
+        v.push(("ec2", n, b));
+    }
     v
 }
 
@@ -407,6 +410,7 @@ mod tests {
                 "parse" => crate::parse::run,
                 "pipeline" => crate::pipeline::run,
                 "api" => crate::api::run,
+                "ec2" => crate::ec2::run,
                 _ => crate::rules::run,
             };
             let r = std::panic::catch_unwind(|| run(&bytes));
@@ -426,6 +430,7 @@ mod tests {
             ("pipeline", crate::pipeline::run),
             ("api", crate::api::run),
             ("rules", crate::rules::run),
+            ("ec2", crate::ec2::run),
         ] {
             let Ok(entries) = std::fs::read_dir(dir.join(target)) else {
                 continue;

@@ -177,6 +177,68 @@ pub enum Command {
     Hosts,
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
+    /// The access keys of the request's owner (never their secrets).
+    DescribeAccessKeys,
+    /// Delete one of the request's owner's access keys: requests signed with
+    /// it fail (`AuthFailure`) from then on.
+    DeleteAccessKey {
+        key_id: String,
+    },
+    /// Rules with their `sgr-` ids and descriptions: of `groups` (every
+    /// group of the owner when empty); only those of `rule_ids` when given
+    /// (an unknown one is `InvalidSecurityGroupRuleId.NotFound`).
+    DescribeRules {
+        #[serde(default)]
+        groups: Vec<GroupRef>,
+        #[serde(default)]
+        rule_ids: Vec<String>,
+    },
+    /// Set the descriptions of existing rules of `group`: each permission's
+    /// `description` on each of its rules (a rule the group does not have is
+    /// `InvalidPermission.NotFound`). All or nothing.
+    UpdateRuleDescriptions {
+        group: GroupRef,
+        permissions: Vec<Permission>,
+    },
+    /// Revoke rules of `group` by `sgr-` id. All or nothing.
+    RevokeRuleIds {
+        group: GroupRef,
+        rule_ids: Vec<String>,
+    },
+    /// Replace rules of `group` by id, each keeping its id
+    /// (ModifySecurityGroupRules): `(rule id, the new permission)`, one rule
+    /// each. All or nothing.
+    ModifyRules {
+        group: GroupRef,
+        rules: Vec<(String, Permission)>,
+    },
+    /// Tag the owner's groups (`sg-`) and instances (`i-`).
+    CreateTags {
+        resources: Vec<String>,
+        tags: Vec<Tag>,
+    },
+    /// Remove tags: each key (any value when `value` is `None`, else only
+    /// with that value); no tags = every tag of the resources.
+    DeleteTags {
+        resources: Vec<String>,
+        #[serde(default)]
+        tags: Vec<TagKey>,
+    },
+    /// Every tag of the owner's groups and instances.
+    DescribeTags,
+    /// `command` with `tags` on each group or instance it creates, in the
+    /// same transaction (EC2's TagSpecification).
+    Tagged {
+        command: Box<Command>,
+        tags: Vec<Tag>,
+    },
+    /// Check `command` as the caller would run it, changing nothing (EC2's
+    /// `DryRun`): `DryRunOperation` when it would have succeeded,
+    /// `UnauthorizedOperation` (naming the error it would have had) when
+    /// not. For the group, rule, instance and tag commands.
+    DryRun {
+        command: Box<Command>,
+    },
 }
 
 /// A security group named by name or by `sg-` id. On the wire a plain string
@@ -294,6 +356,38 @@ pub struct Permission {
     pub cidrs: Vec<String>,
     #[serde(default)]
     pub groups: Vec<SourceGroup>,
+    /// The description of each of its rules (EC2's `Description` of an IP
+    /// range or group pair); none: empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A tag: key and value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A tag to remove: its key, and its value when only that value goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagKey {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A rule as the EC2 API lists it: its id, group and description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// `sgr-` + 17 hex digits.
+    pub rule_id: String,
+    pub group_id: String,
+    pub group_name: String,
+    pub owner: String,
+    pub rule: Rule,
+    pub description: String,
 }
 
 impl Permission {
@@ -335,6 +429,7 @@ impl From<RuleSpec> for Permission {
                     owner,
                 })
                 .collect(),
+            description: None,
         }
     }
 }
@@ -384,6 +479,10 @@ impl Command {
                 | Command::DescribeImages { .. }
                 | Command::Stats
                 | Command::Hosts
+                | Command::DescribeAccessKeys
+                | Command::DescribeRules { .. }
+                | Command::DescribeTags
+                | Command::DryRun { .. }
         )
     }
 }
@@ -540,6 +639,30 @@ pub enum Response {
         secret: String,
         owner: String,
     },
+    /// describe-access-keys (the owner's keys, by id), delete-access-key
+    /// (the deleted key): no secrets.
+    AccessKeys {
+        keys: Vec<AccessKeyInfo>,
+    },
+    /// describe-rules (and the rules modified by modify-rules).
+    Rules {
+        rules: Vec<RuleInfo>,
+    },
+    /// describe-tags.
+    Tags {
+        tags: Vec<crate::store::TagRecord>,
+    },
+    /// An edit that answers nothing but success (tags, descriptions).
+    Done,
+}
+
+/// An access key as listed: its id, owner and creation time, not its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyInfo {
+    pub key_id: String,
+    pub owner: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
 }
 
 /// A failed answer: an error code and a message naming the bad value. The

@@ -289,6 +289,16 @@ pub enum Cmd {
     /// Make an access key for the EC2 Query API acting as --owner (default: the
     /// daemon's owner).  Prints once: ACCESSKEY KEY-ID SECRET OWNER.
     CreateAccessKey,
+    /// List --owner's access keys: KEY KEY-ID OWNER CREATED (UTC), never
+    /// the secret.
+    DescribeAccessKeys,
+    /// Delete one of --owner's access keys: requests signed with it are
+    /// refused (AuthFailure) from then on.  Prints the KEY line of the
+    /// deleted key.
+    DeleteAccessKey {
+        /// The key id (`AKIA...`).
+        key_id: String,
+    },
     /// Print a shell completion script (e.g. `sgswitch completions bash >
     /// /etc/bash_completion.d/sgswitch`).
     Completions {
@@ -588,6 +598,7 @@ pub fn permission(args: &RuleArgs, sub: &ArgMatches) -> Result<Permission, Strin
                 owner,
             })
             .collect(),
+        description: None,
     })
 }
 
@@ -687,6 +698,10 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         Cmd::DescribeImages { amis } => Command::DescribeImages { amis: amis.clone() },
         Cmd::DeregisterImage { ami } => Command::DeregisterImage { ami: ami.clone() },
         Cmd::CreateAccessKey => Command::CreateAccessKey,
+        Cmd::DescribeAccessKeys => Command::DescribeAccessKeys,
+        Cmd::DeleteAccessKey { key_id } => Command::DeleteAccessKey {
+            key_id: key_id.clone(),
+        },
     };
     Ok(Some(Request {
         owner: cli.owner.clone(),
@@ -820,6 +835,33 @@ pub fn format_response(resp: &Response) -> String {
             secret,
             owner,
         } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
+        Response::Rules { rules } => {
+            for r in rules {
+                line(format!(
+                    "RULE\t{}\t{}\t{}\t{}",
+                    r.rule_id,
+                    r.group_id,
+                    permission_line(&r.group_name, &r.rule),
+                    r.description
+                ));
+            }
+        }
+        Response::Tags { tags } => {
+            for t in tags {
+                line(format!("TAG\t{}\t{}\t{}", t.resource_id, t.key, t.value));
+            }
+        }
+        Response::Done => {}
+        Response::AccessKeys { keys } => {
+            for k in keys {
+                line(format!(
+                    "KEY\t{}\t{}\t{}",
+                    k.key_id,
+                    k.owner,
+                    crate::ec2::sigv4::format_iso8601(k.created_at)
+                ));
+            }
+        }
     }
     out
 }

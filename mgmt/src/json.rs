@@ -243,6 +243,14 @@ pub struct AccessKeyJson {
     pub owner: String,
 }
 
+/// A listed access key (no secret); `created` in ISO 8601 UTC.
+#[derive(Debug, Serialize)]
+pub struct AccessKeyInfoJson {
+    pub key_id: String,
+    pub owner: String,
+    pub created: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ErrorJson {
     pub code: String,
@@ -262,6 +270,10 @@ pub enum Payload {
     AccessKey(AccessKeyJson),
     /// `hosts`: the lab's hosts (cluster mode), as [`crate::api::HostView`].
     Hosts(Vec<crate::api::HostView>),
+    AccessKeys(Vec<AccessKeyInfoJson>),
+    Rules(Vec<crate::api::RuleInfo>),
+    Tags(Vec<crate::store::TagRecord>),
+    Done(bool),
     Error(ErrorJson),
 }
 
@@ -349,6 +361,18 @@ pub fn response(resp: &Response) -> Document {
             secret: secret.clone(),
             owner: owner.clone(),
         }),
+        Response::Rules { rules } => Payload::Rules(rules.clone()),
+        Response::Tags { tags } => Payload::Tags(tags.clone()),
+        Response::Done => Payload::Done(true),
+        Response::AccessKeys { keys } => Payload::AccessKeys(
+            keys.iter()
+                .map(|k| AccessKeyInfoJson {
+                    key_id: k.key_id.clone(),
+                    owner: k.owner.clone(),
+                    created: crate::ec2::sigv4::format_iso8601(k.created_at),
+                })
+                .collect(),
+        ),
     };
     Document {
         version: VERSION,

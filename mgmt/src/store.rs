@@ -159,6 +159,26 @@ pub const MIGRATIONS: &[&str] = &[
         underlay TEXT NOT NULL
     ) STRICT;
     "#,
+    // v6: the EC2 API's own facts about rules and resources: each rule's
+    // `sgr-` id and description (a row per rule, gone with the rule), tags of
+    // groups and instances, and the instances a ClientToken launched (JSON,
+    // so a repeat answers them after they are gone). Existing rules get ids.
+    r#"
+    CREATE TABLE rule_meta (
+        rule_seq    INTEGER PRIMARY KEY REFERENCES rules(seq) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+        rule_id     TEXT NOT NULL UNIQUE CHECK (rule_id GLOB 'sgr-*'),
+        description TEXT NOT NULL DEFAULT '' CHECK (length(description) <= 255)
+    ) STRICT;
+    INSERT INTO rule_meta (rule_seq, rule_id)
+        SELECT seq, 'sgr-' || substr(lower(hex(randomblob(9))), 1, 17) FROM rules;
+    CREATE TABLE tags (
+        resource_id TEXT NOT NULL CHECK (resource_id GLOB 'sg-*' OR resource_id GLOB 'i-*'),
+        key         TEXT NOT NULL CHECK (length(key) BETWEEN 1 AND 128),
+        value       TEXT NOT NULL CHECK (length(value) <= 256),
+        PRIMARY KEY (resource_id, key)
+    ) STRICT;
+    ALTER TABLE client_tokens ADD COLUMN instances TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -347,6 +367,10 @@ pub struct ClientTokenRecord {
     pub fingerprint: String,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
+    /// The instances the token launched, as they were launched (a repeat
+    /// answers them, `terminated` once they are gone).
+    #[serde(default)]
+    pub instances: Vec<crate::api::InstanceView>,
 }
 
 /// One change to the stored state. Applied in batches by [`Store::commit`].
@@ -372,11 +396,39 @@ pub enum Edit {
     DeleteImage { ami: String },
     /// Store a new access key (its id must be new).
     PutAccessKey(AccessKeyRecord),
+    /// Delete an access key (must exist).
+    DeleteAccessKey { key_id: String },
     /// Record a `ClientToken` (new for its owner).
     PutClientToken(ClientTokenRecord),
     /// Cluster mode: the live hosts and their overlay endpoints as last seen
     /// (replaces the previous list; what a restart without etcd sends to).
     SetClusterHosts(Vec<(String, std::net::SocketAddr)>),
+    /// Set the id and description of an existing rule.
+    PutRuleMeta(RuleMetaRecord),
+    /// Set a tag (replacing the key's value).
+    PutTag(TagRecord),
+    /// Remove a tag (must exist).
+    DeleteTag { resource_id: String, key: String },
+    /// Remove every tag of a resource (any number).
+    DeleteTags { resource_id: String },
+}
+
+/// The EC2 API's facts about one rule: its `sgr-` id and its description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleMetaRecord {
+    pub group_id: String,
+    pub rule: Rule,
+    /// `sgr-` + 17 hex digits.
+    pub rule_id: String,
+    pub description: String,
+}
+
+/// One tag of a group (`sg-`) or instance (`i-`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub resource_id: String,
+    pub key: String,
+    pub value: String,
 }
 
 impl Edit {
@@ -396,10 +448,17 @@ impl Edit {
             Edit::PutImage(i) => format!("new image {}", i.ami),
             Edit::DeleteImage { ami } => format!("deregistration of image {ami}"),
             Edit::PutAccessKey(k) => format!("new access key {} of {}", k.key_id, k.owner.0),
+            Edit::DeleteAccessKey { key_id } => format!("deletion of access key {key_id}"),
             Edit::PutClientToken(t) => {
                 format!("client token {:?} of {}", t.token, t.owner.0)
             }
             Edit::SetClusterHosts(h) => format!("{} cluster host(s)", h.len()),
+            Edit::PutRuleMeta(m) => format!("rule {} of group {}", m.rule_id, m.group_id),
+            Edit::PutTag(t) => format!("tag {:?} of {}", t.key, t.resource_id),
+            Edit::DeleteTag { resource_id, key } => {
+                format!("removal of tag {key:?} of {resource_id}")
+            }
+            Edit::DeleteTags { resource_id } => format!("removal of the tags of {resource_id}"),
         }
     }
 }
@@ -420,6 +479,10 @@ pub struct Loaded {
     pub client_tokens: Vec<ClientTokenRecord>,
     /// Cluster mode: the hosts last seen live, sorted by name.
     pub cluster_hosts: Vec<(String, std::net::SocketAddr)>,
+    /// Rule ids and descriptions, in rule order.
+    pub rule_meta: Vec<RuleMetaRecord>,
+    /// Tags, sorted by (resource, key).
+    pub tags: Vec<TagRecord>,
 }
 
 /// The SQLite state store. One connection, owned by the management thread.
@@ -695,6 +758,8 @@ impl Store {
         let access_keys = self.load_access_keys()?;
         let client_tokens = self.load_client_tokens()?;
         let cluster_hosts = self.load_cluster_hosts()?;
+        let rule_meta = self.load_rule_meta()?;
+        let tags = self.load_tags()?;
         Ok(Loaded {
             groups,
             instances,
@@ -703,7 +768,74 @@ impl Store {
             access_keys,
             client_tokens,
             cluster_hosts,
+            rule_meta,
+            tags,
         })
+    }
+
+    fn load_rule_meta(&self) -> Result<Vec<RuleMetaRecord>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "rule ids",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.group_id, r.proto, r.from_port, r.to_port, r.src_cidr, r.src_owner, \
+                 r.src_group, m.rule_id, m.description \
+                 FROM rule_meta m JOIN rules r ON r.seq = m.rule_seq ORDER BY r.seq",
+            )
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    RuleRow {
+                        group_id: r.get(0)?,
+                        proto: r.get(1)?,
+                        from: r.get(2)?,
+                        to: r.get(3)?,
+                        cidr: r.get(4)?,
+                        src_owner: r.get(5)?,
+                        src_group: r.get(6)?,
+                    },
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .map_err(load)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (row, rule_id, description) = row.map_err(load)?;
+            let group_id = row.group_id.clone();
+            out.push(RuleMetaRecord {
+                group_id,
+                rule: row.into_rule()?,
+                rule_id,
+                description,
+            });
+        }
+        Ok(out)
+    }
+
+    fn load_tags(&self) -> Result<Vec<TagRecord>, StoreError> {
+        let load = |source| StoreError::Load {
+            what: "tags",
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare("SELECT resource_id, key, value FROM tags ORDER BY resource_id, key")
+            .map_err(load)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(TagRecord {
+                    resource_id: r.get(0)?,
+                    key: r.get(1)?,
+                    value: r.get(2)?,
+                })
+            })
+            .map_err(load)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(load)
     }
 
     fn load_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError> {
@@ -760,7 +892,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT owner, token, reservation, fingerprint, created_at \
+                "SELECT owner, token, reservation, fingerprint, created_at, instances \
                  FROM client_tokens ORDER BY owner, token",
             )
             .map_err(load)?;
@@ -772,6 +904,13 @@ impl Store {
                     reservation: r.get(2)?,
                     fingerprint: r.get(3)?,
                     created_at: r.get(4)?,
+                    instances: serde_json::from_str(&r.get::<_, String>(5)?).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            5,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
                 })
             })
             .map_err(load)?;
@@ -837,6 +976,8 @@ impl Store {
             ("images", "ami"),
             ("access_keys", "key_id"),
             ("client_tokens", "owner, token"),
+            ("rule_meta", "rule_seq"),
+            ("tags", "resource_id, key"),
         ] {
             let what = "dump";
             let mut st = self
@@ -1058,16 +1199,44 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
             )?;
             Ok(())
         }
+        Edit::PutRuleMeta(m) => {
+            let (proto, from, to, cidr, o, g) = rule_columns(&m.rule);
+            expect_one(tx.execute(
+                "INSERT OR REPLACE INTO rule_meta (rule_seq, rule_id, description) \
+                 SELECT seq, ?8, ?9 FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 \
+                 AND to_port = ?4 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7",
+                params![m.group_id, proto, from, to, cidr, o, g, m.rule_id, m.description],
+            )?)
+        }
+        Edit::PutTag(t) => {
+            tx.execute(
+                "INSERT OR REPLACE INTO tags (resource_id, key, value) VALUES (?1, ?2, ?3)",
+                params![t.resource_id, t.key, t.value],
+            )?;
+            Ok(())
+        }
+        Edit::DeleteTag { resource_id, key } => expect_one(tx.execute(
+            "DELETE FROM tags WHERE resource_id = ?1 AND key = ?2",
+            params![resource_id, key],
+        )?),
+        Edit::DeleteTags { resource_id } => {
+            tx.execute("DELETE FROM tags WHERE resource_id = ?1", [resource_id])?;
+            Ok(())
+        }
+        Edit::DeleteAccessKey { key_id } => {
+            expect_one(tx.execute("DELETE FROM access_keys WHERE key_id = ?1", [key_id])?)
+        }
         Edit::PutClientToken(t) => {
             tx.execute(
-                "INSERT INTO client_tokens (owner, token, reservation, fingerprint, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO client_tokens (owner, token, reservation, fingerprint, created_at, instances) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     t.owner.0,
                     t.token,
                     t.reservation,
                     t.fingerprint,
-                    t.created_at
+                    t.created_at,
+                    serde_json::to_string(&t.instances).unwrap_or_else(|_| "[]".into())
                 ],
             )?;
             Ok(())
@@ -1681,6 +1850,76 @@ mod tests {
         }
     }
 
+    /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
+    /// rule facts are stored, and a rule's facts go with the rule.
+    #[test]
+    fn a_v4_store_gains_rule_ids_tags_and_token_instances() {
+        let dir = TempDir::new("v5");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..4] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute(
+                "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', ?1, 'web', 'Web')",
+                [&owner().0],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000001', 'tcp', 22, 22, '10.0.0.0/8')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.rule_meta.len(), 1);
+        let m = &l.rule_meta[0];
+        assert!(
+            m.rule_id.starts_with("sgr-") && m.rule_id.len() == 21,
+            "{m:?}"
+        );
+        assert_eq!(
+            (m.group_id.as_str(), m.description.as_str()),
+            ("sg-00000001", "")
+        );
+        assert_eq!(m.rule, l.groups[0].rules[0]);
+        let described = RuleMetaRecord {
+            description: "ssh".into(),
+            ..m.clone()
+        };
+        s.commit(&[
+            Edit::PutRuleMeta(described.clone()),
+            Edit::PutTag(TagRecord {
+                resource_id: "sg-00000001".into(),
+                key: "env".into(),
+                value: "prod".into(),
+            }),
+        ])
+        .unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.rule_meta, vec![described]);
+        assert_eq!(l.tags.len(), 1);
+        // A tag of no kind sgswitch knows is refused, the batch rolled back.
+        assert!(
+            s.commit(&[Edit::PutTag(TagRecord {
+                resource_id: "vol-1".into(),
+                key: "k".into(),
+                value: String::new(),
+            })])
+            .is_err()
+        );
+        s.commit(&[Edit::RemoveRules {
+            group_id: "sg-00000001".into(),
+            rules: l.groups[0].rules.clone(),
+        }])
+        .unwrap();
+        assert!(s.load().unwrap().rule_meta.is_empty(), "gone with its rule");
+    }
+
     #[test]
     fn a_v2_store_gains_access_keys_and_client_tokens_and_the_file_is_0600() {
         use std::os::unix::fs::PermissionsExt;
@@ -1703,6 +1942,7 @@ mod tests {
             reservation: "r-0000abcd".into(),
             fingerprint: "ami-1|1|1|default".into(),
             created_at: 5,
+            instances: Vec::new(),
         };
         s.commit(&[
             Edit::PutAccessKey(access_key("AKIAZZZZZZZZZZZZZZZZ", "111122223333")),

@@ -508,6 +508,35 @@ fn json_output_uses_the_documented_versioned_shapes() {
             .starts_with("AKIA")
     );
     assert_eq!(v["access_key"]["owner"], "111122223333");
+    // Listed (never the secret) and deleted (issue 16 item 8).
+    let key_id = v["access_key"]["key_id"].as_str().unwrap().to_owned();
+    let secret = v["access_key"]["secret"].as_str().unwrap().to_owned();
+    let (v, code) = json_of(&d, &["describe-access-keys"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["access_keys"][0]["key_id"], key_id.as_str(), "{v}");
+    assert_eq!(v["access_keys"][0]["owner"], "111122223333", "{v}");
+    assert!(!v.to_string().contains(&secret), "{v}");
+    let (out, err, code) = d.cli(&["describe-access-keys"]);
+    assert_eq!(code, 0, "{err}");
+    let f: Vec<&str> = out.trim_end().split('\t').collect();
+    assert_eq!(f[..3], ["KEY", key_id.as_str(), "111122223333"], "{out}");
+    assert!(f[3].ends_with('Z') && f[3].len() == 20, "{out}");
+    let (out, err, code) = d.cli(&["--owner", "444455556666", "describe-access-keys"]);
+    assert_eq!((out.as_str(), code), ("", 0), "{err}");
+    let (_, err, code) = d.cli(&["--owner", "444455556666", "delete-access-key", &key_id]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("InvalidParameterValue: ") && err.contains(&key_id),
+        "{err}"
+    );
+    let (out, err, code) = d.cli(&["delete-access-key", &key_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("KEY\t{key_id}\t111122223333\t")),
+        "{out}"
+    );
+    let (v, _) = json_of(&d, &["describe-access-keys"]);
+    assert_eq!(v["access_keys"], serde_json::json!([]), "{v}");
     // Errors: on stderr, exit 1, the same envelope.
     let (v, code) = json_of(&d, &["delete-group", "nosuch"]);
     assert_eq!(code, 1);
@@ -526,6 +555,7 @@ fn json_output_uses_the_documented_versioned_shapes() {
         "images",
         "stats",
         "access_key",
+        "access_keys",
         "error",
         "from_port",
         "icmp_type",

@@ -96,7 +96,7 @@ fails("InvalidGroup.NotFound", 400, b.get_all_security_groups, ["web"])
 fails("InvalidInstanceID.NotFound", 400, b.terminate_instances, [inst.id])
 
 fails("AuthFailure", 401, conn("AKIAUNKNOWNKEY000000", SECRET_A).get_all_security_groups)
-fails("SignatureDoesNotMatch", 400, conn(KEY_A, SECRET_B).get_all_security_groups)
+fails("SignatureDoesNotMatch", 403, conn(KEY_A, SECRET_B).get_all_security_groups)
 with SkewedClock([boto.auth], 30):
     fails("RequestExpired", 400, conn(KEY_A, SECRET_A).get_all_security_groups)
 

@@ -95,6 +95,7 @@ check([(p["IpProtocol"], p["FromPort"]) for p in left] == [("udp", 53)], f"after
 r = a.run_instances(ImageId=AMI, MinCount=2, MaxCount=2, SecurityGroupIds=[web], SecurityGroups=["default"],
                     ClientToken="boto3-token-1", InstanceType="t2.micro")
 ids = [i["InstanceId"] for i in r["Instances"]]
+r0 = r["ReservationId"]
 check(len(ids) == 2 and all(i.startswith("i-") for i in ids), f"run {r}")
 check(all(i["State"] == {"Code": 16, "Name": "running"} for i in r["Instances"]), "running")
 check(all(i["PrivateIpAddress"].startswith("172.31.") for i in r["Instances"]), "addresses")
@@ -133,6 +134,93 @@ fails("InvalidParameterValue", 400, a.run_instances, ImageId="not-an-ami", MinCo
 fails("InsufficientInstanceCapacity", 400, a.run_instances, ImageId=AMI, MinCount=300, MaxCount=300)
 fails("InvalidAction", 400, a.create_vpc, CidrBlock="10.0.0.0/16")
 
+# Errors exactly as AWS gives them (issue 16 item 6).
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="123.123.123.123")
+fails("MissingParameter", 400, a.create_security_group, GroupName="nodesc", Description="")
+fails("InvalidGroup.NotFound", 400, a.revoke_security_group_ingress, GroupId="badcompany")
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupName="web",
+      IpPermissions=[{"IpProtocol": "tcp", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}])
+
+# DryRun on every action (issue 16 item 2): nothing changes either way.
+before = (a.describe_security_groups()["SecurityGroups"], a.describe_instances()["Reservations"])
+fails("DryRunOperation", 412, a.create_security_group, GroupName="dry", Description="d", DryRun=True)
+fails("DryRunOperation", 412, a.describe_security_groups, DryRun=True)
+fails("DryRunOperation", 412, a.authorize_security_group_ingress, GroupName="web", DryRun=True,
+      IpProtocol="tcp", FromPort=7, ToPort=7, CidrIp="10.7.7.7/32")
+fails("DryRunOperation", 412, a.revoke_security_group_ingress, GroupName="web", DryRun=True,
+      IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.0/8")
+fails("DryRunOperation", 412, a.run_instances, ImageId=AMI, MinCount=1, MaxCount=1, DryRun=True)
+fails("DryRunOperation", 412, a.describe_instances, InstanceIds=[ids[0]], DryRun=True)
+fails("DryRunOperation", 412, a.terminate_instances, InstanceIds=[ids[0]], DryRun=True)
+fails("DryRunOperation", 412, a.delete_security_group, GroupName="app", DryRun=True)
+fails("UnauthorizedOperation", 403, a.delete_security_group, GroupName="nope", DryRun=True)
+fails("UnauthorizedOperation", 403, a.create_security_group, GroupName="web", Description="dup", DryRun=True)
+fails("UnauthorizedOperation", 403, a.terminate_instances, InstanceIds=["i-00000000"], DryRun=True)
+after = (a.describe_security_groups()["SecurityGroups"], a.describe_instances()["Reservations"])
+check(after == before, "dry runs changed nothing")
+
+# Tags (issue 16 item 3): on creation, CreateTags/DeleteTags/DescribeTags, in
+# describes and filters.
+tg = a.create_security_group(GroupName="tagged", Description="Tagged", TagSpecifications=[
+    {"ResourceType": "security-group", "Tags": [{"Key": "env", "Value": "prod"}]}])
+tid = tg["GroupId"]
+# SecurityGroupArn: botocore models it since 2024 (Debian's 1.29 does not parse
+# it; mgmt/src/ec2/tests.rs checks the XML).
+arn = f"arn:aws:ec2:us-east-1:{OWNER_A}:security-group/{tid}"
+check(tg.get("SecurityGroupArn", arn) == arn, f"arn {tg}")
+check(tg.get("Tags") == [{"Key": "env", "Value": "prod"}], f"tags on creation {tg}")
+a.create_tags(Resources=[tid, ids[0]], Tags=[{"Key": "team", "Value": "a"}])
+t = a.describe_tags(Filters=[{"Name": "resource-id", "Values": [tid]}])["Tags"]
+check(sorted((x["Key"], x["Value"], x["ResourceType"]) for x in t) == [("env", "prod", "security-group"), ("team", "a", "security-group")], f"describe_tags {t}")
+g = a.describe_security_groups(Filters=[{"Name": "tag:env", "Values": ["pr*"]}])["SecurityGroups"]
+check([x["GroupName"] for x in g] == ["tagged"], f"tag filter {g}")
+check(sorted((x["Key"], x["Value"]) for x in g[0]["Tags"]) == [("env", "prod"), ("team", "a")], f"group tags {g}")
+d = a.describe_instances(Filters=[{"Name": "tag-key", "Values": ["team"]}])["Reservations"]
+check([i["InstanceId"] for r in d for i in r["Instances"]] == [ids[0]], f"instance tag filter {d}")
+check(d[0]["Instances"][0]["Tags"] == [{"Key": "team", "Value": "a"}], f"instance tags {d}")
+a.delete_tags(Resources=[tid], Tags=[{"Key": "team"}])
+check([x["Key"] for x in a.describe_tags(Filters=[{"Name": "resource-id", "Values": [tid]}])["Tags"]] == ["env"], "delete_tags")
+fails("InvalidID", 400, a.create_tags, Resources=["vol-12345678"], Tags=[{"Key": "k", "Value": "v"}])
+fails("InvalidParameterValue", 400, a.create_tags, Resources=[tid], Tags=[{"Key": "aws:x", "Value": "v"}])
+fails("InvalidGroup.NotFound", 400, b.create_tags, Resources=[tid], Tags=[{"Key": "k", "Value": "v"}])
+
+# Rule descriptions (item 4) and rules as objects (item 5).
+r = a.authorize_security_group_ingress(GroupId=tid, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+    "IpRanges": [{"CidrIp": "10.1.0.0/16", "Description": "https from vpn"}]}])
+rid = r["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+check(rid.startswith("sgr-") and r["SecurityGroupRules"][0]["Description"] == "https from vpn", f"authorize answer {r}")
+ip = a.describe_security_groups(GroupIds=[tid])["SecurityGroups"][0]["IpPermissions"]
+check(ip[0]["IpRanges"] == [{"CidrIp": "10.1.0.0/16", "Description": "https from vpn"}], f"description described {ip}")
+a.update_security_group_rule_descriptions_ingress(GroupId=tid, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+    "IpRanges": [{"CidrIp": "10.1.0.0/16", "Description": "https"}]}])
+ip = a.describe_security_groups(GroupIds=[tid])["SecurityGroups"][0]["IpPermissions"]
+check(ip[0]["IpRanges"][0]["Description"] == "https", f"description updated {ip}")
+fails("InvalidPermission.NotFound", 400, a.update_security_group_rule_descriptions_egress, GroupId=tid,
+      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "all out"}]}])
+rules = a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [tid]}])["SecurityGroupRules"]
+check([(x["SecurityGroupRuleId"], x["IpProtocol"], x["FromPort"], x["CidrIpv4"], x["Description"], x["IsEgress"]) for x in rules]
+      == [(rid, "tcp", 443, "10.1.0.0/16", "https", False)], f"describe_security_group_rules {rules}")
+a.modify_security_group_rules(GroupId=tid, SecurityGroupRules=[{"SecurityGroupRuleId": rid, "SecurityGroupRule": {
+    "IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "CidrIpv4": "10.1.0.0/16", "Description": "alt https"}}])
+x = a.describe_security_group_rules(SecurityGroupRuleIds=[rid])["SecurityGroupRules"][0]
+check((x["FromPort"], x["ToPort"], x["Description"]) == (8443, 8443, "alt https"), f"modified, same id {x}")
+fails("InvalidSecurityGroupRuleId.NotFound", 400, a.describe_security_group_rules, SecurityGroupRuleIds=["sgr-00000000000000000"])
+a.revoke_security_group_ingress(GroupId=tid, SecurityGroupRuleIds=[rid])
+check(a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [tid]}])["SecurityGroupRules"] == [], "revoked by id")
+
+# Pagination (item 7): boto3's paginators over MaxResults/NextToken.
+extra = [a.create_security_group(GroupName=f"page{n}", Description="P")["GroupId"] for n in range(4)]
+pages = list(a.get_paginator("describe_security_groups").paginate(PaginationConfig={"PageSize": 5}))
+names = [x["GroupName"] for p in pages for x in p["SecurityGroups"]]
+check(len(pages) == 2 and sorted(names) == sorted(["default", "web", "app", "tagged"] + [f"page{n}" for n in range(4)]),
+      f"group pages {[len(p['SecurityGroups']) for p in pages]} {names}")
+for gid in extra:
+    a.delete_security_group(GroupId=gid)
+pages = list(a.get_paginator("describe_instances").paginate(PaginationConfig={"PageSize": 5}))
+check(sorted(i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]) == sorted(ids), "instance pages")
+fails("InvalidParameterCombination", 400, a.describe_security_groups, GroupNames=["web"], MaxResults=5)
+
 # Two owners: B sees and touches nothing of A's.
 bg = b.describe_security_groups()["SecurityGroups"]
 check([(g["GroupName"], g["OwnerId"]) for g in bg] == [("default", OWNER_B)], f"B's groups {bg}")
@@ -145,20 +233,28 @@ check(b.describe_instances()["Reservations"] == [], "B has no instances")
 
 # Authentication failures.
 fails("AuthFailure", 401, client("AKIAUNKNOWNKEY000000", SECRET_A).describe_security_groups)
-fails("SignatureDoesNotMatch", 400, client(KEY_A, SECRET_B).describe_security_groups)
+fails("SignatureDoesNotMatch", 403, client(KEY_A, SECRET_B).describe_security_groups)
 with SkewedClock(SIGNERS, 20):
     fails("RequestExpired", 400, a.describe_security_groups)
 with SkewedClock(SIGNERS, 10):
-    check(len(a.describe_security_groups()["SecurityGroups"]) == 3, "10 minutes of skew are accepted")
+    check(len(a.describe_security_groups()["SecurityGroups"]) == 4, "10 minutes of skew are accepted")
 
 # Clean up: terminate, revoke the group rules, delete by id and by name.
 t = a.terminate_instances(InstanceIds=ids)["TerminatingInstances"]
 check(sorted(x["InstanceId"] for x in t) == sorted(ids), f"terminate {t}")
 check(all(x["CurrentState"]["Name"] == "shutting-down" and x["PreviousState"]["Code"] == 16 for x in t), "states")
+# The same ClientToken after the instances are gone: that reservation, its
+# instances terminated (item 7), nothing launched.
+gone = a.run_instances(ImageId=AMI, MinCount=2, MaxCount=2, SecurityGroupIds=[web], SecurityGroups=["default"],
+                       ClientToken="boto3-token-1", InstanceType="t2.micro")
+check(gone["ReservationId"] == r0 and [i["InstanceId"] for i in gone["Instances"]] == ids
+      and all(i["State"]["Name"] == "terminated" for i in gone["Instances"]), f"token after terminate {gone}")
+check(a.describe_instances()["Reservations"] == [], "nothing launched again")
 a.revoke_security_group_ingress(GroupId=app, IpPermissions=[
     {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupName": "web", "UserId": OWNER_A}]},
     {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8081, "UserIdGroupPairs": [{"GroupId": web}]}])
 a.delete_security_group(GroupId=web)
 a.delete_security_group(GroupName="app")
+a.delete_security_group(GroupId=tid)
 check([g["GroupName"] for g in a.describe_security_groups()["SecurityGroups"]] == ["default"], "only default left")
 done("boto3")

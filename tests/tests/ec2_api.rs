@@ -156,16 +156,41 @@ impl ClientEnv {
 
     /// `aws --endpoint-url E --profile P ec2 ARGS...`.
     fn aws(&self, bin: &Path, profile: &str, args: &[&str]) -> Outcome {
+        self.aws_service(bin, profile, "ec2", args)
+    }
+
+    /// `aws --endpoint-url E --profile P SERVICE ARGS...`.
+    fn aws_service(&self, bin: &Path, profile: &str, service: &str, args: &[&str]) -> Outcome {
         let mut cmd = self.command(bin);
         cmd.args([
             "--endpoint-url",
             &self.endpoint,
             "--profile",
             profile,
-            "ec2",
+            service,
         ])
         .args(args);
         run::run(&mut cmd, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ClientEnv::aws_service`] that must succeed; its JSON output.
+    fn aws_service_ok(&self, bin: &Path, profile: &str, service: &str, args: &[&str]) -> Value {
+        let o = self.aws_service(bin, profile, service, args);
+        assert!(
+            o.success(),
+            "aws {service} {} failed ({:?}):\n{}{}",
+            args.join(" "),
+            o.code,
+            o.stdout,
+            o.stderr
+        );
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "aws {service} {}: not JSON ({e}):\n{}",
+                args.join(" "),
+                o.stdout
+            )
+        })
     }
 
     /// [`ClientEnv::aws`] that must succeed; its JSON output.
@@ -257,6 +282,38 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
     let env = ClientEnv::new(&lab, name, &a, &b);
     let aws = |args: &[&str]| env.aws_ok(bin, "a", args);
 
+    // "Who am I" on the same endpoint (issue 16 item 1): each key's account.
+    std::thread::scope(|s| {
+        let who = |profile: &'static str, owner: &'static str| {
+            let env = &env;
+            s.spawn(move || {
+                let w = env.aws_service_ok(bin, profile, "sts", &["get-caller-identity"]);
+                assert_eq!(w["Account"], owner, "{w}");
+                assert_eq!(w["UserId"], owner, "{w}");
+                assert_eq!(w["Arn"], format!("arn:aws:iam::{owner}:root"), "{w}");
+            })
+        };
+        let unknown = s.spawn(|| {
+            let o = env.aws_service(bin, "unknown", "sts", &["get-caller-identity"]);
+            assert_eq!(o.code, Some(status), "{}{}", o.stdout, o.stderr);
+            assert!(o.stderr.contains("(AuthFailure)"), "{}", o.stderr);
+        });
+        // The older "who am I": IAM GetUser without a user name.
+        let iam = s.spawn(|| {
+            let u = env.aws_service_ok(bin, "a", "iam", &["get-user"]);
+            assert_eq!(
+                u["User"]["Arn"],
+                format!("arn:aws:iam::{OWNER_A}:root"),
+                "{u}"
+            );
+        });
+        for t in [who("a", OWNER_A), who("b", OWNER_B), unknown, iam] {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
+
     let made = aws_par(
         &env,
         bin,
@@ -285,6 +342,67 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
     );
     let web_id = made[0]["GroupId"].as_str().unwrap().to_owned();
     let app_id = made[1]["GroupId"].as_str().unwrap().to_owned();
+
+    // Tags (issue 16 item 3), as awscli sends them.
+    aws(&[
+        "create-tags",
+        "--resources",
+        &web_id,
+        "--tags",
+        "Key=env,Value=prod",
+        "Key=team,Value=a",
+    ]);
+    let resource = format!("Name=resource-id,Values={web_id}");
+    let tagged = aws_par(
+        &env,
+        bin,
+        &[
+            ("a", vec!["describe-tags", "--filters", &resource]),
+            (
+                "a",
+                vec![
+                    "describe-security-groups",
+                    "--filters",
+                    "Name=tag:env,Values=prod",
+                ],
+            ),
+            (
+                "a",
+                vec!["delete-tags", "--resources", &web_id, "--tags", "Key=team"],
+            ),
+        ],
+    );
+    let keys: Vec<(&str, &str)> = tagged[0]["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap(),
+                t["ResourceType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(keys.contains(&("env", "security-group")), "{}", tagged[0]);
+    let g = &tagged[1]["SecurityGroups"];
+    assert_eq!(g.as_array().unwrap().len(), 1, "{g}");
+    assert_eq!(g[0]["GroupName"], "web", "{g}");
+    assert!(
+        g[0]["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "env" && t["Value"] == "prod"),
+        "{g}"
+    );
+    let left = aws(&["describe-tags", "--filters", &resource]);
+    let left: Vec<&str> = left["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["env"], "delete-tags removed team");
     // awscli's simplified options with a source group by name, and the
     // indexed shape with a source group by id and two CIDRs.
     let perms = format!(
@@ -607,7 +725,7 @@ fn python_suite(name: &str, suite: &str, cfg: LabConfig) {
     // which the socket front door sees.
     assert!(o.stdout.contains(" AuthFailure HTTP 401"), "{}", o.stdout);
     assert!(
-        o.stdout.contains(" SignatureDoesNotMatch HTTP 400"),
+        o.stdout.contains(" SignatureDoesNotMatch HTTP 403"),
         "{}",
         o.stdout
     );

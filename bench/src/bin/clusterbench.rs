@@ -239,6 +239,7 @@ fn perm(port: u16) -> Permission {
         icmp: None,
         cidrs: vec!["10.9.0.0/16".into()],
         groups: Vec::new(),
+        description: None,
     }
 }
 

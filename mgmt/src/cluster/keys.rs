@@ -617,6 +617,7 @@ mod tests {
                 reservation: "r-00000002".into(),
                 fingerprint: "f".into(),
                 created_at: 7,
+                instances: Vec::new(),
             }),
         ]
     }

@@ -438,9 +438,13 @@ impl Core {
                     continue;
                 }
                 other => {
-                    return Err(ApiError::internal(format!(
-                        "no cluster form for store edit {other:?}"
-                    )));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidAction,
+                        format!(
+                            "not served in cluster mode yet (tags, rule ids and rule \
+                             descriptions are kept on a single host only): {other:?}"
+                        ),
+                    ));
                 }
             };
             let (k, v) = entry.encode();

@@ -1,13 +1,156 @@
-//! What only the EC2 Query API needs: access keys, ClientTokens, reservation views.
+//! What only the EC2 Query API needs: access keys, ClientTokens, reservation
+//! views, rule ids and descriptions, tags.
+//!
+//! Rule ids (`sgr-` + 17 hex digits) and descriptions, and the tags of groups
+//! and instances, are kept beside the model (they do not change what the
+//! datapath does): every commit derives their store edits from the model's
+//! changes ([`Core::meta_edits`]: a new rule gets an id and the description
+//! its command staged, a removed rule or group, a terminated instance loses
+//! its facts and tags) in the same transaction, and applies them in memory
+//! once it committed. The socket's commands get ids for their rules too.
+
+use std::collections::BTreeSet;
 
 use super::*;
+use crate::api::{RuleInfo, Tag, TagKey};
+use crate::store::{RuleMetaRecord, TagRecord};
+use filter::model::Rule;
 
-/// What the EC2 Query API keeps besides the model: access keys by id and
-/// `RunInstances` ClientTokens by (owner, token).
+/// What the EC2 Query API keeps besides the model: access keys by id,
+/// `RunInstances` ClientTokens by (owner, token), rule ids and descriptions,
+/// tags; and what the current command staged for its commit.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Ec2State {
     pub(super) keys: BTreeMap<String, AccessKeyRecord>,
     pub(super) tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
+    /// (group id, rule) → id and description.
+    pub(super) rules: BTreeMap<(String, Rule), RuleMeta>,
+    /// Resource id → key → value.
+    pub(super) tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// For the rules the current command adds (normalised rule → id to keep,
+    /// or empty for a new one, and description).
+    pub(super) pending_rules: BTreeMap<Rule, RuleMeta>,
+    /// Tags of the groups and instances the current command creates.
+    pub(super) pending_tags: Vec<Tag>,
+    /// Set by [`Command::Tagged`] for the one `handle` it calls.
+    pub(super) arm_tags: Vec<Tag>,
+}
+
+/// A rule's id and description.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct RuleMeta {
+    pub(super) id: String,
+    pub(super) description: String,
+}
+
+/// What a commit changes of the EC2 facts, applied once it committed.
+#[derive(Debug)]
+pub(super) enum MetaChange {
+    PutRule(String, Rule, RuleMeta),
+    DropRule(String, Rule),
+    DropGroup(String),
+    PutTags(String, Vec<Tag>),
+    DropTags(String),
+}
+
+/// Most tags per resource (EC2's limit).
+pub const MAX_TAGS: usize = 50;
+
+impl Ec2State {
+    /// The state as the store holds it.
+    pub(super) fn load(
+        keys: Vec<AccessKeyRecord>,
+        tokens: Vec<ClientTokenRecord>,
+        rule_meta: Vec<RuleMetaRecord>,
+        tags: Vec<TagRecord>,
+    ) -> Ec2State {
+        let mut st = Ec2State {
+            keys: keys.into_iter().map(|k| (k.key_id.clone(), k)).collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|t| ((t.owner.clone(), t.token.clone()), t))
+                .collect(),
+            ..Ec2State::default()
+        };
+        for m in rule_meta {
+            st.rules.insert(
+                (m.group_id, m.rule),
+                RuleMeta {
+                    id: m.rule_id,
+                    description: m.description,
+                },
+            );
+        }
+        for t in tags {
+            st.tags
+                .entry(t.resource_id)
+                .or_default()
+                .insert(t.key, t.value);
+        }
+        st
+    }
+}
+
+/// A new `sgr-` id: 17 hex digits.
+fn new_rule_id(taken: &BTreeMap<(String, Rule), RuleMeta>) -> String {
+    loop {
+        let mut b = [0u8; 9];
+        getrandom::fill(&mut b).expect("the kernel's random source (getrandom) failed");
+        let id = format!("sgr-{}", &crate::ec2::sigv4::hex(&b)[..17]);
+        if !taken.values().any(|m| m.id == id) {
+            return id;
+        }
+    }
+}
+
+/// Check a rule description (EC2: at most 255 characters).
+pub(super) fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.chars().count() > 255 || d.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameterValue,
+            format!(
+                "invalid rule description '{}': at most 255 characters, no control characters",
+                d.escape_default()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check tags (EC2's limits: key 1 to 128 characters not starting with
+/// `aws:`, value at most 256).
+pub(super) fn check_tags(tags: &[Tag]) -> Result<(), ApiError> {
+    for t in tags {
+        let bad = |why: &str| {
+            Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
+                format!("invalid tag key '{}': {why}", t.key.escape_default()),
+            ))
+        };
+        let n = t.key.chars().count();
+        if n == 0 || n > 128 {
+            return bad("1 to 128 characters");
+        }
+        if t.key.to_ascii_lowercase().starts_with("aws:") {
+            return bad("keys starting with 'aws:' are reserved");
+        }
+        if t.value.chars().count() > 256 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
+                format!(
+                    "invalid value of tag '{}': at most 256 characters",
+                    t.key.escape_default()
+                ),
+            ));
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameterValue,
+            format!("{} tags: at most {MAX_TAGS} per resource", tags.len()),
+        ));
+    }
+    Ok(())
 }
 
 impl Core {
@@ -91,13 +234,14 @@ impl Core {
                             ),
                         ));
                     }
-                    return Ok(self.reservation_view(owner, &seen.reservation));
+                    return Ok(self.reservation_view(owner, &seen.clone()));
                 }
                 Some(ClientTokenRecord {
                     owner: owner.clone(),
                     token: t,
                     reservation: String::new(),
                     fingerprint,
+                    instances: Vec::new(),
                     created_at: SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64),
@@ -107,38 +251,74 @@ impl Core {
         self.run_instances(owner, ami, count, names, qemu, token)
     }
 
-    /// A reservation's instances that still exist (a repeated ClientToken).
-    pub(super) fn reservation_view(&self, owner: &Owner, reservation: &str) -> Response {
-        let mut recs: Vec<&InstanceRecord> = self
-            .records
-            .values()
-            .filter(|r| r.reservation == reservation && r.instance.owner == *owner)
+    /// The reservation a ClientToken launched (a repeat): its instances as
+    /// they are now, those gone as `terminated` (as EC2 answers).
+    pub(super) fn reservation_view(&self, owner: &Owner, token: &ClientTokenRecord) -> Response {
+        let live = |id: &str| {
+            self.records
+                .get(id)
+                .filter(|r| r.reservation == token.reservation && r.instance.owner == *owner)
+        };
+        let mut instances: Vec<InstanceView> = token
+            .instances
+            .iter()
+            .map(|i| match live(&i.id) {
+                Some(r) => self.view(r),
+                None => InstanceView {
+                    state: "terminated".into(),
+                    reason: None,
+                    ..i.clone()
+                },
+            })
             .collect();
-        recs.sort_by_key(|r| r.launch_index);
+        // Tokens stored before their instances were: the live ones.
+        if token.instances.is_empty() {
+            let mut recs: Vec<&InstanceRecord> = self
+                .records
+                .values()
+                .filter(|r| r.reservation == token.reservation && r.instance.owner == *owner)
+                .collect();
+            recs.sort_by_key(|r| r.launch_index);
+            instances = recs.iter().map(|r| self.view(r)).collect();
+        }
+        // A live instance's groups, else those of the request's fingerprint
+        // (AMI|min|max|groups; none given: `default`).
+        let groups = instances
+            .iter()
+            .find_map(|i| live(&i.id))
+            .map(|r| r.instance.groups.clone())
+            .unwrap_or_else(|| {
+                token
+                    .fingerprint
+                    .splitn(4, '|')
+                    .nth(3)
+                    .filter(|g| !g.is_empty())
+                    .map_or_else(
+                        || vec!["default".to_owned()],
+                        |g| g.split(',').map(str::to_owned).collect(),
+                    )
+            });
         Response::Reservations {
             reservations: vec![Reservation {
-                id: reservation.to_owned(),
+                id: token.reservation.clone(),
                 owner: owner.0.clone(),
-                groups: recs
-                    .first()
-                    .map(|r| r.instance.groups.clone())
-                    .unwrap_or_default(),
-                instances: recs.iter().map(|r| self.view(r)).collect(),
+                groups,
+                instances,
             }],
         }
     }
 
     /// A new access key acting as `owner`: `AKIA` + 16 of `[A-Z2-7]`, and a
-    /// 40-character secret, both from `/dev/urandom` (no fallback: a guessable
-    /// secret is worse than an error).
+    /// 40-character secret, both from the kernel's random source
+    /// (`getrandom`; no fallback: a guessable secret is worse than an error).
     pub(super) fn create_access_key(&mut self, owner: &Owner) -> Reply {
         const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
         const SECRET_CHARS: &[u8] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut bytes = [0u8; 56];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| ApiError::internal(format!("reading /dev/urandom for a new key: {e}")))?;
+        getrandom::fill(&mut bytes).map_err(|e| {
+            ApiError::internal(format!("no random bytes for a new key (getrandom): {e}"))
+        })?;
         let pick = |set: &[u8], b: &[u8]| -> String {
             b.iter()
                 .map(|&x| set[x as usize % set.len()] as char)
@@ -164,4 +344,631 @@ impl Core {
             owner: owner.0.clone(),
         })
     }
+}
+
+impl Core {
+    /// [`Command::DescribeAccessKeys`]: `owner`'s keys by id, no secrets.
+    pub(super) fn describe_access_keys(&self, owner: &Owner) -> Response {
+        Response::AccessKeys {
+            keys: self
+                .ec2
+                .keys
+                .values()
+                .filter(|k| k.owner == *owner)
+                .map(key_info)
+                .collect(),
+        }
+    }
+
+    /// [`Command::DeleteAccessKey`]: one of `owner`'s keys (another owner's
+    /// is not found, as an unknown one).
+    pub(super) fn delete_access_key(&mut self, owner: &Owner, key_id: &str) -> Reply {
+        let info = match self.ec2.keys.get(key_id) {
+            Some(k) if k.owner == *owner => key_info(k),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!(
+                        "the access key '{}' does not exist for owner {}",
+                        key_id.escape_default(),
+                        owner.0
+                    ),
+                ));
+            }
+        };
+        self.store
+            .commit(&[Edit::DeleteAccessKey {
+                key_id: key_id.to_owned(),
+            }])
+            .map_err(store_failed)?;
+        self.edits += 1;
+        self.ec2.keys.remove(key_id);
+        Ok(Response::AccessKeys { keys: vec![info] })
+    }
+}
+
+fn key_info(k: &AccessKeyRecord) -> crate::api::AccessKeyInfo {
+    crate::api::AccessKeyInfo {
+        key_id: k.key_id.clone(),
+        owner: k.owner.0.clone(),
+        created_at: k.created_at,
+    }
+}
+
+/// The answer of a dry run that would have succeeded (EC2's words).
+pub(super) fn dry_run_ok() -> ApiError {
+    ApiError::new(
+        ErrorCode::DryRunOperation,
+        "Request would have succeeded, but DryRun flag is set.",
+    )
+}
+
+impl Core {
+    /// [`Command::DryRun`]: run `command` as `owner` with every commit and
+    /// launch stopped after validation and staging (the staged changes are
+    /// undone); a command that changes nothing (a describe) runs as is.
+    pub(super) fn dry_run(&mut self, owner: &Owner, command: Command) -> Reply {
+        match command {
+            Command::AddGroup { .. }
+            | Command::DeleteGroup { .. }
+            | Command::DescribeGroups { .. }
+            | Command::Authorize { .. }
+            | Command::Revoke { .. }
+            | Command::RunInstances { .. }
+            | Command::DescribeInstances { .. }
+            | Command::TerminateInstances { .. }
+            | Command::DescribeRules { .. }
+            | Command::UpdateRuleDescriptions { .. }
+            | Command::RevokeRuleIds { .. }
+            | Command::ModifyRules { .. }
+            | Command::CreateTags { .. }
+            | Command::DeleteTags { .. }
+            | Command::DescribeTags
+            | Command::Tagged { .. } => {}
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!("a dry run of {other:?} is not supported"),
+                ));
+            }
+        }
+        self.arm_dry_run = true;
+        let reply = self.handle_once(Request {
+            owner: Some(owner.0.clone()),
+            command,
+            wait: false,
+        });
+        self.dry_run = false;
+        // Whatever was staged is undone (handle did, on the error).
+        self.rollback();
+        match reply {
+            Ok(_) => Err(dry_run_ok()),
+            Err(e) if e.code == ErrorCode::DryRunOperation => Err(e),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::UnauthorizedOperation,
+                format!(
+                    "You are not authorized to perform this operation: the request would have failed with {}: {}",
+                    e.code, e.message
+                ),
+            )),
+        }
+    }
+}
+
+impl Core {
+    /// The store edits and in-memory changes of the EC2 facts that model
+    /// `changes` imply (new rules get ids and their staged descriptions, new
+    /// groups and instances the staged tags; removed ones lose theirs).
+    /// Consumes what the command staged.
+    pub(super) fn meta_edits(&mut self, changes: &[Change]) -> (Vec<Edit>, Vec<MetaChange>) {
+        let mut pending = std::mem::take(&mut self.ec2.pending_rules);
+        let tags = std::mem::take(&mut self.ec2.pending_tags);
+        let mut edits = Vec::new();
+        let mut after = Vec::new();
+        let mut taken = self.ec2.rules.clone();
+        let mut new_rules =
+            |group_id: &str, rules: &[Rule], edits: &mut Vec<Edit>, after: &mut Vec<MetaChange>| {
+                for r in rules {
+                    let mut meta = pending.remove(r).unwrap_or_default();
+                    if meta.id.is_empty() {
+                        meta.id = new_rule_id(&taken);
+                    }
+                    taken.insert((group_id.to_owned(), r.clone()), meta.clone());
+                    edits.push(Edit::PutRuleMeta(RuleMetaRecord {
+                        group_id: group_id.to_owned(),
+                        rule: r.clone(),
+                        rule_id: meta.id.clone(),
+                        description: meta.description.clone(),
+                    }));
+                    after.push(MetaChange::PutRule(group_id.to_owned(), r.clone(), meta));
+                }
+            };
+        let put_tags = |id: &str, edits: &mut Vec<Edit>, after: &mut Vec<MetaChange>| {
+            if tags.is_empty() {
+                return;
+            }
+            for t in &tags {
+                edits.push(Edit::PutTag(TagRecord {
+                    resource_id: id.to_owned(),
+                    key: t.key.clone(),
+                    value: t.value.clone(),
+                }));
+            }
+            after.push(MetaChange::PutTags(id.to_owned(), tags.clone()));
+        };
+        for c in changes {
+            match c {
+                Change::GroupAdded { group, .. } => {
+                    new_rules(&group.id, &group.rules, &mut edits, &mut after);
+                    put_tags(&group.id, &mut edits, &mut after);
+                }
+                Change::GroupDeleted(g) => {
+                    edits.push(Edit::DeleteTags {
+                        resource_id: g.id.clone(),
+                    });
+                    after.push(MetaChange::DropGroup(g.id.clone()));
+                    after.push(MetaChange::DropTags(g.id.clone()));
+                }
+                Change::RulesAdded {
+                    group_id, rules, ..
+                } => new_rules(group_id, rules, &mut edits, &mut after),
+                Change::RulesRemoved {
+                    group_id, rules, ..
+                } => {
+                    for r in rules {
+                        after.push(MetaChange::DropRule(group_id.clone(), r.clone()));
+                    }
+                }
+                Change::InstanceAdded(i) => put_tags(&i.id, &mut edits, &mut after),
+                Change::InstanceRemoved(i) => {
+                    edits.push(Edit::DeleteTags {
+                        resource_id: i.id.clone(),
+                    });
+                    after.push(MetaChange::DropTags(i.id.clone()));
+                }
+            }
+        }
+        (edits, after)
+    }
+
+    /// Apply what [`Core::meta_edits`] returned, once the store committed.
+    pub(super) fn apply_meta(&mut self, after: Vec<MetaChange>) {
+        for m in after {
+            match m {
+                MetaChange::PutRule(g, r, meta) => {
+                    self.ec2.rules.insert((g, r), meta);
+                }
+                MetaChange::DropRule(g, r) => {
+                    self.ec2.rules.remove(&(g, r));
+                }
+                MetaChange::DropGroup(g) => self.ec2.rules.retain(|(id, _), _| *id != g),
+                MetaChange::PutTags(id, tags) => {
+                    let t = self.ec2.tags.entry(id).or_default();
+                    for tag in tags {
+                        t.insert(tag.key, tag.value);
+                    }
+                }
+                MetaChange::DropTags(id) => {
+                    self.ec2.tags.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Stage the descriptions of `permissions` for the rules an authorize
+    /// adds (checked first).
+    pub(super) fn stage_descriptions(
+        &mut self,
+        owner: &Owner,
+        group: &GroupRef,
+        permissions: &[Permission],
+    ) -> Result<(), ApiError> {
+        for p in permissions {
+            let Some(d) = &p.description else { continue };
+            check_description(d)?;
+            let (_, rules) = self.permission_rules(owner, group, std::slice::from_ref(p))?;
+            for r in rules {
+                self.ec2.pending_rules.insert(
+                    r.normalized()?,
+                    RuleMeta {
+                        id: String::new(),
+                        description: d.clone(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The group `g` of `owner` (by name or id).
+    fn owned_group(&self, owner: &Owner, g: &GroupRef) -> Result<&filter::model::Group, ApiError> {
+        let name = self.group_name(owner, g)?;
+        Ok(self.model.group(owner, &name)?)
+    }
+
+    fn rule_info(&self, g: &filter::model::Group, r: &Rule) -> RuleInfo {
+        let meta = self
+            .ec2
+            .rules
+            .get(&(g.id.clone(), r.clone()))
+            .cloned()
+            .unwrap_or_default();
+        RuleInfo {
+            rule_id: meta.id,
+            group_id: g.id.clone(),
+            group_name: g.name.clone(),
+            owner: g.owner.0.clone(),
+            rule: r.clone(),
+            description: meta.description,
+        }
+    }
+
+    /// [`Command::DescribeRules`].
+    pub(super) fn describe_rules(
+        &self,
+        owner: &Owner,
+        groups: &[GroupRef],
+        rule_ids: &[String],
+    ) -> Reply {
+        let gs: Vec<&filter::model::Group> = if groups.is_empty() {
+            self.model.groups_of(owner).collect()
+        } else {
+            groups
+                .iter()
+                .map(|g| self.owned_group(owner, g))
+                .collect::<Result<_, _>>()?
+        };
+        let mut rules: Vec<RuleInfo> = gs
+            .iter()
+            .flat_map(|g| g.rules.iter().map(|r| self.rule_info(g, r)))
+            .collect();
+        if !rule_ids.is_empty() {
+            for id in rule_ids {
+                if !rules.iter().any(|r| r.rule_id == *id) {
+                    return Err(rule_not_found(id));
+                }
+            }
+            rules.retain(|r| rule_ids.contains(&r.rule_id));
+        }
+        Ok(Response::Rules { rules })
+    }
+
+    /// The rules of group `g` with ids `ids` (each must be the group's).
+    fn rules_by_id(&self, g: &filter::model::Group, ids: &[String]) -> Result<Vec<Rule>, ApiError> {
+        ids.iter()
+            .map(|id| {
+                g.rules
+                    .iter()
+                    .find(|r| {
+                        self.ec2
+                            .rules
+                            .get(&(g.id.clone(), (*r).clone()))
+                            .is_some_and(|m| m.id == *id)
+                    })
+                    .cloned()
+                    .ok_or_else(|| rule_not_found(id))
+            })
+            .collect()
+    }
+
+    /// [`Command::UpdateRuleDescriptions`]: one store transaction, no new
+    /// generation (the rules do not change).
+    pub(super) fn update_rule_descriptions(
+        &mut self,
+        owner: &Owner,
+        group: &GroupRef,
+        permissions: &[Permission],
+    ) -> Reply {
+        let g = self.owned_group(owner, group)?.clone();
+        if permissions.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter IpPermissions",
+            ));
+        }
+        let mut metas = Vec::new();
+        for p in permissions {
+            let d = p.description.clone().unwrap_or_default();
+            check_description(&d)?;
+            let (_, rules) = self.permission_rules(owner, group, std::slice::from_ref(p))?;
+            for r in rules {
+                let r = r.normalized()?;
+                let meta = self
+                    .ec2
+                    .rules
+                    .get(&(g.id.clone(), r.clone()))
+                    .filter(|_| g.rules.contains(&r))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::InvalidPermissionNotFound,
+                            format!(
+                                "the specified rule '{r}' does not exist in security group '{}'",
+                                g.name
+                            ),
+                        )
+                    })?;
+                metas.push(RuleMetaRecord {
+                    group_id: g.id.clone(),
+                    rule: r,
+                    rule_id: meta.id.clone(),
+                    description: d.clone(),
+                });
+            }
+        }
+        self.commit_meta(metas)
+    }
+
+    /// Store rule facts (ids unchanged) and keep them.
+    fn commit_meta(&mut self, metas: Vec<RuleMetaRecord>) -> Reply {
+        if self.dry_run {
+            return Err(dry_run_ok());
+        }
+        let edits: Vec<Edit> = metas.iter().cloned().map(Edit::PutRuleMeta).collect();
+        self.store.commit(&edits).map_err(store_failed)?;
+        self.edits += 1;
+        for m in metas {
+            self.ec2.rules.insert(
+                (m.group_id, m.rule),
+                RuleMeta {
+                    id: m.rule_id,
+                    description: m.description,
+                },
+            );
+        }
+        Ok(Response::Done)
+    }
+
+    /// [`Command::RevokeRuleIds`].
+    pub(super) fn revoke_rule_ids(
+        &mut self,
+        owner: &Owner,
+        group: &GroupRef,
+        ids: &[String],
+    ) -> Reply {
+        let g = self.owned_group(owner, group)?.clone();
+        if ids.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter SecurityGroupRuleId",
+            ));
+        }
+        let rules = self.rules_by_id(&g, ids)?;
+        self.edit(|m| Ok(m.revoke_rules(owner, &g.name, &rules)?))?;
+        Ok(Response::Permissions {
+            group: g.name,
+            rules,
+        })
+    }
+
+    /// [`Command::ModifyRules`]: the old rules revoked and the new ones
+    /// authorized in one edit, each new rule keeping the old one's id.
+    pub(super) fn modify_rules(
+        &mut self,
+        owner: &Owner,
+        group: &GroupRef,
+        changes: &[(String, Permission)],
+    ) -> Reply {
+        let g = self.owned_group(owner, group)?.clone();
+        if changes.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter SecurityGroupRule",
+            ));
+        }
+        let ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
+        let old = self.rules_by_id(&g, &ids)?;
+        let mut new = Vec::new();
+        for (id, p) in changes {
+            let d = p.description.clone().unwrap_or_default();
+            check_description(&d)?;
+            let (_, rules) = self.permission_rules(owner, group, std::slice::from_ref(p))?;
+            let [r] = &rules[..] else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!(
+                        "the new rule of {id} must be one rule (one CIDR or one group), not {}",
+                        rules.len()
+                    ),
+                ));
+            };
+            let r = r.normalized()?;
+            self.ec2.pending_rules.insert(
+                r.clone(),
+                RuleMeta {
+                    id: id.clone(),
+                    description: d,
+                },
+            );
+            new.push(r);
+        }
+        self.edit(|m| {
+            m.revoke_rules(owner, &g.name, &old)?;
+            m.authorize_rules(owner, &g.name, &new)?;
+            Ok(())
+        })?;
+        let g = self.model.group(owner, &g.name)?;
+        Ok(Response::Rules {
+            rules: new.iter().map(|r| self.rule_info(g, r)).collect(),
+        })
+    }
+
+    /// Resource `id` of `owner`: a group (`sg-`) or an instance (`i-`).
+    fn check_resource(&self, owner: &Owner, id: &str) -> Result<(), ApiError> {
+        if id.starts_with("sg-") {
+            return self
+                .group_name(owner, &GroupRef::Id(id.to_owned()))
+                .map(|_| ());
+        }
+        if id.starts_with("i-") {
+            return self.owned_ids(owner, &[id.to_owned()]).map(|_| ());
+        }
+        Err(ApiError::new(
+            ErrorCode::InvalidId,
+            format!(
+                "the ID '{}' is not valid: sgswitch tags security groups (sg-) and instances (i-)",
+                id.escape_default()
+            ),
+        ))
+    }
+
+    /// [`Command::CreateTags`]: one store transaction.
+    pub(super) fn create_tags(
+        &mut self,
+        owner: &Owner,
+        resources: &[String],
+        tags: &[Tag],
+    ) -> Reply {
+        if resources.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter ResourceId",
+            ));
+        }
+        if tags.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter Tag",
+            ));
+        }
+        check_tags(tags)?;
+        let mut edits = Vec::new();
+        for r in resources {
+            self.check_resource(owner, r)?;
+            let mut keys: BTreeSet<&str> = self
+                .ec2
+                .tags
+                .get(r)
+                .map(|t| t.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            keys.extend(tags.iter().map(|t| t.key.as_str()));
+            if keys.len() > MAX_TAGS {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameterValue,
+                    format!("{r} would have {} tags: at most {MAX_TAGS}", keys.len()),
+                ));
+            }
+            for t in tags {
+                edits.push(Edit::PutTag(TagRecord {
+                    resource_id: r.clone(),
+                    key: t.key.clone(),
+                    value: t.value.clone(),
+                }));
+            }
+        }
+        if self.dry_run {
+            return Err(dry_run_ok());
+        }
+        self.store.commit(&edits).map_err(store_failed)?;
+        self.edits += 1;
+        for r in resources {
+            let m = self.ec2.tags.entry(r.clone()).or_default();
+            for t in tags {
+                m.insert(t.key.clone(), t.value.clone());
+            }
+        }
+        Ok(Response::Done)
+    }
+
+    /// [`Command::DeleteTags`]: one store transaction; keys a resource does
+    /// not have are no error (as EC2).
+    pub(super) fn delete_tags(
+        &mut self,
+        owner: &Owner,
+        resources: &[String],
+        keys: &[TagKey],
+    ) -> Reply {
+        if resources.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MissingParameter,
+                "the request must contain the parameter ResourceId",
+            ));
+        }
+        let mut edits = Vec::new();
+        let mut gone: Vec<(String, String)> = Vec::new();
+        for r in resources {
+            self.check_resource(owner, r)?;
+            let Some(have) = self.ec2.tags.get(r) else {
+                continue;
+            };
+            for (k, v) in have {
+                let hit = keys.is_empty()
+                    || keys
+                        .iter()
+                        .any(|t| t.key == *k && t.value.as_ref().is_none_or(|want| want == v));
+                if hit {
+                    edits.push(Edit::DeleteTag {
+                        resource_id: r.clone(),
+                        key: k.clone(),
+                    });
+                    gone.push((r.clone(), k.clone()));
+                }
+            }
+        }
+        if self.dry_run {
+            return Err(dry_run_ok());
+        }
+        if !edits.is_empty() {
+            self.store.commit(&edits).map_err(store_failed)?;
+            self.edits += 1;
+        }
+        for (r, k) in gone {
+            if let Some(m) = self.ec2.tags.get_mut(&r) {
+                m.remove(&k);
+                if m.is_empty() {
+                    self.ec2.tags.remove(&r);
+                }
+            }
+        }
+        Ok(Response::Done)
+    }
+
+    /// [`Command::DescribeTags`]: the tags of `owner`'s groups and instances.
+    pub(super) fn describe_tags(&self, owner: &Owner) -> Response {
+        let mut tags = Vec::new();
+        for (r, m) in &self.ec2.tags {
+            if self.check_resource(owner, r).is_err() {
+                continue;
+            }
+            for (k, v) in m {
+                tags.push(TagRecord {
+                    resource_id: r.clone(),
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        Response::Tags { tags }
+    }
+
+    /// [`Command::Tagged`]: `command` with `tags` staged for what it creates.
+    pub(super) fn tagged(&mut self, owner: &Owner, command: Command, tags: Vec<Tag>) -> Reply {
+        check_tags(&tags)?;
+        if !matches!(
+            command,
+            Command::AddGroup { .. } | Command::RunInstances { .. }
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameterValue,
+                "tags on creation are for new groups and instances",
+            ));
+        }
+        self.ec2.arm_tags = tags;
+        let arm_dry_run = self.dry_run;
+        self.arm_dry_run = arm_dry_run;
+        self.handle_once(Request {
+            owner: Some(owner.0.clone()),
+            command,
+            wait: false,
+        })
+    }
+}
+
+fn rule_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidSecurityGroupRuleIdNotFound,
+        format!(
+            "the security group rule ID '{}' does not exist",
+            id.escape_default()
+        ),
+    )
 }

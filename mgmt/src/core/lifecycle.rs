@@ -188,7 +188,11 @@ impl Core {
             );
             order.push(id);
         }
-        // Validated: create them for real.
+        // Validated: a dry run stops here (`handle` undoes the staging)...
+        if self.dry_run {
+            return Err(super::ec2::dry_run_ok());
+        }
+        // ...any other run creates them for real.
         let prefix = self.cfg.subnet.prefix_len();
         let mut launched: Vec<(String, Attachment)> = Vec::new();
         for id in &order {
@@ -212,6 +216,21 @@ impl Core {
         // both are stored or neither.
         let token = token.map(|t| ClientTokenRecord {
             reservation: reservation.clone(),
+            // As launched, for a repeat after they are gone.
+            instances: order
+                .iter()
+                .filter_map(|id| new_records.get(id))
+                .map(|r| InstanceView {
+                    id: r.instance.id.clone(),
+                    ami: r.ami.clone(),
+                    ip: r.instance.ip,
+                    mac: store::format_mac(&r.instance.mac),
+                    state: "pending".into(),
+                    launch_index: r.launch_index,
+                    place: r.attachment.place(&r.instance.id),
+                    reason: None,
+                })
+                .collect(),
             ..t
         });
         let extra = token.iter().cloned().map(Edit::PutClientToken).collect();

@@ -23,7 +23,7 @@
 //!   (groups, addresses), then creates them in the data plane (namespaces +
 //!   ports), then commits; a failure at any step undoes the staged changes and
 //!   destroys what was created. Instance ids are
-//!   random (`i-` + 8 hex from `/dev/urandom`), MACs derived from the id
+//!   random (`i-` + 8 hex from `getrandom`), MACs derived from the id
 //!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
 //!   subnet outside the uplink range ([`Model::free_ip`]).
 //! * Every owner has a `default` group: the first request of an unseen owner
@@ -76,11 +76,10 @@
 //!   with the same parameters returns that reservation (other parameters:
 //!   `IdempotentParameterMismatch`). Access keys (`create-access-key`:
 //!   `AKIA` and 16 characters, a 40-character secret, both from
-//!   `/dev/urandom`) are stored and looked up by the EC2 front door only
+//!   `getrandom`) are stored and looked up by the EC2 front door only
 //!   ([`Core::lookup_access_key`] is no command: the socket cannot ask it).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -277,18 +276,12 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
         .into_iter()
         .map(|i| (i.ami.clone(), i))
         .collect();
-    let ec2 = Ec2State {
-        keys: loaded
-            .access_keys
-            .into_iter()
-            .map(|k| (k.key_id.clone(), k))
-            .collect(),
-        tokens: loaded
-            .client_tokens
-            .into_iter()
-            .map(|t| ((t.owner.clone(), t.token.clone()), t))
-            .collect(),
-    };
+    let ec2 = Ec2State::load(
+        loaded.access_keys,
+        loaded.client_tokens,
+        loaded.rule_meta,
+        loaded.tags,
+    );
     Ok((model, records, generation, images, ec2))
 }
 
@@ -339,6 +332,11 @@ pub struct Core {
     cache_revision: i64,
     /// Cluster mode: the live hosts as last cached.
     cached_hosts: Vec<(String, std::net::SocketAddr)>,
+    /// Inside [`Command::DryRun`]: validate and stage, never commit or launch.
+    /// Set for one [`Core::handle`] call only (from `arm_dry_run`, which
+    /// that call takes), so a panic inside cannot leave it set.
+    dry_run: bool,
+    arm_dry_run: bool,
 }
 
 impl Core {
@@ -393,6 +391,8 @@ impl Core {
             cluster: None,
             cache_revision,
             cached_hosts,
+            dry_run: false,
+            arm_dry_run: false,
         };
         let owner = core.cfg.default_owner.clone();
         if core.cfg.cluster_host.is_none()
@@ -434,6 +434,9 @@ impl Core {
 
     fn handle_once(&mut self, req: Request) -> Reply {
         let t0 = Instant::now();
+        self.dry_run = std::mem::take(&mut self.arm_dry_run);
+        self.ec2.pending_tags = std::mem::take(&mut self.ec2.arm_tags);
+        self.ec2.pending_rules.clear();
         // A request that panicked (the daemon catches it) may have left staged,
         // uncommitted model changes: undo them before anything else.
         self.rollback();
@@ -444,7 +447,8 @@ impl Core {
             .to_owned();
         let owner = Owner::parse(&owner_text)?;
         self.ensure_owner(&owner)?;
-        let is_edit = req.command.is_edit();
+        // A wrapped command's edit is counted by the inner `handle`.
+        let is_edit = req.command.is_edit() && !matches!(req.command, Command::Tagged { .. });
         let reply = match req.command {
             Command::AddGroup { name, description } => {
                 let g = self.edit(|m| Ok(m.add_group(&owner, &name, &description)?))?;
@@ -470,6 +474,7 @@ impl Core {
                 Ok(Response::Groups { groups })
             }
             Command::Authorize { group, permissions } => {
+                self.stage_descriptions(&owner, &group, &permissions)?;
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
                 self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
                 Ok(Response::Permissions { group: name, rules })
@@ -531,6 +536,23 @@ impl Core {
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
             Command::Hosts => self.hosts(),
+            Command::DescribeAccessKeys => Ok(self.describe_access_keys(&owner)),
+            Command::DeleteAccessKey { key_id } => self.delete_access_key(&owner, &key_id),
+            Command::DescribeRules { groups, rule_ids } => {
+                self.describe_rules(&owner, &groups, &rule_ids)
+            }
+            Command::UpdateRuleDescriptions { group, permissions } => {
+                self.update_rule_descriptions(&owner, &group, &permissions)
+            }
+            Command::RevokeRuleIds { group, rule_ids } => {
+                self.revoke_rule_ids(&owner, &group, &rule_ids)
+            }
+            Command::ModifyRules { group, rules } => self.modify_rules(&owner, &group, &rules),
+            Command::CreateTags { resources, tags } => self.create_tags(&owner, &resources, &tags),
+            Command::DeleteTags { resources, tags } => self.delete_tags(&owner, &resources, &tags),
+            Command::DescribeTags => Ok(self.describe_tags(&owner)),
+            Command::Tagged { command, tags } => self.tagged(&owner, *command, tags),
+            Command::DryRun { command } => self.dry_run(&owner, *command),
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;
@@ -628,6 +650,11 @@ impl Core {
         new_records: BTreeMap<String, InstanceRecord>,
         extra: Vec<Edit>,
     ) -> Result<(), ApiError> {
+        if self.dry_run {
+            // Validated and staged: a dry run stops here, changing nothing.
+            self.rollback();
+            return Err(ec2::dry_run_ok());
+        }
         let started = Instant::now();
         let changes = self.model.take_changes();
         if self.cluster.is_some() {
@@ -641,6 +668,8 @@ impl Core {
             }
         };
         edits.extend(extra);
+        let (meta, meta_after) = self.meta_edits(&changes);
+        edits.extend(meta);
         edits.extend(self.counter_edits(self.generation + 1));
         // Enforce first, then make durable, then answer: the new rules reach
         // the datapath without waiting for the fsync, and the client still
@@ -667,6 +696,7 @@ impl Core {
             }
         }
         self.records.extend(new_records);
+        self.apply_meta(meta_after);
         self.generation += 1;
         self.published = Some(self.generation);
         self.edits += 1;
@@ -880,22 +910,10 @@ pub fn store_edits(
 /// The AMI column of attached interfaces (no image involved).
 pub const ATTACHED_AMI: &str = "-";
 
-/// `prefix` + 8 lowercase hex digits from `/dev/urandom` (time-and-pid mixed as a
-/// fallback if it cannot be read).
+/// `prefix` + 8 lowercase hex digits from the kernel's random source
+/// (`getrandom`, which does not fail on any kernel sgswitch runs on).
 pub fn random_id(prefix: &str) -> String {
-    let mut b = [0u8; 4];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    let v = if ok {
-        u32::from_le_bytes(b)
-    } else {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let x = t ^ (u64::from(std::process::id()) << 32);
-        (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) as u32
-    };
+    let v = getrandom::u32().expect("the kernel's random source (getrandom) failed");
     format!("{prefix}{v:08x}")
 }
 

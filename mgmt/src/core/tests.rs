@@ -358,6 +358,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
                     icmp: None,
                     cidrs: vec!["10.0.0.0/8".into()],
                     groups: vec![],
+                    description: None,
                 }],
             }),
             "InvalidParameterValue",

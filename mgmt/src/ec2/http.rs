@@ -9,6 +9,9 @@
 //!   bytes and only with `Content-Length` (else `413`/`411`; no chunked bodies),
 //!   a connection idle for [`IDLE_TIMEOUT`] or a request not complete within
 //!   [`REQUEST_TIMEOUT`] is closed. `Expect: 100-continue` is answered.
+//! * The request head is parsed by `httparse` once its end (an empty line)
+//!   has arrived, found by scanning only new bytes (linear however the head
+//!   trickles in); the limits above are checked before it is parsed.
 //! * Hostile input never panics: any malformed request gets a `400` and the
 //!   connection is closed; the server keeps serving others.
 
@@ -87,6 +90,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -97,14 +101,31 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Read one line (ending `\n`, `\r` stripped) adding its length to `used`;
-/// more than [`MAX_HEAD`] in total is a `431`.
-fn read_head_line<R: BufRead>(
-    r: &mut R,
-    used: &mut usize,
-    started: Instant,
-) -> Result<Option<String>, ReadError> {
-    let mut line = Vec::new();
+/// Whether `buf` holds the end of a request head (an empty line), looking
+/// only at the bytes from `from` on (and the three before, where the end may
+/// have started).
+fn head_complete(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(start + i + 2) == Some(&b'\n')))
+}
+
+/// The status and message for an `httparse` error.
+fn parse_error(e: httparse::Error) -> ReadError {
+    match e {
+        httparse::Error::TooManyHeaders => {
+            ReadError::Reject(431, format!("more than {MAX_HEADERS} headers"))
+        }
+        httparse::Error::Version => ReadError::Reject(505, "unsupported HTTP version".into()),
+        other => ReadError::Reject(400, format!("malformed request head: {other}")),
+    }
+}
+
+/// Read the request head (request line and headers) into `head`, at most
+/// [`MAX_HEAD`] bytes, consuming exactly its bytes from `r`.
+fn read_head<R: BufRead>(r: &mut R, head: &mut Vec<u8>, started: Instant) -> Result<(), ReadError> {
     loop {
         if started.elapsed() > REQUEST_TIMEOUT {
             return Err(ReadError::Reject(
@@ -121,52 +142,50 @@ fn read_head_line<R: BufRead>(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return if *used == 0 && line.is_empty() {
-                    Err(ReadError::Closed)
-                } else {
-                    Err(ReadError::Reject(
-                        408,
-                        "request not complete in time".into(),
-                    ))
-                };
+                return Err(ReadError::Reject(
+                    408,
+                    "request not complete in time".into(),
+                ));
             }
             Err(e) => return Err(ReadError::Io(e)),
         };
         if buf.is_empty() {
-            return if *used == 0 && line.is_empty() {
-                Ok(None)
-            } else {
-                Err(ReadError::Reject(
-                    400,
-                    "connection closed inside the request head".into(),
-                ))
-            };
+            return Err(ReadError::Reject(
+                400,
+                "connection closed inside the request head".into(),
+            ));
         }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        if *used + take > MAX_HEAD {
+        let before = head.len();
+        let take = buf.len().min(MAX_HEAD - before);
+        head.extend_from_slice(&buf[..take]);
+        // Look for the end of the head only in the new bytes (and the
+        // three before): linear in the head's length however it trickles in.
+        if head_complete(head, before) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(head).map_err(parse_error)? {
+                httparse::Status::Complete(n) => {
+                    r.consume(n - before);
+                    head.truncate(n);
+                    return Ok(());
+                }
+                // Leading empty lines only: keep reading.
+                httparse::Status::Partial => {}
+            }
+        }
+        r.consume(take);
+        if head.len() >= MAX_HEAD {
             return Err(ReadError::Reject(
                 431,
                 format!("request head longer than {MAX_HEAD} bytes"),
             ));
         }
-        line.extend_from_slice(&buf[..take]);
-        *used += take;
-        r.consume(take);
-        if done {
-            while matches!(line.last(), Some(b'\n' | b'\r')) {
-                line.pop();
-            }
-            return String::from_utf8(line)
-                .map(Some)
-                .map_err(|_| ReadError::Reject(400, "request head is not UTF-8".into()));
-        }
     }
 }
 
 /// Read one request from `r`; `w` gets the `100 Continue` if asked for.
+/// The head is parsed by `httparse` (a maintained HTTP/1.x parser), under
+/// this module's limits.
 pub fn read_request<R: BufRead, W: Write>(r: &mut R, w: &mut W) -> Result<HttpRequest, ReadError> {
     // Wait (up to the connection's idle timeout) for the first byte: the
     // request's own deadline runs from there.
@@ -187,59 +206,29 @@ pub fn read_request<R: BufRead, W: Write>(r: &mut R, w: &mut W) -> Result<HttpRe
         }
     }
     let started = Instant::now();
-    let mut used = 0;
     let bad = |m: &str| ReadError::Reject(400, m.to_owned());
-    // Tolerate empty lines before a request (RFC 9112 §2.2).
-    let line = loop {
-        match read_head_line(r, &mut used, started)? {
-            None => return Err(ReadError::Closed),
-            Some(l) if l.is_empty() => continue,
-            Some(l) => break l,
-        }
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let mut head = Vec::with_capacity(1024);
+    read_head(r, &mut head, started)?;
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut parsed);
+    req.parse(&head).map_err(parse_error)?;
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(bad("malformed request line"));
     };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(bad("malformed method"));
     }
-    let http11 = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => {
-            return Err(ReadError::Reject(
-                505,
-                format!("unsupported version '{}'", version.escape_default()),
-            ));
-        }
-    };
+    let http11 = minor == 1;
     if !target.starts_with('/') {
         return Err(bad("request target must be a path"));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
-    loop {
-        let Some(h) = read_head_line(r, &mut used, started)? else {
-            return Err(bad("connection closed inside the headers"));
-        };
-        if h.is_empty() {
-            break;
-        }
-        if headers.len() == MAX_HEADERS {
-            return Err(ReadError::Reject(
-                431,
-                format!("more than {MAX_HEADERS} headers"),
-            ));
-        }
-        let (k, v) = h.split_once(':').ok_or_else(|| bad("header without ':'"))?;
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad("malformed header name"));
-        }
-        headers.push((k.to_owned(), v.trim().to_owned()));
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let v = std::str::from_utf8(h.value).map_err(|_| bad("header value is not UTF-8"))?;
+        headers.push((h.name.to_owned(), v.trim().to_owned()));
     }
+    let (method, path, query) = (method.to_owned(), path.to_owned(), query.to_owned());
     let get = |n: &str| {
         headers
             .iter()
@@ -309,9 +298,9 @@ pub fn read_request<R: BufRead, W: Write>(r: &mut R, w: &mut W) -> Result<HttpRe
         }
     }
     Ok(HttpRequest {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
+        method,
+        path,
+        query,
         headers,
         body,
         close,
@@ -452,6 +441,42 @@ mod tests {
             read_request(&mut r, &mut w),
             Err(ReadError::Closed)
         ));
+    }
+
+    /// A reader that hands out one byte per read (a client trickling).
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn head_in_single_bytes_and_leading_empty_lines_parse_alike() {
+        let raw = b"\r\n\r\nPOST /p?x=%20 HTTP/1.1\r\nHost: h\r\nX-A:  v w \r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n";
+        let whole = {
+            let mut r = BufReader::new(&raw[..]);
+            read_request(&mut r, &mut Vec::new()).unwrap()
+        };
+        let mut r = BufReader::with_capacity(1, Trickle(raw));
+        let mut w = Vec::new();
+        let trickled = read_request(&mut r, &mut w).unwrap();
+        assert_eq!(whole, trickled);
+        assert_eq!(
+            (
+                whole.path.as_str(),
+                whole.query.as_str(),
+                whole.header("x-a")
+            ),
+            ("/p", "x=%20", Some("v w"))
+        );
+        assert_eq!(whole.body, b"abc");
+        // The next request on the stream starts right after the body.
+        assert_eq!(read_request(&mut r, &mut w).unwrap().method, "GET");
     }
 
     #[test]

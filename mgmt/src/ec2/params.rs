@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use super::sigv4::percent_decode;
-use crate::api::{ApiError, ErrorCode, GroupRef, Permission, SourceGroup};
+use crate::api::{ApiError, ErrorCode, GroupRef, Permission, SourceGroup, Tag};
 
 /// Most parameters in one request.
 pub const MAX_PARAMS: usize = 4096;
@@ -162,6 +162,37 @@ impl Params {
     }
 }
 
+/// `TagSpecification.N` of resource type `kind`: its tags (other resource
+/// types, e.g. RunInstances' `volume`, are sgswitch's to ignore).
+pub fn tag_specs(p: &Params, kind: &str) -> Result<Vec<Tag>, ApiError> {
+    let mut out = Vec::new();
+    for n in p.indices("TagSpecification") {
+        let base = format!("TagSpecification.{n}");
+        let ty = p.required(&format!("{base}.ResourceType"))?;
+        if ty != kind {
+            continue;
+        }
+        out.extend(tags(p, &format!("{base}.Tag"))?);
+    }
+    Ok(out)
+}
+
+/// `PREFIX.N.Key` / `PREFIX.N.Value` pairs (a missing value is empty).
+pub fn tags(p: &Params, prefix: &str) -> Result<Vec<Tag>, ApiError> {
+    p.indices(prefix)
+        .into_iter()
+        .map(|m| {
+            Ok(Tag {
+                key: p.required(&format!("{prefix}.{m}.Key"))?.to_owned(),
+                value: p
+                    .get(&format!("{prefix}.{m}.Value"))
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// An integer parameter.
 pub fn int(name: &str, v: &str) -> Result<i64, ApiError> {
     v.trim().parse().map_err(|_| {
@@ -196,17 +227,33 @@ fn ports_of(
             let v = |x: Option<i64>| x.unwrap_or(-1).to_string();
             Ok((None, Some(format!("{}:{}", v(from), v(to)))))
         }
-        _ => match (from, to) {
-            (None, None) => Ok((None, None)),
+        p => match (from, to) {
             (Some(-1), Some(-1)) => Ok((Some("-1".into()), None)),
             (Some(f), Some(t)) if f >= 0 && t >= 0 => Ok((Some(format!("{f}-{t}")), None)),
             (Some(f), Some(t)) => Err(invalid(format!(
                 "invalid port range {f}..{t}: ports are 0 to 65535"
             ))),
+            // EC2's answer, word for word, for TCP/UDP without both ports.
+            _ if matches!(p, "tcp" | "udp" | "6" | "17") => Err(invalid(format!(
+                "Invalid value for portRange. Must specify both from and to ports with TCP/UDP. ({what}FromPort and {what}ToPort)"
+            ))),
+            (None, None) => Ok((None, None)),
             (Some(_), None) => Err(missing(&format!("{what}ToPort"))),
             (None, Some(_)) => Err(missing(&format!("{what}FromPort"))),
         },
     }
+}
+
+/// A `CidrIp` must carry its prefix length: EC2 refuses `1.2.3.4` (the
+/// CLI's `-s 1.2.3.4` is a /32, but not here).
+fn cidr(name: &str, v: &str) -> Result<String, ApiError> {
+    if !v.contains('/') {
+        return Err(invalid(format!(
+            "CIDR block {} is malformed ({name}: a prefix length such as /32 is required)",
+            v.escape_default()
+        )));
+    }
+    Ok(v.to_owned())
 }
 
 /// The permissions of an Authorize/Revoke request, in either shape (indexed
@@ -230,12 +277,24 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
             p.get(&format!("{base}FromPort")),
             p.get(&format!("{base}ToPort")),
         )?;
+        // Each source with its description: one permission per described
+        // source (the core stores a description per rule).
+        let mut described: Vec<(Option<String>, SourceGroup, String)> = Vec::new();
         let mut cidrs = Vec::new();
         for m in p.indices(&format!("{base}IpRanges")) {
-            cidrs.push(
-                p.required(&format!("{base}IpRanges.{m}.CidrIp"))?
-                    .to_owned(),
-            );
+            let name = format!("{base}IpRanges.{m}.CidrIp");
+            let c = cidr(&name, p.required(&name)?)?;
+            match p.get(&format!("{base}IpRanges.{m}.Description")) {
+                Some(d) => described.push((
+                    Some(c),
+                    SourceGroup {
+                        group: GroupRef::Name(String::new()),
+                        owner: None,
+                    },
+                    d.to_owned(),
+                )),
+                None => cidrs.push(c),
+            }
         }
         let mut groups = Vec::new();
         for m in p.indices(&format!("{base}Groups")) {
@@ -248,18 +307,40 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
                 (None, Some(name)) => GroupRef::Name(name.to_owned()),
                 (None, None) => return Err(missing(&format!("{g}GroupName or {g}GroupId"))),
             };
-            groups.push(SourceGroup {
+            let sg = SourceGroup {
                 group,
                 owner: p.get(&format!("{g}UserId")).map(str::to_owned),
+            };
+            match p.get(&format!("{g}Description")) {
+                Some(d) => described.push((None, sg, d.to_owned())),
+                None => groups.push(sg),
+            }
+        }
+        let plain = !cidrs.is_empty() || !groups.is_empty() || described.is_empty();
+        if plain {
+            out.push(Permission {
+                proto: Some(proto.to_owned()),
+                ports: ports.clone(),
+                icmp: icmp.clone(),
+                cidrs,
+                groups,
+                description: None,
             });
         }
-        out.push(Permission {
-            proto: Some(proto.to_owned()),
-            ports,
-            icmp,
-            cidrs,
-            groups,
-        });
+        for (c, sg, d) in described {
+            out.push(Permission {
+                proto: Some(proto.to_owned()),
+                ports: ports.clone(),
+                icmp: icmp.clone(),
+                cidrs: c.into_iter().collect(),
+                groups: if matches!(&sg.group, GroupRef::Name(n) if n.is_empty()) {
+                    Vec::new()
+                } else {
+                    vec![sg]
+                },
+                description: Some(d),
+            });
+        }
     }
     if !out.is_empty() {
         return Ok(out);
@@ -296,32 +377,80 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         proto: Some(proto.to_owned()),
         ports,
         icmp,
-        cidrs: p.get("CidrIp").map(str::to_owned).into_iter().collect(),
+        cidrs: p
+            .get("CidrIp")
+            .map(|v| cidr("CidrIp", v))
+            .transpose()?
+            .into_iter()
+            .collect(),
         groups,
+        description: None,
     });
     Ok(out)
 }
 
+/// Longest filter value matched with wildcards (longer ones literally).
+pub const MAX_PATTERN: usize = 1024;
+
+/// One token of a filter pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Star,
+    Any,
+    Lit(char),
+}
+
 /// `*` and `?` wildcards of EC2 filter values (`\` escapes one character).
+///
+/// Linear in practice and never worse than `pattern × text` steps: the
+/// greedy two-pointer match that only ever backtracks to the *last* `*` (a
+/// later `*` makes every earlier choice final), so no input is exponential
+/// (the recursive matcher it replaced took seconds on `*a*a*a*a*a*a*a*ab`).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn rec(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('*', rest)) => (0..=t.len()).any(|i| rec(rest, &t[i..])),
-            Some(('?', rest)) => !t.is_empty() && rec(rest, &t[1..]),
-            Some(('\\', rest)) if !rest.is_empty() => {
-                t.first() == Some(&rest[0]) && rec(&rest[1..], &t[1..])
-            }
-            Some((c, rest)) => t.first() == Some(c) && rec(rest, &t[1..]),
-        }
-    }
-    // Bounded: patterns and values are short; refuse pathological ones.
-    if pattern.len() > 256 || text.len() > 1024 {
+    // Bounded: a pattern longer than any EC2 value is compared literally.
+    if pattern.len() > MAX_PATTERN {
         return pattern == text;
     }
-    let p: Vec<char> = pattern.chars().collect();
+    let mut p: Vec<Tok> = Vec::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        p.push(match c {
+            '*' => Tok::Star,
+            '?' => Tok::Any,
+            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
+            c => Tok::Lit(c),
+        });
+    }
     let t: Vec<char> = text.chars().collect();
-    rec(&p, &t)
+    let (mut pi, mut ti) = (0, 0);
+    // (pattern index after the last star, text index it is matched up to).
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(Tok::Star) => {
+                pi += 1;
+                star = Some((pi, ti));
+            }
+            Some(Tok::Any) => {
+                pi += 1;
+                ti += 1;
+            }
+            Some(Tok::Lit(c)) if *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last star take one more character, retry after it.
+                Some((sp, st)) => {
+                    pi = sp;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|t| *t == Tok::Star)
 }
 
 #[cfg(test)]
@@ -458,9 +587,34 @@ mod tests {
         let err = e(&[("IpProtocol", "tcp"), ("FromPort", "x")]);
         assert_eq!(err.code, "InvalidParameterValue");
         assert!(err.message.contains("'x'"), "{}", err.message);
+        for ports in [&[("FromPort", "1")][..], &[("ToPort", "1")], &[]] {
+            let mut pairs = vec![("IpProtocol", "tcp"), ("CidrIp", "1.2.3.4/32")];
+            pairs.extend_from_slice(ports);
+            let err = e(&pairs);
+            assert_eq!(err.code, "InvalidParameterValue", "{ports:?}");
+            assert!(
+                err.message.starts_with(
+                    "Invalid value for portRange. Must specify both from and to ports with TCP/UDP."
+                ),
+                "{}",
+                err.message
+            );
+        }
+        let err = e(&[("IpProtocol", "-1"), ("CidrIp", "123.123.123.123")]);
+        assert_eq!(err.code, "InvalidParameterValue");
+        assert!(
+            err.message
+                .starts_with("CIDR block 123.123.123.123 is malformed"),
+            "{}",
+            err.message
+        );
         assert_eq!(
-            e(&[("IpProtocol", "tcp"), ("FromPort", "1")]).code,
-            "MissingParameter"
+            e(&[
+                ("IpPermissions.1.IpProtocol", "-1"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.1")
+            ])
+            .code,
+            "InvalidParameterValue"
         );
         assert_eq!(
             e(&[("IpProtocol", "-1"), ("FromPort", "1"), ("ToPort", "2")]).code,
@@ -480,7 +634,7 @@ mod tests {
         );
         assert_eq!(
             e(&[
-                ("IpPermissions.1.IpProtocol", "tcp"),
+                ("IpPermissions.1.IpProtocol", "-1"),
                 ("IpPermissions.1.IpRanges.1.Description", "d")
             ])
             .code,
@@ -515,5 +669,24 @@ mod tests {
         );
         assert!(glob_match("a\\*", "a*") && !glob_match("a\\*", "ab"));
         assert!(glob_match("*", "") && glob_match("**a**", "xxa"));
+        assert!(glob_match("a*b*c", "aXbYbZc") && !glob_match("a*b*c", "aXbYbZ"));
+        assert!(glob_match("*x?z", "xyzxaz") && !glob_match("*x?z", "xyzxz"));
+        assert!(glob_match("\\?", "?") && !glob_match("\\?", "a") && glob_match("é*ü", "éaü"));
+    }
+
+    /// The recursive matcher took ~12 s on this (exponential backtracking);
+    /// every pattern × text is now at most their product in steps.
+    #[test]
+    fn wildcard_match_time_is_bounded_on_hostile_patterns() {
+        let description = "a".repeat(60);
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            assert!(!glob_match("*a*a*a*a*a*a*a*ab", &description));
+            assert!(glob_match("*a*a*a*a*a*a*a*a", &description));
+        }
+        let long = "*a".repeat(MAX_PATTERN / 2) + "b";
+        assert!(!glob_match(&long, &"a".repeat(1024)));
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     }
 }

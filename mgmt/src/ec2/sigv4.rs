@@ -304,12 +304,10 @@ pub fn signature(
     hex(&hmac(&key, sts.as_bytes()))
 }
 
-/// Equal in constant time (for equal lengths; lengths are public).
+/// Equal in constant time (`subtle`; lengths are public).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The request time: `X-Amz-Date`, else `Date` (RFC 1123), as
@@ -411,6 +409,20 @@ pub fn format_amz_date(secs: i64) -> String {
         r / 3600,
         r / 60 % 60,
         r % 60
+    )
+}
+
+/// Unix seconds → `YYYY-MM-DDTHH:MM:SSZ` (ISO 8601, UTC).
+pub fn format_iso8601(secs: i64) -> String {
+    let a = format_amz_date(secs);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &a[0..4],
+        &a[4..6],
+        &a[6..8],
+        &a[9..11],
+        &a[11..13],
+        &a[13..15]
     )
 }
 

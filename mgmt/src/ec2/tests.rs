@@ -1,6 +1,7 @@
 //! The EC2 front door in process: signed requests against a real core (temp
 //! store, recording data plane), answers checked as XML text.
 
+use std::io::Read;
 use std::sync::Mutex;
 
 use super::*;
@@ -433,7 +434,7 @@ fn authentication_failures() {
             &api,
             NOW
         )),
-        (400, "SignatureDoesNotMatch".into())
+        (403, "SignatureDoesNotMatch".into())
     );
     assert_eq!(
         code_of(handle(
@@ -457,13 +458,13 @@ fn authentication_failures() {
     tampered.body = b"Action=DeleteSecurityGroup&GroupName=default".to_vec();
     assert_eq!(
         code_of(handle(&tampered, &api, NOW)),
-        (400, "SignatureDoesNotMatch".into())
+        (403, "SignatureDoesNotMatch".into())
     );
     let mut none = signed(&k, body, NOW, "us-east-1", "ec2");
     none.headers.retain(|(n, _)| n != "Authorization");
     assert_eq!(
         code_of(handle(&none, &api, NOW)),
-        (401, "MissingAuthenticationToken".into())
+        (403, "MissingAuthenticationToken".into())
     );
     let mut junk = signed(&k, body, NOW, "us-east-1", "ec2");
     junk.headers.last_mut().unwrap().1 = "AWS4-HMAC-SHA256 garbage".into();
@@ -801,7 +802,7 @@ fn server_over_tcp_answers_and_survives_garbage() {
         out
     };
     let r = exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\nAction=CreateVpc&a=1");
-    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    assert!(r.starts_with("HTTP/1.1 403 "), "{r}");
     assert!(r.contains("<Code>MissingAuthenticationToken</Code>"), "{r}");
     let r = exchange(b"\x00\x01\x02 nonsense\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
@@ -889,4 +890,881 @@ fn a_registered_ami_boots_qemu_guests_any_other_namespace_instances() {
     };
     assert!(place(&guest).starts_with("qemu:"), "{reservations:?}");
     assert!(place(&netns).starts_with("netns:"), "{reservations:?}");
+}
+
+/// Issue 16 item 6: errors as AWS gives them, in AWS's order.
+#[test]
+fn errors_exactly_as_aws_gives_them() {
+    let api = api("ec2-aws-errors");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=Web"),
+    );
+    let before = api.core.lock().unwrap().dump();
+    let cases = [
+        // No prefix length: not taken as /32.
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=123.123.123.123",
+            (400, "InvalidParameterValue"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.1",
+            (400, "InvalidParameterValue"),
+        ),
+        // An empty description is a missing one.
+        (
+            "Action=CreateSecurityGroup&GroupName=db&GroupDescription=",
+            (400, "MissingParameter"),
+        ),
+        (
+            "Action=CreateSecurityGroup&GroupName=db",
+            (400, "MissingParameter"),
+        ),
+        // The unknown group first, then the missing permissions.
+        (
+            "Action=RevokeSecurityGroupIngress&GroupId=badcompany",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=nope&IpPermissions.1.FromPort=1",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=RevokeSecurityGroupIngress&GroupName=web",
+            (400, "MissingParameter"),
+        ),
+        (
+            "Action=ModifySecurityGroupRules&GroupId=badcompany&SecurityGroupRule.1.SecurityGroupRuleId=sgr-1",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        (
+            "Action=UpdateSecurityGroupRuleDescriptionsIngress&GroupId=badcompany&IpPermissions.1.FromPort=1",
+            (400, "InvalidGroup.NotFound"),
+        ),
+        // TCP/UDP without ports: not "all ports".
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8",
+            (400, "InvalidParameterValue"),
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort=53&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8",
+            (400, "InvalidParameterValue"),
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, code) = err(&api, &k, &format!("{body}&{v}"));
+        assert_eq!((status, code.as_str()), want, "{body}");
+    }
+    let (_, text) = call(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=tcp&CidrIp=10.0.0.0/8"
+        ),
+    );
+    assert!(
+        text.contains(
+            "Invalid value for portRange. Must specify both from and to ports with TCP/UDP."
+        ),
+        "{text}"
+    );
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+}
+
+/// Issue 16 item 1: "who am I" on the same endpoint, signed for sts or iam.
+#[test]
+fn caller_identity_and_iam_get_user() {
+    let api = api("ec2-whoami");
+    let k = key(&api, OWNER);
+    let sts = |body: &str, service: &str| {
+        let r = handle(&signed(&k, body, NOW, "us-east-1", service), &api, NOW);
+        (r.status, String::from_utf8(r.body).unwrap())
+    };
+    let (status, doc) = sts("Action=GetCallerIdentity&Version=2011-06-15", "sts");
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        doc.contains("<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult>"),
+        "{doc}"
+    );
+    assert_eq!(first(&doc, "Account"), OWNER);
+    assert_eq!(first(&doc, "UserId"), OWNER);
+    assert_eq!(first(&doc, "Arn"), format!("arn:aws:iam::{OWNER}:root"));
+    assert!(!first(&doc, "RequestId").is_empty());
+    let (status, doc) = sts("Action=GetUser&Version=2010-05-08", "iam");
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc.contains("<GetUserResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\">"));
+    assert_eq!(first(&doc, "Arn"), format!("arn:aws:iam::{OWNER}:root"));
+    // Another owner's key is another account; an unknown key is refused.
+    let kb = key(&api, OTHER);
+    let r = handle(
+        &signed(
+            &kb,
+            "Action=GetCallerIdentity&Version=2011-06-15",
+            NOW,
+            "us-east-1",
+            "sts",
+        ),
+        &api,
+        NOW,
+    );
+    assert_eq!(first(&String::from_utf8(r.body).unwrap(), "Account"), OTHER);
+    let unknown = ("AKIAUNKNOWNUNKNOWN00".to_owned(), k.1.clone());
+    let r = handle(
+        &signed(
+            &unknown,
+            "Action=GetCallerIdentity&Version=2011-06-15",
+            NOW,
+            "us-east-1",
+            "sts",
+        ),
+        &api,
+        NOW,
+    );
+    assert_eq!(r.status, 401);
+}
+
+/// Issue 16 item 2: DryRun on every action: 412 DryRunOperation when the call
+/// would have succeeded, 403 UnauthorizedOperation when not; parameter errors
+/// first; nothing changes (model, records, store, data plane).
+#[test]
+fn dry_run_on_every_action_changes_nothing() {
+    let dir = TempDir::new("ec2-dryrun");
+    let dp = RecordingDataplane::default();
+    let seen = dp.state.clone();
+    let api = Api {
+        core: Mutex::new(core_with(&dir, config(), dp)),
+        _dir: dir,
+    };
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W"),
+    );
+    let web_id = first(&doc, "groupId").to_owned();
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
+    );
+    let iid = first(&doc, "instanceId").to_owned();
+    let before = api.core.lock().unwrap().dump();
+    let launches = seen.lock().unwrap().launches;
+    let published = seen.lock().unwrap().published.len();
+    let would_succeed = [
+        "Action=CreateSecurityGroup&GroupName=db&GroupDescription=D".to_owned(),
+        format!("Action=DeleteSecurityGroup&GroupId={web_id}"),
+        "Action=DescribeSecurityGroups&GroupName.1=web".to_owned(),
+        "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=10.0.0.0/8".to_owned(),
+        "Action=RunInstances&ImageId=ami-eca54085&MinCount=2&MaxCount=2&SecurityGroup.1=web".to_owned(),
+        format!("Action=DescribeInstances&InstanceId.1={iid}"),
+        format!("Action=TerminateInstances&InstanceId.1={iid}"),
+    ];
+    for body in &would_succeed {
+        let (status, code) = err(&api, &k, &format!("{body}&{v}&DryRun=true"));
+        assert_eq!((status, code.as_str()), (412, "DryRunOperation"), "{body}");
+    }
+    let would_fail = [
+        "Action=CreateSecurityGroup&GroupName=web&GroupDescription=dup",
+        "Action=DeleteSecurityGroup&GroupName=default",
+        "Action=DescribeSecurityGroups&GroupName.1=nope",
+        "Action=RevokeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=10.0.0.0/8",
+        "Action=RunInstances&ImageId=ami-eca54085&MinCount=1&MaxCount=1&SecurityGroup.1=nope",
+        "Action=TerminateInstances&InstanceId.1=i-00000000",
+    ];
+    for body in would_fail {
+        let (status, text) = call(&api, &k, &format!("{body}&{v}&DryRun=true"));
+        assert_eq!(status, 403, "{body}: {text}");
+        assert_eq!(first(&text, "Code"), "UnauthorizedOperation", "{body}");
+        assert!(
+            first(&text, "Message").contains("would have failed with Invalid"),
+            "{text}"
+        );
+    }
+    // Parameter errors come before the dry run, as EC2 checks them first.
+    let (status, code) = err(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=db&DryRun=true"),
+    );
+    assert_eq!((status, code.as_str()), (400, "MissingParameter"));
+    let (_, code) = err(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&DryRun=maybe"),
+    );
+    assert_eq!(code, "InvalidParameterValue");
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+    assert_eq!(seen.lock().unwrap().launches, launches, "nothing launched");
+    assert_eq!(
+        seen.lock().unwrap().published.len(),
+        published,
+        "nothing published"
+    );
+    // DryRun=false is an ordinary call.
+    ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=db&GroupDescription=D&DryRun=false"),
+    );
+}
+
+/// Issue 16 item 8: access keys are listed (never their secrets) and deleted;
+/// a deleted key is refused at once and after a restart; another owner's
+/// key cannot be deleted.
+#[test]
+fn access_keys_are_listed_and_deleted() {
+    let dir = TempDir::new("ec2-keys");
+    let body = "Action=DescribeSecurityGroups&Version=2016-11-15";
+    let (k1, k2, kb);
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-keys-unused"),
+        };
+        k1 = key(&api, OWNER);
+        k2 = key(&api, OWNER);
+        kb = key(&api, OTHER);
+        let listed = match api
+            .handle(req_as(OWNER, Command::DescribeAccessKeys))
+            .unwrap()
+        {
+            Response::AccessKeys { keys } => keys,
+            other => panic!("{other:?}"),
+        };
+        let mut want = vec![k1.0.clone(), k2.0.clone()];
+        want.sort();
+        assert_eq!(
+            listed.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>(),
+            want
+        );
+        assert!(listed.iter().all(|k| k.owner == OWNER && k.created_at > 0));
+        let json = serde_json::to_string(&listed).unwrap();
+        assert!(!json.contains(&k1.1) && !json.contains(&k2.1), "{json}");
+        // Not another owner's key.
+        let e = api
+            .handle(req_as(
+                OTHER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue");
+        assert!(e.message.contains(&k1.0), "{}", e.message);
+        assert_eq!(call(&api, &k1, body).0, 200);
+        let deleted = api
+            .handle(req_as(
+                OWNER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap();
+        assert!(
+            matches!(&deleted, Response::AccessKeys { keys } if keys.len() == 1 && keys[0].key_id == k1.0),
+            "{deleted:?}"
+        );
+        let (status, code) = err(&api, &k1, body);
+        assert_eq!((status, code.as_str()), (401, "AuthFailure"));
+        assert_eq!(call(&api, &k2, body).0, 200);
+        let e = api
+            .handle(req_as(
+                OWNER,
+                Command::DeleteAccessKey {
+                    key_id: k1.0.clone(),
+                },
+            ))
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue", "deleted twice");
+    }
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-keys-unused2"),
+    };
+    assert_eq!(
+        err(&api, &k1, body).1,
+        "AuthFailure",
+        "still gone after a restart"
+    );
+    assert_eq!(call(&api, &k2, body).0, 200);
+    assert_eq!(call(&api, &kb, body).0, 200);
+}
+
+/// All texts of `<tag>` in `doc`, in order.
+fn all<'a>(doc: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    doc.split(&open)
+        .skip(1)
+        .map(|s| s.split(&close).next().unwrap())
+        .collect()
+}
+
+/// Issue 16 item 3: tags on groups and instances, durable, in describes and
+/// filters; TagSpecification on creation; gone with their resource.
+#[test]
+fn tags_on_groups_and_instances_survive_a_restart() {
+    let dir = TempDir::new("ec2-tags");
+    let v = "Version=2016-11-15";
+    let k;
+    let (web, iid);
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-tags-unused"),
+        };
+        k = key(&api, OWNER);
+        let doc = ok(
+            &api,
+            &k,
+            &format!(
+                "Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W\
+                 &TagSpecification.1.ResourceType=security-group&TagSpecification.1.Tag.1.Key=env&TagSpecification.1.Tag.1.Value=prod"
+            ),
+        );
+        web = first(&doc, "groupId").to_owned();
+        assert_eq!(
+            first(&doc, "securityGroupArn"),
+            format!("arn:aws:ec2:us-east-1:{OWNER}:security-group/{web}")
+        );
+        let doc = ok(
+            &api,
+            &k,
+            &format!(
+                "Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1&SecurityGroupId.1={web}\
+                 &TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=Name&TagSpecification.1.Tag.1.Value=web-1\
+                 &TagSpecification.2.ResourceType=volume&TagSpecification.2.Tag.1.Key=ignored"
+            ),
+        );
+        iid = first(&doc, "instanceId").to_owned();
+        assert!(
+            doc.contains("<tagSet><item><key>Name</key><value>web-1</value></item></tagSet>"),
+            "{doc}"
+        );
+        ok(
+            &api,
+            &k,
+            &format!(
+                "Action=CreateTags&{v}&ResourceId.1={web}&ResourceId.2={iid}&Tag.1.Key=team&Tag.1.Value=a&Tag.2.Key=empty"
+            ),
+        );
+        // Bad tags and resources change nothing.
+        let kb = key(&api, OTHER);
+        let before = api.core.lock().unwrap().dump();
+        for (body, code) in [
+            (
+                format!("Action=CreateTags&ResourceId.1={web}&Tag.1.Key=aws:x&Tag.1.Value=1"),
+                "InvalidParameterValue",
+            ),
+            (
+                format!(
+                    "Action=CreateTags&ResourceId.1={web}&ResourceId.2=sg-00000000&Tag.1.Key=x"
+                ),
+                "InvalidGroup.NotFound",
+            ),
+            (
+                "Action=CreateTags&ResourceId.1=vol-1234&Tag.1.Key=x".to_owned(),
+                "InvalidID",
+            ),
+            (
+                "Action=CreateTags&ResourceId.1=i-00000000&Tag.1.Key=x".to_owned(),
+                "InvalidInstanceID.NotFound",
+            ),
+            (
+                format!("Action=CreateTags&ResourceId.1={web}"),
+                "MissingParameter",
+            ),
+        ] {
+            assert_eq!(err(&api, &k, &format!("{body}&{v}")).1, code, "{body}");
+        }
+        assert_eq!(
+            err(
+                &api,
+                &kb,
+                &format!("Action=CreateTags&{v}&ResourceId.1={web}&Tag.1.Key=x")
+            )
+            .1,
+            "InvalidGroup.NotFound",
+            "another owner's group"
+        );
+        assert_eq!(api.core.lock().unwrap().dump(), before);
+        let doc = ok(&api, &kb, &format!("Action=DescribeTags&{v}"));
+        assert!(!doc.contains("<item>"), "B sees none of A's tags: {doc}");
+    }
+    // After a restart: describes, filters, DescribeTags.
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-tags-unused2"),
+    };
+    let doc = ok(&api, &k, &format!("Action=DescribeTags&{v}"));
+    assert_eq!(
+        all(&doc, "resourceId"),
+        [
+            iid.as_str(),
+            iid.as_str(),
+            iid.as_str(),
+            web.as_str(),
+            web.as_str(),
+            web.as_str()
+        ],
+        "{doc}"
+    );
+    assert_eq!(
+        all(&doc, "key"),
+        ["Name", "empty", "team", "empty", "env", "team"]
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeTags&{v}&Filter.1.Name=resource-type&Filter.1.Value.1=security-group&Filter.2.Name=key&Filter.2.Value.1=e*"
+        ),
+    );
+    assert_eq!(all(&doc, "key"), ["empty", "env"], "{doc}");
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={web}"),
+    );
+    assert!(
+        doc.contains("<tagSet><item><key>empty</key><value></value></item><item><key>env</key><value>prod</value></item><item><key>team</key><value>a</value></item></tagSet>"),
+        "{doc}"
+    );
+    let names = |f: &str| {
+        let doc = ok(&api, &k, &format!("Action=DescribeSecurityGroups&{v}&{f}"));
+        all(&doc, "groupName")
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names("Filter.1.Name=tag:env&Filter.1.Value.1=pr*"), ["web"]);
+    assert_eq!(
+        names("Filter.1.Name=tag-key&Filter.1.Value.1=team"),
+        ["web"]
+    );
+    assert!(names("Filter.1.Name=tag:env&Filter.1.Value.1=dev").is_empty());
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeInstances&{v}&Filter.1.Name=tag:Name&Filter.1.Value.1=web-*"),
+    );
+    assert_eq!(all(&doc, "instanceId"), [iid.as_str()]);
+    // DeleteTags: a key with another value stays; a key alone goes.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DeleteTags&{v}&ResourceId.1={web}&Tag.1.Key=env&Tag.1.Value=dev&Tag.2.Key=team"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeTags&{v}&Filter.1.Name=resource-id&Filter.1.Value.1={web}"),
+    );
+    assert_eq!(all(&doc, "key"), ["empty", "env"], "{doc}");
+    // Terminating and deleting take the tags along.
+    ok(
+        &api,
+        &k,
+        &format!("Action=TerminateInstances&{v}&InstanceId.1={iid}"),
+    );
+    ok(
+        &api,
+        &k,
+        &format!("Action=DeleteSecurityGroup&{v}&GroupId.1={web}&GroupId={web}"),
+    );
+    let doc = ok(&api, &k, &format!("Action=DescribeTags&{v}"));
+    assert!(!doc.contains("<item>"), "{doc}");
+    assert!(!api.core.lock().unwrap().dump().contains("team"));
+}
+
+/// Issue 16 items 4 and 5: descriptions stored and returned, updated in
+/// place; rules as objects with `sgr-` ids: described, revoked and modified
+/// by id (keeping the id); egress descriptions answer the AWS error.
+#[test]
+fn rule_descriptions_and_rule_ids() {
+    let api = api("ec2-rules");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W"),
+    );
+    let web = first(&doc, "groupId").to_owned();
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupId={web}\
+             &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=22&IpPermissions.1.ToPort=22\
+             &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=office+ssh\
+             &IpPermissions.1.IpRanges.2.CidrIp=10.9.0.0/16\
+             &IpPermissions.1.Groups.1.GroupName=default&IpPermissions.1.Groups.1.Description=from+default"
+        ),
+    );
+    // Authorize answers the new rules with their ids.
+    let ids = all(&doc, "securityGroupRuleId");
+    assert_eq!(ids.len(), 3, "{doc}");
+    assert!(
+        ids.iter().all(|i| i.starts_with("sgr-") && i.len() == 21),
+        "{ids:?}"
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={web}"),
+    );
+    assert!(
+        doc.contains(
+            "<item><cidrIp>10.0.0.0/8</cidrIp><description>office ssh</description></item>"
+        ),
+        "{doc}"
+    );
+    assert!(
+        doc.contains("<item><cidrIp>10.9.0.0/16</cidrIp></item>"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains("<groupName>default</groupName><description>from default</description>"),
+        "{doc}"
+    );
+    // The CLI front door sees the same rules.
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroupRules&{v}&Filter.1.Name=group-id&Filter.1.Value.1={web}"
+        ),
+    );
+    assert_eq!(all(&doc, "securityGroupRuleId").len(), 3, "{doc}");
+    let mut ds = all(&doc, "description");
+    ds.sort();
+    assert_eq!(ds, ["from default", "office ssh"], "{doc}");
+    let ssh = doc
+        .split("<item>")
+        .find(|i| i.contains("10.0.0.0/8"))
+        .map(|i| first(i, "securityGroupRuleId").to_owned())
+        .unwrap();
+    let wide = doc
+        .split("<item>")
+        .find(|i| i.contains("10.9.0.0/16"))
+        .map(|i| first(i, "securityGroupRuleId").to_owned())
+        .unwrap();
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={ssh}"),
+    );
+    assert_eq!(all(&doc, "cidrIpv4"), ["10.0.0.0/8"]);
+    assert_eq!(
+        err(
+            &api,
+            &k,
+            &format!(
+                "Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1=sgr-00000000000000000"
+            )
+        )
+        .1,
+        "InvalidSecurityGroupRuleId.NotFound"
+    );
+    // Update descriptions: by permission (a tool's re-run) and by rule id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=UpdateSecurityGroupRuleDescriptionsIngress&{v}&GroupId={web}\
+             &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=22&IpPermissions.1.ToPort=22\
+             &IpPermissions.1.IpRanges.1.CidrIp=10.9.0.0/16&IpPermissions.1.IpRanges.1.Description=vpn"
+        ),
+    );
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=UpdateSecurityGroupRuleDescriptionsIngress&{v}&GroupId={web}\
+             &SecurityGroupRuleDescription.1.SecurityGroupRuleId={ssh}&SecurityGroupRuleDescription.1.Description=admins"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={ssh}&SecurityGroupRuleId.2={wide}"
+        ),
+    );
+    let mut ds = all(&doc, "description");
+    ds.sort();
+    assert_eq!(ds, ["admins", "vpn"], "{doc}");
+    let before = api.core.lock().unwrap().dump();
+    for (body, code) in [
+        (
+            format!(
+                "Action=UpdateSecurityGroupRuleDescriptionsIngress&GroupId={web}&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=23&IpPermissions.1.ToPort=23&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=x"
+            ),
+            "InvalidPermission.NotFound",
+        ),
+        (
+            format!(
+                "Action=UpdateSecurityGroupRuleDescriptionsEgress&GroupId={web}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0/0&IpPermissions.1.IpRanges.1.Description=x"
+            ),
+            "InvalidPermission.NotFound",
+        ),
+        (
+            "Action=UpdateSecurityGroupRuleDescriptionsEgress&GroupId=sg-00000000".to_owned(),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            format!(
+                "Action=RevokeSecurityGroupIngress&GroupId={web}&SecurityGroupRuleId.1={ssh}&SecurityGroupRuleId.2=sgr-00000000000000000"
+            ),
+            "InvalidSecurityGroupRuleId.NotFound",
+        ),
+        (
+            format!(
+                "Action=AuthorizeSecurityGroupIngress&GroupId={web}&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=1&IpPermissions.1.ToPort=1&IpPermissions.1.IpRanges.1.CidrIp=1.0.0.0/8&IpPermissions.1.IpRanges.1.Description={}",
+                "d".repeat(256)
+            ),
+            "InvalidParameterValue",
+        ),
+    ] {
+        assert_eq!(err(&api, &k, &format!("{body}&{v}")).1, code, "{body}");
+    }
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+    // Modify by id: the rule changes, its id stays.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=ModifySecurityGroupRules&{v}&GroupId={web}&SecurityGroupRule.1.SecurityGroupRuleId={ssh}\
+             &SecurityGroupRule.1.SecurityGroupRule.IpProtocol=tcp&SecurityGroupRule.1.SecurityGroupRule.FromPort=2222\
+             &SecurityGroupRule.1.SecurityGroupRule.ToPort=2222&SecurityGroupRule.1.SecurityGroupRule.CidrIpv4=10.0.0.0/8\
+             &SecurityGroupRule.1.SecurityGroupRule.Description=moved"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={ssh}"),
+    );
+    assert_eq!(
+        (first(&doc, "fromPort"), first(&doc, "description")),
+        ("2222", "moved"),
+        "{doc}"
+    );
+    {
+        let core = api.core.lock().unwrap();
+        let g = core
+            .model()
+            .group(&filter::model::Owner(OWNER.into()), "web")
+            .unwrap();
+        assert!(
+            g.rules.iter().any(|r| r.ports == Ports::Range(2222, 2222)),
+            "enforced: {:?}",
+            g.rules
+        );
+        assert!(
+            !g.rules.iter().any(|r| r.ports == Ports::Range(22, 22)
+                && r.source == Source::Cidr("10.0.0.0/8".parse().unwrap())),
+            "{:?}",
+            g.rules
+        );
+    }
+    // Revoke by id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupIngress&{v}&GroupId={web}&SecurityGroupRuleId.1={ssh}&SecurityGroupRuleId.2={wide}"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroupRules&{v}&Filter.1.Name=group-id&Filter.1.Value.1={web}"
+        ),
+    );
+    assert_eq!(all(&doc, "description"), ["from default"], "{doc}");
+    // Authorize again: a new id.
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupId={web}&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=10.0.0.0/8"
+        ),
+    );
+    assert_ne!(first(&doc, "securityGroupRuleId"), ssh);
+}
+
+/// Issue 16 item 7: a repeated ClientToken answers the first launch's
+/// instances, also once they are terminated; pagination of both describes.
+#[test]
+fn client_token_after_termination_and_pagination() {
+    let api = api("ec2-paging");
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let run = format!(
+        "Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=3&MaxCount=3&ClientToken=tok-paging"
+    );
+    let doc = ok(&api, &k, &run);
+    let mut ids: Vec<String> = all(&doc, "instanceId")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let res = first(&doc, "reservationId").to_owned();
+    ok(
+        &api,
+        &k,
+        &format!("Action=TerminateInstances&{v}&InstanceId.1={}", ids[0]),
+    );
+    let again = ok(&api, &k, &run);
+    assert_eq!(first(&again, "reservationId"), res);
+    assert_eq!(all(&again, "instanceId"), ids, "{again}");
+    assert_eq!(
+        all(&again, "name"),
+        ["terminated", "running", "running"],
+        "{again}"
+    );
+    assert_eq!(
+        api.core.lock().unwrap().model().instances().len(),
+        2,
+        "nothing launched"
+    );
+    // Pagination: instances by id, 5 at a time.
+    ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=5&MaxCount=5"),
+    );
+    ids.remove(0);
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..3 {
+        let t = token
+            .as_ref()
+            .map(|t| format!("&NextToken={t}"))
+            .unwrap_or_default();
+        let doc = ok(
+            &api,
+            &k,
+            &format!("Action=DescribeInstances&{v}&MaxResults=5{t}"),
+        );
+        let page = all(&doc, "instanceId");
+        assert!(page.len() <= 5, "{doc}");
+        seen.extend(page.into_iter().map(str::to_owned));
+        token = doc
+            .contains("<nextToken>")
+            .then(|| first(&doc, "nextToken").to_owned());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 7, "none twice: {seen:?}");
+    assert!(ids.iter().all(|i| seen.contains(i)), "{seen:?}");
+    // Groups: 6 of them, 5 a page.
+    for n in 0..5 {
+        ok(
+            &api,
+            &k,
+            &format!("Action=CreateSecurityGroup&{v}&GroupName=g{n}&GroupDescription=G"),
+        );
+    }
+    // The groups' own names (not those of source groups).
+    let names = |doc: &str| -> Vec<String> {
+        let parts: Vec<&str> = doc.split("</groupName><groupDescription>").collect();
+        parts[..parts.len() - 1]
+            .iter()
+            .map(|s| s.rsplit("<groupName>").next().unwrap().to_owned())
+            .collect()
+    };
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&MaxResults=5"),
+    );
+    assert_eq!(names(&doc), ["default", "g0", "g1", "g2", "g3"]);
+    let t = first(&doc, "nextToken").to_owned();
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&MaxResults=5&NextToken={t}"),
+    );
+    assert_eq!(names(&doc), ["g4"]);
+    assert!(!doc.contains("<nextToken>"));
+    for (body, code) in [
+        (
+            "Action=DescribeSecurityGroups&MaxResults=4",
+            "InvalidParameterValue",
+        ),
+        (
+            "Action=DescribeSecurityGroups&MaxResults=5&GroupName.1=g1",
+            "InvalidParameterCombination",
+        ),
+        (
+            "Action=DescribeInstances&MaxResults=5&NextToken=zz",
+            "InvalidPaginationToken",
+        ),
+    ] {
+        assert_eq!(err(&api, &k, &format!("{body}&{v}")).1, code, "{body}");
+    }
+}
+
+/// Rules the socket front door adds get `sgr-` ids too, and every id and
+/// description is the same after a restart.
+#[test]
+fn rule_ids_of_both_front_doors_survive_a_restart() {
+    let dir = TempDir::new("ec2-rule-ids");
+    let v = "Version=2016-11-15";
+    let (k, before);
+    {
+        let api = Api {
+            core: Mutex::new(core_in(&dir, config())),
+            _dir: TempDir::new("ec2-rule-ids-unused"),
+        };
+        k = key(&api, OWNER);
+        api.handle(req_as(
+            OWNER,
+            Command::Authorize {
+                group: GroupRef::Name("default".into()),
+                permissions: vec![crate::api::Permission {
+                    proto: Some("tcp".into()),
+                    ports: Some("22".into()),
+                    cidrs: vec!["192.168.1.10/32".into()],
+                    ..crate::api::Permission::default()
+                }],
+            },
+        ))
+        .unwrap();
+        ok(
+            &api,
+            &k,
+            &format!(
+                "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=default\
+                 &IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort=53&IpPermissions.1.ToPort=53\
+                 &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=dns"
+            ),
+        );
+        before = ok(&api, &k, &format!("Action=DescribeSecurityGroupRules&{v}"));
+        // default's own rule, the CLI's and the API's: three ids.
+        assert_eq!(all(&before, "securityGroupRuleId").len(), 3, "{before}");
+    }
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: TempDir::new("ec2-rule-ids-unused2"),
+    };
+    let after = ok(&api, &k, &format!("Action=DescribeSecurityGroupRules&{v}"));
+    let body = |d: &str| d.split("<securityGroupRuleSet>").nth(1).unwrap().to_owned();
+    assert_eq!(body(&after), body(&before));
+    assert_eq!(all(&after, "description"), ["dns"]);
 }
