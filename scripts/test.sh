@@ -41,6 +41,11 @@ echo "== cargo test"
 status=0
 cargo test --locked --workspace --no-fail-fast "$@" || status=$?
 
+# The fuzz crate's own tests (seeds, committed corpus, regressions): it is a
+# workspace of its own, so `cargo test --workspace` does not reach it.
+echo "== cargo test (fuzz crate)"
+(cd fuzz && cargo test --locked -q) || status=$?
+
 # Fuzzing (fuzz/, cargo-fuzz on stable): a bounded run of every target; longer by
 # hand with `scripts/fuzz.sh SECONDS`.
 fuzz_secs=${SGSWITCH_FUZZ_SECS:-30}

@@ -459,18 +459,18 @@ pub fn write_line(w: &mut Writer, first: bool, json: &str) {
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let walkthrough = [
         r#"{"owner":null,"command":{"op":"add-group","name":"web","description":"Web Servers"}}"#,
-        r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"tcp","ports":"80","cidrs":["0.0.0.0/0"],"groups":[]}}}"#,
+        r#"{"command":{"op":"authorize","group":"web","permissions":[{"proto":"tcp","ports":"80","cidrs":["0.0.0.0/0"],"groups":[]}]}}"#,
         r#"{"command":{"op":"add-group","name":"app","description":"Application Servers"}}"#,
-        r#"{"command":{"op":"authorize","group":"app","spec":{"cidrs":[],"groups":[["web","111122223333"]]}}}"#,
-        r#"{"command":{"op":"authorize","group":"default","spec":{"proto":"tcp","ports":"22","cidrs":["172.31.255.10/32","10.0.0.0/8"],"groups":[]}}}"#,
+        r#"{"command":{"op":"authorize","group":"app","permissions":[{"cidrs":[],"groups":[["web","111122223333"]]}]}}"#,
+        r#"{"command":{"op":"authorize","group":"default","permissions":[{"proto":"tcp","ports":"22","cidrs":["172.31.255.10/32","10.0.0.0/8"],"groups":[]}]}}"#,
         r#"{"command":{"op":"run-instances","ami":"ami-fba54092","count":2,"groups":["web"]}}"#,
         r#"{"command":{"op":"describe-groups","names":["web","app"]}}"#,
         r#"{"command":{"op":"delete-group","name":"web"}}"#,
-        r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"tcp","ports":"80","cidrs":["0.0.0.0/0"],"groups":[]}}}"#,
-        r#"{"command":{"op":"revoke","group":"default","spec":{"proto":"tcp","ports":"22","cidrs":["10.0.0.0/8"],"groups":[]}}}"#,
-        r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"icmp","icmp":"8:-1","cidrs":[],"groups":[]}}}"#,
+        r#"{"command":{"op":"authorize","group":"web","permissions":[{"proto":"tcp","ports":"80","cidrs":["0.0.0.0/0"],"groups":[]}]}}"#,
+        r#"{"command":{"op":"revoke","group":"default","permissions":[{"proto":"tcp","ports":"22","cidrs":["10.0.0.0/8"],"groups":[]}]}}"#,
+        r#"{"command":{"op":"authorize","group":"web","permissions":[{"proto":"icmp","icmp":"8:-1","cidrs":[],"groups":[]}]}}"#,
         r#"{"command":{"op":"describe-instances"}}"#,
-        r#"{"owner":"444455556666","command":{"op":"authorize","group":"web","spec":{"cidrs":[],"groups":[]}}}"#,
+        r#"{"owner":"444455556666","command":{"op":"authorize","group":"web","permissions":[{"cidrs":[],"groups":[]}]}}"#,
         r#"{"command":{"op":"register-image","ami":"ami-5e1f0001","kernel":"/bin/sh","initrd":"/bin/sh","memory_mb":64}}"#,
         r#"{"command":{"op":"run-instances","ami":"ami-5e1f0001","qemu":true}}"#,
         r#"{"command":{"op":"attach-instance","ifname":"tap0","groups":["app"],"mac":"52:54:00:12:34:56"}}"#,
@@ -512,8 +512,10 @@ mod tests {
             .expect("seed");
         let (oks, errors) = run_counted(&bytes);
         // delete-group web (in use) and the duplicate authorize fail; the
-        // other owner's authorize of a group it does not have fails.
-        assert_eq!(errors, 3, "oks {oks}");
-        assert!(oks >= 14, "oks {oks}");
+        // other owner's authorize of a group it does not have fails;
+        // register-image refuses /bin/sh (not a bzImage), so the QEMU launch
+        // of that AMI is InvalidAMIID.NotFound.
+        assert_eq!(errors, 5, "oks {oks}");
+        assert!(oks >= 12, "oks {oks}");
     }
 }
