@@ -730,4 +730,13 @@ impl Dataplane for SwitchDataplane {
             s.shutdown();
         }
     }
+    fn trace(
+        &self,
+        frames: &[(switch::trace::Ingress, Vec<u8>)],
+    ) -> Result<switch::trace::TraceRun, ApiError> {
+        self.switch()?
+            .datapath()
+            .trace(frames)
+            .map_err(|e| ApiError::new(filter::ErrorCode::InvalidParameterValue, e.to_string()))
+    }
 }

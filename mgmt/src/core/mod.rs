@@ -103,6 +103,7 @@ mod cluster;
 mod ec2;
 mod images;
 mod lifecycle;
+mod trace;
 
 pub use cluster::{Directory, DirectoryInstance, Link};
 
@@ -184,6 +185,17 @@ pub trait Dataplane: Send {
     fn publish_directory(&mut self, _dir: &Directory) {}
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
     fn shutdown(&mut self) {}
+    /// Run `frames` (each with where it enters) through the switch's own
+    /// decision code against the published rules, with scratch ports and
+    /// connection state (`sgswitch trace`; see `switch::trace`).
+    fn trace(
+        &self,
+        _frames: &[(switch::trace::Ingress, Vec<u8>)],
+    ) -> Result<switch::trace::TraceRun, ApiError> {
+        Err(ApiError::internal(
+            "no switch runs in this daemon: nothing to trace",
+        ))
+    }
 }
 
 /// Settings of the core.
@@ -521,6 +533,26 @@ impl Core {
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
             Command::Hosts => self.hosts(),
+            Command::Trace {
+                from,
+                to,
+                proto,
+                port,
+                icmp,
+                established,
+                reply_of,
+            } => self.trace(
+                &owner,
+                trace::TraceArgs {
+                    from,
+                    to,
+                    proto,
+                    port,
+                    icmp,
+                    established,
+                    reply_of,
+                },
+            ),
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;
