@@ -600,7 +600,7 @@ pub enum Response {
     },
     /// trace.
     Trace {
-        trace: TraceReport,
+        trace: Box<TraceReport>,
     },
     /// register-image (the new image), describe-images, deregister-image (the
     /// removed image).

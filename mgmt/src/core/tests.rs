@@ -1748,7 +1748,7 @@ fn trace_cmd(from: &str, to: &str, proto: &str, port: Option<u16>) -> Command {
 
 fn traced(r: Reply) -> crate::api::TraceReport {
     match r {
-        Ok(Response::Trace { trace }) => trace,
+        Ok(Response::Trace { trace }) => *trace,
         other => panic!("expected a trace, got {other:?}"),
     }
 }
@@ -1780,7 +1780,9 @@ fn trace_names_the_drop_reason_and_the_admitting_rule() {
     assert_eq!(step(&t, "connection").result, "drop");
     assert_eq!(t.src, "172.31.255.10:40000");
     assert_eq!(t.dst, "172.31.0.2:22");
-    let text = crate::cli::format_response(&Response::Trace { trace: t.clone() });
+    let text = crate::cli::format_response(&Response::Trace {
+        trace: Box::new(t.clone()),
+    });
     assert!(text.contains("VERDICT\tdropped\tno_rule\n"), "{text}");
     assert!(
         text.contains(&format!("CONSULTED\t{OWNER}\tdefault\n")),
@@ -1803,7 +1805,7 @@ fn trace_names_the_drop_reason_and_the_admitting_rule() {
     );
     assert_eq!(step(&t, "connection").result, "new");
     assert_eq!(step(&t, "transmit").result, "ok");
-    let text = crate::cli::format_response(&Response::Trace { trace: t });
+    let text = crate::cli::format_response(&Response::Trace { trace: Box::new(t) });
     assert!(text.contains("VERDICT\tallowed\nPERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t172.31.255.10/32\n"), "{text}");
     // Another address: still dropped; port 80: still dropped.
     let t = traced(core.handle(req(trace_cmd("172.31.255.11", &id, "tcp", Some(22)))));

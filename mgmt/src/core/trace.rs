@@ -50,6 +50,9 @@ pub struct TraceArgs {
     pub reply_of: bool,
 }
 
+/// A frame to trace and where it enters.
+type Frame = (Ingress, Vec<u8>);
+
 /// One end of the traced packet.
 #[derive(Clone, Debug)]
 struct End {
@@ -224,7 +227,7 @@ impl Core {
                 src.ip,
             ),
         );
-        let (opener, packet, what): (Option<(Ingress, Vec<u8>)>, Vec<u8>, String) = match shape {
+        let (opener, packet, what): (Option<Frame>, Vec<u8>, String) = match shape {
             Shape::Tcp(p) => {
                 if a.reply_of {
                     let open = wire::tcp(back.0, back.1, EPHEMERAL_PORT, p, tcp_flags::SYN, &[]);
@@ -528,7 +531,7 @@ impl Core {
             _ => (None, Vec::new()),
         };
         Ok(Response::Trace {
-            trace: TraceReport {
+            trace: Box::new(TraceReport {
                 generation: run.generation,
                 proto: a.proto.clone(),
                 src: src_text,
@@ -540,7 +543,7 @@ impl Core {
                 rules,
                 owner: owner_out,
                 groups: groups_out,
-            },
+            }),
         })
     }
 }
