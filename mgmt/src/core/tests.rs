@@ -1866,6 +1866,30 @@ fn trace_of_group_rules_replies_and_egress() {
     // The same packet without the flow: dropped.
     let t = traced(core.handle(req(trace_cmd("172.31.255.10", &app, "tcp", Some(40000)))));
     assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    // An established flow web -> app: its ACK passes as part of the flow.
+    let mut c = trace_cmd(&web, &app, "tcp", Some(8080));
+    if let Command::Trace { established, .. } = &mut c {
+        *established = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(t.what, "ACK");
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    assert_eq!(t.verdict, "allowed");
+    // An ICMP port unreachable from outside about a datagram app sent there:
+    // related to the flow with --reply-of, unrelated (dropped) without.
+    let icmp = |reply: bool| Command::Trace {
+        from: "172.31.255.10".into(),
+        to: app.clone(),
+        proto: "icmp".into(),
+        port: None,
+        icmp: Some("3:3".into()),
+        established: false,
+        reply_of: reply,
+    };
+    let t = traced(core.handle(req(icmp(true))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    let t = traced(core.handle(req(icmp(false))));
+    assert_eq!(t.reason.as_deref(), Some("unrelated_icmp_error"), "{t:?}");
     // ICMP echo from web to app: admitted by the `all` group rule only.
     let t = traced(core.handle(req(trace_cmd(&web, &app, "icmp", None))));
     assert_eq!(t.verdict, "allowed");
