@@ -396,6 +396,29 @@ fn one() -> u32 {
 }
 
 impl Command {
+    /// The command's name as the CLI and the socket protocol spell it
+    /// (`add-group`, `authorize`, `run-instances`, ...).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::AddGroup { .. } => "add-group",
+            Command::DeleteGroup { .. } => "delete-group",
+            Command::DescribeGroups { .. } => "describe-groups",
+            Command::Authorize { .. } => "authorize",
+            Command::Revoke { .. } => "revoke",
+            Command::RunInstances { .. } => "run-instances",
+            Command::AttachInstance { .. } => "attach-instance",
+            Command::DescribeInstances { .. } => "describe-instances",
+            Command::TerminateInstances { .. } => "terminate-instances",
+            Command::RegisterImage { .. } => "register-image",
+            Command::DescribeImages { .. } => "describe-images",
+            Command::DeregisterImage { .. } => "deregister-image",
+            Command::Stats => "stats",
+            Command::Hosts => "hosts",
+            Command::CreateAccessKey => "create-access-key",
+            Command::Trace { .. } => "trace",
+        }
+    }
+
     /// Whether the command changes state (and so is committed and published).
     pub fn is_edit(&self) -> bool {
         !matches!(

@@ -490,6 +490,10 @@ pub struct UpArgs {
     /// trace (`RUST_LOG`, if set, takes precedence).
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    /// Format of the event log: text (one line per event) or json (one JSON
+    /// object per line: timestamp, level, message and the event's fields).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logfmt::LogFormat,
 }
 
 /// Parse `args` (argv, program name first), honouring multi-call names.

@@ -730,6 +730,11 @@ impl Dataplane for SwitchDataplane {
             s.shutdown();
         }
     }
+    fn ports_gone(&self) -> u64 {
+        self.switch
+            .as_ref()
+            .map_or(0, |s| s.datapath().ports_gone())
+    }
     fn trace(
         &self,
         frames: &[(switch::trace::Ingress, Vec<u8>)],

@@ -124,6 +124,8 @@ pub struct Recorded {
     pub qemu_liveness: Option<Liveness>,
     /// How often `check` was called.
     pub checks: usize,
+    /// What `ports_gone` says (tests of the lost-port log).
+    pub ports_gone: u64,
     /// (MAC, address) of every attached instance (for `trace`).
     pub ports: BTreeMap<String, (filter::Mac, std::net::Ipv4Addr)>,
 }
@@ -204,6 +206,9 @@ impl Dataplane for RecordingDataplane {
         Ok(())
     }
     fn stats(&self, _report: &mut StatsReport) {}
+    fn ports_gone(&self) -> u64 {
+        self.with(|r| r.ports_gone)
+    }
     /// A real (thread-less) switch datapath with in-memory ports for every
     /// attached instance and an uplink, the last published snapshot, and
     /// `switch::trace` on it: the same decision code as the daemon's.

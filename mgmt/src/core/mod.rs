@@ -183,6 +183,12 @@ pub trait Dataplane: Send {
     /// Cluster mode: the overlay's view of the lab (live hosts, every
     /// instance with its host and identity), after every applied change.
     fn publish_directory(&mut self, _dir: &Directory) {}
+    /// Ports the switch removed so far because their netdev disappeared
+    /// (a namespace deleted by hand, a guest gone): the core logs each new
+    /// loss and refreshes the instances' states.
+    fn ports_gone(&self) -> u64 {
+        0
+    }
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
     fn shutdown(&mut self) {}
     /// Run `frames` (each with where it enters) through the switch's own
@@ -349,6 +355,8 @@ pub struct Core {
     cluster: Option<Link>,
     /// The etcd revision the SQLite cache holds (0: none).
     cache_revision: i64,
+    /// [`Dataplane::ports_gone`] when last looked at.
+    ports_gone_seen: u64,
 }
 
 impl Core {
@@ -395,6 +403,7 @@ impl Core {
             ec2,
             cluster: None,
             cache_revision,
+            ports_gone_seen: 0,
         };
         let owner = core.cfg.default_owner.clone();
         if core.cfg.cluster_host.is_none()
@@ -405,6 +414,15 @@ impl Core {
         }
         let prefix = core.cfg.subnet.prefix_len();
         let host = core.cfg.cluster_host.clone();
+        let total = core
+            .records
+            .values()
+            .filter(|r| host.as_ref().is_none_or(|h| *h == r.host))
+            .count();
+        // Progress: about every tenth, and the last.
+        let every = (total / 10).max(1);
+        let mut done = 0;
+        let started = Instant::now();
         for rec in core.records.values() {
             if host.as_ref().is_some_and(|h| *h != rec.host) {
                 continue;
@@ -418,6 +436,15 @@ impl Core {
                 }
             };
             core.states.insert(id, state);
+            done += 1;
+            if done % every == 0 || done == total {
+                tracing::info!(
+                    done,
+                    total,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "re-attached {done}/{total}"
+                );
+            }
         }
         if core.published != Some(core.generation) {
             core.publish();
@@ -426,12 +453,37 @@ impl Core {
     }
 
     /// Answer one request.
+    ///
+    /// Every edit (whatever its outcome) is logged at info: owner, command,
+    /// result (`ok` or the error code) and the generation after it.
     pub fn handle(&mut self, req: Request) -> Reply {
-        if self.cluster.is_some() {
+        let edit = req.command.is_edit().then(|| {
+            let owner = req
+                .owner
+                .clone()
+                .unwrap_or_else(|| self.cfg.default_owner.0.clone());
+            (req.command.verb(), owner)
+        });
+        let reply = if self.cluster.is_some() {
             self.handle_clustered(req)
         } else {
             self.handle_once(req)
+        };
+        if let Some((verb, owner)) = edit {
+            let result = match &reply {
+                Ok(_) => "ok",
+                Err(e) => e.code.as_str(),
+            };
+            tracing::info!(
+                owner = %owner,
+                command = verb,
+                result,
+                generation = self.generation,
+                "edit {verb} by {owner}: {result} (generation {})",
+                self.generation
+            );
         }
+        reply
     }
 
     fn handle_once(&mut self, req: Request) -> Reply {

@@ -1932,3 +1932,108 @@ fn trace_bad_input() {
         .unwrap_err();
     assert!(e.message.contains("another account"), "{e}");
 }
+
+/// A `tracing` writer into a shared buffer (the event-log tests).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Launches, terminations, re-attach progress at start and ports the switch
+/// lost are in the event log.
+#[test]
+fn lifecycle_events_are_logged() {
+    let buf = LogBuf::default();
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let dir = TempDir::new("core-evlog");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let ids = launched_ids(&core.handle(req(run(12, &[]))));
+    let log = buf.text();
+    assert!(
+        log.contains(&format!(
+            "launched instance {} (172.31.0.2, netns:{})",
+            ids[0], ids[0]
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("edit run-instances by 111122223333: ok"),
+        "{log}"
+    );
+    core.handle(req(Command::TerminateInstances {
+        ids: vec![ids[11].clone()],
+        all: false,
+    }))
+    .unwrap();
+    assert!(
+        buf.text()
+            .contains(&format!("terminated instance {} (was running)", ids[11]))
+    );
+    drop(core);
+    let mut core = core_with(&dir, config(), dp.clone());
+    let log = buf.text();
+    assert!(log.contains("re-attached 1/11"), "{log}");
+    assert!(log.contains("re-attached 11/11"), "{log}");
+    assert!(!log.contains("re-attached 12/"), "{log}");
+    // The switch loses a port: logged, and the instance's new state too.
+    dp.state.lock().unwrap().ports_gone = 1;
+    dp.state
+        .lock()
+        .unwrap()
+        .liveness
+        .insert(ids[3].clone(), Liveness::Stopped("its port is gone".into()));
+    core.tick();
+    let log = buf.text();
+    assert!(log.contains("the switch lost 1 port(s)"), "{log}");
+    assert!(
+        log.contains(&format!("instance {} stopped: its port is gone", ids[3])),
+        "{log}"
+    );
+    core.tick();
+    assert_eq!(
+        buf.text().matches("the switch lost").count(),
+        1,
+        "logged once"
+    );
+}
+
+/// The verb logged for a command is its name on the wire.
+#[test]
+fn command_verbs_are_the_wire_names() {
+    for c in [
+        add_group("x"),
+        run(1, &[]),
+        Command::Stats,
+        Command::CreateAccessKey,
+        trace_cmd("a", "b", "tcp", Some(1)),
+        Command::DescribeGroups { groups: vec![] },
+        Command::TerminateInstances {
+            ids: vec![],
+            all: true,
+        },
+    ] {
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["op"], c.verb(), "{c:?}");
+    }
+}
