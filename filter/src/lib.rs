@@ -26,6 +26,7 @@
 pub mod compile;
 pub mod conntrack;
 pub mod error;
+pub mod explain;
 pub mod model;
 pub mod parse;
 pub mod reference;

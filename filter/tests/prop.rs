@@ -632,6 +632,41 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+    /// `sgswitch trace` names the rules that admit a packet with
+    /// [`filter::explain::matching_rules`]: on random models and packets of
+    /// every kind, the snapshot allows exactly when that list is not empty,
+    /// and every rule listed belongs to a group of the destination.
+    #[test]
+    fn matching_rules_agree_with_allows(
+        s in setup(),
+        more in prop::collection::vec((0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen()), 0..40),
+        pkts in prop::collection::vec(packet_op(), 1..40),
+    ) {
+        let mut w = World::new(&s);
+        for (o, g, r, src) in &more {
+            w.authorize(*o, *g, r, src);
+        }
+        let snap = compile(&w.model, 3);
+        let mut hist = Vec::new();
+        for p in &pkts {
+            let pkt = build_packet(p, &hist);
+            let rules = filter::explain::matching_rules(&w.model, &pkt);
+            prop_assert_eq!(snap.allows(&pkt), !rules.is_empty(), "{:?} {:?}", pkt, rules);
+            if let Some((owner, groups)) = filter::explain::consulted_groups(&w.model, &pkt) {
+                for m in &rules {
+                    prop_assert!(m.owner == owner && groups.iter().any(|g| g == m.group));
+                    let g = &w.model.groups()[&(owner.clone(), m.group.to_owned())];
+                    prop_assert_eq!(&g.rules[m.index], m.rule);
+                }
+            }
+            hist.push(pkt);
+        }
+    }
+}
+
 /// An edit of the incremental-compile test: the edits of [`op`] plus group
 /// creation and deletion (which may be refused: in use, duplicate).
 #[derive(Clone, Debug)]

@@ -175,6 +175,27 @@ pub enum Command {
     Stats,
     /// Cluster mode: the lab's hosts.
     Hosts,
+    /// Run a frame of the given shape through the switch's own decision code
+    /// against the live rules and say what happens to it, step by step
+    /// ([`TraceReport`]). `from`/`to` are an instance id of the caller's or
+    /// an address; `proto` is `tcp`, `udp` or `icmp`; `port` the destination
+    /// port (TCP/UDP, the service port of the answered flow with
+    /// `reply_of`); `icmp` is `TYPE:CODE` (default `8:0`, echo request).
+    /// `established`: the packet belongs to a flow it opened; `reply_of`: it
+    /// answers a flow `to` opened to `from`.
+    Trace {
+        from: String,
+        to: String,
+        proto: String,
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        icmp: Option<String>,
+        #[serde(default)]
+        established: bool,
+        #[serde(default)]
+        reply_of: bool,
+    },
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
     /// The access keys of the request's owner (never their secrets).
@@ -470,6 +491,40 @@ fn one() -> u32 {
 }
 
 impl Command {
+    /// The command's name as the CLI and the socket protocol spell it
+    /// (`add-group`, `authorize`, `run-instances`, ...).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::AddGroup { .. } => "add-group",
+            Command::DeleteGroup { .. } => "delete-group",
+            Command::DescribeGroups { .. } => "describe-groups",
+            Command::Authorize { .. } => "authorize",
+            Command::Revoke { .. } => "revoke",
+            Command::RunInstances { .. } => "run-instances",
+            Command::AttachInstance { .. } => "attach-instance",
+            Command::DescribeInstances { .. } => "describe-instances",
+            Command::TerminateInstances { .. } => "terminate-instances",
+            Command::RegisterImage { .. } => "register-image",
+            Command::DescribeImages { .. } => "describe-images",
+            Command::DeregisterImage { .. } => "deregister-image",
+            Command::Stats => "stats",
+            Command::Hosts => "hosts",
+            Command::CreateAccessKey => "create-access-key",
+            Command::Trace { .. } => "trace",
+            Command::DescribeAccessKeys => "describe-access-keys",
+            Command::DeleteAccessKey { .. } => "delete-access-key",
+            Command::DescribeRules { .. } => "describe-rules",
+            Command::UpdateRuleDescriptions { .. } => "update-rule-descriptions",
+            Command::RevokeRuleIds { .. } => "revoke-rule-ids",
+            Command::ModifyRules { .. } => "modify-rules",
+            Command::CreateTags { .. } => "create-tags",
+            Command::DeleteTags { .. } => "delete-tags",
+            Command::DescribeTags => "describe-tags",
+            Command::Tagged { command, .. } => command.verb(),
+            Command::DryRun { command } => command.verb(),
+        }
+    }
+
     /// Whether the command changes state (and so is committed and published).
     pub fn is_edit(&self) -> bool {
         !matches!(
@@ -483,6 +538,7 @@ impl Command {
                 | Command::DescribeRules { .. }
                 | Command::DescribeTags
                 | Command::DryRun { .. }
+                | Command::Trace { .. }
         )
     }
 }
@@ -590,6 +646,53 @@ pub struct StatsReport {
     pub ports_gone: u64,
 }
 
+/// One step of a trace: what a stage of the datapath did with a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// `request` (the frame that opened the flow, with `--established` or
+    /// `--reply-of`), `source`, `arp`, `destination`, `connection`,
+    /// `transmit`.
+    pub step: String,
+    /// `ok`, `drop`, `answered`, `new`, `tracked`, `skip`.
+    pub result: String,
+    pub detail: String,
+}
+
+/// A rule that admits a traced packet: its group and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRule {
+    pub group: String,
+    pub rule: Rule,
+}
+
+/// The answer of `trace` (see [`Command::Trace`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// Generation of the rule snapshot the frames were judged against.
+    pub generation: u64,
+    /// `tcp`, `udp` or `icmp`.
+    pub proto: String,
+    /// `ADDR:PORT` (TCP/UDP) or `ADDR` (ICMP) of the traced packet.
+    pub src: String,
+    pub dst: String,
+    /// TCP flags (`SYN`, `ACK`, `SYN+ACK`) or ICMP `type T code C`.
+    pub what: String,
+    pub steps: Vec<TraceStep>,
+    /// `allowed` (delivered) or `dropped`.
+    pub verdict: String,
+    /// The drop reason (counter name, e.g. `no_rule`) when dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the destination's rules admitted the packet: every rule of its
+    /// groups that matches it.
+    pub rules: Vec<TraceRule>,
+    /// Owner and groups of the destination instance whose rules were asked
+    /// (empty when the destination is no instance of this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub groups: Vec<String>,
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -627,6 +730,10 @@ pub enum Response {
     /// hosts (cluster mode).
     Hosts {
         hosts: Vec<HostView>,
+    },
+    /// trace.
+    Trace {
+        trace: Box<TraceReport>,
     },
     /// register-image (the new image), describe-images, deregister-image (the
     /// removed image).

@@ -241,6 +241,40 @@ pub enum Cmd {
     },
     /// Per-port and per-drop-reason counters of the switch.
     Stats,
+    /// Why a packet passes or is dropped: runs a frame of this shape through
+    /// the switch's own decision code against the live rules (scratch
+    /// connection state, nothing is sent).  Prints: TRACE PROTO SRC DST WHAT
+    /// GENERATION, then one STEP NAME RESULT DETAIL per stage (request,
+    /// source, arp, destination, connection, transmit), then VERDICT allowed
+    /// or VERDICT dropped REASON, then the admitting rules as describe-group
+    /// prints them (PERMISSION ...), or for a drop by the rules the groups
+    /// consulted (CONSULTED OWNER GROUP).
+    Trace {
+        /// Source: an instance id (i-...) or an IPv4 address (an instance's
+        /// address is that instance; any other comes from the uplink).
+        #[arg(long)]
+        from: String,
+        /// Destination: an instance id or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// tcp, udp or icmp.
+        #[arg(short = 'P', long = "protocol")]
+        proto: String,
+        /// TCP/UDP destination port (with --reply-of: the service port of the
+        /// flow the packet answers, i.e. its source port).
+        #[arg(short = 'p', long = "port")]
+        port: Option<u16>,
+        /// ICMP TYPE:CODE (default 8:0, echo request).
+        #[arg(short = 't', long = "icmp-type-code")]
+        icmp: Option<String>,
+        /// The packet belongs to a flow it opened earlier (traced first).
+        #[arg(long, conflicts_with = "reply_of")]
+        established: bool,
+        /// The packet answers a flow the destination opened to the source
+        /// (that request is traced first).
+        #[arg(long)]
+        reply_of: bool,
+    },
     /// Cluster mode: the lab's hosts.  Prints: HOST NAME UNDERLAY STATE
     /// REVISION INSTANCES (STATE live or lost; REVISION the newest model
     /// revision the host acknowledged enforcing).
@@ -466,6 +500,10 @@ pub struct UpArgs {
     /// trace (`RUST_LOG`, if set, takes precedence).
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    /// Format of the event log: text (one line per event) or json (one JSON
+    /// object per line: timestamp, level, message and the event's fields).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logfmt::LogFormat,
 }
 
 /// Parse `args` (argv, program name first), honouring multi-call names.
@@ -674,6 +712,23 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         },
         Cmd::Stats => Command::Stats,
         Cmd::Hosts => Command::Hosts,
+        Cmd::Trace {
+            from,
+            to,
+            proto,
+            port,
+            icmp,
+            established,
+            reply_of,
+        } => Command::Trace {
+            from: from.clone(),
+            to: to.clone(),
+            proto: proto.clone(),
+            port: *port,
+            icmp: icmp.clone(),
+            established: *established,
+            reply_of: *reply_of,
+        },
         Cmd::RegisterImage {
             ami,
             kernel,
@@ -780,6 +835,29 @@ pub fn format_response(resp: &Response) -> String {
                         i.place,
                         reason.unwrap_or_default()
                     ));
+                }
+            }
+        }
+        Response::Trace { trace: t } => {
+            line(format!(
+                "TRACE\t{}\t{}\t{}\t{}\tgeneration {}",
+                t.proto, t.src, t.dst, t.what, t.generation
+            ));
+            for st in &t.steps {
+                line(format!("STEP\t{}\t{}\t{}", st.step, st.result, st.detail));
+            }
+            match &t.reason {
+                Some(r) => line(format!("VERDICT\t{}\t{r}", t.verdict)),
+                None => line(format!("VERDICT\t{}", t.verdict)),
+            }
+            for r in &t.rules {
+                line(permission_line(&r.group, &r.rule));
+            }
+            if t.reason.as_deref() == Some("no_rule")
+                && let Some(o) = &t.owner
+            {
+                for g in &t.groups {
+                    line(format!("CONSULTED\t{o}\t{g}"));
                 }
             }
         }

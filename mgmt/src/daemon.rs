@@ -42,8 +42,9 @@
 //! created (an existing one, kept from a previous run, stays), the lock file,
 //! and the state directory if this start created it.
 //!
-//! Events (start, stop, instances launched or lost) are logged with `tracing`
-//! to stderr (`--log-level`, or `RUST_LOG`).
+//! Events (start, stop, edits, instances launched, terminated, re-attached or
+//! lost, EC2 requests) are logged with `tracing` to stderr (`--log-level`, or
+//! `RUST_LOG`; `--log-format text|json`, see [`crate::logfmt`]).
 //!
 //! Shutdown: `STOPPING=1` to `$NOTIFY_SOCKET`, stop accepting, remove the
 //! socket, stop the management thread, shut the switch down (workers joined),

@@ -734,4 +734,18 @@ impl Dataplane for SwitchDataplane {
             s.shutdown();
         }
     }
+    fn ports_gone(&self) -> u64 {
+        self.switch
+            .as_ref()
+            .map_or(0, |s| s.datapath().ports_gone())
+    }
+    fn trace(
+        &self,
+        frames: &[(switch::trace::Ingress, Vec<u8>)],
+    ) -> Result<switch::trace::TraceRun, ApiError> {
+        self.switch()?
+            .datapath()
+            .trace(frames)
+            .map_err(|e| ApiError::new(filter::ErrorCode::InvalidParameterValue, e.to_string()))
+    }
 }

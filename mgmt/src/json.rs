@@ -274,7 +274,36 @@ pub enum Payload {
     Rules(Vec<crate::api::RuleInfo>),
     Tags(Vec<crate::store::TagRecord>),
     Done(bool),
+    /// `trace`: the steps and verdict of a traced packet.
+    Trace(TraceJson),
     Error(ErrorJson),
+}
+
+/// A rule that admits a traced packet.
+#[derive(Debug, Serialize)]
+pub struct TraceRuleJson {
+    pub group: String,
+    #[serde(flatten)]
+    pub permission: PermissionJson,
+}
+
+/// `trace`: see docs/json.md.
+#[derive(Debug, Serialize)]
+pub struct TraceJson {
+    pub generation: u64,
+    pub protocol: String,
+    pub src: String,
+    pub dst: String,
+    pub what: String,
+    pub steps: Vec<crate::api::TraceStep>,
+    /// `allowed` or `dropped`.
+    pub verdict: String,
+    /// The drop reason's counter name (`null` when allowed).
+    pub reason: Option<String>,
+    pub rules: Vec<TraceRuleJson>,
+    /// Owner and groups of the destination whose rules were asked.
+    pub owner: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// One `--json` document.
@@ -352,6 +381,26 @@ pub fn response(resp: &Response) -> Document {
             Payload::Images(images.iter().map(ImageJson::from).collect())
         }
         Response::Hosts { hosts } => Payload::Hosts(hosts.clone()),
+        Response::Trace { trace: t } => Payload::Trace(TraceJson {
+            generation: t.generation,
+            protocol: t.proto.clone(),
+            src: t.src.clone(),
+            dst: t.dst.clone(),
+            what: t.what.clone(),
+            steps: t.steps.clone(),
+            verdict: t.verdict.clone(),
+            reason: t.reason.clone(),
+            rules: t
+                .rules
+                .iter()
+                .map(|r| TraceRuleJson {
+                    group: r.group.clone(),
+                    permission: PermissionJson::from(&r.rule),
+                })
+                .collect(),
+            owner: t.owner.clone(),
+            groups: t.groups.clone(),
+        }),
         Response::AccessKey {
             key_id,
             secret,

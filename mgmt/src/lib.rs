@@ -30,6 +30,7 @@ pub mod ec2;
 pub mod hostnet;
 pub mod instances;
 pub mod json;
+pub mod logfmt;
 pub mod metrics;
 pub mod qemu;
 pub mod store;

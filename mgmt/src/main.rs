@@ -11,22 +11,30 @@ use std::process::ExitCode;
 use mgmt::cli::{self, Cmd};
 
 /// The daemon's event log: `tracing` to stderr at `level`, or as `RUST_LOG`
-/// says when it is set. (The lines `sgswitch: ready on ...` and friends, which
+/// says when it is set, as text lines with timestamps or JSON objects
+/// ([`mgmt::logfmt`]). (The lines `sgswitch: ready on ...` and friends, which
 /// scripts read, are printed as they are, not through the log.)
-fn init_logging(level: tracing::Level) {
+fn init_logging(level: tracing::Level, format: mgmt::logfmt::LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        mgmt::logfmt::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        mgmt::logfmt::LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(mgmt::logfmt::JsonFormat)
+            .try_init(),
+    };
 }
 
 fn run_daemon(cli: &cli::Cli, args: &cli::UpArgs) -> Result<(), mgmt::daemon::DaemonError> {
-    init_logging(args.log_level);
+    init_logging(args.log_level, args.log_format);
     mgmt::daemon::run(cli, args)
 }
 

@@ -124,6 +124,10 @@ pub struct Recorded {
     pub qemu_liveness: Option<Liveness>,
     /// How often `check` was called.
     pub checks: usize,
+    /// What `ports_gone` says (tests of the lost-port log).
+    pub ports_gone: u64,
+    /// (MAC, address) of every attached instance (for `trace`).
+    pub ports: BTreeMap<String, (filter::Mac, std::net::Ipv4Addr)>,
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -171,6 +175,7 @@ impl Dataplane for RecordingDataplane {
             }
             r.launches += 1;
             r.attached.insert(inst.id.clone());
+            r.ports.insert(inst.id.clone(), (inst.mac, inst.ip));
             if let Some(img) = image {
                 r.booted.push((inst.id.clone(), img.clone()));
             }
@@ -187,17 +192,58 @@ impl Dataplane for RecordingDataplane {
         self.with(|r| {
             r.attached.insert(rec.instance.id.clone());
             r.reattached.push(rec.instance.id.clone());
+            r.ports
+                .insert(rec.instance.id.clone(), (rec.instance.mac, rec.instance.ip));
         });
         Ok(())
     }
     fn terminate(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
         self.with(|r| {
             r.attached.remove(id);
+            r.ports.remove(id);
             r.terminated.push((id.to_owned(), how.clone()));
         });
         Ok(())
     }
     fn stats(&self, _report: &mut StatsReport) {}
+    fn ports_gone(&self) -> u64 {
+        self.with(|r| r.ports_gone)
+    }
+    /// A real (thread-less) switch datapath with in-memory ports for every
+    /// attached instance and an uplink, the last published snapshot, and
+    /// `switch::trace` on it: the same decision code as the daemon's.
+    fn trace(
+        &self,
+        frames: &[(switch::trace::Ingress, Vec<u8>)],
+    ) -> Result<switch::trace::TraceRun, ApiError> {
+        use switch::{Datapath, PortRole, PortSpec, SwitchConfig, mem_port};
+        let dp = Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1024),
+            ..SwitchConfig::default()
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (ports, snap) = self.with(|r| (r.ports.clone(), r.snapshots.last().cloned()));
+        for (id, (mac, ip)) in ports {
+            let (queues, _peer) = mem_port(1);
+            dp.add_port(PortSpec {
+                name: id.clone(),
+                role: PortRole::Instance { id, mac, ip },
+                queues,
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        let (queues, _peer) = mem_port(1);
+        dp.add_port(PortSpec {
+            name: "uplink".into(),
+            role: PortRole::Uplink,
+            queues,
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        dp.publish_rules(snap.unwrap_or_default());
+        dp.trace(frames)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
     fn shutdown(&mut self) {
         self.with(|r| r.shut_down = true);
     }

@@ -36,6 +36,10 @@ pub struct PortCounters {
     pub rx_dropped: AtomicU64,
     /// Frames for this port that could not be sent (`TxFailed`, `PortGone`).
     pub tx_dropped: AtomicU64,
+    /// Frames received on this port and dropped, per reason (indexed by
+    /// [`DropReason::index`]; they sum to `rx_dropped` less the overlay's
+    /// refusals).
+    pub drops: [AtomicU64; DropReason::COUNT],
 }
 
 /// A port's counters, one padded block per worker.
@@ -69,6 +73,9 @@ impl PortCounterSet {
             t.tx_bytes += c.tx_bytes.load(Relaxed);
             t.rx_dropped += c.rx_dropped.load(Relaxed);
             t.tx_dropped += c.tx_dropped.load(Relaxed);
+            for (sum, d) in t.drops.iter_mut().zip(c.drops.iter()) {
+                *sum += d.load(Relaxed);
+            }
         }
         t
     }
@@ -83,6 +90,8 @@ pub struct PortTotals {
     pub tx_bytes: u64,
     pub rx_dropped: u64,
     pub tx_dropped: u64,
+    /// Received and dropped, per reason (indexed by [`DropReason::index`]).
+    pub drops: [u64; DropReason::COUNT],
 }
 
 /// Counters of one worker that are not per port.

@@ -309,6 +309,12 @@ impl Datapath {
     }
 
     /// Aggregate the counters of all workers and ports.
+    /// Ports removed so far because their netdev went away (cheap: one
+    /// uncontended lock, no copy of the stats).
+    pub fn ports_gone(&self) -> u64 {
+        self.control().ports_gone
+    }
+
     pub fn stats(&self) -> Stats {
         let mut st = Stats::empty();
         for w in self.wcounters.iter() {

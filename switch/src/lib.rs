@@ -41,6 +41,7 @@ pub mod port;
 pub mod sys;
 pub mod table;
 pub mod tap;
+pub mod trace;
 pub mod vxlan;
 pub mod worker;
 

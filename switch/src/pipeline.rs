@@ -290,6 +290,7 @@ pub fn process_prepared(
         Err(r) => {
             env.wc.drop(r);
             bump(&pc.rx_dropped, 1);
+            bump(&pc.drops[r.index()], 1);
             Outcome::Dropped(r)
         }
     }

@@ -4,7 +4,9 @@
 //! takes tcp/5432 from `app` and everything from its own members. Checked with
 //! real TCP connects over a sample of (source, destination, port) triples, and
 //! with nmap from the outside. Every instance listens on every tier's port, so
-//! only the rules decide. Needs root (skips without).
+//! only the rules decide. `sgswitch trace` of every sampled triple must give
+//! the verdict the real connect got (and name the rule when it is allowed).
+//! Needs root (skips without).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -168,6 +170,7 @@ fn three_tier_web_service() {
         (Tier::Db, db[0].netns.clone(), Some(&db[0])),
     ];
     let mut checked = 0;
+    let mut traced = 0;
     let mut failures = Vec::new();
     for (src, ns, me) in &sources {
         let mut targets = Vec::new();
@@ -194,9 +197,34 @@ fn three_tier_web_service() {
                     t.0, t.1
                 ));
             }
+            // What trace says of the same SYN must be what the connect saw.
+            let from = me.map_or(OUTSIDE.to_string(), |m| m.id.clone());
+            let (to, port) = (t.0.to_string(), t.1.to_string());
+            let out = lab.cli_ok(&[
+                "trace", "--from", &from, "--to", &to, "-P", "tcp", "-p", &port, "--json",
+            ]);
+            let doc: serde_json::Value = serde_json::from_str(&out).expect("trace --json");
+            let verdict = doc["trace"]["verdict"].as_str().unwrap_or("?");
+            let want = if *g == Reach::Open {
+                "allowed"
+            } else {
+                "dropped"
+            };
+            traced += 1;
+            if verdict != want
+                || (want == "allowed")
+                    == doc["trace"]["rules"]
+                        .as_array()
+                        .is_none_or(|r| r.is_empty())
+                || (want == "dropped" && doc["trace"]["reason"] != "no_rule")
+            {
+                failures.push(format!(
+                    "trace {from} -> {to}:{port} disagrees with the connect ({g:?}): {out}"
+                ));
+            }
         }
     }
-    println!("reachability matrix: {checked} connects checked");
+    println!("reachability matrix: {checked} connects checked, {traced} traces agree");
     assert!(
         failures.is_empty(),
         "{} of {checked} wrong:\n{}",

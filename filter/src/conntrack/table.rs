@@ -395,6 +395,16 @@ impl Conntrack {
         None
     }
 
+    /// Whether a live (not expired) flow entry exists for `key`, in either
+    /// orientation. Read-only (an expired entry is left for the sweep); not
+    /// for the datapath: `sgswitch trace` uses it to say whether a frame met
+    /// a tracked flow.
+    pub fn tracks(&self, key: &FlowKey, now: u32) -> bool {
+        let (k, _) = flow_key(key);
+        self.find(k)
+            .is_some_and(|(idx, _, _)| now < self.slots[idx].expires.load(Ordering::Relaxed))
+    }
+
     /// Find `k` and check that it has not expired (removing it if it has).
     #[inline]
     pub(super) fn find_alive(&self, k: Key, now: u32) -> Option<(usize, u64)> {

@@ -245,6 +245,18 @@ impl Core {
         }
         for (id, made) in launched {
             let state = self.dp.check(&id, &made);
+            if let Some(r) = self.records.get(&id) {
+                tracing::info!(
+                    instance = %id,
+                    owner = %r.instance.owner.0,
+                    ip = %r.instance.ip,
+                    place = %made.place(&id),
+                    state = state.name(),
+                    "launched instance {id} ({}, {})",
+                    r.instance.ip,
+                    made.place(&id)
+                );
+            }
             self.states.insert(id, state);
         }
         let views = order
@@ -357,6 +369,25 @@ impl Core {
             .map(|(id, _)| id.clone())
             .collect();
         self.refresh(&guests);
+        // Ports the switch lost since the last tick: say so, and let every
+        // live instance's state catch up (each one stopped is logged).
+        let gone = self.dp.ports_gone();
+        if gone > self.ports_gone_seen {
+            let lost = gone - self.ports_gone_seen;
+            self.ports_gone_seen = gone;
+            tracing::warn!(
+                lost,
+                total = gone,
+                "the switch lost {lost} port(s): their interface disappeared"
+            );
+            let live: Vec<String> = self
+                .states
+                .iter()
+                .filter(|(_, l)| !matches!(l, Liveness::Stopped(_)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.refresh(&live);
+        }
     }
 
     pub(super) fn owned_ids(&self, owner: &Owner, ids: &[String]) -> Result<Vec<String>, ApiError> {
@@ -472,8 +503,14 @@ impl Core {
             // In cluster mode the owning host tears the instance down when
             // its watch delivers the deletion (this one included).
             if !clustered {
-                if let Err(e) = self.dp.terminate(&id, &how) {
-                    tracing::warn!(instance = %id, "terminating instance {id}: {e}");
+                match self.dp.terminate(&id, &how) {
+                    Ok(()) => tracing::info!(
+                        instance = %id,
+                        owner = %owner.0,
+                        previous = %previous,
+                        "terminated instance {id} (was {previous})"
+                    ),
+                    Err(e) => tracing::warn!(instance = %id, "terminating instance {id}: {e}"),
                 }
                 self.states.remove(&id);
             }

@@ -102,6 +102,7 @@ mod cluster;
 mod ec2;
 mod images;
 mod lifecycle;
+mod trace;
 
 pub use cluster::{Directory, DirectoryInstance, Link};
 
@@ -181,8 +182,25 @@ pub trait Dataplane: Send {
     /// Cluster mode: the overlay's view of the lab (live hosts, every
     /// instance with its host and identity), after every applied change.
     fn publish_directory(&mut self, _dir: &Directory) {}
+    /// Ports the switch removed so far because their netdev disappeared
+    /// (a namespace deleted by hand, a guest gone): the core logs each new
+    /// loss and refreshes the instances' states.
+    fn ports_gone(&self) -> u64 {
+        0
+    }
     /// Stop the data plane (daemon shutdown). Instances' namespaces are kept.
     fn shutdown(&mut self) {}
+    /// Run `frames` (each with where it enters) through the switch's own
+    /// decision code against the published rules, with scratch ports and
+    /// connection state (`sgswitch trace`; see `switch::trace`).
+    fn trace(
+        &self,
+        _frames: &[(switch::trace::Ingress, Vec<u8>)],
+    ) -> Result<switch::trace::TraceRun, ApiError> {
+        Err(ApiError::internal(
+            "no switch runs in this daemon: nothing to trace",
+        ))
+    }
 }
 
 /// Settings of the core.
@@ -337,6 +355,8 @@ pub struct Core {
     /// that call takes), so a panic inside cannot leave it set.
     dry_run: bool,
     arm_dry_run: bool,
+    /// [`Dataplane::ports_gone`] when last looked at.
+    ports_gone_seen: u64,
 }
 
 impl Core {
@@ -393,6 +413,7 @@ impl Core {
             cached_hosts,
             dry_run: false,
             arm_dry_run: false,
+            ports_gone_seen: 0,
         };
         let owner = core.cfg.default_owner.clone();
         if core.cfg.cluster_host.is_none()
@@ -403,6 +424,15 @@ impl Core {
         }
         let prefix = core.cfg.subnet.prefix_len();
         let host = core.cfg.cluster_host.clone();
+        let total = core
+            .records
+            .values()
+            .filter(|r| host.as_ref().is_none_or(|h| *h == r.host))
+            .count();
+        // Progress: about every tenth, and the last.
+        let every = (total / 10).max(1);
+        let mut done = 0;
+        let started = Instant::now();
         for rec in core.records.values() {
             if host.as_ref().is_some_and(|h| *h != rec.host) {
                 continue;
@@ -416,6 +446,15 @@ impl Core {
                 }
             };
             core.states.insert(id, state);
+            done += 1;
+            if done % every == 0 || done == total {
+                tracing::info!(
+                    done,
+                    total,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "re-attached {done}/{total}"
+                );
+            }
         }
         if core.published != Some(core.generation) {
             core.publish();
@@ -424,12 +463,37 @@ impl Core {
     }
 
     /// Answer one request.
+    ///
+    /// Every edit (whatever its outcome) is logged at info: owner, command,
+    /// result (`ok` or the error code) and the generation after it.
     pub fn handle(&mut self, req: Request) -> Reply {
-        if self.cluster.is_some() {
+        let edit = req.command.is_edit().then(|| {
+            let owner = req
+                .owner
+                .clone()
+                .unwrap_or_else(|| self.cfg.default_owner.0.clone());
+            (req.command.verb(), owner)
+        });
+        let reply = if self.cluster.is_some() {
             self.handle_clustered(req)
         } else {
             self.handle_once(req)
+        };
+        if let Some((verb, owner)) = edit {
+            let result = match &reply {
+                Ok(_) => "ok",
+                Err(e) => e.code.as_str(),
+            };
+            tracing::info!(
+                owner = %owner,
+                command = verb,
+                result,
+                generation = self.generation,
+                "edit {verb} by {owner}: {result} (generation {})",
+                self.generation
+            );
         }
+        reply
     }
 
     fn handle_once(&mut self, req: Request) -> Reply {
@@ -553,6 +617,26 @@ impl Core {
             Command::DescribeTags => Ok(self.describe_tags(&owner)),
             Command::Tagged { command, tags } => self.tagged(&owner, *command, tags),
             Command::DryRun { command } => self.dry_run(&owner, *command),
+            Command::Trace {
+                from,
+                to,
+                proto,
+                port,
+                icmp,
+                established,
+                reply_of,
+            } => self.trace(
+                &owner,
+                trace::TraceArgs {
+                    from,
+                    to,
+                    proto,
+                    port,
+                    icmp,
+                    established,
+                    reply_of,
+                },
+            ),
         };
         if is_edit && reply.is_ok() {
             let us = t0.elapsed().as_micros() as u64;

@@ -1734,3 +1734,307 @@ fn terminate_all_ends_the_owners_instances_only() {
         "{r:?}"
     );
 }
+
+fn trace_cmd(from: &str, to: &str, proto: &str, port: Option<u16>) -> Command {
+    Command::Trace {
+        from: from.into(),
+        to: to.into(),
+        proto: proto.into(),
+        port,
+        icmp: None,
+        established: false,
+        reply_of: false,
+    }
+}
+
+fn traced(r: Reply) -> crate::api::TraceReport {
+    match r {
+        Ok(Response::Trace { trace }) => *trace,
+        other => panic!("expected a trace, got {other:?}"),
+    }
+}
+
+fn step<'a>(t: &'a crate::api::TraceReport, name: &str) -> &'a crate::api::TraceStep {
+    t.steps
+        .iter()
+        .find(|s| s.step == name)
+        .unwrap_or_else(|| panic!("no step {name} in {t:?}"))
+}
+
+/// Albert's walkthrough: SSH from outside is dropped (`no_rule`, `default`
+/// consulted) until a rule admits it; then trace names that rule, and only
+/// for the address it admits.
+#[test]
+fn trace_names_the_drop_reason_and_the_admitting_rule() {
+    let dir = TempDir::new("core-trace");
+    let mut core = core_in(&dir, config());
+    let id = launched_ids(&core.handle(req(run(1, &[]))))[0].clone();
+    let t = traced(core.handle(req(trace_cmd("172.31.255.10", &id, "tcp", Some(22)))));
+    assert_eq!(t.verdict, "dropped");
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    assert_eq!(t.groups, vec!["default".to_string()]);
+    assert_eq!(t.owner.as_deref(), Some(OWNER));
+    assert!(t.rules.is_empty());
+    assert_eq!(step(&t, "source").result, "ok");
+    assert_eq!(step(&t, "arp").result, "answered");
+    assert_eq!(step(&t, "destination").result, "ok");
+    assert_eq!(step(&t, "connection").result, "drop");
+    assert_eq!(t.src, "172.31.255.10:40000");
+    assert_eq!(t.dst, "172.31.0.2:22");
+    let text = crate::cli::format_response(&Response::Trace {
+        trace: Box::new(t.clone()),
+    });
+    assert!(text.contains("VERDICT\tdropped\tno_rule\n"), "{text}");
+    assert!(
+        text.contains(&format!("CONSULTED\t{OWNER}\tdefault\n")),
+        "{text}"
+    );
+
+    core.handle(req(Command::Authorize {
+        group: "default".into(),
+        permissions: vec![spec("tcp", "22", "172.31.255.10/32").into()],
+    }))
+    .unwrap();
+    let t = traced(core.handle(req(trace_cmd("172.31.255.10", &id, "tcp", Some(22)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert_eq!(t.generation, core.generation());
+    assert_eq!(t.rules.len(), 1);
+    assert_eq!(t.rules[0].group, "default");
+    assert_eq!(
+        crate::cli::permission_line(&t.rules[0].group, &t.rules[0].rule),
+        "PERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t172.31.255.10/32"
+    );
+    assert_eq!(step(&t, "connection").result, "new");
+    assert_eq!(step(&t, "transmit").result, "ok");
+    let text = crate::cli::format_response(&Response::Trace { trace: Box::new(t) });
+    assert!(text.contains("VERDICT\tallowed\nPERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t172.31.255.10/32\n"), "{text}");
+    // Another address: still dropped; port 80: still dropped.
+    let t = traced(core.handle(req(trace_cmd("172.31.255.11", &id, "tcp", Some(22)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    let t = traced(core.handle(req(trace_cmd("172.31.255.10", &id, "tcp", Some(80)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+}
+
+/// Mary's tiers: the app tier admits the web tier by group (the rule is
+/// named), not the outside; the reply of an app server's connection to the
+/// outside passes as a tracked flow; egress to the outside is not filtered;
+/// two matching rules are both named.
+#[test]
+fn trace_of_group_rules_replies_and_egress() {
+    let dir = TempDir::new("core-trace-tiers");
+    let mut core = core_in(&dir, config());
+    for g in ["web", "app"] {
+        core.handle(req(add_group(g))).unwrap();
+    }
+    core.handle(req(Command::Authorize {
+        group: "app".into(),
+        permissions: vec![group_spec("web", None).into()],
+    }))
+    .unwrap();
+    core.handle(req(Command::Authorize {
+        group: "app".into(),
+        permissions: vec![spec("tcp", "8000-8100", "172.31.0.0/24").into()],
+    }))
+    .unwrap();
+    let web = launched_ids(&core.handle(req(run(1, &["web"]))))[0].clone();
+    let app = launched_ids(&core.handle(req(run(1, &["app"]))))[0].clone();
+    let t = traced(core.handle(req(trace_cmd(&web, &app, "tcp", Some(8080)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert_eq!(t.rules.len(), 2, "{t:?}");
+    assert!(t.rules.iter().all(|r| r.group == "app"));
+    let t = traced(core.handle(req(trace_cmd("172.31.255.10", &app, "tcp", Some(8080)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    assert_eq!(t.groups, vec!["app".to_string()]);
+    // Egress: app -> outside passes without a rule.
+    let t = traced(core.handle(req(trace_cmd(&app, "172.31.255.10", "tcp", Some(443)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert!(t.rules.is_empty());
+    assert_eq!(
+        step(&t, "destination").detail,
+        "172.31.255.10 is no instance: the uplink"
+    );
+    // The outside's answer to app's connection: a tracked flow.
+    let mut c = trace_cmd("172.31.255.10", &app, "tcp", Some(443));
+    if let Command::Trace { reply_of, .. } = &mut c {
+        *reply_of = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert_eq!(step(&t, "request").result, "ok");
+    assert_eq!(step(&t, "connection").result, "tracked");
+    assert_eq!(t.src, "172.31.255.10:443");
+    assert!(t.rules.is_empty());
+    // The same packet without the flow: dropped.
+    let t = traced(core.handle(req(trace_cmd("172.31.255.10", &app, "tcp", Some(40000)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    // An established flow web -> app: its ACK passes as part of the flow.
+    let mut c = trace_cmd(&web, &app, "tcp", Some(8080));
+    if let Command::Trace { established, .. } = &mut c {
+        *established = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(t.what, "ACK");
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    assert_eq!(t.verdict, "allowed");
+    // An ICMP port unreachable from outside about a datagram app sent there:
+    // related to the flow with --reply-of, unrelated (dropped) without.
+    let icmp = |reply: bool| Command::Trace {
+        from: "172.31.255.10".into(),
+        to: app.clone(),
+        proto: "icmp".into(),
+        port: None,
+        icmp: Some("3:3".into()),
+        established: false,
+        reply_of: reply,
+    };
+    let t = traced(core.handle(req(icmp(true))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    let t = traced(core.handle(req(icmp(false))));
+    assert_eq!(t.reason.as_deref(), Some("unrelated_icmp_error"), "{t:?}");
+    // ICMP echo from web to app: admitted by the `all` group rule only.
+    let t = traced(core.handle(req(trace_cmd(&web, &app, "icmp", None))));
+    assert_eq!(t.verdict, "allowed");
+    assert_eq!(t.rules.len(), 1);
+}
+
+/// Bad input is an error naming the value.
+#[test]
+fn trace_bad_input() {
+    let dir = TempDir::new("core-trace-bad");
+    let mut core = core_in(&dir, config());
+    let id = launched_ids(&core.handle(req(run(1, &[]))))[0].clone();
+    let e = core
+        .handle(req(trace_cmd("i-00000000", &id, "tcp", Some(22))))
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "InvalidInstanceID.NotFound");
+    assert!(e.message.contains("i-00000000"));
+    let e = core
+        .handle(req(trace_cmd("1.2.3", &id, "tcp", Some(22))))
+        .unwrap_err();
+    assert!(e.message.contains("'1.2.3'"), "{e}");
+    let e = core
+        .handle(req(trace_cmd("1.2.3.4", &id, "gre", Some(22))))
+        .unwrap_err();
+    assert!(e.message.contains("'gre'"), "{e}");
+    let e = core
+        .handle(req(trace_cmd("1.2.3.4", &id, "tcp", None)))
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "MissingParameter");
+    // Another owner's instance is not found for them.
+    let e = core
+        .handle(req_as(OTHER, trace_cmd("1.2.3.4", &id, "tcp", Some(22))))
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "InvalidInstanceID.NotFound");
+    let e = core
+        .handle(req_as(
+            OTHER,
+            trace_cmd("1.2.3.4", "172.31.0.2", "tcp", Some(22)),
+        ))
+        .unwrap_err();
+    assert!(e.message.contains("another account"), "{e}");
+}
+
+/// A `tracing` writer into a shared buffer (the event-log tests).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Launches, terminations, re-attach progress at start and ports the switch
+/// lost are in the event log.
+#[test]
+fn lifecycle_events_are_logged() {
+    let buf = LogBuf::default();
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let dir = TempDir::new("core-evlog");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let ids = launched_ids(&core.handle(req(run(12, &[]))));
+    let log = buf.text();
+    assert!(
+        log.contains(&format!(
+            "launched instance {} (172.31.0.2, netns:{})",
+            ids[0], ids[0]
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("edit run-instances by 111122223333: ok"),
+        "{log}"
+    );
+    core.handle(req(Command::TerminateInstances {
+        ids: vec![ids[11].clone()],
+        all: false,
+    }))
+    .unwrap();
+    assert!(
+        buf.text()
+            .contains(&format!("terminated instance {} (was running)", ids[11]))
+    );
+    drop(core);
+    let mut core = core_with(&dir, config(), dp.clone());
+    let log = buf.text();
+    assert!(log.contains("re-attached 1/11"), "{log}");
+    assert!(log.contains("re-attached 11/11"), "{log}");
+    assert!(!log.contains("re-attached 12/"), "{log}");
+    // The switch loses a port: logged, and the instance's new state too.
+    dp.state.lock().unwrap().ports_gone = 1;
+    dp.state
+        .lock()
+        .unwrap()
+        .liveness
+        .insert(ids[3].clone(), Liveness::Stopped("its port is gone".into()));
+    core.tick();
+    let log = buf.text();
+    assert!(log.contains("the switch lost 1 port(s)"), "{log}");
+    assert!(
+        log.contains(&format!("instance {} stopped: its port is gone", ids[3])),
+        "{log}"
+    );
+    core.tick();
+    assert_eq!(
+        buf.text().matches("the switch lost").count(),
+        1,
+        "logged once"
+    );
+}
+
+/// The verb logged for a command is its name on the wire.
+#[test]
+fn command_verbs_are_the_wire_names() {
+    for c in [
+        add_group("x"),
+        run(1, &[]),
+        Command::Stats,
+        Command::CreateAccessKey,
+        trace_cmd("a", "b", "tcp", Some(1)),
+        Command::DescribeGroups { groups: vec![] },
+        Command::TerminateInstances {
+            ids: vec![],
+            all: true,
+        },
+    ] {
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["op"], c.verb(), "{c:?}");
+    }
+}

@@ -197,9 +197,50 @@ fn error_response(e: &ApiError, rid: &str) -> HttpResponse {
 }
 
 /// Answer one HTTP request at server time `now` (Unix seconds).
+///
+/// Every request is logged once (request id, action, owner, result code): at
+/// info, authentication failures (with the access key id they named) at warn.
 pub fn handle(req: &HttpRequest, h: &dyn Handler, now: i64) -> HttpResponse {
     let rid = request_id();
-    match answer(req, h, now, &rid) {
+    let mut owner = None;
+    let r = answer(req, h, now, &rid, &mut owner);
+    let action = Params::parse(&req.query, &req.body, req.header("content-type"))
+        .ok()
+        .and_then(|p| p.get("Action").map(str::to_owned))
+        .unwrap_or_else(|| "-".to_owned());
+    let owner = owner.unwrap_or_else(|| "-".to_owned());
+    match &r {
+        Ok(_) => tracing::info!(
+            request_id = %rid,
+            action = %action,
+            owner = %owner,
+            result = "ok",
+            "ec2 {action} by {owner}: ok (request {rid})"
+        ),
+        Err(e) if is_auth_failure(e.code) => {
+            let key_id = req
+                .header("authorization")
+                .and_then(|v| sigv4::parse_authorization(v).ok())
+                .map_or_else(|| "-".to_owned(), |a| a.key_id);
+            tracing::warn!(
+                request_id = %rid,
+                action = %action,
+                key_id = %key_id,
+                result = e.code.as_str(),
+                "ec2 auth failure: {action} with key {key_id}: {} (request {rid})",
+                e.code
+            );
+        }
+        Err(e) => tracing::info!(
+            request_id = %rid,
+            action = %action,
+            owner = %owner,
+            result = e.code.as_str(),
+            "ec2 {action} by {owner}: {} (request {rid})",
+            e.code
+        ),
+    }
+    match r {
         Ok(body) => HttpResponse {
             status: 200,
             content_type: "text/xml;charset=UTF-8",
@@ -207,6 +248,18 @@ pub fn handle(req: &HttpRequest, h: &dyn Handler, now: i64) -> HttpResponse {
         },
         Err(e) => error_response(&e, &rid),
     }
+}
+
+/// The error codes of a request that did not prove who sent it.
+fn is_auth_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::AuthFailure
+            | ErrorCode::MissingAuthenticationToken
+            | ErrorCode::IncompleteSignature
+            | ErrorCode::RequestExpired
+            | ErrorCode::SignatureDoesNotMatch
+    )
 }
 
 /// Authenticate; returns the key's owner and id.
@@ -232,7 +285,13 @@ fn authenticate(
     Ok((owner, auth.key_id, auth.region))
 }
 
-fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<String, ApiError> {
+fn answer(
+    req: &HttpRequest,
+    h: &dyn Handler,
+    now: i64,
+    rid: &str,
+    who: &mut Option<String>,
+) -> Result<String, ApiError> {
     if req.method != "POST" && req.method != "GET" {
         return Err(invalid(format!(
             "unsupported HTTP method '{}': use POST (or GET)",
@@ -240,6 +299,7 @@ fn answer(req: &HttpRequest, h: &dyn Handler, now: i64, rid: &str) -> Result<Str
         )));
     }
     let (owner, key_id, region) = authenticate(req, h, now)?;
+    *who = Some(owner.clone());
     let p = Params::parse(&req.query, &req.body, req.header("content-type"))?;
     let action = p.required("Action")?.to_owned();
     // "Who am I", asked on the same endpoint (signed for sts, or iam).
