@@ -702,6 +702,52 @@ fn kernel_gbp_mark_is_read_as_the_identity() {
 
 /// iperf3 from `cli` to `srv_ip`:`port` (server in `srv`) for `secs` seconds
 /// with `streams` parallel streams; returns the received Gbit/s.
+/// New TCP connections per second from namespace `cli` to `ip:port` (a
+/// listener in `srv` that accepts and closes), one at a time for `secs`
+/// seconds: each is a handshake through both switches and a new flow in
+/// conntrack at both ends.
+fn connect_rate(srv: &str, cli: &str, ip: Ipv4Addr, port: u16, secs: u32) -> f64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = {
+        let (srv, stop) = (srv.to_owned(), stop.clone());
+        thread::spawn(move || {
+            netns::in_netns(&srv, move || {
+                let l = TcpListener::bind(("0.0.0.0", port)).expect("bind the flows listener");
+                l.set_nonblocking(true).expect("non-blocking listener");
+                let _ = ready_tx.send(());
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((c, _)) => drop(c),
+                        Err(_) => thread::sleep(Duration::from_micros(200)),
+                    }
+                }
+            })
+            .expect("listener namespace");
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    let dst = SocketAddr::from((ip, port));
+    let (n, took) = netns::in_netns(cli, move || {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(u64::from(secs));
+        let mut n = 0u64;
+        while Instant::now() < until {
+            if TcpStream::connect_timeout(&dst, Duration::from_secs(1)).is_ok() {
+                n += 1;
+            }
+        }
+        (n, t0.elapsed())
+    })
+    .expect("client namespace");
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    n as f64 / took.as_secs_f64()
+}
+
 fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: u32) -> f64 {
     let port_s = port.to_string();
     let mut server = std::process::Command::new("timeout")
@@ -803,6 +849,8 @@ fn bench_overlay_vs_kernel_vxlan() {
         let kernel = iperf(kns[1].name(), kns[0].name(), k2, 5201, streams, secs);
         rows.push((streams, ours, kernel));
     }
+    let flows_ours = connect_rate(lab.ns(I2), lab.ns(I1), I2.ip, 8080, secs);
+    let flows_kernel = connect_rate(kns[1].name(), kns[0].name(), k2, 5201, secs);
     let st = lab.sw(1).stats();
     eprintln!("overlay bench ({secs} s per run, {workers} workers per switch):");
     eprintln!("| streams | sgswitch overlay (Gbit/s) | kernel vxlan (Gbit/s) | ratio |");
@@ -810,6 +858,13 @@ fn bench_overlay_vs_kernel_vxlan() {
     for (s, o, k) in &rows {
         eprintln!("| {s} | {o:.2} | {k:.2} | {:.2} |", o / k);
     }
+    eprintln!();
+    eprintln!("| new TCP flows/s (one at a time) | sgswitch overlay | kernel vxlan | ratio |");
+    eprintln!("|---|---|---|---|");
+    eprintln!(
+        "| connect + close | {flows_ours:.0} | {flows_kernel:.0} | {:.2} |",
+        flows_ours / flows_kernel
+    );
     let st2 = lab.sw(2).stats();
     eprintln!(
         "switch 1: underlay tx {} datagrams in {} GSO batches, rx {}, tso_segmented {}; \
@@ -822,7 +877,7 @@ fn bench_overlay_vs_kernel_vxlan() {
         st2.underlay.gro_frames
     );
     assert!(
-        rows.iter().all(|(_, o, _)| *o > 0.0),
+        rows.iter().all(|(_, o, _)| *o > 0.0) && flows_ours > 0.0,
         "the overlay carried traffic"
     );
     drop(kns);
