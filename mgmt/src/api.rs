@@ -198,6 +198,11 @@ pub enum Command {
     },
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
+    /// One instance of the caller's: its state and its port's counters with
+    /// drops by reason.
+    InstanceStats {
+        id: String,
+    },
 }
 
 /// A security group named by name or by `sg-` id. On the wire a plain string
@@ -416,6 +421,7 @@ impl Command {
             Command::Hosts => "hosts",
             Command::CreateAccessKey => "create-access-key",
             Command::Trace { .. } => "trace",
+            Command::InstanceStats { .. } => "instance-stats",
         }
     }
 
@@ -429,6 +435,7 @@ impl Command {
                 | Command::Stats
                 | Command::Hosts
                 | Command::Trace { .. }
+                | Command::InstanceStats { .. }
         )
     }
 }
@@ -494,6 +501,14 @@ pub struct PortStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Frames received on this port and dropped, by reason: (reason, count)
+    /// for the reasons that counted any, in counter order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_reasons: Vec<(String, u64)>,
+    /// Frames bound for this port that connection tracking and the rules
+    /// refused, by reason (e.g. `no_rule`: a probe of a closed port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<(String, u64)>,
 }
 
 /// Daemon statistics: control plane and (when a switch runs) data plane.
@@ -583,6 +598,14 @@ pub struct TraceReport {
     pub groups: Vec<String>,
 }
 
+/// `stats i-...`: one instance and its switch port's counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    pub instance: InstanceView,
+    /// Its switch port (`None`: no port attached, e.g. stopped).
+    pub port: Option<PortStats>,
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -620,6 +643,10 @@ pub enum Response {
     /// hosts (cluster mode).
     Hosts {
         hosts: Vec<HostView>,
+    },
+    /// stats i-...: one instance's state and port counters.
+    InstanceStats {
+        stats: Box<InstanceStats>,
     },
     /// trace.
     Trace {

@@ -569,6 +569,8 @@ mod tests {
                     tx_packets: 2,
                     tx_bytes: 120,
                     drops: 0,
+                    drop_reasons: Vec::new(),
+                    denied: Vec::new(),
                 })
                 .collect(),
             drops: vec![("no_rule".into(), 4), ("spoof".into(), 0)],
