@@ -260,6 +260,11 @@ pub enum Command {
     DryRun {
         command: Box<Command>,
     },
+    /// One instance of the caller's: its state and its port's counters with
+    /// drops by reason.
+    InstanceStats {
+        id: String,
+    },
 }
 
 /// A security group named by name or by `sg-` id. On the wire a plain string
@@ -522,6 +527,7 @@ impl Command {
             Command::DescribeTags => "describe-tags",
             Command::Tagged { command, .. } => command.verb(),
             Command::DryRun { command } => command.verb(),
+            Command::InstanceStats { .. } => "instance-stats",
         }
     }
 
@@ -539,6 +545,7 @@ impl Command {
                 | Command::DescribeTags
                 | Command::DryRun { .. }
                 | Command::Trace { .. }
+                | Command::InstanceStats { .. }
         )
     }
 }
@@ -604,6 +611,14 @@ pub struct PortStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Frames received on this port and dropped, by reason: (reason, count)
+    /// for the reasons that counted any, in counter order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_reasons: Vec<(String, u64)>,
+    /// Frames bound for this port that connection tracking and the rules
+    /// refused, by reason (e.g. `no_rule`: a probe of a closed port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<(String, u64)>,
 }
 
 /// Daemon statistics: control plane and (when a switch runs) data plane.
@@ -693,6 +708,14 @@ pub struct TraceReport {
     pub groups: Vec<String>,
 }
 
+/// `stats i-...`: one instance and its switch port's counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    pub instance: InstanceView,
+    /// Its switch port (`None`: no port attached, e.g. stopped).
+    pub port: Option<PortStats>,
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -730,6 +753,10 @@ pub enum Response {
     /// hosts (cluster mode).
     Hosts {
         hosts: Vec<HostView>,
+    },
+    /// stats i-...: one instance's state and port counters.
+    InstanceStats {
+        stats: Box<InstanceStats>,
     },
     /// trace.
     Trace {

@@ -239,8 +239,23 @@ pub enum Cmd {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
-    /// Per-port and per-drop-reason counters of the switch.
-    Stats,
+    /// Per-port and per-drop-reason counters of the switch.  With an
+    /// instance id: INSTANCE ID IP STATE PLACE, its PORT line, then DROP
+    /// REASON N for frames it sent that were dropped and DENIED REASON N for
+    /// frames to it that the rules or connection tracking refused.  With
+    /// --watch: a live view of rates per port (packets/s and bit/s in and
+    /// out, drops/s by reason), refreshed until interrupted.
+    Stats {
+        /// An instance of yours (i-...): only its counters.
+        instance: Option<String>,
+        /// Refresh every SECS seconds (default 1, from 0.1 to 3600) and show
+        /// rates: RX_PPS RX_BPS TX_PPS TX_BPS DROP/S DENIED/S and the reasons.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after N refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
     /// Why a packet passes or is dropped: runs a frame of this shape through
     /// the switch's own decision code against the live rules (scratch
     /// connection state, nothing is sent).  Prints: TRACE PROTO SRC DST WHAT
@@ -710,7 +725,10 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             ids: ids.clone(),
             all: *all,
         },
-        Cmd::Stats => Command::Stats,
+        Cmd::Stats { instance: None, .. } => Command::Stats,
+        Cmd::Stats {
+            instance: Some(id), ..
+        } => Command::InstanceStats { id: id.clone() },
         Cmd::Hosts => Command::Hosts,
         Cmd::Trace {
             from,
@@ -838,6 +856,25 @@ pub fn format_response(resp: &Response) -> String {
                 }
             }
         }
+        Response::InstanceStats { stats } => {
+            let i = &stats.instance;
+            line(format!(
+                "INSTANCE\t{}\t{}\t{}\t{}",
+                i.id, i.ip, i.state, i.place
+            ));
+            match &stats.port {
+                Some(p) => {
+                    line(port_line(p));
+                    for (reason, n) in &p.drop_reasons {
+                        line(format!("DROP\t{reason}\t{n}"));
+                    }
+                    for (reason, n) in &p.denied {
+                        line(format!("DENIED\t{reason}\t{n}"));
+                    }
+                }
+                None => line(format!("PORT\t{}\tnone", i.id)),
+            }
+        }
         Response::Trace { trace: t } => {
             line(format!(
                 "TRACE\t{}\t{}\t{}\t{}\tgeneration {}",
@@ -889,10 +926,7 @@ pub fn format_response(resp: &Response) -> String {
                 stats.publish_latency_p50_us, stats.publish_latency_p99_us
             ));
             for p in &stats.ports {
-                line(format!(
-                    "PORT\t{}\trx_packets\t{}\trx_bytes\t{}\ttx_packets\t{}\ttx_bytes\t{}\tdrops\t{}",
-                    p.name, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops
-                ));
+                line(port_line(p));
             }
             for (reason, n) in &stats.drops {
                 line(format!("DROP\t{reason}\t{n}"));
@@ -942,6 +976,15 @@ pub fn format_response(resp: &Response) -> String {
         }
     }
     out
+}
+
+/// The PORT line of `stats`: `PORT NAME rx_packets N rx_bytes N tx_packets
+/// N tx_bytes N drops N`.
+pub fn port_line(p: &api::PortStats) -> String {
+    format!(
+        "PORT\t{}\trx_packets\t{}\trx_bytes\t{}\ttx_packets\t{}\ttx_bytes\t{}\tdrops\t{}",
+        p.name, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops
+    )
 }
 
 /// The IMAGE line of a registered image:
@@ -1043,6 +1086,133 @@ pub fn run_client(socket: &Path, req: &Request, json: bool) -> (String, String, 
             1,
         ),
     }
+}
+
+/// One sample of `stats --watch`: per port, (rx packets, rx bytes, tx
+/// packets, tx bytes, drops by reason, denied by reason).
+type Sample = std::collections::BTreeMap<String, api::PortStats>;
+
+/// What `stats --watch` samples: every port, or one instance's.
+fn sample(socket: &Path, req: &Request) -> Result<Sample, String> {
+    let reply = api::call(socket, req).map_err(|e| api::error_chain(&e))?;
+    let ports = match reply.map_err(|e| e.to_string())? {
+        Response::Stats { stats } => stats.ports,
+        Response::InstanceStats { stats } => stats.port.into_iter().collect(),
+        other => return Err(format!("unexpected answer: {other:?}")),
+    };
+    Ok(ports.into_iter().map(|p| (p.name.clone(), p)).collect())
+}
+
+/// A rate with a k/M/G suffix (`950`, `12.5k`, `1.20G`).
+pub fn human_rate(v: f64) -> String {
+    let (d, s) = if v >= 1e9 {
+        (1e9, "G")
+    } else if v >= 1e6 {
+        (1e6, "M")
+    } else if v >= 1e3 {
+        (1e3, "k")
+    } else {
+        return format!("{v:.0}");
+    };
+    let x = v / d;
+    if x >= 100.0 {
+        format!("{x:.0}{s}")
+    } else if x >= 10.0 {
+        format!("{x:.1}{s}")
+    } else {
+        format!("{x:.2}{s}")
+    }
+}
+
+/// One frame of `stats --watch`: rates between two samples `secs` apart.
+/// Header `PORT RX_PPS RX_BPS TX_PPS TX_BPS DROP/S DENIED/S REASONS`, one
+/// line per port (sorted by name; a port new since the last sample shows
+/// `-`), REASONS as `reason:rate` of drops (frames it sent) and
+/// `to:reason:rate` of denials (frames to it).
+pub fn watch_frame(prev: &Sample, cur: &Sample, secs: f64) -> String {
+    let mut out = format!(
+        "{:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  REASONS\n",
+        "PORT", "RX_PPS", "RX_BPS", "TX_PPS", "TX_BPS", "DROP/S", "DENIED/S"
+    );
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let reasons = |a: &[(String, u64)], b: &[(String, u64)], tag: &str| -> Vec<String> {
+        b.iter()
+            .filter_map(|(r, n)| {
+                let was = a.iter().find(|(x, _)| x == r).map_or(0, |(_, m)| *m);
+                (*n > was).then(|| format!("{tag}{r}:{}", human_rate(rate(was, *n))))
+            })
+            .collect()
+    };
+    for (name, c) in cur {
+        let Some(p) = prev.get(name) else {
+            out.push_str(&format!(
+                "{name:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  (new)\n",
+                "-", "-", "-", "-", "-", "-"
+            ));
+            continue;
+        };
+        let sum = |v: &[(String, u64)]| v.iter().map(|(_, n)| n).sum::<u64>();
+        let mut why = reasons(&p.drop_reasons, &c.drop_reasons, "");
+        why.extend(reasons(&p.denied, &c.denied, "to:"));
+        let row = format!(
+            "{name:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
+            human_rate(rate(p.rx_packets, c.rx_packets)),
+            human_rate(rate(p.rx_bytes, c.rx_bytes) * 8.0),
+            human_rate(rate(p.tx_packets, c.tx_packets)),
+            human_rate(rate(p.tx_bytes, c.tx_bytes) * 8.0),
+            human_rate(rate(p.drops, c.drops)),
+            human_rate(rate(sum(&p.denied), sum(&c.denied))),
+            why.join(" ")
+        );
+        out.push_str(row.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `stats [i-...] --watch [SECS] [--count N]`: sample, wait, print the rates,
+/// until interrupted or `count` frames. On a terminal each frame replaces the
+/// last; otherwise frames follow each other, a blank line apart.
+pub fn watch_stats(
+    socket: &Path,
+    req: &Request,
+    secs: f64,
+    count: Option<u64>,
+    out: &mut dyn std::io::Write,
+    tty: bool,
+) -> Result<(), String> {
+    if !(0.1..=3600.0).contains(&secs) || !secs.is_finite() {
+        return Err(format!(
+            "invalid --watch interval '{secs}': seconds from 0.1 to 3600"
+        ));
+    }
+    let mut prev = sample(socket, req)?;
+    let mut t0 = std::time::Instant::now();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        let cur = sample(socket, req)?;
+        let dt = t0.elapsed().as_secs_f64().max(1e-3);
+        t0 = std::time::Instant::now();
+        let body = watch_frame(&prev, &cur, dt);
+        let head = format!(
+            "sgswitch stats --watch: every {secs} s ({} port{})\n",
+            cur.len(),
+            if cur.len() == 1 { "" } else { "s" }
+        );
+        let frame = if tty {
+            format!("\x1b[H\x1b[2J{head}{body}")
+        } else if n == 0 {
+            format!("{head}{body}")
+        } else {
+            format!("\n{head}{body}")
+        };
+        out.write_all(frame.as_bytes()).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        prev = cur;
+        n += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1445,5 +1615,68 @@ mod tests {
         for (name, _) in MULTI_CALL {
             assert_eq!(std::fs::read_link(dir.0.join(name)).unwrap(), target);
         }
+    }
+
+    #[test]
+    fn watch_frames_show_rates_and_reasons() {
+        assert_eq!(human_rate(950.0), "950");
+        assert_eq!(human_rate(12_500.0), "12.5k");
+        assert_eq!(human_rate(1_200_000_000.0), "1.20G");
+        let port = |name: &str, rx: u64, drops: Vec<(&str, u64)>, denied: Vec<(&str, u64)>| {
+            let v = |l: Vec<(&str, u64)>| {
+                l.into_iter()
+                    .map(|(r, n)| (r.to_string(), n))
+                    .collect::<Vec<_>>()
+            };
+            let drops = v(drops);
+            let denied = v(denied);
+            api::PortStats {
+                name: name.into(),
+                rx_packets: rx,
+                rx_bytes: rx * 100,
+                tx_packets: 0,
+                tx_bytes: 0,
+                drops: drops.iter().map(|(_, n)| n).sum(),
+                drop_reasons: drops,
+                denied,
+            }
+        };
+        let prev: Sample = [(
+            "i-00000001",
+            port("i-00000001", 100, vec![], vec![("no_rule", 4)]),
+        )]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        let cur: Sample = [
+            (
+                "i-00000001",
+                port(
+                    "i-00000001",
+                    300,
+                    vec![("spoofed_ip", 10)],
+                    vec![("no_rule", 24)],
+                ),
+            ),
+            ("i-00000002", port("i-00000002", 5, vec![], vec![])),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        let f = watch_frame(&prev, &cur, 2.0);
+        let lines: Vec<&str> = f.lines().collect();
+        assert!(lines[0].starts_with("PORT"), "{f}");
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        // 200 packets and 20000 bytes in 2 s: 100 pps, 80 kbit/s.
+        assert_eq!(
+            cols[..7],
+            ["i-00000001", "100", "80.0k", "0", "0", "5", "10"],
+            "{f}"
+        );
+        assert!(lines[1].ends_with("spoofed_ip:5 to:no_rule:10"), "{f}");
+        assert!(
+            lines[2].starts_with("i-00000002") && lines[2].ends_with("(new)"),
+            "{f}"
+        );
     }
 }

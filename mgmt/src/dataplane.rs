@@ -686,6 +686,16 @@ impl Dataplane for SwitchDataplane {
                 tx_packets: p.counters.tx_packets,
                 tx_bytes: p.counters.tx_bytes,
                 drops: p.counters.rx_dropped + p.counters.tx_dropped,
+                drop_reasons: filter::DropReason::ALL
+                    .iter()
+                    .filter(|r| p.counters.drops[r.index()] > 0)
+                    .map(|r| (r.name().to_owned(), p.counters.drops[r.index()]))
+                    .collect(),
+                denied: filter::DropReason::ALL
+                    .iter()
+                    .filter(|r| p.counters.denied[r.index()] > 0)
+                    .map(|r| (r.name().to_owned(), p.counters.denied[r.index()]))
+                    .collect(),
             })
             .collect();
         report.drops = filter::DropReason::ALL

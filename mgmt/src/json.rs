@@ -226,14 +226,56 @@ pub struct StatsJson {
     pub edits: u64,
     pub edit_latency_us: Percentiles,
     pub publish_latency_us: Percentiles,
-    /// Per-port counters: `name`, `rx_packets`, `rx_bytes`, `tx_packets`,
-    /// `tx_bytes`, `drops` (the socket API's own shape, plain already).
-    pub ports: Vec<PortStats>,
+    /// Per-port counters.
+    pub ports: Vec<PortJson>,
     /// One per drop reason, in counter order.
     pub drops: Vec<CounterJson>,
     pub conntrack_entries: u64,
     pub events: Vec<CounterJson>,
     pub ports_gone: u64,
+}
+
+/// One port's counters: `name`, `rx_packets`, `rx_bytes`, `tx_packets`,
+/// `tx_bytes`, `drops`, and (when any) `drop_reasons`.
+#[derive(Debug, Serialize)]
+pub struct PortJson {
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+    /// Frames received on the port and dropped, by reason (only reasons that
+    /// counted any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drop_reasons: Vec<CounterJson>,
+    /// Frames bound for the port refused by the rules or connection
+    /// tracking, by reason (only reasons that counted any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<CounterJson>,
+}
+
+impl From<&PortStats> for PortJson {
+    fn from(p: &PortStats) -> PortJson {
+        PortJson {
+            name: p.name.clone(),
+            rx_packets: p.rx_packets,
+            rx_bytes: p.rx_bytes,
+            tx_packets: p.tx_packets,
+            tx_bytes: p.tx_bytes,
+            drops: p.drops,
+            drop_reasons: counters(&p.drop_reasons),
+            denied: counters(&p.denied),
+        }
+    }
+}
+
+/// `stats i-...`: an instance and its port.
+#[derive(Debug, Serialize)]
+pub struct InstanceStatsJson {
+    pub instance: InstanceJson,
+    /// `null` when the instance has no port (stopped).
+    pub port: Option<PortJson>,
 }
 
 #[derive(Debug, Serialize)]
@@ -276,6 +318,8 @@ pub enum Payload {
     Done(bool),
     /// `trace`: the steps and verdict of a traced packet.
     Trace(TraceJson),
+    /// `stats i-...`.
+    InstanceStats(InstanceStatsJson),
     Error(ErrorJson),
 }
 
@@ -371,7 +415,7 @@ pub fn response(resp: &Response) -> Document {
                 p50: s.publish_latency_p50_us,
                 p99: s.publish_latency_p99_us,
             },
-            ports: s.ports.clone(),
+            ports: s.ports.iter().map(PortJson::from).collect(),
             drops: counters(&s.drops),
             conntrack_entries: s.conntrack_entries,
             events: counters(&s.events),
@@ -381,6 +425,10 @@ pub fn response(resp: &Response) -> Document {
             Payload::Images(images.iter().map(ImageJson::from).collect())
         }
         Response::Hosts { hosts } => Payload::Hosts(hosts.clone()),
+        Response::InstanceStats { stats } => Payload::InstanceStats(InstanceStatsJson {
+            instance: InstanceJson::from(&stats.instance),
+            port: stats.port.as_ref().map(PortJson::from),
+        }),
         Response::Trace { trace: t } => Payload::Trace(TraceJson {
             generation: t.generation,
             protocol: t.proto.clone(),

@@ -89,6 +89,36 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Stats {
+            watch: Some(secs),
+            count,
+            ..
+        } => {
+            use std::io::IsTerminal;
+            let req = match cli::request_of(&cli, &matches) {
+                Ok(Some(r)) => r,
+                Ok(None) => return ExitCode::SUCCESS,
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
+            let tty = std::io::stdout().is_terminal();
+            match cli::watch_stats(
+                &cli.socket,
+                &req,
+                *secs,
+                *count,
+                &mut std::io::stdout(),
+                tty,
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sgswitch: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         _ => {
             let req = match cli::request_of(&cli, &matches) {
                 Ok(Some(r)) => r,

@@ -125,6 +125,38 @@ pub fn render(s: &StatsReport) -> String {
     }
     head(
         o,
+        "sgswitch_port_dropped_by_reason_total",
+        "counter",
+        "Frames received from the port and dropped, by reason (reasons that counted any).",
+    );
+    for p in &s.ports {
+        for (reason, n) in &p.drop_reasons {
+            sample(
+                o,
+                "sgswitch_port_dropped_by_reason_total",
+                &[("port", &p.name), ("reason", reason)],
+                *n as f64,
+            );
+        }
+    }
+    head(
+        o,
+        "sgswitch_port_denied_total",
+        "counter",
+        "Frames bound for the port refused by the rules or connection tracking, by reason.",
+    );
+    for p in &s.ports {
+        for (reason, n) in &p.denied {
+            sample(
+                o,
+                "sgswitch_port_denied_total",
+                &[("port", &p.name), ("reason", reason)],
+                *n as f64,
+            );
+        }
+    }
+    head(
+        o,
         "sgswitch_drops_total",
         "counter",
         "Frames dropped, by reason.",
@@ -569,6 +601,8 @@ mod tests {
                     tx_packets: 2,
                     tx_bytes: 120,
                     drops: 0,
+                    drop_reasons: vec![("spoofed_ip".into(), 2)],
+                    denied: vec![("no_rule".into(), 3)],
                 })
                 .collect(),
             drops: vec![("no_rule".into(), 4), ("spoof".into(), 0)],
@@ -598,6 +632,12 @@ mod tests {
         assert_eq!(fams["sgswitch_edits_total"].0, "counter");
         assert_eq!(fams["sgswitch_groups"].0, "gauge");
         assert!(text.contains("sgswitch_port_rx_packets_total{port=\"i-0123abcd\"} 1\n"));
+        assert!(text.contains(
+            "sgswitch_port_dropped_by_reason_total{port=\"i-0123abcd\",reason=\"spoofed_ip\"} 2\n"
+        ));
+        assert!(
+            text.contains("sgswitch_port_denied_total{port=\"i-0123abcd\",reason=\"no_rule\"} 3\n")
+        );
         assert!(text.contains("{port=\"weird\\\"po\\\\rt\\n\"}"), "{text}");
         assert!(text.contains("sgswitch_drops_total{reason=\"no_rule\"} 4\n"));
         // The parser itself rejects what it must.

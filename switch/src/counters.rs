@@ -40,6 +40,10 @@ pub struct PortCounters {
     /// [`DropReason::index`]; they sum to `rx_dropped` less the overlay's
     /// refusals).
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// Frames for this port (an instance: addressed to it) that connection
+    /// tracking and the rules refused, per reason (counted on the sender's
+    /// port too, in `drops`).
+    pub denied: [AtomicU64; DropReason::COUNT],
 }
 
 /// A port's counters, one padded block per worker.
@@ -76,6 +80,9 @@ impl PortCounterSet {
             for (sum, d) in t.drops.iter_mut().zip(c.drops.iter()) {
                 *sum += d.load(Relaxed);
             }
+            for (sum, d) in t.denied.iter_mut().zip(c.denied.iter()) {
+                *sum += d.load(Relaxed);
+            }
         }
         t
     }
@@ -92,6 +99,8 @@ pub struct PortTotals {
     pub tx_dropped: u64,
     /// Received and dropped, per reason (indexed by [`DropReason::index`]).
     pub drops: [u64; DropReason::COUNT],
+    /// Bound for this port and refused by conntrack/rules, per reason.
+    pub denied: [u64; DropReason::COUNT],
 }
 
 /// Counters of one worker that are not per port.

@@ -542,7 +542,7 @@ fn decide<'t>(
                             (up, m)
                         }
                     };
-                    env.ct.judge(env.snap, &pkt, env.now)?;
+                    judge_for(env, to, &pkt)?;
                     Ok(Action::Forward { to, dst_mac })
                 }
             }
@@ -567,7 +567,7 @@ fn decide<'t>(
                     }
                     let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
                     let to = known_instance(env, to, dst)?;
-                    env.ct.judge(env.snap, &pkt, env.now)?;
+                    judge_for(env, to, &pkt)?;
                     Ok(Action::Forward {
                         to,
                         dst_mac: instance_mac(to),
@@ -713,6 +713,19 @@ fn dhcp_action<'t>(
         Some(ty) => Ok(Action::DhcpReply { req, ty, lease }),
         None => Ok(Action::Consume),
     }
+}
+
+/// [`Conntrack::judge`] for a frame bound for port `to`; a refusal is also
+/// counted, by reason, on `to`'s `denied` counters (worker `env.w`'s block:
+/// single writer, like its tx counters), so an instance's view shows what was
+/// refused on the way to it.
+#[inline]
+fn judge_for(env: &Env<'_>, to: &Port, pkt: &filter::Packet) -> Result<(), DropReason> {
+    let r = env.ct.judge(env.snap, pkt, env.now);
+    if let Err(reason) = r {
+        bump(&to.counters.worker(env.w).denied[reason.index()], 1);
+    }
+    r
 }
 
 #[cfg(test)]

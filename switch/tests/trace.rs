@@ -355,5 +355,10 @@ fn ports_count_their_drops_by_reason() {
     let up = port("uplink");
     assert_eq!(up.drops[DropReason::NoRule.index()], 1);
     assert_eq!(up.drops.iter().sum::<u64>(), 1);
-    assert_eq!(port("i-00000002").drops.iter().sum::<u64>(), 0);
+    let p2 = port("i-00000002");
+    assert_eq!(p2.drops.iter().sum::<u64>(), 0);
+    // ... and the probe was refused on its way to instance 2.
+    assert_eq!(p2.denied[DropReason::NoRule.index()], 1);
+    assert_eq!(p2.denied.iter().sum::<u64>(), 1);
+    assert_eq!(up.denied.iter().sum::<u64>(), 0);
 }

@@ -232,6 +232,56 @@ fn three_tier_web_service() {
         failures.join("\n")
     );
 
+    // Per-instance stats: app[0] was probed on closed ports by the outside,
+    // the web server (all but 8080), the app servers and the database: 19
+    // refused connects, each at least one SYN denied on the way to it.
+    let out = lab.cli_ok(&["stats", &app[0].id]);
+    let first = out.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!(
+            "INSTANCE\t{}\t{}\trunning\t",
+            app[0].id, app[0].ip
+        )),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("PORT\t{}\trx_packets\t", app[0].id))),
+        "{out}"
+    );
+    let denied: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("DENIED\tno_rule\t"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DENIED no_rule line: {out}"));
+    assert!(denied >= 19, "{denied} denied: {out}");
+    // The live view: probes of a closed port during a refresh show as
+    // denials per second by reason on that instance's line.
+    std::thread::scope(|s| {
+        let w = s.spawn(|| lab.cli_ok(&["stats", &app[0].id, "--watch", "2", "--count", "1"]));
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = lab.connect(&lab.uplink_ns, app[0].ip, APP);
+        let out = w.join().expect("watch thread");
+        assert_eq!(
+            out.matches("sgswitch stats --watch: every 2 s").count(),
+            1,
+            "{out}"
+        );
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&app[0].id))
+            .unwrap_or_else(|| panic!("no line for {}: {out}", app[0].id));
+        assert!(line.contains("to:no_rule:"), "{out}");
+    });
+    let out = lab.cli_ok(&["stats", "--watch", "0.2", "--count", "2"]);
+    assert_eq!(out.matches("sgswitch stats --watch").count(), 2, "{out}");
+    assert_eq!(out.matches("(30 ports)").count(), 2, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("i-")).count(),
+        2 * 29,
+        "{out}"
+    );
+
     // Egress is free and replies come back (stateful): every tier reaches the outside.
     for i in [&web[2], &app[7], &db[1]] {
         assert_eq!(

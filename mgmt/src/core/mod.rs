@@ -617,6 +617,21 @@ impl Core {
             Command::DescribeTags => Ok(self.describe_tags(&owner)),
             Command::Tagged { command, tags } => self.tagged(&owner, *command, tags),
             Command::DryRun { command } => self.dry_run(&owner, *command),
+            Command::InstanceStats { id } => {
+                let ids = self.owned_ids(&owner, std::slice::from_ref(&id))?;
+                self.refresh(&ids);
+                let instance = self
+                    .records
+                    .get(&id)
+                    .map(|r| self.view(r))
+                    .ok_or_else(|| ApiError::internal(format!("no record of {id}")))?;
+                let mut report = StatsReport::default();
+                self.dp.stats(&mut report);
+                let port = report.ports.into_iter().find(|p| p.name == id);
+                Ok(Response::InstanceStats {
+                    stats: Box::new(crate::api::InstanceStats { instance, port }),
+                })
+            }
             Command::Trace {
                 from,
                 to,

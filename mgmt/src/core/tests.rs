@@ -2038,3 +2038,31 @@ fn command_verbs_are_the_wire_names() {
         assert_eq!(v["op"], c.verb(), "{c:?}");
     }
 }
+
+/// `stats i-...`: the caller's instance only, with its state (no port with
+/// the recording data plane).
+#[test]
+fn instance_stats_of_own_instances_only() {
+    let dir = TempDir::new("core-istats");
+    let mut core = core_in(&dir, config());
+    let id = launched_ids(&core.handle(req(run(1, &[]))))[0].clone();
+    let r = core
+        .handle(req(Command::InstanceStats { id: id.clone() }))
+        .unwrap();
+    let Response::InstanceStats { stats } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(stats.instance.id, id);
+    assert_eq!(stats.instance.state, "running");
+    assert_eq!(stats.port, None);
+    let e = core
+        .handle(req_as(OTHER, Command::InstanceStats { id: id.clone() }))
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "InvalidInstanceID.NotFound");
+    let e = core
+        .handle(req(Command::InstanceStats {
+            id: "i-nosuch".into(),
+        }))
+        .unwrap_err();
+    assert!(e.message.contains("i-nosuch"), "{e}");
+}
