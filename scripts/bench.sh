@@ -71,7 +71,7 @@ if [ "${1:-}" = cluster ]; then
         echo "same host namespaces, without filtering, in the same run"
         echo "(\`cargo test --release -p switch --test overlay_root bench_overlay_vs_kernel_vxlan -- --ignored\`)."
         echo
-        echo "$out" | grep -E '^\|'
+        echo "$out" | awk '/^\|/ { if ($0 ~ /^\| new TCP/) print ""; print }'
     } >>docs/cluster-benchmarks.md
     exit 0
 fi
