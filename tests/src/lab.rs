@@ -601,33 +601,7 @@ impl Lab {
         target: Ipv4Addr,
         ports: &str,
     ) -> Scan {
-        let mut args: Vec<String> = [
-            "-Pn",
-            "-n",
-            "-T4",
-            "--max-retries",
-            "0",
-            "--min-rate",
-            "1000",
-            "-oG",
-            "-",
-            "-p",
-            ports,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some((iface, src)) = spoof {
-            args.extend(["-e".into(), iface.to_string(), "-S".into(), src.to_string()]);
-        }
-        args.push(target.to_string());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = self.exec(ns, "nmap", &argv, Duration::from_secs(60));
-        assert!(o.success(), "nmap {}: {o:?}", args.join(" "));
-        let mut hosts = nmap::parse_grepable(&o.stdout).unwrap_or_else(|e| panic!("{e}"));
-        hosts
-            .remove(&target)
-            .unwrap_or_else(|| panic!("nmap printed no ports for {target}:\n{}", o.stdout))
+        nmap_in(ns, spoof, target, ports)
     }
 
     /// nmap from the uplink namespace with the primary outside address.
@@ -725,6 +699,40 @@ pub fn parse_instances(out: &str) -> Vec<LabInstance> {
 }
 
 /// Lines of a child's stdout, each stamped when read, on a channel.
+/// nmap (SYN scan, grepable output) from namespace `ns` at `target`'s
+/// `ports`, optionally from interface and source address `spoof`.
+pub fn nmap_in(ns: &str, spoof: Option<(&str, Ipv4Addr)>, target: Ipv4Addr, ports: &str) -> Scan {
+    let mut args: Vec<String> = [
+        "-Pn",
+        "-n",
+        "-T4",
+        "--max-retries",
+        "0",
+        "--min-rate",
+        "1000",
+        "-oG",
+        "-",
+        "-p",
+        ports,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some((iface, src)) = spoof {
+        args.extend(["-e".into(), iface.to_string(), "-S".into(), src.to_string()]);
+    }
+    args.push(target.to_string());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "nmap"]).args(&argv);
+    let o = run::run(&mut cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.success(), "nmap {}: {o:?}", args.join(" "));
+    let mut hosts = nmap::parse_grepable(&o.stdout).unwrap_or_else(|e| panic!("{e}"));
+    hosts
+        .remove(&target)
+        .unwrap_or_else(|| panic!("nmap printed no ports for {target}:\n{}", o.stdout))
+}
+
 /// Start `labhelper listen` (TCP, and UDP with `udp`, echo) on `ports` inside
 /// `ns` for at most `max_secs`; returns once it listens.
 pub fn start_listener(helper: &Path, ns: &str, ports: &[u16], udp: bool, max_secs: u64) -> Child {

@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use e2e::cluster::{ClusterLab, can_run};
-use e2e::lab::Reach;
+use e2e::lab::{Reach, nmap_in};
+use e2e::nmap::PortState;
 use filter::model::instance_mac;
 
 const WEB: u16 = 80;
@@ -227,6 +228,27 @@ fn three_hosts_one_lab() {
                 && drop_count(&lab, 1, "vxlan_foreign_instance") >= foreign + 5
                 && drop_count(&lab, 1, "vxlan_wrong_identity") >= wrong + 5
         },
+    );
+
+    // nmap from the web instance (h1) sees Mary's matrix on the other hosts.
+    let scan = nmap_in(&web, None, app_ip, "80,5432,8080");
+    assert_eq!(scan.state(APP), Some(PortState::Open), "app from web");
+    assert_eq!(
+        scan.state(WEB),
+        Some(PortState::Filtered),
+        "app:80 from web"
+    );
+    assert_eq!(
+        scan.state(DB),
+        Some(PortState::Filtered),
+        "app:5432 from web"
+    );
+    let scan = nmap_in(&app, None, db_ip, "80,5432,8080");
+    assert_eq!(scan.state(DB), Some(PortState::Open), "db from app");
+    assert_eq!(
+        scan.count(PortState::Filtered),
+        2,
+        "db's other ports from app"
     );
 
     // --- Test 2: an authorize on h1 opens a port of the instance on h3;
