@@ -232,10 +232,13 @@ fn ns_name(tag: &str, what: &str) -> String {
 
 impl Lab {
     fn start(tag: &str) -> Lab {
-        Lab::start_with(tag, 2)
+        Lab::start_with(tag, 2, filter::CtConfig::with_capacity(1 << 14))
     }
 
-    fn start_with(tag: &str, workers: usize) -> Lab {
+    /// `workers` per switch, conntrack `ct` (the tests' small table, or the
+    /// daemon's default for the benchmark: its per-instance quota bounds how
+    /// many flows one client opens within the timeouts).
+    fn start_with(tag: &str, workers: usize, ct: filter::CtConfig) -> Lab {
         let mk = |what: &str| {
             let name = ns_name(tag, what);
             let g = NetnsGuard::create(&name)
@@ -279,7 +282,7 @@ impl Lab {
             let sw = netns::in_netns(&h, || {
                 Switch::start(SwitchConfig {
                     workers,
-                    ct: filter::CtConfig::with_capacity(1 << 14),
+                    ct,
                     overlay: Some(OverlayConfig::new(
                         SocketAddrV4::new(under, VXLAN_PORT),
                         VNI,
@@ -735,11 +738,27 @@ fn connect_rate(srv: &str, cli: &str, ip: Ipv4Addr, port: u16, secs: u32) -> f64
         let t0 = Instant::now();
         let until = t0 + Duration::from_secs(u64::from(secs));
         let mut n = 0u64;
+        let mut lat = Vec::new();
         while Instant::now() < until {
+            let t = Instant::now();
             if TcpStream::connect_timeout(&dst, Duration::from_secs(1)).is_ok() {
                 n += 1;
             }
+            lat.push(t.elapsed().as_micros() as u64);
         }
+        lat.sort_unstable();
+        let pick = |p: usize| {
+            lat.get((lat.len().saturating_sub(1)) * p / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        eprintln!(
+            "connect latency to {dst}: p50 {} us, p90 {} us, p99 {} us, max {} us",
+            pick(50),
+            pick(90),
+            pick(99),
+            pick(100)
+        );
         (n, t0.elapsed())
     })
     .expect("client namespace");
@@ -809,7 +828,9 @@ fn bench_overlay_vs_kernel_vxlan() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    let lab = Lab::start_with("b", workers);
+    // The daemon's conntrack (1M flows, 65,536 per instance): the tests'
+    // small table would drop the benchmark's SYNs at its 1,024-flow quota.
+    let lab = Lab::start_with("b", workers, filter::CtConfig::default());
     // The kernel path: kernel instance kn<n> — veth — bridge kbr with vxlan kvx
     // in host namespace h<n> — the same underlay.
     let mut kns = Vec::new();
@@ -866,6 +887,17 @@ fn bench_overlay_vs_kernel_vxlan() {
         flows_ours / flows_kernel
     );
     let st2 = lab.sw(2).stats();
+    for (k, st) in [(1, &st), (2, &st2)] {
+        let drops: Vec<String> = st
+            .nonzero_drops()
+            .map(|(r, n)| format!("{}={n}", r.name()))
+            .chain(
+                st.nonzero_vxlan_drops()
+                    .map(|(r, n)| format!("{}={n}", r.name())),
+            )
+            .collect();
+        eprintln!("switch {k} drops: {}", drops.join(" "));
+    }
     eprintln!(
         "switch 1: underlay tx {} datagrams in {} GSO batches, rx {}, tso_segmented {}; \
          switch 2: rx {} datagrams, {} GRO super-frames",
