@@ -56,8 +56,10 @@ fn main() -> ExitCode {
             let target = match std::env::current_exe() {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("sgswitch install-links: cannot locate this binary: {e}");
-                    return ExitCode::from(1);
+                    return fail(
+                        format!("sgswitch install-links: cannot locate this binary: {e}"),
+                        1,
+                    );
                 }
             };
             match cli::install_links(dir, &target) {
@@ -67,10 +69,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("sgswitch install-links: {}: {e}", dir.display());
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(format!("sgswitch install-links: {}: {e}", dir.display()), 1),
             }
         }
         Cmd::Completions { shell } => {
@@ -84,10 +83,7 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("sgswitch man: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => fail(format!("sgswitch man: {e}"), 1),
         },
         Cmd::Stats {
             watch: Some(secs),
@@ -95,13 +91,9 @@ fn main() -> ExitCode {
             ..
         } => {
             use std::io::IsTerminal;
-            let req = match cli::request_of(&cli, &matches) {
-                Ok(Some(r)) => r,
-                Ok(None) => return ExitCode::SUCCESS,
-                Err(msg) => {
-                    eprintln!("error: {msg}");
-                    return ExitCode::from(2);
-                }
+            let req = match request(&cli, &matches) {
+                Ok(r) => r,
+                Err(code) => return code,
             };
             let tty = std::io::stdout().is_terminal();
             match cli::watch_stats(
@@ -113,20 +105,13 @@ fn main() -> ExitCode {
                 tty,
             ) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sgswitch: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(format!("sgswitch: {e}"), 1),
             }
         }
         _ => {
-            let req = match cli::request_of(&cli, &matches) {
-                Ok(Some(r)) => r,
-                Ok(None) => return ExitCode::SUCCESS,
-                Err(msg) => {
-                    eprintln!("error: {msg}");
-                    return ExitCode::from(2);
-                }
+            let req = match request(&cli, &matches) {
+                Ok(r) => r,
+                Err(code) => return code,
             };
             let (out, err, code) = cli::run_client(&cli.socket, &req, cli.json);
             let _ = std::io::stdout().write_all(out.as_bytes());
@@ -134,4 +119,21 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// The request of a client command; `Err` is the exit code when there is
+/// nothing to send (help shown: 0, a bad option: 2, after saying why).
+fn request(cli: &cli::Cli, matches: &clap::ArgMatches) -> Result<mgmt::api::Request, ExitCode> {
+    match cli::request_of(cli, matches) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(ExitCode::SUCCESS),
+        Err(msg) => Err(fail(format!("error: {msg}"), 2)),
+    }
+}
+
+/// A client command's failure: the message on stderr for the user (the
+/// CLI's output, not a daemon event), and the exit code.
+fn fail(msg: String, code: u8) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(code)
 }

@@ -817,87 +817,71 @@ impl Store {
         Ok(out)
     }
 
+    /// Every row of `sql` through `row`; errors name `what`.
+    fn load_rows<T>(
+        &self,
+        what: &'static str,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let load = |source| StoreError::Load { what, source };
+        let mut st = self.conn.prepare(sql).map_err(load)?;
+        let rows = st.query_map([], row).map_err(load)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(load)
+    }
+
     fn load_tags(&self) -> Result<Vec<TagRecord>, StoreError> {
-        let load = |source| StoreError::Load {
-            what: "tags",
-            source,
-        };
-        let mut st = self
-            .conn
-            .prepare("SELECT resource_id, key, value FROM tags ORDER BY resource_id, key")
-            .map_err(load)?;
-        let rows = st
-            .query_map([], |r| {
+        self.load_rows(
+            "tags",
+            "SELECT resource_id, key, value FROM tags ORDER BY resource_id, key",
+            |r| {
                 Ok(TagRecord {
                     resource_id: r.get(0)?,
                     key: r.get(1)?,
                     value: r.get(2)?,
                 })
-            })
-            .map_err(load)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(load)
+            },
+        )
     }
 
     fn load_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError> {
-        let load = |source| StoreError::Load {
-            what: "access keys",
-            source,
-        };
-        let mut st = self
-            .conn
-            .prepare("SELECT key_id, owner, secret, created_at FROM access_keys ORDER BY key_id")
-            .map_err(load)?;
-        let rows = st
-            .query_map([], |r| {
+        self.load_rows(
+            "access keys",
+            "SELECT key_id, owner, secret, created_at FROM access_keys ORDER BY key_id",
+            |r| {
                 Ok(AccessKeyRecord {
                     key_id: r.get(0)?,
                     owner: Owner(r.get(1)?),
                     secret: r.get(2)?,
                     created_at: r.get(3)?,
                 })
-            })
-            .map_err(load)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(load)
+            },
+        )
     }
 
     fn load_cluster_hosts(&self) -> Result<Vec<(String, std::net::SocketAddr)>, StoreError> {
-        let load = |source| StoreError::Load {
-            what: "cluster hosts",
-            source,
-        };
-        let mut st = self
-            .conn
-            .prepare("SELECT name, underlay FROM cluster_hosts ORDER BY name")
-            .map_err(load)?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(load)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, addr) = row.map_err(load)?;
-            let addr = addr.parse().map_err(|_| StoreError::Corrupt {
-                what: "cluster host underlay",
-                value: addr,
-            })?;
-            out.push((name, addr));
-        }
-        Ok(out)
+        let rows = self.load_rows(
+            "cluster hosts",
+            "SELECT name, underlay FROM cluster_hosts ORDER BY name",
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        rows.into_iter()
+            .map(|(name, addr)| match addr.parse() {
+                Ok(a) => Ok((name, a)),
+                Err(_) => Err(StoreError::Corrupt {
+                    what: "cluster host underlay",
+                    value: addr,
+                }),
+            })
+            .collect()
     }
 
     fn load_client_tokens(&self) -> Result<Vec<ClientTokenRecord>, StoreError> {
-        let load = |source| StoreError::Load {
-            what: "client tokens",
-            source,
-        };
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT owner, token, reservation, fingerprint, created_at, instances \
+        self.load_rows(
+            "client tokens",
+            "SELECT owner, token, reservation, fingerprint, created_at, instances \
                  FROM client_tokens ORDER BY owner, token",
-            )
-            .map_err(load)?;
-        let rows = st
-            .query_map([], |r| {
+            |r| {
                 Ok(ClientTokenRecord {
                     owner: Owner(r.get(0)?),
                     token: r.get(1)?,
@@ -912,9 +896,8 @@ impl Store {
                         )
                     })?,
                 })
-            })
-            .map_err(load)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(load)
+            },
+        )
     }
 
     fn load_images(&self) -> Result<Vec<ImageRecord>, StoreError> {

@@ -197,12 +197,7 @@ pub(crate) fn send(
     let Scratch {
         out, gso: batch, ..
     } = scratch;
-    let mut b = Batch {
-        buf: batch,
-        len: 0,
-        seg: 0,
-        n: 0,
-    };
+    let mut b = Batch::new(batch);
     if cut.gso_type == VnetHdr::GSO_TCPV4
         && let Some(n) = cut_tcp(
             env,
@@ -330,12 +325,7 @@ fn fragment(
     let Scratch {
         out, gso: batch, ..
     } = scratch;
-    let mut b = Batch {
-        buf: batch,
-        len: 0,
-        seg: 0,
-        n: 0,
-    };
+    let mut b = Batch::new(batch);
     let n = payload.len().div_ceil(per);
     for (i, chunk) in payload.chunks(per).enumerate() {
         let len = 34 + chunk.len();
@@ -467,7 +457,17 @@ struct Batch<'b> {
     n: usize,
 }
 
-impl Batch<'_> {
+impl<'b> Batch<'b> {
+    /// An empty batch in `buf`.
+    fn new(buf: &'b mut [u8]) -> Batch<'b> {
+        Batch {
+            buf,
+            len: 0,
+            seg: 0,
+            n: 0,
+        }
+    }
+
     fn push(
         &mut self,
         env: &Env<'_>,

@@ -809,7 +809,10 @@ fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: 
     num.parse::<f64>().expect("bits_per_second") / 1e9
 }
 
-/// Not run by default (a measurement, not a check): cross-host TCP through
+/// Ignored on purpose: a benchmark, not a check (the project measures speed in
+/// benchmarks that print numbers, never with timing assertions in tests).
+/// `scripts/bench.sh cluster` runs it and appends its tables to
+/// docs/cluster-benchmarks.md. Cross-host TCP through
 /// the two switches' overlay, against the kernel's own VXLAN devices (plain
 /// `vxlan` on a bridge, no filtering) between the same host namespaces, in the
 /// same run. `cargo test -p switch --test overlay_root -- --ignored --nocapture`

@@ -102,6 +102,8 @@ struct Touched {
     instances: BTreeSet<String>,
     /// Images, access keys or client tokens.
     others: bool,
+    /// Host registrations (the overlay's directory).
+    hosts: bool,
 }
 
 impl Touched {
@@ -122,6 +124,7 @@ impl Touched {
                 }
             }
             (Some("images" | "access-keys" | "client-tokens"), _) => self.others = true,
+            (Some("hosts"), _) => self.hosts = true,
             _ => {}
         }
     }
@@ -354,17 +357,11 @@ impl Core {
                 }
             };
         }
-        let by_id: BTreeMap<&str, &Group> = self
-            .model
-            .groups()
-            .values()
-            .map(|g| (g.id.as_str(), g))
-            .collect();
         let mut puts = Vec::new();
         let mut inst_ops = Vec::new();
         let mut group_deletes = Vec::new();
         for id in &groups {
-            match by_id.get(id.as_str()) {
+            match self.model.group_by_id(id) {
                 Some(g) => puts.push(
                     Entry::Group {
                         id: id.clone(),
@@ -375,7 +372,8 @@ impl Core {
                 None => group_deletes.push(Op::delete(keys::group_key(id))),
             }
         }
-        let mut identities = Identities::new(self.records.values());
+        // Built only when an instance needs one (a launch).
+        let mut identities: Option<Identities> = None;
         for id in &instances {
             match self.model.instance(id) {
                 Some(inst) => {
@@ -391,7 +389,9 @@ impl Core {
                         rec.host = link.host().to_owned();
                     }
                     if rec.identity == 0 {
-                        rec.identity = identities.assign(&rec)?;
+                        rec.identity = identities
+                            .get_or_insert_with(|| Identities::new(self.records.values()))
+                            .assign(&rec)?;
                     }
                     inst_ops.push(Op::put(
                         keys::instance_key(id),
@@ -494,6 +494,7 @@ impl Core {
             Event::Full(m) => {
                 let mut t = Touched {
                     others: true,
+                    hosts: true,
                     ..Touched::default()
                 };
                 for s in m.entries() {
@@ -636,6 +637,7 @@ impl Core {
             tracing::error!("cluster apply at revision {revision}: {}", e.message);
         }
         if let Some(l) = others {
+            let live: BTreeSet<String> = l.images.iter().map(|i| i.ami.clone()).collect();
             for i in l.images {
                 if self.images.get(&i.ami) != Some(&i) {
                     if self.images.contains_key(&i.ami) {
@@ -645,7 +647,6 @@ impl Core {
                     self.images.insert(i.ami.clone(), i);
                 }
             }
-            let live: BTreeSet<String> = mirror_images(self.cluster.as_ref());
             let gone: Vec<String> = self
                 .images
                 .keys()
@@ -677,8 +678,12 @@ impl Core {
             self.generation += 1;
             self.publish();
         }
-        self.publish_directory();
-        if let Some(hosts) = self.live_hosts()
+        // The overlay's directory changes with instances and hosts only.
+        if t.hosts || !t.instances.is_empty() {
+            self.publish_directory();
+        }
+        if t.hosts
+            && let Some(hosts) = self.live_hosts()
             && hosts != self.cached_hosts
         {
             record_edits.push(Edit::SetClusterHosts(hosts.clone()));
@@ -846,12 +851,6 @@ impl Core {
             .collect();
         Ok(Response::Hosts { hosts })
     }
-}
-
-fn mirror_images(link: Option<&Link>) -> BTreeSet<String> {
-    link.and_then(|l| l.mirror.as_ref())
-        .map(|m| m.loaded().images.into_iter().map(|i| i.ami).collect())
-        .unwrap_or_default()
 }
 
 /// The live hosts and the acks of a two-range read.

@@ -257,7 +257,12 @@ type Reloaded = (
     u64,
     BTreeMap<String, ImageRecord>,
     Ec2State,
+    ClusterCache,
 );
+
+/// What the SQLite cache of cluster mode holds besides the model: the etcd
+/// revision it is at (0: none) and the live hosts as last seen.
+type ClusterCache = (i64, Vec<(String, std::net::SocketAddr)>);
 
 fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
     let loaded = store.load()?;
@@ -294,13 +299,21 @@ fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
         .into_iter()
         .map(|i| (i.ami.clone(), i))
         .collect();
+    let cluster = (
+        loaded
+            .counters
+            .get(cluster::COUNTER_ETCD_REVISION)
+            .copied()
+            .unwrap_or(0),
+        loaded.cluster_hosts,
+    );
     let ec2 = Ec2State::load(
         loaded.access_keys,
         loaded.client_tokens,
         loaded.rule_meta,
         loaded.tags,
     );
-    Ok((model, records, generation, images, ec2))
+    Ok((model, records, generation, images, ec2, cluster))
 }
 
 /// Errors of opening the core.
@@ -369,25 +382,15 @@ impl Core {
         cfg: CoreConfig,
         mut dp: Box<dyn Dataplane>,
     ) -> Result<Core, CoreError> {
-        let (cache_revision, cached_hosts) = store
-            .load()
-            .map(|l| {
-                (
-                    l.counters
-                        .get(cluster::COUNTER_ETCD_REVISION)
-                        .copied()
-                        .unwrap_or(0),
-                    l.cluster_hosts,
-                )
-            })
-            .unwrap_or_default();
-        let (mut model, records, generation, images, ec2) = match load_model(&store, &cfg) {
-            Ok(v) => v,
-            Err(e) => {
-                dp.shutdown();
-                return Err(e);
-            }
-        };
+        let loaded = load_model(&store, &cfg);
+        let (mut model, records, generation, images, ec2, (cache_revision, cached_hosts)) =
+            match loaded {
+                Ok(v) => v,
+                Err(e) => {
+                    dp.shutdown();
+                    return Err(e);
+                }
+            };
         model.take_changes();
         model.record_changes();
         let compiler = Compiler::new(&model);
