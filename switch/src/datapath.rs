@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use filter::{Conntrack, Snapshot};
 
+use crate::capture::CaptureSlot;
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
 use crate::counters::{PortStats, Stats, WorkerCounters};
 use crate::overlay::Overlay;
@@ -77,6 +78,8 @@ pub struct Datapath {
     start: Instant,
     control: Mutex<Control>,
     housekeeper: OnceLock<Thread>,
+    /// `sgswitch capture`: armed flag and session ([`crate::capture`]).
+    pub(crate) capture: CaptureSlot,
 }
 
 impl Datapath {
@@ -113,6 +116,7 @@ impl Datapath {
             start: Instant::now(),
             control: Mutex::new(Control::default()),
             housekeeper: OnceLock::new(),
+            capture: CaptureSlot::default(),
         }))
     }
 

@@ -19,6 +19,8 @@
 //!   ([`offload`]), or drop counted by [`filter::DropReason`].
 //! * Counters ([`counters`]) are per worker and cache-padded, aggregated by
 //!   [`Switch::stats`].
+//! * [`capture`]: `sgswitch capture`'s per-worker record rings, armed by one
+//!   flag read once per burst.
 //! * [`mem`] ports let tests and benchmarks run the datapath without root.
 //! * Cluster mode ([`SwitchConfig::overlay`]): instances of other hosts are
 //!   reached through VXLAN-GBP on per-worker UDP sockets ([`overlay`], wire
@@ -28,6 +30,7 @@
 
 pub mod afpacket;
 pub mod arp;
+pub mod capture;
 pub mod config;
 pub mod counters;
 pub mod datapath;

@@ -45,6 +45,9 @@
 //!     the overlay with the sender's identity (`vxlan_no_identity` if it has
 //!     none); ARP requests from instances for such addresses are answered with
 //!     the remote instance's MAC. Overlay refusals are `Outcome::VxlanDropped`.
+//!   - Capture ([`crate::capture`]): with `env.capture` set, frames of the
+//!     captured port(s) are recorded as received (with the drop reason when
+//!     dropped) and as sent; without it the pipeline does nothing more.
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
@@ -60,6 +63,7 @@ use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto}
 use ipnet::Ipv4Net;
 
 use crate::arp::{self, GATEWAY_MAC};
+use crate::capture::{Direction, Record, Session, Verdict};
 use crate::counters::{PortCounters, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
 use crate::offload::{complete_csum, segment};
@@ -112,6 +116,8 @@ pub struct Env<'a> {
     pub wc: &'a WorkerCounters,
     /// Cluster mode: the underlay sockets and the directory of this burst.
     pub overlay: Option<OverlayEnv<'a>>,
+    /// The capture session when `sgswitch capture` runs ([`crate::capture`]).
+    pub capture: Option<&'a Session>,
 }
 
 /// A worker's scratch space: replies and software segments are built here.
@@ -123,6 +129,11 @@ pub struct Scratch {
     /// Cluster mode: where segments of a super-frame are batched for one UDP
     /// GSO send (empty without an overlay).
     pub gso: Box<[u8]>,
+    /// Capture: set while a received frame's record waits for its verdict;
+    /// the record of a frame sent meanwhile waits in `cap_tx` so that it
+    /// follows the received one.
+    pub cap_hold: bool,
+    pub cap_tx: Option<Box<Record>>,
 }
 
 impl Default for Scratch {
@@ -131,6 +142,8 @@ impl Default for Scratch {
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             saw_gone: false,
             gso: Box::default(),
+            cap_hold: false,
+            cap_tx: None,
         }
     }
 }
@@ -208,7 +221,85 @@ pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
 
 /// [`process`] of a frame already parsed by [`prepare`] (`parsed` must be what
 /// `parse_frame(frame)` returns for these bytes).
+#[inline]
 pub fn process_prepared(
+    env: &Env<'_>,
+    inp: &Port,
+    frame: &mut [u8],
+    parsed: Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+    scratch: &mut Scratch,
+) -> Outcome {
+    match env.capture {
+        None => judge(env, inp, frame, parsed, vnet, scratch),
+        Some(cap) => judge_captured(cap, env, inp, frame, parsed, vnet, scratch),
+    }
+}
+
+/// [`process_prepared`] while a capture runs: the received frame is copied
+/// before it is judged (the switch may rewrite it), its record finished with
+/// the verdict, then the records of what it caused follow.
+#[inline(never)]
+fn judge_captured(
+    cap: &Session,
+    env: &Env<'_>,
+    inp: &Port,
+    frame: &mut [u8],
+    parsed: Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+    scratch: &mut Scratch,
+) -> Outcome {
+    let wanted = cap.wants(inp.id);
+    let rx = if wanted && !cap.drops_only() {
+        cap.take(env.w, inp.id, Direction::In, frame)
+    } else {
+        None
+    };
+    scratch.cap_hold = true;
+    let o = judge(env, inp, frame, parsed, vnet, scratch);
+    scratch.cap_hold = false;
+    let why = match o {
+        Outcome::Dropped(r) => Some(Verdict::Drop(r)),
+        Outcome::VxlanDropped(v) => Some(Verdict::Vxlan(v)),
+        _ => None,
+    };
+    match (rx, why) {
+        (Some(mut r), why) => {
+            r.dropped = why;
+            cap.push(r);
+        }
+        (None, Some(why)) if wanted && cap.drops_only() => {
+            if let Some(mut r) = cap.take(env.w, inp.id, Direction::In, frame) {
+                r.dropped = Some(why);
+                cap.push(r);
+            }
+        }
+        _ => {}
+    }
+    if let Some(t) = scratch.cap_tx.take() {
+        cap.push(t);
+    }
+    o
+}
+
+/// Record `frame` as sent to `port` if the capture wants it (after it was
+/// handed to the port's queue).
+#[cold]
+fn capture_sent(cap: &Session, w: usize, port: &Port, frame: &[u8], scratch: &mut Scratch) {
+    if cap.drops_only() || !cap.wants(port.id) {
+        return;
+    }
+    if let Some(r) = cap.take(w, port.id, Direction::Out, frame) {
+        if scratch.cap_hold && scratch.cap_tx.is_none() {
+            scratch.cap_tx = Some(r);
+        } else {
+            cap.push(r);
+        }
+    }
+}
+
+#[inline(always)]
+fn judge(
     env: &Env<'_>,
     inp: &Port,
     frame: &mut [u8],
@@ -358,6 +449,11 @@ fn reply(
         Ok(()) => {
             bump(&pc.tx_packets, 1);
             bump(&pc.tx_bytes, n as u64);
+            if let Some(cap) = env.capture {
+                let out = std::mem::take(&mut scratch.out);
+                capture_sent(cap, env.w, inp, &out[..n], scratch);
+                scratch.out = out;
+            }
             Ok(Outcome::Answered)
         }
         Err(e) => {
@@ -388,8 +484,10 @@ pub(crate) fn transmit(
 ) -> Result<(), DropReason> {
     let dc = dst.counters.worker(env.w);
     let r = transmit_inner(env, dst, frame, vnet, scratch);
-    if r.is_err() {
-        bump(&dc.tx_dropped, 1);
+    match (r, env.capture) {
+        (Err(_), _) => bump(&dc.tx_dropped, 1),
+        (Ok(()), Some(cap)) => capture_sent(cap, env.w, dst, frame, scratch),
+        (Ok(()), None) => {}
     }
     r
 }

@@ -126,6 +126,7 @@ impl Datapath {
             w: 0,
             wc: &wc,
             overlay: None,
+            capture: None,
         };
         let dir = self.dir.load_full();
         let mut scratch = Scratch::default();

@@ -31,6 +31,8 @@
 //!   with a [`SHORT_PARK_MS`] timeout instead of a long one.
 //! * A queue that reports `PortError::Gone` sets the port's tombstone; the worker
 //!   skips it from then on and wakes the housekeeper, which removes the port.
+//! * Capture: per burst, one relaxed load of the capture's armed flag
+//!   ([`crate::capture`]); only when armed is the session loaded.
 //! * Cluster mode: worker `w` also reads underlay socket `w` (in every sweep, and
 //!   when epoll reports it; it is in the park set too), up to [`BURST`] reads,
 //!   with the rule snapshot and the directory loaded after the read
@@ -43,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::capture;
 use crate::config::PollMode;
 use crate::counters::bump;
 use filter::DropReason;
@@ -225,6 +228,7 @@ impl Worker {
             w: self.w,
             wc,
             overlay: None,
+            capture: None,
         };
         let mut n = 0;
         self.rounds = self.rounds.wrapping_add(1);
@@ -308,9 +312,11 @@ impl Worker {
             // descheduled between the wake-up and the read.
             let snap = dp.rules.load();
             let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
+            let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,
                 overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
+                capture: capture::of(&cap),
                 ..*env
             };
             burst.run(&env, got, |_| port, scratch);
@@ -351,9 +357,11 @@ impl Worker {
             let snap = dp.rules.load();
             let dir = dp.dir.load();
             let o = OverlayEnv { ov, dir: &dir };
+            let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,
                 overlay: Some(o),
+                capture: capture::of(&cap),
                 ..*env
             };
             let mut n = 0;
@@ -381,6 +389,7 @@ impl Worker {
         let table = dp.ports.load();
         let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
         let wc = &dp.wcounters[self.w];
+        let cap = dp.capture.load();
         let env = Env {
             snap: &snap,
             table: &table,
@@ -390,6 +399,7 @@ impl Worker {
             w: self.w,
             wc,
             overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
+            capture: capture::of(&cap),
         };
         let mut r = BurstResult::default();
         let mut ports: [Option<&Port>; BURST] = [None; BURST];
