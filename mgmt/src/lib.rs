@@ -13,6 +13,8 @@
 //! * [`cli`]: the `sgswitch` command line and its EC2-tool output format.
 //! * [`json`]: the documented, versioned shapes of `--json` output.
 //! * [`metrics`]: Prometheus text of the switch statistics.
+//! * [`pcapng`]: the capture file format of `sgswitch capture` (writer, reader).
+//! * [`capture`]: `sgswitch capture`'s stream: daemon side and client side.
 //! * [`instances`]: namespace instances and the uplink TAP.
 //! * [`qemu`]: QEMU guest instances (`run-instances --qemu`).
 //! * [`hostnet`]: rtnetlink reads of a namespace's links, addresses and routes
@@ -32,6 +34,7 @@ pub mod instances;
 pub mod json;
 pub mod logfmt;
 pub mod metrics;
+pub mod pcapng;
 pub mod qemu;
 pub mod store;
 pub mod testutil;
