@@ -22,6 +22,9 @@
 //!   `MalformedRequest`, `RequestTooLarge`, `ServiceUnavailable` and
 //!   `InternalError`.
 //! * A connection may carry any number of requests; the client closes it.
+//!   A started `capture` is the exception: it takes the connection over
+//!   (its own framing, see [`crate::capture`]) and the daemon closes it at
+//!   the end.
 //! * Hostile input never takes the daemon down: a line that is not UTF-8 or not a
 //!   valid request gets a `MalformedRequest` error and the connection stays usable;
 //!   a line longer than [`MAX_LINE`] bytes gets `RequestTooLarge` and the
@@ -30,7 +33,7 @@
 //!   once (more are answered with an error and closed). Each connection is served
 //!   by its own thread, which hands commands to the management thread over a channel.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -264,6 +267,27 @@ pub enum Command {
     /// drops by reason.
     InstanceStats {
         id: String,
+    },
+    /// Record frames at `target` (an instance id of the caller's, a port name
+    /// as `stats` shows it, or `all`) as a pcapng stream on this connection
+    /// ([`crate::capture`]): received from and sent to it, or with `drops`
+    /// only the dropped frames received from it, each with its reason. Limits
+    /// default to [`crate::capture::DEFAULT_COUNT`] frames,
+    /// [`crate::capture::DEFAULT_MAX_BYTES`] bytes of file and
+    /// [`crate::capture::DEFAULT_DURATION_SECS`] seconds; `snaplen` bytes kept
+    /// of each frame (default 2048). Only on the socket, one at a time.
+    Capture {
+        target: String,
+        #[serde(default)]
+        drops: bool,
+        #[serde(default)]
+        count: Option<u64>,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+        #[serde(default)]
+        duration_secs: Option<u64>,
+        #[serde(default)]
+        snaplen: Option<u32>,
     },
 }
 
@@ -528,6 +552,7 @@ impl Command {
             Command::Tagged { command, .. } => command.verb(),
             Command::DryRun { command } => command.verb(),
             Command::InstanceStats { .. } => "instance-stats",
+            Command::Capture { .. } => "capture",
         }
     }
 
@@ -546,6 +571,7 @@ impl Command {
                 | Command::DryRun { .. }
                 | Command::Trace { .. }
                 | Command::InstanceStats { .. }
+                | Command::Capture { .. }
         )
     }
 }
@@ -788,6 +814,12 @@ pub enum Response {
     },
     /// An edit that answers nothing but success (tags, descriptions).
     Done,
+    /// capture: started with these limits; the pcapng stream follows on the
+    /// connection ([`crate::capture`]).
+    CaptureStarted {
+        target: String,
+        limits: crate::capture::Limits,
+    },
 }
 
 /// An access key as listed: its id, owner and creation time, not its secret.
@@ -943,6 +975,15 @@ pub trait Handler: Send + Sync + 'static {
     /// Only the daemon's own EC2 front door asks this; it is no [`Command`], so
     /// nothing on the socket can.
     fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError>;
+
+    /// Start the capture of a [`Command::Capture`] request; the connection
+    /// then streams it ([`crate::capture::stream`]).
+    fn start_capture(&self, _req: Request) -> Result<crate::capture::Started, ApiError> {
+        Err(ApiError::new(
+            ErrorCode::InvalidAction,
+            "capture is not served here (no switch)",
+        ))
+    }
 }
 
 /// A plain function answers requests and knows no access keys.
@@ -968,7 +1009,8 @@ pub fn unknown_access_key(key_id: &str) -> ApiError {
 }
 
 /// Serve one connection until EOF, error, idle timeout or an oversized line.
-pub fn serve_connection<S: Read + Write>(stream: S, handler: &dyn Handler) -> io::Result<()> {
+/// A started capture takes the connection over until it ends.
+pub fn serve_connection(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let line = read_line_capped(&mut reader, MAX_LINE)?;
@@ -984,6 +1026,21 @@ pub fn serve_connection<S: Read + Write>(stream: S, handler: &dyn Handler) -> io
             }
             Line::Line(l) if l.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Line(l) => match decode_request(&l) {
+                Ok(req) if matches!(req.command, Command::Capture { .. }) => {
+                    match handler.start_capture(req) {
+                        Ok(started) => {
+                            let ok = Ok(Response::CaptureStarted {
+                                target: started.target.clone(),
+                                limits: started.limits,
+                            });
+                            let mut stream = reader.into_inner();
+                            stream.write_all(&encode_reply(ok))?;
+                            crate::capture::stream(stream, started)?;
+                            return Ok(());
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Ok(req) => handler.handle(req),
                 Err(e) => Err(e),
             },

@@ -290,6 +290,49 @@ pub enum Cmd {
         #[arg(long)]
         reply_of: bool,
     },
+    /// Record frames at a port into a pcapng file (or `-w -`: a pipe into
+    /// `tcpdump -r -` or Wireshark): received from and sent to it (direction
+    /// in each packet's flags), or with --drops only the frames it sent that
+    /// the switch dropped, each with `drop: REASON` (the reason `stats`
+    /// counts) as the packet's comment.  Stops at the first limit reached, or
+    /// at Ctrl-C, leaving a whole file; then prints on stderr: `sgswitch:
+    /// captured N frames (B bytes) at TARGET, stopped by count|max-bytes|
+    /// duration|client`, the drops by reason, and frames not captured
+    /// because the switch's capture ring was full.  One capture at a time.
+    /// `-r FILE` prints a capture file, one frame per line: TIME PORT in|out
+    /// LEN WHAT, and the drop comment.
+    Capture {
+        /// An instance of yours (i-...), a port name as `stats` prints it, or
+        /// `all`.
+        #[arg(required_unless_present = "read")]
+        target: Option<String>,
+        /// Only the frames received at the port and dropped, with their reason.
+        #[arg(long)]
+        drops: bool,
+        /// Stop after N frames [default: 10000].
+        #[arg(short = 'c', long = "count", value_name = "N")]
+        count: Option<u64>,
+        /// Stop before the file passes N bytes [default: 64 MiB].
+        #[arg(long, value_name = "N")]
+        max_bytes: Option<u64>,
+        /// Stop after SECS seconds [default: 60].
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Keep at most N bytes of each frame [default: 2048].
+        #[arg(short = 's', long = "snaplen", value_name = "N")]
+        snaplen: Option<u32>,
+        /// Write the pcapng file here (`-`: standard output).
+        #[arg(
+            short = 'w',
+            value_name = "FILE",
+            required_unless_present = "read",
+            conflicts_with = "read"
+        )]
+        write: Option<PathBuf>,
+        /// Print the frames of a capture file (no daemon needed).
+        #[arg(short = 'r', value_name = "FILE")]
+        read: Option<PathBuf>,
+    },
     /// Cluster mode: the lab's hosts.  Prints: HOST NAME UNDERLAY STATE
     /// REVISION INSTANCES (STATE live or lost; REVISION the newest model
     /// revision the host acknowledged enforcing).
@@ -730,6 +773,22 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             instance: Some(id), ..
         } => Command::InstanceStats { id: id.clone() },
         Cmd::Hosts => Command::Hosts,
+        Cmd::Capture {
+            target,
+            drops,
+            count,
+            max_bytes,
+            duration,
+            snaplen,
+            ..
+        } => Command::Capture {
+            target: target.clone().unwrap_or_default(),
+            drops: *drops,
+            count: *count,
+            max_bytes: *max_bytes,
+            duration_secs: *duration,
+            snaplen: *snaplen,
+        },
         Cmd::Trace {
             from,
             to,
@@ -964,6 +1023,10 @@ pub fn format_response(resp: &Response) -> String {
             }
         }
         Response::Done => {}
+        Response::CaptureStarted { target, limits } => line(format!(
+            "CAPTURE\t{target}\t{}\t{}\t{}\t{}",
+            limits.count, limits.max_bytes, limits.duration_secs, limits.snaplen
+        )),
         Response::AccessKeys { keys } => {
             for k in keys {
                 line(format!(

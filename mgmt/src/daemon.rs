@@ -154,6 +154,11 @@ pub enum Msg {
     /// Look up an access key for the EC2 front door (no [`api::Command`]:
     /// the socket cannot ask it).
     LookupAccessKey(String, mpsc::SyncSender<Result<KeySecret, ApiError>>),
+    /// Start a capture (its connection streams it).
+    StartCapture(
+        Request,
+        mpsc::SyncSender<Result<crate::capture::Started, ApiError>>,
+    ),
     /// Cluster mode: the etcd follower has news for the core.
     Wake,
     /// Stop and hand the core back.
@@ -183,6 +188,15 @@ impl MgmtHandle {
         rrx.recv().map_err(|_| gone())?
     }
 
+    /// [`Handler::start_capture`] on the management thread.
+    pub fn start_capture(&self, req: Request) -> Result<crate::capture::Started, ApiError> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::StartCapture(req, rtx))
+            .map_err(|_| gone())?;
+        rrx.recv().map_err(|_| gone())?
+    }
+
     /// Wake the management thread for cluster news.
     pub fn wake(&self) {
         let _ = self.tx.send(Msg::Wake);
@@ -206,6 +220,10 @@ impl Handler for MgmtHandle {
 
     fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
         MgmtHandle::lookup_access_key(self, key_id)
+    }
+
+    fn start_capture(&self, req: Request) -> Result<crate::capture::Started, ApiError> {
+        MgmtHandle::start_capture(self, req)
     }
 }
 
@@ -279,6 +297,14 @@ pub fn spawn_management_on(
                     }
                     Msg::LookupAccessKey(key_id, reply) => {
                         let _ = reply.send(core.lookup_access_key(&key_id));
+                    }
+                    Msg::StartCapture(req, reply) => {
+                        let started =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| core.start_capture(req)))
+                                .unwrap_or_else(|_| {
+                                    Err(ApiError::internal("starting the capture failed"))
+                                });
+                        let _ = reply.send(started);
                     }
                     Msg::Wake => {
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.poll_cluster()));

@@ -758,4 +758,33 @@ impl Dataplane for SwitchDataplane {
             .trace(frames)
             .map_err(|e| ApiError::new(filter::ErrorCode::InvalidParameterValue, e.to_string()))
     }
+    fn capture(
+        &self,
+        port: Option<&str>,
+        mut spec: switch::capture::CaptureSpec,
+    ) -> Result<switch::capture::Capture, ApiError> {
+        let sw = self.switch()?;
+        if let Some(name) = port {
+            let st = sw.stats();
+            let Some(p) = st.ports.iter().find(|p| p.name == name) else {
+                let names: Vec<&str> = st.ports.iter().map(|p| p.name.as_str()).collect();
+                return Err(ApiError::new(
+                    filter::ErrorCode::InvalidParameterValue,
+                    format!(
+                        "no port '{}' on the switch (ports: {}, or all)",
+                        name.escape_default(),
+                        names.join(", ")
+                    ),
+                ));
+            };
+            spec.port = Some(p.id);
+        }
+        sw.datapath().start_capture(spec).map_err(|e| {
+            let code = match e {
+                switch::capture::CaptureError::Busy => filter::ErrorCode::ServiceUnavailable,
+                _ => filter::ErrorCode::InvalidParameterValue,
+            };
+            ApiError::new(code, e.to_string())
+        })
+    }
 }

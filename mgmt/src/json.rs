@@ -460,7 +460,7 @@ pub fn response(resp: &Response) -> Document {
         }),
         Response::Rules { rules } => Payload::Rules(rules.clone()),
         Response::Tags { tags } => Payload::Tags(tags.clone()),
-        Response::Done => Payload::Done(true),
+        Response::Done | Response::CaptureStarted { .. } => Payload::Done(true),
         Response::AccessKeys { keys } => Payload::AccessKeys(
             keys.iter()
                 .map(|k| AccessKeyInfoJson {

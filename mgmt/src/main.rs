@@ -108,6 +108,32 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("sgswitch: {e}"), 1),
             }
         }
+        Cmd::Capture {
+            read: Some(file), ..
+        } => match std::fs::read(file) {
+            Ok(bytes) => match mgmt::capture::describe(&bytes) {
+                Ok(lines) => {
+                    let mut out = std::io::stdout().lock();
+                    for l in lines {
+                        if writeln!(out, "{l}").is_err() {
+                            break;
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("sgswitch capture: {}: {e}", file.display()), 1),
+            },
+            Err(e) => fail(format!("sgswitch capture: {}: {e}", file.display()), 1),
+        },
+        Cmd::Capture {
+            write: Some(file), ..
+        } => {
+            let req = match request(&cli, &matches) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            capture(&cli, &req, file)
+        }
         _ => {
             let req = match request(&cli, &matches) {
                 Ok(r) => r,
@@ -136,4 +162,45 @@ fn request(cli: &cli::Cli, matches: &clap::ArgMatches) -> Result<mgmt::api::Requ
 fn fail(msg: String, code: u8) -> ExitCode {
     eprintln!("{msg}");
     ExitCode::from(code)
+}
+
+/// `sgswitch capture ... -w FILE|-`: Ctrl-C (SIGINT, SIGTERM) asks the daemon
+/// to end the capture; the file is then completed, never cut in a block.
+fn capture(cli: &cli::Cli, req: &mgmt::api::Request, file: &std::path::Path) -> ExitCode {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut out: Box<dyn Write> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        match std::fs::File::create(file) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return fail(format!("sgswitch capture: {}: {e}", file.display()), 1),
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGINT);
+    sigs.add(Signal::SIGTERM);
+    // Blocked here and in the waiting thread (which inherits the mask), so
+    // the signal is taken by `wait`, not by the default action.
+    if sigs.thread_block().is_ok() {
+        let stop = stop.clone();
+        let _ = std::thread::Builder::new()
+            .name("sgswitch-sigwait".into())
+            .spawn(move || {
+                if sigs.wait().is_ok() {
+                    stop.store(true, Ordering::Release);
+                }
+            });
+    }
+    let (msg, code) = mgmt::capture::client(&cli.socket, req, &mut out, &stop);
+    let flushed = out.flush();
+    let _ = std::io::stderr().write_all(msg.as_bytes());
+    match flushed {
+        Err(e) if code == 0 && e.kind() != std::io::ErrorKind::BrokenPipe => {
+            fail(format!("sgswitch capture: {}: {e}", file.display()), 1)
+        }
+        _ => ExitCode::from(code as u8),
+    }
 }

@@ -379,6 +379,9 @@ mod tests {
             assert!(read(&v[..cut]).is_err(), "cut at {cut}");
         }
         let shb_len = u32_at(&v, 4).unwrap() as usize;
-        assert_eq!(read(&v[shb_len..]).unwrap_err().what, "no section header first");
+        assert_eq!(
+            read(&v[shb_len..]).unwrap_err().what,
+            "no section header first"
+        );
     }
 }

@@ -201,6 +201,18 @@ pub trait Dataplane: Send {
             "no switch runs in this daemon: nothing to trace",
         ))
     }
+    /// Start capturing at the port named `port` (`None`: every port); see
+    /// `switch::capture`.
+    fn capture(
+        &self,
+        _port: Option<&str>,
+        _spec: switch::capture::CaptureSpec,
+    ) -> Result<switch::capture::Capture, ApiError> {
+        Err(ApiError::new(
+            ErrorCode::InvalidAction,
+            "no switch runs in this daemon: nothing to capture",
+        ))
+    }
 }
 
 /// Settings of the core.
@@ -465,6 +477,52 @@ impl Core {
         Ok(core)
     }
 
+    /// Start the capture of a [`Command::Capture`] request (the caller
+    /// streams it): the target is one of the owner's instances, a port name,
+    /// or `all`.
+    pub fn start_capture(&mut self, req: Request) -> Result<crate::capture::Started, ApiError> {
+        let Command::Capture {
+            target,
+            drops,
+            count,
+            max_bytes,
+            duration_secs,
+            snaplen,
+        } = req.command
+        else {
+            return Err(ApiError::internal("not a capture request"));
+        };
+        let owner_text = req
+            .owner
+            .as_deref()
+            .unwrap_or(&self.cfg.default_owner.0)
+            .to_owned();
+        let owner = Owner::parse(&owner_text)?;
+        let limits = crate::capture::Limits::of(drops, count, max_bytes, duration_secs, snaplen)?;
+        if target.starts_with("i-") {
+            self.owned_ids(&owner, std::slice::from_ref(&target))?;
+        }
+        let port = (target != "all").then_some(target.as_str());
+        let spec = switch::capture::CaptureSpec {
+            port: None,
+            drops_only: limits.drops_only,
+            snaplen: limits.snaplen as usize,
+            ring: switch::capture::RING_RECORDS,
+        };
+        let capture = self.dp.capture(port, spec)?;
+        tracing::info!(
+            owner = %owner_text,
+            target = %target,
+            drops_only = limits.drops_only,
+            "capture at {target} started by {owner_text}"
+        );
+        Ok(crate::capture::Started {
+            capture,
+            limits,
+            target,
+        })
+    }
+
     /// Answer one request.
     ///
     /// Every edit (whatever its outcome) is logged at info: owner, command,
@@ -620,6 +678,10 @@ impl Core {
             Command::DescribeTags => Ok(self.describe_tags(&owner)),
             Command::Tagged { command, tags } => self.tagged(&owner, *command, tags),
             Command::DryRun { command } => self.dry_run(&owner, *command),
+            Command::Capture { .. } => Err(ApiError::new(
+                ErrorCode::InvalidAction,
+                "capture streams frames on its own connection of the API socket (sgswitch capture)",
+            )),
             Command::InstanceStats { id } => {
                 let ids = self.owned_ids(&owner, std::slice::from_ref(&id))?;
                 self.refresh(&ids);
