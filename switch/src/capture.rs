@@ -6,6 +6,10 @@
 //!   received from a port ([`Direction::In`]) and sent to it
 //!   ([`Direction::Out`]), of one port or of all, or with `drops_only` only the
 //!   frames received and then dropped, each with its reason ([`Verdict`]).
+//!   A frame addressed to the one captured port (by its IPv4 destination)
+//!   that the switch dropped on the way (the rules, connection tracking) is
+//!   recorded there as [`Direction::Out`] with its reason: "sent to it" but
+//!   not delivered, which is what "why can't I reach my instance" asks.
 //! * Cost when no capture runs: one relaxed load of the `armed` flag per burst
 //!   ([`CaptureSlot::load`]); the pipeline then sees `Env::capture == None` and
 //!   takes its usual path. Armed, the session is loaded once per burst
@@ -453,9 +457,9 @@ mod tests {
             .unwrap();
         w.poll_once();
         let recs = drained(&cap);
-        // At port b: the allowed datagram sent to it, and b's own datagram
-        // received from it (and sent to a: not b's business). The blocked one
-        // never reached b.
+        // At port b: the allowed datagram sent to it, the blocked one on its
+        // way to it with the reason it did not arrive, and b's own datagram
+        // received from it (its copy sent to a is not b's business).
         let seen: Vec<(Direction, usize, Option<Verdict>)> = recs
             .iter()
             .map(|r| (r.dir, r.orig_len as usize, r.dropped))
@@ -464,6 +468,7 @@ mod tests {
             seen,
             [
                 (Direction::Out, allowed.len(), None),
+                (Direction::Out, 52, Some(Verdict::Drop(DropReason::NoRule))),
                 (Direction::In, 52, None)
             ]
         );

@@ -47,7 +47,9 @@
 //!     the remote instance's MAC. Overlay refusals are `Outcome::VxlanDropped`.
 //!   - Capture ([`crate::capture`]): with `env.capture` set, frames of the
 //!     captured port(s) are recorded as received (with the drop reason when
-//!     dropped) and as sent; without it the pipeline does nothing more.
+//!     dropped) and as sent, and frames addressed to the one captured port
+//!     that were dropped on the way as sent with their reason; without it the
+//!     pipeline does nothing more.
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
@@ -250,6 +252,10 @@ fn judge_captured(
     scratch: &mut Scratch,
 ) -> Outcome {
     let wanted = cap.wants(inp.id);
+    let dst = match &parsed {
+        Ok(Parsed::Ipv4 { pkt, .. }) => Some(pkt.key.dst),
+        _ => None,
+    };
     let rx = if wanted && !cap.drops_only() {
         cap.take(env.w, inp.id, Direction::In, frame)
     } else {
@@ -270,6 +276,18 @@ fn judge_captured(
         }
         (None, Some(why)) if wanted && cap.drops_only() => {
             if let Some(mut r) = cap.take(env.w, inp.id, Direction::In, frame) {
+                r.dropped = Some(why);
+                cap.push(r);
+            }
+        }
+        // Dropped on its way to the one captured port: recorded there as
+        // "to it", with the reason it did not arrive.
+        (None, Some(why)) if !wanted => {
+            if let Some(p) = cap.spec().port
+                && let Some(to) = dst.and_then(|d| env.table.by_ip(d))
+                && to.id == p
+                && let Some(mut r) = cap.take(env.w, p, Direction::Out, frame)
+            {
                 r.dropped = Some(why);
                 cap.push(r);
             }
