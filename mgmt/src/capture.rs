@@ -500,13 +500,12 @@ pub fn describe(bytes: &[u8]) -> Result<Vec<String>, pcapng::ReadError> {
 fn decode(frame: &[u8]) -> String {
     use filter::parse::Parsed;
     match filter::parse_frame(frame) {
+        Ok(Parsed::Arp { arp, .. }) if arp.op == filter::parse::ARP_REQUEST => {
+            format!("ARP who-has {} tell {}", arp.tpa, arp.spa)
+        }
         Ok(Parsed::Arp { arp, .. }) => {
-            let op = if arp.op == filter::parse::ARP_REQUEST {
-                "who-has"
-            } else {
-                "reply"
-            };
-            format!("ARP {op} {} tell {}", arp.tpa, arp.spa)
+            let mac = crate::store::format_mac(&arp.sha);
+            format!("ARP reply {} is-at {mac}", arp.spa)
         }
         Ok(Parsed::Ipv4 { pkt, .. }) => {
             let k = pkt.key;
@@ -521,7 +520,10 @@ fn decode(frame: &[u8]) -> String {
                 p => format!("IP proto {p} {} > {}", k.src, k.dst),
             }
         }
-        Err(r) => format!("(unparsed: {})", r.name()),
+        Err(_) if frame.len() >= 14 => {
+            format!("ethertype {:#06x}", u16::from_be_bytes([frame[12], frame[13]]))
+        }
+        Err(r) => format!("({})", r.name()),
     }
 }
 

@@ -16,6 +16,8 @@
 //! * The connection table is backed by 2 MiB huge pages where the kernel allows
 //!   it ([`crate::sys::advise_hugepages`], best effort): a first packet's insert
 //!   into the cold table then costs one cache miss, not a miss and a page walk.
+//! * Workers are pinned to cores with `pin_cores`; each pinning, done or
+//!   failed, is logged (`tracing`, info or warn) naming the worker and core.
 //! * [`Datapath`] can also be driven without threads — [`Datapath::worker`] gives
 //!   a [`Worker`] whose `poll_once`/`process_burst` a test or benchmark calls.
 
@@ -353,6 +355,28 @@ pub enum PortStatus {
     Unknown,
 }
 
+/// Pin the calling thread (worker `w`) to `core`; says so in the event log
+/// either way (a worker left unpinned still runs, only less predictably).
+fn pin_worker(w: usize, core: core_affinity::CoreId) -> bool {
+    let ok = core_affinity::set_for_current(core);
+    if ok {
+        tracing::info!(
+            worker = w,
+            core = core.id,
+            "worker {w} pinned to core {}",
+            core.id
+        );
+    } else {
+        tracing::warn!(
+            worker = w,
+            core = core.id,
+            "worker {w} could not be pinned to core {} (it runs unpinned)",
+            core.id
+        );
+    }
+    ok
+}
+
 /// A running switch: the datapath plus its worker and housekeeper threads.
 pub struct Switch {
     dp: Arc<Datapath>,
@@ -403,7 +427,7 @@ impl Switch {
                 .name(format!("sgsw-worker-{w}"))
                 .spawn(move || {
                     if let Some(core) = core {
-                        core_affinity::set_for_current(core);
+                        pin_worker(w, core);
                     }
                     worker.run(mode);
                 })
@@ -482,5 +506,61 @@ impl Switch {
 impl Drop for Switch {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::pin_worker;
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pinning_is_logged_whether_it_works_or_not() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        // Pin a helper thread, not the test harness's.
+        let (good, bad) = std::thread::spawn(move || {
+            tracing::subscriber::with_default(sub, || {
+                let first = core_affinity::get_core_ids()
+                    .and_then(|c| c.first().copied())
+                    .map(|c| pin_worker(3, c));
+                let bad = pin_worker(4, core_affinity::CoreId { id: 1023 });
+                (first, bad)
+            })
+        })
+        .join()
+        .unwrap();
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(!bad, "core 1023 does not exist here");
+        assert!(
+            log.contains("WARN") && log.contains("worker 4 could not be pinned to core 1023"),
+            "{log}"
+        );
+        if good == Some(true) {
+            assert!(
+                log.contains("INFO") && log.contains("worker 3 pinned to core"),
+                "{log}"
+            );
+        }
     }
 }

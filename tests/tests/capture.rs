@@ -126,6 +126,7 @@ fn capture_shows_allowed_and_blocked_frames_with_the_drop_reason() {
         String::from_utf8_lossy(&td.stderr)
     );
     let ip = inst.ip.to_string();
+    println!("{summary}tcpdump -nn -r:\n{text}");
     assert!(text.contains(&format!("> {ip}.80: Flags [S]")), "{text}");
     assert!(
         text.contains(&format!("{ip}.80 > {OUTSIDE}.")),
@@ -136,6 +137,7 @@ fn capture_shows_allowed_and_blocked_frames_with_the_drop_reason() {
     // The packet comments: the SYN to 22 dropped for no_rule, the port 80
     // frames without a comment; directions from the instance's port.
     let read = lab.cli_ok(&["capture", "-r", file.to_str().expect("path")]);
+    println!("capture -r:\n{read}");
     let lines: Vec<&str> = read.lines().collect();
     let to22: Vec<&&str> = lines
         .iter()
