@@ -155,7 +155,53 @@ fn capture_shows_allowed_and_blocked_frames_with_the_drop_reason() {
         "{read}"
     );
 
-    // 2. Bounds: -c 3 through a pipe into tcpdump gives exactly 3 frames.
+    // 2. --drops: only the dropped frames, each with its reason; the allowed
+    // connection is not in the file. Ends by its duration.
+    let file3 = lab.dir.join("drops.pcapng");
+    let err3 = lab.dir.join("capture3.err");
+    let mut bg = start_capture(
+        &lab,
+        &[
+            &inst.id,
+            "--drops",
+            "--duration",
+            "3",
+            "-w",
+            file3.to_str().expect("path"),
+        ],
+        &lab.dir.join("capture3.out"),
+        &err3,
+    );
+    wait_started(&lab, 2);
+    assert_eq!(lab.connect(&lab.uplink_ns, inst.ip, 80), Reach::Open);
+    assert_eq!(lab.connect(&lab.uplink_ns, inst.ip, 22), Reach::Timeout);
+    let st = wait_exit(&mut bg, Duration::from_secs(10));
+    let summary = std::fs::read_to_string(&err3).unwrap_or_default();
+    assert!(
+        st.success() && summary.contains("stopped by duration"),
+        "{summary}"
+    );
+    let td = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&file3)
+        .output()
+        .expect("tcpdump");
+    assert!(td.status.success());
+    let read = lab.cli_ok(&["capture", "-r", file3.to_str().expect("path")]);
+    println!(
+        "--drops: {summary}tcpdump:\n{}{}capture -r:\n{read}",
+        String::from_utf8_lossy(&td.stderr),
+        String::from_utf8_lossy(&td.stdout)
+    );
+    assert!(read.lines().all(|l| l.contains("  drop: ")), "{read}");
+    assert!(!read.contains(":80"), "{read}");
+    assert!(
+        read.lines()
+            .any(|l| l.contains(&format!("> {ip}:22")) && l.ends_with("drop: no_rule")),
+        "{read}"
+    );
+
+    // 3. Bounds: -c 3 through a pipe into tcpdump gives exactly 3 frames.
     let sh = format!(
         "{} --socket {} capture {} -c 3 -w - | tcpdump -nn -r - 2>/dev/null",
         sgswitch_bin().display(),
@@ -171,7 +217,7 @@ fn capture_shows_allowed_and_blocked_frames_with_the_drop_reason() {
         .stderr(File::create(&err2).expect("file"))
         .spawn()
         .expect("sh"));
-    wait_started(&lab, 2);
+    wait_started(&lab, 3);
     for _ in 0..3 {
         assert_eq!(lab.connect(&lab.uplink_ns, inst.ip, 80), Reach::Open);
     }
