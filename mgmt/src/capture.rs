@@ -221,7 +221,7 @@ pub fn stream(stream: UnixStream, started: Started) -> io::Result<Summary> {
     let t0 = Instant::now();
     let deadline = Duration::from_secs(limits.duration_secs);
     let mut last_write = Instant::now();
-    let mut recs: Vec<Box<Record>> = Vec::with_capacity(4096);
+    let mut recs: Vec<Record> = Vec::with_capacity(4096);
     let mut stopped: Option<&'static str> = None;
     let mut sent = Ok(());
     loop {
@@ -521,7 +521,10 @@ fn decode(frame: &[u8]) -> String {
             }
         }
         Err(_) if frame.len() >= 14 => {
-            format!("ethertype {:#06x}", u16::from_be_bytes([frame[12], frame[13]]))
+            format!(
+                "ethertype {:#06x}",
+                u16::from_be_bytes([frame[12], frame[13]])
+            )
         }
         Err(r) => format!("({})", r.name()),
     }

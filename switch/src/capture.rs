@@ -132,8 +132,8 @@ pub enum CaptureError {
 
 /// One worker's record pool and queue to the reader.
 struct Ring {
-    free: ArrayQueue<Box<Record>>,
-    full: ArrayQueue<Box<Record>>,
+    free: ArrayQueue<Record>,
+    full: ArrayQueue<Record>,
     /// Frames not captured because the pool was empty (written by the worker only).
     lost: AtomicU64,
 }
@@ -150,7 +150,7 @@ impl Session {
             .map(|w| {
                 let free = ArrayQueue::new(spec.ring);
                 for _ in 0..spec.ring {
-                    let _ = free.push(Box::new(Record {
+                    let _ = free.push(Record {
                         ts_ns: 0,
                         port: PortId(0),
                         dir: Direction::In,
@@ -158,7 +158,7 @@ impl Session {
                         dropped: None,
                         data: Vec::with_capacity(spec.snaplen),
                         worker: w,
-                    }));
+                    });
                 }
                 CachePadded::new(Ring {
                     free,
@@ -192,7 +192,7 @@ impl Session {
         port: PortId,
         dir: Direction,
         frame: &[u8],
-    ) -> Option<Box<Record>> {
+    ) -> Option<Record> {
         let ring = &self.rings[w];
         let Some(mut r) = ring.free.pop() else {
             bump(&ring.lost, 1);
@@ -213,13 +213,13 @@ impl Session {
     }
 
     /// Hand a finished record to the reader.
-    pub(crate) fn push(&self, r: Box<Record>) {
+    pub(crate) fn push(&self, r: Record) {
         // The queue holds as many records as the pool: a push cannot fail.
         let _ = self.rings[r.worker].full.push(r);
     }
 
     /// Move every finished record of every worker into `out` (the reader).
-    pub fn drain(&self, out: &mut Vec<Box<Record>>) {
+    pub fn drain(&self, out: &mut Vec<Record>) {
         for ring in self.rings.iter() {
             while let Some(r) = ring.full.pop() {
                 out.push(r);
@@ -228,7 +228,7 @@ impl Session {
     }
 
     /// Give a drained record back to its worker's pool.
-    pub fn recycle(&self, r: Box<Record>) {
+    pub fn recycle(&self, r: Record) {
         let _ = self.rings[r.worker].free.push(r);
     }
 
@@ -422,7 +422,7 @@ mod tests {
         v
     }
 
-    fn drained(c: &Capture) -> Vec<Box<Record>> {
+    fn drained(c: &Capture) -> Vec<Record> {
         let mut v = Vec::new();
         c.session().drain(&mut v);
         v

@@ -135,7 +135,7 @@ pub struct Scratch {
     /// the record of a frame sent meanwhile waits in `cap_tx` so that it
     /// follows the received one.
     pub cap_hold: bool,
-    pub cap_tx: Option<Box<Record>>,
+    pub cap_tx: Option<Record>,
 }
 
 impl Default for Scratch {
