@@ -9,6 +9,9 @@
 //!   thread that decodes requests and hands them to the management thread through
 //!   a [`MgmtHandle`], waiting for the answer. A slow or hostile client only ever
 //!   blocks its own thread.
+//! * A `capture` connection's thread streams the capture itself
+//!   ([`crate::capture`]): the management thread only starts it (resolves the
+//!   target, arms the switch) and goes on answering other requests.
 //! * The optional **metrics thread** ([`crate::metrics`]) asks the management
 //!   thread for statistics once a second.
 //! * The main thread blocks SIGINT/SIGTERM before any thread is spawned (so every
