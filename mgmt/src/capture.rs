@@ -204,8 +204,23 @@ pub fn stream(stream: UnixStream, started: Started) -> io::Result<Summary> {
         let _ = std::thread::Builder::new()
             .name("sgswitch-capture-watch".into())
             .spawn(move || {
+                // The connection's idle timeout applies to this read too:
+                // a quiet client is no client gone.
                 let mut b = [0u8; 64];
-                while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+                loop {
+                    match r.read(&mut b) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock
+                                    | io::ErrorKind::TimedOut
+                                    | io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
                 done.store(true, Ordering::Release);
             });
     }
@@ -552,6 +567,151 @@ mod tests {
         assert!(msg(Limits::of(false, None, Some(10), None, None)).contains("max-bytes 10"));
         assert!(msg(Limits::of(false, None, None, Some(0), None)).contains("duration 0"));
         assert!(msg(Limits::of(false, None, None, None, Some(70_000))).contains("snaplen 70000"));
+    }
+
+    /// A UDP datagram between two instances of the test segment.
+    fn udp(src: u8, dst: u8, payload: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x08, 0x00];
+        let total = (20 + 8 + payload) as u16;
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+        ]);
+        f.extend_from_slice(&[0, 0, 172, 31, 0, src, 172, 31, 0, dst]);
+        let sum = ip_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        let ulen = (8 + payload) as u16;
+        f.extend_from_slice(&[0x0f, 0xa0, 0, 53, (ulen >> 8) as u8, ulen as u8, 0, 0]);
+        f.extend(std::iter::repeat_n(7u8, payload));
+        f
+    }
+
+    fn ip_checksum(h: &[u8]) -> u16 {
+        let mut sum: u32 = h
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// The daemon side against a real datapath (in-memory ports): the file
+    /// stops before passing max-bytes, and reads back whole.
+    #[test]
+    fn the_stream_stops_before_max_bytes_with_a_whole_file() {
+        use filter::model::{Instance, Model, Owner, RuleSpec};
+        use switch::port::VnetHdr;
+        use switch::{PortRole, PortSpec, SwitchConfig, mem_port};
+
+        let owner = Owner("111122223333".into());
+        let mut m = Model::new(filter::model::Limits::default());
+        m.add_group(&owner, "g", "t").unwrap();
+        let rule = RuleSpec {
+            proto: Some("udp".into()),
+            ports: Some("53".into()),
+            cidrs: vec!["172.31.0.0/16".into()],
+            ..RuleSpec::default()
+        };
+        m.authorize(&owner, "g", &rule).unwrap();
+        let dp = switch::Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1 << 12),
+            ..SwitchConfig::default()
+        })
+        .unwrap();
+        let mut peers = Vec::new();
+        for k in [10u8, 11] {
+            let (mac, ip) = ([2, 0, 0, 0, 0, k], std::net::Ipv4Addr::new(172, 31, 0, k));
+            let id = format!("i-{k:08x}");
+            m.add_instance(Instance {
+                id: id.clone(),
+                owner: owner.clone(),
+                mac,
+                ip,
+                groups: vec!["g".into()],
+            })
+            .unwrap();
+            let (queues, peer) = mem_port(1);
+            let role = PortRole::Instance {
+                id: id.clone(),
+                mac,
+                ip,
+            };
+            dp.add_port(PortSpec {
+                name: id,
+                role,
+                queues,
+            })
+            .unwrap();
+            peers.push(peer);
+        }
+        dp.publish_rules(filter::compile(&m, 1));
+        let capture = dp
+            .start_capture(switch::capture::CaptureSpec::default())
+            .unwrap();
+        let limits = Limits::of(false, None, Some(4096), Some(20), None).unwrap();
+        let (server, client) = UnixStream::pair().unwrap();
+        let daemon = std::thread::spawn(move || {
+            let target = "all".to_owned();
+            stream(
+                server,
+                Started {
+                    capture,
+                    limits,
+                    target,
+                },
+            )
+            .unwrap()
+        });
+        let mut w = dp.worker(0);
+        for _ in 0..40 {
+            peers[0]
+                .inject(0, &udp(10, 11, 200), VnetHdr::default())
+                .unwrap();
+        }
+        while w.poll_once() > 0 {}
+        let mut file = Vec::new();
+        let stop = AtomicBool::new(false);
+        let (s, err) = receive(&mut BufReader::new(client), &mut file, &stop).unwrap();
+        assert!(err.is_none());
+        assert_eq!(s, daemon.join().unwrap());
+        assert_eq!(s.stopped_by, "max-bytes");
+        assert_eq!(s.bytes, file.len() as u64);
+        assert!(
+            file.len() <= 4096 && file.len() > 4096 - 300,
+            "{}",
+            file.len()
+        );
+        let blocks = pcapng::read(&file).expect("whole file");
+        let packets = blocks
+            .iter()
+            .filter(|b| matches!(b, pcapng::Block::Packet(_)))
+            .count();
+        assert_eq!(packets as u64, s.frames);
+        // Received at i-0000000a, sent to i-0000000b: two interfaces.
+        let names: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| match b {
+                pcapng::Block::Interface { name, .. } => name.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["i-0000000a", "i-0000000b"]);
+        // The capture was disarmed: a new one can start.
+        assert!(
+            dp.start_capture(switch::capture::CaptureSpec::default())
+                .is_ok()
+        );
     }
 
     #[test]

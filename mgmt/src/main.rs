@@ -173,10 +173,10 @@ fn capture(cli: &cli::Cli, req: &mgmt::api::Request, file: &std::path::Path) -> 
     let mut out: Box<dyn Write> = if file.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        match std::fs::File::create(file) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => return fail(format!("sgswitch capture: {}: {e}", file.display()), 1),
-        }
+        Box::new(LazyFile {
+            path: file.to_owned(),
+            f: None,
+        })
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut sigs = SigSet::empty();
@@ -202,5 +202,28 @@ fn capture(cli: &cli::Cli, req: &mgmt::api::Request, file: &std::path::Path) -> 
             fail(format!("sgswitch capture: {}: {e}", file.display()), 1)
         }
         _ => ExitCode::from(code as u8),
+    }
+}
+
+/// The capture file, created at the first write: a refused capture leaves an
+/// existing file as it was and makes none.
+struct LazyFile {
+    path: std::path::PathBuf,
+    f: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Write for LazyFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.f.is_none() {
+            let f = std::fs::File::create(&self.path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+            })?;
+            self.f = Some(std::io::BufWriter::new(f));
+        }
+        self.f.as_mut().map_or(Ok(0), |f| f.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.f.as_mut().map_or(Ok(()), |f| f.flush())
     }
 }

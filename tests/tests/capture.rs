@@ -92,7 +92,9 @@ fn capture_shows_allowed_and_blocked_frames_with_the_drop_reason() {
     );
     wait_started(&lab, 1);
     // One capture at a time: a second is refused with a clear error.
-    let second = lab.cli(&["capture", "all", "-w", "/dev/null"]);
+    let refused = lab.dir.join("refused.pcapng");
+    let second = lab.cli(&["capture", "all", "-w", refused.to_str().expect("path")]);
+    assert!(!refused.exists(), "a refused capture makes no file");
     assert_eq!(second.code, Some(1), "{second:?}");
     assert!(
         second.stderr.contains("ServiceUnavailable") && second.stderr.contains("already running"),
