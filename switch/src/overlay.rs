@@ -40,6 +40,10 @@
 //!   then conntrack (a reply to a flow our instance opened passes) or the
 //!   destination's ingress rules (group-source rules match the remote member by
 //!   its address, which the verification tied to its identity), then the port.
+//! * Flow logs: a cross-host flow is logged on each instance's own host — the
+//!   sender's egress record where it enters the overlay (the pipeline), the
+//!   receiver's ACCEPT/REJECT record here, after the ingress verdict. Frames
+//!   refused before it (`VxlanDrop`) are not flow-logged.
 //! * Counters: per worker (`WorkerCounters::vxlan_drops`, `underlay_*`), summed in
 //!   [`crate::Stats`].
 
@@ -53,6 +57,7 @@ use filter::{DropReason, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
+use crate::flowlog::{self, Recorder};
 use crate::offload::{self, complete_csum, segment};
 use crate::pipeline::{Env, Scratch, known_instance, transmit};
 use crate::port::VnetHdr;
@@ -596,7 +601,7 @@ pub(crate) fn receive(
         count += 1;
         bump(&env.wc.underlay_rx_packets, 1);
         bump(&env.wc.underlay_rx_bytes, d.len() as u64);
-        let r = check_inner(env, o, from, d).and_then(|port| {
+        let r = check_inner(env, o, from, d, &mut scratch.flows).and_then(|port| {
             let frame = &mut d[VXLAN_HDR_LEN..];
             if port.queues[env.w].offloads()
                 && let Some(t) = TcpSeg::of(frame)
@@ -651,6 +656,7 @@ fn check_inner<'t>(
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
+    flows: &mut Option<Recorder>,
 ) -> Result<&'t Arc<Port>, Refused> {
     let (header, inner) = vxlan::decap_udp_payload(buf, o.ov.cfg.vni)?;
     let d = Decapped {
@@ -662,7 +668,13 @@ fn check_inner<'t>(
     };
     vxlan::check_sender(o.dir, &d)?;
     let frame = &mut buf[VXLAN_HDR_LEN..];
-    let Parsed::Ipv4 { pkt, eth, .. } = parse_frame(frame)? else {
+    let Parsed::Ipv4 {
+        pkt,
+        eth,
+        l3_offset,
+        ..
+    } = parse_frame(frame)?
+    else {
         // check_sender admits untagged IPv4 only.
         return Err(VxlanDrop::InnerNotIpv4.into());
     };
@@ -680,8 +692,16 @@ fn check_inner<'t>(
     }
     let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    env.ct
-        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
+    let verdict = env
+        .ct
+        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip));
+    if let Some(rec) = flows {
+        // The receiver's record (the sender's host logged the egress one).
+        let bytes = frame.len().saturating_sub(usize::from(l3_offset)) as u64;
+        let a = flowlog::ingress_action(verdict);
+        rec.record(dst, &pkt.key, a, 1, bytes, env.now);
+    }
+    verdict?;
     frame[0..6].copy_from_slice(&mac);
     Ok(port)
 }

@@ -62,6 +62,7 @@ use ipnet::Ipv4Net;
 use crate::arp::{self, GATEWAY_MAC};
 use crate::counters::{PortCounters, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
+use crate::flowlog::{self, Recorder};
 use crate::offload::{complete_csum, segment};
 use crate::overlay::{self, OverlayEnv};
 use crate::port::{PortError, VnetHdr};
@@ -123,6 +124,8 @@ pub struct Scratch {
     /// Cluster mode: where segments of a super-frame are batched for one UDP
     /// GSO send (empty without an overlay).
     pub gso: Box<[u8]>,
+    /// Flow logs: this worker's aggregation table ([`crate::flowlog`]).
+    pub flows: Option<Recorder>,
 }
 
 impl Default for Scratch {
@@ -131,6 +134,7 @@ impl Default for Scratch {
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             saw_gone: false,
             gso: Box::default(),
+            flows: None,
         }
     }
 }
@@ -223,6 +227,11 @@ pub fn process_prepared(
         check_offload(&p, vnet)?;
         decide(env, inp, frame, p)
     });
+    if let Some(rec) = scratch.flows.as_mut()
+        && let Ok(p) = &parsed
+    {
+        log_flow(env, rec, inp, p, frame.len(), vnet, &decided);
+    }
     let result = match decided {
         Ok(Action::Forward { to, dst_mac }) => {
             if let Some(m) = dst_mac {
@@ -293,6 +302,52 @@ pub fn process_prepared(
             bump(&pc.drops[r.index()], 1);
             Outcome::Dropped(r)
         }
+    }
+}
+
+/// Flow logs: record an IPv4 packet's verdict on the instance interfaces it
+/// crosses (the sender's, the receiver's), see [`crate::flowlog`]. Frames that
+/// did not reach the verdict are not recorded.
+#[inline]
+fn log_flow(
+    env: &Env<'_>,
+    rec: &mut Recorder,
+    inp: &Port,
+    parsed: &Parsed,
+    frame_len: usize,
+    vnet: &VnetHdr,
+    decided: &Result<Action<'_>, DropReason>,
+) {
+    let Parsed::Ipv4 {
+        pkt,
+        l3_offset,
+        payload_offset,
+        ..
+    } = parsed
+    else {
+        return;
+    };
+    let (to, verdict) = match decided {
+        Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
+        Ok(Action::Overlay { .. }) => (None, Ok(())),
+        Err(r) if flowlog::is_verdict(*r) => (env.table.by_ip(pkt.key.dst).map(|p| &**p), Err(*r)),
+        _ => return,
+    };
+    let ip_bytes = frame_len.saturating_sub(usize::from(*l3_offset));
+    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
+    let gso = if vnet.gso_type == VnetHdr::GSO_NONE {
+        0
+    } else {
+        vnet.gso_size
+    };
+    let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
+    if let Kind::Instance { ip, .. } = inp.kind {
+        let a = flowlog::egress_action(verdict);
+        rec.record(ip, &pkt.key, a, packets, bytes, env.now);
+    }
+    if let Some(Kind::Instance { ip, .. }) = to.map(|p| p.kind) {
+        let a = flowlog::ingress_action(verdict);
+        rec.record(ip, &pkt.key, a, packets, bytes, env.now);
     }
 }
 

@@ -31,6 +31,10 @@
 //!   with a [`SHORT_PARK_MS`] timeout instead of a long one.
 //! * A queue that reports `PortError::Gone` sets the port's tombstone; the worker
 //!   skips it from then on and wakes the housekeeper, which removes the port.
+//! * Flow logs: the worker's aggregation table lives in its scratch space; at
+//!   every wake-up it checks the interval boundary once
+//!   ([`crate::flowlog::Recorder::tick`]) and hands the table over past it; on
+//!   exit it hands over what it holds.
 //! * Cluster mode: worker `w` also reads underlay socket `w` (in every sweep, and
 //!   when epoll reports it; it is in the park set too), up to [`BURST`] reads,
 //!   with the rule snapshot and the directory loaded after the read
@@ -177,7 +181,10 @@ impl Worker {
             }
             Some((e, EpollEvents::with_capacity(64)))
         });
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch {
+            flows: dp.take_recorder(w),
+            ..Scratch::default()
+        };
         if dp.overlay.is_some() {
             scratch.gso = vec![0u8; GSO_BUF_LEN].into_boxed_slice();
         }
@@ -216,12 +223,16 @@ impl Worker {
             self.synced_version = table.version;
         }
         let wc = &dp.wcounters[self.w];
+        let now = dp.now_secs();
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.tick(now);
+        }
         let env = Env {
             snap: &snap,
             table: &table,
             ct: &dp.ct,
             net: &dp.net,
-            now: dp.now_secs(),
+            now,
             w: self.w,
             wc,
             overlay: None,
@@ -381,12 +392,16 @@ impl Worker {
         let table = dp.ports.load();
         let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
         let wc = &dp.wcounters[self.w];
+        let now = dp.now_secs();
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.tick(now);
+        }
         let env = Env {
             snap: &snap,
             table: &table,
             ct: &dp.ct,
             net: &dp.net,
-            now: dp.now_secs(),
+            now,
             w: self.w,
             wc,
             overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
@@ -456,6 +471,18 @@ impl Worker {
                     }
                 }
             }
+        }
+        // What this worker aggregated since the last interval boundary.
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.hand_over();
+        }
+    }
+
+    /// Flow logs: hand this worker's aggregation table to the logger now
+    /// (tests and benchmarks that drive a worker directly).
+    pub fn hand_over_flows(&mut self) {
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.hand_over();
         }
     }
 

@@ -1,0 +1,914 @@
+//! Flow logs in the AWS VPC Flow Logs default format (version 2):
+//!
+//! ```text
+//! version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status
+//! 2 111122223333 eni-0a1b2c3d 172.31.0.10 172.31.0.11 40312 22 6 10 1234 1733461200 1733461203 ACCEPT OK
+//! ```
+//!
+//! Contract:
+//! * What is logged: the security-group verdict of every IPv4 packet that
+//!   reached it, as one record per flow (5-tuple, one direction) per interface
+//!   per aggregation interval, with the packets, the bytes (IPv4 total lengths;
+//!   a TSO super-frame counts as the segments it stands for) and the first and
+//!   last second a packet was seen. Like AWS, a packet is recorded on each
+//!   instance interface it crosses: leaving instance A on A's interface, arriving
+//!   at instance B on B's (the uplink has no interface: traffic to and from it is
+//!   logged on the instance side). Egress is always allowed, so the sender's
+//!   record says `ACCEPT` unless the connection table refused the flow
+//!   (`ConntrackFull`/`ConntrackQuota`); the receiver's record carries the
+//!   verdict (`REJECT` for `NoRule`, `Revoked`, unrelated ICMP errors, orphan
+//!   fragments and the table limits). Frames dropped before the verdict
+//!   (spoofing, broadcast, malformed, unknown destination) are not flow-logged:
+//!   they are in the drop counters and `capture --drops`. ICMP and other
+//!   protocols are logged with ports 0, as AWS does.
+//! * Identities: `account-id` is the instance's owner, `interface-id` is
+//!   `eni-` followed by the hex digits of the instance id (`i-0a1b2c3d` →
+//!   `eni-0a1b2c3d`): stable for the instance's life and reversible.
+//! * `log-status`: `OK` for flow records; `NODATA` once per interval for every
+//!   attached instance with no record in it; `SKIPDATA` for an interface some of
+//!   whose flows were not recorded in the interval (fields 4-11 and 13 are `-`,
+//!   as in AWS), because a worker's table was full or because of the REJECT
+//!   bound below.
+//! * Hot path ([`Recorder::record`]): each worker owns two preallocated
+//!   open-addressing tables ([`FlowTable`]) of `flows_per_worker` flows; a
+//!   packet costs one hash and a short probe in the worker's own table. No lock,
+//!   no allocation, no shared atomic, no syscall. At the first wake-up after an
+//!   interval boundary ([`Recorder::tick`]) the worker swaps its table for the
+//!   spare one the logger returned and hands the full one over through a
+//!   bounded channel (`try_send`: lock-free, no allocation, once per interval).
+//!   If the logger has not returned the spare yet, the worker keeps filling the
+//!   same table (records keep their own first/last times).
+//! * Bounds: a worker records at most `flows_per_worker` flows per interval and
+//!   at most `reject_limit` REJECT flows per interface per interval; the logger
+//!   writes at most `reject_limit` REJECT records per interface per interval
+//!   (merged over the workers). Everything beyond is counted and reported as a
+//!   `SKIPDATA` record of the interface, so a flood of rejected packets with
+//!   random ports costs at most `reject_limit` + 1 lines per interface per
+//!   interval. The file sink rotates at `max_bytes` (`FILE` → `FILE.1` → …
+//!   `FILE.keep`, the oldest deleted): the log never takes more than
+//!   `(keep + 1) × max_bytes` of disk. Every file starts with the header line of
+//!   field names, as the files AWS delivers to S3 do.
+//! * Times: `start`/`end` are unix seconds of the first and last packet of the
+//!   flow in the interval (the datapath's coarse one-second clock).
+//! * The logger thread ([`spawn`]) flushes at every interval boundary plus a
+//!   grace period (a parked worker wakes at least every
+//!   [`crate::worker::LONG_PARK_MS`]); a table handed over late is written with
+//!   the next flush. At shutdown the workers hand over what they hold and the
+//!   logger writes it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use filter::{DropReason, FlowKey, Snapshot, proto};
+
+use crate::Datapath;
+use crate::table::Kind;
+
+/// The header line: the field names of the default format.
+pub const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status";
+
+/// Shortest aggregation interval accepted (AWS offers 60 and 600 s; shorter
+/// ones are for labs and tests).
+pub const MIN_INTERVAL_SECS: u32 = 1;
+/// Longest aggregation interval accepted.
+pub const MAX_INTERVAL_SECS: u32 = 3600;
+/// Interfaces a worker tracks per interval (for the REJECT bound and skip
+/// counts); skips of further interfaces are reported without an interface.
+const IFACES_PER_WORKER: usize = 1024;
+
+/// Where records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLogSink {
+    /// Standard output (no rotation).
+    Stdout,
+    /// A file, appended to, rotated at `max_bytes`.
+    File(PathBuf),
+}
+
+/// Flow-log settings (`sgswitch up --flow-log ...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLogConfig {
+    pub sink: FlowLogSink,
+    /// Aggregation interval, seconds ([`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`]).
+    pub interval_secs: u32,
+    /// Rotate the file before it would grow beyond this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.keep`); 0 = truncate in place.
+    pub keep: u32,
+    /// REJECT records per interface per interval; further rejected flows are
+    /// counted into the interface's `SKIPDATA` record.
+    pub reject_limit: u32,
+    /// Flows one worker aggregates per interval (each of its two tables).
+    pub flows_per_worker: usize,
+}
+
+impl FlowLogConfig {
+    /// Defaults: 600 s (the AWS default), 64 MiB files, 4 rotated files kept,
+    /// 1,000 REJECT records per interface per interval, 32,768 flows per worker.
+    pub fn new(sink: FlowLogSink) -> FlowLogConfig {
+        FlowLogConfig {
+            sink,
+            interval_secs: 600,
+            max_bytes: 64 << 20,
+            keep: 4,
+            reject_limit: 1000,
+            flows_per_worker: 1 << 15,
+        }
+    }
+
+    /// Check the values; the error names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&self.interval_secs) {
+            return Err(format!(
+                "interval {} s is outside {MIN_INTERVAL_SECS}..={MAX_INTERVAL_SECS}",
+                self.interval_secs
+            ));
+        }
+        if self.max_bytes < 4096 {
+            return Err(format!(
+                "max bytes {} is below the minimum of 4096",
+                self.max_bytes
+            ));
+        }
+        if self.flows_per_worker == 0 || self.flows_per_worker > 1 << 24 {
+            return Err(format!(
+                "flows per worker {} is outside 1..={}",
+                self.flows_per_worker,
+                1 << 24
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The verdict a record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FlowAction {
+    Accept = 0,
+    Reject = 1,
+}
+
+impl FlowAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowAction::Accept => "ACCEPT",
+            FlowAction::Reject => "REJECT",
+        }
+    }
+}
+
+/// Whether a drop reason is a security-group / connection-table verdict (a
+/// `REJECT` record) rather than a drop before the verdict (not logged).
+#[inline]
+pub fn is_verdict(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::NoRule
+            | DropReason::Revoked
+            | DropReason::UnrelatedIcmpError
+            | DropReason::UnmatchedFragment
+            | DropReason::ConntrackFull
+            | DropReason::ConntrackQuota
+    )
+}
+
+/// The action of the sender's record for a verdict: egress is always allowed,
+/// only the connection table's limits stop a packet from leaving.
+#[inline]
+pub fn egress_action(verdict: Result<(), DropReason>) -> FlowAction {
+    match verdict {
+        Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => FlowAction::Reject,
+        _ => FlowAction::Accept,
+    }
+}
+
+/// The action of the receiver's record for a verdict.
+#[inline]
+pub fn ingress_action(verdict: Result<(), DropReason>) -> FlowAction {
+    match verdict {
+        Ok(()) => FlowAction::Accept,
+        Err(_) => FlowAction::Reject,
+    }
+}
+
+/// Packets and bytes on the wire of an IPv4 frame: `ip_bytes` from the IPv4
+/// header on, `hdr` bytes of IPv4 + L4 headers, and the sender's GSO segment
+/// size (0 = not a super-frame).
+#[inline]
+pub fn wire_size(ip_bytes: usize, hdr: usize, gso_size: u16) -> (u32, u64) {
+    let payload = ip_bytes.saturating_sub(hdr);
+    if gso_size == 0 || payload <= usize::from(gso_size) {
+        return (1, ip_bytes as u64);
+    }
+    let segs = payload.div_ceil(usize::from(gso_size));
+    (segs as u32, (segs * hdr + payload) as u64)
+}
+
+/// Aggregation key: interface (its instance's address), 5-tuple, action.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    iface: u32,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    action: u8,
+}
+
+impl Key {
+    #[inline]
+    fn hash(&self) -> usize {
+        // Multiply-xorshift over the packed fields: the table's own keys, no
+        // attacker-chosen seed to fear beyond longer probes in one interval.
+        const M: u64 = 0x9E37_79B9_7F4A_7C15;
+        let a = (u64::from(self.src) << 32 | u64::from(self.dst)) ^ u64::from(self.iface);
+        let b = u64::from(self.sport) << 32
+            | u64::from(self.dport) << 16
+            | u64::from(self.proto) << 8
+            | u64::from(self.action);
+        let mut h = a.wrapping_mul(M) ^ b;
+        h = (h ^ (h >> 29)).wrapping_mul(M);
+        (h ^ (h >> 32)) as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    key: Key,
+    /// 0 = empty slot (every record has at least one packet).
+    packets: u64,
+    bytes: u64,
+    first: u32,
+    last: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct IfaceSlot {
+    /// 0 = empty slot (0.0.0.0 is never an instance's address).
+    ip: u32,
+    rejects: u32,
+    skipped: u64,
+    first: u32,
+    last: u32,
+}
+
+/// One worker's aggregation table for one interval: fixed capacity, allocated
+/// once, cleared by the logger (in time proportional to what was used).
+pub struct FlowTable {
+    slots: Box<[Slot]>,
+    /// Indices of the used slots, in insertion order (capacity `max_flows`).
+    used: Vec<u32>,
+    max_flows: usize,
+    ifaces: Box<[IfaceSlot]>,
+    ifaces_used: Vec<u32>,
+    reject_limit: u32,
+    /// Packets skipped when the interface table was full too.
+    unattributed: u64,
+}
+
+/// One flow of a [`FlowTable`] (or merged over workers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub iface: Ipv4Addr,
+    pub key: FlowKey,
+    pub action: FlowAction,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Datapath seconds of the first and last packet.
+    pub first: u32,
+    pub last: u32,
+}
+
+impl FlowTable {
+    /// A table of `max_flows` flows (slots: the next power of two of 4/3 of
+    /// that, so probes stay short) and `reject_limit` REJECT flows per
+    /// interface.
+    pub fn new(max_flows: usize, reject_limit: u32) -> FlowTable {
+        let slots = (max_flows + max_flows / 3 + 1).next_power_of_two();
+        FlowTable {
+            slots: vec![Slot::default(); slots].into_boxed_slice(),
+            used: Vec::with_capacity(max_flows),
+            max_flows,
+            ifaces: vec![IfaceSlot::default(); IFACES_PER_WORKER].into_boxed_slice(),
+            ifaces_used: Vec::with_capacity(IFACES_PER_WORKER * 3 / 4),
+            reject_limit,
+            unattributed: 0,
+        }
+    }
+
+    /// Nothing recorded or skipped.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty() && self.ifaces_used.is_empty() && self.unattributed == 0
+    }
+
+    /// Add `packets`/`bytes` of flow `key` seen on `iface` at `now`.
+    #[inline]
+    pub fn record(
+        &mut self,
+        iface: Ipv4Addr,
+        key: &FlowKey,
+        action: FlowAction,
+        packets: u32,
+        bytes: u64,
+        now: u32,
+    ) {
+        let ports = matches!(key.proto, proto::TCP | proto::UDP);
+        let k = Key {
+            iface: u32::from(iface),
+            src: u32::from(key.src),
+            dst: u32::from(key.dst),
+            sport: if ports { key.sport } else { 0 },
+            dport: if ports { key.dport } else { 0 },
+            proto: key.proto,
+            action: action as u8,
+        };
+        let mask = self.slots.len() - 1;
+        let mut i = k.hash() & mask;
+        loop {
+            let s = &mut self.slots[i];
+            if s.packets == 0 {
+                break;
+            }
+            if s.key == k {
+                s.packets += u64::from(packets);
+                s.bytes += bytes;
+                s.last = now;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+        // A new flow.
+        if self.used.len() >= self.max_flows
+            || (action == FlowAction::Reject && !self.admit_reject(k.iface))
+        {
+            self.skip(k.iface, packets, now);
+            return;
+        }
+        self.slots[i] = Slot {
+            key: k,
+            packets: u64::from(packets),
+            bytes,
+            first: now,
+            last: now,
+        };
+        self.used.push(i as u32);
+    }
+
+    /// The interface's slot, inserted if new; `None` if the interface table
+    /// is full.
+    #[inline]
+    fn iface(&mut self, ip: u32) -> Option<&mut IfaceSlot> {
+        let mask = self.ifaces.len() - 1;
+        let mut i = (u64::from(ip).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        loop {
+            let s = self.ifaces[i];
+            if s.ip == ip {
+                return Some(&mut self.ifaces[i]);
+            }
+            if s.ip == 0 {
+                if self.ifaces_used.len() >= self.ifaces_used.capacity() {
+                    return None;
+                }
+                self.ifaces_used.push(i as u32);
+                self.ifaces[i].ip = ip;
+                return Some(&mut self.ifaces[i]);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn admit_reject(&mut self, ip: u32) -> bool {
+        let limit = self.reject_limit;
+        match self.iface(ip) {
+            Some(s) if s.rejects < limit => {
+                s.rejects += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[cold]
+    fn skip(&mut self, ip: u32, packets: u32, now: u32) {
+        match self.iface(ip) {
+            Some(s) => {
+                if s.skipped == 0 {
+                    s.first = now;
+                }
+                s.skipped += u64::from(packets);
+                s.last = now;
+            }
+            None => self.unattributed += u64::from(packets),
+        }
+    }
+
+    /// The flows recorded, in insertion order.
+    pub fn flows(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+        self.used.iter().map(|&i| {
+            let s = &self.slots[i as usize];
+            FlowRecord {
+                iface: Ipv4Addr::from(s.key.iface),
+                key: FlowKey {
+                    src: Ipv4Addr::from(s.key.src),
+                    dst: Ipv4Addr::from(s.key.dst),
+                    proto: s.key.proto,
+                    sport: s.key.sport,
+                    dport: s.key.dport,
+                },
+                action: if s.key.action == FlowAction::Reject as u8 {
+                    FlowAction::Reject
+                } else {
+                    FlowAction::Accept
+                },
+                packets: s.packets,
+                bytes: s.bytes,
+                first: s.first,
+                last: s.last,
+            }
+        })
+    }
+
+    /// Packets skipped per interface: (interface, packets, first, last).
+    pub fn skipped(&self) -> impl Iterator<Item = (Ipv4Addr, u64, u32, u32)> + '_ {
+        self.ifaces_used
+            .iter()
+            .map(|&i| self.ifaces[i as usize])
+            .filter(|s| s.skipped > 0)
+            .map(|s| (Ipv4Addr::from(s.ip), s.skipped, s.first, s.last))
+    }
+
+    /// Packets skipped that no interface could be charged with.
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed
+    }
+
+    /// Forget everything (cost: the slots used).
+    pub fn clear(&mut self) {
+        for &i in &self.used {
+            self.slots[i as usize] = Slot::default();
+        }
+        self.used.clear();
+        for &i in &self.ifaces_used {
+            self.ifaces[i as usize] = IfaceSlot::default();
+        }
+        self.ifaces_used.clear();
+        self.unattributed = 0;
+    }
+}
+
+/// A worker's side: the table it fills, the spare, and the channels to the
+/// logger. Owned by the worker (in its [`crate::pipeline::Scratch`]).
+pub struct Recorder {
+    w: usize,
+    active: Box<FlowTable>,
+    spare: Option<Box<FlowTable>>,
+    back: Receiver<Box<FlowTable>>,
+    to_logger: SyncSender<(usize, Box<FlowTable>)>,
+    interval: u32,
+    /// Datapath second at which the current interval ends.
+    deadline: u32,
+}
+
+impl Recorder {
+    /// Record one packet (see [`FlowTable::record`]).
+    #[inline]
+    pub fn record(
+        &mut self,
+        iface: Ipv4Addr,
+        key: &FlowKey,
+        action: FlowAction,
+        packets: u32,
+        bytes: u64,
+        now: u32,
+    ) {
+        self.active.record(iface, key, action, packets, bytes, now);
+    }
+
+    /// Once per wake-up: at the first call after an interval boundary, hand the
+    /// table over (if it holds anything) and continue with the spare.
+    #[inline]
+    pub fn tick(&mut self, now: u32) {
+        if now < self.deadline {
+            return;
+        }
+        self.deadline = (now / self.interval + 1) * self.interval;
+        if !self.active.is_empty() {
+            self.hand_over();
+        }
+    }
+
+    /// Hand the table over now (the interval boundary, or shutdown). Without a
+    /// spare back from the logger the worker keeps filling the same table.
+    #[cold]
+    pub fn hand_over(&mut self) {
+        let Some(spare) = self.spare.take().or_else(|| self.back.try_recv().ok()) else {
+            return;
+        };
+        let full = std::mem::replace(&mut self.active, spare);
+        match self.to_logger.try_send((self.w, full)) {
+            Ok(()) => {}
+            // Cannot happen while the logger runs (the channel holds every
+            // table there is); after it stopped, the records are dropped.
+            Err(TrySendError::Full((_, mut t)) | TrySendError::Disconnected((_, mut t))) => {
+                t.clear();
+                self.spare = Some(t);
+            }
+        }
+    }
+}
+
+/// The logger's side of the channels (see [`channels`]).
+pub struct Collector {
+    from_workers: Receiver<(usize, Box<FlowTable>)>,
+    back: Vec<SyncSender<Box<FlowTable>>>,
+}
+
+impl Collector {
+    /// Every table handed over so far.
+    fn drain(&self) -> Vec<(usize, Box<FlowTable>)> {
+        self.from_workers.try_iter().collect()
+    }
+
+    /// Give an emptied table back to its worker.
+    fn give_back(&self, w: usize, mut t: Box<FlowTable>) {
+        t.clear();
+        if let Some(tx) = self.back.get(w) {
+            let _ = tx.try_send(t);
+        }
+    }
+}
+
+/// The recorders of `workers` workers (two tables each) and the collector
+/// their tables are handed to.
+pub fn channels(cfg: &FlowLogConfig, workers: usize) -> (Vec<Recorder>, Collector) {
+    let (to_logger, from_workers) = sync_channel(2 * workers);
+    let mut recs = Vec::with_capacity(workers);
+    let mut back = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (tx, rx) = sync_channel(2);
+        let table = || Box::new(FlowTable::new(cfg.flows_per_worker, cfg.reject_limit));
+        recs.push(Recorder {
+            w,
+            active: table(),
+            spare: Some(table()),
+            back: rx,
+            to_logger: to_logger.clone(),
+            interval: cfg.interval_secs,
+            deadline: cfg.interval_secs,
+        });
+        back.push(tx);
+    }
+    (recs, Collector { from_workers, back })
+}
+
+/// Where the lines go: stdout or a rotated file.
+pub struct Writer {
+    sink: FlowLogSink,
+    max_bytes: u64,
+    keep: u32,
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// Bytes in the current file.
+    written: u64,
+}
+
+impl Writer {
+    /// Open the sink (a file is appended to; a new or empty one gets the
+    /// header line).
+    pub fn open(cfg: &FlowLogConfig) -> io::Result<Writer> {
+        let (out, written): (Box<dyn Write + Send>, u64) = match &cfg.sink {
+            FlowLogSink::Stdout => (Box::new(io::stdout()), 0),
+            FlowLogSink::File(p) => {
+                let f = OpenOptions::new().create(true).append(true).open(p)?;
+                let len = f.metadata()?.len();
+                (Box::new(f), len)
+            }
+        };
+        let mut w = Writer {
+            sink: cfg.sink.clone(),
+            max_bytes: cfg.max_bytes,
+            keep: cfg.keep,
+            out: BufWriter::new(out),
+            written,
+        };
+        if w.written == 0 {
+            w.header()?;
+            w.out.flush()?;
+        }
+        Ok(w)
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        writeln!(self.out, "{HEADER}")?;
+        self.written += HEADER.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Write one line (without its newline), rotating first if it would not fit.
+    pub fn line(&mut self, line: &str) -> io::Result<()> {
+        let n = line.len() as u64 + 1;
+        if let FlowLogSink::File(p) = &self.sink
+            && self.written + n > self.max_bytes
+            && self.written > HEADER.len() as u64 + 1
+        {
+            let p = p.clone();
+            self.rotate(&p)?;
+        }
+        writeln!(self.out, "{line}")?;
+        self.written += n;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn rotate(&mut self, path: &Path) -> io::Result<()> {
+        self.out.flush()?;
+        let numbered = |i: u32| {
+            let mut s = path.as_os_str().to_owned();
+            s.push(format!(".{i}"));
+            PathBuf::from(s)
+        };
+        if self.keep > 0 {
+            for i in (1..self.keep).rev() {
+                let from = numbered(i);
+                if from.exists() {
+                    std::fs::rename(&from, numbered(i + 1))?;
+                }
+            }
+            std::fs::rename(path, numbered(1))?;
+        }
+        let f = File::create(path)?;
+        self.out = BufWriter::new(Box::new(f));
+        self.written = 0;
+        self.header()
+    }
+}
+
+/// What one flush wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushSummary {
+    pub ok: usize,
+    pub nodata: usize,
+    pub skipdata: usize,
+    /// Packets not recorded (reported in the SKIPDATA records).
+    pub skipped_packets: u64,
+}
+
+/// The logger: merges the workers' tables and writes records.
+pub struct FlowLogger {
+    collector: Collector,
+    writer: Writer,
+    reject_limit: u32,
+    /// Unix second of datapath second 0.
+    base_unix: u64,
+    /// Owner and instance id by address, kept for instances that left.
+    names: HashMap<u32, (Box<str>, Box<str>)>,
+    /// Datapath second the current NODATA window started.
+    window_start: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Agg {
+    packets: u64,
+    bytes: u64,
+    first: u32,
+    last: u32,
+}
+
+impl Agg {
+    fn add(&mut self, packets: u64, bytes: u64, first: u32, last: u32) {
+        if self.packets == 0 || first < self.first {
+            self.first = first;
+        }
+        self.last = self.last.max(last);
+        self.packets += packets;
+        self.bytes += bytes;
+    }
+}
+
+impl FlowLogger {
+    /// A logger writing with `writer`; `base_unix` is the unix second of
+    /// datapath second 0.
+    pub fn new(cfg: &FlowLogConfig, collector: Collector, writer: Writer, base_unix: u64) -> Self {
+        FlowLogger {
+            collector,
+            writer,
+            reject_limit: cfg.reject_limit,
+            base_unix,
+            names: HashMap::new(),
+            window_start: 0,
+        }
+    }
+
+    fn ident(&mut self, snap: &Snapshot, ip: Ipv4Addr) -> (String, String) {
+        let k = u32::from(ip);
+        if let Some(i) = snap.instance_by_ip(ip) {
+            let inst = snap.instance(i);
+            self.names.insert(k, (inst.owner.clone(), inst.id.clone()));
+        }
+        match self.names.get(&k) {
+            Some((owner, id)) => (owner.to_string(), eni_id(id)),
+            None => ("-".into(), "-".into()),
+        }
+    }
+
+    /// Write the records of every table handed over so far, then a `NODATA`
+    /// record for each instance of `attached` without one; `now` (datapath
+    /// seconds) ends the NODATA window.
+    pub fn flush(
+        &mut self,
+        now: u32,
+        snap: &Snapshot,
+        attached: &[Ipv4Addr],
+    ) -> io::Result<FlushSummary> {
+        let tables = self.collector.drain();
+        let mut flows: HashMap<(Ipv4Addr, FlowKey, FlowAction), Agg> = HashMap::new();
+        let mut skipped: HashMap<Ipv4Addr, Agg> = HashMap::new();
+        let mut unattributed = 0u64;
+        for (_, t) in &tables {
+            for f in t.flows() {
+                flows
+                    .entry((f.iface, f.key, f.action))
+                    .or_default()
+                    .add(f.packets, f.bytes, f.first, f.last);
+            }
+            for (ip, n, first, last) in t.skipped() {
+                skipped.entry(ip).or_default().add(n, 0, first, last);
+            }
+            unattributed += t.unattributed();
+        }
+        for (w, t) in tables {
+            self.collector.give_back(w, t);
+        }
+        let mut sorted: Vec<_> = flows.into_iter().collect();
+        sorted.sort_by_key(|((iface, key, action), a)| (*iface, a.first, *key, *action));
+        let mut sum = FlushSummary::default();
+        let mut rejects: HashMap<Ipv4Addr, u32> = HashMap::new();
+        let mut lines = Vec::with_capacity(sorted.len());
+        let mut seen: HashSet<Ipv4Addr> = HashSet::new();
+        for ((iface, key, action), a) in sorted {
+            if action == FlowAction::Reject {
+                let n = rejects.entry(iface).or_default();
+                if *n >= self.reject_limit {
+                    skipped
+                        .entry(iface)
+                        .or_default()
+                        .add(a.packets, 0, a.first, a.last);
+                    continue;
+                }
+                *n += 1;
+            }
+            seen.insert(iface);
+            let (account, eni) = self.ident(snap, iface);
+            lines.push(format!(
+                "2 {account} {eni} {} {} {} {} {} {} {} {} {} {} OK",
+                key.src,
+                key.dst,
+                key.sport,
+                key.dport,
+                key.proto,
+                a.packets,
+                a.bytes,
+                self.unix(a.first),
+                self.unix(a.last),
+                action.as_str()
+            ));
+            sum.ok += 1;
+        }
+        let mut skipped: Vec<_> = skipped.into_iter().collect();
+        skipped.sort_by_key(|(ip, _)| *ip);
+        for (iface, a) in &skipped {
+            seen.insert(*iface);
+            let (account, eni) = self.ident(snap, *iface);
+            lines.push(skip_line(
+                &account,
+                &eni,
+                self.unix(a.first),
+                self.unix(a.last),
+            ));
+            sum.skipdata += 1;
+            sum.skipped_packets += a.packets;
+        }
+        if unattributed > 0 {
+            lines.push(skip_line(
+                "-",
+                "-",
+                self.unix(self.window_start),
+                self.unix(now),
+            ));
+            sum.skipdata += 1;
+            sum.skipped_packets += unattributed;
+        }
+        for ip in attached {
+            if seen.contains(ip) {
+                continue;
+            }
+            let (account, eni) = self.ident(snap, *ip);
+            lines.push(format!(
+                "2 {account} {eni} - - - - - - - {} {} - NODATA",
+                self.unix(self.window_start),
+                self.unix(now)
+            ));
+            sum.nodata += 1;
+        }
+        self.window_start = now;
+        for l in &lines {
+            self.writer.line(l)?;
+        }
+        self.writer.flush()?;
+        Ok(sum)
+    }
+
+    fn unix(&self, t: u32) -> u64 {
+        self.base_unix + u64::from(t)
+    }
+}
+
+fn skip_line(account: &str, eni: &str, start: u64, end: u64) -> String {
+    format!("2 {account} {eni} - - - - - - - {start} {end} - SKIPDATA")
+}
+
+/// The interface id of an instance: `eni-` and the instance id's digits.
+pub fn eni_id(instance: &str) -> String {
+    format!("eni-{}", instance.strip_prefix("i-").unwrap_or(instance))
+}
+
+/// Unix second of datapath second 0, for a datapath that started `elapsed` ago.
+pub fn base_unix(elapsed: Duration) -> u64 {
+    SystemTime::now()
+        .checked_sub(elapsed)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Extra time after an interval boundary before the logger flushes: every
+/// worker, even a parked one, has woken and handed its table over by then.
+pub const FLUSH_GRACE: Duration = Duration::from_millis(crate::worker::LONG_PARK_MS as u64 + 150);
+
+/// Run `logger` on its own thread for `dp` until `stop` is set (after the
+/// workers handed over their last tables), then flush once more.
+pub fn spawn(
+    dp: Arc<Datapath>,
+    mut logger: FlowLogger,
+    interval_secs: u32,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sgsw-flowlog".into())
+        .spawn(move || {
+            let flush = |logger: &mut FlowLogger, now: u32| {
+                let snap = dp.rules();
+                let attached: Vec<Ipv4Addr> = dp
+                    .ports
+                    .load()
+                    .ports
+                    .iter()
+                    .filter_map(|p| match p.kind {
+                        Kind::Instance { ip, .. } if !p.is_gone() => Some(ip),
+                        _ => None,
+                    })
+                    .collect();
+                match logger.flush(now, &snap, &attached) {
+                    Ok(s) if s.skipped_packets > 0 => tracing::warn!(
+                        records = s.ok,
+                        skipdata = s.skipdata,
+                        skipped_packets = s.skipped_packets,
+                        "flow log: packets not recorded (bounds reached)"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "flow log: write failed"),
+                }
+            };
+            loop {
+                let now = dp.now_secs();
+                let next = (now / interval_secs + 1) * interval_secs;
+                let due = dp.started() + Duration::from_secs(u64::from(next)) + FLUSH_GRACE;
+                while Instant::now() < due && !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(
+                        due.saturating_duration_since(Instant::now())
+                            .min(Duration::from_millis(50)),
+                    );
+                }
+                if stop.load(Ordering::Acquire) {
+                    flush(&mut logger, dp.now_secs());
+                    return;
+                }
+                flush(&mut logger, next);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests;
