@@ -489,6 +489,27 @@ pub struct UpArgs {
     /// else TCG.
     #[arg(long, value_enum, default_value_t = crate::qemu::Accel::Auto)]
     pub qemu_accel: crate::qemu::Accel,
+    /// Write flow logs in the AWS VPC Flow Logs default format (version 2) to
+    /// FILE (appended to, rotated at --flow-log-max-bytes), or `-` for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub flow_log: Option<PathBuf>,
+    /// Flow-log aggregation interval, seconds (AWS offers 60 and 600; shorter
+    /// is for labs).
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "flow_log",
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub flow_log_interval: u32,
+    /// Rotate the flow-log file before it grows beyond this many bytes
+    /// (FILE -> FILE.1 -> ... FILE.N).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, requires = "flow_log",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub flow_log_max_bytes: u64,
+    /// Rotated flow-log files kept (0: truncate in place).
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "flow_log")]
+    pub flow_log_keep: u32,
+    /// REJECT records per interface per interval; further rejected flows are
+    /// counted into the interface's SKIPDATA record.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "flow_log")]
+    pub flow_log_reject_limit: u32,
     /// Serve the API without a switch (groups and rules only; no instances).
     #[arg(long, hide = true)]
     pub no_switch: bool,
