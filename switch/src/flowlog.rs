@@ -46,7 +46,8 @@
 //!   random ports costs at most `reject_limit` + 1 lines per interface per
 //!   interval. The file sink rotates at `max_bytes` (`FILE` → `FILE.1` → …
 //!   `FILE.keep`, the oldest deleted): the log never takes more than
-//!   `(keep + 1) × max_bytes` of disk. Every file starts with the header line of
+//!   `(keep + 1) × max_bytes` of disk (a path that is not a regular file, such
+//!   as a FIFO or `/dev/null`, is written to without rotation). Every file starts with the header line of
 //!   field names, as the files AWS delivers to S3 do.
 //! * Times: `start`/`end` are unix seconds of the first and last packet of the
 //!   flow in the interval (the datapath's coarse one-second clock).
@@ -580,18 +581,20 @@ pub struct Writer {
     out: BufWriter<Box<dyn Write + Send>>,
     /// Bytes in the current file.
     written: u64,
+    /// Rotation applies (a regular file; never a device or a FIFO).
+    rotates: bool,
 }
 
 impl Writer {
     /// Open the sink (a file is appended to; a new or empty one gets the
     /// header line).
     pub fn open(cfg: &FlowLogConfig) -> io::Result<Writer> {
-        let (out, written): (Box<dyn Write + Send>, u64) = match &cfg.sink {
-            FlowLogSink::Stdout => (Box::new(io::stdout()), 0),
+        let (out, written, rotates): (Box<dyn Write + Send>, u64, bool) = match &cfg.sink {
+            FlowLogSink::Stdout => (Box::new(io::stdout()), 0, false),
             FlowLogSink::File(p) => {
                 let f = OpenOptions::new().create(true).append(true).open(p)?;
-                let len = f.metadata()?.len();
-                (Box::new(f), len)
+                let meta = f.metadata()?;
+                (Box::new(f), meta.len(), meta.is_file())
             }
         };
         let mut w = Writer {
@@ -600,6 +603,7 @@ impl Writer {
             keep: cfg.keep,
             out: BufWriter::new(out),
             written,
+            rotates,
         };
         if w.written == 0 {
             w.header()?;
@@ -618,6 +622,7 @@ impl Writer {
     pub fn line(&mut self, line: &str) -> io::Result<()> {
         let n = line.len() as u64 + 1;
         if let FlowLogSink::File(p) = &self.sink
+            && self.rotates
             && self.written + n > self.max_bytes
             && self.written > HEADER.len() as u64 + 1
         {

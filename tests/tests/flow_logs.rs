@@ -296,6 +296,9 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
     );
     let len = std::fs::metadata(&path).expect("log").len();
     assert!(len <= MAX_BYTES, "{len} bytes");
+    // For the README (shown with --nocapture).
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    eprintln!("{}", text.lines().take(40).collect::<Vec<_>>().join("\n"));
     drop(lab);
     let _ = std::fs::remove_file(&path);
 }

@@ -1,5 +1,5 @@
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
 use filter::{FlowKey, Mac, Snapshot, compile, proto};
@@ -74,15 +74,15 @@ fn temp_path(name: &str) -> PathBuf {
     p
 }
 
-fn cfg(path: &PathBuf) -> FlowLogConfig {
+fn cfg(path: &Path) -> FlowLogConfig {
     FlowLogConfig {
         interval_secs: 1,
-        ..FlowLogConfig::new(FlowLogSink::File(path.clone()))
+        ..FlowLogConfig::new(FlowLogSink::File(path.to_path_buf()))
     }
 }
 
 /// The data lines of a flow-log file (header dropped), split in fields.
-fn records(path: &PathBuf) -> Vec<Vec<String>> {
+fn records(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).expect("read flow log");
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(HEADER), "first line is the header");
