@@ -491,7 +491,7 @@ pub struct UpArgs {
     pub qemu_accel: crate::qemu::Accel,
     /// Write flow logs in the AWS VPC Flow Logs default format (version 2) to
     /// FILE (appended to, rotated at --flow-log-max-bytes), or `-` for stdout.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", conflicts_with = "no_switch")]
     pub flow_log: Option<PathBuf>,
     /// Flow-log aggregation interval, seconds (AWS offers 60 and 600; shorter
     /// is for labs).

@@ -261,6 +261,9 @@ pub fn start(
         flow_log: flow_log_config(args),
         ..SwitchConfig::default()
     };
+    if let Some(f) = &scfg.flow_log {
+        tracing::info!(sink = ?f.sink, interval_secs = f.interval_secs, max_bytes = f.max_bytes, keep = f.keep, reject_limit = f.reject_limit, "flow logs on");
+    }
     let switch = Switch::start(scfg).map_err(DataplaneError::Switch)?;
     let host_addr = match args.uplink_netns {
         Some(_) => None,

@@ -30,9 +30,12 @@
 //!   as in AWS), because a worker's table was full or because of the REJECT
 //!   bound below.
 //! * Hot path ([`Recorder::record`]): each worker owns two preallocated
-//!   open-addressing tables ([`FlowTable`]) of `flows_per_worker` flows; a
-//!   packet costs one hash and a short probe in the worker's own table. No lock,
-//!   no allocation, no shared atomic, no syscall. At the first wake-up after an
+//!   open-addressing tables ([`FlowTable`]) of `flows_per_worker` flows (by
+//!   default 32,768 flows in 65,536 slots of 32 bytes: 2 MiB per table). One
+//!   entry per 5-tuple stands for both records a packet makes (the sender's
+//!   and the receiver's interface are its source and destination addresses),
+//!   so a packet costs one hash and a short probe in the worker's own table.
+//!   No lock, no allocation, no shared atomic, no syscall. At the first wake-up after an
 //!   interval boundary ([`Recorder::tick`]) the worker swaps its table for the
 //!   spare one the logger returned and hands the full one over through a
 //!   bounded channel (`try_send`: lock-free, no allocation, once per interval).
@@ -182,22 +185,58 @@ pub fn is_verdict(r: DropReason) -> bool {
     )
 }
 
-/// The action of the sender's record for a verdict: egress is always allowed,
-/// only the connection table's limits stop a packet from leaving.
-#[inline]
-pub fn egress_action(verdict: Result<(), DropReason>) -> FlowAction {
-    match verdict {
-        Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => FlowAction::Reject,
-        _ => FlowAction::Accept,
-    }
-}
+/// Which records one packet makes, and their actions: on the sender's
+/// interface (the source address is a local instance's: egress), on the
+/// receiver's (the destination is: ingress), or both. One table entry per
+/// packet stands for both records (the logger writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct On(u8);
 
-/// The action of the receiver's record for a verdict.
-#[inline]
-pub fn ingress_action(verdict: Result<(), DropReason>) -> FlowAction {
-    match verdict {
-        Ok(()) => FlowAction::Accept,
-        Err(_) => FlowAction::Reject,
+impl On {
+    const SRC: u8 = 1;
+    const DST: u8 = 2;
+    const SRC_REJECT: u8 = 4;
+    const DST_REJECT: u8 = 8;
+
+    /// The records of a packet with `verdict`, sent by a local instance
+    /// (`src`) and/or to one (`dst`). Egress is always allowed, so the
+    /// sender's record says REJECT only when the connection table's limits
+    /// stopped the packet; the receiver's carries the verdict.
+    #[inline]
+    pub fn new(src: bool, dst: bool, verdict: Result<(), DropReason>) -> On {
+        let (src_reject, dst_reject) = match verdict {
+            Ok(()) => (false, false),
+            Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => (true, true),
+            Err(_) => (false, true),
+        };
+        On(u8::from(src) * Self::SRC
+            | u8::from(dst) * Self::DST
+            | u8::from(src && src_reject) * Self::SRC_REJECT
+            | u8::from(dst && dst_reject) * Self::DST_REJECT)
+    }
+
+    /// No record at all (neither side is a local instance).
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self.0 & (Self::SRC | Self::DST) == 0
+    }
+
+    fn rejects(self) -> bool {
+        self.0 & (Self::SRC_REJECT | Self::DST_REJECT) != 0
+    }
+
+    /// The records: (on the source's interface?, action).
+    fn records(self) -> impl Iterator<Item = (bool, FlowAction)> {
+        let act = |r: bool| {
+            if r {
+                FlowAction::Reject
+            } else {
+                FlowAction::Accept
+            }
+        };
+        let src = (self.0 & Self::SRC != 0).then(|| (true, act(self.0 & Self::SRC_REJECT != 0)));
+        let dst = (self.0 & Self::DST != 0).then(|| (false, act(self.0 & Self::DST_REJECT != 0)));
+        src.into_iter().chain(dst)
     }
 }
 
@@ -214,43 +253,47 @@ pub fn wire_size(ip_bytes: usize, hdr: usize, gso_size: u16) -> (u32, u64) {
     (segs as u32, (segs * hdr + payload) as u64)
 }
 
-/// Aggregation key: interface (its instance's address), 5-tuple, action.
+/// Aggregation key: 5-tuple and the records it makes ([`On`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C)]
 struct Key {
-    iface: u32,
     src: u32,
     dst: u32,
     sport: u16,
     dport: u16,
     proto: u8,
-    action: u8,
+    on: u8,
 }
 
 impl Key {
     #[inline]
     fn hash(&self) -> usize {
-        // Multiply-xorshift over the packed fields: the table's own keys, no
-        // attacker-chosen seed to fear beyond longer probes in one interval.
+        // Multiply-xorshift over the packed fields (the table is the worker's
+        // own: a crafted collision only lengthens probes in one interval).
         const M: u64 = 0x9E37_79B9_7F4A_7C15;
-        let a = (u64::from(self.src) << 32 | u64::from(self.dst)) ^ u64::from(self.iface);
+        let a = u64::from(self.src) << 32 | u64::from(self.dst);
         let b = u64::from(self.sport) << 32
             | u64::from(self.dport) << 16
             | u64::from(self.proto) << 8
-            | u64::from(self.action);
+            | u64::from(self.on);
         let mut h = a.wrapping_mul(M) ^ b;
         h = (h ^ (h >> 29)).wrapping_mul(M);
         (h ^ (h >> 32)) as usize
     }
 }
 
+/// One flow: 32 bytes, aligned, two per cache line.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(32))]
 struct Slot {
     key: Key,
-    /// 0 = empty slot (every record has at least one packet).
-    packets: u64,
+    /// 0 = empty slot (every entry has at least one packet); saturates.
+    packets: u32,
+    /// Seconds of the first and last packet after the table's `base`
+    /// (saturating at 18 h: a table is handed over every interval).
+    first: u16,
+    last: u16,
     bytes: u64,
-    first: u32,
-    last: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -270,6 +313,8 @@ pub struct FlowTable {
     /// Indices of the used slots, in insertion order (capacity `max_flows`).
     used: Vec<u32>,
     max_flows: usize,
+    /// Datapath second the slots' times count from (the first record's).
+    base: u32,
     ifaces: Box<[IfaceSlot]>,
     ifaces_used: Vec<u32>,
     reject_limit: u32,
@@ -277,7 +322,8 @@ pub struct FlowTable {
     unattributed: u64,
 }
 
-/// One flow of a [`FlowTable`] (or merged over workers).
+/// One record of a [`FlowTable`] (or merged over workers): a flow on one
+/// interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
     pub iface: Ipv4Addr,
@@ -292,7 +338,7 @@ pub struct FlowRecord {
 
 impl FlowTable {
     /// A table of `max_flows` flows (slots: the next power of two of 4/3 of
-    /// that, so probes stay short) and `reject_limit` REJECT flows per
+    /// that, so probes stay short) and `reject_limit` rejected flows per
     /// interface.
     pub fn new(max_flows: usize, reject_limit: u32) -> FlowTable {
         let slots = (max_flows + max_flows / 3 + 1).next_power_of_two();
@@ -300,6 +346,7 @@ impl FlowTable {
             slots: vec![Slot::default(); slots].into_boxed_slice(),
             used: Vec::with_capacity(max_flows),
             max_flows,
+            base: 0,
             ifaces: vec![IfaceSlot::default(); IFACES_PER_WORKER].into_boxed_slice(),
             ifaces_used: Vec::with_capacity(IFACES_PER_WORKER * 3 / 4),
             reject_limit,
@@ -312,27 +359,23 @@ impl FlowTable {
         self.used.is_empty() && self.ifaces_used.is_empty() && self.unattributed == 0
     }
 
-    /// Add `packets`/`bytes` of flow `key` seen on `iface` at `now`.
+    /// Add `packets`/`bytes` of flow `key`, making the records `on` says, at
+    /// datapath second `now`.
     #[inline]
-    pub fn record(
-        &mut self,
-        iface: Ipv4Addr,
-        key: &FlowKey,
-        action: FlowAction,
-        packets: u32,
-        bytes: u64,
-        now: u32,
-    ) {
+    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
         let ports = matches!(key.proto, proto::TCP | proto::UDP);
         let k = Key {
-            iface: u32::from(iface),
             src: u32::from(key.src),
             dst: u32::from(key.dst),
             sport: if ports { key.sport } else { 0 },
             dport: if ports { key.dport } else { 0 },
             proto: key.proto,
-            action: action as u8,
+            on: on.0,
         };
+        if self.used.is_empty() {
+            self.base = now;
+        }
+        let t = now.saturating_sub(self.base).min(u32::from(u16::MAX)) as u16;
         let mask = self.slots.len() - 1;
         let mut i = k.hash() & mask;
         loop {
@@ -341,26 +384,26 @@ impl FlowTable {
                 break;
             }
             if s.key == k {
-                s.packets += u64::from(packets);
+                s.packets = s.packets.saturating_add(packets);
                 s.bytes += bytes;
-                s.last = now;
+                s.last = t;
                 return;
             }
             i = (i + 1) & mask;
         }
-        // A new flow.
-        if self.used.len() >= self.max_flows
-            || (action == FlowAction::Reject && !self.admit_reject(k.iface))
-        {
-            self.skip(k.iface, packets, now);
+        // A new flow. A rejected one counts against the receiver's bound (the
+        // sender's when the receiver is not ours).
+        let charged = if on.0 & On::DST != 0 { k.dst } else { k.src };
+        if self.used.len() >= self.max_flows || (on.rejects() && !self.admit_reject(charged)) {
+            self.skip(&k, on, packets, now);
             return;
         }
         self.slots[i] = Slot {
             key: k,
-            packets: u64::from(packets),
+            packets: packets.max(1),
+            first: t,
+            last: t,
             bytes,
-            first: now,
-            last: now,
         };
         self.used.push(i as u32);
     }
@@ -400,43 +443,49 @@ impl FlowTable {
         }
     }
 
+    /// Count a packet not recorded on each interface it would have had a
+    /// record on.
     #[cold]
-    fn skip(&mut self, ip: u32, packets: u32, now: u32) {
-        match self.iface(ip) {
-            Some(s) => {
-                if s.skipped == 0 {
-                    s.first = now;
+    fn skip(&mut self, k: &Key, on: On, packets: u32, now: u32) {
+        for (src_side, _) in on.records() {
+            let ip = if src_side { k.src } else { k.dst };
+            match self.iface(ip) {
+                Some(s) => {
+                    if s.skipped == 0 {
+                        s.first = now;
+                    }
+                    s.skipped += u64::from(packets);
+                    s.last = now;
                 }
-                s.skipped += u64::from(packets);
-                s.last = now;
+                None => self.unattributed += u64::from(packets),
             }
-            None => self.unattributed += u64::from(packets),
         }
     }
 
-    /// The flows recorded, in insertion order.
+    /// The records, in insertion order (an entry with both sides gives the
+    /// sender's record, then the receiver's).
     pub fn flows(&self) -> impl Iterator<Item = FlowRecord> + '_ {
-        self.used.iter().map(|&i| {
-            let s = &self.slots[i as usize];
-            FlowRecord {
-                iface: Ipv4Addr::from(s.key.iface),
-                key: FlowKey {
-                    src: Ipv4Addr::from(s.key.src),
-                    dst: Ipv4Addr::from(s.key.dst),
-                    proto: s.key.proto,
-                    sport: s.key.sport,
-                    dport: s.key.dport,
-                },
-                action: if s.key.action == FlowAction::Reject as u8 {
-                    FlowAction::Reject
-                } else {
-                    FlowAction::Accept
-                },
-                packets: s.packets,
-                bytes: s.bytes,
-                first: s.first,
-                last: s.last,
-            }
+        self.used.iter().flat_map(move |&i| {
+            let s = self.slots[i as usize];
+            let key = FlowKey {
+                src: Ipv4Addr::from(s.key.src),
+                dst: Ipv4Addr::from(s.key.dst),
+                proto: s.key.proto,
+                sport: s.key.sport,
+                dport: s.key.dport,
+            };
+            let base = self.base;
+            On(s.key.on)
+                .records()
+                .map(move |(src_side, action)| FlowRecord {
+                    iface: if src_side { key.src } else { key.dst },
+                    key,
+                    action,
+                    packets: u64::from(s.packets),
+                    bytes: s.bytes,
+                    first: base + u32::from(s.first),
+                    last: base + u32::from(s.last),
+                })
         })
     }
 
@@ -484,16 +533,8 @@ pub struct Recorder {
 impl Recorder {
     /// Record one packet (see [`FlowTable::record`]).
     #[inline]
-    pub fn record(
-        &mut self,
-        iface: Ipv4Addr,
-        key: &FlowKey,
-        action: FlowAction,
-        packets: u32,
-        bytes: u64,
-        now: u32,
-    ) {
-        self.active.record(iface, key, action, packets, bytes, now);
+    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
+        self.active.record(key, on, packets, bytes, now);
     }
 
     /// Once per wake-up: at the first call after an interval boundary, hand the

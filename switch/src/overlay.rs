@@ -669,10 +669,7 @@ fn check_inner<'t>(
     vxlan::check_sender(o.dir, &d)?;
     let frame = &mut buf[VXLAN_HDR_LEN..];
     let Parsed::Ipv4 {
-        pkt,
-        eth,
-        l3_offset,
-        ..
+        pkt, eth, ip_len, ..
     } = parse_frame(frame)?
     else {
         // check_sender admits untagged IPv4 only.
@@ -697,9 +694,8 @@ fn check_inner<'t>(
         .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip));
     if let Some(rec) = flows {
         // The receiver's record (the sender's host logged the egress one).
-        let bytes = frame.len().saturating_sub(usize::from(l3_offset)) as u64;
-        let a = flowlog::ingress_action(verdict);
-        rec.record(dst, &pkt.key, a, 1, bytes, env.now);
+        let on = flowlog::On::new(false, true, verdict);
+        rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
     }
     verdict?;
     frame[0..6].copy_from_slice(&mac);

@@ -322,6 +322,7 @@ fn log_flow(
         pkt,
         l3_offset,
         payload_offset,
+        ip_len,
         ..
     } = parsed
     else {
@@ -333,21 +334,25 @@ fn log_flow(
         Err(r) if flowlog::is_verdict(*r) => (env.table.by_ip(pkt.key.dst).map(|p| &**p), Err(*r)),
         _ => return,
     };
-    let ip_bytes = frame_len.saturating_sub(usize::from(*l3_offset));
-    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
-    let gso = if vnet.gso_type == VnetHdr::GSO_NONE {
-        0
+    // A plain packet: its IPv4 total length (Ethernet padding excluded); a
+    // super-frame: everything after the Ethernet header.
+    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
+        (usize::from(*ip_len), 0)
     } else {
-        vnet.gso_size
+        (
+            frame_len.saturating_sub(usize::from(*l3_offset)),
+            vnet.gso_size,
+        )
     };
+    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
     let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
-    if let Kind::Instance { ip, .. } = inp.kind {
-        let a = flowlog::egress_action(verdict);
-        rec.record(ip, &pkt.key, a, packets, bytes, env.now);
-    }
-    if let Some(Kind::Instance { ip, .. }) = to.map(|p| p.kind) {
-        let a = flowlog::ingress_action(verdict);
-        rec.record(ip, &pkt.key, a, packets, bytes, env.now);
+    let on = flowlog::On::new(
+        matches!(inp.kind, Kind::Instance { .. }),
+        matches!(to.map(|p| p.kind), Some(Kind::Instance { .. })),
+        verdict,
+    );
+    if !on.is_none() {
+        rec.record(&pkt.key, on, packets, bytes, env.now);
     }
 }
 

@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
-use filter::{FlowKey, Mac, Snapshot, compile, proto};
+use filter::{DropReason, FlowKey, Mac, Snapshot, compile, proto};
 
 use super::*;
 use crate::port::VnetHdr;
@@ -109,35 +109,46 @@ fn logger(c: &FlowLogConfig, tables: Vec<FlowTable>) -> FlowLogger {
 fn records_aggregate_per_flow_interface_and_action() {
     let mut t = FlowTable::new(64, 8);
     let k = key(10, 11, 4000, 53);
-    t.record(ip(10), &k, FlowAction::Accept, 1, 100, 5);
-    t.record(ip(10), &k, FlowAction::Accept, 1, 60, 7);
-    t.record(ip(11), &k, FlowAction::Accept, 1, 100, 5);
-    t.record(ip(11), &k, FlowAction::Reject, 1, 100, 6);
+    let both = On::new(true, true, Ok(()));
+    t.record(&k, both, 1, 100, 5);
+    t.record(&k, both, 1, 60, 7);
+    // Refused by the receiver's rules: the sender's record still says ACCEPT.
+    t.record(&k, On::new(true, true, Err(DropReason::NoRule)), 1, 100, 6);
     t.record(
-        ip(10),
         &key(10, 11, 4001, 53),
-        FlowAction::Accept,
+        On::new(true, false, Ok(())),
         3,
         300,
         6,
     );
     let flows: Vec<FlowRecord> = t.flows().collect();
-    assert_eq!(flows.len(), 4);
+    let rec = |iface, action, packets, bytes, first, last| FlowRecord {
+        iface,
+        key: k,
+        action,
+        packets,
+        bytes,
+        first,
+        last,
+    };
+    use FlowAction::{Accept, Reject};
     assert_eq!(
-        flows[0],
-        FlowRecord {
-            iface: ip(10),
-            key: k,
-            action: FlowAction::Accept,
-            packets: 2,
-            bytes: 160,
-            first: 5,
-            last: 7,
-        }
+        flows[..4],
+        [
+            rec(ip(10), Accept, 2, 160, 5, 7),
+            rec(ip(11), Accept, 2, 160, 5, 7),
+            rec(ip(10), Accept, 1, 100, 6, 6),
+            rec(ip(11), Reject, 1, 100, 6, 6),
+        ]
     );
-    assert_eq!(flows[2].action, FlowAction::Reject);
-    assert_eq!(flows[3].packets, 3);
+    assert_eq!(flows.len(), 5);
+    assert_eq!((flows[4].iface, flows[4].packets), (ip(10), 3));
     assert!(t.skipped().next().is_none());
+    // The table is full only when the connection table refused: both REJECT.
+    let on = On::new(true, true, Err(DropReason::ConntrackQuota));
+    let acts: Vec<_> = on.records().collect();
+    assert_eq!(acts, [(true, Reject), (false, Reject)]);
+    assert!(On::new(false, false, Ok(())).is_none());
     t.clear();
     assert!(t.is_empty());
     assert_eq!(t.flows().count(), 0);
@@ -146,7 +157,7 @@ fn records_aggregate_per_flow_interface_and_action() {
         proto: proto::ICMP,
         ..key(10, 11, 77, 77)
     };
-    t.record(ip(10), &icmp, FlowAction::Accept, 1, 84, 1);
+    t.record(&icmp, On::new(true, false, Ok(())), 1, 84, 1);
     let f = t.flows().next().expect("icmp flow");
     assert_eq!((f.key.sport, f.key.dport), (0, 0));
 }
@@ -157,14 +168,14 @@ fn record_lines_are_vpc_flow_logs_v2() {
     let c = cfg(&path);
     let mut t = FlowTable::new(64, 8);
     t.record(
-        ip(10),
         &key(10, 11, 4000, 53),
-        FlowAction::Accept,
+        On::new(true, false, Ok(())),
         2,
         120,
         3,
     );
-    t.record(ip(11), &key(10, 11, 4000, 54), FlowAction::Reject, 1, 60, 4);
+    let no = On::new(false, true, Err(DropReason::NoRule));
+    t.record(&key(10, 11, 4000, 54), no, 1, 60, 4);
     let mut l = logger(&c, vec![t]);
     let s = l
         .flush(5, &snap(), &[ip(10), ip(11), ip(12)])
@@ -206,24 +217,12 @@ fn reject_flood_is_bounded_and_reported_as_skipdata() {
     let mut tables = Vec::new();
     for w in 0..2u16 {
         let mut t = FlowTable::new(1024, c.reject_limit);
+        let no = On::new(false, true, Err(DropReason::NoRule));
         for p in 0..30u16 {
-            t.record(
-                ip(11),
-                &key(10, 11, 10_000 + w * 100 + p, 9),
-                FlowAction::Reject,
-                1,
-                60,
-                2,
-            );
+            t.record(&key(10, 11, 10_000 + w * 100 + p, 9), no, 1, 60, 2);
         }
-        t.record(
-            ip(11),
-            &key(10, 11, 5000 + w, 53),
-            FlowAction::Accept,
-            1,
-            60,
-            2,
-        );
+        let ok = On::new(false, true, Ok(()));
+        t.record(&key(10, 11, 5000 + w, 53), ok, 1, 60, 2);
         assert_eq!(t.flows().count(), 11);
         assert_eq!(t.skipped().collect::<Vec<_>>(), [(ip(11), 20, 2, 2)]);
         tables.push(t);
@@ -251,10 +250,10 @@ fn reject_flood_is_bounded_and_reported_as_skipdata() {
 fn a_full_table_skips_new_flows_and_keeps_counting_old_ones() {
     let mut t = FlowTable::new(4, 100);
     for p in 0..6u16 {
-        t.record(ip(10), &key(10, 11, p, 53), FlowAction::Accept, 1, 60, 1);
+        t.record(&key(10, 11, p, 53), On::new(true, false, Ok(())), 1, 60, 1);
     }
     // Known flows still count; new ones are skipped.
-    t.record(ip(10), &key(10, 11, 0, 53), FlowAction::Accept, 1, 60, 2);
+    t.record(&key(10, 11, 0, 53), On::new(true, false, Ok(())), 1, 60, 2);
     assert_eq!(t.flows().count(), 4);
     assert_eq!(t.flows().next().map(|f| f.packets), Some(2));
     assert_eq!(t.skipped().collect::<Vec<_>>(), [(ip(10), 2, 1, 1)]);
@@ -309,14 +308,15 @@ fn recorder_hands_over_at_the_boundary_and_reuses_the_returned_table() {
     let (recs, collector) = channels(&c, 1);
     let mut rec = recs.into_iter().next().expect("recorder");
     let mut l = FlowLogger::new(&c, collector, Writer::open(&c).expect("open"), 0);
-    rec.record(ip(10), &key(10, 11, 1, 53), FlowAction::Accept, 1, 60, 3);
+    let out = On::new(true, false, Ok(()));
+    rec.record(&key(10, 11, 1, 53), out, 1, 60, 3);
     rec.tick(9);
     assert!(!rec.active.is_empty(), "before the boundary: kept");
     rec.tick(10);
     assert!(rec.active.is_empty(), "handed over at the boundary");
     // The spare is in use now: without the logger returning one, the worker
     // keeps its table across the next boundary.
-    rec.record(ip(10), &key(10, 11, 2, 53), FlowAction::Accept, 1, 60, 12);
+    rec.record(&key(10, 11, 2, 53), out, 1, 60, 12);
     rec.tick(20);
     assert!(!rec.active.is_empty(), "no spare: kept");
     let s = l.flush(20, &snap(), &[]).expect("flush");
@@ -459,4 +459,29 @@ fn the_datapath_logs_verdicts_on_each_instance_interface() {
         ]
     );
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_stops_the_start_and_names_the_path() {
+    let path = PathBuf::from("/nonexistent-sgswitch-dir/flow.log");
+    let e = crate::Switch::start(SwitchConfig {
+        flow_log: Some(cfg(&path)),
+        ..SwitchConfig::default()
+    })
+    .err()
+    .expect("no such directory");
+    assert!(
+        e.to_string().contains("/nonexistent-sgswitch-dir/flow.log"),
+        "{e}"
+    );
+    let e = crate::Switch::start(SwitchConfig {
+        flow_log: Some(FlowLogConfig {
+            interval_secs: 7200,
+            ..cfg(&path)
+        }),
+        ..SwitchConfig::default()
+    })
+    .err()
+    .expect("interval too long");
+    assert!(e.to_string().contains("interval 7200 s"), "{e}");
 }
