@@ -209,10 +209,11 @@ impl On {
             Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => (true, true),
             Err(_) => (false, true),
         };
-        On(u8::from(src) * Self::SRC
-            | u8::from(dst) * Self::DST
-            | u8::from(src && src_reject) * Self::SRC_REJECT
-            | u8::from(dst && dst_reject) * Self::DST_REJECT)
+        let bit = |set: bool, b: u8| if set { b } else { 0 };
+        On(bit(src, Self::SRC)
+            | bit(dst, Self::DST)
+            | bit(src && src_reject, Self::SRC_REJECT)
+            | bit(dst && dst_reject, Self::DST_REJECT))
     }
 
     /// No record at all (neither side is a local instance).
