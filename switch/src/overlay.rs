@@ -979,11 +979,16 @@ mod tests {
     }
 
     fn lab_with(offloads: bool) -> Lab {
+        lab_full(offloads, None)
+    }
+
+    fn lab_full(offloads: bool, flow_log: Option<crate::FlowLogConfig>) -> Lab {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1 << 12),
             subnet: "10.8.0.0/16".parse().unwrap(),
             overlay: Some(OverlayConfig::new(SocketAddrV4::new(H1, 0), VNI)),
+            flow_log,
             ..SwitchConfig::default()
         })
         .expect("datapath with overlay");
@@ -1128,6 +1133,56 @@ mod tests {
         assert_eq!(st.underlay.tx_packets, 1);
         assert_eq!(st.underlay.rx_packets, 3);
         assert_eq!(st.nonzero_vxlan_drops().count(), 0);
+    }
+
+    /// Cluster mode flow logs: host 1 logs its own instance's interface only,
+    /// the egress record where a flow enters the overlay and the ingress
+    /// verdict of what arrives from it.
+    #[test]
+    fn flow_logs_record_cross_host_flows_on_the_instances_host() {
+        let path =
+            std::env::temp_dir().join(format!("sgsw-overlay-flowlog-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = crate::FlowLogConfig {
+            interval_secs: 60,
+            ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
+        };
+        let l = lab_full(false, Some(cfg.clone()));
+        let mut w = l.dp.worker(0);
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        for (from, port) in [(5000, 23), (5001, 22)] {
+            let f = tcp(C, A, from, port, true, b"");
+            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
+        }
+        for _ in 0..20 {
+            w.poll_once();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.hand_over_flows();
+        let writer = crate::flowlog::Writer::open(&cfg).expect("open");
+        let mut logger = l.dp.take_flow_logger(writer).expect("flow logs on");
+        logger
+            .flush(l.dp.now_secs(), &l.dp.rules(), &[A.0])
+            .expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_file(&path);
+        let got: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                [&f[1..10], &f[12..]].concat().join(" ")
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
+            ]
+        );
     }
 
     #[test]

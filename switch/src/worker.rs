@@ -134,6 +134,9 @@ impl Burst {
         let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
         for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
             *parsed = prepare(env, &buf[..*len]);
+            if let (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) = (&scratch.flows, &*parsed) {
+                r.prefetch(&pkt.key);
+            }
         }
         let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
         for (i, (((buf, (len, vnet)), parsed), o)) in frames.zip(out.iter_mut()).take(n).enumerate()
