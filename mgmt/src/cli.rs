@@ -1626,6 +1626,58 @@ mod tests {
     }
 
     #[test]
+    fn flow_log_options_parse_and_bad_values_are_named() {
+        let (cli, _) = parse(argv(&[
+            "sgswitch",
+            "up",
+            "--flow-log",
+            "/var/log/sgswitch/flow.log",
+            "--flow-log-interval",
+            "60",
+            "--flow-log-max-bytes",
+            "1048576",
+            "--flow-log-keep",
+            "2",
+            "--flow-log-reject-limit",
+            "50",
+        ]))
+        .unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        let f = crate::dataplane::flow_log_config(a).expect("flow logs on");
+        assert_eq!(
+            f.sink,
+            switch::FlowLogSink::File("/var/log/sgswitch/flow.log".into())
+        );
+        assert_eq!(
+            (f.interval_secs, f.max_bytes, f.keep, f.reject_limit),
+            (60, 1 << 20, 2, 50)
+        );
+        let (cli, _) = parse(argv(&["sgswitch", "up", "--flow-log", "-"])).unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        let f = crate::dataplane::flow_log_config(a).expect("flow logs on");
+        assert_eq!(f.sink, switch::FlowLogSink::Stdout);
+        assert_eq!(f.interval_secs, 600, "the AWS default");
+        let (cli, _) = parse(argv(&["sgswitch", "up"])).unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        assert!(crate::dataplane::flow_log_config(a).is_none());
+        for (args, named) in [
+            (&["--flow-log", "f", "--flow-log-interval", "0"][..], "'0'"),
+            (
+                &["--flow-log", "f", "--flow-log-interval", "3601"],
+                "'3601'",
+            ),
+            (&["--flow-log", "f", "--flow-log-max-bytes", "100"], "'100'"),
+            (&["--flow-log-interval", "60"], "--flow-log"),
+        ] {
+            let mut v = vec!["sgswitch", "up"];
+            v.extend_from_slice(args);
+            let e = parse(argv(&v)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(named), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn install_links_makes_every_multi_call_link() {
         let dir = crate::testutil::TempDir::new("links");
         let target = Path::new("/usr/bin/true");
