@@ -36,7 +36,8 @@
 //!   and the receiver's interface are its source and destination addresses),
 //!   so a packet costs one hash and a short probe in the worker's own table,
 //!   whose first slot the staged burst prefetched ([`Recorder::prefetch`]).
-//!   No lock, no allocation, no shared atomic, no syscall. At the first wake-up after an
+//!   No lock, no allocation, no shared atomic, no syscall. Packets of one
+//!   entry saturate at 2^32 - 1 per interval. At the first wake-up after an
 //!   interval boundary ([`Recorder::tick`]) the worker swaps its table for the
 //!   spare one the logger returned and hands the full one over through a
 //!   bounded channel (`try_send`: lock-free, no allocation, once per interval).
@@ -48,10 +49,12 @@
 //!   (merged over the workers). Everything beyond is counted and reported as a
 //!   `SKIPDATA` record of the interface, so a flood of rejected packets with
 //!   random ports costs at most `reject_limit` + 1 lines per interface per
-//!   interval. The file sink rotates at `max_bytes` (`FILE` → `FILE.1` → …
-//!   `FILE.keep`, the oldest deleted): the log never takes more than
-//!   `(keep + 1) × max_bytes` of disk (a path that is not a regular file, such
-//!   as a FIFO or `/dev/null`, is written to without rotation). Every file starts with the header line of
+//!   interval (sent by an instance, it also leaves ACCEPT records on the
+//!   sender's interface, bounded by the workers' tables). The file sink
+//!   rotates at `max_bytes` (`FILE` → `FILE.1` → … `FILE.keep`, the oldest
+//!   deleted): the log never takes more than `(keep + 1) × max_bytes` of disk
+//!   (a path that is not a regular file, such as a FIFO or `/dev/null`, is
+//!   written to without rotation). Every file starts with the header line of
 //!   field names, as the files AWS delivers to S3 do.
 //! * Times: `start`/`end` are unix seconds of the first and last packet of the
 //!   flow in the interval (the datapath's coarse one-second clock).
@@ -710,13 +713,16 @@ impl Writer {
             PathBuf::from(s)
         };
         if self.keep > 0 {
+            // A file someone removed in between is not an error: the chain
+            // just has a gap.
+            let shift = |from: PathBuf, to: PathBuf| match std::fs::rename(from, to) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
             for i in (1..self.keep).rev() {
-                let from = numbered(i);
-                if from.exists() {
-                    std::fs::rename(&from, numbered(i + 1))?;
-                }
+                shift(numbered(i), numbered(i + 1))?;
             }
-            std::fs::rename(path, numbered(1))?;
+            shift(path.to_path_buf(), numbered(1))?;
         }
         let f = File::create(path)?;
         self.out = BufWriter::new(Box::new(f));
@@ -785,7 +791,10 @@ impl FlowLogger {
         let k = u32::from(ip);
         if let Some(i) = snap.instance_by_ip(ip) {
             let inst = snap.instance(i);
-            self.names.insert(k, (inst.owner.clone(), inst.id.clone()));
+            let known = self.names.get(&k);
+            if known.is_none_or(|(o, id)| *o != inst.owner || *id != inst.id) {
+                self.names.insert(k, (inst.owner.clone(), inst.id.clone()));
+            }
         }
         match self.names.get(&k) {
             Some((owner, id)) => (owner.to_string(), eni_id(id)),
