@@ -45,6 +45,10 @@
 //!     the overlay with the sender's identity (`vxlan_no_identity` if it has
 //!     none); ARP requests from instances for such addresses are answered with
 //!     the remote instance's MAC. Overlay refusals are `Outcome::VxlanDropped`.
+//!   - Flow logs (when the worker has a [`Recorder`]): after the decision,
+//!     an IPv4 packet forwarded, sent into the overlay or refused by the
+//!     rules/connection table is recorded once, for the sender's and/or the
+//!     receiver's instance interface ([`crate::flowlog`]).
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
