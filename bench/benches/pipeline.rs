@@ -15,8 +15,19 @@
 //! * `first_packet/R`: UDP datagrams each with a new 5-tuple (classifier + flow
 //!   creation). The table is rebuilt, untimed, before it fills.
 //! * `arp_answer`: ARP requests answered by the switch.
+//! * `flow_log/{established,first_packet}/{off,on}` (R = 100): the cost of flow
+//!   logs (`SwitchConfig::flow_log`) on the two cases above, off and on
+//!   side by side. With flow logs on, every frame is recorded (one table entry
+//!   for the sender's and the receiver's record); in `first_packet/on` the
+//!   worker's table is handed to the logger and flushed (to /dev/null,
+//!   untimed) every 768 bursts (24,576 new flows, 3/4 of the table), so the
+//!   timed path is the recording of new flows; `first_packet/on_full` never
+//!   drains it, so after the first 32,768 frames every new flow takes the
+//!   "table full" path (what a flood costs).
 //!
 //! Throughput is reported in elements (frames) per second: Mpps per core.
+//! `SGSW_FLOWLOG_AB=ROUNDS` runs the flow-log cases as an interleaved A/B of
+//! per-burst medians instead ([`flow_log_ab`]; steadier on a shared machine).
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -27,9 +38,13 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use etherparse::PacketBuilder;
 use filter::model::{Instance, Limits, Owner, RuleSpec};
 use filter::{CtConfig, Mac, Model, compile};
+use switch::flowlog::{FlowLogger, Writer};
 use switch::port::VnetHdr;
 use switch::worker::Worker;
-use switch::{Datapath, MemOptions, PortId, PortRole, PortSpec, SwitchConfig, mem_port_with};
+use switch::{
+    Datapath, FlowLogConfig, FlowLogSink, MemOptions, PortId, PortRole, PortSpec, SwitchConfig,
+    mem_port_with,
+};
 
 const INSTANCES: usize = 1000;
 const GROUPS: usize = 10;
@@ -132,6 +147,10 @@ fn cidr(k: u32) -> String {
 }
 
 fn setup(m: &Model) -> Bench {
+    setup_with(m, None)
+}
+
+fn setup_with(m: &Model, flow_log: Option<FlowLogConfig>) -> Bench {
     let ct = CtConfig {
         capacity: 1 << 21,
         per_instance_quota: 1 << 20,
@@ -140,6 +159,7 @@ fn setup(m: &Model) -> Bench {
     let dp = Datapath::new(SwitchConfig {
         workers: 1,
         ct,
+        flow_log,
         ..SwitchConfig::default()
     })
     .expect("datapath");
@@ -335,11 +355,128 @@ fn arp_answer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, established, first_packet, arp_answer);
+/// Flow logs to /dev/null (no rotation: not a regular file), 600 s interval
+/// (the bench drains by hand).
+fn flow_log_config() -> FlowLogConfig {
+    FlowLogConfig::new(FlowLogSink::File("/dev/null".into()))
+}
+
+/// Hand the worker's table over and write it (untimed part of the bench).
+fn drain(b: &mut Bench, logger: &mut FlowLogger) {
+    b.w.hand_over_flows();
+    let snap = b.dp.rules();
+    logger
+        .flush(b.dp.now_secs(), &snap, &[])
+        .expect("flush flow log");
+}
+
+fn flow_log(c: &mut Criterion) {
+    let rules = 100;
+    let m = model(rules);
+    let mut g = c.benchmark_group("pipeline/flow_log");
+    g.throughput(Throughput::Elements(BURST as u64));
+    // Established flows, off then on.
+    for on in [false, true] {
+        let mut b = setup_with(&m, on.then(flow_log_config));
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let flows: Vec<(usize, Vec<u8>)> = (0..4096)
+            .map(|k| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                let sport = 10_000 + k as u16;
+                let syn = tcp(s, d, sport, true);
+                let r =
+                    b.w.process_burst([(b.ids[s], syn.as_slice(), VnetHdr::default())]);
+                assert_eq!(r.forwarded, 1, "SYN of flow {k} not forwarded");
+                (s, tcp(s, d, sport, false))
+            })
+            .collect();
+        let ids = b.ids.clone();
+        let bursts: Vec<Vec<(PortId, &[u8], VnetHdr)>> = flows
+            .chunks(BURST)
+            .map(|ch| {
+                ch.iter()
+                    .map(|(s, f)| (ids[*s], f.as_slice(), VnetHdr::default()))
+                    .collect()
+            })
+            .collect();
+        let mut i = 0;
+        let name = if on { "on" } else { "off" };
+        g.bench_function(BenchmarkId::new("established", name), |bench| {
+            bench.iter(|| {
+                i = (i + 1) % bursts.len();
+                black_box(b.w.process_burst(bursts[i].iter().copied()))
+            })
+        });
+        assert_eq!(b.dp.stats().total_drops(), 0);
+    }
+    // New flows: off, on (drained every 768 bursts), on with a full table.
+    for (name, cfg, drained) in [
+        ("off", None, false),
+        ("on", Some(flow_log_config()), true),
+        ("on_full", Some(flow_log_config()), false),
+    ] {
+        let mut b = setup_with(&m, cfg.clone());
+        let mut logger =
+            b.dp.take_flow_logger(Writer::open(&flow_log_config()).expect("open /dev/null"));
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut frames: Vec<(usize, Vec<u8>)> = (0..BURST)
+            .map(|_| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                (s, udp(s, d, 1))
+            })
+            .collect();
+        let mut sport: u32 = 0;
+        let mut flows = 0usize;
+        let mut bursts = 0usize;
+        g.bench_function(BenchmarkId::new("first_packet", name), |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if flows > 1_500_000 {
+                        b = setup_with(&m, cfg.clone());
+                        logger = b.dp.take_flow_logger(
+                            Writer::open(&flow_log_config()).expect("open /dev/null"),
+                        );
+                        flows = 0;
+                    }
+                    if drained
+                        && bursts.is_multiple_of(768)
+                        && let Some(l) = logger.as_mut()
+                    {
+                        drain(&mut b, l);
+                    }
+                    for (s, f) in frames.iter_mut() {
+                        sport = sport.wrapping_add(1);
+                        if sport.is_multiple_of(60_000) {
+                            *s = rng.next() % INSTANCES;
+                            let d = rng.next() % INSTANCES;
+                            *f = udp(*s, d, 1);
+                        }
+                        f[34..36].copy_from_slice(&(1024 + (sport % 60_000) as u16).to_be_bytes());
+                    }
+                    let burst = frames
+                        .iter()
+                        .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()));
+                    let t = Instant::now();
+                    let r = b.w.process_burst(burst);
+                    total += t.elapsed();
+                    flows += BURST;
+                    bursts += 1;
+                    black_box(r);
+                }
+                total
+            })
+        });
+        assert_eq!(b.dp.stats().total_drops(), 0);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, established, first_packet, arp_answer, flow_log);
 
 /// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
 /// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|arp
-/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R]` runs N bursts of 32 frames through
+/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1]` runs N bursts of 32 frames through
 /// [`ir_run`] once, prints the on-CPU and wall ns per frame, and exits; under
 /// callgrind, divide the `ir_run` inclusive cost by 32 N:
 ///
@@ -353,7 +490,10 @@ fn ir_mode(case: &str, bursts: usize) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let m = model(rules);
-    let mut b = setup(&m);
+    // SGSW_IR_FLOWLOG=1: flow logs on (the table holds 32,768 flows: keep
+    // first_packet runs below 1,024 bursts to measure recording, not skipping).
+    let flow_log = std::env::var("SGSW_IR_FLOWLOG").is_ok_and(|v| v == "1");
+    let mut b = setup_with(&m, flow_log.then(flow_log_config));
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let frames: Vec<(usize, Vec<u8>)> = match case {
         "established" => (0..4096)
@@ -396,7 +536,7 @@ fn ir_mode(case: &str, bursts: usize) {
     // thread waits for a core (the lab machine is shared), so before/after
     // comparisons stay meaningful under load.
     println!(
-        "{case} rules={rules}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
+        "{case} rules={rules} flow_log={flow_log}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
         cpu as f64 / done.max(1) as f64,
         wall.as_nanos() as f64 / done.max(1) as f64
     );
@@ -430,7 +570,103 @@ fn ir_run(w: &mut Worker, all: &[(PortId, &[u8], VnetHdr)], bursts: usize) -> us
     n
 }
 
+/// Flow logs A/B, interleaved (`SGSW_FLOWLOG_AB=ROUNDS`): each round runs
+/// `established` (4096 tracked flows, 20,000 bursts) and `first_packet`
+/// (24,576 new flows per 768 bursts, the flow-log table drained and flushed to
+/// /dev/null untimed in between, 3,072 bursts) with flow logs off, then on;
+/// every burst is timed alone and the median ns/frame is printed per run,
+/// then the median over the rounds. A median of bursts is robust to the
+/// preemptions of a shared machine, which a mean over a run is not.
+fn flow_log_ab(rounds: usize) {
+    let m = model(100);
+    let mut results: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut push = |name: String, v: f64| match results.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, vs)) => vs.push(v),
+        None => results.push((name, vec![v])),
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for round in 0..rounds {
+        for on in [false, true] {
+            let tag = if on { "on" } else { "off" };
+            // Established flows.
+            let mut b = setup_with(&m, on.then(flow_log_config));
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let flows: Vec<(usize, Vec<u8>)> = (0..4096)
+                .map(|k| {
+                    let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                    let sport = 10_000 + k as u16;
+                    let syn = tcp(s, d, sport, true);
+                    b.w.process_burst([(b.ids[s], syn.as_slice(), VnetHdr::default())]);
+                    (s, tcp(s, d, sport, false))
+                })
+                .collect();
+            let all: Vec<(PortId, &[u8], VnetHdr)> = flows
+                .iter()
+                .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()))
+                .collect();
+            let chunks: Vec<_> = all.chunks(BURST).collect();
+            let mut t = Vec::with_capacity(20_000);
+            for i in 0..20_000 {
+                let s = Instant::now();
+                black_box(b.w.process_burst(chunks[i % chunks.len()].iter().copied()));
+                t.push(s.elapsed().as_nanos() as f64 / BURST as f64);
+            }
+            let e = median(t);
+            // New flows.
+            let mut b = setup_with(&m, on.then(flow_log_config));
+            let mut logger =
+                b.dp.take_flow_logger(Writer::open(&flow_log_config()).expect("open /dev/null"));
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+            let frames: Vec<(usize, Vec<u8>)> = (0..3072 * BURST)
+                .map(|k| {
+                    let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                    (s, udp(s, d, 1024 + (k % 60_000) as u16))
+                })
+                .collect();
+            let all: Vec<(PortId, &[u8], VnetHdr)> = frames
+                .iter()
+                .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()))
+                .collect();
+            let mut t = Vec::with_capacity(3072);
+            for (i, chunk) in all.chunks(BURST).enumerate() {
+                if i > 0
+                    && i % 768 == 0
+                    && let Some(l) = logger.as_mut()
+                {
+                    drain(&mut b, l);
+                }
+                let s = Instant::now();
+                black_box(b.w.process_burst(chunk.iter().copied()));
+                t.push(s.elapsed().as_nanos() as f64 / BURST as f64);
+            }
+            let f = median(t);
+            println!(
+                "round {round} flow_log={tag}: established {e:.1} ns/frame, first_packet {f:.1} ns/frame"
+            );
+            push(format!("established/{tag}"), e);
+            push(format!("first_packet/{tag}"), f);
+            assert_eq!(b.dp.stats().total_drops(), 0);
+        }
+    }
+    for (name, v) in results {
+        println!(
+            "median over {rounds} rounds: {name} {:.1} ns/frame",
+            median(v)
+        );
+    }
+}
+
 fn main() {
+    if let Some(rounds) = std::env::var("SGSW_FLOWLOG_AB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        flow_log_ab(rounds);
+        return;
+    }
     if let (Ok(case), Ok(n)) = (
         std::env::var("SGSW_IR_CASE"),
         std::env::var("SGSW_IR_BURSTS"),

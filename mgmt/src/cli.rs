@@ -532,6 +532,27 @@ pub struct UpArgs {
     /// else TCG.
     #[arg(long, value_enum, default_value_t = crate::qemu::Accel::Auto)]
     pub qemu_accel: crate::qemu::Accel,
+    /// Write flow logs in the AWS VPC Flow Logs default format (version 2) to
+    /// FILE (appended to, rotated at --flow-log-max-bytes), or `-` for stdout.
+    #[arg(long, value_name = "FILE|-", conflicts_with = "no_switch")]
+    pub flow_log: Option<PathBuf>,
+    /// Flow-log aggregation interval, seconds (AWS offers 60 and 600; shorter
+    /// is for labs).
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "flow_log",
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub flow_log_interval: u32,
+    /// Rotate the flow-log file before it grows beyond this many bytes
+    /// (FILE -> FILE.1 -> ... FILE.N).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, requires = "flow_log",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub flow_log_max_bytes: u64,
+    /// Rotated flow-log files kept (0: truncate in place).
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "flow_log")]
+    pub flow_log_keep: u32,
+    /// REJECT records per interface per interval; further rejected flows are
+    /// counted into the interface's SKIPDATA record.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "flow_log")]
+    pub flow_log_reject_limit: u32,
     /// Serve the API without a switch (groups and rules only; no instances).
     #[arg(long, hide = true)]
     pub no_switch: bool,
@@ -1665,6 +1686,58 @@ mod tests {
         assert_eq!(a.conntrack_on_revoke, RevokeArg::Keep);
         assert_eq!(a.uplink_range.unwrap().to_string(), "10.9.255.0/24");
         assert_eq!(cli.owner.as_deref(), Some("444455556666"));
+    }
+
+    #[test]
+    fn flow_log_options_parse_and_bad_values_are_named() {
+        let (cli, _) = parse(argv(&[
+            "sgswitch",
+            "up",
+            "--flow-log",
+            "/var/log/sgswitch/flow.log",
+            "--flow-log-interval",
+            "60",
+            "--flow-log-max-bytes",
+            "1048576",
+            "--flow-log-keep",
+            "2",
+            "--flow-log-reject-limit",
+            "50",
+        ]))
+        .unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        let f = crate::dataplane::flow_log_config(a).expect("flow logs on");
+        assert_eq!(
+            f.sink,
+            switch::FlowLogSink::File("/var/log/sgswitch/flow.log".into())
+        );
+        assert_eq!(
+            (f.interval_secs, f.max_bytes, f.keep, f.reject_limit),
+            (60, 1 << 20, 2, 50)
+        );
+        let (cli, _) = parse(argv(&["sgswitch", "up", "--flow-log", "-"])).unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        let f = crate::dataplane::flow_log_config(a).expect("flow logs on");
+        assert_eq!(f.sink, switch::FlowLogSink::Stdout);
+        assert_eq!(f.interval_secs, 600, "the AWS default");
+        let (cli, _) = parse(argv(&["sgswitch", "up"])).unwrap();
+        let Cmd::Up(a) = &cli.cmd else { panic!() };
+        assert!(crate::dataplane::flow_log_config(a).is_none());
+        for (args, named) in [
+            (&["--flow-log", "f", "--flow-log-interval", "0"][..], "'0'"),
+            (
+                &["--flow-log", "f", "--flow-log-interval", "3601"],
+                "'3601'",
+            ),
+            (&["--flow-log", "f", "--flow-log-max-bytes", "100"], "'100'"),
+            (&["--flow-log-interval", "60"], "--flow-log"),
+        ] {
+            let mut v = vec!["sgswitch", "up"];
+            v.extend_from_slice(args);
+            let e = parse(argv(&v)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(named), "{args:?}: {e}");
+        }
     }
 
     #[test]

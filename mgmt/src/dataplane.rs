@@ -208,6 +208,23 @@ pub fn default_image(args: &UpArgs) -> Option<qemu::GuestImage> {
     })
 }
 
+/// The flow-log settings of `up` (`--flow-log FILE|-` and its options).
+pub fn flow_log_config(args: &UpArgs) -> Option<switch::FlowLogConfig> {
+    let path = args.flow_log.as_ref()?;
+    let sink = if path.as_os_str() == "-" {
+        switch::FlowLogSink::Stdout
+    } else {
+        switch::FlowLogSink::File(path.clone())
+    };
+    Some(switch::FlowLogConfig {
+        interval_secs: args.flow_log_interval,
+        max_bytes: args.flow_log_max_bytes,
+        keep: args.flow_log_keep,
+        reject_limit: args.flow_log_reject_limit,
+        ..switch::FlowLogConfig::new(sink)
+    })
+}
+
 /// Start the switch and attach the uplink. An uplink another process holds is
 /// refused before anything is made. The returned [`UplinkUndo`] removes an uplink
 /// this call created unless the caller disarms it once the whole start went
@@ -241,8 +258,12 @@ pub fn start(
             )),
             _ => None,
         },
+        flow_log: flow_log_config(args),
         ..SwitchConfig::default()
     };
+    if let Some(f) = &scfg.flow_log {
+        tracing::info!(sink = ?f.sink, interval_secs = f.interval_secs, max_bytes = f.max_bytes, keep = f.keep, reject_limit = f.reject_limit, "flow logs on");
+    }
     let switch = Switch::start(scfg).map_err(DataplaneError::Switch)?;
     let host_addr = match args.uplink_netns {
         Some(_) => None,

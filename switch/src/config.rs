@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use filter::Mac;
 use ipnet::Ipv4Net;
 
+use crate::flowlog::FlowLogConfig;
 use crate::port::PortQueue;
 
 /// How a worker waits for work.
@@ -41,6 +42,9 @@ pub struct SwitchConfig {
     /// ([`crate::overlay`]). `None` (the default) is the single-host switch,
     /// with no underlay socket and no per-frame cost.
     pub overlay: Option<OverlayConfig>,
+    /// Flow logs in the AWS VPC Flow Logs format ([`crate::flowlog`]). `None`
+    /// (the default): no recording, no per-frame cost beyond one branch.
+    pub flow_log: Option<FlowLogConfig>,
 }
 
 /// The underlay side of cluster mode (docs/cluster.md §6).
@@ -78,6 +82,7 @@ impl Default for SwitchConfig {
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
             dhcp_lease_secs: 3600,
             overlay: None,
+            flow_log: None,
         }
     }
 }
@@ -162,6 +167,16 @@ pub enum SwitchError {
     },
     #[error("overlay: VNI {0} does not fit in 24 bits")]
     OverlayVni(u32),
+    #[error("flow log: {0}")]
+    FlowLogConfig(String),
+    #[error("flow log: open {}", path.display())]
+    FlowLogOpen {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("flow log: spawn the logger thread")]
+    FlowLogSpawn(#[source] std::io::Error),
     #[error("overlay: underlay MTU {0} leaves no room for an inner frame (minimum 576)")]
     OverlayMtu(u32),
 }

@@ -34,6 +34,7 @@ use filter::{Conntrack, Snapshot};
 use crate::capture::CaptureSlot;
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
 use crate::counters::{PortStats, Stats, WorkerCounters};
+use crate::flowlog::{self, Collector, FlowLogConfig, FlowLogger, Recorder};
 use crate::overlay::Overlay;
 use crate::pipeline::NetParams;
 use crate::sys::{self, EventFd};
@@ -82,6 +83,16 @@ pub struct Datapath {
     housekeeper: OnceLock<Thread>,
     /// `sgswitch capture`: armed flag and session ([`crate::capture`]).
     pub(crate) capture: CaptureSlot,
+    /// Flow logs: each worker's recorder (taken by its [`Worker`]) and the
+    /// logger's collector (taken by [`Switch::start`]). The mutexes are only
+    /// taken when a worker or the logger is built.
+    flowlog: Option<FlowLogParts>,
+}
+
+struct FlowLogParts {
+    cfg: FlowLogConfig,
+    recorders: Mutex<Vec<Option<Recorder>>>,
+    collector: Mutex<Option<Collector>>,
 }
 
 impl Datapath {
@@ -97,6 +108,18 @@ impl Datapath {
             .overlay
             .map(|o| Overlay::bind(o, cfg.workers))
             .transpose()?;
+        let flowlog = match &cfg.flow_log {
+            Some(f) => {
+                f.validate().map_err(SwitchError::FlowLogConfig)?;
+                let (recs, collector) = flowlog::channels(f, cfg.workers);
+                Some(FlowLogParts {
+                    cfg: f.clone(),
+                    recorders: Mutex::new(recs.into_iter().map(Some).collect()),
+                    collector: Mutex::new(Some(collector)),
+                })
+            }
+            None => None,
+        };
         let ct = Conntrack::new(cfg.ct);
         let (addr, len) = ct.table_region();
         let ct_huge_bytes = sys::advise_hugepages(addr, len).unwrap_or(0);
@@ -119,6 +142,7 @@ impl Datapath {
             control: Mutex::new(Control::default()),
             housekeeper: OnceLock::new(),
             capture: CaptureSlot::default(),
+            flowlog,
         }))
     }
 
@@ -127,6 +151,41 @@ impl Datapath {
     /// index's queues and counters); a [`Switch`] already runs all of them.
     pub fn worker(self: &Arc<Self>, w: usize) -> Worker {
         Worker::new(self.clone(), w.min(self.workers - 1))
+    }
+
+    /// Worker `w`'s flow-log recorder, once (`None` without flow logs).
+    pub(crate) fn take_recorder(&self, w: usize) -> Option<Recorder> {
+        let parts = self.flowlog.as_ref()?;
+        let mut r = parts.recorders.lock().unwrap_or_else(|e| e.into_inner());
+        r.get_mut(w)?.take()
+    }
+
+    /// The flow logger writing with `writer`, once (`None` without flow logs
+    /// or when already taken). [`Switch::start`] runs it on its own thread;
+    /// tests and benchmarks may drive it directly.
+    pub fn take_flow_logger(&self, writer: flowlog::Writer) -> Option<FlowLogger> {
+        let parts = self.flowlog.as_ref()?;
+        let collector = parts
+            .collector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(FlowLogger::new(
+            &parts.cfg,
+            collector,
+            writer,
+            flowlog::base_unix(self.start.elapsed()),
+        ))
+    }
+
+    /// The flow-log settings, if flow logs are on.
+    pub fn flow_log_config(&self) -> Option<&FlowLogConfig> {
+        self.flowlog.as_ref().map(|p| &p.cfg)
+    }
+
+    /// When the datapath started (second 0 of [`Datapath::now_secs`]).
+    pub(crate) fn started(&self) -> Instant {
+        self.start
     }
 
     /// Bytes of the connection table backed by huge pages (0 when the kernel
@@ -382,6 +441,8 @@ pub struct Switch {
     dp: Arc<Datapath>,
     threads: Vec<JoinHandle<()>>,
     housekeeper: Option<JoinHandle<()>>,
+    /// The flow logger and its stop flag (set after the workers are joined).
+    flowlog: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
 }
 
 impl Switch {
@@ -398,7 +459,24 @@ impl Switch {
             dp: dp.clone(),
             threads: Vec::new(),
             housekeeper: None,
+            flowlog: None,
         };
+        if let Some(f) = dp.flow_log_config() {
+            let writer = flowlog::Writer::open(f).map_err(|source| SwitchError::FlowLogOpen {
+                path: match &f.sink {
+                    flowlog::FlowLogSink::File(p) => p.clone(),
+                    flowlog::FlowLogSink::Stdout => "-".into(),
+                },
+                source,
+            })?;
+            let interval = f.interval_secs;
+            if let Some(logger) = dp.take_flow_logger(writer) {
+                let stop = Arc::new(AtomicBool::new(false));
+                let t = flowlog::spawn(dp.clone(), logger, interval, stop.clone())
+                    .map_err(SwitchError::FlowLogSpawn)?;
+                sw.flowlog = Some((t, stop));
+            }
+        }
         let hk = {
             let dp = dp.clone();
             std::thread::Builder::new()
@@ -499,6 +577,11 @@ impl Switch {
         if let Some(h) = self.housekeeper.take() {
             h.thread().unpark();
             let _ = h.join();
+        }
+        // After the workers: they handed their last tables over on exit.
+        if let Some((t, stop)) = self.flowlog.take() {
+            stop.store(true, Ordering::Release);
+            let _ = t.join();
         }
     }
 }

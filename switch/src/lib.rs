@@ -27,6 +27,9 @@
 //!   format and trust checks in [`vxlan`]), their addresses and identities from a
 //!   [`vxlan::DirectoryTable`] published like the rules
 //!   ([`Switch::publish_directory`]).
+//! * Flow logs ([`SwitchConfig::flow_log`], [`flowlog`]): per-worker
+//!   aggregation tables handed to a logger thread once per interval, written in
+//!   the AWS VPC Flow Logs version 2 format.
 
 pub mod afpacket;
 pub mod arp;
@@ -35,6 +38,7 @@ pub mod config;
 pub mod counters;
 pub mod datapath;
 pub mod dhcp;
+pub mod flowlog;
 pub mod mem;
 pub mod netns;
 pub mod offload;
@@ -51,4 +55,5 @@ pub mod worker;
 pub use config::{OverlayConfig, PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
 pub use counters::{PortStats, PortTotals, Stats, UnderlayStats};
 pub use datapath::{Datapath, PortStatus, Switch};
+pub use flowlog::{FlowLogConfig, FlowLogSink};
 pub use mem::{MemFrame, MemOptions, MemPeer, mem_port, mem_port_with};

@@ -40,6 +40,10 @@
 //!   then conntrack (a reply to a flow our instance opened passes) or the
 //!   destination's ingress rules (group-source rules match the remote member by
 //!   its address, which the verification tied to its identity), then the port.
+//! * Flow logs: a cross-host flow is logged on each instance's own host — the
+//!   sender's egress record where it enters the overlay (the pipeline), the
+//!   receiver's ACCEPT/REJECT record here, after the ingress verdict. Frames
+//!   refused before it (`VxlanDrop`) are not flow-logged.
 //! * Counters: per worker (`WorkerCounters::vxlan_drops`, `underlay_*`), summed in
 //!   [`crate::Stats`].
 
@@ -53,6 +57,7 @@ use filter::{DropReason, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
+use crate::flowlog::{self, Recorder};
 use crate::offload::{self, complete_csum, segment};
 use crate::pipeline::{Env, Scratch, known_instance, transmit};
 use crate::port::VnetHdr;
@@ -596,7 +601,7 @@ pub(crate) fn receive(
         count += 1;
         bump(&env.wc.underlay_rx_packets, 1);
         bump(&env.wc.underlay_rx_bytes, d.len() as u64);
-        let r = check_inner(env, o, from, d).and_then(|port| {
+        let r = check_inner(env, o, from, d, &mut scratch.flows).and_then(|port| {
             let frame = &mut d[VXLAN_HDR_LEN..];
             if port.queues[env.w].offloads()
                 && let Some(t) = TcpSeg::of(frame)
@@ -651,6 +656,7 @@ fn check_inner<'t>(
     o: &OverlayEnv<'_>,
     from: SocketAddrV4,
     buf: &mut [u8],
+    flows: &mut Option<Recorder>,
 ) -> Result<&'t Arc<Port>, Refused> {
     let (header, inner) = vxlan::decap_udp_payload(buf, o.ov.cfg.vni)?;
     let d = Decapped {
@@ -662,7 +668,10 @@ fn check_inner<'t>(
     };
     vxlan::check_sender(o.dir, &d)?;
     let frame = &mut buf[VXLAN_HDR_LEN..];
-    let Parsed::Ipv4 { pkt, eth, .. } = parse_frame(frame)? else {
+    let Parsed::Ipv4 {
+        pkt, eth, ip_len, ..
+    } = parse_frame(frame)?
+    else {
         // check_sender admits untagged IPv4 only.
         return Err(VxlanDrop::InnerNotIpv4.into());
     };
@@ -680,8 +689,15 @@ fn check_inner<'t>(
     }
     let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    env.ct
-        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
+    let verdict = env
+        .ct
+        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip));
+    if let Some(rec) = flows {
+        // The receiver's record (the sender's host logged the egress one).
+        let on = flowlog::On::new(false, true, verdict);
+        rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
+    }
+    verdict?;
     frame[0..6].copy_from_slice(&mac);
     Ok(port)
 }
@@ -963,11 +979,16 @@ mod tests {
     }
 
     fn lab_with(offloads: bool) -> Lab {
+        lab_full(offloads, None)
+    }
+
+    fn lab_full(offloads: bool, flow_log: Option<crate::FlowLogConfig>) -> Lab {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1 << 12),
             subnet: "10.8.0.0/16".parse().unwrap(),
             overlay: Some(OverlayConfig::new(SocketAddrV4::new(H1, 0), VNI)),
+            flow_log,
             ..SwitchConfig::default()
         })
         .expect("datapath with overlay");
@@ -1112,6 +1133,56 @@ mod tests {
         assert_eq!(st.underlay.tx_packets, 1);
         assert_eq!(st.underlay.rx_packets, 3);
         assert_eq!(st.nonzero_vxlan_drops().count(), 0);
+    }
+
+    /// Cluster mode flow logs: host 1 logs its own instance's interface only,
+    /// the egress record where a flow enters the overlay and the ingress
+    /// verdict of what arrives from it.
+    #[test]
+    fn flow_logs_record_cross_host_flows_on_the_instances_host() {
+        let path =
+            std::env::temp_dir().join(format!("sgsw-overlay-flowlog-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = crate::FlowLogConfig {
+            interval_secs: 60,
+            ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
+        };
+        let l = lab_full(false, Some(cfg.clone()));
+        let mut w = l.dp.worker(0);
+        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        for (from, port) in [(5000, 23), (5001, 22)] {
+            let f = tcp(C, A, from, port, true, b"");
+            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
+        }
+        for _ in 0..20 {
+            w.poll_once();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.hand_over_flows();
+        let writer = crate::flowlog::Writer::open(&cfg).expect("open");
+        let mut logger = l.dp.take_flow_logger(writer).expect("flow logs on");
+        logger
+            .flush(l.dp.now_secs(), &l.dp.rules(), &[A.0])
+            .expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_file(&path);
+        let got: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                [&f[1..10], &f[12..]].concat().join(" ")
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
+            ]
+        );
     }
 
     #[test]

@@ -50,6 +50,10 @@
 //!     dropped) and as sent, and frames addressed to the one captured port
 //!     that were dropped on the way as sent with their reason; without it the
 //!     pipeline does nothing more.
+//!   - Flow logs (when the worker has a [`Recorder`]): after the decision,
+//!     an IPv4 packet forwarded, sent into the overlay or refused by the
+//!     rules/connection table is recorded once, for the sender's and/or the
+//!     receiver's instance interface ([`crate::flowlog`]).
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
@@ -68,6 +72,7 @@ use crate::arp::{self, GATEWAY_MAC};
 use crate::capture::{Direction, Record, Session, Verdict};
 use crate::counters::{PortCounters, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
+use crate::flowlog::{self, Recorder};
 use crate::offload::{complete_csum, segment};
 use crate::overlay::{self, OverlayEnv};
 use crate::port::{PortError, VnetHdr};
@@ -136,6 +141,8 @@ pub struct Scratch {
     /// follows the received one.
     pub cap_hold: bool,
     pub cap_tx: Option<Record>,
+    /// Flow logs: this worker's aggregation table ([`crate::flowlog`]).
+    pub flows: Option<Recorder>,
 }
 
 impl Default for Scratch {
@@ -146,6 +153,7 @@ impl Default for Scratch {
             gso: Box::default(),
             cap_hold: false,
             cap_tx: None,
+            flows: None,
         }
     }
 }
@@ -332,6 +340,11 @@ fn judge(
         check_offload(&p, vnet)?;
         decide(env, inp, frame, p)
     });
+    if let Some(rec) = scratch.flows.as_mut()
+        && let Ok(p) = &parsed
+    {
+        log_flow(env, rec, inp, p, frame.len(), vnet, &decided);
+    }
     let result = match decided {
         Ok(Action::Forward { to, dst_mac }) => {
             if let Some(m) = dst_mac {
@@ -402,6 +415,57 @@ fn judge(
             bump(&pc.drops[r.index()], 1);
             Outcome::Dropped(r)
         }
+    }
+}
+
+/// Flow logs: record an IPv4 packet's verdict on the instance interfaces it
+/// crosses (the sender's, the receiver's), see [`crate::flowlog`]. Frames that
+/// did not reach the verdict are not recorded.
+#[inline]
+fn log_flow(
+    env: &Env<'_>,
+    rec: &mut Recorder,
+    inp: &Port,
+    parsed: &Parsed,
+    frame_len: usize,
+    vnet: &VnetHdr,
+    decided: &Result<Action<'_>, DropReason>,
+) {
+    let Parsed::Ipv4 {
+        pkt,
+        l3_offset,
+        payload_offset,
+        ip_len,
+        ..
+    } = parsed
+    else {
+        return;
+    };
+    let (to, verdict) = match decided {
+        Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
+        Ok(Action::Overlay { .. }) => (None, Ok(())),
+        Err(r) if flowlog::is_verdict(*r) => (env.table.by_ip(pkt.key.dst).map(|p| &**p), Err(*r)),
+        _ => return,
+    };
+    // A plain packet: its IPv4 total length (Ethernet padding excluded); a
+    // super-frame: everything after the Ethernet header.
+    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
+        (usize::from(*ip_len), 0)
+    } else {
+        (
+            frame_len.saturating_sub(usize::from(*l3_offset)),
+            vnet.gso_size,
+        )
+    };
+    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
+    let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
+    let on = flowlog::On::new(
+        matches!(inp.kind, Kind::Instance { .. }),
+        matches!(to.map(|p| p.kind), Some(Kind::Instance { .. })),
+        verdict,
+    );
+    if !on.is_none() {
+        rec.record(&pkt.key, on, packets, bytes, env.now);
     }
 }
 

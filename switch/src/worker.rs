@@ -33,6 +33,10 @@
 //!   skips it from then on and wakes the housekeeper, which removes the port.
 //! * Capture: per burst, one relaxed load of the capture's armed flag
 //!   ([`crate::capture`]); only when armed is the session loaded.
+//! * Flow logs: the worker's aggregation table lives in its scratch space; at
+//!   every wake-up it checks the interval boundary once
+//!   ([`crate::flowlog::Recorder::tick`]) and hands the table over past it; on
+//!   exit it hands over what it holds.
 //! * Cluster mode: worker `w` also reads underlay socket `w` (in every sweep, and
 //!   when epoll reports it; it is in the park set too), up to [`BURST`] reads,
 //!   with the rule snapshot and the directory loaded after the read
@@ -133,6 +137,9 @@ impl Burst {
         let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
         for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
             *parsed = prepare(env, &buf[..*len]);
+            if let (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) = (&scratch.flows, &*parsed) {
+                r.prefetch(&pkt.key);
+            }
         }
         let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
         for (i, (((buf, (len, vnet)), parsed), o)) in frames.zip(out.iter_mut()).take(n).enumerate()
@@ -180,7 +187,10 @@ impl Worker {
             }
             Some((e, EpollEvents::with_capacity(64)))
         });
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch {
+            flows: dp.take_recorder(w),
+            ..Scratch::default()
+        };
         if dp.overlay.is_some() {
             scratch.gso = vec![0u8; GSO_BUF_LEN].into_boxed_slice();
         }
@@ -219,12 +229,16 @@ impl Worker {
             self.synced_version = table.version;
         }
         let wc = &dp.wcounters[self.w];
+        let now = dp.now_secs();
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.tick(now);
+        }
         let env = Env {
             snap: &snap,
             table: &table,
             ct: &dp.ct,
             net: &dp.net,
-            now: dp.now_secs(),
+            now,
             w: self.w,
             wc,
             overlay: None,
@@ -390,12 +404,16 @@ impl Worker {
         let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
         let wc = &dp.wcounters[self.w];
         let cap = dp.capture.load();
+        let now = dp.now_secs();
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.tick(now);
+        }
         let env = Env {
             snap: &snap,
             table: &table,
             ct: &dp.ct,
             net: &dp.net,
-            now: dp.now_secs(),
+            now,
             w: self.w,
             wc,
             overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
@@ -466,6 +484,18 @@ impl Worker {
                     }
                 }
             }
+        }
+        // What this worker aggregated since the last interval boundary.
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.hand_over();
+        }
+    }
+
+    /// Flow logs: hand this worker's aggregation table to the logger now
+    /// (tests and benchmarks that drive a worker directly).
+    pub fn hand_over_flows(&mut self) {
+        if let Some(r) = self.scratch.flows.as_mut() {
+            r.hand_over();
         }
     }
 

@@ -1,0 +1,638 @@
+//! Flow logs in the AWS VPC Flow Logs default format (version 2):
+//!
+//! ```text
+//! version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status
+//! 2 111122223333 eni-0a1b2c3d 172.31.0.10 172.31.0.11 40312 22 6 10 1234 1733461200 1733461203 ACCEPT OK
+//! ```
+//!
+//! Contract:
+//! * What is logged: the security-group verdict of every IPv4 packet that
+//!   reached it, as one record per flow (5-tuple, one direction) per interface
+//!   per aggregation interval, with the packets, the bytes (IPv4 total lengths;
+//!   a TSO super-frame counts as the segments it stands for) and the first and
+//!   last second a packet was seen. Like AWS, a packet is recorded on each
+//!   instance interface it crosses: leaving instance A on A's interface, arriving
+//!   at instance B on B's (the uplink has no interface: traffic to and from it is
+//!   logged on the instance side). Egress is always allowed, so the sender's
+//!   record says `ACCEPT` unless the connection table refused the flow
+//!   (`ConntrackFull`/`ConntrackQuota`); the receiver's record carries the
+//!   verdict (`REJECT` for `NoRule`, `Revoked`, unrelated ICMP errors, orphan
+//!   fragments and the table limits). Frames dropped before the verdict
+//!   (spoofing, broadcast, malformed, unknown destination) are not flow-logged:
+//!   they are in the drop counters and `capture --drops`. ICMP and other
+//!   protocols are logged with ports 0, as AWS does.
+//! * Identities: `account-id` is the instance's owner, `interface-id` is
+//!   `eni-` followed by the hex digits of the instance id (`i-0a1b2c3d` →
+//!   `eni-0a1b2c3d`): stable for the instance's life and reversible.
+//! * `log-status`: `OK` for flow records; `NODATA` once per interval for every
+//!   attached instance with no record in it; `SKIPDATA` for an interface some of
+//!   whose flows were not recorded in the interval (fields 4-11 and 13 are `-`,
+//!   as in AWS), because a worker's table was full or because of the REJECT
+//!   bound below.
+//! * Hot path ([`Recorder::record`]): each worker owns two preallocated
+//!   open-addressing tables ([`FlowTable`]) of `flows_per_worker` flows (by
+//!   default 32,768 flows in 65,536 slots of 32 bytes: 2 MiB per table). One
+//!   entry per 5-tuple stands for both records a packet makes (the sender's
+//!   and the receiver's interface are its source and destination addresses),
+//!   so a packet costs one hash and a short probe in the worker's own table,
+//!   whose first slot the staged burst prefetched ([`Recorder::prefetch`]).
+//!   No lock, no allocation, no shared atomic, no syscall. Packets of one
+//!   entry saturate at 2^32 - 1 per interval. At the first wake-up after an
+//!   interval boundary ([`Recorder::tick`]) the worker swaps its table for the
+//!   spare one the logger returned and hands the full one over through a
+//!   bounded channel (`try_send`: lock-free, no allocation, once per interval).
+//!   If the logger has not returned the spare yet, the worker keeps filling the
+//!   same table (records keep their own first/last times).
+//! * Bounds: a worker records at most `flows_per_worker` flows per interval and
+//!   at most `reject_limit` REJECT flows per interface per interval; the logger
+//!   writes at most `reject_limit` REJECT records per interface per interval
+//!   (merged over the workers). Everything beyond is counted and reported as a
+//!   `SKIPDATA` record of the interface, so a flood of rejected packets with
+//!   random ports costs at most `reject_limit` + 1 lines per interface per
+//!   interval (sent by an instance, it also leaves ACCEPT records on the
+//!   sender's interface, bounded by the workers' tables). The file sink
+//!   rotates at `max_bytes` (`FILE` → `FILE.1` → … `FILE.keep`, the oldest
+//!   deleted): the log never takes more than `(keep + 1) × max_bytes` of disk
+//!   (a path that is not a regular file, such as a FIFO or `/dev/null`, is
+//!   written to without rotation). Every file starts with the header line of
+//!   field names, as the files AWS delivers to S3 do.
+//! * Times: `start`/`end` are unix seconds of the first and last packet of the
+//!   flow in the interval (the datapath's coarse one-second clock).
+//! * The logger thread ([`spawn`]) flushes at every interval boundary plus a
+//!   grace period (a parked worker wakes at least every
+//!   [`crate::worker::LONG_PARK_MS`]); a table handed over late is written with
+//!   the next flush. At shutdown the workers hand over what they hold and the
+//!   logger writes it.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use filter::{DropReason, FlowKey, proto};
+
+/// The header line: the field names of the default format.
+pub const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status";
+
+/// Shortest aggregation interval accepted (AWS offers 60 and 600 s; shorter
+/// ones are for labs and tests).
+pub const MIN_INTERVAL_SECS: u32 = 1;
+/// Longest aggregation interval accepted.
+pub const MAX_INTERVAL_SECS: u32 = 3600;
+/// Interfaces a worker tracks per interval (for the REJECT bound and skip
+/// counts); skips of further interfaces are reported without an interface.
+const IFACES_PER_WORKER: usize = 1024;
+
+/// Where records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLogSink {
+    /// Standard output (no rotation).
+    Stdout,
+    /// A file, appended to, rotated at `max_bytes`.
+    File(PathBuf),
+}
+
+/// Flow-log settings (`sgswitch up --flow-log ...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLogConfig {
+    pub sink: FlowLogSink,
+    /// Aggregation interval, seconds ([`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`]).
+    pub interval_secs: u32,
+    /// Rotate the file before it would grow beyond this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.keep`); 0 = truncate in place.
+    pub keep: u32,
+    /// REJECT records per interface per interval; further rejected flows are
+    /// counted into the interface's `SKIPDATA` record.
+    pub reject_limit: u32,
+    /// Flows one worker aggregates per interval (each of its two tables).
+    pub flows_per_worker: usize,
+}
+
+impl FlowLogConfig {
+    /// Defaults: 600 s (the AWS default), 64 MiB files, 4 rotated files kept,
+    /// 1,000 REJECT records per interface per interval, 32,768 flows per worker.
+    pub fn new(sink: FlowLogSink) -> FlowLogConfig {
+        FlowLogConfig {
+            sink,
+            interval_secs: 600,
+            max_bytes: 64 << 20,
+            keep: 4,
+            reject_limit: 1000,
+            flows_per_worker: 1 << 15,
+        }
+    }
+
+    /// Check the values; the error names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&self.interval_secs) {
+            return Err(format!(
+                "interval {} s is outside {MIN_INTERVAL_SECS}..={MAX_INTERVAL_SECS}",
+                self.interval_secs
+            ));
+        }
+        if self.max_bytes < 4096 {
+            return Err(format!(
+                "max bytes {} is below the minimum of 4096",
+                self.max_bytes
+            ));
+        }
+        if self.flows_per_worker == 0 || self.flows_per_worker > 1 << 24 {
+            return Err(format!(
+                "flows per worker {} is outside 1..={}",
+                self.flows_per_worker,
+                1 << 24
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The verdict a record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FlowAction {
+    Accept = 0,
+    Reject = 1,
+}
+
+impl FlowAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowAction::Accept => "ACCEPT",
+            FlowAction::Reject => "REJECT",
+        }
+    }
+}
+
+/// Whether a drop reason is a security-group / connection-table verdict (a
+/// `REJECT` record) rather than a drop before the verdict (not logged).
+#[inline]
+pub fn is_verdict(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::NoRule
+            | DropReason::Revoked
+            | DropReason::UnrelatedIcmpError
+            | DropReason::UnmatchedFragment
+            | DropReason::ConntrackFull
+            | DropReason::ConntrackQuota
+    )
+}
+
+/// Which records one packet makes, and their actions: on the sender's
+/// interface (the source address is a local instance's: egress), on the
+/// receiver's (the destination is: ingress), or both. One table entry per
+/// packet stands for both records (the logger writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct On(u8);
+
+impl On {
+    const SRC: u8 = 1;
+    const DST: u8 = 2;
+    const SRC_REJECT: u8 = 4;
+    const DST_REJECT: u8 = 8;
+
+    /// The records of a packet with `verdict`, sent by a local instance
+    /// (`src`) and/or to one (`dst`). Egress is always allowed, so the
+    /// sender's record says REJECT only when the connection table's limits
+    /// stopped the packet; the receiver's carries the verdict.
+    #[inline]
+    pub fn new(src: bool, dst: bool, verdict: Result<(), DropReason>) -> On {
+        let (src_reject, dst_reject) = match verdict {
+            Ok(()) => (false, false),
+            Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => (true, true),
+            Err(_) => (false, true),
+        };
+        let bit = |set: bool, b: u8| if set { b } else { 0 };
+        On(bit(src, Self::SRC)
+            | bit(dst, Self::DST)
+            | bit(src && src_reject, Self::SRC_REJECT)
+            | bit(dst && dst_reject, Self::DST_REJECT))
+    }
+
+    /// No record at all (neither side is a local instance).
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self.0 & (Self::SRC | Self::DST) == 0
+    }
+
+    fn rejects(self) -> bool {
+        self.0 & (Self::SRC_REJECT | Self::DST_REJECT) != 0
+    }
+
+    /// The records: (on the source's interface?, action).
+    fn records(self) -> impl Iterator<Item = (bool, FlowAction)> {
+        let act = |r: bool| {
+            if r {
+                FlowAction::Reject
+            } else {
+                FlowAction::Accept
+            }
+        };
+        let src = (self.0 & Self::SRC != 0).then(|| (true, act(self.0 & Self::SRC_REJECT != 0)));
+        let dst = (self.0 & Self::DST != 0).then(|| (false, act(self.0 & Self::DST_REJECT != 0)));
+        src.into_iter().chain(dst)
+    }
+}
+
+/// Packets and bytes on the wire of an IPv4 frame: `ip_bytes` from the IPv4
+/// header on, `hdr` bytes of IPv4 + L4 headers, and the sender's GSO segment
+/// size (0 = not a super-frame).
+#[inline]
+pub fn wire_size(ip_bytes: usize, hdr: usize, gso_size: u16) -> (u32, u64) {
+    let payload = ip_bytes.saturating_sub(hdr);
+    if gso_size == 0 || payload <= usize::from(gso_size) {
+        return (1, ip_bytes as u64);
+    }
+    let segs = payload.div_ceil(usize::from(gso_size));
+    (segs as u32, (segs * hdr + payload) as u64)
+}
+
+/// Aggregation key: 5-tuple and the records it makes ([`On`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C)]
+struct Key {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    on: u8,
+}
+
+impl Key {
+    /// The key of a packet's flow: ICMP and other protocols without ports.
+    #[inline]
+    fn of(key: &FlowKey, on: u8) -> Key {
+        let ports = matches!(key.proto, proto::TCP | proto::UDP);
+        Key {
+            src: u32::from(key.src),
+            dst: u32::from(key.dst),
+            sport: if ports { key.sport } else { 0 },
+            dport: if ports { key.dport } else { 0 },
+            proto: key.proto,
+            on,
+        }
+    }
+
+    /// Hash of the 5-tuple (not of `on`: a flow's entries stay neighbours),
+    /// murmur3's 64-bit finaliser over the packed fields. The table is the
+    /// worker's own: a crafted collision only lengthens probes in one interval.
+    #[inline]
+    fn hash(&self) -> usize {
+        let a = u64::from(self.src) << 32 | u64::from(self.dst);
+        let b = u64::from(self.sport) << 24 | u64::from(self.dport) << 8 | u64::from(self.proto);
+        let mut h = a ^ b.rotate_left(29);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        h as usize
+    }
+}
+
+/// One flow: 32 bytes, aligned, two per cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    key: Key,
+    /// 0 = empty slot (every entry has at least one packet); saturates.
+    packets: u32,
+    /// Seconds of the first and last packet after the table's `base`
+    /// (saturating at 18 h: a table is handed over every interval).
+    first: u16,
+    last: u16,
+    bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct IfaceSlot {
+    /// 0 = empty slot (0.0.0.0 is never an instance's address).
+    ip: u32,
+    rejects: u32,
+    skipped: u64,
+    first: u32,
+    last: u32,
+}
+
+/// One worker's aggregation table for one interval: fixed capacity, allocated
+/// once, cleared by the logger (in time proportional to what was used).
+pub struct FlowTable {
+    slots: Box<[Slot]>,
+    /// Indices of the used slots, in insertion order (capacity `max_flows`).
+    used: Vec<u32>,
+    max_flows: usize,
+    /// Datapath second the slots' times count from (the first record's).
+    base: u32,
+    ifaces: Box<[IfaceSlot]>,
+    ifaces_used: Vec<u32>,
+    reject_limit: u32,
+    /// Packets skipped when the interface table was full too.
+    unattributed: u64,
+}
+
+/// One record of a [`FlowTable`] (or merged over workers): a flow on one
+/// interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub iface: Ipv4Addr,
+    pub key: FlowKey,
+    pub action: FlowAction,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Datapath seconds of the first and last packet.
+    pub first: u32,
+    pub last: u32,
+}
+
+impl FlowTable {
+    /// A table of `max_flows` flows (slots: the next power of two of 4/3 of
+    /// that, so probes stay short) and `reject_limit` rejected flows per
+    /// interface.
+    pub fn new(max_flows: usize, reject_limit: u32) -> FlowTable {
+        let slots = (max_flows + max_flows / 3 + 1).next_power_of_two();
+        FlowTable {
+            slots: vec![Slot::default(); slots].into_boxed_slice(),
+            used: Vec::with_capacity(max_flows),
+            max_flows,
+            base: 0,
+            ifaces: vec![IfaceSlot::default(); IFACES_PER_WORKER].into_boxed_slice(),
+            ifaces_used: Vec::with_capacity(IFACES_PER_WORKER * 3 / 4),
+            reject_limit,
+            unattributed: 0,
+        }
+    }
+
+    /// Nothing recorded or skipped.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty() && self.ifaces_used.is_empty() && self.unattributed == 0
+    }
+
+    /// Add `packets`/`bytes` of flow `key`, making the records `on` says, at
+    /// datapath second `now`.
+    #[inline]
+    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
+        let k = Key::of(key, on.0);
+        if self.used.is_empty() {
+            self.base = now;
+        }
+        let t = now.saturating_sub(self.base).min(u32::from(u16::MAX)) as u16;
+        let mask = self.slots.len() - 1;
+        let mut i = k.hash() & mask;
+        loop {
+            let s = &mut self.slots[i];
+            if s.packets == 0 {
+                break;
+            }
+            if s.key == k {
+                s.packets = s.packets.saturating_add(packets);
+                s.bytes += bytes;
+                s.last = t;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+        // A new flow. A rejected one counts against the receiver's bound (the
+        // sender's when the receiver is not ours).
+        let charged = if on.0 & On::DST != 0 { k.dst } else { k.src };
+        if self.used.len() >= self.max_flows || (on.rejects() && !self.admit_reject(charged)) {
+            self.skip(&k, on, packets, now);
+            return;
+        }
+        self.slots[i] = Slot {
+            key: k,
+            packets: packets.max(1),
+            first: t,
+            last: t,
+            bytes,
+        };
+        self.used.push(i as u32);
+    }
+
+    /// Address of the slot where flow `key`'s probe starts (for a prefetch).
+    #[inline]
+    fn slot_addr(&self, key: &FlowKey) -> usize {
+        let i = Key::of(key, 0).hash() & (self.slots.len() - 1);
+        self.slots.as_ptr() as usize + i * std::mem::size_of::<Slot>()
+    }
+
+    /// The interface's slot, inserted if new; `None` if the interface table
+    /// is full.
+    #[inline]
+    fn iface(&mut self, ip: u32) -> Option<&mut IfaceSlot> {
+        let mask = self.ifaces.len() - 1;
+        let mut i = (u64::from(ip).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize & mask;
+        loop {
+            let s = self.ifaces[i];
+            if s.ip == ip {
+                return Some(&mut self.ifaces[i]);
+            }
+            if s.ip == 0 {
+                if self.ifaces_used.len() >= self.ifaces_used.capacity() {
+                    return None;
+                }
+                self.ifaces_used.push(i as u32);
+                self.ifaces[i].ip = ip;
+                return Some(&mut self.ifaces[i]);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn admit_reject(&mut self, ip: u32) -> bool {
+        let limit = self.reject_limit;
+        match self.iface(ip) {
+            Some(s) if s.rejects < limit => {
+                s.rejects += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Count a packet not recorded on each interface it would have had a
+    /// record on.
+    #[cold]
+    fn skip(&mut self, k: &Key, on: On, packets: u32, now: u32) {
+        for (src_side, _) in on.records() {
+            let ip = if src_side { k.src } else { k.dst };
+            match self.iface(ip) {
+                Some(s) => {
+                    if s.skipped == 0 {
+                        s.first = now;
+                    }
+                    s.skipped += u64::from(packets);
+                    s.last = now;
+                }
+                None => self.unattributed += u64::from(packets),
+            }
+        }
+    }
+
+    /// The records, in insertion order (an entry with both sides gives the
+    /// sender's record, then the receiver's).
+    pub fn flows(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+        self.used.iter().flat_map(move |&i| {
+            let s = self.slots[i as usize];
+            let key = FlowKey {
+                src: Ipv4Addr::from(s.key.src),
+                dst: Ipv4Addr::from(s.key.dst),
+                proto: s.key.proto,
+                sport: s.key.sport,
+                dport: s.key.dport,
+            };
+            let base = self.base;
+            On(s.key.on)
+                .records()
+                .map(move |(src_side, action)| FlowRecord {
+                    iface: if src_side { key.src } else { key.dst },
+                    key,
+                    action,
+                    packets: u64::from(s.packets),
+                    bytes: s.bytes,
+                    first: base + u32::from(s.first),
+                    last: base + u32::from(s.last),
+                })
+        })
+    }
+
+    /// Packets skipped per interface: (interface, packets, first, last).
+    pub fn skipped(&self) -> impl Iterator<Item = (Ipv4Addr, u64, u32, u32)> + '_ {
+        self.ifaces_used
+            .iter()
+            .map(|&i| self.ifaces[i as usize])
+            .filter(|s| s.skipped > 0)
+            .map(|s| (Ipv4Addr::from(s.ip), s.skipped, s.first, s.last))
+    }
+
+    /// Packets skipped that no interface could be charged with.
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed
+    }
+
+    /// Forget everything (cost: the slots used).
+    pub fn clear(&mut self) {
+        for &i in &self.used {
+            self.slots[i as usize] = Slot::default();
+        }
+        self.used.clear();
+        for &i in &self.ifaces_used {
+            self.ifaces[i as usize] = IfaceSlot::default();
+        }
+        self.ifaces_used.clear();
+        self.unattributed = 0;
+    }
+}
+
+/// A worker's side: the table it fills, the spare, and the channels to the
+/// logger. Owned by the worker (in its [`crate::pipeline::Scratch`]).
+pub struct Recorder {
+    w: usize,
+    active: Box<FlowTable>,
+    spare: Option<Box<FlowTable>>,
+    back: Receiver<Box<FlowTable>>,
+    to_logger: SyncSender<(usize, Box<FlowTable>)>,
+    interval: u32,
+    /// Datapath second at which the current interval ends.
+    deadline: u32,
+}
+
+impl Recorder {
+    /// Record one packet (see [`FlowTable::record`]).
+    #[inline]
+    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
+        self.active.record(key, on, packets, bytes, now);
+    }
+
+    /// Prefetch the slot flow `key` will be recorded in (the staged burst's
+    /// prepare step: the cache misses of a burst's new flows overlap).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        crate::sys::prefetch(self.active.slot_addr(key), std::mem::size_of::<Slot>());
+    }
+
+    /// Once per wake-up: at the first call after an interval boundary, hand the
+    /// table over (if it holds anything) and continue with the spare.
+    #[inline]
+    pub fn tick(&mut self, now: u32) {
+        if now < self.deadline {
+            return;
+        }
+        self.deadline = (now / self.interval + 1) * self.interval;
+        if !self.active.is_empty() {
+            self.hand_over();
+        }
+    }
+
+    /// Hand the table over now (the interval boundary, or shutdown). Without a
+    /// spare back from the logger the worker keeps filling the same table.
+    #[cold]
+    pub fn hand_over(&mut self) {
+        let Some(spare) = self.spare.take().or_else(|| self.back.try_recv().ok()) else {
+            return;
+        };
+        let full = std::mem::replace(&mut self.active, spare);
+        match self.to_logger.try_send((self.w, full)) {
+            Ok(()) => {}
+            // Cannot happen while the logger runs (the channel holds every
+            // table there is); after it stopped, the records are dropped.
+            Err(TrySendError::Full((_, mut t)) | TrySendError::Disconnected((_, mut t))) => {
+                t.clear();
+                self.spare = Some(t);
+            }
+        }
+    }
+}
+
+/// The logger's side of the channels (see [`channels`]).
+pub struct Collector {
+    from_workers: Receiver<(usize, Box<FlowTable>)>,
+    back: Vec<SyncSender<Box<FlowTable>>>,
+}
+
+impl Collector {
+    /// Every table handed over so far.
+    fn drain(&self) -> Vec<(usize, Box<FlowTable>)> {
+        self.from_workers.try_iter().collect()
+    }
+
+    /// Give an emptied table back to its worker.
+    fn give_back(&self, w: usize, mut t: Box<FlowTable>) {
+        t.clear();
+        if let Some(tx) = self.back.get(w) {
+            let _ = tx.try_send(t);
+        }
+    }
+}
+
+/// The recorders of `workers` workers (two tables each) and the collector
+/// their tables are handed to.
+pub fn channels(cfg: &FlowLogConfig, workers: usize) -> (Vec<Recorder>, Collector) {
+    let (to_logger, from_workers) = sync_channel(2 * workers);
+    let mut recs = Vec::with_capacity(workers);
+    let mut back = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (tx, rx) = sync_channel(2);
+        let table = || Box::new(FlowTable::new(cfg.flows_per_worker, cfg.reject_limit));
+        recs.push(Recorder {
+            w,
+            active: table(),
+            spare: Some(table()),
+            back: rx,
+            to_logger: to_logger.clone(),
+            interval: cfg.interval_secs,
+            deadline: cfg.interval_secs,
+        });
+        back.push(tx);
+    }
+    (recs, Collector { from_workers, back })
+}
+
+mod logger;
+
+pub use logger::{FLUSH_GRACE, FlowLogger, FlushSummary, Writer, base_unix, eni_id, spawn};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,487 @@
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
+use filter::{DropReason, FlowKey, Mac, Snapshot, compile, proto};
+
+use super::*;
+use crate::port::VnetHdr;
+use crate::{PortRole, PortSpec, SwitchConfig, mem_port};
+
+const OWNER: &str = "111122223333";
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, 0, n)
+}
+
+fn mac(n: u8) -> Mac {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+fn inst(k: u8) -> String {
+    format!("i-{k:08x}")
+}
+
+/// Instances 10..10+n in group `g`, which allows UDP 53 from the subnet.
+fn model(n: u8) -> Model {
+    let owner = Owner(OWNER.into());
+    let mut m = Model::new(Limits::default());
+    m.add_group(&owner, "g", "test").expect("group");
+    let spec = RuleSpec {
+        proto: Some("udp".into()),
+        ports: Some("53".into()),
+        cidrs: vec!["172.31.0.0/16".into()],
+        ..RuleSpec::default()
+    };
+    m.authorize(&owner, "g", &spec).expect("rule");
+    for k in 10..10 + n {
+        m.add_instance(Instance {
+            id: inst(k),
+            owner: owner.clone(),
+            mac: mac(k),
+            ip: ip(k),
+            groups: vec!["g".into()],
+        })
+        .expect("instance");
+    }
+    m
+}
+
+fn snap() -> Snapshot {
+    compile(&model(4), 1)
+}
+
+fn key(src: u8, dst: u8, sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        src: ip(src),
+        dst: ip(dst),
+        proto: proto::UDP,
+        sport,
+        dport,
+    }
+}
+
+/// A fresh path under the temp dir (removed first, with its rotations).
+fn temp_path(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("sgsw-flowlog-{}-{name}", std::process::id()));
+    for i in 0..10 {
+        let mut s = p.as_os_str().to_owned();
+        if i > 0 {
+            s.push(format!(".{i}"));
+        }
+        let _ = std::fs::remove_file(PathBuf::from(s));
+    }
+    p
+}
+
+fn cfg(path: &Path) -> FlowLogConfig {
+    FlowLogConfig {
+        interval_secs: 1,
+        ..FlowLogConfig::new(FlowLogSink::File(path.to_path_buf()))
+    }
+}
+
+/// The data lines of a flow-log file (header dropped), split in fields.
+fn records(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).expect("read flow log");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(HEADER), "first line is the header");
+    lines
+        .map(|l| l.split(' ').map(str::to_owned).collect())
+        .collect()
+}
+
+/// A logger over `tables` handed over by hand (worker 0), base unix time 1000.
+fn logger(c: &FlowLogConfig, tables: Vec<FlowTable>) -> FlowLogger {
+    let (recs, collector) = channels(c, 1);
+    let mut rec = recs.into_iter().next().expect("one recorder");
+    for t in tables {
+        rec.active = Box::new(t);
+        rec.spare = Some(Box::new(FlowTable::new(4, 4)));
+        rec.hand_over();
+    }
+    // Keep the sender alive for the drain: the collector owns a clone.
+    drop(rec);
+    FlowLogger::new(c, collector, Writer::open(c).expect("open"), 1000)
+}
+
+#[test]
+fn records_aggregate_per_flow_interface_and_action() {
+    let mut t = FlowTable::new(64, 8);
+    let k = key(10, 11, 4000, 53);
+    let both = On::new(true, true, Ok(()));
+    t.record(&k, both, 1, 100, 5);
+    t.record(&k, both, 1, 60, 7);
+    // Refused by the receiver's rules: the sender's record still says ACCEPT.
+    t.record(&k, On::new(true, true, Err(DropReason::NoRule)), 1, 100, 6);
+    t.record(
+        &key(10, 11, 4001, 53),
+        On::new(true, false, Ok(())),
+        3,
+        300,
+        6,
+    );
+    let flows: Vec<FlowRecord> = t.flows().collect();
+    let rec = |iface, action, packets, bytes, first, last| FlowRecord {
+        iface,
+        key: k,
+        action,
+        packets,
+        bytes,
+        first,
+        last,
+    };
+    use FlowAction::{Accept, Reject};
+    assert_eq!(
+        flows[..4],
+        [
+            rec(ip(10), Accept, 2, 160, 5, 7),
+            rec(ip(11), Accept, 2, 160, 5, 7),
+            rec(ip(10), Accept, 1, 100, 6, 6),
+            rec(ip(11), Reject, 1, 100, 6, 6),
+        ]
+    );
+    assert_eq!(flows.len(), 5);
+    assert_eq!((flows[4].iface, flows[4].packets), (ip(10), 3));
+    assert!(t.skipped().next().is_none());
+    // The table is full only when the connection table refused: both REJECT.
+    let on = On::new(true, true, Err(DropReason::ConntrackQuota));
+    let acts: Vec<_> = on.records().collect();
+    assert_eq!(acts, [(true, Reject), (false, Reject)]);
+    assert!(On::new(false, false, Ok(())).is_none());
+    t.clear();
+    assert!(t.is_empty());
+    assert_eq!(t.flows().count(), 0);
+    // ICMP is logged without ports (the key's identifier is dropped).
+    let icmp = FlowKey {
+        proto: proto::ICMP,
+        ..key(10, 11, 77, 77)
+    };
+    t.record(&icmp, On::new(true, false, Ok(())), 1, 84, 1);
+    let f = t.flows().next().expect("icmp flow");
+    assert_eq!((f.key.sport, f.key.dport), (0, 0));
+}
+
+#[test]
+fn record_lines_are_vpc_flow_logs_v2() {
+    let path = temp_path("format");
+    let c = cfg(&path);
+    let mut t = FlowTable::new(64, 8);
+    t.record(
+        &key(10, 11, 4000, 53),
+        On::new(true, false, Ok(())),
+        2,
+        120,
+        3,
+    );
+    let no = On::new(false, true, Err(DropReason::NoRule));
+    t.record(&key(10, 11, 4000, 54), no, 1, 60, 4);
+    let mut l = logger(&c, vec![t]);
+    let s = l
+        .flush(5, &snap(), &[ip(10), ip(11), ip(12)])
+        .expect("flush");
+    assert_eq!(
+        s,
+        FlushSummary {
+            ok: 2,
+            nodata: 1,
+            skipdata: 0,
+            skipped_packets: 0
+        }
+    );
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(
+        text,
+        format!(
+            "{HEADER}\n\
+             2 111122223333 eni-0000000a 172.31.0.10 172.31.0.11 4000 53 17 2 120 1003 1003 ACCEPT OK\n\
+             2 111122223333 eni-0000000b 172.31.0.10 172.31.0.11 4000 54 17 1 60 1004 1004 REJECT OK\n\
+             2 111122223333 eni-0000000c - - - - - - - 1000 1005 - NODATA\n"
+        )
+    );
+    for r in records(&path) {
+        assert_eq!(r.len(), 14, "{r:?}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn reject_flood_is_bounded_and_reported_as_skipdata() {
+    let path = temp_path("flood");
+    let c = FlowLogConfig {
+        reject_limit: 10,
+        ..cfg(&path)
+    };
+    // Two workers' tables, each with 30 rejected flows to instance 11 (the
+    // worker bound keeps 10 each) and one accepted flow.
+    let mut tables = Vec::new();
+    for w in 0..2u16 {
+        let mut t = FlowTable::new(1024, c.reject_limit);
+        let no = On::new(false, true, Err(DropReason::NoRule));
+        for p in 0..30u16 {
+            t.record(&key(10, 11, 10_000 + w * 100 + p, 9), no, 1, 60, 2);
+        }
+        let ok = On::new(false, true, Ok(()));
+        t.record(&key(10, 11, 5000 + w, 53), ok, 1, 60, 2);
+        assert_eq!(t.flows().count(), 11);
+        assert_eq!(t.skipped().collect::<Vec<_>>(), [(ip(11), 20, 2, 2)]);
+        tables.push(t);
+    }
+    let mut l = logger(&c, tables);
+    let s = l.flush(3, &snap(), &[ip(11)]).expect("flush");
+    // The logger's bound: 10 REJECT records in all, the other 50 packets folded
+    // into one SKIPDATA record.
+    assert_eq!(s.ok, 12);
+    assert_eq!(s.skipdata, 1);
+    assert_eq!(s.skipped_packets, 50);
+    assert_eq!(s.nodata, 0);
+    let recs = records(&path);
+    assert_eq!(recs.iter().filter(|r| r[12] == "REJECT").count(), 10);
+    assert_eq!(recs.iter().filter(|r| r[12] == "ACCEPT").count(), 2);
+    let skip: Vec<_> = recs.iter().filter(|r| r[13] == "SKIPDATA").collect();
+    assert_eq!(
+        skip[0].join(" "),
+        "2 111122223333 eni-0000000b - - - - - - - 1002 1002 - SKIPDATA"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_full_table_skips_new_flows_and_keeps_counting_old_ones() {
+    let mut t = FlowTable::new(4, 100);
+    for p in 0..6u16 {
+        t.record(&key(10, 11, p, 53), On::new(true, false, Ok(())), 1, 60, 1);
+    }
+    // Known flows still count; new ones are skipped.
+    t.record(&key(10, 11, 0, 53), On::new(true, false, Ok(())), 1, 60, 2);
+    assert_eq!(t.flows().count(), 4);
+    assert_eq!(t.flows().next().map(|f| f.packets), Some(2));
+    assert_eq!(t.skipped().collect::<Vec<_>>(), [(ip(10), 2, 1, 1)]);
+}
+
+#[test]
+fn rotation_keeps_the_log_within_its_bound() {
+    let path = temp_path("rotate");
+    let c = FlowLogConfig {
+        max_bytes: 4096,
+        keep: 2,
+        ..cfg(&path)
+    };
+    let mut w = Writer::open(&c).expect("open");
+    let line =
+        "2 111122223333 eni-0000000a 172.31.0.10 172.31.0.11 4000 53 17 2 120 1003 1003 ACCEPT OK";
+    for _ in 0..400 {
+        w.line(line).expect("line");
+    }
+    w.flush().expect("flush");
+    let numbered = |i: u32| PathBuf::from(format!("{}.{i}", path.display()));
+    for p in [path.clone(), numbered(1), numbered(2)] {
+        let len = std::fs::metadata(&p).expect("exists").len();
+        assert!(len <= c.max_bytes, "{} has {len} bytes", p.display());
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(
+            text.starts_with(HEADER),
+            "every file starts with the header"
+        );
+    }
+    assert!(!numbered(3).exists(), "only `keep` rotated files");
+    // Reopening appends (no second header).
+    drop(w);
+    let before = std::fs::metadata(&path).expect("exists").len();
+    let mut w = Writer::open(&c).expect("reopen");
+    w.line(line).expect("line");
+    w.flush().expect("flush");
+    let after = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(after.len() as u64, before + line.len() as u64 + 1);
+    for p in [path.clone(), numbered(1), numbered(2)] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn recorder_hands_over_at_the_boundary_and_reuses_the_returned_table() {
+    let path = temp_path("handover");
+    let c = FlowLogConfig {
+        interval_secs: 10,
+        ..cfg(&path)
+    };
+    let (recs, collector) = channels(&c, 1);
+    let mut rec = recs.into_iter().next().expect("recorder");
+    let mut l = FlowLogger::new(&c, collector, Writer::open(&c).expect("open"), 0);
+    let out = On::new(true, false, Ok(()));
+    rec.record(&key(10, 11, 1, 53), out, 1, 60, 3);
+    rec.tick(9);
+    assert!(!rec.active.is_empty(), "before the boundary: kept");
+    rec.tick(10);
+    assert!(rec.active.is_empty(), "handed over at the boundary");
+    // The spare is in use now: without the logger returning one, the worker
+    // keeps its table across the next boundary.
+    rec.record(&key(10, 11, 2, 53), out, 1, 60, 12);
+    rec.tick(20);
+    assert!(!rec.active.is_empty(), "no spare: kept");
+    let s = l.flush(20, &snap(), &[]).expect("flush");
+    assert_eq!(s.ok, 1);
+    rec.tick(30);
+    assert!(rec.active.is_empty(), "the returned table was reused");
+    let s = l.flush(30, &snap(), &[]).expect("flush");
+    assert_eq!(s.ok, 1);
+    let recs = records(&path);
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0][5].as_str(), recs[0][10].as_str()), ("1", "3"));
+    assert_eq!((recs[1][5].as_str(), recs[1][10].as_str()), ("2", "12"));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn super_frames_count_their_segments() {
+    assert_eq!(wire_size(60, 28, 0), (1, 60));
+    // 40 bytes of IPv4+TCP headers, 3000 bytes of payload in 1448-byte segments.
+    assert_eq!(wire_size(3040, 40, 1448), (3, 3 * 40 + 3000));
+    assert_eq!(wire_size(1000, 40, 1448), (1, 1000));
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let c = FlowLogConfig::new(FlowLogSink::Stdout);
+    assert_eq!(c.interval_secs, 600);
+    assert!(c.validate().is_ok());
+    let e = FlowLogConfig {
+        interval_secs: 0,
+        ..c.clone()
+    }
+    .validate()
+    .expect_err("0 s");
+    assert!(e.contains("interval 0 s"), "{e}");
+    let e = FlowLogConfig { max_bytes: 10, ..c }
+        .validate()
+        .expect_err("10 bytes");
+    assert!(e.contains("max bytes 10"), "{e}");
+}
+
+/// The datapath end to end on in-memory ports: an accepted and a rejected UDP
+/// flow between two instances, and one from the uplink, give the records AWS
+/// would write on each interface.
+#[test]
+fn the_datapath_logs_verdicts_on_each_instance_interface() {
+    let path = temp_path("datapath");
+    let c = cfg(&path);
+    let dp = crate::Datapath::new(SwitchConfig {
+        workers: 1,
+        ct: filter::CtConfig::with_capacity(1 << 12),
+        flow_log: Some(c.clone()),
+        ..SwitchConfig::default()
+    })
+    .expect("datapath");
+    dp.publish_rules(compile(&model(3), 1));
+    let mut ids = Vec::new();
+    for k in 10..12u8 {
+        let (queues, _peer) = mem_port(1);
+        ids.push(
+            dp.add_port(PortSpec {
+                name: inst(k),
+                role: PortRole::Instance {
+                    id: inst(k),
+                    mac: mac(k),
+                    ip: ip(k),
+                },
+                queues,
+            })
+            .expect("port"),
+        );
+    }
+    let (queues, _up) = mem_port(1);
+    let up = dp
+        .add_port(PortSpec {
+            name: "uplink".into(),
+            role: PortRole::Uplink,
+            queues,
+        })
+        .expect("uplink");
+    let udp = |src: Ipv4Addr, dst: Ipv4Addr, smac: Mac, dport: u16| {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ethernet2(smac, mac(11))
+            .ipv4(src.octets(), dst.octets(), 64)
+            .udp(4000, dport)
+            .write(&mut v, &[7u8; 32])
+            .expect("udp");
+        v
+    };
+    let ok = udp(ip(10), ip(11), mac(10), 53);
+    let no = udp(ip(10), ip(11), mac(10), 54);
+    let outside = udp(
+        Ipv4Addr::new(172, 31, 255, 7),
+        ip(11),
+        [0x02, 9, 9, 9, 9, 9],
+        99,
+    );
+    let mut w = dp.worker(0);
+    let frames = [
+        (ids[0], &ok[..]),
+        (ids[0], &ok[..]),
+        (ids[0], &no[..]),
+        (up, &outside[..]),
+    ];
+    let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
+    assert_eq!((r.forwarded, r.dropped), (2, 2));
+    w.hand_over_flows();
+    let mut l = dp
+        .take_flow_logger(Writer::open(&c).expect("open"))
+        .expect("flow logs on");
+    assert!(
+        dp.take_flow_logger(Writer::open(&c).expect("open"))
+            .is_none()
+    );
+    let s = l
+        .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
+        .expect("flush");
+    assert_eq!((s.ok, s.nodata, s.skipdata), (5, 1, 0));
+    let recs = records(&path);
+    let short: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            [
+                &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[12], &r[13],
+            ]
+            .map(|s| s.as_str())
+            .join(" ")
+        })
+        .collect();
+    // 60 bytes = 20 IPv4 + 8 UDP + 32 payload.
+    assert_eq!(
+        short,
+        [
+            "eni-0000000a 172.31.0.10 172.31.0.11 4000 53 17 2 120 ACCEPT OK",
+            "eni-0000000a 172.31.0.10 172.31.0.11 4000 54 17 1 60 ACCEPT OK",
+            "eni-0000000b 172.31.0.10 172.31.0.11 4000 53 17 2 120 ACCEPT OK",
+            "eni-0000000b 172.31.0.10 172.31.0.11 4000 54 17 1 60 REJECT OK",
+            "eni-0000000b 172.31.255.7 172.31.0.11 4000 99 17 1 60 REJECT OK",
+            "eni-0000000c - - - - - - - - NODATA",
+        ]
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_stops_the_start_and_names_the_path() {
+    let path = PathBuf::from("/nonexistent-sgswitch-dir/flow.log");
+    let e = crate::Switch::start(SwitchConfig {
+        flow_log: Some(cfg(&path)),
+        ..SwitchConfig::default()
+    })
+    .err()
+    .expect("no such directory");
+    assert!(
+        e.to_string().contains("/nonexistent-sgswitch-dir/flow.log"),
+        "{e}"
+    );
+    let e = crate::Switch::start(SwitchConfig {
+        flow_log: Some(FlowLogConfig {
+            interval_secs: 7200,
+            ..cfg(&path)
+        }),
+        ..SwitchConfig::default()
+    })
+    .err()
+    .expect("interval too long");
+    assert!(e.to_string().contains("interval 7200 s"), "{e}");
+}
