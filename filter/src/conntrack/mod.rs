@@ -129,5 +129,5 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use policy::{CtConfig, RevokeMode, Timeouts, error_fits_flow};
+pub use policy::{CtConfig, Pass, RevokeMode, Timeouts, error_fits_flow};
 pub use table::{BUCKET, BUCKET_BYTES, Conntrack, PROBE, QUOTA_SLOTS};

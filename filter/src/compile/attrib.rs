@@ -1,0 +1,247 @@
+//! Which rule admitted a packet: rule slots and the per-group rule index behind
+//! [`super::Snapshot::admitting_rule`].
+//!
+//! # Contract
+//!
+//! * Every rule of every group with rules has a [`RuleSlot`], assigned by the
+//!   [`super::Compiler`] per (group, rule) and kept for as long as that rule
+//!   stays in that group: editing a group keeps the slots of its untouched
+//!   rules, editing another group touches none of them. A revoked rule's slot is
+//!   freed and may be reused (lowest first) by a later rule; each assignment has
+//!   a fresh *serial* (never reused), published in the snapshot's slot layout
+//!   ([`super::Snapshot::rule_layout`]) so counters kept per slot can tell a
+//!   reused slot from the rule that held it before (and start it at zero).
+//! * Attribution: among the rules of the destination's groups that match a
+//!   packet, the *first* in the order `describe-group` prints them — groups in
+//!   the instance's order, rules in their group's order — is the admitting rule.
+//!   That is the first entry of [`crate::explain::matching_rules`] (property test
+//!   `admitting_rule_is_the_first_matching_rule` in `filter/tests/prop.rs`).
+//! * Structure: a group table keeps, beside the source-set intervals that
+//!   [`super::Snapshot::allows`] searches (unchanged: the verdict alone costs
+//!   what it cost), a second interval table per protocol whose intervals carry
+//!   the *candidate list*: the indices (ascending) of the rules whose port range
+//!   covers that interval (lists deduplicated). Once the group's source set
+//!   matched, the admitting rule is the first candidate whose own source
+//!   contains the packet's source: one more binary search and a short scan (one
+//!   or two candidates for rule sets with distinct ports; at most the group's
+//!   rule count, 100 by default, for nested ranges). Only the first packet of a
+//!   flow (and packets judged by rules without a flow) pays it; tracked packets
+//!   never ask.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Iv, PortTable, Src};
+use crate::model::Rule;
+
+/// A rule's counter slot: stable for as long as the rule stays in its group
+/// (see the module docs). Index into [`super::Snapshot::rule_layout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleSlot(pub u32);
+
+impl RuleSlot {
+    /// As a slice index.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The rule side of one group table: candidate lists per port interval, the
+/// rules' sources and slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RuleIndex {
+    /// Indexed like [`super::GroupTable::ports`]; an interval's `set` field is a
+    /// candidate-list id here.
+    pub(super) ports: [PortTable; 3],
+    /// Candidate list of other IP protocols (`Proto::All` rules).
+    pub(super) other: u32,
+    /// Candidate lists: `(offset, length)` into `cands`.
+    pub(super) lists: Box<[(u32, u32)]>,
+    /// Rule indices.
+    pub(super) cands: Box<[u32]>,
+    /// Per rule (in the group's order): its source and its slot.
+    pub(super) srcs: Box<[Src]>,
+    pub(super) slots: Box<[RuleSlot]>,
+}
+
+impl RuleIndex {
+    /// Build from per-protocol `(lo, hi, rule index)` entries.
+    pub(super) fn build(
+        entries: [Vec<(u16, u16, u32)>; 3],
+        other: Vec<u32>,
+        srcs: Vec<Src>,
+        slots: Vec<RuleSlot>,
+    ) -> RuleIndex {
+        let mut a = CandArena::default();
+        // List 0: no candidate.
+        a.intern(&[]);
+        let [t, u, i] = entries;
+        let ports = [a.table(&t), a.table(&u), a.table(&i)];
+        let other = a.intern(&other);
+        RuleIndex {
+            ports,
+            other,
+            lists: a.lists.into(),
+            cands: a.cands.into(),
+            srcs: srcs.into(),
+            slots: slots.into(),
+        }
+    }
+
+    /// The candidate rules (indices, ascending) of protocol table `p` at `key`,
+    /// or of other protocols when `p` is `None`.
+    #[inline]
+    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> &[u32] {
+        let l = match p {
+            Some(p) => self.ports[p].lookup(key),
+            None => self.other,
+        };
+        let (off, len) = self.lists[l as usize];
+        &self.cands[off as usize..(off + len) as usize]
+    }
+
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|p| p.ivs.len() * 8 + p.top.len() * 4)
+            .sum::<usize>()
+            + self.lists.len() * 8
+            + self.cands.len() * 4
+            + self.srcs.len() * std::mem::size_of::<Src>()
+            + self.slots.len() * 4
+    }
+}
+
+#[derive(Default)]
+struct CandArena {
+    lists: Vec<(u32, u32)>,
+    cands: Vec<u32>,
+    dedup: HashMap<Vec<u32>, u32>,
+}
+
+impl CandArena {
+    fn intern(&mut self, rules: &[u32]) -> u32 {
+        if let Some(&id) = self.dedup.get(rules) {
+            return id;
+        }
+        let id = self.lists.len() as u32;
+        self.lists
+            .push((self.cands.len() as u32, rules.len() as u32));
+        self.cands.extend_from_slice(rules);
+        self.dedup.insert(rules.to_vec(), id);
+        id
+    }
+
+    /// Elementary intervals over `0..=65535`, each with the list of the rules
+    /// covering it (ascending), adjacent equal lists coalesced.
+    fn table(&mut self, entries: &[(u16, u16, u32)]) -> PortTable {
+        let mut events: Vec<(u32, bool, u32)> = Vec::with_capacity(entries.len() * 2);
+        for &(lo, hi, r) in entries {
+            events.push((u32::from(lo), true, r));
+            if hi < u16::MAX {
+                events.push((u32::from(hi) + 1, false, r));
+            }
+        }
+        events.sort_unstable_by_key(|&(pos, start, _)| (pos, start));
+        let mut active: BTreeSet<u32> = BTreeSet::new();
+        let mut scratch: Vec<u32> = Vec::new();
+        let mut ivs: Vec<Iv> = Vec::new();
+        let mut i = 0;
+        let mut pos = 0u32;
+        loop {
+            while i < events.len() && events[i].0 == pos {
+                let (_, start, r) = events[i];
+                if start {
+                    active.insert(r);
+                } else {
+                    active.remove(&r);
+                }
+                i += 1;
+            }
+            scratch.clear();
+            scratch.extend(active.iter().copied());
+            let set = self.intern(&scratch);
+            if ivs.last().map(|iv| iv.set) != Some(set) {
+                ivs.push(Iv {
+                    start: pos as u16,
+                    set,
+                });
+            }
+            if i >= events.len() {
+                break;
+            }
+            pos = events[i].0;
+        }
+        PortTable::new(ivs)
+    }
+}
+
+/// The compiler's slot allocator: (group, rule) → slot, with serials.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SlotAlloc {
+    /// Serial of each slot's current rule; 0 = free.
+    serials: Vec<u64>,
+    free: BTreeSet<u32>,
+    next_serial: u64,
+    /// `serials` as published (rebuilt lazily after a change).
+    published: Option<Arc<[u64]>>,
+}
+
+impl SlotAlloc {
+    fn alloc(&mut self) -> RuleSlot {
+        self.next_serial += 1;
+        self.published = None;
+        match self.free.pop_first() {
+            Some(s) => {
+                self.serials[s as usize] = self.next_serial;
+                RuleSlot(s)
+            }
+            None => {
+                self.serials.push(self.next_serial);
+                RuleSlot(self.serials.len() as u32 - 1)
+            }
+        }
+    }
+
+    fn release(&mut self, s: RuleSlot) {
+        self.serials[s.index()] = 0;
+        self.free.insert(s.0);
+        self.published = None;
+    }
+
+    /// Slots for `rules` (a group's new rule list), reusing those of `old` (the
+    /// group's previous `(rule, slot)` list) for rules still present and
+    /// releasing the rest.
+    pub(super) fn reassign(&mut self, old: Vec<(Rule, RuleSlot)>, rules: &[Rule]) -> Vec<(Rule, RuleSlot)> {
+        let mut by_rule: HashMap<Rule, Vec<RuleSlot>> = HashMap::with_capacity(old.len());
+        for (r, s) in old {
+            by_rule.entry(r).or_default().push(s);
+        }
+        let out: Vec<(Rule, RuleSlot)> = rules
+            .iter()
+            .map(|r| {
+                let kept = by_rule.get_mut(r).and_then(|v| v.pop());
+                (r.clone(), kept.unwrap_or_else(|| self.alloc()))
+            })
+            .collect();
+        for s in by_rule.into_values().flatten() {
+            self.release(s);
+        }
+        out
+    }
+
+    /// Release every slot of a group's list.
+    pub(super) fn release_all(&mut self, old: Vec<(Rule, RuleSlot)>) {
+        for (_, s) in old {
+            self.release(s);
+        }
+    }
+
+    /// The published layout: serial per slot (0 = free).
+    pub(super) fn layout(&mut self) -> Arc<[u64]> {
+        self.published
+            .get_or_insert_with(|| self.serials.as_slice().into())
+            .clone()
+    }
+}
