@@ -452,12 +452,7 @@ impl Snapshot {
 
     /// Does one rule's source contain `src` (see [`Snapshot::set_matches`])?
     #[inline]
-    fn src_matches(
-        &self,
-        s: Src,
-        src: Ipv4Addr,
-        src_inst: &mut Option<Option<InstIdx>>,
-    ) -> bool {
+    fn src_matches(&self, s: Src, src: Ipv4Addr, src_inst: &mut Option<Option<InstIdx>>) -> bool {
         match s {
             Src::Range(lo, hi) => (lo..=hi).contains(&u32::from(src)),
             Src::Group(NO_BIT) => false,
@@ -1426,12 +1421,23 @@ mod tests {
             rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0"),
             grule(Proto::Tcp, Ports::Range(22, 23), "h"),
             rule(Proto::All, Ports::None, "192.168.0.0/16"),
-            rule(Proto::Icmp, Ports::Icmp { ty: Some(8), code: None }, "0.0.0.0/0"),
+            rule(
+                Proto::Icmp,
+                Ports::Icmp {
+                    ty: Some(8),
+                    code: None,
+                },
+                "0.0.0.0/0",
+            ),
         ];
         let h = vec![rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0")];
         let m = model(
             &[("g", g), ("h", h)],
-            &[("i-a", A, &["g"]), ("i-b", B, &["h", "g"]), ("i-c", C, &["h"])],
+            &[
+                ("i-a", A, &["g"]),
+                ("i-b", B, &["h", "g"]),
+                ("i-c", C, &["h"]),
+            ],
         );
         let c = Compiler::new(&m);
         let mut c2 = c.clone();
@@ -1439,9 +1445,15 @@ mod tests {
         let o = owner();
         let slot = |g: &str, i: usize| c.rule_slot(&o, g, i).unwrap();
         // 10.x to port 22: rules 0 and 1 match; the first (0) counts.
-        assert_eq!(s.admitting_rule(&tcp([10, 0, 0, 1], A, 22)), Some(slot("g", 0)));
+        assert_eq!(
+            s.admitting_rule(&tcp([10, 0, 0, 1], A, 22)),
+            Some(slot("g", 0))
+        );
         // Outside 10/8 to 22: rule 1.
-        assert_eq!(s.admitting_rule(&tcp([8, 8, 8, 8], A, 22)), Some(slot("g", 1)));
+        assert_eq!(
+            s.admitting_rule(&tcp([8, 8, 8, 8], A, 22)),
+            Some(slot("g", 1))
+        );
         // Port 23 from member C of h: only the group rule 2.
         assert_eq!(s.admitting_rule(&tcp(C, A, 23)), Some(slot("g", 2)));
         // Port 23 from outside: nothing.
@@ -1456,31 +1468,50 @@ mod tests {
         gre.l4 = L4::Other;
         assert_eq!(s.admitting_rule(&gre), Some(slot("g", 3)));
         // ICMP echo from 192.168/16: rules 3 and 4 match; 3 comes first.
-        assert_eq!(s.admitting_rule(&icmp([192, 168, 1, 1], A, 8, 0)), Some(slot("g", 3)));
-        assert_eq!(s.admitting_rule(&icmp([8, 8, 8, 8], A, 8, 0)), Some(slot("g", 4)));
+        assert_eq!(
+            s.admitting_rule(&icmp([192, 168, 1, 1], A, 8, 0)),
+            Some(slot("g", 3))
+        );
+        assert_eq!(
+            s.admitting_rule(&icmp([8, 8, 8, 8], A, 8, 0)),
+            Some(slot("g", 4))
+        );
         // i-b's groups are kept sorted (g, h): g's rule 0 comes first for 22
         // from 10/8, h's rule for 22 from elsewhere... after g's rule 1.
-        assert_eq!(s.admitting_rule(&tcp([10, 0, 0, 1], B, 22)), Some(slot("g", 0)));
-        assert_eq!(s.admitting_rule(&tcp([8, 8, 8, 8], B, 22)), Some(slot("g", 1)));
+        assert_eq!(
+            s.admitting_rule(&tcp([10, 0, 0, 1], B, 22)),
+            Some(slot("g", 0))
+        );
+        assert_eq!(
+            s.admitting_rule(&tcp([8, 8, 8, 8], B, 22)),
+            Some(slot("g", 1))
+        );
         // i-c is in h alone.
-        assert_eq!(s.admitting_rule(&tcp([8, 8, 8, 8], C, 22)), Some(slot("h", 0)));
+        assert_eq!(
+            s.admitting_rule(&tcp([8, 8, 8, 8], C, 22)),
+            Some(slot("h", 0))
+        );
         // The same answer as the first rule `trace` lists.
-        for p in [tcp([10, 0, 0, 1], B, 22), tcp(C, A, 23), icmp([192, 168, 1, 1], A, 8, 0)] {
+        for p in [
+            tcp([10, 0, 0, 1], B, 22),
+            tcp(C, A, 23),
+            icmp([192, 168, 1, 1], A, 8, 0),
+        ] {
             let first = crate::explain::matching_rules(&m, &p)
                 .first()
                 .map(|r| c.rule_slot(r.owner, r.group, r.index).unwrap());
             assert_eq!(s.admitting_rule(&p), first);
         }
         // Not an instance, later fragments: no rule.
-        assert_eq!(s.admitting_rule(&tcp([10, 0, 0, 1], [10, 9, 9, 9], 22)), None);
+        assert_eq!(
+            s.admitting_rule(&tcp([10, 0, 0, 1], [10, 9, 9, 9], 22)),
+            None
+        );
         let mut later = tcp([10, 0, 0, 1], A, 22);
         later.frag = Frag::Later { id: 1 };
         assert_eq!(s.admitting_rule(&later), None);
         // Every slot is distinct and live.
-        let all: BTreeSet<RuleSlot> = (0..5)
-            .map(|i| slot("g", i))
-            .chain([slot("h", 0)])
-            .collect();
+        let all: BTreeSet<RuleSlot> = (0..5).map(|i| slot("g", i)).chain([slot("h", 0)]).collect();
         assert_eq!(all.len(), 6);
         assert!(all.iter().all(|s2| s.rule_layout()[s2.index()] != 0));
     }
@@ -1504,7 +1535,8 @@ mod tests {
         // An authorize on h: g's slots and serials do not move; the same
         // layout is not shared (h got a new slot).
         let more = rule(Proto::Tcp, Ports::Range(443, 443), "0.0.0.0/0");
-        m.authorize_rules(&o, "h", std::slice::from_ref(&more)).unwrap();
+        m.authorize_rules(&o, "h", std::slice::from_ref(&more))
+            .unwrap();
         let ch = m.take_changes();
         c.apply(&m, &ch);
         let s2 = c.snapshot(2);
@@ -1521,7 +1553,8 @@ mod tests {
         // Revoke g's first rule: 80 keeps its slot (its index moved to 0);
         // the freed slot is reused by the next new rule with a new serial.
         let ssh_rule = rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0");
-        m.revoke_rules(&o, "g", std::slice::from_ref(&ssh_rule)).unwrap();
+        m.revoke_rules(&o, "g", std::slice::from_ref(&ssh_rule))
+            .unwrap();
         let ch = m.take_changes();
         c.apply(&m, &ch);
         let s4 = c.snapshot(4);
@@ -1529,7 +1562,8 @@ mod tests {
         assert_eq!(serial(&s4, ssh), 0, "a revoked rule's slot is free");
         assert_eq!(s4.admitting_rule(&tcp([8, 8, 8, 8], A, 80)), Some(web));
         assert_eq!(s4.admitting_rule(&tcp([8, 8, 8, 8], A, 443)), Some(https));
-        m.authorize_rules(&o, "g", std::slice::from_ref(&ssh_rule)).unwrap();
+        m.authorize_rules(&o, "g", std::slice::from_ref(&ssh_rule))
+            .unwrap();
         let ch = m.take_changes();
         c.apply(&m, &ch);
         let s5 = c.snapshot(5);

@@ -712,7 +712,10 @@ fn slots_of(
             assert!(seen.insert(s), "slot {s:?} given twice");
             let serial = layout[s.index()];
             assert_ne!(serial, 0, "slot of a live rule marked free");
-            out.insert((g.owner.0.clone(), g.name.clone(), r.clone()), (s.0, serial));
+            out.insert(
+                (g.owner.0.clone(), g.name.clone(), r.clone()),
+                (s.0, serial),
+            );
         }
     }
     out

@@ -54,7 +54,7 @@ use filter::{DropReason, parse_frame};
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
 use crate::offload::{self, complete_csum, segment};
-use crate::pipeline::{Env, Scratch, known_instance, transmit};
+use crate::pipeline::{Env, Scratch, judge_for, known_instance, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
@@ -680,8 +680,7 @@ fn check_inner<'t>(
     }
     let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    env.ct
-        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip))?;
+    judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip))?;
     frame[0..6].copy_from_slice(&mac);
     Ok(port)
 }

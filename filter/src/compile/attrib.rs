@@ -213,7 +213,11 @@ impl SlotAlloc {
     /// Slots for `rules` (a group's new rule list), reusing those of `old` (the
     /// group's previous `(rule, slot)` list) for rules still present and
     /// releasing the rest.
-    pub(super) fn reassign(&mut self, old: Vec<(Rule, RuleSlot)>, rules: &[Rule]) -> Vec<(Rule, RuleSlot)> {
+    pub(super) fn reassign(
+        &mut self,
+        old: Vec<(Rule, RuleSlot)>,
+        rules: &[Rule],
+    ) -> Vec<(Rule, RuleSlot)> {
         let mut by_rule: HashMap<Rule, Vec<RuleSlot>> = HashMap::with_capacity(old.len());
         for (r, s) in old {
             by_rule.entry(r).or_default().push(s);

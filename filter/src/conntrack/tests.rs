@@ -899,7 +899,10 @@ fn judge_rule_names_the_deciding_rule() {
         })
     );
     // The reply and the rest of the flow: by state.
-    assert_eq!(judge(&snap, &tcp(B, 22, OUT, 5000, SYN | ACK)), Ok(Pass::State));
+    assert_eq!(
+        judge(&snap, &tcp(B, 22, OUT, 5000, SYN | ACK)),
+        Ok(Pass::State)
+    );
     assert_eq!(judge(&snap, &tcp(OUT, 5000, B, 22, ACK)), Ok(Pass::State));
     // Egress from B: no rule.
     assert_eq!(judge(&snap, &udp(B, 4000, OUT, 53)), Ok(Pass::State));
