@@ -877,6 +877,12 @@ impl Compiler {
         self.rule_slots.get(&key)?.get(index).map(|&(_, s)| s)
     }
 
+    /// The serial of the rule now in `slot` (as in the next snapshot's
+    /// [`Snapshot::rule_layout`]; 0 for a free slot).
+    pub fn rule_serial(&self, slot: RuleSlot) -> u64 {
+        self.alloc.serial(slot)
+    }
+
     /// Count a rule naming a group; true if that group just got a bit.
     fn add_ref(&mut self, r: &Rule) -> bool {
         let Source::Group { owner, group } = &r.source else {

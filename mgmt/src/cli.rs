@@ -183,6 +183,11 @@ pub enum Cmd {
     DescribeGroup {
         /// Groups to show, in this order (default: all of the owner's).
         names: Vec<String>,
+        /// Also what each rule admitted on this host (PACKETS, BYTES, FLOWS
+        /// after each PERMISSION) and a NORULE line per group: packets to
+        /// its members that no rule matched.
+        #[arg(long)]
+        stats: bool,
     },
     /// Add ingress rules to a group.  Prints GROUP NAME, then one PERMISSION per rule.
     Authorize(RuleArgs),
@@ -673,7 +678,13 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         Cmd::DeleteGroup { name } => Command::DeleteGroup {
             group: GroupRef::name(name),
         },
-        Cmd::DescribeGroup { names } => Command::DescribeGroups {
+        Cmd::DescribeGroup {
+            names,
+            stats: false,
+        } => Command::DescribeGroups {
+            groups: group_refs(names),
+        },
+        Cmd::DescribeGroup { names, stats: true } => Command::DescribeGroupStats {
             groups: group_refs(names),
         },
         Cmd::Authorize(a) => {
@@ -824,6 +835,25 @@ pub fn format_response(resp: &Response) -> String {
                 for r in &g.rules {
                     line(permission_line(&g.name, r));
                 }
+            }
+        }
+        Response::GroupStats { groups } => {
+            for s in groups {
+                let g = &s.group;
+                line(format!(
+                    "GROUP\t{}\t{}\t{}",
+                    g.owner.0, g.name, g.description
+                ));
+                for (r, h) in g.rules.iter().zip(&s.hits) {
+                    line(format!(
+                        "{}\tPACKETS\t{}\tBYTES\t{}\tFLOWS\t{}",
+                        permission_line(&g.name, r),
+                        h.packets,
+                        h.bytes,
+                        h.flows
+                    ));
+                }
+                line(format!("NORULE\t{}\tPACKETS\t{}", g.name, s.no_rule));
             }
         }
         Response::Permissions { group, rules } => {

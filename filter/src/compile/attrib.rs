@@ -242,6 +242,11 @@ impl SlotAlloc {
         }
     }
 
+    /// The serial of the rule in `s` (0: free or unknown slot).
+    pub(super) fn serial(&self, s: RuleSlot) -> u64 {
+        self.serials.get(s.index()).copied().unwrap_or(0)
+    }
+
     /// The published layout: serial per slot (0 = free).
     pub(super) fn layout(&mut self) -> Arc<[u64]> {
         self.published
