@@ -11,7 +11,10 @@
 //! [`Snapshot::allows`] answers "do the ingress rules of the destination instance
 //! (`pkt.key.dst`) allow this packet from `pkt.key.src`?" — it knows nothing about
 //! connection state (that is [`crate::conntrack`]). It takes no lock and allocates
-//! nothing.
+//! nothing. [`Snapshot::admitting_rule`] answers the same question naming the
+//! rule ([`RuleSlot`]: the first matching rule in `describe-group` order);
+//! connection tracking uses it wherever it asks the rules, so per-rule counters
+//! cost one classification per new flow (module [`attrib`]).
 //!
 //! Matching semantics (the same as [`crate::reference`], which states them
 //! naively):
@@ -105,7 +108,7 @@ use crate::{Frag, L4, Mac, Packet, proto};
 
 mod attrib;
 pub use attrib::RuleSlot;
-use attrib::{RuleIndex, SlotAlloc};
+use attrib::{Check, RuleIndex, SCAN_MAX, SlotAlloc};
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -430,41 +433,36 @@ impl Snapshot {
             }
             _ => (None, 0),
         };
+        let src = pkt.key.src;
+        let src_u = u32::from(src);
         let mut src_inst = None;
         for &t in list {
             let table = &self.tables[t as usize];
-            let set = match p {
-                Some(p) => table.ports[p].lookup(key),
-                None => table.other,
-            };
-            if !self.set_matches(table, set, pkt.key.src, &mut src_inst) {
+            let r = &*table.rules;
+            let (cands, set) = r.candidates(p, key);
+            if cands.len() > SCAN_MAX && !self.set_matches(table, set, src, &mut src_inst) {
                 continue;
             }
-            let r = &table.rules;
-            for &i in r.candidates(p, key) {
-                if self.src_matches(r.srcs[i as usize], pkt.key.src, &mut src_inst) {
+            for &i in cands {
+                let hit = match r.checks[i as usize] {
+                    Check::Range(lo, hi) => lo <= src_u && src_u <= hi,
+                    Check::Group { word, mask } => {
+                        let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
+                        inst.is_some_and(|inst| {
+                            let w = self.words;
+                            self.member_bits[inst.index() * w..][..w]
+                                .get(word as usize)
+                                .is_some_and(|m| m & mask != 0)
+                        })
+                    }
+                    Check::Never => false,
+                };
+                if hit {
                     return Some(r.slots[i as usize]);
                 }
             }
         }
         None
-    }
-
-    /// Does one rule's source contain `src` (see [`Snapshot::set_matches`])?
-    #[inline]
-    fn src_matches(&self, s: Src, src: Ipv4Addr, src_inst: &mut Option<Option<InstIdx>>) -> bool {
-        match s {
-            Src::Range(lo, hi) => (lo..=hi).contains(&u32::from(src)),
-            Src::Group(NO_BIT) => false,
-            Src::Group(b) => {
-                let Some(inst) = *src_inst.get_or_insert_with(|| self.instance_by_ip(src)) else {
-                    return false;
-                };
-                let w = b as usize / 64;
-                w < self.words
-                    && self.member_bits[inst.index() * self.words + w] & (1 << (b % 64)) != 0
-            }
-        }
     }
 
     /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this
@@ -1103,7 +1101,10 @@ fn compile_group(
     }
     let ports = [arena.table(&tcp), arena.table(&udp), arena.table(&icmp)];
     let other = arena.intern(&other);
-    let rule_index = RuleIndex::build(by_rule, other_rules, srcs, slots.to_vec());
+    let rule_index = RuleIndex::build(by_rule, other_rules, &srcs, slots.to_vec(), |rules| {
+        let srcs: Vec<Src> = rules.iter().map(|&i| srcs[i as usize]).collect();
+        arena.intern(&srcs)
+    });
     GroupTable {
         rules: Arc::new(rule_index),
         ports,
@@ -1520,6 +1521,34 @@ mod tests {
         let all: BTreeSet<RuleSlot> = (0..5).map(|i| slot("g", i)).chain([slot("h", 0)]).collect();
         assert_eq!(all.len(), 6);
         assert!(all.iter().all(|s2| s.rule_layout()[s2.index()] != 0));
+    }
+
+    #[test]
+    fn long_candidate_lists_ask_the_set_then_scan() {
+        // Seven rules cover port 5000 (more than SCAN_MAX), from different
+        // sources: the first whose source matches is named; a source none
+        // has gets nothing.
+        let mut g: Vec<Rule> = (0..6u16)
+            .map(|k| {
+                rule(
+                    Proto::Tcp,
+                    Ports::Range(5000 - k, 5000 + k),
+                    &format!("10.{k}.0.0/16"),
+                )
+            })
+            .collect();
+        g.push(grule(Proto::Tcp, Ports::Range(4000, 6000), "g"));
+        let m = model(&[("g", g)], &[("i-a", A, &["g"]), ("i-b", B, &["g"])]);
+        let c = Compiler::new(&m);
+        let s = c.clone().snapshot(1);
+        let o = owner();
+        for k in 0..6u8 {
+            let want = c.rule_slot(&o, "g", usize::from(k));
+            assert_eq!(s.admitting_rule(&tcp([10, k, 1, 1], A, 5000)), want);
+        }
+        assert_eq!(s.admitting_rule(&tcp(B, A, 5000)), c.rule_slot(&o, "g", 6));
+        assert_eq!(s.admitting_rule(&tcp([10, 9, 1, 1], A, 5000)), None);
+        assert!(!s.allows(&tcp([10, 9, 1, 1], A, 5000)));
     }
 
     #[test]

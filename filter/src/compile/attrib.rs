@@ -20,19 +20,51 @@
 //!   [`super::Snapshot::allows`] searches (unchanged: the verdict alone costs
 //!   what it cost), a second interval table per protocol whose intervals carry
 //!   the *candidate list*: the indices (ascending) of the rules whose port range
-//!   covers that interval (lists deduplicated). Once the group's source set
-//!   matched, the admitting rule is the first candidate whose own source
-//!   contains the packet's source: one more binary search and a short scan (one
-//!   or two candidates for rule sets with distinct ports; at most the group's
-//!   rule count, 100 by default, for nested ranges). Only the first packet of a
-//!   flow (and packets judged by rules without a flow) pays it; tracked packets
-//!   never ask.
+//!   covers that interval (lists deduplicated), with the id of the source set
+//!   that is their union (the same set `allows` finds there). `admitting_rule`
+//!   searches this table alone: a list of at most [`SCAN_MAX`] candidates is
+//!   scanned directly (the first whose source contains the packet's source;
+//!   none: no rule of this group matches), a longer one first asks its set (so
+//!   a packet no rule admits costs what it costs in `allows`), then scans (at
+//!   most the group's rule count, 100 by default, for nested ranges). A
+//!   candidate's source is a precomputed check: an address range, or a word
+//!   index and mask into the source instance's membership bits. Only the first
+//!   packet of a flow (and packets judged by rules without a flow) pays it;
+//!   tracked packets never ask.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{Iv, PortTable, Src};
+use super::{Iv, NO_BIT, PortTable, Src};
 use crate::model::Rule;
+
+/// Candidate lists up to this long are scanned without asking their source
+/// set first (scanning them costs no more than the set check).
+pub(super) const SCAN_MAX: usize = 4;
+
+/// One rule's source as a precomputed check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Check {
+    /// Inclusive address range.
+    Range(u32, u32),
+    /// Member of the referenced group whose bit is `mask` in word `word`.
+    Group { word: u32, mask: u64 },
+    /// Matches nothing (a group source without a bit).
+    Never,
+}
+
+impl From<Src> for Check {
+    fn from(s: Src) -> Check {
+        match s {
+            Src::Range(lo, hi) => Check::Range(lo, hi),
+            Src::Group(NO_BIT) => Check::Never,
+            Src::Group(b) => Check::Group {
+                word: b / 64,
+                mask: 1 << (b % 64),
+            },
+        }
+    }
+}
 
 /// A rule's counter slot: stable for as long as the rule stays in its group
 /// (see the module docs). Index into [`super::Snapshot::rule_layout`].
@@ -56,22 +88,25 @@ pub(super) struct RuleIndex {
     pub(super) ports: [PortTable; 3],
     /// Candidate list of other IP protocols (`Proto::All` rules).
     pub(super) other: u32,
-    /// Candidate lists: `(offset, length)` into `cands`.
-    pub(super) lists: Box<[(u32, u32)]>,
+    /// Candidate lists: `(offset, length)` into `cands`, and the source set
+    /// (of the group table) that is the union of their sources.
+    pub(super) lists: Box<[(u32, u32, u32)]>,
     /// Rule indices.
     pub(super) cands: Box<[u32]>,
-    /// Per rule (in the group's order): its source and its slot.
-    pub(super) srcs: Box<[Src]>,
+    /// Per rule (in the group's order): its source check and its slot.
+    pub(super) checks: Box<[Check]>,
     pub(super) slots: Box<[RuleSlot]>,
 }
 
 impl RuleIndex {
-    /// Build from per-protocol `(lo, hi, rule index)` entries.
+    /// Build from per-protocol `(lo, hi, rule index)` entries; `set_of` gives
+    /// the source-set id of a list of rules (the union of their sources).
     pub(super) fn build(
         entries: [Vec<(u16, u16, u32)>; 3],
         other: Vec<u32>,
-        srcs: Vec<Src>,
+        srcs: &[Src],
         slots: Vec<RuleSlot>,
+        mut set_of: impl FnMut(&[u32]) -> u32,
     ) -> RuleIndex {
         let mut a = CandArena::default();
         // List 0: no candidate.
@@ -79,26 +114,37 @@ impl RuleIndex {
         let [t, u, i] = entries;
         let ports = [a.table(&t), a.table(&u), a.table(&i)];
         let other = a.intern(&other);
+        let lists = a
+            .lists
+            .iter()
+            .map(|&(off, len)| {
+                (
+                    off,
+                    len,
+                    set_of(&a.cands[off as usize..(off + len) as usize]),
+                )
+            })
+            .collect();
         RuleIndex {
             ports,
             other,
-            lists: a.lists.into(),
+            lists,
             cands: a.cands.into(),
-            srcs: srcs.into(),
+            checks: srcs.iter().map(|&s| Check::from(s)).collect(),
             slots: slots.into(),
         }
     }
 
     /// The candidate rules (indices, ascending) of protocol table `p` at `key`,
-    /// or of other protocols when `p` is `None`.
+    /// or of other protocols when `p` is `None`, and their union's source set.
     #[inline]
-    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> &[u32] {
+    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> (&[u32], u32) {
         let l = match p {
             Some(p) => self.ports[p].lookup(key),
             None => self.other,
         };
-        let (off, len) = self.lists[l as usize];
-        &self.cands[off as usize..(off + len) as usize]
+        let (off, len, set) = self.lists[l as usize];
+        (&self.cands[off as usize..(off + len) as usize], set)
     }
 
     pub(super) fn memory_bytes(&self) -> usize {
@@ -106,9 +152,9 @@ impl RuleIndex {
             .iter()
             .map(|p| p.ivs.len() * 8 + p.top.len() * 4)
             .sum::<usize>()
-            + self.lists.len() * 8
+            + self.lists.len() * 12
             + self.cands.len() * 4
-            + self.srcs.len() * std::mem::size_of::<Src>()
+            + self.checks.len() * std::mem::size_of::<Check>()
             + self.slots.len() * 4
     }
 }
