@@ -92,12 +92,10 @@ pub(super) struct RuleIndex {
     pub(super) other: u32,
     /// Candidate lists: `(offset, length)` into `cands`, and the source set
     /// (of the group table) that is the union of their sources.
-    pub(super) lists: Box<[(u32, u32, u32)]>,
-    /// Rule indices.
-    pub(super) cands: Box<[u32]>,
-    /// Per rule (in the group's order): its source check and its slot.
-    pub(super) checks: Box<[Check]>,
-    pub(super) slots: Box<[RuleSlot]>,
+    pub(super) lists: Arc<[(u32, u32, u32)]>,
+    /// The candidates, in rule order: each rule's source check and slot side
+    /// by side (one load per candidate).
+    pub(super) cands: Arc<[(Check, RuleSlot)]>,
 }
 
 impl RuleIndex {
@@ -127,20 +125,23 @@ impl RuleIndex {
                 )
             })
             .collect();
+        let cands = a
+            .cands
+            .iter()
+            .map(|&i| (Check::from(srcs[i as usize]), slots[i as usize]))
+            .collect();
         RuleIndex {
             ports,
             other,
             lists,
-            cands: a.cands.into(),
-            checks: srcs.iter().map(|&s| Check::from(s)).collect(),
-            slots: slots.into(),
+            cands,
         }
     }
 
     /// The candidate rules (indices, ascending) of protocol table `p` at `key`,
     /// or of other protocols when `p` is `None`, and their union's source set.
     #[inline]
-    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> (&[u32], u32) {
+    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> (&[(Check, RuleSlot)], u32) {
         let l = match p {
             Some(p) => self.ports[p].lookup(key),
             None => self.other,
@@ -155,9 +156,7 @@ impl RuleIndex {
             .map(|p| p.ivs.len() * 8 + p.top.len() * 4)
             .sum::<usize>()
             + self.lists.len() * 12
-            + self.cands.len() * 4
-            + self.checks.len() * std::mem::size_of::<Check>()
-            + self.slots.len() * 4
+            + self.cands.len() * std::mem::size_of::<(Check, RuleSlot)>()
     }
 }
 
