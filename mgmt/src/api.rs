@@ -809,7 +809,7 @@ pub enum Response {
         changes: Vec<StateChange>,
     },
     Stats {
-        stats: StatsReport,
+        stats: Box<StatsReport>,
     },
     /// hosts (cluster mode).
     Hosts {

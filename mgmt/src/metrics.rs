@@ -327,7 +327,7 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                     command: Command::Stats,
                     wait: false,
                 }) {
-                    Ok(Response::Stats { stats }) => Some(stats),
+                    Ok(Response::Stats { stats }) => Some(*stats),
                     _ => None,
                 };
                 *latest_u.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -743,7 +743,7 @@ mod tests {
         Arc::new(move |req: Request| -> Reply {
             match req.command {
                 Command::Stats => Ok(Response::Stats {
-                    stats: report(&ports.lock().unwrap()),
+                    stats: Box::new(report(&ports.lock().unwrap())),
                 }),
                 _ => Err(ApiError::internal("not a stats request")),
             }

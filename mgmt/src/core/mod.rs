@@ -606,7 +606,7 @@ impl Core {
             Command::DescribeImages { amis } => self.describe_images(&amis),
             Command::DeregisterImage { ami } => self.deregister_image(&ami),
             Command::Stats => Ok(Response::Stats {
-                stats: self.stats(),
+                stats: Box::new(self.stats()),
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
             Command::Hosts => self.hosts(),
