@@ -1276,6 +1276,65 @@ mod tests {
     }
 
     #[test]
+    fn describe_group_stats_appends_hits_to_each_permission_and_a_norule_line() {
+        let (cli, m) = parse(argv(&["sgswitch", "describe-group", "--stats", "web"])).unwrap();
+        assert_eq!(
+            request_of(&cli, &m).unwrap().unwrap().command,
+            Command::DescribeGroupStats {
+                groups: vec!["web".into()]
+            }
+        );
+        let g = Group {
+            owner: Owner("111122223333".into()),
+            name: "web".into(),
+            id: "sg-1a2b3c4d".into(),
+            description: "Web Servers".into(),
+            rules: vec![
+                cidr_rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
+                group_rule("111122223333", "web"),
+            ],
+        };
+        let hits = vec![
+            crate::api::RuleHits {
+                packets: 3,
+                bytes: 180,
+                flows: 2,
+            },
+            crate::api::RuleHits::default(),
+        ];
+        let resp = Response::GroupStats {
+            groups: vec![crate::api::GroupStats {
+                group: g,
+                hits,
+                no_rule: 7,
+            }],
+        };
+        assert_eq!(
+            format_response(&resp),
+            "GROUP\t111122223333\tweb\tWeb Servers\n\
+             PERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t0.0.0.0/0\tPACKETS\t3\tBYTES\t180\tFLOWS\t2\n\
+             PERMISSION\tweb\tALLOWS\tall\t\t\tFROM\tUSER\t111122223333\tGRPNAME\tweb\tPACKETS\t0\tBYTES\t0\tFLOWS\t0\n\
+             NORULE\tweb\tPACKETS\t7\n"
+        );
+        let v = serde_json::to_value(crate::json::response(&resp)).unwrap();
+        let g = &v["groups"][0];
+        assert_eq!(g["no_rule_packets"], 7);
+        assert_eq!(g["permissions"][0]["hits"]["flows"], 2);
+        assert_eq!(g["permissions"][0]["hits"]["bytes"], 180);
+        assert_eq!(g["permissions"][1]["hits"]["packets"], 0);
+        // Plain describe-group has neither field.
+        let plain = Response::Groups {
+            groups: vec![match &resp {
+                Response::GroupStats { groups } => groups[0].group.clone(),
+                _ => unreachable!(),
+            }],
+        };
+        let v = serde_json::to_value(crate::json::response(&plain)).unwrap();
+        assert!(v["groups"][0].get("no_rule_packets").is_none());
+        assert!(v["groups"][0]["permissions"][0].get("hits").is_none());
+    }
+
+    #[test]
     fn describe_group_prints_group_and_permission_lines_like_the_ec2_tools() {
         let g = Group {
             owner: Owner("598916040194".into()),
