@@ -475,7 +475,7 @@ fn flow_log(c: &mut Criterion) {
 criterion_group!(benches, established, first_packet, arp_answer, flow_log);
 
 /// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
-/// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|arp
+/// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|first_syn|arp
 /// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1]` runs N bursts of 32 frames through
 /// [`ir_run`] once, prints the on-CPU and wall ns per frame, and exits; under
 /// callgrind, divide the `ir_run` inclusive cost by 32 N:
@@ -511,6 +511,15 @@ fn ir_mode(case: &str, bursts: usize) {
             .map(|k| {
                 let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
                 (s, udp(s, d, 1024 + (k % 60_000) as u16))
+            })
+            .collect(),
+        // New TCP flows to port 22, admitted by one CIDR rule (the only rule
+        // covering the port): where `first_packet`'s UDP 53 has ten
+        // group-source rules to choose from.
+        "first_syn" => (0..bursts * BURST)
+            .map(|k| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                (s, tcp(s, d, 1024 + (k % 60_000) as u16, true))
             })
             .collect(),
         "arp" => {

@@ -35,7 +35,7 @@ pub mod wire;
 use std::net::Ipv4Addr;
 
 pub use compile::{Snapshot, compile};
-pub use conntrack::{Conntrack, CtConfig, RevokeMode, Timeouts};
+pub use conntrack::{Conntrack, CtConfig, Pass, RevokeMode, Timeouts};
 pub use error::ErrorCode;
 pub use model::{Ec2Error, Model};
 pub use parse::{Parsed, parse_frame};

@@ -20,6 +20,7 @@
 //! compiled from scratch allows, and a check that `Model::undo` restores the
 //! model.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use filter::compile::{Compiler, compile};
@@ -665,6 +666,59 @@ proptest! {
             hist.push(pkt);
         }
     }
+
+    /// Per-rule hit counters count a packet on [`Snapshot::admitting_rule`]:
+    /// on random models and packets it names a rule exactly when the snapshot
+    /// allows, and that rule is the first of
+    /// [`filter::explain::matching_rules`] (what `sgswitch trace` lists), so
+    /// trace and counters agree on which rule.
+    #[test]
+    fn admitting_rule_is_the_first_matching_rule(
+        s in setup(),
+        more in prop::collection::vec((0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen()), 0..40),
+        pkts in prop::collection::vec(packet_op(), 1..40),
+    ) {
+        let mut w = World::new(&s);
+        for (o, g, r, src) in &more {
+            w.authorize(*o, *g, r, src);
+        }
+        let mut compiler = Compiler::new(&w.model);
+        let snap = compiler.snapshot(3);
+        let mut hist = Vec::new();
+        for p in &pkts {
+            let pkt = build_packet(p, &hist);
+            let first = filter::explain::matching_rules(&w.model, &pkt)
+                .first()
+                .map(|m| compiler.rule_slot(m.owner, m.group, m.index).expect("a slot per rule"));
+            prop_assert_eq!(snap.admitting_rule(&pkt), first, "{:?}", pkt);
+            prop_assert_eq!(snap.allows(&pkt), first.is_some());
+            hist.push(pkt);
+        }
+    }
+}
+
+/// Every rule of `m` with its slot in `c`: (owner, group, rule) → (slot,
+/// serial); checks that no two rules share a slot.
+fn slots_of(
+    m: &Model,
+    c: &Compiler,
+    layout: &[u64],
+) -> BTreeMap<(String, String, filter::model::Rule), (u32, u64)> {
+    let mut out = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for g in m.groups().values() {
+        for (i, r) in g.rules.iter().enumerate() {
+            let s = c.rule_slot(&g.owner, &g.name, i).expect("a slot per rule");
+            assert!(seen.insert(s), "slot {s:?} given twice");
+            let serial = layout[s.index()];
+            assert_ne!(serial, 0, "slot of a live rule marked free");
+            out.insert(
+                (g.owner.0.clone(), g.name.clone(), r.clone()),
+                (s.0, serial),
+            );
+        }
+    }
+    out
 }
 
 /// An edit of the incremental-compile test: the edits of [`op`] plus group
@@ -719,6 +773,7 @@ proptest! {
         let mut w = World::new(&s);
         w.model.record_changes();
         let mut compiler = Compiler::new(&w.model);
+        let mut prev_model = w.model.clone();
         let mut generation = 1;
         for (step, (e, batch)) in edits.iter().enumerate() {
             apply_edit(&mut w, e);
@@ -726,11 +781,22 @@ proptest! {
             if *batch && step + 1 < edits.len() {
                 continue;
             }
+            let layout = compiler.snapshot(0).rule_layout().clone();
+            let before = slots_of(&prev_model, &compiler, &layout);
             let changes = w.model.take_changes();
             compiler.apply(&w.model, &changes);
             generation += 1;
             let inc = compiler.snapshot(generation);
             let full = compile(&w.model, generation);
+            // Rule slots are stable: a rule that stayed in its group keeps its
+            // slot and serial, whatever else changed.
+            let after = slots_of(&w.model, &compiler, inc.rule_layout());
+            for (k, v) in &after {
+                if let Some(old) = before.get(k) {
+                    prop_assert_eq!(old, v, "slot of {:?} moved at step {}", k, step);
+                }
+            }
+            prev_model = w.model.clone();
             prop_assert_eq!(inc.instances(), full.instances());
             prop_assert_eq!(inc.policy_count(), full.policy_count());
             let mut hist = Vec::new();
@@ -739,6 +805,10 @@ proptest! {
                 let want = reference::allows(&w.model, &pkt);
                 prop_assert_eq!(full.allows(&pkt), want, "full, step {}: {:?}", step, pkt);
                 prop_assert_eq!(inc.allows(&pkt), want, "incremental, step {}: {:?}", step, pkt);
+                let first = filter::explain::matching_rules(&w.model, &pkt)
+                    .first()
+                    .map(|m| compiler.rule_slot(m.owner, m.group, m.index).expect("a slot per rule"));
+                prop_assert_eq!(inc.admitting_rule(&pkt), first, "incremental, step {}: {:?}", step, pkt);
                 hist.push(pkt);
             }
         }

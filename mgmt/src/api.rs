@@ -289,6 +289,14 @@ pub enum Command {
         #[serde(default)]
         snaplen: Option<u32>,
     },
+    /// `describe-group --stats`: the owner's groups as
+    /// [`Command::DescribeGroups`] names them, each rule with the packets,
+    /// bytes and flows it admitted on this host, and each group's "no rule
+    /// matched" count.
+    DescribeGroupStats {
+        #[serde(default, alias = "names")]
+        groups: Vec<GroupRef>,
+    },
 }
 
 /// A security group named by name or by `sg-` id. On the wire a plain string
@@ -553,6 +561,7 @@ impl Command {
             Command::DryRun { command } => command.verb(),
             Command::InstanceStats { .. } => "instance-stats",
             Command::Capture { .. } => "capture",
+            Command::DescribeGroupStats { .. } => "describe-group-stats",
         }
     }
 
@@ -572,6 +581,7 @@ impl Command {
                 | Command::Trace { .. }
                 | Command::InstanceStats { .. }
                 | Command::Capture { .. }
+                | Command::DescribeGroupStats { .. }
         )
     }
 }
@@ -647,6 +657,51 @@ pub struct PortStats {
     pub denied: Vec<(String, u64)>,
 }
 
+/// What one rule admitted on this host since the daemon started (or since
+/// the rule was added): see `docs/observability.md`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleHits {
+    /// Packets the rule decided: first packets of new flows, packets judged
+    /// by rules without a flow (ICMP replies, unrelated ICMP errors), packets
+    /// of tracked flows revalidated after an edit.
+    pub packets: u64,
+    /// Their bytes (Ethernet frames).
+    pub bytes: u64,
+    /// Flows whose first packet the rule admitted.
+    pub flows: u64,
+}
+
+/// One group with its rules' hits (`describe-group --stats`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStats {
+    pub group: Group,
+    /// One per rule of `group`, in its order.
+    pub hits: Vec<RuleHits>,
+    /// Packets to members of the group on this host dropped because no rule
+    /// of the destination's groups matched (`no_rule`; a packet to an
+    /// instance in several groups counts in each).
+    pub no_rule: u64,
+}
+
+/// One rule's hits as `/metrics` exports them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSeries {
+    pub owner: String,
+    pub group: String,
+    /// The rule as a label: `tcp 22 0.0.0.0/0`, `udp 1000-2000 10.0.0.0/8`,
+    /// `icmp 8:-1 0.0.0.0/0`, `all 111122223333/default`.
+    pub rule: String,
+    pub hits: RuleHits,
+}
+
+/// One group's "no rule matched" count as `/metrics` exports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupNoRule {
+    pub owner: String,
+    pub group: String,
+    pub packets: u64,
+}
+
 /// Daemon statistics: control plane and (when a switch runs) data plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsReport {
@@ -685,6 +740,12 @@ pub struct StatsReport {
     pub events: Vec<(String, u64)>,
     /// Ports removed because their netdev went away.
     pub ports_gone: u64,
+    /// Every rule of every owner with its hits on this host.
+    #[serde(default)]
+    pub rules_hits: Vec<RuleSeries>,
+    /// Every group of every owner with its "no rule matched" count.
+    #[serde(default)]
+    pub groups_no_rule: Vec<GroupNoRule>,
 }
 
 /// One step of a trace: what a stage of the datapath did with a frame.
@@ -774,7 +835,7 @@ pub enum Response {
         changes: Vec<StateChange>,
     },
     Stats {
-        stats: StatsReport,
+        stats: Box<StatsReport>,
     },
     /// hosts (cluster mode).
     Hosts {
@@ -783,6 +844,10 @@ pub enum Response {
     /// stats i-...: one instance's state and port counters.
     InstanceStats {
         stats: Box<InstanceStats>,
+    },
+    /// describe-group --stats.
+    GroupStats {
+        groups: Vec<GroupStats>,
     },
     /// trace.
     Trace {

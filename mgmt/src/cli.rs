@@ -183,6 +183,11 @@ pub enum Cmd {
     DescribeGroup {
         /// Groups to show, in this order (default: all of the owner's).
         names: Vec<String>,
+        /// Also what each rule admitted on this host (PACKETS, BYTES, FLOWS
+        /// after each PERMISSION) and a NORULE line per group: packets to
+        /// its members that no rule matched.
+        #[arg(long)]
+        stats: bool,
     },
     /// Add ingress rules to a group.  Prints GROUP NAME, then one PERMISSION per rule.
     Authorize(RuleArgs),
@@ -737,7 +742,13 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
         Cmd::DeleteGroup { name } => Command::DeleteGroup {
             group: GroupRef::name(name),
         },
-        Cmd::DescribeGroup { names } => Command::DescribeGroups {
+        Cmd::DescribeGroup {
+            names,
+            stats: false,
+        } => Command::DescribeGroups {
+            groups: group_refs(names),
+        },
+        Cmd::DescribeGroup { names, stats: true } => Command::DescribeGroupStats {
             groups: group_refs(names),
         },
         Cmd::Authorize(a) => {
@@ -904,6 +915,25 @@ pub fn format_response(resp: &Response) -> String {
                 for r in &g.rules {
                     line(permission_line(&g.name, r));
                 }
+            }
+        }
+        Response::GroupStats { groups } => {
+            for s in groups {
+                let g = &s.group;
+                line(format!(
+                    "GROUP\t{}\t{}\t{}",
+                    g.owner.0, g.name, g.description
+                ));
+                for (r, h) in g.rules.iter().zip(&s.hits) {
+                    line(format!(
+                        "{}\tPACKETS\t{}\tBYTES\t{}\tFLOWS\t{}",
+                        permission_line(&g.name, r),
+                        h.packets,
+                        h.bytes,
+                        h.flows
+                    ));
+                }
+                line(format!("NORULE\t{}\tPACKETS\t{}", g.name, s.no_rule));
             }
         }
         Response::Permissions { group, rules } => {
@@ -1327,6 +1357,65 @@ mod tests {
             ports,
             source: Source::Cidr(cidr.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn describe_group_stats_appends_hits_to_each_permission_and_a_norule_line() {
+        let (cli, m) = parse(argv(&["sgswitch", "describe-group", "--stats", "web"])).unwrap();
+        assert_eq!(
+            request_of(&cli, &m).unwrap().unwrap().command,
+            Command::DescribeGroupStats {
+                groups: vec!["web".into()]
+            }
+        );
+        let g = Group {
+            owner: Owner("111122223333".into()),
+            name: "web".into(),
+            id: "sg-1a2b3c4d".into(),
+            description: "Web Servers".into(),
+            rules: vec![
+                cidr_rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
+                group_rule("111122223333", "web"),
+            ],
+        };
+        let hits = vec![
+            crate::api::RuleHits {
+                packets: 3,
+                bytes: 180,
+                flows: 2,
+            },
+            crate::api::RuleHits::default(),
+        ];
+        let resp = Response::GroupStats {
+            groups: vec![crate::api::GroupStats {
+                group: g,
+                hits,
+                no_rule: 7,
+            }],
+        };
+        assert_eq!(
+            format_response(&resp),
+            "GROUP\t111122223333\tweb\tWeb Servers\n\
+             PERMISSION\tweb\tALLOWS\ttcp\t80\t80\tFROM\tCIDR\t0.0.0.0/0\tPACKETS\t3\tBYTES\t180\tFLOWS\t2\n\
+             PERMISSION\tweb\tALLOWS\tall\t\t\tFROM\tUSER\t111122223333\tGRPNAME\tweb\tPACKETS\t0\tBYTES\t0\tFLOWS\t0\n\
+             NORULE\tweb\tPACKETS\t7\n"
+        );
+        let v = serde_json::to_value(crate::json::response(&resp)).unwrap();
+        let g = &v["groups"][0];
+        assert_eq!(g["no_rule_packets"], 7);
+        assert_eq!(g["permissions"][0]["hits"]["flows"], 2);
+        assert_eq!(g["permissions"][0]["hits"]["bytes"], 180);
+        assert_eq!(g["permissions"][1]["hits"]["packets"], 0);
+        // Plain describe-group has neither field.
+        let plain = Response::Groups {
+            groups: vec![match &resp {
+                Response::GroupStats { groups } => groups[0].group.clone(),
+                _ => unreachable!(),
+            }],
+        };
+        let v = serde_json::to_value(crate::json::response(&plain)).unwrap();
+        assert!(v["groups"][0].get("no_rule_packets").is_none());
+        assert!(v["groups"][0]["permissions"][0].get("hits").is_none());
     }
 
     #[test]

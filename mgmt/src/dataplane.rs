@@ -757,6 +757,22 @@ impl Dataplane for SwitchDataplane {
         report.ports_gone = st.ports_gone;
     }
 
+    fn rule_hits(&self) -> (Vec<u64>, Vec<crate::api::RuleHits>) {
+        let Some(s) = &self.switch else {
+            return (Vec::new(), Vec::new());
+        };
+        let (layout, totals) = s.datapath().rule_hits();
+        let hits = totals
+            .iter()
+            .map(|t| crate::api::RuleHits {
+                packets: t.packets,
+                bytes: t.bytes,
+                flows: t.flows,
+            })
+            .collect();
+        (layout.to_vec(), hits)
+    }
+
     fn shutdown(&mut self) {
         // The uplink TAP is persistent and kept, like the instances' TAPs: a
         // restarted daemon finds it with the same MAC and addresses, so neither

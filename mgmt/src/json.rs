@@ -39,6 +39,9 @@ pub struct PermissionJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<Option<u8>>,
     pub source: SourceJson,
+    /// `describe-group --stats`: what the rule admitted on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hits: Option<crate::api::RuleHits>,
 }
 
 /// Where a rule lets traffic come from.
@@ -72,6 +75,7 @@ impl From<&Rule> for PermissionJson {
                     owner: owner.0.clone(),
                 },
             },
+            hits: None,
         }
     }
 }
@@ -84,6 +88,10 @@ pub struct GroupJson {
     pub id: String,
     pub description: String,
     pub permissions: Vec<PermissionJson>,
+    /// `describe-group --stats`: packets to the group's members on this host
+    /// that no rule matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_rule_packets: Option<u64>,
 }
 
 impl From<&Group> for GroupJson {
@@ -94,7 +102,19 @@ impl From<&Group> for GroupJson {
             id: g.id.clone(),
             description: g.description.clone(),
             permissions: g.rules.iter().map(PermissionJson::from).collect(),
+            no_rule_packets: None,
         }
+    }
+}
+
+impl From<&crate::api::GroupStats> for GroupJson {
+    fn from(s: &crate::api::GroupStats) -> GroupJson {
+        let mut g = GroupJson::from(&s.group);
+        for (p, h) in g.permissions.iter_mut().zip(&s.hits) {
+            p.hits = Some(*h);
+        }
+        g.no_rule_packets = Some(s.no_rule);
+        g
     }
 }
 
@@ -387,6 +407,9 @@ pub fn response(resp: &Response) -> Document {
             permissions: None,
         }),
         Response::Groups { groups } => {
+            Payload::Groups(groups.iter().map(GroupJson::from).collect())
+        }
+        Response::GroupStats { groups } => {
             Payload::Groups(groups.iter().map(GroupJson::from).collect())
         }
         Response::Permissions { group, rules } => Payload::Group(GroupRefJson {

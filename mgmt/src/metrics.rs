@@ -24,7 +24,11 @@
 //! (summary), `sgswitch_publish_latency_seconds` (summary),
 //! `sgswitch_port_{rx,tx}_{packets,bytes}_total{port}`, `sgswitch_port_drops_total{port}`,
 //! `sgswitch_drops_total{reason}`, `sgswitch_conntrack_entries`,
-//! `sgswitch_events_total{event}`, `sgswitch_ports_gone_total`.
+//! `sgswitch_events_total{event}`, `sgswitch_ports_gone_total`,
+//! `sgswitch_rule_{packets,bytes,flows}_total{owner,group,rule}` (what each
+//! rule admitted on this host; `rule` as `tcp 22 0.0.0.0/0`) and
+//! `sgswitch_group_no_rule_total{owner,group}` (packets to the group's members
+//! that no rule matched).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -186,6 +190,45 @@ pub fn render(s: &StatsReport) -> String {
         "Ports removed because their network device went away.",
     );
     sample(o, "sgswitch_ports_gone_total", &[], s.ports_gone as f64);
+    type HitField = fn(&crate::api::RuleHits) -> u64;
+    let rule_families: [(&str, &str, HitField); 3] = [
+        (
+            "sgswitch_rule_packets_total",
+            "Packets a rule admitted (first packets of flows, packets judged by rules alone, revalidated packets).",
+            |h| h.packets,
+        ),
+        (
+            "sgswitch_rule_bytes_total",
+            "Bytes of the packets a rule admitted.",
+            |h| h.bytes,
+        ),
+        (
+            "sgswitch_rule_flows_total",
+            "Flows whose first packet a rule admitted.",
+            |h| h.flows,
+        ),
+    ];
+    for (name, help, field) in rule_families {
+        head(o, name, "counter", help);
+        for r in &s.rules_hits {
+            let labels = [
+                ("owner", r.owner.as_str()),
+                ("group", r.group.as_str()),
+                ("rule", r.rule.as_str()),
+            ];
+            sample(o, name, &labels, field(&r.hits) as f64);
+        }
+    }
+    head(
+        o,
+        "sgswitch_group_no_rule_total",
+        "counter",
+        "Packets to the group's members that no rule of their groups matched (dropped as no_rule).",
+    );
+    for g in &s.groups_no_rule {
+        let labels = [("owner", g.owner.as_str()), ("group", g.group.as_str())];
+        sample(o, "sgswitch_group_no_rule_total", &labels, g.packets as f64);
+    }
     out
 }
 
@@ -284,7 +327,7 @@ pub fn start(addr: SocketAddr, mgmt: Arc<dyn Handler>) -> io::Result<MetricsServ
                     command: Command::Stats,
                     wait: false,
                 }) {
-                    Ok(Response::Stats { stats }) => Some(stats),
+                    Ok(Response::Stats { stats }) => Some(*stats),
                     _ => None,
                 };
                 *latest_u.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -609,6 +652,21 @@ mod tests {
             conntrack_entries: 9,
             events: vec![("arp_replies".into(), 3)],
             ports_gone: 1,
+            rules_hits: vec![crate::api::RuleSeries {
+                owner: "111122223333".into(),
+                group: "web".into(),
+                rule: "tcp 22 0.0.0.0/0".into(),
+                hits: crate::api::RuleHits {
+                    packets: 12,
+                    bytes: 888,
+                    flows: 11,
+                },
+            }],
+            groups_no_rule: vec![crate::api::GroupNoRule {
+                owner: "111122223333".into(),
+                group: "web".into(),
+                packets: 3,
+            }],
         }
     }
 
@@ -632,6 +690,15 @@ mod tests {
         assert_eq!(fams["sgswitch_edits_total"].0, "counter");
         assert_eq!(fams["sgswitch_groups"].0, "gauge");
         assert!(text.contains("sgswitch_port_rx_packets_total{port=\"i-0123abcd\"} 1\n"));
+        for (family, v) in [("packets", 12), ("bytes", 888), ("flows", 11)] {
+            let want = format!(
+                "sgswitch_rule_{family}_total{{owner=\"111122223333\",group=\"web\",rule=\"tcp 22 0.0.0.0/0\"}} {v}\n"
+            );
+            assert!(text.contains(&want), "{want}\n{text}");
+        }
+        assert!(
+            text.contains("sgswitch_group_no_rule_total{owner=\"111122223333\",group=\"web\"} 3\n")
+        );
         assert!(text.contains(
             "sgswitch_port_dropped_by_reason_total{port=\"i-0123abcd\",reason=\"spoofed_ip\"} 2\n"
         ));
@@ -676,7 +743,7 @@ mod tests {
         Arc::new(move |req: Request| -> Reply {
             match req.command {
                 Command::Stats => Ok(Response::Stats {
-                    stats: report(&ports.lock().unwrap()),
+                    stats: Box::new(report(&ports.lock().unwrap())),
                 }),
                 _ => Err(ApiError::internal("not a stats request")),
             }

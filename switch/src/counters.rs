@@ -9,12 +9,25 @@
 //! * Readers ([`crate::Switch::stats`]) sum the blocks with `Relaxed` loads at any
 //!   time; a sum can lag a frame or two behind, never tear (64-bit atomics).
 //! * No `metrics` calls here: the control plane exports [`Stats`] periodically.
+//! * Per-rule hits ([`RuleHits`]): one block per worker, one 32-byte slot per
+//!   [`RuleSlot`] of the snapshot (packets, bytes, flows), written like the
+//!   others by its worker alone. A worker brings its block up to a snapshot's
+//!   slot layout when it loads a snapshot whose layout differs
+//!   ([`crate::Datapath::rule_hits_for`]: an allocation and a copy per edit
+//!   that changed rules, never per packet): counts of rules that kept their
+//!   slot are carried over, a slot whose serial changed (its rule was revoked,
+//!   the slot reused) starts at zero. Readers sum the blocks of every worker
+//!   for the slots whose serial matches the snapshot's
+//!   ([`crate::Datapath::rule_hits`]).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::sync::Arc;
+
 use crossbeam_utils::CachePadded;
 use filter::DropReason;
+use filter::compile::RuleSlot;
 
 use crate::PortId;
 use crate::vxlan::VxlanDrop;
@@ -101,6 +114,101 @@ pub struct PortTotals {
     pub drops: [u64; DropReason::COUNT],
     /// Bound for this port and refused by conntrack/rules, per reason.
     pub denied: [u64; DropReason::COUNT],
+}
+
+/// One rule's counters in one worker's [`RuleHits`] block.
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+pub struct RuleCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub flows: AtomicU64,
+}
+
+/// One worker's per-rule counters for one rule-slot layout (see the module
+/// docs).
+#[derive(Debug)]
+pub struct RuleHits {
+    /// The snapshot layout these slots follow (serial per slot, 0 = free).
+    layout: Arc<[u64]>,
+    slots: Box<[RuleCounters]>,
+}
+
+impl Default for RuleHits {
+    fn default() -> Self {
+        RuleHits {
+            layout: Arc::new([]),
+            slots: Box::new([]),
+        }
+    }
+}
+
+impl RuleHits {
+    /// A block for `layout`, carrying over the counts of `old`'s slots that
+    /// hold the same rule (same serial).
+    pub fn follow(old: &RuleHits, layout: &Arc<[u64]>) -> RuleHits {
+        let slots: Box<[RuleCounters]> = (0..layout.len())
+            .map(|i| {
+                let c = RuleCounters::default();
+                if layout[i] != 0
+                    && old.layout.get(i) == Some(&layout[i])
+                    && let Some(o) = old.slots.get(i)
+                {
+                    c.packets.store(o.packets.load(Relaxed), Relaxed);
+                    c.bytes.store(o.bytes.load(Relaxed), Relaxed);
+                    c.flows.store(o.flows.load(Relaxed), Relaxed);
+                }
+                c
+            })
+            .collect();
+        RuleHits {
+            layout: layout.clone(),
+            slots,
+        }
+    }
+
+    /// Whether this block follows `layout`.
+    #[inline]
+    pub fn follows(&self, layout: &Arc<[u64]>) -> bool {
+        Arc::ptr_eq(&self.layout, layout)
+    }
+
+    /// Count one packet of `bytes` admitted by `slot` (and a flow if
+    /// `new_flow`). A slot outside the layout is ignored (a block that does
+    /// not follow the snapshot, e.g. `trace`'s scratch one).
+    #[inline(always)]
+    pub fn count(&self, slot: RuleSlot, bytes: usize, new_flow: bool) {
+        if let Some(c) = self.slots.get(slot.index()) {
+            bump(&c.packets, 1);
+            bump(&c.bytes, bytes as u64);
+            if new_flow {
+                bump(&c.flows, 1);
+            }
+        }
+    }
+
+    /// Add this block's counts to `out` (indexed by slot) for the slots whose
+    /// serial matches `layout`'s.
+    pub fn add_to(&self, layout: &[u64], out: &mut [RuleTotals]) {
+        for (i, (c, o)) in self.slots.iter().zip(out.iter_mut()).enumerate() {
+            if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
+                o.packets += c.packets.load(Relaxed);
+                o.bytes += c.bytes.load(Relaxed);
+                o.flows += c.flows.load(Relaxed);
+            }
+        }
+    }
+}
+
+/// One rule's counts summed over workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleTotals {
+    /// Packets the rule decided (see [`filter::Pass::Rule`]).
+    pub packets: u64,
+    /// Their bytes (Ethernet frames, as the port counters count).
+    pub bytes: u64,
+    /// Flows whose first packet it admitted.
+    pub flows: u64,
 }
 
 /// Counters of one worker that are not per port.
@@ -293,6 +401,46 @@ mod tests {
         let a = s.worker(0) as *const _ as usize;
         let b = s.worker(1) as *const _ as usize;
         assert!(b - a >= 64, "blocks share a cache line");
+    }
+
+    #[test]
+    fn rule_hits_follow_layouts_keeping_counts_of_kept_rules() {
+        let l1: Arc<[u64]> = Arc::new([1, 2, 3]);
+        let h1 = RuleHits::follow(&RuleHits::default(), &l1);
+        assert!(h1.follows(&l1));
+        h1.count(RuleSlot(0), 60, true);
+        h1.count(RuleSlot(1), 100, false);
+        h1.count(RuleSlot(2), 40, true);
+        h1.count(RuleSlot(9), 40, true);
+        // Slot 1's rule revoked and the slot reused (serial 4), slot 3 new.
+        let l2: Arc<[u64]> = Arc::new([1, 4, 3, 5]);
+        let h2 = RuleHits::follow(&h1, &l2);
+        h2.count(RuleSlot(3), 10, true);
+        let mut t = vec![RuleTotals::default(); 4];
+        h2.add_to(&l2, &mut t);
+        let want = |packets, bytes, flows| RuleTotals {
+            packets,
+            bytes,
+            flows,
+        };
+        assert_eq!(
+            t,
+            [
+                want(1, 60, 1),
+                want(0, 0, 0),
+                want(1, 40, 1),
+                want(1, 10, 1)
+            ]
+        );
+        // A reader on the new layout ignores a block still on the old one
+        // where serials differ.
+        let mut t = vec![RuleTotals::default(); 4];
+        h1.add_to(&l2, &mut t);
+        assert_eq!(
+            t,
+            [want(1, 60, 1), want(0, 0, 0), want(1, 40, 1), want(0, 0, 0)]
+        );
+        assert_eq!(std::mem::size_of::<RuleCounters>(), 32);
     }
 
     #[test]

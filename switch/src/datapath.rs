@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
 use filter::{Conntrack, Snapshot};
 
 use crate::capture::CaptureSlot;
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
-use crate::counters::{PortStats, Stats, WorkerCounters};
+use crate::counters::{PortStats, RuleHits, RuleTotals, Stats, WorkerCounters};
 use crate::flowlog::{self, Collector, FlowLogConfig, FlowLogger, Recorder};
 use crate::overlay::Overlay;
 use crate::pipeline::NetParams;
@@ -74,6 +74,9 @@ pub struct Datapath {
     /// Bytes of the connection table on huge pages (0 if the kernel refused).
     ct_huge_bytes: usize,
     pub(crate) wcounters: Box<[CachePadded<WorkerCounters>]>,
+    /// Per-rule hits, one block per worker (written by that worker alone;
+    /// replaced by it when the rule-slot layout changes).
+    rule_hits: Box<[CachePadded<ArcSwap<RuleHits>>]>,
     /// One eventfd per worker (None if the kernel refused one: that worker then
     /// parks with short timeouts).
     pub(crate) wakers: Vec<Option<EventFd>>,
@@ -135,6 +138,9 @@ impl Datapath {
             ct_huge_bytes,
             wcounters: (0..cfg.workers)
                 .map(|_| CachePadded::new(WorkerCounters::default()))
+                .collect(),
+            rule_hits: (0..cfg.workers)
+                .map(|_| CachePadded::new(ArcSwap::from_pointee(RuleHits::default())))
                 .collect(),
             wakers: (0..cfg.workers).map(|_| EventFd::new().ok()).collect(),
             stop: AtomicBool::new(false),
@@ -378,6 +384,41 @@ impl Datapath {
     /// uncontended lock, no copy of the stats).
     pub fn ports_gone(&self) -> u64 {
         self.control().ports_gone
+    }
+
+    /// Worker `w`'s rule-hit block, brought up to `snap`'s rule-slot layout
+    /// first if it follows another (an allocation per layout change, see
+    /// [`crate::counters`]). Only worker `w` may call this (it is the block's
+    /// single writer); called once per burst, after loading the snapshot.
+    #[inline]
+    pub(crate) fn rule_hits_for(&self, w: usize, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
+        let cell = &self.rule_hits[w];
+        let cur = cell.load();
+        if cur.follows(snap.rule_layout()) {
+            return cur;
+        }
+        self.follow_layout(w, &cur, snap)
+    }
+
+    #[cold]
+    fn follow_layout(&self, w: usize, cur: &RuleHits, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
+        let next = RuleHits::follow(cur, snap.rule_layout());
+        self.rule_hits[w].store(Arc::new(next));
+        self.rule_hits[w].load()
+    }
+
+    /// Per-rule hits summed over workers, indexed by [`filter::compile::RuleSlot`]
+    /// of the published snapshot's layout (returned with it): a slot counts
+    /// only where a worker's block holds the same rule (serial) as the
+    /// snapshot. Off the hot path (allocates).
+    pub fn rule_hits(&self) -> (Arc<[u64]>, Vec<RuleTotals>) {
+        let snap = self.rules.load_full();
+        let layout = snap.rule_layout().clone();
+        let mut out = vec![RuleTotals::default(); layout.len()];
+        for cell in self.rule_hits.iter() {
+            cell.load().add_to(&layout, &mut out);
+        }
+        (layout, out)
     }
 
     pub fn stats(&self) -> Stats {

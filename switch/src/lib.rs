@@ -53,7 +53,7 @@ pub mod vxlan;
 pub mod worker;
 
 pub use config::{OverlayConfig, PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
-pub use counters::{PortStats, PortTotals, Stats, UnderlayStats};
+pub use counters::{PortStats, PortTotals, RuleTotals, Stats, UnderlayStats};
 pub use datapath::{Datapath, PortStatus, Switch};
 pub use flowlog::{FlowLogConfig, FlowLogSink};
 pub use mem::{MemFrame, MemOptions, MemPeer, mem_port, mem_port_with};

@@ -59,7 +59,7 @@ use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
 use crate::flowlog::{self, Recorder};
 use crate::offload::{self, complete_csum, segment};
-use crate::pipeline::{Env, Scratch, known_instance, transmit};
+use crate::pipeline::{Env, Scratch, judge_for, known_instance, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
@@ -689,9 +689,7 @@ fn check_inner<'t>(
     }
     let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    let verdict = env
-        .ct
-        .judge_scoped(env.snap, &pkt, env.now, |ip| dir.is_remote(ip));
+    let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip));
     if let Some(rec) = flows {
         // The receiver's record (the sender's host logged the egress one).
         let on = flowlog::On::new(false, true, verdict);

@@ -65,12 +65,12 @@ use std::sync::atomic::Ordering;
 
 use filter::conntrack::BUCKET_BYTES;
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
-use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto};
+use filter::{Conntrack, DropReason, Frag, L4, Mac, Pass, Snapshot, parse_frame, proto};
 use ipnet::Ipv4Net;
 
 use crate::arp::{self, GATEWAY_MAC};
 use crate::capture::{Direction, Record, Session, Verdict};
-use crate::counters::{PortCounters, WorkerCounters, bump};
+use crate::counters::{PortCounters, RuleHits, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
 use crate::flowlog::{self, Recorder};
 use crate::offload::{complete_csum, segment};
@@ -121,6 +121,8 @@ pub struct Env<'a> {
     pub now: u32,
     pub w: usize,
     pub wc: &'a WorkerCounters,
+    /// The worker's per-rule counters, following `snap`'s rule-slot layout.
+    pub hits: &'a RuleHits,
     /// Cluster mode: the underlay sockets and the directory of this burst.
     pub overlay: Option<OverlayEnv<'a>>,
     /// The capture session when `sgswitch capture` runs ([`crate::capture`]).
@@ -722,7 +724,7 @@ fn decide<'t>(
                             (up, m)
                         }
                     };
-                    judge_for(env, to, &pkt)?;
+                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
                     Ok(Action::Forward { to, dst_mac })
                 }
             }
@@ -747,7 +749,7 @@ fn decide<'t>(
                     }
                     let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
                     let to = known_instance(env, to, dst)?;
-                    judge_for(env, to, &pkt)?;
+                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
                     Ok(Action::Forward {
                         to,
                         dst_mac: instance_mac(to),
@@ -895,17 +897,31 @@ fn dhcp_action<'t>(
     }
 }
 
-/// [`Conntrack::judge`] for a frame bound for port `to`; a refusal is also
+/// [`Conntrack::judge_scoped`] for a frame of `bytes` bound for port `to`: a
+/// packet a rule decided is counted on that rule (`env.hits`); a refusal is
 /// counted, by reason, on `to`'s `denied` counters (worker `env.w`'s block:
 /// single writer, like its tx counters), so an instance's view shows what was
-/// refused on the way to it.
+/// refused on the way to it (and `no_rule` there, summed over a group's
+/// members, is the group's "no rule matched" count).
 #[inline]
-fn judge_for(env: &Env<'_>, to: &Port, pkt: &filter::Packet) -> Result<(), DropReason> {
-    let r = env.ct.judge(env.snap, pkt, env.now);
-    if let Err(reason) = r {
-        bump(&to.counters.worker(env.w).denied[reason.index()], 1);
+pub(crate) fn judge_for(
+    env: &Env<'_>,
+    to: &Port,
+    pkt: &filter::Packet,
+    bytes: usize,
+    remote: impl Fn(Ipv4Addr) -> bool + Copy,
+) -> Result<(), DropReason> {
+    match env.ct.judge_rule(env.snap, pkt, env.now, remote) {
+        Ok(Pass::State) => Ok(()),
+        Ok(Pass::Rule { slot, new_flow }) => {
+            env.hits.count(slot, bytes, new_flow);
+            Ok(())
+        }
+        Err(reason) => {
+            bump(&to.counters.worker(env.w).denied[reason.index()], 1);
+            Err(reason)
+        }
     }
-    r
 }
 
 #[cfg(test)]

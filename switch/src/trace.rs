@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use filter::{Conntrack, CtConfig, Packet, Parsed, parse_frame};
 
 use crate::config::PortId;
-use crate::counters::WorkerCounters;
+use crate::counters::{RuleHits, WorkerCounters};
 use crate::datapath::Datapath;
 use crate::mem::{MemPeer, mem_port};
 use crate::pipeline::{Env, Outcome, Scratch, process};
@@ -116,6 +116,8 @@ impl Datapath {
             on_revoke: live_cfg.on_revoke,
         });
         let wc = WorkerCounters::default();
+        // Scratch rule counters (following no layout: a trace counts nothing).
+        let hits = RuleHits::default();
         let now = self.now_secs();
         let env = Env {
             snap: &snap,
@@ -125,6 +127,7 @@ impl Datapath {
             now,
             w: 0,
             wc: &wc,
+            hits: &hits,
             overlay: None,
             capture: None,
         };

@@ -233,6 +233,7 @@ impl Worker {
         if let Some(r) = self.scratch.flows.as_mut() {
             r.tick(now);
         }
+        let hits = dp.rule_hits_for(self.w, &snap);
         let env = Env {
             snap: &snap,
             table: &table,
@@ -241,6 +242,7 @@ impl Worker {
             now,
             w: self.w,
             wc,
+            hits: &hits,
             overlay: None,
             capture: None,
         };
@@ -325,10 +327,12 @@ impl Worker {
             // is judged by that edit's rules or newer, even when this worker was
             // descheduled between the wake-up and the read.
             let snap = dp.rules.load();
+            let hits = dp.rule_hits_for(env.w, &snap);
             let dir = dp.overlay.as_ref().map(|_| dp.dir.load());
             let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,
+                hits: &hits,
                 overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
                 capture: capture::of(&cap),
                 ..*env
@@ -369,11 +373,13 @@ impl Worker {
         if got > 0 {
             // Rules and directory as of after the read (see `poll_port`).
             let snap = dp.rules.load();
+            let hits = dp.rule_hits_for(env.w, &snap);
             let dir = dp.dir.load();
             let o = OverlayEnv { ov, dir: &dir };
             let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,
+                hits: &hits,
                 overlay: Some(o),
                 capture: capture::of(&cap),
                 ..*env
@@ -408,6 +414,7 @@ impl Worker {
         if let Some(r) = self.scratch.flows.as_mut() {
             r.tick(now);
         }
+        let hits = dp.rule_hits_for(self.w, &snap);
         let env = Env {
             snap: &snap,
             table: &table,
@@ -416,6 +423,7 @@ impl Worker {
             now,
             w: self.w,
             wc,
+            hits: &hits,
             overlay: overlay_env(dp, dir.as_ref().map(|d| &***d)),
             capture: capture::of(&cap),
         };
@@ -579,8 +587,11 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::os::unix::net::UnixDatagram;
 
+    use filter::compile::Compiler;
     use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
     use filter::{Mac, compile};
+
+    use crate::RuleTotals;
 
     use super::*;
     use crate::port::PortQueue;
@@ -765,6 +776,84 @@ mod tests {
             })
             .expect("port");
         (id, peer)
+    }
+
+    #[test]
+    fn rule_hits_count_rule_decisions_per_worker_and_survive_other_edits() {
+        let dp = datapath(3);
+        let (_, a) = mem_instance(&dp, 10);
+        let (_, b) = mem_instance(&dp, 11);
+        let mut w = dp.worker(0);
+        let frame = udp(10, 11, 1000);
+        let len = frame.len() as u64;
+        // 5 new flows, then 3 more packets of the first: 5 packets and flows
+        // on the rule, the rest by state; a probe of another port: no rule.
+        for sport in 0..5u16 {
+            a.inject(0, &udp(10, 11, 1000 + sport), VnetHdr::default())
+                .expect("inject");
+        }
+        for _ in 0..3 {
+            a.inject(0, &frame, VnetHdr::default()).expect("inject");
+        }
+        let mut probe = udp(10, 11, 999);
+        probe[37] = 54; // destination port 54
+        a.inject(0, &probe, VnetHdr::default()).expect("inject");
+        w.poll_once();
+        assert_eq!(b.take().len(), 8);
+        let m = model(3);
+        let c = Compiler::new(&m);
+        let slot = c
+            .rule_slot(&Owner(OWNER.into()), "g", 0)
+            .expect("slot")
+            .index();
+        let (layout, hits) = dp.rule_hits();
+        let slots = layout.len();
+        let want = RuleTotals {
+            packets: 5,
+            bytes: 5 * len,
+            flows: 5,
+        };
+        assert_eq!(hits[slot], want);
+        // A rule added in another group (new layout): the counts stay.
+        let mut m2 = m.clone();
+        m2.record_changes();
+        let owner = Owner(OWNER.into());
+        m2.add_group(&owner, "h", "other").expect("group");
+        let spec = RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some("22".into()),
+            cidrs: vec!["0.0.0.0/0".into()],
+            ..RuleSpec::default()
+        };
+        m2.authorize(&owner, "h", &spec).expect("rule");
+        let mut c2 = c.clone();
+        let ch = m2.take_changes();
+        c2.apply(&m2, &ch);
+        dp.publish_rules(c2.snapshot(2));
+        w.poll_once();
+        let (layout, hits) = dp.rule_hits();
+        assert_eq!(layout.len(), slots + 1);
+        assert_eq!(hits[slot], want);
+        // Revoked: its counts go with it.
+        let mut m3 = m2.clone();
+        m3.record_changes();
+        m3.revoke(
+            &owner,
+            "g",
+            &RuleSpec {
+                proto: Some("udp".into()),
+                ports: Some("53".into()),
+                cidrs: vec!["172.31.0.0/16".into()],
+                ..RuleSpec::default()
+            },
+        )
+        .expect("revoke");
+        let ch = m3.take_changes();
+        c2.apply(&m3, &ch);
+        dp.publish_rules(c2.snapshot(3));
+        w.poll_once();
+        let (_, hits) = dp.rule_hits();
+        assert_eq!(hits[slot], RuleTotals::default());
     }
 
     #[test]

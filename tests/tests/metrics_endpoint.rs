@@ -3,13 +3,18 @@
 //! a request and stalls does not block a second client, the port series of a
 //! terminated instance disappear, and the text passes `promtool check metrics`
 //! (Debian package `prometheus`, installed by scripts/test.sh) when promtool is
-//! there. Needs root (skips without).
+//! there. Per-rule hit counters: after a known nmap scan (one probe per port)
+//! and a known number of TCP connects, `describe-group --stats` and the
+//! endpoint show exactly the flows the rule admitted and the probes no rule
+//! matched. Needs root (skips without).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::lab::Reach;
+use e2e::nmap::PortState;
 use e2e::{Lab, LabConfig};
 
 fn get(addr: SocketAddr, request: &str) -> String {
@@ -145,6 +150,81 @@ fn metrics_endpoint_serves_only_metrics_resists_slow_clients_and_forgets_termina
         cut.is_ok(),
         "a stalled client was still held after 10 s: {cut:?}"
     );
+
+    // Per-rule hits. Group `hits` admits TCP 22 from anywhere; its member c
+    // listens on 22. From b: a SYN scan of 20-29 (`--max-retries 0`: one
+    // probe per port), then 5 TCP connects to 22. The rule decided the first
+    // packet of each of the 6 flows (the rest passes as tracked flows); no
+    // rule matched the 9 other probes.
+    lab.cli_ok(&["add-group", "hits", "-d", "rule hits"]);
+    lab.cli_ok(&[
+        "authorize",
+        "hits",
+        "-P",
+        "tcp",
+        "-p",
+        "22",
+        "-s",
+        "0.0.0.0/0",
+    ]);
+    let c = lab.run_instances(1, &["hits"]).remove(0);
+    lab.listen(&c.netns, &[22]);
+    let scan = lab.nmap(&b.netns, None, c.ip, "20-29");
+    assert_eq!(scan.state(22), Some(PortState::Open), "{scan:?}");
+    assert_eq!(scan.count(PortState::Filtered), 9, "{scan:?}");
+    for _ in 0..5 {
+        assert_eq!(lab.connect(&b.netns, c.ip, 22), Reach::Open);
+    }
+    let out = lab.cli_ok(&["describe-group", "--stats", "hits"]);
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    let owner = lines[0][1].to_owned();
+    assert_eq!(lines[0][..3], ["GROUP", owner.as_str(), "hits"], "{out}");
+    let rule = &lines[1];
+    assert_eq!(
+        rule[..9],
+        [
+            "PERMISSION",
+            "hits",
+            "ALLOWS",
+            "tcp",
+            "22",
+            "22",
+            "FROM",
+            "CIDR",
+            "0.0.0.0/0"
+        ],
+        "{out}"
+    );
+    let field = |l: &[&str], name: &str| -> u64 {
+        let i = l
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or_else(|| panic!("{name}: {out}"));
+        l[i + 1].parse().unwrap()
+    };
+    assert_eq!(field(rule, "FLOWS"), 6, "{out}");
+    assert_eq!(field(rule, "PACKETS"), 6, "{out}");
+    // Six SYNs of at least 54 bytes (Ethernet + IPv4 + TCP headers).
+    let bytes = field(rule, "BYTES");
+    assert!((6 * 54..=6 * 100).contains(&bytes), "{out}");
+    assert_eq!(lines[2][..2], ["NORULE", "hits"], "{out}");
+    assert_eq!(field(&lines[2], "PACKETS"), 9, "{out}");
+    // The same numbers on the endpoint.
+    let series = |family: &str, v: u64| {
+        format!("{family}{{owner=\"{owner}\",group=\"hits\",rule=\"tcp 22 0.0.0.0/0\"}} {v}\n")
+    };
+    let want = [
+        series("sgswitch_rule_flows_total", 6),
+        series("sgswitch_rule_packets_total", 6),
+        series("sgswitch_rule_bytes_total", bytes),
+        format!("sgswitch_group_no_rule_total{{owner=\"{owner}\",group=\"hits\"}} 9\n"),
+    ];
+    let text = scrape_until(addr, "the rule's hits", |r| {
+        want.iter().all(|w| r.contains(w.as_str()))
+    });
+    if let Some((ok, msg)) = promtool(&text) {
+        assert!(ok, "promtool check metrics failed:\n{msg}\n{text}");
+    }
 
     lab.terminate(&[&b.id]);
     let text = scrape_until(addr, "the terminated instance's series gone", |r| {

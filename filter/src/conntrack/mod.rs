@@ -40,7 +40,10 @@
 //!    packets) the TCP state / UDP "seen both ways" flag and the expiry are
 //!    updated.
 //! 4. **New flow**: to a non-instance → allowed; to an instance →
-//!    `snap.allows(pkt)` or [`DropReason::NoRule`]. ICMP replies and "other" ICMP
+//!    `snap.allows(pkt)` or [`DropReason::NoRule`] (asked as
+//!    [`Snapshot::admitting_rule`]: [`Conntrack::judge_rule`] returns the rule
+//!    that decided, [`Pass::Rule`], for per-rule counters; so do rules 2 and 3
+//!    when they ask the rules). ICMP replies and "other" ICMP
 //!    are judged by rules only and create no entry; everything else (TCP even without
 //!    SYN: mid-stream pickup after a restart) creates an entry, charged to the
 //!    initiating instance if the source is an instance, else to the destination. If
@@ -129,5 +132,5 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use policy::{CtConfig, RevokeMode, Timeouts, error_fits_flow};
+pub use policy::{CtConfig, Pass, RevokeMode, Timeouts, error_fits_flow};
 pub use table::{BUCKET, BUCKET_BYTES, Conntrack, PROBE, QUOTA_SLOTS};

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use super::table::*;
-use crate::compile::Snapshot;
+use crate::compile::{RuleSlot, Snapshot};
 use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
 
 /// Idle timeouts in seconds (AWS defaults where AWS documents one).
@@ -153,6 +153,15 @@ impl TcpState {
     }
 }
 
+/// The [`Pass`] of a tracked packet: by the rule that revalidated it, if any.
+#[inline]
+fn revalidated(by: Option<(RuleSlot, bool)>) -> Pass {
+    match by {
+        Some((slot, new_flow)) => Pass::Rule { slot, new_flow },
+        None => Pass::State,
+    }
+}
+
 #[inline]
 /// Whether an ICMP error `pkt` quoting the datagram `inner` can belong to that
 /// datagram's flow: it must go back to the datagram's sender, and an error sent by
@@ -164,9 +173,32 @@ pub fn error_fits_flow(snap: &Snapshot, pkt: &Packet, inner: &FlowKey) -> bool {
         && (inner.dst == pkt.key.src || snap.instance_by_ip(pkt.key.src).is_none())
 }
 
+/// How a packet that passes was let through ([`Conntrack::judge_rule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// No rule decided it: a packet of a tracked flow checked under this
+    /// generation, egress, a later fragment of an admitted train, an ICMP
+    /// error of a tracked flow, or (cluster mode) a packet whose destination's
+    /// host enforces the rules.
+    State,
+    /// A rule of the destination's groups decided it (the first that matches,
+    /// [`Snapshot::admitting_rule`]): a new flow's first packet, a packet judged
+    /// by rules alone (ICMP replies, unrelated ICMP errors), or a tracked
+    /// packet revalidated against a new generation. `new_flow`: the packet
+    /// opened a connection-table entry (or restarted a revoked one), so the
+    /// flow is counted on this rule.
+    Rule { slot: RuleSlot, new_flow: bool },
+}
+
 /// Result of looking up a flow for a packet.
 pub(super) enum Track {
-    Hit { idx: usize, ctl: u64 },
+    /// `by`: the rule that revalidated it (`fresh`: a revoked flow restarted
+    /// by a new SYN), when revalidation asked the rules.
+    Hit {
+        idx: usize,
+        ctl: u64,
+        by: Option<(RuleSlot, bool)>,
+    },
     Revoked,
     Miss,
 }
@@ -192,17 +224,33 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv4Addr) -> bool + Copy,
     ) -> Result<(), DropReason> {
+        self.judge_rule(snap, pkt, now, remote).map(|_| ())
+    }
+
+    /// [`Conntrack::judge_scoped`] saying how a passing packet passed: by
+    /// connection state or by which rule ([`Pass`]), for per-rule counters. One
+    /// classification per new flow: the rule comes from the same lookup that
+    /// decides ([`Snapshot::admitting_rule`] in place of `allows`).
+    #[inline]
+    pub fn judge_rule(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet,
+        now: u32,
+        remote: impl Fn(Ipv4Addr) -> bool + Copy,
+    ) -> Result<Pass, DropReason> {
         // Looked up only where needed: tracked flows never ask.
         let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some() && !remote(pkt.key.dst);
         if let Frag::Later { id } = pkt.frag {
             if !dst_is_inst() {
-                return Ok(());
+                return Ok(Pass::State);
             }
             return match self.find_alive(frag_key(&pkt.key, id), now) {
-                Some(_) => Ok(()),
+                Some(_) => Ok(Pass::State),
                 None => Err(DropReason::UnmatchedFragment),
             };
         }
+        let mut pass = Pass::State;
         if let L4::Icmp {
             kind: IcmpKind::Error { inner },
             ..
@@ -211,29 +259,42 @@ impl Conntrack {
             let unrelated = if error_fits_flow(snap, pkt, &inner) {
                 let (k, _) = flow_key(&inner);
                 match self.track(snap, k, None, now, remote) {
-                    Track::Hit { .. } => None,
+                    Track::Hit { by, .. } => {
+                        pass = revalidated(by);
+                        None
+                    }
                     Track::Revoked => Some(DropReason::Revoked),
                     Track::Miss => Some(DropReason::UnrelatedIcmpError),
                 }
             } else {
                 Some(DropReason::UnrelatedIcmpError)
             };
-            if let Some(reason) = unrelated
-                && !snap.allows(pkt)
-                && dst_is_inst()
-            {
-                return Err(reason);
+            if let Some(reason) = unrelated {
+                pass = match snap.admitting_rule(pkt) {
+                    Some(slot) if !remote(pkt.key.dst) => Pass::Rule {
+                        slot,
+                        new_flow: false,
+                    },
+                    None if dst_is_inst() => return Err(reason),
+                    _ => Pass::State,
+                };
             }
         } else {
             let (k, src_is_a) = flow_key(&pkt.key);
             match self.track(snap, k, Some((pkt, src_is_a)), now, remote) {
-                Track::Hit { idx, ctl } => self.refresh(idx, ctl, pkt, src_is_a, now),
+                Track::Hit { idx, ctl, by } => {
+                    self.refresh(idx, ctl, pkt, src_is_a, now);
+                    pass = revalidated(by);
+                }
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
-                    // `allows` is false for non-instances: egress is allowed.
-                    if !snap.allows(pkt) && dst_is_inst() {
-                        return Err(DropReason::NoRule);
-                    }
+                    // No rule admits packets to non-instances: egress is
+                    // allowed. A remote instance's rules are its host's.
+                    let slot = match snap.admitting_rule(pkt) {
+                        Some(slot) if !remote(pkt.key.dst) => Some(slot),
+                        None if dst_is_inst() => return Err(DropReason::NoRule),
+                        _ => None,
+                    };
                     let creates = !matches!(
                         pkt.l4,
                         L4::Icmp {
@@ -244,13 +305,19 @@ impl Conntrack {
                     if creates {
                         self.insert_flow(snap, pkt, k, src_is_a, now)?;
                     }
+                    if let Some(slot) = slot {
+                        pass = Pass::Rule {
+                            slot,
+                            new_flow: creates,
+                        };
+                    }
                 }
             }
         }
         if let Frag::First { id } = pkt.frag {
             self.touch_train(snap, pkt, id, now)?;
         }
-        Ok(())
+        Ok(pass)
     }
     /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
     /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
@@ -286,11 +353,19 @@ impl Conntrack {
             return Track::Miss;
         };
         if self.cfg.on_revoke == RevokeMode::Keep {
-            return Track::Hit { idx, ctl: c };
+            return Track::Hit {
+                idx,
+                ctl: c,
+                by: None,
+            };
         }
         // Fast path: checked under this generation and not revoked.
         if c & (GEN_MASK | REVOKED) == snap.generation() & GEN_MASK {
-            return Track::Hit { idx, ctl: c };
+            return Track::Hit {
+                idx,
+                ctl: c,
+                by: None,
+            };
         }
         self.revalidate(snap, k, idx, c, own, now, &remote)
     }
@@ -322,7 +397,11 @@ impl Conntrack {
                 && let L4::Tcp { flags } = pkt.l4
                 && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
                 && src_is_a == orig_a
-                && (!inbound || snap.allows(pkt))
+                && let Some(by) = if inbound {
+                    snap.admitting_rule(pkt).map(|s| Some((s, true)))
+                } else {
+                    Some(None)
+                }
             {
                 let fresh = |c: u64| {
                     (c & !(REVOKED | SEEN_REPLY | TCP_MASK | GEN_MASK))
@@ -330,14 +409,20 @@ impl Conntrack {
                         | generation
                 };
                 let ctl = self.update_ctl(idx, c, fresh).unwrap_or(c);
-                return Track::Hit { idx, ctl };
+                return Track::Hit { idx, ctl, by };
             }
             if c & GEN_MASK != generation {
-                if !inbound || self.allows_original(snap, idx, orig) {
+                let by = if inbound {
+                    self.admitting_original(snap, idx, orig).map(Some)
+                } else {
+                    Some(None)
+                };
+                if let Some(by) = by {
                     // Re-authorized: the flow resumes in its old state.
                     let revive = |c: u64| (c & !(REVOKED | GEN_MASK)) | generation;
                     let ctl = self.update_ctl(idx, c, revive).unwrap_or(c);
-                    return Track::Hit { idx, ctl };
+                    let by = by.map(|s| (s, false));
+                    return Track::Hit { idx, ctl, by };
                 }
                 let _ = self.update_ctl(idx, c, |c| (c & !GEN_MASK) | generation);
             }
@@ -347,12 +432,18 @@ impl Conntrack {
             }
             return Track::Revoked;
         }
-        if !inbound || self.allows_original(snap, idx, orig) {
+        let by = if inbound {
+            self.admitting_original(snap, idx, orig).map(Some)
+        } else {
+            Some(None)
+        };
+        if let Some(by) = by {
             // Still allowed: remember that this generation was checked.
             let ctl = self
                 .update_ctl(idx, c, |c| (c & !GEN_MASK) | generation)
                 .unwrap_or(c);
-            return Track::Hit { idx, ctl };
+            let by = by.map(|s| (s, false));
+            return Track::Hit { idx, ctl, by };
         }
         // Cut: keep the entry, marked, so that neither side re-opens the flow.
         if self
@@ -364,8 +455,14 @@ impl Conntrack {
         Track::Revoked
     }
 
-    /// Does `snap` allow the original direction `orig` of the flow in `idx`?
-    pub(super) fn allows_original(&self, snap: &Snapshot, idx: usize, orig: FlowKey) -> bool {
+    /// The rule of `snap` that admits the original direction `orig` of the
+    /// flow in `idx`, if any.
+    pub(super) fn admitting_original(
+        &self,
+        snap: &Snapshot,
+        idx: usize,
+        orig: FlowKey,
+    ) -> Option<RuleSlot> {
         let aux = self.slots[idx].aux.load(Ordering::Relaxed);
         let l4 = match orig.proto {
             proto::TCP => L4::Tcp {
@@ -379,7 +476,7 @@ impl Conntrack {
             },
             _ => L4::Other,
         };
-        snap.allows(&Packet {
+        snap.admitting_rule(&Packet {
             key: orig,
             l4,
             frag: Frag::None,

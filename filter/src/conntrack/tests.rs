@@ -863,3 +863,83 @@ fn remote_destination_is_judged_at_its_own_host() {
         Err(DropReason::UnmatchedFragment)
     );
 }
+
+/// `judge_rule` names the rule for the packets a rule decides (a new flow's
+/// first packet, with `new_flow`; ICMP replies judged by rules alone; the
+/// first packet after an edit, revalidated) and none for tracked packets or
+/// egress.
+#[test]
+fn judge_rule_names_the_deciding_rule() {
+    use crate::compile::Compiler;
+    let rules = vec![
+        cidr_rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0"),
+        cidr_rule(
+            Proto::Icmp,
+            Ports::Icmp {
+                ty: None,
+                code: None,
+            },
+            "0.0.0.0/0",
+        ),
+    ];
+    let mut m = model(rules.clone());
+    m.record_changes();
+    let mut c = Compiler::new(&m);
+    let snap = c.snapshot(1);
+    let ssh = c.rule_slot(&owner(), "b", 0).unwrap();
+    let icmp_all = c.rule_slot(&owner(), "b", 1).unwrap();
+    let ct = Conntrack::new(CtConfig::with_capacity(1024));
+    let judge = |s: &crate::Snapshot, p: &Packet| ct.judge_rule(s, p, 0, |_| false);
+    let syn = tcp(OUT, 5000, B, 22, SYN);
+    assert_eq!(
+        judge(&snap, &syn),
+        Ok(Pass::Rule {
+            slot: ssh,
+            new_flow: true
+        })
+    );
+    // The reply and the rest of the flow: by state.
+    assert_eq!(
+        judge(&snap, &tcp(B, 22, OUT, 5000, SYN | ACK)),
+        Ok(Pass::State)
+    );
+    assert_eq!(judge(&snap, &tcp(OUT, 5000, B, 22, ACK)), Ok(Pass::State));
+    // Egress from B: no rule.
+    assert_eq!(judge(&snap, &udp(B, 4000, OUT, 53)), Ok(Pass::State));
+    // An echo reply to B (no flow: B never asked): judged by the ICMP rule,
+    // no flow created.
+    let reply = icmp(OUT, B, 0, IcmpKind::Reply, 9);
+    assert_eq!(
+        judge(&snap, &reply),
+        Ok(Pass::Rule {
+            slot: icmp_all,
+            new_flow: false
+        })
+    );
+    // Nothing matched.
+    assert_eq!(
+        judge(&snap, &tcp(OUT, 5001, B, 23, SYN)),
+        Err(DropReason::NoRule)
+    );
+    // An unrelated edit: the flow's next packet is revalidated, counted on
+    // the rule (not as a new flow); the one after by state again.
+    m.authorize_rules(
+        &owner(),
+        "a",
+        &[cidr_rule(Proto::Udp, Ports::Range(53, 53), "0.0.0.0/0")],
+    )
+    .unwrap();
+    let ch = m.take_changes();
+    c.apply(&m, &ch);
+    let snap2 = c.snapshot(2);
+    assert_eq!(c.rule_slot(&owner(), "b", 0), Some(ssh));
+    let ack = tcp(OUT, 5000, B, 22, ACK);
+    assert_eq!(
+        judge(&snap2, &ack),
+        Ok(Pass::Rule {
+            slot: ssh,
+            new_flow: false
+        })
+    );
+    assert_eq!(judge(&snap2, &ack), Ok(Pass::State));
+}

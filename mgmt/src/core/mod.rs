@@ -100,6 +100,7 @@ use crate::store::{
 
 mod cluster;
 mod ec2;
+mod hits;
 mod images;
 mod lifecycle;
 mod trace;
@@ -179,6 +180,12 @@ pub trait Dataplane: Send {
     }
     /// Add data-plane counters to `report`.
     fn stats(&self, report: &mut StatsReport);
+    /// Per-rule hits summed over the workers (see `switch::counters`): the
+    /// published snapshot's rule-slot layout (the serial of each slot's rule)
+    /// and the hits of each slot. Empty without a switch.
+    fn rule_hits(&self) -> (Vec<u64>, Vec<crate::api::RuleHits>) {
+        (Vec::new(), Vec::new())
+    }
     /// Cluster mode: the overlay's view of the lab (live hosts, every
     /// instance with its host and identity), after every applied change.
     fn publish_directory(&mut self, _dir: &Directory) {}
@@ -657,7 +664,7 @@ impl Core {
             Command::DescribeImages { amis } => self.describe_images(&amis),
             Command::DeregisterImage { ami } => self.deregister_image(&ami),
             Command::Stats => Ok(Response::Stats {
-                stats: self.stats(),
+                stats: Box::new(self.stats()),
             }),
             Command::CreateAccessKey => self.create_access_key(&owner),
             Command::Hosts => self.hosts(),
@@ -682,6 +689,10 @@ impl Core {
                 ErrorCode::InvalidAction,
                 "capture streams frames on its own connection of the API socket (sgswitch capture)",
             )),
+            Command::DescribeGroupStats { groups } => {
+                let names = self.group_names(&owner, &groups)?;
+                self.group_stats(&owner, &names)
+            }
             Command::InstanceStats { id } => {
                 let ids = self.owned_ids(&owner, std::slice::from_ref(&id))?;
                 self.refresh(&ids);
@@ -995,6 +1006,7 @@ impl Core {
             ..StatsReport::default()
         };
         self.dp.stats(&mut report);
+        self.add_rule_series(&mut report);
         report
     }
 }
