@@ -108,7 +108,7 @@ use crate::{Frag, L4, Mac, Packet, proto};
 
 mod attrib;
 pub use attrib::RuleSlot;
-use attrib::{Check, RuleIndex, SCAN_MAX, SlotAlloc};
+use attrib::{RuleIndex, SCAN_MAX, SlotAlloc};
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -415,9 +415,10 @@ impl Snapshot {
     /// [`Snapshot::allows`] naming the rule: the slot of the first rule, in
     /// `describe-group` order (the destination's groups in its order, rules in
     /// their group's order), that admits this packet, or `None` exactly when
-    /// `allows` is false. Same cost as `allows` plus, for the group that
-    /// allows, one interval search and a scan of the rules covering that port
-    /// (module [`attrib`]). No lock, no allocation.
+    /// `allows` is false. Per group: one interval search, then for the rules
+    /// covering that port one AND per membership word of their group sources
+    /// and a scan of their address ranges (module [`attrib`]). No lock, no
+    /// allocation.
     #[inline]
     pub fn admitting_rule(&self, pkt: &Packet) -> Option<RuleSlot> {
         if let Frag::Later { .. } = pkt.frag {
@@ -441,26 +442,19 @@ impl Snapshot {
         let mut member: Option<&[u64]> = None;
         for &t in list {
             let table = &self.tables[t as usize];
-            let (cands, set) = table.rules.candidates(p, key);
-            if cands.len() > SCAN_MAX && !self.set_matches(table, set, src, &mut src_inst) {
+            let l = table.rules.candidates(p, key);
+            if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, &mut src_inst) {
                 continue;
             }
-            for &(check, slot) in cands {
-                let hit = match check {
-                    Check::Range(lo, hi) => lo <= src_u && src_u <= hi,
-                    Check::Group { word, mask } => {
-                        let m = *member.get_or_insert_with(|| {
-                            let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
-                            let w = self.words;
-                            inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
-                        });
-                        m.get(word as usize).is_some_and(|m| m & mask != 0)
-                    }
-                    Check::Never => false,
-                };
-                if hit {
-                    return Some(slot);
-                }
+            let found = table.rules.first_match(l, src_u, || {
+                *member.get_or_insert_with(|| {
+                    let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
+                    let w = self.words;
+                    inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
+                })
+            });
+            if found.is_some() {
+                return found;
             }
         }
         None
@@ -1522,6 +1516,47 @@ mod tests {
         let all: BTreeSet<RuleSlot> = (0..5).map(|i| slot("g", i)).chain([slot("h", 0)]).collect();
         assert_eq!(all.len(), 6);
         assert!(all.iter().all(|s2| s.rule_layout()[s2.index()] != 0));
+    }
+
+    #[test]
+    fn group_candidates_are_found_by_membership_bits_in_rule_order() {
+        // Port 53 is covered by group-source rules in an order unlike the
+        // groups' bit order (d before b before a), a group named twice, and
+        // address ranges between them: the first matching rule is named
+        // whichever way it is found.
+        let g = vec![
+            grule(Proto::Tcp, Ports::Range(50, 60), "d"),
+            rule(Proto::Tcp, Ports::Range(53, 53), "10.0.0.0/8"),
+            grule(Proto::Tcp, Ports::Range(53, 53), "b"),
+            grule(Proto::Tcp, Ports::Range(53, 53), "d"),
+            rule(Proto::Tcp, Ports::Range(53, 53), "172.31.0.0/16"),
+            grule(Proto::Tcp, Ports::Range(53, 53), "a"),
+        ];
+        let ab: [u8; 4] = [172, 31, 0, 13];
+        let m = model(
+            &[("g", g), ("a", vec![]), ("b", vec![]), ("d", vec![])],
+            &[
+                ("i-g", A, &["g"]),
+                ("i-a", B, &["a"]),
+                ("i-d", C, &["d"]),
+                ("i-ab", ab, &["a", "b"]),
+            ],
+        );
+        let c = Compiler::new(&m);
+        let s = c.clone().snapshot(1);
+        let o = owner();
+        let slot = |i: usize| c.rule_slot(&o, "g", i);
+        // In a and b: b's rule (2) comes before a's (5) and the range (4).
+        assert_eq!(s.admitting_rule(&tcp(ab, A, 53)), slot(2));
+        // In d: its first rule (0), not the later one (3).
+        assert_eq!(s.admitting_rule(&tcp(C, A, 53)), slot(0));
+        // In a only: the range rule 4 comes before a's rule 5.
+        assert_eq!(s.admitting_rule(&tcp(B, A, 53)), slot(4));
+        assert_eq!(s.admitting_rule(&tcp([10, 1, 1, 1], A, 53)), slot(1));
+        // Port 55: rule 0 alone.
+        assert_eq!(s.admitting_rule(&tcp(C, A, 55)), slot(0));
+        assert_eq!(s.admitting_rule(&tcp(ab, A, 55)), None);
+        assert!(!s.allows(&tcp(ab, A, 55)));
     }
 
     #[test]

@@ -19,54 +19,31 @@
 //! * Structure: a group table keeps, beside the source-set intervals that
 //!   [`super::Snapshot::allows`] searches (unchanged: the verdict alone costs
 //!   what it cost), a second interval table per protocol whose intervals carry
-//!   the *candidate list*: the indices (ascending) of the rules whose port range
-//!   covers that interval (lists deduplicated), with the id of the source set
-//!   that is their union (the same set `allows` finds there). `admitting_rule`
-//!   searches this table alone: a list of at most [`SCAN_MAX`] candidates is
-//!   scanned directly (the first whose source contains the packet's source;
-//!   none: no rule of this group matches), a longer one first asks its set (so
-//!   a packet no rule admits costs what it costs in `allows`), then scans (at
-//!   most the group's rule count, 100 by default, for nested ranges). A
-//!   candidate's source is a precomputed check: an address range, or a word
-//!   index and mask into the source instance's membership bits. Only the first
-//!   packet of a flow (and packets judged by rules without a flow) pays it;
-//!   tracked packets never ask.
+//!   the *candidate list*: the rules whose port range covers that interval
+//!   (lists deduplicated), split by source kind, with the id of the source set
+//!   that is their union (the same set `allows` finds there).
+//!   `admitting_rule` searches this table alone. Group-source candidates are
+//!   not scanned: per membership word the list keeps the bits of the groups
+//!   its rules name and, per bit, the first rule (position in the list) naming
+//!   that group, so the first matching group rule is the least position over
+//!   the bits of `member[word] & bits` (one AND per word; one rank and one
+//!   load per group the source is in). Address-range candidates are scanned
+//!   in rule order up to that position (a list with more than [`SCAN_MAX`] of
+//!   them first asks its set, so a packet no rule admits costs what it costs
+//!   in `allows`). Only the first packet of a flow (and packets judged by
+//!   rules without a flow) pays it; tracked packets never ask.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Iv, NO_BIT, PortTable, Src};
 use crate::model::Rule;
 
-/// Candidate lists up to this long are scanned without asking their source
-/// set first (measured with the pipeline bench's ten group-source rules on
-/// one port: scanning them costs about what the set check costs, so asking
-/// the set first only adds to the admitted packets' cost).
+/// Candidate lists with more address-range candidates than this ask their
+/// source set first (so a packet no rule admits costs what it costs in
+/// `allows`), then scan the ranges; shorter ones are scanned directly.
+/// Group-source candidates are never scanned (see [`GroupWord`]).
 pub(super) const SCAN_MAX: usize = 16;
-
-/// One rule's source as a precomputed check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Check {
-    /// Inclusive address range.
-    Range(u32, u32),
-    /// Member of the referenced group whose bit is `mask` in word `word`.
-    Group { word: u32, mask: u64 },
-    /// Matches nothing (a group source without a bit).
-    Never,
-}
-
-impl From<Src> for Check {
-    fn from(s: Src) -> Check {
-        match s {
-            Src::Range(lo, hi) => Check::Range(lo, hi),
-            Src::Group(NO_BIT) => Check::Never,
-            Src::Group(b) => Check::Group {
-                word: b / 64,
-                mask: 1 << (b % 64),
-            },
-        }
-    }
-}
 
 /// A rule's counter slot: stable for as long as the rule stays in its group
 /// (see the module docs). Index into [`super::Snapshot::rule_layout`].
@@ -81,6 +58,50 @@ impl RuleSlot {
     }
 }
 
+/// One candidate list, split by source kind: address-range candidates
+/// (`ranges[r_off..][..r_len]`, in rule order) and group-source candidates
+/// (`gwords[g_off..][..g_len]`, by membership word), and the source set (of
+/// the group table) that is the union of all their sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct CandList {
+    r_off: u32,
+    r_len: u32,
+    g_off: u32,
+    g_len: u32,
+    pub(super) set: u32,
+}
+
+impl CandList {
+    /// Address-range candidates in the list.
+    #[inline]
+    pub(super) fn range_count(&self) -> usize {
+        self.r_len as usize
+    }
+}
+
+/// An address-range candidate: inclusive range, position in its list (rule
+/// order) and slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RangeCand {
+    lo: u32,
+    hi: u32,
+    pos: u32,
+    slot: RuleSlot,
+}
+
+/// The group-source candidates of a list in one membership word: `bits` are
+/// the referenced groups' bits in word `word`; for the `r`-th set bit (in bit
+/// order), `gfirst[base + r]` is the first candidate (position in the list
+/// and slot) whose source is that group. A source instance's first matching
+/// group candidate is then found from `member[word] & bits` (one AND, and per
+/// bit that matches one rank and one load) instead of a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct GroupWord {
+    bits: u64,
+    word: u32,
+    base: u32,
+}
+
 /// The rule side of one group table: candidate lists per port interval, the
 /// rules' sources and slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,12 +111,11 @@ pub(super) struct RuleIndex {
     pub(super) ports: [PortTable; 3],
     /// Candidate list of other IP protocols (`Proto::All` rules).
     pub(super) other: u32,
-    /// Candidate lists: `(offset, length)` into `cands`, and the source set
-    /// (of the group table) that is the union of their sources.
-    pub(super) lists: Arc<[(u32, u32, u32)]>,
-    /// The candidates, in rule order: each rule's source check and slot side
-    /// by side (one load per candidate).
-    pub(super) cands: Arc<[(Check, RuleSlot)]>,
+    lists: Arc<[CandList]>,
+    ranges: Arc<[RangeCand]>,
+    gwords: Arc<[GroupWord]>,
+    /// `(position in list, slot)` per (list, group word, set bit).
+    gfirst: Arc<[(u32, RuleSlot)]>,
 }
 
 impl RuleIndex {
@@ -114,40 +134,100 @@ impl RuleIndex {
         let [t, u, i] = entries;
         let ports = [a.table(&t), a.table(&u), a.table(&i)];
         let other = a.intern(&other);
-        let lists = a
-            .lists
-            .iter()
-            .map(|&(off, len)| {
-                (
-                    off,
-                    len,
-                    set_of(&a.cands[off as usize..(off + len) as usize]),
-                )
-            })
-            .collect();
-        let cands = a
-            .cands
-            .iter()
-            .map(|&i| (Check::from(srcs[i as usize]), slots[i as usize]))
-            .collect();
+        let mut lists = Vec::with_capacity(a.lists.len());
+        let mut ranges = Vec::new();
+        let mut gwords = Vec::new();
+        let mut gfirst = Vec::new();
+        for &(off, len) in &a.lists {
+            let rules = &a.cands[off as usize..(off + len) as usize];
+            let r_off = ranges.len() as u32;
+            let g_off = gwords.len() as u32;
+            // word → (bits, first (position, slot) per bit)
+            let mut words: BTreeMap<u32, (u64, BTreeMap<u32, (u32, RuleSlot)>)> = BTreeMap::new();
+            for (pos, &r) in rules.iter().enumerate() {
+                let (pos, slot) = (pos as u32, slots[r as usize]);
+                match srcs[r as usize] {
+                    Src::Range(lo, hi) => ranges.push(RangeCand { lo, hi, pos, slot }),
+                    // A group without a bit matches nothing.
+                    Src::Group(NO_BIT) => {}
+                    Src::Group(b) => {
+                        let w = words.entry(b / 64).or_default();
+                        w.0 |= 1 << (b % 64);
+                        w.1.entry(b % 64).or_insert((pos, slot));
+                    }
+                }
+            }
+            for (word, (bits, first)) in words {
+                gwords.push(GroupWord {
+                    bits,
+                    word,
+                    base: gfirst.len() as u32,
+                });
+                // BTreeMap: in bit order.
+                gfirst.extend(first.into_values());
+            }
+            lists.push(CandList {
+                r_off,
+                r_len: ranges.len() as u32 - r_off,
+                g_off,
+                g_len: gwords.len() as u32 - g_off,
+                set: set_of(rules),
+            });
+        }
         RuleIndex {
             ports,
             other,
-            lists,
-            cands,
+            lists: lists.into(),
+            ranges: ranges.into(),
+            gwords: gwords.into(),
+            gfirst: gfirst.into(),
         }
     }
 
-    /// The candidate rules (indices, ascending) of protocol table `p` at `key`,
-    /// or of other protocols when `p` is `None`, and their union's source set.
+    /// The candidate list of protocol table `p` at `key`, or of other
+    /// protocols when `p` is `None`.
     #[inline]
-    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> (&[(Check, RuleSlot)], u32) {
+    pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> CandList {
         let l = match p {
             Some(p) => self.ports[p].lookup(key),
             None => self.other,
         };
-        let (off, len, set) = self.lists[l as usize];
-        (&self.cands[off as usize..(off + len) as usize], set)
+        self.lists[l as usize]
+    }
+
+    /// The first candidate of `l`, in rule order, whose source contains
+    /// `src`: the first matching group candidate from the source instance's
+    /// membership words (`member`, asked only if `l` has group candidates;
+    /// words past its end are zero), then the range candidates before it in
+    /// order.
+    #[inline]
+    pub(super) fn first_match<'a>(
+        &self,
+        l: CandList,
+        src: u32,
+        mut member: impl FnMut() -> &'a [u64],
+    ) -> Option<RuleSlot> {
+        let mut best = (u32::MAX, RuleSlot(0));
+        for g in &self.gwords[l.g_off as usize..(l.g_off + l.g_len) as usize] {
+            let mut x = member().get(g.word as usize).map_or(0, |m| m & g.bits);
+            while x != 0 {
+                let low = x & x.wrapping_neg();
+                let c = self.gfirst[(g.base + (g.bits & (low - 1)).count_ones()) as usize];
+                if c.0 < best.0 {
+                    best = c;
+                }
+                x ^= low;
+            }
+        }
+        for r in &self.ranges[l.r_off as usize..(l.r_off + l.r_len) as usize] {
+            if r.pos > best.0 {
+                break;
+            }
+            if r.lo <= src && src <= r.hi {
+                return Some(r.slot);
+            }
+        }
+        (best.0 != u32::MAX).then_some(best.1)
     }
 
     pub(super) fn memory_bytes(&self) -> usize {
@@ -155,8 +235,10 @@ impl RuleIndex {
             .iter()
             .map(|p| p.ivs.len() * 8 + p.top.len() * 4)
             .sum::<usize>()
-            + self.lists.len() * 12
-            + self.cands.len() * std::mem::size_of::<(Check, RuleSlot)>()
+            + self.lists.len() * std::mem::size_of::<CandList>()
+            + self.ranges.len() * std::mem::size_of::<RangeCand>()
+            + self.gwords.len() * std::mem::size_of::<GroupWord>()
+            + self.gfirst.len() * 8
     }
 }
 
