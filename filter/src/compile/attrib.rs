@@ -26,8 +26,9 @@
 //!   not scanned: per membership word the list keeps the bits of the groups
 //!   its rules name and, per bit, the first rule (position in the list) naming
 //!   that group, so the first matching group rule is the least position over
-//!   the bits of `member[word] & bits` (one AND per word; one rank and one
-//!   load per group the source is in). Address-range candidates are scanned
+//!   the bits of `member[word] & bits` (one AND per word; one trailing-zero
+//!   count and one load per group the source is in; bits of one entry lie at
+//!   most 16 apart). Address-range candidates are scanned
 //!   in rule order up to that position (a list with more than [`SCAN_MAX`] of
 //!   them first asks its set, so a packet no rule admits costs what it costs
 //!   in `allows`). Only the first packet of a flow (and packets judged by
@@ -89,18 +90,25 @@ pub(super) struct RangeCand {
     slot: RuleSlot,
 }
 
-/// The group-source candidates of a list in one membership word: `bits` are
-/// the referenced groups' bits in word `word`; for the `r`-th set bit (in bit
-/// order), `gfirst[base + r]` is the first candidate (position in the list
-/// and slot) whose source is that group. A source instance's first matching
-/// group candidate is then found from `member[word] & bits` (one AND, and per
-/// bit that matches one rank and one load) instead of a scan.
+/// Group-source candidates of a list in one membership word: `bits` are
+/// referenced groups' bits in word `word` (at most [`SPAN`] apart; a list has
+/// more entries for the same word if its groups' bits spread wider); for each
+/// bit `b`, `gfirst[off + b]` is the first candidate (position in the list and
+/// slot) whose source is that group. A source instance's first matching group
+/// candidate is then found from `member[word] & bits` (one AND, and per bit
+/// that matches one load) instead of a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct GroupWord {
     bits: u64,
     word: u32,
-    base: u32,
+    /// `gfirst[off + b]` (wrapping) is bit `b`'s first candidate.
+    off: u32,
 }
+
+/// Bits of one [`GroupWord`] at most this far apart: its `gfirst` entries are
+/// dense (one per bit from its lowest), so a matching bit's entry is one
+/// trailing-zero count away, and a list costs at most 16 entries per group.
+const SPAN: u32 = 16;
 
 /// The rule side of one group table: candidate lists per port interval, the
 /// rules' sources and slots.
@@ -143,7 +151,7 @@ impl RuleIndex {
             let r_off = ranges.len() as u32;
             let g_off = gwords.len() as u32;
             // word → (bits, first (position, slot) per bit)
-            let mut words: BTreeMap<u32, (u64, BTreeMap<u32, (u32, RuleSlot)>)> = BTreeMap::new();
+            let mut words: BTreeMap<u32, BTreeMap<u32, (u32, RuleSlot)>> = BTreeMap::new();
             for (pos, &r) in rules.iter().enumerate() {
                 let (pos, slot) = (pos as u32, slots[r as usize]);
                 match srcs[r as usize] {
@@ -152,19 +160,33 @@ impl RuleIndex {
                     Src::Group(NO_BIT) => {}
                     Src::Group(b) => {
                         let w = words.entry(b / 64).or_default();
-                        w.0 |= 1 << (b % 64);
-                        w.1.entry(b % 64).or_insert((pos, slot));
+                        w.entry(b % 64).or_insert((pos, slot));
                     }
                 }
             }
-            for (word, (bits, first)) in words {
-                gwords.push(GroupWord {
-                    bits,
-                    word,
-                    base: gfirst.len() as u32,
-                });
-                // BTreeMap: in bit order.
-                gfirst.extend(first.into_values());
+            for (word, first) in words {
+                // Chunks of at most SPAN bits, each with a dense run of
+                // `gfirst` entries from its lowest bit (bits no rule names
+                // hold a never-chosen filler).
+                let mut it = first.into_iter().peekable();
+                while let Some(&(lo, _)) = it.peek() {
+                    let mut bits = 0u64;
+                    let base = gfirst.len() as u32;
+                    while let Some(&(b, c)) = it.peek() {
+                        if b >= lo + SPAN {
+                            break;
+                        }
+                        bits |= 1 << b;
+                        gfirst.resize(base as usize + (b - lo) as usize, (u32::MAX, RuleSlot(0)));
+                        gfirst.push(c);
+                        it.next();
+                    }
+                    gwords.push(GroupWord {
+                        bits,
+                        word,
+                        off: base.wrapping_sub(lo),
+                    });
+                }
             }
             lists.push(CandList {
                 r_off,
@@ -211,12 +233,11 @@ impl RuleIndex {
         for g in &self.gwords[l.g_off as usize..(l.g_off + l.g_len) as usize] {
             let mut x = member().get(g.word as usize).map_or(0, |m| m & g.bits);
             while x != 0 {
-                let low = x & x.wrapping_neg();
-                let c = self.gfirst[(g.base + (g.bits & (low - 1)).count_ones()) as usize];
+                let c = self.gfirst[g.off.wrapping_add(x.trailing_zeros()) as usize];
                 if c.0 < best.0 {
                     best = c;
                 }
-                x ^= low;
+                x &= x - 1;
             }
         }
         for r in &self.ranges[l.r_off as usize..(l.r_off + l.r_len) as usize] {
