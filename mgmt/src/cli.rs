@@ -1373,6 +1373,7 @@ mod tests {
             name: "web".into(),
             id: "sg-1a2b3c4d".into(),
             description: "Web Servers".into(),
+            egress: Vec::new(),
             rules: vec![
                 cidr_rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
                 group_rule("111122223333", "web"),
@@ -1425,6 +1426,7 @@ mod tests {
             name: "default".into(),
             id: "sg-1a2b3c4d".into(),
             description: "default group".into(),
+            egress: Vec::new(),
             rules: vec![
                 group_rule("598916040194", "default"),
                 cidr_rule(Proto::Tcp, Ports::Range(22, 22), "192.168.1.10/32"),

@@ -542,6 +542,7 @@ mod tests {
             name: "web".into(),
             id: "sg-00000001".into(),
             description: "Web Servers".into(),
+            egress: Vec::new(),
             rules: vec![
                 rule(
                     Proto::Tcp,

@@ -1055,17 +1055,31 @@ pub fn store_edits(
             Change::GroupAdded { group, .. } => Edit::PutGroup(group.clone()),
             Change::GroupDeleted(g) => Edit::DeleteGroup { id: g.id.clone() },
             Change::RulesAdded {
-                group_id, rules, ..
-            } => Edit::AddRules {
-                group_id: group_id.clone(),
-                rules: rules.clone(),
-            },
+                group_id,
+                rules,
+                egress,
+                ..
+            } => {
+                let (group_id, rules) = (group_id.clone(), rules.clone());
+                if *egress {
+                    Edit::AddEgressRules { group_id, rules }
+                } else {
+                    Edit::AddRules { group_id, rules }
+                }
+            }
             Change::RulesRemoved {
-                group_id, rules, ..
-            } => Edit::RemoveRules {
-                group_id: group_id.clone(),
-                rules: rules.clone(),
-            },
+                group_id,
+                rules,
+                egress,
+                ..
+            } => {
+                let (group_id, rules) = (group_id.clone(), rules.clone());
+                if *egress {
+                    Edit::RemoveEgressRules { group_id, rules }
+                } else {
+                    Edit::RemoveRules { group_id, rules }
+                }
+            }
             Change::InstanceAdded(inst) => {
                 let rec = records.get(&inst.id).ok_or_else(|| {
                     ApiError::internal(format!("no launch record for new instance {}", inst.id))
