@@ -605,15 +605,25 @@ impl Core {
                     .collect();
                 Ok(Response::Groups { groups })
             }
-            Command::Authorize { group, permissions } => {
-                self.stage_descriptions(&owner, &group, &permissions)?;
+            Command::Authorize {
+                group,
+                permissions,
+                egress,
+            } => {
+                if !egress {
+                    self.stage_descriptions(&owner, &group, &permissions)?;
+                }
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
+                self.edit(|m| Ok(m.authorize_rules_dir(&owner, &name, &rules, egress)?))?;
                 Ok(Response::Permissions { group: name, rules })
             }
-            Command::Revoke { group, permissions } => {
+            Command::Revoke {
+                group,
+                permissions,
+                egress,
+            } => {
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
+                self.edit(|m| Ok(m.revoke_rules_dir(&owner, &name, &rules, egress)?))?;
                 Ok(Response::Permissions { group: name, rules })
             }
             Command::AttachInstance {
