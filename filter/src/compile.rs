@@ -99,7 +99,7 @@
 //!   time is `O(T · (log R + active))` where `active` is the number of rules
 //!   covering an interval.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -131,6 +131,12 @@ pub struct SnapInstance {
     pub ip: Ipv4Addr,
     /// This instance's group-table list: `lists[list.0..list.0 + list.1]`.
     list: (u32, u32),
+    /// Its egress-table list: `elists[elist.0..elist.0 + elist.1]`.
+    elist: (u32, u32),
+    /// Some group of the instance has an egress rule for all protocols to
+    /// `0.0.0.0/0` (every new group's default): egress allows everything
+    /// without a lookup.
+    egress_open: bool,
 }
 
 /// One elementary interval: its first key and its source set (start and set side
@@ -334,6 +340,11 @@ pub struct Snapshot {
     policies: usize,
     /// Serial of the rule holding each [`RuleSlot`] (0: free slot).
     rule_layout: Arc<[u64]>,
+    /// Egress tables by egress slot: compiled like ingress tables, the
+    /// "source" sets holding the rules' destinations.
+    etables: Arc<[GroupTable]>,
+    /// Concatenated egress-table lists.
+    elists: Arc<[u32]>,
 }
 
 impl Snapshot {
@@ -495,6 +506,49 @@ impl Snapshot {
             let table = &self.tables[t as usize];
             let set = table.ports[p].lookup(key);
             self.set_matches(table, set, pkt.key.src, &mut src_inst)
+        })
+    }
+
+    /// Do the egress rules of the source instance (`pkt.key.src`) allow this
+    /// packet to `pkt.key.dst`? True when the source is not an instance (egress
+    /// rules bind instances only) or one of its groups has the default "all to
+    /// 0.0.0.0/0" rule (one flag, no table lookup); else when one of its
+    /// groups' egress rules matches the protocol, port / ICMP type and the
+    /// destination (a CIDR, or a group of which the destination is a verified
+    /// member instance). False for non-first fragments of a restricted source.
+    /// No lock, no allocation. Egress rule hits are not counted.
+    #[inline]
+    pub fn egress_allows(&self, pkt: &Packet) -> bool {
+        let Some(src) = self.instance_by_ip(pkt.key.src) else {
+            return true;
+        };
+        let inst = &self.instances[src.index()];
+        if inst.egress_open {
+            return true;
+        }
+        if let Frag::Later { .. } = pkt.frag {
+            return false;
+        }
+        let off = inst.elist.0 as usize;
+        let list = &self.elists[off..off + inst.elist.1 as usize];
+        let mut dst_inst = None;
+        let (p, key) = match (pkt.key.proto, pkt.l4) {
+            (proto::TCP, _) => (TCP_T, pkt.key.dport),
+            (proto::UDP, _) => (UDP_T, pkt.key.dport),
+            (proto::ICMP, L4::Icmp { ty, code, .. }) => {
+                (ICMP_T, u16::from(ty) << 8 | u16::from(code))
+            }
+            _ => {
+                return list.iter().any(|&t| {
+                    let table = &self.etables[t as usize];
+                    self.set_matches(table, table.other, pkt.key.dst, &mut dst_inst)
+                });
+            }
+        };
+        list.iter().any(|&t| {
+            let table = &self.etables[t as usize];
+            let set = table.ports[p].lookup(key);
+            self.set_matches(table, set, pkt.key.dst, &mut dst_inst)
         })
     }
 
@@ -709,6 +763,7 @@ struct Members {
     member_bits: Arc<[u64]>,
     lists: Arc<[u32]>,
     policies: usize,
+    elists: Arc<[u32]>,
 }
 
 /// The incremental compiler: the compiled state of a model, updated edit by
@@ -752,6 +807,14 @@ pub struct Compiler {
     alloc: SlotAlloc,
     /// Group with rules → its rules and their slots, in the group's order.
     rule_slots: HashMap<GroupKey, Vec<(Rule, RuleSlot)>>,
+    /// Group with egress rules other than only the default → its slot in
+    /// `etables` (egress rules have no counter slots).
+    eslots: HashMap<GroupKey, u32>,
+    efree: Vec<u32>,
+    etables: Vec<GroupTable>,
+    epublished: Option<Arc<[GroupTable]>>,
+    /// Groups whose egress rules include the default "all to 0.0.0.0/0".
+    open: HashSet<GroupKey>,
 }
 
 impl Compiler {
@@ -773,14 +836,20 @@ impl Compiler {
                 member_bits: Arc::new([]),
                 lists: Arc::new([]),
                 policies: 0,
+                elists: Arc::new([]),
             },
             published: None,
             alloc: SlotAlloc::default(),
             rule_slots: HashMap::new(),
+            eslots: HashMap::new(),
+            efree: Vec::new(),
+            etables: Vec::new(),
+            epublished: None,
+            open: HashSet::new(),
         };
         // All bits first, then the tables that use them.
         for g in model.groups().values() {
-            for r in &g.rules {
+            for r in g.rules.iter().chain(&g.egress) {
                 c.add_ref(r);
             }
         }
@@ -788,6 +857,7 @@ impl Compiler {
             if !g.rules.is_empty() {
                 c.set_table(key, &g.rules);
             }
+            c.set_egress(key, Some(&g.egress));
         }
         c.rebuild_members(model);
         c
@@ -798,38 +868,56 @@ impl Compiler {
     /// changed.
     pub fn apply(&mut self, model: &Model, changes: &[Change]) {
         let mut dirty: BTreeSet<&GroupKey> = BTreeSet::new();
+        let mut edirty: BTreeSet<&GroupKey> = BTreeSet::new();
         let mut members = false;
         let mut keys: Vec<GroupKey> = Vec::new();
         for c in changes {
             match c {
                 Change::GroupAdded { group, .. } => {
-                    for r in &group.rules {
+                    for r in group.rules.iter().chain(&group.egress) {
                         members |= self.add_ref(r);
                     }
                     keys.push((group.owner.clone(), group.name.clone()));
                 }
                 Change::GroupDeleted(group) => {
-                    for r in &group.rules {
+                    for r in group.rules.iter().chain(&group.egress) {
                         members |= self.drop_ref(r);
                     }
                     keys.push((group.owner.clone(), group.name.clone()));
                 }
-                Change::RulesAdded { key, rules, .. } => {
+                Change::RulesAdded {
+                    key, rules, egress, ..
+                } => {
                     for r in rules {
                         members |= self.add_ref(r);
                     }
-                    dirty.insert(key);
+                    if *egress {
+                        edirty.insert(key);
+                    } else {
+                        dirty.insert(key);
+                    }
                 }
-                Change::RulesRemoved { key, rules, .. } => {
+                Change::RulesRemoved {
+                    key, rules, egress, ..
+                } => {
                     for r in rules {
                         members |= self.drop_ref(r);
                     }
-                    dirty.insert(key);
+                    if *egress {
+                        edirty.insert(key);
+                    } else {
+                        dirty.insert(key);
+                    }
                 }
                 Change::InstanceAdded(_) | Change::InstanceRemoved(_) => members = true,
             }
         }
         dirty.extend(keys.iter());
+        edirty.extend(keys.iter());
+        for key in edirty {
+            let egress = model.groups().get(key).map(|g| g.egress.as_slice());
+            members |= self.set_egress(key, egress);
+        }
         for key in dirty {
             match model.groups().get(key) {
                 Some(g) if !g.rules.is_empty() => members |= self.set_table(key, &g.rules),
@@ -859,7 +947,54 @@ impl Compiler {
             lists: m.lists.clone(),
             policies: m.policies,
             rule_layout: self.alloc.layout(),
+            etables: self
+                .epublished
+                .get_or_insert_with(|| self.etables.iter().cloned().collect())
+                .clone(),
+            elists: m.elists.clone(),
         }
+    }
+
+    /// Compile `key`'s egress rules (`None`: the group is gone). Egress
+    /// edits rebuild the instance-level parts (true): an instance's egress
+    /// list and its "open" flag follow its groups' egress rules.
+    fn set_egress(&mut self, key: &GroupKey, egress: Option<&[Rule]>) -> bool {
+        let open = egress.is_some_and(|e| e.contains(&crate::model::default_egress_rule()));
+        if open {
+            self.open.insert(key.clone());
+        } else {
+            self.open.remove(key);
+        }
+        self.epublished = None;
+        match egress {
+            Some(rules) if !open && !rules.is_empty() => {
+                let slots = vec![RuleSlot(u32::MAX); rules.len()];
+                let table = compile_group(rules, &slots, &self.refs);
+                match self.eslots.get(key) {
+                    Some(&s) => self.etables[s as usize] = table,
+                    None => {
+                        let s = match self.efree.pop() {
+                            Some(s) => {
+                                self.etables[s as usize] = table;
+                                s
+                            }
+                            None => {
+                                self.etables.push(table);
+                                self.etables.len() as u32 - 1
+                            }
+                        };
+                        self.eslots.insert(key.clone(), s);
+                    }
+                }
+            }
+            _ => {
+                if let Some(s) = self.eslots.remove(key) {
+                    self.etables[s as usize] = self.empty.clone();
+                    self.efree.push(s);
+                }
+            }
+        }
+        true
     }
 
     /// The slot of rule `index` (in the group's rule order) of group `group`
@@ -965,7 +1100,28 @@ impl Compiler {
         // Group sets that resolve to the same tables share one list.
         let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
         let mut key = (Owner(String::new()), String::new());
+        let mut elists: Vec<u32> = Vec::new();
+        let mut elist_ids: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
         for (n, inst) in model.instances().values().enumerate() {
+            let mut egress_open = false;
+            let mut etabs: Vec<u32> = Vec::new();
+            for g in &inst.groups {
+                key.1.clone_from(g);
+                key.0.clone_from(&inst.owner);
+                egress_open |= self.open.contains(&key);
+                if let Some(&s) = self.eslots.get(&key) {
+                    etabs.push(s);
+                }
+            }
+            let elist = if egress_open {
+                (0, 0)
+            } else {
+                *elist_ids.entry(etabs).or_insert_with_key(|t| {
+                    let off = elists.len() as u32;
+                    elists.extend_from_slice(t);
+                    (off, t.len() as u32)
+                })
+            };
             key.0.clone_from(&inst.owner);
             for g in &inst.groups {
                 key.1.clone_from(g);
@@ -1007,6 +1163,8 @@ impl Compiler {
                 mac: inst.mac,
                 ip: inst.ip,
                 list,
+                elist,
+                egress_open,
             });
         }
         let policies = lists.iter().collect::<BTreeSet<_>>().len();
@@ -1018,6 +1176,7 @@ impl Compiler {
             member_bits: member_bits.into(),
             lists: lists.into(),
             policies,
+            elists: elists.into(),
         };
     }
 }
@@ -1210,6 +1369,72 @@ mod tests {
     const B: [u8; 4] = [172, 31, 0, 11];
     const C: [u8; 4] = [172, 31, 0, 12];
     const OUT: [u8; 4] = [203, 0, 113, 7];
+
+    #[test]
+    fn egress_rules_open_by_default_and_match_destinations() {
+        let mut m = model(
+            &[("web", vec![]), ("db", vec![])],
+            &[
+                ("i-00000001", [10, 0, 0, 1], &["web"]),
+                ("i-00000002", [10, 0, 0, 2], &["db"]),
+                ("i-00000003", [10, 0, 0, 3], &["default"]),
+            ],
+        );
+        let web = [10, 0, 0, 1];
+        let (db, other) = ([10, 0, 0, 2], [10, 0, 0, 3]);
+        let snap = compile(&m, 1);
+        // Every group starts with "all to 0.0.0.0/0": the flag, no tables.
+        assert!(snap.instances().iter().all(|i| i.egress_open));
+        assert!(snap.egress_allows(&tcp(web, [8, 8, 8, 8], 53)));
+        let o = owner();
+        m.revoke_rules_dir(&o, "web", &crate::model::default_egress(), true)
+            .expect("revoke default egress");
+        m.authorize_rules_dir(
+            &o,
+            "web",
+            &[grule(Proto::Tcp, Ports::Range(5432, 5432), "db")],
+            true,
+        )
+        .expect("group destination");
+        m.authorize_rules_dir(
+            &o,
+            "web",
+            &[rule(Proto::Udp, Ports::Range(53, 53), "9.9.9.0/24")],
+            true,
+        )
+        .expect("cidr destination");
+        let snap = compile(&m, 2);
+        assert!(snap.egress_allows(&tcp(web, db, 5432)), "member of db");
+        assert!(!snap.egress_allows(&tcp(web, other, 5432)), "not a member");
+        assert!(!snap.egress_allows(&tcp(web, db, 5433)), "other port");
+        assert!(!snap.egress_allows(&tcp(web, [8, 8, 8, 8], 53)));
+        let mut dns = tcp(web, [9, 9, 9, 9], 53);
+        dns.key.proto = proto::UDP;
+        dns.l4 = L4::Udp;
+        assert!(snap.egress_allows(&dns));
+        // Other sources keep the default; the uplink has no egress rules.
+        assert!(snap.egress_allows(&tcp(db, [8, 8, 8, 8], 1)));
+        assert!(snap.egress_allows(&tcp([8, 8, 8, 8], web, 1)));
+        // Incremental: the same after applying the changes.
+        let mut c = Compiler::new(&m);
+        m.record_changes();
+        m.revoke_rules_dir(
+            &o,
+            "web",
+            &[grule(Proto::Tcp, Ports::Range(5432, 5432), "db")],
+            true,
+        )
+        .expect("revoke");
+        let changes = m.take_changes();
+        c.apply(&m, &changes);
+        let inc = c.snapshot(3);
+        assert!(!inc.egress_allows(&tcp(web, db, 5432)));
+        assert!(inc.egress_allows(&dns));
+        assert_eq!(
+            inc.egress_allows(&tcp(web, db, 5432)),
+            compile(&m, 3).egress_allows(&tcp(web, db, 5432))
+        );
+    }
 
     #[test]
     fn empty_snapshot_allows_nothing() {

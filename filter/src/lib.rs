@@ -216,11 +216,14 @@ pub enum DropReason {
     /// TCP/UDP checksum field, segmentation of another protocol, a tiny segment
     /// size): completing it would rewrite judged header bytes.
     BadOffload,
+    /// A new flow from an instance that no egress rule of its groups allows
+    /// (and no tracked flow matches). Last in counter order (added later).
+    NoEgressRule,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::UnsupportedEthertype,
@@ -247,6 +250,7 @@ impl DropReason {
         DropReason::TxFailed,
         DropReason::PortGone,
         DropReason::BadOffload,
+        DropReason::NoEgressRule,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -285,6 +289,7 @@ impl DropReason {
             DropReason::TxFailed => "tx_failed",
             DropReason::PortGone => "port_gone",
             DropReason::BadOffload => "bad_offload",
+            DropReason::NoEgressRule => "no_egress_rule",
         }
     }
 }

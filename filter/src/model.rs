@@ -146,6 +146,53 @@ pub struct Group {
     pub description: String,
     /// In insertion order, no duplicates.
     pub rules: Vec<Rule>,
+    /// Egress rules (VPC form): the rule's `source` is the *destination* (a
+    /// CIDR or a group whose verified member instances are matched). In
+    /// insertion order, no duplicates; a new group starts with
+    /// [`default_egress`]. Absent in state written before egress rules
+    /// existed: then it is the default, so nothing changes for such groups.
+    #[serde(default = "default_egress")]
+    pub egress: Vec<Rule>,
+}
+
+/// The egress rule every new group starts with: all protocols to `0.0.0.0/0`.
+pub fn default_egress_rule() -> Rule {
+    Rule {
+        proto: Proto::All,
+        ports: Ports::None,
+        source: Source::Cidr(Ipv4Net::default()),
+    }
+}
+
+/// A new group's egress rules: [`default_egress_rule`] alone.
+pub fn default_egress() -> Vec<Rule> {
+    vec![default_egress_rule()]
+}
+
+impl Group {
+    /// The ingress (`egress == false`) or egress rules.
+    pub fn rules_of(&self, egress: bool) -> &Vec<Rule> {
+        if egress { &self.egress } else { &self.rules }
+    }
+
+    fn rules_of_mut(&mut self, egress: bool) -> &mut Vec<Rule> {
+        if egress {
+            &mut self.egress
+        } else {
+            &mut self.rules
+        }
+    }
+}
+
+/// `rule` as printed in messages: `tcp 22-22 from 10.0.0.0/8` for ingress,
+/// `tcp 22-22 to 10.0.0.0/8` for egress.
+pub fn rule_text(rule: &Rule, egress: bool) -> String {
+    let s = rule.to_string();
+    if egress {
+        s.replacen(" from ", " to ", 1)
+    } else {
+        s
+    }
 }
 
 /// An instance as the model knows it.
@@ -204,11 +251,13 @@ pub enum Change {
     GroupAdded { group: Group, prev_seq: u64 },
     /// A group was deleted (with the rules it had).
     GroupDeleted(Group),
-    /// `rules` were appended to the group `key` (id `group_id`).
+    /// `rules` were appended to the group `key` (id `group_id`): to its
+    /// egress rules if `egress`, else to its ingress rules.
     RulesAdded {
         key: (Owner, String),
         group_id: String,
         rules: Vec<Rule>,
+        egress: bool,
     },
     /// `rules` were removed from the group `key`, whose rules were `before`.
     RulesRemoved {
@@ -216,6 +265,7 @@ pub enum Change {
         group_id: String,
         rules: Vec<Rule>,
         before: Vec<Rule>,
+        egress: bool,
     },
     /// An instance was added (as stored).
     InstanceAdded(Instance),
@@ -446,15 +496,23 @@ impl Model {
                 Change::GroupDeleted(g) => {
                     self.groups.insert((g.owner.clone(), g.name.clone()), g);
                 }
-                Change::RulesAdded { key, rules, .. } => {
+                Change::RulesAdded {
+                    key, rules, egress, ..
+                } => {
                     if let Some(g) = self.groups.get_mut(&key) {
-                        let n = g.rules.len().saturating_sub(rules.len());
-                        g.rules.truncate(n);
+                        let list = g.rules_of_mut(egress);
+                        let n = list.len().saturating_sub(rules.len());
+                        list.truncate(n);
                     }
                 }
-                Change::RulesRemoved { key, before, .. } => {
+                Change::RulesRemoved {
+                    key,
+                    before,
+                    egress,
+                    ..
+                } => {
                     if let Some(g) = self.groups.get_mut(&key) {
-                        g.rules = before;
+                        *g.rules_of_mut(egress) = before;
                     }
                 }
                 Change::InstanceAdded(i) => {
@@ -491,6 +549,7 @@ impl Model {
             id,
             description: DEFAULT_GROUP_DESCRIPTION.to_owned(),
             rules: vec![rule],
+            egress: default_egress(),
         };
         self.log(|| Change::GroupAdded {
             group: group.clone(),
@@ -517,7 +576,7 @@ impl Model {
         name == DEFAULT_GROUP || self.groups.contains_key(&(owner.clone(), name.to_owned()))
     }
 
-    /// Create a group with no rules.
+    /// Create a group with no ingress rules and the default egress rule.
     pub fn add_group(
         &mut self,
         owner: &Owner,
@@ -541,6 +600,7 @@ impl Model {
             id: self.take_group_id(),
             description: description.to_owned(),
             rules: Vec::new(),
+            egress: default_egress(),
         };
         self.log(|| Change::GroupAdded {
             group: group.clone(),
@@ -580,7 +640,7 @@ impl Model {
             if *k == key {
                 continue; // a group's references to itself go away with it
             }
-            if g.rules.iter().any(|r| matches!(&r.source, Source::Group { owner: o, group } if o == owner && group == name)) {
+            if g.rules.iter().chain(&g.egress).any(|r| matches!(&r.source, Source::Group { owner: o, group } if o == owner && group == name)) {
                 return Err(Ec2Error::new(
                     ErrorCode::InvalidGroupInUse,
                     format!(
@@ -641,9 +701,7 @@ impl Model {
         group: &str,
         spec: &RuleSpec,
     ) -> Result<Vec<Rule>, Ec2Error> {
-        let rules = spec.expand(owner)?;
-        self.authorize_rules(owner, group, &rules)?;
-        Ok(rules)
+        self.authorize_dir(owner, group, spec, false)
     }
 
     /// Expand `spec` and remove its rules from `owner`'s `group`. Returns the rules
@@ -654,8 +712,32 @@ impl Model {
         group: &str,
         spec: &RuleSpec,
     ) -> Result<Vec<Rule>, Ec2Error> {
+        self.revoke_dir(owner, group, spec, false)
+    }
+
+    /// [`Model::authorize`] of ingress (`egress == false`) or egress rules.
+    pub fn authorize_dir(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        spec: &RuleSpec,
+        egress: bool,
+    ) -> Result<Vec<Rule>, Ec2Error> {
         let rules = spec.expand(owner)?;
-        self.revoke_rules(owner, group, &rules)?;
+        self.authorize_rules_dir(owner, group, &rules, egress)?;
+        Ok(rules)
+    }
+
+    /// [`Model::revoke`] of ingress (`egress == false`) or egress rules.
+    pub fn revoke_dir(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        spec: &RuleSpec,
+        egress: bool,
+    ) -> Result<Vec<Rule>, Ec2Error> {
+        let rules = spec.expand(owner)?;
+        self.revoke_rules_dir(owner, group, &rules, egress)?;
         Ok(rules)
     }
 
@@ -675,21 +757,37 @@ impl Model {
         Ok(out)
     }
 
-    /// Add already expanded rules (normalised here) to `owner`'s `group`: all or
-    /// nothing.
+    /// Add already expanded ingress rules (normalised here) to `owner`'s
+    /// `group`: all or nothing.
     pub fn authorize_rules(
         &mut self,
         owner: &Owner,
         group: &str,
         rules: &[Rule],
     ) -> Result<(), Ec2Error> {
+        self.authorize_rules_dir(owner, group, rules, false)
+    }
+
+    /// [`Model::authorize_rules`] to the ingress or (`egress`) egress rules;
+    /// the limit counts each direction separately.
+    pub fn authorize_rules_dir(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        rules: &[Rule],
+        egress: bool,
+    ) -> Result<(), Ec2Error> {
         let rules = Self::normalize_request(rules, group)?;
         let g = self.group(owner, group)?;
+        let dir = if egress { "egress " } else { "" };
         for r in &rules {
-            if g.rules.contains(r) {
+            if g.rules_of(egress).contains(r) {
                 return Err(Ec2Error::new(
                     ErrorCode::InvalidPermissionDuplicate,
-                    format!("the permission '{r}' already exists in group '{group}'"),
+                    format!(
+                        "the {dir}permission '{}' already exists in group '{group}'",
+                        rule_text(r, egress)
+                    ),
                 ));
             }
             if let Source::Group {
@@ -701,12 +799,12 @@ impl Model {
                 return Err(group_not_found(o, sg));
             }
         }
-        let total = g.rules.len() + rules.len();
+        let total = g.rules_of(egress).len() + rules.len();
         if total > self.limits.rules_per_group {
             return Err(Ec2Error::new(
                 ErrorCode::RulesPerSecurityGroupLimitExceeded,
                 format!(
-                    "group '{group}' would have {total} rules; the limit is {} per group",
+                    "group '{group}' would have {total} {dir}rules; the limit is {} per group",
                     self.limits.rules_per_group
                 ),
             ));
@@ -727,44 +825,61 @@ impl Model {
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
         let group_id = g.id.clone();
-        g.rules.extend_from_slice(&rules);
+        g.rules_of_mut(egress).extend_from_slice(&rules);
         self.log(|| Change::RulesAdded {
             key: (owner.clone(), group.to_owned()),
             group_id,
             rules,
+            egress,
         });
         Ok(())
     }
 
-    /// Remove rules (normalised here) from `owner`'s `group`; each must be present
-    /// exactly: all or nothing.
+    /// Remove ingress rules (normalised here) from `owner`'s `group`; each must
+    /// be present exactly: all or nothing.
     pub fn revoke_rules(
         &mut self,
         owner: &Owner,
         group: &str,
         rules: &[Rule],
     ) -> Result<(), Ec2Error> {
+        self.revoke_rules_dir(owner, group, rules, false)
+    }
+
+    /// [`Model::revoke_rules`] from the ingress or (`egress`) egress rules.
+    pub fn revoke_rules_dir(
+        &mut self,
+        owner: &Owner,
+        group: &str,
+        rules: &[Rule],
+        egress: bool,
+    ) -> Result<(), Ec2Error> {
         let rules = Self::normalize_request(rules, group)?;
         let g = self.group(owner, group)?;
-        if let Some(r) = rules.iter().find(|r| !g.rules.contains(r)) {
+        if let Some(r) = rules.iter().find(|r| !g.rules_of(egress).contains(r)) {
+            let dir = if egress { "egress " } else { "" };
             return Err(Ec2Error::new(
                 ErrorCode::InvalidPermissionNotFound,
-                format!("the permission '{r}' does not exist in group '{group}'"),
+                format!(
+                    "the {dir}permission '{}' does not exist in group '{group}'",
+                    rule_text(r, egress)
+                ),
             ));
         }
         let g = self
             .groups
             .get_mut(&(owner.clone(), group.to_owned()))
             .expect("checked above");
-        let before = self.journal.is_some().then(|| g.rules.clone());
+        let before = self.journal.is_some().then(|| g.rules_of(egress).clone());
         let group_id = g.id.clone();
-        g.rules.retain(|r| !rules.contains(r));
+        g.rules_of_mut(egress).retain(|r| !rules.contains(r));
         if let Some(before) = before {
             self.log(|| Change::RulesRemoved {
                 key: (owner.clone(), group.to_owned()),
                 group_id,
                 rules,
                 before,
+                egress,
             });
         }
         Ok(())
@@ -904,24 +1019,26 @@ impl Model {
                     g.id
                 ));
             }
-            if g.rules.len() > self.limits.rules_per_group {
-                return broken(format!(
-                    "group '{name}' of owner {owner} has {} rules",
-                    g.rules.len()
-                ));
-            }
-            for (i, r) in g.rules.iter().enumerate() {
-                if r.normalized().as_ref() != Ok(r) || g.rules[..i].contains(r) {
+            for list in [&g.rules, &g.egress] {
+                if list.len() > self.limits.rules_per_group {
                     return broken(format!(
-                        "group '{name}' of owner {owner} has a bad or repeated rule '{r}'"
+                        "group '{name}' of owner {owner} has {} rules in one direction",
+                        list.len()
                     ));
                 }
-                if let Source::Group { owner: o, group } = &r.source
-                    && !self.groups.contains_key(&(o.clone(), group.clone()))
-                {
-                    return broken(format!(
-                        "rule '{r}' of group '{name}' names a missing group"
-                    ));
+                for (i, r) in list.iter().enumerate() {
+                    if r.normalized().as_ref() != Ok(r) || list[..i].contains(r) {
+                        return broken(format!(
+                            "group '{name}' of owner {owner} has a bad or repeated rule '{r}'"
+                        ));
+                    }
+                    if let Source::Group { owner: o, group } = &r.source
+                        && !self.groups.contains_key(&(o.clone(), group.clone()))
+                    {
+                        return broken(format!(
+                            "rule '{r}' of group '{name}' names a missing group"
+                        ));
+                    }
                 }
             }
             if !self
@@ -985,12 +1102,14 @@ impl Model {
         }
         let rules = Self::normalize_request(&g.rules, &g.name)?;
         self.check_stored_rule_count(&g.name, rules.len())?;
+        let egress = Self::normalize_request(&g.egress, &g.name)?;
+        self.check_stored_rule_count(&g.name, egress.len())?;
         // Continue the id sequence after the reloaded group, so that ids of groups
         // created since the last restart are not handed out again.
         if let Some(seq) = group_id_seq(&g.id) {
             self.next_group_seq = self.next_group_seq.max(seq + 1);
         }
-        self.groups.insert(key, Group { rules, ..g });
+        self.groups.insert(key, Group { rules, egress, ..g });
         Ok(())
     }
 
@@ -1017,13 +1136,23 @@ impl Model {
                 g.name, g.owner, old.id, g.id
             )));
         }
-        let new_rules = Self::normalize_request(&g.rules, &g.name)?;
-        self.check_stored_rule_count(&g.name, new_rules.len())?;
-        if old.rules == new_rules {
-            return Ok(false);
+        let new_ingress = Self::normalize_request(&g.rules, &g.name)?;
+        self.check_stored_rule_count(&g.name, new_ingress.len())?;
+        let new_egress = Self::normalize_request(&g.egress, &g.name)?;
+        self.check_stored_rule_count(&g.name, new_egress.len())?;
+        let a = self.put_rules_raw(&key, new_ingress, false);
+        let b = self.put_rules_raw(&key, new_egress, true);
+        Ok(a || b)
+    }
+
+    /// One direction of [`Model::put_group_raw`] (the group exists).
+    fn put_rules_raw(&mut self, key: &(Owner, String), new_rules: Vec<Rule>, egress: bool) -> bool {
+        let old = &self.groups[key];
+        if *old.rules_of(egress) == new_rules {
+            return false;
         }
         let group_id = old.id.clone();
-        let before = old.rules.clone();
+        let before = old.rules_of(egress).clone();
         let removed: Vec<Rule> = before
             .iter()
             .filter(|r| !new_rules.contains(r))
@@ -1038,6 +1167,7 @@ impl Model {
                 group_id: id,
                 rules: removed,
                 before,
+                egress,
             });
         }
         let added: Vec<Rule> = new_rules
@@ -1052,12 +1182,13 @@ impl Model {
                 key: k,
                 group_id,
                 rules: added,
+                egress,
             });
         }
-        if let Some(g) = self.groups.get_mut(&key) {
-            g.rules = rules;
+        if let Some(g) = self.groups.get_mut(key) {
+            *g.rules_of_mut(egress) = rules;
         }
-        Ok(true)
+        true
     }
 
     /// A stored group (reload, cluster apply) of `n` rules within the limit.
@@ -1927,6 +2058,93 @@ mod tests {
             "tcp 22-23 from 10.0.0.0/8",
             |m| m.revoke(&alice(), "default", &spec_tcp("22-23", &["10.0.0.0/8"])),
         );
+    }
+
+    #[test]
+    fn egress_rules_start_open_count_separately_and_undo() {
+        let mut m = Model::new(Limits { rules_per_group: 2 });
+        m.ensure_owner(&alice());
+        m.add_group(&alice(), "web", "w").expect("add");
+        for g in ["default", "web"] {
+            assert_eq!(
+                m.group(&alice(), g).expect("g").egress,
+                vec![default_egress_rule()],
+                "a new group ({g}) starts with all to 0.0.0.0/0"
+            );
+        }
+        // Two ingress rules (the limit) leave egress room: counted apart.
+        m.authorize(&alice(), "web", &spec_tcp("22", &["10.0.0.1", "10.0.0.2"]))
+            .expect("ingress up to the limit");
+        m.record_changes();
+        let added = m
+            .authorize_dir(&alice(), "web", &spec_tcp("443", &["10.9.0.0/16"]), true)
+            .expect("egress within its own limit");
+        let g = m.group(&alice(), "web").expect("g");
+        assert_eq!(g.rules.len(), 2);
+        assert_eq!(g.egress, vec![default_egress_rule(), added[0].clone()]);
+        fails(
+            &mut m,
+            ErrorCode::RulesPerSecurityGroupLimitExceeded,
+            "egress rules",
+            |m| m.authorize_dir(&alice(), "web", &spec_tcp("80", &["10.0.0.1"]), true),
+        );
+        fails(
+            &mut m,
+            ErrorCode::InvalidPermissionDuplicate,
+            "tcp 443-443 to 10.9.0.0/16",
+            |m| m.authorize_dir(&alice(), "web", &spec_tcp("443", &["10.9.0.0/16"]), true),
+        );
+        // An ingress rule of the same form is not an egress rule.
+        fails(
+            &mut m,
+            ErrorCode::InvalidPermissionNotFound,
+            "tcp 22-22 to 10.0.0.1/32",
+            |m| m.revoke_dir(&alice(), "web", &spec_tcp("22", &["10.0.0.1"]), true),
+        );
+        m.revoke_dir(&alice(), "web", &RuleSpec::default(), true)
+            .expect("revoke the default egress rule");
+        assert_eq!(m.group(&alice(), "web").expect("g").egress, added);
+        assert_eq!(m.group(&alice(), "web").expect("g").rules.len(), 2);
+        // A group named by an egress rule cannot be deleted.
+        m.authorize_dir(
+            &alice(),
+            "default",
+            &RuleSpec {
+                groups: vec![("web".into(), None)],
+                ..RuleSpec::default()
+            },
+            true,
+        )
+        .expect("group destination");
+        fails(&mut m, ErrorCode::InvalidGroupInUse, "'default'", |m| {
+            m.delete_group(&alice(), "web")
+        });
+        m.verify().expect("consistent");
+        let changes = m.take_changes();
+        assert!(
+            changes.iter().all(|c| matches!(
+                c,
+                Change::RulesAdded { egress: true, .. } | Change::RulesRemoved { egress: true, .. }
+            )),
+            "{changes:?}"
+        );
+        m.undo(changes);
+        let g = m.group(&alice(), "web").expect("g");
+        assert_eq!(g.egress, vec![default_egress_rule()]);
+        assert_eq!(g.rules.len(), 2);
+        assert_eq!(
+            m.group(&alice(), "default").expect("g").egress,
+            default_egress()
+        );
+    }
+
+    #[test]
+    fn a_group_serialized_without_egress_gets_the_default() {
+        let m = model();
+        let mut v = serde_json::to_value(m.group(&alice(), "default").expect("g")).expect("json");
+        v.as_object_mut().expect("object").remove("egress");
+        let g: Group = serde_json::from_value(v).expect("old form");
+        assert_eq!(g.egress, default_egress());
     }
 
     #[test]

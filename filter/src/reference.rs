@@ -65,6 +65,31 @@ pub fn allows(model: &Model, pkt: &Packet) -> bool {
     })
 }
 
+/// Do the egress rules of the source instance allow `pkt`? True when the
+/// source is not an instance. An egress rule matches as an ingress rule would
+/// with its "source" (the destination CIDR or group) tested against
+/// `pkt.key.dst`. (The reference statement of
+/// [`crate::compile::Snapshot::egress_allows`] for whole packets and first
+/// fragments.)
+pub fn egress_allows(model: &Model, pkt: &Packet) -> bool {
+    let Some(src) = model.instances().values().find(|i| i.ip == pkt.key.src) else {
+        return true;
+    };
+    let swapped = Packet {
+        key: FlowKey {
+            src: pkt.key.dst,
+            ..pkt.key
+        },
+        ..*pkt
+    };
+    src.groups.iter().any(|name| {
+        model
+            .groups()
+            .get(&(src.owner.clone(), name.clone()))
+            .is_some_and(|g| g.egress.iter().any(|r| rule_matches(model, r, &swapped)))
+    })
+}
+
 fn is_instance(model: &Model, ip: Ipv4Addr) -> bool {
     model.instances().values().any(|i| i.ip == ip)
 }
@@ -184,6 +209,7 @@ impl Reference {
                 && matches!(p.l4, L4::Tcp { flags }
                     if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
                 && (!inbound || allows(model, p))
+                && egress_allows(model, p)
             {
                 // The initiator's new SYN, allowed now: a fresh flow.
                 f.revoked = false;
@@ -194,7 +220,7 @@ impl Reference {
             }
             if f.generation != generation {
                 f.generation = generation;
-                if !inbound || allows(model, &opkt) {
+                if (!inbound || allows(model, &opkt)) && egress_allows(model, &opkt) {
                     f.revoked = false;
                     return Ok(Some(orig));
                 }
@@ -206,7 +232,7 @@ impl Reference {
         }
         if f.generation != generation {
             f.generation = generation;
-            if inbound && !allows(model, &opkt) {
+            if (inbound && !allows(model, &opkt)) || !egress_allows(model, &opkt) {
                 f.revoked = true;
                 f.expires = now.saturating_add(revoked_timeout);
                 return Err(());
@@ -286,6 +312,9 @@ impl Reference {
                     self.flows.insert(orig, f);
                 }
                 Ok(None) => {
+                    if !egress_allows(model, pkt) {
+                        return Err(DropReason::NoEgressRule);
+                    }
                     if dst_is_inst && !allows(model, pkt) {
                         return Err(DropReason::NoRule);
                     }

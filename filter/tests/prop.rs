@@ -222,17 +222,21 @@ fn packet_op() -> impl Strategy<Value = PacketOp> {
 #[derive(Clone, Debug)]
 enum Op {
     Packet(PacketOp),
+    /// `egress`: an egress rule (`src` is then the destination).
     Authorize {
         owner: usize,
         group: usize,
         rule: RuleGen,
         src: SrcGen,
+        egress: bool,
     },
-    /// Revoke the n-th rule (mod count) of a group.
+    /// Revoke the n-th rule (mod count) of a group (of its egress rules if
+    /// `egress`: the default "all to 0.0.0.0/0" among them).
     Revoke {
         owner: usize,
         group: usize,
         nth: usize,
+        egress: bool,
     },
     Launch {
         owner: usize,
@@ -253,9 +257,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => packet_op().prop_map(Op::Packet),
-        2 => (0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen())
-            .prop_map(|(owner, group, rule, src)| Op::Authorize { owner, group, rule, src }),
-        2 => (0..OWNERS.len(), 0..GROUPS.len(), 0usize..16).prop_map(|(owner, group, nth)| Op::Revoke { owner, group, nth }),
+        2 => (0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen(), prop::bool::weighted(0.25))
+            .prop_map(|(owner, group, rule, src, egress)| Op::Authorize { owner, group, rule, src, egress }),
+        2 => (0..OWNERS.len(), 0..GROUPS.len(), 0usize..16, prop::bool::weighted(0.25))
+            .prop_map(|(owner, group, nth, egress)| Op::Revoke { owner, group, nth, egress }),
         2 => (0usize..4).prop_map(|nth| Op::Reauthorize { nth }),
         1 => (0..OWNERS.len(), 0usize..8, prop::collection::vec(0..GROUPS.len(), 0..3))
             .prop_map(|(owner, addr, groups)| Op::Launch { owner, addr, groups }),
@@ -268,6 +273,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Setup {
     rules: Vec<(usize, usize, RuleGen, SrcGen)>,
     instances: Vec<(usize, usize, Vec<usize>)>,
+    /// Groups whose default egress rule is revoked, then egress rules added.
+    closed: Vec<(usize, usize)>,
+    egress: Vec<(usize, usize, RuleGen, SrcGen)>,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -284,15 +292,25 @@ fn setup() -> impl Strategy<Value = Setup> {
             ),
             1..7,
         ),
+        prop::collection::vec((0..OWNERS.len(), 0..GROUPS.len()), 0..4),
+        prop::collection::vec(
+            (0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen()),
+            0..8,
+        ),
     )
-        .prop_map(|(rules, instances)| Setup { rules, instances })
+        .prop_map(|(rules, instances, closed, egress)| Setup {
+            rules,
+            instances,
+            closed,
+            egress,
+        })
 }
 
 struct World {
     model: Model,
     next_id: u32,
-    /// Rules revoked so far, most recent first: `(owner, group, rule)`.
-    revoked: Vec<(usize, usize, Rule)>,
+    /// Rules revoked so far, most recent first: `(owner, group, rule, egress)`.
+    revoked: Vec<(usize, usize, Rule, bool)>,
 }
 
 impl World {
@@ -315,6 +333,18 @@ impl World {
         for (o, g, r, src) in &s.rules {
             w.authorize(*o, *g, r, src);
         }
+        for (o, g) in &s.closed {
+            // Twice the same group: not found, unchanged.
+            let _ = w.model.revoke_rules_dir(
+                &owner(*o),
+                GROUPS[*g],
+                &filter::model::default_egress(),
+                true,
+            );
+        }
+        for (o, g, r, src) in &s.egress {
+            w.authorize_dir(*o, *g, r, src, true);
+        }
         for (o, a, gs) in &s.instances {
             w.launch(*o, *a, gs);
         }
@@ -329,24 +359,26 @@ impl World {
                 group,
                 rule,
                 src,
-            } => self.authorize(*o, *group, rule, src),
+                egress,
+            } => self.authorize_dir(*o, *group, rule, src, *egress),
             Op::Revoke {
                 owner: o,
                 group,
                 nth,
+                egress,
             } => {
                 let ow = owner(*o);
                 let rules = self
                     .model
                     .group(&ow, GROUPS[*group])
-                    .map(|g| g.rules.clone())
+                    .map(|g| g.rules_of(*egress).clone())
                     .unwrap_or_default();
                 if !rules.is_empty() {
                     let r = rules[nth % rules.len()].clone();
                     self.model
-                        .revoke_rules(&ow, GROUPS[*group], std::slice::from_ref(&r))
+                        .revoke_rules_dir(&ow, GROUPS[*group], std::slice::from_ref(&r), *egress)
                         .expect("present rule");
-                    self.revoked.insert(0, (*o, *group, r));
+                    self.revoked.insert(0, (*o, *group, r, *egress));
                 }
             }
             Op::Launch {
@@ -356,9 +388,11 @@ impl World {
             } => self.launch(*o, *addr, groups),
             Op::Reauthorize { nth } => {
                 if !self.revoked.is_empty() {
-                    let (o, g, r) = self.revoked[nth % self.revoked.len()].clone();
+                    let (o, g, r, egress) = self.revoked[nth % self.revoked.len()].clone();
                     // Already re-added → duplicate error, unchanged.
-                    let _ = self.model.authorize_rules(&owner(o), GROUPS[g], &[r]);
+                    let _ = self
+                        .model
+                        .authorize_rules_dir(&owner(o), GROUPS[g], &[r], egress);
                 }
             }
             Op::Terminate { nth } => {
@@ -375,10 +409,14 @@ impl World {
     }
 
     fn authorize(&mut self, o: usize, g: usize, r: &RuleGen, s: &SrcGen) {
+        self.authorize_dir(o, g, r, s, false);
+    }
+
+    fn authorize_dir(&mut self, o: usize, g: usize, r: &RuleGen, s: &SrcGen, egress: bool) {
         // Errors (duplicates) leave the model unchanged: fine.
         let _ = self
             .model
-            .authorize_rules(&owner(o), GROUPS[g], &[make_rule(r, s)]);
+            .authorize_rules_dir(&owner(o), GROUPS[g], &[make_rule(r, s)], egress);
     }
 
     fn launch(&mut self, o: usize, addr: usize, groups: &[usize]) {
@@ -570,6 +608,15 @@ fn run(mode: RevokeMode, s: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
                     step,
                     pkt
                 );
+                if !matches!(pkt.frag, Frag::Later { .. }) {
+                    prop_assert_eq!(
+                        snap.egress_allows(&pkt),
+                        reference::egress_allows(&w.model, &pkt),
+                        "egress_allows differs at step {} for {:?}",
+                        step,
+                        pkt
+                    );
+                }
                 let got = ct.judge(&snap, &pkt, now);
                 let want = reference.judge(&w.model, generation, &pkt, now);
                 prop_assert_eq!(
@@ -805,6 +852,11 @@ proptest! {
                 let want = reference::allows(&w.model, &pkt);
                 prop_assert_eq!(full.allows(&pkt), want, "full, step {}: {:?}", step, pkt);
                 prop_assert_eq!(inc.allows(&pkt), want, "incremental, step {}: {:?}", step, pkt);
+                if !matches!(pkt.frag, Frag::Later { .. }) {
+                    let want = reference::egress_allows(&w.model, &pkt);
+                    prop_assert_eq!(full.egress_allows(&pkt), want, "full egress, step {}: {:?}", step, pkt);
+                    prop_assert_eq!(inc.egress_allows(&pkt), want, "incremental egress, step {}: {:?}", step, pkt);
+                }
                 let first = filter::explain::matching_rules(&w.model, &pkt)
                     .first()
                     .map(|m| compiler.rule_slot(m.owner, m.group, m.index).expect("a slot per rule"));
@@ -993,6 +1045,7 @@ fn generators_cover_every_verdict() {
     for v in [
         Ok(()),
         Err(NoRule),
+        Err(NoEgressRule),
         Err(Revoked),
         Err(UnrelatedIcmpError),
         Err(UnmatchedFragment),

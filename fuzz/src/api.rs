@@ -162,10 +162,12 @@ pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
             groups: group_refs(strings(r, NAMES, 3)),
         },
         3 | 4 => Command::Authorize {
+            egress: false,
             group: r.pick_or_string(NAMES).into(),
             permissions: vec![read_spec(r).into()],
         },
         5 => Command::Revoke {
+            egress: false,
             group: r.pick_or_string(NAMES).into(),
             permissions: vec![read_spec(r).into()],
         },
@@ -274,14 +276,18 @@ fn model_says(m: &mut Model, owner: &Owner, c: &Command) -> Option<Result<Respon
                 groups: gs.into_iter().cloned().collect(),
             })
             .map_err(drop),
-        Command::Authorize { group, permissions } => m
+        Command::Authorize {
+            group, permissions, ..
+        } => m
             .authorize(owner, by_name(group)?, &single_spec(permissions)?)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),
                 rules,
             })
             .map_err(drop),
-        Command::Revoke { group, permissions } => m
+        Command::Revoke {
+            group, permissions, ..
+        } => m
             .revoke(owner, by_name(group)?, &single_spec(permissions)?)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),

@@ -128,8 +128,18 @@ fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
     let (parsed, matches) = cli::parse(argv.iter().cloned()).ok()?;
     let req = cli::request_of(&parsed, &matches).ok()??;
     let (g, permissions) = match (verb, req.command) {
-        ("authorize", Command::Authorize { group, permissions }) => (group, permissions),
-        ("revoke", Command::Revoke { group, permissions }) => (group, permissions),
+        (
+            "authorize",
+            Command::Authorize {
+                group, permissions, ..
+            },
+        ) => (group, permissions),
+        (
+            "revoke",
+            Command::Revoke {
+                group, permissions, ..
+            },
+        ) => (group, permissions),
         (_, c) => panic!("{argv:?} parsed as {c:?}"),
     };
     // With `--` the group is exactly the positional argument.

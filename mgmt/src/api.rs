@@ -95,12 +95,20 @@ pub enum Command {
         group: GroupRef,
         #[serde(alias = "spec", deserialize_with = "one_or_many")]
         permissions: Vec<Permission>,
+        /// Egress rules (the permissions' sources are then destinations);
+        /// absent: ingress.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        egress: bool,
     },
     /// Remove the rules of `permissions` from one group: all or nothing.
     Revoke {
         group: GroupRef,
         #[serde(alias = "spec", deserialize_with = "one_or_many")]
         permissions: Vec<Permission>,
+        /// Egress rules (the permissions' sources are then destinations);
+        /// absent: ingress.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        egress: bool,
     },
     /// Launch `count` instances (at least `min_count`, default `count`; EC2's
     /// MaxCount and MinCount) in groups by name or id (none = `default`).
@@ -1271,6 +1279,7 @@ mod tests {
     #[test]
     fn one_command_per_verb_on_the_wire_and_earlier_spellings_still_decode() {
         let cmd = Command::Authorize {
+            egress: false,
             group: GroupRef::Id("sg-0000abcd".into()),
             permissions: vec![Permission {
                 proto: Some("tcp".into()),
@@ -1307,6 +1316,7 @@ mod tests {
                 r#"{"command":{"op":"authorize","group":"web","spec":{"proto":"tcp","ports":"80","icmp":null,"cidrs":[],"groups":[["app","444455556666"]]}}}"#
             ),
             Command::Authorize {
+                egress: false,
                 group: "web".into(),
                 permissions: cmd_permissions,
             }

@@ -460,6 +460,9 @@ pub struct RuleArgs {
     /// Owner of the preceding -o group (default: the caller).
     #[arg(short = 'u', long = "source-group-user")]
     pub src_users: Vec<String>,
+    /// Edit the group's egress rules: -s and -o/-u are then destinations.
+    #[arg(long)]
+    pub egress: bool,
 }
 
 /// How workers wait for frames.
@@ -756,6 +759,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
                 .subcommand_matches("authorize")
                 .ok_or("authorize: no arguments")?;
             Command::Authorize {
+                egress: a.egress,
                 group: GroupRef::name(&a.group),
                 permissions: vec![permission(a, sub)?],
             }
@@ -765,6 +769,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
                 .subcommand_matches("revoke")
                 .ok_or("revoke: no arguments")?;
             Command::Revoke {
+                egress: a.egress,
                 group: GroupRef::name(&a.group),
                 permissions: vec![permission(a, sub)?],
             }
@@ -874,6 +879,14 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
     }))
 }
 
+/// One PERMISSION line of `group`'s egress `rule`: as an ingress line with
+/// `TO` in place of `FROM` and a last field `egress`, e.g.
+/// `PERMISSION\tweb\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress`.
+pub fn egress_line(group: &str, rule: &Rule) -> String {
+    let l = permission_line(group, rule);
+    format!("{}\tegress", l.replacen("\tFROM\t", "\tTO\t", 1))
+}
+
 /// One PERMISSION line of `group`'s `rule`.
 pub fn permission_line(group: &str, rule: &Rule) -> String {
     let (from, to) = match rule.ports {
@@ -914,6 +927,17 @@ pub fn format_response(resp: &Response) -> String {
                 ));
                 for r in &g.rules {
                     line(permission_line(&g.name, r));
+                }
+                // Egress rules only when they are not the default (all to
+                // 0.0.0.0/0) that every group starts with, so the usual
+                // listing stays as it was; none at all prints one line.
+                if g.egress != filter::model::default_egress() {
+                    if g.egress.is_empty() {
+                        line(format!("EGRESS	{}	NONE", g.name));
+                    }
+                    for r in &g.egress {
+                        line(egress_line(&g.name, r));
+                    }
                 }
             }
         }
@@ -1373,6 +1397,7 @@ mod tests {
             name: "web".into(),
             id: "sg-1a2b3c4d".into(),
             description: "Web Servers".into(),
+            egress: filter::model::default_egress(),
             rules: vec![
                 cidr_rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
                 group_rule("111122223333", "web"),
@@ -1419,12 +1444,67 @@ mod tests {
     }
 
     #[test]
+    fn egress_flag_and_egress_lines() {
+        for (verb, want) in [("authorize", true), ("revoke", true)] {
+            let (cli, m) = parse(argv(&[
+                "sgswitch", verb, "web", "--egress", "-P", "tcp", "-p", "443",
+            ]))
+            .unwrap();
+            let req = request_of(&cli, &m).unwrap().unwrap();
+            let egress = match req.command {
+                Command::Authorize { egress, .. } | Command::Revoke { egress, .. } => egress,
+                c => panic!("{c:?}"),
+            };
+            assert_eq!(egress, want, "{verb}");
+        }
+        let (cli, m) = parse(argv(&["sgswitch", "authorize", "web", "-p", "22"])).unwrap();
+        let req = request_of(&cli, &m).unwrap().unwrap();
+        assert!(matches!(
+            req.command,
+            Command::Authorize { egress: false, .. }
+        ));
+        let mut g = Group {
+            owner: Owner("111122223333".into()),
+            name: "web".into(),
+            id: "sg-1a2b3c4d".into(),
+            description: "Web".into(),
+            rules: vec![],
+            egress: filter::model::default_egress(),
+        };
+        // The default egress rule alone: no egress line.
+        assert_eq!(
+            format_response(&Response::Groups {
+                groups: vec![g.clone()]
+            }),
+            "GROUP\t111122223333\tweb\tWeb\n"
+        );
+        g.egress = vec![
+            cidr_rule(Proto::Tcp, Ports::Range(443, 443), "10.0.0.0/8"),
+            group_rule("111122223333", "db"),
+        ];
+        assert_eq!(
+            format_response(&Response::Groups {
+                groups: vec![g.clone()]
+            }),
+            "GROUP\t111122223333\tweb\tWeb\n\
+             PERMISSION\tweb\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress\n\
+             PERMISSION\tweb\tALLOWS\tall\t\t\tTO\tUSER\t111122223333\tGRPNAME\tdb\tegress\n"
+        );
+        g.egress.clear();
+        assert_eq!(
+            format_response(&Response::Groups { groups: vec![g] }),
+            "GROUP\t111122223333\tweb\tWeb\nEGRESS\tweb\tNONE\n"
+        );
+    }
+
+    #[test]
     fn describe_group_prints_group_and_permission_lines_like_the_ec2_tools() {
         let g = Group {
             owner: Owner("598916040194".into()),
             name: "default".into(),
             id: "sg-1a2b3c4d".into(),
             description: "default group".into(),
+            egress: filter::model::default_egress(),
             rules: vec![
                 group_rule("598916040194", "default"),
                 cidr_rule(Proto::Tcp, Ports::Range(22, 22), "192.168.1.10/32"),
@@ -1579,7 +1659,10 @@ mod tests {
         ]))
         .unwrap();
         let req = request_of(&cli, &m).unwrap().unwrap();
-        let Command::Authorize { group, permissions } = req.command else {
+        let Command::Authorize {
+            group, permissions, ..
+        } = req.command
+        else {
             panic!("{req:?}")
         };
         assert_eq!(group, GroupRef::name("web"));

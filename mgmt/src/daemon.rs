@@ -1150,6 +1150,7 @@ mod tests {
                         let r = api::call(
                             &sock,
                             &req(Command::Authorize {
+                                egress: false,
                                 group: group.as_str().into(),
                                 permissions: vec![spec.into()],
                             }),

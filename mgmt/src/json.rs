@@ -88,6 +88,11 @@ pub struct GroupJson {
     pub id: String,
     pub description: String,
     pub permissions: Vec<PermissionJson>,
+    /// Egress rules (each `source` is the destination), in order; absent
+    /// when they are exactly the default every new group starts with (`all`
+    /// to `0.0.0.0/0`), as in the text form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_permissions: Option<Vec<PermissionJson>>,
     /// `describe-group --stats`: packets to the group's members on this host
     /// that no rule matched.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +107,8 @@ impl From<&Group> for GroupJson {
             id: g.id.clone(),
             description: g.description.clone(),
             permissions: g.rules.iter().map(PermissionJson::from).collect(),
+            egress_permissions: (g.egress != filter::model::default_egress())
+                .then(|| g.egress.iter().map(PermissionJson::from).collect()),
             no_rule_packets: None,
         }
     }
@@ -542,6 +549,7 @@ mod tests {
             name: "web".into(),
             id: "sg-00000001".into(),
             description: "Web Servers".into(),
+            egress: filter::model::default_egress(),
             rules: vec![
                 rule(
                     Proto::Tcp,

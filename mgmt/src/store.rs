@@ -179,6 +179,20 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ALTER TABLE client_tokens ADD COLUMN instances TEXT NOT NULL DEFAULT '[]';
     "#,
+    // v7: egress rules, in `rules` with `egress = 1` (the source columns are
+    // then the destination). Every existing group gets the default egress rule
+    // a new group starts with (all protocols to 0.0.0.0/0), so it behaves as
+    // before.
+    r#"
+    ALTER TABLE rules ADD COLUMN egress INTEGER NOT NULL DEFAULT 0 CHECK (egress IN (0, 1));
+    DROP INDEX rules_unique;
+    CREATE UNIQUE INDEX rules_unique ON rules (
+        group_id, egress, proto, from_port, to_port,
+        coalesce(src_cidr, ''), coalesce(src_owner, ''), coalesce(src_group, '')
+    );
+    INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, egress)
+        SELECT id, 'all', -1, -1, '0.0.0.0/0', 1 FROM groups ORDER BY id;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -384,6 +398,10 @@ pub enum Edit {
     AddRules { group_id: String, rules: Vec<Rule> },
     /// Remove rules (each must exist) from a group.
     RemoveRules { group_id: String, rules: Vec<Rule> },
+    /// Append egress rules to a group.
+    AddEgressRules { group_id: String, rules: Vec<Rule> },
+    /// Remove egress rules (each must exist) from a group.
+    RemoveEgressRules { group_id: String, rules: Vec<Rule> },
     /// Insert an instance with its group memberships.
     AddInstance(InstanceRecord),
     /// Delete an instance (must exist) by id.
@@ -438,6 +456,15 @@ impl Edit {
             Edit::DeleteGroup { id } => format!("deletion of group {id}"),
             Edit::AddRules { group_id, rules } => {
                 format!("{} new rule(s) of group {group_id}", rules.len())
+            }
+            Edit::AddEgressRules { group_id, rules } => {
+                format!("{} new egress rule(s) of group {group_id}", rules.len())
+            }
+            Edit::RemoveEgressRules { group_id, rules } => {
+                format!(
+                    "removal of {} egress rule(s) of group {group_id}",
+                    rules.len()
+                )
             }
             Edit::RemoveRules { group_id, rules } => {
                 format!("removal of {} rule(s) of group {group_id}", rules.len())
@@ -616,6 +643,7 @@ impl Store {
                     id,
                     description,
                     rules: Vec::new(),
+                    egress: Vec::new(),
                 });
             }
         }
@@ -623,32 +651,41 @@ impl Store {
             let mut st = self
                 .conn
                 .prepare(
-                    "SELECT group_id, proto, from_port, to_port, src_cidr, src_owner, src_group \
+                    "SELECT group_id, proto, from_port, to_port, src_cidr, src_owner, src_group, egress \
                      FROM rules ORDER BY seq",
                 )
                 .map_err(load("rules"))?;
             let rows = st
                 .query_map([], |r| {
-                    Ok(RuleRow {
-                        group_id: r.get(0)?,
-                        proto: r.get(1)?,
-                        from: r.get(2)?,
-                        to: r.get(3)?,
-                        cidr: r.get(4)?,
-                        src_owner: r.get(5)?,
-                        src_group: r.get(6)?,
-                    })
+                    Ok((
+                        RuleRow {
+                            group_id: r.get(0)?,
+                            proto: r.get(1)?,
+                            from: r.get(2)?,
+                            to: r.get(3)?,
+                            cidr: r.get(4)?,
+                            src_owner: r.get(5)?,
+                            src_group: r.get(6)?,
+                        },
+                        r.get::<_, i64>(7)?,
+                    ))
                 })
                 .map_err(load("rules"))?;
             for row in rows {
-                let row = row.map_err(load("rules"))?;
+                let (row, egress) = row.map_err(load("rules"))?;
+                let egress = egress == 1;
                 let Some(&gi) = index.get(&row.group_id) else {
                     return Err(StoreError::Corrupt {
                         what: "rule group",
                         value: row.group_id,
                     });
                 };
-                groups[gi].rules.push(row.into_rule()?);
+                let rule = row.into_rule()?;
+                if egress {
+                    groups[gi].egress.push(rule);
+                } else {
+                    groups[gi].rules.push(rule);
+                }
             }
         }
         let mut memberships: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -1083,14 +1120,54 @@ fn rule_columns(
     }
 }
 
-fn insert_rules(tx: &Transaction<'_>, group_id: &str, rules: &[Rule]) -> rusqlite::Result<()> {
+fn insert_rules(
+    tx: &Transaction<'_>,
+    group_id: &str,
+    rules: &[Rule],
+    egress: bool,
+) -> rusqlite::Result<()> {
     let mut st = tx.prepare_cached(
-        "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, src_owner, src_group) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, src_owner, src_group, egress) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for rule in rules {
         let (proto, from, to, cidr, o, g) = rule_columns(rule);
-        st.execute(params![group_id, proto, from, to, cidr, o, g])?;
+        st.execute(params![
+            group_id,
+            proto,
+            from,
+            to,
+            cidr,
+            o,
+            g,
+            i64::from(egress)
+        ])?;
+    }
+    Ok(())
+}
+
+fn delete_rules(
+    tx: &Transaction<'_>,
+    group_id: &str,
+    rules: &[Rule],
+    egress: bool,
+) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "DELETE FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 AND to_port = ?4 \
+         AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7 AND egress = ?8",
+    )?;
+    for rule in rules {
+        let (proto, from, to, cidr, o, g) = rule_columns(rule);
+        expect_one(st.execute(params![
+            group_id,
+            proto,
+            from,
+            to,
+            cidr,
+            o,
+            g,
+            i64::from(egress)
+        ])?)?;
     }
     Ok(())
 }
@@ -1102,23 +1179,16 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
                 "INSERT INTO groups (id, owner, name, description) VALUES (?1, ?2, ?3, ?4)",
                 params![g.id, g.owner.0, g.name, g.description],
             )?;
-            insert_rules(tx, &g.id, &g.rules)
+            insert_rules(tx, &g.id, &g.rules, false)?;
+            insert_rules(tx, &g.id, &g.egress, true)
         }
         Edit::DeleteGroup { id } => {
             expect_one(tx.execute("DELETE FROM groups WHERE id = ?1", [id])?)
         }
-        Edit::AddRules { group_id, rules } => insert_rules(tx, group_id, rules),
-        Edit::RemoveRules { group_id, rules } => {
-            let mut st = tx.prepare_cached(
-                "DELETE FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 AND to_port = ?4 \
-                 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7",
-            )?;
-            for rule in rules {
-                let (proto, from, to, cidr, o, g) = rule_columns(rule);
-                expect_one(st.execute(params![group_id, proto, from, to, cidr, o, g])?)?;
-            }
-            Ok(())
-        }
+        Edit::AddRules { group_id, rules } => insert_rules(tx, group_id, rules, false),
+        Edit::RemoveRules { group_id, rules } => delete_rules(tx, group_id, rules, false),
+        Edit::AddEgressRules { group_id, rules } => insert_rules(tx, group_id, rules, true),
+        Edit::RemoveEgressRules { group_id, rules } => delete_rules(tx, group_id, rules, true),
         Edit::AddInstance(r) => {
             let i = &r.instance;
             let (attach, ifname, netns, pid) = r.attachment.columns();
@@ -1187,7 +1257,7 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
             expect_one(tx.execute(
                 "INSERT OR REPLACE INTO rule_meta (rule_seq, rule_id, description) \
                  SELECT seq, ?8, ?9 FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 \
-                 AND to_port = ?4 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7",
+                 AND to_port = ?4 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7 AND egress = 0",
                 params![m.group_id, proto, from, to, cidr, o, g, m.rule_id, m.description],
             )?)
         }
@@ -1332,6 +1402,7 @@ mod tests {
             name: name.into(),
             id: id.into(),
             description: format!("{name} group"),
+            egress: filter::model::default_egress(),
             rules,
         }
     }
@@ -1835,6 +1906,68 @@ mod tests {
 
     /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
     /// rule facts are stored, and a rule's facts go with the rule.
+    #[test]
+    fn a_v6_store_gives_every_group_the_default_egress_rule() {
+        let dir = TempDir::new("v7");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..6] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 6).unwrap();
+            for (id, name) in [("sg-00000001", "default"), ("sg-00000002", "web")] {
+                c.execute(
+                    "INSERT INTO groups (id, owner, name, description) VALUES (?1, ?2, ?3, 'd')",
+                    params![id, owner().0, name],
+                )
+                .unwrap();
+            }
+            c.execute(
+                "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000002', 'all', -1, -1, '0.0.0.0/0')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.groups.len(), 2);
+        for g in &l.groups {
+            assert_eq!(g.egress, filter::model::default_egress(), "{}", g.name);
+        }
+        // The ingress rule of the same form stays an ingress rule.
+        assert_eq!(l.groups[1].rules, filter::model::default_egress());
+        assert!(l.groups[0].rules.is_empty());
+        // Egress edits are stored apart from ingress ones.
+        let web = "sg-00000002".to_string();
+        s.commit(&[
+            Edit::RemoveEgressRules {
+                group_id: web.clone(),
+                rules: filter::model::default_egress(),
+            },
+            Edit::AddEgressRules {
+                group_id: web.clone(),
+                rules: vec![cidr_rule(Proto::Tcp, Ports::Range(443, 443), "10.0.0.0/8")],
+            },
+        ])
+        .unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.groups[1].rules, filter::model::default_egress());
+        assert_eq!(
+            l.groups[1].egress,
+            vec![cidr_rule(Proto::Tcp, Ports::Range(443, 443), "10.0.0.0/8")]
+        );
+        assert!(
+            s.commit(&[Edit::RemoveEgressRules {
+                group_id: web,
+                rules: filter::model::default_egress(),
+            }])
+            .is_err(),
+            "revoking an absent egress rule fails"
+        );
+    }
+
     #[test]
     fn a_v4_store_gains_rule_ids_tags_and_token_instances() {
         let dir = TempDir::new("v5");

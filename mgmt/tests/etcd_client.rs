@@ -851,6 +851,7 @@ fn create_group(c: &Client, m: &Mirror, name: &str) -> bool {
                 name: name.into(),
                 description: String::new(),
                 rules: Vec::new(),
+                egress: filter::model::default_egress(),
             },
         },
         Entry::Name {

@@ -171,6 +171,7 @@ pub fn is_verdict(r: DropReason) -> bool {
     matches!(
         r,
         DropReason::NoRule
+            | DropReason::NoEgressRule
             | DropReason::Revoked
             | DropReason::UnrelatedIcmpError
             | DropReason::UnmatchedFragment

@@ -279,9 +279,17 @@ fn edits(base: &Path, hosts: usize, n: usize) -> (f64, f64, f64, f64) {
         let permissions = vec![perm(1000 + (k / 2) as u16)];
         let group = GroupRef::Name("bench".into());
         let command = if k % 2 == 0 {
-            Cmd::Authorize { group, permissions }
+            Cmd::Authorize {
+                group,
+                permissions,
+                egress: false,
+            }
         } else {
-            Cmd::Revoke { group, permissions }
+            Cmd::Revoke {
+                group,
+                permissions,
+                egress: false,
+            }
         };
         editor.poll_cluster();
         let t0 = Instant::now();
@@ -342,6 +350,7 @@ fn join(base: &Path, rules: usize, instances: usize) -> f64 {
             .map(|k| perm(1000 + k as u16))
             .collect();
         core.handle(req(Cmd::Authorize {
+            egress: false,
             group: GroupRef::Name(name),
             permissions,
         }))

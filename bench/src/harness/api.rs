@@ -94,6 +94,7 @@ mod tests {
     #[test]
     fn request_lines_decode_as_the_daemon_decodes_them() {
         let cmd = Command::Authorize {
+            egress: false,
             group: mgmt::api::GroupRef::Name("gedit".into()),
             permissions: vec![
                 RuleSpec {

@@ -87,8 +87,16 @@ pub fn edit_request(op: EditOp, group: &str, from: Ipv4Addr, port: u16) -> Strin
     let group = GroupRef::Name(group.to_owned());
     let permissions = vec![spec.into()];
     request_line(match op {
-        EditOp::Authorize => ApiCommand::Authorize { group, permissions },
-        EditOp::Revoke => ApiCommand::Revoke { group, permissions },
+        EditOp::Authorize => ApiCommand::Authorize {
+            group,
+            permissions,
+            egress: false,
+        },
+        EditOp::Revoke => ApiCommand::Revoke {
+            group,
+            permissions,
+            egress: false,
+        },
     })
 }
 
@@ -474,7 +482,10 @@ mod tests {
         );
         // The daemon's own decoder reads it back as the intended command.
         let req = mgmt::api::decode_request(r.trim_end().as_bytes()).unwrap();
-        let ApiCommand::Authorize { group, permissions } = req.command else {
+        let ApiCommand::Authorize {
+            group, permissions, ..
+        } = req.command
+        else {
             panic!("not an authorize: {r}")
         };
         assert_eq!(group, GroupRef::Name("gedit".into()));

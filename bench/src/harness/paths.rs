@@ -566,6 +566,7 @@ impl SgPath {
             for r in reqs {
                 Interrupt::check()?;
                 api.command(ApiCommand::Authorize {
+                    egress: false,
                     group: GroupRef::Name(name.to_owned()),
                     permissions: vec![r.spec().into()],
                 })?;

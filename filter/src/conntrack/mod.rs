@@ -3,7 +3,19 @@
 //! # Contract
 //!
 //! [`Conntrack::judge`] decides one packet against the current [`Snapshot`] and the
-//! table of tracked flows (EC2-Classic: ingress rules only; egress is always allowed):
+//! table of tracked flows (VPC form: egress rules of the sending instance,
+//! then ingress rules of the receiving one, stateful both ways):
+//!
+//! 0. **Egress.** A packet that would open a new flow (no tracked flow, rule 4)
+//!    from a local instance passes only if
+//!    [`Snapshot::egress_allows`](crate::compile::Snapshot::egress_allows)
+//!    (one of its groups' egress rules matches destination, protocol and port;
+//!    a flag answers for groups with the default "all to 0.0.0.0/0"), else
+//!    [`DropReason::NoEgressRule`]; then ingress is judged as below (packets to
+//!    non-instances, the uplink, by egress alone). Replies of tracked flows need
+//!    no egress rule. Revalidation (rule 3) re-checks the original direction's
+//!    egress too, and a revoked flow's new SYN must pass egress again. Egress
+//!    rule hits are not counted per rule.
 //!
 //! 1. **Non-first fragment** ([`Frag::Later`]): to an instance it passes iff the
 //!    fragment train `(src, dst, proto, ip id)` was let through by its first fragment

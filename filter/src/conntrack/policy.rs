@@ -288,8 +288,14 @@ impl Conntrack {
                 }
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
-                    // No rule admits packets to non-instances: egress is
-                    // allowed. A remote instance's rules are its host's.
+                    // A new flow leaves a local instance only if its egress
+                    // rules allow it (a remote source's host judged that).
+                    if !remote(pkt.key.src) && !snap.egress_allows(pkt) {
+                        return Err(DropReason::NoEgressRule);
+                    }
+                    // No ingress rule admits packets to non-instances: only
+                    // egress judges them. A remote instance's rules are its
+                    // host's.
                     let slot = match snap.admitting_rule(pkt) {
                         Some(slot) if !remote(pkt.key.dst) => Some(slot),
                         None if dst_is_inst() => return Err(DropReason::NoRule),
@@ -397,6 +403,7 @@ impl Conntrack {
                 && let L4::Tcp { flags } = pkt.l4
                 && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
                 && src_is_a == orig_a
+                && (remote(pkt.key.src) || snap.egress_allows(pkt))
                 && let Some(by) = if inbound {
                     snap.admitting_rule(pkt).map(|s| Some((s, true)))
                 } else {
@@ -412,7 +419,9 @@ impl Conntrack {
                 return Track::Hit { idx, ctl, by };
             }
             if c & GEN_MASK != generation {
-                let by = if inbound {
+                let by = if !self.egress_original(snap, idx, orig, remote) {
+                    None
+                } else if inbound {
                     self.admitting_original(snap, idx, orig).map(Some)
                 } else {
                     Some(None)
@@ -432,7 +441,9 @@ impl Conntrack {
             }
             return Track::Revoked;
         }
-        let by = if inbound {
+        let by = if !self.egress_original(snap, idx, orig, remote) {
+            None
+        } else if inbound {
             self.admitting_original(snap, idx, orig).map(Some)
         } else {
             Some(None)
@@ -455,6 +466,19 @@ impl Conntrack {
         Track::Revoked
     }
 
+    /// Whether the egress rules of `snap` (of the original source, when it
+    /// is a local instance) allow the original direction `orig` of the flow in
+    /// `idx`.
+    pub(super) fn egress_original(
+        &self,
+        snap: &Snapshot,
+        idx: usize,
+        orig: FlowKey,
+        remote: &dyn Fn(Ipv4Addr) -> bool,
+    ) -> bool {
+        remote(orig.src) || snap.egress_allows(&self.original_packet(idx, orig))
+    }
+
     /// The rule of `snap` that admits the original direction `orig` of the
     /// flow in `idx`, if any.
     pub(super) fn admitting_original(
@@ -463,6 +487,11 @@ impl Conntrack {
         idx: usize,
         orig: FlowKey,
     ) -> Option<RuleSlot> {
+        snap.admitting_rule(&self.original_packet(idx, orig))
+    }
+
+    /// The first packet of the flow in `idx` as rules judge it.
+    fn original_packet(&self, idx: usize, orig: FlowKey) -> Packet {
         let aux = self.slots[idx].aux.load(Ordering::Relaxed);
         let l4 = match orig.proto {
             proto::TCP => L4::Tcp {
@@ -476,11 +505,11 @@ impl Conntrack {
             },
             _ => L4::Other,
         };
-        snap.admitting_rule(&Packet {
+        Packet {
             key: orig,
             l4,
             frag: Frag::None,
-        })
+        }
     }
     /// Timeout of an entry in this state.
     #[inline]

@@ -65,6 +65,10 @@ pub struct GroupRecord {
     pub name: String,
     pub description: String,
     pub rules: Vec<Rule>,
+    /// Egress rules; absent in values written before they existed (then the
+    /// default "all to 0.0.0.0/0").
+    #[serde(default = "filter::model::default_egress")]
+    pub egress: Vec<Rule>,
 }
 
 impl GroupRecord {
@@ -74,6 +78,7 @@ impl GroupRecord {
             name: g.name.clone(),
             description: g.description.clone(),
             rules: g.rules.clone(),
+            egress: g.egress.clone(),
         }
     }
 
@@ -84,6 +89,7 @@ impl GroupRecord {
             id,
             description: self.description,
             rules: self.rules,
+            egress: self.egress,
         }
     }
 }
@@ -545,6 +551,7 @@ mod tests {
                     name: "web".into(),
                     description: "the \"web\" tier ü".into(),
                     rules,
+                    egress: filter::model::default_egress(),
                 },
             },
             Entry::Name {

@@ -209,6 +209,7 @@ mod tests {
                 name: name.into(),
                 description: String::new(),
                 rules: Vec::new(),
+                egress: filter::model::default_egress(),
             },
         }
     }

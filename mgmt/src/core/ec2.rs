@@ -509,6 +509,9 @@ impl Core {
                     after.push(MetaChange::DropGroup(g.id.clone()));
                     after.push(MetaChange::DropTags(g.id.clone()));
                 }
+                // Egress rules have no `sgr-` ids or descriptions (yet).
+                Change::RulesAdded { egress: true, .. }
+                | Change::RulesRemoved { egress: true, .. } => {}
                 Change::RulesAdded {
                     group_id, rules, ..
                 } => new_rules(group_id, rules, &mut edits, &mut after),

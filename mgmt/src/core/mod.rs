@@ -605,15 +605,25 @@ impl Core {
                     .collect();
                 Ok(Response::Groups { groups })
             }
-            Command::Authorize { group, permissions } => {
-                self.stage_descriptions(&owner, &group, &permissions)?;
+            Command::Authorize {
+                group,
+                permissions,
+                egress,
+            } => {
+                if !egress {
+                    self.stage_descriptions(&owner, &group, &permissions)?;
+                }
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.authorize_rules(&owner, &name, &rules)?))?;
+                self.edit(|m| Ok(m.authorize_rules_dir(&owner, &name, &rules, egress)?))?;
                 Ok(Response::Permissions { group: name, rules })
             }
-            Command::Revoke { group, permissions } => {
+            Command::Revoke {
+                group,
+                permissions,
+                egress,
+            } => {
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                self.edit(|m| Ok(m.revoke_rules(&owner, &name, &rules)?))?;
+                self.edit(|m| Ok(m.revoke_rules_dir(&owner, &name, &rules, egress)?))?;
                 Ok(Response::Permissions { group: name, rules })
             }
             Command::AttachInstance {
@@ -1055,17 +1065,31 @@ pub fn store_edits(
             Change::GroupAdded { group, .. } => Edit::PutGroup(group.clone()),
             Change::GroupDeleted(g) => Edit::DeleteGroup { id: g.id.clone() },
             Change::RulesAdded {
-                group_id, rules, ..
-            } => Edit::AddRules {
-                group_id: group_id.clone(),
-                rules: rules.clone(),
-            },
+                group_id,
+                rules,
+                egress,
+                ..
+            } => {
+                let (group_id, rules) = (group_id.clone(), rules.clone());
+                if *egress {
+                    Edit::AddEgressRules { group_id, rules }
+                } else {
+                    Edit::AddRules { group_id, rules }
+                }
+            }
             Change::RulesRemoved {
-                group_id, rules, ..
-            } => Edit::RemoveRules {
-                group_id: group_id.clone(),
-                rules: rules.clone(),
-            },
+                group_id,
+                rules,
+                egress,
+                ..
+            } => {
+                let (group_id, rules) = (group_id.clone(), rules.clone());
+                if *egress {
+                    Edit::RemoveEgressRules { group_id, rules }
+                } else {
+                    Edit::RemoveRules { group_id, rules }
+                }
+            }
             Change::InstanceAdded(inst) => {
                 let rec = records.get(&inst.id).ok_or_else(|| {
                     ApiError::internal(format!("no launch record for new instance {}", inst.id))

@@ -87,6 +87,7 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
     );
     let r = core
         .handle(req(Command::Authorize {
+            egress: false,
             group: "web".into(),
             permissions: vec![spec("tcp", "80", "205.192.8.45/24").into()],
         }))
@@ -119,6 +120,7 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
 
     let r = core
         .handle(req(Command::Revoke {
+            egress: false,
             group: "web".into(),
             permissions: vec![spec("tcp", "80", "205.192.8.0/24").into()],
         }))
@@ -237,21 +239,25 @@ fn every_error_code_leaves_the_state_byte_identical() {
     core.handle(req(add_group("app"))).unwrap();
     core.handle(req(add_group("db"))).unwrap();
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "app".into(),
         permissions: vec![group_spec("web", None).into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "web".into(),
         permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "web".into(),
         permissions: vec![spec("tcp", "443", "0.0.0.0/0").into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "web".into(),
         permissions: vec![spec("udp", "53", "10.0.0.0/8").into()],
     }))
@@ -336,6 +342,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         // front door alike.
         (
             req(Command::Authorize {
+                egress: false,
                 group: "web".into(),
                 permissions: vec![
                     RuleSpec {
@@ -351,6 +358,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: crate::api::GroupRef::Name("web".into()),
                 permissions: vec![crate::api::Permission {
                     proto: Some("udp".into()),
@@ -366,6 +374,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "nosuch".into(),
                 permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
             }),
@@ -374,6 +383,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "app".into(),
                 permissions: vec![group_spec("nosuch", None).into()],
             }),
@@ -382,6 +392,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "web".into(),
                 permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
             }),
@@ -390,6 +401,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "web".into(),
                 permissions: vec![spec("tcp", "8080", "0.0.0.0/0").into()],
             }),
@@ -398,6 +410,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "db".into(),
                 permissions: vec![spec("tcp", "70000", "0.0.0.0/0").into()],
             }),
@@ -406,6 +419,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "db".into(),
                 permissions: vec![spec("tcp", "80", "300.1.2.3/8").into()],
             }),
@@ -414,6 +428,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "db".into(),
                 permissions: vec![spec("gre", "80", "0.0.0.0/0").into()],
             }),
@@ -422,6 +437,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "db".into(),
                 permissions: vec![
                     RuleSpec {
@@ -437,6 +453,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Authorize {
+                egress: false,
                 group: "app".into(),
                 permissions: vec![group_spec("web", Some("12345")).into()],
             }),
@@ -445,6 +462,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Revoke {
+                egress: false,
                 group: "web".into(),
                 permissions: vec![spec("tcp", "22", "0.0.0.0/0").into()],
             }),
@@ -453,6 +471,7 @@ fn every_error_code_leaves_the_state_byte_identical() {
         ),
         (
             req(Command::Revoke {
+                egress: false,
                 group: "nosuch".into(),
                 permissions: vec![spec("tcp", "22", "0.0.0.0/0").into()],
             }),
@@ -603,16 +622,19 @@ fn state_and_instances_come_back_after_a_restart() {
         core.handle(req(add_group("web"))).unwrap();
         core.handle(req(add_group("db"))).unwrap();
         core.handle(req(Command::Authorize {
+            egress: false,
             group: "web".into(),
             permissions: vec![spec("tcp", "80-90", "10.1.2.3/16").into()],
         }))
         .unwrap();
         core.handle(req(Command::Authorize {
+            egress: false,
             group: "db".into(),
             permissions: vec![group_spec("web", Some(OWNER)).into()],
         }))
         .unwrap();
         core.handle(req(Command::Authorize {
+            egress: false,
             group: "db".into(),
             permissions: vec![
                 RuleSpec {
@@ -625,6 +647,7 @@ fn state_and_instances_come_back_after_a_restart() {
         }))
         .unwrap();
         core.handle(req(Command::Revoke {
+            egress: false,
             group: "default".into(),
             permissions: vec![group_spec("default", None).into()],
         }))
@@ -1080,10 +1103,12 @@ fn random_command_sequences_reload_to_the_same_state() {
                     group: group.into(),
                 },
                 2 | 3 => Command::Authorize {
+                    egress: false,
                     group: group.into(),
                     permissions: vec![spec.into()],
                 },
                 4 => Command::Revoke {
+                    egress: false,
                     group: group.into(),
                     permissions: vec![spec.into()],
                 },
@@ -1534,6 +1559,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
     let lock = rusqlite::Connection::open(dir.0.join(crate::store::DB_FILE)).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let r = core.handle(req(Command::Authorize {
+        egress: false,
         group: "web".into(),
         permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }));
@@ -1562,6 +1588,7 @@ fn an_edit_is_enforced_before_its_commit_and_withdrawn_if_the_commit_fails() {
 
     // With the lock gone the same edit commits, and the rules it publishes stay.
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "web".into(),
         permissions: vec![spec("tcp", "80", "0.0.0.0/0").into()],
     }))
@@ -1791,6 +1818,7 @@ fn trace_names_the_drop_reason_and_the_admitting_rule() {
     );
 
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "default".into(),
         permissions: vec![spec("tcp", "22", "172.31.255.10/32").into()],
     }))
@@ -1827,11 +1855,13 @@ fn trace_of_group_rules_replies_and_egress() {
         core.handle(req(add_group(g))).unwrap();
     }
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "app".into(),
         permissions: vec![group_spec("web", None).into()],
     }))
     .unwrap();
     core.handle(req(Command::Authorize {
+        egress: false,
         group: "app".into(),
         permissions: vec![spec("tcp", "8000-8100", "172.31.0.0/24").into()],
     }))

@@ -436,6 +436,7 @@ impl Core {
             matches!(
                 r,
                 DropReason::NoRule
+                    | DropReason::NoEgressRule
                     | DropReason::Revoked
                     | DropReason::UnrelatedIcmpError
                     | DropReason::UnmatchedFragment
@@ -464,6 +465,10 @@ impl Core {
                 step("connection", r, d);
             } else if let Some((_, groups)) = consulted.filter(|_| !last.remote) {
                 let d = match policy_drop {
+                    Some(x @ DropReason::NoEgressRule) => format!(
+                        "no tracked flow; no egress rule of the source's groups allows it: {}",
+                        x.name()
+                    ),
                     Some(x) => format!(
                         "no tracked flow; no rule of {} admits it: {}",
                         groups_text(groups),

@@ -675,9 +675,17 @@ impl Ctx<'_> {
             }
         };
         let cmd = if add {
-            Command::Authorize { group, permissions }
+            Command::Authorize {
+                group,
+                permissions,
+                egress: false,
+            }
         } else {
-            Command::Revoke { group, permissions }
+            Command::Revoke {
+                group,
+                permissions,
+                egress: false,
+            }
         };
         let added = match self.call(cmd)? {
             Response::Permissions { group, rules } if add => Some((group, rules)),

@@ -1736,6 +1736,7 @@ fn rule_ids_of_both_front_doors_survive_a_restart() {
         api.handle(req_as(
             OWNER,
             Command::Authorize {
+                egress: false,
                 group: GroupRef::Name("default".into()),
                 permissions: vec![crate::api::Permission {
                     proto: Some("tcp".into()),
