@@ -656,20 +656,7 @@ impl Store {
                 )
                 .map_err(load("rules"))?;
             let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        RuleRow {
-                            group_id: r.get(0)?,
-                            proto: r.get(1)?,
-                            from: r.get(2)?,
-                            to: r.get(3)?,
-                            cidr: r.get(4)?,
-                            src_owner: r.get(5)?,
-                            src_group: r.get(6)?,
-                        },
-                        r.get::<_, i64>(7)?,
-                    ))
-                })
+                .query_map([], |r| Ok((RuleRow::read(r)?, r.get::<_, i64>(7)?)))
                 .map_err(load("rules"))?;
             for row in rows {
                 let (row, egress) = row.map_err(load("rules"))?;
@@ -826,15 +813,7 @@ impl Store {
         let rows = st
             .query_map([], |r| {
                 Ok((
-                    RuleRow {
-                        group_id: r.get(0)?,
-                        proto: r.get(1)?,
-                        from: r.get(2)?,
-                        to: r.get(3)?,
-                        cidr: r.get(4)?,
-                        src_owner: r.get(5)?,
-                        src_group: r.get(6)?,
-                    },
+                    RuleRow::read(r)?,
                     r.get::<_, String>(7)?,
                     r.get::<_, String>(8)?,
                 ))
@@ -1042,6 +1021,20 @@ struct RuleRow {
 }
 
 impl RuleRow {
+    /// Columns 0..7 of a row: group_id, proto, from_port, to_port, src_cidr,
+    /// src_owner, src_group (the order both rule queries select).
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
+        Ok(RuleRow {
+            group_id: r.get(0)?,
+            proto: r.get(1)?,
+            from: r.get(2)?,
+            to: r.get(3)?,
+            cidr: r.get(4)?,
+            src_owner: r.get(5)?,
+            src_group: r.get(6)?,
+        })
+    }
+
     fn into_rule(self) -> Result<Rule, StoreError> {
         let corrupt = |what, value: String| StoreError::Corrupt { what, value };
         let proto = match self.proto.as_str() {
