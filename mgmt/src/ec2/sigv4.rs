@@ -365,7 +365,12 @@ fn num(s: &str) -> Option<i64> {
 }
 
 fn checked_time(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
-    let ok = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 61;
+    let ok = (0..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && h < 24
+        && mi < 60
+        && s < 61;
     ok.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
 }
 
@@ -463,6 +468,13 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    /// Found by the `ec2` fuzz target: a huge year overflowed the seconds.
+    #[test]
+    fn a_huge_year_is_no_date() {
+        assert_eq!(checked_time(i64::MAX / 1000, 1, 1, 0, 0, 0), None);
+        assert_eq!(checked_time(1970, 1, 1, 0, 0, 1), Some(1));
+    }
     /// The Authorization header of AWS's `get-vanilla` example.
     const GET_VANILLA_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
     /// 2015-08-30T12:36:00Z, the suite's signing time.
