@@ -32,7 +32,9 @@ pub mod parse;
 pub mod reference;
 pub mod wire;
 
-use std::net::Ipv4Addr;
+use std::fmt::{Debug, Display};
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use compile::{Snapshot, compile};
 pub use conntrack::{Conntrack, CtConfig, Pass, RevokeMode, Timeouts};
@@ -50,7 +52,15 @@ pub mod proto {
     pub const UDP: u8 = 17;
 }
 
-/// The 5-tuple of an IPv4 packet, as the classifier and connection tracking see it.
+/// An IP address family's address type: [`Ipv4Addr`] or [`Ipv6Addr`]. The
+/// packet facts ([`FlowKey`], [`L4`], [`Packet`]) are generic over it and
+/// default to IPv4, so IPv4 code names them without a parameter and IPv6 code
+/// writes `Packet<Ipv6Addr>` ([`Packet6`]).
+pub trait IpAddress: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'static {}
+impl IpAddress for Ipv4Addr {}
+impl IpAddress for Ipv6Addr {}
+
+/// The 5-tuple of an IP packet, as the classifier and connection tracking see it.
 ///
 /// * TCP/UDP: `sport`/`dport` are the ports.
 /// * ICMP queries (echo, timestamp, info, address mask, requests and replies):
@@ -60,18 +70,18 @@ pub mod proto {
 ///   address pair and protocol).
 /// * Non-first IP fragments: both ports are 0 and [`Packet::frag`] says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct FlowKey<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
 }
 
-impl FlowKey {
+impl<A: Copy> FlowKey<A> {
     /// The key of the opposite direction.
     #[inline]
-    pub fn reversed(&self) -> FlowKey {
+    pub fn reversed(&self) -> FlowKey<A> {
         FlowKey {
             src: self.dst,
             dst: self.src,
@@ -102,7 +112,7 @@ pub enum Frag {
 
 /// What an ICMP message is, as far as filtering cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IcmpKind {
+pub enum IcmpKind<A = Ipv4Addr> {
     /// A query (echo, timestamp, ...) request: may open a flow.
     Request,
     /// A query reply: passes only as the reply of a tracked request (or by rule).
@@ -110,14 +120,14 @@ pub enum IcmpKind {
     /// An error (unreachable, time exceeded, parameter problem, source quench,
     /// redirect); `inner` is the flow key of the embedded original datagram as it
     /// was sent (so its `src` is normally this error's `dst`).
-    Error { inner: FlowKey },
+    Error { inner: FlowKey<A> },
     /// Anything else (router advertisement, ...): judged by rules only.
     Other,
 }
 
 /// The L4 facts of a packet that filtering needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum L4 {
+pub enum L4<A = Ipv4Addr> {
     Tcp {
         flags: u8,
     },
@@ -125,7 +135,7 @@ pub enum L4 {
     Icmp {
         ty: u8,
         code: u8,
-        kind: IcmpKind,
+        kind: IcmpKind<A>,
     },
     /// Other IP protocol, or a non-first fragment of any protocol.
     Other,
@@ -140,14 +150,19 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// A parsed IPv4 packet reduced to what the classifier and conntrack need. `Copy`,
+/// A parsed IP packet reduced to what the classifier and conntrack need. `Copy`,
 /// 32 bytes-ish; built by [`parse::parse_frame`] or directly by tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Packet {
-    pub key: FlowKey,
-    pub l4: L4,
+pub struct Packet<A = Ipv4Addr> {
+    pub key: FlowKey<A>,
+    pub l4: L4<A>,
     pub frag: Frag,
 }
+
+/// An IPv6 flow key.
+pub type FlowKey6 = FlowKey<Ipv6Addr>;
+/// An IPv6 packet's facts.
+pub type Packet6 = Packet<Ipv6Addr>;
 
 /// Why a frame was dropped. One counter per variant in the datapath.
 ///
@@ -217,13 +232,27 @@ pub enum DropReason {
     /// size): completing it would rewrite judged header bytes.
     BadOffload,
     /// A new flow from an instance that no egress rule of its groups allows
-    /// (and no tracked flow matches). Last in counter order (added later).
+    /// (and no tracked flow matches). Added after the list above.
     NoEgressRule,
+    // --- IPv6 (added later, appended to keep counter order) ---
+    /// Shorter than the 40-byte IPv6 header, or a payload length beyond the frame.
+    TruncatedIpv6,
+    /// IP version not 6 in an IPv6 ethertype frame.
+    MalformedIpv6,
+    /// An IPv6 extension-header chain that is cut short, longer than the walk
+    /// bound, or holds a header the switch refuses (routing type 0, ...).
+    BadIpv6ExtHeader,
+    /// A router advertisement or redirect sent by an instance (RA guard: only
+    /// the switch advertises).
+    RogueRouterAdvert,
+    /// A neighbor solicitation/advertisement from an instance whose source or
+    /// target address is not the instance's own (or its link-local).
+    SpoofedNd,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::UnsupportedEthertype,
@@ -251,6 +280,11 @@ impl DropReason {
         DropReason::PortGone,
         DropReason::BadOffload,
         DropReason::NoEgressRule,
+        DropReason::TruncatedIpv6,
+        DropReason::MalformedIpv6,
+        DropReason::BadIpv6ExtHeader,
+        DropReason::RogueRouterAdvert,
+        DropReason::SpoofedNd,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -290,6 +324,11 @@ impl DropReason {
             DropReason::PortGone => "port_gone",
             DropReason::BadOffload => "bad_offload",
             DropReason::NoEgressRule => "no_egress_rule",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::MalformedIpv6 => "malformed_ipv6",
+            DropReason::BadIpv6ExtHeader => "bad_ipv6_ext_header",
+            DropReason::RogueRouterAdvert => "rogue_router_advert",
+            DropReason::SpoofedNd => "spoofed_nd",
         }
     }
 }
