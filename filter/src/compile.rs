@@ -100,11 +100,11 @@
 //!   covering an interval.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::model::{Change, Model, Owner, Ports, Proto, Rule, Source};
-use crate::{Frag, L4, Mac, Packet, proto};
+use crate::{Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 pub use attrib::RuleSlot;
@@ -129,6 +129,8 @@ pub struct SnapInstance {
     pub owner: Box<str>,
     pub mac: Mac,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address ([`Model::ip6_of`]), if instances are dual-stack.
+    pub ip6: Option<Ipv6Addr>,
     /// This instance's group-table list: `lists[list.0..list.0 + list.1]`.
     list: (u32, u32),
     /// Its egress-table list: `elists[elist.0..elist.0 + elist.1]`.
@@ -326,6 +328,8 @@ pub struct Snapshot {
     generation: u64,
     instances: Arc<[SnapInstance]>,
     ip_index: IpIndex,
+    /// `(IPv6 address, instance)` of the dual-stack instances, sorted.
+    ip6_index: Arc<[(Ipv6Addr, u32)]>,
     /// Words per instance membership bitset.
     words: usize,
     /// `instances.len() * words` membership bits.
@@ -363,6 +367,31 @@ impl Snapshot {
     #[inline]
     pub fn instance_by_ip(&self, ip: Ipv4Addr) -> Option<InstIdx> {
         self.ip_index.get(u32::from(ip)).map(|e| InstIdx(e.inst))
+    }
+
+    /// The instance with this IPv6 address.
+    #[inline]
+    pub fn instance_by_ip6(&self, ip: Ipv6Addr) -> Option<InstIdx> {
+        let i = self.ip6_index.binary_search_by(|e| e.0.cmp(&ip)).ok()?;
+        Some(InstIdx(self.ip6_index[i].1))
+    }
+
+    /// [`Snapshot::admitting_rule`] for IPv6: the first rule of the
+    /// destination's groups that admits `pkt`.
+    ///
+    /// Not compiled yet: no IPv6 rule exists, so nothing is admitted.
+    #[inline]
+    pub fn admitting_rule6(&self, pkt: &Packet6) -> Option<RuleSlot> {
+        let _ = pkt;
+        None
+    }
+
+    /// [`Snapshot::egress_allows`] for IPv6.
+    ///
+    /// Not compiled yet: only packets from non-instances pass.
+    #[inline]
+    pub fn egress_allows6(&self, pkt: &Packet6) -> bool {
+        self.instance_by_ip6(pkt.key.src).is_none()
     }
 
     /// An instance by index. Panics if `idx` is not from this snapshot.
@@ -759,6 +788,7 @@ type GroupKey = (Owner, String);
 struct Members {
     instances: Arc<[SnapInstance]>,
     ip_index: IpIndex,
+    ip6_index: Arc<[(Ipv6Addr, u32)]>,
     words: usize,
     member_bits: Arc<[u64]>,
     lists: Arc<[u32]>,
@@ -832,6 +862,7 @@ impl Compiler {
             members: Members {
                 instances: Arc::new([]),
                 ip_index: IpIndex::build(&[]),
+                ip6_index: Arc::new([]),
                 words: 1,
                 member_bits: Arc::new([]),
                 lists: Arc::new([]),
@@ -941,6 +972,7 @@ impl Compiler {
             generation,
             instances: m.instances.clone(),
             ip_index: m.ip_index.clone(),
+            ip6_index: m.ip6_index.clone(),
             words: m.words,
             member_bits: m.member_bits.clone(),
             tables,
@@ -1162,6 +1194,7 @@ impl Compiler {
                 owner: inst.owner.0.as_str().into(),
                 mac: inst.mac,
                 ip: inst.ip,
+                ip6: model.ip6_of(inst.mac),
                 list,
                 elist,
                 egress_open,
@@ -1169,9 +1202,16 @@ impl Compiler {
         }
         let policies = lists.iter().collect::<BTreeSet<_>>().len();
         let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
+        let mut ip6s: Vec<(Ipv6Addr, u32)> = instances
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inst)| Some((inst.ip6?, i as u32)))
+            .collect();
+        ip6s.sort_unstable();
         self.members = Members {
             instances: instances.into(),
             ip_index: IpIndex::build(&ips),
+            ip6_index: ip6s.into(),
             words,
             member_bits: member_bits.into(),
             lists: lists.into(),
@@ -1968,6 +2008,33 @@ mod tests {
         }
         assert_eq!(s.instance_by_ip(Ipv4Addr::new(172, 31, 0, 1)), None);
         assert_eq!(s.instances().len(), 500);
+    }
+
+    #[test]
+    fn dual_stack_instances_are_found_by_their_slaac_address() {
+        let mut m = model(&[("default", vec![])], &[]);
+        let p: ipnet::Ipv6Net = "fd00:5a::/64".parse().unwrap();
+        m.set_subnet6(Some(p)).unwrap();
+        for n in 0..50u8 {
+            m.add_instance(Instance {
+                id: format!("i-{n:08x}"),
+                owner: owner(),
+                mac: [2, 0, 0, 0, 1, n],
+                ip: Ipv4Addr::new(10, 0, 1, n),
+                groups: vec!["default".into()],
+            })
+            .expect("valid instance");
+        }
+        let s = compile(&m, 1);
+        for n in 0..50u8 {
+            let ip6 = crate::model::eui64_address(p, [2, 0, 0, 0, 1, n]);
+            let i = s.instance_by_ip6(ip6).expect("present");
+            assert_eq!(s.instance(i).ip, Ipv4Addr::new(10, 0, 1, n));
+            assert_eq!(s.instance(i).ip6, Some(ip6));
+        }
+        let other = crate::model::eui64_address(p, [2, 0, 0, 0, 2, 0]);
+        assert_eq!(s.instance_by_ip6(other), None);
+        assert_eq!(compile(&model(&[], &[]), 1).instance_by_ip6(other), None);
     }
 
     #[test]

@@ -54,10 +54,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::Mac;
@@ -195,6 +195,31 @@ pub fn rule_text(rule: &Rule, egress: bool) -> String {
     }
 }
 
+/// The address SLAAC forms from a /64 `prefix` and a MAC: the prefix, then
+/// the modified EUI-64 interface id (RFC 4291 appendix A: `ff:fe` inserted in
+/// the middle of the MAC, the universal/local bit flipped).
+pub fn eui64_address(prefix: Ipv6Net, mac: Mac) -> Ipv6Addr {
+    let mut b = prefix.network().octets();
+    b[8] = mac[0] ^ 0x02;
+    b[9] = mac[1];
+    b[10] = mac[2];
+    b[11] = 0xff;
+    b[12] = 0xfe;
+    b[13] = mac[3];
+    b[14] = mac[4];
+    b[15] = mac[5];
+    Ipv6Addr::from(b)
+}
+
+/// The link-local address (`fe80::/64` + EUI-64) of a MAC: what a guest uses
+/// as the source of its neighbor discovery.
+pub fn link_local_address(mac: Mac) -> Ipv6Addr {
+    eui64_address(
+        Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64).expect("a /64 is valid"),
+        mac,
+    )
+}
+
 /// An instance as the model knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -285,6 +310,12 @@ pub struct Model {
     /// Sequence number of the next group id (see [`Model::add_group`]).
     #[serde(default)]
     next_group_seq: u64,
+    /// The instances' IPv6 prefix, a /64: an instance's IPv6 address is this
+    /// prefix with the modified EUI-64 interface id of its MAC
+    /// ([`eui64_address`]), the address SLAAC gives a guest. `None`:
+    /// instances are IPv4-only.
+    #[serde(default)]
+    subnet6: Option<Ipv6Net>,
     /// The changes applied since recording began ([`Model::record_changes`]);
     /// `None`: not recording (the default: no cost for models nobody commits).
     #[serde(skip)]
@@ -298,6 +329,7 @@ impl PartialEq for Model {
             && self.groups == other.groups
             && self.instances == other.instances
             && self.next_group_seq == other.next_group_seq
+            && self.subnet6 == other.subnet6
     }
 }
 
@@ -407,6 +439,31 @@ impl Model {
     /// The limits the model enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The instances' IPv6 /64 prefix, if instances are dual-stack.
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        self.subnet6
+    }
+
+    /// Set the instances' IPv6 prefix. Refused unless it is a /64 with its
+    /// host bits clear (SLAAC needs a /64).
+    pub fn set_subnet6(&mut self, prefix: Option<Ipv6Net>) -> Result<(), Ec2Error> {
+        if let Some(p) = prefix
+            && (p.prefix_len() != 64 || p.trunc() != p)
+        {
+            return Err(invalid(format!(
+                "the IPv6 subnet '{p}' is not a /64 prefix (host bits clear)"
+            )));
+        }
+        self.subnet6 = prefix;
+        Ok(())
+    }
+
+    /// The IPv6 address of an instance with this MAC, if instances are
+    /// dual-stack ([`Model::subnet6`]).
+    pub fn ip6_of(&self, mac: Mac) -> Option<Ipv6Addr> {
+        self.subnet6.map(|p| eui64_address(p, mac))
     }
 
     /// Every group, keyed by (owner, group name).
@@ -1252,6 +1309,29 @@ mod groups_as_list {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_ipv6_addresses_are_slaac_eui64() {
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let p: Ipv6Net = "fd00:5a:1::/64".parse().unwrap();
+        assert_eq!(
+            eui64_address(p, mac),
+            "fd00:5a:1:0:5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            link_local_address(mac),
+            "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
+        );
+        let mut m = Model::default();
+        assert_eq!(m.ip6_of(mac), None);
+        for bad in ["fd00::/48", "fd00::1/64"] {
+            let e = m.set_subnet6(Some(bad.parse().unwrap())).unwrap_err();
+            assert!(e.message.contains(bad), "{e:?}");
+            assert_eq!(m.subnet6(), None);
+        }
+        m.set_subnet6(Some(p)).unwrap();
+        assert_eq!(m.ip6_of(mac), Some(eui64_address(p, mac)));
+    }
 
     fn alice() -> Owner {
         Owner::parse("111122223333").expect("valid owner")
