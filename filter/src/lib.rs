@@ -50,6 +50,7 @@ pub mod proto {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
 }
 
 /// An IP address family's address type: [`Ipv4Addr`] or [`Ipv6Addr`]. The
