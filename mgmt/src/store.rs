@@ -193,6 +193,43 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, egress)
         SELECT id, 'all', -1, -1, '0.0.0.0/0', 1 FROM groups ORDER BY id;
     "#,
+    // v8: IPv6. Rules may be `icmpv6` (the CHECK is part of the table, so the
+    // table is rebuilt, keeping every row, its `seq` and its `rule_meta`
+    // row); `settings` holds single values of the state (the instances'
+    // IPv6 prefix, `subnet6`, chosen once and kept).
+    r#"
+    CREATE TEMP TABLE rule_meta_keep AS SELECT * FROM rule_meta;
+    CREATE TABLE rules_v8 (
+        seq       INTEGER PRIMARY KEY,
+        group_id  TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+        proto     TEXT NOT NULL CHECK (proto IN ('tcp', 'udp', 'icmp', 'icmpv6', 'all')),
+        from_port INTEGER NOT NULL CHECK (from_port BETWEEN -1 AND 65535),
+        to_port   INTEGER NOT NULL CHECK (to_port BETWEEN -1 AND 65535),
+        src_cidr  TEXT,
+        src_owner TEXT,
+        src_group TEXT,
+        egress    INTEGER NOT NULL DEFAULT 0 CHECK (egress IN (0, 1)),
+        CHECK ((src_cidr IS NULL) = (src_group IS NOT NULL)),
+        CHECK ((src_owner IS NULL) = (src_group IS NULL)),
+        FOREIGN KEY (src_owner, src_group) REFERENCES groups(owner, name) DEFERRABLE INITIALLY DEFERRED
+    ) STRICT;
+    INSERT INTO rules_v8 (seq, group_id, proto, from_port, to_port, src_cidr, src_owner, src_group, egress)
+        SELECT seq, group_id, proto, from_port, to_port, src_cidr, src_owner, src_group, egress FROM rules;
+    DROP TABLE rules;
+    ALTER TABLE rules_v8 RENAME TO rules;
+    CREATE UNIQUE INDEX rules_unique ON rules (
+        group_id, egress, proto, from_port, to_port,
+        coalesce(src_cidr, ''), coalesce(src_owner, ''), coalesce(src_group, '')
+    );
+    CREATE INDEX rules_by_source ON rules (src_owner, src_group);
+    DELETE FROM rule_meta;
+    INSERT INTO rule_meta SELECT * FROM temp.rule_meta_keep;
+    DROP TABLE temp.rule_meta_keep;
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY CHECK (key IN ('subnet6')),
+        value TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -1895,6 +1932,74 @@ mod tests {
             secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
             created_at: 1_700_000_000,
         }
+    }
+
+    /// v8: a v7 store's rules survive the rebuild of their table with their
+    /// order, `seq`, `sgr-` ids and descriptions; `icmpv6` is then accepted.
+    #[test]
+    fn a_v7_store_keeps_its_rules_and_their_ids_and_takes_icmpv6() {
+        let dir = TempDir::new("v8");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        let before: Vec<(i64, String, String, i64, String)>;
+        let q = "SELECT r.seq, r.proto, coalesce(r.src_cidr, r.src_group), r.egress, m.rule_id || m.description \
+                 FROM rules r JOIN rule_meta m ON m.rule_seq = r.seq ORDER BY r.seq";
+        let rows = |c: &Connection| -> Vec<(i64, String, String, i64, String)> {
+            let mut st = c.prepare(q).unwrap();
+            st.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..7] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 7).unwrap();
+            c.execute_batch(
+                "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', '111122223333', 'web', 'd');
+                 INSERT INTO rules (seq, group_id, proto, from_port, to_port, src_cidr) VALUES (5, 'sg-00000001', 'tcp', 22, 22, '10.0.0.0/8');
+                 INSERT INTO rules (seq, group_id, proto, from_port, to_port, src_owner, src_group) VALUES (9, 'sg-00000001', 'udp', 53, 53, '111122223333', 'web');
+                 INSERT INTO rules (seq, group_id, proto, from_port, to_port, src_cidr, egress) VALUES (12, 'sg-00000001', 'all', -1, -1, '0.0.0.0/0', 1);
+                 INSERT INTO rule_meta (rule_seq, rule_id, description) VALUES (5, 'sgr-0123456789abcdef0', 'ssh'), (9, 'sgr-0123456789abcdef1', ''), (12, 'sgr-0123456789abcdef2', 'out');",
+            )
+            .unwrap();
+            before = rows(&c);
+            assert_eq!(before.len(), 3);
+            assert!(
+                c.execute(
+                    "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000001', 'icmpv6', -1, -1, '::/0')",
+                    [],
+                )
+                .is_err()
+            );
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        assert_eq!(rows(&c), before);
+        c.execute(
+            "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000001', 'icmpv6', 128, -1, '::/0')",
+            [],
+        )
+        .unwrap();
+        // Deleting a rule still takes its facts with it.
+        c.execute("PRAGMA foreign_keys = ON", []).unwrap();
+        c.execute("DELETE FROM rules WHERE seq = 5", []).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM rule_meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        let fk: i64 = c
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(fk, 0);
     }
 
     /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
