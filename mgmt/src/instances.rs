@@ -760,6 +760,15 @@ mod tests {
         netns::in_netns(&ns.0, move || destroy_uplink(&n2, None))
             .unwrap()
             .unwrap();
-        assert!(netns::ifindex(Some(&ns.0), &name).is_err());
+        // The TAP goes with its last descriptor; a child another test forks
+        // at that moment holds a copy until it execs, so allow a moment.
+        let gone = (0..100).any(|_| {
+            let gone = netns::ifindex(Some(&ns.0), &name).is_err();
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            gone
+        });
+        assert!(gone, "uplink {name} still exists after destroy_uplink");
     }
 }
