@@ -1244,6 +1244,8 @@ fn compile_group(
     for r in rules {
         let src = match &r.source {
             Source::Cidr(net) => Src::Range(u32::from(net.network()), u32::from(net.broadcast())),
+            // IPv6 rules are in the IPv6 tables ([`v6`]); here they match nothing.
+            Source::Cidr6(_) => Src::Group(NO_BIT),
             Source::Group { owner, group } => {
                 // Every group named by a rule of the model has a bit (a
                 // missing one would match no source).
@@ -1274,6 +1276,7 @@ fn compile_group(
             by_rule[t].push((e.lo, e.hi, n));
         };
         match (r.proto, r.ports) {
+            _ if !r.applies_v4() => {}
             (Proto::All, _) => {
                 add(TCP_T, all);
                 add(UDP_T, all);
@@ -1291,6 +1294,7 @@ fn compile_group(
             (Proto::Tcp, _) => add(TCP_T, all),
             (Proto::Udp, _) => add(UDP_T, all),
             (Proto::Icmp, _) => add(ICMP_T, all),
+            (Proto::Icmpv6, _) => {}
         }
     }
     let ports = [arena.table(&tcp), arena.table(&udp), arena.table(&icmp)];
