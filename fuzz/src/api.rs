@@ -277,21 +277,27 @@ fn model_says(m: &mut Model, owner: &Owner, c: &Command) -> Option<Result<Respon
             })
             .map_err(drop),
         Command::Authorize {
-            group, permissions, ..
+            group,
+            permissions,
+            egress,
         } => m
-            .authorize(owner, by_name(group)?, &single_spec(permissions)?)
+            .authorize_dir(owner, by_name(group)?, &single_spec(permissions)?, *egress)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),
                 rules,
+                egress: *egress,
             })
             .map_err(drop),
         Command::Revoke {
-            group, permissions, ..
+            group,
+            permissions,
+            egress,
         } => m
-            .revoke(owner, by_name(group)?, &single_spec(permissions)?)
+            .revoke_dir(owner, by_name(group)?, &single_spec(permissions)?, *egress)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),
                 rules,
+                egress: *egress,
             })
             .map_err(drop),
         _ => return None,

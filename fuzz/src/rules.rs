@@ -195,6 +195,7 @@ fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
     let printed = cli::format_response(&Response::Permissions {
         group: group.to_owned(),
         rules: added.clone(),
+        egress: false,
     });
     let from_lines: Vec<Rule> = printed
         .lines()

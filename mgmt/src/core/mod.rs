@@ -631,7 +631,11 @@ impl Core {
                     ));
                 }
                 self.edit(|m| Ok(m.authorize_rules_dir(&owner, &name, &rules, egress)?))?;
-                Ok(Response::Permissions { group: name, rules })
+                Ok(Response::Permissions {
+                    group: name,
+                    rules,
+                    egress,
+                })
             }
             Command::Revoke {
                 group,
@@ -640,7 +644,11 @@ impl Core {
             } => {
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
                 self.edit(|m| Ok(m.revoke_rules_dir(&owner, &name, &rules, egress)?))?;
-                Ok(Response::Permissions { group: name, rules })
+                Ok(Response::Permissions {
+                    group: name,
+                    rules,
+                    egress,
+                })
             }
             Command::AttachInstance {
                 ifname,

@@ -719,7 +719,7 @@ impl Ctx<'_> {
         let added = match self.call(cmd)? {
             // Egress rules have no ids to answer: `return` alone, as EC2
             // answered before rules had ids.
-            Response::Permissions { group, rules } if add && !egress => Some((group, rules)),
+            Response::Permissions { group, rules, .. } if add && !egress => Some((group, rules)),
             _ => None,
         };
         // Authorize answers the new rules with their ids (as EC2 does).
