@@ -14,6 +14,15 @@
 //!   instance pairs (the conntrack fast path).
 //! * `first_packet/R`: UDP datagrams each with a new 5-tuple (classifier + flow
 //!   creation). The table is rebuilt, untimed, before it fills.
+//! * `first_packet_egress/{default,specific}` (R = 100): `first_packet` with
+//!   every group's egress rules as a new group has them (`default`: all to
+//!   0.0.0.0/0) and with that rule replaced by R specific egress rules of the
+//!   same mix (`specific`: port ranges to CIDRs, ICMP, every tenth a group
+//!   destination, plus UDP 53 to every group and TCP 22 to the subnet), so
+//!   that a new flow is judged by specific rules on both ends: the sender's
+//!   egress, the receiver's ingress. Same run, side by side.
+//!   `SGSW_EGRESS_AB=ROUNDS` runs them (and the TCP `first_syn` flows) as an
+//!   interleaved A/B of per-burst medians instead ([`egress_ab`]).
 //! * `arp_answer`: ARP requests answered by the switch.
 //! * `flow_log/{established,first_packet}/{off,on}` (R = 100): the cost of flow
 //!   logs (`SwitchConfig::flow_log`) on the two cases above, off and on
@@ -66,8 +75,64 @@ struct Bench {
     ids: Vec<PortId>,
 }
 
-/// The model: 1000 instances in 10 groups with `rules` rules each.
+/// The model: 1000 instances in 10 groups with `rules` rules each (egress:
+/// the default rule of a new group).
 fn model(rules: usize) -> Model {
+    model_with(rules, false)
+}
+
+/// One of the generated rules: TCP/UDP port ranges from (or to) CIDRs, ICMP
+/// rules and every tenth a group rule.
+fn gen_spec(k: u32) -> RuleSpec {
+    if k.is_multiple_of(10) {
+        RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some(format!("{}", 20000 + k)),
+            groups: vec![(format!("g{}", (k as usize / 10) % GROUPS), None)],
+            ..RuleSpec::default()
+        }
+    } else if k.is_multiple_of(7) {
+        RuleSpec {
+            proto: Some("icmp".into()),
+            icmp: Some(format!("{}:-1", k % 40)),
+            cidrs: vec![cidr(k)],
+            ..RuleSpec::default()
+        }
+    } else {
+        let proto = if k.is_multiple_of(2) { "tcp" } else { "udp" };
+        let lo = 1000 + (k * 13) % 30000;
+        RuleSpec {
+            proto: Some(proto.into()),
+            ports: Some(format!("{lo}-{}", lo + k % 50)),
+            cidrs: vec![cidr(k)],
+            ..RuleSpec::default()
+        }
+    }
+}
+
+/// What the traffic needs, from (ingress) or to (egress) the peers: TCP 22
+/// with the subnet, UDP 53 with every group.
+fn needed_specs() -> [RuleSpec; 2] {
+    [
+        RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some("22".into()),
+            cidrs: vec!["172.31.0.0/16".into()],
+            ..RuleSpec::default()
+        },
+        RuleSpec {
+            proto: Some("udp".into()),
+            ports: Some("53".into()),
+            groups: (0..GROUPS).map(|g| (format!("g{g}"), None)).collect(),
+            ..RuleSpec::default()
+        },
+    ]
+}
+
+/// [`model`]; with `specific_egress` every group's default egress rule is
+/// replaced by `rules` generated egress rules (another draw of the same mix)
+/// and the egress the traffic needs.
+fn model_with(rules: usize, specific_egress: bool) -> Model {
     let owner = Owner(OWNER.into());
     let mut m = Model::new(Limits {
         rules_per_group: rules + 32,
@@ -82,51 +147,27 @@ fn model(rules: usize) -> Model {
         let mut k = 0u32;
         while n < rules {
             k += 1;
-            let spec = if k.is_multiple_of(10) {
-                RuleSpec {
-                    proto: Some("tcp".into()),
-                    ports: Some(format!("{}", 20000 + k)),
-                    groups: vec![(format!("g{}", (k as usize / 10) % GROUPS), None)],
-                    ..RuleSpec::default()
-                }
-            } else if k.is_multiple_of(7) {
-                RuleSpec {
-                    proto: Some("icmp".into()),
-                    icmp: Some(format!("{}:-1", k % 40)),
-                    cidrs: vec![cidr(k)],
-                    ..RuleSpec::default()
-                }
-            } else {
-                let proto = if k.is_multiple_of(2) { "tcp" } else { "udp" };
-                let lo = 1000 + (k * 13) % 30000;
-                RuleSpec {
-                    proto: Some(proto.into()),
-                    ports: Some(format!("{lo}-{}", lo + k % 50)),
-                    cidrs: vec![cidr(k)],
-                    ..RuleSpec::default()
-                }
-            };
-            if m.authorize(&owner, &name, &spec).is_ok() {
+            if m.authorize(&owner, &name, &gen_spec(k)).is_ok() {
                 n += 1;
             }
         }
-        // What the traffic needs: TCP 22 from the subnet, UDP 53 from every group.
-        let need = [
-            RuleSpec {
-                proto: Some("tcp".into()),
-                ports: Some("22".into()),
-                cidrs: vec!["172.31.0.0/16".into()],
-                ..RuleSpec::default()
-            },
-            RuleSpec {
-                proto: Some("udp".into()),
-                ports: Some("53".into()),
-                groups: (0..GROUPS).map(|g| (format!("g{g}"), None)).collect(),
-                ..RuleSpec::default()
-            },
-        ];
-        for s in need {
+        for s in needed_specs() {
             m.authorize(&owner, &name, &s).expect("needed rule");
+        }
+        if specific_egress {
+            m.revoke_rules_dir(&owner, &name, &filter::model::default_egress(), true)
+                .expect("revoke the default egress rule");
+            let (mut n, mut k) = (0, 7919u32);
+            while n < rules {
+                k += 1;
+                if m.authorize_dir(&owner, &name, &gen_spec(k), true).is_ok() {
+                    n += 1;
+                }
+            }
+            for s in needed_specs() {
+                m.authorize_dir(&owner, &name, &s, true)
+                    .expect("needed egress rule");
+            }
         }
     }
     for i in 0..INSTANCES {
@@ -327,6 +368,64 @@ fn first_packet(c: &mut Criterion) {
     g.finish();
 }
 
+/// `first_packet` (R = 100) with the default egress rule and with specific
+/// egress rules, side by side.
+fn first_packet_egress(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline/first_packet_egress");
+    g.throughput(Throughput::Elements(BURST as u64));
+    g.measurement_time(Duration::from_secs(4));
+    for (name, specific) in [("default", false), ("specific", true)] {
+        let m = model_with(100, specific);
+        let mut b = setup(&m);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut frames: Vec<(usize, Vec<u8>)> = (0..BURST)
+            .map(|_| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                (s, udp(s, d, 1))
+            })
+            .collect();
+        let mut sport: u32 = 0;
+        let mut flows = 0usize;
+        g.bench_function(BenchmarkId::new(name, 100), |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if flows > 1_500_000 {
+                        b = setup(&m);
+                        flows = 0;
+                    }
+                    for (s, f) in frames.iter_mut() {
+                        sport = sport.wrapping_add(1);
+                        if sport.is_multiple_of(60_000) {
+                            *s = rng.next() % INSTANCES;
+                            let d = rng.next() % INSTANCES;
+                            *f = udp(*s, d, 1);
+                        }
+                        f[34..36].copy_from_slice(&(1024 + (sport % 60_000) as u16).to_be_bytes());
+                    }
+                    let burst = frames
+                        .iter()
+                        .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()));
+                    let t = Instant::now();
+                    let r = b.w.process_burst(burst);
+                    total += t.elapsed();
+                    flows += BURST;
+                    black_box(r);
+                }
+                total
+            })
+        });
+        let st = b.dp.stats();
+        assert_eq!(
+            st.total_drops(),
+            0,
+            "drops in first_packet_egress/{name}: {:?}",
+            st.nonzero_drops().collect::<Vec<_>>()
+        );
+    }
+    g.finish();
+}
+
 fn arp_answer(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline/arp_answer");
     g.throughput(Throughput::Elements(BURST as u64));
@@ -472,11 +571,20 @@ fn flow_log(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, established, first_packet, arp_answer, flow_log);
+criterion_group!(
+    benches,
+    established,
+    first_packet,
+    first_packet_egress,
+    arp_answer,
+    flow_log
+);
 
 /// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
 /// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|first_syn|arp
-/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1]` runs N bursts of 32 frames through
+/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1] [SGSW_IR_EGRESS=1]` runs N
+/// bursts of 32 frames (`SGSW_IR_EGRESS=1`: with R specific egress rules per
+/// group in place of the default one, see [`model_with`]) through
 /// [`ir_run`] once, prints the on-CPU and wall ns per frame, and exits; under
 /// callgrind, divide the `ir_run` inclusive cost by 32 N:
 ///
@@ -489,7 +597,8 @@ fn ir_mode(case: &str, bursts: usize) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let m = model(rules);
+    let egress = std::env::var("SGSW_IR_EGRESS").is_ok_and(|v| v == "1");
+    let m = model_with(rules, egress);
     // SGSW_IR_FLOWLOG=1: flow logs on (the table holds 32,768 flows: keep
     // first_packet runs below 1,024 bursts to measure recording, not skipping).
     let flow_log = std::env::var("SGSW_IR_FLOWLOG").is_ok_and(|v| v == "1");
@@ -545,7 +654,7 @@ fn ir_mode(case: &str, bursts: usize) {
     // thread waits for a core (the lab machine is shared), so before/after
     // comparisons stay meaningful under load.
     println!(
-        "{case} rules={rules} flow_log={flow_log}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
+        "{case} rules={rules} flow_log={flow_log} specific_egress={egress}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
         cpu as f64 / done.max(1) as f64,
         wall.as_nanos() as f64 / done.max(1) as f64
     );
@@ -668,7 +777,79 @@ fn flow_log_ab(rounds: usize) {
     }
 }
 
+/// Egress A/B, interleaved (`SGSW_EGRESS_AB=ROUNDS`): each round runs new
+/// flows (3,072 bursts of 32, every frame a new flow: UDP 53 between random
+/// instances, admitted by group rules, then TCP SYNs to port 22, admitted by a
+/// CIDR rule) on the R = 100 model with the default egress rule, then with
+/// specific egress rules ([`model_with`]); every burst is timed alone and the
+/// median ns/frame is printed per run, then the median over the rounds.
+fn egress_ab(rounds: usize) {
+    let models = [
+        ("default", model_with(100, false)),
+        ("specific", model_with(100, true)),
+    ];
+    let mut results: Vec<(String, Vec<f64>)> = Vec::new();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for round in 0..rounds {
+        for (tag, m) in &models {
+            for case in ["first_packet", "first_syn"] {
+                let b = setup(m);
+                let mut w = b.w;
+                let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+                let frames: Vec<(usize, Vec<u8>)> = (0..3072 * BURST)
+                    .map(|k| {
+                        let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                        let sport = 1024 + (k % 60_000) as u16;
+                        let f = if case == "first_syn" {
+                            tcp(s, d, sport, true)
+                        } else {
+                            udp(s, d, sport)
+                        };
+                        (s, f)
+                    })
+                    .collect();
+                let all: Vec<(PortId, &[u8], VnetHdr)> = frames
+                    .iter()
+                    .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()))
+                    .collect();
+                let mut t = Vec::with_capacity(3072);
+                for chunk in all.chunks(BURST) {
+                    let s = Instant::now();
+                    let r = w.process_burst(chunk.iter().copied());
+                    t.push(s.elapsed().as_nanos() as f64 / BURST as f64);
+                    assert_eq!(r.forwarded, BURST, "{case}/{tag}: every new flow passes");
+                }
+                let v = median(t);
+                println!("round {round} egress={tag}: {case} {v:.1} ns/frame");
+                let name = format!("{case}/{tag}");
+                match results.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, vs)) => vs.push(v),
+                    None => results.push((name, vec![v])),
+                }
+                assert_eq!(b.dp.stats().total_drops(), 0, "{case}/{tag}");
+            }
+        }
+    }
+    for (name, v) in results {
+        let ns = median(v);
+        println!(
+            "median over {rounds} rounds: {name} {ns:.1} ns/frame ({:.2} M new flows/s per core)",
+            1000.0 / ns
+        );
+    }
+}
+
 fn main() {
+    if let Some(rounds) = std::env::var("SGSW_EGRESS_AB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        egress_ab(rounds);
+        return;
+    }
     if let Some(rounds) = std::env::var("SGSW_FLOWLOG_AB")
         .ok()
         .and_then(|v| v.parse().ok())

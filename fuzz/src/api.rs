@@ -17,9 +17,10 @@
 //!   request's owner is made known first with a describe: by design a new
 //!   owner's `default` group is created on first contact and kept even when
 //!   the request then fails, as `mgmt/src/core_tests.rs` states.)
-//! * Group edits and describes agree with `filter::model` applied directly to a
-//!   copy of the model: same success or failure, same resulting model, same
-//!   rules or groups in the response. Every other success leaves a model that
+//! * Group edits (ingress and egress: a selector byte with its high bit set
+//!   makes an authorize or revoke an egress edit) and describes agree with
+//!   `filter::model` applied directly to a copy of the model: same success or
+//!   failure, same resulting model, same rules or groups in the response. Every other success leaves a model that
 //!   passes [`Model::verify`] with instance addresses unique, in the subnet and
 //!   outside the uplink range.
 //! * Durability: after the last request the store reopens (`Core::open`) to the
@@ -149,7 +150,10 @@ fn decode_checked(line: &[u8]) -> Option<Request> {
 /// One structured request, or a request line (`None` when it does not decode).
 pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
     let owner = opt_string(r, OWNERS);
-    let command = match r.u8() % 14 {
+    // The selector's high bit makes an authorize or revoke an egress edit.
+    let sel = r.u8();
+    let egress = sel & 0x80 != 0;
+    let command = match sel % 14 {
         13 => return decode_checked(read_line(r)),
         0 => Command::AddGroup {
             name: r.pick_or_string(NAMES),
@@ -162,12 +166,12 @@ pub fn read_request(r: &mut Reader<'_>) -> Option<Request> {
             groups: group_refs(strings(r, NAMES, 3)),
         },
         3 | 4 => Command::Authorize {
-            egress: false,
+            egress,
             group: r.pick_or_string(NAMES).into(),
             permissions: vec![read_spec(r).into()],
         },
         5 => Command::Revoke {
-            egress: false,
+            egress,
             group: r.pick_or_string(NAMES).into(),
             permissions: vec![read_spec(r).into()],
         },
@@ -277,21 +281,27 @@ fn model_says(m: &mut Model, owner: &Owner, c: &Command) -> Option<Result<Respon
             })
             .map_err(drop),
         Command::Authorize {
-            group, permissions, ..
+            group,
+            permissions,
+            egress,
         } => m
-            .authorize(owner, by_name(group)?, &single_spec(permissions)?)
+            .authorize_dir(owner, by_name(group)?, &single_spec(permissions)?, *egress)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),
                 rules,
+                egress: *egress,
             })
             .map_err(drop),
         Command::Revoke {
-            group, permissions, ..
+            group,
+            permissions,
+            egress,
         } => m
-            .revoke(owner, by_name(group)?, &single_spec(permissions)?)
+            .revoke_dir(owner, by_name(group)?, &single_spec(permissions)?, *egress)
             .map(|rules| Response::Permissions {
                 group: group.to_string(),
                 rules,
+                egress: *egress,
             })
             .map_err(drop),
         _ => return None,
@@ -488,6 +498,21 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         write_line(&mut w, i == 0, l);
     }
     v.push(("walkthrough".to_owned(), w.bytes));
+    // Egress edits (issue 15): rules beside the default one, the default
+    // revoked (twice: NotFound), the egress limit (4 here) reached.
+    let egress = [
+        r#"{"command":{"op":"add-group","name":"db","description":"Databases"}}"#,
+        r#"{"command":{"op":"authorize","group":"db","egress":true,"permissions":[{"proto":"tcp","ports":"5432","cidrs":["10.0.0.0/8"],"groups":[["default","111122223333"]]}]}}"#,
+        r#"{"command":{"op":"revoke","group":"db","egress":true,"permissions":[{"proto":"all","cidrs":["0.0.0.0/0"],"groups":[]}]}}"#,
+        r#"{"command":{"op":"revoke","group":"db","egress":true,"permissions":[{"proto":"all","cidrs":["0.0.0.0/0"],"groups":[]}]}}"#,
+        r#"{"command":{"op":"authorize","group":"db","egress":true,"permissions":[{"proto":"udp","ports":"53","cidrs":["10.0.0.0/8","172.31.255.10/32","205.192.8.0/24"],"groups":[]}]}}"#,
+        r#"{"command":{"op":"describe-groups","names":["db"]}}"#,
+    ];
+    let mut w = Writer::default();
+    for (i, l) in egress.iter().enumerate() {
+        write_line(&mut w, i == 0, l);
+    }
+    v.push(("egress".to_owned(), w.bytes));
     for (name, l) in [
         (
             "line_bad_json",
@@ -523,5 +548,16 @@ mod tests {
         // of that AMI is InvalidAMIID.NotFound.
         assert_eq!(errors, 5, "oks {oks}");
         assert!(oks >= 12, "oks {oks}");
+    }
+
+    #[test]
+    fn egress_seed_edits_egress_rules_and_fails_where_ec2_would() {
+        let (_, bytes) = seeds()
+            .into_iter()
+            .find(|(n, _)| n == "egress")
+            .expect("seed");
+        // The second revoke of the default rule (not found) and the
+        // authorize past the limit fail; the model agrees on each.
+        assert_eq!(run_counted(&bytes), (4, 2));
     }
 }

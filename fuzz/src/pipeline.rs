@@ -15,7 +15,9 @@
 //! with `filter::wire` (TCP, UDP, ICMP echo, ICMP errors quoting a built packet,
 //! fragment trains in any order and subset, ARP, TSO super-frames) from any port
 //! with any addresses, the same with bytes overwritten, and rule edits
-//! (authorize/revoke of one of six rules, a new snapshot each time).
+//! (authorize/revoke of one of six ingress and five egress rules: the default
+//! egress rule of web, app and default, a group and a CIDR destination; a new
+//! snapshot each time).
 //!
 //! Checked on every frame (a violation panics):
 //! * exactly one outcome, and a dropped frame is counted under exactly one
@@ -84,6 +86,7 @@ type Toggle = (
     Option<&'static str>,
     Option<&'static str>,
 );
+/// Ingress rules an edit toggles (`Op::Edit(i)`, `i % 11 < 6`).
 const TOGGLES: [Toggle; 6] = [
     (
         "web",
@@ -106,6 +109,33 @@ const TOGGLES: [Toggle; 6] = [
     ),
     ("db", "tcp", Some("5432"), None, None, Some("db")),
 ];
+
+/// Egress rules an edit toggles (`Op::Edit(i)`, `i % 11 >= 6`; the CIDR or
+/// group is the destination): the default rule of web, app and default (so
+/// toggling it revokes it first), a group destination, a CIDR destination.
+const EGRESS_TOGGLES: [Toggle; 5] = [
+    ("web", "all", None, None, Some("0.0.0.0/0"), None),
+    ("app", "all", None, None, Some("0.0.0.0/0"), None),
+    ("web", "tcp", Some("8080"), None, None, Some("app")),
+    (
+        "app",
+        "udp",
+        Some("-1"),
+        None,
+        Some("172.31.255.0/24"),
+        None,
+    ),
+    ("default", "all", None, None, Some("0.0.0.0/0"), None),
+];
+
+/// The rule `Op::Edit(i)` toggles, and whether it is an egress rule.
+fn toggle(i: u8) -> (&'static Toggle, bool) {
+    let n = usize::from(i) % (TOGGLES.len() + EGRESS_TOGGLES.len());
+    match n.checked_sub(TOGGLES.len()) {
+        None => (&TOGGLES[n], false),
+        Some(e) => (&EGRESS_TOGGLES[e], true),
+    }
+}
 
 fn spec(t: &Toggle) -> RuleSpec {
     RuleSpec {
@@ -170,7 +200,7 @@ pub enum Op {
         frames: Vec<Vec<u8>>,
         vnet: VnetHdr,
     },
-    /// Toggle rule `TOGGLES[i % 6]`.
+    /// Toggle rule [`toggle`]`(i)`: one of six ingress and five egress rules.
     Edit(u8),
 }
 
@@ -766,14 +796,15 @@ impl Lab {
         }
     }
 
-    /// Authorize rule `TOGGLES[i]` if absent, else revoke it; publish.
+    /// Authorize rule [`toggle`]`(i)` (ingress or egress) if absent, else
+    /// revoke it; publish.
     pub fn edit(&mut self, i: u8) {
-        let t = &TOGGLES[usize::from(i) % TOGGLES.len()];
+        let (t, egress) = toggle(i);
         let owner = Owner(OWNER.into());
         let s = spec(t);
-        if self.model.authorize(&owner, t.0, &s).is_err() {
+        if self.model.authorize_dir(&owner, t.0, &s, egress).is_err() {
             self.model
-                .revoke(&owner, t.0, &s)
+                .revoke_dir(&owner, t.0, &s, egress)
                 .expect("revoke a present rule");
         }
         self.generation += 1;
@@ -1033,6 +1064,12 @@ mod tests {
         let s = lab.stats();
         assert!(s.drop_count(DropReason::NoRule) >= 1);
         assert!(s.drop_count(DropReason::Revoked) >= 1, "{:?}", s.drops);
+        // Egress: the first SYN out passes, two after the revoke do not;
+        // the reply to inbound web, D's SYN and the group-destination flow do.
+        let lab = lab_after("egress");
+        let s = lab.stats();
+        assert_eq!(s.drop_count(DropReason::NoEgressRule), 2, "{:?}", s.drops);
+        assert!(lab.forwarded >= 6, "{}", lab.forwarded);
         let lab = lab_after("spoofing");
         let s = lab.stats();
         for r in [

@@ -6,15 +6,19 @@
 //! the four value parsers.
 //!
 //! Checked (nothing may panic):
-//! * `sgswitch authorize|revoke GROUP ARGS...` through [`cli::parse`] and
-//!   [`cli::request_of`]: a parsed command is that verb on that group; its
+//! * `sgswitch authorize|revoke GROUP ARGS...` (`--egress` among the tokens)
+//!   through [`cli::parse`] and [`cli::request_of`]: a parsed command is that
+//!   verb on that group, egress only when `--egress` was given; its
 //!   `RuleSpec` expands ([`RuleSpec::expand`]) to normalised rules.
-//! * Round trips of every accepted rule: the PERMISSION line describe prints
-//!   ([`cli::permission_line`]) parses back ([`parse_permission_line`]) to a spec
-//!   that expands to exactly that rule; so does the argument vector that states
-//!   the rule (`-P .. -p/-t .. -s/-o -u ..`) given to the CLI again; and the
-//!   lines of `describe-group` after authorizing the whole spec in a model
-//!   re-authorize, in a fresh model, to the same rule list.
+//! * Round trips of every accepted rule, ingress or egress: the PERMISSION
+//!   line describe prints ([`cli::permission_line`], [`cli::egress_line`])
+//!   parses back ([`parse_permission_line`]) to a spec of the same direction
+//!   that expands to exactly that rule; so does the argument vector that
+//!   states the rule (`-P .. -p/-t .. -s/-o -u .. [--egress]`) given to the
+//!   CLI again; and the lines of the authorize reply and of `describe-group`
+//!   after authorizing the whole spec in a model (in that direction)
+//!   re-authorize, in a fresh model, to the same ingress and egress rules
+//!   (no egress line: the default egress rules; `EGRESS NAME NONE`: none).
 //! * Value parsers: an accepted port range, CIDR (IPv4 or IPv6), ICMP
 //!   type:code or protocol prints (as describe shows it) to text that parses
 //!   to the same value; a range has `lo <= hi`; a CIDR has no host bits.
@@ -89,10 +93,12 @@ pub const TOKENS: &[&str] = &[
     "fe80::1/10",
     "128:-1",
     "135:0",
+    "--egress",
 ];
 
-/// A PERMISSION line of describe back into the spec that states its rule.
-pub fn parse_permission_line(line: &str) -> Option<(String, RuleSpec)> {
+/// A PERMISSION line of describe back into the spec that states its rule, and
+/// whether it is an egress line (`TO ... egress`).
+pub fn parse_permission_line(line: &str) -> Option<(String, RuleSpec, bool)> {
     let f: Vec<&str> = line.split('\t').collect();
     let (group, proto, from, to, src) = match f.as_slice() {
         ["PERMISSION", group, "ALLOWS", proto, from, to, src @ ..] => {
@@ -109,24 +115,41 @@ pub fn parse_permission_line(line: &str) -> Option<(String, RuleSpec)> {
         "icmp" | "icmpv6" => spec.icmp = Some(format!("{from}:{to}")),
         _ => {}
     }
+    let (egress, src) = match src {
+        ["TO", rest @ .., "egress"] => (true, rest),
+        ["FROM", rest @ ..] => (false, rest),
+        _ => return None,
+    };
     match src {
-        ["FROM", "CIDR", net] => spec.cidrs.push((*net).to_owned()),
-        ["FROM", "USER", owner, "GRPNAME", g] => spec
+        ["CIDR", net] => spec.cidrs.push((*net).to_owned()),
+        ["USER", owner, "GRPNAME", g] => spec
             .groups
             .push(((*g).to_owned(), Some((*owner).to_owned()))),
         _ => return None,
     }
-    Some((group.to_owned(), spec))
+    Some((group.to_owned(), spec, egress))
+}
+
+/// The PERMISSION line of `rule` in its direction.
+fn line_of(group: &str, rule: &Rule, egress: bool) -> String {
+    if egress {
+        cli::egress_line(group, rule)
+    } else {
+        cli::permission_line(group, rule)
+    }
 }
 
 /// The `sgswitch authorize` arguments that state exactly `rule`.
-pub fn rule_argv(verb: &str, group: &str, rule: &Rule) -> Vec<String> {
+pub fn rule_argv(verb: &str, group: &str, rule: &Rule, egress: bool) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "sgswitch".into(),
         verb.into(),
         "-P".into(),
         rule.proto.as_str().into(),
     ];
+    if egress {
+        a.push("--egress".into());
+    }
     match rule.ports {
         Ports::None => {}
         Ports::Range(lo, hi) => a.extend(["-p".into(), format!("{lo}-{hi}")]),
@@ -143,25 +166,37 @@ pub fn rule_argv(verb: &str, group: &str, rule: &Rule) -> Vec<String> {
     a
 }
 
-/// The spec of a parsed `authorize`/`revoke`, if the CLI accepted `argv`.
-fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
+/// The spec of a parsed `authorize`/`revoke` and whether it edits egress
+/// rules, if the CLI accepted `argv`.
+fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<(RuleSpec, bool)> {
     let (parsed, matches) = cli::parse(argv.iter().cloned()).ok()?;
     let req = cli::request_of(&parsed, &matches).ok()??;
-    let (g, permissions) = match (verb, req.command) {
+    let (g, permissions, egress) = match (verb, req.command) {
         (
             "authorize",
             Command::Authorize {
-                group, permissions, ..
+                group,
+                permissions,
+                egress,
             },
-        ) => (group, permissions),
+        ) => (group, permissions, egress),
         (
             "revoke",
             Command::Revoke {
-                group, permissions, ..
+                group,
+                permissions,
+                egress,
             },
-        ) => (group, permissions),
+        ) => (group, permissions, egress),
         (_, c) => panic!("{argv:?} parsed as {c:?}"),
     };
+    // Egress only when the flag was given (before any `--`). Not the
+    // converse: `--egress` may be another option's value (`-p --egress`).
+    let flags = argv.split(|a| a == "--").next().unwrap_or_default();
+    assert!(
+        !egress || flags.iter().any(|a| a == "--egress"),
+        "{argv:?}: egress without --egress"
+    );
     // With `--` the group is exactly the positional argument.
     if argv.iter().any(|a| a == "--") && argv.last().map(String::as_str) == Some(group) {
         assert_eq!(g, GroupRef::name(group), "{argv:?}");
@@ -170,28 +205,30 @@ fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<RuleSpec> {
     let [p] = &permissions[..] else {
         panic!("{argv:?} gave {permissions:?}")
     };
-    Some(
+    Some((
         p.rule_spec()
             .unwrap_or_else(|| panic!("{argv:?}: the CLI named a group by id")),
-    )
+        egress,
+    ))
 }
 
-fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner) {
+fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner, egress: bool) {
     assert_eq!(
         rule.normalized().as_ref(),
         Ok(rule),
         "expand gives normalised rules"
     );
-    let line = cli::permission_line(group, rule);
-    let (g, spec) =
+    let line = line_of(group, rule, egress);
+    let (g, spec, e) =
         parse_permission_line(&line).unwrap_or_else(|| panic!("unparsable line {line:?}"));
-    assert_eq!(g, group);
+    assert_eq!((g.as_str(), e), (group, egress), "{line:?}");
     let again = spec
         .expand(caller)
         .unwrap_or_else(|e| panic!("{line:?} does not re-parse: {e}"));
     assert_eq!(again, vec![rule.clone()], "{line:?}");
-    let argv = rule_argv(verb, group, rule);
-    let spec = cli_spec(&argv, verb, group).unwrap_or_else(|| panic!("CLI rejects {argv:?}"));
+    let argv = rule_argv(verb, group, rule, egress);
+    let (spec, e) = cli_spec(&argv, verb, group).unwrap_or_else(|| panic!("CLI rejects {argv:?}"));
+    assert_eq!(e, egress, "{argv:?}");
     assert_eq!(
         spec.expand(caller).as_ref(),
         Ok(&vec![rule.clone()]),
@@ -199,9 +236,10 @@ fn check_rule_round_trips(verb: &str, group: &str, rule: &Rule, caller: &Owner) 
     );
 }
 
-/// Authorize `spec` in a model, describe it, and rebuild the group from the
-/// printed lines alone.
-fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
+/// Authorize `spec` in a model (ingress or `egress`; an egress spec already
+/// there is revoked), check the reply's lines, describe the group, and rebuild
+/// its ingress and egress rules from the printed lines alone.
+fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner, egress: bool) {
     let mut m = Model::new(Limits::default());
     m.ensure_owner(caller);
     for g in ["web", "app db", group] {
@@ -209,39 +247,69 @@ fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
             let _ = m.add_group(caller, g, "fuzz");
         }
     }
-    let Ok(added) = m.authorize(caller, group, spec) else {
-        return;
+    // An egress spec that is there already (the default rule) is revoked
+    // instead, so that groups without egress rules are described too.
+    let added = match m.authorize_dir(caller, group, spec, egress) {
+        Ok(added) => added,
+        Err(_) if egress => match m.revoke_dir(caller, group, spec, egress) {
+            Ok(removed) => removed,
+            Err(_) => return,
+        },
+        Err(_) => return,
     };
     check_packets(&m, caller, group, &added);
     let printed = cli::format_response(&Response::Permissions {
         group: group.to_owned(),
         rules: added.clone(),
+        egress,
     });
     let from_lines: Vec<Rule> = printed
         .lines()
         .filter_map(parse_permission_line)
-        .flat_map(|(_, s)| s.expand(caller).expect("printed rule re-parses"))
+        .inspect(|(_, _, e)| assert_eq!(*e, egress, "reply direction:\n{printed}"))
+        .flat_map(|(_, s, _)| s.expand(caller).expect("printed rule re-parses"))
         .collect();
     assert_eq!(from_lines, added, "authorize output re-parses:\n{printed}");
     let g = m.group(caller, group).expect("group").clone();
     let described = cli::format_response(&Response::Groups {
         groups: vec![g.clone()],
     });
-    // The same model with the group emptied (the source groups still exist).
+    // The same model with the group emptied both ways (the source groups
+    // still exist), rebuilt from the lines.
     let mut fresh = m.clone();
     fresh
         .revoke_rules(caller, group, &g.rules)
         .expect("empty the group");
-    for line in described.lines().filter(|l| l.starts_with("PERMISSION")) {
-        let (gname, s) = parse_permission_line(line).unwrap_or_else(|| panic!("bad line {line:?}"));
+    fresh
+        .revoke_rules_dir(caller, group, &g.egress, true)
+        .expect("empty the group's egress");
+    let mut egress_lines = 0;
+    for line in described.lines() {
+        if line == format!("EGRESS\t{group}\tNONE") {
+            egress_lines += 1;
+            continue;
+        }
+        if !line.starts_with("PERMISSION") {
+            continue;
+        }
+        let (gname, s, e) =
+            parse_permission_line(line).unwrap_or_else(|| panic!("bad line {line:?}"));
         assert_eq!(gname, group);
+        egress_lines += usize::from(e);
         fresh
-            .authorize(caller, group, &s)
-            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            .authorize_dir(caller, group, &s, e)
+            .unwrap_or_else(|err| panic!("{line:?}: {err}"));
     }
+    if egress_lines == 0 {
+        // No egress line: the default egress rule.
+        fresh
+            .authorize_rules_dir(caller, group, &filter::model::default_egress(), true)
+            .expect("the default egress rule");
+    }
+    let got = fresh.group(caller, group).expect("group");
     assert_eq!(
-        fresh.group(caller, group).expect("group").rules,
-        g.rules,
+        (&got.rules, &got.egress),
+        (&g.rules, &g.egress),
         "describe re-parses:\n{described}"
     );
 }
@@ -470,7 +538,7 @@ pub fn run(data: &[u8]) {
         argv.push(r.pick_or_string(TOKENS));
     }
     let caller = Owner(OWNER.into());
-    if let Some(spec) = cli_spec(&argv, verb, &group)
+    if let Some((spec, egress)) = cli_spec(&argv, verb, &group)
         && let Ok(rules) = spec.expand(&caller)
     {
         assert!(!rules.is_empty(), "a spec expands to at least one rule");
@@ -478,9 +546,9 @@ pub fn run(data: &[u8]) {
         // (printable ASCII: no tab to break the line's fields).
         if filter::model::validate_group_name(&group).is_ok() {
             for rule in &rules {
-                check_rule_round_trips(verb, &group, rule, &caller);
+                check_rule_round_trips(verb, &group, rule, &caller, egress);
             }
-            check_describe_round_trip(&group, &spec, &caller);
+            check_describe_round_trip(&group, &spec, &caller, egress);
         }
     }
     let (port, icmp, cidr, proto) = (r.string(), r.string(), r.string(), r.string());
@@ -593,6 +661,20 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             ["70000", "256:0", "1.2.3.4/33", "gre"],
         ),
         (
+            "egress_cidr",
+            false,
+            "web",
+            &["--egress", "-P", "tcp", "-p", "22", "-s", "10.0.0.0/8"][..],
+            ["22", "8:0", "10.0.0.0/8", "tcp"],
+        ),
+        (
+            "egress_default_revoked",
+            true,
+            "default",
+            &["-P", "all", "--egress", "-s", "0.0.0.0/0"][..],
+            ["-1", "-1:-1", "0.0.0.0/0", "all"],
+        ),
+        (
             "long_flags",
             false,
             "web",
@@ -629,16 +711,47 @@ mod tests {
         let rules = spec.expand(&caller).expect("valid");
         assert_eq!(rules.len(), 2);
         for rule in &rules {
-            check_rule_round_trips("authorize", "web", rule, &caller);
+            check_rule_round_trips("authorize", "web", rule, &caller, false);
+            check_rule_round_trips("revoke", "web", rule, &caller, true);
         }
         let line = cli::permission_line("web", &rules[0]);
         assert_eq!(
             line,
             "PERMISSION\tweb\tALLOWS\ticmp\t8\t-1\tFROM\tCIDR\t10.0.0.0/8"
         );
-        let (g, s) = parse_permission_line(&line).expect("parses");
-        assert_eq!((g.as_str(), s.icmp.as_deref()), ("web", Some("8:-1")));
-        check_describe_round_trip("web", &spec, &caller);
+        let (g, s, e) = parse_permission_line(&line).expect("parses");
+        assert_eq!(
+            (g.as_str(), s.icmp.as_deref(), e),
+            ("web", Some("8:-1"), false)
+        );
+        let line = cli::egress_line("web", &rules[1]);
+        assert_eq!(
+            line,
+            "PERMISSION\tweb\tALLOWS\ticmp\t8\t-1\tTO\tUSER\t444455556666\tGRPNAME\tapp db\tegress"
+        );
+        let (_, s, e) = parse_permission_line(&line).expect("parses");
+        assert_eq!((s.groups.len(), e), (1, true));
+        check_describe_round_trip("web", &spec, &caller, false);
+        check_describe_round_trip("web", &spec, &caller, true);
+        // The default egress rule itself: revoked, then described as NONE.
+        let m = {
+            let mut m = Model::new(Limits::default());
+            m.ensure_owner(&caller);
+            m.add_group(&caller, "web", "w").expect("web");
+            m.revoke_rules_dir(&caller, "web", &filter::model::default_egress(), true)
+                .expect("revoke default");
+            m
+        };
+        let out = cli::format_response(&Response::Groups {
+            groups: vec![m.group(&caller, "web").expect("web").clone()],
+        });
+        assert!(out.contains("EGRESS\tweb\tNONE"), "{out}");
+        let all_out = RuleSpec {
+            proto: Some("all".into()),
+            cidrs: vec!["0.0.0.0/0".into()],
+            ..RuleSpec::default()
+        };
+        check_describe_round_trip("web", &all_out, &caller, true);
         assert!(parse_permission_line("GROUP\tweb").is_none());
     }
 }

@@ -178,6 +178,26 @@ pub fn pipeline_seeds() -> Vec<(String, Vec<u8>)> {
         encode::build(&mut w, 4, &pkt(6, 0, tcp(40000, 80, tcp_flags::FIN | a)));
         v.push(("web_and_ssh_revoked".to_owned(), w.bytes));
     }
+    // Egress (issue 15): web's default egress rule revoked (edit 6) cuts A's
+    // own connections out and to app, not replies to inbound web; a group
+    // destination rule (edit 8) lets A reach app 8080; D (default+web) keeps
+    // default's rule.
+    {
+        let mut w = encode::start(false);
+        let s = tcp_flags::SYN;
+        let sa = tcp_flags::SYN | tcp_flags::ACK;
+        encode::build(&mut w, 0, &pkt(0, 6, tcp(41000, 443, s)));
+        encode::edit(&mut w, 6);
+        encode::build(&mut w, 0, &pkt(0, 6, tcp(41001, 443, s)));
+        encode::build(&mut w, 0, &pkt(0, 1, tcp(41002, 8080, s)));
+        encode::build(&mut w, 4, &pkt(7, 0, tcp(41003, 80, s)));
+        encode::build(&mut w, 0, &pkt(0, 7, tcp(80, 41003, sa)));
+        encode::build(&mut w, 3, &pkt(3, 6, tcp(41004, 443, s)));
+        encode::edit(&mut w, 8);
+        encode::build(&mut w, 0, &pkt(0, 1, tcp(41005, 8080, s)));
+        encode::build(&mut w, 1, &pkt(1, 0, tcp(8080, 41005, sa)));
+        v.push(("egress".to_owned(), w.bytes));
+    }
     // Tiers: web → app 8080, app → db, db → db 5432, web → db refused; keep mode.
     {
         let mut w = encode::start(true);

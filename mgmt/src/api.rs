@@ -833,6 +833,10 @@ pub enum Response {
     Permissions {
         group: String,
         rules: Vec<Rule>,
+        /// The rules are egress rules (each source is the destination);
+        /// absent: ingress.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        egress: bool,
     },
     /// run-instances / describe-instances.
     Reservations {

@@ -962,10 +962,18 @@ pub fn format_response(resp: &Response) -> String {
                 line(format!("NORULE\t{}\tPACKETS\t{}", g.name, s.no_rule));
             }
         }
-        Response::Permissions { group, rules } => {
+        Response::Permissions {
+            group,
+            rules,
+            egress,
+        } => {
             line(format!("GROUP\t{group}"));
             for r in rules {
-                line(permission_line(group, r));
+                line(if *egress {
+                    egress_line(group, r)
+                } else {
+                    permission_line(group, r)
+                });
             }
         }
         Response::Reservations { reservations } => {
@@ -1613,17 +1621,27 @@ mod tests {
             format_response(&Response::GroupDeleted { name: "web".into() }),
             "GROUP\tweb\n"
         );
-        let auth = Response::Permissions {
+        let mut auth = Response::Permissions {
             group: "default".into(),
             rules: vec![cidr_rule(
                 Proto::Tcp,
                 Ports::Range(22, 22),
                 "192.168.1.10/32",
             )],
+            egress: false,
         };
         assert_eq!(
             format_response(&auth),
             "GROUP\tdefault\nPERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t192.168.1.10/32\n"
+        );
+        // Egress rules added or removed print as describe-group's egress
+        // lines (TO, last field egress).
+        if let Response::Permissions { egress, .. } = &mut auth {
+            *egress = true;
+        }
+        assert_eq!(
+            format_response(&auth),
+            "GROUP\tdefault\nPERMISSION\tdefault\tALLOWS\ttcp\t22\t22\tTO\tCIDR\t192.168.1.10/32\tegress\n"
         );
     }
 

@@ -140,6 +140,10 @@ pub struct GroupRefJson {
     /// authorize/revoke: the rules added or removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Vec<PermissionJson>>,
+    /// authorize/revoke `--egress`: the egress rules added or removed (each
+    /// `source` is the destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_permissions: Option<Vec<PermissionJson>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -409,12 +413,14 @@ pub fn response(resp: &Response) -> Document {
             id: Some(id.clone()),
             description: Some(description.clone()),
             permissions: None,
+            egress_permissions: None,
         }),
         Response::GroupDeleted { name } => Payload::Group(GroupRefJson {
             name: name.clone(),
             id: None,
             description: None,
             permissions: None,
+            egress_permissions: None,
         }),
         Response::Groups { groups } => {
             Payload::Groups(groups.iter().map(GroupJson::from).collect())
@@ -422,12 +428,25 @@ pub fn response(resp: &Response) -> Document {
         Response::GroupStats { groups } => {
             Payload::Groups(groups.iter().map(GroupJson::from).collect())
         }
-        Response::Permissions { group, rules } => Payload::Group(GroupRefJson {
-            name: group.clone(),
-            id: None,
-            description: None,
-            permissions: Some(rules.iter().map(PermissionJson::from).collect()),
-        }),
+        Response::Permissions {
+            group,
+            rules,
+            egress,
+        } => {
+            let rules = Some(rules.iter().map(PermissionJson::from).collect());
+            let (permissions, egress_permissions) = if *egress {
+                (None, rules)
+            } else {
+                (rules, None)
+            };
+            Payload::Group(GroupRefJson {
+                name: group.clone(),
+                id: None,
+                description: None,
+                permissions,
+                egress_permissions,
+            })
+        }
         Response::Reservations { reservations } => {
             Payload::Reservations(reservations.iter().map(ReservationJson::from).collect())
         }

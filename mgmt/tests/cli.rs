@@ -299,6 +299,69 @@ fn multi_call_links_work() {
         .0,
         "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t5432\t5432\tFROM\tCIDR\t10.0.0.0/8\n"
     );
+    // Egress rules (issue 15): the EC2 API tools' form, `ec2-authorize
+    // --egress` / `ec2-revoke --egress`; the reply is in describe-group's
+    // egress format.
+    assert_eq!(
+        ec2(
+            "ec2-authorize",
+            &[
+                "db",
+                "--egress",
+                "-P",
+                "tcp",
+                "-p",
+                "443",
+                "-s",
+                "10.0.0.0/8"
+            ]
+        )
+        .0,
+        "GROUP\tdb\nPERMISSION\tdb\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress\n"
+    );
+    assert_eq!(
+        ec2(
+            "ec2-revoke",
+            &["db", "--egress", "-P", "all", "-s", "0.0.0.0/0"]
+        )
+        .0,
+        "GROUP\tdb\nPERMISSION\tdb\tALLOWS\tall\t\t\tTO\tCIDR\t0.0.0.0/0\tegress\n"
+    );
+    assert_eq!(
+        ec2("ec2-describe-group", &["db"]).0,
+        "GROUP\t111122223333\tdb\tDatabases\n\
+         PERMISSION\tdb\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress\n"
+    );
+    let (out, _, code) = ec2(
+        "ec2-revoke",
+        &[
+            "db",
+            "--egress",
+            "-P",
+            "tcp",
+            "-p",
+            "443",
+            "-s",
+            "10.0.0.0/8",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["group"]["egress_permissions"][0]["source"]["cidr"], "10.0.0.0/8",
+        "{v}"
+    );
+    assert!(v["group"].get("permissions").is_none(), "{v}");
+    assert_eq!(
+        ec2("ec2-describe-group", &["db"]).0,
+        "GROUP\t111122223333\tdb\tDatabases\nEGRESS\tdb\tNONE\n"
+    );
+    let (help, _, _) = ec2("ec2-authorize", &["--help"]);
+    assert!(
+        help.contains("Usage: ec2-authorize ") && help.contains("--egress"),
+        "{help}"
+    );
     assert_eq!(ec2("ec2-delete-group", &["db"]).0, "GROUP\tdb\n");
     assert_eq!(
         ec2("ec2-describe-instances", &[]),

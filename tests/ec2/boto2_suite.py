@@ -66,6 +66,25 @@ check(a.revoke_security_group("db", ip_protocol="icmp", from_port=-1, to_port=-1
 check(db.revoke("tcp", 5432, 5432, src_group=web), "revoke source group")
 check(a.get_all_security_groups(["db"])[0].rules == [], "db empty")
 
+# Egress rules (issue 15): boto 2's indexed shape, by group id.
+def egress(gid):
+    return {(r.ip_protocol, r.from_port, r.to_port): sorted(str(g) for g in r.grants)
+            for r in a.get_all_security_groups(group_ids=[gid])[0].rules_egress}
+
+
+check(egress(db.id) == {("-1", None, None): ["0.0.0.0/0"]}, f"default egress {egress(db.id)}")
+check(a.revoke_security_group_egress(db.id, "-1", cidr_ip="0.0.0.0/0"), "revoke default egress")
+check(a.authorize_security_group_egress(db.id, "tcp", 443, 443, cidr_ip="10.0.0.0/8"), "egress cidr")
+check(a.authorize_security_group_egress(db.id, "tcp", 80, 80, src_group_id=web.id), "egress group")
+check(egress(db.id) == {("tcp", "443", "443"): ["10.0.0.0/8"], ("tcp", "80", "80"): [f"web-{OWNER_A}"]},
+      f"egress {egress(db.id)}")
+fails("InvalidPermission.Duplicate", 400, a.authorize_security_group_egress, db.id, "tcp", 443, 443,
+      cidr_ip="10.0.0.0/8")
+fails("InvalidPermission.NotFound", 400, a.revoke_security_group_egress, db.id, "-1", cidr_ip="0.0.0.0/0")
+fails("InvalidGroup.NotFound", 400, b.revoke_security_group_egress, db.id, "tcp", 443, 443, cidr_ip="10.0.0.0/8")
+check(a.revoke_security_group_egress(db.id, "tcp", 80, 80, src_group_id=web.id), "revoke egress group")
+check(egress(db.id) == {("tcp", "443", "443"): ["10.0.0.0/8"]}, f"egress after revoke {egress(db.id)}")
+
 # Instances.
 res = a.run_instances(AMI, min_count=1, max_count=1, security_groups=["web"], client_token="boto2-token")
 inst = res.instances[0]

@@ -91,6 +91,51 @@ a.revoke_security_group_ingress(GroupName="web", IpProtocol="icmp", FromPort=8, 
 left = a.describe_security_groups(GroupIds=[web])["SecurityGroups"][0]["IpPermissions"]
 check([(p["IpProtocol"], p["FromPort"]) for p in left] == [("udp", 53)], f"after revoke {left}")
 
+# Egress rules (issue 15): a new group allows all out; both shapes; the
+# limit counts them apart from ingress; describe shows the real set.
+def egress(gid):
+    return a.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]["IpPermissionsEgress"]
+
+
+e = egress(app)
+check([(p["IpProtocol"], [r["CidrIp"] for r in p["IpRanges"]], p["UserIdGroupPairs"]) for p in e]
+      == [("-1", ["0.0.0.0/0"], [])] and "FromPort" not in e[0], f"default egress {e}")
+a.revoke_security_group_egress(GroupId=app, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+check(egress(app) == [], f"default egress revoked {egress(app)}")
+a.authorize_security_group_egress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": web}]}])
+a.authorize_security_group_egress(GroupId=app, IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.2/32")
+e = {(p["IpProtocol"], p.get("FromPort"), p.get("ToPort")): p for p in egress(app)}
+check(set(e) == {("tcp", 5432, 5432), ("udp", 53, 53)}, f"egress {e}")
+pair = e[("tcp", 5432, 5432)]["UserIdGroupPairs"][0]
+check((pair["GroupId"], pair["GroupName"], pair["UserId"]) == (web, "web", OWNER_A), f"egress group {pair}")
+check([r["CidrIp"] for r in e[("udp", 53, 53)]["IpRanges"]] == ["10.0.0.2/32"], f"egress cidr {e}")
+check(by([{"Name": "egress.ip-permission.group-id", "Values": [web]}]) == ["app"], "egress.ip-permission.group-id")
+fails("InvalidPermission.Duplicate", 400, a.authorize_security_group_egress, GroupId=app,
+      IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.2/32")
+fails("InvalidPermission.NotFound", 400, a.revoke_security_group_egress, GroupId=app,
+      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+fails("RulesPerSecurityGroupLimitExceeded", 400, a.authorize_security_group_egress, GroupId=app,
+      IpPermissions=[{"IpProtocol": "tcp", "FromPort": p, "ToPort": p, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]} for p in range(1000, 1004)])
+fails("InvalidGroup.NotFound", 400, a.authorize_security_group_egress, GroupId="sg-00000000",
+      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+fails("InvalidGroup.NotFound", 400, b.revoke_security_group_egress, GroupId=app,
+      IpPermissions=[{"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "10.0.0.2/32"}]}])
+fails("DryRunOperation", 412, a.authorize_security_group_egress, GroupId=app, DryRun=True,
+      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+check(len(egress(app)) == 2, "egress errors changed nothing")
+# The limit is per direction: ingress of app (2 rules) still takes 3 more.
+a.authorize_security_group_ingress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 9000, "ToPort": 9000, "IpRanges": [{"CidrIp": f"10.9.{n}.0/24"} for n in range(3)]}])
+a.revoke_security_group_ingress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 9000, "ToPort": 9000, "IpRanges": [{"CidrIp": f"10.9.{n}.0/24"} for n in range(3)]}])
+# Back to the default rule (indexed revoke, flat authorize).
+a.revoke_security_group_egress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": web}]},
+    {"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "10.0.0.2/32"}]}])
+a.authorize_security_group_egress(GroupId=app, IpProtocol="-1", CidrIp="0.0.0.0/0")
+check([p["IpProtocol"] for p in egress(app)] == ["-1"], f"default egress again {egress(app)}")
+
 # Instances: run (by group id and name, ClientToken), describe, terminate.
 r = a.run_instances(ImageId=AMI, MinCount=2, MaxCount=2, SecurityGroupIds=[web], SecurityGroups=["default"],
                     ClientToken="boto3-token-1", InstanceType="t2.micro")

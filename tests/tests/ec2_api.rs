@@ -3,7 +3,7 @@
 //!
 //! * `awscli_v2_*`, `awscli_v1_*`: groups created, described, authorized and
 //!   revoked in both request shapes (awscli's `--protocol/--port/--cidr` and
-//!   `--ip-permissions`), source groups by name and by id, instances run,
+//!   `--ip-permissions`), ingress and egress, source groups by name and by id, instances run,
 //!   described and terminated, error codes with awscli's exit status (v2: 254,
 //!   v1: 255) and `(Code)` on stderr, unknown key and bad secret. v2 also shows
 //!   enforcement: a rule added with awscli opens a port to nmap from the
@@ -427,7 +427,34 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
         "--source-group",
         "web",
     ];
-    aws_par(&env, bin, &[("a", simple), ("a", indexed)]);
+    // Egress (issue 15): app's default egress rule revoked with the
+    // simplified options, a specific one added in the indexed shape.
+    let revoke_default_egress = vec![
+        "revoke-security-group-egress",
+        "--group-id",
+        &app_id,
+        "--protocol",
+        "all",
+        "--cidr",
+        "0.0.0.0/0",
+    ];
+    let egress_443 = vec![
+        "authorize-security-group-egress",
+        "--group-id",
+        &app_id,
+        "--ip-permissions",
+        "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=10.0.0.0/8}]",
+    ];
+    aws_par(
+        &env,
+        bin,
+        &[
+            ("a", simple),
+            ("a", indexed),
+            ("a", revoke_default_egress),
+            ("a", egress_443),
+        ],
+    );
     // The CLI front door sees what awscli made.
     let desc = lab.cli_ok(&["describe-group", "web"]);
     assert!(
@@ -475,6 +502,22 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
         .map(|g| g["GroupName"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["app"], "{d}");
+    let egress = &d["SecurityGroups"][0]["IpPermissionsEgress"];
+    assert_eq!(egress.as_array().map(Vec::len), Some(1), "{d}");
+    assert_eq!(
+        (&egress[0]["IpProtocol"], &egress[0]["FromPort"]),
+        (&Value::from("tcp"), &Value::from(443)),
+        "{d}"
+    );
+    assert_eq!(egress[0]["IpRanges"][0]["CidrIp"], "10.0.0.0/8", "{d}");
+    let web_egress = &described[0]["SecurityGroups"][0]["IpPermissionsEgress"];
+    assert_eq!(web_egress[0]["IpProtocol"], "-1", "web keeps the default");
+    assert_eq!(web_egress[0]["IpRanges"][0]["CidrIp"], "0.0.0.0/0");
+    let desc = lab.cli_ok(&["describe-group", "app"]);
+    assert!(
+        desc.contains("PERMISSION\tapp\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress"),
+        "{desc}"
+    );
 
     // Instances: run in web (by id), describe, and (v2) enforcement with nmap.
     let r = aws(&[
@@ -518,6 +561,26 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
         "--cidr",
         "1.1.1.1/32",
     ];
+    let egress_dup = [
+        "authorize-security-group-egress",
+        "--group-id",
+        &app_id,
+        "--protocol",
+        "tcp",
+        "--port",
+        "443",
+        "--cidr",
+        "10.0.0.0/8",
+    ];
+    let egress_missing = [
+        "revoke-security-group-egress",
+        "--group-id",
+        &app_id,
+        "--protocol",
+        "all",
+        "--cidr",
+        "0.0.0.0/0",
+    ];
     let bad_port = [
         "authorize-security-group-ingress",
         "--group-name",
@@ -554,6 +617,8 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
             "InvalidGroup.InUse",
         ),
         ("a", &perm_dup, "InvalidPermission.Duplicate"),
+        ("a", &egress_dup, "InvalidPermission.Duplicate"),
+        ("a", &egress_missing, "InvalidPermission.NotFound"),
         ("a", &revoke_missing, "InvalidPermission.NotFound"),
         ("a", &bad_port, "InvalidParameterValue"),
         (

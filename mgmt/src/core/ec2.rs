@@ -740,6 +740,7 @@ impl Core {
         Ok(Response::Permissions {
             group: g.name,
             rules,
+            egress: false,
         })
     }
 

@@ -614,8 +614,28 @@ impl Core {
                     self.stage_descriptions(&owner, &group, &permissions)?;
                 }
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
+                // Egress rules keep no descriptions (yet): refuse one rather
+                // than drop it unseen.
+                if egress
+                    && let Some(d) = permissions
+                        .iter()
+                        .filter_map(|p| p.description.as_deref())
+                        .find(|d| !d.is_empty())
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidParameterValue,
+                        format!(
+                            "invalid description '{}': sgswitch keeps no descriptions of egress rules",
+                            d.escape_default()
+                        ),
+                    ));
+                }
                 self.edit(|m| Ok(m.authorize_rules_dir(&owner, &name, &rules, egress)?))?;
-                Ok(Response::Permissions { group: name, rules })
+                Ok(Response::Permissions {
+                    group: name,
+                    rules,
+                    egress,
+                })
             }
             Command::Revoke {
                 group,
@@ -624,7 +644,11 @@ impl Core {
             } => {
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
                 self.edit(|m| Ok(m.revoke_rules_dir(&owner, &name, &rules, egress)?))?;
-                Ok(Response::Permissions { group: name, rules })
+                Ok(Response::Permissions {
+                    group: name,
+                    rules,
+                    egress,
+                })
             }
             Command::AttachInstance {
                 ifname,

@@ -92,7 +92,7 @@ fn groups_and_rules_round_trip_and_each_edit_publishes_a_new_generation() {
             permissions: vec![spec("tcp", "80", "205.192.8.45/24").into()],
         }))
         .unwrap();
-    let Response::Permissions { group, rules } = r else {
+    let Response::Permissions { group, rules, .. } = r else {
         panic!()
     };
     assert_eq!(group, "web");

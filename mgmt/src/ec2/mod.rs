@@ -20,14 +20,20 @@
 //! * Served: CreateSecurityGroup (`TagSpecification`, answers the ARN),
 //!   DeleteSecurityGroup, DescribeSecurityGroups (GroupName.N, GroupId.N,
 //!   Filter.N for group-name, group-id, description, owner-id,
-//!   ip-permission.{protocol,from-port,to-port,cidr,group-name,group-id,
-//!   user-id}, tag:KEY, tag-key, tag-value; MaxResults/NextToken),
+//!   [egress.]ip-permission.{protocol,from-port,to-port,cidr,group-name,
+//!   group-id,user-id}, tag:KEY, tag-key, tag-value; MaxResults/NextToken),
 //!   AuthorizeSecurityGroupIngress, RevokeSecurityGroupIngress (flat and
 //!   indexed shapes with descriptions, see [`params`]; revoke also by
-//!   SecurityGroupRuleId.N), DescribeSecurityGroupRules,
-//!   ModifySecurityGroupRules, UpdateSecurityGroupRuleDescriptionsIngress
-//!   (…Egress answers `InvalidPermission.NotFound`: no egress rules are
-//!   stored), CreateTags, DeleteTags, DescribeTags, RunInstances
+//!   SecurityGroupRuleId.N), AuthorizeSecurityGroupEgress,
+//!   RevokeSecurityGroupEgress (the same shapes, GroupId or GroupName; the
+//!   permissions' sources are destinations; egress rules have no `sgr-` ids
+//!   or descriptions yet, so authorize answers `return` alone and a
+//!   description is refused), DescribeSecurityGroups' `ipPermissionsEgress`
+//!   (the group's egress rules; filters `egress.ip-permission.*`),
+//!   DescribeSecurityGroupRules (ingress rules), ModifySecurityGroupRules,
+//!   UpdateSecurityGroupRuleDescriptionsIngress (…Egress answers
+//!   `InvalidPermission.NotFound`: egress rules have no descriptions),
+//!   CreateTags, DeleteTags, DescribeTags, RunInstances
 //!   (`TagSpecification`), DescribeInstances (InstanceId.N, Filter.N for
 //!   instance-id, image-id, instance-state-name, private-ip-address,
 //!   group-name, group-id, reservation-id, tags; MaxResults/NextToken),
@@ -331,8 +337,10 @@ fn answer(
         "CreateSecurityGroup" => ctx.create_security_group(&p),
         "DeleteSecurityGroup" => ctx.delete_security_group(&p),
         "DescribeSecurityGroups" => ctx.describe_security_groups(&p),
-        "AuthorizeSecurityGroupIngress" => ctx.edit_permissions(&p, &action, true),
-        "RevokeSecurityGroupIngress" => ctx.edit_permissions(&p, &action, false),
+        "AuthorizeSecurityGroupIngress" => ctx.edit_permissions(&p, &action, true, false),
+        "RevokeSecurityGroupIngress" => ctx.edit_permissions(&p, &action, false, false),
+        "AuthorizeSecurityGroupEgress" => ctx.edit_permissions(&p, &action, true, true),
+        "RevokeSecurityGroupEgress" => ctx.edit_permissions(&p, &action, false, true),
         "RunInstances" => ctx.run_instances(&p),
         "DescribeInstances" => ctx.describe_instances(&p),
         "TerminateInstances" => ctx.terminate_instances(&p),
@@ -654,9 +662,30 @@ impl Ctx<'_> {
         }))
     }
 
-    fn edit_permissions(&self, p: &Params, action: &str, add: bool) -> Result<String, ApiError> {
+    /// Authorize (`add`) or revoke the ingress or `egress` rules of the
+    /// request's permissions (both shapes); an ingress revoke also by rule id.
+    fn edit_permissions(
+        &self,
+        p: &Params,
+        action: &str,
+        add: bool,
+        egress: bool,
+    ) -> Result<String, ApiError> {
         let group = p.target_group()?;
         let rule_ids = p.list("SecurityGroupRuleId");
+        if egress && !rule_ids.is_empty() {
+            // Egress rules carry no `sgr-` ids (yet): none named can exist.
+            self.lookup(Command::DescribeGroups {
+                groups: vec![group],
+            })?;
+            return Err(ApiError::new(
+                ErrorCode::InvalidPermissionNotFound,
+                format!(
+                    "no egress rule of this group has the id {} (sgswitch gives egress rules no ids: revoke them by permission)",
+                    rule_ids.join(", ")
+                ),
+            ));
+        }
         if !add && !rule_ids.is_empty() {
             self.call(Command::RevokeRuleIds { group, rule_ids })?;
             return Ok(self.doc(action, |x| {
@@ -678,17 +707,19 @@ impl Ctx<'_> {
             Command::Authorize {
                 group,
                 permissions,
-                egress: false,
+                egress,
             }
         } else {
             Command::Revoke {
                 group,
                 permissions,
-                egress: false,
+                egress,
             }
         };
         let added = match self.call(cmd)? {
-            Response::Permissions { group, rules } if add => Some((group, rules)),
+            // Egress rules have no ids to answer: `return` alone, as EC2
+            // answered before rules had ids.
+            Response::Permissions { group, rules, .. } if add && !egress => Some((group, rules)),
             _ => None,
         };
         // Authorize answers the new rules with their ids (as EC2 does).
@@ -707,7 +738,7 @@ impl Ctx<'_> {
         };
         Ok(self.doc(action, |x| {
             x.elem("return", "true");
-            if add {
+            if add && !egress {
                 x.open("securityGroupRuleSet");
                 for r in &rules {
                     write_rule_item(x, r, &self.region);
@@ -726,7 +757,7 @@ impl Ctx<'_> {
             .map(|g| ((g.owner.0.clone(), g.name.clone()), g.id.clone()))
             .collect();
         let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for r in groups.iter().flat_map(|g| &g.rules) {
+        for r in groups.iter().flat_map(|g| g.rules.iter().chain(&g.egress)) {
             if let Source::Group { owner, group } = &r.source
                 && !ids.contains_key(&(owner.0.clone(), group.clone()))
             {
@@ -1144,14 +1175,14 @@ impl Ctx<'_> {
     fn update_rule_descriptions(&self, p: &Params, action: &str) -> Result<String, ApiError> {
         let group = p.target_group()?;
         if action.ends_with("Egress") {
-            // Egress rules are not objects of their own yet (issue 15): the
-            // one shown (allow all) has no id, so no rule named here exists.
+            // Egress rules carry no ids or descriptions (yet): there is no
+            // description to update.
             self.lookup(Command::DescribeGroups {
                 groups: vec![group],
             })?;
             return Err(ApiError::new(
                 ErrorCode::InvalidPermissionNotFound,
-                "the specified rule does not exist in this security group (sgswitch keeps no egress rules: egress is always allowed)",
+                "the specified rule does not exist in this security group (sgswitch keeps no descriptions or ids of egress rules)",
             ));
         }
         let by_id: Vec<(String, String)> = p
@@ -1248,6 +1279,13 @@ pub const GROUP_FILTERS: &[&str] = &[
     "ip-permission.group-name",
     "ip-permission.group-id",
     "ip-permission.user-id",
+    "egress.ip-permission.protocol",
+    "egress.ip-permission.from-port",
+    "egress.ip-permission.to-port",
+    "egress.ip-permission.cidr",
+    "egress.ip-permission.group-name",
+    "egress.ip-permission.group-id",
+    "egress.ip-permission.user-id",
 ];
 
 /// DescribeInstances filters served.
@@ -1299,13 +1337,21 @@ fn group_matches(
         "group-id" => vec![g.id.clone()],
         "description" => vec![g.description.clone()],
         "owner-id" => vec![g.owner.0.clone()],
-        other => match other.strip_prefix("ip-permission.") {
-            Some(field) => g
+        other => match (
+            other.strip_prefix("ip-permission."),
+            other.strip_prefix("egress.ip-permission."),
+        ) {
+            (Some(field), _) => g
                 .rules
                 .iter()
                 .flat_map(|r| rule_fields(r, field, ids))
                 .collect(),
-            None => tag_filter_fields(other, extra.tags_of(&g.id)).unwrap_or_default(),
+            (_, Some(field)) => g
+                .egress
+                .iter()
+                .flat_map(|r| rule_fields(r, field, ids))
+                .collect(),
+            _ => tag_filter_fields(other, extra.tags_of(&g.id)).unwrap_or_default(),
         },
     };
     values
@@ -1321,20 +1367,44 @@ fn write_group(x: &mut Xml, g: &Group, ids: &BTreeMap<(String, String), String>,
         .elem("groupId", &g.id)
         .elem("groupName", &g.name)
         .elem("groupDescription", &g.description);
+    // Ingress rules show their descriptions; egress rules have none (yet).
+    write_permissions(x, "ipPermissions", &g.rules, ids, |r| {
+        extra.description(&g.id, r)
+    });
+    write_permissions(x, "ipPermissionsEgress", &g.egress, ids, |_| "");
+    write_tag_set(x, extra.tags_of(&g.id));
+    x.elem(
+        "securityGroupArn",
+        &group_arn(&extra.region, &g.owner.0, &g.id),
+    );
+    x.close("item");
+}
+
+/// `ipPermissions` or `ipPermissionsEgress` (`tag`) of `rules`: rules with
+/// the same protocol and ports are one `item` with all their sources (for
+/// egress: destinations), in first-seen order; `describe` gives a rule's
+/// description (empty: none).
+fn write_permissions<'d>(
+    x: &mut Xml,
+    tag: &str,
+    rules: &[Rule],
+    ids: &BTreeMap<(String, String), String>,
+    describe: impl Fn(&Rule) -> &'d str,
+) {
     let mut perms: Vec<((Proto, Ports), Vec<&Rule>)> = Vec::new();
-    for r in &g.rules {
+    for r in rules {
         match perms.iter_mut().find(|(k, _)| *k == (r.proto, r.ports)) {
             Some((_, rules)) => rules.push(r),
             None => perms.push(((r.proto, r.ports), vec![r])),
         }
     }
-    let describe = |x: &mut Xml, r: &Rule| {
-        let d = extra.description(&g.id, r);
+    let description = |x: &mut Xml, r: &Rule| {
+        let d = describe(r);
         if !d.is_empty() {
             x.elem("description", d);
         }
     };
-    x.open("ipPermissions");
+    x.open(tag);
     for ((proto, ports), sources) in &perms {
         x.open("item").elem("ipProtocol", proto_text(*proto));
         if let Some((from, to)) = port_texts(*ports) {
@@ -1348,7 +1418,7 @@ fn write_group(x: &mut Xml, g: &Group, ids: &BTreeMap<(String, String), String>,
                     x.elem("groupId", id);
                 }
                 x.elem("groupName", group);
-                describe(x, r);
+                description(x, r);
                 x.close("item");
             }
         }
@@ -1356,7 +1426,7 @@ fn write_group(x: &mut Xml, g: &Group, ids: &BTreeMap<(String, String), String>,
         for r in sources {
             if let Source::Cidr(net) = &r.source {
                 x.open("item").elem("cidrIp", &net.to_string());
-                describe(x, r);
+                description(x, r);
                 x.close("item");
             }
         }
@@ -1365,27 +1435,7 @@ fn write_group(x: &mut Xml, g: &Group, ids: &BTreeMap<(String, String), String>,
             .empty("prefixListIds")
             .close("item");
     }
-    x.close("ipPermissions");
-    // Egress is always allowed (DESIGN §2): shown as EC2's default egress rule.
-    x.open("ipPermissionsEgress")
-        .open("item")
-        .elem("ipProtocol", "-1")
-        .empty("groups")
-        .open("ipRanges")
-        .open("item")
-        .elem("cidrIp", "0.0.0.0/0")
-        .close("item")
-        .close("ipRanges")
-        .empty("ipv6Ranges")
-        .empty("prefixListIds")
-        .close("item")
-        .close("ipPermissionsEgress");
-    write_tag_set(x, extra.tags_of(&g.id));
-    x.elem(
-        "securityGroupArn",
-        &group_arn(&extra.region, &g.owner.0, &g.id),
-    );
-    x.close("item");
+    x.close(tag);
 }
 
 /// The permission of exactly rule `r` with description `d`.

@@ -1769,3 +1769,208 @@ fn rule_ids_of_both_front_doors_survive_a_restart() {
     assert_eq!(body(&after), body(&before));
     assert_eq!(all(&after, "description"), ["dns"]);
 }
+
+/// Issue 15: AuthorizeSecurityGroupEgress and RevokeSecurityGroupEgress in
+/// both shapes, by name and id; `ipPermissionsEgress` is the group's egress
+/// rule set; errors as EC2 gives them, each leaving the state unchanged.
+#[test]
+fn egress_rules_in_both_shapes_described_and_their_errors() {
+    let dir = TempDir::new("ec2-egress");
+    let mut cfg = config();
+    cfg.limits.rules_per_group = 3;
+    let api = Api {
+        core: Mutex::new(core_in(&dir, cfg)),
+        _dir: dir,
+    };
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let web_id = first(
+        &ok(
+            &api,
+            &k,
+            &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=Web"),
+        ),
+        "groupId",
+    )
+    .to_owned();
+    let db_id = first(
+        &ok(
+            &api,
+            &k,
+            &format!("Action=CreateSecurityGroup&{v}&GroupName=db&GroupDescription=Db"),
+        ),
+        "groupId",
+    )
+    .to_owned();
+    let egress_of = |api: &Api| {
+        let core = api.core.lock().unwrap();
+        core.model()
+            .group(&filter::model::Owner(OWNER.into()), "web")
+            .unwrap()
+            .egress
+            .clone()
+    };
+    let describe = |api: &Api| {
+        let doc = ok(
+            api,
+            &k,
+            &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={web_id}"),
+        );
+        first(&doc, "securityGroupInfo").to_owned()
+    };
+    // A new group: the default egress rule, described as EC2 does.
+    assert_eq!(egress_of(&api), filter::model::default_egress());
+    assert!(
+        describe(&api).contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges/><prefixListIds/></item></ipPermissionsEgress>"),
+        "{}",
+        describe(&api)
+    );
+
+    // Revoke the default rule (indexed shape, by id): no egress rules left.
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0"
+        ),
+    );
+    assert!(doc.contains("<RevokeSecurityGroupEgressResponse"), "{doc}");
+    assert!(egress_of(&api).is_empty());
+    assert!(
+        describe(&api).contains("<ipPermissionsEgress></ipPermissionsEgress>"),
+        "{}",
+        describe(&api)
+    );
+    // Indexed shape by id: a CIDR and a destination group; flat shape by
+    // name: a second CIDR on the same port (one item, two ranges).
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupEgress&{v}&GroupId={web_id}\
+             &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=443&IpPermissions.1.ToPort=443\
+             &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0%2F8\
+             &IpPermissions.2.IpProtocol=tcp&IpPermissions.2.FromPort=5432&IpPermissions.2.ToPort=5432\
+             &IpPermissions.2.Groups.1.GroupId={db_id}"
+        ),
+    );
+    assert!(
+        doc.contains("<AuthorizeSecurityGroupEgressResponse") && first(&doc, "return") == "true",
+        "{doc}"
+    );
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupEgress&{v}&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=192.168.0.0/16"
+        ),
+    );
+    let item = describe(&api);
+    let egress = first(&item, "ipPermissionsEgress");
+    assert_eq!(
+        egress,
+        format!(
+            "<item><ipProtocol>tcp</ipProtocol><fromPort>443</fromPort><toPort>443</toPort><groups></groups>\
+             <ipRanges><item><cidrIp>10.0.0.0/8</cidrIp></item><item><cidrIp>192.168.0.0/16</cidrIp></item></ipRanges>\
+             <ipv6Ranges/><prefixListIds/></item>\
+             <item><ipProtocol>tcp</ipProtocol><fromPort>5432</fromPort><toPort>5432</toPort>\
+             <groups><item><userId>{OWNER}</userId><groupId>{db_id}</groupId><groupName>db</groupName></item></groups>\
+             <ipRanges></ipRanges><ipv6Ranges/><prefixListIds/></item>"
+        ),
+        "{item}"
+    );
+    // Ingress is untouched, and the same rule as ingress stays apart.
+    assert!(item.contains("<ipPermissions></ipPermissions>"), "{item}");
+    // Egress filters see egress rules, ingress filters do not (groups by
+    // their descriptions: a group name also appears as a destination).
+    let found = |filter: &str| {
+        let doc = ok(
+            &api,
+            &k,
+            &format!("Action=DescribeSecurityGroups&{v}&{filter}"),
+        );
+        all(&doc, "groupDescription")
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        found(&format!(
+            "Filter.1.Name=egress.ip-permission.group-id&Filter.1.Value.1={db_id}"
+        )),
+        ["Web"]
+    );
+    assert_eq!(
+        found("Filter.1.Name=egress.ip-permission.cidr&Filter.1.Value.1=192.168.*"),
+        ["Web"]
+    );
+    assert!(
+        found("Filter.1.Name=ip-permission.cidr&Filter.1.Value.1=10.0.0.0/8").is_empty(),
+        "an egress CIDR is no ingress permission"
+    );
+
+    // Errors: each leaves the state as it was.
+    let before = api.core.lock().unwrap().dump();
+    let cases = [
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=10.0.0.0/8".to_owned(),
+            "InvalidPermission.Duplicate",
+        ),
+        (
+            "Action=RevokeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0/0".to_owned(),
+            "InvalidPermission.NotFound",
+        ),
+        (
+            // The limit counts egress rules apart from ingress: 3 + 1 > 3.
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=udp&FromPort=53&ToPort=53&CidrIp=10.0.0.0/8".to_owned(),
+            "RulesPerSecurityGroupLimitExceeded",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupId=sg-00000000&IpProtocol=-1&CidrIp=10.0.0.0/8".to_owned(),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            "Action=RevokeSecurityGroupEgress&GroupId=badcompany".to_owned(),
+            "InvalidGroup.NotFound",
+        ),
+        (
+            "Action=RevokeSecurityGroupEgress&GroupName=web".to_owned(),
+            "MissingParameter",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=1&ToPort=70000&CidrIp=10.0.0.0/8".to_owned(),
+            "InvalidParameterValue",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.9.0.0/16&IpPermissions.1.IpRanges.1.Description=out".to_owned(),
+            "InvalidParameterValue",
+        ),
+        (
+            format!("Action=RevokeSecurityGroupEgress&GroupId={web_id}&SecurityGroupRuleId.1=sgr-0123456789abcdef0"),
+            "InvalidPermission.NotFound",
+        ),
+    ];
+    for (body, want) in &cases {
+        let (status, code) = err(&api, &k, &format!("{body}&{v}"));
+        assert_eq!((status, code.as_str()), (400, *want), "{body}");
+    }
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+    // The ingress limit is its own: three ingress rules still fit.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=1&IpPermissions.1.ToPort=3&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.2.CidrIp=10.1.0.0/16&IpPermissions.1.IpRanges.3.CidrIp=10.2.0.0/16"
+        ),
+    );
+    // Revoke in the flat shape, and back to the default rule.
+    for body in [
+        "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=10.0.0.0/8".to_owned(),
+        "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=192.168.0.0/16".to_owned(),
+        "Action=RevokeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=5432&IpPermissions.1.ToPort=5432&IpPermissions.1.Groups.1.GroupName=db".to_owned(),
+        "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=-1&CidrIp=0.0.0.0/0".to_owned(),
+    ] {
+        ok(&api, &k, &format!("{body}&{v}"));
+    }
+    assert_eq!(egress_of(&api), filter::model::default_egress());
+}
