@@ -96,7 +96,7 @@ impl<F: Family> std::ops::Index<usize> for Slots<F> {
 
     #[inline]
     fn index(&self, idx: usize) -> &Slot<F> {
-        &F::page_slots(&self.0[idx / F::PAGE_SLOTS])[idx % F::PAGE_SLOTS]
+        F::slot_in(&self.0[idx / F::PAGE_SLOTS], idx)
     }
 }
 
