@@ -178,7 +178,7 @@ pub struct Reference {
     /// Keyed by the flow's original direction.
     flows: HashMap<FlowKey, Flow>,
     /// `(src, dst, proto, id)` → expiry.
-    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), u32>,
+    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u32), u32>,
 }
 
 impl Reference {

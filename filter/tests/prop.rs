@@ -528,8 +528,12 @@ fn build_packet(p: &PacketOp, hist: &[Packet]) -> Packet {
     let dst = Ipv4Addr::from(ADDRS[p.dst]);
     let (sport, dport) = (PORTS[p.sport], PORTS[p.dport]);
     let frag = match p.frag {
-        1 => Frag::First { id: p.frag_id },
-        2 => Frag::Later { id: p.frag_id },
+        1 => Frag::First {
+            id: u32::from(p.frag_id),
+        },
+        2 => Frag::Later {
+            id: u32::from(p.frag_id),
+        },
         _ => Frag::None,
     };
     let (proto_, sport, dport, l4) = match p.kind {
@@ -740,6 +744,7 @@ fn run(mode: RevokeMode, s: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
     let timeouts = Timeouts::default();
     let ct = Conntrack::new(CtConfig {
         capacity: 4096,
+        capacity6: 4096,
         per_instance_quota: 4096,
         timeouts,
         on_revoke: mode,

@@ -896,6 +896,7 @@ impl Lab {
                         );
                         assert_eq!((pkt.key.proto, pkt.key.sport), (proto::UDP, 67));
                     }
+                    Parsed::Ipv6 { .. } => panic!("IPv6 answer: the switch drops IPv6 for now"),
                 }
             }
         }
@@ -909,6 +910,9 @@ impl Lab {
                     assert_eq!(p.eth().src, mac, "forwarded from an instance with its MAC");
                     match p {
                         Parsed::Ipv4 { pkt, .. } => assert_eq!(pkt.key.src, ip, "its address"),
+                        Parsed::Ipv6 { .. } => {
+                            panic!("IPv6 forwarded: the switch drops it for now")
+                        }
                         Parsed::Arp { arp, .. } => {
                             assert_eq!(arp.sha, mac, "ARP sender MAC");
                             assert!(
@@ -923,6 +927,9 @@ impl Lab {
                     let src = match p {
                         Parsed::Ipv4 { pkt, .. } => pkt.key.src,
                         Parsed::Arp { arp, .. } => arp.spa,
+                        Parsed::Ipv6 { .. } => {
+                            panic!("IPv6 forwarded: the switch drops it for now")
+                        }
                     };
                     assert!(
                         !self.is_instance_ip(src) && src != self.dp.gateway(),
