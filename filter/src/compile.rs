@@ -104,7 +104,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::model::{Change, Model, Owner, Ports, Proto, Rule, Source};
-use crate::{Frag, L4, Mac, Packet, Packet6, proto};
+use crate::{DropReason, Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 pub use attrib::RuleSlot;
@@ -179,7 +179,7 @@ impl PortTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: u16) -> u32 {
         if self.top.is_empty() {
             // ivs[0].start == 0, so the partition point is >= 1.
@@ -349,6 +349,9 @@ pub struct Snapshot {
     etables: Arc<[GroupTable]>,
     /// Concatenated egress-table lists.
     elists: Arc<[u32]>,
+    /// Every instance's egress is open ([`SnapInstance::egress_open`], the
+    /// default): egress allows every packet without looking the source up.
+    egress_open_all: bool,
 }
 
 impl Snapshot {
@@ -461,6 +464,41 @@ impl Snapshot {
     /// allocation.
     #[inline]
     pub fn admitting_rule(&self, pkt: &Packet) -> Option<RuleSlot> {
+        self.rule_for(pkt, None)
+    }
+
+    /// What the rules say about the first packet of a new flow (connection
+    /// tracking's miss path): `Err(NoEgressRule)` when `egress` is asked and
+    /// the source is an instance whose egress rules refuse the packet
+    /// ([`Snapshot::egress_allows`]), else [`Snapshot::admitting_rule`]. While
+    /// every instance's egress is open (the default) the egress check is one
+    /// flag; else one lookup of the source serves it and the group-source
+    /// rules. Not for non-first fragments.
+    #[inline]
+    pub(crate) fn new_flow_rule(
+        &self,
+        pkt: &Packet,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        if !egress || self.egress_open_all {
+            return Ok(self.rule_for(pkt, None));
+        }
+        let src = self.instance_by_ip(pkt.key.src);
+        if let Some(i) = src
+            && !self.instances[i.index()].egress_open
+            && !self.egress_allows(pkt)
+        {
+            return Err(DropReason::NoEgressRule);
+        }
+        Ok(self.rule_for(pkt, Some(src)))
+    }
+
+    /// [`Snapshot::admitting_rule`] with the source's instance lookup
+    /// (`src_inst`) already done, or `None` to do it when a group-source rule
+    /// needs it. Inlined into both callers: with the source known
+    /// ([`Snapshot::new_flow_rule`]) the lazy lookup is compiled out.
+    #[inline(always)]
+    fn rule_for(&self, pkt: &Packet, mut src_inst: Option<Option<InstIdx>>) -> Option<RuleSlot> {
         if let Frag::Later { .. } = pkt.frag {
             return None;
         }
@@ -477,7 +515,6 @@ impl Snapshot {
         };
         let src = pkt.key.src;
         let src_u = u32::from(src);
-        let mut src_inst = None;
         // The source instance's membership words, looked up at most once.
         let mut member: Option<&[u64]> = None;
         for &t in list {
@@ -548,6 +585,9 @@ impl Snapshot {
     /// No lock, no allocation. Egress rule hits are not counted.
     #[inline]
     pub fn egress_allows(&self, pkt: &Packet) -> bool {
+        if self.egress_open_all {
+            return true;
+        }
         let Some(src) = self.instance_by_ip(pkt.key.src) else {
             return true;
         };
@@ -794,6 +834,8 @@ struct Members {
     lists: Arc<[u32]>,
     policies: usize,
     elists: Arc<[u32]>,
+    /// See [`Snapshot`]'s field.
+    egress_open_all: bool,
 }
 
 /// The incremental compiler: the compiled state of a model, updated edit by
@@ -868,6 +910,7 @@ impl Compiler {
                 lists: Arc::new([]),
                 policies: 0,
                 elists: Arc::new([]),
+                egress_open_all: true,
             },
             published: None,
             alloc: SlotAlloc::default(),
@@ -984,6 +1027,7 @@ impl Compiler {
                 .get_or_insert_with(|| self.etables.iter().cloned().collect())
                 .clone(),
             elists: m.elists.clone(),
+            egress_open_all: m.egress_open_all,
         }
     }
 
@@ -1208,7 +1252,9 @@ impl Compiler {
             .filter_map(|(i, inst)| Some((inst.ip6?, i as u32)))
             .collect();
         ip6s.sort_unstable();
+        let egress_open_all = instances.iter().all(|i| i.egress_open);
         self.members = Members {
+            egress_open_all,
             instances: instances.into(),
             ip_index: IpIndex::build(&ips),
             ip6_index: ip6s.into(),

@@ -208,7 +208,7 @@ impl RuleIndex {
 
     /// The candidate list of protocol table `p` at `key`, or of other
     /// protocols when `p` is `None`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> CandList {
         let l = match p {
             Some(p) => self.ports[p].lookup(key),
@@ -222,7 +222,7 @@ impl RuleIndex {
     /// membership words (`member`, asked only if `l` has group candidates;
     /// words past its end are zero), then the range candidates before it in
     /// order.
-    #[inline]
+    #[inline(always)]
     pub(super) fn first_match<'a>(
         &self,
         l: CandList,

@@ -289,14 +289,12 @@ impl Conntrack {
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
                     // A new flow leaves a local instance only if its egress
-                    // rules allow it (a remote source's host judged that).
-                    if !remote(pkt.key.src) && !snap.egress_allows(pkt) {
-                        return Err(DropReason::NoEgressRule);
-                    }
-                    // No ingress rule admits packets to non-instances: only
+                    // rules allow it (a remote source's host judged that);
+                    // then the ingress rule (one source lookup for both). No
+                    // ingress rule admits packets to non-instances: only
                     // egress judges them. A remote instance's rules are its
                     // host's.
-                    let slot = match snap.admitting_rule(pkt) {
+                    let slot = match snap.new_flow_rule(pkt, !remote(pkt.key.src))? {
                         Some(slot) if !remote(pkt.key.dst) => Some(slot),
                         None if dst_is_inst() => return Err(DropReason::NoRule),
                         _ => None,
@@ -311,12 +309,19 @@ impl Conntrack {
                     if creates {
                         self.insert_flow(snap, pkt, k, src_is_a, now)?;
                     }
-                    if let Some(slot) = slot {
-                        pass = Pass::Rule {
+                    if let Frag::First { id } = pkt.frag {
+                        self.touch_train(snap, pkt, id, now)?;
+                    }
+                    // Returned from here (not merged with the other arms'
+                    // `pass`): a new flow's rule goes to the counters
+                    // without a round trip through a shared variable.
+                    return Ok(match slot {
+                        Some(slot) => Pass::Rule {
                             slot,
                             new_flow: creates,
-                        };
-                    }
+                        },
+                        None => Pass::State,
+                    });
                 }
             }
         }
