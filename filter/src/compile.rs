@@ -300,7 +300,7 @@ impl IpIndex {
         (u64::from(ip).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, ip: u32) -> Option<&IpSlot> {
         let mut h = Self::hash(ip) & self.mask;
         loop {
@@ -513,28 +513,43 @@ impl Snapshot {
             }
             _ => (None, 0),
         };
-        let src = pkt.key.src;
-        let src_u = u32::from(src);
         // The source instance's membership words, looked up at most once.
         let mut member: Option<&[u64]> = None;
-        for &t in list {
-            let table = &self.tables[t as usize];
-            let l = table.rules.candidates(p, key);
-            if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, &mut src_inst) {
-                continue;
-            }
-            let found = table.rules.first_match(l, src_u, || {
-                *member.get_or_insert_with(|| {
-                    let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
-                    let w = self.words;
-                    inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
-                })
-            });
-            if found.is_some() {
-                return found;
-            }
+        // The first group peeled off the loop: when it admits (the common
+        // case) nothing is set up for the others.
+        let (&first, rest) = list.split_first()?;
+        if let found @ Some(_) = self.table_rule(first, p, key, pkt, &mut src_inst, &mut member) {
+            return found;
         }
-        None
+        rest.iter()
+            .find_map(|&t| self.table_rule(t, p, key, pkt, &mut src_inst, &mut member))
+    }
+
+    /// [`Snapshot::rule_for`] in group table `t`: the first rule of the
+    /// candidates at (`p`, `key`) whose source contains `pkt.key.src`.
+    #[inline(always)]
+    fn table_rule<'s>(
+        &'s self,
+        t: u32,
+        p: Option<usize>,
+        key: u16,
+        pkt: &Packet,
+        src_inst: &mut Option<Option<InstIdx>>,
+        member: &mut Option<&'s [u64]>,
+    ) -> Option<RuleSlot> {
+        let src = pkt.key.src;
+        let table = &self.tables[t as usize];
+        let l = table.rules.candidates(p, key);
+        if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, src_inst) {
+            return None;
+        }
+        table.rules.first_match(l, u32::from(src), || {
+            *member.get_or_insert_with(|| {
+                let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
+                let w = self.words;
+                inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
+            })
+        })
     }
 
     /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this

@@ -224,7 +224,7 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv4Addr) -> bool + Copy,
     ) -> Result<(), DropReason> {
-        self.judge_rule(snap, pkt, now, remote).map(|_| ())
+        self.judge_counted(snap, pkt, now, remote, |_, _| {})
     }
 
     /// [`Conntrack::judge_scoped`] saying how a passing packet passed: by
@@ -239,14 +239,34 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv4Addr) -> bool + Copy,
     ) -> Result<Pass, DropReason> {
+        let mut pass = Pass::State;
+        self.judge_counted(snap, pkt, now, remote, |slot, new_flow| {
+            pass = Pass::Rule { slot, new_flow }
+        })?;
+        Ok(pass)
+    }
+
+    /// [`Conntrack::judge_rule`] handing a [`Pass::Rule`] to `on_rule` (called
+    /// at most once, only for a packet that passes) instead of returning it:
+    /// per-rule counters update where the rule is known, with no
+    /// [`Pass`] to build and take apart on a new flow's path.
+    #[inline]
+    pub fn judge_counted(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet,
+        now: u32,
+        remote: impl Fn(Ipv4Addr) -> bool + Copy,
+        mut on_rule: impl FnMut(RuleSlot, bool),
+    ) -> Result<(), DropReason> {
         // Looked up only where needed: tracked flows never ask.
         let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some() && !remote(pkt.key.dst);
         if let Frag::Later { id } = pkt.frag {
             if !dst_is_inst() {
-                return Ok(Pass::State);
+                return Ok(());
             }
             return match self.find_alive(frag_key(&pkt.key, id), now) {
-                Some(_) => Ok(Pass::State),
+                Some(_) => Ok(()),
                 None => Err(DropReason::UnmatchedFragment),
             };
         }
@@ -312,23 +332,23 @@ impl Conntrack {
                     if let Frag::First { id } = pkt.frag {
                         self.touch_train(snap, pkt, id, now)?;
                     }
-                    // Returned from here (not merged with the other arms'
+                    // Counted from here (not merged with the other arms'
                     // `pass`): a new flow's rule goes to the counters
                     // without a round trip through a shared variable.
-                    return Ok(match slot {
-                        Some(slot) => Pass::Rule {
-                            slot,
-                            new_flow: creates,
-                        },
-                        None => Pass::State,
-                    });
+                    if let Some(slot) = slot {
+                        on_rule(slot, creates);
+                    }
+                    return Ok(());
                 }
             }
         }
         if let Frag::First { id } = pkt.frag {
             self.touch_train(snap, pkt, id, now)?;
         }
-        Ok(pass)
+        if let Pass::Rule { slot, new_flow } = pass {
+            on_rule(slot, new_flow);
+        }
+        Ok(())
     }
     /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
     /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
