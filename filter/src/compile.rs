@@ -543,13 +543,16 @@ impl Snapshot {
         if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, src_inst) {
             return None;
         }
-        table.rules.first_match(l, u32::from(src), || {
-            *member.get_or_insert_with(|| {
+        let words: &[u64] = if l.has_groups() {
+            member.get_or_insert_with(|| {
                 let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
                 let w = self.words;
                 inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
             })
-        })
+        } else {
+            &[]
+        };
+        table.rules.first_match(l, u32::from(src), words)
     }
 
     /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this
