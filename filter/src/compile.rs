@@ -1541,6 +1541,72 @@ mod tests {
     }
 
     #[test]
+    fn new_flow_rule_is_egress_then_the_admitting_rule() {
+        let mut m = model(
+            &[
+                ("web", vec![]),
+                (
+                    "db",
+                    vec![
+                        grule(Proto::Tcp, Ports::Range(5432, 5432), "web"),
+                        rule(Proto::Tcp, Ports::Range(5432, 5433), "10.0.0.0/8"),
+                    ],
+                ),
+            ],
+            &[
+                ("i-00000001", [10, 0, 0, 1], &["web"]),
+                ("i-00000002", [10, 0, 0, 2], &["db"]),
+                ("i-00000003", [10, 0, 0, 3], &["default"]),
+            ],
+        );
+        let (web, db, other) = ([10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]);
+        let pkts = [
+            tcp(web, db, 5432),
+            tcp(web, db, 5433),
+            tcp(other, db, 5432),
+            tcp(other, db, 5433),
+            tcp(web, [8, 8, 8, 8], 443),
+            tcp([8, 8, 8, 8], db, 5432),
+            tcp(web, other, 22),
+        ];
+        let check = |snap: &Snapshot| {
+            let mut seen = (0, 0);
+            for p in &pkts {
+                let want = if snap.egress_allows(p) {
+                    Ok(snap.admitting_rule(p))
+                } else {
+                    Err(DropReason::NoEgressRule)
+                };
+                assert_eq!(snap.new_flow_rule(p, true), want, "{p:?}");
+                assert_eq!(snap.new_flow_rule(p, false), Ok(snap.admitting_rule(p)));
+                match want {
+                    Err(_) => seen.0 += 1,
+                    Ok(Some(_)) => seen.1 += 1,
+                    Ok(None) => {}
+                }
+            }
+            seen
+        };
+        let snap = compile(&m, 1);
+        assert!(snap.egress_open_all);
+        assert_eq!(check(&snap), (0, 4));
+        // web's egress restricted to db 5432: the flag goes, the rules decide.
+        let o = owner();
+        m.revoke_rules_dir(&o, "web", &crate::model::default_egress(), true)
+            .expect("revoke default egress");
+        m.authorize_rules_dir(
+            &o,
+            "web",
+            &[grule(Proto::Tcp, Ports::Range(5432, 5432), "db")],
+            true,
+        )
+        .expect("group destination");
+        let snap = compile(&m, 2);
+        assert!(!snap.egress_open_all);
+        assert_eq!(check(&snap), (3, 3));
+    }
+
+    #[test]
     fn empty_snapshot_allows_nothing() {
         let s = Snapshot::empty();
         assert_eq!(s.generation(), 0);
