@@ -10,7 +10,8 @@
 //!   time; a sum can lag a frame or two behind, never tear (64-bit atomics).
 //! * No `metrics` calls here: the control plane exports [`Stats`] periodically.
 //! * Per-rule hits ([`RuleHits`]): one block per worker, one 32-byte slot per
-//!   [`RuleSlot`] of the snapshot (packets, bytes, flows), written like the
+//!   [`RuleSlot`] of the snapshot (flows, other packets, bytes: a count is
+//!   two adds and no branch, see [`RuleCounters`]), written like the
 //!   others by its worker alone. A worker brings its block up to a snapshot's
 //!   slot layout when it loads a snapshot whose layout differs
 //!   ([`crate::Datapath::rule_hits_for`]: an allocation and a copy per edit
