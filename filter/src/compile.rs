@@ -112,7 +112,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::model::{Change, Model, Owner, Ports, Proto, Rule, Source};
-use crate::{Frag, L4, Mac, Packet, Packet6, proto};
+use crate::{DropReason, Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 mod v6;
@@ -191,7 +191,7 @@ impl PortTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: u16) -> u32 {
         if self.top.is_empty() {
             // ivs[0].start == 0, so the partition point is >= 1.
@@ -312,7 +312,7 @@ impl IpIndex {
         (u64::from(ip).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, ip: u32) -> Option<&IpSlot> {
         let mut h = Self::hash(ip) & self.mask;
         loop {
@@ -365,6 +365,9 @@ pub struct Snapshot {
     tables6: Arc<[Table6]>,
     /// IPv6 egress tables, by the same slots as `etables`.
     etables6: Arc<[Table6]>,
+    /// Every instance's egress is open ([`SnapInstance::egress_open`], the
+    /// default): egress allows every packet without looking the source up.
+    egress_open_all: bool,
 }
 
 impl Snapshot {
@@ -544,6 +547,41 @@ impl Snapshot {
     /// allocation.
     #[inline]
     pub fn admitting_rule(&self, pkt: &Packet) -> Option<RuleSlot> {
+        self.rule_for(pkt, None)
+    }
+
+    /// What the rules say about the first packet of a new flow (connection
+    /// tracking's miss path): `Err(NoEgressRule)` when `egress` is asked and
+    /// the source is an instance whose egress rules refuse the packet
+    /// ([`Snapshot::egress_allows`]), else [`Snapshot::admitting_rule`]. While
+    /// every instance's egress is open (the default) the egress check is one
+    /// flag; else one lookup of the source serves it and the group-source
+    /// rules. Not for non-first fragments.
+    #[inline]
+    pub(crate) fn new_flow_rule(
+        &self,
+        pkt: &Packet,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        if !egress || self.egress_open_all {
+            return Ok(self.rule_for(pkt, None));
+        }
+        let src = self.instance_by_ip(pkt.key.src);
+        if let Some(i) = src
+            && !self.instances[i.index()].egress_open
+            && !self.egress_allows(pkt)
+        {
+            return Err(DropReason::NoEgressRule);
+        }
+        Ok(self.rule_for(pkt, Some(src)))
+    }
+
+    /// [`Snapshot::admitting_rule`] with the source's instance lookup
+    /// (`src_inst`) already done, or `None` to do it when a group-source rule
+    /// needs it. Inlined into both callers: with the source known
+    /// ([`Snapshot::new_flow_rule`]) the lazy lookup is compiled out.
+    #[inline(always)]
+    fn rule_for(&self, pkt: &Packet, mut src_inst: Option<Option<InstIdx>>) -> Option<RuleSlot> {
         if let Frag::Later { .. } = pkt.frag {
             return None;
         }
@@ -558,29 +596,46 @@ impl Snapshot {
             }
             _ => (None, 0),
         };
-        let src = pkt.key.src;
-        let src_u = u32::from(src);
-        let mut src_inst = None;
         // The source instance's membership words, looked up at most once.
         let mut member: Option<&[u64]> = None;
-        for &t in list {
-            let table = &self.tables[t as usize];
-            let l = table.rules.candidates(p, key);
-            if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, &mut src_inst) {
-                continue;
-            }
-            let found = table.rules.first_match(l, src_u, || {
-                *member.get_or_insert_with(|| {
-                    let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
-                    let w = self.words;
-                    inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
-                })
-            });
-            if found.is_some() {
-                return found;
-            }
+        // The first group peeled off the loop: when it admits (the common
+        // case) nothing is set up for the others.
+        let (&first, rest) = list.split_first()?;
+        if let found @ Some(_) = self.table_rule(first, p, key, pkt, &mut src_inst, &mut member) {
+            return found;
         }
-        None
+        rest.iter()
+            .find_map(|&t| self.table_rule(t, p, key, pkt, &mut src_inst, &mut member))
+    }
+
+    /// [`Snapshot::rule_for`] in group table `t`: the first rule of the
+    /// candidates at (`p`, `key`) whose source contains `pkt.key.src`.
+    #[inline(always)]
+    fn table_rule<'s>(
+        &'s self,
+        t: u32,
+        p: Option<usize>,
+        key: u16,
+        pkt: &Packet,
+        src_inst: &mut Option<Option<InstIdx>>,
+        member: &mut Option<&'s [u64]>,
+    ) -> Option<RuleSlot> {
+        let src = pkt.key.src;
+        let table = &self.tables[t as usize];
+        let l = table.rules.candidates(p, key);
+        if l.range_count() > SCAN_MAX && !self.set_matches(table, l.set, src, src_inst) {
+            return None;
+        }
+        let words: &[u64] = if l.has_groups() {
+            member.get_or_insert_with(|| {
+                let inst = *src_inst.get_or_insert_with(|| self.instance_by_ip(src));
+                let w = self.words;
+                inst.map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
+            })
+        } else {
+            &[]
+        };
+        table.rules.first_match(l, u32::from(src), words)
     }
 
     /// Do the ingress rules of the destination instance (`pkt.key.dst`) allow this
@@ -631,6 +686,9 @@ impl Snapshot {
     /// No lock, no allocation. Egress rule hits are not counted.
     #[inline]
     pub fn egress_allows(&self, pkt: &Packet) -> bool {
+        if self.egress_open_all {
+            return true;
+        }
         let Some(src) = self.instance_by_ip(pkt.key.src) else {
             return true;
         };
@@ -877,6 +935,8 @@ struct Members {
     lists: Arc<[u32]>,
     policies: usize,
     elists: Arc<[u32]>,
+    /// See [`Snapshot`]'s field.
+    egress_open_all: bool,
 }
 
 /// The incremental compiler: the compiled state of a model, updated edit by
@@ -960,6 +1020,7 @@ impl Compiler {
                 lists: Arc::new([]),
                 policies: 0,
                 elists: Arc::new([]),
+                egress_open_all: true,
             },
             published: None,
             alloc: SlotAlloc::default(),
@@ -1090,6 +1151,7 @@ impl Compiler {
                 .epublished6
                 .get_or_insert_with(|| self.etables6.iter().cloned().collect())
                 .clone(),
+            egress_open_all: m.egress_open_all,
         }
     }
 
@@ -1339,7 +1401,9 @@ impl Compiler {
             .filter_map(|(i, inst)| Some((inst.ip6?, i as u32)))
             .collect();
         ip6s.sort_unstable();
+        let egress_open_all = instances.iter().all(|i| i.egress_open);
         self.members = Members {
+            egress_open_all,
             instances: instances.into(),
             ip_index: IpIndex::build(&ips),
             ip6_index: ip6s.into(),
@@ -1716,6 +1780,72 @@ mod tests {
             assert!(s.egress_allows6(&tcp6(b6, out, 1)), "db keeps its default");
             assert!(s.egress_allows6(&tcp6(out, a6, 1)), "not an instance");
         }
+    }
+
+    #[test]
+    fn new_flow_rule_is_egress_then_the_admitting_rule() {
+        let mut m = model(
+            &[
+                ("web", vec![]),
+                (
+                    "db",
+                    vec![
+                        grule(Proto::Tcp, Ports::Range(5432, 5432), "web"),
+                        rule(Proto::Tcp, Ports::Range(5432, 5433), "10.0.0.0/8"),
+                    ],
+                ),
+            ],
+            &[
+                ("i-00000001", [10, 0, 0, 1], &["web"]),
+                ("i-00000002", [10, 0, 0, 2], &["db"]),
+                ("i-00000003", [10, 0, 0, 3], &["default"]),
+            ],
+        );
+        let (web, db, other) = ([10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]);
+        let pkts = [
+            tcp(web, db, 5432),
+            tcp(web, db, 5433),
+            tcp(other, db, 5432),
+            tcp(other, db, 5433),
+            tcp(web, [8, 8, 8, 8], 443),
+            tcp([8, 8, 8, 8], db, 5432),
+            tcp(web, other, 22),
+        ];
+        let check = |snap: &Snapshot| {
+            let mut seen = (0, 0);
+            for p in &pkts {
+                let want = if snap.egress_allows(p) {
+                    Ok(snap.admitting_rule(p))
+                } else {
+                    Err(DropReason::NoEgressRule)
+                };
+                assert_eq!(snap.new_flow_rule(p, true), want, "{p:?}");
+                assert_eq!(snap.new_flow_rule(p, false), Ok(snap.admitting_rule(p)));
+                match want {
+                    Err(_) => seen.0 += 1,
+                    Ok(Some(_)) => seen.1 += 1,
+                    Ok(None) => {}
+                }
+            }
+            seen
+        };
+        let snap = compile(&m, 1);
+        assert!(snap.egress_open_all);
+        assert_eq!(check(&snap), (0, 4));
+        // web's egress restricted to db 5432: the flag goes, the rules decide.
+        let o = owner();
+        m.revoke_rules_dir(&o, "web", &crate::model::default_egress(), true)
+            .expect("revoke default egress");
+        m.authorize_rules_dir(
+            &o,
+            "web",
+            &[grule(Proto::Tcp, Ports::Range(5432, 5432), "db")],
+            true,
+        )
+        .expect("group destination");
+        let snap = compile(&m, 2);
+        assert!(!snap.egress_open_all);
+        assert_eq!(check(&snap), (3, 3));
     }
 
     #[test]

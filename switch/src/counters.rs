@@ -10,7 +10,8 @@
 //!   time; a sum can lag a frame or two behind, never tear (64-bit atomics).
 //! * No `metrics` calls here: the control plane exports [`Stats`] periodically.
 //! * Per-rule hits ([`RuleHits`]): one block per worker, one 32-byte slot per
-//!   [`RuleSlot`] of the snapshot (packets, bytes, flows), written like the
+//!   [`RuleSlot`] of the snapshot (flows, other packets, bytes: a count is
+//!   two adds and no branch, see [`RuleCounters`]), written like the
 //!   others by its worker alone. A worker brings its block up to a snapshot's
 //!   slot layout when it loads a snapshot whose layout differs
 //!   ([`crate::Datapath::rule_hits_for`]: an allocation and a copy per edit
@@ -116,13 +117,15 @@ pub struct PortTotals {
     pub denied: [u64; DropReason::COUNT],
 }
 
-/// One rule's counters in one worker's [`RuleHits`] block.
+/// One rule's counters in one worker's [`RuleHits`] block. A packet is
+/// counted once, in `packets[new_flow]`: `packets[1]` is the flows (a flow's
+/// first packet), `packets[0]` the rule's other packets, so a count is two
+/// single-writer adds and no branch; readers sum the two for the packets.
 #[derive(Debug, Default)]
 #[repr(C, align(32))]
 pub struct RuleCounters {
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
-    pub flows: AtomicU64,
+    packets: [AtomicU64; 2],
+    bytes: AtomicU64,
 }
 
 /// One worker's per-rule counters for one rule-slot layout (see the module
@@ -154,9 +157,10 @@ impl RuleHits {
                     && old.layout.get(i) == Some(&layout[i])
                     && let Some(o) = old.slots.get(i)
                 {
-                    c.packets.store(o.packets.load(Relaxed), Relaxed);
+                    for (n, o) in c.packets.iter().zip(&o.packets) {
+                        n.store(o.load(Relaxed), Relaxed);
+                    }
                     c.bytes.store(o.bytes.load(Relaxed), Relaxed);
-                    c.flows.store(o.flows.load(Relaxed), Relaxed);
                 }
                 c
             })
@@ -179,11 +183,8 @@ impl RuleHits {
     #[inline(always)]
     pub fn count(&self, slot: RuleSlot, bytes: usize, new_flow: bool) {
         if let Some(c) = self.slots.get(slot.index()) {
-            bump(&c.packets, 1);
+            bump(&c.packets[usize::from(new_flow)], 1);
             bump(&c.bytes, bytes as u64);
-            if new_flow {
-                bump(&c.flows, 1);
-            }
         }
     }
 
@@ -192,9 +193,10 @@ impl RuleHits {
     pub fn add_to(&self, layout: &[u64], out: &mut [RuleTotals]) {
         for (i, (c, o)) in self.slots.iter().zip(out.iter_mut()).enumerate() {
             if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
-                o.packets += c.packets.load(Relaxed);
+                let flows = c.packets[1].load(Relaxed);
+                o.packets += c.packets[0].load(Relaxed) + flows;
                 o.bytes += c.bytes.load(Relaxed);
-                o.flows += c.flows.load(Relaxed);
+                o.flows += flows;
             }
         }
     }

@@ -65,7 +65,7 @@ use std::sync::atomic::Ordering;
 
 use filter::conntrack::BUCKET_BYTES;
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
-use filter::{Conntrack, DropReason, Frag, L4, Mac, Pass, Snapshot, parse_frame, proto};
+use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto};
 use ipnet::Ipv4Net;
 
 use crate::arp::{self, GATEWAY_MAC};
@@ -938,17 +938,15 @@ pub(crate) fn judge_for(
     bytes: usize,
     remote: impl Fn(Ipv4Addr) -> bool + Copy,
 ) -> Result<(), DropReason> {
-    match env.ct.judge_rule(env.snap, pkt, env.now, remote) {
-        Ok(Pass::State) => Ok(()),
-        Ok(Pass::Rule { slot, new_flow }) => {
-            env.hits.count(slot, bytes, new_flow);
-            Ok(())
-        }
-        Err(reason) => {
-            bump(&to.counters.worker(env.w).denied[reason.index()], 1);
-            Err(reason)
-        }
+    let counted = env
+        .ct
+        .judge_counted(env.snap, pkt, env.now, remote, |slot, new_flow| {
+            env.hits.count(slot, bytes, new_flow)
+        });
+    if let Err(reason) = counted {
+        bump(&to.counters.worker(env.w).denied[reason.index()], 1);
     }
+    counted
 }
 
 #[cfg(test)]

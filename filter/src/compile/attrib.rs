@@ -78,6 +78,13 @@ impl CandList {
     pub(super) fn range_count(&self) -> usize {
         self.r_len as usize
     }
+
+    /// Whether the list has group-source candidates (then [`RuleIndex::first_match`]
+    /// needs the source instance's membership words).
+    #[inline]
+    pub(super) fn has_groups(&self) -> bool {
+        self.g_len != 0
+    }
 }
 
 /// An address-range candidate: inclusive range, position in its list (rule
@@ -208,7 +215,7 @@ impl RuleIndex {
 
     /// The candidate list of protocol table `p` at `key`, or of other
     /// protocols when `p` is `None`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn candidates(&self, p: Option<usize>, key: u16) -> CandList {
         let l = match p {
             Some(p) => self.ports[p].lookup(key),
@@ -219,19 +226,14 @@ impl RuleIndex {
 
     /// The first candidate of `l`, in rule order, whose source contains
     /// `src`: the first matching group candidate from the source instance's
-    /// membership words (`member`, asked only if `l` has group candidates;
-    /// words past its end are zero), then the range candidates before it in
-    /// order.
-    #[inline]
-    pub(super) fn first_match<'a>(
-        &self,
-        l: CandList,
-        src: u32,
-        mut member: impl FnMut() -> &'a [u64],
-    ) -> Option<RuleSlot> {
+    /// membership words (`member`, needed only if `l` [has group
+    /// candidates](CandList::has_groups); words past its end are zero), then
+    /// the range candidates before it in order.
+    #[inline(always)]
+    pub(super) fn first_match(&self, l: CandList, src: u32, member: &[u64]) -> Option<RuleSlot> {
         let mut best = (u32::MAX, RuleSlot(0));
         for g in &self.gwords[l.g_off as usize..(l.g_off + l.g_len) as usize] {
-            let mut x = member().get(g.word as usize).map_or(0, |m| m & g.bits);
+            let mut x = member.get(g.word as usize).map_or(0, |m| m & g.bits);
             while x != 0 {
                 let c = self.gfirst[g.off.wrapping_add(x.trailing_zeros()) as usize];
                 if c.0 < best.0 {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::Conntrack;
 use super::table::{KIND_FLOW, KIND_FRAG, Slot, Table};
 use crate::compile::{InstIdx, RuleSlot, Snapshot};
-use crate::{FlowKey, IpAddress, Packet, proto};
+use crate::{DropReason, FlowKey, IpAddress, Packet, proto};
 
 mod sealed {
     pub trait Sealed {}
@@ -87,6 +87,14 @@ pub trait Family: IpAddress + sealed::Sealed {
     /// `Snapshot::egress_allows`/`egress_allows6`.
     #[doc(hidden)]
     fn egress_allows(snap: &Snapshot, pkt: &Packet<Self>) -> bool;
+    /// A new flow's egress check (when `egress`: the source is local) then
+    /// its admitting rule (`Snapshot::new_flow_rule` for IPv4).
+    #[doc(hidden)]
+    fn new_flow_rule(
+        snap: &Snapshot,
+        pkt: &Packet<Self>,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason>;
     /// The IPv4 address whose quota counter an entry charged to the instance
     /// at `ip` uses: one counter per instance whatever the family.
     #[doc(hidden)]
@@ -202,6 +210,14 @@ impl Family for Ipv4Addr {
         snap.egress_allows(pkt)
     }
     #[inline(always)]
+    fn new_flow_rule(
+        snap: &Snapshot,
+        pkt: &Packet,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        snap.new_flow_rule(pkt, egress)
+    }
+    #[inline(always)]
     fn quota_ip(snap: &Snapshot, ip: Self) -> Option<Ipv4Addr> {
         snap.instance_by_ip(ip).map(|_| ip)
     }
@@ -307,6 +323,17 @@ impl Family for Ipv6Addr {
     #[inline(always)]
     fn egress_allows(snap: &Snapshot, pkt: &Packet<Ipv6Addr>) -> bool {
         snap.egress_allows6(pkt)
+    }
+    #[inline(always)]
+    fn new_flow_rule(
+        snap: &Snapshot,
+        pkt: &Packet<Ipv6Addr>,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        if egress && !snap.egress_allows6(pkt) {
+            return Err(DropReason::NoEgressRule);
+        }
+        Ok(snap.admitting_rule6(pkt))
     }
     #[inline(always)]
     fn quota_ip(snap: &Snapshot, ip: Self) -> Option<Ipv4Addr> {

@@ -233,7 +233,7 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv4Addr) -> bool + Copy,
     ) -> Result<(), DropReason> {
-        self.judge_rule(snap, pkt, now, remote).map(|_| ())
+        self.judge_counted(snap, pkt, now, remote, |_, _| {})
     }
 
     /// [`Conntrack::judge_scoped`] saying how a passing packet passed: by
@@ -251,6 +251,22 @@ impl Conntrack {
         self.v4.judge_rule(snap, pkt, now, remote)
     }
 
+    /// [`Conntrack::judge_rule`] handing a [`Pass::Rule`] to `on_rule` (called
+    /// at most once, only for a packet that passes) instead of returning it:
+    /// per-rule counters update where the rule is known, with no
+    /// [`Pass`] to build and take apart on a new flow's path.
+    #[inline]
+    pub fn judge_counted(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet,
+        now: u32,
+        remote: impl Fn(Ipv4Addr) -> bool + Copy,
+        on_rule: impl FnMut(RuleSlot, bool),
+    ) -> Result<(), DropReason> {
+        self.v4.judge_counted(snap, pkt, now, remote, on_rule)
+    }
+
     /// [`Conntrack::judge`] of an IPv6 packet.
     #[inline]
     pub fn judge6(&self, snap: &Snapshot, pkt: &Packet6, now: u32) -> Result<(), DropReason> {
@@ -266,7 +282,7 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv6Addr) -> bool + Copy,
     ) -> Result<(), DropReason> {
-        self.judge_rule6(snap, pkt, now, remote).map(|_| ())
+        self.v6.judge_counted(snap, pkt, now, remote, |_, _| {})
     }
 
     /// The IPv6 entry point: [`Conntrack::judge_rule`] of an IPv6 packet, with
@@ -329,14 +345,31 @@ impl<F: Family> Table<F> {
         now: u32,
         remote: impl Fn(F) -> bool + Copy,
     ) -> Result<Pass, DropReason> {
+        let mut pass = Pass::State;
+        self.judge_counted(snap, pkt, now, remote, |slot, new_flow| {
+            pass = Pass::Rule { slot, new_flow }
+        })?;
+        Ok(pass)
+    }
+
+    /// See [`Conntrack::judge_counted`].
+    #[inline]
+    pub(super) fn judge_counted(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet<F>,
+        now: u32,
+        remote: impl Fn(F) -> bool + Copy,
+        mut on_rule: impl FnMut(RuleSlot, bool),
+    ) -> Result<(), DropReason> {
         // Looked up only where needed: tracked flows never ask.
         let dst_is_inst = || F::instance(snap, pkt.key.dst).is_some() && !remote(pkt.key.dst);
         if let Frag::Later { id } = pkt.frag {
             if !dst_is_inst() {
-                return Ok(Pass::State);
+                return Ok(());
             }
             return match self.find_alive(frag_key(&pkt.key, id), now) {
-                Some(_) => Ok(Pass::State),
+                Some(_) => Ok(()),
                 None => Err(DropReason::UnmatchedFragment),
             };
         }
@@ -379,14 +412,12 @@ impl<F: Family> Table<F> {
                 Track::Revoked => return Err(DropReason::Revoked),
                 Track::Miss => {
                     // A new flow leaves a local instance only if its egress
-                    // rules allow it (a remote source's host judged that).
-                    if !remote(pkt.key.src) && !F::egress_allows(snap, pkt) {
-                        return Err(DropReason::NoEgressRule);
-                    }
-                    // No ingress rule admits packets to non-instances: only
+                    // rules allow it (a remote source's host judged that);
+                    // then the ingress rule (one source lookup for both). No
+                    // ingress rule admits packets to non-instances: only
                     // egress judges them. A remote instance's rules are its
                     // host's.
-                    let slot = match F::admitting_rule(snap, pkt) {
+                    let slot = match F::new_flow_rule(snap, pkt, !remote(pkt.key.src))? {
                         Some(slot) if !remote(pkt.key.dst) => Some(slot),
                         None if dst_is_inst() => return Err(DropReason::NoRule),
                         _ => None,
@@ -401,19 +432,26 @@ impl<F: Family> Table<F> {
                     if creates {
                         self.insert_flow(snap, pkt, k, src_is_a, now)?;
                     }
-                    if let Some(slot) = slot {
-                        pass = Pass::Rule {
-                            slot,
-                            new_flow: creates,
-                        };
+                    if let Frag::First { id } = pkt.frag {
+                        self.touch_train(snap, pkt, id, now)?;
                     }
+                    // Counted from here (not merged with the other arms'
+                    // `pass`): a new flow's rule goes to the counters
+                    // without a round trip through a shared variable.
+                    if let Some(slot) = slot {
+                        on_rule(slot, creates);
+                    }
+                    return Ok(());
                 }
             }
         }
         if let Frag::First { id } = pkt.frag {
             self.touch_train(snap, pkt, id, now)?;
         }
-        Ok(pass)
+        if let Pass::Rule { slot, new_flow } = pass {
+            on_rule(slot, new_flow);
+        }
+        Ok(())
     }
     /// Look up a flow and apply revalidation. `own` is the packet and whether its
     /// source is endpoint `a` when the packet belongs to the flow itself (`None`
