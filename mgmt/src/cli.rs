@@ -492,6 +492,11 @@ pub struct UpArgs {
     /// Instances' subnet.
     #[arg(long, default_value = "172.31.0.0/16")]
     pub subnet: ipnet::Ipv4Net,
+    /// Instances' IPv6 prefix, a /64 (each instance's address is the prefix +
+    /// the EUI-64 of its MAC, what SLAAC gives it). Default: the prefix kept in
+    /// the state, else a ULA /64 chosen at random once (RFC 4193) and kept.
+    #[arg(long)]
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Name of the uplink TAP.
     #[arg(long, default_value = "sgsw-uplink")]
     pub uplink: String,

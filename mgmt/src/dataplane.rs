@@ -250,6 +250,7 @@ pub fn start(
         pin_cores: args.pin_cores,
         ct,
         subnet: cfg.subnet,
+        subnet6: cfg.subnet6,
         // Cluster mode: the overlay's UDP sockets on --underlay.
         overlay: match (&args.etcd, args.underlay) {
             (Some(_), Some(ip)) => Some(switch::OverlayConfig::new(
@@ -738,6 +739,9 @@ impl Dataplane for SwitchDataplane {
             ("arp_replies".to_owned(), st.arp_replies),
             ("dhcp_replies".to_owned(), st.dhcp_replies),
             ("dhcp_silent".to_owned(), st.dhcp_silent),
+            ("nd_replies".to_owned(), st.nd_replies),
+            ("router_adverts".to_owned(), st.router_adverts),
+            ("nd_absorbed".to_owned(), st.nd_absorbed),
             ("tso_segmented".to_owned(), st.tso_segmented),
             ("csum_completed".to_owned(), st.csum_completed),
             ("parks".to_owned(), st.parks),

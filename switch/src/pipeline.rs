@@ -59,20 +59,21 @@
 //!     last seen from the uplink. Offload work is passed through to queues with
 //!     offloads, completed/segmented in software for others ([`crate::offload`]).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use filter::conntrack::BUCKET_BYTES;
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
 use filter::{Conntrack, DropReason, Frag, L4, Mac, Pass, Snapshot, parse_frame, proto};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::arp::{self, GATEWAY_MAC};
 use crate::capture::{Direction, Record, Session, Verdict};
 use crate::counters::{PortCounters, RuleHits, WorkerCounters, bump};
 use crate::dhcp::{self, DhcpRequest, Lease};
 use crate::flowlog::{self, Recorder};
+use crate::nd::{self, Nd};
 use crate::offload::{complete_csum, segment};
 use crate::overlay::{self, OverlayEnv};
 use crate::port::{PortError, VnetHdr};
@@ -92,6 +93,8 @@ pub struct NetParams {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub lease_secs: u32,
+    /// The instances' IPv6 /64 (router advertisements, source checks).
+    pub subnet6: Option<Ipv6Net>,
 }
 
 impl NetParams {
@@ -101,7 +104,13 @@ impl NetParams {
             subnet,
             gateway,
             lease_secs,
+            subnet6: None,
         }
+    }
+
+    /// These parameters with the instances' IPv6 prefix.
+    pub fn with_subnet6(self, subnet6: Option<Ipv6Net>) -> NetParams {
+        NetParams { subnet6, ..self }
     }
 
     #[inline]
@@ -190,6 +199,10 @@ enum Action<'t> {
         lease: Lease,
     },
     Consume,
+    /// IPv6 housekeeping answered by the switch ([`crate::nd`]).
+    NdReply(NdReply),
+    /// IPv6 housekeeping consumed without an answer.
+    NdAbsorb,
     /// To an instance of another host: encapsulate with the sender's identity
     /// and send to that host's underlay address.
     Overlay {
@@ -199,6 +212,23 @@ enum Action<'t> {
     },
     /// Refused for an overlay reason.
     VxlanDrop(VxlanDrop),
+}
+
+/// An IPv6 housekeeping answer to write.
+#[derive(Clone, Copy, Debug)]
+enum NdReply {
+    Ra {
+        mac: Mac,
+        ip: Ipv6Addr,
+        prefix: Ipv6Net,
+    },
+    Na {
+        to_mac: Mac,
+        to_ip: Ipv6Addr,
+        target: Ipv6Addr,
+        mac: Mac,
+        router: bool,
+    },
 }
 
 /// Handle one frame (see the module docs). `frame` is the worker's receive buffer
@@ -338,10 +368,20 @@ fn judge(
     let pc = inp.counters.worker(env.w);
     bump(&pc.rx_packets, 1);
     bump(&pc.rx_bytes, frame.len() as u64);
-    let decided = parsed.and_then(|p| {
-        check_offload(&p, vnet)?;
-        decide(env, inp, frame, p)
-    });
+    let decided = match parsed {
+        // IPv6: housekeeping and source checks from the raw bytes.
+        Err(DropReason::UnsupportedEthertype) if nd::is_ipv6(frame) => {
+            if vnet.is_plain() {
+                decide6(env, inp, frame)
+            } else {
+                Err(DropReason::BadOffload)
+            }
+        }
+        p => p.and_then(|p| {
+            check_offload(&p, vnet)?;
+            decide(env, inp, frame, p)
+        }),
+    };
     if let Some(rec) = scratch.flows.as_mut()
         && let Ok(p) = &parsed
     {
@@ -375,6 +415,33 @@ fn judge(
         }
         Ok(Action::Consume) => {
             bump(&env.wc.dhcp_silent, 1);
+            Ok(Outcome::Consumed)
+        }
+        Ok(Action::NdReply(a)) => {
+            let (n, counter) = match a {
+                NdReply::Ra { mac, ip, prefix } => (
+                    nd::write_ra(&mut scratch.out, mac, ip, prefix),
+                    &env.wc.router_adverts,
+                ),
+                NdReply::Na {
+                    to_mac,
+                    to_ip,
+                    target,
+                    mac,
+                    router,
+                } => (
+                    nd::write_na(&mut scratch.out, to_mac, to_ip, target, mac, router),
+                    &env.wc.nd_replies,
+                ),
+            };
+            let r = reply(env, inp, n, scratch);
+            if r.is_ok() {
+                bump(counter, 1);
+            }
+            r
+        }
+        Ok(Action::NdAbsorb) => {
+            bump(&env.wc.nd_absorbed, 1);
             Ok(Outcome::Consumed)
         }
         Ok(Action::Overlay {
@@ -758,6 +825,126 @@ fn decide<'t>(
             }
         }
     }
+}
+
+/// Judge an IPv6 frame (read from its raw bytes, [`crate::nd`]): source
+/// checks and neighbor discovery / router solicitations / MLD. IPv6 data
+/// frames that pass the source check are not forwarded yet
+/// (`UnsupportedEthertype`).
+fn decide6<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, DropReason> {
+    let v = nd::parse(frame)?;
+    let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
+    match inp.kind {
+        Kind::Instance { mac, .. } => {
+            if v.eth_src != mac {
+                return Err(DropReason::SpoofedMac);
+            }
+            let own = nd::Own::of(mac, env.net.subnet6);
+            if let Some(t) = housekeeping {
+                return nd_action(env, inp, nd::classify(&v, t, &own)?);
+            }
+            if v.src == own.ll {
+                // Link-local data: nothing on the other side to deliver to.
+                return Err(DropReason::UnknownDestination);
+            }
+            if Some(v.src) != own.global {
+                return Err(DropReason::SpoofedIp);
+            }
+            if v.dst.is_multicast() {
+                return Err(DropReason::Broadcast);
+            }
+            Err(DropReason::UnsupportedEthertype)
+        }
+        Kind::Uplink => {
+            if v.eth_src[0] & 1 == 0 {
+                let m = mac_to_u64(v.eth_src);
+                if inp.learned_mac.load(Ordering::Relaxed) != m {
+                    inp.learned_mac.store(m, Ordering::Relaxed);
+                }
+            }
+            if claims_instance6(env, v.src) {
+                return Err(DropReason::UplinkSpoof);
+            }
+            match housekeeping {
+                // Questions about the switch's side are answered as ARP
+                // requests are; everything else of the outside's
+                // housekeeping (its RS, RA, DAD, MLD) is absorbed.
+                Some(nd::ty::NS) if !v.src.is_unspecified() => {
+                    let target =
+                        v.l4.get(8..24)
+                            .map(|b| {
+                                let mut a = [0u8; 16];
+                                a.copy_from_slice(b);
+                                Ipv6Addr::from(a)
+                            })
+                            .ok_or(DropReason::TruncatedIpv6)?;
+                    nd_action(
+                        env,
+                        inp,
+                        Nd::Solicit {
+                            mac: v.eth_src,
+                            ip: v.src,
+                            target,
+                        },
+                    )
+                }
+                Some(_) => Ok(Action::NdAbsorb),
+                None if v.dst.is_multicast() => Err(DropReason::Broadcast),
+                None => Err(DropReason::UnsupportedEthertype),
+            }
+        }
+    }
+}
+
+/// What to do with an IPv6 housekeeping message [`nd::classify`] let through.
+fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropReason> {
+    match nd {
+        Nd::Absorb => Ok(Action::NdAbsorb),
+        Nd::Advertise { mac, ip } => match env.net.subnet6 {
+            Some(prefix) if matches!(inp.kind, Kind::Instance { .. }) => {
+                Ok(Action::NdReply(NdReply::Ra { mac, ip, prefix }))
+            }
+            _ => Ok(Action::NdAbsorb),
+        },
+        Nd::Solicit { mac, ip, target } => {
+            let na = |answer: Mac, router: bool| {
+                Ok(Action::NdReply(NdReply::Na {
+                    to_mac: mac,
+                    to_ip: ip,
+                    target,
+                    mac: answer,
+                    router,
+                }))
+            };
+            let router = target == nd::router_ll()
+                || env
+                    .net
+                    .subnet6
+                    .is_some_and(|p| target == nd::router_addr(p));
+            if router && matches!(inp.kind, Kind::Instance { .. }) {
+                return na(GATEWAY_MAC, true);
+            }
+            let Some(i) = env.snap.instance_by_ip6(target) else {
+                return Ok(Action::NdAbsorb);
+            };
+            match env.table.by_ip(env.snap.instance(i).ip) {
+                Some(p) if p.id != inp.id => match p.kind {
+                    Kind::Instance { mac: m, .. } => na(m, false),
+                    Kind::Uplink => Ok(Action::NdAbsorb),
+                },
+                _ => Ok(Action::NdAbsorb),
+            }
+        }
+    }
+}
+
+/// Whether an IPv6 source the uplink uses belongs to the switch's side: the
+/// router's addresses or an instance's.
+#[inline]
+fn claims_instance6(env: &Env<'_>, ip: Ipv6Addr) -> bool {
+    ip == nd::router_ll()
+        || env.net.subnet6.is_some_and(|p| ip == nd::router_addr(p))
+        || env.snap.instance_by_ip6(ip).is_some()
 }
 
 /// Whether an address the uplink uses as its own belongs to the switch's side:
