@@ -164,6 +164,9 @@ pub struct SwitchDataplane {
     namespaces: BTreeMap<String, instances::NetnsInode>,
     /// Guests whose port a helper thread is attaching.
     attaching: BTreeMap<String, Arc<Mutex<Attaching>>>,
+    /// The instances' IPv6 /64: namespace instances get their address in it
+    /// set directly.
+    subnet6: Option<ipnet::Ipv6Net>,
 }
 
 /// A guest's port being attached by a helper thread.
@@ -310,6 +313,7 @@ pub fn start(
         booted: BTreeSet::new(),
         namespaces: BTreeMap::new(),
         attaching: BTreeMap::new(),
+        subnet6: cfg.subnet6,
     });
     Ok((dp, undo))
 }
@@ -526,6 +530,7 @@ impl Dataplane for SwitchDataplane {
                 inst.mac,
                 inst.ip,
                 prefix_len,
+                self.subnet6,
                 self.workers,
             )
             .map_err(|e| {
@@ -573,6 +578,7 @@ impl Dataplane for SwitchDataplane {
                     inst.mac,
                     inst.ip,
                     prefix_len,
+                    self.subnet6,
                     self.workers,
                 )
             }
