@@ -1,0 +1,230 @@
+//! IPv6 end to end (issue 15), one daemon for every check: instances get
+//! their IPv6 address (the `--subnet6` /64 + EUI-64 of their MAC, set
+//! directly in namespace instances) and describe-instances shows it; the
+//! switch answers the real kernel's neighbor solicitations for other
+//! instances and for its router address itself (proxy ND), answers router
+//! solicitations with router advertisements, and absorbs DAD/MLD without a
+//! single `unsupported_ethertype` drop; a guest's forged NA/NS, rogue RA and
+//! redirect, and a data frame claiming another instance's IPv6 address are
+//! dropped and counted by reason (`sgswitch stats`). Needs root (skips
+//! without; fails under `CI=true`).
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use e2e::attack::{self, drops};
+use e2e::{Lab, LabConfig};
+use filter::Mac;
+use filter::model::{eui64_address, link_local_address};
+use ipnet::Ipv6Net;
+use switch::arp::GATEWAY_MAC;
+use switch::nd::{self, ty};
+
+const PREFIX: &str = "fd00:5e:c6:1::/64";
+
+fn events(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
+    let s = attack::stats_json(lab);
+    s.get("events")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    Some((
+                        e.get("name")?.as_str()?.to_owned(),
+                        e.get("count")?.as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn icmp(src_mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 54 + msg.len()];
+    let dst_mac = if dst.is_multicast() {
+        nd::multicast_mac(dst)
+    } else {
+        GATEWAY_MAC
+    };
+    nd::write_icmp6(&mut b, dst_mac, src_mac, src, dst, msg);
+    b
+}
+
+#[test]
+fn ipv6_housekeeping_and_source_checks() {
+    let Some(lab) = Lab::start(LabConfig::new("ipv6").arg("--subnet6").arg(PREFIX)) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ipv6 cannot run (not root) and CI=true"
+        );
+        return;
+    };
+    let prefix: Ipv6Net = PREFIX.parse().unwrap();
+    let a = lab.run_instances(1, &["default"]).remove(0);
+    let b = lab.run_instances(1, &["default"]).remove(0);
+    let (mac_a, mac_b) = (
+        attack::mac_of(&lab, &a.netns),
+        attack::mac_of(&lab, &b.netns),
+    );
+    let (a6, b6) = (eui64_address(prefix, mac_a), eui64_address(prefix, mac_b));
+
+    // describe-instances shows each address, and the namespace has it.
+    let out = lab.cli_ok(&["describe-instances"]);
+    for (i, addr) in [(&a, a6), (&b, b6)] {
+        let want = format!("IPV6ADDRESS\t{}\t{addr}", i.id);
+        assert!(out.lines().any(|l| l == want), "{want} in:\n{out}");
+        let o = lab.exec(
+            &i.netns,
+            "ip",
+            &["-6", "addr", "show", "dev", "eth0"],
+            Duration::from_secs(5),
+        );
+        assert!(o.stdout.contains(&format!("{addr}/64")), "{o:?}");
+    }
+    let json = lab.cli_ok(&["--json", "describe-instances", &a.id]);
+    assert!(
+        json.contains(&format!("\"ipv6_address\": \"{a6}\""))
+            || json.contains(&format!("\"ipv6_address\":\"{a6}\"")),
+        "{json}"
+    );
+
+    // The guests' own housekeeping (link-local DAD, MLD reports, router
+    // solicitations) is handled: RAs are sent, nothing is dropped as an
+    // unknown ethertype.
+    wait_until("a router advertisement", Duration::from_secs(15), || {
+        events(&lab).get("router_adverts").copied().unwrap_or(0) >= 1
+    });
+    wait_until("absorbed housekeeping", Duration::from_secs(10), || {
+        events(&lab).get("nd_absorbed").copied().unwrap_or(0) >= 1
+    });
+    assert_eq!(
+        drops(&lab).get("unsupported_ethertype"),
+        0,
+        "housekeeping is not a drop"
+    );
+
+    // Neighbor discovery by the real kernel: the switch answers for b and
+    // for the router (a's default route is via the router's link-local).
+    let d0 = drops(&lab);
+    let n0 = events(&lab).get("nd_replies").copied().unwrap_or(0);
+    let b6s = b6.to_string();
+    let _ = lab.exec(
+        &a.netns,
+        "busybox",
+        &["ping6", "-c", "1", "-W", "1", &b6s],
+        Duration::from_secs(5),
+    );
+    let _ = lab.exec(
+        &a.netns,
+        "busybox",
+        &["ping6", "-c", "1", "-W", "1", "fd00:5e:c6:2::1"],
+        Duration::from_secs(5),
+    );
+    let neigh = lab.exec(
+        &a.netns,
+        "ip",
+        &["-6", "neigh", "show", "dev", "eth0"],
+        Duration::from_secs(5),
+    );
+    let has = |ip: Ipv6Addr, mac: Mac| {
+        neigh.stdout.lines().any(|l| {
+            l.starts_with(&format!("{ip} ")) && l.contains(&attack::fmt_mac(mac).to_lowercase())
+        })
+    };
+    assert!(has(b6, mac_b), "b resolved to its MAC:\n{}", neigh.stdout);
+    assert!(
+        has(nd::router_ll(), GATEWAY_MAC),
+        "the router resolved to the switch:\n{}",
+        neigh.stdout
+    );
+    assert!(events(&lab).get("nd_replies").copied().unwrap_or(0) >= n0 + 2);
+    // No neighbor solicitation was flooded to b (nor counted as a drop).
+    let d1 = drops(&lab);
+    for r in [
+        "spoofed_nd",
+        "rogue_router_advert",
+        "spoofed_ip",
+        "spoofed_mac",
+    ] {
+        assert_eq!(d1.delta(&d0, r), 0, "{r}");
+    }
+
+    // A hostile guest: forged NA for b's address and for the router, an NS
+    // from b's address, DAD for b's address, a rogue RA and a redirect, and
+    // an echo request from b's address.
+    let ll_a = link_local_address(mac_a);
+    let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let na = |src, t| {
+        icmp(
+            mac_a,
+            src,
+            all,
+            &nd::nd_message(ty::NA, 0x20, t, Some((2, mac_a))),
+        )
+    };
+    let ns = |src, t| {
+        icmp(
+            mac_a,
+            src,
+            nd::solicited_node(t),
+            &nd::nd_message(ty::NS, 0, t, None),
+        )
+    };
+    let ra = [ty::RA, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let frames_nd = vec![
+        na(a6, b6),
+        na(ll_a, nd::router_ll()),
+        ns(b6, nd::router_ll()),
+        ns(Ipv6Addr::UNSPECIFIED, b6),
+    ];
+    let frames_ra = vec![
+        icmp(mac_a, ll_a, all, &ra),
+        icmp(mac_a, ll_a, a6, &nd::nd_message(ty::REDIRECT, 0, b6, None)),
+    ];
+    let echo = [128u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let frames_ip = vec![icmp(mac_a, b6, a6, &echo)];
+    let before = drops(&lab);
+    attack::send(&lab, &a.netns, &frames_nd, 3);
+    attack::send(&lab, &a.netns, &frames_ra, 3);
+    attack::send(&lab, &a.netns, &frames_ip, 3);
+    wait_until("the drops counted", Duration::from_secs(5), || {
+        let d = drops(&lab);
+        d.delta(&before, "spoofed_nd") >= 12
+            && d.delta(&before, "rogue_router_advert") >= 6
+            && d.delta(&before, "spoofed_ip") >= 3
+    });
+    // Per instance too: `sgswitch stats ID` names the reasons.
+    let st = lab.cli_ok(&["stats", &a.id]);
+    for r in ["spoofed_nd", "rogue_router_advert", "spoofed_ip"] {
+        assert!(
+            st.lines().any(|l| l.starts_with(&format!("DROP\t{r}\t"))),
+            "{r} in:\n{st}"
+        );
+    }
+    // b's view of the router and of a is untouched.
+    let neigh_b = lab.exec(
+        &b.netns,
+        "ip",
+        &["-6", "neigh", "show", "dev", "eth0"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        !neigh_b
+            .stdout
+            .to_lowercase()
+            .contains(&attack::fmt_mac(mac_a).to_lowercase()),
+        "b learned nothing from a's forgeries:\n{}",
+        neigh_b.stdout
+    );
+}
