@@ -28,6 +28,14 @@
 //!   `key.src` is the address of an instance that is a member of that group (the
 //!   switch has verified instance sources and never lets the uplink claim an
 //!   instance address, so address → instance is trustworthy).
+//! * IPv6 ([`Snapshot::admitting_rule6`], [`Snapshot::egress_allows6`]): the
+//!   same, for the rules that apply to IPv6 ([`Rule::applies_v6`]: IPv6
+//!   CIDRs, `icmpv6` matching `key.proto == 58`, `all`/`tcp`/`udp` from a
+//!   group, whose members match by their IPv6 address); IPv4 lookups see
+//!   only the rules that apply to IPv4, so `0.0.0.0/0` never opens IPv6 and
+//!   `::/0` never opens IPv4. Each group's IPv6 rules have their own table
+//!   ([`v6`]) in the same slot as its IPv4 one, compiled and shared the same
+//!   way.
 //!
 //! # Structure
 //!
@@ -107,8 +115,10 @@ use crate::model::{Change, Model, Owner, Ports, Proto, Rule, Source};
 use crate::{Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
+mod v6;
 pub use attrib::RuleSlot;
 use attrib::{RuleIndex, SCAN_MAX, SlotAlloc};
+use v6::Table6;
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,9 +146,11 @@ pub struct SnapInstance {
     /// Its egress-table list: `elists[elist.0..elist.0 + elist.1]`.
     elist: (u32, u32),
     /// Some group of the instance has an egress rule for all protocols to
-    /// `0.0.0.0/0` (every new group's default): egress allows everything
-    /// without a lookup.
+    /// `0.0.0.0/0` (every new group's default): IPv4 egress allows
+    /// everything without a lookup.
     egress_open: bool,
+    /// The same for IPv6 and `::/0` (the default's other half).
+    egress_open6: bool,
 }
 
 /// One elementary interval: its first key and its source set (start and set side
@@ -349,6 +361,10 @@ pub struct Snapshot {
     etables: Arc<[GroupTable]>,
     /// Concatenated egress-table lists.
     elists: Arc<[u32]>,
+    /// IPv6 tables, by the same slots as `tables` ([`v6`]).
+    tables6: Arc<[Table6]>,
+    /// IPv6 egress tables, by the same slots as `etables`.
+    etables6: Arc<[Table6]>,
 }
 
 impl Snapshot {
@@ -376,22 +392,83 @@ impl Snapshot {
         Some(InstIdx(self.ip6_index[i].1))
     }
 
-    /// [`Snapshot::admitting_rule`] for IPv6: the first rule of the
-    /// destination's groups that admits `pkt`.
-    ///
-    /// Not compiled yet: no IPv6 rule exists, so nothing is admitted.
+    /// [`Snapshot::admitting_rule`] for IPv6: the slot of the first rule, in
+    /// `describe-group` order, of the destination's (`pkt.key.dst`) groups
+    /// that admits `pkt`; `None` when none does, when the destination is not
+    /// an instance, and for non-first fragments. Rules admit IPv6 when they
+    /// apply to it ([`Rule::applies_v6`]: `0.0.0.0/0` never does); group
+    /// sources match the verified source instance by its IPv6 address. Per
+    /// destination group one search in its IPv6 table ([`v6`]); no lock, no
+    /// allocation.
     #[inline]
     pub fn admitting_rule6(&self, pkt: &Packet6) -> Option<RuleSlot> {
-        let _ = pkt;
+        if let Frag::Later { .. } = pkt.frag {
+            return None;
+        }
+        let dst = self.instance_by_ip6(pkt.key.dst)?;
+        let (off, len) = self.instances[dst.index()].list;
+        let list = &self.lists[off as usize..(off + len) as usize];
+        let (p, key) = v6::proto_key(pkt);
+        let src = pkt.key.src;
+        let mut member: Option<&[u64]> = None;
+        for &t in list {
+            let found = self.tables6[t as usize].first(p, key, u128::from(src), || {
+                *member.get_or_insert_with(|| self.member_bits6(src))
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
         None
     }
 
-    /// [`Snapshot::egress_allows`] for IPv6.
-    ///
-    /// Not compiled yet: only packets from non-instances pass.
+    /// Does IPv6 ingress allow `pkt`? ([`Snapshot::admitting_rule6`] is
+    /// `Some`.)
+    #[inline]
+    pub fn allows6(&self, pkt: &Packet6) -> bool {
+        self.admitting_rule6(pkt).is_some()
+    }
+
+    /// [`Snapshot::egress_allows`] for IPv6: true when the source is not an
+    /// instance or one of its groups has the default "all to `::/0`" rule
+    /// (one flag); else when one of its groups' egress rules that apply to
+    /// IPv6 matches the protocol, port / ICMPv6 type and the destination (an
+    /// IPv6 CIDR, or a group of which the destination is a verified member
+    /// instance). False for non-first fragments of a restricted source. No
+    /// lock, no allocation.
     #[inline]
     pub fn egress_allows6(&self, pkt: &Packet6) -> bool {
-        self.instance_by_ip6(pkt.key.src).is_none()
+        let Some(src) = self.instance_by_ip6(pkt.key.src) else {
+            return true;
+        };
+        let inst = &self.instances[src.index()];
+        if inst.egress_open6 {
+            return true;
+        }
+        if let Frag::Later { .. } = pkt.frag {
+            return false;
+        }
+        let (off, len) = inst.elist;
+        let list = &self.elists[off as usize..(off + len) as usize];
+        let (p, key) = v6::proto_key(pkt);
+        let dst = pkt.key.dst;
+        let mut member: Option<&[u64]> = None;
+        list.iter().any(|&t| {
+            self.etables6[t as usize]
+                .first(p, key, u128::from(dst), || {
+                    *member.get_or_insert_with(|| self.member_bits6(dst))
+                })
+                .is_some()
+        })
+    }
+
+    /// The membership words of the instance with IPv6 address `ip` (empty
+    /// if none).
+    #[inline]
+    fn member_bits6(&self, ip: Ipv6Addr) -> &[u64] {
+        let w = self.words;
+        self.instance_by_ip6(ip)
+            .map_or(&[], |i| &self.member_bits[i.index() * w..][..w])
     }
 
     /// An instance by index. Panics if `idx` is not from this snapshot.
@@ -429,7 +506,13 @@ impl Snapshot {
                     + t.group_bits.len() * 8
                     + t.rules.memory_bytes()
             })
-            .sum();
+            .sum::<usize>()
+            + self
+                .tables6
+                .iter()
+                .chain(self.etables6.iter())
+                .map(|t| std::mem::size_of::<Table6>() + t.memory_bytes())
+                .sum::<usize>();
         let inst: usize = self
             .instances
             .iter()
@@ -845,6 +928,15 @@ pub struct Compiler {
     epublished: Option<Arc<[GroupTable]>>,
     /// Groups whose egress rules include the default "all to 0.0.0.0/0".
     open: HashSet<GroupKey>,
+    /// Groups whose egress rules include the default "all to ::/0".
+    open6: HashSet<GroupKey>,
+    /// IPv6 tables by the slots of `tables` / `etables` ([`v6`]), the
+    /// shared empty one, and as published.
+    tables6: Vec<Table6>,
+    etables6: Vec<Table6>,
+    empty6: Table6,
+    published6: Option<Arc<[Table6]>>,
+    epublished6: Option<Arc<[Table6]>>,
 }
 
 impl Compiler {
@@ -877,6 +969,12 @@ impl Compiler {
             etables: Vec::new(),
             epublished: None,
             open: HashSet::new(),
+            open6: HashSet::new(),
+            tables6: Vec::new(),
+            etables6: Vec::new(),
+            empty6: Table6::empty(),
+            published6: None,
+            epublished6: None,
         };
         // All bits first, then the tables that use them.
         for g in model.groups().values() {
@@ -984,6 +1082,14 @@ impl Compiler {
                 .get_or_insert_with(|| self.etables.iter().cloned().collect())
                 .clone(),
             elists: m.elists.clone(),
+            tables6: self
+                .published6
+                .get_or_insert_with(|| self.tables6.iter().cloned().collect())
+                .clone(),
+            etables6: self
+                .epublished6
+                .get_or_insert_with(|| self.etables6.iter().cloned().collect())
+                .clone(),
         }
     }
 
@@ -992,26 +1098,40 @@ impl Compiler {
     /// list and its "open" flag follow its groups' egress rules.
     fn set_egress(&mut self, key: &GroupKey, egress: Option<&[Rule]>) -> bool {
         let open = egress.is_some_and(|e| e.contains(&crate::model::default_egress_rule()));
+        let open6 = egress.is_some_and(|e| e.contains(&crate::model::default_egress_rule6()));
         if open {
             self.open.insert(key.clone());
         } else {
             self.open.remove(key);
         }
+        if open6 {
+            self.open6.insert(key.clone());
+        } else {
+            self.open6.remove(key);
+        }
         self.epublished = None;
+        self.epublished6 = None;
         match egress {
-            Some(rules) if !open && !rules.is_empty() => {
+            // A table unless both families are open (then no lookup asks).
+            Some(rules) if !(rules.is_empty() || open && open6) => {
                 let slots = vec![RuleSlot(u32::MAX); rules.len()];
                 let table = compile_group(rules, &slots, &self.refs);
+                let table6 = Table6::build(rules, &slots, &self.refs);
                 match self.eslots.get(key) {
-                    Some(&s) => self.etables[s as usize] = table,
+                    Some(&s) => {
+                        self.etables[s as usize] = table;
+                        self.etables6[s as usize] = table6;
+                    }
                     None => {
                         let s = match self.efree.pop() {
                             Some(s) => {
                                 self.etables[s as usize] = table;
+                                self.etables6[s as usize] = table6;
                                 s
                             }
                             None => {
                                 self.etables.push(table);
+                                self.etables6.push(table6);
                                 self.etables.len() as u32 - 1
                             }
                         };
@@ -1022,6 +1142,7 @@ impl Compiler {
             _ => {
                 if let Some(s) = self.eslots.remove(key) {
                     self.etables[s as usize] = self.empty.clone();
+                    self.etables6[s as usize] = self.empty6.clone();
                     self.efree.push(s);
                 }
             }
@@ -1090,18 +1211,23 @@ impl Compiler {
         let slots: Vec<RuleSlot> = slotted.iter().map(|&(_, s)| s).collect();
         self.rule_slots.insert(key.clone(), slotted);
         let table = compile_group(rules, &slots, &self.refs);
+        let table6 = Table6::build(rules, &slots, &self.refs);
         self.published = None;
+        self.published6 = None;
         if let Some(&s) = self.slots.get(key) {
             self.tables[s as usize] = table;
+            self.tables6[s as usize] = table6;
             return false;
         }
         let s = match self.free_slots.pop() {
             Some(s) => {
                 self.tables[s as usize] = table;
+                self.tables6[s as usize] = table6;
                 s
             }
             None => {
                 self.tables.push(table);
+                self.tables6.push(table6);
                 self.tables.len() as u32 - 1
             }
         };
@@ -1118,8 +1244,10 @@ impl Compiler {
             return false;
         };
         self.tables[s as usize] = self.empty.clone();
+        self.tables6[s as usize] = self.empty6.clone();
         self.free_slots.push(s);
         self.published = None;
+        self.published6 = None;
         true
     }
 
@@ -1136,16 +1264,18 @@ impl Compiler {
         let mut elist_ids: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
         for (n, inst) in model.instances().values().enumerate() {
             let mut egress_open = false;
+            let mut egress_open6 = false;
             let mut etabs: Vec<u32> = Vec::new();
             for g in &inst.groups {
                 key.1.clone_from(g);
                 key.0.clone_from(&inst.owner);
                 egress_open |= self.open.contains(&key);
+                egress_open6 |= self.open6.contains(&key);
                 if let Some(&s) = self.eslots.get(&key) {
                     etabs.push(s);
                 }
             }
-            let elist = if egress_open {
+            let elist = if egress_open && egress_open6 {
                 (0, 0)
             } else {
                 *elist_ids.entry(etabs).or_insert_with_key(|t| {
@@ -1198,6 +1328,7 @@ impl Compiler {
                 list,
                 elist,
                 egress_open,
+                egress_open6,
             });
         }
         let policies = lists.iter().collect::<BTreeSet<_>>().len();
@@ -1244,6 +1375,8 @@ fn compile_group(
     for r in rules {
         let src = match &r.source {
             Source::Cidr(net) => Src::Range(u32::from(net.network()), u32::from(net.broadcast())),
+            // IPv6 rules are in the IPv6 tables ([`v6`]); here they match nothing.
+            Source::Cidr6(_) => Src::Group(NO_BIT),
             Source::Group { owner, group } => {
                 // Every group named by a rule of the model has a bit (a
                 // missing one would match no source).
@@ -1274,6 +1407,7 @@ fn compile_group(
             by_rule[t].push((e.lo, e.hi, n));
         };
         match (r.proto, r.ports) {
+            _ if !r.applies_v4() => {}
             (Proto::All, _) => {
                 add(TCP_T, all);
                 add(UDP_T, all);
@@ -1291,6 +1425,7 @@ fn compile_group(
             (Proto::Tcp, _) => add(TCP_T, all),
             (Proto::Udp, _) => add(UDP_T, all),
             (Proto::Icmp, _) => add(ICMP_T, all),
+            (Proto::Icmpv6, _) => {}
         }
     }
     let ports = [arena.table(&tcp), arena.table(&udp), arena.table(&icmp)];
@@ -1474,6 +1609,113 @@ mod tests {
             inc.egress_allows(&tcp(web, db, 5432)),
             compile(&m, 3).egress_allows(&tcp(web, db, 5432))
         );
+    }
+
+    fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, dport: u16) -> Packet6 {
+        Packet6 {
+            key: crate::FlowKey6 {
+                src,
+                dst,
+                proto: proto::TCP,
+                sport: 40000,
+                dport,
+            },
+            l4: L4::Tcp {
+                flags: crate::tcp_flags::SYN,
+            },
+            frag: Frag::None,
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_admit_ipv6_only_and_name_the_first_rule() {
+        let r6 = |proto, ports, cidr: &str| Rule {
+            proto,
+            ports,
+            source: Source::Cidr6(cidr.parse().unwrap()),
+        };
+        let mut m = model(
+            &[
+                (
+                    "web",
+                    vec![
+                        rule(Proto::Tcp, Ports::Range(80, 80), "0.0.0.0/0"),
+                        r6(Proto::Tcp, Ports::Range(22, 22), "2001:db8::/32"),
+                        r6(Proto::Tcp, Ports::Range(20, 30), "2001:db8:1::/48"),
+                        r6(
+                            Proto::Icmpv6,
+                            Ports::Icmp {
+                                ty: Some(128),
+                                code: None,
+                            },
+                            "::/0",
+                        ),
+                        grule(Proto::Tcp, Ports::Range(5432, 5432), "db"),
+                    ],
+                ),
+                ("db", vec![]),
+            ],
+            &[("i-a", A, &["web"]), ("i-b", B, &["db"])],
+        );
+        m.set_subnet6(Some("fd00:1::/64".parse().unwrap())).unwrap();
+        let mut c = Compiler::new(&m);
+        let s = c.snapshot(1);
+        let a6 = s.instance(s.instance_by_ip(A.into()).unwrap()).ip6.unwrap();
+        let b6 = s.instance(s.instance_by_ip(B.into()).unwrap()).ip6.unwrap();
+        let out: Ipv6Addr = "2001:db8:1::9".parse().unwrap();
+        let slot = |i| c.rule_slot(&owner(), "web", i);
+        // 0.0.0.0/0 does not open IPv6.
+        assert_eq!(s.admitting_rule6(&tcp6(out, a6, 80)), None);
+        assert!(s.allows(&tcp(OUT, A, 80)));
+        // IPv6 rules do not open IPv4; the first matching rule is named.
+        assert!(!s.allows(&tcp(OUT, A, 22)));
+        assert_eq!(s.admitting_rule6(&tcp6(out, a6, 22)), slot(1));
+        assert_eq!(s.admitting_rule6(&tcp6(out, a6, 25)), slot(2));
+        assert_eq!(
+            s.admitting_rule6(&tcp6("2001:db9::1".parse().unwrap(), a6, 22)),
+            None
+        );
+        let mut ping = tcp6(out, a6, 0);
+        ping.key.proto = proto::ICMPV6;
+        ping.l4 = L4::Icmp {
+            ty: 128,
+            code: 0,
+            kind: IcmpKind::Request,
+        };
+        assert_eq!(s.admitting_rule6(&ping), slot(3));
+        // An ICMPv4 packet type is not ICMPv6.
+        ping.key.proto = proto::ICMP;
+        assert_eq!(s.admitting_rule6(&ping), None);
+        // Group sources match members by their IPv6 address.
+        assert_eq!(s.admitting_rule6(&tcp6(b6, a6, 5432)), slot(4));
+        assert_eq!(s.admitting_rule6(&tcp6(a6, a6, 5432)), None);
+        // Egress: the default opens both families; without ::/0 IPv6 is closed.
+        assert!(s.egress_allows6(&tcp6(a6, out, 1)));
+        m.record_changes();
+        m.revoke_rules_dir(
+            &owner(),
+            "web",
+            &[crate::model::default_egress_rule6()],
+            true,
+        )
+        .unwrap();
+        m.authorize_rules_dir(
+            &owner(),
+            "web",
+            &[grule(Proto::Tcp, Ports::Range(5432, 5432), "db")],
+            true,
+        )
+        .unwrap();
+        let changes = m.take_changes();
+        c.apply(&m, &changes);
+        for s in [c.snapshot(2), compile(&m, 2)] {
+            assert!(s.egress_allows(&tcp(A, OUT, 1)), "IPv4 default kept");
+            assert!(!s.egress_allows6(&tcp6(a6, out, 1)));
+            assert!(s.egress_allows6(&tcp6(a6, b6, 5432)), "member of db");
+            assert!(!s.egress_allows6(&tcp6(a6, b6, 5433)));
+            assert!(s.egress_allows6(&tcp6(b6, out, 1)), "db keeps its default");
+            assert!(s.egress_allows6(&tcp6(out, a6, 1)), "not an instance");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! on the datapath.
 
 use crate::model::{Model, Owner, Rule};
-use crate::reference::rule_matches;
+use crate::reference::{Family, instance_at, rule_matches};
 use crate::{Frag, Packet};
 
 /// A rule of one of the destination's groups that matches a packet.
@@ -26,8 +26,11 @@ pub struct RuleMatch<'m> {
 
 /// The groups whose rules decide packets to `pkt.key.dst` (its owner and group
 /// names, in the instance's order), or `None` when no instance has that address.
-pub fn consulted_groups<'m>(model: &'m Model, pkt: &Packet) -> Option<(&'m Owner, &'m [String])> {
-    let dst = model.instances().values().find(|i| i.ip == pkt.key.dst)?;
+pub fn consulted_groups<'m, A: Family>(
+    model: &'m Model,
+    pkt: &Packet<A>,
+) -> Option<(&'m Owner, &'m [String])> {
+    let dst = instance_at(model, pkt.key.dst)?;
     Some((&dst.owner, &dst.groups))
 }
 
@@ -35,7 +38,7 @@ pub fn consulted_groups<'m>(model: &'m Model, pkt: &Packet) -> Option<(&'m Owner
 /// group in the instance's order, rules in their group's order. Empty when the
 /// destination is no instance, for non-first fragments (which no rule matches),
 /// and whenever the snapshot would not allow the packet.
-pub fn matching_rules<'m>(model: &'m Model, pkt: &Packet) -> Vec<RuleMatch<'m>> {
+pub fn matching_rules<'m, A: Family>(model: &'m Model, pkt: &Packet<A>) -> Vec<RuleMatch<'m>> {
     let mut out = Vec::new();
     if matches!(pkt.frag, Frag::Later { .. }) {
         return out;

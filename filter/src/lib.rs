@@ -93,22 +93,28 @@ impl<A: Copy> FlowKey<A> {
     }
 }
 
-/// Fragmentation facts of an IPv4 packet.
+/// Fragmentation facts of an IP packet (IPv4 flags/offset, or an IPv6
+/// fragment header).
 ///
-/// Decision (documented in `conntrack`): a first fragment (offset 0, MF set) is
-/// judged like a whole packet by its L4 header, which must be complete in that
-/// fragment; when it passes, the fragment train `(src, dst, proto, ip id)` is
-/// remembered for a short time. A non-first fragment carries no ports, so it passes
-/// only if its train was let through; otherwise it is dropped with
-/// [`DropReason::UnmatchedFragment`].
+/// Decision (documented in `conntrack`): a first fragment (offset 0, more
+/// fragments follow) is judged like a whole packet by its L4 header, which must
+/// be complete in that fragment; when it passes, the fragment train is remembered
+/// for a short time: `(src, dst, proto, id)` for IPv4, `(src, dst, id)` for IPv6
+/// (whose 32-bit id is unique per address pair, and whose fragment header names
+/// the first header of the fragmentable part, not necessarily the L4 protocol).
+/// A non-first fragment carries no ports, so it passes only if its train was
+/// let through; otherwise it is dropped with [`DropReason::UnmatchedFragment`].
+/// An IPv6 atomic fragment (fragment header with offset 0 and no more
+/// fragments, RFC 6946) is [`Frag::None`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Frag {
     /// Not fragmented.
     None,
-    /// Offset 0, more fragments follow; `id` is the IPv4 identification.
-    First { id: u16 },
+    /// Offset 0, more fragments follow; `id` is the IPv4 identification (16
+    /// bits) or the IPv6 fragment header's identification (32 bits).
+    First { id: u32 },
     /// Offset > 0.
-    Later { id: u16 },
+    Later { id: u32 },
 }
 
 /// What an ICMP message is, as far as filtering cares.
@@ -177,7 +183,8 @@ pub enum DropReason {
     TruncatedEthernet,
     /// 802.1Q tag announced but not present in full.
     TruncatedVlan,
-    /// Not IPv4 or ARP (IPv6 included, for now).
+    /// Not IPv4, IPv6 or ARP (the switch also counts here the IPv6 frames it
+    /// does not handle yet).
     UnsupportedEthertype,
     /// ARP shorter than 28 bytes after the Ethernet header.
     TruncatedArp,
@@ -188,7 +195,8 @@ pub enum DropReason {
     TruncatedIpv4,
     /// IP version not 4, header length < 20, total length < header length.
     MalformedIpv4,
-    /// A TCP/UDP/ICMP header cut short (in a whole packet or a first fragment).
+    /// A TCP/UDP/ICMP/ICMPv6 header cut short (in a whole packet or a first
+    /// fragment), or an ICMP error whose quote cannot be related to a flow.
     TruncatedL4,
     /// A first fragment too small to hold its L4 header, or a TCP fragment at
     /// offset 8 bytes (RFC 1858 overlap attack).
@@ -238,7 +246,8 @@ pub enum DropReason {
     // --- IPv6 (added later, appended to keep counter order) ---
     /// Shorter than the 40-byte IPv6 header, or a payload length beyond the frame.
     TruncatedIpv6,
-    /// IP version not 6 in an IPv6 ethertype frame.
+    /// IP version not 6 in an IPv6 ethertype frame, or an IPv6 packet longer
+    /// than 65,535 bytes in all (payload length above 65,495).
     MalformedIpv6,
     /// An IPv6 extension-header chain that is cut short, longer than the walk
     /// bound, or holds a header the switch refuses (routing type 0, ...).

@@ -68,7 +68,7 @@ mod spec;
 pub use ids::{
     group_id_seq, instance_mac, is_id, new_group_id, new_instance_id, new_reservation_id,
 };
-pub use spec::{parse_cidr, parse_icmp_type_code, parse_port_range};
+pub use spec::{parse_cidr, parse_icmp_type_code, parse_port_range, parse_source_cidr};
 
 use crate::error::ErrorCode;
 
@@ -101,8 +101,10 @@ pub enum Proto {
     Tcp,
     Udp,
     Icmp,
-    /// All protocols, all ports (EC2 `-1` / `all`).
+    /// All protocols, all ports (EC2 `-1` / `all`), both address families.
     All,
+    /// ICMPv6 (IP protocol 58), with a type:code like `icmp`; IPv6 only.
+    Icmpv6,
 }
 
 /// Port part of a rule. Normalised: `Ports::Range(0, 65535)` for "all ports" of
@@ -113,22 +115,31 @@ pub enum Ports {
     None,
     /// Inclusive TCP/UDP port range, `lo <= hi`.
     Range(u16, u16),
-    /// ICMP type and code; `None` is the `-1` wildcard. `code` is `None` whenever
-    /// `ty` is `None`.
+    /// ICMP (or ICMPv6) type and code; `None` is the `-1` wildcard. `code` is
+    /// `None` whenever `ty` is `None`.
     Icmp { ty: Option<u8>, code: Option<u8> },
 }
 
 /// Where allowed traffic may come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Source {
-    /// A normalised CIDR (host bits cleared).
+    /// A normalised IPv4 CIDR (host bits cleared): the rule applies to IPv4
+    /// packets only (`0.0.0.0/0` does not open IPv6, as in AWS).
     Cidr(Ipv4Net),
+    /// A normalised IPv6 CIDR (host bits cleared): the rule applies to IPv6
+    /// packets only.
+    Cidr6(Ipv6Net),
     /// Members of a group, `owner`'s group named `group`: matched on the verified
     /// sender instance, never on an address.
     Group { owner: Owner, group: String },
 }
 
-/// One ingress allow rule: one (protocol, ports, source) triple.
+/// One allow rule: one (protocol, ports, source) triple.
+///
+/// Address families: a rule with a CIDR applies to that CIDR's family only;
+/// `icmp` is IPv4 and `icmpv6` IPv6 (and each refuses a CIDR of the other
+/// family); `all`, `tcp` and `udp` with a group source apply to both families
+/// (a group source matches its verified member instances by either address).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Rule {
     pub proto: Proto,
@@ -155,7 +166,8 @@ pub struct Group {
     pub egress: Vec<Rule>,
 }
 
-/// The egress rule every new group starts with: all protocols to `0.0.0.0/0`.
+/// The IPv4 half of the egress every new group starts with: all protocols to
+/// `0.0.0.0/0`.
 pub fn default_egress_rule() -> Rule {
     Rule {
         proto: Proto::All,
@@ -164,9 +176,29 @@ pub fn default_egress_rule() -> Rule {
     }
 }
 
-/// A new group's egress rules: [`default_egress_rule`] alone.
+/// The IPv6 half of the default egress: all protocols to `::/0`.
+pub fn default_egress_rule6() -> Rule {
+    Rule {
+        proto: Proto::All,
+        ports: Ports::None,
+        source: Source::Cidr6(Ipv6Net::default()),
+    }
+}
+
+/// Are these egress rules exactly the default a new group starts with (both
+/// halves, in either order)? `describe-group` leaves such egress unprinted.
+pub fn is_default_egress(rules: &[Rule]) -> bool {
+    rules.len() == 2
+        && rules.contains(&default_egress_rule())
+        && rules.contains(&default_egress_rule6())
+}
+
+/// A new group's egress rules ("all protocols to `0.0.0.0/0` and `::/0`"):
+/// two rules, [`default_egress_rule`] then [`default_egress_rule6`], so each
+/// family's half can be revoked on its own (as in AWS, where they are two
+/// permissions).
 pub fn default_egress() -> Vec<Rule> {
-    vec![default_egress_rule()]
+    vec![default_egress_rule(), default_egress_rule6()]
 }
 
 impl Group {
@@ -249,7 +281,7 @@ impl Default for Limits {
 
 /// Options of an authorize/revoke request as the CLI and APIs deliver them, before
 /// validation. One spec expands into one rule per source (`-s` CIDRs and `-o/-u`
-/// groups); with no source at all it means `0.0.0.0/0`.
+/// groups); with no source at all it means `0.0.0.0/0` (`::/0` for `icmpv6`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSpec {
     /// `-P`: `tcp`, `udp`, `icmp`, `all`, `-1`, or the numbers 6, 17, 1 (any
@@ -1893,7 +1925,9 @@ mod tests {
             "10.0.0.0/",
             "host",
             "010.0.0.1",
-            "::1/128",
+            ":::1/128",
+            "::1/129",
+            "2001:db8::/64/1",
         ] {
             let spec = RuleSpec {
                 cidrs: vec![bad.into()],
@@ -1968,6 +2002,150 @@ mod tests {
             }]
         );
         assert_eq!(none[0].to_string(), "all from 0.0.0.0/0");
+    }
+
+    #[test]
+    fn ipv6_rule_forms_parse_print_and_refuse_mixed_families() {
+        let me = alice();
+        let spec =
+            |proto: Option<&str>, ports: Option<&str>, icmp: Option<&str>, cidrs: &[&str]| {
+                RuleSpec {
+                    proto: proto.map(Into::into),
+                    ports: ports.map(Into::into),
+                    icmp: icmp.map(Into::into),
+                    cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+                    groups: vec![],
+                }
+            };
+        let r = spec(
+            Some("tcp"),
+            Some("22"),
+            None,
+            &["2001:db8::1/32", "::/0", "2001:db8::7"],
+        )
+        .expand(&me)
+        .expect("IPv6 CIDRs");
+        let texts: Vec<String> = r
+            .iter()
+            .map(|r| r.normalized().expect("ok").to_string())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "tcp 22-22 from 2001:db8::/32",
+                "tcp 22-22 from ::/0",
+                "tcp 22-22 from 2001:db8::7/128"
+            ]
+        );
+        assert!(r.iter().all(|r| !r.applies_v4() && r.applies_v6()));
+        let r = spec(Some("icmpv6"), None, Some("128:-1"), &["::/0"])
+            .expand(&me)
+            .expect("icmpv6");
+        assert_eq!(r[0].proto, Proto::Icmpv6);
+        assert_eq!(r[0].to_string(), "icmpv6 128:-1 from ::/0");
+        assert_eq!(Proto::parse("58"), Ok(Proto::Icmpv6));
+        assert_eq!(Proto::Icmpv6.number(), Some(crate::proto::ICMPV6));
+        // icmpv6 alone is from anywhere in IPv6; all alone stays IPv4 (as AWS).
+        let r = spec(Some("icmpv6"), None, None, &[])
+            .expand(&me)
+            .expect("icmpv6");
+        assert_eq!(r[0].to_string(), "icmpv6 -1:-1 from ::/0");
+        let r = spec(None, None, None, &[]).expand(&me).expect("all");
+        assert!(
+            r[0].applies_v4() && !r[0].applies_v6(),
+            "0.0.0.0/0 does not open IPv6"
+        );
+        // Group sources apply to both families, except the ICMP protocols.
+        let g = RuleSpec {
+            groups: vec![("default".into(), None)],
+            ..RuleSpec::default()
+        }
+        .expand(&me)
+        .expect("group");
+        assert!(g[0].applies_v4() && g[0].applies_v6());
+
+        let mut m = model();
+        fails(
+            &mut m,
+            ErrorCode::InvalidParameterValue,
+            "'2001:db8::/32'",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec(Some("icmp"), None, Some("8:0"), &["2001:db8::/32"]),
+                )
+            },
+        );
+        fails(
+            &mut m,
+            ErrorCode::InvalidParameterValue,
+            "'10.0.0.0/8'",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec(Some("icmpv6"), None, Some("128:0"), &["10.0.0.0/8"]),
+                )
+            },
+        );
+        fails(
+            &mut m,
+            ErrorCode::InvalidParameterValue,
+            "'2001:db8::/129'",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec(Some("tcp"), Some("22"), None, &["2001:db8::/129"]),
+                )
+            },
+        );
+        fails(
+            &mut m,
+            ErrorCode::InvalidParameterValue,
+            "'fe80::zz'",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec(Some("tcp"), Some("22"), None, &["fe80::zz"]),
+                )
+            },
+        );
+        fails(&mut m, ErrorCode::InvalidParameterValue, "'22'", |m| {
+            m.authorize(
+                &alice(),
+                "default",
+                &spec(Some("icmpv6"), Some("22"), None, &["::/0"]),
+            )
+        });
+        // An IPv6 rule and its IPv4 twin are different rules; the same twice is a duplicate.
+        m.authorize(
+            &alice(),
+            "default",
+            &spec(Some("tcp"), Some("22"), None, &["::/0", "0.0.0.0/0"]),
+        )
+        .expect("both families");
+        fails(
+            &mut m,
+            ErrorCode::InvalidPermissionDuplicate,
+            "tcp 22-22 from ::/0",
+            |m| {
+                m.authorize(
+                    &alice(),
+                    "default",
+                    &spec(Some("tcp"), Some("22"), None, &["::/0"]),
+                )
+            },
+        );
+        m.revoke(
+            &alice(),
+            "default",
+            &spec(Some("tcp"), Some("22"), None, &["::/0"]),
+        )
+        .expect("revoke the IPv6 one");
+        m.verify().expect("consistent");
     }
 
     // ---- authorize / revoke ----
@@ -2142,26 +2320,37 @@ mod tests {
 
     #[test]
     fn egress_rules_start_open_count_separately_and_undo() {
-        let mut m = Model::new(Limits { rules_per_group: 2 });
+        let mut m = Model::new(Limits { rules_per_group: 3 });
         m.ensure_owner(&alice());
         m.add_group(&alice(), "web", "w").expect("add");
         for g in ["default", "web"] {
             assert_eq!(
                 m.group(&alice(), g).expect("g").egress,
-                vec![default_egress_rule()],
-                "a new group ({g}) starts with all to 0.0.0.0/0"
+                vec![default_egress_rule(), default_egress_rule6()],
+                "a new group ({g}) starts with all to 0.0.0.0/0 and ::/0"
             );
         }
-        // Two ingress rules (the limit) leave egress room: counted apart.
-        m.authorize(&alice(), "web", &spec_tcp("22", &["10.0.0.1", "10.0.0.2"]))
-            .expect("ingress up to the limit");
+        // Three ingress rules (the limit) leave egress room: counted apart.
+        m.authorize(
+            &alice(),
+            "web",
+            &spec_tcp("22", &["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+        )
+        .expect("ingress up to the limit");
         m.record_changes();
         let added = m
             .authorize_dir(&alice(), "web", &spec_tcp("443", &["10.9.0.0/16"]), true)
             .expect("egress within its own limit");
         let g = m.group(&alice(), "web").expect("g");
-        assert_eq!(g.rules.len(), 2);
-        assert_eq!(g.egress, vec![default_egress_rule(), added[0].clone()]);
+        assert_eq!(g.rules.len(), 3);
+        assert_eq!(
+            g.egress,
+            vec![
+                default_egress_rule(),
+                default_egress_rule6(),
+                added[0].clone()
+            ]
+        );
         fails(
             &mut m,
             ErrorCode::RulesPerSecurityGroupLimitExceeded,
@@ -2182,9 +2371,20 @@ mod tests {
             |m| m.revoke_dir(&alice(), "web", &spec_tcp("22", &["10.0.0.1"]), true),
         );
         m.revoke_dir(&alice(), "web", &RuleSpec::default(), true)
-            .expect("revoke the default egress rule");
+            .expect("revoke the IPv4 default egress rule");
+        assert_eq!(
+            m.group(&alice(), "web").expect("g").egress,
+            vec![default_egress_rule6(), added[0].clone()],
+            "the ::/0 half stays"
+        );
+        let all6 = RuleSpec {
+            cidrs: vec!["::/0".into()],
+            ..RuleSpec::default()
+        };
+        m.revoke_dir(&alice(), "web", &all6, true)
+            .expect("revoke the IPv6 default egress rule");
         assert_eq!(m.group(&alice(), "web").expect("g").egress, added);
-        assert_eq!(m.group(&alice(), "web").expect("g").rules.len(), 2);
+        assert_eq!(m.group(&alice(), "web").expect("g").rules.len(), 3);
         // A group named by an egress rule cannot be deleted.
         m.authorize_dir(
             &alice(),
@@ -2210,8 +2410,8 @@ mod tests {
         );
         m.undo(changes);
         let g = m.group(&alice(), "web").expect("g");
-        assert_eq!(g.egress, vec![default_egress_rule()]);
-        assert_eq!(g.rules.len(), 2);
+        assert_eq!(g.egress, default_egress());
+        assert_eq!(g.rules.len(), 3);
         assert_eq!(
             m.group(&alice(), "default").expect("g").egress,
             default_egress()

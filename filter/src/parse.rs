@@ -1,5 +1,5 @@
-//! Zero-copy frame parsing: untrusted bytes → [`Parsed`] (Ethernet + ARP or IPv4
-//! facts) or a [`DropReason`].
+//! Zero-copy frame parsing: untrusted bytes → [`Parsed`] (Ethernet + ARP, IPv4 or
+//! IPv6 facts) or a [`DropReason`].
 //!
 //! Contract:
 //! * [`parse_frame`] never panics, never allocates and reads each header once. Every
@@ -7,8 +7,11 @@
 //!   the field reads that follow are statically in bounds.
 //! * Ethernet II with at most one 802.1Q tag (`0x8100`); the tag's VID is reported
 //!   in [`Eth::vlan`] and [`Eth::ethertype`] is the inner type. Anything that is not
-//!   ARP or IPv4 after that (IPv6, QinQ, a second tag, ...) is
+//!   ARP, IPv4 or IPv6 after that (QinQ, a second tag, ...) is
 //!   [`DropReason::UnsupportedEthertype`].
+//! * IPv6 (EtherType `0x86DD`) is parsed by [`mod@ipv6`] into [`Parsed::Ipv6`]
+//!   with the same conventions (ports, ICMPv6 queries and errors, fragments);
+//!   its contract (extension-header walk and its bound) is in that module.
 //! * ARP must be Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4) with opcode
 //!   request (1) or reply (2), else [`DropReason::MalformedArp`].
 //! * IPv4: version 4, IHL ≥ 5 (options are skipped), total length ≥ IHL and within
@@ -38,15 +41,19 @@
 //! Offsets in [`Parsed::Ipv4`] are from the start of the frame (so they include
 //! the VLAN tag when present) and fit `u16` because the IPv4 total length does.
 
+pub mod ipv6;
+
 use std::net::Ipv4Addr;
 
-use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Mac, Packet, proto};
+pub use ipv6::{IPV6_HDR_LEN, IPV6_MAX_EXT_HEADERS};
+
+use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Mac, Packet, Packet6, proto};
 
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// EtherType of ARP.
 pub const ETHERTYPE_ARP: u16 = 0x0806;
-/// EtherType of IPv6 (reported as unsupported for now).
+/// EtherType of IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// EtherType (TPID) of an 802.1Q tag.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
@@ -147,6 +154,23 @@ pub enum Parsed {
         /// frame bytes after that are Ethernet padding.
         ip_len: u16,
     },
+    /// An IPv6 packet (see [`mod@ipv6`]).
+    Ipv6 {
+        eth: Eth,
+        pkt: Packet6,
+        /// Offset of the IPv6 header in the frame.
+        l3_offset: u16,
+        /// Offset of the upper-layer header: after the fixed header and every
+        /// extension header walked (for a non-first fragment: after its fragment
+        /// header).
+        l4_offset: u16,
+        /// Offset of the L4 payload (after the TCP/UDP/ICMPv6 header; equal to
+        /// `l4_offset` for other protocols and non-first fragments).
+        payload_offset: u16,
+        /// 40 + the payload length: the packet ends at `l3_offset + ip_len`;
+        /// frame bytes after that are Ethernet padding.
+        ip_len: u16,
+    },
 }
 
 impl Parsed {
@@ -154,16 +178,26 @@ impl Parsed {
     #[inline]
     pub fn eth(&self) -> &Eth {
         match self {
-            Parsed::Arp { eth, .. } | Parsed::Ipv4 { eth, .. } => eth,
+            Parsed::Arp { eth, .. } | Parsed::Ipv4 { eth, .. } | Parsed::Ipv6 { eth, .. } => eth,
         }
     }
 
-    /// The IPv4 packet facts, if this is IPv4.
+    /// The IPv4 packet facts, if this is IPv4 (`None` for IPv6: see
+    /// [`Parsed::packet6`]).
     #[inline]
     pub fn packet(&self) -> Option<&Packet> {
         match self {
             Parsed::Ipv4 { pkt, .. } => Some(pkt),
-            Parsed::Arp { .. } => None,
+            Parsed::Arp { .. } | Parsed::Ipv6 { .. } => None,
+        }
+    }
+
+    /// The IPv6 packet facts, if this is IPv6.
+    #[inline]
+    pub fn packet6(&self) -> Option<&Packet6> {
+        match self {
+            Parsed::Ipv6 { pkt, .. } => Some(pkt),
+            Parsed::Arp { .. } | Parsed::Ipv4 { .. } => None,
         }
     }
 
@@ -172,7 +206,7 @@ impl Parsed {
     pub fn arp(&self) -> Option<&Arp> {
         match self {
             Parsed::Arp { arp, .. } => Some(arp),
-            Parsed::Ipv4 { .. } => None,
+            Parsed::Ipv4 { .. } | Parsed::Ipv6 { .. } => None,
         }
     }
 }
@@ -227,6 +261,7 @@ pub fn parse_frame(frame: &[u8]) -> Result<Parsed, DropReason> {
             arp: parse_arp(rest)?,
         }),
         ETHERTYPE_IPV4 => parse_ipv4(eth, l3, rest),
+        ETHERTYPE_IPV6 => ipv6::parse_ipv6(eth, l3, rest),
         _ => Err(DropReason::UnsupportedEthertype),
     }
 }
@@ -303,8 +338,12 @@ fn parse_ipv4(eth: Eth, l3: usize, b: &[u8]) -> Result<Parsed, DropReason> {
 
     let frag = match (ip.frag_off, ip.more_frags) {
         (0, false) => Frag::None,
-        (0, true) => Frag::First { id: ip.id },
-        _ => Frag::Later { id: ip.id },
+        (0, true) => Frag::First {
+            id: u32::from(ip.id),
+        },
+        _ => Frag::Later {
+            id: u32::from(ip.id),
+        },
     };
     let mut key = FlowKey {
         src: ip.src,
@@ -355,22 +394,15 @@ fn parse_l4(
 ) -> Result<(L4, usize), DropReason> {
     match proto_num {
         proto::TCP => {
-            let t: &[u8; TCP_MIN_HDR_LEN] = take(b).ok_or(short)?;
-            let doff = usize::from(t[12] >> 4) * 4;
-            if doff < TCP_MIN_HDR_LEN {
-                return Err(DropReason::TruncatedL4);
-            }
-            if doff > b.len() {
-                return Err(short);
-            }
-            key.sport = be16([t[0], t[1]]);
-            key.dport = be16([t[2], t[3]]);
-            Ok((L4::Tcp { flags: t[13] }, doff))
+            let (flags, doff, sport, dport) = tcp_header(b, short)?;
+            key.sport = sport;
+            key.dport = dport;
+            Ok((L4::Tcp { flags }, doff))
         }
         proto::UDP => {
-            let u: &[u8; UDP_HDR_LEN] = take(b).ok_or(short)?;
-            key.sport = be16([u[0], u[1]]);
-            key.dport = be16([u[2], u[3]]);
+            let (sport, dport) = udp_header(b, short)?;
+            key.sport = sport;
+            key.dport = dport;
             Ok((L4::Udp, UDP_HDR_LEN))
         }
         proto::ICMP => {
@@ -399,6 +431,29 @@ fn parse_l4(
         }
         _ => Ok((L4::Other, 0)),
     }
+}
+
+/// The TCP header at the start of `b`: `(flags, header length, sport, dport)`.
+/// `short` when `b` cannot hold it; a data offset below 5 words is
+/// [`DropReason::TruncatedL4`] (see the module docs). Shared by both families.
+#[inline(always)]
+fn tcp_header(b: &[u8], short: DropReason) -> Result<(u8, usize, u16, u16), DropReason> {
+    let t: &[u8; TCP_MIN_HDR_LEN] = take(b).ok_or(short)?;
+    let doff = usize::from(t[12] >> 4) * 4;
+    if doff < TCP_MIN_HDR_LEN {
+        return Err(DropReason::TruncatedL4);
+    }
+    if doff > b.len() {
+        return Err(short);
+    }
+    Ok((t[13], doff, be16([t[0], t[1]]), be16([t[2], t[3]])))
+}
+
+/// The UDP header at the start of `b`: `(sport, dport)`, or `short`.
+#[inline(always)]
+fn udp_header(b: &[u8], short: DropReason) -> Result<(u16, u16), DropReason> {
+    let u: &[u8; UDP_HDR_LEN] = take(b).ok_or(short)?;
+    Ok((be16([u[0], u[1]]), be16([u[2], u[3]])))
 }
 
 /// `Some(true)` for an ICMP query request type, `Some(false)` for a query reply,
@@ -867,7 +922,7 @@ mod tests {
     #[test]
     fn drop_unsupported_ethertype() {
         let mut f = hex(TCP_SYN);
-        f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
         assert_eq!(parse_frame(&f), Err(DropReason::UnsupportedEthertype));
         // QinQ: a second 802.1Q tag is not supported either.
         let mut f = hex(VLAN_UDP);
@@ -1077,6 +1132,9 @@ mod tests {
             // The frame is complete once the IPv4 packet (or the ARP body) is.
             let needed = match full {
                 Parsed::Ipv4 {
+                    l3_offset, ip_len, ..
+                }
+                | Parsed::Ipv6 {
                     l3_offset, ip_len, ..
                 } => usize::from(l3_offset) + usize::from(ip_len),
                 Parsed::Arp { eth, .. } => eth.header_len() + ARP_LEN,

@@ -9,16 +9,67 @@
 //! limits. The property tests (`filter/tests/prop.rs`) check that the compiled
 //! snapshot and the lock-free table agree with it on random models, edits and
 //! packet sequences. Never used on the datapath.
+//!
+//! The rule functions ([`rule_matches`], [`allows`], [`egress_allows`]) take
+//! packets of either address family ([`Family`]): a rule applies to a family
+//! when its CIDR is of that family (a group source matches member instances
+//! by their address of the packet's family: the IPv4 address, or the IPv6
+//! address [`Model::ip6_of`] gives them), `icmp` to IPv4 and `icmpv6` to IPv6
+//! only, `all`/`tcp`/`udp` to both. So `0.0.0.0/0` never admits IPv6.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{RevokeMode, Timeouts};
-use crate::model::{Model, Ports, Proto, Rule, Source};
-use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
+use crate::model::{Instance, Model, Ports, Proto, Rule, Source};
+use crate::{DropReason, FlowKey, Frag, IcmpKind, IpAddress, L4, Packet, proto, tcp_flags};
+
+/// An address family as the rules see it: [`Ipv4Addr`] or [`Ipv6Addr`].
+pub trait Family: IpAddress {
+    /// The family's ICMP protocol number (1 or 58).
+    const ICMP: u8;
+    /// The rule protocol that matches it (`icmp` or `icmpv6`).
+    const ICMP_RULE: Proto;
+    /// Is `a` in `source` when that is a CIDR of this family? (False for a
+    /// CIDR of the other family and for a group.)
+    fn in_cidr(source: &Source, a: Self) -> bool;
+    /// `inst`'s address in this family, if it has one.
+    fn of(model: &Model, inst: &Instance) -> Option<Self>;
+}
+
+impl Family for Ipv4Addr {
+    const ICMP: u8 = proto::ICMP;
+    const ICMP_RULE: Proto = Proto::Icmp;
+    fn in_cidr(source: &Source, a: Ipv4Addr) -> bool {
+        matches!(source, Source::Cidr(net) if net.contains(&a))
+    }
+    fn of(_: &Model, inst: &Instance) -> Option<Ipv4Addr> {
+        Some(inst.ip)
+    }
+}
+
+impl Family for Ipv6Addr {
+    const ICMP: u8 = proto::ICMPV6;
+    const ICMP_RULE: Proto = Proto::Icmpv6;
+    fn in_cidr(source: &Source, a: Ipv6Addr) -> bool {
+        matches!(source, Source::Cidr6(net) if net.contains(&a))
+    }
+    fn of(model: &Model, inst: &Instance) -> Option<Ipv6Addr> {
+        model.ip6_of(inst.mac)
+    }
+}
+
+/// The instance whose address (of `A`'s family) is `a`.
+pub fn instance_at<A: Family>(model: &Model, a: A) -> Option<&Instance> {
+    model
+        .instances()
+        .values()
+        .find(|i| A::of(model, i) == Some(a))
+}
 
 /// Does `rule` (of a group of the destination) allow `pkt`?
-pub fn rule_matches(model: &Model, rule: &Rule, pkt: &Packet) -> bool {
+pub fn rule_matches<A: Family>(model: &Model, rule: &Rule, pkt: &Packet<A>) -> bool {
+    let icmp_ok = |p: Proto| p == A::ICMP_RULE && pkt.key.proto == A::ICMP;
     let proto_ok = match (rule.proto, rule.ports) {
         (Proto::All, _) => true,
         (Proto::Tcp, Ports::Range(lo, hi)) => {
@@ -27,34 +78,37 @@ pub fn rule_matches(model: &Model, rule: &Rule, pkt: &Packet) -> bool {
         (Proto::Udp, Ports::Range(lo, hi)) => {
             pkt.key.proto == proto::UDP && lo <= pkt.key.dport && pkt.key.dport <= hi
         }
-        (Proto::Icmp, Ports::Icmp { ty, code }) => match pkt.l4 {
-            L4::Icmp { ty: t, code: c, .. } if pkt.key.proto == proto::ICMP => {
+        (p @ (Proto::Icmp | Proto::Icmpv6), Ports::Icmp { ty, code }) => match pkt.l4 {
+            L4::Icmp { ty: t, code: c, .. } if icmp_ok(p) => {
                 ty.is_none_or(|x| x == t) && code.is_none_or(|x| x == c)
             }
             _ => false,
         },
         (Proto::Tcp, _) => pkt.key.proto == proto::TCP,
         (Proto::Udp, _) => pkt.key.proto == proto::UDP,
-        (Proto::Icmp, _) => pkt.key.proto == proto::ICMP && matches!(pkt.l4, L4::Icmp { .. }),
+        (p @ (Proto::Icmp | Proto::Icmpv6), _) => icmp_ok(p) && matches!(pkt.l4, L4::Icmp { .. }),
     };
     if !proto_ok {
         return false;
     }
     match &rule.source {
-        Source::Cidr(net) => net.contains(&pkt.key.src),
         Source::Group { owner, group } => model.instances().values().any(|i| {
-            i.ip == pkt.key.src && &i.owner == owner && i.groups.iter().any(|g| g == group)
+            A::of(model, i) == Some(pkt.key.src)
+                && &i.owner == owner
+                && i.groups.iter().any(|g| g == group)
         }),
+        cidr => A::in_cidr(cidr, pkt.key.src),
     }
 }
 
 /// Do the ingress rules of the destination instance allow `pkt`? (The reference
-/// statement of [`crate::compile::Snapshot::allows`].)
-pub fn allows(model: &Model, pkt: &Packet) -> bool {
+/// statement of [`crate::compile::Snapshot::allows`] and, for IPv6, of
+/// [`crate::compile::Snapshot::admitting_rule6`] being `Some`.)
+pub fn allows<A: Family>(model: &Model, pkt: &Packet<A>) -> bool {
     if matches!(pkt.frag, Frag::Later { .. }) {
         return false;
     }
-    let Some(dst) = model.instances().values().find(|i| i.ip == pkt.key.dst) else {
+    let Some(dst) = instance_at(model, pkt.key.dst) else {
         return false;
     };
     dst.groups.iter().any(|name| {
@@ -70,9 +124,9 @@ pub fn allows(model: &Model, pkt: &Packet) -> bool {
 /// with its "source" (the destination CIDR or group) tested against
 /// `pkt.key.dst`. (The reference statement of
 /// [`crate::compile::Snapshot::egress_allows`] for whole packets and first
-/// fragments.)
-pub fn egress_allows(model: &Model, pkt: &Packet) -> bool {
-    let Some(src) = model.instances().values().find(|i| i.ip == pkt.key.src) else {
+/// fragments, and of [`crate::compile::Snapshot::egress_allows6`].)
+pub fn egress_allows<A: Family>(model: &Model, pkt: &Packet<A>) -> bool {
+    let Some(src) = instance_at(model, pkt.key.src) else {
         return true;
     };
     let swapped = Packet {
@@ -90,8 +144,8 @@ pub fn egress_allows(model: &Model, pkt: &Packet) -> bool {
     })
 }
 
-fn is_instance(model: &Model, ip: Ipv4Addr) -> bool {
-    model.instances().values().any(|i| i.ip == ip)
+fn is_instance<A: Family>(model: &Model, ip: A) -> bool {
+    instance_at(model, ip).is_some()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +178,7 @@ pub struct Reference {
     /// Keyed by the flow's original direction.
     flows: HashMap<FlowKey, Flow>,
     /// `(src, dst, proto, id)` → expiry.
-    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), u32>,
+    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u32), u32>,
 }
 
 impl Reference {

@@ -721,13 +721,13 @@ mod tests {
                                 }
                                 let pk = *r.expect("first fragment").packet().expect("ipv4");
                                 prop_assert_eq!(pk.key, key);
-                                let want = if last { Frag::None } else { Frag::First { id: opts.id } };
+                                let want = if last { Frag::None } else { Frag::First { id: u32::from(opts.id) } };
                                 prop_assert_eq!(pk.frag, want);
                             } else if kind_is_tcp(&kind) && i == 1 && frag_at / 8 == 1 {
                                 prop_assert_eq!(r, Err(DropReason::TinyFragment), "RFC 1858");
                             } else {
                                 let pk = *r.expect("later fragment").packet().expect("ipv4");
-                                prop_assert_eq!(pk.frag, Frag::Later { id: opts.id });
+                                prop_assert_eq!(pk.frag, Frag::Later { id: u32::from(opts.id) });
                                 prop_assert_eq!((pk.key.sport, pk.key.dport, pk.l4), (0, 0, L4::Other));
                             }
                         }

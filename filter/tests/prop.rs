@@ -19,15 +19,25 @@
 //! snapshot kept up to date by [`Compiler::apply`] must allow exactly what one
 //! compiled from scratch allows, and a check that `Model::undo` restores the
 //! model.
+//!
+//! IPv6: models are dual-stack (`set_subnet6`: every instance has its SLAAC
+//! address) and their rules include IPv6 CIDRs (inside and outside the
+//! instances' /64, down to a single instance) and `icmpv6` rules; every
+//! packet of the generator is also judged as its IPv6 twin ([`to6`]: the same
+//! instances by their IPv6 address, outside addresses mapped to IPv6 ones,
+//! ICMP kinds to their ICMPv6 types), where the snapshot's
+//! `admitting_rule6`/`egress_allows6` must equal the reference's IPv6
+//! decisions and name the first matching rule — from scratch and kept up to
+//! date by `Compiler::apply`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use filter::compile::{Compiler, compile};
 use filter::conntrack::{Conntrack, CtConfig, RevokeMode, Timeouts};
 use filter::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
 use filter::reference::{self, Reference};
-use filter::{FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
+use filter::{FlowKey, FlowKey6, Frag, IcmpKind, L4, Packet, Packet6, proto, tcp_flags};
 use proptest::prelude::*;
 
 const OWNERS: [&str; 2] = ["111111111111", "222222222222"];
@@ -40,6 +50,20 @@ const CIDRS: [&str; 7] = [
     "10.0.0.0/8",
     "10.1.0.0/16",
     "192.0.2.0/24",
+];
+/// The instances' IPv6 /64.
+const SUBNET6: &str = "fd00:5::/64";
+/// IPv6 rule CIDRs: everything, the instances' /64, the instances numbered
+/// below 16 (their SLAAC addresses end in `ff:fe00:n01`, see
+/// [`World::launch`]), instance 3 alone, outside prefixes and one host.
+const CIDRS6: [&str; 7] = [
+    "::/0",
+    "fd00:5::/64",
+    "fd00:5::ff:fe00:0/116",
+    "fd00:5::ff:fe00:300/120",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+    "2001:db8::1/128",
 ];
 /// Instance addresses come from the first 8; the rest are "outside".
 const ADDRS: [[u8; 4]; 11] = [
@@ -75,6 +99,7 @@ enum RuleGen {
     Tcp(u16, u16),
     Udp(u16, u16),
     Icmp(Option<u8>, Option<u8>),
+    Icmpv6(Option<u8>, Option<u8>),
     All,
 }
 
@@ -85,8 +110,13 @@ fn rule_gen() -> impl Strategy<Value = RuleGen> {
     prop_oneof![
         (port.clone(), 0u16..4).prop_map(|(p, w)| RuleGen::Tcp(p, p.saturating_add(w))),
         (port, 0u16..4).prop_map(|(p, w)| RuleGen::Udp(p, p.saturating_add(w))),
-        (icmp_ty, icmp_code)
+        (icmp_ty, icmp_code.clone())
             .prop_map(|(t, c)| RuleGen::Icmp(t, if t.is_some() { c } else { None })),
+        (
+            prop::option::of(prop::sample::select(&[1u8, 3, 128, 129, 135][..])),
+            icmp_code
+        )
+            .prop_map(|(t, c)| RuleGen::Icmpv6(t, if t.is_some() { c } else { None })),
         Just(RuleGen::All),
     ]
 }
@@ -94,12 +124,14 @@ fn rule_gen() -> impl Strategy<Value = RuleGen> {
 #[derive(Clone, Debug)]
 enum SrcGen {
     Cidr(usize),
+    Cidr6(usize),
     Group(usize, usize),
 }
 
 fn src_gen() -> impl Strategy<Value = SrcGen> {
     prop_oneof![
         3 => (0..CIDRS.len()).prop_map(SrcGen::Cidr),
+        2 => (0..CIDRS6.len()).prop_map(SrcGen::Cidr6),
         2 => (0..OWNERS.len(), 0..GROUPS.len()).prop_map(|(o, g)| SrcGen::Group(o, g)),
     ]
 }
@@ -109,10 +141,12 @@ fn make_rule(r: &RuleGen, s: &SrcGen) -> Rule {
         RuleGen::Tcp(lo, hi) => (Proto::Tcp, Ports::Range(lo, hi)),
         RuleGen::Udp(lo, hi) => (Proto::Udp, Ports::Range(lo, hi)),
         RuleGen::Icmp(ty, code) => (Proto::Icmp, Ports::Icmp { ty, code }),
+        RuleGen::Icmpv6(ty, code) => (Proto::Icmpv6, Ports::Icmp { ty, code }),
         RuleGen::All => (Proto::All, Ports::None),
     };
     let source = match *s {
         SrcGen::Cidr(i) => Source::Cidr(CIDRS[i].parse().unwrap()),
+        SrcGen::Cidr6(i) => Source::Cidr6(CIDRS6[i].parse().unwrap()),
         SrcGen::Group(o, g) => Source::Group {
             owner: owner(o),
             group: GROUPS[g].to_owned(),
@@ -318,6 +352,9 @@ impl World {
         let mut model = Model::new(Limits {
             rules_per_group: 1000,
         });
+        model
+            .set_subnet6(Some(SUBNET6.parse().unwrap()))
+            .expect("a /64");
         for o in 0..OWNERS.len() {
             let ow = owner(o);
             model.ensure_owner(&ow);
@@ -491,8 +528,12 @@ fn build_packet(p: &PacketOp, hist: &[Packet]) -> Packet {
     let dst = Ipv4Addr::from(ADDRS[p.dst]);
     let (sport, dport) = (PORTS[p.sport], PORTS[p.dport]);
     let frag = match p.frag {
-        1 => Frag::First { id: p.frag_id },
-        2 => Frag::Later { id: p.frag_id },
+        1 => Frag::First {
+            id: u32::from(p.frag_id),
+        },
+        2 => Frag::Later {
+            id: u32::from(p.frag_id),
+        },
         _ => Frag::None,
     };
     let (proto_, sport, dport, l4) = match p.kind {
@@ -582,6 +623,120 @@ fn build_packet(p: &PacketOp, hist: &[Packet]) -> Packet {
     }
 }
 
+/// The IPv6 address standing for `a`: an instance's SLAAC address, or for
+/// other addresses one in the instances' /64 (from 172.31.0.x) or outside it.
+fn addr6(m: &Model, a: Ipv4Addr) -> Ipv6Addr {
+    if let Some(i) = m.instances().values().find(|i| i.ip == a) {
+        return m.ip6_of(i.mac).expect("dual-stack");
+    }
+    let [b0, b1, b2, b3] = a.octets();
+    match (b0, b1) {
+        (172, 31) => Ipv6Addr::new(0xfd00, 5, 0, 0, 1, 0, u16::from(b2), u16::from(b3)),
+        (10, 0) => "2001:db8::1".parse().unwrap(),
+        (10, _) => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, u16::from(b2), u16::from(b3)),
+        _ => Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, u16::from(b2), u16::from(b3)),
+    }
+}
+
+fn key6(m: &Model, k: FlowKey) -> FlowKey6 {
+    FlowKey6 {
+        src: addr6(m, k.src),
+        dst: addr6(m, k.dst),
+        proto: if k.proto == proto::ICMP {
+            proto::ICMPV6
+        } else {
+            k.proto
+        },
+        sport: k.sport,
+        dport: k.dport,
+    }
+}
+
+/// The IPv6 twin of an IPv4 packet: addresses by [`addr6`], ICMP types to
+/// ICMPv6 ones (echo 8/0 → 128/129, unreachable 3 → 1, time exceeded 11 →
+/// 3, timestamp 13/14 → 130/131, other 9 → 135).
+fn to6(m: &Model, p: &Packet) -> Packet6 {
+    let l4 = match p.l4 {
+        L4::Tcp { flags } => L4::Tcp { flags },
+        L4::Udp => L4::Udp,
+        L4::Other => L4::Other,
+        L4::Icmp { ty, code, kind } => {
+            let ty = match ty {
+                8 => 128,
+                0 => 129,
+                3 => 1,
+                11 => 3,
+                13 => 130,
+                14 => 131,
+                _ => 135,
+            };
+            let kind = match kind {
+                IcmpKind::Request => IcmpKind::Request,
+                IcmpKind::Reply => IcmpKind::Reply,
+                IcmpKind::Other => IcmpKind::Other,
+                IcmpKind::Error { inner } => IcmpKind::Error {
+                    inner: key6(m, inner),
+                },
+            };
+            L4::Icmp { ty, code, kind }
+        }
+    };
+    Packet6 {
+        key: key6(m, p.key),
+        l4,
+        frag: p.frag,
+    }
+}
+
+/// The IPv6 decisions of `snap` against the reference for `pkt`'s twin: the
+/// admitting rule is the first matching one (its slot from `c`, the compiler
+/// of `snap`; without it only whether one admits), and egress agrees (except
+/// for later fragments, which egress judges by train).
+fn check6(
+    m: &Model,
+    snap: &filter::compile::Snapshot,
+    c: Option<&Compiler>,
+    pkt: &Packet,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let p6 = to6(m, pkt);
+    let matching = filter::explain::matching_rules(m, &p6);
+    prop_assert_eq!(
+        !matching.is_empty(),
+        reference::allows(m, &p6),
+        "{}: explain vs reference {:?}",
+        what,
+        p6
+    );
+    let got = snap.admitting_rule6(&p6);
+    match c {
+        Some(c) => {
+            let first = matching.first().map(|r| {
+                c.rule_slot(r.owner, r.group, r.index)
+                    .expect("a slot per rule")
+            });
+            prop_assert_eq!(got, first, "{}: admitting_rule6 {:?}", what, p6);
+        }
+        None => prop_assert_eq!(
+            got.is_some(),
+            !matching.is_empty(),
+            "{}: admitting_rule6 {:?}",
+            what,
+            p6
+        ),
+    }
+    if !matches!(p6.frag, Frag::Later { .. }) {
+        prop_assert_eq!(
+            snap.egress_allows6(&p6),
+            reference::egress_allows(m, &p6),
+            "{}: egress_allows6 {:?}",
+            what,
+            p6
+        );
+    }
+    Ok(())
+}
+
 fn run(mode: RevokeMode, s: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut w = World::new(s);
     let mut generation = 1u64;
@@ -589,6 +744,7 @@ fn run(mode: RevokeMode, s: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
     let timeouts = Timeouts::default();
     let ct = Conntrack::new(CtConfig {
         capacity: 4096,
+        capacity6: 4096,
         per_instance_quota: 4096,
         timeouts,
         on_revoke: mode,
@@ -675,6 +831,34 @@ proptest! {
         for p in &pkts {
             let pkt = build_packet(p, &hist);
             prop_assert_eq!(snap.allows(&pkt), reference::allows(&w.model, &pkt), "{:?}", pkt);
+            hist.push(pkt);
+        }
+    }
+
+    /// Stateless IPv6: the IPv6 twins of random packets against models with
+    /// IPv4 and IPv6 rules and group sources: `admitting_rule6` names the
+    /// first matching rule exactly when the reference allows, and
+    /// `egress_allows6` agrees with the reference.
+    #[test]
+    fn snapshot6_agrees_with_reference(
+        s in setup(),
+        more in prop::collection::vec((0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen()), 0..60),
+        more_egress in prop::collection::vec((0..OWNERS.len(), 0..GROUPS.len(), rule_gen(), src_gen()), 0..20),
+        pkts in prop::collection::vec(packet_op(), 1..40),
+    ) {
+        let mut w = World::new(&s);
+        for (o, g, r, src) in &more {
+            w.authorize(*o, *g, r, src);
+        }
+        for (o, g, r, src) in &more_egress {
+            w.authorize_dir(*o, *g, r, src, true);
+        }
+        let mut compiler = Compiler::new(&w.model);
+        let snap = compiler.snapshot(9);
+        let mut hist = Vec::new();
+        for p in &pkts {
+            let pkt = build_packet(p, &hist);
+            check6(&w.model, &snap, Some(&compiler), &pkt, "full")?;
             hist.push(pkt);
         }
     }
@@ -861,6 +1045,8 @@ proptest! {
                     .first()
                     .map(|m| compiler.rule_slot(m.owner, m.group, m.index).expect("a slot per rule"));
                 prop_assert_eq!(inc.admitting_rule(&pkt), first, "incremental, step {}: {:?}", step, pkt);
+                check6(&w.model, &inc, Some(&compiler), &pkt, "incremental")?;
+                check6(&w.model, &full, None, &pkt, "full")?;
                 hist.push(pkt);
             }
         }
@@ -1071,5 +1257,68 @@ fn generators_cover_every_verdict() {
             cases.get(c).copied().unwrap_or(0) > 0,
             "never saw {c}: {cases:?}"
         );
+    }
+}
+
+/// The IPv6 checks are not vacuous: over a fixed sample the IPv6 twins are
+/// admitted by IPv6 CIDR rules, by group rules and by `icmpv6` rules, refused
+/// by ingress, and both allowed and refused by egress rules.
+#[test]
+fn ipv6_generators_reach_every_decision() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    use std::collections::HashMap;
+
+    let mut runner = TestRunner::deterministic();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for _ in 0..500 {
+        let s = setup().new_tree(&mut runner).unwrap().current();
+        let pkts = prop::collection::vec(packet_op(), 20..40)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let w = World::new(&s);
+        let snap = compile(&w.model, 1);
+        let mut hist = Vec::new();
+        for p in &pkts {
+            let pkt = build_packet(p, &hist);
+            let p6 = to6(&w.model, &pkt);
+            let to_inst = snap.instance_by_ip6(p6.key.dst).is_some();
+            let from_inst = snap.instance_by_ip6(p6.key.src).is_some();
+            match filter::explain::matching_rules(&w.model, &p6).first() {
+                Some(m) => {
+                    let what = match (&m.rule.source, m.rule.proto) {
+                        (_, Proto::Icmpv6) => "admitted by icmpv6",
+                        (Source::Cidr6(_), _) => "admitted by an IPv6 CIDR",
+                        (Source::Group { .. }, _) => "admitted by a group",
+                        _ => "admitted by an IPv4 rule (wrong)",
+                    };
+                    *seen.entry(what).or_default() += 1;
+                }
+                None if to_inst => *seen.entry("refused").or_default() += 1,
+                None => {}
+            }
+            if from_inst && !matches!(p6.frag, Frag::Later { .. }) {
+                let e = if snap.egress_allows6(&p6) {
+                    "egress allowed"
+                } else {
+                    "egress refused"
+                };
+                *seen.entry(e).or_default() += 1;
+            }
+            hist.push(pkt);
+        }
+    }
+    eprintln!("IPv6 decisions: {seen:?}");
+    assert_eq!(seen.get("admitted by an IPv4 rule (wrong)"), None);
+    for c in [
+        "admitted by icmpv6",
+        "admitted by an IPv6 CIDR",
+        "admitted by a group",
+        "refused",
+        "egress allowed",
+        "egress refused",
+    ] {
+        assert!(seen.get(c).copied().unwrap_or(0) > 0, "never {c}: {seen:?}");
     }
 }

@@ -15,15 +15,24 @@
 //!   the rule (`-P .. -p/-t .. -s/-o -u ..`) given to the CLI again; and the
 //!   lines of `describe-group` after authorizing the whole spec in a model
 //!   re-authorize, in a fresh model, to the same rule list.
-//! * Value parsers: an accepted port range, CIDR, ICMP type:code or protocol
-//!   prints (as describe shows it) to text that parses to the same value; a
-//!   range has `lo <= hi`; a CIDR has no host bits.
+//! * Value parsers: an accepted port range, CIDR (IPv4 or IPv6), ICMP
+//!   type:code or protocol prints (as describe shows it) to text that parses
+//!   to the same value; a range has `lo <= hi`; a CIDR has no host bits.
+//! * Packets: with the accepted rules authorized as ingress and as egress of
+//!   a group holding a dual-stack instance, packets at the edges of each rule
+//!   (its CIDR's first and last address, or a member instance; its first and
+//!   last port or ICMP type, and one past) of both families, to and from the
+//!   instance: the compiled snapshot (`admitting_rule`/`admitting_rule6`,
+//!   `egress_allows`/`egress_allows6`) decides as the reference evaluator
+//!   does, and an IPv4 rule never admits IPv6 (nor the reverse).
 
-use filter::Model;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use filter::model::{
-    Limits, Owner, Ports, Proto, Rule, RuleSpec, Source, parse_cidr, parse_icmp_type_code,
-    parse_port_range,
+    Instance, Limits, Owner, Ports, Proto, Rule, RuleSpec, Source, parse_cidr,
+    parse_icmp_type_code, parse_port_range, parse_source_cidr,
 };
+use filter::{FlowKey, Frag, IcmpKind, L4, Model, Packet, proto};
 use mgmt::api::{Command, GroupRef, Response};
 use mgmt::cli;
 
@@ -70,6 +79,16 @@ pub const TOKENS: &[&str] = &[
     "444455556666",
     "=",
     "-s=1.2.3.4/32",
+    // IPv6 forms (appended: earlier inputs keep their meaning).
+    "icmpv6",
+    "58",
+    "::/0",
+    "2001:db8::/32",
+    "2001:db8::1",
+    "fd00::ff:fe00:0/104",
+    "fe80::1/10",
+    "128:-1",
+    "135:0",
 ];
 
 /// A PERMISSION line of describe back into the spec that states its rule.
@@ -87,7 +106,7 @@ pub fn parse_permission_line(line: &str) -> Option<(String, RuleSpec)> {
     };
     match proto {
         "tcp" | "udp" => spec.ports = Some(format!("{from}-{to}")),
-        "icmp" => spec.icmp = Some(format!("{from}:{to}")),
+        "icmp" | "icmpv6" => spec.icmp = Some(format!("{from}:{to}")),
         _ => {}
     }
     match src {
@@ -115,6 +134,7 @@ pub fn rule_argv(verb: &str, group: &str, rule: &Rule) -> Vec<String> {
     }
     match &rule.source {
         Source::Cidr(net) => a.extend(["-s".into(), net.to_string()]),
+        Source::Cidr6(net) => a.extend(["-s".into(), net.to_string()]),
         Source::Group { owner, group } => {
             a.extend(["-o".into(), group.clone(), "-u".into(), owner.0.clone()])
         }
@@ -192,6 +212,7 @@ fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
     let Ok(added) = m.authorize(caller, group, spec) else {
         return;
     };
+    check_packets(&m, caller, group, &added);
     let printed = cli::format_response(&Response::Permissions {
         group: group.to_owned(),
         rules: added.clone(),
@@ -225,6 +246,184 @@ fn check_describe_round_trip(group: &str, spec: &RuleSpec, caller: &Owner) {
     );
 }
 
+/// The instance the packet checks put in the rules' group.
+const INST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 9);
+const INST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+/// Addresses at the edges of a rule's source: its CIDR's first and last
+/// address, or the instance (a member of every group it names here).
+fn edge_addrs(m: &Model, rule: &Rule) -> Vec<IpAddr> {
+    match &rule.source {
+        Source::Cidr(net) => vec![net.network().into(), net.broadcast().into()],
+        Source::Cidr6(net) => vec![net.network().into(), net.broadcast().into()],
+        Source::Group { .. } => {
+            let v6 = m.ip6_of(INST_MAC).expect("dual-stack");
+            vec![INST_IP.into(), v6.into()]
+        }
+    }
+}
+
+/// `(proto, dport or ICMP type, ICMP code)` at the edges of a rule's ports.
+fn edge_ports(rule: &Rule) -> Vec<(u8, u16, u8)> {
+    match (rule.proto, rule.ports) {
+        (Proto::Tcp | Proto::Udp, Ports::Range(lo, hi)) => {
+            let p = rule.proto.number().expect("tcp/udp");
+            vec![(p, lo, 0), (p, hi, 0), (p, hi.wrapping_add(1), 0)]
+        }
+        (Proto::Icmp | Proto::Icmpv6, Ports::Icmp { ty, code }) => {
+            let p = rule.proto.number().expect("icmp");
+            let t = ty.map_or(8, u16::from);
+            let c = code.unwrap_or(0);
+            vec![
+                (p, t, c),
+                (p, t, c.wrapping_add(1)),
+                (p, t.wrapping_add(1) & 0xff, c),
+            ]
+        }
+        _ => vec![(proto::TCP, 22, 0), (proto::UDP, 53, 0), (47, 0, 0)],
+    }
+}
+
+/// A packet of either family with these facts (`icmp` numbers follow the
+/// destination's family: an ICMP rule's packet sent as IPv6 is ICMPv6-typed,
+/// so the families are really crossed).
+fn check_packet(
+    m: &Model,
+    snap: &filter::compile::Snapshot,
+    src: IpAddr,
+    dst: IpAddr,
+    (p, port, code): (u8, u16, u8),
+) {
+    let icmp = p == proto::ICMP || p == proto::ICMPV6;
+    fn l4<A>(p: u8, icmp: bool, port: u16, code: u8) -> L4<A> {
+        match p {
+            proto::TCP => L4::Tcp {
+                flags: filter::tcp_flags::SYN,
+            },
+            proto::UDP => L4::Udp,
+            _ if icmp => L4::Icmp {
+                ty: port as u8,
+                code,
+                kind: IcmpKind::Request,
+            },
+            _ => L4::Other,
+        }
+    }
+    let (sport, dport) = if icmp { (1, 1) } else { (40000, port) };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let p = if icmp { proto::ICMP } else { p };
+            let mk = |src, dst| Packet {
+                key: FlowKey {
+                    src,
+                    dst,
+                    proto: p,
+                    sport,
+                    dport,
+                },
+                l4: l4(p, icmp, port, code),
+                frag: Frag::None,
+            };
+            let (inn, out) = (mk(s, d), mk(d, s));
+            assert_eq!(
+                snap.allows(&inn),
+                filter::reference::allows(m, &inn),
+                "{inn:?}"
+            );
+            assert_eq!(
+                snap.admitting_rule(&inn).is_some(),
+                snap.allows(&inn),
+                "{inn:?}"
+            );
+            assert_eq!(
+                snap.egress_allows(&out),
+                filter::reference::egress_allows(m, &out),
+                "{out:?}"
+            );
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let p = if icmp { proto::ICMPV6 } else { p };
+            let mk = |src: Ipv6Addr, dst: Ipv6Addr| filter::Packet6 {
+                key: filter::FlowKey6 {
+                    src,
+                    dst,
+                    proto: p,
+                    sport,
+                    dport,
+                },
+                l4: l4(p, icmp, port, code),
+                frag: Frag::None,
+            };
+            let (inn, out) = (mk(s, d), mk(d, s));
+            assert_eq!(
+                snap.admitting_rule6(&inn).is_some(),
+                filter::reference::allows(m, &inn),
+                "{inn:?}"
+            );
+            assert_eq!(
+                snap.egress_allows6(&out),
+                filter::reference::egress_allows(m, &out),
+                "{out:?}"
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Authorize `rules` as ingress and egress of `group` (with a dual-stack
+/// instance in it) and judge packets at their edges in both families.
+fn check_packets(m: &Model, caller: &Owner, group: &str, rules: &[Rule]) {
+    let mut m = m.clone();
+    m.set_subnet6(Some("fd00::/64".parse().expect("prefix")))
+        .expect("a /64");
+    let _ = m.revoke_rules_dir(caller, group, &filter::model::default_egress(), true);
+    if m.authorize_rules_dir(caller, group, rules, true).is_err() {
+        return;
+    }
+    // The instance is in the rules' group and in every group they name (its
+    // owner's), so group rules match it.
+    let mut groups = vec![group.to_owned()];
+    for r in rules {
+        if let Source::Group { owner, group: g } = &r.source
+            && owner == caller
+            && m.group(caller, g).is_ok()
+        {
+            groups.push(g.clone());
+        }
+    }
+    let inst = Instance {
+        id: "i-0000f022".into(),
+        owner: caller.clone(),
+        mac: INST_MAC,
+        ip: INST_IP,
+        groups,
+    };
+    if m.add_instance(inst).is_err() {
+        return;
+    }
+    let snap = filter::compile::compile(&m, 1);
+    let me: [IpAddr; 2] = [
+        INST_IP.into(),
+        m.ip6_of(INST_MAC).expect("dual-stack").into(),
+    ];
+    for rule in rules {
+        for facts in edge_ports(rule) {
+            for a in edge_addrs(&m, rule) {
+                for inst in me {
+                    // Both families from each edge: an IPv4 address mapped
+                    // into IPv6 and back is a crossed-family packet.
+                    let other: IpAddr = match a {
+                        IpAddr::V4(v4) => v4.to_ipv6_mapped().into(),
+                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+                    };
+                    check_packet(&m, &snap, a, inst, facts);
+                    check_packet(&m, &snap, other, inst, facts);
+                }
+            }
+        }
+    }
+}
+
 fn check_value_parsers(port: &str, icmp: &str, cidr: &str, proto: &str) {
     if let Ok((lo, hi)) = parse_port_range(port) {
         assert!(lo <= hi, "{port:?} gave {lo}-{hi}");
@@ -243,6 +442,14 @@ fn check_value_parsers(port: &str, icmp: &str, cidr: &str, proto: &str) {
     if let Ok(net) = parse_cidr(cidr) {
         assert_eq!(net, net.trunc(), "{cidr:?}: host bits");
         assert_eq!(parse_cidr(&net.to_string()), Ok(net), "{cidr:?}");
+    }
+    if let Ok(src) = parse_source_cidr(cidr) {
+        match &src {
+            Source::Cidr(net) => assert_eq!(Ok(*net), parse_cidr(cidr), "{cidr:?}"),
+            Source::Cidr6(net) => assert_eq!(*net, net.trunc(), "{cidr:?}: host bits"),
+            Source::Group { .. } => panic!("{cidr:?} parsed as a group"),
+        }
+        assert_eq!(parse_source_cidr(&src.to_string()), Ok(src), "{cidr:?}");
     }
     if let Ok(p) = Proto::parse(proto) {
         assert_eq!(Proto::parse(p.as_str()), Ok(p));
@@ -345,6 +552,38 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 "444455556666",
             ][..],
             ["0-65535", "-1:4", "1.2.3.4", "UDP"],
+        ),
+        (
+            "ipv6",
+            false,
+            "web",
+            &[
+                "-P",
+                "icmpv6",
+                "-t",
+                "128:-1",
+                "-s",
+                "2001:db8::/32",
+                "-s",
+                "::/0",
+            ][..],
+            ["22", "135:0", "2001:db8::1/64", "icmpv6"],
+        ),
+        (
+            "ipv6_tcp_and_group",
+            false,
+            "web",
+            &[
+                "-P",
+                "tcp",
+                "-p",
+                "22",
+                "-s",
+                "fd00::ff:fe00:0/104",
+                "-o",
+                "web",
+            ][..],
+            ["22", "128:-1", "::/0", "58"],
         ),
         (
             "bad_values",

@@ -409,13 +409,13 @@ impl<'de> Deserialize<'de> for SourceGroup {
 /// `0.0.0.0/0`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permission {
-    /// `tcp`, `udp`, `icmp`, `-1`/`all` or a protocol number.
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `-1`/`all` or a protocol number.
     #[serde(default)]
     pub proto: Option<String>,
     /// `N`, `N-M` or `-1` (TCP/UDP).
     #[serde(default)]
     pub ports: Option<String>,
-    /// `TYPE:CODE` (ICMP).
+    /// `TYPE:CODE` (ICMP, ICMPv6).
     #[serde(default)]
     pub icmp: Option<String>,
     #[serde(default)]

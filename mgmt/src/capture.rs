@@ -535,6 +535,14 @@ fn decode(frame: &[u8]) -> String {
                 p => format!("IP proto {p} {} > {}", k.src, k.dst),
             }
         }
+        // IPv6 is not decoded yet: shown as its ethertype, as before the
+        // parser knew it.
+        Ok(Parsed::Ipv6 { .. }) => {
+            format!(
+                "ethertype {:#06x}",
+                u16::from_be_bytes([frame[12], frame[13]])
+            )
+        }
         Err(_) if frame.len() >= 14 => {
             format!(
                 "ethertype {:#06x}",

@@ -438,7 +438,7 @@ pub fn parse_ec2_listen(s: &str) -> Result<Ec2Listen, String> {
 pub struct RuleArgs {
     /// The group to edit.
     pub group: String,
-    /// Protocol: tcp, udp, icmp, all (or 6, 17, 1, -1).
+    /// Protocol: tcp, udp, icmp, icmpv6, all (or 6, 17, 1, 58, -1).
     #[arg(short = 'P', long = "protocol")]
     pub proto: Option<String>,
     /// Port or range: N, N-M, -1 (all); required with tcp and udp.
@@ -449,10 +449,11 @@ pub struct RuleArgs {
         conflicts_with = "icmp"
     )]
     pub ports: Option<String>,
-    /// ICMP TYPE:CODE (-1 = any).
+    /// ICMP or ICMPv6 TYPE:CODE (-1 = any).
     #[arg(short = 't', long = "icmp-type-code", allow_hyphen_values = true)]
     pub icmp: Option<String>,
-    /// Source CIDR (repeatable); default 0.0.0.0/0 when no source is given.
+    /// Source CIDR, IPv4 or IPv6 (repeatable); default 0.0.0.0/0 (::/0 for
+    /// icmpv6) when no source is given.
     #[arg(short = 's', long = "source-subnet")]
     pub cidrs: Vec<String>,
     /// Source group (repeatable), members of which may connect.
@@ -905,6 +906,7 @@ pub fn permission_line(group: &str, rule: &Rule) -> String {
     };
     let source = match &rule.source {
         Source::Cidr(net) => format!("FROM\tCIDR\t{net}"),
+        Source::Cidr6(net) => format!("FROM\tCIDR\t{net}"),
         Source::Group { owner, group } => format!("FROM\tUSER\t{}\tGRPNAME\t{group}", owner.0),
     };
     format!(
@@ -935,9 +937,9 @@ pub fn format_response(resp: &Response) -> String {
                     line(permission_line(&g.name, r));
                 }
                 // Egress rules only when they are not the default (all to
-                // 0.0.0.0/0) that every group starts with, so the usual
-                // listing stays as it was; none at all prints one line.
-                if g.egress != filter::model::default_egress() {
+                // 0.0.0.0/0 and ::/0) that every group starts with, so the
+                // usual listing stays as it was; none at all prints one line.
+                if !filter::model::is_default_egress(&g.egress) {
                     if g.egress.is_empty() {
                         line(format!("EGRESS	{}	NONE", g.name));
                     }
@@ -1389,8 +1391,59 @@ mod tests {
         Rule {
             proto,
             ports,
-            source: Source::Cidr(cidr.parse().unwrap()),
+            source: filter::model::parse_source_cidr(cidr).unwrap(),
         }
+    }
+
+    #[test]
+    fn ipv6_rules_print_and_parse_and_half_a_default_egress_is_printed() {
+        let (cli, m) = parse(argv(&[
+            "sgswitch",
+            "authorize",
+            "web",
+            "-P",
+            "icmpv6",
+            "-t",
+            "128:-1",
+            "-s",
+            "2001:db8::/32",
+        ]))
+        .unwrap();
+        let req = request_of(&cli, &m).unwrap().unwrap();
+        let Command::Authorize { permissions, .. } = req.command else {
+            panic!("{:?}", req.command)
+        };
+        let spec = permissions[0].rule_spec().unwrap();
+        let rules = spec.expand(&Owner("111122223333".into())).unwrap();
+        assert_eq!(rules[0].to_string(), "icmpv6 128:-1 from 2001:db8::/32");
+        let mut g = Group {
+            owner: Owner("111122223333".into()),
+            name: "web".into(),
+            id: "sg-1a2b3c4d".into(),
+            description: "Web".into(),
+            rules: vec![
+                cidr_rule(Proto::Tcp, Ports::Range(22, 22), "2001:db8::/32"),
+                rules[0].clone(),
+            ],
+            // The default in the other order is still the default.
+            egress: filter::model::default_egress().into_iter().rev().collect(),
+        };
+        assert_eq!(
+            format_response(&Response::Groups {
+                groups: vec![g.clone()]
+            }),
+            "GROUP\t111122223333\tweb\tWeb\n\
+             PERMISSION\tweb\tALLOWS\ttcp\t22\t22\tFROM\tCIDR\t2001:db8::/32\n\
+             PERMISSION\tweb\tALLOWS\ticmpv6\t128\t-1\tFROM\tCIDR\t2001:db8::/32\n"
+        );
+        // Only the IPv4 half left: printed, so the missing ::/0 shows.
+        g.rules.clear();
+        g.egress = vec![filter::model::default_egress_rule()];
+        assert_eq!(
+            format_response(&Response::Groups { groups: vec![g] }),
+            "GROUP\t111122223333\tweb\tWeb\n\
+             PERMISSION\tweb\tALLOWS\tall\t\t\tTO\tCIDR\t0.0.0.0/0\tegress\n"
+        );
     }
 
     #[test]

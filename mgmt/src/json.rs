@@ -70,6 +70,9 @@ impl From<&Rule> for PermissionJson {
                 Source::Cidr(net) => SourceJson::Cidr {
                     cidr: net.to_string(),
                 },
+                Source::Cidr6(net) => SourceJson::Cidr {
+                    cidr: net.to_string(),
+                },
                 Source::Group { owner, group } => SourceJson::Group {
                     group: group.clone(),
                     owner: owner.0.clone(),
@@ -90,7 +93,7 @@ pub struct GroupJson {
     pub permissions: Vec<PermissionJson>,
     /// Egress rules (each `source` is the destination), in order; absent
     /// when they are exactly the default every new group starts with (`all`
-    /// to `0.0.0.0/0`), as in the text form.
+    /// to `0.0.0.0/0` and `::/0`, in either order), as in the text form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_permissions: Option<Vec<PermissionJson>>,
     /// `describe-group --stats`: packets to the group's members on this host
@@ -107,7 +110,7 @@ impl From<&Group> for GroupJson {
             id: g.id.clone(),
             description: g.description.clone(),
             permissions: g.rules.iter().map(PermissionJson::from).collect(),
-            egress_permissions: (g.egress != filter::model::default_egress())
+            egress_permissions: (!filter::model::is_default_egress(&g.egress))
                 .then(|| g.egress.iter().map(PermissionJson::from).collect()),
             no_rule_packets: None,
         }
@@ -576,6 +579,14 @@ mod tests {
                         group: "app".into(),
                     },
                 ),
+                rule(
+                    Proto::Icmpv6,
+                    Ports::Icmp {
+                        ty: Some(128),
+                        code: None,
+                    },
+                    Source::Cidr6("2001:db8::/32".parse().unwrap()),
+                ),
             ],
         };
         let v = serde_json::to_value(response(&Response::Groups { groups: vec![g] })).unwrap();
@@ -591,6 +602,8 @@ mod tests {
                      "source": {"cidr": "10.0.0.0/8"}},
                     {"protocol": "all",
                      "source": {"group": "app", "owner": "444455556666"}},
+                    {"protocol": "icmpv6", "icmp_type": 128, "icmp_code": null,
+                     "source": {"cidr": "2001:db8::/32"}},
                 ]
             }]})
         );

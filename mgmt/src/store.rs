@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use filter::Mac;
 use filter::model::{Group, Instance, Owner, Ports, Proto, Rule, Source};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
@@ -229,6 +229,20 @@ pub const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY CHECK (key IN ('subnet6')),
         value TEXT NOT NULL
     ) STRICT;
+    "#,
+    // v9: the default egress is "all protocols to 0.0.0.0/0 and ::/0" (two
+    // rules). Every group holding the IPv4 default egress rule gets the
+    // IPv6 one too (appended after its egress rules), so a group that still
+    // allowed all traffic out keeps allowing all of it once instances speak
+    // IPv6; a group whose IPv4 default was revoked stays closed.
+    r#"
+    INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, egress)
+        SELECT r.group_id, 'all', -1, -1, '::/0', 1 FROM rules r
+        WHERE r.egress = 1 AND r.proto = 'all' AND r.src_cidr = '0.0.0.0/0'
+          AND NOT EXISTS (
+            SELECT 1 FROM rules o WHERE o.group_id = r.group_id AND o.egress = 1
+              AND o.proto = 'all' AND o.src_cidr = '::/0')
+        ORDER BY r.group_id;
     "#,
 ];
 
@@ -1118,6 +1132,7 @@ impl RuleRow {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
             "icmp" => Proto::Icmp,
+            "icmpv6" => Proto::Icmpv6,
             "all" => Proto::All,
             _ => return Err(corrupt("rule protocol", self.proto)),
         };
@@ -1129,13 +1144,17 @@ impl RuleRow {
         };
         let ports = match proto {
             Proto::Tcp | Proto::Udp => Ports::Range(port(self.from)?, port(self.to)?),
-            Proto::Icmp => Ports::Icmp {
+            Proto::Icmp | Proto::Icmpv6 => Ports::Icmp {
                 ty: icmp(self.from)?,
                 code: icmp(self.to)?,
             },
             Proto::All => Ports::None,
         };
         let source = match (self.cidr, self.src_owner, self.src_group) {
+            (Some(c), None, None) if c.contains(':') => Source::Cidr6(
+                c.parse::<Ipv6Net>()
+                    .map_err(|_| corrupt("rule CIDR", c.clone()))?,
+            ),
             (Some(c), None, None) => Source::Cidr(
                 c.parse::<Ipv4Net>()
                     .map_err(|_| corrupt("rule CIDR", c.clone()))?,
@@ -1169,6 +1188,7 @@ fn rule_columns(
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
         Proto::Icmp => "icmp",
+        Proto::Icmpv6 => "icmpv6",
         Proto::All => "all",
     };
     let opt = |v: Option<u8>| v.map_or(-1, i64::from);
@@ -1179,6 +1199,7 @@ fn rule_columns(
     };
     match &rule.source {
         Source::Cidr(net) => (proto, from, to, Some(net.to_string()), None, None),
+        Source::Cidr6(net) => (proto, from, to, Some(net.to_string()), None, None),
         Source::Group { owner, group } => (
             proto,
             from,
@@ -1481,7 +1502,7 @@ mod tests {
         Rule {
             proto,
             ports,
-            source: Source::Cidr(cidr.parse().unwrap()),
+            source: filter::model::parse_source_cidr(cidr).unwrap(),
         }
     }
 
@@ -1553,6 +1574,16 @@ mod tests {
                 "1.2.3.4/32",
             ),
             cidr_rule(Proto::Udp, Ports::Range(0, 65535), "192.168.0.0/16"),
+            cidr_rule(Proto::Tcp, Ports::Range(22, 22), "2001:db8::/32"),
+            cidr_rule(
+                Proto::Icmpv6,
+                Ports::Icmp {
+                    ty: Some(128),
+                    code: None,
+                },
+                "::/0",
+            ),
+            cidr_rule(Proto::All, Ports::None, "fd00::1/128"),
         ];
         {
             let mut s = Store::open_dir(&dir.0).unwrap();
@@ -2042,6 +2073,67 @@ mod tests {
         assert_eq!(fk, 0);
     }
 
+    /// v9: every group holding the IPv4 default egress rule gets the IPv6
+    /// one (`all` to `::/0`) after its egress rules; a group whose IPv4
+    /// default was revoked gets nothing; ingress rules are untouched.
+    #[test]
+    fn a_v8_store_gives_the_ipv6_default_egress_to_groups_with_the_ipv4_one() {
+        let dir = TempDir::new("v9");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..8] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 8).unwrap();
+            for (id, name) in [
+                ("sg-00000001", "default"),
+                ("sg-00000002", "web"),
+                ("sg-00000003", "closed"),
+            ] {
+                c.execute(
+                    "INSERT INTO groups (id, owner, name, description) VALUES (?1, ?2, ?3, 'd')",
+                    params![id, owner().0, name],
+                )
+                .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr, egress) VALUES
+                    ('sg-00000001', 'all', -1, -1, '0.0.0.0/0', 1),
+                    ('sg-00000002', 'all', -1, -1, '0.0.0.0/0', 1),
+                    ('sg-00000002', 'tcp', 443, 443, '10.0.0.0/8', 1),
+                    ('sg-00000002', 'all', -1, -1, '0.0.0.0/0', 0),
+                    ('sg-00000003', 'tcp', 443, 443, '10.0.0.0/8', 1);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let l = s.load().unwrap();
+        let tls = cidr_rule(Proto::Tcp, Ports::Range(443, 443), "10.0.0.0/8");
+        let (v4, v6) = (
+            filter::model::default_egress_rule(),
+            filter::model::default_egress_rule6(),
+        );
+        let by_name = |n: &str| l.groups.iter().find(|g| g.name == n).unwrap().clone();
+        assert_eq!(by_name("default").egress, filter::model::default_egress());
+        assert_eq!(by_name("web").egress, vec![v4.clone(), tls.clone(), v6]);
+        assert_eq!(by_name("web").rules, vec![v4], "ingress untouched");
+        assert_eq!(by_name("closed").egress, vec![tls], "revoked stays revoked");
+        // Re-running the statement adds nothing (the rule is unique anyway).
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[8]).unwrap();
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM rules WHERE src_cidr = '::/0'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
     /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
     /// rule facts are stored, and a rule's facts go with the rule.
     #[test]
@@ -2075,7 +2167,10 @@ mod tests {
             assert_eq!(g.egress, filter::model::default_egress(), "{}", g.name);
         }
         // The ingress rule of the same form stays an ingress rule.
-        assert_eq!(l.groups[1].rules, filter::model::default_egress());
+        assert_eq!(
+            l.groups[1].rules,
+            vec![filter::model::default_egress_rule()]
+        );
         assert!(l.groups[0].rules.is_empty());
         // Egress edits are stored apart from ingress ones.
         let web = "sg-00000002".to_string();
@@ -2091,7 +2186,10 @@ mod tests {
         ])
         .unwrap();
         let l = s.load().unwrap();
-        assert_eq!(l.groups[1].rules, filter::model::default_egress());
+        assert_eq!(
+            l.groups[1].rules,
+            vec![filter::model::default_egress_rule()]
+        );
         assert_eq!(
             l.groups[1].egress,
             vec![cidr_rule(Proto::Tcp, Ports::Range(443, 443), "10.0.0.0/8")]

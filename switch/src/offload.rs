@@ -19,8 +19,18 @@
 //!   handed to a callback: no allocation.
 //! * [`segment_udp4`] does the same for `GSO_UDP_L4` (USO) super-frames: one UDP
 //!   datagram per `gso_size` bytes of payload, each with its own UDP length and
-//!   checksum and IPv4 length, id and checksum. [`segment`] dispatches on the type;
-//!   IPv6 types are not segmented (IPv6 is not switched yet).
+//!   checksum and IPv4 length, id and checksum.
+//! * IPv6: [`segment_tcpv6`] (`GSO_TCPV6`, TSO6) and [`segment_udp6`]
+//!   (`GSO_UDP_L4` over IPv6) cut the same way; each segment gets its own IPv6
+//!   payload length (IPv6 has no header checksum and no id) and an L4 checksum
+//!   over the IPv6 pseudo-header (RFC 8200 §8.1: addresses, 32-bit upper-layer
+//!   length, next header; a UDP checksum of 0 is sent as `0xffff`, since 0 means
+//!   "none", which IPv6 forbids). The TCP or UDP header must follow the fixed
+//!   IPv6 header directly: a super-frame with extension headers is refused
+//!   (Linux does not build one for plain TCP/UDP sockets). [`complete_csum`] is
+//!   family-blind: the sender's partial sum already covers the pseudo-header.
+//!   [`segment`] dispatches on the type (and, for `GSO_UDP_L4`, on the frame's
+//!   IP version).
 //! * Every malformed input is an [`OffloadError`], never a panic.
 
 use crate::port::VnetHdr;
@@ -38,10 +48,18 @@ pub enum OffloadError {
     /// The frame is not Ethernet/IPv4/UDP with complete headers.
     #[error("GSO frame is not a well-formed untagged or tagged IPv4/UDP frame")]
     NotUdpV4,
+    /// The frame is not Ethernet/IPv6/TCP (TCP right after the fixed header)
+    /// with complete headers.
+    #[error("GSO frame is not a well-formed untagged or tagged IPv6/TCP frame")]
+    NotTcpV6,
+    /// The frame is not Ethernet/IPv6/UDP (UDP right after the fixed header)
+    /// with complete headers.
+    #[error("GSO frame is not a well-formed untagged or tagged IPv6/UDP frame")]
+    NotUdpV6,
     /// `gso_size` is 0.
     #[error("GSO frame with gso_size 0")]
     ZeroMss,
-    /// A GSO type this module does not segment (UFO, TCPv6).
+    /// A GSO type this module does not segment (UFO).
     #[error("GSO type {0:#x} is not supported for software segmentation")]
     UnsupportedGso(u8),
     /// The output buffer cannot hold one segment.
@@ -102,18 +120,69 @@ pub fn complete_csum(frame: &mut [u8], vnet: &VnetHdr) -> Result<(), OffloadErro
     Ok(())
 }
 
-/// Header layout of a TCP/IPv4 frame, found by reading the frame itself.
+/// Header layout of a TCP/IPv4 or TCP/IPv6 frame, found by reading the frame
+/// itself.
 #[derive(Clone, Copy, Debug)]
-struct TcpV4Layout {
+struct TcpLayout {
     l3: usize,
     l4: usize,
     payload: usize,
-    /// End of the IPv4 packet (`l3` + total length, or the frame end when the
-    /// total length is 0 or too large, as some stacks send for super-frames).
+    /// End of the IP packet (`l3` + IPv4 total length or 40 + IPv6 payload
+    /// length, or the frame end when that length is 0 or too large, as some
+    /// stacks send for super-frames).
     end: usize,
+    /// An IPv6 frame.
+    v6: bool,
 }
 
-fn tcpv4_layout(frame: &[u8]) -> Result<TcpV4Layout, OffloadError> {
+/// Offset of the IPv6 header of an untagged or tagged IPv6 frame whose fixed
+/// header is complete, with version 6 and next header `next`.
+fn ipv6_l3(frame: &[u8], next: u8) -> Option<usize> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let l3 = match ethertype {
+        0x86dd => 14,
+        0x8100 if frame.get(16..18) == Some(&[0x86, 0xdd]) => 18,
+        _ => return None,
+    };
+    let ip = frame.get(l3..l3 + 40)?;
+    (ip[0] >> 4 == 6 && ip[6] == next).then_some(l3)
+}
+
+/// End of the IPv6 packet at `l3` whose headers take `hdrs` bytes after the
+/// fixed header: by its payload length, or the frame end when the payload
+/// length is too small for the headers or beyond the frame (see
+/// [`TcpLayout::end`]).
+fn ipv6_end(frame: &[u8], l3: usize, hdrs: usize) -> usize {
+    let plen = usize::from(u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]));
+    if plen >= hdrs && l3 + 40 + plen <= frame.len() {
+        l3 + 40 + plen
+    } else {
+        frame.len()
+    }
+}
+
+fn tcpv6_layout(frame: &[u8]) -> Result<TcpLayout, OffloadError> {
+    let bad = OffloadError::NotTcpV6;
+    let l3 = ipv6_l3(frame, filter::proto::TCP).ok_or(bad)?;
+    let l4 = l3 + 40;
+    let doff = usize::from(*frame.get(l4 + 12).ok_or(bad)? >> 4) * 4;
+    if doff < 20 {
+        return Err(bad);
+    }
+    let payload = l4 + doff;
+    if payload > frame.len() {
+        return Err(bad);
+    }
+    Ok(TcpLayout {
+        l3,
+        l4,
+        payload,
+        end: ipv6_end(frame, l3, doff),
+        v6: true,
+    })
+}
+
+fn tcpv4_layout(frame: &[u8]) -> Result<TcpLayout, OffloadError> {
     let bad = OffloadError::NotTcpV4;
     let ethertype = u16::from_be_bytes([*frame.get(12).ok_or(bad)?, *frame.get(13).ok_or(bad)?]);
     let l3 = match ethertype {
@@ -144,11 +213,12 @@ fn tcpv4_layout(frame: &[u8]) -> Result<TcpV4Layout, OffloadError> {
     } else {
         frame.len()
     };
-    Ok(TcpV4Layout {
+    Ok(TcpLayout {
         l3,
         l4,
         payload,
         end,
+        v6: false,
     })
 }
 
@@ -161,6 +231,13 @@ fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u64 {
     acc
 }
 
+/// Sum of the IPv6 pseudo-header (RFC 8200 §8.1) of the IPv6 header `ip` for
+/// an upper-layer packet of protocol `next` and `len` bytes.
+#[inline]
+fn pseudo_sum6(ip: &[u8], next: u8, len: usize) -> u64 {
+    sum(&ip[8..40], u64::from(next) + len as u64)
+}
+
 /// Segment a `GSO_TCPV4` super-frame (see the module docs). `out` is a scratch
 /// buffer at least one segment long; `emit` is called once per segment with the
 /// finished frame and stops the segmentation when it returns an error.
@@ -168,17 +245,47 @@ pub fn segment_tcpv4<E>(
     frame: &[u8],
     vnet: &VnetHdr,
     out: &mut [u8],
-    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+    emit: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<Result<usize, E>, OffloadError> {
     let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
     if gso != VnetHdr::GSO_TCPV4 {
         return Err(OffloadError::UnsupportedGso(vnet.gso_type));
     }
-    let mss = usize::from(vnet.gso_size);
-    if mss == 0 {
+    if vnet.gso_size == 0 {
         return Err(OffloadError::ZeroMss);
     }
-    let lay = tcpv4_layout(frame)?;
+    segment_tcp(frame, tcpv4_layout(frame)?, vnet, out, emit)
+}
+
+/// Segment a `GSO_TCPV6` (TSO6) super-frame (see the module docs): as
+/// [`segment_tcpv4`], with each segment's IPv6 payload length and a TCP
+/// checksum over the IPv6 pseudo-header.
+pub fn segment_tcpv6<E>(
+    frame: &[u8],
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
+    if gso != VnetHdr::GSO_TCPV6 {
+        return Err(OffloadError::UnsupportedGso(vnet.gso_type));
+    }
+    if vnet.gso_size == 0 {
+        return Err(OffloadError::ZeroMss);
+    }
+    segment_tcp(frame, tcpv6_layout(frame)?, vnet, out, emit)
+}
+
+/// TCP segmentation of either family, once the layout is known.
+#[inline]
+fn segment_tcp<E>(
+    frame: &[u8],
+    lay: TcpLayout,
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    let mss = usize::from(vnet.gso_size);
     let hdr_len = lay.payload;
     let payload = &frame[lay.payload..lay.end];
     if payload.is_empty() {
@@ -203,6 +310,7 @@ pub fn segment_tcpv4<E>(
     }
     out[..hdr_len].copy_from_slice(&frame[..hdr_len]);
     let ip = &frame[lay.l3..lay.l3 + 20];
+    // IPv4's id (IPv6 has none: unused).
     let base_id = u16::from_be_bytes([ip[4], ip[5]]);
     let tcp = &frame[lay.l4..lay.l4 + 20];
     let base_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -216,11 +324,17 @@ pub fn segment_tcpv4<E>(
         let len = hdr_len + chunk.len();
         out[hdr_len..len].copy_from_slice(chunk);
         let seg = &mut out[..len];
-        // IPv4: id, total length.
-        let id = base_id.wrapping_add(i as u16);
-        seg[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&id.to_be_bytes());
-        let total = (len - lay.l3) as u16;
-        seg[lay.l3 + 2..lay.l3 + 4].copy_from_slice(&total.to_be_bytes());
+        if lay.v6 {
+            // IPv6: payload length.
+            let plen = (len - lay.l3 - 40) as u16;
+            seg[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&plen.to_be_bytes());
+        } else {
+            // IPv4: id, total length.
+            let id = base_id.wrapping_add(i as u16);
+            seg[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&id.to_be_bytes());
+            let total = (len - lay.l3) as u16;
+            seg[lay.l3 + 2..lay.l3 + 4].copy_from_slice(&total.to_be_bytes());
+        }
         // TCP: sequence number and flags.
         let seq = base_seq.wrapping_add((i * mss) as u32);
         seg[lay.l4 + 4..lay.l4 + 8].copy_from_slice(&seq.to_be_bytes());
@@ -240,9 +354,10 @@ pub fn segment_tcpv4<E>(
     Ok(Ok(n))
 }
 
-/// Segment a super-frame of either supported GSO type: `GSO_TCPV4` with
-/// [`segment_tcpv4`], `GSO_UDP_L4` (USO) with [`segment_udp4`]. The ECN bit is
-/// ignored (the CWR handling of TCP covers it).
+/// Segment a super-frame of a supported GSO type: `GSO_TCPV4` with
+/// [`segment_tcpv4`], `GSO_TCPV6` with [`segment_tcpv6`], `GSO_UDP_L4` (USO)
+/// with [`segment_udp4`] or, for an IPv6 frame, [`segment_udp6`]. The ECN bit
+/// is ignored (the CWR handling of TCP covers it).
 pub fn segment<E>(
     frame: &[u8],
     vnet: &VnetHdr,
@@ -251,6 +366,8 @@ pub fn segment<E>(
 ) -> Result<Result<usize, E>, OffloadError> {
     match vnet.gso_type & !VnetHdr::GSO_ECN {
         VnetHdr::GSO_TCPV4 => segment_tcpv4(frame, vnet, out, emit),
+        VnetHdr::GSO_TCPV6 => segment_tcpv6(frame, vnet, out, emit),
+        VnetHdr::GSO_UDP_L4 if is_ipv6(frame) => segment_udp6(frame, vnet, out, emit),
         VnetHdr::GSO_UDP_L4 => segment_udp4(frame, vnet, out, emit),
         _ => Err(OffloadError::UnsupportedGso(vnet.gso_type)),
     }
@@ -342,16 +459,87 @@ pub fn segment_udp4<E>(
     Ok(Ok(n))
 }
 
-/// Recompute the IPv4 header checksum and the full TCP checksum of one segment
-/// whose packet ends at `end` (default: the layout's end).
-fn finish_segment(seg: &mut [u8], lay: &TcpV4Layout, end: Option<usize>) {
+/// Whether `frame` is IPv6 (untagged or behind one 802.1Q tag).
+fn is_ipv6(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x86, 0xdd])
+        || (frame.get(12..14) == Some(&[0x81, 0x00]) && frame.get(16..18) == Some(&[0x86, 0xdd]))
+}
+
+/// Segment a `GSO_UDP_L4` (USO) super-frame over IPv6: as [`segment_udp4`],
+/// each datagram with its own UDP length, IPv6 payload length and UDP
+/// checksum over the IPv6 pseudo-header (never 0).
+pub fn segment_udp6<E>(
+    frame: &[u8],
+    vnet: &VnetHdr,
+    out: &mut [u8],
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<usize, E>, OffloadError> {
+    if vnet.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_UDP_L4 {
+        return Err(OffloadError::UnsupportedGso(vnet.gso_type));
+    }
+    let seg_size = usize::from(vnet.gso_size);
+    if seg_size == 0 {
+        return Err(OffloadError::ZeroMss);
+    }
+    let bad = OffloadError::NotUdpV6;
+    let l3 = ipv6_l3(frame, filter::proto::UDP).ok_or(bad)?;
+    let l4 = l3 + 40;
+    let hdr_len = l4 + 8;
+    if hdr_len > frame.len() {
+        return Err(bad);
+    }
+    let end = ipv6_end(frame, l3, 8);
+    let payload = &frame[hdr_len..end];
+    let need = hdr_len + seg_size.min(payload.len());
+    if out.len() < need {
+        return Err(OffloadError::BufferTooSmall {
+            need,
+            have: out.len(),
+        });
+    }
+    out[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+    let mut n = 0;
+    // An empty payload still makes one (empty) datagram.
+    let chunks = payload
+        .chunks(seg_size)
+        .chain(payload.is_empty().then_some(&payload[..0]));
+    for chunk in chunks {
+        let len = hdr_len + chunk.len();
+        out[hdr_len..len].copy_from_slice(chunk);
+        let seg = &mut out[..len];
+        let udp_len = len - l4;
+        seg[l3 + 4..l3 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        seg[l4 + 4..l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        seg[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+        let acc = pseudo_sum6(&seg[l3..l4], filter::proto::UDP, udp_len);
+        let mut c = !fold(sum(&seg[l4..len], acc));
+        if c == 0 {
+            c = 0xffff;
+        }
+        seg[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        n += 1;
+        if let Err(e) = emit(seg) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(n))
+}
+
+/// Recompute the IPv4 header checksum (IPv6 has none) and the full TCP
+/// checksum of one segment whose packet ends at `end` (default: the layout's
+/// end).
+fn finish_segment(seg: &mut [u8], lay: &TcpLayout, end: Option<usize>) {
     let end = end.unwrap_or(lay.end);
-    let ihl = lay.l4 - lay.l3;
-    seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&[0, 0]);
-    let ipc = checksum(&seg[lay.l3..lay.l3 + ihl]);
-    seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
     seg[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&[0, 0]);
-    let acc = pseudo_sum(&seg[lay.l3..lay.l3 + 20], end - lay.l4);
+    let acc = if lay.v6 {
+        pseudo_sum6(&seg[lay.l3..lay.l3 + 40], filter::proto::TCP, end - lay.l4)
+    } else {
+        let ihl = lay.l4 - lay.l3;
+        seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&[0, 0]);
+        let ipc = checksum(&seg[lay.l3..lay.l3 + ihl]);
+        seg[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+        pseudo_sum(&seg[lay.l3..lay.l3 + 20], end - lay.l4)
+    };
     let c = !fold(sum(&seg[lay.l4..end], acc));
     seg[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&c.to_be_bytes());
 }
@@ -652,5 +840,262 @@ mod tests {
         });
         assert_eq!(r, Ok(Err("full")));
         assert_eq!(calls, 2);
+    }
+
+    // ---- IPv6 ----
+
+    const SRC6: [u8; 16] = [0xfd, 0, 0, 0x5a, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+    fn tcp6_frame(payload: &[u8], seq: u32, fin: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(SRC6, DST6, 64)
+            .tcp(40000, 80, seq, 65000)
+            .ack(7)
+            .psh();
+        if fin {
+            b = b.fin();
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    /// Verify an untagged IPv6 TCP/UDP frame: payload length matches the frame
+    /// and the L4 checksum sums to 0 with an independently built pseudo-header.
+    fn checksums6_ok(f: &[u8]) -> bool {
+        let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[22..54]);
+        pseudo.extend_from_slice(&u32::try_from(plen).unwrap().to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, f[20]]);
+        pseudo.extend_from_slice(&f[54..]);
+        plen == f.len() - 54 && checksum(&pseudo) == 0
+    }
+
+    fn tso6(mss: u16) -> VnetHdr {
+        VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV6,
+            gso_size: mss,
+            hdr_len: 74,
+            ..Default::default()
+        }
+    }
+
+    fn segment6_all(frame: &[u8], v: &VnetHdr) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; 65550];
+        let mut segs = Vec::new();
+        let n = segment(frame, v, &mut out, |s| {
+            segs.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(n, segs.len());
+        segs
+    }
+
+    #[test]
+    fn tso6_segments_reassemble_to_the_original_payload() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let seq = 0xffff_f000;
+        let frame = tcp6_frame(&payload, seq, true);
+        assert!(checksums6_ok(&frame));
+        let segs = segment6_all(&frame, &tso6(1428));
+        assert_eq!(segs.len(), 10_000usize.div_ceil(1428));
+        let mut re = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(checksums6_ok(s), "segment {i} checksum and payload length");
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+                panic!("not ipv6")
+            };
+            assert_eq!(usize::from(ip.header().payload_length()), s.len() - 54);
+            assert_eq!(ip.header().source(), SRC6);
+            let Some(TransportSlice::Tcp(t)) = p.transport else {
+                panic!("not tcp")
+            };
+            assert_eq!(t.sequence_number(), seq.wrapping_add((i * 1428) as u32));
+            assert_eq!(t.acknowledgment_number(), 7);
+            let last = i + 1 == segs.len();
+            assert_eq!((t.fin(), t.psh()), (last, last));
+            if !last {
+                assert_eq!(t.payload().len(), 1428);
+            }
+            re.extend_from_slice(t.payload());
+        }
+        assert_eq!(re, payload);
+        // The dedicated entry point cuts the same.
+        let mut out = vec![0u8; 2000];
+        let mut again = Vec::new();
+        segment_tcpv6(&frame, &tso6(1428), &mut out, |s| {
+            again.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(again, segs);
+    }
+
+    #[test]
+    fn tso6_exact_multiple_single_segment_and_vlan() {
+        let frame = tcp6_frame(&[0x5a; 3000], 1, false);
+        let segs = segment6_all(&frame, &tso6(1000));
+        assert_eq!(segs.len(), 3);
+        assert!(
+            segs.iter()
+                .all(|s| s.len() == 74 + 1000 && checksums6_ok(s))
+        );
+        let one = segment6_all(&frame, &tso6(5000));
+        assert_eq!(one, vec![frame.clone()], "one segment: the frame itself");
+        // A payload length of 0 (some stacks leave it so in super-frames): the
+        // frame end counts, and each segment gets its real length.
+        let mut zero = frame.clone();
+        zero[18..20].copy_from_slice(&[0, 0]);
+        assert_eq!(segment6_all(&zero, &tso6(1000)), segs);
+        // Behind an 802.1Q tag: the IPv6 header moves by 4 bytes.
+        let mut tagged = frame[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&frame[12..]);
+        let tsegs = segment6_all(&tagged, &tso6(1000));
+        assert_eq!(tsegs.len(), 3);
+        for (t, u) in tsegs.iter().zip(&segs) {
+            assert_eq!(&t[18..], &u[14..], "same packet behind the tag");
+        }
+    }
+
+    #[test]
+    fn tso6_rejects_bad_input() {
+        let mut out = vec![0u8; 2000];
+        let ok = |_: &[u8]| Ok::<(), ()>(());
+        let frame = tcp6_frame(&[1; 100], 0, false);
+        assert_eq!(
+            segment_tcpv6(&frame, &tso6(0), &mut out, ok).unwrap_err(),
+            OffloadError::ZeroMss
+        );
+        let v4 = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4,
+            ..tso6(10)
+        };
+        assert_eq!(
+            segment_tcpv6(&frame, &v4, &mut out, ok).unwrap_err(),
+            OffloadError::UnsupportedGso(VnetHdr::GSO_TCPV4)
+        );
+        assert_eq!(
+            segment(&frame, &v4, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV4,
+            "an IPv6 frame announced as TCPv4"
+        );
+        let v = tso6(10);
+        assert_eq!(
+            segment(&tcp_frame(&[1; 100], 0, false), &v, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV6,
+            "an IPv4 frame announced as TCPv6"
+        );
+        for n in [13, 40, 54, 60, 73] {
+            assert_eq!(
+                segment_tcpv6(&frame[..n], &v, &mut out, ok).unwrap_err(),
+                OffloadError::NotTcpV6,
+                "cut at {n}"
+            );
+        }
+        // An extension header before TCP is not segmented.
+        let mut ext = frame[..54].to_vec();
+        ext[20] = 60; // destination options
+        ext[18..20].copy_from_slice(&(8 + (frame.len() - 54) as u16).to_be_bytes());
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        ext.extend_from_slice(&frame[54..]);
+        assert_eq!(
+            segment_tcpv6(&ext, &v, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV6
+        );
+        // Version not 6.
+        let mut bad = frame.clone();
+        bad[14] = 0x40;
+        assert_eq!(
+            segment_tcpv6(&bad, &v, &mut out, ok).unwrap_err(),
+            OffloadError::NotTcpV6
+        );
+        let mut tiny = vec![0u8; 30];
+        assert_eq!(
+            segment_tcpv6(&frame, &tso6(50), &mut tiny, ok).unwrap_err(),
+            OffloadError::BufferTooSmall {
+                need: 74 + 50,
+                have: 30
+            }
+        );
+    }
+
+    #[test]
+    fn uso6_segments_are_valid_datagrams_that_reassemble() {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 31) as u8).collect();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(SRC6, DST6, 64)
+            .udp(5000, 6000)
+            .write(&mut f, &payload)
+            .unwrap();
+        assert!(checksums6_ok(&f));
+        let v = VnetHdr {
+            gso_type: VnetHdr::GSO_UDP_L4,
+            gso_size: 1400,
+            ..Default::default()
+        };
+        let segs = segment6_all(&f, &v);
+        assert_eq!(segs.len(), 3);
+        let mut re = Vec::new();
+        for s in &segs {
+            assert!(checksums6_ok(s));
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(TransportSlice::Udp(u)) = p.transport else {
+                panic!("not udp")
+            };
+            assert_eq!(usize::from(u.length()), s.len() - 54);
+            assert_ne!(u.checksum(), 0, "IPv6 UDP always has a checksum");
+            assert_eq!((u.source_port(), u.destination_port()), (5000, 6000));
+            re.extend_from_slice(u.payload());
+        }
+        assert_eq!(re, payload);
+        // An IPv6 frame of another protocol is refused.
+        let tcp = tcp6_frame(&[0; 10], 0, false);
+        let mut out = vec![0u8; 2000];
+        assert_eq!(
+            segment_udp6(&tcp, &v, &mut out, |_| Ok::<(), ()>(())).unwrap_err(),
+            OffloadError::NotUdpV6
+        );
+    }
+
+    #[test]
+    fn complete_csum_over_ipv6_pseudo_header() {
+        for frame in [
+            tcp6_frame(b"hello, partial checksum over IPv6!", 1000, false),
+            {
+                let mut f = Vec::new();
+                PacketBuilder::ethernet2([2; 6], [4; 6])
+                    .ipv6(SRC6, DST6, 64)
+                    .udp(1, 2)
+                    .write(&mut f, b"odd length payload")
+                    .unwrap();
+                f
+            },
+        ] {
+            let good = frame.clone();
+            let tcp = frame[20] == filter::proto::TCP;
+            let csum_offset = if tcp { 16 } else { 6 };
+            let mut f = frame;
+            // The sender leaves the pseudo-header sum in the field.
+            let len = f.len() - 54;
+            let partial = fold(pseudo_sum6(&f[14..54], f[20], len));
+            f[54 + csum_offset..56 + csum_offset].copy_from_slice(&partial.to_be_bytes());
+            let v = VnetHdr {
+                flags: VnetHdr::F_NEEDS_CSUM,
+                csum_start: 54,
+                csum_offset: csum_offset as u16,
+                ..Default::default()
+            };
+            complete_csum(&mut f, &v).unwrap();
+            assert_eq!(f, good);
+            assert!(checksums6_ok(&f));
+        }
     }
 }

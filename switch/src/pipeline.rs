@@ -240,8 +240,31 @@ pub fn process(
     vnet: &VnetHdr,
     scratch: &mut Scratch,
 ) -> Outcome {
-    let parsed = parse_frame(frame);
+    let parsed = parse_v4(frame);
     process_prepared(env, inp, frame, parsed, vnet, scratch)
+}
+
+/// [`parse_frame`] as the switch uses it until it handles IPv6: an IPv6 frame,
+/// whether the parser accepts or refuses it, is dropped as
+/// [`DropReason::UnsupportedEthertype`], exactly as before the parser knew IPv6.
+#[inline]
+pub fn parse_v4(frame: &[u8]) -> Result<Parsed, DropReason> {
+    match parse_frame(frame) {
+        Ok(Parsed::Ipv6 { .. }) => Err(DropReason::UnsupportedEthertype),
+        Err(_) if is_ipv6_frame(frame) => Err(DropReason::UnsupportedEthertype),
+        r => r,
+    }
+}
+
+/// Whether `frame` announces IPv6 (untagged, or behind one 802.1Q tag).
+fn is_ipv6_frame(frame: &[u8]) -> bool {
+    let et = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let v6 = Some(filter::parse::ETHERTYPE_IPV6);
+    et(12) == v6 || (et(12) == Some(filter::parse::ETHERTYPE_VLAN) && et(16) == v6)
 }
 
 /// Stage one of a staged burst: parse `frame` and prefetch the connection-table
@@ -252,7 +275,7 @@ pub fn process(
 /// prefetch hint.
 #[inline]
 pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
-    let parsed = parse_frame(frame)?;
+    let parsed = parse_v4(frame)?;
     if let Parsed::Ipv4 { pkt, .. } = &parsed {
         for addr in env.ct.bucket_addrs(pkt) {
             sys::prefetch(addr, BUCKET_BYTES);
@@ -262,7 +285,7 @@ pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
 }
 
 /// [`process`] of a frame already parsed by [`prepare`] (`parsed` must be what
-/// `parse_frame(frame)` returns for these bytes).
+/// [`parse_v4`] returns for these bytes).
 #[inline]
 pub fn process_prepared(
     env: &Env<'_>,
@@ -794,6 +817,8 @@ fn decide<'t>(
                     judge_for(env, to, &pkt, frame.len(), |_| false)?;
                     Ok(Action::Forward { to, dst_mac })
                 }
+                // Not produced by `parse_v4`: IPv6 is not switched yet.
+                Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
             }
         }
         Kind::Uplink => {
@@ -822,6 +847,8 @@ fn decide<'t>(
                         dst_mac: instance_mac(to),
                     })
                 }
+                // Not produced by `parse_v4`: IPv6 is not switched yet.
+                Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
             }
         }
     }
@@ -1123,5 +1150,30 @@ mod tests {
         assert!(n.is_broadcast(Ipv4Addr::new(172, 31, 255, 255)));
         assert!(n.is_broadcast(Ipv4Addr::new(224, 0, 0, 251)));
         assert!(!n.is_broadcast(Ipv4Addr::new(172, 31, 255, 254)));
+    }
+
+    /// Until the switch handles IPv6, every IPv6 frame is dropped as
+    /// `unsupported_ethertype`, whatever the parser thinks of it (accepted,
+    /// truncated, malformed, tagged); other frames keep their parse result.
+    #[test]
+    fn ipv6_frames_stay_unsupported() {
+        let mut v6 = vec![
+            2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64,
+        ];
+        v6.extend_from_slice(&[0xfd; 32]);
+        v6.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
+        assert!(matches!(parse_frame(&v6), Ok(Parsed::Ipv6 { .. })));
+        let mut tagged = v6[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0, 0, 5]);
+        tagged.extend_from_slice(&v6[12..]);
+        let mut bad_version = v6.clone();
+        bad_version[14] = 0x40;
+        for f in [&v6[..], &v6[..30], &v6[..60], &tagged, &bad_version] {
+            assert_eq!(parse_v4(f), Err(DropReason::UnsupportedEthertype));
+        }
+        let mut v4 = v6.clone();
+        v4[12..14].copy_from_slice(&[8, 0]);
+        assert_eq!(parse_v4(&v4), parse_frame(&v4));
+        assert_eq!(parse_v4(&v6[..13]), Err(DropReason::TruncatedEthernet));
     }
 }

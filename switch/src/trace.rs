@@ -111,6 +111,7 @@ impl Datapath {
         let live_cfg = self.ct.config();
         let ct = Conntrack::new(CtConfig {
             capacity: SCRATCH_FLOWS,
+            capacity6: SCRATCH_FLOWS,
             per_instance_quota: live_cfg.per_instance_quota,
             timeouts: live_cfg.timeouts,
             on_revoke: live_cfg.on_revoke,

@@ -60,7 +60,8 @@ fn egress_rules_filter_an_instances_own_connections() {
     let scan = lab.nmap(&a.netns, None, OUTSIDE, &OUTSIDE_PORT.to_string());
     assert_eq!(scan.state(OUTSIDE_PORT), Some(PortState::Open), "{scan:?}");
 
-    // Revoke it: the instance's own connections are refused by egress...
+    // Revoke it (both halves: all to 0.0.0.0/0 and to ::/0): the
+    // instance's own connections are refused by egress...
     lab.cli_ok(&[
         "revoke",
         "client",
@@ -69,6 +70,8 @@ fn egress_rules_filter_an_instances_own_connections() {
         "all",
         "-s",
         "0.0.0.0/0",
+        "-s",
+        "::/0",
     ]);
     let out = lab.cli_ok(&["describe-group", "client"]);
     assert!(
@@ -121,7 +124,7 @@ fn egress_rules_filter_an_instances_own_connections() {
         "revoke", "client", "--egress", "-P", "tcp", "-p", "80", "-o", "srv",
     ]);
     assert_eq!(from_a(&[(b.ip, WEB)]), vec![Reach::Timeout]);
-    // And the default rule back: everything out again.
+    // And the default rules back: everything out again.
     lab.cli_ok(&[
         "authorize",
         "client",
@@ -130,6 +133,8 @@ fn egress_rules_filter_an_instances_own_connections() {
         "all",
         "-s",
         "0.0.0.0/0",
+        "-s",
+        "::/0",
     ]);
     assert_eq!(from_a(&targets), vec![Reach::Open; 3]);
 }

@@ -66,6 +66,20 @@
 //! 5. A passing first fragment ([`Frag::First`]) creates or refreshes its fragment
 //!    train (charged and limited like a flow).
 //!
+//! **IPv6** ([`Conntrack::judge6`], [`Conntrack::judge_rule6`] on a
+//! [`crate::Packet6`]; [`Conntrack::judge_rule_in`] for code generic over
+//! [`Family`]): the same rules
+//! 0–5, with the snapshot's IPv6 queries ([`Snapshot::instance_by_ip6`],
+//! [`Snapshot::admitting_rule6`], [`Snapshot::egress_allows6`]) and ICMPv6 in
+//! place of ICMP: echo request/reply are the queries, destination unreachable,
+//! packet too big, time exceeded and parameter problem the errors related to a
+//! tracked flow (so a Packet Too Big about an allowed flow reaches its sender;
+//! neighbor discovery and MLD are "other" ICMPv6, judged by rules only). A
+//! fragment train is keyed by `(src, dst, id)` without the protocol (see
+//! [`Frag`]). IPv6 entries live in their own table (64-byte slots, capacity
+//! [`CtConfig::capacity6`], see `family.rs`) and are charged to the same
+//! per-instance quota counter as the instance's IPv4 entries.
+//!
 //! Expiry: an entry refreshed at `t` with timeout `T` is alive while `now < t + T`.
 //! An expired entry is treated as absent (and reclaimed on sight or by
 //! [`Conntrack::sweep`]). TCP states: SYN seen → `tcp_syn_sent`; reply seen or a
@@ -86,7 +100,9 @@
 //!
 //! * Fixed capacity, preallocated: `slots = next_pow2(2 × capacity)` slots of 32
 //!   bytes (half a cache line): 1M flows take 64 MiB plus 256 KiB of quota
-//!   counters. No allocation after [`Conntrack::new`].
+//!   counters; the IPv6 table has `next_pow2(2 × capacity6)` slots of 64 bytes
+//!   (by default a quarter of the flows: 32 MiB). No allocation after
+//!   [`Conntrack::new`].
 //! * Two-choice bucketised hashing: a key has two candidate buckets of [`BUCKET`]
 //!   adjacent slots (256 bytes each), both in the same page-aligned 4 KiB page (so
 //!   a cold lookup costs one TLB miss, not two); a new entry goes to the less
@@ -138,11 +154,15 @@ use crate::compile::Snapshot;
 #[cfg(doc)]
 use crate::{DropReason, Frag, IcmpKind};
 
+mod family;
 mod policy;
 mod table;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;
 
+pub use family::Family;
 pub use policy::{CtConfig, Pass, RevokeMode, Timeouts, error_fits_flow};
-pub use table::{BUCKET, BUCKET_BYTES, Conntrack, PROBE, QUOTA_SLOTS};
+pub use table::{BUCKET, BUCKET_BYTES, BUCKET_BYTES6, Conntrack, PROBE, QUOTA_SLOTS};

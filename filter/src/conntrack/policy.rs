@@ -3,12 +3,13 @@
 //! generations and the revoke modes; the semantics are the contract in the
 //! [module docs](super). The storage is [`super::table`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 
+use super::family::Family;
 use super::table::*;
 use crate::compile::{RuleSlot, Snapshot};
-use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
+use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, Packet6, proto, tcp_flags};
 
 /// Idle timeouts in seconds (AWS defaults where AWS documents one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,8 +74,13 @@ pub enum RevokeMode {
 /// Connection tracking configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtConfig {
-    /// Maximum number of entries (flows + fragment trains).
+    /// Maximum number of IPv4 entries (flows + fragment trains).
     pub capacity: usize,
+    /// Maximum number of IPv6 entries (their own table, whose slots are twice
+    /// the size of IPv4's: see `conntrack::family`). Default a quarter of
+    /// `capacity`, at least 1024: the IPv6 table then takes half the IPv4
+    /// table's memory.
+    pub capacity6: usize,
     /// Maximum entries charged to one instance.
     pub per_instance_quota: u32,
     pub timeouts: Timeouts,
@@ -82,10 +88,12 @@ pub struct CtConfig {
 }
 
 impl CtConfig {
-    /// Defaults for a given capacity: quota `capacity / 16`, at least 1024.
+    /// Defaults for a given capacity: quota `capacity / 16`, at least 1024;
+    /// IPv6 capacity `capacity / 4`, at least 1024.
     pub fn with_capacity(capacity: usize) -> CtConfig {
         CtConfig {
             capacity,
+            capacity6: (capacity / 4).max(1024),
             per_instance_quota: (capacity / 16).max(1024).min(u32::MAX as usize) as u32,
             timeouts: Timeouts::default(),
             on_revoke: RevokeMode::Revalidate,
@@ -168,9 +176,9 @@ fn revalidated(by: Option<(RuleSlot, bool)>) -> Pass {
 /// an instance must come from the datagram's destination (instances cannot route,
 /// and the source check guarantees their addresses). Errors from elsewhere (a
 /// router on the uplink side) only need the first condition.
-pub fn error_fits_flow(snap: &Snapshot, pkt: &Packet, inner: &FlowKey) -> bool {
+pub fn error_fits_flow<F: Family>(snap: &Snapshot, pkt: &Packet<F>, inner: &FlowKey<F>) -> bool {
     inner.src == pkt.key.dst
-        && (inner.dst == pkt.key.src || snap.instance_by_ip(pkt.key.src).is_none())
+        && (inner.dst == pkt.key.src || F::instance(snap, pkt.key.src).is_none())
 }
 
 /// How a packet that passes was let through ([`Conntrack::judge_rule`]).
@@ -204,7 +212,8 @@ pub(super) enum Track {
 }
 
 impl Conntrack {
-    /// Decide one packet. See the module docs for the semantics.
+    /// Decide one IPv4 packet. See the module docs for the semantics
+    /// ([`Conntrack::judge6`] for IPv6).
     #[inline]
     pub fn judge(&self, snap: &Snapshot, pkt: &Packet, now: u32) -> Result<(), DropReason> {
         self.judge_scoped(snap, pkt, now, |_| false)
@@ -239,8 +248,89 @@ impl Conntrack {
         now: u32,
         remote: impl Fn(Ipv4Addr) -> bool + Copy,
     ) -> Result<Pass, DropReason> {
+        self.v4.judge_rule(snap, pkt, now, remote)
+    }
+
+    /// [`Conntrack::judge`] of an IPv6 packet.
+    #[inline]
+    pub fn judge6(&self, snap: &Snapshot, pkt: &Packet6, now: u32) -> Result<(), DropReason> {
+        self.judge_rule6(snap, pkt, now, |_| false).map(|_| ())
+    }
+
+    /// [`Conntrack::judge_scoped`] of an IPv6 packet.
+    #[inline]
+    pub fn judge_scoped6(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet6,
+        now: u32,
+        remote: impl Fn(Ipv6Addr) -> bool + Copy,
+    ) -> Result<(), DropReason> {
+        self.judge_rule6(snap, pkt, now, remote).map(|_| ())
+    }
+
+    /// The IPv6 entry point: [`Conntrack::judge_rule`] of an IPv6 packet, with
+    /// the same semantics (the module docs), in the IPv6 table, against
+    /// [`Snapshot::instance_by_ip6`], [`Snapshot::admitting_rule6`] and
+    /// [`Snapshot::egress_allows6`]. `remote(ip)` says whether the instance
+    /// with IPv6 address `ip` lives on another host. Both families share the
+    /// per-instance quotas.
+    #[inline]
+    pub fn judge_rule6(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet6,
+        now: u32,
+        remote: impl Fn(Ipv6Addr) -> bool + Copy,
+    ) -> Result<Pass, DropReason> {
+        self.v6.judge_rule(snap, pkt, now, remote)
+    }
+
+    /// [`Conntrack::judge_rule`] or [`Conntrack::judge_rule6`] by the family
+    /// of the packet (`F` is [`Ipv4Addr`] or [`Ipv6Addr`]), for code that is
+    /// itself generic over [`Family`].
+    #[inline]
+    pub fn judge_rule_in<F: Family>(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet<F>,
+        now: u32,
+        remote: impl Fn(F) -> bool + Copy,
+    ) -> Result<Pass, DropReason> {
+        F::table(self).judge_rule(snap, pkt, now, remote)
+    }
+
+    /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
+    /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
+    /// shorter than `pkts`.
+    pub fn judge_burst(
+        &self,
+        snap: &Snapshot,
+        pkts: &[Packet],
+        now: u32,
+        out: &mut [Result<(), DropReason>],
+    ) {
+        for p in pkts {
+            self.prefetch(p);
+        }
+        for (p, o) in pkts.iter().zip(&mut out[..pkts.len()]) {
+            *o = self.judge(snap, p, now);
+        }
+    }
+}
+
+impl<F: Family> Table<F> {
+    /// See [`Conntrack::judge_rule`].
+    #[inline]
+    pub(super) fn judge_rule(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet<F>,
+        now: u32,
+        remote: impl Fn(F) -> bool + Copy,
+    ) -> Result<Pass, DropReason> {
         // Looked up only where needed: tracked flows never ask.
-        let dst_is_inst = || snap.instance_by_ip(pkt.key.dst).is_some() && !remote(pkt.key.dst);
+        let dst_is_inst = || F::instance(snap, pkt.key.dst).is_some() && !remote(pkt.key.dst);
         if let Frag::Later { id } = pkt.frag {
             if !dst_is_inst() {
                 return Ok(Pass::State);
@@ -270,7 +360,7 @@ impl Conntrack {
                 Some(DropReason::UnrelatedIcmpError)
             };
             if let Some(reason) = unrelated {
-                pass = match snap.admitting_rule(pkt) {
+                pass = match F::admitting_rule(snap, pkt) {
                     Some(slot) if !remote(pkt.key.dst) => Pass::Rule {
                         slot,
                         new_flow: false,
@@ -290,13 +380,13 @@ impl Conntrack {
                 Track::Miss => {
                     // A new flow leaves a local instance only if its egress
                     // rules allow it (a remote source's host judged that).
-                    if !remote(pkt.key.src) && !snap.egress_allows(pkt) {
+                    if !remote(pkt.key.src) && !F::egress_allows(snap, pkt) {
                         return Err(DropReason::NoEgressRule);
                     }
                     // No ingress rule admits packets to non-instances: only
                     // egress judges them. A remote instance's rules are its
                     // host's.
-                    let slot = match snap.admitting_rule(pkt) {
+                    let slot = match F::admitting_rule(snap, pkt) {
                         Some(slot) if !remote(pkt.key.dst) => Some(slot),
                         None if dst_is_inst() => return Err(DropReason::NoRule),
                         _ => None,
@@ -325,24 +415,6 @@ impl Conntrack {
         }
         Ok(pass)
     }
-    /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
-    /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
-    /// shorter than `pkts`.
-    pub fn judge_burst(
-        &self,
-        snap: &Snapshot,
-        pkts: &[Packet],
-        now: u32,
-        out: &mut [Result<(), DropReason>],
-    ) {
-        for p in pkts {
-            self.prefetch(p);
-        }
-        for (p, o) in pkts.iter().zip(&mut out[..pkts.len()]) {
-            *o = self.judge(snap, p, now);
-        }
-    }
-
     /// Look up a flow and apply revalidation. `own` is the packet and whether its
     /// source is endpoint `a` when the packet belongs to the flow itself (`None`
     /// for an ICMP error about the flow).
@@ -350,10 +422,10 @@ impl Conntrack {
     pub(super) fn track(
         &self,
         snap: &Snapshot,
-        k: Key,
-        own: Option<(&Packet, bool)>,
+        k: F::Key,
+        own: Option<(&Packet<F>, bool)>,
         now: u32,
-        remote: impl Fn(Ipv4Addr) -> bool,
+        remote: impl Fn(F) -> bool,
     ) -> Track {
         let Some((idx, c)) = self.find_alive(k, now) else {
             return Track::Miss;
@@ -383,19 +455,19 @@ impl Conntrack {
     pub(super) fn revalidate(
         &self,
         snap: &Snapshot,
-        k: Key,
+        k: F::Key,
         idx: usize,
         c: u64,
-        own: Option<(&Packet, bool)>,
+        own: Option<(&Packet<F>, bool)>,
         now: u32,
-        remote: &dyn Fn(Ipv4Addr) -> bool,
+        remote: &dyn Fn(F) -> bool,
     ) -> Track {
         let generation = snap.generation() & GEN_MASK;
         let orig_a = c & ORIG_A != 0;
         let orig = original(k, orig_a);
         // Egress flows (original destination not an instance, or an instance
         // of another host, which enforces its own ingress) stay allowed.
-        let inbound = snap.instance_by_ip(orig.dst).is_some() && !remote(orig.dst);
+        let inbound = F::instance(snap, orig.dst).is_some() && !remote(orig.dst);
         if c & REVOKED != 0 {
             // A new SYN from the initiator is judged like a new flow: if the rules
             // allow it now, the entry starts afresh.
@@ -403,9 +475,9 @@ impl Conntrack {
                 && let L4::Tcp { flags } = pkt.l4
                 && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
                 && src_is_a == orig_a
-                && (remote(pkt.key.src) || snap.egress_allows(pkt))
+                && (remote(pkt.key.src) || F::egress_allows(snap, pkt))
                 && let Some(by) = if inbound {
-                    snap.admitting_rule(pkt).map(|s| Some((s, true)))
+                    F::admitting_rule(snap, pkt).map(|s| Some((s, true)))
                 } else {
                     Some(None)
                 }
@@ -473,10 +545,10 @@ impl Conntrack {
         &self,
         snap: &Snapshot,
         idx: usize,
-        orig: FlowKey,
-        remote: &dyn Fn(Ipv4Addr) -> bool,
+        orig: FlowKey<F>,
+        remote: &dyn Fn(F) -> bool,
     ) -> bool {
-        remote(orig.src) || snap.egress_allows(&self.original_packet(idx, orig))
+        remote(orig.src) || F::egress_allows(snap, &self.original_packet(idx, orig))
     }
 
     /// The rule of `snap` that admits the original direction `orig` of the
@@ -485,20 +557,20 @@ impl Conntrack {
         &self,
         snap: &Snapshot,
         idx: usize,
-        orig: FlowKey,
+        orig: FlowKey<F>,
     ) -> Option<RuleSlot> {
-        snap.admitting_rule(&self.original_packet(idx, orig))
+        F::admitting_rule(snap, &self.original_packet(idx, orig))
     }
 
     /// The first packet of the flow in `idx` as rules judge it.
-    fn original_packet(&self, idx: usize, orig: FlowKey) -> Packet {
+    fn original_packet(&self, idx: usize, orig: FlowKey<F>) -> Packet<F> {
         let aux = self.slots[idx].aux.load(Ordering::Relaxed);
         let l4 = match orig.proto {
             proto::TCP => L4::Tcp {
                 flags: tcp_flags::SYN,
             },
             proto::UDP => L4::Udp,
-            proto::ICMP => L4::Icmp {
+            p if p == F::ICMP => L4::Icmp {
                 ty: (aux >> 8) as u8,
                 code: aux as u8,
                 kind: IcmpKind::Request,
@@ -524,14 +596,21 @@ impl Conntrack {
             },
             proto::UDP if c & SEEN_REPLY != 0 => t.udp_stream,
             proto::UDP => t.udp,
-            proto::ICMP => t.icmp,
+            p if p == F::ICMP => t.icmp,
             _ => t.other,
         }
     }
 
     /// Update state and expiry of a tracked flow for a packet of it.
     #[inline]
-    pub(super) fn refresh(&self, idx: usize, mut c: u64, pkt: &Packet, src_is_a: bool, now: u32) {
+    pub(super) fn refresh(
+        &self,
+        idx: usize,
+        mut c: u64,
+        pkt: &Packet<F>,
+        src_is_a: bool,
+        now: u32,
+    ) {
         let slot = &self.slots[idx];
         let from_orig = src_is_a == (c & ORIG_A != 0);
         loop {
@@ -569,23 +648,18 @@ impl Conntrack {
     }
 
     /// The quota slot of the instance a new entry is charged to, if any.
-    pub(super) fn charge_slot(snap: &Snapshot, key: &FlowKey) -> Option<usize> {
-        let ip = if snap.instance_by_ip(key.src).is_some() {
-            key.src
-        } else if snap.instance_by_ip(key.dst).is_some() {
-            key.dst
-        } else {
-            return None;
-        };
-        let h = u64::from(u32::from(ip)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Some((h >> 32) as usize & (QUOTA_SLOTS - 1))
+    /// An instance's entries of both families share its counter (IPv6 ones
+    /// are charged to the counter of the instance's IPv4 address).
+    pub(super) fn charge_slot(snap: &Snapshot, key: &FlowKey<F>) -> Option<usize> {
+        let ip = F::quota_ip(snap, key.src).or_else(|| F::quota_ip(snap, key.dst))?;
+        Some(quota_slot(ip))
     }
 
     pub(super) fn insert_flow(
         &self,
         snap: &Snapshot,
-        pkt: &Packet,
-        k: Key,
+        pkt: &Packet<F>,
+        k: F::Key,
         src_is_a: bool,
         now: u32,
     ) -> Result<(), DropReason> {
@@ -605,8 +679,8 @@ impl Conntrack {
     pub(super) fn touch_train(
         &self,
         snap: &Snapshot,
-        pkt: &Packet,
-        id: u16,
+        pkt: &Packet<F>,
+        id: u32,
         now: u32,
     ) -> Result<(), DropReason> {
         let k = frag_key(&pkt.key, id);

@@ -4,16 +4,20 @@
 //! described in the [module docs](super).
 
 use std::hash::BuildHasher;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
+use super::family::Family;
 use super::policy::CtConfig;
 use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet};
 
 /// Slots per bucket.
 pub const BUCKET: usize = 8;
-/// Bytes of one bucket (four cache lines).
-pub const BUCKET_BYTES: usize = BUCKET * std::mem::size_of::<Slot>();
+/// Bytes of one bucket of the IPv4 table (four cache lines).
+pub const BUCKET_BYTES: usize = BUCKET * std::mem::size_of::<Slot<Ipv4Addr>>();
+/// Bytes of one bucket of the IPv6 table (eight cache lines).
+pub const BUCKET_BYTES6: usize = BUCKET * std::mem::size_of::<Slot<Ipv6Addr>>();
 /// Slots a key may occupy: its two buckets.
 pub const PROBE: usize = 2 * BUCKET;
 /// Number of per-instance quota counters.
@@ -40,167 +44,110 @@ pub(super) fn version(c: u64) -> u64 {
     c >> VERSION_SHIFT
 }
 
-/// One table slot: 32 bytes, two per cache line.
+/// One table slot: 32 bytes (IPv4, two per cache line) or 64 (IPv6, one).
+#[doc(hidden)]
 #[repr(C, align(32))]
-pub(super) struct Slot {
+pub struct Slot<F: Family> {
     /// `version:16 | flags:16 | generation:32`.
     pub(super) ctl: AtomicU64,
-    /// Flow: `ip_a << 32 | ip_b`. Fragment train: `src << 32 | dst`.
-    pub(super) k0: AtomicU64,
-    /// Flow: `port_a << 48 | port_b << 32 | proto << 8 | KIND_FLOW`.
-    /// Train: `ip id << 48 | proto << 8 | KIND_FRAG`.
-    pub(super) k1: AtomicU64,
+    /// The key words ([`super::family`]): IPv4 flow `[ip_a << 32 | ip_b,
+    /// port_a << 48 | port_b << 32 | proto << 8 | KIND_FLOW]`, train `[src << 32
+    /// | dst, ip id << 48 | proto << 8 | KIND_FRAG]`.
+    pub(super) k: F::Atoms,
     /// Expiry time (`now` units); alive while `now < expires`.
     pub(super) expires: AtomicU32,
     /// Immutable: `quota slot << 16 | icmp type << 8 | icmp code`.
     pub(super) aux: AtomicU32,
 }
 
-impl Slot {
-    pub(super) fn empty() -> Slot {
+impl<F: Family> Slot<F> {
+    pub(super) fn empty() -> Slot<F> {
         Slot {
             ctl: AtomicU64::new(0),
-            k0: AtomicU64::new(0),
-            k1: AtomicU64::new(0),
+            k: F::empty_atoms(),
             expires: AtomicU32::new(0),
             aux: AtomicU32::new(0),
         }
     }
 }
 
-/// Slots per 4 KiB page.
-pub(super) const PAGE_SLOTS: usize = 4096 / std::mem::size_of::<Slot>();
-/// Buckets per 4 KiB page: a key's two buckets are in the same page.
-pub(super) const PAGE_BUCKETS: usize = PAGE_SLOTS / BUCKET;
-
-/// One page-aligned page of slots.
-#[repr(C, align(4096))]
-pub(super) struct Page([Slot; PAGE_SLOTS]);
-
 /// The slot array, page-aligned so that a key's two buckets share one page (one
 /// TLB entry, one DRAM page).
-pub(super) struct Slots(Box<[Page]>);
+pub(super) struct Slots<F: Family>(Box<[F::Page]>);
 
-impl Slots {
-    pub(super) fn new(n: usize) -> Slots {
-        let pages = n.div_ceil(PAGE_SLOTS);
-        Slots(
-            (0..pages)
-                .map(|_| Page(std::array::from_fn(|_| Slot::empty())))
-                .collect(),
-        )
+impl<F: Family> Slots<F> {
+    pub(super) fn new(n: usize) -> Slots<F> {
+        let pages = n.div_ceil(F::PAGE_SLOTS);
+        Slots((0..pages).map(|_| F::new_page()).collect())
     }
 
     #[inline]
     pub(super) fn len(&self) -> usize {
-        self.0.len() * PAGE_SLOTS
+        self.0.len() * F::PAGE_SLOTS
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.0.iter().flat_map(|p| p.0.iter())
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Slot<F>> {
+        self.0.iter().flat_map(|p| F::page_slots(p).iter())
     }
 }
 
-impl std::ops::Index<usize> for Slots {
-    type Output = Slot;
+impl<F: Family> std::ops::Index<usize> for Slots<F> {
+    type Output = Slot<F>;
 
     #[inline]
-    fn index(&self, idx: usize) -> &Slot {
-        &self.0[idx / PAGE_SLOTS].0[idx % PAGE_SLOTS]
+    fn index(&self, idx: usize) -> &Slot<F> {
+        &F::page_slots(&self.0[idx / F::PAGE_SLOTS])[idx % F::PAGE_SLOTS]
     }
-}
-
-/// A canonical table key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Key {
-    pub(super) k0: u64,
-    pub(super) k1: u64,
 }
 
 /// Canonical key of a flow and whether `key.src` is endpoint `a`.
-pub(super) fn flow_key(key: &FlowKey) -> (Key, bool) {
-    let s = u64::from(u32::from(key.src)) << 16 | u64::from(key.sport);
-    let d = u64::from(u32::from(key.dst)) << 16 | u64::from(key.dport);
-    let src_is_a = s <= d;
-    let (a, b) = if src_is_a { (s, d) } else { (d, s) };
-    let k0 = (a >> 16) << 32 | (b >> 16);
-    let k1 = (a & 0xffff) << 48 | (b & 0xffff) << 32 | u64::from(key.proto) << 8 | KIND_FLOW;
-    (Key { k0, k1 }, src_is_a)
+#[inline(always)]
+pub(super) fn flow_key<F: Family>(key: &FlowKey<F>) -> (F::Key, bool) {
+    F::flow_key(key)
 }
 
-#[inline]
-pub(super) fn frag_key(key: &FlowKey, id: u16) -> Key {
-    Key {
-        k0: u64::from(u32::from(key.src)) << 32 | u64::from(u32::from(key.dst)),
-        k1: u64::from(id) << 48 | u64::from(key.proto) << 8 | KIND_FRAG,
-    }
+/// Key of a fragment train.
+#[inline(always)]
+pub(super) fn frag_key<F: Family>(key: &FlowKey<F>, id: u32) -> F::Key {
+    F::frag_key(key, id)
 }
 
 /// The original-direction flow key of a canonical flow key.
-pub(super) fn original(k: Key, orig_a: bool) -> FlowKey {
-    let ip_a = Ipv4Addr::from((k.k0 >> 32) as u32);
-    let ip_b = Ipv4Addr::from(k.k0 as u32);
-    let port_a = (k.k1 >> 48) as u16;
-    let port_b = (k.k1 >> 32) as u16;
-    let proto = (k.k1 >> 8) as u8;
-    if orig_a {
-        FlowKey {
-            src: ip_a,
-            dst: ip_b,
-            proto,
-            sport: port_a,
-            dport: port_b,
-        }
-    } else {
-        FlowKey {
-            src: ip_b,
-            dst: ip_a,
-            proto,
-            sport: port_b,
-            dport: port_a,
-        }
-    }
+pub(super) fn original<F: Family>(k: F::Key, orig_a: bool) -> FlowKey<F> {
+    F::original(k, orig_a)
 }
 
-/// The shared connection table. `Sync`: share `&Conntrack` between worker threads.
-pub struct Conntrack {
+/// One family's table (see the [module docs](super)); [`Conntrack`] holds one
+/// per family, sharing the per-instance quota counters.
+#[doc(hidden)]
+pub struct Table<F: Family> {
+    /// The configuration, with `capacity` this table's own.
     pub(super) cfg: CtConfig,
-    pub(super) slots: Slots,
+    pub(super) slots: Slots<F>,
     pub(super) mask: usize,
-    pub(super) quota: Box<[AtomicU32]>,
+    pub(super) quota: Arc<[AtomicU32]>,
     pub(super) count: AtomicUsize,
     pub(super) seed: u64,
 }
 
-impl std::fmt::Debug for Conntrack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conntrack")
-            .field("cfg", &self.cfg)
-            .field("slots", &self.slots.len())
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl Conntrack {
+impl<F: Family> Table<F> {
     /// A table for `cfg.capacity` entries (preallocated and prefaulted:
-    /// `next_pow2(2 × capacity)` slots of 32 bytes).
-    pub fn new(cfg: CtConfig) -> Self {
+    /// `next_pow2(2 × capacity)` slots), charging `quota`.
+    fn new(cfg: CtConfig, quota: Arc<[AtomicU32]>) -> Self {
         let n = cfg
             .capacity
             .saturating_mul(2)
             .next_power_of_two()
-            .max(PAGE_SLOTS);
-        let slots = Slots::new(n);
+            .max(F::PAGE_SLOTS);
+        let slots = Slots::<F>::new(n);
         // The allocator may hand out lazily mapped zero pages: touch every page now
         // so that the datapath never takes a page fault on a first insert (and the
         // resident size is what `memory_bytes` says from the start).
         for page in slots.0.iter() {
-            page.0[0].ctl.store(0, Ordering::Relaxed);
+            F::page_slots(page)[0].ctl.store(0, Ordering::Relaxed);
         }
-        let quota: Box<[AtomicU32]> = (0..QUOTA_SLOTS).map(|_| AtomicU32::new(0)).collect();
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1;
-        Conntrack {
+        Table {
             cfg,
             slots,
             mask: n - 1,
@@ -210,44 +157,23 @@ impl Conntrack {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &CtConfig {
-        &self.cfg
-    }
-
-    /// Number of entries (flows and fragment trains), expired ones included until
-    /// they are reclaimed.
-    pub fn len(&self) -> usize {
+    /// Number of entries, expired ones included until they are reclaimed.
+    pub(super) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Whether the table holds no entries.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Bytes of the slot array.
+    fn slot_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot<F>>()
     }
 
-    /// Bytes held by the table (all preallocated).
-    pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.slots.len() * std::mem::size_of::<Slot>()
-            + self.quota.len() * std::mem::size_of::<AtomicU32>()
+    /// Address and length of the slot array.
+    fn region(&self) -> (usize, usize) {
+        (self.slots.0.as_ptr() as usize, self.slot_bytes())
     }
 
-    /// Address and length in bytes of the slot array (page-aligned, allocated
-    /// and prefaulted by [`Conntrack::new`]), for a caller that may advise the
-    /// kernel about it: backing it with huge pages removes the TLB miss of a
-    /// random lookup (see `switch::sys::advise_hugepages`). Reading these numbers
-    /// changes nothing.
-    pub fn table_region(&self) -> (usize, usize) {
-        (
-            self.slots.0.as_ptr() as usize,
-            self.slots.len() * std::mem::size_of::<Slot>(),
-        )
-    }
-
-    /// Remove every expired entry; returns how many were removed. Meant for the
-    /// management thread, periodically (entries are also reclaimed on sight).
-    pub fn sweep(&self, now: u32) -> usize {
+    /// See [`Conntrack::sweep`].
+    fn sweep(&self, now: u32) -> usize {
         let mut removed = 0;
         for idx in 0..self.slots.len() {
             let c = self.slots[idx].ctl.load(Ordering::Acquire);
@@ -261,11 +187,9 @@ impl Conntrack {
         removed
     }
 
-    /// Touch the two buckets `pkt` will look up, without waiting for them: the
-    /// loads of several packets overlap, so a burst pays about one memory latency
-    /// instead of one per packet. A hint only: no effect on any verdict.
+    /// See [`Conntrack::prefetch`].
     #[inline]
-    pub fn prefetch(&self, pkt: &Packet) {
+    fn prefetch(&self, pkt: &Packet<F>) {
         let key = match pkt.l4 {
             L4::Icmp {
                 kind: IcmpKind::Error { inner },
@@ -275,23 +199,19 @@ impl Conntrack {
         };
         let b = self.buckets(flow_key(&key).0);
         let mut sink = 0u64;
+        // One load per cache line of the bucket.
+        let step = (64 / std::mem::size_of::<Slot<F>>()).max(1);
         for base in b {
-            // One load per cache line of the bucket (two 32-byte slots a line).
-            for j in (0..BUCKET).step_by(2) {
-                sink ^= self.slots[base + j].k0.load(Ordering::Relaxed);
+            for j in (0..BUCKET).step_by(step) {
+                sink ^= F::first_word(&self.slots[base + j].k);
             }
         }
         std::hint::black_box(sink);
     }
 
-    /// Addresses of the two buckets (each [`BUCKET_BYTES`] long, cache-line
-    /// aligned) that judging `pkt` will look up (for an ICMP error, those of the
-    /// flow it is about). For a caller that issues real prefetch instructions
-    /// (the switch's staged burst: `switch::sys::prefetch`); this crate has no
-    /// `unsafe`, so [`Conntrack::prefetch`] can only touch the lines with loads.
-    /// Computing them reads nothing from the table.
+    /// See [`Conntrack::bucket_addrs`].
     #[inline]
-    pub fn bucket_addrs(&self, pkt: &Packet) -> [usize; 2] {
+    fn bucket_addrs(&self, pkt: &Packet<F>) -> [usize; 2] {
         let key = match pkt.l4 {
             L4::Icmp {
                 kind: IcmpKind::Error { inner },
@@ -304,7 +224,7 @@ impl Conntrack {
             _ => flow_key(&key).0,
         };
         self.buckets(key)
-            .map(|base| &self.slots[base] as *const Slot as usize)
+            .map(|base| &self.slots[base] as *const Slot<F> as usize)
     }
 
     // --- internals ---------------------------------------------------------
@@ -315,12 +235,13 @@ impl Conntrack {
     /// evenly by the hash: a page of 128 slots holds 64 entries on average at 50%
     /// load).
     #[inline]
-    pub(super) fn buckets(&self, k: Key) -> [usize; 2] {
+    pub(super) fn buckets(&self, k: F::Key) -> [usize; 2] {
+        let page_buckets = F::PAGE_SLOTS / BUCKET;
         let h = self.hash(k);
         let nb = (self.mask + 1) / BUCKET;
         let b1 = h & (nb - 1);
-        let off = 1 + (h >> 32) % (PAGE_BUCKETS - 1);
-        let b2 = (b1 & !(PAGE_BUCKETS - 1)) | ((b1 + off) & (PAGE_BUCKETS - 1));
+        let off = 1 + (h >> 32) % (page_buckets - 1);
+        let b2 = (b1 & !(page_buckets - 1)) | ((b1 + off) & (page_buckets - 1));
         [b1 * BUCKET, b2 * BUCKET]
     }
 
@@ -331,18 +252,13 @@ impl Conntrack {
     }
 
     #[inline]
-    pub(super) fn hash(&self, k: Key) -> usize {
-        let mut h = (k.k0 ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^= k.k1.wrapping_add(self.seed.rotate_left(32));
-        h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        h ^= h >> 32;
-        h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h ^ (h >> 29)) as usize
+    pub(super) fn hash(&self, k: F::Key) -> usize {
+        F::key_hash(&k, self.seed)
     }
 
     /// Wait (bounded) for a slot's BUSY to clear; returns its control word.
     #[inline]
-    pub(super) fn settled_ctl(slot: &Slot, spins: u32) -> u64 {
+    pub(super) fn settled_ctl(slot: &Slot<F>, spins: u32) -> u64 {
         let mut c = slot.ctl.load(Ordering::Acquire);
         let mut n = 0;
         while c & BUSY != 0 && n < spins {
@@ -358,15 +274,12 @@ impl Conntrack {
 
     /// Seqlock read: the slot's published key if it is occupied and stable.
     #[inline]
-    pub(super) fn read_key(slot: &Slot, spins: u32) -> Option<(Key, u64)> {
+    pub(super) fn read_key(slot: &Slot<F>, spins: u32) -> Option<(F::Key, u64)> {
         let c1 = Self::settled_ctl(slot, spins);
         if c1 & (OCC | BUSY) != OCC {
             return None;
         }
-        let k = Key {
-            k0: slot.k0.load(Ordering::Relaxed),
-            k1: slot.k1.load(Ordering::Relaxed),
-        };
+        let k = F::load(&slot.k);
         fence(Ordering::Acquire);
         let c2 = slot.ctl.load(Ordering::Relaxed);
         if version(c2) != version(c1) || c2 & (OCC | BUSY) != OCC {
@@ -377,13 +290,14 @@ impl Conntrack {
 
     /// Find `k` in its window: `(slot index, probe position, control word)`.
     #[inline]
-    pub(super) fn find(&self, k: Key) -> Option<(usize, usize, u64)> {
+    pub(super) fn find(&self, k: F::Key) -> Option<(usize, usize, u64)> {
         let b = self.buckets(k);
+        let w0 = F::key_word0(&k);
         for i in 0..PROBE {
             let idx = Self::slot_at(b, i);
             let slot = &self.slots[idx];
             // Cheap pre-check before the seqlock read.
-            if slot.k0.load(Ordering::Relaxed) != k.k0 {
+            if F::first_word(&slot.k) != w0 {
                 continue;
             }
             if let Some((sk, c)) = Self::read_key(slot, 1024)
@@ -399,7 +313,7 @@ impl Conntrack {
     /// orientation. Read-only (an expired entry is left for the sweep); not
     /// for the datapath: `sgswitch trace` uses it to say whether a frame met
     /// a tracked flow.
-    pub fn tracks(&self, key: &FlowKey, now: u32) -> bool {
+    fn tracks(&self, key: &FlowKey<F>, now: u32) -> bool {
         let (k, _) = flow_key(key);
         self.find(k)
             .is_some_and(|(idx, _, _)| now < self.slots[idx].expires.load(Ordering::Relaxed))
@@ -407,7 +321,7 @@ impl Conntrack {
 
     /// Find `k` and check that it has not expired (removing it if it has).
     #[inline]
-    pub(super) fn find_alive(&self, k: Key, now: u32) -> Option<(usize, u64)> {
+    pub(super) fn find_alive(&self, k: F::Key, now: u32) -> Option<(usize, u64)> {
         let (idx, _, c) = self.find(k)?;
         if now >= self.slots[idx].expires.load(Ordering::Relaxed) {
             self.remove(idx, c, Some(now));
@@ -457,7 +371,7 @@ impl Conntrack {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn insert(
         &self,
-        k: Key,
+        k: F::Key,
         flags: u64,
         icmp: u32,
         quota: Option<usize>,
@@ -512,8 +426,7 @@ impl Conntrack {
                     continue;
                 }
                 fence(Ordering::Release);
-                slot.k0.store(k.k0, Ordering::Relaxed);
-                slot.k1.store(k.k1, Ordering::Relaxed);
+                F::store(&slot.k, k);
                 slot.aux.store(aux, Ordering::Relaxed);
                 slot.expires
                     .store(now.saturating_add(timeout), Ordering::Relaxed);
@@ -541,7 +454,7 @@ impl Conntrack {
     /// later one sees the other's published key.
     pub(super) fn dedupe(
         &self,
-        k: Key,
+        k: F::Key,
         b: [usize; 2],
         mine: usize,
         my_idx: usize,
@@ -617,18 +530,147 @@ impl Conntrack {
         true
     }
 
-    /// Entries charged to the quota slot of `ip` (for tests and stats).
+    /// Occupied slots, by scanning.
+    fn count_by_scan(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.ctl.load(Ordering::Acquire) & OCC != 0)
+            .count()
+    }
+}
+
+/// The quota counter of the instance with IPv4 address `ip` (an instance's
+/// IPv6 entries are charged to the counter of its IPv4 address).
+#[inline]
+pub(super) fn quota_slot(ip: Ipv4Addr) -> usize {
+    let h = u64::from(u32::from(ip)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as usize & (QUOTA_SLOTS - 1)
+}
+
+/// The shared connection table: one lock-free [`Table`] per address family
+/// (see [`super::family`]) and the per-instance quota counters they share (an
+/// instance's quota counts its flows of both families). `Sync`: share
+/// `&Conntrack` between worker threads.
+pub struct Conntrack {
+    pub(super) v4: Table<Ipv4Addr>,
+    pub(super) v6: Table<Ipv6Addr>,
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("cfg", &self.v4.cfg)
+            .field("slots", &self.v4.slots.len())
+            .field("slots6", &self.v6.slots.len())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Conntrack {
+    /// Tables for `cfg.capacity` IPv4 and `cfg.capacity6` IPv6 entries
+    /// (preallocated and prefaulted: `next_pow2(2 × capacity)` slots of 32
+    /// bytes, and `next_pow2(2 × capacity6)` of 64).
+    pub fn new(cfg: CtConfig) -> Self {
+        let quota: Arc<[AtomicU32]> = (0..QUOTA_SLOTS).map(|_| AtomicU32::new(0)).collect();
+        let cfg6 = CtConfig {
+            capacity: cfg.capacity6,
+            ..cfg
+        };
+        Conntrack {
+            v4: Table::new(cfg, quota.clone()),
+            v6: Table::new(cfg6, quota),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CtConfig {
+        &self.v4.cfg
+    }
+
+    /// Number of entries (flows and fragment trains of both families), expired
+    /// ones included until they are reclaimed.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// Number of IPv6 entries (included in [`Conntrack::len`]).
+    pub fn len6(&self) -> usize {
+        self.v6.len()
+    }
+
+    /// Whether the table holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the tables (all preallocated).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.v4.slot_bytes()
+            + self.v6.slot_bytes()
+            + self.v4.quota.len() * std::mem::size_of::<AtomicU32>()
+    }
+
+    /// Address and length in bytes of the IPv4 slot array (page-aligned,
+    /// allocated and prefaulted by [`Conntrack::new`]), for a caller that may
+    /// advise the kernel about it: backing it with huge pages removes the TLB
+    /// miss of a random lookup (see `switch::sys::advise_hugepages`). Reading
+    /// these numbers changes nothing. [`Conntrack::table_region6`] is the IPv6
+    /// one.
+    pub fn table_region(&self) -> (usize, usize) {
+        self.v4.region()
+    }
+
+    /// [`Conntrack::table_region`] of the IPv6 table.
+    pub fn table_region6(&self) -> (usize, usize) {
+        self.v6.region()
+    }
+
+    /// Remove every expired entry (both families); returns how many were
+    /// removed. Meant for the management thread, periodically (entries are also
+    /// reclaimed on sight).
+    pub fn sweep(&self, now: u32) -> usize {
+        self.v4.sweep(now) + self.v6.sweep(now)
+    }
+
+    /// Touch the two buckets `pkt` will look up, without waiting for them: the
+    /// loads of several packets overlap, so a burst pays about one memory latency
+    /// instead of one per packet. A hint only: no effect on any verdict.
+    #[inline]
+    pub fn prefetch<F: Family>(&self, pkt: &Packet<F>) {
+        F::table(self).prefetch(pkt)
+    }
+
+    /// Addresses of the two buckets (each [`BUCKET_BYTES`] long for IPv4,
+    /// [`BUCKET_BYTES6`] for IPv6, cache-line aligned) that judging `pkt` will
+    /// look up (for an ICMP error, those of the flow it is about). For a caller
+    /// that issues real prefetch instructions (the switch's staged burst:
+    /// `switch::sys::prefetch`); this crate has no `unsafe`, so
+    /// [`Conntrack::prefetch`] can only touch the lines with loads. Computing
+    /// them reads nothing from the table.
+    #[inline]
+    pub fn bucket_addrs<F: Family>(&self, pkt: &Packet<F>) -> [usize; 2] {
+        F::table(self).bucket_addrs(pkt)
+    }
+
+    /// Whether a live (not expired) flow entry exists for `key`, in either
+    /// orientation. Read-only (an expired entry is left for the sweep); not
+    /// for the datapath: `sgswitch trace` uses it to say whether a frame met
+    /// a tracked flow.
+    pub fn tracks<F: Family>(&self, key: &FlowKey<F>, now: u32) -> bool {
+        F::table(self).tracks(key, now)
+    }
+
+    /// Entries charged to the quota slot of the instance with IPv4 address
+    /// `ip`, IPv6 entries included (for tests and stats).
     pub fn charged_to(&self, ip: Ipv4Addr) -> u32 {
-        let h = u64::from(u32::from(ip)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.quota[(h >> 32) as usize & (QUOTA_SLOTS - 1)].load(Ordering::Relaxed)
+        self.v4.quota[quota_slot(ip)].load(Ordering::Relaxed)
     }
 
     /// Count occupied slots by scanning (for tests: must equal [`Conntrack::len`]
     /// when no thread is writing).
     pub fn count_by_scan(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.ctl.load(Ordering::Acquire) & OCC != 0)
-            .count()
+        self.v4.count_by_scan() + self.v6.count_by_scan()
     }
 }

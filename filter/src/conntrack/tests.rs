@@ -1,8 +1,10 @@
+use super::family::*;
 use super::policy::*;
 use super::table::*;
 use crate::compile::compile;
 use crate::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
 use crate::{DropReason, FlowKey, Frag, IcmpKind, L4, Packet, proto, tcp_flags};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -266,7 +268,7 @@ fn revalidate_cuts_revoked_flows_keep_does_not() {
 
 /// Control word of the entry of `pkt`'s flow, if tracked (test helper).
 fn entry(ct: &Conntrack, pkt: &Packet) -> Option<u64> {
-    ct.find(flow_key(&pkt.key).0).map(|(_, _, c)| c)
+    ct.v4.find(flow_key(&pkt.key).0).map(|(_, _, c)| c)
 }
 
 /// The bug found by the e2e test: after a revoke cut an inbound TCP flow, the
@@ -515,7 +517,7 @@ fn fragments_follow_their_first() {
             dport: 0,
         },
         l4: L4::Other,
-        frag: Frag::Later { id },
+        frag: Frag::Later { id: id.into() },
     };
     assert_eq!(
         ct.judge(&snap, &later(5), 0),
@@ -628,8 +630,8 @@ fn bucket_addrs_cover_the_slot_of_the_entry_both_ways() {
         let p = udp(B, 4000 + i, OUT, 53);
         ct.judge(&snap, &p, 0).expect("egress");
         let (k, _) = flow_key(&p.key);
-        let (idx, _, _) = ct.find(k).expect("inserted");
-        let at = &ct.slots[idx] as *const Slot as usize;
+        let (idx, _, _) = ct.v4.find(k).expect("inserted");
+        let at = &ct.v4.slots[idx] as *const Slot<Ipv4Addr> as usize;
         let mut reply = p;
         reply.key = p.key.reversed();
         for q in [p, reply] {
@@ -699,23 +701,27 @@ fn default_config_fits_a_million_flows_in_256_mb() {
     assert_eq!(cfg.capacity, 1 << 20);
     assert_eq!(cfg.per_instance_quota, 65536);
     assert_eq!(cfg.on_revoke, RevokeMode::Revalidate);
-    assert_eq!(std::mem::size_of::<Slot>(), 32);
+    assert_eq!(std::mem::size_of::<Slot<Ipv4Addr>>(), 32);
+    assert_eq!(std::mem::size_of::<Slot<Ipv6Addr>>(), 64);
+    assert_eq!(std::mem::size_of::<<Ipv4Addr as Family>::Page>(), 4096);
+    assert_eq!(std::mem::size_of::<<Ipv6Addr as Family>::Page>(), 4096);
     let ct = Conntrack::new(cfg);
     assert!(ct.memory_bytes() <= 256 << 20, "{}", ct.memory_bytes());
-    assert_eq!(ct.memory_bytes() / (1 << 20), 64);
+    // 64 MiB of IPv4 slots, 32 MiB of IPv6 slots (a quarter of the flows).
+    assert_eq!(cfg.capacity6, 1 << 18);
+    assert_eq!(ct.memory_bytes() / (1 << 20), 64 + 32);
     fn check<T: Send + Sync>() {}
     check::<Conntrack>();
 }
 
 /// Publish `k` in slot `idx` as an insert would (test helper).
 fn force_publish(ct: &Conntrack, idx: usize, k: Key) -> u64 {
-    let slot = &ct.slots[idx];
-    slot.k0.store(k.k0, Ordering::Relaxed);
-    slot.k1.store(k.k1, Ordering::Relaxed);
+    let slot = &ct.v4.slots[idx];
+    <Ipv4Addr as Family>::store(&slot.k, k);
     slot.expires.store(100, Ordering::Relaxed);
     let c = (version(slot.ctl.load(Ordering::Relaxed)) + 1) << VERSION_SHIFT | OCC | ORIG_A;
     slot.ctl.store(c, Ordering::Release);
-    ct.count.fetch_add(1, Ordering::Relaxed);
+    ct.v4.count.fetch_add(1, Ordering::Relaxed);
     c
 }
 
@@ -725,21 +731,24 @@ fn force_publish(ct: &Conntrack, idx: usize, k: Key) -> u64 {
 fn dedupe_keeps_the_lowest_position_from_either_side() {
     let ct = Conntrack::new(CtConfig::with_capacity(64));
     let (k, _) = flow_key(&udp(B, 1, OUT, 53).key);
-    let b = ct.buckets(k);
-    let (lo, hi) = (Conntrack::slot_at(b, 3), Conntrack::slot_at(b, 9));
+    let b = ct.v4.buckets(k);
+    let (lo, hi) = (
+        Table::<Ipv4Addr>::slot_at(b, 3),
+        Table::<Ipv4Addr>::slot_at(b, 9),
+    );
     // The lower one dedupes: it removes the higher one.
     let _ = force_publish(&ct, hi, k);
     let c_lo = force_publish(&ct, lo, k);
-    assert_eq!(ct.dedupe(k, b, 3, lo, c_lo), lo);
+    assert_eq!(ct.v4.dedupe(k, b, 3, lo, c_lo), lo);
     assert_eq!(ct.len(), 1);
-    assert_eq!(ct.find(k).map(|(idx, _, _)| idx), Some(lo));
+    assert_eq!(ct.v4.find(k).map(|(idx, _, _)| idx), Some(lo));
     assert_eq!(ct.count_by_scan(), 1);
     // The higher one dedupes: it removes itself.
     let c_hi = force_publish(&ct, hi, k);
-    assert_eq!(ct.dedupe(k, b, 9, hi, c_hi), lo);
+    assert_eq!(ct.v4.dedupe(k, b, 9, hi, c_hi), lo);
     assert_eq!(ct.len(), 1);
     assert_eq!(ct.count_by_scan(), 1);
-    assert_eq!(ct.find(k).map(|(idx, _, _)| idx), Some(lo));
+    assert_eq!(ct.v4.find(k).map(|(idx, _, _)| idx), Some(lo));
 }
 
 /// Several threads insert, look up and delete (by expiry) overlapping flows,
@@ -793,10 +802,10 @@ fn concurrent_stress_keeps_counts_consistent() {
     // Each B flow exists exactly once.
     for f in 0..FLOWS {
         let (k, _) = flow_key(&udp(B, f, OUT, 53).key);
-        let b = ct.buckets(k);
+        let b = ct.v4.buckets(k);
         let n = (0..PROBE)
             .filter(|&i| {
-                Conntrack::read_key(&ct.slots[Conntrack::slot_at(b, i)], 0)
+                Table::<Ipv4Addr>::read_key(&ct.v4.slots[Table::<Ipv4Addr>::slot_at(b, i)], 0)
                     .is_some_and(|(sk, _)| sk == k)
             })
             .count();

@@ -4,12 +4,18 @@
 //! and rules. Every error is `InvalidParameterValue` naming the bad value. The
 //! model's invariants (existence, duplicates, limits) are checked by
 //! [`super::Model`], not here.
+//!
+//! IPv6: `-s` takes IPv6 CIDRs (`2001:db8::/32`, `::/0`, a bare address is a
+//! /128) and `-P icmpv6` (or `58`) takes `-t TYPE:CODE` like `icmp`. A rule
+//! never mixes families: `icmp` with an IPv6 CIDR and `icmpv6` with an IPv4
+//! CIDR are refused naming the CIDR (AWS does the same), so a rule's family
+//! is its CIDR's, or both for `all`/`tcp`/`udp` from a group.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Ec2Error, Owner, Ports, Proto, Rule, RuleSpec, Source, invalid, validate_group_name};
 
@@ -21,6 +27,7 @@ impl Proto {
             Proto::Udp => "udp",
             Proto::Icmp => "icmp",
             Proto::All => "all",
+            Proto::Icmpv6 => "icmpv6",
         }
     }
 
@@ -30,19 +37,21 @@ impl Proto {
             Proto::Tcp => Some(crate::proto::TCP),
             Proto::Udp => Some(crate::proto::UDP),
             Proto::Icmp => Some(crate::proto::ICMP),
+            Proto::Icmpv6 => Some(crate::proto::ICMPV6),
             Proto::All => None,
         }
     }
 
-    /// Parse `-P`: `tcp|udp|icmp|all|-1` (any case) or `6|17|1`.
+    /// Parse `-P`: `tcp|udp|icmp|icmpv6|all|-1` (any case) or `6|17|1|58`.
     pub fn parse(s: &str) -> Result<Proto, Ec2Error> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" | "6" => Ok(Proto::Tcp),
             "udp" | "17" => Ok(Proto::Udp),
             "icmp" | "1" => Ok(Proto::Icmp),
+            "icmpv6" | "58" => Ok(Proto::Icmpv6),
             "all" | "-1" => Ok(Proto::All),
             _ => Err(invalid(format!(
-                "invalid protocol '{s}': expected tcp, udp, icmp or all"
+                "invalid protocol '{s}': expected tcp, udp, icmp, icmpv6 or all"
             ))),
         }
     }
@@ -71,6 +80,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Cidr(net) => write!(f, "{net}"),
+            Source::Cidr6(net) => write!(f, "{net}"),
             Source::Group { owner, group } => write!(f, "{owner}/{group}"),
         }
     }
@@ -85,31 +95,60 @@ impl fmt::Display for Rule {
         }
         match &self.source {
             Source::Cidr(net) => write!(f, " from {net}"),
+            Source::Cidr6(net) => write!(f, " from {net}"),
             Source::Group { .. } => write!(f, " from group {}", self.source),
         }
     }
 }
 
 impl Rule {
+    /// Does this rule apply to IPv4 packets? (Not for an IPv6 CIDR or `icmpv6`.)
+    #[inline]
+    pub fn applies_v4(&self) -> bool {
+        !matches!(self.source, Source::Cidr6(_)) && self.proto != Proto::Icmpv6
+    }
+
+    /// Does this rule apply to IPv6 packets? (Not for an IPv4 CIDR or `icmp`.)
+    #[inline]
+    pub fn applies_v6(&self) -> bool {
+        !matches!(self.source, Source::Cidr(_)) && self.proto != Proto::Icmp
+    }
+
     /// Check a rule built elsewhere (an API body, the store) and return it in
     /// normal form: CIDR host bits cleared, ports consistent with the protocol.
     pub fn normalized(&self) -> Result<Rule, Ec2Error> {
         let ports = match (self.proto, self.ports) {
             (Proto::All, Ports::None) => Ports::None,
             (Proto::Tcp | Proto::Udp, Ports::Range(lo, hi)) if lo <= hi => Ports::Range(lo, hi),
-            (Proto::Icmp, Ports::Icmp { ty: None, .. }) => Ports::Icmp {
+            (Proto::Icmp | Proto::Icmpv6, Ports::Icmp { ty: None, .. }) => Ports::Icmp {
                 ty: None,
                 code: None,
             },
-            (Proto::Icmp, p @ Ports::Icmp { .. }) => p,
+            (Proto::Icmp | Proto::Icmpv6, p @ Ports::Icmp { .. }) => p,
             (proto, ports) => {
                 return Err(invalid(format!(
                     "invalid port specification '{ports}' for protocol {proto}"
                 )));
             }
         };
+        match (self.proto, &self.source) {
+            (Proto::Icmp, Source::Cidr6(net)) => {
+                return Err(invalid(format!(
+                    "invalid permission: protocol icmp with the IPv6 CIDR '{net}' \
+                     (ICMP rules are IPv4; use icmpv6)"
+                )));
+            }
+            (Proto::Icmpv6, Source::Cidr(net)) => {
+                return Err(invalid(format!(
+                    "invalid permission: protocol icmpv6 with the IPv4 CIDR '{net}' \
+                     (ICMPv6 rules are IPv6; use icmp)"
+                )));
+            }
+            _ => {}
+        }
         let source = match &self.source {
             Source::Cidr(net) => Source::Cidr(net.trunc()),
+            Source::Cidr6(net) => Source::Cidr6(net.trunc()),
             Source::Group { owner, group } => {
                 owner.validate()?;
                 validate_group_name(group)?;
@@ -184,7 +223,30 @@ pub fn parse_icmp_type_code(s: &str) -> Result<Ports, Ec2Error> {
     })
 }
 
-/// Parse a `-s` CIDR: `a.b.c.d/n` (host bits are cleared) or a bare address (/32).
+/// Parse a `-s` CIDR of either family: IPv4 as [`parse_cidr`], or IPv6
+/// `x:y::/n` (host bits cleared) or a bare IPv6 address (/128).
+pub fn parse_source_cidr(s: &str) -> Result<Source, Ec2Error> {
+    if !s.contains(':') {
+        return parse_cidr(s).map(Source::Cidr);
+    }
+    let t = s.trim();
+    let bad = || {
+        invalid(format!(
+            "invalid CIDR '{s}': expected an IPv6 prefix x:y::/n with n <= 128"
+        ))
+    };
+    let net = if t.contains('/') {
+        Ipv6Net::from_str(t).map(|n| n.trunc()).map_err(|_| bad())?
+    } else {
+        Ipv6Addr::from_str(t)
+            .map(Ipv6Net::from)
+            .map_err(|_| bad())?
+    };
+    Ok(Source::Cidr6(net))
+}
+
+/// Parse an IPv4 `-s` CIDR: `a.b.c.d/n` (host bits are cleared) or a bare
+/// address (/32).
 pub fn parse_cidr(s: &str) -> Result<Ipv4Net, Ec2Error> {
     let t = s.trim();
     let bad = || {
@@ -238,10 +300,10 @@ impl RuleSpec {
                 let (lo, hi) = parse_port_range(p)?;
                 Ports::Range(lo, hi)
             }
-            Proto::Icmp => {
+            Proto::Icmp | Proto::Icmpv6 => {
                 if let Some(p) = &self.ports {
                     return Err(invalid(format!(
-                        "invalid port range '{p}' for protocol icmp: use -t TYPE:CODE"
+                        "invalid port range '{p}' for protocol {proto}: use -t TYPE:CODE"
                     )));
                 }
                 match &self.icmp {
@@ -268,7 +330,7 @@ impl RuleSpec {
         };
         let mut sources = Vec::with_capacity(self.cidrs.len() + self.groups.len());
         for c in &self.cidrs {
-            sources.push(Source::Cidr(parse_cidr(c)?));
+            sources.push(parse_source_cidr(c)?);
         }
         for (group, owner) in &self.groups {
             validate_group_name(group)?;
@@ -282,7 +344,12 @@ impl RuleSpec {
             });
         }
         if sources.is_empty() {
-            sources.push(Source::Cidr(Ipv4Net::default()));
+            // `icmpv6` alone means from anywhere in IPv6.
+            sources.push(if proto == Proto::Icmpv6 {
+                Source::Cidr6(Ipv6Net::default())
+            } else {
+                Source::Cidr(Ipv4Net::default())
+            });
         }
         Ok(sources
             .into_iter()

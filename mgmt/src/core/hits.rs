@@ -35,6 +35,7 @@ pub fn rule_label(r: &Rule) -> String {
     };
     let source = match &r.source {
         Source::Cidr(net) => net.to_string(),
+        Source::Cidr6(net) => net.to_string(),
         Source::Group { owner, group } => format!("{}/{group}", owner.0),
     };
     format!("{}{ports} {source}", r.proto.as_str())

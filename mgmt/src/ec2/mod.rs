@@ -1400,6 +1400,7 @@ fn rule_permission(r: &Rule, d: &str) -> crate::api::Permission {
     };
     let (cidrs, groups) = match &r.source {
         Source::Cidr(net) => (vec![net.to_string()], vec![]),
+        Source::Cidr6(net) => (vec![net.to_string()], vec![]),
         Source::Group { owner, group } => (
             vec![],
             vec![crate::api::SourceGroup {
@@ -1437,6 +1438,9 @@ fn write_rule_item(x: &mut Xml, r: &RuleInfo, region: &str) {
     match &r.rule.source {
         Source::Cidr(net) => {
             x.elem("cidrIpv4", &net.to_string());
+        }
+        Source::Cidr6(net) => {
+            x.elem("cidrIpv6", &net.to_string());
         }
         Source::Group { owner, group } => {
             x.open("referencedGroupInfo")
