@@ -691,7 +691,10 @@ mod tests {
         let want = filter::model::eui64_address(p, MAC);
         let addrs = show(&["-6", "addr", "show", "dev", INSTANCE_IFNAME]);
         assert!(addrs.contains(&format!("{want}/64")), "{addrs}");
-        let line = addrs.lines().find(|l| l.contains(&want.to_string())).unwrap();
+        let line = addrs
+            .lines()
+            .find(|l| l.contains(&want.to_string()))
+            .unwrap();
         assert!(!line.contains("tentative"), "no DAD wait: {line}");
         let routes = show(&["-6", "route", "show", "default"]);
         assert!(

@@ -38,6 +38,18 @@
 //!     not know yet (port added before its snapshot) receives no IPv4 (`NoRule`).
 //!   - Then `Conntrack::judge` against the snapshot; a TSO super-frame is judged
 //!     once by its headers.
+//!   - IPv6 (untagged; `decide6`): neighbor discovery, router solicitations and
+//!     MLD are the switch's business ([`crate::nd`]: answered or absorbed,
+//!     forged ones dropped as `spoofed_nd`/`rogue_router_advert`). Data: the
+//!     source must be the instance's address in the /64 (`spoofed_ip`; its
+//!     link-local is for neighbor discovery only); multicast → `Broadcast`;
+//!     an instance's address (found through the snapshot's IPv6 index) → its
+//!     port; the router's addresses, link-local or unspecified destinations →
+//!     `UnknownDestination`; anything else from an instance → the uplink (the
+//!     uplink's MAC when sent to the router's). From the uplink: sources of
+//!     the switch's side are `UplinkSpoof`, only instance destinations.
+//!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4;
+//!     flow logs and the overlay (cluster mode) are IPv4 only for now.
 //!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 destination that
 //!     is no attached port but an instance of another live host in the
 //!     directory is judged with `Conntrack::judge_scoped` (no ingress rules here:
@@ -63,7 +75,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use filter::conntrack::BUCKET_BYTES;
+use filter::conntrack::{BUCKET_BYTES, BUCKET_BYTES6, Family};
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
 use filter::{Conntrack, DropReason, Frag, L4, Mac, Pass, Snapshot, parse_frame, proto};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -240,31 +252,8 @@ pub fn process(
     vnet: &VnetHdr,
     scratch: &mut Scratch,
 ) -> Outcome {
-    let parsed = parse_v4(frame);
+    let parsed = parse_frame(frame);
     process_prepared(env, inp, frame, parsed, vnet, scratch)
-}
-
-/// [`parse_frame`] as the switch uses it until it handles IPv6: an IPv6 frame,
-/// whether the parser accepts or refuses it, is dropped as
-/// [`DropReason::UnsupportedEthertype`], exactly as before the parser knew IPv6.
-#[inline]
-pub fn parse_v4(frame: &[u8]) -> Result<Parsed, DropReason> {
-    match parse_frame(frame) {
-        Ok(Parsed::Ipv6 { .. }) => Err(DropReason::UnsupportedEthertype),
-        Err(_) if is_ipv6_frame(frame) => Err(DropReason::UnsupportedEthertype),
-        r => r,
-    }
-}
-
-/// Whether `frame` announces IPv6 (untagged, or behind one 802.1Q tag).
-fn is_ipv6_frame(frame: &[u8]) -> bool {
-    let et = |at: usize| {
-        frame
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-    };
-    let v6 = Some(filter::parse::ETHERTYPE_IPV6);
-    et(12) == v6 || (et(12) == Some(filter::parse::ETHERTYPE_VLAN) && et(16) == v6)
 }
 
 /// Stage one of a staged burst: parse `frame` and prefetch the connection-table
@@ -275,17 +264,25 @@ fn is_ipv6_frame(frame: &[u8]) -> bool {
 /// prefetch hint.
 #[inline]
 pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
-    let parsed = parse_v4(frame)?;
-    if let Parsed::Ipv4 { pkt, .. } = &parsed {
-        for addr in env.ct.bucket_addrs(pkt) {
-            sys::prefetch(addr, BUCKET_BYTES);
+    let parsed = parse_frame(frame)?;
+    match &parsed {
+        Parsed::Ipv4 { pkt, .. } => {
+            for addr in env.ct.bucket_addrs(pkt) {
+                sys::prefetch(addr, BUCKET_BYTES);
+            }
         }
+        Parsed::Ipv6 { pkt, .. } => {
+            for addr in env.ct.bucket_addrs(pkt) {
+                sys::prefetch(addr, BUCKET_BYTES6);
+            }
+        }
+        Parsed::Arp { .. } => {}
     }
     Ok(parsed)
 }
 
 /// [`process`] of a frame already parsed by [`prepare`] (`parsed` must be what
-/// [`parse_v4`] returns for these bytes).
+/// `parse_frame(frame)` returns for these bytes).
 #[inline]
 pub fn process_prepared(
     env: &Env<'_>,
@@ -392,13 +389,10 @@ fn judge(
     bump(&pc.rx_packets, 1);
     bump(&pc.rx_bytes, frame.len() as u64);
     let decided = match parsed {
-        // IPv6: housekeeping and source checks from the raw bytes.
-        Err(DropReason::UnsupportedEthertype) if nd::is_ipv6(frame) => {
-            if vnet.is_plain() {
-                decide6(env, inp, frame)
-            } else {
-                Err(DropReason::BadOffload)
-            }
+        // Untagged IPv6: housekeeping from the raw bytes ([`crate::nd`]),
+        // data by its parsed facts.
+        p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
+            decide6(env, inp, frame, p, vnet)
         }
         p => p.and_then(|p| {
             check_offload(&p, vnet)?;
@@ -588,17 +582,38 @@ fn check_offload(parsed: &Parsed, vnet: &VnetHdr) -> Result<(), DropReason> {
         return Ok(());
     }
     let bad = Err(DropReason::BadOffload);
-    let Parsed::Ipv4 { pkt, l4_offset, .. } = parsed else {
-        return bad;
+    // (not a fragment, TCP, UDP, L4 offset, the TSO type of the family)
+    let (whole, tcp, udp, l4_offset, tso) = match parsed {
+        Parsed::Ipv4 { pkt, l4_offset, .. } => (
+            pkt.frag == Frag::None,
+            matches!(pkt.l4, L4::Tcp { .. }),
+            matches!(pkt.l4, L4::Udp),
+            l4_offset,
+            VnetHdr::GSO_TCPV4,
+        ),
+        Parsed::Ipv6 { pkt, l4_offset, .. } => (
+            pkt.frag == Frag::None,
+            matches!(pkt.l4, L4::Tcp { .. }),
+            matches!(pkt.l4, L4::Udp),
+            l4_offset,
+            VnetHdr::GSO_TCPV6,
+        ),
+        Parsed::Arp { .. } => return bad,
     };
-    if pkt.frag != Frag::None {
+    if !whole {
         return bad;
     }
     let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
-    let (csum_field, gso_fits) = match pkt.l4 {
-        L4::Tcp { .. } => (16, gso == VnetHdr::GSO_TCPV4),
-        L4::Udp => (6, gso == VnetHdr::GSO_UDP_L4 || gso == VnetHdr::GSO_UDP),
-        _ => return bad,
+    let (csum_field, gso_fits) = if tcp {
+        (16, gso == tso)
+    } else if udp {
+        // UFO (`GSO_UDP`) is IPv4 only.
+        (
+            6,
+            gso == VnetHdr::GSO_UDP_L4 || (gso == VnetHdr::GSO_UDP && tso == VnetHdr::GSO_TCPV4),
+        )
+    } else {
+        return bad;
     };
     let needs_csum = vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
     if needs_csum && (vnet.csum_start != *l4_offset || vnet.csum_offset != csum_field) {
@@ -817,7 +832,8 @@ fn decide<'t>(
                     judge_for(env, to, &pkt, frame.len(), |_| false)?;
                     Ok(Action::Forward { to, dst_mac })
                 }
-                // Not produced by `parse_v4`: IPv6 is not switched yet.
+                // Untagged IPv6 is judged by `decide6`; tagged frames were
+                // dropped above.
                 Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
             }
         }
@@ -847,7 +863,8 @@ fn decide<'t>(
                         dst_mac: instance_mac(to),
                     })
                 }
-                // Not produced by `parse_v4`: IPv6 is not switched yet.
+                // Untagged IPv6 is judged by `decide6`; tagged frames were
+                // dropped above.
                 Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
             }
         }
@@ -858,9 +875,30 @@ fn decide<'t>(
 /// checks and neighbor discovery / router solicitations / MLD. IPv6 data
 /// frames that pass the source check are not forwarded yet
 /// (`UnsupportedEthertype`).
-fn decide6<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, DropReason> {
-    let v = nd::parse(frame)?;
+fn decide6<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    let v = match nd::parse(frame) {
+        Ok(v) => v,
+        // The parser's reason when it has one (e.g. a bad extension header).
+        Err(r) => return Err(parsed.err().unwrap_or(r)),
+    };
     let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
+    if housekeeping.is_some() && !vnet.is_plain() {
+        return Err(DropReason::BadOffload);
+    }
+    // A data packet: the parser's facts (its refusal is the drop reason).
+    let data = |parsed: Result<Parsed, DropReason>| match parsed? {
+        p @ Parsed::Ipv6 { pkt, .. } => {
+            check_offload(&p, vnet)?;
+            Ok(pkt)
+        }
+        _ => Err(DropReason::UnsupportedEthertype),
+    };
     match inp.kind {
         Kind::Instance { mac, .. } => {
             if v.eth_src != mac {
@@ -870,17 +908,44 @@ fn decide6<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dr
             if let Some(t) = housekeeping {
                 return nd_action(env, inp, nd::classify(&v, t, &own)?);
             }
-            if v.src == own.ll {
+            let pkt = data(parsed)?;
+            let (src, dst) = (pkt.key.src, pkt.key.dst);
+            if src == own.ll {
                 // Link-local data: nothing on the other side to deliver to.
                 return Err(DropReason::UnknownDestination);
             }
-            if Some(v.src) != own.global {
+            if Some(src) != own.global {
                 return Err(DropReason::SpoofedIp);
             }
-            if v.dst.is_multicast() {
+            if dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
                 return Err(DropReason::Broadcast);
             }
-            Err(DropReason::UnsupportedEthertype)
+            let (to, dst_mac) = match port_of6(env, dst) {
+                Some(p) => (p, instance_mac(p)),
+                None if env.snap.instance_by_ip6(dst).is_some()
+                    || is_router6(env, dst)
+                    || dst.is_unicast_link_local()
+                    || dst.is_loopback()
+                    || dst.is_unspecified() =>
+                {
+                    return Err(DropReason::UnknownDestination);
+                }
+                None => {
+                    let up = env
+                        .table
+                        .uplink
+                        .as_ref()
+                        .ok_or(DropReason::UnknownDestination)?;
+                    let m = if v.eth_dst == GATEWAY_MAC {
+                        u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
+                    } else {
+                        None
+                    };
+                    (up, m)
+                }
+            };
+            judge_for(env, to, &pkt, frame.len(), |_| false)?;
+            Ok(Action::Forward { to, dst_mac })
         }
         Kind::Uplink => {
             if v.eth_src[0] & 1 == 0 {
@@ -916,8 +981,18 @@ fn decide6<'t>(env: &Env<'t>, inp: &Port, frame: &[u8]) -> Result<Action<'t>, Dr
                     )
                 }
                 Some(_) => Ok(Action::NdAbsorb),
-                None if v.dst.is_multicast() => Err(DropReason::Broadcast),
-                None => Err(DropReason::UnsupportedEthertype),
+                None => {
+                    let pkt = data(parsed)?;
+                    if pkt.key.dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
+                        return Err(DropReason::Broadcast);
+                    }
+                    let to = port_of6(env, pkt.key.dst).ok_or(DropReason::UnknownDestination)?;
+                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
+                    Ok(Action::Forward {
+                        to,
+                        dst_mac: instance_mac(to),
+                    })
+                }
             }
         }
     }
@@ -963,6 +1038,21 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
             }
         }
     }
+}
+
+/// The attached port of the instance with IPv6 address `ip` (found through
+/// the snapshot, so a port the snapshot does not know gets nothing).
+#[inline]
+fn port_of6<'t>(env: &Env<'t>, ip: Ipv6Addr) -> Option<&'t Arc<Port>> {
+    let i = env.snap.instance_by_ip6(ip)?;
+    let p = env.table.by_ip(env.snap.instance(i).ip)?;
+    matches!(p.kind, Kind::Instance { .. }).then_some(p)
+}
+
+/// The switch's router addresses (link-local, and `prefix::1`).
+#[inline]
+fn is_router6(env: &Env<'_>, ip: Ipv6Addr) -> bool {
+    ip == nd::router_ll() || env.net.subnet6.is_some_and(|p| ip == nd::router_addr(p))
 }
 
 /// Whether an IPv6 source the uplink uses belongs to the switch's side: the
@@ -1118,14 +1208,14 @@ fn dhcp_action<'t>(
 /// refused on the way to it (and `no_rule` there, summed over a group's
 /// members, is the group's "no rule matched" count).
 #[inline]
-pub(crate) fn judge_for(
+pub(crate) fn judge_for<F: Family>(
     env: &Env<'_>,
     to: &Port,
-    pkt: &filter::Packet,
+    pkt: &filter::Packet<F>,
     bytes: usize,
-    remote: impl Fn(Ipv4Addr) -> bool + Copy,
+    remote: impl Fn(F) -> bool + Copy,
 ) -> Result<(), DropReason> {
-    match env.ct.judge_rule(env.snap, pkt, env.now, remote) {
+    match env.ct.judge_rule_in(env.snap, pkt, env.now, remote) {
         Ok(Pass::State) => Ok(()),
         Ok(Pass::Rule { slot, new_flow }) => {
             env.hits.count(slot, bytes, new_flow);
@@ -1150,30 +1240,5 @@ mod tests {
         assert!(n.is_broadcast(Ipv4Addr::new(172, 31, 255, 255)));
         assert!(n.is_broadcast(Ipv4Addr::new(224, 0, 0, 251)));
         assert!(!n.is_broadcast(Ipv4Addr::new(172, 31, 255, 254)));
-    }
-
-    /// Until the switch handles IPv6, every IPv6 frame is dropped as
-    /// `unsupported_ethertype`, whatever the parser thinks of it (accepted,
-    /// truncated, malformed, tagged); other frames keep their parse result.
-    #[test]
-    fn ipv6_frames_stay_unsupported() {
-        let mut v6 = vec![
-            2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64,
-        ];
-        v6.extend_from_slice(&[0xfd; 32]);
-        v6.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
-        assert!(matches!(parse_frame(&v6), Ok(Parsed::Ipv6 { .. })));
-        let mut tagged = v6[..12].to_vec();
-        tagged.extend_from_slice(&[0x81, 0, 0, 5]);
-        tagged.extend_from_slice(&v6[12..]);
-        let mut bad_version = v6.clone();
-        bad_version[14] = 0x40;
-        for f in [&v6[..], &v6[..30], &v6[..60], &tagged, &bad_version] {
-            assert_eq!(parse_v4(f), Err(DropReason::UnsupportedEthertype));
-        }
-        let mut v4 = v6.clone();
-        v4[12..14].copy_from_slice(&[8, 0]);
-        assert_eq!(parse_v4(&v4), parse_frame(&v4));
-        assert_eq!(parse_v4(&v6[..13]), Err(DropReason::TruncatedEthernet));
     }
 }

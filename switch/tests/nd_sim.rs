@@ -7,7 +7,7 @@
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
-use filter::model::{Instance, Limits, Owner, eui64_address};
+use filter::model::{Instance, Limits, Owner, RuleSpec, eui64_address};
 use filter::{DropReason, Mac, Model, compile};
 use ipnet::Ipv6Net;
 use switch::arp::GATEWAY_MAC;
@@ -24,6 +24,9 @@ struct Lab {
     dp: Arc<Datapath>,
     w: Worker,
     peers: Vec<(&'static str, MemPeer)>,
+    model: Model,
+    owner: Owner,
+    generation: u64,
 }
 
 fn mac_of(n: u8) -> Mac {
@@ -91,7 +94,30 @@ impl Lab {
             .expect("port");
             peers.push((name, peer));
         }
-        Lab { dp, w, peers }
+        Lab {
+            dp,
+            w,
+            peers,
+            model,
+            owner,
+            generation: 1,
+        }
+    }
+
+    /// Authorize `proto`/`ports` from `cidr` into group `web` and publish.
+    fn allow(&mut self, proto: &str, ports: &str, cidr: &str) {
+        let spec = RuleSpec {
+            proto: Some(proto.into()),
+            ports: Some(ports.into()),
+            icmp: None,
+            cidrs: vec![cidr.into()],
+            groups: vec![],
+        };
+        self.model
+            .authorize(&self.owner, "web", &spec)
+            .expect("authorize");
+        self.generation += 1;
+        self.dp.publish_rules(compile(&self.model, self.generation));
     }
 
     fn send(&mut self, from: &str, frame: &[u8]) -> Vec<(&'static str, MemFrame)> {
@@ -314,5 +340,63 @@ fn forged_neighbor_discovery_and_rogue_routers_are_dropped() {
         "uplink",
         &icmp([2, 0xaa, 0, 0, 0, 1], g(2), g(3), &echo),
         DropReason::UplinkSpoof,
+    );
+}
+
+fn tcp6(from: u8, to: Ipv6Addr, src: Ipv6Addr, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(mac_of(from), GATEWAY_MAC)
+        .ipv6(src.octets(), to.octets(), 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"").unwrap();
+    out
+}
+
+#[test]
+fn ipv6_data_is_judged_by_ipv6_rules_and_tracked() {
+    let mut lab = Lab::new();
+    // No rule: refused at b.
+    let syn = tcp6(2, g(3), g(2), 40000, 80, true);
+    lab.expect_drop("a", &syn, DropReason::NoRule);
+    // An IPv4-only rule does not open IPv6.
+    lab.allow("tcp", "80", "0.0.0.0/0");
+    lab.expect_drop("a", &syn, DropReason::NoRule);
+    // An IPv6 rule does: the SYN reaches b (its MAC written), and b's reply
+    // comes back without a rule for it.
+    lab.allow("tcp", "80", "::/0");
+    let out = lab.send("a", &syn);
+    assert_eq!(out.len(), 1, "forwarded once");
+    assert_eq!(out[0].0, "b");
+    assert_eq!(&out[0].1.data[0..6], &mac_of(3));
+    assert_eq!(out[0].1.data[6..], syn[6..]);
+    let reply = tcp6(3, g(2), g(3), 80, 40000, false);
+    let out = lab.send("b", &reply);
+    assert_eq!((out.len(), out[0].0), (1, "a"), "stateful reply");
+    // Another port: still refused.
+    lab.expect_drop(
+        "a",
+        &tcp6(2, g(3), g(2), 40001, 81, true),
+        DropReason::NoRule,
+    );
+    // To the outside: through the uplink (default egress allows ::/0).
+    let outside: Ipv6Addr = "fd99::1".parse().unwrap();
+    let out = lab.send("a", &tcp6(2, outside, g(2), 40002, 443, true));
+    assert_eq!((out.len(), out[0].0), (1, "uplink"));
+    // From the uplink to b's port 80: allowed by ::/0.
+    let up_mac = [2, 0xaa, 0, 0, 0, 1];
+    let mut f = tcp6(9, g(3), outside, 50000, 80, true);
+    f[6..12].copy_from_slice(&up_mac);
+    let out = lab.send("uplink", &f);
+    assert_eq!((out.len(), out[0].0), (1, "b"));
+    // To the router's address or a link-local one: nowhere.
+    lab.expect_drop(
+        "a",
+        &tcp6(2, nd::router_addr(prefix()), g(2), 40003, 80, true),
+        DropReason::UnknownDestination,
+    );
+    assert_eq!(
+        lab.dp.stats().drop_count(DropReason::UnsupportedEthertype),
+        0
     );
 }
