@@ -22,6 +22,69 @@ use switch::nd::{self, ty};
 
 const PREFIX: &str = "fd00:5e:c6:1::/64";
 
+/// A process started in a namespace, killed by PID when dropped.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `busybox nc -ll -p PORT -e /bin/cat` in `ns` (listens on `::`, both families).
+fn nc_listen(ns: &str, port: u16) -> Bg {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "busybox", "nc", "-ll", "-p"])
+        .arg(port.to_string())
+        .args(["-e", "/bin/cat"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn busybox nc");
+    Bg(child)
+}
+
+/// `nmap -6` from `ns` to `target`: the state of each port of `ports`.
+fn nmap6(lab: &Lab, ns: &str, target: Ipv6Addr, ports: &str) -> Vec<(u16, String)> {
+    let t = target.to_string();
+    let o = lab.exec(
+        ns,
+        "nmap",
+        &[
+            "-6",
+            "-Pn",
+            "-n",
+            "-T4",
+            "--max-retries",
+            "1",
+            "--min-rate",
+            "1000",
+            "-oG",
+            "-",
+            "-p",
+            ports,
+            &t,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.success(), "nmap -6: {o:?}");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.contains("Ports: "))
+        .unwrap_or_else(|| panic!("no ports in nmap output:\n{}", o.stdout));
+    let ports = &line[line.find("Ports: ").unwrap() + 7..];
+    ports
+        .split(", ")
+        .map(|p| {
+            let f: Vec<&str> = p.split('/').collect();
+            (f[0].trim().parse().unwrap(), f[1].to_owned())
+        })
+        .collect()
+}
+
 fn events(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
     let s = attack::stats_json(lab);
     s.get("events")
@@ -160,6 +223,61 @@ fn ipv6_housekeeping_and_source_checks() {
         assert_eq!(d1.delta(&d0, r), 0, "{r}");
     }
 
+    // nmap -6 between instances: nothing open without an IPv6 rule (an
+    // IPv4-only rule does not count), open where an IPv6 rule allows, and the
+    // replies of allowed flows come back (nmap sees SYN-ACKs: `open`).
+    let _srv = [nc_listen(&b.netns, 22), nc_listen(&b.netns, 80)];
+    lab.cli_ok(&["add-group", "web6", "-d", "IPv6 web"]);
+    let c = lab.run_instances(1, &["web6"]).remove(0);
+    let c6 = eui64_address(prefix, attack::mac_of(&lab, &c.netns));
+    let _srv_c = [nc_listen(&c.netns, 22), nc_listen(&c.netns, 80)];
+    std::thread::sleep(Duration::from_millis(300));
+    let scan = nmap6(&lab, &a.netns, c6, "22,80");
+    assert_eq!(
+        scan,
+        vec![(22, "filtered".into()), (80, "filtered".into())],
+        "no rule: filtered"
+    );
+    lab.cli_ok(&[
+        "authorize",
+        "web6",
+        "-P",
+        "tcp",
+        "-p",
+        "80",
+        "-s",
+        "0.0.0.0/0",
+    ]);
+    let scan = nmap6(&lab, &a.netns, c6, "22,80");
+    assert_eq!(
+        scan,
+        vec![(22, "filtered".into()), (80, "filtered".into())],
+        "an IPv4-only rule does not open IPv6"
+    );
+    lab.cli_ok(&["authorize", "web6", "-P", "tcp", "-p", "80", "-s", "::/0"]);
+    let scan = nmap6(&lab, &a.netns, c6, "22,80");
+    assert_eq!(
+        scan,
+        vec![(22, "filtered".into()), (80, "open".into())],
+        "the IPv6 rule opens port 80 only"
+    );
+    // default allows its own members (group rule): b is open from a.
+    let scan = nmap6(&lab, &a.netns, b6, "22,80");
+    assert_eq!(scan, vec![(22, "open".into()), (80, "open".into())]);
+    // A whole connection with data, both ways, over IPv6.
+    let echo = lab.exec(
+        &a.netns,
+        "sh",
+        &["-c", &format!("echo hello-v6 | busybox nc -w 2 {c6} 80")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(echo.stdout.trim(), "hello-v6", "{echo:?}");
+    let st = lab.cli_ok(&["stats", &c.id]);
+    assert!(
+        st.lines().any(|l| l.starts_with("DENIED\tno_rule\t")),
+        "refused IPv6 counted at c:\n{st}"
+    );
+
     // A hostile guest: forged NA for b's address and for the router, an NS
     // from b's address, DAD for b's address, a rogue RA and a redirect, and
     // an echo request from b's address.
@@ -219,12 +337,15 @@ fn ipv6_housekeeping_and_source_checks() {
         &["-6", "neigh", "show", "dev", "eth0"],
         Duration::from_secs(5),
     );
-    assert!(
-        !neigh_b
-            .stdout
-            .to_lowercase()
-            .contains(&attack::fmt_mac(mac_a).to_lowercase()),
-        "b learned nothing from a's forgeries:\n{}",
-        neigh_b.stdout
-    );
+    let mac_a_text = attack::fmt_mac(mac_a).to_lowercase();
+    for l in neigh_b.stdout.lines() {
+        if l.to_lowercase().contains(&mac_a_text) {
+            let ip: Ipv6Addr = l.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(
+                ip == a6 || ip == ll_a,
+                "b maps {ip} to a's MAC after a's forgeries:\n{}",
+                neigh_b.stdout
+            );
+        }
+    }
 }
