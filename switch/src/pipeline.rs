@@ -980,6 +980,30 @@ fn decide6<'t>(
                         },
                     )
                 }
+                // The outside's answer to an instance's solicitation (its
+                // target is no address of the switch's side: checked like
+                // its source): to the instance it is addressed to.
+                Some(nd::ty::NA) => {
+                    let target = v
+                        .l4
+                        .get(8..24)
+                        .map(|b| {
+                            let mut a = [0u8; 16];
+                            a.copy_from_slice(b);
+                            Ipv6Addr::from(a)
+                        })
+                        .ok_or(DropReason::TruncatedIpv6)?;
+                    if claims_instance6(env, target) {
+                        return Err(DropReason::UplinkSpoof);
+                    }
+                    match port_of6(env, v.dst) {
+                        Some(to) => Ok(Action::Forward {
+                            to,
+                            dst_mac: instance_mac(to),
+                        }),
+                        None => Ok(Action::NdAbsorb),
+                    }
+                }
                 Some(_) => Ok(Action::NdAbsorb),
                 None => {
                     let pkt = data(parsed)?;
@@ -1027,7 +1051,18 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
                 return na(GATEWAY_MAC, true);
             }
             let Some(i) = env.snap.instance_by_ip6(target) else {
-                return Ok(Action::NdAbsorb);
+                // From an instance, for an address of the outside world in
+                // the /64 (not an instance's, not link-local): asked on the
+                // uplink, as ARP requests are; its answer comes back below.
+                let outside = !target.is_unicast_link_local()
+                    && env.net.subnet6.is_some_and(|p| p.contains(&target));
+                return match (&inp.kind, &env.table.uplink) {
+                    (Kind::Instance { .. }, Some(up)) if outside => Ok(Action::Forward {
+                        to: up,
+                        dst_mac: None,
+                    }),
+                    _ => Ok(Action::NdAbsorb),
+                };
             };
             match env.table.by_ip(env.snap.instance(i).ip) {
                 Some(p) if p.id != inp.id => match p.kind {

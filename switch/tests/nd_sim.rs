@@ -231,11 +231,38 @@ fn neighbor_solicitations_are_answered_by_the_switch() {
     let out = lab.send("uplink", &q);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, "uplink");
-    // For an address nobody has: absorbed, not flooded.
-    let nobody = g(99);
-    lab.expect_absorbed("a", &ns(2, g(2), nobody, true));
+    // For a link-local address nobody has: absorbed, not flooded.
+    lab.expect_absorbed("a", &ns(2, g(2), ll(99), true));
     let st = lab.dp.stats();
     assert_eq!((st.nd_replies, st.total_drops()), (4, 0));
+    // For an address of the /64 no instance has (the outside world's):
+    // asked on the uplink (as ARP is), and its answer comes back to a.
+    let outside: Ipv6Addr = "fd5a:1b2c:3d4e::ff:10".parse().unwrap();
+    let q = ns(2, g(2), outside, true);
+    let out = lab.send("a", &q);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, "uplink");
+    assert_eq!(out[0].1.data, q);
+    let na = icmp(
+        up_mac,
+        outside,
+        g(2),
+        &nd::nd_message(ty::NA, 0x60, outside, Some((2, up_mac))),
+    );
+    let out = lab.send("uplink", &na);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, "a");
+    assert_eq!(&out[0].1.data[0..6], &mac_of(2));
+    // An NA from the uplink claiming an instance's address: refused.
+    let forged = icmp(
+        up_mac,
+        up_ip,
+        g(2),
+        &nd::nd_message(ty::NA, 0x60, g(3), Some((2, up_mac))),
+    );
+    let out = lab.send("uplink", &forged);
+    assert!(out.is_empty());
+    assert_eq!(lab.dp.stats().drop_count(DropReason::UplinkSpoof), 1);
 }
 
 #[test]

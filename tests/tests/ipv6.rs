@@ -6,8 +6,11 @@
 //! solicitations with router advertisements, and absorbs DAD/MLD without a
 //! single `unsupported_ethertype` drop; a guest's forged NA/NS, rogue RA and
 //! redirect, and a data frame claiming another instance's IPv6 address are
-//! dropped and counted by reason (`sgswitch stats`). Needs root (skips
-//! without; fails under `CI=true`).
+//! dropped and counted by reason (`sgswitch stats`). nmap -6 between
+//! instances and from the uplink side: filtered without an IPv6 rule (an
+//! IPv4-only rule does not open IPv6), open where an IPv6 rule allows; whole
+//! connections both ways, to the outside too. Needs root (skips without;
+//! fails under `CI=true`).
 
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
@@ -277,6 +280,38 @@ fn ipv6_housekeeping_and_source_checks() {
         st.lines().any(|l| l.starts_with("DENIED\tno_rule\t")),
         "refused IPv6 counted at c:\n{st}"
     );
+
+    // From the uplink side (the outside world on the /64, as the IPv4
+    // outside is on the subnet): nmap -6 sees what the rules allow, and an
+    // instance reaches the outside (its neighbor solicitation asked on the
+    // uplink, the answer brought back).
+    let outside: Ipv6Addr = "fd00:5e:c6:1::ff:10".parse().unwrap();
+    let cidr = format!("{outside}/64");
+    let o = lab.exec(
+        &lab.uplink_ns,
+        "ip",
+        &["-6", "addr", "add", &cidr, "dev", &lab.uplink_if, "nodad"],
+        Duration::from_secs(5),
+    );
+    assert!(o.success(), "{o:?}");
+    let _out_srv = nc_listen(&lab.uplink_ns, 9000);
+    std::thread::sleep(Duration::from_millis(300));
+    let scan = nmap6(&lab, &lab.uplink_ns, c6, "22,80");
+    assert_eq!(
+        scan,
+        vec![(22, "filtered".into()), (80, "open".into())],
+        "from the uplink"
+    );
+    let echo = lab.exec(
+        &a.netns,
+        "sh",
+        &[
+            "-c",
+            &format!("echo hello-out | busybox nc -w 2 {outside} 9000"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(echo.stdout.trim(), "hello-out", "{echo:?}");
 
     // A hostile guest: forged NA for b's address and for the router, an NS
     // from b's address, DAD for b's address, a rogue RA and a redirect, and
