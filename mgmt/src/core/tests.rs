@@ -2124,3 +2124,39 @@ fn describe_instances_shows_each_instances_ipv6_address() {
     let a = views[0].ipv6_address.unwrap();
     assert!(snap.instance_by_ip6(a).is_some());
 }
+
+#[test]
+fn another_subnet6_is_refused_while_instances_exist() {
+    let dir = TempDir::new("core-ip6-change");
+    let kept: ipnet::Ipv6Net = "fd00:aa:bb:cc::/64".parse().unwrap();
+    {
+        let mut store = Store::open_dir(&dir.0).unwrap();
+        assert_eq!(
+            crate::ipv6::resolve(&mut store, Some(kept), None).unwrap(),
+            kept
+        );
+    }
+    let mut cfg = config();
+    cfg.subnet6 = Some(kept);
+    let mut core = core_in(&dir, cfg);
+    launched_ids(&core.handle(req(run(1, &[]))));
+    drop(core);
+    let mut store = Store::open_dir(&dir.0).unwrap();
+    let other: ipnet::Ipv6Net = "fd00:aa:bb:dd::/64".parse().unwrap();
+    let e = crate::ipv6::resolve(&mut store, Some(other), None).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("fd00:aa:bb:dd::/64") && m.contains("fd00:aa:bb:cc::/64"),
+        "{m}"
+    );
+    // Unchanged, and the kept prefix (given or not) is accepted.
+    assert_eq!(
+        store.setting(crate::ipv6::SETTING).unwrap(),
+        Some(kept.to_string())
+    );
+    assert_eq!(crate::ipv6::resolve(&mut store, None, None).unwrap(), kept);
+    assert_eq!(
+        crate::ipv6::resolve(&mut store, Some(kept), None).unwrap(),
+        kept
+    );
+}
