@@ -12,7 +12,7 @@
 //! * Padding does not matter: the frame cut to `l3 + ip_len` (or the ARP body),
 //!   and the frame with junk appended, parse to the same result.
 
-use filter::parse::{ETHERTYPE_ARP, ETHERTYPE_IPV4, Parsed};
+use filter::parse::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Parsed};
 use filter::{DropReason, Frag, IcmpKind, L4, parse_frame, proto};
 
 fn be16(f: &[u8], at: usize) -> u16 {
@@ -89,8 +89,8 @@ pub fn run(frame: &[u8]) {
             let (off, mf, id) = (fo & 0x1fff, fo & 0x2000 != 0, be16(ip, 4));
             let want = match (off, mf) {
                 (0, false) => Frag::None,
-                (0, true) => Frag::First { id },
-                _ => Frag::Later { id },
+                (0, true) => Frag::First { id: id.into() },
+                _ => Frag::Later { id: id.into() },
             };
             assert_eq!(pkt.frag, want);
             let l4b = &frame[l4..l3 + len];
@@ -105,6 +105,36 @@ pub fn run(frame: &[u8]) {
             } else {
                 check_l4(&pkt, l4b, pay - l4);
             }
+            l3 + len
+        }
+        // IPv6: the fixed header's facts and the offsets' order (the
+        // extension-header walk is the parser's own unit tests' business).
+        Parsed::Ipv6 {
+            pkt,
+            l3_offset,
+            l4_offset,
+            payload_offset,
+            ip_len,
+            ..
+        } => {
+            assert_eq!(eth.ethertype, ETHERTYPE_IPV6);
+            let (l3, l4, pay, len) = (
+                usize::from(l3_offset),
+                usize::from(l4_offset),
+                usize::from(payload_offset),
+                usize::from(ip_len),
+            );
+            assert_eq!(l3, l2, "IPv6 header right after Ethernet");
+            assert!(l3 + 40 <= l4 && l4 <= pay && pay <= l3 + len && l3 + len <= frame.len());
+            let ip = &frame[l3..l3 + len];
+            assert_eq!(ip[0] >> 4, 6);
+            assert_eq!(
+                len,
+                40 + usize::from(be16(ip, 4)),
+                "ip_len is 40 + payload length"
+            );
+            assert_eq!(pkt.key.src.octets()[..], ip[8..24]);
+            assert_eq!(pkt.key.dst.octets()[..], ip[24..40]);
             l3 + len
         }
     };

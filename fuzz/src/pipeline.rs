@@ -857,6 +857,13 @@ impl Lab {
                             "own address"
                         );
                     }
+                    // IPv6: the lab has no IPv6 prefix, so the only answer is
+                    // the router's neighbor advertisement, to an instance.
+                    Parsed::Ipv6 { eth, pkt, .. } => {
+                        assert!(port_instance(port).is_some(), "IPv6 answered to the uplink");
+                        assert_eq!(eth.src, GATEWAY_MAC, "the router answers for itself");
+                        assert_eq!(pkt.key.src, switch::nd::router_ll(), "about the router");
+                    }
                     Parsed::Ipv4 { eth, pkt, .. } => {
                         assert!(port_instance(port).is_some(), "DHCP answered to the uplink");
                         assert_eq!(
@@ -878,6 +885,11 @@ impl Lab {
                     assert_eq!(p.eth().src, mac, "forwarded from an instance with its MAC");
                     match p {
                         Parsed::Ipv4 { pkt, .. } => assert_eq!(pkt.key.src, ip, "its address"),
+                        // Without an IPv6 prefix an instance has no IPv6
+                        // address: nothing of it is forwarded.
+                        Parsed::Ipv6 { pkt, .. } => {
+                            panic!("IPv6 forwarded from an instance: {pkt:?}")
+                        }
                         Parsed::Arp { arp, .. } => {
                             assert_eq!(arp.sha, mac, "ARP sender MAC");
                             assert!(
@@ -892,6 +904,10 @@ impl Lab {
                     let src = match p {
                         Parsed::Ipv4 { pkt, .. } => pkt.key.src,
                         Parsed::Arp { arp, .. } => arp.spa,
+                        // No instance has an IPv6 address to be sent to.
+                        Parsed::Ipv6 { pkt, .. } => {
+                            panic!("IPv6 forwarded from the uplink: {pkt:?}")
+                        }
                     };
                     assert!(
                         !self.is_instance_ip(src) && src != self.dp.gateway(),
