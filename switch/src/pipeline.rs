@@ -871,10 +871,10 @@ fn decide<'t>(
     }
 }
 
-/// Judge an IPv6 frame (read from its raw bytes, [`crate::nd`]): source
-/// checks and neighbor discovery / router solicitations / MLD. IPv6 data
-/// frames that pass the source check are not forwarded yet
-/// (`UnsupportedEthertype`).
+/// Judge an untagged IPv6 frame (see the module docs): housekeeping (neighbor
+/// discovery, router solicitations, MLD) from its raw bytes ([`crate::nd`]),
+/// data by the parser's facts (`parsed`, whose refusal is the drop reason):
+/// source check, destination, [`judge_for`].
 fn decide6<'t>(
     env: &Env<'t>,
     inp: &Port,
