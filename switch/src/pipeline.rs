@@ -984,15 +984,14 @@ fn decide6<'t>(
                 // target is no address of the switch's side: checked like
                 // its source): to the instance it is addressed to.
                 Some(nd::ty::NA) => {
-                    let target = v
-                        .l4
-                        .get(8..24)
-                        .map(|b| {
-                            let mut a = [0u8; 16];
-                            a.copy_from_slice(b);
-                            Ipv6Addr::from(a)
-                        })
-                        .ok_or(DropReason::TruncatedIpv6)?;
+                    let target =
+                        v.l4.get(8..24)
+                            .map(|b| {
+                                let mut a = [0u8; 16];
+                                a.copy_from_slice(b);
+                                Ipv6Addr::from(a)
+                            })
+                            .ok_or(DropReason::TruncatedIpv6)?;
                     if claims_instance6(env, target) {
                         return Err(DropReason::UplinkSpoof);
                     }
