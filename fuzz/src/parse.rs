@@ -2,13 +2,19 @@
 //!
 //! Contract checked on every input (a violation panics, which libFuzzer reports):
 //! * `parse_frame` returns (no panic, no hang) and is deterministic.
-//! * An error is one of the parse reasons (`TruncatedEthernet..=TinyFragment`).
+//! * An error is one of the parse reasons (`TruncatedEthernet..=TinyFragment`,
+//!   `TruncatedIpv6..=BadIpv6ExtHeader`).
 //! * An accepted frame's facts are the frame's bytes: MACs, VLAN, EtherType, ARP
 //!   fields, IPv4 addresses and protocol, fragment id/flags, TCP/UDP ports and
 //!   TCP flags, ICMP type/code and query identifier, read back independently
 //!   here at the offsets the parser reported.
 //! * Offsets are ordered and within the frame: `l3 ∈ {14, 18}`, `l3 + 20 <= l4
 //!   <= payload <= l3 + ip_len <= frame.len()`, `l4 - l3` is the IHL.
+//! * IPv6: version 6, `ip_len` is 40 + the payload length, and the extension
+//!   headers re-walked here (at most 8, hop-by-hop first only, no routing type
+//!   0, one fragment header) end exactly at the reported L4 offset with the
+//!   reported protocol and fragment facts; TCP/UDP/ICMPv6 facts (echo
+//!   identifier, errors 1–4 with their quoted addresses) are the bytes.
 //! * Padding does not matter: the frame cut to `l3 + ip_len` (or the ARP body),
 //!   and the frame with junk appended, parse to the same result.
 
@@ -26,7 +32,8 @@ pub fn run(frame: &[u8]) {
     let p = match r {
         Err(e) => {
             assert!(
-                e <= DropReason::TinyFragment,
+                e <= DropReason::TinyFragment
+                    || (DropReason::TruncatedIpv6..=DropReason::BadIpv6ExtHeader).contains(&e),
                 "parse_frame returned a non-parse reason {e:?}"
             );
             return;
@@ -86,11 +93,11 @@ pub fn run(frame: &[u8]) {
             assert_eq!(pkt.key.dst.octets()[..], ip[16..20]);
             assert_eq!(pkt.key.proto, ip[9]);
             let fo = be16(ip, 6);
-            let (off, mf, id) = (fo & 0x1fff, fo & 0x2000 != 0, be16(ip, 4));
+            let (off, mf, id) = (fo & 0x1fff, fo & 0x2000 != 0, u32::from(be16(ip, 4)));
             let want = match (off, mf) {
                 (0, false) => Frag::None,
-                (0, true) => Frag::First { id: id.into() },
-                _ => Frag::Later { id: id.into() },
+                (0, true) => Frag::First { id },
+                _ => Frag::Later { id },
             };
             assert_eq!(pkt.frag, want);
             let l4b = &frame[l4..l3 + len];
@@ -107,8 +114,6 @@ pub fn run(frame: &[u8]) {
             }
             l3 + len
         }
-        // IPv6: the fixed header's facts and the offsets' order (the
-        // extension-header walk is the parser's own unit tests' business).
         Parsed::Ipv6 {
             pkt,
             l3_offset,
@@ -135,6 +140,18 @@ pub fn run(frame: &[u8]) {
             );
             assert_eq!(pkt.key.src.octets()[..], ip[8..24]);
             assert_eq!(pkt.key.dst.octets()[..], ip[24..40]);
+            let (proto_, l4_at, frag) = walk6(ip).expect("accepted chain walks");
+            assert_eq!(pkt.key.proto, proto_, "upper-layer protocol");
+            assert_eq!(l4 - l3, l4_at, "L4 offset is the end of the chain");
+            assert_eq!(pkt.frag, frag);
+            let l4b = &frame[l4..l3 + len];
+            if matches!(pkt.frag, Frag::Later { .. }) {
+                assert_eq!(pkt.l4, L4::Other);
+                assert_eq!((pkt.key.sport, pkt.key.dport), (0, 0));
+                assert_eq!(pay, l4);
+            } else {
+                check_l4_6(&pkt, l4b, pay - l4);
+            }
             l3 + len
         }
     };
@@ -206,6 +223,99 @@ fn check_l4(pkt: &filter::Packet, l4b: &[u8], hdr_len: usize) {
                 IcmpKind::Other => {
                     assert_eq!(ports, (0, 0));
                     assert!(!matches!(ty, 0 | 3 | 4 | 5 | 8 | 11..=18));
+                }
+            }
+        }
+        _ => {
+            assert_eq!(hdr_len, 0);
+            assert_eq!(ports, (0, 0));
+            assert_eq!(pkt.l4, L4::Other);
+        }
+    }
+}
+
+/// Walk an IPv6 packet's extension headers independently of the parser:
+/// `(protocol, L4 offset from the IPv6 header, fragment facts)`, or `None`
+/// where the parser must refuse the chain.
+fn walk6(ip: &[u8]) -> Option<(u8, usize, Frag)> {
+    let (mut next, mut at, mut n, mut frag, mut frags) = (ip[6], 40usize, 0, Frag::None, 0);
+    while matches!(next, 0 | 43 | 44 | 51 | 60) {
+        n += 1;
+        if n > 8 || at + 8 > ip.len() || (next == 0 && n != 1) {
+            return None;
+        }
+        let h = &ip[at..at + 8];
+        let len = match next {
+            43 if h[2] == 0 => return None,
+            44 => {
+                frags += 1;
+                if frags > 1 {
+                    return None;
+                }
+                let fo = be16(h, 2);
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                match (fo >> 3, fo & 1) {
+                    (0, 0) => {}
+                    (0, _) => frag = Frag::First { id },
+                    (off, _) => {
+                        assert!(!(h[0] == proto::TCP && off == 1), "RFC 1858 in IPv6");
+                        return Some((h[0], at + 8, Frag::Later { id }));
+                    }
+                }
+                8
+            }
+            51 => (usize::from(h[1]) + 2) * 4,
+            _ => (usize::from(h[1]) + 1) * 8,
+        };
+        if at + len > ip.len() {
+            return None;
+        }
+        next = h[0];
+        at += len;
+    }
+    Some((next, at, frag))
+}
+
+/// The L4 facts of a whole IPv6 packet or first fragment against its bytes.
+fn check_l4_6(pkt: &filter::Packet6, l4b: &[u8], hdr_len: usize) {
+    let ports = (pkt.key.sport, pkt.key.dport);
+    match pkt.key.proto {
+        proto::TCP => {
+            let doff = usize::from(l4b[12] >> 4) * 4;
+            assert!(doff >= 20 && doff <= l4b.len());
+            assert_eq!(hdr_len, doff);
+            assert_eq!(ports, (be16(l4b, 0), be16(l4b, 2)));
+            assert_eq!(pkt.l4, L4::Tcp { flags: l4b[13] });
+        }
+        proto::UDP => {
+            assert_eq!(hdr_len, 8);
+            assert_eq!(ports, (be16(l4b, 0), be16(l4b, 2)));
+            assert_eq!(pkt.l4, L4::Udp);
+        }
+        proto::ICMPV6 => {
+            assert_eq!(hdr_len, 8);
+            let L4::Icmp { ty, code, kind } = pkt.l4 else {
+                panic!("ICMPv6 packet with L4 {:?}", pkt.l4);
+            };
+            assert_eq!((ty, code), (l4b[0], l4b[1]));
+            match kind {
+                IcmpKind::Request | IcmpKind::Reply => {
+                    let id = be16(l4b, 4);
+                    assert_eq!(ports, (id, id), "echo id in both ports");
+                    assert_eq!(kind == IcmpKind::Request, ty == 128);
+                    assert!(ty == 128 || ty == 129);
+                }
+                IcmpKind::Error { inner } => {
+                    assert!((1..=4).contains(&ty), "error kind for type {ty}");
+                    assert_eq!(ports, (0, 0));
+                    let q = &l4b[8..];
+                    assert_eq!(q[0] >> 4, 6, "quoted IPv6");
+                    assert_eq!(inner.src.octets()[..], q[8..24]);
+                    assert_eq!(inner.dst.octets()[..], q[24..40]);
+                }
+                IcmpKind::Other => {
+                    assert_eq!(ports, (0, 0));
+                    assert!(!matches!(ty, 1..=4 | 128 | 129));
                 }
             }
         }

@@ -50,6 +50,9 @@ pub trait Family: IpAddress + sealed::Sealed {
     fn new_page() -> Self::Page;
     #[doc(hidden)]
     fn page_slots(p: &Self::Page) -> &[Slot<Self>];
+    /// Slot `idx % PAGE_SLOTS` of a page (an array index: no bounds check).
+    #[doc(hidden)]
+    fn slot_in(p: &Self::Page, idx: usize) -> &Slot<Self>;
     #[doc(hidden)]
     fn empty_atoms() -> Self::Atoms;
     #[doc(hidden)]
@@ -128,6 +131,10 @@ impl Family for Ipv4Addr {
     #[inline(always)]
     fn page_slots(p: &Self::Page) -> &[Slot<Self>] {
         &p.0
+    }
+    #[inline(always)]
+    fn slot_in(p: &Self::Page, idx: usize) -> &Slot<Self> {
+        &p.0[idx % PAGE4]
     }
     fn empty_atoms() -> Self::Atoms {
         [AtomicU64::new(0), AtomicU64::new(0)]
@@ -213,6 +220,10 @@ impl Family for Ipv6Addr {
     #[inline(always)]
     fn page_slots(p: &Self::Page) -> &[Slot<Self>] {
         &p.0
+    }
+    #[inline(always)]
+    fn slot_in(p: &Self::Page, idx: usize) -> &Slot<Self> {
+        &p.0[idx % PAGE6]
     }
     fn empty_atoms() -> Self::Atoms {
         std::array::from_fn(|_| AtomicU64::new(0))

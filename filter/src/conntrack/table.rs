@@ -96,7 +96,7 @@ impl<F: Family> std::ops::Index<usize> for Slots<F> {
 
     #[inline]
     fn index(&self, idx: usize) -> &Slot<F> {
-        &F::page_slots(&self.0[idx / F::PAGE_SLOTS])[idx % F::PAGE_SLOTS]
+        F::slot_in(&self.0[idx / F::PAGE_SLOTS], idx)
     }
 }
 
@@ -405,13 +405,13 @@ impl<F: Family> Table<F> {
                 .filter(|j| self.slots[base + j].ctl.load(Ordering::Relaxed) & (OCC | BUSY) != 0)
                 .count()
         };
-        let order: [usize; PROBE] = if load(b[1]) < load(b[0]) {
-            std::array::from_fn(|p| (p + BUCKET) % PROBE)
-        } else {
-            std::array::from_fn(|p| p)
-        };
+        // Probe positions in order, or the second bucket first: position
+        // `p ^ BUCKET` (PROBE is two buckets), computed rather than built as
+        // an array (cheaper, and the same code for both families).
+        const _: () = assert!(PROBE == 2 * BUCKET && BUCKET.is_power_of_two());
+        let flip = if load(b[1]) < load(b[0]) { BUCKET } else { 0 };
         for attempt in 0..2 {
-            for &i in &order {
+            for i in (0..PROBE).map(|p| p ^ flip) {
                 let idx = Self::slot_at(b, i);
                 let slot = &self.slots[idx];
                 let c = slot.ctl.load(Ordering::Relaxed);

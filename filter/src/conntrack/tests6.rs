@@ -15,7 +15,7 @@ use super::family::Family;
 use super::policy::*;
 use super::table::*;
 use crate::compile::{Snapshot, compile};
-use crate::model::{Instance, Limits, Model, Owner};
+use crate::model::{Instance, Limits, Model, Owner, Ports, Proto, Rule, Source};
 use crate::{DropReason, FlowKey6, Frag, IcmpKind, L4, Packet, Packet6, proto, tcp_flags};
 
 const SYN: u8 = tcp_flags::SYN;
@@ -36,6 +36,11 @@ fn owner() -> Owner {
 /// instance prefix `fd00:5a:1::/64` when `dual`. `b_egress`: keep group b's
 /// default egress rules.
 fn model(dual: bool, b_egress: bool) -> Model {
+    model_with(dual, b_egress, vec![])
+}
+
+/// [`model`] with ingress rules `b_rules` in group b.
+fn model_with(dual: bool, b_egress: bool, b_rules: Vec<Rule>) -> Model {
     let insts =
         [("i-a", A4, MAC_A, "a"), ("i-b", B4, MAC_B, "b")].map(|(id, ip, mac, g)| Instance {
             id: id.into(),
@@ -47,7 +52,7 @@ fn model(dual: bool, b_egress: bool) -> Model {
     let mut m = Model::build(
         Limits::default(),
         &owner(),
-        &[("a", vec![]), ("b", vec![])],
+        &[("a", vec![]), ("b", b_rules)],
         insts,
     )
     .expect("valid test model");
@@ -528,4 +533,186 @@ fn bucket_addrs_lie_in_the_ipv6_table() {
     }
     let (base4, len4) = ct.table_region();
     assert!(base4 + len4 <= base || base + len <= base4, "two tables");
+}
+
+// ---- allowed inbound (IPv6 rules) ----
+
+/// tcp 22 from the documentation prefix, ICMPv6 echo requests from anywhere.
+fn ssh6_rules() -> Vec<Rule> {
+    vec![
+        Rule {
+            proto: Proto::Tcp,
+            ports: Ports::Range(22, 22),
+            source: Source::Cidr6("2001:db8::/32".parse().expect("cidr")),
+        },
+        Rule {
+            proto: Proto::Icmpv6,
+            ports: Ports::Icmp {
+                ty: Some(128),
+                code: None,
+            },
+            source: Source::Cidr6("::/0".parse().expect("cidr")),
+        },
+    ]
+}
+
+/// An address outside the rules' prefix.
+const FAR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 7);
+
+#[test]
+fn allowed_inbound_flow_passes_both_ways_by_state() {
+    let snap = compile(&model_with(true, true, ssh6_rules()), 1);
+    let ct = ct(RevokeMode::Revalidate);
+    let b = b6();
+    let syn = tcp(OUT, 40000, b, 22, SYN);
+    assert!(matches!(
+        ct.judge_rule6(&snap, &syn, 0, |_| false),
+        Ok(Pass::Rule { new_flow: true, .. })
+    ));
+    assert_eq!(ct.charged_to(B4.into()), 1, "charged to B's one quota");
+    assert_eq!(
+        ct.judge_rule6(&snap, &tcp(b, 22, OUT, 40000, SYN | ACK), 0, |_| false),
+        Ok(Pass::State)
+    );
+    assert_eq!(
+        ct.judge_rule6(&snap, &tcp(OUT, 40000, b, 22, ACK), 1, |_| false),
+        Ok(Pass::State)
+    );
+    // Outside the prefix, another port, or only an IPv4 rule: no.
+    assert_eq!(
+        ct.judge6(&snap, &tcp(FAR, 40000, b, 22, SYN), 0),
+        Err(DropReason::NoRule)
+    );
+    assert_eq!(
+        ct.judge6(&snap, &tcp(OUT, 40000, b, 23, SYN), 0),
+        Err(DropReason::NoRule)
+    );
+    let v4_only = vec![Rule {
+        proto: Proto::Tcp,
+        ports: Ports::Range(22, 22),
+        source: Source::Cidr("0.0.0.0/0".parse().expect("cidr")),
+    }];
+    let snap4 = compile(&model_with(true, true, v4_only), 1);
+    assert_eq!(
+        Conntrack::new(CtConfig::with_capacity(1024)).judge6(&snap4, &syn, 0),
+        Err(DropReason::NoRule),
+        "0.0.0.0/0 does not open IPv6"
+    );
+    // Echo: the request by rule, the reply by state; not the reverse.
+    let req = icmp6(FAR, b, 128, IcmpKind::Request, 3);
+    assert_eq!(ct.judge6(&snap, &req, 0), Ok(()));
+    assert_eq!(
+        ct.judge6(&snap, &icmp6(b, FAR, 129, IcmpKind::Reply, 3), 0),
+        Ok(())
+    );
+    // Packet Too Big from a router about B's replies reaches B; about a
+    // connection B does not have, it does not.
+    let reply = key(b, 22, OUT, 40000, proto::TCP);
+    assert_eq!(ct.judge6(&snap, &ptb(ROUTER, b, reply), 1), Ok(()));
+    let other = key(b, 22, OUT, 40001, proto::TCP);
+    assert_eq!(
+        ct.judge6(&snap, &ptb(ROUTER, b, other), 1),
+        Err(DropReason::UnrelatedIcmpError)
+    );
+}
+
+#[test]
+fn revoking_the_ipv6_rule_cuts_or_keeps_the_flow() {
+    let s1 = compile(&model_with(true, true, ssh6_rules()), 1);
+    let s2 = compile(&model(true, true), 2);
+    let b = b6();
+    for (mode, want) in [
+        (RevokeMode::Revalidate, Err(DropReason::Revoked)),
+        (RevokeMode::Keep, Ok(())),
+    ] {
+        let ct = ct(mode);
+        assert_eq!(ct.judge6(&s1, &tcp(OUT, 40000, b, 22, SYN), 0), Ok(()));
+        assert_eq!(
+            ct.judge6(&s2, &tcp(b, 22, OUT, 40000, SYN | ACK), 1),
+            want,
+            "{mode:?}"
+        );
+        assert_eq!(ct.judge6(&s2, &tcp(OUT, 40000, b, 22, ACK), 1), want);
+    }
+    // Revalidate: the rule back, the flow resumes.
+    let ct = ct(RevokeMode::Revalidate);
+    assert_eq!(ct.judge6(&s1, &tcp(OUT, 40000, b, 22, SYN), 0), Ok(()));
+    assert_eq!(
+        ct.judge6(&s2, &tcp(OUT, 40000, b, 22, ACK), 1),
+        Err(DropReason::Revoked)
+    );
+    let s3 = compile(&model_with(true, true, ssh6_rules()), 3);
+    assert_eq!(ct.judge6(&s3, &tcp(OUT, 40000, b, 22, ACK), 2), Ok(()));
+}
+
+#[test]
+fn egress_rules_judge_new_ipv6_flows_not_replies() {
+    // B's group has no egress rules: B cannot open connections, but the
+    // allowed inbound ones work both ways.
+    let snap = compile(&model_with(true, false, ssh6_rules()), 1);
+    let ct = ct(RevokeMode::Revalidate);
+    let b = b6();
+    assert_eq!(
+        ct.judge6(&snap, &tcp(b, 5000, OUT, 443, SYN), 0),
+        Err(DropReason::NoEgressRule)
+    );
+    assert_eq!(ct.judge6(&snap, &tcp(OUT, 40000, b, 22, SYN), 0), Ok(()));
+    assert_eq!(
+        ct.judge6(&snap, &tcp(b, 22, OUT, 40000, SYN | ACK), 0),
+        Ok(())
+    );
+    // With the default egress (::/0), B's own connection opens and its reply
+    // comes back without an ingress rule.
+    let open = compile(&model_with(true, true, ssh6_rules()), 2);
+    assert_eq!(ct.judge6(&open, &tcp(b, 5000, OUT, 443, SYN), 1), Ok(()));
+    assert_eq!(
+        ct.judge6(&open, &tcp(OUT, 443, b, 5000, SYN | ACK), 1),
+        Ok(())
+    );
+}
+
+#[test]
+fn first_fragment_is_judged_and_the_train_follows() {
+    let snap = compile(&model_with(true, true, ssh6_rules()), 1);
+    let ct = ct(RevokeMode::Revalidate);
+    let b = b6();
+    let later = |id: u32| Packet6 {
+        key: key(OUT, 0, b, 0, proto::TCP),
+        l4: L4::Other,
+        frag: Frag::Later { id },
+    };
+    let mut first = tcp(OUT, 40000, b, 22, SYN);
+    first.frag = Frag::First { id: 77 };
+    assert_eq!(ct.judge6(&snap, &first, 0), Ok(()));
+    assert_eq!(ct.judge6(&snap, &later(77), 0), Ok(()));
+    assert_eq!(
+        ct.judge6(&snap, &later(78), 0),
+        Err(DropReason::UnmatchedFragment)
+    );
+    // A first fragment no rule admits opens no train.
+    let mut denied = tcp(OUT, 40001, b, 23, SYN);
+    denied.frag = Frag::First { id: 79 };
+    assert_eq!(ct.judge6(&snap, &denied, 0), Err(DropReason::NoRule));
+    assert_eq!(
+        ct.judge6(&snap, &later(79), 0),
+        Err(DropReason::UnmatchedFragment)
+    );
+}
+
+#[test]
+fn per_instance_quota_counts_inbound_ipv6_flows() {
+    let snap = compile(&model_with(true, true, ssh6_rules()), 1);
+    let ct = Conntrack::new(CtConfig {
+        per_instance_quota: 2,
+        ..CtConfig::with_capacity(1 << 12)
+    });
+    let b = b6();
+    for sport in [1, 2] {
+        assert_eq!(ct.judge6(&snap, &tcp(OUT, sport, b, 22, SYN), 0), Ok(()));
+    }
+    assert_eq!(
+        ct.judge6(&snap, &tcp(OUT, 3, b, 22, SYN), 0),
+        Err(DropReason::ConntrackQuota)
+    );
+    assert_eq!(ct.charged_to(B4.into()), 2);
 }
