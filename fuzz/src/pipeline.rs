@@ -888,6 +888,13 @@ impl Lab {
                             "own address"
                         );
                     }
+                    // IPv6: the lab has no IPv6 prefix, so the only answer is
+                    // the router's neighbor advertisement, to an instance.
+                    Parsed::Ipv6 { eth, pkt, .. } => {
+                        assert!(port_instance(port).is_some(), "IPv6 answered to the uplink");
+                        assert_eq!(eth.src, GATEWAY_MAC, "the router answers for itself");
+                        assert_eq!(pkt.key.src, switch::nd::router_ll(), "about the router");
+                    }
                     Parsed::Ipv4 { eth, pkt, .. } => {
                         assert!(port_instance(port).is_some(), "DHCP answered to the uplink");
                         assert_eq!(
@@ -896,7 +903,6 @@ impl Lab {
                         );
                         assert_eq!((pkt.key.proto, pkt.key.sport), (proto::UDP, 67));
                     }
-                    Parsed::Ipv6 { .. } => panic!("IPv6 answer: the switch drops IPv6 for now"),
                 }
             }
         }
@@ -910,8 +916,10 @@ impl Lab {
                     assert_eq!(p.eth().src, mac, "forwarded from an instance with its MAC");
                     match p {
                         Parsed::Ipv4 { pkt, .. } => assert_eq!(pkt.key.src, ip, "its address"),
-                        Parsed::Ipv6 { .. } => {
-                            panic!("IPv6 forwarded: the switch drops it for now")
+                        // Without an IPv6 prefix an instance has no IPv6
+                        // address: nothing of it is forwarded.
+                        Parsed::Ipv6 { pkt, .. } => {
+                            panic!("IPv6 forwarded from an instance: {pkt:?}")
                         }
                         Parsed::Arp { arp, .. } => {
                             assert_eq!(arp.sha, mac, "ARP sender MAC");
@@ -927,8 +935,9 @@ impl Lab {
                     let src = match p {
                         Parsed::Ipv4 { pkt, .. } => pkt.key.src,
                         Parsed::Arp { arp, .. } => arp.spa,
-                        Parsed::Ipv6 { .. } => {
-                            panic!("IPv6 forwarded: the switch drops it for now")
+                        // No instance has an IPv6 address to be sent to.
+                        Parsed::Ipv6 { pkt, .. } => {
+                            panic!("IPv6 forwarded from the uplink: {pkt:?}")
                         }
                     };
                     assert!(

@@ -627,6 +627,10 @@ pub struct InstanceView {
     /// `qemu-system-x86_64 exited with status 1: LAST LOG LINES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Its IPv6 address (the switch's /64 + the EUI-64 of its MAC); set by
+    /// describe-instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<std::net::Ipv6Addr>,
 }
 
 /// A reservation: the instances of one `run-instances`.

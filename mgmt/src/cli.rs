@@ -229,7 +229,8 @@ pub enum Cmd {
         #[arg(long)]
         netns: Option<String>,
     },
-    /// Show instances.  Prints RESERVATION and INSTANCE lines.
+    /// Show instances.  Prints RESERVATION and INSTANCE lines, each INSTANCE
+    /// line followed by IPV6ADDRESS ID ADDRESS.
     DescribeInstances {
         /// Instance ids (`i-...`; default: all of the owner's).
         ids: Vec<String>,
@@ -493,6 +494,11 @@ pub struct UpArgs {
     /// Instances' subnet.
     #[arg(long, default_value = "172.31.0.0/16")]
     pub subnet: ipnet::Ipv4Net,
+    /// Instances' IPv6 prefix, a /64 (each instance's address is the prefix +
+    /// the EUI-64 of its MAC, what SLAAC gives it). Default: the prefix kept in
+    /// the state, else a ULA /64 chosen at random once (RFC 4193) and kept.
+    #[arg(long)]
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Name of the uplink TAP.
     #[arg(long, default_value = "sgsw-uplink")]
     pub uplink: String,
@@ -997,6 +1003,10 @@ pub fn format_response(resp: &Response) -> String {
                         i.place,
                         reason.unwrap_or_default()
                     ));
+                    // describe-instances: the IPv6 address on a line of its own.
+                    if let Some(a) = i.ipv6_address {
+                        line(format!("IPV6ADDRESS\t{}\t{a}", i.id));
+                    }
                 }
             }
         }
@@ -1656,6 +1666,7 @@ mod tests {
             launch_index: k,
             place: format!("netns:{id}"),
             reason: None,
+            ipv6_address: (k == 1).then(|| "fd00:1:2:3:0:1ff:fe23:abcd".parse().unwrap()),
         };
         let r = Response::Reservations {
             reservations: vec![Reservation {
@@ -1672,7 +1683,8 @@ mod tests {
             format_response(&r),
             "RESERVATION\tr-0192776a\t598916040194\tdefault,web\n\
              INSTANCE\ti-0123abcd\tami-fba54092\t172.31.0.2\trunning\t0\tnetns:i-0123abcd\n\
-             INSTANCE\ti-4567ef01\tami-fba54092\t172.31.0.3\trunning\t1\tnetns:i-4567ef01\n"
+             INSTANCE\ti-4567ef01\tami-fba54092\t172.31.0.3\trunning\t1\tnetns:i-4567ef01\n\
+             IPV6ADDRESS\ti-4567ef01\tfd00:1:2:3:0:1ff:fe23:abcd\n"
         );
         let t = Response::StateChanges {
             changes: vec![StateChange {

@@ -78,6 +78,8 @@ use crate::store::{InstanceRecord, Store, StoreError};
 pub enum DaemonError {
     #[error("invalid --owner")]
     Owner(#[source] filter::Ec2Error),
+    #[error("{0}")]
+    Subnet6(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -556,6 +558,7 @@ pub fn node_config(args: &UpArgs, cfg: &CoreConfig) -> Result<Option<NodeConfig>
         underlay: std::net::SocketAddr::from((underlay, args.vxlan_port)),
         subnet: cfg.subnet,
         uplink_range: cfg.uplink_range,
+        subnet6: cfg.subnet6,
         vni: crate::cluster::node::VNI,
     }))
 }
@@ -775,7 +778,18 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     let mgmt_rx = mgmt_rx;
     let mut server = Server::start(bind_socket_staged(&cli.socket)?, Arc::new(handle.clone()))?;
 
-    // 4. Data plane, store, core, management thread.
+    // 4. Store (and the IPv6 prefix it keeps), data plane, core, management
+    // thread.
+    let mut store = Store::open_dir(&args.state_dir)?;
+    let mut cfg = cfg;
+    let lab6 = match &args.etcd {
+        Some(endpoints) => crate::cluster::node::lab_subnet6(endpoints),
+        None => None,
+    };
+    cfg.subnet6 = Some(
+        crate::ipv6::resolve(&mut store, args.subnet6, lab6)
+            .map_err(|e| DaemonError::Subnet6(e.to_string()))?,
+    );
     let (dp, mut uplink_undo) = if args.no_switch {
         (Box::new(NoSwitch) as Box<dyn Dataplane>, None)
     } else {
@@ -784,7 +798,6 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
         (dp, Some(undo))
     };
     let node_cfg = node_config(args, &cfg)?;
-    let store = Store::open_dir(&args.state_dir)?;
     let mut core = Core::open(store, cfg, dp)?;
     if let Some(ncfg) = node_cfg {
         let wake = handle.clone();

@@ -164,6 +164,9 @@ pub struct SwitchDataplane {
     namespaces: BTreeMap<String, instances::NetnsInode>,
     /// Guests whose port a helper thread is attaching.
     attaching: BTreeMap<String, Arc<Mutex<Attaching>>>,
+    /// The instances' IPv6 /64: namespace instances get their address in it
+    /// set directly.
+    subnet6: Option<ipnet::Ipv6Net>,
 }
 
 /// A guest's port being attached by a helper thread.
@@ -250,6 +253,7 @@ pub fn start(
         pin_cores: args.pin_cores,
         ct,
         subnet: cfg.subnet,
+        subnet6: cfg.subnet6,
         // Cluster mode: the overlay's UDP sockets on --underlay.
         overlay: match (&args.etcd, args.underlay) {
             (Some(_), Some(ip)) => Some(switch::OverlayConfig::new(
@@ -309,6 +313,7 @@ pub fn start(
         booted: BTreeSet::new(),
         namespaces: BTreeMap::new(),
         attaching: BTreeMap::new(),
+        subnet6: cfg.subnet6,
     });
     Ok((dp, undo))
 }
@@ -525,6 +530,7 @@ impl Dataplane for SwitchDataplane {
                 inst.mac,
                 inst.ip,
                 prefix_len,
+                self.subnet6,
                 self.workers,
             )
             .map_err(|e| {
@@ -572,6 +578,7 @@ impl Dataplane for SwitchDataplane {
                     inst.mac,
                     inst.ip,
                     prefix_len,
+                    self.subnet6,
                     self.workers,
                 )
             }
@@ -738,6 +745,9 @@ impl Dataplane for SwitchDataplane {
             ("arp_replies".to_owned(), st.arp_replies),
             ("dhcp_replies".to_owned(), st.dhcp_replies),
             ("dhcp_silent".to_owned(), st.dhcp_silent),
+            ("nd_replies".to_owned(), st.nd_replies),
+            ("router_adverts".to_owned(), st.router_adverts),
+            ("nd_absorbed".to_owned(), st.nd_absorbed),
             ("tso_segmented".to_owned(), st.tso_segmented),
             ("csum_completed".to_owned(), st.csum_completed),
             ("parks".to_owned(), st.parks),

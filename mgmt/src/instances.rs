@@ -49,6 +49,8 @@ pub const INSTANCE_IFNAME: &str = "eth0";
 pub enum InstanceError {
     #[error("instance {id}: invalid prefix length {prefix} (0-32)")]
     BadPrefix { id: String, prefix: u8 },
+    #[error("instance {id}: set its IPv6 address: {what}")]
+    Ipv6 { id: String, what: String },
     #[error("instance {id}: create network namespace {id}")]
     CreateNetns {
         id: String,
@@ -181,13 +183,17 @@ impl Drop for NetnsUndo<'_> {
 }
 
 /// Makes namespace instance `id`: the namespace, its persistent multi-queue
-/// `vnet_hdr` TAP `eth0` with `mac` and `ip/prefix_len`, `eth0` and `lo` up.
+/// `vnet_hdr` TAP `eth0` with `mac` and `ip/prefix_len`, `eth0` and `lo` up;
+/// with `subnet6`, also the IPv6 address SLAAC would give it (the prefix +
+/// the EUI-64 of `mac`, `/64`, without DAD) and a default IPv6 route via the
+/// switch's link-local router address ([`switch::nd::router_ll`]).
 /// Returns one queue per worker. On failure nothing is left behind.
 pub fn create_netns_instance(
     id: &str,
     mac: filter::Mac,
     ip: Ipv4Addr,
     prefix_len: u8,
+    subnet6: Option<ipnet::Ipv6Net>,
     workers: usize,
 ) -> Result<Vec<Box<dyn PortQueue>>, InstanceError> {
     if prefix_len > 32 {
@@ -225,8 +231,61 @@ pub fn create_netns_instance(
         id: id.to_owned(),
         source,
     })??;
+    if let Some(p) = subnet6 {
+        set_ipv6(id, filter::model::eui64_address(p, mac))?;
+    }
     undo.armed = false;
     Ok(boxed(queues))
+}
+
+/// Give `eth0` of namespace instance `id` its IPv6 address (`/64`, no DAD:
+/// the switch answers for it alone) and the default route via the switch.
+fn set_ipv6(id: &str, addr: std::net::Ipv6Addr) -> Result<(), InstanceError> {
+    let router = switch::nd::router_ll().to_string();
+    let cidr = format!("{addr}/64");
+    let steps: [&[&str]; 2] = [
+        &[
+            "-6",
+            "addr",
+            "replace",
+            &cidr,
+            "dev",
+            INSTANCE_IFNAME,
+            "nodad",
+        ],
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &router,
+            "dev",
+            INSTANCE_IFNAME,
+        ],
+    ];
+    for args in steps {
+        let out = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(id)
+            .args(args)
+            .output()
+            .map_err(|e| InstanceError::Ipv6 {
+                id: id.to_owned(),
+                what: format!("ip {}: {e}", args.join(" ")),
+            })?;
+        if !out.status.success() {
+            return Err(InstanceError::Ipv6 {
+                id: id.to_owned(),
+                what: format!(
+                    "ip -n {id} {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Re-attaches to the persistent `eth0` of existing namespace instance `id` after
@@ -558,7 +617,7 @@ mod tests {
         let mut ports = Vec::new();
         for (i, ns) in names.iter().enumerate() {
             let ip = Ipv4Addr::new(172, 31, 0, 10 + i as u8);
-            let q = create_netns_instance(&ns.0, mac_of(i as u32), ip, 16, 2).unwrap();
+            let q = create_netns_instance(&ns.0, mac_of(i as u32), ip, 16, None, 2).unwrap();
             ports.push(q);
         }
         let per = t.elapsed().as_secs_f64() * 1000.0 / 20.0;
@@ -607,9 +666,41 @@ mod tests {
         }
         let ns = Ns::new("arp");
         let ip = Ipv4Addr::new(172, 31, 1, 2);
-        let q = create_netns_instance(&ns.0, MAC, ip, 16, 2).unwrap();
+        let q = create_netns_instance(&ns.0, MAC, ip, 16, None, 2).unwrap();
         let got = arp_from_inside(&ns.0, Ipv4Addr::new(172, 31, 1, 3), &q);
         assert_eq!(got, Some((MAC, ip)));
+    }
+
+    #[test]
+    fn ipv6_address_and_default_route_are_set_directly() {
+        if !root("ipv6_direct") {
+            return;
+        }
+        let ns = Ns::new("v6");
+        let p: ipnet::Ipv6Net = "fd00:5:6:7::/64".parse().unwrap();
+        let _q = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 5, 2), 16, Some(p), 1)
+            .unwrap();
+        let show = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(["-n", &ns.0])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let want = filter::model::eui64_address(p, MAC);
+        let addrs = show(&["-6", "addr", "show", "dev", INSTANCE_IFNAME]);
+        assert!(addrs.contains(&format!("{want}/64")), "{addrs}");
+        let line = addrs
+            .lines()
+            .find(|l| l.contains(&want.to_string()))
+            .unwrap();
+        assert!(!line.contains("tentative"), "no DAD wait: {line}");
+        let routes = show(&["-6", "route", "show", "default"]);
+        assert!(
+            routes.contains(&format!("via {}", switch::nd::router_ll())),
+            "{routes}"
+        );
     }
 
     #[test]
@@ -619,7 +710,7 @@ mod tests {
         }
         let ns = Ns::new("re");
         let ip = Ipv4Addr::new(172, 31, 2, 2);
-        let q = create_netns_instance(&ns.0, MAC, ip, 16, 1).unwrap();
+        let q = create_netns_instance(&ns.0, MAC, ip, 16, None, 1).unwrap();
         drop(q); // the daemon died: the persistent TAP stays
         let (mac, flags) = link(&ns.0, INSTANCE_IFNAME);
         assert_eq!(mac, MAC);
@@ -656,19 +747,19 @@ mod tests {
         // A multicast MAC: the kernel refuses it after the namespace and the TAP
         // were made.
         let bad_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
-        let e = create_netns_instance(&ns.0, bad_mac, Ipv4Addr::new(172, 31, 3, 2), 16, 2)
+        let e = create_netns_instance(&ns.0, bad_mac, Ipv4Addr::new(172, 31, 3, 2), 16, None, 2)
             .err()
             .unwrap();
         assert!(matches!(e, InstanceError::Configure { .. }), "{e}");
         assert!(e.to_string().contains("01:00:5e:00:00:01"), "{e}");
         assert!(!netns_exists(&ns.0));
         // Zero queues: fails at the TAP, after the namespace was made.
-        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 3, 2), 16, 0)
+        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 3, 2), 16, None, 0)
             .err()
             .unwrap();
         assert!(matches!(e, InstanceError::Tap { .. }), "{e}");
         assert!(!netns_exists(&ns.0));
-        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 3, 2), 33, 1)
+        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 3, 2), 33, None, 1)
             .err()
             .unwrap();
         assert!(
@@ -685,7 +776,7 @@ mod tests {
         }
         let ns = Ns::new("taken");
         netns::create(&ns.0).unwrap();
-        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 4, 2), 16, 1)
+        let e = create_netns_instance(&ns.0, MAC, Ipv4Addr::new(172, 31, 4, 2), 16, None, 1)
             .err()
             .unwrap();
         assert!(matches!(e, InstanceError::CreateNetns { .. }), "{e}");

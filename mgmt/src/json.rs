@@ -157,6 +157,9 @@ pub struct InstanceJson {
     pub launch_index: u32,
     /// `netns:NAME`, `qemu:PID`, `port:IFNAME` or `port:IFNAME@NETNS`.
     pub place: String,
+    /// describe-instances: the instance's IPv6 address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
 }
 
 impl From<&InstanceView> for InstanceJson {
@@ -169,6 +172,7 @@ impl From<&InstanceView> for InstanceJson {
             state: i.state.clone(),
             launch_index: i.launch_index,
             place: i.place.clone(),
+            ipv6_address: i.ipv6_address.map(|a| a.to_string()),
         }
     }
 }

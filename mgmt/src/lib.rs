@@ -32,6 +32,7 @@ pub mod dataplane;
 pub mod ec2;
 pub mod hostnet;
 pub mod instances;
+pub mod ipv6;
 pub mod json;
 pub mod logfmt;
 pub mod metrics;

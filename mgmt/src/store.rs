@@ -1055,6 +1055,46 @@ impl Store {
         Ok(out)
     }
 
+    /// How many instances the state holds.
+    pub fn instance_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM instances", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|source| StoreError::Load {
+                what: "instance count",
+                source,
+            })
+    }
+
+    /// A single value of the state (`settings` table: `subnet6`), if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|source| StoreError::Load {
+                what: "setting",
+                source,
+            })
+    }
+
+    /// Set a single value of the state (replacing the key's value), in its
+    /// own transaction.
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(|source| StoreError::Commit {
+                edit: format!("set {key} = {value}"),
+                source,
+            })
+    }
+
     /// The database file path.
     pub fn path(&self) -> &Path {
         &self.path

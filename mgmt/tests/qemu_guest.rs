@@ -293,6 +293,51 @@ fn registered_image_guest_is_filtered_by_its_group_from_outside() {
         bytes as f64 / secs / 1e6
     );
 
+    // IPv6: the guest takes by SLAAC (from the switch's router advertisement)
+    // the address describe-instances shows, and serves HTTP over IPv6 with the
+    // payload intact once an IPv6 rule allows it (0.0.0.0/0 does not).
+    let g6 = wait_line(read_log, "GUEST-IPV6", t0, BOOT_LIMIT);
+    let out = lab.cli(&["describe-instances", &id]);
+    let shown = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("IPV6ADDRESS\t{id}\t")))
+        .unwrap_or_else(|| panic!("no IPV6ADDRESS line:\n{out}"))
+        .to_owned();
+    assert_eq!(
+        g6,
+        format!("GUEST-IPV6 {shown}"),
+        "SLAAC gave the shown address"
+    );
+    let a: std::net::Ipv6Addr = shown.parse().unwrap();
+    let mut o = a.octets();
+    o[8..].copy_from_slice(&[0, 0, 0, 0, 0, 0xff, 0, 0x10]);
+    let outside6 = std::net::Ipv6Addr::from(o);
+    let cidr6 = format!("{outside6}/64");
+    let (ok, out) = sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "-6",
+        "addr",
+        "add",
+        &cidr6,
+        "dev",
+        &lab.uplink,
+        "nodad",
+    ]);
+    assert!(ok, "{out}");
+    let url6 = format!("[{shown}]");
+    assert!(
+        !curl_in(&ns, &format!("http://{url6}/"), None, 2).0,
+        "no IPv6 rule: filtered"
+    );
+    lab.cli(&["authorize", "web", "-P", "tcp", "-p", "80", "-s", "::/0"]);
+    let (bytes6, secs6) = fetch_big(&ns, &url6, &big, &lab.dir.join("big6.bin"));
+    println!(
+        "outside <- guest over IPv6: {bytes6} bytes in {secs6:.3} s ({:.1} MB/s)",
+        bytes6 as f64 / secs6 / 1e6
+    );
+
     // The daemon restarts; the guest keeps running and is attached again.
     lab.stop("TERM");
     assert!(pid_alive(&pid), "guest survives a daemon restart");

@@ -36,6 +36,9 @@ pub struct SwitchConfig {
     pub ct: filter::CtConfig,
     /// The instances' subnet. Its first host is the virtual gateway / DHCP server.
     pub subnet: Ipv4Net,
+    /// The instances' IPv6 /64, advertised to guests for SLAAC
+    /// ([`crate::nd`]); `None`: no router advertisements.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Lease time handed out by the DHCP server.
     pub dhcp_lease_secs: u32,
     /// Cluster mode: carry frames to instances of other hosts in VXLAN-GBP
@@ -80,6 +83,7 @@ impl Default for SwitchConfig {
             pin_cores: false,
             ct: filter::CtConfig::default(),
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
+            subnet6: None,
             dhcp_lease_secs: 3600,
             overlay: None,
             flow_log: None,

@@ -224,6 +224,14 @@ pub struct WorkerCounters {
     /// DHCP messages consumed without an answer (RELEASE, DECLINE, REQUEST
     /// for another server).
     pub dhcp_silent: AtomicU64,
+    /// IPv6 neighbor advertisements the switch answered solicitations with.
+    pub nd_replies: AtomicU64,
+    /// Router advertisements sent (answers to router solicitations).
+    pub router_adverts: AtomicU64,
+    /// IPv6 housekeeping consumed without an answer (DAD probes, MLD
+    /// reports, unsolicited advertisements, solicitations for unknown
+    /// addresses).
+    pub nd_absorbed: AtomicU64,
     /// TSO super-frames segmented in software.
     pub tso_segmented: AtomicU64,
     /// Partial checksums completed in software.
@@ -293,6 +301,9 @@ pub struct Stats {
     pub arp_replies: u64,
     pub dhcp_replies: u64,
     pub dhcp_silent: u64,
+    pub nd_replies: u64,
+    pub router_adverts: u64,
+    pub nd_absorbed: u64,
     pub tso_segmented: u64,
     pub csum_completed: u64,
     pub parks: u64,
@@ -352,6 +363,9 @@ impl Stats {
         self.arp_replies += w.arp_replies.load(Relaxed);
         self.dhcp_replies += w.dhcp_replies.load(Relaxed);
         self.dhcp_silent += w.dhcp_silent.load(Relaxed);
+        self.nd_replies += w.nd_replies.load(Relaxed);
+        self.router_adverts += w.router_adverts.load(Relaxed);
+        self.nd_absorbed += w.nd_absorbed.load(Relaxed);
         self.tso_segmented += w.tso_segmented.load(Relaxed);
         self.csum_completed += w.csum_completed.load(Relaxed);
         self.parks += w.parks.load(Relaxed);
@@ -376,6 +390,9 @@ impl Stats {
             arp_replies: 0,
             dhcp_replies: 0,
             dhcp_silent: 0,
+            nd_replies: 0,
+            router_adverts: 0,
+            nd_absorbed: 0,
             tso_segmented: 0,
             csum_completed: 0,
             parks: 0,

@@ -129,7 +129,7 @@ impl Datapath {
         Ok(Arc::new(Datapath {
             workers: cfg.workers,
             poll: cfg.poll,
-            net: NetParams::new(cfg.subnet, cfg.dhcp_lease_secs),
+            net: NetParams::new(cfg.subnet, cfg.dhcp_lease_secs).with_subnet6(cfg.subnet6),
             rules: ArcSwap::from_pointee(Snapshot::empty()),
             ports: ArcSwap::from_pointee(PortTable::default()),
             ct,

@@ -40,6 +40,7 @@ pub mod datapath;
 pub mod dhcp;
 pub mod flowlog;
 pub mod mem;
+pub mod nd;
 pub mod netns;
 pub mod offload;
 pub mod overlay;

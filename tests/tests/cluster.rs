@@ -184,6 +184,30 @@ fn three_hosts_one_lab() {
             "{id} on {h} not shown running: {all}"
         );
     }
+    // One IPv6 prefix for the lab (the first daemon's, in etcd's meta):
+    // every host shows the same address for every instance.
+    let v6 = |host: usize| -> Vec<String> {
+        let out = lab.cli(host, &["describe-instances"]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter(|l| l.starts_with("IPV6ADDRESS\t"))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let seen = v6(0);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let prefixes: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|l| {
+            let a: std::net::Ipv6Addr = l.rsplit('\t').next().unwrap().parse().unwrap();
+            format!("{:x?}", &a.octets()[..8])
+        })
+        .collect();
+    assert_eq!(prefixes.len(), 1, "one /64: {seen:?}");
+    assert_eq!(v6(1), seen, "h2 agrees");
+    assert_eq!(v6(2), seen, "h3 agrees");
 
     // --- The reachability matrix over the overlay, with real TCP connects.
     lab.listen(&web, &[WEB, APP, DB]);

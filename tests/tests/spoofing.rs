@@ -522,9 +522,16 @@ fn unknown_macs_vlan_tags_and_foreign_ethertypes_are_never_delivered() {
             vec![
                 ethertype_marked(n.v.ep.mac, a.mac, 0x88b5, "et-88b5"),
                 ethertype_marked(BROADCAST, a.mac, 0x88b5, "et-88bb"),
+                ethertype_marked(n.v.ep.mac, a.mac, 0x8035, "et-rarp"),
+            ],
+        ),
+        (
+            // IPv6 is switched: a 0x86dd frame whose header is not IPv6
+            // (version 5, the tag's first byte) is malformed.
+            "malformed_ipv6",
+            vec![
                 ethertype_marked(n.v.ep.mac, a.mac, 0x86dd, "et-ipv6"),
                 ethertype_marked([0x33, 0x33, 0, 0, 0, 1], a.mac, 0x86dd, "et-ip6m"),
-                ethertype_marked(n.v.ep.mac, a.mac, 0x8035, "et-rarp"),
             ],
         ),
         (

@@ -136,6 +136,7 @@ fn node_config(url: &str, host: &str, i: usize) -> NodeConfig {
         underlay: std::net::SocketAddr::from(([192, 0, 2, (i % 250) as u8 + 1], 4789)),
         subnet: c.subnet,
         uplink_range: c.uplink_range,
+        subnet6: c.subnet6,
         vni: 1,
     }
 }

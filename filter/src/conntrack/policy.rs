@@ -316,6 +316,21 @@ impl Conntrack {
         F::table(self).judge_rule(snap, pkt, now, remote)
     }
 
+    /// [`Conntrack::judge_counted`] for either family (`F` is [`Ipv4Addr`] or
+    /// [`Ipv6Addr`]): the datapath's entry point, counting a deciding rule
+    /// through `on_rule`.
+    #[inline]
+    pub fn judge_counted_in<F: Family>(
+        &self,
+        snap: &Snapshot,
+        pkt: &Packet<F>,
+        now: u32,
+        remote: impl Fn(F) -> bool + Copy,
+        on_rule: impl FnMut(RuleSlot, bool),
+    ) -> Result<(), DropReason> {
+        F::table(self).judge_counted(snap, pkt, now, remote, on_rule)
+    }
+
     /// Judge a burst: prefetch every packet's buckets, then [`Conntrack::judge`]
     /// each in order. `out[i]` is the verdict of `pkts[i]`; panics if `out` is
     /// shorter than `pkts`.

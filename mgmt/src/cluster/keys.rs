@@ -54,6 +54,10 @@ pub struct MetaRecord {
     pub uplink_range: Ipv4Net,
     /// The VXLAN network identifier of the lab (24 bits).
     pub vni: u32,
+    /// The instances' IPv6 /64, the same on every host (absent in labs
+    /// created before IPv6: then each host keeps its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
 }
 
 /// A group as stored at `model/groups/<id>`: rules inline (one key per group,
@@ -539,6 +543,7 @@ mod tests {
                 subnet: "10.0.0.0/24".parse().unwrap(),
                 uplink_range: "10.0.0.240/28".parse().unwrap(),
                 vni: 4242,
+                subnet6: Some("fd00:1:2:3::/64".parse().unwrap()),
             }),
             Entry::Counter {
                 name: "next_group_seq".into(),

@@ -20,7 +20,8 @@
 //!   and nobody but a client waiting with `--wait` reads them (docs/cluster.md
 //!   §5.2).
 //! * `model/meta` is created by the first daemon of a lab (create-if-absent);
-//!   a daemon whose `--subnet` or uplink range differs from the lab's gets
+//!   a daemon whose `--subnet`, uplink range or `--subnet6` differs from the
+//!   lab's gets
 //!   [`Event::Refused`] and the daemon stops.
 //! * Dropping the node stops the threads and revokes the lease (a clean
 //!   shutdown removes the host at once; a crash lets it expire).
@@ -60,6 +61,9 @@ pub struct NodeConfig {
     pub underlay: SocketAddr,
     pub subnet: Ipv4Net,
     pub uplink_range: Ipv4Net,
+    /// The instances' IPv6 prefix: written into a new lab's meta, and must
+    /// equal the lab's.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// The VXLAN network identifier written into a new lab's meta.
     pub vni: u32,
 }
@@ -222,6 +226,32 @@ fn pause(stop: &AtomicBool, d: Duration) -> bool {
     !stop.load(Ordering::Relaxed)
 }
 
+/// The lab's IPv6 prefix, if etcd answers within a few seconds and the lab
+/// has one (read once at the daemon's start, before the data plane exists;
+/// `None` otherwise: the daemon then uses the prefix kept in its state, and
+/// the meta check refuses it later if the lab's differs).
+pub fn lab_subnet6(endpoints: &str) -> Option<ipnet::Ipv6Net> {
+    let cfg = etcd::Config {
+        connect_timeout: Duration::from_millis(1000),
+        request_timeout: Duration::from_secs(2),
+    };
+    let client = Client::new(endpoints, cfg).ok()?;
+    let (key, _) = Entry::Meta(MetaRecord {
+        layout: keys::LAYOUT,
+        subnet: Ipv4Net::default(),
+        uplink_range: Ipv4Net::default(),
+        vni: 0,
+        subnet6: None,
+    })
+    .encode();
+    let (_, kv) = client.get(&key).ok()?;
+    let kv = kv?;
+    match Entry::decode(&kv.key, &kv.value) {
+        Ok(Entry::Meta(m)) => m.subnet6,
+        _ => None,
+    }
+}
+
 /// The lab's meta: created if absent; `Err(why)` if this daemon does not fit.
 fn check_meta(client: &Client, cfg: &NodeConfig) -> Result<Result<(), String>, EtcdError> {
     let mine = MetaRecord {
@@ -229,6 +259,7 @@ fn check_meta(client: &Client, cfg: &NodeConfig) -> Result<Result<(), String>, E
         subnet: cfg.subnet,
         uplink_range: cfg.uplink_range,
         vni: cfg.vni,
+        subnet6: cfg.subnet6,
     };
     let (key, value) = Entry::Meta(mine.clone()).encode();
     client.txn(
@@ -241,8 +272,19 @@ fn check_meta(client: &Client, cfg: &NodeConfig) -> Result<Result<(), String>, E
         return Ok(Err(format!("{key} vanished after it was written")));
     };
     match Entry::decode(&kv.key, &kv.value) {
-        Ok(Entry::Meta(m)) if m.subnet == mine.subnet && m.uplink_range == mine.uplink_range => {
+        Ok(Entry::Meta(m))
+            if m.subnet == mine.subnet
+                && m.uplink_range == mine.uplink_range
+                && (m.subnet6.is_none() || m.subnet6 == mine.subnet6) =>
+        {
             Ok(Ok(()))
+        }
+        Ok(Entry::Meta(m)) if m.subnet == mine.subnet && m.uplink_range == mine.uplink_range => {
+            Ok(Err(format!(
+                "the lab in etcd uses the IPv6 prefix --subnet6 {}; this daemon has {}",
+                m.subnet6.map_or("none".into(), |p| p.to_string()),
+                mine.subnet6.map_or("none".into(), |p| p.to_string())
+            )))
         }
         Ok(Entry::Meta(m)) => Ok(Err(format!(
             "the lab in etcd uses --subnet {} with uplink range {}; this daemon has --subnet {} \

@@ -229,6 +229,7 @@ impl Core {
                     launch_index: r.launch_index,
                     place: r.attachment.place(&r.instance.id),
                     reason: None,
+                    ipv6_address: None,
                 })
                 .collect(),
             ..t
@@ -321,6 +322,7 @@ impl Core {
                 format!("{}@{}", r.attachment.place(&r.instance.id), r.host)
             },
             reason: state.reason().map(str::to_owned),
+            ipv6_address: None,
         }
     }
 
@@ -443,7 +445,13 @@ impl Core {
                     id: res,
                     owner: owner.0.clone(),
                     groups: recs[0].instance.groups.clone(),
-                    instances: recs.iter().map(|r| self.view(r)).collect(),
+                    instances: recs
+                        .iter()
+                        .map(|r| InstanceView {
+                            ipv6_address: self.model.ip6_of(r.instance.mac),
+                            ..self.view(r)
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -231,6 +231,8 @@ pub struct CoreConfig {
     pub subnet: Ipv4Net,
     /// Addresses never given to instances (the uplink side).
     pub uplink_range: Ipv4Net,
+    /// Instances' IPv6 /64 ([`crate::ipv6::resolve`]); `None`: IPv4 only.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     pub limits: Limits,
     /// Most instances per `run-instances`.
     pub max_launch: u32,
@@ -250,6 +252,7 @@ impl CoreConfig {
             default_owner,
             subnet,
             uplink_range: default_uplink_range(subnet),
+            subnet6: None,
             limits: Limits::default(),
             max_launch: 256,
             default_image: None,
@@ -286,6 +289,12 @@ type ClusterCache = (i64, Vec<(String, std::net::SocketAddr)>);
 fn load_model(store: &Store, cfg: &CoreConfig) -> Result<Reloaded, CoreError> {
     let loaded = store.load()?;
     let mut model = Model::new(cfg.limits);
+    model
+        .set_subnet6(cfg.subnet6)
+        .map_err(|source| CoreError::Reload {
+            what: "the IPv6 prefix".into(),
+            source,
+        })?;
     for g in loaded.groups {
         let what = format!("group {}/{}", g.owner, g.name);
         model

@@ -2096,3 +2096,67 @@ fn instance_stats_of_own_instances_only() {
         .unwrap_err();
     assert!(e.message.contains("i-nosuch"), "{e}");
 }
+
+#[test]
+fn describe_instances_shows_each_instances_ipv6_address() {
+    let dir = TempDir::new("core-ip6");
+    let mut cfg = config();
+    let p: ipnet::Ipv6Net = "fd00:aa:bb:cc::/64".parse().unwrap();
+    cfg.subnet6 = Some(p);
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, cfg, dp.clone());
+    assert_eq!(core.model().subnet6(), Some(p));
+    let ids = launched_ids(&core.handle(req(run(2, &[]))));
+    let r = core.handle(req(Command::DescribeInstances { ids: vec![] }));
+    let Ok(Response::Reservations { reservations }) = &r else {
+        panic!("{r:?}")
+    };
+    let views = &reservations[0].instances;
+    assert_eq!(views.len(), 2);
+    for (v, id) in views.iter().zip(&ids) {
+        let want = filter::model::eui64_address(p, instance_mac(id));
+        assert_eq!(v.ipv6_address, Some(want), "{id}");
+        assert!(p.contains(&want));
+    }
+    // The published snapshot knows them by IPv6 address.
+    let st = dp.state.lock().unwrap();
+    let snap = st.snapshots.last().expect("published");
+    let a = views[0].ipv6_address.unwrap();
+    assert!(snap.instance_by_ip6(a).is_some());
+}
+
+#[test]
+fn another_subnet6_is_refused_while_instances_exist() {
+    let dir = TempDir::new("core-ip6-change");
+    let kept: ipnet::Ipv6Net = "fd00:aa:bb:cc::/64".parse().unwrap();
+    {
+        let mut store = Store::open_dir(&dir.0).unwrap();
+        assert_eq!(
+            crate::ipv6::resolve(&mut store, Some(kept), None).unwrap(),
+            kept
+        );
+    }
+    let mut cfg = config();
+    cfg.subnet6 = Some(kept);
+    let mut core = core_in(&dir, cfg);
+    launched_ids(&core.handle(req(run(1, &[]))));
+    drop(core);
+    let mut store = Store::open_dir(&dir.0).unwrap();
+    let other: ipnet::Ipv6Net = "fd00:aa:bb:dd::/64".parse().unwrap();
+    let e = crate::ipv6::resolve(&mut store, Some(other), None).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("fd00:aa:bb:dd::/64") && m.contains("fd00:aa:bb:cc::/64"),
+        "{m}"
+    );
+    // Unchanged, and the kept prefix (given or not) is accepted.
+    assert_eq!(
+        store.setting(crate::ipv6::SETTING).unwrap(),
+        Some(kept.to_string())
+    );
+    assert_eq!(crate::ipv6::resolve(&mut store, None, None).unwrap(), kept);
+    assert_eq!(
+        crate::ipv6::resolve(&mut store, Some(kept), None).unwrap(),
+        kept
+    );
+}

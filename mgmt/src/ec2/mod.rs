@@ -1547,6 +1547,9 @@ fn write_reservation_fields(
             .elem("dnsName", "")
             .elem("amiLaunchIndex", &i.launch_index.to_string())
             .elem("privateIpAddress", &i.ip.to_string());
+        if let Some(a) = i.ipv6_address {
+            x.elem("ipv6Address", &a.to_string());
+        }
         if let Some(reason) = &i.reason {
             let code = if i.state == "pending" {
                 "Server.Pending"
@@ -1563,10 +1566,15 @@ fn write_reservation_fields(
         x.open("networkInterfaceSet")
             .open("item")
             .elem("macAddress", &i.mac)
-            .elem("privateIpAddress", &i.ip.to_string())
-            .close("item")
-            .close("networkInterfaceSet")
-            .close("item");
+            .elem("privateIpAddress", &i.ip.to_string());
+        if let Some(a) = i.ipv6_address {
+            x.open("ipv6AddressesSet")
+                .open("item")
+                .elem("ipv6Address", &a.to_string())
+                .close("item")
+                .close("ipv6AddressesSet");
+        }
+        x.close("item").close("networkInterfaceSet").close("item");
     }
     x.close("instancesSet");
 }

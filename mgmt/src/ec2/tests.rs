@@ -1974,3 +1974,32 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
     }
     assert_eq!(egress_of(&api), filter::model::default_egress());
 }
+
+#[test]
+fn describe_instances_carries_the_ipv6_address() {
+    let dir = TempDir::new("ec2-ip6");
+    let mut cfg = config();
+    let p: ipnet::Ipv6Net = "fd00:aa:bb:cc::/64".parse().unwrap();
+    cfg.subnet6 = Some(p);
+    let api = Api {
+        core: Mutex::new(core_in(&dir, cfg)),
+        _dir: dir,
+    };
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=RunInstances&{v}&ImageId=ami-eca54085&MinCount=1&MaxCount=1"),
+    );
+    let iid = first(&doc, "instanceId").to_owned();
+    let doc = ok(&api, &k, &format!("Action=DescribeInstances&{v}"));
+    let want = filter::model::eui64_address(p, filter::model::instance_mac(&iid));
+    assert_eq!(first(&doc, "ipv6Address"), want.to_string(), "{doc}");
+    assert!(
+        doc.contains(&format!(
+            "<ipv6AddressesSet><item><ipv6Address>{want}</ipv6Address></item></ipv6AddressesSet>"
+        )),
+        "{doc}"
+    );
+}
