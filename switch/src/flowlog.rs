@@ -13,10 +13,11 @@
 //!   last second a packet was seen. Like AWS, a packet is recorded on each
 //!   instance interface it crosses: leaving instance A on A's interface, arriving
 //!   at instance B on B's (the uplink has no interface: traffic to and from it is
-//!   logged on the instance side). Egress is always allowed, so the sender's
-//!   record says `ACCEPT` unless the connection table refused the flow
-//!   (`ConntrackFull`/`ConntrackQuota`); the receiver's record carries the
-//!   verdict (`REJECT` for `NoRule`, `Revoked`, unrelated ICMP errors, orphan
+//!   logged on the instance side). The sender's record says `REJECT` when its
+//!   egress rules refused the packet (`NoEgressRule`: then there is no
+//!   receiver's record, the packet never got there) or the connection table
+//!   refused the flow (`ConntrackFull`/`ConntrackQuota`), else `ACCEPT`; the
+//!   receiver's record carries the verdict (`REJECT` for `NoRule`, `Revoked`, unrelated ICMP errors, orphan
 //!   fragments and the table limits). Frames dropped before the verdict
 //!   (spoofing, broadcast, malformed, unknown destination) are not flow-logged:
 //!   they are in the drop counters and `capture --drops`. ICMP and other
@@ -194,15 +195,17 @@ impl On {
     const DST_REJECT: u8 = 8;
 
     /// The records of a packet with `verdict`, sent by a local instance
-    /// (`src`) and/or to one (`dst`). Egress is always allowed, so the
-    /// sender's record says REJECT only when the connection table's limits
-    /// stopped the packet; the receiver's carries the verdict.
+    /// (`src`) and/or to one (`dst`). The sender's record says REJECT when
+    /// its own egress rules refused the packet (which then never reached the
+    /// receiver: no record there, as in AWS) or the connection table's limits
+    /// stopped it; otherwise the receiver's carries the verdict.
     #[inline]
     pub fn new(src: bool, dst: bool, verdict: Result<(), DropReason>) -> On {
-        let (src_reject, dst_reject) = match verdict {
-            Ok(()) => (false, false),
-            Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => (true, true),
-            Err(_) => (false, true),
+        let (src_reject, dst_reject, dst) = match verdict {
+            Ok(()) => (false, false, dst),
+            Err(DropReason::ConntrackFull | DropReason::ConntrackQuota) => (true, true, dst),
+            Err(DropReason::NoEgressRule) => (true, false, false),
+            Err(_) => (false, true, dst),
         };
         let bit = |set: bool, b: u8| if set { b } else { 0 };
         On(bit(src, Self::SRC)

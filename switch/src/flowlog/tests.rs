@@ -149,6 +149,11 @@ fn records_aggregate_per_flow_interface_and_action() {
     let acts: Vec<_> = on.records().collect();
     assert_eq!(acts, [(true, Reject), (false, Reject)]);
     assert!(On::new(false, false, Ok(())).is_none());
+    // Refused by the sender's egress rules: REJECT on the sender's interface
+    // only (the packet never reached the receiver).
+    let on = On::new(true, true, Err(DropReason::NoEgressRule));
+    assert_eq!(on.records().collect::<Vec<_>>(), [(true, Reject)]);
+    assert!(On::new(false, true, Err(DropReason::NoEgressRule)).is_none());
     t.clear();
     assert!(t.is_empty());
     assert_eq!(t.flows().count(), 0);
