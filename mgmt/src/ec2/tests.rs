@@ -1818,20 +1818,22 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
         );
         first(&doc, "securityGroupInfo").to_owned()
     };
-    // A new group: the default egress rule, described as EC2 does.
+    // A new group: the default egress rules (0.0.0.0/0 and ::/0), described
+    // as EC2 does: one permission with both ranges.
     assert_eq!(egress_of(&api), filter::model::default_egress());
     assert!(
-        describe(&api).contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges/><prefixListIds/></item></ipPermissionsEgress>"),
+        describe(&api).contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges><item><cidrIpv6>::/0</cidrIpv6></item></ipv6Ranges><prefixListIds/></item></ipPermissionsEgress>"),
         "{}",
         describe(&api)
     );
 
-    // Revoke the default rule (indexed shape, by id): no egress rules left.
+    // Revoke the default permission, both ranges (indexed shape, by id): no
+    // egress rules left.
     let doc = ok(
         &api,
         &k,
         &format!(
-            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0"
+            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=%3A%3A%2F0"
         ),
     );
     assert!(doc.contains("<RevokeSecurityGroupEgressResponse"), "{doc}");
@@ -1968,7 +1970,7 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=10.0.0.0/8".to_owned(),
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=192.168.0.0/16".to_owned(),
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=5432&IpPermissions.1.ToPort=5432&IpPermissions.1.Groups.1.GroupName=db".to_owned(),
-        "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=-1&CidrIp=0.0.0.0/0".to_owned(),
+        "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0/0&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=::/0".to_owned(),
     ] {
         ok(&api, &k, &format!("{body}&{v}"));
     }
