@@ -1576,6 +1576,24 @@ fn rule_descriptions_and_rule_ids() {
             g.rules
         );
     }
+    // Modify to an IPv6 range (issue 15): same id, now `cidrIpv6`.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=ModifySecurityGroupRules&{v}&GroupId={web}&SecurityGroupRule.1.SecurityGroupRuleId={ssh}\
+             &SecurityGroupRule.1.SecurityGroupRule.IpProtocol=tcp&SecurityGroupRule.1.SecurityGroupRule.FromPort=2222\
+             &SecurityGroupRule.1.SecurityGroupRule.ToPort=2222&SecurityGroupRule.1.SecurityGroupRule.CidrIpv6=2001:db8::/32\
+             &SecurityGroupRule.1.SecurityGroupRule.Description=moved"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={ssh}"),
+    );
+    assert_eq!(first(&doc, "cidrIpv6"), "2001:db8::/32", "{doc}");
+    assert!(!doc.contains("cidrIpv4"), "{doc}");
     // Revoke by id.
     ok(
         &api,
