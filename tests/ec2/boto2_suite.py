@@ -72,8 +72,15 @@ def egress(gid):
             for r in a.get_all_security_groups(group_ids=[gid])[0].rules_egress}
 
 
-check(egress(db.id) == {("-1", None, None): ["0.0.0.0/0"]}, f"default egress {egress(db.id)}")
-check(a.revoke_security_group_egress(db.id, "-1", cidr_ip="0.0.0.0/0"), "revoke default egress")
+# The default is one permission with 0.0.0.0/0 and ::/0; boto 2 reads only
+# the IPv4 range of it and cannot name IPv6 ranges, so both halves are
+# revoked with a raw request of the same indexed shape.
+check(set(egress(db.id)) == {("-1", None, None)} and "0.0.0.0/0" in egress(db.id)[("-1", None, None)],
+      f"default egress {egress(db.id)}")
+check(a.get_status("RevokeSecurityGroupEgress", {
+    "GroupId": db.id, "IpPermissions.1.IpProtocol": "-1", "IpPermissions.1.IpRanges.1.CidrIp": "0.0.0.0/0",
+    "IpPermissions.1.Ipv6Ranges.1.CidrIpv6": "::/0"}, verb="POST"), "revoke default egress")
+check(egress(db.id) == {}, f"default egress revoked {egress(db.id)}")
 check(a.authorize_security_group_egress(db.id, "tcp", 443, 443, cidr_ip="10.0.0.0/8"), "egress cidr")
 check(a.authorize_security_group_egress(db.id, "tcp", 80, 80, src_group_id=web.id), "egress group")
 check(egress(db.id) == {("tcp", "443", "443"): ["10.0.0.0/8"], ("tcp", "80", "80"): [f"web-{OWNER_A}"]},

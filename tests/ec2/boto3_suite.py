@@ -98,10 +98,33 @@ def egress(gid):
 
 
 e = egress(app)
-check([(p["IpProtocol"], [r["CidrIp"] for r in p["IpRanges"]], p["UserIdGroupPairs"]) for p in e]
-      == [("-1", ["0.0.0.0/0"], [])] and "FromPort" not in e[0], f"default egress {e}")
-a.revoke_security_group_egress(GroupId=app, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+check([(p["IpProtocol"], [r["CidrIp"] for r in p["IpRanges"]], [r["CidrIpv6"] for r in p["Ipv6Ranges"]],
+        p["UserIdGroupPairs"]) for p in e]
+      == [("-1", ["0.0.0.0/0"], ["::/0"], [])] and "FromPort" not in e[0], f"default egress {e}")
+a.revoke_security_group_egress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
 check(egress(app) == [], f"default egress revoked {egress(app)}")
+# IPv6 ranges (issue 15): ingress and egress, icmpv6 described as 58.
+a.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32", "Description": "v6"}]},
+    {"IpProtocol": "icmpv6", "FromPort": 128, "ToPort": -1, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
+a.authorize_security_group_egress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "Ipv6Ranges": [{"CidrIpv6": "fd00::/8"}]}])
+g = a.describe_security_groups(GroupIds=[web])["SecurityGroups"][0]
+v6 = {(p["IpProtocol"], p.get("FromPort"), p.get("ToPort")): [(r["CidrIpv6"], r.get("Description")) for r in p["Ipv6Ranges"]]
+      for p in g["IpPermissions"] if p["Ipv6Ranges"]}
+check(v6 == {("tcp", 22, 22): [("2001:db8::/32", "v6")], ("58", 128, -1): [("::/0", None)]}, f"ipv6 ingress {v6}")
+check([(p["IpProtocol"], [r["CidrIpv6"] for r in p["Ipv6Ranges"]]) for p in egress(app)]
+      == [("udp", ["fd00::/8"])], f"ipv6 egress {egress(app)}")
+check(by([{"Name": "ip-permission.ipv6-cidr", "Values": ["2001:db8::/32"]}]) == ["web"], "ip-permission.ipv6-cidr")
+fails("InvalidParameterValue", 400, a.authorize_security_group_ingress, GroupId=web, IpPermissions=[
+    {"IpProtocol": "icmp", "FromPort": 8, "ToPort": 0, "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32"}]}])
+a.revoke_security_group_ingress(GroupId=web, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32"}]},
+    {"IpProtocol": "58", "FromPort": 128, "ToPort": -1, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
+a.revoke_security_group_egress(GroupId=app, IpPermissions=[
+    {"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "Ipv6Ranges": [{"CidrIpv6": "fd00::/8"}]}])
+check(egress(app) == [], f"ipv6 egress revoked {egress(app)}")
 a.authorize_security_group_egress(GroupId=app, IpPermissions=[
     {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": web}]}])
 a.authorize_security_group_egress(GroupId=app, IpProtocol="udp", FromPort=53, ToPort=53, CidrIp="10.0.0.2/32")

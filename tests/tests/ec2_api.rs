@@ -427,16 +427,14 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
         "--source-group",
         "web",
     ];
-    // Egress (issue 15): app's default egress rule revoked with the
-    // simplified options, a specific one added in the indexed shape.
+    // Egress (issue 15): app's default egress permission (both ranges)
+    // revoked in the indexed shape, a specific one added the same way.
     let revoke_default_egress = vec![
         "revoke-security-group-egress",
         "--group-id",
         &app_id,
-        "--protocol",
-        "all",
-        "--cidr",
-        "0.0.0.0/0",
+        "--ip-permissions",
+        "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}],Ipv6Ranges=[{CidrIpv6=::/0}]",
     ];
     let egress_443 = vec![
         "authorize-security-group-egress",
@@ -513,6 +511,7 @@ fn awscli_suite(name: &str, bin: &Path, status: i32, enforce: bool) {
     let web_egress = &described[0]["SecurityGroups"][0]["IpPermissionsEgress"];
     assert_eq!(web_egress[0]["IpProtocol"], "-1", "web keeps the default");
     assert_eq!(web_egress[0]["IpRanges"][0]["CidrIp"], "0.0.0.0/0");
+    assert_eq!(web_egress[0]["Ipv6Ranges"][0]["CidrIpv6"], "::/0");
     let desc = lab.cli_ok(&["describe-group", "app"]);
     assert!(
         desc.contains("PERMISSION\tapp\tALLOWS\ttcp\t443\t443\tTO\tCIDR\t10.0.0.0/8\tegress"),

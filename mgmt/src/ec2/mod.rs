@@ -20,8 +20,9 @@
 //! * Served: CreateSecurityGroup (`TagSpecification`, answers the ARN),
 //!   DeleteSecurityGroup, DescribeSecurityGroups (GroupName.N, GroupId.N,
 //!   Filter.N for group-name, group-id, description, owner-id,
-//!   [egress.]ip-permission.{protocol,from-port,to-port,cidr,group-name,
-//!   group-id,user-id}, tag:KEY, tag-key, tag-value; MaxResults/NextToken),
+//!   [egress.]ip-permission.{protocol,from-port,to-port,cidr (both
+//!   families),ipv6-cidr,group-name,group-id,user-id}, tag:KEY, tag-key,
+//!   tag-value; MaxResults/NextToken),
 //!   AuthorizeSecurityGroupIngress, RevokeSecurityGroupIngress (flat and
 //!   indexed shapes with descriptions, see [`params`]; revoke also by
 //!   SecurityGroupRuleId.N), AuthorizeSecurityGroupEgress,
@@ -566,10 +567,11 @@ fn state_code(name: &str) -> u8 {
     }
 }
 
-/// The protocol as EC2 writes it (`-1` for all).
+/// The protocol as EC2 writes it (`-1` for all, `58` for ICMPv6).
 fn proto_text(p: Proto) -> &'static str {
     match p {
         Proto::All => "-1",
+        Proto::Icmpv6 => "58",
         other => other.as_str(),
     }
 }
@@ -1147,6 +1149,7 @@ impl Ctx<'_> {
                 ("FromPort", "FromPort"),
                 ("ToPort", "ToPort"),
                 ("CidrIp", "CidrIpv4"),
+                ("CidrIpv6", "CidrIpv6"),
             ] {
                 if let Some(v) = get(f) {
                     flat.push((k, v));
@@ -1155,12 +1158,10 @@ impl Ctx<'_> {
             if let Some(g) = get("ReferencedGroupId") {
                 flat.push(("SourceSecurityGroupName", g));
             }
-            for unsupported in ["CidrIpv6", "PrefixListId"] {
-                if get(unsupported).is_some() {
-                    return Err(invalid(format!(
-                        "{r}{unsupported} is not supported: sgswitch rules are IPv4 CIDRs and groups"
-                    )));
-                }
+            if get("PrefixListId").is_some() {
+                return Err(invalid(format!(
+                    "{r}PrefixListId is not supported: sgswitch rules are CIDRs and groups"
+                )));
             }
             let mut perms = params::permissions(&Params::from_pairs(&flat))?;
             let Some(mut perm) = perms.pop() else {
@@ -1276,6 +1277,7 @@ pub const GROUP_FILTERS: &[&str] = &[
     "ip-permission.from-port",
     "ip-permission.to-port",
     "ip-permission.cidr",
+    "ip-permission.ipv6-cidr",
     "ip-permission.group-name",
     "ip-permission.group-id",
     "ip-permission.user-id",
@@ -1283,6 +1285,7 @@ pub const GROUP_FILTERS: &[&str] = &[
     "egress.ip-permission.from-port",
     "egress.ip-permission.to-port",
     "egress.ip-permission.cidr",
+    "egress.ip-permission.ipv6-cidr",
     "egress.ip-permission.group-name",
     "egress.ip-permission.group-id",
     "egress.ip-permission.user-id",
@@ -1312,7 +1315,9 @@ fn rule_fields(r: &Rule, field: &str, ids: &BTreeMap<(String, String), String>) 
         ("protocol", _) => vec![proto_text(r.proto).to_owned()],
         ("from-port", _) => ports.map(|p| p.0).into_iter().collect(),
         ("to-port", _) => ports.map(|p| p.1).into_iter().collect(),
+        // `cidr` matches both families (AWS's is IPv4 only), `ipv6-cidr` IPv6.
         ("cidr", Source::Cidr(net)) => vec![net.to_string()],
+        ("cidr" | "ipv6-cidr", Source::Cidr6(net)) => vec![net.to_string()],
         ("group-name", Source::Group { group, .. }) => vec![group.clone()],
         ("user-id", Source::Group { owner, .. }) => vec![owner.0.clone()],
         ("group-id", Source::Group { owner, group }) => ids
@@ -1430,10 +1435,21 @@ fn write_permissions<'d>(
                 x.close("item");
             }
         }
-        x.close("ipRanges")
-            .empty("ipv6Ranges")
-            .empty("prefixListIds")
-            .close("item");
+        x.close("ipRanges");
+        if sources.iter().any(|r| matches!(r.source, Source::Cidr6(_))) {
+            x.open("ipv6Ranges");
+            for r in sources {
+                if let Source::Cidr6(net) = &r.source {
+                    x.open("item").elem("cidrIpv6", &net.to_string());
+                    description(x, r);
+                    x.close("item");
+                }
+            }
+            x.close("ipv6Ranges");
+        } else {
+            x.empty("ipv6Ranges");
+        }
+        x.empty("prefixListIds").close("item");
     }
     x.close(tag);
 }

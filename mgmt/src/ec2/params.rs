@@ -8,13 +8,14 @@
 //! * Lists are `Name.N` (and `Name.N.Field`): indices are taken in numeric
 //!   order, gaps allowed, as EC2 does.
 //! * [`permissions`] reads both shapes of Authorize/Revoke: the flat one
-//!   (`IpProtocol`, `FromPort`, `ToPort`, `CidrIp`, `SourceSecurityGroupName`,
+//!   (`IpProtocol`, `FromPort`, `ToPort`, `CidrIp`, `CidrIpv6` (an sgswitch
+//!   extension: AWS's flat shape has no IPv6 field), `SourceSecurityGroupName`,
 //!   `SourceSecurityGroupOwnerId`; boto3 with keyword arguments) and the indexed
 //!   one (`IpPermissions.N.IpProtocol/FromPort/ToPort`,
-//!   `IpPermissions.N.IpRanges.M.CidrIp`,
+//!   `IpPermissions.N.IpRanges.M.CidrIp`, `IpPermissions.N.Ipv6Ranges.M.CidrIpv6`,
 //!   `IpPermissions.N.Groups.M.GroupName|GroupId|UserId`; awscli, boto 2).
 //!   `IpProtocol=-1` means all protocols (ports ignored when absent or -1); for
-//!   ICMP, FromPort/ToPort are type/code with -1 wildcards. Values are checked
+//!   ICMP and ICMPv6 (`icmpv6` or `58`), FromPort/ToPort are type/code with -1 wildcards. Values are checked
 //!   by the model's own validation ([`filter::model::RuleSpec::expand`]), so
 //!   the messages are the CLI's.
 //! * Errors are [`ApiError`]s with EC2 codes: `MissingParameter` naming the
@@ -223,7 +224,7 @@ fn ports_of(
                 to.unwrap_or(-1)
             ))),
         },
-        "icmp" | "1" => {
+        "icmp" | "1" | "icmpv6" | "58" => {
             let v = |x: Option<i64>| x.unwrap_or(-1).to_string();
             Ok((None, Some(format!("{}:{}", v(from), v(to)))))
         }
@@ -244,12 +245,21 @@ fn ports_of(
     }
 }
 
-/// A `CidrIp` must carry its prefix length: EC2 refuses `1.2.3.4` (the
-/// CLI's `-s 1.2.3.4` is a /32, but not here).
-fn cidr(name: &str, v: &str) -> Result<String, ApiError> {
+/// A `CidrIp` (`v6`: `CidrIpv6`) must carry its prefix length: EC2 refuses
+/// `1.2.3.4` (the CLI's `-s 1.2.3.4` is a /32, but not here), and must be of
+/// its parameter's family (`CidrIp=::/0` is refused, as AWS does).
+fn cidr_of(name: &str, v: &str, v6: bool) -> Result<String, ApiError> {
     if !v.contains('/') {
+        let len = if v6 { "/128" } else { "/32" };
         return Err(invalid(format!(
-            "CIDR block {} is malformed ({name}: a prefix length such as /32 is required)",
+            "CIDR block {} is malformed ({name}: a prefix length such as {len} is required)",
+            v.escape_default()
+        )));
+    }
+    if v.contains(':') != v6 {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        return Err(invalid(format!(
+            "CIDR block {} is malformed ({name}: an {family} CIDR is required)",
             v.escape_default()
         )));
     }
@@ -264,12 +274,10 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         let base = format!("IpPermissions.{n}.");
         let proto_key = format!("{base}IpProtocol");
         let proto = p.required(&proto_key)?;
-        for unsupported in ["Ipv6Ranges", "PrefixListIds"] {
-            if p.any_with_prefix(&format!("{base}{unsupported}.")) {
-                return Err(invalid(format!(
-                    "{base}{unsupported} is not supported: sgswitch rules are IPv4 CIDRs and groups"
-                )));
-            }
+        if p.any_with_prefix(&format!("{base}PrefixListIds.")) {
+            return Err(invalid(format!(
+                "{base}PrefixListIds is not supported: sgswitch rules are CIDRs and groups"
+            )));
         }
         let (ports, icmp) = ports_of(
             &base,
@@ -281,10 +289,18 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         // source (the core stores a description per rule).
         let mut described: Vec<(Option<String>, SourceGroup, String)> = Vec::new();
         let mut cidrs = Vec::new();
-        for m in p.indices(&format!("{base}IpRanges")) {
-            let name = format!("{base}IpRanges.{m}.CidrIp");
-            let c = cidr(&name, p.required(&name)?)?;
-            match p.get(&format!("{base}IpRanges.{m}.Description")) {
+        let ranges = p
+            .indices(&format!("{base}IpRanges"))
+            .into_iter()
+            .map(|m| (format!("{base}IpRanges.{m}."), "CidrIp"));
+        let ranges6 = p
+            .indices(&format!("{base}Ipv6Ranges"))
+            .into_iter()
+            .map(|m| (format!("{base}Ipv6Ranges.{m}."), "CidrIpv6"));
+        for (item, field) in ranges.chain(ranges6) {
+            let name = format!("{item}{field}");
+            let c = cidr_of(&name, p.required(&name)?, field == "CidrIpv6")?;
+            match p.get(&format!("{item}Description")) {
                 Some(d) => described.push((
                     Some(c),
                     SourceGroup {
@@ -350,6 +366,7 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         "FromPort",
         "ToPort",
         "CidrIp",
+        "CidrIpv6",
         "SourceSecurityGroupName",
         "SourceSecurityGroupOwnerId",
     ];
@@ -377,12 +394,10 @@ pub fn permissions(p: &Params) -> Result<Vec<Permission>, ApiError> {
         proto: Some(proto.to_owned()),
         ports,
         icmp,
-        cidrs: p
-            .get("CidrIp")
-            .map(|v| cidr("CidrIp", v))
-            .transpose()?
+        cidrs: [("CidrIp", false), ("CidrIpv6", true)]
             .into_iter()
-            .collect(),
+            .filter_map(|(name, v6)| p.get(name).map(|v| cidr_of(name, v, v6)))
+            .collect::<Result<_, _>>()?,
         groups,
         description: None,
     });
@@ -530,6 +545,54 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_ranges_in_both_shapes_and_icmpv6_type_code() {
+        let p = Params::from_pairs(&[
+            ("IpPermissions.1.IpProtocol", "-1"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
+            ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "::/0"),
+            ("IpPermissions.1.Ipv6Ranges.2.CidrIpv6", "2001:db8::/32"),
+            ("IpPermissions.1.Ipv6Ranges.2.Description", "lab"),
+            ("IpPermissions.2.IpProtocol", "58"),
+            ("IpPermissions.2.FromPort", "128"),
+            ("IpPermissions.2.ToPort", "-1"),
+            ("IpPermissions.2.Ipv6Ranges.1.CidrIpv6", "fd00::/8"),
+        ]);
+        assert_eq!(
+            permissions(&p).unwrap(),
+            vec![
+                Permission {
+                    cidrs: vec!["0.0.0.0/0".into(), "::/0".into()],
+                    ..perm("-1")
+                },
+                Permission {
+                    cidrs: vec!["2001:db8::/32".into()],
+                    description: Some("lab".into()),
+                    ..perm("-1")
+                },
+                Permission {
+                    icmp: Some("128:-1".into()),
+                    cidrs: vec!["fd00::/8".into()],
+                    ..perm("58")
+                },
+            ]
+        );
+        let p = Params::from_pairs(&[
+            ("IpProtocol", "icmpv6"),
+            ("FromPort", "1"),
+            ("ToPort", "4"),
+            ("CidrIpv6", "2001:db8::/48"),
+        ]);
+        assert_eq!(
+            permissions(&p).unwrap(),
+            vec![Permission {
+                icmp: Some("1:4".into()),
+                cidrs: vec!["2001:db8::/48".into()],
+                ..perm("icmpv6")
+            }]
+        );
+    }
+
+    #[test]
     fn flat_shape_of_boto3_keyword_arguments() {
         let p = Params::from_pairs(&[
             ("GroupId", "sg-12345678"),
@@ -624,10 +687,31 @@ mod tests {
             e(&[("IpProtocol", "tcp"), ("FromPort", "-5"), ("ToPort", "2")]).code,
             "InvalidParameterValue"
         );
+        // Each range parameter takes its own family only, named in the error.
+        for (k, v) in [
+            ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "10.0.0.0/8"),
+            ("IpPermissions.1.IpRanges.1.CidrIp", "::/0"),
+            ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "2001:db8::1"),
+            ("CidrIpv6", "10.0.0.0/8"),
+            ("CidrIp", "2001:db8::/32"),
+        ] {
+            let proto = if k.starts_with("Ip") {
+                "IpPermissions.1.IpProtocol"
+            } else {
+                "IpProtocol"
+            };
+            let err = e(&[(proto, "-1"), (k, v)]);
+            assert_eq!(err.code, "InvalidParameterValue", "{k}={v}");
+            assert!(
+                err.message.contains(v) && err.message.contains(k.rsplit('.').next().unwrap()),
+                "{}",
+                err.message
+            );
+        }
         assert_eq!(
             e(&[
-                ("IpPermissions.1.IpProtocol", "tcp"),
-                ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "::/0")
+                ("IpPermissions.1.IpProtocol", "-1"),
+                ("IpPermissions.1.PrefixListIds.1.PrefixListId", "pl-1")
             ])
             .code,
             "InvalidParameterValue"

@@ -1576,6 +1576,24 @@ fn rule_descriptions_and_rule_ids() {
             g.rules
         );
     }
+    // Modify to an IPv6 range (issue 15): same id, now `cidrIpv6`.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=ModifySecurityGroupRules&{v}&GroupId={web}&SecurityGroupRule.1.SecurityGroupRuleId={ssh}\
+             &SecurityGroupRule.1.SecurityGroupRule.IpProtocol=tcp&SecurityGroupRule.1.SecurityGroupRule.FromPort=2222\
+             &SecurityGroupRule.1.SecurityGroupRule.ToPort=2222&SecurityGroupRule.1.SecurityGroupRule.CidrIpv6=2001:db8::/32\
+             &SecurityGroupRule.1.SecurityGroupRule.Description=moved"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={ssh}"),
+    );
+    assert_eq!(first(&doc, "cidrIpv6"), "2001:db8::/32", "{doc}");
+    assert!(!doc.contains("cidrIpv4"), "{doc}");
     // Revoke by id.
     ok(
         &api,
@@ -1818,20 +1836,22 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
         );
         first(&doc, "securityGroupInfo").to_owned()
     };
-    // A new group: the default egress rule, described as EC2 does.
+    // A new group: the default egress rules (0.0.0.0/0 and ::/0), described
+    // as EC2 does: one permission with both ranges.
     assert_eq!(egress_of(&api), filter::model::default_egress());
     assert!(
-        describe(&api).contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges/><prefixListIds/></item></ipPermissionsEgress>"),
+        describe(&api).contains("<ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges><item><cidrIpv6>::/0</cidrIpv6></item></ipv6Ranges><prefixListIds/></item></ipPermissionsEgress>"),
         "{}",
         describe(&api)
     );
 
-    // Revoke the default rule (indexed shape, by id): no egress rules left.
+    // Revoke the default permission, both ranges (indexed shape, by id): no
+    // egress rules left.
     let doc = ok(
         &api,
         &k,
         &format!(
-            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0"
+            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=%3A%3A%2F0"
         ),
     );
     assert!(doc.contains("<RevokeSecurityGroupEgressResponse"), "{doc}");
@@ -1968,7 +1988,7 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=10.0.0.0/8".to_owned(),
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=192.168.0.0/16".to_owned(),
         "Action=RevokeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=5432&IpPermissions.1.ToPort=5432&IpPermissions.1.Groups.1.GroupName=db".to_owned(),
-        "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=-1&CidrIp=0.0.0.0/0".to_owned(),
+        "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0/0&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=::/0".to_owned(),
     ] {
         ok(&api, &k, &format!("{body}&{v}"));
     }
@@ -2002,4 +2022,231 @@ fn describe_instances_carries_the_ipv6_address() {
         )),
         "{doc}"
     );
+}
+
+/// Issue 15: IPv6 ranges through the Query API: `Ipv6Ranges` (indexed) and
+/// `CidrIpv6` (flat) for ingress and egress, icmpv6 as `58` with type/code,
+/// `ipv6Ranges` in describe, the cidr filters, and mixed families refused
+/// naming the value, leaving the state unchanged.
+#[test]
+fn ipv6_ranges_in_both_shapes_described_filtered_and_their_errors() {
+    use filter::model::{Ports, Proto, Rule, Source};
+    let dir = TempDir::new("ec2-v6ranges");
+    let api = Api {
+        core: Mutex::new(core_in(&dir, config())),
+        _dir: dir,
+    };
+    let k = key(&api, OWNER);
+    let v = "Version=2016-11-15";
+    let web_id = first(
+        &ok(
+            &api,
+            &k,
+            &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=Web"),
+        ),
+        "groupId",
+    )
+    .to_owned();
+    let group = |api: &Api| {
+        let core = api.core.lock().unwrap();
+        core.model()
+            .group(&filter::model::Owner(OWNER.into()), "web")
+            .unwrap()
+            .clone()
+    };
+    let net6 = |s: &str| Source::Cidr6(s.parse().unwrap());
+    // Ingress, indexed shape: one permission with an IPv4 and two IPv6
+    // ranges (one described); icmpv6 by number with type/code.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupId={web_id}\
+             &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=22&IpPermissions.1.ToPort=22\
+             &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8\
+             &IpPermissions.1.Ipv6Ranges.1.CidrIpv6=2001:db8::7/32\
+             &IpPermissions.1.Ipv6Ranges.2.CidrIpv6=fd00::/8&IpPermissions.1.Ipv6Ranges.2.Description=lab\
+             &IpPermissions.2.IpProtocol=58&IpPermissions.2.FromPort=128&IpPermissions.2.ToPort=-1\
+             &IpPermissions.2.Ipv6Ranges.1.CidrIpv6=::/0"
+        ),
+    );
+    // Ingress, flat shape: CidrIpv6 with icmpv6 by name.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupName=web&IpProtocol=icmpv6&FromPort=1&ToPort=4&CidrIpv6=2001:db8:1::/48"
+        ),
+    );
+    let g = group(&api);
+    let tcp22 = |source| Rule {
+        proto: Proto::Tcp,
+        ports: Ports::Range(22, 22),
+        source,
+    };
+    assert_eq!(
+        g.rules,
+        vec![
+            tcp22(Source::Cidr("10.0.0.0/8".parse().unwrap())),
+            tcp22(net6("2001:db8::/32")),
+            tcp22(net6("fd00::/8")),
+            Rule {
+                proto: Proto::Icmpv6,
+                ports: Ports::Icmp {
+                    ty: Some(128),
+                    code: None
+                },
+                source: net6("::/0"),
+            },
+            Rule {
+                proto: Proto::Icmpv6,
+                ports: Ports::Icmp {
+                    ty: Some(1),
+                    code: Some(4)
+                },
+                source: net6("2001:db8:1::/48"),
+            },
+        ]
+    );
+    // Egress: the flat shape revokes the default's IPv6 half alone, the
+    // indexed shape adds an IPv6 destination.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web_id}&IpProtocol=-1&CidrIpv6=::/0"
+        ),
+    );
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupEgress&{v}&GroupId={web_id}\
+             &IpPermissions.1.IpProtocol=udp&IpPermissions.1.FromPort=53&IpPermissions.1.ToPort=53\
+             &IpPermissions.1.Ipv6Ranges.1.CidrIpv6=2001:4860::/32"
+        ),
+    );
+    assert_eq!(
+        group(&api).egress,
+        vec![
+            filter::model::default_egress_rule(),
+            Rule {
+                proto: Proto::Udp,
+                ports: Ports::Range(53, 53),
+                source: net6("2001:4860::/32"),
+            }
+        ]
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={web_id}"),
+    );
+    assert_eq!(
+        first(&doc, "ipPermissions"),
+        "<item><ipProtocol>tcp</ipProtocol><fromPort>22</fromPort><toPort>22</toPort><groups></groups>\
+         <ipRanges><item><cidrIp>10.0.0.0/8</cidrIp></item></ipRanges>\
+         <ipv6Ranges><item><cidrIpv6>2001:db8::/32</cidrIpv6></item><item><cidrIpv6>fd00::/8</cidrIpv6><description>lab</description></item></ipv6Ranges>\
+         <prefixListIds/></item>\
+         <item><ipProtocol>58</ipProtocol><fromPort>128</fromPort><toPort>-1</toPort><groups></groups><ipRanges></ipRanges>\
+         <ipv6Ranges><item><cidrIpv6>::/0</cidrIpv6></item></ipv6Ranges><prefixListIds/></item>\
+         <item><ipProtocol>58</ipProtocol><fromPort>1</fromPort><toPort>4</toPort><groups></groups><ipRanges></ipRanges>\
+         <ipv6Ranges><item><cidrIpv6>2001:db8:1::/48</cidrIpv6></item></ipv6Ranges><prefixListIds/></item>",
+        "{doc}"
+    );
+    assert_eq!(
+        first(&doc, "ipPermissionsEgress"),
+        "<item><ipProtocol>-1</ipProtocol><groups></groups><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges><ipv6Ranges/><prefixListIds/></item>\
+         <item><ipProtocol>udp</ipProtocol><fromPort>53</fromPort><toPort>53</toPort><groups></groups><ipRanges></ipRanges>\
+         <ipv6Ranges><item><cidrIpv6>2001:4860::/32</cidrIpv6></item></ipv6Ranges><prefixListIds/></item>",
+        "{doc}"
+    );
+    // Filters: cidr matches both families, ipv6-cidr IPv6 only; the protocol
+    // filter sees icmpv6 as 58.
+    let found = |filter: &str| {
+        let doc = ok(
+            &api,
+            &k,
+            &format!("Action=DescribeSecurityGroups&{v}&{filter}"),
+        );
+        all(&doc, "groupId").contains(&web_id.as_str())
+    };
+    for (filter, want) in [
+        ("ip-permission.cidr&Filter.1.Value.1=fd00::/8", true),
+        ("ip-permission.ipv6-cidr&Filter.1.Value.1=2001:db8:*", true),
+        ("ip-permission.ipv6-cidr&Filter.1.Value.1=10.0.0.0/8", false),
+        ("ip-permission.protocol&Filter.1.Value.1=58", true),
+        (
+            "egress.ip-permission.cidr&Filter.1.Value.1=2001:4860::/32",
+            true,
+        ),
+        (
+            "egress.ip-permission.ipv6-cidr&Filter.1.Value.1=::/0",
+            false,
+        ),
+        (
+            "ip-permission.ipv6-cidr&Filter.1.Value.1=2001:4860::/32",
+            false,
+        ),
+    ] {
+        assert_eq!(found(&format!("Filter.1.Name={filter}")), want, "{filter}");
+    }
+
+    // Errors: each names the bad value and leaves the state unchanged.
+    let before = api.core.lock().unwrap().dump();
+    let cases = [
+        // Mixed families: icmp (IPv4) with an IPv6 range, icmpv6 with IPv4.
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=icmp&IpPermissions.1.FromPort=8&IpPermissions.1.ToPort=0&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=2001:db8::/32",
+            "InvalidParameterValue",
+            "2001:db8::/32",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=58&FromPort=128&ToPort=0&CidrIp=10.0.0.0/8",
+            "InvalidParameterValue",
+            "10.0.0.0/8",
+        ),
+        // A range of the other family in each field.
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=10.0.0.0/8",
+            "InvalidParameterValue",
+            "10.0.0.0/8",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpProtocol=-1&CidrIp=::/0",
+            "InvalidParameterValue",
+            "::/0",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=-1&CidrIpv6=2001:db8::1",
+            "InvalidParameterValue",
+            "2001:db8::1",
+        ),
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=-1&CidrIpv6=2001:db8::/200",
+            "InvalidParameterValue",
+            "2001:db8::/200",
+        ),
+        // Already there / not there.
+        (
+            "Action=AuthorizeSecurityGroupIngress&GroupName=web&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIpv6=fd00::/8",
+            "InvalidPermission.Duplicate",
+            "fd00::/8",
+        ),
+        (
+            "Action=RevokeSecurityGroupEgress&GroupName=web&IpProtocol=-1&CidrIpv6=::/0",
+            "InvalidPermission.NotFound",
+            "::/0",
+        ),
+    ];
+    for (body, want, value) in cases {
+        let (status, body_text) = call(&api, &k, &format!("{body}&{v}"));
+        assert_eq!(status, 400, "{body}: {body_text}");
+        assert_eq!(first(&body_text, "Code"), want, "{body}: {body_text}");
+        assert!(
+            first(&body_text, "Message").contains(value),
+            "{body}: {body_text}"
+        );
+    }
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
 }
