@@ -9,8 +9,11 @@
 //! dropped and counted by reason (`sgswitch stats`). nmap -6 between
 //! instances and from the uplink side: filtered without an IPv6 rule (an
 //! IPv4-only rule does not open IPv6), open where an IPv6 rule allows; whole
-//! connections both ways, to the outside too. Needs root (skips without;
-//! fails under `CI=true`).
+//! connections both ways, to the outside too. Two more labs: iperf3 -6
+//! between instances with the guests' offloads on and off (data moves, no
+//! drop), and ICMPv6 Packet Too Big from the outside: quoting an allowed flow
+//! it lowers the instance's path MTU, quoting no flow it is dropped as
+//! `unrelated_icmp_error`. Needs root (skips without; fails under `CI=true`).
 
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
@@ -469,7 +472,17 @@ fn ipv6_iperf3_with_and_without_offloads() {
     let b = lab.run_instances(1, &["perf6"]).remove(0);
     let b6 = eui64_address(prefix, attack::mac_of(&lab, &b.netns));
     for offloads in [true, false] {
-        if !offloads {
+        if offloads {
+            // The guests start with TSO and checksum offload on.
+            for ns in [&a.netns, &b.netns] {
+                let k = lab.exec(ns, "ethtool", &["-k", "eth0"], Duration::from_secs(5));
+                assert!(
+                    k.stdout.contains("tcp-segmentation-offload: on")
+                        && k.stdout.contains("tx-checksumming: on"),
+                    "offloads on in {ns} (scripts/test.sh installs ethtool): {k:?}"
+                );
+            }
+        } else {
             for ns in [&a.netns, &b.netns] {
                 let o = lab.exec(
                     ns,
