@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS="nmap iperf3 hping3 tcpdump nftables busybox-static iproute2 procps qemu-system-x86 curl prometheus etcd-server etcd-client python3"
+PKGS="nmap iperf3 hping3 tcpdump nftables busybox-static iproute2 procps qemu-system-x86 curl prometheus etcd-server etcd-client python3 ethtool"
 if [ "$(id -u)" = 0 ]; then
     missing=""
     for p in $PKGS; do

@@ -9,8 +9,11 @@
 //! dropped and counted by reason (`sgswitch stats`). nmap -6 between
 //! instances and from the uplink side: filtered without an IPv6 rule (an
 //! IPv4-only rule does not open IPv6), open where an IPv6 rule allows; whole
-//! connections both ways, to the outside too. Needs root (skips without;
-//! fails under `CI=true`).
+//! connections both ways, to the outside too. Two more labs: iperf3 -6
+//! between instances with the guests' offloads on and off (data moves, no
+//! drop), and ICMPv6 Packet Too Big from the outside: quoting an allowed flow
+//! it lowers the instance's path MTU, quoting no flow it is dropped as
+//! `unrelated_icmp_error`. Needs root (skips without; fails under `CI=true`).
 
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
@@ -383,4 +386,275 @@ fn ipv6_housekeeping_and_source_checks() {
             );
         }
     }
+}
+
+/// Skips (`None`) when not root; fails under `CI=true`.
+fn lab6(name: &str) -> Option<Lab> {
+    let lab = Lab::start(LabConfig::new(name).arg("--subnet6").arg(PREFIX));
+    if lab.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} cannot run (not root) and CI=true"
+        );
+    }
+    lab
+}
+
+/// Every drop reason that grew since `before`, with how much.
+fn grown(lab: &Lab, before: &attack::Drops) -> Vec<(String, u64)> {
+    drops(lab)
+        .0
+        .into_iter()
+        .filter_map(|(r, n)| {
+            let d = n.saturating_sub(before.0.get(&r).copied().unwrap_or(0));
+            (d > 0).then_some((r, d))
+        })
+        .collect()
+}
+
+/// `iperf3 -6 -c target -t 2 -J` from `cli` against a one-shot server in
+/// `srv`: the bytes the receiver got.
+fn iperf3_v6(lab: &Lab, srv: &str, cli: &str, target: Ipv6Addr) -> u64 {
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", srv, "timeout", "20", "iperf3", "-s", "-1"])
+        .args(["-p", "5201"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 -s");
+    let _server = Bg(server);
+    let t = target.to_string();
+    let mut last = None;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let o = lab.exec(
+            cli,
+            "iperf3",
+            &["-6", "-c", &t, "-p", "5201", "-t", "2", "-J"],
+            Duration::from_secs(15),
+        );
+        if o.success() {
+            last = Some(o);
+            break;
+        }
+        last = Some(o);
+    }
+    let o = last.unwrap();
+    assert!(o.success(), "iperf3 -6 client: {o:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("iperf3 JSON: {e}\n{o:?}"));
+    v.pointer("/end/sum_received/bytes")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no received bytes in {}", o.stdout))
+}
+
+/// iperf3 over IPv6 between two instances through an IPv6 rule, first with
+/// the guests' offloads on (TSO/GSO super-frames and partial checksums reach
+/// the switch through the `vnet_hdr` TAP), then with them off (`ethtool -K`
+/// in both namespaces): data moves both times and nothing is dropped.
+#[test]
+fn ipv6_iperf3_with_and_without_offloads() {
+    let Some(lab) = lab6("ipv6perf") else { return };
+    let prefix: Ipv6Net = PREFIX.parse().unwrap();
+    lab.cli_ok(&["add-group", "perf6", "-d", "iperf3 over IPv6"]);
+    lab.cli_ok(&[
+        "authorize",
+        "perf6",
+        "-P",
+        "tcp",
+        "-p",
+        "5201",
+        "-s",
+        "::/0",
+    ]);
+    let a = lab.run_instances(1, &["default"]).remove(0);
+    let b = lab.run_instances(1, &["perf6"]).remove(0);
+    let b6 = eui64_address(prefix, attack::mac_of(&lab, &b.netns));
+    for offloads in [true, false] {
+        if offloads {
+            // The guests start with TSO and checksum offload on.
+            for ns in [&a.netns, &b.netns] {
+                let k = lab.exec(ns, "ethtool", &["-k", "eth0"], Duration::from_secs(5));
+                assert!(
+                    k.stdout.contains("tcp-segmentation-offload: on")
+                        && k.stdout.contains("tx-checksumming: on"),
+                    "offloads on in {ns} (scripts/test.sh installs ethtool): {k:?}"
+                );
+            }
+        } else {
+            for ns in [&a.netns, &b.netns] {
+                let o = lab.exec(
+                    ns,
+                    "ethtool",
+                    &[
+                        "-K", "eth0", "tx", "off", "sg", "off", "tso", "off", "gso", "off",
+                    ],
+                    Duration::from_secs(5),
+                );
+                assert!(
+                    o.success(),
+                    "ethtool -K in {ns} (scripts/test.sh installs ethtool): {o:?}"
+                );
+                let k = lab.exec(ns, "ethtool", &["-k", "eth0"], Duration::from_secs(5));
+                assert!(
+                    k.stdout.contains("tcp-segmentation-offload: off")
+                        && k.stdout.contains("tx-checksumming: off"),
+                    "{k:?}"
+                );
+            }
+        }
+        let d0 = drops(&lab);
+        let e0 = events(&lab);
+        let bytes = iperf3_v6(&lab, &b.netns, &a.netns, b6);
+        let e1 = events(&lab);
+        let ev = |k: &str| e1.get(k).copied().unwrap_or(0) - e0.get(k).copied().unwrap_or(0);
+        println!(
+            "iperf3 -6 a -> b (guest offloads {}): {:.1} MB in 2 s, tso_segmented +{}, csum_completed +{}",
+            if offloads { "on" } else { "off" },
+            bytes as f64 / 1e6,
+            ev("tso_segmented"),
+            ev("csum_completed"),
+        );
+        assert!(
+            bytes > 5_000_000,
+            "only {bytes} bytes over IPv6 (offloads {offloads})"
+        );
+        assert_eq!(
+            grown(&lab, &d0),
+            vec![],
+            "drops during iperf3 -6 (offloads {offloads})"
+        );
+    }
+}
+
+/// The outside host's side of the Packet Too Big check (uplink namespace):
+/// receive the instance's datagram on udp/9001, then send two ICMPv6 Packet
+/// Too Big (MTU 1280) to the instance from a raw socket: one quoting a flow
+/// that does not exist (another port; payload tagged `argv[2]`) and one
+/// quoting the received datagram's flow (payload tagged `argv[1]`).
+const PTB_SENDER: &str = r#"
+import socket, struct, sys
+ok, bad = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.bind(("::", 9001))
+u.settimeout(10)
+print("ready", flush=True)
+data, (src, sport, _, _) = u.recvfrom(2000)
+dst = sys.argv[3]
+def quoted(sport, dport, payload):
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!IHBB", 0x60000000, len(udp), 17, 64)
+    return ip + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + udp
+r = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+for q in (quoted(sport + 1, 9999, bad), quoted(sport, 9001, ok)):
+    r.sendto(struct.pack("!BBHI", 2, 0, 0, 1280) + q, (src, 0))
+print("sent", src, sport, flush=True)
+"#;
+
+/// The instance's side: a connected UDP socket sends one datagram to the
+/// outside host's udp/9001, then waits (at most `argv[2]` s) for its path
+/// MTU to drop below 1500 and prints it.
+const PTB_VICTIM: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 9001))
+s.send(b"hello-ptb")
+end = time.time() + float(sys.argv[2])
+mtu = s.getsockopt(socket.IPPROTO_IPV6, 24)  # IPV6_MTU
+while mtu >= 1500 and time.time() < end:
+    time.sleep(0.05)
+    mtu = s.getsockopt(socket.IPPROTO_IPV6, 24)
+print(mtu, flush=True)
+"#;
+
+/// An ICMPv6 Packet Too Big quoting an allowed flow (instance -> outside,
+/// udp) reaches the instance, whose kernel lowers the path MTU to 1280; one
+/// quoting a flow that does not exist is dropped as `unrelated_icmp_error`
+/// and never seen in the instance's namespace.
+#[test]
+fn ipv6_packet_too_big_reaches_the_sender_of_an_allowed_flow() {
+    use std::io::{BufRead, BufReader};
+    let Some(lab) = lab6("ipv6ptb") else { return };
+    let a = lab.run_instances(1, &["default"]).remove(0);
+    let outside: Ipv6Addr = "fd00:5e:c6:1::ff:10".parse().unwrap();
+    let cidr = format!("{outside}/64");
+    let o = lab.exec(
+        &lab.uplink_ns,
+        "ip",
+        &["-6", "addr", "add", &cidr, "dev", &lab.uplink_if, "nodad"],
+        Duration::from_secs(5),
+    );
+    assert!(o.success(), "{o:?}");
+    let sniff = attack::Sniffer::start(&a.netns, 20);
+    let d0 = drops(&lab);
+
+    let (ok, bad) = (
+        attack::hex_encode(&attack::marked("ptb-ok")),
+        attack::hex_encode(&attack::marked("ptb-bad")),
+    );
+    let out = outside.to_string();
+    let mut sender = Bg(std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.uplink_ns,
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+        ])
+        .args([PTB_SENDER, &ok, &bad, &out])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn python3 PTB sender"));
+    let mut lines = BufReader::new(sender.0.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(ready.as_deref(), Some("ready"), "PTB sender did not start");
+
+    let victim = lab.exec(
+        &a.netns,
+        "timeout",
+        &["20", "python3", "-c", PTB_VICTIM, &out, "8"],
+        Duration::from_secs(25),
+    );
+    let sent = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(sent.starts_with("sent "), "PTB sender: {sent:?}");
+    assert!(victim.success(), "{victim:?}");
+    let route = lab.exec(
+        &a.netns,
+        "ip",
+        &["-6", "route", "get", &out],
+        Duration::from_secs(5),
+    );
+    println!(
+        "{sent}; instance path MTU {}; {}",
+        victim.stdout.trim(),
+        route.stdout.trim()
+    );
+    assert_eq!(
+        victim.stdout.trim(),
+        "1280",
+        "the instance's path MTU to the outside after the PTB ({route:?})"
+    );
+    assert!(route.stdout.contains("mtu 1280"), "{route:?}");
+    assert!(
+        sniff.wait_for("ptb-ok", 1, Duration::from_secs(3)),
+        "the PTB quoting the allowed flow reached the instance"
+    );
+    wait_until("the unrelated PTB counted", Duration::from_secs(5), || {
+        drops(&lab).delta(&d0, "unrelated_icmp_error") >= 1
+    });
+    assert_eq!(
+        sniff.count("ptb-bad"),
+        0,
+        "the unrelated PTB reached the instance"
+    );
+    assert_eq!(
+        drops(&lab).delta(&d0, "unrelated_icmp_error"),
+        1,
+        "only the unrelated PTB is dropped as such"
+    );
 }
