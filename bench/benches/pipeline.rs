@@ -34,19 +34,26 @@
 //!   drains it, so after the first 32,768 frames every new flow takes the
 //!   "table full" path (what a flood costs).
 //!
+//! * `family/{established,first_syn}/{ipv4,ipv6}` (R = 100, dual-stack
+//!   model: [`dual_stack`]): tracked TCP ACKs and new TCP flows (first SYNs
+//!   to port 22) over IPv4 and over IPv6 side by side in one run; the IPv4
+//!   flows are admitted by `tcp 22 from 172.31.0.0/16`, the IPv6 ones by
+//!   `tcp 22 from` the instances' /64.
+//!
 //! Throughput is reported in elements (frames) per second: Mpps per core.
 //! `SGSW_FLOWLOG_AB=ROUNDS` runs the flow-log cases as an interleaved A/B of
 //! per-burst medians instead ([`flow_log_ab`]; steadier on a shared machine).
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use etherparse::PacketBuilder;
-use filter::model::{Instance, Limits, Owner, RuleSpec};
+use filter::model::{Instance, Limits, Owner, RuleSpec, eui64_address};
 use filter::{CtConfig, Mac, Model, compile};
+use ipnet::Ipv6Net;
 use switch::flowlog::{FlowLogger, Writer};
 use switch::port::VnetHdr;
 use switch::worker::Worker;
@@ -67,6 +74,37 @@ fn mac(i: usize) -> Mac {
 fn ip(i: usize) -> Ipv4Addr {
     // 172.31.1.0 upwards: clear of the gateway.
     Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 1, 0)) + i as u32)
+}
+
+/// The instances' IPv6 /64 in the dual-stack model ([`dual_stack`]).
+const PREFIX6: &str = "fd5a:1b2c:3d4e::/64";
+
+fn prefix6() -> Ipv6Net {
+    PREFIX6.parse().expect("PREFIX6")
+}
+
+/// Instance `i`'s IPv6 address (SLAAC from its MAC, as the model gives it).
+fn ip6(i: usize) -> Ipv6Addr {
+    eui64_address(prefix6(), mac(i))
+}
+
+/// Make `m` dual-stack: instances get addresses in [`PREFIX6`] and every
+/// group admits TCP 22 from that prefix (the IPv6 twin of the IPv4 rule
+/// `tcp 22 from 172.31.0.0/16`; new groups' default egress already covers
+/// `::/0`).
+fn dual_stack(m: &mut Model) {
+    m.set_subnet6(Some(prefix6())).expect("subnet6");
+    let owner = Owner(OWNER.into());
+    for g in 0..GROUPS {
+        let spec = RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some("22".into()),
+            cidrs: vec![PREFIX6.into()],
+            ..RuleSpec::default()
+        };
+        m.authorize(&owner, &format!("g{g}"), &spec)
+            .expect("IPv6 rule");
+    }
 }
 
 struct Bench {
@@ -194,6 +232,9 @@ fn setup(m: &Model) -> Bench {
 fn setup_with(m: &Model, flow_log: Option<FlowLogConfig>) -> Bench {
     let ct = CtConfig {
         capacity: 1 << 21,
+        // The IPv6 table as large as the IPv4 one (its default is a quarter):
+        // the IPv6 cases must not run it full where IPv4 does not.
+        capacity6: 1 << 21,
         per_instance_quota: 1 << 20,
         ..CtConfig::default()
     };
@@ -201,6 +242,7 @@ fn setup_with(m: &Model, flow_log: Option<FlowLogConfig>) -> Bench {
         workers: 1,
         ct,
         flow_log,
+        subnet6: m.subnet6(),
         ..SwitchConfig::default()
     })
     .expect("datapath");
@@ -238,6 +280,17 @@ fn tcp(src: usize, dst: usize, sport: u16, syn: bool) -> Vec<u8> {
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut v = Vec::new();
     b.write(&mut v, &[0u8; 6]).expect("tcp");
+    v
+}
+
+/// [`tcp`] over IPv6 (the TCP source port at bytes 54..56).
+fn tcp6(src: usize, dst: usize, sport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac(src), mac(dst))
+        .ipv6(ip6(src).octets(), ip6(dst).octets(), 64)
+        .tcp(sport, 22, 1, 64000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 6]).expect("tcp6");
     v
 }
 
@@ -426,6 +479,101 @@ fn first_packet_egress(c: &mut Criterion) {
     g.finish();
 }
 
+/// IPv4 and IPv6 side by side on the dual-stack model (R = 100): tracked
+/// TCP ACKs of 4096 flows, then new TCP flows (first SYNs to port 22, a
+/// fresh source port each; the table is rebuilt, untimed, before it fills).
+fn family(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline/family");
+    g.throughput(Throughput::Elements(BURST as u64));
+    g.measurement_time(Duration::from_secs(4));
+    let mut m = model(100);
+    dual_stack(&mut m);
+    type Gen = fn(usize, usize, u16, bool) -> Vec<u8>;
+    let fams: [(&str, Gen, usize); 2] = [("ipv4", tcp, 34), ("ipv6", tcp6, 54)];
+    for (fam, gen_frame, _) in fams {
+        let mut b = setup(&m);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let flows: Vec<(usize, Vec<u8>)> = (0..4096)
+            .map(|k| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                let sport = 10_000 + k as u16;
+                let syn = gen_frame(s, d, sport, true);
+                let r =
+                    b.w.process_burst([(b.ids[s], syn.as_slice(), VnetHdr::default())]);
+                assert_eq!(r.forwarded, 1, "{fam} SYN of flow {k} not forwarded");
+                (s, gen_frame(s, d, sport, false))
+            })
+            .collect();
+        let ids = b.ids.clone();
+        let bursts: Vec<Vec<(PortId, &[u8], VnetHdr)>> = flows
+            .chunks(BURST)
+            .map(|ch| {
+                ch.iter()
+                    .map(|(s, f)| (ids[*s], f.as_slice(), VnetHdr::default()))
+                    .collect()
+            })
+            .collect();
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("established", fam), |bench| {
+            bench.iter(|| {
+                i = (i + 1) % bursts.len();
+                black_box(b.w.process_burst(bursts[i].iter().copied()))
+            })
+        });
+        assert_eq!(b.dp.stats().total_drops(), 0, "established/{fam}");
+    }
+    for (fam, gen_frame, sport_at) in fams {
+        let mut b = setup(&m);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut frames: Vec<(usize, Vec<u8>)> = (0..BURST)
+            .map(|_| {
+                let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
+                (s, gen_frame(s, d, 1, true))
+            })
+            .collect();
+        let mut sport: u32 = 0;
+        let mut flows = 0usize;
+        g.bench_function(BenchmarkId::new("first_syn", fam), |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if flows > 1_500_000 {
+                        b = setup(&m);
+                        flows = 0;
+                    }
+                    for (s, f) in frames.iter_mut() {
+                        sport = sport.wrapping_add(1);
+                        if sport.is_multiple_of(60_000) {
+                            *s = rng.next() % INSTANCES;
+                            let d = rng.next() % INSTANCES;
+                            *f = gen_frame(*s, d, 1, true);
+                        }
+                        f[sport_at..sport_at + 2]
+                            .copy_from_slice(&(1024 + (sport % 60_000) as u16).to_be_bytes());
+                    }
+                    let burst = frames
+                        .iter()
+                        .map(|(s, f)| (b.ids[*s], f.as_slice(), VnetHdr::default()));
+                    let t = Instant::now();
+                    let r = b.w.process_burst(burst);
+                    total += t.elapsed();
+                    flows += BURST;
+                    black_box(r);
+                }
+                total
+            })
+        });
+        let st = b.dp.stats();
+        assert_eq!(
+            st.total_drops(),
+            0,
+            "drops in first_syn/{fam}: {:?}",
+            st.nonzero_drops().collect::<Vec<_>>()
+        );
+    }
+    g.finish();
+}
+
 fn arp_answer(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline/arp_answer");
     g.throughput(Throughput::Elements(BURST as u64));
@@ -576,15 +724,19 @@ criterion_group!(
     established,
     first_packet,
     first_packet_egress,
+    family,
     arp_answer,
     flow_log
 );
 
 /// Instruction-count mode for `valgrind --tool=callgrind` (repeatable on a noisy
-/// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|first_syn|arp
-/// SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1] [SGSW_IR_EGRESS=1]` runs N
-/// bursts of 32 frames (`SGSW_IR_EGRESS=1`: with R specific egress rules per
-/// group in place of the default one, see [`model_with`]) through
+/// machine, unlike wall time): `SGSW_IR_CASE=established|first_packet|first_syn|arp|
+/// established6|first_syn6 SGSW_IR_BURSTS=N [SGSW_IR_RULES=R] [SGSW_IR_FLOWLOG=1]
+/// [SGSW_IR_EGRESS=1] [SGSW_IR_DUAL=1]` runs N bursts of 32 frames
+/// (`SGSW_IR_EGRESS=1`: with R specific egress rules per group in place of
+/// the default one, see [`model_with`]; `SGSW_IR_DUAL=1`: on the dual-stack
+/// model, [`dual_stack`], which the IPv6 cases `established6` and
+/// `first_syn6`, the IPv6 twins of `established` and `first_syn`, always use) through
 /// [`ir_run`] once, prints the on-CPU and wall ns per frame, and exits; under
 /// callgrind, divide the `ir_run` inclusive cost by 32 N:
 ///
@@ -598,22 +750,28 @@ fn ir_mode(case: &str, bursts: usize) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let egress = std::env::var("SGSW_IR_EGRESS").is_ok_and(|v| v == "1");
-    let m = model_with(rules, egress);
+    let mut m = model_with(rules, egress);
+    let dual = case.ends_with('6') || std::env::var("SGSW_IR_DUAL").is_ok_and(|v| v == "1");
+    if dual {
+        dual_stack(&mut m);
+    }
     // SGSW_IR_FLOWLOG=1: flow logs on (the table holds 32,768 flows: keep
     // first_packet runs below 1,024 bursts to measure recording, not skipping).
     let flow_log = std::env::var("SGSW_IR_FLOWLOG").is_ok_and(|v| v == "1");
     let mut b = setup_with(&m, flow_log.then(flow_log_config));
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let tcp_of: fn(usize, usize, u16, bool) -> Vec<u8> =
+        if case.ends_with('6') { tcp6 } else { tcp };
     let frames: Vec<(usize, Vec<u8>)> = match case {
-        "established" => (0..4096)
+        "established" | "established6" => (0..4096)
             .map(|k| {
                 let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
                 let sport = 10_000 + k as u16;
-                let syn = tcp(s, d, sport, true);
+                let syn = tcp_of(s, d, sport, true);
                 let r =
                     b.w.process_burst([(b.ids[s], syn.as_slice(), VnetHdr::default())]);
                 assert_eq!(r.forwarded, 1, "SYN of flow {k} not forwarded");
-                (s, tcp(s, d, sport, false))
+                (s, tcp_of(s, d, sport, false))
             })
             .collect(),
         "first_packet" => (0..bursts * BURST)
@@ -625,10 +783,12 @@ fn ir_mode(case: &str, bursts: usize) {
         // New TCP flows to port 22, admitted by one CIDR rule (the only rule
         // covering the port): where `first_packet`'s UDP 53 has ten
         // group-source rules to choose from.
-        "first_syn" => (0..bursts * BURST)
+        // `first_syn6`: the same over IPv6, admitted by `tcp 22 from` the
+        // instances' /64.
+        "first_syn" | "first_syn6" => (0..bursts * BURST)
             .map(|k| {
                 let (s, d) = (rng.next() % INSTANCES, rng.next() % INSTANCES);
-                (s, tcp(s, d, 1024 + (k % 60_000) as u16, true))
+                (s, tcp_of(s, d, 1024 + (k % 60_000) as u16, true))
             })
             .collect(),
         "arp" => {
@@ -654,7 +814,7 @@ fn ir_mode(case: &str, bursts: usize) {
     // thread waits for a core (the lab machine is shared), so before/after
     // comparisons stay meaningful under load.
     println!(
-        "{case} rules={rules} flow_log={flow_log} specific_egress={egress}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
+        "{case} rules={rules} flow_log={flow_log} specific_egress={egress} dual_stack={dual}: on-cpu {:.1} ns/frame, wall {:.1} ns/frame",
         cpu as f64 / done.max(1) as f64,
         wall.as_nanos() as f64 / done.max(1) as f64
     );

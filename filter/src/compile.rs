@@ -391,7 +391,13 @@ impl Snapshot {
     /// The instance with this IPv6 address.
     #[inline]
     pub fn instance_by_ip6(&self, ip: Ipv6Addr) -> Option<InstIdx> {
-        let i = self.ip6_index.binary_search_by(|e| e.0.cmp(&ip)).ok()?;
+        // Compared as integers (`u128::from` keeps the address order): one
+        // compare per step where `Ipv6Addr`'s order compares byte by byte.
+        let key = u128::from(ip);
+        let i = self
+            .ip6_index
+            .binary_search_by(|e| u128::from(e.0).cmp(&key))
+            .ok()?;
         Some(InstIdx(self.ip6_index[i].1))
     }
 

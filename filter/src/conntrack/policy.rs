@@ -132,6 +132,7 @@ impl TcpState {
     }
 
     /// State of a new entry created by a packet with these flags.
+    #[inline]
     pub(super) fn initial(flags: u8) -> TcpState {
         let start = if flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0 {
             TcpState::SynSent
@@ -142,6 +143,7 @@ impl TcpState {
     }
 
     /// Transition on a packet of the flow.
+    #[inline]
     pub(super) fn next(self, flags: u8, from_orig: bool) -> TcpState {
         if flags & tcp_flags::RST != 0 {
             TcpState::Closed
