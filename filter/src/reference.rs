@@ -16,6 +16,12 @@
 //! by their address of the packet's family: the IPv4 address, or the IPv6
 //! address [`Model::ip6_of`] gives them), `icmp` to IPv4 and `icmpv6` to IPv6
 //! only, `all`/`tcp`/`udp` to both. So `0.0.0.0/0` never admits IPv6.
+//!
+//! The stateful [`Reference`] judges both families too ([`Reference::judge`],
+//! [`Reference::judge6`]) with the same statement, generic over [`Family`]:
+//! each family has its own flows and fragment trains (IPv6 trains are keyed
+//! without the protocol), ICMPv6 echo is the query and its errors (packet too
+//! big among them) are related to tracked flows like ICMP's.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -615,5 +621,100 @@ mod tests {
         // 30 s of silence: gone, and the outside's packets are unmatched.
         assert_eq!(r.judge(&m, 2, &ack, 61), Err(DropReason::NoRule));
         assert_eq!(r.flows(), 0);
+    }
+
+    /// IPv6: a flow's reply passes by state, a Packet Too Big about it passes
+    /// although no rule admits ICMPv6, a later fragment joins its train
+    /// whatever protocol it names, and the families share no flows.
+    #[test]
+    fn reference_judges_ipv6() {
+        let mut m = model();
+        m.set_subnet6(Some("fd00:5::/64".parse().unwrap())).unwrap();
+        m.authorize_rules(
+            &owner(),
+            "db",
+            &[Rule {
+                proto: Proto::Udp,
+                ports: Ports::Range(53, 53),
+                source: Source::Cidr6("2001:db8::/32".parse().unwrap()),
+            }],
+        )
+        .unwrap();
+        let db = m.ip6_of([2, 0, 0, 0, 0, 1]).unwrap();
+        let out: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let mut r = Reference::new(Timeouts::default(), RevokeMode::Revalidate);
+        let q = Packet6 {
+            key: FlowKey6 {
+                src: out,
+                dst: db,
+                proto: proto::UDP,
+                sport: 999,
+                dport: 53,
+            },
+            l4: L4::Udp,
+            frag: Frag::First { id: 7 },
+        };
+        assert_eq!(r.judge6(&m, 1, &q, 0), Ok(()));
+        assert_eq!(r.flows6(), 1);
+        let later = Packet6 {
+            key: FlowKey6 {
+                proto: 44,
+                sport: 0,
+                dport: 0,
+                ..q.key
+            },
+            l4: L4::Other,
+            frag: Frag::Later { id: 7 },
+        };
+        assert_eq!(r.judge6(&m, 1, &later, 1), Ok(()));
+        let other_train = Packet6 {
+            frag: Frag::Later { id: 8 },
+            ..later
+        };
+        assert_eq!(
+            r.judge6(&m, 1, &other_train, 1),
+            Err(DropReason::UnmatchedFragment)
+        );
+        let reply = Packet6 {
+            key: q.key.reversed(),
+            l4: L4::Udp,
+            frag: Frag::None,
+        };
+        assert_eq!(r.judge6(&m, 1, &reply, 1), Ok(()));
+        let ptb = |inner: FlowKey6| Packet6 {
+            key: FlowKey6 {
+                src: out,
+                dst: db,
+                proto: proto::ICMPV6,
+                sport: 0,
+                dport: 0,
+            },
+            l4: L4::Icmp {
+                ty: 2,
+                code: 0,
+                kind: IcmpKind::Error { inner },
+            },
+            frag: Frag::None,
+        };
+        assert_eq!(r.judge6(&m, 1, &ptb(reply.key), 2), Ok(()));
+        let unrelated = FlowKey6 {
+            dport: 54,
+            ..reply.key
+        };
+        assert_eq!(
+            r.judge6(&m, 1, &ptb(unrelated), 2),
+            Err(DropReason::UnrelatedIcmpError)
+        );
+        // The IPv4 table knows nothing of it.
+        assert_eq!(r.flows(), 1);
+        assert_eq!(
+            r.judge(
+                &m,
+                1,
+                &pkt([10, 9, 9, 9], [172, 31, 0, 1], proto::UDP, 53),
+                2
+            ),
+            Err(DropReason::NoRule)
+        );
     }
 }

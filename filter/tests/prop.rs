@@ -29,6 +29,14 @@
 //! `admitting_rule6`/`egress_allows6` must equal the reference's IPv6
 //! decisions and name the first matching rule — from scratch and kept up to
 //! date by `Compiler::apply`.
+//!
+//! Stateful IPv6: each packet of the conntrack-vs-reference runs is sent as
+//! IPv4, as its IPv6 twin, or both (`PacketOp::fam`), so IPv6 flows, replies,
+//! ICMPv6 echo and errors (ICMP 3/1 becomes Packet Too Big), fragments and
+//! revalidation go through `Conntrack::judge6`, which must agree with
+//! `Reference::judge6` (and share nothing with the IPv4 flows) in both
+//! revoke modes; `ipv6_stateful_generators_cover_every_verdict` checks that
+//! the twins reach every verdict and every stateful reason to pass.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
