@@ -16,13 +16,21 @@
 //! by their address of the packet's family: the IPv4 address, or the IPv6
 //! address [`Model::ip6_of`] gives them), `icmp` to IPv4 and `icmpv6` to IPv6
 //! only, `all`/`tcp`/`udp` to both. So `0.0.0.0/0` never admits IPv6.
+//!
+//! The stateful [`Reference`] judges both families too ([`Reference::judge`],
+//! [`Reference::judge6`]) with the same statement, generic over [`Family`]:
+//! each family has its own flows and fragment trains (IPv6 trains are keyed
+//! without the protocol), ICMPv6 echo is the query and its errors (packet too
+//! big among them) are related to tracked flows like ICMP's.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{RevokeMode, Timeouts};
 use crate::model::{Instance, Model, Ports, Proto, Rule, Source};
-use crate::{DropReason, FlowKey, Frag, IcmpKind, IpAddress, L4, Packet, proto, tcp_flags};
+use crate::{
+    DropReason, FlowKey, FlowKey6, Frag, IcmpKind, IpAddress, L4, Packet, Packet6, proto, tcp_flags,
+};
 
 /// An address family as the rules see it: [`Ipv4Addr`] or [`Ipv6Addr`].
 pub trait Family: IpAddress {
@@ -35,11 +43,15 @@ pub trait Family: IpAddress {
     fn in_cidr(source: &Source, a: Self) -> bool;
     /// `inst`'s address in this family, if it has one.
     fn of(model: &Model, inst: &Instance) -> Option<Self>;
+    /// Whether a fragment train is keyed by the protocol too: `(src, dst,
+    /// proto, id)` for IPv4, `(src, dst, id)` for IPv6 (see [`Frag`]).
+    const TRAIN_BY_PROTO: bool;
 }
 
 impl Family for Ipv4Addr {
     const ICMP: u8 = proto::ICMP;
     const ICMP_RULE: Proto = Proto::Icmp;
+    const TRAIN_BY_PROTO: bool = true;
     fn in_cidr(source: &Source, a: Ipv4Addr) -> bool {
         matches!(source, Source::Cidr(net) if net.contains(&a))
     }
@@ -51,6 +63,7 @@ impl Family for Ipv4Addr {
 impl Family for Ipv6Addr {
     const ICMP: u8 = proto::ICMPV6;
     const ICMP_RULE: Proto = Proto::Icmpv6;
+    const TRAIN_BY_PROTO: bool = false;
     fn in_cidr(source: &Source, a: Ipv6Addr) -> bool {
         matches!(source, Source::Cidr6(net) if net.contains(&a))
     }
@@ -157,28 +170,48 @@ enum Tcp {
 }
 
 #[derive(Clone, Debug)]
-struct Flow {
+struct Flow<A> {
     tcp: Tcp,
     seen_reply: bool,
     /// Alive while `now < expires`.
     expires: u32,
     generation: u64,
     /// L4 of the packet that opened the flow (for revalidation).
-    l4: L4,
+    l4: L4<A>,
     /// Cut by revalidation: both directions are dropped until it expires, is
     /// re-authorized, or the initiator's new SYN is allowed.
     revoked: bool,
 }
 
-/// A naive stateful evaluator with the conntrack judge's shape.
+/// The flows and fragment trains of one address family (the families share
+/// nothing: an IPv6 packet never matches an IPv4 flow).
+#[derive(Clone, Debug)]
+struct State<A> {
+    /// Keyed by the flow's original direction.
+    flows: HashMap<FlowKey<A>, Flow<A>>,
+    /// `(src, dst, proto, id)` → expiry; the protocol is 0 for IPv6, whose
+    /// trains are `(src, dst, id)` (see [`Frag`]).
+    trains: HashMap<(A, A, u8, u32), u32>,
+}
+
+impl<A> State<A> {
+    fn new() -> State<A> {
+        State {
+            flows: HashMap::new(),
+            trains: HashMap::new(),
+        }
+    }
+}
+
+/// A naive stateful evaluator with the conntrack judge's shape, for both
+/// address families ([`Reference::judge`], [`Reference::judge6`]: the same
+/// rules, each family with its own flows and trains).
 #[derive(Clone, Debug)]
 pub struct Reference {
     pub timeouts: Timeouts,
     pub mode: RevokeMode,
-    /// Keyed by the flow's original direction.
-    flows: HashMap<FlowKey, Flow>,
-    /// `(src, dst, proto, id)` → expiry.
-    trains: HashMap<(Ipv4Addr, Ipv4Addr, u8, u32), u32>,
+    v4: State<Ipv4Addr>,
+    v6: State<Ipv6Addr>,
 }
 
 impl Reference {
@@ -186,40 +219,84 @@ impl Reference {
         Reference {
             timeouts,
             mode,
-            flows: HashMap::new(),
-            trains: HashMap::new(),
+            v4: State::new(),
+            v6: State::new(),
         }
     }
 
-    /// Number of live-or-unreclaimed flows (no trains).
+    /// Number of live-or-unreclaimed flows of both families (no trains).
     pub fn flows(&self) -> usize {
-        self.flows.len()
+        self.v4.flows.len() + self.v6.flows.len()
     }
 
-    fn timeout(&self, proto_: u8, f: &Flow) -> u32 {
-        let t = &self.timeouts;
-        match proto_ {
-            proto::TCP => match f.tcp {
-                Tcp::SynSent => t.tcp_syn_sent,
-                Tcp::Established => t.tcp_established,
-                Tcp::Fin => t.tcp_fin,
-                Tcp::Closed => t.tcp_closed,
-            },
-            proto::UDP => {
-                if f.seen_reply {
-                    t.udp_stream
-                } else {
-                    t.udp
-                }
+    /// Number of live-or-unreclaimed IPv6 flows (no trains).
+    pub fn flows6(&self) -> usize {
+        self.v6.flows.len()
+    }
+
+    /// The original direction of `key`'s flow if it is tracked, alive at `now`
+    /// and revoked (for tests of the generators).
+    pub fn revoked_flow(&self, key: FlowKey, now: u32) -> Option<FlowKey> {
+        self.v4.revoked_flow(key, now)
+    }
+
+    /// [`Reference::revoked_flow`] for IPv6.
+    pub fn revoked_flow6(&self, key: FlowKey6, now: u32) -> Option<FlowKey6> {
+        self.v6.revoked_flow(key, now)
+    }
+
+    /// Judge an IPv4 packet against `model` (at `generation`) at time `now`.
+    pub fn judge(
+        &mut self,
+        model: &Model,
+        generation: u64,
+        pkt: &Packet,
+        now: u32,
+    ) -> Result<(), DropReason> {
+        let (t, mode) = (self.timeouts, self.mode);
+        self.v4.judge(&t, mode, model, generation, pkt, now)
+    }
+
+    /// Judge an IPv6 packet: as [`Reference::judge`], with the IPv6
+    /// addresses of instances, IPv6 rules and ICMPv6 (echo request/reply the
+    /// queries; unreachable, packet too big, time exceeded and parameter
+    /// problem the errors, as [`crate::parse`] classifies them).
+    pub fn judge6(
+        &mut self,
+        model: &Model,
+        generation: u64,
+        pkt: &Packet6,
+        now: u32,
+    ) -> Result<(), DropReason> {
+        let (t, mode) = (self.timeouts, self.mode);
+        self.v6.judge(&t, mode, model, generation, pkt, now)
+    }
+}
+
+fn timeout<A: Family>(t: &Timeouts, proto_: u8, f: &Flow<A>) -> u32 {
+    match proto_ {
+        proto::TCP => match f.tcp {
+            Tcp::SynSent => t.tcp_syn_sent,
+            Tcp::Established => t.tcp_established,
+            Tcp::Fin => t.tcp_fin,
+            Tcp::Closed => t.tcp_closed,
+        },
+        proto::UDP => {
+            if f.seen_reply {
+                t.udp_stream
+            } else {
+                t.udp
             }
-            proto::ICMP => t.icmp,
-            _ => t.other,
         }
+        p if p == A::ICMP => t.icmp,
+        _ => t.other,
     }
+}
 
+impl<A: Family> State<A> {
     /// The original key of the live flow `key` belongs to, in either orientation.
     /// Expired flows are forgotten.
-    fn live_flow(&mut self, key: FlowKey, now: u32) -> Option<FlowKey> {
+    fn live_flow(&mut self, key: FlowKey<A>, now: u32) -> Option<FlowKey<A>> {
         for k in [key, key.reversed()] {
             if let Some(f) = self.flows.get(&k) {
                 if now < f.expires {
@@ -231,24 +308,35 @@ impl Reference {
         None
     }
 
+    fn revoked_flow(&self, key: FlowKey<A>, now: u32) -> Option<FlowKey<A>> {
+        [key, key.reversed()].into_iter().find(|k| {
+            self.flows
+                .get(k)
+                .is_some_and(|f| f.revoked && now < f.expires)
+        })
+    }
+
     /// Look up and revalidate. `own` is the packet when it belongs to the flow
     /// (not an ICMP error about it). `Ok(Some(orig))` tracked, `Ok(None)`
     /// untracked, `Err(())` revoked (the flow stays, marked, until it expires).
+    #[allow(clippy::too_many_arguments)]
     fn tracked(
         &mut self,
+        timeouts: &Timeouts,
+        mode: RevokeMode,
         model: &Model,
         generation: u64,
-        key: FlowKey,
-        own: Option<&Packet>,
+        key: FlowKey<A>,
+        own: Option<&Packet<A>>,
         now: u32,
-    ) -> Result<Option<FlowKey>, ()> {
+    ) -> Result<Option<FlowKey<A>>, ()> {
         let Some(orig) = self.live_flow(key, now) else {
             return Ok(None);
         };
-        if self.mode == RevokeMode::Keep {
+        if mode == RevokeMode::Keep {
             return Ok(Some(orig));
         }
-        let revoked_timeout = self.timeouts.revoked;
+        let revoked_timeout = timeouts.revoked;
         let f = self.flows.get_mut(&orig).expect("live");
         // The original direction, as it was first allowed.
         let opkt = Packet {
@@ -295,22 +383,20 @@ impl Reference {
         Ok(Some(orig))
     }
 
-    /// The original direction of `key`'s flow if it is tracked, alive at `now`
-    /// and revoked (for tests of the generators).
-    pub fn revoked_flow(&self, key: FlowKey, now: u32) -> Option<FlowKey> {
-        [key, key.reversed()].into_iter().find(|k| {
-            self.flows
-                .get(k)
-                .is_some_and(|f| f.revoked && now < f.expires)
-        })
+    /// The fragment train of `pkt` with identification `id`.
+    fn train(pkt: &Packet<A>, id: u32) -> (A, A, u8, u32) {
+        let p = if A::TRAIN_BY_PROTO { pkt.key.proto } else { 0 };
+        (pkt.key.src, pkt.key.dst, p, id)
     }
 
     /// Judge a packet against `model` (at `generation`) at time `now`.
-    pub fn judge(
+    fn judge(
         &mut self,
+        timeouts: &Timeouts,
+        mode: RevokeMode,
         model: &Model,
         generation: u64,
-        pkt: &Packet,
+        pkt: &Packet<A>,
         now: u32,
     ) -> Result<(), DropReason> {
         let dst_is_inst = is_instance(model, pkt.key.dst);
@@ -318,8 +404,7 @@ impl Reference {
             if !dst_is_inst {
                 return Ok(());
             }
-            let k = (pkt.key.src, pkt.key.dst, pkt.key.proto, id);
-            return match self.trains.get(&k) {
+            return match self.trains.get(&Self::train(pkt, id)) {
                 Some(&exp) if now < exp => Ok(()),
                 _ => Err(DropReason::UnmatchedFragment),
             };
@@ -334,7 +419,7 @@ impl Reference {
             let fits = inner.src == pkt.key.dst
                 && (inner.dst == pkt.key.src || !is_instance(model, pkt.key.src));
             let tracked = if fits {
-                self.tracked(model, generation, inner, None, now)
+                self.tracked(timeouts, mode, model, generation, inner, None, now)
             } else {
                 Ok(None)
             };
@@ -351,7 +436,7 @@ impl Reference {
                 }
             }
         } else {
-            match self.tracked(model, generation, pkt.key, Some(pkt), now) {
+            match self.tracked(timeouts, mode, model, generation, pkt.key, Some(pkt), now) {
                 Err(()) => return Err(DropReason::Revoked),
                 Ok(Some(orig)) => {
                     let from_orig = orig == pkt.key;
@@ -362,7 +447,7 @@ impl Reference {
                     if let L4::Tcp { flags } = pkt.l4 {
                         f.tcp = tcp_next(f.tcp, flags, from_orig);
                     }
-                    f.expires = now.saturating_add(self.timeout(pkt.key.proto, &f));
+                    f.expires = now.saturating_add(timeout(timeouts, pkt.key.proto, &f));
                     self.flows.insert(orig, f);
                 }
                 Ok(None) => {
@@ -400,17 +485,15 @@ impl Reference {
                             l4: pkt.l4,
                             revoked: false,
                         };
-                        f.expires = now.saturating_add(self.timeout(pkt.key.proto, &f));
+                        f.expires = now.saturating_add(timeout(timeouts, pkt.key.proto, &f));
                         self.flows.insert(pkt.key, f);
                     }
                 }
             }
         }
         if let Frag::First { id } = pkt.frag {
-            self.trains.insert(
-                (pkt.key.src, pkt.key.dst, pkt.key.proto, id),
-                now.saturating_add(self.timeouts.frag),
-            );
+            self.trains
+                .insert(Self::train(pkt, id), now.saturating_add(timeouts.frag));
         }
         Ok(())
     }
@@ -538,5 +621,100 @@ mod tests {
         // 30 s of silence: gone, and the outside's packets are unmatched.
         assert_eq!(r.judge(&m, 2, &ack, 61), Err(DropReason::NoRule));
         assert_eq!(r.flows(), 0);
+    }
+
+    /// IPv6: a flow's reply passes by state, a Packet Too Big about it passes
+    /// although no rule admits ICMPv6, a later fragment joins its train
+    /// whatever protocol it names, and the families share no flows.
+    #[test]
+    fn reference_judges_ipv6() {
+        let mut m = model();
+        m.set_subnet6(Some("fd00:5::/64".parse().unwrap())).unwrap();
+        m.authorize_rules(
+            &owner(),
+            "db",
+            &[Rule {
+                proto: Proto::Udp,
+                ports: Ports::Range(53, 53),
+                source: Source::Cidr6("2001:db8::/32".parse().unwrap()),
+            }],
+        )
+        .unwrap();
+        let db = m.ip6_of([2, 0, 0, 0, 0, 1]).unwrap();
+        let out: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let mut r = Reference::new(Timeouts::default(), RevokeMode::Revalidate);
+        let q = Packet6 {
+            key: FlowKey6 {
+                src: out,
+                dst: db,
+                proto: proto::UDP,
+                sport: 999,
+                dport: 53,
+            },
+            l4: L4::Udp,
+            frag: Frag::First { id: 7 },
+        };
+        assert_eq!(r.judge6(&m, 1, &q, 0), Ok(()));
+        assert_eq!(r.flows6(), 1);
+        let later = Packet6 {
+            key: FlowKey6 {
+                proto: 44,
+                sport: 0,
+                dport: 0,
+                ..q.key
+            },
+            l4: L4::Other,
+            frag: Frag::Later { id: 7 },
+        };
+        assert_eq!(r.judge6(&m, 1, &later, 1), Ok(()));
+        let other_train = Packet6 {
+            frag: Frag::Later { id: 8 },
+            ..later
+        };
+        assert_eq!(
+            r.judge6(&m, 1, &other_train, 1),
+            Err(DropReason::UnmatchedFragment)
+        );
+        let reply = Packet6 {
+            key: q.key.reversed(),
+            l4: L4::Udp,
+            frag: Frag::None,
+        };
+        assert_eq!(r.judge6(&m, 1, &reply, 1), Ok(()));
+        let ptb = |inner: FlowKey6| Packet6 {
+            key: FlowKey6 {
+                src: out,
+                dst: db,
+                proto: proto::ICMPV6,
+                sport: 0,
+                dport: 0,
+            },
+            l4: L4::Icmp {
+                ty: 2,
+                code: 0,
+                kind: IcmpKind::Error { inner },
+            },
+            frag: Frag::None,
+        };
+        assert_eq!(r.judge6(&m, 1, &ptb(reply.key), 2), Ok(()));
+        let unrelated = FlowKey6 {
+            dport: 54,
+            ..reply.key
+        };
+        assert_eq!(
+            r.judge6(&m, 1, &ptb(unrelated), 2),
+            Err(DropReason::UnrelatedIcmpError)
+        );
+        // The IPv4 table knows nothing of it.
+        assert_eq!(r.flows(), 1);
+        assert_eq!(
+            r.judge(
+                &m,
+                1,
+                &pkt([10, 9, 9, 9], [172, 31, 0, 1], proto::UDP, 53),
+                2
+            ),
+            Err(DropReason::NoRule)
+        );
     }
 }
