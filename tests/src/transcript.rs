@@ -28,8 +28,9 @@
 //!   run's line, and from then on it stands for that id, in later outputs and in
 //!   later commands (`ip netns exec i-81afa65f ...` runs in the instance this run
 //!   launched);
-//! * MAC addresses, nmap's latency, start line and scan time are compared as
-//!   wildcards ([`normalize`]);
+//! * MAC addresses, IPv6 ULA addresses (`fd..:...`: the daemon's random /64
+//!   and a MAC-derived interface id), nmap's latency, start line and scan time
+//!   are compared as wildcards ([`normalize`]);
 //! * `i-xxxxxxxx` (`r-`, `sg-`) in an output line stands for any such id (where
 //!   the run picks one of several instances);
 //! * a line `...` stands for any number of lines (one per output).
@@ -255,6 +256,9 @@ pub fn normalize(line: &str) -> String {
             ),
             (r"^Starting Nmap .*", "Starting Nmap <version and date>"),
             (r"\bqemu:\d+\b", "qemu:<pid>"),
+            // An instance's IPv6 address: a random ULA prefix (fd00::/8) and
+            // the EUI-64 of its random MAC.
+            (r"\bfd[0-9a-f]{2}:[0-9a-f:]*[0-9a-f]\b", "<ula>"),
         ]
         .into_iter()
         .map(|(p, r)| (Regex::new(p).unwrap(), r))
@@ -424,6 +428,14 @@ INSTANCE\ti-81afa65f\t172.31.0.2\n$ ip netns exec i-81afa65f true\n$ long \\\n  
             &v("Host is up (0.00013s latency).\nMAC Address: 02:00:81:AF:A6:5F (Unknown)"),
             &v("Host is up (0.0021s latency).\nMAC Address: 02:00:12:34:56:78 (Unknown)"),
             &mut Ids::default()
+        ));
+        assert!(line_eq(
+            "IPV6ADDRESS\ti-81afa65f\tfd3c:9a1e:57b2::29ff:fefe:82d3",
+            "IPV6ADDRESS\ti-81afa65f\tfd00:1:2:0:1ff:fe23:abcd"
+        ));
+        assert!(!line_eq(
+            "IPV6ADDRESS\ti-81afa65f\tfd3c:9a1e:57b2::29ff:fefe:82d3",
+            "IPV6ADDRESS\ti-81afa65f\t2001:db8::1"
         ));
         assert!(!matches(
             &v("22/tcp open  ssh"),
