@@ -7,17 +7,20 @@
 //! tcp 5432 from group `db`); instances A 172.31.0.2 (web), B .3 (app), C .4
 //! (db), D .5 (default+web, its port takes offloads) on in-memory ports, E .6
 //! (db) in the model without a port, and an uplink port for 172.31.255.0/24 and
-//! the rest of the world. One synchronously driven worker, connection tracking
+//! the rest of the world. The lab is dual-stack: IPv6 /64 `fd00:5a::/64` in
+//! the model and the switch's config, each instance's IPv6 address the prefix
+//! + EUI-64 of its MAC ([`addr6`]). One synchronously driven worker, connection tracking
 //! with room for every flow an input can open (no capacity or quota drops).
 //!
 //! The input is a sequence of operations ([`Op`], decoded by [`Reader`]): raw
 //! bytes on a port (optionally with a fuzzed virtio-net header), frames built
 //! with `filter::wire` (TCP, UDP, ICMP echo, ICMP errors quoting a built packet,
-//! fragment trains in any order and subset, ARP, TSO super-frames) from any port
-//! with any addresses, the same with bytes overwritten, and rule edits
-//! (authorize/revoke of one of six ingress and five egress rules: the default
-//! egress rule of web, app and default, a group and a CIDR destination; a new
-//! snapshot each time).
+//! fragment trains in any order and subset, ARP, TSO super-frames; IPv6
+//! TCP/UDP/ICMPv6 echo between [`addr6`] addresses) from any port with any
+//! addresses, the same with bytes overwritten, and rule edits (authorize/revoke
+//! of one of six ingress and five egress rules: the default egress rule of web,
+//! app and default, a group and a CIDR destination; and four IPv6 rules,
+//! [`V6_TOGGLES`]; a new snapshot each time).
 //!
 //! Checked on every frame (a violation panics):
 //! * exactly one outcome, and a dropped frame is counted under exactly one
@@ -33,6 +36,16 @@
 //!   address and MAC as destination and the judged flow key (every software
 //!   segment of a super-frame too); the uplink gets only instances' egress to
 //!   non-instance addresses; answers (ARP, DHCP) go back to the asking port only.
+//!
+//! * IPv6 (the reference evaluator with state is IPv4-only): IPv6 data that is
+//!   forwarded is allowed by the destination instance's ingress and the source
+//!   instance's egress rules ([`filter::reference::allows`],
+//!   [`filter::reference::egress_allows`]) or belongs to an IPv6 flow forwarded
+//!   before; a `no_rule` / `no_egress_rule` drop is one those rules refuse;
+//!   an instance sends data from its SLAAC address only, the uplink claims no
+//!   instance or router address, delivery goes to the instance's IPv6 address
+//!   and MAC; ND answers come from the router or another attached instance.
+//!   (ICMPv6 errors and later fragments get the source and delivery checks only.)
 //!
 //! Not covered: timeouts (inputs run in well under a second; every timeout is
 //! >= 10 s), more than one worker, ports coming and going.
