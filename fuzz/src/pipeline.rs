@@ -9,7 +9,8 @@
 //! (db) in the model without a port, and an uplink port for 172.31.255.0/24 and
 //! the rest of the world. The lab is dual-stack: IPv6 /64 `fd00:5a::/64` in
 //! the model and the switch's config, each instance's IPv6 address the prefix
-//! + EUI-64 of its MAC ([`addr6`]). One synchronously driven worker, connection tracking
+//! plus the EUI-64 of its MAC ([`addr6`]). One synchronously driven worker,
+//! connection tracking
 //! with room for every flow an input can open (no capacity or quota drops).
 //!
 //! The input is a sequence of operations ([`Op`], decoded by [`Reader`]): raw
