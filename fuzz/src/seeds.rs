@@ -125,7 +125,7 @@ pub fn built_frames() -> Vec<(&'static str, Vec<u8>)> {
 /// `exts` are `(type, bytes)` whose byte 0 (next header) is filled in here,
 /// then `upper` and its bytes. Checksums are left 0 (the parser does not read
 /// them; the switch drops IPv6 before anything would).
-fn frame6(
+pub(crate) fn frame6(
     src: (filter::Mac, [u8; 16]),
     dst: (filter::Mac, [u8; 16]),
     exts: &[(u8, Vec<u8>)],
@@ -598,8 +598,60 @@ pub fn pipeline_seeds() -> Vec<(String, Vec<u8>)> {
         }
         v.push(("built_raw".to_owned(), w.bytes));
     }
-    // Every IPv6 frame raw from every port (the switch does not handle IPv6
-    // yet: each must be dropped, counted once, and nothing sent).
+    // IPv6 between instances and the outside (the lab's /64, SLAAC
+    // addresses): web's tcp 80 from 0.0.0.0/0 does not open IPv6, app's tcp
+    // 8080 from group web does (and its reply); ssh from 2001:db8::/32 (edit
+    // 11) opens A to the outside; A's default IPv6 egress (edit 14 revokes
+    // it) lets it out; icmpv6 on default (edit 12) lets the outside ping D,
+    // not C; B's address from A's port and a link-local data source are dropped.
+    {
+        let mut w = encode::start(false);
+        let s = tcp_flags::SYN;
+        let sa = tcp_flags::SYN | tcp_flags::ACK;
+        let p6 = |from, to, kind| Build::Packet6 {
+            from,
+            to,
+            kind,
+            payload_len: 8,
+        };
+        let echo = Kind::Echo {
+            request: true,
+            id: 7,
+        };
+        let udp = |sport, dport| Kind::Udp { sport, dport };
+        encode::build(&mut w, 4, &p6(6, 0, tcp(40000, 80, s)));
+        encode::build(&mut w, 0, &p6(0, 1, tcp(42000, 8080, s)));
+        encode::build(&mut w, 1, &p6(1, 0, tcp(8080, 42000, sa)));
+        encode::build(&mut w, 4, &p6(6, 0, tcp(40001, 22, s)));
+        encode::edit(&mut w, 11);
+        encode::build(&mut w, 4, &p6(6, 0, tcp(40001, 22, s)));
+        encode::build(&mut w, 0, &p6(0, 6, tcp(22, 40001, sa)));
+        encode::build(&mut w, 0, &p6(0, 7, udp(5353, 53)));
+        encode::edit(&mut w, 14);
+        encode::build(&mut w, 0, &p6(0, 7, udp(5354, 53)));
+        encode::build(&mut w, 4, &p6(6, 2, echo));
+        encode::edit(&mut w, 12);
+        encode::build(&mut w, 4, &p6(6, 3, echo));
+        encode::build(
+            &mut w,
+            3,
+            &p6(
+                3,
+                6,
+                Kind::Echo {
+                    request: false,
+                    id: 7,
+                },
+            ),
+        );
+        encode::build(&mut w, 4, &p6(6, 2, echo));
+        encode::build(&mut w, 0, &p6(1, 6, udp(1, 2)));
+        encode::build(&mut w, 0, &p6(9, 1, tcp(42001, 8080, s)));
+        encode::build(&mut w, 2, &p6(2, 8, udp(5000, 53)));
+        v.push(("ipv6".to_owned(), w.bytes));
+    }
+    // Every IPv6 frame raw from every port (their addresses are not the
+    // lab's SLAAC ones: each is dropped or absorbed, counted once).
     {
         let mut w = encode::start(false);
         for (i, (_, f)) in ipv6_frames().iter().enumerate() {
