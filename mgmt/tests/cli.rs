@@ -322,10 +322,21 @@ fn multi_call_links_work() {
     assert_eq!(
         ec2(
             "ec2-revoke",
-            &["db", "--egress", "-P", "all", "-s", "0.0.0.0/0"]
+            &[
+                "db",
+                "--egress",
+                "-P",
+                "all",
+                "-s",
+                "0.0.0.0/0",
+                "-s",
+                "::/0"
+            ]
         )
         .0,
-        "GROUP\tdb\nPERMISSION\tdb\tALLOWS\tall\t\t\tTO\tCIDR\t0.0.0.0/0\tegress\n"
+        "GROUP\tdb\n\
+         PERMISSION\tdb\tALLOWS\tall\t\t\tTO\tCIDR\t0.0.0.0/0\tegress\n\
+         PERMISSION\tdb\tALLOWS\tall\t\t\tTO\tCIDR\t::/0\tegress\n"
     );
     assert_eq!(
         ec2("ec2-describe-group", &["db"]).0,
