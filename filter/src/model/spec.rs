@@ -351,13 +351,18 @@ impl RuleSpec {
                 Source::Cidr(Ipv4Net::default())
             });
         }
-        Ok(sources
+        // Checked as every stored rule is (families never mixed: icmp with
+        // an IPv6 CIDR, icmpv6 with an IPv4 one are refused here too).
+        sources
             .into_iter()
-            .map(|source| Rule {
-                proto,
-                ports,
-                source,
+            .map(|source| {
+                Rule {
+                    proto,
+                    ports,
+                    source,
+                }
+                .normalized()
             })
-            .collect())
+            .collect()
     }
 }
