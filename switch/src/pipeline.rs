@@ -77,7 +77,7 @@ use std::sync::atomic::Ordering;
 
 use filter::conntrack::{BUCKET_BYTES, BUCKET_BYTES6, Family};
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
-use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto};
+use filter::{Conntrack, DropReason, Frag, L4, Mac, Packet, Snapshot, parse_frame, proto};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::arp::{self, GATEWAY_MAC};
@@ -253,42 +253,44 @@ pub fn process(
     scratch: &mut Scratch,
 ) -> Outcome {
     let parsed = parse_frame(frame);
-    process_prepared(env, inp, frame, parsed, vnet, scratch)
+    process_prepared(env, inp, frame, &parsed, vnet, scratch)
 }
 
-/// Stage one of a staged burst: parse `frame` and prefetch the connection-table
-/// buckets its verdict will look up, without waiting for them. A worker prepares
-/// every frame of a burst before processing the first (with
-/// [`process_prepared`]), so the cache misses of a burst's new flows overlap
-/// instead of costing one memory latency each. No side effect besides the
-/// prefetch hint.
+/// Stage one of a staged burst: parse `frame` into `out` and prefetch the
+/// connection-table buckets its verdict will look up, without waiting for
+/// them. A worker prepares every frame of a burst before processing the first
+/// (with [`process_prepared`]), so the cache misses of a burst's new flows
+/// overlap instead of costing one memory latency each. No side effect besides
+/// the prefetch hint. (The parse is written in place: a returned `Parsed` was
+/// copied field by field on its way out.)
 #[inline]
-pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
-    let parsed = parse_frame(frame)?;
-    match &parsed {
-        Parsed::Ipv4 { pkt, .. } => {
+pub fn prepare(env: &Env<'_>, frame: &[u8], out: &mut Result<Parsed, DropReason>) {
+    *out = parse_frame(frame);
+    match &*out {
+        Ok(Parsed::Ipv4 { pkt, .. }) => {
             for addr in env.ct.bucket_addrs(pkt) {
                 sys::prefetch(addr, BUCKET_BYTES);
             }
         }
-        Parsed::Ipv6 { pkt, .. } => {
+        Ok(Parsed::Ipv6 { pkt, .. }) => {
             for addr in env.ct.bucket_addrs(pkt) {
                 sys::prefetch(addr, BUCKET_BYTES6);
             }
         }
-        Parsed::Arp { .. } => {}
+        Ok(Parsed::Arp { .. }) | Err(_) => {}
     }
-    Ok(parsed)
 }
 
 /// [`process`] of a frame already parsed by [`prepare`] (`parsed` must be what
-/// `parse_frame(frame)` returns for these bytes).
-#[inline]
+/// `parse_frame(frame)` returns for these bytes). Always inlined into the
+/// worker's burst loop: untagged IPv4 is judged there without a call
+/// ([`judge`]); the other families and rare outcomes are calls.
+#[inline(always)]
 pub fn process_prepared(
     env: &Env<'_>,
     inp: &Port,
     frame: &mut [u8],
-    parsed: Result<Parsed, DropReason>,
+    parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
     scratch: &mut Scratch,
 ) -> Outcome {
@@ -307,7 +309,7 @@ fn judge_captured(
     env: &Env<'_>,
     inp: &Port,
     frame: &mut [u8],
-    parsed: Result<Parsed, DropReason>,
+    parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
     scratch: &mut Scratch,
 ) -> Outcome {
@@ -376,12 +378,16 @@ fn capture_sent(cap: &Session, w: usize, port: &Port, frame: &[u8], scratch: &mu
     }
 }
 
+/// Judge and act on one frame (no capture running). Untagged IPv4 is decided
+/// inline ([`decide4`]) and a forward is carried out inline; everything else
+/// (IPv6, ARP, parse refusals, tagged frames) is decided by the call
+/// [`decide_other`], and every other action is carried out by the call [`act`].
 #[inline(always)]
 fn judge(
     env: &Env<'_>,
     inp: &Port,
     frame: &mut [u8],
-    parsed: Result<Parsed, DropReason>,
+    parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
     scratch: &mut Scratch,
 ) -> Outcome {
@@ -389,18 +395,31 @@ fn judge(
     bump(&pc.rx_packets, 1);
     bump(&pc.rx_bytes, frame.len() as u64);
     let decided = match parsed {
-        // Untagged IPv6: housekeeping from the raw bytes ([`crate::nd`]),
-        // data by its parsed facts.
-        p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
-            decide6(env, inp, frame, p, vnet)
-        }
-        p => p.and_then(|p| {
-            check_offload(&p, vnet)?;
-            decide(env, inp, frame, p)
+        Ok(
+            p @ Parsed::Ipv4 {
+                eth,
+                pkt,
+                l3_offset,
+                payload_offset,
+                ip_len,
+                ..
+            },
+        ) => check_offload(p, vnet).and_then(|()| {
+            decide4(
+                env,
+                inp,
+                frame,
+                eth,
+                pkt,
+                *l3_offset,
+                *payload_offset,
+                *ip_len,
+            )
         }),
+        _ => decide_other(env, inp, frame, parsed, vnet),
     };
     if let Some(rec) = scratch.flows.as_mut()
-        && let Ok(p) = &parsed
+        && let Ok(p) = parsed
     {
         log_flow(env, rec, inp, p, frame.len(), vnet, &decided);
     }
@@ -411,7 +430,67 @@ fn judge(
             }
             transmit(env, to, frame, vnet, scratch).map(|()| Outcome::Forwarded)
         }
-        Ok(Action::ArpReply { req, mac }) => {
+        Ok(a) => return act(env, inp, pc, frame, vnet, a, scratch),
+        Err(r) => Err(r),
+    };
+    match result {
+        Ok(o) => o,
+        Err(r) => dropped(env, pc, r),
+    }
+}
+
+/// Count a drop of a frame received on the port of `pc`.
+#[inline]
+fn dropped(env: &Env<'_>, pc: &PortCounters, r: DropReason) -> Outcome {
+    env.wc.drop(r);
+    bump(&pc.rx_dropped, 1);
+    bump(&pc.drops[r.index()], 1);
+    Outcome::Dropped(r)
+}
+
+/// The decision for what [`judge`] does not decide inline: untagged IPv6
+/// (housekeeping and data, [`decide6`]), ARP, tagged frames and parse
+/// refusals.
+#[inline(never)]
+fn decide_other<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: &Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    match *parsed {
+        // Untagged IPv6: housekeeping from the raw bytes ([`crate::nd`]),
+        // data by its parsed facts.
+        p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
+            decide6(env, inp, frame, p, vnet)
+        }
+        p => p.and_then(|p| {
+            check_offload(&p, vnet)?;
+            decide(env, inp, frame, &p)
+        }),
+    }
+}
+
+/// Carry out an action other than a forward (see [`judge`]).
+#[inline(never)]
+fn act(
+    env: &Env<'_>,
+    inp: &Port,
+    pc: &PortCounters,
+    frame: &mut [u8],
+    vnet: &VnetHdr,
+    action: Action<'_>,
+    scratch: &mut Scratch,
+) -> Outcome {
+    let result = match action {
+        Action::Forward { to, dst_mac } => {
+            if let Some(m) = dst_mac {
+                frame[0..6].copy_from_slice(&m);
+            }
+            transmit(env, to, frame, vnet, scratch).map(|()| Outcome::Forwarded)
+        }
+        Action::ArpReply { req, mac } => {
             let n = arp::write_reply(&mut scratch.out, &req, mac);
             let r = reply(env, inp, n, scratch);
             if r.is_ok() {
@@ -419,7 +498,7 @@ fn judge(
             }
             r
         }
-        Ok(Action::DhcpReply { req, ty, lease }) => {
+        Action::DhcpReply { req, ty, lease } => {
             let n = dhcp::write_reply(&mut scratch.out, &req, ty, &lease);
             let r = reply(env, inp, n, scratch);
             if r.is_ok() {
@@ -430,11 +509,11 @@ fn judge(
             }
             r
         }
-        Ok(Action::Consume) => {
+        Action::Consume => {
             bump(&env.wc.dhcp_silent, 1);
             Ok(Outcome::Consumed)
         }
-        Ok(Action::NdReply(a)) => {
+        Action::NdReply(a) => {
             let (n, counter) = match a {
                 NdReply::Ra { mac, ip, prefix } => (
                     nd::write_ra(&mut scratch.out, mac, ip, prefix),
@@ -457,15 +536,15 @@ fn judge(
             }
             r
         }
-        Ok(Action::NdAbsorb) => {
+        Action::NdAbsorb => {
             bump(&env.wc.nd_absorbed, 1);
             Ok(Outcome::Consumed)
         }
-        Ok(Action::Overlay {
+        Action::Overlay {
             to,
             dst_mac,
             identity,
-        }) => {
+        } => {
             frame[0..6].copy_from_slice(&dst_mac);
             let sent = match &env.overlay {
                 Some(o) => overlay::send(env, o, frame, vnet, to, identity, scratch),
@@ -490,17 +569,11 @@ fn judge(
                 }
             }
         }
-        Ok(Action::VxlanDrop(v)) => return vxlan_dropped(env, pc, v),
-        Err(r) => Err(r),
+        Action::VxlanDrop(v) => return vxlan_dropped(env, pc, v),
     };
     match result {
         Ok(o) => o,
-        Err(r) => {
-            env.wc.drop(r);
-            bump(&pc.rx_dropped, 1);
-            bump(&pc.drops[r.index()], 1);
-            Outcome::Dropped(r)
-        }
+        Err(r) => dropped(env, pc, r),
     }
 }
 
@@ -733,142 +806,191 @@ fn transmit_inner(
     }
 }
 
-/// Parse, check and judge a frame; say what to do with it.
-#[inline]
+/// Check and judge a parsed frame that is not untagged IPv6; say what to do
+/// with it.
 fn decide<'t>(
     env: &Env<'t>,
     inp: &Port,
     frame: &[u8],
-    parsed: Parsed,
+    parsed: &Parsed,
 ) -> Result<Action<'t>, DropReason> {
-    let eth = parsed.eth();
-    if eth.vlan.is_some() {
-        return Err(DropReason::VlanTagged);
-    }
-    match inp.kind {
-        Kind::Instance { mac, ip } => {
-            if eth.src != mac {
-                return Err(DropReason::SpoofedMac);
-            }
-            match parsed {
-                Parsed::Arp { arp, .. } => {
+    match parsed {
+        Parsed::Ipv4 {
+            eth,
+            pkt,
+            l3_offset,
+            payload_offset,
+            ip_len,
+            ..
+        } => decide4(
+            env,
+            inp,
+            frame,
+            eth,
+            pkt,
+            *l3_offset,
+            *payload_offset,
+            *ip_len,
+        ),
+        Parsed::Arp { eth, arp } => {
+            check_eth(inp, eth)?;
+            match inp.kind {
+                Kind::Instance { mac, ip } => {
                     if arp.sha != mac
                         || (arp.spa != ip && !(arp.spa.is_unspecified() && arp.op == ARP_REQUEST))
                     {
                         return Err(DropReason::SpoofedArp);
                     }
-                    arp_action(env, inp, &arp)
+                    arp_action(env, inp, arp)
                 }
-                Parsed::Ipv4 {
-                    pkt,
-                    l3_offset,
-                    payload_offset,
-                    ip_len,
-                    ..
-                } => {
-                    // Non-first fragments carry `L4::Other`, so this is a whole datagram or a first fragment.
-                    let udp = pkt.key.proto == proto::UDP && matches!(pkt.l4, L4::Udp);
-                    let dhcp_client = udp && pkt.key.dport == dhcp::SERVER_PORT;
-                    if pkt.key.src != ip && !(dhcp_client && pkt.key.src.is_unspecified()) {
-                        return Err(DropReason::SpoofedIp);
-                    }
-                    if udp
-                        && (pkt.key.sport == dhcp::SERVER_PORT
-                            || pkt.key.dport == dhcp::CLIENT_PORT)
-                    {
-                        return Err(DropReason::RogueDhcp);
-                    }
-                    if dhcp_client {
-                        let end = usize::from(l3_offset) + usize::from(ip_len);
-                        let payload = frame.get(usize::from(payload_offset)..end).unwrap_or(&[]);
-                        return dhcp_action(env, mac, ip, payload);
-                    }
-                    let dst = pkt.key.dst;
-                    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
-                        return Err(DropReason::Broadcast);
-                    }
-                    let (to, dst_mac) = match env.table.by_ip(dst) {
-                        Some(p) => (known_instance(env, p, dst)?, instance_mac(p)),
-                        None if dst == env.net.gateway => {
-                            return Err(DropReason::UnknownDestination);
-                        }
-                        // An instance of another host: no ingress rules here
-                        // (its host enforces them), the flow is tracked for
-                        // the reply, the frame goes into the overlay.
-                        None if let Some(o) = &env.overlay
-                            && let Some((info, to)) = o.dir.remote_instance(dst) =>
-                        {
-                            let Some(identity) = o.dir.local_identity(ip) else {
-                                return Ok(Action::VxlanDrop(VxlanDrop::NoIdentity));
-                            };
-                            let dir = o.dir;
-                            env.ct
-                                .judge_scoped(env.snap, &pkt, env.now, |a| dir.is_remote(a))?;
-                            return Ok(Action::Overlay {
-                                to,
-                                dst_mac: info.mac,
-                                identity,
-                            });
-                        }
-                        // An instance of the snapshot without a port (nor a
-                        // live host) is not reachable.
-                        None if env.snap.instance_by_ip(dst).is_some() => {
-                            return Err(DropReason::UnknownDestination);
-                        }
-                        None => {
-                            let up = env
-                                .table
-                                .uplink
-                                .as_ref()
-                                .ok_or(DropReason::UnknownDestination)?;
-                            let m = if eth.dst == GATEWAY_MAC {
-                                u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
-                            } else {
-                                None
-                            };
-                            (up, m)
-                        }
-                    };
-                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
-                    Ok(Action::Forward { to, dst_mac })
-                }
-                // Untagged IPv6 is judged by `decide6`; tagged frames were
-                // dropped above.
-                Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
-            }
-        }
-        Kind::Uplink => {
-            learn(inp, eth);
-            match parsed {
-                Parsed::Arp { arp, .. } => {
+                Kind::Uplink => {
                     if claims_instance(env, arp.spa) {
                         return Err(DropReason::UplinkSpoof);
                     }
-                    arp_action(env, inp, &arp)
+                    arp_action(env, inp, arp)
                 }
-                Parsed::Ipv4 { pkt, .. } => {
-                    let src = pkt.key.src;
-                    if claims_instance(env, src) {
-                        return Err(DropReason::UplinkSpoof);
-                    }
-                    let dst = pkt.key.dst;
-                    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
-                        return Err(DropReason::Broadcast);
-                    }
-                    let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
-                    let to = known_instance(env, to, dst)?;
-                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
-                    Ok(Action::Forward {
-                        to,
-                        dst_mac: instance_mac(to),
-                    })
-                }
-                // Untagged IPv6 is judged by `decide6`; tagged frames were
-                // dropped above.
-                Parsed::Ipv6 { .. } => Err(DropReason::UnsupportedEthertype),
             }
         }
+        // Untagged IPv6 is judged by `decide6`; tagged frames are dropped by
+        // the check.
+        Parsed::Ipv6 { eth, .. } => {
+            check_eth(inp, eth)?;
+            Err(DropReason::UnsupportedEthertype)
+        }
     }
+}
+
+/// The Ethernet checks of every frame [`decide`]s: no 802.1Q tag, an instance
+/// sends from its own MAC; the uplink's MAC is learnt.
+#[inline(always)]
+fn check_eth(inp: &Port, eth: &Eth) -> Result<(), DropReason> {
+    if eth.vlan.is_some() {
+        return Err(DropReason::VlanTagged);
+    }
+    match inp.kind {
+        Kind::Instance { mac, .. } => {
+            if eth.src != mac {
+                return Err(DropReason::SpoofedMac);
+            }
+        }
+        Kind::Uplink => learn(inp, eth),
+    }
+    Ok(())
+}
+
+/// [`decide`] for an IPv4 packet (the facts of its `Parsed::Ipv4`): always
+/// inlined, it is the burst loop's hot path.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn decide4<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    eth: &Eth,
+    pkt: &Packet,
+    l3_offset: u16,
+    payload_offset: u16,
+    ip_len: u16,
+) -> Result<Action<'t>, DropReason> {
+    check_eth(inp, eth)?;
+    match inp.kind {
+        Kind::Instance { mac, ip } => {
+            // Non-first fragments carry `L4::Other`, so this is a whole datagram or a first fragment.
+            let udp = pkt.key.proto == proto::UDP && matches!(pkt.l4, L4::Udp);
+            let dhcp_client = udp && pkt.key.dport == dhcp::SERVER_PORT;
+            if pkt.key.src != ip && !(dhcp_client && pkt.key.src.is_unspecified()) {
+                return Err(DropReason::SpoofedIp);
+            }
+            if udp && (pkt.key.sport == dhcp::SERVER_PORT || pkt.key.dport == dhcp::CLIENT_PORT) {
+                return Err(DropReason::RogueDhcp);
+            }
+            if dhcp_client {
+                let end = usize::from(l3_offset) + usize::from(ip_len);
+                let payload = frame.get(usize::from(payload_offset)..end).unwrap_or(&[]);
+                return dhcp_action(env, mac, ip, payload);
+            }
+            let dst = pkt.key.dst;
+            if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                return Err(DropReason::Broadcast);
+            }
+            let (to, dst_mac) = match env.table.by_ip(dst) {
+                Some(p) => (known_instance(env, p, dst)?, instance_mac(p)),
+                None if dst == env.net.gateway => {
+                    return Err(DropReason::UnknownDestination);
+                }
+                // An instance of another host: no ingress rules here
+                // (its host enforces them), the flow is tracked for
+                // the reply, the frame goes into the overlay.
+                None if let Some(o) = &env.overlay
+                    && let Some((info, to)) = o.dir.remote_instance(dst) =>
+                {
+                    return overlay_action(env, o, pkt, ip, info.mac, to);
+                }
+                // An instance of the snapshot without a port (nor a
+                // live host) is not reachable.
+                None if env.snap.instance_by_ip(dst).is_some() => {
+                    return Err(DropReason::UnknownDestination);
+                }
+                None => {
+                    let up = env
+                        .table
+                        .uplink
+                        .as_ref()
+                        .ok_or(DropReason::UnknownDestination)?;
+                    let m = if eth.dst == GATEWAY_MAC {
+                        u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
+                    } else {
+                        None
+                    };
+                    (up, m)
+                }
+            };
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
+            Ok(Action::Forward { to, dst_mac })
+        }
+        Kind::Uplink => {
+            let src = pkt.key.src;
+            if claims_instance(env, src) {
+                return Err(DropReason::UplinkSpoof);
+            }
+            let dst = pkt.key.dst;
+            if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                return Err(DropReason::Broadcast);
+            }
+            let to = env.table.by_ip(dst).ok_or(DropReason::UnknownDestination)?;
+            let to = known_instance(env, to, dst)?;
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
+            Ok(Action::Forward {
+                to,
+                dst_mac: instance_mac(to),
+            })
+        }
+    }
+}
+
+/// An IPv4 packet from instance `ip` to an instance of another host (cluster
+/// mode): judged as egress and tracked for the reply, then sent into the
+/// overlay with the sender's identity.
+#[inline(never)]
+fn overlay_action<'t>(
+    env: &Env<'t>,
+    o: &OverlayEnv<'t>,
+    pkt: &Packet,
+    ip: Ipv4Addr,
+    dst_mac: Mac,
+    to: SocketAddrV4,
+) -> Result<Action<'t>, DropReason> {
+    let Some(identity) = o.dir.local_identity(ip) else {
+        return Ok(Action::VxlanDrop(VxlanDrop::NoIdentity));
+    };
+    let dir = o.dir;
+    env.ct
+        .judge_scoped(env.snap, pkt, env.now, |a| dir.is_remote(a))?;
+    Ok(Action::Overlay {
+        to,
+        dst_mac,
+        identity,
+    })
 }
 
 /// Judge an untagged IPv6 frame (see the module docs): housekeeping (neighbor
@@ -1210,6 +1332,7 @@ fn arp_action<'t>(env: &Env<'t>, inp: &Port, arp: &Arp) -> Result<Action<'t>, Dr
     }
 }
 
+#[inline(never)]
 fn dhcp_action<'t>(
     env: &Env<'t>,
     mac: Mac,

@@ -136,7 +136,7 @@ impl Burst {
         }
         let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
         for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
-            *parsed = prepare(env, &buf[..*len]);
+            prepare(env, &buf[..*len], parsed);
             if let (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) = (&scratch.flows, &*parsed) {
                 r.prefetch(&pkt.key);
             }
@@ -144,7 +144,7 @@ impl Burst {
         let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
         for (i, (((buf, (len, vnet)), parsed), o)) in frames.zip(out.iter_mut()).take(n).enumerate()
         {
-            *o = process_prepared(env, port(i), &mut buf[..*len], *parsed, vnet, scratch);
+            *o = process_prepared(env, port(i), &mut buf[..*len], parsed, vnet, scratch);
         }
         out
     }
