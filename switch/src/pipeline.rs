@@ -284,7 +284,7 @@ pub fn prepare(env: &Env<'_>, frame: &[u8], out: &mut Result<Parsed, DropReason>
 /// [`process`] of a frame already parsed by [`prepare`] (`parsed` must be what
 /// `parse_frame(frame)` returns for these bytes). Always inlined into the
 /// worker's burst loop: untagged IPv4 is judged there without a call
-/// ([`judge`]); the other families and rare outcomes are calls.
+/// (`judge`); the other families and rare outcomes are calls.
 #[inline(always)]
 pub fn process_prepared(
     env: &Env<'_>,
