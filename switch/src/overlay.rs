@@ -53,13 +53,14 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use filter::parse::Parsed;
-use filter::{DropReason, parse_frame};
+use filter::{DropReason, L4, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
 use crate::flowlog::{self, Recorder};
 use crate::offload::{self, complete_csum, segment};
-use crate::pipeline::{Env, Scratch, judge_for, known_instance, transmit};
+use crate::nd;
+use crate::pipeline::{Env, Scratch, judge_for, known_instance, port_of6, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
@@ -357,14 +358,19 @@ fn fragment(
 /// fits, USO by its own segment size if that fits. `None`: cannot be cut.
 fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
     let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
-    // Untagged IPv4 (the pipeline dropped tagged frames).
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
-    let l4 = 14 + ihl;
-    match (*frame.get(23)?, gso) {
-        (filter::proto::TCP, VnetHdr::GSO_NONE | VnetHdr::GSO_TCPV4) => {
+    // Untagged IPv4 or IPv6 (the pipeline dropped tagged frames); for IPv6
+    // the TCP or UDP header right after the fixed header (as
+    // `offload::segment` requires; Linux builds no other super-frame).
+    let (l4, proto, tso) = match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+            (14 + ihl, *frame.get(23)?, VnetHdr::GSO_TCPV4)
+        }
+        [0x86, 0xdd] => (14 + 40, *frame.get(20)?, VnetHdr::GSO_TCPV6),
+        _ => return None,
+    };
+    match (proto, gso) {
+        (filter::proto::TCP, g) if g == VnetHdr::GSO_NONE || g == tso => {
             let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
             let fit = max.checked_sub(hdr_len).filter(|&f| f > 0)?;
             let mss = if gso == VnetHdr::GSO_NONE {
@@ -374,7 +380,7 @@ fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
             };
             Some(VnetHdr {
                 flags: VnetHdr::F_NEEDS_CSUM,
-                gso_type: VnetHdr::GSO_TCPV4,
+                gso_type: tso,
                 gso_size: u16::try_from(mss).ok()?,
                 ..*vnet
             })
@@ -429,6 +435,60 @@ pub fn write_frag_needed(out: &mut [u8], frame: &[u8], gw: Ipv4Addr, mtu: u16) -
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
     icmp[8..].copy_from_slice(quoted);
     let c = offload::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(len)
+}
+
+/// The minimum IPv6 MTU (RFC 8200 §5): an ICMPv6 error never exceeds it.
+const IPV6_MIN_MTU: usize = 1280;
+
+/// For an IPv6 frame that does not fit the underlay (IPv6 routers never
+/// fragment): writes into `out` the ICMPv6 "packet too big" (type 2 code 0,
+/// RFC 4443 §3.2) that the router address `from` sends back to the sender, with
+/// the MTU `mtu` and as much of the packet as fits in the minimum IPv6 MTU.
+/// Returns its length, or `None` when no such answer is due (not IPv6, an
+/// ICMPv6 error itself, a source that cannot be answered).
+pub fn write_packet_too_big(
+    out: &mut [u8],
+    frame: &[u8],
+    from: std::net::Ipv6Addr,
+    mtu: u32,
+) -> Option<usize> {
+    let v = nd::parse(frame).ok()?;
+    let is_icmp_error = v.icmp_type().is_some_and(|t| t < 128);
+    if is_icmp_error
+        || v.src.is_unspecified()
+        || v.src.is_multicast()
+        || v.src.is_loopback()
+        || v.eth_src[0] & 1 == 1
+    {
+        return None;
+    }
+    // The packet as it came (IPv6 header on), cut to fit 1280 bytes.
+    // (`nd::parse` checked that the payload length lies within the frame.)
+    let end = 14 + 40 + usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+    let quoted = &frame[14..end.min(14 + IPV6_MIN_MTU - 40 - 8)];
+    let plen = 8 + quoted.len();
+    let len = 14 + 40 + plen;
+    let f = out.get_mut(..len)?;
+    f[0..6].copy_from_slice(&frame[6..12]);
+    f[6..12].copy_from_slice(&crate::arp::GATEWAY_MAC);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let h = &mut f[14..54];
+    h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    h[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
+    h[6] = nd::NH_ICMPV6;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&from.octets());
+    h[24..40].copy_from_slice(&v.src.octets());
+    let pseudo = offload::sum(&f[22..54], u64::from(nd::NH_ICMPV6) + plen as u64);
+    let icmp = &mut f[54..];
+    icmp[0] = 2;
+    icmp[1] = 0;
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(quoted);
+    let c = !offload::fold(offload::sum(icmp, pseudo));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     Some(len)
 }
@@ -668,34 +728,56 @@ fn check_inner<'t>(
     };
     vxlan::check_sender(o.dir, &d)?;
     let frame = &mut buf[VXLAN_HDR_LEN..];
-    let Parsed::Ipv4 {
-        pkt, eth, ip_len, ..
-    } = parse_frame(frame)?
-    else {
-        // check_sender admits untagged IPv4 only.
-        return Err(VxlanDrop::InnerNotIpv4.into());
-    };
-    let dst = pkt.key.dst;
-    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
-        return Err(VxlanDrop::NotLocal.into());
-    }
-    let port = env.table.by_ip(dst).ok_or(VxlanDrop::NotLocal)?;
-    let Kind::Instance { mac, .. } = port.kind else {
-        return Err(VxlanDrop::NotLocal.into());
-    };
-    if o.dir.is_remote(dst) {
-        // The directory says another host owns it (a stale port here): not ours.
-        return Err(VxlanDrop::NotLocal.into());
-    }
-    let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip));
-    if let Some(rec) = flows {
-        // The receiver's record (the sender's host logged the egress one).
-        let on = flowlog::On::new(false, true, verdict);
-        rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
-    }
-    verdict?;
+    let (port, mac) = match parse_frame(frame)? {
+        Parsed::Ipv4 {
+            pkt, eth, ip_len, ..
+        } => {
+            let dst = pkt.key.dst;
+            if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            let port = env.table.by_ip(dst).ok_or(VxlanDrop::NotLocal)?;
+            let Kind::Instance { mac, .. } = port.kind else {
+                return Err(VxlanDrop::NotLocal.into());
+            };
+            if dir.is_remote(dst) {
+                // The directory says another host owns it (a stale port here): not ours.
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            let port = known_instance(env, port, dst)?;
+            let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip));
+            if let Some(rec) = flows {
+                // The receiver's record (the sender's host logged the egress one).
+                let on = flowlog::On::new(false, true, verdict);
+                rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
+            }
+            verdict?;
+            (port, mac)
+        }
+        Parsed::Ipv6 { pkt, eth, .. } => {
+            // check_sender refused housekeeping it could see; an ICMPv6
+            // type behind other extension headers is caught here.
+            if let L4::Icmp { ty, .. } = pkt.l4
+                && nd::is_housekeeping(ty)
+            {
+                return Err(VxlanDrop::InnerHousekeeping.into());
+            }
+            let dst = pkt.key.dst;
+            if dst.is_multicast() || eth.is_multicast_dst() || dir.is_remote6(dst) {
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            // Found through the snapshot: a port it does not know gets nothing.
+            let port = port_of6(env, dst).ok_or(VxlanDrop::NotLocal)?;
+            let Kind::Instance { mac, .. } = port.kind else {
+                return Err(VxlanDrop::NotLocal.into());
+            };
+            judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote6(ip))?;
+            (port, mac)
+        }
+        // check_sender admits untagged IPv4 and IPv6 only.
+        Parsed::Arp { .. } => return Err(VxlanDrop::InnerNotIpv4.into()),
+    };
     frame[0..6].copy_from_slice(&mac);
     Ok(port)
 }
