@@ -559,13 +559,15 @@ fn log_flow(
 /// ICMPv6 "packet too big" from the router's address (IPv6), with the inner
 /// MTU. Its length in `out`, or `None` when none is due.
 #[cold]
-fn too_big_answer(env: &Env<'_>, o: &OverlayEnv<'_>, frame: &[u8], out: &mut [u8]) -> Option<usize> {
+fn too_big_answer(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    frame: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
     let mtu = o.ov.inner_ip_mtu();
     if nd::is_ipv6(frame) {
-        let from = env
-            .net
-            .subnet6
-            .map_or_else(nd::router_ll, nd::router_addr);
+        let from = env.net.subnet6.map_or_else(nd::router_ll, nd::router_addr);
         overlay::write_packet_too_big(out, frame, from, u32::from(mtu))
     } else {
         overlay::write_frag_needed(out, frame, env.net.gateway, mtu)
