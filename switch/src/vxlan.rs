@@ -1328,4 +1328,119 @@ mod tests {
             }
         }
     }
+
+    const IP6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 0x0a);
+    const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 0x0b);
+
+    /// An inner Ethernet/IPv6/UDP frame from `mac`/`ip` to IP6_B.
+    fn inner6(mac: [u8; 6], ip: Ipv6Addr, sport: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac, MAC_B)
+            .ipv6(ip.octets(), IP6_B.octets(), 64)
+            .udp(sport, 5555)
+            .write(&mut f, b"hello overlay")
+            .unwrap();
+        f
+    }
+
+    fn directory6() -> DirectoryTable {
+        let mut t = directory();
+        t.add_instance6(IP6_A, IP_A);
+        t.add_instance6(IP6_B, IP_B);
+        t
+    }
+
+    fn check6(dir: &DirectoryTable, inner: &[u8], policy: u16) -> Result<Verified, VxlanDrop> {
+        let f = encap_vec(&under(), &hdr(policy), inner);
+        check_sender(dir, &decap(&f, &cfg()).unwrap())
+    }
+
+    #[test]
+    fn receive_side_checks_inner_ipv6_like_ipv4() {
+        use VxlanDrop::*;
+        let d = directory6();
+        // A (h1's) by its IPv6 address, verified as A.
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Ok(Verified {
+                host: HostId(1),
+                src_ip: IP_A,
+                identity: 0x1234
+            })
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x99),
+            Err(WrongIdentity)
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_B, IP6_B, 1), 0x99),
+            Err(ForeignInstance)
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_B, IP6_A, 1), 0x1234),
+            Err(SpoofedMac)
+        );
+        let nobody = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, nobody, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+        // A directory without IPv6 addresses knows no IPv6 sender.
+        assert_eq!(
+            check6(&directory(), &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+        // Housekeeping: link-local source, and neighbor discovery from the
+        // instance's own address.
+        let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 0x0a);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, ll, 1), 0x1234),
+            Err(InnerHousekeeping)
+        );
+        let mut ns = vec![0u8; 54 + 24];
+        let msg = crate::nd::nd_message(crate::nd::ty::NS, 0, IP6_B, None);
+        crate::nd::write_icmp6(&mut ns, MAC_B, MAC_A, IP6_A, IP6_B, &msg);
+        assert_eq!(check6(&d, &ns, 0x1234), Err(InnerHousekeeping));
+        // Truncated IPv6.
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1)[..40], 0x1234),
+            Err(Malformed)
+        );
+        // Forgetting A forgets its IPv6 address too.
+        let mut d = d;
+        d.remove_instance(IP_A);
+        assert_eq!(d.instance_of6(IP6_A), None);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+    }
+
+    #[test]
+    fn directory_finds_instances_by_ipv6() {
+        let mut t = directory6();
+        let h1 = SocketAddrV4::new(H1, VXLAN_PORT);
+        // Local is host 2: A (host 1) is remote, B is ours.
+        assert_eq!(
+            t.remote_instance6(IP6_A).map(|(i, a)| (i.mac, a)),
+            Some((MAC_A, h1))
+        );
+        assert!(t.is_remote6(IP6_A) && !t.is_remote6(IP6_B));
+        assert_eq!(t.remote_instance6(IP6_B), None);
+        assert_eq!(t.instance_of6(IP6_B).map(|(ip, _)| ip), Some(IP_B));
+        // Host 1's lease expires: A stays remote, but is unreachable.
+        t.remove_host(H1);
+        assert_eq!(t.remote_instance6(IP6_A), None);
+        assert!(t.is_remote6(IP6_A));
+    }
+
+    #[test]
+    fn source_port_follows_ipv6_flows() {
+        let a = flow_src_port(&inner6(MAC_A, IP6_A, 40000));
+        assert_eq!(a, flow_src_port(&inner6(MAC_A, IP6_A, 40000)));
+        let ports: std::collections::HashSet<u16> = (0..64)
+            .map(|p| flow_src_port(&inner6(MAC_A, IP6_A, 40000 + p)))
+            .collect();
+        assert!(ports.len() > 56, "poor entropy: {} of 64", ports.len());
+    }
 }

@@ -324,7 +324,15 @@ fn three_hosts_one_lab() {
     lab.cli(
         0,
         &[
-            "revoke", "db", "-P", "tcp", "-p", &port, "-s", "0.0.0.0/0", "--wait",
+            "revoke",
+            "db",
+            "-P",
+            "tcp",
+            "-p",
+            &port,
+            "-s",
+            "0.0.0.0/0",
+            "--wait",
         ],
     );
 
