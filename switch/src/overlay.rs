@@ -27,23 +27,31 @@
 //!   Other IPv4 that does not fit is fragmented (RFC 791) if DF is clear; with
 //!   DF it is dropped (`vxlan_too_big`) and the pipeline answers ICMP
 //!   "fragmentation needed" with the inner MTU from the gateway
-//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. The
-//!   outer packet has DF set and is never fragmented.
+//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. IPv6
+//!   (TSO6 and TCP/IPv6 cut the same way) is never fragmented: what does not
+//!   fit is `vxlan_too_big`, answered with ICMPv6 "packet too big" from the
+//!   router's address ([`write_packet_too_big`]). The outer packet (always
+//!   IPv4) has DF set and is never fragmented.
 //! * Receive GRO: see `receive` and `Gro` (docs/overlay.md).
 //! * Receive (`receive`): a datagram read from the socket is decapsulated
 //!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
 //!   with the datagram's source address: a live host other than this one, whose
-//!   instance the inner source MAC/IP/identity is); each refusal counts under its
-//!   `VxlanDrop` name. The inner frame then goes through the single-host rules
-//!   as a frame from that verified remote instance: its destination must be an
-//!   instance attached here (`vxlan_not_local`; broadcast is never carried),
+//!   instance the inner source MAC/IP/identity is, for an inner IPv4 or IPv6
+//!   frame; IPv6 housekeeping never crosses hosts: `vxlan_inner_housekeeping`);
+//!   each refusal counts under its `VxlanDrop` name. The inner frame then goes
+//!   through the single-host rules as a frame from that verified remote
+//!   instance: its destination must be an instance attached here
+//!   (`vxlan_not_local`; broadcast and multicast are never carried),
 //!   then conntrack (a reply to a flow our instance opened passes) or the
 //!   destination's ingress rules (group-source rules match the remote member by
 //!   its address, which the verification tied to its identity), then the port.
-//! * Flow logs: a cross-host flow is logged on each instance's own host — the
-//!   sender's egress record where it enters the overlay (the pipeline), the
-//!   receiver's ACCEPT/REJECT record here, after the ingress verdict. Frames
-//!   refused before it (`VxlanDrop`) are not flow-logged.
+//! * User-space GRO merges consecutive TCP segments of one flow, IPv4 or IPv6,
+//!   for a port that takes offloads (`Gro`).
+//! * Flow logs (IPv4 only for now): a cross-host flow is logged on each
+//!   instance's own host — the sender's egress record where it enters the
+//!   overlay (the pipeline), the receiver's ACCEPT/REJECT record here, after
+//!   the ingress verdict. Frames refused before it (`VxlanDrop`) are not
+//!   flow-logged.
 //! * Counters: per worker (`WorkerCounters::vxlan_drops`, `underlay_*`), summed in
 //!   [`crate::Stats`].
 
