@@ -318,6 +318,35 @@ fn three_hosts_one_lab() {
     lab.cli(1, &[&open6[..], &["--wait"]].concat());
     assert_eq!(connect6(&app, db6, V6PORT), "open", "allowed by {prefix}");
     assert_eq!(connect6(&web, db6, V6PORT), "open", "from h1 too");
+    // Path MTU over IPv6 with real kernels: 1600-byte pings (1500-byte
+    // fragments at the source, above the overlay's 1450) get ICMPv6 "packet
+    // too big" from the sender's host, request and reply alike; the kernels
+    // then fragment to 1450 and later pings are answered.
+    lab.cli(
+        1,
+        &[
+            "authorize",
+            "db",
+            "-P",
+            "icmpv6",
+            "-t",
+            "128:-1",
+            "-s",
+            &prefix,
+            "--wait",
+        ],
+    );
+    let too_big = |h| drop_count(&lab, h, "vxlan_too_big");
+    let (tb2, tb3) = (too_big(1), too_big(2));
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &app, "busybox", "ping", "-6", "-c", "6"])
+        .args(["-i", "0.3", "-W", "2", "-s", "1600", &db6.to_string()])
+        .output()
+        .expect("busybox ping");
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "no 1600-byte ping answered: {out}");
+    assert!(too_big(1) > tb2, "packet too big for app's request (h2)");
+    assert!(too_big(2) > tb3, "packet too big for db's reply (h3)");
     let revoke6 = ["revoke", "db", "-P", "tcp", "-p", &port, "-s", &prefix];
     lab.cli(2, &[&revoke6[..], &["--wait"]].concat());
     assert_eq!(connect6(&app, db6, V6PORT), "filtered", "revoked");
