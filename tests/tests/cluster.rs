@@ -283,6 +283,7 @@ fn three_hosts_one_lab() {
     // does not open IPv6, as in AWS), open with one, refused again once it is
     // revoked.
     const V6PORT: u16 = 6600;
+    let t6 = Instant::now();
     let db6 = ipv6_of(&lab, 1, &db);
     let prefix = format!("{}/64", {
         let mut o = db6.octets();
@@ -364,6 +365,7 @@ fn three_hosts_one_lab() {
             "--wait",
         ],
     );
+    eprintln!("IPv6 across hosts checked in {:?}", t6.elapsed());
 
     // --- Test 6: forged VXLAN-GBP frames are dropped and counted by reason:
     // from an address that is no host, claiming another host's instance (sent
