@@ -506,6 +506,9 @@ impl Dataplane for SwitchDataplane {
                     identity: i.identity,
                 },
             );
+            if let Some(ip6) = i.ip6 {
+                table.add_instance6(ip6, i.ip);
+            }
         }
         sw.publish_directory(Arc::new(table));
     }

@@ -27,23 +27,31 @@
 //!   Other IPv4 that does not fit is fragmented (RFC 791) if DF is clear; with
 //!   DF it is dropped (`vxlan_too_big`) and the pipeline answers ICMP
 //!   "fragmentation needed" with the inner MTU from the gateway
-//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. The
-//!   outer packet has DF set and is never fragmented.
+//!   ([`write_frag_needed`]), so the sender's path MTU discovery works. IPv6
+//!   (TSO6 and TCP/IPv6 cut the same way) is never fragmented: what does not
+//!   fit is `vxlan_too_big`, answered with ICMPv6 "packet too big" from the
+//!   router's address ([`write_packet_too_big`]). The outer packet (always
+//!   IPv4) has DF set and is never fragmented.
 //! * Receive GRO: see `receive` and `Gro` (docs/overlay.md).
 //! * Receive (`receive`): a datagram read from the socket is decapsulated
 //!   (`decap_udp_payload`: flags, VNI) and its sender verified (`check_sender`
 //!   with the datagram's source address: a live host other than this one, whose
-//!   instance the inner source MAC/IP/identity is); each refusal counts under its
-//!   `VxlanDrop` name. The inner frame then goes through the single-host rules
-//!   as a frame from that verified remote instance: its destination must be an
-//!   instance attached here (`vxlan_not_local`; broadcast is never carried),
+//!   instance the inner source MAC/IP/identity is, for an inner IPv4 or IPv6
+//!   frame; IPv6 housekeeping never crosses hosts: `vxlan_inner_housekeeping`);
+//!   each refusal counts under its `VxlanDrop` name. The inner frame then goes
+//!   through the single-host rules as a frame from that verified remote
+//!   instance: its destination must be an instance attached here
+//!   (`vxlan_not_local`; broadcast and multicast are never carried),
 //!   then conntrack (a reply to a flow our instance opened passes) or the
 //!   destination's ingress rules (group-source rules match the remote member by
 //!   its address, which the verification tied to its identity), then the port.
-//! * Flow logs: a cross-host flow is logged on each instance's own host — the
-//!   sender's egress record where it enters the overlay (the pipeline), the
-//!   receiver's ACCEPT/REJECT record here, after the ingress verdict. Frames
-//!   refused before it (`VxlanDrop`) are not flow-logged.
+//! * User-space GRO merges consecutive TCP segments of one flow, IPv4 or IPv6,
+//!   for a port that takes offloads (`Gro`).
+//! * Flow logs (IPv4 only for now): a cross-host flow is logged on each
+//!   instance's own host — the sender's egress record where it enters the
+//!   overlay (the pipeline), the receiver's ACCEPT/REJECT record here, after
+//!   the ingress verdict. Frames refused before it (`VxlanDrop`) are not
+//!   flow-logged.
 //! * Counters: per worker (`WorkerCounters::vxlan_drops`, `underlay_*`), summed in
 //!   [`crate::Stats`].
 
@@ -53,13 +61,14 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use filter::parse::Parsed;
-use filter::{DropReason, parse_frame};
+use filter::{DropReason, L4, parse_frame};
 
 use crate::config::{OverlayConfig, SwitchError};
 use crate::counters::bump;
 use crate::flowlog::{self, Recorder};
+use crate::nd;
 use crate::offload::{self, complete_csum, segment};
-use crate::pipeline::{Env, Scratch, judge_for, known_instance, transmit};
+use crate::pipeline::{Env, Scratch, judge_for, known_instance, port_of6, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
@@ -357,14 +366,19 @@ fn fragment(
 /// fits, USO by its own segment size if that fits. `None`: cannot be cut.
 fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
     let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
-    // Untagged IPv4 (the pipeline dropped tagged frames).
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
-    let l4 = 14 + ihl;
-    match (*frame.get(23)?, gso) {
-        (filter::proto::TCP, VnetHdr::GSO_NONE | VnetHdr::GSO_TCPV4) => {
+    // Untagged IPv4 or IPv6 (the pipeline dropped tagged frames); for IPv6
+    // the TCP or UDP header right after the fixed header (as
+    // `offload::segment` requires; Linux builds no other super-frame).
+    let (l4, proto, tso) = match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+            (14 + ihl, *frame.get(23)?, VnetHdr::GSO_TCPV4)
+        }
+        [0x86, 0xdd] => (14 + 40, *frame.get(20)?, VnetHdr::GSO_TCPV6),
+        _ => return None,
+    };
+    match (proto, gso) {
+        (filter::proto::TCP, g) if g == VnetHdr::GSO_NONE || g == tso => {
             let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
             let fit = max.checked_sub(hdr_len).filter(|&f| f > 0)?;
             let mss = if gso == VnetHdr::GSO_NONE {
@@ -374,7 +388,7 @@ fn segment_hdr(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<VnetHdr> {
             };
             Some(VnetHdr {
                 flags: VnetHdr::F_NEEDS_CSUM,
-                gso_type: VnetHdr::GSO_TCPV4,
+                gso_type: tso,
                 gso_size: u16::try_from(mss).ok()?,
                 ..*vnet
             })
@@ -429,6 +443,60 @@ pub fn write_frag_needed(out: &mut [u8], frame: &[u8], gw: Ipv4Addr, mtu: u16) -
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
     icmp[8..].copy_from_slice(quoted);
     let c = offload::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(len)
+}
+
+/// The minimum IPv6 MTU (RFC 8200 §5): an ICMPv6 error never exceeds it.
+const IPV6_MIN_MTU: usize = 1280;
+
+/// For an IPv6 frame that does not fit the underlay (IPv6 routers never
+/// fragment): writes into `out` the ICMPv6 "packet too big" (type 2 code 0,
+/// RFC 4443 §3.2) that the router address `from` sends back to the sender, with
+/// the MTU `mtu` and as much of the packet as fits in the minimum IPv6 MTU.
+/// Returns its length, or `None` when no such answer is due (not IPv6, an
+/// ICMPv6 error itself, a source that cannot be answered).
+pub fn write_packet_too_big(
+    out: &mut [u8],
+    frame: &[u8],
+    from: std::net::Ipv6Addr,
+    mtu: u32,
+) -> Option<usize> {
+    let v = nd::parse(frame).ok()?;
+    let is_icmp_error = v.icmp_type().is_some_and(|t| t < 128);
+    if is_icmp_error
+        || v.src.is_unspecified()
+        || v.src.is_multicast()
+        || v.src.is_loopback()
+        || v.eth_src[0] & 1 == 1
+    {
+        return None;
+    }
+    // The packet as it came (IPv6 header on), cut to fit 1280 bytes.
+    // (`nd::parse` checked that the payload length lies within the frame.)
+    let end = 14 + 40 + usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+    let quoted = &frame[14..end.min(14 + IPV6_MIN_MTU - 40 - 8)];
+    let plen = 8 + quoted.len();
+    let len = 14 + 40 + plen;
+    let f = out.get_mut(..len)?;
+    f[0..6].copy_from_slice(&frame[6..12]);
+    f[6..12].copy_from_slice(&crate::arp::GATEWAY_MAC);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let h = &mut f[14..54];
+    h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    h[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
+    h[6] = nd::NH_ICMPV6;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&from.octets());
+    h[24..40].copy_from_slice(&v.src.octets());
+    let pseudo = offload::sum(&f[22..54], u64::from(nd::NH_ICMPV6) + plen as u64);
+    let icmp = &mut f[54..];
+    icmp[0] = 2;
+    icmp[1] = 0;
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(quoted);
+    let c = !offload::fold(offload::sum(icmp, pseudo));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     Some(len)
 }
@@ -668,44 +736,69 @@ fn check_inner<'t>(
     };
     vxlan::check_sender(o.dir, &d)?;
     let frame = &mut buf[VXLAN_HDR_LEN..];
-    let Parsed::Ipv4 {
-        pkt, eth, ip_len, ..
-    } = parse_frame(frame)?
-    else {
-        // check_sender admits untagged IPv4 only.
-        return Err(VxlanDrop::InnerNotIpv4.into());
-    };
-    let dst = pkt.key.dst;
-    if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
-        return Err(VxlanDrop::NotLocal.into());
-    }
-    let port = env.table.by_ip(dst).ok_or(VxlanDrop::NotLocal)?;
-    let Kind::Instance { mac, .. } = port.kind else {
-        return Err(VxlanDrop::NotLocal.into());
-    };
-    if o.dir.is_remote(dst) {
-        // The directory says another host owns it (a stale port here): not ours.
-        return Err(VxlanDrop::NotLocal.into());
-    }
-    let port = known_instance(env, port, dst)?;
     let dir = o.dir;
-    let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip));
-    if let Some(rec) = flows {
-        // The receiver's record (the sender's host logged the egress one).
-        let on = flowlog::On::new(false, true, verdict);
-        rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
-    }
-    verdict?;
+    let (port, mac) = match parse_frame(frame)? {
+        Parsed::Ipv4 {
+            pkt, eth, ip_len, ..
+        } => {
+            let dst = pkt.key.dst;
+            if env.net.is_broadcast(dst) || eth.is_multicast_dst() {
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            let port = env.table.by_ip(dst).ok_or(VxlanDrop::NotLocal)?;
+            let Kind::Instance { mac, .. } = port.kind else {
+                return Err(VxlanDrop::NotLocal.into());
+            };
+            if dir.is_remote(dst) {
+                // The directory says another host owns it (a stale port here): not ours.
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            let port = known_instance(env, port, dst)?;
+            let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote(ip));
+            if let Some(rec) = flows {
+                // The receiver's record (the sender's host logged the egress one).
+                let on = flowlog::On::new(false, true, verdict);
+                rec.record(&pkt.key, on, 1, u64::from(ip_len), env.now);
+            }
+            verdict?;
+            (port, mac)
+        }
+        Parsed::Ipv6 { pkt, eth, .. } => {
+            // check_sender refused housekeeping it could see; an ICMPv6
+            // type behind other extension headers is caught here.
+            if let L4::Icmp { ty, .. } = pkt.l4
+                && nd::is_housekeeping(ty)
+            {
+                return Err(VxlanDrop::InnerHousekeeping.into());
+            }
+            let dst = pkt.key.dst;
+            if dst.is_multicast() || eth.is_multicast_dst() || dir.is_remote6(dst) {
+                return Err(VxlanDrop::NotLocal.into());
+            }
+            // Found through the snapshot: a port it does not know gets nothing.
+            let port = port_of6(env, dst).ok_or(VxlanDrop::NotLocal)?;
+            let Kind::Instance { mac, .. } = port.kind else {
+                return Err(VxlanDrop::NotLocal.into());
+            };
+            judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote6(ip))?;
+            (port, mac)
+        }
+        // check_sender admits untagged IPv4 and IPv6 only.
+        Parsed::Arp { .. } => return Err(VxlanDrop::InnerNotIpv4.into()),
+    };
     frame[0..6].copy_from_slice(&mac);
     Ok(port)
 }
 
-/// A TCP segment that may be merged: untagged IPv4, not a fragment, no padding,
-/// ACK set, no SYN/RST/URG, some payload, and a TCP checksum that verifies (a
-/// merged super-frame gets a partial checksum the receiver completes, so a bad
-/// one must not be laundered).
+/// A TCP segment that may be merged: untagged IPv4 (not a fragment) or IPv6
+/// (TCP right after the fixed header), no padding, ACK set, no SYN/RST/URG,
+/// some payload, and a TCP checksum that verifies (a merged super-frame gets a
+/// partial checksum the receiver completes, so a bad one must not be
+/// laundered).
 #[derive(Clone, Copy, Debug)]
 struct TcpSeg {
+    /// IPv6 (else IPv4).
+    v6: bool,
     l4: usize,
     hdr_len: usize,
     seq: u32,
@@ -717,21 +810,31 @@ impl TcpSeg {
     fn of(f: &[u8]) -> Option<TcpSeg> {
         use filter::tcp_flags::{ACK, RST, SYN};
         const URG: u8 = 0x20;
-        if f.get(12..14)? != [0x08, 0x00] || f.len() < 54 {
-            return None;
-        }
-        let ip = &f[14..34];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        if ip[0] >> 4 != 4
-            || ihl < 20
-            || ip[9] != filter::proto::TCP
-            || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
-            || 14 + total != f.len()
-        {
-            return None;
-        }
-        let l4 = 14 + ihl;
+        let (v6, l4, addrs) = match f.get(12..14)? {
+            [0x08, 0x00] => {
+                let ip = f.get(14..34)?;
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                if ip[0] >> 4 != 4
+                    || ihl < 20
+                    || ip[9] != filter::proto::TCP
+                    || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+                    || 14 + total != f.len()
+                {
+                    return None;
+                }
+                (false, 14 + ihl, 26..34)
+            }
+            [0x86, 0xdd] => {
+                let ip = f.get(14..54)?;
+                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                if ip[0] >> 4 != 6 || ip[6] != filter::proto::TCP || 54 + plen != f.len() {
+                    return None;
+                }
+                (true, 54, 22..54)
+            }
+            _ => return None,
+        };
         let t = f.get(l4..l4 + 20)?;
         let hdr_len = l4 + usize::from(t[12] >> 4) * 4;
         let flags = t[13];
@@ -743,13 +846,14 @@ impl TcpSeg {
             return None;
         }
         let pseudo = offload::sum(
-            &f[26..34],
+            &f[addrs],
             u64::from(filter::proto::TCP) + (f.len() - l4) as u64,
         );
         if offload::fold(offload::sum(&f[l4..], pseudo)) != 0xffff {
             return None;
         }
         Some(TcpSeg {
+            v6,
             l4,
             hdr_len,
             seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
@@ -760,14 +864,16 @@ impl TcpSeg {
 }
 
 /// Whether two segments' headers are the same but for what segmentation
-/// changes: IPv4 total length, id and checksum, TCP sequence number, flags and
-/// checksum.
-fn same_headers(a: &[u8], b: &[u8], l4: usize, hdr_len: usize) -> bool {
+/// changes: IPv4 total length, id and checksum (IPv6 payload length), TCP
+/// sequence number, flags and checksum.
+fn same_headers(a: &[u8], b: &[u8], v6: bool, l4: usize, hdr_len: usize) -> bool {
     let (a, b) = (&a[..hdr_len], &b[..hdr_len]);
-    a[..16] == b[..16]
-        && a[20..24] == b[20..24]
-        && a[26..l4 + 4] == b[26..l4 + 4]
-        && a[l4 + 8..l4 + 13] == b[l4 + 8..l4 + 13]
+    let ip = if v6 {
+        a[..18] == b[..18] && a[20..l4 + 4] == b[20..l4 + 4]
+    } else {
+        a[..16] == b[..16] && a[20..24] == b[20..24] && a[26..l4 + 4] == b[26..l4 + 4]
+    };
+    ip && a[l4 + 8..l4 + 13] == b[l4 + 8..l4 + 13]
         && a[l4 + 14..l4 + 16] == b[l4 + 14..l4 + 16]
         && a[l4 + 18..] == b[l4 + 18..]
 }
@@ -819,12 +925,13 @@ impl<'b, 't> Gro<'b, 't> {
             (Some(f), Some(p)) => {
                 Arc::ptr_eq(p, port)
                     && !self.closed
+                    && t.v6 == f.v6
                     && t.l4 == f.l4
                     && t.hdr_len == f.hdr_len
                     && t.seq == self.next_seq
                     && t.payload <= f.payload
                     && fits(self)
-                    && same_headers(&self.buf[..f.hdr_len], frame, f.l4, f.hdr_len)
+                    && same_headers(&self.buf[..f.hdr_len], frame, f.v6, f.l4, f.hdr_len)
             }
             _ => false,
         };
@@ -865,20 +972,26 @@ impl<'b, 't> Gro<'b, 't> {
             return transmit(env, port, frame, &VnetHdr::default(), scratch).map_err(Refused::from);
         }
         let l4 = f.l4;
-        frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
-        frame[24..26].copy_from_slice(&[0, 0]);
-        let c = offload::checksum(&frame[14..l4]);
-        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        let (addrs, gso_type) = if f.v6 {
+            frame[18..20].copy_from_slice(&((len - 54) as u16).to_be_bytes());
+            (22..54, VnetHdr::GSO_TCPV6)
+        } else {
+            frame[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let c = offload::checksum(&frame[14..l4]);
+            frame[24..26].copy_from_slice(&c.to_be_bytes());
+            (26..34, VnetHdr::GSO_TCPV4)
+        };
         frame[l4 + 13] = f.flags | (self.last_flags & (PSH | FIN));
         // The partial checksum: the pseudo-header sum, completed by the receiver.
         let pseudo = offload::sum(
-            &frame[26..34],
+            &frame[addrs],
             u64::from(filter::proto::TCP) + (len - l4) as u64,
         );
         frame[l4 + 16..l4 + 18].copy_from_slice(&offload::fold(pseudo).to_be_bytes());
         let vnet = VnetHdr {
             flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
+            gso_type,
             hdr_len: f.hdr_len as u16,
             gso_size: f.payload as u16,
             csum_start: l4 as u16,
@@ -919,8 +1032,20 @@ mod tests {
     const B: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 11), [2, 0, 0, 0, 0, 0xb], 0x101);
     const C: (Ipv4Addr, Mac, u16) = (Ipv4Addr::new(10, 8, 0, 12), [2, 0, 0, 0, 0, 0xc], 0x101);
 
-    /// Group a allows TCP 22 from members of b; b allows nothing.
-    fn snapshot() -> filter::Snapshot {
+    /// The lab's IPv6 /64 (dual-stack labs only).
+    fn prefix6() -> ipnet::Ipv6Net {
+        "fd00:8::/64".parse().unwrap()
+    }
+
+    /// An instance's IPv6 address in the dual-stack lab.
+    fn v6(i: (Ipv4Addr, Mac, u16)) -> std::net::Ipv6Addr {
+        filter::model::eui64_address(prefix6(), i.1)
+    }
+
+    /// Group a allows TCP 22 from members of b; b allows nothing; `dual`: dual-stack (the /64 [`prefix6`]), and a also
+    /// allows TCP 8080 from the IPv6 CIDR fd00:8::/64 and TCP 9090 from the
+    /// IPv4 CIDR 0.0.0.0/0 (which does not open IPv6).
+    fn snapshot_with(dual: bool) -> filter::Snapshot {
         let owner = Owner(OWNER.into());
         let from_b = Rule {
             proto: Proto::Tcp,
@@ -930,6 +1055,19 @@ mod tests {
                 group: "b".into(),
             },
         };
+        let mut a_rules = vec![from_b];
+        if dual {
+            a_rules.push(Rule {
+                proto: Proto::Tcp,
+                ports: Ports::Range(8080, 8080),
+                source: Source::Cidr6(prefix6()),
+            });
+            a_rules.push(Rule {
+                proto: Proto::Tcp,
+                ports: Ports::Range(9090, 9090),
+                source: Source::Cidr(Default::default()),
+            });
+        }
         let insts =
             [("i-a", A, "a"), ("i-b", B, "b"), ("i-c", C, "b")].map(|(id, i, g)| Instance {
                 id: id.into(),
@@ -938,13 +1076,16 @@ mod tests {
                 ip: i.0,
                 groups: vec![g.into()],
             });
-        let m = Model::build(
+        let mut m = Model::build(
             Limits::default(),
             &owner,
-            &[("a", vec![from_b]), ("b", vec![])],
+            &[("a", a_rules), ("b", vec![])],
             insts,
         )
         .expect("model");
+        if dual {
+            m.set_subnet6(Some(prefix6())).expect("a /64");
+        }
         compile(&m, 1)
     }
 
@@ -959,9 +1100,12 @@ mod tests {
         };
         if with_a {
             d.add_instance(A.0, info(1, A));
+            d.add_instance6(v6(A), A.0);
         }
         d.add_instance(B.0, info(2, B));
         d.add_instance(C.0, info(2, C));
+        d.add_instance6(v6(B), B.0);
+        d.add_instance6(v6(C), C.0);
         d
     }
 
@@ -981,10 +1125,20 @@ mod tests {
     }
 
     fn lab_full(offloads: bool, flow_log: Option<crate::FlowLogConfig>) -> Lab {
+        lab_opts(offloads, flow_log, false)
+    }
+
+    /// A dual-stack lab ([`snapshot_with`]).
+    fn lab6(offloads: bool) -> Lab {
+        lab_opts(offloads, None, true)
+    }
+
+    fn lab_opts(offloads: bool, flow_log: Option<crate::FlowLogConfig>, dual: bool) -> Lab {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1 << 12),
             subnet: "10.8.0.0/16".parse().unwrap(),
+            subnet6: dual.then(prefix6),
             overlay: Some(OverlayConfig::new(SocketAddrV4::new(H1, 0), VNI)),
             flow_log,
             ..SwitchConfig::default()
@@ -996,7 +1150,7 @@ mod tests {
         let SocketAddr::V4(h2a) = h2.local_addr().unwrap() else {
             unreachable!()
         };
-        dp.publish_rules(snapshot());
+        dp.publish_rules(snapshot_with(dual));
         dp.publish_directory(Arc::new(directory(h1, h2a, true)));
         let (queues, a) = mem_port_with(
             1,
@@ -1488,5 +1642,373 @@ mod tests {
         assert_eq!(st.drop_count(DropReason::UnknownDestination), 2);
         assert_eq!(st.vxlan_drop_count(VxlanDrop::UnknownHost), 1);
         assert_eq!(st.arp_replies, 0);
+    }
+
+    // ---- IPv6 between hosts ----
+
+    /// A TCP/IPv6 frame between two instances of the dual-stack lab.
+    fn tcp6(
+        src: (Ipv4Addr, Mac, u16),
+        dst: (Ipv4Addr, Mac, u16),
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
+            .ipv6(v6(src).octets(), v6(dst).octets(), 64)
+            .tcp(sport, dport, 1000, 64000);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    /// An ICMPv6 frame from `mac`/`src` to `dst` with message `msg`.
+    fn icmp6(mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, dst_mac: Mac, msg: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 54 + msg.len()];
+        nd::write_icmp6(&mut f, dst_mac, mac, src, dst, msg);
+        f
+    }
+
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn ipv6_tcp_out_and_back_is_stateful_and_rules_apply_at_the_destination() {
+        let l = lab6(false);
+        // A → B:80 over IPv6: no rule of B allows it, host 2 enforces that.
+        let syn = tcp6(A, B, 40000, 80, true, b"");
+        l.a.inject(0, &syn, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?} {:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>(),
+            l.dp.stats().nonzero_vxlan_drops().collect::<Vec<_>>()
+        );
+        let (policy, inner) = &got[0];
+        assert_eq!(*policy, A.2, "the sender's identity");
+        assert_eq!(&inner[0..6], &B.1, "to B's MAC");
+        assert_eq!(&inner[6..], &syn[6..], "the IPv6 frame as sent");
+        // B's SYN-ACK from host 2 passes by state (no rule of a allows it).
+        let reply = tcp6(B, A, 80, 40000, false, b"reply");
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(&got[0].data[12..], &reply[12..]);
+        // New flows from C to A, judged by A's rules here: 23 has no rule, 22
+        // is allowed by the group rule (C is a verified member of b), 8080 by
+        // the IPv6 CIDR rule (the inner address), 9090 only by an IPv4 CIDR
+        // (0.0.0.0/0 does not open IPv6).
+        for (i, port) in [23u16, 22, 8080, 9090].into_iter().enumerate() {
+            let f = tcp6(C, A, 5000 + i as u16, port, true, b"");
+            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
+        }
+        settle(&l.dp);
+        let mut ports: Vec<u16> =
+            l.a.take()
+                .iter()
+                .map(|f| u16::from_be_bytes([f.data[56], f.data[57]]))
+                .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [22, 8080]);
+        // A's reply to C's allowed connection goes back into the overlay.
+        l.a.inject(0, &tcp6(A, C, 8080, 5002, false, b"ok"), VnetHdr::default())
+            .unwrap();
+        settle(&l.dp);
+        let back = h2_received(&l.h2);
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].0, &back[0].1[0..6]), (A.2, &C.1[..]));
+        let st = l.dp.stats();
+        assert_eq!(st.drop_count(DropReason::NoRule), 2, "23 and 9090");
+        assert_eq!(st.nonzero_vxlan_drops().count(), 0);
+        assert_eq!(st.underlay.tx_packets, 2);
+    }
+
+    #[test]
+    fn forged_ipv6_inner_frames_are_dropped_by_name() {
+        let l = lab6(false);
+        let h3 = UdpSocket::bind((H3, 0)).expect("bind 127.0.0.3");
+        let to_a = |src| tcp6(src, A, 5001, 22, true, b"forged");
+        let ll = filter::model::link_local_address;
+        // B's IPv6 address from C's MAC.
+        let mut b_as_c = to_a(B);
+        b_as_c[6..12].copy_from_slice(&C.1);
+        // An address of the /64 that no instance has.
+        let nobody = (B.0, [2, 0, 0, 0, 0, 0x77], B.2);
+        let ns = nd::nd_message(nd::ty::NS, 0, v6(A), Some((1, B.1)));
+        let sn = nd::solicited_node(v6(A));
+        let na = nd::nd_message(nd::ty::NA, 0x60, v6(B), Some((2, B.1)));
+        let ra = [
+            nd::ty::RA,
+            0,
+            0,
+            0,
+            64,
+            0,
+            0x07,
+            0x08,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let echo = [128u8, 0, 0, 0, 0, 1, 0, 1];
+        let mut multicast = Vec::new();
+        etherparse::PacketBuilder::ethernet2(B.1, nd::multicast_mac(all))
+            .ipv6(v6(B).octets(), all.octets(), 64)
+            .udp(1, 2)
+            .write(&mut multicast, b"to all")
+            .unwrap();
+        use VxlanDrop::*;
+        let sends: Vec<(&UdpSocket, Vec<u8>, VxlanDrop)> = vec![
+            // B sending with A's identity.
+            (&l.h2, vxlan_payload(A.2, VNI, &to_a(B)), WrongIdentity),
+            (&h3, vxlan_payload(B.2, VNI, &to_a(B)), UnknownHost),
+            // Host 2 claiming host 1's instance A by its IPv6 address.
+            (&l.h2, vxlan_payload(A.2, VNI, &to_a(A)), ForeignInstance),
+            (&l.h2, vxlan_payload(B.2, VNI, &b_as_c), SpoofedMac),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &to_a(nobody)),
+                UnknownInstance,
+            ),
+            // Housekeeping never crosses hosts: solicitations, advertisements
+            // (from the global address too), router advertisements, and
+            // link-local data.
+            (
+                &l.h2,
+                vxlan_payload(
+                    B.2,
+                    VNI,
+                    &icmp6(B.1, ll(B.1), sn, nd::multicast_mac(sn), &ns),
+                ),
+                InnerHousekeeping,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &icmp6(B.1, v6(B), v6(A), A.1, &na)),
+                InnerHousekeeping,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(
+                    B.2,
+                    VNI,
+                    &icmp6(B.1, ll(B.1), all, nd::multicast_mac(all), &ra),
+                ),
+                InnerHousekeeping,
+            ),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &icmp6(B.1, ll(B.1), ll(A.1), A.1, &echo)),
+                InnerHousekeeping,
+            ),
+            // Verified, but multicast, or for an instance that is not here.
+            (&l.h2, vxlan_payload(B.2, VNI, &multicast), NotLocal),
+            (
+                &l.h2,
+                vxlan_payload(B.2, VNI, &tcp6(B, C, 1, 22, true, b"")),
+                NotLocal,
+            ),
+        ];
+        for (s, d, _) in &sends {
+            s.send_to(d, l.h1).unwrap();
+        }
+        settle(&l.dp);
+        assert!(l.a.take().is_empty(), "a forged frame was delivered");
+        let st = l.dp.stats();
+        for (_, _, why) in &sends {
+            let want = sends.iter().filter(|(_, _, w)| w == why).count() as u64;
+            assert_eq!(st.vxlan_drop_count(*why), want, "{why}");
+        }
+        assert_eq!(st.total_drops(), 0);
+        // The genuine frame is delivered (the checks refuse only forgeries).
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &to_a(B)), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        assert_eq!(l.a.take().len(), 1);
+    }
+
+    #[test]
+    fn nd_for_a_remote_instance_is_answered_locally() {
+        let l = lab6(false);
+        let sn = nd::solicited_node(v6(B));
+        let msg = nd::nd_message(nd::ty::NS, 0, v6(B), Some((1, A.1)));
+        let ns = icmp6(A.1, v6(A), sn, nd::multicast_mac(sn), &msg);
+        l.a.inject(0, &ns, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one neighbor advertisement");
+        let v = nd::parse(&got[0].data).unwrap();
+        assert_eq!(v.icmp_type(), Some(nd::ty::NA));
+        assert_eq!((v.src, v.dst, v.eth_dst), (v6(B), v6(A), A.1));
+        assert_eq!(&v.l4[8..24], &v6(B).octets(), "target");
+        assert_eq!(&v.l4[26..32], &B.1, "B's MAC as target link-layer address");
+        assert_eq!(nd::icmp6_checksum(v.src, v.dst, v.l4), 0);
+        assert!(
+            h2_received(&l.h2).is_empty(),
+            "no solicitation crosses hosts"
+        );
+        let st = l.dp.stats();
+        assert_eq!((st.nd_replies, st.total_drops()), (1, 0));
+        // Once B's host is lost, nobody answers for B.
+        let SocketAddr::V4(h2) = l.h2.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut d = directory(l.h1, h2, true);
+        d.remove_host(H2);
+        l.dp.publish_directory(Arc::new(d));
+        l.a.inject(0, &ns, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        assert!(l.a.take().is_empty());
+        assert_eq!(l.dp.stats().nd_replies, 1);
+    }
+
+    #[test]
+    fn too_big_ipv6_gets_packet_too_big_and_tcp6_is_cut_to_the_inner_mtu() {
+        let l = lab6(false);
+        // A 1500-byte UDP datagram over IPv6: neither cut nor fragmented.
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2(A.1, B.1)
+            .ipv6(v6(A).octets(), v6(B).octets(), 64)
+            .udp(1, 2)
+            .write(&mut udp, &[7u8; 1500])
+            .unwrap();
+        l.a.inject(0, &udp, VnetHdr::default()).unwrap();
+        settle(&l.dp);
+        assert!(h2_received(&l.h2).is_empty());
+        assert_eq!(l.dp.stats().vxlan_drop_count(VxlanDrop::TooBig), 1);
+        // A hears why: ICMPv6 packet too big, MTU 1450, from the router's
+        // address, quoting as much of its packet as fits in 1280 bytes.
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one ICMPv6 error back to A");
+        let ptb = &got[0].data;
+        assert_eq!(ptb.len(), 14 + 1280);
+        let v = nd::parse(ptb).expect("IPv6");
+        assert_eq!((v.eth_dst, v.eth_src), (A.1, crate::arp::GATEWAY_MAC));
+        assert_eq!((v.src, v.dst), (nd::router_addr(prefix6()), v6(A)));
+        assert_eq!((v.icmp_type(), v.l4[1]), (Some(2), 0));
+        assert_eq!(
+            u32::from_be_bytes([v.l4[4], v.l4[5], v.l4[6], v.l4[7]]),
+            1450
+        );
+        assert_eq!(&v.l4[8..], &udp[14..14 + 1232]);
+        assert_eq!(nd::icmp6_checksum(v.src, v.dst, v.l4), 0);
+        let p = etherparse::SlicedPacket::from_ethernet(ptb).expect("parses");
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1450 }
+        );
+        // TCP over IPv6 is cut instead: a plain 6074-byte frame and a TSO6
+        // super-frame (MSS 1440; the path allows 1390).
+        let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
+        l.a.inject(
+            0,
+            &tcp6(A, B, 40000, 80, false, &payload),
+            VnetHdr::default(),
+        )
+        .unwrap();
+        let tso = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1440,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        l.a.inject(0, &tcp6(A, B, 40001, 80, false, &payload), tso)
+            .unwrap();
+        settle(&l.dp);
+        let got = h2_received(&l.h2);
+        let mut per_flow = [Vec::new(), Vec::new()];
+        for (policy, inner) in &got {
+            assert_eq!(*policy, A.2);
+            assert!(inner.len() <= 1464, "inner frame of {}", inner.len());
+            let p = etherparse::SlicedPacket::from_ethernet(inner).unwrap();
+            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+                panic!("not IPv6")
+            };
+            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+                panic!("not TCP")
+            };
+            let want = t
+                .to_header()
+                .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                .unwrap();
+            assert_eq!(t.checksum(), want, "full, valid TCP checksum");
+            assert_eq!(usize::from(ip.header().payload_length()), inner.len() - 54);
+            per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
+        }
+        assert_eq!(per_flow[0], payload);
+        assert_eq!(per_flow[1], payload);
+        assert_eq!(got.len(), 10, "5 segments of at most 1390 bytes each");
+        let st = l.dp.stats();
+        assert_eq!(st.tso_segmented, 2);
+        assert_eq!(st.vxlan_drop_count(VxlanDrop::TooBig), 1);
+        assert!(l.a.take().is_empty(), "no error for what was cut");
+    }
+
+    /// A TCP/IPv6 segment B → A:22 (allowed: a takes TCP 22 from group b).
+    fn seg6_b_to_a(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(B.1, A.1)
+            .ipv6(v6(B).octets(), v6(A).octets(), 64)
+            .tcp(6000, 22, seq, 64000)
+            .ack(1);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    #[test]
+    fn ipv6_segments_of_a_flow_are_merged_for_an_offloading_port() {
+        let l = lab6(true);
+        let data: Vec<u8> = (0..3500u32).map(|i| (i % 253) as u8).collect();
+        let segs: Vec<Vec<u8>> = data
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, c)| seg6_b_to_a(1000 + 1000 * i as u32, c, i == 3))
+            .collect();
+        let dgrams: Vec<Vec<u8>> = segs.iter().map(|f| vxlan_payload(B.2, VNI, f)).collect();
+        send_batch(&l, &dgrams);
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(got.len(), 1, "one super-frame");
+        let sf = &got[0];
+        assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV6);
+        assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 74));
+        assert_eq!((sf.vnet.csum_start, sf.vnet.csum_offset), (54, 16));
+        assert_eq!(&sf.data[74..], &data[..]);
+        // Cut again, it gives back the very segments that were sent.
+        let mut out = vec![0u8; 4096];
+        let mut back = Vec::new();
+        segment(&sf.data, &sf.vnet, &mut out, |s| {
+            back.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(back, segs);
+        let st = l.dp.stats();
+        assert_eq!((st.underlay.rx_packets, st.underlay.gro_frames), (4, 1));
+        assert_eq!(st.total_drops(), 0);
     }
 }

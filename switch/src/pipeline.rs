@@ -49,14 +49,18 @@
 //!     uplink's MAC when sent to the router's). From the uplink: sources of
 //!     the switch's side are `UplinkSpoof`, only instance destinations.
 //!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4;
-//!     flow logs and the overlay (cluster mode) are IPv4 only for now.
-//!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 destination that
-//!     is no attached port but an instance of another live host in the
-//!     directory is judged with `Conntrack::judge_scoped` (no ingress rules here:
-//!     its host enforces them; the flow is tracked for the reply) and sent into
-//!     the overlay with the sender's identity (`vxlan_no_identity` if it has
-//!     none); ARP requests from instances for such addresses are answered with
-//!     the remote instance's MAC. Overlay refusals are `Outcome::VxlanDropped`.
+//!     flow logs are IPv4 only for now.
+//!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 or IPv6
+//!     destination that is no attached port but an instance of another live
+//!     host in the directory is judged with `Conntrack::judge_scoped`/
+//!     `judge_scoped6` (no ingress rules here: its host enforces them; the flow
+//!     is tracked for the reply) and sent into the overlay with the sender's
+//!     identity (`vxlan_no_identity` if it has none); ARP requests and
+//!     neighbor solicitations from instances for such addresses are answered
+//!     with the remote instance's MAC. A frame too big for the overlay that
+//!     may not be cut gets ICMP "fragmentation needed" (IPv4 with DF) or
+//!     ICMPv6 "packet too big" (IPv6) back. Overlay refusals are
+//!     `Outcome::VxlanDropped`.
 //!   - Capture ([`crate::capture`]): with `env.capture` set, frames of the
 //!     captured port(s) are recorded as received (with the drop reason when
 //!     dropped) and as sent, and frames addressed to the one captured port
@@ -555,12 +559,7 @@ fn act(
                 Err(v) => {
                     if v == VxlanDrop::TooBig
                         && let Some(o) = &env.overlay
-                        && let Some(n) = overlay::write_frag_needed(
-                            &mut scratch.out,
-                            frame,
-                            env.net.gateway,
-                            o.ov.inner_ip_mtu(),
-                        )
+                        && let Some(n) = too_big_answer(env, o, frame, &mut scratch.out)
                     {
                         // Path MTU discovery: the sender learns the inner MTU.
                         let _ = reply(env, inp, n, scratch);
@@ -625,6 +624,26 @@ fn log_flow(
     );
     if !on.is_none() {
         rec.record(&pkt.key, on, packets, bytes, env.now);
+    }
+}
+
+/// The answer to a frame too big for the overlay that may not be cut or
+/// fragmented: ICMP "fragmentation needed" from the gateway (IPv4 with DF) or
+/// ICMPv6 "packet too big" from the router's address (IPv6), with the inner
+/// MTU. Its length in `out`, or `None` when none is due.
+#[cold]
+fn too_big_answer(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    frame: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
+    let mtu = o.ov.inner_ip_mtu();
+    if nd::is_ipv6(frame) {
+        let from = env.net.subnet6.map_or_else(nd::router_ll, nd::router_addr);
+        overlay::write_packet_too_big(out, frame, from, u32::from(mtu))
+    } else {
+        overlay::write_frag_needed(out, frame, env.net.gateway, mtu)
     }
 }
 
@@ -1044,6 +1063,27 @@ fn decide6<'t>(
             }
             let (to, dst_mac) = match port_of6(env, dst) {
                 Some(p) => (p, instance_mac(p)),
+                // An instance of another host: as for IPv4 (see `decide`),
+                // judged here as egress and tracked, into the overlay with
+                // the sender's identity.
+                None if let Some(o) = &env.overlay
+                    && let Some((info, to)) = o.dir.remote_instance6(dst) =>
+                {
+                    let Kind::Instance { ip, .. } = inp.kind else {
+                        return Err(DropReason::UnknownDestination);
+                    };
+                    let Some(identity) = o.dir.local_identity(ip) else {
+                        return Ok(Action::VxlanDrop(VxlanDrop::NoIdentity));
+                    };
+                    let dir = o.dir;
+                    env.ct
+                        .judge_scoped6(env.snap, &pkt, env.now, |a| dir.is_remote6(a))?;
+                    return Ok(Action::Overlay {
+                        to,
+                        dst_mac: info.mac,
+                        identity,
+                    });
+                }
                 None if env.snap.instance_by_ip6(dst).is_some()
                     || is_router6(env, dst)
                     || dst.is_unicast_link_local()
@@ -1190,6 +1230,14 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
                     Kind::Instance { mac: m, .. } => na(m, false),
                     Kind::Uplink => Ok(Action::NdAbsorb),
                 },
+                // An instance of another live host: answered here with its
+                // MAC (as ARP is), so no solicitation crosses hosts.
+                None if matches!(inp.kind, Kind::Instance { .. })
+                    && let Some(o) = &env.overlay
+                    && let Some((info, _)) = o.dir.remote_instance6(target) =>
+                {
+                    na(info.mac, false)
+                }
                 _ => Ok(Action::NdAbsorb),
             }
         }
@@ -1199,7 +1247,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
 /// The attached port of the instance with IPv6 address `ip` (found through
 /// the snapshot, so a port the snapshot does not know gets nothing).
 #[inline]
-fn port_of6<'t>(env: &Env<'t>, ip: Ipv6Addr) -> Option<&'t Arc<Port>> {
+pub(crate) fn port_of6<'t>(env: &Env<'t>, ip: Ipv6Addr) -> Option<&'t Arc<Port>> {
     let i = env.snap.instance_by_ip6(ip)?;
     let p = env.table.by_ip(env.snap.instance(i).ip)?;
     matches!(p.kind, Kind::Instance { .. }).then_some(p)

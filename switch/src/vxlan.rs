@@ -30,14 +30,40 @@
 //! [`crate::overlay`].
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
+use crate::nd;
 use crate::offload::checksum;
 use crate::table::U32Hasher;
 
 /// Keyed by IPv4 address as `u32`, hashed like the forwarding table.
 type AddrMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+/// Keyed by IPv6 address as `u128`.
+type Addr6Map<V> = HashMap<u128, V, BuildHasherDefault<U128Hasher>>;
+
+/// One multiply per IPv6 key (lab data, not packet data: a cheap hash is safe).
+#[derive(Default)]
+struct U128Hasher(u64);
+
+impl Hasher for U128Hasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        let x = (n as u64) ^ ((n >> 64) as u64).rotate_left(29);
+        self.0 = (x ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 29;
+    }
+}
 
 /// The IANA VXLAN port (RFC 7348), the default of `--vxlan-port`.
 pub const VXLAN_PORT: u16 = 4789;
@@ -66,6 +92,8 @@ pub const FLAG_D: u8 = 0x40;
 pub const FLAG_A: u8 = 0x08;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = nd::ETHERTYPE_IPV6;
+const IPV6_LEN: usize = 40;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// Source ports are drawn from the dynamic range, as RFC 7348 §5 recommends.
@@ -103,9 +131,15 @@ pub enum VxlanDrop {
     // --- receive-side trust ---
     /// The outer source is not a live host's underlay address.
     UnknownHost,
-    /// The inner frame is not untagged IPv4 (ARP is answered locally, never carried).
+    /// The inner frame is neither untagged IPv4 nor untagged IPv6 (ARP is
+    /// answered locally, never carried; VLAN tags and other ethertypes).
     InnerNotIpv4,
-    /// The inner source IPv4 address is no known instance.
+    /// An inner IPv6 frame that is the segment's own housekeeping: neighbor
+    /// discovery, router solicitations/advertisements, redirects, MLD, or a
+    /// link-local or unspecified address (each host's switch answers these
+    /// for its instances; they never cross hosts).
+    InnerHousekeeping,
+    /// The inner source IPv4 (or IPv6) address is no known instance.
     UnknownInstance,
     /// The inner source is an instance of another host than the sender.
     ForeignInstance,
@@ -122,9 +156,10 @@ pub enum VxlanDrop {
     /// Group Policy ID.
     NoIdentity,
     /// Send side: a frame larger than the inner MTU the underlay allows that
-    /// can be neither cut (TCP) nor fragmented (IPv4 with DF, or with options);
-    /// the sender gets ICMP "fragmentation needed" (the outer packet is never
-    /// fragmented).
+    /// can be neither cut (TCP) nor fragmented (IPv4 with DF, or with options;
+    /// IPv6, which routers never fragment); the sender gets ICMP
+    /// "fragmentation needed" or ICMPv6 "packet too big" (the outer packet is
+    /// never fragmented).
     TooBig,
     /// Send side: the underlay socket refused the datagram.
     TxFailed,
@@ -132,7 +167,7 @@ pub enum VxlanDrop {
 
 impl VxlanDrop {
     /// Every reason, in counter order.
-    pub const ALL: [VxlanDrop; 20] = [
+    pub const ALL: [VxlanDrop; 21] = [
         VxlanDrop::Malformed,
         VxlanDrop::BadIpChecksum,
         VxlanDrop::BadUdpChecksum,
@@ -145,6 +180,7 @@ impl VxlanDrop {
         VxlanDrop::BadVni,
         VxlanDrop::UnknownHost,
         VxlanDrop::InnerNotIpv4,
+        VxlanDrop::InnerHousekeeping,
         VxlanDrop::UnknownInstance,
         VxlanDrop::ForeignInstance,
         VxlanDrop::SpoofedMac,
@@ -177,6 +213,7 @@ impl VxlanDrop {
             VxlanDrop::BadVni => "vxlan_bad_vni",
             VxlanDrop::UnknownHost => "vxlan_unknown_host",
             VxlanDrop::InnerNotIpv4 => "vxlan_inner_not_ipv4",
+            VxlanDrop::InnerHousekeeping => "vxlan_inner_housekeeping",
             VxlanDrop::UnknownInstance => "vxlan_unknown_instance",
             VxlanDrop::ForeignInstance => "vxlan_foreign_instance",
             VxlanDrop::SpoofedMac => "vxlan_spoofed_mac",
@@ -285,8 +322,9 @@ pub struct Underlay {
 /// A UDP source port in 49152..=65535 from a hash of the inner flow (RFC 7348
 /// §5: entropy for ECMP/RSS on the underlay, stable per flow so a flow is never
 /// reordered across paths). IPv4 TCP/UDP: addresses, protocol and ports (ports
-/// left out for fragments); other IPv4: addresses and protocol; anything else:
-/// the MACs and ethertype.
+/// left out for fragments); other IPv4: addresses and protocol; IPv6: addresses,
+/// next header and, for TCP/UDP right after the fixed header, ports; anything
+/// else: the MACs and ethertype.
 pub fn flow_src_port(inner: &[u8]) -> u16 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut mix = |x: u64| {
@@ -309,6 +347,21 @@ pub fn flow_src_port(inner: &[u8]) -> u16 {
             if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
                 && !frag
                 && let Some(p) = inner.get(ETH_LEN + ihl..ETH_LEN + ihl + 4)
+            {
+                mix(u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
+            }
+        }
+        (Some(ETHERTYPE_IPV6), _) if let Some(ip) = inner.get(ETH_LEN..ETH_LEN + IPV6_LEN) => {
+            for w in ip[8..40].chunks(8) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(w);
+                mix(u64::from_be_bytes(b));
+            }
+            let next = ip[6];
+            mix(u64::from(next));
+            let l4 = ETH_LEN + IPV6_LEN;
+            if (next == IPPROTO_TCP || next == IPPROTO_UDP)
+                && let Some(p) = inner.get(l4..l4 + 4)
             {
                 mix(u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])));
             }
@@ -522,16 +575,25 @@ pub struct InstanceInfo {
 }
 
 /// The receive side's view of the cluster: which underlay addresses are live
-/// hosts, and which instance owns an IPv4 address (addresses are unique in a lab).
+/// hosts, and which instance owns an IPv4 or IPv6 address (addresses are unique
+/// in a lab).
 pub trait Directory {
     fn live_host(&self, underlay: Ipv4Addr) -> Option<HostId>;
     fn instance(&self, ip: Ipv4Addr) -> Option<InstanceInfo>;
+    /// The instance owning IPv6 address `ip`, with its IPv4 address (its key).
+    /// None by default: a directory without IPv6 accepts no IPv6 sender.
+    fn instance6(&self, ip: Ipv6Addr) -> Option<(Ipv4Addr, InstanceInfo)> {
+        let _ = ip;
+        None
+    }
 }
 
 /// A frame that passed [`check_sender`]: who sent it, with which verified identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verified {
     pub host: HostId,
+    /// The sending instance's IPv4 address (its key in the directory; for an
+    /// IPv6 frame, the instance that owns the inner IPv6 source).
     pub src_ip: Ipv4Addr,
     /// The verified identity, for group-source rules (CIDR rules use `src_ip`).
     pub identity: u16,
@@ -539,7 +601,10 @@ pub struct Verified {
 
 /// The receive-side trust rule (issue 14): accept only if the outer source is a
 /// live host's underlay address and the inner source MAC/IP is an instance of
-/// that host whose identity is the Group Policy ID. Pure; no allocation.
+/// that host whose identity is the Group Policy ID. The inner frame is untagged
+/// IPv4 or IPv6; IPv6 housekeeping (neighbor discovery, router messages, MLD,
+/// link-local or unspecified addresses) never crosses hosts
+/// (`vxlan_inner_housekeeping`). Pure; no allocation.
 pub fn check_sender<D: Directory + ?Sized>(
     dir: &D,
     d: &Decapped<'_>,
@@ -548,18 +613,30 @@ pub fn check_sender<D: Directory + ?Sized>(
     let inner = d.inner;
     let eth = inner.get(..ETH_LEN).ok_or(VxlanDrop::Malformed)?;
     let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    if ethertype != ETHERTYPE_IPV4 {
+    let (src_ip, inst) = match ethertype {
+        ETHERTYPE_IPV4 => {
+            let ip = inner
+                .get(ETH_LEN..ETH_LEN + IPV4_LEN)
+                .ok_or(VxlanDrop::Malformed)?;
+            if ip[0] >> 4 != 4 {
+                return Err(VxlanDrop::Malformed);
+            }
+            let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            (
+                src_ip,
+                dir.instance(src_ip).ok_or(VxlanDrop::UnknownInstance)?,
+            )
+        }
+        ETHERTYPE_IPV6 => {
+            let v = nd::parse(inner).map_err(|_| VxlanDrop::Malformed)?;
+            if is_housekeeping6(&v) {
+                return Err(VxlanDrop::InnerHousekeeping);
+            }
+            dir.instance6(v.src).ok_or(VxlanDrop::UnknownInstance)?
+        }
         // Tagged frames included: instances are untagged.
-        return Err(VxlanDrop::InnerNotIpv4);
-    }
-    let ip = inner
-        .get(ETH_LEN..ETH_LEN + IPV4_LEN)
-        .ok_or(VxlanDrop::Malformed)?;
-    if ip[0] >> 4 != 4 {
-        return Err(VxlanDrop::Malformed);
-    }
-    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let inst = dir.instance(src_ip).ok_or(VxlanDrop::UnknownInstance)?;
+        _ => return Err(VxlanDrop::InnerNotIpv4),
+    };
     if inst.host != host {
         return Err(VxlanDrop::ForeignInstance);
     }
@@ -574,6 +651,19 @@ pub fn check_sender<D: Directory + ?Sized>(
         src_ip,
         identity: inst.identity,
     })
+}
+
+/// Whether an inner IPv6 frame is housekeeping of the segment (see
+/// [`check_sender`]): an ICMPv6 type the switch handles itself
+/// ([`nd::is_housekeeping`]) or a link-local, unspecified or loopback source
+/// or link-local destination.
+#[inline]
+pub fn is_housekeeping6(v: &nd::V6<'_>) -> bool {
+    v.icmp_type().is_some_and(nd::is_housekeeping)
+        || v.src.is_unicast_link_local()
+        || v.src.is_unspecified()
+        || v.src.is_loopback()
+        || v.dst.is_unicast_link_local()
 }
 
 /// A plain [`Directory`] in hash maps keyed by address (built by the control
@@ -594,6 +684,8 @@ pub struct DirectoryTable {
     /// Host → underlay address and port (the send destination).
     addrs: AddrMap<SocketAddrV4>,
     instances: AddrMap<InstanceInfo>,
+    /// IPv6 address → the instance's IPv4 address (the key of `instances`).
+    instances6: Addr6Map<u32>,
 }
 
 impl DirectoryTable {
@@ -604,6 +696,7 @@ impl DirectoryTable {
             hosts: AddrMap::default(),
             addrs: AddrMap::default(),
             instances: AddrMap::default(),
+            instances6: Addr6Map::default(),
         }
     }
 
@@ -634,9 +727,42 @@ impl DirectoryTable {
         self.instances.insert(u32::from(ip), info);
     }
 
-    /// Forgets the instance owning `ip`.
+    /// Records `ip6` as the IPv6 address of the instance owning `ip` (added
+    /// with [`DirectoryTable::add_instance`]): dual-stack instances are found
+    /// by either address. Replaces what `ip6` pointed to before.
+    pub fn add_instance6(&mut self, ip6: Ipv6Addr, ip: Ipv4Addr) {
+        self.instances6.insert(u128::from(ip6), u32::from(ip));
+    }
+
+    /// Forgets the instance owning `ip` (and its IPv6 address).
     pub fn remove_instance(&mut self, ip: Ipv4Addr) {
         self.instances.remove(&u32::from(ip));
+        let key = u32::from(ip);
+        self.instances6.retain(|_, v| *v != key);
+    }
+
+    /// The instance owning IPv6 address `ip6`: its IPv4 address and record.
+    #[inline]
+    pub fn instance_of6(&self, ip6: Ipv6Addr) -> Option<(Ipv4Addr, InstanceInfo)> {
+        let ip = *self.instances6.get(&u128::from(ip6))?;
+        Some((Ipv4Addr::from(ip), *self.instances.get(&ip)?))
+    }
+
+    /// [`DirectoryTable::is_remote`] by IPv6 address.
+    #[inline]
+    pub fn is_remote6(&self, ip6: Ipv6Addr) -> bool {
+        self.instance_of6(ip6)
+            .is_some_and(|(_, i)| i.host != self.local)
+    }
+
+    /// [`DirectoryTable::remote_instance`] by IPv6 address.
+    #[inline]
+    pub fn remote_instance6(&self, ip6: Ipv6Addr) -> Option<(InstanceInfo, SocketAddrV4)> {
+        let (_, info) = self.instance_of6(ip6)?;
+        if info.host == self.local {
+            return None;
+        }
+        Some((info, self.host_addr(info.host)?))
     }
 
     /// The underlay address (and port) of live host `id`.
@@ -690,6 +816,10 @@ impl Directory for DirectoryTable {
 
     fn instance(&self, ip: Ipv4Addr) -> Option<InstanceInfo> {
         self.instances.get(&u32::from(ip)).copied()
+    }
+
+    fn instance6(&self, ip: Ipv6Addr) -> Option<(Ipv4Addr, InstanceInfo)> {
+        self.instance_of6(ip)
     }
 }
 
@@ -1197,5 +1327,120 @@ mod tests {
                 let _ = check_sender(&directory(), &d);
             }
         }
+    }
+
+    const IP6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 0x0a);
+    const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xff, 0xfe00, 0x0b);
+
+    /// An inner Ethernet/IPv6/UDP frame from `mac`/`ip` to IP6_B.
+    fn inner6(mac: [u8; 6], ip: Ipv6Addr, sport: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac, MAC_B)
+            .ipv6(ip.octets(), IP6_B.octets(), 64)
+            .udp(sport, 5555)
+            .write(&mut f, b"hello overlay")
+            .unwrap();
+        f
+    }
+
+    fn directory6() -> DirectoryTable {
+        let mut t = directory();
+        t.add_instance6(IP6_A, IP_A);
+        t.add_instance6(IP6_B, IP_B);
+        t
+    }
+
+    fn check6(dir: &DirectoryTable, inner: &[u8], policy: u16) -> Result<Verified, VxlanDrop> {
+        let f = encap_vec(&under(), &hdr(policy), inner);
+        check_sender(dir, &decap(&f, &cfg()).unwrap())
+    }
+
+    #[test]
+    fn receive_side_checks_inner_ipv6_like_ipv4() {
+        use VxlanDrop::*;
+        let d = directory6();
+        // A (h1's) by its IPv6 address, verified as A.
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Ok(Verified {
+                host: HostId(1),
+                src_ip: IP_A,
+                identity: 0x1234
+            })
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x99),
+            Err(WrongIdentity)
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_B, IP6_B, 1), 0x99),
+            Err(ForeignInstance)
+        );
+        assert_eq!(
+            check6(&d, &inner6(MAC_B, IP6_A, 1), 0x1234),
+            Err(SpoofedMac)
+        );
+        let nobody = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, nobody, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+        // A directory without IPv6 addresses knows no IPv6 sender.
+        assert_eq!(
+            check6(&directory(), &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+        // Housekeeping: link-local source, and neighbor discovery from the
+        // instance's own address.
+        let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 0x0a);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, ll, 1), 0x1234),
+            Err(InnerHousekeeping)
+        );
+        let mut ns = vec![0u8; 54 + 24];
+        let msg = crate::nd::nd_message(crate::nd::ty::NS, 0, IP6_B, None);
+        crate::nd::write_icmp6(&mut ns, MAC_B, MAC_A, IP6_A, IP6_B, &msg);
+        assert_eq!(check6(&d, &ns, 0x1234), Err(InnerHousekeeping));
+        // Truncated IPv6.
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1)[..40], 0x1234),
+            Err(Malformed)
+        );
+        // Forgetting A forgets its IPv6 address too.
+        let mut d = d;
+        d.remove_instance(IP_A);
+        assert_eq!(d.instance_of6(IP6_A), None);
+        assert_eq!(
+            check6(&d, &inner6(MAC_A, IP6_A, 1), 0x1234),
+            Err(UnknownInstance)
+        );
+    }
+
+    #[test]
+    fn directory_finds_instances_by_ipv6() {
+        let mut t = directory6();
+        let h1 = SocketAddrV4::new(H1, VXLAN_PORT);
+        // Local is host 2: A (host 1) is remote, B is ours.
+        assert_eq!(
+            t.remote_instance6(IP6_A).map(|(i, a)| (i.mac, a)),
+            Some((MAC_A, h1))
+        );
+        assert!(t.is_remote6(IP6_A) && !t.is_remote6(IP6_B));
+        assert_eq!(t.remote_instance6(IP6_B), None);
+        assert_eq!(t.instance_of6(IP6_B).map(|(ip, _)| ip), Some(IP_B));
+        // Host 1's lease expires: A stays remote, but is unreachable.
+        t.remove_host(H1);
+        assert_eq!(t.remote_instance6(IP6_A), None);
+        assert!(t.is_remote6(IP6_A));
+    }
+
+    #[test]
+    fn source_port_follows_ipv6_flows() {
+        let a = flow_src_port(&inner6(MAC_A, IP6_A, 40000));
+        assert_eq!(a, flow_src_port(&inner6(MAC_A, IP6_A, 40000)));
+        let ports: std::collections::HashSet<u16> = (0..64)
+            .map(|p| flow_src_port(&inner6(MAC_A, IP6_A, 40000 + p)))
+            .collect();
+        assert!(ports.len() > 56, "poor entropy: {} of 64", ports.len());
     }
 }

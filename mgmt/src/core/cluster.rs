@@ -752,6 +752,8 @@ impl Core {
                 .values()
                 .map(|r| DirectoryInstance {
                     ip: r.instance.ip,
+                    // The lab's /64 (etcd's meta record) + EUI-64 of the MAC.
+                    ip6: self.model.ip6_of(r.instance.mac),
                     mac: r.instance.mac,
                     host: r.host.clone(),
                     identity: r.identity,
@@ -936,6 +938,8 @@ pub struct Directory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryInstance {
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, when the lab is dual-stack.
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: Mac,
     pub host: String,
     pub identity: u16,
