@@ -239,6 +239,12 @@ impl Lab {
     /// daemon's default for the benchmark: its per-instance quota bounds how
     /// many flows one client opens within the timeouts).
     fn start_with(tag: &str, workers: usize, ct: filter::CtConfig) -> Lab {
+        Lab::start_opts(tag, workers, ct, false)
+    }
+
+    /// Like [`Lab::start_with`]; `tunnel_gso`: super-frames leave whole
+    /// through each switch's UDP-tunnel GSO TAP (`switch::tunnel`).
+    fn start_opts(tag: &str, workers: usize, ct: filter::CtConfig, tunnel_gso: bool) -> Lab {
         let mk = |what: &str| {
             let name = ns_name(tag, what);
             let g = NetnsGuard::create(&name)
@@ -283,10 +289,10 @@ impl Lab {
                 Switch::start(SwitchConfig {
                     workers,
                     ct,
-                    overlay: Some(OverlayConfig::new(
-                        SocketAddrV4::new(under, VXLAN_PORT),
-                        VNI,
-                    )),
+                    overlay: Some(OverlayConfig {
+                        tunnel_gso,
+                        ..OverlayConfig::new(SocketAddrV4::new(under, VXLAN_PORT), VNI)
+                    }),
                     ..SwitchConfig::default()
                 })
             })
@@ -500,6 +506,96 @@ fn tcp_across_hosts_follows_group_rules() {
     let e = connect_from(lab.ns(I2), I1.ip, 8080).expect_err("client has no rules");
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     assert!(lab.sw(1).stats().drop_count(DropReason::NoRule) >= 1);
+}
+
+/// Super-frames cross whole: each switch hands TCP super-frames to its host's
+/// kernel encapsulated, with UDP-tunnel GSO (`switch::tunnel`, Linux 6.16 and
+/// later), nothing cut in user space; the receiving switch reads each one in
+/// one piece and passes it on as one GSO frame. 4 MiB echoed each way arrive
+/// intact, the destination's rules still refuse what they refused, and the
+/// host namespace forwards on the switch's TAP only.
+#[test]
+fn tcp_super_frames_cross_whole_with_tunnel_gso() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::start_opts("w", 2, filter::CtConfig::with_capacity(1 << 14), true);
+    let h1 = lab.host_ns[0].name();
+    let links = run_in(h1, &["ip", "-o", "link", "show"]);
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let tap = links
+        .split_whitespace()
+        .find(|w| w.starts_with("sgt"))
+        .unwrap_or_else(|| panic!("a tunnel TAP in host 1's namespace: {links}"))
+        .trim_end_matches(':')
+        .to_owned();
+    let sysctl = |key: &str| {
+        let o = run_in(h1, &["sysctl", "-n", key]);
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    assert_eq!(sysctl(&format!("net.ipv4.conf.{tap}.forwarding")), "1");
+    assert_eq!(sysctl("net.ipv4.conf.all.forwarding"), "0", "only the TAP forwards");
+    assert_eq!(sysctl("net.ipv4.conf.ul.forwarding"), "0");
+
+    let server = echo_server(lab.ns(I2), 8080);
+    let mut s = connect_from(lab.ns(I1), I2.ip, 8080).expect("i1 → i2:8080 is allowed");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    const BYTES: u64 = 4 << 20;
+    let data: Vec<u8> = (0..BYTES).map(pat).collect();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let data = data.clone();
+        thread::spawn(move || w.write_all(&data).map(|()| w))
+    };
+    let mut back = vec![0u8; data.len()];
+    if let Err(e) = s.read_exact(&mut back) {
+        for h in [h1, lab.host_ns[1].name()] {
+            for cmd in [&["ip", "-s", "link"][..], &["nstat", "-az"][..]] {
+                let o = run_in(h, cmd);
+                eprintln!("{h} {cmd:?}:\n{}", String::from_utf8_lossy(&o.stdout));
+            }
+        }
+        eprintln!("s1 {:?}\ns2 {:?}", lab.sw(1).stats().underlay, lab.sw(2).stats().underlay);
+        eprintln!("s1 {:?}", lab.sw(1).stats().nonzero_drops().collect::<Vec<_>>());
+        eprintln!("s2 {:?}", lab.sw(2).stats().nonzero_drops().collect::<Vec<_>>());
+        panic!("echo of every byte: {e}");
+    }
+    assert!(back == data, "echoed bytes differ");
+    drop(writer.join().unwrap().expect("write"));
+    drop(s);
+    assert_eq!(server.join().unwrap(), BYTES);
+    let s1 = lab.sw(1).stats();
+    let s2 = lab.sw(2).stats();
+    for (n, s) in [(1, &s1), (2, &s2)] {
+        assert!(
+            s.underlay.tunnel_tx > 0,
+            "switch {n} sent super-frames whole (kernel with UDP-tunnel GSO in TUN/TAP, 6.16+): {:?}",
+            s.underlay
+        );
+        assert!(
+            s.underlay.whole_rx > 0,
+            "switch {n} received super-frames whole: {:?}",
+            s.underlay
+        );
+        assert_eq!(s.nonzero_vxlan_drops().count(), 0, "{:?}", s.vxlan_drops);
+    }
+    assert_eq!(
+        s1.underlay.gso_batches + s2.underlay.gso_batches,
+        0,
+        "no super-frame was cut in user space"
+    );
+
+    // Rules at the destination still decide: i2 has no rule for 9090.
+    let _l9090 = netns::in_netns(lab.ns(I2), || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 9090))
+    })
+    .unwrap()
+    .unwrap();
+    let before = lab.sw(2).stats().drop_count(DropReason::NoRule);
+    let e = connect_from(lab.ns(I1), I2.ip, 9090).expect_err("refused by i2's rules");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(lab.sw(2).stats().drop_count(DropReason::NoRule) > before);
+    drop(lab);
 }
 
 /// A VXLAN-GBP datagram carrying an IPv4/UDP frame `src` → `dst`:7777.
