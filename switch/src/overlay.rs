@@ -122,7 +122,10 @@ impl Overlay {
         let tunnel = if cfg.tunnel_gso {
             match TunnelTx::open(workers) {
                 Ok(t) => {
-                    tracing::info!(tap = t.name(), "overlay: super-frames sent whole (UDP-tunnel GSO)");
+                    tracing::info!(
+                        tap = t.name(),
+                        "overlay: super-frames sent whole (UDP-tunnel GSO)"
+                    );
                     Some(t)
                 }
                 Err(e) => {

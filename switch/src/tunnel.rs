@@ -183,9 +183,10 @@ impl TunnelTx {
     ) -> io::Result<usize> {
         let mut h = [0u8; TNL_VNET_HDR_LEN + OVERHEAD];
         write_headers(&mut h, self.mac, src, dst, vx, frame.len(), t)?;
-        let q = self.queues.get(w).ok_or_else(|| {
-            io::Error::other(format!("no tunnel queue for worker {w}"))
-        })?;
+        let q = self
+            .queues
+            .get(w)
+            .ok_or_else(|| io::Error::other(format!("no tunnel queue for worker {w}")))?;
         match sys::writev(q.as_fd(), &[IoSlice::new(&h), IoSlice::new(frame)]) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.refused.store(true, Ordering::Relaxed);
@@ -317,7 +318,10 @@ mod tests {
         // Outer IPv4 total length past 65 535.
         assert!(write_headers(&mut h, [0; 6], a, a, &vx, 65_500, t).is_err());
         assert!(write_headers(&mut h, [0; 6], a, a, &vx, 65_499, t).is_ok());
-        assert!(write_headers(&mut h, [0; 6], a, a, &vx, 54, t).is_err(), "no payload");
+        assert!(
+            write_headers(&mut h, [0; 6], a, a, &vx, 54, t).is_err(),
+            "no payload"
+        );
         let zero = InnerTcp { mss: 0, ..t };
         assert!(write_headers(&mut h, [0; 6], a, a, &vx, 9000, zero).is_err());
     }
