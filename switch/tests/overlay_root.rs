@@ -988,7 +988,8 @@ fn bench_overlay_vs_kernel_vxlan() {
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("load before: {}", load().trim());
     // (streams, whole, cut, kernel) per round, the three paths one after the other.
-    let mut rows: Vec<(u32, f64, f64, f64)> = Vec::new();
+    type Row = (u32, f64, f64, f64);
+    let mut rows: Vec<Row> = Vec::new();
     for _ in 0..rounds {
         for streams in [1, 4] {
             let whole = iperf(lab.ns(I2), lab.ns(I1), I2.ip, 8080, streams, secs);
@@ -1014,13 +1015,13 @@ fn bench_overlay_vs_kernel_vxlan() {
     eprintln!("|---|---|---|---|---|---|");
     for streams in [1, 4] {
         let r: Vec<_> = rows.iter().filter(|r| r.0 == streams).collect();
-        let med = |f: &dyn Fn(&(u32, f64, f64, f64)) -> f64| {
+        let med = |f: &dyn Fn(&Row) -> f64| {
             let mut v: Vec<f64> = r.iter().map(|x| f(x)).collect();
             v.sort_by(|a, b| a.total_cmp(b));
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
         let (w, c, k) = (med(&|x| x.1), med(&|x| x.2), med(&|x| x.3));
-        let ratios = |f: &dyn Fn(&(u32, f64, f64, f64)) -> f64| {
+        let ratios = |f: &dyn Fn(&Row) -> f64| {
             r.iter()
                 .map(|x| format!("{:.2}", f(x) / x.3))
                 .collect::<Vec<_>>()
