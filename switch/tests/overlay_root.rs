@@ -877,7 +877,61 @@ fn connect_rate(srv: &str, cli: &str, ip: Ipv4Addr, port: u16, secs: u32) -> f64
     n as f64 / took.as_secs_f64()
 }
 
-fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: u32) -> f64 {
+/// CPU seconds the switches' worker threads of this process have used so far
+/// (user + system, in clock ticks of 1/100 s as /proc reports them).
+fn worker_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("sgsw-worker") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        // After the command: state is field 3, utime 14 and stime 15.
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / 100.0
+}
+
+/// One iperf3 run through a path: throughput and the CPU it cost per
+/// gigabyte carried (iperf3's own both ends, as it reports them, plus the
+/// switches' workers; softirq work is charged to whichever thread ran it,
+/// mostly these). Robust to a loaded machine where throughput is not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    gbps: f64,
+    cpu_s_per_gb: f64,
+}
+
+fn iperf_run(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: u32) -> Run {
+    let w0 = worker_cpu_secs();
+    let (gbps, iperf_pct) = iperf_full(srv, cli, srv_ip, port, streams, secs);
+    let cpu = (worker_cpu_secs() - w0) + iperf_pct / 100.0 * f64::from(secs);
+    let gb = gbps * f64::from(secs) / 8.0;
+    Run {
+        gbps,
+        cpu_s_per_gb: if gb > 0.0 { cpu / gb } else { 0.0 },
+    }
+}
+
+/// Throughput (Gbit/s, received) and the CPU both iperf3 ends used, in
+/// percent of one core over the run (`host_total + remote_total`).
+fn iperf_full(
+    srv: &str,
+    cli: &str,
+    srv_ip: Ipv4Addr,
+    port: u16,
+    streams: u32,
+    secs: u32,
+) -> (f64, f64) {
     let port_s = port.to_string();
     let mut server = std::process::Command::new("timeout")
         .args([&(secs + 20).to_string(), "ip", "netns", "exec", srv])
@@ -909,14 +963,25 @@ fn iperf(srv: &str, cli: &str, srv_ip: Ipv4Addr, port: u16, streams: u32, secs: 
     let at = json
         .find("\"sum_received\"")
         .expect("iperf3 JSON has sum_received");
-    let rest = &json[at..];
-    let b = rest.find("\"bits_per_second\"").unwrap();
-    let num: String = rest[b + "\"bits_per_second\"".len()..]
-        .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    num.parse::<f64>().expect("bits_per_second") / 1e9
+    let number = |rest: &str, key: &str| -> Option<f64> {
+        let b = rest.find(key)?;
+        let num: String = rest[b + key.len()..]
+            .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+' || *c == '-')
+            .collect();
+        num.parse::<f64>().ok()
+    };
+    let bps = number(&json[at..], "\"bits_per_second\"").expect("bits_per_second");
+    let cpu = json
+        .find("\"cpu_utilization_percent\"")
+        .map(|c| {
+            let rest = &json[c..];
+            number(rest, "\"host_total\"").unwrap_or(0.0)
+                + number(rest, "\"remote_total\"").unwrap_or(0.0)
+        })
+        .unwrap_or(0.0);
+    (bps / 1e9, cpu)
 }
 
 /// Ignored on purpose: a benchmark, not a check (the project measures speed in
@@ -988,15 +1053,22 @@ fn bench_overlay_vs_kernel_vxlan() {
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("load before: {}", load().trim());
     // (streams, whole, cut, kernel) per round, the three paths one after the other.
-    type Row = (u32, f64, f64, f64);
+    type Row = (u32, Run, Run, Run);
     let mut rows: Vec<Row> = Vec::new();
     for _ in 0..rounds {
         for streams in [1, 4] {
-            let whole = iperf(lab.ns(I2), lab.ns(I1), I2.ip, 8080, streams, secs);
-            let cut_in_user_space = iperf(cut.ns(I2), cut.ns(I1), I2.ip, 8080, streams, secs);
-            let kernel = iperf(kns[1].name(), kns[0].name(), k2, 5201, streams, secs);
+            let whole = iperf_run(lab.ns(I2), lab.ns(I1), I2.ip, 8080, streams, secs);
+            let cut_in_user_space = iperf_run(cut.ns(I2), cut.ns(I1), I2.ip, 8080, streams, secs);
+            let kernel = iperf_run(kns[1].name(), kns[0].name(), k2, 5201, streams, secs);
             eprintln!(
-                "  {streams} stream(s): whole {whole:.2}, cut {cut_in_user_space:.2}, kernel {kernel:.2} Gbit/s (load {})",
+                "  {streams} stream(s): whole {:.2}, cut {:.2}, kernel {:.2} Gbit/s; \
+                 CPU s/GB whole {:.2}, cut {:.2}, kernel {:.2} (load {})",
+                whole.gbps,
+                cut_in_user_space.gbps,
+                kernel.gbps,
+                whole.cpu_s_per_gb,
+                cut_in_user_space.cpu_s_per_gb,
+                kernel.cpu_s_per_gb,
                 load().split_whitespace().next().unwrap_or("?")
             );
             rows.push((streams, whole, cut_in_user_space, kernel));
@@ -1020,22 +1092,44 @@ fn bench_overlay_vs_kernel_vxlan() {
             v.sort_by(|a, b| a.total_cmp(b));
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
-        let (w, c, k) = (med(&|x| x.1), med(&|x| x.2), med(&|x| x.3));
+        let (w, c, k) = (med(&|x| x.1.gbps), med(&|x| x.2.gbps), med(&|x| x.3.gbps));
         let ratios = |f: &dyn Fn(&Row) -> f64| {
             r.iter()
-                .map(|x| format!("{:.2}", f(x) / x.3))
+                .map(|x| format!("{:.2}", f(x) / x.3.gbps))
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
         eprintln!(
             "| {streams} | {w:.2} | {c:.2} | {k:.2} | {} | {} |",
-            ratios(&|x| x.1),
-            ratios(&|x| x.2)
+            ratios(&|x| x.1.gbps),
+            ratios(&|x| x.2.gbps)
         );
     }
     eprintln!(
         "(Gbit/s: medians of the rounds; ratios: each round against the kernel run next to it)"
     );
+    eprintln!();
+    eprintln!("| streams | CPU s/GB whole | cut | kernel vxlan | kernel/whole | kernel/cut |");
+    eprintln!("|---|---|---|---|---|---|");
+    for streams in [1, 4] {
+        let r: Vec<_> = rows.iter().filter(|r| r.0 == streams).collect();
+        let med = |f: &dyn Fn(&Row) -> f64| {
+            let mut v: Vec<f64> = r.iter().map(|x| f(x)).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (w, c, k) = (
+            med(&|x| x.1.cpu_s_per_gb),
+            med(&|x| x.2.cpu_s_per_gb),
+            med(&|x| x.3.cpu_s_per_gb),
+        );
+        eprintln!(
+            "| {streams} | {w:.2} | {c:.2} | {k:.2} | {:.2} | {:.2} |",
+            k / w,
+            k / c
+        );
+    }
+    eprintln!("(CPU seconds per GB carried, medians: iperf3 both ends + both switches' workers)");
     eprintln!();
     eprintln!("| new TCP flows/s (one at a time) | sgswitch overlay | kernel vxlan | ratio |");
     eprintln!("|---|---|---|---|");
@@ -1059,7 +1153,7 @@ fn bench_overlay_vs_kernel_vxlan() {
     eprintln!("whole: switch 2 {:?}", st2.underlay);
     eprintln!("cut:   switch 1 {:?}", cut.sw(1).stats().underlay);
     assert!(
-        rows.iter().all(|r| r.1 > 0.0 && r.2 > 0.0) && flows_ours > 0.0,
+        rows.iter().all(|r| r.1.gbps > 0.0 && r.2.gbps > 0.0) && flows_ours > 0.0,
         "the overlay carried traffic"
     );
     assert!(st.underlay.tunnel_tx > 0 && st2.underlay.whole_rx > 0);
