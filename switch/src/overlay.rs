@@ -63,7 +63,7 @@ use crate::pipeline::{Env, Scratch, judge_for, known_instance, transmit};
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
-use crate::tunnel::{InnerTcp, TunnelTx};
+use crate::tunnel::{TunnelTx, whole_tcp, whole_vnet};
 use crate::vxlan::{self, Decapped, DirectoryTable, GbpHeader, MAX_VNI, VXLAN_HDR_LEN, VxlanDrop};
 
 /// IPv4 + UDP + VXLAN in front of the inner frame, counted in the underlay MTU.
@@ -504,37 +504,6 @@ fn send_whole(
     }
 }
 
-/// The inner headers of a TCP super-frame that can go whole (see
-/// [`send_whole`]), with the MSS: the sender's, or less to fit `max`.
-fn whole_tcp(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<InnerTcp> {
-    if frame.get(12..14)? != [0x08, 0x00] || frame.len() > vxlan::MAX_INNER {
-        return None;
-    }
-    let ip = frame.get(14..34)?;
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let l4 = 14 + ihl;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != filter::proto::TCP || 14 + total != frame.len() {
-        return None;
-    }
-    let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
-    if vnet.flags & VnetHdr::F_NEEDS_CSUM == 0
-        || usize::from(vnet.csum_start) != l4
-        || vnet.csum_offset != 16
-        || hdr_len < l4 + 20
-        || hdr_len >= frame.len()
-    {
-        return None;
-    }
-    let mss = usize::from(vnet.gso_size).min(max.checked_sub(hdr_len)?);
-    Some(InnerTcp {
-        l4,
-        hdr_len,
-        mss: u16::try_from(mss).ok().filter(|&m| m > 0)?,
-        ecn: vnet.gso_type & VnetHdr::GSO_ECN != 0,
-    })
-}
-
 /// One `sendmsg`: VXLAN header + frame, gathered.
 fn send_one(
     env: &Env<'_>,
@@ -735,33 +704,6 @@ pub(crate) fn receive(
     }
     scratch.gso = gro_buf;
     count
-}
-
-/// The virtio-net header for an inner TCP super-frame received whole (a frame
-/// larger than `max`, the largest inner frame the underlay carries): its TCP
-/// checksum is still partial (no kernel segmented it on the way), so it goes
-/// on as `GSO_TCPV4` with `NEEDS_CSUM` and the MSS a sender over this underlay
-/// uses (a port without offloads gets it cut, checksums completed, by
-/// `transmit`). `None` for anything else (delivered as it came).
-fn whole_vnet(frame: &[u8], max: usize) -> Option<VnetHdr> {
-    let ip = frame.get(14..34)?;
-    let l4 = 14 + usize::from(ip[0] & 0x0f) * 4;
-    if ip[9] != filter::proto::TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return None;
-    }
-    let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
-    if hdr_len < l4 + 20 || hdr_len >= frame.len() {
-        return None;
-    }
-    let mss = max.checked_sub(hdr_len).filter(|&m| m > 0)?;
-    Some(VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
-        hdr_len: hdr_len as u16,
-        gso_size: u16::try_from(mss).ok()?,
-        csum_start: l4 as u16,
-        csum_offset: 16,
-    })
 }
 
 fn refused(env: &Env<'_>, e: Refused) {

@@ -37,8 +37,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::offload;
+use crate::port::VnetHdr;
 use crate::sys;
-use crate::vxlan::{OVERHEAD, VXLAN_HDR_LEN};
+use crate::vxlan::{self, OVERHEAD, VXLAN_HDR_LEN};
 
 /// `sizeof(struct virtio_net_hdr_v1_hash_tunnel)`: the 12-byte v1 header, the
 /// 8-byte hash report, the 4-byte tunnel offsets (`TUN_VNET_TNL_SIZE`).
@@ -256,6 +257,64 @@ pub fn write_headers(
     Ok(())
 }
 
+/// The inner headers of a TCP super-frame that can go whole (see
+/// `overlay::send_whole`), with the MSS: the sender's, or less to fit `max`.
+pub(crate) fn whole_tcp(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<InnerTcp> {
+    if frame.get(12..14)? != [0x08, 0x00] || frame.len() > vxlan::MAX_INNER {
+        return None;
+    }
+    let ip = frame.get(14..34)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != filter::proto::TCP || 14 + total != frame.len() {
+        return None;
+    }
+    let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
+    if vnet.flags & VnetHdr::F_NEEDS_CSUM == 0
+        || usize::from(vnet.csum_start) != l4
+        || vnet.csum_offset != 16
+        || hdr_len < l4 + 20
+        || hdr_len >= frame.len()
+    {
+        return None;
+    }
+    let mss = usize::from(vnet.gso_size).min(max.checked_sub(hdr_len)?);
+    Some(InnerTcp {
+        l4,
+        hdr_len,
+        mss: u16::try_from(mss).ok().filter(|&m| m > 0)?,
+        ecn: vnet.gso_type & VnetHdr::GSO_ECN != 0,
+    })
+}
+
+/// The virtio-net header for an inner TCP super-frame received whole (a frame
+/// larger than `max`, the largest inner frame the underlay carries): its TCP
+/// checksum is still partial (no kernel segmented it on the way), so it goes
+/// on as `GSO_TCPV4` with `NEEDS_CSUM` and the MSS a sender over this underlay
+/// uses (a port without offloads gets it cut, checksums completed, by
+/// `pipeline::transmit`). `None` for anything else (delivered as it came).
+pub(crate) fn whole_vnet(frame: &[u8], max: usize) -> Option<VnetHdr> {
+    let ip = frame.get(14..34)?;
+    let l4 = 14 + usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != filter::proto::TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let hdr_len = l4 + usize::from(frame.get(l4 + 12)? >> 4) * 4;
+    if hdr_len < l4 + 20 || hdr_len >= frame.len() {
+        return None;
+    }
+    let mss = max.checked_sub(hdr_len).filter(|&m| m > 0)?;
+    Some(VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4,
+        hdr_len: hdr_len as u16,
+        gso_size: u16::try_from(mss).ok()?,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +361,85 @@ mod tests {
         let ecn = InnerTcp { ecn: true, ..t };
         write_headers(&mut h, mac, src, dst, &vx, 60_066, ecn).unwrap();
         assert_eq!(h[1], 0xa1);
+    }
+
+    /// An untagged IPv4/TCP frame with `payload` bytes, TCP header without options.
+    fn tcp_frame(payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 54 + payload];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[172, 31, 0, 11]);
+        f[30..34].copy_from_slice(&[172, 31, 0, 12]);
+        f[46] = 5 << 4;
+        f[47] = 0x10; // ACK
+        f
+    }
+
+    fn tso(mss: u16) -> VnetHdr {
+        VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    }
+
+    #[test]
+    fn which_super_frames_go_whole() {
+        let f = tcp_frame(60_000);
+        // The sender's MSS, or less to fit the underlay (1464-byte inner frames).
+        let t = whole_tcp(&f, &tso(1448), 1464).expect("a TSO frame goes whole");
+        assert_eq!((t.l4, t.hdr_len, t.mss, t.ecn), (34, 54, 1410, false));
+        let t = whole_tcp(&f, &tso(1000), 1464).unwrap();
+        assert_eq!(t.mss, 1000);
+        let ecn = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV4 | VnetHdr::GSO_ECN,
+            ..tso(1448)
+        };
+        assert!(whole_tcp(&f, &ecn, 1464).unwrap().ecn);
+        // Not whole: checksum not partial at the TCP header, UDP, a length
+        // that disagrees with the frame, too long for one outer IPv4 packet.
+        let complete = VnetHdr {
+            flags: 0,
+            ..tso(1448)
+        };
+        assert_eq!(whole_tcp(&f, &complete, 1464), None);
+        let elsewhere = VnetHdr {
+            csum_start: 20,
+            ..tso(1448)
+        };
+        assert_eq!(whole_tcp(&f, &elsewhere, 1464), None);
+        let mut udp = f.clone();
+        udp[23] = 17;
+        assert_eq!(whole_tcp(&udp, &tso(1448), 1464), None);
+        let mut short = f.clone();
+        short[16..18].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(whole_tcp(&short, &tso(1448), 1464), None);
+        let long = tcp_frame(vxlan::MAX_INNER - 53);
+        assert_eq!(whole_tcp(&long, &tso(1448), 1464), None);
+        let fits = tcp_frame(vxlan::MAX_INNER - 54);
+        assert!(whole_tcp(&fits, &tso(1448), 1464).is_some());
+    }
+
+    #[test]
+    fn a_super_frame_received_whole_goes_on_as_one_gso_frame() {
+        let f = tcp_frame(60_000);
+        let v = whole_vnet(&f, 1464).expect("TCP");
+        assert_eq!(v.flags, VnetHdr::F_NEEDS_CSUM, "checksum left partial");
+        assert_eq!(v.gso_type, VnetHdr::GSO_TCPV4);
+        assert_eq!((v.hdr_len, v.gso_size), (54, 1410));
+        assert_eq!((v.csum_start, v.csum_offset), (34, 16));
+        let mut udp = f.clone();
+        udp[23] = 17;
+        assert_eq!(whole_vnet(&udp, 1464), None, "not TCP: as it came");
+        let mut frag = f.clone();
+        frag[20] = 0x20; // MF
+        assert_eq!(whole_vnet(&frag, 1464), None, "a fragment: as it came");
     }
 
     #[test]
