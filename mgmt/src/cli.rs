@@ -590,6 +590,12 @@ pub struct UpArgs {
     /// Cluster mode: UDP port of the overlay.
     #[arg(long, default_value_t = 4789, requires = "etcd")]
     pub vxlan_port: u16,
+    /// Cluster mode: hand TCP super-frames to this host's kernel whole, with
+    /// UDP-tunnel GSO through a TAP (Linux 6.16 and later, docs/overlay.md)
+    /// instead of cutting them in user space. The TAP's interface forwards:
+    /// a FORWARD firewall policy must let the underlay traffic through.
+    #[arg(long, requires = "etcd")]
+    pub tunnel_gso: bool,
     /// Level of the daemon's event log on stderr: error, warn, info, debug or
     /// trace (`RUST_LOG`, if set, takes precedence).
     #[arg(long, default_value = "info")]

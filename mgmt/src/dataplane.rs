@@ -256,10 +256,13 @@ pub fn start(
         subnet6: cfg.subnet6,
         // Cluster mode: the overlay's UDP sockets on --underlay.
         overlay: match (&args.etcd, args.underlay) {
-            (Some(_), Some(ip)) => Some(switch::OverlayConfig::new(
-                std::net::SocketAddrV4::new(ip, args.vxlan_port),
-                crate::cluster::node::VNI,
-            )),
+            (Some(_), Some(ip)) => Some(switch::OverlayConfig {
+                tunnel_gso: args.tunnel_gso,
+                ..switch::OverlayConfig::new(
+                    std::net::SocketAddrV4::new(ip, args.vxlan_port),
+                    crate::cluster::node::VNI,
+                )
+            }),
             _ => None,
         },
         flow_log: flow_log_config(args),
@@ -765,6 +768,8 @@ impl Dataplane for SwitchDataplane {
                 ("underlay_rx_bytes".to_owned(), u.rx_bytes),
                 ("underlay_gro_frames".to_owned(), u.gro_frames),
                 ("underlay_fragmented".to_owned(), u.fragmented),
+                ("underlay_tunnel_tx".to_owned(), u.tunnel_tx),
+                ("underlay_whole_rx".to_owned(), u.whole_rx),
             ]);
         }
         report.ports_gone = st.ports_gone;

@@ -62,6 +62,13 @@ pub struct OverlayConfig {
     /// MTU of the underlay path (IPv4 packet size). Inner frames carry at most
     /// `underlay_mtu - 50` bytes of IPv4; TCP beyond that is cut to fit.
     pub underlay_mtu: u32,
+    /// Hand TCP super-frames to the kernel whole, encapsulated, with UDP-tunnel
+    /// GSO through a TAP in this namespace (`switch::tunnel`, Linux 6.16 and
+    /// later): nothing is cut in user space. Off by default: it routes frames
+    /// through the host's forwarding path (one interface gets `forwarding=1`),
+    /// which a host firewall's FORWARD policy may drop. If the TAP cannot be
+    /// made, or the kernel refuses the header, super-frames are cut as without.
+    pub tunnel_gso: bool,
 }
 
 impl OverlayConfig {
@@ -71,6 +78,7 @@ impl OverlayConfig {
             underlay,
             vni,
             underlay_mtu: 1500,
+            tunnel_gso: false,
         }
     }
 }

@@ -255,6 +255,10 @@ pub struct WorkerCounters {
     pub underlay_gro_frames: AtomicU64,
     /// Frames (IPv4 without DF) fragmented to fit the underlay.
     pub underlay_fragmented: AtomicU64,
+    /// Super-frames handed to the kernel whole with UDP-tunnel GSO.
+    pub underlay_tunnel_tx: AtomicU64,
+    /// Super-frames received whole (one read, the kernel's tunnel GSO).
+    pub underlay_whole_rx: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -279,6 +283,8 @@ pub struct UnderlayStats {
     pub rx_bytes: u64,
     pub gro_frames: u64,
     pub fragmented: u64,
+    pub tunnel_tx: u64,
+    pub whole_rx: u64,
 }
 
 /// Per-port view in [`Stats`].
@@ -381,6 +387,8 @@ impl Stats {
         u.rx_bytes += w.underlay_rx_bytes.load(Relaxed);
         u.gro_frames += w.underlay_gro_frames.load(Relaxed);
         u.fragmented += w.underlay_fragmented.load(Relaxed);
+        u.tunnel_tx += w.underlay_tunnel_tx.load(Relaxed);
+        u.whole_rx += w.underlay_whole_rx.load(Relaxed);
     }
 
     pub(crate) fn empty() -> Stats {

@@ -582,6 +582,12 @@ impl Switch {
         self.dp.overlay().map(Overlay::local_addr)
     }
 
+    /// Whether TCP super-frames leave whole with UDP-tunnel GSO (cluster mode
+    /// with `OverlayConfig::tunnel_gso`, the TAP made and not refused).
+    pub fn overlay_tunnel_gso(&self) -> bool {
+        self.dp.overlay().is_some_and(Overlay::tunnel_gso)
+    }
+
     pub fn add_port(&self, spec: PortSpec) -> Result<PortId, SwitchError> {
         self.dp.add_port(spec)
     }

@@ -50,6 +50,7 @@ pub mod sys;
 pub mod table;
 pub mod tap;
 pub mod trace;
+pub mod tunnel;
 pub mod vxlan;
 pub mod worker;
 

@@ -72,6 +72,7 @@ use crate::pipeline::{Env, Scratch, judge_for, known_instance, port_of6, transmi
 use crate::port::VnetHdr;
 use crate::sys;
 use crate::table::{Kind, Port};
+use crate::tunnel::{TunnelTx, whole_tcp, whole_vnet};
 use crate::vxlan::{self, Decapped, DirectoryTable, GbpHeader, MAX_VNI, VXLAN_HDR_LEN, VxlanDrop};
 
 /// IPv4 + UDP + VXLAN in front of the inner frame, counted in the underlay MTU.
@@ -95,6 +96,9 @@ pub struct Overlay {
     /// Largest inner Ethernet frame carried: the underlay MTU minus outer IPv4,
     /// UDP and VXLAN (1464 for 1500: 1450 bytes of inner IPv4).
     pub(crate) max_inner: usize,
+    /// Super-frames sent whole with UDP-tunnel GSO (`cfg.tunnel_gso`, when the
+    /// TAP could be made): see [`crate::tunnel`].
+    pub(crate) tunnel: Option<TunnelTx>,
 }
 
 impl Overlay {
@@ -124,11 +128,29 @@ impl Overlay {
         // Best effort: without UDP GRO every datagram is one read.
         let gro = socks.iter().all(|s| sys::udp_set_gro(s.as_fd()).is_ok());
         let socks = socks.into_boxed_slice();
+        let tunnel = if cfg.tunnel_gso {
+            match TunnelTx::open(workers) {
+                Ok(t) => {
+                    tracing::info!(
+                        tap = t.name(),
+                        "overlay: super-frames sent whole (UDP-tunnel GSO)"
+                    );
+                    Some(t)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "overlay: no UDP-tunnel GSO TAP, super-frames are cut in user space");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Overlay {
             cfg,
             socks,
             gro,
             max_inner: cfg.underlay_mtu as usize - OUTER_IP_UDP_VXLAN,
+            tunnel,
         })
     }
 
@@ -149,6 +171,12 @@ impl Overlay {
     /// Whether the kernel coalesces arriving datagrams for us (`UDP_GRO`).
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    /// Whether TCP super-frames leave whole (UDP-tunnel GSO TAP open and not
+    /// refused by the kernel).
+    pub fn tunnel_gso(&self) -> bool {
+        self.tunnel.as_ref().is_some_and(TunnelTx::usable)
     }
 
     /// The configuration the overlay was started with.
@@ -194,6 +222,13 @@ pub(crate) fn send(
             bump(&env.wc.csum_completed, 1);
         }
         return send_one(env, sock, to, &hdr, frame);
+    }
+    // A TCP super-frame: whole, the kernel segments it (UDP-tunnel GSO).
+    if gso == VnetHdr::GSO_TCPV4
+        && let Some(t) = o.ov.tunnel.as_ref().filter(|t| t.usable())
+        && send_whole(env, o, t, to, &hdr, frame, vnet, max)
+    {
+        return Ok(());
     }
     // A super-frame, or a frame too big for the underlay: cut TCP (and USO)
     // into segments that fit; other IPv4 without DF is fragmented, as a router
@@ -501,6 +536,42 @@ pub fn write_packet_too_big(
     Some(len)
 }
 
+/// A TCP super-frame (checksum partial) sent whole through the tunnel TAP
+/// with the MSS that fits the underlay; false (nothing sent) when it does not
+/// qualify (not untagged IPv4 TCP with consistent lengths, checksum not
+/// partial at the TCP header, too long for one outer IPv4 packet) or the
+/// kernel refused it: the caller cuts it instead.
+#[allow(clippy::too_many_arguments)]
+fn send_whole(
+    env: &Env<'_>,
+    o: &OverlayEnv<'_>,
+    t: &TunnelTx,
+    to: SocketAddrV4,
+    hdr: &[u8; VXLAN_HDR_LEN],
+    frame: &[u8],
+    vnet: &VnetHdr,
+    max: usize,
+) -> bool {
+    let Some(inner) = whole_tcp(frame, vnet, max) else {
+        return false;
+    };
+    let from = o.ov.local_addr();
+    match t.send(env.w, from, to, hdr, frame, inner) {
+        Ok(_) => {
+            let payload = frame.len() - inner.hdr_len;
+            let segs = payload.div_ceil(usize::from(inner.mss));
+            bump(&env.wc.underlay_tunnel_tx, 1);
+            bump(&env.wc.underlay_tx_packets, segs as u64);
+            bump(
+                &env.wc.underlay_tx_bytes,
+                (segs * (VXLAN_HDR_LEN + inner.hdr_len) + payload) as u64,
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// One `sendmsg`: VXLAN header + frame, gathered.
 fn send_one(
     env: &Env<'_>,
@@ -663,6 +734,11 @@ pub(crate) fn receive(
 ) -> usize {
     let mut gro_buf = std::mem::take(&mut scratch.gso);
     let mut gro = Gro::new(&mut gro_buf);
+    // A super-frame a peer sent whole (UDP-tunnel GSO, `crate::tunnel`) that
+    // crossed the underlay unsegmented (veth, same machine): one datagram
+    // larger than the underlay MTU lets through, without a GRO size (the
+    // kernel only reports one for UDP GSO).
+    let whole = seg.is_none() && buf.len() > VXLAN_HDR_LEN + o.ov.max_inner;
     let step = seg.unwrap_or(buf.len()).max(1);
     let mut count = 0;
     for d in buf.chunks_mut(step) {
@@ -671,7 +747,14 @@ pub(crate) fn receive(
         bump(&env.wc.underlay_rx_bytes, d.len() as u64);
         let r = check_inner(env, o, from, d, &mut scratch.flows).and_then(|port| {
             let frame = &mut d[VXLAN_HDR_LEN..];
-            if port.queues[env.w].offloads()
+            if whole {
+                gro.flush(env, scratch)?;
+                let vnet = whole_vnet(frame, o.ov.max_inner).unwrap_or_default();
+                if vnet.gso_type != VnetHdr::GSO_NONE {
+                    bump(&env.wc.underlay_whole_rx, 1);
+                }
+                transmit(env, port, frame, &vnet, scratch).map_err(Refused::from)
+            } else if port.queues[env.w].offloads()
                 && let Some(t) = TcpSeg::of(frame)
             {
                 gro.push(env, port, frame, t, scratch)

@@ -454,6 +454,15 @@ pub fn tun_set_vnet_hdr_sz(fd: BorrowedFd<'_>, size: c_int) -> io::Result<()> {
         .map(drop)
 }
 
+/// `TUNSETVNETLE`: the virtio-net header fields are little-endian (as virtio
+/// 1.0 and the UDP-tunnel GSO header require) whatever the host's byte order.
+pub fn tun_set_vnet_le(fd: BorrowedFd<'_>, le: bool) -> io::Result<()> {
+    let v = c_int::from(le);
+    // SAFETY: TUNSETVNETLE reads one `int` through the pointer, which points to
+    // a live local.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETLE, &v as *const c_int) }).map(drop)
+}
+
 /// `TUNSETOFFLOAD`: which offloads (`TUN_F_*`) the reader accepts.
 pub fn tun_set_offload(fd: BorrowedFd<'_>, flags: c_uint) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long), no
