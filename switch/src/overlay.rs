@@ -1103,7 +1103,9 @@ mod tests {
     use super::*;
     use crate::arp;
     use crate::vxlan::{HostId, InstanceInfo};
-    use crate::{Datapath, MemOptions, MemPeer, PortRole, PortSpec, SwitchConfig, mem_port_with};
+    use crate::{
+        Datapath, MemFrame, MemOptions, MemPeer, PortRole, PortSpec, SwitchConfig, mem_port_with,
+    };
 
     const VNI: u32 = 77;
     const OWNER: &str = "111122223333";
@@ -1642,27 +1644,27 @@ mod tests {
         sys::udp_sendmsg(l.h2.as_fd(), l.h1, &[IoSlice::new(&all)], Some(size)).unwrap();
     }
 
-    #[test]
-    fn segments_of_a_flow_are_merged_for_an_offloading_port() {
-        let l = lab_with(true);
-        assert!(l.dp.overlay().unwrap().gro(), "UDP_GRO on the socket");
+    /// Sends 3,500 bytes from B to A (an offloading port) as four segments
+    /// made by `seg(seq, payload, psh)`, in one UDP GSO batch; checks that A
+    /// got them as one super-frame carrying the bytes in order, and returns
+    /// the segments sent, that super-frame, and the segments it cuts back into.
+    fn merge_four_segments(
+        l: &Lab,
+        seg: impl Fn(u32, &[u8], bool) -> Vec<u8>,
+    ) -> (Vec<Vec<u8>>, MemFrame, Vec<Vec<u8>>) {
         let data: Vec<u8> = (0..3500u32).map(|i| (i % 253) as u8).collect();
         let segs: Vec<Vec<u8>> = data
             .chunks(1000)
             .enumerate()
-            .map(|(i, c)| seg_b_to_a(1000 + 1000 * i as u32, c, i == 3))
+            .map(|(i, c)| seg(1000 + 1000 * i as u32, c, i == 3))
             .collect();
         let dgrams: Vec<Vec<u8>> = segs.iter().map(|f| vxlan_payload(B.2, VNI, f)).collect();
-        send_batch(&l, &dgrams);
+        send_batch(l, &dgrams);
         settle(&l.dp);
-        let got = l.a.take();
+        let mut got = l.a.take();
         assert_eq!(got.len(), 1, "one super-frame");
-        let sf = &got[0];
-        assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV4);
-        assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 54));
-        assert_eq!(sf.vnet.flags, VnetHdr::F_NEEDS_CSUM);
-        assert_eq!(&sf.data[54..], &data[..]);
-        // Cut again, it gives back the very segments that were sent.
+        let sf = got.remove(0);
+        assert_eq!(&sf.data[usize::from(sf.vnet.hdr_len)..], &data[..]);
         let mut out = vec![0u8; 4096];
         let mut back = Vec::new();
         segment(&sf.data, &sf.vnet, &mut out, |s| {
@@ -1671,6 +1673,17 @@ mod tests {
         })
         .unwrap()
         .unwrap();
+        (segs, sf, back)
+    }
+
+    #[test]
+    fn segments_of_a_flow_are_merged_for_an_offloading_port() {
+        let l = lab_with(true);
+        assert!(l.dp.overlay().unwrap().gro(), "UDP_GRO on the socket");
+        let (segs, sf, back) = merge_four_segments(&l, seg_b_to_a);
+        assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV4);
+        assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 54));
+        assert_eq!(sf.vnet.flags, VnetHdr::F_NEEDS_CSUM);
         assert_eq!(back.len(), 4);
         for (b, s) in back.iter().zip(&segs) {
             // All the same but the IPv4 id (and so the IPv4 checksum).
@@ -2064,31 +2077,10 @@ mod tests {
     #[test]
     fn ipv6_segments_of_a_flow_are_merged_for_an_offloading_port() {
         let l = lab6(true);
-        let data: Vec<u8> = (0..3500u32).map(|i| (i % 253) as u8).collect();
-        let segs: Vec<Vec<u8>> = data
-            .chunks(1000)
-            .enumerate()
-            .map(|(i, c)| seg6_b_to_a(1000 + 1000 * i as u32, c, i == 3))
-            .collect();
-        let dgrams: Vec<Vec<u8>> = segs.iter().map(|f| vxlan_payload(B.2, VNI, f)).collect();
-        send_batch(&l, &dgrams);
-        settle(&l.dp);
-        let got = l.a.take();
-        assert_eq!(got.len(), 1, "one super-frame");
-        let sf = &got[0];
+        let (segs, sf, back) = merge_four_segments(&l, seg6_b_to_a);
         assert_eq!(sf.vnet.gso_type, VnetHdr::GSO_TCPV6);
         assert_eq!((sf.vnet.gso_size, sf.vnet.hdr_len), (1000, 74));
         assert_eq!((sf.vnet.csum_start, sf.vnet.csum_offset), (54, 16));
-        assert_eq!(&sf.data[74..], &data[..]);
-        // Cut again, it gives back the very segments that were sent.
-        let mut out = vec![0u8; 4096];
-        let mut back = Vec::new();
-        segment(&sf.data, &sf.vnet, &mut out, |s| {
-            back.push(s.to_vec());
-            Ok::<(), ()>(())
-        })
-        .unwrap()
-        .unwrap();
         assert_eq!(back, segs);
         let st = l.dp.stats();
         assert_eq!((st.underlay.rx_packets, st.underlay.gro_frames), (4, 1));

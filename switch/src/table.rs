@@ -30,11 +30,13 @@ use crate::config::{PortId, PortRole};
 use crate::counters::PortCounterSet;
 use crate::port::PortQueue;
 
-/// A hasher for `u32` keys: one multiply (Fibonacci hashing).
+/// A hasher for address keys (`u32` IPv4, `u128` IPv6): one multiply
+/// (Fibonacci hashing). The keys are lab data (the control plane's
+/// addresses), not packet data, so a cheap hash is safe.
 #[derive(Default, Clone, Copy)]
-pub struct U32Hasher(u64);
+pub struct AddrHasher(u64);
 
-impl Hasher for U32Hasher {
+impl Hasher for AddrHasher {
     #[inline]
     fn finish(&self) -> u64 {
         self.0
@@ -49,9 +51,15 @@ impl Hasher for U32Hasher {
     fn write_u32(&mut self, n: u32) {
         self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        let x = (n as u64) ^ ((n >> 64) as u64).rotate_left(29);
+        self.0 = (x ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 29;
+    }
 }
 
-type U32Map<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+type U32Map<V> = HashMap<u32, V, BuildHasherDefault<AddrHasher>>;
 
 /// The role of a port as the datapath uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,40 +30,17 @@
 //! [`crate::overlay`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use crate::nd;
 use crate::offload::checksum;
-use crate::table::U32Hasher;
+use crate::table::AddrHasher;
 
 /// Keyed by IPv4 address as `u32`, hashed like the forwarding table.
-type AddrMap<V> = HashMap<u32, V, BuildHasherDefault<U32Hasher>>;
+type AddrMap<V> = HashMap<u32, V, BuildHasherDefault<AddrHasher>>;
 /// Keyed by IPv6 address as `u128`.
-type Addr6Map<V> = HashMap<u128, V, BuildHasherDefault<U128Hasher>>;
-
-/// One multiply per IPv6 key (lab data, not packet data: a cheap hash is safe).
-#[derive(Default)]
-struct U128Hasher(u64);
-
-impl Hasher for U128Hasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        let x = (n as u64) ^ ((n >> 64) as u64).rotate_left(29);
-        self.0 = (x ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 ^= self.0 >> 29;
-    }
-}
+type Addr6Map<V> = HashMap<u128, V, BuildHasherDefault<AddrHasher>>;
 
 /// The IANA VXLAN port (RFC 7348), the default of `--vxlan-port`.
 pub const VXLAN_PORT: u16 = 4789;

@@ -394,21 +394,14 @@ fn connect_from(ns: &str, to: Ipv4Addr, port: u16) -> std::io::Result<TcpStream>
     .unwrap()
 }
 
-/// Issue 14 test 1 in small, and §6.4: TCP between hosts under the
-/// destination's group rules, stateful, with large frames.
-#[test]
-fn tcp_across_hosts_follows_group_rules() {
-    if !root_or_skip() {
-        return;
-    }
-    let lab = Lab::start("t");
+/// 4 MiB from i1 to i2:8080 (an echo server) and back, on one connection
+/// with both directions at once: every byte must come back in order. When the
+/// echo fails, the host namespaces' link and SNMP counters and both switches'
+/// underlay counters and drops are printed before the panic.
+fn echo_4mib_across(lab: &Lab) {
     let server = echo_server(lab.ns(I2), 8080);
-    // i1 (client) → i2:8080, allowed by web's group rule; i2's answers come
-    // back (host 1 tracked the flow it sent without asking web's rules).
     let mut s = connect_from(lab.ns(I1), I2.ip, 8080).expect("i1 → i2:8080 is allowed");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // 4 MB each way: the TAP hands super-frames (TSO) that host 1 cuts to the
-    // inner MTU and sends in UDP GSO batches.
     const BYTES: u64 = 4 << 20;
     let data: Vec<u8> = (0..BYTES).map(pat).collect();
     let writer = {
@@ -417,12 +410,47 @@ fn tcp_across_hosts_follows_group_rules() {
         thread::spawn(move || w.write_all(&data).map(|()| w))
     };
     let mut back = vec![0u8; data.len()];
-    s.read_exact(&mut back).expect("echo of every byte");
+    if let Err(e) = s.read_exact(&mut back) {
+        for h in [lab.host_ns[0].name(), lab.host_ns[1].name()] {
+            for cmd in [&["ip", "-s", "link"][..], &["nstat", "-az"][..]] {
+                let o = run_in(h, cmd);
+                eprintln!("{h} {cmd:?}:\n{}", String::from_utf8_lossy(&o.stdout));
+            }
+        }
+        eprintln!(
+            "s1 {:?}\ns2 {:?}",
+            lab.sw(1).stats().underlay,
+            lab.sw(2).stats().underlay
+        );
+        eprintln!(
+            "s1 {:?}",
+            lab.sw(1).stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        eprintln!(
+            "s2 {:?}",
+            lab.sw(2).stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        panic!("echo of every byte: {e}");
+    }
     assert!(back == data, "echoed bytes differ");
-    let w = writer.join().unwrap().expect("write");
-    drop(w);
+    drop(writer.join().unwrap().expect("write"));
     drop(s);
     assert_eq!(server.join().unwrap(), BYTES);
+}
+
+/// Issue 14 test 1 in small, and §6.4: TCP between hosts under the
+/// destination's group rules, stateful, with large frames.
+#[test]
+fn tcp_across_hosts_follows_group_rules() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::start("t");
+    // i1 (client) → i2:8080, allowed by web's group rule; i2's answers come
+    // back (host 1 tracked the flow it sent without asking web's rules).
+    // The TAP hands super-frames (TSO) that host 1 cuts to the inner MTU and
+    // sends in UDP GSO batches.
+    echo_4mib_across(&lab);
     // The ARP for i2's address was answered by switch 1 itself.
     let neigh = run_in(lab.ns(I1), &["ip", "neigh", "show", &I2.ip.to_string()]);
     let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
@@ -541,43 +569,7 @@ fn tcp_super_frames_cross_whole_with_tunnel_gso() {
     );
     assert_eq!(sysctl("net.ipv4.conf.ul.forwarding"), "0");
 
-    let server = echo_server(lab.ns(I2), 8080);
-    let mut s = connect_from(lab.ns(I1), I2.ip, 8080).expect("i1 → i2:8080 is allowed");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    const BYTES: u64 = 4 << 20;
-    let data: Vec<u8> = (0..BYTES).map(pat).collect();
-    let writer = {
-        let mut w = s.try_clone().unwrap();
-        let data = data.clone();
-        thread::spawn(move || w.write_all(&data).map(|()| w))
-    };
-    let mut back = vec![0u8; data.len()];
-    if let Err(e) = s.read_exact(&mut back) {
-        for h in [h1, lab.host_ns[1].name()] {
-            for cmd in [&["ip", "-s", "link"][..], &["nstat", "-az"][..]] {
-                let o = run_in(h, cmd);
-                eprintln!("{h} {cmd:?}:\n{}", String::from_utf8_lossy(&o.stdout));
-            }
-        }
-        eprintln!(
-            "s1 {:?}\ns2 {:?}",
-            lab.sw(1).stats().underlay,
-            lab.sw(2).stats().underlay
-        );
-        eprintln!(
-            "s1 {:?}",
-            lab.sw(1).stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        eprintln!(
-            "s2 {:?}",
-            lab.sw(2).stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        panic!("echo of every byte: {e}");
-    }
-    assert!(back == data, "echoed bytes differ");
-    drop(writer.join().unwrap().expect("write"));
-    drop(s);
-    assert_eq!(server.join().unwrap(), BYTES);
+    echo_4mib_across(&lab);
     let s1 = lab.sw(1).stats();
     let s2 = lab.sw(2).stats();
     for (n, s) in [(1, &s1), (2, &s2)] {

@@ -878,6 +878,32 @@ pub fn sgswitch_bin() -> PathBuf {
     .clone()
 }
 
+/// A process started for a test (a server or client in a namespace), killed
+/// by PID and reaped when dropped, so a failing test leaves nothing behind.
+pub struct Bg(pub Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `busybox nc -ll -p PORT -e /bin/cat` in `ns`: an echo server on `::`
+/// (both families).
+pub fn nc_listen(ns: &str, port: u16) -> Bg {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "busybox", "nc", "-ll", "-p"])
+        .arg(port.to_string())
+        .args(["-e", "/bin/cat"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn busybox nc");
+    Bg(child)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

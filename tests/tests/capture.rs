@@ -5,22 +5,11 @@
 //! frames through a pipe. Needs root (skips without).
 
 use std::fs::File;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::lab::sgswitch_bin;
+use e2e::lab::{Bg, sgswitch_bin};
 use e2e::{Lab, LabConfig, OUTSIDE, Reach};
-
-/// A capture client running in the background; killed (by PID) if the test
-/// fails before it ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_capture(lab: &Lab, args: &[&str], out: &std::path::Path, err: &std::path::Path) -> Bg {
     let child = Command::new(sgswitch_bin())

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use e2e::cluster::{ClusterLab, can_run};
-use e2e::lab::{Reach, nmap_in};
+use e2e::lab::{Reach, nc_listen, nmap_in};
 use e2e::nmap::PortState;
 use filter::model::instance_mac;
 
@@ -104,31 +104,6 @@ fn expect(lab: &ClusterLab, from: &str, to: Ipv4Addr, port: u16, open: bool) {
         "{from} -> {to}:{port}: {r:?} (expected {})",
         if open { "open" } else { "filtered" }
     );
-}
-
-/// A process started in a namespace, killed by PID when dropped.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `busybox nc -ll -p PORT -e /bin/cat` in `ns`: an echo server on `::`
-/// (both families).
-fn nc_listen(ns: &str, port: u16) -> Bg {
-    let child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "busybox", "nc", "-ll", "-p"])
-        .arg(port.to_string())
-        .args(["-e", "/bin/cat"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn busybox nc");
-    Bg(child)
 }
 
 /// A TCP/IPv6 connect from namespace `ns` to `[ip]:port` (1.5 s at most) that
@@ -292,10 +267,10 @@ fn three_hosts_one_lab() {
     });
     let _echo = nc_listen(&db, V6PORT);
     let port = V6PORT.to_string();
-    lab.cli(
-        0,
-        &[
-            "authorize",
+    // db's echo port open to IPv4 only, from h1 (revoked at the end).
+    let v4_rule = |verb| {
+        [
+            verb,
             "db",
             "-P",
             "tcp",
@@ -304,8 +279,9 @@ fn three_hosts_one_lab() {
             "-s",
             "0.0.0.0/0",
             "--wait",
-        ],
-    );
+        ]
+    };
+    lab.cli(0, &v4_rule("authorize"));
     lab.eventually(Duration::from_secs(5), "db's echo listens", || {
         lab.connect(&app, db_ip, V6PORT) == Reach::Open
     });
@@ -351,20 +327,7 @@ fn three_hosts_one_lab() {
     let revoke6 = ["revoke", "db", "-P", "tcp", "-p", &port, "-s", &prefix];
     lab.cli(2, &[&revoke6[..], &["--wait"]].concat());
     assert_eq!(connect6(&app, db6, V6PORT), "filtered", "revoked");
-    lab.cli(
-        0,
-        &[
-            "revoke",
-            "db",
-            "-P",
-            "tcp",
-            "-p",
-            &port,
-            "-s",
-            "0.0.0.0/0",
-            "--wait",
-        ],
-    );
+    lab.cli(0, &v4_rule("revoke"));
     eprintln!("IPv6 across hosts checked in {:?}", t6.elapsed());
 
     // --- Test 6: forged VXLAN-GBP frames are dropped and counted by reason:

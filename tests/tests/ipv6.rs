@@ -19,6 +19,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use e2e::attack::{self, drops};
+use e2e::lab::{Bg, nc_listen};
 use e2e::{Lab, LabConfig};
 use filter::Mac;
 use filter::model::{eui64_address, link_local_address};
@@ -27,30 +28,6 @@ use switch::arp::GATEWAY_MAC;
 use switch::nd::{self, ty};
 
 const PREFIX: &str = "fd00:5e:c6:1::/64";
-
-/// A process started in a namespace, killed by PID when dropped.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `busybox nc -ll -p PORT -e /bin/cat` in `ns` (listens on `::`, both families).
-fn nc_listen(ns: &str, port: u16) -> Bg {
-    let child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "busybox", "nc", "-ll", "-p"])
-        .arg(port.to_string())
-        .args(["-e", "/bin/cat"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn busybox nc");
-    Bg(child)
-}
 
 /// `nmap -6` from `ns` to `target`: the state of each port of `ports`.
 fn nmap6(lab: &Lab, ns: &str, target: Ipv6Addr, ports: &str) -> Vec<(u16, String)> {
