@@ -409,10 +409,20 @@ fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: usize) -> [u8; 40
 
 /// An IPv6 packet: the fixed header (hop limit 64, or 255 for neighbor
 /// discovery), then `payload` verbatim (`next` names its first header).
-pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(40 + payload.len());
     h.extend_from_slice(&[0x60, 0, 0, 0]);
-    h.extend_from_slice(&u16::try_from(payload.len()).unwrap_or(u16::MAX).to_be_bytes());
+    h.extend_from_slice(
+        &u16::try_from(payload.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     h.push(next);
     h.push(hop_limit);
     h.extend_from_slice(&src.octets());
@@ -512,7 +522,14 @@ pub fn udp6(from: Endpoint6, to: Endpoint6, sport: u16, dport: u16, payload: &[u
 }
 
 /// An ICMPv6 message frame (`rest`: the 4 bytes after the checksum).
-pub fn icmp6(from: Endpoint6, to: Endpoint6, ty: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+pub fn icmp6(
+    from: Endpoint6,
+    to: Endpoint6,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    data: &[u8],
+) -> Vec<u8> {
     let msg = icmp6_message(from.ip, to.ip, ty, code, rest, data);
     ipv6_frame(from, to, proto::ICMPV6, &msg)
 }
@@ -528,7 +545,14 @@ pub fn icmp6_echo(
 ) -> Vec<u8> {
     let [a, b] = id.to_be_bytes();
     let [c, d] = seq.to_be_bytes();
-    icmp6(from, to, if request { 128 } else { 129 }, 0, [a, b, c, d], data)
+    icmp6(
+        from,
+        to,
+        if request { 128 } else { 129 },
+        0,
+        [a, b, c, d],
+        data,
+    )
 }
 
 /// An ICMPv6 error (`ty` 1-4) from `from` to `to` quoting the IPv6 packet of
@@ -544,7 +568,11 @@ pub fn icmp6_error(
 ) -> Vec<u8> {
     let ip = original_frame.get(14..).unwrap_or(&[]);
     let quote = &ip[..ip.len().min(1280 - 40 - 8)];
-    let rest = if ty == 2 { 1280u32.to_be_bytes() } else { [0; 4] };
+    let rest = if ty == 2 {
+        1280u32.to_be_bytes()
+    } else {
+        [0; 4]
+    };
     icmp6(from, to, ty, code, rest, quote)
 }
 
@@ -700,7 +728,6 @@ mod tests {
         );
     }
 
-
     const A6: Endpoint6 = Endpoint6::new(
         [2, 0, 0, 0, 0, 0xa],
         Ipv6Addr::new(0xfd00, 0x5a, 0, 0, 0, 0, 0, 0xa),
@@ -749,7 +776,10 @@ mod tests {
         let u = udp6(A6, B6, 5353, 53, b"q");
         l4_checks6(&u);
         let pu = *parse_frame(&u).expect("parses").packet6().expect("ipv6");
-        assert_eq!((pu.key.proto, pu.key.sport, pu.key.dport), (proto::UDP, 5353, 53));
+        assert_eq!(
+            (pu.key.proto, pu.key.sport, pu.key.dport),
+            (proto::UDP, 5353, 53)
+        );
         let echo = icmp6_echo(A6, B6, true, 77, 1, b"ping");
         l4_checks6(&echo);
         let pe = *parse_frame(&echo).expect("parses").packet6().expect("ipv6");
