@@ -622,9 +622,11 @@ fn a_log_that_cannot_be_opened_stops_the_start_and_names_the_path() {
 }
 
 /// IPv6 through the datapath on in-memory ports: an accepted and a rejected
-/// UDP flow between two instances and a probe from the uplink give the
-/// records AWS would write (IPv6 addresses, 40-byte header counted), on the
-/// interfaces of the instances; neighbor discovery leaves no record.
+/// UDP flow between two instances, a probe from the uplink, and a datagram
+/// its sender's egress rules refuse give the records AWS would write (IPv6
+/// addresses, 40-byte header counted) on the interfaces of the instances
+/// (the egress refusal on the sender's only); neighbor discovery leaves no
+/// record.
 #[test]
 fn the_datapath_logs_ipv6_verdicts() {
     use filter::model::eui64_address;
@@ -640,7 +642,8 @@ fn the_datapath_logs_ipv6_verdicts() {
         ..SwitchConfig::default()
     })
     .expect("datapath");
-    let mut m = model(3);
+    let owner = Owner(OWNER.into());
+    let mut m = model(2);
     m.set_subnet6(Some(prefix)).expect("subnet6");
     let spec = RuleSpec {
         proto: Some("udp".into()),
@@ -648,10 +651,27 @@ fn the_datapath_logs_ipv6_verdicts() {
         cidrs: vec!["fd00:5a::/64".into()],
         ..RuleSpec::default()
     };
-    m.authorize(&Owner(OWNER.into()), "g", &spec).expect("rule");
+    m.authorize(&owner, "g", &spec).expect("rule");
+    // Instance 12 in a group without IPv6 egress.
+    m.add_group(&owner, "h", "no IPv6 out").expect("group");
+    let all6 = RuleSpec {
+        proto: Some("all".into()),
+        cidrs: vec!["::/0".into()],
+        ..RuleSpec::default()
+    };
+    m.revoke_dir(&owner, "h", &all6, true)
+        .expect("revoke egress");
+    m.add_instance(Instance {
+        id: inst(12),
+        owner: owner.clone(),
+        mac: mac(12),
+        ip: ip(12),
+        groups: vec!["h".into()],
+    })
+    .expect("instance");
     dp.publish_rules(compile(&m, 1));
     let mut ids = Vec::new();
-    for k in 10..12u8 {
+    for k in 10..13u8 {
         let (queues, _peer) = mem_port(1);
         ids.push(
             dp.add_port(PortSpec {
@@ -680,6 +700,7 @@ fn the_datapath_logs_ipv6_verdicts() {
     let no = wire::udp6(e(10), e(11), 4000, 54, &[7u8; 32]);
     let probe = wire::udp6(outside, e(11), 4000, 99, &[7u8; 32]);
     let ns = wire::neighbor_solicitation(e(10), e(11).ip);
+    let out = wire::udp6(e(12), e(11), 4000, 53, &[7u8; 32]);
     let mut w = dp.worker(0);
     let frames = [
         (ids[0], &ns[..]),
@@ -687,9 +708,10 @@ fn the_datapath_logs_ipv6_verdicts() {
         (ids[0], &ok[..]),
         (ids[0], &no[..]),
         (up, &probe[..]),
+        (ids[2], &out[..]),
     ];
     let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
-    assert_eq!((r.forwarded, r.dropped), (2, 2));
+    assert_eq!((r.forwarded, r.dropped), (2, 3));
     w.hand_over_flows();
     let mut l = dp
         .take_flow_logger(Writer::open(&c).expect("open"))
@@ -697,7 +719,7 @@ fn the_datapath_logs_ipv6_verdicts() {
     let s = l
         .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
         .expect("flush");
-    assert_eq!((s.ok, s.nodata, s.skipdata), (5, 1, 0));
+    assert_eq!((s.ok, s.nodata, s.skipdata), (6, 0, 0));
     let recs = records(&path);
     let short: Vec<String> = recs
         .iter()
@@ -709,7 +731,7 @@ fn the_datapath_logs_ipv6_verdicts() {
             .join(" ")
         })
         .collect();
-    let (a, b) = (e(10).ip, e(11).ip);
+    let (a, b, c) = (e(10).ip, e(11).ip, e(12).ip);
     // 80 bytes = 40 IPv6 + 8 UDP + 32 payload.
     assert_eq!(
         short,
@@ -719,7 +741,7 @@ fn the_datapath_logs_ipv6_verdicts() {
             format!("eni-0000000b 2001:db8::7 {b} 4000 99 17 1 80 REJECT OK"),
             format!("eni-0000000b {a} {b} 4000 53 17 2 160 ACCEPT OK"),
             format!("eni-0000000b {a} {b} 4000 54 17 1 80 REJECT OK"),
-            "eni-0000000c - - - - - - - - NODATA".to_string(),
+            format!("eni-0000000c {c} {b} 4000 53 17 1 80 REJECT OK"),
         ]
     );
     let _ = std::fs::remove_file(&path);
