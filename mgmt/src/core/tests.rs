@@ -2059,6 +2059,33 @@ fn trace_of_ipv6() {
         ("icmpv6", "type 128 code 0")
     );
     assert_eq!(t.reason.as_deref(), Some("no_rule"), "{t:?}");
+    // An established flow a -> b: its ACK passes as part of the flow.
+    let mut c = six(trace_cmd(a, b, "tcp", Some(7)));
+    if let Command::Trace { established, .. } = &mut c {
+        *established = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(t.what, "ACK");
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    // The outside's echo reply and Packet Too Big about what a sent there:
+    // the reply of a tracked flow, a related error; without the flow, dropped.
+    let icmp6 = |tc: &str, reply: bool| Command::Trace {
+        from: "2001:db8::10".into(),
+        to: a.clone(),
+        proto: "icmpv6".into(),
+        port: None,
+        icmp: Some(tc.into()),
+        established: false,
+        reply_of: reply,
+        ipv6: false,
+    };
+    let t = traced(core.handle(req(icmp6("129:0", true))));
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    assert_eq!(t.verdict, "allowed");
+    let t = traced(core.handle(req(icmp6("2:0", true))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    let t = traced(core.handle(req(icmp6("2:0", false))));
+    assert_eq!(t.reason.as_deref(), Some("unrelated_icmp_error"), "{t:?}");
     // Families: icmp over IPv6, icmpv6 over IPv4, mixed addresses, -6 with
     // an IPv4 address.
     for (c, want) in [
