@@ -1,5 +1,7 @@
 //! Frame builders for tests and benchmarks: Ethernet, 802.1Q, ARP, IPv4 (options,
-//! fragments), TCP, UDP and ICMP frames as `Vec<u8>`, with valid checksums.
+//! fragments), TCP, UDP and ICMP frames as `Vec<u8>`, with valid checksums; and
+//! their IPv6 counterparts (TCP, UDP, ICMPv6 echo and errors, neighbor
+//! solicitations: the `*6` builders, with [`Endpoint6`]).
 //!
 //! Contract: every builder returns bytes that a real Linux stack accepts (IPv4
 //! header checksum and TCP/UDP/ICMP checksums are filled in) and that
@@ -11,10 +13,12 @@
 //! traffic, never for the datapath. Checksums here are deliberately private: the
 //! datapath's checksum code lives in the `switch` crate.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::Mac;
-use crate::parse::{ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN};
+use crate::parse::{
+    ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN,
+};
 use crate::proto;
 
 /// The broadcast MAC.
@@ -195,6 +199,14 @@ pub fn tcp_segment(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    let mut t = tcp_bytes(sport, dport, seq, ack, flags, payload);
+    let c = checksum(&[&pseudo_header(src, dst, proto::TCP, t.len()), &t]);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// The TCP header and payload of [`tcp_segment`], checksum field zero.
+fn tcp_bytes(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut t = Vec::with_capacity(20 + payload.len());
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
@@ -205,8 +217,6 @@ pub fn tcp_segment(
     t.extend_from_slice(&64240u16.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
     t.extend_from_slice(payload);
-    let c = checksum(&[&pseudo_header(src, dst, proto::TCP, t.len()), &t]);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
     t
 }
 
@@ -374,6 +384,237 @@ pub fn fragment(frame: &[u8], max_data: usize) -> Vec<Vec<u8>> {
     }
 }
 
+/// One end of an IPv6 frame: a MAC and an IPv6 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint6 {
+    pub mac: Mac,
+    pub ip: Ipv6Addr,
+}
+
+impl Endpoint6 {
+    pub const fn new(mac: Mac, ip: Ipv6Addr) -> Endpoint6 {
+        Endpoint6 { mac, ip }
+    }
+}
+
+/// The IPv6 upper-layer pseudo-header (RFC 8200 §8.1).
+fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: usize) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0..16].copy_from_slice(&src.octets());
+    p[16..32].copy_from_slice(&dst.octets());
+    p[32..36].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    p[39] = next;
+    p
+}
+
+/// An IPv6 packet: the fixed header (hop limit 64, or 255 for neighbor
+/// discovery), then `payload` verbatim (`next` names its first header).
+pub fn ipv6_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(40 + payload.len());
+    h.extend_from_slice(&[0x60, 0, 0, 0]);
+    h.extend_from_slice(
+        &u16::try_from(payload.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    h.push(next);
+    h.push(hop_limit);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An Ethernet frame carrying an IPv6 packet from `from` to `to` (hop limit 64).
+pub fn ipv6_frame(from: Endpoint6, to: Endpoint6, next: u8, payload: &[u8]) -> Vec<u8> {
+    ethernet(
+        to.mac,
+        from.mac,
+        ETHERTYPE_IPV6,
+        &ipv6_packet(from.ip, to.ip, next, 64, payload),
+    )
+}
+
+/// A TCP segment over IPv6 with its checksum.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_segment6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut t = tcp_bytes(sport, dport, seq, ack, flags, payload);
+    let c = checksum(&[&pseudo_header6(src, dst, proto::TCP, t.len()), &t]);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// A UDP datagram over IPv6 with its checksum (mandatory in IPv6).
+pub fn udp_datagram6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut u = Vec::with_capacity(len);
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = match checksum(&[&pseudo_header6(src, dst, proto::UDP, len), &u]) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// An ICMPv6 message from `src` to `dst`: type, code, the 4 bytes of message
+/// body, then `data`, with its checksum (which covers the pseudo-header).
+pub fn icmp6_message(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + data.len());
+    m.extend_from_slice(&[ty, code, 0, 0]);
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(data);
+    let c = checksum(&[&pseudo_header6(src, dst, proto::ICMPV6, m.len()), &m]);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A TCP frame over IPv6 (sequence number 1, ack 0 unless `flags` has ACK, then 1).
+pub fn tcp6(
+    from: Endpoint6,
+    to: Endpoint6,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ack = u32::from(flags & crate::tcp_flags::ACK != 0);
+    let seg = tcp_segment6(from.ip, to.ip, sport, dport, 1, ack, flags, payload);
+    ipv6_frame(from, to, proto::TCP, &seg)
+}
+
+/// A UDP frame over IPv6.
+pub fn udp6(from: Endpoint6, to: Endpoint6, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let dgram = udp_datagram6(from.ip, to.ip, sport, dport, payload);
+    ipv6_frame(from, to, proto::UDP, &dgram)
+}
+
+/// An ICMPv6 message frame (`rest`: the 4 bytes after the checksum).
+pub fn icmp6(
+    from: Endpoint6,
+    to: Endpoint6,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    data: &[u8],
+) -> Vec<u8> {
+    let msg = icmp6_message(from.ip, to.ip, ty, code, rest, data);
+    ipv6_frame(from, to, proto::ICMPV6, &msg)
+}
+
+/// An ICMPv6 echo request (`request`: type 128) or reply (129).
+pub fn icmp6_echo(
+    from: Endpoint6,
+    to: Endpoint6,
+    request: bool,
+    id: u16,
+    seq: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let [a, b] = id.to_be_bytes();
+    let [c, d] = seq.to_be_bytes();
+    icmp6(
+        from,
+        to,
+        if request { 128 } else { 129 },
+        0,
+        [a, b, c, d],
+        data,
+    )
+}
+
+/// An ICMPv6 error (`ty` 1-4) from `from` to `to` quoting the IPv6 packet of
+/// `original_frame` (an untagged Ethernet frame as built here) as far as the
+/// minimum MTU allows (RFC 4443 §2.4: the error fits 1280 bytes). For Packet
+/// Too Big (2) the body is the MTU (1280).
+pub fn icmp6_error(
+    from: Endpoint6,
+    to: Endpoint6,
+    ty: u8,
+    code: u8,
+    original_frame: &[u8],
+) -> Vec<u8> {
+    let ip = original_frame.get(14..).unwrap_or(&[]);
+    let quote = &ip[..ip.len().min(1280 - 40 - 8)];
+    let rest = if ty == 2 {
+        1280u32.to_be_bytes()
+    } else {
+        [0; 4]
+    };
+    icmp6(from, to, ty, code, rest, quote)
+}
+
+/// The solicited-node multicast address of `a` (`ff02::1:ffXX:XXXX`).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// The Ethernet multicast MAC of an IPv6 multicast address (`33:33` + its
+/// low 32 bits).
+pub fn multicast_mac(a: Ipv6Addr) -> Mac {
+    let o = a.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// A neighbor solicitation (RFC 4861 §4.3) from `from` for `target`, to the
+/// target's solicited-node multicast address, with the source link-layer
+/// address option; hop limit 255.
+pub fn neighbor_solicitation(from: Endpoint6, target: Ipv6Addr) -> Vec<u8> {
+    let dst = solicited_node(target);
+    let mut body = target.octets().to_vec();
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&from.mac);
+    let msg = icmp6_message(from.ip, dst, 135, 0, [0; 4], &body);
+    ethernet(
+        multicast_mac(dst),
+        from.mac,
+        ETHERTYPE_IPV6,
+        &ipv6_packet(from.ip, dst, proto::ICMPV6, 255, &msg),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +726,88 @@ mod tests {
                 kind: IcmpKind::Error { inner }
             }
         );
+    }
+
+    const A6: Endpoint6 = Endpoint6::new(
+        [2, 0, 0, 0, 0, 0xa],
+        Ipv6Addr::new(0xfd00, 0x5a, 0, 0, 0, 0, 0, 0xa),
+    );
+    const B6: Endpoint6 = Endpoint6::new(
+        [2, 0, 0, 0, 0, 0xb],
+        Ipv6Addr::new(0xfd00, 0x5a, 0, 0, 0, 0, 0, 0xb),
+    );
+
+    /// The IPv6 frame's L4 checksum verifies over its pseudo-header.
+    fn l4_checks6(frame: &[u8]) {
+        let ip = &frame[14..];
+        let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        assert_eq!(plen + 40, ip.len(), "payload length");
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+        let l4 = &ip[40..];
+        assert!(sums_ok(&[&pseudo_header6(src, dst, ip[6], l4.len()), l4]));
+    }
+
+    #[test]
+    fn ipv6_frames_are_valid_and_parse_back() {
+        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+        let syn = tcp6(A6, B6, 40000, 22, tcp_flags::SYN, b"");
+        l4_checks6(&syn);
+        let p = *parse_frame(&syn).expect("parses").packet6().expect("ipv6");
+        assert_eq!(
+            p.key,
+            FlowKey {
+                src: A6.ip,
+                dst: B6.ip,
+                proto: proto::TCP,
+                sport: 40000,
+                dport: 22
+            }
+        );
+        let s = SlicedPacket::from_ethernet(&syn).expect("etherparse parses");
+        let (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Tcp(t))) = (s.net, s.transport) else {
+            panic!("ipv6 tcp")
+        };
+        assert_eq!(
+            t.calc_checksum_ipv6(ip.header().source(), ip.header().destination())
+                .ok(),
+            Some(t.checksum())
+        );
+        let u = udp6(A6, B6, 5353, 53, b"q");
+        l4_checks6(&u);
+        let pu = *parse_frame(&u).expect("parses").packet6().expect("ipv6");
+        assert_eq!(
+            (pu.key.proto, pu.key.sport, pu.key.dport),
+            (proto::UDP, 5353, 53)
+        );
+        let echo = icmp6_echo(A6, B6, true, 77, 1, b"ping");
+        l4_checks6(&echo);
+        let pe = *parse_frame(&echo).expect("parses").packet6().expect("ipv6");
+        assert_eq!(
+            pe.l4,
+            L4::Icmp {
+                ty: 128,
+                code: 0,
+                kind: IcmpKind::Request
+            }
+        );
+        let err = icmp6_error(B6, A6, 1, 4, &u);
+        l4_checks6(&err);
+        let pr = *parse_frame(&err).expect("parses").packet6().expect("ipv6");
+        assert_eq!(
+            pr.l4,
+            L4::Icmp {
+                ty: 1,
+                code: 4,
+                kind: IcmpKind::Error { inner: pu.key }
+            }
+        );
+        let ns = neighbor_solicitation(A6, B6.ip);
+        l4_checks6(&ns);
+        assert_eq!(&ns[0..6], &[0x33, 0x33, 0xff, 0, 0, 0xb]);
+        assert_eq!(ns[14 + 7], 255, "hop limit");
+        let pn = *parse_frame(&ns).expect("parses").packet6().expect("ipv6");
+        assert_eq!(pn.key.dst, "ff02::1:ff00:b".parse::<Ipv6Addr>().unwrap());
     }
 
     #[test]

@@ -189,7 +189,9 @@ pub enum Command {
     /// Run a frame of the given shape through the switch's own decision code
     /// against the live rules and say what happens to it, step by step
     /// ([`TraceReport`]). `from`/`to` are an instance id of the caller's or
-    /// an address; `proto` is `tcp`, `udp` or `icmp`; `port` the destination
+    /// an IPv4 or IPv6 address; `proto` is `tcp`, `udp`, `icmp` or `icmpv6`;
+    /// `ipv6` traces IPv6 between two instance ids (the family is otherwise
+    /// the addresses', or IPv6 for `icmpv6`); `port` the destination
     /// port (TCP/UDP, the service port of the answered flow with
     /// `reply_of`); `icmp` is `TYPE:CODE` (default `8:0`, echo request).
     /// `established`: the packet belongs to a flow it opened; `reply_of`: it
@@ -206,6 +208,8 @@ pub enum Command {
         established: bool,
         #[serde(default)]
         reply_of: bool,
+        #[serde(default)]
+        ipv6: bool,
     },
     /// Make an access key for the EC2 Query API acting as the request's owner.
     CreateAccessKey,
@@ -784,9 +788,10 @@ pub struct TraceRule {
 pub struct TraceReport {
     /// Generation of the rule snapshot the frames were judged against.
     pub generation: u64,
-    /// `tcp`, `udp` or `icmp`.
+    /// `tcp`, `udp`, `icmp` or `icmpv6`.
     pub proto: String,
-    /// `ADDR:PORT` (TCP/UDP) or `ADDR` (ICMP) of the traced packet.
+    /// `ADDR:PORT` (TCP/UDP; `[ADDR]:PORT` for IPv6) or `ADDR` (ICMP) of the
+    /// traced packet.
     pub src: String,
     pub dst: String,
     /// TCP flags (`SYN`, `ACK`, `SYN+ACK`) or ICMP `type T code C`.
@@ -800,6 +805,11 @@ pub struct TraceReport {
     /// When the destination's rules admitted the packet: every rule of its
     /// groups that matches it.
     pub rules: Vec<TraceRule>,
+    /// An IPv6 packet refused for want of a rule: the rules of the consulted
+    /// groups that would admit it but for their IPv4 CIDR (`0.0.0.0/0` does
+    /// not open IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv4_only: Vec<TraceRule>,
     /// Owner and groups of the destination instance whose rules were asked
     /// (empty when the destination is no instance of this host).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -266,28 +266,35 @@ pub enum Cmd {
     /// the switch's own decision code against the live rules (scratch
     /// connection state, nothing is sent).  Prints: TRACE PROTO SRC DST WHAT
     /// GENERATION, then one STEP NAME RESULT DETAIL per stage (request,
-    /// source, arp, destination, connection, transmit), then VERDICT allowed
-    /// or VERDICT dropped REASON, then the admitting rules as describe-group
-    /// prints them (PERMISSION ...), or for a drop by the rules the groups
-    /// consulted (CONSULTED OWNER GROUP).
+    /// source, arp or nd (IPv6), destination, connection, transmit), then
+    /// VERDICT allowed or VERDICT dropped REASON, then the admitting rules as
+    /// describe-group prints them (PERMISSION ...), or for a drop by the
+    /// rules the groups consulted (CONSULTED OWNER GROUP) and, for IPv6, the
+    /// rules that would admit it but for their IPv4 CIDR (IPV4ONLY
+    /// PERMISSION ...).
     Trace {
-        /// Source: an instance id (i-...) or an IPv4 address (an instance's
-        /// address is that instance; any other comes from the uplink).
+        /// Source: an instance id (i-...) or an IPv4 or IPv6 address (an
+        /// instance's address is that instance; any other comes from the
+        /// uplink).
         #[arg(long)]
         from: String,
-        /// Destination: an instance id or an IPv4 address.
+        /// Destination: an instance id or an IPv4 or IPv6 address.
         #[arg(long)]
         to: String,
-        /// tcp, udp or icmp.
+        /// tcp, udp, icmp or icmpv6.
         #[arg(short = 'P', long = "protocol")]
         proto: String,
         /// TCP/UDP destination port (with --reply-of: the service port of the
         /// flow the packet answers, i.e. its source port).
         #[arg(short = 'p', long = "port")]
         port: Option<u16>,
-        /// ICMP TYPE:CODE (default 8:0, echo request).
+        /// ICMP TYPE:CODE (default 8:0, echo request; icmpv6: 128:0).
         #[arg(short = 't', long = "icmp-type-code")]
         icmp: Option<String>,
+        /// Trace IPv6 between two instance ids (their IPv6 addresses; an
+        /// IPv6 address or -P icmpv6 implies it).
+        #[arg(short = '6', long = "ipv6")]
+        ipv6: bool,
         /// The packet belongs to a flow it opened earlier (traced first).
         #[arg(long, conflicts_with = "reply_of")]
         established: bool,
@@ -847,6 +854,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             icmp,
             established,
             reply_of,
+            ipv6,
         } => Command::Trace {
             from: from.clone(),
             to: to.clone(),
@@ -855,6 +863,7 @@ pub fn request_of(cli: &Cli, matches: &ArgMatches) -> Result<Option<Request>, St
             icmp: icmp.clone(),
             established: *established,
             reply_of: *reply_of,
+            ipv6: *ipv6,
         },
         Cmd::RegisterImage {
             ami,
@@ -1056,6 +1065,9 @@ pub fn format_response(resp: &Response) -> String {
                 for g in &t.groups {
                     line(format!("CONSULTED\t{o}\t{g}"));
                 }
+            }
+            for r in &t.ipv4_only {
+                line(format!("IPV4ONLY\t{}", permission_line(&r.group, &r.rule)));
             }
         }
         Response::Hosts { hosts } => {

@@ -383,6 +383,8 @@ pub struct TraceJson {
     /// The drop reason's counter name (`null` when allowed).
     pub reason: Option<String>,
     pub rules: Vec<TraceRuleJson>,
+    /// IPv6 refused: the rules that would admit it but for their IPv4 CIDR.
+    pub ipv4_only: Vec<TraceRuleJson>,
     /// Owner and groups of the destination whose rules were asked.
     pub owner: Option<String>,
     pub groups: Vec<String>,
@@ -496,6 +498,14 @@ pub fn response(resp: &Response) -> Document {
             reason: t.reason.clone(),
             rules: t
                 .rules
+                .iter()
+                .map(|r| TraceRuleJson {
+                    group: r.group.clone(),
+                    permission: PermissionJson::from(&r.rule),
+                })
+                .collect(),
+            ipv4_only: t
+                .ipv4_only
                 .iter()
                 .map(|r| TraceRuleJson {
                     group: r.group.clone(),

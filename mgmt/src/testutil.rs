@@ -128,6 +128,8 @@ pub struct Recorded {
     pub ports_gone: u64,
     /// (MAC, address) of every attached instance (for `trace`).
     pub ports: BTreeMap<String, (filter::Mac, std::net::Ipv4Addr)>,
+    /// The instances' IPv6 prefix `trace`'s switch uses (set by a test).
+    pub subnet6: Option<ipnet::Ipv6Net>,
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -220,6 +222,7 @@ impl Dataplane for RecordingDataplane {
         let dp = Datapath::new(SwitchConfig {
             workers: 1,
             ct: filter::CtConfig::with_capacity(1024),
+            subnet6: self.with(|r| r.subnet6),
             ..SwitchConfig::default()
         })
         .map_err(|e| ApiError::internal(e.to_string()))?;

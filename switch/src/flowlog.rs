@@ -6,8 +6,10 @@
 //! ```
 //!
 //! Contract:
-//! * What is logged: the security-group verdict of every IPv4 packet that
-//!   reached it, as one record per flow (5-tuple, one direction) per interface
+//! * What is logged: the security-group verdict of every IPv4 and IPv6 packet
+//!   that reached it (IPv6 addresses in `srcaddr`/`dstaddr` as AWS writes
+//!   them, ICMPv6 as protocol 58; neighbor discovery and MLD, which the switch
+//!   answers or absorbs itself, are not flows), as one record per flow (5-tuple, one direction) per interface
 //!   per aggregation interval, with the packets, the bytes (IPv4 total lengths;
 //!   a TSO super-frame counts as the segments it stands for) and the first and
 //!   last second a packet was seen. Like AWS, a packet is recorded on each
@@ -30,9 +32,17 @@
 //!   whose flows were not recorded in the interval (fields 4-11 and 13 are `-`,
 //!   as in AWS), because a worker's table was full or because of the REJECT
 //!   bound below.
-//! * Hot path ([`Recorder::record`]): each worker owns two preallocated
-//!   open-addressing tables ([`FlowTable`]) of `flows_per_worker` flows (by
-//!   default 32,768 flows in 65,536 slots of 32 bytes: 2 MiB per table). One
+//! * Hot path ([`Recorder::record`], [`Recorder::record6`]): each worker owns
+//!   two preallocated sets of open-addressing tables ([`Tables`]: one
+//!   [`FlowTable`] per family) of `flows_per_worker` flows each (by default
+//!   32,768 flows in 65,536 slots of 32 bytes, 2 MiB, for IPv4 and of 64 bytes,
+//!   4 MiB, for IPv6: two 128-bit addresses do not fit an IPv4 slot, and
+//!   widening those would double IPv4's memory and cache lines). The table
+//!   code is written once, generic over [`LogFamily`]. An IPv6 entry also
+//!   holds the IPv4 addresses of the instances it was sent by and to: an
+//!   interface is named by its instance's IPv4 address in both families
+//!   ([`FlowRecord::iface`]), so the bounds, `NODATA` and `SKIPDATA` are per
+//!   interface whatever the family. One
 //!   entry per 5-tuple stands for both records a packet makes (the sender's
 //!   and the receiver's interface are its source and destination addresses),
 //!   so a packet costs one hash and a short probe in the worker's own table,
@@ -65,11 +75,13 @@
 //!   the next flush. At shutdown the workers hand over what they hold and the
 //!   logger writes it.
 
-use std::net::Ipv4Addr;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use filter::{DropReason, FlowKey, proto};
+use filter::{DropReason, FlowKey, IpAddress, proto};
 
 /// The header line: the field names of the default format.
 pub const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status";
@@ -252,26 +264,98 @@ pub fn wire_size(ip_bytes: usize, hdr: usize, gso_size: u16) -> (u32, u64) {
     (segs as u32, (segs * hdr + payload) as u64)
 }
 
-/// Aggregation key: 5-tuple and the records it makes ([`On`]).
+/// An address family flow logs aggregate: how its addresses sit in a table
+/// key ([`Ipv4Addr`]: 32 bits, its interfaces are its addresses; [`Ipv6Addr`]:
+/// 128 bits and the two interfaces' IPv4 addresses beside them).
+pub trait LogFamily: IpAddress {
+    /// An address as stored.
+    type Bits: Copy + Default + Eq + Ord + Hash + Debug;
+    /// The interfaces stored beside the addresses (none for IPv4, whose
+    /// source-checked addresses are its instances').
+    type Ifaces: Copy + Default + Eq + Ord + Hash + Debug;
+    fn bits(self) -> Self::Bits;
+    fn from_bits(b: Self::Bits) -> Self;
+    /// The two addresses folded into 64 bits (hashed further by [`Key::hash`]).
+    fn pair(src: Self::Bits, dst: Self::Bits) -> u64;
+    /// The interfaces of a packet sent from `src_if` to `dst_if` (the
+    /// instances' IPv4 addresses; anything where that side is no instance).
+    fn ifaces(src_if: Ipv4Addr, dst_if: Ipv4Addr) -> Self::Ifaces;
+    /// The IPv4 address naming the interface of one side of an entry.
+    fn iface(src: Self::Bits, dst: Self::Bits, ifaces: Self::Ifaces, src_side: bool) -> u32;
+}
+
+impl LogFamily for Ipv4Addr {
+    type Bits = u32;
+    type Ifaces = ();
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        u32::from(self)
+    }
+    #[inline(always)]
+    fn from_bits(b: u32) -> Ipv4Addr {
+        Ipv4Addr::from(b)
+    }
+    #[inline(always)]
+    fn pair(src: u32, dst: u32) -> u64 {
+        u64::from(src) << 32 | u64::from(dst)
+    }
+    #[inline(always)]
+    fn ifaces(_: Ipv4Addr, _: Ipv4Addr) {}
+    #[inline(always)]
+    fn iface(src: u32, dst: u32, _: (), src_side: bool) -> u32 {
+        if src_side { src } else { dst }
+    }
+}
+
+impl LogFamily for Ipv6Addr {
+    type Bits = u128;
+    type Ifaces = [u32; 2];
+    #[inline(always)]
+    fn bits(self) -> u128 {
+        u128::from(self)
+    }
+    #[inline(always)]
+    fn from_bits(b: u128) -> Ipv6Addr {
+        Ipv6Addr::from(b)
+    }
+    #[inline(always)]
+    fn pair(src: u128, dst: u128) -> u64 {
+        let fold = |a: u128| (a >> 64) as u64 ^ a as u64;
+        fold(src).rotate_left(32) ^ fold(dst)
+    }
+    #[inline(always)]
+    fn ifaces(src_if: Ipv4Addr, dst_if: Ipv4Addr) -> [u32; 2] {
+        [u32::from(src_if), u32::from(dst_if)]
+    }
+    #[inline(always)]
+    fn iface(_: u128, _: u128, ifaces: [u32; 2], src_side: bool) -> u32 {
+        ifaces[usize::from(!src_side)]
+    }
+}
+
+/// Aggregation key: 5-tuple, the interfaces where the family needs them,
+/// and the records it makes ([`On`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(C)]
-struct Key {
-    src: u32,
-    dst: u32,
+struct Key<B, I> {
+    src: B,
+    dst: B,
+    ifaces: I,
     sport: u16,
     dport: u16,
     proto: u8,
     on: u8,
 }
 
-impl Key {
+impl<B: Copy, I: Copy> Key<B, I> {
     /// The key of a packet's flow: ICMP and other protocols without ports.
     #[inline]
-    fn of(key: &FlowKey, on: u8) -> Key {
+    fn of<A: LogFamily<Bits = B, Ifaces = I>>(key: &FlowKey<A>, ifaces: I, on: u8) -> Self {
         let ports = matches!(key.proto, proto::TCP | proto::UDP);
         Key {
-            src: u32::from(key.src),
-            dst: u32::from(key.dst),
+            src: key.src.bits(),
+            dst: key.dst.bits(),
+            ifaces,
             sport: if ports { key.sport } else { 0 },
             dport: if ports { key.dport } else { 0 },
             proto: key.proto,
@@ -283,8 +367,8 @@ impl Key {
     /// murmur3's 64-bit finaliser over the packed fields. The table is the
     /// worker's own: a crafted collision only lengthens probes in one interval.
     #[inline]
-    fn hash(&self) -> usize {
-        let a = u64::from(self.src) << 32 | u64::from(self.dst);
+    fn hash<A: LogFamily<Bits = B, Ifaces = I>>(&self) -> usize {
+        let a = A::pair(self.src, self.dst);
         let b = u64::from(self.sport) << 24 | u64::from(self.dport) << 8 | u64::from(self.proto);
         let mut h = a ^ b.rotate_left(29);
         h ^= h >> 33;
@@ -296,11 +380,11 @@ impl Key {
     }
 }
 
-/// One flow: 32 bytes, aligned, two per cache line.
+/// One flow: 32 bytes for IPv4 (two per cache line), 64 for IPv6.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(32))]
-struct Slot {
-    key: Key,
+struct Slot<B, I> {
+    key: Key<B, I>,
     /// 0 = empty slot (every entry has at least one packet); saturates.
     packets: u32,
     /// Seconds of the first and last packet after the table's `base`
@@ -309,6 +393,9 @@ struct Slot {
     last: u16,
     bytes: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot<u32, ()>>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot<u128, [u32; 2]>>() == 64);
 
 #[derive(Clone, Copy, Debug, Default)]
 struct IfaceSlot {
@@ -320,10 +407,11 @@ struct IfaceSlot {
     last: u32,
 }
 
-/// One worker's aggregation table for one interval: fixed capacity, allocated
-/// once, cleared by the logger (in time proportional to what was used).
-pub struct FlowTable {
-    slots: Box<[Slot]>,
+/// One worker's aggregation table of one family for one interval: fixed
+/// capacity, allocated once, cleared by the logger (in time proportional to
+/// what was used).
+pub struct FlowTable<A: LogFamily = Ipv4Addr> {
+    slots: Box<[Slot<A::Bits, A::Ifaces>]>,
     /// Indices of the used slots, in insertion order (capacity `max_flows`).
     used: Vec<u32>,
     max_flows: usize,
@@ -337,11 +425,11 @@ pub struct FlowTable {
 }
 
 /// One record of a [`FlowTable`] (or merged over workers): a flow on one
-/// interface.
+/// interface, named by its instance's IPv4 address in both families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowRecord {
+pub struct FlowRecord<A = Ipv4Addr> {
     pub iface: Ipv4Addr,
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     pub action: FlowAction,
     pub packets: u64,
     pub bytes: u64,
@@ -351,10 +439,38 @@ pub struct FlowRecord {
 }
 
 impl FlowTable {
+    /// Add `packets`/`bytes` of IPv4 flow `key`, making the records `on`
+    /// says, at datapath second `now` (its interfaces are its addresses).
+    #[inline]
+    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
+        self.record_at(key, (), on, packets, bytes, now);
+    }
+}
+
+impl FlowTable<Ipv6Addr> {
+    /// Add `packets`/`bytes` of IPv6 flow `key` sent from the interface of
+    /// the instance with IPv4 address `src_if` to that of `dst_if` (either
+    /// is ignored where `on` makes no record on that side).
+    #[inline]
+    pub fn record6(
+        &mut self,
+        key: &FlowKey<Ipv6Addr>,
+        (src_if, dst_if): (Ipv4Addr, Ipv4Addr),
+        on: On,
+        packets: u32,
+        bytes: u64,
+        now: u32,
+    ) {
+        let ifaces = Ipv6Addr::ifaces(src_if, dst_if);
+        self.record_at(key, ifaces, on, packets, bytes, now);
+    }
+}
+
+impl<A: LogFamily> FlowTable<A> {
     /// A table of `max_flows` flows (slots: the next power of two of 4/3 of
     /// that, so probes stay short) and `reject_limit` rejected flows per
     /// interface.
-    pub fn new(max_flows: usize, reject_limit: u32) -> FlowTable {
+    pub fn new(max_flows: usize, reject_limit: u32) -> FlowTable<A> {
         let slots = (max_flows + max_flows / 3 + 1).next_power_of_two();
         FlowTable {
             slots: vec![Slot::default(); slots].into_boxed_slice(),
@@ -373,17 +489,25 @@ impl FlowTable {
         self.used.is_empty() && self.ifaces_used.is_empty() && self.unattributed == 0
     }
 
-    /// Add `packets`/`bytes` of flow `key`, making the records `on` says, at
-    /// datapath second `now`.
+    /// Add `packets`/`bytes` of flow `key` (interfaces `ifaces`), making the
+    /// records `on` says, at datapath second `now`.
     #[inline]
-    pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
-        let k = Key::of(key, on.0);
+    fn record_at(
+        &mut self,
+        key: &FlowKey<A>,
+        ifaces: A::Ifaces,
+        on: On,
+        packets: u32,
+        bytes: u64,
+        now: u32,
+    ) {
+        let k = Key::of(key, ifaces, on.0);
         if self.used.is_empty() {
             self.base = now;
         }
         let t = now.saturating_sub(self.base).min(u32::from(u16::MAX)) as u16;
         let mask = self.slots.len() - 1;
-        let mut i = k.hash() & mask;
+        let mut i = k.hash::<A>() & mask;
         loop {
             let s = &mut self.slots[i];
             if s.packets == 0 {
@@ -399,7 +523,7 @@ impl FlowTable {
         }
         // A new flow. A rejected one counts against the receiver's bound (the
         // sender's when the receiver is not ours).
-        let charged = if on.0 & On::DST != 0 { k.dst } else { k.src };
+        let charged = A::iface(k.src, k.dst, k.ifaces, on.0 & On::DST == 0);
         if self.used.len() >= self.max_flows || (on.rejects() && !self.admit_reject(charged)) {
             self.skip(&k, on, packets, now);
             return;
@@ -416,9 +540,9 @@ impl FlowTable {
 
     /// Address of the slot where flow `key`'s probe starts (for a prefetch).
     #[inline]
-    fn slot_addr(&self, key: &FlowKey) -> usize {
-        let i = Key::of(key, 0).hash() & (self.slots.len() - 1);
-        self.slots.as_ptr() as usize + i * std::mem::size_of::<Slot>()
+    fn slot_addr(&self, key: &FlowKey<A>) -> usize {
+        let i = Key::of(key, A::Ifaces::default(), 0).hash::<A>() & (self.slots.len() - 1);
+        self.slots.as_ptr() as usize + i * std::mem::size_of::<Slot<A::Bits, A::Ifaces>>()
     }
 
     /// The interface's slot, inserted if new; `None` if the interface table
@@ -459,9 +583,9 @@ impl FlowTable {
     /// Count a packet not recorded on each interface it would have had a
     /// record on.
     #[cold]
-    fn skip(&mut self, k: &Key, on: On, packets: u32, now: u32) {
+    fn skip(&mut self, k: &Key<A::Bits, A::Ifaces>, on: On, packets: u32, now: u32) {
         for (src_side, _) in on.records() {
-            let ip = if src_side { k.src } else { k.dst };
+            let ip = A::iface(k.src, k.dst, k.ifaces, src_side);
             match self.iface(ip) {
                 Some(s) => {
                     if s.skipped == 0 {
@@ -477,12 +601,12 @@ impl FlowTable {
 
     /// The records, in insertion order (an entry with both sides gives the
     /// sender's record, then the receiver's).
-    pub fn flows(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+    pub fn flows(&self) -> impl Iterator<Item = FlowRecord<A>> + '_ {
         self.used.iter().flat_map(move |&i| {
             let s = self.slots[i as usize];
             let key = FlowKey {
-                src: Ipv4Addr::from(s.key.src),
-                dst: Ipv4Addr::from(s.key.dst),
+                src: A::from_bits(s.key.src),
+                dst: A::from_bits(s.key.dst),
                 proto: s.key.proto,
                 sport: s.key.sport,
                 dport: s.key.dport,
@@ -491,7 +615,7 @@ impl FlowTable {
             On(s.key.on)
                 .records()
                 .map(move |(src_side, action)| FlowRecord {
-                    iface: if src_side { key.src } else { key.dst },
+                    iface: Ipv4Addr::from(A::iface(s.key.src, s.key.dst, s.key.ifaces, src_side)),
                     key,
                     action,
                     packets: u64::from(s.packets),
@@ -530,31 +654,75 @@ impl FlowTable {
     }
 }
 
-/// A worker's side: the table it fills, the spare, and the channels to the
-/// logger. Owned by the worker (in its [`crate::pipeline::Scratch`]).
+/// One interval of a worker: a table per family, handed over together.
+pub struct Tables {
+    pub v4: FlowTable<Ipv4Addr>,
+    pub v6: FlowTable<Ipv6Addr>,
+}
+
+impl Tables {
+    /// Tables of `max_flows` flows each (see [`FlowTable::new`]).
+    pub fn new(max_flows: usize, reject_limit: u32) -> Tables {
+        Tables {
+            v4: FlowTable::new(max_flows, reject_limit),
+            v6: FlowTable::new(max_flows, reject_limit),
+        }
+    }
+
+    /// Nothing recorded or skipped in either family.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+    }
+}
+
+/// A worker's side: the tables it fills, the spare ones, and the channels to
+/// the logger. Owned by the worker (in its [`crate::pipeline::Scratch`]).
 pub struct Recorder {
     w: usize,
-    active: Box<FlowTable>,
-    spare: Option<Box<FlowTable>>,
-    back: Receiver<Box<FlowTable>>,
-    to_logger: SyncSender<(usize, Box<FlowTable>)>,
+    active: Box<Tables>,
+    spare: Option<Box<Tables>>,
+    back: Receiver<Box<Tables>>,
+    to_logger: SyncSender<(usize, Box<Tables>)>,
     interval: u32,
     /// Datapath second at which the current interval ends.
     deadline: u32,
 }
 
 impl Recorder {
-    /// Record one packet (see [`FlowTable::record`]).
+    /// Record one IPv4 packet (see [`FlowTable::record`]).
     #[inline]
     pub fn record(&mut self, key: &FlowKey, on: On, packets: u32, bytes: u64, now: u32) {
-        self.active.record(key, on, packets, bytes, now);
+        self.active.v4.record(key, on, packets, bytes, now);
     }
 
-    /// Prefetch the slot flow `key` will be recorded in (the staged burst's
-    /// prepare step: the cache misses of a burst's new flows overlap).
+    /// Record one IPv6 packet (see [`FlowTable::record6`]).
+    #[inline]
+    pub fn record6(
+        &mut self,
+        key: &FlowKey<Ipv6Addr>,
+        ifaces: (Ipv4Addr, Ipv4Addr),
+        on: On,
+        packets: u32,
+        bytes: u64,
+        now: u32,
+    ) {
+        self.active.v6.record6(key, ifaces, on, packets, bytes, now);
+    }
+
+    /// Prefetch the slot IPv4 flow `key` will be recorded in (the staged
+    /// burst's prepare step: the cache misses of a burst's new flows overlap).
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) {
-        crate::sys::prefetch(self.active.slot_addr(key), std::mem::size_of::<Slot>());
+        crate::sys::prefetch(
+            self.active.v4.slot_addr(key),
+            std::mem::size_of::<Slot<u32, ()>>(),
+        );
     }
 
     /// Once per wake-up: at the first call after an interval boundary, hand the
@@ -592,18 +760,18 @@ impl Recorder {
 
 /// The logger's side of the channels (see [`channels`]).
 pub struct Collector {
-    from_workers: Receiver<(usize, Box<FlowTable>)>,
-    back: Vec<SyncSender<Box<FlowTable>>>,
+    from_workers: Receiver<(usize, Box<Tables>)>,
+    back: Vec<SyncSender<Box<Tables>>>,
 }
 
 impl Collector {
     /// Every table handed over so far.
-    fn drain(&self) -> Vec<(usize, Box<FlowTable>)> {
+    fn drain(&self) -> Vec<(usize, Box<Tables>)> {
         self.from_workers.try_iter().collect()
     }
 
     /// Give an emptied table back to its worker.
-    fn give_back(&self, w: usize, mut t: Box<FlowTable>) {
+    fn give_back(&self, w: usize, mut t: Box<Tables>) {
         t.clear();
         if let Some(tx) = self.back.get(w) {
             let _ = tx.try_send(t);
@@ -619,7 +787,7 @@ pub fn channels(cfg: &FlowLogConfig, workers: usize) -> (Vec<Recorder>, Collecto
     let mut back = Vec::with_capacity(workers);
     for w in 0..workers {
         let (tx, rx) = sync_channel(2);
-        let table = || Box::new(FlowTable::new(cfg.flows_per_worker, cfg.reject_limit));
+        let table = || Box::new(Tables::new(cfg.flows_per_worker, cfg.reject_limit));
         recs.push(Recorder {
             w,
             active: table(),

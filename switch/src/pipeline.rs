@@ -48,8 +48,8 @@
 //!     `UnknownDestination`; anything else from an instance → the uplink (the
 //!     uplink's MAC when sent to the router's). From the uplink: sources of
 //!     the switch's side are `UplinkSpoof`, only instance destinations.
-//!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4;
-//!     flow logs are IPv4 only for now.
+//!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4 and
+//!     flow-logged like it (not yet at the overlay's receive side).
 //!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 or IPv6
 //!     destination that is no attached port but an instance of another live
 //!     host in the directory is judged with `Conntrack::judge_scoped`/
@@ -67,9 +67,10 @@
 //!     that were dropped on the way as sent with their reason; without it the
 //!     pipeline does nothing more.
 //!   - Flow logs (when the worker has a [`Recorder`]): after the decision,
-//!     an IPv4 packet forwarded, sent into the overlay or refused by the
-//!     rules/connection table is recorded once, for the sender's and/or the
-//!     receiver's instance interface ([`crate::flowlog`]).
+//!     an IPv4 or IPv6 packet forwarded, sent into the overlay or refused by
+//!     the rules/connection table is recorded once, for the sender's and/or
+//!     the receiver's instance interface ([`crate::flowlog`]; not neighbor
+//!     discovery).
 //!   - Transmit: the destination MAC is set to the destination instance's MAC (we
 //!     forward by IP); frames to the gateway MAC bound for the uplink get the MAC
 //!     last seen from the uplink. Offload work is passed through to queues with
@@ -589,15 +590,16 @@ fn log_flow(
     vnet: &VnetHdr,
     decided: &Result<Action<'_>, DropReason>,
 ) {
-    let Parsed::Ipv4 {
-        pkt,
-        l3_offset,
-        payload_offset,
-        ip_len,
-        ..
-    } = parsed
-    else {
-        return;
+    let (pkt, l3_offset, payload_offset, ip_len) = match parsed {
+        Parsed::Ipv4 {
+            pkt,
+            l3_offset,
+            payload_offset,
+            ip_len,
+            ..
+        } => (pkt, l3_offset, payload_offset, ip_len),
+        Parsed::Ipv6 { .. } => return log_flow6(env, rec, inp, parsed, frame_len, vnet, decided),
+        Parsed::Arp { .. } => return,
     };
     let (to, verdict) = match decided {
         Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
@@ -644,6 +646,62 @@ fn too_big_answer(
         overlay::write_packet_too_big(out, frame, from, u32::from(mtu))
     } else {
         overlay::write_frag_needed(out, frame, env.net.gateway, mtu)
+    }
+}
+
+/// [`log_flow`] of an IPv6 packet: the same records, the interfaces named
+/// by their instances' IPv4 addresses. Neighbor discovery and MLD are the
+/// switch's own business, not flows.
+#[inline(never)]
+fn log_flow6(
+    env: &Env<'_>,
+    rec: &mut Recorder,
+    inp: &Port,
+    parsed: &Parsed,
+    frame_len: usize,
+    vnet: &VnetHdr,
+    decided: &Result<Action<'_>, DropReason>,
+) {
+    let Parsed::Ipv6 {
+        pkt,
+        l3_offset,
+        payload_offset,
+        ip_len,
+        ..
+    } = parsed
+    else {
+        return;
+    };
+    if let L4::Icmp { ty, .. } = pkt.l4
+        && nd::is_housekeeping(ty)
+    {
+        return;
+    }
+    let (to, verdict) = match decided {
+        Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
+        Err(r) if flowlog::is_verdict(*r) => (port_of6(env, pkt.key.dst).map(|p| &**p), Err(*r)),
+        _ => return,
+    };
+    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
+        (usize::from(*ip_len), 0)
+    } else {
+        (
+            frame_len.saturating_sub(usize::from(*l3_offset)),
+            vnet.gso_size,
+        )
+    };
+    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
+    let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
+    let iface = |p: Option<&Port>| match p.map(|p| p.kind) {
+        Some(Kind::Instance { ip, .. }) => Some(ip),
+        _ => None,
+    };
+    let (src_if, dst_if) = (iface(Some(inp)), iface(to));
+    let on = flowlog::On::new(src_if.is_some(), dst_if.is_some(), verdict);
+    if !on.is_none() {
+        let none = Ipv4Addr::UNSPECIFIED;
+        let ifaces = (src_if.unwrap_or(none), dst_if.unwrap_or(none));
+        rec.record6(&pkt.key, ifaces, on, packets, bytes, env.now);
     }
 }
 

@@ -17,6 +17,11 @@
 //! * Cluster mode: the trace runs without the overlay (nothing is sent to other
 //!   hosts); a destination on another host is reported as such by
 //!   [`Traced::remote`] and its verdict is its host's.
+//! * Both families: an IPv4 frame's facts are in [`Traced::packet`], an IPv6
+//!   frame's in [`Traced::packet6`]; the connection-table and rule questions
+//!   are asked through the same generic code ([`filter::conntrack::Family`]).
+//!   An instance's port is named by its IPv4 address whatever the family of
+//!   the frames it sends ([`Ingress::Instance`]).
 //! * Control-plane only: allocates (a few KiB of scratch), takes no lock the
 //!   workers take.
 
@@ -25,7 +30,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use filter::{Conntrack, CtConfig, Packet, Parsed, parse_frame};
+use filter::conntrack::Family;
+use filter::{Conntrack, CtConfig, Packet, Packet6, Parsed, Snapshot, parse_frame};
 
 use crate::config::PortId;
 use crate::counters::{RuleHits, WorkerCounters};
@@ -53,8 +59,12 @@ pub struct Traced {
     pub delivered: Option<(PortId, String, Option<Ipv4Addr>)>,
     /// The frame the switch answered with (ARP or DHCP reply), if any.
     pub answer: Option<Vec<u8>>,
-    /// The IPv4 packet as the pipeline parsed it (`None`: ARP or unparsable).
+    /// The IPv4 packet as the pipeline parsed it (`None`: not IPv4, or
+    /// unparsable).
     pub packet: Option<Packet>,
+    /// The IPv6 packet as the pipeline parsed it (`None`: not IPv6, or
+    /// unparsable).
+    pub packet6: Option<Packet6>,
     /// Whether a live flow of this packet's key was in the (scratch)
     /// connection table before the frame.
     pub tracked_before: bool,
@@ -140,12 +150,18 @@ impl Datapath {
                 Ingress::Instance(ip) => table.by_ip(*ip).ok_or(TraceError::NoPort(*ip))?,
                 Ingress::Uplink => table.uplink.as_ref().ok_or(TraceError::NoUplink)?,
             };
-            let packet = match parse_frame(frame) {
-                Ok(Parsed::Ipv4 { pkt, .. }) => Some(pkt),
-                _ => None,
+            let (packet, packet6) = match parse_frame(frame) {
+                Ok(Parsed::Ipv4 { pkt, .. }) => (Some(pkt), None),
+                Ok(Parsed::Ipv6 { pkt, .. }) => (None, Some(pkt)),
+                _ => (None, None),
             };
-            let tracked_before = packet.is_some_and(|p| ct.tracks(&p.key, now));
-            let rules_allow = packet.is_some_and(|p| snap.allows(&p));
+            let tracked = |ct: &Conntrack| {
+                packet.is_some_and(|p| ct.tracks(&p.key, now))
+                    || packet6.is_some_and(|p| ct.tracks(&p.key, now))
+            };
+            let tracked_before = tracked(&ct);
+            let rules_allow = packet.is_some_and(|p| allows(&snap, &p))
+                || packet6.is_some_and(|p| allows(&snap, &p));
             let remote = packet.is_some_and(|p| {
                 self.overlay.is_some()
                     && table.by_ip(p.key.dst).is_none()
@@ -153,7 +169,7 @@ impl Datapath {
             });
             let mut buf = frame.clone();
             let outcome = process(&env, inp, &mut buf, &VnetHdr::default(), &mut scratch);
-            let tracked_after = packet.is_some_and(|p| ct.tracks(&p.key, now));
+            let tracked_after = tracked(&ct);
             let mut delivered = None;
             let mut answer = None;
             for p in &table.ports {
@@ -176,6 +192,7 @@ impl Datapath {
                 delivered,
                 answer,
                 packet,
+                packet6,
                 tracked_before,
                 tracked_after,
                 rules_allow,
@@ -187,4 +204,10 @@ impl Datapath {
             frames: out,
         })
     }
+}
+
+/// Whether the snapshot's rules allow `p` on their own (its admitting rule,
+/// as conntrack asks for a new flow), in either family.
+fn allows<F: Family>(snap: &Snapshot, p: &Packet<F>) -> bool {
+    F::admitting_rule(snap, p).is_some()
 }

@@ -1,12 +1,16 @@
 //! Flow logs end to end (`sgswitch up --flow-log FILE --flow-log-interval 1`):
 //! an accepted TCP connection and a rejected probe from the outside give
 //! records that parse as AWS VPC Flow Logs version 2 and match the traffic, an
-//! idle interval gives NODATA, and a flood of rejected SYNs with a new source
+//! idle interval gives NODATA, the same over IPv6 (an accepted TCP connection
+//! from the outside's address on the instances' /64, a rejected probe and a
+//! rejected ICMPv6 echo: IPv6 addresses in srcaddr/dstaddr, protocol 58, on
+//! the instance's interface), and a flood of rejected SYNs with a new source
 //! port each (hping3, counted, between the lab's namespaces only) stays within
 //! the REJECT bound and is reported as SKIPDATA. Needs root (skips without).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::ec2out::parse_describe_group;
@@ -18,14 +22,27 @@ const REJECT_LIMIT: usize = 20;
 const MAX_BYTES: u64 = 256 * 1024;
 /// SYNs of the flood, each from a new source port.
 const FLOOD: usize = 1000;
+/// The instances' IPv6 /64 (`--subnet6`) and the outside's address on it.
+const PREFIX6: &str = "fd00:5e:f1:1::/64";
+const OUTSIDE6: &str = "fd00:5e:f1:1::ff:10";
+
+/// A process started in a namespace, killed by PID when dropped.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// One line of the log, checked field by field against the version 2 format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rec {
     account: String,
     eni: String,
-    src: Option<Ipv4Addr>,
-    dst: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
     sport: Option<u16>,
     dport: Option<u16>,
     proto: Option<u8>,
@@ -150,7 +167,9 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
         .arg("--flow-log-reject-limit")
         .arg(&limit)
         .arg("--flow-log-max-bytes")
-        .arg(&max);
+        .arg(&max)
+        .arg("--subnet6")
+        .arg(PREFIX6);
     let Some(lab) = Lab::start(cfg) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -187,7 +206,7 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
     let inbound: Vec<&Rec> = recs
         .iter()
         .filter(ok)
-        .filter(|x| x.dst == Some(a.ip) && x.dport == Some(22))
+        .filter(|x| x.dst == Some(IpAddr::V4(a.ip)) && x.dport == Some(22))
         .collect();
     assert_eq!(inbound.len(), 1, "{recs:#?}");
     let i = inbound[0];
@@ -203,7 +222,7 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
         (
             owner.as_str(),
             eni.as_str(),
-            Some(OUTSIDE),
+            Some(IpAddr::V4(OUTSIDE)),
             Some(6),
             "ACCEPT"
         ),
@@ -222,13 +241,15 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
     let reply: Vec<&Rec> = recs
         .iter()
         .filter(ok)
-        .filter(|x| x.src == Some(a.ip) && x.sport == Some(22) && x.dport == Some(sport))
+        .filter(|x| {
+            x.src == Some(IpAddr::V4(a.ip)) && x.sport == Some(22) && x.dport == Some(sport)
+        })
         .collect();
     assert_eq!(reply.len(), 1, "{recs:#?}");
     let r = reply[0];
     assert_eq!(
         (r.eni.as_str(), r.dst, r.proto, r.action.as_str()),
-        (eni.as_str(), Some(OUTSIDE), Some(6), "ACCEPT"),
+        (eni.as_str(), Some(IpAddr::V4(OUTSIDE)), Some(6), "ACCEPT"),
         "{r:?}"
     );
     let (p, b) = (r.packets.unwrap_or(0), r.bytes.unwrap_or(0));
@@ -244,7 +265,13 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
     for x in &rejected {
         assert_eq!(
             (x.eni.as_str(), x.src, x.dst, x.proto, x.action.as_str()),
-            (eni.as_str(), Some(OUTSIDE), Some(a.ip), Some(6), "REJECT"),
+            (
+                eni.as_str(),
+                Some(IpAddr::V4(OUTSIDE)),
+                Some(IpAddr::V4(a.ip)),
+                Some(6),
+                "REJECT"
+            ),
             "{x:?}"
         );
         assert!(x.packets.is_some_and(|p| p <= 3), "{x:?}");
@@ -254,6 +281,138 @@ fn flow_logs_record_accepts_rejects_and_bound_a_flood() {
             "{x:?}"
         );
     }
+
+    // IPv6: the outside on the /64 connects to an echo server on port 7 (an
+    // IPv6 rule allows it), probes port 8080 and pings (no rule: REJECT).
+    let desc = lab.cli_ok(&["describe-instances", &a.id]);
+    let a6: Ipv6Addr = desc
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("IPV6ADDRESS\t{}\t", a.id)))
+        .unwrap_or_else(|| panic!("no IPv6 address in\n{desc}"))
+        .parse()
+        .expect("an IPv6 address");
+    let out6: Ipv6Addr = OUTSIDE6.parse().expect("outside address");
+    let o = lab.exec(
+        &lab.uplink_ns,
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{out6}/64"),
+            "dev",
+            &lab.uplink_if,
+            "nodad",
+        ],
+        Duration::from_secs(5),
+    );
+    assert!(o.success(), "{o:?}");
+    let _echo = Bg(Command::new("ip")
+        .args([
+            "netns", "exec", &a.netns, "busybox", "nc", "-ll", "-p", "7", "-e", "/bin/cat",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn busybox nc"));
+    let cidr6 = format!("{out6}/128");
+    lab.cli_ok(&["authorize", "default", "-P", "tcp", "-p", "7", "-s", &cidr6]);
+    std::thread::sleep(Duration::from_millis(300));
+    let nc6 = |port: u16, wait: &str| {
+        lab.exec(
+            &lab.uplink_ns,
+            "sh",
+            &[
+                "-c",
+                &format!("echo hello-flow-v6 | busybox nc -w {wait} {a6} {port}"),
+            ],
+            Duration::from_secs(10),
+        )
+    };
+    let echo = nc6(7, "2");
+    assert_eq!(echo.stdout.trim(), "hello-flow-v6", "{echo:?}");
+    let probe = nc6(8080, "1");
+    assert!(!probe.stdout.contains("hello"), "{probe:?}");
+    let ping = lab.exec(
+        &lab.uplink_ns,
+        "busybox",
+        &["ping6", "-c", "1", "-W", "1", &a6.to_string()],
+        Duration::from_secs(5),
+    );
+    assert!(!ping.success(), "no rule allows ICMPv6 echo: {ping:?}");
+    let (a6, out6) = (Some(IpAddr::V6(a6)), Some(IpAddr::V6(out6)));
+    let recs = wait_log(&path, 10, "records of the IPv6 traffic", |r| {
+        r.iter().any(|x| x.src == a6 && x.sport == Some(7))
+            && r.iter().any(|x| x.dst == a6 && x.dport == Some(8080))
+            && r.iter().any(|x| x.dst == a6 && x.proto == Some(58))
+    });
+    let v6 = |f: &dyn Fn(&Rec) -> bool| -> Vec<Rec> {
+        recs.iter()
+            .filter(|x| x.status == "OK" && f(x))
+            .cloned()
+            .collect()
+    };
+    let inbound = v6(&|x| x.dst == a6 && x.dport == Some(7));
+    assert_eq!(inbound.len(), 1, "{recs:#?}");
+    let i = &inbound[0];
+    assert_eq!(
+        (i.eni.as_str(), i.src, i.proto, i.action.as_str()),
+        (eni.as_str(), out6, Some(6), "ACCEPT"),
+        "{i:?}"
+    );
+    // SYN, ACK, 15 bytes of data, ACKs, FIN: at least 3 packets of 60-120
+    // bytes (a 40-byte IPv6 header each).
+    let (p, b) = (i.packets.unwrap_or(0), i.bytes.unwrap_or(0));
+    assert!(
+        (3..=12).contains(&p) && b >= 60 * p + 15 && b <= 120 * p + 15,
+        "{i:?}"
+    );
+    let sport6 = i.sport;
+    let reply = v6(&|x| x.src == a6 && x.sport == Some(7) && x.dport == sport6);
+    assert_eq!(reply.len(), 1, "{recs:#?}");
+    assert_eq!(
+        (
+            reply[0].eni.as_str(),
+            reply[0].dst,
+            reply[0].action.as_str()
+        ),
+        (eni.as_str(), out6, "ACCEPT")
+    );
+    let refused = v6(&|x| x.dport == Some(8080) || x.sport == Some(8080));
+    assert!(!refused.is_empty(), "{recs:#?}");
+    for x in &refused {
+        assert_eq!(
+            (x.eni.as_str(), x.src, x.dst, x.proto, x.action.as_str()),
+            (eni.as_str(), out6, a6, Some(6), "REJECT"),
+            "{x:?}"
+        );
+        assert!(
+            x.bytes.is_some_and(|b| b >= 60 * x.packets.unwrap_or(1)),
+            "{x:?}"
+        );
+    }
+    let pings = v6(&|x| x.proto == Some(58));
+    assert_eq!(pings.len(), 1, "the echo request only, no reply: {recs:#?}");
+    assert_eq!(
+        (
+            pings[0].eni.as_str(),
+            pings[0].src,
+            pings[0].dst,
+            pings[0].sport,
+            pings[0].dport,
+            pings[0].action.as_str()
+        ),
+        (eni.as_str(), out6, a6, Some(0), Some(0), "REJECT"),
+        "{:?}",
+        pings[0]
+    );
+    assert!(
+        !recs
+            .iter()
+            .any(|x| x.proto == Some(58) && x.action == "ACCEPT"),
+        "neighbor discovery is not logged: {recs:#?}"
+    );
 
     // A flood: FLOOD SYNs to a closed port, each from the next source port,
     // in about half a second.

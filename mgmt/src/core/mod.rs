@@ -759,6 +759,7 @@ impl Core {
                 icmp,
                 established,
                 reply_of,
+                ipv6,
             } => self.trace(
                 &owner,
                 trace::TraceArgs {
@@ -769,6 +770,7 @@ impl Core {
                     icmp,
                     established,
                     reply_of,
+                    ipv6,
                 },
             ),
         };

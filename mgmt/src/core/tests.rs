@@ -6,6 +6,7 @@ use filter::model::{Ports, Proto, RuleSpec, Source};
 
 use super::*;
 use crate::api::Command;
+use crate::store::format_mac;
 use crate::testutil::*;
 
 fn spec(proto: &str, ports: &str, cidr: &str) -> RuleSpec {
@@ -1771,6 +1772,7 @@ fn trace_cmd(from: &str, to: &str, proto: &str, port: Option<u16>) -> Command {
         icmp: None,
         established: false,
         reply_of: false,
+        ipv6: false,
     }
 }
 
@@ -1916,6 +1918,7 @@ fn trace_of_group_rules_replies_and_egress() {
         icmp: Some("3:3".into()),
         established: false,
         reply_of: reply,
+        ipv6: false,
     };
     let t = traced(core.handle(req(icmp(true))));
     assert_eq!(t.verdict, "allowed", "{t:?}");
@@ -1925,6 +1928,199 @@ fn trace_of_group_rules_replies_and_egress() {
     let t = traced(core.handle(req(trace_cmd(&web, &app, "icmp", None))));
     assert_eq!(t.verdict, "allowed");
     assert_eq!(t.rules.len(), 1);
+}
+
+/// IPv6 through `trace`: `-6` between instance ids, their IPv6 addresses
+/// and neighbor discovery in place of ARP; an IPv4-only rule does not open
+/// IPv6 (the drop names it as IPV4ONLY), an IPv6 rule does (named as
+/// describe-group prints it); from outside, egress via the router and the
+/// reply of a tracked flow; the family's errors.
+#[test]
+fn trace_of_ipv6() {
+    let dir = TempDir::new("core-trace6");
+    let mut cfg = config();
+    let p: ipnet::Ipv6Net = "fd00:aa:bb:cc::/64".parse().unwrap();
+    cfg.subnet6 = Some(p);
+    let dp = RecordingDataplane::default();
+    dp.state.lock().unwrap().subnet6 = Some(p);
+    let mut core = core_with(&dir, cfg, dp);
+    core.handle(req(add_group("dual"))).unwrap();
+    core.handle(req(Command::Authorize {
+        egress: false,
+        group: "dual".into(),
+        permissions: vec![spec("tcp", "7", "0.0.0.0/0").into()],
+    }))
+    .unwrap();
+    let ids = launched_ids(&core.handle(req(run(2, &["dual"]))));
+    let (a, b) = (&ids[0], &ids[1]);
+    let (a6, b6) = (
+        filter::model::eui64_address(p, instance_mac(a)),
+        filter::model::eui64_address(p, instance_mac(b)),
+    );
+    let six = |mut c: Command| {
+        if let Command::Trace { ipv6, .. } = &mut c {
+            *ipv6 = true;
+        }
+        c
+    };
+    // IPv4 between the ids: the 0.0.0.0/0 rule admits it.
+    let t = traced(core.handle(req(trace_cmd(a, b, "tcp", Some(7)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    // IPv6: not opened by it.
+    let t = traced(core.handle(req(six(trace_cmd(a, b, "tcp", Some(7))))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"), "{t:?}");
+    assert_eq!(
+        (t.src.as_str(), t.dst.as_str()),
+        (&*format!("[{a6}]:40000"), &*format!("[{b6}]:7"))
+    );
+    assert_eq!(step(&t, "nd").result, "answered");
+    assert_eq!(
+        step(&t, "nd").detail,
+        format!(
+            "who-has {b6}: the switch answers {}",
+            format_mac(&instance_mac(b))
+        )
+    );
+    assert!(
+        step(&t, "source")
+            .detail
+            .contains(&format!("address {a6} are {a}'s")),
+        "{t:?}"
+    );
+    assert!(
+        step(&t, "connection")
+            .detail
+            .contains("IPv4 CIDR does not open IPv6"),
+        "{t:?}"
+    );
+    assert_eq!(t.ipv4_only.len(), 1);
+    let text = crate::cli::format_response(&Response::Trace {
+        trace: Box::new(t.clone()),
+    });
+    assert!(
+        text.contains("VERDICT\tdropped\tno_rule\nCONSULTED\t111122223333\tdual\nIPV4ONLY\tPERMISSION\tdual\tALLOWS\ttcp\t7\t7\tFROM\tCIDR\t0.0.0.0/0\n"),
+        "{text}"
+    );
+    // The same by address; an IPv6 address implies -6.
+    let t = traced(core.handle(req(trace_cmd(&a6.to_string(), b, "tcp", Some(7)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"), "{t:?}");
+
+    core.handle(req(Command::Authorize {
+        egress: false,
+        group: "dual".into(),
+        permissions: vec![spec("tcp", "7", "::/0").into()],
+    }))
+    .unwrap();
+    let t = traced(core.handle(req(six(trace_cmd(a, b, "tcp", Some(7))))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert!(t.ipv4_only.is_empty());
+    assert_eq!(t.rules.len(), 1);
+    assert_eq!(
+        crate::cli::permission_line(&t.rules[0].group, &t.rules[0].rule),
+        "PERMISSION\tdual\tALLOWS\ttcp\t7\t7\tFROM\tCIDR\t::/0"
+    );
+    assert_eq!(
+        step(&t, "transmit").detail,
+        format!("delivered to {b} ({b6})")
+    );
+    // From outside: the rule admits it; the uplink's solicitation is answered.
+    let t = traced(core.handle(req(trace_cmd("2001:db8::10", b, "tcp", Some(7)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert!(
+        step(&t, "source").detail.ends_with("nor the router's"),
+        "{t:?}"
+    );
+    // To the outside: the next hop is the switch's link-local router address.
+    let t = traced(core.handle(req(trace_cmd(a, "2001:db8::10", "tcp", Some(443)))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    assert_eq!(
+        step(&t, "nd").detail,
+        format!(
+            "who-has {}: the switch answers {}",
+            switch::nd::router_ll(),
+            format_mac(&switch::arp::GATEWAY_MAC)
+        )
+    );
+    assert_eq!(step(&t, "transmit").detail, "sent to the uplink");
+    // ... whose answer is the reply of a tracked flow; without it, dropped.
+    let mut c = trace_cmd("2001:db8::10", a, "tcp", Some(443));
+    if let Command::Trace { reply_of, .. } = &mut c {
+        *reply_of = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    assert_eq!(t.verdict, "allowed");
+    let t = traced(core.handle(req(trace_cmd("2001:db8::10", a, "tcp", Some(40000)))));
+    assert_eq!(t.reason.as_deref(), Some("no_rule"));
+    // ICMPv6 echo: no rule admits it.
+    let t = traced(core.handle(req(trace_cmd(a, b, "icmpv6", None))));
+    assert_eq!(
+        (t.proto.as_str(), t.what.as_str()),
+        ("icmpv6", "type 128 code 0")
+    );
+    assert_eq!(t.reason.as_deref(), Some("no_rule"), "{t:?}");
+    // An established flow a -> b: its ACK passes as part of the flow.
+    let mut c = six(trace_cmd(a, b, "tcp", Some(7)));
+    if let Command::Trace { established, .. } = &mut c {
+        *established = true;
+    }
+    let t = traced(core.handle(req(c)));
+    assert_eq!(t.what, "ACK");
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    // The outside's echo reply and Packet Too Big about what a sent there:
+    // the reply of a tracked flow, a related error; without the flow, dropped.
+    let icmp6 = |tc: &str, reply: bool| Command::Trace {
+        from: "2001:db8::10".into(),
+        to: a.clone(),
+        proto: "icmpv6".into(),
+        port: None,
+        icmp: Some(tc.into()),
+        established: false,
+        reply_of: reply,
+        ipv6: false,
+    };
+    let t = traced(core.handle(req(icmp6("129:0", true))));
+    assert_eq!(step(&t, "connection").result, "tracked", "{t:?}");
+    assert_eq!(t.verdict, "allowed");
+    let t = traced(core.handle(req(icmp6("2:0", true))));
+    assert_eq!(t.verdict, "allowed", "{t:?}");
+    let t = traced(core.handle(req(icmp6("2:0", false))));
+    assert_eq!(t.reason.as_deref(), Some("unrelated_icmp_error"), "{t:?}");
+    // Families: icmp over IPv6, icmpv6 over IPv4, mixed addresses, -6 with
+    // an IPv4 address.
+    for (c, want) in [
+        (trace_cmd("2001:db8::10", b, "icmp", None), "'icmp'"),
+        (
+            trace_cmd("172.31.255.10", b, "icmpv6", None),
+            "172.31.255.10",
+        ),
+        (
+            trace_cmd("2001:db8::10", "172.31.0.2", "tcp", Some(7)),
+            "different address families",
+        ),
+        (
+            six(trace_cmd("172.31.255.10", b, "tcp", Some(7))),
+            "172.31.255.10",
+        ),
+    ] {
+        let e = core.handle(req(c)).unwrap_err();
+        assert_eq!(e.code.as_str(), "InvalidParameterCombination", "{e}");
+        assert!(e.message.contains(want), "{e}");
+    }
+}
+
+/// Without an IPv6 subnet an instance has no IPv6 address to trace.
+#[test]
+fn trace_ipv6_needs_the_subnet() {
+    let dir = TempDir::new("core-trace6-none");
+    let mut core = core_in(&dir, config());
+    let ids = launched_ids(&core.handle(req(run(2, &[]))));
+    let mut c = trace_cmd(&ids[0], &ids[1], "tcp", Some(22));
+    if let Command::Trace { ipv6, .. } = &mut c {
+        *ipv6 = true;
+    }
+    let e = core.handle(req(c)).unwrap_err();
+    assert!(e.message.contains("no IPv6 address"), "{e}");
 }
 
 /// Bad input is an error naming the value.

@@ -12,19 +12,31 @@
 //!   generation). Rules are named with [`filter::explain::matching_rules`],
 //!   which agrees with the snapshot's classifier (property test in filter).
 //! * `--from`/`--to` take an instance id of the caller's (`i-...`) or an IPv4
-//!   address. An address of an instance is that instance (its port); any other
-//!   address sends from the uplink. The destination's rules are shown only to
+//!   or IPv6 address. An address of an instance is that instance (its port);
+//!   any other address sends from the uplink.
+//! * Both families, one code path: the family is the addresses' (an IPv6
+//!   address, `-P icmpv6` or `ipv6` for two instance ids trace IPv6; mixing
+//!   families, `icmp` over IPv6 or `icmpv6` over IPv4 is refused). The frames
+//!   are built by family ([`Ep`]); IPv6 resolves the next hop with a neighbor
+//!   solicitation (step `nd`) where IPv4 uses ARP (step `arp`): to the
+//!   destination on the /64 or from the uplink, else to the switch's
+//!   link-local router address, as a SLAAC guest does. The rules are named
+//!   from the family's packet facts ([`filter::explain`] is generic). A
+//!   refused IPv6 packet that a rule of the consulted groups would admit from
+//!   an IPv4 CIDR lists that rule (`ipv4_only`): `0.0.0.0/0` does not open
+//!   IPv6. The destination's rules are shown only to
 //!   their owner: an address of another owner's instance as destination is
 //!   `InvalidParameterValue`.
 //! * Bad input (unknown instance, bad address, protocol, port or ICMP
 //!   type:code, both `--established` and `--reply-of`) is an error naming the
 //!   value; nothing changes either way.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use filter::model::Owner;
-use filter::wire::{self, Endpoint};
-use filter::{DropReason, ErrorCode, Mac, parse_frame, proto, tcp_flags};
+use filter::model::{Owner, Rule, Source};
+use filter::reference::{Family, instance_at, rule_matches};
+use filter::wire::{self, Endpoint, Endpoint6};
+use filter::{DropReason, ErrorCode, Mac, Packet, parse_frame, proto, tcp_flags};
 use switch::pipeline::Outcome;
 use switch::trace::{Ingress, Traced};
 
@@ -48,32 +60,136 @@ pub struct TraceArgs {
     pub icmp: Option<String>,
     pub established: bool,
     pub reply_of: bool,
+    /// Trace IPv6 between two instance ids.
+    pub ipv6: bool,
 }
 
 /// A frame to trace and where it enters.
 type Frame = (Ingress, Vec<u8>);
 
+/// One end of a frame, in the trace's family.
+#[derive(Clone, Copy, Debug)]
+enum Ep {
+    V4(Endpoint),
+    V6(Endpoint6),
+}
+
+impl Ep {
+    fn new(mac: Mac, ip: IpAddr) -> Ep {
+        match ip {
+            IpAddr::V4(a) => Ep::V4(Endpoint::new(mac, a)),
+            IpAddr::V6(a) => Ep::V6(Endpoint6::new(mac, a)),
+        }
+    }
+}
+
+/// The frame builders of both families (`a` and `b` are of one family: the
+/// trace's).
+mod build {
+    use super::*;
+
+    fn pair<T>(
+        a: Ep,
+        b: Ep,
+        v4: impl FnOnce(Endpoint, Endpoint) -> T,
+        v6: impl FnOnce(Endpoint6, Endpoint6) -> T,
+    ) -> T {
+        match (a, b) {
+            (Ep::V4(a), Ep::V4(b)) => v4(a, b),
+            (Ep::V6(a), Ep::V6(b)) => v6(a, b),
+            // One family per trace: `Core::trace` resolves both ends in it.
+            (Ep::V4(a), Ep::V6(_)) | (Ep::V6(_), Ep::V4(a)) => v4(a, a),
+        }
+    }
+
+    pub fn tcp(a: Ep, b: Ep, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        pair(
+            a,
+            b,
+            |a, b| wire::tcp(a, b, sport, dport, flags, &[]),
+            |a, b| wire::tcp6(a, b, sport, dport, flags, &[]),
+        )
+    }
+
+    pub fn udp(a: Ep, b: Ep, sport: u16, dport: u16) -> Vec<u8> {
+        pair(
+            a,
+            b,
+            |a, b| wire::udp(a, b, sport, dport, b"trace"),
+            |a, b| wire::udp6(a, b, sport, dport, b"trace"),
+        )
+    }
+
+    pub fn echo(a: Ep, b: Ep, request: bool) -> Vec<u8> {
+        pair(
+            a,
+            b,
+            |a, b| wire::icmp_echo(a, b, request, ICMP_ID, 1, b"trace"),
+            |a, b| wire::icmp6_echo(a, b, request, ICMP_ID, 1, b"trace"),
+        )
+    }
+
+    pub fn error(a: Ep, b: Ep, ty: u8, code: u8, orig: &[u8]) -> Vec<u8> {
+        pair(
+            a,
+            b,
+            |a, b| wire::icmp_error(a, b, ty, code, orig),
+            |a, b| wire::icmp6_error(a, b, ty, code, orig),
+        )
+    }
+
+    /// Any other ICMP/ICMPv6 message (body `53 47 00 01`, data "trace").
+    pub fn message(a: Ep, b: Ep, ty: u8, code: u8) -> Vec<u8> {
+        let rest = [0x53, 0x47, 0, 1];
+        pair(
+            a,
+            b,
+            |a, b| {
+                let msg = wire::icmp_message(ty, code, rest, b"trace");
+                wire::ipv4_frame(a, b, proto::ICMP, &wire::IpOpts::default(), &msg)
+            },
+            |a, b| wire::icmp6(a, b, ty, code, rest, b"trace"),
+        )
+    }
+
+    /// The sender's question for the next hop's MAC: an ARP request or a
+    /// neighbor solicitation.
+    pub fn resolve(from: Ep, next_hop: IpAddr) -> Vec<u8> {
+        match (from, next_hop) {
+            (Ep::V6(f), IpAddr::V6(t)) => wire::neighbor_solicitation(f, t),
+            (Ep::V4(f), IpAddr::V4(t)) => wire::arp_request(f, t),
+            (Ep::V4(f), _) => wire::arp_request(f, Ipv4Addr::UNSPECIFIED),
+            (Ep::V6(f), _) => wire::neighbor_solicitation(f, Ipv6Addr::UNSPECIFIED),
+        }
+    }
+}
+
 /// One end of the traced packet.
 #[derive(Clone, Debug)]
 struct End {
-    ip: Ipv4Addr,
-    /// Instance id when the address is an instance's.
-    instance: Option<String>,
+    /// Its address in the trace's family.
+    ip: IpAddr,
+    /// Instance id and its IPv4 address (which names its port) when the
+    /// address is an instance's.
+    instance: Option<(String, Ipv4Addr)>,
     mac: Mac,
 }
 
 impl End {
     fn ingress(&self) -> Ingress {
         match self.instance {
-            Some(_) => Ingress::Instance(self.ip),
+            Some((_, port)) => Ingress::Instance(port),
             None => Ingress::Uplink,
         }
     }
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::new(self.mac, self.ip)
+    fn endpoint(&self) -> Ep {
+        Ep::new(self.mac, self.ip)
+    }
+    fn id(&self) -> Option<&str> {
+        self.instance.as_ref().map(|(id, _)| id.as_str())
     }
     fn name(&self) -> String {
-        match &self.instance {
+        match self.id() {
             Some(id) => format!("{id} ({})", self.ip),
             None => self.ip.to_string(),
         }
@@ -91,6 +207,10 @@ fn bad(msg: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidParameterValue, msg)
 }
 
+fn combination(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidParameterCombination, msg)
+}
+
 fn parse_icmp(s: &str) -> Result<(u8, u8), ApiError> {
     let e = || {
         bad(format!(
@@ -102,42 +222,180 @@ fn parse_icmp(s: &str) -> Result<(u8, u8), ApiError> {
     Ok((t.parse().map_err(|_| e())?, c.parse().map_err(|_| e())?))
 }
 
-fn is_icmp_error(ty: u8) -> bool {
-    matches!(ty, 3 | 4 | 5 | 11 | 12)
+/// The ICMP numbers of a family: echo request, echo reply, and whether a
+/// type is an error quoting a packet.
+#[derive(Clone, Copy, Debug)]
+struct IcmpNumbers {
+    request: u8,
+    reply: u8,
+    v6: bool,
+}
+
+impl IcmpNumbers {
+    fn of(v6: bool) -> IcmpNumbers {
+        if v6 {
+            IcmpNumbers {
+                request: 128,
+                reply: 129,
+                v6,
+            }
+        } else {
+            IcmpNumbers {
+                request: 8,
+                reply: 0,
+                v6,
+            }
+        }
+    }
+    fn is_error(self, ty: u8) -> bool {
+        if self.v6 {
+            filter::parse::ipv6::icmp6_is_error(ty)
+        } else {
+            matches!(ty, 3 | 4 | 5 | 11 | 12)
+        }
+    }
+}
+
+/// The family facts of the traced packet as the pipeline parsed them.
+fn packet_of(t: &Traced) -> Option<(u16, u16)> {
+    t.packet
+        .map(|p| (p.key.sport, p.key.dport))
+        .or(t.packet6.map(|p| (p.key.sport, p.key.dport)))
+}
+
+/// The consulted groups, the rules that admit `t`'s packet, and for a refused
+/// IPv6 packet the rules of those groups that would admit it from an IPv4
+/// CIDR.
+type Named<'m> = (
+    Option<(&'m Owner, &'m [String])>,
+    Vec<TraceRule>,
+    Vec<TraceRule>,
+);
+
+fn name_rules<'m, A: Family>(model: &'m filter::Model, p: &Packet<A>, admitted: bool) -> Named<'m> {
+    let consulted = filter::explain::consulted_groups(model, p);
+    let rule = |m: filter::explain::RuleMatch<'_>| TraceRule {
+        group: m.group.to_owned(),
+        rule: m.rule.clone(),
+    };
+    let admitting = if admitted {
+        filter::explain::matching_rules(model, p)
+            .into_iter()
+            .map(rule)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut v4_only = Vec::new();
+    if !admitted
+        && A::ICMP == proto::ICMPV6
+        && let Some((owner, groups)) = consulted
+    {
+        for name in groups {
+            let Some(g) = model.groups().get(&(owner.clone(), name.clone())) else {
+                continue;
+            };
+            for r in g
+                .rules
+                .iter()
+                .filter(|r| matches!(r.source, Source::Cidr(_)))
+            {
+                let any6 = Rule {
+                    source: Source::Cidr6("::/0".parse().expect("a valid prefix")),
+                    ..r.clone()
+                };
+                if rule_matches(model, &any6, p) {
+                    v4_only.push(TraceRule {
+                        group: g.name.clone(),
+                        rule: r.clone(),
+                    });
+                }
+            }
+        }
+    }
+    (consulted, admitting, v4_only)
 }
 
 impl Core {
-    fn trace_end(&self, owner: &Owner, what: &str, arg: &str) -> Result<End, ApiError> {
+    /// One end in the trace's family (`v6`).
+    fn trace_end(&self, owner: &Owner, what: &str, arg: &str, v6: bool) -> Result<End, ApiError> {
         if arg.starts_with("i-") {
-            return match self.model.instances().get(arg) {
-                Some(i) if i.owner == *owner => Ok(End {
-                    ip: i.ip,
-                    instance: Some(i.id.clone()),
-                    mac: i.mac,
-                }),
-                _ => Err(ApiError::new(
-                    ErrorCode::InvalidInstanceIdNotFound,
-                    format!("the instance ID '{}' does not exist", arg.escape_default()),
-                )),
+            let i = match self.model.instances().get(arg) {
+                Some(i) if i.owner == *owner => i,
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidInstanceIdNotFound,
+                        format!("the instance ID '{}' does not exist", arg.escape_default()),
+                    ));
+                }
             };
+            let ip = if v6 {
+                IpAddr::V6(self.model.ip6_of(i.mac).ok_or_else(|| {
+                    bad(format!(
+                        "instance {} has no IPv6 address (the switch has no IPv6 subnet)",
+                        i.id
+                    ))
+                })?)
+            } else {
+                IpAddr::V4(i.ip)
+            };
+            return Ok(End {
+                ip,
+                instance: Some((i.id.clone(), i.ip)),
+                mac: i.mac,
+            });
         }
-        let ip: Ipv4Addr = arg.parse().map_err(|_| {
+        let ip: IpAddr = arg.parse().map_err(|_| {
             bad(format!(
-                "invalid {what} '{}': expected an instance id (i-...) or an IPv4 address",
+                "invalid {what} '{}': expected an instance id (i-...) or an IP address",
                 arg.escape_default()
             ))
         })?;
-        match self.model.instances().values().find(|i| i.ip == ip) {
-            Some(i) => Ok(End {
+        let inst = match ip {
+            IpAddr::V4(a) => instance_at(&self.model, a),
+            IpAddr::V6(a) => instance_at(&self.model, a),
+        };
+        Ok(match inst {
+            Some(i) => End {
                 ip,
-                instance: Some(i.id.clone()),
+                instance: Some((i.id.clone(), i.ip)),
                 mac: i.mac,
-            }),
-            None => Ok(End {
+            },
+            None => End {
                 ip,
                 instance: None,
                 mac: OUTSIDE_MAC,
-            }),
+            },
+        })
+    }
+
+    /// The trace's family: the addresses', else `-6` or `icmpv6`.
+    fn trace_family(a: &TraceArgs) -> Result<bool, ApiError> {
+        fn lit(s: &str) -> Option<(&str, bool)> {
+            s.parse::<IpAddr>().ok().map(|ip| (s, ip.is_ipv6()))
+        }
+        let ends: Vec<(&str, bool)> = [lit(&a.from), lit(&a.to)].into_iter().flatten().collect();
+        let v6 = match ends[..] {
+            [(x, fx), (y, fy)] if fx != fy => {
+                return Err(combination(format!(
+                    "source {x} and destination {y} are of different address families"
+                )));
+            }
+            [(_, f), ..] => f,
+            [] => a.ipv6 || a.proto == "icmpv6",
+        };
+        let v4_addr = ends.first().filter(|(_, f)| !f).map(|(x, _)| *x);
+        match (v6, a.proto.as_str(), v4_addr) {
+            (true, "icmp", _) => Err(combination(
+                "protocol 'icmp' with IPv6: ICMP over IPv6 is 'icmpv6'".to_string(),
+            )),
+            (false, "icmpv6", Some(x)) => Err(combination(format!(
+                "protocol 'icmpv6' with the IPv4 address {x}"
+            ))),
+            (false, _, Some(x)) if a.ipv6 => Err(combination(format!(
+                "an IPv6 trace (-6) with the IPv4 address {x}"
+            ))),
+            _ => Ok(v6),
         }
     }
 
@@ -146,10 +404,10 @@ impl Core {
         let shape = match a.proto.as_str() {
             "tcp" | "udp" => {
                 if a.icmp.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidParameterCombination,
-                        format!("an ICMP type:code with protocol '{}'", a.proto),
-                    ));
+                    return Err(combination(format!(
+                        "an ICMP type:code with protocol '{}'",
+                        a.proto
+                    )));
                 }
                 let p = a.port.ok_or_else(|| {
                     ApiError::new(
@@ -163,32 +421,34 @@ impl Core {
                     Shape::Udp(p)
                 }
             }
-            "icmp" => {
+            "icmp" | "icmpv6" => {
                 if a.port.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidParameterCombination,
-                        "a port with protocol 'icmp' (use -t TYPE:CODE)".to_string(),
-                    ));
+                    return Err(combination(format!(
+                        "a port with protocol '{}' (use -t TYPE:CODE)",
+                        a.proto
+                    )));
                 }
-                let (t, c) = parse_icmp(a.icmp.as_deref().unwrap_or("8:0"))?;
+                let default = if a.proto == "icmp" { "8:0" } else { "128:0" };
+                let (t, c) = parse_icmp(a.icmp.as_deref().unwrap_or(default))?;
                 Shape::Icmp(t, c)
             }
             other => {
                 return Err(bad(format!(
-                    "invalid protocol '{}' for trace: expected tcp, udp or icmp",
+                    "invalid protocol '{}' for trace: expected tcp, udp, icmp or icmpv6",
                     other.escape_default()
                 )));
             }
         };
         if a.established && a.reply_of {
-            return Err(ApiError::new(
-                ErrorCode::InvalidParameterCombination,
+            return Err(combination(
                 "--established and --reply-of together".to_string(),
             ));
         }
-        let src = self.trace_end(owner, "source", &a.from)?;
-        let dst = self.trace_end(owner, "destination", &a.to)?;
-        if let Some(id) = &dst.instance
+        let v6 = Self::trace_family(&a)?;
+        let icmp = IcmpNumbers::of(v6);
+        let src = self.trace_end(owner, "source", &a.from, v6)?;
+        let dst = self.trace_end(owner, "destination", &a.to, v6)?;
+        if let Some(id) = dst.id()
             && self.model.instances()[id].owner != *owner
         {
             return Err(bad(format!(
@@ -200,25 +460,37 @@ impl Core {
             return Err(bad(format!("source and destination are both {}", src.ip)));
         }
 
-        // The frames: ARP for the next hop, the opening frame, the packet.
-        let subnet = self.cfg.subnet;
-        let gateway = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
-        let next_hop = if subnet.contains(&dst.ip) || src.instance.is_none() {
-            dst.ip
-        } else {
-            gateway
+        // The frames: ARP or neighbor solicitation for the next hop, the
+        // opening frame, the packet.
+        let next_hop = match dst.ip {
+            IpAddr::V4(d) => {
+                let subnet = self.cfg.subnet;
+                if subnet.contains(&d) || src.instance.is_none() {
+                    dst.ip
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1)))
+                }
+            }
+            IpAddr::V6(d) => {
+                let on_link = self.model.subnet6().is_some_and(|p| p.contains(&d));
+                if on_link || dst.instance.is_some() || src.instance.is_none() {
+                    dst.ip
+                } else {
+                    IpAddr::V6(switch::nd::router_ll())
+                }
+            }
         };
-        let mut frames = vec![(src.ingress(), wire::arp_request(src.endpoint(), next_hop))];
-        // The destination MAC a real sender would use: the ARP answer is read
-        // back below; until then the instance's MAC or the gateway's.
+        let mut frames = vec![(src.ingress(), build::resolve(src.endpoint(), next_hop))];
+        // The destination MAC a real sender would use: the instance's MAC or
+        // the gateway's (the router's, for IPv6).
         let dst_mac = match &dst.instance {
             Some(_) => dst.mac,
             None => switch::arp::GATEWAY_MAC,
         };
-        let (s_ep, d_ep) = (src.endpoint(), Endpoint::new(dst_mac, dst.ip));
+        let (s_ep, d_ep) = (src.endpoint(), Ep::new(dst_mac, dst.ip));
         let back = (
-            Endpoint::new(dst.mac, dst.ip),
-            Endpoint::new(
+            dst.endpoint(),
+            Ep::new(
                 if src.instance.is_some() {
                     src.mac
                 } else {
@@ -229,65 +501,57 @@ impl Core {
         );
         let (opener, packet, what): (Option<Frame>, Vec<u8>, String) = match shape {
             Shape::Tcp(p) => {
+                use tcp_flags::{ACK, SYN};
                 if a.reply_of {
-                    let open = wire::tcp(back.0, back.1, EPHEMERAL_PORT, p, tcp_flags::SYN, &[]);
-                    let pkt = wire::tcp(
-                        s_ep,
-                        d_ep,
-                        p,
-                        EPHEMERAL_PORT,
-                        tcp_flags::SYN | tcp_flags::ACK,
-                        &[],
-                    );
+                    let open = build::tcp(back.0, back.1, EPHEMERAL_PORT, p, SYN);
+                    let pkt = build::tcp(s_ep, d_ep, p, EPHEMERAL_PORT, SYN | ACK);
                     (Some((dst.ingress(), open)), pkt, "SYN+ACK".into())
                 } else if a.established {
-                    let open = wire::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, tcp_flags::SYN, &[]);
-                    let pkt = wire::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, tcp_flags::ACK, &[]);
+                    let open = build::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, SYN);
+                    let pkt = build::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, ACK);
                     (Some((src.ingress(), open)), pkt, "ACK".into())
                 } else {
-                    let pkt = wire::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, tcp_flags::SYN, &[]);
+                    let pkt = build::tcp(s_ep, d_ep, EPHEMERAL_PORT, p, SYN);
                     (None, pkt, "SYN".into())
                 }
             }
             Shape::Udp(p) => {
                 if a.reply_of {
-                    let open = wire::udp(back.0, back.1, EPHEMERAL_PORT, p, b"trace");
-                    let pkt = wire::udp(s_ep, d_ep, p, EPHEMERAL_PORT, b"trace");
+                    let open = build::udp(back.0, back.1, EPHEMERAL_PORT, p);
+                    let pkt = build::udp(s_ep, d_ep, p, EPHEMERAL_PORT);
                     (Some((dst.ingress(), open)), pkt, "datagram".into())
                 } else if a.established {
-                    let open = wire::udp(s_ep, d_ep, EPHEMERAL_PORT, p, b"trace");
-                    let pkt = wire::udp(s_ep, d_ep, EPHEMERAL_PORT, p, b"trace");
+                    let open = build::udp(s_ep, d_ep, EPHEMERAL_PORT, p);
+                    let pkt = build::udp(s_ep, d_ep, EPHEMERAL_PORT, p);
                     (Some((src.ingress(), open)), pkt, "datagram".into())
                 } else {
-                    let pkt = wire::udp(s_ep, d_ep, EPHEMERAL_PORT, p, b"trace");
+                    let pkt = build::udp(s_ep, d_ep, EPHEMERAL_PORT, p);
                     (None, pkt, "datagram".into())
                 }
             }
             Shape::Icmp(t, c) => {
                 let what = format!("type {t} code {c}");
-                if is_icmp_error(t) {
+                if icmp.is_error(t) {
                     // The datagram the error quotes: one `dst` sent to `src`.
-                    let orig = wire::udp(back.0, back.1, EPHEMERAL_PORT, 33434, b"trace");
-                    let pkt = wire::icmp_error(s_ep, d_ep, t, c, &orig);
+                    let orig = build::udp(back.0, back.1, EPHEMERAL_PORT, 33434);
+                    let pkt = build::error(s_ep, d_ep, t, c, &orig);
                     let open = (a.reply_of || a.established).then(|| (dst.ingress(), orig));
                     (open, pkt, what)
-                } else if t == 0 && c == 0 && a.reply_of {
-                    let open = wire::icmp_echo(back.0, back.1, true, ICMP_ID, 1, b"trace");
-                    let pkt = wire::icmp_echo(s_ep, d_ep, false, ICMP_ID, 1, b"trace");
+                } else if t == icmp.reply && c == 0 && a.reply_of {
+                    let open = build::echo(back.0, back.1, true);
+                    let pkt = build::echo(s_ep, d_ep, false);
                     (Some((dst.ingress(), open)), pkt, what)
                 } else {
-                    let msg = wire::icmp_message(t, c, [0x53, 0x47, 0, 1], b"trace");
-                    let pkt =
-                        wire::ipv4_frame(s_ep, d_ep, proto::ICMP, &wire::IpOpts::default(), &msg);
-                    let open = if a.established && t == 8 {
+                    // Echo requests and replies: identifier 0x5347, sequence 1.
+                    let pkt = build::message(s_ep, d_ep, t, c);
+                    let open = if a.established && t == icmp.request {
                         Some((src.ingress(), pkt.clone()))
                     } else if a.reply_of || a.established {
-                        return Err(ApiError::new(
-                            ErrorCode::InvalidParameterCombination,
-                            format!(
-                                "--reply-of/--established with ICMP type {t}:{c}: only echo replies (0:0) answer, only echo requests (8:0) repeat, errors (3, 4, 5, 11, 12) refer to a flow"
-                            ),
-                        ));
+                        let errors = if v6 { "1, 2, 3, 4" } else { "3, 4, 5, 11, 12" };
+                        return Err(combination(format!(
+                            "--reply-of/--established with ICMP type {t}:{c}: only echo replies ({}:0) answer, only echo requests ({}:0) repeat, errors ({errors}) refer to a flow",
+                            icmp.reply, icmp.request
+                        )));
                     } else {
                         None
                     };
@@ -300,7 +564,7 @@ impl Core {
         frames.push((src.ingress(), packet));
 
         let run = self.dp.trace(&frames)?;
-        let arp = &run.frames[0];
+        let resolve = &run.frames[0];
         let last = run.frames.last().expect("the packet was traced");
         let mut steps = Vec::new();
         let mut step = |s: &str, r: &str, d: String| {
@@ -317,12 +581,23 @@ impl Core {
                 .find(|i| i.ip == ip)
                 .map(|i| i.id.clone())
         };
+        // A delivered frame is named by the destination's address in the
+        // trace's family.
         let fate = |t: &Traced| match t.outcome {
             Outcome::Forwarded => match &t.delivered {
-                Some((_, _, Some(ip))) => format!(
-                    "delivered to {}",
-                    inst_of(*ip).map_or(ip.to_string(), |id| format!("{id} ({ip})"))
-                ),
+                Some((_, _, Some(ip))) => {
+                    let addr = match &dst.instance {
+                        Some((_, p)) if p == ip => dst.ip,
+                        _ => match &src.instance {
+                            Some((_, p)) if p == ip => src.ip,
+                            _ => IpAddr::V4(*ip),
+                        },
+                    };
+                    format!(
+                        "delivered to {}",
+                        inst_of(*ip).map_or(addr.to_string(), |id| format!("{id} ({addr})"))
+                    )
+                }
                 _ => "sent to the uplink".to_string(),
             },
             Outcome::Answered => "answered by the switch".to_string(),
@@ -338,13 +613,13 @@ impl Core {
                     "the flow this packet answers: {} -> {} ({}), {}",
                     dst.name(),
                     src.name(),
-                    opener_what(shape),
+                    opener_what(shape, icmp),
                     fate(o)
                 )
             } else {
                 format!(
                     "the packet that opened this flow ({}), {}",
-                    opener_what(shape),
+                    opener_what(shape, icmp),
                     fate(o)
                 )
             };
@@ -361,13 +636,16 @@ impl Core {
                 DropReason::SpoofedMac
                     | DropReason::SpoofedIp
                     | DropReason::SpoofedArp
+                    | DropReason::SpoofedNd
+                    | DropReason::RogueRouterAdvert
                     | DropReason::UplinkSpoof
                     | DropReason::RogueDhcp
                     | DropReason::VlanTagged
                     | DropReason::BadOffload
             )
         });
-        match (&src.instance, source_drop) {
+        let gateway = if v6 { "router's" } else { "gateway's" };
+        match (src.id(), source_drop) {
             (_, Some(r)) => step("source", "drop", format!("refused: {}", r.name())),
             (Some(id), None) => step(
                 "source",
@@ -382,23 +660,31 @@ impl Core {
                 "source",
                 "ok",
                 format!(
-                    "from the uplink: {} is neither an instance's address nor the gateway's",
+                    "from the uplink: {} is neither an instance's address nor the {gateway}",
                     src.ip
                 ),
             ),
         }
-        // ARP.
-        let arp_text = match (arp.outcome, &arp.answer) {
-            (Outcome::Answered, Some(ans)) => {
-                let mac = match parse_frame(ans) {
-                    Ok(filter::Parsed::Arp { arp, .. }) => format_mac(&arp.sha),
-                    _ => "?".into(),
-                };
-                (
-                    "answered",
-                    format!("who-has {next_hop}: the switch answers {mac}"),
-                )
+        // ARP or neighbor discovery.
+        let answered_mac = |ans: &[u8]| match parse_frame(ans) {
+            Ok(filter::Parsed::Arp { arp, .. }) => format_mac(&arp.sha),
+            // A neighbor advertisement ends with its target link-layer
+            // address option (`switch::nd::write_na`).
+            Ok(filter::Parsed::Ipv6 { .. }) if ans.len() == switch::nd::NA_LEN => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&ans[ans.len() - 6..]);
+                format_mac(&m)
             }
+            _ => "?".into(),
+        };
+        let resolve_text = match (resolve.outcome, &resolve.answer) {
+            (Outcome::Answered, Some(ans)) => (
+                "answered",
+                format!(
+                    "who-has {next_hop}: the switch answers {}",
+                    answered_mac(ans)
+                ),
+            ),
             (Outcome::Forwarded, _) => (
                 "ok",
                 format!("who-has {next_hop}: not an instance, passed to the uplink"),
@@ -406,7 +692,11 @@ impl Core {
             (Outcome::Dropped(r), _) => ("drop", format!("who-has {next_hop}: {}", r.name())),
             (o, _) => ("ok", format!("who-has {next_hop}: {o:?}")),
         };
-        step("arp", arp_text.0, arp_text.1);
+        step(
+            if v6 { "nd" } else { "arp" },
+            resolve_text.0,
+            resolve_text.1,
+        );
         // Destination.
         let dest_drop =
             reason.filter(|r| matches!(r, DropReason::Broadcast | DropReason::UnknownDestination));
@@ -421,7 +711,7 @@ impl Core {
                         dst.ip
                     ),
                 ),
-                None => match &dst.instance {
+                None => match dst.id() {
                     Some(id) => step("destination", "ok", format!("{} is {id}: its port", dst.ip)),
                     None => step(
                         "destination",
@@ -444,12 +734,15 @@ impl Core {
                     | DropReason::ConntrackQuota
             )
         });
-        let consulted = last
-            .packet
-            .as_ref()
-            .and_then(|p| filter::explain::consulted_groups(&self.model, p));
+        let admitted = policy_drop.is_none() && !last.tracked_before;
+        let (consulted, admitting, v4_only) = match (&last.packet, &last.packet6) {
+            (Some(p), _) => name_rules(&self.model, p, admitted),
+            (_, Some(p)) => name_rules(&self.model, p, admitted),
+            _ => (None, Vec::new(), Vec::new()),
+        };
         let groups_text = |g: &[String]| g.join(", ");
         let mut rules = Vec::new();
+        let mut ipv4_only = Vec::new();
         if source_drop.is_none() && dest_drop.is_none() {
             if last.tracked_before {
                 let r = if policy_drop.is_some() {
@@ -467,6 +760,11 @@ impl Core {
                 let d = match policy_drop {
                     Some(x @ DropReason::NoEgressRule) => format!(
                         "no tracked flow; no egress rule of the source's groups allows it: {}",
+                        x.name()
+                    ),
+                    Some(x) if !v4_only.is_empty() => format!(
+                        "no tracked flow; no rule of {} admits it: {} (a rule from an IPv4 CIDR does not open IPv6)",
+                        groups_text(groups),
                         x.name()
                     ),
                     Some(x) => format!(
@@ -489,16 +787,10 @@ impl Core {
                     if policy_drop.is_some() { "drop" } else { "new" },
                     d,
                 );
-                if policy_drop.is_none()
-                    && let Some(p) = &last.packet
-                {
-                    rules = filter::explain::matching_rules(&self.model, p)
-                        .into_iter()
-                        .map(|m| TraceRule {
-                            group: m.group.to_owned(),
-                            rule: m.rule.clone(),
-                        })
-                        .collect();
+                if policy_drop.is_none() {
+                    rules = admitting;
+                } else if policy_drop == Some(DropReason::NoRule) {
+                    ipv4_only = v4_only;
                 }
             } else {
                 let d = match policy_drop {
@@ -523,13 +815,14 @@ impl Core {
             Outcome::Dropped(r) => ("dropped", Some(r.name().to_string())),
             Outcome::VxlanDropped(v) => ("dropped", Some(v.name().to_string())),
         };
-        let (sport, dport) = match last.packet {
-            Some(p) => (p.key.sport, p.key.dport),
-            None => (0, 0),
+        let (sport, dport) = packet_of(last).unwrap_or((0, 0));
+        let with_port = |ip: IpAddr, port: u16| match ip {
+            IpAddr::V4(x) => format!("{x}:{port}"),
+            IpAddr::V6(x) => format!("[{x}]:{port}"),
         };
         let (src_text, dst_text) = match shape {
             Shape::Icmp(..) => (src.ip.to_string(), dst.ip.to_string()),
-            _ => (format!("{}:{sport}", src.ip), format!("{}:{dport}", dst.ip)),
+            _ => (with_port(src.ip, sport), with_port(dst.ip, dport)),
         };
         let (owner_out, groups_out) = match consulted {
             Some((o, g)) if !last.remote => (Some(o.0.clone()), g.to_vec()),
@@ -546,6 +839,7 @@ impl Core {
                 verdict: verdict.into(),
                 reason: reason_text,
                 rules,
+                ipv4_only,
                 owner: owner_out,
                 groups: groups_out,
             }),
@@ -553,12 +847,11 @@ impl Core {
     }
 }
 
-fn opener_what(shape: Shape) -> &'static str {
+fn opener_what(shape: Shape, icmp: IcmpNumbers) -> &'static str {
     match shape {
         Shape::Tcp(_) => "SYN",
         Shape::Udp(_) => "datagram",
-        Shape::Icmp(0, 0) => "echo request",
-        Shape::Icmp(8, 0) => "echo request",
+        Shape::Icmp(t, 0) if t == icmp.request || t == icmp.reply => "echo request",
         Shape::Icmp(..) => "the datagram it refers to",
     }
 }

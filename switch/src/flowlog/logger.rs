@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use filter::{FlowKey, Snapshot};
 
-use super::{Collector, FlowAction, FlowLogConfig, FlowLogSink, HEADER};
+use super::{Collector, FlowAction, FlowLogConfig, FlowLogSink, FlowTable, HEADER, LogFamily};
 use crate::Datapath;
 use crate::table::Kind;
 
@@ -190,20 +190,18 @@ impl FlowLogger {
         attached: &[Ipv4Addr],
     ) -> io::Result<FlushSummary> {
         let tables = self.collector.drain();
-        let mut flows: HashMap<(Ipv4Addr, FlowKey, FlowAction), Agg> = HashMap::new();
+        // Both families' records, merged per interface (the instance's IPv4
+        // address) and flow.
+        let mut flows: HashMap<(Ipv4Addr, FlowKey<IpAddr>, FlowAction), Agg> = HashMap::new();
         let mut skipped: HashMap<Ipv4Addr, Agg> = HashMap::new();
         let mut unattributed = 0u64;
         for (_, t) in &tables {
-            for f in t.flows() {
-                flows
-                    .entry((f.iface, f.key, f.action))
-                    .or_default()
-                    .add(f.packets, f.bytes, f.first, f.last);
-            }
-            for (ip, n, first, last) in t.skipped() {
+            merge(&t.v4, &mut flows);
+            merge(&t.v6, &mut flows);
+            for (ip, n, first, last) in t.v4.skipped().chain(t.v6.skipped()) {
                 skipped.entry(ip).or_default().add(n, 0, first, last);
             }
-            unattributed += t.unattributed();
+            unattributed += t.v4.unattributed() + t.v6.unattributed();
         }
         for (w, t) in tables {
             self.collector.give_back(w, t);
@@ -289,6 +287,27 @@ impl FlowLogger {
 
     fn unix(&self, t: u32) -> u64 {
         self.base_unix + u64::from(t)
+    }
+}
+
+/// Add a table's records to `flows`, keyed by interface, flow (addresses of
+/// either family) and action.
+fn merge<A: LogFamily + Into<IpAddr>>(
+    t: &FlowTable<A>,
+    flows: &mut HashMap<(Ipv4Addr, FlowKey<IpAddr>, FlowAction), Agg>,
+) {
+    for f in t.flows() {
+        let key = FlowKey {
+            src: f.key.src.into(),
+            dst: f.key.dst.into(),
+            proto: f.key.proto,
+            sport: f.key.sport,
+            dport: f.key.dport,
+        };
+        flows
+            .entry((f.iface, key, f.action))
+            .or_default()
+            .add(f.packets, f.bytes, f.first, f.last);
     }
 }
 

@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use filter::model::{Instance, Limits, Model, Owner, RuleSpec};
@@ -91,13 +91,26 @@ fn records(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A logger over `tables` handed over by hand (worker 0), base unix time 1000.
+/// A logger over IPv4 `tables` handed over by hand (worker 0), base unix
+/// time 1000.
 fn logger(c: &FlowLogConfig, tables: Vec<FlowTable>) -> FlowLogger {
+    let both = tables
+        .into_iter()
+        .map(|v4| Tables {
+            v4,
+            v6: FlowTable::new(4, 4),
+        })
+        .collect();
+    logger_of(c, both)
+}
+
+/// A logger over the tables of both families `tables`, handed over by hand.
+fn logger_of(c: &FlowLogConfig, tables: Vec<Tables>) -> FlowLogger {
     let (recs, collector) = channels(c, 1);
     let mut rec = recs.into_iter().next().expect("one recorder");
     for t in tables {
         rec.active = Box::new(t);
-        rec.spare = Some(Box::new(FlowTable::new(4, 4)));
+        rec.spare = Some(Box::new(Tables::new(4, 4)));
         rec.hand_over();
     }
     // Keep the sender alive for the drain: the collector owns a clone.
@@ -207,6 +220,123 @@ fn record_lines_are_vpc_flow_logs_v2() {
     for r in records(&path) {
         assert_eq!(r.len(), 14, "{r:?}");
     }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn ip6(n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x5a, 0, 0, 0, 0, 0, u16::from(n))
+}
+
+fn key6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, sport: u16, dport: u16) -> FlowKey<Ipv6Addr> {
+    FlowKey {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    }
+}
+
+/// IPv6 entries: one per flow, records on the interfaces of the instances
+/// given (named by their IPv4 addresses), ICMPv6 without ports.
+#[test]
+fn ipv6_records_aggregate_and_name_their_interfaces() {
+    let mut t: FlowTable<Ipv6Addr> = FlowTable::new(64, 8);
+    let k = key6(ip6(10), ip6(11), proto::TCP, 40000, 22);
+    let both = On::new(true, true, Ok(()));
+    t.record6(&k, (ip(10), ip(11)), both, 1, 80, 5);
+    t.record6(&k, (ip(10), ip(11)), both, 1, 72, 6);
+    let ping = key6(ip6(99), ip6(11), proto::ICMPV6, 7, 7);
+    let no = On::new(false, true, Err(DropReason::NoRule));
+    t.record6(&ping, (Ipv4Addr::UNSPECIFIED, ip(11)), no, 1, 104, 6);
+    let flows: Vec<FlowRecord<Ipv6Addr>> = t.flows().collect();
+    assert_eq!(flows.len(), 3, "{flows:?}");
+    assert_eq!(
+        (flows[0].iface, flows[0].key, flows[0].action),
+        (ip(10), k, FlowAction::Accept)
+    );
+    assert_eq!(
+        (flows[1].iface, flows[1].action),
+        (ip(11), FlowAction::Accept)
+    );
+    assert_eq!(
+        (
+            flows[0].packets,
+            flows[0].bytes,
+            flows[0].first,
+            flows[0].last
+        ),
+        (2, 152, 5, 6)
+    );
+    assert_eq!(flows[2].iface, ip(11));
+    assert_eq!(flows[2].action, FlowAction::Reject);
+    assert_eq!(
+        (flows[2].key.sport, flows[2].key.dport),
+        (0, 0),
+        "ICMPv6: no ports"
+    );
+}
+
+/// IPv6 lines next to IPv4 ones: addresses as AWS writes them, protocol 58
+/// for ICMPv6, one REJECT bound per interface over both families, and an
+/// interface with only IPv6 traffic has no NODATA record.
+#[test]
+fn ipv6_lines_share_the_interface_and_its_bounds() {
+    let path = temp_path("ipv6");
+    let c = FlowLogConfig {
+        reject_limit: 3,
+        ..cfg(&path)
+    };
+    let mut t = Tables::new(64, c.reject_limit);
+    let no = On::new(false, true, Err(DropReason::NoRule));
+    for p in 0..2u16 {
+        t.v4.record(&key(10, 11, 7000 + p, 9), no, 1, 60, 2);
+        let k6 = key6(ip6(10), ip6(11), proto::UDP, 7000 + p, 9);
+        t.v6.record6(&k6, (ip(10), ip(11)), no, 1, 80, 2);
+    }
+    let ping = key6(ip6(12), ip6(10), proto::ICMPV6, 7, 7);
+    t.v6.record6(
+        &ping,
+        (ip(12), ip(10)),
+        On::new(true, true, Ok(())),
+        3,
+        312,
+        3,
+    );
+    let mut l = logger_of(&c, vec![t]);
+    let s = l
+        .flush(5, &snap(), &[ip(10), ip(11), ip(12), ip(13)])
+        .expect("flush");
+    assert_eq!(
+        s.ok,
+        3 + 2,
+        "3 of 4 REJECTs on eni-b, the ping on both sides"
+    );
+    assert_eq!((s.skipdata, s.skipped_packets, s.nodata), (1, 1, 1));
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(
+        text.contains(
+            "2 111122223333 eni-0000000c fd00:5a::c fd00:5a::a 0 0 58 3 312 1003 1003 ACCEPT OK\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "2 111122223333 eni-0000000a fd00:5a::c fd00:5a::a 0 0 58 3 312 1003 1003 ACCEPT OK\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 111122223333 eni-0000000b - - - - - - - 1002 1002 - SKIPDATA\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("eni-0000000d - - - - - - - 1000 1005 - NODATA\n"),
+        "{text}"
+    );
+    let recs = records(&path);
+    assert_eq!(recs.iter().filter(|r| r[12] == "REJECT").count(), 3);
+    assert!(recs.iter().all(|r| r.len() == 14));
     let _ = std::fs::remove_file(&path);
 }
 
@@ -489,4 +619,130 @@ fn a_log_that_cannot_be_opened_stops_the_start_and_names_the_path() {
     .err()
     .expect("interval too long");
     assert!(e.to_string().contains("interval 7200 s"), "{e}");
+}
+
+/// IPv6 through the datapath on in-memory ports: an accepted and a rejected
+/// UDP flow between two instances, a probe from the uplink, and a datagram
+/// its sender's egress rules refuse give the records AWS would write (IPv6
+/// addresses, 40-byte header counted) on the interfaces of the instances
+/// (the egress refusal on the sender's only); neighbor discovery leaves no
+/// record.
+#[test]
+fn the_datapath_logs_ipv6_verdicts() {
+    use filter::model::eui64_address;
+    use filter::wire::{self, Endpoint6};
+    let path = temp_path("datapath6");
+    let c = cfg(&path);
+    let prefix: ipnet::Ipv6Net = "fd00:5a::/64".parse().expect("prefix");
+    let dp = crate::Datapath::new(SwitchConfig {
+        workers: 1,
+        ct: filter::CtConfig::with_capacity(1 << 12),
+        flow_log: Some(c.clone()),
+        subnet6: Some(prefix),
+        ..SwitchConfig::default()
+    })
+    .expect("datapath");
+    let owner = Owner(OWNER.into());
+    let mut m = model(2);
+    m.set_subnet6(Some(prefix)).expect("subnet6");
+    let spec = RuleSpec {
+        proto: Some("udp".into()),
+        ports: Some("53".into()),
+        cidrs: vec!["fd00:5a::/64".into()],
+        ..RuleSpec::default()
+    };
+    m.authorize(&owner, "g", &spec).expect("rule");
+    // Instance 12 in a group without IPv6 egress.
+    m.add_group(&owner, "h", "no IPv6 out").expect("group");
+    let all6 = RuleSpec {
+        proto: Some("all".into()),
+        cidrs: vec!["::/0".into()],
+        ..RuleSpec::default()
+    };
+    m.revoke_dir(&owner, "h", &all6, true)
+        .expect("revoke egress");
+    m.add_instance(Instance {
+        id: inst(12),
+        owner: owner.clone(),
+        mac: mac(12),
+        ip: ip(12),
+        groups: vec!["h".into()],
+    })
+    .expect("instance");
+    dp.publish_rules(compile(&m, 1));
+    let mut ids = Vec::new();
+    for k in 10..13u8 {
+        let (queues, _peer) = mem_port(1);
+        ids.push(
+            dp.add_port(PortSpec {
+                name: inst(k),
+                role: PortRole::Instance {
+                    id: inst(k),
+                    mac: mac(k),
+                    ip: ip(k),
+                },
+                queues,
+            })
+            .expect("port"),
+        );
+    }
+    let (queues, _up) = mem_port(1);
+    let up = dp
+        .add_port(PortSpec {
+            name: "uplink".into(),
+            role: PortRole::Uplink,
+            queues,
+        })
+        .expect("uplink");
+    let e = |k: u8| Endpoint6::new(mac(k), eui64_address(prefix, mac(k)));
+    let outside = Endpoint6::new([0x02, 9, 9, 9, 9, 9], "2001:db8::7".parse().expect("addr"));
+    let ok = wire::udp6(e(10), e(11), 4000, 53, &[7u8; 32]);
+    let no = wire::udp6(e(10), e(11), 4000, 54, &[7u8; 32]);
+    let probe = wire::udp6(outside, e(11), 4000, 99, &[7u8; 32]);
+    let ns = wire::neighbor_solicitation(e(10), e(11).ip);
+    let out = wire::udp6(e(12), e(11), 4000, 53, &[7u8; 32]);
+    let mut w = dp.worker(0);
+    let frames = [
+        (ids[0], &ns[..]),
+        (ids[0], &ok[..]),
+        (ids[0], &ok[..]),
+        (ids[0], &no[..]),
+        (up, &probe[..]),
+        (ids[2], &out[..]),
+    ];
+    let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
+    assert_eq!((r.forwarded, r.dropped), (2, 3));
+    w.hand_over_flows();
+    let mut l = dp
+        .take_flow_logger(Writer::open(&c).expect("open"))
+        .expect("flow logs on");
+    let s = l
+        .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
+        .expect("flush");
+    assert_eq!((s.ok, s.nodata, s.skipdata), (6, 0, 0));
+    let recs = records(&path);
+    let short: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            [
+                &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[12], &r[13],
+            ]
+            .map(|s| s.as_str())
+            .join(" ")
+        })
+        .collect();
+    let (a, b, c) = (e(10).ip, e(11).ip, e(12).ip);
+    // 80 bytes = 40 IPv6 + 8 UDP + 32 payload.
+    assert_eq!(
+        short,
+        [
+            format!("eni-0000000a {a} {b} 4000 53 17 2 160 ACCEPT OK"),
+            format!("eni-0000000a {a} {b} 4000 54 17 1 80 ACCEPT OK"),
+            format!("eni-0000000b 2001:db8::7 {b} 4000 99 17 1 80 REJECT OK"),
+            format!("eni-0000000b {a} {b} 4000 53 17 2 160 ACCEPT OK"),
+            format!("eni-0000000b {a} {b} 4000 54 17 1 80 REJECT OK"),
+            format!("eni-0000000c {c} {b} 4000 53 17 1 80 REJECT OK"),
+        ]
+    );
+    let _ = std::fs::remove_file(&path);
 }
