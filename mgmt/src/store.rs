@@ -2195,7 +2195,12 @@ mod tests {
             .iter()
             .map(|m| {
                 assert_eq!(m.group_id, "sg-00000001");
-                (m.egress, &m.rule, m.rule_id.as_str(), m.description.as_str())
+                (
+                    m.egress,
+                    &m.rule,
+                    m.rule_id.as_str(),
+                    m.description.as_str(),
+                )
             })
             .collect();
         assert_eq!(got.len(), 3, "{got:?}");

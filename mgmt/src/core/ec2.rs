@@ -531,11 +531,7 @@ impl Core {
                     ..
                 } => {
                     for r in rules {
-                        after.push(MetaChange::DropRule((
-                            group_id.clone(),
-                            *egress,
-                            r.clone(),
-                        )));
+                        after.push(MetaChange::DropRule((group_id.clone(), *egress, r.clone())));
                     }
                 }
                 Change::InstanceAdded(i) => put_tags(&i.id, &mut edits, &mut after),

@@ -845,10 +845,8 @@ impl Ctx<'_> {
             rule_ids: vec![],
         }) {
             for r in rules {
-                e.rules.insert(
-                    (r.group_id, r.egress, r.rule),
-                    (r.rule_id, r.description),
-                );
+                e.rules
+                    .insert((r.group_id, r.egress, r.rule), (r.rule_id, r.description));
             }
         }
         e
@@ -1186,35 +1184,36 @@ impl Ctx<'_> {
                 ))
             })
             .collect::<Result<_, ApiError>>()?;
-        let permissions = if by_id.is_empty() {
-            let perms = match params::permissions(p) {
-                Ok(perms) => perms,
-                Err(e) => {
-                    self.lookup(Command::DescribeGroups {
-                        groups: vec![group],
-                    })?;
-                    return Err(e);
-                }
-            };
-            // A source without a description gets an empty one.
-            perms
-                .into_iter()
-                .map(|mut perm| {
-                    perm.description.get_or_insert_with(String::new);
-                    perm
-                })
-                .collect()
-        } else {
-            // By rule id: the rule itself, with its new description.
-            let ids: Vec<String> = by_id.iter().map(|(id, _)| id.clone()).collect();
-            let rules = match self.lookup(Command::DescribeRules {
-                groups: vec![group.clone()],
-                rule_ids: ids,
-            })? {
-                Response::Rules { rules } => rules,
-                other => return Err(unexpected(&other)),
-            };
-            by_id
+        let permissions =
+            if by_id.is_empty() {
+                let perms = match params::permissions(p) {
+                    Ok(perms) => perms,
+                    Err(e) => {
+                        self.lookup(Command::DescribeGroups {
+                            groups: vec![group],
+                        })?;
+                        return Err(e);
+                    }
+                };
+                // A source without a description gets an empty one.
+                perms
+                    .into_iter()
+                    .map(|mut perm| {
+                        perm.description.get_or_insert_with(String::new);
+                        perm
+                    })
+                    .collect()
+            } else {
+                // By rule id: the rule itself, with its new description.
+                let ids: Vec<String> = by_id.iter().map(|(id, _)| id.clone()).collect();
+                let rules = match self.lookup(Command::DescribeRules {
+                    groups: vec![group.clone()],
+                    rule_ids: ids,
+                })? {
+                    Response::Rules { rules } => rules,
+                    other => return Err(unexpected(&other)),
+                };
+                by_id
                 .iter()
                 .map(|(id, d)| {
                     // An id of the other direction is not found (as EC2).
@@ -1231,7 +1230,7 @@ impl Ctx<'_> {
                     }
                 })
                 .collect::<Result<_, _>>()?
-        };
+            };
         self.call(Command::UpdateRuleDescriptions {
             group,
             permissions,
