@@ -789,3 +789,48 @@ fn main() {
         std::process::exit(130);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Opts {
+        Opts::parse_from(std::iter::once("e2ebench").chain(args.iter().copied()))
+    }
+
+    /// What each `--only` form sets up and measures: (family set up, IPv4
+    /// row, IPv6 row) of the bare wire, sgswitch 100 and veth.
+    fn picks(args: &[&str]) -> [(bool, bool, bool); 3] {
+        let o = opts(args);
+        let pick = |f: Family, l: &str| (o.family(f), o.row(f, l, false), o.row(f, l, true));
+        [
+            pick(Family::Wire, "wire"),
+            pick(Family::Sgswitch, "sgswitch-100"),
+            pick(Family::Veth, "veth"),
+        ]
+    }
+
+    #[test]
+    fn only_selects_ipv4_and_ipv6_rows() {
+        let all = (true, true, true);
+        let v4 = (true, true, false);
+        let v6 = (true, false, true);
+        let none = (false, false, false);
+        // Every path has its IPv6 row beside its IPv4 one (veth has none).
+        assert_eq!(picks(&[]), [all, all, v4]);
+        assert_eq!(picks(&["--only", "wire,sgswitch-100"]), [all, all, none]);
+        // Only the IPv6 rows: no family without one is set up.
+        assert_eq!(picks(&["--only", "v6"]), [v6, v6, (false, false, false)]);
+        assert_eq!(picks(&["--only", "v4"]), [v4, v4, v4]);
+        assert_eq!(
+            picks(&["--only", "wire-v6"]),
+            [v6, (false, false, false), none]
+        );
+        assert_eq!(picks(&["--only", "sgswitch-100-v6"]), [none, v6, none]);
+        assert_eq!(picks(&["--only", "sgswitch-v6,veth"]), [none, v6, v4]);
+        assert_eq!(picks(&["--only", "sgswitch,v6"]), [none, v6, none]);
+        // IPv6 rows measure TCP 1 stream and new flows only.
+        assert_eq!(picks(&["--metrics", "udp,tcp4"]), [v4, v4, v4]);
+        assert_eq!(picks(&["--metrics", "flows"]), [all, all, v4]);
+    }
+}
