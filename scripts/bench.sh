@@ -5,6 +5,8 @@
 #   sudo scripts/bench.sh                 # full run (~15 min), writes docs/benchmarks.md + .svg
 #   sudo scripts/bench.sh --quick         # one repetition, shorter runs
 #   sudo scripts/bench.sh --only sgswitch,wire --metrics tcp,flows --quick
+#   sudo scripts/bench.sh --only v6 --quick   # only the IPv6 rows (wire-v6,
+#                                         # sgswitch-100-v6; IPv4 rows: --only v4)
 #   sudo scripts/bench.sh cluster         # cluster mode (issue 14): edit -> enforced
 #                                         # on 2/10/100 hosts, a new host joining;
 #                                         # writes docs/cluster-benchmarks.md

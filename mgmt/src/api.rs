@@ -220,28 +220,35 @@ pub enum Command {
     DeleteAccessKey {
         key_id: String,
     },
-    /// Rules with their `sgr-` ids and descriptions: of `groups` (every
-    /// group of the owner when empty); only those of `rule_ids` when given
-    /// (an unknown one is `InvalidSecurityGroupRuleId.NotFound`).
+    /// Rules, ingress and egress, with their `sgr-` ids and descriptions:
+    /// of `groups` (every group of the owner when empty); only those of
+    /// `rule_ids` when given (an unknown one is
+    /// `InvalidSecurityGroupRuleId.NotFound`).
     DescribeRules {
         #[serde(default)]
         groups: Vec<GroupRef>,
         #[serde(default)]
         rule_ids: Vec<String>,
     },
-    /// Set the descriptions of existing rules of `group`: each permission's
-    /// `description` on each of its rules (a rule the group does not have is
-    /// `InvalidPermission.NotFound`). All or nothing.
+    /// Set the descriptions of existing ingress (or `egress`) rules of
+    /// `group`: each permission's `description` on each of its rules (a rule
+    /// the group does not have is `InvalidPermission.NotFound`). All or
+    /// nothing.
     UpdateRuleDescriptions {
         group: GroupRef,
         permissions: Vec<Permission>,
+        #[serde(default)]
+        egress: bool,
     },
-    /// Revoke rules of `group` by `sgr-` id. All or nothing.
+    /// Revoke ingress (or `egress`) rules of `group` by `sgr-` id (an id of
+    /// the other direction is not found). All or nothing.
     RevokeRuleIds {
         group: GroupRef,
         rule_ids: Vec<String>,
+        #[serde(default)]
+        egress: bool,
     },
-    /// Replace rules of `group` by id, each keeping its id
+    /// Replace rules of `group` by id, each keeping its id and direction
     /// (ModifySecurityGroupRules): `(rule id, the new permission)`, one rule
     /// each. All or nothing.
     ModifyRules {
@@ -456,6 +463,9 @@ pub struct RuleInfo {
     pub group_id: String,
     pub group_name: String,
     pub owner: String,
+    /// An egress rule (`rule`'s source is then its destination).
+    #[serde(default)]
+    pub egress: bool,
     pub rule: Rule,
     pub description: String,
 }

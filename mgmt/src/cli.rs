@@ -1121,12 +1121,15 @@ pub fn format_response(resp: &Response) -> String {
         } => line(format!("ACCESSKEY\t{key_id}\t{secret}\t{owner}")),
         Response::Rules { rules } => {
             for r in rules {
+                // An egress rule's permission as describe-group prints it
+                // (`TO ... egress`).
+                let perm = match r.egress {
+                    true => egress_line(&r.group_name, &r.rule),
+                    false => permission_line(&r.group_name, &r.rule),
+                };
                 line(format!(
-                    "RULE\t{}\t{}\t{}\t{}",
-                    r.rule_id,
-                    r.group_id,
-                    permission_line(&r.group_name, &r.rule),
-                    r.description
+                    "RULE\t{}\t{}\t{perm}\t{}",
+                    r.rule_id, r.group_id, r.description
                 ));
             }
         }

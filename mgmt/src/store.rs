@@ -244,6 +244,15 @@ pub const MIGRATIONS: &[&str] = &[
               AND o.proto = 'all' AND o.src_cidr = '::/0')
         ORDER BY r.group_id;
     "#,
+    // v10: egress rules have `sgr-` ids and descriptions too (their
+    // `rule_meta` rows, as ingress rules'): every rule without one, which
+    // is every egress rule v7 and v9 added or any later edit stored, gets an
+    // id (empty description).
+    r#"
+    INSERT INTO rule_meta (rule_seq, rule_id)
+        SELECT seq, 'sgr-' || substr(lower(hex(randomblob(9))), 1, 17) FROM rules
+        WHERE seq NOT IN (SELECT rule_seq FROM rule_meta) ORDER BY seq;
+    "#,
 ];
 
 /// Errors of the store. Each names the operation and the value involved.
@@ -486,6 +495,9 @@ pub enum Edit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMetaRecord {
     pub group_id: String,
+    /// An egress rule (`rule`'s source is then its destination).
+    #[serde(default)]
+    pub egress: bool,
     pub rule: Rule,
     /// `sgr-` + 17 hex digits.
     pub rule_id: String,
@@ -857,7 +869,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT r.group_id, r.proto, r.from_port, r.to_port, r.src_cidr, r.src_owner, \
-                 r.src_group, m.rule_id, m.description \
+                 r.src_group, m.rule_id, m.description, r.egress \
                  FROM rule_meta m JOIN rules r ON r.seq = m.rule_seq ORDER BY r.seq",
             )
             .map_err(load)?;
@@ -867,15 +879,17 @@ impl Store {
                     RuleRow::read(r)?,
                     r.get::<_, String>(7)?,
                     r.get::<_, String>(8)?,
+                    r.get::<_, i64>(9)?,
                 ))
             })
             .map_err(load)?;
         let mut out = Vec::new();
         for row in rows {
-            let (row, rule_id, description) = row.map_err(load)?;
+            let (row, rule_id, description, egress) = row.map_err(load)?;
             let group_id = row.group_id.clone();
             out.push(RuleMetaRecord {
                 group_id,
+                egress: egress == 1,
                 rule: row.into_rule()?,
                 rule_id,
                 description,
@@ -1348,8 +1362,19 @@ fn apply(tx: &Transaction<'_>, edit: &Edit) -> rusqlite::Result<()> {
             expect_one(tx.execute(
                 "INSERT OR REPLACE INTO rule_meta (rule_seq, rule_id, description) \
                  SELECT seq, ?8, ?9 FROM rules WHERE group_id = ?1 AND proto = ?2 AND from_port = ?3 \
-                 AND to_port = ?4 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7 AND egress = 0",
-                params![m.group_id, proto, from, to, cidr, o, g, m.rule_id, m.description],
+                 AND to_port = ?4 AND src_cidr IS ?5 AND src_owner IS ?6 AND src_group IS ?7 AND egress = ?10",
+                params![
+                    m.group_id,
+                    proto,
+                    from,
+                    to,
+                    cidr,
+                    o,
+                    g,
+                    m.rule_id,
+                    m.description,
+                    i64::from(m.egress)
+                ],
             )?)
         }
         Edit::PutTag(t) => {
@@ -2052,7 +2077,10 @@ mod tests {
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         drop(s);
         let c = Connection::open(&path).unwrap();
-        assert_eq!(rows(&c), before);
+        // v9 appended the IPv6 default egress rule (v10 gave it an id).
+        let after = rows(&c);
+        assert_eq!(after[..before.len()], before[..]);
+        assert_eq!(after.len(), before.len() + 1);
         c.execute(
             "INSERT INTO rules (group_id, proto, from_port, to_port, src_cidr) VALUES ('sg-00000001', 'icmpv6', 128, -1, '::/0')",
             [],
@@ -2064,7 +2092,7 @@ mod tests {
         let n: i64 = c
             .query_row("SELECT count(*) FROM rule_meta", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(n, 3);
         let fk: i64 = c
             .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
                 r.get(0)
@@ -2132,6 +2160,76 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    /// v10: every egress rule (and any rule without one) gets an `sgr-` id;
+    /// ids already given stay; an ingress and an egress rule alike are two
+    /// rules with their own ids and descriptions.
+    #[test]
+    fn a_v9_store_gives_egress_rules_ids() {
+        let dir = TempDir::new("v10");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join(DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..9] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 9).unwrap();
+            c.execute_batch(
+                "INSERT INTO groups (id, owner, name, description) VALUES ('sg-00000001', '111122223333', 'web', 'd');
+                 INSERT INTO rules (seq, group_id, proto, from_port, to_port, src_cidr, egress) VALUES
+                    (1, 'sg-00000001', 'all', -1, -1, '0.0.0.0/0', 0),
+                    (2, 'sg-00000001', 'all', -1, -1, '0.0.0.0/0', 1),
+                    (3, 'sg-00000001', 'all', -1, -1, '::/0', 1);
+                 INSERT INTO rule_meta (rule_seq, rule_id, description) VALUES (1, 'sgr-0123456789abcdef0', 'in');",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let l = s.load().unwrap();
+        let all4 = filter::model::default_egress_rule();
+        let got: Vec<(bool, &Rule, &str, &str)> = l
+            .rule_meta
+            .iter()
+            .map(|m| {
+                assert_eq!(m.group_id, "sg-00000001");
+                (
+                    m.egress,
+                    &m.rule,
+                    m.rule_id.as_str(),
+                    m.description.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], (false, &all4, "sgr-0123456789abcdef0", "in"));
+        assert_eq!((got[1].0, got[1].1, got[1].3), (true, &all4, ""));
+        assert_eq!(
+            (got[2].0, got[2].1, got[2].3),
+            (true, &filter::model::default_egress_rule6(), "")
+        );
+        for (_, _, id, _) in &got[1..] {
+            assert!(id.starts_with("sgr-") && id.len() == 21, "{id}");
+        }
+        assert_ne!(got[1].2, got[2].2);
+        // The egress rule's facts are its own, not the alike ingress rule's.
+        let out = RuleMetaRecord {
+            description: "out".into(),
+            ..l.rule_meta[1].clone()
+        };
+        s.commit(&[Edit::PutRuleMeta(out.clone())]).unwrap();
+        let l2 = s.load().unwrap();
+        assert_eq!(l2.rule_meta[0], l.rule_meta[0]);
+        assert_eq!(l2.rule_meta[1], out);
+        // Re-running the statement adds nothing.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[9]).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM rule_meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
     }
 
     /// v5: a v4 store's rules get `sgr-` ids (empty descriptions); tags and
@@ -2228,7 +2326,12 @@ mod tests {
         }
         let mut s = Store::open(&path).unwrap();
         let l = s.load().unwrap();
-        assert_eq!(l.rule_meta.len(), 1);
+        // The ingress rule, and the default egress rules v7 and v9 added.
+        assert_eq!(l.rule_meta.len(), 3);
+        assert_eq!(
+            l.rule_meta.iter().map(|m| m.egress).collect::<Vec<_>>(),
+            [false, true, true]
+        );
         let m = &l.rule_meta[0];
         assert!(
             m.rule_id.starts_with("sgr-") && m.rule_id.len() == 21,
@@ -2253,7 +2356,7 @@ mod tests {
         ])
         .unwrap();
         let l = s.load().unwrap();
-        assert_eq!(l.rule_meta, vec![described]);
+        assert_eq!(l.rule_meta[0], described);
         assert_eq!(l.tags.len(), 1);
         // A tag of no kind sgswitch knows is refused, the batch rolled back.
         assert!(
@@ -2269,7 +2372,10 @@ mod tests {
             rules: l.groups[0].rules.clone(),
         }])
         .unwrap();
-        assert!(s.load().unwrap().rule_meta.is_empty(), "gone with its rule");
+        assert!(
+            s.load().unwrap().rule_meta.iter().all(|m| m.egress),
+            "gone with its rule"
+        );
     }
 
     #[test]

@@ -265,17 +265,42 @@ a.update_security_group_rule_descriptions_ingress(GroupId=tid, IpPermissions=[{"
 ip = a.describe_security_groups(GroupIds=[tid])["SecurityGroups"][0]["IpPermissions"]
 check(ip[0]["IpRanges"][0]["Description"] == "https", f"description updated {ip}")
 fails("InvalidPermission.NotFound", 400, a.update_security_group_rule_descriptions_egress, GroupId=tid,
+      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "10.0.0.0/8", "Description": "no such rule"}]}])
+# Egress rules have ids and descriptions too (the default ones included).
+a.update_security_group_rule_descriptions_egress(GroupId=tid,
       IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "all out"}]}])
+ep = a.describe_security_groups(GroupIds=[tid])["SecurityGroups"][0]["IpPermissionsEgress"]
+check(ep[0]["IpRanges"] == [{"CidrIp": "0.0.0.0/0", "Description": "all out"}], f"egress description {ep}")
 rules = a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [tid]}])["SecurityGroupRules"]
-check([(x["SecurityGroupRuleId"], x["IpProtocol"], x["FromPort"], x["CidrIpv4"], x["Description"], x["IsEgress"]) for x in rules]
+check([(x["SecurityGroupRuleId"], x["IpProtocol"], x["FromPort"], x["CidrIpv4"], x["Description"], x["IsEgress"])
+       for x in rules if not x["IsEgress"]]
       == [(rid, "tcp", 443, "10.1.0.0/16", "https", False)], f"describe_security_group_rules {rules}")
+out = sorted(((x.get("CidrIpv4") or x.get("CidrIpv6")), x["IpProtocol"], x.get("Description")) for x in rules if x["IsEgress"])
+check(out == [("0.0.0.0/0", "-1", "all out"), ("::/0", "-1", None)]
+      and all(x["SecurityGroupRuleId"].startswith("sgr-") for x in rules), f"egress rules with ids {rules}")
+all6 = [x["SecurityGroupRuleId"] for x in rules if x.get("CidrIpv6") == "::/0"][0]
+r = a.authorize_security_group_egress(GroupId=tid, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+    "IpRanges": [{"CidrIp": "10.2.0.0/16", "Description": "db"}]}])
+eid = r["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+check(r["SecurityGroupRules"][0]["IsEgress"] and r["SecurityGroupRules"][0]["Description"] == "db", f"authorize egress answer {r}")
+fails("InvalidSecurityGroupRuleId.NotFound", 400, a.revoke_security_group_ingress, GroupId=tid, SecurityGroupRuleIds=[eid])
+fails("InvalidSecurityGroupRuleId.NotFound", 400, a.revoke_security_group_egress, GroupId=tid, SecurityGroupRuleIds=[rid])
+a.modify_security_group_rules(GroupId=tid, SecurityGroupRules=[{"SecurityGroupRuleId": eid, "SecurityGroupRule": {
+    "IpProtocol": "tcp", "FromPort": 5433, "ToPort": 5433, "CidrIpv4": "10.2.0.0/16", "Description": "db2"}}])
+x = a.describe_security_group_rules(SecurityGroupRuleIds=[eid])["SecurityGroupRules"][0]
+check((x["IsEgress"], x["FromPort"], x["Description"]) == (True, 5433, "db2"), f"egress modified, same id {x}")
+a.revoke_security_group_egress(GroupId=tid, SecurityGroupRuleIds=[eid, all6])
+ep = a.describe_security_groups(GroupIds=[tid])["SecurityGroups"][0]["IpPermissionsEgress"]
+check([(p["IpProtocol"], p["IpRanges"], p["Ipv6Ranges"]) for p in ep] == [("-1", [{"CidrIp": "0.0.0.0/0", "Description": "all out"}], [])],
+      f"egress revoked by id {ep}")
 a.modify_security_group_rules(GroupId=tid, SecurityGroupRules=[{"SecurityGroupRuleId": rid, "SecurityGroupRule": {
     "IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "CidrIpv4": "10.1.0.0/16", "Description": "alt https"}}])
 x = a.describe_security_group_rules(SecurityGroupRuleIds=[rid])["SecurityGroupRules"][0]
 check((x["FromPort"], x["ToPort"], x["Description"]) == (8443, 8443, "alt https"), f"modified, same id {x}")
 fails("InvalidSecurityGroupRuleId.NotFound", 400, a.describe_security_group_rules, SecurityGroupRuleIds=["sgr-00000000000000000"])
 a.revoke_security_group_ingress(GroupId=tid, SecurityGroupRuleIds=[rid])
-check(a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [tid]}])["SecurityGroupRules"] == [], "revoked by id")
+check([x for x in a.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [tid]}])["SecurityGroupRules"]
+       if not x["IsEgress"]] == [], "revoked by id")
 
 # Pagination (item 7): boto3's paginators over MaxResults/NextToken.
 extra = [a.create_security_group(GroupName=f"page{n}", Description="P")["GroupId"] for n in range(4)]

@@ -3,10 +3,17 @@
 //! under the same loads, in one run (root; see `scripts/bench.sh`).
 //!
 //! ```text
-//! e2ebench [--only sgswitch,wire,...] [--metrics tcp,tcp4,flows,udp,nmap,edit,cli]
+//! e2ebench [--only sgswitch,wire,...|v6|v4] [--metrics tcp,tcp4,flows,udp,nmap,edit,cli]
 //!          [--quick] [--reps 3] [--tcp-secs 5] [--udp-secs 3] [--flows 60000]
-//!          [--rules 10,100,1000] [--report docs/benchmarks.md] ...
+//!          [--rules 10,100,1000] [--rules6 100] [--report docs/benchmarks.md] ...
 //! ```
+//!
+//! IPv6 rows (issue 15): the bare wire and sgswitch (`--rules6` IPv6 rules)
+//! are measured over IPv6 too, in the same setup and run as their IPv4 rows
+//! (`wire-v6`, `sgswitch-100-v6`: TCP 1 stream with `iperf3 -6` and new
+//! flows/s with flowgen to the IPv6 address); the report puts each beside its
+//! IPv4 row. `--only v6` runs only the IPv6 rows, `--only v4` only the IPv4
+//! ones; `--only wire-v6` / `sgswitch-v6` / `sgswitch-100-v6` pick one.
 //!
 //! Contract: one path family at a time is set up, measured and torn down (see
 //! [`bench::harness`]); progress goes to stderr; the markdown report goes to
@@ -15,6 +22,7 @@
 //! run goes on. Ctrl-C stops between steps and tears everything down.
 //! `barewire` and `flowgen` are taken from the directory of this executable.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,7 +31,8 @@ use bench::harness::edit;
 use bench::harness::exec::{CpuSample, HarnessError, Interrupt, Result, have};
 use bench::harness::load::{self, UdpLoad};
 use bench::harness::paths::{
-    BridgePath, Endpoints, Family, OvsPath, SgOptions, SgPath, VethPath, WirePath, panic_text,
+    BridgePath, Endpoints, Family, OvsPath, SgOptions, SgPath, V6_SUFFIX, VethPath, WirePath,
+    panic_text,
 };
 use bench::harness::report::{Machine, PathResult, Report, loadavg, median};
 use clap::Parser;
@@ -34,7 +43,9 @@ use mgmt::api::error_chain;
 struct Opts {
     /// Paths to run: families (veth, wire, wire-plain, sgswitch, nft, nftset,
     /// ovs, ovs-tso) or labels (sgswitch-100, nft-1000, nft-edit: the kernel's
-    /// edit test alone). Default: all.
+    /// edit test alone); `v6` / `v4`: only the IPv6 / IPv4 rows; a family or
+    /// label with `-v6` (wire-v6, sgswitch-v6, sgswitch-100-v6): its IPv6 row
+    /// alone. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Metrics: tcp (1 stream), tcp4, flows, udp, nmap, edit, cli. Default: all.
@@ -65,6 +76,10 @@ struct Opts {
     /// Rules per group / chain.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100, 1000])]
     rules: Vec<usize>,
+    /// IPv6 rules per group of sgswitch's IPv6 rows (each beside the IPv4
+    /// row of the same count, when measured).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100])]
+    rules6: Vec<usize>,
     /// Rule counts of the nft-set variant.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1000])]
     nftset_rules: Vec<usize>,
@@ -122,18 +137,59 @@ impl Opts {
         self.metrics.is_empty() || self.metrics.iter().any(|x| x == m)
     }
 
+    /// `--only`'s address-family words (`v4`, `v6`) and the rest.
+    fn only_split(&self) -> (Vec<&str>, Vec<&str>) {
+        self.only
+            .iter()
+            .map(String::as_str)
+            .partition(|o| *o == "v4" || *o == "v6")
+    }
+
+    /// Whether family `f` is set up (it has a selected row).
     fn family(&self, f: Family) -> bool {
-        self.only.is_empty()
-            || self.only.iter().any(|o| {
-                o == f.name()
-                    || o.strip_prefix(f.name())
-                        .and_then(|r| r.strip_prefix('-'))
-                        .is_some_and(|r| r == "edit" || r.parse::<usize>().is_ok())
+        if self.only.is_empty() {
+            return true;
+        }
+        let (dirs, names) = self.only_split();
+        if !dirs.is_empty() && !dirs.contains(&"v4") && !f.has_v6() {
+            return false;
+        }
+        names.is_empty()
+            || names.iter().any(|o| {
+                let (o, v6) = match o.strip_suffix(V6_SUFFIX) {
+                    Some(b) => (b, true),
+                    None => (*o, false),
+                };
+                (!v6 || f.has_v6())
+                    && (o == f.name()
+                        || o.strip_prefix(f.name())
+                            .and_then(|r| r.strip_prefix('-'))
+                            .is_some_and(|r| r == "edit" || r.parse::<usize>().is_ok()))
+            })
+    }
+
+    /// Whether the IPv4 row (or with `v6` the IPv6 row) of the path labelled
+    /// `label` (its IPv4 label: `wire`, `sgswitch-100`) of family `f` runs.
+    fn row(&self, f: Family, label: &str, v6: bool) -> bool {
+        if v6 && (!f.has_v6() || !(self.metric("tcp") || self.metric("flows"))) {
+            return false;
+        }
+        if self.only.is_empty() {
+            return true;
+        }
+        let (dirs, names) = self.only_split();
+        if !dirs.is_empty() && !dirs.contains(&if v6 { "v6" } else { "v4" }) {
+            return false;
+        }
+        names.is_empty()
+            || names.iter().any(|o| match o.strip_suffix(V6_SUFFIX) {
+                Some(b) => v6 && (b == f.name() || b == label),
+                None => *o == f.name() || *o == label,
             })
     }
 
     fn label(&self, f: Family, label: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| o == f.name() || o == label)
+        self.row(f, label, false)
     }
 }
 
@@ -167,6 +223,7 @@ impl Run {
             label: ep.label.clone(),
             family: Some(ep.family),
             rules: ep.rules,
+            v6: ep.v6(),
             ..PathResult::default()
         };
         if let Err(e) = self.measure_into(ep, &mut r) {
@@ -191,8 +248,10 @@ impl Run {
         load::ping(&ep.clients[0], ep.server_ip)
             .map_err(|e| HarnessError::Setup(format!("no connectivity client -> server: {e}")))?;
         let (reps, secs) = (self.plan.reps, self.plan.tcp_secs);
+        // IPv6 rows: TCP 1 stream and new flows only (the IPv6/IPv4 ratios).
+        let v6 = ep.v6();
         for (metric, streams) in [("tcp", 1usize), ("tcp4", 4)] {
-            if !self.opts.metric(metric) {
+            if !self.opts.metric(metric) || (v6 && streams > 1) {
                 continue;
             }
             for i in 0..reps {
@@ -245,7 +304,7 @@ impl Run {
                 r.flows.push(u);
             }
         }
-        if self.opts.metric("udp") {
+        if self.opts.metric("udp") && !v6 {
             for i in 0..reps {
                 Interrupt::check()?;
                 let l = UdpLoad {
@@ -266,9 +325,11 @@ impl Run {
                 r.udp.push(u);
             }
         }
-        if let (true, Some(scanner)) = (self.opts.metric("nmap"), &ep.scanner) {
+        if let (true, Some(scanner), IpAddr::V4(target)) =
+            (self.opts.metric("nmap"), &ep.scanner, ep.server_ip)
+        {
             Interrupt::check()?;
-            let n = load::nmap(scanner, ep.server_ip)?;
+            let n = load::nmap(scanner, target)?;
             self.progress(&format!(
                 "{label}: nmap -p1-1000: {:.2} s, {} of {} filtered",
                 n.secs, n.filtered, n.total
@@ -341,6 +402,7 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
             extra: opts.sg_arg.clone(),
             edit_setup: true,
             pad_rules: total,
+            rules6: Vec::new(),
         };
         let t = Instant::now();
         let sg = match guarded(|| SgPath::setup(&so)) {
@@ -430,7 +492,8 @@ fn main() {
         machine: Machine::probe(),
         settings: format!(
             "{} repetition(s); iperf3 TCP {} s per run; {} new flows per run from {} sender thread(s); \
-             small UDP {} s per run; {} rule edits; {} CLI runs; sgswitch --workers {} {}",
+             small UDP {} s per run; {} rule edits; {} CLI runs; IPv6 rows (TCP 1 stream, new flows): \
+             bare wire and sgswitch with {} IPv6 rules; sgswitch --workers {} {}",
             plan.reps,
             plan.tcp_secs,
             opts.flows,
@@ -441,6 +504,11 @@ fn main() {
             plan.udp_secs,
             plan.edits,
             plan.cli_runs,
+            opts.rules6
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("/"),
             opts.sg_workers,
             opts.sg_arg.join(" ")
         ),
@@ -477,8 +545,17 @@ fn main() {
             Family::Wire | Family::WirePlain => {
                 match guarded(|| WirePath::setup(&barewire, fam == Family::Wire)) {
                     Ok(p) => {
-                        let r = run.measure(&p.endpoints());
-                        report.paths.push(r);
+                        if opts.row(fam, fam.name(), false) {
+                            let r = run.measure(&p.endpoints());
+                            report.paths.push(r);
+                        }
+                        // The IPv6 row over the same wire, right after.
+                        if let Some(ep) = p.endpoints6().filter(|_| opts.row(fam, fam.name(), true))
+                            && !Interrupt::raised()
+                        {
+                            let r = run.measure(&ep);
+                            report.paths.push(r);
+                        }
                     }
                     Err(e) => report.skipped.push((fam.name().into(), e)),
                 }
@@ -494,14 +571,22 @@ fn main() {
                     edit_sweep(&mut run, &rules, &mut report);
                     continue;
                 }
-                let want_edit = opts.metric("edit") || opts.metric("cli");
+                let rules6: Vec<usize> = opts
+                    .rules6
+                    .iter()
+                    .copied()
+                    .filter(|n| opts.row(fam, &format!("sgswitch-{n}"), true))
+                    .collect();
+                // The edit and CLI tests run beside the IPv4 rows.
+                let want_edit = !rules.is_empty() && (opts.metric("edit") || opts.metric("cli"));
                 let so = SgOptions {
                     rules: rules.clone(),
                     flow_runs: plan.reps,
                     workers: opts.sg_workers,
                     extra: opts.sg_arg.clone(),
-                    edit_setup: opts.metric("edit"),
+                    edit_setup: want_edit && opts.metric("edit"),
                     pad_rules: 0,
+                    rules6: rules6.clone(),
                 };
                 let t = Instant::now();
                 match guarded(|| SgPath::setup(&so)) {
@@ -526,6 +611,17 @@ fn main() {
                                 break;
                             }
                             if let Some(ep) = sg.endpoints(n) {
+                                let r = run.measure(&ep);
+                                report.paths.push(r);
+                            }
+                            // The IPv6 row of the same rule count, right after.
+                            if let Some(ep) = sg.endpoints6(n).filter(|_| !Interrupt::raised()) {
+                                let r = run.measure(&ep);
+                                report.paths.push(r);
+                            }
+                        }
+                        for &n in rules6.iter().filter(|n| !rules.contains(n)) {
+                            if let Some(ep) = sg.endpoints6(n).filter(|_| !Interrupt::raised()) {
                                 let r = run.measure(&ep);
                                 report.paths.push(r);
                             }
@@ -556,7 +652,7 @@ fn main() {
                                 Err(e) => report.skipped.push(("sgswitch rule edits".into(), e)),
                             }
                         }
-                        if opts.metric("cli") && !Interrupt::raised() {
+                        if want_edit && opts.metric("cli") && !Interrupt::raised() {
                             let g = format!("g{}", rules.first().copied().unwrap_or(10));
                             match guarded(|| edit::cli_rtt(&sg, &g, plan.cli_runs)) {
                                 Ok(v) => {
@@ -604,11 +700,16 @@ fn main() {
                     let res = guarded(|| {
                         let b = BridgePath::setup(NFT_EDIT_RULES, false, &scratch)?;
                         let ep = b.endpoints();
+                        let IpAddr::V4(dst) = ep.server_ip else {
+                            return Err(HarnessError::Setup(
+                                "the kernel's edit test probes an IPv4 server".into(),
+                            ));
+                        };
                         let probe = edit::Probe {
                             rx_ns: ep.server_ns.clone(),
                             tx_ns: ep.scanner.clone().unwrap_or_default(),
                             src: bench::harness::paths::BRIDGE_SCANNER,
-                            dst: ep.server_ip,
+                            dst,
                         };
                         let mut ed = edit::NftEditor::new(b.bridge_ns(), probe.src);
                         let mut r = edit::probe_edits(&probe, plan.edits / 2, Some(&ep), &mut ed)?;
@@ -686,5 +787,50 @@ fn main() {
     }
     if Interrupt::raised() {
         std::process::exit(130);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Opts {
+        Opts::parse_from(std::iter::once("e2ebench").chain(args.iter().copied()))
+    }
+
+    /// What each `--only` form sets up and measures: (family set up, IPv4
+    /// row, IPv6 row) of the bare wire, sgswitch 100 and veth.
+    fn picks(args: &[&str]) -> [(bool, bool, bool); 3] {
+        let o = opts(args);
+        let pick = |f: Family, l: &str| (o.family(f), o.row(f, l, false), o.row(f, l, true));
+        [
+            pick(Family::Wire, "wire"),
+            pick(Family::Sgswitch, "sgswitch-100"),
+            pick(Family::Veth, "veth"),
+        ]
+    }
+
+    #[test]
+    fn only_selects_ipv4_and_ipv6_rows() {
+        let all = (true, true, true);
+        let v4 = (true, true, false);
+        let v6 = (true, false, true);
+        let none = (false, false, false);
+        // Every path has its IPv6 row beside its IPv4 one (veth has none).
+        assert_eq!(picks(&[]), [all, all, v4]);
+        assert_eq!(picks(&["--only", "wire,sgswitch-100"]), [all, all, none]);
+        // Only the IPv6 rows: no family without one is set up.
+        assert_eq!(picks(&["--only", "v6"]), [v6, v6, (false, false, false)]);
+        assert_eq!(picks(&["--only", "v4"]), [v4, v4, v4]);
+        assert_eq!(
+            picks(&["--only", "wire-v6"]),
+            [v6, (false, false, false), none]
+        );
+        assert_eq!(picks(&["--only", "sgswitch-100-v6"]), [none, v6, none]);
+        assert_eq!(picks(&["--only", "sgswitch-v6,veth"]), [none, v6, v4]);
+        assert_eq!(picks(&["--only", "sgswitch,v6"]), [none, v6, none]);
+        // IPv6 rows measure TCP 1 stream and new flows only.
+        assert_eq!(picks(&["--metrics", "udp,tcp4"]), [v4, v4, v4]);
+        assert_eq!(picks(&["--metrics", "flows"]), [all, all, v4]);
     }
 }

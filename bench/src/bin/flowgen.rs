@@ -9,7 +9,8 @@
 //!
 //! Contract:
 //! * `send` runs `--threads` sender threads, started together, each with its own
-//!   UDP sockets, sending `--size`-byte datagrams to `--dst` as fast as the
+//!   UDP sockets, sending `--size`-byte datagrams to `--dst` (an IPv4 or an
+//!   IPv6 address: the sockets are of its family) as fast as the
 //!   kernel takes them until `--count` datagrams in all (split evenly) or
 //!   `--secs` seconds, whichever comes first (both bounded: the default count
 //!   is 10 million, the default time 10 s).
@@ -38,7 +39,7 @@
 use std::fs::File;
 use std::io::IoSlice;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Barrier};
@@ -46,7 +47,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, sendmmsg};
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike, sendmmsg,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Small-UDP new-flow generator and counting receiver")]
@@ -65,8 +68,9 @@ enum Cmd {
 
 #[derive(clap::Args, Debug, Clone)]
 struct SendArgs {
+    /// IPv4 or IPv6 destination.
     #[arg(long)]
-    dst: Ipv4Addr,
+    dst: IpAddr,
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Datagrams in all (bounded).
@@ -114,7 +118,7 @@ enum GenError {
     },
     #[error("send to {dst}")]
     Send {
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -147,9 +151,36 @@ fn tuple_of(a: &SendArgs, t: usize, i: u64) -> (u16, u16) {
     (sport as u16, dport as u16)
 }
 
-fn bind(port: u16) -> Result<UdpSocket, GenError> {
-    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        .map_err(|source| GenError::Bind { port, source })
+/// A UDP socket of `dst`'s family bound to source port `port`.
+fn bind(dst: IpAddr, port: u16) -> Result<UdpSocket, GenError> {
+    let any: SocketAddr = match dst {
+        IpAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+        IpAddr::V6(_) => SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0).into(),
+    };
+    UdpSocket::bind(any).map_err(|source| GenError::Bind { port, source })
+}
+
+/// A destination socket address for `sendmmsg(2)` (IPv4 or IPv6).
+trait Dst: SockaddrLike + Copy {
+    fn new(ip: IpAddr, port: u16) -> Self;
+}
+
+impl Dst for SockaddrIn {
+    fn new(ip: IpAddr, port: u16) -> Self {
+        let IpAddr::V4(ip) = ip else {
+            unreachable!("an IPv4 sender is only made for an IPv4 destination")
+        };
+        SockaddrIn::from(SocketAddrV4::new(ip, port))
+    }
+}
+
+impl Dst for SockaddrIn6 {
+    fn new(ip: IpAddr, port: u16) -> Self {
+        let IpAddr::V6(ip) = ip else {
+            unreachable!("an IPv6 sender is only made for an IPv6 destination")
+        };
+        SockaddrIn6::from(SocketAddrV6::new(ip, port, 0, 0))
+    }
 }
 
 fn is_full(e: &std::io::Error) -> bool {
@@ -164,15 +195,15 @@ const BATCH: usize = 32;
 
 /// Sends `payload` to each of `dsts` from `sock` with one `sendmmsg(2)`;
 /// returns how many the kernel took (it stops at the first refusal).
-fn send_batch(
+fn send_batch<S: Dst>(
     sock: &UdpSocket,
-    hdrs: &mut MultiHeaders<SockaddrIn>,
+    hdrs: &mut MultiHeaders<S>,
     payload: &[u8],
-    dsts: &[SockaddrIn],
+    dsts: &[S],
 ) -> std::io::Result<usize> {
     let iov = [IoSlice::new(payload)];
     let slices = vec![iov; dsts.len()];
-    let addrs: Vec<Option<SockaddrIn>> = dsts.iter().copied().map(Some).collect();
+    let addrs: Vec<Option<S>> = dsts.iter().copied().map(Some).collect();
     let cmsgs: [ControlMessage<'_>; 0] = [];
     let sent = sendmmsg(
         sock.as_raw_fd(),
@@ -187,13 +218,26 @@ fn send_batch(
 }
 
 /// One sender thread: `quota` datagrams or until `deadline`, in batches of
-/// [`BATCH`] (a batch never spans two source ports).
+/// [`BATCH`] (a batch never spans two source ports); IPv4 or IPv6 as `--dst`.
 fn sender(a: &SendArgs, t: usize, quota: u64, deadline: Instant) -> Result<Sent, GenError> {
+    match a.dst {
+        IpAddr::V4(_) => sender_of::<SockaddrIn>(a, t, quota, deadline),
+        IpAddr::V6(_) => sender_of::<SockaddrIn6>(a, t, quota, deadline),
+    }
+}
+
+/// [`sender`] with destination addresses of type `S`.
+fn sender_of<S: Dst>(
+    a: &SendArgs,
+    t: usize,
+    quota: u64,
+    deadline: Instant,
+) -> Result<Sent, GenError> {
     let payload = vec![0u8; a.size];
     let mut out = Sent::default();
-    let mut hdrs = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
+    let mut hdrs = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut sock: Option<(u16, UdpSocket)> = None;
-    let mut dsts: Vec<SockaddrIn> = Vec::with_capacity(BATCH);
+    let mut dsts: Vec<S> = Vec::with_capacity(BATCH);
     let mut i = 0u64;
     let mut batches = 0u64;
     while i < quota {
@@ -219,10 +263,10 @@ fn sender(a: &SendArgs, t: usize, quota: u64, deadline: Instant) -> Result<Sent,
                 }
                 dp
             };
-            dsts.push(SockaddrIn::from(SocketAddrV4::new(a.dst, dport)));
+            dsts.push(S::new(a.dst, dport));
         }
         if sock.as_ref().is_none_or(|(p, _)| *p != sport) {
-            sock = Some((sport, bind(sport)?));
+            sock = Some((sport, bind(a.dst, sport)?));
         }
         let (_, s) = sock.as_ref().expect("just bound");
         match send_batch(s, &mut hdrs, &payload, &dsts) {
@@ -233,7 +277,11 @@ fn sender(a: &SendArgs, t: usize, quota: u64, deadline: Instant) -> Result<Sent,
             }
             Err(e) if is_full(&e) => out.errors += dsts.len() as u64,
             Err(source) => {
-                let dst = SocketAddrV4::new(a.dst, dsts[0].port());
+                let dport = match a.fixed {
+                    true => a.dport_base,
+                    false => tuple_of(a, t, i).1,
+                };
+                let dst = SocketAddr::new(a.dst, dport);
                 return Err(GenError::Send { dst, source });
             }
         }
@@ -447,7 +495,7 @@ mod tests {
 
     fn args(threads: usize, span: u16) -> SendArgs {
         SendArgs {
-            dst: Ipv4Addr::LOCALHOST,
+            dst: Ipv4Addr::LOCALHOST.into(),
             threads,
             count: 0,
             secs: 1.0,
@@ -512,6 +560,35 @@ mod tests {
         assert!((w.secs - 0.2).abs() < 1e-9, "{w:?}");
         assert_eq!(window(&[(0.0, 5), (1.0, 5)]).received, 0);
         assert_eq!(window(&[]).received, 0);
+    }
+
+    #[test]
+    fn sends_over_ipv6_loopback_with_new_tuples() {
+        // New-flow mode over IPv6: each datagram from its own 5-tuple.
+        let Ok(rx) = UdpSocket::bind("[::1]:0") else {
+            eprintln!("SKIP: no IPv6 loopback");
+            return;
+        };
+        let port = rx.local_addr().unwrap().port();
+        let a = SendArgs {
+            dst: Ipv6Addr::LOCALHOST.into(),
+            dport_base: port,
+            sport_base: 42_000 + (std::process::id() % 4000) as u16 * 4,
+            ..args(1, 1)
+        };
+        // Span 1: every datagram takes a new source port (a new socket).
+        let s = sender(&a, 0, 3, Instant::now() + Duration::from_secs(5)).unwrap();
+        assert_eq!(s.sent, 3);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut from = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let (n, src) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 18);
+            assert!(src.is_ipv6(), "{src}");
+            from.insert(src.port());
+        }
+        assert_eq!(from.len(), 3, "three source ports: {from:?}");
     }
 
     #[test]

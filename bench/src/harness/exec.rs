@@ -205,6 +205,20 @@ impl Ns {
         self.ip(&["addr", "add", &format!("{addr}/{prefix}"), "dev", ifname])?;
         self.ip(&["link", "set", ifname, "up"])
     }
+
+    /// Add IPv6 address `addr`/64 to `ifname` without duplicate address
+    /// detection (usable at once).
+    pub fn addr6(&self, ifname: &str, addr: std::net::Ipv6Addr) -> Result<()> {
+        self.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ])
+    }
 }
 
 /// A background program, killed by PID when dropped. Its stdout lines arrive on

@@ -2,11 +2,13 @@
 //!
 //! Contract (every load bounded in time and count, every program under a
 //! deadline):
-//! * [`tcp`]: `iperf3 -c SERVER -t SECS -P STREAMS -J` from the first client
+//! * [`tcp`]: `iperf3 -c SERVER -t SECS -P STREAMS -J` (with `-6` to an IPv6
+//!   server address) from the first client
 //!   against a one-shot `iperf3 -s -1` in the server namespace; the receiver's
 //!   Gbit/s, the sender's retransmits, and CPU of the forwarder and the machine
 //!   over the client's run.
-//! * [`udp`]: `flowgen send` from a client (new 5-tuple per datagram, or one
+//! * [`udp`]: `flowgen send` from a client (IPv4 or IPv6 as the server's
+//!   address; new 5-tuple per datagram, or one
 //!   flow per thread with `fixed`), counted by `flowgen count` on the server's
 //!   interface (its rx counter): packets received per second ([`rx_rate`]), what was sent, loss, CPU over the send.
 //! * [`nmap`]: `nmap -Pn -n -T4 --max-retries 0 --min-rate 1000 -oG - -p1-1000`
@@ -14,7 +16,7 @@
 //! * [`ping`]: one ICMP echo client → server, the connectivity check before
 //!   any load (it also fills the client's ARP cache).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,12 +65,12 @@ pub fn tcp(ep: &Endpoints, streams: usize, secs: u64, port: u16) -> Result<TcpRu
     let ip = ep.server_ip.to_string();
     let (t, n) = (secs.to_string(), streams.to_string());
     let before = CpuSample::take(ep.forwarder);
+    let mut args = vec!["-c", &ip, "-p", &p, "-t", &t, "-P", &n, "-J"];
+    if ep.v6() {
+        args.push("-6");
+    }
     let out = run_ok(
-        &mut in_ns(
-            &ep.clients[0],
-            "iperf3",
-            &["-c", &ip, "-p", &p, "-t", &t, "-P", &n, "-J"],
-        ),
+        &mut in_ns(&ep.clients[0], "iperf3", &args),
         Duration::from_secs(secs + 30),
     )?;
     let cpu = CpuSample::take(ep.forwarder).since(&before);
@@ -286,8 +288,8 @@ pub fn nmap(scanner: &str, target: Ipv4Addr) -> Result<NmapRun> {
     })
 }
 
-/// One ICMP echo from `client` to the server (2 s deadline).
-pub fn ping(client: &str, target: Ipv4Addr) -> Result<()> {
+/// One ICMP echo (or ICMPv6 echo) from `client` to the server (2 s deadline).
+pub fn ping(client: &str, target: IpAddr) -> Result<()> {
     let t = target.to_string();
     run_ok(
         &mut in_ns(client, "busybox", &["ping", "-c", "1", "-W", "2", &t]),

@@ -12,10 +12,17 @@
 //!   (veth 10.201, bare wire 10.203, bridge 10.200, Open vSwitch 10.202,
 //!   sgswitch its lab's 172.31); the filtering paths allow everything from the
 //!   clients' /17 with their last rule, and scan from an address outside it.
+//! * IPv6 rows (issue 15): the bare wire and sgswitch also have an IPv6
+//!   variant in the same setup, on ULA prefixes that exist only inside the
+//!   test namespaces ([`WIRE_PREFIX6`], [`SG_PREFIX6`]): the wire's two ends get
+//!   `::2` and `::3` (no DAD), sgswitch's instances their addresses in the
+//!   lab's `--subnet6`; the IPv6 server instance is in a group of N IPv6 rules
+//!   (N-1 IPv6 fillers from 2001:db8::/32, then one allowing the lab's /64).
+//!   Their [`Endpoints`] carry an IPv6 server address and no scanner.
 //! * Nothing is configured in the root namespace: bridges, veth ends, TAPs and
 //!   the Open vSwitch daemons all live in namespaces made here.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -88,6 +95,11 @@ impl Family {
         }
     }
 
+    /// Whether the path has IPv6 rows (the bare wire with offloads, sgswitch).
+    pub fn has_v6(self) -> bool {
+        matches!(self, Family::Wire | Family::Sgswitch)
+    }
+
     /// Whether the path filters (nmap then sees `filtered`).
     pub fn filters(self) -> bool {
         matches!(
@@ -108,12 +120,20 @@ pub struct Endpoints {
     /// turn so no run meets the state of another).
     pub clients: Vec<String>,
     pub server_ns: String,
-    pub server_ip: Ipv4Addr,
+    /// IPv4, or IPv6 on an IPv6 row.
+    pub server_ip: IpAddr,
     pub server_if: String,
     /// The forwarding process, if the path has one.
     pub forwarder: Option<u32>,
     /// Namespace to run nmap from (an address the path does not allow).
     pub scanner: Option<String>,
+}
+
+impl Endpoints {
+    /// An IPv6 row (the load goes to an IPv6 address).
+    pub fn v6(&self) -> bool {
+        self.server_ip.is_ipv6()
+    }
 }
 
 fn label(f: Family, rules: Option<usize>) -> String {
@@ -122,6 +142,19 @@ fn label(f: Family, rules: Option<usize>) -> String {
         None => f.name().to_owned(),
     }
 }
+
+/// The label of the IPv6 row of the path labelled `v4_label`.
+pub fn label6(v4_label: &str) -> String {
+    format!("{v4_label}{V6_SUFFIX}")
+}
+
+/// What an IPv6 row's label ends with (`wire-v6`, `sgswitch-100-v6`).
+pub const V6_SUFFIX: &str = "-v6";
+
+/// The bare wire's IPv6 prefix (inside its two namespaces only).
+pub const WIRE_PREFIX6: &str = "fd00:5e:b6:3::/64";
+/// The sgswitch lab's `--subnet6` in the benchmark.
+pub const SG_PREFIX6: &str = "fd00:5e:b6:1::/64";
 
 /// A veth pair between two namespaces.
 pub struct VethPath {
@@ -157,7 +190,7 @@ impl VethPath {
             rules: None,
             clients: vec![self.c.name().to_owned()],
             server_ns: self.s.name().to_owned(),
-            server_ip: Ipv4Addr::new(10, 201, 0, 3),
+            server_ip: Ipv4Addr::new(10, 201, 0, 3).into(),
             server_if: "eth0".into(),
             forwarder: None,
             scanner: Some(self.c.name().to_owned()),
@@ -187,6 +220,10 @@ impl WirePath {
         wire.wait_line("barewire: ready", Duration::from_secs(20))?;
         c.addr_up("eth0", Ipv4Addr::new(10, 203, 0, 2), 16)?;
         s.addr_up("eth0", Ipv4Addr::new(10, 203, 0, 3), 16)?;
+        if vnet {
+            c.addr6("eth0", wire6(2))?;
+            s.addr6("eth0", wire6(3))?;
+        }
         let family = if vnet {
             Family::Wire
         } else {
@@ -202,12 +239,30 @@ impl WirePath {
             rules: None,
             clients: vec![self.c.name().to_owned()],
             server_ns: self.s.name().to_owned(),
-            server_ip: Ipv4Addr::new(10, 203, 0, 3),
+            server_ip: Ipv4Addr::new(10, 203, 0, 3).into(),
             server_if: "eth0".into(),
             forwarder: Some(self.wire.pid()),
             scanner: Some(self.c.name().to_owned()),
         }
     }
+
+    /// The IPv6 row over the same wire (the `wire` family only).
+    pub fn endpoints6(&self) -> Option<Endpoints> {
+        (self.family == Family::Wire).then(|| Endpoints {
+            label: label6(&label(self.family, None)),
+            server_ip: wire6(3).into(),
+            scanner: None,
+            ..self.endpoints()
+        })
+    }
+}
+
+/// Host `n` of [`WIRE_PREFIX6`].
+fn wire6(n: u16) -> Ipv6Addr {
+    let p: ipnet::Ipv6Net = WIRE_PREFIX6.parse().expect("WIRE_PREFIX6");
+    let mut seg = p.network().segments();
+    seg[7] = n;
+    Ipv6Addr::from(seg)
 }
 
 /// The clients' network of the bridge path, allowed by the last rule.
@@ -294,7 +349,7 @@ impl BridgePath {
             rules: Some(self.rules),
             clients: vec![self.c.name().to_owned()],
             server_ns: self.s.name().to_owned(),
-            server_ip: Ipv4Addr::new(10, 200, 0, 3),
+            server_ip: Ipv4Addr::new(10, 200, 0, 3).into(),
             server_if: "eth0".into(),
             forwarder: None,
             scanner: Some(self.scan.name().to_owned()),
@@ -456,7 +511,7 @@ impl OvsPath {
             rules: Some(OVS_RULES),
             clients: vec![self.c.name().to_owned()],
             server_ns: self.s.name().to_owned(),
-            server_ip: Ipv4Addr::new(10, 202, 0, 3),
+            server_ip: Ipv4Addr::new(10, 202, 0, 3).into(),
             server_if: "eth0".into(),
             forwarder: Some(self.vswitchd.pid()),
             scanner: Some(self.scan.name().to_owned()),
@@ -512,6 +567,9 @@ pub struct SgOptions {
     /// Rules in the padding groups (in groups of [`PAD_RULES`]); 0 means the
     /// default [`PAD_GROUPS`] × [`PAD_RULES`] (10k).
     pub pad_rules: usize,
+    /// Rule counts of the IPv6 rows: a server instance in a group `g{n}v6`
+    /// of `n` IPv6 rules each, with `flow_runs` new-flow clients of its own.
+    pub rules6: Vec<usize>,
 }
 
 impl SgOptions {
@@ -535,6 +593,10 @@ pub struct SgPath {
     pub clients: Vec<LabInstance>,
     pub flow_runs: usize,
     pub servers: Vec<(usize, LabInstance)>,
+    /// The IPv6 rows' servers: (rules, instance, its IPv6 address), and their
+    /// new-flow clients (`flow_runs` each, in the same order).
+    pub servers6: Vec<(usize, LabInstance, Ipv6Addr)>,
+    pub clients6: Vec<LabInstance>,
     /// The edit test's target: in every padding group and [`EDIT_GROUP`].
     pub edit_target: Option<LabInstance>,
     /// Rules in the padding groups.
@@ -546,7 +608,9 @@ impl SgPath {
         let max_rules = o.rules.iter().copied().max().unwrap_or(100).max(PAD_RULES);
         let mut cfg = LabConfig::new("bench")
             .arg("--rules-per-group")
-            .arg(&max_rules.to_string());
+            .arg(&max_rules.to_string())
+            .arg("--subnet6")
+            .arg(SG_PREFIX6);
         cfg.workers = o.workers;
         for a in &o.extra {
             cfg = cfg.arg(a);
@@ -578,6 +642,10 @@ impl SgPath {
             let reqs = rules::sg_authorize(&rules::fillers(n, salt), SG_ALLOW);
             group(&format!("g{n}"), &format!("{n} rules"), &reqs)?;
         }
+        for (salt, &n) in o.rules6.iter().enumerate() {
+            let reqs = rules::sg_authorize6(&rules::fillers(n, 50 + salt), SG_PREFIX6);
+            group(&format!("g{n}v6"), &format!("{n} IPv6 rules"), &reqs)?;
+        }
         if o.edit_setup {
             for (p, &n) in o.pad_groups().iter().enumerate() {
                 // n fillers, no allowing rule: they only add weight.
@@ -595,6 +663,17 @@ impl SgPath {
             let mut i = lab.run_instances(1, &[&g]);
             servers.push((n, i.remove(0)));
         }
+        let mut servers6 = Vec::new();
+        for &n in &o.rules6 {
+            let i = lab.run_instances(1, &[&format!("g{n}v6")]).remove(0);
+            let ip6 = ipv6_of(&lab, &i.id)?;
+            servers6.push((n, i, ip6));
+        }
+        let clients6 = if o.rules6.is_empty() {
+            Vec::new()
+        } else {
+            lab.run_instances(o.flow_runs * o.rules6.len(), &["bclient"])
+        };
         let edit_target = if o.edit_setup {
             let names: Vec<String> = (0..o.pad_groups().len())
                 .map(|p| format!("gpad{p}"))
@@ -610,6 +689,8 @@ impl SgPath {
             clients,
             flow_runs: o.flow_runs,
             servers,
+            servers6,
+            clients6,
             edit_target,
             pad_rules: o.pad_groups().iter().sum(),
         })
@@ -631,10 +712,33 @@ impl SgPath {
             rules: Some(n),
             clients,
             server_ns: srv.netns.clone(),
-            server_ip: srv.ip,
+            server_ip: srv.ip.into(),
             server_if: "eth0".into(),
             forwarder: self.lab.daemon_pid(),
             scanner: Some(self.lab.uplink_ns.clone()),
+        })
+    }
+
+    /// The endpoints of the IPv6 row with `n` IPv6 rules: the shared client
+    /// for TCP (over IPv6), then the row's own new-flow clients.
+    pub fn endpoints6(&self, n: usize) -> Option<Endpoints> {
+        let k = self.servers6.iter().position(|(r, _, _)| *r == n)?;
+        let (_, srv, ip6) = &self.servers6[k];
+        let own = k * self.flow_runs..(k + 1) * self.flow_runs;
+        let clients = std::iter::once(&self.clients[0])
+            .chain(self.clients6.get(own).unwrap_or_default())
+            .map(|c| c.netns.clone())
+            .collect();
+        Some(Endpoints {
+            label: label6(&label(Family::Sgswitch, Some(n))),
+            family: Family::Sgswitch,
+            rules: Some(n),
+            clients,
+            server_ns: srv.netns.clone(),
+            server_ip: (*ip6).into(),
+            server_if: "eth0".into(),
+            forwarder: self.lab.daemon_pid(),
+            scanner: None,
         })
     }
 
@@ -646,6 +750,24 @@ impl SgPath {
             (f.first() == Some(&"MODEL")).then(|| f.get(4)?.parse().ok())?
         })
     }
+}
+
+/// Instance `id`'s IPv6 address (`describe-instances`' IPV6ADDRESS line).
+fn ipv6_of(lab: &Lab, id: &str) -> Result<Ipv6Addr> {
+    let out = lab.cli(&["describe-instances", id]);
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.first() == Some(&"IPV6ADDRESS") && f.get(1) == Some(&id))
+                .then(|| f.get(2)?.parse().ok())?
+        })
+        .ok_or_else(|| {
+            HarnessError::Setup(format!(
+                "instance {id} has no IPv6 address (describe-instances: {})",
+                out.stdout.trim()
+            ))
+        })
 }
 
 /// The message of a caught panic.

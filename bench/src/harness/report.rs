@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use super::edit::EditResult;
 use super::load::{NmapRun, TcpRun, UdpRun};
-use super::paths::Family;
+use super::paths::{Family, V6_SUFFIX};
 
 /// How to read the numbers: the method's known limits, stated in the report.
 const NOTES: &str = "## Notes on the method\n\n\
@@ -87,6 +87,9 @@ pub struct PathResult {
     pub label: String,
     pub family: Option<Family>,
     pub rules: Option<usize>,
+    /// An IPv6 row (its label ends with `-v6`; its IPv4 row is the label
+    /// without it).
+    pub v6: bool,
     pub tcp1: Vec<TcpRun>,
     pub tcp4: Vec<TcpRun>,
     pub flows: Vec<UdpRun>,
@@ -236,6 +239,21 @@ impl Report {
         self.path(label).and_then(|p| median(&f(p)))
     }
 
+    /// The IPv4 row of IPv6 row `p`.
+    fn v4_of(&self, p: &PathResult) -> Option<&PathResult> {
+        self.path(p.label.strip_suffix(V6_SUFFIX)?)
+    }
+
+    /// The label of the baseline `base` (`wire`, `veth`) of `p`'s address
+    /// family (`wire-v6` for an IPv6 row).
+    fn base_of(p: &PathResult, base: &str) -> String {
+        if p.v6 {
+            super::paths::label6(base)
+        } else {
+            base.to_owned()
+        }
+    }
+
     fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
         let g = PathResult::tcp1_gbps;
@@ -314,6 +332,35 @@ impl Report {
                     target: if n == 100 { ">= 3×" } else { ">= 10×" },
                     met: Some(r >= want),
                 });
+            }
+        }
+        // IPv6 beside IPv4 (issue 15): each sgswitch IPv6 row against its
+        // IPv4 row of the same run.
+        for p in self
+            .paths
+            .iter()
+            .filter(|p| p.v6 && p.family == Some(Family::Sgswitch))
+        {
+            let Some(v4) = self.v4_of(p) else { continue };
+            let n = p.rules.map_or("?".into(), |n| n.to_string());
+            for (what, f, prec, unit) in [
+                (
+                    "TCP 1 stream",
+                    PathResult::tcp1_gbps as fn(&PathResult) -> Vec<f64>,
+                    2,
+                    " Gbit/s",
+                ),
+                ("new flows/s", PathResult::flows_pps, 0, "/s"),
+            ] {
+                let (a, b) = (median(&f(p)), median(&f(v4)));
+                if let Some(r) = ratio(a, b) {
+                    t.push(Target {
+                        what: format!("IPv6 / IPv4, {what}, sgswitch {n} rules"),
+                        measured: format!("{r:.2}× ({} / {}{unit})", opt(a, prec), opt(b, prec)),
+                        target: ">= 0.9×",
+                        met: Some(r >= 0.9),
+                    });
+                }
             }
         }
         if let Some((e, p99)) = self
@@ -417,6 +464,11 @@ impl Report {
                 .filter(|p| !p.tcp1.is_empty() || !p.tcp4.is_empty())
             {
                 let v = median(&p.tcp1_gbps());
+                // An IPv6 row against the IPv6 wire (there is no IPv6 veth row).
+                let (wire, veth) = match p.v6 {
+                    true => (self.med(&Self::base_of(p, "wire"), g), None),
+                    false => (wire, veth),
+                };
                 let (fc, mc) = cpu_cols(&p.tcp1);
                 let retr: Vec<f64> = p
                     .tcp1
@@ -438,7 +490,6 @@ impl Report {
         }
 
         let fl = PathResult::flows_pps;
-        let wire_fl = self.med("wire", fl);
         if self.paths.iter().any(|p| !p.flows.is_empty()) {
             s.push_str(
                 "## New flows per second (flowgen)\n\n18-byte UDP datagrams, a new 5-tuple each, \
@@ -450,9 +501,13 @@ impl Report {
             );
             for p in self.paths.iter().filter(|p| !p.flows.is_empty()) {
                 let v = median(&p.flows_pps());
+                let wire_fl = self.med(&Self::base_of(p, "wire"), fl);
                 let tx: Vec<f64> = p.flows.iter().map(|r| r.tx_pps).collect();
                 let loss: Vec<f64> = p.flows.iter().map(|r| r.loss() * 100.0).collect();
-                let kernel = p.rules.and_then(|n| self.med(&format!("nft-{n}"), fl));
+                let kernel = p
+                    .rules
+                    .filter(|_| !p.v6)
+                    .and_then(|n| self.med(&format!("nft-{n}"), fl));
                 let vs_kernel = if matches!(p.family, Some(Family::Nft)) {
                     "—".into()
                 } else {
@@ -468,6 +523,47 @@ impl Report {
                     p.flows.first().map_or(0, |r| r.threads),
                     spread(&loss, 1),
                     ratio_s(v, wire_fl),
+                );
+            }
+            s.push('\n');
+        }
+
+        let v6_rows: Vec<(&PathResult, Option<&PathResult>)> = self
+            .paths
+            .iter()
+            .filter(|p| p.v6 && (!p.tcp1.is_empty() || !p.flows.is_empty()))
+            .map(|p| (p, self.v4_of(p)))
+            .collect();
+        if !v6_rows.is_empty() {
+            s.push_str(
+                "## IPv6 beside IPv4
+
+The same path measured over IPv6 in the same setup, right after its \
+                 IPv4 row: TCP 1 stream with `iperf3 -6`, new flows/s with flowgen to the server's IPv6 \
+                 address (the same load as above). The bare wire's two ends have addresses in a ULA /64 \
+                 inside their namespaces; sgswitch's instances their addresses in the lab's `--subnet6`, \
+                 the IPv6 server in a group of N IPv6 rules whose last one allows the lab's /64 (the \
+                 IPv4 row's server: N IPv4 rules, the last one allowing the clients' /17).\n\n\
+                 | path | TCP 1 stream IPv4 | IPv6 | IPv6 / IPv4 | new flows/s IPv4 | IPv6 | IPv6 / IPv4 |\n\
+                 |---|---|---|---|---|---|---|\n",
+            );
+            for (p6, p4) in &v6_rows {
+                let col = |p: Option<&PathResult>, f: fn(&PathResult) -> Vec<f64>, prec| {
+                    p.map_or_else(|| "—".into(), |p| spread(&f(p), prec))
+                };
+                let r = |f: fn(&PathResult) -> Vec<f64>| {
+                    ratio_s(median(&f(p6)), p4.and_then(|p| median(&f(p))))
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    p6.label.strip_suffix(V6_SUFFIX).unwrap_or(&p6.label),
+                    col(*p4, PathResult::tcp1_gbps, 2),
+                    spread(&p6.tcp1_gbps(), 2),
+                    r(PathResult::tcp1_gbps),
+                    col(*p4, PathResult::flows_pps, 0),
+                    spread(&p6.flows_pps(), 0),
+                    r(PathResult::flows_pps),
                 );
             }
             s.push('\n');
@@ -643,7 +739,9 @@ impl Report {
              nothing runs in the root namespace. Filtering paths hold N rules whose last \
              one allows the clients' /17; the N-1 before it (TCP/UDP ports and ICMP types \
              from other /24s) never match. Loads are bounded in time and count and run one \
-             at a time.\n",
+             at a time. IPv6 rows (`-v6`): the bare wire and sgswitch over IPv6 in the same \
+             setup (ULA addresses inside the test namespaces only; sgswitch's IPv6 server \
+             behind N IPv6 rules, the last one allowing the lab's /64).\n",
         );
         s
     }
@@ -808,6 +906,20 @@ mod tests {
                     &[300e3],
                 ),
                 mk("nft-100", Family::Nft, Some(100), &[15.0], &[100e3]),
+                PathResult {
+                    v6: true,
+                    ..mk("wire-v6", Family::Wire, None, &[11.0], &[380e3])
+                },
+                PathResult {
+                    v6: true,
+                    ..mk(
+                        "sgswitch-100-v6",
+                        Family::Sgswitch,
+                        Some(100),
+                        &[9.5],
+                        &[255e3],
+                    )
+                },
             ],
             cli_us: vec![2000.0, 3000.0, 12_000.0],
             ..Report::default()
@@ -851,13 +963,41 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("![TCP Gbit/s and new flows/s per path](benchmarks.svg)"));
+        // IPv6 against IPv4 of the same path: 9.5 / 10 = 0.95 met, 255k / 300k
+        // = 0.85 missed; the IPv6 row's "/ wire" is against the IPv6 wire.
+        assert!(
+            md.contains(
+                "| IPv6 / IPv4, TCP 1 stream, sgswitch 100 rules | 0.95× (9.50 / 10.00 Gbit/s) | >= 0.9× | met |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| IPv6 / IPv4, new flows/s, sgswitch 100 rules | 0.85× (255000 / 300000/s) | >= 0.9× | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| sgswitch-100 | 10.00 (9.00–11.00) | 9.50 | 0.95× | 300000 | 255000 | 0.85× |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| wire | 11.00 (10.00–12.00) | 11.00 | 1.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| sgswitch-100-v6 | 9.50 | — | 0.86× | — |"),
+            "{md}"
+        );
     }
 
     #[test]
     fn svg_has_a_bar_per_measured_path() {
         let svg = sample().svg();
         assert!(svg.starts_with("<svg"));
-        assert_eq!(svg.matches("<rect x=").count(), 3 + 3, "{svg}");
+        assert_eq!(svg.matches("<rect x=").count(), 5 + 5, "{svg}");
         assert!(svg.contains(">sgswitch-100</text>"));
     }
 }

@@ -132,6 +132,33 @@ pub fn sg_authorize(fills: &[Filler], allow: &str) -> Vec<Authorize> {
     out
 }
 
+/// [`sg_authorize`] in IPv6: each filler's source is a /56 of
+/// 2001:db8::/32 (documentation space, never a lab network) derived from its
+/// IPv4 /24, ICMP fillers are `icmpv6` of the same type; then the allowing
+/// rule `-P all -s ALLOW6` (an IPv6 CIDR).
+pub fn sg_authorize6(fills: &[Filler], allow6: &str) -> Vec<Authorize> {
+    let mut out = sg_authorize(fills, allow6);
+    let fillers = out.len() - 1;
+    for a in &mut out[..fillers] {
+        if a.proto == "icmp" {
+            a.proto = "icmpv6";
+        }
+        for c in &mut a.cidrs {
+            let net: Ipv4Addr = c
+                .trim_end_matches("/24")
+                .parse()
+                .expect("fillers are IPv4 /24s");
+            let [x, y, z, _] = net.octets();
+            *c = format!(
+                "2001:db8:{:x}:{:x}00::/56",
+                u16::from(x) << 8 | u16::from(y),
+                z
+            );
+        }
+    }
+    out
+}
+
 /// The nftables ruleset (for `nft -f`) of the bridge path: table `inet sgbench`
 /// with a forward chain, policy drop, `ct state established,related accept`
 /// first, then the fillers (linear rules, or with `set` one lookup in an
@@ -262,6 +289,41 @@ mod tests {
         let big = sg_authorize(&fillers_chunked(1001, 3, 250), "10.0.0.0/17");
         assert_eq!(big.len(), 4 + 1);
         assert_eq!(big.iter().map(|a| a.cidrs.len()).sum::<usize>(), 1001);
+    }
+
+    #[test]
+    fn ipv6_rules_are_valid_distinct_ipv6_fillers_then_the_allow() {
+        let me = filter::model::Owner("111122223333".into());
+        let reqs = sg_authorize6(&fillers(100, 50), "fd00:5e:b6:1::/64");
+        let mut rules = Vec::new();
+        for r in &reqs {
+            rules.extend(
+                r.spec()
+                    .expand(&me)
+                    .unwrap_or_else(|e| panic!("{r:?}: {e}")),
+            );
+        }
+        assert_eq!(rules.len(), 100);
+        let doc: ipnet::Ipv6Net = "2001:db8::/32".parse().unwrap();
+        let mut nets = std::collections::BTreeSet::new();
+        for r in &rules[..99] {
+            let filter::model::Source::Cidr6(n) = r.source else {
+                panic!("filler not IPv6: {r:?}");
+            };
+            assert!(doc.contains(&n) && n.prefix_len() == 56, "{n}");
+            assert!(nets.insert(n), "{n} twice");
+            assert_ne!(r.proto, filter::model::Proto::Icmp, "{r:?}");
+        }
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.proto == filter::model::Proto::Icmpv6)
+        );
+        assert_eq!(
+            rules[99].source,
+            filter::model::Source::Cidr6("fd00:5e:b6:1::/64".parse().unwrap())
+        );
+        assert_eq!(rules[99].proto, filter::model::Proto::All);
     }
 
     #[test]

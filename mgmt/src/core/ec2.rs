@@ -23,18 +23,21 @@ use filter::model::Rule;
 pub(super) struct Ec2State {
     pub(super) keys: BTreeMap<String, AccessKeyRecord>,
     pub(super) tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
-    /// (group id, rule) → id and description.
-    pub(super) rules: BTreeMap<(String, Rule), RuleMeta>,
+    /// (group id, egress, rule) → id and description.
+    pub(super) rules: BTreeMap<RuleKey, RuleMeta>,
     /// Resource id → key → value.
     pub(super) tags: BTreeMap<String, BTreeMap<String, String>>,
-    /// For the rules the current command adds (normalised rule → id to keep,
-    /// or empty for a new one, and description).
-    pub(super) pending_rules: BTreeMap<Rule, RuleMeta>,
+    /// For the rules the current command adds ((egress, normalised rule) →
+    /// id to keep, or empty for a new one, and description).
+    pub(super) pending_rules: BTreeMap<(bool, Rule), RuleMeta>,
     /// Tags of the groups and instances the current command creates.
     pub(super) pending_tags: Vec<Tag>,
     /// Set by [`Command::Tagged`] for the one `handle` it calls.
     pub(super) arm_tags: Vec<Tag>,
 }
+
+/// A rule of a group: (group id, egress, rule).
+pub(super) type RuleKey = (String, bool, Rule);
 
 /// A rule's id and description.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,8 +49,8 @@ pub(super) struct RuleMeta {
 /// What a commit changes of the EC2 facts, applied once it committed.
 #[derive(Debug)]
 pub(super) enum MetaChange {
-    PutRule(String, Rule, RuleMeta),
-    DropRule(String, Rule),
+    PutRule(RuleKey, RuleMeta),
+    DropRule(RuleKey),
     DropGroup(String),
     PutTags(String, Vec<Tag>),
     DropTags(String),
@@ -74,7 +77,7 @@ impl Ec2State {
         };
         for m in rule_meta {
             st.rules.insert(
-                (m.group_id, m.rule),
+                (m.group_id, m.egress, m.rule),
                 RuleMeta {
                     id: m.rule_id,
                     description: m.description,
@@ -92,7 +95,7 @@ impl Ec2State {
 }
 
 /// A new `sgr-` id: 17 hex digits.
-fn new_rule_id(taken: &BTreeMap<(String, Rule), RuleMeta>) -> String {
+fn new_rule_id(taken: &BTreeMap<RuleKey, RuleMeta>) -> String {
     loop {
         let mut b = [0u8; 9];
         getrandom::fill(&mut b).expect("the kernel's random source (getrandom) failed");
@@ -466,23 +469,28 @@ impl Core {
         let mut edits = Vec::new();
         let mut after = Vec::new();
         let mut taken = self.ec2.rules.clone();
-        let mut new_rules =
-            |group_id: &str, rules: &[Rule], edits: &mut Vec<Edit>, after: &mut Vec<MetaChange>| {
-                for r in rules {
-                    let mut meta = pending.remove(r).unwrap_or_default();
-                    if meta.id.is_empty() {
-                        meta.id = new_rule_id(&taken);
-                    }
-                    taken.insert((group_id.to_owned(), r.clone()), meta.clone());
-                    edits.push(Edit::PutRuleMeta(RuleMetaRecord {
-                        group_id: group_id.to_owned(),
-                        rule: r.clone(),
-                        rule_id: meta.id.clone(),
-                        description: meta.description.clone(),
-                    }));
-                    after.push(MetaChange::PutRule(group_id.to_owned(), r.clone(), meta));
+        let mut new_rules = |group_id: &str,
+                             egress: bool,
+                             rules: &[Rule],
+                             edits: &mut Vec<Edit>,
+                             after: &mut Vec<MetaChange>| {
+            for r in rules {
+                let mut meta = pending.remove(&(egress, r.clone())).unwrap_or_default();
+                if meta.id.is_empty() {
+                    meta.id = new_rule_id(&taken);
                 }
-            };
+                let key = (group_id.to_owned(), egress, r.clone());
+                taken.insert(key.clone(), meta.clone());
+                edits.push(Edit::PutRuleMeta(RuleMetaRecord {
+                    group_id: group_id.to_owned(),
+                    egress,
+                    rule: r.clone(),
+                    rule_id: meta.id.clone(),
+                    description: meta.description.clone(),
+                }));
+                after.push(MetaChange::PutRule(key, meta));
+            }
+        };
         let put_tags = |id: &str, edits: &mut Vec<Edit>, after: &mut Vec<MetaChange>| {
             if tags.is_empty() {
                 return;
@@ -499,7 +507,8 @@ impl Core {
         for c in changes {
             match c {
                 Change::GroupAdded { group, .. } => {
-                    new_rules(&group.id, &group.rules, &mut edits, &mut after);
+                    new_rules(&group.id, false, &group.rules, &mut edits, &mut after);
+                    new_rules(&group.id, true, &group.egress, &mut edits, &mut after);
                     put_tags(&group.id, &mut edits, &mut after);
                 }
                 Change::GroupDeleted(g) => {
@@ -509,17 +518,20 @@ impl Core {
                     after.push(MetaChange::DropGroup(g.id.clone()));
                     after.push(MetaChange::DropTags(g.id.clone()));
                 }
-                // Egress rules have no `sgr-` ids or descriptions (yet).
-                Change::RulesAdded { egress: true, .. }
-                | Change::RulesRemoved { egress: true, .. } => {}
                 Change::RulesAdded {
-                    group_id, rules, ..
-                } => new_rules(group_id, rules, &mut edits, &mut after),
+                    group_id,
+                    rules,
+                    egress,
+                    ..
+                } => new_rules(group_id, *egress, rules, &mut edits, &mut after),
                 Change::RulesRemoved {
-                    group_id, rules, ..
+                    group_id,
+                    rules,
+                    egress,
+                    ..
                 } => {
                     for r in rules {
-                        after.push(MetaChange::DropRule(group_id.clone(), r.clone()));
+                        after.push(MetaChange::DropRule((group_id.clone(), *egress, r.clone())));
                     }
                 }
                 Change::InstanceAdded(i) => put_tags(&i.id, &mut edits, &mut after),
@@ -538,13 +550,13 @@ impl Core {
     pub(super) fn apply_meta(&mut self, after: Vec<MetaChange>) {
         for m in after {
             match m {
-                MetaChange::PutRule(g, r, meta) => {
-                    self.ec2.rules.insert((g, r), meta);
+                MetaChange::PutRule(key, meta) => {
+                    self.ec2.rules.insert(key, meta);
                 }
-                MetaChange::DropRule(g, r) => {
-                    self.ec2.rules.remove(&(g, r));
+                MetaChange::DropRule(key) => {
+                    self.ec2.rules.remove(&key);
                 }
-                MetaChange::DropGroup(g) => self.ec2.rules.retain(|(id, _), _| *id != g),
+                MetaChange::DropGroup(g) => self.ec2.rules.retain(|(id, _, _), _| *id != g),
                 MetaChange::PutTags(id, tags) => {
                     let t = self.ec2.tags.entry(id).or_default();
                     for tag in tags {
@@ -558,13 +570,14 @@ impl Core {
         }
     }
 
-    /// Stage the descriptions of `permissions` for the rules an authorize
-    /// adds (checked first).
+    /// Stage the descriptions of `permissions` for the (ingress or `egress`)
+    /// rules an authorize adds (checked first).
     pub(super) fn stage_descriptions(
         &mut self,
         owner: &Owner,
         group: &GroupRef,
         permissions: &[Permission],
+        egress: bool,
     ) -> Result<(), ApiError> {
         for p in permissions {
             let Some(d) = &p.description else { continue };
@@ -572,7 +585,7 @@ impl Core {
             let (_, rules) = self.permission_rules(owner, group, std::slice::from_ref(p))?;
             for r in rules {
                 self.ec2.pending_rules.insert(
-                    r.normalized()?,
+                    (egress, r.normalized()?),
                     RuleMeta {
                         id: String::new(),
                         description: d.clone(),
@@ -589,11 +602,11 @@ impl Core {
         Ok(self.model.group(owner, &name)?)
     }
 
-    fn rule_info(&self, g: &filter::model::Group, r: &Rule) -> RuleInfo {
+    fn rule_info(&self, g: &filter::model::Group, egress: bool, r: &Rule) -> RuleInfo {
         let meta = self
             .ec2
             .rules
-            .get(&(g.id.clone(), r.clone()))
+            .get(&(g.id.clone(), egress, r.clone()))
             .cloned()
             .unwrap_or_default();
         RuleInfo {
@@ -601,6 +614,7 @@ impl Core {
             group_id: g.id.clone(),
             group_name: g.name.clone(),
             owner: g.owner.0.clone(),
+            egress,
             rule: r.clone(),
             description: meta.description,
         }
@@ -623,7 +637,10 @@ impl Core {
         };
         let mut rules: Vec<RuleInfo> = gs
             .iter()
-            .flat_map(|g| g.rules.iter().map(|r| self.rule_info(g, r)))
+            .flat_map(|g| {
+                let ingress = g.rules.iter().map(|r| self.rule_info(g, false, r));
+                ingress.chain(g.egress.iter().map(|r| self.rule_info(g, true, r)))
+            })
             .collect();
         if !rule_ids.is_empty() {
             for id in rule_ids {
@@ -636,19 +653,33 @@ impl Core {
         Ok(Response::Rules { rules })
     }
 
-    /// The rules of group `g` with ids `ids` (each must be the group's).
-    fn rules_by_id(&self, g: &filter::model::Group, ids: &[String]) -> Result<Vec<Rule>, ApiError> {
+    /// The rules of group `g` with ids `ids` (each must be the group's), as
+    /// (egress, rule); only the `egress` ones (or only ingress) when given.
+    fn rules_by_id(
+        &self,
+        g: &filter::model::Group,
+        ids: &[String],
+        egress: Option<bool>,
+    ) -> Result<Vec<(bool, Rule)>, ApiError> {
+        let dirs: &[bool] = match egress {
+            Some(false) => &[false],
+            Some(true) => &[true],
+            None => &[false, true],
+        };
         ids.iter()
             .map(|id| {
-                g.rules
-                    .iter()
-                    .find(|r| {
-                        self.ec2
-                            .rules
-                            .get(&(g.id.clone(), (*r).clone()))
-                            .is_some_and(|m| m.id == *id)
+                dirs.iter()
+                    .find_map(|&e| {
+                        g.rules_of(e)
+                            .iter()
+                            .find(|r| {
+                                self.ec2
+                                    .rules
+                                    .get(&(g.id.clone(), e, (*r).clone()))
+                                    .is_some_and(|m| m.id == *id)
+                            })
+                            .map(|r| (e, r.clone()))
                     })
-                    .cloned()
                     .ok_or_else(|| rule_not_found(id))
             })
             .collect()
@@ -661,6 +692,7 @@ impl Core {
         owner: &Owner,
         group: &GroupRef,
         permissions: &[Permission],
+        egress: bool,
     ) -> Reply {
         let g = self.owned_group(owner, group)?.clone();
         if permissions.is_empty() {
@@ -679,19 +711,21 @@ impl Core {
                 let meta = self
                     .ec2
                     .rules
-                    .get(&(g.id.clone(), r.clone()))
-                    .filter(|_| g.rules.contains(&r))
+                    .get(&(g.id.clone(), egress, r.clone()))
+                    .filter(|_| g.rules_of(egress).contains(&r))
                     .ok_or_else(|| {
                         ApiError::new(
                             ErrorCode::InvalidPermissionNotFound,
                             format!(
-                                "the specified rule '{r}' does not exist in security group '{}'",
+                                "the specified {} rule '{r}' does not exist in security group '{}'",
+                                if egress { "egress" } else { "ingress" },
                                 g.name
                             ),
                         )
                     })?;
                 metas.push(RuleMetaRecord {
                     group_id: g.id.clone(),
+                    egress,
                     rule: r,
                     rule_id: meta.id.clone(),
                     description: d.clone(),
@@ -711,7 +745,7 @@ impl Core {
         self.edits += 1;
         for m in metas {
             self.ec2.rules.insert(
-                (m.group_id, m.rule),
+                (m.group_id, m.egress, m.rule),
                 RuleMeta {
                     id: m.rule_id,
                     description: m.description,
@@ -721,12 +755,14 @@ impl Core {
         Ok(Response::Done)
     }
 
-    /// [`Command::RevokeRuleIds`].
+    /// [`Command::RevokeRuleIds`]: ingress rules, or `egress` ones (an id
+    /// of the other direction is not found, as in EC2).
     pub(super) fn revoke_rule_ids(
         &mut self,
         owner: &Owner,
         group: &GroupRef,
         ids: &[String],
+        egress: bool,
     ) -> Reply {
         let g = self.owned_group(owner, group)?.clone();
         if ids.is_empty() {
@@ -735,17 +771,22 @@ impl Core {
                 "the request must contain the parameter SecurityGroupRuleId",
             ));
         }
-        let rules = self.rules_by_id(&g, ids)?;
-        self.edit(|m| Ok(m.revoke_rules(owner, &g.name, &rules)?))?;
+        let rules: Vec<Rule> = self
+            .rules_by_id(&g, ids, Some(egress))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        self.edit(|m| Ok(m.revoke_rules_dir(owner, &g.name, &rules, egress)?))?;
         Ok(Response::Permissions {
             group: g.name,
             rules,
-            egress: false,
+            egress,
         })
     }
 
     /// [`Command::ModifyRules`]: the old rules revoked and the new ones
-    /// authorized in one edit, each new rule keeping the old one's id.
+    /// authorized in one edit, each new rule keeping the old one's id and
+    /// direction (ingress or egress).
     pub(super) fn modify_rules(
         &mut self,
         owner: &Owner,
@@ -760,9 +801,9 @@ impl Core {
             ));
         }
         let ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
-        let old = self.rules_by_id(&g, &ids)?;
+        let old = self.rules_by_id(&g, &ids, None)?;
         let mut new = Vec::new();
-        for (id, p) in changes {
+        for ((id, p), (egress, _)) in changes.iter().zip(&old) {
             let d = p.description.clone().unwrap_or_default();
             check_description(&d)?;
             let (_, rules) = self.permission_rules(owner, group, std::slice::from_ref(p))?;
@@ -777,22 +818,38 @@ impl Core {
             };
             let r = r.normalized()?;
             self.ec2.pending_rules.insert(
-                r.clone(),
+                (*egress, r.clone()),
                 RuleMeta {
                     id: id.clone(),
                     description: d,
                 },
             );
-            new.push(r);
+            new.push((*egress, r));
         }
+        let of = |list: &[(bool, Rule)], e: bool| -> Vec<Rule> {
+            list.iter()
+                .filter(|(x, _)| *x == e)
+                .map(|(_, r)| r.clone())
+                .collect()
+        };
         self.edit(|m| {
-            m.revoke_rules(owner, &g.name, &old)?;
-            m.authorize_rules(owner, &g.name, &new)?;
+            for e in [false, true] {
+                let old = of(&old, e);
+                if !old.is_empty() {
+                    m.revoke_rules_dir(owner, &g.name, &old, e)?;
+                }
+            }
+            for e in [false, true] {
+                let new = of(&new, e);
+                if !new.is_empty() {
+                    m.authorize_rules_dir(owner, &g.name, &new, e)?;
+                }
+            }
             Ok(())
         })?;
         let g = self.model.group(owner, &g.name)?;
         Ok(Response::Rules {
-            rules: new.iter().map(|r| self.rule_info(g, r)).collect(),
+            rules: new.iter().map(|(e, r)| self.rule_info(g, *e, r)).collect(),
         })
     }
 

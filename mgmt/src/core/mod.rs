@@ -619,26 +619,8 @@ impl Core {
                 permissions,
                 egress,
             } => {
-                if !egress {
-                    self.stage_descriptions(&owner, &group, &permissions)?;
-                }
+                self.stage_descriptions(&owner, &group, &permissions, egress)?;
                 let (name, rules) = self.permission_rules(&owner, &group, &permissions)?;
-                // Egress rules keep no descriptions (yet): refuse one rather
-                // than drop it unseen.
-                if egress
-                    && let Some(d) = permissions
-                        .iter()
-                        .filter_map(|p| p.description.as_deref())
-                        .find(|d| !d.is_empty())
-                {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidParameterValue,
-                        format!(
-                            "invalid description '{}': sgswitch keeps no descriptions of egress rules",
-                            d.escape_default()
-                        ),
-                    ));
-                }
                 self.edit(|m| Ok(m.authorize_rules_dir(&owner, &name, &rules, egress)?))?;
                 Ok(Response::Permissions {
                     group: name,
@@ -716,12 +698,16 @@ impl Core {
             Command::DescribeRules { groups, rule_ids } => {
                 self.describe_rules(&owner, &groups, &rule_ids)
             }
-            Command::UpdateRuleDescriptions { group, permissions } => {
-                self.update_rule_descriptions(&owner, &group, &permissions)
-            }
-            Command::RevokeRuleIds { group, rule_ids } => {
-                self.revoke_rule_ids(&owner, &group, &rule_ids)
-            }
+            Command::UpdateRuleDescriptions {
+                group,
+                permissions,
+                egress,
+            } => self.update_rule_descriptions(&owner, &group, &permissions, egress),
+            Command::RevokeRuleIds {
+                group,
+                rule_ids,
+                egress,
+            } => self.revoke_rule_ids(&owner, &group, &rule_ids, egress),
             Command::ModifyRules { group, rules } => self.modify_rules(&owner, &group, &rules),
             Command::CreateTags { resources, tags } => self.create_tags(&owner, &resources, &tags),
             Command::DeleteTags { resources, tags } => self.delete_tags(&owner, &resources, &tags),

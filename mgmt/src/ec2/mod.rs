@@ -27,13 +27,15 @@
 //!   indexed shapes with descriptions, see [`params`]; revoke also by
 //!   SecurityGroupRuleId.N), AuthorizeSecurityGroupEgress,
 //!   RevokeSecurityGroupEgress (the same shapes, GroupId or GroupName; the
-//!   permissions' sources are destinations; egress rules have no `sgr-` ids
-//!   or descriptions yet, so authorize answers `return` alone and a
-//!   description is refused), DescribeSecurityGroups' `ipPermissionsEgress`
-//!   (the group's egress rules; filters `egress.ip-permission.*`),
-//!   DescribeSecurityGroupRules (ingress rules), ModifySecurityGroupRules,
-//!   UpdateSecurityGroupRuleDescriptionsIngress (…Egress answers
-//!   `InvalidPermission.NotFound`: egress rules have no descriptions),
+//!   permissions' sources are destinations; egress rules have `sgr-` ids
+//!   and descriptions as ingress rules do: authorize answers the new rules,
+//!   revoke also by SecurityGroupRuleId.N, an id of the other direction is
+//!   `InvalidSecurityGroupRuleId.NotFound`), DescribeSecurityGroups'
+//!   `ipPermissionsEgress` (the group's egress rules; filters
+//!   `egress.ip-permission.*`), DescribeSecurityGroupRules (ingress and
+//!   egress rules, `isEgress`), ModifySecurityGroupRules (a rule keeps its
+//!   id and direction), UpdateSecurityGroupRuleDescriptionsIngress and
+//!   …Egress,
 //!   CreateTags, DeleteTags, DescribeTags, RunInstances
 //!   (`TagSpecification`), DescribeInstances (InstanceId.N, Filter.N for
 //!   instance-id, image-id, instance-state-name, private-ip-address,
@@ -432,7 +434,8 @@ struct Ctx<'a> {
 #[derive(Default)]
 struct Extra {
     tags: BTreeMap<String, Vec<(String, String)>>,
-    rules: BTreeMap<(String, Rule), (String, String)>,
+    /// (group id, egress, rule) → (rule id, description).
+    rules: BTreeMap<(String, bool, Rule), (String, String)>,
     region: String,
 }
 
@@ -441,9 +444,9 @@ impl Extra {
         self.tags.get(id).map_or(&[], Vec::as_slice)
     }
 
-    fn description(&self, group_id: &str, r: &Rule) -> &str {
+    fn description(&self, group_id: &str, egress: bool, r: &Rule) -> &str {
         self.rules
-            .get(&(group_id.to_owned(), r.clone()))
+            .get(&(group_id.to_owned(), egress, r.clone()))
             .map_or("", |(_, d)| d.as_str())
     }
 }
@@ -665,7 +668,7 @@ impl Ctx<'_> {
     }
 
     /// Authorize (`add`) or revoke the ingress or `egress` rules of the
-    /// request's permissions (both shapes); an ingress revoke also by rule id.
+    /// request's permissions (both shapes); a revoke also by rule id.
     fn edit_permissions(
         &self,
         p: &Params,
@@ -675,21 +678,12 @@ impl Ctx<'_> {
     ) -> Result<String, ApiError> {
         let group = p.target_group()?;
         let rule_ids = p.list("SecurityGroupRuleId");
-        if egress && !rule_ids.is_empty() {
-            // Egress rules carry no `sgr-` ids (yet): none named can exist.
-            self.lookup(Command::DescribeGroups {
-                groups: vec![group],
-            })?;
-            return Err(ApiError::new(
-                ErrorCode::InvalidPermissionNotFound,
-                format!(
-                    "no egress rule of this group has the id {} (sgswitch gives egress rules no ids: revoke them by permission)",
-                    rule_ids.join(", ")
-                ),
-            ));
-        }
         if !add && !rule_ids.is_empty() {
-            self.call(Command::RevokeRuleIds { group, rule_ids })?;
+            self.call(Command::RevokeRuleIds {
+                group,
+                rule_ids,
+                egress,
+            })?;
             return Ok(self.doc(action, |x| {
                 x.elem("return", "true");
             }));
@@ -719,9 +713,7 @@ impl Ctx<'_> {
             }
         };
         let added = match self.call(cmd)? {
-            // Egress rules have no ids to answer: `return` alone, as EC2
-            // answered before rules had ids.
-            Response::Permissions { group, rules, .. } if add && !egress => Some((group, rules)),
+            Response::Permissions { group, rules, .. } if add => Some((group, rules)),
             _ => None,
         };
         // Authorize answers the new rules with their ids (as EC2 does).
@@ -732,7 +724,10 @@ impl Ctx<'_> {
             }) {
                 Ok(Response::Rules { rules: all }) => all
                     .into_iter()
-                    .filter(|r| rules.iter().any(|n| n.normalized().as_ref() == Ok(&r.rule)))
+                    .filter(|r| {
+                        r.egress == egress
+                            && rules.iter().any(|n| n.normalized().as_ref() == Ok(&r.rule))
+                    })
                     .collect(),
                 _ => vec![],
             },
@@ -740,7 +735,7 @@ impl Ctx<'_> {
         };
         Ok(self.doc(action, |x| {
             x.elem("return", "true");
-            if add && !egress {
+            if add {
                 x.open("securityGroupRuleSet");
                 for r in &rules {
                     write_rule_item(x, r, &self.region);
@@ -851,7 +846,7 @@ impl Ctx<'_> {
         }) {
             for r in rules {
                 e.rules
-                    .insert((r.group_id, r.rule), (r.rule_id, r.description));
+                    .insert((r.group_id, r.egress, r.rule), (r.rule_id, r.description));
             }
         }
         e
@@ -1175,17 +1170,7 @@ impl Ctx<'_> {
 
     fn update_rule_descriptions(&self, p: &Params, action: &str) -> Result<String, ApiError> {
         let group = p.target_group()?;
-        if action.ends_with("Egress") {
-            // Egress rules carry no ids or descriptions (yet): there is no
-            // description to update.
-            self.lookup(Command::DescribeGroups {
-                groups: vec![group],
-            })?;
-            return Err(ApiError::new(
-                ErrorCode::InvalidPermissionNotFound,
-                "the specified rule does not exist in this security group (sgswitch keeps no descriptions or ids of egress rules)",
-            ));
-        }
+        let egress = action.ends_with("Egress");
         let by_id: Vec<(String, String)> = p
             .indices("SecurityGroupRuleDescription")
             .into_iter()
@@ -1199,43 +1184,58 @@ impl Ctx<'_> {
                 ))
             })
             .collect::<Result<_, ApiError>>()?;
-        let permissions = if by_id.is_empty() {
-            let perms = match params::permissions(p) {
-                Ok(perms) => perms,
-                Err(e) => {
-                    self.lookup(Command::DescribeGroups {
-                        groups: vec![group],
-                    })?;
-                    return Err(e);
-                }
-            };
-            // A source without a description gets an empty one.
-            perms
-                .into_iter()
-                .map(|mut perm| {
-                    perm.description.get_or_insert_with(String::new);
-                    perm
-                })
-                .collect()
-        } else {
-            // By rule id: the rule itself, with its new description.
-            let ids: Vec<String> = by_id.iter().map(|(id, _)| id.clone()).collect();
-            let rules = match self.lookup(Command::DescribeRules {
-                groups: vec![group.clone()],
-                rule_ids: ids,
-            })? {
-                Response::Rules { rules } => rules,
-                other => return Err(unexpected(&other)),
-            };
-            by_id
+        let permissions =
+            if by_id.is_empty() {
+                let perms = match params::permissions(p) {
+                    Ok(perms) => perms,
+                    Err(e) => {
+                        self.lookup(Command::DescribeGroups {
+                            groups: vec![group],
+                        })?;
+                        return Err(e);
+                    }
+                };
+                // A source without a description gets an empty one.
+                perms
+                    .into_iter()
+                    .map(|mut perm| {
+                        perm.description.get_or_insert_with(String::new);
+                        perm
+                    })
+                    .collect()
+            } else {
+                // By rule id: the rule itself, with its new description.
+                let ids: Vec<String> = by_id.iter().map(|(id, _)| id.clone()).collect();
+                let rules = match self.lookup(Command::DescribeRules {
+                    groups: vec![group.clone()],
+                    rule_ids: ids,
+                })? {
+                    Response::Rules { rules } => rules,
+                    other => return Err(unexpected(&other)),
+                };
+                by_id
                 .iter()
-                .filter_map(|(id, d)| {
-                    let r = rules.iter().find(|r| r.rule_id == *id)?;
-                    Some(rule_permission(&r.rule, d))
+                .map(|(id, d)| {
+                    // An id of the other direction is not found (as EC2).
+                    match rules.iter().find(|r| r.rule_id == *id && r.egress == egress) {
+                        Some(r) => Ok(rule_permission(&r.rule, d)),
+                        None => Err(ApiError::new(
+                            ErrorCode::InvalidSecurityGroupRuleIdNotFound,
+                            format!(
+                                "the security group rule ID '{}' is not an {} rule of this group",
+                                id.escape_default(),
+                                if egress { "egress" } else { "ingress" }
+                            ),
+                        )),
+                    }
                 })
-                .collect()
-        };
-        self.call(Command::UpdateRuleDescriptions { group, permissions })?;
+                .collect::<Result<_, _>>()?
+            };
+        self.call(Command::UpdateRuleDescriptions {
+            group,
+            permissions,
+            egress,
+        })?;
         Ok(self.doc(action, |x| {
             x.elem("return", "true");
         }))
@@ -1372,11 +1372,12 @@ fn write_group(x: &mut Xml, g: &Group, ids: &BTreeMap<(String, String), String>,
         .elem("groupId", &g.id)
         .elem("groupName", &g.name)
         .elem("groupDescription", &g.description);
-    // Ingress rules show their descriptions; egress rules have none (yet).
     write_permissions(x, "ipPermissions", &g.rules, ids, |r| {
-        extra.description(&g.id, r)
+        extra.description(&g.id, false, r)
     });
-    write_permissions(x, "ipPermissionsEgress", &g.egress, ids, |_| "");
+    write_permissions(x, "ipPermissionsEgress", &g.egress, ids, |r| {
+        extra.description(&g.id, true, r)
+    });
     write_tag_set(x, extra.tags_of(&g.id));
     x.elem(
         "securityGroupArn",
@@ -1497,7 +1498,7 @@ fn write_rule_item(x: &mut Xml, r: &RuleInfo, region: &str) {
         .elem("securityGroupRuleId", &r.rule_id)
         .elem("groupId", &r.group_id)
         .elem("groupOwnerId", &r.owner)
-        .elem("isEgress", "false")
+        .elem("isEgress", if r.egress { "true" } else { "false" })
         .elem("ipProtocol", proto_text(r.rule.proto));
     let (from, to) = port_texts(r.rule.ports).unwrap_or(("-1".into(), "-1".into()));
     x.elem("fromPort", &from).elem("toPort", &to);

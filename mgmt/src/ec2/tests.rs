@@ -1386,7 +1386,8 @@ fn tags_on_groups_and_instances_survive_a_restart() {
 
 /// Issue 16 items 4 and 5: descriptions stored and returned, updated in
 /// place; rules as objects with `sgr-` ids: described, revoked and modified
-/// by id (keeping the id); egress descriptions answer the AWS error.
+/// by id (keeping the id); an egress rule that does not exist answers the
+/// AWS error.
 #[test]
 fn rule_descriptions_and_rule_ids() {
     let api = api("ec2-rules");
@@ -1443,7 +1444,11 @@ fn rule_descriptions_and_rule_ids() {
             "Action=DescribeSecurityGroupRules&{v}&Filter.1.Name=group-id&Filter.1.Value.1={web}"
         ),
     );
-    assert_eq!(all(&doc, "securityGroupRuleId").len(), 3, "{doc}");
+    // Three ingress rules, and the two default egress rules.
+    assert_eq!(all(&doc, "securityGroupRuleId").len(), 5, "{doc}");
+    let mut dirs = all(&doc, "isEgress");
+    dirs.sort();
+    assert_eq!(dirs, ["false", "false", "false", "true", "true"], "{doc}");
     let mut ds = all(&doc, "description");
     ds.sort();
     assert_eq!(ds, ["from default", "office ssh"], "{doc}");
@@ -1512,7 +1517,7 @@ fn rule_descriptions_and_rule_ids() {
         ),
         (
             format!(
-                "Action=UpdateSecurityGroupRuleDescriptionsEgress&GroupId={web}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0/0&IpPermissions.1.IpRanges.1.Description=x"
+                "Action=UpdateSecurityGroupRuleDescriptionsEgress&GroupId={web}&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=x"
             ),
             "InvalidPermission.NotFound",
         ),
@@ -1775,8 +1780,9 @@ fn rule_ids_of_both_front_doors_survive_a_restart() {
             ),
         );
         before = ok(&api, &k, &format!("Action=DescribeSecurityGroupRules&{v}"));
-        // default's own rule, the CLI's and the API's: three ids.
-        assert_eq!(all(&before, "securityGroupRuleId").len(), 3, "{before}");
+        // default's own rule, the CLI's and the API's, and the two default
+        // egress rules: five ids.
+        assert_eq!(all(&before, "securityGroupRuleId").len(), 5, "{before}");
     }
     let api = Api {
         core: Mutex::new(core_in(&dir, config())),
@@ -1962,12 +1968,15 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
             "InvalidParameterValue",
         ),
         (
-            "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.9.0.0/16&IpPermissions.1.IpRanges.1.Description=out".to_owned(),
+            format!(
+                "Action=AuthorizeSecurityGroupEgress&GroupName=web&IpPermissions.1.IpProtocol=-1&IpPermissions.1.IpRanges.1.CidrIp=10.9.0.0/16&IpPermissions.1.IpRanges.1.Description={}",
+                "d".repeat(256)
+            ),
             "InvalidParameterValue",
         ),
         (
             format!("Action=RevokeSecurityGroupEgress&GroupId={web_id}&SecurityGroupRuleId.1=sgr-0123456789abcdef0"),
-            "InvalidPermission.NotFound",
+            "InvalidSecurityGroupRuleId.NotFound",
         ),
     ];
     for (body, want) in &cases {
@@ -1993,6 +2002,233 @@ fn egress_rules_in_both_shapes_described_and_their_errors() {
         ok(&api, &k, &format!("{body}&{v}"));
     }
     assert_eq!(egress_of(&api), filter::model::default_egress());
+}
+
+/// Egress rules have `sgr-` ids as ingress rules do: a new group's default
+/// egress rules are described with `isEgress` true; authorize answers the
+/// new egress rules with ids and descriptions; descriptions update by id and
+/// by permission; ModifySecurityGroupRules keeps an egress rule's id and
+/// direction; RevokeSecurityGroupEgress revokes by id; an id of the other
+/// direction is not found (nothing changes); every id survives a restart.
+#[test]
+fn egress_rules_have_rule_ids_like_ingress_rules() {
+    let dir = TempDir::new("ec2-egress-ids");
+    let v = "Version=2016-11-15";
+    let open = |dir: &TempDir| Api {
+        core: Mutex::new(core_in(dir, config())),
+        _dir: TempDir::new("ec2-egress-ids-unused"),
+    };
+    let api = open(&dir);
+    let k = key(&api, OWNER);
+    let web = first(
+        &ok(
+            &api,
+            &k,
+            &format!("Action=CreateSecurityGroup&{v}&GroupName=web&GroupDescription=W"),
+        ),
+        "groupId",
+    )
+    .to_owned();
+    let rules_of = |api: &Api| {
+        ok(
+            api,
+            &k,
+            &format!(
+                "Action=DescribeSecurityGroupRules&{v}&Filter.1.Name=group-id&Filter.1.Value.1={web}"
+            ),
+        )
+    };
+    // (id, isEgress, destination) of each item.
+    let items = |doc: &str| -> Vec<(String, String, String)> {
+        doc.split("<item><securityGroupRuleId>")
+            .skip(1)
+            .map(|i| {
+                let dest = if i.contains("<cidrIpv4>") {
+                    first(i, "cidrIpv4")
+                } else if i.contains("<cidrIpv6>") {
+                    first(i, "cidrIpv6")
+                } else {
+                    first(i, "groupName")
+                };
+                (
+                    i.split('<').next().unwrap().to_owned(),
+                    first(i, "isEgress").to_owned(),
+                    dest.to_owned(),
+                )
+            })
+            .collect()
+    };
+    let egress_of = |api: &Api| {
+        let core = api.core.lock().unwrap();
+        let g = core
+            .model()
+            .group(&filter::model::Owner(OWNER.into()), "web")
+            .unwrap();
+        (g.rules.clone(), g.egress.clone())
+    };
+    // The default egress rules, with ids.
+    let doc = rules_of(&api);
+    let mut got = items(&doc);
+    got.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(got.len(), 2, "{doc}");
+    assert!(
+        got.iter()
+            .all(|(id, e, _)| id.starts_with("sgr-") && id.len() == 21 && e == "true"),
+        "{doc}"
+    );
+    assert_eq!(
+        got.iter().map(|g| g.2.as_str()).collect::<Vec<_>>(),
+        ["0.0.0.0/0", "::/0"]
+    );
+    assert_ne!(got[0].0, got[1].0);
+    let all4 = got[0].0.clone();
+    let all6 = got[1].0.clone();
+    // Authorize egress: the new rule with its id and description.
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupEgress&{v}&GroupId={web}\
+             &IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=443&IpPermissions.1.ToPort=443\
+             &IpPermissions.1.IpRanges.1.CidrIp=10.0.0.0/8&IpPermissions.1.IpRanges.1.Description=tls+out"
+        ),
+    );
+    let set = first(&doc, "securityGroupRuleSet");
+    assert_eq!(items(set).len(), 1, "{doc}");
+    let tls = items(set)[0].0.clone();
+    assert_eq!(
+        (first(set, "isEgress"), first(set, "description")),
+        ("true", "tls out"),
+        "{doc}"
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroups&{v}&GroupId.1={web}"),
+    );
+    assert!(
+        first(&doc, "ipPermissionsEgress")
+            .contains("<item><cidrIp>10.0.0.0/8</cidrIp><description>tls out</description></item>"),
+        "{doc}"
+    );
+    // The same rule as ingress is another rule with another id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=AuthorizeSecurityGroupIngress&{v}&GroupId={web}&IpProtocol=tcp&FromPort=443&ToPort=443&CidrIp=10.0.0.0/8"
+        ),
+    );
+    let doc = rules_of(&api);
+    let got = items(&doc);
+    assert_eq!(got.len(), 4, "{doc}");
+    let ingress: Vec<_> = got.iter().filter(|g| g.1 == "false").collect();
+    assert_eq!(ingress.len(), 1, "{doc}");
+    let https_in = ingress[0].0.clone();
+    assert!(![&all4, &all6, &tls].contains(&&https_in));
+    // An id of the other direction is not found, and nothing changes.
+    let before = api.core.lock().unwrap().dump();
+    for body in [
+        format!("Action=RevokeSecurityGroupIngress&GroupId={web}&SecurityGroupRuleId.1={tls}"),
+        format!("Action=RevokeSecurityGroupEgress&GroupId={web}&SecurityGroupRuleId.1={https_in}"),
+        format!(
+            "Action=RevokeSecurityGroupEgress&GroupId={web}&SecurityGroupRuleId.1={tls}&SecurityGroupRuleId.2=sgr-00000000000000000"
+        ),
+        format!(
+            "Action=UpdateSecurityGroupRuleDescriptionsEgress&GroupId={web}&SecurityGroupRuleDescription.1.SecurityGroupRuleId={https_in}&SecurityGroupRuleDescription.1.Description=x"
+        ),
+    ] {
+        assert_eq!(
+            err(&api, &k, &format!("{body}&{v}")).1,
+            "InvalidSecurityGroupRuleId.NotFound",
+            "{body}"
+        );
+    }
+    assert_eq!(api.core.lock().unwrap().dump(), before, "nothing changed");
+    // Descriptions of egress rules: by permission and by id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=UpdateSecurityGroupRuleDescriptionsEgress&{v}&GroupId={web}\
+             &IpPermissions.1.IpProtocol=-1&IpPermissions.1.Ipv6Ranges.1.CidrIpv6=::/0&IpPermissions.1.Ipv6Ranges.1.Description=all+v6"
+        ),
+    );
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=UpdateSecurityGroupRuleDescriptionsEgress&{v}&GroupId={web}\
+             &SecurityGroupRuleDescription.1.SecurityGroupRuleId={tls}&SecurityGroupRuleDescription.1.Description=https"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!(
+            "Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={all6}&SecurityGroupRuleId.2={tls}"
+        ),
+    );
+    let mut ds = all(&doc, "description");
+    ds.sort();
+    assert_eq!(ds, ["all v6", "https"], "{doc}");
+    // Modify an egress rule by id: it stays egress and keeps its id.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=ModifySecurityGroupRules&{v}&GroupId={web}&SecurityGroupRule.1.SecurityGroupRuleId={tls}\
+             &SecurityGroupRule.1.SecurityGroupRule.IpProtocol=tcp&SecurityGroupRule.1.SecurityGroupRule.FromPort=8443\
+             &SecurityGroupRule.1.SecurityGroupRule.ToPort=8443&SecurityGroupRule.1.SecurityGroupRule.CidrIpv4=10.0.0.0/8\
+             &SecurityGroupRule.1.SecurityGroupRule.Description=alt"
+        ),
+    );
+    let doc = ok(
+        &api,
+        &k,
+        &format!("Action=DescribeSecurityGroupRules&{v}&SecurityGroupRuleId.1={tls}"),
+    );
+    assert_eq!(
+        (
+            first(&doc, "isEgress"),
+            first(&doc, "fromPort"),
+            first(&doc, "description")
+        ),
+        ("true", "8443", "alt"),
+        "{doc}"
+    );
+    let (ingress, egress) = egress_of(&api);
+    assert!(
+        egress.iter().any(|r| r.ports == Ports::Range(8443, 8443))
+            && !egress.iter().any(|r| r.ports == Ports::Range(443, 443)),
+        "enforced: {egress:?}"
+    );
+    assert_eq!(ingress.len(), 1, "ingress untouched: {ingress:?}");
+    assert_eq!(ingress[0].ports, Ports::Range(443, 443));
+    // Every id and description is the same after a restart.
+    let before = rules_of(&api);
+    drop(api);
+    let api = open(&dir);
+    let after = rules_of(&api);
+    let body = |d: &str| first(d, "securityGroupRuleSet").to_owned();
+    assert_eq!(body(&after), body(&before));
+    // Revoke egress rules by id: the IPv4 default and the modified one.
+    ok(
+        &api,
+        &k,
+        &format!(
+            "Action=RevokeSecurityGroupEgress&{v}&GroupId={web}&SecurityGroupRuleId.1={all4}&SecurityGroupRuleId.2={tls}"
+        ),
+    );
+    let (ingress, egress) = egress_of(&api);
+    assert_eq!(egress, vec![filter::model::default_egress_rule6()]);
+    assert_eq!(ingress.len(), 1);
+    let got = items(&rules_of(&api));
+    let mut ids: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    ids.sort();
+    let mut want = vec![all6.as_str(), https_in.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
 }
 
 #[test]
