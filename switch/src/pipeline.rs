@@ -76,6 +76,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use filter::conntrack::{BUCKET_BYTES, BUCKET_BYTES6, Family};
+use filter::model::{eui64_address, link_local_address};
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
 use filter::{Conntrack, DropReason, Frag, L4, Mac, Snapshot, parse_frame, proto};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -875,6 +876,13 @@ fn decide<'t>(
 /// discovery, router solicitations, MLD) from its raw bytes ([`crate::nd`]),
 /// data by the parser's facts (`parsed`, whose refusal is the drop reason):
 /// source check, destination, [`judge_for`].
+///
+/// A frame the parser accepted whose upper layer is not ICMPv6 (TCP, UDP,
+/// ...) is no housekeeping, and its Ethernet and IP header facts are the
+/// parser's: it is not read a second time by [`nd::parse`]. (When the parser
+/// accepts a frame, `nd::parse` accepts it too, with the same addresses, and
+/// its protocol after an optional hop-by-hop header is ICMPv6 only if the
+/// parser's, after every extension header, is.)
 fn decide6<'t>(
     env: &Env<'t>,
     inp: &Port,
@@ -882,12 +890,26 @@ fn decide6<'t>(
     parsed: Result<Parsed, DropReason>,
     vnet: &VnetHdr,
 ) -> Result<Action<'t>, DropReason> {
-    let v = match nd::parse(frame) {
-        Ok(v) => v,
-        // The parser's reason when it has one (e.g. a bad extension header).
-        Err(r) => return Err(parsed.err().unwrap_or(r)),
+    // (Ethernet source, Ethernet destination, IPv6 source) and the
+    // housekeeping message with its ICMPv6 type, if it is one.
+    let (eth_src, eth_dst, ip_src, housekeeping) = match &parsed {
+        Ok(Parsed::Ipv6 { eth, pkt, .. }) if pkt.key.proto != proto::ICMPV6 => {
+            (eth.src, eth.dst, pkt.key.src, None)
+        }
+        _ => {
+            let v = match nd::parse(frame) {
+                Ok(v) => v,
+                // The parser's reason when it has one (e.g. a bad extension
+                // header).
+                Err(r) => return Err(parsed.err().unwrap_or(r)),
+            };
+            let hk = v
+                .icmp_type()
+                .filter(|t| nd::is_housekeeping(*t))
+                .map(|t| (t, v));
+            (v.eth_src, v.eth_dst, v.src, hk)
+        }
     };
-    let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
     if housekeeping.is_some() && !vnet.is_plain() {
         return Err(DropReason::BadOffload);
     }
@@ -901,23 +923,33 @@ fn decide6<'t>(
     };
     match inp.kind {
         Kind::Instance { mac, .. } => {
-            if v.eth_src != mac {
+            if eth_src != mac {
                 return Err(DropReason::SpoofedMac);
             }
-            let own = nd::Own::of(mac, env.net.subnet6);
-            if let Some(t) = housekeeping {
+            if let Some((t, v)) = housekeeping {
+                let own = nd::Own::of(mac, env.net.subnet6);
                 return nd_action(env, inp, nd::classify(&v, t, &own)?);
             }
             let pkt = data(parsed)?;
             let (src, dst) = (pkt.key.src, pkt.key.dst);
-            if src == own.ll {
-                // Link-local data: nothing on the other side to deliver to.
+            // The source must be the instance's address in the /64; its
+            // link-local address (`nd::Own::ll`) is refused as data with
+            // nothing to deliver to, and checked first (the two are one
+            // address only with the prefix fe80::/64). The link-local
+            // address is computed only on a refusal.
+            let global = env.net.subnet6.map(|p| eui64_address(p, mac));
+            if Some(src) != global {
+                return Err(if src == link_local_address(mac) {
+                    DropReason::UnknownDestination
+                } else {
+                    DropReason::SpoofedIp
+                });
+            }
+            if (u128::from(src) >> 64) as u64 == 0xfe80_0000_0000_0000 {
+                // `src` is the global address and the link-local one.
                 return Err(DropReason::UnknownDestination);
             }
-            if Some(src) != own.global {
-                return Err(DropReason::SpoofedIp);
-            }
-            if dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
+            if dst.is_multicast() || eth_dst[0] & 1 == 1 {
                 return Err(DropReason::Broadcast);
             }
             let (to, dst_mac) = match port_of6(env, dst) {
@@ -936,7 +968,7 @@ fn decide6<'t>(
                         .uplink
                         .as_ref()
                         .ok_or(DropReason::UnknownDestination)?;
-                    let m = if v.eth_dst == GATEWAY_MAC {
+                    let m = if eth_dst == GATEWAY_MAC {
                         u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
                     } else {
                         None
@@ -948,20 +980,20 @@ fn decide6<'t>(
             Ok(Action::Forward { to, dst_mac })
         }
         Kind::Uplink => {
-            if v.eth_src[0] & 1 == 0 {
-                let m = mac_to_u64(v.eth_src);
+            if eth_src[0] & 1 == 0 {
+                let m = mac_to_u64(eth_src);
                 if inp.learned_mac.load(Ordering::Relaxed) != m {
                     inp.learned_mac.store(m, Ordering::Relaxed);
                 }
             }
-            if claims_instance6(env, v.src) {
+            if claims_instance6(env, ip_src) {
                 return Err(DropReason::UplinkSpoof);
             }
             match housekeeping {
                 // Questions about the switch's side are answered as ARP
                 // requests are; everything else of the outside's
                 // housekeeping (its RS, RA, DAD, MLD) is absorbed.
-                Some(nd::ty::NS) if !v.src.is_unspecified() => {
+                Some((nd::ty::NS, v)) if !v.src.is_unspecified() => {
                     let target =
                         v.l4.get(8..24)
                             .map(|b| {
@@ -983,7 +1015,7 @@ fn decide6<'t>(
                 // The outside's answer to an instance's solicitation (its
                 // target is no address of the switch's side: checked like
                 // its source): to the instance it is addressed to.
-                Some(nd::ty::NA) => {
+                Some((nd::ty::NA, v)) => {
                     let target =
                         v.l4.get(8..24)
                             .map(|b| {
@@ -1006,7 +1038,7 @@ fn decide6<'t>(
                 Some(_) => Ok(Action::NdAbsorb),
                 None => {
                     let pkt = data(parsed)?;
-                    if pkt.key.dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
+                    if pkt.key.dst.is_multicast() || eth_dst[0] & 1 == 1 {
                         return Err(DropReason::Broadcast);
                     }
                     let to = port_of6(env, pkt.key.dst).ok_or(DropReason::UnknownDestination)?;
@@ -1049,7 +1081,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
             if router && matches!(inp.kind, Kind::Instance { .. }) {
                 return na(GATEWAY_MAC, true);
             }
-            let Some(i) = env.snap.instance_by_ip6(target) else {
+            let Some(ip4) = env.snap.instance_ip4_by_ip6(target) else {
                 // From an instance, for an address of the outside world in
                 // the /64 (not an instance's, not link-local): asked on the
                 // uplink, as ARP requests are; its answer comes back below.
@@ -1063,7 +1095,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
                     _ => Ok(Action::NdAbsorb),
                 };
             };
-            match env.table.by_ip(env.snap.instance(i).ip) {
+            match env.table.by_ip(ip4) {
                 Some(p) if p.id != inp.id => match p.kind {
                     Kind::Instance { mac: m, .. } => na(m, false),
                     Kind::Uplink => Ok(Action::NdAbsorb),
@@ -1078,8 +1110,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
 /// the snapshot, so a port the snapshot does not know gets nothing).
 #[inline]
 fn port_of6<'t>(env: &Env<'t>, ip: Ipv6Addr) -> Option<&'t Arc<Port>> {
-    let i = env.snap.instance_by_ip6(ip)?;
-    let p = env.table.by_ip(env.snap.instance(i).ip)?;
+    let p = env.table.by_ip(env.snap.instance_ip4_by_ip6(ip)?)?;
     matches!(p.kind, Kind::Instance { .. }).then_some(p)
 }
 

@@ -337,7 +337,7 @@ impl Family for Ipv6Addr {
     }
     #[inline(always)]
     fn quota_ip(snap: &Snapshot, ip: Self) -> Option<Ipv4Addr> {
-        snap.instance_by_ip6(ip).map(|i| snap.instance(i).ip)
+        snap.instance_ip4_by_ip6(ip)
     }
 }
 
