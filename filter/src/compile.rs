@@ -525,6 +525,22 @@ impl Snapshot {
         None
     }
 
+    /// [`Snapshot::new_flow_rule`] for IPv6: `Err(NoEgressRule)` when
+    /// `egress` is asked and [`Snapshot::egress_allows6`] refuses the packet,
+    /// else [`Snapshot::admitting_rule6`]. While every instance's IPv6 egress
+    /// is open (the default) the egress check is one flag, inline.
+    #[inline]
+    pub(crate) fn new_flow_rule6(
+        &self,
+        pkt: &Packet6,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        if egress && !self.egress_open6_all && !self.egress_allows6(pkt) {
+            return Err(DropReason::NoEgressRule);
+        }
+        Ok(self.admitting_rule6(pkt))
+    }
+
     /// Does IPv6 ingress allow `pkt`? ([`Snapshot::admitting_rule6`] is
     /// `Some`.)
     #[inline]

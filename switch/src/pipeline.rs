@@ -392,7 +392,7 @@ fn judge(
     let decided = match parsed {
         // Untagged IPv6: housekeeping from the raw bytes ([`crate::nd`]),
         // data by its parsed facts.
-        p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
+        ref p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
             decide6(env, inp, frame, p, vnet)
         }
         p => p.and_then(|p| {
@@ -879,64 +879,53 @@ fn decide<'t>(
 ///
 /// A frame the parser accepted whose upper layer is not ICMPv6 (TCP, UDP,
 /// ...) is no housekeeping, and its Ethernet and IP header facts are the
-/// parser's: it is not read a second time by [`nd::parse`]. (When the parser
-/// accepts a frame, `nd::parse` accepts it too, with the same addresses, and
-/// its protocol after an optional hop-by-hop header is ICMPv6 only if the
-/// parser's, after every extension header, is.)
+/// parser's: [`data6`] judges it without reading it a second time with
+/// [`nd::parse`]. (When the parser accepts a frame, `nd::parse` accepts it
+/// too, with the same addresses, and its protocol after an optional
+/// hop-by-hop header is ICMPv6 only if the parser's, after every extension
+/// header, is.) Everything else goes through [`nd6`]. Not inlined: the
+/// shared dispatch stays as small for IPv4 as it was.
+#[inline(never)]
 fn decide6<'t>(
     env: &Env<'t>,
     inp: &Port,
     frame: &[u8],
-    parsed: Result<Parsed, DropReason>,
+    parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
 ) -> Result<Action<'t>, DropReason> {
-    // (Ethernet source, Ethernet destination, IPv6 source) and the
-    // housekeeping message with its ICMPv6 type, if it is one.
-    let (eth_src, eth_dst, ip_src, housekeeping) = match &parsed {
-        Ok(Parsed::Ipv6 { eth, pkt, .. }) if pkt.key.proto != proto::ICMPV6 => {
-            (eth.src, eth.dst, pkt.key.src, None)
+    match parsed {
+        Ok(p @ Parsed::Ipv6 { pkt, .. }) if pkt.key.proto != proto::ICMPV6 => {
+            data6(env, inp, frame, p, vnet)
         }
-        _ => {
-            let v = match nd::parse(frame) {
-                Ok(v) => v,
-                // The parser's reason when it has one (e.g. a bad extension
-                // header).
-                Err(r) => return Err(parsed.err().unwrap_or(r)),
-            };
-            let hk = v
-                .icmp_type()
-                .filter(|t| nd::is_housekeeping(*t))
-                .map(|t| (t, v));
-            (v.eth_src, v.eth_dst, v.src, hk)
-        }
-    };
-    if housekeeping.is_some() && !vnet.is_plain() {
-        return Err(DropReason::BadOffload);
+        _ => nd6(env, inp, frame, parsed, vnet),
     }
-    // A data packet: the parser's facts (its refusal is the drop reason).
-    let data = |parsed: Result<Parsed, DropReason>| match parsed? {
-        p @ Parsed::Ipv6 { pkt, .. } => {
-            check_offload(&p, vnet)?;
-            Ok(pkt)
-        }
-        _ => Err(DropReason::UnsupportedEthertype),
+}
+
+/// [`decide6`] of a data packet (`parsed`, an IPv6 packet that is no
+/// housekeeping): source check, destination, [`judge_for`].
+#[inline(always)]
+fn data6<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: &Parsed,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    let Parsed::Ipv6 { eth, pkt, .. } = parsed else {
+        return Err(DropReason::UnsupportedEthertype);
     };
+    let (src, dst) = (pkt.key.src, pkt.key.dst);
     match inp.kind {
         Kind::Instance { mac, .. } => {
-            if eth_src != mac {
+            if eth.src != mac {
                 return Err(DropReason::SpoofedMac);
             }
-            if let Some((t, v)) = housekeeping {
-                let own = nd::Own::of(mac, env.net.subnet6);
-                return nd_action(env, inp, nd::classify(&v, t, &own)?);
-            }
-            let pkt = data(parsed)?;
-            let (src, dst) = (pkt.key.src, pkt.key.dst);
+            check_offload(parsed, vnet)?;
             // The source must be the instance's address in the /64; its
-            // link-local address (`nd::Own::ll`) is refused as data with
-            // nothing to deliver to, and checked first (the two are one
-            // address only with the prefix fe80::/64). The link-local
-            // address is computed only on a refusal.
+            // link-local address ([`nd::Own`]'s `ll`) is refused as data
+            // with nothing to deliver to, and checked first (the two are one
+            // address only with the prefix fe80::/64). The link-local address
+            // is computed only on a refusal.
             let global = env.net.subnet6.map(|p| eui64_address(p, mac));
             if Some(src) != global {
                 return Err(if src == link_local_address(mac) {
@@ -949,7 +938,7 @@ fn decide6<'t>(
                 // `src` is the global address and the link-local one.
                 return Err(DropReason::UnknownDestination);
             }
-            if dst.is_multicast() || eth_dst[0] & 1 == 1 {
+            if dst.is_multicast() || eth.is_multicast_dst() {
                 return Err(DropReason::Broadcast);
             }
             let (to, dst_mac) = match port_of6(env, dst) {
@@ -968,7 +957,7 @@ fn decide6<'t>(
                         .uplink
                         .as_ref()
                         .ok_or(DropReason::UnknownDestination)?;
-                    let m = if eth_dst == GATEWAY_MAC {
+                    let m = if eth.dst == GATEWAY_MAC {
                         u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
                     } else {
                         None
@@ -976,24 +965,74 @@ fn decide6<'t>(
                     (up, m)
                 }
             };
-            judge_for(env, to, &pkt, frame.len(), |_| false)?;
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
             Ok(Action::Forward { to, dst_mac })
         }
         Kind::Uplink => {
-            if eth_src[0] & 1 == 0 {
-                let m = mac_to_u64(eth_src);
+            learn(inp, eth);
+            if claims_instance6(env, src) {
+                return Err(DropReason::UplinkSpoof);
+            }
+            check_offload(parsed, vnet)?;
+            if dst.is_multicast() || eth.is_multicast_dst() {
+                return Err(DropReason::Broadcast);
+            }
+            let to = port_of6(env, dst).ok_or(DropReason::UnknownDestination)?;
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
+            Ok(Action::Forward {
+                to,
+                dst_mac: instance_mac(to),
+            })
+        }
+    }
+}
+
+/// [`decide6`] of everything but non-ICMPv6 data: the frame read by
+/// [`nd::parse`]; housekeeping answered or absorbed, data (ICMPv6 that is no
+/// housekeeping) to [`data6`] after the checks that come first, and a
+/// frame the parser refused dropped for its reason.
+#[inline(never)]
+fn nd6<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: &Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    let v = match nd::parse(frame) {
+        Ok(v) => v,
+        // The parser's reason when it has one (e.g. a bad extension header).
+        Err(r) => return Err(parsed.err().unwrap_or(r)),
+    };
+    let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
+    if housekeeping.is_some() && !vnet.is_plain() {
+        return Err(DropReason::BadOffload);
+    }
+    match inp.kind {
+        Kind::Instance { mac, .. } => {
+            if v.eth_src != mac {
+                return Err(DropReason::SpoofedMac);
+            }
+            if let Some(t) = housekeeping {
+                let own = nd::Own::of(mac, env.net.subnet6);
+                return nd_action(env, inp, nd::classify(&v, t, &own)?);
+            }
+        }
+        Kind::Uplink => {
+            if v.eth_src[0] & 1 == 0 {
+                let m = mac_to_u64(v.eth_src);
                 if inp.learned_mac.load(Ordering::Relaxed) != m {
                     inp.learned_mac.store(m, Ordering::Relaxed);
                 }
             }
-            if claims_instance6(env, ip_src) {
+            if claims_instance6(env, v.src) {
                 return Err(DropReason::UplinkSpoof);
             }
             match housekeeping {
                 // Questions about the switch's side are answered as ARP
                 // requests are; everything else of the outside's
                 // housekeeping (its RS, RA, DAD, MLD) is absorbed.
-                Some((nd::ty::NS, v)) if !v.src.is_unspecified() => {
+                Some(nd::ty::NS) if !v.src.is_unspecified() => {
                     let target =
                         v.l4.get(8..24)
                             .map(|b| {
@@ -1002,7 +1041,7 @@ fn decide6<'t>(
                                 Ipv6Addr::from(a)
                             })
                             .ok_or(DropReason::TruncatedIpv6)?;
-                    nd_action(
+                    return nd_action(
                         env,
                         inp,
                         Nd::Solicit {
@@ -1010,12 +1049,12 @@ fn decide6<'t>(
                             ip: v.src,
                             target,
                         },
-                    )
+                    );
                 }
                 // The outside's answer to an instance's solicitation (its
                 // target is no address of the switch's side: checked like
                 // its source): to the instance it is addressed to.
-                Some((nd::ty::NA, v)) => {
+                Some(nd::ty::NA) => {
                     let target =
                         v.l4.get(8..24)
                             .map(|b| {
@@ -1027,29 +1066,26 @@ fn decide6<'t>(
                     if claims_instance6(env, target) {
                         return Err(DropReason::UplinkSpoof);
                     }
-                    match port_of6(env, v.dst) {
+                    return match port_of6(env, v.dst) {
                         Some(to) => Ok(Action::Forward {
                             to,
                             dst_mac: instance_mac(to),
                         }),
                         None => Ok(Action::NdAbsorb),
-                    }
+                    };
                 }
-                Some(_) => Ok(Action::NdAbsorb),
-                None => {
-                    let pkt = data(parsed)?;
-                    if pkt.key.dst.is_multicast() || eth_dst[0] & 1 == 1 {
-                        return Err(DropReason::Broadcast);
-                    }
-                    let to = port_of6(env, pkt.key.dst).ok_or(DropReason::UnknownDestination)?;
-                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
-                    Ok(Action::Forward {
-                        to,
-                        dst_mac: instance_mac(to),
-                    })
-                }
+                Some(_) => return Ok(Action::NdAbsorb),
+                None => {}
             }
         }
+    }
+    // A data packet: the parser's facts (its refusal is the drop reason);
+    // `data6` repeats the checks above (with the same addresses: the
+    // parser's), which it passes.
+    match parsed {
+        Ok(p @ Parsed::Ipv6 { .. }) => data6(env, inp, frame, p, vnet),
+        Ok(_) => Err(DropReason::UnsupportedEthertype),
+        Err(r) => Err(*r),
     }
 }
 
