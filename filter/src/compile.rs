@@ -529,7 +529,7 @@ impl Snapshot {
     /// `egress` is asked and [`Snapshot::egress_allows6`] refuses the packet,
     /// else [`Snapshot::admitting_rule6`]. While every instance's IPv6 egress
     /// is open (the default) the egress check is one flag, inline.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new_flow_rule6(
         &self,
         pkt: &Packet6,
