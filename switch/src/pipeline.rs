@@ -274,7 +274,7 @@ pub fn prepare(env: &Env<'_>, frame: &[u8]) -> Result<Parsed, DropReason> {
         }
         Parsed::Ipv6 { pkt, .. } => {
             for addr in env.ct.bucket_addrs(pkt) {
-                sys::prefetch(addr, BUCKET_BYTES6);
+                sys::prefetch_lines::<{ BUCKET_BYTES6 / sys::CACHE_LINE }>(addr);
             }
         }
         Parsed::Arp { .. } => {}
@@ -883,9 +883,8 @@ fn decide<'t>(
 /// [`nd::parse`]. (When the parser accepts a frame, `nd::parse` accepts it
 /// too, with the same addresses, and its protocol after an optional
 /// hop-by-hop header is ICMPv6 only if the parser's, after every extension
-/// header, is.) Everything else goes through [`nd6`]. Not inlined: the
-/// shared dispatch stays as small for IPv4 as it was.
-#[inline(never)]
+/// header, is.) Everything else goes through [`nd6`].
+#[inline]
 fn decide6<'t>(
     env: &Env<'t>,
     inp: &Port,
