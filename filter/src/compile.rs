@@ -2530,9 +2530,15 @@ mod tests {
             let i = s.instance_by_ip6(ip6).expect("present");
             assert_eq!(s.instance(i).ip, Ipv4Addr::new(10, 0, 1, n));
             assert_eq!(s.instance(i).ip6, Some(ip6));
+            assert_eq!(s.instance_ip4_by_ip6(ip6), Some(Ipv4Addr::new(10, 0, 1, n)));
         }
         let other = crate::model::eui64_address(p, [2, 0, 0, 0, 2, 0]);
         assert_eq!(s.instance_by_ip6(other), None);
+        assert_eq!(s.instance_ip4_by_ip6(other), None);
+        // The same interface identifier under another prefix is no instance.
+        let elsewhere =
+            crate::model::eui64_address("fd00:1::/64".parse().expect("prefix"), [2, 0, 0, 0, 1, 7]);
+        assert_eq!(s.instance_by_ip6(elsewhere), None);
         assert_eq!(compile(&model(&[], &[]), 1).instance_by_ip6(other), None);
     }
 
