@@ -328,6 +328,97 @@ impl IpIndex {
     }
 }
 
+/// One IPv6 address-index entry: the address (as two words, high first), the
+/// instance, its IPv4 address (the key of its port and quota counter) and its
+/// group-table list, in 32 bytes (half a cache line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
+struct Ip6Slot {
+    hi: u64,
+    lo: u64,
+    inst: u32,
+    ip4: u32,
+    /// `lists[list_off..list_off + list_len]`: the instance's group tables.
+    list_off: u32,
+    list_len: u32,
+}
+
+/// Open-addressing IPv6 → instance index, ≤ 50% load: [`IpIndex`] for the
+/// dual-stack instances' IPv6 addresses (a lookup is a hash and usually one
+/// probe, like IPv4's, where a binary search over 1,000 addresses takes ten
+/// dependent steps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IpIndex6 {
+    slots: Arc<[Ip6Slot]>,
+    mask: usize,
+}
+
+impl IpIndex6 {
+    /// `entries`: (address, instance, its IPv4 address, its list); the
+    /// addresses are distinct.
+    fn build(entries: &[(Ipv6Addr, u32, Ipv4Addr, (u32, u32))]) -> IpIndex6 {
+        let size = (entries.len() * 2).next_power_of_two().max(8);
+        let empty = Ip6Slot {
+            hi: 0,
+            lo: 0,
+            inst: NO_INST,
+            ip4: 0,
+            list_off: 0,
+            list_len: 0,
+        };
+        let mut slots = vec![empty; size];
+        let mask = size - 1;
+        for &(ip, inst, ip4, (list_off, list_len)) in entries {
+            let (hi, lo) = Self::words(ip);
+            let mut h = Self::hash(hi, lo) & mask;
+            while slots[h].inst != NO_INST {
+                h = (h + 1) & mask;
+            }
+            slots[h] = Ip6Slot {
+                hi,
+                lo,
+                inst,
+                ip4: u32::from(ip4),
+                list_off,
+                list_len,
+            };
+        }
+        IpIndex6 {
+            slots: slots.into(),
+            mask,
+        }
+    }
+
+    #[inline(always)]
+    fn words(ip: Ipv6Addr) -> (u64, u64) {
+        let v = u128::from(ip);
+        ((v >> 64) as u64, v as u64)
+    }
+
+    /// Both halves folded (instances share the /64 prefix and differ in the
+    /// interface identifier), then IPv4's multiplicative hash.
+    #[inline(always)]
+    fn hash(hi: u64, lo: u64) -> usize {
+        ((hi ^ lo).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+    }
+
+    #[inline(always)]
+    fn get(&self, ip: Ipv6Addr) -> Option<&Ip6Slot> {
+        let (hi, lo) = Self::words(ip);
+        let mut h = Self::hash(hi, lo) & self.mask;
+        loop {
+            let e = &self.slots[h];
+            if e.inst == NO_INST {
+                return None;
+            }
+            if e.lo == lo && e.hi == hi {
+                return Some(e);
+            }
+            h = (h + 1) & self.mask;
+        }
+    }
+}
+
 /// The compiled, immutable security-group state at one generation.
 ///
 /// Every part is behind an `Arc`: a snapshot made after an edit shares all it
@@ -340,8 +431,8 @@ pub struct Snapshot {
     generation: u64,
     instances: Arc<[SnapInstance]>,
     ip_index: IpIndex,
-    /// `(IPv6 address, instance)` of the dual-stack instances, sorted.
-    ip6_index: Arc<[(Ipv6Addr, u32)]>,
+    /// The dual-stack instances by IPv6 address.
+    ip6_index: IpIndex6,
     /// Words per instance membership bitset.
     words: usize,
     /// `instances.len() * words` membership bits.
@@ -368,6 +459,8 @@ pub struct Snapshot {
     /// Every instance's egress is open ([`SnapInstance::egress_open`], the
     /// default): egress allows every packet without looking the source up.
     egress_open_all: bool,
+    /// The same for IPv6 ([`SnapInstance::egress_open6`]).
+    egress_open6_all: bool,
 }
 
 impl Snapshot {
@@ -391,14 +484,15 @@ impl Snapshot {
     /// The instance with this IPv6 address.
     #[inline]
     pub fn instance_by_ip6(&self, ip: Ipv6Addr) -> Option<InstIdx> {
-        // Compared as integers (`u128::from` keeps the address order): one
-        // compare per step where `Ipv6Addr`'s order compares byte by byte.
-        let key = u128::from(ip);
-        let i = self
-            .ip6_index
-            .binary_search_by(|e| u128::from(e.0).cmp(&key))
-            .ok()?;
-        Some(InstIdx(self.ip6_index[i].1))
+        self.ip6_index.get(ip).map(|e| InstIdx(e.inst))
+    }
+
+    /// The IPv4 address of the instance with this IPv6 address (what its
+    /// port and its quota counter are keyed by): [`Snapshot::instance_by_ip6`]
+    /// and [`SnapInstance::ip`] in one lookup.
+    #[inline]
+    pub fn instance_ip4_by_ip6(&self, ip: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.ip6_index.get(ip).map(|e| Ipv4Addr::from(e.ip4))
     }
 
     /// [`Snapshot::admitting_rule`] for IPv6: the slot of the first rule, in
@@ -414,9 +508,9 @@ impl Snapshot {
         if let Frag::Later { .. } = pkt.frag {
             return None;
         }
-        let dst = self.instance_by_ip6(pkt.key.dst)?;
-        let (off, len) = self.instances[dst.index()].list;
-        let list = &self.lists[off as usize..(off + len) as usize];
+        let dst = self.ip6_index.get(pkt.key.dst)?;
+        let off = dst.list_off as usize;
+        let list = &self.lists[off..off + dst.list_len as usize];
         let (p, key) = v6::proto_key(pkt);
         let src = pkt.key.src;
         let mut member: Option<&[u64]> = None;
@@ -431,6 +525,22 @@ impl Snapshot {
         None
     }
 
+    /// [`Snapshot::new_flow_rule`] for IPv6: `Err(NoEgressRule)` when
+    /// `egress` is asked and [`Snapshot::egress_allows6`] refuses the packet,
+    /// else [`Snapshot::admitting_rule6`]. While every instance's IPv6 egress
+    /// is open (the default) the egress check is one flag, inline.
+    #[inline(always)]
+    pub(crate) fn new_flow_rule6(
+        &self,
+        pkt: &Packet6,
+        egress: bool,
+    ) -> Result<Option<RuleSlot>, DropReason> {
+        if egress && !self.egress_open6_all && !self.egress_allows6(pkt) {
+            return Err(DropReason::NoEgressRule);
+        }
+        Ok(self.admitting_rule6(pkt))
+    }
+
     /// Does IPv6 ingress allow `pkt`? ([`Snapshot::admitting_rule6`] is
     /// `Some`.)
     #[inline]
@@ -440,13 +550,17 @@ impl Snapshot {
 
     /// [`Snapshot::egress_allows`] for IPv6: true when the source is not an
     /// instance or one of its groups has the default "all to `::/0`" rule
-    /// (one flag); else when one of its groups' egress rules that apply to
+    /// (one flag; while every instance's IPv6 egress is open, the default,
+    /// one flag without looking the source up); else when one of its groups' egress rules that apply to
     /// IPv6 matches the protocol, port / ICMPv6 type and the destination (an
     /// IPv6 CIDR, or a group of which the destination is a verified member
     /// instance). False for non-first fragments of a restricted source. No
     /// lock, no allocation.
     #[inline]
     pub fn egress_allows6(&self, pkt: &Packet6) -> bool {
+        if self.egress_open6_all {
+            return true;
+        }
         let Some(src) = self.instance_by_ip6(pkt.key.src) else {
             return true;
         };
@@ -935,7 +1049,7 @@ type GroupKey = (Owner, String);
 struct Members {
     instances: Arc<[SnapInstance]>,
     ip_index: IpIndex,
-    ip6_index: Arc<[(Ipv6Addr, u32)]>,
+    ip6_index: IpIndex6,
     words: usize,
     member_bits: Arc<[u64]>,
     lists: Arc<[u32]>,
@@ -943,6 +1057,8 @@ struct Members {
     elists: Arc<[u32]>,
     /// See [`Snapshot`]'s field.
     egress_open_all: bool,
+    /// See [`Snapshot`]'s field.
+    egress_open6_all: bool,
 }
 
 /// The incremental compiler: the compiled state of a model, updated edit by
@@ -1020,13 +1136,14 @@ impl Compiler {
             members: Members {
                 instances: Arc::new([]),
                 ip_index: IpIndex::build(&[]),
-                ip6_index: Arc::new([]),
+                ip6_index: IpIndex6::build(&[]),
                 words: 1,
                 member_bits: Arc::new([]),
                 lists: Arc::new([]),
                 policies: 0,
                 elists: Arc::new([]),
                 egress_open_all: true,
+                egress_open6_all: true,
             },
             published: None,
             alloc: SlotAlloc::default(),
@@ -1158,6 +1275,7 @@ impl Compiler {
                 .get_or_insert_with(|| self.etables6.iter().cloned().collect())
                 .clone(),
             egress_open_all: m.egress_open_all,
+            egress_open6_all: m.egress_open6_all,
         }
     }
 
@@ -1401,18 +1519,19 @@ impl Compiler {
         }
         let policies = lists.iter().collect::<BTreeSet<_>>().len();
         let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
-        let mut ip6s: Vec<(Ipv6Addr, u32)> = instances
+        let ip6s: Vec<(Ipv6Addr, u32, Ipv4Addr, (u32, u32))> = instances
             .iter()
             .enumerate()
-            .filter_map(|(i, inst)| Some((inst.ip6?, i as u32)))
+            .filter_map(|(i, inst)| Some((inst.ip6?, i as u32, inst.ip, inst.list)))
             .collect();
-        ip6s.sort_unstable();
         let egress_open_all = instances.iter().all(|i| i.egress_open);
+        let egress_open6_all = instances.iter().all(|i| i.egress_open6);
         self.members = Members {
             egress_open_all,
+            egress_open6_all,
             instances: instances.into(),
             ip_index: IpIndex::build(&ips),
-            ip6_index: ip6s.into(),
+            ip6_index: IpIndex6::build(&ip6s),
             words,
             member_bits: member_bits.into(),
             lists: lists.into(),
@@ -1837,6 +1956,7 @@ mod tests {
         };
         let snap = compile(&m, 1);
         assert!(snap.egress_open_all);
+        assert!(snap.egress_open6_all);
         assert_eq!(check(&snap), (0, 4));
         // web's egress restricted to db 5432: the flag goes, the rules decide.
         let o = owner();
@@ -1851,6 +1971,7 @@ mod tests {
         .expect("group destination");
         let snap = compile(&m, 2);
         assert!(!snap.egress_open_all);
+        assert!(!snap.egress_open6_all);
         assert_eq!(check(&snap), (3, 3));
     }
 
@@ -2409,9 +2530,15 @@ mod tests {
             let i = s.instance_by_ip6(ip6).expect("present");
             assert_eq!(s.instance(i).ip, Ipv4Addr::new(10, 0, 1, n));
             assert_eq!(s.instance(i).ip6, Some(ip6));
+            assert_eq!(s.instance_ip4_by_ip6(ip6), Some(Ipv4Addr::new(10, 0, 1, n)));
         }
         let other = crate::model::eui64_address(p, [2, 0, 0, 0, 2, 0]);
         assert_eq!(s.instance_by_ip6(other), None);
+        assert_eq!(s.instance_ip4_by_ip6(other), None);
+        // The same interface identifier under another prefix is no instance.
+        let elsewhere =
+            crate::model::eui64_address("fd00:1::/64".parse().expect("prefix"), [2, 0, 0, 0, 1, 7]);
+        assert_eq!(s.instance_by_ip6(elsewhere), None);
         assert_eq!(compile(&model(&[], &[]), 1).instance_by_ip6(other), None);
     }
 

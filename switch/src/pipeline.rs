@@ -81,6 +81,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use filter::conntrack::{BUCKET_BYTES, BUCKET_BYTES6, Family};
+use filter::model::{eui64_address, link_local_address};
 use filter::parse::{ARP_REPLY, ARP_REQUEST, Arp, Eth, Parsed};
 use filter::{Conntrack, DropReason, Frag, L4, Mac, Packet, Snapshot, parse_frame, proto};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -279,7 +280,7 @@ pub fn prepare(env: &Env<'_>, frame: &[u8], out: &mut Result<Parsed, DropReason>
         }
         Ok(Parsed::Ipv6 { pkt, .. }) => {
             for addr in env.ct.bucket_addrs(pkt) {
-                sys::prefetch(addr, BUCKET_BYTES6);
+                sys::prefetch_lines::<{ BUCKET_BYTES6 / sys::CACHE_LINE }>(addr);
             }
         }
         Ok(Parsed::Arp { .. }) | Err(_) => {}
@@ -464,16 +465,17 @@ fn decide_other<'t>(
     parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
 ) -> Result<Action<'t>, DropReason> {
-    match *parsed {
+    match parsed {
         // Untagged IPv6: housekeeping from the raw bytes ([`crate::nd`]),
         // data by its parsed facts.
         p @ (Ok(Parsed::Ipv6 { .. }) | Err(_)) if nd::is_ipv6(frame) => {
             decide6(env, inp, frame, p, vnet)
         }
-        p => p.and_then(|p| {
-            check_offload(&p, vnet)?;
-            decide(env, inp, frame, &p)
-        }),
+        Ok(p) => {
+            check_offload(p, vnet)?;
+            decide(env, inp, frame, p)
+        }
+        Err(r) => Err(*r),
     }
 }
 
@@ -1074,49 +1076,68 @@ fn overlay_action<'t>(
 /// discovery, router solicitations, MLD) from its raw bytes ([`crate::nd`]),
 /// data by the parser's facts (`parsed`, whose refusal is the drop reason):
 /// source check, destination, [`judge_for`].
+///
+/// A frame the parser accepted whose upper layer is not ICMPv6 (TCP, UDP,
+/// ...) is no housekeeping, and its Ethernet and IP header facts are the
+/// parser's: [`data6`] judges it without reading it a second time with
+/// [`nd::parse`]. (When the parser accepts a frame, `nd::parse` accepts it
+/// too, with the same addresses, and its protocol after an optional
+/// hop-by-hop header is ICMPv6 only if the parser's, after every extension
+/// header, is.) Everything else goes through [`nd6`].
+#[inline]
 fn decide6<'t>(
     env: &Env<'t>,
     inp: &Port,
     frame: &[u8],
-    parsed: Result<Parsed, DropReason>,
+    parsed: &Result<Parsed, DropReason>,
     vnet: &VnetHdr,
 ) -> Result<Action<'t>, DropReason> {
-    let v = match nd::parse(frame) {
-        Ok(v) => v,
-        // The parser's reason when it has one (e.g. a bad extension header).
-        Err(r) => return Err(parsed.err().unwrap_or(r)),
-    };
-    let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
-    if housekeeping.is_some() && !vnet.is_plain() {
-        return Err(DropReason::BadOffload);
-    }
-    // A data packet: the parser's facts (its refusal is the drop reason).
-    let data = |parsed: Result<Parsed, DropReason>| match parsed? {
-        p @ Parsed::Ipv6 { pkt, .. } => {
-            check_offload(&p, vnet)?;
-            Ok(pkt)
+    match parsed {
+        Ok(p @ Parsed::Ipv6 { pkt, .. }) if pkt.key.proto != proto::ICMPV6 => {
+            data6(env, inp, frame, p, vnet)
         }
-        _ => Err(DropReason::UnsupportedEthertype),
+        _ => nd6(env, inp, frame, parsed, vnet),
+    }
+}
+
+/// [`decide6`] of a data packet (`parsed`, an IPv6 packet that is no
+/// housekeeping): source check, destination, [`judge_for`].
+#[inline(always)]
+fn data6<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: &Parsed,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    let Parsed::Ipv6 { eth, pkt, .. } = parsed else {
+        return Err(DropReason::UnsupportedEthertype);
     };
+    let (src, dst) = (pkt.key.src, pkt.key.dst);
     match inp.kind {
         Kind::Instance { mac, .. } => {
-            if v.eth_src != mac {
+            if eth.src != mac {
                 return Err(DropReason::SpoofedMac);
             }
-            let own = nd::Own::of(mac, env.net.subnet6);
-            if let Some(t) = housekeeping {
-                return nd_action(env, inp, nd::classify(&v, t, &own)?);
+            check_offload(parsed, vnet)?;
+            // The source must be the instance's address in the /64; its
+            // link-local address ([`nd::Own`]'s `ll`) is refused as data
+            // with nothing to deliver to, and checked first (the two are one
+            // address only with the prefix fe80::/64). The link-local address
+            // is computed only on a refusal.
+            let global = env.net.subnet6.map(|p| eui64_address(p, mac));
+            if Some(src) != global {
+                return Err(if src == link_local_address(mac) {
+                    DropReason::UnknownDestination
+                } else {
+                    DropReason::SpoofedIp
+                });
             }
-            let pkt = data(parsed)?;
-            let (src, dst) = (pkt.key.src, pkt.key.dst);
-            if src == own.ll {
-                // Link-local data: nothing on the other side to deliver to.
+            if (u128::from(src) >> 64) as u64 == 0xfe80_0000_0000_0000 {
+                // `src` is the global address and the link-local one.
                 return Err(DropReason::UnknownDestination);
             }
-            if Some(src) != own.global {
-                return Err(DropReason::SpoofedIp);
-            }
-            if dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
+            if dst.is_multicast() || eth.is_multicast_dst() {
                 return Err(DropReason::Broadcast);
             }
             let (to, dst_mac) = match port_of6(env, dst) {
@@ -1156,7 +1177,7 @@ fn decide6<'t>(
                         .uplink
                         .as_ref()
                         .ok_or(DropReason::UnknownDestination)?;
-                    let m = if v.eth_dst == GATEWAY_MAC {
+                    let m = if eth.dst == GATEWAY_MAC {
                         u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
                     } else {
                         None
@@ -1164,8 +1185,58 @@ fn decide6<'t>(
                     (up, m)
                 }
             };
-            judge_for(env, to, &pkt, frame.len(), |_| false)?;
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
             Ok(Action::Forward { to, dst_mac })
+        }
+        Kind::Uplink => {
+            learn(inp, eth);
+            if claims_instance6(env, src) {
+                return Err(DropReason::UplinkSpoof);
+            }
+            check_offload(parsed, vnet)?;
+            if dst.is_multicast() || eth.is_multicast_dst() {
+                return Err(DropReason::Broadcast);
+            }
+            let to = port_of6(env, dst).ok_or(DropReason::UnknownDestination)?;
+            judge_for(env, to, pkt, frame.len(), |_| false)?;
+            Ok(Action::Forward {
+                to,
+                dst_mac: instance_mac(to),
+            })
+        }
+    }
+}
+
+/// [`decide6`] of everything but non-ICMPv6 data: the frame read by
+/// [`nd::parse`]; housekeeping answered or absorbed, data (ICMPv6 that is no
+/// housekeeping) to [`data6`] after the checks that come first, and a
+/// frame the parser refused dropped for its reason.
+#[inline(never)]
+fn nd6<'t>(
+    env: &Env<'t>,
+    inp: &Port,
+    frame: &[u8],
+    parsed: &Result<Parsed, DropReason>,
+    vnet: &VnetHdr,
+) -> Result<Action<'t>, DropReason> {
+    let v = match nd::parse(frame) {
+        Ok(v) => v,
+        // The parser's reason when it has one (e.g. a bad extension header).
+        Err(r) => return Err(parsed.err().unwrap_or(r)),
+    };
+    let housekeeping = v.icmp_type().filter(|t| nd::is_housekeeping(*t));
+    if housekeeping.is_some() && !vnet.is_plain() {
+        return Err(DropReason::BadOffload);
+    }
+    match inp.kind {
+        Kind::Instance { mac, .. } => {
+            if v.eth_src != mac {
+                return Err(DropReason::SpoofedMac);
+            }
+            if let Some(t) = housekeeping {
+                let own = nd::Own::of(mac, env.net.subnet6);
+                return nd_action(env, inp, nd::classify(&v, t, &own)?);
+            }
         }
         Kind::Uplink => {
             if v.eth_src[0] & 1 == 0 {
@@ -1190,7 +1261,7 @@ fn decide6<'t>(
                                 Ipv6Addr::from(a)
                             })
                             .ok_or(DropReason::TruncatedIpv6)?;
-                    nd_action(
+                    return nd_action(
                         env,
                         inp,
                         Nd::Solicit {
@@ -1198,7 +1269,7 @@ fn decide6<'t>(
                             ip: v.src,
                             target,
                         },
-                    )
+                    );
                 }
                 // The outside's answer to an instance's solicitation (its
                 // target is no address of the switch's side: checked like
@@ -1215,29 +1286,26 @@ fn decide6<'t>(
                     if claims_instance6(env, target) {
                         return Err(DropReason::UplinkSpoof);
                     }
-                    match port_of6(env, v.dst) {
+                    return match port_of6(env, v.dst) {
                         Some(to) => Ok(Action::Forward {
                             to,
                             dst_mac: instance_mac(to),
                         }),
                         None => Ok(Action::NdAbsorb),
-                    }
+                    };
                 }
-                Some(_) => Ok(Action::NdAbsorb),
-                None => {
-                    let pkt = data(parsed)?;
-                    if pkt.key.dst.is_multicast() || v.eth_dst[0] & 1 == 1 {
-                        return Err(DropReason::Broadcast);
-                    }
-                    let to = port_of6(env, pkt.key.dst).ok_or(DropReason::UnknownDestination)?;
-                    judge_for(env, to, &pkt, frame.len(), |_| false)?;
-                    Ok(Action::Forward {
-                        to,
-                        dst_mac: instance_mac(to),
-                    })
-                }
+                Some(_) => return Ok(Action::NdAbsorb),
+                None => {}
             }
         }
+    }
+    // A data packet: the parser's facts (its refusal is the drop reason);
+    // `data6` repeats the checks above (with the same addresses: the
+    // parser's), which it passes.
+    match parsed {
+        Ok(p @ Parsed::Ipv6 { .. }) => data6(env, inp, frame, p, vnet),
+        Ok(_) => Err(DropReason::UnsupportedEthertype),
+        Err(r) => Err(*r),
     }
 }
 
@@ -1269,7 +1337,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
             if router && matches!(inp.kind, Kind::Instance { .. }) {
                 return na(GATEWAY_MAC, true);
             }
-            let Some(i) = env.snap.instance_by_ip6(target) else {
+            let Some(ip4) = env.snap.instance_ip4_by_ip6(target) else {
                 // From an instance, for an address of the outside world in
                 // the /64 (not an instance's, not link-local): asked on the
                 // uplink, as ARP requests are; its answer comes back below.
@@ -1283,7 +1351,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
                     _ => Ok(Action::NdAbsorb),
                 };
             };
-            match env.table.by_ip(env.snap.instance(i).ip) {
+            match env.table.by_ip(ip4) {
                 Some(p) if p.id != inp.id => match p.kind {
                     Kind::Instance { mac: m, .. } => na(m, false),
                     Kind::Uplink => Ok(Action::NdAbsorb),
@@ -1306,8 +1374,7 @@ fn nd_action<'t>(env: &Env<'t>, inp: &Port, nd: Nd) -> Result<Action<'t>, DropRe
 /// the snapshot, so a port the snapshot does not know gets nothing).
 #[inline]
 pub(crate) fn port_of6<'t>(env: &Env<'t>, ip: Ipv6Addr) -> Option<&'t Arc<Port>> {
-    let i = env.snap.instance_by_ip6(ip)?;
-    let p = env.table.by_ip(env.snap.instance(i).ip)?;
+    let p = env.table.by_ip(env.snap.instance_ip4_by_ip6(ip)?)?;
     matches!(p.kind, Kind::Instance { .. }).then_some(p)
 }
 

@@ -264,15 +264,18 @@ impl Family for Ipv6Addr {
     }
     #[inline(always)]
     fn key_hash(k: &Key6, seed: u64) -> usize {
-        // A seeded chain over the address words (each step mixes the seed-
-        // dependent state nonlinearly, so colliding keys cannot be chosen
-        // without the seed), then the IPv4 finaliser with the ports word.
-        let mut h = seed;
-        for w in &k.0[1..] {
-            h = (h ^ w).wrapping_mul(0xA076_1D64_78BD_642F);
-            h ^= h >> 29;
-        }
-        mix(h, k.0[0], seed)
+        // Each endpoint's address words through one seeded folded multiply
+        // (both operands masked by the seed, so no chosen word zeroes a
+        // product and colliding keys cannot be chosen without the seed; the
+        // endpoints with different masks, so swapping them changes the
+        // hash), then the IPv4 finaliser with the ports word. Two
+        // independent multiplies where a chain over the four words took four
+        // dependent steps.
+        let s2 = seed ^ 0xA076_1D64_78BD_642F;
+        let s3 = seed.rotate_left(32) ^ 0xE703_7ED1_A0B4_28DB;
+        let a = fold_mul(k.0[1] ^ seed, k.0[2] ^ s2);
+        let b = fold_mul(k.0[3] ^ s3, k.0[4] ^ s2.rotate_left(32));
+        mix(a ^ b.rotate_left(32), k.0[0], seed)
     }
     #[inline(always)]
     fn flow_key(key: &FlowKey<Ipv6Addr>) -> (Key6, bool) {
@@ -330,15 +333,19 @@ impl Family for Ipv6Addr {
         pkt: &Packet<Ipv6Addr>,
         egress: bool,
     ) -> Result<Option<RuleSlot>, DropReason> {
-        if egress && !snap.egress_allows6(pkt) {
-            return Err(DropReason::NoEgressRule);
-        }
-        Ok(snap.admitting_rule6(pkt))
+        snap.new_flow_rule6(pkt, egress)
     }
     #[inline(always)]
     fn quota_ip(snap: &Snapshot, ip: Self) -> Option<Ipv4Addr> {
-        snap.instance_by_ip6(ip).map(|i| snap.instance(i).ip)
+        snap.instance_ip4_by_ip6(ip)
     }
+}
+
+/// The 128-bit product of `x` and `y`, its halves folded by xor.
+#[inline(always)]
+fn fold_mul(x: u64, y: u64) -> u64 {
+    let p = u128::from(x) * u128::from(y);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 /// The seeded hash of two key words (IPv4's two, or IPv6's five folded).

@@ -216,6 +216,34 @@ pub(super) fn parse_ipv6(eth: Eth, l3: usize, b: &[u8]) -> Result<Parsed, DropRe
     // Every offset below is at most `l3 + ip_len`: make sure that fits u16.
     let end = u16::try_from(l3 + ip_len).map_err(|_| DropReason::MalformedIpv6)?;
     let after = b.get(IPV6_HDR_LEN..).unwrap_or(&[]);
+    // All within `end`, which fits u16 (checked above).
+    let off = |x: usize| u16::try_from(x).unwrap_or(end);
+    if !is_ext_header(ip.next) {
+        // The common case: the upper-layer header right after the fixed
+        // header. The walk would stop at once (no extension header, not a
+        // fragment): the same facts without it.
+        let mut key = FlowKey6 {
+            src: ip.src,
+            dst: ip.dst,
+            proto: ip.next,
+            sport: 0,
+            dport: 0,
+        };
+        let (l4, l4_hdr_len) = parse_l4(ip.next, after, DropReason::TruncatedL4, &mut key)?;
+        let l4_offset = l3 + IPV6_HDR_LEN;
+        return Ok(Parsed::Ipv6 {
+            eth,
+            pkt: Packet6 {
+                key,
+                l4,
+                frag: Frag::None,
+            },
+            l3_offset: off(l3),
+            l4_offset: off(l4_offset),
+            payload_offset: off(l4_offset + l4_hdr_len),
+            ip_len: off(ip_len),
+        });
+    }
     let chain = walk(ip.next, after, DropReason::BadIpv6ExtHeader)?;
     let mut key = FlowKey6 {
         src: ip.src,
@@ -242,8 +270,6 @@ pub(super) fn parse_ipv6(eth: Eth, l3: usize, b: &[u8]) -> Result<Parsed, DropRe
         }
     };
     let l4_offset = l3 + IPV6_HDR_LEN + chain.len;
-    // All within `end`, which fits u16 (checked above).
-    let off = |x: usize| u16::try_from(x).unwrap_or(end);
     Ok(Parsed::Ipv6 {
         eth,
         pkt: Packet6 {
@@ -260,6 +286,9 @@ pub(super) fn parse_ipv6(eth: Eth, l3: usize, b: &[u8]) -> Result<Parsed, DropRe
 
 /// Parse the upper-layer header at the start of `b` (whole packet or first
 /// fragment), filling the ports of `key`: the L4 facts and header length.
+/// Inlined into both paths of [`parse_ipv6`] (a call and the copies of its
+/// facts cost about as much as the TCP header itself).
+#[inline(always)]
 fn parse_l4(
     proto_num: u8,
     b: &[u8],
