@@ -527,6 +527,12 @@ pub struct UpArgs {
     /// Pin workers to cores.
     #[arg(long)]
     pub pin_cores: bool,
+    /// Scheduling of the edit path (the API connection threads and the
+    /// management thread): fifo = SCHED_FIFO at the lowest real-time priority
+    /// (falls back to nice with a warning when refused), nice = nice -10,
+    /// normal = as any thread. See `mgmt::sched`.
+    #[arg(long, value_enum, default_value_t = crate::sched::EditPriority::Fifo)]
+    pub edit_priority: crate::sched::EditPriority,
     /// Kernel of the QEMU guest image (`run-instances --qemu`).
     #[arg(long, env = "SG_GUEST_KERNEL")]
     pub qemu_kernel: Option<PathBuf>,

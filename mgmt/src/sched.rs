@@ -1,0 +1,87 @@
+//! Scheduling of the edit path (issue 13): the threads a rule edit passes
+//! through in the daemon — the API connection's thread that reads the request
+//! and the management thread that applies and publishes it — run ahead of
+//! ordinary threads, so an edit is not left waiting behind busy ones (the
+//! forwarding worker, the guests, the endpoints' own load, builds) when it
+//! wakes them.
+//!
+//! `sgswitch up --edit-priority`:
+//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
+//!   real-time one): such a thread runs as soon as it wakes. Both threads
+//!   block between requests and do bounded work per request (a request line
+//!   is capped, an edit costs what it changes), and the kernel's real-time
+//!   budget (`sched_rt_runtime_us`, 95 % by default) bounds them anyway.
+//!   Processes started from them (QEMU, helpers) are reset to normal
+//!   scheduling (`SCHED_RESET_ON_FORK`).
+//! * `nice`: normal scheduling at nice [`NICE`] (when `SCHED_FIFO` is
+//!   refused, e.g. without `CAP_SYS_NICE` or with no real-time budget in the
+//!   daemon's cgroup, `fifo` falls back to this, with a warning).
+//! * `normal`: as any thread (the behaviour before).
+//!
+//! A refusal is logged once as a warning and the thread runs on as it was.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Real-time priority of the edit path under `fifo` (1: the lowest).
+pub const FIFO_PRIORITY: i32 = 1;
+/// Nice value of the edit path under `nice` (and `fifo`'s fallback).
+pub const NICE: i32 = -10;
+
+/// How the edit path's threads are scheduled (`up --edit-priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EditPriority {
+    /// `SCHED_FIFO`, lowest real-time priority (falls back to `nice`).
+    #[default]
+    Fifo,
+    /// Normal scheduling at nice -10.
+    Nice,
+    /// Normal scheduling at the process's nice value.
+    Normal,
+}
+
+/// The daemon's choice; threads read it when they start ([`apply`]).
+static CHOSEN: AtomicU8 = AtomicU8::new(EditPriority::Normal as u8);
+/// A refusal was logged already.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Sets the priority [`apply`] gives the edit path's threads from now on
+/// (the daemon, at start; outside a daemon it stays `normal`).
+pub fn choose(p: EditPriority) {
+    CHOSEN.store(p as u8, Ordering::Relaxed);
+}
+
+/// The current choice.
+pub fn chosen() -> EditPriority {
+    match CHOSEN.load(Ordering::Relaxed) {
+        x if x == EditPriority::Fifo as u8 => EditPriority::Fifo,
+        x if x == EditPriority::Nice as u8 => EditPriority::Nice,
+        _ => EditPriority::Normal,
+    }
+}
+
+/// Gives the calling thread (`what`, for the log) the chosen priority.
+/// Returns what it got.
+pub fn apply(what: &str) -> EditPriority {
+    let want = chosen();
+    let warn = |how: &str, e: &std::io::Error| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                thread = what,
+                "edit priority: {how} refused ({e}); edits may wait behind busy threads"
+            );
+        }
+    };
+    if want == EditPriority::Fifo {
+        match switch::sys::set_thread_fifo(FIFO_PRIORITY) {
+            Ok(()) => return EditPriority::Fifo,
+            Err(e) => warn("SCHED_FIFO", &e),
+        }
+    }
+    if want != EditPriority::Normal {
+        match switch::sys::set_thread_nice(NICE) {
+            Ok(()) => return EditPriority::Nice,
+            Err(e) => warn(&format!("nice {NICE}"), &e),
+        }
+    }
+    EditPriority::Normal
+}
