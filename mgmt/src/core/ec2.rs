@@ -23,8 +23,13 @@ use filter::model::Rule;
 pub(super) struct Ec2State {
     pub(super) keys: BTreeMap<String, AccessKeyRecord>,
     pub(super) tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
-    /// (group id, rule) → id and description.
-    pub(super) rules: BTreeMap<(String, Rule), RuleMeta>,
+    /// (group id, rule) → id and description. Changed only through
+    /// [`Ec2State::put_rule`], [`Ec2State::drop_rule`] and
+    /// [`Ec2State::drop_group`], which keep [`Ec2State::rule_ids`] in step.
+    rules: BTreeMap<(String, Rule), RuleMeta>,
+    /// The ids of `rules`: a new id is checked against it (an edit costs what
+    /// it adds, not a scan or a copy of every rule's facts).
+    rule_ids: BTreeSet<String>,
     /// Resource id → key → value.
     pub(super) tags: BTreeMap<String, BTreeMap<String, String>>,
     /// For the rules the current command adds (normalised rule → id to keep,
@@ -73,8 +78,9 @@ impl Ec2State {
             ..Ec2State::default()
         };
         for m in rule_meta {
-            st.rules.insert(
-                (m.group_id, m.rule),
+            st.put_rule(
+                m.group_id,
+                m.rule,
                 RuleMeta {
                     id: m.rule_id,
                     description: m.description,
@@ -89,15 +95,51 @@ impl Ec2State {
         }
         st
     }
+
+    /// Whether some rule has id `id`.
+    pub(super) fn rule_id_taken(&self, id: &str) -> bool {
+        self.rule_ids.contains(id)
+    }
+
+    /// Keeps `meta` for `rule` of group `group_id` (replacing what it had).
+    pub(super) fn put_rule(&mut self, group_id: String, rule: Rule, meta: RuleMeta) {
+        let id = meta.id.clone();
+        if let Some(old) = self.rules.insert((group_id, rule), meta)
+            && old.id != id
+        {
+            self.rule_ids.remove(&old.id);
+        }
+        self.rule_ids.insert(id);
+    }
+
+    /// Drops the facts of `rule` of group `group_id`.
+    pub(super) fn drop_rule(&mut self, group_id: String, rule: Rule) {
+        if let Some(old) = self.rules.remove(&(group_id, rule)) {
+            self.rule_ids.remove(&old.id);
+        }
+    }
+
+    /// Drops the facts of every rule of group `group_id`.
+    pub(super) fn drop_group(&mut self, group_id: &str) {
+        let ids = &mut self.rule_ids;
+        self.rules.retain(|(g, _), m| {
+            let keep = g != group_id;
+            if !keep {
+                ids.remove(&m.id);
+            }
+            keep
+        });
+    }
 }
 
 /// A new `sgr-` id: 17 hex digits.
-fn new_rule_id(taken: &BTreeMap<(String, Rule), RuleMeta>) -> String {
+/// Not one `taken` says is in use; the caller records it there.
+fn new_rule_id(mut taken: impl FnMut(&str) -> bool) -> String {
     loop {
         let mut b = [0u8; 9];
         getrandom::fill(&mut b).expect("the kernel's random source (getrandom) failed");
         let id = format!("sgr-{}", &crate::ec2::sigv4::hex(&b)[..17]);
-        if !taken.values().any(|m| m.id == id) {
+        if !taken(&id) {
             return id;
         }
     }
@@ -465,15 +507,18 @@ impl Core {
         let tags = std::mem::take(&mut self.ec2.pending_tags);
         let mut edits = Vec::new();
         let mut after = Vec::new();
-        let mut taken = self.ec2.rules.clone();
+        // Ids given in this commit (not yet in `self.ec2`).
+        let mut given: BTreeSet<String> = BTreeSet::new();
+        let ec2 = &self.ec2;
         let mut new_rules =
             |group_id: &str, rules: &[Rule], edits: &mut Vec<Edit>, after: &mut Vec<MetaChange>| {
                 for r in rules {
                     let mut meta = pending.remove(r).unwrap_or_default();
                     if meta.id.is_empty() {
-                        meta.id = new_rule_id(&taken);
+                        meta.id =
+                            new_rule_id(|id| ec2.rule_id_taken(id) || given.contains(id));
                     }
-                    taken.insert((group_id.to_owned(), r.clone()), meta.clone());
+                    given.insert(meta.id.clone());
                     edits.push(Edit::PutRuleMeta(RuleMetaRecord {
                         group_id: group_id.to_owned(),
                         rule: r.clone(),
@@ -538,13 +583,9 @@ impl Core {
     pub(super) fn apply_meta(&mut self, after: Vec<MetaChange>) {
         for m in after {
             match m {
-                MetaChange::PutRule(g, r, meta) => {
-                    self.ec2.rules.insert((g, r), meta);
-                }
-                MetaChange::DropRule(g, r) => {
-                    self.ec2.rules.remove(&(g, r));
-                }
-                MetaChange::DropGroup(g) => self.ec2.rules.retain(|(id, _), _| *id != g),
+                MetaChange::PutRule(g, r, meta) => self.ec2.put_rule(g, r, meta),
+                MetaChange::DropRule(g, r) => self.ec2.drop_rule(g, r),
+                MetaChange::DropGroup(g) => self.ec2.drop_group(&g),
                 MetaChange::PutTags(id, tags) => {
                     let t = self.ec2.tags.entry(id).or_default();
                     for tag in tags {
@@ -710,8 +751,9 @@ impl Core {
         self.store.commit(&edits).map_err(store_failed)?;
         self.edits += 1;
         for m in metas {
-            self.ec2.rules.insert(
-                (m.group_id, m.rule),
+            self.ec2.put_rule(
+                m.group_id,
+                m.rule,
                 RuleMeta {
                     id: m.rule_id,
                     description: m.description,
@@ -975,4 +1017,68 @@ fn rule_not_found(id: &str) -> ApiError {
             id.escape_default()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(port: u16) -> Rule {
+        Rule {
+            proto: filter::model::Proto::Tcp,
+            ports: filter::model::Ports::Range(port, port),
+            source: filter::model::Source::Cidr("10.0.0.0/8".parse().unwrap()),
+        }
+    }
+
+    fn meta(id: &str) -> RuleMeta {
+        RuleMeta {
+            id: id.into(),
+            description: String::new(),
+        }
+    }
+
+    /// The id index follows every way rule facts change: loaded, put,
+    /// replaced with another id, dropped one by one and by group.
+    #[test]
+    fn rule_id_index_follows_the_rule_facts() {
+        let rec = |g: &str, p: u16, id: &str| RuleMetaRecord {
+            group_id: g.into(),
+            rule: rule(p),
+            rule_id: id.into(),
+            description: String::new(),
+        };
+        let mut st = Ec2State::load(
+            Vec::new(),
+            Vec::new(),
+            vec![rec("sg-1", 1, "sgr-a"), rec("sg-1", 2, "sgr-b")],
+            Vec::new(),
+        );
+        assert!(st.rule_id_taken("sgr-a") && st.rule_id_taken("sgr-b"));
+        assert!(!st.rule_id_taken("sgr-c"));
+        st.put_rule("sg-2".into(), rule(1), meta("sgr-c"));
+        assert!(st.rule_id_taken("sgr-c"));
+        // The same rule again under another id: the old id is free again.
+        st.put_rule("sg-2".into(), rule(1), meta("sgr-d"));
+        assert!(!st.rule_id_taken("sgr-c") && st.rule_id_taken("sgr-d"));
+        st.drop_rule("sg-1".into(), rule(1));
+        assert!(!st.rule_id_taken("sgr-a") && st.rule_id_taken("sgr-b"));
+        st.drop_group("sg-1");
+        assert!(!st.rule_id_taken("sgr-b"));
+        assert!(st.rule_id_taken("sgr-d"), "another group's rule stays");
+        assert_eq!(st.rules.len(), 1);
+        assert_eq!(st.rule_ids.len(), 1);
+    }
+
+    /// A new id is never one already in use.
+    #[test]
+    fn new_rule_ids_avoid_taken_ones() {
+        let mut seen = 0;
+        let id = new_rule_id(|_| {
+            seen += 1;
+            seen < 3
+        });
+        assert_eq!(seen, 3, "drew again while the id was taken");
+        assert!(id.starts_with("sgr-") && id.len() == 21, "{id}");
+    }
 }
