@@ -377,7 +377,7 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
                     "EDIT-LATENCY rules={} edits={} misses={} enforce_us_p50_p99 {:.0} {:.0} \
                      ack_us_p50_p99 {:.0} {:.0} revoke_us_p50_p99 {:.0} {:.0} \
                      enforce_rx_us_p50_p99 {:.0} {:.0} enforce_sent_us_p50_p99 {:.0} {:.0} \
-                     probe_gap_us_p50_p99_max {:.0} {:.0} {:.0} launches {} launch_us_p50_p99 {:.0} {:.0} \
+                     probe_gap_us_p50_p99_max {:.0} {:.0} {:.0} transit_us_p50_p99 {:.0} {:.0} launches {} launch_us_p50_p99 {:.0} {:.0} \
                      daemon_publish_us_p50_p99 {} daemon_commit_us_p50_p99 {} load {}",
                     e.total_rules.map_or("?".into(), |n| n.to_string()),
                     e.enforce_us.len() + e.misses,
@@ -395,6 +395,8 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
                     pct(&e.probe_gap_us, 50.0),
                     pct(&e.probe_gap_us, 99.0),
                     pct(&e.probe_gap_us, 100.0),
+                    pct(&e.transit_us, 50.0),
+                    pct(&e.transit_us, 99.0),
                     e.launch_us.len(),
                     pct(&e.launch_us, 50.0),
                     pct(&e.launch_us, 99.0),

@@ -66,6 +66,10 @@ pub struct EditResult {
     /// authorize sent → the first passing datagram was sent (µs; may be < 0
     /// when it was sent before the edit and queued).
     pub enforce_sent_us: Vec<f64>,
+    /// Every received probe datagram's transit: sent → kernel receive time
+    /// stamp in the target's namespace (µs): the datapath's own delay under
+    /// the load, part of every enforce time.
+    pub transit_us: Vec<f64>,
     /// Gap before the first passing datagram: its send time − the previous
     /// datagram's (µs): how late the probe itself was.
     pub probe_gap_us: Vec<f64>,
@@ -506,6 +510,9 @@ pub fn probe_edits(
             };
             match first {
                 Some(a) => {
+                    if let Some(s) = sent(a.seq) {
+                        res.transit_us.push(signed_micros(a.kernel, s));
+                    }
                     res.enforce_us.push(micros(a.user - t0));
                     res.enforce_rx_us.push(signed_micros(a.kernel, t0));
                     if let Some(s) = sent(a.seq) {
@@ -523,6 +530,9 @@ pub fn probe_edits(
             editor.deny()?;
             let mut last = None;
             while let Ok(a) = arrivals.recv_timeout(QUIET) {
+                if let Some(s) = sent(a.seq) {
+                    res.transit_us.push(signed_micros(a.kernel, s));
+                }
                 if a.user >= t2 {
                     last = Some(a.user);
                 }
