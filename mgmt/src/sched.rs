@@ -85,3 +85,52 @@ pub fn apply(what: &str) -> EditPriority {
     }
     EditPriority::Normal
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each choice gives a new thread what it names (as root; a refused
+    /// `fifo` must fall back to `nice`, never error out), and processes it
+    /// starts run normally again. One test: the choice is process-wide.
+    #[test]
+    fn apply_gives_the_thread_the_chosen_priority() {
+        let run = |p: EditPriority| {
+            choose(p);
+            std::thread::spawn(|| {
+                let got = apply("test");
+                let sched = switch::sys::thread_sched().unwrap();
+                // A child started from this thread: nice 0, SCHED_OTHER.
+                let child = std::process::Command::new("sh")
+                    .args(["-c", "cut -d' ' -f19,41 /proc/self/stat"])
+                    .output()
+                    .unwrap();
+                (got, sched, String::from_utf8_lossy(&child.stdout).trim().to_owned())
+            })
+            .join()
+            .unwrap()
+        };
+        let root = nix::unistd::geteuid().is_root();
+        let (got, (policy, _), _) = run(EditPriority::Normal);
+        assert_eq!(got, EditPriority::Normal);
+        assert_eq!(policy, switch::sys::SCHED_OTHER);
+        let (got, (policy, nice), child) = run(EditPriority::Nice);
+        if root {
+            assert_eq!(got, EditPriority::Nice);
+            assert_eq!((policy, nice), (switch::sys::SCHED_OTHER, NICE));
+            assert_eq!(child, "0 0", "the child's nice and policy are reset");
+        } else {
+            assert!(matches!(got, EditPriority::Nice | EditPriority::Normal));
+        }
+        let (got, (policy, nice), child) = run(EditPriority::Fifo);
+        match got {
+            EditPriority::Fifo => {
+                assert_eq!(policy, switch::sys::SCHED_FIFO);
+                assert_eq!(child, "0 0", "the child runs SCHED_OTHER at nice 0");
+            }
+            EditPriority::Nice => assert_eq!((policy, nice), (switch::sys::SCHED_OTHER, NICE)),
+            EditPriority::Normal => assert!(!root, "root gets fifo or nice"),
+        }
+        choose(EditPriority::Normal);
+    }
+}

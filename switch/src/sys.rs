@@ -1180,6 +1180,11 @@ pub fn gettid() -> i32 {
 // Scheduling of latency-critical threads
 // ---------------------------------------------------------------------------
 
+/// `SCHED_OTHER`, the normal policy (as [`thread_sched`] reports it).
+pub const SCHED_OTHER: c_int = libc::SCHED_OTHER;
+/// `SCHED_FIFO` (as [`thread_sched`] reports it).
+pub const SCHED_FIFO: c_int = libc::SCHED_FIFO;
+
 /// Puts the calling thread in `SCHED_FIFO` at `prio` (1..=99), with
 /// `SCHED_RESET_ON_FORK` so processes it starts (QEMU, helpers) run as normal
 /// threads again. `EPERM` without `CAP_SYS_NICE` (or an RT budget of 0 in

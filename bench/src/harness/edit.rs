@@ -470,6 +470,10 @@ pub fn probe_edits(
             ep.clients[0], ep.label
         ));
     }
+    // E2EBENCH_EDIT_DUMP=FILE: every edit's times and every probe arrival,
+    // in µs since the probe started (diagnosis).
+    let dump_path = std::env::var_os("E2EBENCH_EDIT_DUMP");
+    let mut dump: Option<Vec<String>> = dump_path.as_ref().map(|_| Vec::new());
     let run = (|| -> Result<()> {
         // Warm up ARP and the connection, then start from a removed rule.
         editor.allow()?;
@@ -496,9 +500,13 @@ pub fn probe_edits(
             }
             drain(&arrivals);
             let t0 = Instant::now();
+            let rel = |t: Instant| signed_micros(t, base);
             editor.allow()?;
             let t_ack = Instant::now();
             res.ack_us.push(micros(t_ack - t0));
+            if let Some(d) = dump.as_mut() {
+                d.push(format!("edit {i} t0 {:.0} ack {:.0}", rel(t0), rel(t_ack)));
+            }
             let deadline = t0 + Duration::from_secs(1);
             let first = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -512,6 +520,15 @@ pub fn probe_edits(
                 Some(a) => {
                     if let Some(s) = sent(a.seq) {
                         res.transit_us.push(signed_micros(a.kernel, s));
+                        if let Some(d) = dump.as_mut() {
+                            d.push(format!(
+                                "first {} sent {:.0} kernel {:.0} user {:.0}",
+                                a.seq,
+                                rel(s),
+                                rel(a.kernel),
+                                rel(a.user)
+                            ));
+                        }
                     }
                     res.enforce_us.push(micros(a.user - t0));
                     res.enforce_rx_us.push(signed_micros(a.kernel, t0));
@@ -529,9 +546,21 @@ pub fn probe_edits(
             let t2 = Instant::now();
             editor.deny()?;
             let mut last = None;
+            if let Some(d) = dump.as_mut() {
+                d.push(format!("revoke {i} t2 {:.0}", rel(t2)));
+            }
             while let Ok(a) = arrivals.recv_timeout(QUIET) {
                 if let Some(s) = sent(a.seq) {
                     res.transit_us.push(signed_micros(a.kernel, s));
+                    if let Some(d) = dump.as_mut() {
+                        d.push(format!(
+                            "arr {} sent {:.0} kernel {:.0} user {:.0}",
+                            a.seq,
+                            rel(s),
+                            rel(a.kernel),
+                            rel(a.user)
+                        ));
+                    }
                 }
                 if a.user >= t2 {
                     last = Some(a.user);
@@ -544,6 +573,9 @@ pub fn probe_edits(
         }
         Ok(())
     })();
+    if let (Some(p), Some(d)) = (dump_path, dump) {
+        let _ = std::fs::write(p, d.join("\n") + "\n");
+    }
     stop.store(true, Ordering::Relaxed);
     let (sent, took) = sender.join().unwrap_or((0, Duration::from_secs(1)));
     res.probe_pps = sent as f64 / took.as_secs_f64().max(1e-3);
