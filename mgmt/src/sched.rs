@@ -105,7 +105,11 @@ mod tests {
                     .args(["-c", "cut -d' ' -f19,41 /proc/self/stat"])
                     .output()
                     .unwrap();
-                (got, sched, String::from_utf8_lossy(&child.stdout).trim().to_owned())
+                (
+                    got,
+                    sched,
+                    String::from_utf8_lossy(&child.stdout).trim().to_owned(),
+                )
             })
             .join()
             .unwrap()

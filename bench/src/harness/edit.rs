@@ -178,8 +178,13 @@ fn recv_arrival(sock: &UdpSocket, buf: &mut [u8; 64]) -> Option<Arrival> {
     let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let (len, stamp) = {
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-            .ok()?;
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .ok()?;
         let stamp = msg.cmsgs().ok()?.find_map(|c| match c {
             ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
             _ => None,
@@ -192,8 +197,7 @@ fn recv_arrival(sock: &UdpSocket, buf: &mut [u8; 64]) -> Option<Arrival> {
     // The stamp is on the realtime clock: its age now, taken off `user`.
     let kernel = stamp
         .and_then(|ts| {
-            let at = std::time::UNIX_EPOCH
-                + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+            let at = std::time::UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
             wall.duration_since(at).ok()
         })
         .and_then(|age| user.checked_sub(age))
@@ -411,39 +415,46 @@ pub fn probe_edits(
         what: "probe thread".into(),
         source,
     };
-    let receiver = thread::Builder::new().name("probe-rx".into()).spawn(move || {
-        probe_priority();
-        let mut buf = [0u8; 64];
-        while !rstop.load(Ordering::Relaxed) {
-            if let Some(a) = recv_arrival(&rx_sock, &mut buf)
-                && arr_tx.send(a).is_err()
-            {
-                return;
+    let receiver = thread::Builder::new()
+        .name("probe-rx".into())
+        .spawn(move || {
+            probe_priority();
+            let mut buf = [0u8; 64];
+            while !rstop.load(Ordering::Relaxed) {
+                if let Some(a) = recv_arrival(&rx_sock, &mut buf)
+                    && arr_tx.send(a).is_err()
+                {
+                    return;
+                }
             }
-        }
-    }).map_err(spawn_err)?;
+        })
+        .map_err(spawn_err)?;
     let sstop = Arc::clone(&stop);
     let dst = SocketAddrV4::new(probe.dst, PROBE_PORT);
     // Send times by sequence number (the datagram's payload), a ring of
     // SENT_RING entries: nanoseconds since `base` + 1 (0: not sent).
     let base = Instant::now();
-    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..SENT_RING).map(|_| AtomicU64::new(0)).collect());
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..SENT_RING).map(|_| AtomicU64::new(0)).collect());
     let ring = Arc::clone(&sent_at);
-    let sender = thread::Builder::new().name("probe-tx".into()).spawn(move || -> (u64, Duration) {
-        probe_priority();
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        // Bounded: at most 10 minutes whatever happens.
-        while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
-            let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
-            ring[(n % SENT_RING as u64) as usize]
-                .store(base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
-            let _ = s.send_to(&n.to_be_bytes(), dst);
-            n += 1;
-            thread::sleep(PROBE_INTERVAL);
-        }
-        (n, t0.elapsed())
-    }).map_err(spawn_err)?;
+    let sender = thread::Builder::new()
+        .name("probe-tx".into())
+        .spawn(move || -> (u64, Duration) {
+            probe_priority();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            // Bounded: at most 10 minutes whatever happens.
+            while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
+                let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
+                ring[(n % SENT_RING as u64) as usize]
+                    .store(base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+                let _ = s.send_to(&n.to_be_bytes(), dst);
+                n += 1;
+                thread::sleep(PROBE_INTERVAL);
+            }
+            (n, t0.elapsed())
+        })
+        .map_err(spawn_err)?;
     let sent = |seq: u64| -> Option<Instant> {
         let ns = sent_at[(seq % SENT_RING as u64) as usize].load(Ordering::Relaxed);
         (ns > 0).then(|| base + Duration::from_nanos(ns - 1))

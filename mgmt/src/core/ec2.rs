@@ -515,8 +515,7 @@ impl Core {
                 for r in rules {
                     let mut meta = pending.remove(r).unwrap_or_default();
                     if meta.id.is_empty() {
-                        meta.id =
-                            new_rule_id(|id| ec2.rule_id_taken(id) || given.contains(id));
+                        meta.id = new_rule_id(|id| ec2.rule_id_taken(id) || given.contains(id));
                     }
                     given.insert(meta.id.clone());
                     edits.push(Edit::PutRuleMeta(RuleMetaRecord {
