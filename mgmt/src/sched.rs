@@ -18,7 +18,8 @@
 //!   daemon's cgroup, `fifo` falls back to this, with a warning).
 //! * `normal`: as any thread (the behaviour before).
 //!
-//! A refusal is logged once as a warning and the thread runs on as it was.
+//! Each kind of refusal is logged once as a warning; the thread then runs on
+//! as it was.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -41,7 +42,8 @@ pub enum EditPriority {
 
 /// The daemon's choice; threads read it when they start ([`apply`]).
 static CHOSEN: AtomicU8 = AtomicU8::new(EditPriority::Normal as u8);
-/// A refusal was logged already.
+/// A refusal of `SCHED_FIFO`, of the nice value, was logged already.
+static WARNED_FIFO: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the priority [`apply`] gives the edit path's threads from now on
@@ -63,24 +65,27 @@ pub fn chosen() -> EditPriority {
 /// Returns what it got.
 pub fn apply(what: &str) -> EditPriority {
     let want = chosen();
-    let warn = |how: &str, e: &std::io::Error| {
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                thread = what,
-                "edit priority: {how} refused ({e}); edits may wait behind busy threads"
-            );
+    let warn = |flag: &AtomicBool, msg: String| {
+        if !flag.swap(true, Ordering::Relaxed) {
+            tracing::warn!(thread = what, "edit priority: {msg}");
         }
     };
     if want == EditPriority::Fifo {
         match switch::sys::set_thread_fifo(FIFO_PRIORITY) {
             Ok(()) => return EditPriority::Fifo,
-            Err(e) => warn("SCHED_FIFO", &e),
+            Err(e) => warn(
+                &WARNED_FIFO,
+                format!("SCHED_FIFO refused ({e}); trying nice {NICE}"),
+            ),
         }
     }
     if want != EditPriority::Normal {
         match switch::sys::set_thread_nice(NICE) {
             Ok(()) => return EditPriority::Nice,
-            Err(e) => warn(&format!("nice {NICE}"), &e),
+            Err(e) => warn(
+                &WARNED,
+                format!("nice {NICE} refused ({e}); edits may wait behind busy threads"),
+            ),
         }
     }
     EditPriority::Normal
