@@ -1187,6 +1187,7 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
             .name("sgswitch-conn".into())
             .spawn(move || {
                 let _slot = slot;
+                crate::sched::apply("sgswitch-conn");
                 let _ = serve_connection(stream, &*handler);
             });
     }

@@ -534,6 +534,18 @@ pub struct UpArgs {
     /// Pin workers to cores.
     #[arg(long)]
     pub pin_cores: bool,
+    /// Nice value of the worker threads (-20..=19; 0: as any thread). Lower
+    /// lets frames (and a new rule's first packets) wait less for a worker
+    /// on cores shared with busy processes, at their expense.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub worker_nice: i32,
+    /// Scheduling of the edit path (the API connection threads and the
+    /// management thread): fifo = SCHED_FIFO at the lowest real-time priority
+    /// (falls back to nice with a warning when refused), nice = nice -10,
+    /// normal = as any thread. See `mgmt::sched`.
+    #[arg(long, value_enum, default_value_t = crate::sched::EditPriority::Fifo)]
+    pub edit_priority: crate::sched::EditPriority,
     /// Kernel of the QEMU guest image (`run-instances --qemu`).
     #[arg(long, env = "SG_GUEST_KERNEL")]
     pub qemu_kernel: Option<PathBuf>,

@@ -262,6 +262,7 @@ pub fn spawn_management_on(
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
+            crate::sched::apply("sgswitch-mgmt");
             let mut last_tick = std::time::Instant::now();
             loop {
                 // Every TICK, between requests: move QEMU guests on (pending →
@@ -746,6 +747,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
 
     // 1. Checks that make nothing.
     let cfg = core_config(cli, args)?;
+    crate::sched::choose(args.edit_priority);
     if !args.no_switch {
         let missing = missing_caps()?;
         if !missing.is_empty() {

@@ -251,6 +251,7 @@ pub fn start(
             PollArg::Adaptive => PollMode::Adaptive,
         },
         pin_cores: args.pin_cores,
+        worker_nice: args.worker_nice,
         ct,
         subnet: cfg.subnet,
         subnet6: cfg.subnet6,

@@ -17,6 +17,7 @@
 //! * [`capture`]: `sgswitch capture`'s stream: daemon side and client side.
 //! * [`instances`]: namespace instances and the uplink TAP.
 //! * [`qemu`]: QEMU guest instances (`run-instances --qemu`).
+//! * [`sched`]: scheduling priority of the edit path's threads.
 //! * [`hostnet`]: rtnetlink reads of a namespace's links, addresses and routes
 //!   (the daemon's start checks).
 
@@ -38,5 +39,6 @@ pub mod logfmt;
 pub mod metrics;
 pub mod pcapng;
 pub mod qemu;
+pub mod sched;
 pub mod store;
 pub mod testutil;

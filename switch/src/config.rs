@@ -32,6 +32,12 @@ pub struct SwitchConfig {
     pub poll: PollMode,
     /// Pin worker `w` to core `w % cores` with `core_affinity`.
     pub pin_cores: bool,
+    /// Nice value of the worker threads (0: as any thread; lower runs
+    /// sooner). On cores shared with busy processes a frame otherwise waits
+    /// for its worker's next turn (milliseconds when the cores are
+    /// oversubscribed). Refused (no `CAP_SYS_NICE`): a warning, the worker
+    /// runs at the process's nice value.
+    pub worker_nice: i32,
     /// Connection tracking: capacity, quotas, timeouts, revoke mode.
     pub ct: filter::CtConfig,
     /// The instances' subnet. Its first host is the virtual gateway / DHCP server.
@@ -89,6 +95,7 @@ impl Default for SwitchConfig {
             workers: 1,
             poll: PollMode::Adaptive,
             pin_cores: false,
+            worker_nice: 0,
             ct: filter::CtConfig::default(),
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
             subnet6: None,

@@ -490,6 +490,7 @@ impl Switch {
     /// Start the workers (pinned if `cfg.pin_cores`) and the housekeeper.
     pub fn start(cfg: SwitchConfig) -> Result<Switch, SwitchError> {
         let pin = cfg.pin_cores;
+        let nice = cfg.worker_nice;
         let dp = Datapath::new(cfg)?;
         let cores = if pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -547,6 +548,16 @@ impl Switch {
                 .spawn(move || {
                     if let Some(core) = core {
                         pin_worker(w, core);
+                    }
+                    if nice != 0 {
+                        match crate::sys::set_thread_nice(nice) {
+                            Ok(()) => tracing::info!(worker = w, nice, "worker {w} at nice {nice}"),
+                            Err(e) => tracing::warn!(
+                                worker = w,
+                                nice,
+                                "worker {w}: nice {nice} refused ({e}); it runs at the process's"
+                            ),
+                        }
                     }
                     worker.run(mode);
                 })

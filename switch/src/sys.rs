@@ -1206,6 +1206,65 @@ pub fn gettid() -> i32 {
 }
 
 // ---------------------------------------------------------------------------
+// Scheduling of latency-critical threads
+// ---------------------------------------------------------------------------
+
+/// `SCHED_OTHER`, the normal policy (as [`thread_sched`] reports it).
+pub const SCHED_OTHER: c_int = libc::SCHED_OTHER;
+/// `SCHED_FIFO` (as [`thread_sched`] reports it).
+pub const SCHED_FIFO: c_int = libc::SCHED_FIFO;
+
+/// Puts the calling thread in `SCHED_FIFO` at `prio` (1..=99), with
+/// `SCHED_RESET_ON_FORK` so processes it starts (QEMU, helpers) run as normal
+/// threads again. `EPERM` without `CAP_SYS_NICE` (or an RT budget of 0 in
+/// the thread's cgroup).
+pub fn set_thread_fifo(prio: c_int) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: sched_setscheduler(2) on pid 0 (the calling thread) only reads
+    // `param`, which lives for the whole call.
+    cvt(unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    })
+    .map(drop)
+}
+
+/// Gives the calling thread nice value `nice` (-20..=19, lower runs sooner),
+/// after marking it `SCHED_RESET_ON_FORK` so its children start at nice 0.
+pub fn set_thread_nice(nice: c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) on pid 0 (the calling thread) only reads
+    // `param`, which lives for the whole call.
+    cvt(unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param)
+    })?;
+    // SAFETY: setpriority(2) with PRIO_PROCESS and a thread id acts on that
+    // one thread on Linux; plain integer arguments.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, nice) }).map(drop)
+}
+
+/// The calling thread's scheduling policy (`libc::SCHED_*`, without the
+/// reset-on-fork flag) and nice value.
+pub fn thread_sched() -> io::Result<(c_int, c_int)> {
+    // SAFETY: sched_getscheduler(2) on pid 0 (the calling thread); no pointers.
+    let policy = cvt(unsafe { libc::sched_getscheduler(0) })?;
+    // getpriority(2) returns the nice value, which may be -1: clear errno
+    // first and check it after.
+    // SAFETY: __errno_location returns the calling thread's errno slot;
+    // getpriority(2) takes plain integers.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, gettid() as libc::id_t)
+    };
+    let err = io::Error::last_os_error();
+    if nice == -1 && err.raw_os_error().unwrap_or(0) != 0 {
+        return Err(err);
+    }
+    Ok((policy & !libc::SCHED_RESET_ON_FORK, nice))
+}
+
+// ---------------------------------------------------------------------------
 // UDP sockets of the overlay
 // ---------------------------------------------------------------------------
 

@@ -92,6 +92,11 @@ struct Opts {
     /// size. Needs `--only sgswitch --metrics edit`.
     #[arg(long, value_delimiter = ',')]
     edit_rules: Vec<usize>,
+    /// With --edit-rules: namespace instances are launched and terminated,
+    /// one at a time, back to back, while the edits are probed (edits while
+    /// guests are being launched, issue 13).
+    #[arg(long)]
+    edit_launches: bool,
     /// CLI round trips.
     #[arg(long)]
     cli_runs: Option<usize>,
@@ -420,7 +425,9 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
             sg.total_rules().map_or("?".into(), |n| n.to_string())
         ));
         let load_ep = rules.first().and_then(|&n| sg.endpoints(n));
-        match guarded(|| edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref())) {
+        match guarded(|| {
+            edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref(), opts.edit_launches)
+        }) {
             Ok(e) => {
                 let pct = |v: &[f64], p: f64| {
                     bench::harness::report::percentile(v, p).unwrap_or(f64::NAN)
@@ -431,6 +438,8 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
                 println!(
                     "EDIT-LATENCY rules={} edits={} misses={} enforce_us_p50_p99 {:.0} {:.0} \
                      ack_us_p50_p99 {:.0} {:.0} revoke_us_p50_p99 {:.0} {:.0} \
+                     enforce_rx_us_p50_p99 {:.0} {:.0} enforce_sent_us_p50_p99 {:.0} {:.0} \
+                     probe_gap_us_p50_p99_max {:.0} {:.0} {:.0} transit_us_p50_p99 {:.0} {:.0} launches {} launch_us_p50_p99 {:.0} {:.0} \
                      daemon_publish_us_p50_p99 {} daemon_commit_us_p50_p99 {} load {}",
                     e.total_rules.map_or("?".into(), |n| n.to_string()),
                     e.enforce_us.len() + e.misses,
@@ -441,6 +450,18 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
                     pct(&e.ack_us, 99.0),
                     pct(&e.revoke_us, 50.0),
                     pct(&e.revoke_us, 99.0),
+                    pct(&e.enforce_rx_us, 50.0),
+                    pct(&e.enforce_rx_us, 99.0),
+                    pct(&e.enforce_sent_us, 50.0),
+                    pct(&e.enforce_sent_us, 99.0),
+                    pct(&e.probe_gap_us, 50.0),
+                    pct(&e.probe_gap_us, 99.0),
+                    pct(&e.probe_gap_us, 100.0),
+                    pct(&e.transit_us, 50.0),
+                    pct(&e.transit_us, 99.0),
+                    e.launch_us.len(),
+                    pct(&e.launch_us, 50.0),
+                    pct(&e.launch_us, 99.0),
                     pair(e.daemon_publish_us),
                     pair(e.daemon_commit_us),
                     e.load_note.as_deref().unwrap_or("none"),
@@ -637,7 +658,7 @@ fn main() {
                                 plan.edits
                             ));
                             match guarded(|| {
-                                edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref())
+                                edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref(), false)
                             }) {
                                 Ok(e) => {
                                     run.progress(&format!(

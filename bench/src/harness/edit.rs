@@ -34,7 +34,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -56,8 +56,23 @@ pub const QUIET: Duration = Duration::from_millis(20);
 /// Results of the edit test.
 #[derive(Clone, Debug, Default)]
 pub struct EditResult {
-    /// authorize sent → first probe seen (µs).
+    /// authorize sent → first probe seen (µs): the receiving thread's clock
+    /// after `recvmsg` returned.
     pub enforce_us: Vec<f64>,
+    /// authorize sent → the same datagram's kernel receive time stamp
+    /// (`SO_TIMESTAMPNS` in the target's namespace, µs): without the receiving
+    /// thread's own wake-up.
+    pub enforce_rx_us: Vec<f64>,
+    /// authorize sent → the first passing datagram was sent (µs; may be < 0
+    /// when it was sent before the edit and queued).
+    pub enforce_sent_us: Vec<f64>,
+    /// Every received probe datagram's transit: sent → kernel receive time
+    /// stamp in the target's namespace (µs): the datapath's own delay under
+    /// the load, part of every enforce time.
+    pub transit_us: Vec<f64>,
+    /// Gap before the first passing datagram: its send time − the previous
+    /// datagram's (µs): how late the probe itself was.
+    pub probe_gap_us: Vec<f64>,
     /// authorize sent → daemon's reply (µs).
     pub ack_us: Vec<f64>,
     /// revoke sent → last probe seen (µs).
@@ -71,6 +86,9 @@ pub struct EditResult {
     /// The daemon's `EDITS`/`PUBLISH` lines (p50, p99 in µs).
     pub daemon_commit_us: Option<(f64, f64)>,
     pub daemon_publish_us: Option<(f64, f64)>,
+    /// Launch times of the instances launched meanwhile (`--edit-launches`;
+    /// request → reply, µs), empty without.
+    pub launch_us: Vec<f64>,
     /// The background load's Gbit/s (None without load).
     pub load_note: Option<String>,
 }
@@ -120,8 +138,75 @@ fn socket_in(ns: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
         })
 }
 
+/// One probe datagram received: its sequence number, when the receiving
+/// thread had it, and the kernel's receive time stamp of it (on the
+/// monotonic clock; the thread's time when the kernel gave none).
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    seq: u64,
+    user: Instant,
+    kernel: Instant,
+}
+
+/// With `E2EBENCH_PROBE_FIFO=1`, the calling probe thread runs `SCHED_FIFO`
+/// (priority 2), so the probe's own sending and receiving do not wait behind
+/// the load (diagnosis: what the switch adds, apart from the harness's threads).
+fn probe_priority() {
+    if std::env::var_os("E2EBENCH_PROBE_FIFO").is_some_and(|v| v == "1")
+        && let Err(e) = switch::sys::set_thread_fifo(2)
+    {
+        eprintln!("  probe thread: SCHED_FIFO refused: {e}");
+    }
+}
+
+/// Send-time ring of the probe (entries; 6.5 s at the probe's rate).
+const SENT_RING: usize = 1 << 16;
+
+/// Asks for kernel receive time stamps (`SO_TIMESTAMPNS`) on `sock`.
+fn rx_sock_timestamps(sock: &UdpSocket) -> Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(|e| HarnessError::Io {
+            what: "SO_TIMESTAMPNS on the probe socket".into(),
+            source: e.into(),
+        })
+}
+
+/// Receives one probe datagram (None on timeout or a short one).
+fn recv_arrival(sock: &UdpSocket, buf: &mut [u8; 64]) -> Option<Arrival> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let (len, stamp) = {
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .ok()?;
+        let stamp = msg.cmsgs().ok()?.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+            _ => None,
+        });
+        (msg.bytes, stamp)
+    };
+    let user = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let seq = u64::from_be_bytes(buf.get(..8.min(len))?.try_into().ok()?);
+    // The stamp is on the realtime clock: its age now, taken off `user`.
+    let kernel = stamp
+        .and_then(|ts| {
+            let at = std::time::UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+            wall.duration_since(at).ok()
+        })
+        .and_then(|age| user.checked_sub(age))
+        .unwrap_or(user);
+    Some(Arrival { seq, user, kernel })
+}
+
 /// Arrivals not yet taken, dropped.
-fn drain(rx: &Receiver<Instant>) {
+fn drain(rx: &Receiver<Arrival>) {
     while rx.try_recv().is_ok() {}
 }
 
@@ -255,7 +340,12 @@ pub struct Probe {
 
 /// The sgswitch rule-edit test; `pairs` authorize+revoke pairs. `load` runs an
 /// iperf3 stream through the switch meanwhile.
-pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Result<EditResult> {
+pub fn edit_latency(
+    sg: &SgPath,
+    pairs: usize,
+    load: Option<&Endpoints>,
+    launches: bool,
+) -> Result<EditResult> {
     let target = sg
         .edit_target
         .as_ref()
@@ -276,7 +366,17 @@ pub fn edit_latency(sg: &SgPath, pairs: usize, load: Option<&Endpoints>) -> Resu
         ),
         revoke: edit_request(EditOp::Revoke, paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
     };
-    let mut res = probe_edits(&probe, pairs, load, &mut ed)?;
+    let launcher = if launches {
+        Some(Launcher::start(&sg.lab.socket)?)
+    } else {
+        None
+    };
+    let probed = probe_edits(&probe, pairs, load, &mut ed);
+    let launched = launcher.map(Launcher::finish).transpose();
+    let mut res = probed?;
+    if let Some(took) = launched? {
+        res.launch_us = took;
+    }
     res.total_rules = sg.total_rules();
     res.target_rules = Some(sg.pad_rules + 1);
     let stats = sg.lab.cli(&["stats"]).stdout;
@@ -307,31 +407,58 @@ pub fn probe_edits(
     for _ in 0..16 {
         tx_socks.push(socket_in(&probe.tx_ns, SocketAddrV4::new(probe.src, 0))?);
     }
+    rx_sock_timestamps(&rx_sock)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (arr_tx, arrivals) = mpsc::channel::<Instant>();
+    let (arr_tx, arrivals) = mpsc::channel::<Arrival>();
     let rstop = Arc::clone(&stop);
-    let receiver = thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while !rstop.load(Ordering::Relaxed) {
-            if rx_sock.recv_from(&mut buf).is_ok() && arr_tx.send(Instant::now()).is_err() {
-                return;
+    let spawn_err = |source| HarnessError::Io {
+        what: "probe thread".into(),
+        source,
+    };
+    let receiver = thread::Builder::new()
+        .name("probe-rx".into())
+        .spawn(move || {
+            probe_priority();
+            let mut buf = [0u8; 64];
+            while !rstop.load(Ordering::Relaxed) {
+                if let Some(a) = recv_arrival(&rx_sock, &mut buf)
+                    && arr_tx.send(a).is_err()
+                {
+                    return;
+                }
             }
-        }
-    });
+        })
+        .map_err(spawn_err)?;
     let sstop = Arc::clone(&stop);
     let dst = SocketAddrV4::new(probe.dst, PROBE_PORT);
-    let sender = thread::spawn(move || -> (u64, Duration) {
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        // Bounded: at most 10 minutes whatever happens.
-        while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
-            let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
-            let _ = s.send_to(&n.to_be_bytes(), dst);
-            n += 1;
-            thread::sleep(PROBE_INTERVAL);
-        }
-        (n, t0.elapsed())
-    });
+    // Send times by sequence number (the datagram's payload), a ring of
+    // SENT_RING entries: nanoseconds since `base` + 1 (0: not sent).
+    let base = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..SENT_RING).map(|_| AtomicU64::new(0)).collect());
+    let ring = Arc::clone(&sent_at);
+    let sender = thread::Builder::new()
+        .name("probe-tx".into())
+        .spawn(move || -> (u64, Duration) {
+            probe_priority();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            // Bounded: at most 10 minutes whatever happens.
+            while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
+                let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
+                ring[(n % SENT_RING as u64) as usize]
+                    .store(base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+                let _ = s.send_to(&n.to_be_bytes(), dst);
+                n += 1;
+                thread::sleep(PROBE_INTERVAL);
+            }
+            (n, t0.elapsed())
+        })
+        .map_err(spawn_err)?;
+    let sent = |seq: u64| -> Option<Instant> {
+        let ns = sent_at[(seq % SENT_RING as u64) as usize].load(Ordering::Relaxed);
+        (ns > 0).then(|| base + Duration::from_nanos(ns - 1))
+    };
     let mut background = None;
     if let Some(ep) = load {
         let secs = (pairs as u64 / 4 + 20).min(300).to_string();
@@ -354,6 +481,10 @@ pub fn probe_edits(
             ep.clients[0], ep.label
         ));
     }
+    // E2EBENCH_EDIT_DUMP=FILE: every edit's times and every probe arrival,
+    // in µs since the probe started (diagnosis).
+    let dump_path = std::env::var_os("E2EBENCH_EDIT_DUMP");
+    let mut dump: Option<Vec<String>> = dump_path.as_ref().map(|_| Vec::new());
     let run = (|| -> Result<()> {
         // Warm up ARP and the connection, then start from a removed rule.
         editor.allow()?;
@@ -380,20 +511,45 @@ pub fn probe_edits(
             }
             drain(&arrivals);
             let t0 = Instant::now();
+            let rel = |t: Instant| signed_micros(t, base);
             editor.allow()?;
             let t_ack = Instant::now();
             res.ack_us.push(micros(t_ack - t0));
+            if let Some(d) = dump.as_mut() {
+                d.push(format!("edit {i} t0 {:.0} ack {:.0}", rel(t0), rel(t_ack)));
+            }
             let deadline = t0 + Duration::from_secs(1);
             let first = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match arrivals.recv_timeout(left) {
-                    Ok(t) if t >= t0 => break Some(t),
+                    Ok(a) if a.user >= t0 => break Some(a),
                     Ok(_) => {}
                     Err(_) => break None,
                 }
             };
             match first {
-                Some(t) => res.enforce_us.push(micros(t - t0)),
+                Some(a) => {
+                    if let Some(s) = sent(a.seq) {
+                        res.transit_us.push(signed_micros(a.kernel, s));
+                        if let Some(d) = dump.as_mut() {
+                            d.push(format!(
+                                "first {} sent {:.0} kernel {:.0} user {:.0}",
+                                a.seq,
+                                rel(s),
+                                rel(a.kernel),
+                                rel(a.user)
+                            ));
+                        }
+                    }
+                    res.enforce_us.push(micros(a.user - t0));
+                    res.enforce_rx_us.push(signed_micros(a.kernel, t0));
+                    if let Some(s) = sent(a.seq) {
+                        res.enforce_sent_us.push(signed_micros(s, t0));
+                        if let Some(p) = a.seq.checked_sub(1).and_then(sent) {
+                            res.probe_gap_us.push(signed_micros(s, p));
+                        }
+                    }
+                }
                 None => res.misses += 1,
             }
             editor.settle()?;
@@ -401,9 +557,24 @@ pub fn probe_edits(
             let t2 = Instant::now();
             editor.deny()?;
             let mut last = None;
-            while let Ok(t) = arrivals.recv_timeout(QUIET) {
-                if t >= t2 {
-                    last = Some(t);
+            if let Some(d) = dump.as_mut() {
+                d.push(format!("revoke {i} t2 {:.0}", rel(t2)));
+            }
+            while let Ok(a) = arrivals.recv_timeout(QUIET) {
+                if let Some(s) = sent(a.seq) {
+                    res.transit_us.push(signed_micros(a.kernel, s));
+                    if let Some(d) = dump.as_mut() {
+                        d.push(format!(
+                            "arr {} sent {:.0} kernel {:.0} user {:.0}",
+                            a.seq,
+                            rel(s),
+                            rel(a.kernel),
+                            rel(a.user)
+                        ));
+                    }
+                }
+                if a.user >= t2 {
+                    last = Some(a.user);
                 }
             }
             res.revoke_us.push(last.map_or(0.0, |t| micros(t - t2)));
@@ -413,6 +584,9 @@ pub fn probe_edits(
         }
         Ok(())
     })();
+    if let (Some(p), Some(d)) = (dump_path, dump) {
+        let _ = std::fs::write(p, d.join("\n") + "\n");
+    }
     stop.store(true, Ordering::Relaxed);
     let (sent, took) = sender.join().unwrap_or((0, Duration::from_secs(1)));
     res.probe_pps = sent as f64 / took.as_secs_f64().max(1e-3);
@@ -422,8 +596,101 @@ pub fn probe_edits(
     Ok(res)
 }
 
+/// Background instance launches during the edit test (`e2ebench
+/// --edit-launches`): on its own connection, one namespace instance at a
+/// time is launched (`run-instances AMI --no-qemu -g default`) and
+/// terminated again, back to back, until stopped (at most [`LAUNCH_MAX`]
+/// launches or 10 minutes). Each launch's time (request → reply) is kept.
+pub struct Launcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<Vec<f64>>>>,
+}
+
+/// Most launches one [`Launcher`] makes.
+pub const LAUNCH_MAX: usize = 5000;
+
+impl Launcher {
+    pub fn start(socket: &std::path::Path) -> Result<Launcher> {
+        let mut api = Api::connect(socket)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let lstop = Arc::clone(&stop);
+        let run = request_line(ApiCommand::RunInstances {
+            ami: e2e::lab::AMI.to_owned(),
+            count: 1,
+            min_count: None,
+            groups: Vec::new(),
+            qemu: Some(false),
+            client_token: None,
+        });
+        let thread = thread::Builder::new()
+            .name("launcher".into())
+            .spawn(move || -> Result<Vec<f64>> {
+                let started = Instant::now();
+                let mut took = Vec::new();
+                while !lstop.load(Ordering::Relaxed)
+                    && took.len() < LAUNCH_MAX
+                    && started.elapsed() < Duration::from_secs(600)
+                {
+                    let t = Instant::now();
+                    let resp = api.call(&run)?;
+                    took.push(micros(t.elapsed()));
+                    let ids: Vec<String> = match resp {
+                        mgmt::api::Response::Reservations { reservations } => reservations
+                            .into_iter()
+                            .flat_map(|r| r.instances)
+                            .map(|i| i.id)
+                            .collect(),
+                        other => {
+                            return Err(HarnessError::Setup(format!(
+                                "run-instances answered {other:?}"
+                            )));
+                        }
+                    };
+                    api.command(ApiCommand::TerminateInstances { ids, all: false })?;
+                }
+                Ok(took)
+            })
+            .map_err(|source| HarnessError::Io {
+                what: "launcher thread".into(),
+                source,
+            })?;
+        Ok(Launcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the launch times (µs).
+    pub fn finish(mut self) -> Result<Vec<f64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(HarnessError::Setup("the launcher panicked".into())),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// `a − b` in µs, negative when `a` is earlier.
+fn signed_micros(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        micros(a - b)
+    } else {
+        -micros(b - a)
+    }
 }
 
 /// `(p50, p99)` of a `stats` line `NAME ... p50_us X p99_us Y`.

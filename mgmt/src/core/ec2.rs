@@ -23,8 +23,13 @@ use filter::model::Rule;
 pub(super) struct Ec2State {
     pub(super) keys: BTreeMap<String, AccessKeyRecord>,
     pub(super) tokens: BTreeMap<(Owner, String), ClientTokenRecord>,
-    /// (group id, egress, rule) → id and description.
-    pub(super) rules: BTreeMap<RuleKey, RuleMeta>,
+    /// (group id, egress, rule) → id and description. Changed only through
+    /// [`Ec2State::put_rule`], [`Ec2State::drop_rule`] and
+    /// [`Ec2State::drop_group`], which keep [`Ec2State::rule_ids`] in step.
+    rules: BTreeMap<RuleKey, RuleMeta>,
+    /// The ids of `rules`: a new id is checked against it (an edit costs what
+    /// it adds, not a scan or a copy of every rule's facts).
+    rule_ids: BTreeSet<String>,
     /// Resource id → key → value.
     pub(super) tags: BTreeMap<String, BTreeMap<String, String>>,
     /// For the rules the current command adds ((egress, normalised rule) →
@@ -76,7 +81,7 @@ impl Ec2State {
             ..Ec2State::default()
         };
         for m in rule_meta {
-            st.rules.insert(
+            st.put_rule(
                 (m.group_id, m.egress, m.rule),
                 RuleMeta {
                     id: m.rule_id,
@@ -92,15 +97,51 @@ impl Ec2State {
         }
         st
     }
+
+    /// Whether some rule has id `id`.
+    pub(super) fn rule_id_taken(&self, id: &str) -> bool {
+        self.rule_ids.contains(id)
+    }
+
+    /// Keeps `meta` for the rule `key` (replacing what it had).
+    pub(super) fn put_rule(&mut self, key: RuleKey, meta: RuleMeta) {
+        let id = meta.id.clone();
+        if let Some(old) = self.rules.insert(key, meta)
+            && old.id != id
+        {
+            self.rule_ids.remove(&old.id);
+        }
+        self.rule_ids.insert(id);
+    }
+
+    /// Drops the facts of the rule `key`.
+    pub(super) fn drop_rule(&mut self, key: &RuleKey) {
+        if let Some(old) = self.rules.remove(key) {
+            self.rule_ids.remove(&old.id);
+        }
+    }
+
+    /// Drops the facts of every rule of group `group_id`.
+    pub(super) fn drop_group(&mut self, group_id: &str) {
+        let ids = &mut self.rule_ids;
+        self.rules.retain(|(g, _, _), m| {
+            let keep = g != group_id;
+            if !keep {
+                ids.remove(&m.id);
+            }
+            keep
+        });
+    }
 }
 
 /// A new `sgr-` id: 17 hex digits.
-fn new_rule_id(taken: &BTreeMap<RuleKey, RuleMeta>) -> String {
+/// Not one `taken` says is in use; the caller records it there.
+fn new_rule_id(mut taken: impl FnMut(&str) -> bool) -> String {
     loop {
         let mut b = [0u8; 9];
         getrandom::fill(&mut b).expect("the kernel's random source (getrandom) failed");
         let id = format!("sgr-{}", &crate::ec2::sigv4::hex(&b)[..17]);
-        if !taken.values().any(|m| m.id == id) {
+        if !taken(&id) {
             return id;
         }
     }
@@ -468,7 +509,9 @@ impl Core {
         let tags = std::mem::take(&mut self.ec2.pending_tags);
         let mut edits = Vec::new();
         let mut after = Vec::new();
-        let mut taken = self.ec2.rules.clone();
+        // Ids given in this commit (not yet in `self.ec2`).
+        let mut given: BTreeSet<String> = BTreeSet::new();
+        let ec2 = &self.ec2;
         let mut new_rules = |group_id: &str,
                              egress: bool,
                              rules: &[Rule],
@@ -477,10 +520,10 @@ impl Core {
             for r in rules {
                 let mut meta = pending.remove(&(egress, r.clone())).unwrap_or_default();
                 if meta.id.is_empty() {
-                    meta.id = new_rule_id(&taken);
+                    meta.id = new_rule_id(|id| ec2.rule_id_taken(id) || given.contains(id));
                 }
+                given.insert(meta.id.clone());
                 let key = (group_id.to_owned(), egress, r.clone());
-                taken.insert(key.clone(), meta.clone());
                 edits.push(Edit::PutRuleMeta(RuleMetaRecord {
                     group_id: group_id.to_owned(),
                     egress,
@@ -550,13 +593,9 @@ impl Core {
     pub(super) fn apply_meta(&mut self, after: Vec<MetaChange>) {
         for m in after {
             match m {
-                MetaChange::PutRule(key, meta) => {
-                    self.ec2.rules.insert(key, meta);
-                }
-                MetaChange::DropRule(key) => {
-                    self.ec2.rules.remove(&key);
-                }
-                MetaChange::DropGroup(g) => self.ec2.rules.retain(|(id, _, _), _| *id != g),
+                MetaChange::PutRule(key, meta) => self.ec2.put_rule(key, meta),
+                MetaChange::DropRule(key) => self.ec2.drop_rule(&key),
+                MetaChange::DropGroup(g) => self.ec2.drop_group(&g),
                 MetaChange::PutTags(id, tags) => {
                     let t = self.ec2.tags.entry(id).or_default();
                     for tag in tags {
@@ -744,7 +783,7 @@ impl Core {
         self.store.commit(&edits).map_err(store_failed)?;
         self.edits += 1;
         for m in metas {
-            self.ec2.rules.insert(
+            self.ec2.put_rule(
                 (m.group_id, m.egress, m.rule),
                 RuleMeta {
                     id: m.rule_id,
@@ -1032,4 +1071,77 @@ fn rule_not_found(id: &str) -> ApiError {
             id.escape_default()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(port: u16) -> Rule {
+        Rule {
+            proto: filter::model::Proto::Tcp,
+            ports: filter::model::Ports::Range(port, port),
+            source: filter::model::Source::Cidr("10.0.0.0/8".parse().unwrap()),
+        }
+    }
+
+    fn meta(id: &str) -> RuleMeta {
+        RuleMeta {
+            id: id.into(),
+            description: String::new(),
+        }
+    }
+
+    /// The id index follows every way rule facts change: loaded, put,
+    /// replaced with another id, dropped one by one and by group; the same
+    /// rule as ingress and as egress are two facts with two ids.
+    #[test]
+    fn rule_id_index_follows_the_rule_facts() {
+        let rec = |g: &str, egress: bool, p: u16, id: &str| RuleMetaRecord {
+            group_id: g.into(),
+            egress,
+            rule: rule(p),
+            rule_id: id.into(),
+            description: String::new(),
+        };
+        let mut st = Ec2State::load(
+            Vec::new(),
+            Vec::new(),
+            vec![
+                rec("sg-1", false, 1, "sgr-a"),
+                rec("sg-1", false, 2, "sgr-b"),
+                rec("sg-1", true, 1, "sgr-e"),
+            ],
+            Vec::new(),
+        );
+        assert!(st.rule_id_taken("sgr-a") && st.rule_id_taken("sgr-b"));
+        assert!(st.rule_id_taken("sgr-e"));
+        assert!(!st.rule_id_taken("sgr-c"));
+        let key = |g: &str, egress: bool, p: u16| (g.to_owned(), egress, rule(p));
+        st.put_rule(key("sg-2", false, 1), meta("sgr-c"));
+        assert!(st.rule_id_taken("sgr-c"));
+        // The same rule again under another id: the old id is free again.
+        st.put_rule(key("sg-2", false, 1), meta("sgr-d"));
+        assert!(!st.rule_id_taken("sgr-c") && st.rule_id_taken("sgr-d"));
+        st.drop_rule(&key("sg-1", false, 1));
+        assert!(!st.rule_id_taken("sgr-a") && st.rule_id_taken("sgr-b"));
+        assert!(st.rule_id_taken("sgr-e"), "the egress twin stays");
+        st.drop_group("sg-1");
+        assert!(!st.rule_id_taken("sgr-b") && !st.rule_id_taken("sgr-e"));
+        assert!(st.rule_id_taken("sgr-d"), "another group's rule stays");
+        assert_eq!(st.rules.len(), 1);
+        assert_eq!(st.rule_ids.len(), 1);
+    }
+
+    /// A new id is never one already in use.
+    #[test]
+    fn new_rule_ids_avoid_taken_ones() {
+        let mut seen = 0;
+        let id = new_rule_id(|_| {
+            seen += 1;
+            seen < 3
+        });
+        assert_eq!(seen, 3, "drew again while the id was taken");
+        assert!(id.starts_with("sgr-") && id.len() == 21, "{id}");
+    }
 }

@@ -1,0 +1,145 @@
+//! Scheduling of the edit path (issue 13): the threads a rule edit passes
+//! through in the daemon — the API connection's thread that reads the request
+//! and the management thread that applies and publishes it — run ahead of
+//! ordinary threads, so an edit is not left waiting behind busy ones (the
+//! forwarding worker, the guests, the endpoints' own load, builds) when it
+//! wakes them.
+//!
+//! `sgswitch up --edit-priority`:
+//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
+//!   real-time one): such a thread runs as soon as it wakes. Both threads
+//!   block between requests and do bounded work per request (a request line
+//!   is capped, an edit costs what it changes), and the kernel's real-time
+//!   budget (`sched_rt_runtime_us`, 95 % by default) bounds them anyway.
+//!   Processes started from them (QEMU, helpers) are reset to normal
+//!   scheduling (`SCHED_RESET_ON_FORK`).
+//! * `nice`: normal scheduling at nice [`NICE`] (when `SCHED_FIFO` is
+//!   refused, e.g. without `CAP_SYS_NICE` or with no real-time budget in the
+//!   daemon's cgroup, `fifo` falls back to this, with a warning).
+//! * `normal`: as any thread (the behaviour before).
+//!
+//! Each kind of refusal is logged once as a warning; the thread then runs on
+//! as it was.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Real-time priority of the edit path under `fifo` (1: the lowest).
+pub const FIFO_PRIORITY: i32 = 1;
+/// Nice value of the edit path under `nice` (and `fifo`'s fallback).
+pub const NICE: i32 = -10;
+
+/// How the edit path's threads are scheduled (`up --edit-priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EditPriority {
+    /// `SCHED_FIFO`, lowest real-time priority (falls back to `nice`).
+    #[default]
+    Fifo,
+    /// Normal scheduling at nice -10.
+    Nice,
+    /// Normal scheduling at the process's nice value.
+    Normal,
+}
+
+/// The daemon's choice; threads read it when they start ([`apply`]).
+static CHOSEN: AtomicU8 = AtomicU8::new(EditPriority::Normal as u8);
+/// A refusal of `SCHED_FIFO`, of the nice value, was logged already.
+static WARNED_FIFO: AtomicBool = AtomicBool::new(false);
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Sets the priority [`apply`] gives the edit path's threads from now on
+/// (the daemon, at start; outside a daemon it stays `normal`).
+pub fn choose(p: EditPriority) {
+    CHOSEN.store(p as u8, Ordering::Relaxed);
+}
+
+/// The current choice.
+pub fn chosen() -> EditPriority {
+    match CHOSEN.load(Ordering::Relaxed) {
+        x if x == EditPriority::Fifo as u8 => EditPriority::Fifo,
+        x if x == EditPriority::Nice as u8 => EditPriority::Nice,
+        _ => EditPriority::Normal,
+    }
+}
+
+/// Gives the calling thread (`what`, for the log) the chosen priority.
+/// Returns what it got.
+pub fn apply(what: &str) -> EditPriority {
+    let want = chosen();
+    let warn = |flag: &AtomicBool, msg: String| {
+        if !flag.swap(true, Ordering::Relaxed) {
+            tracing::warn!(thread = what, "edit priority: {msg}");
+        }
+    };
+    if want == EditPriority::Fifo {
+        match switch::sys::set_thread_fifo(FIFO_PRIORITY) {
+            Ok(()) => return EditPriority::Fifo,
+            Err(e) => warn(
+                &WARNED_FIFO,
+                format!("SCHED_FIFO refused ({e}); trying nice {NICE}"),
+            ),
+        }
+    }
+    if want != EditPriority::Normal {
+        match switch::sys::set_thread_nice(NICE) {
+            Ok(()) => return EditPriority::Nice,
+            Err(e) => warn(
+                &WARNED,
+                format!("nice {NICE} refused ({e}); edits may wait behind busy threads"),
+            ),
+        }
+    }
+    EditPriority::Normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each choice gives a new thread what it names (as root; a refused
+    /// `fifo` must fall back to `nice`, never error out), and processes it
+    /// starts run normally again. One test: the choice is process-wide.
+    #[test]
+    fn apply_gives_the_thread_the_chosen_priority() {
+        let run = |p: EditPriority| {
+            choose(p);
+            std::thread::spawn(|| {
+                let got = apply("test");
+                let sched = switch::sys::thread_sched().unwrap();
+                // A child started from this thread: nice 0, SCHED_OTHER.
+                let child = std::process::Command::new("sh")
+                    .args(["-c", "cut -d' ' -f19,41 /proc/self/stat"])
+                    .output()
+                    .unwrap();
+                (
+                    got,
+                    sched,
+                    String::from_utf8_lossy(&child.stdout).trim().to_owned(),
+                )
+            })
+            .join()
+            .unwrap()
+        };
+        let root = nix::unistd::geteuid().is_root();
+        let (got, (policy, _), _) = run(EditPriority::Normal);
+        assert_eq!(got, EditPriority::Normal);
+        assert_eq!(policy, switch::sys::SCHED_OTHER);
+        let (got, (policy, nice), child) = run(EditPriority::Nice);
+        if root {
+            assert_eq!(got, EditPriority::Nice);
+            assert_eq!((policy, nice), (switch::sys::SCHED_OTHER, NICE));
+            assert_eq!(child, "0 0", "the child's nice and policy are reset");
+        } else {
+            assert!(matches!(got, EditPriority::Nice | EditPriority::Normal));
+        }
+        let (got, (policy, nice), child) = run(EditPriority::Fifo);
+        match got {
+            EditPriority::Fifo => {
+                assert_eq!(policy, switch::sys::SCHED_FIFO);
+                assert_eq!(child, "0 0", "the child runs SCHED_OTHER at nice 0");
+            }
+            EditPriority::Nice => assert_eq!((policy, nice), (switch::sys::SCHED_OTHER, NICE)),
+            EditPriority::Normal => assert!(!root, "root gets fifo or nice"),
+        }
+        choose(EditPriority::Normal);
+    }
+}
