@@ -49,7 +49,7 @@
 //!     uplink's MAC when sent to the router's). From the uplink: sources of
 //!     the switch's side are `UplinkSpoof`, only instance destinations.
 //!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4 and
-//!     flow-logged like it (not yet at the overlay's receive side).
+//!     flow-logged like it (in cluster mode too: [`crate::overlay`]).
 //!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 or IPv6
 //!     destination that is no attached port but an instance of another live
 //!     host in the directory is judged with `Conntrack::judge_scoped`/
@@ -681,6 +681,7 @@ fn log_flow6(
     }
     let (to, verdict) = match decided {
         Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
+        Ok(Action::Overlay { .. }) => (None, Ok(())),
         Err(r) if flowlog::is_verdict(*r) => (port_of6(env, pkt.key.dst).map(|p| &**p), Err(*r)),
         _ => return,
     };
