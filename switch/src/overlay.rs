@@ -191,6 +191,10 @@ impl Overlay {
 pub struct OverlayEnv<'a> {
     pub ov: &'a Overlay,
     pub dir: &'a DirectoryTable,
+    /// Trace ([`crate::trace`]): a frame bound for another host is judged
+    /// as for real, then noted in [`Scratch::overlay_sent`] instead of being
+    /// encapsulated and sent.
+    pub dry: bool,
 }
 
 /// Encapsulate and send a frame of a local instance to `to` (see the module

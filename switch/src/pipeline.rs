@@ -172,6 +172,9 @@ pub struct Scratch {
     pub cap_tx: Option<Record>,
     /// Flow logs: this worker's aggregation table ([`crate::flowlog`]).
     pub flows: Option<Recorder>,
+    /// Trace (a dry [`OverlayEnv`]): the underlay address and the identity
+    /// of the last frame that would have gone into the overlay.
+    pub overlay_sent: Option<(SocketAddrV4, u16)>,
 }
 
 impl Default for Scratch {
@@ -183,6 +186,7 @@ impl Default for Scratch {
             cap_hold: false,
             cap_tx: None,
             flows: None,
+            overlay_sent: None,
         }
     }
 }
@@ -554,6 +558,10 @@ fn act(
         } => {
             frame[0..6].copy_from_slice(&dst_mac);
             let sent = match &env.overlay {
+                Some(o) if o.dry => {
+                    scratch.overlay_sent = Some((to, identity));
+                    Ok(())
+                }
                 Some(o) => overlay::send(env, o, frame, vnet, to, identity, scratch),
                 None => Err(VxlanDrop::TxFailed),
             };

@@ -154,7 +154,11 @@ impl Burst {
 #[inline]
 fn overlay_env<'a>(dp: &'a Datapath, dir: Option<&'a DirectoryTable>) -> Option<OverlayEnv<'a>> {
     match (&dp.overlay, dir) {
-        (Some(ov), Some(dir)) => Some(OverlayEnv { ov, dir }),
+        (Some(ov), Some(dir)) => Some(OverlayEnv {
+            ov,
+            dir,
+            dry: false,
+        }),
         _ => None,
     }
 }
@@ -375,7 +379,11 @@ impl Worker {
             let snap = dp.rules.load();
             let hits = dp.rule_hits_for(env.w, &snap);
             let dir = dp.dir.load();
-            let o = OverlayEnv { ov, dir: &dir };
+            let o = OverlayEnv {
+                ov,
+                dir: &dir,
+                dry: false,
+            };
             let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,
