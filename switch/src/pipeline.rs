@@ -1165,7 +1165,7 @@ fn data6<'t>(
                     };
                     let dir = o.dir;
                     env.ct
-                        .judge_scoped6(env.snap, &pkt, env.now, |a| dir.is_remote6(a))?;
+                        .judge_scoped6(env.snap, pkt, env.now, |a| dir.is_remote6(a))?;
                     return Ok(Action::Overlay {
                         to,
                         dst_mac: info.mac,

@@ -137,8 +137,10 @@ impl Burst {
         let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
         for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
             prepare(env, &buf[..*len], parsed);
-            if let (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) = (&scratch.flows, &*parsed) {
-                r.prefetch(&pkt.key);
+            match (&scratch.flows, &*parsed) {
+                (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) => r.prefetch(&pkt.key),
+                (Some(r), Ok(Parsed::Ipv6 { pkt, .. })) => r.prefetch6(&pkt.key),
+                _ => {}
             }
         }
         let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
