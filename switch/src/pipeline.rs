@@ -60,7 +60,9 @@
 //!     with the remote instance's MAC. A frame too big for the overlay that
 //!     may not be cut gets ICMP "fragmentation needed" (IPv4 with DF) or
 //!     ICMPv6 "packet too big" (IPv6) back. Overlay refusals are
-//!     `Outcome::VxlanDropped`.
+//!     `Outcome::VxlanDropped`. A trace's overlay is dry
+//!     (`OverlayEnv::dry`): the same judgement, then the host and identity
+//!     are noted in [`Scratch::overlay_sent`] instead of a send.
 //!   - Capture ([`crate::capture`]): with `env.capture` set, frames of the
 //!     captured port(s) are recorded as received (with the drop reason when
 //!     dropped) and as sent, and frames addressed to the one captured port
