@@ -46,7 +46,8 @@
 //!   entry per 5-tuple stands for both records a packet makes (the sender's
 //!   and the receiver's interface are its source and destination addresses),
 //!   so a packet costs one hash and a short probe in the worker's own table,
-//!   whose first slot the staged burst prefetched ([`Recorder::prefetch`]).
+//!   whose first slot the staged burst prefetched ([`Recorder::prefetch`],
+//!   [`Recorder::prefetch6`]).
 //!   No lock, no allocation, no shared atomic, no syscall. Packets of one
 //!   entry saturate at 2^32 - 1 per interval. At the first wake-up after an
 //!   interval boundary ([`Recorder::tick`]) the worker swaps its table for the
@@ -722,6 +723,20 @@ impl Recorder {
         crate::sys::prefetch(
             self.active.v4.slot_addr(key),
             std::mem::size_of::<Slot<u32, ()>>(),
+        );
+    }
+
+    /// [`Recorder::prefetch`] of IPv6 flow `key`: its 64-byte slot (which
+    /// may straddle two cache lines: slots are 32-byte aligned).
+    #[inline]
+    pub fn prefetch6(&self, key: &FlowKey<Ipv6Addr>) {
+        let addr = self.active.v6.slot_addr(key);
+        let skew = addr & (crate::sys::CACHE_LINE - 1);
+        crate::sys::prefetch(
+            addr - skew,
+            skew + std::mem::size_of::<
+                Slot<<Ipv6Addr as LogFamily>::Bits, <Ipv6Addr as LogFamily>::Ifaces>,
+            >(),
         );
     }
 

@@ -47,7 +47,7 @@
 //!   its address, which the verification tied to its identity), then the port.
 //! * User-space GRO merges consecutive TCP segments of one flow, IPv4 or IPv6,
 //!   for a port that takes offloads (`Gro`).
-//! * Flow logs (IPv4 only for now): a cross-host flow is logged on each
+//! * Flow logs (IPv4 and IPv6 alike): a cross-host flow is logged on each
 //!   instance's own host — the sender's egress record where it enters the
 //!   overlay (the pipeline), the receiver's ACCEPT/REJECT record here, after
 //!   the ingress verdict. Frames refused before it (`VxlanDrop`) are not
@@ -191,6 +191,10 @@ impl Overlay {
 pub struct OverlayEnv<'a> {
     pub ov: &'a Overlay,
     pub dir: &'a DirectoryTable,
+    /// Trace ([`crate::trace`]): a frame bound for another host is judged
+    /// as for real, then noted in [`Scratch::overlay_sent`] instead of being
+    /// encapsulated and sent.
+    pub dry: bool,
 }
 
 /// Encapsulate and send a frame of a local instance to `to` (see the module
@@ -846,7 +850,9 @@ fn check_inner<'t>(
             verdict?;
             (port, mac)
         }
-        Parsed::Ipv6 { pkt, eth, .. } => {
+        Parsed::Ipv6 {
+            pkt, eth, ip_len, ..
+        } => {
             // check_sender refused housekeeping it could see; an ICMPv6
             // type behind other extension headers is caught here.
             if let L4::Icmp { ty, .. } = pkt.l4
@@ -860,10 +866,18 @@ fn check_inner<'t>(
             }
             // Found through the snapshot: a port it does not know gets nothing.
             let port = port_of6(env, dst).ok_or(VxlanDrop::NotLocal)?;
-            let Kind::Instance { mac, .. } = port.kind else {
+            let Kind::Instance { mac, ip: if_ip, .. } = port.kind else {
                 return Err(VxlanDrop::NotLocal.into());
             };
-            judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote6(ip))?;
+            let verdict = judge_for(env, port, &pkt, frame.len(), |ip| dir.is_remote6(ip));
+            if let Some(rec) = flows {
+                // The receiver's record, on the interface of the instance
+                // (named by its IPv4 address, as on one host).
+                let on = flowlog::On::new(false, true, verdict);
+                let ifaces = (Ipv4Addr::UNSPECIFIED, if_ip);
+                rec.record6(&pkt.key, ifaces, on, 1, u64::from(ip_len), env.now);
+            }
+            verdict?;
             (port, mac)
         }
         // check_sender admits untagged IPv4 and IPv6 only.
@@ -1828,6 +1842,65 @@ mod tests {
         assert_eq!(st.drop_count(DropReason::NoRule), 2, "23 and 9090");
         assert_eq!(st.nonzero_vxlan_drops().count(), 0);
         assert_eq!(st.underlay.tx_packets, 2);
+    }
+
+    /// Cluster mode flow logs for IPv6, as for IPv4
+    /// (`flow_logs_record_cross_host_flows_on_the_instances_host`): host 1
+    /// logs its own instance's interface only, the egress record where a flow
+    /// enters the overlay and the ingress verdict (ACCEPT or REJECT) of what
+    /// arrives from it, with IPv6 addresses.
+    #[test]
+    fn flow_logs_record_cross_host_ipv6_flows_on_the_instances_host() {
+        let path =
+            std::env::temp_dir().join(format!("sgsw-overlay-flowlog6-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let cfg = crate::FlowLogConfig {
+            interval_secs: 60,
+            ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
+        };
+        let l = lab_opts(false, Some(cfg.clone()), true);
+        let mut w = l.dp.worker(0);
+        l.a.inject(0, &tcp6(A, B, 40000, 80, true, b""), VnetHdr::default())
+            .unwrap();
+        for (from, port) in [(5000, 23), (5001, 22), (5002, 9090)] {
+            let f = tcp6(C, A, from, port, true, b"");
+            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
+        }
+        for _ in 0..20 {
+            w.poll_once();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            l.dp.stats().underlay.tx_packets,
+            1,
+            "A's SYN went into the overlay"
+        );
+        w.hand_over_flows();
+        let writer = crate::flowlog::Writer::open(&cfg).expect("open");
+        let mut logger = l.dp.take_flow_logger(writer).expect("flow logs on");
+        logger
+            .flush(l.dp.now_secs(), &l.dp.rules(), &[A.0])
+            .expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_file(&path);
+        let got: Vec<String> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                [&f[1..10], &f[12..]].concat().join(" ")
+            })
+            .collect();
+        let (a, b, c) = (v6(A), v6(B), v6(C));
+        assert_eq!(
+            got,
+            [
+                format!("111122223333 eni-a {a} {b} 40000 80 6 1 60 ACCEPT OK"),
+                format!("111122223333 eni-a {c} {a} 5000 23 6 1 60 REJECT OK"),
+                format!("111122223333 eni-a {c} {a} 5001 22 6 1 60 ACCEPT OK"),
+                format!("111122223333 eni-a {c} {a} 5002 9090 6 1 60 REJECT OK"),
+            ]
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@
 //!     uplink's MAC when sent to the router's). From the uplink: sources of
 //!     the switch's side are `UplinkSpoof`, only instance destinations.
 //!     Judged by `Conntrack::judge_rule6` with the same counters as IPv4 and
-//!     flow-logged like it (not yet at the overlay's receive side).
+//!     flow-logged like it (in cluster mode too: [`crate::overlay`]).
 //!   - Cluster mode (`env.overlay`, [`crate::overlay`]): an IPv4 or IPv6
 //!     destination that is no attached port but an instance of another live
 //!     host in the directory is judged with `Conntrack::judge_scoped`/
@@ -60,7 +60,9 @@
 //!     with the remote instance's MAC. A frame too big for the overlay that
 //!     may not be cut gets ICMP "fragmentation needed" (IPv4 with DF) or
 //!     ICMPv6 "packet too big" (IPv6) back. Overlay refusals are
-//!     `Outcome::VxlanDropped`.
+//!     `Outcome::VxlanDropped`. A trace's overlay is dry
+//!     (`OverlayEnv::dry`): the same judgement, then the host and identity
+//!     are noted in [`Scratch::overlay_sent`] instead of a send.
 //!   - Capture ([`crate::capture`]): with `env.capture` set, frames of the
 //!     captured port(s) are recorded as received (with the drop reason when
 //!     dropped) and as sent, and frames addressed to the one captured port
@@ -172,6 +174,9 @@ pub struct Scratch {
     pub cap_tx: Option<Record>,
     /// Flow logs: this worker's aggregation table ([`crate::flowlog`]).
     pub flows: Option<Recorder>,
+    /// Trace (a dry [`OverlayEnv`]): the underlay address and the identity
+    /// of the last frame that would have gone into the overlay.
+    pub overlay_sent: Option<(SocketAddrV4, u16)>,
 }
 
 impl Default for Scratch {
@@ -183,6 +188,7 @@ impl Default for Scratch {
             cap_hold: false,
             cap_tx: None,
             flows: None,
+            overlay_sent: None,
         }
     }
 }
@@ -554,6 +560,10 @@ fn act(
         } => {
             frame[0..6].copy_from_slice(&dst_mac);
             let sent = match &env.overlay {
+                Some(o) if o.dry => {
+                    scratch.overlay_sent = Some((to, identity));
+                    Ok(())
+                }
                 Some(o) => overlay::send(env, o, frame, vnet, to, identity, scratch),
                 None => Err(VxlanDrop::TxFailed),
             };
@@ -681,6 +691,7 @@ fn log_flow6(
     }
     let (to, verdict) = match decided {
         Ok(Action::Forward { to, .. }) => (Some(&***to), Ok(())),
+        Ok(Action::Overlay { .. }) => (None, Ok(())),
         Err(r) if flowlog::is_verdict(*r) => (port_of6(env, pkt.key.dst).map(|p| &**p), Err(*r)),
         _ => return,
     };

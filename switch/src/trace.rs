@@ -14,9 +14,15 @@
 //!   request a reply answers, then the reply) builds exactly the state the
 //!   datapath would build. The live table is not read: a trace tells what frames
 //!   of this shape do under the current rules, not which flows are open now.
-//! * Cluster mode: the trace runs without the overlay (nothing is sent to other
-//!   hosts); a destination on another host is reported as such by
-//!   [`Traced::remote`] and its verdict is its host's.
+//! * Cluster mode: the trace runs with the live overlay directory but a dry
+//!   overlay (`OverlayEnv::dry`): a frame to an instance of another live host,
+//!   IPv4 or IPv6, goes through the same code as in a worker (ARP/neighbor
+//!   solicitation answered with the remote MAC, the sender's egress verdict
+//!   from `judge_scoped`/`judge_scoped6`), and where a worker would
+//!   encapsulate and send it, the trace notes the host's underlay address
+//!   and the identity it would carry ([`Traced::overlay`]); nothing is sent.
+//!   A destination on another host is flagged by [`Traced::remote`]; its
+//!   ingress verdict is its host's.
 //! * Both families: an IPv4 frame's facts are in [`Traced::packet`], an IPv6
 //!   frame's in [`Traced::packet6`]; the connection-table and rule questions
 //!   are asked through the same generic code ([`filter::conntrack::Family`]).
@@ -26,7 +32,7 @@
 //!   workers take.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -37,6 +43,7 @@ use crate::config::PortId;
 use crate::counters::{RuleHits, WorkerCounters};
 use crate::datapath::Datapath;
 use crate::mem::{MemPeer, mem_port};
+use crate::overlay::OverlayEnv;
 use crate::pipeline::{Env, Outcome, Scratch, process};
 use crate::port::VnetHdr;
 use crate::table::{Kind, Port, PortTable};
@@ -75,6 +82,10 @@ pub struct Traced {
     pub rules_allow: bool,
     /// Cluster mode: the destination is an instance of another host.
     pub remote: bool,
+    /// Cluster mode: the frame was sent into the overlay (the trace sends
+    /// nothing): the owning host's underlay address and the VXLAN-GBP policy
+    /// id (the sender's identity) it carries.
+    pub overlay: Option<(SocketAddrV4, u16)>,
 }
 
 /// The result of [`Datapath::trace`].
@@ -130,6 +141,7 @@ impl Datapath {
         // Scratch rule counters (following no layout: a trace counts nothing).
         let hits = RuleHits::default();
         let now = self.now_secs();
+        let dir = self.dir.load_full();
         let env = Env {
             snap: &snap,
             table: &table,
@@ -139,10 +151,13 @@ impl Datapath {
             w: 0,
             wc: &wc,
             hits: &hits,
-            overlay: None,
+            overlay: self.overlay.as_ref().map(|ov| OverlayEnv {
+                ov,
+                dir: &dir,
+                dry: true,
+            }),
             capture: None,
         };
-        let dir = self.dir.load_full();
         let mut scratch = Scratch::default();
         let mut out = Vec::with_capacity(frames.len());
         for (ingress, frame) in frames {
@@ -162,13 +177,14 @@ impl Datapath {
             let tracked_before = tracked(&ct);
             let rules_allow = packet.is_some_and(|p| allows(&snap, &p))
                 || packet6.is_some_and(|p| allows(&snap, &p));
-            let remote = packet.is_some_and(|p| {
-                self.overlay.is_some()
-                    && table.by_ip(p.key.dst).is_none()
-                    && dir.remote_instance(p.key.dst).is_some()
-            });
+            let remote = self.overlay.is_some()
+                && (packet.is_some_and(|p| {
+                    table.by_ip(p.key.dst).is_none() && dir.remote_instance(p.key.dst).is_some()
+                }) || packet6.is_some_and(|p| dir.remote_instance6(p.key.dst).is_some()));
             let mut buf = frame.clone();
+            scratch.overlay_sent = None;
             let outcome = process(&env, inp, &mut buf, &VnetHdr::default(), &mut scratch);
+            let overlay = scratch.overlay_sent.take();
             let tracked_after = tracked(&ct);
             let mut delivered = None;
             let mut answer = None;
@@ -197,6 +213,7 @@ impl Datapath {
                 tracked_after,
                 rules_allow,
                 remote,
+                overlay,
             });
         }
         Ok(TraceRun {

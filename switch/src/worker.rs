@@ -137,8 +137,10 @@ impl Burst {
         let frames = self.bufs.iter_mut().zip(&self.meta).take(n);
         for ((buf, (len, _)), parsed) in frames.zip(self.parsed.iter_mut()) {
             prepare(env, &buf[..*len], parsed);
-            if let (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) = (&scratch.flows, &*parsed) {
-                r.prefetch(&pkt.key);
+            match (&scratch.flows, &*parsed) {
+                (Some(r), Ok(Parsed::Ipv4 { pkt, .. })) => r.prefetch(&pkt.key),
+                (Some(r), Ok(Parsed::Ipv6 { pkt, .. })) => r.prefetch6(&pkt.key),
+                _ => {}
             }
         }
         let frames = self.bufs.iter_mut().zip(&self.meta).zip(&self.parsed);
@@ -154,7 +156,11 @@ impl Burst {
 #[inline]
 fn overlay_env<'a>(dp: &'a Datapath, dir: Option<&'a DirectoryTable>) -> Option<OverlayEnv<'a>> {
     match (&dp.overlay, dir) {
-        (Some(ov), Some(dir)) => Some(OverlayEnv { ov, dir }),
+        (Some(ov), Some(dir)) => Some(OverlayEnv {
+            ov,
+            dir,
+            dry: false,
+        }),
         _ => None,
     }
 }
@@ -375,7 +381,11 @@ impl Worker {
             let snap = dp.rules.load();
             let hits = dp.rule_hits_for(env.w, &snap);
             let dir = dp.dir.load();
-            let o = OverlayEnv { ov, dir: &dir };
+            let o = OverlayEnv {
+                ov,
+                dir: &dir,
+                dry: false,
+            };
             let cap = dp.capture.load();
             let env = Env {
                 snap: &snap,

@@ -507,3 +507,150 @@ fn trace_of_ipv6_frames() {
     assert_eq!(na[54], 136);
     assert_eq!(&na[na.len() - 6..], &mac_of(2));
 }
+
+/// Cluster mode: a destination on another live host, IPv4 or IPv6, is traced
+/// through the same code as in a worker: the ARP request / neighbor
+/// solicitation is answered with the remote MAC, the sender's egress rules
+/// decide, the flow is tracked for its reply, and the frame goes into the
+/// overlay to that host's underlay address with the sender's identity — which
+/// the trace reports without sending anything. With the default egress rule
+/// revoked, the sender's host refuses it (`no_egress_rule`).
+#[test]
+fn trace_to_an_instance_of_another_host() {
+    use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+    use std::time::Duration;
+    use switch::OverlayConfig;
+    use switch::vxlan::{DirectoryTable, HostId, InstanceInfo};
+
+    const ID_A: u16 = 0x100;
+    const ID_B: u16 = 0x101;
+    let owner = Owner(OWNER.into());
+    // A (instance 0) here on host 1, B (instance 1) on host 2.
+    let (a, b) = (0u8, 1u8);
+    let run = |revoke_egress: bool| {
+        let mut model = Model::new(Limits::default());
+        model.ensure_owner(&owner);
+        model.set_subnet6(Some(prefix6())).expect("prefix");
+        if revoke_egress {
+            let spec = RuleSpec {
+                proto: Some("all".into()),
+                ports: None,
+                icmp: None,
+                cidrs: vec!["0.0.0.0/0".into(), "::/0".into()],
+                groups: vec![],
+            };
+            model
+                .revoke_dir(&owner, "default", &spec, true)
+                .expect("revoke the default egress rule");
+        }
+        for n in [a, b] {
+            model
+                .add_instance(Instance {
+                    id: format!("i-{n:08x}"),
+                    owner: owner.clone(),
+                    mac: mac_of(n),
+                    ip: ip_of(n),
+                    groups: vec!["default".into()],
+                })
+                .expect("instance");
+        }
+        let dp = Datapath::new(SwitchConfig {
+            workers: 1,
+            ct: CtConfig::with_capacity(1024),
+            subnet: "172.31.0.0/16".parse().expect("subnet"),
+            subnet6: Some(prefix6()),
+            overlay: Some(OverlayConfig::new(
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+                77,
+            )),
+            ..SwitchConfig::default()
+        })
+        .expect("datapath with overlay");
+        let h1 = dp.overlay().expect("overlay").local_addr();
+        let h2 = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind 127.0.0.2");
+        let SocketAddr::V4(h2a) = h2.local_addr().expect("addr") else {
+            unreachable!()
+        };
+        let mut dir = DirectoryTable::new(HostId(1));
+        dir.add_host(HostId(1), h1);
+        dir.add_host(HostId(2), h2a);
+        for (n, host, identity) in [(a, 1, ID_A), (b, 2, ID_B)] {
+            let info = InstanceInfo {
+                host: HostId(host),
+                mac: mac_of(n),
+                identity,
+            };
+            dir.add_instance(ip_of(n), info);
+            dir.add_instance6(ip6_of(n), ip_of(n));
+        }
+        dp.publish_rules(compile(&model, 1));
+        dp.publish_directory(std::sync::Arc::new(dir));
+        let (queues, _peer) = mem_port(1);
+        dp.add_port(PortSpec {
+            name: "a".into(),
+            role: PortRole::Instance {
+                id: format!("i-{a:08x}"),
+                mac: mac_of(a),
+                ip: ip_of(a),
+            },
+            queues,
+        })
+        .expect("port");
+        let from = Ingress::Instance(ip_of(a));
+        let (ea, eb) = (
+            Endpoint::new(mac_of(a), ip_of(a)),
+            Endpoint::new(mac_of(b), ip_of(b)),
+        );
+        let (ea6, eb6) = (
+            Endpoint6::new(mac_of(a), ip6_of(a)),
+            Endpoint6::new(mac_of(b), ip6_of(b)),
+        );
+        let t = dp
+            .trace(&[
+                (from, wire::arp_request(ea, ip_of(b))),
+                (from, wire::tcp(ea, eb, 40000, 22, tcp_flags::SYN, &[])),
+                (from, wire::neighbor_solicitation(ea6, ip6_of(b))),
+                (from, wire::tcp6(ea6, eb6, 40000, 22, tcp_flags::SYN, &[])),
+            ])
+            .expect("trace");
+        // The trace sends nothing to host 2.
+        h2.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        assert!(h2.recv_from(&mut buf).is_err(), "the trace sent a datagram");
+        (t, h2a)
+    };
+
+    let (t, h2a) = run(false);
+    let [arp, syn, ns, syn6] = &t.frames[..] else {
+        panic!("four frames")
+    };
+    assert_eq!(arp.outcome, Outcome::Answered);
+    let ans = arp.answer.as_ref().expect("an ARP reply");
+    assert_eq!(&ans[22..28], &mac_of(b), "B's MAC, answered by the switch");
+    assert_eq!(ns.outcome, Outcome::Answered);
+    let na = ns.answer.as_ref().expect("a neighbor advertisement");
+    assert_eq!(&na[na.len() - 6..], &mac_of(b));
+    for (f, v6) in [(syn, false), (syn6, true)] {
+        assert_eq!(f.outcome, Outcome::Forwarded, "ipv6: {v6}");
+        assert!(f.remote, "ipv6: {v6}: B is on another host");
+        assert_eq!(f.overlay, Some((h2a, ID_A)), "ipv6: {v6}");
+        assert_eq!(f.delivered, None, "ipv6: {v6}: no local port got it");
+        assert!(
+            !f.tracked_before && f.tracked_after,
+            "ipv6: {v6}: tracked for the reply"
+        );
+        assert_eq!(f.packet.is_none(), v6);
+        assert_eq!(f.packet6.is_some(), v6);
+    }
+
+    let (t, _) = run(true);
+    for (f, v6) in [(&t.frames[1], false), (&t.frames[3], true)] {
+        assert_eq!(
+            f.outcome,
+            Outcome::Dropped(DropReason::NoEgressRule),
+            "ipv6: {v6}"
+        );
+        assert!(f.remote && f.overlay.is_none(), "ipv6: {v6}");
+    }
+}

@@ -251,6 +251,30 @@ fn three_hosts_one_lab() {
     expect(&lab, &web, app_ip, DB, false);
     expect(&lab, &app, web_ip, DB, false);
 
+    // --- trace on the sender's host, to an instance of another host, both
+    // families: app's egress rules allow it, it goes into the overlay to h3
+    // with app's identity (the trace sends nothing).
+    for v6 in [false, true] {
+        let mut args = vec![
+            "trace", "--from", &app, "--to", &db, "-P", "tcp", "-p", "5432",
+        ];
+        if v6 {
+            args.push("-6");
+        }
+        let out = lab.cli(1, &args);
+        assert!(out.contains("VERDICT\tallowed"), "ipv6 {v6}: {out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("STEP\ttransmit\tok\tsent to host h3 (")
+                    && l.contains(") in VXLAN-GBP with identity ")),
+            "ipv6 {v6}: {out}"
+        );
+        assert!(
+            out.contains("egress rules allow it, flow tracked from now on for its reply"),
+            "ipv6 {v6}: {out}"
+        );
+    }
+
     // --- IPv6 across hosts: app (h2) connects to db (h3) by db's IPv6
     // address (neighbor discovery answered by h2's switch, frames in
     // VXLAN-GBP with app's identity, judged by db's rules on h3, the echo

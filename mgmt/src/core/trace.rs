@@ -581,9 +581,20 @@ impl Core {
                 .find(|i| i.ip == ip)
                 .map(|i| i.id.clone())
         };
+        // Cluster mode: the host a remote destination runs on.
+        let dst_host = dst
+            .id()
+            .and_then(|id| self.records.get(id))
+            .and_then(|r| self.remote_host(r))
+            .map(str::to_owned);
         // A delivered frame is named by the destination's address in the
-        // trace's family.
+        // trace's family; one sent into the overlay by the host it goes to.
         let fate = |t: &Traced| match t.outcome {
+            Outcome::Forwarded if let Some((addr, identity)) = t.overlay => format!(
+                "sent to host {} ({}) in VXLAN-GBP with identity {identity}",
+                dst_host.as_deref().unwrap_or("?"),
+                addr.ip()
+            ),
             Outcome::Forwarded => match &t.delivered {
                 Some((_, _, Some(ip))) => {
                     let addr = match &dst.instance {
@@ -794,7 +805,20 @@ impl Core {
                 }
             } else {
                 let d = match policy_drop {
+                    Some(x @ DropReason::NoEgressRule) => format!(
+                        "no tracked flow; no egress rule of the source's groups allows it: {}",
+                        x.name()
+                    ),
                     Some(x) => format!("refused: {}", x.name()),
+                    None if last.remote => format!(
+                        "no tracked flow; the source's egress rules allow it{}; {}'s host judges it by its ingress rules",
+                        if last.tracked_after {
+                            ", flow tracked from now on for its reply"
+                        } else {
+                            ""
+                        },
+                        dst.ip
+                    ),
                     None => "to no instance of this host: egress is not filtered".to_string(),
                 };
                 step(
