@@ -1877,10 +1877,16 @@ fn trace_of_group_rules_replies_and_egress() {
     let t = traced(core.handle(req(trace_cmd("172.31.255.10", &app, "tcp", Some(8080)))));
     assert_eq!(t.reason.as_deref(), Some("no_rule"));
     assert_eq!(t.groups, vec!["app".to_string()]);
-    // Egress: app -> outside passes without a rule.
+    // Egress: app -> outside passes by app's default egress rule (no
+    // ingress rule applies), and the trace says so.
     let t = traced(core.handle(req(trace_cmd(&app, "172.31.255.10", "tcp", Some(443)))));
     assert_eq!(t.verdict, "allowed", "{t:?}");
     assert!(t.rules.is_empty());
+    let conn = step(&t, "connection").detail.clone();
+    assert!(
+        conn.contains("the source's egress rules allow it, flow tracked"),
+        "{conn}"
+    );
     assert_eq!(
         step(&t, "destination").detail,
         "172.31.255.10 is no instance: the uplink"

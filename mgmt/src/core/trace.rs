@@ -819,7 +819,14 @@ impl Core {
                         },
                         dst.ip
                     ),
-                    None => "to no instance of this host: egress is not filtered".to_string(),
+                    None => format!(
+                        "no tracked flow; to no instance of this host: the source's egress rules allow it{}",
+                        if last.tracked_after {
+                            ", flow tracked from now on for its reply"
+                        } else {
+                            ""
+                        }
+                    ),
                 };
                 step(
                     "connection",
