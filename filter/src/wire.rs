@@ -229,13 +229,25 @@ pub fn udp_datagram(
     payload: &[u8],
 ) -> Vec<u8> {
     let len = 8 + payload.len();
+    udp_bytes(
+        sport,
+        dport,
+        payload,
+        &pseudo_header(src, dst, proto::UDP, len),
+    )
+}
+
+/// A UDP header and `payload`, its checksum over `pseudo` (the pseudo-header
+/// of its family) and the datagram.
+fn udp_bytes(sport: u16, dport: u16, payload: &[u8], pseudo: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
     let mut u = Vec::with_capacity(len);
     u.extend_from_slice(&sport.to_be_bytes());
     u.extend_from_slice(&dport.to_be_bytes());
     u.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(payload);
-    let c = match checksum(&[&pseudo_header(src, dst, proto::UDP, len), &u]) {
+    let c = match checksum(&[pseudo, &u]) {
         0 => 0xffff, // 0 means "no checksum" in UDP
         c => c,
     };
@@ -468,18 +480,12 @@ pub fn udp_datagram6(
     payload: &[u8],
 ) -> Vec<u8> {
     let len = 8 + payload.len();
-    let mut u = Vec::with_capacity(len);
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let c = match checksum(&[&pseudo_header6(src, dst, proto::UDP, len), &u]) {
-        0 => 0xffff,
-        c => c,
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    u
+    udp_bytes(
+        sport,
+        dport,
+        payload,
+        &pseudo_header6(src, dst, proto::UDP, len),
+    )
 }
 
 /// An ICMPv6 message from `src` to `dst`: type, code, the 4 bytes of message

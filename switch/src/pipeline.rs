@@ -968,6 +968,24 @@ fn check_eth(inp: &Port, eth: &Eth) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// An instance's frame to no instance goes out the uplink (none:
+/// `UnknownDestination`), to the MAC the uplink's router was learned at when
+/// it was sent to the gateway's MAC.
+#[inline(always)]
+fn to_uplink<'t>(env: &Env<'t>, eth: &Eth) -> Result<(&'t Arc<Port>, Option<Mac>), DropReason> {
+    let up = env
+        .table
+        .uplink
+        .as_ref()
+        .ok_or(DropReason::UnknownDestination)?;
+    let m = if eth.dst == GATEWAY_MAC {
+        u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
+    } else {
+        None
+    };
+    Ok((up, m))
+}
+
 /// [`decide`] for an IPv4 packet (the facts of its `Parsed::Ipv4`): always
 /// inlined, it is the burst loop's hot path.
 #[allow(clippy::too_many_arguments)]
@@ -1021,19 +1039,7 @@ fn decide4<'t>(
                 None if env.snap.instance_by_ip(dst).is_some() => {
                     return Err(DropReason::UnknownDestination);
                 }
-                None => {
-                    let up = env
-                        .table
-                        .uplink
-                        .as_ref()
-                        .ok_or(DropReason::UnknownDestination)?;
-                    let m = if eth.dst == GATEWAY_MAC {
-                        u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
-                    } else {
-                        None
-                    };
-                    (up, m)
-                }
+                None => to_uplink(env, eth)?,
             };
             judge_for(env, to, pkt, frame.len(), |_| false)?;
             Ok(Action::Forward { to, dst_mac })
@@ -1182,19 +1188,7 @@ fn data6<'t>(
                 {
                     return Err(DropReason::UnknownDestination);
                 }
-                None => {
-                    let up = env
-                        .table
-                        .uplink
-                        .as_ref()
-                        .ok_or(DropReason::UnknownDestination)?;
-                    let m = if eth.dst == GATEWAY_MAC {
-                        u64_to_mac(up.learned_mac.load(Ordering::Relaxed))
-                    } else {
-                        None
-                    };
-                    (up, m)
-                }
+                None => to_uplink(env, eth)?,
             };
             judge_for(env, to, pkt, frame.len(), |_| false)?;
             Ok(Action::Forward { to, dst_mac })

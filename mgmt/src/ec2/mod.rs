@@ -609,6 +609,23 @@ impl Ctx<'_> {
         self.call_as(&self.owner, command)
     }
 
+    /// The request's permissions for an edit of `group`. EC2 reports an
+    /// unknown group before anything wrong with the permissions (the core
+    /// checks the group, then that there are any): when they do not parse,
+    /// the group is looked up first.
+    fn permissions_of(
+        &self,
+        p: &Params,
+        group: &GroupRef,
+    ) -> Result<Vec<crate::api::Permission>, ApiError> {
+        params::permissions(p).or_else(|e| {
+            self.lookup(Command::DescribeGroups {
+                groups: vec![group.clone()],
+            })?;
+            Err(e)
+        })
+    }
+
     /// A lookup besides the action's command (never a dry run).
     fn lookup(&self, command: Command) -> Reply {
         self.call_as(&self.owner, command)
@@ -688,17 +705,7 @@ impl Ctx<'_> {
                 x.elem("return", "true");
             }));
         }
-        // EC2 reports an unknown group before anything wrong with the
-        // permissions (the core checks the group, then that there are any).
-        let permissions = match params::permissions(p) {
-            Ok(perms) => perms,
-            Err(e) => {
-                self.lookup(Command::DescribeGroups {
-                    groups: vec![group],
-                })?;
-                return Err(e);
-            }
-        };
+        let permissions = self.permissions_of(p, &group)?;
         let cmd = if add {
             Command::Authorize {
                 group,
@@ -1186,15 +1193,7 @@ impl Ctx<'_> {
             .collect::<Result<_, ApiError>>()?;
         let permissions =
             if by_id.is_empty() {
-                let perms = match params::permissions(p) {
-                    Ok(perms) => perms,
-                    Err(e) => {
-                        self.lookup(Command::DescribeGroups {
-                            groups: vec![group],
-                        })?;
-                        return Err(e);
-                    }
-                };
+                let perms = self.permissions_of(p, &group)?;
                 // A source without a description gets an empty one.
                 perms
                     .into_iter()
