@@ -1391,19 +1391,39 @@ mod tests {
     /// verdict of what arrives from it.
     #[test]
     fn flow_logs_record_cross_host_flows_on_the_instances_host() {
-        let path =
-            std::env::temp_dir().join(format!("sgsw-overlay-flowlog-{}", std::process::id()));
+        let (_, got) = cross_host_flow_log(false, &[(5000, 23), (5001, 22)]);
+        assert_eq!(
+            got,
+            [
+                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
+            ]
+        );
+    }
+
+    /// Runs a flow-logging lab (dual-stack and IPv6 frames when `dual`): A
+    /// opens TCP to B:80 and C (from host 2) opens TCP to A from each
+    /// `(source port, port)` of `from_c`; returns the lab and host 1's flow
+    /// log lines without their timestamps (fields 10 and 11).
+    fn cross_host_flow_log(dual: bool, from_c: &[(u16, u16)]) -> (Lab, Vec<String>) {
+        let frame: fn(_, _, u16, u16, bool, &[u8]) -> Vec<u8> = if dual { tcp6 } else { tcp };
+        let path = std::env::temp_dir().join(format!(
+            "sgsw-overlay-flowlog{}-{}",
+            if dual { "6" } else { "" },
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         let cfg = crate::FlowLogConfig {
             interval_secs: 60,
             ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
         };
-        let l = lab_full(false, Some(cfg.clone()));
+        let l = lab_opts(false, Some(cfg.clone()), dual);
         let mut w = l.dp.worker(0);
-        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+        l.a.inject(0, &frame(A, B, 40000, 80, true, b""), VnetHdr::default())
             .unwrap();
-        for (from, port) in [(5000, 23), (5001, 22)] {
-            let f = tcp(C, A, from, port, true, b"");
+        for &(from, port) in from_c {
+            let f = frame(C, A, from, port, true, b"");
             l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
         }
         for _ in 0..20 {
@@ -1418,7 +1438,7 @@ mod tests {
             .expect("flush");
         let text = std::fs::read_to_string(&path).expect("read");
         let _ = std::fs::remove_file(&path);
-        let got: Vec<String> = text
+        let got = text
             .lines()
             .skip(1)
             .map(|l| {
@@ -1426,14 +1446,8 @@ mod tests {
                 [&f[1..10], &f[12..]].concat().join(" ")
             })
             .collect();
-        assert_eq!(
-            got,
-            [
-                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
-                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
-                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
-            ]
-        );
+        drop(w);
+        (l, got)
     }
 
     #[test]
@@ -1851,46 +1865,12 @@ mod tests {
     /// arrives from it, with IPv6 addresses.
     #[test]
     fn flow_logs_record_cross_host_ipv6_flows_on_the_instances_host() {
-        let path =
-            std::env::temp_dir().join(format!("sgsw-overlay-flowlog6-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let cfg = crate::FlowLogConfig {
-            interval_secs: 60,
-            ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
-        };
-        let l = lab_opts(false, Some(cfg.clone()), true);
-        let mut w = l.dp.worker(0);
-        l.a.inject(0, &tcp6(A, B, 40000, 80, true, b""), VnetHdr::default())
-            .unwrap();
-        for (from, port) in [(5000, 23), (5001, 22), (5002, 9090)] {
-            let f = tcp6(C, A, from, port, true, b"");
-            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
-        }
-        for _ in 0..20 {
-            w.poll_once();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (l, got) = cross_host_flow_log(true, &[(5000, 23), (5001, 22), (5002, 9090)]);
         assert_eq!(
             l.dp.stats().underlay.tx_packets,
             1,
             "A's SYN went into the overlay"
         );
-        w.hand_over_flows();
-        let writer = crate::flowlog::Writer::open(&cfg).expect("open");
-        let mut logger = l.dp.take_flow_logger(writer).expect("flow logs on");
-        logger
-            .flush(l.dp.now_secs(), &l.dp.rules(), &[A.0])
-            .expect("flush");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let _ = std::fs::remove_file(&path);
-        let got: Vec<String> = text
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                [&f[1..10], &f[12..]].concat().join(" ")
-            })
-            .collect();
         let (a, b, c) = (v6(A), v6(B), v6(C));
         assert_eq!(
             got,
