@@ -1076,11 +1076,7 @@ fn bench_overlay_vs_kernel_vxlan() {
     let st = lab.sw(1).stats();
     // The median over the rounds with `streams` streams of `f` of a row.
     let median = |streams: u32, f: &dyn Fn(&Row) -> f64| {
-        let mut v: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.0 == streams)
-            .map(|x| f(x))
-            .collect();
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == streams).map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };

@@ -70,6 +70,7 @@ pub fn pat(i: u64) -> u8 {
 
 /// Instance `n` (id `i-{n:08x}`) of `owner` in group `default`, with the
 /// test's own `mac` and `ip` for it.
+#[allow(dead_code)] // used by trace.rs and sim.rs, not by every root test
 pub fn default_instance(
     owner: &filter::model::Owner,
     n: u8,
