@@ -1507,23 +1507,22 @@ mod tests {
         assert_eq!(st.total_drops(), 0);
     }
 
-    #[test]
-    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
-        let l = lab();
+    /// A sends 6,000 bytes to B:80 as a plain frame made by `frame` from
+    /// port 40000 and as a TSO super-frame `tso` from port 40001 (TCPv6 when
+    /// `tso` says so). Checks that host 2 got both flows' bytes whole, from
+    /// A's identity, in inner frames of at most 1464 bytes of that IP version
+    /// with full, valid TCP checksums (and, IPv6, the right payload length);
+    /// returns the plain frame and what host 2 got.
+    fn big_tcp_a_to_b(
+        l: &Lab,
+        frame: fn((Ipv4Addr, Mac, u16), (Ipv4Addr, Mac, u16), u16, u16, bool, &[u8]) -> Vec<u8>,
+        tso: VnetHdr,
+    ) -> (Vec<u8>, Vec<(u16, Vec<u8>)>) {
+        let v6 = tso.gso_type == VnetHdr::GSO_TCPV6;
         let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
-        // A plain 6054-byte frame (the instance's MTU is larger than the path's).
-        let big = tcp(A, B, 40000, 80, false, &payload);
+        let big = frame(A, B, 40000, 80, false, &payload);
         l.a.inject(0, &big, VnetHdr::default()).unwrap();
-        // The same as a TSO super-frame with MSS 1448 (inner MTU 1450 allows 1410).
-        let tso = VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        l.a.inject(0, &tcp(A, B, 40001, 80, false, &payload), tso)
+        l.a.inject(0, &frame(A, B, 40001, 80, false, &payload), tso)
             .unwrap();
         settle(&l.dp);
         let got = h2_received(&l.h2);
@@ -1535,18 +1534,42 @@ mod tests {
             let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
                 panic!("not TCP")
             };
-            // Full, valid checksums on every segment.
-            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-                panic!("not IPv4")
+            let want = match (v6, &p.net) {
+                (false, Some(etherparse::NetSlice::Ipv4(ip))) => t
+                    .to_header()
+                    .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                    .unwrap(),
+                (true, Some(etherparse::NetSlice::Ipv6(ip))) => {
+                    assert_eq!(usize::from(ip.header().payload_length()), inner.len() - 54);
+                    t.to_header()
+                        .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                        .unwrap()
+                }
+                _ => panic!("not IPv{}", if v6 { 6 } else { 4 }),
             };
-            let want = t
-                .to_header()
-                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
-                .unwrap();
-            assert_eq!(t.checksum(), want);
+            assert_eq!(t.checksum(), want, "full, valid TCP checksum");
             per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
         }
         assert_eq!(per_flow[0], payload);
+        assert_eq!(per_flow[1], payload);
+        (big, got)
+    }
+
+    #[test]
+    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
+        let l = lab();
+        // A plain 6054-byte frame (the instance's MTU is larger than the path's)
+        // and the same as a TSO super-frame with MSS 1448 (inner MTU 1450
+        // allows 1410).
+        let tso = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (big, got) = big_tcp_a_to_b(&l, tcp, tso);
         // Byte for byte what offload::segment makes of the frame with that MSS.
         let fit = VnetHdr {
             flags: VnetHdr::F_NEEDS_CSUM,
@@ -1573,7 +1596,6 @@ mod tests {
         for (g, w) in flow0.iter().zip(&want) {
             assert!(*g == w, "segment differs from offload::segment's");
         }
-        assert_eq!(per_flow[1], payload);
         assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
         let st = l.dp.stats();
         assert_eq!(st.underlay.tx_packets, 10);
@@ -2068,13 +2090,6 @@ mod tests {
         );
         // TCP over IPv6 is cut instead: a plain 6074-byte frame and a TSO6
         // super-frame (MSS 1440; the path allows 1390).
-        let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
-        l.a.inject(
-            0,
-            &tcp6(A, B, 40000, 80, false, &payload),
-            VnetHdr::default(),
-        )
-        .unwrap();
         let tso = VnetHdr {
             flags: VnetHdr::F_NEEDS_CSUM,
             gso_type: VnetHdr::GSO_TCPV6,
@@ -2083,31 +2098,7 @@ mod tests {
             csum_start: 54,
             csum_offset: 16,
         };
-        l.a.inject(0, &tcp6(A, B, 40001, 80, false, &payload), tso)
-            .unwrap();
-        settle(&l.dp);
-        let got = h2_received(&l.h2);
-        let mut per_flow = [Vec::new(), Vec::new()];
-        for (policy, inner) in &got {
-            assert_eq!(*policy, A.2);
-            assert!(inner.len() <= 1464, "inner frame of {}", inner.len());
-            let p = etherparse::SlicedPacket::from_ethernet(inner).unwrap();
-            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
-                panic!("not IPv6")
-            };
-            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
-                panic!("not TCP")
-            };
-            let want = t
-                .to_header()
-                .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
-                .unwrap();
-            assert_eq!(t.checksum(), want, "full, valid TCP checksum");
-            assert_eq!(usize::from(ip.header().payload_length()), inner.len() - 54);
-            per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
-        }
-        assert_eq!(per_flow[0], payload);
-        assert_eq!(per_flow[1], payload);
+        let (_, got) = big_tcp_a_to_b(&l, tcp6, tso);
         assert_eq!(got.len(), 10, "5 segments of at most 1390 bytes each");
         let st = l.dp.stats();
         assert_eq!(st.tso_segmented, 2);
