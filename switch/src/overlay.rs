@@ -1271,6 +1271,10 @@ mod tests {
         Lab { dp, a, h2, h1 }
     }
 
+    /// [`tcp`] or [`tcp6`]: a TCP frame (src, dst, sport, dport, syn, payload).
+    type TcpFrame =
+        fn((Ipv4Addr, Mac, u16), (Ipv4Addr, Mac, u16), u16, u16, bool, &[u8]) -> Vec<u8>;
+
     fn tcp(
         src: (Ipv4Addr, Mac, u16),
         dst: (Ipv4Addr, Mac, u16),
@@ -1407,7 +1411,7 @@ mod tests {
     /// `(source port, port)` of `from_c`; returns the lab and host 1's flow
     /// log lines without their timestamps (fields 10 and 11).
     fn cross_host_flow_log(dual: bool, from_c: &[(u16, u16)]) -> (Lab, Vec<String>) {
-        let frame: fn(_, _, u16, u16, bool, &[u8]) -> Vec<u8> = if dual { tcp6 } else { tcp };
+        let frame: TcpFrame = if dual { tcp6 } else { tcp };
         let path = std::env::temp_dir().join(format!(
             "sgsw-overlay-flowlog{}-{}",
             if dual { "6" } else { "" },
@@ -1513,11 +1517,7 @@ mod tests {
     /// A's identity, in inner frames of at most 1464 bytes of that IP version
     /// with full, valid TCP checksums (and, IPv6, the right payload length);
     /// returns the plain frame and what host 2 got.
-    fn big_tcp_a_to_b(
-        l: &Lab,
-        frame: fn((Ipv4Addr, Mac, u16), (Ipv4Addr, Mac, u16), u16, u16, bool, &[u8]) -> Vec<u8>,
-        tso: VnetHdr,
-    ) -> (Vec<u8>, Vec<(u16, Vec<u8>)>) {
+    fn big_tcp_a_to_b(l: &Lab, frame: TcpFrame, tso: VnetHdr) -> (Vec<u8>, Vec<(u16, Vec<u8>)>) {
         let v6 = tso.gso_type == VnetHdr::GSO_TCPV6;
         let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
         let big = frame(A, B, 40000, 80, false, &payload);
