@@ -1346,6 +1346,23 @@ mod tests {
         assert!(h2_received(&l.h2).is_empty(), "no broadcast crosses hosts");
     }
 
+    /// B's reply made by `frame` (ACK, TCP 80 → 40000) comes from host 2;
+    /// checks that A gets it as sent (by state: no rule of a allows it).
+    fn reply_from_b_passes(l: &Lab, frame: TcpFrame) {
+        let reply = frame(B, A, 80, 40000, false, b"reply");
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(&got[0].data[12..], &reply[12..]);
+    }
+
     #[test]
     fn tcp_out_and_back_is_stateful_and_rules_apply_at_the_destination() {
         let l = lab();
@@ -1361,18 +1378,7 @@ mod tests {
         assert_eq!(&inner[6..12], &A.1);
         // B's reply (SYN-ACK) from host 2 passes by state, though no rule of a
         // allows TCP 80 → 40000 from b.
-        let reply = tcp(B, A, 80, 40000, false, b"reply");
-        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
-            .unwrap();
-        settle(&l.dp);
-        let got = l.a.take();
-        assert_eq!(
-            got.len(),
-            1,
-            "{:?}",
-            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        assert_eq!(&got[0].data[12..], &reply[12..]);
+        reply_from_b_passes(&l, tcp);
         // A new flow from C to A: port 23 is refused by A's rules, port 22 is
         // allowed by the group rule (C is a verified member of b).
         let c23 = tcp(C, A, 5000, 23, true, b"");
@@ -1839,18 +1845,7 @@ mod tests {
         assert_eq!(&inner[0..6], &B.1, "to B's MAC");
         assert_eq!(&inner[6..], &syn[6..], "the IPv6 frame as sent");
         // B's SYN-ACK from host 2 passes by state (no rule of a allows it).
-        let reply = tcp6(B, A, 80, 40000, false, b"reply");
-        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
-            .unwrap();
-        settle(&l.dp);
-        let got = l.a.take();
-        assert_eq!(
-            got.len(),
-            1,
-            "{:?}",
-            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        assert_eq!(&got[0].data[12..], &reply[12..]);
+        reply_from_b_passes(&l, tcp6);
         // New flows from C to A, judged by A's rules here: 23 has no rule, 22
         // is allowed by the group rule (C is a verified member of b), 8080 by
         // the IPv6 CIDR rule (the inner address), 9090 only by an IPv4 CIDR
