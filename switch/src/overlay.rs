@@ -1275,6 +1275,7 @@ mod tests {
     type TcpFrame =
         fn((Ipv4Addr, Mac, u16), (Ipv4Addr, Mac, u16), u16, u16, bool, &[u8]) -> Vec<u8>;
 
+    /// A TCP frame between two instances over IPv4 ([`tcp_ip`]).
     fn tcp(
         src: (Ipv4Addr, Mac, u16),
         dst: (Ipv4Addr, Mac, u16),
@@ -1283,10 +1284,28 @@ mod tests {
         syn: bool,
         payload: &[u8],
     ) -> Vec<u8> {
+        tcp_ip(false, src, dst, sport, dport, syn, payload)
+    }
+
+    /// A TCP frame between two instances, over IPv6 (their addresses in the
+    /// dual-stack lab) when `ipv6`: a SYN, or an ACK with `payload`.
+    fn tcp_ip(
+        ipv6: bool,
+        src: (Ipv4Addr, Mac, u16),
+        dst: (Ipv4Addr, Mac, u16),
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut f = Vec::new();
-        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
-            .ipv4(src.0.octets(), dst.0.octets(), 64)
-            .tcp(sport, dport, 1000, 64000);
+        let e = etherparse::PacketBuilder::ethernet2(src.1, dst.1);
+        let ip = if ipv6 {
+            e.ipv6(v6(src).octets(), v6(dst).octets(), 64)
+        } else {
+            e.ipv4(src.0.octets(), dst.0.octets(), 64)
+        };
+        let b = ip.tcp(sport, dport, 1000, 64000);
         let b = if syn { b.syn() } else { b.ack(1) };
         b.write(&mut f, payload).unwrap();
         f
@@ -1807,13 +1826,7 @@ mod tests {
         syn: bool,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut f = Vec::new();
-        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
-            .ipv6(v6(src).octets(), v6(dst).octets(), 64)
-            .tcp(sport, dport, 1000, 64000);
-        let b = if syn { b.syn() } else { b.ack(1) };
-        b.write(&mut f, payload).unwrap();
-        f
+        tcp_ip(true, src, dst, sport, dport, syn, payload)
     }
 
     /// An ICMPv6 frame from `mac`/`src` to `dst` with message `msg`.
