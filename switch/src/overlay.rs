@@ -1271,19 +1271,14 @@ mod tests {
         Lab { dp, a, h2, h1 }
     }
 
+    /// An instance of the lab: (address, MAC, identity), as [`A`], [`B`], [`C`].
+    type Inst = (Ipv4Addr, Mac, u16);
+
     /// [`tcp`] or [`tcp6`]: a TCP frame (src, dst, sport, dport, syn, payload).
-    type TcpFrame =
-        fn((Ipv4Addr, Mac, u16), (Ipv4Addr, Mac, u16), u16, u16, bool, &[u8]) -> Vec<u8>;
+    type TcpFrame = fn(Inst, Inst, u16, u16, bool, &[u8]) -> Vec<u8>;
 
     /// A TCP frame between two instances over IPv4 ([`tcp_ip`]).
-    fn tcp(
-        src: (Ipv4Addr, Mac, u16),
-        dst: (Ipv4Addr, Mac, u16),
-        sport: u16,
-        dport: u16,
-        syn: bool,
-        payload: &[u8],
-    ) -> Vec<u8> {
+    fn tcp(src: Inst, dst: Inst, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
         tcp_ip(false, src, dst, sport, dport, syn, payload)
     }
 
@@ -1291,8 +1286,8 @@ mod tests {
     /// dual-stack lab) when `ipv6`: a SYN, or an ACK with `payload`.
     fn tcp_ip(
         ipv6: bool,
-        src: (Ipv4Addr, Mac, u16),
-        dst: (Ipv4Addr, Mac, u16),
+        src: Inst,
+        dst: Inst,
         sport: u16,
         dport: u16,
         syn: bool,
@@ -1818,14 +1813,7 @@ mod tests {
     // ---- IPv6 between hosts ----
 
     /// A TCP/IPv6 frame between two instances of the dual-stack lab.
-    fn tcp6(
-        src: (Ipv4Addr, Mac, u16),
-        dst: (Ipv4Addr, Mac, u16),
-        sport: u16,
-        dport: u16,
-        syn: bool,
-        payload: &[u8],
-    ) -> Vec<u8> {
+    fn tcp6(src: Inst, dst: Inst, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
         tcp_ip(true, src, dst, sport, dport, syn, payload)
     }
 
