@@ -1271,18 +1271,36 @@ mod tests {
         Lab { dp, a, h2, h1 }
     }
 
-    fn tcp(
-        src: (Ipv4Addr, Mac, u16),
-        dst: (Ipv4Addr, Mac, u16),
+    /// An instance of the lab: (address, MAC, identity), as [`A`], [`B`], [`C`].
+    type Inst = (Ipv4Addr, Mac, u16);
+
+    /// [`tcp`] or [`tcp6`]: a TCP frame (src, dst, sport, dport, syn, payload).
+    type TcpFrame = fn(Inst, Inst, u16, u16, bool, &[u8]) -> Vec<u8>;
+
+    /// A TCP frame between two instances over IPv4 ([`tcp_ip`]).
+    fn tcp(src: Inst, dst: Inst, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+        tcp_ip(false, src, dst, sport, dport, syn, payload)
+    }
+
+    /// A TCP frame between two instances, over IPv6 (their addresses in the
+    /// dual-stack lab) when `ipv6`: a SYN, or an ACK with `payload`.
+    fn tcp_ip(
+        ipv6: bool,
+        src: Inst,
+        dst: Inst,
         sport: u16,
         dport: u16,
         syn: bool,
         payload: &[u8],
     ) -> Vec<u8> {
         let mut f = Vec::new();
-        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
-            .ipv4(src.0.octets(), dst.0.octets(), 64)
-            .tcp(sport, dport, 1000, 64000);
+        let e = etherparse::PacketBuilder::ethernet2(src.1, dst.1);
+        let ip = if ipv6 {
+            e.ipv6(v6(src).octets(), v6(dst).octets(), 64)
+        } else {
+            e.ipv4(src.0.octets(), dst.0.octets(), 64)
+        };
+        let b = ip.tcp(sport, dport, 1000, 64000);
         let b = if syn { b.syn() } else { b.ack(1) };
         b.write(&mut f, payload).unwrap();
         f
@@ -1342,6 +1360,23 @@ mod tests {
         assert!(h2_received(&l.h2).is_empty(), "no broadcast crosses hosts");
     }
 
+    /// B's reply made by `frame` (ACK, TCP 80 → 40000) comes from host 2;
+    /// checks that A gets it as sent (by state: no rule of a allows it).
+    fn reply_from_b_passes(l: &Lab, frame: TcpFrame) {
+        let reply = frame(B, A, 80, 40000, false, b"reply");
+        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
+            .unwrap();
+        settle(&l.dp);
+        let got = l.a.take();
+        assert_eq!(
+            got.len(),
+            1,
+            "{:?}",
+            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(&got[0].data[12..], &reply[12..]);
+    }
+
     #[test]
     fn tcp_out_and_back_is_stateful_and_rules_apply_at_the_destination() {
         let l = lab();
@@ -1357,18 +1392,7 @@ mod tests {
         assert_eq!(&inner[6..12], &A.1);
         // B's reply (SYN-ACK) from host 2 passes by state, though no rule of a
         // allows TCP 80 → 40000 from b.
-        let reply = tcp(B, A, 80, 40000, false, b"reply");
-        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
-            .unwrap();
-        settle(&l.dp);
-        let got = l.a.take();
-        assert_eq!(
-            got.len(),
-            1,
-            "{:?}",
-            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        assert_eq!(&got[0].data[12..], &reply[12..]);
+        reply_from_b_passes(&l, tcp);
         // A new flow from C to A: port 23 is refused by A's rules, port 22 is
         // allowed by the group rule (C is a verified member of b).
         let c23 = tcp(C, A, 5000, 23, true, b"");
@@ -1391,19 +1415,39 @@ mod tests {
     /// verdict of what arrives from it.
     #[test]
     fn flow_logs_record_cross_host_flows_on_the_instances_host() {
-        let path =
-            std::env::temp_dir().join(format!("sgsw-overlay-flowlog-{}", std::process::id()));
+        let (_, got) = cross_host_flow_log(false, &[(5000, 23), (5001, 22)]);
+        assert_eq!(
+            got,
+            [
+                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
+                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
+            ]
+        );
+    }
+
+    /// Runs a flow-logging lab (dual-stack and IPv6 frames when `dual`): A
+    /// opens TCP to B:80 and C (from host 2) opens TCP to A from each
+    /// `(source port, port)` of `from_c`; returns the lab and host 1's flow
+    /// log lines without their timestamps (fields 10 and 11).
+    fn cross_host_flow_log(dual: bool, from_c: &[(u16, u16)]) -> (Lab, Vec<String>) {
+        let frame: TcpFrame = if dual { tcp6 } else { tcp };
+        let path = std::env::temp_dir().join(format!(
+            "sgsw-overlay-flowlog{}-{}",
+            if dual { "6" } else { "" },
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         let cfg = crate::FlowLogConfig {
             interval_secs: 60,
             ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
         };
-        let l = lab_full(false, Some(cfg.clone()));
+        let l = lab_opts(false, Some(cfg.clone()), dual);
         let mut w = l.dp.worker(0);
-        l.a.inject(0, &tcp(A, B, 40000, 80, true, b""), VnetHdr::default())
+        l.a.inject(0, &frame(A, B, 40000, 80, true, b""), VnetHdr::default())
             .unwrap();
-        for (from, port) in [(5000, 23), (5001, 22)] {
-            let f = tcp(C, A, from, port, true, b"");
+        for &(from, port) in from_c {
+            let f = frame(C, A, from, port, true, b"");
             l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
         }
         for _ in 0..20 {
@@ -1418,7 +1462,7 @@ mod tests {
             .expect("flush");
         let text = std::fs::read_to_string(&path).expect("read");
         let _ = std::fs::remove_file(&path);
-        let got: Vec<String> = text
+        let got = text
             .lines()
             .skip(1)
             .map(|l| {
@@ -1426,14 +1470,8 @@ mod tests {
                 [&f[1..10], &f[12..]].concat().join(" ")
             })
             .collect();
-        assert_eq!(
-            got,
-            [
-                "111122223333 eni-a 10.8.0.10 10.8.0.11 40000 80 6 1 40 ACCEPT OK",
-                "111122223333 eni-a 10.8.0.12 10.8.0.10 5000 23 6 1 40 REJECT OK",
-                "111122223333 eni-a 10.8.0.12 10.8.0.10 5001 22 6 1 40 ACCEPT OK",
-            ]
-        );
+        drop(w);
+        (l, got)
     }
 
     #[test]
@@ -1493,23 +1531,18 @@ mod tests {
         assert_eq!(st.total_drops(), 0);
     }
 
-    #[test]
-    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
-        let l = lab();
+    /// A sends 6,000 bytes to B:80 as a plain frame made by `frame` from
+    /// port 40000 and as a TSO super-frame `tso` from port 40001 (TCPv6 when
+    /// `tso` says so). Checks that host 2 got both flows' bytes whole, from
+    /// A's identity, in inner frames of at most 1464 bytes of that IP version
+    /// with full, valid TCP checksums (and, IPv6, the right payload length);
+    /// returns the plain frame and what host 2 got.
+    fn big_tcp_a_to_b(l: &Lab, frame: TcpFrame, tso: VnetHdr) -> (Vec<u8>, Vec<(u16, Vec<u8>)>) {
+        let v6 = tso.gso_type == VnetHdr::GSO_TCPV6;
         let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
-        // A plain 6054-byte frame (the instance's MTU is larger than the path's).
-        let big = tcp(A, B, 40000, 80, false, &payload);
+        let big = frame(A, B, 40000, 80, false, &payload);
         l.a.inject(0, &big, VnetHdr::default()).unwrap();
-        // The same as a TSO super-frame with MSS 1448 (inner MTU 1450 allows 1410).
-        let tso = VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        l.a.inject(0, &tcp(A, B, 40001, 80, false, &payload), tso)
+        l.a.inject(0, &frame(A, B, 40001, 80, false, &payload), tso)
             .unwrap();
         settle(&l.dp);
         let got = h2_received(&l.h2);
@@ -1521,18 +1554,42 @@ mod tests {
             let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
                 panic!("not TCP")
             };
-            // Full, valid checksums on every segment.
-            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-                panic!("not IPv4")
+            let want = match (v6, &p.net) {
+                (false, Some(etherparse::NetSlice::Ipv4(ip))) => t
+                    .to_header()
+                    .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                    .unwrap(),
+                (true, Some(etherparse::NetSlice::Ipv6(ip))) => {
+                    assert_eq!(usize::from(ip.header().payload_length()), inner.len() - 54);
+                    t.to_header()
+                        .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                        .unwrap()
+                }
+                _ => panic!("not IPv{}", if v6 { 6 } else { 4 }),
             };
-            let want = t
-                .to_header()
-                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
-                .unwrap();
-            assert_eq!(t.checksum(), want);
+            assert_eq!(t.checksum(), want, "full, valid TCP checksum");
             per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
         }
         assert_eq!(per_flow[0], payload);
+        assert_eq!(per_flow[1], payload);
+        (big, got)
+    }
+
+    #[test]
+    fn big_tcp_is_cut_to_the_inner_mtu_and_unknown_senders_are_refused() {
+        let l = lab();
+        // A plain 6054-byte frame (the instance's MTU is larger than the path's)
+        // and the same as a TSO super-frame with MSS 1448 (inner MTU 1450
+        // allows 1410).
+        let tso = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let (big, got) = big_tcp_a_to_b(&l, tcp, tso);
         // Byte for byte what offload::segment makes of the frame with that MSS.
         let fit = VnetHdr {
             flags: VnetHdr::F_NEEDS_CSUM,
@@ -1559,7 +1616,6 @@ mod tests {
         for (g, w) in flow0.iter().zip(&want) {
             assert!(*g == w, "segment differs from offload::segment's");
         }
-        assert_eq!(per_flow[1], payload);
         assert_eq!(got.len(), 10, "5 segments of at most 1410 bytes each");
         let st = l.dp.stats();
         assert_eq!(st.underlay.tx_packets, 10);
@@ -1757,21 +1813,8 @@ mod tests {
     // ---- IPv6 between hosts ----
 
     /// A TCP/IPv6 frame between two instances of the dual-stack lab.
-    fn tcp6(
-        src: (Ipv4Addr, Mac, u16),
-        dst: (Ipv4Addr, Mac, u16),
-        sport: u16,
-        dport: u16,
-        syn: bool,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let mut f = Vec::new();
-        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
-            .ipv6(v6(src).octets(), v6(dst).octets(), 64)
-            .tcp(sport, dport, 1000, 64000);
-        let b = if syn { b.syn() } else { b.ack(1) };
-        b.write(&mut f, payload).unwrap();
-        f
+    fn tcp6(src: Inst, dst: Inst, sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+        tcp_ip(true, src, dst, sport, dport, syn, payload)
     }
 
     /// An ICMPv6 frame from `mac`/`src` to `dst` with message `msg`.
@@ -1803,18 +1846,7 @@ mod tests {
         assert_eq!(&inner[0..6], &B.1, "to B's MAC");
         assert_eq!(&inner[6..], &syn[6..], "the IPv6 frame as sent");
         // B's SYN-ACK from host 2 passes by state (no rule of a allows it).
-        let reply = tcp6(B, A, 80, 40000, false, b"reply");
-        l.h2.send_to(&vxlan_payload(B.2, VNI, &reply), l.h1)
-            .unwrap();
-        settle(&l.dp);
-        let got = l.a.take();
-        assert_eq!(
-            got.len(),
-            1,
-            "{:?}",
-            l.dp.stats().nonzero_drops().collect::<Vec<_>>()
-        );
-        assert_eq!(&got[0].data[12..], &reply[12..]);
+        reply_from_b_passes(&l, tcp6);
         // New flows from C to A, judged by A's rules here: 23 has no rule, 22
         // is allowed by the group rule (C is a verified member of b), 8080 by
         // the IPv6 CIDR rule (the inner address), 9090 only by an IPv4 CIDR
@@ -1851,46 +1883,12 @@ mod tests {
     /// arrives from it, with IPv6 addresses.
     #[test]
     fn flow_logs_record_cross_host_ipv6_flows_on_the_instances_host() {
-        let path =
-            std::env::temp_dir().join(format!("sgsw-overlay-flowlog6-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let cfg = crate::FlowLogConfig {
-            interval_secs: 60,
-            ..crate::FlowLogConfig::new(crate::FlowLogSink::File(path.clone()))
-        };
-        let l = lab_opts(false, Some(cfg.clone()), true);
-        let mut w = l.dp.worker(0);
-        l.a.inject(0, &tcp6(A, B, 40000, 80, true, b""), VnetHdr::default())
-            .unwrap();
-        for (from, port) in [(5000, 23), (5001, 22), (5002, 9090)] {
-            let f = tcp6(C, A, from, port, true, b"");
-            l.h2.send_to(&vxlan_payload(C.2, VNI, &f), l.h1).unwrap();
-        }
-        for _ in 0..20 {
-            w.poll_once();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (l, got) = cross_host_flow_log(true, &[(5000, 23), (5001, 22), (5002, 9090)]);
         assert_eq!(
             l.dp.stats().underlay.tx_packets,
             1,
             "A's SYN went into the overlay"
         );
-        w.hand_over_flows();
-        let writer = crate::flowlog::Writer::open(&cfg).expect("open");
-        let mut logger = l.dp.take_flow_logger(writer).expect("flow logs on");
-        logger
-            .flush(l.dp.now_secs(), &l.dp.rules(), &[A.0])
-            .expect("flush");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let _ = std::fs::remove_file(&path);
-        let got: Vec<String> = text
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                [&f[1..10], &f[12..]].concat().join(" ")
-            })
-            .collect();
         let (a, b, c) = (v6(A), v6(B), v6(C));
         assert_eq!(
             got,
@@ -2088,13 +2086,6 @@ mod tests {
         );
         // TCP over IPv6 is cut instead: a plain 6074-byte frame and a TSO6
         // super-frame (MSS 1440; the path allows 1390).
-        let payload: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
-        l.a.inject(
-            0,
-            &tcp6(A, B, 40000, 80, false, &payload),
-            VnetHdr::default(),
-        )
-        .unwrap();
         let tso = VnetHdr {
             flags: VnetHdr::F_NEEDS_CSUM,
             gso_type: VnetHdr::GSO_TCPV6,
@@ -2103,31 +2094,7 @@ mod tests {
             csum_start: 54,
             csum_offset: 16,
         };
-        l.a.inject(0, &tcp6(A, B, 40001, 80, false, &payload), tso)
-            .unwrap();
-        settle(&l.dp);
-        let got = h2_received(&l.h2);
-        let mut per_flow = [Vec::new(), Vec::new()];
-        for (policy, inner) in &got {
-            assert_eq!(*policy, A.2);
-            assert!(inner.len() <= 1464, "inner frame of {}", inner.len());
-            let p = etherparse::SlicedPacket::from_ethernet(inner).unwrap();
-            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
-                panic!("not IPv6")
-            };
-            let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
-                panic!("not TCP")
-            };
-            let want = t
-                .to_header()
-                .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
-                .unwrap();
-            assert_eq!(t.checksum(), want, "full, valid TCP checksum");
-            assert_eq!(usize::from(ip.header().payload_length()), inner.len() - 54);
-            per_flow[usize::from(t.source_port() - 40000)].extend_from_slice(t.payload());
-        }
-        assert_eq!(per_flow[0], payload);
-        assert_eq!(per_flow[1], payload);
+        let (_, got) = big_tcp_a_to_b(&l, tcp6, tso);
         assert_eq!(got.len(), 10, "5 segments of at most 1390 bytes each");
         let st = l.dp.stats();
         assert_eq!(st.tso_segmented, 2);

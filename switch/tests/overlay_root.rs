@@ -1074,6 +1074,12 @@ fn bench_overlay_vs_kernel_vxlan() {
     let flows_kernel = connect_rate(kns[1].name(), kns[0].name(), k2, 5201, secs);
     eprintln!("load after: {}", load().trim());
     let st = lab.sw(1).stats();
+    // The median over the rounds with `streams` streams of `f` of a row.
+    let median = |streams: u32, f: &dyn Fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == streams).map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
     eprintln!(
         "overlay bench ({secs} s per run, {rounds} rounds interleaved, {workers} workers per switch):"
     );
@@ -1083,11 +1089,7 @@ fn bench_overlay_vs_kernel_vxlan() {
     eprintln!("|---|---|---|---|---|---|");
     for streams in [1, 4] {
         let r: Vec<_> = rows.iter().filter(|r| r.0 == streams).collect();
-        let med = |f: &dyn Fn(&Row) -> f64| {
-            let mut v: Vec<f64> = r.iter().map(|x| f(x)).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
+        let med = |f: &dyn Fn(&Row) -> f64| median(streams, f);
         let (w, c, k) = (med(&|x| x.1.gbps), med(&|x| x.2.gbps), med(&|x| x.3.gbps));
         let ratios = |f: &dyn Fn(&Row) -> f64| {
             r.iter()
@@ -1108,12 +1110,7 @@ fn bench_overlay_vs_kernel_vxlan() {
     eprintln!("| streams | CPU s/GB whole | cut | kernel vxlan | kernel/whole | kernel/cut |");
     eprintln!("|---|---|---|---|---|---|");
     for streams in [1, 4] {
-        let r: Vec<_> = rows.iter().filter(|r| r.0 == streams).collect();
-        let med = |f: &dyn Fn(&Row) -> f64| {
-            let mut v: Vec<f64> = r.iter().map(|x| f(x)).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
+        let med = |f: &dyn Fn(&Row) -> f64| median(streams, f);
         let (w, c, k) = (
             med(&|x| x.1.cpu_s_per_gb),
             med(&|x| x.2.cpu_s_per_gb),

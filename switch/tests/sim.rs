@@ -9,6 +9,10 @@
 //! unrelated ICMP errors, revoke in both modes, conntrack capacity and quota, TSO
 //! super-frames to ports with and without offloads, partial checksums, gone ports.
 
+#[allow(dead_code, unused_macros)]
+mod common;
+use common::default_instance;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -1219,13 +1223,7 @@ fn threaded_switch_forwards_on_every_worker_and_parks_when_idle() {
     let owner = Owner(OWNER.into());
     let mut peers = Vec::new();
     for n in [2u8, 3] {
-        let inst = Instance {
-            id: format!("i-{n:08x}"),
-            owner: owner.clone(),
-            mac: mac_of(n),
-            ip: ip_of(n),
-            groups: vec!["default".into()],
-        };
+        let inst = default_instance(&owner, n, mac_of(n), ip_of(n));
         model.add_instance(inst.clone()).expect("instance");
         let (queues, peer) = mem_port_with(2, MemOptions::default());
         sw.add_port(PortSpec {
@@ -1342,13 +1340,7 @@ fn port_churn_under_traffic_neither_panics_nor_stalls() {
     let owner = Owner(OWNER.into());
     for n in 2..=40u8 {
         model
-            .add_instance(Instance {
-                id: format!("i-{n:08x}"),
-                owner: owner.clone(),
-                mac: mac_of(n),
-                ip: ip_of(n),
-                groups: vec!["default".into()],
-            })
+            .add_instance(default_instance(&owner, n, mac_of(n), ip_of(n)))
             .expect("instance");
     }
     sw.publish_rules(compile(&model, 1));

@@ -10,6 +10,10 @@
 //! one trace of the whole sequence: every frame must end the same way.
 //! Also: per-port drop counters by reason (what `sgswitch stats i-...` shows).
 
+#[allow(dead_code, unused_macros)]
+mod common;
+use common::default_instance;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use filter::model::{Instance, Limits, Owner, RuleSpec, eui64_address};
@@ -545,13 +549,7 @@ fn trace_to_an_instance_of_another_host() {
         }
         for n in [a, b] {
             model
-                .add_instance(Instance {
-                    id: format!("i-{n:08x}"),
-                    owner: owner.clone(),
-                    mac: mac_of(n),
-                    ip: ip_of(n),
-                    groups: vec!["default".into()],
-                })
+                .add_instance(default_instance(&owner, n, mac_of(n), ip_of(n)))
                 .expect("instance");
         }
         let dp = Datapath::new(SwitchConfig {

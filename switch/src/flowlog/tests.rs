@@ -493,25 +493,23 @@ fn bad_settings_are_named() {
     assert!(e.contains("max bytes 10"), "{e}");
 }
 
-/// The datapath end to end on in-memory ports: an accepted and a rejected UDP
-/// flow between two instances, and one from the uplink, give the records AWS
-/// would write on each interface.
-#[test]
-fn the_datapath_logs_verdicts_on_each_instance_interface() {
-    let path = temp_path("datapath");
-    let c = cfg(&path);
-    let dp = crate::Datapath::new(SwitchConfig {
+/// A one-worker datapath logging flows to `c` (dual-stack with `subnet6`).
+fn datapath(c: &FlowLogConfig, subnet6: Option<ipnet::Ipv6Net>) -> std::sync::Arc<crate::Datapath> {
+    crate::Datapath::new(SwitchConfig {
         workers: 1,
         ct: filter::CtConfig::with_capacity(1 << 12),
         flow_log: Some(c.clone()),
+        subnet6,
         ..SwitchConfig::default()
     })
-    .expect("datapath");
-    dp.publish_rules(compile(&model(3), 1));
-    let mut ids = Vec::new();
-    for k in 10..12u8 {
-        let (queues, _peer) = mem_port(1);
-        ids.push(
+    .expect("datapath")
+}
+
+/// In-memory ports for instances `ks` and an uplink: (instance ports, uplink).
+fn add_ports(dp: &crate::Datapath, ks: std::ops::Range<u8>) -> (Vec<crate::PortId>, crate::PortId) {
+    let ids = ks
+        .map(|k| {
+            let (queues, _peer) = mem_port(1);
             dp.add_port(PortSpec {
                 name: inst(k),
                 role: PortRole::Instance {
@@ -521,9 +519,9 @@ fn the_datapath_logs_verdicts_on_each_instance_interface() {
                 },
                 queues,
             })
-            .expect("port"),
-        );
-    }
+            .expect("port")
+        })
+        .collect();
     let (queues, _up) = mem_port(1);
     let up = dp
         .add_port(PortSpec {
@@ -532,6 +530,55 @@ fn the_datapath_logs_verdicts_on_each_instance_interface() {
             queues,
         })
         .expect("uplink");
+    (ids, up)
+}
+
+/// Worker 0 processes `frames` as one burst; the flows are handed over and
+/// flushed (instances 10..13 attached) to `c`'s file `path`, whose records are
+/// returned as "interface src dst sport dport proto packets bytes action
+/// status". Also checks that the flow logger can be taken only once.
+fn burst_and_flush(
+    dp: &std::sync::Arc<crate::Datapath>,
+    c: &FlowLogConfig,
+    path: &Path,
+    frames: &[(crate::PortId, &[u8])],
+) -> (crate::worker::BurstResult, FlushSummary, Vec<String>) {
+    let mut w = dp.worker(0);
+    let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
+    w.hand_over_flows();
+    let mut l = dp
+        .take_flow_logger(Writer::open(c).expect("open"))
+        .expect("flow logs on");
+    assert!(
+        dp.take_flow_logger(Writer::open(c).expect("open"))
+            .is_none()
+    );
+    let s = l
+        .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
+        .expect("flush");
+    let short = records(path)
+        .iter()
+        .map(|r| {
+            [
+                &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[12], &r[13],
+            ]
+            .map(|s| s.as_str())
+            .join(" ")
+        })
+        .collect();
+    (r, s, short)
+}
+
+/// The datapath end to end on in-memory ports: an accepted and a rejected UDP
+/// flow between two instances, and one from the uplink, give the records AWS
+/// would write on each interface.
+#[test]
+fn the_datapath_logs_verdicts_on_each_instance_interface() {
+    let path = temp_path("datapath");
+    let c = cfg(&path);
+    let dp = datapath(&c, None);
+    dp.publish_rules(compile(&model(3), 1));
+    let (ids, up) = add_ports(&dp, 10..12u8);
     let udp = |src: Ipv4Addr, dst: Ipv4Addr, smac: Mac, dport: u16| {
         let mut v = Vec::new();
         etherparse::PacketBuilder::ethernet2(smac, mac(11))
@@ -549,38 +596,15 @@ fn the_datapath_logs_verdicts_on_each_instance_interface() {
         [0x02, 9, 9, 9, 9, 9],
         99,
     );
-    let mut w = dp.worker(0);
     let frames = [
         (ids[0], &ok[..]),
         (ids[0], &ok[..]),
         (ids[0], &no[..]),
         (up, &outside[..]),
     ];
-    let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
+    let (r, s, short) = burst_and_flush(&dp, &c, &path, &frames);
     assert_eq!((r.forwarded, r.dropped), (2, 2));
-    w.hand_over_flows();
-    let mut l = dp
-        .take_flow_logger(Writer::open(&c).expect("open"))
-        .expect("flow logs on");
-    assert!(
-        dp.take_flow_logger(Writer::open(&c).expect("open"))
-            .is_none()
-    );
-    let s = l
-        .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
-        .expect("flush");
     assert_eq!((s.ok, s.nodata, s.skipdata), (5, 1, 0));
-    let recs = records(&path);
-    let short: Vec<String> = recs
-        .iter()
-        .map(|r| {
-            [
-                &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[12], &r[13],
-            ]
-            .map(|s| s.as_str())
-            .join(" ")
-        })
-        .collect();
     // 60 bytes = 20 IPv4 + 8 UDP + 32 payload.
     assert_eq!(
         short,
@@ -634,14 +658,7 @@ fn the_datapath_logs_ipv6_verdicts() {
     let path = temp_path("datapath6");
     let c = cfg(&path);
     let prefix: ipnet::Ipv6Net = "fd00:5a::/64".parse().expect("prefix");
-    let dp = crate::Datapath::new(SwitchConfig {
-        workers: 1,
-        ct: filter::CtConfig::with_capacity(1 << 12),
-        flow_log: Some(c.clone()),
-        subnet6: Some(prefix),
-        ..SwitchConfig::default()
-    })
-    .expect("datapath");
+    let dp = datapath(&c, Some(prefix));
     let owner = Owner(OWNER.into());
     let mut m = model(2);
     m.set_subnet6(Some(prefix)).expect("subnet6");
@@ -670,30 +687,7 @@ fn the_datapath_logs_ipv6_verdicts() {
     })
     .expect("instance");
     dp.publish_rules(compile(&m, 1));
-    let mut ids = Vec::new();
-    for k in 10..13u8 {
-        let (queues, _peer) = mem_port(1);
-        ids.push(
-            dp.add_port(PortSpec {
-                name: inst(k),
-                role: PortRole::Instance {
-                    id: inst(k),
-                    mac: mac(k),
-                    ip: ip(k),
-                },
-                queues,
-            })
-            .expect("port"),
-        );
-    }
-    let (queues, _up) = mem_port(1);
-    let up = dp
-        .add_port(PortSpec {
-            name: "uplink".into(),
-            role: PortRole::Uplink,
-            queues,
-        })
-        .expect("uplink");
+    let (ids, up) = add_ports(&dp, 10..13u8);
     let e = |k: u8| Endpoint6::new(mac(k), eui64_address(prefix, mac(k)));
     let outside = Endpoint6::new([0x02, 9, 9, 9, 9, 9], "2001:db8::7".parse().expect("addr"));
     let ok = wire::udp6(e(10), e(11), 4000, 53, &[7u8; 32]);
@@ -701,7 +695,6 @@ fn the_datapath_logs_ipv6_verdicts() {
     let probe = wire::udp6(outside, e(11), 4000, 99, &[7u8; 32]);
     let ns = wire::neighbor_solicitation(e(10), e(11).ip);
     let out = wire::udp6(e(12), e(11), 4000, 53, &[7u8; 32]);
-    let mut w = dp.worker(0);
     let frames = [
         (ids[0], &ns[..]),
         (ids[0], &ok[..]),
@@ -710,27 +703,9 @@ fn the_datapath_logs_ipv6_verdicts() {
         (up, &probe[..]),
         (ids[2], &out[..]),
     ];
-    let r = w.process_burst(frames.iter().map(|(id, f)| (*id, *f, VnetHdr::default())));
+    let (r, s, short) = burst_and_flush(&dp, &c, &path, &frames);
     assert_eq!((r.forwarded, r.dropped), (2, 3));
-    w.hand_over_flows();
-    let mut l = dp
-        .take_flow_logger(Writer::open(&c).expect("open"))
-        .expect("flow logs on");
-    let s = l
-        .flush(dp.now_secs(), &dp.rules(), &[ip(10), ip(11), ip(12)])
-        .expect("flush");
     assert_eq!((s.ok, s.nodata, s.skipdata), (6, 0, 0));
-    let recs = records(&path);
-    let short: Vec<String> = recs
-        .iter()
-        .map(|r| {
-            [
-                &r[2], &r[3], &r[4], &r[5], &r[6], &r[7], &r[8], &r[9], &r[12], &r[13],
-            ]
-            .map(|s| s.as_str())
-            .join(" ")
-        })
-        .collect();
     let (a, b, c) = (e(10).ip, e(11).ip, e(12).ip);
     // 80 bytes = 40 IPv6 + 8 UDP + 32 payload.
     assert_eq!(

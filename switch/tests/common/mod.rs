@@ -67,3 +67,21 @@ pub fn ping(ns: &str, ip: Ipv4Addr, count: u32) -> bool {
 pub fn pat(i: u64) -> u8 {
     ((i ^ (i >> 11) ^ (i >> 19)).wrapping_mul(31) >> 3) as u8
 }
+
+/// Instance `n` (id `i-{n:08x}`) of `owner` in group `default`, with the
+/// test's own `mac` and `ip` for it.
+#[allow(dead_code)] // used by trace.rs and sim.rs, not by every root test
+pub fn default_instance(
+    owner: &filter::model::Owner,
+    n: u8,
+    mac: filter::Mac,
+    ip: Ipv4Addr,
+) -> filter::model::Instance {
+    filter::model::Instance {
+        id: format!("i-{n:08x}"),
+        owner: owner.clone(),
+        mac,
+        ip,
+        groups: vec!["default".into()],
+    }
+}
