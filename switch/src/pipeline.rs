@@ -589,6 +589,29 @@ fn act(
     }
 }
 
+/// The packets and bytes a frame counts for in a flow-log record, as the
+/// wire carries it: a plain packet its IP length (Ethernet padding excluded),
+/// a super-frame everything after the Ethernet header, in the segments it
+/// would be cut into.
+fn logged_size(
+    frame_len: usize,
+    vnet: &VnetHdr,
+    l3_offset: u16,
+    payload_offset: u16,
+    ip_len: u16,
+) -> (u32, u64) {
+    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
+        (usize::from(ip_len), 0)
+    } else {
+        (
+            frame_len.saturating_sub(usize::from(l3_offset)),
+            vnet.gso_size,
+        )
+    };
+    let hdr = usize::from(payload_offset.saturating_sub(l3_offset));
+    flowlog::wire_size(ip_bytes, hdr, gso)
+}
+
 /// Flow logs: record an IPv4 packet's verdict on the instance interfaces it
 /// crosses (the sender's, the receiver's), see [`crate::flowlog`]. Frames that
 /// did not reach the verdict are not recorded.
@@ -619,18 +642,7 @@ fn log_flow(
         Err(r) if flowlog::is_verdict(*r) => (env.table.by_ip(pkt.key.dst).map(|p| &**p), Err(*r)),
         _ => return,
     };
-    // A plain packet: its IPv4 total length (Ethernet padding excluded); a
-    // super-frame: everything after the Ethernet header.
-    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
-        (usize::from(*ip_len), 0)
-    } else {
-        (
-            frame_len.saturating_sub(usize::from(*l3_offset)),
-            vnet.gso_size,
-        )
-    };
-    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
-    let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
+    let (packets, bytes) = logged_size(frame_len, vnet, *l3_offset, *payload_offset, *ip_len);
     let on = flowlog::On::new(
         matches!(inp.kind, Kind::Instance { .. }),
         matches!(to.map(|p| p.kind), Some(Kind::Instance { .. })),
@@ -695,16 +707,7 @@ fn log_flow6(
         Err(r) if flowlog::is_verdict(*r) => (port_of6(env, pkt.key.dst).map(|p| &**p), Err(*r)),
         _ => return,
     };
-    let (ip_bytes, gso) = if vnet.gso_type == VnetHdr::GSO_NONE {
-        (usize::from(*ip_len), 0)
-    } else {
-        (
-            frame_len.saturating_sub(usize::from(*l3_offset)),
-            vnet.gso_size,
-        )
-    };
-    let hdr = usize::from(payload_offset.saturating_sub(*l3_offset));
-    let (packets, bytes) = flowlog::wire_size(ip_bytes, hdr, gso);
+    let (packets, bytes) = logged_size(frame_len, vnet, *l3_offset, *payload_offset, *ip_len);
     let iface = |p: Option<&Port>| match p.map(|p| p.kind) {
         Some(Kind::Instance { ip, .. }) => Some(ip),
         _ => None,
