@@ -29,6 +29,21 @@ use switch::nd::{self, ty};
 
 const PREFIX: &str = "fd00:5e:c6:1::/64";
 
+/// Gives the uplink's namespace (the outside world on the lab's /64) its
+/// address there, and returns it.
+fn outside6(lab: &Lab) -> Ipv6Addr {
+    let outside: Ipv6Addr = "fd00:5e:c6:1::ff:10".parse().unwrap();
+    let cidr = format!("{outside}/64");
+    let o = lab.exec(
+        &lab.uplink_ns,
+        "ip",
+        &["-6", "addr", "add", &cidr, "dev", &lab.uplink_if, "nodad"],
+        Duration::from_secs(5),
+    );
+    assert!(o.success(), "{o:?}");
+    outside
+}
+
 /// `nmap -6` from `ns` to `target`: the state of each port of `ports`.
 fn nmap6(lab: &Lab, ns: &str, target: Ipv6Addr, ports: &str) -> Vec<(u16, String)> {
     let t = target.to_string();
@@ -265,15 +280,7 @@ fn ipv6_housekeeping_and_source_checks() {
     // outside is on the subnet): nmap -6 sees what the rules allow, and an
     // instance reaches the outside (its neighbor solicitation asked on the
     // uplink, the answer brought back).
-    let outside: Ipv6Addr = "fd00:5e:c6:1::ff:10".parse().unwrap();
-    let cidr = format!("{outside}/64");
-    let o = lab.exec(
-        &lab.uplink_ns,
-        "ip",
-        &["-6", "addr", "add", &cidr, "dev", &lab.uplink_if, "nodad"],
-        Duration::from_secs(5),
-    );
-    assert!(o.success(), "{o:?}");
+    let outside = outside6(&lab);
     let _out_srv = nc_listen(&lab.uplink_ns, 9000);
     std::thread::sleep(Duration::from_millis(300));
     let scan = nmap6(&lab, &lab.uplink_ns, c6, "22,80");
@@ -554,15 +561,7 @@ fn ipv6_packet_too_big_reaches_the_sender_of_an_allowed_flow() {
     use std::io::{BufRead, BufReader};
     let Some(lab) = lab6("ipv6ptb") else { return };
     let a = lab.run_instances(1, &["default"]).remove(0);
-    let outside: Ipv6Addr = "fd00:5e:c6:1::ff:10".parse().unwrap();
-    let cidr = format!("{outside}/64");
-    let o = lab.exec(
-        &lab.uplink_ns,
-        "ip",
-        &["-6", "addr", "add", &cidr, "dev", &lab.uplink_if, "nodad"],
-        Duration::from_secs(5),
-    );
-    assert!(o.success(), "{o:?}");
+    let outside = outside6(&lab);
     let sniff = attack::Sniffer::start(&a.netns, 20);
     let d0 = drops(&lab);
 
