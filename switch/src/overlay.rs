@@ -7,8 +7,8 @@
 //!   thread's network namespace, all with `SO_REUSEPORT`: worker `w` reads and
 //!   sends only on socket `w` (no shared socket, no lock), and the kernel spreads
 //!   arriving datagrams over the sockets by a hash of their 4-tuple (our senders
-//!   put a hash of the inner flow in the UDP source port, so a flow stays on one
-//!   worker and is never reordered).
+//!   send from these sockets, port `--vxlan-port`, so everything from one peer
+//!   host is read by one worker here and is never reordered).
 //! * The [`DirectoryTable`] (live hosts, every instance of the lab with its host,
 //!   MAC and identity) is published by pointer swap
 //!   ([`crate::Datapath::publish_directory`]) and loaded once per burst with the
