@@ -503,16 +503,35 @@ mod tests {
 
     #[test]
     fn cpu_of_this_process_is_measured() {
+        // This thread's own CPU time in ns (first field of its schedstat).
+        let thread_ns = || -> u64 {
+            let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            s.split_whitespace().next().unwrap().parse().unwrap()
+        };
         let a = CpuSample::take(Some(std::process::id()));
         let t = Instant::now();
+        let ns0 = thread_ns();
+        // Spin for 300 ms of CPU, not of wall time: on a loaded machine the
+        // thread may get a small share of the wall clock (capped at 20 s).
         let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(300) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        while thread_ns() - ns0 < 300_000_000 && t.elapsed() < Duration::from_secs(20) {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
         }
         std::hint::black_box(x);
+        let spun = (thread_ns() - ns0) as f64 / 1e6;
+        let wall = t.elapsed().as_secs_f64() * 1e3;
         let u = CpuSample::take(Some(std::process::id())).since(&a);
         let p = u.proc_pct.expect("own stat readable");
-        assert!(p > 30.0 && p < 250.0, "{u:?}");
+        // The process used at least what this thread did (ticks of 10 ms:
+        // allow a third less), and no more than the machine's cores.
+        let mine = spun / wall * 100.0;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(
+            p > mine * 0.66 && p < 100.0 * cores + 25.0,
+            "{u:?}: this thread {spun:.0} ms CPU in {wall:.0} ms"
+        );
         assert!(u.machine_pct > 0.0, "{u:?}");
     }
 
