@@ -32,7 +32,7 @@
 //!   over the poll fds of its queues plus its eventfd (signalled on port-table
 //!   changes and shutdown). Where frames come further apart (TSO super-frames
 //!   of a TCP stream) the spin would only burn the CPU their senders need (on
-//!   2 shared cores: 10-20 % more CPU per GB across hosts, and a failing read
+//!   2 shared cores: 7-40 % more CPU per GB across hosts, and a failing read
 //!   per port per turn), so the worker parks at once. Queues without an fd (in-memory ports) make it park
 //!   with a [`SHORT_PARK_MS`] timeout instead of a long one.
 //! * A queue that reports `PortError::Gone` sets the port's tombstone; the worker

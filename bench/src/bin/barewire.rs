@@ -344,7 +344,7 @@ impl VxWire {
     }
 
     /// A frame read from the TAP, to the peer (see the module docs).
-    fn to_peer(&self, frame: &mut [u8], vnet: &VnetHdr, out: &mut [u8], c: &mut VxCounts) {
+    fn send_to_peer(&self, frame: &mut [u8], vnet: &VnetHdr, out: &mut [u8], c: &mut VxCounts) {
         c.out += 1;
         let gso = vnet.gso_type & !VnetHdr::GSO_ECN;
         if gso == VnetHdr::GSO_NONE {
@@ -376,7 +376,7 @@ impl VxWire {
 
     /// One read of the socket (`buf[..len]`, datagrams of `seg` bytes when
     /// GRO-coalesced) from `from`, to the TAP. `Err` only when the TAP is gone.
-    fn from_peer(
+    fn deliver_from_peer(
         &self,
         buf: &mut [u8],
         from: SocketAddrV4,
@@ -449,11 +449,11 @@ fn run_vxlan(args: &Args, stop: &AtomicBool) -> Result<VxCounts, WireError> {
                     let Some((len, vnet)) = w.tap.recv(&mut buf)? else {
                         break;
                     };
-                    w.to_peer(&mut buf[..len], &vnet, &mut out, &mut c);
+                    w.send_to_peer(&mut buf[..len], &vnet, &mut out, &mut c);
                 } else {
                     match sys::udp_recvmsg(w.sock.as_fd(), &mut buf) {
                         Ok((len, from, seg)) => {
-                            w.from_peer(&mut buf[..len.min(BUF_LEN)], from, seg, &mut c)?;
+                            w.deliver_from_peer(&mut buf[..len.min(BUF_LEN)], from, seg, &mut c)?;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP errors reported on the socket and the like.
