@@ -70,10 +70,11 @@ if [ "${1:-}" = cluster ]; then
         echo "iperf3 between two instance namespaces on two hosts (host namespaces on a"
         echo "bridged underlay): through sgswitch's overlay (two switches, VXLAN-GBP, UDP"
         echo "GSO/GRO) and through the kernel's own \`vxlan\` devices on bridges between the"
-        echo "same host namespaces, without filtering, in the same run"
+        echo "same host namespaces, without filtering, and through the floor of any userspace"
+        echo "VXLAN path (a pair of \`barewire --vxlan\`), in the same run"
         echo "(\`cargo test --release -p switch --test overlay_root bench_overlay_vs_kernel_vxlan -- --ignored\`)."
         echo
-        echo "$out" | awk '/^\|/ { if ($0 ~ /^\| new TCP/) print ""; print }'
+        echo "$out" | awk '/^\|/ { if ($0 ~ /^\| (new TCP|streams \| CPU)/) print ""; print }'
     } >>docs/cluster-benchmarks.md
     exit 0
 fi

@@ -18,7 +18,8 @@ use crate::port::PortQueue;
 pub enum PollMode {
     /// Spin forever (DPDK-style): lowest latency, one core per worker at 100%.
     Busy,
-    /// Spin while there is work and for a short while after, then park until a
+    /// Spin while there is work and for a short while after (only when the
+    /// last idle gap was that short: `worker::IdleSpin`), then park until a
     /// queue polls readable (or a timeout): an idle switch uses ~0% CPU.
     #[default]
     Adaptive,

@@ -258,9 +258,14 @@ pub fn write_headers(
 }
 
 /// The inner headers of a TCP super-frame that can go whole (see
-/// `overlay::send_whole`), with the MSS: the sender's, or less to fit `max`.
-pub(crate) fn whole_tcp(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<InnerTcp> {
-    if frame.get(12..14)? != [0x08, 0x00] || frame.len() > vxlan::MAX_INNER {
+/// `overlay::send_whole`), with the MSS: the sender's, or less to fit `max`
+/// (the largest inner frame the underlay carries). `None` also for a
+/// super-frame that fits the underlay as it is (a small MSS): it would arrive
+/// as a plain datagram whose inner checksum is still partial, and the
+/// receiver (`whole_vnet`) only recognises datagrams larger than `max` as
+/// whole; it is cut instead.
+pub fn whole_tcp(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<InnerTcp> {
+    if frame.get(12..14)? != [0x08, 0x00] || frame.len() > vxlan::MAX_INNER || frame.len() <= max {
         return None;
     }
     let ip = frame.get(14..34)?;
@@ -294,7 +299,7 @@ pub(crate) fn whole_tcp(frame: &[u8], vnet: &VnetHdr, max: usize) -> Option<Inne
 /// on as `GSO_TCPV4` with `NEEDS_CSUM` and the MSS a sender over this underlay
 /// uses (a port without offloads gets it cut, checksums completed, by
 /// `pipeline::transmit`). `None` for anything else (delivered as it came).
-pub(crate) fn whole_vnet(frame: &[u8], max: usize) -> Option<VnetHdr> {
+pub fn whole_vnet(frame: &[u8], max: usize) -> Option<VnetHdr> {
     let ip = frame.get(14..34)?;
     let l4 = 14 + usize::from(ip[0] & 0x0f) * 4;
     if ip[9] != filter::proto::TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
@@ -424,6 +429,12 @@ mod tests {
         assert_eq!(whole_tcp(&long, &tso(1448), 1464), None);
         let fits = tcp_frame(vxlan::MAX_INNER - 54);
         assert!(whole_tcp(&fits, &tso(1448), 1464).is_some());
+        // Two 500-byte segments fit the underlay as one datagram: a receiver
+        // could not tell it from a plain frame (checksum still partial), so it
+        // is cut, not sent whole.
+        let small = tcp_frame(1000);
+        assert_eq!(whole_tcp(&small, &tso(500), 1464), None);
+        assert!(whole_tcp(&tcp_frame(1464 - 54 + 1), &tso(500), 1464).is_some());
     }
 
     #[test]
