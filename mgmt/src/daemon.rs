@@ -70,7 +70,9 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::api::{self, ApiError, ErrorCode, Handler, KeySecret, Reply, Request, StatsReport};
 use crate::cli::{Cli, DEFAULT_OWNER, UpArgs};
 use crate::cluster::node::{Node, NodeConfig};
-use crate::core::{Attachment, Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
+use crate::core::{
+    Attachment, Core, CoreConfig, CoreError, Dataplane, Job, JobDone, Step, default_uplink_range,
+};
 use crate::store::{InstanceRecord, Store, StoreError};
 
 /// Errors of starting or running the daemon.
@@ -166,6 +168,10 @@ pub enum Msg {
     ),
     /// Cluster mode: the etcd follower has news for the core.
     Wake,
+    /// A launcher thread finished the slow part of request `ticket`
+    /// ([`Step::Slow`]): the management thread finishes it and answers.
+    /// Internal (no [`api::Command`]).
+    Done(u64, JobDone),
     /// Stop and hand the core back.
     Stop,
 }
@@ -240,10 +246,79 @@ pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// core ([`Core::tick`]).
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Launcher threads at most: slow jobs beyond this many wait in line.
+pub const LAUNCHERS: usize = 2;
+
+/// The launcher threads: run the slow part of requests ([`Step::Slow`]) off
+/// the management thread and hand each result back as [`Msg::Done`]. At
+/// most [`LAUNCHERS`] threads, started when work arrives and ending when
+/// there is none (so they hold no sender of the management channel while
+/// idle).
+struct Launcher {
+    queue: Arc<std::sync::Mutex<LaunchQueue>>,
+    back: mpsc::Sender<Msg>,
+}
+
+#[derive(Default)]
+struct LaunchQueue {
+    jobs: std::collections::VecDeque<(u64, Job)>,
+    threads: usize,
+}
+
+impl Launcher {
+    /// Run `job` of request `ticket` on a launcher thread. If no thread can be
+    /// started and none runs, it runs here.
+    fn run(&self, ticket: u64, job: Job) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.jobs.push_back((ticket, job));
+        if q.threads >= LAUNCHERS {
+            return;
+        }
+        let (queue, back) = (self.queue.clone(), self.back.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sgswitch-launch".into())
+            .spawn(move || {
+                crate::sched::apply("sgswitch-launch");
+                loop {
+                    let next = {
+                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let next = q.jobs.pop_front();
+                        if next.is_none() {
+                            q.threads -= 1;
+                        }
+                        next
+                    };
+                    let Some((ticket, job)) = next else { break };
+                    let _ = back.send(Msg::Done(ticket, run_job(job)));
+                }
+            });
+        match spawned {
+            Ok(_) => q.threads += 1,
+            Err(e) if q.threads == 0 => {
+                tracing::warn!("cannot start a launcher thread ({e}): launching inline");
+                let jobs: Vec<(u64, Job)> = q.jobs.drain(..).collect();
+                drop(q);
+                for (ticket, job) in jobs {
+                    let _ = self.back.send(Msg::Done(ticket, run_job(job)));
+                }
+            }
+            Err(e) => tracing::warn!("cannot start another launcher thread: {e}"),
+        }
+    }
+}
+
+/// Run `job`; a panic is its result (the core then answers InternalError).
+fn run_job(job: Job) -> JobDone {
+    std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+        tracing::error!("a launch or termination job panicked");
+        Box::new(())
+    })
+}
+
 /// Start the management thread around `core`.
 pub fn spawn_management(core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), DaemonError> {
     let (handle, rx) = management_channel();
-    Ok((handle, spawn_management_on(core, rx)?))
+    Ok((handle.clone(), spawn_management_on(core, &handle, rx)?))
 }
 
 /// A handle and the receiving end of its channel: requests sent before
@@ -254,17 +329,31 @@ pub fn management_channel() -> (MgmtHandle, mpsc::Receiver<Msg>) {
     (MgmtHandle { tx }, rx)
 }
 
-/// Start the management thread around `core`, answering the messages of `rx`.
+/// Start the management thread around `core`, answering the messages of `rx`
+/// (`handle` is its channel's: launcher threads answer through it).
 pub fn spawn_management_on(
     mut core: Core,
+    handle: &MgmtHandle,
     rx: mpsc::Receiver<Msg>,
 ) -> Result<JoinHandle<Core>, DaemonError> {
+    let launcher = Launcher {
+        queue: Arc::default(),
+        back: handle.tx.clone(),
+    };
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
             crate::sched::apply("sgswitch-mgmt");
             let mut last_tick = std::time::Instant::now();
+            // Requests whose slow part runs on a launcher: who waits for the
+            // answer.
+            let mut waiting: std::collections::BTreeMap<u64, mpsc::SyncSender<Reply>> =
+                std::collections::BTreeMap::new();
+            let mut stopping = false;
             loop {
+                if stopping && waiting.is_empty() {
+                    break;
+                }
                 // Every TICK, between requests: move QEMU guests on (pending →
                 // running, or stopped when QEMU died).
                 if last_tick.elapsed() >= TICK {
@@ -280,26 +369,34 @@ pub fn spawn_management_on(
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 };
                 match msg {
+                    // Stopping: only the launches in flight are finished.
+                    Msg::Request(_, reply) if stopping => {
+                        let _ = reply.send(Err(gone()));
+                    }
                     Msg::Request(req, reply) => {
                         // A bug in one command must not take the daemon down:
                         // answer InternalError and go on (the core undoes what the
                         // command staged and did not commit at its next request).
-                        let answer =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
-                                .unwrap_or_else(|_| {
-                                    tracing::error!("a command panicked; nothing was changed");
-                                    Err(ApiError::internal(
-                                        "the command failed unexpectedly; nothing was changed",
-                                    ))
-                                });
-                        // Refused input is the client's business; a failure of
-                        // the daemon's own is worth a line in the log.
-                        if let Err(e) = &answer
-                            && e.code == ErrorCode::InternalError
-                        {
-                            tracing::warn!("command failed: {}", e.message);
+                        let step = std::panic::catch_unwind(AssertUnwindSafe(|| core.begin(req)))
+                            .unwrap_or_else(|_| Step::Done(Err(panicked())));
+                        match step {
+                            Step::Done(answer) => answer_with(&reply, answer),
+                            // The slow part (namespaces, TAPs, guests) runs on a
+                            // launcher; the answer waits for it, the loop does not.
+                            Step::Slow { ticket, job } => {
+                                waiting.insert(ticket, reply);
+                                launcher.run(ticket, job);
+                            }
                         }
-                        let _ = reply.send(answer);
+                    }
+                    Msg::Done(ticket, done) => {
+                        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            core.finish(ticket, done)
+                        }))
+                        .unwrap_or_else(|_| Err(panicked()));
+                        if let Some(reply) = waiting.remove(&ticket) {
+                            answer_with(&reply, answer);
+                        }
                     }
                     Msg::LookupAccessKey(key_id, reply) => {
                         let _ = reply.send(core.lookup_access_key(&key_id));
@@ -315,7 +412,9 @@ pub fn spawn_management_on(
                     Msg::Wake => {
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.poll_cluster()));
                     }
-                    Msg::Stop => break,
+                    // Launches in flight are finished first (committed or
+                    // undone: nothing half-made is left, nothing answered lost).
+                    Msg::Stop => stopping = true,
                 }
             }
             core
@@ -325,6 +424,23 @@ pub fn spawn_management_on(
             source,
         })?;
     Ok(join)
+}
+
+/// The answer to a command that panicked.
+fn panicked() -> ApiError {
+    tracing::error!("a command panicked; nothing was changed");
+    ApiError::internal("the command failed unexpectedly; nothing was changed")
+}
+
+/// Send `answer` to `reply`; a failure of the daemon's own is worth a line in
+/// the log (refused input is the client's business).
+fn answer_with(reply: &mpsc::SyncSender<Reply>, answer: Reply) {
+    if let Err(e) = &answer
+        && e.code == ErrorCode::InternalError
+    {
+        tracing::warn!("command failed: {}", e.message);
+    }
+    let _ = reply.send(answer);
 }
 
 /// A bound API socket that removes its file when dropped.
@@ -814,7 +930,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
             return Err(e);
         }
     }
-    let mgmt = spawn_management_on(core, mgmt_rx)?;
+    let mgmt = spawn_management_on(core, &handle, mgmt_rx)?;
     let started = (|| -> Result<_, DaemonError> {
         let ec2 = match ec2_listener {
             Some(l) => Some(
