@@ -1308,6 +1308,92 @@ mod tests {
         assert_eq!(stats.generation, stats.edits, "one generation per edit");
     }
 
+    fn run_one() -> Request {
+        req(Command::RunInstances {
+            ami: "ami-1".into(),
+            count: 1,
+            groups: vec![],
+            min_count: None,
+            qemu: Some(false),
+            client_token: None,
+        })
+    }
+
+    /// Issue 13: a launch in flight (its data plane waits at a gate) does not
+    /// hold other requests: an authorize sent meanwhile is answered and
+    /// published first; the launch is answered once it is made.
+    #[test]
+    fn an_edit_is_answered_while_a_launch_is_in_flight() {
+        let dir = TempDir::new("mgmt-inflight");
+        let (dp, gate) = crate::testutil::RecordingDataplane::gated();
+        let core = core_with(&dir, config(), dp.clone());
+        let (handle, join) = spawn_management(core).unwrap();
+        let (ltx, lrx) = mpsc::channel();
+        let h = handle.clone();
+        let launch = std::thread::spawn(move || ltx.send(h.call(run_one())).unwrap());
+        dp.wait_at_gate(1);
+        let published = dp.state.lock().unwrap().published.len();
+        let (etx, erx) = mpsc::channel();
+        let h = handle.clone();
+        std::thread::spawn(move || {
+            let _ = etx.send(h.call(req(Command::Authorize {
+                egress: false,
+                group: "default".into(),
+                permissions: vec![
+                    filter::model::RuleSpec {
+                        proto: Some("tcp".into()),
+                        ports: Some("22".into()),
+                        cidrs: vec!["10.0.0.0/8".into()],
+                        ..Default::default()
+                    }
+                    .into(),
+                ],
+            })));
+        });
+        let answer = erx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the authorize waits for the launch");
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(dp.state.lock().unwrap().published.len(), published + 1);
+        assert!(lrx.try_recv().is_err(), "the launch is not answered yet");
+        assert_eq!(dp.at_gate(), 1);
+        gate.open();
+        let r = lrx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let Ok(Response::Reservations { reservations }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(reservations[0].instances.len(), 1);
+        launch.join().unwrap();
+        handle.stop();
+        let core = join.join().unwrap();
+        assert_eq!(core.model().instances().len(), 1);
+    }
+
+    /// Stop with a launch in flight: the management thread waits for it and
+    /// commits it (answered, not lost), refusing new requests meanwhile.
+    #[test]
+    fn stop_finishes_the_launches_in_flight() {
+        let dir = TempDir::new("mgmt-stop-inflight");
+        let (dp, gate) = crate::testutil::RecordingDataplane::gated();
+        let core = core_with(&dir, config(), dp.clone());
+        let (handle, join) = spawn_management(core).unwrap();
+        let h = handle.clone();
+        let launch = std::thread::spawn(move || h.call(run_one()));
+        dp.wait_at_gate(1);
+        handle.stop();
+        let r = handle.call(req(Command::Stats));
+        assert_eq!(r.unwrap_err().code, "ServiceUnavailable");
+        gate.open();
+        let core = join.join().unwrap();
+        let r = launch.join().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(core.model().instances().len(), 1);
+        assert_eq!(core.in_flight(), 0);
+        drop(core);
+        let core = core_in(&dir, config());
+        assert_eq!(core.model().instances().len(), 1, "committed");
+    }
+
     #[test]
     fn management_thread_returns_the_core_on_stop() {
         let dir = TempDir::new("mgmt-stop");
