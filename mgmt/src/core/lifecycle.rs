@@ -263,7 +263,7 @@ impl Core {
         if self.is_clustered() {
             return self.finish_launch(launch, job());
         }
-        self.defer(Slow::Launch(launch), job);
+        self.defer(Slow::Launch(Box::new(launch)), job);
         // Not sent: `begin` answers with the job instead.
         Ok(Response::StateChanges {
             changes: Vec::new(),
@@ -315,7 +315,7 @@ impl Core {
                 .token
                 .as_ref()
                 .filter(|t| t.owner == *owner && t.token == token)
-                .map(|t| (t, l)),
+                .map(|t| (t, &**l)),
             Slow::Terminate(_) => None,
         })
     }
@@ -328,7 +328,7 @@ impl Core {
         self.dry_run = false;
         self.ec2.pending_rules.clear();
         let reply = match p.what {
-            Slow::Launch(l) => self.finish_launch(l, done),
+            Slow::Launch(l) => self.finish_launch(*l, done),
             Slow::Terminate(t) => Ok(self.finish_terminate(t, done)),
         };
         if reply.is_err() {
@@ -777,7 +777,7 @@ pub(super) struct Pending {
 }
 
 pub(super) enum Slow {
-    Launch(PendingLaunch),
+    Launch(Box<PendingLaunch>),
     Terminate(PendingTerminate),
 }
 
