@@ -3,8 +3,28 @@
 //!
 //! Threads and ownership:
 //! * The **management thread** owns the [`Core`] (model, store, data plane). It
-//!   takes [`Msg`]s from one channel and answers each before taking the next, so
+//!   takes [`Msg`]s from one channel and applies each before taking the next, so
 //!   edits are applied one at a time, in arrival order.
+//! * Slow lifecycle work never holds it: `run-instances`, `attach-instance` and
+//!   `terminate-instances` run in two steps ([`Core::begin`], [`Core::finish`]).
+//!   Step 1 on the management thread validates exactly as one step would, and
+//!   for a launch reserves the instances' ids, addresses, MACs and interfaces
+//!   (taken back out of the model: no other commit carries a half-launch) or
+//!   for a termination detaches the ports and commits; the slow part
+//!   (namespaces, TAPs, `ip` processes, AF_PACKET queues, QEMU; or destroying
+//!   them) goes as a job to the **launcher threads** (at most [`LAUNCHERS`],
+//!   started on demand) and the loop takes the next message without answering.
+//!   When the job is done its launcher sends [`Msg::Done`]; step 2 on the
+//!   management thread stages the instances again (a group deleted meanwhile
+//!   fails the launch with the missing-group error), commits, and only then
+//!   answers the waiting client; any failure undoes what the job made. A
+//!   termination is committed in step 1 (the instances are gone from the
+//!   model at once) and answered `shutting-down` once the destroy ran. A
+//!   ClientToken repeated while its launch is in flight is answered with that
+//!   reservation, its instances `pending`. `Msg::Stop` with jobs in flight
+//!   refuses new requests and finishes those jobs (commit or undo) before the
+//!   thread ends. In cluster mode both steps run in one turn (a commit lost to
+//!   a concurrent edit is retried whole).
 //! * The **accept thread** runs [`api::serve`]; each connection gets its own
 //!   thread that decodes requests and hands them to the management thread through
 //!   a [`MgmtHandle`], waiting for the answer. A slow or hostile client only ever
@@ -278,7 +298,9 @@ impl Launcher {
         let spawned = std::thread::Builder::new()
             .name("sgswitch-launch".into())
             .spawn(move || {
-                crate::sched::apply("sgswitch-launch");
+                // No edit priority here: started from the management thread,
+                // it runs as an ordinary thread (`SCHED_RESET_ON_FORK`, see
+                // `crate::sched`), behind the edit path.
                 loop {
                     let next = {
                         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());

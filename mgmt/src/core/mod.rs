@@ -19,10 +19,18 @@
 //!   launch) undoes the recorded changes and leaves model, store and data plane
 //!   as they were (a store error publishes the old model again, under
 //!   generation + 2).
-//! * `run-instances` validates and stages every instance in the model first
-//!   (groups, addresses), then creates them in the data plane (namespaces +
-//!   ports), then commits; a failure at any step undoes the staged changes and
-//!   destroys what was created. Instance ids are
+//! * `run-instances` (and `attach-instance`) runs in two steps ([`Step`]):
+//!   [`Core::begin`] validates and stages every instance in the model (groups,
+//!   addresses), then takes the staging back out and keeps the instances as a
+//!   reservation (ids, addresses, MACs, interfaces no other launch or attach can
+//!   take; [`Model::free_ip`] plus the reserved addresses) and returns the slow
+//!   part (namespaces, TAPs, queues, guests: [`Dataplane::launch_job`]) as a
+//!   job; [`Core::finish`] takes in what it made, stages the instances again
+//!   (re-validated), commits and answers. A failure at any step undoes the
+//!   staged changes and destroys what was created. `terminate-instances`
+//!   commits in `begin` and leaves the destroy as the job
+//!   ([`Dataplane::terminate_job`]). [`Core::handle`] is both steps in one
+//!   call. Instance ids are
 //!   random (`i-` + 8 hex from `getrandom`), MACs derived from the id
 //!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
 //!   subnet outside the uplink range ([`Model::free_ip`]).
