@@ -506,6 +506,9 @@ impl Maker {
         image: Option<&qemu::GuestImage>,
     ) -> Result<Made, ApiError> {
         let workers = self.workers;
+        // Before anything is made: what a crash meanwhile may leave behind
+        // (nothing records a launch in flight) can be found in the log.
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "making instance {}", inst.id);
         let queues = match how {
             Attachment::Netns => instances::create_netns_instance(
                 &inst.id,
