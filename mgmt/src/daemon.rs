@@ -3,8 +3,28 @@
 //!
 //! Threads and ownership:
 //! * The **management thread** owns the [`Core`] (model, store, data plane). It
-//!   takes [`Msg`]s from one channel and answers each before taking the next, so
+//!   takes [`Msg`]s from one channel and applies each before taking the next, so
 //!   edits are applied one at a time, in arrival order.
+//! * Slow lifecycle work never holds it: `run-instances`, `attach-instance` and
+//!   `terminate-instances` run in two steps ([`Core::begin`], [`Core::finish`]).
+//!   Step 1 on the management thread validates exactly as one step would, and
+//!   for a launch reserves the instances' ids, addresses, MACs and interfaces
+//!   (taken back out of the model: no other commit carries a half-launch) or
+//!   for a termination detaches the ports and commits; the slow part
+//!   (namespaces, TAPs, `ip` processes, AF_PACKET queues, QEMU; or destroying
+//!   them) goes as a job to the **launcher threads** (at most [`LAUNCHERS`],
+//!   started on demand) and the loop takes the next message without answering.
+//!   When the job is done its launcher sends [`Msg::Done`]; step 2 on the
+//!   management thread stages the instances again (a group deleted meanwhile
+//!   fails the launch with the missing-group error), commits, and only then
+//!   answers the waiting client; any failure undoes what the job made. A
+//!   termination is committed in step 1 (the instances are gone from the
+//!   model at once) and answered `shutting-down` once the destroy ran. A
+//!   ClientToken repeated while its launch is in flight is answered with that
+//!   reservation, its instances `pending`. `Msg::Stop` with jobs in flight
+//!   refuses new requests and finishes those jobs (commit or undo) before the
+//!   thread ends. In cluster mode both steps run in one turn (a commit lost to
+//!   a concurrent edit is retried whole).
 //! * The **accept thread** runs [`api::serve`]; each connection gets its own
 //!   thread that decodes requests and hands them to the management thread through
 //!   a [`MgmtHandle`], waiting for the answer. A slow or hostile client only ever
@@ -70,7 +90,9 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::api::{self, ApiError, ErrorCode, Handler, KeySecret, Reply, Request, StatsReport};
 use crate::cli::{Cli, DEFAULT_OWNER, UpArgs};
 use crate::cluster::node::{Node, NodeConfig};
-use crate::core::{Attachment, Core, CoreConfig, CoreError, Dataplane, default_uplink_range};
+use crate::core::{
+    Attachment, Core, CoreConfig, CoreError, Dataplane, Job, JobDone, Step, default_uplink_range,
+};
 use crate::store::{InstanceRecord, Store, StoreError};
 
 /// Errors of starting or running the daemon.
@@ -166,6 +188,10 @@ pub enum Msg {
     ),
     /// Cluster mode: the etcd follower has news for the core.
     Wake,
+    /// A launcher thread finished the slow part of request `ticket`
+    /// ([`Step::Slow`]): the management thread finishes it and answers.
+    /// Internal (no [`api::Command`]).
+    Done(u64, JobDone),
     /// Stop and hand the core back.
     Stop,
 }
@@ -240,10 +266,81 @@ pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// core ([`Core::tick`]).
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Launcher threads at most: slow jobs beyond this many wait in line.
+pub const LAUNCHERS: usize = 2;
+
+/// The launcher threads: run the slow part of requests ([`Step::Slow`]) off
+/// the management thread and hand each result back as [`Msg::Done`]. At
+/// most [`LAUNCHERS`] threads, started when work arrives and ending when
+/// there is none (so they hold no sender of the management channel while
+/// idle).
+struct Launcher {
+    queue: Arc<std::sync::Mutex<LaunchQueue>>,
+    back: mpsc::Sender<Msg>,
+}
+
+#[derive(Default)]
+struct LaunchQueue {
+    jobs: std::collections::VecDeque<(u64, Job)>,
+    threads: usize,
+}
+
+impl Launcher {
+    /// Run `job` of request `ticket` on a launcher thread. If no thread can be
+    /// started and none runs, it runs here.
+    fn run(&self, ticket: u64, job: Job) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.jobs.push_back((ticket, job));
+        if q.threads >= LAUNCHERS {
+            return;
+        }
+        let (queue, back) = (self.queue.clone(), self.back.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sgswitch-launch".into())
+            .spawn(move || {
+                // No edit priority here: started from the management thread,
+                // it runs as an ordinary thread (`SCHED_RESET_ON_FORK`, see
+                // `crate::sched`), behind the edit path.
+                loop {
+                    let next = {
+                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let next = q.jobs.pop_front();
+                        if next.is_none() {
+                            q.threads -= 1;
+                        }
+                        next
+                    };
+                    let Some((ticket, job)) = next else { break };
+                    let _ = back.send(Msg::Done(ticket, run_job(job)));
+                }
+            });
+        match spawned {
+            Ok(_) => q.threads += 1,
+            Err(e) if q.threads == 0 => {
+                tracing::warn!("cannot start a launcher thread ({e}): launching inline");
+                let jobs: Vec<(u64, Job)> = q.jobs.drain(..).collect();
+                drop(q);
+                for (ticket, job) in jobs {
+                    let _ = self.back.send(Msg::Done(ticket, run_job(job)));
+                }
+            }
+            Err(e) => tracing::warn!("cannot start another launcher thread: {e}"),
+        }
+    }
+}
+
+/// Run `job`; a panic is its result (the core then answers InternalError).
+fn run_job(job: Job) -> JobDone {
+    std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+        tracing::error!("a launch or termination job panicked");
+        Box::new(())
+    })
+}
+
 /// Start the management thread around `core`.
 pub fn spawn_management(core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), DaemonError> {
     let (handle, rx) = management_channel();
-    Ok((handle, spawn_management_on(core, rx)?))
+    Ok((handle.clone(), spawn_management_on(core, &handle, rx)?))
 }
 
 /// A handle and the receiving end of its channel: requests sent before
@@ -254,17 +351,31 @@ pub fn management_channel() -> (MgmtHandle, mpsc::Receiver<Msg>) {
     (MgmtHandle { tx }, rx)
 }
 
-/// Start the management thread around `core`, answering the messages of `rx`.
+/// Start the management thread around `core`, answering the messages of `rx`
+/// (`handle` is its channel's: launcher threads answer through it).
 pub fn spawn_management_on(
     mut core: Core,
+    handle: &MgmtHandle,
     rx: mpsc::Receiver<Msg>,
 ) -> Result<JoinHandle<Core>, DaemonError> {
+    let launcher = Launcher {
+        queue: Arc::default(),
+        back: handle.tx.clone(),
+    };
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
             crate::sched::apply("sgswitch-mgmt");
             let mut last_tick = std::time::Instant::now();
+            // Requests whose slow part runs on a launcher: who waits for the
+            // answer.
+            let mut waiting: std::collections::BTreeMap<u64, mpsc::SyncSender<Reply>> =
+                std::collections::BTreeMap::new();
+            let mut stopping = false;
             loop {
+                if stopping && waiting.is_empty() {
+                    break;
+                }
                 // Every TICK, between requests: move QEMU guests on (pending →
                 // running, or stopped when QEMU died).
                 if last_tick.elapsed() >= TICK {
@@ -280,26 +391,34 @@ pub fn spawn_management_on(
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 };
                 match msg {
+                    // Stopping: only the launches in flight are finished.
+                    Msg::Request(_, reply) if stopping => {
+                        let _ = reply.send(Err(gone()));
+                    }
                     Msg::Request(req, reply) => {
                         // A bug in one command must not take the daemon down:
                         // answer InternalError and go on (the core undoes what the
                         // command staged and did not commit at its next request).
-                        let answer =
-                            std::panic::catch_unwind(AssertUnwindSafe(|| core.handle(req)))
-                                .unwrap_or_else(|_| {
-                                    tracing::error!("a command panicked; nothing was changed");
-                                    Err(ApiError::internal(
-                                        "the command failed unexpectedly; nothing was changed",
-                                    ))
-                                });
-                        // Refused input is the client's business; a failure of
-                        // the daemon's own is worth a line in the log.
-                        if let Err(e) = &answer
-                            && e.code == ErrorCode::InternalError
-                        {
-                            tracing::warn!("command failed: {}", e.message);
+                        let step = std::panic::catch_unwind(AssertUnwindSafe(|| core.begin(req)))
+                            .unwrap_or_else(|_| Step::Done(Err(panicked())));
+                        match step {
+                            Step::Done(answer) => answer_with(&reply, answer),
+                            // The slow part (namespaces, TAPs, guests) runs on a
+                            // launcher; the answer waits for it, the loop does not.
+                            Step::Slow { ticket, job } => {
+                                waiting.insert(ticket, reply);
+                                launcher.run(ticket, job);
+                            }
                         }
-                        let _ = reply.send(answer);
+                    }
+                    Msg::Done(ticket, done) => {
+                        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            core.finish(ticket, done)
+                        }))
+                        .unwrap_or_else(|_| Err(panicked()));
+                        if let Some(reply) = waiting.remove(&ticket) {
+                            answer_with(&reply, answer);
+                        }
                     }
                     Msg::LookupAccessKey(key_id, reply) => {
                         let _ = reply.send(core.lookup_access_key(&key_id));
@@ -315,7 +434,9 @@ pub fn spawn_management_on(
                     Msg::Wake => {
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| core.poll_cluster()));
                     }
-                    Msg::Stop => break,
+                    // Launches in flight are finished first (committed or
+                    // undone: nothing half-made is left, nothing answered lost).
+                    Msg::Stop => stopping = true,
                 }
             }
             core
@@ -325,6 +446,23 @@ pub fn spawn_management_on(
             source,
         })?;
     Ok(join)
+}
+
+/// The answer to a command that panicked.
+fn panicked() -> ApiError {
+    tracing::error!("a command panicked; nothing was changed");
+    ApiError::internal("the command failed unexpectedly; nothing was changed")
+}
+
+/// Send `answer` to `reply`; a failure of the daemon's own is worth a line in
+/// the log (refused input is the client's business).
+fn answer_with(reply: &mpsc::SyncSender<Reply>, answer: Reply) {
+    if let Err(e) = &answer
+        && e.code == ErrorCode::InternalError
+    {
+        tracing::warn!("command failed: {}", e.message);
+    }
+    let _ = reply.send(answer);
 }
 
 /// A bound API socket that removes its file when dropped.
@@ -814,7 +952,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
             return Err(e);
         }
     }
-    let mgmt = spawn_management_on(core, mgmt_rx)?;
+    let mgmt = spawn_management_on(core, &handle, mgmt_rx)?;
     let started = (|| -> Result<_, DaemonError> {
         let ec2 = match ec2_listener {
             Some(l) => Some(
@@ -1190,6 +1328,92 @@ mod tests {
             "the default group at open plus every command"
         );
         assert_eq!(stats.generation, stats.edits, "one generation per edit");
+    }
+
+    fn run_one() -> Request {
+        req(Command::RunInstances {
+            ami: "ami-1".into(),
+            count: 1,
+            groups: vec![],
+            min_count: None,
+            qemu: Some(false),
+            client_token: None,
+        })
+    }
+
+    /// Issue 13: a launch in flight (its data plane waits at a gate) does not
+    /// hold other requests: an authorize sent meanwhile is answered and
+    /// published first; the launch is answered once it is made.
+    #[test]
+    fn an_edit_is_answered_while_a_launch_is_in_flight() {
+        let dir = TempDir::new("mgmt-inflight");
+        let (dp, gate) = crate::testutil::RecordingDataplane::gated();
+        let core = core_with(&dir, config(), dp.clone());
+        let (handle, join) = spawn_management(core).unwrap();
+        let (ltx, lrx) = mpsc::channel();
+        let h = handle.clone();
+        let launch = std::thread::spawn(move || ltx.send(h.call(run_one())).unwrap());
+        dp.wait_at_gate(1);
+        let published = dp.state.lock().unwrap().published.len();
+        let (etx, erx) = mpsc::channel();
+        let h = handle.clone();
+        std::thread::spawn(move || {
+            let _ = etx.send(h.call(req(Command::Authorize {
+                egress: false,
+                group: "default".into(),
+                permissions: vec![
+                    filter::model::RuleSpec {
+                        proto: Some("tcp".into()),
+                        ports: Some("22".into()),
+                        cidrs: vec!["10.0.0.0/8".into()],
+                        ..Default::default()
+                    }
+                    .into(),
+                ],
+            })));
+        });
+        let answer = erx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the authorize waits for the launch");
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(dp.state.lock().unwrap().published.len(), published + 1);
+        assert!(lrx.try_recv().is_err(), "the launch is not answered yet");
+        assert_eq!(dp.at_gate(), 1);
+        gate.open();
+        let r = lrx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let Ok(Response::Reservations { reservations }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(reservations[0].instances.len(), 1);
+        launch.join().unwrap();
+        handle.stop();
+        let core = join.join().unwrap();
+        assert_eq!(core.model().instances().len(), 1);
+    }
+
+    /// Stop with a launch in flight: the management thread waits for it and
+    /// commits it (answered, not lost), refusing new requests meanwhile.
+    #[test]
+    fn stop_finishes_the_launches_in_flight() {
+        let dir = TempDir::new("mgmt-stop-inflight");
+        let (dp, gate) = crate::testutil::RecordingDataplane::gated();
+        let core = core_with(&dir, config(), dp.clone());
+        let (handle, join) = spawn_management(core).unwrap();
+        let h = handle.clone();
+        let launch = std::thread::spawn(move || h.call(run_one()));
+        dp.wait_at_gate(1);
+        handle.stop();
+        let r = handle.call(req(Command::Stats));
+        assert_eq!(r.unwrap_err().code, "ServiceUnavailable");
+        gate.open();
+        let core = join.join().unwrap();
+        let r = launch.join().unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(core.model().instances().len(), 1);
+        assert_eq!(core.in_flight(), 0);
+        drop(core);
+        let core = core_in(&dir, config());
+        assert_eq!(core.model().instances().len(), 1, "committed");
     }
 
     #[test]

@@ -56,7 +56,7 @@ use switch::{PollMode, PortId, PortRole, PortSpec, Switch, SwitchConfig};
 use crate::api::error_chain;
 use crate::api::{ApiError, PortStats, StatsReport};
 use crate::cli::{PollArg, RevokeArg, UpArgs};
-use crate::core::{Attachment, CoreConfig, Dataplane, Liveness};
+use crate::core::{Attachment, CoreConfig, Dataplane, LaunchJob, Liveness, TerminateJob};
 use crate::instances;
 use crate::qemu::{self, QemuConfig};
 use crate::store::InstanceRecord;
@@ -332,72 +332,8 @@ impl SwitchDataplane {
     /// Undo what `launch` made (the port is already gone or never added).
     fn destroy(&mut self, id: &str, how: &Attachment) -> Result<(), ApiError> {
         self.booted.remove(id);
-        let ns = self
-            .namespaces
-            .remove(id)
-            .or_else(|| instances::netns_inode(id));
-        match how {
-            Attachment::Netns => {
-                if let Some(ns) = ns {
-                    let killed = instances::kill_netns_processes(ns, instances::KILL_GRACE);
-                    if !killed.is_empty() {
-                        tracing::info!(
-                            instance = id,
-                            "ended {} process(es) left in instance {id}: {killed:?}",
-                            killed.len()
-                        );
-                    }
-                }
-                instances::destroy_netns_instance(id).map_err(|e| {
-                    ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
-                })
-            }
-            // Someone else's interface: only detached.
-            Attachment::Iface { .. } => Ok(()),
-            Attachment::Qemu { pid } => qemu::stop(id, *pid, self.guests.remove(id))
-                .map_err(|e| ApiError::internal(format!("stop guest {id}: {}", error_chain(&e)))),
-        }
-    }
-
-    /// AF_PACKET queues on `ifname` (inside `netns` if given).
-    fn open_iface(
-        &self,
-        id: &str,
-        ifname: &str,
-        netns: Option<&str>,
-    ) -> Result<Vec<Box<dyn switch::port::PortQueue>>, ApiError> {
-        let workers = self.workers;
-        let open = move || switch::afpacket::open_afpacket(ifname, workers);
-        let opened = match netns {
-            None => open(),
-            Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| match e {
-                switch::netns::NetnsError::NotFound { .. }
-                | switch::netns::NetnsError::InvalidName { .. } => ApiError::new(
-                    filter::ErrorCode::InvalidParameterValue,
-                    format!("cannot attach '{ifname}': {e}"),
-                ),
-                e => ApiError::internal(format!(
-                    "attach {ifname} in namespace {ns} as {id}: {}",
-                    error_chain(&e)
-                )),
-            })?,
-        };
-        let queues = opened.map_err(|e| match e {
-            switch::afpacket::AfPacketError::NoSuchInterface { .. } => ApiError::new(
-                filter::ErrorCode::InvalidParameterValue,
-                format!(
-                    "interface '{ifname}' does not exist{}",
-                    netns
-                        .map(|ns| format!(" in namespace {ns}"))
-                        .unwrap_or_default()
-                ),
-            ),
-            e => ApiError::internal(format!("attach {ifname} as {id}: {}", error_chain(&e))),
-        })?;
-        Ok(queues
-            .into_iter()
-            .map(|q| Box::new(q) as Box<dyn switch::port::PortQueue>)
-            .collect())
+        let ns = self.namespaces.remove(id);
+        destroy_made(id, how, ns, self.guests.remove(id))
     }
 
     /// Take instance `id`'s port off the switch (it stopped).
@@ -424,35 +360,6 @@ impl SwitchDataplane {
         }
     }
 
-    /// Attach guest `inst`'s port on a helper thread (see the module docs).
-    fn attach_later(&mut self, inst: &Instance) -> Result<(), ApiError> {
-        let dp = self.switch()?.datapath().clone();
-        let slot = Arc::new(Mutex::new(Attaching::default()));
-        let theirs = slot.clone();
-        let inst2 = inst.clone();
-        let workers = self.workers;
-        std::thread::Builder::new()
-            .name("sgswitch-attach".into())
-            .spawn(move || {
-                let queues = qemu::open_queues(&inst2.id, workers);
-                let mut a = lock(&theirs);
-                if a.cancelled {
-                    return; // the queues close here
-                }
-                a.done = Some(match queues {
-                    Ok(queues) => dp
-                        .add_port(port_spec(&inst2, queues))
-                        .map_err(|e| error_chain(&e)),
-                    Err(e) => Err(error_chain(&e)),
-                });
-            })
-            .map_err(|e| {
-                ApiError::internal(format!("launch guest {}: attach thread: {e}", inst.id))
-            })?;
-        self.attaching.insert(inst.id.clone(), slot);
-        Ok(())
-    }
-
     fn attach(
         &mut self,
         inst: &Instance,
@@ -464,6 +371,207 @@ impl SwitchDataplane {
         })?;
         self.ports.insert(inst.id.clone(), port);
         Ok(())
+    }
+}
+
+/// Undo what a launch made of instance `id` (its port is already gone or
+/// never added): end what runs in its namespace (`ns` as made, else as found
+/// by name) and delete it, or stop its guest. Any thread.
+fn destroy_made(
+    id: &str,
+    how: &Attachment,
+    ns: Option<instances::NetnsInode>,
+    guest: Option<qemu::Guest>,
+) -> Result<(), ApiError> {
+    let ns = ns.or_else(|| instances::netns_inode(id));
+    match how {
+        Attachment::Netns => {
+            if let Some(ns) = ns {
+                let killed = instances::kill_netns_processes(ns, instances::KILL_GRACE);
+                if !killed.is_empty() {
+                    tracing::info!(
+                        instance = id,
+                        "ended {} process(es) left in instance {id}: {killed:?}",
+                        killed.len()
+                    );
+                }
+            }
+            instances::destroy_netns_instance(id).map_err(|e| {
+                ApiError::internal(format!("destroy instance {id}: {}", error_chain(&e)))
+            })
+        }
+        // Someone else's interface: only detached.
+        Attachment::Iface { .. } => Ok(()),
+        Attachment::Qemu { pid } => qemu::stop(id, *pid, guest)
+            .map_err(|e| ApiError::internal(format!("stop guest {id}: {}", error_chain(&e)))),
+    }
+}
+
+/// AF_PACKET queues on `ifname` (inside `netns` if given), one per worker.
+fn open_iface(
+    workers: usize,
+    id: &str,
+    ifname: &str,
+    netns: Option<&str>,
+) -> Result<Vec<Box<dyn switch::port::PortQueue>>, ApiError> {
+    let open = move || switch::afpacket::open_afpacket(ifname, workers);
+    let opened = match netns {
+        None => open(),
+        Some(ns) => switch::netns::in_netns(ns, open).map_err(|e| match e {
+            switch::netns::NetnsError::NotFound { .. }
+            | switch::netns::NetnsError::InvalidName { .. } => ApiError::new(
+                filter::ErrorCode::InvalidParameterValue,
+                format!("cannot attach '{ifname}': {e}"),
+            ),
+            e => ApiError::internal(format!(
+                "attach {ifname} in namespace {ns} as {id}: {}",
+                error_chain(&e)
+            )),
+        })?,
+    };
+    let queues = opened.map_err(|e| match e {
+        switch::afpacket::AfPacketError::NoSuchInterface { .. } => ApiError::new(
+            filter::ErrorCode::InvalidParameterValue,
+            format!(
+                "interface '{ifname}' does not exist{}",
+                netns
+                    .map(|ns| format!(" in namespace {ns}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        e => ApiError::internal(format!("attach {ifname} as {id}: {}", error_chain(&e))),
+    })?;
+    Ok(queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn switch::port::PortQueue>)
+        .collect())
+}
+
+/// Attach guest `inst`'s port on a helper thread (see the module docs).
+fn attach_later(
+    dp: Arc<switch::Datapath>,
+    inst: &Instance,
+    workers: usize,
+) -> Result<Arc<Mutex<Attaching>>, ApiError> {
+    let slot = Arc::new(Mutex::new(Attaching::default()));
+    let theirs = slot.clone();
+    let inst2 = inst.clone();
+    std::thread::Builder::new()
+        .name("sgswitch-attach".into())
+        .spawn(move || {
+            let queues = qemu::open_queues(&inst2.id, workers);
+            let mut a = lock(&theirs);
+            if a.cancelled {
+                return; // the queues close here
+            }
+            a.done = Some(match queues {
+                Ok(queues) => dp
+                    .add_port(port_spec(&inst2, queues))
+                    .map_err(|e| error_chain(&e)),
+                Err(e) => Err(error_chain(&e)),
+            });
+        })
+        .map_err(|e| ApiError::internal(format!("launch guest {}: attach thread: {e}", inst.id)))?;
+    Ok(slot)
+}
+
+/// What a launch job made of one instance (off the management thread), for
+/// [`SwitchDataplane`]'s `finish_launch`.
+struct Made {
+    how: Attachment,
+    /// Its switch port (a guest's is attached later: `attaching`).
+    port: Option<PortId>,
+    ns: Option<instances::NetnsInode>,
+    guest: Option<qemu::Guest>,
+    attaching: Option<Arc<Mutex<Attaching>>>,
+}
+
+/// What a launch job needs of the data plane (all of it `Send`).
+struct Maker {
+    dp: Arc<switch::Datapath>,
+    qemu: QemuConfig,
+    workers: usize,
+    subnet6: Option<ipnet::Ipv6Net>,
+}
+
+impl Maker {
+    /// Launch instance `inst` attached `how`: namespace + TAP, AF_PACKET
+    /// queues or a QEMU guest, and its switch port. The slow part of a
+    /// launch, on any thread; on error nothing is left behind.
+    fn make(
+        &self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+        image: Option<&qemu::GuestImage>,
+    ) -> Result<Made, ApiError> {
+        let workers = self.workers;
+        // Before anything is made: what a crash meanwhile may leave behind
+        // (nothing records a launch in flight) can be found in the log.
+        tracing::info!(instance = %inst.id, ip = %inst.ip, "making instance {}", inst.id);
+        let queues = match how {
+            Attachment::Netns => instances::create_netns_instance(
+                &inst.id,
+                inst.mac,
+                inst.ip,
+                prefix_len,
+                self.subnet6,
+                workers,
+            )
+            .map_err(|e| {
+                ApiError::internal(format!("launch instance {}: {}", inst.id, error_chain(&e)))
+            })?,
+            Attachment::Iface { ifname, netns } => {
+                open_iface(workers, &inst.id, ifname, netns.as_deref())?
+            }
+            Attachment::Qemu { .. } => {
+                let image = image.ok_or_else(|| {
+                    ApiError::internal(format!("launch guest {}: no image to boot", inst.id))
+                })?;
+                let guest = qemu::start(&self.qemu, image, &inst.id, inst.mac).map_err(|e| {
+                    ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
+                })?;
+                let made = Attachment::Qemu { pid: guest.pid };
+                let ns = instances::netns_inode(&inst.id);
+                return match attach_later(self.dp.clone(), inst, workers) {
+                    Ok(slot) => Ok(Made {
+                        how: made,
+                        port: None,
+                        ns,
+                        guest: Some(guest),
+                        attaching: Some(slot),
+                    }),
+                    Err(e) => {
+                        let _ = destroy_made(&inst.id, &made, ns, Some(guest));
+                        Err(e)
+                    }
+                };
+            }
+        };
+        let ns = match how {
+            Attachment::Netns => instances::netns_inode(&inst.id),
+            _ => None,
+        };
+        match self.dp.add_port(port_spec(inst, queues)) {
+            Ok(port) => {
+                tracing::info!(instance = %inst.id, ip = %inst.ip, "instance launched");
+                Ok(Made {
+                    how: how.clone(),
+                    port: Some(port),
+                    ns,
+                    guest: None,
+                    attaching: None,
+                })
+            }
+            Err(e) => {
+                let _ = destroy_made(&inst.id, how, ns, None);
+                Err(ApiError::internal(format!(
+                    "attach instance {}: {}",
+                    inst.id,
+                    error_chain(&e)
+                )))
+            }
+        }
     }
 }
 
@@ -530,48 +638,95 @@ impl Dataplane for SwitchDataplane {
         how: &Attachment,
         image: Option<&qemu::GuestImage>,
     ) -> Result<Attachment, ApiError> {
-        let mut made = how.clone();
-        let queues = match how {
-            Attachment::Netns => instances::create_netns_instance(
-                &inst.id,
-                inst.mac,
-                inst.ip,
-                prefix_len,
-                self.subnet6,
-                self.workers,
-            )
-            .map_err(|e| {
-                ApiError::internal(format!("launch instance {}: {}", inst.id, error_chain(&e)))
-            })?,
-            Attachment::Iface { ifname, netns } => {
-                self.open_iface(&inst.id, ifname, netns.as_deref())?
-            }
-            Attachment::Qemu { .. } => {
-                let image = image.ok_or_else(|| {
-                    ApiError::internal(format!("launch guest {}: no image to boot", inst.id))
-                })?;
-                let guest = qemu::start(&self.qemu, image, &inst.id, inst.mac).map_err(|e| {
-                    ApiError::internal(format!("launch guest {}: {}", inst.id, error_chain(&e)))
-                })?;
-                made = Attachment::Qemu { pid: guest.pid };
-                self.guests.insert(inst.id.clone(), guest);
-                self.note_namespace(&inst.id);
-                if let Err(e) = self.attach_later(inst) {
-                    let _ = self.destroy(&inst.id, &made);
-                    return Err(e);
-                }
-                return Ok(made);
-            }
+        let made = self.launch_job(inst, prefix_len, how, image)()?;
+        self.finish_launch(inst, prefix_len, how, image, made)
+    }
+
+    /// The whole launch but taking it in: [`Maker::make`] on the launcher.
+    fn launch_job(
+        &mut self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+        image: Option<&qemu::GuestImage>,
+    ) -> LaunchJob {
+        let maker = match self.switch() {
+            Ok(s) => Maker {
+                dp: s.datapath().clone(),
+                qemu: self.qemu.clone(),
+                workers: self.workers,
+                subnet6: self.subnet6,
+            },
+            Err(e) => return Box::new(move || Err(e)),
         };
-        if made == Attachment::Netns {
-            self.note_namespace(&inst.id);
+        let (inst, how, image) = (inst.clone(), how.clone(), image.cloned());
+        Box::new(move || {
+            let made = maker.make(&inst, prefix_len, &how, image.as_ref())?;
+            Ok(Box::new(made) as crate::core::Made)
+        })
+    }
+
+    fn finish_launch(
+        &mut self,
+        inst: &Instance,
+        _prefix_len: u8,
+        _how: &Attachment,
+        _image: Option<&qemu::GuestImage>,
+        made: crate::core::Made,
+    ) -> Result<Attachment, ApiError> {
+        let made = made.downcast::<Made>().map_err(|_| {
+            ApiError::internal(format!(
+                "launch instance {}: not made by this data plane",
+                inst.id
+            ))
+        })?;
+        let Made {
+            how,
+            port,
+            ns,
+            guest,
+            attaching,
+        } = *made;
+        let id = &inst.id;
+        if let Some(port) = port {
+            self.ports.insert(id.clone(), port);
         }
-        if let Err(e) = self.attach(inst, queues) {
-            let _ = self.destroy(&inst.id, &made);
-            return Err(e);
+        if let Some(ns) = ns {
+            self.namespaces.insert(id.clone(), ns);
         }
-        tracing::info!(instance = %inst.id, ip = %inst.ip, "instance launched");
-        Ok(made)
+        if let Some(g) = guest {
+            self.guests.insert(id.clone(), g);
+        }
+        if let Some(slot) = attaching {
+            self.attaching.insert(id.clone(), slot);
+        }
+        Ok(how)
+    }
+
+    fn discard_launch(&mut self, inst: &Instance, how: &Attachment, made: crate::core::Made) {
+        if let Ok(made) = self.finish_launch(inst, 0, how, None, made)
+            && let Err(e) = self.terminate(&inst.id, &made)
+        {
+            tracing::warn!(
+                instance = %inst.id,
+                "cleaning up instance {} after a failed launch: {e}",
+                inst.id
+            );
+        }
+    }
+
+    /// The port now; the namespace or guest on the launcher.
+    fn terminate_job(&mut self, id: &str, how: &Attachment) -> TerminateJob {
+        self.detach(id);
+        self.booted.remove(id);
+        let ns = self.namespaces.remove(id);
+        let guest = self.guests.remove(id);
+        let (id, how) = (id.to_owned(), how.clone());
+        Box::new(move || {
+            destroy_made(&id, &how, ns, guest)?;
+            tracing::info!(instance = %id, "instance terminated");
+            Ok(())
+        })
     }
 
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError> {
@@ -597,7 +752,7 @@ impl Dataplane for SwitchDataplane {
                 ))
             })?,
             Attachment::Iface { ifname, netns } => {
-                self.open_iface(&inst.id, ifname, netns.as_deref())?
+                open_iface(self.workers, &inst.id, ifname, netns.as_deref())?
             }
             // A guest keeps running while the daemon restarts; if it is gone the
             // instance shows as stopped (its namespace stays until terminated).

@@ -11,7 +11,7 @@ use filter::Snapshot;
 use filter::model::{Instance, Owner};
 
 use crate::api::{ApiError, Command, Reply, Request, StatsReport};
-use crate::core::{Attachment, Core, CoreConfig, Dataplane, Liveness};
+use crate::core::{Attachment, Core, CoreConfig, Dataplane, LaunchJob, Liveness, Made};
 use crate::qemu::GuestImage;
 use crate::store::{InstanceRecord, Store};
 
@@ -130,6 +130,61 @@ pub struct Recorded {
     pub ports: BTreeMap<String, (filter::Mac, std::net::Ipv4Addr)>,
     /// The instances' IPv6 prefix `trace`'s switch uses (set by a test).
     pub subnet6: Option<ipnet::Ipv6Net>,
+    /// Launch jobs wait at this gate until it opens (tests of launches in
+    /// flight); none: they do not wait.
+    pub gate: Option<std::sync::Arc<Gate>>,
+    /// Launch jobs waiting at the gate now.
+    pub at_gate: usize,
+}
+
+/// A gate slow launches wait at ([`Recorded::gate`]); at most
+/// [`Gate::LONGEST`], so a test that forgets to open it still ends.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    pub const LONGEST: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cv.wait_timeout_while(g, Self::LONGEST, |open| !*open);
+    }
+}
+
+impl RecordingDataplane {
+    /// A data plane whose launches wait at a closed gate (returned) until
+    /// the test opens it.
+    pub fn gated() -> (RecordingDataplane, std::sync::Arc<Gate>) {
+        let dp = RecordingDataplane::default();
+        let gate = std::sync::Arc::new(Gate::default());
+        dp.with(|r| r.gate = Some(gate.clone()));
+        (dp, gate)
+    }
+
+    /// Launch jobs waiting at the gate now.
+    pub fn at_gate(&self) -> usize {
+        self.with(|r| r.at_gate)
+    }
+
+    /// Wait (up to 10 s) until `n` launch jobs wait at the gate.
+    pub fn wait_at_gate(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.at_gate() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} launch(es) never reached the gate"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 /// A data plane that only records what it was asked: for tests of the core
@@ -188,6 +243,26 @@ impl Dataplane for RecordingDataplane {
                 },
                 other => other.clone(),
             })
+        })
+    }
+    /// Waits at the gate, if any (the rest happens in `launch`, called by
+    /// the default `finish_launch`).
+    fn launch_job(
+        &mut self,
+        _inst: &Instance,
+        _prefix_len: u8,
+        _how: &Attachment,
+        _image: Option<&GuestImage>,
+    ) -> LaunchJob {
+        let gate = self.with(|r| r.gate.clone());
+        let me = self.clone();
+        Box::new(move || {
+            if let Some(gate) = gate {
+                me.with(|r| r.at_gate += 1);
+                gate.wait();
+                me.with(|r| r.at_gate -= 1);
+            }
+            Ok(Box::new(()) as Made)
         })
     }
     fn reattach(&mut self, rec: &InstanceRecord, _prefix_len: u8) -> Result<(), ApiError> {

@@ -268,6 +268,20 @@ impl Core {
                     ));
                 }
                 let fingerprint = format!("{ami}|{min}|{max}|{}", names.join(","));
+                // A repeat while the first is still being launched: that
+                // reservation, its instances `pending` (never a second launch).
+                if let Some((seen, launch)) = self.launching_token(owner, &t) {
+                    if seen.fingerprint != fingerprint {
+                        return Err(ApiError::new(
+                            ErrorCode::IdempotentParameterMismatch,
+                            format!(
+                                "the client token '{}' was used with other parameters",
+                                t.escape_default()
+                            ),
+                        ));
+                    }
+                    return Ok(launch.view());
+                }
                 if let Some(seen) = self.ec2.tokens.get(&(owner.clone(), t.clone())) {
                     if seen.fingerprint != fingerprint {
                         return Err(ApiError::new(

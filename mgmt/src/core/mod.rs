@@ -19,10 +19,18 @@
 //!   launch) undoes the recorded changes and leaves model, store and data plane
 //!   as they were (a store error publishes the old model again, under
 //!   generation + 2).
-//! * `run-instances` validates and stages every instance in the model first
-//!   (groups, addresses), then creates them in the data plane (namespaces +
-//!   ports), then commits; a failure at any step undoes the staged changes and
-//!   destroys what was created. Instance ids are
+//! * `run-instances` (and `attach-instance`) runs in two steps ([`Step`]):
+//!   [`Core::begin`] validates and stages every instance in the model (groups,
+//!   addresses), then takes the staging back out and keeps the instances as a
+//!   reservation (ids, addresses, MACs, interfaces no other launch or attach can
+//!   take; [`Model::free_ip`] plus the reserved addresses) and returns the slow
+//!   part (namespaces, TAPs, queues, guests: [`Dataplane::launch_job`]) as a
+//!   job; [`Core::finish`] takes in what it made, stages the instances again
+//!   (re-validated), commits and answers. A failure at any step undoes the
+//!   staged changes and destroys what was created. `terminate-instances`
+//!   commits in `begin` and leaves the destroy as the job
+//!   ([`Dataplane::terminate_job`]). [`Core::handle`] is both steps in one
+//!   call. Instance ids are
 //!   random (`i-` + 8 hex from `getrandom`), MACs derived from the id
 //!   ([`filter::model::instance_mac`]), addresses the lowest free ones of the
 //!   subnet outside the uplink range ([`Model::free_ip`]).
@@ -148,6 +156,31 @@ impl Liveness {
     }
 }
 
+/// What a launch job made, for [`Dataplane::finish_launch`] (each data plane
+/// downcasts its own type).
+pub type Made = Box<dyn std::any::Any + Send>;
+/// The slow part of one instance's launch (see [`Dataplane::launch_job`]).
+pub type LaunchJob = Box<dyn FnOnce() -> Result<Made, ApiError> + Send>;
+/// The slow part of one instance's termination (see
+/// [`Dataplane::terminate_job`]).
+pub type TerminateJob = Box<dyn FnOnce() -> Result<(), ApiError> + Send>;
+/// The slow part of a request ([`Step::Slow`]); what it returns goes to
+/// [`Core::finish`].
+pub type Job = Box<dyn FnOnce() -> JobDone + Send>;
+/// What a [`Job`] returns (opaque to the caller).
+pub type JobDone = Box<dyn std::any::Any + Send>;
+
+/// The first step of a request ([`Core::begin`]).
+pub enum Step {
+    /// Answered.
+    Done(Reply),
+    /// Validated and reserved; `job` (creating namespaces, TAPs, queues,
+    /// QEMU guests, or destroying them) must run, anywhere but may take its
+    /// time, and its result go to [`Core::finish`] with `ticket`, which
+    /// answers the request. Meanwhile the core takes other requests.
+    Slow { ticket: u64, job: Job },
+}
+
 /// What the core needs from the data plane. The daemon's implementation drives
 /// the real switch and namespaces; tests use an in-memory one.
 pub trait Dataplane: Send {
@@ -167,6 +200,46 @@ pub trait Dataplane: Send {
         how: &Attachment,
         image: Option<&GuestImage>,
     ) -> Result<Attachment, ApiError>;
+    /// [`Dataplane::launch`] in two steps: this one, on the management
+    /// thread, returns the slow part as a job that may run on any thread
+    /// (namespace, TAP, queues, port, QEMU); the job must leave nothing
+    /// behind when it fails. [`Dataplane::finish_launch`] then takes in what
+    /// it made, on the management thread. Default: nothing slow (the job makes
+    /// nothing, `finish_launch` calls `launch`).
+    fn launch_job(
+        &mut self,
+        _inst: &Instance,
+        _prefix_len: u8,
+        _how: &Attachment,
+        _image: Option<&GuestImage>,
+    ) -> LaunchJob {
+        Box::new(|| Ok(Box::new(()) as Made))
+    }
+    /// Take in what a [`Dataplane::launch_job`] made: from now on the data
+    /// plane knows the instance as after [`Dataplane::launch`] (it can be
+    /// checked and terminated); returns the attachment as made.
+    fn finish_launch(
+        &mut self,
+        inst: &Instance,
+        prefix_len: u8,
+        how: &Attachment,
+        image: Option<&GuestImage>,
+        made: Made,
+    ) -> Result<Attachment, ApiError> {
+        drop(made);
+        self.launch(inst, prefix_len, how, image)
+    }
+    /// Undo what a launch job made that will not be taken in (an earlier
+    /// instance of the same launch failed). Default: nothing was made.
+    fn discard_launch(&mut self, _inst: &Instance, _how: &Attachment, _made: Made) {}
+    /// [`Dataplane::terminate`] in two steps: take the instance off the
+    /// switch now (on the management thread; after this the data plane no
+    /// longer knows it) and return the rest (destroying the namespace,
+    /// stopping the guest) as a job for any thread. Default: all now.
+    fn terminate_job(&mut self, id: &str, how: &Attachment) -> TerminateJob {
+        let done = self.terminate(id, how);
+        Box::new(move || done)
+    }
     /// After a restart: attach the existing instance again (or recreate it).
     fn reattach(&mut self, rec: &InstanceRecord, prefix_len: u8) -> Result<(), ApiError>;
     /// Remove the instance's port and destroy its namespace (an attached
@@ -398,6 +471,12 @@ pub struct Core {
     arm_dry_run: bool,
     /// [`Dataplane::ports_gone`] when last looked at.
     ports_gone_seen: u64,
+    /// Requests between [`Core::begin`] and [`Core::finish`] (launches hold
+    /// their reservations here), by ticket.
+    pending: BTreeMap<u64, lifecycle::Pending>,
+    next_ticket: u64,
+    /// The slow part the current request left for [`Core::begin`] to return.
+    slow_out: Option<(u64, Job)>,
 }
 
 impl Core {
@@ -445,6 +524,9 @@ impl Core {
             dry_run: false,
             arm_dry_run: false,
             ports_gone_seen: 0,
+            pending: BTreeMap::new(),
+            next_ticket: 1,
+            slow_out: None,
         };
         let owner = core.cfg.default_owner.clone();
         if core.cfg.cluster_host.is_none()
@@ -539,11 +621,27 @@ impl Core {
         })
     }
 
-    /// Answer one request.
-    ///
-    /// Every edit (whatever its outcome) is logged at info: owner, command,
-    /// result (`ok` or the error code) and the generation after it.
+    /// Answer one request: [`Core::begin`], and for a slow one its job run
+    /// here and [`Core::finish`].
     pub fn handle(&mut self, req: Request) -> Reply {
+        match self.begin(req) {
+            Step::Done(reply) => reply,
+            Step::Slow { ticket, job } => {
+                let done = job();
+                self.finish(ticket, done)
+            }
+        }
+    }
+
+    /// The first step of a request: answered at once, or (a launch, a
+    /// termination outside cluster mode) validated and reserved with its slow
+    /// part returned as a job (see [`Step`]).
+    ///
+    /// Every edit (whatever its outcome) is logged at info when answered:
+    /// owner, command, result (`ok` or the error code) and the generation
+    /// after it.
+    pub fn begin(&mut self, req: Request) -> Step {
+        let t0 = Instant::now();
         let edit = req.command.is_edit().then(|| {
             let owner = req
                 .owner
@@ -551,13 +649,48 @@ impl Core {
                 .unwrap_or_else(|| self.cfg.default_owner.0.clone());
             (req.command.verb(), owner)
         });
+        self.slow_out = None;
         let reply = if self.cluster.is_some() {
             self.handle_clustered(req)
         } else {
             self.handle_once(req)
         };
+        if let Some((ticket, job)) = self.slow_out.take() {
+            if let Some(p) = self.pending.get_mut(&ticket) {
+                p.started = t0;
+                p.edit = edit;
+            }
+            return Step::Slow { ticket, job };
+        }
+        self.log_edit(edit, &reply);
+        Step::Done(reply)
+    }
+
+    /// The second step of a slow request: take in what its job did (the
+    /// result of the [`Step::Slow`] job of `ticket`), commit or undo, and
+    /// answer.
+    pub fn finish(&mut self, ticket: u64, done: JobDone) -> Reply {
+        let Some(p) = self.pending.remove(&ticket) else {
+            return Err(ApiError::internal(format!("no request {ticket} in flight")));
+        };
+        let (started, edit) = (p.started, p.edit.clone());
+        let reply = self.finish_pending(p, done);
+        if reply.is_ok() && edit.is_some() {
+            let us = started.elapsed().as_micros() as u64;
+            push_window(&mut self.latencies, &mut self.latency_totals, us);
+        }
+        self.log_edit(edit, &reply);
+        reply
+    }
+
+    /// Requests between [`Core::begin`] and [`Core::finish`].
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn log_edit(&self, edit: Option<(&'static str, String)>, reply: &Reply) {
         if let Some((verb, owner)) = edit {
-            let result = match &reply {
+            let result = match reply {
                 Ok(_) => "ok",
                 Err(e) => e.code.as_str(),
             };
@@ -570,7 +703,6 @@ impl Core {
                 self.generation
             );
         }
-        reply
     }
 
     fn handle_once(&mut self, req: Request) -> Reply {
@@ -760,7 +892,7 @@ impl Core {
                 },
             ),
         };
-        if is_edit && reply.is_ok() {
+        if is_edit && reply.is_ok() && self.slow_out.is_none() {
             let us = t0.elapsed().as_micros() as u64;
             push_window(&mut self.latencies, &mut self.latency_totals, us);
         }

@@ -2362,3 +2362,228 @@ fn another_subnet6_is_refused_while_instances_exist() {
         kept
     );
 }
+
+// ---------------------------------------------------------------------------
+// Launches in two steps (issue 13): the management thread is free meanwhile
+// ---------------------------------------------------------------------------
+
+/// [`Core::begin`] of a slow request: its ticket and job.
+fn begin_slow(core: &mut Core, command: Command) -> (u64, Job) {
+    match core.begin(req(command)) {
+        Step::Slow { ticket, job } => (ticket, job),
+        Step::Done(r) => panic!("expected a slow request, answered {r:?}"),
+    }
+}
+
+fn reservation(r: &Reply) -> &Reservation {
+    match r {
+        Ok(Response::Reservations { reservations }) if reservations.len() == 1 => &reservations[0],
+        other => panic!("expected one reservation, got {other:?}"),
+    }
+}
+
+fn with_token(count: u32, token: &str) -> Command {
+    Command::RunInstances {
+        ami: "ami-eca54085".into(),
+        count,
+        groups: vec![],
+        min_count: None,
+        qemu: Some(false),
+        client_token: Some(token.into()),
+    }
+}
+
+#[test]
+fn an_edit_is_answered_and_published_while_a_launch_is_in_flight() {
+    let dir = TempDir::new("core-inflight");
+    let (dp, gate) = RecordingDataplane::gated();
+    let mut core = core_with(&dir, config(), dp.clone());
+    core.handle(req(add_group("web"))).unwrap();
+    let (ticket, job) = begin_slow(&mut core, run(1, &["web"]));
+    let launcher = std::thread::spawn(job);
+    dp.wait_at_gate(1);
+    // The launch is in flight: an edit goes through, published and
+    // committed, and the model carries nothing of the launch.
+    let published = dp.state.lock().unwrap().published.len();
+    core.handle(req(Command::Authorize {
+        egress: false,
+        group: "web".into(),
+        permissions: vec![spec("tcp", "80", "10.0.0.0/8").into()],
+    }))
+    .unwrap();
+    assert_eq!(
+        dp.state.lock().unwrap().published.len(),
+        published + 1,
+        "the authorize was published while the launch waits"
+    );
+    assert_eq!(dp.at_gate(), 1, "the launch is still in flight");
+    assert!(
+        core.model().instances().is_empty(),
+        "nothing staged meanwhile"
+    );
+    let r = core
+        .handle(req(Command::DescribeInstances { ids: vec![] }))
+        .unwrap();
+    assert_eq!(
+        r,
+        Response::Reservations {
+            reservations: vec![]
+        }
+    );
+    gate.open();
+    let done = launcher.join().unwrap();
+    let r = core.finish(ticket, done);
+    let res = reservation(&r);
+    assert_eq!(res.instances.len(), 1);
+    assert_eq!(res.instances[0].state, "running");
+    assert_eq!(core.model().instances().len(), 1);
+    assert_eq!(core.in_flight(), 0);
+    // Both are in the store.
+    let dump = core.dump();
+    drop(core);
+    let core = core_in(&dir, config());
+    assert_eq!(core.model().instances().len(), 1);
+    assert_eq!(
+        core.model().groups()[&(Owner(OWNER.into()), "web".into())]
+            .rules
+            .len(),
+        1
+    );
+    assert_eq!(core.dump(), dump, "reloaded as committed");
+}
+
+#[test]
+fn concurrent_launches_get_distinct_ids_addresses_and_macs() {
+    let dir = TempDir::new("core-concurrent-launch");
+    let mut core = core_in(&dir, config());
+    core.handle(req(add_group("web"))).unwrap();
+    let (t1, j1) = begin_slow(&mut core, run(2, &[]));
+    let (t2, j2) = begin_slow(&mut core, run(3, &[]));
+    // An attach naming an address a launch in flight holds is refused.
+    let taken = core
+        .pending
+        .values()
+        .find_map(|p| match &p.what {
+            lifecycle::Slow::Launch(l) => l.records.values().next().map(|r| r.instance.ip),
+            _ => None,
+        })
+        .unwrap();
+    let r = core.handle(req(attach("tap0", Some(&taken.to_string()), None)));
+    assert_eq!(code(&r), "InvalidParameterValue");
+    assert!(format!("{r:?}").contains("launching"), "{r:?}");
+    // Finished in the other order.
+    let (d1, d2) = (j1(), j2());
+    let r2 = core.finish(t2, d2);
+    let r1 = core.finish(t1, d1);
+    let mut ips = std::collections::BTreeSet::new();
+    let mut macs = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in [&r1, &r2] {
+        for i in &reservation(r).instances {
+            ips.insert(i.ip);
+            macs.insert(i.mac.clone());
+            ids.insert(i.id.clone());
+        }
+    }
+    assert_eq!((ips.len(), macs.len(), ids.len()), (5, 5, 5), "{ips:?}");
+    assert_eq!(core.model().instances().len(), 5);
+    // The lowest free addresses, none skipped.
+    let first = u32::from("172.31.0.2".parse::<Ipv4Addr>().unwrap());
+    let want: std::collections::BTreeSet<Ipv4Addr> =
+        (first..first + 5).map(Ipv4Addr::from).collect();
+    assert_eq!(ips, want);
+}
+
+#[test]
+fn a_group_deleted_while_its_launch_is_in_flight_fails_the_launch_cleanly() {
+    let dir = TempDir::new("core-deleted-meanwhile");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    core.handle(req(add_group("web"))).unwrap();
+    let (ticket, job) = begin_slow(&mut core, run(2, &["web"]));
+    // No instance is in it yet: the delete goes through.
+    core.handle(req(Command::DeleteGroup {
+        group: "web".into(),
+    }))
+    .unwrap();
+    let before = core.dump();
+    let r = core.finish(ticket, job());
+    // The same error as a launch naming a missing group.
+    let direct = core.handle(req(run(1, &["web"])));
+    assert_eq!(code(&r), "InvalidGroup.NotFound");
+    assert_eq!(
+        format!("{:?}", r.unwrap_err()),
+        format!("{:?}", direct.unwrap_err())
+    );
+    assert_eq!(core.dump(), before, "nothing changed");
+    let st = dp.state.lock().unwrap();
+    assert!(
+        st.attached.is_empty(),
+        "what was made is undone: {:?}",
+        st.attached
+    );
+    assert_eq!(st.terminated.len(), 2, "both instances destroyed again");
+}
+
+#[test]
+fn a_client_token_repeated_while_its_launch_is_in_flight_launches_once() {
+    let dir = TempDir::new("core-token-inflight");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let (ticket, job) = begin_slow(&mut core, with_token(2, "tok-1"));
+    // The repeat answers the reservation in flight, its instances pending.
+    let again = match core.begin(req(with_token(2, "tok-1"))) {
+        Step::Done(r) => r,
+        Step::Slow { .. } => panic!("a repeat must not launch again"),
+    };
+    let pending = reservation(&again).clone();
+    assert_eq!(pending.instances.len(), 2);
+    assert!(pending.instances.iter().all(|i| i.state == "pending"));
+    // Other parameters: a mismatch, as for a token already stored.
+    let other = core.handle(req(with_token(3, "tok-1")));
+    assert_eq!(code(&other), "IdempotentParameterMismatch");
+    let r = core.finish(ticket, job());
+    let done = reservation(&r);
+    assert_eq!(done.id, pending.id);
+    let ids = |res: &Reservation| {
+        res.instances
+            .iter()
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(done), ids(&pending));
+    assert_eq!(dp.state.lock().unwrap().launches, 2, "launched once");
+    let after = core.handle(req(with_token(2, "tok-1")));
+    assert_eq!(ids(reservation(&after)), ids(&pending));
+}
+
+#[test]
+fn a_termination_commits_at_once_and_answers_after_the_destroy() {
+    let dir = TempDir::new("core-terminate-2step");
+    let dp = RecordingDataplane::default();
+    let mut core = core_with(&dir, config(), dp.clone());
+    let ids = launched_ids(&core.handle(req(run(2, &[]))));
+    let (ticket, job) = begin_slow(
+        &mut core,
+        Command::TerminateInstances {
+            ids: ids.clone(),
+            all: false,
+        },
+    );
+    // Gone from the model and the store before the destroy ran; its
+    // addresses are free again.
+    assert!(core.model().instances().is_empty());
+    let dump = core.dump();
+    assert!(!dump.contains(&ids[0]), "committed at once");
+    let r = core.finish(ticket, job()).unwrap();
+    let Response::StateChanges { changes } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(changes.len(), 2);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.current == "shutting-down" && c.previous == "running")
+    );
+    assert_eq!(dp.state.lock().unwrap().terminated.len(), 2);
+}
