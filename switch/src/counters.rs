@@ -12,20 +12,29 @@
 //! * Per-rule hits ([`RuleHits`]): one block per worker, one 32-byte slot per
 //!   [`RuleSlot`] of the snapshot (flows, other packets, bytes: a count is
 //!   two adds and no branch, see [`RuleCounters`]), written like the
-//!   others by its worker alone. A worker brings its block up to a snapshot's
-//!   slot layout when it loads a snapshot whose layout differs
-//!   ([`crate::Datapath::rule_hits_for`]: an allocation and a copy per edit
-//!   that changed rules, never per packet): counts of rules that kept their
-//!   slot are carried over, a slot whose serial changed (its rule was revoked,
-//!   the slot reused) starts at zero. Readers sum the blocks of every worker
-//!   for the slots whose serial matches the snapshot's
-//!   ([`crate::Datapath::rule_hits`]).
+//!   others by its worker alone. A block follows one slot layout (a serial
+//!   per slot). When a worker loads a snapshot whose layout its block does
+//!   not follow it swaps in the zeroed block the publisher left for that
+//!   layout ([`RuleHitBlocks`]: one atomic load, a compare-and-swap and two
+//!   pointer stores — no allocation, no copy, O(1) in the model) and links
+//!   the block it left to the new one. A block a worker has left is never
+//!   written again; off the worker (the housekeeper after each publish, the
+//!   publisher itself if the housekeeper has not run since the previous
+//!   publish, or a reader) such blocks are folded into the worker's base
+//!   (counts by slot, carried from layout to layout like [`RuleHits::follow`]
+//!   does: a slot whose serial changed — its rule revoked, the slot reused —
+//!   starts at zero). Readers sum base and current block of every worker for
+//!   the slots whose serial matches the snapshot's
+//!   ([`crate::Datapath::rule_hits`]). Memory per worker: the current block,
+//!   the prepared one, a spare, the base and at most two left blocks not yet
+//!   folded.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use crossbeam_utils::CachePadded;
 use filter::DropReason;
 use filter::compile::RuleSlot;
@@ -134,19 +143,41 @@ pub struct RuleCounters {
 pub struct RuleHits {
     /// The snapshot layout these slots follow (serial per slot, 0 = free).
     layout: Arc<[u64]>,
+    /// At least one per slot of `layout` (a spare may be longer).
     slots: Box<[RuleCounters]>,
+    /// The block its worker used before this one, until it is folded into
+    /// the worker's base (set by the worker before this block becomes
+    /// current; then only taken, under the base's lock).
+    prev: ArcSwapOption<RuleHits>,
 }
 
 impl Default for RuleHits {
     fn default() -> Self {
-        RuleHits {
-            layout: Arc::new([]),
-            slots: Box::new([]),
-        }
+        RuleHits::with_slots(Arc::new([]), Box::new([]))
     }
 }
 
 impl RuleHits {
+    fn with_slots(layout: Arc<[u64]>, slots: Box<[RuleCounters]>) -> RuleHits {
+        debug_assert!(slots.len() >= layout.len());
+        RuleHits {
+            layout,
+            slots,
+            prev: ArcSwapOption::empty(),
+        }
+    }
+
+    /// `n` zeroed slots (every page written, so that the worker does not
+    /// fault them in).
+    fn zeroed_slots(n: usize) -> Box<[RuleCounters]> {
+        (0..n).map(|_| RuleCounters::default()).collect()
+    }
+
+    /// A zeroed block for `layout`.
+    pub fn zeroed(layout: &Arc<[u64]>) -> RuleHits {
+        RuleHits::with_slots(layout.clone(), RuleHits::zeroed_slots(layout.len()))
+    }
+
     /// A block for `layout`, carrying over the counts of `old`'s slots that
     /// hold the same rule (same serial).
     pub fn follow(old: &RuleHits, layout: &Arc<[u64]>) -> RuleHits {
@@ -165,10 +196,35 @@ impl RuleHits {
                 c
             })
             .collect();
-        RuleHits {
-            layout: layout.clone(),
-            slots,
+        RuleHits::with_slots(layout.clone(), slots)
+    }
+
+    /// Fold `left` (a block its worker no longer writes) into this base: the
+    /// base moves to `left`'s layout (keeping the counts of slots whose
+    /// serial stayed), then `left`'s counts are added slot by slot.
+    fn absorb(&mut self, left: &RuleHits) {
+        if !self.follows(&left.layout) {
+            *self = RuleHits::follow(self, &left.layout);
         }
+        for (b, l) in self.slots.iter().zip(left.slots.iter()) {
+            for (b, l) in b.packets.iter().zip(&l.packets) {
+                bump(b, l.load(Relaxed));
+            }
+            bump(&b.bytes, l.bytes.load(Relaxed));
+        }
+    }
+
+    /// The chain of blocks left before this one, oldest first (taken: the
+    /// links are cleared).
+    fn take_left(&self) -> Vec<Arc<RuleHits>> {
+        let mut left = Vec::new();
+        let mut next = self.prev.swap(None);
+        while let Some(b) = next {
+            next = b.prev.swap(None);
+            left.push(b);
+        }
+        left.reverse();
+        left
     }
 
     /// Whether this block follows `layout`.
@@ -199,6 +255,193 @@ impl RuleHits {
                 o.flows += flows;
             }
         }
+    }
+}
+
+/// One worker's rule-hit blocks (see the module docs).
+#[derive(Debug, Default)]
+struct WorkerHits {
+    /// The block the worker writes (its single writer).
+    current: ArcSwap<RuleHits>,
+    /// A zeroed block for the newest published layout, left by the
+    /// publisher; the worker takes it when it meets that layout.
+    prepared: ArcSwapOption<RuleHits>,
+    /// Counts of the blocks the worker has left, on the layout of the last
+    /// one folded. Only taken off the worker.
+    base: Mutex<RuleHits>,
+    /// Layout changes for which no prepared block was there (the worker
+    /// allocated one itself). Written by the worker only.
+    fallbacks: AtomicU64,
+}
+
+/// The per-rule hit blocks of all workers: the worker's O(1) swap on a
+/// layout change, the publisher's preparation, the folding of left blocks
+/// and the readers' sums (see the module docs).
+#[derive(Debug)]
+pub struct RuleHitBlocks {
+    workers: Box<[CachePadded<WorkerHits>]>,
+    /// Zeroed slots, one run per worker, for the next prepared blocks (made
+    /// off the publisher's path by [`RuleHitBlocks::tend`]).
+    spares: Mutex<Vec<Option<Box<[RuleCounters]>>>>,
+}
+
+/// Spare slots beyond the layout's length, so that a layout that grows by a
+/// few rules still finds its spare.
+fn spare_len(layout_len: usize) -> usize {
+    layout_len + layout_len / 16 + 64
+}
+
+impl RuleHitBlocks {
+    pub fn new(workers: usize) -> RuleHitBlocks {
+        RuleHitBlocks {
+            workers: (0..workers).map(|_| CachePadded::default()).collect(),
+            spares: Mutex::new((0..workers).map(|_| None).collect()),
+        }
+    }
+
+    /// Worker `w`'s block for `layout`: its current one, or (on the first
+    /// burst after a layout change) the one prepared for `layout`, swapped
+    /// in. Only worker `w` may call this (it is the block's single writer).
+    #[inline]
+    pub fn for_worker(&self, w: usize, layout: &Arc<[u64]>) -> Guard<Arc<RuleHits>> {
+        let cur = self.workers[w].current.load();
+        if cur.follows(layout) {
+            return cur;
+        }
+        self.swap_in(w, cur, layout)
+    }
+
+    #[cold]
+    fn swap_in(
+        &self,
+        w: usize,
+        cur: Guard<Arc<RuleHits>>,
+        layout: &Arc<[u64]>,
+    ) -> Guard<Arc<RuleHits>> {
+        let c = &self.workers[w];
+        let ready = c.prepared.load();
+        let taken = match &*ready {
+            Some(p) if p.follows(layout) => {
+                let prev = c.prepared.compare_and_swap(&ready, None);
+                // Still the same block: taken (the publisher may have left a
+                // newer one meanwhile; that one stays for later).
+                match &*prev {
+                    Some(q) if Arc::ptr_eq(p, q) => Guard::into_inner(prev),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        drop(ready);
+        let next = match taken {
+            Some(b) => b,
+            None => {
+                // The layout was superseded before this worker met it (a
+                // publish between its snapshot load and now): at most once
+                // per publish.
+                bump(&c.fallbacks, 1);
+                Arc::new(RuleHits::zeroed(layout))
+            }
+        };
+        // Link the block left behind (moved: no count copied, nothing freed
+        // here), then make the new one current.
+        next.prev.store(Some(Guard::into_inner(cur)));
+        c.current.store(next);
+        c.current.load()
+    }
+
+    /// The publisher, before it publishes a snapshot with `layout` (a new
+    /// one): leave each worker a zeroed block for it, from the spares when
+    /// they are long enough (O(1)), else allocated here. A prepared block
+    /// the worker never took is replaced (it was never written).
+    pub fn prepare(&self, layout: &Arc<[u64]>) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, spare) in self.workers.iter().zip(spares.iter_mut()) {
+            let slots = match spare.take() {
+                Some(s) if s.len() >= layout.len() => s,
+                _ => RuleHits::zeroed_slots(spare_len(layout.len())),
+            };
+            let old = c
+                .prepared
+                .swap(Some(Arc::new(RuleHits::with_slots(layout.clone(), slots))));
+            // Never taken: recycle its (untouched) slots as the next spare.
+            if let Some(old) = old.and_then(|o| Arc::try_unwrap(o).ok()) {
+                *spare = Some(old.slots);
+            }
+        }
+    }
+
+    /// Off the workers (housekeeper, publisher): fold the blocks every
+    /// worker has left into its base, and make spares long enough for a
+    /// layout of `layout_len` slots.
+    pub fn tend(&self, layout_len: usize) {
+        for c in self.workers.iter() {
+            let left = {
+                let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
+                let left = c.current.load().take_left();
+                for b in &left {
+                    base.absorb(b);
+                }
+                left
+            };
+            // Freed here, not on the worker.
+            drop(left);
+        }
+        let want = spare_len(layout_len);
+        for w in 0..self.workers.len() {
+            let short = {
+                let spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                spares[w].as_ref().is_none_or(|s| s.len() < layout_len)
+            };
+            if short {
+                let slots = RuleHits::zeroed_slots(want);
+                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                if spares[w].as_ref().is_none_or(|s| s.len() < layout_len) {
+                    spares[w] = Some(slots);
+                }
+            }
+        }
+    }
+
+    /// Per-rule hits summed over workers for `layout` (indexed by slot):
+    /// each worker's base and current block, for the slots whose serial
+    /// matches. Folds the blocks left meanwhile first. Off the hot path.
+    pub fn sum(&self, layout: &[u64]) -> Vec<RuleTotals> {
+        let mut out = vec![RuleTotals::default(); layout.len()];
+        for c in self.workers.iter() {
+            let left = {
+                let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
+                let cur = c.current.load_full();
+                let left = cur.take_left();
+                for b in &left {
+                    base.absorb(b);
+                }
+                base.add_to(layout, &mut out);
+                cur.add_to(layout, &mut out);
+                left
+            };
+            drop(left);
+        }
+        out
+    }
+
+    /// Layout changes a worker met with no block prepared for it (it
+    /// allocated one itself), over all workers.
+    pub fn fallbacks(&self) -> u64 {
+        self.workers.iter().map(|c| c.fallbacks.load(Relaxed)).sum()
+    }
+
+    /// Blocks worker `w` has left and nobody has folded yet (tests: the
+    /// bound on memory).
+    pub fn unfolded(&self, w: usize) -> usize {
+        let mut n = 0;
+        let cur = self.workers[w].current.load_full();
+        let mut next = cur.prev.load_full();
+        while let Some(b) = next {
+            n += 1;
+            next = b.prev.load_full();
+        }
+        n
     }
 }
 

@@ -33,7 +33,7 @@ use filter::{Conntrack, Snapshot};
 
 use crate::capture::CaptureSlot;
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
-use crate::counters::{PortStats, RuleHits, RuleTotals, Stats, WorkerCounters};
+use crate::counters::{PortStats, RuleHitBlocks, RuleHits, RuleTotals, Stats, WorkerCounters};
 use crate::flowlog::{self, Collector, FlowLogConfig, FlowLogger, Recorder};
 use crate::overlay::Overlay;
 use crate::pipeline::NetParams;
@@ -75,8 +75,15 @@ pub struct Datapath {
     ct_huge_bytes: usize,
     pub(crate) wcounters: Box<[CachePadded<WorkerCounters>]>,
     /// Per-rule hits, one block per worker (written by that worker alone;
-    /// replaced by it when the rule-slot layout changes).
-    rule_hits: Box<[CachePadded<ArcSwap<RuleHits>>]>,
+    /// swapped by it for the one prepared by [`Datapath::publish_rules`] when
+    /// the rule-slot layout changes).
+    rule_hits: RuleHitBlocks,
+    /// Serialises publishers: a prepared hit block and its snapshot are
+    /// stored in that order, by one publisher at a time.
+    publishing: Mutex<()>,
+    /// Left hit blocks not folded since the last publish: the housekeeper
+    /// has not run since (the next publish then folds them itself).
+    hits_untended: AtomicBool,
     /// One eventfd per worker (None if the kernel refused one: that worker then
     /// parks with short timeouts).
     pub(crate) wakers: Vec<Option<EventFd>>,
@@ -139,9 +146,9 @@ impl Datapath {
             wcounters: (0..cfg.workers)
                 .map(|_| CachePadded::new(WorkerCounters::default()))
                 .collect(),
-            rule_hits: (0..cfg.workers)
-                .map(|_| CachePadded::new(ArcSwap::from_pointee(RuleHits::default())))
-                .collect(),
+            rule_hits: RuleHitBlocks::new(cfg.workers),
+            publishing: Mutex::new(()),
+            hits_untended: AtomicBool::new(false),
             wakers: (0..cfg.workers).map(|_| EventFd::new().ok()).collect(),
             stop: AtomicBool::new(false),
             start: Instant::now(),
@@ -212,8 +219,49 @@ impl Datapath {
     }
 
     /// Publish a new rule snapshot; workers use it from their next burst.
+    ///
+    /// When its rule-slot layout is new, each worker's zeroed rule-hit block
+    /// for it is left ready first (from spares: O(1)), so that the worker
+    /// only swaps it in ([`crate::counters`]). The blocks the workers leave
+    /// are folded and new spares made after the swap, by the housekeeper
+    /// (woken here), or here when it has not run since the previous publish
+    /// (so at most two left blocks per worker wait to be folded).
     pub fn publish_rules(&self, snap: Snapshot) {
-        self.rules.store(Arc::new(snap));
+        let len = snap.rule_layout().len();
+        {
+            let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+            if !Arc::ptr_eq(self.rules.load().rule_layout(), snap.rule_layout()) {
+                self.rule_hits.prepare(snap.rule_layout());
+            }
+            self.rules.store(Arc::new(snap));
+        }
+        match self.housekeeper.get() {
+            Some(t) if !self.hits_untended.swap(true, Ordering::AcqRel) => t.unpark(),
+            _ => {
+                self.hits_untended.store(false, Ordering::Release);
+                self.rule_hits.tend(len);
+            }
+        }
+    }
+
+    /// Fold the rule-hit blocks the workers left and refill the spares (the
+    /// housekeeper, after a publish).
+    fn tend_rule_hits(&self) {
+        if self.hits_untended.swap(false, Ordering::AcqRel) {
+            self.rule_hits.tend(self.rules.load().rule_layout().len());
+        }
+    }
+
+    /// Layout changes a worker met without a prepared rule-hit block (it
+    /// then allocated one itself): only when a snapshot was superseded
+    /// between a worker's load of it and its first burst with it.
+    pub fn rule_hit_fallbacks(&self) -> u64 {
+        self.rule_hits.fallbacks()
+    }
+
+    /// Rule-hit blocks worker `w` left that are not folded yet.
+    pub fn rule_hits_unfolded(&self, w: usize) -> usize {
+        self.rule_hits.unfolded(w)
     }
 
     /// Publish a new directory of hosts and instances (cluster mode); workers
@@ -359,6 +407,7 @@ impl Datapath {
     /// (skipped when the table is empty).
     pub fn housekeep(&self, sweep: bool) {
         self.reap_gone();
+        self.tend_rule_hits();
         if sweep && !self.ct.is_empty() {
             self.ct.sweep(self.now_secs());
         }
@@ -386,38 +435,24 @@ impl Datapath {
         self.control().ports_gone
     }
 
-    /// Worker `w`'s rule-hit block, brought up to `snap`'s rule-slot layout
-    /// first if it follows another (an allocation per layout change, see
-    /// [`crate::counters`]). Only worker `w` may call this (it is the block's
-    /// single writer); called once per burst, after loading the snapshot.
+    /// Worker `w`'s rule-hit block for `snap`'s rule-slot layout: its
+    /// current one, or the one prepared for that layout swapped in (O(1), no
+    /// allocation; see [`crate::counters`]). Only worker `w` may call this
+    /// (it is the block's single writer); called once per burst, after
+    /// loading the snapshot.
     #[inline]
     pub(crate) fn rule_hits_for(&self, w: usize, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
-        let cell = &self.rule_hits[w];
-        let cur = cell.load();
-        if cur.follows(snap.rule_layout()) {
-            return cur;
-        }
-        self.follow_layout(w, &cur, snap)
-    }
-
-    #[cold]
-    fn follow_layout(&self, w: usize, cur: &RuleHits, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
-        let next = RuleHits::follow(cur, snap.rule_layout());
-        self.rule_hits[w].store(Arc::new(next));
-        self.rule_hits[w].load()
+        self.rule_hits.for_worker(w, snap.rule_layout())
     }
 
     /// Per-rule hits summed over workers, indexed by [`filter::compile::RuleSlot`]
     /// of the published snapshot's layout (returned with it): a slot counts
     /// only where a worker's block holds the same rule (serial) as the
-    /// snapshot. Off the hot path (allocates).
+    /// snapshot. Off the hot path (allocates, folds left blocks).
     pub fn rule_hits(&self) -> (Arc<[u64]>, Vec<RuleTotals>) {
         let snap = self.rules.load_full();
         let layout = snap.rule_layout().clone();
-        let mut out = vec![RuleTotals::default(); layout.len()];
-        for cell in self.rule_hits.iter() {
-            cell.load().add_to(&layout, &mut out);
-        }
+        let out = self.rule_hits.sum(&layout);
         (layout, out)
     }
 
