@@ -540,6 +540,17 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     pub worker_nice: i32,
+    /// Scheduling of the worker threads: normal = as any thread, at
+    /// --worker-nice; fifo = SCHED_FIFO at --worker-fifo-priority, ahead of
+    /// every normal thread (falls back to normal with a warning when refused;
+    /// not with --poll busy). See `mgmt::sched`.
+    #[arg(long, value_enum, default_value_t = crate::sched::WorkerPriority::Normal)]
+    pub worker_priority: crate::sched::WorkerPriority,
+    /// Real-time priority of the workers under --worker-priority fifo
+    /// (1..=99; the edit path's threads run at 1).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub worker_fifo_priority: i32,
     /// Scheduling of the edit path (the API connection threads and the
     /// management thread): fifo = SCHED_FIFO at the lowest real-time priority
     /// (falls back to nice with a warning when refused), nice = nice -10,

@@ -91,6 +91,19 @@ pub fn apply(what: &str) -> EditPriority {
     EditPriority::Normal
 }
 
+/// How the forwarding workers are scheduled (`up --worker-priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerPriority {
+    /// Normal scheduling at `--worker-nice`.
+    #[default]
+    Normal,
+    /// `SCHED_FIFO` at `--worker-fifo-priority` (falls back to normal
+    /// scheduling at `--worker-nice`, with a warning, when refused). Only
+    /// with `--poll adaptive`: the workers block in `epoll_wait` between
+    /// bursts.
+    Fifo,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,14 @@ impl Datapath {
         if cfg.subnet.prefix_len() > 29 {
             return Err(SwitchError::SubnetTooSmall(cfg.subnet));
         }
+        if let Some(p) = cfg.worker_fifo {
+            if !(1..=99).contains(&p) {
+                return Err(SwitchError::FifoPriority(p));
+            }
+            if cfg.poll == PollMode::Busy {
+                return Err(SwitchError::FifoBusyPoll);
+            }
+        }
         let overlay = cfg
             .overlay
             .map(|o| Overlay::bind(o, cfg.workers))
@@ -512,6 +520,36 @@ fn pin_worker(w: usize, core: core_affinity::CoreId) -> bool {
     ok
 }
 
+/// Give the calling thread (worker `w`) its scheduling: `SCHED_FIFO` at
+/// `fifo` if set, else (or when that is refused) nice `nice` if not 0. Logs
+/// what it got, a refusal as a warning. Returns the policy it got.
+fn schedule_worker(w: usize, fifo: Option<i32>, nice: i32) -> Option<i32> {
+    if let Some(prio) = fifo {
+        match sys::set_thread_fifo(prio) {
+            Ok(()) => {
+                tracing::info!(worker = w, prio, "worker {w} at SCHED_FIFO {prio}");
+                return Some(sys::SCHED_FIFO);
+            }
+            Err(e) => tracing::warn!(
+                worker = w,
+                prio,
+                "worker {w}: SCHED_FIFO {prio} refused ({e}); it runs normally at nice {nice}"
+            ),
+        }
+    }
+    if nice != 0 {
+        match sys::set_thread_nice(nice) {
+            Ok(()) => tracing::info!(worker = w, nice, "worker {w} at nice {nice}"),
+            Err(e) => tracing::warn!(
+                worker = w,
+                nice,
+                "worker {w}: nice {nice} refused ({e}); it runs at the process's"
+            ),
+        }
+    }
+    sys::thread_sched().ok().map(|(policy, _)| policy)
+}
+
 /// A running switch: the datapath plus its worker and housekeeper threads.
 pub struct Switch {
     dp: Arc<Datapath>,
@@ -526,6 +564,7 @@ impl Switch {
     pub fn start(cfg: SwitchConfig) -> Result<Switch, SwitchError> {
         let pin = cfg.pin_cores;
         let nice = cfg.worker_nice;
+        let fifo = cfg.worker_fifo;
         let dp = Datapath::new(cfg)?;
         let cores = if pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -584,16 +623,7 @@ impl Switch {
                     if let Some(core) = core {
                         pin_worker(w, core);
                     }
-                    if nice != 0 {
-                        match crate::sys::set_thread_nice(nice) {
-                            Ok(()) => tracing::info!(worker = w, nice, "worker {w} at nice {nice}"),
-                            Err(e) => tracing::warn!(
-                                worker = w,
-                                nice,
-                                "worker {w}: nice {nice} refused ({e}); it runs at the process's"
-                            ),
-                        }
-                    }
+                    schedule_worker(w, fifo, nice);
                     worker.run(mode);
                 })
                 .map_err(|source| SwitchError::Spawn { worker: w, source });
@@ -690,7 +720,9 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use super::pin_worker;
+    use super::{pin_worker, schedule_worker};
+    use crate::config::{PollMode, SwitchConfig, SwitchError};
+    use crate::{Datapath, sys};
 
     /// A `tracing` writer into a shared buffer.
     #[derive(Clone, Default)]
@@ -738,5 +770,76 @@ mod tests {
                 "{log}"
             );
         }
+    }
+
+    #[test]
+    fn fifo_workers_refuse_busy_polling_and_bad_priorities() {
+        let cfg = |poll, fifo| SwitchConfig {
+            workers: 1,
+            poll,
+            worker_fifo: fifo,
+            ct: filter::CtConfig::with_capacity(1 << 10),
+            ..SwitchConfig::default()
+        };
+        let e = Datapath::new(cfg(PollMode::Busy, Some(1)))
+            .err()
+            .expect("refused");
+        assert!(matches!(e, SwitchError::FifoBusyPoll), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--worker-priority fifo") && msg.contains("--poll busy"),
+            "{msg}"
+        );
+        let e = Datapath::new(cfg(PollMode::Adaptive, Some(0)))
+            .err()
+            .expect("refused");
+        assert!(matches!(e, SwitchError::FifoPriority(0)), "{e}");
+        assert!(Datapath::new(cfg(PollMode::Adaptive, Some(1))).is_ok());
+        assert!(Datapath::new(cfg(PollMode::Busy, None)).is_ok());
+    }
+
+    #[test]
+    fn a_fifo_worker_runs_at_sched_fifo_or_falls_back_to_its_nice() {
+        // Root: the uid field of /proc/self/status is 0.
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false);
+        let (got, sched, child) = std::thread::spawn(|| {
+            let got = schedule_worker(7, Some(1), -5);
+            // A process started from the worker runs normally again.
+            let child = std::process::Command::new("sh")
+                .args(["-c", "cut -d' ' -f19,41 /proc/self/stat"])
+                .output()
+                .expect("sh");
+            (
+                got,
+                sys::thread_sched().expect("sched"),
+                String::from_utf8_lossy(&child.stdout).trim().to_owned(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(sched.0));
+        if sched.0 == sys::SCHED_FIFO {
+            assert_eq!(child, "0 0", "reset on fork");
+        } else {
+            // Refused: the nice fallback (refused too when not root).
+            assert_eq!(sched.0, sys::SCHED_OTHER);
+            assert!(!root || sched.1 == -5, "{sched:?}");
+        }
+        let (got, sched) = std::thread::spawn(|| {
+            (
+                schedule_worker(8, None, 0),
+                sys::thread_sched().expect("sched"),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!((got, sched.0), (Some(sys::SCHED_OTHER), sys::SCHED_OTHER));
     }
 }
