@@ -20,6 +20,14 @@
 //!
 //! Each kind of refusal is logged once as a warning; the thread then runs on
 //! as it was.
+//!
+//! `sgswitch up --worker-priority` ([`WorkerPriority`]) does the same for
+//! the forwarding workers (`switch::SwitchConfig::worker_fifo`): `fifo` runs
+//! them at `SCHED_FIFO` `--worker-fifo-priority` (default 1, beside the edit
+//! path), so a frame does not wait for its worker's turn behind normal
+//! threads. Workers block in `epoll_wait` between bursts (adaptive polling;
+//! `--poll busy` with `fifo` is refused: a spinning real-time thread would
+//! starve its core).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 

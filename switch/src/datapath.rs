@@ -246,8 +246,11 @@ impl Datapath {
         match self.housekeeper.get() {
             Some(t) if !self.hits_untended.swap(true, Ordering::AcqRel) => t.unpark(),
             _ => {
+                // No housekeeper, or it has not run since the previous
+                // publish: fold here (after the swap), without faulting the
+                // spares' pages in (the worker takes those few faults).
                 self.hits_untended.store(false, Ordering::Release);
-                self.rule_hits.tend(len);
+                self.rule_hits.tend(len, false);
             }
         }
     }
@@ -256,7 +259,8 @@ impl Datapath {
     /// housekeeper, after a publish).
     fn tend_rule_hits(&self) {
         if self.hits_untended.swap(false, Ordering::AcqRel) {
-            self.rule_hits.tend(self.rules.load().rule_layout().len());
+            self.rule_hits
+                .tend(self.rules.load().rule_layout().len(), true);
         }
     }
 
