@@ -26,12 +26,14 @@
 //!   starts at zero). Readers sum base and current block of every worker for
 //!   the slots whose serial matches the snapshot's
 //!   ([`crate::Datapath::rule_hits`]). Slots live in anonymous mappings
-//!   ([`ZeroedRun`]): making a block is O(1) and the pages of rules never hit
-//!   stay untouched (the housekeeper faults a spare's pages in ahead). Memory
-//!   per worker: the current block, the prepared one, a spare, the base and
-//!   the left blocks not folded yet (at most one per publish since the last
-//!   fold, and a publish folds when the housekeeper has not since the
-//!   previous one: two, three with a fallback).
+//!   ([`ZeroedRun`]): making a block is O(1), the pages of rules never hit
+//!   stay untouched, and a folded block's slots are reset (pages given back)
+//!   and kept as a spare. Memory per worker: the current block, the
+//!   prepared one, up to [`SPARES`] spares, the base and the left blocks not
+//!   folded yet (the housekeeper folds at
+//!   [`crate::datapath::FOLD_HIT_BLOCKS_AT`], a publish at
+//!   [`crate::datapath::MAX_LEFT_HIT_BLOCKS`]); each resident only in the
+//!   pages its worker touched.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -294,8 +296,11 @@ pub struct RuleHitBlocks {
     workers: Box<[CachePadded<WorkerHits>]>,
     /// Zeroed slots, one run per worker, for the next prepared blocks (made
     /// off the publisher's path by [`RuleHitBlocks::tend`]).
-    spares: Mutex<Vec<Option<ZeroedRun<RuleCounters>>>>,
+    spares: Mutex<Vec<Vec<ZeroedRun<RuleCounters>>>>,
 }
+
+/// Spare slot runs kept per worker (recycled from folded blocks).
+pub const SPARES: usize = 4;
 
 /// Spare slots beyond the layout's length, so that a layout that grows by a
 /// few rules still finds its spare.
@@ -307,7 +312,7 @@ impl RuleHitBlocks {
     pub fn new(workers: usize) -> RuleHitBlocks {
         RuleHitBlocks {
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
-            spares: Mutex::new((0..workers).map(|_| None).collect()),
+            spares: Mutex::new((0..workers).map(|_| Vec::new()).collect()),
         }
     }
 
@@ -371,26 +376,33 @@ impl RuleHitBlocks {
     pub fn prepare(&self, layout: &Arc<[u64]>) {
         let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
         for (c, spare) in self.workers.iter().zip(spares.iter_mut()) {
-            let slots = match spare.take() {
+            let slots = match spare.pop() {
                 Some(s) if s.len() >= layout.len() => s,
                 _ => RuleHits::zeroed_slots(spare_len(layout.len())),
             };
             let old = c
                 .prepared
                 .swap(Some(Arc::new(RuleHits::with_slots(layout.clone(), slots))));
-            // Never taken: recycle its (untouched) slots as the next spare.
-            if let Some(old) = old.and_then(|o| Arc::try_unwrap(o).ok()) {
-                *spare = Some(old.slots);
+            // Never taken: recycle its (untouched) slots as a spare.
+            if let Some(RuleHits { slots, .. }) = old.and_then(|o| Arc::try_unwrap(o).ok())
+                && spare.len() < SPARES
+            {
+                spare.push(slots);
             }
         }
     }
 
-    /// Off the workers (housekeeper, publisher): fold the blocks every
-    /// worker has left into its base, and make spares long enough for a
-    /// layout of `layout_len` slots (their pages faulted in if `populate`,
-    /// so that the worker does not take the faults).
-    pub fn tend(&self, layout_len: usize, populate: bool) {
-        for c in self.workers.iter() {
+    /// Off the workers (housekeeper, publisher): fold the blocks a worker
+    /// has left into its base once there are at least `min_left` of them
+    /// (folding costs a pass over the model, so the housekeeper does it in
+    /// batches), recycle their slots as spares (reset to zero pages: cost in
+    /// proportion to the pages the worker touched) and make sure every
+    /// worker has a spare long enough for `layout_len` slots.
+    pub fn tend(&self, layout_len: usize, min_left: usize) {
+        for (w, c) in self.workers.iter().enumerate() {
+            if self.unfolded(w) < min_left.max(1) {
+                continue;
+            }
             let left = {
                 let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
                 let left = c.current.load().take_left();
@@ -399,26 +411,38 @@ impl RuleHitBlocks {
                 }
                 left
             };
-            // Freed here, not on the worker.
-            drop(left);
-        }
-        let want = spare_len(layout_len);
-        for w in 0..self.workers.len() {
-            let short = {
-                let spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-                spares[w].as_ref().is_none_or(|s| s.len() < layout_len)
-            };
-            if short {
-                let slots = RuleHits::zeroed_slots(want);
-                if populate {
-                    slots.populate();
-                }
-                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-                if spares[w].as_ref().is_none_or(|s| s.len() < layout_len) {
-                    spares[w] = Some(slots);
+            for b in left {
+                // Unmapped here (not on the worker) unless kept as a spare.
+                if let Ok(RuleHits { mut slots, .. }) = Arc::try_unwrap(b)
+                    && slots.len() >= layout_len
+                {
+                    slots.reset();
+                    let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                    if spares[w].len() < SPARES {
+                        spares[w].push(slots);
+                    }
                 }
             }
         }
+        for w in 0..self.workers.len() {
+            let short = {
+                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                spares[w].retain(|s| s.len() >= layout_len);
+                spares[w].is_empty()
+            };
+            if short {
+                let slots = RuleHits::zeroed_slots(spare_len(layout_len));
+                self.spares.lock().unwrap_or_else(|e| e.into_inner())[w].push(slots);
+            }
+        }
+    }
+
+    /// The most blocks any worker has left that are not folded yet.
+    pub fn most_unfolded(&self) -> usize {
+        (0..self.workers.len())
+            .map(|w| self.unfolded(w))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Per-rule hits summed over workers for `layout` (indexed by slot):
@@ -777,7 +801,7 @@ mod tests {
             blocks.prepare(&l);
             published.store(Arc::new(l));
             if k % 3 == 0 {
-                blocks.tend(2, k % 2 == 0);
+                blocks.tend(2, 1 + (k % 2) as usize);
             }
             assert!(blocks.unfolded(0) <= 4, "left blocks pile up");
             if k % 64 == 0 {

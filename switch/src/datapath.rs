@@ -48,6 +48,13 @@ use crate::worker::Worker;
 /// and keeps `len()` honest. The timeouts are >= 10 s anyway.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
+/// The housekeeper folds a worker's left rule-hit blocks once this many
+/// have piled up (a fold is a pass over the model's slots).
+pub const FOLD_HIT_BLOCKS_AT: usize = 4;
+/// A publish folds them itself when a worker has this many (the
+/// housekeeper is starved): the bound on left blocks per worker.
+pub const MAX_LEFT_HIT_BLOCKS: usize = 16;
+
 /// State of the control plane side (behind the control mutex).
 #[derive(Default)]
 struct Control {
@@ -81,9 +88,6 @@ pub struct Datapath {
     /// Serialises publishers: a prepared hit block and its snapshot are
     /// stored in that order, by one publisher at a time.
     publishing: Mutex<()>,
-    /// Left hit blocks not folded since the last publish: the housekeeper
-    /// has not run since (the next publish then folds them itself).
-    hits_untended: AtomicBool,
     /// One eventfd per worker (None if the kernel refused one: that worker then
     /// parks with short timeouts).
     pub(crate) wakers: Vec<Option<EventFd>>,
@@ -156,7 +160,6 @@ impl Datapath {
                 .collect(),
             rule_hits: RuleHitBlocks::new(cfg.workers),
             publishing: Mutex::new(()),
-            hits_untended: AtomicBool::new(false),
             wakers: (0..cfg.workers).map(|_| EventFd::new().ok()).collect(),
             stop: AtomicBool::new(false),
             start: Instant::now(),
@@ -229,11 +232,11 @@ impl Datapath {
     /// Publish a new rule snapshot; workers use it from their next burst.
     ///
     /// When its rule-slot layout is new, each worker's zeroed rule-hit block
-    /// for it is left ready first (from spares: O(1)), so that the worker
-    /// only swaps it in ([`crate::counters`]). The blocks the workers leave
-    /// are folded and new spares made after the swap, by the housekeeper
-    /// (woken here), or here when it has not run since the previous publish
-    /// (so at most two left blocks per worker wait to be folded).
+    /// for it is left ready first (a spare or a fresh mapping: O(1)), so
+    /// that the worker only swaps it in ([`crate::counters`]). The blocks
+    /// the workers leave are folded after the swap by the housekeeper (woken
+    /// here; it folds once [`FOLD_HIT_BLOCKS_AT`] have piled up), or here
+    /// when [`MAX_LEFT_HIT_BLOCKS`] have (a starved housekeeper).
     pub fn publish_rules(&self, snap: Snapshot) {
         let len = snap.rule_layout().len();
         {
@@ -244,24 +247,23 @@ impl Datapath {
             self.rules.store(Arc::new(snap));
         }
         match self.housekeeper.get() {
-            Some(t) if !self.hits_untended.swap(true, Ordering::AcqRel) => t.unpark(),
-            _ => {
-                // No housekeeper, or it has not run since the previous
-                // publish: fold here (after the swap), without faulting the
-                // spares' pages in (the worker takes those few faults).
-                self.hits_untended.store(false, Ordering::Release);
-                self.rule_hits.tend(len, false);
+            Some(t) => {
+                // The housekeeper has not kept up (it runs at normal
+                // priority): bound the left blocks here, after the swap.
+                if self.rule_hits.most_unfolded() >= MAX_LEFT_HIT_BLOCKS {
+                    self.rule_hits.tend(len, 1);
+                }
+                t.unpark();
             }
+            None => self.rule_hits.tend(len, 1),
         }
     }
 
-    /// Fold the rule-hit blocks the workers left and refill the spares (the
-    /// housekeeper, after a publish).
+    /// Fold the rule-hit blocks the workers left (in batches) and keep a
+    /// spare per worker (the housekeeper, woken by each publish).
     fn tend_rule_hits(&self) {
-        if self.hits_untended.swap(false, Ordering::AcqRel) {
-            self.rule_hits
-                .tend(self.rules.load().rule_layout().len(), true);
-        }
+        self.rule_hits
+            .tend(self.rules.load().rule_layout().len(), FOLD_HIT_BLOCKS_AT);
     }
 
     /// Layout changes a worker met without a prepared rule-hit block (it

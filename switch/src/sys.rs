@@ -1561,8 +1561,7 @@ unsafe impl Zeroable for crate::counters::RuleCounters {}
 
 /// A run of `len` zeroed `T`s in fresh private anonymous memory (`mmap`):
 /// made in O(1) whatever its length (the kernel zero-fills each page when it
-/// is first touched, or all of them at [`ZeroedRun::populate`]), unmapped
-/// when dropped. The per-rule hit blocks use it so that a block for a
+/// is first touched), unmapped when dropped. The per-rule hit blocks use it so that a block for a
 /// 100k-rule layout costs no 3 MB `memset` where it is made.
 pub struct ZeroedRun<T: Zeroable> {
     ptr: ptr::NonNull<T>,
@@ -1607,21 +1606,24 @@ impl<T: Zeroable> ZeroedRun<T> {
             ),
         }
     }
+}
 
-    /// Fault every page in now (zero-filled by the kernel), so that the
-    /// thread that writes the run later does not take the page faults.
-    /// Best effort (kernels before 5.14 lack `MADV_POPULATE_WRITE`).
-    pub fn populate(&self) {
+impl<T: Zeroable> ZeroedRun<T> {
+    /// Back to all zero: the pages are given back (`MADV_DONTNEED`) and
+    /// zero-filled again when next touched. Costs in proportion to the pages
+    /// that were touched.
+    pub fn reset(&mut self) {
         if self.map_len == 0 {
             return;
         }
-        // SAFETY: madvise(2) on exactly our mapping; POPULATE_WRITE only
-        // faults the pages in (their contents stay zero or what was written).
+        // SAFETY: madvise(2) on exactly our mapping, which is private and
+        // anonymous: its contents read as zero afterwards, a valid `T`
+        // ([`Zeroable`]); `&mut self` means no reference into it is live.
         unsafe {
             libc::madvise(
                 self.ptr.as_ptr().cast::<c_void>(),
                 self.map_len,
-                libc::MADV_POPULATE_WRITE,
+                libc::MADV_DONTNEED,
             );
         }
     }
