@@ -18,23 +18,25 @@
 //!   layout ([`RuleHitBlocks`]: one atomic load, a compare-and-swap and two
 //!   pointer stores — no allocation, no copy, O(1) in the model) and links
 //!   the block it left to the new one. A block a worker has left is never
-//!   written again; off the worker (the housekeeper after each publish, the
-//!   publisher itself if the housekeeper has not run since the previous
-//!   publish, or a reader) such blocks are folded into the worker's base
-//!   (counts by slot, carried from layout to layout like [`RuleHits::follow`]
-//!   does: a slot whose serial changed — its rule revoked, the slot reused —
-//!   starts at zero). Readers sum base and current block of every worker for
-//!   the slots whose serial matches the snapshot's
+//!   written again; off the worker (the housekeeper, in batches; a publish
+//!   when the housekeeper has fallen behind; or a reader) such blocks are
+//!   folded into the worker's base, counts by rule serial (serials are never
+//!   reused, so a revoked rule's counts are never read again and a slot
+//!   reused for a new rule starts at zero, as [`RuleHits::follow`] carries
+//!   them). Readers sum base and current block of every worker for the
+//!   slots whose serial matches the snapshot's
 //!   ([`crate::Datapath::rule_hits`]). Slots live in anonymous mappings
 //!   ([`ZeroedRun`]): making a block is O(1), the pages of rules never hit
 //!   stay untouched, and a folded block's slots are reset (pages given back)
 //!   and kept as a spare. Memory per worker: the current block, the
 //!   prepared one, up to [`SPARES`] spares, the base and the left blocks not
-//!   folded yet (the housekeeper folds at
+//!   folded yet (the housekeeper folds them, scanning only the pages the
+//!   worker touched (`mincore`), at
 //!   [`crate::datapath::FOLD_HIT_BLOCKS_AT`], a publish at
 //!   [`crate::datapath::MAX_LEFT_HIT_BLOCKS`]); each resident only in the
 //!   pages its worker touched.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -144,6 +146,17 @@ pub struct RuleCounters {
     bytes: AtomicU64,
 }
 
+impl RuleCounters {
+    fn totals(&self) -> RuleTotals {
+        let flows = self.packets[1].load(Relaxed);
+        RuleTotals {
+            packets: self.packets[0].load(Relaxed) + flows,
+            bytes: self.bytes.load(Relaxed),
+            flows,
+        }
+    }
+}
+
 /// One worker's per-rule counters for one rule-slot layout (see the module
 /// docs).
 #[derive(Debug)]
@@ -205,25 +218,20 @@ impl RuleHits {
         RuleHits::with_slots(layout.clone(), slots)
     }
 
-    /// Fold `left` (a block its worker no longer writes) into this base: the
-    /// base moves to `left`'s layout (keeping the counts of slots whose
-    /// serial stayed), then `left`'s counts are added slot by slot.
-    fn absorb(&mut self, left: &RuleHits) {
-        if !self.follows(&left.layout) {
-            *self = RuleHits::follow(self, &left.layout);
-        }
-        for (b, l) in self.slots.iter().zip(left.slots.iter()) {
-            // Reading a page `left`'s worker never wrote maps the zero page;
-            // only counts that are not zero are written.
-            for (b, l) in b.packets.iter().zip(&l.packets) {
-                let n = l.load(Relaxed);
-                if n != 0 {
-                    bump(b, n);
+    /// Add this block's counts to `base` (by rule serial), reading only the
+    /// pages its worker touched.
+    fn fold_into(&self, base: &mut HashMap<u64, RuleTotals>) {
+        for r in self.slots.touched() {
+            let end = r.end.min(self.layout.len());
+            for i in r.start..end {
+                let serial = self.layout[i];
+                let t = self.slots[i].totals();
+                if serial != 0 && t != RuleTotals::default() {
+                    let b = base.entry(serial).or_default();
+                    b.packets += t.packets;
+                    b.bytes += t.bytes;
+                    b.flows += t.flows;
                 }
-            }
-            let n = l.bytes.load(Relaxed);
-            if n != 0 {
-                bump(&b.bytes, n);
             }
         }
     }
@@ -261,12 +269,17 @@ impl RuleHits {
     /// Add this block's counts to `out` (indexed by slot) for the slots whose
     /// serial matches `layout`'s.
     pub fn add_to(&self, layout: &[u64], out: &mut [RuleTotals]) {
-        for (i, (c, o)) in self.slots.iter().zip(out.iter_mut()).enumerate() {
-            if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
-                let flows = c.packets[1].load(Relaxed);
-                o.packets += c.packets[0].load(Relaxed) + flows;
-                o.bytes += c.bytes.load(Relaxed);
-                o.flows += flows;
+        // Only the pages the worker touched (the rest is zero).
+        for r in self.slots.touched() {
+            let end = r.end.min(out.len());
+            for i in r.start..end {
+                if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
+                    let t = self.slots[i].totals();
+                    let o = &mut out[i];
+                    o.packets += t.packets;
+                    o.bytes += t.bytes;
+                    o.flows += t.flows;
+                }
             }
         }
     }
@@ -280,9 +293,10 @@ struct WorkerHits {
     /// A zeroed block for the newest published layout, left by the
     /// publisher; the worker takes it when it meets that layout.
     prepared: ArcSwapOption<RuleHits>,
-    /// Counts of the blocks the worker has left, on the layout of the last
-    /// one folded. Only taken off the worker.
-    base: Mutex<RuleHits>,
+    /// Counts of the blocks the worker has left, by rule serial (serials are
+    /// never reused: a revoked rule's entry is never read again, and pruned
+    /// once the map outgrows the layout). Only taken off the worker.
+    base: Mutex<HashMap<u64, RuleTotals>>,
     /// Layout changes for which no prepared block was there (the worker
     /// allocated one itself). Written by the worker only.
     fallbacks: AtomicU64,
@@ -398,7 +412,8 @@ impl RuleHitBlocks {
     /// batches), recycle their slots as spares (reset to zero pages: cost in
     /// proportion to the pages the worker touched) and make sure every
     /// worker has a spare long enough for `layout_len` slots.
-    pub fn tend(&self, layout_len: usize, min_left: usize) {
+    pub fn tend(&self, layout: &[u64], min_left: usize) {
+        let layout_len = layout.len();
         for (w, c) in self.workers.iter().enumerate() {
             if self.unfolded(w) < min_left.max(1) {
                 continue;
@@ -407,7 +422,12 @@ impl RuleHitBlocks {
                 let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
                 let left = c.current.load().take_left();
                 for b in &left {
-                    base.absorb(b);
+                    b.fold_into(&mut base);
+                }
+                if base.len() > 2 * layout_len + 1024 {
+                    // Drop the entries of revoked rules.
+                    let live: std::collections::HashSet<u64> = layout.iter().copied().collect();
+                    base.retain(|serial, _| live.contains(serial));
                 }
                 left
             };
@@ -456,9 +476,17 @@ impl RuleHitBlocks {
                 let cur = c.current.load_full();
                 let left = cur.take_left();
                 for b in &left {
-                    base.absorb(b);
+                    b.fold_into(&mut base);
                 }
-                base.add_to(layout, &mut out);
+                if !base.is_empty() {
+                    for (serial, o) in layout.iter().zip(out.iter_mut()) {
+                        if let Some(t) = base.get(serial).filter(|_| *serial != 0) {
+                            o.packets += t.packets;
+                            o.bytes += t.bytes;
+                            o.flows += t.flows;
+                        }
+                    }
+                }
                 cur.add_to(layout, &mut out);
                 left
             };
@@ -799,9 +827,9 @@ mod tests {
         for k in 0..PUBLISHES {
             let l: Arc<[u64]> = Arc::new([1, k + 3]);
             blocks.prepare(&l);
-            published.store(Arc::new(l));
+            published.store(Arc::new(l.clone()));
             if k % 3 == 0 {
-                blocks.tend(2, 1 + (k % 2) as usize);
+                blocks.tend(&l, 1 + (k % 2) as usize);
             }
             assert!(blocks.unfolded(0) <= 4, "left blocks pile up");
             if k % 64 == 0 {
@@ -823,6 +851,21 @@ mod tests {
             "{} fallbacks",
             blocks.fallbacks()
         );
+    }
+
+    /// A fresh run is all zero and untouched; only written pages are
+    /// scanned; a reset gives them back.
+    #[test]
+    fn zeroed_runs_report_touched_pages_and_reset() {
+        let mut run: ZeroedRun<RuleCounters> = ZeroedRun::new(100_000);
+        assert!(run.touched().is_empty());
+        bump(&run[70_000].bytes, 5);
+        let t = run.touched();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(t[0].contains(&70_000) && t[0].len() <= 4096, "{t:?}");
+        run.reset();
+        assert!(run.touched().is_empty());
+        assert_eq!(run[70_000].bytes.load(Relaxed), 0);
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl Datapath {
     /// here; it folds once [`FOLD_HIT_BLOCKS_AT`] have piled up), or here
     /// when [`MAX_LEFT_HIT_BLOCKS`] have (a starved housekeeper).
     pub fn publish_rules(&self, snap: Snapshot) {
-        let len = snap.rule_layout().len();
+        let layout = snap.rule_layout().clone();
         {
             let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
             if !Arc::ptr_eq(self.rules.load().rule_layout(), snap.rule_layout()) {
@@ -251,11 +251,11 @@ impl Datapath {
                 // The housekeeper has not kept up (it runs at normal
                 // priority): bound the left blocks here, after the swap.
                 if self.rule_hits.most_unfolded() >= MAX_LEFT_HIT_BLOCKS {
-                    self.rule_hits.tend(len, 1);
+                    self.rule_hits.tend(&layout, 1);
                 }
                 t.unpark();
             }
-            None => self.rule_hits.tend(len, 1),
+            None => self.rule_hits.tend(&layout, 1),
         }
     }
 
@@ -263,7 +263,7 @@ impl Datapath {
     /// spare per worker (the housekeeper, woken by each publish).
     fn tend_rule_hits(&self) {
         self.rule_hits
-            .tend(self.rules.load().rule_layout().len(), FOLD_HIT_BLOCKS_AT);
+            .tend(self.rules.load().rule_layout(), FOLD_HIT_BLOCKS_AT);
     }
 
     /// Layout changes a worker met without a prepared rule-hit block (it

@@ -1629,6 +1629,47 @@ impl<T: Zeroable> ZeroedRun<T> {
     }
 }
 
+impl<T: Zeroable> ZeroedRun<T> {
+    /// Index ranges of the `T`s on pages touched (read or written) since the
+    /// run was made or reset, from `mincore(2)`; every other `T` is zero.
+    /// Lets a scan skip the untouched pages (and not fault them in). The
+    /// whole run when the kernel does not say.
+    pub fn touched(&self) -> Vec<std::ops::Range<usize>> {
+        let size = mem::size_of::<T>();
+        if self.map_len == 0 || size == 0 {
+            return Vec::new();
+        }
+        // SAFETY: sysconf(3) with a constant name.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let mut vec = vec![0u8; self.map_len.div_ceil(page)];
+        // SAFETY: mincore(2) on exactly our (page-aligned) mapping; `vec` has
+        // one byte per page of it.
+        let rc = unsafe {
+            libc::mincore(
+                self.ptr.as_ptr().cast::<c_void>(),
+                self.map_len,
+                vec.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return vec![0..self.len];
+        }
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        for (p, v) in vec.iter().enumerate() {
+            if v & 1 == 0 {
+                continue;
+            }
+            let start = (p * page / size).min(self.len);
+            let end = ((p + 1) * page).div_ceil(size).min(self.len);
+            match out.last_mut() {
+                Some(r) if r.end >= start => r.end = r.end.max(end),
+                _ => out.push(start..end),
+            }
+        }
+        out
+    }
+}
+
 impl<T: Zeroable> std::ops::Deref for ZeroedRun<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
