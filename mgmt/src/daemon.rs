@@ -917,15 +917,14 @@ mod tests {
             msg.contains("--worker-priority fifo") && msg.contains("--poll busy"),
             "{msg}"
         );
-        let (e, a) = up(&["--worker-priority", "fifo", "--worker-fifo-priority", "2"]);
+        let (e, a) = up(&["--worker-priority", "fifo"]);
         assert!(e.is_none(), "{e:?}");
         assert_eq!(a.worker_priority, crate::sched::WorkerPriority::Fifo);
-        assert_eq!(a.worker_fifo_priority, 2);
         let (e, a) = up(&["--poll", "busy"]);
         assert!(e.is_none(), "{e:?}");
         assert_eq!(a.worker_priority, crate::sched::WorkerPriority::Normal);
         assert!(
-            crate::cli::parse(["sgswitch", "up", "--worker-fifo-priority", "0"].map(String::from))
+            crate::cli::parse(["sgswitch", "up", "--worker-priority", "rr"].map(String::from))
                 .is_err()
         );
     }
