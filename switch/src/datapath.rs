@@ -49,7 +49,8 @@ use crate::worker::Worker;
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// The housekeeper folds a worker's left rule-hit blocks once this many
-/// have piled up (a fold is a pass over the model's slots).
+/// have piled up (a fold reads each block's touched pages and its
+/// `mincore` map, one byte per 128 slots).
 pub const FOLD_HIT_BLOCKS_AT: usize = 4;
 /// A publish folds them itself when a worker has this many (the
 /// housekeeper is starved): the bound on left blocks per worker.
