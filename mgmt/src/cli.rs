@@ -164,7 +164,7 @@ pub fn command() -> clap::Command {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the switch and its management daemon in the foreground.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Create a security group.  Prints: GROUP NAME DESC
     AddGroup {
         /// The new group's name (printable ASCII, up to 255 characters).
@@ -540,6 +540,13 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     pub worker_nice: i32,
+    /// Scheduling of the worker threads: normal = as any thread, at
+    /// --worker-nice; fifo = SCHED_FIFO at the edit path's priority (the
+    /// lowest real-time one), ahead of every normal thread (falls back to
+    /// normal with a warning when refused; not with --poll busy). See
+    /// `mgmt::sched`.
+    #[arg(long, value_enum, default_value_t = crate::sched::WorkerPriority::Normal)]
+    pub worker_priority: crate::sched::WorkerPriority,
     /// Scheduling of the edit path (the API connection threads and the
     /// management thread): fifo = SCHED_FIFO at the lowest real-time priority
     /// (falls back to nice with a warning when refused), nice = nice -10,

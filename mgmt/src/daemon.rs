@@ -160,6 +160,11 @@ pub enum DaemonError {
     },
     #[error("block signals")]
     Signals(#[source] nix::Error),
+    #[error(
+        "--worker-priority fifo cannot be combined with --poll busy: a spinning real-time \
+         worker would starve its core (use --poll adaptive, or --worker-priority normal)"
+    )]
+    WorkerFifoBusyPoll,
     #[error("start data plane: {0}")]
     Dataplane(String),
     #[error("cluster mode: {0}")]
@@ -651,6 +656,11 @@ pub fn core_config(cli: &Cli, args: &UpArgs) -> Result<CoreConfig, DaemonError> 
         rules_per_group: args.rules_per_group,
     };
     cfg.default_image = crate::dataplane::default_image(args);
+    if args.worker_priority == crate::sched::WorkerPriority::Fifo
+        && args.poll == crate::cli::PollArg::Busy
+    {
+        return Err(DaemonError::WorkerFifoBusyPoll);
+    }
     if args.etcd.is_some() {
         cfg.cluster_host = Some(host_name(args)?);
     }
@@ -1024,6 +1034,38 @@ mod tests {
     use super::*;
     use crate::api::{Command, MAX_CONNECTIONS, MAX_LINE, Response, WireReply};
     use crate::testutil::*;
+
+    /// `--worker-priority fifo` with `--poll busy` is refused before
+    /// anything is made, naming both options; with adaptive polling it is
+    /// taken, and the switch gets the priority.
+    #[test]
+    fn fifo_workers_are_refused_with_busy_polling() {
+        let up = |extra: &[&str]| {
+            let mut argv = vec!["sgswitch", "up"];
+            argv.extend_from_slice(extra);
+            let (cli, _) = crate::cli::parse(argv.iter().map(|a| a.to_string())).expect("parse");
+            let crate::cli::Cmd::Up(args) = &cli.cmd else {
+                panic!("not up")
+            };
+            (core_config(&cli, args).err(), args.clone())
+        };
+        let (e, _) = up(&["--worker-priority", "fifo", "--poll", "busy"]);
+        let msg = e.expect("refused").to_string();
+        assert!(
+            msg.contains("--worker-priority fifo") && msg.contains("--poll busy"),
+            "{msg}"
+        );
+        let (e, a) = up(&["--worker-priority", "fifo"]);
+        assert!(e.is_none(), "{e:?}");
+        assert_eq!(a.worker_priority, crate::sched::WorkerPriority::Fifo);
+        let (e, a) = up(&["--poll", "busy"]);
+        assert!(e.is_none(), "{e:?}");
+        assert_eq!(a.worker_priority, crate::sched::WorkerPriority::Normal);
+        assert!(
+            crate::cli::parse(["sgswitch", "up", "--worker-priority", "rr"].map(String::from))
+                .is_err()
+        );
+    }
 
     /// A management thread and socket server around a recording core.
     struct Fixture {

@@ -20,6 +20,18 @@
 //!
 //! Each kind of refusal is logged once as a warning; the thread then runs on
 //! as it was.
+//!
+//! `sgswitch up --worker-priority` ([`WorkerPriority`]) does the same for
+//! the forwarding workers (`switch::SwitchConfig::worker_fifo`): `fifo` runs
+//! them at `SCHED_FIFO` [`FIFO_PRIORITY`], beside the edit path, so a frame
+//! does not wait for its worker's turn behind normal threads. The same
+//! priority, not one above: at equal `SCHED_FIFO` priority neither preempts
+//! the other, so an edit in progress finishes and a worker waits at most for
+//! one publish, while a worker above would preempt the management thread
+//! whenever they meet on a core (measured: docs/benchmarks.md, "The enforced
+//! tail, third pass"). Workers block in `epoll_wait` between bursts
+//! (adaptive polling; `--poll busy` with `fifo` is refused: a spinning
+//! real-time thread would starve its core).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -89,6 +101,19 @@ pub fn apply(what: &str) -> EditPriority {
         }
     }
     EditPriority::Normal
+}
+
+/// How the forwarding workers are scheduled (`up --worker-priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerPriority {
+    /// Normal scheduling at `--worker-nice`.
+    #[default]
+    Normal,
+    /// `SCHED_FIFO` at [`FIFO_PRIORITY`], as the edit path (falls back to
+    /// normal scheduling at `--worker-nice`, with a warning, when refused).
+    /// Only with `--poll adaptive`: the workers block in `epoll_wait`
+    /// between bursts.
+    Fifo,
 }
 
 #[cfg(test)]

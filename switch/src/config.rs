@@ -39,6 +39,16 @@ pub struct SwitchConfig {
     /// oversubscribed). Refused (no `CAP_SYS_NICE`): a warning, the worker
     /// runs at the process's nice value.
     pub worker_nice: i32,
+    /// Run the worker threads at `SCHED_FIFO` with this real-time priority
+    /// (1..=99; `SCHED_RESET_ON_FORK`), ahead of every normally scheduled
+    /// thread, so a frame does not wait for its worker's turn. `None` (the
+    /// default): normal scheduling at `worker_nice`. Refused (no
+    /// `CAP_SYS_NICE`, no real-time budget): a warning, and the worker runs
+    /// at `worker_nice`. Only with [`PollMode::Adaptive`], whose workers
+    /// block in `epoll_wait` between bursts: a spinning real-time thread
+    /// would take its core from everything else
+    /// ([`SwitchError::FifoBusyPoll`]).
+    pub worker_fifo: Option<i32>,
     /// Connection tracking: capacity, quotas, timeouts, revoke mode.
     pub ct: filter::CtConfig,
     /// The instances' subnet. Its first host is the virtual gateway / DHCP server.
@@ -97,6 +107,7 @@ impl Default for SwitchConfig {
             poll: PollMode::Adaptive,
             pin_cores: false,
             worker_nice: 0,
+            worker_fifo: None,
             ct: filter::CtConfig::default(),
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 31, 0, 0), 16).unwrap_or_default(),
             subnet6: None,
@@ -151,6 +162,13 @@ pub enum SwitchError {
     NoWorkers(usize),
     #[error("start switch: subnet {0} has no room for a gateway and instances")]
     SubnetTooSmall(Ipv4Net),
+    #[error(
+        "start switch: workers at SCHED_FIFO (--worker-priority fifo) cannot busy-poll \
+         (--poll busy): a spinning real-time worker would starve its core; use --poll adaptive"
+    )]
+    FifoBusyPoll,
+    #[error("start switch: worker SCHED_FIFO priority must be 1..=99, got {0}")]
+    FifoPriority(i32),
     #[error("spawn worker {worker}")]
     Spawn {
         worker: usize,

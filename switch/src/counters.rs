@@ -12,25 +12,43 @@
 //! * Per-rule hits ([`RuleHits`]): one block per worker, one 32-byte slot per
 //!   [`RuleSlot`] of the snapshot (flows, other packets, bytes: a count is
 //!   two adds and no branch, see [`RuleCounters`]), written like the
-//!   others by its worker alone. A worker brings its block up to a snapshot's
-//!   slot layout when it loads a snapshot whose layout differs
-//!   ([`crate::Datapath::rule_hits_for`]: an allocation and a copy per edit
-//!   that changed rules, never per packet): counts of rules that kept their
-//!   slot are carried over, a slot whose serial changed (its rule was revoked,
-//!   the slot reused) starts at zero. Readers sum the blocks of every worker
-//!   for the slots whose serial matches the snapshot's
-//!   ([`crate::Datapath::rule_hits`]).
+//!   others by its worker alone. A block follows one slot layout (a serial
+//!   per slot). When a worker loads a snapshot whose layout its block does
+//!   not follow it swaps in the zeroed block the publisher left for that
+//!   layout ([`RuleHitBlocks`]: one atomic load, a compare-and-swap and two
+//!   pointer stores — no allocation, no copy, O(1) in the model) and links
+//!   the block it left to the new one. A block a worker has left is never
+//!   written again; off the worker (the housekeeper, in batches; a publish
+//!   when the housekeeper has fallen behind; or a reader) such blocks are
+//!   folded into the worker's base, counts by rule serial (serials are never
+//!   reused, so a revoked rule's counts are never read again and a slot
+//!   reused for a new rule starts at zero, as [`RuleHits::follow`] carries
+//!   them). Readers sum base and current block of every worker for the
+//!   slots whose serial matches the snapshot's
+//!   ([`crate::Datapath::rule_hits`]). Slots live in anonymous mappings
+//!   ([`ZeroedRun`]): making a block is O(1), the pages of rules never hit
+//!   stay untouched, and a folded block's slots are reset (pages given back)
+//!   and kept as a spare. Memory per worker: the current block, the
+//!   prepared one, up to [`SPARES`] spares, the base and the left blocks not
+//!   folded yet (the housekeeper folds them, scanning only the pages the
+//!   worker touched (`mincore`), at
+//!   [`crate::datapath::FOLD_HIT_BLOCKS_AT`], a publish at
+//!   [`crate::datapath::MAX_LEFT_HIT_BLOCKS`]); each resident only in the
+//!   pages its worker touched.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use crossbeam_utils::CachePadded;
 use filter::DropReason;
 use filter::compile::RuleSlot;
 
 use crate::PortId;
+use crate::sys::ZeroedRun;
 use crate::vxlan::VxlanDrop;
 
 /// Add `n` to a single-writer counter.
@@ -128,47 +146,107 @@ pub struct RuleCounters {
     bytes: AtomicU64,
 }
 
+impl RuleCounters {
+    fn totals(&self) -> RuleTotals {
+        let flows = self.packets[1].load(Relaxed);
+        RuleTotals {
+            packets: self.packets[0].load(Relaxed) + flows,
+            bytes: self.bytes.load(Relaxed),
+            flows,
+        }
+    }
+}
+
 /// One worker's per-rule counters for one rule-slot layout (see the module
 /// docs).
 #[derive(Debug)]
 pub struct RuleHits {
     /// The snapshot layout these slots follow (serial per slot, 0 = free).
     layout: Arc<[u64]>,
-    slots: Box<[RuleCounters]>,
+    /// At least one per slot of `layout` (a spare may be longer).
+    slots: ZeroedRun<RuleCounters>,
+    /// The block its worker used before this one, until it is folded into
+    /// the worker's base (set by the worker before this block becomes
+    /// current; then only taken, under the base's lock).
+    prev: ArcSwapOption<RuleHits>,
 }
 
 impl Default for RuleHits {
     fn default() -> Self {
-        RuleHits {
-            layout: Arc::new([]),
-            slots: Box::new([]),
-        }
+        RuleHits::with_slots(Arc::new([]), ZeroedRun::new(0))
     }
 }
 
 impl RuleHits {
+    fn with_slots(layout: Arc<[u64]>, slots: ZeroedRun<RuleCounters>) -> RuleHits {
+        debug_assert!(slots.len() >= layout.len());
+        RuleHits {
+            layout,
+            slots,
+            prev: ArcSwapOption::empty(),
+        }
+    }
+
+    /// `n` zeroed slots: O(1) (fresh pages, zero-filled when first touched;
+    /// [`ZeroedRun::populate`] faults them in ahead).
+    fn zeroed_slots(n: usize) -> ZeroedRun<RuleCounters> {
+        ZeroedRun::new(n)
+    }
+
+    /// A zeroed block for `layout`.
+    pub fn zeroed(layout: &Arc<[u64]>) -> RuleHits {
+        RuleHits::with_slots(layout.clone(), RuleHits::zeroed_slots(layout.len()))
+    }
+
     /// A block for `layout`, carrying over the counts of `old`'s slots that
     /// hold the same rule (same serial).
     pub fn follow(old: &RuleHits, layout: &Arc<[u64]>) -> RuleHits {
-        let slots: Box<[RuleCounters]> = (0..layout.len())
-            .map(|i| {
-                let c = RuleCounters::default();
-                if layout[i] != 0
-                    && old.layout.get(i) == Some(&layout[i])
-                    && let Some(o) = old.slots.get(i)
-                {
-                    for (n, o) in c.packets.iter().zip(&o.packets) {
-                        n.store(o.load(Relaxed), Relaxed);
-                    }
-                    c.bytes.store(o.bytes.load(Relaxed), Relaxed);
+        let slots = RuleHits::zeroed_slots(layout.len());
+        for (i, c) in slots.iter().enumerate() {
+            if layout[i] != 0
+                && old.layout.get(i) == Some(&layout[i])
+                && let Some(o) = old.slots.get(i)
+            {
+                // Only counts that are not zero: the pages of rules never
+                // hit stay untouched.
+                for (n, o) in c.packets.iter().zip(&o.packets) {
+                    bump(n, o.load(Relaxed));
                 }
-                c
-            })
-            .collect();
-        RuleHits {
-            layout: layout.clone(),
-            slots,
+                bump(&c.bytes, o.bytes.load(Relaxed));
+            }
         }
+        RuleHits::with_slots(layout.clone(), slots)
+    }
+
+    /// Add this block's counts to `base` (by rule serial), reading only the
+    /// pages its worker touched.
+    fn fold_into(&self, base: &mut HashMap<u64, RuleTotals>) {
+        for r in self.slots.touched() {
+            let end = r.end.min(self.layout.len());
+            for i in r.start..end {
+                let serial = self.layout[i];
+                let t = self.slots[i].totals();
+                if serial != 0 && t != RuleTotals::default() {
+                    let b = base.entry(serial).or_default();
+                    b.packets += t.packets;
+                    b.bytes += t.bytes;
+                    b.flows += t.flows;
+                }
+            }
+        }
+    }
+
+    /// The chain of blocks left before this one, oldest first (taken: the
+    /// links are cleared).
+    fn take_left(&self) -> Vec<Arc<RuleHits>> {
+        let mut left = Vec::new();
+        let mut next = self.prev.swap(None);
+        while let Some(b) = next {
+            next = b.prev.swap(None);
+            left.push(b);
+        }
+        left.reverse();
+        left
     }
 
     /// Whether this block follows `layout`.
@@ -191,14 +269,249 @@ impl RuleHits {
     /// Add this block's counts to `out` (indexed by slot) for the slots whose
     /// serial matches `layout`'s.
     pub fn add_to(&self, layout: &[u64], out: &mut [RuleTotals]) {
-        for (i, (c, o)) in self.slots.iter().zip(out.iter_mut()).enumerate() {
-            if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
-                let flows = c.packets[1].load(Relaxed);
-                o.packets += c.packets[0].load(Relaxed) + flows;
-                o.bytes += c.bytes.load(Relaxed);
-                o.flows += flows;
+        // Only the pages the worker touched (the rest is zero).
+        for r in self.slots.touched() {
+            let end = r.end.min(out.len());
+            for i in r.start..end {
+                if layout.get(i) == self.layout.get(i) && layout[i] != 0 {
+                    let t = self.slots[i].totals();
+                    let o = &mut out[i];
+                    o.packets += t.packets;
+                    o.bytes += t.bytes;
+                    o.flows += t.flows;
+                }
             }
         }
+    }
+}
+
+/// One worker's rule-hit blocks (see the module docs).
+#[derive(Debug, Default)]
+struct WorkerHits {
+    /// The block the worker writes (its single writer).
+    current: ArcSwap<RuleHits>,
+    /// A zeroed block for the newest published layout, left by the
+    /// publisher; the worker takes it when it meets that layout.
+    prepared: ArcSwapOption<RuleHits>,
+    /// Counts of the blocks the worker has left, by rule serial (serials are
+    /// never reused: a revoked rule's entry is never read again, and pruned
+    /// once the map outgrows the layout). Only taken off the worker.
+    base: Mutex<HashMap<u64, RuleTotals>>,
+    /// Layout changes for which no prepared block was there (the worker
+    /// allocated one itself). Written by the worker only.
+    fallbacks: AtomicU64,
+}
+
+/// The per-rule hit blocks of all workers: the worker's O(1) swap on a
+/// layout change, the publisher's preparation, the folding of left blocks
+/// and the readers' sums (see the module docs).
+#[derive(Debug)]
+pub struct RuleHitBlocks {
+    workers: Box<[CachePadded<WorkerHits>]>,
+    /// Zeroed slots, one run per worker, for the next prepared blocks (made
+    /// off the publisher's path by [`RuleHitBlocks::tend`]).
+    spares: Mutex<Vec<Vec<ZeroedRun<RuleCounters>>>>,
+}
+
+/// Spare slot runs kept per worker (recycled from folded blocks).
+pub const SPARES: usize = 4;
+
+/// Spare slots beyond the layout's length, so that a layout that grows by a
+/// few rules still finds its spare.
+fn spare_len(layout_len: usize) -> usize {
+    layout_len + layout_len / 16 + 64
+}
+
+impl RuleHitBlocks {
+    pub fn new(workers: usize) -> RuleHitBlocks {
+        RuleHitBlocks {
+            workers: (0..workers).map(|_| CachePadded::default()).collect(),
+            spares: Mutex::new((0..workers).map(|_| Vec::new()).collect()),
+        }
+    }
+
+    /// Worker `w`'s block for `layout`: its current one, or (on the first
+    /// burst after a layout change) the one prepared for `layout`, swapped
+    /// in. Only worker `w` may call this (it is the block's single writer).
+    #[inline]
+    pub fn for_worker(&self, w: usize, layout: &Arc<[u64]>) -> Guard<Arc<RuleHits>> {
+        let cur = self.workers[w].current.load();
+        if cur.follows(layout) {
+            return cur;
+        }
+        self.swap_in(w, cur, layout)
+    }
+
+    #[cold]
+    fn swap_in(
+        &self,
+        w: usize,
+        cur: Guard<Arc<RuleHits>>,
+        layout: &Arc<[u64]>,
+    ) -> Guard<Arc<RuleHits>> {
+        let c = &self.workers[w];
+        let ready = c.prepared.load();
+        let taken = match &*ready {
+            Some(p) if p.follows(layout) => {
+                let prev = c.prepared.compare_and_swap(&ready, None);
+                // Still the same block: taken (the publisher may have left a
+                // newer one meanwhile; that one stays for later).
+                match &*prev {
+                    Some(q) if Arc::ptr_eq(p, q) => Guard::into_inner(prev),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        drop(ready);
+        let next = match taken {
+            Some(b) => b,
+            None => {
+                // The layout was superseded before this worker met it (a
+                // publish between its snapshot load and now): at most once
+                // per publish.
+                bump(&c.fallbacks, 1);
+                Arc::new(RuleHits::zeroed(layout))
+            }
+        };
+        // Link the block left behind (moved: no count copied, nothing freed
+        // here), then make the new one current.
+        next.prev.store(Some(Guard::into_inner(cur)));
+        c.current.store(next);
+        c.current.load()
+    }
+
+    /// The publisher, before it publishes a snapshot with `layout` (a new
+    /// one): leave each worker a zeroed block for it, from the spares when
+    /// they are long enough (pages already faulted in), else a fresh mapping
+    /// — O(1) either way, whatever the model's size. A prepared block the
+    /// worker never took is replaced (it was never written) and its slots
+    /// kept as the next spare.
+    pub fn prepare(&self, layout: &Arc<[u64]>) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, spare) in self.workers.iter().zip(spares.iter_mut()) {
+            let slots = match spare.pop() {
+                Some(s) if s.len() >= layout.len() => s,
+                _ => RuleHits::zeroed_slots(spare_len(layout.len())),
+            };
+            let old = c
+                .prepared
+                .swap(Some(Arc::new(RuleHits::with_slots(layout.clone(), slots))));
+            // Never taken: recycle its (untouched) slots as a spare.
+            if let Some(RuleHits { slots, .. }) = old.and_then(|o| Arc::try_unwrap(o).ok())
+                && spare.len() < SPARES
+            {
+                spare.push(slots);
+            }
+        }
+    }
+
+    /// Off the workers (housekeeper, publisher): fold the blocks a worker
+    /// has left into its base once there are at least `min_left` of them
+    /// (folding costs a pass over the model, so the housekeeper does it in
+    /// batches), recycle their slots as spares (reset to zero pages: cost in
+    /// proportion to the pages the worker touched) and make sure every
+    /// worker has a spare long enough for `layout_len` slots.
+    pub fn tend(&self, layout: &[u64], min_left: usize) {
+        let layout_len = layout.len();
+        for (w, c) in self.workers.iter().enumerate() {
+            if self.unfolded(w) < min_left.max(1) {
+                continue;
+            }
+            let left = {
+                let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
+                let left = c.current.load().take_left();
+                for b in &left {
+                    b.fold_into(&mut base);
+                }
+                if base.len() > 2 * layout_len + 1024 {
+                    // Drop the entries of revoked rules.
+                    let live: std::collections::HashSet<u64> = layout.iter().copied().collect();
+                    base.retain(|serial, _| live.contains(serial));
+                }
+                left
+            };
+            for b in left {
+                // Unmapped here (not on the worker) unless kept as a spare.
+                if let Ok(RuleHits { mut slots, .. }) = Arc::try_unwrap(b)
+                    && slots.len() >= layout_len
+                {
+                    slots.reset();
+                    let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                    if spares[w].len() < SPARES {
+                        spares[w].push(slots);
+                    }
+                }
+            }
+        }
+        for w in 0..self.workers.len() {
+            let short = {
+                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                spares[w].retain(|s| s.len() >= layout_len);
+                spares[w].is_empty()
+            };
+            if short {
+                let slots = RuleHits::zeroed_slots(spare_len(layout_len));
+                self.spares.lock().unwrap_or_else(|e| e.into_inner())[w].push(slots);
+            }
+        }
+    }
+
+    /// The most blocks any worker has left that are not folded yet.
+    pub fn most_unfolded(&self) -> usize {
+        (0..self.workers.len())
+            .map(|w| self.unfolded(w))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Per-rule hits summed over workers for `layout` (indexed by slot):
+    /// each worker's base and current block, for the slots whose serial
+    /// matches. Folds the blocks left meanwhile first. Off the hot path.
+    pub fn sum(&self, layout: &[u64]) -> Vec<RuleTotals> {
+        let mut out = vec![RuleTotals::default(); layout.len()];
+        for c in self.workers.iter() {
+            let left = {
+                let mut base = c.base.lock().unwrap_or_else(|e| e.into_inner());
+                let cur = c.current.load_full();
+                let left = cur.take_left();
+                for b in &left {
+                    b.fold_into(&mut base);
+                }
+                if !base.is_empty() {
+                    for (serial, o) in layout.iter().zip(out.iter_mut()) {
+                        if let Some(t) = base.get(serial).filter(|_| *serial != 0) {
+                            o.packets += t.packets;
+                            o.bytes += t.bytes;
+                            o.flows += t.flows;
+                        }
+                    }
+                }
+                cur.add_to(layout, &mut out);
+                left
+            };
+            drop(left);
+        }
+        out
+    }
+
+    /// Layout changes a worker met with no block prepared for it (it
+    /// allocated one itself), over all workers.
+    pub fn fallbacks(&self) -> u64 {
+        self.workers.iter().map(|c| c.fallbacks.load(Relaxed)).sum()
+    }
+
+    /// Blocks worker `w` has left and nobody has folded yet (tests: the
+    /// bound on memory).
+    pub fn unfolded(&self, w: usize) -> usize {
+        let mut n = 0;
+        let cur = self.workers[w].current.load_full();
+        let mut next = cur.prev.load_full();
+        while let Some(b) = next {
+            n += 1;
+            next = b.prev.load_full();
+        }
+        n
     }
 }
 
@@ -468,6 +781,91 @@ mod tests {
             [want(1, 60, 1), want(0, 0, 0), want(1, 40, 1), want(0, 0, 0)]
         );
         assert_eq!(std::mem::size_of::<RuleCounters>(), 32);
+    }
+
+    /// A worker counting while a publisher changes the layout thousands of
+    /// times (preparing each block first, folding now and then) and a reader
+    /// sums: every count is there exactly once, sums never go back, left
+    /// blocks do not pile up.
+    #[test]
+    fn counts_survive_concurrent_swaps_folds_and_reads() {
+        use std::sync::atomic::AtomicBool;
+        let blocks = Arc::new(RuleHitBlocks::new(1));
+        let first: Arc<[u64]> = Arc::new([1, 2]);
+        blocks.prepare(&first);
+        let published = Arc::new(ArcSwap::from_pointee(first));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (blocks, published, stop) = (blocks.clone(), published.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    let l = published.load_full();
+                    let h = blocks.for_worker(0, &l);
+                    // Slot 0 holds the same rule throughout; slot 1 a new
+                    // one after every publish.
+                    h.count(RuleSlot(0), 10, n.is_multiple_of(4));
+                    h.count(RuleSlot(1), 1, false);
+                    n += 1;
+                }
+                n
+            })
+        };
+        let reader = {
+            let (blocks, published, stop) = (blocks.clone(), published.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Relaxed) {
+                    let l = published.load_full();
+                    let t = blocks.sum(&l);
+                    assert!(t[0].packets >= last, "{} < {last}", t[0].packets);
+                    last = t[0].packets;
+                }
+            })
+        };
+        const PUBLISHES: u64 = 3000;
+        for k in 0..PUBLISHES {
+            let l: Arc<[u64]> = Arc::new([1, k + 3]);
+            blocks.prepare(&l);
+            published.store(Arc::new(l.clone()));
+            if k % 3 == 0 {
+                blocks.tend(&l, 1 + (k % 2) as usize);
+            }
+            assert!(blocks.unfolded(0) <= 4, "left blocks pile up");
+            if k % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        stop.store(true, Relaxed);
+        let n = worker.join().unwrap();
+        reader.join().unwrap();
+        let t = blocks.sum(&published.load_full());
+        assert_eq!(t[0].packets, n);
+        assert_eq!(t[0].bytes, 10 * n);
+        assert_eq!(t[0].flows, n.div_ceil(4));
+        // At most one per publish (a layout superseded before the worker
+        // met it).
+        assert!(
+            blocks.fallbacks() <= PUBLISHES,
+            "{} fallbacks",
+            blocks.fallbacks()
+        );
+    }
+
+    /// A fresh run is all zero and untouched; only written pages are
+    /// scanned; a reset gives them back.
+    #[test]
+    fn zeroed_runs_report_touched_pages_and_reset() {
+        let mut run: ZeroedRun<RuleCounters> = ZeroedRun::new(100_000);
+        assert!(run.touched().is_empty());
+        bump(&run[70_000].bytes, 5);
+        let t = run.touched();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(t[0].contains(&70_000) && t[0].len() <= 4096, "{t:?}");
+        run.reset();
+        assert!(run.touched().is_empty());
+        assert_eq!(run[70_000].bytes.load(Relaxed), 0);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use filter::{Conntrack, Snapshot};
 
 use crate::capture::CaptureSlot;
 use crate::config::{PollMode, PortId, PortRole, PortSpec, SwitchConfig, SwitchError};
-use crate::counters::{PortStats, RuleHits, RuleTotals, Stats, WorkerCounters};
+use crate::counters::{PortStats, RuleHitBlocks, RuleHits, RuleTotals, Stats, WorkerCounters};
 use crate::flowlog::{self, Collector, FlowLogConfig, FlowLogger, Recorder};
 use crate::overlay::Overlay;
 use crate::pipeline::NetParams;
@@ -47,6 +47,14 @@ use crate::worker::Worker;
 /// also reclaimed on sight by the datapath, the sweep only returns their quota
 /// and keeps `len()` honest. The timeouts are >= 10 s anyway.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
+/// The housekeeper folds a worker's left rule-hit blocks once this many
+/// have piled up (a fold reads each block's touched pages and its
+/// `mincore` map, one byte per 128 slots).
+pub const FOLD_HIT_BLOCKS_AT: usize = 4;
+/// A publish folds them itself when a worker has this many (the
+/// housekeeper is starved): the bound on left blocks per worker.
+pub const MAX_LEFT_HIT_BLOCKS: usize = 16;
 
 /// State of the control plane side (behind the control mutex).
 #[derive(Default)]
@@ -75,8 +83,12 @@ pub struct Datapath {
     ct_huge_bytes: usize,
     pub(crate) wcounters: Box<[CachePadded<WorkerCounters>]>,
     /// Per-rule hits, one block per worker (written by that worker alone;
-    /// replaced by it when the rule-slot layout changes).
-    rule_hits: Box<[CachePadded<ArcSwap<RuleHits>>]>,
+    /// swapped by it for the one prepared by [`Datapath::publish_rules`] when
+    /// the rule-slot layout changes).
+    rule_hits: RuleHitBlocks,
+    /// Serialises publishers: a prepared hit block and its snapshot are
+    /// stored in that order, by one publisher at a time.
+    publishing: Mutex<()>,
     /// One eventfd per worker (None if the kernel refused one: that worker then
     /// parks with short timeouts).
     pub(crate) wakers: Vec<Option<EventFd>>,
@@ -106,6 +118,14 @@ impl Datapath {
         }
         if cfg.subnet.prefix_len() > 29 {
             return Err(SwitchError::SubnetTooSmall(cfg.subnet));
+        }
+        if let Some(p) = cfg.worker_fifo {
+            if !(1..=99).contains(&p) {
+                return Err(SwitchError::FifoPriority(p));
+            }
+            if cfg.poll == PollMode::Busy {
+                return Err(SwitchError::FifoBusyPoll);
+            }
         }
         let overlay = cfg
             .overlay
@@ -139,9 +159,8 @@ impl Datapath {
             wcounters: (0..cfg.workers)
                 .map(|_| CachePadded::new(WorkerCounters::default()))
                 .collect(),
-            rule_hits: (0..cfg.workers)
-                .map(|_| CachePadded::new(ArcSwap::from_pointee(RuleHits::default())))
-                .collect(),
+            rule_hits: RuleHitBlocks::new(cfg.workers),
+            publishing: Mutex::new(()),
             wakers: (0..cfg.workers).map(|_| EventFd::new().ok()).collect(),
             stop: AtomicBool::new(false),
             start: Instant::now(),
@@ -212,8 +231,52 @@ impl Datapath {
     }
 
     /// Publish a new rule snapshot; workers use it from their next burst.
+    ///
+    /// When its rule-slot layout is new, each worker's zeroed rule-hit block
+    /// for it is left ready first (a spare or a fresh mapping: O(1)), so
+    /// that the worker only swaps it in ([`crate::counters`]). The blocks
+    /// the workers leave are folded after the swap by the housekeeper (woken
+    /// here; it folds once [`FOLD_HIT_BLOCKS_AT`] have piled up), or here
+    /// when [`MAX_LEFT_HIT_BLOCKS`] have (a starved housekeeper).
     pub fn publish_rules(&self, snap: Snapshot) {
-        self.rules.store(Arc::new(snap));
+        let layout = snap.rule_layout().clone();
+        {
+            let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+            if !Arc::ptr_eq(self.rules.load().rule_layout(), snap.rule_layout()) {
+                self.rule_hits.prepare(snap.rule_layout());
+            }
+            self.rules.store(Arc::new(snap));
+        }
+        match self.housekeeper.get() {
+            Some(t) => {
+                // The housekeeper has not kept up (it runs at normal
+                // priority): bound the left blocks here, after the swap.
+                if self.rule_hits.most_unfolded() >= MAX_LEFT_HIT_BLOCKS {
+                    self.rule_hits.tend(&layout, 1);
+                }
+                t.unpark();
+            }
+            None => self.rule_hits.tend(&layout, 1),
+        }
+    }
+
+    /// Fold the rule-hit blocks the workers left (in batches) and keep a
+    /// spare per worker (the housekeeper, woken by each publish).
+    fn tend_rule_hits(&self) {
+        self.rule_hits
+            .tend(self.rules.load().rule_layout(), FOLD_HIT_BLOCKS_AT);
+    }
+
+    /// Layout changes a worker met without a prepared rule-hit block (it
+    /// then allocated one itself): only when a snapshot was superseded
+    /// between a worker's load of it and its first burst with it.
+    pub fn rule_hit_fallbacks(&self) -> u64 {
+        self.rule_hits.fallbacks()
+    }
+
+    /// Rule-hit blocks worker `w` left that are not folded yet.
+    pub fn rule_hits_unfolded(&self, w: usize) -> usize {
+        self.rule_hits.unfolded(w)
     }
 
     /// Publish a new directory of hosts and instances (cluster mode); workers
@@ -359,6 +422,7 @@ impl Datapath {
     /// (skipped when the table is empty).
     pub fn housekeep(&self, sweep: bool) {
         self.reap_gone();
+        self.tend_rule_hits();
         if sweep && !self.ct.is_empty() {
             self.ct.sweep(self.now_secs());
         }
@@ -386,38 +450,24 @@ impl Datapath {
         self.control().ports_gone
     }
 
-    /// Worker `w`'s rule-hit block, brought up to `snap`'s rule-slot layout
-    /// first if it follows another (an allocation per layout change, see
-    /// [`crate::counters`]). Only worker `w` may call this (it is the block's
-    /// single writer); called once per burst, after loading the snapshot.
+    /// Worker `w`'s rule-hit block for `snap`'s rule-slot layout: its
+    /// current one, or the one prepared for that layout swapped in (O(1), no
+    /// allocation; see [`crate::counters`]). Only worker `w` may call this
+    /// (it is the block's single writer); called once per burst, after
+    /// loading the snapshot.
     #[inline]
     pub(crate) fn rule_hits_for(&self, w: usize, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
-        let cell = &self.rule_hits[w];
-        let cur = cell.load();
-        if cur.follows(snap.rule_layout()) {
-            return cur;
-        }
-        self.follow_layout(w, &cur, snap)
-    }
-
-    #[cold]
-    fn follow_layout(&self, w: usize, cur: &RuleHits, snap: &Snapshot) -> Guard<Arc<RuleHits>> {
-        let next = RuleHits::follow(cur, snap.rule_layout());
-        self.rule_hits[w].store(Arc::new(next));
-        self.rule_hits[w].load()
+        self.rule_hits.for_worker(w, snap.rule_layout())
     }
 
     /// Per-rule hits summed over workers, indexed by [`filter::compile::RuleSlot`]
     /// of the published snapshot's layout (returned with it): a slot counts
     /// only where a worker's block holds the same rule (serial) as the
-    /// snapshot. Off the hot path (allocates).
+    /// snapshot. Off the hot path (allocates, folds left blocks).
     pub fn rule_hits(&self) -> (Arc<[u64]>, Vec<RuleTotals>) {
         let snap = self.rules.load_full();
         let layout = snap.rule_layout().clone();
-        let mut out = vec![RuleTotals::default(); layout.len()];
-        for cell in self.rule_hits.iter() {
-            cell.load().add_to(&layout, &mut out);
-        }
+        let out = self.rule_hits.sum(&layout);
         (layout, out)
     }
 
@@ -477,6 +527,36 @@ fn pin_worker(w: usize, core: core_affinity::CoreId) -> bool {
     ok
 }
 
+/// Give the calling thread (worker `w`) its scheduling: `SCHED_FIFO` at
+/// `fifo` if set, else (or when that is refused) nice `nice` if not 0. Logs
+/// what it got, a refusal as a warning. Returns the policy it got.
+fn schedule_worker(w: usize, fifo: Option<i32>, nice: i32) -> Option<i32> {
+    if let Some(prio) = fifo {
+        match sys::set_thread_fifo(prio) {
+            Ok(()) => {
+                tracing::info!(worker = w, prio, "worker {w} at SCHED_FIFO {prio}");
+                return Some(sys::SCHED_FIFO);
+            }
+            Err(e) => tracing::warn!(
+                worker = w,
+                prio,
+                "worker {w}: SCHED_FIFO {prio} refused ({e}); it runs normally at nice {nice}"
+            ),
+        }
+    }
+    if nice != 0 {
+        match sys::set_thread_nice(nice) {
+            Ok(()) => tracing::info!(worker = w, nice, "worker {w} at nice {nice}"),
+            Err(e) => tracing::warn!(
+                worker = w,
+                nice,
+                "worker {w}: nice {nice} refused ({e}); it runs at the process's"
+            ),
+        }
+    }
+    sys::thread_sched().ok().map(|(policy, _)| policy)
+}
+
 /// A running switch: the datapath plus its worker and housekeeper threads.
 pub struct Switch {
     dp: Arc<Datapath>,
@@ -491,6 +571,7 @@ impl Switch {
     pub fn start(cfg: SwitchConfig) -> Result<Switch, SwitchError> {
         let pin = cfg.pin_cores;
         let nice = cfg.worker_nice;
+        let fifo = cfg.worker_fifo;
         let dp = Datapath::new(cfg)?;
         let cores = if pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -549,16 +630,7 @@ impl Switch {
                     if let Some(core) = core {
                         pin_worker(w, core);
                     }
-                    if nice != 0 {
-                        match crate::sys::set_thread_nice(nice) {
-                            Ok(()) => tracing::info!(worker = w, nice, "worker {w} at nice {nice}"),
-                            Err(e) => tracing::warn!(
-                                worker = w,
-                                nice,
-                                "worker {w}: nice {nice} refused ({e}); it runs at the process's"
-                            ),
-                        }
-                    }
+                    schedule_worker(w, fifo, nice);
                     worker.run(mode);
                 })
                 .map_err(|source| SwitchError::Spawn { worker: w, source });
@@ -655,7 +727,9 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use super::pin_worker;
+    use super::{pin_worker, schedule_worker};
+    use crate::config::{PollMode, SwitchConfig, SwitchError};
+    use crate::{Datapath, sys};
 
     /// A `tracing` writer into a shared buffer.
     #[derive(Clone, Default)]
@@ -703,5 +777,76 @@ mod tests {
                 "{log}"
             );
         }
+    }
+
+    #[test]
+    fn fifo_workers_refuse_busy_polling_and_bad_priorities() {
+        let cfg = |poll, fifo| SwitchConfig {
+            workers: 1,
+            poll,
+            worker_fifo: fifo,
+            ct: filter::CtConfig::with_capacity(1 << 10),
+            ..SwitchConfig::default()
+        };
+        let e = Datapath::new(cfg(PollMode::Busy, Some(1)))
+            .err()
+            .expect("refused");
+        assert!(matches!(e, SwitchError::FifoBusyPoll), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--worker-priority fifo") && msg.contains("--poll busy"),
+            "{msg}"
+        );
+        let e = Datapath::new(cfg(PollMode::Adaptive, Some(0)))
+            .err()
+            .expect("refused");
+        assert!(matches!(e, SwitchError::FifoPriority(0)), "{e}");
+        assert!(Datapath::new(cfg(PollMode::Adaptive, Some(1))).is_ok());
+        assert!(Datapath::new(cfg(PollMode::Busy, None)).is_ok());
+    }
+
+    #[test]
+    fn a_fifo_worker_runs_at_sched_fifo_or_falls_back_to_its_nice() {
+        // Root: the uid field of /proc/self/status is 0.
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false);
+        let (got, sched, child) = std::thread::spawn(|| {
+            let got = schedule_worker(7, Some(1), -5);
+            // A process started from the worker runs normally again.
+            let child = std::process::Command::new("sh")
+                .args(["-c", "cut -d' ' -f19,41 /proc/self/stat"])
+                .output()
+                .expect("sh");
+            (
+                got,
+                sys::thread_sched().expect("sched"),
+                String::from_utf8_lossy(&child.stdout).trim().to_owned(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(sched.0));
+        if sched.0 == sys::SCHED_FIFO {
+            assert_eq!(child, "0 0", "reset on fork");
+        } else {
+            // Refused: the nice fallback (refused too when not root).
+            assert_eq!(sched.0, sys::SCHED_OTHER);
+            assert!(!root || sched.1 == -5, "{sched:?}");
+        }
+        let (got, sched) = std::thread::spawn(|| {
+            (
+                schedule_worker(8, None, 0),
+                sys::thread_sched().expect("sched"),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!((got, sched.0), (Some(sys::SCHED_OTHER), sys::SCHED_OTHER));
     }
 }

@@ -956,6 +956,124 @@ mod tests {
         assert_eq!(hits[slot], RuleTotals::default());
     }
 
+    /// Authorize (`add`) or revoke TCP port `port` in group `h`, apply it
+    /// to `c` incrementally: a new rule-slot layout.
+    fn edit_h(m: &mut Model, c: &mut Compiler, port: u16, add: bool) {
+        let owner = Owner(OWNER.into());
+        m.record_changes();
+        if m.group(&owner, "h").is_err() {
+            m.add_group(&owner, "h", "other").expect("group");
+        }
+        let spec = RuleSpec {
+            proto: Some("tcp".into()),
+            ports: Some(port.to_string()),
+            cidrs: vec!["0.0.0.0/0".into()],
+            ..RuleSpec::default()
+        };
+        if add {
+            m.authorize(&owner, "h", &spec).expect("authorize");
+        } else {
+            m.revoke(&owner, "h", &spec).expect("revoke");
+        }
+        let ch = m.take_changes();
+        c.apply(m, &ch);
+    }
+
+    #[test]
+    fn rule_hit_blocks_are_prepared_off_the_worker_and_counts_survive_quick_publishes() {
+        let dp = datapath(3);
+        let (_, a) = mem_instance(&dp, 10);
+        let (_, b) = mem_instance(&dp, 11);
+        let mut w = dp.worker(0);
+        let mut m = model(3);
+        let mut c = Compiler::new(&m);
+        let slot = c
+            .rule_slot(&Owner(OWNER.into()), "g", 0)
+            .expect("slot")
+            .index();
+        let len = udp(10, 11, 0).len() as u64;
+        let (mut sent, mut sport, mut version) = (0u64, 2000u16, 2u64);
+        for i in 0..60u16 {
+            // Every publish a new layout: a rule added in another group, the
+            // one before it revoked.
+            edit_h(&mut m, &mut c, 1000 + i / 2, i % 2 == 0);
+            let snap = c.snapshot(version);
+            version += 1;
+            dp.publish_rules(snap);
+            if i % 3 == 2 {
+                // Two publishes with no burst between them.
+                continue;
+            }
+            for _ in 0..u64::from(i % 3 + 1) {
+                a.inject(0, &udp(10, 11, sport), VnetHdr::default())
+                    .expect("inject");
+                sport += 1;
+                sent += 1;
+            }
+            w.poll_once();
+            assert_eq!(b.take().len() as u64, u64::from(i % 3 + 1));
+            assert!(dp.rule_hits_unfolded(0) <= 2, "left blocks are folded");
+            if i % 4 == 0 {
+                let (_, hits) = dp.rule_hits();
+                assert_eq!(hits[slot].flows, sent, "after publish {i}");
+            }
+        }
+        let (layout, hits) = dp.rule_hits();
+        assert_eq!(
+            hits[slot],
+            RuleTotals {
+                packets: sent,
+                bytes: sent * len,
+                flows: sent
+            }
+        );
+        let others: u64 = hits.iter().map(|h| h.packets).sum::<u64>() - sent;
+        assert_eq!(others, 0, "nothing counted twice or elsewhere");
+        assert!(layout.len() > slot);
+        assert_eq!(dp.rule_hit_fallbacks(), 0, "no block built on the worker");
+    }
+
+    #[test]
+    fn a_superseded_layout_falls_back_once_and_loses_no_count() {
+        let dp = datapath(3);
+        let (_, a) = mem_instance(&dp, 10);
+        let (_, b) = mem_instance(&dp, 11);
+        let mut w = dp.worker(0);
+        let mut m = model(3);
+        let mut c = Compiler::new(&m);
+        let rule = c.rule_slot(&Owner(OWNER.into()), "g", 0).expect("slot");
+        let len = udp(10, 11, 0).len() as u64;
+        for sport in 0..2 {
+            a.inject(0, &udp(10, 11, 3000 + sport), VnetHdr::default())
+                .expect("inject");
+        }
+        w.poll_once();
+        edit_h(&mut m, &mut c, 22, true);
+        let stale = c.snapshot(2);
+        dp.publish_rules(c.snapshot(2));
+        edit_h(&mut m, &mut c, 23, true);
+        dp.publish_rules(c.snapshot(3));
+        // A worker that loaded snapshot 2 before 3 replaced its block.
+        dp.rule_hits_for(0, &stale).count(rule, 100, true);
+        assert_eq!(dp.rule_hit_fallbacks(), 1);
+        for sport in 0..3 {
+            a.inject(0, &udp(10, 11, 3100 + sport), VnetHdr::default())
+                .expect("inject");
+        }
+        w.poll_once();
+        assert_eq!(b.take().len(), 5);
+        assert_eq!(dp.rule_hit_fallbacks(), 1, "snapshot 3's block was ready");
+        let (_, hits) = dp.rule_hits();
+        assert_eq!(
+            hits[rule.index()],
+            RuleTotals {
+                packets: 6,
+                bytes: 5 * len + 100,
+                flows: 6
+            }
+        );
+    }
+
     #[test]
     fn staged_bursts_keep_order_and_count_every_frame() {
         let dp = datapath(3);
