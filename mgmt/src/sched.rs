@@ -109,7 +109,7 @@ pub enum WorkerPriority {
     /// Normal scheduling at `--worker-nice`.
     #[default]
     Normal,
-    /// `SCHED_FIFO` at [`FIFO_PRIORITY`], as the edit path (falls back to
+    /// `SCHED_FIFO` at the edit path's priority (falls back to
     /// normal scheduling at `--worker-nice`, with a warning, when refused).
     /// Only with `--poll adaptive`: the workers block in `epoll_wait`
     /// between bursts.
