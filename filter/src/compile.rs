@@ -116,7 +116,7 @@ use crate::{DropReason, Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 mod v6;
-pub use attrib::RuleSlot;
+pub use attrib::{RuleLayout, RuleSlot};
 use attrib::{RuleIndex, SCAN_MAX, SlotAlloc};
 use v6::Table6;
 
@@ -446,7 +446,7 @@ pub struct Snapshot {
     /// Distinct tables named by some list.
     policies: usize,
     /// Serial of the rule holding each [`RuleSlot`] (0: free slot).
-    rule_layout: Arc<[u64]>,
+    rule_layout: RuleLayout,
     /// Egress tables by egress slot: compiled like ingress tables, the
     /// "source" sets holding the rules' destinations.
     etables: Arc<[GroupTable]>,
@@ -652,9 +652,11 @@ impl Snapshot {
 
     /// The rule-slot layout of this snapshot: for each [`RuleSlot`], the
     /// serial of the rule holding it (never reused; 0 for a free slot).
-    /// Snapshots whose slots did not change share one layout (`Arc::ptr_eq`).
+    /// Snapshots whose slots did not change share one layout
+    /// ([`RuleLayout::ptr_eq`]); an edit's layout shares the pages it did not
+    /// touch with the one before.
     #[inline]
-    pub fn rule_layout(&self) -> &Arc<[u64]> {
+    pub fn rule_layout(&self) -> &RuleLayout {
         &self.rule_layout
     }
 
@@ -1119,6 +1121,12 @@ pub struct Compiler {
     empty6: Table6,
     published6: Option<Arc<[Table6]>>,
     epublished6: Option<Arc<[Table6]>>,
+    /// The distinct (owner, group list) of the instances, in the order of
+    /// their first instance, and each instance's index into it (as of the
+    /// last [`Compiler::rebuild_members`]): what [`Compiler::relist`] needs
+    /// to redo the group-table lists alone.
+    group_sets: Vec<(Owner, Vec<String>)>,
+    inst_group_set: Vec<u32>,
 }
 
 impl Compiler {
@@ -1159,6 +1167,8 @@ impl Compiler {
             empty6: Table6::empty(),
             published6: None,
             epublished6: None,
+            group_sets: Vec::new(),
+            inst_group_set: Vec::new(),
         };
         // All bits first, then the tables that use them.
         for g in model.groups().values() {
@@ -1231,14 +1241,20 @@ impl Compiler {
             let egress = model.groups().get(key).map(|g| g.egress.as_slice());
             members |= self.set_egress(key, egress);
         }
+        // A group's table appearing or going (its first rule authorized,
+        // its last revoked) changes only the lists of the group sets naming
+        // it, not membership.
+        let mut relist = false;
         for key in dirty {
             match model.groups().get(key) {
-                Some(g) if !g.rules.is_empty() => members |= self.set_table(key, &g.rules),
-                _ => members |= self.clear_table(key),
+                Some(g) if !g.rules.is_empty() => relist |= self.set_table(key, &g.rules),
+                _ => relist |= self.clear_table(key),
             }
         }
         if members {
             self.rebuild_members(model);
+        } else if relist {
+            self.relist();
         }
     }
 
@@ -1441,10 +1457,9 @@ impl Compiler {
         let words = (self.next_bit as usize).div_ceil(64).max(1);
         let mut instances = Vec::with_capacity(model.instances().len());
         let mut member_bits = vec![0u64; model.instances().len() * words];
-        let mut lists: Vec<u32> = Vec::new();
-        let mut list_ids: HashMap<(&Owner, &[String]), (u32, u32)> = HashMap::new();
-        // Group sets that resolve to the same tables share one list.
-        let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
+        let mut set_ids: HashMap<(&Owner, &[String]), u32> = HashMap::new();
+        let mut group_sets: Vec<(Owner, Vec<String>)> = Vec::new();
+        let mut inst_group_set: Vec<u32> = Vec::with_capacity(model.instances().len());
         let mut key = (Owner(String::new()), String::new());
         let mut elists: Vec<u32> = Vec::new();
         let mut elist_ids: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
@@ -1477,45 +1492,88 @@ impl Compiler {
                     member_bits[n * words + b as usize / 64] |= 1 << (b % 64);
                 }
             }
-            let lkey = (&inst.owner, inst.groups.as_slice());
-            let list = match list_ids.get(&lkey) {
-                Some(&l) => l,
-                None => {
-                    let off = lists.len();
-                    for g in &inst.groups {
-                        key.1.clone_from(g);
-                        if let Some(&s) = self.slots.get(&key)
-                            && !lists[off..].contains(&s)
-                        {
-                            lists.push(s);
-                        }
-                    }
-                    let l = match list_dedup.get(&lists[off..]) {
-                        Some(&l) => {
-                            lists.truncate(off);
-                            l
-                        }
-                        None => {
-                            let l = (off as u32, (lists.len() - off) as u32);
-                            list_dedup.insert(lists[off..].to_vec(), l);
-                            l
-                        }
-                    };
-                    list_ids.insert(lkey, l);
-                    l
-                }
-            };
+            let set = *set_ids
+                .entry((&inst.owner, inst.groups.as_slice()))
+                .or_insert_with(|| {
+                    group_sets.push((inst.owner.clone(), inst.groups.clone()));
+                    group_sets.len() as u32 - 1
+                });
+            inst_group_set.push(set);
             instances.push(SnapInstance {
                 id: inst.id.as_str().into(),
                 owner: inst.owner.0.as_str().into(),
                 mac: inst.mac,
                 ip: inst.ip,
                 ip6: model.ip6_of(inst.mac),
-                list,
+                // Set by `set_lists`.
+                list: (0, 0),
                 elist,
                 egress_open,
                 egress_open6,
             });
+        }
+        let egress_open_all = instances.iter().all(|i| i.egress_open);
+        let egress_open6_all = instances.iter().all(|i| i.egress_open6);
+        self.group_sets = group_sets;
+        self.inst_group_set = inst_group_set;
+        self.members = Members {
+            egress_open_all,
+            egress_open6_all,
+            instances: Arc::new([]),
+            ip_index: IpIndex::build(&[]),
+            ip6_index: IpIndex6::build(&[]),
+            words,
+            member_bits: member_bits.into(),
+            lists: Arc::new([]),
+            policies: 0,
+            elists: elists.into(),
+        };
+        self.set_lists(instances);
+    }
+
+    /// Redo the group-table lists (and the indexes holding them) after
+    /// tables appeared or went, membership unchanged: `O(group sets ×
+    /// their groups + instances)`, no rule.
+    fn relist(&mut self) {
+        let instances = self.members.instances.to_vec();
+        self.set_lists(instances);
+    }
+
+    /// The group-table list of every group set, lists of equal tables
+    /// shared, set into `instances` (by [`Compiler::inst_group_set`]), then
+    /// the address indexes over them.
+    fn set_lists(&mut self, mut instances: Vec<SnapInstance>) {
+        let mut lists: Vec<u32> = Vec::new();
+        // Group sets that resolve to the same tables share one list.
+        let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
+        let mut key = (Owner(String::new()), String::new());
+        let mut set_lists = Vec::with_capacity(self.group_sets.len());
+        for (owner, groups) in &self.group_sets {
+            let off = lists.len();
+            key.0.clone_from(owner);
+            for g in groups {
+                key.1.clone_from(g);
+                if let Some(&s) = self.slots.get(&key)
+                    && !lists[off..].contains(&s)
+                {
+                    lists.push(s);
+                }
+            }
+            let l = match list_dedup.get(&lists[off..]) {
+                Some(&l) => {
+                    lists.truncate(off);
+                    l
+                }
+                None => {
+                    let l = (off as u32, (lists.len() - off) as u32);
+                    list_dedup.insert(lists[off..].to_vec(), l);
+                    l
+                }
+            };
+            set_lists.push(l);
+        }
+        for (inst, &set) in instances.iter_mut().zip(&self.inst_group_set) {
+            inst.list = set_lists[set as usize];
         }
         let policies = lists.iter().collect::<BTreeSet<_>>().len();
         let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
@@ -1524,20 +1582,12 @@ impl Compiler {
             .enumerate()
             .filter_map(|(i, inst)| Some((inst.ip6?, i as u32, inst.ip, inst.list)))
             .collect();
-        let egress_open_all = instances.iter().all(|i| i.egress_open);
-        let egress_open6_all = instances.iter().all(|i| i.egress_open6);
-        self.members = Members {
-            egress_open_all,
-            egress_open6_all,
-            instances: instances.into(),
-            ip_index: IpIndex::build(&ips),
-            ip6_index: IpIndex6::build(&ip6s),
-            words,
-            member_bits: member_bits.into(),
-            lists: lists.into(),
-            policies,
-            elists: elists.into(),
-        };
+        let m = &mut self.members;
+        m.instances = instances.into();
+        m.ip_index = IpIndex::build(&ips);
+        m.ip6_index = IpIndex6::build(&ip6s);
+        m.lists = lists.into();
+        m.policies = policies;
     }
 }
 
@@ -2382,9 +2432,12 @@ mod tests {
         for slot in [ssh, web, dns] {
             assert_eq!(serial(&s1, slot), serial(&s2, slot));
         }
-        assert!(!Arc::ptr_eq(s1.rule_layout(), s2.rule_layout()));
+        assert!(!RuleLayout::ptr_eq(s1.rule_layout(), s2.rule_layout()));
         // A snapshot without slot changes shares the layout.
-        assert!(Arc::ptr_eq(s2.rule_layout(), c.snapshot(3).rule_layout()));
+        assert!(RuleLayout::ptr_eq(
+            s2.rule_layout(),
+            c.snapshot(3).rule_layout()
+        ));
         // Revoke g's first rule: 80 keeps its slot (its index moved to 0);
         // the freed slot is reused by the next new rule with a new serial.
         let ssh_rule = rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0");
