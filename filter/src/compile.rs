@@ -116,8 +116,8 @@ use crate::{DropReason, Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 mod v6;
-pub use attrib::{RuleLayout, RuleSlot};
 use attrib::{RuleIndex, SCAN_MAX, SlotAlloc};
+pub use attrib::{RuleLayout, RuleSlot};
 use v6::Table6;
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
@@ -257,6 +257,8 @@ const EMPTY_SET: u32 = 0;
 const NO_INST: u32 = u32::MAX;
 /// The bit of a group that has none (matches nothing).
 const NO_BIT: u32 = u32::MAX;
+/// The table slot of a group without rules (in [`Compiler`]'s group sets).
+const NO_SLOT: u32 = u32::MAX;
 
 /// One address-index entry: address, instance and its group-table list in 16
 /// bytes (one cache line answers "which instance, which groups").
@@ -1045,8 +1047,9 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
 type GroupKey = (Owner, String);
 
 /// The instance-level parts of a snapshot: rebuilt (O(instances)) only when
-/// instances come or go, a group gains its first or loses its last rule, or the
-/// set of referenced groups changes.
+/// instances come or go, egress rules change, or the set of referenced groups
+/// changes; the lists alone when a group gains its first or loses its last
+/// rule ([`Compiler::relist`]).
 #[derive(Clone, Debug)]
 struct Members {
     instances: Arc<[SnapInstance]>,
@@ -1076,9 +1079,15 @@ struct Members {
 ///   bits of its groups. Bits are numbered model-wide, so a table compiled
 ///   earlier stays valid when other groups become referenced.
 /// * The instance-level parts (address index, lists, membership bits) are
-///   rebuilt only when instances change, when a group's table appears or goes,
-///   or when the referenced groups change: `O(instances × groups per instance)`,
-///   independent of the number of rules.
+///   rebuilt only when instances change, when egress rules change, or when
+///   the referenced groups change: `O(instances × groups per instance)`,
+///   independent of the number of rules. When a group's table appears or
+///   goes (its first rule authorized, its last revoked) only the lists and
+///   the address indexes holding them are redone: `O(distinct group sets ×
+///   their groups + instances)`, no string hashing per instance.
+/// * Rule slots' serials live in copy-on-write pages of 1024
+///   ([`RuleLayout`]): publishing a layout after an edit copies the page
+///   array and the pages the edit touched, not one serial per slot.
 ///
 /// Invariant: after `new(m)` or `apply(m, changes)` with the changes that
 /// turned the previous model into `m`, [`Compiler::snapshot`] allows exactly
@@ -1122,11 +1131,14 @@ pub struct Compiler {
     published6: Option<Arc<[Table6]>>,
     epublished6: Option<Arc<[Table6]>>,
     /// The distinct (owner, group list) of the instances, in the order of
-    /// their first instance, and each instance's index into it (as of the
-    /// last [`Compiler::rebuild_members`]): what [`Compiler::relist`] needs
-    /// to redo the group-table lists alone.
-    group_sets: Vec<(Owner, Vec<String>)>,
+    /// their first instance, as the table slot of each group (`NO_SLOT`:
+    /// none), each instance's index into them, and where each group appears
+    /// in them (as of the last [`Compiler::rebuild_members`]): what
+    /// [`Compiler::relist`] needs to redo the group-table lists alone,
+    /// without looking groups up by name.
+    group_sets: Vec<Vec<u32>>,
     inst_group_set: Vec<u32>,
+    group_uses: HashMap<GroupKey, Vec<(u32, u32)>>,
 }
 
 impl Compiler {
@@ -1169,6 +1181,7 @@ impl Compiler {
             epublished6: None,
             group_sets: Vec::new(),
             inst_group_set: Vec::new(),
+            group_uses: HashMap::new(),
         };
         // All bits first, then the tables that use them.
         for g in model.groups().values() {
@@ -1244,17 +1257,20 @@ impl Compiler {
         // A group's table appearing or going (its first rule authorized,
         // its last revoked) changes only the lists of the group sets naming
         // it, not membership.
-        let mut relist = false;
+        let mut relist: Vec<&GroupKey> = Vec::new();
         for key in dirty {
-            match model.groups().get(key) {
-                Some(g) if !g.rules.is_empty() => relist |= self.set_table(key, &g.rules),
-                _ => relist |= self.clear_table(key),
+            let changed = match model.groups().get(key) {
+                Some(g) if !g.rules.is_empty() => self.set_table(key, &g.rules),
+                _ => self.clear_table(key),
+            };
+            if changed {
+                relist.push(key);
             }
         }
         if members {
             self.rebuild_members(model);
-        } else if relist {
-            self.relist();
+        } else if !relist.is_empty() {
+            self.relist(&relist);
         }
     }
 
@@ -1458,7 +1474,8 @@ impl Compiler {
         let mut instances = Vec::with_capacity(model.instances().len());
         let mut member_bits = vec![0u64; model.instances().len() * words];
         let mut set_ids: HashMap<(&Owner, &[String]), u32> = HashMap::new();
-        let mut group_sets: Vec<(Owner, Vec<String>)> = Vec::new();
+        let mut group_sets: Vec<Vec<u32>> = Vec::new();
+        let mut group_uses: HashMap<GroupKey, Vec<(u32, u32)>> = HashMap::new();
         let mut inst_group_set: Vec<u32> = Vec::with_capacity(model.instances().len());
         let mut key = (Owner(String::new()), String::new());
         let mut elists: Vec<u32> = Vec::new();
@@ -1495,8 +1512,15 @@ impl Compiler {
             let set = *set_ids
                 .entry((&inst.owner, inst.groups.as_slice()))
                 .or_insert_with(|| {
-                    group_sets.push((inst.owner.clone(), inst.groups.clone()));
-                    group_sets.len() as u32 - 1
+                    let set = group_sets.len() as u32;
+                    let mut slots = Vec::with_capacity(inst.groups.len());
+                    for (pos, g) in inst.groups.iter().enumerate() {
+                        let k = (inst.owner.clone(), g.clone());
+                        slots.push(self.slots.get(&k).copied().unwrap_or(NO_SLOT));
+                        group_uses.entry(k).or_default().push((set, pos as u32));
+                    }
+                    group_sets.push(slots);
+                    set
                 });
             inst_group_set.push(set);
             instances.push(SnapInstance {
@@ -1516,6 +1540,7 @@ impl Compiler {
         let egress_open6_all = instances.iter().all(|i| i.egress_open6);
         self.group_sets = group_sets;
         self.inst_group_set = inst_group_set;
+        self.group_uses = group_uses;
         self.members = Members {
             egress_open_all,
             egress_open6_all,
@@ -1531,10 +1556,23 @@ impl Compiler {
         self.set_lists(instances);
     }
 
-    /// Redo the group-table lists (and the indexes holding them) after
-    /// tables appeared or went, membership unchanged: `O(group sets ×
-    /// their groups + instances)`, no rule.
-    fn relist(&mut self) {
+    /// Redo the group-table lists (and the indexes holding them) after the
+    /// tables of `changed` appeared or went, membership unchanged: one
+    /// lookup per changed group, then `O(group sets × their groups +
+    /// instances)` without names; no rule.
+    fn relist(&mut self, changed: &[&GroupKey]) {
+        let mut any = false;
+        for &key in changed {
+            let slot = self.slots.get(key).copied().unwrap_or(NO_SLOT);
+            for &(set, pos) in self.group_uses.get(key).into_iter().flatten() {
+                self.group_sets[set as usize][pos as usize] = slot;
+                any = true;
+            }
+        }
+        if !any {
+            // No instance is in those groups: no list names them.
+            return;
+        }
         let instances = self.members.instances.to_vec();
         self.set_lists(instances);
     }
@@ -1546,16 +1584,11 @@ impl Compiler {
         let mut lists: Vec<u32> = Vec::new();
         // Group sets that resolve to the same tables share one list.
         let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
-        let mut key = (Owner(String::new()), String::new());
         let mut set_lists = Vec::with_capacity(self.group_sets.len());
-        for (owner, groups) in &self.group_sets {
+        for slots in &self.group_sets {
             let off = lists.len();
-            key.0.clone_from(owner);
-            for g in groups {
-                key.1.clone_from(g);
-                if let Some(&s) = self.slots.get(&key)
-                    && !lists[off..].contains(&s)
-                {
+            for &s in slots {
+                if s != NO_SLOT && !lists[off..].contains(&s) {
                     lists.push(s);
                 }
             }
@@ -1575,7 +1608,13 @@ impl Compiler {
         for (inst, &set) in instances.iter_mut().zip(&self.inst_group_set) {
             inst.list = set_lists[set as usize];
         }
-        let policies = lists.iter().collect::<BTreeSet<_>>().len();
+        let mut named = vec![false; self.tables.len()];
+        let mut policies = 0;
+        for &t in &lists {
+            if !std::mem::replace(&mut named[t as usize], true) {
+                policies += 1;
+            }
+        }
         let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
         let ip6s: Vec<(Ipv6Addr, u32, Ipv4Addr, (u32, u32))> = instances
             .iter()
@@ -2399,6 +2438,55 @@ mod tests {
         assert_eq!(s.admitting_rule(&tcp(B, A, 5000)), c.rule_slot(&o, "g", 18));
         assert_eq!(s.admitting_rule(&tcp([10, 99, 1, 1], A, 5000)), None);
         assert!(!s.allows(&tcp([10, 99, 1, 1], A, 5000)));
+    }
+
+    #[test]
+    fn a_groups_first_and_last_rule_redo_the_lists_not_membership() {
+        let o = owner();
+        let mut m = model(
+            &[
+                (
+                    "a",
+                    vec![rule(Proto::Tcp, Ports::Range(80, 80), "10.0.0.0/8")],
+                ),
+                ("b", vec![]),
+                ("c", vec![]),
+            ],
+            &[
+                ("i-1", [172, 31, 0, 1], &["a", "b"]),
+                ("i-2", [172, 31, 0, 2], &["b"]),
+                ("i-3", [172, 31, 0, 3], &["a"]),
+                ("i-4", [172, 31, 0, 4], &["a", "b"]),
+            ],
+        );
+        let mut c = Compiler::new(&m);
+        let r = [rule(Proto::Udp, Ports::Range(53, 53), "10.1.0.0/16")];
+        let mut dns = tcp([10, 1, 2, 3], [172, 31, 0, 2], 53);
+        dns.key.proto = proto::UDP;
+        dns.l4 = L4::Udp;
+        // b (with members) and c (none) gain their first rule, then lose it.
+        for (step, (group, add)) in [("b", true), ("c", true), ("b", false), ("c", false)]
+            .into_iter()
+            .enumerate()
+        {
+            m.record_changes();
+            if add {
+                m.authorize_rules(&o, group, &r).expect("authorize");
+            } else {
+                m.revoke_rules(&o, group, &r).expect("revoke");
+            }
+            let bits = c.members.member_bits.clone();
+            let ch = m.take_changes();
+            c.apply(&m, &ch);
+            let generation = step as u64 + 2;
+            let (inc, full) = (c.snapshot(generation), compile(&m, generation));
+            assert!(Arc::ptr_eq(&bits, &c.members.member_bits), "step {step}");
+            assert_eq!(inc.instances(), full.instances(), "step {step}");
+            assert_eq!(inc.lists, full.lists, "step {step}");
+            assert_eq!(inc.policy_count(), full.policy_count(), "step {step}");
+            assert_eq!(inc.allows(&dns), step < 2, "step {step}");
+            assert_eq!(inc.allows(&dns), full.allows(&dns), "step {step}");
+        }
     }
 
     #[test]

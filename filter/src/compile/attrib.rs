@@ -415,7 +415,11 @@ impl std::ops::Index<usize> for RuleLayout {
     /// The serial of slot `i`. Panics past the end.
     #[inline]
     fn index(&self, i: usize) -> &u64 {
-        assert!(i < self.len, "rule slot {i} outside a layout of {}", self.len);
+        assert!(
+            i < self.len,
+            "rule slot {i} outside a layout of {}",
+            self.len
+        );
         &self.pages[i / LAYOUT_PAGE][i % LAYOUT_PAGE]
     }
 }
@@ -487,7 +491,7 @@ impl SlotAlloc {
         out
     }
 
-/// Release every slot of a group's list.
+    /// Release every slot of a group's list.
     pub(super) fn release_all(&mut self, old: Vec<(Rule, RuleSlot)>) {
         for (_, s) in old {
             self.release(s);
