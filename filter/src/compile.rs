@@ -1107,8 +1107,8 @@ pub struct Compiler {
     /// The shared empty table of free slots.
     empty: GroupTable,
     members: Members,
-    /// `tables` as published (rebuilt lazily after a change).
-    published: Option<Arc<[GroupTable]>>,
+    /// `tables` as published (redone lazily after a change).
+    published: Published<GroupTable>,
     /// Rule slots ([`attrib`]).
     alloc: SlotAlloc,
     /// Group with rules → its rules and their slots, in the group's order.
@@ -1128,7 +1128,7 @@ pub struct Compiler {
     tables6: Vec<Table6>,
     etables6: Vec<Table6>,
     empty6: Table6,
-    published6: Option<Arc<[Table6]>>,
+    published6: Published<Table6>,
     epublished6: Option<Arc<[Table6]>>,
     /// The distinct (owner, group list) of the instances, in the order of
     /// their first instance, as the table slot of each group (`NO_SLOT`:
@@ -1165,7 +1165,7 @@ impl Compiler {
                 egress_open_all: true,
                 egress_open6_all: true,
             },
-            published: None,
+            published: Published::default(),
             alloc: SlotAlloc::default(),
             rule_slots: HashMap::new(),
             eslots: HashMap::new(),
@@ -1177,7 +1177,7 @@ impl Compiler {
             tables6: Vec::new(),
             etables6: Vec::new(),
             empty6: Table6::empty(),
-            published6: None,
+            published6: Published::default(),
             epublished6: None,
             group_sets: Vec::new(),
             inst_group_set: Vec::new(),
@@ -1277,10 +1277,7 @@ impl Compiler {
     /// The current state as a snapshot tagged `generation`: `Arc` clones only
     /// (plus the slot array once per change).
     pub fn snapshot(&mut self, generation: u64) -> Snapshot {
-        let tables = self
-            .published
-            .get_or_insert_with(|| self.tables.iter().cloned().collect())
-            .clone();
+        let tables = self.published.publish(&self.tables);
         let m = &self.members;
         Snapshot {
             generation,
@@ -1298,10 +1295,7 @@ impl Compiler {
                 .get_or_insert_with(|| self.etables.iter().cloned().collect())
                 .clone(),
             elists: m.elists.clone(),
-            tables6: self
-                .published6
-                .get_or_insert_with(|| self.tables6.iter().cloned().collect())
-                .clone(),
+            tables6: self.published6.publish(&self.tables6),
             etables6: self
                 .epublished6
                 .get_or_insert_with(|| self.etables6.iter().cloned().collect())
@@ -1430,11 +1424,11 @@ impl Compiler {
         self.rule_slots.insert(key.clone(), slotted);
         let table = compile_group(rules, &slots, &self.refs);
         let table6 = Table6::build(rules, &slots, &self.refs);
-        self.published = None;
-        self.published6 = None;
         if let Some(&s) = self.slots.get(key) {
             self.tables[s as usize] = table;
             self.tables6[s as usize] = table6;
+            self.published.changed(s);
+            self.published6.changed(s);
             return false;
         }
         let s = match self.free_slots.pop() {
@@ -1449,6 +1443,8 @@ impl Compiler {
                 self.tables.len() as u32 - 1
             }
         };
+        self.published.changed(s);
+        self.published6.changed(s);
         self.slots.insert(key.clone(), s);
         true
     }
@@ -1464,8 +1460,8 @@ impl Compiler {
         self.tables[s as usize] = self.empty.clone();
         self.tables6[s as usize] = self.empty6.clone();
         self.free_slots.push(s);
-        self.published = None;
-        self.published6 = None;
+        self.published.changed(s);
+        self.published6.changed(s);
         true
     }
 
@@ -1627,6 +1623,80 @@ impl Compiler {
         m.ip6_index = IpIndex6::build(&ip6s);
         m.lists = lists.into();
         m.policies = policies;
+    }
+}
+
+/// A slot array as published in snapshots, redone after a change by
+/// writing only the changed slots into the array published the time before
+/// last, when no snapshot holds that one any more (the usual case: the
+/// data path dropped it at the last swap), else by cloning every slot
+/// (`O(slots)` reference counts).
+#[derive(Clone, Debug)]
+struct Published<T> {
+    /// The last published array and whether it is still current.
+    live: Option<Arc<[T]>>,
+    current: bool,
+    /// Slots changed since `live` was published.
+    live_stale: Vec<u32>,
+    /// The array published before `live`, and the slots changed since.
+    spare: Option<Arc<[T]>>,
+    spare_stale: Vec<u32>,
+}
+
+impl<T> Default for Published<T> {
+    fn default() -> Self {
+        Published {
+            live: None,
+            current: false,
+            live_stale: Vec::new(),
+            spare: None,
+            spare_stale: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> Published<T> {
+    /// Slot `s` of the array changed (or was appended).
+    fn changed(&mut self, s: u32) {
+        // Past this many changes between publishes, cloning all is as good.
+        const STALE_MAX: usize = 4096;
+        self.current = false;
+        self.live_stale.push(s);
+        self.spare_stale.push(s);
+        if self.live_stale.len() > STALE_MAX {
+            self.live = None;
+            self.live_stale.clear();
+        }
+        if self.spare_stale.len() > STALE_MAX {
+            self.spare = None;
+            self.spare_stale.clear();
+        }
+    }
+
+    /// The array as of `now`.
+    fn publish(&mut self, now: &[T]) -> Arc<[T]> {
+        if self.current
+            && let Some(live) = &self.live
+        {
+            return live.clone();
+        }
+        let reused = match self.spare.take() {
+            Some(mut a) if a.len() == now.len() => match Arc::get_mut(&mut a) {
+                Some(slots) => {
+                    for &s in &self.spare_stale {
+                        slots[s as usize] = now[s as usize].clone();
+                    }
+                    Some(a)
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let new = reused.unwrap_or_else(|| now.iter().cloned().collect());
+        self.spare = self.live.replace(new.clone());
+        self.spare_stale = std::mem::take(&mut self.live_stale);
+        self.current = true;
+        new
     }
 }
 
