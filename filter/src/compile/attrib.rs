@@ -450,7 +450,7 @@ impl SlotAlloc {
         let s = match self.free.pop_first() {
             Some(s) => s as usize,
             None => {
-                if self.len % LAYOUT_PAGE == 0 {
+                if self.len.is_multiple_of(LAYOUT_PAGE) {
                     self.pages.push(Arc::new([0; LAYOUT_PAGE]));
                 }
                 self.len += 1;
