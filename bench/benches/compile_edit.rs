@@ -18,8 +18,8 @@
 //! COMPILE_EDIT_PAIRS=20 valgrind --tool=callgrind --toggle-collect='*edit_pair*' \
 //!     target/release/deps/compile_edit-HASH --bench
 //! ```
-//! (instructions ÷ (2 × pairs × sizes): see the `sizes` line it prints; use
-//! `COMPILE_EDIT_SIZES=100` to count one size).
+//! (one size per run with `COMPILE_EDIT_SIZES=1`, `10` or `100`; the count
+//! covers the warm-up pair too: instructions ÷ (2 × (pairs + 1)) per edit).
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
