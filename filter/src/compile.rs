@@ -116,8 +116,8 @@ use crate::{DropReason, Frag, L4, Mac, Packet, Packet6, proto};
 
 mod attrib;
 mod v6;
-pub use attrib::RuleSlot;
 use attrib::{RuleIndex, SCAN_MAX, SlotAlloc};
+pub use attrib::{RuleLayout, RuleSlot};
 use v6::Table6;
 
 /// Index of an instance in a [`Snapshot`] (valid for that snapshot only).
@@ -257,6 +257,8 @@ const EMPTY_SET: u32 = 0;
 const NO_INST: u32 = u32::MAX;
 /// The bit of a group that has none (matches nothing).
 const NO_BIT: u32 = u32::MAX;
+/// The table slot of a group without rules (in [`Compiler`]'s group sets).
+const NO_SLOT: u32 = u32::MAX;
 
 /// One address-index entry: address, instance and its group-table list in 16
 /// bytes (one cache line answers "which instance, which groups").
@@ -446,7 +448,7 @@ pub struct Snapshot {
     /// Distinct tables named by some list.
     policies: usize,
     /// Serial of the rule holding each [`RuleSlot`] (0: free slot).
-    rule_layout: Arc<[u64]>,
+    rule_layout: RuleLayout,
     /// Egress tables by egress slot: compiled like ingress tables, the
     /// "source" sets holding the rules' destinations.
     etables: Arc<[GroupTable]>,
@@ -652,9 +654,11 @@ impl Snapshot {
 
     /// The rule-slot layout of this snapshot: for each [`RuleSlot`], the
     /// serial of the rule holding it (never reused; 0 for a free slot).
-    /// Snapshots whose slots did not change share one layout (`Arc::ptr_eq`).
+    /// Snapshots whose slots did not change share one layout
+    /// ([`RuleLayout::ptr_eq`]); an edit's layout shares the pages it did not
+    /// touch with the one before.
     #[inline]
-    pub fn rule_layout(&self) -> &Arc<[u64]> {
+    pub fn rule_layout(&self) -> &RuleLayout {
         &self.rule_layout
     }
 
@@ -1043,8 +1047,9 @@ pub fn compile(model: &Model, generation: u64) -> Snapshot {
 type GroupKey = (Owner, String);
 
 /// The instance-level parts of a snapshot: rebuilt (O(instances)) only when
-/// instances come or go, a group gains its first or loses its last rule, or the
-/// set of referenced groups changes.
+/// instances come or go, egress rules change, or the set of referenced groups
+/// changes; the lists alone when a group gains its first or loses its last
+/// rule ([`Compiler::relist`]).
 #[derive(Clone, Debug)]
 struct Members {
     instances: Arc<[SnapInstance]>,
@@ -1074,9 +1079,15 @@ struct Members {
 ///   bits of its groups. Bits are numbered model-wide, so a table compiled
 ///   earlier stays valid when other groups become referenced.
 /// * The instance-level parts (address index, lists, membership bits) are
-///   rebuilt only when instances change, when a group's table appears or goes,
-///   or when the referenced groups change: `O(instances × groups per instance)`,
-///   independent of the number of rules.
+///   rebuilt only when instances change, when egress rules change, or when
+///   the referenced groups change: `O(instances × groups per instance)`,
+///   independent of the number of rules. When a group's table appears or
+///   goes (its first rule authorized, its last revoked) only the lists and
+///   the address indexes holding them are redone: `O(distinct group sets ×
+///   their groups + instances)`, no string hashing per instance.
+/// * Rule slots' serials live in copy-on-write pages of 1024
+///   ([`RuleLayout`]): publishing a layout after an edit copies the page
+///   array and the pages the edit touched, not one serial per slot.
 ///
 /// Invariant: after `new(m)` or `apply(m, changes)` with the changes that
 /// turned the previous model into `m`, [`Compiler::snapshot`] allows exactly
@@ -1096,8 +1107,8 @@ pub struct Compiler {
     /// The shared empty table of free slots.
     empty: GroupTable,
     members: Members,
-    /// `tables` as published (rebuilt lazily after a change).
-    published: Option<Arc<[GroupTable]>>,
+    /// `tables` as published (redone lazily after a change).
+    published: Published<GroupTable>,
     /// Rule slots ([`attrib`]).
     alloc: SlotAlloc,
     /// Group with rules → its rules and their slots, in the group's order.
@@ -1117,8 +1128,17 @@ pub struct Compiler {
     tables6: Vec<Table6>,
     etables6: Vec<Table6>,
     empty6: Table6,
-    published6: Option<Arc<[Table6]>>,
+    published6: Published<Table6>,
     epublished6: Option<Arc<[Table6]>>,
+    /// The distinct (owner, group list) of the instances, in the order of
+    /// their first instance, as the table slot of each group (`NO_SLOT`:
+    /// none), each instance's index into them, and where each group appears
+    /// in them (as of the last [`Compiler::rebuild_members`]): what
+    /// [`Compiler::relist`] needs to redo the group-table lists alone,
+    /// without looking groups up by name.
+    group_sets: Vec<Vec<u32>>,
+    inst_group_set: Vec<u32>,
+    group_uses: HashMap<GroupKey, Vec<(u32, u32)>>,
 }
 
 impl Compiler {
@@ -1145,7 +1165,7 @@ impl Compiler {
                 egress_open_all: true,
                 egress_open6_all: true,
             },
-            published: None,
+            published: Published::default(),
             alloc: SlotAlloc::default(),
             rule_slots: HashMap::new(),
             eslots: HashMap::new(),
@@ -1157,8 +1177,11 @@ impl Compiler {
             tables6: Vec::new(),
             etables6: Vec::new(),
             empty6: Table6::empty(),
-            published6: None,
+            published6: Published::default(),
             epublished6: None,
+            group_sets: Vec::new(),
+            inst_group_set: Vec::new(),
+            group_uses: HashMap::new(),
         };
         // All bits first, then the tables that use them.
         for g in model.groups().values() {
@@ -1231,24 +1254,30 @@ impl Compiler {
             let egress = model.groups().get(key).map(|g| g.egress.as_slice());
             members |= self.set_egress(key, egress);
         }
+        // A group's table appearing or going (its first rule authorized,
+        // its last revoked) changes only the lists of the group sets naming
+        // it, not membership.
+        let mut relist: Vec<&GroupKey> = Vec::new();
         for key in dirty {
-            match model.groups().get(key) {
-                Some(g) if !g.rules.is_empty() => members |= self.set_table(key, &g.rules),
-                _ => members |= self.clear_table(key),
+            let changed = match model.groups().get(key) {
+                Some(g) if !g.rules.is_empty() => self.set_table(key, &g.rules),
+                _ => self.clear_table(key),
+            };
+            if changed {
+                relist.push(key);
             }
         }
         if members {
             self.rebuild_members(model);
+        } else if !relist.is_empty() {
+            self.relist(&relist);
         }
     }
 
     /// The current state as a snapshot tagged `generation`: `Arc` clones only
     /// (plus the slot array once per change).
     pub fn snapshot(&mut self, generation: u64) -> Snapshot {
-        let tables = self
-            .published
-            .get_or_insert_with(|| self.tables.iter().cloned().collect())
-            .clone();
+        let tables = self.published.publish(&self.tables);
         let m = &self.members;
         Snapshot {
             generation,
@@ -1266,10 +1295,7 @@ impl Compiler {
                 .get_or_insert_with(|| self.etables.iter().cloned().collect())
                 .clone(),
             elists: m.elists.clone(),
-            tables6: self
-                .published6
-                .get_or_insert_with(|| self.tables6.iter().cloned().collect())
-                .clone(),
+            tables6: self.published6.publish(&self.tables6),
             etables6: self
                 .epublished6
                 .get_or_insert_with(|| self.etables6.iter().cloned().collect())
@@ -1398,11 +1424,11 @@ impl Compiler {
         self.rule_slots.insert(key.clone(), slotted);
         let table = compile_group(rules, &slots, &self.refs);
         let table6 = Table6::build(rules, &slots, &self.refs);
-        self.published = None;
-        self.published6 = None;
         if let Some(&s) = self.slots.get(key) {
             self.tables[s as usize] = table;
             self.tables6[s as usize] = table6;
+            self.published.changed(s);
+            self.published6.changed(s);
             return false;
         }
         let s = match self.free_slots.pop() {
@@ -1417,6 +1443,8 @@ impl Compiler {
                 self.tables.len() as u32 - 1
             }
         };
+        self.published.changed(s);
+        self.published6.changed(s);
         self.slots.insert(key.clone(), s);
         true
     }
@@ -1432,8 +1460,8 @@ impl Compiler {
         self.tables[s as usize] = self.empty.clone();
         self.tables6[s as usize] = self.empty6.clone();
         self.free_slots.push(s);
-        self.published = None;
-        self.published6 = None;
+        self.published.changed(s);
+        self.published6.changed(s);
         true
     }
 
@@ -1441,10 +1469,10 @@ impl Compiler {
         let words = (self.next_bit as usize).div_ceil(64).max(1);
         let mut instances = Vec::with_capacity(model.instances().len());
         let mut member_bits = vec![0u64; model.instances().len() * words];
-        let mut lists: Vec<u32> = Vec::new();
-        let mut list_ids: HashMap<(&Owner, &[String]), (u32, u32)> = HashMap::new();
-        // Group sets that resolve to the same tables share one list.
-        let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
+        let mut set_ids: HashMap<(&Owner, &[String]), u32> = HashMap::new();
+        let mut group_sets: Vec<Vec<u32>> = Vec::new();
+        let mut group_uses: HashMap<GroupKey, Vec<(u32, u32)>> = HashMap::new();
+        let mut inst_group_set: Vec<u32> = Vec::with_capacity(model.instances().len());
         let mut key = (Owner(String::new()), String::new());
         let mut elists: Vec<u32> = Vec::new();
         let mut elist_ids: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
@@ -1477,67 +1505,198 @@ impl Compiler {
                     member_bits[n * words + b as usize / 64] |= 1 << (b % 64);
                 }
             }
-            let lkey = (&inst.owner, inst.groups.as_slice());
-            let list = match list_ids.get(&lkey) {
-                Some(&l) => l,
-                None => {
-                    let off = lists.len();
-                    for g in &inst.groups {
-                        key.1.clone_from(g);
-                        if let Some(&s) = self.slots.get(&key)
-                            && !lists[off..].contains(&s)
-                        {
-                            lists.push(s);
-                        }
+            let set = *set_ids
+                .entry((&inst.owner, inst.groups.as_slice()))
+                .or_insert_with(|| {
+                    let set = group_sets.len() as u32;
+                    let mut slots = Vec::with_capacity(inst.groups.len());
+                    for (pos, g) in inst.groups.iter().enumerate() {
+                        let k = (inst.owner.clone(), g.clone());
+                        slots.push(self.slots.get(&k).copied().unwrap_or(NO_SLOT));
+                        group_uses.entry(k).or_default().push((set, pos as u32));
                     }
-                    let l = match list_dedup.get(&lists[off..]) {
-                        Some(&l) => {
-                            lists.truncate(off);
-                            l
-                        }
-                        None => {
-                            let l = (off as u32, (lists.len() - off) as u32);
-                            list_dedup.insert(lists[off..].to_vec(), l);
-                            l
-                        }
-                    };
-                    list_ids.insert(lkey, l);
-                    l
-                }
-            };
+                    group_sets.push(slots);
+                    set
+                });
+            inst_group_set.push(set);
             instances.push(SnapInstance {
                 id: inst.id.as_str().into(),
                 owner: inst.owner.0.as_str().into(),
                 mac: inst.mac,
                 ip: inst.ip,
                 ip6: model.ip6_of(inst.mac),
-                list,
+                // Set by `set_lists`.
+                list: (0, 0),
                 elist,
                 egress_open,
                 egress_open6,
             });
         }
-        let policies = lists.iter().collect::<BTreeSet<_>>().len();
+        let egress_open_all = instances.iter().all(|i| i.egress_open);
+        let egress_open6_all = instances.iter().all(|i| i.egress_open6);
+        self.group_sets = group_sets;
+        self.inst_group_set = inst_group_set;
+        self.group_uses = group_uses;
+        self.members = Members {
+            egress_open_all,
+            egress_open6_all,
+            instances: Arc::new([]),
+            ip_index: IpIndex::build(&[]),
+            ip6_index: IpIndex6::build(&[]),
+            words,
+            member_bits: member_bits.into(),
+            lists: Arc::new([]),
+            policies: 0,
+            elists: elists.into(),
+        };
+        self.set_lists(instances);
+    }
+
+    /// Redo the group-table lists (and the indexes holding them) after the
+    /// tables of `changed` appeared or went, membership unchanged: one
+    /// lookup per changed group, then `O(group sets × their groups +
+    /// instances)` without names; no rule.
+    fn relist(&mut self, changed: &[&GroupKey]) {
+        let mut any = false;
+        for &key in changed {
+            let slot = self.slots.get(key).copied().unwrap_or(NO_SLOT);
+            for &(set, pos) in self.group_uses.get(key).into_iter().flatten() {
+                self.group_sets[set as usize][pos as usize] = slot;
+                any = true;
+            }
+        }
+        if !any {
+            // No instance is in those groups: no list names them.
+            return;
+        }
+        let instances = self.members.instances.to_vec();
+        self.set_lists(instances);
+    }
+
+    /// The group-table list of every group set, lists of equal tables
+    /// shared, set into `instances` (by [`Compiler::inst_group_set`]), then
+    /// the address indexes over them.
+    fn set_lists(&mut self, mut instances: Vec<SnapInstance>) {
+        let mut lists: Vec<u32> = Vec::new();
+        // Group sets that resolve to the same tables share one list.
+        let mut list_dedup: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
+        let mut set_lists = Vec::with_capacity(self.group_sets.len());
+        for slots in &self.group_sets {
+            let off = lists.len();
+            for &s in slots {
+                if s != NO_SLOT && !lists[off..].contains(&s) {
+                    lists.push(s);
+                }
+            }
+            let l = match list_dedup.get(&lists[off..]) {
+                Some(&l) => {
+                    lists.truncate(off);
+                    l
+                }
+                None => {
+                    let l = (off as u32, (lists.len() - off) as u32);
+                    list_dedup.insert(lists[off..].to_vec(), l);
+                    l
+                }
+            };
+            set_lists.push(l);
+        }
+        for (inst, &set) in instances.iter_mut().zip(&self.inst_group_set) {
+            inst.list = set_lists[set as usize];
+        }
+        let mut named = vec![false; self.tables.len()];
+        let mut policies = 0;
+        for &t in &lists {
+            if !std::mem::replace(&mut named[t as usize], true) {
+                policies += 1;
+            }
+        }
         let ips: Vec<(Ipv4Addr, (u32, u32))> = instances.iter().map(|i| (i.ip, i.list)).collect();
         let ip6s: Vec<(Ipv6Addr, u32, Ipv4Addr, (u32, u32))> = instances
             .iter()
             .enumerate()
             .filter_map(|(i, inst)| Some((inst.ip6?, i as u32, inst.ip, inst.list)))
             .collect();
-        let egress_open_all = instances.iter().all(|i| i.egress_open);
-        let egress_open6_all = instances.iter().all(|i| i.egress_open6);
-        self.members = Members {
-            egress_open_all,
-            egress_open6_all,
-            instances: instances.into(),
-            ip_index: IpIndex::build(&ips),
-            ip6_index: IpIndex6::build(&ip6s),
-            words,
-            member_bits: member_bits.into(),
-            lists: lists.into(),
-            policies,
-            elists: elists.into(),
+        let m = &mut self.members;
+        m.instances = instances.into();
+        m.ip_index = IpIndex::build(&ips);
+        m.ip6_index = IpIndex6::build(&ip6s);
+        m.lists = lists.into();
+        m.policies = policies;
+    }
+}
+
+/// A slot array as published in snapshots, redone after a change by
+/// writing only the changed slots into the array published the time before
+/// last, when no snapshot holds that one any more (the usual case: the
+/// data path dropped it at the last swap), else by cloning every slot
+/// (`O(slots)` reference counts).
+#[derive(Clone, Debug)]
+struct Published<T> {
+    /// The last published array and whether it is still current.
+    live: Option<Arc<[T]>>,
+    current: bool,
+    /// Slots changed since `live` was published.
+    live_stale: Vec<u32>,
+    /// The array published before `live`, and the slots changed since.
+    spare: Option<Arc<[T]>>,
+    spare_stale: Vec<u32>,
+}
+
+impl<T> Default for Published<T> {
+    fn default() -> Self {
+        Published {
+            live: None,
+            current: false,
+            live_stale: Vec::new(),
+            spare: None,
+            spare_stale: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> Published<T> {
+    /// Slot `s` of the array changed (or was appended).
+    fn changed(&mut self, s: u32) {
+        // Past this many changes between publishes, cloning all is as good.
+        const STALE_MAX: usize = 4096;
+        self.current = false;
+        self.live_stale.push(s);
+        self.spare_stale.push(s);
+        if self.live_stale.len() > STALE_MAX {
+            self.live = None;
+            self.live_stale.clear();
+        }
+        if self.spare_stale.len() > STALE_MAX {
+            self.spare = None;
+            self.spare_stale.clear();
+        }
+    }
+
+    /// The array as of `now`.
+    fn publish(&mut self, now: &[T]) -> Arc<[T]> {
+        if self.current
+            && let Some(live) = &self.live
+        {
+            return live.clone();
+        }
+        let reused = match self.spare.take() {
+            Some(mut a) if a.len() == now.len() => match Arc::get_mut(&mut a) {
+                Some(slots) => {
+                    for &s in &self.spare_stale {
+                        slots[s as usize] = now[s as usize].clone();
+                    }
+                    Some(a)
+                }
+                None => None,
+            },
+            _ => None,
         };
+        let new = reused.unwrap_or_else(|| now.iter().cloned().collect());
+        self.spare = self.live.replace(new.clone());
+        self.spare_stale = std::mem::take(&mut self.live_stale);
+        self.current = true;
+        new
     }
 }
 
@@ -2352,6 +2511,55 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_first_and_last_rule_redo_the_lists_not_membership() {
+        let o = owner();
+        let mut m = model(
+            &[
+                (
+                    "a",
+                    vec![rule(Proto::Tcp, Ports::Range(80, 80), "10.0.0.0/8")],
+                ),
+                ("b", vec![]),
+                ("c", vec![]),
+            ],
+            &[
+                ("i-1", [172, 31, 0, 1], &["a", "b"]),
+                ("i-2", [172, 31, 0, 2], &["b"]),
+                ("i-3", [172, 31, 0, 3], &["a"]),
+                ("i-4", [172, 31, 0, 4], &["a", "b"]),
+            ],
+        );
+        let mut c = Compiler::new(&m);
+        let r = [rule(Proto::Udp, Ports::Range(53, 53), "10.1.0.0/16")];
+        let mut dns = tcp([10, 1, 2, 3], [172, 31, 0, 2], 53);
+        dns.key.proto = proto::UDP;
+        dns.l4 = L4::Udp;
+        // b (with members) and c (none) gain their first rule, then lose it.
+        for (step, (group, add)) in [("b", true), ("c", true), ("b", false), ("c", false)]
+            .into_iter()
+            .enumerate()
+        {
+            m.record_changes();
+            if add {
+                m.authorize_rules(&o, group, &r).expect("authorize");
+            } else {
+                m.revoke_rules(&o, group, &r).expect("revoke");
+            }
+            let bits = c.members.member_bits.clone();
+            let ch = m.take_changes();
+            c.apply(&m, &ch);
+            let generation = step as u64 + 2;
+            let (inc, full) = (c.snapshot(generation), compile(&m, generation));
+            assert!(Arc::ptr_eq(&bits, &c.members.member_bits), "step {step}");
+            assert_eq!(inc.instances(), full.instances(), "step {step}");
+            assert_eq!(inc.lists, full.lists, "step {step}");
+            assert_eq!(inc.policy_count(), full.policy_count(), "step {step}");
+            assert_eq!(inc.allows(&dns), step < 2, "step {step}");
+            assert_eq!(inc.allows(&dns), full.allows(&dns), "step {step}");
+        }
+    }
+
+    #[test]
     fn rule_slots_survive_edits_and_revoked_slots_get_new_serials() {
         let g = vec![
             rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0"),
@@ -2382,9 +2590,12 @@ mod tests {
         for slot in [ssh, web, dns] {
             assert_eq!(serial(&s1, slot), serial(&s2, slot));
         }
-        assert!(!Arc::ptr_eq(s1.rule_layout(), s2.rule_layout()));
+        assert!(!RuleLayout::ptr_eq(s1.rule_layout(), s2.rule_layout()));
         // A snapshot without slot changes shares the layout.
-        assert!(Arc::ptr_eq(s2.rule_layout(), c.snapshot(3).rule_layout()));
+        assert!(RuleLayout::ptr_eq(
+            s2.rule_layout(),
+            c.snapshot(3).rule_layout()
+        ));
         // Revoke g's first rule: 80 keeps its slot (its index moved to 0);
         // the freed slot is reused by the next new rule with a new serial.
         let ssh_rule = rule(Proto::Tcp, Ports::Range(22, 22), "0.0.0.0/0");

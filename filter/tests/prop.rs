@@ -1027,7 +1027,7 @@ proptest! {
 fn slots_of(
     m: &Model,
     c: &Compiler,
-    layout: &[u64],
+    layout: &filter::compile::RuleLayout,
 ) -> BTreeMap<(String, String, filter::model::Rule), (u32, u64)> {
     let mut out = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();

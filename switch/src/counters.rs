@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use crossbeam_utils::CachePadded;
 use filter::DropReason;
-use filter::compile::RuleSlot;
+use filter::compile::{RuleLayout, RuleSlot};
 
 use crate::PortId;
 use crate::sys::ZeroedRun;
@@ -162,7 +162,7 @@ impl RuleCounters {
 #[derive(Debug)]
 pub struct RuleHits {
     /// The snapshot layout these slots follow (serial per slot, 0 = free).
-    layout: Arc<[u64]>,
+    layout: RuleLayout,
     /// At least one per slot of `layout` (a spare may be longer).
     slots: ZeroedRun<RuleCounters>,
     /// The block its worker used before this one, until it is folded into
@@ -173,12 +173,12 @@ pub struct RuleHits {
 
 impl Default for RuleHits {
     fn default() -> Self {
-        RuleHits::with_slots(Arc::new([]), ZeroedRun::new(0))
+        RuleHits::with_slots(RuleLayout::default(), ZeroedRun::new(0))
     }
 }
 
 impl RuleHits {
-    fn with_slots(layout: Arc<[u64]>, slots: ZeroedRun<RuleCounters>) -> RuleHits {
+    fn with_slots(layout: RuleLayout, slots: ZeroedRun<RuleCounters>) -> RuleHits {
         debug_assert!(slots.len() >= layout.len());
         RuleHits {
             layout,
@@ -194,17 +194,17 @@ impl RuleHits {
     }
 
     /// A zeroed block for `layout`.
-    pub fn zeroed(layout: &Arc<[u64]>) -> RuleHits {
+    pub fn zeroed(layout: &RuleLayout) -> RuleHits {
         RuleHits::with_slots(layout.clone(), RuleHits::zeroed_slots(layout.len()))
     }
 
     /// A block for `layout`, carrying over the counts of `old`'s slots that
     /// hold the same rule (same serial).
-    pub fn follow(old: &RuleHits, layout: &Arc<[u64]>) -> RuleHits {
+    pub fn follow(old: &RuleHits, layout: &RuleLayout) -> RuleHits {
         let slots = RuleHits::zeroed_slots(layout.len());
         for (i, c) in slots.iter().enumerate() {
             if layout[i] != 0
-                && old.layout.get(i) == Some(&layout[i])
+                && old.layout.get(i) == Some(layout[i])
                 && let Some(o) = old.slots.get(i)
             {
                 // Only counts that are not zero: the pages of rules never
@@ -251,8 +251,8 @@ impl RuleHits {
 
     /// Whether this block follows `layout`.
     #[inline]
-    pub fn follows(&self, layout: &Arc<[u64]>) -> bool {
-        Arc::ptr_eq(&self.layout, layout)
+    pub fn follows(&self, layout: &RuleLayout) -> bool {
+        RuleLayout::ptr_eq(&self.layout, layout)
     }
 
     /// Count one packet of `bytes` admitted by `slot` (and a flow if
@@ -268,7 +268,7 @@ impl RuleHits {
 
     /// Add this block's counts to `out` (indexed by slot) for the slots whose
     /// serial matches `layout`'s.
-    pub fn add_to(&self, layout: &[u64], out: &mut [RuleTotals]) {
+    pub fn add_to(&self, layout: &RuleLayout, out: &mut [RuleTotals]) {
         // Only the pages the worker touched (the rest is zero).
         for r in self.slots.touched() {
             let end = r.end.min(out.len());
@@ -334,7 +334,7 @@ impl RuleHitBlocks {
     /// burst after a layout change) the one prepared for `layout`, swapped
     /// in. Only worker `w` may call this (it is the block's single writer).
     #[inline]
-    pub fn for_worker(&self, w: usize, layout: &Arc<[u64]>) -> Guard<Arc<RuleHits>> {
+    pub fn for_worker(&self, w: usize, layout: &RuleLayout) -> Guard<Arc<RuleHits>> {
         let cur = self.workers[w].current.load();
         if cur.follows(layout) {
             return cur;
@@ -347,7 +347,7 @@ impl RuleHitBlocks {
         &self,
         w: usize,
         cur: Guard<Arc<RuleHits>>,
-        layout: &Arc<[u64]>,
+        layout: &RuleLayout,
     ) -> Guard<Arc<RuleHits>> {
         let c = &self.workers[w];
         let ready = c.prepared.load();
@@ -387,7 +387,7 @@ impl RuleHitBlocks {
     /// — O(1) either way, whatever the model's size. A prepared block the
     /// worker never took is replaced (it was never written) and its slots
     /// kept as the next spare.
-    pub fn prepare(&self, layout: &Arc<[u64]>) {
+    pub fn prepare(&self, layout: &RuleLayout) {
         let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
         for (c, spare) in self.workers.iter().zip(spares.iter_mut()) {
             let slots = match spare.pop() {
@@ -412,7 +412,7 @@ impl RuleHitBlocks {
     /// batches), recycle their slots as spares (reset to zero pages: cost in
     /// proportion to the pages the worker touched) and make sure every
     /// worker has a spare long enough for `layout_len` slots.
-    pub fn tend(&self, layout: &[u64], min_left: usize) {
+    pub fn tend(&self, layout: &RuleLayout, min_left: usize) {
         let layout_len = layout.len();
         for (w, c) in self.workers.iter().enumerate() {
             if self.unfolded(w) < min_left.max(1) {
@@ -426,7 +426,7 @@ impl RuleHitBlocks {
                 }
                 if base.len() > 2 * layout_len + 1024 {
                     // Drop the entries of revoked rules.
-                    let live: std::collections::HashSet<u64> = layout.iter().copied().collect();
+                    let live: std::collections::HashSet<u64> = layout.iter().collect();
                     base.retain(|serial, _| live.contains(serial));
                 }
                 left
@@ -468,7 +468,7 @@ impl RuleHitBlocks {
     /// Per-rule hits summed over workers for `layout` (indexed by slot):
     /// each worker's base and current block, for the slots whose serial
     /// matches. Folds the blocks left meanwhile first. Off the hot path.
-    pub fn sum(&self, layout: &[u64]) -> Vec<RuleTotals> {
+    pub fn sum(&self, layout: &RuleLayout) -> Vec<RuleTotals> {
         let mut out = vec![RuleTotals::default(); layout.len()];
         for c in self.workers.iter() {
             let left = {
@@ -480,7 +480,7 @@ impl RuleHitBlocks {
                 }
                 if !base.is_empty() {
                     for (serial, o) in layout.iter().zip(out.iter_mut()) {
-                        if let Some(t) = base.get(serial).filter(|_| *serial != 0) {
+                        if let Some(t) = base.get(&serial).filter(|_| serial != 0) {
                             o.packets += t.packets;
                             o.bytes += t.bytes;
                             o.flows += t.flows;
@@ -745,7 +745,7 @@ mod tests {
 
     #[test]
     fn rule_hits_follow_layouts_keeping_counts_of_kept_rules() {
-        let l1: Arc<[u64]> = Arc::new([1, 2, 3]);
+        let l1 = RuleLayout::from(vec![1, 2, 3]);
         let h1 = RuleHits::follow(&RuleHits::default(), &l1);
         assert!(h1.follows(&l1));
         h1.count(RuleSlot(0), 60, true);
@@ -753,7 +753,7 @@ mod tests {
         h1.count(RuleSlot(2), 40, true);
         h1.count(RuleSlot(9), 40, true);
         // Slot 1's rule revoked and the slot reused (serial 4), slot 3 new.
-        let l2: Arc<[u64]> = Arc::new([1, 4, 3, 5]);
+        let l2 = RuleLayout::from(vec![1, 4, 3, 5]);
         let h2 = RuleHits::follow(&h1, &l2);
         h2.count(RuleSlot(3), 10, true);
         let mut t = vec![RuleTotals::default(); 4];
@@ -791,7 +791,7 @@ mod tests {
     fn counts_survive_concurrent_swaps_folds_and_reads() {
         use std::sync::atomic::AtomicBool;
         let blocks = Arc::new(RuleHitBlocks::new(1));
-        let first: Arc<[u64]> = Arc::new([1, 2]);
+        let first = RuleLayout::from(vec![1, 2]);
         blocks.prepare(&first);
         let published = Arc::new(ArcSwap::from_pointee(first));
         let stop = Arc::new(AtomicBool::new(false));
@@ -825,7 +825,7 @@ mod tests {
         };
         const PUBLISHES: u64 = 3000;
         for k in 0..PUBLISHES {
-            let l: Arc<[u64]> = Arc::new([1, k + 3]);
+            let l = RuleLayout::from(vec![1, k + 3]);
             blocks.prepare(&l);
             published.store(Arc::new(l.clone()));
             if k % 3 == 0 {

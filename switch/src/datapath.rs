@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
+use filter::compile::RuleLayout;
 use filter::{Conntrack, Snapshot};
 
 use crate::capture::CaptureSlot;
@@ -242,7 +243,7 @@ impl Datapath {
         let layout = snap.rule_layout().clone();
         {
             let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
-            if !Arc::ptr_eq(self.rules.load().rule_layout(), snap.rule_layout()) {
+            if !RuleLayout::ptr_eq(self.rules.load().rule_layout(), snap.rule_layout()) {
                 self.rule_hits.prepare(snap.rule_layout());
             }
             self.rules.store(Arc::new(snap));
@@ -464,7 +465,7 @@ impl Datapath {
     /// of the published snapshot's layout (returned with it): a slot counts
     /// only where a worker's block holds the same rule (serial) as the
     /// snapshot. Off the hot path (allocates, folds left blocks).
-    pub fn rule_hits(&self) -> (Arc<[u64]>, Vec<RuleTotals>) {
+    pub fn rule_hits(&self) -> (RuleLayout, Vec<RuleTotals>) {
         let snap = self.rules.load_full();
         let layout = snap.rule_layout().clone();
         let out = self.rule_hits.sum(&layout);

@@ -329,37 +329,141 @@ impl CandArena {
     }
 }
 
+/// Slots per page of a [`RuleLayout`] (8 KiB of serials).
+const LAYOUT_PAGE: usize = 1024;
+
+/// A snapshot's rule-slot layout: for each [`RuleSlot`], the serial of the
+/// rule holding it (never reused; 0 for a free slot). Stored as shared
+/// fixed-size pages, so that publishing the layout after an edit copies the
+/// page array (one pointer per 1024 slots) and the pages the edit touched,
+/// not every slot. Cheap to clone (one reference count). Snapshots whose
+/// slots did not change share one layout ([`RuleLayout::ptr_eq`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleLayout {
+    pages: Arc<[Arc<[u64; LAYOUT_PAGE]>]>,
+    len: usize,
+}
+
+impl Default for RuleLayout {
+    fn default() -> Self {
+        RuleLayout {
+            pages: Arc::new([]),
+            len: 0,
+        }
+    }
+}
+
+impl RuleLayout {
+    /// Number of slots.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No slots.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The serial of slot `i` (0: free), `None` past the end.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<u64> {
+        (i < self.len).then(|| self.pages[i / LAYOUT_PAGE][i % LAYOUT_PAGE])
+    }
+
+    /// The serials of all slots, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .take(self.len)
+    }
+
+    /// The serials as one vector.
+    pub fn to_vec(&self) -> Vec<u64> {
+        self.iter().collect()
+    }
+
+    /// Whether `a` and `b` are the same published layout (not merely equal):
+    /// the identity counters follow.
+    #[inline]
+    pub fn ptr_eq(a: &RuleLayout, b: &RuleLayout) -> bool {
+        Arc::ptr_eq(&a.pages, &b.pages) && a.len == b.len
+    }
+}
+
+impl From<Vec<u64>> for RuleLayout {
+    /// A layout of these serials (slot order).
+    fn from(serials: Vec<u64>) -> RuleLayout {
+        let len = serials.len();
+        let pages = serials
+            .chunks(LAYOUT_PAGE)
+            .map(|c| {
+                let mut p = [0; LAYOUT_PAGE];
+                p[..c.len()].copy_from_slice(c);
+                Arc::new(p)
+            })
+            .collect();
+        RuleLayout { pages, len }
+    }
+}
+
+impl std::ops::Index<usize> for RuleLayout {
+    type Output = u64;
+
+    /// The serial of slot `i`. Panics past the end.
+    #[inline]
+    fn index(&self, i: usize) -> &u64 {
+        assert!(
+            i < self.len,
+            "rule slot {i} outside a layout of {}",
+            self.len
+        );
+        &self.pages[i / LAYOUT_PAGE][i % LAYOUT_PAGE]
+    }
+}
+
 /// The compiler's slot allocator: (group, rule) → slot, with serials.
 #[derive(Clone, Debug, Default)]
 pub(super) struct SlotAlloc {
-    /// Serial of each slot's current rule; 0 = free.
-    serials: Vec<u64>,
+    /// Serial of each slot's current rule (0 = free), in pages shared with
+    /// the published layouts (copied on write).
+    pages: Vec<Arc<[u64; LAYOUT_PAGE]>>,
+    /// Slots in use or free (below `len`).
+    len: usize,
     free: BTreeSet<u32>,
     next_serial: u64,
-    /// `serials` as published (rebuilt lazily after a change).
-    published: Option<Arc<[u64]>>,
+    /// The pages as published (rebuilt lazily after a change: the page
+    /// array only).
+    published: Option<RuleLayout>,
 }
 
 impl SlotAlloc {
+    fn set(&mut self, s: usize, serial: u64) {
+        Arc::make_mut(&mut self.pages[s / LAYOUT_PAGE])[s % LAYOUT_PAGE] = serial;
+        self.published = None;
+    }
+
     fn alloc(&mut self) -> RuleSlot {
         self.next_serial += 1;
-        self.published = None;
-        match self.free.pop_first() {
-            Some(s) => {
-                self.serials[s as usize] = self.next_serial;
-                RuleSlot(s)
-            }
+        let s = match self.free.pop_first() {
+            Some(s) => s as usize,
             None => {
-                self.serials.push(self.next_serial);
-                RuleSlot(self.serials.len() as u32 - 1)
+                if self.len.is_multiple_of(LAYOUT_PAGE) {
+                    self.pages.push(Arc::new([0; LAYOUT_PAGE]));
+                }
+                self.len += 1;
+                self.len - 1
             }
-        }
+        };
+        self.set(s, self.next_serial);
+        RuleSlot(s as u32)
     }
 
     fn release(&mut self, s: RuleSlot) {
-        self.serials[s.index()] = 0;
+        self.set(s.index(), 0);
         self.free.insert(s.0);
-        self.published = None;
     }
 
     /// Slots for `rules` (a group's new rule list), reusing those of `old` (the
@@ -396,13 +500,22 @@ impl SlotAlloc {
 
     /// The serial of the rule in `s` (0: free or unknown slot).
     pub(super) fn serial(&self, s: RuleSlot) -> u64 {
-        self.serials.get(s.index()).copied().unwrap_or(0)
+        let i = s.index();
+        if i < self.len {
+            self.pages[i / LAYOUT_PAGE][i % LAYOUT_PAGE]
+        } else {
+            0
+        }
     }
 
-    /// The published layout: serial per slot (0 = free).
-    pub(super) fn layout(&mut self) -> Arc<[u64]> {
+    /// The published layout: serial per slot (0 = free). After a change,
+    /// a new page array sharing every page.
+    pub(super) fn layout(&mut self) -> RuleLayout {
         self.published
-            .get_or_insert_with(|| self.serials.as_slice().into())
+            .get_or_insert_with(|| RuleLayout {
+                pages: self.pages.iter().cloned().collect(),
+                len: self.len,
+            })
             .clone()
     }
 }
