@@ -1308,14 +1308,7 @@ mod tests {
         let before = core.dump();
         let (handle, join) = spawn_management(core).unwrap();
         dp.state.lock().unwrap().panic_on_launch = true;
-        let r = handle.call(req(Command::RunInstances {
-            ami: "ami-1".into(),
-            count: 1,
-            groups: vec![],
-            min_count: None,
-            qemu: Some(false),
-            client_token: None,
-        }));
+        let r = handle.call(run_one());
         assert_eq!(r.unwrap_err().code, api::ErrorCode::InternalError);
         assert!(handle.call(req(Command::Stats)).is_ok(), "still answering");
         handle.stop();

@@ -272,25 +272,13 @@ impl Core {
                 // reservation, its instances `pending` (never a second launch).
                 if let Some((seen, launch)) = self.launching_token(owner, &t) {
                     if seen.fingerprint != fingerprint {
-                        return Err(ApiError::new(
-                            ErrorCode::IdempotentParameterMismatch,
-                            format!(
-                                "the client token '{}' was used with other parameters",
-                                t.escape_default()
-                            ),
-                        ));
+                        return Err(token_mismatch(&t));
                     }
                     return Ok(launch.view());
                 }
                 if let Some(seen) = self.ec2.tokens.get(&(owner.clone(), t.clone())) {
                     if seen.fingerprint != fingerprint {
-                        return Err(ApiError::new(
-                            ErrorCode::IdempotentParameterMismatch,
-                            format!(
-                                "the client token '{}' was used with other parameters",
-                                t.escape_default()
-                            ),
-                        ));
+                        return Err(token_mismatch(&t));
                     }
                     return Ok(self.reservation_view(owner, &seen.clone()));
                 }
@@ -1083,6 +1071,17 @@ fn rule_not_found(id: &str) -> ApiError {
         format!(
             "the security group rule ID '{}' does not exist",
             id.escape_default()
+        ),
+    )
+}
+
+/// A client token repeated with other parameters (in flight or done).
+fn token_mismatch(token: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotentParameterMismatch,
+        format!(
+            "the client token '{}' was used with other parameters",
+            token.escape_default()
         ),
     )
 }
