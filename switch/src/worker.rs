@@ -979,19 +979,53 @@ mod tests {
         c.apply(m, &ch);
     }
 
-    #[test]
-    fn rule_hit_blocks_are_prepared_off_the_worker_and_counts_survive_quick_publishes() {
+    /// Two in-memory instances (10 → 11) of `model(3)`, worker 0, the
+    /// compiler, the slot of group g's first rule and a probe's length.
+    struct HitsLab {
+        dp: Arc<Datapath>,
+        a: MemPeer,
+        b: MemPeer,
+        w: Worker,
+        m: Model,
+        c: Compiler,
+        rule: filter::compile::RuleSlot,
+        len: u64,
+    }
+
+    fn hits_lab() -> HitsLab {
         let dp = datapath(3);
         let (_, a) = mem_instance(&dp, 10);
         let (_, b) = mem_instance(&dp, 11);
-        let mut w = dp.worker(0);
-        let mut m = model(3);
-        let mut c = Compiler::new(&m);
-        let slot = c
-            .rule_slot(&Owner(OWNER.into()), "g", 0)
-            .expect("slot")
-            .index();
+        let w = dp.worker(0);
+        let m = model(3);
+        let c = Compiler::new(&m);
+        let rule = c.rule_slot(&Owner(OWNER.into()), "g", 0).expect("slot");
         let len = udp(10, 11, 0).len() as u64;
+        HitsLab {
+            dp,
+            a,
+            b,
+            w,
+            m,
+            c,
+            rule,
+            len,
+        }
+    }
+
+    #[test]
+    fn rule_hit_blocks_are_prepared_off_the_worker_and_counts_survive_quick_publishes() {
+        let HitsLab {
+            dp,
+            a,
+            b,
+            mut w,
+            mut m,
+            mut c,
+            rule,
+            len,
+        } = hits_lab();
+        let slot = rule.index();
         let (mut sent, mut sport, mut version) = (0u64, 2000u16, 2u64);
         for i in 0..60u16 {
             // Every publish a new layout: a rule added in another group, the
@@ -1035,14 +1069,16 @@ mod tests {
 
     #[test]
     fn a_superseded_layout_falls_back_once_and_loses_no_count() {
-        let dp = datapath(3);
-        let (_, a) = mem_instance(&dp, 10);
-        let (_, b) = mem_instance(&dp, 11);
-        let mut w = dp.worker(0);
-        let mut m = model(3);
-        let mut c = Compiler::new(&m);
-        let rule = c.rule_slot(&Owner(OWNER.into()), "g", 0).expect("slot");
-        let len = udp(10, 11, 0).len() as u64;
+        let HitsLab {
+            dp,
+            a,
+            b,
+            mut w,
+            mut m,
+            mut c,
+            rule,
+            len,
+        } = hits_lab();
         for sport in 0..2 {
             a.inject(0, &udp(10, 11, 3000 + sport), VnetHdr::default())
                 .expect("inject");
