@@ -1365,17 +1365,6 @@ mod tests {
         assert_eq!(stats.generation, stats.edits, "one generation per edit");
     }
 
-    fn run_one() -> Request {
-        req(Command::RunInstances {
-            ami: "ami-1".into(),
-            count: 1,
-            groups: vec![],
-            min_count: None,
-            qemu: Some(false),
-            client_token: None,
-        })
-    }
-
     /// Issue 13: a launch in flight (its data plane waits at a gate) does not
     /// hold other requests: an authorize sent meanwhile is answered and
     /// published first; the launch is answered once it is made.

@@ -64,6 +64,18 @@ pub fn req(command: Command) -> Request {
     }
 }
 
+/// `run-instances` of one namespace instance of ami-1, no groups named.
+pub fn run_one() -> Request {
+    req(Command::RunInstances {
+        ami: "ami-1".into(),
+        count: 1,
+        groups: vec![],
+        min_count: None,
+        qemu: Some(false),
+        client_token: None,
+    })
+}
+
 /// A request as `owner`.
 pub fn req_as(owner: &str, command: Command) -> Request {
     Request {

@@ -1640,14 +1640,7 @@ fn guests_are_pending_until_up_and_stopped_with_a_reason() {
             i.id.clone()
         })
         .collect();
-    let ns = launched_ids(&core.handle(req(Command::RunInstances {
-        ami: "ami-1".into(),
-        count: 1,
-        groups: vec![],
-        min_count: None,
-        qemu: Some(false),
-        client_token: None,
-    })));
+    let ns = launched_ids(&core.handle(run_one()));
     let find = |v: &[(String, String, Option<String>)], id: &str| {
         v.iter().find(|x| x.0 == id).cloned().unwrap()
     };
