@@ -1581,14 +1581,7 @@ mod tests {
         // A plain 6054-byte frame (the instance's MTU is larger than the path's)
         // and the same as a TSO super-frame with MSS 1448 (inner MTU 1450
         // allows 1410).
-        let tso = VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
+        let tso = VnetHdr::tso4(1448);
         let (big, got) = big_tcp_a_to_b(&l, tcp, tso);
         // Byte for byte what offload::segment makes of the frame with that MSS.
         let fit = VnetHdr {

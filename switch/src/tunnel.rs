@@ -383,58 +383,47 @@ mod tests {
         f
     }
 
-    fn tso(mss: u16) -> VnetHdr {
-        VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-        }
-    }
-
     #[test]
     fn which_super_frames_go_whole() {
         let f = tcp_frame(60_000);
         // The sender's MSS, or less to fit the underlay (1464-byte inner frames).
-        let t = whole_tcp(&f, &tso(1448), 1464).expect("a TSO frame goes whole");
+        let t = whole_tcp(&f, &VnetHdr::tso4(1448), 1464).expect("a TSO frame goes whole");
         assert_eq!((t.l4, t.hdr_len, t.mss, t.ecn), (34, 54, 1410, false));
-        let t = whole_tcp(&f, &tso(1000), 1464).unwrap();
+        let t = whole_tcp(&f, &VnetHdr::tso4(1000), 1464).unwrap();
         assert_eq!(t.mss, 1000);
         let ecn = VnetHdr {
             gso_type: VnetHdr::GSO_TCPV4 | VnetHdr::GSO_ECN,
-            ..tso(1448)
+            ..VnetHdr::tso4(1448)
         };
         assert!(whole_tcp(&f, &ecn, 1464).unwrap().ecn);
         // Not whole: checksum not partial at the TCP header, UDP, a length
         // that disagrees with the frame, too long for one outer IPv4 packet.
         let complete = VnetHdr {
             flags: 0,
-            ..tso(1448)
+            ..VnetHdr::tso4(1448)
         };
         assert_eq!(whole_tcp(&f, &complete, 1464), None);
         let elsewhere = VnetHdr {
             csum_start: 20,
-            ..tso(1448)
+            ..VnetHdr::tso4(1448)
         };
         assert_eq!(whole_tcp(&f, &elsewhere, 1464), None);
         let mut udp = f.clone();
         udp[23] = 17;
-        assert_eq!(whole_tcp(&udp, &tso(1448), 1464), None);
+        assert_eq!(whole_tcp(&udp, &VnetHdr::tso4(1448), 1464), None);
         let mut short = f.clone();
         short[16..18].copy_from_slice(&1000u16.to_be_bytes());
-        assert_eq!(whole_tcp(&short, &tso(1448), 1464), None);
+        assert_eq!(whole_tcp(&short, &VnetHdr::tso4(1448), 1464), None);
         let long = tcp_frame(vxlan::MAX_INNER - 53);
-        assert_eq!(whole_tcp(&long, &tso(1448), 1464), None);
+        assert_eq!(whole_tcp(&long, &VnetHdr::tso4(1448), 1464), None);
         let fits = tcp_frame(vxlan::MAX_INNER - 54);
-        assert!(whole_tcp(&fits, &tso(1448), 1464).is_some());
+        assert!(whole_tcp(&fits, &VnetHdr::tso4(1448), 1464).is_some());
         // Two 500-byte segments fit the underlay as one datagram: a receiver
         // could not tell it from a plain frame (checksum still partial), so it
         // is cut, not sent whole.
         let small = tcp_frame(1000);
-        assert_eq!(whole_tcp(&small, &tso(500), 1464), None);
-        assert!(whole_tcp(&tcp_frame(1464 - 54 + 1), &tso(500), 1464).is_some());
+        assert_eq!(whole_tcp(&small, &VnetHdr::tso4(500), 1464), None);
+        assert!(whole_tcp(&tcp_frame(1464 - 54 + 1), &VnetHdr::tso4(500), 1464).is_some());
     }
 
     #[test]

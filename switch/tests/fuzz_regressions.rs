@@ -180,14 +180,7 @@ fn segmentation_offload_must_fit_the_frame() {
     let (a_id, _, a) = &lab.ports[0];
     let (_, b_peer, b) = &lab.ports[1];
     let frame = wire::tcp(*a, *b, 40000, 8080, tcp_flags::ACK, &[7u8; 3000]);
-    let good = VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let good = VnetHdr::tso4(1448);
     let bad = [
         VnetHdr {
             gso_size: 1,

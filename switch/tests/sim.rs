@@ -909,14 +909,7 @@ fn super_frame(src: &Node, dst: &Node) -> (Vec<u8>, Vec<u8>, VnetHdr) {
     let f = tcp_raw(
         src.mac, dst.mac, src.ip, dst.ip, 45000, 80, "PA", 777, &payload,
     );
-    let vnet = VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let vnet = VnetHdr::tso4(1448);
     (f, payload, vnet)
 }
 
