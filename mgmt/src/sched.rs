@@ -6,8 +6,9 @@
 //! wakes them.
 //!
 //! `sgswitch up --edit-priority`:
-//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
-//!   real-time one): such a thread runs as soon as it wakes. Both threads
+//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (one above
+//!   the lowest real-time one, which `fifo` workers get): such a thread runs
+//!   as soon as it wakes. Both threads
 //!   block between requests and do bounded work per request (a request line
 //!   is capped, an edit costs what it changes), and the kernel's real-time
 //!   budget (`sched_rt_runtime_us`, 95 % by default) bounds them anyway.
@@ -23,20 +24,24 @@
 //!
 //! `sgswitch up --worker-priority` ([`WorkerPriority`]) does the same for
 //! the forwarding workers (`switch::SwitchConfig::worker_fifo`): `fifo` runs
-//! them at `SCHED_FIFO` [`FIFO_PRIORITY`], beside the edit path, so a frame
-//! does not wait for its worker's turn behind normal threads. The same
-//! priority, not one above: at equal `SCHED_FIFO` priority neither preempts
-//! the other, so an edit in progress finishes and a worker waits at most for
-//! one publish, while a worker above would preempt the management thread
-//! whenever they meet on a core (measured: docs/benchmarks.md, "The enforced
-//! tail, third pass"). Workers block in `epoll_wait` between bursts
-//! (adaptive polling; `--poll busy` with `fifo` is refused: a spinning
-//! real-time thread would starve its core).
+//! them at `SCHED_FIFO` [`WORKER_FIFO_PRIORITY`], one below the edit path, so
+//! a frame does not wait for its worker's turn behind normal threads, and an
+//! edit does not wait for a busy worker to block (at equal priority it did:
+//! a woken connection thread queued behind a worker on its core for up to
+//! 0.7 ms). The edit path preempts a worker only up to the publish — the
+//! datagrams the edit admits need that publish anyway — and then steps aside:
+//! the management thread commits to the store as an ordinary thread
+//! ([`ordinary`]). Workers block in `epoll_wait` between bursts (adaptive
+//! polling; `--poll busy` with `fifo` is refused: a spinning real-time thread
+//! would starve its core). Measured: docs/benchmarks.md, "The enforced tail,
+//! fourth pass".
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-/// Real-time priority of the edit path under `fifo` (1: the lowest).
-pub const FIFO_PRIORITY: i32 = 1;
+/// Real-time priority of the edit path under `fifo`: one above the workers'.
+pub const FIFO_PRIORITY: i32 = 2;
+/// Real-time priority of `--worker-priority fifo` workers (1: the lowest).
+pub const WORKER_FIFO_PRIORITY: i32 = 1;
 /// Nice value of the edit path under `nice` (and `fifo`'s fallback).
 pub const NICE: i32 = -10;
 
@@ -103,6 +108,42 @@ pub fn apply(what: &str) -> EditPriority {
     EditPriority::Normal
 }
 
+/// While alive, the calling thread runs as an ordinary one (`SCHED_OTHER` at
+/// nice [`NICE`], after yielding its core once) if it was at `SCHED_FIFO`; dropped,
+/// it is put back. The management thread holds one across the store commit:
+/// the edit is already published (enforced) by then, and the commit's own
+/// CPU work (SQLite, ~0.3-0.5 ms per edit) and its wake-ups after the fsync
+/// would otherwise keep a forwarding worker it preempted off its core, which
+/// delays the very first datagrams the new rule admits (measured:
+/// docs/benchmarks.md, "The enforced tail, fourth pass"). Costs two
+/// `sched_setscheduler` calls and a `sched_yield` per commit, none when the
+/// thread is not real-time.
+pub struct Ordinary {
+    was_fifo: bool,
+}
+
+/// See [`Ordinary`].
+pub fn ordinary() -> Ordinary {
+    let was_fifo = matches!(switch::sys::thread_sched(), Ok((p, _)) if p == switch::sys::SCHED_FIFO)
+        && switch::sys::set_thread_nice(NICE).is_ok();
+    if was_fifo {
+        // Still current on the core it took from a worker: give it back now
+        // rather than at the end of a time slice.
+        std::thread::yield_now();
+    }
+    Ordinary { was_fifo }
+}
+
+impl Drop for Ordinary {
+    fn drop(&mut self) {
+        if self.was_fifo && switch::sys::set_thread_fifo(FIFO_PRIORITY).is_err() {
+            tracing::warn!(
+                "edit priority: SCHED_FIFO refused after a commit; the edit path runs as an ordinary thread"
+            );
+        }
+    }
+}
+
 /// How the forwarding workers are scheduled (`up --worker-priority`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerPriority {
@@ -166,5 +207,52 @@ mod tests {
             EditPriority::Normal => assert!(!root, "root gets fifo or nice"),
         }
         choose(EditPriority::Normal);
+    }
+
+    /// The calling thread's real-time priority (0 when not real-time):
+    /// field 40 of /proc/thread-self/stat.
+    fn rt_priority() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        after_comm.split(' ').nth(37).unwrap().parse().unwrap()
+    }
+
+    /// The edit path runs one real-time priority above `fifo` workers; across
+    /// a commit ([`ordinary`]) it is an ordinary thread at nice -10, then
+    /// real-time again; a thread that is not real-time is left alone.
+    #[test]
+    fn the_edit_path_steps_aside_for_the_commit() {
+        assert_eq!(FIFO_PRIORITY, WORKER_FIFO_PRIORITY + 1);
+        std::thread::spawn(|| {
+            let before = switch::sys::thread_sched().unwrap();
+            let g = ordinary();
+            assert_eq!(switch::sys::thread_sched().unwrap(), before);
+            drop(g);
+            assert_eq!(switch::sys::thread_sched().unwrap(), before);
+            if let Err(e) = switch::sys::set_thread_fifo(FIFO_PRIORITY) {
+                let root = nix::unistd::geteuid().is_root();
+                assert!(
+                    !(root && std::env::var_os("CI").is_some_and(|v| v == "true")),
+                    "SCHED_FIFO refused to root under CI: {e}"
+                );
+                eprintln!("skipped the real-time part: SCHED_FIFO refused ({e})");
+                return;
+            }
+            assert_eq!(rt_priority(), FIFO_PRIORITY);
+            let g = ordinary();
+            assert_eq!(
+                switch::sys::thread_sched().unwrap(),
+                (switch::sys::SCHED_OTHER, NICE)
+            );
+            assert_eq!(rt_priority(), 0);
+            drop(g);
+            assert_eq!(
+                switch::sys::thread_sched().unwrap().0,
+                switch::sys::SCHED_FIFO
+            );
+            assert_eq!(rt_priority(), FIFO_PRIORITY);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -103,6 +103,15 @@ use crate::vxlan::VxlanDrop;
 
 /// Frames read from one port per wake-up.
 pub const BURST: usize = 32;
+/// Bytes read from one port per wake-up: a burst ends at [`BURST`] frames or
+/// once this many bytes were read, whichever comes first. Small frames never
+/// reach it (32 full-size 1,514-byte frames are 48 KiB); TCP super-frames
+/// (up to 64 KiB each, each costing the receiver's whole TCP path when it is
+/// written to a TAP) do after two, so the worker turns to its other ports
+/// after ~0.1 ms, not after the ~1.5 ms 32 of them take: a lone datagram on
+/// another port no longer waits behind a bulk stream's backlog (measured:
+/// docs/benchmarks.md, "The enforced tail, fourth pass").
+pub const BURST_BYTES: usize = 128 << 10;
 /// Size of a worker's receive and scratch buffers: a 64 KiB IPv4 super-frame
 /// plus a tagged Ethernet header, with room to spare.
 pub const BUF_LEN: usize = 65_536 + 64;

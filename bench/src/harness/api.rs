@@ -66,10 +66,14 @@ impl Api {
             let what = what.to_owned();
             move |source| HarnessError::Io { what, source }
         };
-        self.w
-            .write_all(req.as_bytes())
-            .and_then(|()| self.w.write_all(b"\n"))
-            .map_err(io("write request"))?;
+        // One write for the whole line: written in two, the daemon's
+        // connection thread wakes on the first part and the second waits for
+        // this thread's next turn on a core (measured: up to 1.5 ms under the
+        // edit test's load), which a real client does not add.
+        let mut line = Vec::with_capacity(req.len() + 1);
+        line.extend_from_slice(req.as_bytes());
+        line.push(b'\n');
+        self.w.write_all(&line).map_err(io("write request"))?;
         let mut line = String::new();
         self.r.read_line(&mut line).map_err(io("read reply"))?;
         match serde_json::from_str::<WireReply>(&line) {

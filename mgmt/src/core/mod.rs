@@ -1020,7 +1020,10 @@ impl Core {
             self.generation + 1,
         );
         let published = started.elapsed();
-        if let Err(e) = self.store.commit(&edits) {
+        let ordinary = crate::sched::ordinary();
+        let committed = self.store.commit(&edits);
+        drop(ordinary);
+        if let Err(e) = committed {
             self.model.undo(changes);
             // Rare: recompile the restored model whole.
             self.compiler = Compiler::new(&self.model);
