@@ -208,29 +208,31 @@ pub struct MgmtHandle {
 }
 
 impl MgmtHandle {
+    /// Hand `msg` (which carries `rtx`'s sender) to the management thread
+    /// and wait for its answer on `rrx`; a commit in progress there is
+    /// hurried back to real time ([`crate::sched::hurry`]).
+    fn ask<T>(&self, msg: Msg, rrx: mpsc::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
+        self.tx.send(msg).map_err(|_| gone())?;
+        crate::sched::hurry();
+        rrx.recv().map_err(|_| gone())?
+    }
+
     /// Send `req` and wait for its answer.
     pub fn call(&self, req: Request) -> Reply {
         let (rtx, rrx) = mpsc::sync_channel(1);
-        self.tx.send(Msg::Request(req, rtx)).map_err(|_| gone())?;
-        rrx.recv().map_err(|_| gone())?
+        self.ask(Msg::Request(req, rtx), rrx)
     }
 
     /// [`Handler::lookup_access_key`] on the management thread.
     pub fn lookup_access_key(&self, key_id: &str) -> Result<KeySecret, ApiError> {
         let (rtx, rrx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::LookupAccessKey(key_id.to_owned(), rtx))
-            .map_err(|_| gone())?;
-        rrx.recv().map_err(|_| gone())?
+        self.ask(Msg::LookupAccessKey(key_id.to_owned(), rtx), rrx)
     }
 
     /// [`Handler::start_capture`] on the management thread.
     pub fn start_capture(&self, req: Request) -> Result<crate::capture::Started, ApiError> {
         let (rtx, rrx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::StartCapture(req, rtx))
-            .map_err(|_| gone())?;
-        rrx.recv().map_err(|_| gone())?
+        self.ask(Msg::StartCapture(req, rtx), rrx)
     }
 
     /// Wake the management thread for cluster news.
@@ -896,6 +898,7 @@ pub fn run(cli: &Cli, args: &UpArgs) -> Result<(), DaemonError> {
     // 1. Checks that make nothing.
     let cfg = core_config(cli, args)?;
     crate::sched::choose(args.edit_priority);
+    crate::sched::choose_workers(args.worker_priority);
     if !args.no_switch {
         let missing = missing_caps()?;
         if !missing.is_empty() {

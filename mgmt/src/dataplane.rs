@@ -253,7 +253,7 @@ pub fn start(
         pin_cores: args.pin_cores,
         worker_nice: args.worker_nice,
         worker_fifo: (args.worker_priority == crate::sched::WorkerPriority::Fifo)
-            .then_some(crate::sched::WORKER_FIFO_PRIORITY),
+            .then_some(crate::sched::FIFO_PRIORITY),
         ct,
         subnet: cfg.subnet,
         subnet6: cfg.subnet6,

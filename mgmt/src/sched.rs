@@ -6,9 +6,8 @@
 //! wakes them.
 //!
 //! `sgswitch up --edit-priority`:
-//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (one above
-//!   the lowest real-time one, which `fifo` workers get): such a thread runs
-//!   as soon as it wakes. Both threads
+//! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
+//!   real-time one): such a thread runs as soon as it wakes. Both threads
 //!   block between requests and do bounded work per request (a request line
 //!   is capped, an edit costs what it changes), and the kernel's real-time
 //!   budget (`sched_rt_runtime_us`, 95 % by default) bounds them anyway.
@@ -24,24 +23,29 @@
 //!
 //! `sgswitch up --worker-priority` ([`WorkerPriority`]) does the same for
 //! the forwarding workers (`switch::SwitchConfig::worker_fifo`): `fifo` runs
-//! them at `SCHED_FIFO` [`WORKER_FIFO_PRIORITY`], one below the edit path, so
-//! a frame does not wait for its worker's turn behind normal threads, and an
-//! edit does not wait for a busy worker to block (at equal priority it did:
-//! a woken connection thread queued behind a worker on its core for up to
-//! 0.7 ms). The edit path preempts a worker only up to the publish — the
-//! datagrams the edit admits need that publish anyway — and then steps aside:
-//! the management thread commits to the store as an ordinary thread
-//! ([`ordinary`]). Workers block in `epoll_wait` between bursts (adaptive
-//! polling; `--poll busy` with `fifo` is refused: a spinning real-time thread
-//! would starve its core). Measured: docs/benchmarks.md, "The enforced tail,
-//! fourth pass".
+//! them at `SCHED_FIFO` [`FIFO_PRIORITY`], beside the edit path, so a frame
+//! does not wait for its worker's turn behind normal threads. The same
+//! priority, not one above: at equal `SCHED_FIFO` priority neither preempts
+//! the other, so an edit in progress finishes and a worker waits at most for
+//! one publish, while a worker above would preempt the management thread
+//! whenever they meet on a core (measured: docs/benchmarks.md, "The enforced
+//! tail, third pass"; an edit path one above the workers was tried in the
+//! fourth pass and not kept). Workers block in `epoll_wait` between bursts
+//! (adaptive polling; `--poll busy` with `fifo` is refused: a spinning
+//! real-time thread would starve its core).
+//!
+//! Workers at normal priority (`--worker-priority normal`, the default) are
+//! preempted by a real-time edit path wherever they meet it; after the
+//! publish the management thread therefore commits to the store as an
+//! ordinary thread ([`ordinary`]), and a request handed over meanwhile makes
+//! it real-time again at once ([`hurry`]). Measured: docs/benchmarks.md,
+//! "The enforced tail, fourth pass".
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
-/// Real-time priority of the edit path under `fifo`: one above the workers'.
-pub const FIFO_PRIORITY: i32 = 2;
-/// Real-time priority of `--worker-priority fifo` workers (1: the lowest).
-pub const WORKER_FIFO_PRIORITY: i32 = 1;
+/// Real-time priority of the edit path under `fifo`, and of `fifo` workers
+/// (1: the lowest).
+pub const FIFO_PRIORITY: i32 = 1;
 /// Nice value of the edit path under `nice` (and `fifo`'s fallback).
 pub const NICE: i32 = -10;
 
@@ -55,6 +59,15 @@ pub enum EditPriority {
     Nice,
     /// Normal scheduling at the process's nice value.
     Normal,
+}
+
+/// The workers run at `SCHED_FIFO` (`--worker-priority fifo`): a real-time
+/// commit does not preempt them, so [`ordinary`] leaves the thread as it is.
+static WORKERS_FIFO: AtomicBool = AtomicBool::new(false);
+
+/// Tells [`ordinary`] how the workers are scheduled (the daemon, at start).
+pub fn choose_workers(p: WorkerPriority) {
+    WORKERS_FIFO.store(p == WorkerPriority::Fifo, Ordering::Relaxed);
 }
 
 /// The daemon's choice; threads read it when they start ([`apply`]).
@@ -109,24 +122,35 @@ pub fn apply(what: &str) -> EditPriority {
 }
 
 /// While alive, the calling thread runs as an ordinary one (`SCHED_OTHER` at
-/// nice [`NICE`], after yielding its core once) if it was at `SCHED_FIFO`; dropped,
-/// it is put back. The management thread holds one across the store commit:
-/// the edit is already published (enforced) by then, and the commit's own
-/// CPU work (SQLite, ~0.3-0.5 ms per edit) and its wake-ups after the fsync
-/// would otherwise keep a forwarding worker it preempted off its core, which
-/// delays the very first datagrams the new rule admits (measured:
-/// docs/benchmarks.md, "The enforced tail, fourth pass"). Costs two
-/// `sched_setscheduler` calls and a `sched_yield` per commit, none when the
-/// thread is not real-time.
+/// nice [`NICE`], after yielding its core once) if it was at `SCHED_FIFO` and
+/// the workers are not; dropped, it is put back. The management thread
+/// holds one across the store commit: the edit is already published
+/// (enforced) by then, and the commit's own CPU work (SQLite, ~0.3-0.5 ms
+/// per edit) and its wake-ups after the fsync would otherwise keep a normal
+/// worker it preempted off its core, which delays the very first datagrams
+/// the new rule admits (measured: docs/benchmarks.md, "The enforced tail,
+/// fourth pass"). Costs two `sched_setscheduler` calls and a `sched_yield`
+/// per commit, none when the thread or the workers are real-time.
+///
+/// A request that arrives meanwhile must not wait for a commit slowed down
+/// by normal threads (with launches in flight the management thread commits
+/// their steps between edits): the connection thread that hands it over
+/// calls [`hurry`], which puts the committing thread back at `SCHED_FIFO`
+/// at once.
 pub struct Ordinary {
     was_fifo: bool,
 }
 
+/// The thread inside an [`Ordinary`] section (0: none).
+static ORDINARY_TID: AtomicI32 = AtomicI32::new(0);
+
 /// See [`Ordinary`].
 pub fn ordinary() -> Ordinary {
-    let was_fifo = matches!(switch::sys::thread_sched(), Ok((p, _)) if p == switch::sys::SCHED_FIFO)
+    let was_fifo = !WORKERS_FIFO.load(Ordering::Relaxed)
+        && matches!(switch::sys::thread_sched(), Ok((p, _)) if p == switch::sys::SCHED_FIFO)
         && switch::sys::set_thread_nice(NICE).is_ok();
     if was_fifo {
+        ORDINARY_TID.store(switch::sys::gettid(), Ordering::SeqCst);
         // Still current on the core it took from a worker: give it back now
         // rather than at the end of a time slice.
         std::thread::yield_now();
@@ -134,8 +158,22 @@ pub fn ordinary() -> Ordinary {
     Ordinary { was_fifo }
 }
 
+/// A request was handed to the management thread: if it is committing as
+/// an ordinary thread ([`Ordinary`]), back to `SCHED_FIFO` with it, so the
+/// request does not wait behind normal threads. One atomic load otherwise.
+pub fn hurry() {
+    let tid = ORDINARY_TID.load(Ordering::SeqCst);
+    if tid != 0 {
+        // Refused or gone: the commit just runs on as it was.
+        let _ = switch::sys::set_thread_fifo_of(tid, FIFO_PRIORITY);
+    }
+}
+
 impl Drop for Ordinary {
     fn drop(&mut self) {
+        if self.was_fifo {
+            ORDINARY_TID.store(0, Ordering::SeqCst);
+        }
         if self.was_fifo && switch::sys::set_thread_fifo(FIFO_PRIORITY).is_err() {
             tracing::warn!(
                 "edit priority: SCHED_FIFO refused after a commit; the edit path runs as an ordinary thread"
@@ -217,12 +255,12 @@ mod tests {
         after_comm.split(' ').nth(37).unwrap().parse().unwrap()
     }
 
-    /// The edit path runs one real-time priority above `fifo` workers; across
-    /// a commit ([`ordinary`]) it is an ordinary thread at nice -10, then
-    /// real-time again; a thread that is not real-time is left alone.
+    /// Across a commit ([`ordinary`]) the real-time edit path is an ordinary
+    /// thread at nice -10, then real-time again, or at once when a request
+    /// comes ([`hurry`]); a thread that is not real-time is left alone, and
+    /// so is the edit path when the workers are real-time too.
     #[test]
     fn the_edit_path_steps_aside_for_the_commit() {
-        assert_eq!(FIFO_PRIORITY, WORKER_FIFO_PRIORITY + 1);
         std::thread::spawn(|| {
             let before = switch::sys::thread_sched().unwrap();
             let g = ordinary();
@@ -245,7 +283,32 @@ mod tests {
                 (switch::sys::SCHED_OTHER, NICE)
             );
             assert_eq!(rt_priority(), 0);
+            // A request handed over meanwhile: real-time again at once, from
+            // another thread.
+            std::thread::spawn(hurry).join().unwrap();
+            assert_eq!(
+                switch::sys::thread_sched().unwrap().0,
+                switch::sys::SCHED_FIFO
+            );
+            assert_eq!(rt_priority(), FIFO_PRIORITY);
             drop(g);
+            // Outside a section, hurry changes nothing.
+            switch::sys::set_thread_nice(NICE).unwrap();
+            std::thread::spawn(hurry).join().unwrap();
+            assert_eq!(
+                switch::sys::thread_sched().unwrap().0,
+                switch::sys::SCHED_OTHER
+            );
+            switch::sys::set_thread_fifo(FIFO_PRIORITY).unwrap();
+            // Real-time workers: the commit stays real-time.
+            choose_workers(WorkerPriority::Fifo);
+            let g = ordinary();
+            assert_eq!(
+                switch::sys::thread_sched().unwrap().0,
+                switch::sys::SCHED_FIFO
+            );
+            drop(g);
+            choose_workers(WorkerPriority::Normal);
             assert_eq!(
                 switch::sys::thread_sched().unwrap().0,
                 switch::sys::SCHED_FIFO

@@ -1230,6 +1230,21 @@ pub fn set_thread_fifo(prio: c_int) -> io::Result<()> {
     .map(drop)
 }
 
+/// Puts thread `tid` of this process in `SCHED_FIFO` at `prio` (with
+/// `SCHED_RESET_ON_FORK`), as [`set_thread_fifo`] does for the caller.
+/// `ESRCH` when the thread is gone.
+pub fn set_thread_fifo_of(tid: i32, prio: c_int) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: sched_setscheduler(2) on a thread id only reads `param`, which
+    // lives for the whole call; a wrong id is an error, not UB.
+    cvt(unsafe {
+        libc::sched_setscheduler(tid, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    })
+    .map(drop)
+}
+
 /// Gives the calling thread nice value `nice` (-20..=19, lower runs sooner),
 /// after marking it `SCHED_RESET_ON_FORK` so its children start at nice 0.
 pub fn set_thread_nice(nice: c_int) -> io::Result<()> {
