@@ -1059,96 +1059,89 @@ mod tests {
 
     #[test]
     fn rule_hit_blocks_are_prepared_off_the_worker_and_counts_survive_quick_publishes() {
-        let HitsLab {
-            dp,
-            a,
-            b,
-            mut w,
-            mut m,
-            mut c,
-            rule,
-            len,
-        } = hits_lab();
-        let slot = rule.index();
+        let mut lab = hits_lab();
+        let slot = lab.rule.index();
         let (mut sent, mut sport, mut version) = (0u64, 2000u16, 2u64);
         for i in 0..60u16 {
             // Every publish a new layout: a rule added in another group, the
             // one before it revoked.
-            edit_h(&mut m, &mut c, 1000 + i / 2, i % 2 == 0);
-            let snap = c.snapshot(version);
+            edit_h(&mut lab.m, &mut lab.c, 1000 + i / 2, i % 2 == 0);
+            let snap = lab.c.snapshot(version);
             version += 1;
-            dp.publish_rules(snap);
+            lab.dp.publish_rules(snap);
             if i % 3 == 2 {
                 // Two publishes with no burst between them.
                 continue;
             }
             for _ in 0..u64::from(i % 3 + 1) {
-                a.inject(0, &udp(10, 11, sport), VnetHdr::default())
+                lab.a
+                    .inject(0, &udp(10, 11, sport), VnetHdr::default())
                     .expect("inject");
                 sport += 1;
                 sent += 1;
             }
-            w.poll_once();
-            assert_eq!(b.take().len() as u64, u64::from(i % 3 + 1));
-            assert!(dp.rule_hits_unfolded(0) <= 2, "left blocks are folded");
+            lab.w.poll_once();
+            assert_eq!(lab.b.take().len() as u64, u64::from(i % 3 + 1));
+            assert!(lab.dp.rule_hits_unfolded(0) <= 2, "left blocks are folded");
             if i % 4 == 0 {
-                let (_, hits) = dp.rule_hits();
+                let (_, hits) = lab.dp.rule_hits();
                 assert_eq!(hits[slot].flows, sent, "after publish {i}");
             }
         }
-        let (layout, hits) = dp.rule_hits();
+        let (layout, hits) = lab.dp.rule_hits();
         assert_eq!(
             hits[slot],
             RuleTotals {
                 packets: sent,
-                bytes: sent * len,
+                bytes: sent * lab.len,
                 flows: sent
             }
         );
         let others: u64 = hits.iter().map(|h| h.packets).sum::<u64>() - sent;
         assert_eq!(others, 0, "nothing counted twice or elsewhere");
         assert!(layout.len() > slot);
-        assert_eq!(dp.rule_hit_fallbacks(), 0, "no block built on the worker");
+        assert_eq!(
+            lab.dp.rule_hit_fallbacks(),
+            0,
+            "no block built on the worker"
+        );
     }
 
     #[test]
     fn a_superseded_layout_falls_back_once_and_loses_no_count() {
-        let HitsLab {
-            dp,
-            a,
-            b,
-            mut w,
-            mut m,
-            mut c,
-            rule,
-            len,
-        } = hits_lab();
+        let mut lab = hits_lab();
         for sport in 0..2 {
-            a.inject(0, &udp(10, 11, 3000 + sport), VnetHdr::default())
+            lab.a
+                .inject(0, &udp(10, 11, 3000 + sport), VnetHdr::default())
                 .expect("inject");
         }
-        w.poll_once();
-        edit_h(&mut m, &mut c, 22, true);
-        let stale = c.snapshot(2);
-        dp.publish_rules(c.snapshot(2));
-        edit_h(&mut m, &mut c, 23, true);
-        dp.publish_rules(c.snapshot(3));
+        lab.w.poll_once();
+        edit_h(&mut lab.m, &mut lab.c, 22, true);
+        let stale = lab.c.snapshot(2);
+        lab.dp.publish_rules(lab.c.snapshot(2));
+        edit_h(&mut lab.m, &mut lab.c, 23, true);
+        lab.dp.publish_rules(lab.c.snapshot(3));
         // A worker that loaded snapshot 2 before 3 replaced its block.
-        dp.rule_hits_for(0, &stale).count(rule, 100, true);
-        assert_eq!(dp.rule_hit_fallbacks(), 1);
+        lab.dp.rule_hits_for(0, &stale).count(lab.rule, 100, true);
+        assert_eq!(lab.dp.rule_hit_fallbacks(), 1);
         for sport in 0..3 {
-            a.inject(0, &udp(10, 11, 3100 + sport), VnetHdr::default())
+            lab.a
+                .inject(0, &udp(10, 11, 3100 + sport), VnetHdr::default())
                 .expect("inject");
         }
-        w.poll_once();
-        assert_eq!(b.take().len(), 5);
-        assert_eq!(dp.rule_hit_fallbacks(), 1, "snapshot 3's block was ready");
-        let (_, hits) = dp.rule_hits();
+        lab.w.poll_once();
+        assert_eq!(lab.b.take().len(), 5);
         assert_eq!(
-            hits[rule.index()],
+            lab.dp.rule_hit_fallbacks(),
+            1,
+            "snapshot 3's block was ready"
+        );
+        let (_, hits) = lab.dp.rule_hits();
+        assert_eq!(
+            hits[lab.rule.index()],
             RuleTotals {
                 packets: 6,
-                bytes: 5 * len + 100,
+                bytes: 5 * lab.len + 100,
                 flows: 6
             }
         );

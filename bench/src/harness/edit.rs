@@ -167,10 +167,10 @@ struct EditorPriority(Option<i32>);
 
 impl EditorPriority {
     fn take() -> EditorPriority {
-        let was = switch::sys::thread_sched().ok();
         if std::env::var_os("E2EBENCH_PROBE_FIFO").is_none_or(|v| v != "1") {
             return EditorPriority(None);
         }
+        let was = switch::sys::thread_sched().ok();
         match switch::sys::set_thread_fifo(2) {
             Ok(()) => EditorPriority(was.map(|(_, nice)| nice)),
             Err(e) => {
