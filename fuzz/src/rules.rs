@@ -190,9 +190,16 @@ fn cli_spec(argv: &[String], verb: &str, group: &str) -> Option<(RuleSpec, bool)
         ) => (group, permissions, egress),
         (_, c) => panic!("{argv:?} parsed as {c:?}"),
     };
-    // Egress only when the flag was given (before any `--`). Not the
-    // converse: `--egress` may be another option's value (`-p --egress`).
-    let flags = argv.split(|a| a == "--").next().unwrap_or_default();
+    // Egress only when the flag was given (before the `--` that ends the
+    // options; a `--` right after an option is that option's value, as in
+    // `-p -- --egress`). Not the converse: `--egress` may be another
+    // option's value (`-p --egress`).
+    let takes_value =
+        |t: &str| t.starts_with('-') && t != "--" && t != "--egress" && !t.contains('=');
+    let end = (0..argv.len())
+        .find(|&i| argv[i] == "--" && !(i > 0 && takes_value(&argv[i - 1])))
+        .unwrap_or(argv.len());
+    let flags = &argv[..end];
     assert!(
         !egress || flags.iter().any(|a| a == "--egress"),
         "{argv:?}: egress without --egress"
