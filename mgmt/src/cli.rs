@@ -569,9 +569,9 @@ pub struct UpArgs {
     /// Memory per guest, MiB.
     #[arg(long, default_value_t = 256)]
     pub qemu_mem: u32,
-    /// Guests' accelerator: auto = KVM (-cpu host) if a probe guest runs on it,
-    /// else TCG.
-    #[arg(long, value_enum, default_value_t = crate::qemu::Accel::Auto)]
+    /// Guests' accelerator: tcg (QEMU's emulator, works everywhere), kvm
+    /// (-cpu host), or auto = KVM if a probe guest runs on it, else TCG.
+    #[arg(long, value_enum, default_value_t = crate::qemu::Accel::Tcg)]
     pub qemu_accel: crate::qemu::Accel,
     /// Write flow logs in the AWS VPC Flow Logs default format (version 2) to
     /// FILE (appended to, rotated at --flow-log-max-bytes), or `-` for stdout.

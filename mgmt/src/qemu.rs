@@ -20,13 +20,16 @@
 //!   chardev with `append=on`, so nothing truncates what came before). When QEMU
 //!   exits, [`exit_reason`] says `BINARY exited with status N: LAST LINES` with
 //!   the last lines QEMU (or the guest) wrote there.
-//! * The accelerator ([`Accel`], `up --qemu-accel`, default `auto`) is KVM
-//!   (`-accel kvm -cpu host`) where KVM works and TCG (`-accel tcg`) otherwise.
-//!   `auto` decides once per daemon with [`probe_kvm`]: `/dev/kvm` must open
+//! * The accelerator ([`Accel`], `up --qemu-accel`) is TCG (`-accel tcg`) by
+//!   default: it works everywhere. `kvm` is `-accel kvm -cpu host`. `auto`
+//!   decides once per daemon with [`probe_kvm`]: `/dev/kvm` must open
 //!   read-write **and** a one-sector probe guest run under `-accel kvm -cpu host`
 //!   must reach its exit port within [`KVM_PROBE_TIMEOUT`] (a nested or
 //!   half-working KVM, such as one that opens but cannot set the host CPU's
-//!   MSRs, fails it and gets TCG). The choice and its reason ([`AccelChoice`],
+//!   MSRs, fails it and gets TCG). The probe is not proof: on the lab machines
+//!   (nested KVM) it sometimes passes and a Linux guest then stops at its first
+//!   `lock cmpxchg16b` with "KVM internal error ... emulation failure", which
+//!   is why `auto` is not the default. The choice and its reason ([`AccelChoice`],
 //!   e.g. `accel tcg: KVM probe failed: ...`) go to every guest's log and the
 //!   daemon's log. [`start_probe`] runs the probe on a thread of its own when
 //!   the daemon starts, so no request waits for it.

@@ -18,6 +18,10 @@ const OUTSIDE_ADDR: &str = "10.77.255.10";
 #[test]
 fn daemon_with_switch_launches_enforces_restarts_and_terminates() {
     if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root: this test needs network namespaces and TAPs"
+        );
         eprintln!("skipped: needs root (network namespaces and TAPs)");
         return;
     }

@@ -15,10 +15,14 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Returns from the test (it passes, saying why) when not root.
+/// Returns from the test (it passes, saying why) when not root; fails under `CI=true`.
 macro_rules! require_root {
     () => {
         if !is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but not root: this test needs CAP_NET_ADMIN for namespaces and TAPs"
+            );
             eprintln!("skipped: needs root (CAP_NET_ADMIN) to create namespaces and TAPs");
             return;
         }
