@@ -31,7 +31,7 @@
 //!   connection is closed (the rest of that line is never buffered); a connection
 //!   idle for [`IDLE_TIMEOUT`] is closed; at most [`MAX_CONNECTIONS`] are served at
 //!   once (more are answered with an error and closed). Each connection is served
-//!   by its own thread, which hands commands to the management thread over a channel.
+//!   by its own thread, which runs its commands on the core (`daemon::MgmtHandle`).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -738,8 +738,9 @@ pub struct StatsReport {
     pub instances: u64,
     /// Committed edits since start.
     pub edits: u64,
-    /// Edit received → committed and answered (the store's fsync included),
-    /// over the last edits (microseconds).
+    /// Edit received → committed to the store's log, over the last edits
+    /// (microseconds). The daemon's fsync of the log follows, outside the
+    /// core (group commit), and is not included.
     pub edit_latency_p50_us: u64,
     pub edit_latency_p99_us: u64,
     /// Validated → snapshot published (incremental compile + swap, before the

@@ -2,18 +2,30 @@
 //! API socket, and shuts down cleanly on SIGINT/SIGTERM.
 //!
 //! Threads and ownership:
-//! * The **management thread** owns the [`Core`] (model, store, data plane). It
-//!   takes [`Msg`]s from one channel and applies each before taking the next, so
-//!   edits are applied one at a time, in arrival order.
-//! * Slow lifecycle work never holds it: `run-instances`, `attach-instance` and
+//! * The [`Core`] (model, store, data plane) sits behind one lock, shared by
+//!   the **management thread** and the threads that take requests: a request
+//!   runs on the thread that read it ([`MgmtHandle::call`], under the lock),
+//!   so an edit is applied one at a time, in the order the lock is taken,
+//!   without waiting for another thread to wake up and take it. The
+//!   management thread takes [`Msg`]s from one channel (a launch's second
+//!   step, ticks, cluster news, requests that came before the core existed)
+//!   and applies each under the same lock.
+//! * Group commit: the core commits to the store under the lock, but the fsync
+//!   that makes the commit durable ([`crate::store::Syncer`]) runs after the
+//!   lock is released, before the answer is sent; the next request (another
+//!   client's edit, a launch's step) does not wait for the disk, and one fsync
+//!   covers every commit made before it. A failed fsync turns the answer into
+//!   InternalError (the edit is not acknowledged).
+//! * Slow lifecycle work never holds the core: `run-instances`, `attach-instance` and
 //!   `terminate-instances` run in two steps ([`Core::begin`], [`Core::finish`]).
-//!   Step 1 on the management thread validates exactly as one step would, and
+//!   Step 1 (on the request's thread) validates exactly as one step would, and
 //!   for a launch reserves the instances' ids, addresses, MACs and interfaces
 //!   (taken back out of the model: no other commit carries a half-launch) or
 //!   for a termination detaches the ports and commits; the slow part
 //!   (namespaces, TAPs, `ip` processes, AF_PACKET queues, QEMU; or destroying
 //!   them) goes as a job to the **launcher threads** (at most [`LAUNCHERS`],
-//!   started on demand) and the loop takes the next message without answering.
+//!   started on demand, through [`Msg::Waiting`]); the request's thread waits
+//!   for the answer without holding the core.
 //!   When the job is done its launcher sends [`Msg::Done`]; step 2 on the
 //!   management thread stages the instances again (a group deleted meanwhile
 //!   fails the launch with the missing-group error), commits, and only then
@@ -26,9 +38,9 @@
 //!   thread ends. In cluster mode both steps run in one turn (a commit lost to
 //!   a concurrent edit is retried whole).
 //! * The **accept thread** runs [`api::serve`]; each connection gets its own
-//!   thread that decodes requests and hands them to the management thread through
-//!   a [`MgmtHandle`], waiting for the answer. A slow or hostile client only ever
-//!   blocks its own thread.
+//!   thread that decodes requests and runs them through a [`MgmtHandle`]. A
+//!   slow or hostile client only ever blocks its own thread (it holds the
+//!   core's lock only while its request runs, never while it reads or writes).
 //! * A `capture` connection's thread streams the capture itself
 //!   ([`crate::capture`]): the management thread only starts it (resolves the
 //!   target, arms the switch) and goes on answering other requests.
@@ -93,7 +105,7 @@ use crate::cluster::node::{Node, NodeConfig};
 use crate::core::{
     Attachment, Core, CoreConfig, CoreError, Dataplane, Job, JobDone, Step, default_uplink_range,
 };
-use crate::store::{InstanceRecord, Store, StoreError};
+use crate::store::{InstanceRecord, Store, StoreError, Syncer};
 
 /// Errors of starting or running the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +203,10 @@ pub enum Msg {
         Request,
         mpsc::SyncSender<Result<crate::capture::Started, ApiError>>,
     ),
+    /// A request that [`MgmtHandle::call`] began on its own thread has a
+    /// slow part: run `job` on a launcher and answer on the channel when it
+    /// is done ([`Msg::Done`]).
+    Waiting(u64, Job, mpsc::SyncSender<Reply>),
     /// Cluster mode: the etcd follower has news for the core.
     Wake,
     /// A launcher thread finished the slow part of request `ticket`
@@ -205,6 +221,63 @@ pub enum Msg {
 #[derive(Clone)]
 pub struct MgmtHandle {
     tx: mpsc::Sender<Msg>,
+    shared: Arc<std::sync::Mutex<Shared>>,
+}
+
+/// The core, shared by the management thread and the threads that call
+/// [`MgmtHandle::call`]: a request runs on its caller's thread (the API
+/// connection's), under the lock, so an edit is not handed to another
+/// thread that must wake first. `None` until [`spawn_management_on`] puts
+/// the core in, and again once the management thread stopped.
+#[derive(Default)]
+struct Shared {
+    core: Option<Core>,
+    /// Makes the core's commits durable, outside the lock (group commit,
+    /// [`crate::store::Store::defer_sync`]); with the core.
+    syncer: Option<Syncer>,
+    /// [`Msg::Stop`] arrived: requests are refused.
+    stopping: bool,
+}
+
+/// [`Syncer::sync`]; a failure is logged (and returned, explained).
+fn sync_logged(syncer: &Syncer) -> Result<(), String> {
+    syncer.sync().map_err(|e| {
+        let why = crate::api::error_chain(&e);
+        tracing::error!("{why}");
+        why
+    })
+}
+
+/// `answer`, once what was committed before it is durable: the fsync runs
+/// after the core's lock is released, so the next request does not wait
+/// for the disk (and one fsync serves every commit made meanwhile). A
+/// failed fsync turns a success into InternalError: it must not be
+/// acknowledged.
+fn durable(syncer: Option<&Syncer>, answer: Reply) -> Reply {
+    let Some(Err(why)) = syncer.map(sync_logged) else {
+        return answer;
+    };
+    match answer {
+        Ok(_) => Err(ApiError::internal(format!(
+            "the change was made but may not survive a power cut: {why}"
+        ))),
+        err => err,
+    }
+}
+
+/// Lock `shared`; a panic while it was held left the core as consistent as
+/// a caught one (every command runs under `catch_unwind`), so poison is
+/// ignored.
+fn lock(shared: &std::sync::Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Begin `req` on `core`: a panic is an InternalError, and nothing is
+/// changed (the core undoes what the command staged and did not commit at
+/// its next request).
+fn begin(core: &mut Core, req: Request) -> Step {
+    std::panic::catch_unwind(AssertUnwindSafe(|| core.begin(req)))
+        .unwrap_or_else(|_| Step::Done(Err(panicked())))
 }
 
 impl MgmtHandle {
@@ -217,10 +290,40 @@ impl MgmtHandle {
         rrx.recv().map_err(|_| gone())?
     }
 
-    /// Send `req` and wait for its answer.
+    /// Answer `req`. It runs here, on the caller's thread, with the core
+    /// locked (a commit in progress elsewhere is hurried back to real time
+    /// first); its slow part, if any, runs on a launcher and this waits for
+    /// it. Before the core exists the request waits in the management
+    /// thread's channel.
     pub fn call(&self, req: Request) -> Reply {
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        self.ask(Msg::Request(req, rtx), rrx)
+        crate::sched::hurry();
+        let mut shared = lock(&self.shared);
+        if shared.stopping {
+            return Err(gone());
+        }
+        let Some(core) = shared.core.as_mut() else {
+            drop(shared);
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            return self.ask(Msg::Request(req, rtx), rrx);
+        };
+        match begin(core, req) {
+            Step::Done(answer) => {
+                let syncer = shared.syncer.clone();
+                drop(shared);
+                let answer = durable(syncer.as_ref(), answer);
+                log_failure(&answer);
+                answer
+            }
+            Step::Slow { ticket, job } => {
+                // Sent under the lock: the management thread sees it before
+                // anything else that could finish this ticket.
+                let (rtx, rrx) = mpsc::sync_channel(1);
+                let sent = self.tx.send(Msg::Waiting(ticket, job, rtx));
+                drop(shared);
+                sent.map_err(|_| gone())?;
+                rrx.recv().map_err(|_| gone())?
+            }
+        }
     }
 
     /// [`Handler::lookup_access_key`] on the management thread.
@@ -240,8 +343,10 @@ impl MgmtHandle {
         let _ = self.tx.send(Msg::Wake);
     }
 
-    /// Ask the management thread to stop (it returns the core from its join handle).
+    /// Ask the management thread to stop (it returns the core from its join
+    /// handle); requests from now on are refused.
     pub fn stop(&self) {
+        lock(&self.shared).stopping = true;
         let _ = self.tx.send(Msg::Stop);
     }
 }
@@ -355,7 +460,8 @@ pub fn spawn_management(core: Core) -> Result<(MgmtHandle, JoinHandle<Core>), Da
 /// the core exists).
 pub fn management_channel() -> (MgmtHandle, mpsc::Receiver<Msg>) {
     let (tx, rx) = mpsc::channel::<Msg>();
-    (MgmtHandle { tx }, rx)
+    let shared = Arc::default();
+    (MgmtHandle { tx, shared }, rx)
 }
 
 /// Start the management thread around `core`, answering the messages of `rx`
@@ -369,10 +475,17 @@ pub fn spawn_management_on(
         queue: Arc::default(),
         back: handle.tx.clone(),
     };
+    let shared = handle.shared.clone();
+    let syncer = core.defer_sync();
     let join = std::thread::Builder::new()
         .name("sgswitch-mgmt".into())
         .spawn(move || {
             crate::sched::apply("sgswitch-mgmt");
+            {
+                let mut g = lock(&shared);
+                g.core = Some(core);
+                g.syncer = Some(syncer.clone());
+            }
             let mut last_tick = std::time::Instant::now();
             // Requests whose slow part runs on a launcher: who waits for the
             // answer.
@@ -386,10 +499,15 @@ pub fn spawn_management_on(
                 // Every TICK, between requests: move QEMU guests on (pending →
                 // running, or stopped when QEMU died).
                 if last_tick.elapsed() >= TICK {
+                    let mut guard = lock(&shared);
+                    let core = guard.core.as_mut().expect("the core is in");
                     let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         core.poll_cluster();
                         core.tick()
                     }));
+                    drop(guard);
+                    // Nobody waits for these commits; still durable at once.
+                    let _ = sync_logged(&syncer);
                     last_tick = std::time::Instant::now();
                 }
                 let msg = match rx.recv_timeout(TICK) {
@@ -397,35 +515,37 @@ pub fn spawn_management_on(
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 };
+                let mut guard = lock(&shared);
+                let core = guard.core.as_mut().expect("the core is in");
+                // Answered once the lock is released and the commit durable.
+                let mut answered: Option<(mpsc::SyncSender<Reply>, Reply)> = None;
                 match msg {
                     // Stopping: only the launches in flight are finished.
                     Msg::Request(_, reply) if stopping => {
                         let _ = reply.send(Err(gone()));
                     }
-                    Msg::Request(req, reply) => {
-                        // A bug in one command must not take the daemon down:
-                        // answer InternalError and go on (the core undoes what the
-                        // command staged and did not commit at its next request).
-                        let step = std::panic::catch_unwind(AssertUnwindSafe(|| core.begin(req)))
-                            .unwrap_or_else(|_| Step::Done(Err(panicked())));
-                        match step {
-                            Step::Done(answer) => answer_with(&reply, answer),
-                            // The slow part (namespaces, TAPs, guests) runs on a
-                            // launcher; the answer waits for it, the loop does not.
-                            Step::Slow { ticket, job } => {
-                                waiting.insert(ticket, reply);
-                                launcher.run(ticket, job);
-                            }
+                    // Sent before the core was in (see `MgmtHandle::call`).
+                    // A bug in one command must not take the daemon down:
+                    // `begin` answers InternalError and the loop goes on.
+                    Msg::Request(req, reply) => match begin(core, req) {
+                        Step::Done(answer) => answered = Some((reply, answer)),
+                        // The slow part (namespaces, TAPs, guests) runs on a
+                        // launcher; the answer waits for it, the loop does not.
+                        Step::Slow { ticket, job } => {
+                            waiting.insert(ticket, reply);
+                            launcher.run(ticket, job);
                         }
+                    },
+                    Msg::Waiting(ticket, job, reply) => {
+                        waiting.insert(ticket, reply);
+                        launcher.run(ticket, job);
                     }
                     Msg::Done(ticket, done) => {
                         let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
                             core.finish(ticket, done)
                         }))
                         .unwrap_or_else(|_| Err(panicked()));
-                        if let Some(reply) = waiting.remove(&ticket) {
-                            answer_with(&reply, answer);
-                        }
+                        answered = waiting.remove(&ticket).map(|reply| (reply, answer));
                     }
                     Msg::LookupAccessKey(key_id, reply) => {
                         let _ = reply.send(core.lookup_access_key(&key_id));
@@ -445,8 +565,15 @@ pub fn spawn_management_on(
                     // undone: nothing half-made is left, nothing answered lost).
                     Msg::Stop => stopping = true,
                 }
+                drop(guard);
+                match answered {
+                    Some((reply, a)) => answer_with(&reply, durable(Some(&syncer), a)),
+                    None => {
+                        let _ = sync_logged(&syncer);
+                    }
+                }
             }
-            core
+            lock(&shared).core.take().expect("the core is in")
         })
         .map_err(|source| DaemonError::Spawn {
             what: "management thread",
@@ -461,15 +588,20 @@ fn panicked() -> ApiError {
     ApiError::internal("the command failed unexpectedly; nothing was changed")
 }
 
-/// Send `answer` to `reply`; a failure of the daemon's own is worth a line in
-/// the log (refused input is the client's business).
+/// Send `answer` to `reply` ([`log_failure`] first).
 fn answer_with(reply: &mpsc::SyncSender<Reply>, answer: Reply) {
-    if let Err(e) = &answer
+    log_failure(&answer);
+    let _ = reply.send(answer);
+}
+
+/// A failure of the daemon's own is worth a line in the log (refused input
+/// is the client's business).
+fn log_failure(answer: &Reply) {
+    if let Err(e) = answer
         && e.code == ErrorCode::InternalError
     {
         tracing::warn!("command failed: {}", e.message);
     }
-    let _ = reply.send(answer);
 }
 
 /// A bound API socket that removes its file when dropped.
@@ -1441,6 +1573,36 @@ mod tests {
         drop(core);
         let core = core_in(&dir, config());
         assert_eq!(core.model().instances().len(), 1, "committed");
+    }
+
+    /// Group commit: an edit is answered only once its commit is fsynced,
+    /// which runs after the core's lock is released; where the fsync fails
+    /// the edit is not acknowledged.
+    #[test]
+    fn an_edit_is_answered_only_once_durable() {
+        let dir = TempDir::new("mgmt-durable");
+        let core = core_in(&dir, config());
+        let (handle, join) = spawn_management(core).unwrap();
+        let add = |name: &str| {
+            handle.call(req(Command::AddGroup {
+                name: name.into(),
+                description: "d".into(),
+            }))
+        };
+        assert!(add("web").is_ok());
+        let syncer = lock(&handle.shared).syncer.clone().expect("syncer");
+        assert_eq!(syncer.behind(), 0, "synced before the answer");
+        // The files vanish (the disk fails): the commit itself still works
+        // on SQLite's open descriptors, the fsync cannot.
+        let db = dir.0.join(crate::store::DB_FILE);
+        std::fs::remove_file(&db).unwrap();
+        std::fs::remove_file(db.with_extension("db-wal")).unwrap();
+        let err = add("db").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InternalError);
+        assert!(err.message.contains("power cut"), "{}", err.message);
+        assert!(err.message.contains("sgswitch.db"), "{}", err.message);
+        handle.stop();
+        drop(join.join().unwrap());
     }
 
     #[test]

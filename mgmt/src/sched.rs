@@ -1,9 +1,10 @@
-//! Scheduling of the edit path (issue 13): the threads a rule edit passes
-//! through in the daemon — the API connection's thread that reads the request
-//! and the management thread that applies and publishes it — run ahead of
-//! ordinary threads, so an edit is not left waiting behind busy ones (the
-//! forwarding worker, the guests, the endpoints' own load, builds) when it
-//! wakes them.
+//! Scheduling of the edit path (issue 13): the threads a rule edit runs on
+//! in the daemon — the API (or EC2 API) connection's thread, which reads the
+//! request and applies and publishes it (`daemon::MgmtHandle::call`), and
+//! the management thread, which does a launch's second step and the ticks —
+//! run ahead of ordinary threads, so an edit is not left waiting behind busy
+//! ones (the forwarding worker, the guests, the endpoints' own load, builds)
+//! when it wakes them.
 //!
 //! `sgswitch up --edit-priority`:
 //! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
@@ -36,8 +37,8 @@
 //!
 //! Workers at normal priority (`--worker-priority normal`, the default) are
 //! preempted by a real-time edit path wherever they meet it; after the
-//! publish the management thread therefore commits to the store as an
-//! ordinary thread ([`ordinary`]), and a request handed over meanwhile makes
+//! publish the committing thread therefore writes to the store as an
+//! ordinary thread ([`ordinary`]), and a request that arrives meanwhile makes
 //! it real-time again at once ([`hurry`]). Measured: docs/benchmarks.md,
 //! "The enforced tail, fourth pass".
 
@@ -123,20 +124,19 @@ pub fn apply(what: &str) -> EditPriority {
 
 /// While alive, the calling thread runs as an ordinary one (`SCHED_OTHER` at
 /// nice [`NICE`], after yielding its core once) if it was at `SCHED_FIFO` and
-/// the workers are not; dropped, it is put back. The management thread
+/// the workers are not; dropped, it is put back. The committing thread
 /// holds one across the store commit: the edit is already published
 /// (enforced) by then, and the commit's own CPU work (SQLite, ~0.3-0.5 ms
-/// per edit) and its wake-ups after the fsync would otherwise keep a normal
-/// worker it preempted off its core, which delays the very first datagrams
+/// per edit) would otherwise keep a normal worker it preempted off its core, which delays the very first datagrams
 /// the new rule admits (measured: docs/benchmarks.md, "The enforced tail,
 /// fourth pass"). Costs two `sched_setscheduler` calls and a `sched_yield`
 /// per commit, none when the thread or the workers are real-time.
 ///
 /// A request that arrives meanwhile must not wait for a commit slowed down
 /// by normal threads (with launches in flight the management thread commits
-/// their steps between edits): the connection thread that hands it over
-/// calls [`hurry`], which puts the committing thread back at `SCHED_FIFO`
-/// at once.
+/// their steps between edits): the connection thread, before it waits for
+/// the core's lock, calls [`hurry`], which puts the committing thread back
+/// at `SCHED_FIFO` at once.
 pub struct Ordinary {
     was_fifo: bool,
 }
@@ -158,8 +158,8 @@ pub fn ordinary() -> Ordinary {
     Ordinary { was_fifo }
 }
 
-/// A request was handed to the management thread: if it is committing as
-/// an ordinary thread ([`Ordinary`]), back to `SCHED_FIFO` with it, so the
+/// A request is about to wait for the core: if the thread that holds it is
+/// committing as an ordinary thread ([`Ordinary`]), back to `SCHED_FIFO` with it, so the
 /// request does not wait behind normal threads. One atomic load otherwise.
 pub fn hurry() {
     let tid = ORDINARY_TID.load(Ordering::SeqCst);

@@ -2,9 +2,18 @@
 //!
 //! Contract:
 //! * [`Store::commit`] applies a batch of [`Edit`]s in **one** transaction and
-//!   returns only after SQLite has committed it. The database runs in WAL mode with
-//!   `synchronous=FULL`, so a committed transaction survives `kill -9` and a power
-//!   cut; the daemon answers a client only after `commit` returned `Ok`.
+//!   returns only after SQLite has committed it and the write-ahead log is
+//!   fsynced, so a committed transaction survives `kill -9` and a power cut.
+//!   The database runs in WAL mode with `synchronous=NORMAL` (SQLite writes
+//!   the transaction to the log and syncs only at checkpoints); the fsync of
+//!   the log is the store's own ([`Syncer`]).
+//! * Group commit ([`Store::defer_sync`], the daemon): `commit` returns once
+//!   the transaction is in the log (it survives `kill -9` already) and the
+//!   [`Syncer`] it hands out makes it durable later, on another thread and
+//!   without the store: the daemon commits under the core's lock and fsyncs
+//!   after releasing it, before it answers, so the next request does not wait
+//!   for the disk, and one fsync covers every transaction committed before
+//!   it. The daemon answers a client only after both.
 //! * A failed `commit` rolls back completely: the database is unchanged.
 //! * The schema enforces what it can on its own: group `(owner, name)` unique,
 //!   rule `(group, protocol, ports, source)` unique, instance MAC and IP unique,
@@ -287,6 +296,12 @@ pub enum StoreError {
         edit: String,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("cannot fsync the state database's log {path}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("loading {what} from the state database")]
     Load {
@@ -575,10 +590,94 @@ pub struct Loaded {
     pub tags: Vec<TagRecord>,
 }
 
-/// The SQLite state store. One connection, owned by the management thread.
+/// The SQLite state store. One connection, used under the core's lock.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    syncer: Syncer,
+    /// [`Store::defer_sync`] was called: `commit` leaves the fsync to the
+    /// caller.
+    deferred: bool,
+}
+
+/// Makes the store's committed transactions durable: fsyncs its write-ahead
+/// log. Cloneable and usable without the store (see [`Store::defer_sync`]).
+#[derive(Clone)]
+pub struct Syncer(std::sync::Arc<SyncState>);
+
+struct SyncState {
+    /// The database file.
+    db: PathBuf,
+    /// The write-ahead log, `DB-wal`.
+    wal: PathBuf,
+    /// Transactions committed so far.
+    committed: std::sync::atomic::AtomicU64,
+    /// Held across the fsync: a second caller waits and then finds its
+    /// transactions synced already.
+    synced: std::sync::Mutex<Synced>,
+}
+
+/// Transactions known durable, and the file last synced (with its device
+/// and inode, to notice a log made afresh).
+#[derive(Default)]
+struct Synced {
+    count: u64,
+    file: Option<(std::fs::File, u64, u64)>,
+}
+
+impl Syncer {
+    fn new(db: &Path) -> Syncer {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        Syncer(std::sync::Arc::new(SyncState {
+            db: db.to_path_buf(),
+            wal: wal.into(),
+            committed: Default::default(),
+            synced: Default::default(),
+        }))
+    }
+
+    /// Make every transaction committed before this call durable (one
+    /// `fdatasync` of the log; none when they are already).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
+        let target = self.0.committed.load(Ordering::Acquire);
+        let mut synced = self.0.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.count >= target {
+            return Ok(());
+        }
+        // No log (SQLite removes it when its last connection closes, after
+        // a checkpoint into the database): the database file then.
+        let path = match std::fs::metadata(&self.0.wal) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => &self.0.db,
+            _ => &self.0.wal,
+        };
+        let err = |source| StoreError::Sync {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(err)?;
+        let file = match synced.file.take() {
+            Some((f, dev, ino)) if (dev, ino) == (meta.dev(), meta.ino()) => f,
+            _ => std::fs::File::open(path).map_err(err)?,
+        };
+        let meta = file.metadata().map_err(err)?;
+        file.sync_data().map_err(err)?;
+        *synced = Synced {
+            count: target,
+            file: Some((file, meta.dev(), meta.ino())),
+        };
+        Ok(())
+    }
+
+    /// Transactions committed and not yet synced.
+    pub fn behind(&self) -> u64 {
+        let target = self.0.committed.load(std::sync::atomic::Ordering::Acquire);
+        let synced = self.0.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let synced = synced.count;
+        target.saturating_sub(synced)
+    }
 }
 
 /// File name of the database inside the state directory.
@@ -605,10 +704,11 @@ impl Store {
             source,
         })?;
         let conn = Connection::open(path).map_err(open_err)?;
-        // WAL + synchronous=FULL: every commit is fsynced before it returns.
+        // WAL + synchronous=NORMAL: SQLite syncs at checkpoints, and every
+        // commit's log is fsynced by the `Syncer`.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
@@ -619,9 +719,18 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            syncer: Syncer::new(path),
+            deferred: false,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// From now on [`Store::commit`] does not fsync: the caller makes each
+    /// commit durable with the returned [`Syncer`] before it tells anyone.
+    pub fn defer_sync(&mut self) -> Syncer {
+        self.deferred = true;
+        self.syncer.clone()
     }
 
     /// The schema version of the open database.
@@ -652,8 +761,15 @@ impl Store {
             tx.pragma_update(None, "user_version", version as i64)
                 .map_err(err)?;
             tx.commit().map_err(err)?;
+            self.committed();
         }
-        Ok(())
+        self.syncer.sync()
+    }
+
+    /// Count a committed transaction for the [`Syncer`].
+    fn committed(&self) {
+        let c = &self.syncer.0.committed;
+        c.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Apply `edits` in one transaction; on error nothing is applied.
@@ -676,7 +792,18 @@ impl Store {
             _ => format!("{} edits", edits.len()),
         };
         tx.commit()
-            .map_err(|source| StoreError::Commit { edit: what, source })
+            .map_err(|source| StoreError::Commit { edit: what, source })?;
+        self.committed_one()
+    }
+
+    /// A transaction was committed: count it, and make it durable unless
+    /// the caller does ([`Store::defer_sync`]).
+    fn committed_one(&self) -> Result<(), StoreError> {
+        self.committed();
+        if self.deferred {
+            return Ok(());
+        }
+        self.syncer.sync()
     }
 
     /// Load the whole state.
@@ -1104,11 +1231,11 @@ impl Store {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [key, value],
             )
-            .map(|_| ())
             .map_err(|source| StoreError::Commit {
                 edit: format!("set {key} = {value}"),
                 source,
-            })
+            })?;
+        self.committed_one()
     }
 
     /// The database file path.
@@ -1682,6 +1809,49 @@ mod tests {
         assert_eq!(l.counters.get("generation"), Some(&7));
         assert_eq!(counter(&s, "generation").unwrap(), Some(7));
         assert_eq!(counter(&s, "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn deferred_commits_are_made_durable_by_one_sync_of_the_log() {
+        let dir = TempDir::new("defer");
+        let mut s = Store::open_dir(&dir.0).unwrap();
+        let generation = |value| Edit::SetCounter {
+            name: "generation".into(),
+            value,
+        };
+        s.commit(&[generation(1)]).unwrap();
+        let syncer = s.defer_sync();
+        assert_eq!(syncer.behind(), 0, "commit synced before defer_sync");
+        s.commit(&[generation(2)]).unwrap();
+        s.commit(&[generation(3)]).unwrap();
+        s.set_setting("subnet6", "fd00:1::/64").unwrap();
+        assert_eq!(syncer.behind(), 3, "deferred: left to the syncer");
+        // A failed commit is not one to sync.
+        s.commit(&[Edit::AddRules {
+            group_id: "sg-0000dead".into(),
+            rules: vec![group_rule("default")],
+        }])
+        .unwrap_err();
+        assert_eq!(syncer.behind(), 3);
+        // Written already: another connection (a daemon after kill -9) reads it.
+        let other = Store::open_dir(&dir.0).unwrap();
+        assert_eq!(counter(&other, "generation").unwrap(), Some(3));
+        drop(other);
+        // One sync, on another thread and without the store, covers all three.
+        let t = syncer.clone();
+        std::thread::spawn(move || t.sync())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(syncer.behind(), 0);
+        syncer.sync().unwrap();
+        // Where the files are gone, the sync fails and says which file.
+        s.commit(&[generation(4)]).unwrap();
+        std::fs::remove_file(dir.0.join(DB_FILE)).unwrap();
+        std::fs::remove_file(dir.0.join(format!("{DB_FILE}-wal"))).unwrap();
+        let err = syncer.sync().unwrap_err();
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+        assert_eq!(syncer.behind(), 1);
     }
 
     #[test]
@@ -2495,7 +2665,7 @@ mod tests {
     }
 
     #[test]
-    fn store_runs_wal_with_full_sync_and_foreign_keys() {
+    fn store_runs_wal_with_normal_sync_and_foreign_keys() {
         let dir = TempDir::new("pragmas");
         let s = Store::open_dir(&dir.0).unwrap();
         let mode: String = s
@@ -2510,7 +2680,8 @@ mod tests {
             .conn
             .pragma_query_value(None, "foreign_keys", |r| r.get(0))
             .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+        // synchronous=NORMAL (1): the log's fsync is the `Syncer`'s.
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 1, 1));
     }
 
     #[test]

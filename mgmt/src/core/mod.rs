@@ -2,8 +2,9 @@
 //! turns each [`Request`] into a [`Reply`].
 //!
 //! Contract:
-//! * One thread owns a `Core` (the daemon's management thread; tests call it
-//!   directly). Nothing else touches the model or the data plane.
+//! * One thread at a time uses a `Core` (the daemon keeps it behind a lock:
+//!   `daemon::MgmtHandle`; tests call it directly). Nothing else touches the
+//!   model or the data plane.
 //! * Validation is [`filter::Model`]'s: each model method checks its edit
 //!   against the current model and only then applies it, recording what it
 //!   changed ([`filter::model::Change`]); no copy of the model is made. The
@@ -36,8 +37,9 @@
 //!   subnet outside the uplink range ([`Model::free_ip`]).
 //! * Every owner has a `default` group: the first request of an unseen owner
 //!   creates it (a committed edit of its own).
-//! * Edit latency (request received → committed and answered, including the
-//!   store's fsync) and publish latency (validated → snapshot published:
+//! * Edit latency (request received → committed; in the daemon the fsync of
+//!   the store's log follows, outside the core: [`Core::defer_sync`]; elsewhere
+//!   it is included) and publish latency (validated → snapshot published:
 //!   store edits, incremental compile and pointer swap, the edit's
 //!   enforcement delay) are kept for the last [`LATENCY_WINDOW`] edits;
 //!   [`StatsReport`] shows p50/p99 of both.
@@ -681,6 +683,12 @@ impl Core {
         }
         self.log_edit(edit, &reply);
         reply
+    }
+
+    /// Leave the fsync of each commit to the caller (the daemon, after it
+    /// released the core): see [`Store::defer_sync`].
+    pub fn defer_sync(&mut self) -> crate::store::Syncer {
+        self.store.defer_sync()
     }
 
     /// Requests between [`Core::begin`] and [`Core::finish`].

@@ -389,6 +389,9 @@ pub fn serve(
             .name("sgswitch-ec2".into())
             .spawn(move || {
                 let _slot = slot;
+                // Its requests run on this thread (`MgmtHandle::call`): at the
+                // edit path's priority, as the API socket's connections.
+                crate::sched::apply("sgswitch-ec2");
                 let _ = serve_connection(stream, &*handler);
             });
     }
