@@ -466,25 +466,47 @@ pub fn probe_edits(
     let base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> =
         Arc::new((0..SENT_RING).map(|_| AtomicU64::new(0)).collect());
-    let ring = Arc::clone(&sent_at);
-    let sender = thread::Builder::new()
-        .name("probe-tx".into())
-        .spawn(move || -> (u64, Duration) {
-            probe_priority();
-            let t0 = Instant::now();
-            let mut n = 0u64;
-            // Bounded: at most 10 minutes whatever happens.
-            while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
-                let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
-                ring[(n % SENT_RING as u64) as usize]
-                    .store(base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
-                let _ = s.send_to(&n.to_be_bytes(), dst);
-                n += 1;
-                thread::sleep(PROBE_INTERVAL);
-            }
-            (n, t0.elapsed())
-        })
-        .map_err(spawn_err)?;
+    // E2EBENCH_PROBE_SENDERS=N (diagnosis): N senders, each pinned to a
+    // core of its own and sending every N x PROBE_INTERVAL, in turn, so the
+    // probe goes on when one core is held (by a non-preemptible kernel
+    // section, say) and the datagrams still leave ~PROBE_INTERVAL apart.
+    let senders: usize = std::env::var("E2EBENCH_PROBE_SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=8).contains(&n))
+        .unwrap_or(1);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let next_seq = Arc::new(AtomicU64::new(0));
+    let tx_socks = Arc::new(tx_socks);
+    let mut sender_threads = Vec::new();
+    for k in 0..senders {
+        let (ring, sstop) = (Arc::clone(&sent_at), Arc::clone(&sstop));
+        let (next_seq, tx_socks) = (Arc::clone(&next_seq), Arc::clone(&tx_socks));
+        let pin = (senders > 1).then(|| cores.get(k % cores.len().max(1)).copied());
+        let every = PROBE_INTERVAL * senders as u32;
+        let t = thread::Builder::new()
+            .name("probe-tx".into())
+            .spawn(move || -> Duration {
+                if let Some(Some(core)) = pin {
+                    core_affinity::set_for_current(core);
+                }
+                probe_priority();
+                let t0 = Instant::now();
+                thread::sleep(PROBE_INTERVAL * k as u32);
+                // Bounded: at most 10 minutes whatever happens.
+                while !sstop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
+                    let n = next_seq.fetch_add(1, Ordering::Relaxed);
+                    let s = &tx_socks[(n % tx_socks.len() as u64) as usize];
+                    ring[(n % SENT_RING as u64) as usize]
+                        .store(base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+                    let _ = s.send_to(&n.to_be_bytes(), dst);
+                    thread::sleep(every);
+                }
+                t0.elapsed()
+            })
+            .map_err(spawn_err)?;
+        sender_threads.push(t);
+    }
     let sent = |seq: u64| -> Option<Instant> {
         let ns = sent_at[(seq % SENT_RING as u64) as usize].load(Ordering::Relaxed);
         (ns > 0).then(|| base + Duration::from_nanos(ns - 1))
@@ -632,7 +654,12 @@ pub fn probe_edits(
         let _ = std::fs::write(p, d.join("\n") + "\n");
     }
     stop.store(true, Ordering::Relaxed);
-    let (sent, took) = sender.join().unwrap_or((0, Duration::from_secs(1)));
+    let took = sender_threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(Duration::from_secs(1)))
+        .max()
+        .unwrap_or(Duration::from_secs(1));
+    let sent = next_seq.load(Ordering::Relaxed);
     res.probe_pps = sent as f64 / took.as_secs_f64().max(1e-3);
     let _ = receiver.join();
     drop(background);
