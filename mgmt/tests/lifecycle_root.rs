@@ -22,22 +22,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, instance_lines, is_root, netns_exists, sh};
+use common::{Lab, instance_lines, netns_exists, not_root, sh};
 
 const SUBNET: &str = "10.74.0.0/16";
-
-/// Whether the test can run; under `CI=true` a test that cannot must fail.
-fn can_run() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: this test needs root (network namespaces and TAPs)"
-    );
-    eprintln!("skipped: needs root (network namespaces and TAPs)");
-    false
-}
 
 /// Processes the test started inside instances: killed by PID on drop.
 struct Procs(Vec<Child>);
@@ -100,7 +87,7 @@ fn launch(lab: &mut Lab, n: usize) -> (Vec<String>, Vec<Vec<String>>) {
 
 #[test]
 fn terminate_all_ends_a_lab_and_what_runs_inside_it() {
-    if !can_run() {
+    if not_root() {
         return;
     }
     let mut lab = Lab::new("t", SUBNET);
@@ -154,7 +141,7 @@ fn terminate_all_ends_a_lab_and_what_runs_inside_it() {
 
 #[test]
 fn instances_whose_namespace_or_interface_vanished_are_not_running() {
-    if !can_run() {
+    if not_root() {
         return;
     }
     let mut lab = Lab::new("v", SUBNET);

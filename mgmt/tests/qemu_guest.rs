@@ -35,7 +35,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Lab, instance_lines, is_root, sh};
+use common::{Lab, cannot_run, instance_lines, is_root, sh};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -639,17 +639,6 @@ fn attached_guest_and_namespace_instance_follow_group_rules_both_ways() {
     lab.cli(&["terminate-instances", &nid]);
     assert_eq!(lab.cli(&["describe-instances"]), "");
     lab.stop("TERM");
-}
-
-/// Skip (or, under `CI=true`, fail) when `why` says the test cannot run.
-fn cannot_run(why: Option<&str>) -> bool {
-    let Some(why) = why else { return false };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: cannot run: {why}"
-    );
-    eprintln!("skipped: {why}");
-    true
 }
 
 /// `describe-instances ID`'s INSTANCE line, split.

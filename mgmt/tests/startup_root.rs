@@ -21,20 +21,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Lab, instance_lines, is_root, sh};
-
-/// Root, or skip (fail under `CI=true`).
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: needs root (network namespaces and TAPs), and CI=true"
-    );
-    eprintln!("skipped {test}: needs root (network namespaces and TAPs)");
-    false
-}
+use common::{BIN, Lab, instance_lines, not_root, sh};
 
 /// A daemon process, killed by PID when dropped.
 struct Proc(Child);
@@ -128,7 +115,7 @@ fn cli_ok(socket: &Path, args: &[&str]) -> String {
 
 #[test]
 fn the_socket_appears_only_when_the_daemon_is_ready() {
-    if !need_root("the_socket_appears_only_when_the_daemon_is_ready") {
+    if not_root() {
         return;
     }
     let lab = Lab::new("r", "10.81.0.0/16");
@@ -164,7 +151,7 @@ fn the_socket_appears_only_when_the_daemon_is_ready() {
 
 #[test]
 fn notify_socket_gets_ready_and_stopping() {
-    if !need_root("notify_socket_gets_ready_and_stopping") {
+    if not_root() {
         return;
     }
     use std::os::linux::net::SocketAddrExt;
@@ -201,7 +188,7 @@ fn notify_socket_gets_ready_and_stopping() {
 
 #[test]
 fn a_second_daemon_on_the_same_state_dir_is_refused() {
-    if !need_root("a_second_daemon_on_the_same_state_dir_is_refused") {
+    if not_root() {
         return;
     }
     let mut lab = Lab::new("s", "10.83.0.0/16");
@@ -227,7 +214,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
 
 #[test]
 fn an_uplink_held_by_another_daemon_is_refused_a_stale_one_is_reattached() {
-    if !need_root("an_uplink_held_by_another_daemon_is_refused_a_stale_one_is_reattached") {
+    if not_root() {
         return;
     }
     let mut lab = Lab::new("u", "10.84.0.0/16");
@@ -251,7 +238,7 @@ fn an_uplink_held_by_another_daemon_is_refused_a_stale_one_is_reattached() {
 
 #[test]
 fn a_subnet_overlapping_a_route_is_refused() {
-    if !need_root("a_subnet_overlapping_a_route_is_refused") {
+    if not_root() {
         return;
     }
     let mut lab = Lab::new("o", "10.85.0.0/16");
@@ -338,7 +325,7 @@ fn a_subnet_overlapping_a_route_is_refused() {
 
 #[test]
 fn not_root_is_refused_and_creates_nothing() {
-    if !need_root("not_root_is_refused_and_creates_nothing") {
+    if not_root() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -370,7 +357,7 @@ fn not_root_is_refused_and_creates_nothing() {
 
 #[test]
 fn a_busy_port_names_the_option_and_leaves_nothing() {
-    if !need_root("a_busy_port_names_the_option_and_leaves_nothing") {
+    if not_root() {
         return;
     }
     let lab = Lab::new("m", "10.88.0.0/16");

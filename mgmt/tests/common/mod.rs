@@ -15,6 +15,23 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Skip (print why and return true) when `why` says the test cannot run;
+/// under `CI=true` a test that cannot run fails instead.
+pub fn cannot_run(why: Option<&str>) -> bool {
+    let Some(why) = why else { return false };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: cannot run: {why}"
+    );
+    eprintln!("skipped: {why}");
+    true
+}
+
+/// [`cannot_run`] for want of root.
+pub fn not_root() -> bool {
+    cannot_run((!is_root()).then_some("needs root (network namespaces and TAPs)"))
+}
+
 pub fn sh(args: &[&str]) -> (bool, String) {
     let out = Command::new(args[0])
         .args(&args[1..])
