@@ -35,6 +35,17 @@
 //! (adaptive polling; `--poll busy` with `fifo` is refused: a spinning
 //! real-time thread would starve its core).
 //!
+//! Launches: making an instance's namespace and its TAP runs on helper
+//! threads (`switch::netns`) whose system calls hold a CPU in the kernel for
+//! up to ~1.6 ms (`unshare(CLONE_NEWNET)`), and on a kernel without full
+//! preemption a real-time thread woken on that CPU waits for all of it:
+//! the scheduler moves it elsewhere only when the CPU runs a real-time
+//! thread of at least its priority. Under `fifo` those helpers therefore
+//! run at `SCHED_FIFO` [`LAUNCH_FIFO_PRIORITY`], one above the edit path and
+//! `fifo` workers, which are then woken on another CPU (measured:
+//! docs/benchmarks.md, "The enforced tail, sixth pass"). The launcher
+//! threads themselves, and what they start (`ip`, QEMU), stay normal.
+//!
 //! Workers at normal priority (`--worker-priority normal`, the default) are
 //! preempted by a real-time edit path wherever they meet it; after the
 //! publish the committing thread therefore writes to the store as an
@@ -47,6 +58,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 /// Real-time priority of the edit path under `fifo`, and of `fifo` workers
 /// (1: the lowest).
 pub const FIFO_PRIORITY: i32 = 1;
+/// Real-time priority of a launch's namespace work under `fifo` (one above
+/// the edit path and `fifo` workers; see the module docs).
+pub const LAUNCH_FIFO_PRIORITY: i32 = FIFO_PRIORITY + 1;
 /// Nice value of the edit path under `nice` (and `fifo`'s fallback).
 pub const NICE: i32 = -10;
 
@@ -78,9 +92,12 @@ static WARNED_FIFO: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the priority [`apply`] gives the edit path's threads from now on
-/// (the daemon, at start; outside a daemon it stays `normal`).
+/// (the daemon, at start; outside a daemon it stays `normal`). Under
+/// `fifo` the namespace helper threads of launches run at
+/// [`LAUNCH_FIFO_PRIORITY`] ([`switch::netns::set_helper_fifo`]).
 pub fn choose(p: EditPriority) {
     CHOSEN.store(p as u8, Ordering::Relaxed);
+    switch::netns::set_helper_fifo((p == EditPriority::Fifo).then_some(LAUNCH_FIFO_PRIORITY));
 }
 
 /// The current choice.
@@ -225,6 +242,7 @@ mod tests {
         };
         let root = nix::unistd::geteuid().is_root();
         let (got, (policy, _), _) = run(EditPriority::Normal);
+        assert_eq!(switch::netns::helper_fifo(), None);
         assert_eq!(got, EditPriority::Normal);
         assert_eq!(policy, switch::sys::SCHED_OTHER);
         let (got, (policy, nice), child) = run(EditPriority::Nice);
@@ -236,6 +254,8 @@ mod tests {
             assert!(matches!(got, EditPriority::Nice | EditPriority::Normal));
         }
         let (got, (policy, nice), child) = run(EditPriority::Fifo);
+        // A launch's namespace work runs one above the edit path.
+        assert_eq!(switch::netns::helper_fifo(), Some(LAUNCH_FIFO_PRIORITY));
         match got {
             EditPriority::Fifo => {
                 assert_eq!(policy, switch::sys::SCHED_FIFO);
@@ -245,6 +265,7 @@ mod tests {
             EditPriority::Normal => assert!(!root, "root gets fifo or nice"),
         }
         choose(EditPriority::Normal);
+        assert_eq!(switch::netns::helper_fifo(), None);
     }
 
     /// The calling thread's real-time priority (0 when not real-time):

@@ -16,6 +16,10 @@
 //!   on any of these paths, so making an instance costs a few milliseconds.
 //! * Deleting a namespace unmounts and unlinks its file; the kernel destroys it
 //!   (and the TAPs in it) once nothing else holds it, asynchronously.
+//! * The helper threads can run at a real-time priority ([`set_helper_fifo`]),
+//!   so the kernel sends the real-time threads it wakes meanwhile (a switch's
+//!   workers and edit path) to another CPU instead of queueing them behind
+//!   the helper's long system calls.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -23,6 +27,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use crate::sys;
 
@@ -118,13 +123,56 @@ fn ensure_run_dir() -> Result<(), NetnsError> {
     Ok(())
 }
 
+/// `SCHED_FIFO` priority of the helper threads (0: they run as any thread).
+static HELPER_FIFO: AtomicI32 = AtomicI32::new(0);
+/// A refusal of [`HELPER_FIFO`] was logged already.
+static HELPER_FIFO_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Runs the helper threads ([`create`], [`in_netns`] and what uses them) at
+/// `SCHED_FIFO` priority `prio` from now on (`None`: as any thread, the
+/// default).
+///
+/// Why: their system calls are long kernel sections (`unshare(CLONE_NEWNET)`
+/// sets up every network subsystem for the new namespace: 0.7-1.6 ms here),
+/// and a kernel without full preemption runs nothing else on that CPU
+/// until they end. Linux sends a woken real-time thread to another CPU only
+/// when the one it would run on is running a real-time thread of at least
+/// its priority; a normal thread there, however long in the kernel, is
+/// expected to yield at once, so the woken thread waits for it. A helper at
+/// a real-time priority at or above the switch's latency-critical threads
+/// (its workers, the edit path) tells the scheduler the truth, and they run
+/// on another CPU meanwhile. The helpers do a bounded piece of kernel work
+/// each and start no process (`SCHED_RESET_ON_FORK` would make one normal
+/// anyway). Refused (no `CAP_SYS_NICE`, no real-time budget): a warning,
+/// once, and the helpers run as any thread.
+pub fn set_helper_fifo(prio: Option<i32>) {
+    HELPER_FIFO.store(prio.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// The helper threads' `SCHED_FIFO` priority ([`set_helper_fifo`]).
+pub fn helper_fifo() -> Option<i32> {
+    Some(HELPER_FIFO.load(Ordering::Relaxed)).filter(|&p| p > 0)
+}
+
 /// Runs `f` on a helper thread (so the caller's namespace never changes) and
 /// returns its result; a panic in `f` is propagated.
 fn on_helper<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let prio = HELPER_FIFO.load(Ordering::Relaxed);
     std::thread::scope(|s| {
         let h = std::thread::Builder::new()
             .name(format!("netns-{name}"))
-            .spawn_scoped(s, f)
+            .spawn_scoped(s, move || {
+                if prio > 0
+                    && let Err(e) = sys::set_thread_fifo(prio)
+                    && !HELPER_FIFO_WARNED.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "namespace helper threads: SCHED_FIFO {prio} refused ({e}); they run \
+                         as any thread"
+                    );
+                }
+                f()
+            })
             .map_err(|source| NetnsError::Thread {
                 name: name.to_owned(),
                 source,

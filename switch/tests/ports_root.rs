@@ -283,6 +283,36 @@ fn wait_gone(q: &dyn PortQueue) -> (bool, bool) {
     (rx_gone, tx_gone)
 }
 
+/// With a helper priority set, what `in_netns` runs is real-time at that
+/// priority, and normal again once unset; the calling thread is left as it
+/// was.
+#[test]
+fn helper_threads_run_at_the_chosen_real_time_priority() {
+    require_root!();
+    let g = ns("fifo");
+    // Policy and real-time priority (field 40 of /proc/thread-self/stat).
+    let sched = || {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let rt: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(37)
+            .unwrap()
+            .parse()
+            .unwrap();
+        (switch::sys::thread_sched().unwrap().0, rt)
+    };
+    let helper = || netns::in_netns(g.name(), sched).unwrap();
+    let caller = sched();
+    assert_eq!(helper(), (switch::sys::SCHED_OTHER, 0));
+    netns::set_helper_fifo(Some(2));
+    let got = helper();
+    netns::set_helper_fifo(None);
+    assert_eq!(got, (switch::sys::SCHED_FIFO, 2));
+    assert_eq!(netns::helper_fifo(), None);
+    assert_eq!(helper(), (switch::sys::SCHED_OTHER, 0));
+    assert_eq!(sched(), caller);
+}
+
 #[test]
 fn deleting_the_namespace_makes_the_tap_gone() {
     require_root!();
