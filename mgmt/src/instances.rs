@@ -49,8 +49,12 @@ pub const INSTANCE_IFNAME: &str = "eth0";
 pub enum InstanceError {
     #[error("instance {id}: invalid prefix length {prefix} (0-32)")]
     BadPrefix { id: String, prefix: u8 },
-    #[error("instance {id}: set its IPv6 address: {what}")]
-    Ipv6 { id: String, what: String },
+    #[error("instance {id}: set its IPv6 address and default route")]
+    Ipv6 {
+        id: String,
+        #[source]
+        source: NetnsError,
+    },
     #[error("instance {id}: create network namespace {id}")]
     CreateNetns {
         id: String,
@@ -225,67 +229,25 @@ pub fn create_netns_instance(
             source,
         })?;
         lo_up_here(id)?;
+        // The /64's address (no DAD: the switch answers for it alone) and
+        // the default route via the switch.
+        if let Some(p) = subnet6 {
+            let addr = filter::model::eui64_address(p, mac);
+            netns::set_ipv6(None, INSTANCE_IFNAME, addr, 64, switch::nd::router_ll()).map_err(
+                |source| InstanceError::Ipv6 {
+                    id: id.to_owned(),
+                    source,
+                },
+            )?;
+        }
         Ok(queues)
     })
     .map_err(|source| InstanceError::EnterNetns {
         id: id.to_owned(),
         source,
     })??;
-    if let Some(p) = subnet6 {
-        set_ipv6(id, filter::model::eui64_address(p, mac))?;
-    }
     undo.armed = false;
     Ok(boxed(queues))
-}
-
-/// Give `eth0` of namespace instance `id` its IPv6 address (`/64`, no DAD:
-/// the switch answers for it alone) and the default route via the switch.
-fn set_ipv6(id: &str, addr: std::net::Ipv6Addr) -> Result<(), InstanceError> {
-    let router = switch::nd::router_ll().to_string();
-    let cidr = format!("{addr}/64");
-    let steps: [&[&str]; 2] = [
-        &[
-            "-6",
-            "addr",
-            "replace",
-            &cidr,
-            "dev",
-            INSTANCE_IFNAME,
-            "nodad",
-        ],
-        &[
-            "-6",
-            "route",
-            "replace",
-            "default",
-            "via",
-            &router,
-            "dev",
-            INSTANCE_IFNAME,
-        ],
-    ];
-    for args in steps {
-        let out = std::process::Command::new("ip")
-            .arg("-n")
-            .arg(id)
-            .args(args)
-            .output()
-            .map_err(|e| InstanceError::Ipv6 {
-                id: id.to_owned(),
-                what: format!("ip {}: {e}", args.join(" ")),
-            })?;
-        if !out.status.success() {
-            return Err(InstanceError::Ipv6 {
-                id: id.to_owned(),
-                what: format!(
-                    "ip -n {id} {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Re-attaches to the persistent `eth0` of existing namespace instance `id` after
@@ -696,10 +658,32 @@ mod tests {
             .find(|l| l.contains(&want.to_string()))
             .unwrap();
         assert!(!line.contains("tentative"), "no DAD wait: {line}");
+        assert!(line.contains("nodad"), "{line}");
         let routes = show(&["-6", "route", "show", "default"]);
         assert!(
             routes.contains(&format!("via {}", switch::nd::router_ll())),
             "{routes}"
+        );
+        // Made again (a replace, as a re-launch would): one address, one
+        // default route.
+        netns::set_ipv6(
+            Some(&ns.0),
+            INSTANCE_IFNAME,
+            want,
+            64,
+            switch::nd::router_ll(),
+        )
+        .unwrap();
+        let addrs = show(&["-6", "addr", "show", "dev", INSTANCE_IFNAME]);
+        assert_eq!(addrs.matches(&format!("{want}/64")).count(), 1, "{addrs}");
+        let routes = show(&["-6", "route", "show", "default"]);
+        assert_eq!(routes.lines().count(), 1, "{routes}");
+        // A bad interface is an error naming it, in the namespace named.
+        let e =
+            netns::set_ipv6(Some(&ns.0), "nosuch0", want, 64, switch::nd::router_ll()).unwrap_err();
+        assert!(
+            e.to_string().contains("nosuch0") && e.to_string().contains(&ns.0),
+            "{e}"
         );
     }
 

@@ -23,7 +23,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
@@ -388,28 +388,26 @@ const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
 /// `nlmsg_type` of an error/ack answer.
 const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 
-/// Builds `RTM_NEWLINK` for `ifindex` with the given attributes (each padded
-/// to 4 bytes).
-fn newlink(seq: u32, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+/// `nlmsg_flags` of a request that makes or replaces what it names.
+const NLM_F_CREATE_REPLACE: u16 = (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
+
+/// Builds an rtnetlink request of type `ty` (with an ack asked for, and
+/// `flags` besides): the family header `header`, then the attributes (each
+/// padded to 4 bytes).
+fn request(seq: u32, ty: u16, flags: u16, header: &[u8], attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let attrs_len: usize = attrs
         .iter()
         .map(|(_, v)| (RTA_HDRLEN + v.len() + 3) & !3)
         .sum();
-    let len = NLMSG_HDRLEN + IFINFOMSG_LEN + attrs_len;
+    let len = NLMSG_HDRLEN + header.len() + attrs_len;
     let mut m = Vec::with_capacity(len);
     // nlmsghdr: len, type, flags, seq, pid
     m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
-    // ifinfomsg: family, pad, type, index, flags, change
-    m.push(libc::AF_UNSPEC as u8);
-    m.push(0);
-    m.extend_from_slice(&0u16.to_ne_bytes());
-    m.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(header);
     // rtattrs: len (unpadded), type, value, padding
     for (ty, v) in attrs {
         m.extend_from_slice(&((RTA_HDRLEN + v.len()) as u16).to_ne_bytes());
@@ -419,6 +417,100 @@ fn newlink(seq: u32, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     }
     debug_assert_eq!(m.len(), len);
     m
+}
+
+/// Builds `RTM_NEWLINK` for `ifindex` with the given attributes.
+fn newlink(seq: u32, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    // ifinfomsg: family, pad, type, index, flags, change
+    let mut h = Vec::with_capacity(IFINFOMSG_LEN);
+    h.push(libc::AF_UNSPEC as u8);
+    h.push(0);
+    h.extend_from_slice(&0u16.to_ne_bytes());
+    h.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    h.extend_from_slice(&0u32.to_ne_bytes());
+    h.extend_from_slice(&0u32.to_ne_bytes());
+    request(seq, libc::RTM_NEWLINK, 0, &h, attrs)
+}
+
+/// Builds `RTM_NEWADDR` (make or replace) of IPv6 `addr/prefix` on
+/// `ifindex`, without duplicate address detection (`IFA_F_NODAD`).
+fn newaddr6_nodad(seq: u32, ifindex: u32, addr: Ipv6Addr, prefix: u8) -> Vec<u8> {
+    // ifaddrmsg: family, prefixlen, flags, scope, index
+    let mut h = vec![libc::AF_INET6 as u8, prefix, libc::IFA_F_NODAD as u8, 0];
+    h.extend_from_slice(&ifindex.to_ne_bytes());
+    let a = addr.octets();
+    let flags = libc::IFA_F_NODAD.to_ne_bytes();
+    request(
+        seq,
+        libc::RTM_NEWADDR,
+        NLM_F_CREATE_REPLACE,
+        &h,
+        &[
+            (libc::IFA_LOCAL, &a),
+            (libc::IFA_ADDRESS, &a),
+            (libc::IFA_FLAGS, &flags),
+        ],
+    )
+}
+
+/// Builds `RTM_NEWROUTE` (make or replace) of the IPv6 default route via
+/// `gateway` out of `ifindex`, in the main table.
+fn default_route6(seq: u32, ifindex: u32, gateway: Ipv6Addr) -> Vec<u8> {
+    // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    let mut h = vec![
+        libc::AF_INET6 as u8,
+        0,
+        0,
+        0,
+        libc::RT_TABLE_MAIN,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_UNIVERSE,
+        libc::RTN_UNICAST,
+    ];
+    h.extend_from_slice(&0u32.to_ne_bytes());
+    let gw = gateway.octets();
+    let oif = ifindex.to_ne_bytes();
+    request(
+        seq,
+        libc::RTM_NEWROUTE,
+        NLM_F_CREATE_REPLACE,
+        &h,
+        &[(libc::RTA_GATEWAY, &gw), (libc::RTA_OIF, &oif)],
+    )
+}
+
+/// Gives `ifname` in `ns` (the current namespace for `None`) IPv6 address
+/// `addr/prefix` without duplicate address detection and the default route
+/// via `gateway` on it, replacing what is there: `ip -6 addr replace
+/// ADDR/PREFIX dev IF nodad` then `ip -6 route replace default via GW dev
+/// IF`, as two rtnetlink requests (no process is started). The interface
+/// must be up for the route.
+pub fn set_ipv6(
+    ns: Option<&str>,
+    ifname: &str,
+    addr: Ipv6Addr,
+    prefix: u8,
+    gateway: Ipv6Addr,
+) -> Result<(), NetnsError> {
+    let err = |op, source| NetnsError::Iface {
+        op,
+        ns: ns.map(str::to_owned),
+        ifname: ifname.to_owned(),
+        source,
+    };
+    in_ns_or_here(ns, || -> Result<(), NetnsError> {
+        let idx = sys::IfCtl::new()
+            .and_then(|c| c.ifindex(ifname))
+            .map_err(|e| err("get ifindex", e))?;
+        let nl = sys::NetlinkRoute::new().map_err(|e| err("open rtnetlink socket", e))?;
+        nl.send(&newaddr6_nodad(1, idx, addr, prefix))
+            .and_then(|()| read_ack(&nl, 1))
+            .map_err(|e| err("set IPv6 address (RTM_NEWADDR)", e))?;
+        nl.send(&default_route6(2, idx, gateway))
+            .and_then(|()| read_ack(&nl, 2))
+            .map_err(|e| err("set IPv6 default route (RTM_NEWROUTE)", e))
+    })
+    .and_then(|r| r)
 }
 
 /// `nlmsg_flags` of a dump request.
@@ -598,6 +690,74 @@ mod tests {
         assert!(check_name(&"x".repeat(NAME_MAX + 1)).is_err());
         assert!(check_name("i-0123abcd").is_ok());
         assert!(!exists("a/b"));
+    }
+
+    #[test]
+    fn ipv6_address_and_route_message_layouts() {
+        let a: Ipv6Addr = "fd00::1".parse().unwrap();
+        let m = newaddr6_nodad(3, 5, a, 64);
+        // 16 header + 8 ifaddrmsg + 2 x 20 (address attrs) + 8 (IFA_FLAGS)
+        assert_eq!(m.len(), 72);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 72);
+        assert_eq!(
+            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
+            libc::RTM_NEWADDR
+        );
+        assert_eq!(
+            u16::from_ne_bytes(m[6..8].try_into().unwrap()),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE_REPLACE
+        );
+        assert_eq!(
+            &m[16..20],
+            &[libc::AF_INET6 as u8, 64, libc::IFA_F_NODAD as u8, 0]
+        );
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 5);
+        assert_eq!(u16::from_ne_bytes(m[24..26].try_into().unwrap()), 20);
+        assert_eq!(
+            u16::from_ne_bytes(m[26..28].try_into().unwrap()),
+            libc::IFA_LOCAL
+        );
+        assert_eq!(&m[28..44], &a.octets());
+        assert_eq!(
+            u16::from_ne_bytes(m[66..68].try_into().unwrap()),
+            libc::IFA_FLAGS
+        );
+        assert_eq!(
+            u32::from_ne_bytes(m[68..72].try_into().unwrap()),
+            libc::IFA_F_NODAD
+        );
+        let gw: Ipv6Addr = "fe80::1".parse().unwrap();
+        let r = default_route6(4, 5, gw);
+        // 16 header + 12 rtmsg + 20 (gateway) + 8 (oif)
+        assert_eq!(r.len(), 56);
+        assert_eq!(
+            u16::from_ne_bytes(r[4..6].try_into().unwrap()),
+            libc::RTM_NEWROUTE
+        );
+        // family, dst_len 0 (default), src_len, tos, main table, boot, universe, unicast
+        assert_eq!(
+            &r[16..24],
+            &[
+                libc::AF_INET6 as u8,
+                0,
+                0,
+                0,
+                libc::RT_TABLE_MAIN,
+                libc::RTPROT_BOOT,
+                libc::RT_SCOPE_UNIVERSE,
+                libc::RTN_UNICAST
+            ]
+        );
+        assert_eq!(
+            u16::from_ne_bytes(r[30..32].try_into().unwrap()),
+            libc::RTA_GATEWAY
+        );
+        assert_eq!(&r[32..48], &gw.octets());
+        assert_eq!(
+            u16::from_ne_bytes(r[50..52].try_into().unwrap()),
+            libc::RTA_OIF
+        );
+        assert_eq!(u32::from_ne_bytes(r[52..56].try_into().unwrap()), 5);
     }
 
     #[test]
