@@ -13,6 +13,13 @@
 //!   and removes ports whose queues reported them gone (woken at once by the
 //!   worker that saw it). Such ports are counted in [`Stats::ports_gone`]; a later `remove_port`
 //!   of one succeeds (it is already gone).
+//! * A removed port's queues are closed by the housekeeper, never by a worker
+//!   ([`Datapath::close_retired`]): closing a TAP queue detaches it in the
+//!   kernel under the RTNL lock and waits for an RCU grace period, which
+//!   takes milliseconds while namespaces are being made or destroyed. The
+//!   control keeps each removed port until the workers have let go of it
+//!   (they drop the old port table at their next burst or wake-up), so a
+//!   worker's reference is never the last one.
 //! * The connection table is backed by 2 MiB huge pages where the kernel allows
 //!   it ([`crate::sys::advise_hugepages`], best effort): a first packet's insert
 //!   into the cold table then costs one cache miss, not a miss and a page walk.
@@ -48,6 +55,9 @@ use crate::worker::Worker;
 /// also reclaimed on sight by the datapath, the sweep only returns their quota
 /// and keeps `len()` honest. The timeouts are >= 10 s anyway.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+/// How soon the housekeeper looks again at removed ports a worker still
+/// held ([`Datapath::close_retired`]).
+const RETIRE_RECHECK: Duration = Duration::from_millis(20);
 
 /// The housekeeper folds a worker's left rule-hit blocks once this many
 /// have piled up (a fold reads each block's touched pages and its
@@ -66,6 +76,9 @@ struct Control {
     /// Ports removed because they were gone (so that `remove_port` of one is Ok).
     reaped: HashSet<PortId>,
     ports_gone: u64,
+    /// Ports removed from the table whose queues are not closed yet
+    /// ([`Datapath::close_retired`]).
+    retired: Vec<Arc<Port>>,
 }
 
 /// Everything the workers share. See the module docs.
@@ -363,15 +376,37 @@ impl Datapath {
     /// Detach a port. Its queues are dropped once no worker uses them any more.
     pub fn remove_port(&self, id: PortId) -> Result<(), SwitchError> {
         let mut c = self.control();
-        if c.ports.remove(&id).is_none() {
+        let Some(port) = c.ports.remove(&id) else {
             return if c.reaped.contains(&id) {
                 Ok(())
             } else {
                 Err(SwitchError::NoSuchPort(id))
             };
-        }
+        };
+        c.retired.push(port);
         self.publish_ports(&mut c);
+        drop(c);
+        self.wake_housekeeper();
         Ok(())
+    }
+
+    /// Close the queues of removed ports no worker holds any more (the
+    /// housekeeper's job: see the module docs). Returns how many are left
+    /// for later because a worker still holds them.
+    pub fn close_retired(&self) -> usize {
+        let mut c = self.control();
+        if c.retired.is_empty() {
+            return 0;
+        }
+        let (free, held): (Vec<_>, Vec<_>) = std::mem::take(&mut c.retired)
+            .into_iter()
+            .partition(|p| Arc::strong_count(p) == 1);
+        let left = held.len();
+        c.retired = held;
+        drop(c);
+        // The last references: the queues close here, outside the lock.
+        drop(free);
+        left
     }
 
     /// Remove every port whose tombstone is set. Returns how many.
@@ -387,7 +422,9 @@ impl Datapath {
             return 0;
         }
         for id in &gone {
-            c.ports.remove(id);
+            if let Some(port) = c.ports.remove(id) {
+                c.retired.push(port);
+            }
             c.reaped.insert(*id);
         }
         c.ports_gone += gone.len() as u64;
@@ -412,21 +449,26 @@ impl Datapath {
     pub(crate) fn wake_housekeeper(&self) {
         match self.housekeeper.get() {
             Some(t) => t.unpark(),
-            // No housekeeper thread (datapath driven directly): reap inline.
+            // No housekeeper thread (datapath driven directly): reap and
+            // close inline.
             None => {
                 self.reap_gone();
+                self.close_retired();
             }
         }
     }
 
-    /// One round of housekeeping: remove gone ports, and expire connections
-    /// (skipped when the table is empty).
-    pub fn housekeep(&self, sweep: bool) {
+    /// One round of housekeeping: remove gone ports, close removed ones no
+    /// worker holds, and expire connections (skipped when the table is
+    /// empty). Returns how many removed ports a worker still holds.
+    pub fn housekeep(&self, sweep: bool) -> usize {
         self.reap_gone();
+        let held = self.close_retired();
         self.tend_rule_hits();
         if sweep && !self.ct.is_empty() {
             self.ct.sweep(self.now_secs());
         }
+        held
     }
 
     /// Where port `id` stands: attached (and whether the DHCP server leased its
@@ -612,9 +654,15 @@ impl Switch {
                         if due {
                             last_sweep = Instant::now();
                         }
-                        dp.housekeep(due);
-                        // Woken early by a worker that found a port gone.
-                        std::thread::park_timeout(SWEEP_PERIOD);
+                        let held = dp.housekeep(due);
+                        // Woken early by a worker that found a port gone, or
+                        // by a removal; back soon while a worker still holds
+                        // a removed port.
+                        std::thread::park_timeout(if held > 0 {
+                            RETIRE_RECHECK
+                        } else {
+                            SWEEP_PERIOD
+                        });
                     }
                 })
                 .map_err(SwitchError::SpawnHousekeeper)?

@@ -742,6 +742,90 @@ mod tests {
         }
     }
 
+    /// A [`SockQueue`] that says, when dropped (closed), on which thread.
+    struct Closing(SockQueue, std::sync::mpsc::Sender<Option<String>>);
+
+    impl PortQueue for Closing {
+        fn recv(&self, buf: &mut [u8]) -> Result<Option<(usize, VnetHdr)>, PortError> {
+            self.0.recv(buf)
+        }
+
+        fn send(&self, frame: &[u8], vnet: &VnetHdr) -> Result<(), PortError> {
+            self.0.send(frame, vnet)
+        }
+
+        fn offloads(&self) -> bool {
+            false
+        }
+
+        fn poll_fd(&self) -> Option<RawFd> {
+            self.0.poll_fd()
+        }
+    }
+
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            let _ = self
+                .1
+                .send(std::thread::current().name().map(str::to_owned));
+        }
+    }
+
+    /// Closing a TAP queue can wait milliseconds in the kernel (RTNL, an RCU
+    /// grace period), so a removed port's queues are closed by the
+    /// housekeeper, never by a worker (nor by the control plane's caller),
+    /// whether or not a worker was using the port when it was removed.
+    #[test]
+    fn a_removed_ports_queues_are_closed_by_the_housekeeper() {
+        let sw = crate::Switch::start(SwitchConfig {
+            workers: 1,
+            ct: filter::CtConfig::with_capacity(1 << 12),
+            ..SwitchConfig::default()
+        })
+        .expect("switch");
+        sw.publish_rules(compile(&model(2), 1));
+        let (peer_ours, peer_theirs) = UnixDatagram::pair().expect("socketpair");
+        peer_theirs.set_nonblocking(true).expect("nonblocking");
+        sw.add_port(PortSpec {
+            name: "peer".into(),
+            role: role(11),
+            queues: vec![Box::new(SockQueue(peer_theirs))],
+        })
+        .expect("peer");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for round in 0..20u16 {
+            let (ours, theirs) = UnixDatagram::pair().expect("socketpair");
+            theirs.set_nonblocking(true).expect("nonblocking");
+            let id = sw
+                .add_port(PortSpec {
+                    name: format!("closing{round}"),
+                    role: role(10),
+                    queues: vec![Box::new(Closing(SockQueue(theirs), tx.clone()))],
+                })
+                .expect("port");
+            // Busy or parked: every other round the worker has just
+            // forwarded a frame from the port when it is removed.
+            if round % 2 == 0 {
+                ours.send(&udp(10, 11, 4000 + round)).expect("send");
+                let mut buf = [0u8; 2048];
+                peer_ours
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                peer_ours.recv(&mut buf).expect("forwarded");
+            }
+            sw.remove_port(id).expect("remove");
+            let closed_on = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("closed within 5 s");
+            assert_eq!(
+                closed_on.as_deref(),
+                Some("sgsw-housekeeper"),
+                "round {round}"
+            );
+        }
+        sw.shutdown();
+    }
+
     fn mac(n: u8) -> Mac {
         [0x02, 0, 0, 0, 0, n]
     }
