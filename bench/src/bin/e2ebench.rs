@@ -97,6 +97,11 @@ struct Opts {
     /// guests are being launched, issue 13).
     #[arg(long)]
     edit_launches: bool,
+    /// With --edit-launches: at most this many launches per second, evenly
+    /// spaced (default: back to back, so a daemon that launches faster gets
+    /// a heavier launch load; a fixed rate compares daemons under the same).
+    #[arg(long, requires = "edit_launches", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    edit_launch_rate: Option<u32>,
     /// CLI round trips.
     #[arg(long)]
     cli_runs: Option<usize>,
@@ -426,7 +431,15 @@ fn edit_sweep(run: &mut Run, rules: &[usize], report: &mut Report) {
         ));
         let load_ep = rules.first().and_then(|&n| sg.endpoints(n));
         match guarded(|| {
-            edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref(), opts.edit_launches)
+            edit::edit_latency(
+                &sg,
+                plan.edits / 2,
+                load_ep.as_ref(),
+                opts.edit_launches.then_some(match opts.edit_launch_rate {
+                    Some(n) => edit::LaunchPace::PerSecond(n),
+                    None => edit::LaunchPace::BackToBack,
+                }),
+            )
         }) {
             Ok(e) => {
                 let pct = |v: &[f64], p: f64| {
@@ -658,7 +671,7 @@ fn main() {
                                 plan.edits
                             ));
                             match guarded(|| {
-                                edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref(), false)
+                                edit::edit_latency(&sg, plan.edits / 2, load_ep.as_ref(), None)
                             }) {
                                 Ok(e) => {
                                     run.progress(&format!(

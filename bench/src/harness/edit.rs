@@ -369,12 +369,13 @@ pub struct Probe {
 }
 
 /// The sgswitch rule-edit test; `pairs` authorize+revoke pairs. `load` runs an
-/// iperf3 stream through the switch meanwhile.
+/// iperf3 stream through the switch meanwhile; `launches` launches and
+/// terminates instances meanwhile ([`Launcher`]).
 pub fn edit_latency(
     sg: &SgPath,
     pairs: usize,
     load: Option<&Endpoints>,
-    launches: bool,
+    launches: Option<LaunchPace>,
 ) -> Result<EditResult> {
     let target = sg
         .edit_target
@@ -396,8 +397,8 @@ pub fn edit_latency(
         ),
         revoke: edit_request(EditOp::Revoke, paths::EDIT_GROUP, e2e::OUTSIDE, PROBE_PORT),
     };
-    let launcher = if launches {
-        Some(Launcher::start(&sg.lab.socket)?)
+    let launcher = if let Some(pace) = launches {
+        Some(Launcher::start(&sg.lab.socket, pace)?)
     } else {
         None
     };
@@ -667,11 +668,24 @@ pub fn probe_edits(
     Ok(res)
 }
 
+/// How often a [`Launcher`] launches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LaunchPace {
+    /// The next launch as soon as the last instance is terminated.
+    BackToBack,
+    /// At most this many launches per second, evenly spaced (a launch that
+    /// takes longer delays the next).
+    PerSecond(u32),
+}
+
 /// Background instance launches during the edit test (`e2ebench
 /// --edit-launches`): on its own connection, one namespace instance at a
 /// time is launched (`run-instances AMI --no-qemu -g default`) and
-/// terminated again, back to back, until stopped (at most [`LAUNCH_MAX`]
-/// launches or 10 minutes). Each launch's time (request → reply) is kept.
+/// terminated again, back to back or at a [`LaunchPace`]
+/// (`--edit-launch-rate`), until stopped (at most [`LAUNCH_MAX`] launches or
+/// 10 minutes). Each launch's time (request → reply) is kept. A faster
+/// daemon launches more often back to back, which is a heavier load; a
+/// fixed pace compares daemons under the same one.
 pub struct Launcher {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<Result<Vec<f64>>>>,
@@ -681,7 +695,7 @@ pub struct Launcher {
 pub const LAUNCH_MAX: usize = 5000;
 
 impl Launcher {
-    pub fn start(socket: &std::path::Path) -> Result<Launcher> {
+    pub fn start(socket: &std::path::Path, pace: LaunchPace) -> Result<Launcher> {
         let mut api = Api::connect(socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let lstop = Arc::clone(&stop);
@@ -702,6 +716,12 @@ impl Launcher {
                     && took.len() < LAUNCH_MAX
                     && started.elapsed() < Duration::from_secs(600)
                 {
+                    if let LaunchPace::PerSecond(n) = pace {
+                        let due = started + Duration::from_secs(took.len() as u64) / n.max(1);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            thread::sleep(wait);
+                        }
+                    }
                     let t = Instant::now();
                     let resp = api.call(&run)?;
                     took.push(micros(t.elapsed()));
