@@ -40,11 +40,13 @@
 //! up to ~1.6 ms (`unshare(CLONE_NEWNET)`), and on a kernel without full
 //! preemption a real-time thread woken on that CPU waits for all of it:
 //! the scheduler moves it elsewhere only when the CPU runs a real-time
-//! thread of at least its priority. Under `fifo` those helpers therefore
-//! run at `SCHED_FIFO` [`LAUNCH_FIFO_PRIORITY`], one above the edit path and
-//! `fifo` workers, which are then woken on another CPU (measured:
-//! docs/benchmarks.md, "The enforced tail, sixth pass"). The launcher
-//! threads themselves, and what they start (`ip`, QEMU), stay normal.
+//! thread of at least its priority. With a `fifo` edit path and `fifo`
+//! workers those helpers therefore run at `SCHED_FIFO`
+//! [`LAUNCH_FIFO_PRIORITY`], one above both, which are then woken on another
+//! CPU ([`launch_priority`]; measured: docs/benchmarks.md, "The enforced
+//! tail, sixth pass"). Beside normal workers they stay normal: there a
+//! real-time helper would preempt the worker instead. The launcher threads
+//! themselves, and what they start (QEMU), stay normal.
 //!
 //! Workers at normal priority (`--worker-priority normal`, the default) are
 //! preempted by a real-time edit path wherever they meet it; after the
@@ -58,8 +60,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 /// Real-time priority of the edit path under `fifo`, and of `fifo` workers
 /// (1: the lowest).
 pub const FIFO_PRIORITY: i32 = 1;
-/// Real-time priority of a launch's namespace work under `fifo` (one above
-/// the edit path and `fifo` workers; see the module docs).
+/// Real-time priority of a launch's namespace work beside a `fifo` edit
+/// path and `fifo` workers (one above both; see [`launch_priority`]).
 pub const LAUNCH_FIFO_PRIORITY: i32 = FIFO_PRIORITY + 1;
 /// Nice value of the edit path under `nice` (and `fifo`'s fallback).
 pub const NICE: i32 = -10;
@@ -83,6 +85,27 @@ static WORKERS_FIFO: AtomicBool = AtomicBool::new(false);
 /// Tells [`ordinary`] how the workers are scheduled (the daemon, at start).
 pub fn choose_workers(p: WorkerPriority) {
     WORKERS_FIFO.store(p == WorkerPriority::Fifo, Ordering::Relaxed);
+    set_launch_priority();
+}
+
+/// The real-time priority of a launch's namespace work
+/// ([`switch::netns::set_helper_fifo`]): [`LAUNCH_FIFO_PRIORITY`] when the
+/// edit path and the workers are both `fifo`, so the scheduler wakes them
+/// on another CPU; none otherwise, since a real-time helper would then
+/// preempt the normal workers instead (measured: docs/benchmarks.md, "The
+/// enforced tail, sixth pass").
+pub fn launch_priority(edit: EditPriority, workers: WorkerPriority) -> Option<i32> {
+    (edit == EditPriority::Fifo && workers == WorkerPriority::Fifo).then_some(LAUNCH_FIFO_PRIORITY)
+}
+
+/// Applies [`launch_priority`] of the current choices.
+fn set_launch_priority() {
+    let workers = if WORKERS_FIFO.load(Ordering::Relaxed) {
+        WorkerPriority::Fifo
+    } else {
+        WorkerPriority::Normal
+    };
+    switch::netns::set_helper_fifo(launch_priority(chosen(), workers));
 }
 
 /// The daemon's choice; threads read it when they start ([`apply`]).
@@ -92,12 +115,12 @@ static WARNED_FIFO: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the priority [`apply`] gives the edit path's threads from now on
-/// (the daemon, at start; outside a daemon it stays `normal`). Under
-/// `fifo` the namespace helper threads of launches run at
-/// [`LAUNCH_FIFO_PRIORITY`] ([`switch::netns::set_helper_fifo`]).
+/// (the daemon, at start; outside a daemon it stays `normal`), and the
+/// priority of launches' namespace work that goes with it
+/// ([`launch_priority`]).
 pub fn choose(p: EditPriority) {
     CHOSEN.store(p as u8, Ordering::Relaxed);
-    switch::netns::set_helper_fifo((p == EditPriority::Fifo).then_some(LAUNCH_FIFO_PRIORITY));
+    set_launch_priority();
 }
 
 /// The current choice.
@@ -242,7 +265,6 @@ mod tests {
         };
         let root = nix::unistd::geteuid().is_root();
         let (got, (policy, _), _) = run(EditPriority::Normal);
-        assert_eq!(switch::netns::helper_fifo(), None);
         assert_eq!(got, EditPriority::Normal);
         assert_eq!(policy, switch::sys::SCHED_OTHER);
         let (got, (policy, nice), child) = run(EditPriority::Nice);
@@ -254,8 +276,6 @@ mod tests {
             assert!(matches!(got, EditPriority::Nice | EditPriority::Normal));
         }
         let (got, (policy, nice), child) = run(EditPriority::Fifo);
-        // A launch's namespace work runs one above the edit path.
-        assert_eq!(switch::netns::helper_fifo(), Some(LAUNCH_FIFO_PRIORITY));
         match got {
             EditPriority::Fifo => {
                 assert_eq!(policy, switch::sys::SCHED_FIFO);
@@ -265,7 +285,28 @@ mod tests {
             EditPriority::Normal => assert!(!root, "root gets fifo or nice"),
         }
         choose(EditPriority::Normal);
-        assert_eq!(switch::netns::helper_fifo(), None);
+    }
+
+    /// A launch's namespace work runs one above the edit path only when the
+    /// edit path and the workers are both real-time.
+    #[test]
+    fn launches_are_real_time_only_beside_real_time_workers() {
+        use EditPriority as E;
+        use WorkerPriority as W;
+        assert_eq!(
+            launch_priority(E::Fifo, W::Fifo),
+            Some(LAUNCH_FIFO_PRIORITY)
+        );
+        assert_eq!(LAUNCH_FIFO_PRIORITY, FIFO_PRIORITY + 1);
+        for (e, w) in [
+            (E::Fifo, W::Normal),
+            (E::Nice, W::Fifo),
+            (E::Normal, W::Fifo),
+            (E::Nice, W::Normal),
+            (E::Normal, W::Normal),
+        ] {
+            assert_eq!(launch_priority(e, w), None, "{e:?} {w:?}");
+        }
     }
 
     /// The calling thread's real-time priority (0 when not real-time):
