@@ -321,6 +321,26 @@ fn in_ns_or_here<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> Res
     }
 }
 
+/// Makes the error of operation `op` (a failed system call) on interface
+/// `ifname` of `ns`, for [`with_iface`].
+type IfaceErr<'a> = dyn Fn(&'static str, io::Error) -> NetnsError + Sync + 'a;
+
+/// Runs `f` in `ns` (the current namespace for `None`) for an operation on
+/// interface `ifname`; `f` gets the maker of its errors.
+fn with_iface<T: Send>(
+    ns: Option<&str>,
+    ifname: &str,
+    f: impl FnOnce(&IfaceErr<'_>) -> Result<T, NetnsError> + Send,
+) -> Result<T, NetnsError> {
+    let err = |op, source| NetnsError::Iface {
+        op,
+        ns: ns.map(str::to_owned),
+        ifname: ifname.to_owned(),
+        source,
+    };
+    in_ns_or_here(ns, || f(&err)).and_then(|r| r)
+}
+
 /// Configures interface `ifname` in namespace `ns` (current one for `None`): MAC,
 /// IPv4 address with prefix length (the kernel adds the subnet route), then up.
 pub fn configure_iface(
@@ -330,13 +350,7 @@ pub fn configure_iface(
     addr: Option<(Ipv4Addr, u8)>,
     up: bool,
 ) -> Result<(), NetnsError> {
-    let err = |op, source| NetnsError::Iface {
-        op,
-        ns: ns.map(str::to_owned),
-        ifname: ifname.to_owned(),
-        source,
-    };
-    in_ns_or_here(ns, || -> Result<(), NetnsError> {
+    with_iface(ns, ifname, |err| {
         let ctl = sys::IfCtl::new().map_err(|e| err("open control socket", e))?;
         if let Some(mac) = mac {
             ctl.set_mac(ifname, mac).map_err(|e| err("set MAC", e))?;
@@ -350,7 +364,6 @@ pub fn configure_iface(
         }
         Ok(())
     })
-    .and_then(|r| r)
 }
 
 /// Brings the loopback interface of `ns` up.
@@ -360,18 +373,11 @@ pub fn lo_up(ns: Option<&str>) -> Result<(), NetnsError> {
 
 /// The interface index of `ifname` in `ns` (current one for `None`).
 pub fn ifindex(ns: Option<&str>, ifname: &str) -> Result<u32, NetnsError> {
-    let err = |op, source| NetnsError::Iface {
-        op,
-        ns: ns.map(str::to_owned),
-        ifname: ifname.to_owned(),
-        source,
-    };
-    in_ns_or_here(ns, || {
+    with_iface(ns, ifname, |err| {
         sys::IfCtl::new()
             .and_then(|c| c.ifindex(ifname))
             .map_err(|e| err("get ifindex", e))
     })
-    .and_then(|r| r)
 }
 
 // --- rtnetlink encoding (native byte order, as netlink is) ---
@@ -492,13 +498,7 @@ pub fn set_ipv6(
     prefix: u8,
     gateway: Ipv6Addr,
 ) -> Result<(), NetnsError> {
-    let err = |op, source| NetnsError::Iface {
-        op,
-        ns: ns.map(str::to_owned),
-        ifname: ifname.to_owned(),
-        source,
-    };
-    in_ns_or_here(ns, || -> Result<(), NetnsError> {
+    with_iface(ns, ifname, |err| {
         let idx = sys::IfCtl::new()
             .and_then(|c| c.ifindex(ifname))
             .map_err(|e| err("get ifindex", e))?;
@@ -510,7 +510,6 @@ pub fn set_ipv6(
             .and_then(|()| read_ack(&nl, 2))
             .map_err(|e| err("set IPv6 default route (RTM_NEWROUTE)", e))
     })
-    .and_then(|r| r)
 }
 
 /// `nlmsg_flags` of a dump request.
@@ -679,6 +678,16 @@ impl Drop for NetnsGuard {
 mod tests {
     use super::*;
 
+    /// The native-endian `u16` at byte `at` of `m`.
+    fn u16_at(m: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([m[at], m[at + 1]])
+    }
+
+    /// The native-endian `u32` at byte `at` of `m`.
+    fn u32_at(m: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]])
+    }
+
     #[test]
     fn names_are_validated() {
         for bad in ["", ".", "..", "a/b", "a\0b"] {
@@ -698,42 +707,27 @@ mod tests {
         let m = newaddr6_nodad(3, 5, a, 64);
         // 16 header + 8 ifaddrmsg + 2 x 20 (address attrs) + 8 (IFA_FLAGS)
         assert_eq!(m.len(), 72);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 72);
+        assert_eq!(u32_at(&m, 0), 72);
+        assert_eq!(u16_at(&m, 4), libc::RTM_NEWADDR);
         assert_eq!(
-            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
-            libc::RTM_NEWADDR
-        );
-        assert_eq!(
-            u16::from_ne_bytes(m[6..8].try_into().unwrap()),
+            u16_at(&m, 6),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE_REPLACE
         );
         assert_eq!(
             &m[16..20],
             &[libc::AF_INET6 as u8, 64, libc::IFA_F_NODAD as u8, 0]
         );
-        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 5);
-        assert_eq!(u16::from_ne_bytes(m[24..26].try_into().unwrap()), 20);
-        assert_eq!(
-            u16::from_ne_bytes(m[26..28].try_into().unwrap()),
-            libc::IFA_LOCAL
-        );
+        assert_eq!(u32_at(&m, 20), 5);
+        assert_eq!(u16_at(&m, 24), 20);
+        assert_eq!(u16_at(&m, 26), libc::IFA_LOCAL);
         assert_eq!(&m[28..44], &a.octets());
-        assert_eq!(
-            u16::from_ne_bytes(m[66..68].try_into().unwrap()),
-            libc::IFA_FLAGS
-        );
-        assert_eq!(
-            u32::from_ne_bytes(m[68..72].try_into().unwrap()),
-            libc::IFA_F_NODAD
-        );
+        assert_eq!(u16_at(&m, 66), libc::IFA_FLAGS);
+        assert_eq!(u32_at(&m, 68), libc::IFA_F_NODAD);
         let gw: Ipv6Addr = "fe80::1".parse().unwrap();
         let r = default_route6(4, 5, gw);
         // 16 header + 12 rtmsg + 20 (gateway) + 8 (oif)
         assert_eq!(r.len(), 56);
-        assert_eq!(
-            u16::from_ne_bytes(r[4..6].try_into().unwrap()),
-            libc::RTM_NEWROUTE
-        );
+        assert_eq!(u16_at(&r, 4), libc::RTM_NEWROUTE);
         // family, dst_len 0 (default), src_len, tos, main table, boot, universe, unicast
         assert_eq!(
             &r[16..24],
@@ -748,16 +742,10 @@ mod tests {
                 libc::RTN_UNICAST
             ]
         );
-        assert_eq!(
-            u16::from_ne_bytes(r[30..32].try_into().unwrap()),
-            libc::RTA_GATEWAY
-        );
+        assert_eq!(u16_at(&r, 30), libc::RTA_GATEWAY);
         assert_eq!(&r[32..48], &gw.octets());
-        assert_eq!(
-            u16::from_ne_bytes(r[50..52].try_into().unwrap()),
-            libc::RTA_OIF
-        );
-        assert_eq!(u32::from_ne_bytes(r[52..56].try_into().unwrap()), 5);
+        assert_eq!(u16_at(&r, 50), libc::RTA_OIF);
+        assert_eq!(u32_at(&r, 52), 5);
     }
 
     #[test]
@@ -770,32 +758,16 @@ mod tests {
         );
         // 16 header + 16 ifinfomsg + 8 (fd attr) + 12 (4+5 padded to 12)
         assert_eq!(m.len(), 52);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 52);
-        assert_eq!(
-            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
-            libc::RTM_NEWLINK
-        );
-        assert_eq!(
-            u16::from_ne_bytes(m[6..8].try_into().unwrap()),
-            NLM_F_REQUEST | NLM_F_ACK
-        );
-        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
-        assert_eq!(i32::from_ne_bytes(m[20..24].try_into().unwrap()), 42);
-        assert_eq!(u16::from_ne_bytes(m[32..34].try_into().unwrap()), 8);
-        assert_eq!(
-            u16::from_ne_bytes(m[34..36].try_into().unwrap()),
-            libc::IFLA_NET_NS_FD
-        );
-        assert_eq!(u32::from_ne_bytes(m[36..40].try_into().unwrap()), 9);
-        assert_eq!(
-            u16::from_ne_bytes(m[40..42].try_into().unwrap()),
-            9,
-            "rta_len is unpadded"
-        );
-        assert_eq!(
-            u16::from_ne_bytes(m[42..44].try_into().unwrap()),
-            libc::IFLA_IFNAME
-        );
+        assert_eq!(u32_at(&m, 0), 52);
+        assert_eq!(u16_at(&m, 4), libc::RTM_NEWLINK);
+        assert_eq!(u16_at(&m, 6), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(u32_at(&m, 8), 7);
+        assert_eq!((u32_at(&m, 20) as i32), 42);
+        assert_eq!(u16_at(&m, 32), 8);
+        assert_eq!(u16_at(&m, 34), libc::IFLA_NET_NS_FD);
+        assert_eq!(u32_at(&m, 36), 9);
+        assert_eq!(u16_at(&m, 40), 9, "rta_len is unpadded");
+        assert_eq!(u16_at(&m, 42), libc::IFLA_IFNAME);
         assert_eq!(&m[44..52], b"eth0\0\0\0\0");
     }
 
