@@ -81,6 +81,21 @@ struct Control {
     retired: Vec<Arc<Port>>,
 }
 
+impl Control {
+    /// Takes port `id` out of the table (not yet published) and keeps it
+    /// until the housekeeper closes it ([`Datapath::close_retired`]). False
+    /// when there is no such port.
+    fn retire(&mut self, id: PortId) -> bool {
+        match self.ports.remove(&id) {
+            Some(port) => {
+                self.retired.push(port);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Everything the workers share. See the module docs.
 pub struct Datapath {
     pub(crate) workers: usize,
@@ -376,14 +391,13 @@ impl Datapath {
     /// Detach a port. Its queues are dropped once no worker uses them any more.
     pub fn remove_port(&self, id: PortId) -> Result<(), SwitchError> {
         let mut c = self.control();
-        let Some(port) = c.ports.remove(&id) else {
+        if !c.retire(id) {
             return if c.reaped.contains(&id) {
                 Ok(())
             } else {
                 Err(SwitchError::NoSuchPort(id))
             };
-        };
-        c.retired.push(port);
+        }
         self.publish_ports(&mut c);
         drop(c);
         self.wake_housekeeper();
@@ -422,9 +436,7 @@ impl Datapath {
             return 0;
         }
         for id in &gone {
-            if let Some(port) = c.ports.remove(id) {
-                c.retired.push(port);
-            }
+            c.retire(*id);
             c.reaped.insert(*id);
         }
         c.ports_gone += gone.len() as u64;

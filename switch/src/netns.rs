@@ -397,9 +397,9 @@ const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 /// `nlmsg_flags` of a request that makes or replaces what it names.
 const NLM_F_CREATE_REPLACE: u16 = (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
 
-/// Builds an rtnetlink request of type `ty` (with an ack asked for, and
-/// `flags` besides): the family header `header`, then the attributes (each
-/// padded to 4 bytes).
+/// Builds an rtnetlink request of type `ty` (`NLM_F_REQUEST` and `flags`):
+/// the family header `header`, then the attributes (each padded to 4
+/// bytes).
 fn request(seq: u32, ty: u16, flags: u16, header: &[u8], attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let attrs_len: usize = attrs
         .iter()
@@ -410,9 +410,9 @@ fn request(seq: u32, ty: u16, flags: u16, header: &[u8], attrs: &[(u16, &[u8])])
     // nlmsghdr: len, type, flags, seq, pid
     m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
     m.extend_from_slice(header);
     // rtattrs: len (unpadded), type, value, padding
     for (ty, v) in attrs {
@@ -435,7 +435,7 @@ fn newlink(seq: u32, ifindex: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     h.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     h.extend_from_slice(&0u32.to_ne_bytes());
     h.extend_from_slice(&0u32.to_ne_bytes());
-    request(seq, libc::RTM_NEWLINK, 0, &h, attrs)
+    request(seq, libc::RTM_NEWLINK, NLM_F_ACK, &h, attrs)
 }
 
 /// Builds `RTM_NEWADDR` (make or replace) of IPv6 `addr/prefix` on
@@ -449,7 +449,7 @@ fn newaddr6_nodad(seq: u32, ifindex: u32, addr: Ipv6Addr, prefix: u8) -> Vec<u8>
     request(
         seq,
         libc::RTM_NEWADDR,
-        NLM_F_CREATE_REPLACE,
+        NLM_F_ACK | NLM_F_CREATE_REPLACE,
         &h,
         &[
             (libc::IFA_LOCAL, &a),
@@ -479,7 +479,7 @@ fn default_route6(seq: u32, ifindex: u32, gateway: Ipv6Addr) -> Vec<u8> {
     request(
         seq,
         libc::RTM_NEWROUTE,
-        NLM_F_CREATE_REPLACE,
+        NLM_F_ACK | NLM_F_CREATE_REPLACE,
         &h,
         &[(libc::RTA_GATEWAY, &gw), (libc::RTA_OIF, &oif)],
     )
@@ -503,11 +503,9 @@ pub fn set_ipv6(
             .and_then(|c| c.ifindex(ifname))
             .map_err(|e| err("get ifindex", e))?;
         let nl = sys::NetlinkRoute::new().map_err(|e| err("open rtnetlink socket", e))?;
-        nl.send(&newaddr6_nodad(1, idx, addr, prefix))
-            .and_then(|()| read_ack(&nl, 1))
+        call(&nl, 1, &newaddr6_nodad(1, idx, addr, prefix))
             .map_err(|e| err("set IPv6 address (RTM_NEWADDR)", e))?;
-        nl.send(&default_route6(2, idx, gateway))
-            .and_then(|()| read_ack(&nl, 2))
+        call(&nl, 2, &default_route6(2, idx, gateway))
             .map_err(|e| err("set IPv6 default route (RTM_NEWROUTE)", e))
     })
 }
@@ -523,15 +521,7 @@ const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 /// answers of type `want`.
 pub fn rtnl_dump(get: u16, want: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {
     let nl = sys::NetlinkRoute::new()?;
-    let len = NLMSG_HDRLEN + header.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&get.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(header);
-    nl.send(&req)?;
+    nl.send(&request(1, get, NLM_F_DUMP, header, &[]))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -578,6 +568,13 @@ pub fn rtnl_attrs(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
     out
 }
 
+/// Sends request `msg` (sequence number `seq`, an ack asked for) and reads
+/// its answer.
+fn call(nl: &sys::NetlinkRoute, seq: u32, msg: &[u8]) -> io::Result<()> {
+    nl.send(msg)?;
+    read_ack(nl, seq)
+}
+
 /// Reads the answer to request `seq`: `Ok` for an ack, the kernel's errno else.
 fn read_ack(nl: &sys::NetlinkRoute, seq: u32) -> io::Result<()> {
     let mut buf = [0u8; 4096];
@@ -618,31 +615,26 @@ pub fn move_to_netns(ifname: &str, ns: &str) -> Result<(), NetnsError> {
 /// the same request, so the name is never taken in the source namespace).
 pub fn move_to_netns_as(ifname: &str, ns: &str, new_name: Option<&str>) -> Result<(), NetnsError> {
     let target = open_ns(ns)?;
-    let err = |op, source| NetnsError::Iface {
-        op,
-        ns: None,
-        ifname: ifname.to_owned(),
-        source,
-    };
-    let idx = sys::IfCtl::new()
-        .and_then(|c| c.ifindex(ifname))
-        .map_err(|e| err("get ifindex", e))?;
-    let mut name_attr = Vec::new();
-    if let Some(n) = new_name {
-        sys::check_ifname(n).map_err(|e| err("rename", e))?;
-        name_attr.extend_from_slice(n.as_bytes());
-        name_attr.push(0);
-    }
-    let fd = (target.as_raw_fd() as u32).to_ne_bytes();
-    let mut attrs: Vec<(u16, &[u8])> = vec![(libc::IFLA_NET_NS_FD, &fd)];
-    if new_name.is_some() {
-        attrs.push((libc::IFLA_IFNAME, &name_attr));
-    }
-    let nl = sys::NetlinkRoute::new().map_err(|e| err("open rtnetlink socket", e))?;
-    let seq = 1;
-    nl.send(&newlink(seq, idx, &attrs))
-        .map_err(|e| err("send RTM_NEWLINK IFLA_NET_NS_FD", e))?;
-    read_ack(&nl, seq).map_err(|e| err("move to namespace (RTM_NEWLINK)", e))
+    // Here, in the caller's namespace (`None`).
+    with_iface(None, ifname, |err| {
+        let idx = sys::IfCtl::new()
+            .and_then(|c| c.ifindex(ifname))
+            .map_err(|e| err("get ifindex", e))?;
+        let mut name_attr = Vec::new();
+        if let Some(n) = new_name {
+            sys::check_ifname(n).map_err(|e| err("rename", e))?;
+            name_attr.extend_from_slice(n.as_bytes());
+            name_attr.push(0);
+        }
+        let fd = (target.as_raw_fd() as u32).to_ne_bytes();
+        let mut attrs: Vec<(u16, &[u8])> = vec![(libc::IFLA_NET_NS_FD, &fd)];
+        if new_name.is_some() {
+            attrs.push((libc::IFLA_IFNAME, &name_attr));
+        }
+        let nl = sys::NetlinkRoute::new().map_err(|e| err("open rtnetlink socket", e))?;
+        call(&nl, 1, &newlink(1, idx, &attrs))
+            .map_err(|e| err("move to namespace (RTM_NEWLINK IFLA_NET_NS_FD)", e))
+    })
 }
 
 /// A namespace deleted when this guard drops (for tests and short-lived labs).
