@@ -1006,10 +1006,24 @@ impl Core {
         if self.cluster.is_some() {
             return self.commit_cluster(changes, new_records, extra);
         }
+        // Enforce first, then make durable, then answer: the new rules reach
+        // the datapath without waiting for the store, and the client still
+        // hears of the edit only once it is committed. The store's records of
+        // the edit are made after the publish too (they cost as much as the
+        // compile on a loaded host, and nothing enforced depends on them). An
+        // edit that never commits (store error, crash) was never acknowledged;
+        // on a store error the old rules are published again under a newer
+        // generation.
+        self.compiler.apply(&self.model, &changes);
+        self.dp.publish(
+            self.compiler.snapshot(self.generation + 1),
+            self.generation + 1,
+        );
+        let published = started.elapsed();
         let mut edits = match store_edits(&changes, &new_records) {
             Ok(e) => e,
             Err(e) => {
-                self.model.undo(changes);
+                self.republish_without(changes);
                 return Err(e);
             }
         };
@@ -1017,26 +1031,11 @@ impl Core {
         let (meta, meta_after) = self.meta_edits(&changes);
         edits.extend(meta);
         edits.extend(self.counter_edits(self.generation + 1));
-        // Enforce first, then make durable, then answer: the new rules reach
-        // the datapath without waiting for the fsync, and the client still
-        // hears of the edit only once it is committed. An edit that never
-        // commits (store error, crash) was never acknowledged; on a store error
-        // the old rules are published again under a newer generation.
-        self.compiler.apply(&self.model, &changes);
-        self.dp.publish(
-            self.compiler.snapshot(self.generation + 1),
-            self.generation + 1,
-        );
-        let published = started.elapsed();
         let ordinary = crate::sched::ordinary();
         let committed = self.store.commit(&edits);
         drop(ordinary);
         if let Err(e) = committed {
-            self.model.undo(changes);
-            // Rare: recompile the restored model whole.
-            self.compiler = Compiler::new(&self.model);
-            self.generation += 2;
-            self.publish();
+            self.republish_without(changes);
             return Err(store_failed(e));
         }
         for c in &changes {
@@ -1081,6 +1080,15 @@ impl Core {
                 value: generation as i64,
             },
         ]
+    }
+
+    /// Undo `changes` (published, never committed) and publish the restored
+    /// model, compiled whole (rare: a store error), under a newer generation.
+    fn republish_without(&mut self, changes: Vec<Change>) {
+        self.model.undo(changes);
+        self.compiler = Compiler::new(&self.model);
+        self.generation += 2;
+        self.publish();
     }
 
     fn publish(&mut self) {
