@@ -135,8 +135,8 @@ impl InstIdx {
 /// An instance as the datapath sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapInstance {
-    pub id: Box<str>,
-    pub owner: Box<str>,
+    pub id: Arc<str>,
+    pub owner: Arc<str>,
     pub mac: Mac,
     pub ip: Ipv4Addr,
     /// Its IPv6 address ([`Model::ip6_of`]), if instances are dual-stack.

@@ -127,7 +127,7 @@ pub struct FlowLogger {
     /// Unix second of datapath second 0.
     base_unix: u64,
     /// Owner and instance id by address, kept for instances that left.
-    names: HashMap<u32, (Box<str>, Box<str>)>,
+    names: HashMap<u32, (std::sync::Arc<str>, std::sync::Arc<str>)>,
     /// Datapath second the current NODATA window started.
     window_start: u32,
 }
