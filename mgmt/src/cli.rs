@@ -541,16 +541,16 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     pub worker_nice: i32,
     /// Scheduling of the worker threads: normal = as any thread, at
-    /// --worker-nice; fifo = SCHED_FIFO at the edit path's priority (the
-    /// lowest real-time one), ahead of every normal thread (falls back to
-    /// normal with a warning when refused; not with --poll busy). See
+    /// --worker-nice; fifo = SCHED_FIFO at the lowest real-time priority,
+    /// ahead of every normal thread, one below a fifo edit path (falls back
+    /// to normal with a warning when refused; not with --poll busy). See
     /// `mgmt::sched`.
     #[arg(long, value_enum, default_value_t = crate::sched::WorkerPriority::Normal)]
     pub worker_priority: crate::sched::WorkerPriority,
     /// Scheduling of the edit path (the API connection threads and the
-    /// management thread): fifo = SCHED_FIFO at the lowest real-time priority
-    /// (falls back to nice with a warning when refused), nice = nice -10,
-    /// normal = as any thread. See `mgmt::sched`.
+    /// management thread): fifo = SCHED_FIFO at the lowest real-time priority,
+    /// one above fifo workers (falls back to nice with a warning when
+    /// refused), nice = nice -10, normal = as any thread. See `mgmt::sched`.
     #[arg(long, value_enum, default_value_t = crate::sched::EditPriority::Fifo)]
     pub edit_priority: crate::sched::EditPriority,
     /// Kernel of the QEMU guest image (`run-instances --qemu`).

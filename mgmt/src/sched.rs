@@ -8,7 +8,8 @@
 //!
 //! `sgswitch up --edit-priority`:
 //! * `fifo` (default): `SCHED_FIFO` at priority [`FIFO_PRIORITY`] (the lowest
-//!   real-time one): such a thread runs as soon as it wakes. Both threads
+//!   real-time one), or one above it beside `fifo` workers
+//!   ([`edit_fifo_priority`]): such a thread runs as soon as it wakes. Both threads
 //!   block between requests and do bounded work per request (a request line
 //!   is capped, an edit costs what it changes), and the kernel's real-time
 //!   budget (`sched_rt_runtime_us`, 95 % by default) bounds them anyway.
@@ -24,16 +25,19 @@
 //!
 //! `sgswitch up --worker-priority` ([`WorkerPriority`]) does the same for
 //! the forwarding workers (`switch::SwitchConfig::worker_fifo`): `fifo` runs
-//! them at `SCHED_FIFO` [`FIFO_PRIORITY`], beside the edit path, so a frame
-//! does not wait for its worker's turn behind normal threads. The same
-//! priority, not one above: at equal `SCHED_FIFO` priority neither preempts
-//! the other, so an edit in progress finishes and a worker waits at most for
-//! one publish, while a worker above would preempt the management thread
-//! whenever they meet on a core (measured: docs/benchmarks.md, "The enforced
-//! tail, third pass"; an edit path one above the workers was tried in the
-//! fourth pass and not kept). Workers block in `epoll_wait` between bursts
-//! (adaptive polling; `--poll busy` with `fifo` is refused: a spinning
-//! real-time thread would starve its core).
+//! them at `SCHED_FIFO` [`FIFO_PRIORITY`], so a frame does not wait for its
+//! worker's turn behind normal threads. The edit path then runs one above
+//! them: at equal priority a woken connection thread queued behind a busy
+//! worker until it blocked (0.1-0.5 ms, seen in `perf sched` traces), while
+//! one above it runs at the worker's next return from a system call. The
+//! edit path's own slow part, the store commit after the publish, steps
+//! down to the workers' priority ([`ordinary`]), so it never keeps a worker
+//! off its core while the new rules' first frames wait (measured:
+//! docs/benchmarks.md, "The enforced tail, seventh pass"; the fourth pass
+//! had tried one above with the commit at normal priority, and launches'
+//! commits then slowed the edits). Workers block in `epoll_wait` between
+//! bursts (adaptive polling; `--poll busy` with `fifo` is refused: a
+//! spinning real-time thread would starve its core).
 //!
 //! Launches: making an instance's namespace and its TAP runs on helper
 //! threads (`switch::netns`) whose system calls hold a CPU in the kernel for
@@ -42,8 +46,8 @@
 //! the scheduler moves it elsewhere only when the CPU runs a real-time
 //! thread of at least its priority. With a `fifo` edit path and `fifo`
 //! workers those helpers therefore run at `SCHED_FIFO`
-//! [`LAUNCH_FIFO_PRIORITY`], one above both, which are then woken on another
-//! CPU ([`launch_priority`]; measured: docs/benchmarks.md, "The enforced
+//! [`LAUNCH_FIFO_PRIORITY`], the edit path's priority and one above the
+//! workers, which are then woken on another CPU ([`launch_priority`]; measured: docs/benchmarks.md, "The enforced
 //! tail, sixth pass"). Beside normal workers they stay normal: there a
 //! real-time helper would preempt the worker instead. The launcher threads
 //! themselves, and what they start (QEMU), stay normal.
@@ -61,7 +65,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 /// (1: the lowest).
 pub const FIFO_PRIORITY: i32 = 1;
 /// Real-time priority of a launch's namespace work beside a `fifo` edit
-/// path and `fifo` workers (one above both; see [`launch_priority`]).
+/// path and `fifo` workers (the edit path's then, one above the workers;
+/// see [`launch_priority`]).
 pub const LAUNCH_FIFO_PRIORITY: i32 = FIFO_PRIORITY + 1;
 /// Nice value of the edit path under `nice` (and `fifo`'s fallback).
 pub const NICE: i32 = -10;
@@ -78,8 +83,9 @@ pub enum EditPriority {
     Normal,
 }
 
-/// The workers run at `SCHED_FIFO` (`--worker-priority fifo`): a real-time
-/// commit does not preempt them, so [`ordinary`] leaves the thread as it is.
+/// The workers run at `SCHED_FIFO` (`--worker-priority fifo`): the edit path
+/// runs one above them ([`edit_fifo_priority`]) and [`ordinary`] steps down
+/// to their priority.
 static WORKERS_FIFO: AtomicBool = AtomicBool::new(false);
 
 /// Tells [`ordinary`] how the workers are scheduled (the daemon, at start).
@@ -96,6 +102,17 @@ pub fn choose_workers(p: WorkerPriority) {
 /// enforced tail, sixth pass").
 pub fn launch_priority(edit: EditPriority, workers: WorkerPriority) -> Option<i32> {
     (edit == EditPriority::Fifo && workers == WorkerPriority::Fifo).then_some(LAUNCH_FIFO_PRIORITY)
+}
+
+/// The edit path's real-time priority under `fifo`: one above `fifo`
+/// workers ([`FIFO_PRIORITY`] + 1), else [`FIFO_PRIORITY`]. Read when a
+/// thread starts ([`apply`]), after the daemon's [`choose_workers`].
+pub fn edit_fifo_priority() -> i32 {
+    if WORKERS_FIFO.load(Ordering::Relaxed) {
+        FIFO_PRIORITY + 1
+    } else {
+        FIFO_PRIORITY
+    }
 }
 
 /// Applies [`launch_priority`] of the current choices.
@@ -142,7 +159,7 @@ pub fn apply(what: &str) -> EditPriority {
         }
     };
     if want == EditPriority::Fifo {
-        match switch::sys::set_thread_fifo(FIFO_PRIORITY) {
+        match switch::sys::set_thread_fifo(edit_fifo_priority()) {
             Ok(()) => return EditPriority::Fifo,
             Err(e) => warn(
                 &WARNED_FIFO,
@@ -162,15 +179,17 @@ pub fn apply(what: &str) -> EditPriority {
     EditPriority::Normal
 }
 
-/// While alive, the calling thread runs as an ordinary one (`SCHED_OTHER` at
-/// nice [`NICE`], after yielding its core once) if it was at `SCHED_FIFO` and
-/// the workers are not; dropped, it is put back. The committing thread
-/// holds one across the store commit: the edit is already published
-/// (enforced) by then, and the commit's own CPU work (SQLite, ~0.3-0.5 ms
-/// per edit) would otherwise keep a normal worker it preempted off its core, which delays the very first datagrams
-/// the new rule admits (measured: docs/benchmarks.md, "The enforced tail,
-/// fourth pass"). Costs two `sched_setscheduler` calls and a `sched_yield`
-/// per commit, none when the thread or the workers are real-time.
+/// While alive, the calling thread, if at `SCHED_FIFO`, steps down to the
+/// workers' level after yielding its core once: an ordinary thread
+/// (`SCHED_OTHER` at nice [`NICE`]) beside normal workers, `SCHED_FIFO`
+/// [`FIFO_PRIORITY`] beside `fifo` ones; dropped, it is put back. The
+/// committing thread holds one across the store commit: the edit is
+/// already published (enforced) by then, and the commit's own CPU work
+/// (SQLite, ~0.3-0.5 ms per edit) would otherwise keep a worker it
+/// preempted off its core, which delays the very first datagrams the new
+/// rule admits (measured: docs/benchmarks.md, "The enforced tail, fourth
+/// pass" and "seventh pass"). Costs two `sched_setscheduler` calls and a
+/// `sched_yield` per commit, none when the thread is not real-time.
 ///
 /// A request that arrives meanwhile must not wait for a commit slowed down
 /// by normal threads (with launches in flight the management thread commits
@@ -186,9 +205,13 @@ static ORDINARY_TID: AtomicI32 = AtomicI32::new(0);
 
 /// See [`Ordinary`].
 pub fn ordinary() -> Ordinary {
-    let was_fifo = !WORKERS_FIFO.load(Ordering::Relaxed)
-        && matches!(switch::sys::thread_sched(), Ok((p, _)) if p == switch::sys::SCHED_FIFO)
-        && switch::sys::set_thread_nice(NICE).is_ok();
+    let fifo = matches!(switch::sys::thread_sched(), Ok((p, _)) if p == switch::sys::SCHED_FIFO);
+    let was_fifo = fifo
+        && if WORKERS_FIFO.load(Ordering::Relaxed) {
+            switch::sys::set_thread_fifo(FIFO_PRIORITY).is_ok()
+        } else {
+            switch::sys::set_thread_nice(NICE).is_ok()
+        };
     if was_fifo {
         ORDINARY_TID.store(switch::sys::gettid(), Ordering::SeqCst);
         // Still current on the core it took from a worker: give it back now
@@ -205,7 +228,7 @@ pub fn hurry() {
     let tid = ORDINARY_TID.load(Ordering::SeqCst);
     if tid != 0 {
         // Refused or gone: the commit just runs on as it was.
-        let _ = switch::sys::set_thread_fifo_of(tid, FIFO_PRIORITY);
+        let _ = switch::sys::set_thread_fifo_of(tid, edit_fifo_priority());
     }
 }
 
@@ -214,7 +237,7 @@ impl Drop for Ordinary {
         if self.was_fifo {
             ORDINARY_TID.store(0, Ordering::SeqCst);
         }
-        if self.was_fifo && switch::sys::set_thread_fifo(FIFO_PRIORITY).is_err() {
+        if self.was_fifo && switch::sys::set_thread_fifo(edit_fifo_priority()).is_err() {
             tracing::warn!(
                 "edit priority: SCHED_FIFO refused after a commit; the edit path runs as an ordinary thread"
             );
@@ -228,7 +251,7 @@ pub enum WorkerPriority {
     /// Normal scheduling at `--worker-nice`.
     #[default]
     Normal,
-    /// `SCHED_FIFO` at the edit path's priority (falls back to
+    /// `SCHED_FIFO` 1, one below the edit path (falls back to
     /// normal scheduling at `--worker-nice`, with a warning, when refused).
     /// Only with `--poll adaptive`: the workers block in `epoll_wait`
     /// between bursts.
@@ -287,7 +310,7 @@ mod tests {
         choose(EditPriority::Normal);
     }
 
-    /// A launch's namespace work runs one above the edit path only when the
+    /// A launch's namespace work runs real-time (one above the workers) only when the
     /// edit path and the workers are both real-time.
     #[test]
     fn launches_are_real_time_only_beside_real_time_workers() {
@@ -319,8 +342,9 @@ mod tests {
 
     /// Across a commit ([`ordinary`]) the real-time edit path is an ordinary
     /// thread at nice -10, then real-time again, or at once when a request
-    /// comes ([`hurry`]); a thread that is not real-time is left alone, and
-    /// so is the edit path when the workers are real-time too.
+    /// comes ([`hurry`]); a thread that is not real-time is left alone.
+    /// Beside real-time workers the edit path is one above them and the
+    /// commit runs at their priority.
     #[test]
     fn the_edit_path_steps_aside_for_the_commit() {
         std::thread::spawn(|| {
@@ -362,15 +386,29 @@ mod tests {
                 switch::sys::SCHED_OTHER
             );
             switch::sys::set_thread_fifo(FIFO_PRIORITY).unwrap();
-            // Real-time workers: the commit stays real-time.
+            // Real-time workers: the edit path runs one above them, and the
+            // commit steps down to their priority (still real-time), back up
+            // after it or at once when a request comes.
             choose_workers(WorkerPriority::Fifo);
+            assert_eq!(edit_fifo_priority(), FIFO_PRIORITY + 1);
+            switch::sys::set_thread_fifo(edit_fifo_priority()).unwrap();
             let g = ordinary();
             assert_eq!(
                 switch::sys::thread_sched().unwrap().0,
                 switch::sys::SCHED_FIFO
             );
+            assert_eq!(rt_priority(), FIFO_PRIORITY);
+            std::thread::spawn(hurry).join().unwrap();
+            assert_eq!(rt_priority(), FIFO_PRIORITY + 1);
             drop(g);
+            assert_eq!(rt_priority(), FIFO_PRIORITY + 1);
+            let g = ordinary();
+            assert_eq!(rt_priority(), FIFO_PRIORITY);
+            drop(g);
+            assert_eq!(rt_priority(), FIFO_PRIORITY + 1);
             choose_workers(WorkerPriority::Normal);
+            assert_eq!(edit_fifo_priority(), FIFO_PRIORITY);
+            switch::sys::set_thread_fifo(FIFO_PRIORITY).unwrap();
             assert_eq!(
                 switch::sys::thread_sched().unwrap().0,
                 switch::sys::SCHED_FIFO
